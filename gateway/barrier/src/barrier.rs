@@ -1,0 +1,499 @@
+//! The encryption barrier: everything below it is ciphertext.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::keyring::{Keyring, RootKey};
+use crate::physical::{Batch, Check, Op, Physical};
+use crate::{Error, Result, shamir, snapshot};
+
+/// Plaintext on purpose: it must be readable while sealed, and holds no secret.
+const SEAL_CONFIG_KEY: &str = "core/seal-config";
+const KEYRING_KEY: &str = "core/keyring";
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SealConfig {
+    #[serde(rename = "type")]
+    kind: SealKind,
+    pub secret_shares: u32,
+    pub secret_threshold: u32,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum SealKind {
+    Shamir,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealState {
+    pub initialized: bool,
+    pub sealed: bool,
+    pub shares: u32,
+    pub threshold: u32,
+    pub progress: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub term: u32,
+    pub installed_unix: u64,
+    pub terms: u32,
+}
+
+/// What a key held when it was read: a precondition for a later write
+/// ([`WriteBatch::expect`]). It is the stored ciphertext, never plaintext.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Stamp(Option<Vec<u8>>);
+
+impl Stamp {
+    pub fn absent() -> Self {
+        Stamp(None)
+    }
+    pub fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// Plaintext writes, encrypted by [`Barrier::commit`] and applied atomically.
+#[derive(Default)]
+pub struct WriteBatch {
+    checks: Vec<Check>,
+    puts: Vec<(String, Zeroizing<Vec<u8>>)>,
+    deletes: Vec<String>,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The commit fails with [`Error::Conflict`] unless `key` still holds
+    /// what it held when `stamp` was read.
+    pub fn expect(&mut self, key: impl Into<String>, stamp: &Stamp) -> &mut Self {
+        self.checks.push(Check { key: key.into(), value: stamp.0.clone() });
+        self
+    }
+    pub fn put(&mut self, key: impl Into<String>, value: Zeroizing<Vec<u8>>) -> &mut Self {
+        self.puts.push((key.into(), value));
+        self
+    }
+    pub fn delete(&mut self, key: impl Into<String>) -> &mut Self {
+        self.deletes.push(key.into());
+        self
+    }
+}
+
+struct Unsealed {
+    root: RootKey,
+    keyring: Keyring,
+    /// The stored ciphertext of the keyring: a precondition for rotate/rekey.
+    keyring_ct: Vec<u8>,
+}
+
+pub struct Barrier {
+    physical: Arc<dyn Physical>,
+    unsealed: RwLock<Option<Arc<Unsealed>>>,
+    progress: Mutex<Vec<Zeroizing<Vec<u8>>>>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn reserved(key: &str) -> bool {
+    key == SEAL_CONFIG_KEY || key == KEYRING_KEY
+}
+
+impl Barrier {
+    pub fn new(physical: Arc<dyn Physical>) -> Self {
+        Barrier { physical, unsealed: RwLock::new(None), progress: Mutex::new(Vec::new()) }
+    }
+
+    pub fn storage_kind(&self) -> &'static str {
+        self.physical.kind()
+    }
+
+    fn current(&self) -> Result<Arc<Unsealed>> {
+        self.unsealed.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Sealed)
+    }
+
+    fn set_current(&self, state: Option<Unsealed>) {
+        *self.unsealed.write().unwrap_or_else(|p| p.into_inner()) = state.map(Arc::new);
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Vec<Zeroizing<Vec<u8>>>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.current().is_err()
+    }
+
+    pub async fn seal_config(&self) -> Result<Option<SealConfig>> {
+        match self.physical.get(SEAL_CONFIG_KEY).await? {
+            None => Ok(None),
+            Some(raw) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| Error::backend(std::io::Error::other(format!("seal configuration unreadable: {e}")))),
+        }
+    }
+
+    pub async fn state(&self) -> Result<SealState> {
+        let config = self.seal_config().await?;
+        Ok(SealState {
+            initialized: config.is_some(),
+            sealed: self.is_sealed(),
+            shares: config.map_or(0, |c| c.secret_shares),
+            threshold: config.map_or(0, |c| c.secret_threshold),
+            progress: self.progress().len() as u32,
+        })
+    }
+
+    /// Creates the root key and the first keyring term, and returns the root
+    /// key's shares. The barrier is left unsealed so the caller can write its
+    /// initial state; it seals it afterwards if it wants.
+    pub async fn initialize(&self, shares: u32, threshold: u32) -> Result<Vec<Zeroizing<String>>> {
+        shamir::validate(shares, threshold)?;
+        if self.seal_config().await?.is_some() {
+            return Err(Error::AlreadyInitialized);
+        }
+        let root = RootKey::generate();
+        let keyring = Keyring::new(now_unix());
+        let keyring_ct = root.seal_keyring(&keyring, KEYRING_KEY)?;
+        let split = shamir::split(root.as_bytes(), shares, threshold)?;
+        let config = SealConfig { kind: SealKind::Shamir, secret_shares: shares, secret_threshold: threshold };
+        let batch = Batch {
+            checks: vec![Check { key: SEAL_CONFIG_KEY.into(), value: None }],
+            ops: vec![
+                Op::Put { key: SEAL_CONFIG_KEY.into(), value: serde_json::to_vec(&config).expect("plain struct") },
+                Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() },
+            ],
+        };
+        self.physical.commit(batch).await.map_err(|e| match e {
+            Error::Conflict => Error::AlreadyInitialized,
+            e => e,
+        })?;
+        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+        Ok(split)
+    }
+
+    /// Adds one share towards the threshold; unseals when it is reached.
+    pub async fn unseal(&self, share: &str) -> Result<SealState> {
+        let config = self.seal_config().await?.ok_or(Error::NotInitialized)?;
+        if !self.is_sealed() {
+            return self.state().await;
+        }
+        let decoded = shamir::decode_share(share)?;
+        let complete = {
+            let mut progress = self.progress();
+            if progress.iter().any(|p| p.as_slice() == decoded.as_slice()) {
+                return Err(Error::InvalidKey("this unseal key was already entered"));
+            }
+            progress.push(decoded);
+            if progress.len() < config.secret_threshold as usize {
+                None
+            } else {
+                Some(std::mem::take(&mut *progress))
+            }
+        };
+        if let Some(shares) = complete {
+            let root = shamir::combine(&shares, config.secret_shares, config.secret_threshold)
+                .and_then(|bytes| RootKey::from_bytes(&bytes).map_err(|_| Error::WrongKeys))?;
+            self.unseal_with_root(root).await?;
+        }
+        self.state().await
+    }
+
+    pub fn reset_progress(&self) {
+        self.progress().clear();
+    }
+
+    pub async fn unseal_with_root(&self, root: RootKey) -> Result<()> {
+        let keyring_ct = self.physical.get(KEYRING_KEY).await?.ok_or(Error::NotInitialized)?;
+        let keyring = root.open_keyring(&keyring_ct, KEYRING_KEY)?;
+        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+        Ok(())
+    }
+
+    /// Forgets every key; the store stays encrypted on disk.
+    pub fn seal(&self) {
+        self.set_current(None);
+        self.reset_progress();
+    }
+
+    pub fn key_info(&self) -> Result<KeyInfo> {
+        let cur = self.current()?;
+        let (term, installed_unix) = cur.keyring.active_term();
+        Ok(KeyInfo { term, installed_unix, terms: cur.keyring.term_count() as u32 })
+    }
+
+    /// Adds a key term: new writes use it, old entries stay readable.
+    pub async fn rotate(&self) -> Result<KeyInfo> {
+        let cur = self.current()?;
+        let keyring = cur.keyring.rotated(now_unix());
+        let keyring_ct = cur.root.seal_keyring(&keyring, KEYRING_KEY)?;
+        let batch = Batch {
+            checks: vec![Check { key: KEYRING_KEY.into(), value: Some(cur.keyring_ct.clone()) }],
+            ops: vec![Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() }],
+        };
+        self.physical.commit(batch).await?;
+        let root = RootKey::from_bytes(cur.root.as_bytes())?;
+        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+        self.key_info()
+    }
+
+    /// Replaces the root key by a new one split into new shares. At least
+    /// the current threshold of current shares must be given.
+    pub async fn rekey(&self, current_shares: &[String], shares: u32, threshold: u32) -> Result<Vec<Zeroizing<String>>> {
+        shamir::validate(shares, threshold)?;
+        let cur = self.current()?;
+        let config = self.seal_config().await?.ok_or(Error::NotInitialized)?;
+        if (current_shares.len() as u32) < config.secret_threshold {
+            return Err(Error::InvalidSealConfig(format!(
+                "rekey needs at least {} of the current unseal keys, got {}",
+                config.secret_threshold,
+                current_shares.len()
+            )));
+        }
+        let decoded = current_shares.iter().map(|s| shamir::decode_share(s)).collect::<Result<Vec<_>>>()?;
+        let given = shamir::combine(&decoded, config.secret_shares, config.secret_threshold)?;
+        // The shares prove knowledge of the root key: it must open the keyring.
+        let given = RootKey::from_bytes(&given).map_err(|_| Error::WrongKeys)?;
+        given.open_keyring(&cur.keyring_ct, KEYRING_KEY)?;
+
+        let root = RootKey::generate();
+        let keyring_ct = root.seal_keyring(&cur.keyring, KEYRING_KEY)?;
+        let split = shamir::split(root.as_bytes(), shares, threshold)?;
+        let new_config = SealConfig { kind: SealKind::Shamir, secret_shares: shares, secret_threshold: threshold };
+        let batch = Batch {
+            checks: vec![Check { key: KEYRING_KEY.into(), value: Some(cur.keyring_ct.clone()) }],
+            ops: vec![
+                Op::Put { key: SEAL_CONFIG_KEY.into(), value: serde_json::to_vec(&new_config).expect("plain struct") },
+                Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() },
+            ],
+        };
+        self.physical.commit(batch).await?;
+        let keyring = root.open_keyring(&keyring_ct, KEYRING_KEY)?;
+        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+        Ok(split)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        Ok(self.get_stamped(key).await?.0)
+    }
+
+    /// The plaintext at `key` and a stamp to make a later write conditional.
+    pub async fn get_stamped(&self, key: &str) -> Result<(Option<Zeroizing<Vec<u8>>>, Stamp)> {
+        let cur = self.current()?;
+        if reserved(key) {
+            return Ok((None, Stamp(None)));
+        }
+        match self.physical.get(key).await? {
+            None => Ok((None, Stamp(None))),
+            Some(ct) => {
+                let plain = cur.keyring.decrypt(key, &ct)?;
+                Ok((Some(plain), Stamp(Some(ct))))
+            }
+        }
+    }
+
+    pub async fn list(&self, prefix: &str, start: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.current()?;
+        let mut keys = self.physical.list(prefix, start, limit).await?;
+        keys.retain(|k| !reserved(k));
+        Ok(keys)
+    }
+
+    pub async fn commit(&self, batch: WriteBatch) -> Result<()> {
+        let cur = self.current()?;
+        let mut ops = Vec::with_capacity(batch.puts.len() + batch.deletes.len());
+        for (key, plain) in &batch.puts {
+            if reserved(key) {
+                return Err(Error::InvalidKey("reserved storage key"));
+            }
+            ops.push(Op::Put { key: key.clone(), value: cur.keyring.encrypt(key, plain)? });
+        }
+        for key in batch.deletes {
+            if reserved(&key) {
+                return Err(Error::InvalidKey("reserved storage key"));
+            }
+            ops.push(Op::Delete { key });
+        }
+        self.physical.commit(Batch { checks: batch.checks, ops }).await
+    }
+
+    /// Streams a consistent snapshot into `out` (blocking; run it on a
+    /// blocking thread). Works while the store serves requests.
+    pub fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<u64> {
+        self.current()?;
+        snapshot::write(self.physical.as_ref(), out)
+    }
+
+    /// Replaces the whole store with the snapshot in `file` (blocking).
+    ///
+    /// The snapshot is verified in full first. If it was made under another
+    /// root key it is refused unless `force`; when forced, the barrier seals
+    /// and the snapshot's unseal keys are needed. Returns (entries, sealed).
+    pub fn restore(&self, file: &Path, force: bool) -> Result<(u64, bool)> {
+        let cur = self.current()?;
+        let open = || std::fs::File::open(file).map(std::io::BufReader::new);
+        let mut keyring_ct = None;
+        let mut has_config = false;
+        for entry in snapshot::Reader::new(open()?) {
+            let (k, v) = entry?;
+            if k == KEYRING_KEY {
+                keyring_ct = Some(v);
+            } else if k == SEAL_CONFIG_KEY {
+                has_config = true;
+            }
+        }
+        let keyring_ct =
+            keyring_ct.filter(|_| has_config).ok_or_else(|| Error::Snapshot("it holds no keyring or seal configuration".into()))?;
+        let same_root = cur.root.open_keyring(&keyring_ct, KEYRING_KEY);
+        if same_root.is_err() && !force {
+            return Err(Error::Snapshot(
+                "it was made under another root key; restore it with force, then unseal with that snapshot's keys".into(),
+            ));
+        }
+        let count = self.physical.import(&mut snapshot::Reader::new(open()?))?;
+        match same_root {
+            Ok(keyring) => {
+                let root = RootKey::from_bytes(cur.root.as_bytes())?;
+                self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+                Ok((count, false))
+            }
+            Err(_) => {
+                self.seal();
+                Ok((count, true))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RedbStore;
+
+    fn barrier() -> Barrier {
+        Barrier::new(Arc::new(RedbStore::in_memory().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn init_unseal_with_threshold_and_seal() {
+        let b = barrier();
+        assert!(!b.state().await.unwrap().initialized);
+        let shares = b.initialize(5, 3).await.unwrap();
+        let mut batch = WriteBatch::new();
+        batch.put("x", Zeroizing::new(b"plain".to_vec()));
+        b.commit(batch).await.unwrap();
+        b.seal();
+        assert!(matches!(b.get("x").await, Err(Error::Sealed)));
+        assert_eq!(b.unseal(&shares[0]).await.unwrap().progress, 1);
+        assert!(matches!(b.unseal(&shares[0]).await, Err(Error::InvalidKey(_))));
+        assert_eq!(b.unseal(&shares[3]).await.unwrap().progress, 2);
+        let st = b.unseal(&shares[4]).await.unwrap();
+        assert!(!st.sealed);
+        assert_eq!(st.progress, 0);
+        assert_eq!(b.get("x").await.unwrap().unwrap().as_slice(), b"plain");
+        assert!(matches!(b.initialize(1, 1).await, Err(Error::AlreadyInitialized)));
+    }
+
+    #[tokio::test]
+    async fn wrong_shares_reset_progress() {
+        let b = barrier();
+        let _ = b.initialize(3, 2).await.unwrap();
+        b.seal();
+        let other = barrier();
+        let foreign = other.initialize(3, 2).await.unwrap();
+        b.unseal(&foreign[0]).await.unwrap();
+        assert!(matches!(b.unseal(&foreign[1]).await, Err(Error::WrongKeys)));
+        assert_eq!(b.state().await.unwrap().progress, 0);
+        assert!(b.is_sealed());
+    }
+
+    #[tokio::test]
+    async fn rotate_then_rekey_keep_data_readable() {
+        let b = barrier();
+        let shares = b.initialize(3, 2).await.unwrap();
+        let mut w = WriteBatch::new();
+        w.put("old", Zeroizing::new(b"1".to_vec()));
+        b.commit(w).await.unwrap();
+        assert_eq!(b.rotate().await.unwrap().term, 2);
+        let mut w = WriteBatch::new();
+        w.put("new", Zeroizing::new(b"2".to_vec()));
+        b.commit(w).await.unwrap();
+
+        let given: Vec<String> = shares[..2].iter().map(|s| s.to_string()).collect();
+        let new_shares = b.rekey(&given, 5, 3).await.unwrap();
+        assert_eq!(new_shares.len(), 5);
+        b.seal();
+        // The old shares no longer open the store.
+        b.unseal(&shares[0]).await.unwrap();
+        b.unseal(&shares[1]).await.unwrap();
+        assert!(matches!(b.unseal(&shares[2]).await, Err(Error::WrongKeys)));
+        for s in &new_shares[2..5] {
+            b.unseal(s).await.unwrap();
+        }
+        assert!(!b.is_sealed());
+        assert_eq!(b.get("old").await.unwrap().unwrap().as_slice(), b"1");
+        assert_eq!(b.get("new").await.unwrap().unwrap().as_slice(), b"2");
+        assert_eq!(b.key_info().unwrap().terms, 2);
+    }
+
+    #[tokio::test]
+    async fn stamps_make_writes_conditional() {
+        let b = barrier();
+        b.initialize(1, 1).await.unwrap();
+        let (_, stamp) = b.get_stamped("k").await.unwrap();
+        let mut w = WriteBatch::new();
+        w.expect("k", &stamp).put("k", Zeroizing::new(b"a".to_vec()));
+        b.commit(w).await.unwrap();
+        let mut w = WriteBatch::new();
+        w.expect("k", &stamp).put("k", Zeroizing::new(b"b".to_vec()));
+        assert!(matches!(b.commit(w).await, Err(Error::Conflict)));
+        assert_eq!(b.get("k").await.unwrap().unwrap().as_slice(), b"a");
+    }
+
+    #[tokio::test]
+    async fn snapshot_restore_same_and_foreign_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("s.snap");
+        let b = barrier();
+        b.initialize(1, 1).await.unwrap();
+        let mut w = WriteBatch::new();
+        w.put("a", Zeroizing::new(b"1".to_vec()));
+        b.commit(w).await.unwrap();
+        b.snapshot(&mut std::fs::File::create(&snap).unwrap()).unwrap();
+        let mut w = WriteBatch::new();
+        w.put("a", Zeroizing::new(b"2".to_vec())).put("b", Zeroizing::new(b"3".to_vec()));
+        b.commit(w).await.unwrap();
+        let (n, sealed) = b.restore(&snap, false).unwrap();
+        assert_eq!(n, 3);
+        assert!(!sealed);
+        assert_eq!(b.get("a").await.unwrap().unwrap().as_slice(), b"1");
+        assert!(b.get("b").await.unwrap().is_none());
+
+        // A damaged snapshot changes nothing.
+        let mut bytes = std::fs::read(&snap).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        let bad = dir.path().join("bad.snap");
+        std::fs::write(&bad, &bytes).unwrap();
+        assert!(b.restore(&bad, true).is_err());
+        assert_eq!(b.get("a").await.unwrap().unwrap().as_slice(), b"1");
+
+        // Another cluster's snapshot needs force, then its own keys.
+        let other = barrier();
+        let other_keys = other.initialize(1, 1).await.unwrap();
+        assert!(matches!(other.restore(&snap, false), Err(Error::Snapshot(_))));
+        let (_, sealed) = other.restore(&snap, true).unwrap();
+        assert!(sealed);
+        assert!(other.unseal(&other_keys[0]).await.is_err());
+    }
+}

@@ -1,0 +1,37 @@
+/// Every failure of the storage layer.
+///
+/// No variant carries plaintext: keys named here are storage paths, which
+/// are not secret, and no value or key material is ever formatted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the write conflicted with a concurrent write; retry it")]
+    Conflict,
+    #[error("the barrier is sealed")]
+    Sealed,
+    #[error("the store is not initialized")]
+    NotInitialized,
+    #[error("the store is already initialized")]
+    AlreadyInitialized,
+    #[error("invalid seal configuration: {0}")]
+    InvalidSealConfig(String),
+    #[error("invalid unseal key: {0}")]
+    InvalidKey(&'static str),
+    #[error("the unseal keys given do not reconstruct the root key; progress was reset")]
+    WrongKeys,
+    #[error("cannot decrypt the entry at {key}: it is corrupt, or was written under another key or path")]
+    Decrypt { key: String },
+    #[error("the entry at {key} names key term {term}, which the keyring does not hold")]
+    UnknownTerm { key: String, term: u32 },
+    #[error("invalid snapshot: {0}")]
+    Snapshot(String),
+    #[error("snapshot I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub(crate) fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Backend(Box::new(e))
+    }
+}

@@ -1,0 +1,25 @@
+//! Keybridge's storage layer.
+//!
+//! - [`Physical`]: the small trait every physical store implements (get, list,
+//!   an atomic batch with preconditions, consistent export and import), so a
+//!   networked backend can be added without touching the barrier or engines.
+//! - [`RedbStore`]: the embedded ACID implementation (a file or memory).
+//! - [`Barrier`]: the only place that encrypts. AES-256-GCM with a keyring of
+//!   key terms; the storage key is bound in as associated data; the keyring is
+//!   kept encrypted under a root key that is split into Shamir shares.
+
+mod barrier;
+mod error;
+mod keyring;
+mod physical;
+mod redb_store;
+pub mod shamir;
+pub mod snapshot;
+
+pub use barrier::{Barrier, KeyInfo, SealConfig, SealState, Stamp, WriteBatch};
+pub use error::Error;
+pub use keyring::RootKey;
+pub use physical::{Batch, Check, Op, Physical};
+pub use redb_store::RedbStore;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

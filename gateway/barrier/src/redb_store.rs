@@ -1,0 +1,299 @@
+//! The embedded physical store: one redb table of `&str -> &[u8]`.
+//!
+//! Reads run inline (a redb read is a few microseconds). Writes go to one
+//! writer thread that practises group commit: it takes every batch that is
+//! waiting, applies each in the same write transaction (a batch whose checks
+//! fail is skipped whole), and makes them durable with a single commit.
+
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use crate::physical::{Batch, Op, Physical};
+use crate::{Error, Result};
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// Batches folded into one transaction at the most.
+const MAX_GROUP: usize = 512;
+
+struct Job {
+    batch: Batch,
+    done: oneshot::Sender<Result<()>>,
+}
+
+pub struct RedbStore {
+    db: Arc<Database>,
+    kind: &'static str,
+    writer: mpsc::Sender<Job>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store at `path`. `cache_bytes` bounds redb's
+    /// page cache, and with it the memory the store uses.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(Error::backend)?;
+        Self::start(db, "file")
+    }
+
+    /// A store in memory, for dev mode and tests.
+    pub fn in_memory() -> Result<Self> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(Error::backend)?;
+        Self::start(db, "inmem")
+    }
+
+    fn start(db: Database, kind: &'static str) -> Result<Self> {
+        let txn = db.begin_write().map_err(Error::backend)?;
+        txn.open_table(TABLE).map_err(Error::backend)?;
+        txn.commit().map_err(Error::backend)?;
+        let db = Arc::new(db);
+        let (writer, jobs) = mpsc::channel();
+        let thread_db = db.clone();
+        std::thread::Builder::new()
+            .name("keybridge-store-writer".into())
+            .spawn(move || writer_loop(&thread_db, &jobs))
+            .map_err(Error::Io)?;
+        Ok(Self { db, kind, writer })
+    }
+}
+
+fn writer_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let batches: Vec<&Batch> = group.iter().map(|j| &j.batch).collect();
+        match apply_group(db, &batches) {
+            Ok(outcomes) => {
+                for (job, ok) in group.into_iter().zip(outcomes) {
+                    let _ = job.done.send(if ok { Ok(()) } else { Err(Error::Conflict) });
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for job in group {
+                    let _ = job
+                        .done
+                        .send(Err(Error::backend(std::io::Error::other(message.clone()))));
+                }
+            }
+        }
+    }
+}
+
+/// Applies each batch whose checks hold, in order, then commits once.
+/// Returns, per batch, whether it was applied.
+fn apply_group(db: &Database, batches: &[&Batch]) -> Result<Vec<bool>, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut outcomes = Vec::with_capacity(batches.len());
+    {
+        let mut table = txn.open_table(TABLE)?;
+        for batch in batches {
+            let mut holds = true;
+            for check in &batch.checks {
+                let current = table.get(check.key.as_str())?;
+                let matches = match (&current, &check.value) {
+                    (None, None) => true,
+                    (Some(cur), Some(want)) => cur.value() == want.as_slice(),
+                    _ => false,
+                };
+                if !matches {
+                    holds = false;
+                    break;
+                }
+            }
+            if holds {
+                for op in &batch.ops {
+                    match op {
+                        Op::Put { key, value } => {
+                            table.insert(key.as_str(), value.as_slice())?;
+                        }
+                        Op::Delete { key } => {
+                            table.remove(key.as_str())?;
+                        }
+                    }
+                }
+            }
+            outcomes.push(holds);
+        }
+    }
+    txn.commit()?;
+    Ok(outcomes)
+}
+
+#[async_trait]
+impl Physical for RedbStore {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read().map_err(Error::backend)?;
+        let table = txn.open_table(TABLE).map_err(Error::backend)?;
+        let value = table.get(key).map_err(Error::backend)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    async fn list(&self, prefix: &str, start: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let txn = self.db.begin_read().map_err(Error::backend)?;
+        let table = txn.open_table(TABLE).map_err(Error::backend)?;
+        let from = match start {
+            Some(s) if s >= prefix => s,
+            _ => prefix,
+        };
+        let mut keys = Vec::new();
+        for entry in table.range(from..).map_err(Error::backend)? {
+            let (k, _) = entry.map_err(Error::backend)?;
+            let k = k.value();
+            if !k.starts_with(prefix) || keys.len() >= limit {
+                break;
+            }
+            keys.push(k.to_owned());
+        }
+        Ok(keys)
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (done, result) = oneshot::channel();
+        self.writer
+            .send(Job { batch, done })
+            .map_err(|_| Error::backend(std::io::Error::other("the store's writer thread stopped")))?;
+        result
+            .await
+            .map_err(|_| Error::backend(std::io::Error::other("the store's writer thread stopped")))?
+    }
+
+    fn export(&self, sink: &mut dyn FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
+        let txn = self.db.begin_read().map_err(Error::backend)?;
+        let table = txn.open_table(TABLE).map_err(Error::backend)?;
+        for entry in table.iter().map_err(Error::backend)? {
+            let (k, v) = entry.map_err(Error::backend)?;
+            sink(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
+    fn import(&self, entries: &mut dyn Iterator<Item = Result<(String, Vec<u8>)>>) -> Result<u64> {
+        let txn = self.db.begin_write().map_err(Error::backend)?;
+        let mut count = 0;
+        {
+            txn.delete_table(TABLE).map_err(Error::backend)?;
+            let mut table = txn.open_table(TABLE).map_err(Error::backend)?;
+            for entry in entries {
+                // An error drops `txn` uncommitted: nothing changes.
+                let (k, v) = entry?;
+                table.insert(k.as_str(), v.as_slice()).map_err(Error::backend)?;
+                count += 1;
+            }
+        }
+        txn.commit().map_err(Error::backend)?;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::physical::Check;
+
+    fn put(k: &str, v: &[u8]) -> Op {
+        Op::Put { key: k.into(), value: v.to_vec() }
+    }
+
+    #[tokio::test]
+    async fn batch_applies_whole_or_not_at_all() {
+        let store = RedbStore::in_memory().unwrap();
+        store.commit(Batch { checks: vec![], ops: vec![put("a", b"1")] }).await.unwrap();
+        // A failed check leaves every op of the batch unapplied.
+        let err = store
+            .commit(Batch {
+                checks: vec![Check { key: "a".into(), value: Some(b"2".to_vec()) }],
+                ops: vec![put("b", b"x"), put("a", b"3")],
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict));
+        assert_eq!(store.get("a").await.unwrap().unwrap(), b"1");
+        assert!(store.get("b").await.unwrap().is_none());
+        // Absence as a precondition.
+        store
+            .commit(Batch {
+                checks: vec![Check { key: "b".into(), value: None }],
+                ops: vec![put("b", b"x")],
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.get("b").await.unwrap().unwrap(), b"x");
+    }
+
+    #[tokio::test]
+    async fn concurrent_checked_writers_see_one_winner() {
+        let store = Arc::new(RedbStore::in_memory().unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..32u8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .commit(Batch {
+                        checks: vec![Check { key: "k".into(), value: None }],
+                        ops: vec![put("k", &[i])],
+                    })
+                    .await
+            }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                wins += 1;
+            }
+        }
+        assert_eq!(wins, 1);
+    }
+
+    #[tokio::test]
+    async fn list_respects_prefix_start_and_limit() {
+        let store = RedbStore::in_memory().unwrap();
+        let ops = ["p/a", "p/b", "p/c", "q/a", "o"].iter().map(|k| put(k, b"")).collect();
+        store.commit(Batch { checks: vec![], ops }).await.unwrap();
+        assert_eq!(store.list("p/", None, 10).await.unwrap(), ["p/a", "p/b", "p/c"]);
+        assert_eq!(store.list("p/", Some("p/b"), 10).await.unwrap(), ["p/b", "p/c"]);
+        assert_eq!(store.list("p/", None, 2).await.unwrap(), ["p/a", "p/b"]);
+    }
+
+    #[tokio::test]
+    async fn import_replaces_everything_or_nothing() {
+        let store = RedbStore::in_memory().unwrap();
+        store.commit(Batch { checks: vec![], ops: vec![put("old", b"1")] }).await.unwrap();
+        let mut failing = vec![
+            Ok(("new".to_string(), b"2".to_vec())),
+            Err(Error::Snapshot("truncated".into())),
+        ]
+        .into_iter();
+        assert!(store.import(&mut failing).is_err());
+        assert!(store.get("old").await.unwrap().is_some());
+        let mut good = vec![Ok(("new".to_string(), b"2".to_vec()))].into_iter();
+        assert_eq!(store.import(&mut good).unwrap(), 1);
+        assert!(store.get("old").await.unwrap().is_none());
+        let mut seen = Vec::new();
+        store.export(&mut |k, v| {
+            seen.push((k.to_string(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![("new".to_string(), b"2".to_vec())]);
+    }
+}
