@@ -157,7 +157,15 @@ impl Barrier {
     /// Creates the root key and the first keyring term, and returns the root
     /// key's shares. The barrier is left unsealed so the caller can write its
     /// initial state; it seals it afterwards if it wants.
-    pub async fn initialize(&self, shares: u32, threshold: u32) -> Result<Vec<Zeroizing<String>>> {
+    ///
+    /// `initial` entries are encrypted and written in the same atomic batch,
+    /// so a crash can never leave an initialized store without them.
+    pub async fn initialize(
+        &self,
+        shares: u32,
+        threshold: u32,
+        initial: Vec<(String, Zeroizing<Vec<u8>>)>,
+    ) -> Result<Vec<Zeroizing<String>>> {
         shamir::validate(shares, threshold)?;
         if self.seal_config().await?.is_some() {
             return Err(Error::AlreadyInitialized);
@@ -167,13 +175,17 @@ impl Barrier {
         let keyring_ct = root.seal_keyring(&keyring, KEYRING_KEY)?;
         let split = shamir::split(root.as_bytes(), shares, threshold)?;
         let config = SealConfig { kind: SealKind::Shamir, secret_shares: shares, secret_threshold: threshold };
-        let batch = Batch {
-            checks: vec![Check { key: SEAL_CONFIG_KEY.into(), value: None }],
-            ops: vec![
-                Op::Put { key: SEAL_CONFIG_KEY.into(), value: serde_json::to_vec(&config).expect("plain struct") },
-                Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() },
-            ],
-        };
+        let mut ops = vec![
+            Op::Put { key: SEAL_CONFIG_KEY.into(), value: serde_json::to_vec(&config).expect("plain struct") },
+            Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() },
+        ];
+        for (key, plain) in &initial {
+            if reserved(key) {
+                return Err(Error::InvalidKey("reserved storage key"));
+            }
+            ops.push(Op::Put { key: key.clone(), value: keyring.encrypt(key, plain)? });
+        }
+        let batch = Batch { checks: vec![Check { key: SEAL_CONFIG_KEY.into(), value: None }], ops };
         self.physical.commit(batch).await.map_err(|e| match e {
             Error::Conflict => Error::AlreadyInitialized,
             e => e,
@@ -388,7 +400,7 @@ mod tests {
     async fn init_unseal_with_threshold_and_seal() {
         let b = barrier();
         assert!(!b.state().await.unwrap().initialized);
-        let shares = b.initialize(5, 3).await.unwrap();
+        let shares = b.initialize(5, 3, vec![]).await.unwrap();
         let mut batch = WriteBatch::new();
         batch.put("x", Zeroizing::new(b"plain".to_vec()));
         b.commit(batch).await.unwrap();
@@ -401,16 +413,16 @@ mod tests {
         assert!(!st.sealed);
         assert_eq!(st.progress, 0);
         assert_eq!(b.get("x").await.unwrap().unwrap().as_slice(), b"plain");
-        assert!(matches!(b.initialize(1, 1).await, Err(Error::AlreadyInitialized)));
+        assert!(matches!(b.initialize(1, 1, vec![]).await, Err(Error::AlreadyInitialized)));
     }
 
     #[tokio::test]
     async fn wrong_shares_reset_progress() {
         let b = barrier();
-        let _ = b.initialize(3, 2).await.unwrap();
+        let _ = b.initialize(3, 2, vec![]).await.unwrap();
         b.seal();
         let other = barrier();
-        let foreign = other.initialize(3, 2).await.unwrap();
+        let foreign = other.initialize(3, 2, vec![]).await.unwrap();
         b.unseal(&foreign[0]).await.unwrap();
         assert!(matches!(b.unseal(&foreign[1]).await, Err(Error::WrongKeys)));
         assert_eq!(b.state().await.unwrap().progress, 0);
@@ -420,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn rotate_then_rekey_keep_data_readable() {
         let b = barrier();
-        let shares = b.initialize(3, 2).await.unwrap();
+        let shares = b.initialize(3, 2, vec![]).await.unwrap();
         let mut w = WriteBatch::new();
         w.put("old", Zeroizing::new(b"1".to_vec()));
         b.commit(w).await.unwrap();
@@ -449,7 +461,7 @@ mod tests {
     #[tokio::test]
     async fn stamps_make_writes_conditional() {
         let b = barrier();
-        b.initialize(1, 1).await.unwrap();
+        b.initialize(1, 1, vec![]).await.unwrap();
         let (_, stamp) = b.get_stamped("k").await.unwrap();
         let mut w = WriteBatch::new();
         w.expect("k", &stamp).put("k", Zeroizing::new(b"a".to_vec()));
@@ -465,7 +477,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let snap = dir.path().join("s.snap");
         let b = barrier();
-        b.initialize(1, 1).await.unwrap();
+        b.initialize(1, 1, vec![]).await.unwrap();
         let mut w = WriteBatch::new();
         w.put("a", Zeroizing::new(b"1".to_vec()));
         b.commit(w).await.unwrap();
@@ -490,7 +502,7 @@ mod tests {
 
         // Another cluster's snapshot needs force, then its own keys.
         let other = barrier();
-        let other_keys = other.initialize(1, 1).await.unwrap();
+        let other_keys = other.initialize(1, 1, vec![]).await.unwrap();
         assert!(matches!(other.restore(&snap, false), Err(Error::Snapshot(_))));
         let (_, sealed) = other.restore(&snap, true).unwrap();
         assert!(sealed);

@@ -1,1 +1,25 @@
+//! Keybridge's core: everything between an authenticated request and the
+//! barrier. It knows no transport (no gRPC, no config format).
+//!
+//! - [`path`]: validation of mount and secret paths.
+//! - [`value`]: secret values, which zero themselves and never print.
+//! - [`mounts`]: the mount table and the longest-prefix router.
+//! - [`kv`]: the versioned secret engine of the local store.
+//! - [`token`]: tokens, stored only as keyed hashes.
+//! - [`Core`]: the lifecycle (init, unseal, seal) and every operation,
+//!   each of which authenticates and authorizes before it routes.
 
+mod core;
+mod error;
+pub mod kv;
+pub mod mounts;
+pub mod path;
+mod time;
+pub mod token;
+pub mod value;
+
+pub use crate::core::{Core, CoreConfig, InitResult, SealStatus};
+pub use error::Error;
+pub use time::Timestamp;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

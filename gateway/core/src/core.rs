@@ -1,0 +1,548 @@
+//! The core: lifecycle and every operation. Each public operation runs
+//! authenticate → authorize → route, in that order, and nothing else.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use keybridge_barrier::{Barrier, KeyInfo, Stamp, WriteBatch};
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::kv::{Kv, ReadSecret, SecretMeta, VersionChange, VersionMeta};
+use crate::mounts::{self, MountEntry, MountTable};
+use crate::path::{normalize_mount_path, validate_folder_path, validate_secret_path};
+use crate::token::{self, Identity, Salt, TokenEntry};
+use crate::value::SecretValue;
+use crate::{Error, Result, Timestamp};
+
+const MOUNTS_KEY: &str = "core/mounts";
+const PURGE_CHUNK: usize = 512;
+
+pub struct CoreConfig {
+    /// The largest value a secret may hold, unless a mount sets less.
+    pub max_value_bytes: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig { max_value_bytes: 512 * 1024 }
+    }
+}
+
+pub struct InitResult {
+    pub keys: Vec<Zeroizing<String>>,
+    pub threshold: u32,
+    pub root_token: Zeroizing<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SealStatus {
+    pub initialized: bool,
+    pub sealed: bool,
+    pub shares: u32,
+    pub threshold: u32,
+    pub progress: u32,
+    pub storage_type: &'static str,
+}
+
+/// What an operation needs on its path, as in Vault's ACL vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    Create,
+    Read,
+    Update,
+    Delete,
+    List,
+    Sudo,
+}
+
+struct Loaded {
+    mounts: Arc<MountTable>,
+    mounts_stamp: Stamp,
+    salt: Salt,
+}
+
+pub struct Core {
+    barrier: Arc<Barrier>,
+    config: CoreConfig,
+    loaded: RwLock<Option<Arc<Loaded>>>,
+    /// Serialises lifecycle and mount-table changes.
+    admin: Mutex<()>,
+}
+
+fn encode_json<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(serde_json::to_vec(v).expect("plain data serializes"))
+}
+
+impl Core {
+    pub fn new(barrier: Barrier, config: CoreConfig) -> Self {
+        Core { barrier: Arc::new(barrier), config, loaded: RwLock::new(None), admin: Mutex::new(()) }
+    }
+
+    fn loaded(&self) -> Result<Arc<Loaded>> {
+        self.loaded.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Sealed)
+    }
+
+    fn set_loaded(&self, l: Option<Loaded>) {
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = l.map(Arc::new);
+    }
+
+    // ----- lifecycle -------------------------------------------------------
+
+    pub async fn seal_status(&self) -> Result<SealStatus> {
+        let s = self.barrier.state().await?;
+        Ok(SealStatus {
+            initialized: s.initialized,
+            sealed: s.sealed || self.loaded().is_err(),
+            shares: s.shares,
+            threshold: s.threshold,
+            progress: s.progress,
+            storage_type: self.barrier.storage_kind(),
+        })
+    }
+
+    /// Creates the root key (split into `shares`), the default `secret/`
+    /// mount and a root token, in one atomic write. The server stays sealed
+    /// afterwards, unless `stay_unsealed` (dev mode).
+    pub async fn init(
+        &self,
+        shares: u32,
+        threshold: u32,
+        root_token_id: Option<&str>,
+        stay_unsealed: bool,
+    ) -> Result<InitResult> {
+        let _guard = self.admin.lock().await;
+        if let Some(id) = root_token_id {
+            token::validate_token_id(id)?;
+        }
+        let root_token = root_token_id.map_or_else(token::generate_token, |id| Zeroizing::new(id.to_string()));
+        let salt = Salt::generate();
+        let (entry_key, hash) = salt.entry_key(&root_token);
+        let now = Timestamp::now();
+        let entry = TokenEntry {
+            hash,
+            policies: vec![token::ROOT_POLICY.into()],
+            display_name: "root".into(),
+            created: now,
+            expires: None,
+        };
+        let mut table = MountTable::default();
+        table.add(MountEntry {
+            id: uuid::Uuid::new_v4().to_string(),
+            path: "secret/".into(),
+            kind: "local".into(),
+            description: "key/value secret storage".into(),
+            config: BTreeMap::new(),
+            created: now,
+            deleting: false,
+        })?;
+        let initial = vec![
+            (MOUNTS_KEY.to_string(), encode_json(&table)),
+            (token::SALT_KEY.to_string(), salt.bytes()),
+            (entry_key, encode_json(&entry)),
+        ];
+        let keys = self.barrier.initialize(shares, threshold, initial).await?;
+        if stay_unsealed {
+            if let Err(e) = self.load().await {
+                self.barrier.seal();
+                return Err(e);
+            }
+        } else {
+            self.barrier.seal();
+        }
+        Ok(InitResult { keys, threshold, root_token })
+    }
+
+    /// Reads the state the core keeps in memory while unsealed.
+    async fn load(&self) -> Result<()> {
+        let (raw, mounts_stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
+        let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
+        let mounts: MountTable = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Corrupt { key: MOUNTS_KEY.into(), reason: e.to_string() })?;
+        let salt = self
+            .barrier
+            .get(token::SALT_KEY)
+            .await?
+            .ok_or_else(|| Error::Corrupt { key: token::SALT_KEY.into(), reason: "missing".into() })?;
+        let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
+        self.set_loaded(Some(Loaded { mounts: Arc::new(mounts), mounts_stamp, salt: Salt::from_bytes(salt) }));
+        // Finish removing mounts a crash interrupted.
+        for m in pending {
+            self.purge_mount(&m).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn unseal(&self, key: &str, reset: bool) -> Result<SealStatus> {
+        let _guard = self.admin.lock().await;
+        if reset {
+            self.barrier.reset_progress();
+            return self.seal_status().await;
+        }
+        if self.loaded().is_ok() {
+            return self.seal_status().await;
+        }
+        let state = self.barrier.unseal(key).await?;
+        if !state.sealed
+            && let Err(e) = self.load().await
+        {
+            self.barrier.seal();
+            self.set_loaded(None);
+            return Err(e);
+        }
+        self.seal_status().await
+    }
+
+    pub async fn seal(&self, token: Option<&str>) -> Result<SealStatus> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "sys/seal", Capability::Sudo)?;
+        let _guard = self.admin.lock().await;
+        self.set_loaded(None);
+        self.barrier.seal();
+        self.seal_status().await
+    }
+
+    // ----- authentication and authorization ---------------------------------
+
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Identity> {
+        let loaded = self.loaded()?;
+        let token = token.filter(|t| !t.is_empty()).ok_or(Error::Unauthenticated)?;
+        if token.len() > 1024 {
+            return Err(Error::Unauthenticated);
+        }
+        let (key, hash) = loaded.salt.entry_key(token);
+        let raw = self.barrier.get(&key).await?.ok_or(Error::Unauthenticated)?;
+        let entry: TokenEntry =
+            serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?;
+        token::verify(&entry, &hash, Timestamp::now())
+    }
+
+    /// Deny by default. Root may do everything; finer policies come with
+    /// the ACL layer.
+    pub fn authorize(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
+        if id.is_root() {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied(format!("{cap:?} on {path} is not granted to this token").to_lowercase()))
+    }
+
+    // ----- mounts -----------------------------------------------------------
+
+    pub async fn list_mounts(&self, token: Option<&str>) -> Result<Vec<MountEntry>> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "sys/mounts", Capability::Read)?;
+        Ok(self.loaded()?.mounts.entries.iter().filter(|m| !m.deleting).cloned().collect())
+    }
+
+    /// Writes a new mount table conditioned on the one in memory.
+    async fn store_mounts(&self, table: MountTable) -> Result<()> {
+        let loaded = self.loaded()?;
+        let mut batch = WriteBatch::new();
+        batch.expect(MOUNTS_KEY, &loaded.mounts_stamp).put(MOUNTS_KEY, encode_json(&table));
+        self.barrier.commit(batch).await?;
+        let (_, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
+        let salt = Salt::from_bytes(loaded.salt.bytes());
+        self.set_loaded(Some(Loaded { mounts: Arc::new(table), mounts_stamp: stamp, salt }));
+        Ok(())
+    }
+
+    pub async fn enable_mount(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        kind: &str,
+        description: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<MountEntry> {
+        let id = self.authenticate(token).await?;
+        let path = normalize_mount_path(path)?;
+        self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Create)?;
+        if kind.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the mount type is missing; one of: {}",
+                mounts::MOUNT_TYPES.join(", ")
+            )));
+        }
+        mounts::validate_config(kind, &config)?;
+        let _guard = self.admin.lock().await;
+        let mut table = (*self.loaded()?.mounts).clone();
+        let entry = MountEntry {
+            id: uuid::Uuid::new_v4().to_string(),
+            path: path.clone(),
+            kind: kind.to_string(),
+            description: description.to_string(),
+            config,
+            created: Timestamp::now(),
+            deleting: false,
+        };
+        table.add(entry.clone())?;
+        self.store_mounts(table).await?;
+        Ok(entry)
+    }
+
+    pub async fn tune_mount(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        description: Option<&str>,
+        changes: BTreeMap<String, String>,
+    ) -> Result<MountEntry> {
+        let id = self.authenticate(token).await?;
+        let path = normalize_mount_path(path)?;
+        self.authorize(&id, &format!("sys/mounts/{path}/tune"), Capability::Update)?;
+        let _guard = self.admin.lock().await;
+        let mut table = (*self.loaded()?.mounts).clone();
+        let entry = table
+            .entries
+            .iter_mut()
+            .find(|m| m.path == path && !m.deleting)
+            .ok_or_else(|| Error::NotFound(format!("no mount at {path}")))?;
+        let mut config = entry.config.clone();
+        for (k, v) in changes {
+            if v.is_empty() {
+                config.remove(&k);
+            } else {
+                config.insert(k, v);
+            }
+        }
+        mounts::validate_config(&entry.kind, &config)?;
+        entry.config = config;
+        if let Some(d) = description {
+            entry.description = d.to_string();
+        }
+        let updated = entry.clone();
+        self.store_mounts(table).await?;
+        Ok(updated)
+    }
+
+    /// Removes the mount from routing at once, then deletes its data.
+    pub async fn disable_mount(&self, token: Option<&str>, path: &str) -> Result<()> {
+        let id = self.authenticate(token).await?;
+        let path = normalize_mount_path(path)?;
+        self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Delete)?;
+        let _guard = self.admin.lock().await;
+        let mut table = (*self.loaded()?.mounts).clone();
+        let entry = table
+            .entries
+            .iter_mut()
+            .find(|m| m.path == path && !m.deleting)
+            .ok_or_else(|| Error::NotFound(format!("no mount at {path}")))?;
+        entry.deleting = true;
+        let entry = entry.clone();
+        self.store_mounts(table).await?;
+        self.purge_mount(&entry).await
+    }
+
+    async fn purge_mount(&self, entry: &MountEntry) -> Result<()> {
+        let prefix = entry.storage_prefix();
+        loop {
+            let keys = self.barrier.list(&prefix, None, PURGE_CHUNK).await?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = WriteBatch::new();
+            for k in keys {
+                batch.delete(k);
+            }
+            self.barrier.commit(batch).await?;
+        }
+        let mut table = (*self.loaded()?.mounts).clone();
+        table.entries.retain(|m| m.id != entry.id);
+        self.store_mounts(table).await
+    }
+
+    // ----- secrets ----------------------------------------------------------
+
+    /// Finds the mount for a full path, checked; returns the engine and the
+    /// path relative to the mount.
+    fn route<'a>(&'a self, loaded: &'a Loaded, path: &'a str) -> Result<(Kv<'a>, &'a MountEntry, &'a str)> {
+        let (mount, rel) = loaded.mounts.route(path).ok_or_else(|| {
+            let known: Vec<&str> = loaded.mounts.entries.iter().map(|m| m.path.as_str()).collect();
+            Error::NotFound(format!("no mount serves {path:?}; mounts: {}", known.join(", ")))
+        })?;
+        let settings = mounts::local_settings(&mount.config)?;
+        let cap = if settings.max_value_bytes > 0 {
+            settings.max_value_bytes.min(self.config.max_value_bytes)
+        } else {
+            self.config.max_value_bytes
+        };
+        let kv = Kv {
+            barrier: &self.barrier,
+            prefix: mount.storage_prefix(),
+            mount_path: &mount.path,
+            settings,
+            max_value_bytes: cap,
+        };
+        Ok((kv, mount, rel))
+    }
+
+    /// Authenticates, validates the path, routes it to a secret (not the
+    /// mount itself) and authorizes `cap` on `<mount><area>/<rel>`.
+    async fn secret_op<'a>(
+        &'a self,
+        loaded: &'a Loaded,
+        token: Option<&str>,
+        path: &'a str,
+        area: &str,
+        cap: Capability,
+    ) -> Result<(Kv<'a>, &'a str, Identity)> {
+        let id = self.authenticate(token).await?;
+        validate_secret_path(path)?;
+        let (kv, mount, rel) = self.route(loaded, path)?;
+        if rel.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{path:?} is the mount {} itself; give a secret path below it, such as {}app/db",
+                mount.path, mount.path
+            )));
+        }
+        // Vault's existence check: writing a secret that does not exist yet
+        // needs `create`, not `update`.
+        let cap = if cap == Capability::Update && area == "data" && !id.is_root() && kv.describe(rel).await.is_err() {
+            Capability::Create
+        } else {
+            cap
+        };
+        self.authorize(&id, &format!("{}{area}/{rel}", mount.path), cap)?;
+        Ok((kv, rel, id))
+    }
+
+    pub async fn put(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        value: &SecretValue,
+        cas: Option<u64>,
+    ) -> Result<(u64, VersionMeta)> {
+        let loaded = self.loaded()?;
+        let (kv, rel, _) = self.secret_op(&loaded, token, path, "data", Capability::Update).await?;
+        kv.put(rel, value, cas).await
+    }
+
+    pub async fn get(&self, token: Option<&str>, path: &str, version: Option<u64>) -> Result<ReadSecret> {
+        let loaded = self.loaded()?;
+        let (kv, rel, _) = self.secret_op(&loaded, token, path, "data", Capability::Read).await?;
+        kv.get(rel, version).await
+    }
+
+    pub async fn describe(&self, token: Option<&str>, path: &str) -> Result<SecretMeta> {
+        let loaded = self.loaded()?;
+        let (kv, rel, _) = self.secret_op(&loaded, token, path, "metadata", Capability::Read).await?;
+        kv.describe(rel).await
+    }
+
+    pub async fn delete(&self, token: Option<&str>, path: &str, versions: &[u64], all: bool) -> Result<()> {
+        let loaded = self.loaded()?;
+        if all {
+            if !versions.is_empty() {
+                return Err(Error::InvalidArgument("give either versions or all_versions, not both".into()));
+            }
+            let (kv, rel, _) = self.secret_op(&loaded, token, path, "metadata", Capability::Delete).await?;
+            return kv.delete_all(rel).await;
+        }
+        let (area, cap) = if versions.is_empty() { ("data", Capability::Delete) } else { ("delete", Capability::Update) };
+        let (kv, rel, _) = self.secret_op(&loaded, token, path, area, cap).await?;
+        kv.change_versions(rel, versions, VersionChange::SoftDelete).await
+    }
+
+    pub async fn undelete(&self, token: Option<&str>, path: &str, versions: &[u64]) -> Result<()> {
+        let loaded = self.loaded()?;
+        let (kv, rel, _) = self.secret_op(&loaded, token, path, "undelete", Capability::Update).await?;
+        kv.change_versions(rel, versions, VersionChange::Undelete).await
+    }
+
+    pub async fn destroy(&self, token: Option<&str>, path: &str, versions: &[u64]) -> Result<()> {
+        let loaded = self.loaded()?;
+        let (kv, rel, _) = self.secret_op(&loaded, token, path, "destroy", Capability::Update).await?;
+        kv.change_versions(rel, versions, VersionChange::Destroy).await
+    }
+
+    pub async fn put_metadata(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        custom: Option<BTreeMap<String, String>>,
+        max_versions: Option<u32>,
+        cas_required: Option<bool>,
+    ) -> Result<SecretMeta> {
+        let loaded = self.loaded()?;
+        let (kv, rel, _) = self.secret_op(&loaded, token, path, "metadata", Capability::Update).await?;
+        kv.put_metadata(rel, custom, max_versions, cas_required).await
+    }
+
+    pub async fn list(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        page_size: usize,
+        page_token: &str,
+        recursive: bool,
+    ) -> Result<(Vec<String>, String)> {
+        let id = self.authenticate(token).await?;
+        let folder = validate_folder_path(path)?;
+        let loaded = self.loaded()?;
+        let (kv, mount, rel) = self.route(&loaded, &folder)?;
+        self.authorize(&id, &format!("{}metadata/{rel}", mount.path), Capability::List)?;
+        kv.list(rel, page_size, page_token, recursive).await
+    }
+
+    // ----- keys and snapshots -------------------------------------------------
+
+    pub async fn key_status(&self, token: Option<&str>) -> Result<KeyInfo> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "sys/key-status", Capability::Read)?;
+        Ok(self.barrier.key_info()?)
+    }
+
+    pub async fn rotate(&self, token: Option<&str>) -> Result<KeyInfo> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "sys/rotate", Capability::Sudo)?;
+        let _guard = self.admin.lock().await;
+        Ok(self.barrier.rotate().await?)
+    }
+
+    pub async fn rekey(
+        &self,
+        token: Option<&str>,
+        keys: &[String],
+        shares: u32,
+        threshold: u32,
+    ) -> Result<Vec<Zeroizing<String>>> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "sys/rekey", Capability::Sudo)?;
+        let _guard = self.admin.lock().await;
+        Ok(self.barrier.rekey(keys, shares, threshold).await?)
+    }
+
+    /// Writes a consistent snapshot of the encrypted store to `out`.
+    pub async fn snapshot(&self, token: Option<&str>, mut out: Box<dyn std::io::Write + Send>) -> Result<u64> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "sys/storage/snapshot", Capability::Sudo)?;
+        let barrier = self.barrier.clone();
+        tokio::task::spawn_blocking(move || barrier.snapshot(&mut out))
+            .await
+            .map_err(|e| Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(e.to_string()))))?
+            .map_err(Error::from)
+    }
+
+    /// Replaces the store with the snapshot in `file`; see
+    /// [`Barrier::restore`]. Returns (entries, sealed afterwards).
+    pub async fn restore(&self, token: Option<&str>, file: std::path::PathBuf, force: bool) -> Result<(u64, bool)> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "sys/storage/snapshot", Capability::Sudo)?;
+        let _guard = self.admin.lock().await;
+        let barrier = self.barrier.clone();
+        let (count, sealed) = tokio::task::spawn_blocking(move || barrier.restore(&file, force))
+            .await
+            .map_err(|e| Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(e.to_string()))))??;
+        self.set_loaded(None);
+        if !sealed && let Err(e) = self.load().await {
+            self.barrier.seal();
+            return Err(e);
+        }
+        Ok((count, sealed))
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

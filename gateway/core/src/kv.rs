@@ -1,0 +1,417 @@
+//! The versioned secret engine of the local store (Vault KV v2 semantics).
+//!
+//! Under a mount's prefix `logical/<id>/`:
+//! - `meta/<path>`: [`SecretMeta`] (JSON): versions with their state, custom
+//!   metadata, settings. Not secret, but still encrypted by the barrier.
+//! - `data/<path>\0<version>`: one version's value.
+//!
+//! Every change is one barrier batch conditioned on the metadata read
+//! before it, so check-and-set is exact and a failed write leaves nothing.
+
+use std::collections::BTreeMap;
+
+use keybridge_barrier::{Barrier, Error as BarrierError, Stamp, WriteBatch};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::mounts::LocalSettings;
+use crate::value::SecretValue;
+use crate::{Error, Result, Timestamp};
+
+const MAX_RETRIES: usize = 16;
+pub const MAX_CUSTOM_METADATA_KEYS: usize = 64;
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+pub const MAX_PAGE_SIZE: usize = 10_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionMeta {
+    pub created: Timestamp,
+    pub deletion_time: Option<Timestamp>,
+    pub destroyed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretMeta {
+    pub created: Timestamp,
+    pub updated: Timestamp,
+    /// The last version written (0: none yet); check-and-set compares to it.
+    pub current_version: u64,
+    pub custom_metadata: BTreeMap<String, String>,
+    /// 0: the mount's setting applies.
+    pub max_versions: u32,
+    pub cas_required: bool,
+    /// Versions still kept; older ones were pruned by max_versions.
+    pub versions: BTreeMap<u64, VersionMeta>,
+}
+
+impl SecretMeta {
+    fn new(now: Timestamp) -> Self {
+        SecretMeta {
+            created: now,
+            updated: now,
+            current_version: 0,
+            custom_metadata: BTreeMap::new(),
+            max_versions: 0,
+            cas_required: false,
+            versions: BTreeMap::new(),
+        }
+    }
+
+    pub fn oldest_version(&self) -> u64 {
+        self.versions.keys().next().copied().unwrap_or(0)
+    }
+}
+
+pub struct ReadSecret {
+    pub value: SecretValue,
+    pub version: u64,
+    pub meta: VersionMeta,
+    pub custom_metadata: BTreeMap<String, String>,
+}
+
+/// Which versions a delete, undelete or destroy applies to.
+pub enum VersionChange {
+    SoftDelete,
+    Undelete,
+    Destroy,
+}
+
+pub struct Kv<'a> {
+    pub barrier: &'a Barrier,
+    /// `logical/<mount id>/`
+    pub prefix: String,
+    /// For messages: `secret/`.
+    pub mount_path: &'a str,
+    pub settings: LocalSettings,
+    /// The effective value cap for this mount.
+    pub max_value_bytes: usize,
+}
+
+fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
+    Error::Corrupt { key: key.to_string(), reason: e.to_string() }
+}
+
+impl Kv<'_> {
+    fn meta_key(&self, path: &str) -> String {
+        format!("{}meta/{path}", self.prefix)
+    }
+
+    fn data_key(&self, path: &str, version: u64) -> String {
+        format!("{}data/{path}\0{version}", self.prefix)
+    }
+
+    fn full(&self, path: &str) -> String {
+        format!("{}{path}", self.mount_path)
+    }
+
+    async fn read_meta(&self, path: &str) -> Result<(Option<SecretMeta>, Stamp)> {
+        let key = self.meta_key(path);
+        let (raw, stamp) = self.barrier.get_stamped(&key).await?;
+        let meta = raw.map(|r| serde_json::from_slice(&r).map_err(|e| corrupt(&key, e))).transpose()?;
+        Ok((meta, stamp))
+    }
+
+    fn put_meta(&self, batch: &mut WriteBatch, path: &str, meta: &SecretMeta) {
+        let bytes = serde_json::to_vec(meta).expect("metadata serializes");
+        batch.put(self.meta_key(path), Zeroizing::new(bytes));
+    }
+
+    /// Retries `attempt` while concurrent writers invalidate its reads.
+    async fn with_retries<T, F, Fut>(&self, path: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        for _ in 0..MAX_RETRIES {
+            match attempt().await {
+                Err(Error::Storage(BarrierError::Conflict)) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Contention(self.full(path)))
+    }
+
+    pub async fn describe(&self, path: &str) -> Result<SecretMeta> {
+        self.read_meta(path).await?.0.ok_or_else(|| self.not_found(path))
+    }
+
+    fn not_found(&self, path: &str) -> Error {
+        Error::NotFound(format!("no secret at {}", self.full(path)))
+    }
+
+    pub async fn put(&self, path: &str, value: &SecretValue, cas: Option<u64>) -> Result<(u64, VersionMeta)> {
+        value.validate(self.max_value_bytes)?;
+        let encoded = value.encode();
+        self.with_retries(path, || async {
+            let (meta, stamp) = self.read_meta(path).await?;
+            let now = Timestamp::now();
+            let mut meta = meta.unwrap_or_else(|| SecretMeta::new(now));
+            let cas_required = meta.cas_required || self.settings.cas_required;
+            match cas {
+                None if cas_required => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{} requires check-and-set: pass cas={} (the current version)",
+                        self.full(path),
+                        meta.current_version
+                    )));
+                }
+                Some(expected) if expected != meta.current_version => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "check-and-set failed for {}: the request expected version {expected}, the current version is {}",
+                        self.full(path),
+                        meta.current_version
+                    )));
+                }
+                _ => {}
+            }
+            let version = meta.current_version + 1;
+            let vmeta = VersionMeta { created: now, deletion_time: None, destroyed: false };
+            meta.current_version = version;
+            meta.updated = now;
+            meta.versions.insert(version, vmeta.clone());
+
+            let mut batch = WriteBatch::new();
+            batch.expect(self.meta_key(path), &stamp);
+            let max = if meta.max_versions > 0 { meta.max_versions } else { self.settings.max_versions };
+            while max > 0 && meta.versions.len() > max as usize {
+                let (old, _) = meta.versions.pop_first().expect("non-empty");
+                batch.delete(self.data_key(path, old));
+            }
+            batch.put(self.data_key(path, version), encoded.clone());
+            self.put_meta(&mut batch, path, &meta);
+            self.barrier.commit(batch).await?;
+            Ok((version, vmeta))
+        })
+        .await
+    }
+
+    pub async fn get(&self, path: &str, version: Option<u64>) -> Result<ReadSecret> {
+        let meta = self.describe(path).await?;
+        let v = version.unwrap_or(meta.current_version);
+        let full = self.full(path);
+        let vmeta = match meta.versions.get(&v) {
+            Some(m) => m.clone(),
+            None if v == 0 || meta.current_version == 0 => {
+                return Err(Error::NotFound(format!("{full} has metadata but no version yet")));
+            }
+            None if v > meta.current_version => {
+                return Err(Error::NotFound(format!(
+                    "version {v} of {full} does not exist; the current version is {}",
+                    meta.current_version
+                )));
+            }
+            None => {
+                return Err(Error::NotFound(format!(
+                    "version {v} of {full} was pruned (max_versions); the oldest kept is {}",
+                    meta.oldest_version()
+                )));
+            }
+        };
+        if vmeta.destroyed {
+            return Err(Error::NotFound(format!("version {v} of {full} was destroyed")));
+        }
+        if vmeta.deletion_time.is_some() {
+            return Err(Error::NotFound(format!("version {v} of {full} is deleted; undelete it to read it")));
+        }
+        let key = self.data_key(path, v);
+        let raw = self.barrier.get(&key).await?.ok_or_else(|| {
+            // Destroyed or pruned between the two reads.
+            Error::NotFound(format!("version {v} of {full} is no longer available"))
+        })?;
+        let value = SecretValue::decode(&raw).map_err(|e| corrupt(&key, e))?;
+        Ok(ReadSecret { value, version: v, meta: vmeta, custom_metadata: meta.custom_metadata })
+    }
+
+    /// Applies a state change to the given versions (empty: the latest, for
+    /// soft delete only). Unknown versions are refused before anything changes.
+    pub async fn change_versions(&self, path: &str, versions: &[u64], change: VersionChange) -> Result<()> {
+        if versions.is_empty() && !matches!(change, VersionChange::SoftDelete) {
+            return Err(Error::InvalidArgument("give at least one version number".into()));
+        }
+        self.with_retries(path, || async {
+            let (meta, stamp) = self.read_meta(path).await?;
+            let mut meta = meta.ok_or_else(|| self.not_found(path))?;
+            let targets: Vec<u64> = if versions.is_empty() { vec![meta.current_version] } else { versions.to_vec() };
+            for v in &targets {
+                if !meta.versions.contains_key(v) {
+                    return Err(Error::InvalidArgument(format!(
+                        "version {v} of {} does not exist; versions kept: {}",
+                        self.full(path),
+                        describe_range(&meta)
+                    )));
+                }
+            }
+            let now = Timestamp::now();
+            let mut batch = WriteBatch::new();
+            batch.expect(self.meta_key(path), &stamp);
+            for v in targets {
+                let vm = meta.versions.get_mut(&v).expect("checked above");
+                match change {
+                    VersionChange::SoftDelete => {
+                        if vm.deletion_time.is_none() && !vm.destroyed {
+                            vm.deletion_time = Some(now);
+                        }
+                    }
+                    VersionChange::Undelete => {
+                        if !vm.destroyed {
+                            vm.deletion_time = None;
+                        }
+                    }
+                    VersionChange::Destroy => {
+                        vm.destroyed = true;
+                        batch.delete(self.data_key(path, v));
+                    }
+                }
+            }
+            meta.updated = now;
+            self.put_meta(&mut batch, path, &meta);
+            self.barrier.commit(batch).await.map_err(Error::from)
+        })
+        .await
+    }
+
+    /// Removes the secret: every version and the metadata.
+    pub async fn delete_all(&self, path: &str) -> Result<()> {
+        self.with_retries(path, || async {
+            let (meta, stamp) = self.read_meta(path).await?;
+            let meta = meta.ok_or_else(|| self.not_found(path))?;
+            let mut batch = WriteBatch::new();
+            batch.expect(self.meta_key(path), &stamp);
+            for v in meta.versions.keys() {
+                batch.delete(self.data_key(path, *v));
+            }
+            batch.delete(self.meta_key(path));
+            self.barrier.commit(batch).await.map_err(Error::from)
+        })
+        .await
+    }
+
+    pub async fn put_metadata(
+        &self,
+        path: &str,
+        custom: Option<BTreeMap<String, String>>,
+        max_versions: Option<u32>,
+        cas_required: Option<bool>,
+    ) -> Result<SecretMeta> {
+        if let Some(c) = &custom {
+            validate_custom_metadata(c)?;
+        }
+        self.with_retries(path, || async {
+            let (meta, stamp) = self.read_meta(path).await?;
+            let now = Timestamp::now();
+            let mut meta = meta.unwrap_or_else(|| SecretMeta::new(now));
+            if let Some(c) = &custom {
+                meta.custom_metadata = c.clone();
+            }
+            if let Some(m) = max_versions {
+                meta.max_versions = m;
+            }
+            if let Some(c) = cas_required {
+                meta.cas_required = c;
+            }
+            meta.updated = now;
+            let mut batch = WriteBatch::new();
+            batch.expect(self.meta_key(path), &stamp);
+            let max = if meta.max_versions > 0 { meta.max_versions } else { self.settings.max_versions };
+            while max > 0 && meta.versions.len() > max as usize {
+                let (old, _) = meta.versions.pop_first().expect("non-empty");
+                batch.delete(self.data_key(path, old));
+            }
+            self.put_meta(&mut batch, path, &meta);
+            self.barrier.commit(batch).await?;
+            Ok(meta.clone())
+        })
+        .await
+    }
+
+    /// Lists under `folder` (`""` or ending in `/`, relative to the mount).
+    /// Returns the keys (folders end with `/`) and the next page token.
+    pub async fn list(
+        &self,
+        folder: &str,
+        page_size: usize,
+        page_token: &str,
+        recursive: bool,
+    ) -> Result<(Vec<String>, String)> {
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(Error::InvalidArgument(format!("page_size {n} is over the maximum of {MAX_PAGE_SIZE}")));
+            }
+            n => n,
+        };
+        if page_token.chars().any(|c| c == '\0') {
+            return Err(Error::InvalidArgument("the page token is not one this server issued".into()));
+        }
+        let base = format!("{}meta/{folder}", self.prefix);
+        let mut start = if page_token.is_empty() {
+            base.clone()
+        } else if let Some(dir) = page_token.strip_suffix('/').filter(|_| !recursive) {
+            // Everything below `dir/` sorts before `dir0`.
+            format!("{base}{dir}0")
+        } else {
+            format!("{base}{page_token}\0")
+        };
+        let mut out: Vec<String> = Vec::new();
+        'scan: while out.len() <= page_size {
+            let keys = self.barrier.list(&base, Some(&start), 256).await?;
+            if keys.is_empty() {
+                break;
+            }
+            for k in &keys {
+                let rel = &k[base.len()..];
+                match rel.find('/').filter(|_| !recursive) {
+                    Some(i) => {
+                        out.push(rel[..=i].to_string());
+                        start = format!("{base}{}0", &rel[..i]);
+                        continue 'scan;
+                    }
+                    None => {
+                        out.push(rel.to_string());
+                        start = format!("{k}\0");
+                        if out.len() > page_size {
+                            break 'scan;
+                        }
+                    }
+                }
+            }
+        }
+        let next = if out.len() > page_size {
+            out.truncate(page_size);
+            out.last().cloned().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((out, next))
+    }
+}
+
+fn describe_range(meta: &SecretMeta) -> String {
+    match (meta.versions.keys().next(), meta.versions.keys().last()) {
+        (Some(a), Some(b)) if a == b => a.to_string(),
+        (Some(a), Some(b)) => format!("{a} to {b}"),
+        _ => "none".into(),
+    }
+}
+
+pub fn validate_custom_metadata(m: &BTreeMap<String, String>) -> Result<()> {
+    if m.len() > MAX_CUSTOM_METADATA_KEYS {
+        return Err(Error::InvalidArgument(format!(
+            "custom metadata has {} keys; at most {MAX_CUSTOM_METADATA_KEYS} are allowed",
+            m.len()
+        )));
+    }
+    for (k, v) in m {
+        if k.is_empty() || k.len() > 128 || k.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "custom metadata key {k:?} must be 1 to 128 bytes without control characters"
+            )));
+        }
+        if v.len() > 512 || v.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "custom metadata value for {k:?} must be at most 512 bytes without control characters"
+            )));
+        }
+    }
+    Ok(())
+}

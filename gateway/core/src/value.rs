@@ -1,0 +1,128 @@
+//! Secret values. They zero their memory on drop, print as `[redacted]`,
+//! and have no `Serialize`: the only way out is [`SecretValue::encode`]
+//! (for the barrier) and explicit accessors.
+
+use std::collections::BTreeMap;
+
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+/// Named string fields (`username`, `password`) or opaque bytes.
+pub enum SecretValue {
+    Fields(BTreeMap<String, Zeroizing<String>>),
+    Binary(Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretValue::Fields(m) => write!(f, "SecretValue::Fields({} fields, [redacted])", m.len()),
+            SecretValue::Binary(b) => write!(f, "SecretValue::Binary({} bytes, [redacted])", b.len()),
+        }
+    }
+}
+
+/// The stored form. prost is told to derive no `Debug` for it.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+struct Stored {
+    #[prost(btree_map = "string, string", tag = "1")]
+    fields: BTreeMap<String, String>,
+    #[prost(bytes = "vec", tag = "2")]
+    binary: Vec<u8>,
+    #[prost(bool, tag = "3")]
+    is_binary: bool,
+}
+
+impl Drop for Stored {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.binary.zeroize();
+        for v in self.fields.values_mut() {
+            v.zeroize();
+        }
+    }
+}
+
+impl SecretValue {
+    /// Bytes the value counts against the size cap: field names and values,
+    /// or the opaque bytes.
+    pub fn size(&self) -> usize {
+        match self {
+            SecretValue::Fields(m) => m.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            SecretValue::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn validate(&self, max_bytes: usize) -> Result<()> {
+        if let SecretValue::Fields(m) = self {
+            if m.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "the value has no fields; give at least one field such as password=...".into(),
+                ));
+            }
+            if let Some(k) = m.keys().find(|k| k.is_empty() || k.chars().any(char::is_control) || k.len() > 256) {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid field name {k:?}: field names are 1 to 256 bytes without control characters"
+                )));
+            }
+        }
+        let size = self.size();
+        if size > max_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "the value is {size} bytes; this mount accepts at most {max_bytes} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let stored = match self {
+            SecretValue::Fields(m) => Stored {
+                fields: m.iter().map(|(k, v)| (k.clone(), String::clone(v))).collect(),
+                binary: Vec::new(),
+                is_binary: false,
+            },
+            SecretValue::Binary(b) => Stored { fields: BTreeMap::new(), binary: b.to_vec(), is_binary: true },
+        };
+        Zeroizing::new(prost::Message::encode_to_vec(&stored))
+    }
+
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, prost::DecodeError> {
+        let mut stored: Stored = prost::Message::decode(bytes)?;
+        Ok(if stored.is_binary {
+            SecretValue::Binary(Zeroizing::new(std::mem::take(&mut stored.binary)))
+        } else {
+            SecretValue::Fields(
+                std::mem::take(&mut stored.fields).into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect(),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let v = SecretValue::Fields([("password".to_string(), Zeroizing::new("hunter2".to_string()))].into());
+        assert!(!format!("{v:?}").contains("hunter2"));
+        let b = SecretValue::Binary(Zeroizing::new(b"hunter2".to_vec()));
+        assert!(!format!("{b:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn encode_roundtrip_and_size_cap() {
+        let v = SecretValue::Fields([("u".to_string(), Zeroizing::new("alice".to_string()))].into());
+        match SecretValue::decode(&v.encode()).unwrap() {
+            SecretValue::Fields(m) => assert_eq!(m["u"].as_str(), "alice"),
+            SecretValue::Binary(_) => panic!("fields expected"),
+        }
+        let b = SecretValue::Binary(Zeroizing::new(vec![0, 1, 2]));
+        assert!(matches!(SecretValue::decode(&b.encode()).unwrap(), SecretValue::Binary(x) if *x == [0, 1, 2]));
+        assert!(b.validate(2).unwrap_err().to_string().contains("at most 2 bytes"));
+        assert!(SecretValue::Fields(BTreeMap::new()).validate(10).is_err());
+    }
+}
