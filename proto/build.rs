@@ -12,15 +12,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(FILES, ["."])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out_dir.join("keybridge_descriptor.bin");
-    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
+    std::fs::write(
+        &descriptor_path,
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
         // Messages that carry secret values get a redacting Debug in lib.rs.
-        .skip_debug(["keybridge.v1.SecretValue", "keybridge.v1.Fields", "keybridge.v1.InitResponse",
-            "keybridge.v1.UnsealRequest", "keybridge.v1.RekeyRequest", "keybridge.v1.RekeyResponse",
-            "keybridge.v1.SnapshotChunk"])
+        .skip_debug([
+            "keybridge.v1.SecretValue",
+            "keybridge.v1.Fields",
+            "keybridge.v1.InitResponse",
+            "keybridge.v1.UnsealRequest",
+            "keybridge.v1.RekeyRequest",
+            "keybridge.v1.RekeyResponse",
+            "keybridge.v1.SnapshotChunk",
+        ])
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -77,7 +77,9 @@ fn writer_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
         match apply_group(db, &batches) {
             Ok(outcomes) => {
                 for (job, ok) in group.into_iter().zip(outcomes) {
-                    let _ = job.done.send(if ok { Ok(()) } else { Err(Error::Conflict) });
+                    let _ = job
+                        .done
+                        .send(if ok { Ok(()) } else { Err(Error::Conflict) });
                 }
             }
             Err(e) => {
@@ -169,12 +171,12 @@ impl Physical for RedbStore {
             return Ok(());
         }
         let (done, result) = oneshot::channel();
-        self.writer
-            .send(Job { batch, done })
-            .map_err(|_| Error::backend(std::io::Error::other("the store's writer thread stopped")))?;
-        result
-            .await
-            .map_err(|_| Error::backend(std::io::Error::other("the store's writer thread stopped")))?
+        self.writer.send(Job { batch, done }).map_err(|_| {
+            Error::backend(std::io::Error::other("the store's writer thread stopped"))
+        })?;
+        result.await.map_err(|_| {
+            Error::backend(std::io::Error::other("the store's writer thread stopped"))
+        })?
     }
 
     fn export(&self, sink: &mut dyn FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
@@ -196,7 +198,9 @@ impl Physical for RedbStore {
             for entry in entries {
                 // An error drops `txn` uncommitted: nothing changes.
                 let (k, v) = entry?;
-                table.insert(k.as_str(), v.as_slice()).map_err(Error::backend)?;
+                table
+                    .insert(k.as_str(), v.as_slice())
+                    .map_err(Error::backend)?;
                 count += 1;
             }
         }
@@ -211,17 +215,29 @@ mod tests {
     use crate::physical::Check;
 
     fn put(k: &str, v: &[u8]) -> Op {
-        Op::Put { key: k.into(), value: v.to_vec() }
+        Op::Put {
+            key: k.into(),
+            value: v.to_vec(),
+        }
     }
 
     #[tokio::test]
     async fn batch_applies_whole_or_not_at_all() {
         let store = RedbStore::in_memory().unwrap();
-        store.commit(Batch { checks: vec![], ops: vec![put("a", b"1")] }).await.unwrap();
+        store
+            .commit(Batch {
+                checks: vec![],
+                ops: vec![put("a", b"1")],
+            })
+            .await
+            .unwrap();
         // A failed check leaves every op of the batch unapplied.
         let err = store
             .commit(Batch {
-                checks: vec![Check { key: "a".into(), value: Some(b"2".to_vec()) }],
+                checks: vec![Check {
+                    key: "a".into(),
+                    value: Some(b"2".to_vec()),
+                }],
                 ops: vec![put("b", b"x"), put("a", b"3")],
             })
             .await
@@ -232,7 +248,10 @@ mod tests {
         // Absence as a precondition.
         store
             .commit(Batch {
-                checks: vec![Check { key: "b".into(), value: None }],
+                checks: vec![Check {
+                    key: "b".into(),
+                    value: None,
+                }],
                 ops: vec![put("b", b"x")],
             })
             .await
@@ -249,7 +268,10 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 store
                     .commit(Batch {
-                        checks: vec![Check { key: "k".into(), value: None }],
+                        checks: vec![Check {
+                            key: "k".into(),
+                            value: None,
+                        }],
                         ops: vec![put("k", &[i])],
                     })
                     .await
@@ -267,17 +289,38 @@ mod tests {
     #[tokio::test]
     async fn list_respects_prefix_start_and_limit() {
         let store = RedbStore::in_memory().unwrap();
-        let ops = ["p/a", "p/b", "p/c", "q/a", "o"].iter().map(|k| put(k, b"")).collect();
-        store.commit(Batch { checks: vec![], ops }).await.unwrap();
-        assert_eq!(store.list("p/", None, 10).await.unwrap(), ["p/a", "p/b", "p/c"]);
-        assert_eq!(store.list("p/", Some("p/b"), 10).await.unwrap(), ["p/b", "p/c"]);
+        let ops = ["p/a", "p/b", "p/c", "q/a", "o"]
+            .iter()
+            .map(|k| put(k, b""))
+            .collect();
+        store
+            .commit(Batch {
+                checks: vec![],
+                ops,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.list("p/", None, 10).await.unwrap(),
+            ["p/a", "p/b", "p/c"]
+        );
+        assert_eq!(
+            store.list("p/", Some("p/b"), 10).await.unwrap(),
+            ["p/b", "p/c"]
+        );
         assert_eq!(store.list("p/", None, 2).await.unwrap(), ["p/a", "p/b"]);
     }
 
     #[tokio::test]
     async fn import_replaces_everything_or_nothing() {
         let store = RedbStore::in_memory().unwrap();
-        store.commit(Batch { checks: vec![], ops: vec![put("old", b"1")] }).await.unwrap();
+        store
+            .commit(Batch {
+                checks: vec![],
+                ops: vec![put("old", b"1")],
+            })
+            .await
+            .unwrap();
         let mut failing = vec![
             Ok(("new".to_string(), b"2".to_vec())),
             Err(Error::Snapshot("truncated".into())),
@@ -289,11 +332,12 @@ mod tests {
         assert_eq!(store.import(&mut good).unwrap(), 1);
         assert!(store.get("old").await.unwrap().is_none());
         let mut seen = Vec::new();
-        store.export(&mut |k, v| {
-            seen.push((k.to_string(), v.to_vec()));
-            Ok(())
-        })
-        .unwrap();
+        store
+            .export(&mut |k, v| {
+                seen.push((k.to_string(), v.to_vec()));
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(seen, vec![("new".to_string(), b"2".to_vec())]);
     }
 }

@@ -25,7 +25,9 @@ pub struct CoreConfig {
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { max_value_bytes: 512 * 1024 }
+        CoreConfig {
+            max_value_bytes: 512 * 1024,
+        }
     }
 }
 
@@ -76,11 +78,20 @@ fn encode_json<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
 
 impl Core {
     pub fn new(barrier: Barrier, config: CoreConfig) -> Self {
-        Core { barrier: Arc::new(barrier), config, loaded: RwLock::new(None), admin: Mutex::new(()) }
+        Core {
+            barrier: Arc::new(barrier),
+            config,
+            loaded: RwLock::new(None),
+            admin: Mutex::new(()),
+        }
     }
 
     fn loaded(&self) -> Result<Arc<Loaded>> {
-        self.loaded.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Sealed)
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::Sealed)
     }
 
     fn set_loaded(&self, l: Option<Loaded>) {
@@ -115,7 +126,8 @@ impl Core {
         if let Some(id) = root_token_id {
             token::validate_token_id(id)?;
         }
-        let root_token = root_token_id.map_or_else(token::generate_token, |id| Zeroizing::new(id.to_string()));
+        let root_token =
+            root_token_id.map_or_else(token::generate_token, |id| Zeroizing::new(id.to_string()));
         let salt = Salt::generate();
         let (entry_key, hash) = salt.entry_key(&root_token);
         let now = Timestamp::now();
@@ -150,22 +162,43 @@ impl Core {
         } else {
             self.barrier.seal();
         }
-        Ok(InitResult { keys, threshold, root_token })
+        Ok(InitResult {
+            keys,
+            threshold,
+            root_token,
+        })
     }
 
     /// Reads the state the core keeps in memory while unsealed.
     async fn load(&self) -> Result<()> {
         let (raw, mounts_stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
-        let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
-        let mounts: MountTable = serde_json::from_slice(&raw)
-            .map_err(|e| Error::Corrupt { key: MOUNTS_KEY.into(), reason: e.to_string() })?;
+        let raw = raw.ok_or_else(|| Error::Corrupt {
+            key: MOUNTS_KEY.into(),
+            reason: "missing".into(),
+        })?;
+        let mounts: MountTable = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+            key: MOUNTS_KEY.into(),
+            reason: e.to_string(),
+        })?;
         let salt = self
             .barrier
             .get(token::SALT_KEY)
             .await?
-            .ok_or_else(|| Error::Corrupt { key: token::SALT_KEY.into(), reason: "missing".into() })?;
-        let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
-        self.set_loaded(Some(Loaded { mounts: Arc::new(mounts), mounts_stamp, salt: Salt::from_bytes(salt) }));
+            .ok_or_else(|| Error::Corrupt {
+                key: token::SALT_KEY.into(),
+                reason: "missing".into(),
+            })?;
+        let pending: Vec<MountEntry> = mounts
+            .entries
+            .iter()
+            .filter(|m| m.deleting)
+            .cloned()
+            .collect();
+        self.set_loaded(Some(Loaded {
+            mounts: Arc::new(mounts),
+            mounts_stamp,
+            salt: Salt::from_bytes(salt),
+        }));
         // Finish removing mounts a crash interrupted.
         for m in pending {
             self.purge_mount(&m).await?;
@@ -206,14 +239,22 @@ impl Core {
 
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Identity> {
         let loaded = self.loaded()?;
-        let token = token.filter(|t| !t.is_empty()).ok_or(Error::Unauthenticated)?;
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(Error::Unauthenticated)?;
         if token.len() > 1024 {
             return Err(Error::Unauthenticated);
         }
         let (key, hash) = loaded.salt.entry_key(token);
-        let raw = self.barrier.get(&key).await?.ok_or(Error::Unauthenticated)?;
-        let entry: TokenEntry =
-            serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?;
+        let raw = self
+            .barrier
+            .get(&key)
+            .await?
+            .ok_or(Error::Unauthenticated)?;
+        let entry: TokenEntry = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+            key,
+            reason: e.to_string(),
+        })?;
         token::verify(&entry, &hash, Timestamp::now())
     }
 
@@ -223,7 +264,9 @@ impl Core {
         if id.is_root() {
             return Ok(());
         }
-        Err(Error::PermissionDenied(format!("{cap:?} on {path} is not granted to this token").to_lowercase()))
+        Err(Error::PermissionDenied(
+            format!("{cap:?} on {path} is not granted to this token").to_lowercase(),
+        ))
     }
 
     // ----- mounts -----------------------------------------------------------
@@ -231,18 +274,31 @@ impl Core {
     pub async fn list_mounts(&self, token: Option<&str>) -> Result<Vec<MountEntry>> {
         let id = self.authenticate(token).await?;
         self.authorize(&id, "sys/mounts", Capability::Read)?;
-        Ok(self.loaded()?.mounts.entries.iter().filter(|m| !m.deleting).cloned().collect())
+        Ok(self
+            .loaded()?
+            .mounts
+            .entries
+            .iter()
+            .filter(|m| !m.deleting)
+            .cloned()
+            .collect())
     }
 
     /// Writes a new mount table conditioned on the one in memory.
     async fn store_mounts(&self, table: MountTable) -> Result<()> {
         let loaded = self.loaded()?;
         let mut batch = WriteBatch::new();
-        batch.expect(MOUNTS_KEY, &loaded.mounts_stamp).put(MOUNTS_KEY, encode_json(&table));
+        batch
+            .expect(MOUNTS_KEY, &loaded.mounts_stamp)
+            .put(MOUNTS_KEY, encode_json(&table));
         self.barrier.commit(batch).await?;
         let (_, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
         let salt = Salt::from_bytes(loaded.salt.bytes());
-        self.set_loaded(Some(Loaded { mounts: Arc::new(table), mounts_stamp: stamp, salt }));
+        self.set_loaded(Some(Loaded {
+            mounts: Arc::new(table),
+            mounts_stamp: stamp,
+            salt,
+        }));
         Ok(())
     }
 
@@ -355,10 +411,22 @@ impl Core {
 
     /// Finds the mount for a full path, checked; returns the engine and the
     /// path relative to the mount.
-    fn route<'a>(&'a self, loaded: &'a Loaded, path: &'a str) -> Result<(Kv<'a>, &'a MountEntry, &'a str)> {
+    fn route<'a>(
+        &'a self,
+        loaded: &'a Loaded,
+        path: &'a str,
+    ) -> Result<(Kv<'a>, &'a MountEntry, &'a str)> {
         let (mount, rel) = loaded.mounts.route(path).ok_or_else(|| {
-            let known: Vec<&str> = loaded.mounts.entries.iter().map(|m| m.path.as_str()).collect();
-            Error::NotFound(format!("no mount serves {path:?}; mounts: {}", known.join(", ")))
+            let known: Vec<&str> = loaded
+                .mounts
+                .entries
+                .iter()
+                .map(|m| m.path.as_str())
+                .collect();
+            Error::NotFound(format!(
+                "no mount serves {path:?}; mounts: {}",
+                known.join(", ")
+            ))
         })?;
         let settings = mounts::local_settings(&mount.config)?;
         let cap = if settings.max_value_bytes > 0 {
@@ -397,7 +465,11 @@ impl Core {
         }
         // Vault's existence check: writing a secret that does not exist yet
         // needs `create`, not `update`.
-        let cap = if cap == Capability::Update && area == "data" && !id.is_root() && kv.describe(rel).await.is_err() {
+        let cap = if cap == Capability::Update
+            && area == "data"
+            && !id.is_root()
+            && kv.describe(rel).await.is_err()
+        {
             Capability::Create
         } else {
             cap
@@ -414,46 +486,78 @@ impl Core {
         cas: Option<u64>,
     ) -> Result<(u64, VersionMeta)> {
         let loaded = self.loaded()?;
-        let (kv, rel, _) = self.secret_op(&loaded, token, path, "data", Capability::Update).await?;
+        let (kv, rel, _) = self
+            .secret_op(&loaded, token, path, "data", Capability::Update)
+            .await?;
         kv.put(rel, value, cas).await
     }
 
-    pub async fn get(&self, token: Option<&str>, path: &str, version: Option<u64>) -> Result<ReadSecret> {
+    pub async fn get(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<ReadSecret> {
         let loaded = self.loaded()?;
-        let (kv, rel, _) = self.secret_op(&loaded, token, path, "data", Capability::Read).await?;
+        let (kv, rel, _) = self
+            .secret_op(&loaded, token, path, "data", Capability::Read)
+            .await?;
         kv.get(rel, version).await
     }
 
     pub async fn describe(&self, token: Option<&str>, path: &str) -> Result<SecretMeta> {
         let loaded = self.loaded()?;
-        let (kv, rel, _) = self.secret_op(&loaded, token, path, "metadata", Capability::Read).await?;
+        let (kv, rel, _) = self
+            .secret_op(&loaded, token, path, "metadata", Capability::Read)
+            .await?;
         kv.describe(rel).await
     }
 
-    pub async fn delete(&self, token: Option<&str>, path: &str, versions: &[u64], all: bool) -> Result<()> {
+    pub async fn delete(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        versions: &[u64],
+        all: bool,
+    ) -> Result<()> {
         let loaded = self.loaded()?;
         if all {
             if !versions.is_empty() {
-                return Err(Error::InvalidArgument("give either versions or all_versions, not both".into()));
+                return Err(Error::InvalidArgument(
+                    "give either versions or all_versions, not both".into(),
+                ));
             }
-            let (kv, rel, _) = self.secret_op(&loaded, token, path, "metadata", Capability::Delete).await?;
+            let (kv, rel, _) = self
+                .secret_op(&loaded, token, path, "metadata", Capability::Delete)
+                .await?;
             return kv.delete_all(rel).await;
         }
-        let (area, cap) = if versions.is_empty() { ("data", Capability::Delete) } else { ("delete", Capability::Update) };
+        let (area, cap) = if versions.is_empty() {
+            ("data", Capability::Delete)
+        } else {
+            ("delete", Capability::Update)
+        };
         let (kv, rel, _) = self.secret_op(&loaded, token, path, area, cap).await?;
-        kv.change_versions(rel, versions, VersionChange::SoftDelete).await
+        kv.change_versions(rel, versions, VersionChange::SoftDelete)
+            .await
     }
 
     pub async fn undelete(&self, token: Option<&str>, path: &str, versions: &[u64]) -> Result<()> {
         let loaded = self.loaded()?;
-        let (kv, rel, _) = self.secret_op(&loaded, token, path, "undelete", Capability::Update).await?;
-        kv.change_versions(rel, versions, VersionChange::Undelete).await
+        let (kv, rel, _) = self
+            .secret_op(&loaded, token, path, "undelete", Capability::Update)
+            .await?;
+        kv.change_versions(rel, versions, VersionChange::Undelete)
+            .await
     }
 
     pub async fn destroy(&self, token: Option<&str>, path: &str, versions: &[u64]) -> Result<()> {
         let loaded = self.loaded()?;
-        let (kv, rel, _) = self.secret_op(&loaded, token, path, "destroy", Capability::Update).await?;
-        kv.change_versions(rel, versions, VersionChange::Destroy).await
+        let (kv, rel, _) = self
+            .secret_op(&loaded, token, path, "destroy", Capability::Update)
+            .await?;
+        kv.change_versions(rel, versions, VersionChange::Destroy)
+            .await
     }
 
     pub async fn put_metadata(
@@ -465,8 +569,11 @@ impl Core {
         cas_required: Option<bool>,
     ) -> Result<SecretMeta> {
         let loaded = self.loaded()?;
-        let (kv, rel, _) = self.secret_op(&loaded, token, path, "metadata", Capability::Update).await?;
-        kv.put_metadata(rel, custom, max_versions, cas_required).await
+        let (kv, rel, _) = self
+            .secret_op(&loaded, token, path, "metadata", Capability::Update)
+            .await?;
+        kv.put_metadata(rel, custom, max_versions, cas_required)
+            .await
     }
 
     pub async fn list(
@@ -481,7 +588,11 @@ impl Core {
         let folder = validate_folder_path(path)?;
         let loaded = self.loaded()?;
         let (kv, mount, rel) = self.route(&loaded, &folder)?;
-        self.authorize(&id, &format!("{}metadata/{rel}", mount.path), Capability::List)?;
+        self.authorize(
+            &id,
+            &format!("{}metadata/{rel}", mount.path),
+            Capability::List,
+        )?;
         kv.list(rel, page_size, page_token, recursive).await
     }
 
@@ -513,27 +624,49 @@ impl Core {
         Ok(self.barrier.rekey(keys, shares, threshold).await?)
     }
 
-    /// Writes a consistent snapshot of the encrypted store to `out`.
-    pub async fn snapshot(&self, token: Option<&str>, mut out: Box<dyn std::io::Write + Send>) -> Result<u64> {
+    /// Checks that the token may save and restore snapshots, so a
+    /// streaming call can fail before it starts.
+    pub async fn authorize_snapshot(&self, token: Option<&str>) -> Result<()> {
         let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/storage/snapshot", Capability::Sudo)?;
+        self.authorize(&id, "sys/storage/snapshot", Capability::Sudo)
+    }
+
+    /// Writes a consistent snapshot of the encrypted store to `out`.
+    pub async fn snapshot(
+        &self,
+        token: Option<&str>,
+        mut out: Box<dyn std::io::Write + Send>,
+    ) -> Result<u64> {
+        self.authorize_snapshot(token).await?;
         let barrier = self.barrier.clone();
         tokio::task::spawn_blocking(move || barrier.snapshot(&mut out))
             .await
-            .map_err(|e| Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(e.to_string()))))?
+            .map_err(|e| {
+                Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(
+                    e.to_string(),
+                )))
+            })?
             .map_err(Error::from)
     }
 
     /// Replaces the store with the snapshot in `file`; see
     /// [`Barrier::restore`]. Returns (entries, sealed afterwards).
-    pub async fn restore(&self, token: Option<&str>, file: std::path::PathBuf, force: bool) -> Result<(u64, bool)> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/storage/snapshot", Capability::Sudo)?;
+    pub async fn restore(
+        &self,
+        token: Option<&str>,
+        file: std::path::PathBuf,
+        force: bool,
+    ) -> Result<(u64, bool)> {
+        self.authorize_snapshot(token).await?;
         let _guard = self.admin.lock().await;
         let barrier = self.barrier.clone();
         let (count, sealed) = tokio::task::spawn_blocking(move || barrier.restore(&file, force))
             .await
-            .map_err(|e| Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(e.to_string()))))??;
+            .map_err(|e| {
+                Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(
+                    e.to_string(),
+                )))
+            })??;
         self.set_loaded(None);
         if !sealed && let Err(e) = self.load().await {
             self.barrier.seal();

@@ -88,7 +88,10 @@ pub struct Kv<'a> {
 }
 
 fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
-    Error::Corrupt { key: key.to_string(), reason: e.to_string() }
+    Error::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 impl Kv<'_> {
@@ -107,7 +110,9 @@ impl Kv<'_> {
     async fn read_meta(&self, path: &str) -> Result<(Option<SecretMeta>, Stamp)> {
         let key = self.meta_key(path);
         let (raw, stamp) = self.barrier.get_stamped(&key).await?;
-        let meta = raw.map(|r| serde_json::from_slice(&r).map_err(|e| corrupt(&key, e))).transpose()?;
+        let meta = raw
+            .map(|r| serde_json::from_slice(&r).map_err(|e| corrupt(&key, e)))
+            .transpose()?;
         Ok((meta, stamp))
     }
 
@@ -132,14 +137,22 @@ impl Kv<'_> {
     }
 
     pub async fn describe(&self, path: &str) -> Result<SecretMeta> {
-        self.read_meta(path).await?.0.ok_or_else(|| self.not_found(path))
+        self.read_meta(path)
+            .await?
+            .0
+            .ok_or_else(|| self.not_found(path))
     }
 
     fn not_found(&self, path: &str) -> Error {
         Error::NotFound(format!("no secret at {}", self.full(path)))
     }
 
-    pub async fn put(&self, path: &str, value: &SecretValue, cas: Option<u64>) -> Result<(u64, VersionMeta)> {
+    pub async fn put(
+        &self,
+        path: &str,
+        value: &SecretValue,
+        cas: Option<u64>,
+    ) -> Result<(u64, VersionMeta)> {
         value.validate(self.max_value_bytes)?;
         let encoded = value.encode();
         self.with_retries(path, || async {
@@ -192,7 +205,9 @@ impl Kv<'_> {
         let vmeta = match meta.versions.get(&v) {
             Some(m) => m.clone(),
             None if v == 0 || meta.current_version == 0 => {
-                return Err(Error::NotFound(format!("{full} has metadata but no version yet")));
+                return Err(Error::NotFound(format!(
+                    "{full} has metadata but no version yet"
+                )));
             }
             None if v > meta.current_version => {
                 return Err(Error::NotFound(format!(
@@ -208,10 +223,14 @@ impl Kv<'_> {
             }
         };
         if vmeta.destroyed {
-            return Err(Error::NotFound(format!("version {v} of {full} was destroyed")));
+            return Err(Error::NotFound(format!(
+                "version {v} of {full} was destroyed"
+            )));
         }
         if vmeta.deletion_time.is_some() {
-            return Err(Error::NotFound(format!("version {v} of {full} is deleted; undelete it to read it")));
+            return Err(Error::NotFound(format!(
+                "version {v} of {full} is deleted; undelete it to read it"
+            )));
         }
         let key = self.data_key(path, v);
         let raw = self.barrier.get(&key).await?.ok_or_else(|| {
@@ -219,19 +238,35 @@ impl Kv<'_> {
             Error::NotFound(format!("version {v} of {full} is no longer available"))
         })?;
         let value = SecretValue::decode(&raw).map_err(|e| corrupt(&key, e))?;
-        Ok(ReadSecret { value, version: v, meta: vmeta, custom_metadata: meta.custom_metadata })
+        Ok(ReadSecret {
+            value,
+            version: v,
+            meta: vmeta,
+            custom_metadata: meta.custom_metadata,
+        })
     }
 
     /// Applies a state change to the given versions (empty: the latest, for
     /// soft delete only). Unknown versions are refused before anything changes.
-    pub async fn change_versions(&self, path: &str, versions: &[u64], change: VersionChange) -> Result<()> {
+    pub async fn change_versions(
+        &self,
+        path: &str,
+        versions: &[u64],
+        change: VersionChange,
+    ) -> Result<()> {
         if versions.is_empty() && !matches!(change, VersionChange::SoftDelete) {
-            return Err(Error::InvalidArgument("give at least one version number".into()));
+            return Err(Error::InvalidArgument(
+                "give at least one version number".into(),
+            ));
         }
         self.with_retries(path, || async {
             let (meta, stamp) = self.read_meta(path).await?;
             let mut meta = meta.ok_or_else(|| self.not_found(path))?;
-            let targets: Vec<u64> = if versions.is_empty() { vec![meta.current_version] } else { versions.to_vec() };
+            let targets: Vec<u64> = if versions.is_empty() {
+                vec![meta.current_version]
+            } else {
+                versions.to_vec()
+            };
             for v in &targets {
                 if !meta.versions.contains_key(v) {
                     return Err(Error::InvalidArgument(format!(
@@ -312,7 +347,11 @@ impl Kv<'_> {
             meta.updated = now;
             let mut batch = WriteBatch::new();
             batch.expect(self.meta_key(path), &stamp);
-            let max = if meta.max_versions > 0 { meta.max_versions } else { self.settings.max_versions };
+            let max = if meta.max_versions > 0 {
+                meta.max_versions
+            } else {
+                self.settings.max_versions
+            };
             while max > 0 && meta.versions.len() > max as usize {
                 let (old, _) = meta.versions.pop_first().expect("non-empty");
                 batch.delete(self.data_key(path, old));
@@ -336,12 +375,16 @@ impl Kv<'_> {
         let page_size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n > MAX_PAGE_SIZE => {
-                return Err(Error::InvalidArgument(format!("page_size {n} is over the maximum of {MAX_PAGE_SIZE}")));
+                return Err(Error::InvalidArgument(format!(
+                    "page_size {n} is over the maximum of {MAX_PAGE_SIZE}"
+                )));
             }
             n => n,
         };
         if page_token.chars().any(|c| c == '\0') {
-            return Err(Error::InvalidArgument("the page token is not one this server issued".into()));
+            return Err(Error::InvalidArgument(
+                "the page token is not one this server issued".into(),
+            ));
         }
         let base = format!("{}meta/{folder}", self.prefix);
         let mut start = if page_token.is_empty() {

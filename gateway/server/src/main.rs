@@ -1,1 +1,104 @@
-fn main(){}
+//! `keybridge`: the server (`keybridge server ...`) and its CLI client.
+
+mod cli;
+mod config;
+mod error;
+mod hygiene;
+mod server;
+mod service;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Client, Command};
+use crate::config::{Config, Limits, Storage};
+use crate::error::{Error, exit};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<u8, Error> {
+    match cli.command {
+        Command::Server(args) => {
+            let (config, dev) = if args.dev {
+                let address = args.dev_listen_address.parse().map_err(|_| {
+                    Error::Usage(format!(
+                        "--dev-listen-address {:?} is not host:port",
+                        args.dev_listen_address
+                    ))
+                })?;
+                let config = Config {
+                    address,
+                    tls: None,
+                    storage: Storage::InMemory,
+                    limits: Limits::default(),
+                    disable_mlock: false,
+                    log_level: "info".into(),
+                };
+                (
+                    config,
+                    Some(server::DevOptions {
+                        root_token_id: args.dev_root_token_id,
+                    }),
+                )
+            } else {
+                let path = args.config.ok_or_else(|| {
+                    Error::Usage("give --config FILE, or --dev for a throwaway dev server".into())
+                })?;
+                let text = std::fs::read_to_string(&path).map_err(|e| Error::Read {
+                    path: path.display().to_string(),
+                    source: e,
+                })?;
+                (Config::parse(&path.display().to_string(), &text)?, None)
+            };
+            init_logging(&config.log_level);
+            server::run(config, dev).await?;
+            Ok(exit::OK)
+        }
+        Command::Kv(cmd) => {
+            let c = Client::connect(&cli.global).await?;
+            cli::kv(&c, cmd).await?;
+            Ok(exit::OK)
+        }
+        Command::Mount(cmd) => {
+            let c = Client::connect(&cli.global).await?;
+            cli::mount(&c, cmd).await?;
+            Ok(exit::OK)
+        }
+        Command::Operator(cmd) => {
+            let c = Client::connect(&cli.global).await?;
+            cli::operator(&c, cmd).await
+        }
+    }
+}

@@ -1,0 +1,1071 @@
+//! The `keybridge` command line: the server command and the client.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keybridge_proto::v1 as pb;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+
+#[derive(Parser)]
+#[command(
+    name = "keybridge",
+    version,
+    about = "Keybridge: a multi-cloud secrets gateway (server and client)"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Server address, e.g. https://kb.internal:8400.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYBRIDGE_ADDR",
+        default_value = "http://127.0.0.1:8400"
+    )]
+    pub address: String,
+    /// Token to authenticate with.
+    #[arg(long, global = true, env = "KEYBRIDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (https only).
+    #[arg(long = "ca-cert", global = true, env = "KEYBRIDGE_CACERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Server(ServerArgs),
+    /// Read and write versioned secrets.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Manage mounts.
+    #[command(subcommand)]
+    Mount(MountCommand),
+    /// Initialise, unseal, seal, rotate, rekey, snapshot.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// HCL config file (listener, storage, limits).
+    #[arg(long, conflicts_with = "dev")]
+    pub config: Option<PathBuf>,
+    /// Dev mode: in-memory store, unsealed, plaintext, root token printed.
+    #[arg(long)]
+    pub dev: bool,
+    #[arg(long, default_value = "127.0.0.1:8400", requires = "dev")]
+    pub dev_listen_address: String,
+    /// Use this root token instead of a random one.
+    #[arg(long, requires = "dev")]
+    pub dev_root_token_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum KvCommand {
+    /// Write a new version: `kv put secret/app username=alice password=@file`.
+    Put {
+        path: String,
+        /// key=value, key=@file (the file's contents), key=- (stdin), or a
+        /// single `-` for a JSON object on stdin.
+        pairs: Vec<String>,
+        /// Check-and-set: the version expected to be current (0: new secret).
+        #[arg(long)]
+        cas: Option<u64>,
+        /// Store this file's bytes as an opaque binary value (`-`: stdin).
+        #[arg(long, conflicts_with = "pairs")]
+        binary_file: Option<PathBuf>,
+    },
+    /// Read the latest version, or `--version N`.
+    Get {
+        path: String,
+        #[arg(long)]
+        version: Option<u64>,
+        /// Print only this field's value.
+        #[arg(long)]
+        field: Option<String>,
+    },
+    /// List keys under a folder (every page).
+    List {
+        path: String,
+        /// Every key below the folder, not only the direct children.
+        #[arg(long)]
+        recursive: bool,
+    },
+    /// Soft-delete the latest version, or `--versions 1,2`.
+    Delete {
+        path: String,
+        #[arg(long, value_delimiter = ',')]
+        versions: Vec<u64>,
+    },
+    /// Restore soft-deleted versions.
+    Undelete {
+        path: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        versions: Vec<u64>,
+    },
+    /// Permanently remove the data of versions.
+    Destroy {
+        path: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        versions: Vec<u64>,
+    },
+    /// Read or write a secret's metadata, or delete the secret entirely.
+    #[command(subcommand)]
+    Metadata(MetadataCommand),
+}
+
+#[derive(Subcommand)]
+pub enum MetadataCommand {
+    /// Show metadata and versions (never the value).
+    Get { path: String },
+    /// Set custom metadata (`--custom-metadata k=v`, repeatable; replaces
+    /// the map), max versions, or cas_required.
+    Put {
+        path: String,
+        #[arg(long = "custom-metadata")]
+        custom_metadata: Vec<String>,
+        #[arg(long)]
+        max_versions: Option<u32>,
+        #[arg(long)]
+        cas_required: Option<bool>,
+    },
+    /// Delete every version and the metadata.
+    Delete { path: String },
+}
+
+#[derive(Subcommand)]
+pub enum MountCommand {
+    List,
+    /// `mount enable --type local team/ max_versions=5`
+    Enable {
+        path: String,
+        /// key=value mount settings.
+        config: Vec<String>,
+        #[arg(long = "type")]
+        kind: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Disable {
+        path: String,
+    },
+    /// Change settings: key=value (empty value removes the key).
+    Tune {
+        path: String,
+        config: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OperatorCommand {
+    /// Initialise a new server: prints the unseal keys and the root token.
+    Init {
+        #[arg(long, default_value_t = 5)]
+        key_shares: u32,
+        #[arg(long, default_value_t = 3)]
+        key_threshold: u32,
+    },
+    /// Enter one unseal key (from the argument, or stdin if omitted).
+    Unseal {
+        key: Option<String>,
+        #[arg(long)]
+        reset: bool,
+    },
+    Seal,
+    /// Seal status; exits 0 when unsealed, 5 when sealed.
+    Status,
+    /// Add a new encryption key term.
+    Rotate,
+    /// Show the active key term.
+    KeyStatus,
+    /// Replace the root key with new shares; current keys from arguments or
+    /// stdin (one per line).
+    Rekey {
+        keys: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        key_shares: u32,
+        #[arg(long, default_value_t = 3)]
+        key_threshold: u32,
+    },
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a consistent snapshot of the encrypted store.
+    Save { file: PathBuf },
+    /// Replace the whole store with a snapshot.
+    Restore {
+        file: PathBuf,
+        /// Accept a snapshot from another root key (the server seals).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+// ----- connection -----------------------------------------------------------
+
+pub struct Client {
+    channel: Channel,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    output: Output,
+}
+
+impl Client {
+    pub async fn connect(g: &Global) -> Result<Client, Error> {
+        let addr = if g.address.contains("://") {
+            g.address.clone()
+        } else {
+            format!("http://{}", g.address)
+        };
+        let connect_err = |reason: String| Error::Connect {
+            addr: addr.clone(),
+            reason,
+        };
+        let mut endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|e| Error::Usage(format!("bad address {addr:?}: {e}")))?;
+        if addr.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &g.ca_cert {
+                let pem = std::fs::read(ca).map_err(|e| Error::Read {
+                    path: ca.display().to_string(),
+                    source: e,
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| connect_err(e.to_string()))?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_err(source_chain(&e)))?;
+        let token = match &g.token {
+            Some(t) => {
+                let mut v: MetadataValue<_> = format!("Bearer {t}").parse().map_err(|_| {
+                    Error::Usage("the token has characters that cannot be sent".into())
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Client {
+            channel,
+            token,
+            output: g.output,
+        })
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert("authorization", t.clone());
+        }
+        r
+    }
+
+    fn secrets(&self) -> pb::secrets_client::SecretsClient<Channel> {
+        pb::secrets_client::SecretsClient::new(self.channel.clone())
+            .max_decoding_message_size(64 << 20)
+    }
+
+    fn sys(&self) -> pb::sys_client::SysClient<Channel> {
+        pb::sys_client::SysClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+// ----- output helpers ---------------------------------------------------------
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON value prints")
+    );
+}
+
+fn print_table(rows: &[(String, String)]) {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
+    println!("{:width$}    Value", "Key");
+    println!("{:width$}    -----", "---");
+    for (k, v) in rows {
+        println!("{k:width$}    {v}");
+    }
+}
+
+fn time(t: &Option<prost_types::Timestamp>) -> String {
+    match t {
+        Some(t) => {
+            let st = std::time::UNIX_EPOCH
+                + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+            humantime::format_rfc3339_nanos(st).to_string()
+        }
+        None => String::new(),
+    }
+}
+
+fn version_json(v: &pb::VersionMetadata) -> Value {
+    json!({
+        "version": v.version,
+        "created_time": time(&v.created_time),
+        "deletion_time": time(&v.deletion_time),
+        "destroyed": v.destroyed,
+    })
+}
+
+fn map_text(m: &std::collections::HashMap<String, String>) -> String {
+    let sorted: BTreeMap<_, _> = m.iter().collect();
+    let inner: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    format!("map[{}]", inner.join(" "))
+}
+
+fn parse_pairs(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>, Error> {
+    let mut out = BTreeMap::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("{what} {p:?} is not key=value")))?;
+        if k.is_empty() {
+            return Err(Error::Usage(format!("{what} {p:?} has an empty key")));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
+    let mut buf = Zeroizing::new(Vec::new());
+    std::io::stdin().read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn read_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| Error::Read {
+            path: path.display().to_string(),
+            source: e,
+        })
+}
+
+fn utf8(bytes: Zeroizing<Vec<u8>>, what: &str) -> Result<String, Error> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        Error::Usage(format!(
+            "{what} is not UTF-8 text; use --binary-file for bytes"
+        ))
+    })
+}
+
+/// Builds the value for `kv put` from its arguments.
+fn value_from_args(
+    pairs: &[String],
+    binary_file: &Option<PathBuf>,
+) -> Result<pb::SecretValue, Error> {
+    if let Some(f) = binary_file {
+        let bytes = if f.as_os_str() == "-" {
+            read_stdin()?
+        } else {
+            read_file(f)?
+        };
+        return Ok(pb::SecretValue {
+            kind: Some(pb::secret_value::Kind::Binary(bytes.to_vec())),
+        });
+    }
+    let mut fields = std::collections::HashMap::new();
+    if pairs.len() == 1 && pairs[0] == "-" {
+        let raw = read_stdin()?;
+        let obj: BTreeMap<String, Value> = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Usage(format!("stdin is not a JSON object of fields: {e}")))?;
+        for (k, v) in obj {
+            let s = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            fields.insert(k, s);
+        }
+    } else {
+        if pairs.is_empty() {
+            return Err(Error::Usage(
+                "give at least one key=value pair (or - to read JSON from stdin)".into(),
+            ));
+        }
+        for p in pairs {
+            let (k, v) = p.split_once('=').ok_or_else(|| {
+                Error::Usage(format!(
+                    "argument {:?} is not key=value",
+                    p.split('=').next().unwrap_or_default()
+                ))
+            })?;
+            if k.is_empty() {
+                return Err(Error::Usage(
+                    "a field name is empty (argument starts with '=')".into(),
+                ));
+            }
+            let v = if v == "-" {
+                utf8(read_stdin()?, "stdin")?
+            } else if let Some(file) = v.strip_prefix('@') {
+                utf8(read_file(std::path::Path::new(file))?, file)?
+            } else {
+                v.to_string()
+            };
+            fields.insert(k.to_string(), v);
+        }
+    }
+    Ok(pb::SecretValue {
+        kind: Some(pb::secret_value::Kind::Fields(pb::Fields { fields })),
+    })
+}
+
+// ----- commands ---------------------------------------------------------------
+
+pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
+    let json = c.output == Output::Json;
+    match cmd {
+        KvCommand::Put {
+            path,
+            pairs,
+            cas,
+            binary_file,
+        } => {
+            let value = value_from_args(&pairs, &binary_file)?;
+            let r = c
+                .secrets()
+                .put(c.req(pb::PutRequest {
+                    path,
+                    value: Some(value),
+                    cas,
+                }))
+                .await?
+                .into_inner();
+            let v = r.version.unwrap_or_default();
+            if json {
+                print_json(&version_json(&v));
+            } else {
+                print_table(&[
+                    ("created_time".into(), time(&v.created_time)),
+                    ("deletion_time".into(), "n/a".into()),
+                    ("destroyed".into(), "false".into()),
+                    ("version".into(), v.version.to_string()),
+                ]);
+            }
+        }
+        KvCommand::Get {
+            path,
+            version,
+            field,
+        } => {
+            let r = c
+                .secrets()
+                .get(c.req(pb::GetRequest {
+                    path,
+                    version: version.unwrap_or(0),
+                }))
+                .await?
+                .into_inner();
+            let v = r.version.unwrap_or_default();
+            let value = r.value.and_then(|v| v.kind);
+            if let Some(name) = field {
+                match &value {
+                    Some(pb::secret_value::Kind::Fields(f)) => match f.fields.get(&name) {
+                        Some(s) => println!("{s}"),
+                        None => {
+                            return Err(Error::Status(tonic::Status::not_found(format!(
+                                "the secret has no field {name:?}"
+                            ))));
+                        }
+                    },
+                    _ => {
+                        return Err(Error::Usage(
+                            "--field needs a secret of fields; this one is binary".into(),
+                        ));
+                    }
+                }
+                return Ok(());
+            }
+            let mut meta = version_json(&v);
+            meta["custom_metadata"] = json!(r.custom_metadata.iter().collect::<BTreeMap<_, _>>());
+            if json {
+                let out = match &value {
+                    Some(pb::secret_value::Kind::Fields(f)) => {
+                        json!({ "data": f.fields.iter().collect::<BTreeMap<_, _>>(), "metadata": meta })
+                    }
+                    Some(pb::secret_value::Kind::Binary(b)) => {
+                        json!({ "data": null, "binary_b64": B64.encode(b), "metadata": meta })
+                    }
+                    None => json!({ "data": null, "metadata": meta }),
+                };
+                print_json(&out);
+            } else {
+                println!("====== Metadata ======");
+                print_table(&[
+                    ("created_time".into(), time(&v.created_time)),
+                    ("custom_metadata".into(), map_text(&r.custom_metadata)),
+                    ("deletion_time".into(), "n/a".into()),
+                    ("destroyed".into(), v.destroyed.to_string()),
+                    ("version".into(), v.version.to_string()),
+                ]);
+                println!();
+                println!("====== Data ======");
+                match value {
+                    Some(pb::secret_value::Kind::Fields(f)) => {
+                        let rows: BTreeMap<_, _> = f.fields.into_iter().collect();
+                        print_table(&rows.into_iter().collect::<Vec<_>>());
+                    }
+                    Some(pb::secret_value::Kind::Binary(b)) => {
+                        print_table(&[("binary_b64".into(), B64.encode(&b))]);
+                    }
+                    None => {}
+                }
+            }
+        }
+        KvCommand::List { path, recursive } => {
+            let mut keys = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .secrets()
+                    .list(c.req(pb::ListRequest {
+                        path: path.clone(),
+                        page_size: 0,
+                        page_token,
+                        recursive,
+                    }))
+                    .await?
+                    .into_inner();
+                keys.extend(r.keys);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+            if json {
+                print_json(&json!(keys));
+            } else if keys.is_empty() {
+                println!("No keys under {path}");
+            } else {
+                println!("Keys\n----");
+                for k in keys {
+                    println!("{k}");
+                }
+            }
+        }
+        KvCommand::Delete { path, versions } => {
+            c.secrets()
+                .delete(c.req(pb::DeleteRequest {
+                    path: path.clone(),
+                    versions,
+                    all_versions: false,
+                }))
+                .await?;
+            done(
+                json,
+                &format!("Success! Data deleted (if it existed) at: {path}"),
+            );
+        }
+        KvCommand::Undelete { path, versions } => {
+            c.secrets()
+                .undelete(c.req(pb::UndeleteRequest {
+                    path: path.clone(),
+                    versions,
+                }))
+                .await?;
+            done(json, &format!("Success! Data written to: {path}"));
+        }
+        KvCommand::Destroy { path, versions } => {
+            c.secrets()
+                .destroy(c.req(pb::DestroyRequest {
+                    path: path.clone(),
+                    versions,
+                }))
+                .await?;
+            done(json, &format!("Success! Data written to: {path}"));
+        }
+        KvCommand::Metadata(MetadataCommand::Get { path }) => {
+            let r = c
+                .secrets()
+                .describe(c.req(pb::DescribeRequest { path }))
+                .await?
+                .into_inner();
+            print_metadata(json, &r.metadata.unwrap_or_default());
+        }
+        KvCommand::Metadata(MetadataCommand::Put {
+            path,
+            custom_metadata,
+            max_versions,
+            cas_required,
+        }) => {
+            let custom = parse_pairs(&custom_metadata, "--custom-metadata")?;
+            let r = c
+                .secrets()
+                .put_metadata(c.req(pb::PutMetadataRequest {
+                    path,
+                    custom_metadata: custom.into_iter().collect(),
+                    max_versions,
+                    cas_required,
+                }))
+                .await?
+                .into_inner();
+            print_metadata(json, &r.metadata.unwrap_or_default());
+        }
+        KvCommand::Metadata(MetadataCommand::Delete { path }) => {
+            c.secrets()
+                .delete(c.req(pb::DeleteRequest {
+                    path: path.clone(),
+                    versions: vec![],
+                    all_versions: true,
+                }))
+                .await?;
+            done(
+                json,
+                &format!("Success! Data deleted (if it existed) at: {path}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn done(json: bool, message: &str) {
+    if json {
+        print_json(&json!({ "ok": true }));
+    } else {
+        println!("{message}");
+    }
+}
+
+fn print_metadata(json: bool, m: &pb::SecretMetadata) {
+    if json {
+        print_json(&json!({
+            "path": m.path,
+            "current_version": m.current_version,
+            "oldest_version": m.oldest_version,
+            "created_time": time(&m.created_time),
+            "updated_time": time(&m.updated_time),
+            "custom_metadata": m.custom_metadata.iter().collect::<BTreeMap<_, _>>(),
+            "max_versions": m.max_versions,
+            "cas_required": m.cas_required,
+            "versions": m.versions.iter().map(|v| (v.version.to_string(), version_json(v))).collect::<serde_json::Map<_, _>>(),
+        }));
+        return;
+    }
+    println!("========== Metadata Path ==========");
+    println!("{}", m.path);
+    println!();
+    println!("========== Metadata ==========");
+    print_table(&[
+        ("cas_required".into(), m.cas_required.to_string()),
+        ("created_time".into(), time(&m.created_time)),
+        ("current_version".into(), m.current_version.to_string()),
+        ("custom_metadata".into(), map_text(&m.custom_metadata)),
+        ("max_versions".into(), m.max_versions.to_string()),
+        ("oldest_version".into(), m.oldest_version.to_string()),
+        ("updated_time".into(), time(&m.updated_time)),
+    ]);
+    for v in &m.versions {
+        println!();
+        println!("====== Version {} ======", v.version);
+        let deletion = if v.deletion_time.is_some() {
+            time(&v.deletion_time)
+        } else {
+            "n/a".into()
+        };
+        print_table(&[
+            ("created_time".into(), time(&v.created_time)),
+            ("deletion_time".into(), deletion),
+            ("destroyed".into(), v.destroyed.to_string()),
+        ]);
+    }
+}
+
+fn mount_json(m: &pb::Mount) -> Value {
+    json!({
+        "path": m.path, "type": m.r#type, "description": m.description, "id": m.id,
+        "config": m.config.iter().collect::<BTreeMap<_, _>>(), "created_time": time(&m.created_time),
+    })
+}
+
+pub async fn mount(c: &Client, cmd: MountCommand) -> Result<(), Error> {
+    let json = c.output == Output::Json;
+    match cmd {
+        MountCommand::List => {
+            let r = c
+                .sys()
+                .list_mounts(c.req(pb::ListMountsRequest {}))
+                .await?
+                .into_inner();
+            if json {
+                print_json(&json!(r.mounts.iter().map(mount_json).collect::<Vec<_>>()));
+            } else {
+                let w = r
+                    .mounts
+                    .iter()
+                    .map(|m| m.path.len())
+                    .max()
+                    .unwrap_or(4)
+                    .max(4);
+                println!(
+                    "{:w$}    {:8}    {:36}    Description",
+                    "Path", "Type", "Id"
+                );
+                println!(
+                    "{:w$}    {:8}    {:36}    -----------",
+                    "----", "----", "--"
+                );
+                for m in &r.mounts {
+                    println!(
+                        "{:w$}    {:8}    {:36}    {}",
+                        m.path, m.r#type, m.id, m.description
+                    );
+                }
+            }
+        }
+        MountCommand::Enable {
+            path,
+            config,
+            kind,
+            description,
+        } => {
+            let config = parse_pairs(&config, "mount setting")?;
+            let m = c
+                .sys()
+                .enable_mount(c.req(pb::EnableMountRequest {
+                    path,
+                    r#type: kind,
+                    description,
+                    config: config.into_iter().collect(),
+                }))
+                .await?
+                .into_inner();
+            if json {
+                print_json(&mount_json(&m));
+            } else {
+                println!("Success! Enabled the {} mount at: {}", m.r#type, m.path);
+            }
+        }
+        MountCommand::Disable { path } => {
+            c.sys()
+                .disable_mount(c.req(pb::DisableMountRequest { path: path.clone() }))
+                .await?;
+            done(
+                json,
+                &format!("Success! Disabled the mount (if it existed) at: {path}"),
+            );
+        }
+        MountCommand::Tune {
+            path,
+            config,
+            description,
+        } => {
+            let config = parse_pairs(&config, "mount setting")?;
+            let m = c
+                .sys()
+                .tune_mount(c.req(pb::TuneMountRequest {
+                    path,
+                    description,
+                    config: config.into_iter().collect(),
+                }))
+                .await?
+                .into_inner();
+            if json {
+                print_json(&mount_json(&m));
+            } else {
+                println!("Success! Tuned the mount at: {}", m.path);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn seal_json(s: &pb::SealStatusResponse) -> Value {
+    json!({
+        "initialized": s.initialized, "sealed": s.sealed, "t": s.key_threshold, "n": s.key_shares,
+        "progress": s.progress, "version": s.version, "storage_type": s.storage_type,
+    })
+}
+
+fn print_seal(json: bool, s: &pb::SealStatusResponse) {
+    if json {
+        print_json(&seal_json(s));
+    } else {
+        print_table(&[
+            ("Seal Type".into(), "shamir".into()),
+            ("Initialized".into(), s.initialized.to_string()),
+            ("Sealed".into(), s.sealed.to_string()),
+            ("Total Shares".into(), s.key_shares.to_string()),
+            ("Threshold".into(), s.key_threshold.to_string()),
+            (
+                "Unseal Progress".into(),
+                format!("{}/{}", s.progress, s.key_threshold),
+            ),
+            ("Version".into(), s.version.clone()),
+            ("Storage Type".into(), s.storage_type.clone()),
+        ]);
+    }
+}
+
+fn print_keys(json: bool, keys: &[String], threshold: u32, root_token: Option<&str>) {
+    if json {
+        let mut v = json!({ "unseal_keys_b64": keys, "unseal_shares": keys.len(), "unseal_threshold": threshold });
+        if let Some(t) = root_token {
+            v["root_token"] = json!(t);
+        }
+        print_json(&v);
+        return;
+    }
+    for (i, k) in keys.iter().enumerate() {
+        println!("Unseal Key {}: {k}", i + 1);
+    }
+    println!();
+    if let Some(t) = root_token {
+        println!("Initial Root Token: {t}");
+        println!();
+    }
+    println!(
+        "The root key is split into {} key shares; any {threshold} of them unseal the server.\n\
+         Keep them apart and safe: Keybridge does not store them.",
+        keys.len()
+    );
+}
+
+fn read_key_lines() -> Result<Vec<String>, Error> {
+    let mut keys = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let t = line.trim();
+        if !t.is_empty() {
+            keys.push(t.to_string());
+        }
+    }
+    Ok(keys)
+}
+
+/// Runs an operator command; returns the exit code (status reports sealed
+/// as 5).
+pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
+    let json = c.output == Output::Json;
+    match cmd {
+        OperatorCommand::Init {
+            key_shares,
+            key_threshold,
+        } => {
+            let r = c
+                .sys()
+                .init(c.req(pb::InitRequest {
+                    key_shares,
+                    key_threshold,
+                }))
+                .await?
+                .into_inner();
+            print_keys(
+                json,
+                &r.unseal_keys_b64,
+                r.unseal_threshold,
+                Some(&r.root_token),
+            );
+        }
+        OperatorCommand::Unseal { key, reset } => {
+            let key = match (key, reset) {
+                (_, true) => String::new(),
+                (Some(k), false) => k,
+                (None, false) => {
+                    if !json {
+                        eprint!("Unseal Key (will be hidden from the process list): ");
+                        std::io::stderr().flush()?;
+                    }
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    line.trim().to_string()
+                }
+            };
+            let key = Zeroizing::new(key);
+            let s = c
+                .sys()
+                .unseal(c.req(pb::UnsealRequest {
+                    key: key.to_string(),
+                    reset,
+                }))
+                .await?
+                .into_inner();
+            print_seal(json, &s);
+        }
+        OperatorCommand::Seal => {
+            let s = c.sys().seal(c.req(pb::SealRequest {})).await?.into_inner();
+            if json {
+                print_json(&seal_json(&s));
+            } else {
+                println!("Success! Keybridge is sealed.");
+            }
+        }
+        OperatorCommand::Status => {
+            let s = c
+                .sys()
+                .seal_status(c.req(pb::SealStatusRequest {}))
+                .await?
+                .into_inner();
+            print_seal(json, &s);
+            if s.sealed {
+                return Ok(crate::error::exit::UNAVAILABLE);
+            }
+        }
+        OperatorCommand::Rotate => {
+            let k = c
+                .sys()
+                .rotate(c.req(pb::RotateRequest {}))
+                .await?
+                .into_inner();
+            print_key_status(json, &k);
+        }
+        OperatorCommand::KeyStatus => {
+            let k = c
+                .sys()
+                .key_status(c.req(pb::KeyStatusRequest {}))
+                .await?
+                .into_inner();
+            print_key_status(json, &k);
+        }
+        OperatorCommand::Rekey {
+            keys,
+            key_shares,
+            key_threshold,
+        } => {
+            let keys = if keys.is_empty() {
+                read_key_lines()?
+            } else {
+                keys
+            };
+            let r = c
+                .sys()
+                .rekey(c.req(pb::RekeyRequest {
+                    keys,
+                    key_shares,
+                    key_threshold,
+                }))
+                .await?
+                .into_inner();
+            print_keys(json, &r.unseal_keys_b64, r.unseal_threshold, None);
+        }
+        OperatorCommand::Snapshot(SnapshotCommand::Save { file }) => {
+            let mut stream = c
+                .sys()
+                .snapshot_save(c.req(pb::SnapshotSaveRequest {}))
+                .await?
+                .into_inner();
+            let tmp = file.with_extension("partial");
+            let mut out = std::fs::File::create(&tmp).map_err(|e| Error::Read {
+                path: tmp.display().to_string(),
+                source: e,
+            })?;
+            let mut bytes = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e.into());
+                    }
+                };
+                bytes += chunk.data.len() as u64;
+                out.write_all(&chunk.data)?;
+            }
+            out.sync_all()?;
+            std::fs::rename(&tmp, &file)?;
+            if json {
+                print_json(&json!({ "file": file, "bytes": bytes }));
+            } else {
+                println!(
+                    "Success! Snapshot of {bytes} bytes saved to {}",
+                    file.display()
+                );
+            }
+        }
+        OperatorCommand::Snapshot(SnapshotCommand::Restore { file, force }) => {
+            let data = std::fs::read(&file).map_err(|e| Error::Read {
+                path: file.display().to_string(),
+                source: e,
+            })?;
+            let mut chunks: Vec<pb::SnapshotChunk> = data
+                .chunks(1 << 20)
+                .map(|d| pb::SnapshotChunk {
+                    data: d.to_vec(),
+                    force,
+                })
+                .collect();
+            if chunks.is_empty() {
+                chunks.push(pb::SnapshotChunk {
+                    data: vec![],
+                    force,
+                });
+            }
+            let r = c
+                .sys()
+                .snapshot_restore(c.req(tokio_stream::iter(chunks)))
+                .await?
+                .into_inner();
+            if json {
+                print_json(&json!({ "entries": r.entries, "sealed": r.sealed }));
+            } else if r.sealed {
+                println!(
+                    "Success! Restored {} entries. The snapshot came from another root key: the server is sealed; unseal it with that snapshot's keys.",
+                    r.entries
+                );
+            } else {
+                println!("Success! Restored {} entries.", r.entries);
+            }
+        }
+    }
+    Ok(crate::error::exit::OK)
+}
+
+fn print_key_status(json: bool, k: &pb::KeyStatus) {
+    if json {
+        print_json(
+            &json!({ "term": k.term, "install_time": time(&k.install_time), "terms": k.terms }),
+        );
+    } else {
+        print_table(&[
+            ("Key Term".into(), k.term.to_string()),
+            ("Install Time".into(), time(&k.install_time)),
+            ("Terms".into(), k.terms.to_string()),
+        ]);
+    }
+}

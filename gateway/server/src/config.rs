@@ -1,0 +1,299 @@
+//! The server's HCL configuration, in the shape of Vault's:
+//!
+//! ```hcl
+//! listener "tcp" {
+//!   address       = "0.0.0.0:8400"
+//!   tls_cert_file = "/etc/keybridge/tls/server.crt"
+//!   tls_key_file  = "/etc/keybridge/tls/server.key"
+//!   # tls_disable = true
+//! }
+//! storage "file" {
+//!   path = "/var/lib/keybridge"
+//! }
+//! limits {
+//!   max_value_bytes = 524288
+//! }
+//! disable_mlock = false
+//! ```
+//!
+//! Parsing and validation are pure: nothing here opens a file it names.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listener: BTreeMap<String, RawListener>,
+    #[serde(default)]
+    storage: BTreeMap<String, RawStorage>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+    #[serde(default)]
+    disable_mlock: bool,
+    #[serde(default)]
+    log_level: Option<String>,
+    /// Accepted for familiarity with Vault configs; informational only.
+    #[serde(default)]
+    api_addr: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: String,
+    #[serde(default)]
+    tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_disable: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    cache_size_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_value_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    max_concurrent_requests: Option<usize>,
+    request_timeout: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// A redb file `keybridge.db` in this directory.
+    File {
+        dir: PathBuf,
+        cache_bytes: usize,
+    },
+    InMemory,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_value_bytes: usize,
+    pub max_request_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_bytes: 512 * 1024,
+            max_request_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 4096,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub address: SocketAddr,
+    pub tls: Option<Tls>,
+    pub storage: Storage,
+    pub limits: Limits,
+    pub disable_mlock: bool,
+    pub log_level: String,
+}
+
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+impl Config {
+    pub fn parse(path: &str, text: &str) -> Result<Config, Error> {
+        let bad = |reason: String| Error::Config {
+            path: path.to_string(),
+            reason,
+        };
+        let raw: RawConfig = hcl::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let _ = raw.api_addr;
+
+        if raw.listener.len() != 1 {
+            return Err(bad(format!(
+                "expected exactly one listener \"tcp\" block, found {}",
+                raw.listener.len()
+            )));
+        }
+        let (kind, listener) = raw.listener.into_iter().next().expect("one listener");
+        if kind != "tcp" {
+            return Err(bad(format!(
+                "listener type {kind:?} is not supported; use listener \"tcp\""
+            )));
+        }
+        let address: SocketAddr = listener.address.parse().map_err(|_| {
+            bad(format!(
+                "listener address {:?} is not host:port (e.g. 0.0.0.0:8400)",
+                listener.address
+            ))
+        })?;
+        let tls = match (
+            listener.tls_disable,
+            listener.tls_cert_file,
+            listener.tls_key_file,
+        ) {
+            (true, None, None) => None,
+            (true, _, _) => {
+                return Err(bad(
+                    "tls_disable = true conflicts with tls_cert_file/tls_key_file".into(),
+                ));
+            }
+            (false, Some(cert_file), Some(key_file)) => Some(Tls {
+                cert_file,
+                key_file,
+            }),
+            (false, _, _) => {
+                return Err(bad(
+                    "the listener needs tls_cert_file and tls_key_file, or tls_disable = true for plaintext".into(),
+                ));
+            }
+        };
+
+        if raw.storage.len() != 1 {
+            return Err(bad(format!(
+                "expected exactly one storage block, found {}",
+                raw.storage.len()
+            )));
+        }
+        let (kind, storage) = raw.storage.into_iter().next().expect("one storage");
+        let storage = match kind.as_str() {
+            "file" => Storage::File {
+                dir: storage
+                    .path
+                    .ok_or_else(|| bad("storage \"file\" needs path = \"/some/dir\"".into()))?,
+                cache_bytes: storage.cache_size_bytes.unwrap_or(DEFAULT_CACHE_BYTES),
+            },
+            "inmem" => Storage::InMemory,
+            other => {
+                return Err(bad(format!(
+                    "storage type {other:?} is not supported; use \"file\" or \"inmem\""
+                )));
+            }
+        };
+
+        let mut limits = Limits::default();
+        if let Some(l) = raw.limits {
+            if let Some(v) = l.max_value_bytes {
+                limits.max_value_bytes = v;
+            }
+            if let Some(v) = l.max_request_bytes {
+                limits.max_request_bytes = v;
+            }
+            if let Some(v) = l.max_concurrent_requests {
+                limits.max_concurrent_requests = v;
+            }
+            if let Some(v) = l.request_timeout {
+                limits.request_timeout = humantime::parse_duration(&v).map_err(|e| {
+                    bad(format!("limits.request_timeout {v:?}: {e} (e.g. \"30s\")"))
+                })?;
+            }
+        }
+        if limits.max_value_bytes == 0
+            || limits.max_request_bytes < 1024
+            || limits.max_concurrent_requests == 0
+        {
+            return Err(bad(
+                "limits must be positive (max_request_bytes at least 1024)".into(),
+            ));
+        }
+        if limits.max_request_bytes <= limits.max_value_bytes {
+            return Err(bad(format!(
+                "limits.max_request_bytes ({}) must be larger than limits.max_value_bytes ({})",
+                limits.max_request_bytes, limits.max_value_bytes
+            )));
+        }
+        let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+        Ok(Config {
+            address,
+            tls,
+            storage,
+            limits,
+            disable_mlock: raw.disable_mlock,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_shaped_config_parses() {
+        let c = Config::parse(
+            "t.hcl",
+            r#"
+            listener "tcp" {
+              address       = "127.0.0.1:8400"
+              tls_cert_file = "/tls/server.crt"
+              tls_key_file  = "/tls/server.key"
+            }
+            storage "file" {
+              path = "/data"
+            }
+            limits {
+              max_value_bytes = 1024
+              request_timeout = "5s"
+            }
+            api_addr = "https://kb.internal:8400"
+            disable_mlock = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.address.port(), 8400);
+        assert!(c.tls.is_some());
+        assert!(matches!(c.storage, Storage::File { .. }));
+        assert_eq!(c.limits.max_value_bytes, 1024);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
+        assert!(c.disable_mlock);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            (
+                "listener \"tcp\" { address = \"x\" \n tls_disable = true }\nstorage \"file\" { path = \"/d\" }",
+                "host:port",
+            ),
+            (
+                "listener \"tcp\" { address = \"127.0.0.1:1\" }\nstorage \"file\" { path = \"/d\" }",
+                "tls_disable",
+            ),
+            (
+                "listener \"tcp\" { address = \"127.0.0.1:1\" \n tls_disable = true }\nstorage \"raft\" { path = \"/d\" }",
+                "not supported",
+            ),
+            (
+                "listener \"tcp\" { address = \"127.0.0.1:1\" \n tls_disable = true \n colour = 1 }\nstorage \"file\" { path = \"/d\" }",
+                "colour",
+            ),
+            ("storage \"file\" { path = \"/d\" }", "listener"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::parse("t.hcl", text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+}

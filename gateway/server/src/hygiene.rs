@@ -1,0 +1,45 @@
+//! Process hygiene for a process that holds keys in memory.
+
+/// Core dumps would write memory, keys included, to disk: turn them off
+/// (RLIMIT_CORE = 0, and not dumpable, which also blocks ptrace by other
+/// unprivileged users).
+pub fn disable_core_dumps() -> std::io::Result<()> {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit and prctl take plain values and touch no Rust memory.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Locks all current and future pages in RAM so keys never reach swap.
+pub fn lock_memory() -> std::io::Result<()> {
+    // SAFETY: mlockall takes flags only.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn core_dumps_are_off_afterwards() {
+        super::disable_core_dumps().unwrap();
+        let mut lim = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: 1,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) }, 0);
+        assert_eq!(lim.rlim_cur, 0);
+    }
+}

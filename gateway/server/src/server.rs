@@ -1,0 +1,169 @@
+//! Builds and runs the gRPC server: services, health, reflection, TLS,
+//! limits, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use keybridge_barrier::{Barrier, Physical, RedbStore};
+use keybridge_core::{Core, CoreConfig};
+use keybridge_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::config::{Config, Storage};
+use crate::error::Error;
+use crate::hygiene;
+use crate::service::{SecretsService, SysService, sync_health};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub struct DevOptions {
+    pub root_token_id: Option<String>,
+}
+
+fn open_store(storage: &Storage) -> Result<(Arc<dyn Physical>, PathBuf), Error> {
+    match storage {
+        Storage::InMemory => Ok((Arc::new(RedbStore::in_memory()?), std::env::temp_dir())),
+        Storage::File { dir, cache_bytes } => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Read {
+                path: dir.display().to_string(),
+                source: e,
+            })?;
+            restrict_dir(dir);
+            let store = RedbStore::open(&dir.join("keybridge.db"), *cache_bytes)?;
+            Ok((Arc::new(store), dir.clone()))
+        }
+    }
+}
+
+fn restrict_dir(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot restrict the storage directory to its owner");
+    }
+}
+
+pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
+    let started = Instant::now();
+    if let Err(e) = hygiene::disable_core_dumps() {
+        tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    if config.disable_mlock {
+        tracing::info!("memory locking disabled by configuration (disable_mlock = true)");
+    } else if let Err(e) = hygiene::lock_memory() {
+        tracing::warn!(
+            error = %e,
+            "cannot lock memory (mlock); secrets could be swapped to disk. Raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK, or set disable_mlock = true"
+        );
+    }
+
+    let (physical, staging_dir) = open_store(&config.storage)?;
+    let core = Arc::new(Core::new(
+        Barrier::new(physical),
+        CoreConfig {
+            max_value_bytes: config.limits.max_value_bytes,
+        },
+    ));
+
+    let dev_init = match &dev {
+        Some(d) => Some(core.init(1, 1, d.root_token_id.as_deref(), true).await?),
+        None => None,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    sync_health(&core, &health).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Usage(format!("reflection setup: {e}")))?;
+
+    let max = config.limits.max_request_bytes;
+    let secrets = pb::secrets_server::SecretsServer::new(SecretsService { core: core.clone() })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let sys = pb::sys_server::SysServer::new(SysService {
+        core: core.clone(),
+        health: health.clone(),
+        version: VERSION,
+        staging_dir,
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+
+    let mut builder = Server::builder()
+        .concurrency_limit_per_connection(config.limits.max_concurrent_requests)
+        .timeout(config.limits.request_timeout)
+        .tcp_nodelay(true);
+    if let Some(tls) = &config.tls {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| Error::Read {
+                path: p.display().to_string(),
+                source: e,
+            })
+        };
+        let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    }
+
+    let listener = TcpListener::bind(config.address)
+        .await
+        .map_err(|e| Error::Listen {
+            addr: config.address.to_string(),
+            source: e,
+        })?;
+    let local: SocketAddr = listener.local_addr().map_err(|e| Error::Listen {
+        addr: config.address.to_string(),
+        source: e,
+    })?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+
+    if let Some(init) = &dev_init {
+        println!("WARNING: dev mode. The store lives in memory, the server starts unsealed,");
+        println!("and the root token is printed below. Do not run dev mode in production.");
+        println!();
+        println!("    export KEYBRIDGE_ADDR='{scheme}://{local}'");
+        println!("    export KEYBRIDGE_TOKEN='{}'", init.root_token.as_str());
+        println!();
+        println!("Unseal Key: {}", init.keys[0].as_str());
+        println!("Root Token: {}", init.root_token.as_str());
+        println!();
+    }
+    println!(
+        "==> Keybridge server started! Listening on {scheme}://{local} (in {:?})",
+        started.elapsed()
+    );
+    tracing::info!(address = %local, tls = config.tls.is_some(), storage = core.seal_status().await?.storage_type, "serving");
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(secrets)
+        .add_service(sys)
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
