@@ -65,7 +65,7 @@ pub fn combine(
     threshold: u32,
 ) -> Result<Zeroizing<Vec<u8>>> {
     if total_shares == 1 {
-        return Ok(shares.first().cloned().ok_or(Error::WrongKeys)?);
+        return shares.first().cloned().ok_or(Error::WrongKeys);
     }
     let parsed: Vec<Share> = shares
         .iter()

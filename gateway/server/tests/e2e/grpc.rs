@@ -1,0 +1,392 @@
+//! The gRPC API over a real socket: status codes, health, reflection.
+
+use keybridge_proto::v1 as pb;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use crate::harness::{Server, authed, field, fields};
+
+const T: &str = "root-e2e";
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_and_changes_nothing() {
+    let s = Server::dev();
+    let mut c = s.secrets().await;
+    c.put(authed(
+        T,
+        pb::PutRequest {
+            path: "secret/ok".into(),
+            value: fields(&[("k", "v")]),
+            cas: None,
+        },
+    ))
+    .await
+    .unwrap();
+
+    let long = format!("secret/{}", "a".repeat(1100));
+    let cases: Vec<(&str, pb::PutRequest, Code, &str)> = vec![
+        (
+            "empty segment",
+            pb::PutRequest {
+                path: "secret/a//b".into(),
+                value: fields(&[("k", "v")]),
+                cas: None,
+            },
+            Code::InvalidArgument,
+            "empty segment",
+        ),
+        (
+            "dot-dot",
+            pb::PutRequest {
+                path: "secret/../x".into(),
+                value: fields(&[("k", "v")]),
+                cas: None,
+            },
+            Code::InvalidArgument,
+            "'..'",
+        ),
+        (
+            "NUL",
+            pb::PutRequest {
+                path: "secret/a\0b".into(),
+                value: fields(&[("k", "v")]),
+                cas: None,
+            },
+            Code::InvalidArgument,
+            "U+0000",
+        ),
+        (
+            "too long",
+            pb::PutRequest {
+                path: long,
+                value: fields(&[("k", "v")]),
+                cas: None,
+            },
+            Code::InvalidArgument,
+            "limit is 1024",
+        ),
+        (
+            "no value",
+            pb::PutRequest {
+                path: "secret/a".into(),
+                value: None,
+                cas: None,
+            },
+            Code::InvalidArgument,
+            "value is missing",
+        ),
+        (
+            "no fields",
+            pb::PutRequest {
+                path: "secret/a".into(),
+                value: fields(&[]),
+                cas: None,
+            },
+            Code::InvalidArgument,
+            "no fields",
+        ),
+        (
+            "unknown mount",
+            pb::PutRequest {
+                path: "nomount/a".into(),
+                value: fields(&[("k", "v")]),
+                cas: None,
+            },
+            Code::NotFound,
+            "no mount serves",
+        ),
+        (
+            "wrong cas",
+            pb::PutRequest {
+                path: "secret/ok".into(),
+                value: fields(&[("k", "x")]),
+                cas: Some(7),
+            },
+            Code::FailedPrecondition,
+            "expected version 7",
+        ),
+        (
+            "cas on new",
+            pb::PutRequest {
+                path: "secret/new".into(),
+                value: fields(&[("k", "x")]),
+                cas: Some(1),
+            },
+            Code::FailedPrecondition,
+            "current version is 0",
+        ),
+        (
+            "mount root",
+            pb::PutRequest {
+                path: "secret".into(),
+                value: fields(&[("k", "x")]),
+                cas: None,
+            },
+            Code::InvalidArgument,
+            "mount secret/ itself",
+        ),
+    ];
+    for (name, req, code, needle) in cases {
+        let err = c.put(authed(T, req)).await.unwrap_err();
+        assert_eq!(err.code(), code, "{name}: {err:?}");
+        assert!(err.message().contains(needle), "{name}: {}", err.message());
+    }
+    // Over the value cap (default 512 KiB) but under the message limit.
+    let big = pb::SecretValue {
+        kind: Some(pb::secret_value::Kind::Binary(vec![7; 512 * 1024 + 1])),
+    };
+    let err = c
+        .put(authed(
+            T,
+            pb::PutRequest {
+                path: "secret/big".into(),
+                value: Some(big),
+                cas: None,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("at most 524288 bytes"),
+        "{}",
+        err.message()
+    );
+    // Over the message limit entirely.
+    let huge = pb::SecretValue {
+        kind: Some(pb::secret_value::Kind::Binary(vec![7; 5 << 20])),
+    };
+    let err = c
+        .put(authed(
+            T,
+            pb::PutRequest {
+                path: "secret/huge".into(),
+                value: Some(huge),
+                cas: None,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument
+        ),
+        "{err:?}"
+    );
+
+    // Nothing was written by any of them.
+    let list = c
+        .list(authed(
+            T,
+            pb::ListRequest {
+                path: "secret/".into(),
+                recursive: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.keys, ["ok"]);
+    let got = c
+        .get(authed(
+            T,
+            pb::GetRequest {
+                path: "secret/ok".into(),
+                version: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(field(&got, "k"), "v");
+    assert_eq!(got.version.unwrap().version, 1);
+
+    // Other operations.
+    let err = c
+        .get(authed(
+            T,
+            pb::GetRequest {
+                path: "secret/ok".into(),
+                version: 5,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .delete(authed(
+            T,
+            pb::DeleteRequest {
+                path: "secret/ok".into(),
+                versions: vec![0],
+                all_versions: false,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c
+        .destroy(authed(
+            T,
+            pb::DestroyRequest {
+                path: "secret/ok".into(),
+                versions: vec![],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c
+        .list(authed(
+            T,
+            pb::ListRequest {
+                path: "secret/".into(),
+                page_size: 50_000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Authentication problems.
+    let mut r = tonic::Request::new(pb::GetRequest {
+        path: "secret/ok".into(),
+        version: 0,
+    });
+    r.metadata_mut()
+        .insert("authorization", "Basic abc".parse().unwrap());
+    let err = c.get(r).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("Bearer"));
+    let err = c
+        .get(tonic::Request::new(pb::GetRequest {
+            path: "secret/ok".into(),
+            version: 0,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = c
+        .get(authed(
+            "nope",
+            pb::GetRequest {
+                path: "secret/ok".into(),
+                version: 0,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.message(), "missing or invalid token");
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let s = Server::dev();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel().await);
+    for service in ["", "keybridge.v1.Secrets"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut refl = ServerReflectionClient::new(s.channel().await);
+    let reqs = vec![
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "keybridge.v1.Secrets".into(),
+            )),
+        },
+    ];
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+        panic!("list expected")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "keybridge.v1.Secrets",
+        "keybridge.v1.Sys",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let second = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(fd)) = second.message_response else {
+        panic!("descriptor expected")
+    };
+    assert!(!fd.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test]
+async fn list_pages_over_the_wire() {
+    let s = Server::dev();
+    let mut c = s.secrets().await;
+    for i in 0..25 {
+        c.put(authed(
+            T,
+            pb::PutRequest {
+                path: format!("secret/p/k{i:02}"),
+                value: fields(&[("v", "x")]),
+                cas: None,
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    let mut all = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = c
+            .list(authed(
+                T,
+                pb::ListRequest {
+                    path: "secret/p/".into(),
+                    page_size: 10,
+                    page_token: token,
+                    recursive: false,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        all.extend(r.keys);
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(all.len(), 25);
+    assert_eq!(all[0], "k00");
+    assert_eq!(all[24], "k24");
+}

@@ -1,0 +1,223 @@
+//! Starts `keybridge` processes and talks to them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use keybridge_proto::v1 as pb;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub root_token: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns the binary and waits for its "Listening on" line. The child is
+/// owned by the returned `Server` at once, so a failed start kills it too.
+fn spawn(args: &[&str]) -> Server {
+    let child = Command::new(BIN)
+        .args(args)
+        .env("KEYBRIDGE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn keybridge");
+    let mut server = Server {
+        child,
+        addr: String::new(),
+        root_token: None,
+        ca_pem: None,
+    };
+    let stdout = server.child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "server did not start in time");
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("read stdout");
+        assert!(
+            n > 0,
+            "server exited before listening: {:?}",
+            server.child.try_wait()
+        );
+        if let Some(t) = line.strip_prefix("Root Token: ") {
+            server.root_token = Some(t.trim().to_string());
+        }
+        if let Some(rest) = line.split("Listening on ").nth(1) {
+            server.addr = rest.split_whitespace().next().expect("address").to_string();
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in reader.lines() {});
+            return server;
+        }
+    }
+}
+
+impl Server {
+    pub fn dev() -> Server {
+        spawn(&[
+            "server",
+            "--dev",
+            "--dev-listen-address",
+            "127.0.0.1:0",
+            "--dev-root-token-id",
+            "root-e2e",
+        ])
+    }
+
+    /// A server from a config file in `dir` (storage in `dir/data`).
+    pub fn with_config(dir: &Path, tls: bool, port: u16) -> Server {
+        let data = dir.join("data");
+        let (listener, ca) = if tls {
+            let (cert, key, ca) = tls_files(dir);
+            (
+                format!(
+                    "listener \"tcp\" {{\n address = \"127.0.0.1:{port}\"\n tls_cert_file = \"{}\"\n tls_key_file = \"{}\"\n}}",
+                    cert.display(),
+                    key.display()
+                ),
+                Some(ca),
+            )
+        } else {
+            (
+                format!(
+                    "listener \"tcp\" {{\n address = \"127.0.0.1:{port}\"\n tls_disable = true\n}}"
+                ),
+                None,
+            )
+        };
+        let config = format!(
+            "{listener}\nstorage \"file\" {{\n path = \"{}\"\n}}\nlimits {{\n max_value_bytes = 65536\n}}\ndisable_mlock = true\n",
+            data.display()
+        );
+        let file = dir.join("keybridge.hcl");
+        std::fs::write(&file, config).unwrap();
+        let mut server = spawn(&["server", "--config", file.to_str().unwrap()]);
+        server.ca_pem = ca;
+        server
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let mut ep = Endpoint::from_shared(self.addr.clone()).unwrap();
+        if let Some(ca) = &self.ca_pem {
+            ep = ep
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(ca))
+                        .domain_name("localhost"),
+                )
+                .unwrap();
+        }
+        ep.connect().await.expect("connect")
+    }
+
+    pub async fn secrets(&self) -> pb::secrets_client::SecretsClient<Channel> {
+        pb::secrets_client::SecretsClient::new(self.channel().await)
+    }
+
+    pub async fn sys(&self) -> pb::sys_client::SysClient<Channel> {
+        pb::sys_client::SysClient::new(self.channel().await)
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, token: Option<&str>, args: &[&str]) -> Output {
+        self.cli_stdin(token, args, "")
+    }
+
+    pub fn cli_stdin(&self, token: Option<&str>, args: &[&str], stdin: &str) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("KEYBRIDGE_ADDR", &self.addr)
+            .env_remove("KEYBRIDGE_TOKEN")
+            .env_remove("KEYBRIDGE_CACERT");
+        if let Some(t) = token {
+            cmd.env("KEYBRIDGE_TOKEN", t);
+        }
+        if self.ca_pem.is_some() {
+            cmd.env("KEYBRIDGE_CACERT", self.ca_file());
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("kb-e2e-ca-{}.pem", self.child.id()));
+        std::fs::write(&path, self.ca_pem.as_ref().unwrap()).unwrap();
+        path
+    }
+}
+
+/// A CA and a server certificate for localhost/127.0.0.1, as PEM files.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "keybridge test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let cert_path = dir.join("server.crt");
+    let key_path = dir.join("server.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path, ca_cert.pem().into_bytes())
+}
+
+pub fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+pub fn fields(pairs: &[(&str, &str)]) -> Option<pb::SecretValue> {
+    Some(pb::SecretValue {
+        kind: Some(pb::secret_value::Kind::Fields(pb::Fields {
+            fields: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })),
+    })
+}
+
+pub fn field(resp: &pb::GetResponse, name: &str) -> String {
+    match resp.value.as_ref().and_then(|v| v.kind.as_ref()) {
+        Some(pb::secret_value::Kind::Fields(f)) => f.fields[name].clone(),
+        _ => panic!("fields expected"),
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
