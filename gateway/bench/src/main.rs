@@ -1,1 +1,392 @@
-fn main() {}
+//! `keybridge-bench`: measures a real `keybridge` server on loopback.
+//!
+//! It starts the server from a config file (embedded file store, TLS on or
+//! off) in a temporary directory, initialises and unseals it over gRPC, and
+//! prints:
+//! - `Get` and `Put` throughput with p50/p99 latency at concurrency 1 and
+//!   32, for 1 KiB values spread over 10,000 keys and for one hot key;
+//! - the server's RSS before and after loading 100,000 secrets;
+//! - cold start: process start to serving, for dev mode and for a sealed
+//!   restart over a store holding those 100,000 secrets (plus unseal).
+//!
+//! Client and server share the machine, as users' benchmarks would.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use keybridge_proto::v1 as pb;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+#[derive(Parser)]
+#[command(about = "Benchmark a keybridge server on loopback")]
+struct Args {
+    /// The keybridge binary (build it with --release first).
+    #[arg(long, default_value = "target/release/keybridge")]
+    server_bin: PathBuf,
+    /// Seconds per throughput measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Secrets loaded for the RSS measurement.
+    #[arg(long, default_value_t = 100_000)]
+    load: usize,
+    /// Which parts to run.
+    #[arg(long, value_delimiter = ',', default_value = "throughput,rss,coldstart")]
+    parts: Vec<String>,
+    /// TLS modes to measure throughput in.
+    #[arg(long, value_delimiter = ',', default_value = "off,on")]
+    tls: Vec<String>,
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    ca: Option<Vec<u8>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn channel(&self) -> Channel {
+        let mut ep = Endpoint::from_shared(self.addr.clone()).expect("address").tcp_nodelay(true);
+        if let Some(ca) = &self.ca {
+            ep = ep
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost"))
+                .expect("tls");
+        }
+        ep.connect().await.expect("connect")
+    }
+}
+
+/// Spawns the server and returns once it prints its address, with the time
+/// that took.
+fn spawn(bin: &Path, args: &[&str]) -> (Child, String, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("KEYBRIDGE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with cargo build --release)", bin.display()));
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read") == 0 {
+            panic!("the server exited before listening");
+        }
+        if let Some(rest) = line.split("Listening on ").nth(1) {
+            let addr = rest.split_whitespace().next().expect("addr").to_string();
+            std::thread::spawn(move || for _ in reader.lines() {});
+            return (child, addr, start.elapsed());
+        }
+    }
+}
+
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    let (c, k) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&c, cert.pem()).expect("write");
+    std::fs::write(&k, key.serialize_pem()).expect("write");
+    (c, k, cert.pem().into_bytes())
+}
+
+fn start_config_server(bin: &Path, dir: &Path, tls: bool) -> (Server, Duration) {
+    let (listener, ca) = if tls {
+        let (c, k, ca) = tls_files(dir);
+        (
+            format!(
+                "listener \"tcp\" {{\n address = \"127.0.0.1:0\"\n tls_cert_file = \"{}\"\n tls_key_file = \"{}\"\n}}",
+                c.display(),
+                k.display()
+            ),
+            Some(ca),
+        )
+    } else {
+        ("listener \"tcp\" {\n address = \"127.0.0.1:0\"\n tls_disable = true\n}".to_string(), None)
+    };
+    let cfg = format!("{listener}\nstorage \"file\" {{\n path = \"{}\"\n}}\n", dir.join("data").display());
+    let file = dir.join("keybridge.hcl");
+    std::fs::write(&file, cfg).expect("config");
+    let (child, addr, took) = spawn(bin, &["server", "--config", file.to_str().expect("utf-8 path")]);
+    (Server { child, addr, ca }, took)
+}
+
+fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    r
+}
+
+fn value_1k(i: usize) -> Option<pb::SecretValue> {
+    let pad: String = std::iter::repeat_n('x', 1000).collect();
+    Some(pb::SecretValue {
+        kind: Some(pb::secret_value::Kind::Fields(pb::Fields {
+            fields: [("username".to_string(), format!("user{i:06}")), ("password".to_string(), pad)].into(),
+        })),
+    })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Get,
+    Put,
+}
+
+struct Stats {
+    ops: usize,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+/// Runs `op` from `concurrency` tasks for `secs` seconds over a few
+/// connections; keys are `bench/k{0..keys}` (keys = 1: one hot key).
+async fn run(server: &Server, token: &str, op: Op, concurrency: usize, keys: usize, secs: u64) -> Stats {
+    let conns = concurrency.clamp(1, 4);
+    let mut channels = Vec::new();
+    for _ in 0..conns {
+        channels.push(server.channel().await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let token: Arc<str> = token.into();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let mut client = pb::secrets_client::SecretsClient::new(channels[t % conns].clone());
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(200_000);
+            let mut errors = 0;
+            let mut i = t * 7919;
+            while Instant::now() < deadline {
+                i = i.wrapping_add(104_729);
+                let k = i % keys;
+                let path = format!("secret/bench/k{k}");
+                let start = Instant::now();
+                let ok = match op {
+                    Op::Get => client.get(authed(&token, pb::GetRequest { path, version: 0 })).await.is_ok(),
+                    Op::Put => client
+                        .put(authed(&token, pb::PutRequest { path, value: value_1k(k), cas: None }))
+                        .await
+                        .is_ok(),
+                };
+                lat.push(start.elapsed().as_nanos() as u64);
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await.expect("task");
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(secs as f64);
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e6;
+    Stats { ops: all.len(), per_sec: all.len() as f64 / elapsed, p50_ms: pct(0.50), p99_ms: pct(0.99), errors }
+}
+
+async fn init_unseal(server: &Server) -> String {
+    let mut sys = pb::sys_client::SysClient::new(server.channel().await);
+    let init = sys.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.expect("init").into_inner();
+    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false }).await.expect("unseal");
+    std::fs::write(std::env::temp_dir().join("kb-bench-unseal"), &init.unseal_keys_b64[0]).ok();
+    init.root_token
+}
+
+async fn load(server: &Server, token: &str, from: usize, to: usize) {
+    let conns = 4;
+    let mut channels = Vec::new();
+    for _ in 0..conns {
+        channels.push(server.channel().await);
+    }
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(from));
+    let token: Arc<str> = token.into();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let mut client = pb::secrets_client::SecretsClient::new(channels[t % conns].clone());
+        let next = next.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= to {
+                    return;
+                }
+                let req = pb::PutRequest { path: format!("secret/load/{:02}/k{i}", i % 64), value: value_1k(i), cas: None };
+                client.put(authed(&token, req)).await.expect("load put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
+fn print_stats(label: &str, s: &Stats) {
+    println!(
+        "{label:<44} {:>9.0} ops/s   p50 {:>7.3} ms   p99 {:>7.3} ms   ({} ops, {} errors)",
+        s.per_sec, s.p50_ms, s.p99_ms, s.ops, s.errors
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    let bin = args.server_bin.clone();
+    println!("keybridge-bench: server {}, {} s per measurement, {} cores", bin.display(), args.seconds, num_cpus());
+    let wants = |p: &str| args.parts.iter().any(|x| x == p);
+
+    if wants("throughput") {
+        for tls in &args.tls {
+            let tls_on = tls == "on";
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (server, _) = start_config_server(&bin, dir.path(), tls_on);
+            let token = init_unseal(&server).await;
+            load_bench_keys(&server, &token).await;
+            println!("\n== TLS {tls} (file store, fsync on every commit) ==");
+            for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
+                for c in [1, 32] {
+                    let s = run(&server, &token, Op::Get, c, keys, args.seconds).await;
+                    print_stats(&format!("Get  c={c:<2} 1 KiB, {what}"), &s);
+                }
+            }
+            for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
+                for c in [1, 32] {
+                    let s = run(&server, &token, Op::Put, c, keys, args.seconds).await;
+                    print_stats(&format!("Put  c={c:<2} 1 KiB, {what}"), &s);
+                }
+            }
+        }
+    }
+
+    let rss_dir = tempfile::tempdir().expect("tempdir");
+    if wants("rss") || wants("coldstart") {
+        let (server, _) = start_config_server(&bin, rss_dir.path(), false);
+        let token = init_unseal(&server).await;
+        let before = server.rss_kib();
+        let steps = [args.load / 4, args.load / 2, args.load];
+        let mut done = 0;
+        let started = Instant::now();
+        println!("\n== RSS while loading {} secrets of 1 KiB ==", args.load);
+        println!("{:<44} {:>7} KiB", "after init (0 secrets)", before);
+        for n in steps {
+            load(&server, &token, done, n).await;
+            done = n;
+            println!("{:<44} {:>7} KiB", format!("after {n} secrets"), server.rss_kib());
+        }
+        println!(
+            "load rate: {:.0} puts/s; store file: {} MiB",
+            args.load as f64 / started.elapsed().as_secs_f64(),
+            std::fs::metadata(rss_dir.path().join("data/keybridge.db")).map(|m| m.len() >> 20).unwrap_or(0)
+        );
+        // Reads over the whole loaded set.
+        let mut c = pb::secrets_client::SecretsClient::new(server.channel().await);
+        for i in (0..args.load).step_by(97) {
+            let path = format!("secret/load/{:02}/k{i}", i % 64);
+            c.get(authed(&token, pb::GetRequest { path, version: 0 })).await.expect("get");
+        }
+        println!("{:<44} {:>7} KiB", "after reading 1% of them", server.rss_kib());
+    }
+
+    if wants("coldstart") {
+        println!("\n== Cold start ==");
+        // Time from exec to a served request (spawn → health SERVING).
+        let mut serving = Vec::new();
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            let (child, addr, _) = spawn(&bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0"]);
+            let server = Server { child, addr, ca: None };
+            let mut h = tonic_health_client(&server).await;
+            let ok = h.check(pb_health()).await.is_ok();
+            serving.push(t0.elapsed());
+            assert!(ok);
+        }
+        serving.sort();
+        println!("{:<44} {:>9.1} ms (median of 5)", "dev mode: exec to first served request", serving[2].as_secs_f64() * 1e3);
+
+        // Restart over the loaded store: sealed start, then unseal.
+        let cfg = rss_dir.path().join("keybridge.hcl");
+        let key = std::fs::read_to_string(std::env::temp_dir().join("kb-bench-unseal")).unwrap_or_default();
+        let t0 = Instant::now();
+        let (child, addr, listening) = spawn(&bin, &["server", "--config", cfg.to_str().expect("utf-8")]);
+        let server = Server { child, addr, ca: None };
+        let mut sys = pb::sys_client::SysClient::new(server.channel().await);
+        sys.unseal(pb::UnsealRequest { key, reset: false }).await.expect("unseal");
+        let unsealed = t0.elapsed();
+        println!(
+            "{:<44} {:>9.1} ms to listening (sealed), {:.1} ms to unsealed",
+            format!("file store with {} secrets: restart", args.load),
+            listening.as_secs_f64() * 1e3,
+            unsealed.as_secs_f64() * 1e3
+        );
+        println!("{:<44} {:>7} KiB", "RSS after restart and unseal", server.rss_kib());
+    }
+}
+
+async fn load_bench_keys(server: &Server, token: &str) {
+    let mut c = pb::secrets_client::SecretsClient::new(server.channel().await);
+    // 10,000 keys for the spread runs (written concurrently by `run`'s Put
+    // would skew Get); write them once here, 32 at a time.
+    let mut pending = Vec::new();
+    for k in 0..10_000usize {
+        let mut c2 = c.clone();
+        let token = token.to_string();
+        pending.push(tokio::spawn(async move {
+            c2.put(authed(&token, pb::PutRequest { path: format!("secret/bench/k{k}"), value: value_1k(k), cas: None }))
+                .await
+                .expect("seed put");
+        }));
+        if pending.len() == 32 {
+            for p in pending.drain(..) {
+                p.await.expect("seed");
+            }
+        }
+    }
+    for p in pending {
+        p.await.expect("seed");
+    }
+    c.get(authed(token, pb::GetRequest { path: "secret/bench/k0".into(), version: 0 })).await.expect("seeded");
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+async fn tonic_health_client(server: &Server) -> HealthClient {
+    HealthClient::new(server.channel().await)
+}
+
+fn pb_health() -> HealthCheckRequest {
+    HealthCheckRequest { service: String::new() }
+}
+
+use tonic_health::pb::HealthCheckRequest;
+type HealthClient = tonic_health::pb::health_client::HealthClient<Channel>;

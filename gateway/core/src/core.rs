@@ -70,7 +70,10 @@ pub struct Core {
     loaded: RwLock<Option<Arc<Loaded>>>,
     /// Serialises lifecycle and mount-table changes.
     admin: Mutex<()>,
+    write_locks: Vec<Mutex<()>>,
 }
+
+const WRITE_LOCK_STRIPES: usize = 256;
 
 fn encode_json<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(serde_json::to_vec(v).expect("plain data serializes"))
@@ -83,6 +86,7 @@ impl Core {
             config,
             loaded: RwLock::new(None),
             admin: Mutex::new(()),
+            write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 
@@ -440,6 +444,7 @@ impl Core {
             mount_path: &mount.path,
             settings,
             max_value_bytes: cap,
+            write_locks: &self.write_locks,
         };
         Ok((kv, mount, rel))
     }

@@ -85,6 +85,9 @@ pub struct Kv<'a> {
     pub settings: LocalSettings,
     /// The effective value cap for this mount.
     pub max_value_bytes: usize,
+    /// Lock stripes shared by all mounts: writers to one secret queue here
+    /// instead of failing each other's conditional commits.
+    pub write_locks: &'a [tokio::sync::Mutex<()>],
 }
 
 fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
@@ -121,12 +124,21 @@ impl Kv<'_> {
         batch.put(self.meta_key(path), Zeroizing::new(bytes));
     }
 
-    /// Retries `attempt` while concurrent writers invalidate its reads.
+    /// Runs a read-modify-write under the secret's lock stripe, retrying
+    /// while writers elsewhere (another node, in the future) invalidate its
+    /// reads.
     async fn with_retries<T, F, Fut>(&self, path: &str, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.prefix, path).hash(&mut h);
+        let _guard = match self.write_locks.len() {
+            0 => None,
+            n => Some(self.write_locks[(h.finish() % n as u64) as usize].lock().await),
+        };
         for _ in 0..MAX_RETRIES {
             match attempt().await {
                 Err(Error::Storage(BarrierError::Conflict)) => continue,

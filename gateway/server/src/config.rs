@@ -272,27 +272,27 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
+        let listener = |body: &str| format!("listener \"tcp\" {{\n{body}\n}}\n");
+        let file = "storage \"file\" {\n path = \"/d\"\n}\n";
         let cases = [
             (
-                "listener \"tcp\" { address = \"x\" \n tls_disable = true }\nstorage \"file\" { path = \"/d\" }",
+                listener("address = \"x\"\ntls_disable = true") + file,
                 "host:port",
             ),
+            (listener("address = \"127.0.0.1:1\"") + file, "tls_disable"),
             (
-                "listener \"tcp\" { address = \"127.0.0.1:1\" }\nstorage \"file\" { path = \"/d\" }",
-                "tls_disable",
-            ),
-            (
-                "listener \"tcp\" { address = \"127.0.0.1:1\" \n tls_disable = true }\nstorage \"raft\" { path = \"/d\" }",
+                listener("address = \"127.0.0.1:1\"\ntls_disable = true")
+                    + "storage \"raft\" {\n path = \"/d\"\n}\n",
                 "not supported",
             ),
             (
-                "listener \"tcp\" { address = \"127.0.0.1:1\" \n tls_disable = true \n colour = 1 }\nstorage \"file\" { path = \"/d\" }",
+                listener("address = \"127.0.0.1:1\"\ntls_disable = true\ncolour = 1") + file,
                 "colour",
             ),
-            ("storage \"file\" { path = \"/d\" }", "listener"),
+            (file.to_string(), "listener"),
         ];
         for (text, needle) in cases {
-            let err = Config::parse("t.hcl", text).unwrap_err().to_string();
+            let err = Config::parse("t.hcl", &text).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle}: {err}");
         }
     }
