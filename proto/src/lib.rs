@@ -10,8 +10,7 @@ pub mod v1 {
     tonic::include_proto!("keybridge.v1");
 
     /// The encoded `FileDescriptorSet` of the API, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("keybridge_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keybridge_descriptor");
 
     macro_rules! redacted_debug {
         ($($ty:ty => [$($field:ident),*]),* $(,)?) => {$(

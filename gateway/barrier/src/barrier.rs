@@ -75,10 +75,7 @@ impl WriteBatch {
     /// The commit fails with [`Error::Conflict`] unless `key` still holds
     /// what it held when `stamp` was read.
     pub fn expect(&mut self, key: impl Into<String>, stamp: &Stamp) -> &mut Self {
-        self.checks.push(Check {
-            key: key.into(),
-            value: stamp.0.clone(),
-        });
+        self.checks.push(Check { key: key.into(), value: stamp.0.clone() });
         self
     }
     pub fn put(&mut self, key: impl Into<String>, value: Zeroizing<Vec<u8>>) -> &mut Self {
@@ -105,10 +102,7 @@ pub struct Barrier {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn reserved(key: &str) -> bool {
@@ -117,11 +111,7 @@ fn reserved(key: &str) -> bool {
 
 impl Barrier {
     pub fn new(physical: Arc<dyn Physical>) -> Self {
-        Barrier {
-            physical,
-            unsealed: RwLock::new(None),
-            progress: Mutex::new(Vec::new()),
-        }
+        Barrier { physical, unsealed: RwLock::new(None), progress: Mutex::new(Vec::new()) }
     }
 
     pub fn storage_kind(&self) -> &'static str {
@@ -129,11 +119,7 @@ impl Barrier {
     }
 
     fn current(&self) -> Result<Arc<Unsealed>> {
-        self.unsealed
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(Error::Sealed)
+        self.unsealed.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Sealed)
     }
 
     fn set_current(&self, state: Option<Unsealed>) {
@@ -151,11 +137,9 @@ impl Barrier {
     pub async fn seal_config(&self) -> Result<Option<SealConfig>> {
         match self.physical.get(SEAL_CONFIG_KEY).await? {
             None => Ok(None),
-            Some(raw) => serde_json::from_slice(&raw).map(Some).map_err(|e| {
-                Error::backend(std::io::Error::other(format!(
-                    "seal configuration unreadable: {e}"
-                )))
-            }),
+            Some(raw) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| Error::backend(std::io::Error::other(format!("seal configuration unreadable: {e}")))),
         }
     }
 
@@ -190,46 +174,23 @@ impl Barrier {
         let keyring = Keyring::new(now_unix());
         let keyring_ct = root.seal_keyring(&keyring, KEYRING_KEY)?;
         let split = shamir::split(root.as_bytes(), shares, threshold)?;
-        let config = SealConfig {
-            kind: SealKind::Shamir,
-            secret_shares: shares,
-            secret_threshold: threshold,
-        };
+        let config = SealConfig { kind: SealKind::Shamir, secret_shares: shares, secret_threshold: threshold };
         let mut ops = vec![
-            Op::Put {
-                key: SEAL_CONFIG_KEY.into(),
-                value: serde_json::to_vec(&config).expect("plain struct"),
-            },
-            Op::Put {
-                key: KEYRING_KEY.into(),
-                value: keyring_ct.clone(),
-            },
+            Op::Put { key: SEAL_CONFIG_KEY.into(), value: serde_json::to_vec(&config).expect("plain struct") },
+            Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() },
         ];
         for (key, plain) in &initial {
             if reserved(key) {
                 return Err(Error::InvalidKey("reserved storage key"));
             }
-            ops.push(Op::Put {
-                key: key.clone(),
-                value: keyring.encrypt(key, plain)?,
-            });
+            ops.push(Op::Put { key: key.clone(), value: keyring.encrypt(key, plain)? });
         }
-        let batch = Batch {
-            checks: vec![Check {
-                key: SEAL_CONFIG_KEY.into(),
-                value: None,
-            }],
-            ops,
-        };
+        let batch = Batch { checks: vec![Check { key: SEAL_CONFIG_KEY.into(), value: None }], ops };
         self.physical.commit(batch).await.map_err(|e| match e {
             Error::Conflict => Error::AlreadyInitialized,
             e => e,
         })?;
-        self.set_current(Some(Unsealed {
-            root,
-            keyring,
-            keyring_ct,
-        }));
+        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
         Ok(split)
     }
 
@@ -246,11 +207,7 @@ impl Barrier {
                 return Err(Error::InvalidKey("this unseal key was already entered"));
             }
             progress.push(decoded);
-            if progress.len() < config.secret_threshold as usize {
-                None
-            } else {
-                Some(std::mem::take(&mut *progress))
-            }
+            if progress.len() < config.secret_threshold as usize { None } else { Some(std::mem::take(&mut *progress)) }
         };
         if let Some(shares) = complete {
             let root = shamir::combine(&shares, config.secret_shares, config.secret_threshold)
@@ -265,17 +222,9 @@ impl Barrier {
     }
 
     pub async fn unseal_with_root(&self, root: RootKey) -> Result<()> {
-        let keyring_ct = self
-            .physical
-            .get(KEYRING_KEY)
-            .await?
-            .ok_or(Error::NotInitialized)?;
+        let keyring_ct = self.physical.get(KEYRING_KEY).await?.ok_or(Error::NotInitialized)?;
         let keyring = root.open_keyring(&keyring_ct, KEYRING_KEY)?;
-        self.set_current(Some(Unsealed {
-            root,
-            keyring,
-            keyring_ct,
-        }));
+        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
         Ok(())
     }
 
@@ -288,11 +237,7 @@ impl Barrier {
     pub fn key_info(&self) -> Result<KeyInfo> {
         let cur = self.current()?;
         let (term, installed_unix) = cur.keyring.active_term();
-        Ok(KeyInfo {
-            term,
-            installed_unix,
-            terms: cur.keyring.term_count() as u32,
-        })
+        Ok(KeyInfo { term, installed_unix, terms: cur.keyring.term_count() as u32 })
     }
 
     /// Adds a key term: new writes use it, old entries stay readable.
@@ -301,22 +246,12 @@ impl Barrier {
         let keyring = cur.keyring.rotated(now_unix());
         let keyring_ct = cur.root.seal_keyring(&keyring, KEYRING_KEY)?;
         let batch = Batch {
-            checks: vec![Check {
-                key: KEYRING_KEY.into(),
-                value: Some(cur.keyring_ct.clone()),
-            }],
-            ops: vec![Op::Put {
-                key: KEYRING_KEY.into(),
-                value: keyring_ct.clone(),
-            }],
+            checks: vec![Check { key: KEYRING_KEY.into(), value: Some(cur.keyring_ct.clone()) }],
+            ops: vec![Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() }],
         };
         self.physical.commit(batch).await?;
         let root = RootKey::from_bytes(cur.root.as_bytes())?;
-        self.set_current(Some(Unsealed {
-            root,
-            keyring,
-            keyring_ct,
-        }));
+        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
         self.key_info()
     }
 
@@ -338,10 +273,7 @@ impl Barrier {
                 current_shares.len()
             )));
         }
-        let decoded = current_shares
-            .iter()
-            .map(|s| shamir::decode_share(s))
-            .collect::<Result<Vec<_>>>()?;
+        let decoded = current_shares.iter().map(|s| shamir::decode_share(s)).collect::<Result<Vec<_>>>()?;
         let given = shamir::combine(&decoded, config.secret_shares, config.secret_threshold)?;
         // The shares prove knowledge of the root key: it must open the keyring.
         let given = RootKey::from_bytes(&given).map_err(|_| Error::WrongKeys)?;
@@ -350,34 +282,17 @@ impl Barrier {
         let root = RootKey::generate();
         let keyring_ct = root.seal_keyring(&cur.keyring, KEYRING_KEY)?;
         let split = shamir::split(root.as_bytes(), shares, threshold)?;
-        let new_config = SealConfig {
-            kind: SealKind::Shamir,
-            secret_shares: shares,
-            secret_threshold: threshold,
-        };
+        let new_config = SealConfig { kind: SealKind::Shamir, secret_shares: shares, secret_threshold: threshold };
         let batch = Batch {
-            checks: vec![Check {
-                key: KEYRING_KEY.into(),
-                value: Some(cur.keyring_ct.clone()),
-            }],
+            checks: vec![Check { key: KEYRING_KEY.into(), value: Some(cur.keyring_ct.clone()) }],
             ops: vec![
-                Op::Put {
-                    key: SEAL_CONFIG_KEY.into(),
-                    value: serde_json::to_vec(&new_config).expect("plain struct"),
-                },
-                Op::Put {
-                    key: KEYRING_KEY.into(),
-                    value: keyring_ct.clone(),
-                },
+                Op::Put { key: SEAL_CONFIG_KEY.into(), value: serde_json::to_vec(&new_config).expect("plain struct") },
+                Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() },
             ],
         };
         self.physical.commit(batch).await?;
         let keyring = root.open_keyring(&keyring_ct, KEYRING_KEY)?;
-        self.set_current(Some(Unsealed {
-            root,
-            keyring,
-            keyring_ct,
-        }));
+        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
         Ok(split)
     }
 
@@ -400,12 +315,7 @@ impl Barrier {
         }
     }
 
-    pub async fn list(
-        &self,
-        prefix: &str,
-        start: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>> {
+    pub async fn list(&self, prefix: &str, start: Option<&str>, limit: usize) -> Result<Vec<String>> {
         self.current()?;
         let mut keys = self.physical.list(prefix, start, limit).await?;
         keys.retain(|k| !reserved(k));
@@ -419,10 +329,7 @@ impl Barrier {
             if reserved(key) {
                 return Err(Error::InvalidKey("reserved storage key"));
             }
-            ops.push(Op::Put {
-                key: key.clone(),
-                value: cur.keyring.encrypt(key, plain)?,
-            });
+            ops.push(Op::Put { key: key.clone(), value: cur.keyring.encrypt(key, plain)? });
         }
         for key in batch.deletes {
             if reserved(&key) {
@@ -430,12 +337,7 @@ impl Barrier {
             }
             ops.push(Op::Delete { key });
         }
-        self.physical
-            .commit(Batch {
-                checks: batch.checks,
-                ops,
-            })
-            .await
+        self.physical.commit(Batch { checks: batch.checks, ops }).await
     }
 
     /// Streams a consistent snapshot into `out` (blocking; run it on a
@@ -469,18 +371,15 @@ impl Barrier {
         let same_root = cur.root.open_keyring(&keyring_ct, KEYRING_KEY);
         if same_root.is_err() && !force {
             return Err(Error::Snapshot(
-                "it was made under another root key; restore it with force, then unseal with that snapshot's keys".into(),
+                "it was made under another root key; restore it with force, then unseal with that snapshot's keys"
+                    .into(),
             ));
         }
         let count = self.physical.import(&mut snapshot::Reader::new(open()?))?;
         match same_root {
             Ok(keyring) => {
                 let root = RootKey::from_bytes(cur.root.as_bytes())?;
-                self.set_current(Some(Unsealed {
-                    root,
-                    keyring,
-                    keyring_ct,
-                }));
+                self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
                 Ok((count, false))
             }
             Err(_) => {
@@ -511,19 +410,13 @@ mod tests {
         b.seal();
         assert!(matches!(b.get("x").await, Err(Error::Sealed)));
         assert_eq!(b.unseal(&shares[0]).await.unwrap().progress, 1);
-        assert!(matches!(
-            b.unseal(&shares[0]).await,
-            Err(Error::InvalidKey(_))
-        ));
+        assert!(matches!(b.unseal(&shares[0]).await, Err(Error::InvalidKey(_))));
         assert_eq!(b.unseal(&shares[3]).await.unwrap().progress, 2);
         let st = b.unseal(&shares[4]).await.unwrap();
         assert!(!st.sealed);
         assert_eq!(st.progress, 0);
         assert_eq!(b.get("x").await.unwrap().unwrap().as_slice(), b"plain");
-        assert!(matches!(
-            b.initialize(1, 1, vec![]).await,
-            Err(Error::AlreadyInitialized)
-        ));
+        assert!(matches!(b.initialize(1, 1, vec![]).await, Err(Error::AlreadyInitialized)));
     }
 
     #[tokio::test]
@@ -574,12 +467,10 @@ mod tests {
         b.initialize(1, 1, vec![]).await.unwrap();
         let (_, stamp) = b.get_stamped("k").await.unwrap();
         let mut w = WriteBatch::new();
-        w.expect("k", &stamp)
-            .put("k", Zeroizing::new(b"a".to_vec()));
+        w.expect("k", &stamp).put("k", Zeroizing::new(b"a".to_vec()));
         b.commit(w).await.unwrap();
         let mut w = WriteBatch::new();
-        w.expect("k", &stamp)
-            .put("k", Zeroizing::new(b"b".to_vec()));
+        w.expect("k", &stamp).put("k", Zeroizing::new(b"b".to_vec()));
         assert!(matches!(b.commit(w).await, Err(Error::Conflict)));
         assert_eq!(b.get("k").await.unwrap().unwrap().as_slice(), b"a");
     }
@@ -593,11 +484,9 @@ mod tests {
         let mut w = WriteBatch::new();
         w.put("a", Zeroizing::new(b"1".to_vec()));
         b.commit(w).await.unwrap();
-        b.snapshot(&mut std::fs::File::create(&snap).unwrap())
-            .unwrap();
+        b.snapshot(&mut std::fs::File::create(&snap).unwrap()).unwrap();
         let mut w = WriteBatch::new();
-        w.put("a", Zeroizing::new(b"2".to_vec()))
-            .put("b", Zeroizing::new(b"3".to_vec()));
+        w.put("a", Zeroizing::new(b"2".to_vec())).put("b", Zeroizing::new(b"3".to_vec()));
         b.commit(w).await.unwrap();
         let (n, sealed) = b.restore(&snap, false).unwrap();
         assert_eq!(n, 3);
@@ -617,10 +506,7 @@ mod tests {
         // Another cluster's snapshot needs force, then its own keys.
         let other = barrier();
         let other_keys = other.initialize(1, 1, vec![]).await.unwrap();
-        assert!(matches!(
-            other.restore(&snap, false),
-            Err(Error::Snapshot(_))
-        ));
+        assert!(matches!(other.restore(&snap, false), Err(Error::Snapshot(_))));
         let (_, sealed) = other.restore(&snap, true).unwrap();
         assert!(sealed);
         assert!(other.unseal(&other_keys[0]).await.is_err());

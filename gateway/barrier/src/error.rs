@@ -20,9 +20,7 @@ pub enum Error {
     InvalidKey(&'static str),
     #[error("the unseal keys given do not reconstruct the root key; progress was reset")]
     WrongKeys,
-    #[error(
-        "cannot decrypt the entry at {key}: it is corrupt, or was written under another key or path"
-    )]
+    #[error("cannot decrypt the entry at {key}: it is corrupt, or was written under another key or path")]
     Decrypt { key: String },
     #[error("the entry at {key} names key term {term}, which the keyring does not hold")]
     UnknownTerm { key: String, term: u32 },

@@ -29,9 +29,7 @@ impl RootKey {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let arr: [u8; KEY_LEN] = bytes
-            .try_into()
-            .map_err(|_| Error::InvalidKey("a root key is 32 bytes"))?;
+        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| Error::InvalidKey("a root key is 32 bytes"))?;
         Ok(RootKey(Zeroizing::new(arr)))
     }
 
@@ -40,19 +38,15 @@ impl RootKey {
     }
 
     pub(crate) fn seal_keyring(&self, keyring: &Keyring, storage_key: &str) -> Result<Vec<u8>> {
-        let cipher = Aes256Gcm::new_from_slice(self.0.as_ref())
-            .map_err(|_| Error::InvalidKey("bad length"))?;
+        let cipher = Aes256Gcm::new_from_slice(self.0.as_ref()).map_err(|_| Error::InvalidKey("bad length"))?;
         encrypt_with(&cipher, ROOT_TERM, storage_key, &keyring.encode())
     }
 
     pub(crate) fn open_keyring(&self, sealed: &[u8], storage_key: &str) -> Result<Keyring> {
-        let cipher = Aes256Gcm::new_from_slice(self.0.as_ref())
-            .map_err(|_| Error::InvalidKey("bad length"))?;
+        let cipher = Aes256Gcm::new_from_slice(self.0.as_ref()).map_err(|_| Error::InvalidKey("bad length"))?;
         let (term, _) = parse_header(sealed, storage_key)?;
         if term != ROOT_TERM {
-            return Err(Error::Decrypt {
-                key: storage_key.into(),
-            });
+            return Err(Error::Decrypt { key: storage_key.into() });
         }
         let plain = decrypt_with(&cipher, sealed, storage_key).map_err(|_| Error::WrongKeys)?;
         Keyring::decode(&plain)
@@ -80,13 +74,8 @@ impl Keyring {
 
     /// A copy with one more term, which becomes active.
     pub(crate) fn rotated(&self, now_unix: u64) -> Self {
-        let mut ring = Keyring {
-            terms: self
-                .terms
-                .iter()
-                .map(|t| Term::new(t.term, t.installed_unix, *t.key))
-                .collect(),
-        };
+        let mut ring =
+            Keyring { terms: self.terms.iter().map(|t| Term::new(t.term, t.installed_unix, *t.key)).collect() };
         ring.add_term(now_unix);
         ring
     }
@@ -113,21 +102,14 @@ impl Keyring {
         encrypt_with(&t.cipher, t.term, storage_key, plaintext)
     }
 
-    pub(crate) fn decrypt(
-        &self,
-        storage_key: &str,
-        ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>> {
+    pub(crate) fn decrypt(&self, storage_key: &str, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let (term, _) = parse_header(ciphertext, storage_key)?;
         let t = self
             .terms
             .iter()
             .rev()
             .find(|t| t.term == term)
-            .ok_or_else(|| Error::UnknownTerm {
-                key: storage_key.into(),
-                term,
-            })?;
+            .ok_or_else(|| Error::UnknownTerm { key: storage_key.into(), term })?;
         decrypt_with(&t.cipher, ciphertext, storage_key)
     }
 
@@ -144,16 +126,8 @@ impl Keyring {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self> {
-        let corrupt = || Error::Decrypt {
-            key: "core/keyring".into(),
-        };
-        let count = u32::from_be_bytes(
-            bytes
-                .get(..4)
-                .ok_or_else(corrupt)?
-                .try_into()
-                .map_err(|_| corrupt())?,
-        ) as usize;
+        let corrupt = || Error::Decrypt { key: "core/keyring".into() };
+        let count = u32::from_be_bytes(bytes.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?) as usize;
         let rec = 12 + KEY_LEN;
         if count == 0 || bytes.len() != 4 + count * rec {
             return Err(corrupt());
@@ -174,34 +148,16 @@ impl Keyring {
 impl Term {
     fn new(term: u32, installed_unix: u64, key: [u8; KEY_LEN]) -> Self {
         let cipher = Aes256Gcm::new_from_slice(&key).expect("32-byte key");
-        Term {
-            term,
-            installed_unix,
-            key: Zeroizing::new(key),
-            cipher,
-        }
+        Term { term, installed_unix, key: Zeroizing::new(key), cipher }
     }
 }
 
-fn encrypt_with(
-    cipher: &Aes256Gcm,
-    term: u32,
-    storage_key: &str,
-    plaintext: &[u8],
-) -> Result<Vec<u8>> {
+fn encrypt_with(cipher: &Aes256Gcm, term: u32, storage_key: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let sealed = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: storage_key.as_bytes(),
-            },
-        )
-        .map_err(|_| Error::Decrypt {
-            key: storage_key.into(),
-        })?;
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: storage_key.as_bytes() })
+        .map_err(|_| Error::Decrypt { key: storage_key.into() })?;
     let mut out = Vec::with_capacity(HEADER + sealed.len());
     out.push(VERSION);
     out.extend_from_slice(&term.to_be_bytes());
@@ -212,33 +168,19 @@ fn encrypt_with(
 
 fn parse_header(ciphertext: &[u8], storage_key: &str) -> Result<(u32, [u8; 12])> {
     if ciphertext.len() < HEADER + 16 || ciphertext[0] != VERSION {
-        return Err(Error::Decrypt {
-            key: storage_key.into(),
-        });
+        return Err(Error::Decrypt { key: storage_key.into() });
     }
     let term = u32::from_be_bytes(ciphertext[1..5].try_into().expect("4 bytes"));
     let nonce: [u8; 12] = ciphertext[5..HEADER].try_into().expect("12 bytes");
     Ok((term, nonce))
 }
 
-fn decrypt_with(
-    cipher: &Aes256Gcm,
-    ciphertext: &[u8],
-    storage_key: &str,
-) -> Result<Zeroizing<Vec<u8>>> {
+fn decrypt_with(cipher: &Aes256Gcm, ciphertext: &[u8], storage_key: &str) -> Result<Zeroizing<Vec<u8>>> {
     let (_, nonce) = parse_header(ciphertext, storage_key)?;
     cipher
-        .decrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: &ciphertext[HEADER..],
-                aad: storage_key.as_bytes(),
-            },
-        )
+        .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ciphertext[HEADER..], aad: storage_key.as_bytes() })
         .map(Zeroizing::new)
-        .map_err(|_| Error::Decrypt {
-            key: storage_key.into(),
-        })
+        .map_err(|_| Error::Decrypt { key: storage_key.into() })
 }
 
 #[cfg(test)]
@@ -250,10 +192,7 @@ mod tests {
         let ring = Keyring::new(1);
         let ct = ring.encrypt("a/b", b"hunter2").unwrap();
         assert_eq!(ring.decrypt("a/b", &ct).unwrap().as_slice(), b"hunter2");
-        assert!(matches!(
-            ring.decrypt("a/c", &ct),
-            Err(Error::Decrypt { .. })
-        ));
+        assert!(matches!(ring.decrypt("a/c", &ct), Err(Error::Decrypt { .. })));
         let mut tampered = ct.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(ring.decrypt("a/b", &tampered).is_err());
@@ -269,10 +208,7 @@ mod tests {
         let new = ring2.encrypt("k", b"v2").unwrap();
         assert_eq!(u32::from_be_bytes(new[1..5].try_into().unwrap()), 2);
         assert_eq!(ring2.decrypt("k", &old).unwrap().as_slice(), b"v1");
-        assert!(matches!(
-            ring.decrypt("k", &new),
-            Err(Error::UnknownTerm { term: 2, .. })
-        ));
+        assert!(matches!(ring.decrypt("k", &new), Err(Error::UnknownTerm { term: 2, .. })));
     }
 
     #[test]
@@ -283,9 +219,6 @@ mod tests {
         let opened = root.open_keyring(&sealed, "core/keyring").unwrap();
         assert_eq!(opened.term_count(), 2);
         let other = RootKey::generate();
-        assert!(matches!(
-            other.open_keyring(&sealed, "core/keyring"),
-            Err(Error::WrongKeys)
-        ));
+        assert!(matches!(other.open_keyring(&sealed, "core/keyring"), Err(Error::WrongKeys)));
     }
 }

@@ -34,18 +34,14 @@ impl RedbStore {
     /// Opens (or creates) the store at `path`. `cache_bytes` bounds redb's
     /// page cache, and with it the memory the store uses.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(Error::backend)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(Error::backend)?;
         Self::start(db, "file")
     }
 
     /// A store in memory, for dev mode and tests.
     pub fn in_memory() -> Result<Self> {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(Error::backend)?;
+        let db =
+            Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(Error::backend)?;
         Self::start(db, "inmem")
     }
 
@@ -77,17 +73,13 @@ fn writer_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
         match apply_group(db, &batches) {
             Ok(outcomes) => {
                 for (job, ok) in group.into_iter().zip(outcomes) {
-                    let _ = job
-                        .done
-                        .send(if ok { Ok(()) } else { Err(Error::Conflict) });
+                    let _ = job.done.send(if ok { Ok(()) } else { Err(Error::Conflict) });
                 }
             }
             Err(e) => {
                 let message = e.to_string();
                 for job in group {
-                    let _ = job
-                        .done
-                        .send(Err(Error::backend(std::io::Error::other(message.clone()))));
+                    let _ = job.done.send(Err(Error::backend(std::io::Error::other(message.clone()))));
                 }
             }
         }
@@ -171,12 +163,10 @@ impl Physical for RedbStore {
             return Ok(());
         }
         let (done, result) = oneshot::channel();
-        self.writer.send(Job { batch, done }).map_err(|_| {
-            Error::backend(std::io::Error::other("the store's writer thread stopped"))
-        })?;
-        result.await.map_err(|_| {
-            Error::backend(std::io::Error::other("the store's writer thread stopped"))
-        })?
+        self.writer
+            .send(Job { batch, done })
+            .map_err(|_| Error::backend(std::io::Error::other("the store's writer thread stopped")))?;
+        result.await.map_err(|_| Error::backend(std::io::Error::other("the store's writer thread stopped")))?
     }
 
     fn export(&self, sink: &mut dyn FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
@@ -198,9 +188,7 @@ impl Physical for RedbStore {
             for entry in entries {
                 // An error drops `txn` uncommitted: nothing changes.
                 let (k, v) = entry?;
-                table
-                    .insert(k.as_str(), v.as_slice())
-                    .map_err(Error::backend)?;
+                table.insert(k.as_str(), v.as_slice()).map_err(Error::backend)?;
                 count += 1;
             }
         }
@@ -215,29 +203,17 @@ mod tests {
     use crate::physical::Check;
 
     fn put(k: &str, v: &[u8]) -> Op {
-        Op::Put {
-            key: k.into(),
-            value: v.to_vec(),
-        }
+        Op::Put { key: k.into(), value: v.to_vec() }
     }
 
     #[tokio::test]
     async fn batch_applies_whole_or_not_at_all() {
         let store = RedbStore::in_memory().unwrap();
-        store
-            .commit(Batch {
-                checks: vec![],
-                ops: vec![put("a", b"1")],
-            })
-            .await
-            .unwrap();
+        store.commit(Batch { checks: vec![], ops: vec![put("a", b"1")] }).await.unwrap();
         // A failed check leaves every op of the batch unapplied.
         let err = store
             .commit(Batch {
-                checks: vec![Check {
-                    key: "a".into(),
-                    value: Some(b"2".to_vec()),
-                }],
+                checks: vec![Check { key: "a".into(), value: Some(b"2".to_vec()) }],
                 ops: vec![put("b", b"x"), put("a", b"3")],
             })
             .await
@@ -247,13 +223,7 @@ mod tests {
         assert!(store.get("b").await.unwrap().is_none());
         // Absence as a precondition.
         store
-            .commit(Batch {
-                checks: vec![Check {
-                    key: "b".into(),
-                    value: None,
-                }],
-                ops: vec![put("b", b"x")],
-            })
+            .commit(Batch { checks: vec![Check { key: "b".into(), value: None }], ops: vec![put("b", b"x")] })
             .await
             .unwrap();
         assert_eq!(store.get("b").await.unwrap().unwrap(), b"x");
@@ -267,13 +237,7 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 store
-                    .commit(Batch {
-                        checks: vec![Check {
-                            key: "k".into(),
-                            value: None,
-                        }],
-                        ops: vec![put("k", &[i])],
-                    })
+                    .commit(Batch { checks: vec![Check { key: "k".into(), value: None }], ops: vec![put("k", &[i])] })
                     .await
             }));
         }
@@ -289,43 +253,19 @@ mod tests {
     #[tokio::test]
     async fn list_respects_prefix_start_and_limit() {
         let store = RedbStore::in_memory().unwrap();
-        let ops = ["p/a", "p/b", "p/c", "q/a", "o"]
-            .iter()
-            .map(|k| put(k, b""))
-            .collect();
-        store
-            .commit(Batch {
-                checks: vec![],
-                ops,
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            store.list("p/", None, 10).await.unwrap(),
-            ["p/a", "p/b", "p/c"]
-        );
-        assert_eq!(
-            store.list("p/", Some("p/b"), 10).await.unwrap(),
-            ["p/b", "p/c"]
-        );
+        let ops = ["p/a", "p/b", "p/c", "q/a", "o"].iter().map(|k| put(k, b"")).collect();
+        store.commit(Batch { checks: vec![], ops }).await.unwrap();
+        assert_eq!(store.list("p/", None, 10).await.unwrap(), ["p/a", "p/b", "p/c"]);
+        assert_eq!(store.list("p/", Some("p/b"), 10).await.unwrap(), ["p/b", "p/c"]);
         assert_eq!(store.list("p/", None, 2).await.unwrap(), ["p/a", "p/b"]);
     }
 
     #[tokio::test]
     async fn import_replaces_everything_or_nothing() {
         let store = RedbStore::in_memory().unwrap();
-        store
-            .commit(Batch {
-                checks: vec![],
-                ops: vec![put("old", b"1")],
-            })
-            .await
-            .unwrap();
-        let mut failing = vec![
-            Ok(("new".to_string(), b"2".to_vec())),
-            Err(Error::Snapshot("truncated".into())),
-        ]
-        .into_iter();
+        store.commit(Batch { checks: vec![], ops: vec![put("old", b"1")] }).await.unwrap();
+        let mut failing =
+            vec![Ok(("new".to_string(), b"2".to_vec())), Err(Error::Snapshot("truncated".into()))].into_iter();
         assert!(store.import(&mut failing).is_err());
         assert!(store.get("old").await.unwrap().is_some());
         let mut good = vec![Ok(("new".to_string(), b"2".to_vec()))].into_iter();

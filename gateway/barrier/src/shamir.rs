@@ -13,9 +13,7 @@ pub const MAX_SHARES: u32 = 255;
 
 pub fn validate(shares: u32, threshold: u32) -> Result<()> {
     if shares == 0 || shares > MAX_SHARES {
-        return Err(Error::InvalidSealConfig(format!(
-            "key shares must be between 1 and {MAX_SHARES}, got {shares}"
-        )));
+        return Err(Error::InvalidSealConfig(format!("key shares must be between 1 and {MAX_SHARES}, got {shares}")));
     }
     if threshold == 0 || threshold > shares {
         return Err(Error::InvalidSealConfig(format!(
@@ -24,7 +22,8 @@ pub fn validate(shares: u32, threshold: u32) -> Result<()> {
     }
     if shares > 1 && threshold == 1 {
         return Err(Error::InvalidSealConfig(
-            "a threshold of 1 with several shares makes every share the whole key; use threshold 2 or more, or 1 share".into(),
+            "a threshold of 1 with several shares makes every share the whole key; use threshold 2 or more, or 1 share"
+                .into(),
         ));
     }
     Ok(())
@@ -59,25 +58,15 @@ pub fn decode_share(share: &str) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 /// Rebuilds the secret from decoded shares (already at least `threshold`).
-pub fn combine(
-    shares: &[Zeroizing<Vec<u8>>],
-    total_shares: u32,
-    threshold: u32,
-) -> Result<Zeroizing<Vec<u8>>> {
+pub fn combine(shares: &[Zeroizing<Vec<u8>>], total_shares: u32, threshold: u32) -> Result<Zeroizing<Vec<u8>>> {
     if total_shares == 1 {
         return shares.first().cloned().ok_or(Error::WrongKeys);
     }
     let parsed: Vec<Share> = shares
         .iter()
-        .map(|s| {
-            Share::try_from(s.as_slice())
-                .map_err(|_| Error::InvalidKey("the unseal key is not a share"))
-        })
+        .map(|s| Share::try_from(s.as_slice()).map_err(|_| Error::InvalidKey("the unseal key is not a share")))
         .collect::<Result<_>>()?;
-    Sharks(threshold as u8)
-        .recover(parsed.as_slice())
-        .map(Zeroizing::new)
-        .map_err(|_| Error::WrongKeys)
+    Sharks(threshold as u8).recover(parsed.as_slice()).map(Zeroizing::new).map_err(|_| Error::WrongKeys)
 }
 
 #[cfg(test)]
@@ -93,10 +82,7 @@ mod tests {
         assert_eq!(combine(&pick, 5, 3).unwrap().as_slice(), &secret);
         // Fewer than the threshold cannot recover the secret.
         let few = vec![decoded[0].clone(), decoded[1].clone()];
-        assert_ne!(
-            combine(&few, 5, 3).map(|s| s.to_vec()).unwrap_or_default(),
-            secret.to_vec()
-        );
+        assert_ne!(combine(&few, 5, 3).map(|s| s.to_vec()).unwrap_or_default(), secret.to_vec());
     }
 
     #[test]

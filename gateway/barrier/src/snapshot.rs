@@ -36,10 +36,7 @@ impl Write for HashingWriter<'_> {
 /// Writes every entry of `physical` to `out`, from one point in time.
 /// Blocking. Returns the number of entries.
 pub fn write(physical: &dyn Physical, out: &mut dyn Write) -> Result<u64> {
-    let mut w = HashingWriter {
-        inner: out,
-        hash: Sha256::new(),
-    };
+    let mut w = HashingWriter { inner: out, hash: Sha256::new() };
     w.write_all(MAGIC)?;
     let mut count = 0u64;
     physical.export(&mut |k, v| {
@@ -69,19 +66,12 @@ pub struct Reader<R: Read> {
 
 impl<R: Read> Reader<R> {
     pub fn new(inner: R) -> Self {
-        Reader {
-            inner,
-            hash: Sha256::new(),
-            started: false,
-            done: false,
-        }
+        Reader { inner, hash: Sha256::new(), started: false, done: false }
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
         self.inner.read_exact(buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                Error::Snapshot("the file ends early (truncated?)".into())
-            }
+            std::io::ErrorKind::UnexpectedEof => Error::Snapshot("the file ends early (truncated?)".into()),
             _ => Error::Io(e),
         })?;
         self.hash.update(&*buf);
@@ -96,9 +86,7 @@ impl<R: Read> Reader<R> {
 
     fn read_field(&mut self, len: u32) -> Result<Vec<u8>> {
         if len > MAX_FIELD {
-            return Err(Error::Snapshot(format!(
-                "an entry of {len} bytes is larger than allowed"
-            )));
+            return Err(Error::Snapshot(format!("an entry of {len} bytes is larger than allowed")));
         }
         let mut v = vec![0u8; len as usize];
         self.read_exact(&mut v)?;
@@ -111,9 +99,7 @@ impl<R: Read> Reader<R> {
             let mut magic = [0u8; 8];
             self.read_exact(&mut magic)?;
             if &magic != MAGIC {
-                return Err(Error::Snapshot(
-                    "not a Keybridge snapshot (bad magic)".into(),
-                ));
+                return Err(Error::Snapshot("not a Keybridge snapshot (bad magic)".into()));
             }
         }
         let klen = self.read_u32()?;
@@ -124,9 +110,7 @@ impl<R: Read> Reader<R> {
                 .read_exact(&mut got)
                 .map_err(|_| Error::Snapshot("the checksum is missing (truncated?)".into()))?;
             if got[..] != expected[..] {
-                return Err(Error::Snapshot(
-                    "checksum mismatch: the file was altered or damaged".into(),
-                ));
+                return Err(Error::Snapshot("checksum mismatch: the file was altered or damaged".into()));
             }
             let mut extra = [0u8; 1];
             if self.inner.read(&mut extra)? != 0 {

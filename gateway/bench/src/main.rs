@@ -36,6 +36,9 @@ struct Args {
     /// Which parts to run.
     #[arg(long, value_delimiter = ',', default_value = "throughput,rss,coldstart")]
     parts: Vec<String>,
+    /// storage cache_size_bytes for the server, in MiB (0: the default).
+    #[arg(long, default_value_t = 0)]
+    cache_mib: usize,
     /// TLS modes to measure throughput in.
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
     tls: Vec<String>,
@@ -48,7 +51,17 @@ struct Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first, so the store closes cleanly and the next start needs
+    /// no recovery; SIGKILL after 10 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -77,26 +90,27 @@ impl Server {
 }
 
 /// Spawns the server and returns once it prints its address, with the time
-/// that took.
-fn spawn(bin: &Path, args: &[&str]) -> (Child, String, Duration) {
+/// that took. The child belongs to the returned `Server` at once.
+fn spawn(bin: &Path, args: &[&str]) -> (Server, Duration) {
     let start = Instant::now();
-    let mut child = Command::new(bin)
+    let child = Command::new(bin)
         .args(args)
         .env("KEYBRIDGE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with cargo build --release)", bin.display()));
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut server = Server { child, addr: String::new(), ca: None };
+    let mut reader = BufReader::new(server.child.stdout.take().expect("stdout"));
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).expect("read") == 0 {
             panic!("the server exited before listening");
         }
         if let Some(rest) = line.split("Listening on ").nth(1) {
-            let addr = rest.split_whitespace().next().expect("addr").to_string();
+            server.addr = rest.split_whitespace().next().expect("addr").to_string();
             std::thread::spawn(move || for _ in reader.lines() {});
-            return (child, addr, start.elapsed());
+            return (server, start.elapsed());
         }
     }
 }
@@ -111,7 +125,7 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
     (c, k, cert.pem().into_bytes())
 }
 
-fn start_config_server(bin: &Path, dir: &Path, tls: bool) -> (Server, Duration) {
+fn start_config_server(bin: &Path, dir: &Path, tls: bool, cache_mib: usize) -> (Server, Duration) {
     let (listener, ca) = if tls {
         let (c, k, ca) = tls_files(dir);
         (
@@ -125,11 +139,13 @@ fn start_config_server(bin: &Path, dir: &Path, tls: bool) -> (Server, Duration) 
     } else {
         ("listener \"tcp\" {\n address = \"127.0.0.1:0\"\n tls_disable = true\n}".to_string(), None)
     };
-    let cfg = format!("{listener}\nstorage \"file\" {{\n path = \"{}\"\n}}\n", dir.join("data").display());
+    let cache = if cache_mib > 0 { format!("\n cache_size_bytes = {}", cache_mib << 20) } else { String::new() };
+    let cfg = format!("{listener}\nstorage \"file\" {{\n path = \"{}\"{cache}\n}}\n", dir.join("data").display());
     let file = dir.join("keybridge.hcl");
     std::fs::write(&file, cfg).expect("config");
-    let (child, addr, took) = spawn(bin, &["server", "--config", file.to_str().expect("utf-8 path")]);
-    (Server { child, addr, ca }, took)
+    let (mut server, took) = spawn(bin, &["server", "--config", file.to_str().expect("utf-8 path")]);
+    server.ca = ca;
+    (server, took)
 }
 
 fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
@@ -186,10 +202,9 @@ async fn run(server: &Server, token: &str, op: Op, concurrency: usize, keys: usi
                 let start = Instant::now();
                 let ok = match op {
                     Op::Get => client.get(authed(&token, pb::GetRequest { path, version: 0 })).await.is_ok(),
-                    Op::Put => client
-                        .put(authed(&token, pb::PutRequest { path, value: value_1k(k), cas: None }))
-                        .await
-                        .is_ok(),
+                    Op::Put => {
+                        client.put(authed(&token, pb::PutRequest { path, value: value_1k(k), cas: None })).await.is_ok()
+                    }
                 };
                 lat.push(start.elapsed().as_nanos() as u64);
                 if !ok {
@@ -209,7 +224,9 @@ async fn run(server: &Server, token: &str, op: Op, concurrency: usize, keys: usi
     }
     let elapsed = started.elapsed().as_secs_f64().max(secs as f64);
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e6;
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e6
+    };
     Stats { ops: all.len(), per_sec: all.len() as f64 / elapsed, p50_ms: pct(0.50), p99_ms: pct(0.99), errors }
 }
 
@@ -240,7 +257,8 @@ async fn load(server: &Server, token: &str, from: usize, to: usize) {
                 if i >= to {
                     return;
                 }
-                let req = pb::PutRequest { path: format!("secret/load/{:02}/k{i}", i % 64), value: value_1k(i), cas: None };
+                let req =
+                    pb::PutRequest { path: format!("secret/load/{:02}/k{i}", i % 64), value: value_1k(i), cas: None };
                 client.put(authed(&token, req)).await.expect("load put");
             }
         }));
@@ -268,7 +286,7 @@ async fn main() {
         for tls in &args.tls {
             let tls_on = tls == "on";
             let dir = tempfile::tempdir().expect("tempdir");
-            let (server, _) = start_config_server(&bin, dir.path(), tls_on);
+            let (server, _) = start_config_server(&bin, dir.path(), tls_on, args.cache_mib);
             let token = init_unseal(&server).await;
             load_bench_keys(&server, &token).await;
             println!("\n== TLS {tls} (file store, fsync on every commit) ==");
@@ -289,7 +307,7 @@ async fn main() {
 
     let rss_dir = tempfile::tempdir().expect("tempdir");
     if wants("rss") || wants("coldstart") {
-        let (server, _) = start_config_server(&bin, rss_dir.path(), false);
+        let (server, _) = start_config_server(&bin, rss_dir.path(), false, args.cache_mib);
         let token = init_unseal(&server).await;
         let before = server.rss_kib();
         let steps = [args.load / 4, args.load / 2, args.load];
@@ -322,22 +340,24 @@ async fn main() {
         let mut serving = Vec::new();
         for _ in 0..5 {
             let t0 = Instant::now();
-            let (child, addr, _) = spawn(&bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0"]);
-            let server = Server { child, addr, ca: None };
+            let (server, _) = spawn(&bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0"]);
             let mut h = tonic_health_client(&server).await;
             let ok = h.check(pb_health()).await.is_ok();
             serving.push(t0.elapsed());
             assert!(ok);
         }
         serving.sort();
-        println!("{:<44} {:>9.1} ms (median of 5)", "dev mode: exec to first served request", serving[2].as_secs_f64() * 1e3);
+        println!(
+            "{:<44} {:>9.1} ms (median of 5)",
+            "dev mode: exec to first served request",
+            serving[2].as_secs_f64() * 1e3
+        );
 
         // Restart over the loaded store: sealed start, then unseal.
         let cfg = rss_dir.path().join("keybridge.hcl");
         let key = std::fs::read_to_string(std::env::temp_dir().join("kb-bench-unseal")).unwrap_or_default();
         let t0 = Instant::now();
-        let (child, addr, listening) = spawn(&bin, &["server", "--config", cfg.to_str().expect("utf-8")]);
-        let server = Server { child, addr, ca: None };
+        let (server, listening) = spawn(&bin, &["server", "--config", cfg.to_str().expect("utf-8")]);
         let mut sys = pb::sys_client::SysClient::new(server.channel().await);
         sys.unseal(pb::UnsealRequest { key, reset: false }).await.expect("unseal");
         let unsealed = t0.elapsed();
@@ -360,9 +380,12 @@ async fn load_bench_keys(server: &Server, token: &str) {
         let mut c2 = c.clone();
         let token = token.to_string();
         pending.push(tokio::spawn(async move {
-            c2.put(authed(&token, pb::PutRequest { path: format!("secret/bench/k{k}"), value: value_1k(k), cas: None }))
-                .await
-                .expect("seed put");
+            c2.put(authed(
+                &token,
+                pb::PutRequest { path: format!("secret/bench/k{k}"), value: value_1k(k), cas: None },
+            ))
+            .await
+            .expect("seed put");
         }));
         if pending.len() == 32 {
             for p in pending.drain(..) {

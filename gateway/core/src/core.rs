@@ -1,7 +1,7 @@
 //! The core: lifecycle and every operation. Each public operation runs
 //! authenticate → authorize → route, in that order, and nothing else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use keybridge_barrier::{Barrier, KeyInfo, Stamp, WriteBatch};
@@ -25,9 +25,7 @@ pub struct CoreConfig {
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig {
-            max_value_bytes: 512 * 1024,
-        }
+        CoreConfig { max_value_bytes: 512 * 1024 }
     }
 }
 
@@ -59,9 +57,22 @@ pub enum Capability {
 }
 
 struct Loaded {
-    mounts: Arc<MountTable>,
-    mounts_stamp: Stamp,
+    /// The mount table and the stamp it was read or written with.
+    mounts: RwLock<(Arc<MountTable>, Stamp)>,
     salt: Salt,
+    /// Token entries by hash, so a request does not read and decrypt its
+    /// token's entry every time. Entries do not change once written; an
+    /// operation that revokes or changes a token must remove it here. Gone
+    /// with the rest of this state on seal.
+    tokens: RwLock<HashMap<String, Arc<TokenEntry>>>,
+}
+
+const TOKEN_CACHE_MAX: usize = 8192;
+
+impl Loaded {
+    fn table(&self) -> Arc<MountTable> {
+        self.mounts.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
 }
 
 pub struct Core {
@@ -91,11 +102,7 @@ impl Core {
     }
 
     fn loaded(&self) -> Result<Arc<Loaded>> {
-        self.loaded
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(Error::Sealed)
+        self.loaded.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Sealed)
     }
 
     fn set_loaded(&self, l: Option<Loaded>) {
@@ -130,8 +137,7 @@ impl Core {
         if let Some(id) = root_token_id {
             token::validate_token_id(id)?;
         }
-        let root_token =
-            root_token_id.map_or_else(token::generate_token, |id| Zeroizing::new(id.to_string()));
+        let root_token = root_token_id.map_or_else(token::generate_token, |id| Zeroizing::new(id.to_string()));
         let salt = Salt::generate();
         let (entry_key, hash) = salt.entry_key(&root_token);
         let now = Timestamp::now();
@@ -166,42 +172,25 @@ impl Core {
         } else {
             self.barrier.seal();
         }
-        Ok(InitResult {
-            keys,
-            threshold,
-            root_token,
-        })
+        Ok(InitResult { keys, threshold, root_token })
     }
 
     /// Reads the state the core keeps in memory while unsealed.
     async fn load(&self) -> Result<()> {
         let (raw, mounts_stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
-        let raw = raw.ok_or_else(|| Error::Corrupt {
-            key: MOUNTS_KEY.into(),
-            reason: "missing".into(),
-        })?;
-        let mounts: MountTable = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
-            key: MOUNTS_KEY.into(),
-            reason: e.to_string(),
-        })?;
+        let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
+        let mounts: MountTable = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Corrupt { key: MOUNTS_KEY.into(), reason: e.to_string() })?;
         let salt = self
             .barrier
             .get(token::SALT_KEY)
             .await?
-            .ok_or_else(|| Error::Corrupt {
-                key: token::SALT_KEY.into(),
-                reason: "missing".into(),
-            })?;
-        let pending: Vec<MountEntry> = mounts
-            .entries
-            .iter()
-            .filter(|m| m.deleting)
-            .cloned()
-            .collect();
+            .ok_or_else(|| Error::Corrupt { key: token::SALT_KEY.into(), reason: "missing".into() })?;
+        let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
         self.set_loaded(Some(Loaded {
-            mounts: Arc::new(mounts),
-            mounts_stamp,
+            mounts: RwLock::new((Arc::new(mounts), mounts_stamp)),
             salt: Salt::from_bytes(salt),
+            tokens: RwLock::new(HashMap::new()),
         }));
         // Finish removing mounts a crash interrupted.
         for m in pending {
@@ -243,22 +232,26 @@ impl Core {
 
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Identity> {
         let loaded = self.loaded()?;
-        let token = token
-            .filter(|t| !t.is_empty())
-            .ok_or(Error::Unauthenticated)?;
+        let token = token.filter(|t| !t.is_empty()).ok_or(Error::Unauthenticated)?;
         if token.len() > 1024 {
             return Err(Error::Unauthenticated);
         }
         let (key, hash) = loaded.salt.entry_key(token);
-        let raw = self
-            .barrier
-            .get(&key)
-            .await?
-            .ok_or(Error::Unauthenticated)?;
-        let entry: TokenEntry = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
-            key,
-            reason: e.to_string(),
-        })?;
+        let cached = loaded.tokens.read().unwrap_or_else(|p| p.into_inner()).get(&hash).cloned();
+        let entry = match cached {
+            Some(e) => e,
+            None => {
+                let raw = self.barrier.get(&key).await?.ok_or(Error::Unauthenticated)?;
+                let entry: Arc<TokenEntry> =
+                    Arc::new(serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?);
+                let mut cache = loaded.tokens.write().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= TOKEN_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(hash.clone(), entry.clone());
+                entry
+            }
+        };
         token::verify(&entry, &hash, Timestamp::now())
     }
 
@@ -268,9 +261,7 @@ impl Core {
         if id.is_root() {
             return Ok(());
         }
-        Err(Error::PermissionDenied(
-            format!("{cap:?} on {path} is not granted to this token").to_lowercase(),
-        ))
+        Err(Error::PermissionDenied(format!("{cap:?} on {path} is not granted to this token").to_lowercase()))
     }
 
     // ----- mounts -----------------------------------------------------------
@@ -278,31 +269,19 @@ impl Core {
     pub async fn list_mounts(&self, token: Option<&str>) -> Result<Vec<MountEntry>> {
         let id = self.authenticate(token).await?;
         self.authorize(&id, "sys/mounts", Capability::Read)?;
-        Ok(self
-            .loaded()?
-            .mounts
-            .entries
-            .iter()
-            .filter(|m| !m.deleting)
-            .cloned()
-            .collect())
+        Ok(self.loaded()?.table().entries.iter().filter(|m| !m.deleting).cloned().collect())
     }
 
-    /// Writes a new mount table conditioned on the one in memory.
+    /// Writes a new mount table conditioned on the one in memory. Callers
+    /// hold `admin`, so the table cannot change in between.
     async fn store_mounts(&self, table: MountTable) -> Result<()> {
         let loaded = self.loaded()?;
+        let stamp = loaded.mounts.read().unwrap_or_else(|p| p.into_inner()).1.clone();
         let mut batch = WriteBatch::new();
-        batch
-            .expect(MOUNTS_KEY, &loaded.mounts_stamp)
-            .put(MOUNTS_KEY, encode_json(&table));
+        batch.expect(MOUNTS_KEY, &stamp).put(MOUNTS_KEY, encode_json(&table));
         self.barrier.commit(batch).await?;
         let (_, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
-        let salt = Salt::from_bytes(loaded.salt.bytes());
-        self.set_loaded(Some(Loaded {
-            mounts: Arc::new(table),
-            mounts_stamp: stamp,
-            salt,
-        }));
+        *loaded.mounts.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(table), stamp);
         Ok(())
     }
 
@@ -325,7 +304,7 @@ impl Core {
         }
         mounts::validate_config(kind, &config)?;
         let _guard = self.admin.lock().await;
-        let mut table = (*self.loaded()?.mounts).clone();
+        let mut table = (*self.loaded()?.table()).clone();
         let entry = MountEntry {
             id: uuid::Uuid::new_v4().to_string(),
             path: path.clone(),
@@ -351,7 +330,7 @@ impl Core {
         let path = normalize_mount_path(path)?;
         self.authorize(&id, &format!("sys/mounts/{path}/tune"), Capability::Update)?;
         let _guard = self.admin.lock().await;
-        let mut table = (*self.loaded()?.mounts).clone();
+        let mut table = (*self.loaded()?.table()).clone();
         let entry = table
             .entries
             .iter_mut()
@@ -381,7 +360,7 @@ impl Core {
         let path = normalize_mount_path(path)?;
         self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Delete)?;
         let _guard = self.admin.lock().await;
-        let mut table = (*self.loaded()?.mounts).clone();
+        let mut table = (*self.loaded()?.table()).clone();
         let entry = table
             .entries
             .iter_mut()
@@ -406,7 +385,7 @@ impl Core {
             }
             self.barrier.commit(batch).await?;
         }
-        let mut table = (*self.loaded()?.mounts).clone();
+        let mut table = (*self.loaded()?.table()).clone();
         table.entries.retain(|m| m.id != entry.id);
         self.store_mounts(table).await
     }
@@ -415,22 +394,10 @@ impl Core {
 
     /// Finds the mount for a full path, checked; returns the engine and the
     /// path relative to the mount.
-    fn route<'a>(
-        &'a self,
-        loaded: &'a Loaded,
-        path: &'a str,
-    ) -> Result<(Kv<'a>, &'a MountEntry, &'a str)> {
-        let (mount, rel) = loaded.mounts.route(path).ok_or_else(|| {
-            let known: Vec<&str> = loaded
-                .mounts
-                .entries
-                .iter()
-                .map(|m| m.path.as_str())
-                .collect();
-            Error::NotFound(format!(
-                "no mount serves {path:?}; mounts: {}",
-                known.join(", ")
-            ))
+    fn route<'a>(&'a self, table: &'a MountTable, path: &'a str) -> Result<(Kv<'a>, &'a MountEntry, &'a str)> {
+        let (mount, rel) = table.route(path).ok_or_else(|| {
+            let known: Vec<&str> = table.entries.iter().map(|m| m.path.as_str()).collect();
+            Error::NotFound(format!("no mount serves {path:?}; mounts: {}", known.join(", ")))
         })?;
         let settings = mounts::local_settings(&mount.config)?;
         let cap = if settings.max_value_bytes > 0 {
@@ -453,7 +420,7 @@ impl Core {
     /// mount itself) and authorizes `cap` on `<mount><area>/<rel>`.
     async fn secret_op<'a>(
         &'a self,
-        loaded: &'a Loaded,
+        table: &'a MountTable,
         token: Option<&str>,
         path: &'a str,
         area: &str,
@@ -461,7 +428,7 @@ impl Core {
     ) -> Result<(Kv<'a>, &'a str, Identity)> {
         let id = self.authenticate(token).await?;
         validate_secret_path(path)?;
-        let (kv, mount, rel) = self.route(loaded, path)?;
+        let (kv, mount, rel) = self.route(table, path)?;
         if rel.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "{path:?} is the mount {} itself; give a secret path below it, such as {}app/db",
@@ -470,11 +437,7 @@ impl Core {
         }
         // Vault's existence check: writing a secret that does not exist yet
         // needs `create`, not `update`.
-        let cap = if cap == Capability::Update
-            && area == "data"
-            && !id.is_root()
-            && kv.describe(rel).await.is_err()
-        {
+        let cap = if cap == Capability::Update && area == "data" && !id.is_root() && kv.describe(rel).await.is_err() {
             Capability::Create
         } else {
             cap
@@ -490,79 +453,48 @@ impl Core {
         value: &SecretValue,
         cas: Option<u64>,
     ) -> Result<(u64, VersionMeta)> {
-        let loaded = self.loaded()?;
-        let (kv, rel, _) = self
-            .secret_op(&loaded, token, path, "data", Capability::Update)
-            .await?;
+        let table = self.loaded()?.table();
+        let (kv, rel, _) = self.secret_op(&table, token, path, "data", Capability::Update).await?;
         kv.put(rel, value, cas).await
     }
 
-    pub async fn get(
-        &self,
-        token: Option<&str>,
-        path: &str,
-        version: Option<u64>,
-    ) -> Result<ReadSecret> {
-        let loaded = self.loaded()?;
-        let (kv, rel, _) = self
-            .secret_op(&loaded, token, path, "data", Capability::Read)
-            .await?;
+    pub async fn get(&self, token: Option<&str>, path: &str, version: Option<u64>) -> Result<ReadSecret> {
+        let table = self.loaded()?.table();
+        let (kv, rel, _) = self.secret_op(&table, token, path, "data", Capability::Read).await?;
         kv.get(rel, version).await
     }
 
     pub async fn describe(&self, token: Option<&str>, path: &str) -> Result<SecretMeta> {
-        let loaded = self.loaded()?;
-        let (kv, rel, _) = self
-            .secret_op(&loaded, token, path, "metadata", Capability::Read)
-            .await?;
+        let table = self.loaded()?.table();
+        let (kv, rel, _) = self.secret_op(&table, token, path, "metadata", Capability::Read).await?;
         kv.describe(rel).await
     }
 
-    pub async fn delete(
-        &self,
-        token: Option<&str>,
-        path: &str,
-        versions: &[u64],
-        all: bool,
-    ) -> Result<()> {
-        let loaded = self.loaded()?;
+    pub async fn delete(&self, token: Option<&str>, path: &str, versions: &[u64], all: bool) -> Result<()> {
+        let table = self.loaded()?.table();
         if all {
             if !versions.is_empty() {
-                return Err(Error::InvalidArgument(
-                    "give either versions or all_versions, not both".into(),
-                ));
+                return Err(Error::InvalidArgument("give either versions or all_versions, not both".into()));
             }
-            let (kv, rel, _) = self
-                .secret_op(&loaded, token, path, "metadata", Capability::Delete)
-                .await?;
+            let (kv, rel, _) = self.secret_op(&table, token, path, "metadata", Capability::Delete).await?;
             return kv.delete_all(rel).await;
         }
-        let (area, cap) = if versions.is_empty() {
-            ("data", Capability::Delete)
-        } else {
-            ("delete", Capability::Update)
-        };
-        let (kv, rel, _) = self.secret_op(&loaded, token, path, area, cap).await?;
-        kv.change_versions(rel, versions, VersionChange::SoftDelete)
-            .await
+        let (area, cap) =
+            if versions.is_empty() { ("data", Capability::Delete) } else { ("delete", Capability::Update) };
+        let (kv, rel, _) = self.secret_op(&table, token, path, area, cap).await?;
+        kv.change_versions(rel, versions, VersionChange::SoftDelete).await
     }
 
     pub async fn undelete(&self, token: Option<&str>, path: &str, versions: &[u64]) -> Result<()> {
-        let loaded = self.loaded()?;
-        let (kv, rel, _) = self
-            .secret_op(&loaded, token, path, "undelete", Capability::Update)
-            .await?;
-        kv.change_versions(rel, versions, VersionChange::Undelete)
-            .await
+        let table = self.loaded()?.table();
+        let (kv, rel, _) = self.secret_op(&table, token, path, "undelete", Capability::Update).await?;
+        kv.change_versions(rel, versions, VersionChange::Undelete).await
     }
 
     pub async fn destroy(&self, token: Option<&str>, path: &str, versions: &[u64]) -> Result<()> {
-        let loaded = self.loaded()?;
-        let (kv, rel, _) = self
-            .secret_op(&loaded, token, path, "destroy", Capability::Update)
-            .await?;
-        kv.change_versions(rel, versions, VersionChange::Destroy)
-            .await
+        let table = self.loaded()?.table();
+        let (kv, rel, _) = self.secret_op(&table, token, path, "destroy", Capability::Update).await?;
+        kv.change_versions(rel, versions, VersionChange::Destroy).await
     }
 
     pub async fn put_metadata(
@@ -573,12 +505,9 @@ impl Core {
         max_versions: Option<u32>,
         cas_required: Option<bool>,
     ) -> Result<SecretMeta> {
-        let loaded = self.loaded()?;
-        let (kv, rel, _) = self
-            .secret_op(&loaded, token, path, "metadata", Capability::Update)
-            .await?;
-        kv.put_metadata(rel, custom, max_versions, cas_required)
-            .await
+        let table = self.loaded()?.table();
+        let (kv, rel, _) = self.secret_op(&table, token, path, "metadata", Capability::Update).await?;
+        kv.put_metadata(rel, custom, max_versions, cas_required).await
     }
 
     pub async fn list(
@@ -591,13 +520,9 @@ impl Core {
     ) -> Result<(Vec<String>, String)> {
         let id = self.authenticate(token).await?;
         let folder = validate_folder_path(path)?;
-        let loaded = self.loaded()?;
-        let (kv, mount, rel) = self.route(&loaded, &folder)?;
-        self.authorize(
-            &id,
-            &format!("{}metadata/{rel}", mount.path),
-            Capability::List,
-        )?;
+        let table = self.loaded()?.table();
+        let (kv, mount, rel) = self.route(&table, &folder)?;
+        self.authorize(&id, &format!("{}metadata/{rel}", mount.path), Capability::List)?;
         kv.list(rel, page_size, page_token, recursive).await
     }
 
@@ -637,41 +562,24 @@ impl Core {
     }
 
     /// Writes a consistent snapshot of the encrypted store to `out`.
-    pub async fn snapshot(
-        &self,
-        token: Option<&str>,
-        mut out: Box<dyn std::io::Write + Send>,
-    ) -> Result<u64> {
+    pub async fn snapshot(&self, token: Option<&str>, mut out: Box<dyn std::io::Write + Send>) -> Result<u64> {
         self.authorize_snapshot(token).await?;
         let barrier = self.barrier.clone();
         tokio::task::spawn_blocking(move || barrier.snapshot(&mut out))
             .await
-            .map_err(|e| {
-                Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(
-                    e.to_string(),
-                )))
-            })?
+            .map_err(|e| Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(e.to_string()))))?
             .map_err(Error::from)
     }
 
     /// Replaces the store with the snapshot in `file`; see
     /// [`Barrier::restore`]. Returns (entries, sealed afterwards).
-    pub async fn restore(
-        &self,
-        token: Option<&str>,
-        file: std::path::PathBuf,
-        force: bool,
-    ) -> Result<(u64, bool)> {
+    pub async fn restore(&self, token: Option<&str>, file: std::path::PathBuf, force: bool) -> Result<(u64, bool)> {
         self.authorize_snapshot(token).await?;
         let _guard = self.admin.lock().await;
         let barrier = self.barrier.clone();
         let (count, sealed) = tokio::task::spawn_blocking(move || barrier.restore(&file, force))
             .await
-            .map_err(|e| {
-                Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(
-                    e.to_string(),
-                )))
-            })??;
+            .map_err(|e| Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(e.to_string()))))??;
         self.set_loaded(None);
         if !sealed && let Err(e) = self.load().await {
             self.barrier.seal();

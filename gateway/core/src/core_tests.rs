@@ -5,12 +5,7 @@ use keybridge_barrier::{Barrier, RedbStore};
 use super::*;
 
 fn fields(pairs: &[(&str, &str)]) -> SecretValue {
-    SecretValue::Fields(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string())))
-            .collect(),
-    )
+    SecretValue::Fields(pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string()))).collect())
 }
 
 fn field(r: &ReadSecret, name: &str) -> String {
@@ -21,10 +16,7 @@ fn field(r: &ReadSecret, name: &str) -> String {
 }
 
 async fn dev_core() -> (Core, String) {
-    let core = Core::new(
-        Barrier::new(Arc::new(RedbStore::in_memory().unwrap())),
-        CoreConfig::default(),
-    );
+    let core = Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default());
     let init = core.init(1, 1, Some("root-t"), true).await.unwrap();
     (core, init.root_token.to_string())
 }
@@ -33,41 +25,15 @@ async fn dev_core() -> (Core, String) {
 async fn versions_cas_and_reads() {
     let (core, t) = dev_core().await;
     let t = Some(t.as_str());
-    let (v1, _) = core
-        .put(t, "secret/app/db", &fields(&[("password", "one")]), Some(0))
-        .await
-        .unwrap();
+    let (v1, _) = core.put(t, "secret/app/db", &fields(&[("password", "one")]), Some(0)).await.unwrap();
     assert_eq!(v1, 1);
-    let err = core
-        .put(t, "secret/app/db", &fields(&[("password", "x")]), Some(0))
-        .await
-        .unwrap_err();
+    let err = core.put(t, "secret/app/db", &fields(&[("password", "x")]), Some(0)).await.unwrap_err();
     assert!(matches!(err, Error::FailedPrecondition(m) if m.contains("current version is 1")));
-    core.put(t, "secret/app/db", &fields(&[("password", "two")]), Some(1))
-        .await
-        .unwrap();
-    assert_eq!(
-        field(
-            &core.get(t, "secret/app/db", None).await.unwrap(),
-            "password"
-        ),
-        "two"
-    );
-    assert_eq!(
-        field(
-            &core.get(t, "secret/app/db", Some(1)).await.unwrap(),
-            "password"
-        ),
-        "one"
-    );
-    assert!(matches!(
-        core.get(t, "secret/app/db", Some(9)).await,
-        Err(Error::NotFound(_))
-    ));
-    assert!(matches!(
-        core.get(t, "secret/app/nope", None).await,
-        Err(Error::NotFound(_))
-    ));
+    core.put(t, "secret/app/db", &fields(&[("password", "two")]), Some(1)).await.unwrap();
+    assert_eq!(field(&core.get(t, "secret/app/db", None).await.unwrap(), "password"), "two");
+    assert_eq!(field(&core.get(t, "secret/app/db", Some(1)).await.unwrap(), "password"), "one");
+    assert!(matches!(core.get(t, "secret/app/db", Some(9)).await, Err(Error::NotFound(_))));
+    assert!(matches!(core.get(t, "secret/app/nope", None).await, Err(Error::NotFound(_))));
     let meta = core.describe(t, "secret/app/db").await.unwrap();
     assert_eq!(meta.current_version, 2);
     assert_eq!(meta.versions.len(), 2);
@@ -78,59 +44,35 @@ async fn delete_undelete_destroy_and_delete_all() {
     let (core, t) = dev_core().await;
     let t = Some(t.as_str());
     for p in ["a", "b", "c"] {
-        core.put(t, "secret/x", &fields(&[("v", p)]), None)
-            .await
-            .unwrap();
+        core.put(t, "secret/x", &fields(&[("v", p)]), None).await.unwrap();
     }
     core.delete(t, "secret/x", &[], false).await.unwrap();
-    assert!(
-        matches!(core.get(t, "secret/x", None).await, Err(Error::NotFound(m)) if m.contains("deleted"))
-    );
+    assert!(matches!(core.get(t, "secret/x", None).await, Err(Error::NotFound(m)) if m.contains("deleted")));
     core.undelete(t, "secret/x", &[3]).await.unwrap();
-    assert_eq!(
-        field(&core.get(t, "secret/x", None).await.unwrap(), "v"),
-        "c"
-    );
+    assert_eq!(field(&core.get(t, "secret/x", None).await.unwrap(), "v"), "c");
     core.destroy(t, "secret/x", &[1]).await.unwrap();
-    assert!(
-        matches!(core.get(t, "secret/x", Some(1)).await, Err(Error::NotFound(m)) if m.contains("destroyed"))
-    );
+    assert!(matches!(core.get(t, "secret/x", Some(1)).await, Err(Error::NotFound(m)) if m.contains("destroyed")));
     core.undelete(t, "secret/x", &[1]).await.unwrap();
     assert!(core.get(t, "secret/x", Some(1)).await.is_err());
     // Unknown versions are refused and nothing changes.
     let before = core.describe(t, "secret/x").await.unwrap();
-    assert!(matches!(
-        core.delete(t, "secret/x", &[2, 7], false).await,
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(core.delete(t, "secret/x", &[2, 7], false).await, Err(Error::InvalidArgument(_))));
     assert_eq!(core.describe(t, "secret/x").await.unwrap(), before);
     core.delete(t, "secret/x", &[], true).await.unwrap();
-    assert!(matches!(
-        core.describe(t, "secret/x").await,
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(core.describe(t, "secret/x").await, Err(Error::NotFound(_))));
 }
 
 #[tokio::test]
 async fn max_versions_prunes_oldest() {
     let (core, t) = dev_core().await;
     let t = Some(t.as_str());
-    core.put_metadata(t, "secret/p", None, Some(2), None)
-        .await
-        .unwrap();
+    core.put_metadata(t, "secret/p", None, Some(2), None).await.unwrap();
     for v in ["1", "2", "3"] {
-        core.put(t, "secret/p", &fields(&[("v", v)]), None)
-            .await
-            .unwrap();
+        core.put(t, "secret/p", &fields(&[("v", v)]), None).await.unwrap();
     }
     let meta = core.describe(t, "secret/p").await.unwrap();
-    assert_eq!(
-        meta.versions.keys().copied().collect::<Vec<_>>(),
-        vec![2, 3]
-    );
-    assert!(
-        matches!(core.get(t, "secret/p", Some(1)).await, Err(Error::NotFound(m)) if m.contains("pruned"))
-    );
+    assert_eq!(meta.versions.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+    assert!(matches!(core.get(t, "secret/p", Some(1)).await, Err(Error::NotFound(m)) if m.contains("pruned")));
 }
 
 #[tokio::test]
@@ -138,17 +80,10 @@ async fn cas_required_by_mount_config() {
     let (core, t) = dev_core().await;
     let t = Some(t.as_str());
     let cfg = [("cas_required".to_string(), "true".to_string())].into();
-    core.enable_mount(t, "strict", "local", "", cfg)
-        .await
-        .unwrap();
-    let err = core
-        .put(t, "strict/k", &fields(&[("a", "b")]), None)
-        .await
-        .unwrap_err();
+    core.enable_mount(t, "strict", "local", "", cfg).await.unwrap();
+    let err = core.put(t, "strict/k", &fields(&[("a", "b")]), None).await.unwrap_err();
     assert!(err.to_string().contains("requires check-and-set"));
-    core.put(t, "strict/k", &fields(&[("a", "b")]), Some(0))
-        .await
-        .unwrap();
+    core.put(t, "strict/k", &fields(&[("a", "b")]), Some(0)).await.unwrap();
 }
 
 #[tokio::test]
@@ -156,9 +91,7 @@ async fn listing_pages_folders_and_recursion() {
     let (core, t) = dev_core().await;
     let t = Some(t.as_str());
     for p in ["a", "b/x", "b/y/z", "c", "d/e", "e"] {
-        core.put(t, &format!("secret/{p}"), &fields(&[("k", "v")]), None)
-            .await
-            .unwrap();
+        core.put(t, &format!("secret/{p}"), &fields(&[("k", "v")]), None).await.unwrap();
     }
     let (all, next) = core.list(t, "secret/", 0, "", false).await.unwrap();
     assert_eq!(all, ["a", "b/", "c", "d/", "e"]);
@@ -186,27 +119,12 @@ async fn listing_pages_folders_and_recursion() {
 async fn bad_input_changes_nothing() {
     let (core, t) = dev_core().await;
     let t = Some(t.as_str());
-    for p in [
-        "secret//a",
-        "secret/../a",
-        "secret/a\0",
-        "secret/",
-        "nomount/a",
-    ] {
-        let err = core
-            .put(t, p, &fields(&[("k", "v")]), None)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidArgument(_) | Error::NotFound(_)),
-            "{p}: {err:?}"
-        );
+    for p in ["secret//a", "secret/../a", "secret/a\0", "secret/", "nomount/a"] {
+        let err = core.put(t, p, &fields(&[("k", "v")]), None).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_) | Error::NotFound(_)), "{p}: {err:?}");
     }
     let big = SecretValue::Binary(Zeroizing::new(vec![0; 512 * 1024 + 1]));
-    assert!(matches!(
-        core.put(t, "secret/big", &big, None).await,
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(core.put(t, "secret/big", &big, None).await, Err(Error::InvalidArgument(_))));
     let (keys, _) = core.list(t, "secret/", 0, "", true).await.unwrap();
     assert!(keys.is_empty(), "{keys:?}");
 }
@@ -215,10 +133,7 @@ async fn bad_input_changes_nothing() {
 async fn tokens_are_checked() {
     let (core, _) = dev_core().await;
     for bad in [None, Some(""), Some("nope")] {
-        assert!(matches!(
-            core.get(bad, "secret/a", None).await,
-            Err(Error::Unauthenticated)
-        ));
+        assert!(matches!(core.get(bad, "secret/a", None).await, Err(Error::Unauthenticated)));
     }
 }
 
@@ -226,87 +141,39 @@ async fn tokens_are_checked() {
 async fn mounts_enable_tune_disable_and_route() {
     let (core, t) = dev_core().await;
     let t = Some(t.as_str());
-    core.enable_mount(t, "team/a", "local", "team a", Default::default())
-        .await
-        .unwrap();
-    assert!(
-        core.enable_mount(t, "team/a/b", "local", "", Default::default())
-            .await
-            .is_err()
-    );
-    assert!(
-        core.enable_mount(t, "x", "nope", "", Default::default())
-            .await
-            .is_err()
-    );
-    core.put(t, "team/a/k", &fields(&[("v", "1")]), None)
-        .await
-        .unwrap();
+    core.enable_mount(t, "team/a", "local", "team a", Default::default()).await.unwrap();
+    assert!(core.enable_mount(t, "team/a/b", "local", "", Default::default()).await.is_err());
+    assert!(core.enable_mount(t, "x", "nope", "", Default::default()).await.is_err());
+    core.put(t, "team/a/k", &fields(&[("v", "1")]), None).await.unwrap();
     let tuned = core
-        .tune_mount(
-            t,
-            "team/a/",
-            Some("tuned"),
-            [("max_versions".to_string(), "5".to_string())].into(),
-        )
+        .tune_mount(t, "team/a/", Some("tuned"), [("max_versions".to_string(), "5".to_string())].into())
         .await
         .unwrap();
     assert_eq!(tuned.config["max_versions"], "5");
-    assert!(
-        core.tune_mount(
-            t,
-            "team/a",
-            None,
-            [("max_versions".into(), "x".into())].into()
-        )
-        .await
-        .is_err()
-    );
+    assert!(core.tune_mount(t, "team/a", None, [("max_versions".into(), "x".into())].into()).await.is_err());
     core.disable_mount(t, "team/a").await.unwrap();
-    assert!(matches!(
-        core.get(t, "team/a/k", None).await,
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(core.get(t, "team/a/k", None).await, Err(Error::NotFound(_))));
     let mounts = core.list_mounts(t).await.unwrap();
-    assert_eq!(
-        mounts.iter().map(|m| m.path.as_str()).collect::<Vec<_>>(),
-        ["secret/"]
-    );
+    assert_eq!(mounts.iter().map(|m| m.path.as_str()).collect::<Vec<_>>(), ["secret/"]);
     // Re-enabling gives a new, empty mount: the old data was purged.
-    core.enable_mount(t, "team/a", "local", "", Default::default())
-        .await
-        .unwrap();
+    core.enable_mount(t, "team/a", "local", "", Default::default()).await.unwrap();
     assert!(core.get(t, "team/a/k", None).await.is_err());
 }
 
 #[tokio::test]
 async fn seal_unseal_cycle_with_shares() {
-    let core = Core::new(
-        Barrier::new(Arc::new(RedbStore::in_memory().unwrap())),
-        CoreConfig::default(),
-    );
+    let core = Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default());
     let init = core.init(3, 2, None, false).await.unwrap();
     let t = init.root_token.to_string();
-    assert!(matches!(
-        core.get(Some(&t), "secret/a", None).await,
-        Err(Error::Sealed)
-    ));
+    assert!(matches!(core.get(Some(&t), "secret/a", None).await, Err(Error::Sealed)));
     assert!(core.seal_status().await.unwrap().sealed);
     assert_eq!(core.unseal(&init.keys[2], false).await.unwrap().progress, 1);
     let st = core.unseal(&init.keys[0], false).await.unwrap();
     assert!(!st.sealed);
-    core.put(Some(&t), "secret/a", &fields(&[("k", "v")]), None)
-        .await
-        .unwrap();
+    core.put(Some(&t), "secret/a", &fields(&[("k", "v")]), None).await.unwrap();
     core.seal(Some(&t)).await.unwrap();
-    assert!(matches!(
-        core.get(Some(&t), "secret/a", None).await,
-        Err(Error::Sealed)
-    ));
-    assert!(matches!(
-        core.init(1, 1, None, false).await,
-        Err(Error::FailedPrecondition(_))
-    ));
+    assert!(matches!(core.get(Some(&t), "secret/a", None).await, Err(Error::Sealed)));
+    assert!(matches!(core.init(1, 1, None, false).await, Err(Error::FailedPrecondition(_))));
 }
 
 #[tokio::test]
@@ -320,29 +187,49 @@ async fn no_plaintext_reaches_the_database_file() {
         let init = core.init(1, 1, None, true).await.unwrap();
         root_token = init.root_token.to_string();
         let t = Some(root_token.as_str());
-        core.put(
-            t,
-            "secret/app",
-            &fields(&[("password", "PLAINTEXT-MARKER-93b1")]),
-            None,
-        )
-        .await
-        .unwrap();
+        core.put(t, "secret/app", &fields(&[("password", "PLAINTEXT-MARKER-93b1")]), None).await.unwrap();
         let bin = SecretValue::Binary(Zeroizing::new(b"BINARY-MARKER-77c2".to_vec()));
         core.put(t, "secret/bin", &bin, None).await.unwrap();
         core.rotate(t).await.unwrap();
     }
     let bytes = std::fs::read(&file).unwrap();
-    for needle in [
-        b"PLAINTEXT-MARKER-93b1".as_slice(),
-        b"BINARY-MARKER-77c2",
-        root_token.as_bytes(),
-        b"password",
-    ] {
-        assert!(
-            !bytes.windows(needle.len()).any(|w| w == needle),
-            "found {:?}",
-            String::from_utf8_lossy(needle)
-        );
+    for needle in [b"PLAINTEXT-MARKER-93b1".as_slice(), b"BINARY-MARKER-77c2", root_token.as_bytes(), b"password"] {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "found {:?}", String::from_utf8_lossy(needle));
     }
+}
+
+/// Every storage key under the `secret/` mount.
+async fn stored_keys(core: &Core) -> Vec<String> {
+    let table = core.loaded().unwrap().table();
+    let prefix = table.get("secret/").unwrap().storage_prefix();
+    core.barrier.list(&prefix, None, 10_000).await.unwrap()
+}
+
+#[tokio::test]
+async fn current_value_lives_in_the_record_and_moves_out_on_put() {
+    let (core, t) = dev_core().await;
+    let t = Some(t.as_str());
+    for v in ["1", "2", "3"] {
+        core.put(t, "secret/m", &fields(&[("v", v)]), None).await.unwrap();
+    }
+    // One record plus the two older versions.
+    assert_eq!(stored_keys(&core).await.len(), 3);
+    for v in 1..=3u64 {
+        assert_eq!(field(&core.get(t, "secret/m", Some(v)).await.unwrap(), "v"), v.to_string());
+    }
+    core.destroy(t, "secret/m", &[3]).await.unwrap();
+    assert!(core.get(t, "secret/m", None).await.is_err());
+    core.put(t, "secret/m", &fields(&[("v", "4")]), None).await.unwrap();
+    assert_eq!(field(&core.get(t, "secret/m", None).await.unwrap(), "v"), "4");
+    assert!(core.get(t, "secret/m", Some(3)).await.is_err());
+    assert_eq!(field(&core.get(t, "secret/m", Some(2)).await.unwrap(), "v"), "2");
+    // Metadata writes keep the current value.
+    core.put_metadata(t, "secret/m", Some([("o".into(), "x".into())].into()), None, None).await.unwrap();
+    assert_eq!(field(&core.get(t, "secret/m", None).await.unwrap(), "v"), "4");
+    // max_versions = 1 keeps only the record.
+    core.put_metadata(t, "secret/m", None, Some(1), None).await.unwrap();
+    core.put(t, "secret/m", &fields(&[("v", "5")]), None).await.unwrap();
+    assert_eq!(stored_keys(&core).await.len(), 1);
+    core.delete(t, "secret/m", &[], true).await.unwrap();
+    assert!(stored_keys(&core).await.is_empty(), "delete_all leaves nothing behind");
 }

@@ -37,20 +37,14 @@ impl From<BarrierError> for Error {
     fn from(e: BarrierError) -> Self {
         match e {
             BarrierError::Sealed => Error::Sealed,
-            BarrierError::NotInitialized => Error::FailedPrecondition(
-                "the server is not initialized; run `keybridge operator init`".into(),
-            ),
-            BarrierError::AlreadyInitialized => {
-                Error::FailedPrecondition("the server is already initialized".into())
+            BarrierError::NotInitialized => {
+                Error::FailedPrecondition("the server is not initialized; run `keybridge operator init`".into())
             }
+            BarrierError::AlreadyInitialized => Error::FailedPrecondition("the server is already initialized".into()),
             BarrierError::InvalidSealConfig(m) => Error::InvalidArgument(m),
-            BarrierError::InvalidKey(m) => {
-                Error::InvalidArgument(format!("invalid unseal key: {m}"))
-            }
+            BarrierError::InvalidKey(m) => Error::InvalidArgument(format!("invalid unseal key: {m}")),
             BarrierError::WrongKeys => Error::InvalidArgument(BarrierError::WrongKeys.to_string()),
-            BarrierError::Snapshot(m) => {
-                Error::FailedPrecondition(format!("snapshot refused: {m}"))
-            }
+            BarrierError::Snapshot(m) => Error::FailedPrecondition(format!("snapshot refused: {m}")),
             e => Error::Storage(e),
         }
     }

@@ -1,9 +1,12 @@
 //! The versioned secret engine of the local store (Vault KV v2 semantics).
 //!
 //! Under a mount's prefix `logical/<id>/`:
-//! - `meta/<path>`: [`SecretMeta`] (JSON): versions with their state, custom
-//!   metadata, settings. Not secret, but still encrypted by the barrier.
-//! - `data/<path>\0<version>`: one version's value.
+//! - `meta/<path>`: the record: [`SecretMeta`] (versions with their state,
+//!   custom metadata, settings) and, inline, the value of the current
+//!   version, so reading the latest version is one lookup and one decrypt.
+//!   Layout: `[0x01][json length u32 BE][json][encoded value or nothing]`.
+//! - `data/<path>\0<version>`: the value of every other kept version. A put
+//!   moves the previous current value here in the same batch.
 //!
 //! Every change is one barrier batch conditioned on the metadata read
 //! before it, so check-and-set is exact and a failed write leaves nothing.
@@ -62,6 +65,44 @@ impl SecretMeta {
     }
 }
 
+/// What `meta/<path>` holds: the metadata and the current version's value.
+struct Record {
+    meta: SecretMeta,
+    /// Encoded [`SecretValue`] of `meta.current_version`; `None` when there
+    /// is no version yet or it was destroyed.
+    latest: Option<Zeroizing<Vec<u8>>>,
+}
+
+const RECORD_FORMAT: u8 = 1;
+
+impl Record {
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let json = serde_json::to_vec(&self.meta).expect("metadata serializes");
+        let value_len = self.latest.as_ref().map_or(0, |v| v.len());
+        let mut out = Zeroizing::new(Vec::with_capacity(5 + json.len() + value_len));
+        out.push(RECORD_FORMAT);
+        out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        out.extend_from_slice(&json);
+        if let Some(v) = &self.latest {
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    fn decode(raw: &[u8]) -> std::result::Result<Record, String> {
+        let (&format, rest) = raw.split_first().ok_or("empty record")?;
+        if format != RECORD_FORMAT || rest.len() < 4 {
+            return Err(format!("unknown record format {format}"));
+        }
+        let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let json = rest.get(4..4 + len).ok_or("truncated record")?;
+        let meta: SecretMeta = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let value = &rest[4 + len..];
+        let latest = (!value.is_empty()).then(|| Zeroizing::new(value.to_vec()));
+        Ok(Record { meta, latest })
+    }
+}
+
 pub struct ReadSecret {
     pub value: SecretValue,
     pub version: u64,
@@ -91,10 +132,7 @@ pub struct Kv<'a> {
 }
 
 fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
-    Error::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    }
+    Error::Corrupt { key: key.to_string(), reason: e.to_string() }
 }
 
 impl Kv<'_> {
@@ -110,18 +148,25 @@ impl Kv<'_> {
         format!("{}{path}", self.mount_path)
     }
 
-    async fn read_meta(&self, path: &str) -> Result<(Option<SecretMeta>, Stamp)> {
+    async fn read_record(&self, path: &str) -> Result<(Option<Record>, Stamp)> {
         let key = self.meta_key(path);
         let (raw, stamp) = self.barrier.get_stamped(&key).await?;
-        let meta = raw
-            .map(|r| serde_json::from_slice(&r).map_err(|e| corrupt(&key, e)))
-            .transpose()?;
-        Ok((meta, stamp))
+        let record = raw.map(|r| Record::decode(&r).map_err(|e| corrupt(&key, e))).transpose()?;
+        Ok((record, stamp))
     }
 
-    fn put_meta(&self, batch: &mut WriteBatch, path: &str, meta: &SecretMeta) {
-        let bytes = serde_json::to_vec(meta).expect("metadata serializes");
-        batch.put(self.meta_key(path), Zeroizing::new(bytes));
+    fn put_record(&self, batch: &mut WriteBatch, path: &str, record: &Record) {
+        batch.put(self.meta_key(path), record.encode());
+    }
+
+    /// Drops versions beyond `max_versions`, oldest first, with their data.
+    /// The current version is never pruned (the limit is at least 1).
+    fn prune(&self, batch: &mut WriteBatch, path: &str, meta: &mut SecretMeta) {
+        let max = if meta.max_versions > 0 { meta.max_versions } else { self.settings.max_versions };
+        while max > 0 && meta.versions.len() > max as usize {
+            let (old, _) = meta.versions.pop_first().expect("non-empty");
+            batch.delete(self.data_key(path, old));
+        }
     }
 
     /// Runs a read-modify-write under the secret's lock stripe, retrying
@@ -149,28 +194,20 @@ impl Kv<'_> {
     }
 
     pub async fn describe(&self, path: &str) -> Result<SecretMeta> {
-        self.read_meta(path)
-            .await?
-            .0
-            .ok_or_else(|| self.not_found(path))
+        Ok(self.read_record(path).await?.0.ok_or_else(|| self.not_found(path))?.meta)
     }
 
     fn not_found(&self, path: &str) -> Error {
         Error::NotFound(format!("no secret at {}", self.full(path)))
     }
 
-    pub async fn put(
-        &self,
-        path: &str,
-        value: &SecretValue,
-        cas: Option<u64>,
-    ) -> Result<(u64, VersionMeta)> {
+    pub async fn put(&self, path: &str, value: &SecretValue, cas: Option<u64>) -> Result<(u64, VersionMeta)> {
         value.validate(self.max_value_bytes)?;
         let encoded = value.encode();
         self.with_retries(path, || async {
-            let (meta, stamp) = self.read_meta(path).await?;
+            let (record, stamp) = self.read_record(path).await?;
             let now = Timestamp::now();
-            let mut meta = meta.unwrap_or_else(|| SecretMeta::new(now));
+            let Record { mut meta, latest } = record.unwrap_or_else(|| Record { meta: SecretMeta::new(now), latest: None });
             let cas_required = meta.cas_required || self.settings.cas_required;
             match cas {
                 None if cas_required => {
@@ -189,7 +226,8 @@ impl Kv<'_> {
                 }
                 _ => {}
             }
-            let version = meta.current_version + 1;
+            let previous = meta.current_version;
+            let version = previous + 1;
             let vmeta = VersionMeta { created: now, deletion_time: None, destroyed: false };
             meta.current_version = version;
             meta.updated = now;
@@ -197,13 +235,14 @@ impl Kv<'_> {
 
             let mut batch = WriteBatch::new();
             batch.expect(self.meta_key(path), &stamp);
-            let max = if meta.max_versions > 0 { meta.max_versions } else { self.settings.max_versions };
-            while max > 0 && meta.versions.len() > max as usize {
-                let (old, _) = meta.versions.pop_first().expect("non-empty");
-                batch.delete(self.data_key(path, old));
+            self.prune(&mut batch, path, &mut meta);
+            // The previous current value moves out of the record.
+            if let Some(old) = latest
+                && meta.versions.contains_key(&previous)
+            {
+                batch.put(self.data_key(path, previous), old);
             }
-            batch.put(self.data_key(path, version), encoded.clone());
-            self.put_meta(&mut batch, path, &meta);
+            self.put_record(&mut batch, path, &Record { meta, latest: Some(encoded.clone()) });
             self.barrier.commit(batch).await?;
             Ok((version, vmeta))
         })
@@ -211,15 +250,13 @@ impl Kv<'_> {
     }
 
     pub async fn get(&self, path: &str, version: Option<u64>) -> Result<ReadSecret> {
-        let meta = self.describe(path).await?;
+        let Record { meta, latest } = self.read_record(path).await?.0.ok_or_else(|| self.not_found(path))?;
         let v = version.unwrap_or(meta.current_version);
         let full = self.full(path);
         let vmeta = match meta.versions.get(&v) {
             Some(m) => m.clone(),
             None if v == 0 || meta.current_version == 0 => {
-                return Err(Error::NotFound(format!(
-                    "{full} has metadata but no version yet"
-                )));
+                return Err(Error::NotFound(format!("{full} has metadata but no version yet")));
             }
             None if v > meta.current_version => {
                 return Err(Error::NotFound(format!(
@@ -235,50 +272,37 @@ impl Kv<'_> {
             }
         };
         if vmeta.destroyed {
-            return Err(Error::NotFound(format!(
-                "version {v} of {full} was destroyed"
-            )));
+            return Err(Error::NotFound(format!("version {v} of {full} was destroyed")));
         }
         if vmeta.deletion_time.is_some() {
-            return Err(Error::NotFound(format!(
-                "version {v} of {full} is deleted; undelete it to read it"
-            )));
+            return Err(Error::NotFound(format!("version {v} of {full} is deleted; undelete it to read it")));
         }
-        let key = self.data_key(path, v);
-        let raw = self.barrier.get(&key).await?.ok_or_else(|| {
-            // Destroyed or pruned between the two reads.
-            Error::NotFound(format!("version {v} of {full} is no longer available"))
-        })?;
+        let (key, raw) = if v == meta.current_version {
+            let key = self.meta_key(path);
+            let raw = latest.ok_or_else(|| corrupt(&key, "the current version's value is missing"))?;
+            (key, raw)
+        } else {
+            let key = self.data_key(path, v);
+            let raw = self.barrier.get(&key).await?.ok_or_else(|| {
+                // Destroyed or pruned between the two reads.
+                Error::NotFound(format!("version {v} of {full} is no longer available"))
+            })?;
+            (key, raw)
+        };
         let value = SecretValue::decode(&raw).map_err(|e| corrupt(&key, e))?;
-        Ok(ReadSecret {
-            value,
-            version: v,
-            meta: vmeta,
-            custom_metadata: meta.custom_metadata,
-        })
+        Ok(ReadSecret { value, version: v, meta: vmeta, custom_metadata: meta.custom_metadata })
     }
 
     /// Applies a state change to the given versions (empty: the latest, for
     /// soft delete only). Unknown versions are refused before anything changes.
-    pub async fn change_versions(
-        &self,
-        path: &str,
-        versions: &[u64],
-        change: VersionChange,
-    ) -> Result<()> {
+    pub async fn change_versions(&self, path: &str, versions: &[u64], change: VersionChange) -> Result<()> {
         if versions.is_empty() && !matches!(change, VersionChange::SoftDelete) {
-            return Err(Error::InvalidArgument(
-                "give at least one version number".into(),
-            ));
+            return Err(Error::InvalidArgument("give at least one version number".into()));
         }
         self.with_retries(path, || async {
-            let (meta, stamp) = self.read_meta(path).await?;
-            let mut meta = meta.ok_or_else(|| self.not_found(path))?;
-            let targets: Vec<u64> = if versions.is_empty() {
-                vec![meta.current_version]
-            } else {
-                versions.to_vec()
-            };
+            let (record, stamp) = self.read_record(path).await?;
+            let Record { mut meta, mut latest } = record.ok_or_else(|| self.not_found(path))?;
+            let targets: Vec<u64> = if versions.is_empty() { vec![meta.current_version] } else { versions.to_vec() };
             for v in &targets {
                 if !meta.versions.contains_key(v) {
                     return Err(Error::InvalidArgument(format!(
@@ -306,12 +330,16 @@ impl Kv<'_> {
                     }
                     VersionChange::Destroy => {
                         vm.destroyed = true;
-                        batch.delete(self.data_key(path, v));
+                        if v == meta.current_version {
+                            latest = None;
+                        } else {
+                            batch.delete(self.data_key(path, v));
+                        }
                     }
                 }
             }
             meta.updated = now;
-            self.put_meta(&mut batch, path, &meta);
+            self.put_record(&mut batch, path, &Record { meta, latest });
             self.barrier.commit(batch).await.map_err(Error::from)
         })
         .await
@@ -320,11 +348,11 @@ impl Kv<'_> {
     /// Removes the secret: every version and the metadata.
     pub async fn delete_all(&self, path: &str) -> Result<()> {
         self.with_retries(path, || async {
-            let (meta, stamp) = self.read_meta(path).await?;
-            let meta = meta.ok_or_else(|| self.not_found(path))?;
+            let (record, stamp) = self.read_record(path).await?;
+            let meta = record.ok_or_else(|| self.not_found(path))?.meta;
             let mut batch = WriteBatch::new();
             batch.expect(self.meta_key(path), &stamp);
-            for v in meta.versions.keys() {
+            for v in meta.versions.keys().filter(|v| **v != meta.current_version) {
                 batch.delete(self.data_key(path, *v));
             }
             batch.delete(self.meta_key(path));
@@ -344,9 +372,10 @@ impl Kv<'_> {
             validate_custom_metadata(c)?;
         }
         self.with_retries(path, || async {
-            let (meta, stamp) = self.read_meta(path).await?;
+            let (record, stamp) = self.read_record(path).await?;
             let now = Timestamp::now();
-            let mut meta = meta.unwrap_or_else(|| SecretMeta::new(now));
+            let Record { mut meta, latest } =
+                record.unwrap_or_else(|| Record { meta: SecretMeta::new(now), latest: None });
             if let Some(c) = &custom {
                 meta.custom_metadata = c.clone();
             }
@@ -359,18 +388,11 @@ impl Kv<'_> {
             meta.updated = now;
             let mut batch = WriteBatch::new();
             batch.expect(self.meta_key(path), &stamp);
-            let max = if meta.max_versions > 0 {
-                meta.max_versions
-            } else {
-                self.settings.max_versions
-            };
-            while max > 0 && meta.versions.len() > max as usize {
-                let (old, _) = meta.versions.pop_first().expect("non-empty");
-                batch.delete(self.data_key(path, old));
-            }
-            self.put_meta(&mut batch, path, &meta);
+            self.prune(&mut batch, path, &mut meta);
+            let result = meta.clone();
+            self.put_record(&mut batch, path, &Record { meta, latest });
             self.barrier.commit(batch).await?;
-            Ok(meta.clone())
+            Ok(result)
         })
         .await
     }
@@ -387,16 +409,12 @@ impl Kv<'_> {
         let page_size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n > MAX_PAGE_SIZE => {
-                return Err(Error::InvalidArgument(format!(
-                    "page_size {n} is over the maximum of {MAX_PAGE_SIZE}"
-                )));
+                return Err(Error::InvalidArgument(format!("page_size {n} is over the maximum of {MAX_PAGE_SIZE}")));
             }
             n => n,
         };
         if page_token.chars().any(|c| c == '\0') {
-            return Err(Error::InvalidArgument(
-                "the page token is not one this server issued".into(),
-            ));
+            return Err(Error::InvalidArgument("the page token is not one this server issued".into()));
         }
         let base = format!("{}meta/{folder}", self.prefix);
         let mut start = if page_token.is_empty() {

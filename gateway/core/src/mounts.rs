@@ -51,22 +51,12 @@ const LOCAL_KEYS: &[&str] = &["max_versions", "cas_required", "max_value_bytes"]
 
 /// Parses and checks a mount's config for its type. Pure: no IO.
 pub fn local_settings(config: &BTreeMap<String, String>) -> Result<LocalSettings> {
-    let mut s = LocalSettings {
-        max_versions: DEFAULT_MAX_VERSIONS,
-        cas_required: false,
-        max_value_bytes: 0,
-    };
+    let mut s = LocalSettings { max_versions: DEFAULT_MAX_VERSIONS, cas_required: false, max_value_bytes: 0 };
     for (k, v) in config {
         let bad = |what: &str| Error::InvalidArgument(format!("mount config {k}={v:?}: {what}"));
         match k.as_str() {
-            "max_versions" => {
-                s.max_versions = v
-                    .parse()
-                    .map_err(|_| bad("expected a whole number (0: unlimited)"))?
-            }
-            "cas_required" => {
-                s.cas_required = v.parse().map_err(|_| bad("expected true or false"))?
-            }
+            "max_versions" => s.max_versions = v.parse().map_err(|_| bad("expected a whole number (0: unlimited)"))?,
+            "cas_required" => s.cas_required = v.parse().map_err(|_| bad("expected true or false"))?,
             "max_value_bytes" => {
                 s.max_value_bytes = v.parse().map_err(|_| bad("expected a number of bytes"))?;
             }
@@ -129,18 +119,10 @@ impl MountTable {
                 "a {} mount already exists at {}{}",
                 existing.kind,
                 path,
-                if existing.deleting {
-                    " (being removed)"
-                } else {
-                    ""
-                }
+                if existing.deleting { " (being removed)" } else { "" }
             )));
         }
-        if let Some(other) = self
-            .entries
-            .iter()
-            .find(|m| m.path.starts_with(&path) || path.starts_with(&m.path))
-        {
+        if let Some(other) = self.entries.iter().find(|m| m.path.starts_with(&path) || path.starts_with(&m.path)) {
             return Err(Error::InvalidArgument(format!(
                 "{path} would nest with the existing mount {}; mounts may not contain each other",
                 other.path
@@ -174,36 +156,14 @@ mod tests {
         t.add(entry("secret/")).unwrap();
         t.add(entry("team/a/")).unwrap();
         t.add(entry("team/ab/")).unwrap();
-        assert_eq!(
-            t.route("secret/x/y").map(|(m, r)| (m.path.as_str(), r)),
-            Some(("secret/", "x/y"))
-        );
-        assert_eq!(
-            t.route("team/ab/k").map(|(m, r)| (m.path.as_str(), r)),
-            Some(("team/ab/", "k"))
-        );
-        assert_eq!(
-            t.route("secret").map(|(m, r)| (m.path.as_str(), r)),
-            Some(("secret/", ""))
-        );
+        assert_eq!(t.route("secret/x/y").map(|(m, r)| (m.path.as_str(), r)), Some(("secret/", "x/y")));
+        assert_eq!(t.route("team/ab/k").map(|(m, r)| (m.path.as_str(), r)), Some(("team/ab/", "k")));
+        assert_eq!(t.route("secret").map(|(m, r)| (m.path.as_str(), r)), Some(("secret/", "")));
         assert!(t.route("secretx/a").is_none());
         assert!(t.route("team/abc").is_none());
-        assert!(matches!(
-            t.add(entry("secret/")),
-            Err(Error::AlreadyExists(_))
-        ));
-        assert!(
-            t.add(entry("secret/inner/"))
-                .unwrap_err()
-                .to_string()
-                .contains("nest")
-        );
-        assert!(
-            t.add(entry("team/"))
-                .unwrap_err()
-                .to_string()
-                .contains("nest")
-        );
+        assert!(matches!(t.add(entry("secret/")), Err(Error::AlreadyExists(_))));
+        assert!(t.add(entry("secret/inner/")).unwrap_err().to_string().contains("nest"));
+        assert!(t.add(entry("team/")).unwrap_err().to_string().contains("nest"));
     }
 
     #[test]
@@ -211,24 +171,9 @@ mod tests {
         let ok: BTreeMap<_, _> = [("max_versions".to_string(), "3".to_string())].into();
         assert_eq!(local_settings(&ok).unwrap().max_versions, 3);
         let bad: BTreeMap<_, _> = [("max_versions".to_string(), "three".to_string())].into();
-        assert!(
-            validate_config("local", &bad)
-                .unwrap_err()
-                .to_string()
-                .contains("whole number")
-        );
+        assert!(validate_config("local", &bad).unwrap_err().to_string().contains("whole number"));
         let unknown: BTreeMap<_, _> = [("colour".to_string(), "red".to_string())].into();
-        assert!(
-            validate_config("local", &unknown)
-                .unwrap_err()
-                .to_string()
-                .contains("known keys")
-        );
-        assert!(
-            validate_config("nope", &BTreeMap::new())
-                .unwrap_err()
-                .to_string()
-                .contains("unknown mount type")
-        );
+        assert!(validate_config("local", &unknown).unwrap_err().to_string().contains("known keys"));
+        assert!(validate_config("nope", &BTreeMap::new()).unwrap_err().to_string().contains("unknown mount type"));
     }
 }

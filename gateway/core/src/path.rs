@@ -23,9 +23,7 @@ fn check_segments(what: &str, path: &str) -> Result<()> {
         )));
     }
     if path.starts_with('/') {
-        return Err(Error::InvalidArgument(format!(
-            "{what} {path:?} starts with '/'; remove the leading slash"
-        )));
+        return Err(Error::InvalidArgument(format!("{what} {path:?} starts with '/'; remove the leading slash")));
     }
     for seg in path.split('/') {
         match seg {
@@ -48,9 +46,7 @@ fn check_segments(what: &str, path: &str) -> Result<()> {
 /// Checks a full request path such as `secret/team/app/db`.
 pub fn validate_secret_path(path: &str) -> Result<()> {
     if path.is_empty() {
-        return Err(Error::InvalidArgument(
-            "the path is empty; give one such as secret/team/app".into(),
-        ));
+        return Err(Error::InvalidArgument("the path is empty; give one such as secret/team/app".into()));
     }
     check_segments("the path", path)
 }
@@ -68,15 +64,11 @@ pub fn validate_folder_path(path: &str) -> Result<String> {
 pub fn normalize_mount_path(path: &str) -> Result<String> {
     let trimmed = path.strip_suffix('/').unwrap_or(path);
     if trimmed.is_empty() {
-        return Err(Error::InvalidArgument(
-            "the mount path is empty; give one such as secret/".into(),
-        ));
+        return Err(Error::InvalidArgument("the mount path is empty; give one such as secret/".into()));
     }
     check_segments("the mount path", trimmed)?;
     if trimmed.len() > 128 {
-        return Err(Error::InvalidArgument(
-            "the mount path is longer than 128 bytes".into(),
-        ));
+        return Err(Error::InvalidArgument("the mount path is longer than 128 bytes".into()));
     }
     let normalized = format!("{trimmed}/");
     if let Some(r) = RESERVED_MOUNTS.iter().find(|r| normalized.starts_with(**r)) {
@@ -118,12 +110,7 @@ mod tests {
             assert!(msg.contains(needle), "{p:?}: {msg}");
         }
         let long = format!("secret/{}", "a".repeat(MAX_PATH_BYTES));
-        assert!(
-            validate_secret_path(&long)
-                .unwrap_err()
-                .to_string()
-                .contains("limit is 1024")
-        );
+        assert!(validate_secret_path(&long).unwrap_err().to_string().contains("limit is 1024"));
         assert!(normalize_mount_path("sys/x").is_err());
         assert!(normalize_mount_path("auth/").is_err());
         assert!(normalize_mount_path("/").is_err());

@@ -61,8 +61,7 @@ impl Salt {
     }
 
     pub fn hash(&self, token: &str) -> String {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(token.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
@@ -75,11 +74,7 @@ impl Salt {
 
 /// `kb.` and 32 alphanumerics (about 190 bits).
 pub fn generate_token() -> Zeroizing<String> {
-    let body: String = rand::rngs::OsRng
-        .sample_iter(&Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
+    let body: String = rand::rngs::OsRng.sample_iter(&Alphanumeric).take(32).map(char::from).collect();
     Zeroizing::new(format!("kb.{body}"))
 }
 
@@ -100,10 +95,7 @@ pub fn verify(entry: &TokenEntry, hash: &str, now: Timestamp) -> Result<Identity
     if !same || entry.expires.is_some_and(|e| e <= now) {
         return Err(Error::Unauthenticated);
     }
-    Ok(Identity {
-        policies: entry.policies.clone(),
-        display_name: entry.display_name.clone(),
-    })
+    Ok(Identity { policies: entry.policies.clone(), display_name: entry.display_name.clone() })
 }
 
 #[cfg(test)]
@@ -129,18 +121,8 @@ mod tests {
             created: Timestamp::default(),
             expires: Some(Timestamp { secs: 10, nanos: 0 }),
         };
-        assert!(
-            verify(&e, "ab", Timestamp { secs: 5, nanos: 0 })
-                .unwrap()
-                .is_root()
-        );
-        assert!(matches!(
-            verify(&e, "ab", Timestamp { secs: 10, nanos: 0 }),
-            Err(Error::Unauthenticated)
-        ));
-        assert!(matches!(
-            verify(&e, "ac", Timestamp { secs: 5, nanos: 0 }),
-            Err(Error::Unauthenticated)
-        ));
+        assert!(verify(&e, "ab", Timestamp { secs: 5, nanos: 0 }).unwrap().is_root());
+        assert!(matches!(verify(&e, "ab", Timestamp { secs: 10, nanos: 0 }), Err(Error::Unauthenticated)));
+        assert!(matches!(verify(&e, "ac", Timestamp { secs: 5, nanos: 0 }), Err(Error::Unauthenticated)));
     }
 }

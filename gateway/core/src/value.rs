@@ -66,10 +66,7 @@ impl SecretValue {
                     "the value has no fields; give at least one field such as password=...".into(),
                 ));
             }
-            if let Some(k) = m
-                .keys()
-                .find(|k| k.is_empty() || k.chars().any(char::is_control) || k.len() > 256)
-            {
+            if let Some(k) = m.keys().find(|k| k.is_empty() || k.chars().any(char::is_control) || k.len() > 256) {
                 return Err(Error::InvalidArgument(format!(
                     "invalid field name {k:?}: field names are 1 to 256 bytes without control characters"
                 )));
@@ -87,18 +84,11 @@ impl SecretValue {
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         let stored = match self {
             SecretValue::Fields(m) => Stored {
-                fields: m
-                    .iter()
-                    .map(|(k, v)| (k.clone(), String::clone(v)))
-                    .collect(),
+                fields: m.iter().map(|(k, v)| (k.clone(), String::clone(v))).collect(),
                 binary: Vec::new(),
                 is_binary: false,
             },
-            SecretValue::Binary(b) => Stored {
-                fields: BTreeMap::new(),
-                binary: b.to_vec(),
-                is_binary: true,
-            },
+            SecretValue::Binary(b) => Stored { fields: BTreeMap::new(), binary: b.to_vec(), is_binary: true },
         };
         Zeroizing::new(prost::Message::encode_to_vec(&stored))
     }
@@ -109,10 +99,7 @@ impl SecretValue {
             SecretValue::Binary(Zeroizing::new(std::mem::take(&mut stored.binary)))
         } else {
             SecretValue::Fields(
-                std::mem::take(&mut stored.fields)
-                    .into_iter()
-                    .map(|(k, v)| (k, Zeroizing::new(v)))
-                    .collect(),
+                std::mem::take(&mut stored.fields).into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect(),
             )
         })
     }
@@ -124,13 +111,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_value() {
-        let v = SecretValue::Fields(
-            [(
-                "password".to_string(),
-                Zeroizing::new("hunter2".to_string()),
-            )]
-            .into(),
-        );
+        let v = SecretValue::Fields([("password".to_string(), Zeroizing::new("hunter2".to_string()))].into());
         assert!(!format!("{v:?}").contains("hunter2"));
         let b = SecretValue::Binary(Zeroizing::new(b"hunter2".to_vec()));
         assert!(!format!("{b:?}").contains("hunter2"));
@@ -138,22 +119,14 @@ mod tests {
 
     #[test]
     fn encode_roundtrip_and_size_cap() {
-        let v =
-            SecretValue::Fields([("u".to_string(), Zeroizing::new("alice".to_string()))].into());
+        let v = SecretValue::Fields([("u".to_string(), Zeroizing::new("alice".to_string()))].into());
         match SecretValue::decode(&v.encode()).unwrap() {
             SecretValue::Fields(m) => assert_eq!(m["u"].as_str(), "alice"),
             SecretValue::Binary(_) => panic!("fields expected"),
         }
         let b = SecretValue::Binary(Zeroizing::new(vec![0, 1, 2]));
-        assert!(
-            matches!(SecretValue::decode(&b.encode()).unwrap(), SecretValue::Binary(x) if *x == [0, 1, 2])
-        );
-        assert!(
-            b.validate(2)
-                .unwrap_err()
-                .to_string()
-                .contains("at most 2 bytes")
-        );
+        assert!(matches!(SecretValue::decode(&b.encode()).unwrap(), SecretValue::Binary(x) if *x == [0, 1, 2]));
+        assert!(b.validate(2).unwrap_err().to_string().contains("at most 2 bytes"));
         assert!(SecretValue::Fields(BTreeMap::new()).validate(10).is_err());
     }
 }

@@ -17,11 +17,7 @@ use zeroize::Zeroizing;
 use crate::error::Error;
 
 #[derive(Parser)]
-#[command(
-    name = "keybridge",
-    version,
-    about = "Keybridge: a multi-cloud secrets gateway (server and client)"
-)]
+#[command(name = "keybridge", version, about = "Keybridge: a multi-cloud secrets gateway (server and client)")]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -32,12 +28,7 @@ pub struct Cli {
 #[derive(Args, Clone)]
 pub struct Global {
     /// Server address, e.g. https://kb.internal:8400.
-    #[arg(
-        long,
-        global = true,
-        env = "KEYBRIDGE_ADDR",
-        default_value = "http://127.0.0.1:8400"
-    )]
+    #[arg(long, global = true, env = "KEYBRIDGE_ADDR", default_value = "http://127.0.0.1:8400")]
     pub address: String,
     /// Token to authenticate with.
     #[arg(long, global = true, env = "KEYBRIDGE_TOKEN", hide_env_values = true)]
@@ -242,49 +233,30 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(g: &Global) -> Result<Client, Error> {
-        let addr = if g.address.contains("://") {
-            g.address.clone()
-        } else {
-            format!("http://{}", g.address)
-        };
-        let connect_err = |reason: String| Error::Connect {
-            addr: addr.clone(),
-            reason,
-        };
-        let mut endpoint = Endpoint::from_shared(addr.clone())
-            .map_err(|e| Error::Usage(format!("bad address {addr:?}: {e}")))?;
+        let addr = if g.address.contains("://") { g.address.clone() } else { format!("http://{}", g.address) };
+        let connect_err = |reason: String| Error::Connect { addr: addr.clone(), reason };
+        let mut endpoint =
+            Endpoint::from_shared(addr.clone()).map_err(|e| Error::Usage(format!("bad address {addr:?}: {e}")))?;
         if addr.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_native_roots();
             if let Some(ca) = &g.ca_cert {
-                let pem = std::fs::read(ca).map_err(|e| Error::Read {
-                    path: ca.display().to_string(),
-                    source: e,
-                })?;
+                let pem = std::fs::read(ca).map_err(|e| Error::Read { path: ca.display().to_string(), source: e })?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| connect_err(e.to_string()))?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| connect_err(e.to_string()))?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| connect_err(source_chain(&e)))?;
+        let channel = endpoint.connect().await.map_err(|e| connect_err(source_chain(&e)))?;
         let token = match &g.token {
             Some(t) => {
-                let mut v: MetadataValue<_> = format!("Bearer {t}").parse().map_err(|_| {
-                    Error::Usage("the token has characters that cannot be sent".into())
-                })?;
+                let mut v: MetadataValue<_> = format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| Error::Usage("the token has characters that cannot be sent".into()))?;
                 v.set_sensitive(true);
                 Some(v)
             }
             None => None,
         };
-        Ok(Client {
-            channel,
-            token,
-            output: g.output,
-        })
+        Ok(Client { channel, token, output: g.output })
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
@@ -296,8 +268,7 @@ impl Client {
     }
 
     fn secrets(&self) -> pb::secrets_client::SecretsClient<Channel> {
-        pb::secrets_client::SecretsClient::new(self.channel.clone())
-            .max_decoding_message_size(64 << 20)
+        pb::secrets_client::SecretsClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
 
     fn sys(&self) -> pb::sys_client::SysClient<Channel> {
@@ -319,10 +290,7 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 // ----- output helpers ---------------------------------------------------------
 
 fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON value prints")
-    );
+    println!("{}", serde_json::to_string_pretty(v).expect("JSON value prints"));
 }
 
 fn print_table(rows: &[(String, String)]) {
@@ -337,8 +305,7 @@ fn print_table(rows: &[(String, String)]) {
 fn time(t: &Option<prost_types::Timestamp>) -> String {
     match t {
         Some(t) => {
-            let st = std::time::UNIX_EPOCH
-                + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+            let st = std::time::UNIX_EPOCH + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
             humantime::format_rfc3339_nanos(st).to_string()
         }
         None => String::new(),
@@ -363,9 +330,7 @@ fn map_text(m: &std::collections::HashMap<String, String>) -> String {
 fn parse_pairs(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>, Error> {
     let mut out = BTreeMap::new();
     for p in pairs {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("{what} {p:?} is not key=value")))?;
+        let (k, v) = p.split_once('=').ok_or_else(|| Error::Usage(format!("{what} {p:?} is not key=value")))?;
         if k.is_empty() {
             return Err(Error::Usage(format!("{what} {p:?} has an empty key")));
         }
@@ -381,36 +346,19 @@ fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
 }
 
 fn read_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, Error> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|e| Error::Read {
-            path: path.display().to_string(),
-            source: e,
-        })
+    std::fs::read(path).map(Zeroizing::new).map_err(|e| Error::Read { path: path.display().to_string(), source: e })
 }
 
 fn utf8(bytes: Zeroizing<Vec<u8>>, what: &str) -> Result<String, Error> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| {
-        Error::Usage(format!(
-            "{what} is not UTF-8 text; use --binary-file for bytes"
-        ))
-    })
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| Error::Usage(format!("{what} is not UTF-8 text; use --binary-file for bytes")))
 }
 
 /// Builds the value for `kv put` from its arguments.
-fn value_from_args(
-    pairs: &[String],
-    binary_file: &Option<PathBuf>,
-) -> Result<pb::SecretValue, Error> {
+fn value_from_args(pairs: &[String], binary_file: &Option<PathBuf>) -> Result<pb::SecretValue, Error> {
     if let Some(f) = binary_file {
-        let bytes = if f.as_os_str() == "-" {
-            read_stdin()?
-        } else {
-            read_file(f)?
-        };
-        return Ok(pb::SecretValue {
-            kind: Some(pb::secret_value::Kind::Binary(bytes.to_vec())),
-        });
+        let bytes = if f.as_os_str() == "-" { read_stdin()? } else { read_file(f)? };
+        return Ok(pb::SecretValue { kind: Some(pb::secret_value::Kind::Binary(bytes.to_vec())) });
     }
     let mut fields = std::collections::HashMap::new();
     if pairs.len() == 1 && pairs[0] == "-" {
@@ -426,21 +374,14 @@ fn value_from_args(
         }
     } else {
         if pairs.is_empty() {
-            return Err(Error::Usage(
-                "give at least one key=value pair (or - to read JSON from stdin)".into(),
-            ));
+            return Err(Error::Usage("give at least one key=value pair (or - to read JSON from stdin)".into()));
         }
         for p in pairs {
             let (k, v) = p.split_once('=').ok_or_else(|| {
-                Error::Usage(format!(
-                    "argument {:?} is not key=value",
-                    p.split('=').next().unwrap_or_default()
-                ))
+                Error::Usage(format!("argument {:?} is not key=value", p.split('=').next().unwrap_or_default()))
             })?;
             if k.is_empty() {
-                return Err(Error::Usage(
-                    "a field name is empty (argument starts with '=')".into(),
-                ));
+                return Err(Error::Usage("a field name is empty (argument starts with '=')".into()));
             }
             let v = if v == "-" {
                 utf8(read_stdin()?, "stdin")?
@@ -452,9 +393,7 @@ fn value_from_args(
             fields.insert(k.to_string(), v);
         }
     }
-    Ok(pb::SecretValue {
-        kind: Some(pb::secret_value::Kind::Fields(pb::Fields { fields })),
-    })
+    Ok(pb::SecretValue { kind: Some(pb::secret_value::Kind::Fields(pb::Fields { fields })) })
 }
 
 // ----- commands ---------------------------------------------------------------
@@ -462,22 +401,9 @@ fn value_from_args(
 pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
     let json = c.output == Output::Json;
     match cmd {
-        KvCommand::Put {
-            path,
-            pairs,
-            cas,
-            binary_file,
-        } => {
+        KvCommand::Put { path, pairs, cas, binary_file } => {
             let value = value_from_args(&pairs, &binary_file)?;
-            let r = c
-                .secrets()
-                .put(c.req(pb::PutRequest {
-                    path,
-                    value: Some(value),
-                    cas,
-                }))
-                .await?
-                .into_inner();
+            let r = c.secrets().put(c.req(pb::PutRequest { path, value: Some(value), cas })).await?.into_inner();
             let v = r.version.unwrap_or_default();
             if json {
                 print_json(&version_json(&v));
@@ -490,19 +416,8 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                 ]);
             }
         }
-        KvCommand::Get {
-            path,
-            version,
-            field,
-        } => {
-            let r = c
-                .secrets()
-                .get(c.req(pb::GetRequest {
-                    path,
-                    version: version.unwrap_or(0),
-                }))
-                .await?
-                .into_inner();
+        KvCommand::Get { path, version, field } => {
+            let r = c.secrets().get(c.req(pb::GetRequest { path, version: version.unwrap_or(0) })).await?.into_inner();
             let v = r.version.unwrap_or_default();
             let value = r.value.and_then(|v| v.kind);
             if let Some(name) = field {
@@ -516,9 +431,7 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                         }
                     },
                     _ => {
-                        return Err(Error::Usage(
-                            "--field needs a secret of fields; this one is binary".into(),
-                        ));
+                        return Err(Error::Usage("--field needs a secret of fields; this one is binary".into()));
                     }
                 }
                 return Ok(());
@@ -565,12 +478,7 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
             loop {
                 let r = c
                     .secrets()
-                    .list(c.req(pb::ListRequest {
-                        path: path.clone(),
-                        page_size: 0,
-                        page_token,
-                        recursive,
-                    }))
+                    .list(c.req(pb::ListRequest { path: path.clone(), page_size: 0, page_token, recursive }))
                     .await?
                     .into_inner();
                 keys.extend(r.keys);
@@ -591,50 +499,22 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
             }
         }
         KvCommand::Delete { path, versions } => {
-            c.secrets()
-                .delete(c.req(pb::DeleteRequest {
-                    path: path.clone(),
-                    versions,
-                    all_versions: false,
-                }))
-                .await?;
-            done(
-                json,
-                &format!("Success! Data deleted (if it existed) at: {path}"),
-            );
+            c.secrets().delete(c.req(pb::DeleteRequest { path: path.clone(), versions, all_versions: false })).await?;
+            done(json, &format!("Success! Data deleted (if it existed) at: {path}"));
         }
         KvCommand::Undelete { path, versions } => {
-            c.secrets()
-                .undelete(c.req(pb::UndeleteRequest {
-                    path: path.clone(),
-                    versions,
-                }))
-                .await?;
+            c.secrets().undelete(c.req(pb::UndeleteRequest { path: path.clone(), versions })).await?;
             done(json, &format!("Success! Data written to: {path}"));
         }
         KvCommand::Destroy { path, versions } => {
-            c.secrets()
-                .destroy(c.req(pb::DestroyRequest {
-                    path: path.clone(),
-                    versions,
-                }))
-                .await?;
+            c.secrets().destroy(c.req(pb::DestroyRequest { path: path.clone(), versions })).await?;
             done(json, &format!("Success! Data written to: {path}"));
         }
         KvCommand::Metadata(MetadataCommand::Get { path }) => {
-            let r = c
-                .secrets()
-                .describe(c.req(pb::DescribeRequest { path }))
-                .await?
-                .into_inner();
+            let r = c.secrets().describe(c.req(pb::DescribeRequest { path })).await?.into_inner();
             print_metadata(json, &r.metadata.unwrap_or_default());
         }
-        KvCommand::Metadata(MetadataCommand::Put {
-            path,
-            custom_metadata,
-            max_versions,
-            cas_required,
-        }) => {
+        KvCommand::Metadata(MetadataCommand::Put { path, custom_metadata, max_versions, cas_required }) => {
             let custom = parse_pairs(&custom_metadata, "--custom-metadata")?;
             let r = c
                 .secrets()
@@ -650,16 +530,9 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
         }
         KvCommand::Metadata(MetadataCommand::Delete { path }) => {
             c.secrets()
-                .delete(c.req(pb::DeleteRequest {
-                    path: path.clone(),
-                    versions: vec![],
-                    all_versions: true,
-                }))
+                .delete(c.req(pb::DeleteRequest { path: path.clone(), versions: vec![], all_versions: true }))
                 .await?;
-            done(
-                json,
-                &format!("Success! Data deleted (if it existed) at: {path}"),
-            );
+            done(json, &format!("Success! Data deleted (if it existed) at: {path}"));
         }
     }
     Ok(())
@@ -704,11 +577,7 @@ fn print_metadata(json: bool, m: &pb::SecretMetadata) {
     for v in &m.versions {
         println!();
         println!("====== Version {} ======", v.version);
-        let deletion = if v.deletion_time.is_some() {
-            time(&v.deletion_time)
-        } else {
-            "n/a".into()
-        };
+        let deletion = if v.deletion_time.is_some() { time(&v.deletion_time) } else { "n/a".into() };
         print_table(&[
             ("created_time".into(), time(&v.created_time)),
             ("deletion_time".into(), deletion),
@@ -728,43 +597,19 @@ pub async fn mount(c: &Client, cmd: MountCommand) -> Result<(), Error> {
     let json = c.output == Output::Json;
     match cmd {
         MountCommand::List => {
-            let r = c
-                .sys()
-                .list_mounts(c.req(pb::ListMountsRequest {}))
-                .await?
-                .into_inner();
+            let r = c.sys().list_mounts(c.req(pb::ListMountsRequest {})).await?.into_inner();
             if json {
                 print_json(&json!(r.mounts.iter().map(mount_json).collect::<Vec<_>>()));
             } else {
-                let w = r
-                    .mounts
-                    .iter()
-                    .map(|m| m.path.len())
-                    .max()
-                    .unwrap_or(4)
-                    .max(4);
-                println!(
-                    "{:w$}    {:8}    {:36}    Description",
-                    "Path", "Type", "Id"
-                );
-                println!(
-                    "{:w$}    {:8}    {:36}    -----------",
-                    "----", "----", "--"
-                );
+                let w = r.mounts.iter().map(|m| m.path.len()).max().unwrap_or(4).max(4);
+                println!("{:w$}    {:8}    {:36}    Description", "Path", "Type", "Id");
+                println!("{:w$}    {:8}    {:36}    -----------", "----", "----", "--");
                 for m in &r.mounts {
-                    println!(
-                        "{:w$}    {:8}    {:36}    {}",
-                        m.path, m.r#type, m.id, m.description
-                    );
+                    println!("{:w$}    {:8}    {:36}    {}", m.path, m.r#type, m.id, m.description);
                 }
             }
         }
-        MountCommand::Enable {
-            path,
-            config,
-            kind,
-            description,
-        } => {
+        MountCommand::Enable { path, config, kind, description } => {
             let config = parse_pairs(&config, "mount setting")?;
             let m = c
                 .sys()
@@ -783,27 +628,14 @@ pub async fn mount(c: &Client, cmd: MountCommand) -> Result<(), Error> {
             }
         }
         MountCommand::Disable { path } => {
-            c.sys()
-                .disable_mount(c.req(pb::DisableMountRequest { path: path.clone() }))
-                .await?;
-            done(
-                json,
-                &format!("Success! Disabled the mount (if it existed) at: {path}"),
-            );
+            c.sys().disable_mount(c.req(pb::DisableMountRequest { path: path.clone() })).await?;
+            done(json, &format!("Success! Disabled the mount (if it existed) at: {path}"));
         }
-        MountCommand::Tune {
-            path,
-            config,
-            description,
-        } => {
+        MountCommand::Tune { path, config, description } => {
             let config = parse_pairs(&config, "mount setting")?;
             let m = c
                 .sys()
-                .tune_mount(c.req(pb::TuneMountRequest {
-                    path,
-                    description,
-                    config: config.into_iter().collect(),
-                }))
+                .tune_mount(c.req(pb::TuneMountRequest { path, description, config: config.into_iter().collect() }))
                 .await?
                 .into_inner();
             if json {
@@ -833,10 +665,7 @@ fn print_seal(json: bool, s: &pb::SealStatusResponse) {
             ("Sealed".into(), s.sealed.to_string()),
             ("Total Shares".into(), s.key_shares.to_string()),
             ("Threshold".into(), s.key_threshold.to_string()),
-            (
-                "Unseal Progress".into(),
-                format!("{}/{}", s.progress, s.key_threshold),
-            ),
+            ("Unseal Progress".into(), format!("{}/{}", s.progress, s.key_threshold)),
             ("Version".into(), s.version.clone()),
             ("Storage Type".into(), s.storage_type.clone()),
         ]);
@@ -884,24 +713,9 @@ fn read_key_lines() -> Result<Vec<String>, Error> {
 pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
     let json = c.output == Output::Json;
     match cmd {
-        OperatorCommand::Init {
-            key_shares,
-            key_threshold,
-        } => {
-            let r = c
-                .sys()
-                .init(c.req(pb::InitRequest {
-                    key_shares,
-                    key_threshold,
-                }))
-                .await?
-                .into_inner();
-            print_keys(
-                json,
-                &r.unseal_keys_b64,
-                r.unseal_threshold,
-                Some(&r.root_token),
-            );
+        OperatorCommand::Init { key_shares, key_threshold } => {
+            let r = c.sys().init(c.req(pb::InitRequest { key_shares, key_threshold })).await?.into_inner();
+            print_keys(json, &r.unseal_keys_b64, r.unseal_threshold, Some(&r.root_token));
         }
         OperatorCommand::Unseal { key, reset } => {
             let key = match (key, reset) {
@@ -918,14 +732,7 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
                 }
             };
             let key = Zeroizing::new(key);
-            let s = c
-                .sys()
-                .unseal(c.req(pb::UnsealRequest {
-                    key: key.to_string(),
-                    reset,
-                }))
-                .await?
-                .into_inner();
+            let s = c.sys().unseal(c.req(pb::UnsealRequest { key: key.to_string(), reset })).await?.into_inner();
             print_seal(json, &s);
         }
         OperatorCommand::Seal => {
@@ -937,64 +744,30 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
             }
         }
         OperatorCommand::Status => {
-            let s = c
-                .sys()
-                .seal_status(c.req(pb::SealStatusRequest {}))
-                .await?
-                .into_inner();
+            let s = c.sys().seal_status(c.req(pb::SealStatusRequest {})).await?.into_inner();
             print_seal(json, &s);
             if s.sealed {
                 return Ok(crate::error::exit::UNAVAILABLE);
             }
         }
         OperatorCommand::Rotate => {
-            let k = c
-                .sys()
-                .rotate(c.req(pb::RotateRequest {}))
-                .await?
-                .into_inner();
+            let k = c.sys().rotate(c.req(pb::RotateRequest {})).await?.into_inner();
             print_key_status(json, &k);
         }
         OperatorCommand::KeyStatus => {
-            let k = c
-                .sys()
-                .key_status(c.req(pb::KeyStatusRequest {}))
-                .await?
-                .into_inner();
+            let k = c.sys().key_status(c.req(pb::KeyStatusRequest {})).await?.into_inner();
             print_key_status(json, &k);
         }
-        OperatorCommand::Rekey {
-            keys,
-            key_shares,
-            key_threshold,
-        } => {
-            let keys = if keys.is_empty() {
-                read_key_lines()?
-            } else {
-                keys
-            };
-            let r = c
-                .sys()
-                .rekey(c.req(pb::RekeyRequest {
-                    keys,
-                    key_shares,
-                    key_threshold,
-                }))
-                .await?
-                .into_inner();
+        OperatorCommand::Rekey { keys, key_shares, key_threshold } => {
+            let keys = if keys.is_empty() { read_key_lines()? } else { keys };
+            let r = c.sys().rekey(c.req(pb::RekeyRequest { keys, key_shares, key_threshold })).await?.into_inner();
             print_keys(json, &r.unseal_keys_b64, r.unseal_threshold, None);
         }
         OperatorCommand::Snapshot(SnapshotCommand::Save { file }) => {
-            let mut stream = c
-                .sys()
-                .snapshot_save(c.req(pb::SnapshotSaveRequest {}))
-                .await?
-                .into_inner();
+            let mut stream = c.sys().snapshot_save(c.req(pb::SnapshotSaveRequest {})).await?.into_inner();
             let tmp = file.with_extension("partial");
-            let mut out = std::fs::File::create(&tmp).map_err(|e| Error::Read {
-                path: tmp.display().to_string(),
-                source: e,
-            })?;
+            let mut out =
+                std::fs::File::create(&tmp).map_err(|e| Error::Read { path: tmp.display().to_string(), source: e })?;
             let mut bytes = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = match chunk {
@@ -1012,35 +785,17 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
             if json {
                 print_json(&json!({ "file": file, "bytes": bytes }));
             } else {
-                println!(
-                    "Success! Snapshot of {bytes} bytes saved to {}",
-                    file.display()
-                );
+                println!("Success! Snapshot of {bytes} bytes saved to {}", file.display());
             }
         }
         OperatorCommand::Snapshot(SnapshotCommand::Restore { file, force }) => {
-            let data = std::fs::read(&file).map_err(|e| Error::Read {
-                path: file.display().to_string(),
-                source: e,
-            })?;
-            let mut chunks: Vec<pb::SnapshotChunk> = data
-                .chunks(1 << 20)
-                .map(|d| pb::SnapshotChunk {
-                    data: d.to_vec(),
-                    force,
-                })
-                .collect();
+            let data = std::fs::read(&file).map_err(|e| Error::Read { path: file.display().to_string(), source: e })?;
+            let mut chunks: Vec<pb::SnapshotChunk> =
+                data.chunks(1 << 20).map(|d| pb::SnapshotChunk { data: d.to_vec(), force }).collect();
             if chunks.is_empty() {
-                chunks.push(pb::SnapshotChunk {
-                    data: vec![],
-                    force,
-                });
+                chunks.push(pb::SnapshotChunk { data: vec![], force });
             }
-            let r = c
-                .sys()
-                .snapshot_restore(c.req(tokio_stream::iter(chunks)))
-                .await?
-                .into_inner();
+            let r = c.sys().snapshot_restore(c.req(tokio_stream::iter(chunks))).await?.into_inner();
             if json {
                 print_json(&json!({ "entries": r.entries, "sealed": r.sealed }));
             } else if r.sealed {
@@ -1058,9 +813,7 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
 
 fn print_key_status(json: bool, k: &pb::KeyStatus) {
     if json {
-        print_json(
-            &json!({ "term": k.term, "install_time": time(&k.install_time), "terms": k.terms }),
-        );
+        print_json(&json!({ "term": k.term, "install_time": time(&k.install_time), "terms": k.terms }));
     } else {
         print_table(&[
             ("Key Term".into(), k.term.to_string()),

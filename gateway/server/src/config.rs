@@ -124,46 +124,26 @@ pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 impl Config {
     pub fn parse(path: &str, text: &str) -> Result<Config, Error> {
-        let bad = |reason: String| Error::Config {
-            path: path.to_string(),
-            reason,
-        };
+        let bad = |reason: String| Error::Config { path: path.to_string(), reason };
         let raw: RawConfig = hcl::from_str(text).map_err(|e| bad(e.to_string()))?;
         let _ = raw.api_addr;
 
         if raw.listener.len() != 1 {
-            return Err(bad(format!(
-                "expected exactly one listener \"tcp\" block, found {}",
-                raw.listener.len()
-            )));
+            return Err(bad(format!("expected exactly one listener \"tcp\" block, found {}", raw.listener.len())));
         }
         let (kind, listener) = raw.listener.into_iter().next().expect("one listener");
         if kind != "tcp" {
-            return Err(bad(format!(
-                "listener type {kind:?} is not supported; use listener \"tcp\""
-            )));
+            return Err(bad(format!("listener type {kind:?} is not supported; use listener \"tcp\"")));
         }
         let address: SocketAddr = listener.address.parse().map_err(|_| {
-            bad(format!(
-                "listener address {:?} is not host:port (e.g. 0.0.0.0:8400)",
-                listener.address
-            ))
+            bad(format!("listener address {:?} is not host:port (e.g. 0.0.0.0:8400)", listener.address))
         })?;
-        let tls = match (
-            listener.tls_disable,
-            listener.tls_cert_file,
-            listener.tls_key_file,
-        ) {
+        let tls = match (listener.tls_disable, listener.tls_cert_file, listener.tls_key_file) {
             (true, None, None) => None,
             (true, _, _) => {
-                return Err(bad(
-                    "tls_disable = true conflicts with tls_cert_file/tls_key_file".into(),
-                ));
+                return Err(bad("tls_disable = true conflicts with tls_cert_file/tls_key_file".into()));
             }
-            (false, Some(cert_file), Some(key_file)) => Some(Tls {
-                cert_file,
-                key_file,
-            }),
+            (false, Some(cert_file), Some(key_file)) => Some(Tls { cert_file, key_file }),
             (false, _, _) => {
                 return Err(bad(
                     "the listener needs tls_cert_file and tls_key_file, or tls_disable = true for plaintext".into(),
@@ -172,24 +152,17 @@ impl Config {
         };
 
         if raw.storage.len() != 1 {
-            return Err(bad(format!(
-                "expected exactly one storage block, found {}",
-                raw.storage.len()
-            )));
+            return Err(bad(format!("expected exactly one storage block, found {}", raw.storage.len())));
         }
         let (kind, storage) = raw.storage.into_iter().next().expect("one storage");
         let storage = match kind.as_str() {
             "file" => Storage::File {
-                dir: storage
-                    .path
-                    .ok_or_else(|| bad("storage \"file\" needs path = \"/some/dir\"".into()))?,
+                dir: storage.path.ok_or_else(|| bad("storage \"file\" needs path = \"/some/dir\"".into()))?,
                 cache_bytes: storage.cache_size_bytes.unwrap_or(DEFAULT_CACHE_BYTES),
             },
             "inmem" => Storage::InMemory,
             other => {
-                return Err(bad(format!(
-                    "storage type {other:?} is not supported; use \"file\" or \"inmem\""
-                )));
+                return Err(bad(format!("storage type {other:?} is not supported; use \"file\" or \"inmem\"")));
             }
         };
 
@@ -205,18 +178,12 @@ impl Config {
                 limits.max_concurrent_requests = v;
             }
             if let Some(v) = l.request_timeout {
-                limits.request_timeout = humantime::parse_duration(&v).map_err(|e| {
-                    bad(format!("limits.request_timeout {v:?}: {e} (e.g. \"30s\")"))
-                })?;
+                limits.request_timeout = humantime::parse_duration(&v)
+                    .map_err(|e| bad(format!("limits.request_timeout {v:?}: {e} (e.g. \"30s\")")))?;
             }
         }
-        if limits.max_value_bytes == 0
-            || limits.max_request_bytes < 1024
-            || limits.max_concurrent_requests == 0
-        {
-            return Err(bad(
-                "limits must be positive (max_request_bytes at least 1024)".into(),
-            ));
+        if limits.max_value_bytes == 0 || limits.max_request_bytes < 1024 || limits.max_concurrent_requests == 0 {
+            return Err(bad("limits must be positive (max_request_bytes at least 1024)".into()));
         }
         if limits.max_request_bytes <= limits.max_value_bytes {
             return Err(bad(format!(
@@ -225,14 +192,7 @@ impl Config {
             )));
         }
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
-        Ok(Config {
-            address,
-            tls,
-            storage,
-            limits,
-            disable_mlock: raw.disable_mlock,
-            log_level,
-        })
+        Ok(Config { address, tls, storage, limits, disable_mlock: raw.disable_mlock, log_level })
     }
 }
 
@@ -275,20 +235,13 @@ mod tests {
         let listener = |body: &str| format!("listener \"tcp\" {{\n{body}\n}}\n");
         let file = "storage \"file\" {\n path = \"/d\"\n}\n";
         let cases = [
-            (
-                listener("address = \"x\"\ntls_disable = true") + file,
-                "host:port",
-            ),
+            (listener("address = \"x\"\ntls_disable = true") + file, "host:port"),
             (listener("address = \"127.0.0.1:1\"") + file, "tls_disable"),
             (
-                listener("address = \"127.0.0.1:1\"\ntls_disable = true")
-                    + "storage \"raft\" {\n path = \"/d\"\n}\n",
+                listener("address = \"127.0.0.1:1\"\ntls_disable = true") + "storage \"raft\" {\n path = \"/d\"\n}\n",
                 "not supported",
             ),
-            (
-                listener("address = \"127.0.0.1:1\"\ntls_disable = true\ncolour = 1") + file,
-                "colour",
-            ),
+            (listener("address = \"127.0.0.1:1\"\ntls_disable = true\ncolour = 1") + file, "colour"),
             (file.to_string(), "listener"),
         ];
         for (text, needle) in cases {

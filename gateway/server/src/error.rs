@@ -8,15 +8,9 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error("TLS setup failed: {0}")]
     Tls(String),
     #[error("storage: {0}")]
@@ -59,11 +53,11 @@ impl Error {
             Error::Core(e) => match e {
                 keybridge_core::Error::InvalidArgument(_) => exit::USAGE,
                 keybridge_core::Error::NotFound(_) => exit::NOT_FOUND,
-                keybridge_core::Error::Unauthenticated
-                | keybridge_core::Error::PermissionDenied(_) => exit::DENIED,
+                keybridge_core::Error::Unauthenticated | keybridge_core::Error::PermissionDenied(_) => exit::DENIED,
                 keybridge_core::Error::Sealed => exit::UNAVAILABLE,
-                keybridge_core::Error::FailedPrecondition(_)
-                | keybridge_core::Error::AlreadyExists(_) => exit::CONFLICT,
+                keybridge_core::Error::FailedPrecondition(_) | keybridge_core::Error::AlreadyExists(_) => {
+                    exit::CONFLICT
+                }
                 _ => exit::ERROR,
             },
             Error::Status(s) => match s.code() {
@@ -71,9 +65,7 @@ impl Error {
                 tonic::Code::NotFound => exit::NOT_FOUND,
                 tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => exit::DENIED,
                 tonic::Code::Unavailable => exit::UNAVAILABLE,
-                tonic::Code::FailedPrecondition
-                | tonic::Code::AlreadyExists
-                | tonic::Code::Aborted => exit::CONFLICT,
+                tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists | tonic::Code::Aborted => exit::CONFLICT,
                 _ => exit::ERROR,
             },
             Error::Connect { .. } => exit::UNAVAILABLE,

@@ -4,10 +4,7 @@
 /// (RLIMIT_CORE = 0, and not dumpable, which also blocks ptrace by other
 /// unprivileged users).
 pub fn disable_core_dumps() -> std::io::Result<()> {
-    let zero = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: setrlimit and prctl take plain values and touch no Rust memory.
     unsafe {
         if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
@@ -34,10 +31,7 @@ mod tests {
     #[test]
     fn core_dumps_are_off_afterwards() {
         super::disable_core_dumps().unwrap();
-        let mut lim = libc::rlimit {
-            rlim_cur: 1,
-            rlim_max: 1,
-        };
+        let mut lim = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
         // SAFETY: getrlimit writes into the struct we own.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) }, 0);
         assert_eq!(lim.rlim_cur, 0);

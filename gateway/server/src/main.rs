@@ -17,10 +17,7 @@ use crate::error::{Error, exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");
@@ -37,10 +34,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(level: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
-        });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -53,10 +48,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Server(args) => {
             let (config, dev) = if args.dev {
                 let address = args.dev_listen_address.parse().map_err(|_| {
-                    Error::Usage(format!(
-                        "--dev-listen-address {:?} is not host:port",
-                        args.dev_listen_address
-                    ))
+                    Error::Usage(format!("--dev-listen-address {:?} is not host:port", args.dev_listen_address))
                 })?;
                 let config = Config {
                     address,
@@ -66,20 +58,13 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     disable_mlock: false,
                     log_level: "info".into(),
                 };
-                (
-                    config,
-                    Some(server::DevOptions {
-                        root_token_id: args.dev_root_token_id,
-                    }),
-                )
+                (config, Some(server::DevOptions { root_token_id: args.dev_root_token_id }))
             } else {
-                let path = args.config.ok_or_else(|| {
-                    Error::Usage("give --config FILE, or --dev for a throwaway dev server".into())
-                })?;
-                let text = std::fs::read_to_string(&path).map_err(|e| Error::Read {
-                    path: path.display().to_string(),
-                    source: e,
-                })?;
+                let path = args
+                    .config
+                    .ok_or_else(|| Error::Usage("give --config FILE, or --dev for a throwaway dev server".into()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| Error::Read { path: path.display().to_string(), source: e })?;
                 (Config::parse(&path.display().to_string(), &text)?, None)
             };
             init_logging(&config.log_level);

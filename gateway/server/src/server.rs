@@ -28,10 +28,7 @@ fn open_store(storage: &Storage) -> Result<(Arc<dyn Physical>, PathBuf), Error> 
     match storage {
         Storage::InMemory => Ok((Arc::new(RedbStore::in_memory()?), std::env::temp_dir())),
         Storage::File { dir, cache_bytes } => {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Read {
-                path: dir.display().to_string(),
-                source: e,
-            })?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::Read { path: dir.display().to_string(), source: e })?;
             restrict_dir(dir);
             let store = RedbStore::open(&dir.join("keybridge.db"), *cache_bytes)?;
             Ok((Arc::new(store), dir.clone()))
@@ -61,12 +58,8 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     }
 
     let (physical, staging_dir) = open_store(&config.storage)?;
-    let core = Arc::new(Core::new(
-        Barrier::new(physical),
-        CoreConfig {
-            max_value_bytes: config.limits.max_value_bytes,
-        },
-    ));
+    let core =
+        Arc::new(Core::new(Barrier::new(physical), CoreConfig { max_value_bytes: config.limits.max_value_bytes }));
 
     let dev_init = match &dev {
         Some(d) => Some(core.init(1, 1, d.root_token_id.as_deref(), true).await?),
@@ -98,36 +91,22 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .concurrency_limit_per_connection(config.limits.max_concurrent_requests)
         .timeout(config.limits.request_timeout);
     if let Some(tls) = &config.tls {
-        let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| Error::Read {
-                path: p.display().to_string(),
-                source: e,
-            })
-        };
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Error::Read { path: p.display().to_string(), source: e });
         let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(|e| Error::Tls(e.to_string()))?;
+        builder =
+            builder.tls_config(ServerTlsConfig::new().identity(identity)).map_err(|e| Error::Tls(e.to_string()))?;
     }
 
-    let listener = TcpListener::bind(config.address).await.map_err(|e| Error::Listen {
-        addr: config.address.to_string(),
-        source: e,
-    })?;
-    let local: SocketAddr = listener.local_addr().map_err(|e| Error::Listen {
-        addr: config.address.to_string(),
-        source: e,
-    })?;
+    let listener = TcpListener::bind(config.address)
+        .await
+        .map_err(|e| Error::Listen { addr: config.address.to_string(), source: e })?;
+    let local: SocketAddr =
+        listener.local_addr().map_err(|e| Error::Listen { addr: config.address.to_string(), source: e })?;
     // Accepted connections get TCP_NODELAY: small gRPC frames must not wait
     // for delayed ACKs (Nagle), which costs ~40 ms per request.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)));
-    let scheme = if config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let incoming =
+        TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
 
     if let Some(init) = &dev_init {
         println!("WARNING: dev mode. The store lives in memory, the server starts unsealed,");
@@ -140,10 +119,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         println!("Root Token: {}", init.root_token.as_str());
         println!();
     }
-    println!(
-        "==> Keybridge server started! Listening on {scheme}://{local} (in {:?})",
-        started.elapsed()
-    );
+    println!("==> Keybridge server started! Listening on {scheme}://{local} (in {:?})", started.elapsed());
     tracing::info!(address = %local, tls = config.tls.is_some(), storage = core.seal_status().await?.storage_type, "serving");
 
     builder

@@ -22,9 +22,7 @@ pub fn status(e: CoreError) -> Status {
         CoreError::NotFound(m) => Status::not_found(m),
         CoreError::FailedPrecondition(m) => Status::failed_precondition(m),
         CoreError::AlreadyExists(m) => Status::already_exists(m),
-        CoreError::Unauthenticated => {
-            Status::unauthenticated(CoreError::Unauthenticated.to_string())
-        }
+        CoreError::Unauthenticated => Status::unauthenticated(CoreError::Unauthenticated.to_string()),
         e @ CoreError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
         CoreError::Sealed => Status::unavailable("sealed"),
         e @ CoreError::Contention(_) => Status::aborted(e.to_string()),
@@ -41,23 +39,18 @@ fn token<T>(req: &Request<T>) -> Result<Option<Zeroizing<String>>, Status> {
     let Some(value) = req.metadata().get("authorization") else {
         return Ok(None);
     };
-    let text = value.to_str().map_err(|_| {
-        Status::unauthenticated("the authorization header is not ASCII; send 'Bearer <token>'")
-    })?;
+    let text = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("the authorization header is not ASCII; send 'Bearer <token>'"))?;
     let token = text
         .strip_prefix("Bearer ")
         .or_else(|| text.strip_prefix("bearer "))
-        .ok_or_else(|| {
-            Status::unauthenticated("the authorization header must be 'Bearer <token>'")
-        })?;
+        .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?;
     Ok(Some(Zeroizing::new(token.trim().to_string())))
 }
 
 fn ts(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.secs,
-        nanos: t.nanos as i32,
-    }
+    prost_types::Timestamp { seconds: t.secs, nanos: t.nanos as i32 }
 }
 
 fn version_pb(version: u64, m: &VersionMeta) -> pb::VersionMetadata {
@@ -79,11 +72,7 @@ fn meta_pb(path: &str, m: &SecretMeta) -> pb::SecretMetadata {
         custom_metadata: m.custom_metadata.clone().into_iter().collect(),
         max_versions: m.max_versions,
         cas_required: m.cas_required,
-        versions: m
-            .versions
-            .iter()
-            .map(|(v, vm)| version_pb(*v, vm))
-            .collect(),
+        versions: m.versions.iter().map(|(v, vm)| version_pb(*v, vm)).collect(),
     }
 }
 
@@ -100,16 +89,11 @@ fn mount_pb(m: &MountEntry) -> pb::Mount {
 
 fn value_from_pb(v: Option<pb::SecretValue>) -> Result<SecretValue, Status> {
     match v.and_then(|v| v.kind) {
-        Some(pb::secret_value::Kind::Fields(f)) => Ok(SecretValue::Fields(
-            f.fields
-                .into_iter()
-                .map(|(k, v)| (k, Zeroizing::new(v)))
-                .collect(),
-        )),
+        Some(pb::secret_value::Kind::Fields(f)) => {
+            Ok(SecretValue::Fields(f.fields.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect()))
+        }
         Some(pb::secret_value::Kind::Binary(b)) => Ok(SecretValue::Binary(Zeroizing::new(b))),
-        None => Err(Status::invalid_argument(
-            "the value is missing: set value.fields or value.binary",
-        )),
+        None => Err(Status::invalid_argument("the value is missing: set value.fields or value.binary")),
     }
 }
 
@@ -140,25 +124,16 @@ impl pb::secrets_server::Secrets for SecretsService {
         let token = token(&req)?;
         let r = req.into_inner();
         let value = value_from_pb(r.value)?;
-        let (v, meta) = self
-            .core
-            .put(token.as_deref().map(|s| s.as_str()), &r.path, &value, r.cas)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::PutResponse {
-            version: Some(version_pb(v, &meta)),
-        }))
+        let (v, meta) =
+            self.core.put(token.as_deref().map(|s| s.as_str()), &r.path, &value, r.cas).await.map_err(status)?;
+        Ok(Response::new(pb::PutResponse { version: Some(version_pb(v, &meta)) }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
         let version = (r.version > 0).then_some(r.version);
-        let read = self
-            .core
-            .get(token.as_deref().map(|s| s.as_str()), &r.path, version)
-            .await
-            .map_err(status)?;
+        let read = self.core.get(token.as_deref().map(|s| s.as_str()), &r.path, version).await.map_err(status)?;
         Ok(Response::new(pb::GetResponse {
             version: Some(version_pb(read.version, &read.meta)),
             custom_metadata: read.custom_metadata.into_iter().collect(),
@@ -166,62 +141,33 @@ impl pb::secrets_server::Secrets for SecretsService {
         }))
     }
 
-    async fn delete(
-        &self,
-        req: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
         versions_arg(&r.versions)?;
         self.core
-            .delete(
-                token.as_deref().map(|s| s.as_str()),
-                &r.path,
-                &r.versions,
-                r.all_versions,
-            )
+            .delete(token.as_deref().map(|s| s.as_str()), &r.path, &r.versions, r.all_versions)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
-    async fn list(
-        &self,
-        req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
         let (keys, next_page_token) = self
             .core
-            .list(
-                token.as_deref().map(|s| s.as_str()),
-                &r.path,
-                r.page_size as usize,
-                &r.page_token,
-                r.recursive,
-            )
+            .list(token.as_deref().map(|s| s.as_str()), &r.path, r.page_size as usize, &r.page_token, r.recursive)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::ListResponse {
-            keys,
-            next_page_token,
-        }))
+        Ok(Response::new(pb::ListResponse { keys, next_page_token }))
     }
 
-    async fn describe(
-        &self,
-        req: Request<pb::DescribeRequest>,
-    ) -> Result<Response<pb::DescribeResponse>, Status> {
+    async fn describe(&self, req: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
-        let meta = self
-            .core
-            .describe(token.as_deref().map(|s| s.as_str()), &r.path)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::DescribeResponse {
-            metadata: Some(meta_pb(&r.path, &meta)),
-        }))
+        let meta = self.core.describe(token.as_deref().map(|s| s.as_str()), &r.path).await.map_err(status)?;
+        Ok(Response::new(pb::DescribeResponse { metadata: Some(meta_pb(&r.path, &meta)) }))
     }
 
     async fn list_versions(
@@ -230,46 +176,26 @@ impl pb::secrets_server::Secrets for SecretsService {
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
-        let meta = self
-            .core
-            .describe(token.as_deref().map(|s| s.as_str()), &r.path)
-            .await
-            .map_err(status)?;
+        let meta = self.core.describe(token.as_deref().map(|s| s.as_str()), &r.path).await.map_err(status)?;
         Ok(Response::new(pb::ListVersionsResponse {
-            versions: meta
-                .versions
-                .iter()
-                .map(|(v, m)| version_pb(*v, m))
-                .collect(),
+            versions: meta.versions.iter().map(|(v, m)| version_pb(*v, m)).collect(),
             current_version: meta.current_version,
         }))
     }
 
-    async fn undelete(
-        &self,
-        req: Request<pb::UndeleteRequest>,
-    ) -> Result<Response<pb::UndeleteResponse>, Status> {
+    async fn undelete(&self, req: Request<pb::UndeleteRequest>) -> Result<Response<pb::UndeleteResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
         versions_arg(&r.versions)?;
-        self.core
-            .undelete(token.as_deref().map(|s| s.as_str()), &r.path, &r.versions)
-            .await
-            .map_err(status)?;
+        self.core.undelete(token.as_deref().map(|s| s.as_str()), &r.path, &r.versions).await.map_err(status)?;
         Ok(Response::new(pb::UndeleteResponse {}))
     }
 
-    async fn destroy(
-        &self,
-        req: Request<pb::DestroyRequest>,
-    ) -> Result<Response<pb::DestroyResponse>, Status> {
+    async fn destroy(&self, req: Request<pb::DestroyRequest>) -> Result<Response<pb::DestroyResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
         versions_arg(&r.versions)?;
-        self.core
-            .destroy(token.as_deref().map(|s| s.as_str()), &r.path, &r.versions)
-            .await
-            .map_err(status)?;
+        self.core.destroy(token.as_deref().map(|s| s.as_str()), &r.path, &r.versions).await.map_err(status)?;
         Ok(Response::new(pb::DestroyResponse {}))
     }
 
@@ -282,18 +208,10 @@ impl pb::secrets_server::Secrets for SecretsService {
         let custom: BTreeMap<String, String> = r.custom_metadata.into_iter().collect();
         let meta = self
             .core
-            .put_metadata(
-                token.as_deref().map(|s| s.as_str()),
-                &r.path,
-                Some(custom),
-                r.max_versions,
-                r.cas_required,
-            )
+            .put_metadata(token.as_deref().map(|s| s.as_str()), &r.path, Some(custom), r.max_versions, r.cas_required)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::PutMetadataResponse {
-            metadata: Some(meta_pb(&r.path, &meta)),
-        }))
+        Ok(Response::new(pb::PutMetadataResponse { metadata: Some(meta_pb(&r.path, &meta)) }))
     }
 }
 
@@ -327,11 +245,7 @@ impl SysService {
 pub async fn sync_health(core: &Core, health: &HealthReporter) {
     let serving = matches!(core.seal_status().await, Ok(s) if !s.sealed);
     for name in ["", "keybridge.v1.Secrets", "keybridge.v1.Sys"] {
-        let st = if serving {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
+        let st = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
         health.set_service_status(name, st).await;
     }
 }
@@ -381,20 +295,13 @@ impl pb::sys_server::Sys for SysService {
         Ok(Response::new(self.status_pb(s)))
     }
 
-    async fn init(
-        &self,
-        req: Request<pb::InitRequest>,
-    ) -> Result<Response<pb::InitResponse>, Status> {
+    async fn init(&self, req: Request<pb::InitRequest>) -> Result<Response<pb::InitResponse>, Status> {
         let r = req.into_inner();
         let (shares, threshold) = match (r.key_shares, r.key_threshold) {
             (0, 0) => (5, 3),
             (s, t) => (s, t),
         };
-        let init = self
-            .core
-            .init(shares, threshold, None, false)
-            .await
-            .map_err(status)?;
+        let init = self.core.init(shares, threshold, None, false).await.map_err(status)?;
         tracing::info!(shares, threshold, "initialized; the server is sealed");
         Ok(Response::new(pb::InitResponse {
             unseal_keys_b64: init.keys.iter().map(|k| k.to_string()).collect(),
@@ -403,16 +310,11 @@ impl pb::sys_server::Sys for SysService {
         }))
     }
 
-    async fn unseal(
-        &self,
-        req: Request<pb::UnsealRequest>,
-    ) -> Result<Response<pb::SealStatusResponse>, Status> {
+    async fn unseal(&self, req: Request<pb::UnsealRequest>) -> Result<Response<pb::SealStatusResponse>, Status> {
         let r = req.into_inner();
         let key = Zeroizing::new(r.key);
         if key.trim().is_empty() && !r.reset {
-            return Err(Status::invalid_argument(
-                "give an unseal key, or reset = true",
-            ));
+            return Err(Status::invalid_argument("give an unseal key, or reset = true"));
         }
         let result = self.core.unseal(&key, r.reset).await;
         self.sync_health().await;
@@ -423,25 +325,15 @@ impl pb::sys_server::Sys for SysService {
         Ok(Response::new(self.status_pb(s)))
     }
 
-    async fn seal(
-        &self,
-        req: Request<pb::SealRequest>,
-    ) -> Result<Response<pb::SealStatusResponse>, Status> {
+    async fn seal(&self, req: Request<pb::SealRequest>) -> Result<Response<pb::SealStatusResponse>, Status> {
         let token = token(&req)?;
-        let s = self
-            .core
-            .seal(token.as_deref().map(|s| s.as_str()))
-            .await
-            .map_err(status)?;
+        let s = self.core.seal(token.as_deref().map(|s| s.as_str())).await.map_err(status)?;
         self.sync_health().await;
         tracing::info!("sealed by request");
         Ok(Response::new(self.status_pb(s)))
     }
 
-    async fn enable_mount(
-        &self,
-        req: Request<pb::EnableMountRequest>,
-    ) -> Result<Response<pb::Mount>, Status> {
+    async fn enable_mount(&self, req: Request<pb::EnableMountRequest>) -> Result<Response<pb::Mount>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
         let m = self
@@ -463,14 +355,8 @@ impl pb::sys_server::Sys for SysService {
         req: Request<pb::ListMountsRequest>,
     ) -> Result<Response<pb::ListMountsResponse>, Status> {
         let token = token(&req)?;
-        let mounts = self
-            .core
-            .list_mounts(token.as_deref().map(|s| s.as_str()))
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::ListMountsResponse {
-            mounts: mounts.iter().map(mount_pb).collect(),
-        }))
+        let mounts = self.core.list_mounts(token.as_deref().map(|s| s.as_str())).await.map_err(status)?;
+        Ok(Response::new(pb::ListMountsResponse { mounts: mounts.iter().map(mount_pb).collect() }))
     }
 
     async fn disable_mount(
@@ -479,17 +365,11 @@ impl pb::sys_server::Sys for SysService {
     ) -> Result<Response<pb::DisableMountResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
-        self.core
-            .disable_mount(token.as_deref().map(|s| s.as_str()), &r.path)
-            .await
-            .map_err(status)?;
+        self.core.disable_mount(token.as_deref().map(|s| s.as_str()), &r.path).await.map_err(status)?;
         Ok(Response::new(pb::DisableMountResponse {}))
     }
 
-    async fn tune_mount(
-        &self,
-        req: Request<pb::TuneMountRequest>,
-    ) -> Result<Response<pb::Mount>, Status> {
+    async fn tune_mount(&self, req: Request<pb::TuneMountRequest>) -> Result<Response<pb::Mount>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
         let m = self
@@ -505,56 +385,27 @@ impl pb::sys_server::Sys for SysService {
         Ok(Response::new(mount_pb(&m)))
     }
 
-    async fn rotate(
-        &self,
-        req: Request<pb::RotateRequest>,
-    ) -> Result<Response<pb::KeyStatus>, Status> {
+    async fn rotate(&self, req: Request<pb::RotateRequest>) -> Result<Response<pb::KeyStatus>, Status> {
         let token = token(&req)?;
-        let k = self
-            .core
-            .rotate(token.as_deref().map(|s| s.as_str()))
-            .await
-            .map_err(status)?;
+        let k = self.core.rotate(token.as_deref().map(|s| s.as_str())).await.map_err(status)?;
         tracing::info!(term = k.term, "encryption key rotated");
         Ok(Response::new(key_status_pb(k)))
     }
 
-    async fn key_status(
-        &self,
-        req: Request<pb::KeyStatusRequest>,
-    ) -> Result<Response<pb::KeyStatus>, Status> {
+    async fn key_status(&self, req: Request<pb::KeyStatusRequest>) -> Result<Response<pb::KeyStatus>, Status> {
         let token = token(&req)?;
-        let k = self
-            .core
-            .key_status(token.as_deref().map(|s| s.as_str()))
-            .await
-            .map_err(status)?;
+        let k = self.core.key_status(token.as_deref().map(|s| s.as_str())).await.map_err(status)?;
         Ok(Response::new(key_status_pb(k)))
     }
 
-    async fn rekey(
-        &self,
-        req: Request<pb::RekeyRequest>,
-    ) -> Result<Response<pb::RekeyResponse>, Status> {
+    async fn rekey(&self, req: Request<pb::RekeyRequest>) -> Result<Response<pb::RekeyResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
         let keys: Vec<String> = r.keys;
-        let result = self
-            .core
-            .rekey(
-                token.as_deref().map(|s| s.as_str()),
-                &keys,
-                r.key_shares,
-                r.key_threshold,
-            )
-            .await;
+        let result = self.core.rekey(token.as_deref().map(|s| s.as_str()), &keys, r.key_shares, r.key_threshold).await;
         drop(keys.into_iter().map(Zeroizing::new).collect::<Vec<_>>());
         let shares = result.map_err(status)?;
-        tracing::info!(
-            shares = r.key_shares,
-            threshold = r.key_threshold,
-            "root key replaced (rekey)"
-        );
+        tracing::info!(shares = r.key_shares, threshold = r.key_threshold, "root key replaced (rekey)");
         Ok(Response::new(pb::RekeyResponse {
             unseal_keys_b64: shares.iter().map(|k| k.to_string()).collect(),
             unseal_threshold: r.key_threshold,
@@ -569,24 +420,16 @@ impl pb::sys_server::Sys for SysService {
     ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
         let token = token(&req)?;
         let token = token.as_deref().map(|s| s.to_string());
-        self.core
-            .authorize_snapshot(token.as_deref())
-            .await
-            .map_err(status)?;
+        self.core.authorize_snapshot(token.as_deref()).await.map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let core = self.core.clone();
         tokio::spawn(async move {
-            let writer = ChunkWriter {
-                tx: tx.clone(),
-                buf: Vec::with_capacity(CHUNK),
-            };
+            let writer = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
             if let Err(e) = core.snapshot(token.as_deref(), Box::new(writer)).await {
                 let _ = tx.send(Err(status(e))).await;
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn snapshot_restore(
@@ -597,12 +440,10 @@ impl pb::sys_server::Sys for SysService {
         let token = token.as_deref().map(|s| s.as_str());
         self.core.authorize_snapshot(token).await.map_err(status)?;
         let mut stream = req.into_inner();
-        let staged = tempfile_in(&self.staging_dir)
-            .map_err(|e| Status::internal(format!("cannot stage the upload: {e}")))?;
+        let staged =
+            tempfile_in(&self.staging_dir).map_err(|e| Status::internal(format!("cannot stage the upload: {e}")))?;
         let mut file = tokio::fs::File::from_std(
-            staged
-                .reopen()
-                .map_err(|e| Status::internal(format!("cannot stage the upload: {e}")))?,
+            staged.reopen().map_err(|e| Status::internal(format!("cannot stage the upload: {e}")))?,
         );
         let mut force = None;
         while let Some(chunk) = stream.next().await {
@@ -612,37 +453,24 @@ impl pb::sys_server::Sys for SysService {
                 .await
                 .map_err(|e| Status::internal(format!("cannot stage the upload: {e}")))?;
         }
-        tokio::io::AsyncWriteExt::flush(&mut file)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let (entries, sealed) = self
-            .core
-            .restore(token, staged.path().to_path_buf(), force.unwrap_or(false))
-            .await
-            .map_err(status)?;
+        tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| Status::internal(e.to_string()))?;
+        let (entries, sealed) =
+            self.core.restore(token, staged.path().to_path_buf(), force.unwrap_or(false)).await.map_err(status)?;
         self.sync_health().await;
         tracing::info!(entries, sealed, "snapshot restored");
-        Ok(Response::new(pb::SnapshotRestoreResponse {
-            entries,
-            sealed,
-        }))
+        Ok(Response::new(pb::SnapshotRestoreResponse { entries, sealed }))
     }
 }
 
 fn key_status_pb(k: keybridge_barrier::KeyInfo) -> pb::KeyStatus {
     pb::KeyStatus {
         term: k.term,
-        install_time: Some(prost_types::Timestamp {
-            seconds: k.installed_unix as i64,
-            nanos: 0,
-        }),
+        install_time: Some(prost_types::Timestamp { seconds: k.installed_unix as i64, nanos: 0 }),
         terms: k.terms,
     }
 }
 
 /// A named temporary file, removed when dropped.
 fn tempfile_in(dir: &std::path::Path) -> std::io::Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(".restore-")
-        .tempfile_in(dir)
+    tempfile::Builder::new().prefix(".restore-").tempfile_in(dir)
 }

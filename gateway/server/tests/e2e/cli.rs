@@ -11,23 +11,10 @@ fn json(o: &std::process::Output) -> Value {
 #[test]
 fn walkthrough_and_exit_codes() {
     let s = Server::dev();
-    assert_eq!(
-        s.root_token.as_deref(),
-        Some("root-e2e"),
-        "dev mode prints the chosen root token"
-    );
+    assert_eq!(s.root_token.as_deref(), Some("root-e2e"), "dev mode prints the chosen root token");
     let t = s.root_token.as_deref();
 
-    let o = s.cli(
-        t,
-        &[
-            "kv",
-            "put",
-            "secret/team/app",
-            "username=alice",
-            "password=s3cr3t",
-        ],
-    );
+    let o = s.cli(t, &["kv", "put", "secret/team/app", "username=alice", "password=s3cr3t"]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     let o = s.cli(t, &["kv", "get", "-o", "json", "secret/team/app"]);
@@ -46,60 +33,20 @@ fn walkthrough_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("pw");
     std::fs::write(&f, "from-file").unwrap();
-    let o = s.cli(
-        t,
-        &[
-            "kv",
-            "put",
-            "secret/team/app",
-            &format!("password=@{}", f.display()),
-            "user=-",
-        ],
-    );
+    let o = s.cli(t, &["kv", "put", "secret/team/app", &format!("password=@{}", f.display()), "user=-"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = s.cli_stdin(
-        t,
-        &["kv", "put", "secret/team/json", "-"],
-        r#"{"a": "1", "n": 2}"#,
-    );
+    let o = s.cli_stdin(t, &["kv", "put", "secret/team/json", "-"], r#"{"a": "1", "n": 2}"#);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        json(&s.cli(t, &["kv", "get", "-o", "json", "secret/team/json"]))["data"]["n"],
-        "2"
-    );
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "secret/team/json"]))["data"]["n"], "2");
 
     // Check-and-set: a stale version exits with the conflict code.
-    let o = s.cli(
-        t,
-        &["kv", "put", "--cas", "1", "secret/team/app", "password=x"],
-    );
+    let o = s.cli(t, &["kv", "put", "--cas", "1", "secret/team/app", "password=x"]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
     assert!(stderr(&o).contains("current version is 2"));
-    let o = s.cli(
-        t,
-        &[
-            "kv",
-            "put",
-            "--cas",
-            "2",
-            "secret/team/app",
-            "password=three",
-        ],
-    );
+    let o = s.cli(t, &["kv", "put", "--cas", "2", "secret/team/app", "password=three"]);
     assert!(o.status.success());
 
-    let o = s.cli(
-        t,
-        &[
-            "kv",
-            "get",
-            "--version",
-            "1",
-            "-o",
-            "json",
-            "secret/team/app",
-        ],
-    );
+    let o = s.cli(t, &["kv", "get", "--version", "1", "-o", "json", "secret/team/app"]);
     assert_eq!(json(&o)["data"]["password"], "s3cr3t");
 
     let o = s.cli(t, &["kv", "list", "-o", "json", "secret/"]);
@@ -113,124 +60,50 @@ fn walkthrough_and_exit_codes() {
     assert_eq!(o.status.code(), Some(3), "deleted reads as not found");
     let o = s.cli(t, &["kv", "undelete", "--versions", "3", "secret/team/app"]);
     assert!(o.status.success());
-    assert_eq!(
-        json(&s.cli(t, &["kv", "get", "-o", "json", "secret/team/app"]))["data"]["password"],
-        "three"
-    );
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "secret/team/app"]))["data"]["password"], "three");
     let o = s.cli(t, &["kv", "destroy", "--versions", "1", "secret/team/app"]);
     assert!(o.status.success());
-    let o = s.cli(
-        t,
-        &["kv", "metadata", "get", "-o", "json", "secret/team/app"],
-    );
+    let o = s.cli(t, &["kv", "metadata", "get", "-o", "json", "secret/team/app"]);
     let m = json(&o);
     assert_eq!(m["versions"]["1"]["destroyed"], true);
     assert_eq!(m["current_version"], 3);
-    let o = s.cli(
-        t,
-        &[
-            "kv",
-            "metadata",
-            "put",
-            "--custom-metadata",
-            "owner=team-a",
-            "secret/team/app",
-        ],
-    );
+    let o = s.cli(t, &["kv", "metadata", "put", "--custom-metadata", "owner=team-a", "secret/team/app"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
-        json(&s.cli(t, &["kv", "get", "-o", "json", "secret/team/app"]))["metadata"]["custom_metadata"]
-            ["owner"],
+        json(&s.cli(t, &["kv", "get", "-o", "json", "secret/team/app"]))["metadata"]["custom_metadata"]["owner"],
         "team-a"
     );
     let o = s.cli(t, &["kv", "metadata", "delete", "secret/team/app"]);
     assert!(o.status.success());
-    assert_eq!(
-        s.cli(t, &["kv", "metadata", "get", "secret/team/app"])
-            .status
-            .code(),
-        Some(3)
-    );
+    assert_eq!(s.cli(t, &["kv", "metadata", "get", "secret/team/app"]).status.code(), Some(3));
 
     // Binary values.
     let bin = dir.path().join("blob");
     std::fs::write(&bin, [0u8, 159, 146, 150, 255]).unwrap();
-    assert!(
-        s.cli(
-            t,
-            &[
-                "kv",
-                "put",
-                "--binary-file",
-                bin.to_str().unwrap(),
-                "secret/blob"
-            ]
-        )
-        .status
-        .success()
-    );
-    assert_eq!(
-        json(&s.cli(t, &["kv", "get", "-o", "json", "secret/blob"]))["binary_b64"],
-        "AJ+Slv8="
-    );
+    assert!(s.cli(t, &["kv", "put", "--binary-file", bin.to_str().unwrap(), "secret/blob"]).status.success());
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "secret/blob"]))["binary_b64"], "AJ+Slv8=");
 
     // Mounts.
-    let o = s.cli(
-        t,
-        &[
-            "mount",
-            "enable",
-            "--type",
-            "local",
-            "--description",
-            "team b",
-            "team-b/",
-            "max_versions=2",
-        ],
-    );
+    let o = s.cli(t, &["mount", "enable", "--type", "local", "--description", "team b", "team-b/", "max_versions=2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = s.cli(t, &["mount", "list", "-o", "json"]);
-    let paths: Vec<String> = json(&o)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths: Vec<String> =
+        json(&o).as_array().unwrap().iter().map(|m| m["path"].as_str().unwrap().to_string()).collect();
     assert_eq!(paths, ["secret/", "team-b/"]);
     let o = s.cli(t, &["mount", "enable", "--type", "local", "team-b/nested"]);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "nested mounts are refused: {}",
-        stderr(&o)
-    );
+    assert_eq!(o.status.code(), Some(2), "nested mounts are refused: {}", stderr(&o));
     let o = s.cli(t, &["mount", "enable", "--type", "local", "team-b"]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    assert!(
-        s.cli(t, &["mount", "tune", "team-b/", "max_versions=4"])
-            .status
-            .success()
-    );
+    assert!(s.cli(t, &["mount", "tune", "team-b/", "max_versions=4"]).status.success());
     assert!(s.cli(t, &["mount", "disable", "team-b/"]).status.success());
 
     // Exit codes: usage, not found, denied, unreachable.
     assert_eq!(s.cli(t, &["kv", "put", "secret/x"]).status.code(), Some(2));
     assert_eq!(s.cli(t, &["kv", "nonsense"]).status.code(), Some(2));
-    assert_eq!(
-        s.cli(t, &["kv", "put", "secret//x", "a=b"]).status.code(),
-        Some(2)
-    );
+    assert_eq!(s.cli(t, &["kv", "put", "secret//x", "a=b"]).status.code(), Some(2));
     assert_eq!(s.cli(t, &["kv", "get", "nomount/x"]).status.code(), Some(3));
-    assert_eq!(
-        s.cli(Some("wrong"), &["kv", "get", "secret/blob"])
-            .status
-            .code(),
-        Some(4)
-    );
-    assert_eq!(
-        s.cli(None, &["kv", "get", "secret/blob"]).status.code(),
-        Some(4)
-    );
+    assert_eq!(s.cli(Some("wrong"), &["kv", "get", "secret/blob"]).status.code(), Some(4));
+    assert_eq!(s.cli(None, &["kv", "get", "secret/blob"]).status.code(), Some(4));
     let o = std::process::Command::new(crate::harness::BIN)
         .args(["kv", "get", "--address", "http://127.0.0.1:1", "secret/x"])
         .output()
@@ -242,8 +115,5 @@ fn walkthrough_and_exit_codes() {
     assert_eq!(s.cli(None, &["operator", "seal"]).status.code(), Some(4));
     assert!(s.cli(t, &["operator", "seal"]).status.success());
     assert_eq!(s.cli(None, &["operator", "status"]).status.code(), Some(5));
-    assert_eq!(
-        s.cli(t, &["kv", "get", "secret/blob"]).status.code(),
-        Some(5)
-    );
+    assert_eq!(s.cli(t, &["kv", "get", "secret/blob"]).status.code(), Some(5));
 }

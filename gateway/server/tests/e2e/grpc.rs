@@ -12,116 +12,69 @@ const T: &str = "root-e2e";
 async fn bad_input_gets_the_right_status_and_changes_nothing() {
     let s = Server::dev();
     let mut c = s.secrets().await;
-    c.put(authed(
-        T,
-        pb::PutRequest {
-            path: "secret/ok".into(),
-            value: fields(&[("k", "v")]),
-            cas: None,
-        },
-    ))
-    .await
-    .unwrap();
+    c.put(authed(T, pb::PutRequest { path: "secret/ok".into(), value: fields(&[("k", "v")]), cas: None }))
+        .await
+        .unwrap();
 
     let long = format!("secret/{}", "a".repeat(1100));
     let cases: Vec<(&str, pb::PutRequest, Code, &str)> = vec![
         (
             "empty segment",
-            pb::PutRequest {
-                path: "secret/a//b".into(),
-                value: fields(&[("k", "v")]),
-                cas: None,
-            },
+            pb::PutRequest { path: "secret/a//b".into(), value: fields(&[("k", "v")]), cas: None },
             Code::InvalidArgument,
             "empty segment",
         ),
         (
             "dot-dot",
-            pb::PutRequest {
-                path: "secret/../x".into(),
-                value: fields(&[("k", "v")]),
-                cas: None,
-            },
+            pb::PutRequest { path: "secret/../x".into(), value: fields(&[("k", "v")]), cas: None },
             Code::InvalidArgument,
             "'..'",
         ),
         (
             "NUL",
-            pb::PutRequest {
-                path: "secret/a\0b".into(),
-                value: fields(&[("k", "v")]),
-                cas: None,
-            },
+            pb::PutRequest { path: "secret/a\0b".into(), value: fields(&[("k", "v")]), cas: None },
             Code::InvalidArgument,
             "U+0000",
         ),
         (
             "too long",
-            pb::PutRequest {
-                path: long,
-                value: fields(&[("k", "v")]),
-                cas: None,
-            },
+            pb::PutRequest { path: long, value: fields(&[("k", "v")]), cas: None },
             Code::InvalidArgument,
             "limit is 1024",
         ),
         (
             "no value",
-            pb::PutRequest {
-                path: "secret/a".into(),
-                value: None,
-                cas: None,
-            },
+            pb::PutRequest { path: "secret/a".into(), value: None, cas: None },
             Code::InvalidArgument,
             "value is missing",
         ),
         (
             "no fields",
-            pb::PutRequest {
-                path: "secret/a".into(),
-                value: fields(&[]),
-                cas: None,
-            },
+            pb::PutRequest { path: "secret/a".into(), value: fields(&[]), cas: None },
             Code::InvalidArgument,
             "no fields",
         ),
         (
             "unknown mount",
-            pb::PutRequest {
-                path: "nomount/a".into(),
-                value: fields(&[("k", "v")]),
-                cas: None,
-            },
+            pb::PutRequest { path: "nomount/a".into(), value: fields(&[("k", "v")]), cas: None },
             Code::NotFound,
             "no mount serves",
         ),
         (
             "wrong cas",
-            pb::PutRequest {
-                path: "secret/ok".into(),
-                value: fields(&[("k", "x")]),
-                cas: Some(7),
-            },
+            pb::PutRequest { path: "secret/ok".into(), value: fields(&[("k", "x")]), cas: Some(7) },
             Code::FailedPrecondition,
             "expected version 7",
         ),
         (
             "cas on new",
-            pb::PutRequest {
-                path: "secret/new".into(),
-                value: fields(&[("k", "x")]),
-                cas: Some(1),
-            },
+            pb::PutRequest { path: "secret/new".into(), value: fields(&[("k", "x")]), cas: Some(1) },
             Code::FailedPrecondition,
             "current version is 0",
         ),
         (
             "mount root",
-            pb::PutRequest {
-                path: "secret".into(),
-                value: fields(&[("k", "x")]),
-                cas: None,
-            },
+            pb::PutRequest { path: "secret".into(), value: fields(&[("k", "x")]), cas: None },
             Code::InvalidArgument,
             "mount secret/ itself",
         ),
@@ -132,153 +85,56 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         assert!(err.message().contains(needle), "{name}: {}", err.message());
     }
     // Over the value cap (default 512 KiB) but under the message limit.
-    let big = pb::SecretValue {
-        kind: Some(pb::secret_value::Kind::Binary(vec![7; 512 * 1024 + 1])),
-    };
-    let err = c
-        .put(authed(
-            T,
-            pb::PutRequest {
-                path: "secret/big".into(),
-                value: Some(big),
-                cas: None,
-            },
-        ))
-        .await
-        .unwrap_err();
+    let big = pb::SecretValue { kind: Some(pb::secret_value::Kind::Binary(vec![7; 512 * 1024 + 1])) };
+    let err =
+        c.put(authed(T, pb::PutRequest { path: "secret/big".into(), value: Some(big), cas: None })).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().contains("at most 524288 bytes"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("at most 524288 bytes"), "{}", err.message());
     // Over the message limit entirely.
-    let huge = pb::SecretValue {
-        kind: Some(pb::secret_value::Kind::Binary(vec![7; 5 << 20])),
-    };
+    let huge = pb::SecretValue { kind: Some(pb::secret_value::Kind::Binary(vec![7; 5 << 20])) };
     let err = c
-        .put(authed(
-            T,
-            pb::PutRequest {
-                path: "secret/huge".into(),
-                value: Some(huge),
-                cas: None,
-            },
-        ))
+        .put(authed(T, pb::PutRequest { path: "secret/huge".into(), value: Some(huge), cas: None }))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err.code(),
-            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err.code(), Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument), "{err:?}");
 
     // Nothing was written by any of them.
     let list = c
-        .list(authed(
-            T,
-            pb::ListRequest {
-                path: "secret/".into(),
-                recursive: true,
-                ..Default::default()
-            },
-        ))
+        .list(authed(T, pb::ListRequest { path: "secret/".into(), recursive: true, ..Default::default() }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(list.keys, ["ok"]);
-    let got = c
-        .get(authed(
-            T,
-            pb::GetRequest {
-                path: "secret/ok".into(),
-                version: 0,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = c.get(authed(T, pb::GetRequest { path: "secret/ok".into(), version: 0 })).await.unwrap().into_inner();
     assert_eq!(field(&got, "k"), "v");
     assert_eq!(got.version.unwrap().version, 1);
 
     // Other operations.
-    let err = c
-        .get(authed(
-            T,
-            pb::GetRequest {
-                path: "secret/ok".into(),
-                version: 5,
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err = c.get(authed(T, pb::GetRequest { path: "secret/ok".into(), version: 5 })).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = c
-        .delete(authed(
-            T,
-            pb::DeleteRequest {
-                path: "secret/ok".into(),
-                versions: vec![0],
-                all_versions: false,
-            },
-        ))
+        .delete(authed(T, pb::DeleteRequest { path: "secret/ok".into(), versions: vec![0], all_versions: false }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c
-        .destroy(authed(
-            T,
-            pb::DestroyRequest {
-                path: "secret/ok".into(),
-                versions: vec![],
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err =
+        c.destroy(authed(T, pb::DestroyRequest { path: "secret/ok".into(), versions: vec![] })).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = c
-        .list(authed(
-            T,
-            pb::ListRequest {
-                path: "secret/".into(),
-                page_size: 50_000,
-                ..Default::default()
-            },
-        ))
+        .list(authed(T, pb::ListRequest { path: "secret/".into(), page_size: 50_000, ..Default::default() }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Authentication problems.
-    let mut r = tonic::Request::new(pb::GetRequest {
-        path: "secret/ok".into(),
-        version: 0,
-    });
-    r.metadata_mut()
-        .insert("authorization", "Basic abc".parse().unwrap());
+    let mut r = tonic::Request::new(pb::GetRequest { path: "secret/ok".into(), version: 0 });
+    r.metadata_mut().insert("authorization", "Basic abc".parse().unwrap());
     let err = c.get(r).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("Bearer"));
-    let err = c
-        .get(tonic::Request::new(pb::GetRequest {
-            path: "secret/ok".into(),
-            version: 0,
-        }))
-        .await
-        .unwrap_err();
+    let err = c.get(tonic::Request::new(pb::GetRequest { path: "secret/ok".into(), version: 0 })).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = c
-        .get(authed(
-            "nope",
-            pb::GetRequest {
-                path: "secret/ok".into(),
-                version: 0,
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err = c.get(authed("nope", pb::GetRequest { path: "secret/ok".into(), version: 0 })).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(err.message(), "missing or invalid token");
 }
@@ -288,17 +144,9 @@ async fn health_and_reflection_are_served() {
     let s = Server::dev();
     let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel().await);
     for service in ["", "keybridge.v1.Secrets"] {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            r.status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        );
+        let r =
+            health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     }
 
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -313,30 +161,15 @@ async fn health_and_reflection_are_served() {
         },
         ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(
-                "keybridge.v1.Secrets".into(),
-            )),
+            message_request: Some(MessageRequest::FileContainingSymbol("keybridge.v1.Secrets".into())),
         },
     ];
-    let mut stream = refl
-        .server_reflection_info(tokio_stream::iter(reqs))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = refl.server_reflection_info(tokio_stream::iter(reqs)).await.unwrap().into_inner();
     let first = stream.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
-        panic!("list expected")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else { panic!("list expected") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in [
-        "keybridge.v1.Secrets",
-        "keybridge.v1.Sys",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing from {names:?}"
-        );
+    for want in ["keybridge.v1.Secrets", "keybridge.v1.Sys", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
     let second = stream.next().await.unwrap().unwrap();
     let Some(MessageResponse::FileDescriptorResponse(fd)) = second.message_response else {
@@ -350,16 +183,9 @@ async fn list_pages_over_the_wire() {
     let s = Server::dev();
     let mut c = s.secrets().await;
     for i in 0..25 {
-        c.put(authed(
-            T,
-            pb::PutRequest {
-                path: format!("secret/p/k{i:02}"),
-                value: fields(&[("v", "x")]),
-                cas: None,
-            },
-        ))
-        .await
-        .unwrap();
+        c.put(authed(T, pb::PutRequest { path: format!("secret/p/k{i:02}"), value: fields(&[("v", "x")]), cas: None }))
+            .await
+            .unwrap();
     }
     let mut all = Vec::new();
     let mut token = String::new();
@@ -368,12 +194,7 @@ async fn list_pages_over_the_wire() {
         let r = c
             .list(authed(
                 T,
-                pb::ListRequest {
-                    path: "secret/p/".into(),
-                    page_size: 10,
-                    page_token: token,
-                    recursive: false,
-                },
+                pb::ListRequest { path: "secret/p/".into(), page_size: 10, page_token: token, recursive: false },
             ))
             .await
             .unwrap()

@@ -34,12 +34,7 @@ fn spawn(args: &[&str]) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn keybridge");
-    let mut server = Server {
-        child,
-        addr: String::new(),
-        root_token: None,
-        ca_pem: None,
-    };
+    let mut server = Server { child, addr: String::new(), root_token: None, ca_pem: None };
     let stdout = server.child.stdout.take().expect("stdout");
     let mut reader = BufReader::new(stdout);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -47,11 +42,7 @@ fn spawn(args: &[&str]) -> Server {
         assert!(Instant::now() < deadline, "server did not start in time");
         let mut line = String::new();
         let n = reader.read_line(&mut line).expect("read stdout");
-        assert!(
-            n > 0,
-            "server exited before listening: {:?}",
-            server.child.try_wait()
-        );
+        assert!(n > 0, "server exited before listening: {:?}", server.child.try_wait());
         if let Some(t) = line.strip_prefix("Root Token: ") {
             server.root_token = Some(t.trim().to_string());
         }
@@ -66,14 +57,7 @@ fn spawn(args: &[&str]) -> Server {
 
 impl Server {
     pub fn dev() -> Server {
-        spawn(&[
-            "server",
-            "--dev",
-            "--dev-listen-address",
-            "127.0.0.1:0",
-            "--dev-root-token-id",
-            "root-e2e",
-        ])
+        spawn(&["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", "root-e2e"])
     }
 
     /// A server from a config file in `dir` (storage in `dir/data`).
@@ -90,12 +74,7 @@ impl Server {
                 Some(ca),
             )
         } else {
-            (
-                format!(
-                    "listener \"tcp\" {{\n address = \"127.0.0.1:{port}\"\n tls_disable = true\n}}"
-                ),
-                None,
-            )
+            (format!("listener \"tcp\" {{\n address = \"127.0.0.1:{port}\"\n tls_disable = true\n}}"), None)
         };
         let config = format!(
             "{listener}\nstorage \"file\" {{\n path = \"{}\"\n}}\nlimits {{\n max_value_bytes = 65536\n}}\ndisable_mlock = true\n",
@@ -112,11 +91,7 @@ impl Server {
         let mut ep = Endpoint::from_shared(self.addr.clone()).unwrap();
         if let Some(ca) = &self.ca_pem {
             ep = ep
-                .tls_config(
-                    ClientTlsConfig::new()
-                        .ca_certificate(Certificate::from_pem(ca))
-                        .domain_name("localhost"),
-                )
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost"))
                 .unwrap();
         }
         ep.connect().await.expect("connect")
@@ -137,27 +112,17 @@ impl Server {
 
     pub fn cli_stdin(&self, token: Option<&str>, args: &[&str], stdin: &str) -> Output {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("KEYBRIDGE_ADDR", &self.addr)
-            .env_remove("KEYBRIDGE_TOKEN")
-            .env_remove("KEYBRIDGE_CACERT");
+        cmd.args(args).env("KEYBRIDGE_ADDR", &self.addr).env_remove("KEYBRIDGE_TOKEN").env_remove("KEYBRIDGE_CACERT");
         if let Some(t) = token {
             cmd.env("KEYBRIDGE_TOKEN", t);
         }
         if self.ca_pem.is_some() {
             cmd.env("KEYBRIDGE_CACERT", self.ca_file());
         }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     }
 
@@ -173,14 +138,11 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "keybridge test CA");
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "keybridge test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
     let cert_path = dir.join("server.crt");
     let key_path = dir.join("server.key");
@@ -191,18 +153,14 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
 
 pub fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
 pub fn fields(pairs: &[(&str, &str)]) -> Option<pb::SecretValue> {
     Some(pb::SecretValue {
         kind: Some(pb::secret_value::Kind::Fields(pb::Fields {
-            fields: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            fields: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         })),
     })
 }

@@ -12,28 +12,14 @@ use crate::harness::{Server, authed, field, fields, stderr, stdout};
 
 async fn health(s: &Server) -> i32 {
     let mut h = tonic_health::pb::health_client::HealthClient::new(s.channel().await);
-    h.check(tonic_health::pb::HealthCheckRequest {
-        service: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .status
+    h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status
 }
 
 async fn unseal_all(s: &Server, keys: &[String]) -> pb::SealStatusResponse {
     let mut sys = s.sys().await;
     let mut last = None;
     for k in keys {
-        last = Some(
-            sys.unseal(pb::UnsealRequest {
-                key: k.clone(),
-                reset: false,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-        );
+        last = Some(sys.unseal(pb::UnsealRequest { key: k.clone(), reset: false }).await.unwrap().into_inner());
     }
     last.unwrap()
 }
@@ -54,142 +40,57 @@ async fn init_unseal_restart_over_tls_with_file_storage() {
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(st["initialized"], false);
     assert_eq!(health(&s).await, ServingStatus::NotServing as i32);
-    let err = s
-        .secrets()
-        .await
-        .get(authed(
-            "x",
-            pb::GetRequest {
-                path: "secret/a".into(),
-                version: 0,
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err =
+        s.secrets().await.get(authed("x", pb::GetRequest { path: "secret/a".into(), version: 0 })).await.unwrap_err();
     assert_eq!((err.code(), err.message()), (Code::Unavailable, "sealed"));
-    let err = s
-        .sys()
-        .await
-        .list_mounts(authed("x", pb::ListMountsRequest {}))
-        .await
-        .unwrap_err();
+    let err = s.sys().await.list_mounts(authed("x", pb::ListMountsRequest {})).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 
     // Bad init parameters change nothing.
-    let o = s.cli(
-        None,
-        &[
-            "operator",
-            "init",
-            "--key-shares",
-            "3",
-            "--key-threshold",
-            "4",
-        ],
-    );
+    let o = s.cli(None, &["operator", "init", "--key-shares", "3", "--key-threshold", "4"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 
-    let o = s.cli(
-        None,
-        &[
-            "operator",
-            "init",
-            "--key-shares",
-            "3",
-            "--key-threshold",
-            "2",
-            "-o",
-            "json",
-        ],
-    );
+    let o = s.cli(None, &["operator", "init", "--key-shares", "3", "--key-threshold", "2", "-o", "json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let init: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let keys: Vec<String> = init["unseal_keys_b64"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k.as_str().unwrap().to_string())
-        .collect();
+    let keys: Vec<String> =
+        init["unseal_keys_b64"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect();
     let root = init["root_token"].as_str().unwrap().to_string();
-    assert_eq!(
-        (keys.len(), init["unseal_threshold"].as_u64()),
-        (3, Some(2))
-    );
-    assert_eq!(
-        s.cli(None, &["operator", "init"]).status.code(),
-        Some(6),
-        "init twice is refused"
-    );
+    assert_eq!((keys.len(), init["unseal_threshold"].as_u64()), (3, Some(2)));
+    assert_eq!(s.cli(None, &["operator", "init"]).status.code(), Some(6), "init twice is refused");
 
     // Still sealed after init; one key is progress, two unseal.
     assert_eq!(s.cli(None, &["operator", "status"]).status.code(), Some(5));
-    let o = s.cli_stdin(
-        None,
-        &["operator", "unseal", "-o", "json"],
-        &format!("{}\n", keys[2]),
-    );
+    let o = s.cli_stdin(None, &["operator", "unseal", "-o", "json"], &format!("{}\n", keys[2]));
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["progress"],
-        1
-    );
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["progress"], 1);
     let o = s.cli(None, &["operator", "unseal", &keys[0]]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).contains("Sealed             false"),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).contains("Sealed             false"), "{}", stdout(&o));
     assert_eq!(health(&s).await, ServingStatus::Serving as i32);
 
-    let o = s.cli(
-        Some(&root),
-        &["kv", "put", "secret/db", "password=VALUE-ON-DISK-5f3a"],
-    );
+    let o = s.cli(Some(&root), &["kv", "put", "secret/db", "password=VALUE-ON-DISK-5f3a"]);
     assert!(o.status.success(), "{}", stderr(&o));
     // The configured value cap (64 KiB here) applies.
     let big = "x".repeat(70_000);
-    let o = s.cli(
-        Some(&root),
-        &["kv", "put", "secret/big", &format!("v={big}")],
-    );
+    let o = s.cli(Some(&root), &["kv", "put", "secret/big", &format!("v={big}")]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 
     // Rotation adds a term; old data stays readable.
     let o = s.cli(Some(&root), &["operator", "rotate", "-o", "json"]);
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["term"],
-        2
-    );
-    assert!(
-        s.cli(Some(&root), &["kv", "put", "secret/after", "k=v"])
-            .status
-            .success()
-    );
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["term"], 2);
+    assert!(s.cli(Some(&root), &["kv", "put", "secret/after", "k=v"]).status.success());
 
     // Rekey: the old keys stop working, the new ones unseal.
     let o = s.cli_stdin(
         Some(&root),
-        &[
-            "operator",
-            "rekey",
-            "--key-shares",
-            "2",
-            "--key-threshold",
-            "2",
-            "-o",
-            "json",
-        ],
+        &["operator", "rekey", "--key-shares", "2", "--key-threshold", "2", "-o", "json"],
         &format!("{}\n{}\n", keys[1], keys[2]),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let rekey: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let new_keys: Vec<String> = rekey["unseal_keys_b64"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k.as_str().unwrap().to_string())
-        .collect();
+    let new_keys: Vec<String> =
+        rekey["unseal_keys_b64"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect();
     assert_eq!(new_keys.len(), 2);
 
     // Restart: comes back sealed, with everything.
@@ -198,46 +99,19 @@ async fn init_unseal_restart_over_tls_with_file_storage() {
     let err = s
         .secrets()
         .await
-        .get(authed(
-            &root,
-            pb::GetRequest {
-                path: "secret/db".into(),
-                version: 0,
-            },
-        ))
+        .get(authed(&root, pb::GetRequest { path: "secret/db".into(), version: 0 }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     let mut sys = s.sys().await;
-    sys.unseal(pb::UnsealRequest {
-        key: keys[0].clone(),
-        reset: false,
-    })
-    .await
-    .unwrap();
-    let err = sys
-        .unseal(pb::UnsealRequest {
-            key: keys[1].clone(),
-            reset: false,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::InvalidArgument,
-        "old keys no longer unseal: {err:?}"
-    );
+    sys.unseal(pb::UnsealRequest { key: keys[0].clone(), reset: false }).await.unwrap();
+    let err = sys.unseal(pb::UnsealRequest { key: keys[1].clone(), reset: false }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "old keys no longer unseal: {err:?}");
     assert!(!unseal_all(&s, &new_keys).await.sealed);
     let got = s
         .secrets()
         .await
-        .get(authed(
-            &root,
-            pb::GetRequest {
-                path: "secret/db".into(),
-                version: 0,
-            },
-        ))
+        .get(authed(&root, pb::GetRequest { path: "secret/db".into(), version: 0 }))
         .await
         .unwrap()
         .into_inner();
@@ -262,47 +136,20 @@ async fn snapshot_save_and_restore_while_serving() {
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("kb.snap");
     let mut c = s.secrets().await;
-    c.put(authed(
-        t,
-        pb::PutRequest {
-            path: "secret/a".into(),
-            value: fields(&[("v", "before")]),
-            cas: None,
-        },
-    ))
-    .await
-    .unwrap();
+    c.put(authed(t, pb::PutRequest { path: "secret/a".into(), value: fields(&[("v", "before")]), cas: None }))
+        .await
+        .unwrap();
 
-    let o = s.cli(
-        Some(t),
-        &["operator", "snapshot", "save", snap.to_str().unwrap()],
-    );
+    let o = s.cli(Some(t), &["operator", "snapshot", "save", snap.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        !contains(&std::fs::read(&snap).unwrap(), b"before"),
-        "the snapshot holds ciphertext only"
-    );
+    assert!(!contains(&std::fs::read(&snap).unwrap(), b"before"), "the snapshot holds ciphertext only");
 
-    c.put(authed(
-        t,
-        pb::PutRequest {
-            path: "secret/a".into(),
-            value: fields(&[("v", "after")]),
-            cas: None,
-        },
-    ))
-    .await
-    .unwrap();
-    c.put(authed(
-        t,
-        pb::PutRequest {
-            path: "secret/b".into(),
-            value: fields(&[("v", "new")]),
-            cas: None,
-        },
-    ))
-    .await
-    .unwrap();
+    c.put(authed(t, pb::PutRequest { path: "secret/a".into(), value: fields(&[("v", "after")]), cas: None }))
+        .await
+        .unwrap();
+    c.put(authed(t, pb::PutRequest { path: "secret/b".into(), value: fields(&[("v", "new")]), cas: None }))
+        .await
+        .unwrap();
     assert!(s.cli(Some(t), &["operator", "rotate"]).status.success());
 
     // A damaged snapshot is refused and changes nothing.
@@ -311,96 +158,32 @@ async fn snapshot_save_and_restore_while_serving() {
     bad[mid] ^= 0x55;
     let bad_file = dir.path().join("bad.snap");
     std::fs::write(&bad_file, bad).unwrap();
-    let o = s.cli(
-        Some(t),
-        &[
-            "operator",
-            "snapshot",
-            "restore",
-            bad_file.to_str().unwrap(),
-        ],
-    );
+    let o = s.cli(Some(t), &["operator", "snapshot", "restore", bad_file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    let got = c
-        .get(authed(
-            t,
-            pb::GetRequest {
-                path: "secret/a".into(),
-                version: 0,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = c.get(authed(t, pb::GetRequest { path: "secret/a".into(), version: 0 })).await.unwrap().into_inner();
     assert_eq!(field(&got, "v"), "after");
 
-    let o = s.cli(
-        Some(t),
-        &["operator", "snapshot", "restore", snap.to_str().unwrap()],
-    );
+    let o = s.cli(Some(t), &["operator", "snapshot", "restore", snap.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let got = c
-        .get(authed(
-            t,
-            pb::GetRequest {
-                path: "secret/a".into(),
-                version: 0,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = c.get(authed(t, pb::GetRequest { path: "secret/a".into(), version: 0 })).await.unwrap().into_inner();
     assert_eq!(field(&got, "v"), "before");
-    let err = c
-        .get(authed(
-            t,
-            pb::GetRequest {
-                path: "secret/b".into(),
-                version: 0,
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err = c.get(authed(t, pb::GetRequest { path: "secret/b".into(), version: 0 })).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // Another server's snapshot needs --force and seals this one.
     let other = Server::dev();
-    let o = other.cli(
-        Some(t),
-        &["operator", "snapshot", "restore", snap.to_str().unwrap()],
-    );
+    let o = other.cli(Some(t), &["operator", "snapshot", "restore", snap.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    let o = other.cli(
-        Some(t),
-        &[
-            "operator",
-            "snapshot",
-            "restore",
-            "--force",
-            snap.to_str().unwrap(),
-        ],
-    );
+    let o = other.cli(Some(t), &["operator", "snapshot", "restore", "--force", snap.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        other.cli(None, &["operator", "status"]).status.code(),
-        Some(5)
-    );
+    assert_eq!(other.cli(None, &["operator", "status"]).status.code(), Some(5));
 }
 
 #[tokio::test]
 async fn sigkill_during_writes_leaves_a_consistent_store() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::with_config(dir.path(), false, 0);
-    let init = s
-        .sys()
-        .await
-        .init(pb::InitRequest {
-            key_shares: 1,
-            key_threshold: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let init = s.sys().await.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
     let root = init.root_token.clone();
     unseal_all(&s, &init.unseal_keys_b64).await;
 
@@ -443,10 +226,7 @@ async fn sigkill_during_writes_leaves_a_consistent_store() {
     for w in 0..WRITERS {
         let acked = acked[w].load(Ordering::SeqCst);
         let path = format!("secret/w{w}");
-        let meta = match c
-            .describe(authed(&root, pb::DescribeRequest { path: path.clone() }))
-            .await
-        {
+        let meta = match c.describe(authed(&root, pb::DescribeRequest { path: path.clone() })).await {
             Ok(r) => r.into_inner().metadata.unwrap(),
             Err(e) => {
                 assert_eq!((e.code(), acked), (Code::NotFound, 0), "{path}");
@@ -461,21 +241,11 @@ async fn sigkill_during_writes_leaves_a_consistent_store() {
         );
         for v in &meta.versions {
             let got = c
-                .get(authed(
-                    &root,
-                    pb::GetRequest {
-                        path: path.clone(),
-                        version: v.version,
-                    },
-                ))
+                .get(authed(&root, pb::GetRequest { path: path.clone(), version: v.version }))
                 .await
                 .unwrap_or_else(|e| panic!("{path} v{}: {e:?}", v.version))
                 .into_inner();
-            assert_eq!(
-                field(&got, "n"),
-                v.version.to_string(),
-                "{path}: version and value agree"
-            );
+            assert_eq!(field(&got, "n"), v.version.to_string(), "{path}: version and value agree");
         }
     }
 }
