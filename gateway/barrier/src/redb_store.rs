@@ -27,7 +27,21 @@ struct Job {
 pub struct RedbStore {
     db: Arc<Database>,
     kind: &'static str,
-    writer: mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<Job>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbStore {
+    /// Stops the writer after the batches already queued, and waits for it,
+    /// so the database is closed cleanly before the process exits (a clean
+    /// close spares the next open its recovery pass).
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl RedbStore {
@@ -52,11 +66,11 @@ impl RedbStore {
         let db = Arc::new(db);
         let (writer, jobs) = mpsc::channel();
         let thread_db = db.clone();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("keybridge-store-writer".into())
             .spawn(move || writer_loop(&thread_db, &jobs))
             .map_err(Error::Io)?;
-        Ok(Self { db, kind, writer })
+        Ok(Self { db, kind, writer: Some(writer), writer_thread: Some(writer_thread) })
     }
 }
 
@@ -164,6 +178,8 @@ impl Physical for RedbStore {
         }
         let (done, result) = oneshot::channel();
         self.writer
+            .as_ref()
+            .ok_or_else(|| Error::backend(std::io::Error::other("the store is closing")))?
             .send(Job { batch, done })
             .map_err(|_| Error::backend(std::io::Error::other("the store's writer thread stopped")))?;
         result.await.map_err(|_| Error::backend(std::io::Error::other("the store's writer thread stopped")))?
