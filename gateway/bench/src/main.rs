@@ -186,7 +186,7 @@ struct Stats {
 /// Runs `op` from `concurrency` tasks for `secs` seconds over a few
 /// connections; keys are `bench/k{0..keys}` (keys = 1: one hot key).
 async fn run(server: &Server, token: &str, op: Op, concurrency: usize, keys: usize, secs: u64) -> Stats {
-    let conns = concurrency.clamp(1, 4);
+    let conns = concurrency.clamp(1, std::env::var("KB_BENCH_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(4));
     let mut channels = Vec::new();
     for _ in 0..conns {
         channels.push(server.channel().await);

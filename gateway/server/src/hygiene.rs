@@ -18,8 +18,17 @@ pub fn disable_core_dumps() -> std::io::Result<()> {
 }
 
 /// Locks all current and future pages in RAM so keys never reach swap.
+///
+/// `MCL_ONFAULT` locks each page when it is first touched instead of
+/// populating whole mappings up front (thread stacks, allocator arenas), so
+/// memory in use stays what the process actually uses. Kernels older than
+/// 4.4 do not know the flag; there we fall back to plain locking.
 pub fn lock_memory() -> std::io::Result<()> {
     // SAFETY: mlockall takes flags only.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) } == 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
     if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
