@@ -5,18 +5,21 @@ use keybridge_proto::v1 as pb;
 #[test]
 fn debug_output_holds_no_secret_material() {
     let value = pb::SecretValue {
-        kind: Some(pb::secret_value::Kind::Fields(pb::Fields { fields: [("password".into(), "hunter2-xyz".into())].into() })),
+        kind: Some(pb::secret_value::Kind::Fields(pb::Fields {
+            fields: [("password".into(), "hunter2-xyz".into())].into(),
+        })),
     };
     let shown = [
         format!("{:?}", pb::PutRequest { path: "secret/a".into(), value: Some(value.clone()), cas: None }),
         format!("{:?}", pb::GetResponse { value: Some(value), ..Default::default() }),
+        format!("{:?}", pb::SecretValue { kind: Some(pb::secret_value::Kind::Binary(b"hunter2-xyz".to_vec())) }),
         format!(
             "{:?}",
-            pb::SecretValue { kind: Some(pb::secret_value::Kind::Binary(b"hunter2-xyz".to_vec())) }
-        ),
-        format!(
-            "{:?}",
-            pb::InitResponse { unseal_keys_b64: vec!["hunter2-xyz".into()], unseal_threshold: 1, root_token: "hunter2-xyz".into() }
+            pb::InitResponse {
+                unseal_keys_b64: vec!["hunter2-xyz".into()],
+                unseal_threshold: 1,
+                root_token: "hunter2-xyz".into()
+            }
         ),
         format!("{:?}", pb::UnsealRequest { key: "hunter2-xyz".into(), reset: false }),
         format!("{:?}", pb::RekeyRequest { keys: vec!["hunter2-xyz".into()], key_shares: 1, key_threshold: 1 }),

@@ -211,3 +211,24 @@ async fn list_pages_over_the_wire() {
     assert_eq!(all[0], "k00");
     assert_eq!(all[24], "k24");
 }
+
+#[test]
+fn process_hygiene_core_dumps_off_and_memory_locked() {
+    let s = Server::dev();
+    let pid = s.child.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    let soft: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(soft[4], "0", "core dumps must be off: {core}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let locked_kib = crate::harness::locked_kib(pid);
+    // Root may always lock memory; elsewhere the server warns and goes on.
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap().split_whitespace().next().unwrap();
+    if uid == "0" {
+        assert!(locked_kib > 0, "memory is not locked");
+    }
+    // `disable_mlock = true` (the config servers of these tests) locks nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let unlocked = Server::with_config(dir.path(), false, 0);
+    assert_eq!(crate::harness::locked_kib(unlocked.child.id()), 0);
+}
