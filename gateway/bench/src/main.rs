@@ -42,6 +42,12 @@ struct Args {
     /// Run the server with disable_mlock = true.
     #[arg(long)]
     no_mlock: bool,
+    /// Runs of each throughput measurement; the median run is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// HTTP/2 connections the client spreads its requests over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
     /// TLS modes to measure throughput in.
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
     tls: Vec<String>,
@@ -176,6 +182,8 @@ enum Op {
 }
 
 struct Stats {
+    /// Throughput of the slowest and fastest of the repeated runs.
+    range: (f64, f64),
     ops: usize,
     per_sec: f64,
     p50_ms: f64,
@@ -183,10 +191,19 @@ struct Stats {
     errors: usize,
 }
 
-/// Runs `op` from `concurrency` tasks for `secs` seconds over a few
-/// connections; keys are `bench/k{0..keys}` (keys = 1: one hot key).
-async fn run(server: &Server, token: &str, op: Op, concurrency: usize, keys: usize, secs: u64) -> Stats {
-    let conns = concurrency.clamp(1, std::env::var("KB_BENCH_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(4));
+/// Runs `op` from `concurrency` tasks for `secs` seconds over up to
+/// `max_conns` connections; keys are `bench/k{0..keys}` (keys = 1: one hot
+/// key).
+async fn run(
+    server: &Server,
+    token: &str,
+    op: Op,
+    concurrency: usize,
+    keys: usize,
+    secs: u64,
+    max_conns: usize,
+) -> Stats {
+    let conns = concurrency.clamp(1, max_conns);
     let mut channels = Vec::new();
     for _ in 0..conns {
         channels.push(server.channel().await);
@@ -233,7 +250,8 @@ async fn run(server: &Server, token: &str, op: Op, concurrency: usize, keys: usi
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e6
     };
-    Stats { ops: all.len(), per_sec: all.len() as f64 / elapsed, p50_ms: pct(0.50), p99_ms: pct(0.99), errors }
+    let per_sec = all.len() as f64 / elapsed;
+    Stats { range: (per_sec, per_sec), ops: all.len(), per_sec, p50_ms: pct(0.50), p99_ms: pct(0.99), errors }
 }
 
 async fn init_unseal(server: &Server) -> String {
@@ -276,9 +294,23 @@ async fn load(server: &Server, token: &str, from: usize, to: usize) {
 
 fn print_stats(label: &str, s: &Stats) {
     println!(
-        "{label:<44} {:>9.0} ops/s   p50 {:>7.3} ms   p99 {:>7.3} ms   ({} ops, {} errors)",
-        s.per_sec, s.p50_ms, s.p99_ms, s.ops, s.errors
+        "{label:<34} {:>7.0} ops/s [{:.0}..{:.0}]  p50 {:>6.3} ms  p99 {:>6.3} ms  ({} ops, {} errors)",
+        s.per_sec, s.range.0, s.range.1, s.p50_ms, s.p99_ms, s.ops, s.errors
     );
+}
+
+/// Repeats a measurement and returns the run with the median throughput,
+/// with the range over all runs.
+async fn median_of(args: &Args, server: &Server, token: &str, op: Op, c: usize, keys: usize) -> Stats {
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        runs.push(run(server, token, op, c, keys, args.seconds, args.connections).await);
+    }
+    runs.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+    let range = (runs[0].per_sec, runs[runs.len() - 1].per_sec);
+    let mut median = runs.swap_remove(runs.len() / 2);
+    median.range = range;
+    median
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -298,13 +330,13 @@ async fn main() {
             println!("\n== TLS {tls} (file store, fsync on every commit) ==");
             for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
                 for c in [1, 32] {
-                    let s = run(&server, &token, Op::Get, c, keys, args.seconds).await;
+                    let s = median_of(&args, &server, &token, Op::Get, c, keys).await;
                     print_stats(&format!("Get  c={c:<2} 1 KiB, {what}"), &s);
                 }
             }
             for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
                 for c in [1, 32] {
-                    let s = run(&server, &token, Op::Put, c, keys, args.seconds).await;
+                    let s = median_of(&args, &server, &token, Op::Put, c, keys).await;
                     print_stats(&format!("Put  c={c:<2} 1 KiB, {what}"), &s);
                 }
             }
