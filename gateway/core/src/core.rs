@@ -576,15 +576,23 @@ impl Core {
     pub async fn restore(&self, token: Option<&str>, file: std::path::PathBuf, force: bool) -> Result<(u64, bool)> {
         self.authorize_snapshot(token).await?;
         let _guard = self.admin.lock().await;
-        let barrier = self.barrier.clone();
-        let (count, sealed) = tokio::task::spawn_blocking(move || barrier.restore(&file, force))
-            .await
-            .map_err(|e| Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(e.to_string()))))??;
+        // Requests see the server as sealed while the store is replaced, so
+        // none runs against a mix of old state in memory and new data.
         self.set_loaded(None);
-        if !sealed && let Err(e) = self.load().await {
+        let barrier = self.barrier.clone();
+        let restored = tokio::task::spawn_blocking(move || barrier.restore(&file, force))
+            .await
+            .map_err(|e| Error::Storage(keybridge_barrier::Error::Io(std::io::Error::other(e.to_string()))))
+            .and_then(|r| r.map_err(Error::from));
+        // Whether the snapshot was applied or refused, reload what the
+        // (possibly new) store holds, unless the barrier is sealed now.
+        if !self.barrier.is_sealed()
+            && let Err(e) = self.load().await
+        {
             self.barrier.seal();
             return Err(e);
         }
+        let (count, sealed) = restored?;
         Ok((count, sealed))
     }
 }

@@ -766,8 +766,17 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
         OperatorCommand::Snapshot(SnapshotCommand::Save { file }) => {
             let mut stream = c.sys().snapshot_save(c.req(pb::SnapshotSaveRequest {})).await?.into_inner();
             let tmp = file.with_extension("partial");
-            let mut out =
-                std::fs::File::create(&tmp).map_err(|e| Error::Read { path: tmp.display().to_string(), source: e })?;
+            // Owner-only: a snapshot is ciphertext, but still the whole store.
+            let mut out = {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| Error::Read { path: tmp.display().to_string(), source: e })?
+            };
             let mut bytes = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = match chunk {

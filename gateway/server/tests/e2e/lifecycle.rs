@@ -143,6 +143,8 @@ async fn snapshot_save_and_restore_while_serving() {
     let o = s.cli(Some(t), &["operator", "snapshot", "save", snap.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!contains(&std::fs::read(&snap).unwrap(), b"before"), "the snapshot holds ciphertext only");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&snap).unwrap().permissions().mode() & 0o777, 0o600);
 
     c.put(authed(t, pb::PutRequest { path: "secret/a".into(), value: fields(&[("v", "after")]), cas: None }))
         .await
