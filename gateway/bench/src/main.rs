@@ -48,6 +48,9 @@ struct Args {
     /// HTTP/2 connections the client spreads its requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Operations to measure throughput of.
+    #[arg(long, value_delimiter = ',', default_value = "get,put")]
+    ops: Vec<String>,
     /// TLS modes to measure throughput in.
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
     tls: Vec<String>,
@@ -330,12 +333,18 @@ async fn main() {
             println!("\n== TLS {tls} (file store, fsync on every commit) ==");
             for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
                 for c in [1, 32] {
+                    if !args.ops.iter().any(|o| o == "get") {
+                        continue;
+                    }
                     let s = median_of(&args, &server, &token, Op::Get, c, keys).await;
                     print_stats(&format!("Get  c={c:<2} 1 KiB, {what}"), &s);
                 }
             }
             for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
                 for c in [1, 32] {
+                    if !args.ops.iter().any(|o| o == "put") {
+                        continue;
+                    }
                     let s = median_of(&args, &server, &token, Op::Put, c, keys).await;
                     print_stats(&format!("Put  c={c:<2} 1 KiB, {what}"), &s);
                 }
