@@ -331,11 +331,7 @@ impl Core {
         self.authorize(&id, &format!("sys/mounts/{path}/tune"), Capability::Update)?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.loaded()?.table()).clone();
-        let entry = table
-            .entries
-            .iter_mut()
-            .find(|m| m.path == path && !m.deleting)
-            .ok_or_else(|| Error::NotFound(format!("no mount at {path}")))?;
+        let entry = table.get_mut(&path)?;
         let mut config = entry.config.clone();
         for (k, v) in changes {
             if v.is_empty() {
@@ -361,11 +357,7 @@ impl Core {
         self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Delete)?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.loaded()?.table()).clone();
-        let entry = table
-            .entries
-            .iter_mut()
-            .find(|m| m.path == path && !m.deleting)
-            .ok_or_else(|| Error::NotFound(format!("no mount at {path}")))?;
+        let entry = table.get_mut(&path)?;
         entry.deleting = true;
         let entry = entry.clone();
         self.store_mounts(table).await?;

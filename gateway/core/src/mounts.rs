@@ -111,6 +111,14 @@ impl MountTable {
         self.entries.iter().find(|m| m.path == path && !m.deleting)
     }
 
+    /// The live mount at exactly `path`, for changing it.
+    pub fn get_mut(&mut self, path: &str) -> Result<&mut MountEntry> {
+        self.entries
+            .iter_mut()
+            .find(|m| m.path == path && !m.deleting)
+            .ok_or_else(|| Error::NotFound(format!("no mount at {path}")))
+    }
+
     /// Adds a mount after checking the path is free and not nested.
     pub fn add(&mut self, entry: MountEntry) -> Result<()> {
         let path = normalize_mount_path(&entry.path)?;

@@ -33,11 +33,20 @@ pub fn status(e: CoreError) -> Status {
     }
 }
 
+/// The bearer token of a request, zeroed on drop.
+struct Bearer(Option<Zeroizing<String>>);
+
+impl Bearer {
+    fn get(&self) -> Option<&str> {
+        self.0.as_deref().map(|s| s.as_str())
+    }
+}
+
 /// The bearer token from `authorization`, if any. A malformed header is an
 /// error of its own; a missing one is left to the core (UNAUTHENTICATED).
-fn token<T>(req: &Request<T>) -> Result<Option<Zeroizing<String>>, Status> {
+fn token<T>(req: &Request<T>) -> Result<Bearer, Status> {
     let Some(value) = req.metadata().get("authorization") else {
-        return Ok(None);
+        return Ok(Bearer(None));
     };
     let text = value
         .to_str()
@@ -46,7 +55,7 @@ fn token<T>(req: &Request<T>) -> Result<Option<Zeroizing<String>>, Status> {
         .strip_prefix("Bearer ")
         .or_else(|| text.strip_prefix("bearer "))
         .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?;
-    Ok(Some(Zeroizing::new(token.trim().to_string())))
+    Ok(Bearer(Some(Zeroizing::new(token.trim().to_string()))))
 }
 
 fn ts(t: Timestamp) -> prost_types::Timestamp {
@@ -124,8 +133,7 @@ impl pb::secrets_server::Secrets for SecretsService {
         let token = token(&req)?;
         let r = req.into_inner();
         let value = value_from_pb(r.value)?;
-        let (v, meta) =
-            self.core.put(token.as_deref().map(|s| s.as_str()), &r.path, &value, r.cas).await.map_err(status)?;
+        let (v, meta) = self.core.put(token.get(), &r.path, &value, r.cas).await.map_err(status)?;
         Ok(Response::new(pb::PutResponse { version: Some(version_pb(v, &meta)) }))
     }
 
@@ -133,7 +141,7 @@ impl pb::secrets_server::Secrets for SecretsService {
         let token = token(&req)?;
         let r = req.into_inner();
         let version = (r.version > 0).then_some(r.version);
-        let read = self.core.get(token.as_deref().map(|s| s.as_str()), &r.path, version).await.map_err(status)?;
+        let read = self.core.get(token.get(), &r.path, version).await.map_err(status)?;
         Ok(Response::new(pb::GetResponse {
             version: Some(version_pb(read.version, &read.meta)),
             custom_metadata: read.custom_metadata.into_iter().collect(),
@@ -145,10 +153,7 @@ impl pb::secrets_server::Secrets for SecretsService {
         let token = token(&req)?;
         let r = req.into_inner();
         versions_arg(&r.versions)?;
-        self.core
-            .delete(token.as_deref().map(|s| s.as_str()), &r.path, &r.versions, r.all_versions)
-            .await
-            .map_err(status)?;
+        self.core.delete(token.get(), &r.path, &r.versions, r.all_versions).await.map_err(status)?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
@@ -157,7 +162,7 @@ impl pb::secrets_server::Secrets for SecretsService {
         let r = req.into_inner();
         let (keys, next_page_token) = self
             .core
-            .list(token.as_deref().map(|s| s.as_str()), &r.path, r.page_size as usize, &r.page_token, r.recursive)
+            .list(token.get(), &r.path, r.page_size as usize, &r.page_token, r.recursive)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListResponse { keys, next_page_token }))
@@ -166,7 +171,7 @@ impl pb::secrets_server::Secrets for SecretsService {
     async fn describe(&self, req: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
-        let meta = self.core.describe(token.as_deref().map(|s| s.as_str()), &r.path).await.map_err(status)?;
+        let meta = self.core.describe(token.get(), &r.path).await.map_err(status)?;
         Ok(Response::new(pb::DescribeResponse { metadata: Some(meta_pb(&r.path, &meta)) }))
     }
 
@@ -176,7 +181,7 @@ impl pb::secrets_server::Secrets for SecretsService {
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
-        let meta = self.core.describe(token.as_deref().map(|s| s.as_str()), &r.path).await.map_err(status)?;
+        let meta = self.core.describe(token.get(), &r.path).await.map_err(status)?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: meta.versions.iter().map(|(v, m)| version_pb(*v, m)).collect(),
             current_version: meta.current_version,
@@ -187,7 +192,7 @@ impl pb::secrets_server::Secrets for SecretsService {
         let token = token(&req)?;
         let r = req.into_inner();
         versions_arg(&r.versions)?;
-        self.core.undelete(token.as_deref().map(|s| s.as_str()), &r.path, &r.versions).await.map_err(status)?;
+        self.core.undelete(token.get(), &r.path, &r.versions).await.map_err(status)?;
         Ok(Response::new(pb::UndeleteResponse {}))
     }
 
@@ -195,7 +200,7 @@ impl pb::secrets_server::Secrets for SecretsService {
         let token = token(&req)?;
         let r = req.into_inner();
         versions_arg(&r.versions)?;
-        self.core.destroy(token.as_deref().map(|s| s.as_str()), &r.path, &r.versions).await.map_err(status)?;
+        self.core.destroy(token.get(), &r.path, &r.versions).await.map_err(status)?;
         Ok(Response::new(pb::DestroyResponse {}))
     }
 
@@ -208,7 +213,7 @@ impl pb::secrets_server::Secrets for SecretsService {
         let custom: BTreeMap<String, String> = r.custom_metadata.into_iter().collect();
         let meta = self
             .core
-            .put_metadata(token.as_deref().map(|s| s.as_str()), &r.path, Some(custom), r.max_versions, r.cas_required)
+            .put_metadata(token.get(), &r.path, Some(custom), r.max_versions, r.cas_required)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::PutMetadataResponse { metadata: Some(meta_pb(&r.path, &meta)) }))
@@ -327,7 +332,7 @@ impl pb::sys_server::Sys for SysService {
 
     async fn seal(&self, req: Request<pb::SealRequest>) -> Result<Response<pb::SealStatusResponse>, Status> {
         let token = token(&req)?;
-        let s = self.core.seal(token.as_deref().map(|s| s.as_str())).await.map_err(status)?;
+        let s = self.core.seal(token.get()).await.map_err(status)?;
         self.sync_health().await;
         tracing::info!("sealed by request");
         Ok(Response::new(self.status_pb(s)))
@@ -338,13 +343,7 @@ impl pb::sys_server::Sys for SysService {
         let r = req.into_inner();
         let m = self
             .core
-            .enable_mount(
-                token.as_deref().map(|s| s.as_str()),
-                &r.path,
-                &r.r#type,
-                &r.description,
-                r.config.into_iter().collect(),
-            )
+            .enable_mount(token.get(), &r.path, &r.r#type, &r.description, r.config.into_iter().collect())
             .await
             .map_err(status)?;
         Ok(Response::new(mount_pb(&m)))
@@ -355,7 +354,7 @@ impl pb::sys_server::Sys for SysService {
         req: Request<pb::ListMountsRequest>,
     ) -> Result<Response<pb::ListMountsResponse>, Status> {
         let token = token(&req)?;
-        let mounts = self.core.list_mounts(token.as_deref().map(|s| s.as_str())).await.map_err(status)?;
+        let mounts = self.core.list_mounts(token.get()).await.map_err(status)?;
         Ok(Response::new(pb::ListMountsResponse { mounts: mounts.iter().map(mount_pb).collect() }))
     }
 
@@ -365,7 +364,7 @@ impl pb::sys_server::Sys for SysService {
     ) -> Result<Response<pb::DisableMountResponse>, Status> {
         let token = token(&req)?;
         let r = req.into_inner();
-        self.core.disable_mount(token.as_deref().map(|s| s.as_str()), &r.path).await.map_err(status)?;
+        self.core.disable_mount(token.get(), &r.path).await.map_err(status)?;
         Ok(Response::new(pb::DisableMountResponse {}))
     }
 
@@ -374,12 +373,7 @@ impl pb::sys_server::Sys for SysService {
         let r = req.into_inner();
         let m = self
             .core
-            .tune_mount(
-                token.as_deref().map(|s| s.as_str()),
-                &r.path,
-                r.description.as_deref(),
-                r.config.into_iter().collect(),
-            )
+            .tune_mount(token.get(), &r.path, r.description.as_deref(), r.config.into_iter().collect())
             .await
             .map_err(status)?;
         Ok(Response::new(mount_pb(&m)))
@@ -387,14 +381,14 @@ impl pb::sys_server::Sys for SysService {
 
     async fn rotate(&self, req: Request<pb::RotateRequest>) -> Result<Response<pb::KeyStatus>, Status> {
         let token = token(&req)?;
-        let k = self.core.rotate(token.as_deref().map(|s| s.as_str())).await.map_err(status)?;
+        let k = self.core.rotate(token.get()).await.map_err(status)?;
         tracing::info!(term = k.term, "encryption key rotated");
         Ok(Response::new(key_status_pb(k)))
     }
 
     async fn key_status(&self, req: Request<pb::KeyStatusRequest>) -> Result<Response<pb::KeyStatus>, Status> {
         let token = token(&req)?;
-        let k = self.core.key_status(token.as_deref().map(|s| s.as_str())).await.map_err(status)?;
+        let k = self.core.key_status(token.get()).await.map_err(status)?;
         Ok(Response::new(key_status_pb(k)))
     }
 
@@ -402,7 +396,7 @@ impl pb::sys_server::Sys for SysService {
         let token = token(&req)?;
         let r = req.into_inner();
         let keys: Vec<String> = r.keys;
-        let result = self.core.rekey(token.as_deref().map(|s| s.as_str()), &keys, r.key_shares, r.key_threshold).await;
+        let result = self.core.rekey(token.get(), &keys, r.key_shares, r.key_threshold).await;
         drop(keys.into_iter().map(Zeroizing::new).collect::<Vec<_>>());
         let shares = result.map_err(status)?;
         tracing::info!(shares = r.key_shares, threshold = r.key_threshold, "root key replaced (rekey)");
@@ -419,13 +413,12 @@ impl pb::sys_server::Sys for SysService {
         req: Request<pb::SnapshotSaveRequest>,
     ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
         let token = token(&req)?;
-        let token = token.as_deref().map(|s| s.to_string());
-        self.core.authorize_snapshot(token.as_deref()).await.map_err(status)?;
+        self.core.authorize_snapshot(token.get()).await.map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let core = self.core.clone();
         tokio::spawn(async move {
             let writer = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-            if let Err(e) = core.snapshot(token.as_deref(), Box::new(writer)).await {
+            if let Err(e) = core.snapshot(token.get(), Box::new(writer)).await {
                 let _ = tx.send(Err(status(e))).await;
             }
         });
@@ -437,7 +430,7 @@ impl pb::sys_server::Sys for SysService {
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotRestoreResponse>, Status> {
         let token = token(&req)?;
-        let token = token.as_deref().map(|s| s.as_str());
+        let token = token.get();
         self.core.authorize_snapshot(token).await.map_err(status)?;
         let mut stream = req.into_inner();
         let staged =
