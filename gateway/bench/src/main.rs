@@ -48,7 +48,8 @@ struct Args {
     /// HTTP/2 connections the client spreads its requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Operations to measure throughput of.
+    /// Operations to measure throughput of: get, put, health (the gRPC
+    /// health check, as the transport's floor).
     #[arg(long, value_delimiter = ',', default_value = "get,put")]
     ops: Vec<String>,
     /// TLS modes to measure throughput in.
@@ -182,6 +183,8 @@ fn value_1k(i: usize) -> Option<pb::SecretValue> {
 enum Op {
     Get,
     Put,
+    /// The gRPC health check: no token, no storage; the transport's floor.
+    Health,
 }
 
 struct Stats {
@@ -216,6 +219,7 @@ async fn run(
     let mut tasks = Vec::new();
     for t in 0..concurrency {
         let mut client = pb::secrets_client::SecretsClient::new(channels[t % conns].clone());
+        let mut health = HealthClient::new(channels[t % conns].clone());
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(200_000);
@@ -231,6 +235,7 @@ async fn run(
                     Op::Put => {
                         client.put(authed(&token, pb::PutRequest { path, value: value_1k(k), cas: None })).await.is_ok()
                     }
+                    Op::Health => health.check(pb_health()).await.is_ok(),
                 };
                 lat.push(start.elapsed().as_nanos() as u64);
                 if !ok {
@@ -338,6 +343,12 @@ async fn main() {
                     }
                     let s = median_of(&args, &server, &token, Op::Get, c, keys).await;
                     print_stats(&format!("Get  c={c:<2} 1 KiB, {what}"), &s);
+                }
+            }
+            if args.ops.iter().any(|o| o == "health") {
+                for c in [1, 32] {
+                    let s = median_of(&args, &server, &token, Op::Health, c, 1).await;
+                    print_stats(&format!("Health c={c:<2} (transport floor)"), &s);
                 }
             }
             for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
