@@ -297,7 +297,14 @@ impl Barrier {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        Ok(self.get_stamped(key).await?.0)
+        let cur = self.current()?;
+        if reserved(key) {
+            return Ok(None);
+        }
+        match self.physical.get(key).await? {
+            None => Ok(None),
+            Some(ct) => Ok(Some(cur.keyring.decrypt_owned(key, ct)?)),
+        }
     }
 
     /// The plaintext at `key` and a stamp to make a later write conditional.

@@ -4,7 +4,7 @@
 //! ciphertext and tag]`, with the storage key as associated data, so an entry
 //! copied to another key fails to decrypt.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 use zeroize::{Zeroize, Zeroizing};
@@ -13,6 +13,7 @@ use crate::{Error, Result};
 
 const VERSION: u8 = 1;
 const HEADER: usize = 1 + 4 + 12;
+const TAG: usize = 16;
 pub(crate) const KEY_LEN: usize = 32;
 /// The term under which the keyring itself is encrypted with the root key.
 const ROOT_TERM: u32 = 0;
@@ -113,6 +114,31 @@ impl Keyring {
         decrypt_with(&t.cipher, ciphertext, storage_key)
     }
 
+    /// Like [`Keyring::decrypt`], but decrypts the buffer in place (no
+    /// second allocation or copy: the read path's common case).
+    pub(crate) fn decrypt_owned(&self, storage_key: &str, mut buf: Vec<u8>) -> Result<Zeroizing<Vec<u8>>> {
+        let (term, nonce) = parse_header(&buf, storage_key)?;
+        let t = self
+            .terms
+            .iter()
+            .rev()
+            .find(|t| t.term == term)
+            .ok_or_else(|| Error::UnknownTerm { key: storage_key.into(), term })?;
+        let tag_at = buf.len() - TAG;
+        let tag = aes_gcm::Tag::clone_from_slice(&buf[tag_at..]);
+        t.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&nonce),
+                storage_key.as_bytes(),
+                &mut buf[HEADER..tag_at],
+                &tag,
+            )
+            .map_err(|_| Error::Decrypt { key: storage_key.into() })?;
+        buf.truncate(tag_at);
+        buf.drain(..HEADER);
+        Ok(Zeroizing::new(buf))
+    }
+
     /// `[count u32][term u32, installed u64, key 32 bytes]*`, zeroed on drop.
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(4 + self.terms.len() * (12 + KEY_LEN)));
@@ -167,7 +193,7 @@ fn encrypt_with(cipher: &Aes256Gcm, term: u32, storage_key: &str, plaintext: &[u
 }
 
 fn parse_header(ciphertext: &[u8], storage_key: &str) -> Result<(u32, [u8; 12])> {
-    if ciphertext.len() < HEADER + 16 || ciphertext[0] != VERSION {
+    if ciphertext.len() < HEADER + TAG || ciphertext[0] != VERSION {
         return Err(Error::Decrypt { key: storage_key.into() });
     }
     let term = u32::from_be_bytes(ciphertext[1..5].try_into().expect("4 bytes"));
@@ -192,6 +218,8 @@ mod tests {
         let ring = Keyring::new(1);
         let ct = ring.encrypt("a/b", b"hunter2").unwrap();
         assert_eq!(ring.decrypt("a/b", &ct).unwrap().as_slice(), b"hunter2");
+        assert_eq!(ring.decrypt_owned("a/b", ct.clone()).unwrap().as_slice(), b"hunter2");
+        assert!(matches!(ring.decrypt_owned("a/c", ct.clone()), Err(Error::Decrypt { .. })));
         assert!(matches!(ring.decrypt("a/c", &ct), Err(Error::Decrypt { .. })));
         let mut tampered = ct.clone();
         *tampered.last_mut().unwrap() ^= 1;

@@ -155,6 +155,13 @@ impl Kv<'_> {
         Ok((record, stamp))
     }
 
+    /// The record without a stamp, for reads that write nothing.
+    async fn read_record_only(&self, path: &str) -> Result<Option<Record>> {
+        let key = self.meta_key(path);
+        let raw = self.barrier.get(&key).await?;
+        raw.map(|r| Record::decode(&r).map_err(|e| corrupt(&key, e))).transpose()
+    }
+
     fn put_record(&self, batch: &mut WriteBatch, path: &str, record: &Record) {
         batch.put(self.meta_key(path), record.encode());
     }
@@ -194,7 +201,7 @@ impl Kv<'_> {
     }
 
     pub async fn describe(&self, path: &str) -> Result<SecretMeta> {
-        Ok(self.read_record(path).await?.0.ok_or_else(|| self.not_found(path))?.meta)
+        Ok(self.read_record_only(path).await?.ok_or_else(|| self.not_found(path))?.meta)
     }
 
     fn not_found(&self, path: &str) -> Error {
@@ -250,7 +257,7 @@ impl Kv<'_> {
     }
 
     pub async fn get(&self, path: &str, version: Option<u64>) -> Result<ReadSecret> {
-        let Record { meta, latest } = self.read_record(path).await?.0.ok_or_else(|| self.not_found(path))?;
+        let Record { meta, latest } = self.read_record_only(path).await?.ok_or_else(|| self.not_found(path))?;
         let v = version.unwrap_or(meta.current_version);
         let full = self.full(path);
         let vmeta = match meta.versions.get(&v) {

@@ -109,9 +109,11 @@ fn value_from_pb(v: Option<pb::SecretValue>) -> Result<SecretValue, Status> {
 fn value_pb(v: SecretValue) -> pb::SecretValue {
     let kind = match v {
         SecretValue::Fields(m) => pb::secret_value::Kind::Fields(pb::Fields {
-            fields: m.into_iter().map(|(k, v)| (k, String::clone(&v))).collect(),
+            // Moves each buffer into the reply rather than copying it; the
+            // emptied `Zeroizing` shells have nothing left to wipe.
+            fields: m.into_iter().map(|(k, mut v)| (k, std::mem::take(&mut *v))).collect(),
         }),
-        SecretValue::Binary(b) => pb::secret_value::Kind::Binary(b.to_vec()),
+        SecretValue::Binary(mut b) => pb::secret_value::Kind::Binary(std::mem::take(&mut *b)),
     };
     pb::SecretValue { kind: Some(kind) }
 }
