@@ -4,7 +4,9 @@
 //! - `meta/<path>`: the record: [`SecretMeta`] (versions with their state,
 //!   custom metadata, settings) and, inline, the value of the current
 //!   version, so reading the latest version is one lookup and one decrypt.
-//!   Layout: `[0x01][json length u32 BE][json][encoded value or nothing]`.
+//!   Layout: `[0x01][meta length u32 BE][meta, protobuf][encoded value or
+//!   nothing]`. Binary metadata keeps records small (about 50 bytes of
+//!   metadata instead of 280 as JSON), so more of them fit the page cache.
 //! - `data/<path>\0<version>`: the value of every other kept version. A put
 //!   moves the previous current value here in the same batch.
 //!
@@ -14,7 +16,6 @@
 use std::collections::BTreeMap;
 
 use keybridge_barrier::{Barrier, Error as BarrierError, Stamp, WriteBatch};
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::mounts::LocalSettings;
@@ -26,14 +27,14 @@ pub const MAX_CUSTOM_METADATA_KEYS: usize = 64;
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 pub const MAX_PAGE_SIZE: usize = 10_000;
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionMeta {
     pub created: Timestamp,
     pub deletion_time: Option<Timestamp>,
     pub destroyed: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretMeta {
     pub created: Timestamp,
     pub updated: Timestamp,
@@ -77,7 +78,7 @@ const RECORD_FORMAT: u8 = 1;
 
 impl Record {
     fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let json = serde_json::to_vec(&self.meta).expect("metadata serializes");
+        let json = prost::Message::encode_to_vec(&StoredMeta::from(&self.meta));
         let value_len = self.latest.as_ref().map_or(0, |v| v.len());
         let mut out = Zeroizing::new(Vec::with_capacity(5 + json.len() + value_len));
         out.push(RECORD_FORMAT);
@@ -96,10 +97,110 @@ impl Record {
         }
         let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
         let json = rest.get(4..4 + len).ok_or("truncated record")?;
-        let meta: SecretMeta = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let stored: StoredMeta = prost::Message::decode(json).map_err(|e| e.to_string())?;
+        let meta = SecretMeta::from(stored);
         let value = &rest[4 + len..];
         let latest = (!value.is_empty()).then(|| Zeroizing::new(value.to_vec()));
         Ok(Record { meta, latest })
+    }
+}
+
+/// The stored (protobuf) form of [`SecretMeta`]. Holds no secret.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredMeta {
+    #[prost(int64, tag = "1")]
+    created_secs: i64,
+    #[prost(uint32, tag = "2")]
+    created_nanos: u32,
+    #[prost(int64, tag = "3")]
+    updated_secs: i64,
+    #[prost(uint32, tag = "4")]
+    updated_nanos: u32,
+    #[prost(uint64, tag = "5")]
+    current_version: u64,
+    #[prost(btree_map = "string, string", tag = "6")]
+    custom_metadata: BTreeMap<String, String>,
+    #[prost(uint32, tag = "7")]
+    max_versions: u32,
+    #[prost(bool, tag = "8")]
+    cas_required: bool,
+    #[prost(message, repeated, tag = "9")]
+    versions: Vec<StoredVersion>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredVersion {
+    #[prost(uint64, tag = "1")]
+    version: u64,
+    #[prost(int64, tag = "2")]
+    created_secs: i64,
+    #[prost(uint32, tag = "3")]
+    created_nanos: u32,
+    #[prost(bool, tag = "4")]
+    deleted: bool,
+    #[prost(int64, tag = "5")]
+    deletion_secs: i64,
+    #[prost(uint32, tag = "6")]
+    deletion_nanos: u32,
+    #[prost(bool, tag = "7")]
+    destroyed: bool,
+}
+
+impl From<&SecretMeta> for StoredMeta {
+    fn from(m: &SecretMeta) -> Self {
+        StoredMeta {
+            created_secs: m.created.secs,
+            created_nanos: m.created.nanos,
+            updated_secs: m.updated.secs,
+            updated_nanos: m.updated.nanos,
+            current_version: m.current_version,
+            custom_metadata: m.custom_metadata.clone(),
+            max_versions: m.max_versions,
+            cas_required: m.cas_required,
+            versions: m
+                .versions
+                .iter()
+                .map(|(v, vm)| {
+                    let del = vm.deletion_time.unwrap_or_default();
+                    StoredVersion {
+                        version: *v,
+                        created_secs: vm.created.secs,
+                        created_nanos: vm.created.nanos,
+                        deleted: vm.deletion_time.is_some(),
+                        deletion_secs: del.secs,
+                        deletion_nanos: del.nanos,
+                        destroyed: vm.destroyed,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<StoredMeta> for SecretMeta {
+    fn from(m: StoredMeta) -> Self {
+        SecretMeta {
+            created: Timestamp { secs: m.created_secs, nanos: m.created_nanos },
+            updated: Timestamp { secs: m.updated_secs, nanos: m.updated_nanos },
+            current_version: m.current_version,
+            custom_metadata: m.custom_metadata,
+            max_versions: m.max_versions,
+            cas_required: m.cas_required,
+            versions: m
+                .versions
+                .into_iter()
+                .map(|v| {
+                    let vm = VersionMeta {
+                        created: Timestamp { secs: v.created_secs, nanos: v.created_nanos },
+                        deletion_time: v
+                            .deleted
+                            .then_some(Timestamp { secs: v.deletion_secs, nanos: v.deletion_nanos }),
+                        destroyed: v.destroyed,
+                    };
+                    (v.version, vm)
+                })
+                .collect(),
+        }
     }
 }
 

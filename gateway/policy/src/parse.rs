@@ -115,7 +115,9 @@ fn path_rule(block: &Block) -> Result<PathRule, Error> {
         [BlockLabel::String(p)] => p.clone(),
         [BlockLabel::Identifier(p)] => p.to_string(),
         _ => {
-            return Err(Error::Structure("a path block takes exactly one label: path \"secret/data/*\" { ... }".into()));
+            return Err(Error::Structure(
+                "a path block takes exactly one label: path \"secret/data/*\" { ... }".into(),
+            ));
         }
     };
     let pattern = Pattern::parse(&path)?;
