@@ -1,0 +1,2 @@
+path { capabilities = ["read"] }
+path "a" "b" { capabilities = ["read"] }

@@ -1,0 +1,1 @@
+path "secret/*/x" { capabilities = ["read"] }

@@ -1,0 +1,2 @@
+path "a" {
+ capabilities = ["read"

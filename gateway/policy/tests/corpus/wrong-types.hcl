@@ -1,0 +1,1 @@
+path "a" { capabilities = [1, true, {a = 1}] }
