@@ -251,3 +251,41 @@ async fn sigkill_during_writes_leaves_a_consistent_store() {
         }
     }
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::with_config(dir.path(), false, 0);
+    let init = s.sys().await.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
+    unseal_all(&s, &init.unseal_keys_b64).await;
+    s.secrets()
+        .await
+        .put(authed(
+            &init.root_token,
+            pb::PutRequest { path: "secret/a".into(), value: fields(&[("k", "v")]), cas: None },
+        ))
+        .await
+        .unwrap();
+    let term = std::process::Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // It comes back with the data.
+    let s = Server::with_config(dir.path(), false, 0);
+    unseal_all(&s, &init.unseal_keys_b64).await;
+    let got = s
+        .secrets()
+        .await
+        .get(authed(&init.root_token, pb::GetRequest { path: "secret/a".into(), version: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(field(&got, "k"), "v");
+}
