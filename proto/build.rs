@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keybridge.v1.RekeyRequest",
             "keybridge.v1.RekeyResponse",
             "keybridge.v1.SnapshotChunk",
+            "keybridge.v1.CreateTokenResponse",
         ])
         .compile_fds(descriptors)?;
     Ok(())

@@ -32,5 +32,6 @@ pub mod v1 {
         RekeyRequest => [key_shares, key_threshold],
         RekeyResponse => [unseal_threshold],
         SnapshotChunk => [force],
+        CreateTokenResponse => [info],
     }
 }

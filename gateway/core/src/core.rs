@@ -65,6 +65,8 @@ struct Loaded {
     /// operation that revokes or changes a token must remove it here. Gone
     /// with the rest of this state on seal.
     tokens: RwLock<HashMap<String, Arc<TokenEntry>>>,
+    /// Merged ACLs by sorted policy names; cleared when a policy changes.
+    acls: RwLock<HashMap<Vec<String>, Arc<keybridge_policy::Acl>>>,
 }
 
 const TOKEN_CACHE_MAX: usize = 8192;
@@ -162,6 +164,10 @@ impl Core {
             (MOUNTS_KEY.to_string(), encode_json(&table)),
             (token::SALT_KEY.to_string(), salt.bytes()),
             (entry_key, encode_json(&entry)),
+            (
+                policies::policy_key(policies::DEFAULT_POLICY),
+                Zeroizing::new(policies::DEFAULT_POLICY_TEXT.as_bytes().to_vec()),
+            ),
         ];
         let keys = self.barrier.initialize(shares, threshold, initial).await?;
         if stay_unsealed {
@@ -191,6 +197,7 @@ impl Core {
             mounts: RwLock::new((Arc::new(mounts), mounts_stamp)),
             salt: Salt::from_bytes(salt),
             tokens: RwLock::new(HashMap::new()),
+            acls: RwLock::new(HashMap::new()),
         }));
         // Finish removing mounts a crash interrupted.
         for m in pending {
@@ -221,7 +228,7 @@ impl Core {
 
     pub async fn seal(&self, token: Option<&str>) -> Result<SealStatus> {
         let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/seal", Capability::Sudo)?;
+        self.authorize(&id, "sys/seal", Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
         self.set_loaded(None);
         self.barrier.seal();
@@ -255,20 +262,32 @@ impl Core {
         token::verify(&entry, &hash, Timestamp::now())
     }
 
-    /// Deny by default. Root may do everything; finer policies come with
-    /// the ACL layer.
-    pub fn authorize(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
+    /// Deny by default: the token's policies, merged into an ACL, must grant
+    /// `cap` on `path`. Operations that need `sudo` need `update` there too,
+    /// as in Vault. The root policy grants everything.
+    pub async fn authorize(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
+        use keybridge_policy::{Decision, Request};
         if id.is_root() {
             return Ok(());
         }
-        Err(Error::PermissionDenied(format!("{cap:?} on {path} is not granted to this token").to_lowercase()))
+        let loaded = self.loaded()?;
+        let acl = self.acl_for(&loaded, &id.policies).await?;
+        let ask = |c| acl.decide(&Request { path, capability: c, parameters: &[], check_parameters: false });
+        let mut decision = ask(Self::policy_capability(cap));
+        if cap == Capability::Sudo && decision == Decision::Allowed {
+            decision = ask(keybridge_policy::Capability::Update);
+        }
+        match decision {
+            Decision::Allowed => Ok(()),
+            Decision::Denied(why) => Err(Error::PermissionDenied(why)),
+        }
     }
 
     // ----- mounts -----------------------------------------------------------
 
     pub async fn list_mounts(&self, token: Option<&str>) -> Result<Vec<MountEntry>> {
         let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/mounts", Capability::Read)?;
+        self.authorize(&id, "sys/mounts", Capability::Read).await?;
         Ok(self.loaded()?.table().entries.iter().filter(|m| !m.deleting).cloned().collect())
     }
 
@@ -295,7 +314,8 @@ impl Core {
     ) -> Result<MountEntry> {
         let id = self.authenticate(token).await?;
         let path = normalize_mount_path(path)?;
-        self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Create)?;
+        // Vault: sys paths have no existence check, so enabling is an update.
+        self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Update).await?;
         if kind.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "the mount type is missing; one of: {}",
@@ -328,7 +348,7 @@ impl Core {
     ) -> Result<MountEntry> {
         let id = self.authenticate(token).await?;
         let path = normalize_mount_path(path)?;
-        self.authorize(&id, &format!("sys/mounts/{path}/tune"), Capability::Update)?;
+        self.authorize(&id, &format!("sys/mounts/{path}/tune"), Capability::Update).await?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.loaded()?.table()).clone();
         let entry = table.get_mut(&path)?;
@@ -354,7 +374,7 @@ impl Core {
     pub async fn disable_mount(&self, token: Option<&str>, path: &str) -> Result<()> {
         let id = self.authenticate(token).await?;
         let path = normalize_mount_path(path)?;
-        self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Delete)?;
+        self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Delete).await?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.loaded()?.table()).clone();
         let entry = table.get_mut(&path)?;
@@ -434,7 +454,7 @@ impl Core {
         } else {
             cap
         };
-        self.authorize(&id, &format!("{}{area}/{rel}", mount.path), cap)?;
+        self.authorize(&id, &format!("{}{area}/{rel}", mount.path), cap).await?;
         Ok((kv, rel, id))
     }
 
@@ -514,7 +534,7 @@ impl Core {
         let folder = validate_folder_path(path)?;
         let table = self.loaded()?.table();
         let (kv, mount, rel) = self.route(&table, &folder)?;
-        self.authorize(&id, &format!("{}metadata/{rel}", mount.path), Capability::List)?;
+        self.authorize(&id, &format!("{}metadata/{rel}", mount.path), Capability::List).await?;
         kv.list(rel, page_size, page_token, recursive).await
     }
 
@@ -522,13 +542,13 @@ impl Core {
 
     pub async fn key_status(&self, token: Option<&str>) -> Result<KeyInfo> {
         let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/key-status", Capability::Read)?;
+        self.authorize(&id, "sys/key-status", Capability::Read).await?;
         Ok(self.barrier.key_info()?)
     }
 
     pub async fn rotate(&self, token: Option<&str>) -> Result<KeyInfo> {
         let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/rotate", Capability::Sudo)?;
+        self.authorize(&id, "sys/rotate", Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
         Ok(self.barrier.rotate().await?)
     }
@@ -541,7 +561,7 @@ impl Core {
         threshold: u32,
     ) -> Result<Vec<Zeroizing<String>>> {
         let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/rekey", Capability::Sudo)?;
+        self.authorize(&id, "sys/rekey", Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
         Ok(self.barrier.rekey(keys, shares, threshold).await?)
     }
@@ -550,7 +570,7 @@ impl Core {
     /// streaming call can fail before it starts.
     pub async fn authorize_snapshot(&self, token: Option<&str>) -> Result<()> {
         let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/storage/snapshot", Capability::Sudo)
+        self.authorize(&id, "sys/storage/snapshot", Capability::Sudo).await
     }
 
     /// Writes a consistent snapshot of the encrypted store to `out`.
@@ -588,6 +608,10 @@ impl Core {
         Ok((count, sealed))
     }
 }
+
+#[path = "policies.rs"]
+mod policies;
+pub use policies::TokenRequest;
 
 #[cfg(test)]
 #[path = "core_tests.rs"]

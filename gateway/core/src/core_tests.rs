@@ -3,6 +3,7 @@ use std::sync::Arc;
 use keybridge_barrier::{Barrier, RedbStore};
 
 use super::*;
+use crate::TokenRequest;
 
 fn fields(pairs: &[(&str, &str)]) -> SecretValue {
     SecretValue::Fields(pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string()))).collect())
@@ -232,4 +233,92 @@ async fn current_value_lives_in_the_record_and_moves_out_on_put() {
     assert_eq!(stored_keys(&core).await.len(), 1);
     core.delete(t, "secret/m", &[], true).await.unwrap();
     assert!(stored_keys(&core).await.is_empty(), "delete_all leaves nothing behind");
+}
+
+#[tokio::test]
+async fn policies_limit_non_root_tokens_as_vault_does() {
+    let (core, root) = dev_core().await;
+    let r = Some(root.as_str());
+    core.put(r, "secret/app/db", &fields(&[("password", "p")]), None).await.unwrap();
+    core.put(r, "secret/other", &fields(&[("k", "v")]), None).await.unwrap();
+    let policy = r#"
+path "secret/data/app/*" {
+  capabilities = ["read", "update"]
+}
+path "secret/metadata/app/*" {
+  capabilities = ["list"]
+}
+"#;
+    core.put_policy(r, "app", policy).await.unwrap();
+    assert!(
+        matches!(core.put_policy(r, "bad", "path \"x\" {\n capabilities = [\"raed\"]\n}\n").await, Err(Error::InvalidArgument(m)) if m.contains("raed"))
+    );
+    assert!(matches!(core.put_policy(r, "root", policy).await, Err(Error::InvalidArgument(_))));
+    assert_eq!(core.list_policies(r).await.unwrap(), ["app", "default", "root"]);
+
+    let (t, entry) = core
+        .create_token(
+            r,
+            TokenRequest {
+                policies: vec!["app".into()],
+                ttl_secs: 3600,
+                display_name: "app".into(),
+                no_default_policy: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(entry.policies, ["app", "default"]);
+    let t = Some(t.as_str());
+    assert_eq!(field(&core.get(t, "secret/app/db", None).await.unwrap(), "password"), "p");
+    // Update on an existing secret is granted; creating a new one needs `create`.
+    core.put(t, "secret/app/db", &fields(&[("password", "q")]), None).await.unwrap();
+    let err = core.put(t, "secret/app/new", &fields(&[("k", "v")]), None).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::PermissionDenied(m) if m == "create on secret/data/app/new is not granted"),
+        "{err:?}"
+    );
+    assert!(matches!(core.get(t, "secret/other", None).await, Err(Error::PermissionDenied(_))));
+    assert!(matches!(core.list_mounts(t).await, Err(Error::PermissionDenied(_))));
+    assert!(matches!(core.seal(t).await, Err(Error::PermissionDenied(_))));
+    assert!(matches!(core.delete(t, "secret/app/db", &[], false).await, Err(Error::PermissionDenied(_))));
+    assert_eq!(core.list(t, "secret/app", 0, "", false).await.unwrap().0, ["db"]);
+    // The default policy lets a token look itself up.
+    assert_eq!(core.lookup_self(t).await.unwrap().display_name, "app");
+    // A child can only get what its parent holds.
+    assert!(matches!(
+        core.create_token(
+            t,
+            TokenRequest {
+                policies: vec!["root".into()],
+                ttl_secs: 0,
+                display_name: String::new(),
+                no_default_policy: false
+            }
+        )
+        .await,
+        Err(Error::PermissionDenied(_))
+    ));
+
+    // Policy changes apply at once.
+    core.put_policy(r, "app", "path \"secret/data/app/*\" {\n capabilities = [\"deny\"]\n}\n").await.unwrap();
+    assert!(matches!(core.get(t, "secret/app/db", None).await, Err(Error::PermissionDenied(_))));
+    core.delete_policy(r, "app").await.unwrap();
+    assert!(matches!(core.get(t, "secret/app/db", None).await, Err(Error::PermissionDenied(_))));
+    assert!(matches!(core.delete_policy(r, "default").await, Err(Error::InvalidArgument(_))));
+}
+
+#[tokio::test]
+async fn created_tokens_expire() {
+    let (core, root) = dev_core().await;
+    let (t, _) = core
+        .create_token(
+            Some(&root),
+            TokenRequest { policies: vec![], ttl_secs: 1, display_name: String::new(), no_default_policy: false },
+        )
+        .await
+        .unwrap();
+    assert!(core.lookup_self(Some(&t)).await.is_ok());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(matches!(core.lookup_self(Some(&t)).await, Err(Error::Unauthenticated)));
 }

@@ -34,6 +34,8 @@ pub struct TokenEntry {
 pub struct Identity {
     pub policies: Vec<String>,
     pub display_name: String,
+    pub created: Timestamp,
+    pub expires: Option<Timestamp>,
 }
 
 impl Identity {
@@ -95,7 +97,12 @@ pub fn verify(entry: &TokenEntry, hash: &str, now: Timestamp) -> Result<Identity
     if !same || entry.expires.is_some_and(|e| e <= now) {
         return Err(Error::Unauthenticated);
     }
-    Ok(Identity { policies: entry.policies.clone(), display_name: entry.display_name.clone() })
+    Ok(Identity {
+        policies: entry.policies.clone(),
+        display_name: entry.display_name.clone(),
+        created: entry.created,
+        expires: entry.expires,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,232 @@
+//! ACL policies: stored as HCL text inside the barrier under
+//! `core/policies/<name>`, parsed and merged into ACLs on use (cached per
+//! set of policy names, dropped whenever a policy changes).
+
+use std::sync::Arc;
+
+use keybridge_barrier::WriteBatch;
+use keybridge_policy::{Acl, Policy, parse_policy};
+use zeroize::Zeroizing;
+
+use super::{Capability, Core, Loaded};
+use crate::{Error, Result};
+
+const POLICY_PREFIX: &str = "core/policies/";
+pub const ROOT_POLICY: &str = "root";
+pub const DEFAULT_POLICY: &str = "default";
+
+/// Vault's `default` policy, reduced to the paths Keybridge serves: a token
+/// may look itself up and learn its own capabilities.
+pub const DEFAULT_POLICY_TEXT: &str = r#"# Allow tokens to look up their own properties
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+
+# Allow a token to look up its own capabilities on a path
+path "sys/capabilities-self" {
+  capabilities = ["update"]
+}
+"#;
+
+pub fn policy_key(name: &str) -> String {
+    format!("{POLICY_PREFIX}{name}")
+}
+
+/// Policy names: 1 to 128 of `a-z 0-9 - _ .`, as Vault lowercases them.
+pub fn normalize_name(name: &str) -> Result<String> {
+    let n = name.trim().to_lowercase();
+    if n.is_empty() || n.len() > 128 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(Error::InvalidArgument(format!(
+            "invalid policy name {name:?}: use 1 to 128 characters from a-z, 0-9, '-', '_' and '.'"
+        )));
+    }
+    Ok(n)
+}
+
+fn invalid(e: keybridge_policy::Error) -> Error {
+    Error::InvalidArgument(e.to_string())
+}
+
+impl Core {
+    pub(super) fn policy_capability(cap: Capability) -> keybridge_policy::Capability {
+        use keybridge_policy::Capability as P;
+        match cap {
+            Capability::Create => P::Create,
+            Capability::Read => P::Read,
+            Capability::Update => P::Update,
+            Capability::Delete => P::Delete,
+            Capability::List => P::List,
+            Capability::Sudo => P::Sudo,
+        }
+    }
+
+    /// The merged ACL of a set of policy names; unknown names contribute
+    /// nothing (deny by default), as in Vault.
+    pub(super) async fn acl_for(&self, loaded: &Loaded, names: &[String]) -> Result<Arc<Acl>> {
+        let mut key: Vec<String> = names.to_vec();
+        key.sort();
+        key.dedup();
+        if let Some(acl) = loaded.acls.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(acl.clone());
+        }
+        let mut policies: Vec<Policy> = Vec::new();
+        for name in &key {
+            if name == ROOT_POLICY {
+                policies.push(Policy { name: ROOT_POLICY.into(), rules: vec![] });
+                continue;
+            }
+            if let Some(text) = self.barrier.get(&policy_key(name)).await? {
+                let text = String::from_utf8_lossy(&text).into_owned();
+                policies.push(
+                    parse_policy(name, &text)
+                        .map_err(|e| Error::Corrupt { key: policy_key(name), reason: e.to_string() })?,
+                );
+            }
+        }
+        let acl = Arc::new(Acl::new(&policies));
+        let mut cache = loaded.acls.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(key, acl.clone());
+        Ok(acl)
+    }
+
+    /// Creates or replaces a policy after parsing it.
+    pub async fn put_policy(&self, token: Option<&str>, name: &str, text: &str) -> Result<()> {
+        let id = self.authenticate(token).await?;
+        let name = normalize_name(name)?;
+        self.authorize(&id, &format!("sys/policies/acl/{name}"), Capability::Update).await?;
+        if name == ROOT_POLICY {
+            return Err(Error::InvalidArgument("the root policy is built in and cannot be changed".into()));
+        }
+        parse_policy(&name, text).map_err(invalid)?;
+        let _guard = self.admin.lock().await;
+        let mut batch = WriteBatch::new();
+        batch.put(policy_key(&name), Zeroizing::new(text.as_bytes().to_vec()));
+        self.barrier.commit(batch).await?;
+        self.loaded()?.acls.write().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+
+    pub async fn get_policy(&self, token: Option<&str>, name: &str) -> Result<String> {
+        let id = self.authenticate(token).await?;
+        let name = normalize_name(name)?;
+        self.authorize(&id, &format!("sys/policies/acl/{name}"), Capability::Read).await?;
+        if name == ROOT_POLICY {
+            return Ok(String::new());
+        }
+        let text = self
+            .barrier
+            .get(&policy_key(&name))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no policy named {name:?}")))?;
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+
+    pub async fn list_policies(&self, token: Option<&str>) -> Result<Vec<String>> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "sys/policies/acl", Capability::List).await?;
+        let keys = self.barrier.list(POLICY_PREFIX, None, 100_000).await?;
+        let mut names: Vec<String> = keys.iter().map(|k| k[POLICY_PREFIX.len()..].to_string()).collect();
+        names.push(ROOT_POLICY.into());
+        names.sort();
+        Ok(names)
+    }
+
+    pub async fn delete_policy(&self, token: Option<&str>, name: &str) -> Result<()> {
+        let id = self.authenticate(token).await?;
+        let name = normalize_name(name)?;
+        self.authorize(&id, &format!("sys/policies/acl/{name}"), Capability::Delete).await?;
+        if name == ROOT_POLICY || name == DEFAULT_POLICY {
+            return Err(Error::InvalidArgument(format!("the {name} policy is built in and cannot be deleted")));
+        }
+        let _guard = self.admin.lock().await;
+        let (existing, stamp) = self.barrier.get_stamped(&policy_key(&name)).await?;
+        if existing.is_none() {
+            return Err(Error::NotFound(format!("no policy named {name:?}")));
+        }
+        let mut batch = WriteBatch::new();
+        batch.expect(policy_key(&name), &stamp).delete(policy_key(&name));
+        self.barrier.commit(batch).await?;
+        self.loaded()?.acls.write().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+}
+
+/// Default and maximum token lifetime, as Vault's defaults: 768 hours.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 768 * 3600;
+
+/// What `create_token` is asked for.
+pub struct TokenRequest {
+    pub policies: Vec<String>,
+    /// 0: the default.
+    pub ttl_secs: u64,
+    pub display_name: String,
+    pub no_default_policy: bool,
+}
+
+impl Core {
+    /// Creates a token. A non-root caller can only give policies it holds
+    /// and a lifetime that ends no later than its own.
+    pub async fn create_token(
+        &self,
+        token: Option<&str>,
+        req: TokenRequest,
+    ) -> Result<(Zeroizing<String>, crate::token::TokenEntry)> {
+        use crate::token::{self, TokenEntry};
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "auth/token/create", Capability::Update).await?;
+        let mut policies = req.policies.iter().map(|p| normalize_name(p)).collect::<Result<Vec<_>>>()?;
+        if !req.no_default_policy && !policies.iter().any(|p| p == DEFAULT_POLICY || p == ROOT_POLICY) {
+            policies.push(DEFAULT_POLICY.into());
+        }
+        policies.sort();
+        policies.dedup();
+        if policies.is_empty() {
+            return Err(Error::InvalidArgument("a token needs at least one policy".into()));
+        }
+        if !id.is_root()
+            && let Some(p) = policies.iter().find(|p| !id.policies.contains(p) && p.as_str() != DEFAULT_POLICY)
+        {
+            return Err(Error::PermissionDenied(format!(
+                "a token can only be given policies its creator holds; the caller does not hold {p:?}"
+            )));
+        }
+        if req.ttl_secs > DEFAULT_TOKEN_TTL_SECS {
+            return Err(Error::InvalidArgument(format!(
+                "ttl {}s is over the maximum of {DEFAULT_TOKEN_TTL_SECS}s (768h)",
+                req.ttl_secs
+            )));
+        }
+        let ttl = if req.ttl_secs == 0 { DEFAULT_TOKEN_TTL_SECS } else { req.ttl_secs };
+        let now = crate::Timestamp::now();
+        let mut expires = crate::Timestamp { secs: now.secs + ttl as i64, nanos: now.nanos };
+        if let Some(parent) = id.expires {
+            expires = expires.min(parent);
+        }
+        let display_name = if req.display_name.is_empty() { "token".to_string() } else { req.display_name };
+        if display_name.len() > 128 || display_name.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "display_name must be at most 128 characters, no control characters".into(),
+            ));
+        }
+        let loaded = self.loaded()?;
+        let new_token = token::generate_token();
+        let (key, hash) = loaded.salt.entry_key(&new_token);
+        let entry = TokenEntry { hash, policies, display_name, created: now, expires: Some(expires) };
+        let mut batch = WriteBatch::new();
+        batch
+            .expect(key.clone(), &keybridge_barrier::Stamp::absent())
+            .put(key, Zeroizing::new(serde_json::to_vec(&entry).expect("plain data")));
+        self.barrier.commit(batch).await?;
+        Ok((new_token, entry))
+    }
+
+    /// The calling token's entry (policies, name, times).
+    pub async fn lookup_self(&self, token: Option<&str>) -> Result<crate::token::Identity> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "auth/token/lookup-self", Capability::Read).await?;
+        Ok(id)
+    }
+}
