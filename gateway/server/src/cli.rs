@@ -60,6 +60,47 @@ pub enum Command {
     /// Initialise, unseal, seal, rotate, rekey, snapshot.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Manage ACL policies (Vault's HCL syntax).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Create and inspect tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Create or replace a policy from an HCL file (`-`: stdin).
+    Write {
+        name: String,
+        file: PathBuf,
+    },
+    Read {
+        name: String,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; `-o json` prints it under `token`.
+    Create {
+        /// A policy for the token (repeat the flag for several).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// Lifetime, e.g. 1h or 30m (default 768h).
+        #[arg(long)]
+        ttl: Option<humantime::Duration>,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[arg(long)]
+        no_default_policy: bool,
+    },
+    /// Describe the token in use.
+    Lookup,
 }
 
 #[derive(Args)]
@@ -269,6 +310,14 @@ impl Client {
 
     fn secrets(&self) -> pb::secrets_client::SecretsClient<Channel> {
         pb::secrets_client::SecretsClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    }
+
+    fn policies(&self) -> pb::policies_client::PoliciesClient<Channel> {
+        pb::policies_client::PoliciesClient::new(self.channel.clone())
+    }
+
+    fn tokens(&self) -> pb::tokens_client::TokensClient<Channel> {
+        pb::tokens_client::TokensClient::new(self.channel.clone())
     }
 
     fn sys(&self) -> pb::sys_client::SysClient<Channel> {
@@ -830,4 +879,88 @@ fn print_key_status(json: bool, k: &pb::KeyStatus) {
             ("Terms".into(), k.terms.to_string()),
         ]);
     }
+}
+
+pub async fn policy(c: &Client, cmd: PolicyCommand) -> Result<(), Error> {
+    let json = c.output == Output::Json;
+    match cmd {
+        PolicyCommand::Write { name, file } => {
+            let text = if file.as_os_str() == "-" { read_stdin()? } else { read_file(&file)? };
+            let policy = utf8(text, "the policy file")?;
+            c.policies().put(c.req(pb::PutPolicyRequest { name: name.clone(), policy })).await?;
+            done(json, &format!("Success! Uploaded policy: {name}"));
+        }
+        PolicyCommand::Read { name } => {
+            let p = c.policies().get(c.req(pb::GetPolicyRequest { name })).await?.into_inner();
+            if json {
+                print_json(&json!({ "name": p.name, "policy": p.policy }));
+            } else {
+                print!("{}", p.policy);
+            }
+        }
+        PolicyCommand::List => {
+            let r = c.policies().list(c.req(pb::ListPoliciesRequest {})).await?.into_inner();
+            if json {
+                print_json(&json!(r.names));
+            } else {
+                for n in r.names {
+                    println!("{n}");
+                }
+            }
+        }
+        PolicyCommand::Delete { name } => {
+            c.policies().delete(c.req(pb::DeletePolicyRequest { name: name.clone() })).await?;
+            done(json, &format!("Success! Deleted policy: {name}"));
+        }
+    }
+    Ok(())
+}
+
+fn token_info_rows(i: &pb::TokenInfo) -> Vec<(String, String)> {
+    vec![
+        ("display_name".into(), i.display_name.clone()),
+        ("policies".into(), format!("[{}]", i.policies.join(" "))),
+        ("created_time".into(), time(&i.created_time)),
+        ("expire_time".into(), if i.expire_time.is_some() { time(&i.expire_time) } else { "never".into() }),
+    ]
+}
+
+fn token_info_json(i: &pb::TokenInfo) -> Value {
+    json!({
+        "display_name": i.display_name, "policies": i.policies,
+        "created_time": time(&i.created_time), "expire_time": time(&i.expire_time),
+    })
+}
+
+pub async fn token(c: &Client, cmd: TokenCommand) -> Result<(), Error> {
+    let json = c.output == Output::Json;
+    match cmd {
+        TokenCommand::Create { policies, ttl, display_name, no_default_policy } => {
+            let ttl_seconds = ttl.map_or(0, |d| std::time::Duration::from(d).as_secs());
+            let r = c
+                .tokens()
+                .create(c.req(pb::CreateTokenRequest { policies, ttl_seconds, display_name, no_default_policy }))
+                .await?
+                .into_inner();
+            let info = r.info.unwrap_or_default();
+            if json {
+                let mut v = token_info_json(&info);
+                v["token"] = json!(r.token);
+                print_json(&v);
+            } else {
+                let mut rows = vec![("token".to_string(), r.token.clone())];
+                rows.extend(token_info_rows(&info));
+                print_table(&rows);
+            }
+        }
+        TokenCommand::Lookup => {
+            let info = c.tokens().lookup_self(c.req(pb::LookupSelfRequest {})).await?.into_inner();
+            if json {
+                print_json(&token_info_json(&info));
+            } else {
+                print_table(&token_info_rows(&info));
+            }
+        }
+    }
+    Ok(())
 }

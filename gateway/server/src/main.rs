@@ -81,6 +81,16 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             cli::mount(&c, cmd).await?;
             Ok(exit::OK)
         }
+        Command::Policy(cmd) => {
+            let c = Client::connect(&cli.global).await?;
+            cli::policy(&c, cmd).await?;
+            Ok(exit::OK)
+        }
+        Command::Token(cmd) => {
+            let c = Client::connect(&cli.global).await?;
+            cli::token(&c, cmd).await?;
+            Ok(exit::OK)
+        }
         Command::Operator(cmd) => {
             let c = Client::connect(&cli.global).await?;
             cli::operator(&c, cmd).await

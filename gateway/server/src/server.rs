@@ -16,7 +16,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::config::{Config, Storage};
 use crate::error::Error;
 use crate::hygiene;
-use crate::service::{SecretsService, SysService, sync_health};
+use crate::service::{PoliciesService, SecretsService, SysService, TokensService, sync_health};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -87,6 +87,13 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
 
+    let policies = pb::policies_server::PoliciesServer::new(PoliciesService { core: core.clone() })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let tokens = pb::tokens_server::TokensServer::new(TokensService { core: core.clone() })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
     let mut builder = Server::builder()
         .concurrency_limit_per_connection(config.limits.max_concurrent_requests)
         .timeout(config.limits.request_timeout);
@@ -127,6 +134,8 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .add_service(reflection)
         .add_service(secrets)
         .add_service(sys)
+        .add_service(policies)
+        .add_service(tokens)
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await?;
     tracing::info!("stopped");

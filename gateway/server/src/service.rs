@@ -251,7 +251,7 @@ impl SysService {
 
 pub async fn sync_health(core: &Core, health: &HealthReporter) {
     let serving = matches!(core.seal_status().await, Ok(s) if !s.sealed);
-    for name in ["", "keybridge.v1.Secrets", "keybridge.v1.Sys"] {
+    for name in ["", "keybridge.v1.Secrets", "keybridge.v1.Sys", "keybridge.v1.Policies", "keybridge.v1.Tokens"] {
         let st = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
         health.set_service_status(name, st).await;
     }
@@ -468,4 +468,85 @@ fn key_status_pb(k: keybridge_barrier::KeyInfo) -> pb::KeyStatus {
 /// A named temporary file, removed when dropped.
 fn tempfile_in(dir: &std::path::Path) -> std::io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new().prefix(".restore-").tempfile_in(dir)
+}
+
+pub struct PoliciesService {
+    pub core: Arc<Core>,
+}
+
+#[tonic::async_trait]
+impl pb::policies_server::Policies for PoliciesService {
+    async fn put(&self, req: Request<pb::PutPolicyRequest>) -> Result<Response<pb::PutPolicyResponse>, Status> {
+        let token = token(&req)?;
+        let r = req.into_inner();
+        self.core.put_policy(token.get(), &r.name, &r.policy).await.map_err(status)?;
+        Ok(Response::new(pb::PutPolicyResponse {}))
+    }
+
+    async fn get(&self, req: Request<pb::GetPolicyRequest>) -> Result<Response<pb::PolicyDocument>, Status> {
+        let token = token(&req)?;
+        let r = req.into_inner();
+        let policy = self.core.get_policy(token.get(), &r.name).await.map_err(status)?;
+        Ok(Response::new(pb::PolicyDocument { name: r.name.trim().to_lowercase(), policy }))
+    }
+
+    async fn list(&self, req: Request<pb::ListPoliciesRequest>) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        let token = token(&req)?;
+        let names = self.core.list_policies(token.get()).await.map_err(status)?;
+        Ok(Response::new(pb::ListPoliciesResponse { names }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeletePolicyRequest>,
+    ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
+        let token = token(&req)?;
+        let r = req.into_inner();
+        self.core.delete_policy(token.get(), &r.name).await.map_err(status)?;
+        Ok(Response::new(pb::DeletePolicyResponse {}))
+    }
+}
+
+pub struct TokensService {
+    pub core: Arc<Core>,
+}
+
+fn token_info(
+    policies: Vec<String>,
+    display_name: String,
+    created: Timestamp,
+    expires: Option<Timestamp>,
+) -> pb::TokenInfo {
+    pb::TokenInfo { policies, display_name, created_time: Some(ts(created)), expire_time: expires.map(ts) }
+}
+
+#[tonic::async_trait]
+impl pb::tokens_server::Tokens for TokensService {
+    async fn create(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let token = token(&req)?;
+        let r = req.into_inner();
+        let (new_token, entry) = self
+            .core
+            .create_token(
+                token.get(),
+                keybridge_core::TokenRequest {
+                    policies: r.policies,
+                    ttl_secs: r.ttl_seconds,
+                    display_name: r.display_name,
+                    no_default_policy: r.no_default_policy,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: new_token.to_string(),
+            info: Some(token_info(entry.policies, entry.display_name, entry.created, entry.expires)),
+        }))
+    }
+
+    async fn lookup_self(&self, req: Request<pb::LookupSelfRequest>) -> Result<Response<pb::TokenInfo>, Status> {
+        let token = token(&req)?;
+        let id = self.core.lookup_self(token.get()).await.map_err(status)?;
+        Ok(Response::new(token_info(id.policies, id.display_name, id.created, id.expires)))
+    }
 }

@@ -117,3 +117,46 @@ fn walkthrough_and_exit_codes() {
     assert_eq!(s.cli(None, &["operator", "status"]).status.code(), Some(5));
     assert_eq!(s.cli(t, &["kv", "get", "secret/blob"]).status.code(), Some(5));
 }
+
+#[test]
+fn policies_and_tokens_from_the_cli() {
+    let s = Server::dev();
+    let root = s.root_token.as_deref();
+    assert!(s.cli(root, &["kv", "put", "secret/team/app", "password=s3cr3t"]).status.success());
+    assert!(s.cli(root, &["kv", "put", "secret/other", "k=v"]).status.success());
+
+    let policy = "path \"secret/data/team/*\" {\n  capabilities = [\"read\"]\n}\n";
+    let o = s.cli_stdin(root, &["policy", "write", "team-read", "-"], policy);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&s.cli(root, &["policy", "read", "team-read"])), policy);
+    assert_eq!(
+        json(&s.cli(root, &["policy", "list", "-o", "json"])),
+        serde_json::json!(["default", "root", "team-read"])
+    );
+    // Malformed HCL: usage error with line and column.
+    let o = s.cli_stdin(root, &["policy", "write", "broken", "-"], "path \"a\" {\n capabilities = [\"read\"\n");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("line"), "{}", stderr(&o));
+
+    let o =
+        s.cli(root, &["token", "create", "--policy", "team-read", "--ttl", "1h", "--display-name", "ci", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let created = json(&o);
+    let t = created["token"].as_str().unwrap().to_string();
+    assert_eq!(created["policies"], serde_json::json!(["default", "team-read"]));
+    let t = Some(t.as_str());
+
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "secret/team/app"]))["data"]["password"], "s3cr3t");
+    let o = s.cli(t, &["kv", "get", "secret/other"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("read on secret/data/other is not granted"), "{}", stderr(&o));
+    assert_eq!(s.cli(t, &["kv", "put", "secret/team/app", "password=x"]).status.code(), Some(4));
+    assert_eq!(s.cli(t, &["mount", "list"]).status.code(), Some(4));
+    assert_eq!(s.cli(t, &["policy", "write", "team-read", "-"]).status.code(), Some(4));
+    assert_eq!(s.cli(t, &["token", "create", "--policy", "root"]).status.code(), Some(4));
+    assert_eq!(json(&s.cli(t, &["token", "lookup", "-o", "json"]))["display_name"], "ci");
+
+    assert!(s.cli(root, &["policy", "delete", "team-read"]).status.success());
+    assert_eq!(s.cli(t, &["kv", "get", "secret/team/app"]).status.code(), Some(4));
+    assert_eq!(s.cli(root, &["policy", "delete", "default"]).status.code(), Some(2));
+}
