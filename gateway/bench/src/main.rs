@@ -48,6 +48,10 @@ struct Args {
     /// HTTP/2 connections the client spreads its requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Run Get and Put with a non-root token whose policy holds this many
+    /// rules (0: the root token, which skips the ACL).
+    #[arg(long, default_value_t = 0)]
+    policy_rules: usize,
     /// Operations to measure throughput of: get, put, health (the gRPC
     /// health check, as the transport's floor).
     #[arg(long, value_delimiter = ',', default_value = "get,put")]
@@ -333,9 +337,17 @@ async fn main() {
             let tls_on = tls == "on";
             let dir = tempfile::tempdir().expect("tempdir");
             let (server, _) = start_config_server(&bin, dir.path(), tls_on, args.cache_mib, args.no_mlock);
-            let token = init_unseal(&server).await;
-            load_bench_keys(&server, &token).await;
-            println!("\n== TLS {tls} (file store, fsync on every commit) ==");
+            let root = init_unseal(&server).await;
+            load_bench_keys(&server, &root).await;
+            let (token, who) = if args.policy_rules > 0 {
+                (
+                    policy_token(&server, &root, args.policy_rules).await,
+                    format!("token with {} policy rules", args.policy_rules),
+                )
+            } else {
+                (root.clone(), "root token".to_string())
+            };
+            println!("\n== TLS {tls} (file store, fsync on every commit, {who}) ==");
             for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
                 for c in [1, 32] {
                     if !args.ops.iter().any(|o| o == "get") {
@@ -427,6 +439,36 @@ async fn main() {
         );
         println!("{:<44} {:>7} KiB", "RSS after restart and unseal", server.rss_kib());
     }
+}
+
+/// A token whose one policy holds `rules` rules: the one that grants the
+/// benchmark's paths, and others of every kind (exact, glob, `+`) that do
+/// not match them, as a real policy would.
+async fn policy_token(server: &Server, root: &str, rules: usize) -> String {
+    let mut text =
+        String::from("path \"secret/data/bench/*\" {\n  capabilities = [\"create\", \"read\", \"update\"]\n}\n");
+    for i in 1..rules {
+        let path = match i % 3 {
+            0 => format!("secret/data/team-{i}/*"),
+            1 => format!("secret/data/+/service-{i}"),
+            _ => format!("kv-{i}/data/app/config"),
+        };
+        text.push_str(&format!("path \"{path}\" {{\n  capabilities = [\"read\", \"list\"]\n}}\n"));
+    }
+    let channel = server.channel().await;
+    pb::policies_client::PoliciesClient::new(channel.clone())
+        .put(authed(root, pb::PutPolicyRequest { name: "bench".into(), policy: text }))
+        .await
+        .expect("policy");
+    let created = pb::tokens_client::TokensClient::new(channel)
+        .create(authed(
+            root,
+            pb::CreateTokenRequest { policies: vec!["bench".into()], ttl_seconds: 3600, ..Default::default() },
+        ))
+        .await
+        .expect("token")
+        .into_inner();
+    created.token
 }
 
 async fn load_bench_keys(server: &Server, token: &str) {
