@@ -103,27 +103,24 @@ impl Keyring {
         encrypt_with(&t.cipher, t.term, storage_key, plaintext)
     }
 
-    pub(crate) fn decrypt(&self, storage_key: &str, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-        let (term, _) = parse_header(ciphertext, storage_key)?;
-        let t = self
-            .terms
+    fn term(&self, storage_key: &str, term: u32) -> Result<&Term> {
+        self.terms
             .iter()
             .rev()
             .find(|t| t.term == term)
-            .ok_or_else(|| Error::UnknownTerm { key: storage_key.into(), term })?;
-        decrypt_with(&t.cipher, ciphertext, storage_key)
+            .ok_or_else(|| Error::UnknownTerm { key: storage_key.into(), term })
+    }
+
+    pub(crate) fn decrypt(&self, storage_key: &str, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let (term, _) = parse_header(ciphertext, storage_key)?;
+        decrypt_with(&self.term(storage_key, term)?.cipher, ciphertext, storage_key)
     }
 
     /// Like [`Keyring::decrypt`], but decrypts the buffer in place (no
     /// second allocation or copy: the read path's common case).
     pub(crate) fn decrypt_owned(&self, storage_key: &str, mut buf: Vec<u8>) -> Result<Zeroizing<Vec<u8>>> {
         let (term, nonce) = parse_header(&buf, storage_key)?;
-        let t = self
-            .terms
-            .iter()
-            .rev()
-            .find(|t| t.term == term)
-            .ok_or_else(|| Error::UnknownTerm { key: storage_key.into(), term })?;
+        let t = self.term(storage_key, term)?;
         let tag_at = buf.len() - TAG;
         let tag = aes_gcm::Tag::clone_from_slice(&buf[tag_at..]);
         t.cipher

@@ -215,25 +215,8 @@ mod tests {
     use super::*;
     use crate::parse_policy;
 
-    const ORIGIN: &str = r#"
-path "secret/data/database/*" {
-  capabilities = ["read"]
-}
-path "database/creds/app-readonly" {
-  capabilities = ["create", "read"]
-}
-path "pki/issue/app-tls" {
-  capabilities = ["create", "read"]
-  allowed_parameters = {
-    "common_name" = ["*.app.internal"]
-    "ttl" = ["24h"]
-  }
-}
-# Deny all other paths by default
-path "*" {
-  capabilities = ["deny"]
-}
-"#;
+    /// The origin document's policy, kept once in the test corpus.
+    const ORIGIN: &str = include_str!("../tests/corpus/origin.hcl");
 
     fn ask(acl: &Acl, path: &str, cap: Capability, params: &[(&str, &str)]) -> bool {
         acl.decide(&Request { path, capability: cap, parameters: params, check_parameters: true }) == Decision::Allowed

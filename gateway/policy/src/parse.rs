@@ -193,25 +193,8 @@ pub fn parse_policy(name: &str, text: &str) -> Result<Policy, Error> {
 mod tests {
     use super::*;
 
-    const ORIGIN: &str = r#"
-path "secret/data/database/*" {
-  capabilities = ["read"]
-}
-path "database/creds/app-readonly" {
-  capabilities = ["create", "read"]
-}
-path "pki/issue/app-tls" {
-  capabilities = ["create", "read"]
-  allowed_parameters = {
-    "common_name" = ["*.app.internal"]
-    "ttl" = ["24h"]
-  }
-}
-# Deny all other paths by default
-path "*" {
-  capabilities = ["deny"]
-}
-"#;
+    /// The origin document's policy, kept once in the test corpus.
+    const ORIGIN: &str = include_str!("../tests/corpus/origin.hcl");
 
     #[test]
     fn the_origin_policy_parses_unchanged() {

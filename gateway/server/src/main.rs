@@ -71,29 +71,16 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             server::run(config, dev).await?;
             Ok(exit::OK)
         }
-        Command::Kv(cmd) => {
+        client_command => {
             let c = Client::connect(&cli.global).await?;
-            cli::kv(&c, cmd).await?;
-            Ok(exit::OK)
-        }
-        Command::Mount(cmd) => {
-            let c = Client::connect(&cli.global).await?;
-            cli::mount(&c, cmd).await?;
-            Ok(exit::OK)
-        }
-        Command::Policy(cmd) => {
-            let c = Client::connect(&cli.global).await?;
-            cli::policy(&c, cmd).await?;
-            Ok(exit::OK)
-        }
-        Command::Token(cmd) => {
-            let c = Client::connect(&cli.global).await?;
-            cli::token(&c, cmd).await?;
-            Ok(exit::OK)
-        }
-        Command::Operator(cmd) => {
-            let c = Client::connect(&cli.global).await?;
-            cli::operator(&c, cmd).await
+            match client_command {
+                Command::Kv(cmd) => cli::kv(&c, cmd).await.map(|()| exit::OK),
+                Command::Mount(cmd) => cli::mount(&c, cmd).await.map(|()| exit::OK),
+                Command::Policy(cmd) => cli::policy(&c, cmd).await.map(|()| exit::OK),
+                Command::Token(cmd) => cli::token(&c, cmd).await.map(|()| exit::OK),
+                Command::Operator(cmd) => cli::operator(&c, cmd).await,
+                Command::Server(_) => Err(Error::Usage("the server command takes no client connection".into())),
+            }
         }
     }
 }
