@@ -149,6 +149,7 @@ impl Core {
             display_name: "root".into(),
             created: now,
             expires: None,
+            parent: None,
         };
         let mut table = MountTable::default();
         table.add(MountEntry {

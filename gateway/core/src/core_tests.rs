@@ -322,3 +322,39 @@ async fn created_tokens_expire() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert!(matches!(core.lookup_self(Some(&t)).await, Err(Error::Unauthenticated)));
 }
+
+#[tokio::test]
+async fn revoking_a_token_revokes_its_children_at_once() {
+    let (core, root) = dev_core().await;
+    let r = Some(root.as_str());
+    core.put_policy(r, "p", "path \"auth/token/create\" {\n capabilities = [\"update\"]\n}\n").await.unwrap();
+    let req = |p: &str| TokenRequest {
+        policies: vec![p.into()],
+        ttl_secs: 0,
+        display_name: String::new(),
+        no_default_policy: false,
+    };
+    let (parent, _) = core.create_token(r, req("p")).await.unwrap();
+    let (child, _) = core.create_token(Some(&parent), req("p")).await.unwrap();
+    let (grandchild, _) = core.create_token(Some(&child), req("default")).await.unwrap();
+    let (sibling, _) = core.create_token(r, req("default")).await.unwrap();
+    for t in [&parent, &child, &grandchild, &sibling] {
+        core.lookup_self(Some(t)).await.unwrap(); // now cached
+    }
+    // A caller without auth/token/revoke cannot revoke others.
+    assert!(matches!(core.revoke_token(Some(&sibling), &parent).await, Err(Error::PermissionDenied(_))));
+    core.revoke_token(r, &parent).await.unwrap();
+    for t in [&parent, &child, &grandchild] {
+        assert!(matches!(core.lookup_self(Some(t)).await, Err(Error::Unauthenticated)));
+    }
+    assert!(core.lookup_self(Some(&sibling)).await.is_ok());
+    // Unknown tokens revoke quietly; a revoked token cannot create children.
+    core.revoke_token(r, "kb.nope").await.unwrap();
+    assert!(matches!(core.create_token(Some(&child), req("default")).await, Err(Error::Unauthenticated)));
+    // revoke-self is in the default policy.
+    core.revoke_self(Some(&sibling)).await.unwrap();
+    assert!(matches!(core.lookup_self(Some(&sibling)).await, Err(Error::Unauthenticated)));
+    // Nothing is left of them in storage but the root token.
+    let left = core.barrier.list("auth/token/", None, 100).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+}

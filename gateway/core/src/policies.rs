@@ -22,6 +22,11 @@ path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
 
+# Allow tokens to revoke themselves
+path "auth/token/revoke-self" {
+  capabilities = ["update"]
+}
+
 # Allow a token to look up its own capabilities on a path
 path "sys/capabilities-self" {
   capabilities = ["update"]
@@ -214,12 +219,32 @@ impl Core {
         let loaded = self.loaded()?;
         let new_token = token::generate_token();
         let (key, hash) = loaded.salt.entry_key(&new_token);
-        let entry = TokenEntry { hash, policies, display_name, created: now, expires: Some(expires) };
+        let child_marker = format!("{}{}/{hash}", token::PARENT_PREFIX, id.hash);
+        let entry = TokenEntry {
+            hash,
+            policies,
+            display_name,
+            created: now,
+            expires: Some(expires),
+            parent: Some(id.hash.clone()),
+        };
+        // The creator must still exist when the child is written, so a
+        // concurrent revocation of the creator cannot miss the child.
+        let parent_key = format!("{}{}", token::ENTRY_PREFIX, id.hash);
+        let (parent, parent_stamp) = self.barrier.get_stamped(&parent_key).await?;
+        if parent.is_none() {
+            return Err(Error::Unauthenticated);
+        }
         let mut batch = WriteBatch::new();
         batch
+            .expect(parent_key, &parent_stamp)
             .expect(key.clone(), &keybridge_barrier::Stamp::absent())
-            .put(key, Zeroizing::new(serde_json::to_vec(&entry).expect("plain data")));
-        self.barrier.commit(batch).await?;
+            .put(key, Zeroizing::new(serde_json::to_vec(&entry).expect("plain data")))
+            .put(child_marker, Zeroizing::new(b"1".to_vec()));
+        self.barrier.commit(batch).await.map_err(|e| match e {
+            keybridge_barrier::Error::Conflict => Error::Unauthenticated,
+            e => e.into(),
+        })?;
         Ok((new_token, entry))
     }
 
@@ -228,5 +253,62 @@ impl Core {
         let id = self.authenticate(token).await?;
         self.authorize(&id, "auth/token/lookup-self", Capability::Read).await?;
         Ok(id)
+    }
+}
+
+impl Core {
+    /// Revokes the token with this hash and, recursively, every token it
+    /// created, in one atomic write; they stop working at once.
+    async fn revoke_tree(&self, loaded: &Loaded, hash: &str) -> Result<usize> {
+        use crate::token::{ENTRY_PREFIX, PARENT_PREFIX, TokenEntry};
+        let _guard = self.admin.lock().await;
+        let top_key = format!("{ENTRY_PREFIX}{hash}");
+        let Some(raw) = self.barrier.get(&top_key).await? else {
+            return Ok(0);
+        };
+        let top: TokenEntry =
+            serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key: top_key, reason: e.to_string() })?;
+        let mut batch = WriteBatch::new();
+        if let Some(parent) = &top.parent {
+            batch.delete(format!("{PARENT_PREFIX}{parent}/{hash}"));
+        }
+        let mut pending = vec![hash.to_string()];
+        let mut revoked = Vec::new();
+        while let Some(h) = pending.pop() {
+            let prefix = format!("{PARENT_PREFIX}{h}/");
+            for marker in self.barrier.list(&prefix, None, usize::MAX).await? {
+                pending.push(marker[prefix.len()..].to_string());
+                batch.delete(marker);
+            }
+            batch.delete(format!("{ENTRY_PREFIX}{h}"));
+            revoked.push(h);
+        }
+        self.barrier.commit(batch).await?;
+        let mut cache = loaded.tokens.write().unwrap_or_else(|p| p.into_inner());
+        for h in &revoked {
+            cache.remove(h);
+        }
+        Ok(revoked.len())
+    }
+
+    /// Revokes `target` and its children. An unknown target is not an error
+    /// (the answer does not tell whether a token existed).
+    pub async fn revoke_token(&self, token: Option<&str>, target: &str) -> Result<()> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "auth/token/revoke", Capability::Update).await?;
+        if target.is_empty() {
+            return Err(Error::InvalidArgument("give the token to revoke".into()));
+        }
+        let loaded = self.loaded()?;
+        let (_, hash) = loaded.salt.entry_key(target);
+        self.revoke_tree(&loaded, &hash).await.map(|_| ())
+    }
+
+    /// Revokes the calling token and its children.
+    pub async fn revoke_self(&self, token: Option<&str>) -> Result<()> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "auth/token/revoke-self", Capability::Update).await?;
+        let loaded = self.loaded()?;
+        self.revoke_tree(&loaded, &id.hash).await.map(|_| ())
     }
 }

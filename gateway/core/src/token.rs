@@ -13,7 +13,10 @@ use zeroize::Zeroizing;
 use crate::{Error, Result, Timestamp};
 
 pub const SALT_KEY: &str = "core/token-salt";
-const ENTRY_PREFIX: &str = "auth/token/id/";
+pub const ENTRY_PREFIX: &str = "auth/token/id/";
+/// `auth/token/parent/<parent hash>/<child hash>`: the index that lets a
+/// revocation find every child.
+pub const PARENT_PREFIX: &str = "auth/token/parent/";
 pub const ROOT_POLICY: &str = "root";
 
 /// A stored token entry: what the token may do. No secret inside.
@@ -27,11 +30,16 @@ pub struct TokenEntry {
     pub created: Timestamp,
     /// `None`: never expires (root tokens).
     pub expires: Option<Timestamp>,
+    /// The creator's hash: revoking the creator revokes this token.
+    #[serde(default)]
+    pub parent: Option<String>,
 }
 
 /// Who is calling, once authenticated.
 #[derive(Clone, Debug)]
 pub struct Identity {
+    /// The token's hash (its storage name), never the token.
+    pub hash: String,
     pub policies: Vec<String>,
     pub display_name: String,
     pub created: Timestamp,
@@ -98,6 +106,7 @@ pub fn verify(entry: &TokenEntry, hash: &str, now: Timestamp) -> Result<Identity
         return Err(Error::Unauthenticated);
     }
     Ok(Identity {
+        hash: entry.hash.clone(),
         policies: entry.policies.clone(),
         display_name: entry.display_name.clone(),
         created: entry.created,
@@ -127,6 +136,7 @@ mod tests {
             display_name: "root".into(),
             created: Timestamp::default(),
             expires: Some(Timestamp { secs: 10, nanos: 0 }),
+            parent: None,
         };
         assert!(verify(&e, "ab", Timestamp { secs: 5, nanos: 0 }).unwrap().is_root());
         assert!(matches!(verify(&e, "ab", Timestamp { secs: 10, nanos: 0 }), Err(Error::Unauthenticated)));
