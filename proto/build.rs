@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keybridge.v1.RekeyResponse",
             "keybridge.v1.SnapshotChunk",
             "keybridge.v1.CreateTokenResponse",
+            "keybridge.v1.RevokeTokenRequest",
         ])
         .compile_fds(descriptors)?;
     Ok(())

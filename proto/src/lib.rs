@@ -33,5 +33,6 @@ pub mod v1 {
         RekeyResponse => [unseal_threshold],
         SnapshotChunk => [force],
         CreateTokenResponse => [info],
+        RevokeTokenRequest => [],
     }
 }

@@ -101,6 +101,16 @@ pub enum TokenCommand {
     },
     /// Describe the token in use.
     Lookup,
+    /// Revoke a token (read from stdin if omitted) and every token it
+    /// created; `--self` revokes the token in use.
+    Revoke {
+        /// Named `target`, not `token`: that id belongs to the global
+        /// --token flag (and KEYBRIDGE_TOKEN), which clap would fill it from.
+        #[arg(value_name = "TOKEN")]
+        target: Option<String>,
+        #[arg(long = "self", conflicts_with = "target")]
+        revoke_self: bool,
+    },
 }
 
 #[derive(Args)]
@@ -952,6 +962,22 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Result<(), Error> {
                 rows.extend(token_info_rows(&info));
                 print_table(&rows);
             }
+        }
+        TokenCommand::Revoke { target, revoke_self } => {
+            if revoke_self {
+                c.tokens().revoke_self(c.req(pb::RevokeSelfRequest {})).await?;
+            } else {
+                let target = match target {
+                    Some(t) => Zeroizing::new(t),
+                    None => {
+                        let mut line = String::new();
+                        std::io::stdin().lock().read_line(&mut line)?;
+                        Zeroizing::new(line.trim().to_string())
+                    }
+                };
+                c.tokens().revoke(c.req(pb::RevokeTokenRequest { token: target.to_string() })).await?;
+            }
+            done(json, "Success! Revoked the token (if it existed) and its children.");
         }
         TokenCommand::Lookup => {
             let info = c.tokens().lookup_self(c.req(pb::LookupSelfRequest {})).await?.into_inner();

@@ -544,6 +544,22 @@ impl pb::tokens_server::Tokens for TokensService {
         }))
     }
 
+    async fn revoke(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let token = token(&req)?;
+        let target = Zeroizing::new(req.into_inner().token);
+        self.core.revoke_token(token.get(), &target).await.map_err(status)?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn revoke_self(
+        &self,
+        req: Request<pb::RevokeSelfRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let token = token(&req)?;
+        self.core.revoke_self(token.get()).await.map_err(status)?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
     async fn lookup_self(&self, req: Request<pb::LookupSelfRequest>) -> Result<Response<pb::TokenInfo>, Status> {
         let token = token(&req)?;
         let id = self.core.lookup_self(token.get()).await.map_err(status)?;

@@ -156,6 +156,21 @@ fn policies_and_tokens_from_the_cli() {
     assert_eq!(s.cli(t, &["token", "create", "--policy", "root"]).status.code(), Some(4));
     assert_eq!(json(&s.cli(t, &["token", "lookup", "-o", "json"]))["display_name"], "ci");
 
+    // Revocation: a child of the token goes with it.
+    let o = s.cli(t, &["token", "create", "--policy", "team-read", "-o", "json"]);
+    assert_eq!(o.status.code(), Some(4), "team-read does not grant auth/token/create: {}", stderr(&o));
+    let o = s.cli(root, &["token", "create", "--policy", "team-read", "-o", "json"]);
+    let other = json(&o)["token"].as_str().unwrap().to_string();
+    assert!(s.cli_stdin(root, &["token", "revoke"], &format!("{other}\n")).status.success());
+    assert_eq!(s.cli(Some(&other), &["token", "lookup"]).status.code(), Some(4));
+    // The caller's own token (KEYBRIDGE_TOKEN) is not the one revoked.
+    assert!(s.cli(root, &["token", "lookup"]).status.success());
+    let o = s.cli(root, &["token", "create", "--policy", "team-read", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let me = json(&o)["token"].as_str().unwrap().to_string();
+    assert!(s.cli(Some(&me), &["token", "revoke", "--self"]).status.success());
+    assert_eq!(s.cli(Some(&me), &["token", "lookup"]).status.code(), Some(4));
+
     assert!(s.cli(root, &["policy", "delete", "team-read"]).status.success());
     assert_eq!(s.cli(t, &["kv", "get", "secret/team/app"]).status.code(), Some(4));
     assert_eq!(s.cli(root, &["policy", "delete", "default"]).status.code(), Some(2));
