@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keybridge.v1.SnapshotChunk",
             "keybridge.v1.CreateTokenResponse",
             "keybridge.v1.RevokeTokenRequest",
+            "keybridge.v1.RenewTokenRequest",
         ])
         .compile_fds(descriptors)?;
     Ok(())

@@ -34,5 +34,6 @@ pub mod v1 {
         SnapshotChunk => [force],
         CreateTokenResponse => [info],
         RevokeTokenRequest => [],
+        RenewTokenRequest => [increment_seconds],
     }
 }

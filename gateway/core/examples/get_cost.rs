@@ -38,6 +38,7 @@ async fn main() {
         ttl_secs: 3600,
         display_name: String::new(),
         no_default_policy: false,
+        ..Default::default()
     };
     let (limited, _) = core.create_token(token, request).await.expect("token");
     for (who, t) in [("root token", token), ("token with 20 policy rules", Some(limited.as_str()))] {

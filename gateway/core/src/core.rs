@@ -150,6 +150,10 @@ impl Core {
             created: now,
             expires: None,
             parent: None,
+            ttl_secs: 0,
+            max_expires: None,
+            renewable: false,
+            num_uses: 0,
         };
         let mut table = MountTable::default();
         table.add(MountEntry {
@@ -250,8 +254,15 @@ impl Core {
             Some(e) => e,
             None => {
                 let raw = self.barrier.get(&key).await?.ok_or(Error::Unauthenticated)?;
-                let entry: Arc<TokenEntry> =
-                    Arc::new(serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?);
+                let entry: Arc<TokenEntry> = Arc::new(
+                    serde_json::from_slice(&raw)
+                        .map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?,
+                );
+                if entry.num_uses > 0 {
+                    // Use-limited tokens are never cached: each use is a write.
+                    token::verify(&entry, &hash, Timestamp::now())?;
+                    return self.consume_use(&loaded, &key, &hash).await;
+                }
                 let mut cache = loaded.tokens.write().unwrap_or_else(|p| p.into_inner());
                 if cache.len() >= TOKEN_CACHE_MAX {
                     cache.clear();

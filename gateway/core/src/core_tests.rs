@@ -264,6 +264,7 @@ path "secret/metadata/app/*" {
                 ttl_secs: 3600,
                 display_name: "app".into(),
                 no_default_policy: false,
+                ..Default::default()
             },
         )
         .await
@@ -293,7 +294,8 @@ path "secret/metadata/app/*" {
                 policies: vec!["root".into()],
                 ttl_secs: 0,
                 display_name: String::new(),
-                no_default_policy: false
+                no_default_policy: false,
+                ..Default::default()
             }
         )
         .await,
@@ -314,7 +316,13 @@ async fn created_tokens_expire() {
     let (t, _) = core
         .create_token(
             Some(&root),
-            TokenRequest { policies: vec![], ttl_secs: 1, display_name: String::new(), no_default_policy: false },
+            TokenRequest {
+                policies: vec![],
+                ttl_secs: 1,
+                display_name: String::new(),
+                no_default_policy: false,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -333,6 +341,7 @@ async fn revoking_a_token_revokes_its_children_at_once() {
         ttl_secs: 0,
         display_name: String::new(),
         no_default_policy: false,
+        ..Default::default()
     };
     let (parent, _) = core.create_token(r, req("p")).await.unwrap();
     let (child, _) = core.create_token(Some(&parent), req("p")).await.unwrap();
@@ -357,4 +366,48 @@ async fn revoking_a_token_revokes_its_children_at_once() {
     // Nothing is left of them in storage but the root token.
     let left = core.barrier.list("auth/token/", None, 100).await.unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
+}
+
+#[tokio::test]
+async fn renewal_is_capped_by_max_ttl_and_refused_when_not_renewable() {
+    let (core, root) = dev_core().await;
+    let r = Some(root.as_str());
+    let (t, e) =
+        core.create_token(r, TokenRequest { ttl_secs: 60, max_ttl_secs: 120, ..Default::default() }).await.unwrap();
+    let max = e.max_expires.unwrap();
+    let renewed = core.renew_self(Some(&t), 3600).await.unwrap().unwrap();
+    assert_eq!(renewed, max, "renewal stops at the max TTL");
+    let renewed = core.renew_token(r, &t, 30).await.unwrap().unwrap();
+    assert!(renewed < max);
+    let (fixed, _) =
+        core.create_token(r, TokenRequest { ttl_secs: 60, renewable: false, ..Default::default() }).await.unwrap();
+    assert!(matches!(core.renew_self(Some(&fixed), 0).await, Err(Error::FailedPrecondition(_))));
+    assert!(matches!(core.renew_token(r, "kb.unknown", 0).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        core.create_token(r, TokenRequest { ttl_secs: 200, max_ttl_secs: 100, ..Default::default() }).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn use_limited_tokens_stop_after_their_last_use() {
+    let (core, root) = dev_core().await;
+    let (t, _) = core.create_token(Some(&root), TokenRequest { num_uses: 3, ..Default::default() }).await.unwrap();
+    assert_eq!(core.lookup_self(Some(&t)).await.unwrap().num_uses, 2);
+    assert_eq!(core.lookup_self(Some(&t)).await.unwrap().num_uses, 1);
+    assert_eq!(core.lookup_self(Some(&t)).await.unwrap().num_uses, 0, "the third use is allowed, then it is gone");
+    assert!(matches!(core.lookup_self(Some(&t)).await, Err(Error::Unauthenticated)));
+    // Concurrent uses cannot share one: exactly 5 of 20 succeed.
+    let core = Arc::new(core);
+    let (t, _) = core.create_token(Some(&root), TokenRequest { num_uses: 5, ..Default::default() }).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (core, t) = (core.clone(), t.to_string());
+        tasks.push(tokio::spawn(async move { core.lookup_self(Some(&t)).await.is_ok() }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        ok += usize::from(task.await.unwrap());
+    }
+    assert_eq!(ok, 5);
 }

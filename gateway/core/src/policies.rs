@@ -22,6 +22,11 @@ path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
 
+# Allow tokens to renew themselves
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+
 # Allow tokens to revoke themselves
 path "auth/token/revoke-self" {
   capabilities = ["update"]
@@ -165,10 +170,29 @@ pub const DEFAULT_TOKEN_TTL_SECS: u64 = 768 * 3600;
 /// What `create_token` is asked for.
 pub struct TokenRequest {
     pub policies: Vec<String>,
-    /// 0: the default.
+    /// 0: the default (768 hours).
     pub ttl_secs: u64,
+    /// 0: the default (768 hours). Renewals never reach past it.
+    pub max_ttl_secs: u64,
+    pub renewable: bool,
+    /// Requests the token may make before it is revoked; 0: unlimited.
+    pub num_uses: u32,
     pub display_name: String,
     pub no_default_policy: bool,
+}
+
+impl Default for TokenRequest {
+    fn default() -> Self {
+        TokenRequest {
+            policies: Vec::new(),
+            ttl_secs: 0,
+            max_ttl_secs: 0,
+            renewable: true,
+            num_uses: 0,
+            display_name: String::new(),
+            no_default_policy: false,
+        }
+    }
 }
 
 impl Core {
@@ -198,18 +222,20 @@ impl Core {
                 "a token can only be given policies its creator holds; the caller does not hold {p:?}"
             )));
         }
-        if req.ttl_secs > DEFAULT_TOKEN_TTL_SECS {
+        let max_ttl = if req.max_ttl_secs == 0 { DEFAULT_TOKEN_TTL_SECS } else { req.max_ttl_secs };
+        let ttl = if req.ttl_secs == 0 { DEFAULT_TOKEN_TTL_SECS.min(max_ttl) } else { req.ttl_secs };
+        if max_ttl > DEFAULT_TOKEN_TTL_SECS || ttl > max_ttl {
             return Err(Error::InvalidArgument(format!(
-                "ttl {}s is over the maximum of {DEFAULT_TOKEN_TTL_SECS}s (768h)",
-                req.ttl_secs
+                "ttl {ttl}s must not exceed max_ttl {max_ttl}s, which must not exceed {DEFAULT_TOKEN_TTL_SECS}s (768h)"
             )));
         }
-        let ttl = if req.ttl_secs == 0 { DEFAULT_TOKEN_TTL_SECS } else { req.ttl_secs };
         let now = crate::Timestamp::now();
-        let mut expires = crate::Timestamp { secs: now.secs + ttl as i64, nanos: now.nanos };
+        let after = |secs: u64| crate::Timestamp { secs: now.secs + secs as i64, nanos: now.nanos };
+        let mut max_expires = after(max_ttl);
         if let Some(parent) = id.expires {
-            expires = expires.min(parent);
+            max_expires = max_expires.min(parent);
         }
+        let expires = after(ttl).min(max_expires);
         let display_name = if req.display_name.is_empty() { "token".to_string() } else { req.display_name };
         if display_name.len() > 128 || display_name.chars().any(char::is_control) {
             return Err(Error::InvalidArgument(
@@ -227,6 +253,10 @@ impl Core {
             created: now,
             expires: Some(expires),
             parent: Some(id.hash.clone()),
+            ttl_secs: ttl,
+            max_expires: Some(max_expires),
+            renewable: req.renewable,
+            num_uses: req.num_uses,
         };
         // The creator must still exist when the child is written, so a
         // concurrent revocation of the creator cannot miss the child.
@@ -291,6 +321,15 @@ impl Core {
         Ok(revoked.len())
     }
 
+    /// Revokes every token `hash` created (its own entry is already gone).
+    async fn revoke_children(&self, loaded: &Loaded, hash: &str) -> Result<()> {
+        let prefix = format!("{}{hash}/", crate::token::PARENT_PREFIX);
+        for marker in self.barrier.list(&prefix, None, usize::MAX).await? {
+            self.revoke_tree(loaded, &marker[prefix.len()..]).await?;
+        }
+        Ok(())
+    }
+
     /// Revokes `target` and its children. An unknown target is not an error
     /// (the answer does not tell whether a token existed).
     pub async fn revoke_token(&self, token: Option<&str>, target: &str) -> Result<()> {
@@ -310,5 +349,99 @@ impl Core {
         self.authorize(&id, "auth/token/revoke-self", Capability::Update).await?;
         let loaded = self.loaded()?;
         self.revoke_tree(&loaded, &id.hash).await.map(|_| ())
+    }
+}
+
+impl Core {
+    /// Spends one use of a use-limited token (a conditional write, so
+    /// concurrent requests cannot share a use); the last use revokes it.
+    pub(super) async fn consume_use(&self, loaded: &Loaded, key: &str, hash: &str) -> Result<crate::token::Identity> {
+        use crate::token::{self, TokenEntry};
+        for _ in 0..16 {
+            let (raw, stamp) = self.barrier.get_stamped(key).await?;
+            let raw = raw.ok_or(Error::Unauthenticated)?;
+            let mut entry: TokenEntry =
+                serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key: key.into(), reason: e.to_string() })?;
+            let id = token::verify(&entry, hash, crate::Timestamp::now())?;
+            if entry.num_uses == 0 {
+                return Ok(id);
+            }
+            let mut batch = WriteBatch::new();
+            batch.expect(key, &stamp);
+            let last = entry.num_uses == 1;
+            if last {
+                // This request is the last one the token may make: the
+                // entry goes in the same conditional write that spends it.
+                batch.delete(key);
+                if let Some(parent) = &entry.parent {
+                    batch.delete(format!("{}{parent}/{hash}", token::PARENT_PREFIX));
+                }
+            } else {
+                entry.num_uses -= 1;
+                batch.put(key, Zeroizing::new(serde_json::to_vec(&entry).expect("plain data")));
+            }
+            match self.barrier.commit(batch).await {
+                Ok(()) if last => {
+                    self.revoke_children(loaded, hash).await?;
+                    return Ok(crate::token::Identity { num_uses: 0, ..id });
+                }
+                Ok(()) => return Ok(crate::token::Identity { num_uses: entry.num_uses, ..id }),
+                Err(keybridge_barrier::Error::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention("a use-limited token".into()))
+    }
+
+    /// Extends a token's life by `increment_secs` (0: its TTL), never past
+    /// its max TTL. Returns the new expiry (`None`: never expires).
+    async fn renew_hash(&self, loaded: &Loaded, hash: &str, increment_secs: u64) -> Result<Option<crate::Timestamp>> {
+        use crate::token::{ENTRY_PREFIX, TokenEntry};
+        let key = format!("{ENTRY_PREFIX}{hash}");
+        let (raw, stamp) = self.barrier.get_stamped(&key).await?;
+        let now = crate::Timestamp::now();
+        let mut entry: TokenEntry = match raw {
+            Some(raw) => {
+                serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?
+            }
+            None => return Err(Error::NotFound("no such token (it may have expired or been revoked)".into())),
+        };
+        if entry.expires.is_some_and(|e| e <= now) {
+            return Err(Error::NotFound("no such token (it may have expired or been revoked)".into()));
+        }
+        let Some(max) = entry.max_expires else {
+            return Ok(entry.expires);
+        };
+        if !entry.renewable {
+            return Err(Error::FailedPrecondition("this token is not renewable".into()));
+        }
+        let inc = if increment_secs == 0 { entry.ttl_secs } else { increment_secs };
+        let wanted = crate::Timestamp { secs: now.secs + inc as i64, nanos: now.nanos };
+        entry.expires = Some(wanted.min(max));
+        let mut batch = WriteBatch::new();
+        batch.expect(key.clone(), &stamp).put(key, Zeroizing::new(serde_json::to_vec(&entry).expect("plain data")));
+        self.barrier.commit(batch).await?;
+        loaded.tokens.write().unwrap_or_else(|p| p.into_inner()).remove(hash);
+        Ok(entry.expires)
+    }
+
+    pub async fn renew_self(&self, token: Option<&str>, increment_secs: u64) -> Result<Option<crate::Timestamp>> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "auth/token/renew-self", Capability::Update).await?;
+        let loaded = self.loaded()?;
+        self.renew_hash(&loaded, &id.hash, increment_secs).await
+    }
+
+    pub async fn renew_token(
+        &self,
+        token: Option<&str>,
+        target: &str,
+        increment_secs: u64,
+    ) -> Result<Option<crate::Timestamp>> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "auth/token/renew", Capability::Update).await?;
+        let loaded = self.loaded()?;
+        let (_, hash) = loaded.salt.entry_key(target);
+        self.renew_hash(&loaded, &hash, increment_secs).await
     }
 }

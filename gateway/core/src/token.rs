@@ -33,6 +33,18 @@ pub struct TokenEntry {
     /// The creator's hash: revoking the creator revokes this token.
     #[serde(default)]
     pub parent: Option<String>,
+    /// The lifetime a renewal grants by default.
+    #[serde(default)]
+    pub ttl_secs: u64,
+    /// No renewal reaches past this (creation + max TTL, capped by the
+    /// creator's expiry).
+    #[serde(default)]
+    pub max_expires: Option<Timestamp>,
+    #[serde(default)]
+    pub renewable: bool,
+    /// Requests left before the token is revoked; 0: unlimited.
+    #[serde(default)]
+    pub num_uses: u32,
 }
 
 /// Who is calling, once authenticated.
@@ -44,6 +56,9 @@ pub struct Identity {
     pub display_name: String,
     pub created: Timestamp,
     pub expires: Option<Timestamp>,
+    pub renewable: bool,
+    /// Uses left after this request; 0: unlimited.
+    pub num_uses: u32,
 }
 
 impl Identity {
@@ -111,6 +126,8 @@ pub fn verify(entry: &TokenEntry, hash: &str, now: Timestamp) -> Result<Identity
         display_name: entry.display_name.clone(),
         created: entry.created,
         expires: entry.expires,
+        renewable: entry.renewable,
+        num_uses: entry.num_uses,
     })
 }
 
@@ -137,6 +154,10 @@ mod tests {
             created: Timestamp::default(),
             expires: Some(Timestamp { secs: 10, nanos: 0 }),
             parent: None,
+            ttl_secs: 10,
+            max_expires: None,
+            renewable: false,
+            num_uses: 0,
         };
         assert!(verify(&e, "ab", Timestamp { secs: 5, nanos: 0 }).unwrap().is_root());
         assert!(matches!(verify(&e, "ab", Timestamp { secs: 10, nanos: 0 }), Err(Error::Unauthenticated)));

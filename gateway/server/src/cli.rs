@@ -94,10 +94,28 @@ pub enum TokenCommand {
         /// Lifetime, e.g. 1h or 30m (default 768h).
         #[arg(long)]
         ttl: Option<humantime::Duration>,
+        /// Renewals never reach past creation + this (default 768h).
+        #[arg(long)]
+        max_ttl: Option<humantime::Duration>,
+        /// Whether the token may be renewed.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        renewable: bool,
+        /// Requests the token may make before it is revoked (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        use_limit: u32,
         #[arg(long, default_value = "")]
         display_name: String,
         #[arg(long)]
         no_default_policy: bool,
+    },
+    /// Renew a token (`--self`: the token in use) by its TTL or --increment.
+    Renew {
+        #[arg(value_name = "TOKEN")]
+        target: Option<String>,
+        #[arg(long = "self", conflicts_with = "target")]
+        renew_self: bool,
+        #[arg(long)]
+        increment: Option<humantime::Duration>,
     },
     /// Describe the token in use.
     Lookup,
@@ -932,6 +950,8 @@ fn token_info_rows(i: &pb::TokenInfo) -> Vec<(String, String)> {
         ("policies".into(), format!("[{}]", i.policies.join(" "))),
         ("created_time".into(), time(&i.created_time)),
         ("expire_time".into(), if i.expire_time.is_some() { time(&i.expire_time) } else { "never".into() }),
+        ("renewable".into(), i.renewable.to_string()),
+        ("num_uses".into(), i.num_uses.to_string()),
     ]
 }
 
@@ -939,17 +959,26 @@ fn token_info_json(i: &pb::TokenInfo) -> Value {
     json!({
         "display_name": i.display_name, "policies": i.policies,
         "created_time": time(&i.created_time), "expire_time": time(&i.expire_time),
+        "renewable": i.renewable, "num_uses": i.num_uses,
     })
 }
 
 pub async fn token(c: &Client, cmd: TokenCommand) -> Result<(), Error> {
     let json = c.output == Output::Json;
     match cmd {
-        TokenCommand::Create { policies, ttl, display_name, no_default_policy } => {
-            let ttl_seconds = ttl.map_or(0, |d| std::time::Duration::from(d).as_secs());
+        TokenCommand::Create { policies, ttl, max_ttl, renewable, use_limit, display_name, no_default_policy } => {
+            let secs = |d: Option<humantime::Duration>| d.map_or(0, |d| std::time::Duration::from(d).as_secs());
             let r = c
                 .tokens()
-                .create(c.req(pb::CreateTokenRequest { policies, ttl_seconds, display_name, no_default_policy }))
+                .create(c.req(pb::CreateTokenRequest {
+                    policies,
+                    ttl_seconds: secs(ttl),
+                    max_ttl_seconds: secs(max_ttl),
+                    renewable: Some(renewable),
+                    num_uses: use_limit,
+                    display_name,
+                    no_default_policy,
+                }))
                 .await?
                 .into_inner();
             let info = r.info.unwrap_or_default();
@@ -961,6 +990,32 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Result<(), Error> {
                 let mut rows = vec![("token".to_string(), r.token.clone())];
                 rows.extend(token_info_rows(&info));
                 print_table(&rows);
+            }
+        }
+        TokenCommand::Renew { target, renew_self, increment } => {
+            let target = match (target, renew_self) {
+                (_, true) => Zeroizing::new(String::new()),
+                (Some(t), false) => Zeroizing::new(t),
+                (None, false) => {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    Zeroizing::new(line.trim().to_string())
+                }
+            };
+            if target.is_empty() && !renew_self {
+                return Err(Error::Usage("give a token to renew, or --self".into()));
+            }
+            let increment_seconds = increment.map_or(0, |d| std::time::Duration::from(d).as_secs());
+            let r = c
+                .tokens()
+                .renew(c.req(pb::RenewTokenRequest { token: target.to_string(), increment_seconds }))
+                .await?
+                .into_inner();
+            let until = if r.expire_time.is_some() { time(&r.expire_time) } else { "never".into() };
+            if json {
+                print_json(&json!({ "expire_time": until }));
+            } else {
+                println!("Success! The token now expires: {until}");
             }
         }
         TokenCommand::Revoke { target, revoke_self } => {

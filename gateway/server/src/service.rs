@@ -511,13 +511,15 @@ pub struct TokensService {
     pub core: Arc<Core>,
 }
 
-fn token_info(
-    policies: Vec<String>,
-    display_name: String,
-    created: Timestamp,
-    expires: Option<Timestamp>,
-) -> pb::TokenInfo {
-    pb::TokenInfo { policies, display_name, created_time: Some(ts(created)), expire_time: expires.map(ts) }
+fn token_info(e: keybridge_core::token::Identity) -> pb::TokenInfo {
+    pb::TokenInfo {
+        policies: e.policies,
+        display_name: e.display_name,
+        created_time: Some(ts(e.created)),
+        expire_time: e.expires.map(ts),
+        renewable: e.renewable,
+        num_uses: e.num_uses,
+    }
 }
 
 #[tonic::async_trait]
@@ -532,6 +534,9 @@ impl pb::tokens_server::Tokens for TokensService {
                 keybridge_core::TokenRequest {
                     policies: r.policies,
                     ttl_secs: r.ttl_seconds,
+                    max_ttl_secs: r.max_ttl_seconds,
+                    renewable: r.renewable.unwrap_or(true),
+                    num_uses: r.num_uses,
                     display_name: r.display_name,
                     no_default_policy: r.no_default_policy,
                 },
@@ -540,7 +545,15 @@ impl pb::tokens_server::Tokens for TokensService {
             .map_err(status)?;
         Ok(Response::new(pb::CreateTokenResponse {
             token: new_token.to_string(),
-            info: Some(token_info(entry.policies, entry.display_name, entry.created, entry.expires)),
+            info: Some(token_info(keybridge_core::token::Identity {
+                hash: String::new(),
+                policies: entry.policies,
+                display_name: entry.display_name,
+                created: entry.created,
+                expires: entry.expires,
+                renewable: entry.renewable,
+                num_uses: entry.num_uses,
+            })),
         }))
     }
 
@@ -549,6 +562,19 @@ impl pb::tokens_server::Tokens for TokensService {
         let target = Zeroizing::new(req.into_inner().token);
         self.core.revoke_token(token.get(), &target).await.map_err(status)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn renew(&self, req: Request<pb::RenewTokenRequest>) -> Result<Response<pb::RenewTokenResponse>, Status> {
+        let token = token(&req)?;
+        let r = req.into_inner();
+        let target = Zeroizing::new(r.token);
+        let expires = if target.is_empty() {
+            self.core.renew_self(token.get(), r.increment_seconds).await
+        } else {
+            self.core.renew_token(token.get(), &target, r.increment_seconds).await
+        }
+        .map_err(status)?;
+        Ok(Response::new(pb::RenewTokenResponse { expire_time: expires.map(ts) }))
     }
 
     async fn revoke_self(
@@ -563,6 +589,6 @@ impl pb::tokens_server::Tokens for TokensService {
     async fn lookup_self(&self, req: Request<pb::LookupSelfRequest>) -> Result<Response<pb::TokenInfo>, Status> {
         let token = token(&req)?;
         let id = self.core.lookup_self(token.get()).await.map_err(status)?;
-        Ok(Response::new(token_info(id.policies, id.display_name, id.created, id.expires)))
+        Ok(Response::new(token_info(id)))
     }
 }

@@ -171,6 +171,19 @@ fn policies_and_tokens_from_the_cli() {
     assert!(s.cli(Some(&me), &["token", "revoke", "--self"]).status.success());
     assert_eq!(s.cli(Some(&me), &["token", "lookup"]).status.code(), Some(4));
 
+    // Renewal and use limits.
+    let o = s.cli(root, &["token", "create", "--ttl", "1m", "--max-ttl", "2m", "--use-limit", "3", "-o", "json"]);
+    let limited = json(&o)["token"].as_str().unwrap().to_string();
+    assert_eq!(json(&o)["num_uses"], 3);
+    assert!(s.cli(Some(&limited), &["token", "renew", "--self", "--increment", "10m"]).status.success());
+    assert_eq!(json(&s.cli(Some(&limited), &["token", "lookup", "-o", "json"]))["num_uses"], 1);
+    assert_eq!(json(&s.cli(Some(&limited), &["token", "lookup", "-o", "json"]))["num_uses"], 0);
+    assert_eq!(s.cli(Some(&limited), &["token", "lookup"]).status.code(), Some(4), "three uses, then gone");
+    let o = s.cli(root, &["token", "create", "--renewable", "false", "-o", "json"]);
+    let fixed = json(&o)["token"].as_str().unwrap().to_string();
+    let o = s.cli(root, &["token", "renew", &fixed]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+
     assert!(s.cli(root, &["policy", "delete", "team-read"]).status.success());
     assert_eq!(s.cli(t, &["kv", "get", "secret/team/app"]).status.code(), Some(4));
     assert_eq!(s.cli(root, &["policy", "delete", "default"]).status.code(), Some(2));
