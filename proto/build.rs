@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keybridge.v1.CreateTokenResponse",
             "keybridge.v1.RevokeTokenRequest",
             "keybridge.v1.RenewTokenRequest",
+            "keybridge.v1.LookupTokenRequest",
         ])
         .compile_fds(descriptors)?;
     Ok(())

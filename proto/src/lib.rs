@@ -35,5 +35,6 @@ pub mod v1 {
         CreateTokenResponse => [info],
         RevokeTokenRequest => [],
         RenewTokenRequest => [increment_seconds],
+        LookupTokenRequest => [],
     }
 }

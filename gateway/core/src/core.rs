@@ -154,6 +154,7 @@ impl Core {
             max_expires: None,
             renewable: false,
             num_uses: 0,
+            accessor: token::generate_accessor(),
         };
         let mut table = MountTable::default();
         table.add(MountEntry {
@@ -168,6 +169,7 @@ impl Core {
         let initial = vec![
             (MOUNTS_KEY.to_string(), encode_json(&table)),
             (token::SALT_KEY.to_string(), salt.bytes()),
+            (format!("{}{}", token::ACCESSOR_PREFIX, entry.accessor), Zeroizing::new(entry.hash.clone().into_bytes())),
             (entry_key, encode_json(&entry)),
             (
                 policies::policy_key(policies::DEFAULT_POLICY),
@@ -623,7 +625,7 @@ impl Core {
 
 #[path = "policies.rs"]
 mod policies;
-pub use policies::TokenRequest;
+pub use policies::{TokenRef, TokenRequest};
 
 #[cfg(test)]
 #[path = "core_tests.rs"]

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use keybridge_barrier::{Barrier, RedbStore};
 
 use super::*;
-use crate::TokenRequest;
+use crate::{TokenRef, TokenRequest};
 
 fn fields(pairs: &[(&str, &str)]) -> SecretValue {
     SecretValue::Fields(pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string()))).collect())
@@ -364,8 +364,14 @@ async fn revoking_a_token_revokes_its_children_at_once() {
     core.revoke_self(Some(&sibling)).await.unwrap();
     assert!(matches!(core.lookup_self(Some(&sibling)).await, Err(Error::Unauthenticated)));
     // Nothing is left of them in storage but the root token.
+    // Entry, index and accessor of every revoked token are gone: only the
+    // root token's entry and accessor remain.
     let left = core.barrier.list("auth/token/", None, 100).await.unwrap();
-    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter().any(|k| k.starts_with("auth/token/accessor/"))
+            && left.iter().any(|k| k.starts_with("auth/token/id/"))
+    );
 }
 
 #[tokio::test]
@@ -410,4 +416,28 @@ async fn use_limited_tokens_stop_after_their_last_use() {
         ok += usize::from(task.await.unwrap());
     }
     assert_eq!(ok, 5);
+}
+
+#[tokio::test]
+async fn accessors_look_up_and_revoke_without_the_token() {
+    let (core, root) = dev_core().await;
+    let r = Some(root.as_str());
+    let (t, entry) =
+        core.create_token(r, TokenRequest { display_name: "svc".into(), ..Default::default() }).await.unwrap();
+    assert!(entry.accessor.starts_with("acc."));
+    let by_accessor = core.lookup_token(r, TokenRef::Accessor(&entry.accessor)).await.unwrap();
+    assert_eq!((by_accessor.display_name.as_str(), by_accessor.hash.as_str()), ("svc", entry.hash.as_str()));
+    assert_eq!(core.lookup_token(r, TokenRef::Token(&t)).await.unwrap().accessor, entry.accessor);
+    // The default policy does not allow looking up others.
+    let (other, _) = core.create_token(r, TokenRequest::default()).await.unwrap();
+    assert!(matches!(
+        core.lookup_token(Some(&other), TokenRef::Accessor(&entry.accessor)).await,
+        Err(Error::PermissionDenied(_))
+    ));
+    // An accessor cannot authenticate.
+    assert!(matches!(core.lookup_self(Some(&entry.accessor)).await, Err(Error::Unauthenticated)));
+    core.revoke_accessor(r, &entry.accessor).await.unwrap();
+    assert!(matches!(core.lookup_self(Some(&t)).await, Err(Error::Unauthenticated)));
+    assert!(matches!(core.lookup_token(r, TokenRef::Accessor(&entry.accessor)).await, Err(Error::NotFound(_))));
+    assert!(matches!(core.lookup_token(r, TokenRef::Accessor("a/b")).await, Err(Error::InvalidArgument(_))));
 }

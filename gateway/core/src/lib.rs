@@ -18,7 +18,7 @@ mod time;
 pub mod token;
 pub mod value;
 
-pub use crate::core::{Core, CoreConfig, InitResult, SealStatus, TokenRequest};
+pub use crate::core::{Core, CoreConfig, InitResult, SealStatus, TokenRef, TokenRequest};
 pub use error::Error;
 pub use time::Timestamp;
 

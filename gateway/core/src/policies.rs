@@ -257,6 +257,7 @@ impl Core {
             max_expires: Some(max_expires),
             renewable: req.renewable,
             num_uses: req.num_uses,
+            accessor: token::generate_accessor(),
         };
         // The creator must still exist when the child is written, so a
         // concurrent revocation of the creator cannot miss the child.
@@ -270,7 +271,11 @@ impl Core {
             .expect(parent_key, &parent_stamp)
             .expect(key.clone(), &keybridge_barrier::Stamp::absent())
             .put(key, Zeroizing::new(serde_json::to_vec(&entry).expect("plain data")))
-            .put(child_marker, Zeroizing::new(b"1".to_vec()));
+            .put(child_marker, Zeroizing::new(b"1".to_vec()))
+            .put(
+                format!("{}{}", token::ACCESSOR_PREFIX, entry.accessor),
+                Zeroizing::new(entry.hash.clone().into_bytes()),
+            );
         self.barrier.commit(batch).await.map_err(|e| match e {
             keybridge_barrier::Error::Conflict => Error::Unauthenticated,
             e => e.into(),
@@ -310,7 +315,15 @@ impl Core {
                 pending.push(marker[prefix.len()..].to_string());
                 batch.delete(marker);
             }
-            batch.delete(format!("{ENTRY_PREFIX}{h}"));
+            let key = format!("{ENTRY_PREFIX}{h}");
+            if let Some(raw) = self.barrier.get(&key).await? {
+                let e: TokenEntry = serde_json::from_slice(&raw)
+                    .map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?;
+                if !e.accessor.is_empty() {
+                    batch.delete(format!("{}{}", crate::token::ACCESSOR_PREFIX, e.accessor));
+                }
+            }
+            batch.delete(key);
             revoked.push(h);
         }
         self.barrier.commit(batch).await?;
@@ -375,6 +388,9 @@ impl Core {
                 batch.delete(key);
                 if let Some(parent) = &entry.parent {
                     batch.delete(format!("{}{parent}/{hash}", token::PARENT_PREFIX));
+                }
+                if !entry.accessor.is_empty() {
+                    batch.delete(format!("{}{}", token::ACCESSOR_PREFIX, entry.accessor));
                 }
             } else {
                 entry.num_uses -= 1;
@@ -443,5 +459,58 @@ impl Core {
         let loaded = self.loaded()?;
         let (_, hash) = loaded.salt.entry_key(target);
         self.renew_hash(&loaded, &hash, increment_secs).await
+    }
+}
+
+/// Which token a lookup or revocation names.
+pub enum TokenRef<'a> {
+    Token(&'a str),
+    Accessor(&'a str),
+}
+
+impl Core {
+    /// The hash of the token `r` names, if it exists.
+    async fn resolve(&self, loaded: &Loaded, r: &TokenRef<'_>) -> Result<Option<String>> {
+        match r {
+            TokenRef::Token(t) => Ok(Some(loaded.salt.entry_key(t).1)),
+            TokenRef::Accessor(a) => {
+                if a.is_empty() || a.len() > 64 || a.contains('/') {
+                    return Err(Error::InvalidArgument("an accessor looks like acc.XXXXXXXX".into()));
+                }
+                let raw = self.barrier.get(&format!("{}{a}", crate::token::ACCESSOR_PREFIX)).await?;
+                Ok(raw.map(|h| String::from_utf8_lossy(&h).into_owned()))
+            }
+        }
+    }
+
+    /// Looks up another token by the token itself or its accessor
+    /// (`auth/token/lookup`, `auth/token/lookup-accessor`).
+    pub async fn lookup_token(&self, token: Option<&str>, target: TokenRef<'_>) -> Result<crate::token::Identity> {
+        use crate::token::{ENTRY_PREFIX, TokenEntry};
+        let id = self.authenticate(token).await?;
+        let path = match target {
+            TokenRef::Token(_) => "auth/token/lookup",
+            TokenRef::Accessor(_) => "auth/token/lookup-accessor",
+        };
+        self.authorize(&id, path, Capability::Update).await?;
+        let loaded = self.loaded()?;
+        let not_found = || Error::NotFound("no such token (it may have expired or been revoked)".into());
+        let hash = self.resolve(&loaded, &target).await?.ok_or_else(not_found)?;
+        let key = format!("{ENTRY_PREFIX}{hash}");
+        let raw = self.barrier.get(&key).await?.ok_or_else(not_found)?;
+        let entry: TokenEntry =
+            serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?;
+        crate::token::verify(&entry, &hash, crate::Timestamp::now()).map_err(|_| not_found())
+    }
+
+    /// Revokes a token (and its children) named by its accessor.
+    pub async fn revoke_accessor(&self, token: Option<&str>, accessor: &str) -> Result<()> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "auth/token/revoke-accessor", Capability::Update).await?;
+        let loaded = self.loaded()?;
+        match self.resolve(&loaded, &TokenRef::Accessor(accessor)).await? {
+            Some(hash) => self.revoke_tree(&loaded, &hash).await.map(|_| ()),
+            None => Ok(()),
+        }
     }
 }

@@ -17,6 +17,14 @@ pub const ENTRY_PREFIX: &str = "auth/token/id/";
 /// `auth/token/parent/<parent hash>/<child hash>`: the index that lets a
 /// revocation find every child.
 pub const PARENT_PREFIX: &str = "auth/token/parent/";
+/// `auth/token/accessor/<accessor>` holds the token's hash.
+pub const ACCESSOR_PREFIX: &str = "auth/token/accessor/";
+
+/// `acc.` and 24 alphanumerics.
+pub fn generate_accessor() -> String {
+    let body: String = rand::rngs::OsRng.sample_iter(&Alphanumeric).take(24).map(char::from).collect();
+    format!("acc.{body}")
+}
 pub const ROOT_POLICY: &str = "root";
 
 /// A stored token entry: what the token may do. No secret inside.
@@ -45,6 +53,10 @@ pub struct TokenEntry {
     /// Requests left before the token is revoked; 0: unlimited.
     #[serde(default)]
     pub num_uses: u32,
+    /// A public handle for the token: it can look the token up or revoke
+    /// it, but not authenticate.
+    #[serde(default)]
+    pub accessor: String,
 }
 
 /// Who is calling, once authenticated.
@@ -52,6 +64,7 @@ pub struct TokenEntry {
 pub struct Identity {
     /// The token's hash (its storage name), never the token.
     pub hash: String,
+    pub accessor: String,
     pub policies: Vec<String>,
     pub display_name: String,
     pub created: Timestamp,
@@ -122,6 +135,7 @@ pub fn verify(entry: &TokenEntry, hash: &str, now: Timestamp) -> Result<Identity
     }
     Ok(Identity {
         hash: entry.hash.clone(),
+        accessor: entry.accessor.clone(),
         policies: entry.policies.clone(),
         display_name: entry.display_name.clone(),
         created: entry.created,
@@ -158,6 +172,7 @@ mod tests {
             max_expires: None,
             renewable: false,
             num_uses: 0,
+            accessor: String::new(),
         };
         assert!(verify(&e, "ab", Timestamp { secs: 5, nanos: 0 }).unwrap().is_root());
         assert!(matches!(verify(&e, "ab", Timestamp { secs: 10, nanos: 0 }), Err(Error::Unauthenticated)));

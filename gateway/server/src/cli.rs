@@ -117,8 +117,13 @@ pub enum TokenCommand {
         #[arg(long)]
         increment: Option<humantime::Duration>,
     },
-    /// Describe the token in use.
-    Lookup,
+    /// Describe the token in use, or another by its token or --accessor.
+    Lookup {
+        #[arg(value_name = "TOKEN")]
+        target: Option<String>,
+        #[arg(long, conflicts_with = "target")]
+        accessor: Option<String>,
+    },
     /// Revoke a token (read from stdin if omitted) and every token it
     /// created; `--self` revokes the token in use.
     Revoke {
@@ -126,8 +131,11 @@ pub enum TokenCommand {
         /// --token flag (and KEYBRIDGE_TOKEN), which clap would fill it from.
         #[arg(value_name = "TOKEN")]
         target: Option<String>,
-        #[arg(long = "self", conflicts_with = "target")]
+        #[arg(long = "self", conflicts_with_all = ["target", "accessor"])]
         revoke_self: bool,
+        /// Revoke the token with this accessor.
+        #[arg(long, conflicts_with = "target")]
+        accessor: Option<String>,
     },
 }
 
@@ -952,6 +960,7 @@ fn token_info_rows(i: &pb::TokenInfo) -> Vec<(String, String)> {
         ("expire_time".into(), if i.expire_time.is_some() { time(&i.expire_time) } else { "never".into() }),
         ("renewable".into(), i.renewable.to_string()),
         ("num_uses".into(), i.num_uses.to_string()),
+        ("accessor".into(), i.accessor.clone()),
     ]
 }
 
@@ -959,7 +968,7 @@ fn token_info_json(i: &pb::TokenInfo) -> Value {
     json!({
         "display_name": i.display_name, "policies": i.policies,
         "created_time": time(&i.created_time), "expire_time": time(&i.expire_time),
-        "renewable": i.renewable, "num_uses": i.num_uses,
+        "renewable": i.renewable, "num_uses": i.num_uses, "accessor": i.accessor,
     })
 }
 
@@ -1018,9 +1027,11 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Result<(), Error> {
                 println!("Success! The token now expires: {until}");
             }
         }
-        TokenCommand::Revoke { target, revoke_self } => {
+        TokenCommand::Revoke { target, revoke_self, accessor } => {
             if revoke_self {
                 c.tokens().revoke_self(c.req(pb::RevokeSelfRequest {})).await?;
+            } else if let Some(accessor) = accessor {
+                c.tokens().revoke(c.req(pb::RevokeTokenRequest { token: String::new(), accessor })).await?;
             } else {
                 let target = match target {
                     Some(t) => Zeroizing::new(t),
@@ -1030,12 +1041,24 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Result<(), Error> {
                         Zeroizing::new(line.trim().to_string())
                     }
                 };
-                c.tokens().revoke(c.req(pb::RevokeTokenRequest { token: target.to_string() })).await?;
+                c.tokens()
+                    .revoke(c.req(pb::RevokeTokenRequest { token: target.to_string(), accessor: String::new() }))
+                    .await?;
             }
             done(json, "Success! Revoked the token (if it existed) and its children.");
         }
-        TokenCommand::Lookup => {
-            let info = c.tokens().lookup_self(c.req(pb::LookupSelfRequest {})).await?.into_inner();
+        TokenCommand::Lookup { target, accessor } => {
+            use pb::lookup_token_request::Target;
+            let info = match (target, accessor) {
+                (Some(t), _) => {
+                    c.tokens().lookup(c.req(pb::LookupTokenRequest { target: Some(Target::Token(t)) })).await?
+                }
+                (None, Some(a)) => {
+                    c.tokens().lookup(c.req(pb::LookupTokenRequest { target: Some(Target::Accessor(a)) })).await?
+                }
+                (None, None) => c.tokens().lookup_self(c.req(pb::LookupSelfRequest {})).await?,
+            }
+            .into_inner();
             if json {
                 print_json(&token_info_json(&info));
             } else {

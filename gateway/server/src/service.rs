@@ -519,6 +519,7 @@ fn token_info(e: keybridge_core::token::Identity) -> pb::TokenInfo {
         expire_time: e.expires.map(ts),
         renewable: e.renewable,
         num_uses: e.num_uses,
+        accessor: e.accessor,
     }
 }
 
@@ -547,6 +548,7 @@ impl pb::tokens_server::Tokens for TokensService {
             token: new_token.to_string(),
             info: Some(token_info(keybridge_core::token::Identity {
                 hash: String::new(),
+                accessor: entry.accessor,
                 policies: entry.policies,
                 display_name: entry.display_name,
                 created: entry.created,
@@ -559,9 +561,33 @@ impl pb::tokens_server::Tokens for TokensService {
 
     async fn revoke(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let token = token(&req)?;
-        let target = Zeroizing::new(req.into_inner().token);
-        self.core.revoke_token(token.get(), &target).await.map_err(status)?;
+        let r = req.into_inner();
+        let target = Zeroizing::new(r.token);
+        match (target.is_empty(), r.accessor.is_empty()) {
+            (false, true) => self.core.revoke_token(token.get(), &target).await,
+            (true, false) => self.core.revoke_accessor(token.get(), &r.accessor).await,
+            _ => return Err(Status::invalid_argument("give exactly one of token and accessor")),
+        }
+        .map_err(status)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn lookup(&self, req: Request<pb::LookupTokenRequest>) -> Result<Response<pb::TokenInfo>, Status> {
+        let token = token(&req)?;
+        let target = match req.into_inner().target {
+            Some(pb::lookup_token_request::Target::Token(t)) => Zeroizing::new(t),
+            Some(pb::lookup_token_request::Target::Accessor(a)) => {
+                let id = self
+                    .core
+                    .lookup_token(token.get(), keybridge_core::TokenRef::Accessor(&a))
+                    .await
+                    .map_err(status)?;
+                return Ok(Response::new(token_info(id)));
+            }
+            None => return Err(Status::invalid_argument("give the token or its accessor")),
+        };
+        let id = self.core.lookup_token(token.get(), keybridge_core::TokenRef::Token(&target)).await.map_err(status)?;
+        Ok(Response::new(token_info(id)))
     }
 
     async fn renew(&self, req: Request<pb::RenewTokenRequest>) -> Result<Response<pb::RenewTokenResponse>, Status> {

@@ -171,6 +171,16 @@ fn policies_and_tokens_from_the_cli() {
     assert!(s.cli(Some(&me), &["token", "revoke", "--self"]).status.success());
     assert_eq!(s.cli(Some(&me), &["token", "lookup"]).status.code(), Some(4));
 
+    // Accessors: look up and revoke a token without holding it.
+    let o = s.cli(root, &["token", "create", "--display-name", "svc", "-o", "json"]);
+    let (svc, acc) =
+        (json(&o)["token"].as_str().unwrap().to_string(), json(&o)["accessor"].as_str().unwrap().to_string());
+    assert_eq!(json(&s.cli(root, &["token", "lookup", "--accessor", &acc, "-o", "json"]))["display_name"], "svc");
+    assert_eq!(json(&s.cli(root, &["token", "lookup", &svc, "-o", "json"]))["accessor"], acc);
+    assert!(s.cli(root, &["token", "revoke", "--accessor", &acc]).status.success());
+    assert_eq!(s.cli(Some(&svc), &["token", "lookup"]).status.code(), Some(4));
+    assert_eq!(s.cli(root, &["token", "lookup", "--accessor", &acc]).status.code(), Some(3));
+
     // Renewal and use limits.
     let o = s.cli(root, &["token", "create", "--ttl", "1m", "--max-ttl", "2m", "--use-limit", "3", "-o", "json"]);
     let limited = json(&o)["token"].as_str().unwrap().to_string();
