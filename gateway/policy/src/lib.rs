@@ -11,10 +11,12 @@
 //! - No matching rule: denied.
 
 mod acl;
+mod lint;
 mod parse;
 mod pattern;
 
 pub use acl::{Acl, Decision, Request};
+pub use lint::{Warning, lint};
 pub use parse::{Capability, PathRule, Policy, parse_policy};
 pub use pattern::Pattern;
 

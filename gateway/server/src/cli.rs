@@ -82,6 +82,13 @@ pub enum PolicyCommand {
     Delete {
         name: String,
     },
+    /// Check policy files offline: syntax (with line and column) and
+    /// built-in warnings, such as create without update on a path that has
+    /// no existence check. Exits 2 if a file does not parse.
+    Lint {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -948,6 +955,9 @@ pub async fn policy(c: &Client, cmd: PolicyCommand) -> Result<(), Error> {
             c.policies().delete(c.req(pb::DeletePolicyRequest { name: name.clone() })).await?;
             done(json, &format!("Success! Deleted policy: {name}"));
         }
+        PolicyCommand::Lint { files } => {
+            policy_lint(&files, c.output)?;
+        }
     }
     Ok(())
 }
@@ -1067,4 +1077,42 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// `policy lint`: runs without a server. Returns the exit code.
+pub fn policy_lint(files: &[PathBuf], output: Output) -> Result<u8, Error> {
+    let mut findings = Vec::new();
+    let mut broken = false;
+    for file in files {
+        let text = utf8(read_file(file)?, &file.display().to_string())?;
+        let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        match keybridge_policy::parse_policy(&name, &text) {
+            Ok(policy) => {
+                for w in keybridge_policy::lint(&policy) {
+                    findings.push(json!({ "file": file, "path": w.path, "level": "warning", "message": w.message }));
+                }
+            }
+            Err(e) => {
+                broken = true;
+                findings.push(json!({ "file": file, "level": "error", "message": e.to_string() }));
+            }
+        }
+    }
+    if output == Output::Json {
+        print_json(&json!(findings));
+    } else {
+        for f in &findings {
+            let at = f["path"].as_str().map(|p| format!(" path \"{p}\"")).unwrap_or_default();
+            println!(
+                "{}{at}: {}: {}",
+                f["file"].as_str().unwrap_or_default(),
+                f["level"].as_str().unwrap_or_default(),
+                f["message"].as_str().unwrap_or_default()
+            );
+        }
+        if findings.is_empty() {
+            println!("No findings in {} file(s).", files.len());
+        }
+    }
+    Ok(if broken { crate::error::exit::USAGE } else { crate::error::exit::OK })
 }

@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             server::run(config, dev).await?;
             Ok(exit::OK)
         }
+        Command::Policy(cli::PolicyCommand::Lint { files }) => cli::policy_lint(&files, cli.global.output),
         client_command => {
             let c = Client::connect(&cli.global).await?;
             match client_command {

@@ -198,3 +198,25 @@ fn policies_and_tokens_from_the_cli() {
     assert_eq!(s.cli(t, &["kv", "get", "secret/team/app"]).status.code(), Some(4));
     assert_eq!(s.cli(root, &["policy", "delete", "default"]).status.code(), Some(2));
 }
+
+#[test]
+fn policy_lint_runs_offline_and_flags_the_pki_subtlety() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/corpus");
+    let run = |args: &[&str]| {
+        std::process::Command::new(crate::harness::BIN)
+            .args(args)
+            .env("KEYBRIDGE_ADDR", "http://127.0.0.1:1")
+            .output()
+            .unwrap()
+    };
+    let origin = corpus.join("origin.hcl");
+    let o = run(&["policy", "lint", "-o", "json", origin.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let findings = json(&o);
+    let paths: Vec<&str> = findings.as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["database/creds/app-readonly", "pki/issue/app-tls"]);
+    let broken = corpus.join("truncated.hcl");
+    let o = run(&["policy", "lint", broken.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).contains("line 2, column 25"), "{}", stdout(&o));
+}
