@@ -284,8 +284,11 @@ path "secret/metadata/app/*" {
     assert!(matches!(core.seal(t).await, Err(Error::PermissionDenied(_))));
     assert!(matches!(core.delete(t, "secret/app/db", &[], false).await, Err(Error::PermissionDenied(_))));
     assert_eq!(core.list(t, "secret/app", 0, "", false).await.unwrap().0, ["db"]);
-    // The default policy lets a token look itself up.
+    // The default policy lets a token look itself up and ask what it may do.
     assert_eq!(core.lookup_self(t).await.unwrap().display_name, "app");
+    assert_eq!(core.capabilities_self(t, "secret/data/app/db").await.unwrap(), ["read", "update"]);
+    assert_eq!(core.capabilities_self(t, "secret/data/other").await.unwrap(), ["deny"]);
+    assert_eq!(core.capabilities_self(r, "anything").await.unwrap().len(), 7);
     // A child can only get what its parent holds.
     assert!(matches!(
         core.create_token(

@@ -514,3 +514,17 @@ impl Core {
         }
     }
 }
+
+impl Core {
+    /// The capabilities the calling token has on `path`
+    /// (`sys/capabilities-self`, in the default policy).
+    pub async fn capabilities_self(&self, token: Option<&str>, path: &str) -> Result<Vec<&'static str>> {
+        let id = self.authenticate(token).await?;
+        self.authorize(&id, "sys/capabilities-self", Capability::Update).await?;
+        crate::path::validate_secret_path(path)?;
+        let loaded = self.loaded()?;
+        let acl = self.acl_for(&loaded, &id.policies).await?;
+        let caps = acl.capabilities(path);
+        Ok(if caps.is_empty() { vec!["deny"] } else { caps.into_iter().map(|c| c.as_str()).collect() })
+    }
+}

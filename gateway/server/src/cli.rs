@@ -115,6 +115,8 @@ pub enum TokenCommand {
         #[arg(long)]
         no_default_policy: bool,
     },
+    /// The capabilities the token in use has on a path.
+    Capabilities { path: String },
     /// Renew a token (`--self`: the token in use) by its TTL or --increment.
     Renew {
         #[arg(value_name = "TOKEN")]
@@ -1009,6 +1011,14 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Result<(), Error> {
                 let mut rows = vec![("token".to_string(), r.token.clone())];
                 rows.extend(token_info_rows(&info));
                 print_table(&rows);
+            }
+        }
+        TokenCommand::Capabilities { path } => {
+            let r = c.tokens().capabilities_self(c.req(pb::CapabilitiesRequest { path })).await?.into_inner();
+            if json {
+                print_json(&json!(r.capabilities));
+            } else {
+                println!("{}", r.capabilities.join(", "));
             }
         }
         TokenCommand::Renew { target, renew_self, increment } => {

@@ -572,6 +572,16 @@ impl pb::tokens_server::Tokens for TokensService {
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 
+    async fn capabilities_self(
+        &self,
+        req: Request<pb::CapabilitiesRequest>,
+    ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
+        let token = token(&req)?;
+        let path = req.into_inner().path;
+        let caps = self.core.capabilities_self(token.get(), &path).await.map_err(status)?;
+        Ok(Response::new(pb::CapabilitiesResponse { capabilities: caps.into_iter().map(str::to_string).collect() }))
+    }
+
     async fn lookup(&self, req: Request<pb::LookupTokenRequest>) -> Result<Response<pb::TokenInfo>, Status> {
         let token = token(&req)?;
         let target = match req.into_inner().target {

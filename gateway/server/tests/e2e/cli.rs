@@ -155,6 +155,7 @@ fn policies_and_tokens_from_the_cli() {
     assert_eq!(s.cli(t, &["policy", "write", "team-read", "-"]).status.code(), Some(4));
     assert_eq!(s.cli(t, &["token", "create", "--policy", "root"]).status.code(), Some(4));
     assert_eq!(json(&s.cli(t, &["token", "lookup", "-o", "json"]))["display_name"], "ci");
+    assert_eq!(stdout(&s.cli(t, &["token", "capabilities", "secret/data/team/app"])).trim(), "read");
 
     // Revocation: a child of the token goes with it.
     let o = s.cli(t, &["token", "create", "--policy", "team-read", "-o", "json"]);
