@@ -73,6 +73,8 @@ struct RawLimits {
     max_request_bytes: Option<usize>,
     max_concurrent_requests: Option<usize>,
     request_timeout: Option<String>,
+    token_requests_per_second: Option<u32>,
+    token_burst: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +99,11 @@ pub struct Limits {
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
+    /// Per-token request rate; 0: no limit.
+    pub token_requests_per_second: u32,
+    /// Requests a token may make at once before the rate applies
+    /// (default: one second's worth).
+    pub token_burst: u32,
 }
 
 impl Default for Limits {
@@ -106,6 +113,8 @@ impl Default for Limits {
             max_request_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 4096,
             request_timeout: Duration::from_secs(60),
+            token_requests_per_second: 0,
+            token_burst: 0,
         }
     }
 }
@@ -176,6 +185,12 @@ impl Config {
             }
             if let Some(v) = l.max_concurrent_requests {
                 limits.max_concurrent_requests = v;
+            }
+            if let Some(v) = l.token_requests_per_second {
+                limits.token_requests_per_second = v;
+            }
+            if let Some(v) = l.token_burst {
+                limits.token_burst = v;
             }
             if let Some(v) = l.request_timeout {
                 limits.request_timeout = humantime::parse_duration(&v)

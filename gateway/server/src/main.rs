@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod error;
 mod hygiene;
+mod ratelimit;
 mod server;
 mod service;
 

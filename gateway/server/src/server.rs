@@ -111,6 +111,10 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         listener.local_addr().map_err(|e| Error::Listen { addr: config.address.to_string(), source: e })?;
     // Accepted connections get TCP_NODELAY: small gRPC frames must not wait
     // for delayed ACKs (Nagle), which costs ~40 ms per request.
+    let rate_limit = std::num::NonZeroU32::new(config.limits.token_requests_per_second).map(|rate| {
+        let burst = std::num::NonZeroU32::new(config.limits.token_burst).unwrap_or(rate);
+        crate::ratelimit::TokenRateLimitLayer::new(rate, burst)
+    });
     let incoming =
         TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
     let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -130,6 +134,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     tracing::info!(address = %local, tls = config.tls.is_some(), storage = core.seal_status().await?.storage_type, "serving");
 
     builder
+        .layer(tower::util::option_layer(rate_limit))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(secrets)

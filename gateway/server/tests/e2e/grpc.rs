@@ -232,3 +232,53 @@ fn process_hygiene_core_dumps_off_and_memory_locked() {
     let unlocked = Server::with_config(dir.path(), false, 0);
     assert_eq!(crate::harness::locked_kib(unlocked.child.id()), 0);
 }
+
+async fn rate_limited_server() -> (Server, tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_limits(dir.path(), false, 0, "token_requests_per_second = 5\ntoken_burst = 5");
+    let mut sys = s.sys().await;
+    let init = sys.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
+    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false }).await.unwrap();
+    (s, dir, init.root_token)
+}
+
+#[tokio::test]
+async fn per_token_rate_limit_respected() {
+    let (s, _dir, root) = rate_limited_server().await;
+    let mut c = s.secrets().await;
+    // Within the burst, and then at the configured rate: all served.
+    for i in 0..5 {
+        let req = pb::PutRequest { path: format!("secret/k{i}"), value: fields(&[("v", "1")]), cas: None };
+        c.put(authed(&root, req)).await.unwrap();
+    }
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        c.get(authed(&root, pb::GetRequest { path: "secret/k0".into(), version: 0 })).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn per_token_rate_limit_exceeded() {
+    let (s, _dir, root) = rate_limited_server().await;
+    let mut c = s.secrets().await;
+    let mut exhausted = 0;
+    for _ in 0..20 {
+        match c.get(authed(&root, pb::GetRequest { path: "secret/none".into(), version: 0 })).await {
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(e.message().contains("rate limit"), "{}", e.message());
+                exhausted += 1;
+            }
+            Err(e) => assert_eq!(e.code(), Code::NotFound, "{e:?}"),
+            Ok(_) => panic!("no such secret"),
+        }
+    }
+    assert!(exhausted >= 14, "only {exhausted} of 20 were limited");
+    // Another token has its own budget; requests without a token are
+    // refused as unauthenticated, not rate limited.
+    let err = c.get(authed("other", pb::GetRequest { path: "secret/none".into(), version: 0 })).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // The budget refills.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let err = c.get(authed(&root, pb::GetRequest { path: "secret/none".into(), version: 0 })).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}

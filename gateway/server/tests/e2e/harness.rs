@@ -62,6 +62,11 @@ impl Server {
 
     /// A server from a config file in `dir` (storage in `dir/data`).
     pub fn with_config(dir: &Path, tls: bool, port: u16) -> Server {
+        Self::with_config_limits(dir, tls, port, "")
+    }
+
+    /// As [`Server::with_config`], with more lines in the `limits` block.
+    pub fn with_config_limits(dir: &Path, tls: bool, port: u16, limits: &str) -> Server {
         let data = dir.join("data");
         let (listener, ca) = if tls {
             let (cert, key, ca) = tls_files(dir);
@@ -77,7 +82,7 @@ impl Server {
             (format!("listener \"tcp\" {{\n address = \"127.0.0.1:{port}\"\n tls_disable = true\n}}"), None)
         };
         let config = format!(
-            "{listener}\nstorage \"file\" {{\n path = \"{}\"\n}}\nlimits {{\n max_value_bytes = 65536\n}}\ndisable_mlock = true\n",
+            "{listener}\nstorage \"file\" {{\n path = \"{}\"\n}}\nlimits {{\n max_value_bytes = 65536\n{limits}\n}}\ndisable_mlock = true\n",
             data.display()
         );
         let file = dir.join("keybridge.hcl");
