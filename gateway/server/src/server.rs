@@ -133,8 +133,27 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     println!("==> Keybridge server started! Listening on {scheme}://{local} (in {:?})", started.elapsed());
     tracing::info!(address = %local, tls = config.tls.is_some(), storage = core.seal_status().await?.storage_type, "serving");
 
+    // The tower layers every request passes, outermost first:
+    // 1. `authorization` is marked sensitive, before anything can log it;
+    // 2. a request id: the client's `x-request-id`, or a new UUID;
+    // 3. a tracing span per request carrying that id and the gRPC method
+    //    (debug level: `KEYBRIDGE_LOG=tower_http=debug`);
+    // 4. the request id is copied onto the response;
+    // 5. the per-token rate limit (when configured);
+    // then tonic's per-connection concurrency limit and request timeout, and
+    // the services, which authenticate, authorize and route.
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let layers = tower::ServiceBuilder::new()
+        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION]))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(tower_http::trace::TraceLayer::new_for_grpc().make_span_with(|req: &http::Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::debug_span!("request", id = %id, method = %req.uri().path())
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .option_layer(rate_limit);
     builder
-        .layer(tower::util::option_layer(rate_limit))
+        .layer(layers)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(secrets)

@@ -282,3 +282,16 @@ async fn per_token_rate_limit_exceeded() {
     let err = c.get(authed(&root, pb::GetRequest { path: "secret/none".into(), version: 0 })).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let s = Server::dev();
+    let mut c = s.secrets().await;
+    let r = c.get(authed(T, pb::GetRequest { path: "secret/none".into(), version: 0 })).await.unwrap_err();
+    let id = r.metadata().get("x-request-id").expect("a generated request id").to_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let mut req = authed(T, pb::ListRequest { path: "secret/".into(), ..Default::default() });
+    req.metadata_mut().insert("x-request-id", "trace-me-42".parse().unwrap());
+    let resp = c.list(req).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap(), "trace-me-42");
+}
