@@ -146,10 +146,16 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     let layers = tower::ServiceBuilder::new()
         .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION]))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(tower_http::trace::TraceLayer::new_for_grpc().make_span_with(|req: &http::Request<_>| {
-            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::debug_span!("request", id = %id, method = %req.uri().path())
-        }))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_grpc()
+                .make_span_with(|req: &http::Request<_>| {
+                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::debug_span!("request", id = %id, method = %req.uri().path())
+                })
+                // A NOT_FOUND or PERMISSION_DENIED is an answer, not a server
+                // failure; internal errors are logged where they happen.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .option_layer(rate_limit);
     builder

@@ -295,3 +295,26 @@ async fn every_response_carries_a_request_id() {
     let resp = c.list(req).await.unwrap();
     assert_eq!(resp.metadata().get("x-request-id").unwrap(), "trace-me-42");
 }
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let s = Server::dev_logging_to(&log);
+    let t = "root-LOGCHECK-7f3e";
+    let mut c = s.secrets().await;
+    let put =
+        pb::PutRequest { path: "secret/app".into(), value: fields(&[("password", "VALUE-LOGCHECK-91ab")]), cas: None };
+    c.put(authed(t, put)).await.unwrap();
+    c.get(authed(t, pb::GetRequest { path: "secret/app".into(), version: 0 })).await.unwrap();
+    let _ = c.get(authed("wrong-LOGCHECK-token", pb::GetRequest { path: "secret/app".into(), version: 0 })).await;
+    let mut sys = s.sys().await;
+    let _ = sys.unseal(pb::UnsealRequest { key: "KEY-LOGCHECK-55".into(), reset: false }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(s);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() > 20, "trace logging was on");
+    for secret in ["root-LOGCHECK-7f3e", "VALUE-LOGCHECK-91ab", "wrong-LOGCHECK-token", "KEY-LOGCHECK-55"] {
+        assert!(!text.contains(secret), "{secret} appears in the log");
+    }
+}

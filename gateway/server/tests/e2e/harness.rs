@@ -27,11 +27,15 @@ impl Drop for Server {
 /// Spawns the binary and waits for its "Listening on" line. The child is
 /// owned by the returned `Server` at once, so a failed start kills it too.
 fn spawn(args: &[&str]) -> Server {
+    spawn_with(args, "warn", Stdio::inherit())
+}
+
+fn spawn_with(args: &[&str], log: &str, stderr: Stdio) -> Server {
     let child = Command::new(BIN)
         .args(args)
-        .env("KEYBRIDGE_LOG", "warn")
+        .env("KEYBRIDGE_LOG", log)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn keybridge");
     let mut server = Server { child, addr: String::new(), root_token: None, ca_pem: None };
@@ -58,6 +62,16 @@ fn spawn(args: &[&str]) -> Server {
 impl Server {
     pub fn dev() -> Server {
         spawn(&["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", "root-e2e"])
+    }
+
+    /// A dev server logging everything (trace level) to `log`.
+    pub fn dev_logging_to(log: &Path) -> Server {
+        let file = std::fs::File::create(log).unwrap();
+        spawn_with(
+            &["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", "root-LOGCHECK-7f3e"],
+            "trace",
+            Stdio::from(file),
+        )
     }
 
     /// A server from a config file in `dir` (storage in `dir/data`).
