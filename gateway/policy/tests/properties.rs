@@ -1,8 +1,8 @@
 //! The policy parser and the path matcher against a saved corpus and
 //! bounded generated inputs (proptest, stable Rust): the parser never
 //! panics, the matcher agrees with a regular-expression reference, and rule
-//! priority is a strict order. (Coverage-guided cargo-fuzz targets are not
-//! set up yet.)
+//! priority is a strict order. Coverage-guided runs of the same properties:
+//! gateway/policy/fuzz (cargo-fuzz, nightly).
 
 use keybridge_policy::{Acl, Capability, Pattern, Request, parse_policy};
 use proptest::prelude::*;
