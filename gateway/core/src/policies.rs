@@ -73,14 +73,16 @@ impl Core {
     /// The merged ACL of a set of policy names; unknown names contribute
     /// nothing (deny by default), as in Vault.
     pub(super) async fn acl_for(&self, loaded: &Loaded, names: &[String]) -> Result<Arc<Acl>> {
-        let mut key: Vec<String> = names.to_vec();
-        key.sort();
-        key.dedup();
-        if let Some(acl) = loaded.acls.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        // Looked up by the names as the token holds them (sorted at
+        // creation), so the hot path allocates nothing.
+        if let Some(acl) = loaded.acls.read().unwrap_or_else(|p| p.into_inner()).get(names) {
             return Ok(acl.clone());
         }
+        let mut unique: Vec<&String> = names.iter().collect();
+        unique.sort();
+        unique.dedup();
         let mut policies: Vec<Policy> = Vec::new();
-        for name in &key {
+        for name in unique {
             if name == ROOT_POLICY {
                 policies.push(Policy { name: ROOT_POLICY.into(), rules: vec![] });
                 continue;
@@ -98,7 +100,7 @@ impl Core {
         if cache.len() >= 1024 {
             cache.clear();
         }
-        cache.insert(key, acl.clone());
+        cache.insert(names.to_vec(), acl.clone());
         Ok(acl)
     }
 
