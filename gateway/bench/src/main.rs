@@ -348,28 +348,21 @@ async fn main() {
                 (root.clone(), "root token".to_string())
             };
             println!("\n== TLS {tls} (file store, fsync on every commit, {who}) ==");
-            for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
-                for c in [1, 32] {
-                    if !args.ops.iter().any(|o| o == "get") {
-                        continue;
+            for (op, name, label) in [(Op::Get, "get", "Get "), (Op::Put, "put", "Put ")] {
+                if !args.ops.iter().any(|o| o == name) {
+                    continue;
+                }
+                for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
+                    for c in [1, 32] {
+                        let s = median_of(&args, &server, &token, op, c, keys).await;
+                        print_stats(&format!("{label} c={c:<2} 1 KiB, {what}"), &s);
                     }
-                    let s = median_of(&args, &server, &token, Op::Get, c, keys).await;
-                    print_stats(&format!("Get  c={c:<2} 1 KiB, {what}"), &s);
                 }
             }
             if args.ops.iter().any(|o| o == "health") {
                 for c in [1, 32] {
                     let s = median_of(&args, &server, &token, Op::Health, c, 1).await;
                     print_stats(&format!("Health c={c:<2} (transport floor)"), &s);
-                }
-            }
-            for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
-                for c in [1, 32] {
-                    if !args.ops.iter().any(|o| o == "put") {
-                        continue;
-                    }
-                    let s = median_of(&args, &server, &token, Op::Put, c, keys).await;
-                    print_stats(&format!("Put  c={c:<2} 1 KiB, {what}"), &s);
                 }
             }
         }

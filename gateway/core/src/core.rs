@@ -250,11 +250,12 @@ impl Core {
         if token.len() > 1024 {
             return Err(Error::Unauthenticated);
         }
-        let (key, hash) = loaded.salt.entry_key(token);
+        let hash = loaded.salt.hash(token);
         let cached = loaded.tokens.read().unwrap_or_else(|p| p.into_inner()).get(&hash).cloned();
         let entry = match cached {
             Some(e) => e,
             None => {
+                let key = token::entry_key_of(&hash);
                 let raw = self.barrier.get(&key).await?.ok_or(Error::Unauthenticated)?;
                 let entry: Arc<TokenEntry> = Arc::new(
                     serde_json::from_slice(&raw)

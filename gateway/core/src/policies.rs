@@ -263,7 +263,7 @@ impl Core {
         };
         // The creator must still exist when the child is written, so a
         // concurrent revocation of the creator cannot miss the child.
-        let parent_key = format!("{}{}", token::ENTRY_PREFIX, id.hash);
+        let parent_key = token::entry_key_of(&id.hash);
         let (parent, parent_stamp) = self.barrier.get_stamped(&parent_key).await?;
         if parent.is_none() {
             return Err(Error::Unauthenticated);
@@ -297,9 +297,9 @@ impl Core {
     /// Revokes the token with this hash and, recursively, every token it
     /// created, in one atomic write; they stop working at once.
     async fn revoke_tree(&self, loaded: &Loaded, hash: &str) -> Result<usize> {
-        use crate::token::{ENTRY_PREFIX, PARENT_PREFIX, TokenEntry};
+        use crate::token::{PARENT_PREFIX, TokenEntry};
         let _guard = self.admin.lock().await;
-        let top_key = format!("{ENTRY_PREFIX}{hash}");
+        let top_key = crate::token::entry_key_of(hash);
         let Some(raw) = self.barrier.get(&top_key).await? else {
             return Ok(0);
         };
@@ -317,7 +317,7 @@ impl Core {
                 pending.push(marker[prefix.len()..].to_string());
                 batch.delete(marker);
             }
-            let key = format!("{ENTRY_PREFIX}{h}");
+            let key = crate::token::entry_key_of(&h);
             if let Some(raw) = self.barrier.get(&key).await? {
                 let e: TokenEntry = serde_json::from_slice(&raw)
                     .map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?;
@@ -414,8 +414,8 @@ impl Core {
     /// Extends a token's life by `increment_secs` (0: its TTL), never past
     /// its max TTL. Returns the new expiry (`None`: never expires).
     async fn renew_hash(&self, loaded: &Loaded, hash: &str, increment_secs: u64) -> Result<Option<crate::Timestamp>> {
-        use crate::token::{ENTRY_PREFIX, TokenEntry};
-        let key = format!("{ENTRY_PREFIX}{hash}");
+        use crate::token::TokenEntry;
+        let key = crate::token::entry_key_of(hash);
         let (raw, stamp) = self.barrier.get_stamped(&key).await?;
         let now = crate::Timestamp::now();
         let mut entry: TokenEntry = match raw {
@@ -488,7 +488,7 @@ impl Core {
     /// Looks up another token by the token itself or its accessor
     /// (`auth/token/lookup`, `auth/token/lookup-accessor`).
     pub async fn lookup_token(&self, token: Option<&str>, target: TokenRef<'_>) -> Result<crate::token::Identity> {
-        use crate::token::{ENTRY_PREFIX, TokenEntry};
+        use crate::token::TokenEntry;
         let id = self.authenticate(token).await?;
         let path = match target {
             TokenRef::Token(_) => "auth/token/lookup",
@@ -498,7 +498,7 @@ impl Core {
         let loaded = self.loaded()?;
         let not_found = || Error::NotFound("no such token (it may have expired or been revoked)".into());
         let hash = self.resolve(&loaded, &target).await?.ok_or_else(not_found)?;
-        let key = format!("{ENTRY_PREFIX}{hash}");
+        let key = crate::token::entry_key_of(&hash);
         let raw = self.barrier.get(&key).await?.ok_or_else(not_found)?;
         let entry: TokenEntry =
             serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?;

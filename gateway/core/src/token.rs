@@ -106,8 +106,13 @@ impl Salt {
 
     pub fn entry_key(&self, token: &str) -> (String, String) {
         let hash = self.hash(token);
-        (format!("{ENTRY_PREFIX}{hash}"), hash)
+        (entry_key_of(&hash), hash)
     }
+}
+
+/// The storage key of the entry of the token with this hash.
+pub fn entry_key_of(hash: &str) -> String {
+    format!("{ENTRY_PREFIX}{hash}")
 }
 
 /// `kb.` and 32 alphanumerics (about 190 bits).
