@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-const FILES: &[&str] = &["keybridge/v1/secrets.proto", "keybridge/v1/sys.proto"];
+const FILES: &[&str] = &["keybridge/v1/secrets.proto", "keybridge/v1/sys.proto", "keybridge/v1/audit.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in FILES {
@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keybridge.v1.RevokeTokenRequest",
             "keybridge.v1.RenewTokenRequest",
             "keybridge.v1.LookupTokenRequest",
+            "keybridge.v1.AuditHashRequest",
+            "keybridge.v1.AuditVerificationKey",
         ])
         .compile_fds(descriptors)?;
     Ok(())

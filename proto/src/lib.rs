@@ -36,5 +36,7 @@ pub mod v1 {
         RevokeTokenRequest => [],
         RenewTokenRequest => [increment_seconds],
         LookupTokenRequest => [],
+        AuditHashRequest => [path],
+        AuditVerificationKey => [device, checkpoint_seq],
     }
 }

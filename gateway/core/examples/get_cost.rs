@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use keybridge_barrier::{Barrier, RedbStore};
 use keybridge_core::value::SecretValue;
-use keybridge_core::{Core, CoreConfig, TokenRequest};
+use keybridge_core::{Caller, Core, CoreConfig, TokenRequest};
 use zeroize::Zeroizing;
 
 #[tokio::main(flavor = "current_thread")]
@@ -17,7 +17,7 @@ async fn main() {
     let store = RedbStore::open(&dir.path().join("kb.db"), 16 << 20).expect("store");
     let core = Core::new(Barrier::new(Arc::new(store)), CoreConfig::default());
     let init = core.init(1, 1, None, true).await.expect("init");
-    let token = Some(init.root_token.as_str());
+    let token = &Caller::token(Some(init.root_token.as_str()));
     let value = SecretValue::Fields([("password".to_string(), Zeroizing::new("x".repeat(1000)))].into());
     for k in 0..10_000 {
         core.put(token, &format!("secret/bench/k{k}"), &value, None).await.expect("put");
@@ -41,7 +41,7 @@ async fn main() {
         ..Default::default()
     };
     let (limited, _) = core.create_token(token, request).await.expect("token");
-    for (who, t) in [("root token", token), ("token with 20 policy rules", Some(limited.as_str()))] {
+    for (who, t) in [("root token", token), ("token with 20 policy rules", &Caller::token(Some(limited.as_str())))] {
         for (keys, what) in [(10_000usize, "10k keys"), (1, "hot key")] {
             let n = 200_000;
             let start = Instant::now();

@@ -8,6 +8,7 @@ use keybridge_barrier::{Barrier, KeyInfo, Stamp, WriteBatch};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
+use crate::audit::{self, AuditData, AuthInfo, Caller};
 use crate::kv::{Kv, ReadSecret, SecretMeta, VersionChange, VersionMeta};
 use crate::mounts::{self, MountEntry, MountTable};
 use crate::path::{normalize_mount_path, validate_folder_path, validate_secret_path};
@@ -56,6 +57,19 @@ pub enum Capability {
     Sudo,
 }
 
+impl Capability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Create => "create",
+            Capability::Read => "read",
+            Capability::Update => "update",
+            Capability::Delete => "delete",
+            Capability::List => "list",
+            Capability::Sudo => "sudo",
+        }
+    }
+}
+
 struct Loaded {
     /// The mount table and the stamp it was read or written with.
     mounts: RwLock<(Arc<MountTable>, Stamp)>,
@@ -67,6 +81,7 @@ struct Loaded {
     tokens: RwLock<HashMap<String, Arc<TokenEntry>>>,
     /// Merged ACLs by sorted policy names; cleared when a policy changes.
     acls: RwLock<HashMap<Vec<String>, Arc<keybridge_policy::Acl>>>,
+    audit: audit::Broker,
 }
 
 const TOKEN_CACHE_MAX: usize = 8192;
@@ -109,6 +124,21 @@ impl Core {
 
     fn set_loaded(&self, l: Option<Loaded>) {
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = l.map(Arc::new);
+    }
+
+    /// Drops the unsealed state, after the audit devices wrote their last
+    /// checkpoint.
+    async fn unload(&self) {
+        let old = self.loaded.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(l) = old {
+            l.audit.shutdown().await;
+        }
+    }
+
+    /// Stops cleanly (the server is exiting): audit devices checkpoint.
+    pub async fn shutdown(&self) {
+        let _guard = self.admin.lock().await;
+        self.unload().await;
     }
 
     // ----- lifecycle -------------------------------------------------------
@@ -200,11 +230,13 @@ impl Core {
             .await?
             .ok_or_else(|| Error::Corrupt { key: token::SALT_KEY.into(), reason: "missing".into() })?;
         let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
+        let audit = audit::Broker::load(self.barrier.clone()).await?;
         self.set_loaded(Some(Loaded {
             mounts: RwLock::new((Arc::new(mounts), mounts_stamp)),
             salt: Salt::from_bytes(salt),
             tokens: RwLock::new(HashMap::new()),
             acls: RwLock::new(HashMap::new()),
+            audit,
         }));
         // Finish removing mounts a crash interrupted.
         for m in pending {
@@ -233,18 +265,35 @@ impl Core {
         self.seal_status().await
     }
 
-    pub async fn seal(&self, token: Option<&str>) -> Result<SealStatus> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/seal", Capability::Sudo).await?;
+    pub async fn seal(&self, caller: &Caller) -> Result<SealStatus> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/seal", Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
-        self.set_loaded(None);
+        // The response is recorded while the devices still run.
+        self.finish(caller, Ok(()), |_| Vec::new()).await?;
+        self.unload().await;
         self.barrier.seal();
         self.seal_status().await
     }
 
     // ----- authentication and authorization ---------------------------------
 
-    pub async fn authenticate(&self, token: Option<&str>) -> Result<Identity> {
+    /// Who is calling. A failure is audited here (the request will not
+    /// reach `authorize`) and answered with one generic error.
+    pub async fn authenticate(&self, caller: &Caller) -> Result<Identity> {
+        match self.identify(caller.bearer()).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                if matches!(e, Error::Unauthenticated) && caller.state().reason.is_none() {
+                    caller.set_reason("missing, unknown, expired or revoked token");
+                }
+                self.audit_request(caller, Some(&e)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn identify(&self, token: Option<&str>) -> Result<Identity> {
         let loaded = self.loaded()?;
         let token = token.filter(|t| !t.is_empty()).ok_or(Error::Unauthenticated)?;
         if token.len() > 1024 {
@@ -279,8 +328,28 @@ impl Core {
 
     /// Deny by default: the token's policies, merged into an ACL, must grant
     /// `cap` on `path`. Operations that need `sudo` need `update` there too,
-    /// as in Vault. The root policy grants everything.
-    pub async fn authorize(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
+    /// as in Vault. The root policy grants everything. Then the request is
+    /// audited, allowed or not; an allowed request that no audit device
+    /// could record is refused (fail closed).
+    pub async fn authorize(&self, caller: &Caller, id: &Identity, path: &str, cap: Capability) -> Result<()> {
+        {
+            let mut st = caller.state();
+            st.auth = Some(AuthInfo::from(id));
+            st.acl_path = Some(path.to_string());
+            st.capability = Some(cap.name());
+        }
+        let decision = self.decide(id, path, cap).await;
+        self.audit_request(caller, decision.as_ref().err()).await;
+        decision?;
+        if caller.state().audit_failed {
+            return Err(Error::AuditFailed(
+                "no enabled audit device could record the request, so it was not carried out".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn decide(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
         use keybridge_policy::{Decision, Request};
         if id.is_root() {
             return Ok(());
@@ -298,11 +367,75 @@ impl Core {
         }
     }
 
+    // ----- audit ------------------------------------------------------------
+
+    /// Writes the request record once. Remembers whether it failed.
+    pub(crate) async fn audit_request(&self, caller: &Caller, error: Option<&Error>) {
+        let Ok(loaded) = self.loaded() else { return };
+        let snapshot = {
+            let mut st = caller.state();
+            if st.requested {
+                return;
+            }
+            st.requested = true;
+            std::mem::take(&mut *st)
+        };
+        let outcome = error.map(|e| (e.code(), Some(e.to_string())));
+        let r = loaded
+            .audit
+            .log(audit::Kind::Request, caller, &snapshot, outcome.as_ref().map(|(c, m)| (*c, m.as_deref())), None)
+            .await;
+        let mut st = caller.state();
+        let failed = r.is_err();
+        *st = audit::CallState { requested: true, audit_failed: failed, ..snapshot };
+        if let Err(e) = r {
+            tracing::error!(request_id = %caller.request_id, error = %e, "audit: the request could not be recorded");
+        }
+    }
+
+    /// Audits the response to `caller`'s request and passes the result on.
+    /// A request that failed before it was authorized gets its request
+    /// record here. If the response cannot be recorded after the operation
+    /// succeeded, the caller is told that explicitly: the change stands.
+    pub async fn finish<T>(
+        &self,
+        caller: &Caller,
+        result: Result<T>,
+        response: impl FnOnce(&T) -> AuditData,
+    ) -> Result<T> {
+        let Ok(loaded) = self.loaded() else { return result };
+        if caller.state().responded {
+            return result;
+        }
+        self.audit_request(caller, result.as_ref().err()).await;
+        let data = result.as_ref().map(response).ok();
+        let (code, msg) = match &result {
+            Ok(_) => ("OK", None),
+            Err(e) => (e.code(), Some(e.to_string())),
+        };
+        let snapshot = std::mem::take(&mut *caller.state());
+        let r = loaded
+            .audit
+            .log(audit::Kind::Response, caller, &snapshot, Some((code, msg.as_deref())), data.as_ref())
+            .await;
+        *caller.state() = audit::CallState { responded: true, ..snapshot };
+        match (r, result) {
+            (Ok(()), result) => result,
+            (Err(e), Ok(_)) => {
+                tracing::error!(request_id = %caller.request_id, error = %e, "audit: the response could not be recorded");
+                Err(Error::AuditResponseFailed(
+                    "the operation was carried out, but its response could not be recorded by any audit device; check the devices before retrying".into(),
+                ))
+            }
+            (Err(_), Err(e)) => Err(e),
+        }
+    }
+
     // ----- mounts -----------------------------------------------------------
 
-    pub async fn list_mounts(&self, token: Option<&str>) -> Result<Vec<MountEntry>> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/mounts", Capability::Read).await?;
+    pub async fn list_mounts(&self, caller: &Caller) -> Result<Vec<MountEntry>> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/mounts", Capability::Read).await?;
         Ok(self.loaded()?.table().entries.iter().filter(|m| !m.deleting).cloned().collect())
     }
 
@@ -321,16 +454,16 @@ impl Core {
 
     pub async fn enable_mount(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         path: &str,
         kind: &str,
         description: &str,
         config: BTreeMap<String, String>,
     ) -> Result<MountEntry> {
-        let id = self.authenticate(token).await?;
+        let id = self.authenticate(caller).await?;
         let path = normalize_mount_path(path)?;
         // Vault: sys paths have no existence check, so enabling is an update.
-        self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Update).await?;
+        self.authorize(caller, &id, &format!("sys/mounts/{path}"), Capability::Update).await?;
         if kind.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "the mount type is missing; one of: {}",
@@ -356,14 +489,14 @@ impl Core {
 
     pub async fn tune_mount(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         path: &str,
         description: Option<&str>,
         changes: BTreeMap<String, String>,
     ) -> Result<MountEntry> {
-        let id = self.authenticate(token).await?;
+        let id = self.authenticate(caller).await?;
         let path = normalize_mount_path(path)?;
-        self.authorize(&id, &format!("sys/mounts/{path}/tune"), Capability::Update).await?;
+        self.authorize(caller, &id, &format!("sys/mounts/{path}/tune"), Capability::Update).await?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.loaded()?.table()).clone();
         let entry = table.get_mut(&path)?;
@@ -386,10 +519,10 @@ impl Core {
     }
 
     /// Removes the mount from routing at once, then deletes its data.
-    pub async fn disable_mount(&self, token: Option<&str>, path: &str) -> Result<()> {
-        let id = self.authenticate(token).await?;
+    pub async fn disable_mount(&self, caller: &Caller, path: &str) -> Result<()> {
+        let id = self.authenticate(caller).await?;
         let path = normalize_mount_path(path)?;
-        self.authorize(&id, &format!("sys/mounts/{path}"), Capability::Delete).await?;
+        self.authorize(caller, &id, &format!("sys/mounts/{path}"), Capability::Delete).await?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.loaded()?.table()).clone();
         let entry = table.get_mut(&path)?;
@@ -448,12 +581,12 @@ impl Core {
     async fn secret_op<'a>(
         &'a self,
         table: &'a MountTable,
-        token: Option<&str>,
+        caller: &Caller,
         path: &'a str,
         area: &str,
         cap: Capability,
     ) -> Result<(Kv<'a>, &'a str, Identity)> {
-        let id = self.authenticate(token).await?;
+        let id = self.authenticate(caller).await?;
         validate_secret_path(path)?;
         let (kv, mount, rel) = self.route(table, path)?;
         if rel.is_empty() {
@@ -463,134 +596,135 @@ impl Core {
             )));
         }
         // Vault's existence check: writing a secret that does not exist yet
-        // needs `create`, not `update`.
-        let cap = if cap == Capability::Update && area == "data" && !id.is_root() && kv.describe(rel).await.is_err() {
+        // needs `create`, not `update` (checked for root too, so the audit
+        // record names the capability the write used).
+        let cap = if cap == Capability::Update && area == "data" && kv.describe(rel).await.is_err() {
             Capability::Create
         } else {
             cap
         };
-        self.authorize(&id, &format!("{}{area}/{rel}", mount.path), cap).await?;
+        self.authorize(caller, &id, &format!("{}{area}/{rel}", mount.path), cap).await?;
         Ok((kv, rel, id))
     }
 
     pub async fn put(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         path: &str,
         value: &SecretValue,
         cas: Option<u64>,
     ) -> Result<(u64, VersionMeta)> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, token, path, "data", Capability::Update).await?;
+        let (kv, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Update).await?;
         kv.put(rel, value, cas).await
     }
 
-    pub async fn get(&self, token: Option<&str>, path: &str, version: Option<u64>) -> Result<ReadSecret> {
+    pub async fn get(&self, caller: &Caller, path: &str, version: Option<u64>) -> Result<ReadSecret> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, token, path, "data", Capability::Read).await?;
+        let (kv, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Read).await?;
         kv.get(rel, version).await
     }
 
-    pub async fn describe(&self, token: Option<&str>, path: &str) -> Result<SecretMeta> {
+    pub async fn describe(&self, caller: &Caller, path: &str) -> Result<SecretMeta> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, token, path, "metadata", Capability::Read).await?;
+        let (kv, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Read).await?;
         kv.describe(rel).await
     }
 
-    pub async fn delete(&self, token: Option<&str>, path: &str, versions: &[u64], all: bool) -> Result<()> {
+    pub async fn delete(&self, caller: &Caller, path: &str, versions: &[u64], all: bool) -> Result<()> {
         let table = self.loaded()?.table();
         if all {
             if !versions.is_empty() {
                 return Err(Error::InvalidArgument("give either versions or all_versions, not both".into()));
             }
-            let (kv, rel, _) = self.secret_op(&table, token, path, "metadata", Capability::Delete).await?;
+            let (kv, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Delete).await?;
             return kv.delete_all(rel).await;
         }
         let (area, cap) =
             if versions.is_empty() { ("data", Capability::Delete) } else { ("delete", Capability::Update) };
-        let (kv, rel, _) = self.secret_op(&table, token, path, area, cap).await?;
+        let (kv, rel, _) = self.secret_op(&table, caller, path, area, cap).await?;
         kv.change_versions(rel, versions, VersionChange::SoftDelete).await
     }
 
-    pub async fn undelete(&self, token: Option<&str>, path: &str, versions: &[u64]) -> Result<()> {
+    pub async fn undelete(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, token, path, "undelete", Capability::Update).await?;
+        let (kv, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update).await?;
         kv.change_versions(rel, versions, VersionChange::Undelete).await
     }
 
-    pub async fn destroy(&self, token: Option<&str>, path: &str, versions: &[u64]) -> Result<()> {
+    pub async fn destroy(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, token, path, "destroy", Capability::Update).await?;
+        let (kv, rel, _) = self.secret_op(&table, caller, path, "destroy", Capability::Update).await?;
         kv.change_versions(rel, versions, VersionChange::Destroy).await
     }
 
     pub async fn put_metadata(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         path: &str,
         custom: Option<BTreeMap<String, String>>,
         max_versions: Option<u32>,
         cas_required: Option<bool>,
     ) -> Result<SecretMeta> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, token, path, "metadata", Capability::Update).await?;
+        let (kv, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Update).await?;
         kv.put_metadata(rel, custom, max_versions, cas_required).await
     }
 
     pub async fn list(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         path: &str,
         page_size: usize,
         page_token: &str,
         recursive: bool,
     ) -> Result<(Vec<String>, String)> {
-        let id = self.authenticate(token).await?;
+        let id = self.authenticate(caller).await?;
         let folder = validate_folder_path(path)?;
         let table = self.loaded()?.table();
         let (kv, mount, rel) = self.route(&table, &folder)?;
-        self.authorize(&id, &format!("{}metadata/{rel}", mount.path), Capability::List).await?;
+        self.authorize(caller, &id, &format!("{}metadata/{rel}", mount.path), Capability::List).await?;
         kv.list(rel, page_size, page_token, recursive).await
     }
 
     // ----- keys and snapshots -------------------------------------------------
 
-    pub async fn key_status(&self, token: Option<&str>) -> Result<KeyInfo> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/key-status", Capability::Read).await?;
+    pub async fn key_status(&self, caller: &Caller) -> Result<KeyInfo> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/key-status", Capability::Read).await?;
         Ok(self.barrier.key_info()?)
     }
 
-    pub async fn rotate(&self, token: Option<&str>) -> Result<KeyInfo> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/rotate", Capability::Sudo).await?;
+    pub async fn rotate(&self, caller: &Caller) -> Result<KeyInfo> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/rotate", Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
         Ok(self.barrier.rotate().await?)
     }
 
     pub async fn rekey(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         keys: &[String],
         shares: u32,
         threshold: u32,
     ) -> Result<Vec<Zeroizing<String>>> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/rekey", Capability::Sudo).await?;
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/rekey", Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
         Ok(self.barrier.rekey(keys, shares, threshold).await?)
     }
 
     /// Checks that the token may save and restore snapshots, so a
     /// streaming call can fail before it starts.
-    pub async fn authorize_snapshot(&self, token: Option<&str>) -> Result<()> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/storage/snapshot", Capability::Sudo).await
+    pub async fn authorize_snapshot(&self, caller: &Caller) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/storage/snapshot", Capability::Sudo).await
     }
 
     /// Writes a consistent snapshot of the encrypted store to `out`.
-    pub async fn snapshot(&self, token: Option<&str>, mut out: Box<dyn std::io::Write + Send>) -> Result<u64> {
-        self.authorize_snapshot(token).await?;
+    pub async fn snapshot(&self, caller: &Caller, mut out: Box<dyn std::io::Write + Send>) -> Result<u64> {
+        self.authorize_snapshot(caller).await?;
         let barrier = self.barrier.clone();
         tokio::task::spawn_blocking(move || barrier.snapshot(&mut out))
             .await
@@ -600,12 +734,13 @@ impl Core {
 
     /// Replaces the store with the snapshot in `file`; see
     /// [`Barrier::restore`]. Returns (entries, sealed afterwards).
-    pub async fn restore(&self, token: Option<&str>, file: std::path::PathBuf, force: bool) -> Result<(u64, bool)> {
-        self.authorize_snapshot(token).await?;
+    pub async fn restore(&self, caller: &Caller, file: std::path::PathBuf, force: bool) -> Result<(u64, bool)> {
+        self.authorize_snapshot(caller).await?;
         let _guard = self.admin.lock().await;
         // Requests see the server as sealed while the store is replaced, so
-        // none runs against a mix of old state in memory and new data.
-        self.set_loaded(None);
+        // none runs against a mix of old state in memory and new data. The
+        // response is recorded by the devices of the restored store.
+        self.unload().await;
         let barrier = self.barrier.clone();
         let restored = tokio::task::spawn_blocking(move || barrier.restore(&file, force))
             .await
@@ -624,6 +759,8 @@ impl Core {
     }
 }
 
+#[path = "audit_ops.rs"]
+mod audit_ops;
 #[path = "policies.rs"]
 mod policies;
 pub use policies::{TokenRef, TokenRequest};
@@ -631,3 +768,7 @@ pub use policies::{TokenRef, TokenRequest};
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "audit_tests.rs"]
+mod audit_tests;

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use keybridge_barrier::{Barrier, RedbStore};
 
 use super::*;
-use crate::{TokenRef, TokenRequest};
+use crate::{Caller, TokenRef, TokenRequest};
 
 fn fields(pairs: &[(&str, &str)]) -> SecretValue {
     SecretValue::Fields(pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string()))).collect())
@@ -25,7 +25,7 @@ async fn dev_core() -> (Core, String) {
 #[tokio::test]
 async fn versions_cas_and_reads() {
     let (core, t) = dev_core().await;
-    let t = Some(t.as_str());
+    let t = &Caller::token(Some(t.as_str()));
     let (v1, _) = core.put(t, "secret/app/db", &fields(&[("password", "one")]), Some(0)).await.unwrap();
     assert_eq!(v1, 1);
     let err = core.put(t, "secret/app/db", &fields(&[("password", "x")]), Some(0)).await.unwrap_err();
@@ -43,7 +43,7 @@ async fn versions_cas_and_reads() {
 #[tokio::test]
 async fn delete_undelete_destroy_and_delete_all() {
     let (core, t) = dev_core().await;
-    let t = Some(t.as_str());
+    let t = &Caller::token(Some(t.as_str()));
     for p in ["a", "b", "c"] {
         core.put(t, "secret/x", &fields(&[("v", p)]), None).await.unwrap();
     }
@@ -66,7 +66,7 @@ async fn delete_undelete_destroy_and_delete_all() {
 #[tokio::test]
 async fn max_versions_prunes_oldest() {
     let (core, t) = dev_core().await;
-    let t = Some(t.as_str());
+    let t = &Caller::token(Some(t.as_str()));
     core.put_metadata(t, "secret/p", None, Some(2), None).await.unwrap();
     for v in ["1", "2", "3"] {
         core.put(t, "secret/p", &fields(&[("v", v)]), None).await.unwrap();
@@ -79,7 +79,7 @@ async fn max_versions_prunes_oldest() {
 #[tokio::test]
 async fn cas_required_by_mount_config() {
     let (core, t) = dev_core().await;
-    let t = Some(t.as_str());
+    let t = &Caller::token(Some(t.as_str()));
     let cfg = [("cas_required".to_string(), "true".to_string())].into();
     core.enable_mount(t, "strict", "local", "", cfg).await.unwrap();
     let err = core.put(t, "strict/k", &fields(&[("a", "b")]), None).await.unwrap_err();
@@ -90,7 +90,7 @@ async fn cas_required_by_mount_config() {
 #[tokio::test]
 async fn listing_pages_folders_and_recursion() {
     let (core, t) = dev_core().await;
-    let t = Some(t.as_str());
+    let t = &Caller::token(Some(t.as_str()));
     for p in ["a", "b/x", "b/y/z", "c", "d/e", "e"] {
         core.put(t, &format!("secret/{p}"), &fields(&[("k", "v")]), None).await.unwrap();
     }
@@ -119,7 +119,7 @@ async fn listing_pages_folders_and_recursion() {
 #[tokio::test]
 async fn bad_input_changes_nothing() {
     let (core, t) = dev_core().await;
-    let t = Some(t.as_str());
+    let t = &Caller::token(Some(t.as_str()));
     for p in ["secret//a", "secret/../a", "secret/a\0", "secret/", "nomount/a"] {
         let err = core.put(t, p, &fields(&[("k", "v")]), None).await.unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_) | Error::NotFound(_)), "{p}: {err:?}");
@@ -134,14 +134,14 @@ async fn bad_input_changes_nothing() {
 async fn tokens_are_checked() {
     let (core, _) = dev_core().await;
     for bad in [None, Some(""), Some("nope")] {
-        assert!(matches!(core.get(bad, "secret/a", None).await, Err(Error::Unauthenticated)));
+        assert!(matches!(core.get(&Caller::token(bad), "secret/a", None).await, Err(Error::Unauthenticated)));
     }
 }
 
 #[tokio::test]
 async fn mounts_enable_tune_disable_and_route() {
     let (core, t) = dev_core().await;
-    let t = Some(t.as_str());
+    let t = &Caller::token(Some(t.as_str()));
     core.enable_mount(t, "team/a", "local", "team a", Default::default()).await.unwrap();
     assert!(core.enable_mount(t, "team/a/b", "local", "", Default::default()).await.is_err());
     assert!(core.enable_mount(t, "x", "nope", "", Default::default()).await.is_err());
@@ -166,14 +166,14 @@ async fn seal_unseal_cycle_with_shares() {
     let core = Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default());
     let init = core.init(3, 2, None, false).await.unwrap();
     let t = init.root_token.to_string();
-    assert!(matches!(core.get(Some(&t), "secret/a", None).await, Err(Error::Sealed)));
+    assert!(matches!(core.get(&Caller::token(Some(&t)), "secret/a", None).await, Err(Error::Sealed)));
     assert!(core.seal_status().await.unwrap().sealed);
     assert_eq!(core.unseal(&init.keys[2], false).await.unwrap().progress, 1);
     let st = core.unseal(&init.keys[0], false).await.unwrap();
     assert!(!st.sealed);
-    core.put(Some(&t), "secret/a", &fields(&[("k", "v")]), None).await.unwrap();
-    core.seal(Some(&t)).await.unwrap();
-    assert!(matches!(core.get(Some(&t), "secret/a", None).await, Err(Error::Sealed)));
+    core.put(&Caller::token(Some(&t)), "secret/a", &fields(&[("k", "v")]), None).await.unwrap();
+    core.seal(&Caller::token(Some(&t))).await.unwrap();
+    assert!(matches!(core.get(&Caller::token(Some(&t)), "secret/a", None).await, Err(Error::Sealed)));
     assert!(matches!(core.init(1, 1, None, false).await, Err(Error::FailedPrecondition(_))));
 }
 
@@ -187,7 +187,7 @@ async fn no_plaintext_reaches_the_database_file() {
         let core = Core::new(Barrier::new(Arc::new(store)), CoreConfig::default());
         let init = core.init(1, 1, None, true).await.unwrap();
         root_token = init.root_token.to_string();
-        let t = Some(root_token.as_str());
+        let t = &Caller::token(Some(root_token.as_str()));
         core.put(t, "secret/app", &fields(&[("password", "PLAINTEXT-MARKER-93b1")]), None).await.unwrap();
         let bin = SecretValue::Binary(Zeroizing::new(b"BINARY-MARKER-77c2".to_vec()));
         core.put(t, "secret/bin", &bin, None).await.unwrap();
@@ -209,7 +209,7 @@ async fn stored_keys(core: &Core) -> Vec<String> {
 #[tokio::test]
 async fn current_value_lives_in_the_record_and_moves_out_on_put() {
     let (core, t) = dev_core().await;
-    let t = Some(t.as_str());
+    let t = &Caller::token(Some(t.as_str()));
     for v in ["1", "2", "3"] {
         core.put(t, "secret/m", &fields(&[("v", v)]), None).await.unwrap();
     }
@@ -238,7 +238,7 @@ async fn current_value_lives_in_the_record_and_moves_out_on_put() {
 #[tokio::test]
 async fn policies_limit_non_root_tokens_as_vault_does() {
     let (core, root) = dev_core().await;
-    let r = Some(root.as_str());
+    let r = &Caller::token(Some(root.as_str()));
     core.put(r, "secret/app/db", &fields(&[("password", "p")]), None).await.unwrap();
     core.put(r, "secret/other", &fields(&[("k", "v")]), None).await.unwrap();
     let policy = r#"
@@ -270,7 +270,7 @@ path "secret/metadata/app/*" {
         .await
         .unwrap();
     assert_eq!(entry.policies, ["app", "default"]);
-    let t = Some(t.as_str());
+    let t = &Caller::token(Some(t.as_str()));
     assert_eq!(field(&core.get(t, "secret/app/db", None).await.unwrap(), "password"), "p");
     // Update on an existing secret is granted; creating a new one needs `create`.
     core.put(t, "secret/app/db", &fields(&[("password", "q")]), None).await.unwrap();
@@ -318,7 +318,7 @@ async fn created_tokens_expire() {
     let (core, root) = dev_core().await;
     let (t, _) = core
         .create_token(
-            Some(&root),
+            &Caller::token(Some(&root)),
             TokenRequest {
                 policies: vec![],
                 ttl_secs: 1,
@@ -329,15 +329,15 @@ async fn created_tokens_expire() {
         )
         .await
         .unwrap();
-    assert!(core.lookup_self(Some(&t)).await.is_ok());
+    assert!(core.lookup_self(&Caller::token(Some(&t))).await.is_ok());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert!(matches!(core.lookup_self(Some(&t)).await, Err(Error::Unauthenticated)));
+    assert!(matches!(core.lookup_self(&Caller::token(Some(&t))).await, Err(Error::Unauthenticated)));
 }
 
 #[tokio::test]
 async fn revoking_a_token_revokes_its_children_at_once() {
     let (core, root) = dev_core().await;
-    let r = Some(root.as_str());
+    let r = &Caller::token(Some(root.as_str()));
     core.put_policy(r, "p", "path \"auth/token/create\" {\n capabilities = [\"update\"]\n}\n").await.unwrap();
     let req = |p: &str| TokenRequest {
         policies: vec![p.into()],
@@ -347,25 +347,31 @@ async fn revoking_a_token_revokes_its_children_at_once() {
         ..Default::default()
     };
     let (parent, _) = core.create_token(r, req("p")).await.unwrap();
-    let (child, _) = core.create_token(Some(&parent), req("p")).await.unwrap();
-    let (grandchild, _) = core.create_token(Some(&child), req("default")).await.unwrap();
+    let (child, _) = core.create_token(&Caller::token(Some(&parent)), req("p")).await.unwrap();
+    let (grandchild, _) = core.create_token(&Caller::token(Some(&child)), req("default")).await.unwrap();
     let (sibling, _) = core.create_token(r, req("default")).await.unwrap();
     for t in [&parent, &child, &grandchild, &sibling] {
-        core.lookup_self(Some(t)).await.unwrap(); // now cached
+        core.lookup_self(&Caller::token(Some(t))).await.unwrap(); // now cached
     }
     // A caller without auth/token/revoke cannot revoke others.
-    assert!(matches!(core.revoke_token(Some(&sibling), &parent).await, Err(Error::PermissionDenied(_))));
+    assert!(matches!(
+        core.revoke_token(&Caller::token(Some(&sibling)), &parent).await,
+        Err(Error::PermissionDenied(_))
+    ));
     core.revoke_token(r, &parent).await.unwrap();
     for t in [&parent, &child, &grandchild] {
-        assert!(matches!(core.lookup_self(Some(t)).await, Err(Error::Unauthenticated)));
+        assert!(matches!(core.lookup_self(&Caller::token(Some(t))).await, Err(Error::Unauthenticated)));
     }
-    assert!(core.lookup_self(Some(&sibling)).await.is_ok());
+    assert!(core.lookup_self(&Caller::token(Some(&sibling))).await.is_ok());
     // Unknown tokens revoke quietly; a revoked token cannot create children.
     core.revoke_token(r, "kb.nope").await.unwrap();
-    assert!(matches!(core.create_token(Some(&child), req("default")).await, Err(Error::Unauthenticated)));
+    assert!(matches!(
+        core.create_token(&Caller::token(Some(&child)), req("default")).await,
+        Err(Error::Unauthenticated)
+    ));
     // revoke-self is in the default policy.
-    core.revoke_self(Some(&sibling)).await.unwrap();
-    assert!(matches!(core.lookup_self(Some(&sibling)).await, Err(Error::Unauthenticated)));
+    core.revoke_self(&Caller::token(Some(&sibling))).await.unwrap();
+    assert!(matches!(core.lookup_self(&Caller::token(Some(&sibling))).await, Err(Error::Unauthenticated)));
     // Nothing is left of them in storage but the root token.
     // Entry, index and accessor of every revoked token are gone: only the
     // root token's entry and accessor remain.
@@ -380,17 +386,17 @@ async fn revoking_a_token_revokes_its_children_at_once() {
 #[tokio::test]
 async fn renewal_is_capped_by_max_ttl_and_refused_when_not_renewable() {
     let (core, root) = dev_core().await;
-    let r = Some(root.as_str());
+    let r = &Caller::token(Some(root.as_str()));
     let (t, e) =
         core.create_token(r, TokenRequest { ttl_secs: 60, max_ttl_secs: 120, ..Default::default() }).await.unwrap();
     let max = e.max_expires.unwrap();
-    let renewed = core.renew_self(Some(&t), 3600).await.unwrap().unwrap();
+    let renewed = core.renew_self(&Caller::token(Some(&t)), 3600).await.unwrap().unwrap();
     assert_eq!(renewed, max, "renewal stops at the max TTL");
     let renewed = core.renew_token(r, &t, 30).await.unwrap().unwrap();
     assert!(renewed < max);
     let (fixed, _) =
         core.create_token(r, TokenRequest { ttl_secs: 60, renewable: false, ..Default::default() }).await.unwrap();
-    assert!(matches!(core.renew_self(Some(&fixed), 0).await, Err(Error::FailedPrecondition(_))));
+    assert!(matches!(core.renew_self(&Caller::token(Some(&fixed)), 0).await, Err(Error::FailedPrecondition(_))));
     assert!(matches!(core.renew_token(r, "kb.unknown", 0).await, Err(Error::NotFound(_))));
     assert!(matches!(
         core.create_token(r, TokenRequest { ttl_secs: 200, max_ttl_secs: 100, ..Default::default() }).await,
@@ -401,18 +407,28 @@ async fn renewal_is_capped_by_max_ttl_and_refused_when_not_renewable() {
 #[tokio::test]
 async fn use_limited_tokens_stop_after_their_last_use() {
     let (core, root) = dev_core().await;
-    let (t, _) = core.create_token(Some(&root), TokenRequest { num_uses: 3, ..Default::default() }).await.unwrap();
-    assert_eq!(core.lookup_self(Some(&t)).await.unwrap().num_uses, 2);
-    assert_eq!(core.lookup_self(Some(&t)).await.unwrap().num_uses, 1);
-    assert_eq!(core.lookup_self(Some(&t)).await.unwrap().num_uses, 0, "the third use is allowed, then it is gone");
-    assert!(matches!(core.lookup_self(Some(&t)).await, Err(Error::Unauthenticated)));
+    let (t, _) = core
+        .create_token(&Caller::token(Some(&root)), TokenRequest { num_uses: 3, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(core.lookup_self(&Caller::token(Some(&t))).await.unwrap().num_uses, 2);
+    assert_eq!(core.lookup_self(&Caller::token(Some(&t))).await.unwrap().num_uses, 1);
+    assert_eq!(
+        core.lookup_self(&Caller::token(Some(&t))).await.unwrap().num_uses,
+        0,
+        "the third use is allowed, then it is gone"
+    );
+    assert!(matches!(core.lookup_self(&Caller::token(Some(&t))).await, Err(Error::Unauthenticated)));
     // Concurrent uses cannot share one: exactly 5 of 20 succeed.
     let core = Arc::new(core);
-    let (t, _) = core.create_token(Some(&root), TokenRequest { num_uses: 5, ..Default::default() }).await.unwrap();
+    let (t, _) = core
+        .create_token(&Caller::token(Some(&root)), TokenRequest { num_uses: 5, ..Default::default() })
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (core, t) = (core.clone(), t.to_string());
-        tasks.push(tokio::spawn(async move { core.lookup_self(Some(&t)).await.is_ok() }));
+        tasks.push(tokio::spawn(async move { core.lookup_self(&Caller::token(Some(&t))).await.is_ok() }));
     }
     let mut ok = 0;
     for task in tasks {
@@ -424,7 +440,7 @@ async fn use_limited_tokens_stop_after_their_last_use() {
 #[tokio::test]
 async fn accessors_look_up_and_revoke_without_the_token() {
     let (core, root) = dev_core().await;
-    let r = Some(root.as_str());
+    let r = &Caller::token(Some(root.as_str()));
     let (t, entry) =
         core.create_token(r, TokenRequest { display_name: "svc".into(), ..Default::default() }).await.unwrap();
     assert!(entry.accessor.starts_with("acc."));
@@ -434,13 +450,13 @@ async fn accessors_look_up_and_revoke_without_the_token() {
     // The default policy does not allow looking up others.
     let (other, _) = core.create_token(r, TokenRequest::default()).await.unwrap();
     assert!(matches!(
-        core.lookup_token(Some(&other), TokenRef::Accessor(&entry.accessor)).await,
+        core.lookup_token(&Caller::token(Some(&other)), TokenRef::Accessor(&entry.accessor)).await,
         Err(Error::PermissionDenied(_))
     ));
     // An accessor cannot authenticate.
-    assert!(matches!(core.lookup_self(Some(&entry.accessor)).await, Err(Error::Unauthenticated)));
+    assert!(matches!(core.lookup_self(&Caller::token(Some(&entry.accessor))).await, Err(Error::Unauthenticated)));
     core.revoke_accessor(r, &entry.accessor).await.unwrap();
-    assert!(matches!(core.lookup_self(Some(&t)).await, Err(Error::Unauthenticated)));
+    assert!(matches!(core.lookup_self(&Caller::token(Some(&t))).await, Err(Error::Unauthenticated)));
     assert!(matches!(core.lookup_token(r, TokenRef::Accessor(&entry.accessor)).await, Err(Error::NotFound(_))));
     assert!(matches!(core.lookup_token(r, TokenRef::Accessor("a/b")).await, Err(Error::InvalidArgument(_))));
 }

@@ -28,9 +28,34 @@ pub enum Error {
     Contention(String),
     #[error("storage: {0}")]
     Storage(#[source] BarrierError),
+    /// Audit devices are enabled and none could record the request: it was
+    /// refused before it ran.
+    #[error("audit: {0}")]
+    AuditFailed(String),
+    /// The operation ran, but its response could not be audited.
+    #[error("audit: {0}")]
+    AuditResponseFailed(String),
     /// Stored state that cannot be decoded: a bug or corruption.
     #[error("corrupt entry at {key}: {reason}")]
     Corrupt { key: String, reason: String },
+}
+
+impl Error {
+    /// The gRPC code name the gateway answers this error with, for audit
+    /// records (the gateway's mapping in `service::status` agrees).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::NotFound(_) => "NOT_FOUND",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Error::AlreadyExists(_) => "ALREADY_EXISTS",
+            Error::Unauthenticated => "UNAUTHENTICATED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::Sealed | Error::AuditFailed(_) => "UNAVAILABLE",
+            Error::Contention(_) => "ABORTED",
+            Error::AuditResponseFailed(_) | Error::Storage(_) | Error::Corrupt { .. } => "INTERNAL",
+        }
+    }
 }
 
 impl From<BarrierError> for Error {

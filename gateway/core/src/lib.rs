@@ -6,9 +6,11 @@
 //! - [`mounts`]: the mount table and the longest-prefix router.
 //! - [`kv`]: the versioned secret engine of the local store.
 //! - [`token`]: tokens, stored only as keyed hashes.
+//! - [`audit`]: audit devices, the record chain and its verification.
 //! - [`Core`]: the lifecycle (init, unseal, seal) and every operation,
 //!   each of which authenticates and authorizes before it routes.
 
+pub mod audit;
 mod core;
 mod error;
 pub mod kv;
@@ -19,6 +21,7 @@ pub mod token;
 pub mod value;
 
 pub use crate::core::{Core, CoreConfig, InitResult, SealStatus, TokenRef, TokenRequest};
+pub use audit::{AuditValue, Caller};
 pub use error::Error;
 pub use time::Timestamp;
 

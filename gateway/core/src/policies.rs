@@ -9,6 +9,7 @@ use keybridge_policy::{Acl, Policy, parse_policy};
 use zeroize::Zeroizing;
 
 use super::{Capability, Core, Loaded};
+use crate::audit::Caller;
 use crate::{Error, Result};
 
 const POLICY_PREFIX: &str = "core/policies/";
@@ -105,10 +106,10 @@ impl Core {
     }
 
     /// Creates or replaces a policy after parsing it.
-    pub async fn put_policy(&self, token: Option<&str>, name: &str, text: &str) -> Result<()> {
-        let id = self.authenticate(token).await?;
+    pub async fn put_policy(&self, caller: &Caller, name: &str, text: &str) -> Result<()> {
+        let id = self.authenticate(caller).await?;
         let name = normalize_name(name)?;
-        self.authorize(&id, &format!("sys/policies/acl/{name}"), Capability::Update).await?;
+        self.authorize(caller, &id, &format!("sys/policies/acl/{name}"), Capability::Update).await?;
         if name == ROOT_POLICY {
             return Err(Error::InvalidArgument("the root policy is built in and cannot be changed".into()));
         }
@@ -121,10 +122,10 @@ impl Core {
         Ok(())
     }
 
-    pub async fn get_policy(&self, token: Option<&str>, name: &str) -> Result<String> {
-        let id = self.authenticate(token).await?;
+    pub async fn get_policy(&self, caller: &Caller, name: &str) -> Result<String> {
+        let id = self.authenticate(caller).await?;
         let name = normalize_name(name)?;
-        self.authorize(&id, &format!("sys/policies/acl/{name}"), Capability::Read).await?;
+        self.authorize(caller, &id, &format!("sys/policies/acl/{name}"), Capability::Read).await?;
         if name == ROOT_POLICY {
             return Ok(String::new());
         }
@@ -136,9 +137,9 @@ impl Core {
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
-    pub async fn list_policies(&self, token: Option<&str>) -> Result<Vec<String>> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/policies/acl", Capability::List).await?;
+    pub async fn list_policies(&self, caller: &Caller) -> Result<Vec<String>> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/policies/acl", Capability::List).await?;
         let keys = self.barrier.list(POLICY_PREFIX, None, 100_000).await?;
         let mut names: Vec<String> = keys.iter().map(|k| k[POLICY_PREFIX.len()..].to_string()).collect();
         names.push(ROOT_POLICY.into());
@@ -146,10 +147,10 @@ impl Core {
         Ok(names)
     }
 
-    pub async fn delete_policy(&self, token: Option<&str>, name: &str) -> Result<()> {
-        let id = self.authenticate(token).await?;
+    pub async fn delete_policy(&self, caller: &Caller, name: &str) -> Result<()> {
+        let id = self.authenticate(caller).await?;
         let name = normalize_name(name)?;
-        self.authorize(&id, &format!("sys/policies/acl/{name}"), Capability::Delete).await?;
+        self.authorize(caller, &id, &format!("sys/policies/acl/{name}"), Capability::Delete).await?;
         if name == ROOT_POLICY || name == DEFAULT_POLICY {
             return Err(Error::InvalidArgument(format!("the {name} policy is built in and cannot be deleted")));
         }
@@ -202,12 +203,12 @@ impl Core {
     /// and a lifetime that ends no later than its own.
     pub async fn create_token(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         req: TokenRequest,
     ) -> Result<(Zeroizing<String>, crate::token::TokenEntry)> {
         use crate::token::{self, TokenEntry};
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "auth/token/create", Capability::Update).await?;
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "auth/token/create", Capability::Update).await?;
         let mut policies = req.policies.iter().map(|p| normalize_name(p)).collect::<Result<Vec<_>>>()?;
         if !req.no_default_policy && !policies.iter().any(|p| p == DEFAULT_POLICY || p == ROOT_POLICY) {
             policies.push(DEFAULT_POLICY.into());
@@ -286,9 +287,9 @@ impl Core {
     }
 
     /// The calling token's entry (policies, name, times).
-    pub async fn lookup_self(&self, token: Option<&str>) -> Result<crate::token::Identity> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "auth/token/lookup-self", Capability::Read).await?;
+    pub async fn lookup_self(&self, caller: &Caller) -> Result<crate::token::Identity> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "auth/token/lookup-self", Capability::Read).await?;
         Ok(id)
     }
 }
@@ -347,9 +348,9 @@ impl Core {
 
     /// Revokes `target` and its children. An unknown target is not an error
     /// (the answer does not tell whether a token existed).
-    pub async fn revoke_token(&self, token: Option<&str>, target: &str) -> Result<()> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "auth/token/revoke", Capability::Update).await?;
+    pub async fn revoke_token(&self, caller: &Caller, target: &str) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "auth/token/revoke", Capability::Update).await?;
         if target.is_empty() {
             return Err(Error::InvalidArgument("give the token to revoke".into()));
         }
@@ -359,9 +360,9 @@ impl Core {
     }
 
     /// Revokes the calling token and its children.
-    pub async fn revoke_self(&self, token: Option<&str>) -> Result<()> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "auth/token/revoke-self", Capability::Update).await?;
+    pub async fn revoke_self(&self, caller: &Caller) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "auth/token/revoke-self", Capability::Update).await?;
         let loaded = self.loaded()?;
         self.revoke_tree(&loaded, &id.hash).await.map(|_| ())
     }
@@ -443,21 +444,21 @@ impl Core {
         Ok(entry.expires)
     }
 
-    pub async fn renew_self(&self, token: Option<&str>, increment_secs: u64) -> Result<Option<crate::Timestamp>> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "auth/token/renew-self", Capability::Update).await?;
+    pub async fn renew_self(&self, caller: &Caller, increment_secs: u64) -> Result<Option<crate::Timestamp>> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "auth/token/renew-self", Capability::Update).await?;
         let loaded = self.loaded()?;
         self.renew_hash(&loaded, &id.hash, increment_secs).await
     }
 
     pub async fn renew_token(
         &self,
-        token: Option<&str>,
+        caller: &Caller,
         target: &str,
         increment_secs: u64,
     ) -> Result<Option<crate::Timestamp>> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "auth/token/renew", Capability::Update).await?;
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "auth/token/renew", Capability::Update).await?;
         let loaded = self.loaded()?;
         let (_, hash) = loaded.salt.entry_key(target);
         self.renew_hash(&loaded, &hash, increment_secs).await
@@ -487,14 +488,14 @@ impl Core {
 
     /// Looks up another token by the token itself or its accessor
     /// (`auth/token/lookup`, `auth/token/lookup-accessor`).
-    pub async fn lookup_token(&self, token: Option<&str>, target: TokenRef<'_>) -> Result<crate::token::Identity> {
+    pub async fn lookup_token(&self, caller: &Caller, target: TokenRef<'_>) -> Result<crate::token::Identity> {
         use crate::token::TokenEntry;
-        let id = self.authenticate(token).await?;
+        let id = self.authenticate(caller).await?;
         let path = match target {
             TokenRef::Token(_) => "auth/token/lookup",
             TokenRef::Accessor(_) => "auth/token/lookup-accessor",
         };
-        self.authorize(&id, path, Capability::Update).await?;
+        self.authorize(caller, &id, path, Capability::Update).await?;
         let loaded = self.loaded()?;
         let not_found = || Error::NotFound("no such token (it may have expired or been revoked)".into());
         let hash = self.resolve(&loaded, &target).await?.ok_or_else(not_found)?;
@@ -506,9 +507,9 @@ impl Core {
     }
 
     /// Revokes a token (and its children) named by its accessor.
-    pub async fn revoke_accessor(&self, token: Option<&str>, accessor: &str) -> Result<()> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "auth/token/revoke-accessor", Capability::Update).await?;
+    pub async fn revoke_accessor(&self, caller: &Caller, accessor: &str) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "auth/token/revoke-accessor", Capability::Update).await?;
         let loaded = self.loaded()?;
         match self.resolve(&loaded, &TokenRef::Accessor(accessor)).await? {
             Some(hash) => self.revoke_tree(&loaded, &hash).await.map(|_| ()),
@@ -520,9 +521,9 @@ impl Core {
 impl Core {
     /// The capabilities the calling token has on `path`
     /// (`sys/capabilities-self`, in the default policy).
-    pub async fn capabilities_self(&self, token: Option<&str>, path: &str) -> Result<Vec<&'static str>> {
-        let id = self.authenticate(token).await?;
-        self.authorize(&id, "sys/capabilities-self", Capability::Update).await?;
+    pub async fn capabilities_self(&self, caller: &Caller, path: &str) -> Result<Vec<&'static str>> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/capabilities-self", Capability::Update).await?;
         crate::path::validate_secret_path(path)?;
         let loaded = self.loaded()?;
         let acl = self.acl_for(&loaded, &id.policies).await?;

@@ -66,6 +66,9 @@ pub enum Command {
     /// Create and inspect tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Audit devices, HMACs of known values, log verification.
+    #[command(subcommand)]
+    Audit(crate::cli_audit::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -345,7 +348,7 @@ impl Client {
         Ok(Client { channel, token, output: g.output })
     }
 
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         if let Some(t) = &self.token {
             r.metadata_mut().insert("authorization", t.clone());
@@ -363,6 +366,14 @@ impl Client {
 
     fn tokens(&self) -> pb::tokens_client::TokensClient<Channel> {
         pb::tokens_client::TokensClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn audit(&self) -> pb::audit_client::AuditClient<Channel> {
+        pb::audit_client::AuditClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn json(&self) -> bool {
+        self.output == Output::Json
     }
 
     fn sys(&self) -> pb::sys_client::SysClient<Channel> {
@@ -383,11 +394,11 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 
 // ----- output helpers ---------------------------------------------------------
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON value prints"));
 }
 
-fn print_table(rows: &[(String, String)]) {
+pub(crate) fn print_table(rows: &[(String, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
     println!("{:width$}    Value", "Key");
     println!("{:width$}    -----", "---");
@@ -396,7 +407,7 @@ fn print_table(rows: &[(String, String)]) {
     }
 }
 
-fn time(t: &Option<prost_types::Timestamp>) -> String {
+pub(crate) fn time(t: &Option<prost_types::Timestamp>) -> String {
     match t {
         Some(t) => {
             let st = std::time::UNIX_EPOCH + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
@@ -421,7 +432,7 @@ fn map_text(m: &std::collections::HashMap<String, String>) -> String {
     format!("map[{}]", inner.join(" "))
 }
 
-fn parse_pairs(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>, Error> {
+pub(crate) fn parse_pairs(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>, Error> {
     let mut out = BTreeMap::new();
     for p in pairs {
         let (k, v) = p.split_once('=').ok_or_else(|| Error::Usage(format!("{what} {p:?} is not key=value")))?;
@@ -433,7 +444,7 @@ fn parse_pairs(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>,
     Ok(out)
 }
 
-fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
+pub(crate) fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
     let mut buf = Zeroizing::new(Vec::new());
     std::io::stdin().read_to_end(&mut buf)?;
     Ok(buf)
@@ -632,7 +643,7 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
     Ok(())
 }
 
-fn done(json: bool, message: &str) {
+pub(crate) fn done(json: bool, message: &str) {
     if json {
         print_json(&json!({ "ok": true }));
     } else {

@@ -1,6 +1,7 @@
 //! `keybridge`: the server (`keybridge server ...`) and its CLI client.
 
 mod cli;
+mod cli_audit;
 mod config;
 mod error;
 mod hygiene;
@@ -73,6 +74,9 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             Ok(exit::OK)
         }
         Command::Policy(cli::PolicyCommand::Lint { files }) => cli::policy_lint(&files, cli.global.output),
+        Command::Audit(cli_audit::AuditCommand::Verify { files, key_file: Some(key), .. }) => {
+            cli_audit::verify_offline(&files, &key, cli.global.output)
+        }
         client_command => {
             let c = Client::connect(&cli.global).await?;
             match client_command {
@@ -81,6 +85,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 Command::Policy(cmd) => cli::policy(&c, cmd).await.map(|()| exit::OK),
                 Command::Token(cmd) => cli::token(&c, cmd).await.map(|()| exit::OK),
                 Command::Operator(cmd) => cli::operator(&c, cmd).await,
+                Command::Audit(cmd) => cli_audit::audit(&c, cmd).await,
                 Command::Server(_) => Err(Error::Usage("the server command takes no client connection".into())),
             }
         }

@@ -16,7 +16,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::config::{Config, Storage};
 use crate::error::Error;
 use crate::hygiene;
-use crate::service::{PoliciesService, SecretsService, SysService, TokensService, sync_health};
+use crate::service::{AuditService, PoliciesService, SecretsService, SysService, TokensService, sync_health};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -93,6 +93,24 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     let tokens = pb::tokens_server::TokensServer::new(TokensService { core: core.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let audit = pb::audit_server::AuditServer::new(AuditService { core: core.clone() })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+    // SIGHUP: audit devices reopen their files (after logrotate moved them).
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let core = core.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let failed = core.reopen_audit().await;
+                if failed.is_empty() {
+                    tracing::info!("audit devices reopened");
+                } else {
+                    tracing::error!(failed = %failed.join("; "), "audit devices failed to reopen");
+                }
+            }
+        });
+    }
 
     let mut builder = Server::builder()
         .concurrency_limit_per_connection(config.limits.max_concurrent_requests)
@@ -166,8 +184,11 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .add_service(sys)
         .add_service(policies)
         .add_service(tokens)
+        .add_service(audit)
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await?;
+    // Audit devices write their last checkpoint.
+    core.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

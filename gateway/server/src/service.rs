@@ -9,7 +9,7 @@ use std::sync::Arc;
 use keybridge_core::kv::{SecretMeta, VersionMeta};
 use keybridge_core::mounts::MountEntry;
 use keybridge_core::value::SecretValue;
-use keybridge_core::{Core, Error as CoreError, Timestamp};
+use keybridge_core::{AuditValue, Caller, Core, Error as CoreError, Timestamp};
 use keybridge_proto::v1 as pb;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -25,6 +25,8 @@ pub fn status(e: CoreError) -> Status {
         CoreError::Unauthenticated => Status::unauthenticated(CoreError::Unauthenticated.to_string()),
         e @ CoreError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
         CoreError::Sealed => Status::unavailable("sealed"),
+        e @ CoreError::AuditFailed(_) => Status::unavailable(e.to_string()),
+        e @ CoreError::AuditResponseFailed(_) => Status::internal(e.to_string()),
         e @ CoreError::Contention(_) => Status::aborted(e.to_string()),
         e @ (CoreError::Storage(_) | CoreError::Corrupt { .. }) => {
             tracing::error!(error = %e, "internal error");
@@ -56,6 +58,31 @@ fn token<T>(req: &Request<T>) -> Result<Bearer, Status> {
         .or_else(|| text.strip_prefix("bearer "))
         .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?;
     Ok(Bearer(Some(Zeroizing::new(token.trim().to_string()))))
+}
+
+/// The request as the core sees it: token, request id (set by the
+/// request-id layer), remote address, and the gRPC method.
+fn caller<T>(req: &Request<T>, op: &'static str) -> Result<Caller, Status> {
+    let bearer = token(req)?;
+    let id = req.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    Ok(Caller::new(bearer.get(), op).with_request_id(id).with_remote(req.remote_addr().map(|a| a.to_string())))
+}
+
+fn plain(v: impl Into<serde_json::Value>) -> AuditValue {
+    AuditValue::plain(v)
+}
+
+/// Audits a request the gateway refuses before the core sees it.
+async fn refuse(core: &Core, c: &Caller, msg: &str) -> Status {
+    let r: Result<(), CoreError> = Err(CoreError::InvalidArgument(msg.to_string()));
+    match core.finish(c, r, |_| Vec::new()).await {
+        Err(e) => status(e),
+        Ok(()) => Status::invalid_argument(msg),
+    }
+}
+
+fn none<T>(_: &T) -> Vec<(String, AuditValue)> {
+    Vec::new()
 }
 
 fn ts(t: Timestamp) -> prost_types::Timestamp {
@@ -132,18 +159,36 @@ pub struct SecretsService {
 #[tonic::async_trait]
 impl pb::secrets_server::Secrets for SecretsService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Secrets/Put")?;
         let r = req.into_inner();
-        let value = value_from_pb(r.value)?;
-        let (v, meta) = self.core.put(token.get(), &r.path, &value, r.cas).await.map_err(status)?;
+        let mut c = c.with_path(&r.path);
+        if let Some(cas) = r.cas {
+            c = c.with("cas", plain(cas));
+        }
+        let value = match value_from_pb(r.value) {
+            Ok(v) => v,
+            Err(e) => return Err(refuse(&self.core, &c, e.message()).await),
+        };
+        let c = c.with("value", AuditValue::of_value(&value));
+        let res = self.core.put(&c, &r.path, &value, r.cas).await;
+        let (v, meta) =
+            self.core.finish(&c, res, |(v, _)| vec![("version".into(), plain(*v))]).await.map_err(status)?;
         Ok(Response::new(pb::PutResponse { version: Some(version_pb(v, &meta)) }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Secrets/Get")?;
         let r = req.into_inner();
+        let c = c.with_path(&r.path).with("version", plain(r.version));
         let version = (r.version > 0).then_some(r.version);
-        let read = self.core.get(token.get(), &r.path, version).await.map_err(status)?;
+        let res = self.core.get(&c, &r.path, version).await;
+        let read = self
+            .core
+            .finish(&c, res, |read| {
+                vec![("version".into(), plain(read.version)), ("value".into(), AuditValue::of_value(&read.value))]
+            })
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GetResponse {
             version: Some(version_pb(read.version, &read.meta)),
             custom_metadata: read.custom_metadata.into_iter().collect(),
@@ -152,28 +197,36 @@ impl pb::secrets_server::Secrets for SecretsService {
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Secrets/Delete")?;
         let r = req.into_inner();
-        versions_arg(&r.versions)?;
-        self.core.delete(token.get(), &r.path, &r.versions, r.all_versions).await.map_err(status)?;
+        let c = c
+            .with_path(&r.path)
+            .with("versions", plain(r.versions.clone()))
+            .with("all_versions", plain(r.all_versions));
+        if let Err(e) = versions_arg(&r.versions) {
+            return Err(refuse(&self.core, &c, e.message()).await);
+        }
+        let res = self.core.delete(&c, &r.path, &r.versions, r.all_versions).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Secrets/List")?;
         let r = req.into_inner();
-        let (keys, next_page_token) = self
-            .core
-            .list(token.get(), &r.path, r.page_size as usize, &r.page_token, r.recursive)
-            .await
-            .map_err(status)?;
+        let c = c.with_path(&r.path).with("recursive", plain(r.recursive));
+        let res = self.core.list(&c, &r.path, r.page_size as usize, &r.page_token, r.recursive).await;
+        let (keys, next_page_token) =
+            self.core.finish(&c, res, |(k, _)| vec![("keys".into(), plain(k.len()))]).await.map_err(status)?;
         Ok(Response::new(pb::ListResponse { keys, next_page_token }))
     }
 
     async fn describe(&self, req: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Secrets/Describe")?;
         let r = req.into_inner();
-        let meta = self.core.describe(token.get(), &r.path).await.map_err(status)?;
+        let c = c.with_path(&r.path);
+        let res = self.core.describe(&c, &r.path).await;
+        let meta = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::DescribeResponse { metadata: Some(meta_pb(&r.path, &meta)) }))
     }
 
@@ -181,9 +234,11 @@ impl pb::secrets_server::Secrets for SecretsService {
         &self,
         req: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Secrets/ListVersions")?;
         let r = req.into_inner();
-        let meta = self.core.describe(token.get(), &r.path).await.map_err(status)?;
+        let c = c.with_path(&r.path);
+        let res = self.core.describe(&c, &r.path).await;
+        let meta = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: meta.versions.iter().map(|(v, m)| version_pb(*v, m)).collect(),
             current_version: meta.current_version,
@@ -191,18 +246,26 @@ impl pb::secrets_server::Secrets for SecretsService {
     }
 
     async fn undelete(&self, req: Request<pb::UndeleteRequest>) -> Result<Response<pb::UndeleteResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Secrets/Undelete")?;
         let r = req.into_inner();
-        versions_arg(&r.versions)?;
-        self.core.undelete(token.get(), &r.path, &r.versions).await.map_err(status)?;
+        let c = c.with_path(&r.path).with("versions", plain(r.versions.clone()));
+        if let Err(e) = versions_arg(&r.versions) {
+            return Err(refuse(&self.core, &c, e.message()).await);
+        }
+        let res = self.core.undelete(&c, &r.path, &r.versions).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::UndeleteResponse {}))
     }
 
     async fn destroy(&self, req: Request<pb::DestroyRequest>) -> Result<Response<pb::DestroyResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Secrets/Destroy")?;
         let r = req.into_inner();
-        versions_arg(&r.versions)?;
-        self.core.destroy(token.get(), &r.path, &r.versions).await.map_err(status)?;
+        let c = c.with_path(&r.path).with("versions", plain(r.versions.clone()));
+        if let Err(e) = versions_arg(&r.versions) {
+            return Err(refuse(&self.core, &c, e.message()).await);
+        }
+        let res = self.core.destroy(&c, &r.path, &r.versions).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::DestroyResponse {}))
     }
 
@@ -210,14 +273,16 @@ impl pb::secrets_server::Secrets for SecretsService {
         &self,
         req: Request<pb::PutMetadataRequest>,
     ) -> Result<Response<pb::PutMetadataResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Secrets/PutMetadata")?;
         let r = req.into_inner();
         let custom: BTreeMap<String, String> = r.custom_metadata.into_iter().collect();
-        let meta = self
-            .core
-            .put_metadata(token.get(), &r.path, Some(custom), r.max_versions, r.cas_required)
-            .await
-            .map_err(status)?;
+        let c = c
+            .with_path(&r.path)
+            .with("custom_metadata", plain(serde_json::to_value(&custom).unwrap_or_default()))
+            .with("max_versions", plain(r.max_versions))
+            .with("cas_required", plain(r.cas_required));
+        let res = self.core.put_metadata(&c, &r.path, Some(custom), r.max_versions, r.cas_required).await;
+        let meta = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::PutMetadataResponse { metadata: Some(meta_pb(&r.path, &meta)) }))
     }
 }
@@ -251,7 +316,14 @@ impl SysService {
 
 pub async fn sync_health(core: &Core, health: &HealthReporter) {
     let serving = matches!(core.seal_status().await, Ok(s) if !s.sealed);
-    for name in ["", "keybridge.v1.Secrets", "keybridge.v1.Sys", "keybridge.v1.Policies", "keybridge.v1.Tokens"] {
+    for name in [
+        "",
+        "keybridge.v1.Secrets",
+        "keybridge.v1.Sys",
+        "keybridge.v1.Policies",
+        "keybridge.v1.Tokens",
+        "keybridge.v1.Audit",
+    ] {
         let st = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
         health.set_service_status(name, st).await;
     }
@@ -333,21 +405,23 @@ impl pb::sys_server::Sys for SysService {
     }
 
     async fn seal(&self, req: Request<pb::SealRequest>) -> Result<Response<pb::SealStatusResponse>, Status> {
-        let token = token(&req)?;
-        let s = self.core.seal(token.get()).await.map_err(status)?;
+        let c = caller(&req, "keybridge.v1.Sys/Seal")?;
+        let res = self.core.seal(&c).await;
+        let s = self.core.finish(&c, res, none).await.map_err(status)?;
         self.sync_health().await;
         tracing::info!("sealed by request");
         Ok(Response::new(self.status_pb(s)))
     }
 
     async fn enable_mount(&self, req: Request<pb::EnableMountRequest>) -> Result<Response<pb::Mount>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Sys/EnableMount")?;
         let r = req.into_inner();
-        let m = self
-            .core
-            .enable_mount(token.get(), &r.path, &r.r#type, &r.description, r.config.into_iter().collect())
-            .await
-            .map_err(status)?;
+        let c = c
+            .with_path(&r.path)
+            .with("type", plain(r.r#type.clone()))
+            .with("config", plain(serde_json::to_value(&r.config).unwrap_or_default()));
+        let res = self.core.enable_mount(&c, &r.path, &r.r#type, &r.description, r.config.into_iter().collect()).await;
+        let m = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(mount_pb(&m)))
     }
 
@@ -355,8 +429,9 @@ impl pb::sys_server::Sys for SysService {
         &self,
         req: Request<pb::ListMountsRequest>,
     ) -> Result<Response<pb::ListMountsResponse>, Status> {
-        let token = token(&req)?;
-        let mounts = self.core.list_mounts(token.get()).await.map_err(status)?;
+        let c = caller(&req, "keybridge.v1.Sys/ListMounts")?;
+        let res = self.core.list_mounts(&c).await;
+        let mounts = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::ListMountsResponse { mounts: mounts.iter().map(mount_pb).collect() }))
     }
 
@@ -364,43 +439,69 @@ impl pb::sys_server::Sys for SysService {
         &self,
         req: Request<pb::DisableMountRequest>,
     ) -> Result<Response<pb::DisableMountResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Sys/DisableMount")?;
         let r = req.into_inner();
-        self.core.disable_mount(token.get(), &r.path).await.map_err(status)?;
+        let c = c.with_path(&r.path);
+        let res = self.core.disable_mount(&c, &r.path).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::DisableMountResponse {}))
     }
 
     async fn tune_mount(&self, req: Request<pb::TuneMountRequest>) -> Result<Response<pb::Mount>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Sys/TuneMount")?;
         let r = req.into_inner();
-        let m = self
-            .core
-            .tune_mount(token.get(), &r.path, r.description.as_deref(), r.config.into_iter().collect())
-            .await
-            .map_err(status)?;
+        let c = c.with_path(&r.path).with("config", plain(serde_json::to_value(&r.config).unwrap_or_default()));
+        let res = self.core.tune_mount(&c, &r.path, r.description.as_deref(), r.config.into_iter().collect()).await;
+        let m = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(mount_pb(&m)))
     }
 
     async fn rotate(&self, req: Request<pb::RotateRequest>) -> Result<Response<pb::KeyStatus>, Status> {
-        let token = token(&req)?;
-        let k = self.core.rotate(token.get()).await.map_err(status)?;
+        let c = caller(&req, "keybridge.v1.Sys/Rotate")?;
+        let res = self.core.rotate(&c).await;
+        let k = self.core.finish(&c, res, |k| vec![("term".into(), plain(k.term))]).await.map_err(status)?;
         tracing::info!(term = k.term, "encryption key rotated");
         Ok(Response::new(key_status_pb(k)))
     }
 
     async fn key_status(&self, req: Request<pb::KeyStatusRequest>) -> Result<Response<pb::KeyStatus>, Status> {
-        let token = token(&req)?;
-        let k = self.core.key_status(token.get()).await.map_err(status)?;
+        let c = caller(&req, "keybridge.v1.Sys/KeyStatus")?;
+        let res = self.core.key_status(&c).await;
+        let k = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(key_status_pb(k)))
     }
 
     async fn rekey(&self, req: Request<pb::RekeyRequest>) -> Result<Response<pb::RekeyResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Sys/Rekey")?;
         let r = req.into_inner();
         let keys: Vec<String> = r.keys;
-        let result = self.core.rekey(token.get(), &keys, r.key_shares, r.key_threshold).await;
+        let c = c
+            .with(
+                "keys",
+                AuditValue::Map(
+                    keys.iter().enumerate().map(|(i, k)| (i.to_string(), AuditValue::secret(k.as_bytes()))).collect(),
+                ),
+            )
+            .with("key_shares", plain(r.key_shares))
+            .with("key_threshold", plain(r.key_threshold));
+        let result = self.core.rekey(&c, &keys, r.key_shares, r.key_threshold).await;
         drop(keys.into_iter().map(Zeroizing::new).collect::<Vec<_>>());
-        let shares = result.map_err(status)?;
+        let shares = self
+            .core
+            .finish(&c, result, |shares| {
+                vec![(
+                    "unseal_keys".into(),
+                    AuditValue::Map(
+                        shares
+                            .iter()
+                            .enumerate()
+                            .map(|(i, k)| (i.to_string(), AuditValue::secret(k.as_bytes())))
+                            .collect(),
+                    ),
+                )]
+            })
+            .await
+            .map_err(status)?;
         tracing::info!(shares = r.key_shares, threshold = r.key_threshold, "root key replaced (rekey)");
         Ok(Response::new(pb::RekeyResponse {
             unseal_keys_b64: shares.iter().map(|k| k.to_string()).collect(),
@@ -414,13 +515,16 @@ impl pb::sys_server::Sys for SysService {
         &self,
         req: Request<pb::SnapshotSaveRequest>,
     ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
-        let token = token(&req)?;
-        self.core.authorize_snapshot(token.get()).await.map_err(status)?;
+        let c = caller(&req, "keybridge.v1.Sys/SnapshotSave")?;
+        if let Err(e) = self.core.authorize_snapshot(&c).await {
+            return Err(status(self.core.finish(&c, Err::<(), _>(e), none).await.unwrap_err()));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let core = self.core.clone();
         tokio::spawn(async move {
             let writer = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-            if let Err(e) = core.snapshot(token.get(), Box::new(writer)).await {
+            let res = core.snapshot(&c, Box::new(writer)).await;
+            if let Err(e) = core.finish(&c, res, |n| vec![("entries".into(), plain(*n))]).await {
                 let _ = tx.send(Err(status(e))).await;
             }
         });
@@ -431,9 +535,10 @@ impl pb::sys_server::Sys for SysService {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotRestoreResponse>, Status> {
-        let token = token(&req)?;
-        let token = token.get();
-        self.core.authorize_snapshot(token).await.map_err(status)?;
+        let c = caller(&req, "keybridge.v1.Sys/SnapshotRestore")?;
+        if let Err(e) = self.core.authorize_snapshot(&c).await {
+            return Err(status(self.core.finish(&c, Err::<(), _>(e), none).await.unwrap_err()));
+        }
         let mut stream = req.into_inner();
         let staged =
             tempfile_in(&self.staging_dir).map_err(|e| Status::internal(format!("cannot stage the upload: {e}")))?;
@@ -449,8 +554,13 @@ impl pb::sys_server::Sys for SysService {
                 .map_err(|e| Status::internal(format!("cannot stage the upload: {e}")))?;
         }
         tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| Status::internal(e.to_string()))?;
-        let (entries, sealed) =
-            self.core.restore(token, staged.path().to_path_buf(), force.unwrap_or(false)).await.map_err(status)?;
+        let c = c.with("force", plain(force.unwrap_or(false)));
+        let res = self.core.restore(&c, staged.path().to_path_buf(), force.unwrap_or(false)).await;
+        let (entries, sealed) = self
+            .core
+            .finish(&c, res, |(n, s)| vec![("entries".into(), plain(*n)), ("sealed".into(), plain(*s))])
+            .await
+            .map_err(status)?;
         self.sync_health().await;
         tracing::info!(entries, sealed, "snapshot restored");
         Ok(Response::new(pb::SnapshotRestoreResponse { entries, sealed }))
@@ -477,22 +587,27 @@ pub struct PoliciesService {
 #[tonic::async_trait]
 impl pb::policies_server::Policies for PoliciesService {
     async fn put(&self, req: Request<pb::PutPolicyRequest>) -> Result<Response<pb::PutPolicyResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Policies/Put")?;
         let r = req.into_inner();
-        self.core.put_policy(token.get(), &r.name, &r.policy).await.map_err(status)?;
+        let c = c.with_path(&r.name).with("policy", plain(r.policy.clone()));
+        let res = self.core.put_policy(&c, &r.name, &r.policy).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::PutPolicyResponse {}))
     }
 
     async fn get(&self, req: Request<pb::GetPolicyRequest>) -> Result<Response<pb::PolicyDocument>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Policies/Get")?;
         let r = req.into_inner();
-        let policy = self.core.get_policy(token.get(), &r.name).await.map_err(status)?;
+        let c = c.with_path(&r.name);
+        let res = self.core.get_policy(&c, &r.name).await;
+        let policy = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::PolicyDocument { name: r.name.trim().to_lowercase(), policy }))
     }
 
     async fn list(&self, req: Request<pb::ListPoliciesRequest>) -> Result<Response<pb::ListPoliciesResponse>, Status> {
-        let token = token(&req)?;
-        let names = self.core.list_policies(token.get()).await.map_err(status)?;
+        let c = caller(&req, "keybridge.v1.Policies/List")?;
+        let res = self.core.list_policies(&c).await;
+        let names = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::ListPoliciesResponse { names }))
     }
 
@@ -500,9 +615,11 @@ impl pb::policies_server::Policies for PoliciesService {
         &self,
         req: Request<pb::DeletePolicyRequest>,
     ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Policies/Delete")?;
         let r = req.into_inner();
-        self.core.delete_policy(token.get(), &r.name).await.map_err(status)?;
+        let c = c.with_path(&r.name);
+        let res = self.core.delete_policy(&c, &r.name).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::DeletePolicyResponse {}))
     }
 }
@@ -523,15 +640,29 @@ fn token_info(e: keybridge_core::token::Identity) -> pb::TokenInfo {
     }
 }
 
+fn token_audit(id: &keybridge_core::token::Identity) -> Vec<(String, AuditValue)> {
+    vec![
+        ("accessor".into(), plain(id.accessor.clone())),
+        ("policies".into(), plain(id.policies.clone())),
+        ("display_name".into(), plain(id.display_name.clone())),
+    ]
+}
+
 #[tonic::async_trait]
 impl pb::tokens_server::Tokens for TokensService {
     async fn create(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Tokens/Create")?;
         let r = req.into_inner();
-        let (new_token, entry) = self
+        let c = c
+            .with("policies", plain(r.policies.clone()))
+            .with("ttl_seconds", plain(r.ttl_seconds))
+            .with("max_ttl_seconds", plain(r.max_ttl_seconds))
+            .with("num_uses", plain(r.num_uses))
+            .with("display_name", plain(r.display_name.clone()));
+        let res = self
             .core
             .create_token(
-                token.get(),
+                &c,
                 keybridge_core::TokenRequest {
                     policies: r.policies,
                     ttl_secs: r.ttl_seconds,
@@ -542,6 +673,16 @@ impl pb::tokens_server::Tokens for TokensService {
                     no_default_policy: r.no_default_policy,
                 },
             )
+            .await;
+        let (new_token, entry) = self
+            .core
+            .finish(&c, res, |(t, e)| {
+                vec![
+                    ("token".into(), AuditValue::secret(t.as_bytes())),
+                    ("accessor".into(), plain(e.accessor.clone())),
+                    ("policies".into(), plain(e.policies.clone())),
+                ]
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CreateTokenResponse {
@@ -560,15 +701,23 @@ impl pb::tokens_server::Tokens for TokensService {
     }
 
     async fn revoke(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Tokens/Revoke")?;
         let r = req.into_inner();
         let target = Zeroizing::new(r.token);
-        match (target.is_empty(), r.accessor.is_empty()) {
-            (false, true) => self.core.revoke_token(token.get(), &target).await,
-            (true, false) => self.core.revoke_accessor(token.get(), &r.accessor).await,
-            _ => return Err(Status::invalid_argument("give exactly one of token and accessor")),
-        }
-        .map_err(status)?;
+        let res = match (target.is_empty(), r.accessor.is_empty()) {
+            (false, true) => {
+                let c = c.with("token", AuditValue::secret(target.as_bytes()));
+                let res = self.core.revoke_token(&c, &target).await;
+                self.core.finish(&c, res, none).await
+            }
+            (true, false) => {
+                let c = c.with("accessor", plain(r.accessor.clone()));
+                let res = self.core.revoke_accessor(&c, &r.accessor).await;
+                self.core.finish(&c, res, none).await
+            }
+            _ => return Err(refuse(&self.core, &c, "give exactly one of token and accessor").await),
+        };
+        res.map_err(status)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 
@@ -576,38 +725,46 @@ impl pb::tokens_server::Tokens for TokensService {
         &self,
         req: Request<pb::CapabilitiesRequest>,
     ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Tokens/CapabilitiesSelf")?;
         let path = req.into_inner().path;
-        let caps = self.core.capabilities_self(token.get(), &path).await.map_err(status)?;
+        let c = c.with_path(&path);
+        let res = self.core.capabilities_self(&c, &path).await;
+        let caps =
+            self.core.finish(&c, res, |c| vec![("capabilities".into(), plain(c.clone()))]).await.map_err(status)?;
         Ok(Response::new(pb::CapabilitiesResponse { capabilities: caps.into_iter().map(str::to_string).collect() }))
     }
 
     async fn lookup(&self, req: Request<pb::LookupTokenRequest>) -> Result<Response<pb::TokenInfo>, Status> {
-        let token = token(&req)?;
-        let target = match req.into_inner().target {
-            Some(pb::lookup_token_request::Target::Token(t)) => Zeroizing::new(t),
-            Some(pb::lookup_token_request::Target::Accessor(a)) => {
-                let id = self
-                    .core
-                    .lookup_token(token.get(), keybridge_core::TokenRef::Accessor(&a))
-                    .await
-                    .map_err(status)?;
-                return Ok(Response::new(token_info(id)));
+        let c = caller(&req, "keybridge.v1.Tokens/Lookup")?;
+        let id = match req.into_inner().target {
+            Some(pb::lookup_token_request::Target::Token(t)) => {
+                let target = Zeroizing::new(t);
+                let c = c.with("token", AuditValue::secret(target.as_bytes()));
+                let res = self.core.lookup_token(&c, keybridge_core::TokenRef::Token(&target)).await;
+                self.core.finish(&c, res, token_audit).await
             }
-            None => return Err(Status::invalid_argument("give the token or its accessor")),
+            Some(pb::lookup_token_request::Target::Accessor(a)) => {
+                let c = c.with("accessor", plain(a.clone()));
+                let res = self.core.lookup_token(&c, keybridge_core::TokenRef::Accessor(&a)).await;
+                self.core.finish(&c, res, token_audit).await
+            }
+            None => return Err(refuse(&self.core, &c, "give the token or its accessor").await),
         };
-        let id = self.core.lookup_token(token.get(), keybridge_core::TokenRef::Token(&target)).await.map_err(status)?;
-        Ok(Response::new(token_info(id)))
+        Ok(Response::new(token_info(id.map_err(status)?)))
     }
 
     async fn renew(&self, req: Request<pb::RenewTokenRequest>) -> Result<Response<pb::RenewTokenResponse>, Status> {
-        let token = token(&req)?;
+        let c = caller(&req, "keybridge.v1.Tokens/Renew")?;
         let r = req.into_inner();
         let target = Zeroizing::new(r.token);
+        let c = c.with("increment_seconds", plain(r.increment_seconds));
         let expires = if target.is_empty() {
-            self.core.renew_self(token.get(), r.increment_seconds).await
+            let res = self.core.renew_self(&c, r.increment_seconds).await;
+            self.core.finish(&c, res, none).await
         } else {
-            self.core.renew_token(token.get(), &target, r.increment_seconds).await
+            let c = c.with("token", AuditValue::secret(target.as_bytes()));
+            let res = self.core.renew_token(&c, &target, r.increment_seconds).await;
+            self.core.finish(&c, res, none).await
         }
         .map_err(status)?;
         Ok(Response::new(pb::RenewTokenResponse { expire_time: expires.map(ts) }))
@@ -617,14 +774,195 @@ impl pb::tokens_server::Tokens for TokensService {
         &self,
         req: Request<pb::RevokeSelfRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let token = token(&req)?;
-        self.core.revoke_self(token.get()).await.map_err(status)?;
+        let c = caller(&req, "keybridge.v1.Tokens/RevokeSelf")?;
+        let res = self.core.revoke_self(&c).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 
     async fn lookup_self(&self, req: Request<pb::LookupSelfRequest>) -> Result<Response<pb::TokenInfo>, Status> {
-        let token = token(&req)?;
-        let id = self.core.lookup_self(token.get()).await.map_err(status)?;
+        let c = caller(&req, "keybridge.v1.Tokens/LookupSelf")?;
+        let res = self.core.lookup_self(&c).await;
+        let id = self.core.finish(&c, res, token_audit).await.map_err(status)?;
         Ok(Response::new(token_info(id)))
+    }
+}
+
+pub struct AuditService {
+    pub core: Arc<Core>,
+}
+
+fn device_pb(d: keybridge_core::audit::DeviceEntry) -> pb::AuditDevice {
+    pb::AuditDevice {
+        path: d.path,
+        r#type: d.kind,
+        description: d.description,
+        options: d.options.into_iter().collect(),
+        created_time: Some(ts(d.created)),
+    }
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::audit_server::Audit for AuditService {
+    async fn enable(&self, req: Request<pb::EnableAuditRequest>) -> Result<Response<pb::AuditDevice>, Status> {
+        let c = caller(&req, "keybridge.v1.Audit/Enable")?;
+        let r = req.into_inner();
+        let c = c
+            .with_path(&r.path)
+            .with("type", plain(r.r#type.clone()))
+            .with("options", plain(serde_json::to_value(&r.options).unwrap_or_default()));
+        let res = self.core.enable_audit(&c, &r.path, &r.r#type, &r.description, r.options.into_iter().collect()).await;
+        let d = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(device_pb(d)))
+    }
+
+    async fn list(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Audit/List")?;
+        let res = self.core.list_audit(&c).await;
+        let devices = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::ListAuditResponse { devices: devices.into_iter().map(device_pb).collect() }))
+    }
+
+    async fn disable(
+        &self,
+        req: Request<pb::DisableAuditRequest>,
+    ) -> Result<Response<pb::DisableAuditResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Audit/Disable")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path);
+        let res = self.core.disable_audit(&c, &r.path).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::DisableAuditResponse {}))
+    }
+
+    async fn hash(&self, req: Request<pb::AuditHashRequest>) -> Result<Response<pb::AuditHashResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Audit/Hash")?;
+        let r = req.into_inner();
+        let input = Zeroizing::new(r.input);
+        let c = c.with_path(&r.path).with("input", AuditValue::secret(&input));
+        let res = self.core.audit_hash(&c, &r.path, &input).await;
+        let hash = self.core.finish(&c, res, |h| vec![("hash".into(), plain(h.clone()))]).await.map_err(status)?;
+        Ok(Response::new(pb::AuditHashResponse { hash }))
+    }
+
+    async fn export_key(
+        &self,
+        req: Request<pb::ExportAuditKeyRequest>,
+    ) -> Result<Response<pb::AuditVerificationKey>, Status> {
+        let c = caller(&req, "keybridge.v1.Audit/ExportKey")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path);
+        let res = self.core.audit_verification_key(&c, &r.path).await;
+        let k = self
+            .core
+            .finish(&c, res, |k| vec![("checkpoint_seq".into(), plain(k.checkpoint_seq))])
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AuditVerificationKey {
+            device: k.device.clone(),
+            key: k.key.clone(),
+            checkpoint_seq: k.checkpoint_seq,
+            checkpoint_chain: k.checkpoint_chain.clone(),
+            segment_start: k.segment_start,
+        }))
+    }
+
+    async fn verify(
+        &self,
+        req: Request<Streaming<pb::VerifyAuditChunk>>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Audit/Verify")?;
+        let mut stream = req.into_inner();
+        let first = match stream.next().await {
+            Some(chunk) => chunk?,
+            None => return Err(refuse(&self.core, &c, "send the device and the file's contents").await),
+        };
+        let c = c.with_path(&first.device);
+        let res = self.core.audit_verifier(&c, &first.device).await;
+        let (key, checkpoint) = match res {
+            Ok(k) => k,
+            Err(e) => return Err(status(self.core.finish(&c, Err::<(), _>(e), none).await.unwrap_err())),
+        };
+        let first_seen = first.checkpoint_seq;
+        let mut v = keybridge_core::audit::chain::Verifier::new(&key);
+        let mut name = String::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut next = Some(first);
+        loop {
+            let chunk = match next.take() {
+                Some(c) => c,
+                None => match stream.next().await {
+                    Some(c) => c?,
+                    None => break,
+                },
+            };
+            if !chunk.file_name.is_empty() {
+                if !pending.is_empty() {
+                    v.line(&name, &pending);
+                    pending.clear();
+                }
+                v.next_file();
+                name = chunk.file_name;
+            }
+            pending.extend_from_slice(&chunk.data);
+            let mut start = 0;
+            while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
+                v.line(&name, &pending[start..start + i]);
+                start += i + 1;
+            }
+            pending.drain(..start);
+        }
+        if !pending.is_empty() {
+            v.line(&name, &pending);
+        }
+        let seen = (first_seen > 0).then_some(first_seen);
+        let report = v.finish_at(&checkpoint, seen);
+        let out = pb::VerifyAuditResponse {
+            intact: report.problem.is_none(),
+            records: report.records,
+            first_seq: report.first_seq,
+            last_seq: report.last_seq,
+            problem: report.problem.unwrap_or_default(),
+            notes: report.notes,
+            checkpoint_seq: seen.unwrap_or(checkpoint.seq).min(checkpoint.seq),
+        };
+        let res: Result<(), CoreError> = Ok(());
+        self.core
+            .finish(&c, res, |_| vec![("intact".into(), plain(out.intact)), ("records".into(), plain(out.records))])
+            .await
+            .map_err(status)?;
+        Ok(Response::new(out))
+    }
+
+    async fn checkpoint(
+        &self,
+        req: Request<pb::AuditCheckpointRequest>,
+    ) -> Result<Response<pb::AuditCheckpoint>, Status> {
+        let c = caller(&req, "keybridge.v1.Audit/Checkpoint")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path);
+        let res = self.core.audit_checkpoint(&c, &r.path).await;
+        let cp = self.core.finish(&c, res, |cp| vec![("seq".into(), plain(cp.seq))]).await.map_err(status)?;
+        Ok(Response::new(pb::AuditCheckpoint { seq: cp.seq, segment_start: cp.segment_start }))
+    }
+
+    type WatchStream = RecordStream;
+
+    async fn watch(&self, req: Request<pb::WatchAuditRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let c = caller(&req, "keybridge.v1.Audit/Watch")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path);
+        let res = self.core.watch_audit(&c, &r.path).await;
+        let rx = self.core.finish(&c, res, none).await.map_err(status)?;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|item| match item {
+            Ok(line) => Ok(pb::AuditRecord { line: line.to_string() }),
+            // A slow watcher missed records; the gap in `seq` shows it too.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Err(Status::data_loss(format!("this watcher fell behind and missed {n} records; reconnect")))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `keybridge` binary, real sockets, real files.
 
+mod audit;
 mod cli;
 mod grpc;
 mod harness;

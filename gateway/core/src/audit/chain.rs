@@ -1,0 +1,408 @@
+//! The tamper-evident line format of audit records, and its verification.
+//! Pure functions: no IO, no server, so the CLI can verify offline.
+//!
+//! A record is one JSON object on one line. The writer adds `seq` (1, 2, ...
+//! per device, never reused) in front, and `prev` (the chain value before
+//! this record) on the first record of every file segment, and ends the
+//! object with `"chain":"<hex>"`, where
+//!
+//! ```text
+//! chain(n) = HMAC-SHA256(chain_key, chain(n-1) || prefix(n))
+//! ```
+//!
+//! and `prefix(n)` is the record's line with the `,"chain":"..."` member
+//! removed (so it ends in `}`); `chain(0)` is 32 zero bytes. The key lives in
+//! the barrier: whoever can edit the file cannot recompute the chain.
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+pub const CHAIN_LEN: usize = 32;
+/// `,"chain":"` + 64 hex digits + `"}`
+const CHAIN_SUFFIX_LEN: usize = 10 + 2 * CHAIN_LEN + 2;
+
+pub type ChainValue = [u8; CHAIN_LEN];
+
+pub fn next_chain(key: &[u8], prev: &ChainValue, prefix: &[u8]) -> ChainValue {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(prev);
+    mac.update(prefix);
+    mac.finalize().into_bytes().into()
+}
+
+/// Turns a record body (a JSON object without `seq`) into its final line,
+/// newline included, and returns the new chain value.
+pub fn seal_line(
+    key: &[u8],
+    prev: &ChainValue,
+    seq: u64,
+    first_in_segment: bool,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> ChainValue {
+    let start = out.len();
+    out.extend_from_slice(format!("{{\"seq\":{seq},").as_bytes());
+    if first_in_segment {
+        out.extend_from_slice(format!("\"prev\":\"{}\",", hex::encode(prev)).as_bytes());
+    }
+    // The body is `{...}`; drop its opening brace.
+    out.extend_from_slice(body.strip_prefix(b"{").unwrap_or(body));
+    let chain = next_chain(key, prev, &out[start..]);
+    out.pop(); // the closing brace
+    out.extend_from_slice(format!(",\"chain\":\"{}\"}}\n", hex::encode(chain)).as_bytes());
+    chain
+}
+
+/// Where the server's record of a device stood: the last sequence number
+/// written and its chain value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: u64,
+    /// The chain value of record `seq`, when known.
+    pub chain: Option<ChainValue>,
+    /// The first sequence number of the file the device writes now.
+    pub segment_start: u64,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Records that verified.
+    pub records: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The first problem found, with the line it is on; `None`: intact.
+    pub problem: Option<String>,
+    /// Notes that are not failures (e.g. the log continues an earlier file).
+    pub notes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    seq: u64,
+    #[serde(default)]
+    prev: Option<String>,
+}
+
+/// Verifies `lines` (the files' contents, in order) against `key`; with a
+/// `checkpoint`, also that nothing was cut off the end.
+pub struct Verifier<'k> {
+    key: &'k [u8],
+    chain: Option<ChainValue>,
+    expected: u64,
+    line_no: u64,
+    segment_start: Option<u64>,
+    report: Report,
+}
+
+impl<'k> Verifier<'k> {
+    pub fn new(key: &'k [u8]) -> Self {
+        Verifier { key, chain: None, expected: 0, line_no: 0, segment_start: None, report: Report::default() }
+    }
+
+    /// Continues after record `seq` whose chain value is `chain` (a writer
+    /// recovering its position past its last checkpoint).
+    pub fn resume(key: &'k [u8], seq: u64, chain: ChainValue) -> Self {
+        let mut v = Self::new(key);
+        if seq > 0 {
+            v.chain = Some(chain);
+            v.expected = seq + 1;
+        }
+        v
+    }
+
+    /// The last record that verified: its sequence number, chain value, and
+    /// the first record of its segment if the lines fed showed it.
+    pub fn position(&self) -> (u64, ChainValue, Option<u64>) {
+        (self.expected.saturating_sub(1), self.chain.unwrap_or([0u8; CHAIN_LEN]), self.segment_start)
+    }
+
+    fn fail(&mut self, msg: String) {
+        if self.report.problem.is_none() {
+            self.report.problem = Some(msg);
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.report.problem.is_some()
+    }
+
+    /// Feeds one line (without its newline). `file` names it in messages.
+    pub fn line(&mut self, file: &str, line: &[u8]) {
+        if self.failed() {
+            return;
+        }
+        self.line_no += 1;
+        let at = format!("{file}:{}", self.line_no);
+        if line.is_empty() {
+            return self.fail(format!("{at}: an empty line was inserted"));
+        }
+        if line.len() < CHAIN_SUFFIX_LEN + 2 {
+            return self.fail(format!("{at}: not a complete audit record (edited or truncated mid-record)"));
+        }
+        let (body, suffix) = line.split_at(line.len() - CHAIN_SUFFIX_LEN);
+        let Some(chain_hex) = suffix.strip_prefix(b",\"chain\":\"").and_then(|s| s.strip_suffix(b"\"}")) else {
+            return self.fail(format!("{at}: not a complete audit record (its chain value is missing)"));
+        };
+        let mut claimed = [0u8; CHAIN_LEN];
+        if hex::decode_to_slice(chain_hex, &mut claimed).is_err() {
+            return self.fail(format!("{at}: the record's chain value was edited"));
+        }
+        let mut prefix = body.to_vec();
+        prefix.push(b'}');
+        let head: Head = match serde_json::from_slice(&prefix) {
+            Ok(h) => h,
+            Err(_) => return self.fail(format!("{at}: the record is not valid JSON (edited)")),
+        };
+        let prev = match (self.chain, head.prev.as_deref()) {
+            (Some(c), _) => c,
+            (None, Some(p)) => {
+                let mut v = [0u8; CHAIN_LEN];
+                if hex::decode_to_slice(p, &mut v).is_err() {
+                    return self.fail(format!("{at}: the record's prev value was edited"));
+                }
+                if head.seq > 1 {
+                    self.report.notes.push(format!(
+                        "{at}: the log begins at record {}, continuing an earlier file; pass that file first to check the link",
+                        head.seq
+                    ));
+                }
+                v
+            }
+            (None, None) => {
+                if head.seq != 1 {
+                    return self.fail(format!(
+                        "{at}: the log begins at record {} without a link to earlier records: the head of the file was removed",
+                        head.seq
+                    ));
+                }
+                [0u8; CHAIN_LEN]
+            }
+        };
+        if self.chain.is_some() {
+            if head.seq > self.expected {
+                return self.fail(format!(
+                    "{at}: records {} to {} are missing (dropped) before this line",
+                    self.expected,
+                    head.seq - 1
+                ));
+            }
+            if head.seq < self.expected {
+                return self.fail(format!(
+                    "{at}: record {} appears after record {}: reordered or inserted",
+                    head.seq,
+                    self.expected - 1
+                ));
+            }
+        }
+        let computed = next_chain(self.key, &prev, &prefix);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&computed[..], &claimed[..])) {
+            let what = if self.chain.is_none() && head.seq == 1 {
+                "edited, or not written with this key"
+            } else {
+                "edited or inserted"
+            };
+            return self.fail(format!("{at}: record {} was {what}", head.seq));
+        }
+        if self.chain.is_none() {
+            self.report.first_seq = head.seq;
+        }
+        if head.prev.is_some() {
+            self.segment_start = Some(head.seq);
+        }
+        self.chain = Some(computed);
+        self.expected = head.seq + 1;
+        self.report.records += 1;
+        self.report.last_seq = head.seq;
+    }
+
+    /// Starts a new file: its line numbers restart.
+    pub fn next_file(&mut self) {
+        self.line_no = 0;
+    }
+
+    /// The checkpoint a client saw at `seq` before it read its files:
+    /// records written after that are not required to be in them.
+    pub fn finish_at(self, current: &Checkpoint, seen: Option<u64>) -> Report {
+        match seen {
+            Some(seq) if seq < current.seq => self.finish(Some(&Checkpoint {
+                seq,
+                chain: None,
+                segment_start: current.segment_start.min(seq.max(1)),
+            })),
+            _ => self.finish(Some(current)),
+        }
+    }
+
+    pub fn finish(mut self, checkpoint: Option<&Checkpoint>) -> Report {
+        if let Some(cp) = checkpoint
+            && !self.failed()
+        {
+            if self.report.records == 0 {
+                if cp.seq > 0 {
+                    self.fail(format!("the log is empty, but the server recorded {} records", cp.seq));
+                }
+            } else if self.report.last_seq < cp.seq {
+                let last = self.report.last_seq;
+                if last >= cp.segment_start {
+                    self.fail(format!(
+                        "the log was truncated: it ends at record {last}, but the server recorded up to record {}",
+                        cp.seq
+                    ));
+                } else if last + 1 == cp.segment_start {
+                    self.report.notes.push(format!("the device's current file continues from record {}", last + 1));
+                } else {
+                    self.report.notes.push(format!(
+                        "the log ends at record {last}; records {} to {} are in later files that were not given",
+                        last + 1,
+                        cp.segment_start - 1
+                    ));
+                }
+            } else if self.report.last_seq == cp.seq && cp.chain.is_some() && self.chain != cp.chain {
+                self.fail(format!("record {} does not match the server's checkpoint", cp.seq));
+            }
+        }
+        self.report
+    }
+}
+
+/// Verifies whole files (each a byte buffer) in order.
+pub fn verify_files(key: &[u8], files: &[(String, Vec<u8>)], checkpoint: Option<&Checkpoint>) -> Report {
+    let mut v = Verifier::new(key);
+    for (name, data) in files {
+        v.next_file();
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let (line, tail) = match rest.iter().position(|b| *b == b'\n') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            v.line(name, line);
+            rest = tail;
+        }
+    }
+    v.finish(checkpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn log(n: u64) -> (Vec<u8>, Checkpoint) {
+        let mut out = Vec::new();
+        let mut chain = [0u8; CHAIN_LEN];
+        for seq in 1..=n {
+            let body = format!("{{\"type\":\"request\",\"path\":\"secret/data/r{seq}\"}}");
+            chain = seal_line(KEY, &chain, seq, seq == 1, body.as_bytes(), &mut out);
+        }
+        (out, Checkpoint { seq: n, chain: Some(chain), segment_start: 1 })
+    }
+
+    fn lines(data: &[u8]) -> Vec<Vec<u8>> {
+        data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| l.to_vec()).collect()
+    }
+
+    fn join(lines: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in lines {
+            out.extend_from_slice(l);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn check(data: Vec<u8>, cp: &Checkpoint) -> Report {
+        verify_files(KEY, &[("audit.log".into(), data)], Some(cp))
+    }
+
+    #[test]
+    fn untouched_log_passes() {
+        let (data, cp) = log(20);
+        let r = check(data, &cp);
+        assert_eq!(r.problem, None);
+        assert_eq!((r.records, r.first_seq, r.last_seq), (20, 1, 20));
+    }
+
+    #[test]
+    fn each_kind_of_tampering_is_reported_at_the_first_bad_record() {
+        let (data, cp) = log(10);
+        let l = lines(&data);
+
+        let mut edited = l.clone();
+        let s = String::from_utf8(edited[4].clone()).unwrap().replace("r5", "r6");
+        edited[4] = s.into_bytes();
+        let p = check(join(&edited), &cp).problem.unwrap();
+        assert!(p.contains("audit.log:5") && p.contains("record 5 was edited"), "{p}");
+
+        let mut dropped = l.clone();
+        dropped.remove(3);
+        let p = check(join(&dropped), &cp).problem.unwrap();
+        assert!(p.contains("audit.log:4") && p.contains("records 4 to 4 are missing"), "{p}");
+
+        let mut inserted = l.clone();
+        inserted.insert(6, l[6].clone());
+        let p = check(join(&inserted), &cp).problem.unwrap();
+        assert!(p.contains("audit.log:8") && p.contains("record 7 appears after record 7"), "{p}");
+
+        let mut reordered = l.clone();
+        reordered.swap(2, 3);
+        let p = check(join(&reordered), &cp).problem.unwrap();
+        assert!(p.contains("audit.log:3") && p.contains("missing"), "{p}");
+
+        let truncated = l[..7].to_vec();
+        let p = check(join(&truncated), &cp).problem.unwrap();
+        assert!(p.contains("truncated") && p.contains("ends at record 7") && p.contains("record 10"), "{p}");
+
+        let mut headless = l.clone();
+        headless.remove(0);
+        let p = check(join(&headless), &cp).problem.unwrap();
+        assert!(p.contains("head of the file was removed"), "{p}");
+
+        let p = verify_files(b"another key", &[("audit.log".into(), data.clone())], None).problem.unwrap();
+        assert!(p.contains("not written with this key"), "{p}");
+
+        let mut torn = data.clone();
+        torn.truncate(data.len() - 30);
+        let p = check(torn, &cp).problem.unwrap();
+        assert!(p.contains("audit.log:10") && p.contains("not a complete audit record"), "{p}");
+    }
+
+    #[test]
+    fn rotation_continues_the_chain() {
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        let mut chain = [0u8; CHAIN_LEN];
+        for seq in 1..=10u64 {
+            let out = if seq <= 6 { &mut first } else { &mut second };
+            chain = seal_line(KEY, &chain, seq, seq == 1 || seq == 7, b"{\"type\":\"response\"}", out);
+        }
+        let cp = Checkpoint { seq: 10, chain: Some(chain), segment_start: 7 };
+        let both = verify_files(KEY, &[("a.1".into(), first.clone()), ("a".into(), second.clone())], Some(&cp));
+        assert_eq!((both.problem, both.records), (None, 10));
+        let current = verify_files(KEY, &[("a".into(), second)], Some(&cp));
+        assert_eq!(current.problem, None);
+        assert!(current.notes[0].contains("begins at record 7"));
+        let older = verify_files(KEY, &[("a.1".into(), first.clone())], Some(&cp));
+        assert_eq!(older.problem, None, "{:?}", older.notes);
+        let mut cut = first.clone();
+        let keep = lines(&first)[..5].to_vec();
+        cut.clear();
+        cut.extend(join(&keep));
+        let (_, tail) = (0, lines(&join(&keep)));
+        assert_eq!(tail.len(), 5);
+        // An older segment cut short is caught when its successor is given.
+        let mut chain2 = [0u8; CHAIN_LEN];
+        let mut s2 = Vec::new();
+        for seq in 1..=10u64 {
+            let mut sink = Vec::new();
+            chain2 = seal_line(KEY, &chain2, seq, seq == 1 || seq == 7, b"{\"type\":\"response\"}", &mut sink);
+            if seq >= 7 {
+                s2.extend(sink);
+            }
+        }
+        let r = verify_files(KEY, &[("a.1".into(), cut), ("a".into(), s2)], Some(&cp));
+        assert!(r.problem.unwrap().contains("records 6 to 6 are missing"));
+    }
+}

@@ -1,0 +1,375 @@
+//! The audit broker: every request and every response is recorded on every
+//! enabled device before the request runs and before its answer leaves.
+//!
+//! - A device is a writer thread with a sink (a file, a socket, or an
+//!   in-process stream for `WatchAudit`). Requests hand it a rendered record
+//!   and wait for its acknowledgement; the thread takes every record that is
+//!   waiting, chains them ([`chain`]), writes them with one call (and one
+//!   `fdatasync` with `fsync=true`), then acknowledges them all.
+//! - Fail closed: when devices other than streams are enabled and none of
+//!   them accepted a record, the broker says so and the request is refused.
+//!   With no device, requests run unaudited, as in Vault.
+//! - Secret values and tokens are HMAC-SHA256'd with each device's own key
+//!   before they leave the process ([`AuditValue::Secret`]).
+//! - Each device's chain state is checkpointed into the barrier (its last
+//!   sequence number, chain value and file offset): every second, after each
+//!   group with `fsync=true`, and when the server seals or stops.
+
+pub mod chain;
+pub(crate) mod device;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+pub use device::{Broker, DeviceEntry};
+
+use crate::token::Identity;
+
+pub const HMAC_PREFIX: &str = "hmac-sha256:";
+
+/// The HMAC of `value` under a device's key, as records show it.
+pub fn hmac_hex(key: &[u8], value: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(value);
+    format!("{HMAC_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A piece of request or response data. `Secret` never leaves the process:
+/// each device writes its HMAC.
+pub enum AuditValue {
+    Plain(serde_json::Value),
+    Secret(Zeroizing<Vec<u8>>),
+    Map(Vec<(String, AuditValue)>),
+}
+
+impl std::fmt::Debug for AuditValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuditValue::Plain(v) => write!(f, "{v}"),
+            AuditValue::Secret(_) => f.write_str("<redacted>"),
+            AuditValue::Map(m) => f.debug_map().entries(m.iter().map(|(k, v)| (k, v))).finish(),
+        }
+    }
+}
+
+impl AuditValue {
+    pub fn plain(v: impl Into<serde_json::Value>) -> Self {
+        AuditValue::Plain(v.into())
+    }
+
+    pub fn secret(bytes: &[u8]) -> Self {
+        AuditValue::Secret(Zeroizing::new(bytes.to_vec()))
+    }
+
+    /// A secret value's fields (each HMAC'd) or its bytes.
+    pub fn of_value(v: &crate::value::SecretValue) -> Self {
+        match v {
+            crate::value::SecretValue::Fields(m) => {
+                AuditValue::Map(m.iter().map(|(k, v)| (k.clone(), AuditValue::secret(v.as_bytes()))).collect())
+            }
+            crate::value::SecretValue::Binary(b) => AuditValue::secret(b),
+        }
+    }
+
+    fn render(&self, key: &[u8]) -> serde_json::Value {
+        match self {
+            AuditValue::Plain(v) => v.clone(),
+            AuditValue::Secret(s) => serde_json::Value::String(hmac_hex(key, s)),
+            AuditValue::Map(m) => {
+                serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), v.render(key))).collect())
+            }
+        }
+    }
+}
+
+pub type AuditData = Vec<(String, AuditValue)>;
+
+fn render_data(data: &AuditData, key: &[u8]) -> serde_json::Value {
+    serde_json::Value::Object(data.iter().map(|(k, v)| (k.clone(), v.render(key))).collect())
+}
+
+/// Who made a request, as records show it (never the token itself).
+#[derive(Clone, Debug, Serialize)]
+pub struct AuthInfo {
+    pub display_name: String,
+    pub policies: Vec<String>,
+    pub accessor: String,
+}
+
+impl From<&Identity> for AuthInfo {
+    fn from(id: &Identity) -> Self {
+        AuthInfo { display_name: id.display_name.clone(), policies: id.policies.clone(), accessor: id.accessor.clone() }
+    }
+}
+
+/// One request as it passes through the core: who sent it and from where,
+/// what it asked, and (once authorized) what it was authorized as. Built
+/// by the transport; the core fills in the rest and audits it.
+pub struct Caller {
+    token: Option<Zeroizing<String>>,
+    pub request_id: String,
+    pub remote: Option<String>,
+    pub operation: &'static str,
+    /// The path the request named, before routing.
+    pub path: String,
+    data: AuditData,
+    state: Mutex<CallState>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("request_id", &self.request_id)
+            .field("operation", &self.operation)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct CallState {
+    pub auth: Option<AuthInfo>,
+    pub acl_path: Option<String>,
+    pub capability: Option<&'static str>,
+    /// The request record is written (or was attempted).
+    pub requested: bool,
+    pub responded: bool,
+    /// No device could record the request.
+    pub audit_failed: bool,
+    /// Why a login or authentication failed, for the record only.
+    pub reason: Option<String>,
+}
+
+impl Caller {
+    pub fn new(token: Option<&str>, operation: &'static str) -> Self {
+        Caller {
+            token: token.map(|t| Zeroizing::new(t.to_string())),
+            request_id: String::new(),
+            remote: None,
+            operation,
+            path: String::new(),
+            data: Vec::new(),
+            state: Mutex::new(CallState::default()),
+        }
+    }
+
+    /// A caller for in-process use (tests, examples): no request id or address.
+    pub fn token(token: Option<&str>) -> Self {
+        Self::new(token, "internal")
+    }
+
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = id.into();
+        self
+    }
+
+    pub fn with_remote(mut self, remote: Option<String>) -> Self {
+        self.remote = remote;
+        self
+    }
+
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    pub fn with(mut self, key: &str, value: AuditValue) -> Self {
+        self.data.push((key.to_string(), value));
+        self
+    }
+
+    pub fn bearer(&self) -> Option<&str> {
+        self.token.as_deref().map(|s| s.as_str())
+    }
+
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, CallState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_reason(&self, reason: impl Into<String>) {
+        self.state().reason = Some(reason.into());
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Request,
+    Response,
+}
+
+/// Renders one record for one device (a JSON object without `seq`).
+pub(crate) fn render(
+    kind: Kind,
+    caller: &Caller,
+    state: &CallState,
+    outcome: Option<(&str, Option<&str>)>,
+    response: Option<&AuditData>,
+    key: &[u8],
+) -> Vec<u8> {
+    let mut m = serde_json::Map::new();
+    m.insert("type".into(), (if kind == Kind::Request { "request" } else { "response" }).into());
+    m.insert("time".into(), humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string().into());
+    m.insert("request_id".into(), caller.request_id.clone().into());
+    m.insert("operation".into(), caller.operation.into());
+    if let Some(r) = &caller.remote {
+        m.insert("remote_address".into(), r.clone().into());
+    }
+    if let Some(a) = &state.auth {
+        let mut auth = serde_json::to_value(a).unwrap_or_default();
+        if let (Some(t), Some(obj)) = (&caller.token, auth.as_object_mut()) {
+            obj.insert("client_token".into(), hmac_hex(key, t.as_bytes()).into());
+        }
+        m.insert("auth".into(), auth);
+    } else if let Some(t) = &caller.token {
+        m.insert("auth".into(), serde_json::json!({ "client_token": hmac_hex(key, t.as_bytes()) }));
+    }
+    m.insert("path".into(), state.acl_path.clone().unwrap_or_else(|| caller.path.clone()).into());
+    if let Some(c) = state.capability {
+        m.insert("capability".into(), c.into());
+    }
+    if !caller.data.is_empty() {
+        m.insert("request".into(), render_data(&caller.data, key));
+    }
+    if let Some((status, error)) = outcome {
+        m.insert("status".into(), status.into());
+        if let Some(e) = error {
+            m.insert("error".into(), e.into());
+        }
+    }
+    if let Some(r) = &state.reason {
+        m.insert("reason".into(), r.clone().into());
+    }
+    if let Some(data) = response
+        && !data.is_empty()
+    {
+        m.insert("response".into(), render_data(data, key));
+    }
+    serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
+}
+
+/// A device's position, kept in the barrier.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct StoredCheckpoint {
+    pub seq: u64,
+    pub chain: String,
+    pub segment_start: u64,
+    /// For files: the file's length after the record `seq`.
+    pub offset: u64,
+}
+
+impl StoredCheckpoint {
+    pub fn chain_value(&self) -> chain::ChainValue {
+        let mut v = [0u8; chain::CHAIN_LEN];
+        if hex::decode_to_slice(&self.chain, &mut v).is_err() {
+            v = [0u8; chain::CHAIN_LEN];
+        }
+        v
+    }
+}
+
+/// What an operator exports to verify a device's files offline.
+#[derive(Serialize, Deserialize)]
+pub struct VerificationKey {
+    pub device: String,
+    pub key: String,
+    pub checkpoint_seq: u64,
+    pub checkpoint_chain: String,
+    pub segment_start: u64,
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey").field("device", &self.device).finish_non_exhaustive()
+    }
+}
+
+impl VerificationKey {
+    pub fn checkpoint(&self) -> chain::Checkpoint {
+        let cp = StoredCheckpoint {
+            seq: self.checkpoint_seq,
+            chain: self.checkpoint_chain.clone(),
+            segment_start: self.segment_start,
+            offset: 0,
+        };
+        chain::Checkpoint { seq: cp.seq, chain: Some(cp.chain_value()), segment_start: cp.segment_start.max(1) }
+    }
+
+    pub fn key_bytes(&self) -> Option<Zeroizing<Vec<u8>>> {
+        hex::decode(&self.key).ok().map(Zeroizing::new)
+    }
+}
+
+/// Options of a device type, validated without IO.
+pub(crate) fn validate_options(kind: &str, options: &BTreeMap<String, String>) -> crate::Result<()> {
+    use crate::Error::InvalidArgument;
+    let allowed: &[&str] = match kind {
+        "file" => &["file_path", "fsync", "mode"],
+        "socket" => &["address", "socket_type", "write_timeout"],
+        "stream" => &["buffer"],
+        other => {
+            return Err(InvalidArgument(format!("unknown audit device type {other:?}: use file, socket or stream")));
+        }
+    };
+    for k in options.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(InvalidArgument(format!(
+                "unknown option {k:?} for a {kind} audit device; it takes {}",
+                allowed.join(", ")
+            )));
+        }
+    }
+    if let Some(v) = options.get("fsync")
+        && v.parse::<bool>().is_err()
+    {
+        return Err(InvalidArgument(format!("fsync must be true or false, not {v:?}")));
+    }
+    match kind {
+        "file" => {
+            let p = options
+                .get("file_path")
+                .ok_or_else(|| InvalidArgument("a file audit device needs file_path=/absolute/path".into()))?;
+            if !std::path::Path::new(p).is_absolute() {
+                return Err(InvalidArgument(format!("file_path must be an absolute path, not {p:?}")));
+            }
+            if let Some(m) = options.get("mode")
+                && (u32::from_str_radix(m, 8).is_err() || m.is_empty())
+            {
+                return Err(InvalidArgument(format!("mode must be octal file permissions such as 0600, not {m:?}")));
+            }
+        }
+        "socket" => {
+            let a = options.get("address").ok_or_else(|| {
+                InvalidArgument("a socket audit device needs address=HOST:PORT (tcp) or a socket path (unix)".into())
+            })?;
+            match options.get("socket_type").map(String::as_str).unwrap_or("tcp") {
+                "tcp" => {
+                    if a.parse::<std::net::SocketAddr>().is_err() && !a.contains(':') {
+                        return Err(InvalidArgument(format!("address must be HOST:PORT for tcp, not {a:?}")));
+                    }
+                }
+                "unix" => {}
+                other => return Err(InvalidArgument(format!("socket_type must be tcp or unix, not {other:?}"))),
+            }
+            if let Some(t) = options.get("write_timeout")
+                && humantime::parse_duration(t).is_err()
+            {
+                return Err(InvalidArgument(format!("write_timeout must be a duration such as 2s, not {t:?}")));
+            }
+        }
+        _ => {
+            if let Some(b) = options.get("buffer")
+                && !matches!(b.parse::<usize>(), Ok(1..=1_000_000))
+            {
+                return Err(InvalidArgument(format!(
+                    "buffer must be a number of records from 1 to 1000000, not {b:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

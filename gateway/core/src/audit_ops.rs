@@ -1,0 +1,138 @@
+//! Audit device management through the API: enable, list, disable, the
+//! HMAC of a known value, verification, the stream, and file reopening.
+
+use std::collections::BTreeMap;
+
+use keybridge_barrier::WriteBatch;
+use tokio::sync::broadcast;
+use zeroize::Zeroizing;
+
+use super::{Capability, Core, encode_json};
+use crate::audit::device::{self, DEVICES_KEY};
+use crate::audit::{Caller, DeviceEntry, VerificationKey, chain};
+use crate::{Error, Result, Timestamp};
+
+/// Device names: `file/`, `siem-1/`: 1 to 64 of `a-z 0-9 - _`, then `/`.
+pub fn normalize_device_path(path: &str) -> Result<String> {
+    let p = path.trim().trim_end_matches('/');
+    if p.is_empty()
+        || p.len() > 64
+        || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_".contains(c))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "invalid audit device path {path:?}: use 1 to 64 characters from a-z, 0-9, '-' and '_', such as file/"
+        )));
+    }
+    Ok(format!("{p}/"))
+}
+
+impl Core {
+    pub async fn enable_audit(
+        &self,
+        caller: &Caller,
+        path: &str,
+        kind: &str,
+        description: &str,
+        options: BTreeMap<String, String>,
+    ) -> Result<DeviceEntry> {
+        let id = self.authenticate(caller).await?;
+        let path = normalize_device_path(path)?;
+        self.authorize(caller, &id, &format!("sys/audit/{path}"), Capability::Sudo).await?;
+        crate::audit::validate_options(kind, &options)?;
+        let _guard = self.admin.lock().await;
+        let loaded = self.loaded()?;
+        let entry = DeviceEntry {
+            path: path.clone(),
+            kind: kind.to_string(),
+            description: description.to_string(),
+            options,
+            id: uuid::Uuid::new_v4().to_string(),
+            created: Timestamp::now(),
+        };
+        let (entries, keys) = loaded.audit.enable(entry.clone()).await?;
+        let mut batch = WriteBatch::new();
+        batch.put(DEVICES_KEY, encode_json(&entries));
+        device::store_keys(&mut batch, &entry.id, keys);
+        if let Err(e) = self.barrier.commit(batch).await {
+            loaded.audit.remove(&path).await;
+            return Err(e.into());
+        }
+        tracing::info!(device = %path, kind, "audit device enabled");
+        Ok(entry)
+    }
+
+    pub async fn list_audit(&self, caller: &Caller) -> Result<Vec<DeviceEntry>> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/audit", Capability::Sudo).await?;
+        Ok(self.loaded()?.audit.list())
+    }
+
+    /// Disables a device. Its keys and checkpoint are deleted with it:
+    /// export the verification key first to verify its files later.
+    pub async fn disable_audit(&self, caller: &Caller, path: &str) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        let path = normalize_device_path(path)?;
+        self.authorize(caller, &id, &format!("sys/audit/{path}"), Capability::Sudo).await?;
+        let _guard = self.admin.lock().await;
+        let loaded = self.loaded()?;
+        let entry = loaded.audit.entry(&path)?;
+        let remaining: Vec<DeviceEntry> = loaded.audit.list().into_iter().filter(|d| d.path != path).collect();
+        let mut batch = WriteBatch::new();
+        batch.put(DEVICES_KEY, encode_json(&remaining));
+        device::forget(&mut batch, &entry.id);
+        // The response to this request is still recorded by this device.
+        self.barrier.commit(batch).await?;
+        self.finish(caller, Ok(()), |_| Vec::new()).await?;
+        loaded.audit.remove(&path).await;
+        tracing::info!(device = %path, "audit device disabled");
+        Ok(())
+    }
+
+    /// The HMAC a device writes for `input`, so an investigator can find a
+    /// value they already know in the log.
+    pub async fn audit_hash(&self, caller: &Caller, path: &str, input: &[u8]) -> Result<String> {
+        let id = self.authenticate(caller).await?;
+        let path = normalize_device_path(path)?;
+        self.authorize(caller, &id, &format!("sys/audit-hash/{path}"), Capability::Update).await?;
+        self.loaded()?.audit.hash(&path, input)
+    }
+
+    /// The device's chain key and checkpoint, to verify its files offline.
+    /// Whoever holds it can also forge records: keep it like a root token.
+    pub async fn audit_verification_key(&self, caller: &Caller, path: &str) -> Result<VerificationKey> {
+        let id = self.authenticate(caller).await?;
+        let path = normalize_device_path(path)?;
+        self.authorize(caller, &id, &format!("sys/audit/{path}key"), Capability::Sudo).await?;
+        self.loaded()?.audit.verification_key(&path).await
+    }
+
+    /// What the server needs to verify a device's files it is sent.
+    pub async fn audit_verifier(&self, caller: &Caller, path: &str) -> Result<(Zeroizing<Vec<u8>>, chain::Checkpoint)> {
+        let id = self.authenticate(caller).await?;
+        let path = normalize_device_path(path)?;
+        self.authorize(caller, &id, &format!("sys/audit/{path}verify"), Capability::Sudo).await?;
+        self.loaded()?.audit.verify_parts(&path).await
+    }
+
+    /// The device's checkpoint now: its last sequence number.
+    pub async fn audit_checkpoint(&self, caller: &Caller, path: &str) -> Result<chain::Checkpoint> {
+        Ok(self.audit_verifier(caller, path).await?.1)
+    }
+
+    /// Subscribes to a stream device's records.
+    pub async fn watch_audit(&self, caller: &Caller, path: &str) -> Result<broadcast::Receiver<std::sync::Arc<str>>> {
+        let id = self.authenticate(caller).await?;
+        let path = normalize_device_path(path)?;
+        self.authorize(caller, &id, &format!("sys/audit/{path}watch"), Capability::Read).await?;
+        self.loaded()?.audit.subscribe(&path)
+    }
+
+    /// Reopens the devices' files and connections (on SIGHUP, after a log
+    /// rotation). Returns the devices that failed to reopen.
+    pub async fn reopen_audit(&self) -> Vec<String> {
+        match self.loaded() {
+            Ok(l) => l.audit.reopen().await,
+            Err(_) => Vec::new(),
+        }
+    }
+}
