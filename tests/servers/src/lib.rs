@@ -1,0 +1,12 @@
+//! Test servers and fixtures for Keybridge's tests.
+//!
+//! - [`issuer`]: a JWT issuer with a real ES256 key pair (PEM and JWKS), as
+//!   a Kubernetes cluster's service-account issuer or a CI system's OIDC
+//!   provider signs tokens.
+//! - [`kubernetes`]: a server that follows the Kubernetes TokenReview
+//!   contract (`POST /apis/authentication.k8s.io/v1/tokenreviews`) and the
+//!   service-account delete call, so tests can delete an account and see
+//!   its tokens refused.
+
+pub mod issuer;
+pub mod kubernetes;
