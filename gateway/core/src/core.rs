@@ -82,6 +82,7 @@ struct Loaded {
     /// Merged ACLs by sorted policy names; cleared when a policy changes.
     acls: RwLock<HashMap<Vec<String>, Arc<keybridge_policy::Acl>>>,
     audit: audit::Broker,
+    auth: RwLock<auth_methods::AuthState>,
 }
 
 const TOKEN_CACHE_MAX: usize = 8192;
@@ -185,6 +186,7 @@ impl Core {
             renewable: false,
             num_uses: 0,
             accessor: token::generate_accessor(),
+            meta: BTreeMap::new(),
         };
         let mut table = MountTable::default();
         table.add(MountEntry {
@@ -231,12 +233,14 @@ impl Core {
             .ok_or_else(|| Error::Corrupt { key: token::SALT_KEY.into(), reason: "missing".into() })?;
         let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
         let audit = audit::Broker::load(self.barrier.clone()).await?;
+        let auth_table = auth_methods::load_table(self).await?;
         self.set_loaded(Some(Loaded {
             mounts: RwLock::new((Arc::new(mounts), mounts_stamp)),
             salt: Salt::from_bytes(salt),
             tokens: RwLock::new(HashMap::new()),
             acls: RwLock::new(HashMap::new()),
             audit,
+            auth: RwLock::new(auth_methods::AuthState { table: auth_table, parsed: HashMap::new() }),
         }));
         // Finish removing mounts a crash interrupted.
         for m in pending {
@@ -761,6 +765,9 @@ impl Core {
 
 #[path = "audit_ops.rs"]
 mod audit_ops;
+#[path = "auth_methods.rs"]
+mod auth_methods;
+pub use auth_methods::{AuthMount, login_audit};
 #[path = "policies.rs"]
 mod policies;
 pub use policies::{TokenRef, TokenRequest};
@@ -772,3 +779,7 @@ mod tests;
 #[cfg(test)]
 #[path = "audit_tests.rs"]
 mod audit_tests;
+
+#[cfg(test)]
+#[path = "auth_tests.rs"]
+mod auth_tests;

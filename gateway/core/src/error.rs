@@ -19,6 +19,9 @@ pub enum Error {
     /// Missing, unknown, expired or revoked token: deliberately one message.
     #[error("missing or invalid token")]
     Unauthenticated,
+    /// A login was refused. The reason goes to the audit log only.
+    #[error("login refused: the credential is not accepted for this role")]
+    LoginRefused(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     #[error("sealed")]
@@ -49,7 +52,7 @@ impl Error {
             Error::NotFound(_) => "NOT_FOUND",
             Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Error::AlreadyExists(_) => "ALREADY_EXISTS",
-            Error::Unauthenticated => "UNAUTHENTICATED",
+            Error::Unauthenticated | Error::LoginRefused(_) => "UNAUTHENTICATED",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
             Error::Sealed | Error::AuditFailed(_) => "UNAVAILABLE",
             Error::Contention(_) => "ABORTED",

@@ -20,7 +20,7 @@ mod time;
 pub mod token;
 pub mod value;
 
-pub use crate::core::{Core, CoreConfig, InitResult, SealStatus, TokenRef, TokenRequest};
+pub use crate::core::{AuthMount, Core, CoreConfig, InitResult, SealStatus, TokenRef, TokenRequest, login_audit};
 pub use audit::{AuditValue, Caller};
 pub use error::Error;
 pub use time::Timestamp;

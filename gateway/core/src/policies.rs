@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use super::{Capability, Core, Loaded};
 use crate::audit::Caller;
+use crate::token;
 use crate::{Error, Result};
 
 const POLICY_PREFIX: &str = "core/policies/";
@@ -206,7 +207,7 @@ impl Core {
         caller: &Caller,
         req: TokenRequest,
     ) -> Result<(Zeroizing<String>, crate::token::TokenEntry)> {
-        use crate::token::{self, TokenEntry};
+        use crate::token::TokenEntry;
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "auth/token/create", Capability::Update).await?;
         let mut policies = req.policies.iter().map(|p| normalize_name(p)).collect::<Result<Vec<_>>>()?;
@@ -246,11 +247,8 @@ impl Core {
             ));
         }
         let loaded = self.loaded()?;
-        let new_token = token::generate_token();
-        let (key, hash) = loaded.salt.entry_key(&new_token);
-        let child_marker = format!("{}{}/{hash}", token::PARENT_PREFIX, id.hash);
         let entry = TokenEntry {
-            hash,
+            hash: String::new(),
             policies,
             display_name,
             created: now,
@@ -260,21 +258,44 @@ impl Core {
             max_expires: Some(max_expires),
             renewable: req.renewable,
             num_uses: req.num_uses,
-            accessor: token::generate_accessor(),
+            accessor: String::new(),
+            meta: Default::default(),
         };
-        // The creator must still exist when the child is written, so a
-        // concurrent revocation of the creator cannot miss the child.
-        let parent_key = token::entry_key_of(&id.hash);
-        let (parent, parent_stamp) = self.barrier.get_stamped(&parent_key).await?;
-        if parent.is_none() {
-            return Err(Error::Unauthenticated);
-        }
+        self.store_new_token(&loaded, entry, Vec::new()).await
+    }
+
+    /// Generates a token for `entry` (its hash and accessor are filled in)
+    /// and writes it with its accessor, its parent's child marker, and
+    /// `markers`, in one write. A parent must still exist when the child is
+    /// written, so a concurrent revocation of the parent cannot miss it.
+    pub(super) async fn store_new_token(
+        &self,
+        loaded: &Loaded,
+        mut entry: crate::token::TokenEntry,
+        markers: Vec<String>,
+    ) -> Result<(Zeroizing<String>, crate::token::TokenEntry)> {
+        use crate::token;
+        let new_token = token::generate_token();
+        let (key, hash) = loaded.salt.entry_key(&new_token);
+        entry.hash = hash;
+        entry.accessor = token::generate_accessor();
         let mut batch = WriteBatch::new();
+        if let Some(parent) = &entry.parent {
+            let parent_key = token::entry_key_of(parent);
+            let (found, parent_stamp) = self.barrier.get_stamped(&parent_key).await?;
+            if found.is_none() {
+                return Err(Error::Unauthenticated);
+            }
+            batch
+                .expect(parent_key, &parent_stamp)
+                .put(format!("{}{parent}/{}", token::PARENT_PREFIX, entry.hash), Zeroizing::new(b"1".to_vec()));
+        }
+        for m in markers {
+            batch.put(format!("{m}{}", entry.hash), Zeroizing::new(b"1".to_vec()));
+        }
         batch
-            .expect(parent_key, &parent_stamp)
             .expect(key.clone(), &keybridge_barrier::Stamp::absent())
             .put(key, Zeroizing::new(serde_json::to_vec(&entry).expect("plain data")))
-            .put(child_marker, Zeroizing::new(b"1".to_vec()))
             .put(
                 format!("{}{}", token::ACCESSOR_PREFIX, entry.accessor),
                 Zeroizing::new(entry.hash.clone().into_bytes()),
@@ -297,7 +318,7 @@ impl Core {
 impl Core {
     /// Revokes the token with this hash and, recursively, every token it
     /// created, in one atomic write; they stop working at once.
-    async fn revoke_tree(&self, loaded: &Loaded, hash: &str) -> Result<usize> {
+    pub(super) async fn revoke_tree(&self, loaded: &Loaded, hash: &str) -> Result<usize> {
         use crate::token::{PARENT_PREFIX, TokenEntry};
         let _guard = self.admin.lock().await;
         let top_key = crate::token::entry_key_of(hash);
@@ -372,7 +393,7 @@ impl Core {
     /// Spends one use of a use-limited token (a conditional write, so
     /// concurrent requests cannot share a use); the last use revokes it.
     pub(super) async fn consume_use(&self, loaded: &Loaded, key: &str, hash: &str) -> Result<crate::token::Identity> {
-        use crate::token::{self, TokenEntry};
+        use crate::token::TokenEntry;
         for _ in 0..16 {
             let (raw, stamp) = self.barrier.get_stamped(key).await?;
             let raw = raw.ok_or(Error::Unauthenticated)?;

@@ -7,6 +7,7 @@ use rand::Rng;
 use rand::distributions::Alphanumeric;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -57,6 +58,9 @@ pub struct TokenEntry {
     /// it, but not authenticate.
     #[serde(default)]
     pub accessor: String,
+    /// What a login method recorded (role, service account, subject).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
 }
 
 /// Who is calling, once authenticated.
@@ -72,6 +76,7 @@ pub struct Identity {
     pub renewable: bool,
     /// Uses left after this request; 0: unlimited.
     pub num_uses: u32,
+    pub meta: BTreeMap<String, String>,
 }
 
 impl Identity {
@@ -147,6 +152,7 @@ pub fn verify(entry: &TokenEntry, hash: &str, now: Timestamp) -> Result<Identity
         expires: entry.expires,
         renewable: entry.renewable,
         num_uses: entry.num_uses,
+        meta: entry.meta.clone(),
     })
 }
 
@@ -178,6 +184,7 @@ mod tests {
             renewable: false,
             num_uses: 0,
             accessor: String::new(),
+            meta: BTreeMap::new(),
         };
         assert!(verify(&e, "ab", Timestamp { secs: 5, nanos: 0 }).unwrap().is_root());
         assert!(matches!(verify(&e, "ab", Timestamp { secs: 10, nanos: 0 }), Err(Error::Unauthenticated)));

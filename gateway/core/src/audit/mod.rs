@@ -109,7 +109,8 @@ impl From<&Identity> for AuthInfo {
 
 /// One request as it passes through the core: who sent it and from where,
 /// what it asked, and (once authorized) what it was authorized as. Built
-/// by the transport; the core fills in the rest and audits it.
+/// by the transport; the core fills in the rest and audits it. One caller
+/// per request: its request record is written once.
 pub struct Caller {
     token: Option<Zeroizing<String>>,
     pub request_id: String,

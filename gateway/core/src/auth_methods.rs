@@ -1,0 +1,387 @@
+//! Login methods (`auth enable kubernetes`, `auth enable jwt`): their
+//! table, configs and roles in the barrier, and login itself, which turns a
+//! validated credential into a token with the role's policies and TTL.
+//!
+//! Storage: `core/auth` (the table), `auth/<id>/config`, `auth/<id>/role/<name>`,
+//! and `auth/<id>/tokens/<hash>` for every token a method issued, so
+//! disabling the method revokes them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use keybridge_auth::{Method, Settings};
+use keybridge_barrier::WriteBatch;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::audit_ops::normalize_device_path as normalize_path;
+use super::policies::{DEFAULT_POLICY, DEFAULT_TOKEN_TTL_SECS, normalize_name};
+use super::{Capability, Core, Loaded, encode_json};
+use crate::audit::{AuditValue, Caller};
+use crate::token::TokenEntry;
+use crate::{Error, Result, Timestamp};
+
+pub(crate) const AUTH_TABLE_KEY: &str = "core/auth";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuthMount {
+    /// `kubernetes/`: the method answers at `auth/kubernetes/...`.
+    pub path: String,
+    pub kind: String,
+    pub description: String,
+    pub id: String,
+    pub created: Timestamp,
+    /// Being disabled: no more logins; its tokens are being revoked.
+    #[serde(default)]
+    pub disabling: bool,
+}
+
+/// The methods in memory while unsealed, and their parsed configs.
+#[derive(Default)]
+pub(crate) struct AuthState {
+    pub table: Vec<AuthMount>,
+    pub parsed: HashMap<String, Arc<Method>>,
+}
+
+fn config_key(id: &str) -> String {
+    format!("auth/{id}/config")
+}
+
+fn role_prefix(id: &str) -> String {
+    format!("auth/{id}/role/")
+}
+
+fn tokens_prefix(id: &str) -> String {
+    format!("auth/{id}/tokens/")
+}
+
+fn auth_error(e: keybridge_auth::Error) -> Error {
+    match e {
+        keybridge_auth::Error::Invalid(m) => Error::InvalidArgument(m),
+        keybridge_auth::Error::Refused(m) => Error::LoginRefused(m),
+        keybridge_auth::Error::Unavailable(m) => Error::FailedPrecondition(m),
+    }
+}
+
+pub(crate) async fn load_table(core: &Core) -> Result<Vec<AuthMount>> {
+    Ok(match core.barrier.get(AUTH_TABLE_KEY).await? {
+        Some(raw) => serde_json::from_slice(&raw)
+            .map_err(|e| Error::Corrupt { key: AUTH_TABLE_KEY.into(), reason: e.to_string() })?,
+        None => Vec::new(),
+    })
+}
+
+impl Core {
+    fn auth_mount(&self, loaded: &Loaded, path: &str) -> Result<AuthMount> {
+        let path = normalize_path(path)?;
+        loaded
+            .auth
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .table
+            .iter()
+            .find(|m| m.path == path)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no auth method is enabled at auth/{path}")))
+    }
+
+    async fn store_auth_table(&self, loaded: &Loaded, table: Vec<AuthMount>, mut batch: WriteBatch) -> Result<()> {
+        batch.put(AUTH_TABLE_KEY, encode_json(&table));
+        self.barrier.commit(batch).await?;
+        let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
+        st.parsed.retain(|id, _| table.iter().any(|m| &m.id == id));
+        st.table = table;
+        Ok(())
+    }
+
+    pub async fn enable_auth(&self, caller: &Caller, path: &str, kind: &str, description: &str) -> Result<AuthMount> {
+        let id = self.authenticate(caller).await?;
+        let path = normalize_path(path)?;
+        self.authorize(caller, &id, &format!("sys/auth/{path}"), Capability::Sudo).await?;
+        if !keybridge_auth::KINDS.contains(&kind) {
+            return Err(Error::InvalidArgument(format!(
+                "unknown auth method type {kind:?}: use {}",
+                keybridge_auth::KINDS.join(" or ")
+            )));
+        }
+        if path == "token/" {
+            return Err(Error::InvalidArgument("auth/token/ is the token store; choose another path".into()));
+        }
+        let _guard = self.admin.lock().await;
+        let loaded = self.loaded()?;
+        let mut table = loaded.auth.read().unwrap_or_else(|p| p.into_inner()).table.clone();
+        if table.iter().any(|m| m.path == path) {
+            return Err(Error::AlreadyExists(format!("an auth method is already enabled at auth/{path}")));
+        }
+        let mount = AuthMount {
+            path,
+            kind: kind.to_string(),
+            description: description.to_string(),
+            id: uuid::Uuid::new_v4().to_string(),
+            created: Timestamp::now(),
+            disabling: false,
+        };
+        table.push(mount.clone());
+        self.store_auth_table(&loaded, table, WriteBatch::new()).await?;
+        Ok(mount)
+    }
+
+    pub async fn list_auth(&self, caller: &Caller) -> Result<Vec<AuthMount>> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/auth", Capability::Read).await?;
+        Ok(self.loaded()?.auth.read().unwrap_or_else(|p| p.into_inner()).table.clone())
+    }
+
+    /// Disables a method: its config and roles are deleted and every token
+    /// it issued is revoked.
+    pub async fn disable_auth(&self, caller: &Caller, path: &str) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        let norm = normalize_path(path)?;
+        self.authorize(caller, &id, &format!("sys/auth/{norm}"), Capability::Sudo).await?;
+        let loaded = self.loaded()?;
+        // 1. No more logins. If a later step fails, the method stays in the
+        //    table marked as disabling, and disabling it again finishes.
+        let mount = {
+            let _guard = self.admin.lock().await;
+            let mut mount = self.auth_mount(&loaded, &norm)?;
+            mount.disabling = true;
+            let table = loaded
+                .auth
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .table
+                .iter()
+                .map(|m| if m.id == mount.id { mount.clone() } else { m.clone() })
+                .collect();
+            self.store_auth_table(&loaded, table, WriteBatch::new()).await?;
+            mount
+        };
+        // 2. Revoke every token it issued.
+        loop {
+            let keys = self.barrier.list(&tokens_prefix(&mount.id), None, 256).await?;
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys {
+                let hash = key.rsplit('/').next().unwrap_or_default().to_string();
+                self.revoke_tree(&loaded, &hash).await?;
+                let mut b = WriteBatch::new();
+                b.delete(key);
+                self.barrier.commit(b).await?;
+            }
+        }
+        // 3. Remove it with its config and roles.
+        let _guard = self.admin.lock().await;
+        let mut batch = WriteBatch::new();
+        batch.delete(config_key(&mount.id));
+        for role in self.barrier.list(&role_prefix(&mount.id), None, usize::MAX).await? {
+            batch.delete(role);
+        }
+        let table = loaded
+            .auth
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .table
+            .iter()
+            .filter(|m| m.id != mount.id)
+            .cloned()
+            .collect();
+        self.store_auth_table(&loaded, table, batch).await
+    }
+
+    pub async fn write_auth_config(&self, caller: &Caller, path: &str, settings: Settings) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        let norm = normalize_path(path)?;
+        self.authorize(caller, &id, &format!("auth/{norm}config"), Capability::Update).await?;
+        let loaded = self.loaded()?;
+        let mount = self.auth_mount(&loaded, &norm)?;
+        let method = Method::parse(&mount.kind, &settings).map_err(auth_error)?;
+        let mut batch = WriteBatch::new();
+        batch.put(config_key(&mount.id), encode_json(&settings));
+        self.barrier.commit(batch).await?;
+        loaded.auth.write().unwrap_or_else(|p| p.into_inner()).parsed.insert(mount.id, Arc::new(method));
+        Ok(())
+    }
+
+    /// The config as written, with secrets (the reviewer JWT) replaced.
+    pub async fn read_auth_config(&self, caller: &Caller, path: &str) -> Result<BTreeMap<String, String>> {
+        let id = self.authenticate(caller).await?;
+        let norm = normalize_path(path)?;
+        self.authorize(caller, &id, &format!("auth/{norm}config"), Capability::Read).await?;
+        let mount = self.auth_mount(&*self.loaded()?, &norm)?;
+        let settings = self.read_settings(&config_key(&mount.id)).await?.unwrap_or_default();
+        Ok(Method::redact(&mount.kind, &settings))
+    }
+
+    async fn read_settings(&self, key: &str) -> Result<Option<Settings>> {
+        match self.barrier.get(key).await? {
+            None => Ok(None),
+            Some(raw) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| Error::Corrupt { key: key.to_string(), reason: e.to_string() }),
+        }
+    }
+
+    pub async fn write_auth_role(&self, caller: &Caller, path: &str, role: &str, settings: Settings) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        let norm = normalize_path(path)?;
+        let role = normalize_name(role)?;
+        let loaded = self.loaded()?;
+        let mount = self.auth_mount(&loaded, &norm)?;
+        let key = format!("{}{role}", role_prefix(&mount.id));
+        let exists = self.barrier.get(&key).await?.is_some();
+        let cap = if exists { Capability::Update } else { Capability::Create };
+        self.authorize(caller, &id, &format!("auth/{norm}role/{role}"), cap).await?;
+        Method::validate_role(&mount.kind, &settings).map_err(auth_error)?;
+        let mut batch = WriteBatch::new();
+        batch.put(key, encode_json(&settings));
+        self.barrier.commit(batch).await?;
+        Ok(())
+    }
+
+    pub async fn read_auth_role(&self, caller: &Caller, path: &str, role: &str) -> Result<Settings> {
+        let id = self.authenticate(caller).await?;
+        let norm = normalize_path(path)?;
+        let role = normalize_name(role)?;
+        self.authorize(caller, &id, &format!("auth/{norm}role/{role}"), Capability::Read).await?;
+        let mount = self.auth_mount(&*self.loaded()?, &norm)?;
+        self.read_settings(&format!("{}{role}", role_prefix(&mount.id)))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no role {role:?} at auth/{norm}")))
+    }
+
+    pub async fn list_auth_roles(&self, caller: &Caller, path: &str) -> Result<Vec<String>> {
+        let id = self.authenticate(caller).await?;
+        let norm = normalize_path(path)?;
+        self.authorize(caller, &id, &format!("auth/{norm}role"), Capability::List).await?;
+        let mount = self.auth_mount(&*self.loaded()?, &norm)?;
+        let prefix = role_prefix(&mount.id);
+        Ok(self
+            .barrier
+            .list(&prefix, None, usize::MAX)
+            .await?
+            .into_iter()
+            .map(|k| k.trim_start_matches(&prefix).to_string())
+            .collect())
+    }
+
+    pub async fn delete_auth_role(&self, caller: &Caller, path: &str, role: &str) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        let norm = normalize_path(path)?;
+        let role = normalize_name(role)?;
+        self.authorize(caller, &id, &format!("auth/{norm}role/{role}"), Capability::Delete).await?;
+        let mount = self.auth_mount(&*self.loaded()?, &norm)?;
+        let mut batch = WriteBatch::new();
+        batch.delete(format!("{}{role}", role_prefix(&mount.id)));
+        self.barrier.commit(batch).await?;
+        Ok(())
+    }
+
+    async fn method(&self, loaded: &Loaded, mount: &AuthMount) -> Result<Arc<Method>> {
+        if let Some(m) = loaded.auth.read().unwrap_or_else(|p| p.into_inner()).parsed.get(&mount.id) {
+            return Ok(m.clone());
+        }
+        let settings = self.read_settings(&config_key(&mount.id)).await?.ok_or_else(|| {
+            Error::FailedPrecondition(format!("auth/{} is not configured yet: write its config first", mount.path))
+        })?;
+        let method = Arc::new(Method::parse(&mount.kind, &settings).map_err(auth_error)?);
+        loaded.auth.write().unwrap_or_else(|p| p.into_inner()).parsed.insert(mount.id.clone(), method.clone());
+        Ok(method)
+    }
+
+    /// Logs in with `credential` (a service-account token or an OIDC JWT)
+    /// as `role`. Needs no token. A refusal is audited with its reason and
+    /// answered with one generic error.
+    pub async fn login(
+        &self,
+        caller: &Caller,
+        path: &str,
+        role: &str,
+        credential: &str,
+    ) -> Result<(Zeroizing<String>, TokenEntry)> {
+        let loaded = self.loaded()?;
+        let norm = normalize_path(path)?;
+        {
+            let mut st = caller.state();
+            st.acl_path = Some(format!("auth/{norm}login"));
+        }
+        let result = self.check_login(&loaded, &norm, role, credential).await;
+        let (mount, grant) = match result {
+            Ok(v) => v,
+            Err(Error::LoginRefused(reason)) => {
+                caller.set_reason(reason);
+                let e = Error::LoginRefused(String::new());
+                self.audit_request(caller, Some(&e)).await;
+                return Err(e);
+            }
+            Err(e) => {
+                self.audit_request(caller, Some(&e)).await;
+                return Err(e);
+            }
+        };
+        self.audit_request(caller, None).await;
+        if caller.state().audit_failed {
+            return Err(Error::AuditFailed(
+                "no enabled audit device could record the login, so no token was issued".into(),
+            ));
+        }
+        let mut policies = grant.policies.clone();
+        if !policies.iter().any(|p| p == DEFAULT_POLICY) {
+            policies.push(DEFAULT_POLICY.into());
+        }
+        policies.sort();
+        let max_ttl = if grant.max_ttl_secs == 0 { DEFAULT_TOKEN_TTL_SECS } else { grant.max_ttl_secs };
+        let ttl = if grant.ttl_secs == 0 { DEFAULT_TOKEN_TTL_SECS } else { grant.ttl_secs }.min(max_ttl);
+        let now = Timestamp::now();
+        let after = |secs: u64| Timestamp { secs: now.secs + secs as i64, nanos: now.nanos };
+        let mut meta = grant.metadata.clone();
+        meta.insert("auth_path".into(), format!("auth/{}", mount.path));
+        let entry = TokenEntry {
+            hash: String::new(),
+            policies,
+            display_name: grant.display_name.clone(),
+            created: now,
+            expires: Some(after(ttl)),
+            parent: None,
+            ttl_secs: ttl,
+            max_expires: Some(after(max_ttl)),
+            renewable: true,
+            num_uses: 0,
+            accessor: String::new(),
+            meta,
+        };
+        self.store_new_token(&loaded, entry, vec![tokens_prefix(&mount.id)]).await
+    }
+
+    async fn check_login(
+        &self,
+        loaded: &Loaded,
+        path: &str,
+        role: &str,
+        credential: &str,
+    ) -> Result<(AuthMount, keybridge_auth::Grant)> {
+        let mount = self.auth_mount(loaded, path)?;
+        if mount.disabling {
+            return Err(Error::FailedPrecondition(format!("auth/{} is being disabled", mount.path)));
+        }
+        if credential.is_empty() || credential.len() > 64 * 1024 {
+            return Err(Error::InvalidArgument("give the credential (a JWT of at most 64 KiB)".into()));
+        }
+        let role = normalize_name(role)?;
+        let method = self.method(loaded, &mount).await?;
+        let settings = self
+            .read_settings(&format!("{}{role}", role_prefix(&mount.id)))
+            .await?
+            .ok_or_else(|| Error::LoginRefused(format!("role {role:?} does not exist at auth/{}", mount.path)))?;
+        let grant = method.login(&role, &settings, credential).await.map_err(auth_error)?;
+        Ok((mount, grant))
+    }
+}
+
+/// The audit data of a login request: the role, and the credential's HMAC.
+pub fn login_audit(role: &str, credential: &str) -> Vec<(String, AuditValue)> {
+    vec![
+        ("role".into(), AuditValue::plain(role.to_string())),
+        ("jwt".into(), AuditValue::secret(credential.as_bytes())),
+    ]
+}
