@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-const FILES: &[&str] = &["keybridge/v1/secrets.proto", "keybridge/v1/sys.proto", "keybridge/v1/audit.proto"];
+const FILES: &[&str] =
+    &["keybridge/v1/secrets.proto", "keybridge/v1/sys.proto", "keybridge/v1/audit.proto", "keybridge/v1/auth.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in FILES {
@@ -32,6 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keybridge.v1.LookupTokenRequest",
             "keybridge.v1.AuditHashRequest",
             "keybridge.v1.AuditVerificationKey",
+            "keybridge.v1.LoginRequest",
+            "keybridge.v1.LoginResponse",
+            "keybridge.v1.WriteAuthConfigRequest",
         ])
         .compile_fds(descriptors)?;
     Ok(())

@@ -38,5 +38,8 @@ pub mod v1 {
         LookupTokenRequest => [],
         AuditHashRequest => [path],
         AuditVerificationKey => [device, checkpoint_seq],
+        LoginRequest => [path, role],
+        LoginResponse => [info],
+        WriteAuthConfigRequest => [path],
     }
 }

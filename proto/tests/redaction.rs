@@ -27,6 +27,15 @@ fn debug_output_holds_no_secret_material() {
         format!("{:?}", pb::SnapshotChunk { data: b"hunter2-xyz".to_vec(), force: false }),
         format!("{:?}", pb::AuditHashRequest { path: "file/".into(), input: b"hunter2-xyz".to_vec() }),
         format!("{:?}", pb::AuditVerificationKey { key: "hunter2-xyz".into(), ..Default::default() }),
+        format!("{:?}", pb::LoginRequest { jwt: "hunter2-xyz".into(), ..Default::default() }),
+        format!("{:?}", pb::LoginResponse { token: "hunter2-xyz".into(), info: None }),
+        format!(
+            "{:?}",
+            pb::WriteAuthConfigRequest {
+                path: "k/".into(),
+                settings: [("token_reviewer_jwt".into(), "hunter2-xyz".into())].into()
+            }
+        ),
     ];
     for s in shown {
         assert!(!s.contains("hunter2"), "{s}");

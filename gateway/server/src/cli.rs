@@ -69,6 +69,20 @@ pub enum Command {
     /// Audit devices, HMACs of known values, log verification.
     #[command(subcommand)]
     Audit(crate::cli_audit::AuditCommand),
+    /// Login methods (kubernetes, jwt): enable, config, roles.
+    #[command(subcommand)]
+    Auth(crate::cli_auth::AuthCommand),
+    /// Exchange a service-account token or OIDC JWT for a Keybridge token:
+    /// `login kubernetes --role app-service --jwt @/var/run/secrets/kubernetes.io/serviceaccount/token`.
+    Login {
+        /// The method's path, e.g. kubernetes.
+        path: String,
+        #[arg(long)]
+        role: String,
+        /// The credential: the JWT, @file, or - for stdin.
+        #[arg(long)]
+        jwt: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -366,6 +380,10 @@ impl Client {
 
     fn tokens(&self) -> pb::tokens_client::TokensClient<Channel> {
         pb::tokens_client::TokensClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn auth(&self) -> pb::auth_client::AuthClient<Channel> {
+        pb::auth_client::AuthClient::new(self.channel.clone())
     }
 
     pub(crate) fn audit(&self) -> pb::audit_client::AuditClient<Channel> {

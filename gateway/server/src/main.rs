@@ -2,6 +2,7 @@
 
 mod cli;
 mod cli_audit;
+mod cli_auth;
 mod config;
 mod error;
 mod hygiene;
@@ -86,6 +87,8 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 Command::Token(cmd) => cli::token(&c, cmd).await.map(|()| exit::OK),
                 Command::Operator(cmd) => cli::operator(&c, cmd).await,
                 Command::Audit(cmd) => cli_audit::audit(&c, cmd).await,
+                Command::Auth(cmd) => cli_auth::auth(&c, cmd).await.map(|()| exit::OK),
+                Command::Login { path, role, jwt } => cli_auth::login(&c, path, role, jwt).await.map(|()| exit::OK),
                 Command::Server(_) => Err(Error::Usage("the server command takes no client connection".into())),
             }
         }

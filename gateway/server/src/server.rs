@@ -16,7 +16,9 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::config::{Config, Storage};
 use crate::error::Error;
 use crate::hygiene;
-use crate::service::{AuditService, PoliciesService, SecretsService, SysService, TokensService, sync_health};
+use crate::service::{
+    AuditService, AuthService, PoliciesService, SecretsService, SysService, TokensService, sync_health,
+};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -91,6 +93,9 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let tokens = pb::tokens_server::TokensServer::new(TokensService { core: core.clone() })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let auth = pb::auth_server::AuthServer::new(AuthService { core: core.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let audit = pb::audit_server::AuditServer::new(AuditService { core: core.clone() })
@@ -185,6 +190,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .add_service(policies)
         .add_service(tokens)
         .add_service(audit)
+        .add_service(auth)
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await?;
     // Audit devices write their last checkpoint.

@@ -23,6 +23,7 @@ pub fn status(e: CoreError) -> Status {
         CoreError::FailedPrecondition(m) => Status::failed_precondition(m),
         CoreError::AlreadyExists(m) => Status::already_exists(m),
         CoreError::Unauthenticated => Status::unauthenticated(CoreError::Unauthenticated.to_string()),
+        e @ CoreError::LoginRefused(_) => Status::unauthenticated(e.to_string()),
         e @ CoreError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
         CoreError::Sealed => Status::unavailable("sealed"),
         e @ CoreError::AuditFailed(_) => Status::unavailable(e.to_string()),
@@ -637,6 +638,7 @@ fn token_info(e: keybridge_core::token::Identity) -> pb::TokenInfo {
         renewable: e.renewable,
         num_uses: e.num_uses,
         accessor: e.accessor,
+        metadata: e.meta.into_iter().collect(),
     }
 }
 
@@ -696,6 +698,7 @@ impl pb::tokens_server::Tokens for TokensService {
                 expires: entry.expires,
                 renewable: entry.renewable,
                 num_uses: entry.num_uses,
+                meta: entry.meta,
             })),
         }))
     }
@@ -964,5 +967,157 @@ impl pb::audit_server::Audit for AuditService {
             }
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+pub struct AuthService {
+    pub core: Arc<Core>,
+}
+
+fn method_pb(m: keybridge_core::AuthMount) -> pb::AuthMethod {
+    pb::AuthMethod { path: m.path, r#type: m.kind, description: m.description, created_time: Some(ts(m.created)) }
+}
+
+fn settings_audit(s: &std::collections::HashMap<String, String>, secret: &[&str]) -> AuditValue {
+    AuditValue::Map(
+        s.iter()
+            .map(|(k, v)| {
+                let v = if secret.contains(&k.as_str()) { AuditValue::secret(v.as_bytes()) } else { plain(v.clone()) };
+                (k.clone(), v)
+            })
+            .collect(),
+    )
+}
+
+#[tonic::async_trait]
+impl pb::auth_server::Auth for AuthService {
+    async fn enable(&self, req: Request<pb::EnableAuthRequest>) -> Result<Response<pb::AuthMethod>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/Enable")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path).with("type", plain(r.r#type.clone()));
+        let res = self.core.enable_auth(&c, &r.path, &r.r#type, &r.description).await;
+        let m = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(method_pb(m)))
+    }
+
+    async fn list(&self, req: Request<pb::ListAuthRequest>) -> Result<Response<pb::ListAuthResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/List")?;
+        let res = self.core.list_auth(&c).await;
+        let methods = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::ListAuthResponse { methods: methods.into_iter().map(method_pb).collect() }))
+    }
+
+    async fn disable(&self, req: Request<pb::DisableAuthRequest>) -> Result<Response<pb::DisableAuthResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/Disable")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path);
+        let res = self.core.disable_auth(&c, &r.path).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::DisableAuthResponse {}))
+    }
+
+    async fn write_config(
+        &self,
+        req: Request<pb::WriteAuthConfigRequest>,
+    ) -> Result<Response<pb::WriteAuthConfigResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/WriteConfig")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path).with("settings", settings_audit(&r.settings, &["token_reviewer_jwt"]));
+        let res = self.core.write_auth_config(&c, &r.path, r.settings.into_iter().collect()).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::WriteAuthConfigResponse {}))
+    }
+
+    async fn read_config(&self, req: Request<pb::ReadAuthConfigRequest>) -> Result<Response<pb::AuthSettings>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/ReadConfig")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path);
+        let res = self.core.read_auth_config(&c, &r.path).await;
+        let s = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::AuthSettings { settings: s.into_iter().collect() }))
+    }
+
+    async fn write_role(
+        &self,
+        req: Request<pb::WriteAuthRoleRequest>,
+    ) -> Result<Response<pb::WriteAuthRoleResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/WriteRole")?;
+        let r = req.into_inner();
+        let c =
+            c.with_path(&r.path).with("role", plain(r.role.clone())).with("settings", settings_audit(&r.settings, &[]));
+        let res = self.core.write_auth_role(&c, &r.path, &r.role, r.settings.into_iter().collect()).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::WriteAuthRoleResponse {}))
+    }
+
+    async fn read_role(&self, req: Request<pb::ReadAuthRoleRequest>) -> Result<Response<pb::AuthSettings>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/ReadRole")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path).with("role", plain(r.role.clone()));
+        let res = self.core.read_auth_role(&c, &r.path, &r.role).await;
+        let s = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::AuthSettings { settings: s.into_iter().collect() }))
+    }
+
+    async fn list_roles(
+        &self,
+        req: Request<pb::ListAuthRolesRequest>,
+    ) -> Result<Response<pb::ListAuthRolesResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/ListRoles")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path);
+        let res = self.core.list_auth_roles(&c, &r.path).await;
+        let roles = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::ListAuthRolesResponse { roles }))
+    }
+
+    async fn delete_role(
+        &self,
+        req: Request<pb::DeleteAuthRoleRequest>,
+    ) -> Result<Response<pb::DeleteAuthRoleResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/DeleteRole")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path).with("role", plain(r.role.clone()));
+        let res = self.core.delete_auth_role(&c, &r.path, &r.role).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteAuthRoleResponse {}))
+    }
+
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Auth/Login")?;
+        let r = req.into_inner();
+        let jwt = Zeroizing::new(r.jwt);
+        let mut c = c.with_path(&r.path);
+        for (k, v) in keybridge_core::login_audit(&r.role, &jwt) {
+            c = c.with(&k, v);
+        }
+        let res = self.core.login(&c, &r.path, &r.role, &jwt).await;
+        let (token, entry) = self
+            .core
+            .finish(&c, res, |(t, e)| {
+                vec![
+                    ("token".into(), AuditValue::secret(t.as_bytes())),
+                    ("accessor".into(), plain(e.accessor.clone())),
+                    ("policies".into(), plain(e.policies.clone())),
+                    ("display_name".into(), plain(e.display_name.clone())),
+                    ("metadata".into(), plain(serde_json::to_value(&e.meta).unwrap_or_default())),
+                ]
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::LoginResponse {
+            token: token.to_string(),
+            info: Some(token_info(keybridge_core::token::Identity {
+                hash: String::new(),
+                accessor: entry.accessor,
+                policies: entry.policies,
+                display_name: entry.display_name,
+                created: entry.created,
+                expires: entry.expires,
+                renewable: entry.renewable,
+                num_uses: entry.num_uses,
+                meta: entry.meta,
+            })),
+        }))
     }
 }

@@ -5,3 +5,4 @@ mod cli;
 mod grpc;
 mod harness;
 mod lifecycle;
+mod login;
