@@ -233,6 +233,7 @@ impl Core {
         let cap = if exists { Capability::Update } else { Capability::Create };
         self.authorize(caller, &id, &format!("auth/{norm}role/{role}"), cap).await?;
         Method::validate_role(&mount.kind, &settings).map_err(auth_error)?;
+        self.policy_check(&[keybridge_policy::rego::role_input(&mount.kind, &role, &settings)])?;
         let mut batch = WriteBatch::new();
         batch.put(key, encode_json(&settings));
         self.barrier.commit(batch).await?;

@@ -22,11 +22,35 @@ const PURGE_CHUNK: usize = 512;
 pub struct CoreConfig {
     /// The largest value a secret may hold, unless a mount sets less.
     pub max_value_bytes: usize,
+    /// A Rego module every policy and login role must pass when written.
+    pub policy_check: Option<Arc<keybridge_policy::rego::RegoModule>>,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { max_value_bytes: 512 * 1024 }
+        CoreConfig { max_value_bytes: 512 * 1024, policy_check: None }
+    }
+}
+
+impl Core {
+    /// Runs the configured Rego check over `inputs`; its `deny` messages
+    /// refuse the write.
+    pub(crate) fn policy_check(&self, inputs: &[serde_json::Value]) -> Result<()> {
+        let Some(module) = &self.config.policy_check else { return Ok(()) };
+        let mut denied = Vec::new();
+        for input in inputs {
+            let msgs =
+                module.deny(input).map_err(|e| Error::FailedPrecondition(format!("the policy check failed: {e}")))?;
+            for m in msgs {
+                let at = input["path"].as_str().map(|p| format!("path {p:?}: ")).unwrap_or_default();
+                denied.push(format!("{at}{m}"));
+            }
+        }
+        if denied.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!("refused by the configured policy check: {}", denied.join("; "))))
+        }
     }
 }
 

@@ -114,7 +114,8 @@ impl Core {
         if name == ROOT_POLICY {
             return Err(Error::InvalidArgument("the root policy is built in and cannot be changed".into()));
         }
-        parse_policy(&name, text).map_err(invalid)?;
+        let policy = parse_policy(&name, text).map_err(invalid)?;
+        self.policy_check(&keybridge_policy::rego::rule_inputs(&policy, &name, text))?;
         let _guard = self.admin.lock().await;
         let mut batch = WriteBatch::new();
         batch.put(policy_key(&name), Zeroizing::new(text.as_bytes().to_vec()));

@@ -14,6 +14,8 @@ mod acl;
 mod lint;
 mod parse;
 mod pattern;
+#[cfg(feature = "rego")]
+pub mod rego;
 
 pub use acl::{Acl, Decision, Request};
 pub use lint::{Warning, lint};
@@ -30,4 +32,7 @@ pub enum Error {
     Rule { path: String, reason: String },
     #[error("policy: {0}")]
     Structure(String),
+    /// A Rego module that does not parse or evaluate (with file:line:col).
+    #[error("rego: {0}")]
+    Rego(String),
 }

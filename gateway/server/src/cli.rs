@@ -101,10 +101,17 @@ pub enum PolicyCommand {
     },
     /// Check policy files offline: syntax (with line and column) and
     /// built-in warnings, such as create without update on a path that has
-    /// no existence check. Exits 2 if a file does not parse.
+    /// no existence check. With --rego, a Rego module (v0 or v1 syntax)
+    /// judges every rule, and every role in `.json` role files
+    /// (`{"method": "kubernetes", "name": "...", "settings": {...}}`); each
+    /// `deny` message is printed with its file and rule. Exits 2 if a file
+    /// does not parse, 1 if the module denies anything.
     Lint {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// A Rego module whose `deny` set lists what is wrong.
+        #[arg(long)]
+        rego: Option<PathBuf>,
     },
 }
 
@@ -986,8 +993,8 @@ pub async fn policy(c: &Client, cmd: PolicyCommand) -> Result<(), Error> {
             c.policies().delete(c.req(pb::DeletePolicyRequest { name: name.clone() })).await?;
             done(json, &format!("Success! Deleted policy: {name}"));
         }
-        PolicyCommand::Lint { files } => {
-            policy_lint(&files, c.output)?;
+        PolicyCommand::Lint { files, rego } => {
+            policy_lint(&files, rego.as_ref(), c.output)?;
         }
     }
     Ok(())
@@ -1119,31 +1126,87 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Result<(), Error> {
 }
 
 /// `policy lint`: runs without a server. Returns the exit code.
-pub fn policy_lint(files: &[PathBuf], output: Output) -> Result<u8, Error> {
+pub fn policy_lint(files: &[PathBuf], rego: Option<&PathBuf>, output: Output) -> Result<u8, Error> {
+    use keybridge_policy::rego::{RegoModule, role_input, rule_inputs};
+    let module = match rego {
+        Some(path) => {
+            let text = utf8(read_file(path)?, &path.display().to_string())?;
+            Some(RegoModule::parse(&path.display().to_string(), &text).map_err(|e| Error::Usage(e.to_string()))?)
+        }
+        None => None,
+    };
+    let rego_err = |e: keybridge_policy::Error| Error::Usage(e.to_string());
     let mut findings = Vec::new();
     let mut broken = false;
     for file in files {
-        let text = utf8(read_file(file)?, &file.display().to_string())?;
+        let shown = file.display().to_string();
+        let text = utf8(read_file(file)?, &shown)?;
+        if file.extension().is_some_and(|e| e == "json") {
+            // A role file.
+            #[derive(serde::Deserialize)]
+            struct RoleFile {
+                method: String,
+                name: String,
+                #[serde(default)]
+                settings: BTreeMap<String, String>,
+            }
+            let role: RoleFile = match serde_json::from_str(&text) {
+                Ok(r) => r,
+                Err(e) => {
+                    broken = true;
+                    findings.push(json!({ "file": shown, "level": "error", "message": format!("not a role file ({{\"method\", \"name\", \"settings\"}}): {e}") }));
+                    continue;
+                }
+            };
+            if let Err(e) = keybridge_auth::Method::validate_role(&role.method, &role.settings) {
+                broken = true;
+                findings.push(json!({ "file": shown, "role": role.name, "level": "error", "message": e.to_string() }));
+                continue;
+            }
+            if let Some(m) = &module {
+                for msg in m.deny(&role_input(&role.method, &role.name, &role.settings)).map_err(rego_err)? {
+                    findings.push(json!({ "file": shown, "role": role.name, "level": "deny", "message": msg }));
+                }
+            }
+            continue;
+        }
         let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         match keybridge_policy::parse_policy(&name, &text) {
             Ok(policy) => {
                 for w in keybridge_policy::lint(&policy) {
-                    findings.push(json!({ "file": file, "path": w.path, "level": "warning", "message": w.message }));
+                    let line = keybridge_policy::rego::rule_line(&text, &w.path);
+                    findings.push(json!({ "file": shown, "line": line, "path": w.path, "level": "warning", "message": w.message }));
+                }
+                if let Some(m) = &module {
+                    for input in rule_inputs(&policy, &shown, &text) {
+                        for msg in m.deny(&input).map_err(rego_err)? {
+                            findings.push(json!({
+                                "file": shown, "line": input["line"], "path": input["path"],
+                                "level": "deny", "message": msg,
+                            }));
+                        }
+                    }
                 }
             }
             Err(e) => {
                 broken = true;
-                findings.push(json!({ "file": file, "level": "error", "message": e.to_string() }));
+                findings.push(json!({ "file": shown, "level": "error", "message": e.to_string() }));
             }
         }
     }
+    let denied = findings.iter().any(|f| f["level"] == "deny");
     if output == Output::Json {
         print_json(&json!(findings));
     } else {
         for f in &findings {
-            let at = f["path"].as_str().map(|p| format!(" path \"{p}\"")).unwrap_or_default();
+            let line = f["line"].as_u64().map(|l| format!(":{l}")).unwrap_or_default();
+            let at = match (f["path"].as_str(), f["role"].as_str()) {
+                (Some(p), _) => format!(" path \"{p}\""),
+                (None, Some(r)) => format!(" role \"{r}\""),
+                _ => String::new(),
+            };
             println!(
-                "{}{at}: {}: {}",
+                "{}{line}{at}: {}: {}",
                 f["file"].as_str().unwrap_or_default(),
                 f["level"].as_str().unwrap_or_default(),
                 f["message"].as_str().unwrap_or_default()
@@ -1153,5 +1216,11 @@ pub fn policy_lint(files: &[PathBuf], output: Output) -> Result<u8, Error> {
             println!("No findings in {} file(s).", files.len());
         }
     }
-    Ok(if broken { crate::error::exit::USAGE } else { crate::error::exit::OK })
+    Ok(if broken {
+        crate::error::exit::USAGE
+    } else if denied {
+        crate::error::exit::ERROR
+    } else {
+        crate::error::exit::OK
+    })
 }

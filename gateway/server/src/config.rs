@@ -14,6 +14,7 @@
 //!   max_value_bytes = 524288
 //! }
 //! disable_mlock = false
+//! # policy_check_rego = "/etc/keybridge/rules.rego"
 //! ```
 //!
 //! Parsing and validation are pure: nothing here opens a file it names.
@@ -43,6 +44,9 @@ struct RawConfig {
     /// Accepted for familiarity with Vault configs; informational only.
     #[serde(default)]
     api_addr: Option<String>,
+    /// A Rego module every policy and login role must pass when written.
+    #[serde(default)]
+    policy_check_rego: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +131,8 @@ pub struct Config {
     pub limits: Limits,
     pub disable_mlock: bool,
     pub log_level: String,
+    /// A Rego module (file) that judges every policy and role written.
+    pub policy_check_rego: Option<PathBuf>,
 }
 
 pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -207,7 +213,15 @@ impl Config {
             )));
         }
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
-        Ok(Config { address, tls, storage, limits, disable_mlock: raw.disable_mlock, log_level })
+        Ok(Config {
+            address,
+            tls,
+            storage,
+            limits,
+            disable_mlock: raw.disable_mlock,
+            log_level,
+            policy_check_rego: raw.policy_check_rego,
+        })
     }
 }
 

@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     limits: Limits::default(),
                     disable_mlock: false,
                     log_level: "info".into(),
+                    policy_check_rego: None,
                 };
                 (config, Some(server::DevOptions { root_token_id: args.dev_root_token_id }))
             } else {
@@ -74,7 +75,9 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             server::run(config, dev).await?;
             Ok(exit::OK)
         }
-        Command::Policy(cli::PolicyCommand::Lint { files }) => cli::policy_lint(&files, cli.global.output),
+        Command::Policy(cli::PolicyCommand::Lint { files, rego }) => {
+            cli::policy_lint(&files, rego.as_ref(), cli.global.output)
+        }
         Command::Audit(cli_audit::AuditCommand::Verify { files, key_file: Some(key), .. }) => {
             cli_audit::verify_offline(&files, &key, cli.global.output)
         }

@@ -60,8 +60,20 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     }
 
     let (physical, staging_dir) = open_store(&config.storage)?;
-    let core =
-        Arc::new(Core::new(Barrier::new(physical), CoreConfig { max_value_bytes: config.limits.max_value_bytes }));
+    let policy_check = match &config.policy_check_rego {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Read { path: path.display().to_string(), source: e })?;
+            let module = keybridge_policy::rego::RegoModule::parse(&path.display().to_string(), &text)
+                .map_err(|e| Error::Usage(format!("policy_check_rego: {e}")))?;
+            Some(Arc::new(module))
+        }
+        None => None,
+    };
+    let core = Arc::new(Core::new(
+        Barrier::new(physical),
+        CoreConfig { max_value_bytes: config.limits.max_value_bytes, policy_check },
+    ));
 
     let dev_init = match &dev {
         Some(d) => Some(core.init(1, 1, d.root_token_id.as_deref(), true).await?),

@@ -221,3 +221,88 @@ fn policy_lint_runs_offline_and_flags_the_pki_subtlety() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stdout(&o).contains("line 2, column 25"), "{}", stdout(&o));
 }
+
+/// The README shows this output for the origin document's module and policy.
+pub const ORIGIN_LINT_OUTPUT: &str = r#"app-service.hcl:4 path "database/creds/app-readonly": warning: grants create without update: this path has no existence check, so every write to it is an update, and this rule grants no writes (Vault behaves the same)
+app-service.hcl:7 path "pki/issue/app-tls": warning: grants create without update: this path has no existence check, so every write to it is an update, and this rule grants no writes (Vault behaves the same)
+app-service.hcl:1 path "secret/data/database/*": deny: all dynamic secret roles must define a TTL
+app-service.hcl:4 path "database/creds/app-readonly": deny: all dynamic secret roles must define a TTL
+app-service.hcl:7 path "pki/issue/app-tls": deny: all dynamic secret roles must define a TTL
+app-service.hcl:15 path "*": deny: all dynamic secret roles must define a TTL
+app-service-role.json role "app-service": deny: all dynamic secret roles must define a TTL
+"#;
+
+#[test]
+fn policy_lint_with_the_origin_rego_module() {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(here.join("rego/origin.rego"), dir.path().join("rules.rego")).unwrap();
+    std::fs::copy(here.join("corpus/origin.hcl"), dir.path().join("app-service.hcl")).unwrap();
+    std::fs::write(
+        dir.path().join("app-service-role.json"),
+        r#"{"method": "kubernetes", "name": "app-service", "settings": {"bound_service_account_names": "app-sa", "bound_service_account_namespaces": "production", "policies": "app-service"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("with-ttl.json"),
+        r#"{"method": "kubernetes", "name": "app-service", "settings": {"bound_service_account_names": "app-sa", "bound_service_account_namespaces": "production", "policies": "app-service", "ttl": "1h"}}"#,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(crate::harness::BIN).current_dir(dir.path()).args(args).output().unwrap()
+    };
+    let o =
+        run(&["policy", "lint", "--rego", "rules.rego", "app-service.hcl", "app-service-role.json", "with-ttl.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stdout(&o), ORIGIN_LINT_OUTPUT);
+    // A v1 module scoped by kind passes the same files but the role.
+    std::fs::copy(here.join("rego/scoped-v1.rego"), dir.path().join("scoped.rego")).unwrap();
+    let o = run(&["policy", "lint", "--rego", "scoped.rego", "-o", "json", "app-service.hcl", "app-service-role.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let denies: Vec<Value> = json(&o).as_array().unwrap().iter().filter(|f| f["level"] == "deny").cloned().collect();
+    assert_eq!(denies.len(), 1);
+    assert_eq!(denies[0]["message"], "role app-service must define a TTL");
+    // Malformed Rego: a usage error with line and column.
+    std::fs::write(dir.path().join("broken.rego"), "package x\ndeny[msg] {\n  msg := \n}\n").unwrap();
+    let o = run(&["policy", "lint", "--rego", "broken.rego", "app-service.hcl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("broken.rego:2:"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_server_enforces_a_configured_rego_check() {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/rego/scoped-v1.rego");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_top(dir.path(), &format!("policy_check_rego = \"{}\"", here.display()));
+    let (root, _) = crate::harness::init_unseal(&s);
+    let t = Some(root.as_str());
+    let f = dir.path().join("p.hcl");
+    std::fs::write(&f, "path \"secret/*\" { capabilities = [\"read\", \"sudo\"] }").unwrap();
+    let o = s.cli(t, &["policy", "write", "ops", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("refused by the configured policy check: path \"secret/*\": secret/*: sudo is prohibited"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(s.cli(t, &["policy", "read", "ops"]).status.code(), Some(3), "nothing was written");
+    std::fs::write(&f, "path \"secret/*\" { capabilities = [\"read\"] }").unwrap();
+    assert!(s.cli(t, &["policy", "write", "ops", f.to_str().unwrap()]).status.success());
+    assert!(s.cli(t, &["auth", "enable", "kubernetes"]).status.success());
+    let role = [
+        "auth",
+        "role",
+        "write",
+        "kubernetes",
+        "r",
+        "bound_service_account_names=a",
+        "bound_service_account_namespaces=b",
+        "policies=ops",
+    ];
+    let o = s.cli(t, &role);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("role r must define a TTL"), "{}", stderr(&o));
+    let mut with_ttl = role.to_vec();
+    with_ttl.push("ttl=1h");
+    assert!(s.cli(t, &with_ttl).status.success());
+}

@@ -79,8 +79,17 @@ impl Server {
         Self::with_config_limits(dir, tls, port, "")
     }
 
+    /// A plain-TCP server from a config file with `top` added at the top level.
+    pub fn with_config_top(dir: &Path, top: &str) -> Server {
+        Self::config_server(dir, false, 0, "", top)
+    }
+
     /// As [`Server::with_config`], with more lines in the `limits` block.
     pub fn with_config_limits(dir: &Path, tls: bool, port: u16, limits: &str) -> Server {
+        Self::config_server(dir, tls, port, limits, "")
+    }
+
+    fn config_server(dir: &Path, tls: bool, port: u16, limits: &str, top: &str) -> Server {
         let data = dir.join("data");
         let (listener, ca) = if tls {
             let (cert, key, ca) = tls_files(dir);
@@ -96,7 +105,7 @@ impl Server {
             (format!("listener \"tcp\" {{\n address = \"127.0.0.1:{port}\"\n tls_disable = true\n}}"), None)
         };
         let config = format!(
-            "{listener}\nstorage \"file\" {{\n path = \"{}\"\n}}\nlimits {{\n max_value_bytes = 65536\n{limits}\n}}\ndisable_mlock = true\n",
+            "{listener}\nstorage \"file\" {{\n path = \"{}\"\n}}\nlimits {{\n max_value_bytes = 65536\n{limits}\n}}\ndisable_mlock = true\n{top}\n",
             data.display()
         );
         let file = dir.join("keybridge.hcl");
@@ -168,6 +177,17 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (cert_path, key_path, ca_cert.pem().into_bytes())
+}
+
+/// Initialises (one share) and unseals a config server; the root token and key.
+pub fn init_unseal(s: &Server) -> (String, String) {
+    let o = s.cli(None, &["operator", "init", "--key-shares", "1", "--key-threshold", "1", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let key = v["unseal_keys_b64"][0].as_str().unwrap().to_string();
+    let o = s.cli(None, &["operator", "unseal", &key]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (v["root_token"].as_str().unwrap().to_string(), key)
 }
 
 pub fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
