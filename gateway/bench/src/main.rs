@@ -59,6 +59,10 @@ struct Args {
     /// TLS modes to measure throughput in.
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
     tls: Vec<String>,
+    /// Audit modes: off, file (a file audit device), file-fsync (with
+    /// fsync=true: group commit with an fdatasync per group).
+    #[arg(long, value_delimiter = ',', default_value = "off")]
+    audit: Vec<String>,
 }
 
 struct Server {
@@ -334,35 +338,59 @@ async fn main() {
 
     if wants("throughput") {
         for tls in &args.tls {
-            let tls_on = tls == "on";
-            let dir = tempfile::tempdir().expect("tempdir");
-            let (server, _) = start_config_server(&bin, dir.path(), tls_on, args.cache_mib, args.no_mlock);
-            let root = init_unseal(&server).await;
-            load_bench_keys(&server, &root).await;
-            let (token, who) = if args.policy_rules > 0 {
-                (
-                    policy_token(&server, &root, args.policy_rules).await,
-                    format!("token with {} policy rules", args.policy_rules),
-                )
-            } else {
-                (root.clone(), "root token".to_string())
-            };
-            println!("\n== TLS {tls} (file store, fsync on every commit, {who}) ==");
-            for (op, name, label) in [(Op::Get, "get", "Get "), (Op::Put, "put", "Put ")] {
-                if !args.ops.iter().any(|o| o == name) {
-                    continue;
+            for audit in &args.audit {
+                let tls_on = tls == "on";
+                let dir = tempfile::tempdir().expect("tempdir");
+                let (server, _) = start_config_server(&bin, dir.path(), tls_on, args.cache_mib, args.no_mlock);
+                let root = init_unseal(&server).await;
+                load_bench_keys(&server, &root).await;
+                let log = dir.path().join("audit.log");
+                if audit != "off" {
+                    let mut options = std::collections::HashMap::new();
+                    options.insert("file_path".to_string(), log.display().to_string());
+                    options.insert("fsync".to_string(), (audit == "file-fsync").to_string());
+                    pb::audit_client::AuditClient::new(server.channel().await)
+                        .enable(authed(
+                            &root,
+                            pb::EnableAuditRequest {
+                                path: "file".into(),
+                                r#type: "file".into(),
+                                description: String::new(),
+                                options,
+                            },
+                        ))
+                        .await
+                        .expect("enable the audit device");
                 }
-                for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
-                    for c in [1, 32] {
-                        let s = median_of(&args, &server, &token, op, c, keys).await;
-                        print_stats(&format!("{label} c={c:<2} 1 KiB, {what}"), &s);
+                let (token, who) = if args.policy_rules > 0 {
+                    (
+                        policy_token(&server, &root, args.policy_rules).await,
+                        format!("token with {} policy rules", args.policy_rules),
+                    )
+                } else {
+                    (root.clone(), "root token".to_string())
+                };
+                println!("\n== TLS {tls}, audit {audit} (file store, fsync on every commit, {who}) ==");
+                for (op, name, label) in [(Op::Get, "get", "Get "), (Op::Put, "put", "Put ")] {
+                    if !args.ops.iter().any(|o| o == name) {
+                        continue;
+                    }
+                    for (keys, what) in [(10_000, "10k keys"), (1, "hot key")] {
+                        for c in [1, 32] {
+                            let s = median_of(&args, &server, &token, op, c, keys).await;
+                            print_stats(&format!("{label} c={c:<2} 1 KiB, {what}"), &s);
+                        }
                     }
                 }
-            }
-            if args.ops.iter().any(|o| o == "health") {
-                for c in [1, 32] {
-                    let s = median_of(&args, &server, &token, Op::Health, c, 1).await;
-                    print_stats(&format!("Health c={c:<2} (transport floor)"), &s);
+                if args.ops.iter().any(|o| o == "health") {
+                    for c in [1, 32] {
+                        let s = median_of(&args, &server, &token, Op::Health, c, 1).await;
+                        print_stats(&format!("Health c={c:<2} (transport floor)"), &s);
+                    }
+                }
+                if audit != "off" {
+                    let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+                    println!("audit log: {} MiB", size >> 20);
                 }
             }
         }

@@ -57,6 +57,11 @@ struct Device {
     entry: DeviceEntry,
     hmac_key: Zeroizing<Vec<u8>>,
     chain_key: Zeroizing<Vec<u8>>,
+    /// Files without fsync and streams are written inline by the request
+    /// (an append to the page cache, or a channel send, costs less than a
+    /// hand-off to a thread); sockets and `fsync=true` files go through
+    /// the writer thread, which groups records.
+    direct: Option<Arc<Mutex<Output>>>,
     tx: mpsc::Sender<Msg>,
     stream: Option<broadcast::Sender<Arc<str>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -153,9 +158,18 @@ impl Broker {
             return Ok(());
         }
         let mut waits = Vec::with_capacity(devices.len());
+        let mut ok = false;
+        let mut errors = Vec::new();
         for d in devices.iter() {
             let body = render(kind, caller, state, outcome, response, &d.hmac_key);
-            if d.entry.counts() {
+            if let Some(out) = &d.direct {
+                let r = out.lock().unwrap_or_else(|p| p.into_inner()).write(&d.chain_key, false, &[&body]);
+                match r {
+                    Ok(()) => ok |= d.entry.counts(),
+                    Err(e) if d.entry.counts() => errors.push(format!("{}: {e}", d.entry.path)),
+                    Err(_) => {}
+                }
+            } else if d.entry.counts() {
                 let (tx, rx) = oneshot::channel();
                 if d.tx.send(Msg::Record(body, Some(tx))).is_ok() {
                     waits.push((d, rx));
@@ -168,8 +182,6 @@ impl Broker {
         if counting == 0 {
             return Ok(());
         }
-        let mut ok = false;
-        let mut errors = Vec::new();
         for (d, rx) in waits {
             match rx.await {
                 Ok(Ok(())) => ok = true,
@@ -330,13 +342,13 @@ impl Broker {
             }
         };
         let state = sink.recover(&chain_key, &cp);
+        let output = Arc::new(Mutex::new(Output { sink, state, dirty: fresh }));
+        let direct = (entry.kind == "stream" || (entry.kind == "file" && !entry.fsync())).then(|| output.clone());
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
-            sink,
+            output,
             chain_key: chain_key.clone(),
-            state,
             fsync: entry.fsync(),
-            dirty: fresh,
             barrier: self.barrier.clone(),
             handle: tokio::runtime::Handle::current(),
             checkpoint_key: checkpoint_key(&entry.id),
@@ -346,7 +358,7 @@ impl Broker {
             .name(format!("audit-{}", entry.path.trim_end_matches('/')))
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("cannot start the device's writer thread: {e}"))?;
-        Ok(Arc::new(Device { entry, hmac_key, chain_key, tx, stream, thread: Mutex::new(Some(thread)) }))
+        Ok(Arc::new(Device { entry, hmac_key, chain_key, direct, tx, stream, thread: Mutex::new(Some(thread)) }))
     }
 
     /// A device whose sink could not be opened: every record fails with the reason.
@@ -370,7 +382,7 @@ impl Broker {
                 }
             }
         });
-        Arc::new(Device { entry, hmac_key, chain_key, tx, stream: None, thread: Mutex::new(Some(thread)) })
+        Arc::new(Device { entry, hmac_key, chain_key, direct: None, tx, stream: None, thread: Mutex::new(Some(thread)) })
     }
 }
 
@@ -402,13 +414,58 @@ struct ChainState {
     new_segment: bool,
 }
 
-struct Writer {
+/// A device's sink and chain position, behind one lock: the request path
+/// (direct devices) and the writer thread (grouped devices, checkpoints,
+/// reopening) both write through it.
+struct Output {
     sink: Box<dyn Sink>,
-    chain_key: Zeroizing<Vec<u8>>,
     state: ChainState,
-    fsync: bool,
     /// The state moved since the last checkpoint.
     dirty: bool,
+}
+
+impl Output {
+    /// Chains and writes `bodies` as one group. On failure nothing of the
+    /// group stays (the sink cuts its partial write back) and the chain
+    /// position is unchanged.
+    fn write(&mut self, chain_key: &[u8], fsync: bool, bodies: &[&[u8]]) -> std::io::Result<()> {
+        let saved = self.state;
+        let result = (|| -> std::io::Result<()> {
+            if self.sink.prepare()? {
+                self.state.new_segment = true;
+            }
+            let mut buf = Vec::with_capacity(bodies.iter().map(|b| b.len() + 160).sum());
+            for body in bodies {
+                let s = &mut self.state;
+                s.seq += 1;
+                let first = s.new_segment;
+                s.chain = chain::seal_line(chain_key, &s.chain, s.seq, first, body, &mut buf);
+                if first {
+                    s.segment_start = s.seq;
+                    s.new_segment = false;
+                }
+            }
+            self.sink.write(&buf)?;
+            if fsync {
+                self.sink.sync()?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => self.dirty = true,
+            Err(_) => {
+                self.sink.rollback();
+                self.state = saved;
+            }
+        }
+        result
+    }
+}
+
+struct Writer {
+    output: Arc<Mutex<Output>>,
+    chain_key: Zeroizing<Vec<u8>>,
+    fsync: bool,
     barrier: Arc<Barrier>,
     handle: tokio::runtime::Handle,
     checkpoint_key: String,
@@ -416,20 +473,22 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
+        self.output.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn run(self, rx: mpsc::Receiver<Msg>) {
         let mut last_checkpoint = Instant::now();
         loop {
             let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
                 Ok(m) => m,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.dirty {
-                        self.checkpoint();
-                        last_checkpoint = Instant::now();
-                    }
+                    self.checkpoint(false);
+                    last_checkpoint = Instant::now();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.checkpoint();
+                    self.checkpoint(false);
                     return;
                 }
             };
@@ -449,26 +508,28 @@ impl Writer {
             if !batch.is_empty() {
                 self.write(batch);
             }
-            if self.dirty && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                self.checkpoint();
+            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                self.checkpoint(false);
                 last_checkpoint = Instant::now();
             }
             match control {
                 None | Some(Msg::Record(..)) => {}
                 Some(Msg::Reopen(ack)) => {
-                    let r = self.sink.reopen().map_err(|e| e.to_string());
+                    let mut out = self.lock();
+                    let r = out.sink.reopen().map_err(|e| e.to_string());
                     if r.is_ok() {
-                        self.state.new_segment = true;
+                        out.state.new_segment = true;
                     }
+                    drop(out);
                     let _ = ack.send(r);
                 }
                 Some(Msg::Checkpoint(done)) => {
-                    self.checkpoint();
+                    self.checkpoint(true);
                     last_checkpoint = Instant::now();
                     let _ = done.send(());
                 }
                 Some(Msg::Shutdown(done)) => {
-                    self.checkpoint();
+                    self.checkpoint(true);
                     let _ = done.send(());
                     return;
                 }
@@ -476,68 +537,42 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: Vec<(Vec<u8>, Option<Ack>)>) {
-        let saved = self.state;
-        let result = (|| -> std::io::Result<()> {
-            if self.sink.prepare()? {
-                self.state.new_segment = true;
-            }
-            let mut buf = Vec::with_capacity(batch.iter().map(|(b, _)| b.len() + 200).sum());
-            for (body, _) in &batch {
-                let s = &mut self.state;
-                s.seq += 1;
-                let first = s.new_segment;
-                s.chain = chain::seal_line(&self.chain_key, &s.chain, s.seq, first, body, &mut buf);
-                if first {
-                    s.segment_start = s.seq;
-                    s.new_segment = false;
-                }
-            }
-            self.sink.write(&buf)?;
-            if self.fsync {
-                self.sink.sync()?;
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                self.dirty = true;
-                if self.fsync {
-                    // Group commit: the checkpoint covers the group before
-                    // anyone is told it was written, so truncation shows.
-                    self.checkpoint();
-                }
-                for (_, ack) in batch {
-                    if let Some(ack) = ack {
-                        let _ = ack.send(Ok(()));
-                    }
-                }
-            }
-            Err(e) => {
-                self.sink.rollback();
-                self.state = saved;
-                let msg = e.to_string();
-                for (_, ack) in batch {
-                    if let Some(ack) = ack {
-                        let _ = ack.send(Err(msg.clone()));
-                    }
-                }
+    fn write(&self, batch: Vec<(Vec<u8>, Option<Ack>)>) {
+        let bodies: Vec<&[u8]> = batch.iter().map(|(b, _)| b.as_slice()).collect();
+        let result = self.lock().write(&self.chain_key, self.fsync, &bodies);
+        if result.is_ok() && self.fsync {
+            // Group commit: the checkpoint covers the group before anyone
+            // is told it was written, so truncation shows.
+            self.checkpoint(true);
+        }
+        let result = result.map_err(|e| e.to_string());
+        for (_, ack) in batch {
+            if let Some(ack) = ack {
+                let _ = ack.send(result.clone());
             }
         }
     }
 
-    fn checkpoint(&mut self) {
-        let cp = StoredCheckpoint {
-            seq: self.state.seq,
-            chain: hex::encode(self.state.chain),
-            segment_start: self.state.segment_start,
-            offset: self.sink.offset(),
+    /// Stores the chain position in the barrier (if it moved, or `force`).
+    fn checkpoint(&self, force: bool) {
+        let cp = {
+            let mut out = self.lock();
+            if !out.dirty && !force {
+                return;
+            }
+            out.dirty = false;
+            StoredCheckpoint {
+                seq: out.state.seq,
+                chain: hex::encode(out.state.chain),
+                segment_start: out.state.segment_start,
+                offset: out.sink.offset(),
+            }
         };
         let mut batch = WriteBatch::new();
         batch.put(self.checkpoint_key.clone(), Zeroizing::new(serde_json::to_vec(&cp).unwrap_or_default()));
-        match self.handle.block_on(self.barrier.commit(batch)) {
-            Ok(()) => self.dirty = false,
-            Err(e) => tracing::warn!(device = %self.device, error = %e, "cannot checkpoint the audit chain"),
+        if let Err(e) = self.handle.block_on(self.barrier.commit(batch)) {
+            self.lock().dirty = true;
+            tracing::warn!(device = %self.device, error = %e, "cannot checkpoint the audit chain");
         }
     }
 }

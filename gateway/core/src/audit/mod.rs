@@ -76,22 +76,10 @@ impl AuditValue {
         }
     }
 
-    fn render(&self, key: &[u8]) -> serde_json::Value {
-        match self {
-            AuditValue::Plain(v) => v.clone(),
-            AuditValue::Secret(s) => serde_json::Value::String(hmac_hex(key, s)),
-            AuditValue::Map(m) => {
-                serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), v.render(key))).collect())
-            }
-        }
-    }
 }
 
 pub type AuditData = Vec<(String, AuditValue)>;
 
-fn render_data(data: &AuditData, key: &[u8]) -> serde_json::Value {
-    serde_json::Value::Object(data.iter().map(|(k, v)| (k.clone(), v.render(key))).collect())
-}
 
 /// Who made a request, as records show it (never the token itself).
 #[derive(Clone, Debug, Serialize)]
@@ -203,6 +191,65 @@ pub(crate) enum Kind {
     Response,
 }
 
+/// Writes a JSON object field by field (records are rendered once per
+/// device per request, so this avoids building a `serde_json::Map`).
+struct Obj {
+    buf: Vec<u8>,
+    first: bool,
+}
+
+impl Obj {
+    fn new(capacity: usize) -> Obj {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.push(b'{');
+        Obj { buf, first: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        let _ = serde_json::to_writer(&mut self.buf, k);
+        self.buf.push(b':');
+    }
+
+    fn field(&mut self, k: &str, v: &(impl Serialize + ?Sized)) {
+        self.key(k);
+        let _ = serde_json::to_writer(&mut self.buf, v);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.buf.push(b'}');
+        self.buf
+    }
+}
+
+fn write_value(buf: &mut Vec<u8>, v: &AuditValue, key: &[u8]) {
+    match v {
+        AuditValue::Plain(p) => {
+            let _ = serde_json::to_writer(&mut *buf, p);
+        }
+        AuditValue::Secret(s) => {
+            let _ = serde_json::to_writer(&mut *buf, &hmac_hex(key, s));
+        }
+        AuditValue::Map(m) => write_data(buf, m, key),
+    }
+}
+
+fn write_data(buf: &mut Vec<u8>, data: &[(String, AuditValue)], key: &[u8]) {
+    buf.push(b'{');
+    for (i, (k, v)) in data.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *buf, k);
+        buf.push(b':');
+        write_value(buf, v, key);
+    }
+    buf.push(b'}');
+}
+
 /// Renders one record for one device (a JSON object without `seq`).
 pub(crate) fn render(
     kind: Kind,
@@ -212,45 +259,54 @@ pub(crate) fn render(
     response: Option<&AuditData>,
     key: &[u8],
 ) -> Vec<u8> {
-    let mut m = serde_json::Map::new();
-    m.insert("type".into(), (if kind == Kind::Request { "request" } else { "response" }).into());
-    m.insert("time".into(), humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string().into());
-    m.insert("request_id".into(), caller.request_id.clone().into());
-    m.insert("operation".into(), caller.operation.into());
+    let mut o = Obj::new(512);
+    o.field("type", if kind == Kind::Request { "request" } else { "response" });
+    o.field("time", &humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string());
+    o.field("request_id", &caller.request_id);
+    o.field("operation", caller.operation);
     if let Some(r) = &caller.remote {
-        m.insert("remote_address".into(), r.clone().into());
+        o.field("remote_address", r);
     }
-    if let Some(a) = &state.auth {
-        let mut auth = serde_json::to_value(a).unwrap_or_default();
-        if let (Some(t), Some(obj)) = (&caller.token, auth.as_object_mut()) {
-            obj.insert("client_token".into(), hmac_hex(key, t.as_bytes()).into());
+    if state.auth.is_some() || caller.token.is_some() {
+        o.key("auth");
+        let mut a = Obj::new(256);
+        if let Some(auth) = &state.auth {
+            a.field("display_name", &auth.display_name);
+            a.field("policies", &auth.policies);
+            a.field("accessor", &auth.accessor);
         }
-        m.insert("auth".into(), auth);
-    } else if let Some(t) = &caller.token {
-        m.insert("auth".into(), serde_json::json!({ "client_token": hmac_hex(key, t.as_bytes()) }));
+        if let Some(t) = &caller.token {
+            a.field("client_token", &hmac_hex(key, t.as_bytes()));
+        }
+        o.buf.extend_from_slice(&a.finish());
     }
-    m.insert("path".into(), state.acl_path.clone().unwrap_or_else(|| caller.path.clone()).into());
+    match &state.acl_path {
+        Some(p) => o.field("path", p),
+        None => o.field("path", &caller.path),
+    }
     if let Some(c) = state.capability {
-        m.insert("capability".into(), c.into());
+        o.field("capability", c);
     }
     if !caller.data.is_empty() {
-        m.insert("request".into(), render_data(&caller.data, key));
+        o.key("request");
+        write_data(&mut o.buf, &caller.data, key);
     }
     if let Some((status, error)) = outcome {
-        m.insert("status".into(), status.into());
+        o.field("status", status);
         if let Some(e) = error {
-            m.insert("error".into(), e.into());
+            o.field("error", e);
         }
     }
     if let Some(r) = &state.reason {
-        m.insert("reason".into(), r.clone().into());
+        o.field("reason", r);
     }
     if let Some(data) = response
         && !data.is_empty()
     {
-        m.insert("response".into(), render_data(data, key));
+        o.key("response");
+        write_data(&mut o.buf, data, key);
     }
-    serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
+    o.finish()
 }
 
 /// A device's position, kept in the barrier.
