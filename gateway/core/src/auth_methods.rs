@@ -63,6 +63,10 @@ fn auth_error(e: keybridge_auth::Error) -> Error {
     }
 }
 
+fn auth_table(loaded: &Loaded) -> Vec<AuthMount> {
+    loaded.auth.read().unwrap_or_else(|p| p.into_inner()).table.clone()
+}
+
 pub(crate) async fn load_table(core: &Core) -> Result<Vec<AuthMount>> {
     Ok(match core.barrier.get(AUTH_TABLE_KEY).await? {
         Some(raw) => serde_json::from_slice(&raw)
@@ -109,7 +113,7 @@ impl Core {
         }
         let _guard = self.admin.lock().await;
         let loaded = self.loaded()?;
-        let mut table = loaded.auth.read().unwrap_or_else(|p| p.into_inner()).table.clone();
+        let mut table = auth_table(&loaded);
         if table.iter().any(|m| m.path == path) {
             return Err(Error::AlreadyExists(format!("an auth method is already enabled at auth/{path}")));
         }
@@ -129,7 +133,7 @@ impl Core {
     pub async fn list_auth(&self, caller: &Caller) -> Result<Vec<AuthMount>> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/auth", Capability::Read).await?;
-        Ok(self.loaded()?.auth.read().unwrap_or_else(|p| p.into_inner()).table.clone())
+        Ok(auth_table(&*self.loaded()?))
     }
 
     /// Disables a method: its config and roles are deleted and every token
@@ -145,14 +149,8 @@ impl Core {
             let _guard = self.admin.lock().await;
             let mut mount = self.auth_mount(&loaded, &norm)?;
             mount.disabling = true;
-            let table = loaded
-                .auth
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .table
-                .iter()
-                .map(|m| if m.id == mount.id { mount.clone() } else { m.clone() })
-                .collect();
+            let table =
+                auth_table(&loaded).into_iter().map(|m| if m.id == mount.id { mount.clone() } else { m }).collect();
             self.store_auth_table(&loaded, table, WriteBatch::new()).await?;
             mount
         };
@@ -177,15 +175,7 @@ impl Core {
         for role in self.barrier.list(&role_prefix(&mount.id), None, usize::MAX).await? {
             batch.delete(role);
         }
-        let table = loaded
-            .auth
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .table
-            .iter()
-            .filter(|m| m.id != mount.id)
-            .cloned()
-            .collect();
+        let table = auth_table(&loaded).into_iter().filter(|m| m.id != mount.id).collect();
         self.store_auth_table(&loaded, table, batch).await
     }
 

@@ -642,6 +642,32 @@ fn token_info(e: keybridge_core::token::Identity) -> pb::TokenInfo {
     }
 }
 
+/// The info of a token just issued (created or logged in).
+fn entry_info(entry: keybridge_core::token::TokenEntry) -> pb::TokenInfo {
+    token_info(keybridge_core::token::Identity {
+        hash: String::new(),
+        accessor: entry.accessor,
+        policies: entry.policies,
+        display_name: entry.display_name,
+        created: entry.created,
+        expires: entry.expires,
+        renewable: entry.renewable,
+        num_uses: entry.num_uses,
+        meta: entry.meta,
+    })
+}
+
+/// The response data audited for a token just issued: the token as its HMAC.
+fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::token::TokenEntry) -> Vec<(String, AuditValue)> {
+    vec![
+        ("token".into(), AuditValue::secret(t.as_bytes())),
+        ("accessor".into(), plain(e.accessor.clone())),
+        ("policies".into(), plain(e.policies.clone())),
+        ("display_name".into(), plain(e.display_name.clone())),
+        ("metadata".into(), plain(serde_json::to_value(&e.meta).unwrap_or_default())),
+    ]
+}
+
 fn token_audit(id: &keybridge_core::token::Identity) -> Vec<(String, AuditValue)> {
     vec![
         ("accessor".into(), plain(id.accessor.clone())),
@@ -676,31 +702,8 @@ impl pb::tokens_server::Tokens for TokensService {
                 },
             )
             .await;
-        let (new_token, entry) = self
-            .core
-            .finish(&c, res, |(t, e)| {
-                vec![
-                    ("token".into(), AuditValue::secret(t.as_bytes())),
-                    ("accessor".into(), plain(e.accessor.clone())),
-                    ("policies".into(), plain(e.policies.clone())),
-                ]
-            })
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::CreateTokenResponse {
-            token: new_token.to_string(),
-            info: Some(token_info(keybridge_core::token::Identity {
-                hash: String::new(),
-                accessor: entry.accessor,
-                policies: entry.policies,
-                display_name: entry.display_name,
-                created: entry.created,
-                expires: entry.expires,
-                renewable: entry.renewable,
-                num_uses: entry.num_uses,
-                meta: entry.meta,
-            })),
-        }))
+        let (new_token, entry) = self.core.finish(&c, res, |(t, e)| issued_audit(t, e)).await.map_err(status)?;
+        Ok(Response::new(pb::CreateTokenResponse { token: new_token.to_string(), info: Some(entry_info(entry)) }))
     }
 
     async fn revoke(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
@@ -1092,32 +1095,7 @@ impl pb::auth_server::Auth for AuthService {
             c = c.with(&k, v);
         }
         let res = self.core.login(&c, &r.path, &r.role, &jwt).await;
-        let (token, entry) = self
-            .core
-            .finish(&c, res, |(t, e)| {
-                vec![
-                    ("token".into(), AuditValue::secret(t.as_bytes())),
-                    ("accessor".into(), plain(e.accessor.clone())),
-                    ("policies".into(), plain(e.policies.clone())),
-                    ("display_name".into(), plain(e.display_name.clone())),
-                    ("metadata".into(), plain(serde_json::to_value(&e.meta).unwrap_or_default())),
-                ]
-            })
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::LoginResponse {
-            token: token.to_string(),
-            info: Some(token_info(keybridge_core::token::Identity {
-                hash: String::new(),
-                accessor: entry.accessor,
-                policies: entry.policies,
-                display_name: entry.display_name,
-                created: entry.created,
-                expires: entry.expires,
-                renewable: entry.renewable,
-                num_uses: entry.num_uses,
-                meta: entry.meta,
-            })),
-        }))
+        let (token, entry) = self.core.finish(&c, res, |(t, e)| issued_audit(t, e)).await.map_err(status)?;
+        Ok(Response::new(pb::LoginResponse { token: token.to_string(), info: Some(entry_info(entry)) }))
     }
 }

@@ -382,7 +382,15 @@ impl Broker {
                 }
             }
         });
-        Arc::new(Device { entry, hmac_key, chain_key, direct: None, tx, stream: None, thread: Mutex::new(Some(thread)) })
+        Arc::new(Device {
+            entry,
+            hmac_key,
+            chain_key,
+            direct: None,
+            tx,
+            stream: None,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 }
 

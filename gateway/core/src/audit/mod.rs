@@ -75,11 +75,9 @@ impl AuditValue {
             crate::value::SecretValue::Binary(b) => AuditValue::secret(b),
         }
     }
-
 }
 
 pub type AuditData = Vec<(String, AuditValue)>;
-
 
 /// Who made a request, as records show it (never the token itself).
 #[derive(Clone, Debug, Serialize)]
