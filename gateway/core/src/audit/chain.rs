@@ -24,6 +24,14 @@ const CHAIN_SUFFIX_LEN: usize = 10 + 2 * CHAIN_LEN + 2;
 
 pub type ChainValue = [u8; CHAIN_LEN];
 
+/// 32 bytes as 64 lowercase hex digits, without allocating.
+pub fn hex32(bytes: &[u8; 32]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    // Cannot fail: the output is exactly twice the input.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    out
+}
+
 pub fn next_chain(key: &[u8], prev: &ChainValue, prefix: &[u8]) -> ChainValue {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(prev);
@@ -50,7 +58,9 @@ pub fn seal_line(
     out.extend_from_slice(body.strip_prefix(b"{").unwrap_or(body));
     let chain = next_chain(key, prev, &out[start..]);
     out.pop(); // the closing brace
-    out.extend_from_slice(format!(",\"chain\":\"{}\"}}\n", hex::encode(chain)).as_bytes());
+    out.extend_from_slice(b",\"chain\":\"");
+    out.extend_from_slice(&hex32(&chain));
+    out.extend_from_slice(b"\"}\n");
     chain
 }
 

@@ -36,7 +36,11 @@ pub const HMAC_PREFIX: &str = "hmac-sha256:";
 pub fn hmac_hex(key: &[u8], value: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(value);
-    format!("{HMAC_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
+    let digest: [u8; 32] = mac.finalize().into_bytes().into();
+    let mut out = String::with_capacity(HMAC_PREFIX.len() + 64);
+    out.push_str(HMAC_PREFIX);
+    out.push_str(std::str::from_utf8(&chain::hex32(&digest)).unwrap_or_default());
+    out
 }
 
 /// A piece of request or response data. `Secret` never leaves the process:
