@@ -95,3 +95,46 @@ fn audit_log_records_verifies_and_fails_closed() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("no enabled audit device could record the request"), "{}", stderr(&o));
 }
+
+/// `audit watch` streams a stream device's records over a real gRPC
+/// server stream, as a SIEM collector would read them.
+#[test]
+fn audit_watch_streams_records_over_grpc() {
+    use std::io::{BufRead, BufReader};
+    let s = Server::dev();
+    let t = s.root_token.as_deref();
+    let o = s.cli(t, &["audit", "enable", "--path", "siem", "stream"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut watcher = std::process::Command::new(crate::harness::BIN)
+        .args(["audit", "watch", "siem/"])
+        .env("KEYBRIDGE_ADDR", &s.addr)
+        .env("KEYBRIDGE_TOKEN", t.unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    // The watch's own response record shows it is subscribed.
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["operation"], "keybridge.v1.Audit/Watch");
+    assert!(s.cli(t, &["kv", "put", "secret/watched", "password=streamed-VALUE"]).status.success());
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = lines.next().unwrap().unwrap();
+        assert!(!line.contains("streamed-VALUE"));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["operation"] == "keybridge.v1.Secrets/Put" {
+            seen.push(v);
+        }
+    }
+    assert_eq!((seen[0]["type"].as_str(), seen[1]["type"].as_str()), (Some("request"), Some("response")));
+    assert!(seen[1]["response"]["version"] == 1);
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    // A file device cannot be watched.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("a.log");
+    assert!(s.cli(t, &["audit", "enable", "file", &format!("file_path={}", log.display())]).status.success());
+    let o = s.cli(t, &["audit", "watch", "file/"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("watch a stream device"), "{}", stderr(&o));
+}
