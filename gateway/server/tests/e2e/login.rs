@@ -9,25 +9,8 @@ use crate::harness::{Server, stderr, stdout};
 
 const ISS: &str = "https://kubernetes.default.svc.cluster.local";
 
-const ORIGIN_POLICY: &str = r#"
-path "secret/data/database/*" {
-  capabilities = ["read"]
-}
-path "database/creds/app-readonly" {
-  capabilities = ["create", "read"]
-}
-path "pki/issue/app-tls" {
-  capabilities = ["create", "read"]
-  allowed_parameters = {
-    "common_name" = ["*.app.internal"]
-    "ttl" = ["24h"]
-  }
-}
-# Deny all other paths by default
-path "*" {
-  capabilities = ["deny"]
-}
-"#;
+/// The origin document's policy, as the policy crate's corpus keeps it.
+const ORIGIN_POLICY: &str = include_str!("../../../policy/tests/corpus/origin.hcl");
 
 fn json(o: &std::process::Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", stdout(o), stderr(o)))
