@@ -1,8 +1,13 @@
-//! What every provider adapter shares. So far: [`names`], the reversible,
-//! collision-free mapping of gateway paths to each cloud's secret names,
-//! and the clouds' name and value limits. (The `SecretStore` trait and the
-//! adapters come with issue 4's next steps.)
+//! What every provider adapter shares: [`store`], the `SecretStore` trait in
+//! the clouds' own terms, and [`names`], the reversible, collision-free
+//! mapping of gateway paths to each cloud's secret names, with the clouds'
+//! name and value limits.
 
 pub mod names;
+pub mod store;
 
 pub use names::{Cloud, NameCodec, NameError};
+pub use store::{
+    CloudValue, Deletion, Error, Listed, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore, Selector,
+    VersionInfo,
+};

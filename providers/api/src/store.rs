@@ -1,0 +1,172 @@
+//! The `SecretStore` trait every cloud adapter implements, in the clouds'
+//! own terms (version ids, stages); the gateway maps its API onto it.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use zeroize::Zeroizing;
+
+use crate::names::Cloud;
+
+/// A value as a cloud holds it: a string (Keybridge's field maps are a JSON
+/// object string) or bytes.
+pub enum CloudValue {
+    String(Zeroizing<String>),
+    Binary(Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for CloudValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloudValue::String(s) => write!(f, "String(<{} bytes redacted>)", s.len()),
+            CloudValue::Binary(b) => write!(f, "Binary(<{} bytes redacted>)", b.len()),
+        }
+    }
+}
+
+impl CloudValue {
+    pub fn len(&self) -> usize {
+        match self {
+            CloudValue::String(s) => s.len(),
+            CloudValue::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which version to read. Always explicit: AWS reads without a stage are
+/// not reliable on every implementation, so the adapter asks for a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// The current version (AWSCURRENT, Azure's latest, GCP's `latest`).
+    Current,
+    /// A provider version id.
+    Version(String),
+    /// A staging label (AWS) or an alias (GCP).
+    Stage(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub id: String,
+    /// AWS staging labels, GCP aliases.
+    pub stages: Vec<String>,
+    pub created: Option<SystemTime>,
+}
+
+pub struct SecretRead {
+    pub version: VersionInfo,
+    pub value: CloudValue,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: String,
+    pub created: Option<SystemTime>,
+    pub updated: Option<SystemTime>,
+    pub tags: BTreeMap<String, String>,
+    /// Scheduled for deletion (recoverable until then), if so.
+    pub deletion: Option<SystemTime>,
+    pub versions: Vec<VersionInfo>,
+}
+
+/// What must hold for a write to go ahead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    None,
+    /// Create only.
+    Absent,
+    /// Only if the current version is this id.
+    CurrentIs(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub updated: Option<SystemTime>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Listed>,
+    pub next: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// Recoverable: AWS's recovery window, Azure's soft delete.
+    Recoverable { days: u32 },
+    /// Gone at once.
+    Purge,
+}
+
+/// Every failure, by what the caller can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A precondition (check-and-set) did not hold.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{provider} cannot {capability}")]
+    Unsupported { provider: &'static str, capability: &'static str },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The cloud throttled the call; a retry after a pause can help.
+    #[error("{0}")]
+    Throttled(String),
+    /// The cloud could not be reached or failed; a retry can help.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Error {
+    /// Whether trying the same call again can succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Error::Throttled(_) | Error::Unavailable(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[async_trait::async_trait]
+pub trait SecretStore: Send + Sync {
+    fn cloud(&self) -> Cloud;
+
+    /// One cheap call that says whether the credentials and the target
+    /// (account, vault, project) work.
+    async fn check(&self) -> Result<()>;
+
+    async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead>;
+
+    /// Writes a new version (creating the secret if needed), with `tags`
+    /// on creation when given.
+    async fn put(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        pre: &Precondition,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo>;
+
+    async fn describe(&self, name: &str) -> Result<SecretInfo>;
+
+    async fn list(&self, page_size: usize, page_token: Option<&str>) -> Result<Page>;
+
+    async fn delete(&self, name: &str, how: Deletion) -> Result<()>;
+
+    /// Undoes a recoverable deletion.
+    async fn restore(&self, name: &str) -> Result<()>;
+}
