@@ -1,8 +1,11 @@
 //! What every provider adapter shares: [`store`], the `SecretStore` trait in
 //! the clouds' own terms, and [`names`], the reversible, collision-free
 //! mapping of gateway paths to each cloud's secret names, with the clouds'
-//! name and value limits.
+//! name and value limits. [`limits`] and [`cache`] wrap any store with
+//! client-side rate limits and retries, and a read-through cache.
 
+pub mod cache;
+pub mod limits;
 pub mod names;
 pub mod store;
 

@@ -9,7 +9,8 @@ use zeroize::Zeroizing;
 use crate::names::Cloud;
 
 /// A value as a cloud holds it: a string (Keybridge's field maps are a JSON
-/// object string) or bytes.
+/// object string) or bytes. Cloned only into the read cache.
+#[derive(Clone)]
 pub enum CloudValue {
     String(Zeroizing<String>),
     Binary(Zeroizing<Vec<u8>>),
@@ -57,6 +58,7 @@ pub struct VersionInfo {
     pub created: Option<SystemTime>,
 }
 
+#[derive(Debug)]
 pub struct SecretRead {
     pub version: VersionInfo,
     pub value: CloudValue,

@@ -1,0 +1,223 @@
+//! Client-side rate limits and retries for one mount, as a `SecretStore`
+//! that wraps another.
+//!
+//! Calls are sorted into classes (reads of values, reads of metadata,
+//! lists, writes), each with its own quota, by default the cloud's published
+//! one. A call over its quota waits for a slot up to `max_wait`, then fails
+//! `Throttled` (retryable: RESOURCE_EXHAUSTED at the gateway) without
+//! reaching the cloud. Reads that the cloud throttles or that fail to reach
+//! it are retried with exponential backoff and full jitter; writes are not
+//! retried here (each SDK retries its own writes, with the same idempotency
+//! token where the cloud has one).
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::names::Cloud;
+use crate::store::{
+    CloudValue, Deletion, Error, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore, Selector, VersionInfo,
+};
+
+/// One class's quota: `count` calls per `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub period: Duration,
+}
+
+impl Rate {
+    pub const fn per_second(count: u32) -> Rate {
+        Rate { count, period: Duration::from_secs(1) }
+    }
+
+    fn quota(self) -> Quota {
+        let count = NonZeroU32::new(self.count.max(1)).unwrap_or(NonZeroU32::MIN);
+        let each = self.period / count.get();
+        Quota::with_period(each.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| Quota::per_second(count))
+            .allow_burst(count)
+    }
+}
+
+/// Quotas by call class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Reading a value (GetSecretValue, get secret, access version).
+    pub read_value: Rate,
+    /// Reading metadata (DescribeSecret, get properties).
+    pub read_meta: Rate,
+    pub list: Rate,
+    /// Creating, writing, deleting, restoring.
+    pub write: Rate,
+    /// How long a call may wait for a slot before it fails `Throttled`.
+    pub max_wait: Duration,
+    /// Attempts for a throttled or failed read, the first included.
+    pub read_attempts: u32,
+}
+
+impl Limits {
+    /// The cloud's published quotas.
+    ///
+    /// - AWS Secrets Manager: GetSecretValue and DescribeSecret 10,000/s,
+    ///   ListSecrets 100/s, PutSecretValue/UpdateSecret and the other writes 50/s.
+    /// - Azure Key Vault: 4,000 secret operations per 10 s per vault (300
+    ///   creates per 10 s, the write class here).
+    /// - GCP Secret Manager: 90,000 accesses per minute, 600 reads and 600
+    ///   writes per minute per project.
+    pub fn published(cloud: Cloud) -> Limits {
+        let (read_value, read_meta, list, write) = match cloud {
+            Cloud::Aws => {
+                (Rate::per_second(10_000), Rate::per_second(10_000), Rate::per_second(100), Rate::per_second(50))
+            }
+            Cloud::Azure => {
+                let ten = Duration::from_secs(10);
+                let all = Rate { count: 4_000, period: ten };
+                (all, all, all, Rate { count: 300, period: ten })
+            }
+            Cloud::Gcp => {
+                let minute = Duration::from_secs(60);
+                let admin = Rate { count: 600, period: minute };
+                (Rate { count: 90_000, period: minute }, admin, admin, admin)
+            }
+        };
+        Limits { read_value, read_meta, list, write, max_wait: Duration::from_secs(2), read_attempts: 4 }
+    }
+
+    /// Overrides from mount settings: `rate_read`, `rate_meta`, `rate_list`,
+    /// `rate_write` (calls per second), `rate_max_wait` (a duration in ms).
+    pub fn with_settings(mut self, s: &BTreeMap<String, String>) -> Result<Limits> {
+        for (key, slot) in [
+            ("rate_read", &mut self.read_value),
+            ("rate_meta", &mut self.read_meta),
+            ("rate_list", &mut self.list),
+            ("rate_write", &mut self.write),
+        ] {
+            if let Some(v) = s.get(key) {
+                let n: u32 = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    Error::InvalidArgument(format!("{key} must be a positive number of calls per second, not {v:?}"))
+                })?;
+                *slot = Rate::per_second(n);
+            }
+        }
+        if let Some(v) = s.get("rate_max_wait_ms") {
+            let ms: u64 = v.trim().parse().map_err(|_| {
+                Error::InvalidArgument(format!("rate_max_wait_ms must be a number of milliseconds, not {v:?}"))
+            })?;
+            self.max_wait = Duration::from_millis(ms);
+        }
+        Ok(self)
+    }
+}
+
+pub struct Limited<S> {
+    inner: S,
+    limits: Limits,
+    read_value: DefaultDirectRateLimiter,
+    read_meta: DefaultDirectRateLimiter,
+    list: DefaultDirectRateLimiter,
+    write: DefaultDirectRateLimiter,
+}
+
+impl<S: SecretStore> Limited<S> {
+    pub fn new(inner: S, limits: Limits) -> Limited<S> {
+        Limited {
+            read_value: RateLimiter::direct(limits.read_value.quota()),
+            read_meta: RateLimiter::direct(limits.read_meta.quota()),
+            list: RateLimiter::direct(limits.list.quota()),
+            write: RateLimiter::direct(limits.write.quota()),
+            inner,
+            limits,
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    async fn slot(&self, limiter: &DefaultDirectRateLimiter, class: &str) -> Result<()> {
+        match tokio::time::timeout(self.limits.max_wait, limiter.until_ready()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Throttled(format!(
+                "{}: the mount's {class} rate limit is reached (waited {:?}); retry later or raise it",
+                self.inner.cloud().name(),
+                self.limits.max_wait
+            ))),
+        }
+    }
+
+    /// Runs a read, retrying throttled or failed attempts with backoff and
+    /// full jitter (100 ms doubling, at most 2 s).
+    async fn read<T, F, Fut>(&self, limiter: &DefaultDirectRateLimiter, class: &str, call: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            self.slot(limiter, class).await?;
+            attempt += 1;
+            match call().await {
+                Err(e) if e.retryable() && attempt < self.limits.read_attempts.max(1) => {
+                    let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(5))).min(Duration::from_secs(2));
+                    let jitter = cap.mul_f64(jitter_fraction());
+                    tokio::time::sleep(jitter).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) from the clock's low bits: enough to spread retries
+/// (full jitter), not for anything secret.
+fn jitter_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+#[async_trait::async_trait]
+impl<S: SecretStore> SecretStore for Limited<S> {
+    fn cloud(&self) -> Cloud {
+        self.inner.cloud()
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.read(&self.list, "list", || self.inner.check()).await
+    }
+
+    async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead> {
+        self.read(&self.read_value, "read", || self.inner.get(name, at)).await
+    }
+
+    async fn put(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        pre: &Precondition,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        self.slot(&self.write, "write").await?;
+        self.inner.put(name, value, pre, tags).await
+    }
+
+    async fn describe(&self, name: &str) -> Result<SecretInfo> {
+        self.read(&self.read_meta, "metadata", || self.inner.describe(name)).await
+    }
+
+    async fn list(&self, page_size: usize, page_token: Option<&str>) -> Result<Page> {
+        self.read(&self.list, "list", || self.inner.list(page_size, page_token)).await
+    }
+
+    async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
+        self.slot(&self.write, "write").await?;
+        self.inner.delete(name, how).await
+    }
+
+    async fn restore(&self, name: &str) -> Result<()> {
+        self.slot(&self.write, "write").await?;
+        self.inner.restore(name).await
+    }
+}
