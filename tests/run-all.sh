@@ -3,8 +3,9 @@
 # need, then runs formatting, lint and the whole test suite.
 #
 # The gateway tests start the real `keybridge` binary on loopback sockets
-# and use temporary directories. The AWS adapter's tests need moto's server
-# (PyPI `moto[server]`), installed here into a virtualenv under target/.
+# and use temporary directories. The cloud adapters' tests need moto's
+# server (PyPI `moto[server]`, AWS) and drongo (PyPI `drongo`, GCP),
+# installed here into a virtualenv under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,12 +15,15 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 VENV="target/test-venv"
 MOTO_VERSION="5.2.5"
-if [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/pip" show moto 2>/dev/null | grep -q "^Version: $MOTO_VERSION$"; then
-  echo "==> installing moto[server]==$MOTO_VERSION into $VENV"
+DRONGO_VERSION="0.8.0"
+installed() { "$VENV/bin/pip" show "$1" 2>/dev/null | grep -q "^Version: $2$"; }
+if [ ! -x "$VENV/bin/python" ] || ! installed moto "$MOTO_VERSION" || ! installed drongo "$DRONGO_VERSION"; then
+  echo "==> installing moto[server]==$MOTO_VERSION and drongo==$DRONGO_VERSION into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" "drongo==$DRONGO_VERSION"
 fi
 export KEYBRIDGE_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
+export KEYBRIDGE_DRONGO="$PWD/$VENV/bin/drongo"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,337 @@
+//! The GCP Secret Manager adapter.
+//!
+//! - The client is built once per mount: `project` (required), an
+//!   `endpoint` override, and credentials from Application Default
+//!   Credentials unless `credentials=anonymous` (emulators) is given.
+//! - Versions are GCP's numbered versions; stages are GCP's aliases.
+//! - Custom metadata lives in annotations (labels only take short
+//!   lower-case values).
+//! - GCP deletes a secret for good: there is no recoverable deletion and no
+//!   restore; those answer `Unsupported`. Check-and-set reads the latest
+//!   version first: GCP has no conditional `AddSecretVersion`.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use google_cloud_secretmanager_v1::client::SecretManagerService;
+use google_cloud_secretmanager_v1::model;
+use keybridge_provider_api::{
+    Cloud, CloudValue, Deletion, Error, Listed, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore,
+    Selector, VersionInfo,
+};
+use zeroize::Zeroizing;
+
+const PROVIDER: &str = "GCP Secret Manager";
+
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub project: String,
+    pub endpoint: Option<String>,
+    pub anonymous: bool,
+}
+
+const KEYS: &[&str] = &["project", "endpoint", "credentials"];
+
+impl Settings {
+    /// Validates `key=value` settings without IO.
+    pub fn parse(s: &BTreeMap<String, String>) -> Result<Settings> {
+        for k in s.keys() {
+            if !KEYS.contains(&k.as_str()) && !k.starts_with("kb_") {
+                return Err(Error::InvalidArgument(format!("unknown gcp setting {k:?}; it takes {}", KEYS.join(", "))));
+            }
+        }
+        let project = s.get("project").map(|p| p.trim().to_string()).unwrap_or_default();
+        let valid = (6..=30).contains(&project.len())
+            && project.starts_with(|c: char| c.is_ascii_lowercase())
+            && project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            return Err(Error::InvalidArgument(format!(
+                "project must be a GCP project id (6 to 30 of a-z, 0-9 and -, starting with a letter), not {project:?}"
+            )));
+        }
+        let endpoint = s.get("endpoint").map(|e| e.trim().to_string()).filter(|e| !e.is_empty());
+        if let Some(e) = &endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(Error::InvalidArgument(format!("endpoint {e:?} must start with http:// or https://")));
+        }
+        let anonymous = match s.get("credentials").map(String::as_str) {
+            None | Some("") | Some("default") => false,
+            Some("anonymous") => true,
+            Some(o) => {
+                return Err(Error::InvalidArgument(format!(
+                    "credentials must be default (Application Default Credentials) or anonymous, not {o:?}"
+                )));
+            }
+        };
+        Ok(Settings { project, endpoint, anonymous })
+    }
+}
+
+pub struct GcpStore {
+    client: SecretManagerService,
+    project: String,
+}
+
+fn map(e: google_cloud_gax::error::Error, what: &str) -> Error {
+    use google_cloud_gax::error::rpc::Code;
+    if let Some(st) = e.status() {
+        let m = format!("{PROVIDER}: {}", st.message);
+        return match st.code {
+            Code::NotFound => Error::NotFound(format!("{what}: not found in {PROVIDER}")),
+            Code::AlreadyExists => Error::AlreadyExists(m),
+            Code::FailedPrecondition | Code::Aborted => Error::Conflict(m),
+            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(m),
+            Code::PermissionDenied => Error::PermissionDenied(m),
+            Code::Unauthenticated => Error::Unauthenticated(m),
+            Code::ResourceExhausted => Error::Throttled(m),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Internal => Error::Unavailable(m),
+            _ => Error::Failed(m),
+        };
+    }
+    if e.is_authentication() {
+        return Error::Unauthenticated(format!("{PROVIDER}: cannot get credentials: {e}"));
+    }
+    if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() || e.is_exhausted() {
+        return Error::Unavailable(format!("{PROVIDER} cannot be reached ({what}): {e}"));
+    }
+    match e.http_status_code() {
+        Some(404) => Error::NotFound(format!("{what}: not found in {PROVIDER}")),
+        Some(429) => Error::Throttled(format!("{PROVIDER}: {e}")),
+        Some(c) if c >= 500 => Error::Unavailable(format!("{PROVIDER}: {e}")),
+        _ => Error::Failed(format!("{PROVIDER} ({what}): {e}")),
+    }
+}
+
+fn time(t: Option<&google_cloud_wkt::Timestamp>) -> Option<SystemTime> {
+    let t = t?;
+    let secs = u64::try_from(t.seconds()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, u32::try_from(t.nanos()).ok()?))
+}
+
+fn last_segment(name: &str) -> String {
+    name.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+impl GcpStore {
+    pub async fn new(settings: &Settings) -> Result<GcpStore> {
+        // The SDK's HTTPS client takes the process's rustls provider; make
+        // it ring (as the rest of the gateway) unless one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt};
+        // A few quick retries of what AIP-194 says is safe to retry; longer
+        // waits are the caller's (the mount's rate limiter) to decide.
+        let mut b = SecretManagerService::builder().with_retry_policy(Aip194Strict.with_attempt_limit(3));
+        if let Some(e) = &settings.endpoint {
+            b = b.with_endpoint(e.clone());
+        }
+        if settings.anonymous {
+            b = b.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+        }
+        let client = b
+            .build()
+            .await
+            .map_err(|e| Error::Unauthenticated(format!("{PROVIDER}: cannot set up the client: {e}")))?;
+        Ok(GcpStore { client, project: settings.project.clone() })
+    }
+
+    fn secret(&self, name: &str) -> String {
+        format!("projects/{}/secrets/{name}", self.project)
+    }
+
+    async fn add_version(&self, name: &str, value: &CloudValue) -> Result<VersionInfo> {
+        let data: Vec<u8> = match value {
+            CloudValue::String(s) => s.as_bytes().to_vec(),
+            CloudValue::Binary(b) => b.to_vec(),
+        };
+        let data = Zeroizing::new(data);
+        let v = self
+            .client
+            .add_secret_version()
+            .set_parent(self.secret(name))
+            .set_payload(model::SecretPayload::new().set_data(bytes::Bytes::copy_from_slice(&data)))
+            .send()
+            .await
+            .map_err(|e| map(e, name))?;
+        Ok(VersionInfo { id: last_segment(&v.name), stages: Vec::new(), created: time(v.create_time.as_ref()) })
+    }
+
+    async fn create(&self, name: &str, tags: Option<&BTreeMap<String, String>>) -> Result<()> {
+        let mut secret = model::Secret::new()
+            .set_replication(model::Replication::new().set_automatic(model::replication::Automatic::new()));
+        if let Some(t) = tags {
+            secret = secret.set_annotations(t.clone());
+        }
+        self.client
+            .create_secret()
+            .set_parent(format!("projects/{}", self.project))
+            .set_secret_id(name)
+            .set_secret(secret)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map(e, name))
+    }
+
+    /// Creates the secret and its first version; if the version cannot be
+    /// added, the empty secret is removed again.
+    async fn create_with(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        self.create(name, tags).await?;
+        match self.add_version(name, value).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let _ = self.client.delete_secret().set_name(self.secret(name)).send().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretStore for GcpStore {
+    fn cloud(&self) -> Cloud {
+        Cloud::Gcp
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.client
+            .list_secrets()
+            .set_parent(format!("projects/{}", self.project))
+            .set_page_size(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map(e, "health check"))
+    }
+
+    async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead> {
+        let version = match at {
+            Selector::Current => "latest".to_string(),
+            Selector::Version(v) | Selector::Stage(v) => v.clone(),
+        };
+        let r = self
+            .client
+            .access_secret_version()
+            .set_name(format!("{}/versions/{version}", self.secret(name)))
+            .send()
+            .await
+            .map_err(|e| map(e, name))?;
+        let data = r.payload.map(|p| p.data.to_vec()).unwrap_or_default();
+        let value = match String::from_utf8(data) {
+            Ok(s) => CloudValue::String(Zeroizing::new(s)),
+            Err(e) => CloudValue::Binary(Zeroizing::new(e.into_bytes())),
+        };
+        let stages = if matches!(at, Selector::Stage(_)) { vec![version] } else { Vec::new() };
+        Ok(SecretRead { version: VersionInfo { id: last_segment(&r.name), stages, created: None }, value })
+    }
+
+    async fn put(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        pre: &Precondition,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        match pre {
+            Precondition::Absent => self.create_with(name, value, tags).await.map_err(|e| match e {
+                Error::AlreadyExists(_) => Error::Conflict(format!("{name} already exists")),
+                e => e,
+            }),
+            Precondition::CurrentIs(expected) => {
+                let latest = self
+                    .client
+                    .get_secret_version()
+                    .set_name(format!("{}/versions/latest", self.secret(name)))
+                    .send()
+                    .await
+                    .map_err(|e| map(e, name))?;
+                let current = last_segment(&latest.name);
+                if &current != expected {
+                    return Err(Error::Conflict(format!(
+                        "check-and-set failed: the current version of {name} is {current}, not {expected}"
+                    )));
+                }
+                self.add_version(name, value).await
+            }
+            Precondition::None => match self.add_version(name, value).await {
+                Err(Error::NotFound(_)) => self.create_with(name, value, tags).await,
+                other => other,
+            },
+        }
+    }
+
+    async fn describe(&self, name: &str) -> Result<SecretInfo> {
+        let s = self.client.get_secret().set_name(self.secret(name)).send().await.map_err(|e| map(e, name))?;
+        let list =
+            self.client.list_secret_versions().set_parent(self.secret(name)).send().await.map_err(|e| map(e, name))?;
+        let mut versions: Vec<VersionInfo> = list
+            .versions
+            .iter()
+            .map(|v| {
+                let id = last_segment(&v.name);
+                let stages =
+                    s.version_aliases.iter().filter(|(_, n)| n.to_string() == id).map(|(a, _)| a.clone()).collect();
+                VersionInfo { id, stages, created: time(v.create_time.as_ref()) }
+            })
+            .collect();
+        versions.sort_by_key(|v| v.id.parse::<u64>().unwrap_or(0));
+        Ok(SecretInfo {
+            name: last_segment(&s.name),
+            created: time(s.create_time.as_ref()),
+            updated: versions.last().and_then(|v| v.created),
+            tags: s.annotations.into_iter().collect(),
+            deletion: None,
+            versions,
+        })
+    }
+
+    async fn list(&self, page_size: usize, page_token: Option<&str>) -> Result<Page> {
+        let r = self
+            .client
+            .list_secrets()
+            .set_parent(format!("projects/{}", self.project))
+            .set_page_size(page_size.clamp(1, 25_000) as i32)
+            .set_page_token(page_token.unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| map(e, "list"))?;
+        Ok(Page {
+            items: r
+                .secrets
+                .into_iter()
+                .map(|s| Listed {
+                    name: last_segment(&s.name),
+                    updated: time(s.create_time.as_ref()),
+                    tags: s.annotations.into_iter().collect(),
+                })
+                .collect(),
+            next: Some(r.next_page_token).filter(|t| !t.is_empty()),
+        })
+    }
+
+    async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
+        match how {
+            Deletion::Recoverable { .. } => Err(Error::Unsupported {
+                provider: PROVIDER,
+                capability: "delete a secret recoverably (deletion is final)",
+            }),
+            Deletion::Purge => self
+                .client
+                .delete_secret()
+                .set_name(self.secret(name))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| map(e, name)),
+        }
+    }
+
+    async fn restore(&self, _name: &str) -> Result<()> {
+        Err(Error::Unsupported { provider: PROVIDER, capability: "restore a deleted secret" })
+    }
+}
