@@ -26,6 +26,18 @@ impl std::fmt::Debug for CloudValue {
 }
 
 impl CloudValue {
+    pub fn text(s: &str) -> CloudValue {
+        CloudValue::String(Zeroizing::new(s.to_string()))
+    }
+
+    /// The value as text, if it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            CloudValue::String(s) => Some(s.as_str()),
+            CloudValue::Binary(_) => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             CloudValue::String(s) => s.len(),

@@ -9,17 +9,13 @@ use common::{moto, store};
 use keybridge_provider_api::cache::{CacheConfig, Cached};
 use keybridge_provider_api::limits::{Limited, Limits, Rate};
 use keybridge_provider_api::{Cloud, CloudValue, Error, Precondition, SecretStore, Selector};
-use zeroize::Zeroizing;
 
 fn text(v: &str) -> CloudValue {
-    CloudValue::String(Zeroizing::new(v.to_string()))
+    CloudValue::text(v)
 }
 
 fn string_of(v: &CloudValue) -> String {
-    match v {
-        CloudValue::String(s) => s.to_string(),
-        CloudValue::Binary(_) => panic!("a string was expected"),
-    }
+    v.as_str().expect("a string value").to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,42 +5,16 @@
 //! Secret Manager test server of our own (issue 4, not yet written).
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use keybridge_provider_api::{CloudValue, Deletion, Error, Precondition, SecretStore, Selector};
 use keybridge_provider_gcp::{GcpStore, Settings};
+use keybridge_testservers::process::Spawned;
 use zeroize::Zeroizing;
 
-struct Drongo {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Drongo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn drongo() -> Drongo {
-    let bin = std::env::var("KEYBRIDGE_DRONGO").unwrap_or_else(|_| {
-        panic!("KEYBRIDGE_DRONGO is not set: run ./tests/run-all.sh, which installs drongo and sets it")
-    });
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(&bin)
-        .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "drongo did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Drongo { child, url: format!("http://127.0.0.1:{port}") }
+fn drongo() -> Spawned {
+    Spawned::start("KEYBRIDGE_DRONGO", |port| {
+        vec!["server".into(), "--host".into(), "127.0.0.1".into(), "--port".into(), port.to_string()]
+    })
 }
 
 fn settings(endpoint: &str) -> Settings {
@@ -53,20 +27,17 @@ fn settings(endpoint: &str) -> Settings {
 }
 
 fn text(v: &str) -> CloudValue {
-    CloudValue::String(Zeroizing::new(v.to_string()))
+    CloudValue::text(v)
 }
 
 fn string_of(v: &CloudValue) -> String {
-    match v {
-        CloudValue::String(s) => s.to_string(),
-        CloudValue::Binary(_) => panic!("a string was expected"),
-    }
+    v.as_str().expect("a string value").to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_check_and_set_binary_and_deletion() {
     let d = drongo();
-    let s = GcpStore::new(&settings(&d.url)).await.unwrap();
+    let s = GcpStore::new(&settings(&d.url())).await.unwrap();
     s.check().await.unwrap();
     let tags: BTreeMap<String, String> = [("managed-by".to_string(), "Keybridge 1.0".to_string())].into();
     let v1 = s.put("kb_app__db", &text("one"), &Precondition::Absent, Some(&tags)).await.unwrap();

@@ -7,6 +7,9 @@
 //!   contract (`POST /apis/authentication.k8s.io/v1/tokenreviews`) and the
 //!   service-account delete call, so tests can delete an account and see
 //!   its tokens refused.
+//! - [`process`]: third-party test servers (moto, drongo) as child
+//!   processes on free ports.
 
 pub mod issuer;
 pub mod kubernetes;
+pub mod process;
