@@ -360,6 +360,9 @@ impl Core {
     /// audited, allowed or not; an allowed request that no audit device
     /// could record is refused (fail closed).
     pub async fn authorize(&self, caller: &Caller, id: &Identity, path: &str, cap: Capability) -> Result<()> {
+        if !self.auditing() {
+            return self.decide(id, path, cap).await;
+        }
         {
             let mut st = caller.state();
             st.auth = Some(AuthInfo::from(id));
@@ -398,8 +401,17 @@ impl Core {
     // ----- audit ------------------------------------------------------------
 
     /// Writes the request record once. Remembers whether it failed.
+    /// Whether any audit device is enabled (otherwise requests run
+    /// unaudited and skip the bookkeeping).
+    fn auditing(&self) -> bool {
+        self.loaded().is_ok_and(|l| !l.audit.is_empty())
+    }
+
     pub(crate) async fn audit_request(&self, caller: &Caller, error: Option<&Error>) {
         let Ok(loaded) = self.loaded() else { return };
+        if loaded.audit.is_empty() {
+            return;
+        }
         let snapshot = {
             let mut st = caller.state();
             if st.requested {
@@ -432,7 +444,7 @@ impl Core {
         response: impl FnOnce(&T) -> AuditData,
     ) -> Result<T> {
         let Ok(loaded) = self.loaded() else { return result };
-        if caller.state().responded {
+        if loaded.audit.is_empty() || caller.state().responded {
             return result;
         }
         self.audit_request(caller, result.as_ref().err()).await;

@@ -154,22 +154,13 @@ pub async fn audit(c: &Client, cmd: AuditCommand) -> Result<u8, Error> {
             let mut chunks = Vec::new();
             for (i, f) in files.iter().enumerate() {
                 let data = std::fs::read(f).map_err(|e| Error::Read { path: f.display().to_string(), source: e })?;
-                let name = f.display().to_string();
-                let mut first = true;
-                for part in data.chunks(1 << 20) {
+                // An empty file still sends one chunk, which names it.
+                let parts: Vec<&[u8]> = if data.is_empty() { vec![&[]] } else { data.chunks(1 << 20).collect() };
+                for (j, part) in parts.into_iter().enumerate() {
                     chunks.push(pb::VerifyAuditChunk {
-                        device: if i == 0 && first { device.clone() } else { String::new() },
-                        file_name: if first { name.clone() } else { String::new() },
+                        device: if i == 0 && j == 0 { device.clone() } else { String::new() },
+                        file_name: if j == 0 { f.display().to_string() } else { String::new() },
                         data: part.to_vec(),
-                        checkpoint_seq: cp.seq,
-                    });
-                    first = false;
-                }
-                if data.is_empty() {
-                    chunks.push(pb::VerifyAuditChunk {
-                        device: if i == 0 { device.clone() } else { String::new() },
-                        file_name: name,
-                        data: Vec::new(),
                         checkpoint_seq: cp.seq,
                     });
                 }
@@ -244,11 +235,8 @@ pub fn verify_offline(files: &[PathBuf], key_file: &PathBuf, output: Output) -> 
     let mut v = Verifier::new(&key_bytes);
     for f in files {
         let data = std::fs::read(f).map_err(|e| Error::Read { path: f.display().to_string(), source: e })?;
-        v.next_file();
-        let name = f.display().to_string();
-        for line in data.split_inclusive(|b| *b == b'\n') {
-            v.line(&name, line.strip_suffix(b"\n").unwrap_or(line));
-        }
+        v.start_file(&f.display().to_string());
+        v.feed(&data);
     }
     let r = v.finish(Some(&checkpoint));
     Ok(report(

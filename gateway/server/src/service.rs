@@ -893,8 +893,6 @@ impl pb::audit_server::Audit for AuditService {
         };
         let first_seen = first.checkpoint_seq;
         let mut v = keybridge_core::audit::chain::Verifier::new(&key);
-        let mut name = String::new();
-        let mut pending: Vec<u8> = Vec::new();
         let mut next = Some(first);
         loop {
             let chunk = match next.take() {
@@ -905,23 +903,9 @@ impl pb::audit_server::Audit for AuditService {
                 },
             };
             if !chunk.file_name.is_empty() {
-                if !pending.is_empty() {
-                    v.line(&name, &pending);
-                    pending.clear();
-                }
-                v.next_file();
-                name = chunk.file_name;
+                v.start_file(&chunk.file_name);
             }
-            pending.extend_from_slice(&chunk.data);
-            let mut start = 0;
-            while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
-                v.line(&name, &pending[start..start + i]);
-                start += i + 1;
-            }
-            pending.drain(..start);
-        }
-        if !pending.is_empty() {
-            v.line(&name, &pending);
+            v.feed(&chunk.data);
         }
         let seen = (first_seen > 0).then_some(first_seen);
         let report = v.finish_at(&checkpoint, seen);

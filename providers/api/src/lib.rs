@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod limits;
 pub mod names;
+pub mod settings;
 pub mod store;
 
 pub use names::{Cloud, NameCodec, NameError};

@@ -51,11 +51,7 @@ const KEYS: &[&str] = &["region", "endpoint_url", "profile", "access_key_id", "s
 impl Settings {
     /// Validates `key=value` settings without IO.
     pub fn parse(s: &BTreeMap<String, String>) -> Result<Settings> {
-        for k in s.keys() {
-            if !KEYS.contains(&k.as_str()) && !k.starts_with("kb_") {
-                return Err(Error::InvalidArgument(format!("unknown aws setting {k:?}; it takes {}", KEYS.join(", "))));
-            }
-        }
+        keybridge_provider_api::settings::only(s, "aws", KEYS)?;
         let get = |k: &str| s.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let region = get("region");
         if let Some(r) = &region
@@ -63,12 +59,7 @@ impl Settings {
         {
             return Err(Error::InvalidArgument(format!("region {r:?} is not an AWS region name such as us-east-1")));
         }
-        let endpoint_url = get("endpoint_url");
-        if let Some(u) = &endpoint_url
-            && !(u.starts_with("http://") || u.starts_with("https://"))
-        {
-            return Err(Error::InvalidArgument(format!("endpoint_url {u:?} must start with http:// or https://")));
-        }
+        let endpoint_url = keybridge_provider_api::settings::url(s, "endpoint_url")?;
         let credentials = match (get("access_key_id"), get("secret_access_key")) {
             (Some(id), Some(secret)) => Some((id, Zeroizing::new(secret), get("session_token").map(Zeroizing::new))),
             (None, None) => None,

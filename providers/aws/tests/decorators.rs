@@ -5,18 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{moto, store};
+use common::{moto, store, string_of, text};
 use keybridge_provider_api::cache::{CacheConfig, Cached};
 use keybridge_provider_api::limits::{Limited, Limits, Rate};
-use keybridge_provider_api::{Cloud, CloudValue, Error, Precondition, SecretStore, Selector};
-
-fn text(v: &str) -> CloudValue {
-    CloudValue::text(v)
-}
-
-fn string_of(v: &CloudValue) -> String {
-    v.as_str().expect("a string value").to_string()
-}
+use keybridge_provider_api::{Cloud, Error, Precondition, SecretStore, Selector};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_secret_costs_one_upstream_call_per_ttl() {

@@ -6,18 +6,10 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{moto, store};
+use common::{moto, store, string_of, text};
 use keybridge_provider_api::{CloudValue, Deletion, Error, Precondition, SecretStore, Selector};
 use keybridge_provider_aws::{AwsStore, Settings};
 use zeroize::Zeroizing;
-
-fn text(v: &str) -> CloudValue {
-    CloudValue::text(v)
-}
-
-fn string_of(v: &CloudValue) -> String {
-    v.as_str().expect("a string value").to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_stages_and_check_and_set() {

@@ -35,11 +35,7 @@ const KEYS: &[&str] = &["project", "endpoint", "credentials"];
 impl Settings {
     /// Validates `key=value` settings without IO.
     pub fn parse(s: &BTreeMap<String, String>) -> Result<Settings> {
-        for k in s.keys() {
-            if !KEYS.contains(&k.as_str()) && !k.starts_with("kb_") {
-                return Err(Error::InvalidArgument(format!("unknown gcp setting {k:?}; it takes {}", KEYS.join(", "))));
-            }
-        }
+        keybridge_provider_api::settings::only(s, "gcp", KEYS)?;
         let project = s.get("project").map(|p| p.trim().to_string()).unwrap_or_default();
         let valid = (6..=30).contains(&project.len())
             && project.starts_with(|c: char| c.is_ascii_lowercase())
@@ -49,12 +45,7 @@ impl Settings {
                 "project must be a GCP project id (6 to 30 of a-z, 0-9 and -, starting with a letter), not {project:?}"
             )));
         }
-        let endpoint = s.get("endpoint").map(|e| e.trim().to_string()).filter(|e| !e.is_empty());
-        if let Some(e) = &endpoint
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            return Err(Error::InvalidArgument(format!("endpoint {e:?} must start with http:// or https://")));
-        }
+        let endpoint = keybridge_provider_api::settings::url(s, "endpoint")?;
         let anonymous = match s.get("credentials").map(String::as_str) {
             None | Some("") | Some("default") => false,
             Some("anonymous") => true,

@@ -103,11 +103,24 @@ pub struct Verifier<'k> {
     line_no: u64,
     segment_start: Option<u64>,
     report: Report,
+    /// The file being read, for messages.
+    file: String,
+    /// Bytes of the current file after its last newline.
+    pending: Vec<u8>,
 }
 
 impl<'k> Verifier<'k> {
     pub fn new(key: &'k [u8]) -> Self {
-        Verifier { key, chain: None, expected: 0, line_no: 0, segment_start: None, report: Report::default() }
+        Verifier {
+            key,
+            chain: None,
+            expected: 0,
+            line_no: 0,
+            segment_start: None,
+            report: Report::default(),
+            file: String::new(),
+            pending: Vec::new(),
+        }
     }
 
     /// Continues after record `seq` whose chain value is `chain` (a writer
@@ -137,13 +150,46 @@ impl<'k> Verifier<'k> {
         self.report.problem.is_some()
     }
 
-    /// Feeds one line (without its newline). `file` names it in messages.
-    pub fn line(&mut self, file: &str, line: &[u8]) {
+    /// Starts the next file (its line numbers restart); whatever the
+    /// previous one held after its last newline is checked as a last line.
+    pub fn start_file(&mut self, name: &str) {
+        self.flush();
+        self.line_no = 0;
+        self.file = name.to_string();
+    }
+
+    /// Feeds a piece of the current file; complete lines are checked as
+    /// they arrive, so a file can come in chunks of any size.
+    pub fn feed(&mut self, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(i) = self.pending[start..].iter().position(|b| *b == b'\n') {
+            let line = self.pending[start..start + i].to_vec();
+            self.line(&line);
+            start += i + 1;
+        }
+        self.pending.drain(..start);
+    }
+
+    /// Whether the current file ends inside a line (a torn last record).
+    pub fn torn(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let line = std::mem::take(&mut self.pending);
+            self.line(&line);
+        }
+    }
+
+    /// Checks one line (without its newline).
+    fn line(&mut self, line: &[u8]) {
         if self.failed() {
             return;
         }
         self.line_no += 1;
-        let at = format!("{file}:{}", self.line_no);
+        let at = format!("{}:{}", self.file, self.line_no);
         if line.is_empty() {
             return self.fail(format!("{at}: an empty line was inserted"));
         }
@@ -226,11 +272,6 @@ impl<'k> Verifier<'k> {
         self.report.last_seq = head.seq;
     }
 
-    /// Starts a new file: its line numbers restart.
-    pub fn next_file(&mut self) {
-        self.line_no = 0;
-    }
-
     /// The checkpoint a client saw at `seq` before it read its files:
     /// records written after that are not required to be in them.
     pub fn finish_at(self, current: &Checkpoint, seen: Option<u64>) -> Report {
@@ -245,6 +286,7 @@ impl<'k> Verifier<'k> {
     }
 
     pub fn finish(mut self, checkpoint: Option<&Checkpoint>) -> Report {
+        self.flush();
         if let Some(cp) = checkpoint
             && !self.failed()
         {
@@ -280,16 +322,8 @@ impl<'k> Verifier<'k> {
 pub fn verify_files(key: &[u8], files: &[(String, Vec<u8>)], checkpoint: Option<&Checkpoint>) -> Report {
     let mut v = Verifier::new(key);
     for (name, data) in files {
-        v.next_file();
-        let mut rest = &data[..];
-        while !rest.is_empty() {
-            let (line, tail) = match rest.iter().position(|b| *b == b'\n') {
-                Some(i) => (&rest[..i], &rest[i + 1..]),
-                None => (rest, &rest[rest.len()..]),
-            };
-            v.line(name, line);
-            rest = tail;
-        }
+        v.start_file(name);
+        v.feed(data);
     }
     v.finish(checkpoint)
 }

@@ -693,9 +693,8 @@ impl Sink for FileSink {
         }
         let mut v = chain::Verifier::resume(key, cp.seq, cp.chain_value());
         let file = self.path.display().to_string();
-        for line in tail.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            v.line(&file, line);
-        }
+        v.start_file(&file);
+        v.feed(&tail);
         let (seq, chain_value, segment_start) = v.position();
         state.seq = seq;
         state.chain = chain_value;
@@ -703,10 +702,10 @@ impl Sink for FileSink {
         if seq > 0 && cp.seq == 0 {
             state.new_segment = false;
         }
-        if v.failed() || !tail.is_empty() && tail.last() != Some(&b'\n') {
+        if v.failed() || v.torn() {
             tracing::warn!(file = %file, "the audit file has records after the last valid one; continuing the chain in a new segment");
             state.new_segment = true;
-            if tail.last() != Some(&b'\n') {
+            if v.torn() {
                 let _ = self.file.write_all(b"\n");
                 self.offset += 1;
             }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use keybridge_provider_api::CloudValue;
 use keybridge_provider_aws::{AwsStore, Settings};
 use keybridge_testservers::process::Spawned;
 
@@ -20,4 +21,12 @@ pub async fn store(m: &Spawned) -> AwsStore {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     AwsStore::new(&Settings::parse(&s).unwrap()).await
+}
+
+pub fn text(v: &str) -> CloudValue {
+    CloudValue::text(v)
+}
+
+pub fn string_of(v: &CloudValue) -> String {
+    v.as_str().expect("a string value").to_string()
 }

@@ -1,0 +1,27 @@
+//! Checks shared by the adapters' `key=value` mount settings (no IO).
+
+use std::collections::BTreeMap;
+
+use crate::store::{Error, Result};
+
+/// Refuses keys the adapter does not take (`kb_*` keys belong to the
+/// gateway's own mount settings).
+pub fn only(s: &BTreeMap<String, String>, provider: &str, keys: &[&str]) -> Result<()> {
+    match s.keys().find(|k| !keys.contains(&k.as_str()) && !k.starts_with("kb_")) {
+        Some(k) => {
+            Err(Error::InvalidArgument(format!("unknown {provider} setting {k:?}; it takes {}", keys.join(", "))))
+        }
+        None => Ok(()),
+    }
+}
+
+/// An optional `http://` or `https://` URL setting, trimmed.
+pub fn url(s: &BTreeMap<String, String>, key: &str) -> Result<Option<String>> {
+    let v = s.get(key).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    match v {
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            Err(Error::InvalidArgument(format!("{key} {u:?} must start with http:// or https://")))
+        }
+        v => Ok(v),
+    }
+}
