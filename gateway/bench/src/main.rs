@@ -239,7 +239,10 @@ async fn run(
                 let path = format!("secret/bench/k{k}");
                 let start = Instant::now();
                 let ok = match op {
-                    Op::Get => client.get(authed(&token, pb::GetRequest { path, version: 0 })).await.is_ok(),
+                    Op::Get => client
+                        .get(authed(&token, pb::GetRequest { path, version: 0, ..Default::default() }))
+                        .await
+                        .is_ok(),
                     Op::Put => {
                         client.put(authed(&token, pb::PutRequest { path, value: value_1k(k), cas: None })).await.is_ok()
                     }
@@ -420,7 +423,7 @@ async fn main() {
         let mut c = pb::secrets_client::SecretsClient::new(server.channel().await);
         for i in (0..args.load).step_by(7) {
             let path = format!("secret/load/{:02}/k{i}", i % 64);
-            c.get(authed(&token, pb::GetRequest { path, version: 0 })).await.expect("get");
+            c.get(authed(&token, pb::GetRequest { path, version: 0, ..Default::default() })).await.expect("get");
         }
         println!("{:<44} {:>7} KiB", "after reading 1 in 7 of them (cache full)", server.rss_kib());
     }
@@ -517,7 +520,9 @@ async fn load_bench_keys(server: &Server, token: &str) {
     for p in pending {
         p.await.expect("seed");
     }
-    c.get(authed(token, pb::GetRequest { path: "secret/bench/k0".into(), version: 0 })).await.expect("seeded");
+    c.get(authed(token, pb::GetRequest { path: "secret/bench/k0".into(), version: 0, ..Default::default() }))
+        .await
+        .expect("seeded");
 }
 
 fn num_cpus() -> usize {

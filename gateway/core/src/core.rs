@@ -9,12 +9,14 @@ use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditData, AuthInfo, Caller};
+use crate::cloud::{self, CloudMount, MountStats, Providers};
 use crate::kv::{Kv, ReadSecret, SecretMeta, VersionChange, VersionMeta};
 use crate::mounts::{self, MountEntry, MountTable};
 use crate::path::{normalize_mount_path, validate_folder_path, validate_secret_path};
 use crate::token::{self, Identity, Salt, TokenEntry};
 use crate::value::SecretValue;
 use crate::{Error, Result, Timestamp};
+use keybridge_provider_api::Selector;
 
 const MOUNTS_KEY: &str = "core/mounts";
 const PURGE_CHUNK: usize = 512;
@@ -24,11 +26,13 @@ pub struct CoreConfig {
     pub max_value_bytes: usize,
     /// A Rego module every policy and login role must pass when written.
     pub policy_check: Option<Arc<keybridge_policy::rego::RegoModule>>,
+    /// The cloud adapters this build has (none: local mounts only).
+    pub providers: Option<Arc<dyn Providers>>,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { max_value_bytes: 512 * 1024, policy_check: None }
+        CoreConfig { max_value_bytes: 512 * 1024, policy_check: None, providers: None }
     }
 }
 
@@ -107,6 +111,8 @@ struct Loaded {
     acls: RwLock<HashMap<Vec<String>, Arc<keybridge_policy::Acl>>>,
     audit: audit::Broker,
     auth: RwLock<auth_methods::AuthState>,
+    /// Cloud mounts' clients by mount id, built on first use.
+    clouds: RwLock<HashMap<String, Arc<CloudMount>>>,
 }
 
 const TOKEN_CACHE_MAX: usize = 8192;
@@ -265,6 +271,7 @@ impl Core {
             acls: RwLock::new(HashMap::new()),
             audit,
             auth: RwLock::new(auth_methods::AuthState { table: auth_table, parsed: HashMap::new() }),
+            clouds: RwLock::new(HashMap::new()),
         }));
         // Finish removing mounts a crash interrupted.
         for m in pending {
@@ -510,7 +517,7 @@ impl Core {
                 mounts::MOUNT_TYPES.join(", ")
             )));
         }
-        mounts::validate_config(kind, &config)?;
+        self.validate_mount(kind, &config)?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.loaded()?.table()).clone();
         let entry = MountEntry {
@@ -522,9 +529,76 @@ impl Core {
             created: Timestamp::now(),
             deleting: false,
         };
+        // Path checks first, then the cloud's health check, then the write.
         table.add(entry.clone())?;
+        let opened = self.open_cloud(kind, &entry.config, true).await?;
         self.store_mounts(table).await?;
+        if let Some(c) = opened {
+            self.loaded()?.clouds.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), Arc::new(c));
+        }
         Ok(entry)
+    }
+
+    fn validate_mount(&self, kind: &str, config: &BTreeMap<String, String>) -> Result<()> {
+        if cloud::cloud_of(kind).is_none() {
+            return mounts::validate_config(kind, config).map_err(|e| match e {
+                Error::InvalidArgument(m) if m.starts_with("unknown mount type") => {
+                    Error::InvalidArgument(format!("unknown mount type {kind:?}; this server supports: {}", {
+                        let mut k = vec!["local"];
+                        k.extend(self.config.providers.as_ref().map(|p| p.kinds()).unwrap_or_default());
+                        k.join(", ")
+                    }))
+                }
+                e => e,
+            });
+        }
+        let providers = self.providers(kind)?;
+        cloud::validate(providers.as_ref(), kind, config)
+    }
+
+    fn providers(&self, kind: &str) -> Result<&Arc<dyn Providers>> {
+        match &self.config.providers {
+            Some(p) if p.kinds().contains(&kind) => Ok(p),
+            _ => Err(Error::Unimplemented(format!(
+                "this server was built without the {kind} provider (cargo feature {kind} of keybridge-server)"
+            ))),
+        }
+    }
+
+    /// Builds a cloud mount's client (and checks it when asked); `None` for
+    /// a local mount.
+    async fn open_cloud(
+        &self,
+        kind: &str,
+        config: &BTreeMap<String, String>,
+        check: bool,
+    ) -> Result<Option<CloudMount>> {
+        if cloud::cloud_of(kind).is_none() {
+            return Ok(None);
+        }
+        let providers = self.providers(kind)?;
+        Ok(Some(CloudMount::open(providers.as_ref(), kind, config, check).await?))
+    }
+
+    /// The loaded client of a cloud mount, built on first use.
+    async fn cloud_mount(&self, mount: &MountEntry) -> Result<Arc<CloudMount>> {
+        let loaded = self.loaded()?;
+        if let Some(c) = loaded.clouds.read().unwrap_or_else(|p| p.into_inner()).get(&mount.id) {
+            return Ok(c.clone());
+        }
+        let built = match self.open_cloud(&mount.kind, &mount.config, false).await? {
+            Some(c) => Arc::new(c),
+            None => return Err(Error::InvalidArgument(format!("{} is not a cloud mount", mount.path))),
+        };
+        Ok(loaded.clouds.write().unwrap_or_else(|p| p.into_inner()).entry(mount.id.clone()).or_insert(built).clone())
+    }
+
+    /// Counters of the cloud mounts loaded since unseal, by mount path.
+    pub fn mount_stats(&self) -> HashMap<String, MountStats> {
+        let Ok(loaded) = self.loaded() else { return HashMap::new() };
+        let table = loaded.table();
+        let clouds = loaded.clouds.read().unwrap_or_else(|p| p.into_inner());
+        table.entries.iter().filter_map(|m| Some((m.path.clone(), clouds.get(&m.id)?.stats()))).collect()
     }
 
     pub async fn tune_mount(
@@ -548,13 +622,17 @@ impl Core {
                 config.insert(k, v);
             }
         }
-        mounts::validate_config(&entry.kind, &config)?;
+        self.validate_mount(&entry.kind, &config)?;
+        let reopened = self.open_cloud(&entry.kind, &config, true).await?;
         entry.config = config;
         if let Some(d) = description {
             entry.description = d.to_string();
         }
         let updated = entry.clone();
         self.store_mounts(table).await?;
+        if let Some(c) = reopened {
+            self.loaded()?.clouds.write().unwrap_or_else(|p| p.into_inner()).insert(updated.id.clone(), Arc::new(c));
+        }
         Ok(updated)
     }
 
@@ -569,6 +647,8 @@ impl Core {
         entry.deleting = true;
         let entry = entry.clone();
         self.store_mounts(table).await?;
+        // A cloud mount's secrets stay in the cloud; only the client goes.
+        self.loaded()?.clouds.write().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
         self.purge_mount(&entry).await
     }
 
@@ -594,11 +674,18 @@ impl Core {
 
     /// Finds the mount for a full path, checked; returns the engine and the
     /// path relative to the mount.
-    fn route<'a>(&'a self, table: &'a MountTable, path: &'a str) -> Result<(Kv<'a>, &'a MountEntry, &'a str)> {
+    async fn route<'a>(
+        &'a self,
+        table: &'a MountTable,
+        path: &'a str,
+    ) -> Result<(Engine<'a>, &'a MountEntry, &'a str)> {
         let (mount, rel) = table.route(path).ok_or_else(|| {
             let known: Vec<&str> = table.entries.iter().map(|m| m.path.as_str()).collect();
             Error::NotFound(format!("no mount serves {path:?}; mounts: {}", known.join(", ")))
         })?;
+        if cloud::cloud_of(&mount.kind).is_some() {
+            return Ok((Engine::Cloud(self.cloud_mount(mount).await?), mount, rel));
+        }
         let settings = mounts::local_settings(&mount.config)?;
         let cap = if settings.max_value_bytes > 0 {
             settings.max_value_bytes.min(self.config.max_value_bytes)
@@ -613,7 +700,7 @@ impl Core {
             max_value_bytes: cap,
             write_locks: &self.write_locks,
         };
-        Ok((kv, mount, rel))
+        Ok((Engine::Local(kv), mount, rel))
     }
 
     /// Authenticates, validates the path, routes it to a secret (not the
@@ -625,10 +712,10 @@ impl Core {
         path: &'a str,
         area: &str,
         cap: Capability,
-    ) -> Result<(Kv<'a>, &'a str, Identity)> {
+    ) -> Result<(Engine<'a>, &'a str, Identity)> {
         let id = self.authenticate(caller).await?;
         validate_secret_path(path)?;
-        let (kv, mount, rel) = self.route(table, path)?;
+        let (engine, mount, rel) = self.route(table, path).await?;
         if rel.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "{path:?} is the mount {} itself; give a secret path below it, such as {}app/db",
@@ -638,13 +725,13 @@ impl Core {
         // Vault's existence check: writing a secret that does not exist yet
         // needs `create`, not `update` (checked for root too, so the audit
         // record names the capability the write used).
-        let cap = if cap == Capability::Update && area == "data" && kv.describe(rel).await.is_err() {
+        let cap = if cap == Capability::Update && area == "data" && !engine.exists(rel).await? {
             Capability::Create
         } else {
             cap
         };
         self.authorize(caller, &id, &format!("{}{area}/{rel}", mount.path), cap).await?;
-        Ok((kv, rel, id))
+        Ok((engine, rel, id))
     }
 
     pub async fn put(
@@ -655,47 +742,132 @@ impl Core {
         cas: Option<u64>,
     ) -> Result<(u64, VersionMeta)> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Update).await?;
-        kv.put(rel, value, cas).await
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Update).await?;
+        match engine {
+            Engine::Local(kv) => kv.put(rel, value, cas).await,
+            Engine::Cloud(c) => {
+                value.validate(self.config.max_value_bytes)?;
+                // One writer per secret at a time through this gateway, so
+                // check-and-set and version numbers hold among its callers.
+                let _guard = self.write_lock(path).await;
+                c.put(rel, value, cas).await
+            }
+        }
+    }
+
+    async fn write_lock(&self, path: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        self.write_locks[(h.finish() as usize) % self.write_locks.len()].lock().await
     }
 
     pub async fn get(&self, caller: &Caller, path: &str, version: Option<u64>) -> Result<ReadSecret> {
+        let at = version.map_or(Selector::Current, Selector::Number);
+        self.get_at(caller, path, &at).await
+    }
+
+    /// Reads a version by number, or on cloud mounts by provider version id
+    /// or stage/alias.
+    pub async fn get_at(&self, caller: &Caller, path: &str, at: &Selector) -> Result<ReadSecret> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Read).await?;
-        kv.get(rel, version).await
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Read).await?;
+        match engine {
+            Engine::Local(kv) => match at {
+                Selector::Current => kv.get(rel, None).await,
+                Selector::Number(n) => kv.get(rel, Some(*n)).await,
+                Selector::Version(_) | Selector::Stage(_) => Err(Error::InvalidArgument(
+                    "the local store has no provider version ids or stages; select a version by number".into(),
+                )),
+            },
+            Engine::Cloud(c) => c.get(rel, at).await,
+        }
     }
 
     pub async fn describe(&self, caller: &Caller, path: &str) -> Result<SecretMeta> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Read).await?;
-        kv.describe(rel).await
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Read).await?;
+        match engine {
+            Engine::Local(kv) => kv.describe(rel).await,
+            Engine::Cloud(c) => c.describe(rel).await,
+        }
     }
 
     pub async fn delete(&self, caller: &Caller, path: &str, versions: &[u64], all: bool) -> Result<()> {
+        self.delete_opts(caller, path, versions, all, false).await
+    }
+
+    /// `all`: every version and the metadata; on cloud mounts recoverable
+    /// (AWS's recovery window, Azure's soft delete) unless `purge`.
+    pub async fn delete_opts(
+        &self,
+        caller: &Caller,
+        path: &str,
+        versions: &[u64],
+        all: bool,
+        purge: bool,
+    ) -> Result<()> {
         let table = self.loaded()?.table();
+        if purge && !all {
+            return Err(Error::InvalidArgument("purge applies to deleting all versions; set all_versions too".into()));
+        }
         if all {
             if !versions.is_empty() {
                 return Err(Error::InvalidArgument("give either versions or all_versions, not both".into()));
             }
-            let (kv, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Delete).await?;
-            return kv.delete_all(rel).await;
+            let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Delete).await?;
+            return match engine {
+                Engine::Local(kv) => kv.delete_all(rel).await,
+                Engine::Cloud(c) => c.delete_all(rel, purge).await,
+            };
         }
         let (area, cap) =
             if versions.is_empty() { ("data", Capability::Delete) } else { ("delete", Capability::Update) };
-        let (kv, rel, _) = self.secret_op(&table, caller, path, area, cap).await?;
-        kv.change_versions(rel, versions, VersionChange::SoftDelete).await
+        let (engine, rel, _) = self.secret_op(&table, caller, path, area, cap).await?;
+        match engine {
+            Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::SoftDelete).await,
+            Engine::Cloud(c) => c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Disable).await,
+        }
     }
 
     pub async fn undelete(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update).await?;
-        kv.change_versions(rel, versions, VersionChange::Undelete).await
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update).await?;
+        match engine {
+            Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Undelete).await,
+            Engine::Cloud(c) => {
+                if versions.is_empty() {
+                    return Err(Error::InvalidArgument("give the versions to undelete".into()));
+                }
+                c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Enable).await
+            }
+        }
+    }
+
+    /// Restores a whole secret deleted recoverably on a cloud mount.
+    pub async fn restore_secret(&self, caller: &Caller, path: &str) -> Result<()> {
+        let table = self.loaded()?.table();
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update).await?;
+        match engine {
+            Engine::Local(_) => Err(Error::Unimplemented(
+                "the local store deletes all versions of a secret for good; there is nothing to restore".into(),
+            )),
+            Engine::Cloud(c) => c.restore(rel).await,
+        }
     }
 
     pub async fn destroy(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, caller, path, "destroy", Capability::Update).await?;
-        kv.change_versions(rel, versions, VersionChange::Destroy).await
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "destroy", Capability::Update).await?;
+        match engine {
+            Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Destroy).await,
+            Engine::Cloud(c) => {
+                if versions.is_empty() {
+                    return Err(Error::InvalidArgument("give the versions to destroy".into()));
+                }
+                c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Destroy).await
+            }
+        }
     }
 
     pub async fn put_metadata(
@@ -707,8 +879,11 @@ impl Core {
         cas_required: Option<bool>,
     ) -> Result<SecretMeta> {
         let table = self.loaded()?.table();
-        let (kv, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Update).await?;
-        kv.put_metadata(rel, custom, max_versions, cas_required).await
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Update).await?;
+        match engine {
+            Engine::Local(kv) => kv.put_metadata(rel, custom, max_versions, cas_required).await,
+            Engine::Cloud(c) => c.put_metadata(rel, custom, max_versions, cas_required).await,
+        }
     }
 
     pub async fn list(
@@ -722,9 +897,12 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let folder = validate_folder_path(path)?;
         let table = self.loaded()?.table();
-        let (kv, mount, rel) = self.route(&table, &folder)?;
+        let (engine, mount, rel) = self.route(&table, &folder).await?;
         self.authorize(caller, &id, &format!("{}metadata/{rel}", mount.path), Capability::List).await?;
-        kv.list(rel, page_size, page_token, recursive).await
+        match engine {
+            Engine::Local(kv) => kv.list(rel, page_size, page_token, recursive).await,
+            Engine::Cloud(c) => c.list(rel, page_size, page_token, recursive).await,
+        }
     }
 
     // ----- keys and snapshots -------------------------------------------------
@@ -819,3 +997,18 @@ mod audit_tests;
 #[cfg(test)]
 #[path = "auth_tests.rs"]
 mod auth_tests;
+
+/// The backend a secret path routes to.
+enum Engine<'a> {
+    Local(Kv<'a>),
+    Cloud(Arc<CloudMount>),
+}
+
+impl Engine<'_> {
+    async fn exists(&self, rel: &str) -> Result<bool> {
+        match self {
+            Engine::Local(kv) => Ok(kv.describe(rel).await.is_ok()),
+            Engine::Cloud(c) => c.exists(rel).await,
+        }
+    }
+}

@@ -38,6 +38,21 @@ pub enum Error {
     /// The operation ran, but its response could not be audited.
     #[error("audit: {0}")]
     AuditResponseFailed(String),
+    /// The mount's provider cannot do this (the capability table says so).
+    #[error("{0}")]
+    Unimplemented(String),
+    /// A cloud behind a mount cannot be reached or is failing; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A cloud (or the mount's own rate limit) throttled the call.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A cloud refused the mount's credentials.
+    #[error("{0}")]
+    CloudUnauthenticated(String),
+    /// A cloud failed in a way Keybridge does not know.
+    #[error("{0}")]
+    CloudFailed(String),
     /// Stored state that cannot be decoded: a bug or corruption.
     #[error("corrupt entry at {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -54,7 +69,11 @@ impl Error {
             Error::AlreadyExists(_) => "ALREADY_EXISTS",
             Error::Unauthenticated | Error::LoginRefused(_) => "UNAUTHENTICATED",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
-            Error::Sealed | Error::AuditFailed(_) => "UNAVAILABLE",
+            Error::Sealed | Error::AuditFailed(_) | Error::Unavailable(_) => "UNAVAILABLE",
+            Error::Unimplemented(_) => "UNIMPLEMENTED",
+            Error::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Error::CloudUnauthenticated(_) => "UNAUTHENTICATED",
+            Error::CloudFailed(_) => "INTERNAL",
             Error::Contention(_) => "ABORTED",
             Error::AuditResponseFailed(_) | Error::Storage(_) | Error::Corrupt { .. } => "INTERNAL",
         }
@@ -74,6 +93,24 @@ impl From<BarrierError> for Error {
             BarrierError::WrongKeys => Error::InvalidArgument(BarrierError::WrongKeys.to_string()),
             BarrierError::Snapshot(m) => Error::FailedPrecondition(format!("snapshot refused: {m}")),
             e => Error::Storage(e),
+        }
+    }
+}
+
+impl From<keybridge_provider_api::Error> for Error {
+    fn from(e: keybridge_provider_api::Error) -> Self {
+        use keybridge_provider_api::Error as P;
+        match e {
+            P::NotFound(m) => Error::NotFound(m),
+            P::AlreadyExists(m) => Error::AlreadyExists(m),
+            P::Conflict(m) => Error::FailedPrecondition(m),
+            P::InvalidArgument(m) => Error::InvalidArgument(m),
+            e @ P::Unsupported { .. } => Error::Unimplemented(e.to_string()),
+            P::Unauthenticated(m) => Error::CloudUnauthenticated(m),
+            P::PermissionDenied(m) => Error::PermissionDenied(m),
+            P::Throttled(m) => Error::ResourceExhausted(m),
+            P::Unavailable(m) => Error::Unavailable(m),
+            P::Failed(m) => Error::CloudFailed(m),
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct VersionMeta {
     pub created: Timestamp,
     pub deletion_time: Option<Timestamp>,
     pub destroyed: bool,
+    /// Cloud mounts: the cloud's version id, and its stages or aliases.
+    pub provider_id: String,
+    pub stages: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +49,9 @@ pub struct SecretMeta {
     pub cas_required: bool,
     /// Versions still kept; older ones were pruned by max_versions.
     pub versions: BTreeMap<u64, VersionMeta>,
+    /// Cloud mounts: versions without a Keybridge number (written by other
+    /// tools), oldest first; they are addressed by provider id.
+    pub other_versions: Vec<VersionMeta>,
 }
 
 impl SecretMeta {
@@ -58,6 +64,7 @@ impl SecretMeta {
             max_versions: 0,
             cas_required: false,
             versions: BTreeMap::new(),
+            other_versions: Vec::new(),
         }
     }
 
@@ -196,10 +203,13 @@ impl From<StoredMeta> for SecretMeta {
                             .deleted
                             .then_some(Timestamp { secs: v.deletion_secs, nanos: v.deletion_nanos }),
                         destroyed: v.destroyed,
+                        provider_id: String::new(),
+                        stages: Vec::new(),
                     };
                     (v.version, vm)
                 })
                 .collect(),
+            other_versions: Vec::new(),
         }
     }
 }
@@ -336,7 +346,13 @@ impl Kv<'_> {
             }
             let previous = meta.current_version;
             let version = previous + 1;
-            let vmeta = VersionMeta { created: now, deletion_time: None, destroyed: false };
+            let vmeta = VersionMeta {
+                created: now,
+                deletion_time: None,
+                destroyed: false,
+                provider_id: String::new(),
+                stages: Vec::new(),
+            };
             meta.current_version = version;
             meta.updated = now;
             meta.versions.insert(version, vmeta.clone());

@@ -11,6 +11,7 @@
 //!   each of which authenticates and authorizes before it routes.
 
 pub mod audit;
+pub mod cloud;
 mod core;
 mod error;
 pub mod kv;
@@ -23,6 +24,7 @@ pub mod value;
 pub use crate::core::{AuthMount, Core, CoreConfig, InitResult, SealStatus, TokenRef, TokenRequest, login_audit};
 pub use audit::{AuditValue, Caller};
 pub use error::Error;
+pub use keybridge_provider_api as provider;
 pub use time::Timestamp;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -15,3 +15,10 @@ impl Timestamp {
         Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
     }
 }
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
+    }
+}

@@ -8,10 +8,12 @@ use zeroize::Zeroizing;
 
 use crate::{Error, Result};
 
-/// Named string fields (`username`, `password`) or opaque bytes.
+/// Named string fields (`username`, `password`), opaque bytes, or one
+/// plain string (as tools outside Keybridge often store in the clouds).
 pub enum SecretValue {
     Fields(BTreeMap<String, Zeroizing<String>>),
     Binary(Zeroizing<Vec<u8>>),
+    Text(Zeroizing<String>),
 }
 
 impl std::fmt::Debug for SecretValue {
@@ -23,6 +25,7 @@ impl std::fmt::Debug for SecretValue {
             SecretValue::Binary(b) => {
                 write!(f, "SecretValue::Binary({} bytes, [redacted])", b.len())
             }
+            SecretValue::Text(t) => write!(f, "SecretValue::Text({} bytes, [redacted])", t.len()),
         }
     }
 }
@@ -37,12 +40,17 @@ struct Stored {
     binary: Vec<u8>,
     #[prost(bool, tag = "3")]
     is_binary: bool,
+    #[prost(string, tag = "4")]
+    text: String,
+    #[prost(bool, tag = "5")]
+    is_text: bool,
 }
 
 impl Drop for Stored {
     fn drop(&mut self) {
         use zeroize::Zeroize;
         self.binary.zeroize();
+        self.text.zeroize();
         for v in self.fields.values_mut() {
             v.zeroize();
         }
@@ -56,6 +64,7 @@ impl SecretValue {
         match self {
             SecretValue::Fields(m) => m.iter().map(|(k, v)| k.len() + v.len()).sum(),
             SecretValue::Binary(b) => b.len(),
+            SecretValue::Text(t) => t.len(),
         }
     }
 
@@ -82,20 +91,26 @@ impl SecretValue {
     }
 
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let stored = match self {
-            SecretValue::Fields(m) => Stored {
-                fields: m.iter().map(|(k, v)| (k.clone(), String::clone(v))).collect(),
-                binary: Vec::new(),
-                is_binary: false,
-            },
-            SecretValue::Binary(b) => Stored { fields: BTreeMap::new(), binary: b.to_vec(), is_binary: true },
-        };
+        let mut stored = Stored::default();
+        match self {
+            SecretValue::Fields(m) => stored.fields = m.iter().map(|(k, v)| (k.clone(), String::clone(v))).collect(),
+            SecretValue::Binary(b) => {
+                stored.binary = b.to_vec();
+                stored.is_binary = true;
+            }
+            SecretValue::Text(t) => {
+                stored.text = String::clone(t);
+                stored.is_text = true;
+            }
+        }
         Zeroizing::new(prost::Message::encode_to_vec(&stored))
     }
 
     pub fn decode(bytes: &[u8]) -> std::result::Result<Self, prost::DecodeError> {
         let mut stored: Stored = prost::Message::decode(bytes)?;
-        Ok(if stored.is_binary {
+        Ok(if stored.is_text {
+            SecretValue::Text(Zeroizing::new(std::mem::take(&mut stored.text)))
+        } else if stored.is_binary {
             SecretValue::Binary(Zeroizing::new(std::mem::take(&mut stored.binary)))
         } else {
             SecretValue::Fields(
@@ -122,11 +137,14 @@ mod tests {
         let v = SecretValue::Fields([("u".to_string(), Zeroizing::new("alice".to_string()))].into());
         match SecretValue::decode(&v.encode()).unwrap() {
             SecretValue::Fields(m) => assert_eq!(m["u"].as_str(), "alice"),
-            SecretValue::Binary(_) => panic!("fields expected"),
+            _ => panic!("fields expected"),
         }
         let b = SecretValue::Binary(Zeroizing::new(vec![0, 1, 2]));
         assert!(matches!(SecretValue::decode(&b.encode()).unwrap(), SecretValue::Binary(x) if *x == [0, 1, 2]));
         assert!(b.validate(2).unwrap_err().to_string().contains("at most 2 bytes"));
         assert!(SecretValue::Fields(BTreeMap::new()).validate(10).is_err());
+        let t = SecretValue::Text(Zeroizing::new("plain".into()));
+        assert!(matches!(SecretValue::decode(&t.encode()).unwrap(), SecretValue::Text(x) if x.as_str() == "plain"));
+        assert!(!format!("{t:?}").contains("plain"));
     }
 }

@@ -202,11 +202,16 @@ pub enum KvCommand {
         #[arg(long, conflicts_with = "pairs")]
         binary_file: Option<PathBuf>,
     },
-    /// Read the latest version, or `--version N`.
+    /// Read the latest version, or `--version N`; on cloud mounts also
+    /// `--version-id ID` or `--stage AWSPREVIOUS` (a GCP alias).
     Get {
         path: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["version_id", "stage"])]
         version: Option<u64>,
+        #[arg(long, conflicts_with = "stage")]
+        version_id: Option<String>,
+        #[arg(long)]
+        stage: Option<String>,
         /// Print only this field's value.
         #[arg(long)]
         field: Option<String>,
@@ -224,11 +229,14 @@ pub enum KvCommand {
         #[arg(long, value_delimiter = ',')]
         versions: Vec<u64>,
     },
-    /// Restore soft-deleted versions.
+    /// Restore soft-deleted versions, or (cloud mounts) `--secret`: a whole
+    /// secret deleted while its cloud keeps it recoverable.
     Undelete {
         path: String,
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "secret", conflicts_with = "secret")]
         versions: Vec<u64>,
+        #[arg(long)]
+        secret: bool,
     },
     /// Permanently remove the data of versions.
     Destroy {
@@ -256,14 +264,20 @@ pub enum MetadataCommand {
         #[arg(long)]
         cas_required: Option<bool>,
     },
-    /// Delete every version and the metadata.
-    Delete { path: String },
+    /// Delete every version and the metadata. On cloud mounts the cloud keeps
+    /// the secret recoverable unless `--purge`.
+    Delete {
+        path: String,
+        #[arg(long)]
+        purge: bool,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum MountCommand {
     List,
-    /// `mount enable --type local team/ max_versions=5`
+    /// `mount enable --type local team/ max_versions=5`, or a cloud:
+    /// `mount enable --type aws aws/ region=us-east-1`
     Enable {
         path: String,
         /// key=value mount settings.
@@ -443,12 +457,17 @@ pub(crate) fn time(t: &Option<prost_types::Timestamp>) -> String {
 }
 
 fn version_json(v: &pb::VersionMetadata) -> Value {
-    json!({
+    let mut out = json!({
         "version": v.version,
         "created_time": time(&v.created_time),
         "deletion_time": time(&v.deletion_time),
         "destroyed": v.destroyed,
-    })
+    });
+    if !v.provider_version_id.is_empty() {
+        out["provider_version_id"] = json!(v.provider_version_id);
+        out["stages"] = json!(v.stages);
+    }
+    out
 }
 
 fn map_text(m: &std::collections::HashMap<String, String>) -> String {
@@ -546,8 +565,17 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                 ]);
             }
         }
-        KvCommand::Get { path, version, field } => {
-            let r = c.secrets().get(c.req(pb::GetRequest { path, version: version.unwrap_or(0) })).await?.into_inner();
+        KvCommand::Get { path, version, version_id, stage, field } => {
+            let r = c
+                .secrets()
+                .get(c.req(pb::GetRequest {
+                    path,
+                    version: version.unwrap_or(0),
+                    version_id: version_id.unwrap_or_default(),
+                    stage: stage.unwrap_or_default(),
+                }))
+                .await?
+                .into_inner();
             let v = r.version.unwrap_or_default();
             let value = r.value.and_then(|v| v.kind);
             if let Some(name) = field {
@@ -561,7 +589,9 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                         }
                     },
                     _ => {
-                        return Err(Error::Usage("--field needs a secret of fields; this one is binary".into()));
+                        return Err(Error::Usage(
+                            "--field needs a secret of fields; this one is text or binary".into(),
+                        ));
                     }
                 }
                 return Ok(());
@@ -576,6 +606,7 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                     Some(pb::secret_value::Kind::Binary(b)) => {
                         json!({ "data": null, "binary_b64": B64.encode(b), "metadata": meta })
                     }
+                    Some(pb::secret_value::Kind::Text(t)) => json!({ "data": null, "text": t, "metadata": meta }),
                     None => json!({ "data": null, "metadata": meta }),
                 };
                 print_json(&out);
@@ -598,6 +629,7 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                     Some(pb::secret_value::Kind::Binary(b)) => {
                         print_table(&[("binary_b64".into(), B64.encode(&b))]);
                     }
+                    Some(pb::secret_value::Kind::Text(t)) => print_table(&[("text".into(), t)]),
                     None => {}
                 }
             }
@@ -629,11 +661,15 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
             }
         }
         KvCommand::Delete { path, versions } => {
-            c.secrets().delete(c.req(pb::DeleteRequest { path: path.clone(), versions, all_versions: false })).await?;
+            c.secrets()
+                .delete(c.req(pb::DeleteRequest { path: path.clone(), versions, all_versions: false, purge: false }))
+                .await?;
             done(json, &format!("Success! Data deleted (if it existed) at: {path}"));
         }
-        KvCommand::Undelete { path, versions } => {
-            c.secrets().undelete(c.req(pb::UndeleteRequest { path: path.clone(), versions })).await?;
+        KvCommand::Undelete { path, versions, secret } => {
+            c.secrets()
+                .undelete(c.req(pb::UndeleteRequest { path: path.clone(), versions, restore_secret: secret }))
+                .await?;
             done(json, &format!("Success! Data written to: {path}"));
         }
         KvCommand::Destroy { path, versions } => {
@@ -658,9 +694,9 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                 .into_inner();
             print_metadata(json, &r.metadata.unwrap_or_default());
         }
-        KvCommand::Metadata(MetadataCommand::Delete { path }) => {
+        KvCommand::Metadata(MetadataCommand::Delete { path, purge }) => {
             c.secrets()
-                .delete(c.req(pb::DeleteRequest { path: path.clone(), versions: vec![], all_versions: true }))
+                .delete(c.req(pb::DeleteRequest { path: path.clone(), versions: vec![], all_versions: true, purge }))
                 .await?;
             done(json, &format!("Success! Data deleted (if it existed) at: {path}"));
         }
@@ -688,6 +724,7 @@ fn print_metadata(json: bool, m: &pb::SecretMetadata) {
             "max_versions": m.max_versions,
             "cas_required": m.cas_required,
             "versions": m.versions.iter().map(|v| (v.version.to_string(), version_json(v))).collect::<serde_json::Map<_, _>>(),
+            "other_versions": m.other_versions.iter().map(version_json).collect::<Vec<_>>(),
         }));
         return;
     }
@@ -704,15 +741,24 @@ fn print_metadata(json: bool, m: &pb::SecretMetadata) {
         ("oldest_version".into(), m.oldest_version.to_string()),
         ("updated_time".into(), time(&m.updated_time)),
     ]);
-    for v in &m.versions {
+    for v in m.versions.iter().chain(&m.other_versions) {
         println!();
-        println!("====== Version {} ======", v.version);
+        if v.version > 0 {
+            println!("====== Version {} ======", v.version);
+        } else {
+            println!("====== Version {} (no number) ======", v.provider_version_id);
+        }
         let deletion = if v.deletion_time.is_some() { time(&v.deletion_time) } else { "n/a".into() };
-        print_table(&[
+        let mut rows = vec![
             ("created_time".into(), time(&v.created_time)),
             ("deletion_time".into(), deletion),
             ("destroyed".into(), v.destroyed.to_string()),
-        ]);
+        ];
+        if !v.provider_version_id.is_empty() {
+            rows.push(("provider_version_id".into(), v.provider_version_id.clone()));
+            rows.push(("stages".into(), v.stages.join(",")));
+        }
+        print_table(&rows);
     }
 }
 
@@ -720,6 +766,9 @@ fn mount_json(m: &pb::Mount) -> Value {
     json!({
         "path": m.path, "type": m.r#type, "description": m.description, "id": m.id,
         "config": m.config.iter().collect::<BTreeMap<_, _>>(), "created_time": time(&m.created_time),
+        "stats": m.stats.as_ref().map(|s| json!({
+            "upstream_calls": s.upstream_calls, "cache_hits": s.cache_hits, "cache_misses": s.cache_misses,
+        })),
     })
 }
 

@@ -72,7 +72,11 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     };
     let core = Arc::new(Core::new(
         Barrier::new(physical),
-        CoreConfig { max_value_bytes: config.limits.max_value_bytes, policy_check },
+        CoreConfig {
+            max_value_bytes: config.limits.max_value_bytes,
+            policy_check,
+            providers: Some(Arc::new(keybridge_providers::Built)),
+        },
     ));
 
     let dev_init = match &dev {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use keybridge_core::kv::{SecretMeta, VersionMeta};
 use keybridge_core::mounts::MountEntry;
+use keybridge_core::provider::Selector;
 use keybridge_core::value::SecretValue;
 use keybridge_core::{AuditValue, Caller, Core, Error as CoreError, Timestamp};
 use keybridge_proto::v1 as pb;
@@ -29,6 +30,11 @@ pub fn status(e: CoreError) -> Status {
         e @ CoreError::AuditFailed(_) => Status::unavailable(e.to_string()),
         e @ CoreError::AuditResponseFailed(_) => Status::internal(e.to_string()),
         e @ CoreError::Contention(_) => Status::aborted(e.to_string()),
+        CoreError::Unimplemented(m) => Status::unimplemented(m),
+        CoreError::Unavailable(m) => Status::unavailable(m),
+        CoreError::ResourceExhausted(m) => Status::resource_exhausted(m),
+        CoreError::CloudUnauthenticated(m) => Status::unauthenticated(m),
+        CoreError::CloudFailed(m) => Status::internal(m),
         e @ (CoreError::Storage(_) | CoreError::Corrupt { .. }) => {
             tracing::error!(error = %e, "internal error");
             Status::internal(format!("internal error: {e}"))
@@ -96,7 +102,26 @@ fn version_pb(version: u64, m: &VersionMeta) -> pb::VersionMetadata {
         created_time: Some(ts(m.created)),
         deletion_time: m.deletion_time.map(ts),
         destroyed: m.destroyed,
+        provider_version_id: m.provider_id.clone(),
+        stages: m.stages.clone(),
     }
+}
+
+/// Mount settings as records show them: credentials as HMACs.
+fn config_audit(config: &std::collections::HashMap<String, String>) -> AuditValue {
+    AuditValue::Map(
+        config
+            .iter()
+            .map(|(k, v)| {
+                let v = if keybridge_core::cloud::is_sensitive_setting(k) {
+                    AuditValue::secret(v.as_bytes())
+                } else {
+                    plain(v.clone())
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    )
 }
 
 fn meta_pb(path: &str, m: &SecretMeta) -> pb::SecretMetadata {
@@ -110,16 +135,29 @@ fn meta_pb(path: &str, m: &SecretMeta) -> pb::SecretMetadata {
         max_versions: m.max_versions,
         cas_required: m.cas_required,
         versions: m.versions.iter().map(|(v, vm)| version_pb(*v, vm)).collect(),
+        other_versions: m.other_versions.iter().map(|vm| version_pb(0, vm)).collect(),
     }
 }
 
-fn mount_pb(m: &MountEntry) -> pb::Mount {
+fn mount_pb(m: &MountEntry, stats: Option<&keybridge_core::cloud::MountStats>) -> pb::Mount {
     pb::Mount {
+        stats: stats.map(|s| pb::MountStats {
+            upstream_calls: s.upstream_calls,
+            cache_hits: s.cache_hits,
+            cache_misses: s.cache_misses,
+        }),
         path: m.path.clone(),
         r#type: m.kind.clone(),
         description: m.description.clone(),
         id: m.id.clone(),
-        config: m.config.clone().into_iter().collect(),
+        config: m
+            .config
+            .iter()
+            .map(|(k, v)| {
+                let v = if keybridge_core::cloud::is_sensitive_setting(k) { "<redacted>".into() } else { v.clone() };
+                (k.clone(), v)
+            })
+            .collect(),
         created_time: Some(ts(m.created)),
     }
 }
@@ -130,7 +168,8 @@ fn value_from_pb(v: Option<pb::SecretValue>) -> Result<SecretValue, Status> {
             Ok(SecretValue::Fields(f.fields.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect()))
         }
         Some(pb::secret_value::Kind::Binary(b)) => Ok(SecretValue::Binary(Zeroizing::new(b))),
-        None => Err(Status::invalid_argument("the value is missing: set value.fields or value.binary")),
+        Some(pb::secret_value::Kind::Text(t)) => Ok(SecretValue::Text(Zeroizing::new(t))),
+        None => Err(Status::invalid_argument("the value is missing: set value.fields, value.binary or value.text")),
     }
 }
 
@@ -142,6 +181,7 @@ fn value_pb(v: SecretValue) -> pb::SecretValue {
             fields: m.into_iter().map(|(k, mut v)| (k, std::mem::take(&mut *v))).collect(),
         }),
         SecretValue::Binary(mut b) => pb::secret_value::Kind::Binary(std::mem::take(&mut *b)),
+        SecretValue::Text(mut t) => pb::secret_value::Kind::Text(std::mem::take(&mut *t)),
     };
     pb::SecretValue { kind: Some(kind) }
 }
@@ -180,9 +220,21 @@ impl pb::secrets_server::Secrets for SecretsService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let c = caller(&req, "keybridge.v1.Secrets/Get")?;
         let r = req.into_inner();
-        let c = c.with_path(&r.path).with("version", plain(r.version));
-        let version = (r.version > 0).then_some(r.version);
-        let res = self.core.get(&c, &r.path, version).await;
+        let mut c = c.with_path(&r.path).with("version", plain(r.version));
+        if !r.version_id.is_empty() {
+            c = c.with("version_id", plain(r.version_id.clone()));
+        }
+        if !r.stage.is_empty() {
+            c = c.with("stage", plain(r.stage.clone()));
+        }
+        let at = match (r.version, r.version_id.trim(), r.stage.trim()) {
+            (0, "", "") => Selector::Current,
+            (n, "", "") => Selector::Number(n),
+            (0, id, "") => Selector::Version(id.to_string()),
+            (0, "", stage) => Selector::Stage(stage.to_string()),
+            _ => return Err(refuse(&self.core, &c, "give at most one of version, version_id and stage").await),
+        };
+        let res = self.core.get_at(&c, &r.path, &at).await;
         let read = self
             .core
             .finish(&c, res, |read| {
@@ -203,11 +255,12 @@ impl pb::secrets_server::Secrets for SecretsService {
         let c = c
             .with_path(&r.path)
             .with("versions", plain(r.versions.clone()))
-            .with("all_versions", plain(r.all_versions));
+            .with("all_versions", plain(r.all_versions))
+            .with("purge", plain(r.purge));
         if let Err(e) = versions_arg(&r.versions) {
             return Err(refuse(&self.core, &c, e.message()).await);
         }
-        let res = self.core.delete(&c, &r.path, &r.versions, r.all_versions).await;
+        let res = self.core.delete_opts(&c, &r.path, &r.versions, r.all_versions, r.purge).await;
         self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
@@ -249,11 +302,21 @@ impl pb::secrets_server::Secrets for SecretsService {
     async fn undelete(&self, req: Request<pb::UndeleteRequest>) -> Result<Response<pb::UndeleteResponse>, Status> {
         let c = caller(&req, "keybridge.v1.Secrets/Undelete")?;
         let r = req.into_inner();
-        let c = c.with_path(&r.path).with("versions", plain(r.versions.clone()));
+        let c = c
+            .with_path(&r.path)
+            .with("versions", plain(r.versions.clone()))
+            .with("restore_secret", plain(r.restore_secret));
         if let Err(e) = versions_arg(&r.versions) {
             return Err(refuse(&self.core, &c, e.message()).await);
         }
-        let res = self.core.undelete(&c, &r.path, &r.versions).await;
+        let res = if r.restore_secret {
+            if !r.versions.is_empty() {
+                return Err(refuse(&self.core, &c, "give either versions or restore_secret, not both").await);
+            }
+            self.core.restore_secret(&c, &r.path).await
+        } else {
+            self.core.undelete(&c, &r.path, &r.versions).await
+        };
         self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::UndeleteResponse {}))
     }
@@ -417,13 +480,10 @@ impl pb::sys_server::Sys for SysService {
     async fn enable_mount(&self, req: Request<pb::EnableMountRequest>) -> Result<Response<pb::Mount>, Status> {
         let c = caller(&req, "keybridge.v1.Sys/EnableMount")?;
         let r = req.into_inner();
-        let c = c
-            .with_path(&r.path)
-            .with("type", plain(r.r#type.clone()))
-            .with("config", plain(serde_json::to_value(&r.config).unwrap_or_default()));
+        let c = c.with_path(&r.path).with("type", plain(r.r#type.clone())).with("config", config_audit(&r.config));
         let res = self.core.enable_mount(&c, &r.path, &r.r#type, &r.description, r.config.into_iter().collect()).await;
         let m = self.core.finish(&c, res, none).await.map_err(status)?;
-        Ok(Response::new(mount_pb(&m)))
+        Ok(Response::new(mount_pb(&m, None)))
     }
 
     async fn list_mounts(
@@ -433,7 +493,12 @@ impl pb::sys_server::Sys for SysService {
         let c = caller(&req, "keybridge.v1.Sys/ListMounts")?;
         let res = self.core.list_mounts(&c).await;
         let mounts = self.core.finish(&c, res, none).await.map_err(status)?;
-        Ok(Response::new(pb::ListMountsResponse { mounts: mounts.iter().map(mount_pb).collect() }))
+        Ok(Response::new(pb::ListMountsResponse {
+            mounts: {
+                let stats = self.core.mount_stats();
+                mounts.iter().map(|m| mount_pb(m, stats.get(&m.path))).collect()
+            },
+        }))
     }
 
     async fn disable_mount(
@@ -451,10 +516,10 @@ impl pb::sys_server::Sys for SysService {
     async fn tune_mount(&self, req: Request<pb::TuneMountRequest>) -> Result<Response<pb::Mount>, Status> {
         let c = caller(&req, "keybridge.v1.Sys/TuneMount")?;
         let r = req.into_inner();
-        let c = c.with_path(&r.path).with("config", plain(serde_json::to_value(&r.config).unwrap_or_default()));
+        let c = c.with_path(&r.path).with("config", config_audit(&r.config));
         let res = self.core.tune_mount(&c, &r.path, r.description.as_deref(), r.config.into_iter().collect()).await;
         let m = self.core.finish(&c, res, none).await.map_err(status)?;
-        Ok(Response::new(mount_pb(&m)))
+        Ok(Response::new(mount_pb(&m, None)))
     }
 
     async fn rotate(&self, req: Request<pb::RotateRequest>) -> Result<Response<pb::KeyStatus>, Status> {

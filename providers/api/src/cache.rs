@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::names::Cloud;
 use crate::store::{
-    CloudValue, Deletion, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore, Selector, VersionInfo,
+    CloudValue, Deletion, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore, Selector, VersionChange,
+    VersionInfo,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +37,7 @@ struct State {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum SelectorKey {
     Current,
+    Number(u64),
     Version(String),
     Stage(String),
 }
@@ -44,6 +46,7 @@ impl From<&Selector> for SelectorKey {
     fn from(s: &Selector) -> Self {
         match s {
             Selector::Current => SelectorKey::Current,
+            Selector::Number(n) => SelectorKey::Number(*n),
             Selector::Version(v) => SelectorKey::Version(v.clone()),
             Selector::Stage(s) => SelectorKey::Stage(s.clone()),
         }
@@ -151,5 +154,16 @@ impl<S: SecretStore> SecretStore for Cached<S> {
         let r = self.inner.restore(name).await;
         self.forget(name);
         r
+    }
+
+    async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {
+        self.forget(name);
+        let r = self.inner.change_version(name, id, change).await;
+        self.forget(name);
+        r
+    }
+
+    async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        self.inner.set_tags(name, tags).await
     }
 }

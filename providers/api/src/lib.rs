@@ -5,6 +5,7 @@
 //! client-side rate limits and retries, and a read-through cache.
 
 pub mod cache;
+pub mod capabilities;
 pub mod limits;
 pub mod names;
 pub mod settings;
@@ -13,5 +14,5 @@ pub mod store;
 pub use names::{Cloud, NameCodec, NameError};
 pub use store::{
     CloudValue, Deletion, Error, Listed, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore, Selector,
-    VersionInfo,
+    VersionChange, VersionInfo, VersionState,
 };

@@ -18,7 +18,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::names::Cloud;
 use crate::store::{
-    CloudValue, Deletion, Error, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore, Selector, VersionInfo,
+    CloudValue, Deletion, Error, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore, Selector,
+    VersionChange, VersionInfo,
 };
 
 /// One class's quota: `count` calls per `period`.
@@ -119,6 +120,7 @@ pub struct Limited<S> {
     read_meta: DefaultDirectRateLimiter,
     list: DefaultDirectRateLimiter,
     write: DefaultDirectRateLimiter,
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl<S: SecretStore> Limited<S> {
@@ -130,6 +132,7 @@ impl<S: SecretStore> Limited<S> {
             write: RateLimiter::direct(limits.write.quota()),
             inner,
             limits,
+            calls: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -137,9 +140,18 @@ impl<S: SecretStore> Limited<S> {
         &self.inner
     }
 
+    /// Calls passed on to the cloud since the mount was loaded (retries
+    /// count one each).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn slot(&self, limiter: &DefaultDirectRateLimiter, class: &str) -> Result<()> {
         match tokio::time::timeout(self.limits.max_wait, limiter.until_ready()).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
             Err(_) => Err(Error::Throttled(format!(
                 "{}: the mount's {class} rate limit is reached (waited {:?}); retry later or raise it",
                 self.inner.cloud().name(),
@@ -219,5 +231,15 @@ impl<S: SecretStore> SecretStore for Limited<S> {
     async fn restore(&self, name: &str) -> Result<()> {
         self.slot(&self.write, "write").await?;
         self.inner.restore(name).await
+    }
+
+    async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {
+        self.slot(&self.write, "write").await?;
+        self.inner.change_version(name, id, change).await
+    }
+
+    async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        self.slot(&self.write, "write").await?;
+        self.inner.set_tags(name, tags).await
     }
 }

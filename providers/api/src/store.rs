@@ -52,10 +52,12 @@ impl CloudValue {
 
 /// Which version to read. Always explicit: AWS reads without a stage are
 /// not reliable on every implementation, so the adapter asks for a stage.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Selector {
     /// The current version (AWSCURRENT, Azure's latest, GCP's `latest`).
     Current,
+    /// Keybridge's version number (see [`VersionInfo::number`]).
+    Number(u64),
     /// A provider version id.
     Version(String),
     /// A staging label (AWS) or an alias (GCP).
@@ -64,10 +66,37 @@ pub enum Selector {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VersionInfo {
+    /// The cloud's version id.
     pub id: String,
+    /// Keybridge's version number: GCP's own numbers; on AWS and Azure the
+    /// number Keybridge gave the version when it wrote it (in the version
+    /// id on AWS, in a version tag on Azure). `None` for a version another
+    /// tool wrote: it is addressed by its id.
+    pub number: Option<u64>,
     /// AWS staging labels, GCP aliases.
     pub stages: Vec<String>,
     pub created: Option<SystemTime>,
+    pub state: VersionState,
+}
+
+/// A version's state, where the cloud has one (Azure's `enabled`
+/// attribute, GCP's ENABLED/DISABLED/DESTROYED).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VersionState {
+    #[default]
+    Enabled,
+    /// Not readable until enabled again: Keybridge's soft delete.
+    Disabled,
+    /// Gone for good; the version's record stays.
+    Destroyed,
+}
+
+/// A change to one version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionChange {
+    Disable,
+    Enable,
+    Destroy,
 }
 
 #[derive(Debug)]
@@ -95,6 +124,8 @@ pub enum Precondition {
     Absent,
     /// Only if the current version is this id.
     CurrentIs(String),
+    /// Only if the current version has this Keybridge number.
+    CurrentNumber(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,4 +214,52 @@ pub trait SecretStore: Send + Sync {
 
     /// Undoes a recoverable deletion.
     async fn restore(&self, name: &str) -> Result<()>;
+
+    /// Disables, enables or destroys one version (by id).
+    async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()>;
+
+    /// Replaces the secret's custom metadata (AWS tags, Azure tags of the
+    /// current version, GCP annotations).
+    async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()>;
+}
+
+/// A shared store is a store (the gateway keeps one per mount behind `Arc`).
+#[async_trait::async_trait]
+impl<T: SecretStore + ?Sized> SecretStore for std::sync::Arc<T> {
+    fn cloud(&self) -> Cloud {
+        (**self).cloud()
+    }
+    async fn check(&self) -> Result<()> {
+        (**self).check().await
+    }
+    async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead> {
+        (**self).get(name, at).await
+    }
+    async fn put(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        pre: &Precondition,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        (**self).put(name, value, pre, tags).await
+    }
+    async fn describe(&self, name: &str) -> Result<SecretInfo> {
+        (**self).describe(name).await
+    }
+    async fn list(&self, page_size: usize, page_token: Option<&str>) -> Result<Page> {
+        (**self).list(page_size, page_token).await
+    }
+    async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
+        (**self).delete(name, how).await
+    }
+    async fn restore(&self, name: &str) -> Result<()> {
+        (**self).restore(name).await
+    }
+    async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {
+        (**self).change_version(name, id, change).await
+    }
+    async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        (**self).set_tags(name, tags).await
+    }
 }

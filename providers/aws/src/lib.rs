@@ -6,9 +6,15 @@
 //! - Reads always name a stage or a version id (AWSCURRENT by default).
 //! - Every write carries a fresh `ClientRequestToken`, so the SDK's retries
 //!   of that write are idempotent.
-//! - Check-and-set against a version id reads the current version first:
-//!   AWS offers no conditional write, so a writer outside Keybridge can race
-//!   it (documented in the capability table).
+//! - Version numbers: AWS version ids are opaque, so the version id of
+//!   every version Keybridge writes carries its number: the write's
+//!   `ClientRequestToken` (which becomes the version id) is
+//!   `kbv<number>-<32 hex>`. The next number is one more than the highest
+//!   among the secret's versions (deprecated ones included). Versions
+//!   written by other tools have no number and are read by id or stage.
+//! - Check-and-set reads the versions first: AWS offers no conditional
+//!   write, so a writer outside Keybridge can race it (documented in the
+//!   capability table).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -19,7 +25,7 @@ use aws_sdk_secretsmanager::primitives::{Blob, DateTime};
 use aws_sdk_secretsmanager::types::Tag;
 use keybridge_provider_api::{
     Cloud, CloudValue, Deletion, Error, Listed, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore,
-    Selector, VersionInfo,
+    Selector, VersionChange, VersionInfo,
 };
 use zeroize::Zeroizing;
 
@@ -150,10 +156,6 @@ fn map<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     }
 }
 
-fn stages_of(map: Option<&std::collections::HashMap<String, Vec<String>>>, id: &str) -> Vec<String> {
-    map.and_then(|m| m.get(id)).cloned().unwrap_or_default()
-}
-
 #[async_trait::async_trait]
 impl SecretStore for AwsStore {
     fn cloud(&self) -> Cloud {
@@ -170,6 +172,13 @@ impl SecretStore for AwsStore {
             Selector::Current => req.version_stage(CURRENT),
             Selector::Stage(s) => req.version_stage(s),
             Selector::Version(v) => req.version_id(v),
+            Selector::Number(n) => {
+                let versions = self.versions(name).await?;
+                match versions.iter().find(|v| v.number == Some(*n)) {
+                    Some(v) => req.version_id(&v.id),
+                    None => return Err(Error::NotFound(format!("{name}: version {n} not found in {PROVIDER}"))),
+                }
+            }
         };
         let out = req.send().await.map_err(|e| map(e, name))?;
         let value = match (out.secret_string(), out.secret_binary()) {
@@ -180,8 +189,10 @@ impl SecretStore for AwsStore {
         Ok(SecretRead {
             version: VersionInfo {
                 id: out.version_id().unwrap_or_default().to_string(),
+                number: number_of(out.version_id().unwrap_or_default()),
                 stages: out.version_stages().to_vec(),
                 created: time(out.created_date()),
+                ..Default::default()
             },
             value,
         })
@@ -194,8 +205,8 @@ impl SecretStore for AwsStore {
         pre: &Precondition,
         tags: Option<&BTreeMap<String, String>>,
     ) -> Result<VersionInfo> {
-        let token = uuid::Uuid::new_v4().to_string();
         let create = || async {
+            let token = token_for(1);
             let mut req = self.client.create_secret().name(name).client_request_token(&token);
             req = match value {
                 CloudValue::String(s) => req.secret_string(s.as_str()),
@@ -206,61 +217,68 @@ impl SecretStore for AwsStore {
                     req = req.tags(Tag::builder().key(k).value(v).build());
                 }
             }
-            let out = req.send().await.map_err(|e| map(e, name))?;
+            let out = req.send().await.map_err(|e| match map(e, name) {
+                Error::AlreadyExists(_) => Error::Conflict(format!("check-and-set failed: {name} already exists")),
+                e => e,
+            })?;
+            let id = out.version_id().unwrap_or(&token).to_string();
             Ok::<_, Error>(VersionInfo {
-                id: out.version_id().unwrap_or_default().to_string(),
+                number: number_of(&id),
+                id,
                 stages: vec![CURRENT.to_string()],
                 created: Some(SystemTime::now()),
+                ..Default::default()
             })
         };
-        let update = || async {
-            let mut req = self.client.put_secret_value().secret_id(name).client_request_token(&token);
-            req = match value {
-                CloudValue::String(s) => req.secret_string(s.as_str()),
-                CloudValue::Binary(b) => req.secret_binary(Blob::new(b.to_vec())),
-            };
-            let out = req.send().await.map_err(|e| map(e, name))?;
-            Ok::<_, Error>(VersionInfo {
-                id: out.version_id().unwrap_or_default().to_string(),
-                stages: out.version_stages().to_vec(),
-                created: Some(SystemTime::now()),
-            })
-        };
-        match pre {
-            Precondition::Absent => create().await.map_err(|e| match e {
-                Error::AlreadyExists(_) => Error::Conflict(format!("{name} already exists")),
-                e => e,
-            }),
-            Precondition::CurrentIs(expected) => {
-                let info = self.describe(name).await?;
-                let current = info.versions.iter().find(|v| v.stages.iter().any(|s| s == CURRENT));
-                match current {
-                    Some(v) if &v.id == expected => update().await,
-                    Some(v) => Err(Error::Conflict(format!(
-                        "check-and-set failed: the current version of {name} is {}, not {expected}",
-                        v.id
-                    ))),
-                    None => Err(Error::Conflict(format!("check-and-set failed: {name} has no current version"))),
-                }
-            }
-            Precondition::None => match update().await {
-                Err(Error::NotFound(_)) => create().await,
-                other => other,
-            },
+        if *pre == Precondition::Absent {
+            return create().await;
         }
+        // DescribeSecret tells a missing secret apart reliably (moto answers
+        // ListSecretVersionIds on a missing secret with a 500).
+        match self.client.describe_secret().secret_id(name).send().await.map_err(|e| map(e, name)) {
+            Ok(_) => {}
+            Err(Error::NotFound(_)) if *pre == Precondition::None => return create().await,
+            Err(Error::NotFound(_)) => {
+                return Err(Error::Conflict(format!("check-and-set failed: {name} does not exist")));
+            }
+            Err(e) => return Err(e),
+        }
+        let versions = self.versions(name).await?;
+        let current = versions.iter().find(|v| v.stages.iter().any(|s| s == CURRENT));
+        let held = match (pre, current) {
+            (Precondition::CurrentIs(id), Some(c)) => &c.id == id,
+            (Precondition::CurrentNumber(n), Some(c)) => c.number == Some(*n),
+            (Precondition::CurrentIs(_) | Precondition::CurrentNumber(_), None) => false,
+            _ => true,
+        };
+        if !held {
+            let now = current.map_or("none".to_string(), |c| match c.number {
+                Some(n) => format!("version {n} ({})", c.id),
+                None => c.id.clone(),
+            });
+            return Err(Error::Conflict(format!("check-and-set failed: the current version of {name} is {now}")));
+        }
+        let next = versions.iter().filter_map(|v| v.number).max().unwrap_or(0) + 1;
+        let token = token_for(next);
+        let mut req = self.client.put_secret_value().secret_id(name).client_request_token(&token);
+        req = match value {
+            CloudValue::String(s) => req.secret_string(s.as_str()),
+            CloudValue::Binary(b) => req.secret_binary(Blob::new(b.to_vec())),
+        };
+        let out = req.send().await.map_err(|e| map(e, name))?;
+        let id = out.version_id().unwrap_or(&token).to_string();
+        Ok(VersionInfo {
+            number: number_of(&id),
+            id,
+            stages: out.version_stages().to_vec(),
+            created: Some(SystemTime::now()),
+            ..Default::default()
+        })
     }
 
     async fn describe(&self, name: &str) -> Result<SecretInfo> {
         let out = self.client.describe_secret().secret_id(name).send().await.map_err(|e| map(e, name))?;
-        let stages = out.version_ids_to_stages();
-        let mut versions: Vec<VersionInfo> = stages
-            .map(|m| {
-                m.keys()
-                    .map(|id| VersionInfo { id: id.clone(), stages: stages_of(Some(m), id), created: None })
-                    .collect()
-            })
-            .unwrap_or_default();
-        versions.sort_by(|a, b| a.id.cmp(&b.id));
+        let versions = self.versions(name).await?;
         Ok(SecretInfo {
             name: out.name().unwrap_or(name).to_string(),
             created: time(out.created_date()),
@@ -298,7 +316,7 @@ impl SecretStore for AwsStore {
                         .collect(),
                 })
                 .collect(),
-            next: out.next_token().map(str::to_string),
+            next: out.next_token().filter(|t| !t.is_empty()).map(str::to_string),
         })
     }
 
@@ -320,5 +338,92 @@ impl SecretStore for AwsStore {
 
     async fn restore(&self, name: &str) -> Result<()> {
         self.client.restore_secret().secret_id(name).send().await.map(|_| ()).map_err(|e| map(e, name))
+    }
+
+    async fn change_version(&self, _name: &str, _id: &str, change: VersionChange) -> Result<()> {
+        Err(Error::Unsupported {
+            provider: PROVIDER,
+            capability: match change {
+                VersionChange::Disable | VersionChange::Enable => {
+                    "soft-delete or undelete single versions (delete the whole secret with a recovery window instead)"
+                }
+                VersionChange::Destroy => "destroy single versions (AWS removes versions without a stage itself)",
+            },
+        })
+    }
+
+    async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        let out = self.client.describe_secret().secret_id(name).send().await.map_err(|e| map(e, name))?;
+        let gone: Vec<String> =
+            out.tags().iter().filter_map(|t| t.key()).filter(|k| !tags.contains_key(*k)).map(str::to_string).collect();
+        if !gone.is_empty() {
+            self.client
+                .untag_resource()
+                .secret_id(name)
+                .set_tag_keys(Some(gone))
+                .send()
+                .await
+                .map_err(|e| map(e, name))?;
+        }
+        if !tags.is_empty() {
+            let mut req = self.client.tag_resource().secret_id(name);
+            for (k, v) in tags {
+                req = req.tags(Tag::builder().key(k).value(v).build());
+            }
+            req.send().await.map_err(|e| map(e, name))?;
+        }
+        Ok(())
+    }
+}
+
+const PROVIDER: &str = "AWS Secrets Manager";
+
+/// The client request token (and so the version id) of version `n`.
+fn token_for(n: u64) -> String {
+    format!("kbv{n}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The Keybridge number in a version id `token_for` made.
+pub fn number_of(id: &str) -> Option<u64> {
+    let (n, rest) = id.strip_prefix("kbv")?.split_once('-')?;
+    (rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| n.parse().ok())
+        .flatten()
+        .filter(|n| *n > 0)
+}
+
+impl AwsStore {
+    /// Every version AWS still keeps, deprecated ones included, oldest first.
+    async fn versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_secret_version_ids()
+                .secret_id(name)
+                .include_deprecated(true)
+                .max_results(100)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| map(e, name))?;
+            for v in page.versions() {
+                let id = v.version_id().unwrap_or_default().to_string();
+                out.push(VersionInfo {
+                    number: number_of(&id),
+                    id,
+                    stages: v.version_stages().to_vec(),
+                    created: time(v.created_date()),
+                    ..Default::default()
+                });
+            }
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        out.sort_by_key(|v| (v.created, v.number));
+        Ok(out)
     }
 }

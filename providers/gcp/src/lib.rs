@@ -17,7 +17,7 @@ use google_cloud_secretmanager_v1::client::SecretManagerService;
 use google_cloud_secretmanager_v1::model;
 use keybridge_provider_api::{
     Cloud, CloudValue, Deletion, Error, Listed, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore,
-    Selector, VersionInfo,
+    Selector, VersionChange, VersionInfo, VersionState,
 };
 use zeroize::Zeroizing;
 
@@ -144,7 +144,7 @@ impl GcpStore {
             .send()
             .await
             .map_err(|e| map(e, name))?;
-        Ok(VersionInfo { id: last_segment(&v.name), stages: Vec::new(), created: time(v.create_time.as_ref()) })
+        Ok(version_info(&v, &[]))
     }
 
     async fn create(&self, name: &str, tags: Option<&BTreeMap<String, String>>) -> Result<()> {
@@ -203,6 +203,7 @@ impl SecretStore for GcpStore {
     async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead> {
         let version = match at {
             Selector::Current => "latest".to_string(),
+            Selector::Number(n) => n.to_string(),
             Selector::Version(v) | Selector::Stage(v) => v.clone(),
         };
         let r = self
@@ -218,7 +219,8 @@ impl SecretStore for GcpStore {
             Err(e) => CloudValue::Binary(Zeroizing::new(e.into_bytes())),
         };
         let stages = if matches!(at, Selector::Stage(_)) { vec![version] } else { Vec::new() };
-        Ok(SecretRead { version: VersionInfo { id: last_segment(&r.name), stages, created: None }, value })
+        let id = last_segment(&r.name);
+        Ok(SecretRead { version: VersionInfo { number: id.parse().ok(), id, stages, ..Default::default() }, value })
     }
 
     async fn put(
@@ -233,16 +235,24 @@ impl SecretStore for GcpStore {
                 Error::AlreadyExists(_) => Error::Conflict(format!("{name} already exists")),
                 e => e,
             }),
-            Precondition::CurrentIs(expected) => {
+            Precondition::CurrentIs(_) | Precondition::CurrentNumber(_) => {
+                let expected = match pre {
+                    Precondition::CurrentNumber(n) => n.to_string(),
+                    Precondition::CurrentIs(id) => id.clone(),
+                    _ => String::new(),
+                };
                 let latest = self
                     .client
                     .get_secret_version()
                     .set_name(format!("{}/versions/latest", self.secret(name)))
                     .send()
                     .await
-                    .map_err(|e| map(e, name))?;
+                    .map_err(|e| match map(e, name) {
+                        Error::NotFound(_) => Error::Conflict(format!("check-and-set failed: {name} does not exist")),
+                        e => e,
+                    })?;
                 let current = last_segment(&latest.name);
-                if &current != expected {
+                if current != expected {
                     return Err(Error::Conflict(format!(
                         "check-and-set failed: the current version of {name} is {current}, not {expected}"
                     )));
@@ -258,19 +268,27 @@ impl SecretStore for GcpStore {
 
     async fn describe(&self, name: &str) -> Result<SecretInfo> {
         let s = self.client.get_secret().set_name(self.secret(name)).send().await.map_err(|e| map(e, name))?;
-        let list =
-            self.client.list_secret_versions().set_parent(self.secret(name)).send().await.map_err(|e| map(e, name))?;
-        let mut versions: Vec<VersionInfo> = list
-            .versions
-            .iter()
-            .map(|v| {
-                let id = last_segment(&v.name);
-                let stages =
-                    s.version_aliases.iter().filter(|(_, n)| n.to_string() == id).map(|(a, _)| a.clone()).collect();
-                VersionInfo { id, stages, created: time(v.create_time.as_ref()) }
-            })
-            .collect();
-        versions.sort_by_key(|v| v.id.parse::<u64>().unwrap_or(0));
+        let mut versions = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .client
+                .list_secret_versions()
+                .set_parent(self.secret(name))
+                .set_page_size(1000)
+                .set_page_token(token)
+                .send()
+                .await
+                .map_err(|e| map(e, name))?;
+            let aliases: Vec<(String, String)> =
+                s.version_aliases.iter().map(|(a, n)| (a.clone(), n.to_string())).collect();
+            versions.extend(page.versions.iter().map(|v| version_info(v, &aliases)));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        versions.sort_by_key(|v| v.number.unwrap_or(0));
         Ok(SecretInfo {
             name: last_segment(&s.name),
             created: time(s.create_time.as_ref()),
@@ -324,5 +342,41 @@ impl SecretStore for GcpStore {
 
     async fn restore(&self, _name: &str) -> Result<()> {
         Err(Error::Unsupported { provider: PROVIDER, capability: "restore a deleted secret" })
+    }
+
+    async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {
+        let v = format!("{}/versions/{id}", self.secret(name));
+        let r = match change {
+            VersionChange::Disable => self.client.disable_secret_version().set_name(v).send().await,
+            VersionChange::Enable => self.client.enable_secret_version().set_name(v).send().await,
+            VersionChange::Destroy => self.client.destroy_secret_version().set_name(v).send().await,
+        };
+        r.map(|_| ()).map_err(|e| map(e, name))
+    }
+
+    async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        self.client
+            .update_secret()
+            .set_secret(model::Secret::new().set_name(self.secret(name)).set_annotations(tags.clone()))
+            .set_update_mask(google_cloud_wkt::FieldMask::default().set_paths(["annotations"]))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map(e, name))
+    }
+}
+
+fn version_info(v: &model::SecretVersion, aliases: &[(String, String)]) -> VersionInfo {
+    let id = last_segment(&v.name);
+    VersionInfo {
+        number: id.parse().ok(),
+        stages: aliases.iter().filter(|(_, n)| *n == id).map(|(a, _)| a.clone()).collect(),
+        created: time(v.create_time.as_ref()),
+        state: match v.state {
+            model::secret_version::State::Disabled => VersionState::Disabled,
+            model::secret_version::State::Destroyed => VersionState::Destroyed,
+            _ => VersionState::Enabled,
+        },
+        id,
     }
 }

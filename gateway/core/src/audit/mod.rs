@@ -77,6 +77,7 @@ impl AuditValue {
                 AuditValue::Map(m.iter().map(|(k, v)| (k.clone(), AuditValue::secret(v.as_bytes()))).collect())
             }
             crate::value::SecretValue::Binary(b) => AuditValue::secret(b),
+            crate::value::SecretValue::Text(t) => AuditValue::secret(t.as_bytes()),
         }
     }
 }

@@ -105,15 +105,25 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(list.keys, ["ok"]);
-    let got = c.get(authed(T, pb::GetRequest { path: "secret/ok".into(), version: 0 })).await.unwrap().into_inner();
+    let got = c
+        .get(authed(T, pb::GetRequest { path: "secret/ok".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(field(&got, "k"), "v");
     assert_eq!(got.version.unwrap().version, 1);
 
     // Other operations.
-    let err = c.get(authed(T, pb::GetRequest { path: "secret/ok".into(), version: 5 })).await.unwrap_err();
+    let err = c
+        .get(authed(T, pb::GetRequest { path: "secret/ok".into(), version: 5, ..Default::default() }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = c
-        .delete(authed(T, pb::DeleteRequest { path: "secret/ok".into(), versions: vec![0], all_versions: false }))
+        .delete(authed(
+            T,
+            pb::DeleteRequest { path: "secret/ok".into(), versions: vec![0], all_versions: false, purge: false },
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -127,14 +137,20 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Authentication problems.
-    let mut r = tonic::Request::new(pb::GetRequest { path: "secret/ok".into(), version: 0 });
+    let mut r = tonic::Request::new(pb::GetRequest { path: "secret/ok".into(), version: 0, ..Default::default() });
     r.metadata_mut().insert("authorization", "Basic abc".parse().unwrap());
     let err = c.get(r).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("Bearer"));
-    let err = c.get(tonic::Request::new(pb::GetRequest { path: "secret/ok".into(), version: 0 })).await.unwrap_err();
+    let err = c
+        .get(tonic::Request::new(pb::GetRequest { path: "secret/ok".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = c.get(authed("nope", pb::GetRequest { path: "secret/ok".into(), version: 0 })).await.unwrap_err();
+    let err = c
+        .get(authed("nope", pb::GetRequest { path: "secret/ok".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(err.message(), "missing or invalid token");
 }
@@ -253,7 +269,9 @@ async fn per_token_rate_limit_respected() {
     }
     for _ in 0..3 {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        c.get(authed(&root, pb::GetRequest { path: "secret/k0".into(), version: 0 })).await.unwrap();
+        c.get(authed(&root, pb::GetRequest { path: "secret/k0".into(), version: 0, ..Default::default() }))
+            .await
+            .unwrap();
     }
 }
 
@@ -264,7 +282,10 @@ async fn per_token_rate_limit_exceeded() {
     let mut exhausted = 0;
     let started = std::time::Instant::now();
     for _ in 0..20 {
-        match c.get(authed(&root, pb::GetRequest { path: "secret/none".into(), version: 0 })).await {
+        match c
+            .get(authed(&root, pb::GetRequest { path: "secret/none".into(), version: 0, ..Default::default() }))
+            .await
+        {
             Err(e) if e.code() == Code::ResourceExhausted => {
                 assert!(e.message().contains("rate limit"), "{}", e.message());
                 exhausted += 1;
@@ -280,11 +301,17 @@ async fn per_token_rate_limit_exceeded() {
     assert!(exhausted > 0);
     // Another token has its own budget; requests without a token are
     // refused as unauthenticated, not rate limited.
-    let err = c.get(authed("other", pb::GetRequest { path: "secret/none".into(), version: 0 })).await.unwrap_err();
+    let err = c
+        .get(authed("other", pb::GetRequest { path: "secret/none".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     // The budget refills.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let err = c.get(authed(&root, pb::GetRequest { path: "secret/none".into(), version: 0 })).await.unwrap_err();
+    let err = c
+        .get(authed(&root, pb::GetRequest { path: "secret/none".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
 
@@ -292,7 +319,10 @@ async fn per_token_rate_limit_exceeded() {
 async fn every_response_carries_a_request_id() {
     let s = Server::dev();
     let mut c = s.secrets().await;
-    let r = c.get(authed(T, pb::GetRequest { path: "secret/none".into(), version: 0 })).await.unwrap_err();
+    let r = c
+        .get(authed(T, pb::GetRequest { path: "secret/none".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap_err();
     let id = r.metadata().get("x-request-id").expect("a generated request id").to_str().unwrap().to_string();
     assert_eq!(id.len(), 36, "a UUID: {id}");
     let mut req = authed(T, pb::ListRequest { path: "secret/".into(), ..Default::default() });
@@ -311,8 +341,13 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     let put =
         pb::PutRequest { path: "secret/app".into(), value: fields(&[("password", "VALUE-LOGCHECK-91ab")]), cas: None };
     c.put(authed(t, put)).await.unwrap();
-    c.get(authed(t, pb::GetRequest { path: "secret/app".into(), version: 0 })).await.unwrap();
-    let _ = c.get(authed("wrong-LOGCHECK-token", pb::GetRequest { path: "secret/app".into(), version: 0 })).await;
+    c.get(authed(t, pb::GetRequest { path: "secret/app".into(), version: 0, ..Default::default() })).await.unwrap();
+    let _ = c
+        .get(authed(
+            "wrong-LOGCHECK-token",
+            pb::GetRequest { path: "secret/app".into(), version: 0, ..Default::default() },
+        ))
+        .await;
     let mut sys = s.sys().await;
     let _ = sys.unseal(pb::UnsealRequest { key: "KEY-LOGCHECK-55".into(), reset: false }).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

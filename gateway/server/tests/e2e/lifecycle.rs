@@ -40,8 +40,12 @@ async fn init_unseal_restart_over_tls_with_file_storage() {
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(st["initialized"], false);
     assert_eq!(health(&s).await, ServingStatus::NotServing as i32);
-    let err =
-        s.secrets().await.get(authed("x", pb::GetRequest { path: "secret/a".into(), version: 0 })).await.unwrap_err();
+    let err = s
+        .secrets()
+        .await
+        .get(authed("x", pb::GetRequest { path: "secret/a".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap_err();
     assert_eq!((err.code(), err.message()), (Code::Unavailable, "sealed"));
     let err = s.sys().await.list_mounts(authed("x", pb::ListMountsRequest {})).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
@@ -99,7 +103,7 @@ async fn init_unseal_restart_over_tls_with_file_storage() {
     let err = s
         .secrets()
         .await
-        .get(authed(&root, pb::GetRequest { path: "secret/db".into(), version: 0 }))
+        .get(authed(&root, pb::GetRequest { path: "secret/db".into(), version: 0, ..Default::default() }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
@@ -111,7 +115,7 @@ async fn init_unseal_restart_over_tls_with_file_storage() {
     let got = s
         .secrets()
         .await
-        .get(authed(&root, pb::GetRequest { path: "secret/db".into(), version: 0 }))
+        .get(authed(&root, pb::GetRequest { path: "secret/db".into(), version: 0, ..Default::default() }))
         .await
         .unwrap()
         .into_inner();
@@ -162,14 +166,25 @@ async fn snapshot_save_and_restore_while_serving() {
     std::fs::write(&bad_file, bad).unwrap();
     let o = s.cli(Some(t), &["operator", "snapshot", "restore", bad_file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    let got = c.get(authed(t, pb::GetRequest { path: "secret/a".into(), version: 0 })).await.unwrap().into_inner();
+    let got = c
+        .get(authed(t, pb::GetRequest { path: "secret/a".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(field(&got, "v"), "after");
 
     let o = s.cli(Some(t), &["operator", "snapshot", "restore", snap.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let got = c.get(authed(t, pb::GetRequest { path: "secret/a".into(), version: 0 })).await.unwrap().into_inner();
+    let got = c
+        .get(authed(t, pb::GetRequest { path: "secret/a".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(field(&got, "v"), "before");
-    let err = c.get(authed(t, pb::GetRequest { path: "secret/b".into(), version: 0 })).await.unwrap_err();
+    let err = c
+        .get(authed(t, pb::GetRequest { path: "secret/b".into(), version: 0, ..Default::default() }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // Another server's snapshot needs --force and seals this one.
@@ -243,7 +258,7 @@ async fn sigkill_during_writes_leaves_a_consistent_store() {
         );
         for v in &meta.versions {
             let got = c
-                .get(authed(&root, pb::GetRequest { path: path.clone(), version: v.version }))
+                .get(authed(&root, pb::GetRequest { path: path.clone(), version: v.version, ..Default::default() }))
                 .await
                 .unwrap_or_else(|e| panic!("{path} v{}: {e:?}", v.version))
                 .into_inner();
@@ -283,7 +298,7 @@ async fn sigterm_stops_the_server_cleanly() {
     let got = s
         .secrets()
         .await
-        .get(authed(&init.root_token, pb::GetRequest { path: "secret/a".into(), version: 0 }))
+        .get(authed(&init.root_token, pb::GetRequest { path: "secret/a".into(), version: 0, ..Default::default() }))
         .await
         .unwrap()
         .into_inner();

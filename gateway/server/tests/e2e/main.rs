@@ -2,6 +2,7 @@
 
 mod audit;
 mod cli;
+mod conformance;
 mod grpc;
 mod harness;
 mod lifecycle;

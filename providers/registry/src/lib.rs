@@ -1,0 +1,56 @@
+//! The cloud adapters compiled into this build (cargo features `aws`,
+//! `gcp`, `azure`), offered to the core as its [`Providers`]: validate a
+//! mount's adapter settings without IO, and build its client.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use keybridge_core::cloud::Providers;
+use keybridge_provider_api::{Error, Result, SecretStore};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Built;
+
+#[async_trait::async_trait]
+impl Providers for Built {
+    fn kinds(&self) -> Vec<&'static str> {
+        let mut k = Vec::new();
+        if cfg!(feature = "aws") {
+            k.push("aws");
+        }
+        if cfg!(feature = "gcp") {
+            k.push("gcp");
+        }
+        k
+    }
+
+    fn validate(&self, kind: &str, settings: &BTreeMap<String, String>) -> Result<()> {
+        match kind {
+            #[cfg(feature = "aws")]
+            "aws" => keybridge_provider_aws::Settings::parse(settings).map(|_| ()),
+            #[cfg(feature = "gcp")]
+            "gcp" => keybridge_provider_gcp::Settings::parse(settings).map(|_| ()),
+            other => Err(unbuilt(other)),
+        }
+    }
+
+    async fn open(&self, kind: &str, settings: &BTreeMap<String, String>) -> Result<Arc<dyn SecretStore>> {
+        match kind {
+            #[cfg(feature = "aws")]
+            "aws" => {
+                let s = keybridge_provider_aws::Settings::parse(settings)?;
+                Ok(Arc::new(keybridge_provider_aws::AwsStore::new(&s).await))
+            }
+            #[cfg(feature = "gcp")]
+            "gcp" => {
+                let s = keybridge_provider_gcp::Settings::parse(settings)?;
+                Ok(Arc::new(keybridge_provider_gcp::GcpStore::new(&s).await?))
+            }
+            other => Err(unbuilt(other)),
+        }
+    }
+}
+
+fn unbuilt(kind: &str) -> Error {
+    Error::InvalidArgument(format!("this build has no {kind} provider"))
+}
