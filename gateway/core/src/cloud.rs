@@ -412,14 +412,15 @@ impl CloudMount {
 
 fn health(cloud: Cloud, e: keybridge_provider_api::Error) -> Error {
     use keybridge_provider_api::Error as P;
-    let what = match &e {
-        P::Unauthenticated(_) => "refused the mount's credentials",
-        P::PermissionDenied(_) => "denied the mount's credentials the right to list secrets",
-        P::NotFound(_) => "does not know the target (vault, project or account)",
-        P::Unavailable(_) | P::Throttled(_) => "cannot be reached",
-        _ => "failed the health check",
+    let hint = match &e {
+        P::Unauthenticated(_) => " (the cloud refused the mount's credentials)",
+        P::PermissionDenied(_) => " (the mount's credentials may not list secrets)",
+        P::NotFound(_) => " (the cloud does not know the vault, project or account)",
+        _ => "",
     };
-    Error::FailedPrecondition(format!("the mount was not enabled: {} {what}: {e}", cloud.name()))
+    let msg = e.to_string();
+    let msg = if msg.contains(cloud.name()) { msg } else { format!("{}: {msg}", cloud.name()) };
+    Error::FailedPrecondition(format!("the mount was not enabled: {msg}{hint}"))
 }
 
 fn time(t: Option<SystemTime>) -> Timestamp {

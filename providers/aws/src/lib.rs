@@ -132,7 +132,8 @@ fn map<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     let msg = |m: Option<&str>, fallback: &str| format!("AWS Secrets Manager: {}", m.unwrap_or(fallback));
     match &e {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            return Error::Unavailable(format!("AWS Secrets Manager cannot be reached ({what}): {e}"));
+            let why = aws_sdk_secretsmanager::error::DisplayErrorContext(&e);
+            return Error::Unavailable(format!("AWS Secrets Manager cannot be reached ({what}): {why}"));
         }
         SdkError::ResponseError(_) => return Error::Unavailable(format!("AWS Secrets Manager ({what}): {e}")),
         _ => {}

@@ -2,6 +2,7 @@
 
 mod audit;
 mod cli;
+mod clouds;
 mod conformance;
 mod grpc;
 mod harness;
