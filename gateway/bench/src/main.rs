@@ -9,6 +9,11 @@
 //! - cold start: process start to serving, for dev mode and for a sealed
 //!   restart over a store holding those 100,000 secrets (plus unseal).
 //!
+//! - `--parts cloud`: the per-call overhead of a `Get` through the gateway
+//!   on an AWS mount against a direct SDK call (GetSecretValue) to the same
+//!   moto server, and the cloud calls 1,000 reads of one hot secret cost
+//!   with the mount's read cache on.
+//!
 //! Client and server share the machine, as users' benchmarks would.
 
 use std::io::{BufRead, BufReader};
@@ -59,6 +64,9 @@ struct Args {
     /// TLS modes to measure throughput in.
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
     tls: Vec<String>,
+    /// moto's server, for `--parts cloud` (tests/run-all.sh installs it).
+    #[arg(long, default_value = "target/test-venv/bin/moto_server")]
+    moto: PathBuf,
     /// Audit modes: off, file (a file audit device), file-fsync (with
     /// fsync=true: group commit with an fdatasync per group).
     #[arg(long, value_delimiter = ',', default_value = "off")]
@@ -399,6 +407,10 @@ async fn main() {
         }
     }
 
+    if wants("cloud") {
+        cloud(&args, &bin).await;
+    }
+
     let rss_dir = tempfile::tempdir().expect("tempdir");
     if wants("rss") || wants("coldstart") {
         let (server, _) = start_config_server(&bin, rss_dir.path(), false, args.cache_mib, args.no_mlock);
@@ -539,3 +551,164 @@ fn pb_health() -> HealthCheckRequest {
 
 use tonic_health::pb::HealthCheckRequest;
 type HealthClient = tonic_health::pb::health_client::HealthClient<Channel>;
+
+/// A moto server on a free port, killed on drop.
+struct Moto(Child, u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_moto(bin: &Path) -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (run ./tests/run-all.sh once to install it)", bin.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Moto(child, port)
+}
+
+/// Latencies of `calls` sequential-per-task calls from `concurrency` tasks.
+async fn timed<F, Fut>(concurrency: usize, secs: u64, call: F) -> Stats
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if !call().await {
+                    errors += 1;
+                }
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("task");
+        all.extend(l);
+        errors += e;
+    }
+    all.sort_unstable();
+    let pct =
+        |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let per_sec = all.len() as f64 / secs as f64;
+    Stats {
+        range: (per_sec, per_sec),
+        ops: all.len(),
+        per_sec,
+        p50_ms: pct(0.50) as f64 / 1e6,
+        p99_ms: pct(0.99) as f64 / 1e6,
+        errors,
+    }
+}
+
+async fn cloud(args: &Args, bin: &Path) {
+    let moto = start_moto(&args.moto);
+    let url = format!("http://127.0.0.1:{}", moto.1);
+    let token = "root-bench";
+    let (server, _) =
+        spawn(bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", token]);
+    let mut sys = pb::sys_client::SysClient::new(server.channel().await);
+    let settings = |cache: bool| {
+        let mut m = std::collections::HashMap::from([
+            ("region".to_string(), "us-east-1".to_string()),
+            ("endpoint_url".to_string(), url.clone()),
+            ("access_key_id".to_string(), "testing".to_string()),
+            ("secret_access_key".to_string(), "testing".to_string()),
+        ]);
+        if cache {
+            m.insert("cache_ttl".into(), "10m".into());
+        }
+        m
+    };
+    for (path, cache) in [("aws/", false), ("aws-cached/", true)] {
+        let req = pb::EnableMountRequest {
+            path: path.into(),
+            r#type: "aws".into(),
+            description: String::new(),
+            config: settings(cache),
+        };
+        sys.enable_mount(authed(token, req)).await.expect("enable the aws mount");
+    }
+    let mut c = pb::secrets_client::SecretsClient::new(server.channel().await);
+    c.put(authed(token, pb::PutRequest { path: "aws/bench/hot".into(), value: value_1k(1), cas: None }))
+        .await
+        .expect("put");
+
+    let s: std::collections::BTreeMap<String, String> = settings(false).into_iter().collect();
+    let store =
+        keybridge_provider_aws::AwsStore::new(&keybridge_provider_aws::Settings::parse(&s).expect("settings")).await;
+    let sdk = store.client().clone();
+    let secs = args.seconds;
+    println!("\n== AWS mount (moto {url}): Get of one 1 KiB secret, {secs} s each ==");
+    for conc in [1, 8] {
+        let direct = {
+            let sdk = sdk.clone();
+            timed(conc, secs, move || {
+                let sdk = sdk.clone();
+                async move {
+                    sdk.get_secret_value().secret_id("bench/hot").version_stage("AWSCURRENT").send().await.is_ok()
+                }
+            })
+            .await
+        };
+        print_stats(&format!("direct SDK GetSecretValue c={conc}"), &direct);
+        let channel = server.channel().await;
+        let gateway = timed(conc, secs, move || {
+            let mut c = pb::secrets_client::SecretsClient::new(channel.clone());
+            async move {
+                let req = pb::GetRequest { path: "aws/bench/hot".into(), ..Default::default() };
+                c.get(authed(token, req)).await.is_ok()
+            }
+        })
+        .await;
+        print_stats(&format!("gateway Get (no cache) c={conc}"), &gateway);
+        println!(
+            "{:<34} p50 {:+.3} ms, p99 {:+.3} ms per call",
+            format!("gateway overhead c={conc}"),
+            gateway.p50_ms - direct.p50_ms,
+            gateway.p99_ms - direct.p99_ms
+        );
+    }
+
+    let calls = |mounts: &pb::ListMountsResponse| {
+        let m = mounts.mounts.iter().find(|m| m.path == "aws-cached/").expect("mount");
+        m.stats.expect("stats")
+    };
+    let before = calls(&sys.list_mounts(authed(token, pb::ListMountsRequest {})).await.expect("list").into_inner());
+    let t = Instant::now();
+    for _ in 0..1000 {
+        let req = pb::GetRequest { path: "aws-cached/bench/hot".into(), ..Default::default() };
+        c.get(authed(token, req)).await.expect("get");
+    }
+    let took = t.elapsed();
+    let after = calls(&sys.list_mounts(authed(token, pb::ListMountsRequest {})).await.expect("list").into_inner());
+    println!(
+        "cache on: 1,000 Gets of one hot secret: {} upstream call(s), {} hits, {} misses, {:.3} ms per Get",
+        after.upstream_calls - before.upstream_calls,
+        after.cache_hits - before.cache_hits,
+        after.cache_misses - before.cache_misses,
+        took.as_secs_f64() * 1e3 / 1000.0
+    );
+}

@@ -119,6 +119,13 @@ impl AwsStore {
     }
 }
 
+impl AwsStore {
+    /// The SDK client (for benchmarks comparing against direct SDK calls).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
 fn time(t: Option<&DateTime>) -> Option<SystemTime> {
     t.and_then(|d| SystemTime::try_from(*d).ok())
 }

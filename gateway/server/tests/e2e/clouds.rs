@@ -1,0 +1,146 @@
+//! Cloud mounts through the binary and the CLI: settings checked without
+//! IO, the health check, credentials never shown, secrets other tools
+//! wrote (by boto3, into moto), the read cache's counters, and policies on
+//! a cloud mount.
+
+use std::process::Command;
+
+use keybridge_proto::v1 as pb;
+use keybridge_testservers::process::Spawned;
+use serde_json::Value;
+
+use crate::harness::{Server, authed, stderr, stdout};
+
+const T: &str = "root-e2e";
+
+fn json(o: &std::process::Output) -> Value {
+    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+fn moto() -> Spawned {
+    Spawned::start("KEYBRIDGE_MOTO_SERVER", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])
+}
+
+/// Runs boto3 (from the test venv, beside moto_server) against moto: a
+/// tool other than Keybridge writing secrets.
+fn boto3(moto: &Spawned, script: &str) {
+    let server = std::env::var("KEYBRIDGE_MOTO_SERVER").unwrap();
+    let python = std::path::Path::new(&server).with_file_name("python");
+    let prelude = format!(
+        "import boto3\nc = boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1', \
+         aws_access_key_id='testing', aws_secret_access_key='testing')\n",
+        moto.url()
+    );
+    let o = Command::new(python).arg("-c").arg(prelude + script).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_mount_settings_health_out_of_band_cache_and_policies() {
+    let m = moto();
+    let s = Server::dev();
+    let t = Some(T);
+    let endpoint = format!("endpoint_url={}", m.url());
+    let base = ["mount", "enable", "--type", "aws", "aws/", "region=us-east-1", &endpoint, "access_key_id=testing"];
+
+    // Settings are checked before any call; nothing is mounted on failure.
+    let o = s.cli(t, &[&base[..], &["secret_access_key=testing", "colour=red"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("unknown aws setting \"colour\""), "{}", stderr(&o));
+    let o = s.cli(t, &base);
+    assert!(stderr(&o).contains("access_key_id and secret_access_key"), "{}", stderr(&o));
+    let o = s.cli(t, &[&base[..], &["secret_access_key=testing", "cache_ttl=soon"]].concat());
+    assert!(stderr(&o).contains("cache_ttl"), "{}", stderr(&o));
+    // The health check: a cloud that cannot be reached is not mounted.
+    let o = s.cli(
+        t,
+        &[
+            "mount",
+            "enable",
+            "--type",
+            "aws",
+            "aws/",
+            "region=us-east-1",
+            "endpoint_url=http://127.0.0.1:1",
+            "access_key_id=testing",
+            "secret_access_key=testing",
+        ],
+    );
+    assert!(stderr(&o).contains("failed precondition"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("AWS Secrets Manager cannot be reached"), "{}", stderr(&o));
+    let mounts = json(&s.cli(t, &["mount", "list", "-o", "json"]));
+    assert!(mounts.as_array().unwrap().iter().all(|m| m["path"] != "aws/"), "{mounts}");
+
+    let o = s.cli(t, &[&base[..], &["secret_access_key=testing", "cache_ttl=10m"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mounts = json(&s.cli(t, &["mount", "list", "-o", "json"]));
+    let aws = mounts.as_array().unwrap().iter().find(|m| m["path"] == "aws/").unwrap().clone();
+    assert_eq!(aws["config"]["secret_access_key"], "<redacted>", "{aws}");
+    assert_eq!(aws["type"], "aws");
+
+    // Secrets another tool wrote: a name outside Keybridge's encoding, a
+    // plain string, a JSON object with a second version, bytes.
+    boto3(
+        &m,
+        "c.create_secret(Name='legacy=db', SecretString='hunter2')\n\
+         c.create_secret(Name='app/json', SecretString='{\"user\": \"bob\"}')\n\
+         c.put_secret_value(SecretId='app/json', SecretString='{\"user\": \"bob2\"}')\n\
+         c.create_secret(Name='app/bin', SecretBinary=bytes([0, 1, 254]))\n",
+    );
+    assert_eq!(json(&s.cli(t, &["kv", "list", "-o", "json", "aws/"])), serde_json::json!(["_raw/", "app/"]));
+    assert_eq!(json(&s.cli(t, &["kv", "list", "-o", "json", "aws/_raw/"])), serde_json::json!(["legacy=db"]));
+    let raw = json(&s.cli(t, &["kv", "get", "-o", "json", "aws/_raw/legacy=db"]));
+    assert_eq!(raw["text"], "hunter2", "{raw}");
+    let obj = json(&s.cli(t, &["kv", "get", "-o", "json", "aws/app/json"]));
+    assert_eq!(obj["data"]["user"], "bob2", "{obj}");
+    assert_eq!(obj["metadata"]["version"], 0, "other tools' versions have no number: {obj}");
+    let bin = json(&s.cli(t, &["kv", "get", "-o", "json", "aws/app/bin"]));
+    assert_eq!(bin["binary_b64"], "AAH+", "{bin}");
+    let meta = json(&s.cli(t, &["kv", "metadata", "get", "-o", "json", "aws/app/json"]));
+    assert_eq!(meta["other_versions"].as_array().unwrap().len(), 2, "{meta}");
+    let previous = json(&s.cli(t, &["kv", "get", "-o", "json", "--stage", "AWSPREVIOUS", "aws/app/json"]));
+    assert_eq!(previous["data"]["user"], "bob", "{previous}");
+    // A Keybridge write on top numbers past what is there.
+    let o = s.cli(t, &["kv", "put", "-o", "json", "aws/app/json", "user=carol"]);
+    assert_eq!(json(&o)["version"], 1);
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "aws/app/json"]))["data"]["user"], "carol");
+
+    // The read cache: hot reads reach the cloud once; writes invalidate.
+    let mut c = s.secrets().await;
+    c.put(authed(
+        T,
+        pb::PutRequest { path: "aws/hot".into(), value: crate::harness::fields(&[("v", "1")]), cas: None },
+    ))
+    .await
+    .unwrap();
+    let before = stats(&s);
+    for _ in 0..200 {
+        let r = c.get(authed(T, pb::GetRequest { path: "aws/hot".into(), ..Default::default() })).await.unwrap();
+        assert_eq!(crate::harness::field(&r.into_inner(), "v"), "1");
+    }
+    let after = stats(&s);
+    assert_eq!(after["upstream_calls"].as_u64().unwrap() - before["upstream_calls"].as_u64().unwrap(), 1, "{after}");
+    assert!(after["cache_hits"].as_u64().unwrap() >= 199, "{after}");
+    assert!(s.cli(t, &["kv", "put", "aws/hot", "v=2"]).status.success());
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "aws/hot"]))["data"]["v"], "2");
+
+    // Policies apply to cloud paths as to local ones.
+    let policy = std::env::temp_dir().join(format!("kb-aws-policy-{}.hcl", std::process::id()));
+    std::fs::write(&policy, "path \"aws/data/app/*\" { capabilities = [\"read\"] }\n").unwrap();
+    assert!(s.cli(t, &["policy", "write", "aws-reader", policy.to_str().unwrap()]).status.success());
+    let tok = json(&s.cli(t, &["token", "create", "--policy", "aws-reader", "-o", "json"]));
+    let reader = tok["token"].as_str().unwrap().to_string();
+    let o = s.cli(Some(&reader), &["kv", "get", "-o", "json", "aws/app/json"]);
+    assert_eq!(json(&o)["data"]["user"], "carol");
+    let o = s.cli(Some(&reader), &["kv", "put", "aws/app/json", "user=mallory"]);
+    assert!(stderr(&o).contains("permission denied"), "{}", stderr(&o));
+    let o = s.cli(Some(&reader), &["kv", "get", "aws/hot"]);
+    assert!(stderr(&o).contains("permission denied"), "{}", stderr(&o));
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "aws/app/json"]))["data"]["user"], "carol");
+}
+
+fn stats(s: &Server) -> Value {
+    let mounts = json(&s.cli(Some(T), &["mount", "list", "-o", "json"]));
+    mounts.as_array().unwrap().iter().find(|m| m["path"] == "aws/").unwrap()["stats"].clone()
+}
