@@ -3,6 +3,8 @@
 //! - [`issuer`]: a JWT issuer with a real ES256 key pair (PEM and JWKS), as
 //!   a Kubernetes cluster's service-account issuer or a CI system's OIDC
 //!   provider signs tokens.
+//! - [`keyvault`]: an Azure Key Vault (secrets API) and Entra ID token
+//!   endpoint over HTTPS with a test CA, following the REST contracts.
 //! - [`kubernetes`]: a server that follows the Kubernetes TokenReview
 //!   contract (`POST /apis/authentication.k8s.io/v1/tokenreviews`) and the
 //!   service-account delete call, so tests can delete an account and see
@@ -11,5 +13,6 @@
 //!   processes on free ports.
 
 pub mod issuer;
+pub mod keyvault;
 pub mod kubernetes;
 pub mod process;

@@ -1,0 +1,586 @@
+//! The Azure Key Vault adapter.
+//!
+//! - The client is built once per mount from typed settings: `vault_url`
+//!   (https), and credentials: a client secret (`tenant_id`, `client_id`,
+//!   `client_secret`), or `credentials=managed_identity` (optionally with
+//!   `client_id` of a user-assigned identity), `workload_identity` (AKS),
+//!   `developer_tools` (the Azure CLI). Without any, workload identity when
+//!   the pod has a federated token (`AZURE_FEDERATED_TOKEN_FILE`), managed
+//!   identity otherwise. `authority_host` selects another Entra ID cloud;
+//!   `ca_cert` adds a trusted CA (private endpoints behind TLS inspection,
+//!   and tests).
+//! - The SDK's transport is reqwest 0.12 with rustls on ring; the SDK's own
+//!   retries are off (the mount's `Limited` wrapper retries reads).
+//! - Version numbers: every version Keybridge writes carries a
+//!   `keybridge-version` tag. Tags belong to a version in Key Vault, so the
+//!   secret's custom metadata is the current version's tags, carried to each
+//!   new version (and at most 14 of them: Key Vault allows 15 tags).
+//! - Binary values are stored base64-encoded with the content type
+//!   `application/vnd.keybridge.binary+base64` and come back as bytes.
+//! - Deletion is Key Vault's soft delete (the vault's retention applies),
+//!   restore is recover, purge is delete then purge. Soft-deleting one
+//!   version sets its `enabled` attribute to false.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use azure_core::credentials::TokenCredential;
+use azure_core::http::pager::{PagerContinuation, PagerOptions};
+use azure_core::http::{ClientOptions, RetryOptions, Transport, Url};
+use azure_security_keyvault_secrets::models::{
+    SecretAttributes, SecretClientGetSecretOptions, SecretClientListSecretPropertiesOptions,
+    SecretClientListSecretPropertiesVersionsOptions, SecretClientUpdateSecretPropertiesOptions, SecretProperties,
+    SetSecretParameters, UpdateSecretPropertiesParameters,
+};
+use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+use base64::Engine as _;
+use futures::TryStreamExt as _;
+use keybridge_provider_api::{
+    Cloud, CloudValue, Deletion, Error, Listed, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore,
+    Selector, VersionChange, VersionInfo, VersionState,
+};
+use zeroize::Zeroizing;
+
+mod transport;
+
+const PROVIDER: &str = "Azure Key Vault";
+/// The tag holding Keybridge's number of a version.
+pub const NUMBER_TAG: &str = "keybridge-version";
+/// The content type marking a base64-encoded binary value.
+pub const BINARY_TYPE: &str = "application/vnd.keybridge.binary+base64";
+/// Key Vault allows 15 tags; one is Keybridge's number.
+pub const MAX_CUSTOM_TAGS: usize = 14;
+
+#[derive(Clone)]
+enum Credentials {
+    ClientSecret { tenant_id: String, client_id: String, secret: Zeroizing<String> },
+    ManagedIdentity { client_id: Option<String> },
+    WorkloadIdentity,
+    DeveloperTools,
+}
+
+/// A mount's settings.
+#[derive(Clone)]
+pub struct Settings {
+    pub vault_url: String,
+    pub authority_host: Option<String>,
+    pub ca_cert: Option<String>,
+    credentials: Credentials,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let creds = match &self.credentials {
+            Credentials::ClientSecret { .. } => "client_secret",
+            Credentials::ManagedIdentity { .. } => "managed_identity",
+            Credentials::WorkloadIdentity => "workload_identity",
+            Credentials::DeveloperTools => "developer_tools",
+        };
+        f.debug_struct("Settings")
+            .field("vault_url", &self.vault_url)
+            .field("authority_host", &self.authority_host)
+            .field("ca_cert", &self.ca_cert)
+            .field("credentials", &creds)
+            .finish()
+    }
+}
+
+const KEYS: &[&str] = &["vault_url", "tenant_id", "client_id", "client_secret", "credentials", "authority_host", "ca_cert"];
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+impl Settings {
+    /// Validates `key=value` settings without IO.
+    pub fn parse(s: &BTreeMap<String, String>) -> Result<Settings> {
+        keybridge_provider_api::settings::only(s, "azure", KEYS)?;
+        let get = |k: &str| s.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let vault_url = get("vault_url").ok_or_else(|| {
+            Error::InvalidArgument("vault_url is required, such as https://my-vault.vault.azure.net".into())
+        })?;
+        let parsed = Url::parse(&vault_url)
+            .map_err(|e| Error::InvalidArgument(format!("vault_url {vault_url:?} is not a URL: {e}")))?;
+        if parsed.scheme() != "https" || parsed.host_str().is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "vault_url {vault_url:?} must be an https:// URL (Key Vault accepts tokens over HTTPS only)"
+            )));
+        }
+        let authority_host = get("authority_host");
+        if let Some(a) = &authority_host
+            && !a.starts_with("https://")
+        {
+            return Err(Error::InvalidArgument(format!("authority_host {a:?} must be an https:// URL")));
+        }
+        let guid = |k: &str| -> Result<Option<String>> {
+            match get(k) {
+                Some(v) if !is_guid(&v) => {
+                    Err(Error::InvalidArgument(format!("{k} {v:?} is not a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47")))
+                }
+                v => Ok(v),
+            }
+        };
+        let (tenant_id, client_id) = (guid("tenant_id")?, guid("client_id")?);
+        let secret = get("client_secret");
+        let kind = get("credentials");
+        let credentials = match (kind.as_deref(), tenant_id, client_id, secret) {
+            (None | Some("client_secret"), Some(tenant_id), Some(client_id), Some(secret)) => {
+                Credentials::ClientSecret { tenant_id, client_id, secret: Zeroizing::new(secret) }
+            }
+            (None | Some("client_secret"), t, c, Some(_)) | (Some("client_secret"), t, c, None) => {
+                let missing: Vec<&str> = [("tenant_id", t.is_none()), ("client_id", c.is_none())]
+                    .into_iter()
+                    .filter_map(|(k, m)| m.then_some(k))
+                    .chain(kind.as_deref().filter(|_| s.get("client_secret").is_none()).map(|_| "client_secret"))
+                    .collect();
+                return Err(Error::InvalidArgument(format!(
+                    "client secret credentials need tenant_id, client_id and client_secret; missing: {}",
+                    missing.join(", ")
+                )));
+            }
+            (Some("managed_identity"), None, c, None) => Credentials::ManagedIdentity { client_id: c },
+            (Some("workload_identity"), None, None, None) => Credentials::WorkloadIdentity,
+            (Some("developer_tools"), None, None, None) => Credentials::DeveloperTools,
+            (None, None, c, None) => {
+                if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() && c.is_none() {
+                    Credentials::WorkloadIdentity
+                } else {
+                    Credentials::ManagedIdentity { client_id: c }
+                }
+            }
+            (Some(k @ ("managed_identity" | "workload_identity" | "developer_tools")), ..) => {
+                return Err(Error::InvalidArgument(format!(
+                    "credentials={k} takes no tenant_id or client_secret{}",
+                    if k == "managed_identity" { "" } else { " or client_id" }
+                )));
+            }
+            (Some(other), ..) => {
+                return Err(Error::InvalidArgument(format!(
+                    "credentials must be client_secret, managed_identity, workload_identity or developer_tools, not {other:?}"
+                )));
+            }
+            (None, Some(_), _, None) => {
+                return Err(Error::InvalidArgument(
+                    "tenant_id was given without client_id and client_secret".into(),
+                ));
+            }
+        };
+        Ok(Settings { vault_url, authority_host, ca_cert: get("ca_cert"), credentials })
+    }
+
+    /// Whether the vault is one of Azure's, whose challenges must name it.
+    fn azure_host(&self) -> bool {
+        let host = Url::parse(&self.vault_url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+        [".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net", ".managedhsm.azure.net"]
+            .iter()
+            .any(|d| host.ends_with(d))
+    }
+}
+
+pub struct AzureStore {
+    client: SecretClient,
+}
+
+fn setup(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("{PROVIDER}: cannot set up the {what}: {e}"))
+}
+
+impl AzureStore {
+    /// Builds the credential and the SDK client (once per mount). Reads the
+    /// `ca_cert` file if given; makes no call to Azure.
+    pub fn new(settings: &Settings) -> Result<AzureStore> {
+        let ca = match &settings.ca_cert {
+            Some(path) => Some(std::fs::read(path).map_err(|e| setup("CA", format!("{path}: {e}")))?),
+            None => None,
+        };
+        let http = transport::client(ca.as_deref()).map_err(|e| setup("HTTPS client", e))?;
+        let mut options = ClientOptions {
+            transport: Some(Transport::new(Arc::new(transport::ReqwestTransport(http)))),
+            retry: RetryOptions::none(),
+            ..Default::default()
+        };
+        if let Some(a) = &settings.authority_host {
+            let mut custom = azure_core::cloud::CustomConfiguration::default();
+            custom.authority_host = a.clone();
+            options.cloud = Some(Arc::new(custom.into()));
+        }
+        let credential: Arc<dyn TokenCredential> = match &settings.credentials {
+            Credentials::ClientSecret { tenant_id, client_id, secret } => {
+                azure_identity::ClientSecretCredential::new(
+                    tenant_id,
+                    client_id.clone(),
+                    azure_core::credentials::Secret::new(secret.to_string()),
+                    Some(azure_identity::ClientSecretCredentialOptions { client_options: options.clone() }),
+                )
+                .map_err(|e| setup("client secret credential", e))?
+            }
+            Credentials::ManagedIdentity { client_id } => {
+                azure_identity::ManagedIdentityCredential::new(Some(azure_identity::ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id.clone().map(azure_identity::UserAssignedId::ClientId),
+                    client_options: options.clone(),
+                }))
+                .map_err(|e| setup("managed identity credential", e))?
+            }
+            Credentials::WorkloadIdentity => azure_identity::WorkloadIdentityCredential::new(None)
+                .map_err(|e| setup("workload identity credential", e))?,
+            Credentials::DeveloperTools => azure_identity::DeveloperToolsCredential::new(None)
+                .map_err(|e| setup("developer tools credential", e))?,
+        };
+        let client = SecretClient::new(
+            &settings.vault_url,
+            credential,
+            Some(SecretClientOptions {
+                client_options: options,
+                verify_challenge_resource: Some(settings.azure_host()),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| setup("Key Vault client", e))?;
+        Ok(AzureStore { client })
+    }
+}
+
+/// Maps an SDK error by HTTP status and Key Vault's error code.
+fn map(e: azure_core::Error, what: &str) -> Error {
+    use azure_core::error::ErrorKind;
+    let m = format!("{PROVIDER}: {e}");
+    match e.kind() {
+        ErrorKind::HttpResponse { status, error_code, .. } => {
+            let code = error_code.as_deref().unwrap_or_default();
+            match u16::from(*status) {
+                404 => Error::NotFound(format!("{what}: not found in {PROVIDER}")),
+                403 if code == "Forbidden" && m.contains("SecretDisabled") => {
+                    Error::NotFound(format!("{what}: the version is disabled (soft-deleted) in {PROVIDER}"))
+                }
+                409 => Error::Conflict(m),
+                400 => Error::InvalidArgument(m),
+                401 => Error::Unauthenticated(m),
+                403 => Error::PermissionDenied(m),
+                429 => Error::Throttled(m),
+                s if s >= 500 => Error::Unavailable(m),
+                _ => Error::Failed(m),
+            }
+        }
+        ErrorKind::Credential => Error::Unauthenticated(format!("{PROVIDER}: cannot get a token: {e}")),
+        ErrorKind::Connection | ErrorKind::Io => Error::Unavailable(format!("{PROVIDER} cannot be reached ({what}): {e}")),
+        _ => Error::Failed(format!("{PROVIDER} ({what}): {e}")),
+    }
+}
+
+fn time(t: Option<time::OffsetDateTime>) -> Option<SystemTime> {
+    t.map(SystemTime::from)
+}
+
+/// The version id at the end of `https://vault/secrets/{name}/{version}`.
+fn version_of(id: Option<&str>) -> String {
+    id.and_then(|i| i.trim_end_matches('/').rsplit('/').next()).unwrap_or_default().to_string()
+}
+
+/// The name in `https://vault/secrets/{name}[/{version}]`.
+fn name_of(id: Option<&str>) -> String {
+    let id = id.unwrap_or_default();
+    id.split("/secrets/").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default().to_string()
+}
+
+fn number_of(tags: Option<&HashMap<String, String>>) -> Option<u64> {
+    tags?.get(NUMBER_TAG)?.parse().ok().filter(|n| *n > 0)
+}
+
+fn custom_tags(tags: Option<&HashMap<String, String>>) -> BTreeMap<String, String> {
+    tags.map(|t| t.iter().filter(|(k, _)| *k != NUMBER_TAG).map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn info(id: Option<&str>, attrs: Option<&SecretAttributes>, tags: Option<&HashMap<String, String>>) -> VersionInfo {
+    VersionInfo {
+        id: version_of(id),
+        number: number_of(tags),
+        stages: Vec::new(),
+        created: time(attrs.and_then(|a| a.created)),
+        state: if attrs.and_then(|a| a.enabled) == Some(false) { VersionState::Disabled } else { VersionState::Enabled },
+    }
+}
+
+fn from_props(p: &SecretProperties) -> VersionInfo {
+    info(p.id.as_deref(), p.attributes.as_ref(), p.tags.as_ref())
+}
+
+impl AzureStore {
+    /// Every version, oldest first, with its tags.
+    async fn versions(&self, name: &str) -> Result<Vec<(VersionInfo, BTreeMap<String, String>)>> {
+        let mut pages = self
+            .client
+            .list_secret_properties_versions(
+                name,
+                Some(SecretClientListSecretPropertiesVersionsOptions { maxresults: Some(25), ..Default::default() }),
+            )
+            .map_err(|e| map(e, name))?
+            .into_pages();
+        let mut out = Vec::new();
+        while let Some(page) = pages.try_next().await.map_err(|e| map(e, name))? {
+            let page = page.into_model().map_err(|e| map(e, name))?;
+            out.extend(page.value.iter().map(|p| (from_props(p), custom_tags(p.tags.as_ref()))));
+        }
+        if out.is_empty() {
+            return Err(Error::NotFound(format!("{name}: not found in {PROVIDER}")));
+        }
+        out.sort_by_key(|(v, _)| (v.created, v.number));
+        Ok(out)
+    }
+
+    async fn set(&self, name: &str, value: &CloudValue, tags: HashMap<String, String>) -> Result<VersionInfo> {
+        let (value, content_type) = match value {
+            CloudValue::String(s) => (Zeroizing::new(s.to_string()), None),
+            CloudValue::Binary(b) => {
+                (Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(b)), Some(BINARY_TYPE.to_string()))
+            }
+        };
+        let params = SetSecretParameters {
+            value: Some(value.to_string()),
+            content_type,
+            tags: Some(tags),
+            ..Default::default()
+        };
+        let body = params.try_into().map_err(|e| map(e, name))?;
+        let secret = self
+            .client
+            .set_secret(name, body, None)
+            .await
+            .map_err(|e| map(e, name))?
+            .into_model()
+            .map_err(|e| map(e, name))?;
+        Ok(info(secret.id.as_deref(), secret.attributes.as_ref(), secret.tags.as_ref()))
+    }
+
+    async fn update(&self, name: &str, version: &str, params: UpdateSecretPropertiesParameters) -> Result<()> {
+        let body = params.try_into().map_err(|e| map(e, name))?;
+        self.client
+            .update_secret_properties(
+                name,
+                body,
+                Some(SecretClientUpdateSecretPropertiesOptions {
+                    secret_version: Some(version.to_string()),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| map(e, name))
+    }
+}
+
+fn with_number(mut tags: BTreeMap<String, String>, n: u64) -> HashMap<String, String> {
+    tags.insert(NUMBER_TAG.to_string(), n.to_string());
+    tags.into_iter().collect()
+}
+
+#[async_trait::async_trait]
+impl SecretStore for AzureStore {
+    fn cloud(&self) -> Cloud {
+        Cloud::Azure
+    }
+
+    async fn check(&self) -> Result<()> {
+        let mut pages = self
+            .client
+            .list_secret_properties(Some(SecretClientListSecretPropertiesOptions {
+                maxresults: Some(1),
+                ..Default::default()
+            }))
+            .map_err(|e| map(e, "health check"))?
+            .into_pages();
+        pages.try_next().await.map(|_| ()).map_err(|e| map(e, "health check"))
+    }
+
+    async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead> {
+        let version = match at {
+            Selector::Current => None,
+            Selector::Version(v) => Some(v.clone()),
+            Selector::Number(n) => {
+                let versions = self.versions(name).await?;
+                match versions.iter().find(|(v, _)| v.number == Some(*n)) {
+                    Some((v, _)) => Some(v.id.clone()),
+                    None => return Err(Error::NotFound(format!("{name}: version {n} not found in {PROVIDER}"))),
+                }
+            }
+            Selector::Stage(_) => {
+                return Err(Error::Unsupported {
+                    provider: PROVIDER,
+                    capability: "select versions by stage or alias (Key Vault has none; use a version id)",
+                });
+            }
+        };
+        let secret = self
+            .client
+            .get_secret(name, Some(SecretClientGetSecretOptions { secret_version: version, ..Default::default() }))
+            .await
+            .map_err(|e| map(e, name))?
+            .into_model()
+            .map_err(|e| map(e, name))?;
+        let raw = Zeroizing::new(secret.value.clone().unwrap_or_default());
+        let value = if secret.content_type.as_deref() == Some(BINARY_TYPE) {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(raw.as_bytes()).map_err(|_| {
+                Error::Failed(format!("{name}: marked binary ({BINARY_TYPE}) but its value is not base64"))
+            })?;
+            CloudValue::Binary(Zeroizing::new(bytes))
+        } else {
+            CloudValue::String(raw)
+        };
+        Ok(SecretRead { version: info(secret.id.as_deref(), secret.attributes.as_ref(), secret.tags.as_ref()), value })
+    }
+
+    async fn put(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        pre: &Precondition,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        let given = tags.cloned().unwrap_or_default();
+        if given.len() > MAX_CUSTOM_TAGS {
+            return Err(Error::InvalidArgument(format!(
+                "{PROVIDER} keeps at most {MAX_CUSTOM_TAGS} custom metadata entries per secret"
+            )));
+        }
+        let versions = match self.versions(name).await {
+            Ok(v) => Some(v),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let Some(versions) = versions else {
+            return match pre {
+                Precondition::None | Precondition::Absent => self.set(name, value, with_number(given, 1)).await,
+                _ => Err(Error::Conflict(format!("check-and-set failed: {name} does not exist"))),
+            };
+        };
+        let current = versions.last().map(|(v, t)| (v, t.clone()));
+        let held = match (pre, &current) {
+            (Precondition::Absent, _) => false,
+            (Precondition::CurrentIs(id), Some((c, _))) => &c.id == id,
+            (Precondition::CurrentNumber(n), Some((c, _))) => c.number == Some(*n),
+            (Precondition::None, _) => true,
+            _ => false,
+        };
+        if !held {
+            let now = current.map_or("none".to_string(), |(c, _)| match c.number {
+                Some(n) => format!("version {n} ({})", c.id),
+                None => c.id.clone(),
+            });
+            return Err(Error::Conflict(format!(
+                "check-and-set failed: {name} exists; its current version is {now}"
+            )));
+        }
+        // Tags belong to a version: carry the secret's metadata forward.
+        let carried = if tags.is_some() { given } else { current.map(|(_, t)| t).unwrap_or_default() };
+        let next = versions.iter().filter_map(|(v, _)| v.number).max().unwrap_or(0) + 1;
+        self.set(name, value, with_number(carried, next)).await
+    }
+
+    async fn describe(&self, name: &str) -> Result<SecretInfo> {
+        let versions = self.versions(name).await?;
+        let tags = versions.last().map(|(_, t)| t.clone()).unwrap_or_default();
+        let versions: Vec<VersionInfo> = versions.into_iter().map(|(v, _)| v).collect();
+        Ok(SecretInfo {
+            name: name.to_string(),
+            created: versions.first().and_then(|v| v.created),
+            updated: versions.last().and_then(|v| v.created),
+            tags,
+            deletion: None,
+            versions,
+        })
+    }
+
+    async fn list(&self, page_size: usize, page_token: Option<&str>) -> Result<Page> {
+        let continuation = match page_token {
+            Some(t) => Some(PagerContinuation::Link(
+                Url::parse(t).map_err(|_| Error::InvalidArgument("the page token is not one this mount issued".into()))?,
+            )),
+            None => None,
+        };
+        let options = SecretClientListSecretPropertiesOptions {
+            maxresults: Some(page_size.clamp(1, 25) as i32),
+            method_options: PagerOptions { continuation, context: Default::default() },
+        };
+        let mut pages = self.client.list_secret_properties(Some(options)).map_err(|e| map(e, "list"))?.into_pages();
+        let Some(page) = pages.try_next().await.map_err(|e| map(e, "list"))? else {
+            return Ok(Page::default());
+        };
+        let page = page.into_model().map_err(|e| map(e, "list"))?;
+        Ok(Page {
+            items: page
+                .value
+                .iter()
+                .map(|p| Listed {
+                    name: name_of(p.id.as_deref()),
+                    updated: time(p.attributes.as_ref().and_then(|a| a.updated)),
+                    tags: custom_tags(p.tags.as_ref()),
+                })
+                .collect(),
+            next: page.next_link.filter(|l| !l.is_empty()),
+        })
+    }
+
+    async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
+        self.client.delete_secret(name, None).await.map_err(|e| map(e, name))?;
+        if how == Deletion::Purge {
+            // Deletion completes in the background on Azure; purge can
+            // answer 409 until it has.
+            let mut attempt = 0;
+            loop {
+                match self.client.purge_deleted_secret(name, None).await.map_err(|e| map(e, name)) {
+                    Err(Error::Conflict(_) | Error::NotFound(_)) if attempt < 20 => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                    other => return other.map(|_| ()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore(&self, name: &str) -> Result<()> {
+        self.client.recover_deleted_secret(name, None).await.map(|_| ()).map_err(|e| map(e, name))
+    }
+
+    async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {
+        let enabled = match change {
+            VersionChange::Disable => false,
+            VersionChange::Enable => true,
+            VersionChange::Destroy => {
+                return Err(Error::Unsupported {
+                    provider: PROVIDER,
+                    capability: "destroy single versions (purge deletes the whole secret)",
+                });
+            }
+        };
+        let params = UpdateSecretPropertiesParameters {
+            secret_attributes: Some(SecretAttributes { enabled: Some(enabled), ..Default::default() }),
+            ..Default::default()
+        };
+        self.update(name, id, params).await
+    }
+
+    async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        if tags.len() > MAX_CUSTOM_TAGS {
+            return Err(Error::InvalidArgument(format!(
+                "{PROVIDER} keeps at most {MAX_CUSTOM_TAGS} custom metadata entries per secret"
+            )));
+        }
+        if tags.contains_key(NUMBER_TAG) {
+            return Err(Error::InvalidArgument(format!("the tag {NUMBER_TAG} is Keybridge's own")));
+        }
+        let versions = self.versions(name).await?;
+        let Some((current, _)) = versions.last() else {
+            return Err(Error::NotFound(format!("{name}: not found in {PROVIDER}")));
+        };
+        let mut all: HashMap<String, String> = tags.clone().into_iter().collect();
+        if let Some(n) = current.number {
+            all.insert(NUMBER_TAG.to_string(), n.to_string());
+        }
+        let params = UpdateSecretPropertiesParameters { tags: Some(all), ..Default::default() };
+        self.update(name, &current.id, params).await
+    }
+}

@@ -1,0 +1,201 @@
+//! The Azure adapter through the official SDK (`azure_security_keyvault_secrets`
+//! with `azure_identity`'s client-secret credential) against our Key Vault
+//! test server (`tests/servers/src/keyvault.rs`), over HTTPS with a test CA:
+//! no third-party Key Vault emulator runs here.
+
+use std::collections::BTreeMap;
+
+use keybridge_provider_api::limits::{Limited, Limits, Rate};
+use keybridge_provider_api::{CloudValue, Deletion, Error, Precondition, SecretStore, Selector, VersionChange};
+use keybridge_provider_azure::{AzureStore, BINARY_TYPE, NUMBER_TAG, Settings};
+use keybridge_testservers::keyvault::{self, KeyVault};
+use zeroize::Zeroizing;
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn settings(kv: &KeyVault, client: &str, secret: &str, tenant: &str) -> Settings {
+    let ca = std::env::temp_dir().join(format!("kb-kv-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
+    std::fs::write(&ca, &kv.ca_pem).unwrap();
+    Settings::parse(&map(&[
+        ("vault_url", &kv.url),
+        ("authority_host", &kv.url),
+        ("tenant_id", tenant),
+        ("client_id", client),
+        ("client_secret", secret),
+        ("ca_cert", ca.to_str().unwrap()),
+    ]))
+    .unwrap()
+}
+
+fn store(kv: &KeyVault) -> AzureStore {
+    AzureStore::new(&settings(kv, keyvault::CLIENT_ID, keyvault::CLIENT_SECRET, &kv.tenant)).unwrap()
+}
+
+fn text(s: &str) -> CloudValue {
+    CloudValue::text(s)
+}
+
+#[test]
+fn settings_are_validated_without_io() {
+    let ok = map(&[
+        ("vault_url", "https://my-vault.vault.azure.net"),
+        ("tenant_id", "72f988bf-86f1-41af-91ab-2d7cd011db47"),
+        ("client_id", "11111111-2222-3333-4444-555555555555"),
+        ("client_secret", "s"),
+    ]);
+    let s = Settings::parse(&ok).unwrap();
+    assert!(!format!("{s:?}").contains("\"s\""), "the secret never prints: {s:?}");
+    let bad = |pairs: &[(&str, &str)], text: &str| {
+        let e = Settings::parse(&map(pairs)).unwrap_err().to_string();
+        assert!(e.contains(text), "{e:?} should mention {text:?}");
+    };
+    bad(&[], "vault_url is required");
+    bad(&[("vault_url", "http://my-vault.vault.azure.net")], "https://");
+    bad(&[("vault_url", "https://v.vault.azure.net"), ("client_secret", "s")], "missing: tenant_id, client_id");
+    bad(&[("vault_url", "https://v.vault.azure.net"), ("tenant_id", "nope"), ("client_id", "x")], "not a GUID");
+    bad(&[("vault_url", "https://v.vault.azure.net"), ("credentials", "magic")], "credentials must be");
+    bad(&[("vault_url", "https://v.vault.azure.net"), ("colour", "red")], "unknown azure setting");
+    Settings::parse(&map(&[("vault_url", "https://v.vault.azure.net"), ("credentials", "managed_identity")])).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_tags_binary_and_check_and_set() {
+    let kv = KeyVault::start().await;
+    let s = store(&kv);
+    s.check().await.unwrap();
+    let v1 = s.put("db", &text("one"), &Precondition::Absent, Some(&map(&[("owner", "team-a")]))).await.unwrap();
+    assert_eq!(v1.number, Some(1));
+    let v2 = s.put("db", &text("two"), &Precondition::CurrentNumber(1), None).await.unwrap();
+    assert_eq!(v2.number, Some(2));
+    assert!(matches!(s.put("db", &text("x"), &Precondition::CurrentNumber(1), None).await, Err(Error::Conflict(_))));
+    assert!(matches!(s.put("db", &text("x"), &Precondition::Absent, None).await, Err(Error::Conflict(_))));
+    assert!(matches!(s.put("new", &text("x"), &Precondition::CurrentNumber(1), None).await, Err(Error::Conflict(_))));
+    // Tags belong to a version: the owner tag was carried to version 2.
+    let (_, _, tags) = kv.stored("db").unwrap();
+    assert_eq!(tags.get("owner").map(String::as_str), Some("team-a"));
+    assert_eq!(tags.get(NUMBER_TAG).map(String::as_str), Some("2"));
+    let read = s.get("db", &Selector::Current).await.unwrap();
+    assert_eq!((read.value.as_str(), read.version.number), (Some("two"), Some(2)));
+    assert_eq!(s.get("db", &Selector::Number(1)).await.unwrap().value.as_str(), Some("one"));
+    assert_eq!(s.get("db", &Selector::Version(v1.id.clone())).await.unwrap().value.as_str(), Some("one"));
+    assert!(matches!(s.get("db", &Selector::Stage("AWSCURRENT".into())).await, Err(Error::Unsupported { .. })));
+    assert!(matches!(s.get("missing", &Selector::Current).await, Err(Error::NotFound(_))));
+    let info = s.describe("db").await.unwrap();
+    assert_eq!(info.versions.iter().map(|v| v.number).collect::<Vec<_>>(), vec![Some(1), Some(2)]);
+    assert_eq!(info.tags, map(&[("owner", "team-a")]));
+    s.set_tags("db", &map(&[("owner", "team-b")])).await.unwrap();
+    assert_eq!(s.describe("db").await.unwrap().tags, map(&[("owner", "team-b")]));
+    assert_eq!(s.get("db", &Selector::Current).await.unwrap().version.number, Some(2), "the number tag stays");
+
+    // Binary: base64 with the marker in the vault, bytes through the adapter.
+    let bytes = vec![0u8, 159, 146, 150, 255];
+    s.put("blob", &CloudValue::Binary(Zeroizing::new(bytes.clone())), &Precondition::None, None).await.unwrap();
+    let (raw, ct, _) = kv.stored("blob").unwrap();
+    assert_eq!((raw.as_str(), ct.as_deref()), ("AJ+Slv8=", Some(BINARY_TYPE)));
+    match s.get("blob", &Selector::Current).await.unwrap().value {
+        CloudValue::Binary(b) => assert_eq!(*b, bytes),
+        other => panic!("bytes expected, got {other:?}"),
+    }
+
+    // A secret another tool wrote: no number, read as it is.
+    kv.put_out_of_band("Legacy-Conn", "Server=db;Password=x", Some("text/plain"));
+    let read = s.get("legacy-conn", &Selector::Current).await.unwrap();
+    assert_eq!((read.value.as_str(), read.version.number), (Some("Server=db;Password=x"), None));
+    // ... and a Keybridge write on top numbers from 1.
+    assert_eq!(s.put("Legacy-Conn", &text("y"), &Precondition::None, None).await.unwrap().number, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_soft_delete_recover_purge_and_versions() {
+    let kv = KeyVault::start().await;
+    let s = store(&kv);
+    for i in 0..5 {
+        s.put(&format!("k{i}"), &text("v"), &Precondition::None, None).await.unwrap();
+    }
+    let mut names = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let p = s.list(2, token.as_deref()).await.unwrap();
+        assert!(p.items.len() <= 2);
+        names.extend(p.items.into_iter().map(|i| i.name));
+        pages += 1;
+        token = p.next;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!((names, pages), (vec!["k0".into(), "k1".into(), "k2".into(), "k3".into(), "k4".into()], 3));
+
+    // One version disabled and enabled again.
+    s.put("k0", &text("v2"), &Precondition::None, None).await.unwrap();
+    let id = s.describe("k0").await.unwrap().versions[0].id.clone();
+    s.change_version("k0", &id, VersionChange::Disable).await.unwrap();
+    assert!(matches!(s.get("k0", &Selector::Number(1)).await, Err(Error::NotFound(m)) if m.contains("disabled")));
+    s.change_version("k0", &id, VersionChange::Enable).await.unwrap();
+    assert_eq!(s.get("k0", &Selector::Number(1)).await.unwrap().value.as_str(), Some("v"));
+    assert!(matches!(s.change_version("k0", &id, VersionChange::Destroy).await, Err(Error::Unsupported { .. })));
+
+    // Soft delete, the name held while recoverable, recover, purge.
+    s.delete("k1", Deletion::Recoverable { days: 90 }).await.unwrap();
+    assert!(matches!(s.get("k1", &Selector::Current).await, Err(Error::NotFound(_))));
+    let e = s.put("k1", &text("again"), &Precondition::None, None).await.unwrap_err();
+    assert!(matches!(&e, Error::Conflict(m) if m.contains("deleted but recoverable")), "{e:?}");
+    s.restore("k1").await.unwrap();
+    assert_eq!(s.get("k1", &Selector::Current).await.unwrap().value.as_str(), Some("v"));
+    s.delete("k1", Deletion::Purge).await.unwrap();
+    s.put("k1", &text("fresh"), &Precondition::Absent, None).await.unwrap();
+    assert!(matches!(s.restore("k2").await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_permissions_are_told_apart() {
+    let kv = KeyVault::start().await;
+    let wrong = AzureStore::new(&settings(&kv, keyvault::CLIENT_ID, "wrong", &kv.tenant)).unwrap();
+    let e = wrong.check().await.unwrap_err();
+    assert!(matches!(&e, Error::Unauthenticated(m) if m.contains("AADSTS7000215")), "{e:?}");
+    let tenant = AzureStore::new(&settings(&kv, keyvault::CLIENT_ID, keyvault::CLIENT_SECRET, "00000000-0000-0000-0000-000000000000")).unwrap();
+    assert!(matches!(tenant.check().await.unwrap_err(), Error::Unauthenticated(m) if m.contains("AADSTS90002")));
+    let reader = AzureStore::new(&settings(&kv, keyvault::READER_ID, keyvault::READER_SECRET, &kv.tenant)).unwrap();
+    reader.check().await.unwrap();
+    let e = reader.put("x", &text("v"), &Precondition::None, None).await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("secrets set permission")), "{e:?}");
+    // Without the test CA, the vault's certificate is not trusted.
+    let mut untrusted = map(&[
+        ("vault_url", &kv.url),
+        ("authority_host", &kv.url),
+        ("tenant_id", &kv.tenant),
+        ("client_id", keyvault::CLIENT_ID),
+        ("client_secret", keyvault::CLIENT_SECRET),
+    ]);
+    let s = AzureStore::new(&Settings::parse(&untrusted).unwrap()).unwrap();
+    assert!(matches!(s.check().await.unwrap_err(), Error::Unavailable(_) | Error::Unauthenticated(_)));
+    untrusted.insert("ca_cert".into(), "/nonexistent/ca.pem".into());
+    let e = AzureStore::new(&Settings::parse(&untrusted).unwrap()).err().unwrap();
+    assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_within_the_limit_and_reported_past_it() {
+    let kv = KeyVault::start().await;
+    store(&kv).put("hot", &text("v"), &Precondition::None, None).await.unwrap();
+    let mut limits = Limits::published(keybridge_provider_api::Cloud::Azure);
+    limits.read_attempts = 3;
+    limits.read_value = Rate::per_second(1000);
+    let limited = Limited::new(store(&kv), limits);
+    limited.get("hot", &Selector::Current).await.unwrap();
+    // Respected: two throttled answers, then the third attempt is served.
+    kv.throttle_next(2);
+    let before = kv.requests();
+    assert_eq!(limited.get("hot", &Selector::Current).await.unwrap().value.as_str(), Some("v"));
+    assert_eq!(kv.requests() - before, 3);
+    // Exceeded: every attempt is throttled, and the answer says so.
+    kv.throttle_next(3);
+    let before = kv.requests();
+    let e = limited.get("hot", &Selector::Current).await.unwrap_err();
+    assert!(matches!(&e, Error::Throttled(m) if m.contains("too many requests")), "{e:?}");
+    assert_eq!(kv.requests() - before, 3, "three attempts, no more");
+    assert!(limited.get("hot", &Selector::Current).await.is_ok());
+}

@@ -1,0 +1,534 @@
+//! An Azure Key Vault (secrets) and Microsoft Entra ID token endpoint that
+//! follow the published REST contracts, over HTTPS with a test CA.
+//!
+//! No third-party Key Vault emulator runs here, so this server stands in
+//! for one in Keybridge's tests. What it implements, as documented in the
+//! Key Vault REST API reference (api-version 2025-07-01, which
+//! `azure_security_keyvault_secrets` 1.0 sends) and the Entra ID
+//! client-credentials flow:
+//!
+//! - `POST /{tenant}/oauth2/v2.0/token` (form: `grant_type=client_credentials`,
+//!   `client_id`, `client_secret`, `scope=https://vault.azure.net/.default`):
+//!   `{token_type, expires_in, ext_expires_in, access_token}`, or Entra's
+//!   error shape `{error, error_description, error_codes}` (400 unknown
+//!   tenant AADSTS90002, 401 bad secret AADSTS7000215, 400 bad scope).
+//! - Every vault request needs `api-version` (400 `BadParameter` without)
+//!   and a bearer token: without one, 401 with
+//!   `WWW-Authenticate: Bearer authorization="<authority>/<tenant>",
+//!   resource="https://vault.azure.net"` (the challenge the SDK waits for
+//!   before it sends a token); an unknown token is 401 `Unauthorized`.
+//!   Clients registered read-only get 403 `Forbidden` on writes.
+//! - `PUT /secrets/{name}` (SetSecret: value, contentType, tags,
+//!   attributes.enabled), `GET /secrets/{name}/{version?}` (GetSecret; a
+//!   disabled version is 403 `Forbidden`/`SecretDisabled`),
+//!   `PATCH /secrets/{name}/{version?}` (UpdateSecret: contentType,
+//!   attributes.enabled, tags), `GET /secrets` and
+//!   `GET /secrets/{name}/versions` (`maxresults` 1..=25, `value` + `nextLink`
+//!   with a `$skiptoken`), `DELETE /secrets/{name}` (soft delete: a
+//!   DeletedSecretBundle with `recoveryId`, `deletedDate`,
+//!   `scheduledPurgeDate`), `GET /deletedsecrets[/{name}]`,
+//!   `POST /deletedsecrets/{name}/recover`, `DELETE /deletedsecrets/{name}`
+//!   (purge, 204).
+//! - Names: 1-127 of `0-9a-zA-Z-`, compared without regard to case; values
+//!   at most 25 KiB; a name that is deleted but recoverable cannot be set
+//!   (409 `Conflict`). Errors are `{"error": {"code", "message"}}`. Times
+//!   are Unix seconds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use serde_json::{Value, json};
+
+const MAX_VALUE: usize = 25 * 1024;
+const PAGE_MAX: usize = 25;
+const RECOVERABLE_DAYS: i64 = 90;
+
+#[derive(Clone)]
+struct Version {
+    id: String,
+    value: String,
+    content_type: Option<String>,
+    tags: BTreeMap<String, String>,
+    enabled: bool,
+    created: i64,
+    updated: i64,
+}
+
+#[derive(Clone)]
+struct Secret {
+    /// As first written (names compare without case).
+    name: String,
+    /// Oldest first.
+    versions: Vec<Version>,
+}
+
+#[derive(Clone)]
+struct Deleted {
+    secret: Secret,
+    deleted: i64,
+}
+
+#[derive(Default)]
+struct Vault {
+    secrets: HashMap<String, Secret>,
+    deleted: HashMap<String, Deleted>,
+    /// token -> may write
+    tokens: HashMap<String, bool>,
+    /// Requests to the vault (not the token endpoint), challenges included.
+    requests: u64,
+    next: u64,
+    /// Answer this many of the next vault requests with 429.
+    throttle: u64,
+}
+
+#[derive(Clone)]
+struct Shared {
+    vault: Arc<Mutex<Vault>>,
+    tenant: String,
+    /// client id -> (secret, may write)
+    clients: Arc<HashMap<String, (String, bool)>>,
+    base: String,
+}
+
+/// A running server; dropped with the test's runtime.
+pub struct KeyVault {
+    pub addr: SocketAddr,
+    /// The vault URL (`https://127.0.0.1:PORT`), also the authority host.
+    pub url: String,
+    pub tenant: String,
+    /// PEM of the CA that signed the server's certificate.
+    pub ca_pem: String,
+    shared: Shared,
+}
+
+pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+pub const CLIENT_SECRET: &str = "kv-test-client-secret";
+pub const READER_ID: &str = "66666666-7777-8888-9999-000000000000";
+pub const READER_SECRET: &str = "kv-test-reader-secret";
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn err(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
+}
+
+impl KeyVault {
+    /// Starts on 127.0.0.1 (a free port) with a fresh CA and certificate
+    /// for 127.0.0.1 and localhost. One writer client and one read-only
+    /// client are registered ([`CLIENT_ID`], [`READER_ID`]).
+    pub async fn start() -> KeyVault {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "keybridge key vault test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).expect("params");
+        let cert = params.signed_by(&key, &issuer).expect("cert");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let url = format!("https://127.0.0.1:{}", addr.port());
+        let clients: HashMap<String, (String, bool)> = [
+            (CLIENT_ID.to_string(), (CLIENT_SECRET.to_string(), true)),
+            (READER_ID.to_string(), (READER_SECRET.to_string(), false)),
+        ]
+        .into();
+        let shared = Shared {
+            vault: Arc::new(Mutex::new(Vault::default())),
+            tenant: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            clients: Arc::new(clients),
+            base: url.clone(),
+        };
+        let app = axum::Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+            .fallback(vault)
+            .with_state(shared.clone());
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = vec![rustls::pki_types::CertificateDer::from(cert.der().to_vec())];
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("tls config");
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        KeyVault { addr, url, tenant: shared.tenant.clone(), ca_pem: ca_cert.pem(), shared }
+    }
+
+    fn vault(&self) -> std::sync::MutexGuard<'_, Vault> {
+        self.shared.vault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests the vault has answered (challenges included).
+    pub fn requests(&self) -> u64 {
+        self.vault().requests
+    }
+
+    /// Makes the next `n` authenticated vault requests answer 429, as Key
+    /// Vault does past its service limits.
+    pub fn throttle_next(&self, n: u64) {
+        self.vault().throttle = n;
+    }
+
+    /// The latest version as stored: (value, content type, tags).
+    pub fn stored(&self, name: &str) -> Option<(String, Option<String>, BTreeMap<String, String>)> {
+        let v = self.vault();
+        let ver = v.secrets.get(&name.to_ascii_lowercase())?.versions.last()?.clone();
+        Some((ver.value, ver.content_type, ver.tags))
+    }
+
+    /// Writes a secret as another tool would (no Keybridge tags).
+    pub fn put_out_of_band(&self, name: &str, value: &str, content_type: Option<&str>) {
+        let mut v = self.vault();
+        let id = new_id(&mut v);
+        let t = now();
+        let version =
+            Version { id, value: value.into(), content_type: content_type.map(str::to_string), tags: BTreeMap::new(), enabled: true, created: t, updated: t };
+        v.secrets
+            .entry(name.to_ascii_lowercase())
+            .or_insert_with(|| Secret { name: name.into(), versions: Vec::new() })
+            .versions
+            .push(version);
+    }
+}
+
+fn new_id(v: &mut Vault) -> String {
+    v.next += 1;
+    let r: u128 = rand::random();
+    format!("{:032x}", r ^ u128::from(v.next))
+}
+
+async fn token(State(s): State<Shared>, Path(tenant): Path<String>, Form(f): Form<HashMap<String, String>>) -> Response {
+    let entra = |status: StatusCode, error: &str, code: i32, description: &str| {
+        (
+            status,
+            Json(json!({ "error": error, "error_description": description, "error_codes": [code] })),
+        )
+            .into_response()
+    };
+    if tenant != s.tenant {
+        return entra(StatusCode::BAD_REQUEST, "invalid_request", 90002, &format!("AADSTS90002: Tenant '{tenant}' not found."));
+    }
+    if f.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return entra(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, "AADSTS70003: The app requested an unsupported grant type.");
+    }
+    let client = f.get("client_id").cloned().unwrap_or_default();
+    let Some((secret, writer)) = s.clients.get(&client).cloned() else {
+        return entra(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, &format!("AADSTS700016: Application with identifier '{client}' was not found in the directory."));
+    };
+    if f.get("client_secret") != Some(&secret) {
+        return entra(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.");
+    }
+    if f.get("scope").map(String::as_str) != Some("https://vault.azure.net/.default") {
+        return entra(StatusCode::BAD_REQUEST, "invalid_scope", 70011, "AADSTS70011: The provided value for the input parameter 'scope' is not valid.");
+    }
+    let r: u128 = rand::random();
+    let access = format!("kvtest.{r:032x}");
+    s.vault.lock().unwrap_or_else(|p| p.into_inner()).tokens.insert(access.clone(), writer);
+    Json(json!({ "token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": access })).into_response()
+}
+
+fn attributes(v: &Version) -> Value {
+    json!({
+        "enabled": v.enabled,
+        "created": v.created,
+        "updated": v.updated,
+        "recoveryLevel": "Recoverable+Purgeable",
+        "recoverableDays": RECOVERABLE_DAYS,
+    })
+}
+
+fn bundle(base: &str, s: &Secret, v: &Version, with_value: bool) -> Value {
+    let mut b = json!({
+        "id": format!("{base}/secrets/{}/{}", s.name, v.id),
+        "attributes": attributes(v),
+        "tags": v.tags,
+    });
+    if let Some(ct) = &v.content_type {
+        b["contentType"] = json!(ct);
+    }
+    if with_value {
+        b["value"] = json!(v.value);
+    }
+    b
+}
+
+fn item(base: &str, s: &Secret, v: &Version, with_version: bool) -> Value {
+    let id = if with_version {
+        format!("{base}/secrets/{}/{}", s.name, v.id)
+    } else {
+        format!("{base}/secrets/{}", s.name)
+    };
+    let mut i = json!({ "id": id, "attributes": attributes(v), "tags": v.tags });
+    if let Some(ct) = &v.content_type {
+        i["contentType"] = json!(ct);
+    }
+    i
+}
+
+fn deleted_bundle(base: &str, d: &Deleted) -> Value {
+    let latest = d.secret.versions.last();
+    let mut b = latest.map(|v| bundle(base, &d.secret, v, false)).unwrap_or_else(|| json!({}));
+    b["recoveryId"] = json!(format!("{base}/deletedsecrets/{}", d.secret.name));
+    b["deletedDate"] = json!(d.deleted);
+    b["scheduledPurgeDate"] = json!(d.deleted + RECOVERABLE_DAYS * 86_400);
+    b
+}
+
+fn not_found(name: &str) -> Response {
+    err(
+        StatusCode::NOT_FOUND,
+        "SecretNotFound",
+        &format!("A secret with (name/id) {name} was not found in this key vault. If you recently deleted this secret you may be able to recover it using the correct recovery command."),
+    )
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// One page of `items` from `skip`, with a nextLink when more remain.
+fn page(base: &str, path: &str, api: &str, items: Vec<Value>, q: &HashMap<String, String>) -> Response {
+    let max = match q.get("maxresults") {
+        None => PAGE_MAX,
+        Some(m) => match m.parse::<usize>() {
+            Ok(n) if (1..=PAGE_MAX).contains(&n) => n,
+            _ => {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "BadParameter",
+                    &format!("Invalid maxresults value {m}: it must be between 1 and {PAGE_MAX}."),
+                );
+            }
+        },
+    };
+    let skip: usize = q.get("$skiptoken").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let total = items.len();
+    let value: Vec<Value> = items.into_iter().skip(skip).take(max).collect();
+    let next = (skip + max < total)
+        .then(|| format!("{base}{path}?api-version={api}&$skiptoken={}&maxresults={max}", skip + max));
+    Json(json!({ "value": value, "nextLink": next })).into_response()
+}
+
+async fn vault(
+    State(s): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let base = s.base.clone();
+    let mut v = s.vault.lock().unwrap_or_else(|p| p.into_inner());
+    v.requests += 1;
+    // Authentication first, as Key Vault does: the challenge names the
+    // authority and the resource the token must be for.
+    let token = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let Some(token) = token else {
+        let mut r = err(StatusCode::UNAUTHORIZED, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.");
+        let challenge = format!("Bearer authorization=\"{base}/{}\", resource=\"https://vault.azure.net\"", s.tenant);
+        r.headers_mut().insert("www-authenticate", HeaderValue::from_str(&challenge).expect("header"));
+        return r;
+    };
+    let Some(&writer) = v.tokens.get(&token) else {
+        return err(StatusCode::UNAUTHORIZED, "Unauthorized", "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/..., found an unknown token.");
+    };
+    let Some(api) = q.get("api-version").cloned() else {
+        return err(StatusCode::BAD_REQUEST, "BadParameter", "The request URI contains an invalid or missing api-version.");
+    };
+    if v.throttle > 0 {
+        v.throttle -= 1;
+        let mut r = err(StatusCode::TOO_MANY_REQUESTS, "Throttled", "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached");
+        r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        return r;
+    }
+    let forbidden = |op: &str| {
+        err(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!("The user, group or application does not have secrets {op} permission on key vault. Inner error: ForbiddenByPolicy"),
+        )
+    };
+    let json_body = || -> Result<Value, Response> {
+        serde_json::from_slice(&body)
+            .map_err(|e| err(StatusCode::BAD_REQUEST, "BadParameter", &format!("The request body is not valid JSON: {e}")))
+    };
+    let segs: Vec<String> = uri.path().trim_start_matches('/').split('/').map(str::to_string).collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match (&method, segs.as_slice()) {
+        (&Method::GET, ["secrets"]) | (&Method::GET, ["secrets", ""]) => {
+            let mut names: Vec<&Secret> = v.secrets.values().collect();
+            names.sort_by_key(|s| s.name.to_ascii_lowercase());
+            let items = names.iter().filter_map(|sec| Some(item(&base, sec, sec.versions.last()?, false))).collect();
+            page(&base, "/secrets", &api, items, &q)
+        }
+        (&Method::GET, ["secrets", name, "versions"]) => match v.secrets.get(&name.to_ascii_lowercase()) {
+            Some(sec) => {
+                let items = sec.versions.iter().map(|ver| item(&base, sec, ver, true)).collect();
+                page(&base, &format!("/secrets/{name}/versions"), &api, items, &q)
+            }
+            None => not_found(name),
+        },
+        (&Method::GET, ["secrets", name, rest @ ..]) if rest.len() <= 1 => {
+            let version = rest.first().copied().unwrap_or("");
+            let Some(sec) = v.secrets.get(&name.to_ascii_lowercase()) else { return not_found(name) };
+            let ver = if version.is_empty() { sec.versions.last() } else { sec.versions.iter().find(|x| x.id == version) };
+            match ver {
+                Some(ver) if !ver.enabled => err(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "Operation get is not allowed on a disabled secret. Inner error: SecretDisabled",
+                ),
+                Some(ver) => Json(bundle(&base, sec, ver, true)).into_response(),
+                None => not_found(&format!("{name}/{version}")),
+            }
+        }
+        (&Method::PUT, ["secrets", name]) => {
+            if !writer {
+                return forbidden("set");
+            }
+            if !valid_name(name) {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "BadParameter",
+                    &format!("The request URI contains an invalid name: {name}. Secret names are 1-127 characters of 0-9, a-z, A-Z and -."),
+                );
+            }
+            let key = name.to_ascii_lowercase();
+            if v.deleted.contains_key(&key) {
+                return err(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    &format!("Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged."),
+                );
+            }
+            let b = match json_body() {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let Some(value) = b["value"].as_str() else {
+                return err(StatusCode::BAD_REQUEST, "BadParameter", "Property value is required.");
+            };
+            if value.len() > MAX_VALUE {
+                return err(StatusCode::BAD_REQUEST, "BadParameter", "The secret value exceeds the maximum size of 25 KB.");
+            }
+            let tags: BTreeMap<String, String> = serde_json::from_value(b["tags"].clone()).unwrap_or_default();
+            if tags.len() > 15 {
+                return err(StatusCode::BAD_REQUEST, "BadParameter", "A secret may have at most 15 tags.");
+            }
+            let id = new_id(&mut v);
+            let t = now();
+            let ver = Version {
+                id,
+                value: value.to_string(),
+                content_type: b["contentType"].as_str().map(str::to_string),
+                tags,
+                enabled: b["attributes"]["enabled"].as_bool().unwrap_or(true),
+                created: t,
+                updated: t,
+            };
+            let sec = v.secrets.entry(key).or_insert_with(|| Secret { name: name.to_string(), versions: Vec::new() });
+            sec.versions.push(ver.clone());
+            let sec = sec.clone();
+            Json(bundle(&base, &sec, &ver, true)).into_response()
+        }
+        (&Method::PATCH, ["secrets", name, rest @ ..]) if rest.len() <= 1 => {
+            if !writer {
+                return forbidden("set");
+            }
+            let version = rest.first().copied().unwrap_or("");
+            let b = match json_body() {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let Some(sec) = v.secrets.get_mut(&name.to_ascii_lowercase()) else { return not_found(name) };
+            let ver = if version.is_empty() {
+                sec.versions.last_mut()
+            } else {
+                sec.versions.iter_mut().find(|x| x.id == version)
+            };
+            let Some(ver) = ver else { return not_found(&format!("{name}/{version}")) };
+            if let Some(e) = b["attributes"]["enabled"].as_bool() {
+                ver.enabled = e;
+            }
+            if let Some(ct) = b.get("contentType").and_then(Value::as_str) {
+                ver.content_type = Some(ct.to_string());
+            }
+            if b.get("tags").is_some_and(|t| !t.is_null()) {
+                ver.tags = serde_json::from_value(b["tags"].clone()).unwrap_or_default();
+            }
+            ver.updated = now();
+            let (ver, sec) = (ver.clone(), sec.clone());
+            Json(bundle(&base, &sec, &ver, false)).into_response()
+        }
+        (&Method::DELETE, ["secrets", name]) => {
+            if !writer {
+                return forbidden("delete");
+            }
+            let Some(sec) = v.secrets.remove(&name.to_ascii_lowercase()) else { return not_found(name) };
+            let d = Deleted { secret: sec, deleted: now() };
+            let out = deleted_bundle(&base, &d);
+            v.deleted.insert(name.to_ascii_lowercase(), d);
+            Json(out).into_response()
+        }
+        (&Method::GET, ["deletedsecrets"]) => {
+            let mut all: Vec<&Deleted> = v.deleted.values().collect();
+            all.sort_by_key(|d| d.secret.name.to_ascii_lowercase());
+            let items = all.iter().map(|d| deleted_bundle(&base, d)).collect();
+            page(&base, "/deletedsecrets", &api, items, &q)
+        }
+        (&Method::GET, ["deletedsecrets", name]) => match v.deleted.get(&name.to_ascii_lowercase()) {
+            Some(d) => Json(deleted_bundle(&base, d)).into_response(),
+            None => not_found(name),
+        },
+        (&Method::POST, ["deletedsecrets", name, "recover"]) => {
+            if !writer {
+                return forbidden("recover");
+            }
+            let Some(d) = v.deleted.remove(&name.to_ascii_lowercase()) else { return not_found(name) };
+            let out = d.secret.versions.last().map(|ver| bundle(&base, &d.secret, ver, false)).unwrap_or_default();
+            v.secrets.insert(name.to_ascii_lowercase(), d.secret);
+            Json(out).into_response()
+        }
+        (&Method::DELETE, ["deletedsecrets", name]) => {
+            if !writer {
+                return forbidden("purge");
+            }
+            match v.deleted.remove(&name.to_ascii_lowercase()) {
+                Some(_) => StatusCode::NO_CONTENT.into_response(),
+                None => not_found(name),
+            }
+        }
+        _ => err(StatusCode::NOT_FOUND, "NotFound", &format!("{method} {} is not an operation of this vault", uri.path())),
+    }
+}
