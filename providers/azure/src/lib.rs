@@ -86,7 +86,8 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-const KEYS: &[&str] = &["vault_url", "tenant_id", "client_id", "client_secret", "credentials", "authority_host", "ca_cert"];
+const KEYS: &[&str] =
+    &["vault_url", "tenant_id", "client_id", "client_secret", "credentials", "authority_host", "ca_cert"];
 
 fn is_guid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
@@ -116,9 +117,9 @@ impl Settings {
         }
         let guid = |k: &str| -> Result<Option<String>> {
             match get(k) {
-                Some(v) if !is_guid(&v) => {
-                    Err(Error::InvalidArgument(format!("{k} {v:?} is not a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47")))
-                }
+                Some(v) if !is_guid(&v) => Err(Error::InvalidArgument(format!(
+                    "{k} {v:?} is not a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47"
+                ))),
                 v => Ok(v),
             }
         };
@@ -162,9 +163,7 @@ impl Settings {
                 )));
             }
             (None, Some(_), _, None) => {
-                return Err(Error::InvalidArgument(
-                    "tenant_id was given without client_id and client_secret".into(),
-                ));
+                return Err(Error::InvalidArgument("tenant_id was given without client_id and client_secret".into()));
             }
         };
         Ok(Settings { vault_url, authority_host, ca_cert: get("ca_cert"), credentials })
@@ -207,15 +206,13 @@ impl AzureStore {
             options.cloud = Some(Arc::new(custom.into()));
         }
         let credential: Arc<dyn TokenCredential> = match &settings.credentials {
-            Credentials::ClientSecret { tenant_id, client_id, secret } => {
-                azure_identity::ClientSecretCredential::new(
-                    tenant_id,
-                    client_id.clone(),
-                    azure_core::credentials::Secret::new(secret.to_string()),
-                    Some(azure_identity::ClientSecretCredentialOptions { client_options: options.clone() }),
-                )
-                .map_err(|e| setup("client secret credential", e))?
-            }
+            Credentials::ClientSecret { tenant_id, client_id, secret } => azure_identity::ClientSecretCredential::new(
+                tenant_id,
+                client_id.clone(),
+                azure_core::credentials::Secret::new(secret.to_string()),
+                Some(azure_identity::ClientSecretCredentialOptions { client_options: options.clone() }),
+            )
+            .map_err(|e| setup("client secret credential", e))?,
             Credentials::ManagedIdentity { client_id } => {
                 azure_identity::ManagedIdentityCredential::new(Some(azure_identity::ManagedIdentityCredentialOptions {
                     user_assigned_id: client_id.clone().map(azure_identity::UserAssignedId::ClientId),
@@ -264,7 +261,9 @@ fn map(e: azure_core::Error, what: &str) -> Error {
             }
         }
         ErrorKind::Credential => Error::Unauthenticated(format!("{PROVIDER}: cannot get a token: {e}")),
-        ErrorKind::Connection | ErrorKind::Io => Error::Unavailable(format!("{PROVIDER} cannot be reached ({what}): {e}")),
+        ErrorKind::Connection | ErrorKind::Io => {
+            Error::Unavailable(format!("{PROVIDER} cannot be reached ({what}): {e}"))
+        }
         _ => Error::Failed(format!("{PROVIDER} ({what}): {e}")),
     }
 }
@@ -299,7 +298,11 @@ fn info(id: Option<&str>, attrs: Option<&SecretAttributes>, tags: Option<&HashMa
         number: number_of(tags),
         stages: Vec::new(),
         created: time(attrs.and_then(|a| a.created)),
-        state: if attrs.and_then(|a| a.enabled) == Some(false) { VersionState::Disabled } else { VersionState::Enabled },
+        state: if attrs.and_then(|a| a.enabled) == Some(false) {
+            VersionState::Disabled
+        } else {
+            VersionState::Enabled
+        },
     }
 }
 
@@ -468,9 +471,7 @@ impl SecretStore for AzureStore {
                 Some(n) => format!("version {n} ({})", c.id),
                 None => c.id.clone(),
             });
-            return Err(Error::Conflict(format!(
-                "check-and-set failed: {name} exists; its current version is {now}"
-            )));
+            return Err(Error::Conflict(format!("check-and-set failed: {name} exists; its current version is {now}")));
         }
         // Tags belong to a version: carry the secret's metadata forward.
         let carried = if tags.is_some() { given } else { current.map(|(_, t)| t).unwrap_or_default() };
@@ -495,7 +496,8 @@ impl SecretStore for AzureStore {
     async fn list(&self, page_size: usize, page_token: Option<&str>) -> Result<Page> {
         let continuation = match page_token {
             Some(t) => Some(PagerContinuation::Link(
-                Url::parse(t).map_err(|_| Error::InvalidArgument("the page token is not one this mount issued".into()))?,
+                Url::parse(t)
+                    .map_err(|_| Error::InvalidArgument("the page token is not one this mount issued".into()))?,
             )),
             None => None,
         };

@@ -56,7 +56,10 @@ impl HttpClient for ReqwestTransport {
         };
         let rsp = req.send().await.map_err(|e| {
             let kind = if e.is_connect() || e.is_timeout() { ErrorKind::Connection } else { ErrorKind::Io };
-            azure_core::Error::with_message(kind, format!("cannot reach {}: {e}", request.url().host_str().unwrap_or("")))
+            azure_core::Error::with_message(
+                kind,
+                format!("cannot reach {}: {e}", request.url().host_str().unwrap_or("")),
+            )
         })?;
         let status = rsp.status().as_u16();
         let headers: std::collections::HashMap<HeaderName, HeaderValue> = rsp

@@ -156,7 +156,13 @@ async fn credentials_and_permissions_are_told_apart() {
     let wrong = AzureStore::new(&settings(&kv, keyvault::CLIENT_ID, "wrong", &kv.tenant)).unwrap();
     let e = wrong.check().await.unwrap_err();
     assert!(matches!(&e, Error::Unauthenticated(m) if m.contains("AADSTS7000215")), "{e:?}");
-    let tenant = AzureStore::new(&settings(&kv, keyvault::CLIENT_ID, keyvault::CLIENT_SECRET, "00000000-0000-0000-0000-000000000000")).unwrap();
+    let tenant = AzureStore::new(&settings(
+        &kv,
+        keyvault::CLIENT_ID,
+        keyvault::CLIENT_SECRET,
+        "00000000-0000-0000-0000-000000000000",
+    ))
+    .unwrap();
     assert!(matches!(tenant.check().await.unwrap_err(), Error::Unauthenticated(m) if m.contains("AADSTS90002")));
     let reader = AzureStore::new(&settings(&kv, keyvault::READER_ID, keyvault::READER_SECRET, &kv.tenant)).unwrap();
     reader.check().await.unwrap();

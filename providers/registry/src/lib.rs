@@ -18,6 +18,9 @@ impl Providers for Built {
         if cfg!(feature = "aws") {
             k.push("aws");
         }
+        if cfg!(feature = "azure") {
+            k.push("azure");
+        }
         if cfg!(feature = "gcp") {
             k.push("gcp");
         }
@@ -28,6 +31,8 @@ impl Providers for Built {
         match kind {
             #[cfg(feature = "aws")]
             "aws" => keybridge_provider_aws::Settings::parse(settings).map(|_| ()),
+            #[cfg(feature = "azure")]
+            "azure" => keybridge_provider_azure::Settings::parse(settings).map(|_| ()),
             #[cfg(feature = "gcp")]
             "gcp" => keybridge_provider_gcp::Settings::parse(settings).map(|_| ()),
             other => Err(unbuilt(other)),
@@ -40,6 +45,11 @@ impl Providers for Built {
             "aws" => {
                 let s = keybridge_provider_aws::Settings::parse(settings)?;
                 Ok(Arc::new(keybridge_provider_aws::AwsStore::new(&s).await))
+            }
+            #[cfg(feature = "azure")]
+            "azure" => {
+                let s = keybridge_provider_azure::Settings::parse(settings)?;
+                Ok(Arc::new(keybridge_provider_azure::AzureStore::new(&s)?))
             }
             #[cfg(feature = "gcp")]
             "gcp" => {

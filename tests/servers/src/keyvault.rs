@@ -208,8 +208,15 @@ impl KeyVault {
         let mut v = self.vault();
         let id = new_id(&mut v);
         let t = now();
-        let version =
-            Version { id, value: value.into(), content_type: content_type.map(str::to_string), tags: BTreeMap::new(), enabled: true, created: t, updated: t };
+        let version = Version {
+            id,
+            value: value.into(),
+            content_type: content_type.map(str::to_string),
+            tags: BTreeMap::new(),
+            enabled: true,
+            created: t,
+            updated: t,
+        };
         v.secrets
             .entry(name.to_ascii_lowercase())
             .or_insert_with(|| Secret { name: name.into(), versions: Vec::new() })
@@ -224,34 +231,61 @@ fn new_id(v: &mut Vault) -> String {
     format!("{:032x}", r ^ u128::from(v.next))
 }
 
-async fn token(State(s): State<Shared>, Path(tenant): Path<String>, Form(f): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(s): State<Shared>,
+    Path(tenant): Path<String>,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
     let entra = |status: StatusCode, error: &str, code: i32, description: &str| {
-        (
-            status,
-            Json(json!({ "error": error, "error_description": description, "error_codes": [code] })),
-        )
+        (status, Json(json!({ "error": error, "error_description": description, "error_codes": [code] })))
             .into_response()
     };
     if tenant != s.tenant {
-        return entra(StatusCode::BAD_REQUEST, "invalid_request", 90002, &format!("AADSTS90002: Tenant '{tenant}' not found."));
+        return entra(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("AADSTS90002: Tenant '{tenant}' not found."),
+        );
     }
     if f.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return entra(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, "AADSTS70003: The app requested an unsupported grant type.");
+        return entra(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "AADSTS70003: The app requested an unsupported grant type.",
+        );
     }
     let client = f.get("client_id").cloned().unwrap_or_default();
     let Some((secret, writer)) = s.clients.get(&client).cloned() else {
-        return entra(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, &format!("AADSTS700016: Application with identifier '{client}' was not found in the directory."));
+        return entra(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!("AADSTS700016: Application with identifier '{client}' was not found in the directory."),
+        );
     };
     if f.get("client_secret") != Some(&secret) {
-        return entra(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.");
+        return entra(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+        );
     }
     if f.get("scope").map(String::as_str) != Some("https://vault.azure.net/.default") {
-        return entra(StatusCode::BAD_REQUEST, "invalid_scope", 70011, "AADSTS70011: The provided value for the input parameter 'scope' is not valid.");
+        return entra(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70011,
+            "AADSTS70011: The provided value for the input parameter 'scope' is not valid.",
+        );
     }
     let r: u128 = rand::random();
     let access = format!("kvtest.{r:032x}");
     s.vault.lock().unwrap_or_else(|p| p.into_inner()).tokens.insert(access.clone(), writer);
-    Json(json!({ "token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": access })).into_response()
+    Json(json!({ "token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": access }))
+        .into_response()
 }
 
 fn attributes(v: &Version) -> Value {
@@ -280,11 +314,8 @@ fn bundle(base: &str, s: &Secret, v: &Version, with_value: bool) -> Value {
 }
 
 fn item(base: &str, s: &Secret, v: &Version, with_version: bool) -> Value {
-    let id = if with_version {
-        format!("{base}/secrets/{}/{}", s.name, v.id)
-    } else {
-        format!("{base}/secrets/{}", s.name)
-    };
+    let id =
+        if with_version { format!("{base}/secrets/{}/{}", s.name, v.id) } else { format!("{base}/secrets/{}", s.name) };
     let mut i = json!({ "id": id, "attributes": attributes(v), "tags": v.tags });
     if let Some(ct) = &v.content_type {
         i["contentType"] = json!(ct);
@@ -305,7 +336,9 @@ fn not_found(name: &str) -> Response {
     err(
         StatusCode::NOT_FOUND,
         "SecretNotFound",
-        &format!("A secret with (name/id) {name} was not found in this key vault. If you recently deleted this secret you may be able to recover it using the correct recovery command."),
+        &format!(
+            "A secret with (name/id) {name} was not found in this key vault. If you recently deleted this secret you may be able to recover it using the correct recovery command."
+        ),
     )
 }
 
@@ -355,20 +388,33 @@ async fn vault(
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::to_string);
     let Some(token) = token else {
-        let mut r = err(StatusCode::UNAUTHORIZED, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.");
+        let mut r =
+            err(StatusCode::UNAUTHORIZED, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.");
         let challenge = format!("Bearer authorization=\"{base}/{}\", resource=\"https://vault.azure.net\"", s.tenant);
         r.headers_mut().insert("www-authenticate", HeaderValue::from_str(&challenge).expect("header"));
         return r;
     };
     let Some(&writer) = v.tokens.get(&token) else {
-        return err(StatusCode::UNAUTHORIZED, "Unauthorized", "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/..., found an unknown token.");
+        return err(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/..., found an unknown token.",
+        );
     };
     let Some(api) = q.get("api-version").cloned() else {
-        return err(StatusCode::BAD_REQUEST, "BadParameter", "The request URI contains an invalid or missing api-version.");
+        return err(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "The request URI contains an invalid or missing api-version.",
+        );
     };
     if v.throttle > 0 {
         v.throttle -= 1;
-        let mut r = err(StatusCode::TOO_MANY_REQUESTS, "Throttled", "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached");
+        let mut r = err(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Throttled",
+            "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached",
+        );
         r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
         return r;
     }
@@ -376,12 +422,13 @@ async fn vault(
         err(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            &format!("The user, group or application does not have secrets {op} permission on key vault. Inner error: ForbiddenByPolicy"),
+            &format!(
+                "The user, group or application does not have secrets {op} permission on key vault. Inner error: ForbiddenByPolicy"
+            ),
         )
     };
-    let json_body = || -> Result<Value, Response> {
-        serde_json::from_slice(&body)
-            .map_err(|e| err(StatusCode::BAD_REQUEST, "BadParameter", &format!("The request body is not valid JSON: {e}")))
+    let json_body = || -> Result<Value, String> {
+        serde_json::from_slice(&body).map_err(|e| format!("The request body is not valid JSON: {e}"))
     };
     let segs: Vec<String> = uri.path().trim_start_matches('/').split('/').map(str::to_string).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -402,7 +449,8 @@ async fn vault(
         (&Method::GET, ["secrets", name, rest @ ..]) if rest.len() <= 1 => {
             let version = rest.first().copied().unwrap_or("");
             let Some(sec) = v.secrets.get(&name.to_ascii_lowercase()) else { return not_found(name) };
-            let ver = if version.is_empty() { sec.versions.last() } else { sec.versions.iter().find(|x| x.id == version) };
+            let ver =
+                if version.is_empty() { sec.versions.last() } else { sec.versions.iter().find(|x| x.id == version) };
             match ver {
                 Some(ver) if !ver.enabled => err(
                     StatusCode::FORBIDDEN,
@@ -421,7 +469,9 @@ async fn vault(
                 return err(
                     StatusCode::BAD_REQUEST,
                     "BadParameter",
-                    &format!("The request URI contains an invalid name: {name}. Secret names are 1-127 characters of 0-9, a-z, A-Z and -."),
+                    &format!(
+                        "The request URI contains an invalid name: {name}. Secret names are 1-127 characters of 0-9, a-z, A-Z and -."
+                    ),
                 );
             }
             let key = name.to_ascii_lowercase();
@@ -429,18 +479,24 @@ async fn vault(
                 return err(
                     StatusCode::CONFLICT,
                     "Conflict",
-                    &format!("Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged."),
+                    &format!(
+                        "Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged."
+                    ),
                 );
             }
             let b = match json_body() {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(m) => return err(StatusCode::BAD_REQUEST, "BadParameter", &m),
             };
             let Some(value) = b["value"].as_str() else {
                 return err(StatusCode::BAD_REQUEST, "BadParameter", "Property value is required.");
             };
             if value.len() > MAX_VALUE {
-                return err(StatusCode::BAD_REQUEST, "BadParameter", "The secret value exceeds the maximum size of 25 KB.");
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "BadParameter",
+                    "The secret value exceeds the maximum size of 25 KB.",
+                );
             }
             let tags: BTreeMap<String, String> = serde_json::from_value(b["tags"].clone()).unwrap_or_default();
             if tags.len() > 15 {
@@ -469,7 +525,7 @@ async fn vault(
             let version = rest.first().copied().unwrap_or("");
             let b = match json_body() {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(m) => return err(StatusCode::BAD_REQUEST, "BadParameter", &m),
             };
             let Some(sec) = v.secrets.get_mut(&name.to_ascii_lowercase()) else { return not_found(name) };
             let ver = if version.is_empty() {
@@ -529,6 +585,10 @@ async fn vault(
                 None => not_found(name),
             }
         }
-        _ => err(StatusCode::NOT_FOUND, "NotFound", &format!("{method} {} is not an operation of this vault", uri.path())),
+        _ => err(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{method} {} is not an operation of this vault", uri.path()),
+        ),
     }
 }

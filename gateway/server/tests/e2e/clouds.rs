@@ -144,3 +144,53 @@ fn stats(s: &Server) -> Value {
     let mounts = json(&s.cli(Some(T), &["mount", "list", "-o", "json"]));
     mounts.as_array().unwrap().iter().find(|m| m["path"] == "aws/").unwrap()["stats"].clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_mount_health_check_names_the_problem() {
+    use keybridge_testservers::keyvault::{self, KeyVault};
+    let kv = KeyVault::start().await;
+    let s = Server::dev();
+    let t = Some(T);
+    let ca = std::env::temp_dir().join(format!("kb-e2e-kv-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
+    std::fs::write(&ca, &kv.ca_pem).unwrap();
+    let settings = |secret: &str, tenant: &str| {
+        vec![
+            format!("vault_url={}", kv.url),
+            format!("authority_host={}", kv.url),
+            format!("tenant_id={tenant}"),
+            format!("client_id={}", keyvault::CLIENT_ID),
+            format!("client_secret={secret}"),
+            format!("ca_cert={}", ca.display()),
+        ]
+    };
+    let enable = |extra: Vec<String>| {
+        let mut args = vec!["mount".to_string(), "enable".into(), "--type".into(), "azure".into(), "azure/".into()];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        s.cli(t, &args)
+    };
+    let o = enable(settings("wrong", &kv.tenant));
+    assert!(stderr(&o).contains("AADSTS7000215"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("refused the mount's credentials"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("wrong"), "the secret is not echoed: {}", stderr(&o));
+    let o = enable(settings(keyvault::CLIENT_SECRET, "00000000-0000-0000-0000-000000000000"));
+    assert!(stderr(&o).contains("AADSTS90002"), "{}", stderr(&o));
+    let mut no_ca = settings(keyvault::CLIENT_SECRET, &kv.tenant);
+    no_ca.pop();
+    let o = enable(no_ca);
+    assert!(stderr(&o).contains("the mount was not enabled"), "{}", stderr(&o));
+
+    let o = enable(settings(keyvault::CLIENT_SECRET, &kv.tenant));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mounts = json(&s.cli(t, &["mount", "list", "-o", "json"]));
+    let az = mounts.as_array().unwrap().iter().find(|m| m["path"] == "azure/").unwrap().clone();
+    assert_eq!(az["config"]["client_secret"], "<redacted>", "{az}");
+    let bin = std::env::temp_dir().join(format!("kb-e2e-az-bin-{}", std::process::id()));
+    std::fs::write(&bin, [0u8, 1, 254]).unwrap();
+    assert!(s.cli(t, &["kv", "put", "--binary-file", bin.to_str().unwrap(), "azure/Team/Blob"]).status.success());
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "azure/Team/Blob"]))["binary_b64"], "AAH+");
+    // Case-safe names: Team/Blob and team/blob are two secrets.
+    assert!(s.cli(t, &["kv", "put", "azure/team/blob", "k=v"]).status.success());
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "azure/Team/Blob"]))["binary_b64"], "AAH+");
+    assert_eq!(json(&s.cli(t, &["kv", "list", "-o", "json", "azure/"])), serde_json::json!(["Team/", "team/"]));
+}

@@ -1,7 +1,8 @@
 //! One conformance suite over every backend a mount can have: the same
 //! scenarios through the gateway's gRPC API against the local store, AWS
-//! (moto's server, through aws-sdk-secretsmanager) and GCP (drongo, through
-//! the official Google SDK). What each scenario expects of a cloud comes
+//! (moto's server, through aws-sdk-secretsmanager), Azure (our Key Vault
+//! test server over HTTPS, through the official Azure SDK) and GCP (drongo,
+//! through the official Google SDK). What each scenario expects of a cloud comes
 //! from the capability table (`Cloud::capabilities`), so the table and the
 //! behaviour cannot drift apart.
 
@@ -67,6 +68,25 @@ fn gcp() -> Backend {
     let config =
         map(&[("project", "keybridge-test"), ("endpoint", &d.url()), ("credentials", "anonymous"), ("prefix", "kb-")]);
     Backend { mount: "gcp/", cloud: Some(Cloud::Gcp), _upstream: Some(d), config }
+}
+
+/// Our Key Vault test server (no third-party emulator runs here), reached
+/// over HTTPS with its test CA through a client-secret credential.
+async fn azure() -> (Backend, keybridge_testservers::keyvault::KeyVault) {
+    use keybridge_testservers::keyvault::{self, KeyVault};
+    let kv = KeyVault::start().await;
+    let ca = std::env::temp_dir().join(format!("kb-e2e-kv-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
+    std::fs::write(&ca, &kv.ca_pem).unwrap();
+    let config = map(&[
+        ("vault_url", &kv.url),
+        ("authority_host", &kv.url),
+        ("tenant_id", &kv.tenant),
+        ("client_id", keyvault::CLIENT_ID),
+        ("client_secret", keyvault::CLIENT_SECRET),
+        ("ca_cert", ca.to_str().unwrap()),
+        ("prefix", "kb-"),
+    ]);
+    (Backend { mount: "azure/", cloud: Some(Cloud::Azure), _upstream: None, config }, kv)
 }
 
 fn local() -> Backend {
@@ -349,6 +369,12 @@ async fn local_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_conforms() {
     conformance(aws()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_conforms() {
+    let (backend, _kv) = azure().await;
+    conformance(backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
