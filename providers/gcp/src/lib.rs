@@ -6,6 +6,10 @@
 //! - Versions are GCP's numbered versions; stages are GCP's aliases.
 //! - Custom metadata lives in annotations (labels only take short
 //!   lower-case values).
+//! - Payloads carry CRC32C checksums both ways: `AddSecretVersion` sends
+//!   `dataCrc32c` (GCP refuses a payload that does not match it), and an
+//!   accessed payload whose checksum does not match is refused as corrupt
+//!   in transit (retryable).
 //! - GCP deletes a secret for good: there is no recoverable deletion and no
 //!   restore; those answer `Unsupported`. Check-and-set reads the latest
 //!   version first: GCP has no conditional `AddSecretVersion`.
@@ -140,7 +144,11 @@ impl GcpStore {
             .client
             .add_secret_version()
             .set_parent(self.secret(name))
-            .set_payload(model::SecretPayload::new().set_data(bytes::Bytes::copy_from_slice(&data)))
+            .set_payload(
+                model::SecretPayload::new()
+                    .set_data(bytes::Bytes::copy_from_slice(&data))
+                    .set_data_crc32c(i64::from(crc32c::crc32c(&data))),
+            )
             .send()
             .await
             .map_err(|e| map(e, name))?;
@@ -213,7 +221,15 @@ impl SecretStore for GcpStore {
             .send()
             .await
             .map_err(|e| map(e, name))?;
-        let data = r.payload.map(|p| p.data.to_vec()).unwrap_or_default();
+        let payload = r.payload.unwrap_or_default();
+        if let Some(sum) = payload.data_crc32c
+            && sum != i64::from(crc32c::crc32c(&payload.data))
+        {
+            return Err(Error::Unavailable(format!(
+                "{PROVIDER}: the payload of {name} does not match its CRC32C checksum (corrupted in transit); retry"
+            )));
+        }
+        let data = payload.data.to_vec();
         let value = match String::from_utf8(data) {
             Ok(s) => CloudValue::String(Zeroizing::new(s)),
             Err(e) => CloudValue::Binary(Zeroizing::new(e.into_bytes())),

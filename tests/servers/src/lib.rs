@@ -9,6 +9,9 @@
 //!   contract (`POST /apis/authentication.k8s.io/v1/tokenreviews`) and the
 //!   service-account delete call, so tests can delete an account and see
 //!   its tokens refused.
+//! - [`secretmanager`]: a GCP Secret Manager v1 REST server that honours
+//!   `pageSize`, keeps annotations and aliases and checks CRC32C, where
+//!   drongo does not.
 //! - [`process`]: third-party test servers (moto, drongo) as child
 //!   processes on free ports.
 
@@ -16,3 +19,4 @@ pub mod issuer;
 pub mod keyvault;
 pub mod kubernetes;
 pub mod process;
+pub mod secretmanager;

@@ -2,7 +2,8 @@
 //! scenarios through the gateway's gRPC API against the local store, AWS
 //! (moto's server, through aws-sdk-secretsmanager), Azure (our Key Vault
 //! test server over HTTPS, through the official Azure SDK) and GCP (drongo,
-//! through the official Google SDK). What each scenario expects of a cloud comes
+//! through the official Google SDK, and our Secret Manager test server,
+//! which keeps annotations). What each scenario expects of a cloud comes
 //! from the capability table (`Cloud::capabilities`), so the table and the
 //! behaviour cannot drift apart.
 
@@ -25,6 +26,9 @@ struct Backend {
     /// Keeps the cloud's test server alive.
     _upstream: Option<Spawned>,
     config: BTreeMap<String, String>,
+    /// Whether the upstream keeps custom metadata (drongo drops GCP's
+    /// annotations; our Secret Manager server keeps them).
+    metadata: bool,
 }
 
 impl Backend {
@@ -60,14 +64,14 @@ fn aws() -> Backend {
         ("secret_access_key", "testing"),
         ("prefix", "kb/"),
     ]);
-    Backend { mount: "aws/", cloud: Some(Cloud::Aws), _upstream: Some(m), config }
+    Backend { mount: "aws/", cloud: Some(Cloud::Aws), _upstream: Some(m), config, metadata: true }
 }
 
 fn gcp() -> Backend {
     let d = drongo();
     let config =
         map(&[("project", "keybridge-test"), ("endpoint", &d.url()), ("credentials", "anonymous"), ("prefix", "kb-")]);
-    Backend { mount: "gcp/", cloud: Some(Cloud::Gcp), _upstream: Some(d), config }
+    Backend { mount: "gcp/", cloud: Some(Cloud::Gcp), _upstream: Some(d), config, metadata: false }
 }
 
 /// Our Key Vault test server (no third-party emulator runs here), reached
@@ -86,11 +90,18 @@ async fn azure() -> (Backend, keybridge_testservers::keyvault::KeyVault) {
         ("ca_cert", ca.to_str().unwrap()),
         ("prefix", "kb-"),
     ]);
-    (Backend { mount: "azure/", cloud: Some(Cloud::Azure), _upstream: None, config }, kv)
+    (Backend { mount: "azure/", cloud: Some(Cloud::Azure), _upstream: None, config, metadata: true }, kv)
+}
+
+/// Our Secret Manager test server, which keeps annotations and pages.
+async fn gcp_ours() -> (Backend, keybridge_testservers::secretmanager::SecretManager) {
+    let sm = keybridge_testservers::secretmanager::SecretManager::start("keybridge-test", false).await;
+    let config = map(&[("project", "keybridge-test"), ("endpoint", &sm.url()), ("credentials", "anonymous")]);
+    (Backend { mount: "gcp/", cloud: Some(Cloud::Gcp), _upstream: None, config, metadata: true }, sm)
 }
 
 fn local() -> Backend {
-    Backend { mount: "secret/", cloud: None, _upstream: None, config: BTreeMap::new() }
+    Backend { mount: "secret/", cloud: None, _upstream: None, config: BTreeMap::new(), metadata: true }
 }
 
 async fn mount(s: &Server, b: &Backend) {
@@ -268,8 +279,8 @@ async fn conformance(b: Backend) {
         expect_code(put(&mut c, &p(&long), fields(&[("v", "x")]), None).await, Code::InvalidArgument, "at most", who);
     }
 
-    // custom metadata (drongo drops annotations: checked on AWS and local here).
-    if b.cloud != Some(Cloud::Gcp) {
+    // custom metadata.
+    if b.metadata {
         c.put_metadata(authed(
             T,
             pb::PutMetadataRequest {
@@ -374,6 +385,12 @@ async fn aws_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_conforms() {
     let (backend, _kv) = azure().await;
+    conformance(backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_on_our_secret_manager_server_conforms() {
+    let (backend, _sm) = gcp_ours().await;
     conformance(backend).await;
 }
 
