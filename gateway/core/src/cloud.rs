@@ -215,8 +215,12 @@ impl CloudMount {
         }
     }
 
-    pub async fn put(&self, rel: &str, value: &SecretValue, cas: Option<u64>) -> Result<(u64, VersionMeta)> {
-        let name = self.name(rel)?;
+    /// Refuses a value over the cloud's limit (as the cloud will store it).
+    pub fn check_value(&self, value: &SecretValue) -> Result<()> {
+        self.cloud_value(value).map(|_| ())
+    }
+
+    fn cloud_value(&self, value: &SecretValue) -> Result<CloudValue> {
         let value = to_cloud(value)?;
         let binary = matches!(value, CloudValue::Binary(_));
         let stored = self.cloud.stored_len(value.len(), binary);
@@ -228,6 +232,12 @@ impl CloudMount {
                 self.cloud.max_value_bytes()
             )));
         }
+        Ok(value)
+    }
+
+    pub async fn put(&self, rel: &str, value: &SecretValue, cas: Option<u64>) -> Result<(u64, VersionMeta)> {
+        let name = self.name(rel)?;
+        let value = self.cloud_value(value)?;
         let pre = match cas {
             None => Precondition::None,
             Some(0) => Precondition::Absent,
@@ -434,20 +444,26 @@ fn version_meta(v: &VersionInfo) -> VersionMeta {
         destroyed: v.state == VersionState::Destroyed,
         provider_id: v.id.clone(),
         stages: v.stages.clone(),
+        expires: v.expires.map(Timestamp::from),
     }
 }
 
 /// The version reads without a selector get.
 fn current(info: &SecretInfo) -> Option<&VersionInfo> {
-    info.versions
-        .iter()
-        .find(|v| v.stages.iter().any(|s| s == "AWSCURRENT"))
-        .or_else(|| info.versions.iter().rev().find(|v| v.state == VersionState::Enabled))
-        .or_else(|| info.versions.last())
+    info.versions.iter().find(|v| v.stages.iter().any(|s| s == "AWSCURRENT")).or_else(|| info.versions.last())
 }
 
 fn secret_meta(info: &SecretInfo) -> SecretMeta {
     let cur = current(info);
+    // A secret the cloud keeps for recovery (AWS's recovery window): every
+    // version reads as deleted, at the time it was deleted.
+    let meta = |v: &VersionInfo| {
+        let mut m = version_meta(v);
+        if let Some(d) = info.deletion {
+            m.deletion_time.get_or_insert(Timestamp::from(d));
+        }
+        m
+    };
     SecretMeta {
         created: time(info.created),
         updated: time(info.updated.or(cur.and_then(|c| c.created))),
@@ -455,8 +471,8 @@ fn secret_meta(info: &SecretInfo) -> SecretMeta {
         custom_metadata: info.tags.clone(),
         max_versions: 0,
         cas_required: false,
-        versions: info.versions.iter().filter_map(|v| Some((v.number?, version_meta(v)))).collect(),
-        other_versions: info.versions.iter().filter(|v| v.number.is_none()).map(version_meta).collect(),
+        versions: info.versions.iter().filter_map(|v| Some((v.number?, meta(v)))).collect(),
+        other_versions: info.versions.iter().filter(|v| v.number.is_none()).map(meta).collect(),
     }
 }
 

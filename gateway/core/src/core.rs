@@ -712,6 +712,7 @@ impl Core {
         path: &'a str,
         area: &str,
         cap: Capability,
+        value: Option<&SecretValue>,
     ) -> Result<(Engine<'a>, &'a str, Identity)> {
         let id = self.authenticate(caller).await?;
         validate_secret_path(path)?;
@@ -721,6 +722,14 @@ impl Core {
                 "{path:?} is the mount {} itself; give a secret path below it, such as {}app/db",
                 mount.path, mount.path
             )));
+        }
+        // A cloud's name and size limits are checked before any call to it.
+        if let Engine::Cloud(c) = &engine {
+            c.name(rel)?;
+            if let Some(v) = value {
+                v.validate(self.config.max_value_bytes)?;
+                c.check_value(v)?;
+            }
         }
         // Vault's existence check: writing a secret that does not exist yet
         // needs `create`, not `update` (checked for root too, so the audit
@@ -742,11 +751,10 @@ impl Core {
         cas: Option<u64>,
     ) -> Result<(u64, VersionMeta)> {
         let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Update).await?;
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Update, Some(value)).await?;
         match engine {
             Engine::Local(kv) => kv.put(rel, value, cas).await,
             Engine::Cloud(c) => {
-                value.validate(self.config.max_value_bytes)?;
                 // One writer per secret at a time through this gateway, so
                 // check-and-set and version numbers hold among its callers.
                 let _guard = self.write_lock(path).await;
@@ -771,7 +779,7 @@ impl Core {
     /// or stage/alias.
     pub async fn get_at(&self, caller: &Caller, path: &str, at: &Selector) -> Result<ReadSecret> {
         let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Read).await?;
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Read, None).await?;
         match engine {
             Engine::Local(kv) => match at {
                 Selector::Current => kv.get(rel, None).await,
@@ -786,7 +794,7 @@ impl Core {
 
     pub async fn describe(&self, caller: &Caller, path: &str) -> Result<SecretMeta> {
         let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Read).await?;
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Read, None).await?;
         match engine {
             Engine::Local(kv) => kv.describe(rel).await,
             Engine::Cloud(c) => c.describe(rel).await,
@@ -815,7 +823,7 @@ impl Core {
             if !versions.is_empty() {
                 return Err(Error::InvalidArgument("give either versions or all_versions, not both".into()));
             }
-            let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Delete).await?;
+            let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Delete, None).await?;
             return match engine {
                 Engine::Local(kv) => kv.delete_all(rel).await,
                 Engine::Cloud(c) => c.delete_all(rel, purge).await,
@@ -823,7 +831,7 @@ impl Core {
         }
         let (area, cap) =
             if versions.is_empty() { ("data", Capability::Delete) } else { ("delete", Capability::Update) };
-        let (engine, rel, _) = self.secret_op(&table, caller, path, area, cap).await?;
+        let (engine, rel, _) = self.secret_op(&table, caller, path, area, cap, None).await?;
         match engine {
             Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::SoftDelete).await,
             Engine::Cloud(c) => c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Disable).await,
@@ -832,7 +840,7 @@ impl Core {
 
     pub async fn undelete(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update).await?;
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update, None).await?;
         match engine {
             Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Undelete).await,
             Engine::Cloud(c) => {
@@ -847,7 +855,7 @@ impl Core {
     /// Restores a whole secret deleted recoverably on a cloud mount.
     pub async fn restore_secret(&self, caller: &Caller, path: &str) -> Result<()> {
         let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update).await?;
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update, None).await?;
         match engine {
             Engine::Local(_) => Err(Error::Unimplemented(
                 "the local store deletes all versions of a secret for good; there is nothing to restore".into(),
@@ -858,7 +866,7 @@ impl Core {
 
     pub async fn destroy(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "destroy", Capability::Update).await?;
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "destroy", Capability::Update, None).await?;
         match engine {
             Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Destroy).await,
             Engine::Cloud(c) => {
@@ -879,7 +887,7 @@ impl Core {
         cas_required: Option<bool>,
     ) -> Result<SecretMeta> {
         let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Update).await?;
+        let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Update, None).await?;
         match engine {
             Engine::Local(kv) => kv.put_metadata(rel, custom, max_versions, cas_required).await,
             Engine::Cloud(c) => c.put_metadata(rel, custom, max_versions, cas_required).await,

@@ -35,6 +35,8 @@ pub struct VersionMeta {
     /// Cloud mounts: the cloud's version id, and its stages or aliases.
     pub provider_id: String,
     pub stages: Vec<String>,
+    /// Cloud mounts: when the cloud stops serving the version (Azure).
+    pub expires: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +207,7 @@ impl From<StoredMeta> for SecretMeta {
                         destroyed: v.destroyed,
                         provider_id: String::new(),
                         stages: Vec::new(),
+                        expires: None,
                     };
                     (v.version, vm)
                 })
@@ -352,6 +355,7 @@ impl Kv<'_> {
                 destroyed: false,
                 provider_id: String::new(),
                 stages: Vec::new(),
+                expires: None,
             };
             meta.current_version = version;
             meta.updated = now;

@@ -467,6 +467,9 @@ fn version_json(v: &pb::VersionMetadata) -> Value {
         out["provider_version_id"] = json!(v.provider_version_id);
         out["stages"] = json!(v.stages);
     }
+    if v.expires_time.is_some() {
+        out["expires_time"] = json!(time(&v.expires_time));
+    }
     out
 }
 

@@ -104,6 +104,7 @@ fn version_pb(version: u64, m: &VersionMeta) -> pb::VersionMetadata {
         destroyed: m.destroyed,
         provider_version_id: m.provider_id.clone(),
         stages: m.stages.clone(),
+        expires_time: m.expires.map(ts),
     }
 }
 

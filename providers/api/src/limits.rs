@@ -55,7 +55,8 @@ pub struct Limits {
     pub write: Rate,
     /// How long a call may wait for a slot before it fails `Throttled`.
     pub max_wait: Duration,
-    /// Attempts for a throttled or failed read, the first included.
+    /// Attempts for a throttled or failed read (or a throttled write), the
+    /// first included.
     pub read_attempts: u32,
 }
 
@@ -167,12 +168,37 @@ impl<S: SecretStore> Limited<S> {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        self.attempts(limiter, class, call, Error::retryable).await
+    }
+
+    /// Runs a write, retrying only throttled attempts: a throttled request
+    /// was refused before the cloud acted on it, so sending it again cannot
+    /// write twice; a write that failed otherwise may have happened.
+    async fn write<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.attempts(&self.write, "write", call, |e| matches!(e, Error::Throttled(_))).await
+    }
+
+    async fn attempts<T, F, Fut>(
+        &self,
+        limiter: &DefaultDirectRateLimiter,
+        class: &str,
+        call: F,
+        again: fn(&Error) -> bool,
+    ) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let mut attempt = 0;
         loop {
             self.slot(limiter, class).await?;
             attempt += 1;
             match call().await {
-                Err(e) if e.retryable() && attempt < self.limits.read_attempts.max(1) => {
+                Err(e) if again(&e) && attempt < self.limits.read_attempts.max(1) => {
                     let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(5))).min(Duration::from_secs(2));
                     let jitter = cap.mul_f64(jitter_fraction());
                     tokio::time::sleep(jitter).await;
@@ -211,8 +237,7 @@ impl<S: SecretStore> SecretStore for Limited<S> {
         pre: &Precondition,
         tags: Option<&BTreeMap<String, String>>,
     ) -> Result<VersionInfo> {
-        self.slot(&self.write, "write").await?;
-        self.inner.put(name, value, pre, tags).await
+        self.write(|| self.inner.put(name, value, pre, tags)).await
     }
 
     async fn describe(&self, name: &str) -> Result<SecretInfo> {
@@ -224,22 +249,18 @@ impl<S: SecretStore> SecretStore for Limited<S> {
     }
 
     async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
-        self.slot(&self.write, "write").await?;
-        self.inner.delete(name, how).await
+        self.write(|| self.inner.delete(name, how)).await
     }
 
     async fn restore(&self, name: &str) -> Result<()> {
-        self.slot(&self.write, "write").await?;
-        self.inner.restore(name).await
+        self.write(|| self.inner.restore(name)).await
     }
 
     async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {
-        self.slot(&self.write, "write").await?;
-        self.inner.change_version(name, id, change).await
+        self.write(|| self.inner.change_version(name, id, change)).await
     }
 
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
-        self.slot(&self.write, "write").await?;
-        self.inner.set_tags(name, tags).await
+        self.write(|| self.inner.set_tags(name, tags)).await
     }
 }

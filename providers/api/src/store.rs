@@ -77,6 +77,8 @@ pub struct VersionInfo {
     pub stages: Vec<String>,
     pub created: Option<SystemTime>,
     pub state: VersionState,
+    /// When the cloud stops serving the version (Azure's `exp` attribute).
+    pub expires: Option<SystemTime>,
 }
 
 /// A version's state, where the cloud has one (Azure's `enabled`

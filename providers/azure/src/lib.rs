@@ -303,6 +303,7 @@ fn info(id: Option<&str>, attrs: Option<&SecretAttributes>, tags: Option<&HashMa
         } else {
             VersionState::Enabled
         },
+        expires: time(attrs.and_then(|a| a.expires)),
     }
 }
 

@@ -103,6 +103,11 @@ async fn versions_tags_binary_and_check_and_set() {
     kv.put_out_of_band("Legacy-Conn", "Server=db;Password=x", Some("text/plain"));
     let read = s.get("legacy-conn", &Selector::Current).await.unwrap();
     assert_eq!((read.value.as_str(), read.version.number), (Some("Server=db;Password=x"), None));
+    // Expiry shows in the versions (advisory for secrets: reads succeed).
+    kv.set_expiry("Legacy-Conn", 4_102_444_800);
+    let info = s.describe("legacy-conn").await.unwrap();
+    let exp = info.versions[0].expires.unwrap();
+    assert_eq!(exp.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 4_102_444_800);
     // ... and a Keybridge write on top numbers from 1.
     assert_eq!(s.put("Legacy-Conn", &text("y"), &Precondition::None, None).await.unwrap().number, Some(1));
 }
@@ -204,4 +209,13 @@ async fn throttling_is_retried_within_the_limit_and_reported_past_it() {
     assert!(matches!(&e, Error::Throttled(m) if m.contains("too many requests")), "{e:?}");
     assert_eq!(kv.requests() - before, 3, "three attempts, no more");
     assert!(limited.get("hot", &Selector::Current).await.is_ok());
+
+    // Writes: a throttled write was not carried out, so it is sent again.
+    kv.throttle_next(1);
+    let v = limited.put("hot", &text("w"), &Precondition::None, None).await.unwrap();
+    assert_eq!(v.number, Some(2));
+    kv.throttle_next(3);
+    let e = limited.put("hot", &text("x"), &Precondition::None, None).await.unwrap_err();
+    assert!(matches!(e, Error::Throttled(_)), "{e:?}");
+    assert_eq!(limited.get("hot", &Selector::Current).await.unwrap().value.as_str(), Some("w"), "nothing written");
 }

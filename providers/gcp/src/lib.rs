@@ -393,6 +393,7 @@ fn version_info(v: &model::SecretVersion, aliases: &[(String, String)]) -> Versi
             model::secret_version::State::Destroyed => VersionState::Destroyed,
             _ => VersionState::Enabled,
         },
+        expires: None,
         id,
     }
 }

@@ -55,6 +55,8 @@ struct Version {
     content_type: Option<String>,
     tags: BTreeMap<String, String>,
     enabled: bool,
+    /// `exp`: advisory for secrets (reads still succeed), as in Key Vault.
+    expires: Option<i64>,
     created: i64,
     updated: i64,
 }
@@ -203,6 +205,14 @@ impl KeyVault {
         Some((ver.value, ver.content_type, ver.tags))
     }
 
+    /// Sets the latest version's expiry (`exp`, Unix seconds), as
+    /// `az keyvault secret set-attributes --expires` would.
+    pub fn set_expiry(&self, name: &str, exp: i64) {
+        if let Some(v) = self.vault().secrets.get_mut(&name.to_ascii_lowercase()).and_then(|s| s.versions.last_mut()) {
+            v.expires = Some(exp);
+        }
+    }
+
     /// Writes a secret as another tool would (no Keybridge tags).
     pub fn put_out_of_band(&self, name: &str, value: &str, content_type: Option<&str>) {
         let mut v = self.vault();
@@ -214,6 +224,7 @@ impl KeyVault {
             content_type: content_type.map(str::to_string),
             tags: BTreeMap::new(),
             enabled: true,
+            expires: None,
             created: t,
             updated: t,
         };
@@ -289,13 +300,17 @@ async fn token(
 }
 
 fn attributes(v: &Version) -> Value {
-    json!({
+    let mut a = json!({
         "enabled": v.enabled,
         "created": v.created,
         "updated": v.updated,
         "recoveryLevel": "Recoverable+Purgeable",
         "recoverableDays": RECOVERABLE_DAYS,
-    })
+    });
+    if let Some(e) = v.expires {
+        a["exp"] = json!(e);
+    }
+    a
 }
 
 fn bundle(base: &str, s: &Secret, v: &Version, with_value: bool) -> Value {
@@ -510,6 +525,7 @@ async fn vault(
                 content_type: b["contentType"].as_str().map(str::to_string),
                 tags,
                 enabled: b["attributes"]["enabled"].as_bool().unwrap_or(true),
+                expires: b["attributes"]["exp"].as_i64(),
                 created: t,
                 updated: t,
             };
@@ -536,6 +552,9 @@ async fn vault(
             let Some(ver) = ver else { return not_found(&format!("{name}/{version}")) };
             if let Some(e) = b["attributes"]["enabled"].as_bool() {
                 ver.enabled = e;
+            }
+            if let Some(e) = b["attributes"]["exp"].as_i64() {
+                ver.expires = Some(e);
             }
             if let Some(ct) = b.get("contentType").and_then(Value::as_str) {
                 ver.content_type = Some(ct.to_string());
