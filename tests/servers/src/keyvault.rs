@@ -79,8 +79,10 @@ struct Deleted {
 struct Vault {
     secrets: HashMap<String, Secret>,
     deleted: HashMap<String, Deleted>,
-    /// token -> may write
-    tokens: HashMap<String, bool>,
+    /// token -> (may write, client id)
+    tokens: HashMap<String, (bool, String)>,
+    /// Clients whose credentials were revoked.
+    revoked: std::collections::HashSet<String>,
     /// Requests to the vault (not the token endpoint), challenges included.
     requests: u64,
     next: u64,
@@ -205,6 +207,14 @@ impl KeyVault {
         Some((ver.value, ver.content_type, ver.tags))
     }
 
+    /// Revokes a client's credentials: its tokens stop working and it gets
+    /// no new ones (as when its client secret expires).
+    pub fn revoke_client(&self, client_id: &str) {
+        let mut v = self.vault();
+        v.tokens.retain(|_, (_, c)| c != client_id);
+        v.revoked.insert(client_id.to_string());
+    }
+
     /// Sets the latest version's expiry (`exp`, Unix seconds), as
     /// `az keyvault secret set-attributes --expires` would.
     pub fn set_expiry(&self, name: &str, exp: i64) {
@@ -268,6 +278,14 @@ async fn token(
         );
     }
     let client = f.get("client_id").cloned().unwrap_or_default();
+    if s.vault.lock().unwrap_or_else(|p| p.into_inner()).revoked.contains(&client) {
+        return entra(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000222,
+            "AADSTS7000222: The provided client secret keys for app are expired.",
+        );
+    }
     let Some((secret, writer)) = s.clients.get(&client).cloned() else {
         return entra(
             StatusCode::BAD_REQUEST,
@@ -294,7 +312,7 @@ async fn token(
     }
     let r: u128 = rand::random();
     let access = format!("kvtest.{r:032x}");
-    s.vault.lock().unwrap_or_else(|p| p.into_inner()).tokens.insert(access.clone(), writer);
+    s.vault.lock().unwrap_or_else(|p| p.into_inner()).tokens.insert(access.clone(), (writer, client));
     Json(json!({ "token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": access }))
         .into_response()
 }
@@ -409,12 +427,15 @@ async fn vault(
         r.headers_mut().insert("www-authenticate", HeaderValue::from_str(&challenge).expect("header"));
         return r;
     };
-    let Some(&writer) = v.tokens.get(&token) else {
-        return err(
+    let challenge = format!("Bearer authorization=\"{base}/{}\", resource=\"https://vault.azure.net\"", s.tenant);
+    let Some(&(writer, _)) = v.tokens.get(&token) else {
+        let mut r = err(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/..., found an unknown token.",
         );
+        r.headers_mut().insert("www-authenticate", HeaderValue::from_str(&challenge).expect("header"));
+        return r;
     };
     let Some(api) = q.get("api-version").cloned() else {
         return err(

@@ -193,4 +193,12 @@ async fn azure_mount_health_check_names_the_problem() {
     assert!(s.cli(t, &["kv", "put", "azure/team/blob", "k=v"]).status.success());
     assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "azure/Team/Blob"]))["binary_b64"], "AAH+");
     assert_eq!(json(&s.cli(t, &["kv", "list", "-o", "json", "azure/"])), serde_json::json!(["Team/", "team/"]));
+
+    // Credentials revoked after mounting: UNAUTHENTICATED with Azure's reason.
+    kv.revoke_client(keyvault::CLIENT_ID);
+    let mut c = s.secrets().await;
+    let e =
+        c.get(authed(T, pb::GetRequest { path: "azure/team/blob".into(), ..Default::default() })).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("Azure Key Vault"), "{e:?}");
 }
