@@ -3,8 +3,13 @@
 
 use std::path::PathBuf;
 
-const FILES: &[&str] =
-    &["keybridge/v1/secrets.proto", "keybridge/v1/sys.proto", "keybridge/v1/audit.proto", "keybridge/v1/auth.proto"];
+const FILES: &[&str] = &[
+    "keybridge/v1/secrets.proto",
+    "keybridge/v1/sys.proto",
+    "keybridge/v1/audit.proto",
+    "keybridge/v1/auth.proto",
+    "keybridge/v1/sync.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in FILES {

@@ -140,11 +140,13 @@ pub fn validate(providers: &dyn Providers, kind: &str, config: &BTreeMap<String,
 }
 
 /// Counters of one cloud mount since it was loaded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MountStats {
     pub upstream_calls: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Calls by kind: read_value, read_meta, list, write.
+    pub by_kind: [(&'static str, u64); 4],
 }
 
 type LimitedStore = Arc<Limited<Arc<dyn SecretStore>>>;
@@ -188,7 +190,12 @@ impl CloudMount {
 
     pub fn stats(&self) -> MountStats {
         let (cache_hits, cache_misses) = self.cached.as_ref().map(|c| c.counters()).unwrap_or_default();
-        MountStats { upstream_calls: self.limited.calls(), cache_hits, cache_misses }
+        MountStats {
+            upstream_calls: self.limited.calls(),
+            cache_hits,
+            cache_misses,
+            by_kind: self.limited.calls_by_kind(),
+        }
     }
 
     fn provider(&self) -> &'static str {
@@ -245,6 +252,68 @@ impl CloudMount {
         };
         let v = self.store.put(&name, &value, &pre, None).await?;
         Ok((v.number.unwrap_or(0), version_meta(&v)))
+    }
+
+    /// Whether this cloud's listing shows a marker of each secret's current
+    /// version (AWS, Azure), so a scan needs no call per secret.
+    pub fn lists_markers(&self) -> bool {
+        self.cloud != Cloud::Gcp
+    }
+
+    /// The current version's id and listing marker, and the secret's tags.
+    pub async fn current(&self, rel: &str) -> Result<Option<(String, Option<String>, BTreeMap<String, String>)>> {
+        match self.store.describe(&self.name(rel)?).await {
+            Ok(info) if info.deletion.is_none() => {
+                let cur = current(&info).cloned().unwrap_or_default();
+                Ok(Some((cur.id.clone(), self.store.marker(&cur), info.tags.clone())))
+            }
+            Ok(_) | Err(keybridge_provider_api::Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a replica (tagged as `rule_id`'s when created, or tagged
+    /// afterwards when it was someone else's); its version id and marker.
+    pub async fn write_replica(
+        &self,
+        rel: &str,
+        value: &SecretValue,
+        rule_id: &str,
+        existing: Option<&BTreeMap<String, String>>,
+    ) -> Result<(String, Option<String>)> {
+        let name = self.name(rel)?;
+        let value = self.cloud_value(value)?;
+        let mut tags = existing.cloned().unwrap_or_default();
+        let tagged = tags.get(crate::sync::MARKER_TAG).map(String::as_str) == Some(rule_id);
+        tags.insert(crate::sync::MARKER_TAG.to_string(), rule_id.to_string());
+        let v = match existing {
+            None => self.store.put(&name, &value, &Precondition::None, Some(&tags)).await?,
+            Some(_) => self.store.put(&name, &value, &Precondition::None, None).await?,
+        };
+        if existing.is_some() && !tagged {
+            self.store.set_tags(&name, &tags).await?;
+        }
+        Ok((v.id.clone(), self.store.marker(&v)))
+    }
+
+    /// Every Keybridge-named secret below `folder` with its listing marker.
+    pub async fn list_markers(&self, folder: &str) -> Result<std::collections::HashMap<String, Option<String>>> {
+        let mut out = std::collections::HashMap::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.store.list(100, token.as_deref()).await?;
+            for item in page.items {
+                if let Some(p) = self.settings.codec.decode(&item.name)
+                    && p.starts_with(folder)
+                {
+                    out.insert(p, item.marker);
+                }
+            }
+            token = page.next;
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
     }
 
     pub async fn get(&self, rel: &str, at: &Selector) -> Result<ReadSecret> {

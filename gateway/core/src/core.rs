@@ -130,6 +130,8 @@ pub struct Core {
     /// Serialises lifecycle and mount-table changes.
     admin: Mutex<()>,
     write_locks: Vec<Mutex<()>>,
+    /// The reconciler's in-memory state.
+    sync: crate::sync::Runtime,
 }
 
 const WRITE_LOCK_STRIPES: usize = 256;
@@ -146,6 +148,7 @@ impl Core {
             loaded: RwLock::new(None),
             admin: Mutex::new(()),
             write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            sync: Default::default(),
         }
     }
 
@@ -273,6 +276,8 @@ impl Core {
             auth: RwLock::new(auth_methods::AuthState { table: auth_table, parsed: HashMap::new() }),
             clouds: RwLock::new(HashMap::new()),
         }));
+        *self.sync.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.sync.notify.notify_one();
         // Finish removing mounts a crash interrupted.
         for m in pending {
             self.purge_mount(&m).await?;
@@ -752,7 +757,9 @@ impl Core {
     ) -> Result<(u64, VersionMeta)> {
         let table = self.loaded()?.table();
         let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Update, Some(value)).await?;
-        match engine {
+        // Replication is journaled before the write it announces.
+        let announced = self.sync_announce(path).await?;
+        let r = match engine {
             Engine::Local(kv) => kv.put(rel, value, cas).await,
             Engine::Cloud(c) => {
                 // One writer per secret at a time through this gateway, so
@@ -760,7 +767,11 @@ impl Core {
                 let _guard = self.write_lock(path).await;
                 c.put(rel, value, cas).await
             }
+        };
+        if announced {
+            self.sync_wake();
         }
+        r
     }
 
     async fn write_lock(&self, path: &str) -> tokio::sync::MutexGuard<'_, ()> {
@@ -805,6 +816,15 @@ impl Core {
         self.delete_opts(caller, path, versions, all, false).await
     }
 
+    /// After a change other than a put (delete, undelete, destroy,
+    /// restore), the rules covering `path` look again.
+    async fn sync_after<T>(&self, path: &str, r: Result<T>) -> Result<T> {
+        if r.is_ok() && self.sync_announce(path).await.unwrap_or(false) {
+            self.sync_wake();
+        }
+        r
+    }
+
     /// `all`: every version and the metadata; on cloud mounts recoverable
     /// (AWS's recovery window, Azure's soft delete) unless `purge`.
     pub async fn delete_opts(
@@ -824,24 +844,26 @@ impl Core {
                 return Err(Error::InvalidArgument("give either versions or all_versions, not both".into()));
             }
             let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Delete, None).await?;
-            return match engine {
+            let r = match engine {
                 Engine::Local(kv) => kv.delete_all(rel).await,
                 Engine::Cloud(c) => c.delete_all(rel, purge).await,
             };
+            return self.sync_after(path, r).await;
         }
         let (area, cap) =
             if versions.is_empty() { ("data", Capability::Delete) } else { ("delete", Capability::Update) };
         let (engine, rel, _) = self.secret_op(&table, caller, path, area, cap, None).await?;
-        match engine {
+        let r = match engine {
             Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::SoftDelete).await,
             Engine::Cloud(c) => c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Disable).await,
-        }
+        };
+        self.sync_after(path, r).await
     }
 
     pub async fn undelete(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
         let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update, None).await?;
-        match engine {
+        let r = match engine {
             Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Undelete).await,
             Engine::Cloud(c) => {
                 if versions.is_empty() {
@@ -849,7 +871,8 @@ impl Core {
                 }
                 c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Enable).await
             }
-        }
+        };
+        self.sync_after(path, r).await
     }
 
     /// Restores a whole secret deleted recoverably on a cloud mount.
@@ -860,14 +883,14 @@ impl Core {
             Engine::Local(_) => Err(Error::Unimplemented(
                 "the local store deletes all versions of a secret for good; there is nothing to restore".into(),
             )),
-            Engine::Cloud(c) => c.restore(rel).await,
+            Engine::Cloud(c) => self.sync_after(path, c.restore(rel).await).await,
         }
     }
 
     pub async fn destroy(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
         let (engine, rel, _) = self.secret_op(&table, caller, path, "destroy", Capability::Update, None).await?;
-        match engine {
+        let r = match engine {
             Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Destroy).await,
             Engine::Cloud(c) => {
                 if versions.is_empty() {
@@ -875,7 +898,8 @@ impl Core {
                 }
                 c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Destroy).await
             }
-        }
+        };
+        self.sync_after(path, r).await
     }
 
     pub async fn put_metadata(
@@ -992,6 +1016,8 @@ mod auth_methods;
 pub use auth_methods::{AuthMount, login_audit};
 #[path = "policies.rs"]
 mod policies;
+#[path = "sync_ops.rs"]
+pub(crate) mod sync_ops;
 pub use policies::{TokenRef, TokenRequest};
 
 #[cfg(test)]
@@ -1005,6 +1031,10 @@ mod audit_tests;
 #[cfg(test)]
 #[path = "auth_tests.rs"]
 mod auth_tests;
+
+#[cfg(test)]
+#[path = "sync_tests.rs"]
+mod sync_tests;
 
 /// The backend a secret path routes to.
 enum Engine<'a> {

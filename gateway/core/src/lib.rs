@@ -17,10 +17,12 @@ mod error;
 pub mod kv;
 pub mod mounts;
 pub mod path;
+pub mod sync;
 mod time;
 pub mod token;
 pub mod value;
 
+pub use crate::core::sync_ops::{RuleSpec, SyncStatus};
 pub use crate::core::{AuthMount, Core, CoreConfig, InitResult, SealStatus, TokenRef, TokenRequest, login_audit};
 pub use audit::{AuditValue, Caller};
 pub use error::Error;

@@ -166,4 +166,8 @@ impl<S: SecretStore> SecretStore for Cached<S> {
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
         self.inner.set_tags(name, tags).await
     }
+
+    fn marker(&self, v: &VersionInfo) -> Option<String> {
+        self.inner.marker(v)
+    }
 }

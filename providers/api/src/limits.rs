@@ -122,7 +122,12 @@ pub struct Limited<S> {
     list: DefaultDirectRateLimiter,
     write: DefaultDirectRateLimiter,
     calls: std::sync::atomic::AtomicU64,
+    /// By kind: read_value, read_meta, list, write.
+    by_kind: [std::sync::atomic::AtomicU64; 4],
 }
+
+/// The kinds of call counted, in the order of [`Limited::calls_by_kind`].
+pub const CALL_KINDS: [&str; 4] = ["read_value", "read_meta", "list", "write"];
 
 impl<S: SecretStore> Limited<S> {
     pub fn new(inner: S, limits: Limits) -> Limited<S> {
@@ -134,6 +139,7 @@ impl<S: SecretStore> Limited<S> {
             inner,
             limits,
             calls: std::sync::atomic::AtomicU64::new(0),
+            by_kind: Default::default(),
         }
     }
 
@@ -147,10 +153,22 @@ impl<S: SecretStore> Limited<S> {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Calls passed on to the cloud by kind ([`CALL_KINDS`]).
+    pub fn calls_by_kind(&self) -> [(&'static str, u64); 4] {
+        std::array::from_fn(|i| (CALL_KINDS[i], self.by_kind[i].load(std::sync::atomic::Ordering::Relaxed)))
+    }
+
     async fn slot(&self, limiter: &DefaultDirectRateLimiter, class: &str) -> Result<()> {
         match tokio::time::timeout(self.limits.max_wait, limiter.until_ready()).await {
             Ok(()) => {
                 self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let kind = match class {
+                    "read" => 0,
+                    "metadata" => 1,
+                    "list" => 2,
+                    _ => 3,
+                };
+                self.by_kind[kind].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             }
             Err(_) => Err(Error::Throttled(format!(
@@ -262,5 +280,9 @@ impl<S: SecretStore> SecretStore for Limited<S> {
 
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
         self.write(|| self.inner.set_tags(name, tags)).await
+    }
+
+    fn marker(&self, v: &VersionInfo) -> Option<String> {
+        self.inner.marker(v)
     }
 }

@@ -135,6 +135,11 @@ pub struct Listed {
     pub name: String,
     pub updated: Option<SystemTime>,
     pub tags: BTreeMap<String, String>,
+    /// What the listing says of the current version, to notice a change
+    /// without reading the value: AWS's current version id, Azure's update
+    /// time of the current version; `None` where the listing says nothing
+    /// (GCP). Compare with [`SecretStore::marker`] of a version.
+    pub marker: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -223,6 +228,12 @@ pub trait SecretStore: Send + Sync {
     /// Replaces the secret's custom metadata (AWS tags, Azure tags of the
     /// current version, GCP annotations).
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()>;
+
+    /// The [`Listed::marker`] a listing shows while `v` is current.
+    fn marker(&self, v: &VersionInfo) -> Option<String> {
+        let _ = v;
+        None
+    }
 }
 
 /// A shared store is a store (the gateway keeps one per mount behind `Arc`).
@@ -263,5 +274,8 @@ impl<T: SecretStore + ?Sized> SecretStore for std::sync::Arc<T> {
     }
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
         (**self).set_tags(name, tags).await
+    }
+    fn marker(&self, v: &VersionInfo) -> Option<String> {
+        (**self).marker(v)
     }
 }

@@ -315,6 +315,9 @@ impl SecretStore for AwsStore {
                 .secret_list()
                 .iter()
                 .map(|e| Listed {
+                    marker: e.secret_versions_to_stages().and_then(|m| {
+                        m.iter().find(|(_, st)| st.iter().any(|s| s == CURRENT)).map(|(id, _)| id.clone())
+                    }),
                     name: e.name().unwrap_or_default().to_string(),
                     updated: time(e.last_changed_date()),
                     tags: e
@@ -358,6 +361,10 @@ impl SecretStore for AwsStore {
                 VersionChange::Destroy => "destroy single versions (AWS removes versions without a stage itself)",
             },
         })
+    }
+
+    fn marker(&self, v: &VersionInfo) -> Option<String> {
+        Some(v.id.clone())
     }
 
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {

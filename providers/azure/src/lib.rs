@@ -516,6 +516,7 @@ impl SecretStore for AzureStore {
                 .value
                 .iter()
                 .map(|p| Listed {
+                    marker: p.attributes.as_ref().and_then(|a| a.updated).map(|t| t.unix_timestamp().to_string()),
                     name: name_of(p.id.as_deref()),
                     updated: time(p.attributes.as_ref().and_then(|a| a.updated)),
                     tags: custom_tags(p.tags.as_ref()),
@@ -564,6 +565,13 @@ impl SecretStore for AzureStore {
             ..Default::default()
         };
         self.update(name, id, params).await
+    }
+
+    /// Key Vault's listing shows the current version's update time; a
+    /// version Keybridge just wrote was last updated when it was created.
+    fn marker(&self, v: &VersionInfo) -> Option<String> {
+        let secs = v.created?.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+        Some(secs.to_string())
     }
 
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {

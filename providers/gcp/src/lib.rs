@@ -330,6 +330,7 @@ impl SecretStore for GcpStore {
                 .secrets
                 .into_iter()
                 .map(|s| Listed {
+                    marker: None,
                     name: last_segment(&s.name),
                     updated: time(s.create_time.as_ref()),
                     tags: s.annotations.into_iter().collect(),

@@ -1,0 +1,190 @@
+//! The reconciler between local mounts (the cloud targets are covered by
+//! the server's end-to-end tests against moto, drongo and our servers).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keybridge_barrier::{Barrier, RedbStore};
+
+use super::sync_ops::RuleSpec;
+use super::*;
+use crate::Caller;
+
+fn fields(pairs: &[(&str, &str)]) -> SecretValue {
+    SecretValue::Fields(pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string()))).collect())
+}
+
+fn field(r: &ReadSecret, name: &str) -> String {
+    match &r.value {
+        SecretValue::Fields(m) => m[name].to_string(),
+        _ => panic!("fields expected"),
+    }
+}
+
+async fn core_with_mounts(store: Arc<RedbStore>) -> (Arc<Core>, Caller) {
+    let (core, t, _) = core_with_key(store).await;
+    (core, t)
+}
+
+async fn core_with_key(store: Arc<RedbStore>) -> (Arc<Core>, Caller, String) {
+    let core = Arc::new(Core::new(Barrier::new(store), CoreConfig::default()));
+    let init = core.init(1, 1, Some("root-t"), true).await.unwrap();
+    let t = Caller::token(Some("root-t"));
+    for m in ["team-b/", "team-c/"] {
+        core.enable_mount(&t, m, "local", "", Default::default()).await.unwrap();
+    }
+    (core, t, init.keys[0].to_string())
+}
+
+fn spec(name: &str, source: &str, targets: &[&str], on_conflict: &str) -> RuleSpec {
+    RuleSpec {
+        name: name.into(),
+        source: source.into(),
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        on_conflict: on_conflict.into(),
+        scan_interval_secs: 3600,
+        ..Default::default()
+    }
+}
+
+fn state(core: &Core, target: &str) -> (String, String) {
+    let st = core.sync.status.lock().unwrap();
+    let s = st.values().find(|s| s.target == target).unwrap_or_else(|| panic!("no status for {target}: {st:?}"));
+    (s.state.to_string(), s.message.clone())
+}
+
+#[tokio::test]
+async fn rules_are_checked_when_created() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    let bad = |s: RuleSpec, text: &'static str| {
+        let core = core.clone();
+        let t = Caller::token(Some("root-t"));
+        async move {
+            let e = core.put_sync_rule(&t, s).await.unwrap_err().to_string();
+            assert!(e.contains(text), "{e:?} should mention {text:?}");
+        }
+    };
+    bad(spec("ba", "team-b/app/", &["secret/app/"], ""), "cycle").await;
+    bad(spec("ca", "team-c/", &["team-b/app/x/"], ""), "two rules may not write the same secret").await;
+    bad(spec("self", "secret/", &["secret/app/"], ""), "overlaps the source").await;
+    bad(spec("nomount", "secret/x/", &["nowhere/x/"], ""), "no mount serves it").await;
+    bad(spec("Bad Name", "secret/x/", &["team-c/x/"], ""), "rule name").await;
+    bad(spec("conf", "secret/x/", &["team-c/x/"], "sometimes"), "on_conflict").await;
+    // A chain is fine: secret/app/ -> team-b/app/ -> team-c/app/.
+    core.put_sync_rule(&t, spec("bc", "team-b/app/", &["team-c/app/"], "")).await.unwrap();
+    // ... but closing it is a cycle.
+    bad(spec("ca2", "team-c/app/", &["secret/app/"], ""), "ab -> bc").await;
+    assert_eq!(core.list_sync_rules(&t).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn writes_replicate_and_conflicts_follow_the_rule() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    // A target secret someone else wrote.
+    core.put(&t, "team-b/app/theirs", &fields(&[("v", "theirs")]), None).await.unwrap();
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "overwrite")).await.unwrap();
+    core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
+    core.put(&t, "secret/app/theirs", &fields(&[("v", "ours")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "pw"), "one");
+    let meta = core.describe(&t, "team-b/app/db").await.unwrap();
+    assert!(meta.custom_metadata.contains_key(crate::sync::MARKER_TAG), "replicas are tagged");
+    assert_eq!(state(&core, "team-b/app/db").0, "in_sync");
+    // Not ours: left alone, reported.
+    assert_eq!(field(&core.get(&t, "team-b/app/theirs", None).await.unwrap(), "v"), "theirs");
+    let (st, msg) = state(&core, "team-b/app/theirs");
+    assert_eq!(st, "conflict");
+    assert!(msg.contains("take_over"), "{msg}");
+
+    // Overwrite: an edit at the target is restored by the scan.
+    core.put(&t, "team-b/app/db", &fields(&[("pw", "edited")]), None).await.unwrap();
+    core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "pw"), "one");
+    assert!(state(&core, "team-b/app/db").1.contains("restored"));
+
+    // Alert: the edit stays and is reported.
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "alert")).await.unwrap();
+    core.put(&t, "team-b/app/db", &fields(&[("pw", "edited")]), None).await.unwrap();
+    core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "pw"), "edited");
+    assert_eq!(state(&core, "team-b/app/db").0, "conflict");
+
+    // Adopt: the target's value becomes a new source version.
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "adopt")).await.unwrap();
+    core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(field(&core.get(&t, "secret/app/db", None).await.unwrap(), "pw"), "edited");
+    assert_eq!(core.describe(&t, "secret/app/db").await.unwrap().current_version, 2);
+
+    // Take over: the foreign secret is replaced once the rule says so.
+    let mut s = spec("ab", "secret/app/", &["team-b/app/"], "overwrite");
+    s.take_over = true;
+    core.put_sync_rule(&t, s).await.unwrap();
+    core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(field(&core.get(&t, "team-b/app/theirs", None).await.unwrap(), "v"), "ours");
+}
+
+#[tokio::test]
+async fn deletes_are_retained_or_propagated() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    core.put(&t, "secret/app/a", &fields(&[("v", "1")]), None).await.unwrap();
+    core.put(&t, "secret/app/b", &fields(&[("v", "1")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    core.delete(&t, "secret/app/a", &[], true).await.unwrap();
+    core.sync_pass().await.unwrap();
+    assert!(core.get(&t, "team-b/app/a", None).await.is_ok(), "retain keeps the replica");
+    assert_eq!(state(&core, "team-b/app/a").0, "stale");
+    let mut s = spec("ab", "secret/app/", &["team-b/app/"], "");
+    s.delete = "propagate".into();
+    core.put_sync_rule(&t, s).await.unwrap();
+    core.delete(&t, "secret/app/b", &[], true).await.unwrap();
+    core.sync_pass().await.unwrap();
+    assert!(matches!(core.get(&t, "team-b/app/b", None).await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn the_journal_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kb.db");
+    let key = {
+        let (core, t, key) = core_with_key(Arc::new(RedbStore::open(&path, 0).unwrap())).await;
+        core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "")).await.unwrap();
+        // Written and journaled, never replicated: the process stops here.
+        core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
+        assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 1);
+        core.shutdown().await;
+        key
+    };
+    let core = Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::open(&path, 0).unwrap())), CoreConfig::default()));
+    let t = Caller::token(Some("root-t"));
+    assert!(matches!(core.sync_pass().await, Err(Error::Sealed)), "nothing runs while sealed");
+    core.unseal(&key, false).await.unwrap();
+    core.sync_pass().await.unwrap();
+    for target in ["team-b/app/db", "team-c/app/db"] {
+        assert_eq!(field(&core.get(&t, target, None).await.unwrap(), "pw"), "one", "{target}");
+    }
+    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+}
+
+#[tokio::test]
+async fn a_write_already_landed_is_not_written_twice() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    core.put(&t, "secret/app/db", &fields(&[("pw", "two")]), None).await.unwrap();
+    // A crash after the write reached the target but before it was recorded:
+    // the record still says pending, the target already has the value.
+    let rule = core.sync_rules().await.unwrap()[0].clone();
+    let key = crate::sync::state_key(&rule.id, "team-b/app/db");
+    let mut rec = core.record(&key).await.unwrap().unwrap();
+    rec.pending = true;
+    rec.fingerprint = crate::sync::fingerprint(&core.fingerprint_key().await.unwrap(), &fields(&[("pw", "two")]));
+    core.save_record(&key, &rec).await.unwrap();
+    core.put(&Caller::token(Some("root-t")), "team-b/app/db", &fields(&[("pw", "two")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    let meta = core.describe(&t, "team-b/app/db").await.unwrap();
+    assert_eq!(meta.current_version, 2, "no second copy of version two");
+    assert_eq!(state(&core, "team-b/app/db").0, "in_sync");
+}
