@@ -200,6 +200,11 @@ pub(crate) struct Record {
     pub source_version: u64,
     pub pending: bool,
     pub stale: bool,
+    /// The target was someone else's when last looked at (left alone, not
+    /// written); scans skip it until the source changes or the rule takes
+    /// over.
+    #[serde(default)]
+    pub foreign: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -594,12 +594,13 @@ impl Core {
         };
         let fp = sync::fingerprint(fp_key, value);
         let ours = cur.as_ref().is_some_and(|c| c.tags.get(MARKER_TAG) == Some(&rule.id));
+        if rec.as_ref().is_some_and(|r| r.foreign) {
+            rec = None;
+        }
         let owned = rec.is_some() || ours;
-        if let Some(c) = &cur
-            && !owned
-            && !rule.take_over
-        {
-            let _ = c;
+        if cur.is_some() && !owned && !rule.take_over {
+            let foreign = Record { source: path.to_string(), source_version: *sv, foreign: true, ..Default::default() };
+            self.save_record(&key, &foreign).await?;
             self.sync.set_status(
                 rule,
                 path,
@@ -621,6 +622,7 @@ impl Core {
                 source_version: *sv,
                 pending: true,
                 stale: false,
+                foreign: false,
             };
             self.save_record(key, &pending).await?;
             let (id, marker) = engine.write_replica(rel, value, &rule.id, cur.as_ref().map(|c| &c.tags)).await?;
@@ -788,7 +790,8 @@ impl Core {
             for t in &rule.targets {
                 let Some(tp) = rule.target_path(t, s) else { continue };
                 match records.get(&tp) {
-                    Some(r) if r.source_version == version && !r.pending && !r.stale => {}
+                    Some(r) if r.foreign && r.source_version == version && !rule.take_over => {}
+                    Some(r) if r.source_version == version && !r.pending && !r.stale && !r.foreign => {}
                     _ => {
                         todo.insert(s.clone(), ());
                     }
@@ -796,7 +799,7 @@ impl Core {
             }
         }
         for r in records.values() {
-            if !sources.contains(&r.source) && !r.stale {
+            if !sources.contains(&r.source) && !r.stale && !r.foreign {
                 todo.insert(r.source.clone(), ());
             }
         }
@@ -804,7 +807,8 @@ impl Core {
         // carries markers, else a describe per replica.
         for t in &rule.targets {
             let (engine, mount, rel) = self.route(&table, t).await?;
-            let mine: Vec<(&String, &Record)> = records.iter().filter(|(p, _)| p.starts_with(t.as_str())).collect();
+            let mine: Vec<(&String, &Record)> =
+                records.iter().filter(|(p, r)| p.starts_with(t.as_str()) && !r.foreign).collect();
             if mine.is_empty() {
                 continue;
             }

@@ -72,6 +72,9 @@ pub enum Command {
     /// Login methods (kubernetes, jwt): enable, config, roles.
     #[command(subcommand)]
     Auth(crate::cli_auth::AuthCommand),
+    /// Replication rules between mounts, their status, runs.
+    #[command(subcommand)]
+    Sync(crate::cli_sync::SyncCommand),
     /// Exchange a service-account token or OIDC JWT for a Keybridge token:
     /// `login kubernetes --role app-service --jwt @/var/run/secrets/kubernetes.io/serviceaccount/token`.
     Login {
@@ -405,6 +408,10 @@ impl Client {
 
     pub(crate) fn auth(&self) -> pb::auth_client::AuthClient<Channel> {
         pb::auth_client::AuthClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn sync(&self) -> pb::sync_client::SyncClient<Channel> {
+        pb::sync_client::SyncClient::new(self.channel.clone())
     }
 
     pub(crate) fn audit(&self) -> pb::audit_client::AuditClient<Channel> {

@@ -3,12 +3,14 @@
 mod cli;
 mod cli_audit;
 mod cli_auth;
+mod cli_sync;
 mod config;
 mod error;
 mod hygiene;
 mod ratelimit;
 mod server;
 mod service;
+mod service_sync;
 
 use std::process::ExitCode;
 
@@ -91,6 +93,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 Command::Operator(cmd) => cli::operator(&c, cmd).await,
                 Command::Audit(cmd) => cli_audit::audit(&c, cmd).await,
                 Command::Auth(cmd) => cli_auth::auth(&c, cmd).await.map(|()| exit::OK),
+                Command::Sync(cmd) => cli_sync::sync(&c, cmd).await.map(|()| exit::OK),
                 Command::Login { path, role, jwt } => cli_auth::login(&c, path, role, jwt).await.map(|()| exit::OK),
                 Command::Server(_) => Err(Error::Usage("the server command takes no client connection".into())),
             }

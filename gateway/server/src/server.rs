@@ -117,6 +117,11 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     let audit = pb::audit_server::AuditServer::new(AuditService { core: core.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let sync = pb::sync_server::SyncServer::new(crate::service_sync::SyncService { core: core.clone() })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    // The reconciler: idle while sealed, replicating and scanning otherwise.
+    tokio::spawn(core.clone().sync_worker());
 
     // SIGHUP: audit devices reopen their files (after logrotate moved them).
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -207,6 +212,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .add_service(tokens)
         .add_service(audit)
         .add_service(auth)
+        .add_service(sync)
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await?;
     // Audit devices write their last checkpoint.

@@ -69,13 +69,13 @@ fn token<T>(req: &Request<T>) -> Result<Bearer, Status> {
 
 /// The request as the core sees it: token, request id (set by the
 /// request-id layer), remote address, and the gRPC method.
-fn caller<T>(req: &Request<T>, op: &'static str) -> Result<Caller, Status> {
+pub(crate) fn caller<T>(req: &Request<T>, op: &'static str) -> Result<Caller, Status> {
     let bearer = token(req)?;
     let id = req.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     Ok(Caller::new(bearer.get(), op).with_request_id(id).with_remote(req.remote_addr().map(|a| a.to_string())))
 }
 
-fn plain(v: impl Into<serde_json::Value>) -> AuditValue {
+pub(crate) fn plain(v: impl Into<serde_json::Value>) -> AuditValue {
     AuditValue::plain(v)
 }
 
@@ -88,11 +88,11 @@ async fn refuse(core: &Core, c: &Caller, msg: &str) -> Status {
     }
 }
 
-fn none<T>(_: &T) -> Vec<(String, AuditValue)> {
+pub(crate) fn none<T>(_: &T) -> Vec<(String, AuditValue)> {
     Vec::new()
 }
 
-fn ts(t: Timestamp) -> prost_types::Timestamp {
+pub(crate) fn ts(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: t.secs, nanos: t.nanos as i32 }
 }
 

@@ -88,6 +88,8 @@ struct Vault {
     next: u64,
     /// Answer this many of the next vault requests with 429.
     throttle: u64,
+    /// Answer every vault request with 503 (an outage).
+    down: bool,
 }
 
 #[derive(Clone)]
@@ -205,6 +207,11 @@ impl KeyVault {
         let v = self.vault();
         let ver = v.secrets.get(&name.to_ascii_lowercase())?.versions.last()?.clone();
         Some((ver.value, ver.content_type, ver.tags))
+    }
+
+    /// An outage: every vault request answers 503 until `set_down(false)`.
+    pub fn set_down(&self, down: bool) {
+        self.vault().down = down;
     }
 
     /// Revokes a client's credentials: its tokens stop working and it gets
@@ -413,6 +420,9 @@ async fn vault(
     let base = s.base.clone();
     let mut v = s.vault.lock().unwrap_or_else(|p| p.into_inner());
     v.requests += 1;
+    if v.down {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The service is temporarily unavailable.");
+    }
     // Authentication first, as Key Vault does: the challenge names the
     // authority and the resource the token must be for.
     let token = headers

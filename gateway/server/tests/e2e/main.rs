@@ -8,3 +8,4 @@ mod grpc;
 mod harness;
 mod lifecycle;
 mod login;
+mod sync;

@@ -1,0 +1,132 @@
+//! `keybridge.v1.Sync`: replication rules, status and runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keybridge_core::sync::Rule;
+use keybridge_core::{Core, RuleSpec, SyncStatus};
+use keybridge_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::service::{caller, none, plain, status, ts};
+
+pub struct SyncService {
+    pub core: Arc<Core>,
+}
+
+fn rule_pb(r: Rule) -> pb::SyncRule {
+    pb::SyncRule {
+        name: r.name,
+        id: r.id,
+        source: r.source,
+        targets: r.targets,
+        on_conflict: r.on_conflict.name().into(),
+        delete: r.delete.name().into(),
+        take_over: r.take_over,
+        scan_interval_secs: r.scan_interval_secs,
+        coalesce_ms: r.coalesce_ms,
+        created_time: Some(ts(r.created)),
+    }
+}
+
+fn status_pb(s: SyncStatus) -> pb::SyncStatusResponse {
+    pb::SyncStatusResponse {
+        targets: s
+            .targets
+            .into_iter()
+            .map(|t| pb::SyncTargetStatus {
+                rule: t.rule,
+                source: t.source,
+                target: t.target,
+                state: t.state.into(),
+                message: t.message,
+                updated_time: Some(ts(t.updated)),
+                source_version: t.source_version,
+            })
+            .collect(),
+        pending: s.pending,
+        calls: s
+            .calls
+            .into_iter()
+            .map(|(mount, provider, kind, calls)| pb::SyncCallCount { mount, provider, kind: kind.into(), calls })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::sync_server::Sync for SyncService {
+    async fn create_rule(&self, req: Request<pb::SyncRule>) -> Result<Response<pb::SyncRule>, Status> {
+        let c = caller(&req, "keybridge.v1.Sync/CreateRule")?;
+        let r = req.into_inner();
+        let c = c
+            .with_path(&r.name)
+            .with("source", plain(r.source.clone()))
+            .with("targets", plain(r.targets.clone()))
+            .with("on_conflict", plain(r.on_conflict.clone()))
+            .with("delete", plain(r.delete.clone()))
+            .with("take_over", plain(r.take_over));
+        let spec = RuleSpec {
+            name: r.name,
+            source: r.source,
+            targets: r.targets,
+            on_conflict: r.on_conflict,
+            delete: r.delete,
+            take_over: r.take_over,
+            scan_interval_secs: r.scan_interval_secs,
+            coalesce_ms: r.coalesce_ms,
+        };
+        let res = self.core.put_sync_rule(&c, spec).await;
+        let rule = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(rule_pb(rule)))
+    }
+
+    async fn get_rule(&self, req: Request<pb::GetSyncRuleRequest>) -> Result<Response<pb::SyncRule>, Status> {
+        let c = caller(&req, "keybridge.v1.Sync/GetRule")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.name);
+        let res = self.core.get_sync_rule(&c, &r.name).await;
+        let rule = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(rule_pb(rule)))
+    }
+
+    async fn list_rules(
+        &self,
+        req: Request<pb::ListSyncRulesRequest>,
+    ) -> Result<Response<pb::ListSyncRulesResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Sync/ListRules")?;
+        let res = self.core.list_sync_rules(&c).await;
+        let rules = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::ListSyncRulesResponse { rules: rules.into_iter().map(rule_pb).collect() }))
+    }
+
+    async fn delete_rule(
+        &self,
+        req: Request<pb::DeleteSyncRuleRequest>,
+    ) -> Result<Response<pb::DeleteSyncRuleResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Sync/DeleteRule")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.name);
+        let res = self.core.delete_sync_rule(&c, &r.name).await;
+        self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteSyncRuleResponse {}))
+    }
+
+    async fn status(&self, req: Request<pb::SyncStatusRequest>) -> Result<Response<pb::SyncStatusResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Sync/Status")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.rule);
+        let res = self.core.sync_status(&c, &r.rule).await;
+        let s = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(status_pb(s)))
+    }
+
+    async fn run(&self, req: Request<pb::RunSyncRequest>) -> Result<Response<pb::SyncStatusResponse>, Status> {
+        let c = caller(&req, "keybridge.v1.Sync/Run")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.rule).with("wait", plain(r.wait));
+        let timeout = Duration::from_secs(if r.timeout_secs == 0 { 60 } else { r.timeout_secs.min(3600) });
+        let res = self.core.sync_run(&c, &r.rule, r.wait, timeout).await;
+        let s = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(status_pb(s)))
+    }
+}

@@ -1,0 +1,255 @@
+//! The reconciler through the binary: a rule from the local store to AWS
+//! (moto), GCP (our Secret Manager server) and Azure (our Key Vault
+//! server); replication on write, a foreign target left alone, an
+//! out-of-band value-only edit restored, a target down then back, and the
+//! cost of a steady-state scan.
+
+use std::time::{Duration, Instant};
+
+use keybridge_proto::v1 as pb;
+use keybridge_testservers::keyvault::{self, KeyVault};
+use keybridge_testservers::process::Spawned;
+use keybridge_testservers::secretmanager::SecretManager;
+use serde_json::Value;
+
+use crate::harness::{Server, authed, field, fields, stderr, stdout};
+
+const T: &str = "root-e2e";
+
+fn json(o: &std::process::Output) -> Value {
+    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+fn moto() -> Spawned {
+    Spawned::start("KEYBRIDGE_MOTO_SERVER", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])
+}
+
+fn boto3(moto: &Spawned, script: &str) {
+    let server = std::env::var("KEYBRIDGE_MOTO_SERVER").unwrap();
+    let python = std::path::Path::new(&server).with_file_name("python");
+    let prelude = format!(
+        "import boto3\nc = boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1', \
+         aws_access_key_id='testing', aws_secret_access_key='testing')\n",
+        moto.url()
+    );
+    let o = std::process::Command::new(python).arg("-c").arg(prelude + script).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn mount(s: &Server, args: &[String]) {
+    let mut all = vec!["mount".to_string(), "enable".into()];
+    all.extend(args.iter().cloned());
+    let a: Vec<&str> = all.iter().map(String::as_str).collect();
+    let o = s.cli(Some(T), &a);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+fn calls(status: &Value, mount: &str, kind: &str) -> u64 {
+    status["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["mount"] == mount && c["kind"] == kind)
+        .map_or(0, |c| c["calls"].as_u64().unwrap())
+}
+
+fn state_of(status: &Value, target: &str) -> (String, String) {
+    let t = status["targets"].as_array().unwrap().iter().find(|t| t["target"] == target);
+    let t = t.unwrap_or_else(|| panic!("no status for {target}: {status}"));
+    (t["state"].as_str().unwrap().to_string(), t["message"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_to_three_clouds_with_drift_and_an_outage() {
+    let m = moto();
+    let sm = SecretManager::start("keybridge-test", false).await;
+    let kv = KeyVault::start().await;
+    let s = Server::dev();
+    let ca = std::env::temp_dir().join(format!("kb-e2e-sync-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
+    std::fs::write(&ca, &kv.ca_pem).unwrap();
+    let v = |s: &str| s.to_string();
+    mount(
+        &s,
+        &[
+            v("--type"),
+            v("aws"),
+            v("aws/"),
+            v("region=us-east-1"),
+            format!("endpoint_url={}", m.url()),
+            v("access_key_id=testing"),
+            v("secret_access_key=testing"),
+        ],
+    );
+    mount(
+        &s,
+        &[
+            v("--type"),
+            v("gcp"),
+            v("gcp/"),
+            v("project=keybridge-test"),
+            format!("endpoint={}", sm.url()),
+            v("credentials=anonymous"),
+        ],
+    );
+    mount(
+        &s,
+        &[
+            v("--type"),
+            v("azure"),
+            v("azure/"),
+            format!("vault_url={}", kv.url),
+            format!("authority_host={}", kv.url),
+            format!("tenant_id={}", kv.tenant),
+            format!("client_id={}", keyvault::CLIENT_ID),
+            format!("client_secret={}", keyvault::CLIENT_SECRET),
+            format!("ca_cert={}", ca.display()),
+        ],
+    );
+    // A secret at a target that Keybridge did not write.
+    boto3(&m, "c.create_secret(Name='app/foreign', SecretString='theirs')\n");
+
+    let t = Some(T);
+    let o = s.cli(
+        t,
+        &[
+            "sync",
+            "rule",
+            "create",
+            "app",
+            "--source",
+            "secret/app/",
+            "--target",
+            "aws/app/",
+            "--target",
+            "gcp/app/",
+            "--target",
+            "azure/app/",
+            "--scan-interval",
+            "1h",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Refused: a second rule writing the same targets, and a cycle.
+    let o = s.cli(t, &["sync", "rule", "create", "other", "--source", "secret/x/", "--target", "aws/app/sub/"]);
+    assert!(stderr(&o).contains("two rules may not write the same secret"), "{}", stderr(&o));
+    let o = s.cli(t, &["sync", "rule", "create", "back", "--source", "aws/app/", "--target", "secret/app/"]);
+    assert!(stderr(&o).contains("cycle"), "{}", stderr(&o));
+
+    // A write reaches every target quickly.
+    let mut c = s.secrets().await;
+    let put =
+        |path: &str, value: &str| pb::PutRequest { path: path.into(), value: fields(&[("pw", value)]), cas: None };
+    c.put(authed(T, put("secret/app/foreign", "ours"))).await.unwrap();
+    let started = Instant::now();
+    c.put(authed(T, put("secret/app/db", "one"))).await.unwrap();
+    for target in ["aws/app/db", "gcp/app/db", "azure/app/db"] {
+        loop {
+            let r = c.get(authed(T, pb::GetRequest { path: target.into(), ..Default::default() })).await;
+            if r.as_ref().is_ok_and(|r| field(r.get_ref(), "pw") == "one") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{target} did not get the value: {r:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let status = json(&s.cli(t, &["sync", "run", "--wait", "-o", "json"]));
+    for target in ["aws/app/db", "gcp/app/db", "azure/app/db"] {
+        assert_eq!(state_of(&status, target).0, "in_sync", "{status}");
+    }
+    // The foreign secret is left alone and reported.
+    let (st, msg) = state_of(&status, "aws/app/foreign");
+    assert_eq!(st, "conflict", "{msg}");
+    let r = c.get(authed(T, pb::GetRequest { path: "aws/app/foreign".into(), ..Default::default() })).await.unwrap();
+    assert!(
+        matches!(r.get_ref().value.as_ref().and_then(|v| v.kind.as_ref()), Some(pb::secret_value::Kind::Text(t)) if t == "theirs")
+    );
+
+    // A steady-state scan: AWS and Azure list, nothing else.
+    let before = json(&s.cli(t, &["sync", "status", "-o", "json"]));
+    let after = json(&s.cli(t, &["sync", "run", "--wait", "-o", "json"]));
+    for mnt in ["aws/", "azure/"] {
+        for kind in ["read_value", "read_meta", "write"] {
+            assert_eq!(calls(&after, mnt, kind), calls(&before, mnt, kind), "{mnt} {kind}: {after}");
+        }
+        assert_eq!(calls(&after, mnt, "list") - calls(&before, mnt, "list"), 1, "{mnt}: one list call");
+    }
+    // GCP's listing shows no versions: a describe per replica (two here).
+    assert_eq!(calls(&after, "gcp/", "write"), calls(&before, "gcp/", "write"));
+    assert_eq!(calls(&after, "gcp/", "read_value"), calls(&before, "gcp/", "read_value"));
+
+    // A value-only change made outside Keybridge is caught and restored.
+    boto3(&m, "c.put_secret_value(SecretId='app/db', SecretString='{\"pw\": \"tampered\"}')\n");
+    let status = json(&s.cli(t, &["sync", "run", "--wait", "-o", "json"]));
+    let (st, msg) = state_of(&status, "aws/app/db");
+    assert_eq!(st, "in_sync", "{msg}");
+    assert!(msg.contains("restored"), "{msg}");
+    let r = c.get(authed(T, pb::GetRequest { path: "aws/app/db".into(), ..Default::default() })).await.unwrap();
+    assert_eq!(field(r.get_ref(), "pw"), "one");
+
+    // A target that is down delays its change, and gets it when back.
+    kv.set_down(true);
+    c.put(authed(T, put("secret/app/db", "two"))).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = json(&s.cli(t, &["sync", "status", "-o", "json"]));
+        if state_of(&st, "azure/app/db").0 == "error" {
+            assert!(st["pending"].as_u64().unwrap() >= 1, "{st}");
+            assert!(state_of(&st, "azure/app/db").1.contains("Azure Key Vault"), "{st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no error reported for the azure target: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = c.get(authed(T, pb::GetRequest { path: "aws/app/db".into(), ..Default::default() })).await.unwrap();
+    assert_eq!(field(r.get_ref(), "pw"), "two", "the other targets did not wait");
+    kv.set_down(false);
+    let status = json(&s.cli(t, &["sync", "run", "--wait", "--timeout", "30s", "-o", "json"]));
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(state_of(&status, "azure/app/db").0, "in_sync", "{status}");
+    let r = c.get(authed(T, pb::GetRequest { path: "azure/app/db".into(), ..Default::default() })).await.unwrap();
+    assert_eq!(field(r.get_ref(), "pw"), "two");
+    let versions =
+        c.list_versions(authed(T, pb::ListVersionsRequest { path: "azure/app/db".into() })).await.unwrap().into_inner();
+    assert_eq!(versions.versions.len(), 2, "no duplicate versions: {versions:?}");
+
+    // The table form.
+    let o = s.cli(t, &["sync", "status"]);
+    assert!(stdout(&o).contains("azure/app/db") && stdout(&o).contains("in_sync"), "{}", stdout(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_from_a_file() {
+    let s = Server::dev();
+    let t = Some(T);
+    assert!(s.cli(t, &["mount", "enable", "--type", "local", "copy/"]).status.success());
+    let file = std::env::temp_dir().join(format!("kb-e2e-rules-{}.hcl", std::process::id()));
+    std::fs::write(
+        &file,
+        r#"
+rule "copy" {
+  source = "secret/app/"
+  targets = ["copy/app/"]
+  on_conflict = "alert"
+  delete = "propagate"
+  scan_interval = "30s"
+}
+"#,
+    )
+    .unwrap();
+    let o = s.cli(t, &["sync", "apply", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rules = json(&s.cli(t, &["sync", "rule", "list", "-o", "json"]));
+    assert_eq!(rules[0]["on_conflict"], "alert");
+    assert_eq!(rules[0]["delete"], "propagate");
+    assert_eq!(rules[0]["scan_interval_secs"], 30);
+    std::fs::write(&file, "rule \"bad\" {\n  source = \"secret/\"\n  targets = [\"copy/\"]\n  colour = \"red\"\n}\n")
+        .unwrap();
+    let o = s.cli(t, &["sync", "apply", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("colour"), "{}", stderr(&o));
+    assert!(s.cli(t, &["kv", "put", "secret/app/k", "v=1"]).status.success());
+    let st = json(&s.cli(t, &["sync", "run", "--wait", "-o", "json"]));
+    assert_eq!(st["pending"], 0);
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "copy/app/k"]))["data"]["v"], "1");
+}
