@@ -112,6 +112,10 @@ pub struct Rule {
     pub delete: OnDelete,
     pub take_over: bool,
     pub scan_interval_secs: u64,
+    /// For clouds whose listing shows no versions (GCP): seconds between
+    /// scans that describe every replica (0: ten scan intervals).
+    #[serde(default)]
+    pub deep_scan_interval_secs: u64,
     pub coalesce_ms: u64,
     pub created: Timestamp,
 }
@@ -120,6 +124,14 @@ impl Rule {
     /// The replica of `source_path` in `target`.
     pub fn target_path(&self, target: &str, source_path: &str) -> Option<String> {
         source_path.strip_prefix(&self.source).filter(|r| !r.is_empty()).map(|rest| format!("{target}{rest}"))
+    }
+
+    pub fn deep_interval(&self) -> u64 {
+        if self.deep_scan_interval_secs == 0 {
+            self.scan_interval_secs.saturating_mul(10)
+        } else {
+            self.deep_scan_interval_secs
+        }
     }
 
     pub fn covers(&self, path: &str) -> bool {
@@ -224,6 +236,7 @@ pub(crate) struct Runtime {
     pub notify: tokio::sync::Notify,
     pub status: Mutex<BTreeMap<(String, String), TargetStatus>>,
     pub last_scan: Mutex<HashMap<String, Instant>>,
+    pub last_deep_scan: Mutex<HashMap<String, Instant>>,
     /// Journal key -> (next attempt, attempts so far).
     pub retry: Mutex<HashMap<String, (Instant, u32)>>,
     pub rules: Mutex<Option<Arc<Vec<Rule>>>>,

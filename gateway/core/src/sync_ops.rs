@@ -29,6 +29,7 @@ pub struct RuleSpec {
     pub delete: String,
     pub take_over: bool,
     pub scan_interval_secs: u64,
+    pub deep_scan_interval_secs: u64,
     pub coalesce_ms: u64,
 }
 
@@ -158,6 +159,7 @@ impl Core {
             delete: sync::OnDelete::parse(&spec.delete)?,
             take_over: spec.take_over,
             scan_interval_secs: if spec.scan_interval_secs == 0 { 60 } else { spec.scan_interval_secs },
+            deep_scan_interval_secs: spec.deep_scan_interval_secs,
             coalesce_ms: spec.coalesce_ms,
             created: Timestamp::now(),
         })
@@ -289,6 +291,26 @@ impl Core {
         Ok(SyncStatus { targets, pending, calls })
     }
 
+    async fn journaled_paths(&self, rule: &str) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        let mut start: Option<String> = None;
+        loop {
+            let keys = self.barrier.list(JOURNAL, start.as_deref(), JOURNAL_BATCH).await?;
+            if keys.is_empty() {
+                return Ok(out);
+            }
+            for k in &keys {
+                if let Some(raw) = self.barrier.get(k).await?
+                    && let Ok(e) = serde_json::from_slice::<JournalEntry>(&raw)
+                    && e.rule == rule
+                {
+                    out.insert(e.path);
+                }
+            }
+            start = keys.last().map(|k| format!("{k}\0"));
+        }
+    }
+
     async fn pending_entries(&self, rule: &str) -> Result<u64> {
         let mut n = 0;
         let mut start: Option<String> = None;
@@ -320,7 +342,7 @@ impl Core {
             return Err(Error::NotFound(format!("no sync rule {rule:?}")));
         }
         for r in rules.iter().filter(|r| rule.is_empty() || r.name == rule) {
-            self.scan(r).await?;
+            self.scan(r, true).await?;
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -453,7 +475,11 @@ impl Core {
                 }
             };
             if due.is_zero() {
-                if let Err(e) = self.scan(rule).await {
+                let deep = {
+                    let last = self.sync.last_deep_scan.lock().unwrap_or_else(|p| p.into_inner());
+                    last.get(&rule.name).is_none_or(|t| t.elapsed() >= Duration::from_secs(rule.deep_interval()))
+                };
+                if let Err(e) = self.scan(rule, deep).await {
                     tracing::warn!(rule = %rule.name, error = %e, "sync: scan failed");
                 }
             } else {
@@ -752,8 +778,18 @@ impl Core {
     /// Looks for changes the journal did not announce: source versions not
     /// replicated yet, sources deleted, replicas changed or deleted outside
     /// Keybridge.
-    async fn scan(&self, rule: &Rule) -> Result<()> {
+    /// `deep`: also describe each replica on clouds whose listing shows no
+    /// version (GCP); otherwise their replicas are only checked for
+    /// presence.
+    async fn scan(&self, rule: &Rule, deep: bool) -> Result<()> {
         self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).insert(rule.name.clone(), Instant::now());
+        if deep {
+            self.sync
+                .last_deep_scan
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(rule.name.clone(), Instant::now());
+        }
         let table = self.loaded()?.table();
         let mut todo: BTreeMap<String, ()> = BTreeMap::new();
         // Records of this rule, by target path.
@@ -813,7 +849,7 @@ impl Core {
                 continue;
             }
             match &engine {
-                Engine::Cloud(c) if c.lists_markers() => {
+                Engine::Cloud(c) if c.lists_markers() || !deep => {
                     let listed = c.list_markers(rel).await?;
                     for (tp, r) in mine {
                         let rel_path = &tp[mount.path.len()..];
@@ -838,7 +874,10 @@ impl Core {
                 }
             }
         }
-        for path in todo.keys() {
+        // Changes the journal holds are the journal's (and its coalescing
+        // window's) to replicate.
+        let journaled = self.journaled_paths(&rule.name).await?;
+        for path in todo.keys().filter(|p| !journaled.contains(*p)) {
             let retry_key = format!("{}\0{path}", rule.name);
             match self.replicate(rule, path).await {
                 Ok(true) => self.sync.succeeded(&retry_key),

@@ -188,3 +188,22 @@ async fn a_write_already_landed_is_not_written_twice() {
     assert_eq!(meta.current_version, 2, "no second copy of version two");
     assert_eq!(state(&core, "team-b/app/db").0, "in_sync");
 }
+
+#[tokio::test]
+async fn writes_within_the_window_go_out_as_one() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    let mut s = spec("ab", "secret/app/", &["team-b/app/"], "");
+    s.coalesce_ms = 300;
+    core.put_sync_rule(&t, s).await.unwrap();
+    for v in ["1", "2", "3"] {
+        core.put(&t, "secret/app/db", &fields(&[("v", v)]), None).await.unwrap();
+    }
+    let wait = core.sync_pass().await.unwrap();
+    assert!(wait <= Duration::from_millis(300), "the pass asks to come back when the window closes: {wait:?}");
+    assert!(core.get(&t, "team-b/app/db", None).await.is_err(), "nothing before the window closes");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    core.sync_pass().await.unwrap();
+    assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "v"), "3");
+    assert_eq!(core.describe(&t, "team-b/app/db").await.unwrap().current_version, 1, "one write for three");
+    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+}

@@ -57,6 +57,10 @@ pub enum RuleCommand {
         take_over: bool,
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         scan_interval: Duration,
+        /// GCP targets: between scans that describe every replica (default:
+        /// ten scan intervals).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deep_scan_interval: Option<Duration>,
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         coalesce: Duration,
     },
@@ -84,6 +88,8 @@ struct FileRule {
     #[serde(default)]
     scan_interval: Option<String>,
     #[serde(default)]
+    deep_scan_interval: Option<String>,
+    #[serde(default)]
     coalesce: Option<String>,
 }
 
@@ -106,7 +112,8 @@ fn rule_json(r: &pb::SyncRule) -> serde_json::Value {
     json!({
         "name": r.name, "id": r.id, "source": r.source, "targets": r.targets,
         "on_conflict": r.on_conflict, "delete": r.delete, "take_over": r.take_over,
-        "scan_interval_secs": r.scan_interval_secs, "coalesce_ms": r.coalesce_ms,
+        "scan_interval_secs": r.scan_interval_secs, "deep_scan_interval_secs": r.deep_scan_interval_secs,
+        "coalesce_ms": r.coalesce_ms,
         "created_time": time(&r.created_time),
     })
 }
@@ -164,6 +171,7 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
             delete,
             take_over,
             scan_interval,
+            deep_scan_interval,
             coalesce,
         }) => {
             let r = c
@@ -176,6 +184,7 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
                     delete,
                     take_over,
                     scan_interval_secs: scan_interval.as_secs().max(1),
+                    deep_scan_interval_secs: deep_scan_interval.map_or(0, |d| d.as_secs().max(1)),
                     coalesce_ms: coalesce.as_millis() as u64,
                     ..Default::default()
                 }))
@@ -215,6 +224,7 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
             for (name, r) in parsed.rule {
                 let scan = duration("scan_interval", r.scan_interval.as_deref())?;
                 let coalesce = duration("coalesce", r.coalesce.as_deref())?;
+                let deep = duration("deep_scan_interval", r.deep_scan_interval.as_deref())?;
                 let rule = c
                     .sync()
                     .create_rule(c.req(pb::SyncRule {
@@ -225,6 +235,7 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
                         delete: r.delete,
                         take_over: r.take_over,
                         scan_interval_secs: scan.as_secs(),
+                        deep_scan_interval_secs: deep.as_secs(),
                         coalesce_ms: coalesce.as_millis() as u64,
                         ..Default::default()
                     }))

@@ -24,6 +24,7 @@ fn rule_pb(r: Rule) -> pb::SyncRule {
         delete: r.delete.name().into(),
         take_over: r.take_over,
         scan_interval_secs: r.scan_interval_secs,
+        deep_scan_interval_secs: r.deep_scan_interval_secs,
         coalesce_ms: r.coalesce_ms,
         created_time: Some(ts(r.created)),
     }
@@ -73,6 +74,7 @@ impl pb::sync_server::Sync for SyncService {
             delete: r.delete,
             take_over: r.take_over,
             scan_interval_secs: r.scan_interval_secs,
+            deep_scan_interval_secs: r.deep_scan_interval_secs,
             coalesce_ms: r.coalesce_ms,
         };
         let res = self.core.put_sync_rule(&c, spec).await;
