@@ -296,6 +296,29 @@ impl CloudMount {
         Ok((v.id.clone(), self.store.marker(&v)))
     }
 
+    /// Whether the cloud stages versions itself (AWS's AWSPENDING).
+    pub fn stages_natively(&self) -> bool {
+        self.cloud == Cloud::Aws
+    }
+
+    /// Stages `value` as a version readers of the current one do not get.
+    pub async fn stage(&self, rel: &str, value: &SecretValue, key: &str) -> Result<String> {
+        let value = self.cloud_value(value)?;
+        Ok(self.store.stage(&self.name(rel)?, &value, key).await?.id)
+    }
+
+    pub async fn promote(&self, rel: &str, id: &str) -> Result<()> {
+        self.store.promote(&self.name(rel)?, id).await.map_err(Error::from)
+    }
+
+    pub async fn unstage(&self, rel: &str, id: &str) -> Result<()> {
+        self.store.unstage(&self.name(rel)?, id).await.map_err(Error::from)
+    }
+
+    pub async fn retire(&self, rel: &str, id: &str) -> Result<()> {
+        self.store.retire(&self.name(rel)?, id).await.map_err(Error::from)
+    }
+
     /// Every Keybridge-named secret below `folder` with its listing marker.
     pub async fn list_markers(&self, folder: &str) -> Result<std::collections::HashMap<String, Option<String>>> {
         let mut out = std::collections::HashMap::new();

@@ -1016,6 +1016,8 @@ mod auth_methods;
 pub use auth_methods::{AuthMount, login_audit};
 #[path = "policies.rs"]
 mod policies;
+#[path = "rotation_ops.rs"]
+pub(crate) mod rotation_ops;
 #[path = "sync_ops.rs"]
 pub(crate) mod sync_ops;
 pub use policies::{TokenRef, TokenRequest};

@@ -52,7 +52,7 @@ const JOURNAL_BATCH: usize = 512;
 
 impl Engine<'_> {
     /// The readable current value and its version number, if any.
-    async fn read_current(&self, rel: &str) -> Result<Option<(SecretValue, u64)>> {
+    pub(super) async fn read_current(&self, rel: &str) -> Result<Option<(SecretValue, u64)>> {
         let r = match self {
             Engine::Local(kv) => kv.get(rel, None).await,
             Engine::Cloud(c) => c.get(rel, &Selector::Current).await,
@@ -464,6 +464,10 @@ impl Core {
                     self.sync.failed(&retry_key);
                 }
             }
+        }
+        // Rotations in progress.
+        if let Some(w) = self.rotations_pass().await? {
+            next = next.min(w);
         }
         // Scans when due.
         for rule in rules.iter() {

@@ -207,3 +207,38 @@ async fn writes_within_the_window_go_out_as_one() {
     assert_eq!(core.describe(&t, "team-b/app/db").await.unwrap().current_version, 1, "one write for three");
     assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
 }
+
+#[tokio::test]
+async fn rotation_reaches_the_source_and_every_replica() {
+    use crate::{RotateSpec, RotationState};
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "")).await.unwrap();
+    core.put(&t, "secret/app/db", &fields(&[("user", "app"), ("password", "old-password")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    let rotate = |field: &str, grace: u64| RotateSpec {
+        path: "secret/app/db".into(),
+        field: field.into(),
+        length: 24,
+        grace_secs: grace,
+    };
+    let e = core.rotate_secret(&t, rotate("pin", 0)).await.unwrap_err();
+    assert!(e.to_string().contains("no field \"pin\""), "{e}");
+    let r = core.rotate_secret(&t, rotate("", 3600)).await.unwrap();
+    assert_eq!(r.copies.len(), 3);
+    let e = core.rotate_secret(&t, rotate("", 0)).await.unwrap_err();
+    assert!(matches!(e, Error::FailedPrecondition(_)), "one rotation at a time: {e}");
+    core.sync_pass().await.unwrap();
+    let r = core.get_rotation(&t, "secret/app/db").await.unwrap();
+    assert_eq!(r.state, RotationState::Retiring, "promoted, waiting out the grace period: {r:?}");
+    let new = field(&core.get(&t, "secret/app/db", None).await.unwrap(), "password");
+    assert_ne!(new, "old-password");
+    assert_eq!(new.len(), 24);
+    assert_eq!(field(&core.get(&t, "secret/app/db", None).await.unwrap(), "user"), "app");
+    for replica in ["team-b/app/db", "team-c/app/db"] {
+        assert_eq!(field(&core.get(&t, replica, None).await.unwrap(), "password"), new, "{replica}");
+    }
+    // The reconciler agrees: a full run writes nothing more.
+    core.sync_run(&t, "", true, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(core.describe(&t, "team-b/app/db").await.unwrap().current_version, 2);
+    assert_eq!(core.describe(&t, "secret/app/db").await.unwrap().current_version, 2);
+}

@@ -75,6 +75,24 @@ pub enum Command {
     /// Replication rules between mounts, their status, runs.
     #[command(subcommand)]
     Sync(crate::cli_sync::SyncCommand),
+    /// Rotate a secret and every replica of it: a new random password,
+    /// staged everywhere, then promoted everywhere, the old one retired
+    /// after the grace period.
+    Rotate {
+        path: String,
+        /// The field to replace (a text secret is replaced whole).
+        #[arg(long, default_value = "password")]
+        field: String,
+        #[arg(long, default_value_t = 32)]
+        length: u32,
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// Follow the rotation until it is done or rolled back.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Exchange a service-account token or OIDC JWT for a Keybridge token:
     /// `login kubernetes --role app-service --jwt @/var/run/secrets/kubernetes.io/serviceaccount/token`.
     Login {

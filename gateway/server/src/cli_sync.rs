@@ -287,3 +287,71 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
     }
     Ok(())
 }
+
+fn print_rotation(json: bool, r: &pb::RotationStatus) {
+    if json {
+        print_json(&json!({
+            "id": r.id, "path": r.path, "state": r.state, "error": r.error,
+            "old_version": r.old_version, "new_version": r.new_version,
+            "started_time": time(&r.started_time), "finished_time": time(&r.finished_time),
+            "copies": r.copies.iter().map(|c| json!({
+                "path": c.path, "how": c.how, "staged": c.staged, "promoted": c.promoted, "retired": c.retired,
+            })).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    println!("rotation {} of {}: {}", r.id, r.path, r.state);
+    for c in &r.copies {
+        let step = if c.retired {
+            "retired the old version"
+        } else if c.promoted {
+            "promoted"
+        } else if c.staged {
+            "staged"
+        } else {
+            "waiting"
+        };
+        println!("  {:<40} {:<7} {step}", c.path, c.how);
+    }
+    if !r.error.is_empty() {
+        println!("  error: {}", r.error);
+    }
+}
+
+/// `keybridge rotate PATH`: starts a rotation, and with --wait follows it.
+pub async fn rotate(
+    c: &Client,
+    path: String,
+    field: String,
+    length: u32,
+    grace: Duration,
+    wait: bool,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let json = c.json();
+    let mut r = c
+        .sync()
+        .rotate(c.req(pb::RotateSecretRequest { path: path.clone(), field, length, grace_secs: grace.as_secs() }))
+        .await?
+        .into_inner();
+    if wait {
+        let deadline = Instant::now() + timeout;
+        while !matches!(r.state.as_str(), "done" | "rolled_back") && Instant::now() < deadline {
+            if !json {
+                let moved = r.copies.iter().filter(|c| c.promoted).count();
+                eprint!("\r{}: {moved}/{} copies promoted", r.state, r.copies.len());
+                let _ = std::io::stderr().flush();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            r = c.sync().get_rotation(c.req(pb::GetRotationRequest { path: path.clone() })).await?.into_inner();
+        }
+        if !json {
+            eprintln!();
+        }
+    }
+    print_rotation(json, &r);
+    if r.state == "rolled_back" {
+        return Err(Error::Usage(format!("the rotation was rolled back: {}", r.error)));
+    }
+    Ok(())
+}

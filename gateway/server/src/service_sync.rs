@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keybridge_core::sync::Rule;
-use keybridge_core::{Core, RuleSpec, SyncStatus};
+use keybridge_core::{Core, RotateSpec, Rotation, RuleSpec, SyncStatus};
 use keybridge_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -54,8 +54,55 @@ fn status_pb(s: SyncStatus) -> pb::SyncStatusResponse {
     }
 }
 
+fn rotation_pb(r: Rotation) -> pb::RotationStatus {
+    pb::RotationStatus {
+        id: r.id,
+        path: r.path,
+        state: r.state.name().into(),
+        copies: r
+            .copies
+            .into_iter()
+            .map(|c| pb::RotationCopy {
+                path: c.path,
+                how: c.how,
+                staged: c.staged,
+                promoted: c.promoted,
+                retired: c.retired,
+            })
+            .collect(),
+        error: r.error,
+        old_version: r.old_version,
+        new_version: r.new_version,
+        started_time: Some(ts(r.started)),
+        finished_time: r.finished.map(ts),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::sync_server::Sync for SyncService {
+    async fn rotate(&self, req: Request<pb::RotateSecretRequest>) -> Result<Response<pb::RotationStatus>, Status> {
+        let c = caller(&req, "keybridge.v1.Sync/Rotate")?;
+        let r = req.into_inner();
+        let c = c
+            .with_path(&r.path)
+            .with("field", plain(r.field.clone()))
+            .with("length", plain(r.length))
+            .with("grace_secs", plain(r.grace_secs));
+        let spec = RotateSpec { path: r.path, field: r.field, length: r.length as usize, grace_secs: r.grace_secs };
+        let res = self.core.rotate_secret(&c, spec).await;
+        let rot = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(rotation_pb(rot)))
+    }
+
+    async fn get_rotation(&self, req: Request<pb::GetRotationRequest>) -> Result<Response<pb::RotationStatus>, Status> {
+        let c = caller(&req, "keybridge.v1.Sync/GetRotation")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path);
+        let res = self.core.get_rotation(&c, &r.path).await;
+        let rot = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(rotation_pb(rot)))
+    }
+
     async fn create_rule(&self, req: Request<pb::SyncRule>) -> Result<Response<pb::SyncRule>, Status> {
         let c = caller(&req, "keybridge.v1.Sync/CreateRule")?;
         let r = req.into_inner();

@@ -170,4 +170,32 @@ impl<S: SecretStore> SecretStore for Cached<S> {
     fn marker(&self, v: &VersionInfo) -> Option<String> {
         self.inner.marker(v)
     }
+
+    async fn stage(&self, name: &str, value: &CloudValue, key: &str) -> Result<VersionInfo> {
+        self.forget(name);
+        let r = self.inner.stage(name, value, key).await;
+        self.forget(name);
+        r
+    }
+
+    async fn promote(&self, name: &str, id: &str) -> Result<()> {
+        self.forget(name);
+        let r = self.inner.promote(name, id).await;
+        self.forget(name);
+        r
+    }
+
+    async fn unstage(&self, name: &str, id: &str) -> Result<()> {
+        self.forget(name);
+        let r = self.inner.unstage(name, id).await;
+        self.forget(name);
+        r
+    }
+
+    async fn retire(&self, name: &str, id: &str) -> Result<()> {
+        self.forget(name);
+        let r = self.inner.retire(name, id).await;
+        self.forget(name);
+        r
+    }
 }

@@ -285,4 +285,20 @@ impl<S: SecretStore> SecretStore for Limited<S> {
     fn marker(&self, v: &VersionInfo) -> Option<String> {
         self.inner.marker(v)
     }
+
+    async fn stage(&self, name: &str, value: &CloudValue, key: &str) -> Result<VersionInfo> {
+        self.write(|| self.inner.stage(name, value, key)).await
+    }
+
+    async fn promote(&self, name: &str, id: &str) -> Result<()> {
+        self.write(|| self.inner.promote(name, id)).await
+    }
+
+    async fn unstage(&self, name: &str, id: &str) -> Result<()> {
+        self.write(|| self.inner.unstage(name, id)).await
+    }
+
+    async fn retire(&self, name: &str, id: &str) -> Result<()> {
+        self.write(|| self.inner.retire(name, id)).await
+    }
 }

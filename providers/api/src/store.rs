@@ -234,6 +234,33 @@ pub trait SecretStore: Send + Sync {
         let _ = v;
         None
     }
+
+    /// Writes `value` as a new version that readers of the current one do
+    /// not get (AWS: labelled AWSPENDING). `key` (32 hex digits) makes a
+    /// retried call find the version it already wrote.
+    async fn stage(&self, name: &str, value: &CloudValue, key: &str) -> Result<VersionInfo> {
+        let _ = (name, value, key);
+        Err(Error::Unsupported { provider: self.cloud().name(), capability: "stage a version (no staging labels)" })
+    }
+
+    /// Makes a staged version current (AWS: AWSCURRENT moves to it and the
+    /// old current becomes AWSPREVIOUS; its AWSPENDING label goes).
+    async fn promote(&self, name: &str, id: &str) -> Result<()> {
+        let _ = (name, id);
+        Err(Error::Unsupported { provider: self.cloud().name(), capability: "promote a staged version" })
+    }
+
+    /// Drops a staged version's label (a rotation rolled back).
+    async fn unstage(&self, name: &str, id: &str) -> Result<()> {
+        let _ = (name, id);
+        Err(Error::Unsupported { provider: self.cloud().name(), capability: "unstage a version" })
+    }
+
+    /// Retires a version that is no longer current: AWS removes its
+    /// AWSPREVIOUS label; elsewhere it is disabled.
+    async fn retire(&self, name: &str, id: &str) -> Result<()> {
+        self.change_version(name, id, VersionChange::Disable).await
+    }
 }
 
 /// A shared store is a store (the gateway keeps one per mount behind `Arc`).
@@ -277,5 +304,17 @@ impl<T: SecretStore + ?Sized> SecretStore for std::sync::Arc<T> {
     }
     fn marker(&self, v: &VersionInfo) -> Option<String> {
         (**self).marker(v)
+    }
+    async fn stage(&self, name: &str, value: &CloudValue, key: &str) -> Result<VersionInfo> {
+        (**self).stage(name, value, key).await
+    }
+    async fn promote(&self, name: &str, id: &str) -> Result<()> {
+        (**self).promote(name, id).await
+    }
+    async fn unstage(&self, name: &str, id: &str) -> Result<()> {
+        (**self).unstage(name, id).await
+    }
+    async fn retire(&self, name: &str, id: &str) -> Result<()> {
+        (**self).retire(name, id).await
     }
 }

@@ -30,6 +30,8 @@ use keybridge_provider_api::{
 use zeroize::Zeroizing;
 
 pub const CURRENT: &str = "AWSCURRENT";
+pub const PENDING: &str = "AWSPENDING";
+pub const PREVIOUS: &str = "AWSPREVIOUS";
 
 /// A mount's settings: `region`, `endpoint_url`, `access_key_id` with
 /// `secret_access_key` (and `session_token`), or `profile`.
@@ -365,6 +367,80 @@ impl SecretStore for AwsStore {
 
     fn marker(&self, v: &VersionInfo) -> Option<String> {
         Some(v.id.clone())
+    }
+
+    async fn stage(&self, name: &str, value: &CloudValue, key: &str) -> Result<VersionInfo> {
+        let versions = self.versions(name).await?;
+        let suffix = format!("-{key}");
+        if let Some(v) = versions.iter().find(|v| v.id.ends_with(&suffix)) {
+            return Ok(v.clone());
+        }
+        let next = versions.iter().filter_map(|v| v.number).max().unwrap_or(0) + 1;
+        let token = format!("kbv{next}{suffix}");
+        let mut req =
+            self.client.put_secret_value().secret_id(name).client_request_token(&token).version_stages(PENDING);
+        req = match value {
+            CloudValue::String(s) => req.secret_string(s.as_str()),
+            CloudValue::Binary(b) => req.secret_binary(Blob::new(b.to_vec())),
+        };
+        let out = req.send().await.map_err(|e| map(e, name))?;
+        let id = out.version_id().unwrap_or(&token).to_string();
+        Ok(VersionInfo {
+            number: number_of(&id),
+            id,
+            stages: vec![PENDING.to_string()],
+            created: Some(SystemTime::now()),
+            ..Default::default()
+        })
+    }
+
+    async fn promote(&self, name: &str, id: &str) -> Result<()> {
+        let versions = self.versions(name).await?;
+        let has = |v: &VersionInfo, stage: &str| v.stages.iter().any(|s| s == stage);
+        let current = versions.iter().find(|v| has(v, CURRENT));
+        if current.map(|c| c.id.as_str()) != Some(id) {
+            self.client
+                .update_secret_version_stage()
+                .secret_id(name)
+                .version_stage(CURRENT)
+                .move_to_version_id(id)
+                .set_remove_from_version_id(current.map(|c| c.id.clone()))
+                .send()
+                .await
+                .map_err(|e| map(e, name))?;
+        }
+        if versions.iter().any(|v| v.id == id && has(v, PENDING)) {
+            self.unstage(name, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn unstage(&self, name: &str, id: &str) -> Result<()> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage(PENDING)
+            .remove_from_version_id(id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map(e, name))
+    }
+
+    async fn retire(&self, name: &str, id: &str) -> Result<()> {
+        let versions = self.versions(name).await?;
+        if !versions.iter().any(|v| v.id == id && v.stages.iter().any(|s| s == PREVIOUS)) {
+            return Ok(());
+        }
+        self.client
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage(PREVIOUS)
+            .remove_from_version_id(id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map(e, name))
     }
 
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {

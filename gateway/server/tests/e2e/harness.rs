@@ -31,8 +31,13 @@ fn spawn(args: &[&str]) -> Server {
 }
 
 fn spawn_with(args: &[&str], log: &str, stderr: Stdio) -> Server {
+    spawn_env(args, log, stderr, &[])
+}
+
+fn spawn_env(args: &[&str], log: &str, stderr: Stdio, env: &[(&str, &str)]) -> Server {
     let child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env("KEYBRIDGE_LOG", log)
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -89,7 +94,16 @@ impl Server {
         Self::config_server(dir, tls, port, limits, "")
     }
 
+    /// A plain-TCP config server with extra environment variables.
+    pub fn with_config_env(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::config_server_env(dir, false, 0, "", "", env)
+    }
+
     fn config_server(dir: &Path, tls: bool, port: u16, limits: &str, top: &str) -> Server {
+        Self::config_server_env(dir, tls, port, limits, top, &[])
+    }
+
+    fn config_server_env(dir: &Path, tls: bool, port: u16, limits: &str, top: &str, env: &[(&str, &str)]) -> Server {
         let data = dir.join("data");
         let (listener, ca) = if tls {
             let (cert, key, ca) = tls_files(dir);
@@ -110,7 +124,7 @@ impl Server {
         );
         let file = dir.join("keybridge.hcl");
         std::fs::write(&file, config).unwrap();
-        let mut server = spawn(&["server", "--config", file.to_str().unwrap()]);
+        let mut server = spawn_env(&["server", "--config", file.to_str().unwrap()], "warn", Stdio::inherit(), env);
         server.ca_pem = ca;
         server
     }

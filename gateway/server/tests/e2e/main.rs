@@ -8,4 +8,5 @@ mod grpc;
 mod harness;
 mod lifecycle;
 mod login;
+mod rotation;
 mod sync;

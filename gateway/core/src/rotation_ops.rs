@@ -1,0 +1,474 @@
+//! Coordinated rotation of a secret and every replica the sync rules keep
+//! of it: the dual-credential pattern as a journaled state machine.
+//!
+//! 1. **Staging**: the new value goes to every copy without changing what
+//!    readers of the current value get. AWS stages natively (AWSPENDING);
+//!    GCP and Azure, whose newest version is what readers get, get a
+//!    staging secret beside the replica (`<path>.kb-pending`); local copies
+//!    (the source included) hold it in the rotation record, in the barrier.
+//!    A copy that cannot be staged rolls every copy back.
+//! 2. **Promoting**: the source first, then each replica (AWS: AWSCURRENT
+//!    moves, the old version stays AWSPREVIOUS; GCP/Azure: the value is
+//!    written as the new latest version and the staging secret deleted).
+//!    Failures from here on are retried until every copy has moved.
+//! 3. **Retiring**, once every copy is promoted and the grace period has
+//!    passed: AWS removes the AWSPREVIOUS label, GCP and Azure disable the
+//!    old version. Until then both values are valid.
+//!
+//! The record (`sync/rotations/<path>`) is written after every step of
+//! every copy, and the worker resumes it after a restart; each step is
+//! idempotent (AWS staging finds its version again by the rotation id in
+//! the version id).
+
+use std::time::Duration;
+
+use keybridge_barrier::WriteBatch;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{Capability, Core, Engine, encode_json};
+use crate::audit::Caller;
+use crate::path::validate_secret_path;
+use crate::sync::{self, Record};
+use crate::value::SecretValue;
+use crate::{Error, Result, Timestamp};
+
+const ROTATIONS: &str = "sync/rotations/";
+const VALUES: &str = "sync/rotation-values/";
+/// The staging secret beside a GCP or Azure replica.
+pub const STAGING_SUFFIX: &str = ".kb-pending";
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationState {
+    Staging,
+    Promoting,
+    Retiring,
+    Done,
+    RolledBack,
+}
+
+impl RotationState {
+    pub fn name(self) -> &'static str {
+        match self {
+            RotationState::Staging => "staging",
+            RotationState::Promoting => "promoting",
+            RotationState::Retiring => "retiring",
+            RotationState::Done => "done",
+            RotationState::RolledBack => "rolled_back",
+        }
+    }
+
+    fn active(self) -> bool {
+        matches!(self, RotationState::Staging | RotationState::Promoting | RotationState::Retiring)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyState {
+    pub path: String,
+    /// The rule that keeps this replica (empty for the source).
+    pub rule_id: String,
+    /// held (local), label (AWS), beside (a staging secret).
+    pub how: String,
+    pub old_id: String,
+    pub staged_id: String,
+    pub staged: bool,
+    pub promoted: bool,
+    pub retired: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rotation {
+    /// 32 hex digits.
+    pub id: String,
+    pub path: String,
+    pub field: String,
+    pub state: RotationState,
+    pub copies: Vec<CopyState>,
+    pub grace_secs: u64,
+    pub old_version: u64,
+    pub new_version: u64,
+    pub started: Timestamp,
+    pub promoted: Option<Timestamp>,
+    pub finished: Option<Timestamp>,
+    pub error: String,
+}
+
+/// How the new value is made.
+#[derive(Clone, Debug)]
+pub struct RotateSpec {
+    pub path: String,
+    /// The field replaced in a secret of fields (default `password`).
+    pub field: String,
+    /// Characters of the new password (default 32, 12 to 256).
+    pub length: usize,
+    pub grace_secs: u64,
+}
+
+const CHARSET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_.+=";
+
+/// A random password of `length` from [`CHARSET`], with at least one upper-
+/// case letter, lower-case letter, digit and symbol.
+fn generate(length: usize) -> Zeroizing<String> {
+    let mut rng = rand::rngs::OsRng;
+    loop {
+        let s: String = (0..length).map(|_| CHARSET[rng.gen_range(0..CHARSET.len())] as char).collect();
+        let classes = [
+            s.bytes().any(|b| b.is_ascii_uppercase()),
+            s.bytes().any(|b| b.is_ascii_lowercase()),
+            s.bytes().any(|b| b.is_ascii_digit()),
+            s.bytes().any(|b| !b.is_ascii_alphanumeric()),
+        ];
+        if classes.iter().all(|c| *c) {
+            return Zeroizing::new(s);
+        }
+    }
+}
+
+fn fault(step: &str) {
+    // Fault injection for the crash tests: the process dies right after
+    // the named step was recorded.
+    if std::env::var("KEYBRIDGE_FAULT_ROTATION").is_ok_and(|v| v == step) {
+        eprintln!("keybridge: KEYBRIDGE_FAULT_ROTATION={step}: aborting");
+        std::process::abort();
+    }
+}
+
+impl Core {
+    /// Starts a rotation of `spec.path` and every replica of it; the worker
+    /// carries it out. One rotation per secret at a time.
+    pub async fn rotate_secret(&self, caller: &Caller, spec: RotateSpec) -> Result<Rotation> {
+        let id = self.authenticate(caller).await?;
+        validate_secret_path(&spec.path)?;
+        self.authorize(caller, &id, &format!("sys/sync/rotate/{}", spec.path), Capability::Update).await?;
+        let length = if spec.length == 0 { 32 } else { spec.length };
+        if !(12..=256).contains(&length) {
+            return Err(Error::InvalidArgument(format!("length {length} is outside 12 to 256")));
+        }
+        let field = if spec.field.is_empty() { "password".to_string() } else { spec.field.clone() };
+        let key = format!("{ROTATIONS}{}", spec.path);
+        let _guard = self.write_lock(&spec.path).await;
+        if let Some(r) = self.rotation(&spec.path).await?
+            && r.state.active()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "a rotation of {} is {} (started {}s ago); wait for it",
+                spec.path,
+                r.state.name(),
+                Timestamp::now().secs - r.started.secs
+            )));
+        }
+        let table = self.loaded()?.table();
+        let (engine, _, rel) = self.route(&table, &spec.path).await?;
+        let Some((current, version)) = engine.read_current(rel).await? else {
+            return Err(Error::NotFound(format!("{} has no current version to rotate", spec.path)));
+        };
+        let new = match current {
+            SecretValue::Fields(mut m) => {
+                if !m.contains_key(&field) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} has no field {field:?} to rotate; name the field with --field",
+                        spec.path
+                    )));
+                }
+                m.insert(field.clone(), generate(length));
+                SecretValue::Fields(m)
+            }
+            SecretValue::Text(_) => SecretValue::Text(generate(length)),
+            SecretValue::Binary(_) => {
+                return Err(Error::InvalidArgument(format!("{} holds bytes; only fields or text rotate", spec.path)));
+            }
+        };
+        let mut copies = vec![CopyState {
+            path: spec.path.clone(),
+            rule_id: String::new(),
+            how: String::new(),
+            old_id: String::new(),
+            staged_id: String::new(),
+            staged: false,
+            promoted: false,
+            retired: false,
+        }];
+        for rule in self.sync_rules().await?.iter().filter(|r| r.covers(&spec.path)) {
+            for t in &rule.targets {
+                if let Some(tp) = rule.target_path(t, &spec.path) {
+                    copies.push(CopyState { path: tp, rule_id: rule.id.clone(), ..copies[0].clone() });
+                }
+            }
+        }
+        let rot = Rotation {
+            id: format!("{:032x}", rand::rngs::OsRng.r#gen::<u128>()),
+            path: spec.path.clone(),
+            field,
+            state: RotationState::Staging,
+            copies,
+            grace_secs: spec.grace_secs,
+            old_version: version,
+            new_version: 0,
+            started: Timestamp::now(),
+            promoted: None,
+            finished: None,
+            error: String::new(),
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(key, encode_json(&rot)).put(format!("{VALUES}{}", spec.path), new.encode());
+        self.barrier.commit(batch).await?;
+        self.sync_wake();
+        Ok(rot)
+    }
+
+    pub async fn get_rotation(&self, caller: &Caller, path: &str) -> Result<Rotation> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, &format!("sys/sync/rotate/{path}"), Capability::Read).await?;
+        self.rotation(path).await?.ok_or_else(|| Error::NotFound(format!("no rotation of {path}")))
+    }
+
+    async fn rotation(&self, path: &str) -> Result<Option<Rotation>> {
+        let key = format!("{ROTATIONS}{path}");
+        match self.barrier.get(&key).await? {
+            None => Ok(None),
+            Some(raw) => {
+                serde_json::from_slice(&raw).map(Some).map_err(|e| Error::Corrupt { key, reason: e.to_string() })
+            }
+        }
+    }
+
+    async fn save_rotation(&self, r: &Rotation) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(format!("{ROTATIONS}{}", r.path), encode_json(r));
+        if !r.state.active() {
+            batch.delete(format!("{VALUES}{}", r.path));
+        }
+        self.barrier.commit(batch).await.map_err(Error::from)
+    }
+
+    /// Advances every active rotation as far as it can go now.
+    pub(crate) async fn rotations_pass(&self) -> Result<Option<Duration>> {
+        let mut next = None;
+        for key in self.barrier.list(ROTATIONS, None, 10_000).await? {
+            let path = key[ROTATIONS.len()..].to_string();
+            let Some(mut r) = self.rotation(&path).await? else { continue };
+            if !r.state.active() {
+                continue;
+            }
+            if let Some(wait) = self.advance(&mut r).await? {
+                next = Some(next.map_or(wait, |n: Duration| n.min(wait)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Runs the state machine; `Some(wait)` when it must come back later.
+    async fn advance(&self, r: &mut Rotation) -> Result<Option<Duration>> {
+        let raw = self
+            .barrier
+            .get(&format!("{VALUES}{}", r.path))
+            .await?
+            .ok_or_else(|| Error::Corrupt { key: format!("{VALUES}{}", r.path), reason: "missing".into() })?;
+        let value = SecretValue::decode(&raw)
+            .map_err(|e| Error::Corrupt { key: format!("{VALUES}{}", r.path), reason: e.to_string() })?;
+        if r.state == RotationState::Staging {
+            for i in 0..r.copies.len() {
+                if r.copies[i].staged {
+                    continue;
+                }
+                match self.stage_copy(&r.id, &r.copies[i], &value).await {
+                    Ok((how, old, staged)) => {
+                        let c = &mut r.copies[i];
+                        (c.how, c.old_id, c.staged_id, c.staged) = (how, old, staged, true);
+                        self.save_rotation(r).await?;
+                    }
+                    Err(e) => {
+                        r.error = format!("staging {} failed: {e}; every copy was rolled back", r.copies[i].path);
+                        self.roll_back(r).await;
+                        r.state = RotationState::RolledBack;
+                        r.finished = Some(Timestamp::now());
+                        self.save_rotation(r).await?;
+                        return Ok(None);
+                    }
+                }
+            }
+            r.state = RotationState::Promoting;
+            self.save_rotation(r).await?;
+            fault("staged");
+        }
+        if r.state == RotationState::Promoting {
+            let fp_key = self.fingerprint_key().await?;
+            for i in 0..r.copies.len() {
+                if r.copies[i].promoted {
+                    continue;
+                }
+                match self.promote_copy(r, i, &value, &fp_key).await {
+                    Ok(()) => {
+                        r.copies[i].promoted = true;
+                        r.error.clear();
+                        self.save_rotation(r).await?;
+                        if i == 0 {
+                            fault("promoted-source");
+                        }
+                    }
+                    Err(e) => {
+                        // Past the point of no return: retried until done.
+                        r.error = format!("promoting {} failed (will retry): {e}", r.copies[i].path);
+                        self.save_rotation(r).await?;
+                        return Ok(Some(Duration::from_secs(1)));
+                    }
+                }
+            }
+            r.state = RotationState::Retiring;
+            r.promoted = Some(Timestamp::now());
+            self.save_rotation(r).await?;
+            fault("promoted");
+        }
+        if r.state == RotationState::Retiring {
+            let since = Timestamp::now().secs - r.promoted.map_or(0, |p| p.secs);
+            let left = (r.grace_secs as i64).saturating_sub(since);
+            if left > 0 {
+                return Ok(Some(Duration::from_secs(left as u64)));
+            }
+            for i in 0..r.copies.len() {
+                if r.copies[i].retired {
+                    continue;
+                }
+                match self.retire_copy(&r.copies[i]).await {
+                    Ok(()) => {
+                        r.copies[i].retired = true;
+                        self.save_rotation(r).await?;
+                    }
+                    Err(e) => {
+                        r.error = format!("retiring the old version of {} failed (will retry): {e}", r.copies[i].path);
+                        self.save_rotation(r).await?;
+                        return Ok(Some(Duration::from_secs(1)));
+                    }
+                }
+            }
+            r.state = RotationState::Done;
+            r.error.clear();
+            r.finished = Some(Timestamp::now());
+            self.save_rotation(r).await?;
+            fault("retired");
+        }
+        Ok(None)
+    }
+
+    /// (how, old version id, staged id)
+    async fn stage_copy(&self, rot_id: &str, c: &CopyState, value: &SecretValue) -> Result<(String, String, String)> {
+        let table = self.loaded()?.table();
+        let (engine, _, rel) = self.route(&table, &c.path).await?;
+        let _guard = if c.rule_id.is_empty() { None } else { Some(self.write_lock(&c.path).await) };
+        match &engine {
+            Engine::Local(kv) => {
+                let old = kv.describe(rel).await.map(|m| m.current_version.to_string()).unwrap_or_default();
+                Ok(("held".into(), old, String::new()))
+            }
+            Engine::Cloud(cm) => {
+                let old = cm.current(rel).await?.map(|(id, _, _)| id).ok_or_else(|| {
+                    Error::FailedPrecondition(format!("{} does not exist yet; let it replicate first", c.path))
+                })?;
+                if cm.stages_natively() {
+                    let id = cm.stage(rel, value, rot_id).await?;
+                    Ok(("label".into(), old, id))
+                } else {
+                    let staging = format!("{rel}{STAGING_SUFFIX}");
+                    let (_, meta) = cm.put(&staging, value, None).await?;
+                    Ok(("beside".into(), old, meta.provider_id))
+                }
+            }
+        }
+    }
+
+    async fn promote_copy(&self, r: &mut Rotation, i: usize, value: &SecretValue, fp_key: &[u8]) -> Result<()> {
+        let c = r.copies[i].clone();
+        let table = self.loaded()?.table();
+        let (engine, _, rel) = self.route(&table, &c.path).await?;
+        let _guard = self.write_lock(&c.path).await;
+        // Idempotent: a copy that already holds the new value has moved.
+        let fp = sync::fingerprint(fp_key, value);
+        let holds =
+            |v: &Option<(SecretValue, u64)>| v.as_ref().is_some_and(|(v, _)| sync::fingerprint(fp_key, v) == fp);
+        let (id, marker) = match &engine {
+            Engine::Local(kv) => {
+                let now = engine.read_current(rel).await?;
+                let n = if holds(&now) { now.map_or(0, |(_, n)| n) } else { kv.put(rel, value, None).await?.0 };
+                (n.to_string(), Some(n.to_string()))
+            }
+            Engine::Cloud(cm) if c.how == "label" => {
+                cm.promote(rel, &c.staged_id).await?;
+                let (id, marker, _) = cm.current(rel).await?.unwrap_or_default();
+                (id, marker)
+            }
+            Engine::Cloud(cm) => {
+                let now = engine.read_current(rel).await?;
+                if !holds(&now) {
+                    cm.put(rel, value, None).await?;
+                }
+                let staging = format!("{rel}{STAGING_SUFFIX}");
+                match cm.delete_all(&staging, true).await {
+                    Ok(()) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                let (id, marker, _) = cm.current(rel).await?.unwrap_or_default();
+                (id, marker)
+            }
+        };
+        if i == 0 {
+            r.new_version = id.parse().unwrap_or(0);
+        } else {
+            // The reconciler's record: this replica holds what it would write.
+            let key = sync::state_key(&c.rule_id, &c.path);
+            let rec = Record {
+                source: r.path.clone(),
+                fingerprint: fp,
+                version_id: id,
+                marker,
+                source_version: r.new_version,
+                ..Default::default()
+            };
+            self.save_record(&key, &rec).await?;
+        }
+        Ok(())
+    }
+
+    async fn retire_copy(&self, c: &CopyState) -> Result<()> {
+        if c.how == "held" || c.old_id.is_empty() {
+            return Ok(());
+        }
+        let table = self.loaded()?.table();
+        let (engine, _, rel) = self.route(&table, &c.path).await?;
+        match &engine {
+            Engine::Cloud(cm) => match cm.retire(rel, &c.old_id).await {
+                Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Engine::Local(_) => Ok(()),
+        }
+    }
+
+    /// Undoes staging everywhere it happened (best effort: what cannot be
+    /// undone is named in the rotation's error).
+    async fn roll_back(&self, r: &mut Rotation) {
+        let Ok(table) = self.loaded().map(|l| l.table()) else { return };
+        for c in r.copies.iter_mut().filter(|c| c.staged) {
+            let undone = async {
+                let (engine, _, rel) = self.route(&table, &c.path).await?;
+                match (&engine, c.how.as_str()) {
+                    (Engine::Cloud(cm), "label") => cm.unstage(rel, &c.staged_id).await,
+                    (Engine::Cloud(cm), "beside") => {
+                        match cm.delete_all(&format!("{rel}{STAGING_SUFFIX}"), true).await {
+                            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    _ => Ok(()),
+                }
+            }
+            .await;
+            match undone {
+                Ok(()) => c.staged = false,
+                Err(e) => r.error.push_str(&format!("; could not unstage {}: {e}", c.path)),
+            }
+        }
+    }
+}
