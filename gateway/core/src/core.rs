@@ -771,6 +771,9 @@ impl Core {
         if announced {
             self.sync_wake();
         }
+        if let Ok((v, meta)) = &r {
+            self.sync.publish(path, "put", *v, &meta.provider_id);
+        }
         r
     }
 
@@ -819,10 +822,24 @@ impl Core {
     /// After a change other than a put (delete, undelete, destroy,
     /// restore), the rules covering `path` look again.
     async fn sync_after<T>(&self, path: &str, r: Result<T>) -> Result<T> {
-        if r.is_ok() && self.sync_announce(path).await.unwrap_or(false) {
-            self.sync_wake();
+        if r.is_ok() {
+            self.sync.publish(path, "changed", 0, "");
+            if self.sync_announce(path).await.unwrap_or(false) {
+                self.sync_wake();
+            }
         }
         r
+    }
+
+    /// Subscribes to the events of one secret (needs `read` on it).
+    pub async fn watch_secret(
+        &self,
+        caller: &Caller,
+        path: &str,
+    ) -> Result<tokio::sync::broadcast::Receiver<crate::sync::SecretEvent>> {
+        let table = self.loaded()?.table();
+        self.secret_op(&table, caller, path, "data", Capability::Read, None).await?;
+        Ok(self.sync.events.subscribe())
     }
 
     /// `all`: every version and the metadata; on cloud mounts recoverable

@@ -36,6 +36,18 @@ use crate::{Error, Result, Timestamp};
 
 const ROTATIONS: &str = "sync/rotations/";
 const VALUES: &str = "sync/rotation-values/";
+const SCHEDULES: &str = "sync/rotation-schedules/";
+
+/// A secret that rotates on its own.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Schedule {
+    pub path: String,
+    pub field: String,
+    pub length: usize,
+    pub grace_secs: u64,
+    pub every_secs: u64,
+    pub next: Timestamp,
+}
 /// The staging secret beside a GCP or Azure replica.
 pub const STAGING_SUFFIX: &str = ".kb-pending";
 
@@ -143,6 +155,72 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_secret_path(&spec.path)?;
         self.authorize(caller, &id, &format!("sys/sync/rotate/{}", spec.path), Capability::Update).await?;
+        self.start_rotation(spec).await
+    }
+
+    /// Sets (or with `every_secs = 0` removes) a rotation schedule: the
+    /// secret rotates every `every_secs`, the first time one period from now.
+    pub async fn schedule_rotation(
+        &self,
+        caller: &Caller,
+        spec: RotateSpec,
+        every_secs: u64,
+    ) -> Result<Option<Schedule>> {
+        let id = self.authenticate(caller).await?;
+        validate_secret_path(&spec.path)?;
+        self.authorize(caller, &id, &format!("sys/sync/rotate/{}", spec.path), Capability::Update).await?;
+        let key = format!("{SCHEDULES}{}", spec.path);
+        let mut batch = WriteBatch::new();
+        if every_secs == 0 {
+            batch.delete(key);
+            self.barrier.commit(batch).await?;
+            return Ok(None);
+        }
+        if every_secs < 60 {
+            return Err(Error::InvalidArgument("a rotation period is at least one minute".into()));
+        }
+        let length = if spec.length == 0 { 32 } else { spec.length };
+        if !(12..=256).contains(&length) {
+            return Err(Error::InvalidArgument(format!("length {length} is outside 12 to 256")));
+        }
+        let s = Schedule {
+            path: spec.path.clone(),
+            field: spec.field.clone(),
+            length,
+            grace_secs: spec.grace_secs,
+            every_secs,
+            next: Timestamp { secs: Timestamp::now().secs + every_secs as i64, nanos: 0 },
+        };
+        batch.put(key, encode_json(&s));
+        self.barrier.commit(batch).await?;
+        self.sync_wake();
+        Ok(Some(s))
+    }
+
+    /// Starts the rotations whose schedule is due.
+    async fn scheduled_pass(&self) -> Result<()> {
+        let now = Timestamp::now();
+        for key in self.barrier.list(SCHEDULES, None, 10_000).await? {
+            let Some(raw) = self.barrier.get(&key).await? else { continue };
+            let Ok(mut s) = serde_json::from_slice::<Schedule>(&raw) else { continue };
+            if s.next > now {
+                continue;
+            }
+            let spec =
+                RotateSpec { path: s.path.clone(), field: s.field.clone(), length: s.length, grace_secs: s.grace_secs };
+            match self.start_rotation(spec).await {
+                Ok(_) | Err(Error::FailedPrecondition(_)) => {}
+                Err(e) => tracing::warn!(path = %s.path, error = %e, "sync: a scheduled rotation could not start"),
+            }
+            s.next = Timestamp { secs: now.secs + s.every_secs as i64, nanos: 0 };
+            let mut batch = WriteBatch::new();
+            batch.put(key, encode_json(&s));
+            self.barrier.commit(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_rotation(&self, spec: RotateSpec) -> Result<Rotation> {
         let length = if spec.length == 0 { 32 } else { spec.length };
         if !(12..=256).contains(&length) {
             return Err(Error::InvalidArgument(format!("length {length} is outside 12 to 256")));
@@ -246,6 +324,7 @@ impl Core {
 
     /// Advances every active rotation as far as it can go now.
     pub(crate) async fn rotations_pass(&self) -> Result<Option<Duration>> {
+        self.scheduled_pass().await?;
         let mut next = None;
         for key in self.barrier.list(ROTATIONS, None, 10_000).await? {
             let path = key[ROTATIONS.len()..].to_string();
@@ -413,6 +492,7 @@ impl Core {
                 (id, marker)
             }
         };
+        self.sync.publish(&c.path, "rotated", id.parse().unwrap_or(0), &id);
         if i == 0 {
             r.new_version = id.parse().unwrap_or(0);
         } else {

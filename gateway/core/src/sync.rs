@@ -230,8 +230,8 @@ pub struct TargetStatus {
     pub source_version: u64,
 }
 
-/// The reconciler's in-memory state: status, scan times, retry backoff.
-#[derive(Default)]
+/// The reconciler's in-memory state: status, scan times, retry backoff,
+/// and the channel secret watchers listen on.
 pub(crate) struct Runtime {
     pub notify: tokio::sync::Notify,
     pub status: Mutex<BTreeMap<(String, String), TargetStatus>>,
@@ -240,6 +240,21 @@ pub(crate) struct Runtime {
     /// Journal key -> (next attempt, attempts so far).
     pub retry: Mutex<HashMap<String, (Instant, u32)>>,
     pub rules: Mutex<Option<Arc<Vec<Rule>>>>,
+    pub events: tokio::sync::broadcast::Sender<SecretEvent>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            notify: Default::default(),
+            status: Default::default(),
+            last_scan: Default::default(),
+            last_deep_scan: Default::default(),
+            retry: Default::default(),
+            rules: Default::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl Runtime {
@@ -257,6 +272,16 @@ impl Runtime {
                 source_version: v,
             },
         );
+    }
+
+    pub fn publish(&self, path: &str, kind: &'static str, version: u64, provider_id: &str) {
+        let _ = self.events.send(SecretEvent {
+            path: path.to_string(),
+            kind,
+            version,
+            provider_id: provider_id.to_string(),
+            time: Timestamp::now(),
+        });
     }
 
     pub fn backoff(&self, key: &str) -> bool {
@@ -327,4 +352,14 @@ pub(crate) fn adopt_caller(source: &str, target: &str, value: &SecretValue) -> C
         .with_path(source)
         .with("adopted_from", AuditValue::plain(target.to_string()))
         .with("value", AuditValue::of_value(value))
+}
+
+/// A change to one secret, for watchers (no value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretEvent {
+    pub path: String,
+    pub kind: &'static str,
+    pub version: u64,
+    pub provider_id: String,
+    pub time: Timestamp,
 }

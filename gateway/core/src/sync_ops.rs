@@ -591,6 +591,7 @@ impl Core {
             return match (rule.delete, rec) {
                 (OnDelete::Propagate, Some(r)) if cur.as_ref().is_some_and(|c| c.id == r.version_id) => {
                     engine.delete_replica(rel).await?;
+                    self.sync.publish(tpath, "deleted", 0, "");
                     self.drop_record(&key).await?;
                     self.sync.set_status(rule, path, tpath, "in_sync", "deleted with the source".into(), 0);
                     Ok(())
@@ -656,6 +657,7 @@ impl Core {
             };
             self.save_record(key, &pending).await?;
             let (id, marker) = engine.write_replica(rel, value, &rule.id, cur.as_ref().map(|c| &c.tags)).await?;
+            self.sync.publish(tpath, "replicated", id.parse().unwrap_or(0), &id);
             let done = Record { version_id: id, marker, pending: false, ..pending };
             self.save_record(key, &done).await?;
             self.sync.set_status(rule, path, tpath, "in_sync", message, *sv);

@@ -242,3 +242,28 @@ async fn rotation_reaches_the_source_and_every_replica() {
     assert_eq!(core.describe(&t, "team-b/app/db").await.unwrap().current_version, 2);
     assert_eq!(core.describe(&t, "secret/app/db").await.unwrap().current_version, 2);
 }
+
+#[tokio::test]
+async fn scheduled_rotations_start_when_due() {
+    use crate::{RotateSpec, RotationState};
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put(&t, "secret/app/db", &fields(&[("password", "old-password")]), None).await.unwrap();
+    let spec = RotateSpec { path: "secret/app/db".into(), field: String::new(), length: 0, grace_secs: 0 };
+    let e = core.schedule_rotation(&t, spec.clone(), 5).await.unwrap_err();
+    assert!(e.to_string().contains("at least one minute"), "{e}");
+    let s = core.schedule_rotation(&t, spec, 3600).await.unwrap().unwrap();
+    assert!(s.next.secs > Timestamp::now().secs + 3500);
+    core.sync_pass().await.unwrap();
+    assert!(core.get_rotation(&t, "secret/app/db").await.is_err(), "not due yet");
+    // Make it due, as an hour passing would.
+    let key = format!("sync/rotation-schedules/{}", s.path);
+    let due = crate::Schedule { next: Timestamp::now(), ..s };
+    let mut batch = keybridge_barrier::WriteBatch::new();
+    batch.put(key, encode_json(&due));
+    core.barrier.commit(batch).await.unwrap();
+    core.sync_pass().await.unwrap();
+    core.sync_pass().await.unwrap();
+    let r = core.get_rotation(&t, "secret/app/db").await.unwrap();
+    assert_eq!(r.state, RotationState::Done, "{r:?}");
+    assert_ne!(field(&core.get(&t, "secret/app/db", None).await.unwrap(), "password"), "old-password");
+}

@@ -92,6 +92,9 @@ pub enum Command {
         wait: bool,
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Rotate on a schedule instead (`--every 30d`; `--every 0s` stops).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
     },
     /// Exchange a service-account token or OIDC JWT for a Keybridge token:
     /// `login kubernetes --role app-service --jwt @/var/run/secrets/kubernetes.io/serviceaccount/token`.

@@ -318,20 +318,57 @@ fn print_rotation(json: bool, r: &pb::RotationStatus) {
     }
 }
 
-/// `keybridge rotate PATH`: starts a rotation, and with --wait follows it.
-pub async fn rotate(
-    c: &Client,
-    path: String,
-    field: String,
-    length: u32,
-    grace: Duration,
-    wait: bool,
-    timeout: Duration,
-) -> Result<(), Error> {
+/// The arguments of `keybridge rotate`.
+pub struct RotateArgs {
+    pub path: String,
+    pub field: String,
+    pub length: u32,
+    pub grace: Duration,
+    pub wait: bool,
+    pub timeout: Duration,
+    pub every: Option<Duration>,
+}
+
+/// `keybridge rotate PATH`: starts a rotation, and with --wait follows it;
+/// with --every sets a schedule instead.
+pub async fn rotate(c: &Client, a: RotateArgs) -> Result<(), Error> {
+    let RotateArgs { path, field, length, grace, wait, timeout, every } = a;
     let json = c.json();
+    if let Some(every) = every {
+        let r = c
+            .sync()
+            .rotate(c.req(pb::RotateSecretRequest {
+                path: path.clone(),
+                field,
+                length,
+                grace_secs: grace.as_secs(),
+                every_secs: every.as_secs(),
+                remove_schedule: every.is_zero(),
+            }))
+            .await?
+            .into_inner();
+        if json {
+            print_json(&json!({ "path": r.path, "state": r.state, "next_rotation_time": time(&r.next_rotation_time) }));
+        } else if r.state == "scheduled" {
+            println!(
+                "{path} rotates every {}; next at {}",
+                humantime::format_duration(every),
+                time(&r.next_rotation_time)
+            );
+        } else {
+            println!("{path} no longer rotates on a schedule");
+        }
+        return Ok(());
+    }
     let mut r = c
         .sync()
-        .rotate(c.req(pb::RotateSecretRequest { path: path.clone(), field, length, grace_secs: grace.as_secs() }))
+        .rotate(c.req(pb::RotateSecretRequest {
+            path: path.clone(),
+            field,
+            length,
+            grace_secs: grace.as_secs(),
+            ..Default::default()
+        }))
         .await?
         .into_inner();
     if wait {

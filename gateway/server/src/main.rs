@@ -94,8 +94,9 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 Command::Audit(cmd) => cli_audit::audit(&c, cmd).await,
                 Command::Auth(cmd) => cli_auth::auth(&c, cmd).await.map(|()| exit::OK),
                 Command::Sync(cmd) => cli_sync::sync(&c, cmd).await.map(|()| exit::OK),
-                Command::Rotate { path, field, length, grace, wait, timeout } => {
-                    cli_sync::rotate(&c, path, field, length, grace, wait, timeout).await.map(|()| exit::OK)
+                Command::Rotate { path, field, length, grace, wait, timeout, every } => {
+                    let a = cli_sync::RotateArgs { path, field, length, grace, wait, timeout, every };
+                    cli_sync::rotate(&c, a).await.map(|()| exit::OK)
                 }
                 Command::Login { path, role, jwt } => cli_auth::login(&c, path, role, jwt).await.map(|()| exit::OK),
                 Command::Server(_) => Err(Error::Usage("the server command takes no client connection".into())),

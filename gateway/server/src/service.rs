@@ -334,6 +334,31 @@ impl pb::secrets_server::Secrets for SecretsService {
         Ok(Response::new(pb::DestroyResponse {}))
     }
 
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::SecretEvent, Status>> + Send>>;
+
+    async fn watch(&self, req: Request<pb::WatchSecretRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let c = caller(&req, "keybridge.v1.Secrets/Watch")?;
+        let r = req.into_inner();
+        let c = c.with_path(&r.path);
+        let res = self.core.watch_secret(&c, &r.path).await;
+        let rx = self.core.finish(&c, res, none).await.map_err(status)?;
+        let path = r.path;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| match item {
+            Ok(e) if e.path == path => Some(Ok(pb::SecretEvent {
+                path: e.path,
+                kind: e.kind.into(),
+                version: e.version,
+                provider_version_id: e.provider_id,
+                time: Some(ts(e.time)),
+            })),
+            Ok(_) => None,
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(
+                format!("this watcher fell behind and missed {n} events; read the secret and reconnect"),
+            ))),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn put_metadata(
         &self,
         req: Request<pb::PutMetadataRequest>,

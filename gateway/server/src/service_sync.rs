@@ -75,6 +75,7 @@ fn rotation_pb(r: Rotation) -> pb::RotationStatus {
         new_version: r.new_version,
         started_time: Some(ts(r.started)),
         finished_time: r.finished.map(ts),
+        next_rotation_time: None,
     }
 }
 

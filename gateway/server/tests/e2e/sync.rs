@@ -253,3 +253,32 @@ rule "copy" {
     assert_eq!(st["pending"], 0);
     assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "copy/app/k"]))["data"]["v"], "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_learn_of_replicas_and_rotations_at_once() {
+    use tokio_stream::StreamExt;
+    let s = Server::dev();
+    let t = Some(T);
+    assert!(s.cli(t, &["mount", "enable", "--type", "local", "copy/"]).status.success());
+    let o = s.cli(t, &["sync", "rule", "create", "copy", "--source", "secret/app/", "--target", "copy/app/"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut c = s.secrets().await;
+    let mut events =
+        c.watch(authed(T, pb::WatchSecretRequest { path: "copy/app/k".into() })).await.unwrap().into_inner();
+    let started = Instant::now();
+    c.put(authed(T, pb::PutRequest { path: "secret/app/k".into(), value: fields(&[("password", "one")]), cas: None }))
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((e.kind.as_str(), e.version), ("replicated", 1), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let o = s.cli(t, &["rotate", "secret/app/k", "--wait"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((e.kind.as_str(), e.version), ("rotated", 2), "{e:?}");
+    // Watching needs read on the secret.
+    let tok = json(&s.cli(t, &["token", "create", "--policy", "default", "-o", "json"]));
+    let other = tok["token"].as_str().unwrap();
+    let e = c.watch(authed(other, pb::WatchSecretRequest { path: "copy/app/k".into() })).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+}
