@@ -9,6 +9,8 @@
 //! - cold start: process start to serving, for dev mode and for a sealed
 //!   restart over a store holding those 100,000 secrets (plus unseal).
 //!
+//! - `--parts sync`: the reconciler replicating 10,000 secrets to three
+//!   clouds (see `sync.rs`).
 //! - `--parts cloud`: the per-call overhead of a `Get` through the gateway
 //!   on an AWS mount against a direct SDK call (GetSecretValue) to the same
 //!   moto server, and the cloud calls 1,000 reads of one hot secret cost
@@ -22,13 +24,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod sync;
+
 use clap::Parser;
 use keybridge_proto::v1 as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 #[derive(Parser)]
 #[command(about = "Benchmark a keybridge server on loopback")]
-struct Args {
+pub(crate) struct Args {
     /// The keybridge binary (build it with --release first).
     #[arg(long, default_value = "target/release/keybridge")]
     server_bin: PathBuf,
@@ -64,6 +68,13 @@ struct Args {
     /// TLS modes to measure throughput in.
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
     tls: Vec<String>,
+    /// Secrets replicated by `--parts sync`.
+    #[arg(long, default_value_t = 10_000)]
+    sync_secrets: usize,
+    /// `--parts sync`: with the clouds' published quotas enforced (on) or
+    /// lifted (off), or both.
+    #[arg(long, value_delimiter = ',', default_value = "off,on")]
+    sync_quotas: Vec<String>,
     /// moto's server, for `--parts cloud` (tests/run-all.sh installs it).
     #[arg(long, default_value = "target/test-venv/bin/moto_server")]
     moto: PathBuf,
@@ -120,7 +131,7 @@ impl Server {
 
 /// Spawns the server and returns once it prints its address, with the time
 /// that took. The child belongs to the returned `Server` at once.
-fn spawn(bin: &Path, args: &[&str]) -> (Server, Duration) {
+pub(crate) fn spawn(bin: &Path, args: &[&str]) -> (Server, Duration) {
     let start = Instant::now();
     let child = Command::new(bin)
         .args(args)
@@ -180,13 +191,13 @@ fn start_config_server(bin: &Path, dir: &Path, tls: bool, cache_mib: usize, no_m
     (server, took)
 }
 
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+pub(crate) fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
     r
 }
 
-fn value_1k(i: usize) -> Option<pb::SecretValue> {
+pub(crate) fn value_1k(i: usize) -> Option<pb::SecretValue> {
     let pad: String = std::iter::repeat_n('x', 1000).collect();
     Some(pb::SecretValue {
         kind: Some(pb::secret_value::Kind::Fields(pb::Fields {
@@ -410,6 +421,9 @@ async fn main() {
     if wants("cloud") {
         cloud(&args, &bin).await;
     }
+    if wants("sync") {
+        sync::run(&args, &bin).await;
+    }
 
     let rss_dir = tempfile::tempdir().expect("tempdir");
     if wants("rss") || wants("coldstart") {
@@ -553,7 +567,7 @@ use tonic_health::pb::HealthCheckRequest;
 type HealthClient = tonic_health::pb::health_client::HealthClient<Channel>;
 
 /// A moto server on a free port, killed on drop.
-struct Moto(Child, u16);
+pub(crate) struct Moto(Child, pub(crate) u16);
 
 impl Drop for Moto {
     fn drop(&mut self) {
@@ -562,7 +576,7 @@ impl Drop for Moto {
     }
 }
 
-fn start_moto(bin: &Path) -> Moto {
+pub(crate) fn start_moto(bin: &Path) -> Moto {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let child = Command::new(bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])

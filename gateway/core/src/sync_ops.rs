@@ -335,6 +335,18 @@ impl Core {
     /// Scans now and, with `wait`, answers when nothing is pending (or at
     /// the timeout, with what is left).
     pub async fn sync_run(&self, caller: &Caller, rule: &str, wait: bool, timeout: Duration) -> Result<SyncStatus> {
+        self.sync_run_scan(caller, rule, wait, timeout, true).await
+    }
+
+    /// As [`Core::sync_run`]; `deep: false` scans as the periodic quick scan.
+    pub async fn sync_run_scan(
+        &self,
+        caller: &Caller,
+        rule: &str,
+        wait: bool,
+        timeout: Duration,
+        deep: bool,
+    ) -> Result<SyncStatus> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/sync/run", Capability::Update).await?;
         let rules = self.sync_rules().await?;
@@ -342,7 +354,7 @@ impl Core {
             return Err(Error::NotFound(format!("no sync rule {rule:?}")));
         }
         for r in rules.iter().filter(|r| rule.is_empty() || r.name == rule) {
-            self.scan(r, true).await?;
+            self.scan(r, deep).await?;
         }
         let deadline = Instant::now() + timeout;
         loop {

@@ -258,7 +258,7 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
         SyncCommand::Run { rule, wait, timeout } => {
             let mut s = c
                 .sync()
-                .run(c.req(pb::RunSyncRequest { rule: rule.clone(), wait: false, timeout_secs: 0 }))
+                .run(c.req(pb::RunSyncRequest { rule: rule.clone(), wait: false, timeout_secs: 0, quick: false }))
                 .await?
                 .into_inner();
             if wait {

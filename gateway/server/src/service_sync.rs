@@ -175,7 +175,7 @@ impl pb::sync_server::Sync for SyncService {
         let r = req.into_inner();
         let c = c.with_path(&r.rule).with("wait", plain(r.wait));
         let timeout = Duration::from_secs(if r.timeout_secs == 0 { 60 } else { r.timeout_secs.min(3600) });
-        let res = self.core.sync_run(&c, &r.rule, r.wait, timeout).await;
+        let res = self.core.sync_run_scan(&c, &r.rule, r.wait, timeout, !r.quick).await;
         let s = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(status_pb(s)))
     }

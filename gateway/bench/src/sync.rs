@@ -1,0 +1,240 @@
+//! `--parts sync`: the reconciler at scale. N secrets (default 10,000) in
+//! the local store replicated to AWS (moto), GCP (our Secret Manager test
+//! server) and Azure (our Key Vault test server): time to initial
+//! convergence, cloud calls by target and kind (counted by the gateway's
+//! mounts; our two servers count the requests they answer too), the calls
+//! of a quick and a deep steady-state scan, the calls to replicate a 1 %
+//! change, and write-to-replica latency. Run with the clouds' published
+//! quotas enforced client-side, and with them lifted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use keybridge_proto::v1 as pb;
+use keybridge_testservers::keyvault::{self, KeyVault};
+use keybridge_testservers::secretmanager::SecretManager;
+use tokio_stream::StreamExt;
+
+use crate::{Args, authed, spawn, start_moto, value_1k};
+
+const TOKEN: &str = "root-bench";
+
+type Calls = BTreeMap<(String, String), u64>;
+
+async fn calls(c: &mut pb::sync_client::SyncClient<tonic::transport::Channel>) -> Calls {
+    let s = c.status(authed(TOKEN, pb::SyncStatusRequest { rule: String::new() })).await.expect("status").into_inner();
+    s.calls.into_iter().map(|c| ((c.mount, c.kind), c.calls)).collect()
+}
+
+fn print_delta(label: &str, before: &Calls, after: &Calls) {
+    println!("{label}:");
+    for mount in ["aws/", "gcp/", "azure/"] {
+        let row: Vec<String> = ["list", "read_meta", "read_value", "write"]
+            .iter()
+            .map(|k| {
+                let key = (mount.to_string(), k.to_string());
+                format!("{k} {}", after.get(&key).unwrap_or(&0) - before.get(&key).unwrap_or(&0))
+            })
+            .collect();
+        println!("  {mount:<7} {}", row.join(", "));
+    }
+}
+
+pub async fn run(args: &Args, bin: &std::path::Path) {
+    for quotas in &args.sync_quotas {
+        one(args, bin, quotas == "on").await;
+    }
+}
+
+async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
+    let n = args.sync_secrets;
+    let moto = start_moto(&args.moto);
+    let sm = SecretManager::start("keybridge-bench", false).await;
+    let kv = KeyVault::start().await;
+    let ca = std::env::temp_dir().join(format!("kb-bench-kv-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, &kv.ca_pem).expect("ca");
+    let (server, _) =
+        spawn(bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", TOKEN]);
+    let mut sys = pb::sys_client::SysClient::new(server.channel().await);
+    let lifted: Vec<(String, String)> = if quotas {
+        Vec::new()
+    } else {
+        ["rate_read", "rate_meta", "rate_list", "rate_write"].iter().map(|k| (k.to_string(), "1000000".into())).collect()
+    };
+    let mounts: Vec<(&str, &str, Vec<(String, String)>)> = vec![
+        (
+            "aws/",
+            "aws",
+            vec![
+                ("region".into(), "us-east-1".into()),
+                ("endpoint_url".into(), format!("http://127.0.0.1:{}", moto.1)),
+                ("access_key_id".into(), "testing".into()),
+                ("secret_access_key".into(), "testing".into()),
+            ],
+        ),
+        (
+            "gcp/",
+            "gcp",
+            vec![
+                ("project".into(), "keybridge-bench".into()),
+                ("endpoint".into(), sm.url()),
+                ("credentials".into(), "anonymous".into()),
+            ],
+        ),
+        (
+            "azure/",
+            "azure",
+            vec![
+                ("vault_url".into(), kv.url.clone()),
+                ("authority_host".into(), kv.url.clone()),
+                ("tenant_id".into(), kv.tenant.clone()),
+                ("client_id".into(), keyvault::CLIENT_ID.into()),
+                ("client_secret".into(), keyvault::CLIENT_SECRET.into()),
+                ("ca_cert".into(), ca.display().to_string()),
+            ],
+        ),
+    ];
+    for (path, kind, mut config) in mounts {
+        config.extend(lifted.iter().cloned());
+        let req = pb::EnableMountRequest {
+            path: path.into(),
+            r#type: kind.into(),
+            description: String::new(),
+            config: config.into_iter().collect::<HashMap<_, _>>(),
+        };
+        sys.enable_mount(authed(TOKEN, req)).await.expect("mount");
+    }
+    println!(
+        "\n== Sync: {n} secrets of 1 KiB to AWS (moto), GCP and Azure (our servers); quotas {} ==",
+        if quotas { "enforced client-side (published)" } else { "lifted" }
+    );
+    // Load the source.
+    let channels: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(server.channel().await);
+        }
+        v
+    };
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let mut c = pb::secrets_client::SecretsClient::new(channels[t % 4].clone());
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let req = pb::PutRequest { path: format!("secret/bench/k{i:05}"), value: value_1k(i), cas: None };
+                c.put(authed(TOKEN, req)).await.expect("load");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let mut sync = pb::sync_client::SyncClient::new(server.channel().await);
+    let kv0 = kv.requests();
+    let sm0 = sm.requests();
+    let before = calls(&mut sync).await;
+    let started = Instant::now();
+    sync.create_rule(authed(
+        TOKEN,
+        pb::SyncRule {
+            name: "bench".into(),
+            source: "secret/bench/".into(),
+            targets: vec!["aws/bench/".into(), "gcp/bench/".into(), "azure/bench/".into()],
+            scan_interval_secs: 3600,
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("rule");
+    let st = sync
+        .run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 3600, quick: false }))
+        .await
+        .expect("run")
+        .into_inner();
+    let took = started.elapsed();
+    let in_sync = st.targets.iter().filter(|t| t.state == "in_sync").count();
+    println!(
+        "initial convergence: {:.1} s ({in_sync} of {} replicas in sync, {} pending)",
+        took.as_secs_f64(),
+        3 * n,
+        st.pending
+    );
+    let after = calls(&mut sync).await;
+    print_delta("  calls for the initial replication", &before, &after);
+    println!(
+        "  answered by our servers: Key Vault {} requests (token challenges included), Secret Manager {}",
+        kv.requests() - kv0,
+        sm.requests() - sm0
+    );
+
+    for (label, quick) in [("quick scan, nothing changed", true), ("deep scan, nothing changed", false)] {
+        let before = calls(&mut sync).await;
+        let t = Instant::now();
+        sync.run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 3600, quick }))
+            .await
+            .expect("scan");
+        let after = calls(&mut sync).await;
+        print_delta(&format!("  {label} ({:.2} s)", t.elapsed().as_secs_f64()), &before, &after);
+    }
+
+    // 1 % changed through the gateway.
+    let changed = (n / 100).max(1);
+    let before = calls(&mut sync).await;
+    let t = Instant::now();
+    let mut c = pb::secrets_client::SecretsClient::new(server.channel().await);
+    for i in 0..changed {
+        let k = i * 100 % n;
+        let req = pb::PutRequest { path: format!("secret/bench/k{k:05}"), value: value_1k(k + n), cas: None };
+        c.put(authed(TOKEN, req)).await.expect("change");
+    }
+    sync.run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 3600, quick: true }))
+        .await
+        .expect("wait");
+    let after = calls(&mut sync).await;
+    print_delta(
+        &format!("  {changed} secrets changed (1 %), replicated in {:.2} s, with one quick scan", t.elapsed().as_secs_f64()),
+        &before,
+        &after,
+    );
+
+    // Write-to-replica latency: every target holding the new version.
+    let samples = 50;
+    let mut lat = Vec::new();
+    for i in 0..samples {
+        let k = (i * 37 + 11) % n;
+        let mut streams = Vec::new();
+        for m in ["aws", "gcp", "azure"] {
+            let mut w = pb::secrets_client::SecretsClient::new(server.channel().await);
+            let s = w
+                .watch(authed(TOKEN, pb::WatchSecretRequest { path: format!("{m}/bench/k{k:05}") }))
+                .await
+                .expect("watch")
+                .into_inner();
+            streams.push(s);
+        }
+        let t = Instant::now();
+        let req = pb::PutRequest { path: format!("secret/bench/k{k:05}"), value: value_1k(k + 2 * n + i), cas: None };
+        c.put(authed(TOKEN, req)).await.expect("put");
+        for s in &mut streams {
+            loop {
+                let e = tokio::time::timeout(Duration::from_secs(30), s.next()).await.expect("event in time");
+                if e.expect("stream").expect("event").kind == "replicated" {
+                    break;
+                }
+            }
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "write to every replica ({samples} writes): p50 {:.1} ms, p99 {:.1} ms",
+        lat[samples / 2].as_secs_f64() * 1e3,
+        lat[samples * 99 / 100].as_secs_f64() * 1e3
+    );
+}
