@@ -577,8 +577,14 @@ impl Drop for Moto {
 }
 
 pub(crate) fn start_moto(bin: &Path) -> Moto {
+    start_moto_env(bin, &[])
+}
+
+/// moto with environment variables (e.g. its request recorder).
+pub(crate) fn start_moto_env(bin: &Path, env: &[(&str, &str)]) -> Moto {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let child = Command::new(bin)
+        .envs(env.iter().copied())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

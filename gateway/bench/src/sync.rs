@@ -15,7 +15,7 @@ use keybridge_testservers::keyvault::{self, KeyVault};
 use keybridge_testservers::secretmanager::SecretManager;
 use tokio_stream::StreamExt;
 
-use crate::{Args, authed, spawn, start_moto, value_1k};
+use crate::{Args, authed, spawn, start_moto_env, value_1k};
 
 const TOKEN: &str = "root-bench";
 
@@ -48,11 +48,32 @@ pub async fn run(args: &Args, bin: &std::path::Path) {
 
 async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
     let n = args.sync_secrets;
-    let moto = start_moto(&args.moto);
+    // moto records every request it answers (headers included) to a file;
+    // AWS calls are counted there, by X-Amz-Target.
+    let rec_dir = tempfile::tempdir().expect("tempdir");
+    let rec = rec_dir.path().join("moto-recording.jsonl");
+    let moto = start_moto_env(
+        &args.moto,
+        &[("MOTO_ENABLE_RECORDING", "True"), ("MOTO_RECORDER_FILEPATH", rec.to_str().expect("utf-8"))],
+    );
     let sm = SecretManager::start("keybridge-bench", false).await;
     let kv = KeyVault::start().await;
     let ca = std::env::temp_dir().join(format!("kb-bench-kv-ca-{}.pem", std::process::id()));
     std::fs::write(&ca, &kv.ca_pem).expect("ca");
+    let emulators = |label: &str, from: &mut Counted| {
+        let now = Counted::take(&rec, &sm, &kv);
+        println!("  {label}, HTTP requests answered by the emulators:");
+        for (cloud, a, b) in [("aws", &from.aws, &now.aws), ("gcp", &from.gcp, &now.gcp), ("azure", &from.azure, &now.azure)] {
+            let row: Vec<String> = b
+                .iter()
+                .map(|(k, v)| (k, v - a.get(k).unwrap_or(&0)))
+                .filter(|(_, d)| *d > 0)
+                .map(|(k, d)| format!("{k} {d}"))
+                .collect();
+            println!("    {cloud:<6} {}", if row.is_empty() { "none".to_string() } else { row.join(", ") });
+        }
+        *from = now;
+    };
     let (server, _) =
         spawn(bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", TOKEN]);
     let mut sys = pb::sys_client::SysClient::new(server.channel().await);
@@ -136,8 +157,7 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         t.await.expect("task");
     }
     let mut sync = pb::sync_client::SyncClient::new(server.channel().await);
-    let kv0 = kv.requests();
-    let sm0 = sm.requests();
+    let mut counted = Counted::take(&rec, &sm, &kv);
     let before = calls(&mut sync).await;
     let started = Instant::now();
     sync.create_rule(authed(
@@ -166,12 +186,8 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         st.pending
     );
     let after = calls(&mut sync).await;
-    print_delta("  calls for the initial replication", &before, &after);
-    println!(
-        "  answered by our servers: Key Vault {} requests (token challenges included), Secret Manager {}",
-        kv.requests() - kv0,
-        sm.requests() - sm0
-    );
+    print_delta("  adapter calls for the initial replication", &before, &after);
+    emulators("initial replication", &mut counted);
 
     for (label, quick) in [("quick scan, nothing changed", true), ("deep scan, nothing changed", false)] {
         let before = calls(&mut sync).await;
@@ -180,7 +196,8 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
             .await
             .expect("scan");
         let after = calls(&mut sync).await;
-        print_delta(&format!("  {label} ({:.2} s)", t.elapsed().as_secs_f64()), &before, &after);
+        print_delta(&format!("  {label} ({:.2} s), adapter calls", t.elapsed().as_secs_f64()), &before, &after);
+        emulators(label, &mut counted);
     }
 
     // 1 % changed through the gateway.
@@ -198,10 +215,14 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         .expect("wait");
     let after = calls(&mut sync).await;
     print_delta(
-        &format!("  {changed} secrets changed (1 %), replicated in {:.2} s, with one quick scan", t.elapsed().as_secs_f64()),
+        &format!(
+            "  {changed} secrets changed (1 %), replicated in {:.2} s, with one quick scan; adapter calls",
+            t.elapsed().as_secs_f64()
+        ),
         &before,
         &after,
     );
+    emulators("1 % changed", &mut counted);
 
     // Write-to-replica latency: every target holding the new version.
     let samples = 50;
@@ -237,4 +258,27 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         lat[samples / 2].as_secs_f64() * 1e3,
         lat[samples * 99 / 100].as_secs_f64() * 1e3
     );
+}
+
+/// Requests the emulators answered, by kind.
+struct Counted {
+    aws: BTreeMap<String, u64>,
+    gcp: BTreeMap<String, u64>,
+    azure: BTreeMap<String, u64>,
+}
+
+impl Counted {
+    fn take(rec: &std::path::Path, sm: &SecretManager, kv: &KeyVault) -> Counted {
+        let mut aws = BTreeMap::new();
+        if let Ok(text) = std::fs::read_to_string(rec) {
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                let target = v["headers"]["X-Amz-Target"].as_str().or(v["headers"]["x-amz-target"].as_str());
+                let op = target.and_then(|t| t.rsplit('.').next()).unwrap_or("other").to_string();
+                *aws.entry(op).or_insert(0) += 1;
+            }
+        }
+        let conv = |m: BTreeMap<&'static str, u64>| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        Counted { aws, gcp: conv(sm.requests_by_kind()), azure: conv(kv.requests_by_kind()) }
+    }
 }

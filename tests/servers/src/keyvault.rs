@@ -85,6 +85,8 @@ struct Vault {
     revoked: std::collections::HashSet<String>,
     /// Requests to the vault (not the token endpoint), challenges included.
     requests: u64,
+    /// Requests by kind: token, challenge, list, read, write.
+    by_kind: BTreeMap<&'static str, u64>,
     next: u64,
     /// Answer this many of the next vault requests with 429.
     throttle: u64,
@@ -194,6 +196,11 @@ impl KeyVault {
     /// Requests the vault has answered (challenges included).
     pub fn requests(&self) -> u64 {
         self.vault().requests
+    }
+
+    /// Requests answered, by kind (token, challenge, list, read, write).
+    pub fn requests_by_kind(&self) -> BTreeMap<&'static str, u64> {
+        self.vault().by_kind.clone()
     }
 
     /// Makes the next `n` authenticated vault requests answer 429, as Key
@@ -319,6 +326,7 @@ async fn token(
     }
     let r: u128 = rand::random();
     let access = format!("kvtest.{r:032x}");
+    *s.vault.lock().unwrap_or_else(|p| p.into_inner()).by_kind.entry("token").or_default() += 1;
     s.vault.lock().unwrap_or_else(|p| p.into_inner()).tokens.insert(access.clone(), (writer, client));
     Json(json!({ "token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": access }))
         .into_response()
@@ -430,6 +438,13 @@ async fn vault(
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::to_string);
+    let kind = match (&method, uri.path()) {
+        (_, _) if token.is_none() => "challenge",
+        (&Method::GET, p) if p == "/secrets" || p == "/secrets/" || p.ends_with("/versions") || p == "/deletedsecrets" => "list",
+        (&Method::GET, _) => "read",
+        _ => "write",
+    };
+    *v.by_kind.entry(kind).or_default() += 1;
     let Some(token) = token else {
         let mut r =
             err(StatusCode::UNAUTHORIZED, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.");

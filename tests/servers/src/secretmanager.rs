@@ -70,6 +70,8 @@ struct Secret {
 struct Store {
     secrets: BTreeMap<String, Secret>,
     requests: u64,
+    /// Requests by kind: list, read_meta, read_value, write.
+    by_kind: BTreeMap<&'static str, u64>,
     corrupt_next_access: bool,
 }
 
@@ -134,6 +136,11 @@ impl SecretManager {
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.store().requests
+    }
+
+    /// Requests answered, by kind (list, read_meta, read_value, write).
+    pub fn requests_by_kind(&self) -> BTreeMap<&'static str, u64> {
+        self.store().by_kind.clone()
     }
 
     /// Points an alias at a version, as `gcloud secrets update
@@ -279,6 +286,13 @@ async fn handle(
         _ => (rest.to_string(), None),
     };
     let segs: Vec<&str> = resource.split('/').collect();
+    let kind = match (&method, verb.as_deref()) {
+        (&Method::GET, Some("access")) => "read_value",
+        (&Method::GET, _) if segs.last().is_some_and(|l| *l == "secrets" || *l == "versions") => "list",
+        (&Method::GET, _) => "read_meta",
+        _ => "write",
+    };
+    *st.by_kind.entry(kind).or_default() += 1;
     let project = segs[0];
     if project != sh.project && project != PROJECT_NUMBER {
         return err(
