@@ -20,6 +20,8 @@ use crate::{Args, authed, spawn, start_moto_env, value_1k};
 const TOKEN: &str = "root-bench";
 
 type Calls = BTreeMap<(String, String), u64>;
+/// A mount to enable: path, type, settings.
+type MountSpec = (&'static str, &'static str, Vec<(String, String)>);
 
 async fn calls(c: &mut pb::sync_client::SyncClient<tonic::transport::Channel>) -> Calls {
     let s = c.status(authed(TOKEN, pb::SyncStatusRequest { rule: String::new() })).await.expect("status").into_inner();
@@ -82,7 +84,7 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
     } else {
         ["rate_read", "rate_meta", "rate_list", "rate_write"].iter().map(|k| (k.to_string(), "1000000".into())).collect()
     };
-    let mounts: Vec<(&str, &str, Vec<(String, String)>)> = vec![
+    let mounts: Vec<MountSpec> = vec![
         (
             "aws/",
             "aws",
