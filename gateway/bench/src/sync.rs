@@ -65,7 +65,9 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
     let emulators = |label: &str, from: &mut Counted| {
         let now = Counted::take(&rec, &sm, &kv);
         println!("  {label}, HTTP requests answered by the emulators:");
-        for (cloud, a, b) in [("aws", &from.aws, &now.aws), ("gcp", &from.gcp, &now.gcp), ("azure", &from.azure, &now.azure)] {
+        for (cloud, a, b) in
+            [("aws", &from.aws, &now.aws), ("gcp", &from.gcp, &now.gcp), ("azure", &from.azure, &now.azure)]
+        {
             let row: Vec<String> = b
                 .iter()
                 .map(|(k, v)| (k, v - a.get(k).unwrap_or(&0)))
@@ -82,7 +84,10 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
     let lifted: Vec<(String, String)> = if quotas {
         Vec::new()
     } else {
-        ["rate_read", "rate_meta", "rate_list", "rate_write"].iter().map(|k| (k.to_string(), "1000000".into())).collect()
+        ["rate_read", "rate_meta", "rate_list", "rate_write"]
+            .iter()
+            .map(|k| (k.to_string(), "1000000".into()))
+            .collect()
     };
     let mounts: Vec<MountSpec> = vec![
         (
@@ -174,11 +179,16 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
     ))
     .await
     .expect("rule");
-    let st = sync
-        .run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 3600, quick: false }))
-        .await
-        .expect("run")
-        .into_inner();
+    // The rule's first scan replicates what is there; follow the status.
+    let st = loop {
+        let st = sync.status(authed(TOKEN, pb::SyncStatusRequest { rule: "bench".into() })).await.expect("status");
+        let st = st.into_inner();
+        let in_sync = st.targets.iter().filter(|t| t.state == "in_sync").count();
+        if in_sync >= 3 * n || started.elapsed() > Duration::from_secs(7200) {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let took = started.elapsed();
     let in_sync = st.targets.iter().filter(|t| t.state == "in_sync").count();
     println!(
@@ -194,7 +204,7 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
     for (label, quick) in [("quick scan, nothing changed", true), ("deep scan, nothing changed", false)] {
         let before = calls(&mut sync).await;
         let t = Instant::now();
-        sync.run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 3600, quick }))
+        sync.run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 50, quick }))
             .await
             .expect("scan");
         let after = calls(&mut sync).await;
@@ -212,7 +222,7 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         let req = pb::PutRequest { path: format!("secret/bench/k{k:05}"), value: value_1k(k + n), cas: None };
         c.put(authed(TOKEN, req)).await.expect("change");
     }
-    sync.run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 3600, quick: true }))
+    sync.run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 50, quick: true }))
         .await
         .expect("wait");
     let after = calls(&mut sync).await;

@@ -28,11 +28,13 @@ pub struct CoreConfig {
     pub policy_check: Option<Arc<keybridge_policy::rego::RegoModule>>,
     /// The cloud adapters this build has (none: local mounts only).
     pub providers: Option<Arc<dyn Providers>>,
+    /// Tries a rotation's new value between staging and promotion.
+    pub rotation_verify: Option<Arc<dyn rotation_ops::RotationVerifier>>,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { max_value_bytes: 512 * 1024, policy_check: None, providers: None }
+        CoreConfig { max_value_bytes: 512 * 1024, policy_check: None, providers: None, rotation_verify: None }
     }
 }
 

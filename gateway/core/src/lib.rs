@@ -22,7 +22,7 @@ mod time;
 pub mod token;
 pub mod value;
 
-pub use crate::core::rotation_ops::{CopyState, RotateSpec, Rotation, RotationState, Schedule};
+pub use crate::core::rotation_ops::{CopyState, RotateSpec, Rotation, RotationState, RotationVerifier, Schedule};
 pub use crate::core::sync_ops::{RuleSpec, SyncStatus};
 pub use crate::core::{AuthMount, Core, CoreConfig, InitResult, SealStatus, TokenRef, TokenRequest, login_audit};
 pub use audit::{AuditValue, Caller};

@@ -11,6 +11,8 @@
 //!    moves, the old version stays AWSPREVIOUS; GCP/Azure: the value is
 //!    written as the new latest version and the staging secret deleted).
 //!    Failures from here on are retried until every copy has moved.
+//!    Between staging and promoting, the server's verification command (if
+//!    configured) tries the new value; a refusal rolls every copy back.
 //! 3. **Retiring**, once every copy is promoted and the grace period has
 //!    passed: AWS removes the AWSPREVIOUS label, GCP and Azure disable the
 //!    old version. Until then both values are valid.
@@ -117,6 +119,13 @@ pub struct RotateSpec {
     /// Characters of the new password (default 32, 12 to 256).
     pub length: usize,
     pub grace_secs: u64,
+}
+
+/// Tries a staged value before it is promoted (the server's
+/// `rotation_verify_command`); `Err` carries the reason it was refused.
+#[async_trait::async_trait]
+pub trait RotationVerifier: Send + Sync {
+    async fn verify(&self, path: &str, value: &SecretValue) -> std::result::Result<(), String>;
 }
 
 const CHARSET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_.+=";
@@ -368,6 +377,16 @@ impl Core {
                         return Ok(None);
                     }
                 }
+            }
+            if let Some(v) = &self.config.rotation_verify
+                && let Err(reason) = v.verify(&r.path, &value).await
+            {
+                r.error = format!("the verification refused the new value ({reason}); every copy was rolled back");
+                self.roll_back(r).await;
+                r.state = RotationState::RolledBack;
+                r.finished = Some(Timestamp::now());
+                self.save_rotation(r).await?;
+                return Ok(None);
             }
             r.state = RotationState::Promoting;
             self.save_rotation(r).await?;

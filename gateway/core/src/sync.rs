@@ -241,6 +241,12 @@ pub(crate) struct Runtime {
     pub retry: Mutex<HashMap<String, (Instant, u32)>>,
     pub rules: Mutex<Option<Arc<Vec<Rule>>>>,
     pub events: tokio::sync::broadcast::Sender<SecretEvent>,
+    /// Scans asked for by `Run` (rule -> deep), done by the worker.
+    pub forced: Mutex<HashMap<String, bool>>,
+    /// Scans finished per rule, for `Run --wait`.
+    pub scans_done: Mutex<HashMap<String, u64>>,
+    /// One pass at a time (the worker's, or a waiting `Run`'s).
+    pub pass_lock: tokio::sync::Mutex<()>,
 }
 
 impl Default for Runtime {
@@ -253,6 +259,9 @@ impl Default for Runtime {
             retry: Default::default(),
             rules: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
+            forced: Default::default(),
+            scans_done: Default::default(),
+            pass_lock: Default::default(),
         }
     }
 }

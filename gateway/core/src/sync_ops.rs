@@ -2,7 +2,7 @@
 //! other operation), the journal, the worker that replicates and scans, and
 //! status. The model and its storage layout are described in `sync.rs`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ pub struct SyncStatus {
     pub pending: u64,
     /// (mount, provider, kind, calls)
     pub calls: Vec<(String, String, &'static str, u64)>,
+    /// From a run: the scan it asked for has run and nothing is pending.
+    pub settled: bool,
 }
 
 /// A target's current version as the reconciler compares it.
@@ -288,7 +290,7 @@ impl Core {
             }
         }
         calls.sort();
-        Ok(SyncStatus { targets, pending, calls })
+        Ok(SyncStatus { targets, pending, calls, settled: false })
     }
 
     async fn journaled_paths(&self, rule: &str) -> Result<HashSet<String>> {
@@ -353,15 +355,34 @@ impl Core {
         if !rule.is_empty() && !rules.iter().any(|r| r.name == rule) {
             return Err(Error::NotFound(format!("no sync rule {rule:?}")));
         }
-        for r in rules.iter().filter(|r| rule.is_empty() || r.name == rule) {
-            self.scan(r, deep).await?;
+        // The worker scans (one scanner at a time, and no request holds a
+        // long scan); a wait follows its progress.
+        let names: Vec<String> =
+            rules.iter().filter(|r| rule.is_empty() || r.name == rule).map(|r| r.name.clone()).collect();
+        let before: HashMap<String, u64> = {
+            let done = self.sync.scans_done.lock().unwrap_or_else(|p| p.into_inner());
+            names.iter().map(|n| (n.clone(), done.get(n).copied().unwrap_or(0))).collect()
+        };
+        {
+            let mut forced = self.sync.forced.lock().unwrap_or_else(|p| p.into_inner());
+            for n in &names {
+                let d = forced.entry(n.clone()).or_insert(deep);
+                *d |= deep;
+            }
         }
+        self.sync.notify.notify_one();
         let deadline = Instant::now() + timeout;
         loop {
-            self.sync_pass().await?;
-            let status = self.status_now(rule).await?;
-            let busy = status.pending > 0;
-            if !wait || !busy || Instant::now() >= deadline {
+            if wait {
+                self.sync_pass().await?;
+            }
+            let mut status = self.status_now(rule).await?;
+            let scanned = {
+                let done = self.sync.scans_done.lock().unwrap_or_else(|p| p.into_inner());
+                names.iter().all(|n| done.get(n).copied().unwrap_or(0) > before[n])
+            };
+            status.settled = scanned && status.pending == 0;
+            if !wait || status.settled || Instant::now() >= deadline {
                 return Ok(status);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -421,6 +442,7 @@ impl Core {
     /// One pass: the journal, then due scans. Returns how long to sleep.
     pub(crate) async fn sync_pass(&self) -> Result<Duration> {
         self.loaded()?;
+        let _one = self.sync.pass_lock.lock().await;
         let rules = self.sync_rules().await?;
         let mut next = Duration::from_secs(1);
         // The journal, oldest first, grouped by rule and path (coalescing).
@@ -490,8 +512,9 @@ impl Core {
                     Some(t) => Duration::from_secs(rule.scan_interval_secs).saturating_sub(t.elapsed()),
                 }
             };
-            if due.is_zero() {
-                let deep = {
+            let forced = self.sync.forced.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
+            if due.is_zero() || forced.is_some() {
+                let deep = forced.unwrap_or(false) || {
                     let last = self.sync.last_deep_scan.lock().unwrap_or_else(|p| p.into_inner());
                     last.get(&rule.name).is_none_or(|t| t.elapsed() >= Duration::from_secs(rule.deep_interval()))
                 };
@@ -871,14 +894,14 @@ impl Core {
                     let listed = c.list_markers(rel).await?;
                     for (tp, r) in mine {
                         let rel_path = &tp[mount.path.len()..];
-                        match listed.get(rel_path) {
-                            None => {
-                                todo.insert(r.source.clone(), ());
-                            }
-                            Some(m) if m.is_some() && *m != r.marker => {
-                                todo.insert(r.source.clone(), ());
-                            }
-                            Some(_) => {}
+                        let why = match listed.get(rel_path) {
+                            None => Some("deleted outside Keybridge"),
+                            Some(m) if m.is_some() && *m != r.marker => Some("changed since Keybridge wrote it"),
+                            Some(_) => None,
+                        };
+                        if let Some(why) = why {
+                            self.sync.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
+                            todo.insert(r.source.clone(), ());
                         }
                     }
                 }
@@ -886,6 +909,12 @@ impl Core {
                     for (tp, r) in mine {
                         let now = engine.current(&tp[mount.path.len()..]).await?;
                         if now.as_ref().map(|c| &c.id) != Some(&r.version_id) {
+                            let why = if now.is_none() {
+                                "deleted outside Keybridge"
+                            } else {
+                                "changed since Keybridge wrote it"
+                            };
+                            self.sync.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
                             todo.insert(r.source.clone(), ());
                         }
                     }
@@ -906,6 +935,7 @@ impl Core {
                 }
             }
         }
+        *self.sync.scans_done.lock().unwrap_or_else(|p| p.into_inner()).entry(rule.name.clone()).or_insert(0) += 1;
         Ok(())
     }
 }

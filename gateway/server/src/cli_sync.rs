@@ -256,33 +256,40 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
             print_status(json, &s);
         }
         SyncCommand::Run { rule, wait, timeout } => {
-            let mut s = c
-                .sync()
-                .run(c.req(pb::RunSyncRequest { rule: rule.clone(), wait: false, timeout_secs: 0, quick: false }))
-                .await?
-                .into_inner();
-            if wait {
-                let deadline = Instant::now() + timeout;
-                let total = s.pending.max(1);
-                while s.pending > 0 && Instant::now() < deadline {
-                    if !json {
-                        let done = total.saturating_sub(s.pending);
-                        let bar = (done * 30 / total) as usize;
-                        eprint!("\r[{}{}] {done}/{total} changes replicated", "#".repeat(bar), ".".repeat(30 - bar));
-                        let _ = std::io::stderr().flush();
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    s = c.sync().status(c.req(pb::SyncStatusRequest { rule: rule.clone() })).await?.into_inner();
+            // Each call asks for a scan and waits (at most 20 s, under the
+            // server's request timeout) for it and the journal to settle.
+            let deadline = Instant::now() + timeout;
+            let mut s;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now()).as_secs().clamp(1, 20);
+                s = c
+                    .sync()
+                    .run(c.req(pb::RunSyncRequest { rule: rule.clone(), wait, timeout_secs: left, quick: false }))
+                    .await?
+                    .into_inner();
+                if !wait || s.settled || Instant::now() >= deadline {
+                    break;
                 }
                 if !json {
-                    eprintln!("\r[{}] {total}/{total} changes replicated", "#".repeat(30));
-                }
-                if s.pending > 0 {
-                    print_status(json, &s);
-                    return Err(Error::Usage(format!("{} changes still pending after {timeout:?}", s.pending)));
+                    let done = s.targets.iter().filter(|t| t.state == "in_sync").count();
+                    let total = s.targets.len().max(1);
+                    let bar = done * 30 / total;
+                    eprint!(
+                        "\r[{}{}] {done}/{total} in sync, {} pending",
+                        "#".repeat(bar),
+                        ".".repeat(30 - bar),
+                        s.pending
+                    );
+                    let _ = std::io::stderr().flush();
                 }
             }
+            if wait && !json {
+                eprintln!();
+            }
             print_status(json, &s);
+            if wait && !s.settled {
+                return Err(Error::Usage(format!("not settled after {timeout:?}: {} changes pending", s.pending)));
+            }
         }
     }
     Ok(())

@@ -15,6 +15,7 @@
 //! }
 //! disable_mlock = false
 //! # policy_check_rego = "/etc/keybridge/rules.rego"
+//! # rotation_verify_command = ["/usr/local/bin/try-credentials"]
 //! ```
 //!
 //! Parsing and validation are pure: nothing here opens a file it names.
@@ -47,6 +48,9 @@ struct RawConfig {
     /// A Rego module every policy and login role must pass when written.
     #[serde(default)]
     policy_check_rego: Option<PathBuf>,
+    /// A program (and its arguments) that tries a rotation's new value.
+    #[serde(default)]
+    rotation_verify_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +137,8 @@ pub struct Config {
     pub log_level: String,
     /// A Rego module (file) that judges every policy and role written.
     pub policy_check_rego: Option<PathBuf>,
+    /// Tries each rotation's new value (JSON on stdin; exit 0 accepts).
+    pub rotation_verify_command: Option<Vec<String>>,
 }
 
 pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -221,6 +227,12 @@ impl Config {
             disable_mlock: raw.disable_mlock,
             log_level,
             policy_check_rego: raw.policy_check_rego,
+            rotation_verify_command: match raw.rotation_verify_command {
+                Some(v) if v.is_empty() || v[0].is_empty() => {
+                    return Err(bad("rotation_verify_command needs a program, e.g. [\"/usr/local/bin/check\"]".into()));
+                }
+                v => v,
+            },
         })
     }
 }

@@ -11,6 +11,7 @@ mod ratelimit;
 mod server;
 mod service;
 mod service_sync;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     disable_mlock: false,
                     log_level: "info".into(),
                     policy_check_rego: None,
+                    rotation_verify_command: None,
                 };
                 (config, Some(server::DevOptions { root_token_id: args.dev_root_token_id }))
             } else {

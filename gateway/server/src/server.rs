@@ -76,6 +76,9 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
             max_value_bytes: config.limits.max_value_bytes,
             policy_check,
             providers: Some(Arc::new(keybridge_providers::Built)),
+            rotation_verify: config.rotation_verify_command.clone().map(|argv| {
+                Arc::new(crate::verify::CommandVerifier { argv }) as Arc<dyn keybridge_core::RotationVerifier>
+            }),
         },
     ));
 

@@ -46,6 +46,7 @@ fn status_pb(s: SyncStatus) -> pb::SyncStatusResponse {
             })
             .collect(),
         pending: s.pending,
+        settled: s.settled,
         calls: s
             .calls
             .into_iter()

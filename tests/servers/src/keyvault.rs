@@ -440,7 +440,11 @@ async fn vault(
         .map(str::to_string);
     let kind = match (&method, uri.path()) {
         (_, _) if token.is_none() => "challenge",
-        (&Method::GET, p) if p == "/secrets" || p == "/secrets/" || p.ends_with("/versions") || p == "/deletedsecrets" => "list",
+        (&Method::GET, p)
+            if p == "/secrets" || p == "/secrets/" || p.ends_with("/versions") || p == "/deletedsecrets" =>
+        {
+            "list"
+        }
         (&Method::GET, _) => "read",
         _ => "write",
     };

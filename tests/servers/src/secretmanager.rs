@@ -156,6 +156,11 @@ impl SecretManager {
         self.store().secrets.get(secret).map(|s| s.annotations.clone())
     }
 
+    /// The payload of the highest-numbered version, as stored.
+    pub fn latest(&self, secret: &str) -> Option<Vec<u8>> {
+        self.store().secrets.get(secret)?.versions.last().map(|v| v.data.clone())
+    }
+
     /// Whether the latest version's payload came with a `dataCrc32c`.
     pub fn checksum_given(&self, secret: &str) -> Option<bool> {
         self.store().secrets.get(secret)?.versions.last().map(|v| v.checksum_given)

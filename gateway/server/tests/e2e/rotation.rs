@@ -65,6 +65,24 @@ fn mount_all(s: &Server, t: &str, c: &Clouds) {
     }
 }
 
+/// (AWSCURRENT, AWSPENDING) values of a secret in moto, read by boto3.
+fn aws_stages(moto: &Spawned, name: &str) -> (String, String) {
+    let server = std::env::var("KEYBRIDGE_MOTO_SERVER").unwrap();
+    let python = std::path::Path::new(&server).with_file_name("python");
+    let script = format!(
+        "import boto3\nc = boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1', \
+         aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+         print(c.get_secret_value(SecretId='{name}', VersionStage='AWSCURRENT')['SecretString'])\n\
+         print(c.get_secret_value(SecretId='{name}', VersionStage='AWSPENDING')['SecretString'])\n",
+        moto.url()
+    );
+    let o = std::process::Command::new(python).arg("-c").arg(script).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let mut lines = out.lines();
+    (lines.next().unwrap_or_default().to_string(), lines.next().unwrap_or_default().to_string())
+}
+
 async fn read(s: &Server, t: &str, path: &str, stage: &str) -> Option<String> {
     let mut c = s.secrets().await;
     let req = pb::GetRequest { path: path.into(), stage: stage.into(), ..Default::default() };
@@ -127,16 +145,25 @@ async fn rotation_resumes_after_a_crash_at_every_step() {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(exit.signal(), Some(6), "{step}: {exit:?}");
 
+        if step == "staged" {
+            // Staged everywhere, promoted nowhere (the gateway is down, so
+            // the clouds are asked directly): readers still get the old
+            // value; AWS holds the new one as AWSPENDING, GCP and Azure in a
+            // staging secret.
+            let old = "{\"password\":\"old-password\",\"user\":\"app\"}";
+            let aws = aws_stages(&clouds.moto, &format!("{folder}/db"));
+            assert_eq!(aws.0, old, "AWSCURRENT while staged");
+            assert!(aws.1.contains("password") && aws.1 != old, "AWSPENDING holds the new value");
+            let gcp = clouds.sm.latest(&format!("{folder}__db")).unwrap();
+            assert_eq!(String::from_utf8(gcp).unwrap(), old, "GCP latest while staged");
+            assert!(clouds.sm.latest(&format!("{folder}__db_2ekb-pending")).is_some(), "GCP staging secret");
+            let (az, _, _) = clouds.kv.stored(&format!("{folder}--db")).unwrap();
+            assert_eq!(az, old, "Azure latest while staged");
+            assert!(clouds.kv.stored(&format!("{folder}--db-2ekb-2dpending")).is_some(), "Azure staging secret");
+        }
         let s = Server::with_config_env(dir.path(), &[]);
         let o = s.cli(None, &["operator", "unseal", &key]);
         assert!(o.status.success(), "{}", stderr(&o));
-        if step == "staged" {
-            // Staged everywhere, promoted nowhere: readers still get the
-            // old value; AWS holds the new one as AWSPENDING.
-            for c in &copies {
-                assert_eq!(read(&s, t, c, "").await.as_deref(), Some("old-password"), "{c} while staged");
-            }
-        }
         let deadline = Instant::now() + Duration::from_secs(60);
         let rot = loop {
             let mut sc = pb::sync_client::SyncClient::new(s.channel().await);
@@ -167,5 +194,79 @@ async fn rotation_resumes_after_a_crash_at_every_step() {
             let old = &versions["1"];
             assert!(!old["deletion_time"].is_null(), "{step}: {c} old version disabled: {meta}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_verification_rolls_every_copy_back() {
+    let kv = KeyVault::start().await;
+    let ca = std::env::temp_dir().join(format!("kb-e2e-rot2-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
+    std::fs::write(&ca, &kv.ca_pem).unwrap();
+    let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test", false).await, kv, ca };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("verify.sh");
+    let allow = dir.path().join("allow");
+    let seen = dir.path().join("seen.json");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat > {}\nif [ -f {} ]; then exit 0; fi\necho 'the database refused the new password' >&2\nexit 1\n",
+            seen.display(),
+            allow.display()
+        ),
+    )
+    .unwrap();
+    let top = format!("rotation_verify_command = [\"/bin/sh\", \"{}\"]", script.display());
+    let s = Server::with_config_top(dir.path(), &top);
+    let (root, _) = init_unseal(&s);
+    let t = root.as_str();
+    mount_all(&s, t, &clouds);
+    let o = s.cli(
+        Some(t),
+        &[
+            "sync",
+            "rule",
+            "create",
+            "v",
+            "--source",
+            "secret/v/",
+            "--target",
+            "aws/v/",
+            "--target",
+            "gcp/v/",
+            "--target",
+            "azure/v/",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.cli(Some(t), &["kv", "put", "secret/v/db", "password=old-password"]).status.success());
+    json(&s.cli(Some(t), &["sync", "run", "--wait", "-o", "json"]));
+
+    let o = s.cli(Some(t), &["rotate", "secret/v/db", "--wait", "-o", "json"]);
+    assert!(!o.status.success(), "a refused rotation is an error: {}", stdout(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["state"], "rolled_back", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("the database refused the new password"), "{r}");
+    // The verifier was given the path and the staged fields.
+    let seen_json: Value = serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
+    assert_eq!(seen_json["path"], "secret/v/db");
+    assert_ne!(seen_json["fields"]["password"], "old-password");
+    // Nothing moved, nothing staged is left.
+    for c in ["secret/v/db", "aws/v/db", "gcp/v/db", "azure/v/db"] {
+        assert_eq!(read(&s, t, c, "").await.as_deref(), Some("old-password"), "{c}");
+    }
+    assert_eq!(read(&s, t, "aws/v/db", "AWSPENDING").await, None, "AWSPENDING removed");
+    for m in ["gcp", "azure"] {
+        let keys = json(&s.cli(Some(t), &["kv", "list", "-o", "json", &format!("{m}/v/")]));
+        assert_eq!(keys, serde_json::json!(["db"]), "{m}: staging secret removed");
+    }
+    // Accepted: done.
+    std::fs::write(&allow, "").unwrap();
+    let o = s.cli(Some(t), &["rotate", "secret/v/db", "--wait", "-o", "json"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let new = read(&s, t, "secret/v/db", "").await.unwrap();
+    assert_ne!(new, "old-password");
+    for c in ["aws/v/db", "gcp/v/db", "azure/v/db"] {
+        assert_eq!(read(&s, t, c, "").await.as_deref(), Some(new.as_str()), "{c}");
     }
 }
