@@ -104,6 +104,10 @@ pub struct Rotation {
     pub grace_secs: u64,
     pub old_version: u64,
     pub new_version: u64,
+    /// The source's version id after promotion (its number on a local
+    /// source), as replication records it.
+    #[serde(default)]
+    pub new_mark: String,
     pub started: Timestamp,
     pub promoted: Option<Timestamp>,
     pub finished: Option<Timestamp>,
@@ -294,6 +298,7 @@ impl Core {
             grace_secs: spec.grace_secs,
             old_version: version,
             new_version: 0,
+            new_mark: String::new(),
             started: Timestamp::now(),
             promoted: None,
             finished: None,
@@ -514,6 +519,7 @@ impl Core {
         self.sync.publish(&c.path, "rotated", id.parse().unwrap_or(0), &id);
         if i == 0 {
             r.new_version = id.parse().unwrap_or(0);
+            r.new_mark = id.clone();
         } else {
             // The reconciler's record: this replica holds what it would write.
             let key = sync::state_key(&c.rule_id, &c.path);
@@ -523,6 +529,7 @@ impl Core {
                 version_id: id,
                 marker,
                 source_version: r.new_version,
+                source_mark: r.new_mark.clone(),
                 ..Default::default()
             };
             self.save_record(&key, &rec).await?;

@@ -217,6 +217,11 @@ pub(crate) struct Record {
     /// over.
     #[serde(default)]
     pub foreign: bool,
+    /// The source's current version when this replica was last brought in
+    /// line: its number on a local source, the cloud's version id on a
+    /// cloud source (where other tools' versions have no number).
+    #[serde(default)]
+    pub source_mark: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -447,6 +447,8 @@ impl Core {
         let mut next = Duration::from_secs(1);
         // The journal, oldest first, grouped by rule and path (coalescing).
         let keys = self.barrier.list(JOURNAL, None, JOURNAL_BATCH).await?;
+        let full_batch = keys.len() == JOURNAL_BATCH;
+        let mut progressed = false;
         let mut groups: BTreeMap<(String, String), (u64, Vec<String>)> = BTreeMap::new();
         let mut orphans = WriteBatch::new();
         let mut orphaned = false;
@@ -490,6 +492,7 @@ impl Core {
                         batch.delete(k);
                     }
                     self.barrier.commit(batch).await?;
+                    progressed = true;
                 }
                 Ok(false) => self.sync.failed(&retry_key),
                 Err(Error::Sealed) => return Err(Error::Sealed),
@@ -498,6 +501,10 @@ impl Core {
                     self.sync.failed(&retry_key);
                 }
             }
+        }
+        if full_batch && progressed {
+            // More entries are waiting: come straight back.
+            next = Duration::ZERO;
         }
         // Rotations in progress.
         if let Some(w) = self.rotations_pass().await? {
@@ -578,12 +585,17 @@ impl Core {
         let table = self.loaded()?.table();
         let (src_engine, _, src_rel) = self.route(&table, path).await?;
         let source = src_engine.read_current(src_rel).await?;
+        let mark = match (&src_engine, &source) {
+            (_, None) => String::new(),
+            (Engine::Local(_), Some((_, v))) => v.to_string(),
+            (Engine::Cloud(c), Some(_)) => c.current(src_rel).await?.map(|(id, _, _)| id).unwrap_or_default(),
+        };
         let fp_key = self.fingerprint_key().await?;
         let mut all = true;
         let mut adopted = false;
         for target in &rule.targets {
             let Some(tpath) = rule.target_path(target, path) else { continue };
-            let r = self.replicate_target(rule, path, &tpath, source.as_ref(), &fp_key, &mut adopted).await;
+            let r = self.replicate_target(rule, path, &tpath, source.as_ref(), &mark, &fp_key, &mut adopted).await;
             if let Err(e) = r {
                 let v = source.as_ref().map_or(0, |s| s.1);
                 self.sync.set_status(rule, path, &tpath, "error", e.to_string(), v);
@@ -599,6 +611,7 @@ impl Core {
         path: &str,
         tpath: &str,
         source: Option<&(SecretValue, u64)>,
+        mark: &str,
         fp_key: &[u8],
         adopted: &mut bool,
     ) -> Result<()> {
@@ -665,7 +678,13 @@ impl Core {
         }
         let owned = rec.is_some() || ours;
         if cur.is_some() && !owned && !rule.take_over {
-            let foreign = Record { source: path.to_string(), source_version: *sv, foreign: true, ..Default::default() };
+            let foreign = Record {
+                source: path.to_string(),
+                source_version: *sv,
+                foreign: true,
+                source_mark: mark.to_string(),
+                ..Default::default()
+            };
             self.save_record(&key, &foreign).await?;
             self.sync.set_status(
                 rule,
@@ -689,6 +708,7 @@ impl Core {
                 pending: true,
                 stale: false,
                 foreign: false,
+                source_mark: mark.to_string(),
             };
             self.save_record(key, &pending).await?;
             let (id, marker) = engine.write_replica(rel, value, &rule.id, cur.as_ref().map(|c| &c.tags)).await?;
@@ -701,9 +721,10 @@ impl Core {
         match (&cur, &rec) {
             (Some(c), Some(r)) if c.id == r.version_id => {
                 if r.fingerprint == fp {
-                    if r.source_version != *sv || r.stale {
+                    if r.source_version != *sv || r.stale || r.source_mark != mark {
                         let mut r = r.clone();
                         r.source_version = *sv;
+                        r.source_mark = mark.to_string();
                         r.stale = false;
                         self.save_record(&key, &r).await?;
                     }
@@ -723,6 +744,7 @@ impl Core {
                     r.marker = c.marker.clone();
                     r.fingerprint = fp;
                     r.source_version = *sv;
+                    r.source_mark = mark.to_string();
                     self.save_record(&key, &r).await?;
                     self.sync.set_status(rule, path, tpath, "in_sync", String::new(), *sv);
                     return Ok(());
@@ -856,19 +878,26 @@ impl Core {
             Err(Error::NotFound(_)) => HashSet::new(),
             Err(e) => return Err(e),
         };
+        // A cloud source's listing shows AWS's current version id; other
+        // clouds' sources are described one by one.
+        let listed_marks = match &src_engine {
+            Engine::Cloud(c) if c.stages_natively() => Some(c.list_markers(src_rel).await?),
+            _ => None,
+        };
         for s in &sources {
-            let version = match &src_engine {
-                Engine::Local(kv) => {
-                    kv.describe(&s[src_mount.path.len()..]).await.map(|m| m.current_version).unwrap_or(0)
+            let rel = &s[src_mount.path.len()..];
+            let mark = match (&src_engine, &listed_marks) {
+                (Engine::Local(kv), _) => {
+                    kv.describe(rel).await.map(|m| m.current_version.to_string()).unwrap_or_default()
                 }
-                // A cloud source is compared on the target side only.
-                Engine::Cloud(_) => continue,
+                (Engine::Cloud(_), Some(m)) => m.get(rel).cloned().flatten().unwrap_or_default(),
+                (Engine::Cloud(c), None) => c.current(rel).await?.map(|(id, _, _)| id).unwrap_or_default(),
             };
             for t in &rule.targets {
                 let Some(tp) = rule.target_path(t, s) else { continue };
                 match records.get(&tp) {
-                    Some(r) if r.foreign && r.source_version == version && !rule.take_over => {}
-                    Some(r) if r.source_version == version && !r.pending && !r.stale && !r.foreign => {}
+                    Some(r) if r.foreign && r.source_mark == mark && !rule.take_over => {}
+                    Some(r) if r.source_mark == mark && !r.pending && !r.stale && !r.foreign => {}
                     _ => {
                         todo.insert(s.clone(), ());
                     }

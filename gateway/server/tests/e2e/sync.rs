@@ -282,3 +282,33 @@ async fn watchers_learn_of_replicas_and_rotations_at_once() {
     let e = c.watch(authed(other, pb::WatchSecretRequest { path: "copy/app/k".into() })).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_source_replicates_to_the_local_store_and_its_outside_edits_are_seen() {
+    let m = moto();
+    let s = Server::dev();
+    let t = Some(T);
+    let v = |s: &str| s.to_string();
+    mount(
+        &s,
+        &[
+            v("--type"),
+            v("aws"),
+            v("aws/"),
+            v("region=us-east-1"),
+            format!("endpoint_url={}", m.url()),
+            v("access_key_id=testing"),
+            v("secret_access_key=testing"),
+        ],
+    );
+    boto3(&m, "c.create_secret(Name='src/db', SecretString='{\"pw\": \"one\"}')\n");
+    let o = s.cli(t, &["sync", "rule", "create", "back", "--source", "aws/src/", "--target", "secret/copy/"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    json(&s.cli(t, &["sync", "run", "--wait", "-o", "json"]));
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "secret/copy/db"]))["data"]["pw"], "one");
+    // Written in AWS by another tool (no Keybridge version number): the
+    // scan sees the new AWSCURRENT id in the listing and replicates it.
+    boto3(&m, "c.put_secret_value(SecretId='src/db', SecretString='{\"pw\": \"two\"}')\n");
+    json(&s.cli(t, &["sync", "run", "--wait", "-o", "json"]));
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "secret/copy/db"]))["data"]["pw"], "two");
+}
