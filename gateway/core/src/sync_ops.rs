@@ -595,7 +595,7 @@ impl Core {
         let mut adopted = false;
         for target in &rule.targets {
             let Some(tpath) = rule.target_path(target, path) else { continue };
-            let r = self.replicate_target(rule, path, &tpath, source.as_ref(), &mark, &fp_key, &mut adopted).await;
+            let r = self.replicate_target(rule, path, &tpath, (source.as_ref(), &mark), &fp_key, &mut adopted).await;
             if let Err(e) = r {
                 let v = source.as_ref().map_or(0, |s| s.1);
                 self.sync.set_status(rule, path, &tpath, "error", e.to_string(), v);
@@ -610,8 +610,7 @@ impl Core {
         rule: &Rule,
         path: &str,
         tpath: &str,
-        source: Option<&(SecretValue, u64)>,
-        mark: &str,
+        (source, mark): (Option<&(SecretValue, u64)>, &str),
         fp_key: &[u8],
         adopted: &mut bool,
     ) -> Result<()> {
