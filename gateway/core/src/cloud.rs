@@ -296,6 +296,13 @@ impl CloudMount {
         Ok((v.id.clone(), self.store.marker(&v)))
     }
 
+    /// Whether the listing's marker tells every version apart (AWS's
+    /// version ids); Azure's update time has one-second resolution, so an
+    /// edit in the same second as Keybridge's write needs a describe.
+    pub fn markers_exact(&self) -> bool {
+        self.cloud == Cloud::Aws
+    }
+
     /// Whether the cloud stages versions itself (AWS's AWSPENDING).
     pub fn stages_natively(&self) -> bool {
         self.cloud == Cloud::Aws

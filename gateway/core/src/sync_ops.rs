@@ -840,9 +840,9 @@ impl Core {
     /// Looks for changes the journal did not announce: source versions not
     /// replicated yet, sources deleted, replicas changed or deleted outside
     /// Keybridge.
-    /// `deep`: also describe each replica on clouds whose listing shows no
-    /// version (GCP); otherwise their replicas are only checked for
-    /// presence.
+    /// `deep`: also describe each replica on clouds whose listing does not
+    /// tell every version apart (GCP shows none, Azure an update time in
+    /// seconds); quick scans only list them.
     async fn scan(&self, rule: &Rule, deep: bool) -> Result<()> {
         self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).insert(rule.name.clone(), Instant::now());
         if deep {
@@ -918,7 +918,7 @@ impl Core {
                 continue;
             }
             match &engine {
-                Engine::Cloud(c) if c.lists_markers() || !deep => {
+                Engine::Cloud(c) if c.markers_exact() || !deep => {
                     let listed = c.list_markers(rel).await?;
                     for (tp, r) in mine {
                         let rel_path = &tp[mount.path.len()..];

@@ -33,6 +33,10 @@ pub enum SyncCommand {
         rule: String,
         #[arg(long)]
         wait: bool,
+        /// A quick scan, as the periodic ones (no describe per replica on
+        /// clouds whose listing does not tell every version apart).
+        #[arg(long)]
+        quick: bool,
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -255,7 +259,7 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
             let s = c.sync().status(c.req(pb::SyncStatusRequest { rule })).await?.into_inner();
             print_status(json, &s);
         }
-        SyncCommand::Run { rule, wait, timeout } => {
+        SyncCommand::Run { rule, wait, quick, timeout } => {
             // Each call asks for a scan and waits (at most 20 s, under the
             // server's request timeout) for it and the journal to settle.
             let deadline = Instant::now() + timeout;
@@ -264,7 +268,7 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
                 let left = deadline.saturating_duration_since(Instant::now()).as_secs().clamp(1, 20);
                 s = c
                     .sync()
-                    .run(c.req(pb::RunSyncRequest { rule: rule.clone(), wait, timeout_secs: left, quick: false }))
+                    .run(c.req(pb::RunSyncRequest { rule: rule.clone(), wait, timeout_secs: left, quick }))
                     .await?
                     .into_inner();
                 if !wait || s.settled || Instant::now() >= deadline {

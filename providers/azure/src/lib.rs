@@ -330,7 +330,9 @@ impl AzureStore {
         if out.is_empty() {
             return Err(Error::NotFound(format!("{name}: not found in {PROVIDER}")));
         }
-        out.sort_by_key(|(v, _)| (v.created, v.number));
+        // Oldest first; versions created in the same second keep the order
+        // the vault listed them in (a stable sort).
+        out.sort_by_key(|(v, _)| v.created);
         Ok(out)
     }
 
