@@ -354,7 +354,11 @@ async fn alert_and_adopt_on_an_azure_replica() {
     assert!(msg.contains("changed outside Keybridge"), "{msg}");
     assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "azure/p/db"]))["data"]["pw"], "portal");
     assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "secret/p/db"]))["data"]["pw"], "one");
-    // Adopt: the portal's value becomes the source's next version.
+    // Adopt: the portal's value becomes the source's next version, and the
+    // audit log says so.
+    let log = std::env::temp_dir().join(format!("kb-e2e-adopt-{}-{}.log", std::process::id(), kv.addr.port()));
+    let o = s.cli(t, &["audit", "enable", "file", &format!("file_path={}", log.display())]);
+    assert!(o.status.success(), "{}", stderr(&o));
     create("adopt");
     let st = json(&s.cli(t, &["sync", "run", "--wait", "-o", "json"]));
     let (state, msg) = state_of(&st, "azure/p/db");
@@ -362,4 +366,8 @@ async fn alert_and_adopt_on_an_azure_replica() {
     let src = json(&s.cli(t, &["kv", "get", "-o", "json", "secret/p/db"]));
     assert_eq!(src["data"]["pw"], "portal");
     assert_eq!(src["metadata"]["version"], 2);
+    let audit = std::fs::read_to_string(&log).unwrap();
+    let adopt = audit.lines().find(|l| l.contains("keybridge.v1.Sync/Adopt")).expect("an adopt record");
+    assert!(adopt.contains("azure/p/db") && adopt.contains("secret/p/db"), "{adopt}");
+    assert!(!adopt.contains("portal"), "the value appears only as an HMAC: {adopt}");
 }
