@@ -51,6 +51,8 @@ struct Current {
 }
 
 const JOURNAL_BATCH: usize = 512;
+/// Secrets replicated at once by a scan.
+const PARALLEL: usize = 8;
 
 impl Engine<'_> {
     /// The readable current value and its version number, if any.
@@ -952,16 +954,21 @@ impl Core {
         // Changes the journal holds are the journal's (and its coalescing
         // window's) to replicate.
         let journaled = self.journaled_paths(&rule.name).await?;
-        for path in todo.keys().filter(|p| !journaled.contains(*p)) {
-            let retry_key = format!("{}\0{path}", rule.name);
-            match self.replicate(rule, path).await {
-                Ok(true) => self.sync.succeeded(&retry_key),
-                Ok(false) => self.sync.failed(&retry_key),
-                Err(e) => {
-                    tracing::warn!(rule = %rule.name, path = %path, error = %e, "sync: scan replication failed");
-                    self.sync.failed(&retry_key);
+        let paths: Vec<&String> = todo.keys().filter(|p| !journaled.contains(*p)).collect();
+        // A few secrets at a time (each one's targets in turn).
+        for chunk in paths.chunks(PARALLEL) {
+            let runs = chunk.iter().map(|path| async move {
+                let retry_key = format!("{}\0{path}", rule.name);
+                match self.replicate(rule, path).await {
+                    Ok(true) => self.sync.succeeded(&retry_key),
+                    Ok(false) => self.sync.failed(&retry_key),
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.name, path = %path, error = %e, "sync: scan replication failed");
+                        self.sync.failed(&retry_key);
+                    }
                 }
-            }
+            });
+            futures::future::join_all(runs).await;
         }
         *self.sync.scans_done.lock().unwrap_or_else(|p| p.into_inner()).entry(rule.name.clone()).or_insert(0) += 1;
         Ok(())
