@@ -262,14 +262,12 @@ impl CloudMount {
 
     /// The current version's id and listing marker, and the secret's tags.
     pub async fn current(&self, rel: &str) -> Result<Option<(String, Option<String>, BTreeMap<String, String>)>> {
-        match self.store.describe(&self.name(rel)?).await {
-            Ok(info) if info.deletion.is_none() => {
-                let cur = current(&info).cloned().unwrap_or_default();
-                Ok(Some((cur.id.clone(), self.store.marker(&cur), info.tags.clone())))
-            }
-            Ok(_) | Err(keybridge_provider_api::Error::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.head(rel).await?.map(|(v, tags)| (v.id.clone(), self.store.marker(&v), tags)))
+    }
+
+    /// The current version (with its number, if Keybridge's) and the tags.
+    pub async fn head(&self, rel: &str) -> Result<Option<(VersionInfo, BTreeMap<String, String>)>> {
+        self.store.head(&self.name(rel)?).await.map_err(Error::from)
     }
 
     /// Writes a replica (tagged as `rule_id`'s when created, or tagged
@@ -280,20 +278,28 @@ impl CloudMount {
         value: &SecretValue,
         rule_id: &str,
         existing: Option<&BTreeMap<String, String>>,
+        current_number: Option<u64>,
     ) -> Result<(String, Option<String>)> {
         let name = self.name(rel)?;
         let value = self.cloud_value(value)?;
         let mut tags = existing.cloned().unwrap_or_default();
         let tagged = tags.get(crate::sync::MARKER_TAG).map(String::as_str) == Some(rule_id);
         tags.insert(crate::sync::MARKER_TAG.to_string(), rule_id.to_string());
-        let v = match existing {
-            None => self.store.put(&name, &value, &Precondition::None, Some(&tags)).await?,
-            Some(_) => self.store.put(&name, &value, &Precondition::None, None).await?,
+        let v = match (existing, current_number) {
+            // The current version is numbered: the next number is known.
+            (Some(_), Some(n)) => self.store.put_numbered(&name, &value, n + 1, Some(&tags)).await?,
+            (None, _) => self.store.put(&name, &value, &Precondition::None, Some(&tags)).await?,
+            (Some(_), None) => self.store.put(&name, &value, &Precondition::None, None).await?,
         };
         if existing.is_some() && !tagged {
             self.store.set_tags(&name, &tags).await?;
         }
         Ok((v.id.clone(), self.store.marker(&v)))
+    }
+
+    /// The listing marker of a version.
+    pub fn marker(&self, v: &VersionInfo) -> Option<String> {
+        self.store.marker(v)
     }
 
     /// Whether the listing's marker tells every version apart (AWS's

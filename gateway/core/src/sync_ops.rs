@@ -46,6 +46,8 @@ pub struct SyncStatus {
 /// A target's current version as the reconciler compares it.
 struct Current {
     id: String,
+    /// Keybridge's number of the current version, when it has one.
+    number: Option<u64>,
     marker: Option<String>,
     tags: BTreeMap<String, String>,
 }
@@ -73,12 +75,22 @@ impl Engine<'_> {
             Engine::Local(kv) => match kv.describe(rel).await {
                 Ok(m) => {
                     let id = m.current_version.to_string();
-                    Ok(Some(Current { marker: Some(id.clone()), id, tags: m.custom_metadata }))
+                    Ok(Some(Current {
+                        marker: Some(id.clone()),
+                        id,
+                        number: Some(m.current_version),
+                        tags: m.custom_metadata,
+                    }))
                 }
                 Err(Error::NotFound(_)) => Ok(None),
                 Err(e) => Err(e),
             },
-            Engine::Cloud(c) => Ok(c.current(rel).await?.map(|(id, marker, tags)| Current { id, marker, tags })),
+            Engine::Cloud(c) => Ok(c.head(rel).await?.map(|(v, tags)| Current {
+                marker: c.marker(&v),
+                number: v.number,
+                id: v.id,
+                tags,
+            })),
         }
     }
 
@@ -88,8 +100,9 @@ impl Engine<'_> {
         rel: &str,
         value: &SecretValue,
         rule_id: &str,
-        existing: Option<&BTreeMap<String, String>>,
+        existing: Option<&Current>,
     ) -> Result<(String, Option<String>)> {
+        let (existing, number) = (existing.map(|c| &c.tags), existing.and_then(|c| c.number));
         match self {
             Engine::Local(kv) => {
                 let (n, _) = kv.put(rel, value, None).await?;
@@ -100,7 +113,7 @@ impl Engine<'_> {
                 }
                 Ok((n.to_string(), Some(n.to_string())))
             }
-            Engine::Cloud(c) => c.write_replica(rel, value, rule_id, existing).await,
+            Engine::Cloud(c) => c.write_replica(rel, value, rule_id, existing, number).await,
         }
     }
 
@@ -712,7 +725,7 @@ impl Core {
                 source_mark: mark.to_string(),
             };
             self.save_record(key, &pending).await?;
-            let (id, marker) = engine.write_replica(rel, value, &rule.id, cur.as_ref().map(|c| &c.tags)).await?;
+            let (id, marker) = engine.write_replica(rel, value, &rule.id, cur.as_ref()).await?;
             self.sync.publish(tpath, "replicated", id.parse().unwrap_or(0), &id);
             let done = Record { version_id: id, marker, pending: false, ..pending };
             self.save_record(key, &done).await?;

@@ -198,4 +198,21 @@ impl<S: SecretStore> SecretStore for Cached<S> {
         self.forget(name);
         r
     }
+
+    async fn head(&self, name: &str) -> Result<Option<(VersionInfo, BTreeMap<String, String>)>> {
+        self.inner.head(name).await
+    }
+
+    async fn put_numbered(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        number: u64,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        self.forget(name);
+        let r = self.inner.put_numbered(name, value, number, tags).await;
+        self.forget(name);
+        r
+    }
 }

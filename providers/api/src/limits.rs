@@ -301,4 +301,18 @@ impl<S: SecretStore> SecretStore for Limited<S> {
     async fn retire(&self, name: &str, id: &str) -> Result<()> {
         self.write(|| self.inner.retire(name, id)).await
     }
+
+    async fn head(&self, name: &str) -> Result<Option<(VersionInfo, BTreeMap<String, String>)>> {
+        self.read(&self.read_meta, "metadata", || self.inner.head(name)).await
+    }
+
+    async fn put_numbered(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        number: u64,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        self.write(|| self.inner.put_numbered(name, value, number, tags)).await
+    }
 }

@@ -235,6 +235,40 @@ pub trait SecretStore: Send + Sync {
         None
     }
 
+    /// The current version and the secret's tags, with as few calls as the
+    /// cloud allows (AWS: one `DescribeSecret`); `None` when the secret does
+    /// not exist or is scheduled for deletion.
+    async fn head(&self, name: &str) -> Result<Option<(VersionInfo, BTreeMap<String, String>)>> {
+        match self.describe(name).await {
+            Ok(info) if info.deletion.is_none() => {
+                let cur = info
+                    .versions
+                    .iter()
+                    .find(|v| v.stages.iter().any(|s| s == "AWSCURRENT"))
+                    .or_else(|| info.versions.last())
+                    .cloned()
+                    .unwrap_or_default();
+                Ok(Some((cur, info.tags)))
+            }
+            Ok(_) | Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a new version when the caller already knows its number (the
+    /// current one plus one), sparing the lookups `put` makes; `tags` are
+    /// the secret's on creation (and, on Azure, the new version's).
+    async fn put_numbered(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        number: u64,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        let _ = number;
+        self.put(name, value, &Precondition::None, tags).await
+    }
+
     /// Writes `value` as a new version that readers of the current one do
     /// not get (AWS: labelled AWSPENDING). `key` (32 hex digits) makes a
     /// retried call find the version it already wrote.
@@ -304,6 +338,18 @@ impl<T: SecretStore + ?Sized> SecretStore for std::sync::Arc<T> {
     }
     fn marker(&self, v: &VersionInfo) -> Option<String> {
         (**self).marker(v)
+    }
+    async fn head(&self, name: &str) -> Result<Option<(VersionInfo, BTreeMap<String, String>)>> {
+        (**self).head(name).await
+    }
+    async fn put_numbered(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        number: u64,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        (**self).put_numbered(name, value, number, tags).await
     }
     async fn stage(&self, name: &str, value: &CloudValue, key: &str) -> Result<VersionInfo> {
         (**self).stage(name, value, key).await

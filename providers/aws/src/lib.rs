@@ -369,6 +369,62 @@ impl SecretStore for AwsStore {
         Some(v.id.clone())
     }
 
+    async fn head(&self, name: &str) -> Result<Option<(VersionInfo, BTreeMap<String, String>)>> {
+        let out = match self.client.describe_secret().secret_id(name).send().await.map_err(|e| map(e, name)) {
+            Ok(o) => o,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if out.deleted_date().is_some() {
+            return Ok(None);
+        }
+        let cur = out
+            .version_ids_to_stages()
+            .and_then(|m| m.iter().find(|(_, st)| st.iter().any(|s| s == CURRENT)))
+            .map(|(id, st)| VersionInfo {
+                number: number_of(id),
+                id: id.clone(),
+                stages: st.clone(),
+                ..Default::default()
+            })
+            .unwrap_or_default();
+        let tags = out
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+            .collect();
+        Ok(Some((cur, tags)))
+    }
+
+    async fn put_numbered(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        number: u64,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        let token = token_for(number.max(1));
+        let mut req = self.client.put_secret_value().secret_id(name).client_request_token(&token);
+        req = match value {
+            CloudValue::String(s) => req.secret_string(s.as_str()),
+            CloudValue::Binary(b) => req.secret_binary(Blob::new(b.to_vec())),
+        };
+        match req.send().await.map_err(|e| map(e, name)) {
+            Ok(out) => {
+                let id = out.version_id().unwrap_or(&token).to_string();
+                Ok(VersionInfo {
+                    number: number_of(&id),
+                    id,
+                    stages: out.version_stages().to_vec(),
+                    created: Some(SystemTime::now()),
+                    ..Default::default()
+                })
+            }
+            Err(Error::NotFound(_)) => self.put(name, value, &Precondition::Absent, tags).await,
+            Err(e) => Err(e),
+        }
+    }
+
     async fn stage(&self, name: &str, value: &CloudValue, key: &str) -> Result<VersionInfo> {
         let versions = self.versions(name).await?;
         let suffix = format!("-{key}");

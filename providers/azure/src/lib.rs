@@ -569,6 +569,23 @@ impl SecretStore for AzureStore {
         self.update(name, id, params).await
     }
 
+    async fn put_numbered(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        number: u64,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        // Tags belong to the version: without them, `put` carries the
+        // current ones forward (one more call).
+        match tags {
+            Some(t) if t.len() <= MAX_CUSTOM_TAGS && !t.contains_key(NUMBER_TAG) => {
+                self.set(name, value, with_number(t.clone(), number.max(1))).await
+            }
+            _ => self.put(name, value, &Precondition::None, tags).await,
+        }
+    }
+
     /// Key Vault's listing shows the current version's update time; a
     /// version Keybridge just wrote was last updated when it was created.
     fn marker(&self, v: &VersionInfo) -> Option<String> {

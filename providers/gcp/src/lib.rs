@@ -361,6 +361,20 @@ impl SecretStore for GcpStore {
         Err(Error::Unsupported { provider: PROVIDER, capability: "restore a deleted secret" })
     }
 
+    async fn put_numbered(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        _number: u64,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<VersionInfo> {
+        // GCP numbers versions itself.
+        match self.add_version(name, value).await {
+            Err(Error::NotFound(_)) => self.create_with(name, value, tags).await,
+            other => other,
+        }
+    }
+
     async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {
         let v = format!("{}/versions/{id}", self.secret(name));
         let r = match change {
