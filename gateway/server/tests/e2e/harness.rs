@@ -153,6 +153,10 @@ impl Server {
     }
 
     pub fn cli_stdin(&self, token: Option<&str>, args: &[&str], stdin: &str) -> Output {
+        blocking(|| self.cli_stdin_now(token, args, stdin))
+    }
+
+    fn cli_stdin_now(&self, token: Option<&str>, args: &[&str], stdin: &str) -> Output {
         let mut cmd = Command::new(BIN);
         cmd.args(args).env("KEYBRIDGE_ADDR", &self.addr).env_remove("KEYBRIDGE_TOKEN").env_remove("KEYBRIDGE_CACERT");
         if let Some(t) = token {
@@ -242,4 +246,15 @@ pub fn locked_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
+}
+
+/// Runs blocking work (a CLI process, a sleep) without stalling the test's
+/// runtime: on a multi-thread runtime the worker hands its tasks over first,
+/// so test servers running in-process (Key Vault, Secret Manager) keep
+/// answering the gateway meanwhile.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }

@@ -76,7 +76,7 @@ fn aws_stages(moto: &Spawned, name: &str) -> (String, String) {
          print(c.get_secret_value(SecretId='{name}', VersionStage='AWSPENDING')['SecretString'])\n",
         moto.url()
     );
-    let o = std::process::Command::new(python).arg("-c").arg(script).output().unwrap();
+    let o = crate::harness::blocking(|| std::process::Command::new(python).arg("-c").arg(script).output().unwrap());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8(o.stdout).unwrap();
     let mut lines = out.lines();
@@ -139,7 +139,7 @@ async fn rotation_resumes_after_a_crash_at_every_step() {
                 break st;
             }
             assert!(Instant::now() < deadline, "the gateway did not stop at {step}");
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
         // SIGABRT: the fault hook, not some other way out.
         use std::os::unix::process::ExitStatusExt;

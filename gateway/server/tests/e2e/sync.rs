@@ -33,7 +33,9 @@ fn boto3(moto: &Spawned, script: &str) {
          aws_access_key_id='testing', aws_secret_access_key='testing')\n",
         moto.url()
     );
-    let o = std::process::Command::new(python).arg("-c").arg(prelude + script).output().unwrap();
+    let o = crate::harness::blocking(|| {
+        std::process::Command::new(python).arg("-c").arg(prelude + script).output().unwrap()
+    });
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
