@@ -473,16 +473,7 @@ impl CloudMount {
         page_token: &str,
         recursive: bool,
     ) -> Result<(Vec<String>, String)> {
-        let page_size = match page_size {
-            0 => crate::kv::DEFAULT_PAGE_SIZE,
-            n if n > crate::kv::MAX_PAGE_SIZE => {
-                return Err(Error::InvalidArgument(format!(
-                    "page_size {n} is over the maximum of {}",
-                    crate::kv::MAX_PAGE_SIZE
-                )));
-            }
-            n => n,
-        };
+        let page_size = crate::kv::page_size_of(page_size)?;
         let mut paths = Vec::new();
         let mut token: Option<String> = None;
         loop {

@@ -659,12 +659,12 @@ impl Core {
         self.purge_mount(&entry).await
     }
 
-    async fn purge_mount(&self, entry: &MountEntry) -> Result<()> {
-        let prefix = entry.storage_prefix();
+    /// Deletes every key under `prefix`, a chunk per batch.
+    pub(crate) async fn delete_prefix(&self, prefix: &str) -> Result<()> {
         loop {
-            let keys = self.barrier.list(&prefix, None, PURGE_CHUNK).await?;
+            let keys = self.barrier.list(prefix, None, PURGE_CHUNK).await?;
             if keys.is_empty() {
-                break;
+                return Ok(());
             }
             let mut batch = WriteBatch::new();
             for k in keys {
@@ -672,6 +672,10 @@ impl Core {
             }
             self.barrier.commit(batch).await?;
         }
+    }
+
+    async fn purge_mount(&self, entry: &MountEntry) -> Result<()> {
+        self.delete_prefix(&entry.storage_prefix()).await?;
         let mut table = (*self.loaded()?.table()).clone();
         table.entries.retain(|m| m.id != entry.id);
         self.store_mounts(table).await

@@ -5,11 +5,11 @@ use keybridge_barrier::{Barrier, RedbStore};
 use super::*;
 use crate::{Caller, TokenRef, TokenRequest};
 
-fn fields(pairs: &[(&str, &str)]) -> SecretValue {
+pub(super) fn fields(pairs: &[(&str, &str)]) -> SecretValue {
     SecretValue::Fields(pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string()))).collect())
 }
 
-fn field(r: &ReadSecret, name: &str) -> String {
+pub(super) fn field(r: &ReadSecret, name: &str) -> String {
     match &r.value {
         SecretValue::Fields(m) => m[name].to_string(),
         _ => panic!("fields expected"),

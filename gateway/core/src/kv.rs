@@ -27,6 +27,17 @@ pub const MAX_CUSTOM_METADATA_KEYS: usize = 64;
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 pub const MAX_PAGE_SIZE: usize = 10_000;
 
+/// A request's page size: 0 means the default; over the maximum is refused.
+pub fn page_size_of(n: usize) -> Result<usize> {
+    match n {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n > MAX_PAGE_SIZE => {
+            Err(Error::InvalidArgument(format!("page_size {n} is over the maximum of {MAX_PAGE_SIZE}")))
+        }
+        n => Ok(n),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionMeta {
     pub created: Timestamp,
@@ -534,13 +545,7 @@ impl Kv<'_> {
         page_token: &str,
         recursive: bool,
     ) -> Result<(Vec<String>, String)> {
-        let page_size = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(Error::InvalidArgument(format!("page_size {n} is over the maximum of {MAX_PAGE_SIZE}")));
-            }
-            n => n,
-        };
+        let page_size = page_size_of(page_size)?;
         if page_token.chars().any(|c| c == '\0') {
             return Err(Error::InvalidArgument("the page token is not one this server issued".into()));
         }

@@ -237,18 +237,7 @@ impl Core {
         batch.delete(format!("{RULES}{name}"));
         self.barrier.commit(batch).await?;
         *self.sync.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let prefix = format!("{STATE}{}/", rule.id);
-        loop {
-            let keys = self.barrier.list(&prefix, None, 512).await?;
-            if keys.is_empty() {
-                break;
-            }
-            let mut batch = WriteBatch::new();
-            for k in keys {
-                batch.delete(k);
-            }
-            self.barrier.commit(batch).await?;
-        }
+        self.delete_prefix(&format!("{STATE}{}/", rule.id)).await?;
         self.sync.status.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| r != name);
         Ok(())
     }

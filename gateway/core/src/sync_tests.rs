@@ -7,19 +7,9 @@ use std::time::Duration;
 use keybridge_barrier::{Barrier, RedbStore};
 
 use super::sync_ops::RuleSpec;
+use super::tests::{field, fields};
 use super::*;
 use crate::Caller;
-
-fn fields(pairs: &[(&str, &str)]) -> SecretValue {
-    SecretValue::Fields(pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string()))).collect())
-}
-
-fn field(r: &ReadSecret, name: &str) -> String {
-    match &r.value {
-        SecretValue::Fields(m) => m[name].to_string(),
-        _ => panic!("fields expected"),
-    }
-}
 
 async fn core_with_mounts(store: Arc<RedbStore>) -> (Arc<Core>, Caller) {
     let (core, t, _) = core_with_key(store).await;

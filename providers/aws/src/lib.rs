@@ -128,6 +128,11 @@ impl AwsStore {
     }
 }
 
+/// AWS tags as a map.
+fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect()
+}
+
 fn time(t: Option<&DateTime>) -> Option<SystemTime> {
     t.and_then(|d| SystemTime::try_from(*d).ok())
 }
@@ -269,21 +274,7 @@ impl SecretStore for AwsStore {
             return Err(Error::Conflict(format!("check-and-set failed: the current version of {name} is {now}")));
         }
         let next = versions.iter().filter_map(|v| v.number).max().unwrap_or(0) + 1;
-        let token = token_for(next);
-        let mut req = self.client.put_secret_value().secret_id(name).client_request_token(&token);
-        req = match value {
-            CloudValue::String(s) => req.secret_string(s.as_str()),
-            CloudValue::Binary(b) => req.secret_binary(Blob::new(b.to_vec())),
-        };
-        let out = req.send().await.map_err(|e| map(e, name))?;
-        let id = out.version_id().unwrap_or(&token).to_string();
-        Ok(VersionInfo {
-            number: number_of(&id),
-            id,
-            stages: out.version_stages().to_vec(),
-            created: Some(SystemTime::now()),
-            ..Default::default()
-        })
+        self.put_value(name, &token_for(next), value, None).await
     }
 
     async fn describe(&self, name: &str) -> Result<SecretInfo> {
@@ -293,11 +284,7 @@ impl SecretStore for AwsStore {
             name: out.name().unwrap_or(name).to_string(),
             created: time(out.created_date()),
             updated: time(out.last_changed_date()),
-            tags: out
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
-                .collect(),
+            tags: tags_of(out.tags()),
             deletion: time(out.deleted_date()),
             versions,
         })
@@ -322,11 +309,7 @@ impl SecretStore for AwsStore {
                     }),
                     name: e.name().unwrap_or_default().to_string(),
                     updated: time(e.last_changed_date()),
-                    tags: e
-                        .tags()
-                        .iter()
-                        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
-                        .collect(),
+                    tags: tags_of(e.tags()),
                 })
                 .collect(),
             next: out.next_token().filter(|t| !t.is_empty()).map(str::to_string),
@@ -388,11 +371,7 @@ impl SecretStore for AwsStore {
                 ..Default::default()
             })
             .unwrap_or_default();
-        let tags = out
-            .tags()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
-            .collect();
+        let tags = tags_of(out.tags());
         Ok(Some((cur, tags)))
     }
 
@@ -403,25 +382,9 @@ impl SecretStore for AwsStore {
         number: u64,
         tags: Option<&BTreeMap<String, String>>,
     ) -> Result<VersionInfo> {
-        let token = token_for(number.max(1));
-        let mut req = self.client.put_secret_value().secret_id(name).client_request_token(&token);
-        req = match value {
-            CloudValue::String(s) => req.secret_string(s.as_str()),
-            CloudValue::Binary(b) => req.secret_binary(Blob::new(b.to_vec())),
-        };
-        match req.send().await.map_err(|e| map(e, name)) {
-            Ok(out) => {
-                let id = out.version_id().unwrap_or(&token).to_string();
-                Ok(VersionInfo {
-                    number: number_of(&id),
-                    id,
-                    stages: out.version_stages().to_vec(),
-                    created: Some(SystemTime::now()),
-                    ..Default::default()
-                })
-            }
+        match self.put_value(name, &token_for(number.max(1)), value, None).await {
             Err(Error::NotFound(_)) => self.put(name, value, &Precondition::Absent, tags).await,
-            Err(e) => Err(e),
+            other => other,
         }
     }
 
@@ -432,22 +395,7 @@ impl SecretStore for AwsStore {
             return Ok(v.clone());
         }
         let next = versions.iter().filter_map(|v| v.number).max().unwrap_or(0) + 1;
-        let token = format!("kbv{next}{suffix}");
-        let mut req =
-            self.client.put_secret_value().secret_id(name).client_request_token(&token).version_stages(PENDING);
-        req = match value {
-            CloudValue::String(s) => req.secret_string(s.as_str()),
-            CloudValue::Binary(b) => req.secret_binary(Blob::new(b.to_vec())),
-        };
-        let out = req.send().await.map_err(|e| map(e, name))?;
-        let id = out.version_id().unwrap_or(&token).to_string();
-        Ok(VersionInfo {
-            number: number_of(&id),
-            id,
-            stages: vec![PENDING.to_string()],
-            created: Some(SystemTime::now()),
-            ..Default::default()
-        })
+        self.put_value(name, &format!("kbv{next}{suffix}"), value, Some(PENDING)).await
     }
 
     async fn promote(&self, name: &str, id: &str) -> Result<()> {
@@ -540,6 +488,30 @@ pub fn number_of(id: &str) -> Option<u64> {
 }
 
 impl AwsStore {
+    /// `PutSecretValue` with `token` as the new version's id, labelled
+    /// `stage` instead of AWSCURRENT when given.
+    async fn put_value(&self, name: &str, token: &str, value: &CloudValue, stage: Option<&str>) -> Result<VersionInfo> {
+        let mut req = self
+            .client
+            .put_secret_value()
+            .secret_id(name)
+            .client_request_token(token)
+            .set_version_stages(stage.map(|s| vec![s.to_string()]));
+        req = match value {
+            CloudValue::String(s) => req.secret_string(s.as_str()),
+            CloudValue::Binary(b) => req.secret_binary(Blob::new(b.to_vec())),
+        };
+        let out = req.send().await.map_err(|e| map(e, name))?;
+        let id = out.version_id().unwrap_or(token).to_string();
+        Ok(VersionInfo {
+            number: number_of(&id),
+            id,
+            stages: stage.map_or_else(|| out.version_stages().to_vec(), |s| vec![s.to_string()]),
+            created: Some(SystemTime::now()),
+            ..Default::default()
+        })
+    }
+
     /// Every version AWS still keeps, deprecated ones included, oldest first.
     async fn versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
         let mut out = Vec::new();

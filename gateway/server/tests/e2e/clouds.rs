@@ -3,38 +3,12 @@
 //! wrote (by boto3, into moto), the read cache's counters, and policies on
 //! a cloud mount.
 
-use std::process::Command;
-
 use keybridge_proto::v1 as pb;
-use keybridge_testservers::process::Spawned;
 use serde_json::Value;
 
-use crate::harness::{Server, authed, stderr, stdout};
+use crate::harness::{Server, authed, boto3, json, moto, stderr};
 
 const T: &str = "root-e2e";
-
-fn json(o: &std::process::Output) -> Value {
-    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
-}
-
-fn moto() -> Spawned {
-    Spawned::start("KEYBRIDGE_MOTO_SERVER", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])
-}
-
-/// Runs boto3 (from the test venv, beside moto_server) against moto: a
-/// tool other than Keybridge writing secrets.
-fn boto3(moto: &Spawned, script: &str) {
-    let server = std::env::var("KEYBRIDGE_MOTO_SERVER").unwrap();
-    let python = std::path::Path::new(&server).with_file_name("python");
-    let prelude = format!(
-        "import boto3\nc = boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1', \
-         aws_access_key_id='testing', aws_secret_access_key='testing')\n",
-        moto.url()
-    );
-    let o = crate::harness::blocking(|| Command::new(python).arg("-c").arg(prelude + script).output().unwrap());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_mount_settings_health_out_of_band_cache_and_policies() {
@@ -151,8 +125,7 @@ async fn azure_mount_health_check_names_the_problem() {
     let kv = KeyVault::start().await;
     let s = Server::dev();
     let t = Some(T);
-    let ca = std::env::temp_dir().join(format!("kb-e2e-kv-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
-    std::fs::write(&ca, &kv.ca_pem).unwrap();
+    let ca = crate::harness::kv_ca_file(&kv);
     let settings = |secret: &str, tenant: &str| {
         vec![
             format!("vault_url={}", kv.url),

@@ -16,7 +16,7 @@ use keybridge_testservers::process::Spawned;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::harness::{Server, authed, field, fields};
+use crate::harness::{Server, authed, field, fields, moto};
 
 const T: &str = "root-e2e";
 
@@ -39,10 +39,6 @@ impl Backend {
     fn name(&self) -> &'static str {
         self.cloud.map_or("the local store", Cloud::name)
     }
-}
-
-fn moto() -> Spawned {
-    Spawned::start("KEYBRIDGE_MOTO_SERVER", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])
 }
 
 fn drongo() -> Spawned {

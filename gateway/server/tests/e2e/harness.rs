@@ -258,3 +258,76 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
+
+// ----- cloud test servers -------------------------------------------------------
+
+/// A CLI call's JSON output, which must have succeeded.
+pub fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+/// moto's server on a free port (installed by tests/run-all.sh).
+pub fn moto() -> keybridge_testservers::process::Spawned {
+    keybridge_testservers::process::Spawned::start("KEYBRIDGE_MOTO_SERVER", |port| {
+        vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]
+    })
+}
+
+/// Runs a boto3 script against moto (`c` is the Secrets Manager client): a
+/// tool other than Keybridge writing secrets.
+pub fn boto3(moto: &keybridge_testservers::process::Spawned, script: &str) -> String {
+    let server = std::env::var("KEYBRIDGE_MOTO_SERVER").unwrap();
+    let python = Path::new(&server).with_file_name("python");
+    let prelude = format!(
+        "import boto3\nc = boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1', \
+         aws_access_key_id='testing', aws_secret_access_key='testing')\n",
+        moto.url()
+    );
+    let o = blocking(|| Command::new(python).arg("-c").arg(prelude + script).output().unwrap());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Mount settings of an AWS mount on moto.
+pub fn aws_settings(moto: &keybridge_testservers::process::Spawned) -> Vec<String> {
+    vec![
+        "region=us-east-1".into(),
+        format!("endpoint_url={}", moto.url()),
+        "access_key_id=testing".into(),
+        "secret_access_key=testing".into(),
+    ]
+}
+
+/// Mount settings of a GCP mount on a Secret Manager server at `url`.
+pub fn gcp_settings(url: &str) -> Vec<String> {
+    vec!["project=keybridge-test".into(), format!("endpoint={url}"), "credentials=anonymous".into()]
+}
+
+/// The test Key Vault's CA, written to a file for the `ca_cert` setting.
+pub fn kv_ca_file(kv: &keybridge_testservers::keyvault::KeyVault) -> PathBuf {
+    let ca = std::env::temp_dir().join(format!("kb-e2e-kv-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
+    std::fs::write(&ca, &kv.ca_pem).unwrap();
+    ca
+}
+
+/// Mount settings of an Azure mount on the test Key Vault.
+pub fn azure_settings(kv: &keybridge_testservers::keyvault::KeyVault) -> Vec<String> {
+    use keybridge_testservers::keyvault::{CLIENT_ID, CLIENT_SECRET};
+    vec![
+        format!("vault_url={}", kv.url),
+        format!("authority_host={}", kv.url),
+        format!("tenant_id={}", kv.tenant),
+        format!("client_id={CLIENT_ID}"),
+        format!("client_secret={CLIENT_SECRET}"),
+        format!("ca_cert={}", kv_ca_file(kv).display()),
+    ]
+}
+
+/// `mount enable --type KIND PATH settings...`, which must succeed.
+pub fn enable(s: &Server, token: &str, kind: &str, path: &str, settings: &[String]) {
+    let mut args = vec!["mount", "enable", "--type", kind, path];
+    args.extend(settings.iter().map(String::as_str));
+    let o = s.cli(Some(token), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -5,80 +5,37 @@
 use std::time::{Duration, Instant};
 
 use keybridge_proto::v1 as pb;
-use keybridge_testservers::keyvault::{self, KeyVault};
+use keybridge_testservers::keyvault::KeyVault;
 use keybridge_testservers::process::Spawned;
 use keybridge_testservers::secretmanager::SecretManager;
 use serde_json::Value;
 
-use crate::harness::{Server, authed, field, init_unseal, stderr, stdout};
-
-fn json(o: &std::process::Output) -> Value {
-    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
-}
-
-fn moto() -> Spawned {
-    Spawned::start("KEYBRIDGE_MOTO_SERVER", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])
-}
+use crate::harness::{
+    Server, authed, aws_settings, azure_settings, boto3, enable, field, gcp_settings, init_unseal, json, moto, stderr,
+    stdout,
+};
 
 struct Clouds {
     moto: Spawned,
     sm: SecretManager,
     kv: KeyVault,
-    ca: std::path::PathBuf,
 }
 
 fn mount_all(s: &Server, t: &str, c: &Clouds) {
-    let mounts: Vec<Vec<String>> = vec![
-        vec![
-            "aws".into(),
-            "aws/".into(),
-            "region=us-east-1".into(),
-            format!("endpoint_url={}", c.moto.url()),
-            "access_key_id=testing".into(),
-            "secret_access_key=testing".into(),
-        ],
-        vec![
-            "gcp".into(),
-            "gcp/".into(),
-            "project=keybridge-test".into(),
-            format!("endpoint={}", c.sm.url()),
-            "credentials=anonymous".into(),
-        ],
-        vec![
-            "azure".into(),
-            "azure/".into(),
-            format!("vault_url={}", c.kv.url),
-            format!("authority_host={}", c.kv.url),
-            format!("tenant_id={}", c.kv.tenant),
-            format!("client_id={}", keyvault::CLIENT_ID),
-            format!("client_secret={}", keyvault::CLIENT_SECRET),
-            format!("ca_cert={}", c.ca.display()),
-        ],
-    ];
-    for m in mounts {
-        let mut args = vec!["mount".to_string(), "enable".into(), "--type".into()];
-        args.extend(m);
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = s.cli(Some(t), &a);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
+    enable(s, t, "aws", "aws/", &aws_settings(&c.moto));
+    enable(s, t, "gcp", "gcp/", &gcp_settings(&c.sm.url()));
+    enable(s, t, "azure", "azure/", &azure_settings(&c.kv));
 }
 
 /// (AWSCURRENT, AWSPENDING) values of a secret in moto, read by boto3.
 fn aws_stages(moto: &Spawned, name: &str) -> (String, String) {
-    let server = std::env::var("KEYBRIDGE_MOTO_SERVER").unwrap();
-    let python = std::path::Path::new(&server).with_file_name("python");
-    let script = format!(
-        "import boto3\nc = boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1', \
-         aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-         print(c.get_secret_value(SecretId='{name}', VersionStage='AWSCURRENT')['SecretString'])\n\
-         print(c.get_secret_value(SecretId='{name}', VersionStage='AWSPENDING')['SecretString'])\n",
-        moto.url()
+    let out = boto3(
+        moto,
+        &format!(
+            "print(c.get_secret_value(SecretId='{name}', VersionStage='AWSCURRENT')['SecretString'])\n\
+             print(c.get_secret_value(SecretId='{name}', VersionStage='AWSPENDING')['SecretString'])\n"
+        ),
     );
-    let o = crate::harness::blocking(|| std::process::Command::new(python).arg("-c").arg(script).output().unwrap());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = String::from_utf8(o.stdout).unwrap();
     let mut lines = out.lines();
     (lines.next().unwrap_or_default().to_string(), lines.next().unwrap_or_default().to_string())
 }
@@ -92,9 +49,7 @@ async fn read(s: &Server, t: &str, path: &str, stage: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_resumes_after_a_crash_at_every_step() {
     let kv = KeyVault::start().await;
-    let ca = std::env::temp_dir().join(format!("kb-e2e-rot-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
-    std::fs::write(&ca, &kv.ca_pem).unwrap();
-    let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test", false).await, kv, ca };
+    let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test", false).await, kv };
     for step in ["staged", "promoted-source", "promoted", "retired"] {
         let dir = tempfile::tempdir().unwrap();
         let s = Server::with_config_env(dir.path(), &[("KEYBRIDGE_FAULT_ROTATION", step)]);
@@ -200,9 +155,7 @@ async fn rotation_resumes_after_a_crash_at_every_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_verification_rolls_every_copy_back() {
     let kv = KeyVault::start().await;
-    let ca = std::env::temp_dir().join(format!("kb-e2e-rot2-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
-    std::fs::write(&ca, &kv.ca_pem).unwrap();
-    let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test", false).await, kv, ca };
+    let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test", false).await, kv };
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("verify.sh");
     let allow = dir.path().join("allow");

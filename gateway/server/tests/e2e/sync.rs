@@ -7,45 +7,16 @@
 use std::time::{Duration, Instant};
 
 use keybridge_proto::v1 as pb;
-use keybridge_testservers::keyvault::{self, KeyVault};
-use keybridge_testservers::process::Spawned;
+use keybridge_testservers::keyvault::KeyVault;
 use keybridge_testservers::secretmanager::SecretManager;
 use serde_json::Value;
 
-use crate::harness::{Server, authed, field, fields, stderr, stdout};
+use crate::harness::{
+    Server, authed, aws_settings, azure_settings, boto3, enable, field, fields, gcp_settings, json, moto, stderr,
+    stdout,
+};
 
 const T: &str = "root-e2e";
-
-fn json(o: &std::process::Output) -> Value {
-    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
-}
-
-fn moto() -> Spawned {
-    Spawned::start("KEYBRIDGE_MOTO_SERVER", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])
-}
-
-fn boto3(moto: &Spawned, script: &str) {
-    let server = std::env::var("KEYBRIDGE_MOTO_SERVER").unwrap();
-    let python = std::path::Path::new(&server).with_file_name("python");
-    let prelude = format!(
-        "import boto3\nc = boto3.client('secretsmanager', endpoint_url='{}', region_name='us-east-1', \
-         aws_access_key_id='testing', aws_secret_access_key='testing')\n",
-        moto.url()
-    );
-    let o = crate::harness::blocking(|| {
-        std::process::Command::new(python).arg("-c").arg(prelude + script).output().unwrap()
-    });
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn mount(s: &Server, args: &[String]) {
-    let mut all = vec!["mount".to_string(), "enable".into()];
-    all.extend(args.iter().cloned());
-    let a: Vec<&str> = all.iter().map(String::as_str).collect();
-    let o = s.cli(Some(T), &a);
-    assert!(o.status.success(), "{}", stderr(&o));
-}
 
 fn calls(status: &Value, mount: &str, kind: &str) -> u64 {
     status["calls"]
@@ -68,46 +39,9 @@ async fn replicate_to_three_clouds_with_drift_and_an_outage() {
     let sm = SecretManager::start("keybridge-test", false).await;
     let kv = KeyVault::start().await;
     let s = Server::dev();
-    let ca = std::env::temp_dir().join(format!("kb-e2e-sync-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
-    std::fs::write(&ca, &kv.ca_pem).unwrap();
-    let v = |s: &str| s.to_string();
-    mount(
-        &s,
-        &[
-            v("--type"),
-            v("aws"),
-            v("aws/"),
-            v("region=us-east-1"),
-            format!("endpoint_url={}", m.url()),
-            v("access_key_id=testing"),
-            v("secret_access_key=testing"),
-        ],
-    );
-    mount(
-        &s,
-        &[
-            v("--type"),
-            v("gcp"),
-            v("gcp/"),
-            v("project=keybridge-test"),
-            format!("endpoint={}", sm.url()),
-            v("credentials=anonymous"),
-        ],
-    );
-    mount(
-        &s,
-        &[
-            v("--type"),
-            v("azure"),
-            v("azure/"),
-            format!("vault_url={}", kv.url),
-            format!("authority_host={}", kv.url),
-            format!("tenant_id={}", kv.tenant),
-            format!("client_id={}", keyvault::CLIENT_ID),
-            format!("client_secret={}", keyvault::CLIENT_SECRET),
-            format!("ca_cert={}", ca.display()),
-        ],
-    );
+    enable(&s, T, "aws", "aws/", &aws_settings(&m));
+    enable(&s, T, "gcp", "gcp/", &gcp_settings(&sm.url()));
+    enable(&s, T, "azure", "azure/", &azure_settings(&kv));
     // A secret at a target that Keybridge did not write.
     boto3(&m, "c.create_secret(Name='app/foreign', SecretString='theirs')\n");
 
@@ -291,19 +225,7 @@ async fn a_cloud_source_replicates_to_the_local_store_and_its_outside_edits_are_
     let m = moto();
     let s = Server::dev();
     let t = Some(T);
-    let v = |s: &str| s.to_string();
-    mount(
-        &s,
-        &[
-            v("--type"),
-            v("aws"),
-            v("aws/"),
-            v("region=us-east-1"),
-            format!("endpoint_url={}", m.url()),
-            v("access_key_id=testing"),
-            v("secret_access_key=testing"),
-        ],
-    );
+    enable(&s, T, "aws", "aws/", &aws_settings(&m));
     boto3(&m, "c.create_secret(Name='src/db', SecretString='{\"pw\": \"one\"}')\n");
     let o = s.cli(t, &["sync", "rule", "create", "back", "--source", "aws/src/", "--target", "secret/copy/"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -321,23 +243,7 @@ async fn alert_and_adopt_on_an_azure_replica() {
     let kv = KeyVault::start().await;
     let s = Server::dev();
     let t = Some(T);
-    let ca = std::env::temp_dir().join(format!("kb-e2e-sync2-ca-{}-{}.pem", std::process::id(), kv.addr.port()));
-    std::fs::write(&ca, &kv.ca_pem).unwrap();
-    let v = |s: &str| s.to_string();
-    mount(
-        &s,
-        &[
-            v("--type"),
-            v("azure"),
-            v("azure/"),
-            format!("vault_url={}", kv.url),
-            format!("authority_host={}", kv.url),
-            format!("tenant_id={}", kv.tenant),
-            format!("client_id={}", keyvault::CLIENT_ID),
-            format!("client_secret={}", keyvault::CLIENT_SECRET),
-            format!("ca_cert={}", ca.display()),
-        ],
-    );
+    enable(&s, T, "azure", "azure/", &azure_settings(&kv));
     let create = |policy: &str| {
         let o = s.cli(
             t,
