@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod cloud;
 mod core;
+pub mod engine;
 mod error;
 pub mod kv;
 pub mod mounts;

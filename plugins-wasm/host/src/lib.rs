@@ -1,0 +1,420 @@
+//! Keybridge's WASM host: secret engines compiled to WebAssembly components
+//! (the `keybridge:engine` contract in `plugins-wasm/wit`), run by wasmtime.
+//!
+//! One [`WasmHost`] per server owns the wasmtime engine, with
+//! - the pooling allocator (instances, memories and fiber stacks reserved up
+//!   front, so instantiation is a few microseconds);
+//! - epoch interruption (a thread ticks every [`EPOCH_TICK`]): a call yields to
+//!   the runtime at every tick and traps once past its deadline;
+//! - fuel metering, always on, so a mount can set `fuel`;
+//! - a linker holding our imports, WASI 0.2 with nothing granted (empty
+//!   environment, no preopened directories, no sockets), and `wasi:http`
+//!   whose requests reach only the mount's `allowed_hosts`.
+//!
+//! Each mount gets a [`WasmEngine`]: an `InstancePre` of its component. Every
+//! call instantiates a fresh store (no state leaks between requests) under
+//! the mount's memory cap, fuel and deadline; an outer timeout covers time
+//! blocked in host calls too. A trap or a limit fails only that call.
+
+mod limits;
+mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keybridge_core::engine::{
+    self as eng, Backend, CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, LeaseInfo, LeaseTerms,
+    Params, PluginRuntime, PluginSpec,
+};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+
+pub use limits::MountLimits;
+use state::State;
+
+/// How often the epoch advances: the granularity of deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "rotating-engine",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+mod plain {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "engine",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "keybridge:engine/types": crate::bindings::keybridge::engine::types,
+            "keybridge:engine/host": crate::bindings::keybridge::engine::host,
+            "keybridge:engine/storage": crate::bindings::keybridge::engine::storage,
+        },
+    });
+}
+
+use bindings::keybridge::engine::types as wit;
+
+/// Errors of the host itself (not of a call).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the WASM engine could not be configured: {0}")]
+    Config(String),
+}
+
+/// Limits shared by every mount; each mount's own may only be lower.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Instances that may run at once, across all mounts (the pool's size).
+    pub max_instances: u32,
+    /// The most linear memory any one instance may have.
+    pub max_memory_bytes: usize,
+    /// The WASM stack a call may use (deep recursion traps past it).
+    pub max_wasm_stack: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig { max_instances: 128, max_memory_bytes: 256 << 20, max_wasm_stack: 512 << 10 }
+    }
+}
+
+pub struct WasmHost {
+    engine: Engine,
+    linker: Linker<State>,
+    config: HostConfig,
+    /// Compiled components by digest: a component is compiled once however
+    /// many mounts use it.
+    compiled: Mutex<HashMap<String, Component>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for WasmHost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl WasmHost {
+    pub fn new(config: HostConfig) -> Result<WasmHost, Error> {
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust component has a handful of core instances (the module and
+        // WASI adapter shims); each needs a memory or table slot at most.
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 8)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_memory_bytes)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16);
+        let mut c = Config::new();
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .consume_fuel(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .async_stack_size(config.max_wasm_stack + (1 << 20))
+            .wasm_component_model(true);
+        let engine = Engine::new(&c).map_err(|e| Error::Config(format!("{e:#}")))?;
+        let mut linker: Linker<State> = Linker::new(&engine);
+        state::link(&mut linker).map_err(|e| Error::Config(format!("{e:#}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (weak, flag) = (engine.weak(), stop.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| Error::Config(format!("the epoch thread did not start: {e}")))?;
+        Ok(WasmHost { engine, linker, config, compiled: Mutex::new(HashMap::new()), stop })
+    }
+
+    fn component(&self, digest: &str, bytes: &[u8]) -> Result<Component, EngineError> {
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
+            return Ok(c.clone());
+        }
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+        if actual != digest {
+            return Err(EngineError::BadComponent(format!(
+                "the component's SHA-256 is {actual}, not the pinned {digest}: refusing a changed file"
+            )));
+        }
+        let c = Component::new(&self.engine, bytes).map_err(|e| {
+            EngineError::BadComponent(format!("not a WebAssembly component this host can compile: {e:#}"))
+        })?;
+        let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(digest.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Links a component and checks it against the contract.
+    fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<Prepared, EngineError> {
+        let component = self.component(digest, bytes)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            EngineError::BadComponent(format!(
+                "the component imports something this host does not grant (only keybridge:engine/host, keybridge:engine/storage and WASI 0.2): {e:#}"
+            ))
+        })?;
+        let rotating = bindings::RotatingEnginePre::new(pre.clone()).ok();
+        let plain = plain::EnginePre::new(pre).map_err(|e| {
+            EngineError::BadComponent(format!(
+                "the component does not export keybridge:engine/logical@0.1.0 (world `engine` of plugins-wasm/wit): {e:#}"
+            ))
+        })?;
+        Ok(Prepared { plain, rotating })
+    }
+}
+
+/// One call into a component.
+enum Call {
+    Describe,
+    Instantiate,
+    Validate(wit::Params),
+    Exists(wit::Context, wit::Request),
+    Handle(wit::Context, wit::Request),
+    Renew(wit::Context, wit::LeaseInfo),
+    Revoke(wit::Context, wit::LeaseInfo),
+    Rotate(wit::Context, String, wit::Params),
+}
+
+enum Answer {
+    Info(wit::EngineInfo),
+    Unit(Result<(), wit::Error>),
+    Bool(Result<bool, wit::Error>),
+    Response(Result<wit::Response, wit::Error>),
+    Terms(Result<wit::LeaseTerms, wit::Error>),
+}
+
+impl Call {
+    async fn invoke(self, p: &Prepared, store: &mut Store<State>) -> wasmtime::Result<Answer> {
+        if let Call::Rotate(c, path, params) = &self {
+            let Some(r) = &p.rotating else {
+                return Ok(Answer::Response(Err(wit::Error::Unsupported("the component cannot rotate".into()))));
+            };
+            let i = r.instantiate_async(&mut *store).await?;
+            return Ok(Answer::Response(i.keybridge_engine_rotation().call_rotate(store, c, path, params).await?));
+        }
+        let i = p.plain.instantiate_async(&mut *store).await?;
+        let g = i.keybridge_engine_logical();
+        Ok(match self {
+            Call::Describe => Answer::Info(g.call_describe(store).await?),
+            Call::Instantiate => Answer::Unit(Ok(())),
+            Call::Validate(cfg) => Answer::Unit(g.call_validate_config(store, &cfg).await?),
+            Call::Exists(c, r) => Answer::Bool(g.call_exists(store, &c, &r).await?),
+            Call::Handle(c, r) => Answer::Response(g.call_handle(store, &c, &r).await?),
+            Call::Renew(c, l) => Answer::Terms(g.call_renew(store, &c, &l).await?),
+            Call::Revoke(c, l) => Answer::Unit(g.call_revoke(store, &c, &l).await?),
+            Call::Rotate(..) => unreachable!("handled above"),
+        })
+    }
+}
+
+/// Instantiates a fresh store and makes one call under `limits`. Returns
+/// the answer and the outbound request the allow-list refused, if any.
+async fn run(
+    engine: &Engine,
+    prepared: &Prepared,
+    limits: &MountLimits,
+    info: state::CallInfo,
+    call: Call,
+) -> Result<(Answer, Option<String>), EngineError> {
+    let deadline = Instant::now() + limits.timeout;
+    let mut store = Store::new(engine, State::new(limits, info, deadline));
+    store.limiter(|s| &mut s.limiter);
+    store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).map_err(|e| EngineError::Internal(e.to_string()))?;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
+    });
+    let timeout = limits.timeout;
+    let fut = async {
+        let r = call.invoke(prepared, &mut store).await;
+        (r, store)
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(EngineError::Deadline(format!(
+            "the plugin did not finish within its time limit of {timeout:?} (mount setting `timeout`)"
+        ))),
+        Ok((Ok(a), store)) => Ok((a, store.data().http_denied().map(String::from))),
+        Ok((Err(e), store)) => Err(classify(e, store.data(), limits)),
+    }
+}
+
+/// Maps a failed call to what the caller is told: which limit, or the trap.
+fn classify(e: wasmtime::Error, state: &State, limits: &MountLimits) -> EngineError {
+    if let Some(v) = state.violation() {
+        return v;
+    }
+    if let Some(msg) = state.pool_full(&e) {
+        return EngineError::Exhausted(msg);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => EngineError::Deadline(format!(
+            "the plugin did not finish within its time limit of {:?} (mount setting `timeout`)",
+            limits.timeout
+        )),
+        Some(Trap::OutOfFuel) => EngineError::Exhausted(format!(
+            "the plugin used up its fuel ({} units per call, mount setting `fuel`)",
+            limits.fuel.unwrap_or(u64::MAX)
+        )),
+        Some(Trap::StackOverflow) => EngineError::Trapped("call stack exhausted (runaway recursion?)".into()),
+        Some(t) => {
+            EngineError::Trapped(format!("{t}{}", state.last_panic().map(|p| format!(" ({p})")).unwrap_or_default()))
+        }
+        None => EngineError::Trapped(format!("{e:#}")),
+    }
+}
+
+struct Prepared {
+    plain: plain::EnginePre<State>,
+    /// When the component targets `rotating-engine`.
+    rotating: Option<bindings::RotatingEnginePre<State>>,
+}
+
+#[async_trait::async_trait]
+impl PluginRuntime for WasmHost {
+    async fn inspect(&self, digest: &str, component: &[u8]) -> Result<EngineInfo, EngineError> {
+        let prepared = self.prepare(digest, component)?;
+        let limits = MountLimits::default();
+        describe(self, &prepared, &limits).await
+    }
+
+    fn host_keys(&self) -> &'static [(&'static str, &'static str)] {
+        limits::HOST_KEYS
+    }
+
+    fn validate_host_config(&self, config: &BTreeMap<String, String>) -> Result<(), String> {
+        MountLimits::parse(config, &self.config).map(|_| ())
+    }
+
+    async fn open(&self, spec: PluginSpec<'_>) -> Result<Arc<dyn Backend>, EngineError> {
+        let limits = MountLimits::parse(spec.config, &self.config).map_err(EngineError::InvalidInput)?;
+        let prepared = self.prepare(spec.digest, spec.component)?;
+        let info = describe(self, &prepared, &limits).await?;
+        let engine_config: Vec<(String, String)> =
+            spec.config.iter().filter(|(k, _)| !limits::is_host_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let e = WasmEngine { engine: self.engine.clone(), prepared, limits, info, storage: spec.storage };
+        // The engine checks its own keys.
+        e.call_validate(&engine_config).await?;
+        Ok(Arc::new(e))
+    }
+}
+
+async fn describe(host: &WasmHost, prepared: &Prepared, limits: &MountLimits) -> Result<EngineInfo, EngineError> {
+    let info = state::CallInfo::internal("describe", None);
+    match run(&host.engine, prepared, limits, info, Call::Describe).await?.0 {
+        Answer::Info(raw) => convert::info(raw, prepared.rotating.is_some()),
+        _ => Err(EngineError::Internal("describe answered the wrong type".into())),
+    }
+}
+
+/// A mounted plugin: its `InstancePre`, limits and storage.
+pub struct WasmEngine {
+    engine: Engine,
+    prepared: Prepared,
+    limits: MountLimits,
+    info: EngineInfo,
+    storage: Arc<dyn eng::EngineStorage>,
+}
+
+impl WasmEngine {
+    async fn call(&self, what: &'static str, ctx: Option<&CallContext>, call: Call) -> Result<Answer, EngineError> {
+        let mut info = state::CallInfo::internal(what, Some(self.storage.clone()));
+        if let Some(c) = ctx {
+            info.mount = c.mount_path.clone();
+            info.request_id = c.request_id.clone();
+        }
+        let (answer, denied) = run(&self.engine, &self.prepared, &self.limits, info, call).await?;
+        // The plugin's own error: explained by a refused request if any.
+        let fail = |e: wit::Error| Err(convert::error(e, denied.clone()));
+        match answer {
+            Answer::Unit(Err(e)) | Answer::Bool(Err(e)) | Answer::Response(Err(e)) | Answer::Terms(Err(e)) => fail(e),
+            a => Ok(a),
+        }
+    }
+
+    async fn call_validate(&self, config: &[(String, String)]) -> Result<(), EngineError> {
+        self.call("validate-config", None, Call::Validate(config.to_vec())).await.map(|_| ())
+    }
+
+    /// Instantiates the component without calling it (for the benchmark).
+    pub async fn instantiate_only(&self) -> Result<(), EngineError> {
+        self.call("instantiate", None, Call::Instantiate).await.map(|_| ())
+    }
+
+    pub fn limits(&self) -> &MountLimits {
+        &self.limits
+    }
+}
+
+fn wrong() -> EngineError {
+    EngineError::Internal("the call answered the wrong type".into())
+}
+
+#[async_trait::async_trait]
+impl Backend for WasmEngine {
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    async fn exists(&self, ctx: &CallContext, req: &EngineRequest) -> Result<bool, EngineError> {
+        match self.call("exists", Some(ctx), Call::Exists(convert::context(ctx), convert::request(req))).await? {
+            Answer::Bool(Ok(b)) => Ok(b),
+            _ => Err(wrong()),
+        }
+    }
+
+    async fn handle(&self, ctx: &CallContext, req: &EngineRequest) -> Result<EngineResponse, EngineError> {
+        match self.call("handle", Some(ctx), Call::Handle(convert::context(ctx), convert::request(req))).await? {
+            Answer::Response(Ok(r)) => convert::response(r, self.limits.max_response_bytes),
+            _ => Err(wrong()),
+        }
+    }
+
+    async fn renew(&self, ctx: &CallContext, lease: &LeaseInfo) -> Result<LeaseTerms, EngineError> {
+        match self.call("renew", Some(ctx), Call::Renew(convert::context(ctx), convert::lease(lease))).await? {
+            Answer::Terms(Ok(t)) => Ok(convert::terms(t)),
+            _ => Err(wrong()),
+        }
+    }
+
+    async fn revoke(&self, ctx: &CallContext, lease: &LeaseInfo) -> Result<(), EngineError> {
+        match self.call("revoke", Some(ctx), Call::Revoke(convert::context(ctx), convert::lease(lease))).await? {
+            Answer::Unit(Ok(())) => Ok(()),
+            _ => Err(wrong()),
+        }
+    }
+
+    async fn rotate(&self, ctx: &CallContext, path: &str, params: &Params) -> Result<EngineResponse, EngineError> {
+        if !self.info.rotates {
+            return Err(EngineError::Unsupported(format!(
+                "the {} engine cannot rotate: its component targets world `engine`, not `rotating-engine`",
+                self.info.name
+            )));
+        }
+        let call = Call::Rotate(convert::context(ctx), path.to_string(), params.0.clone());
+        match self.call("rotate", Some(ctx), call).await? {
+            Answer::Response(Ok(r)) => convert::response(r, self.limits.max_response_bytes),
+            _ => Err(wrong()),
+        }
+    }
+}
+
+mod convert;

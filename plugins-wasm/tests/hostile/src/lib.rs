@@ -1,0 +1,72 @@
+//! Misbehaves on purpose, one way per path (all reads):
+//! `ok` answers, `loop` spins forever, `memory` allocates without end,
+//! `recurse` recurses without end, `trap` panics, `huge` answers 8 MiB,
+//! `call/{host}` fetches `http://{host}/` (say `evil.example` or an
+//! allow-listed `127.0.0.1:PORT` that never answers), `file` reads
+//! /etc/passwd, `env` reads the environment, `storage` writes and reads
+//! back its storage.
+
+use keybridge_plugin_sdk::*;
+
+struct Hostile;
+
+const PATHS: &[&str] = &["ok", "loop", "memory", "recurse", "trap", "huge", "call/{host}", "file", "env", "storage"];
+
+impl Engine for Hostile {
+    fn describe() -> EngineInfo {
+        info(
+            "hostile",
+            "0.1.0",
+            "Misbehaves on purpose",
+            PATHS.iter().map(|p| path(p, "misbehaves", &[Operation::Read], vec![])).collect(),
+        )
+    }
+
+    fn handle(_ctx: Context, req: Request) -> Result<Response, Error> {
+        match req.pattern.as_str() {
+            "ok" => Ok(respond([("answer", "42")])),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => Ok(respond([("depth", recurse(0).to_string())])),
+            "trap" => panic!("the hostile plugin panics on purpose"),
+            "huge" => Ok(respond([("blob", "x".repeat(8 << 20))])),
+            "call/{host}" => {
+                let host = param(&req, "host")?;
+                match http::send("GET", &format!("http://{host}/"), &[], b"") {
+                    Ok(r) => Ok(respond([("status", r.status.to_string())])),
+                    Err(e) => Err(Error::Unavailable(format!("the request failed: {e}"))),
+                }
+            }
+            "file" => match std::fs::read_to_string("/etc/passwd") {
+                Ok(s) => Ok(respond([("stolen", s)])),
+                Err(e) => Err(Error::Denied(format!("could not open /etc/passwd: {e}"))),
+            },
+            "env" => Ok(respond([("vars", std::env::vars().count().to_string())])),
+            "storage" => {
+                storage::put("probe", b"value")?;
+                let back = storage::get("probe")?.unwrap_or_default();
+                Ok(respond([("read_back", String::from_utf8_lossy(&back).into_owned())]))
+            }
+            other => Err(Error::NotFound(format!("no such path {other}"))),
+        }
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let pad = std::hint::black_box([n; 16]);
+    recurse(pad[3] + 1) + pad[5]
+}
+
+export_engine!(Hostile);
