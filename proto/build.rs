@@ -9,6 +9,7 @@ const FILES: &[&str] = &[
     "keybridge/v1/audit.proto",
     "keybridge/v1/auth.proto",
     "keybridge/v1/sync.proto",
+    "keybridge/v1/logical.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Messages that carry secret values get a redacting Debug in lib.rs.
         .skip_debug([
             "keybridge.v1.SecretValue",
+            "keybridge.v1.LogicalRequest",
+            "keybridge.v1.LogicalResponse",
+            "keybridge.v1.RegisterPluginChunk",
             "keybridge.v1.Fields",
             "keybridge.v1.InitResponse",
             "keybridge.v1.UnsealRequest",

@@ -26,6 +26,9 @@ pub mod v1 {
 
     redacted_debug! {
         SecretValue => [],
+        LogicalRequest => [path],
+        LogicalResponse => [lease, warnings],
+        RegisterPluginChunk => [name, sha256],
         Fields => [],
         InitResponse => [unseal_threshold],
         UnsealRequest => [reset],

@@ -25,6 +25,15 @@ fn debug_output_holds_no_secret_material() {
         format!("{:?}", pb::RekeyRequest { keys: vec!["hunter2-xyz".into()], key_shares: 1, key_threshold: 1 }),
         format!("{:?}", pb::RekeyResponse { unseal_keys_b64: vec!["hunter2-xyz".into()], unseal_threshold: 1 }),
         format!("{:?}", pb::SnapshotChunk { data: b"hunter2-xyz".to_vec(), force: false }),
+        format!(
+            "{:?}",
+            pb::LogicalRequest { path: "p/x".into(), data: [("password".into(), "hunter2-xyz".into())].into() }
+        ),
+        format!(
+            "{:?}",
+            pb::LogicalResponse { data: [("token".into(), "hunter2-xyz".into())].into(), ..Default::default() }
+        ),
+        format!("{:?}", pb::RegisterPluginChunk { data: b"hunter2-xyz".to_vec(), ..Default::default() }),
         format!("{:?}", pb::AuditHashRequest { path: "file/".into(), input: b"hunter2-xyz".to_vec() }),
         format!("{:?}", pb::AuditVerificationKey { key: "hunter2-xyz".into(), ..Default::default() }),
         format!("{:?}", pb::LoginRequest { jwt: "hunter2-xyz".into(), ..Default::default() }),

@@ -30,11 +30,19 @@ pub struct CoreConfig {
     pub providers: Option<Arc<dyn Providers>>,
     /// Tries a rotation's new value between staging and promotion.
     pub rotation_verify: Option<Arc<dyn rotation_ops::RotationVerifier>>,
+    /// Runs plugin engines (none: plugin mounts are refused).
+    pub plugins: Option<Arc<dyn crate::engine::PluginRuntime>>,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { max_value_bytes: 512 * 1024, policy_check: None, providers: None, rotation_verify: None }
+        CoreConfig {
+            max_value_bytes: 512 * 1024,
+            policy_check: None,
+            providers: None,
+            rotation_verify: None,
+            plugins: None,
+        }
     }
 }
 
@@ -115,6 +123,11 @@ struct Loaded {
     auth: RwLock<auth_methods::AuthState>,
     /// Cloud mounts' clients by mount id, built on first use.
     clouds: RwLock<HashMap<String, Arc<CloudMount>>>,
+    /// Plugin mounts' engines by mount id, built on first use. Replaced on
+    /// tune (an upgrade): calls in flight keep the engine they started on.
+    engines: RwLock<HashMap<String, Arc<dyn crate::engine::Backend>>>,
+    /// Leases by when they are due for revocation.
+    leases: std::sync::Mutex<lease_ops::LeaseIndex>,
 }
 
 const TOKEN_CACHE_MAX: usize = 8192;
@@ -134,6 +147,11 @@ pub struct Core {
     write_locks: Vec<Mutex<()>>,
     /// The reconciler's in-memory state.
     sync: crate::sync::Runtime,
+    /// Wakes the lease worker when a lease is written.
+    leases_changed: tokio::sync::Notify,
+    /// Test hook: recording a lease fails, as on a full disk.
+    #[cfg(test)]
+    fail_lease_record: std::sync::atomic::AtomicBool,
 }
 
 const WRITE_LOCK_STRIPES: usize = 256;
@@ -151,6 +169,9 @@ impl Core {
             admin: Mutex::new(()),
             write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             sync: Default::default(),
+            leases_changed: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            fail_lease_record: Default::default(),
         }
     }
 
@@ -269,6 +290,7 @@ impl Core {
         let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
         let audit = audit::Broker::load(self.barrier.clone()).await?;
         let auth_table = auth_methods::load_table(self).await?;
+        let leases = self.load_leases().await?;
         self.set_loaded(Some(Loaded {
             mounts: RwLock::new((Arc::new(mounts), mounts_stamp)),
             salt: Salt::from_bytes(salt),
@@ -277,7 +299,10 @@ impl Core {
             audit,
             auth: RwLock::new(auth_methods::AuthState { table: auth_table, parsed: HashMap::new() }),
             clouds: RwLock::new(HashMap::new()),
+            engines: RwLock::new(HashMap::new()),
+            leases: std::sync::Mutex::new(leases),
         }));
+        self.leases_changed.notify_one();
         *self.sync.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.sync.notify.notify_one();
         // Finish removing mounts a crash interrupted.
@@ -526,6 +551,10 @@ impl Core {
         }
         self.validate_mount(kind, &config)?;
         let _guard = self.admin.lock().await;
+        let mut config = config;
+        if kind == engine_ops::MOUNT_KIND {
+            self.resolve_plugin_config(&mut config).await?;
+        }
         let mut table = (*self.loaded()?.table()).clone();
         let entry = MountEntry {
             id: uuid::Uuid::new_v4().to_string(),
@@ -539,20 +568,30 @@ impl Core {
         // Path checks first, then the cloud's health check, then the write.
         table.add(entry.clone())?;
         let opened = self.open_cloud(kind, &entry.config, true).await?;
+        let engine = if kind == engine_ops::MOUNT_KIND { Some(self.open_plugin(&entry).await?) } else { None };
         self.store_mounts(table).await?;
         if let Some(c) = opened {
             self.loaded()?.clouds.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), Arc::new(c));
+        }
+        if let Some(e) = engine {
+            self.loaded()?.engines.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), e);
         }
         Ok(entry)
     }
 
     fn validate_mount(&self, kind: &str, config: &BTreeMap<String, String>) -> Result<()> {
+        if kind == engine_ops::MOUNT_KIND {
+            return self.validate_plugin_config(config);
+        }
         if cloud::cloud_of(kind).is_none() {
             return mounts::validate_config(kind, config).map_err(|e| match e {
                 Error::InvalidArgument(m) if m.starts_with("unknown mount type") => {
                     Error::InvalidArgument(format!("unknown mount type {kind:?}; this server supports: {}", {
                         let mut k = vec!["local"];
                         k.extend(self.config.providers.as_ref().map(|p| p.kinds()).unwrap_or_default());
+                        if self.config.plugins.is_some() {
+                            k.push(engine_ops::MOUNT_KIND);
+                        }
                         k.join(", ")
                     }))
                 }
@@ -630,7 +669,22 @@ impl Core {
             }
         }
         self.validate_mount(&entry.kind, &config)?;
+        if entry.kind == engine_ops::MOUNT_KIND {
+            if config.get("plugin") != entry.config.get("plugin") {
+                return Err(Error::InvalidArgument(
+                    "a mount's plugin cannot change; tune sha256 to upgrade it, or mount the other plugin elsewhere"
+                        .into(),
+                ));
+            }
+            self.resolve_plugin_config(&mut config).await?;
+        }
         let reopened = self.open_cloud(&entry.kind, &config, true).await?;
+        let engine = if entry.kind == engine_ops::MOUNT_KIND {
+            let probe = MountEntry { config: config.clone(), ..entry.clone() };
+            Some(self.open_plugin(&probe).await?)
+        } else {
+            None
+        };
         entry.config = config;
         if let Some(d) = description {
             entry.description = d.to_string();
@@ -639,6 +693,9 @@ impl Core {
         self.store_mounts(table).await?;
         if let Some(c) = reopened {
             self.loaded()?.clouds.write().unwrap_or_else(|p| p.into_inner()).insert(updated.id.clone(), Arc::new(c));
+        }
+        if let Some(e) = engine {
+            self.loaded()?.engines.write().unwrap_or_else(|p| p.into_inner()).insert(updated.id.clone(), e);
         }
         Ok(updated)
     }
@@ -650,12 +707,19 @@ impl Core {
         self.authorize(caller, &id, &format!("sys/mounts/{path}"), Capability::Delete).await?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.loaded()?.table()).clone();
+        if table.get(&path).is_some_and(|m| m.kind == engine_ops::MOUNT_KIND) {
+            // As in Vault: a mount's credentials are revoked before it goes.
+            self.revoke_under(&path, &caller.request_id).await.map_err(|e| {
+                Error::FailedPrecondition(format!("{path} was not disabled: its leases must be revoked first: {e}"))
+            })?;
+        }
         let entry = table.get_mut(&path)?;
         entry.deleting = true;
         let entry = entry.clone();
         self.store_mounts(table).await?;
         // A cloud mount's secrets stay in the cloud; only the client goes.
         self.loaded()?.clouds.write().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
+        self.loaded()?.engines.write().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
         self.purge_mount(&entry).await
     }
 
@@ -696,6 +760,12 @@ impl Core {
         })?;
         if cloud::cloud_of(&mount.kind).is_some() {
             return Ok((Engine::Cloud(self.cloud_mount(mount).await?), mount, rel));
+        }
+        if mount.kind == engine_ops::MOUNT_KIND {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a plugin mount: reach it with `keybridge read|write|delete|list` (keybridge.v1.Logical), not the KV API",
+                mount.path
+            )));
         }
         let settings = mounts::local_settings(&mount.config)?;
         let cap = if settings.max_value_bytes > 0 {
@@ -1037,6 +1107,10 @@ mod audit_ops;
 #[path = "auth_methods.rs"]
 mod auth_methods;
 pub use auth_methods::{AuthMount, login_audit};
+#[path = "engine_ops.rs"]
+pub(crate) mod engine_ops;
+#[path = "lease_ops.rs"]
+mod lease_ops;
 #[path = "policies.rs"]
 mod policies;
 #[path = "rotation_ops.rs"]
@@ -1060,6 +1134,10 @@ mod auth_tests;
 #[cfg(test)]
 #[path = "sync_tests.rs"]
 mod sync_tests;
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod engine_tests;
 
 /// The backend a secret path routes to.
 enum Engine<'a> {

@@ -53,6 +53,13 @@ pub enum Error {
     /// A cloud failed in a way Keybridge does not know.
     #[error("{0}")]
     CloudFailed(String),
+    /// Ran past a time limit (a plugin's `timeout`).
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// Something failed inside the gateway or an engine; the message says
+    /// what (never secret values).
+    #[error("{0}")]
+    Internal(String),
     /// Stored state that cannot be decoded: a bug or corruption.
     #[error("corrupt entry at {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -76,6 +83,8 @@ impl Error {
             Error::CloudFailed(_) => "INTERNAL",
             Error::Contention(_) => "ABORTED",
             Error::AuditResponseFailed(_) | Error::Storage(_) | Error::Corrupt { .. } => "INTERNAL",
+            Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
+            Error::Internal(_) => "INTERNAL",
         }
     }
 }

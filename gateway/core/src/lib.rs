@@ -23,6 +23,9 @@ mod time;
 pub mod token;
 pub mod value;
 
+pub use crate::core::engine_ops::{
+    LeaseView, LogicalOp, LogicalResponse, MAX_COMPONENT_BYTES, PathHelp, PluginVersion,
+};
 pub use crate::core::rotation_ops::{CopyState, RotateSpec, Rotation, RotationState, RotationVerifier, Schedule};
 pub use crate::core::sync_ops::{RuleSpec, SyncStatus};
 pub use crate::core::{AuthMount, Core, CoreConfig, InitResult, SealStatus, TokenRef, TokenRequest, login_audit};

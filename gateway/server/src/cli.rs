@@ -96,6 +96,26 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         every: Option<std::time::Duration>,
     },
+    /// Read an engine path: `read apikeys/issue/ci ttl=1h`.
+    Read {
+        path: String,
+        /// key=value parameters (`@file` reads a file, `-` stdin).
+        params: Vec<String>,
+    },
+    /// Write to an engine path: `write apikeys/roles/ci scopes=read,write`.
+    Write { path: String, params: Vec<String> },
+    /// Delete at an engine path.
+    Delete { path: String },
+    /// List below an engine path.
+    List { path: String },
+    /// What the engine says about a path (or about itself, for its mount).
+    PathHelp { path: String },
+    /// Leases of engine-issued credentials: list, lookup, renew, revoke.
+    #[command(subcommand)]
+    Lease(crate::cli_logical::LeaseCommand),
+    /// The plugin catalog: register, list, delete WebAssembly components.
+    #[command(subcommand)]
+    Plugin(crate::cli_logical::PluginCommand),
     /// Exchange a service-account token or OIDC JWT for a Keybridge token:
     /// `login kubernetes --role app-service --jwt @/var/run/secrets/kubernetes.io/serviceaccount/token`.
     Login {
@@ -310,6 +330,9 @@ pub enum MountCommand {
         kind: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// For --type plugin: the registered plugin to run (same as plugin=NAME).
+        #[arg(long)]
+        plugin: Option<String>,
     },
     Disable {
         path: String,
@@ -437,6 +460,10 @@ impl Client {
 
     pub(crate) fn audit(&self) -> pb::audit_client::AuditClient<Channel> {
         pb::audit_client::AuditClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     pub(crate) fn json(&self) -> bool {
@@ -819,8 +846,11 @@ pub async fn mount(c: &Client, cmd: MountCommand) -> Result<(), Error> {
                 }
             }
         }
-        MountCommand::Enable { path, config, kind, description } => {
-            let config = parse_pairs(&config, "mount setting")?;
+        MountCommand::Enable { path, config, kind, description, plugin } => {
+            let mut config = parse_pairs(&config, "mount setting")?;
+            if let Some(p) = plugin {
+                config.insert("plugin".into(), p);
+            }
             let m = c
                 .sys()
                 .enable_mount(c.req(pb::EnableMountRequest {

@@ -3,6 +3,7 @@
 mod cli;
 mod cli_audit;
 mod cli_auth;
+mod cli_logical;
 mod cli_sync;
 mod config;
 mod error;
@@ -10,6 +11,7 @@ mod hygiene;
 mod ratelimit;
 mod server;
 mod service;
+mod service_logical;
 mod service_sync;
 mod verify;
 
@@ -100,6 +102,13 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     let a = cli_sync::RotateArgs { path, field, length, grace, wait, timeout, every };
                     cli_sync::rotate(&c, a).await.map(|()| exit::OK)
                 }
+                Command::Read { path, params } => cli_logical::read(&c, path, params).await.map(|()| exit::OK),
+                Command::Write { path, params } => cli_logical::write(&c, path, params).await.map(|()| exit::OK),
+                Command::Delete { path } => cli_logical::delete(&c, path).await.map(|()| exit::OK),
+                Command::List { path } => cli_logical::list(&c, path).await.map(|()| exit::OK),
+                Command::PathHelp { path } => cli_logical::path_help(&c, path).await.map(|()| exit::OK),
+                Command::Lease(cmd) => cli_logical::lease(&c, cmd).await.map(|()| exit::OK),
+                Command::Plugin(cmd) => cli_logical::plugin(&c, cmd).await.map(|()| exit::OK),
                 Command::Login { path, role, jwt } => cli_auth::login(&c, path, role, jwt).await.map(|()| exit::OK),
                 Command::Server(_) => Err(Error::Usage("the server command takes no client connection".into())),
             }

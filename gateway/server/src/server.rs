@@ -60,6 +60,16 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     }
 
     let (physical, staging_dir) = open_store(&config.storage)?;
+    #[cfg(feature = "wasm")]
+    fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::engine::PluginRuntime>>, Error> {
+        let host = keybridge_wasm_host::WasmHost::new(keybridge_wasm_host::HostConfig::default())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        Ok(Some(Arc::new(host)))
+    }
+    #[cfg(not(feature = "wasm"))]
+    fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::engine::PluginRuntime>>, Error> {
+        Ok(None)
+    }
     let policy_check = match &config.policy_check_rego {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -79,6 +89,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
             rotation_verify: config.rotation_verify_command.clone().map(|argv| {
                 Arc::new(crate::verify::CommandVerifier { argv }) as Arc<dyn keybridge_core::RotationVerifier>
             }),
+            plugins: plugin_runtime()?,
         },
     ));
 
@@ -125,6 +136,15 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .max_encoding_message_size(max);
     // The reconciler: idle while sealed, replicating and scanning otherwise.
     tokio::spawn(core.clone().sync_worker());
+    tokio::spawn(core.clone().lease_worker());
+    let logical = pb::logical_server::LogicalServer::new(crate::service_logical::LogicalService { core: core.clone() })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max.max(16 << 20));
+    let leases = pb::leases_server::LeasesServer::new(crate::service_logical::LeasesService { core: core.clone() })
+        .max_decoding_message_size(max);
+    // Components arrive in chunks; each message stays under the usual limit.
+    let plugins = pb::plugins_server::PluginsServer::new(crate::service_logical::PluginsService { core: core.clone() })
+        .max_decoding_message_size(max.max(4 << 20));
 
     // SIGHUP: audit devices reopen their files (after logrotate moved them).
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -216,6 +236,9 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .add_service(audit)
         .add_service(auth)
         .add_service(sync)
+        .add_service(logical)
+        .add_service(leases)
+        .add_service(plugins)
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await?;
     // Audit devices write their last checkpoint.

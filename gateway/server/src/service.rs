@@ -35,6 +35,8 @@ pub fn status(e: CoreError) -> Status {
         CoreError::ResourceExhausted(m) => Status::resource_exhausted(m),
         CoreError::CloudUnauthenticated(m) => Status::unauthenticated(m),
         CoreError::CloudFailed(m) => Status::internal(m),
+        CoreError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+        CoreError::Internal(m) => Status::internal(m),
         e @ (CoreError::Storage(_) | CoreError::Corrupt { .. }) => {
             tracing::error!(error = %e, "internal error");
             Status::internal(format!("internal error: {e}"))
@@ -80,7 +82,7 @@ pub(crate) fn plain(v: impl Into<serde_json::Value>) -> AuditValue {
 }
 
 /// Audits a request the gateway refuses before the core sees it.
-async fn refuse(core: &Core, c: &Caller, msg: &str) -> Status {
+pub(crate) async fn refuse(core: &Core, c: &Caller, msg: &str) -> Status {
     let r: Result<(), CoreError> = Err(CoreError::InvalidArgument(msg.to_string()));
     match core.finish(c, r, |_| Vec::new()).await {
         Err(e) => status(e),

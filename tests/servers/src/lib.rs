@@ -12,6 +12,8 @@
 //! - [`secretmanager`]: a GCP Secret Manager v1 REST server that honours
 //!   `pageSize`, keeps annotations and aliases and checks CRC32C, where
 //!   drongo does not.
+//! - [`saas`]: a third-party service that creates and deletes API keys, for
+//!   the example `saas` WASM engine.
 //! - [`process`]: third-party test servers (moto, drongo) as child
 //!   processes on free ports.
 
@@ -19,4 +21,5 @@ pub mod issuer;
 pub mod keyvault;
 pub mod kubernetes;
 pub mod process;
+pub mod saas;
 pub mod secretmanager;

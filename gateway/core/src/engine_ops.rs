@@ -1,0 +1,615 @@
+//! Engine mounts: the plugin catalog, mounting a registered component, and
+//! the `Logical` operations (read, write, delete, list) that reach engines.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use keybridge_barrier::WriteBatch;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use zeroize::Zeroizing;
+
+use super::{Capability, Core, encode_json};
+use crate::audit::Caller;
+use crate::engine::{
+    self, Backend, CallContext, EngineError, EngineInfo, EngineRequest, EngineStorage, Operation, Params,
+    PluginRuntime, PluginSpec,
+};
+use crate::mounts::MountEntry;
+use crate::token::Identity;
+use crate::{Error, Result, Timestamp};
+
+const CATALOG: &str = "core/plugins/";
+const BLOBS: &str = "core/plugin-blobs/";
+/// The largest component the catalog takes.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+/// Config keys of a plugin mount the core reads.
+pub const PLUGIN_KEYS: &[(&str, &str)] = &[
+    ("plugin", "the registered plugin's name (required)"),
+    ("sha256", "the registered version to run (default: the latest registered); changing it upgrades the mount"),
+    ("default_lease_ttl", "lease TTL when the engine gives none (default 1h)"),
+    ("max_lease_ttl", "the longest any lease of this mount may live (default 768h)"),
+];
+pub const MOUNT_KIND: &str = "plugin";
+
+/// One registered version of a plugin.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PluginVersion {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub registered: Timestamp,
+    pub engine: String,
+    pub engine_version: String,
+    pub description: String,
+    pub rotates: bool,
+    pub paths: Vec<String>,
+}
+
+/// What a Logical request asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogicalOp {
+    Read,
+    Write,
+    Delete,
+    List,
+}
+
+impl LogicalOp {
+    fn name(self) -> &'static str {
+        match self {
+            LogicalOp::Read => "read",
+            LogicalOp::Write => "write",
+            LogicalOp::Delete => "delete",
+            LogicalOp::List => "list",
+        }
+    }
+}
+
+/// A lease as callers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    pub lease_id: String,
+    pub ttl_secs: u64,
+    pub renewable: bool,
+    pub issued: Timestamp,
+    pub expires: Timestamp,
+    pub max_expires: Timestamp,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct LogicalResponse {
+    pub data: Params,
+    pub lease: Option<LeaseView>,
+    pub warnings: Vec<String>,
+}
+
+/// An engine's description of a path, for `path-help`.
+#[derive(Clone, Debug)]
+pub struct PathHelp {
+    pub mount: String,
+    pub engine: EngineInfo,
+    /// The pattern serving the path asked about; `None`: the whole engine.
+    pub matched: Option<String>,
+}
+
+pub(crate) fn validate_plugin_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid plugin name {name:?}: 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        )))
+    }
+}
+
+fn validate_digest(d: &str) -> Result<()> {
+    if d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid SHA-256 {d:?}: give 64 lowercase hex digits, as `sha256sum FILE` prints them"
+        )))
+    }
+}
+
+/// How an engine's failure reaches the caller.
+pub(crate) fn engine_error(e: EngineError) -> Error {
+    match e {
+        EngineError::InvalidInput(m) => Error::InvalidArgument(m),
+        EngineError::NotFound(m) => Error::NotFound(m),
+        EngineError::Denied(m) => Error::PermissionDenied(m),
+        EngineError::Unavailable(m) => Error::Unavailable(m),
+        EngineError::Unsupported(m) => Error::Unimplemented(m),
+        EngineError::Internal(m) => Error::Internal(format!("the engine failed: {m}")),
+        e @ EngineError::Trapped(_) => Error::Internal(e.to_string()),
+        EngineError::Deadline(m) => Error::DeadlineExceeded(m),
+        EngineError::Exhausted(m) => Error::ResourceExhausted(m),
+        EngineError::BadComponent(m) => Error::InvalidArgument(m),
+    }
+}
+
+/// A mount's engine storage: keys under the mount's own prefix, through the
+/// barrier.
+pub(crate) struct MountStorage {
+    barrier: Arc<keybridge_barrier::Barrier>,
+    prefix: String,
+}
+
+const STORAGE_LIST_MAX: usize = 10_000;
+
+#[async_trait::async_trait]
+impl EngineStorage for MountStorage {
+    async fn get(&self, key: &str) -> std::result::Result<Option<Zeroizing<Vec<u8>>>, String> {
+        self.barrier.get(&format!("{}{key}", self.prefix)).await.map_err(|e| format!("storage: {e}"))
+    }
+
+    async fn put(&self, key: &str, value: &[u8]) -> std::result::Result<(), String> {
+        let mut b = WriteBatch::new();
+        b.put(format!("{}{key}", self.prefix), Zeroizing::new(value.to_vec()));
+        self.barrier.commit(b).await.map_err(|e| format!("storage: {e}"))
+    }
+
+    async fn delete(&self, key: &str) -> std::result::Result<(), String> {
+        let mut b = WriteBatch::new();
+        b.delete(format!("{}{key}", self.prefix));
+        self.barrier.commit(b).await.map_err(|e| format!("storage: {e}"))
+    }
+
+    async fn list(&self, prefix: &str) -> std::result::Result<Vec<String>, String> {
+        let full = format!("{}{prefix}", self.prefix);
+        let mut out: Vec<String> = Vec::new();
+        let mut start: Option<String> = None;
+        loop {
+            let keys = self.barrier.list(&full, start.as_deref(), 512).await.map_err(|e| format!("storage: {e}"))?;
+            let n = keys.len();
+            for k in &keys {
+                let rest = &k[full.len()..];
+                let child = match rest.find('/') {
+                    Some(i) => &rest[..=i],
+                    None => rest,
+                };
+                if out.last().map(String::as_str) != Some(child) {
+                    out.push(child.to_string());
+                }
+            }
+            if n < 512 || out.len() >= STORAGE_LIST_MAX {
+                break;
+            }
+            // Skip past the last key (keys are sorted; start is inclusive).
+            start = keys.last().map(|k| format!("{k}\0"));
+        }
+        out.dedup();
+        Ok(out)
+    }
+}
+
+impl Core {
+    pub(crate) fn plugin_runtime(&self) -> Result<&Arc<dyn PluginRuntime>> {
+        self.config.plugins.as_ref().ok_or_else(|| {
+            Error::Unimplemented("this server was built without the WASM engine host (cargo feature wasm)".into())
+        })
+    }
+
+    // ----- catalog -------------------------------------------------------------
+
+    /// Stores a component under `name` after checking its digest and that it
+    /// fits the contract. Registering the same bytes again changes nothing.
+    pub async fn register_plugin(
+        &self,
+        caller: &Caller,
+        name: &str,
+        sha256: &str,
+        component: &[u8],
+    ) -> Result<PluginVersion> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, &format!("sys/plugins/catalog/{name}"), Capability::Sudo).await?;
+        validate_plugin_name(name)?;
+        let sha256 = sha256.trim().to_ascii_lowercase();
+        validate_digest(&sha256)?;
+        if component.len() > MAX_COMPONENT_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "the component is {} bytes; the catalog takes at most {MAX_COMPONENT_BYTES}",
+                component.len()
+            )));
+        }
+        let actual = hex::encode(sha2::Sha256::digest(component));
+        if actual != sha256 {
+            return Err(Error::InvalidArgument(format!(
+                "the uploaded file's SHA-256 is {actual}, not the {sha256} given: refusing it (a changed or truncated file?)"
+            )));
+        }
+        let info = self.plugin_runtime()?.inspect(&sha256, component).await.map_err(engine_error)?;
+        let v = PluginVersion {
+            name: name.to_string(),
+            sha256: sha256.clone(),
+            size: component.len() as u64,
+            registered: Timestamp::now(),
+            engine: info.name.clone(),
+            engine_version: info.version.clone(),
+            description: info.description.clone(),
+            rotates: info.rotates,
+            paths: info.paths.iter().map(|p| p.pattern.clone()).collect(),
+        };
+        let key = format!("{CATALOG}{name}/{sha256}");
+        if let Some(raw) = self.barrier.get(&key).await? {
+            return serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() });
+        }
+        let mut b = WriteBatch::new();
+        b.put(key, encode_json(&v)).put(format!("{BLOBS}{sha256}"), Zeroizing::new(component.to_vec()));
+        self.barrier.commit(b).await?;
+        Ok(v)
+    }
+
+    async fn catalog(&self, name: Option<&str>) -> Result<Vec<PluginVersion>> {
+        let prefix = match name {
+            Some(n) => format!("{CATALOG}{n}/"),
+            None => CATALOG.to_string(),
+        };
+        let mut out = Vec::new();
+        for key in self.barrier.list(&prefix, None, 100_000).await? {
+            let Some(raw) = self.barrier.get(&key).await? else { continue };
+            out.push(
+                serde_json::from_slice::<PluginVersion>(&raw)
+                    .map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?,
+            );
+        }
+        out.sort_by(|a, b| (&a.name, a.registered).cmp(&(&b.name, b.registered)));
+        Ok(out)
+    }
+
+    pub async fn list_plugins(&self, caller: &Caller, name: Option<&str>) -> Result<Vec<PluginVersion>> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/plugins/catalog", Capability::Read).await?;
+        if let Some(n) = name {
+            validate_plugin_name(n)?;
+        }
+        self.catalog(name).await
+    }
+
+    /// Removes one version (or all) of a plugin that no mount runs.
+    pub async fn delete_plugin(&self, caller: &Caller, name: &str, sha256: Option<&str>) -> Result<usize> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, &format!("sys/plugins/catalog/{name}"), Capability::Sudo).await?;
+        validate_plugin_name(name)?;
+        if let Some(d) = sha256 {
+            validate_digest(d)?;
+        }
+        let _guard = self.admin.lock().await;
+        let versions: Vec<PluginVersion> =
+            self.catalog(Some(name)).await?.into_iter().filter(|v| sha256.is_none_or(|d| d == v.sha256)).collect();
+        if versions.is_empty() {
+            return Err(Error::NotFound(format!(
+                "no registered plugin {name}{}",
+                sha256.map(|d| format!(" with SHA-256 {d}")).unwrap_or_default()
+            )));
+        }
+        let table = self.loaded()?.table();
+        let users: Vec<&str> = table
+            .entries
+            .iter()
+            .filter(|m| m.kind == MOUNT_KIND && !m.deleting)
+            .filter(|m| versions.iter().any(|v| m.config.get("sha256") == Some(&v.sha256)))
+            .map(|m| m.path.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "plugin {name} is in use by mounts {}; disable them or tune them to another version first",
+                users.join(", ")
+            )));
+        }
+        let all = self.catalog(None).await?;
+        let mut b = WriteBatch::new();
+        for v in &versions {
+            b.delete(format!("{CATALOG}{}/{}", v.name, v.sha256));
+            // The bytes stay while another name registered the same digest.
+            if !all.iter().any(|o| o.sha256 == v.sha256 && o.name != v.name) {
+                b.delete(format!("{BLOBS}{}", v.sha256));
+            }
+        }
+        self.barrier.commit(b).await?;
+        Ok(versions.len())
+    }
+
+    // ----- plugin mounts ------------------------------------------------------------
+
+    /// Checks a plugin mount's config without IO.
+    pub(crate) fn validate_plugin_config(&self, config: &BTreeMap<String, String>) -> Result<()> {
+        let rt = self.plugin_runtime()?;
+        let name = config.get("plugin").ok_or_else(|| {
+            Error::InvalidArgument("a plugin mount needs plugin=NAME (see `keybridge plugin list`)".into())
+        })?;
+        validate_plugin_name(name)?;
+        if let Some(d) = config.get("sha256") {
+            validate_digest(d)?;
+        }
+        for k in ["default_lease_ttl", "max_lease_ttl"] {
+            if let Some(v) = config.get(k)
+                && engine::parse_duration(v).is_none_or(|d| d == 0)
+            {
+                return Err(Error::InvalidArgument(format!("mount config {k}={v:?}: expected a duration such as 1h")));
+            }
+        }
+        rt.validate_host_config(config).map_err(Error::InvalidArgument)
+    }
+
+    /// Fills in `sha256` (the latest registered version) and checks the
+    /// engine takes the remaining keys.
+    pub(crate) async fn resolve_plugin_config(&self, config: &mut BTreeMap<String, String>) -> Result<()> {
+        let name = config.get("plugin").cloned().unwrap_or_default();
+        let versions = self.catalog(Some(&name)).await?;
+        let v = match config.get("sha256") {
+            Some(d) => versions.iter().find(|v| &v.sha256 == d).ok_or_else(|| {
+                Error::NotFound(format!("plugin {name} has no registered version with SHA-256 {d}"))
+            })?,
+            None => versions.iter().max_by_key(|v| v.registered).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no plugin named {name} is registered; register it first: keybridge plugin register {name} --sha256 DIGEST FILE"
+                ))
+            })?,
+        };
+        config.insert("sha256".into(), v.sha256.clone());
+        Ok(())
+    }
+
+    /// The engine's own part of a mount config.
+    fn engine_config(&self, mount: &MountEntry) -> Vec<(String, String)> {
+        let host: Vec<&str> =
+            self.config.plugins.as_ref().map(|r| r.host_keys().iter().map(|(k, _)| *k).collect()).unwrap_or_default();
+        mount
+            .config
+            .iter()
+            .filter(|(k, _)| !PLUGIN_KEYS.iter().any(|(p, _)| p == k) && !host.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Builds a mount's engine from the catalog, and checks the engine
+    /// accepts its config keys.
+    pub(crate) async fn open_plugin(&self, mount: &MountEntry) -> Result<Arc<dyn Backend>> {
+        let rt = self.plugin_runtime()?;
+        let digest = mount.config.get("sha256").cloned().unwrap_or_default();
+        let blob = self.barrier.get(&format!("{BLOBS}{digest}")).await?.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "the component {digest} of mount {} is no longer in the catalog; register it again",
+                mount.path
+            ))
+        })?;
+        let engine_config: BTreeMap<String, String> = self.engine_config(mount).into_iter().collect();
+        let host_config: BTreeMap<String, String> = mount
+            .config
+            .iter()
+            .filter(|(k, _)| !PLUGIN_KEYS.iter().any(|(p, _)| p == k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let storage = Arc::new(MountStorage { barrier: self.barrier.clone(), prefix: mount.storage_prefix() });
+        let backend = rt
+            .open(PluginSpec { digest: &digest, component: &blob, config: &host_config, storage })
+            .await
+            .map_err(engine_error)?;
+        let info = backend.info();
+        let unknown: Vec<&str> = engine_config
+            .keys()
+            .filter(|k| !info.config_keys.iter().any(|f| &f.name == *k))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            let mut known: Vec<&str> = PLUGIN_KEYS.iter().map(|(k, _)| *k).collect();
+            known.extend(rt.host_keys().iter().map(|(k, _)| *k));
+            known.extend(info.config_keys.iter().map(|f| f.name.as_str()));
+            return Err(Error::InvalidArgument(format!(
+                "unknown config key(s) {} for a {} mount; known keys: {}",
+                unknown.join(", "),
+                info.name,
+                known.join(", ")
+            )));
+        }
+        for f in info.config_keys.iter().filter(|f| f.required) {
+            if !engine_config.contains_key(&f.name) {
+                return Err(Error::InvalidArgument(format!(
+                    "the {} engine needs config {}=... ({})",
+                    info.name, f.name, f.description
+                )));
+            }
+        }
+        Ok(backend)
+    }
+
+    /// A mount's engine, built on first use after unseal.
+    pub(crate) async fn plugin_backend(&self, mount: &MountEntry) -> Result<Arc<dyn Backend>> {
+        let loaded = self.loaded()?;
+        if let Some(b) = loaded.engines.read().unwrap_or_else(|p| p.into_inner()).get(&mount.id) {
+            return Ok(b.clone());
+        }
+        let built = self.open_plugin(mount).await?;
+        Ok(loaded.engines.write().unwrap_or_else(|p| p.into_inner()).entry(mount.id.clone()).or_insert(built).clone())
+    }
+
+    pub(crate) fn call_context(&self, mount: &MountEntry, caller: &Caller, who: &str) -> CallContext {
+        CallContext {
+            mount_path: mount.path.clone(),
+            config: self.engine_config(mount),
+            request_id: caller.request_id.clone(),
+            caller: who.to_string(),
+        }
+    }
+
+    // ----- Logical ---------------------------------------------------------------------
+
+    /// Routes `path` to its plugin mount and matches it against the engine's
+    /// patterns.
+    async fn logical_route(&self, path: &str) -> Result<(MountEntry, String, Arc<dyn Backend>)> {
+        if path.is_empty()
+            || path.len() > 1024
+            || path.starts_with('/')
+            || path.split('/').any(|s| s == "." || s == "..")
+        {
+            return Err(Error::InvalidArgument(format!(
+                "invalid path {path:?}: give MOUNT/PATH, without a leading '/' or '.' segments, at most 1024 bytes"
+            )));
+        }
+        let table = self.loaded()?.table();
+        let (mount, rel) = table.route(path).ok_or_else(|| {
+            let known: Vec<&str> = table.entries.iter().map(|m| m.path.as_str()).collect();
+            Error::NotFound(format!("no mount serves {path:?}; mounts: {}", known.join(", ")))
+        })?;
+        if mount.kind != MOUNT_KIND {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a {} mount, which `read`/`write` do not serve; use `keybridge kv` (keybridge.v1.Secrets) for it",
+                mount.path, mount.kind
+            )));
+        }
+        let (mount, rel) = (mount.clone(), rel.to_string());
+        let backend = self.plugin_backend(&mount).await?;
+        Ok((mount, rel, backend))
+    }
+
+    /// A Logical request: authenticate, route, check the parameters against
+    /// the engine's fields, authorize (with the parameters, for policies'
+    /// parameter constraints), call the engine, record a lease.
+    pub async fn logical(
+        &self,
+        caller: &Caller,
+        op: LogicalOp,
+        path: &str,
+        data: BTreeMap<String, String>,
+    ) -> Result<LogicalResponse> {
+        let id = self.authenticate(caller).await?;
+        let (mount, rel, backend) = self.logical_route(path).await?;
+        let info = backend.info();
+        let m = engine::match_path(info, &rel).ok_or_else(|| {
+            let pats: Vec<String> = info.paths.iter().map(|p| format!("{}{}", mount.path, p.pattern)).collect();
+            Error::NotFound(format!("the {} engine serves no path {path:?}; its paths: {}", info.name, pats.join(", ")))
+        })?;
+        let wants: &[Operation] = match op {
+            LogicalOp::Read => &[Operation::Read],
+            LogicalOp::Write => &[Operation::Create, Operation::Update],
+            LogicalOp::Delete => &[Operation::Delete],
+            LogicalOp::List => &[Operation::List],
+        };
+        if !m.info.operations.iter().any(|o| wants.contains(o)) {
+            let has: Vec<&str> = m.info.operations.iter().map(|o| o.name()).collect();
+            return Err(Error::Unimplemented(format!(
+                "{}{} does not support {}; it supports: {}",
+                mount.path,
+                m.info.pattern,
+                op.name(),
+                has.join(", ")
+            )));
+        }
+        let given: Vec<(String, String)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut operation = wants[0];
+        let params = engine::check_params(&m, operation, &data).map_err(Error::InvalidArgument)?;
+        let ctx = self.call_context(&mount, caller, &id.display_name);
+        let mut req = EngineRequest { operation, path: rel.clone(), pattern: m.info.pattern.clone(), params };
+        if op == LogicalOp::Write {
+            let can = |o| m.info.operations.contains(&o);
+            operation = if m.info.existence_check {
+                if backend.exists(&ctx, &req).await.map_err(engine_error)? {
+                    Operation::Update
+                } else {
+                    Operation::Create
+                }
+            } else if can(Operation::Update) {
+                Operation::Update
+            } else {
+                Operation::Create
+            };
+            if !can(operation) {
+                return Err(Error::Unimplemented(format!(
+                    "{}{} does not support {} (the path {})",
+                    mount.path,
+                    m.info.pattern,
+                    operation.name(),
+                    if operation == Operation::Create { "does not exist yet" } else { "exists already" }
+                )));
+            }
+            req.operation = operation;
+        }
+        let cap = match operation {
+            Operation::Read => Capability::Read,
+            Operation::Create => Capability::Create,
+            Operation::Update => Capability::Update,
+            Operation::Delete => Capability::Delete,
+            Operation::List => Capability::List,
+        };
+        let pairs: Vec<(&str, &str)> = given.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.authorize_params(caller, &id, path.trim_end_matches('/'), cap, &pairs).await?;
+        let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
+        let lease = match resp.lease {
+            None => None,
+            Some(l) => Some(self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l).await?),
+        };
+        Ok(LogicalResponse { data: resp.data.clone(), lease, warnings: resp.warnings.clone() })
+    }
+
+    /// What the engine behind `path` says about it (or about itself, for the
+    /// mount's own path).
+    pub async fn path_help(&self, caller: &Caller, path: &str) -> Result<PathHelp> {
+        let id = self.authenticate(caller).await?;
+        let (mount, rel, backend) = self.logical_route(path).await?;
+        // Vault: help needs any capability on the path; read is the one here.
+        self.authorize(caller, &id, path.trim_end_matches('/'), Capability::Read).await?;
+        let info = backend.info().clone();
+        let matched = if rel.is_empty() {
+            None
+        } else {
+            Some(
+                engine::match_path(&info, &rel)
+                    .ok_or_else(|| Error::NotFound(format!("the {} engine serves no path {path:?}", info.name)))?
+                    .info
+                    .pattern
+                    .clone(),
+            )
+        };
+        Ok(PathHelp { mount: mount.path, engine: info, matched })
+    }
+
+    /// Authorizes with request parameters, checked against the policy's
+    /// parameter constraints.
+    pub(crate) async fn authorize_params(
+        &self,
+        caller: &Caller,
+        id: &Identity,
+        path: &str,
+        cap: Capability,
+        params: &[(&str, &str)],
+    ) -> Result<()> {
+        use keybridge_policy::{Decision, Request};
+        let decision = if id.is_root() {
+            Ok(())
+        } else {
+            let loaded = self.loaded()?;
+            let acl = self.acl_for(&loaded, &id.policies).await?;
+            let r =
+                Request { path, capability: Self::policy_capability(cap), parameters: params, check_parameters: true };
+            match acl.decide(&r) {
+                Decision::Allowed => Ok(()),
+                Decision::Denied(why) => Err(Error::PermissionDenied(why)),
+            }
+        };
+        if !self.auditing() {
+            return decision;
+        }
+        {
+            let mut st = caller.state();
+            st.auth = Some(crate::audit::AuthInfo::from(id));
+            st.acl_path = Some(path.to_string());
+            st.capability = Some(cap.name());
+        }
+        self.audit_request(caller, decision.as_ref().err()).await;
+        decision?;
+        if caller.state().audit_failed {
+            return Err(Error::AuditFailed(
+                "no enabled audit device could record the request, so it was not carried out".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,327 @@
+//! Engine mounts, Logical and leases, with a native engine standing in for
+//! a plugin (the WASM host is tested in its own crate and end to end).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use keybridge_barrier::{Barrier, RedbStore};
+
+use super::*;
+use crate::engine::*;
+use crate::{Caller, LogicalOp};
+
+/// Issues `cred-N` at `creds/{name}` with a lease of `ttl` seconds; counts
+/// revocations; fails the next `fail_revokes` of them.
+#[derive(Default)]
+struct Issuer {
+    issued: AtomicU32,
+    revoked: StdMutex<Vec<String>>,
+    fail_revokes: AtomicU32,
+}
+
+struct IssuerEngine {
+    info: EngineInfo,
+    state: Arc<Issuer>,
+}
+
+fn issuer_info() -> EngineInfo {
+    let f = |n: &str, k| Field { name: n.into(), kind: k, description: n.into(), required: false, default: None };
+    EngineInfo {
+        name: "issuer".into(),
+        version: "1".into(),
+        description: "test".into(),
+        paths: vec![
+            PathInfo {
+                pattern: "creds/{name}".into(),
+                synopsis: String::new(),
+                description: String::new(),
+                operations: vec![Operation::Read],
+                fields: vec![f("ttl", FieldKind::Duration), f("max_ttl", FieldKind::Duration)],
+                existence_check: false,
+            },
+            PathInfo {
+                pattern: "roles/{name}".into(),
+                synopsis: String::new(),
+                description: String::new(),
+                operations: vec![Operation::Create, Operation::Update, Operation::Read],
+                fields: vec![f("level", FieldKind::Int)],
+                existence_check: true,
+            },
+        ],
+        config_keys: vec![f("flavour", FieldKind::String)],
+        rotates: false,
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for IssuerEngine {
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+    async fn exists(&self, _ctx: &CallContext, req: &EngineRequest) -> Result<bool, EngineError> {
+        Ok(req.params.get("name") == Some("existing"))
+    }
+    async fn handle(&self, _ctx: &CallContext, req: &EngineRequest) -> Result<EngineResponse, EngineError> {
+        if req.pattern == "roles/{name}" {
+            return Ok(EngineResponse {
+                data: Params(vec![("op".into(), req.operation.name().into())]),
+                ..Default::default()
+            });
+        }
+        let n = self.state.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let ttl = req.params.get("ttl").and_then(|t| t.parse().ok()).unwrap_or(60);
+        let max = req.params.get("max_ttl").and_then(|t| t.parse().ok()).unwrap_or(0);
+        Ok(EngineResponse {
+            data: Params(vec![("secret".into(), format!("cred-{n}"))]),
+            lease: Some(LeaseRequest {
+                terms: LeaseTerms { ttl_secs: ttl, max_ttl_secs: max, renewable: true },
+                internal: Params(vec![("id".into(), format!("cred-{n}"))]),
+            }),
+            warnings: vec![],
+        })
+    }
+    async fn renew(&self, _ctx: &CallContext, lease: &LeaseInfo) -> Result<LeaseTerms, EngineError> {
+        Ok(LeaseTerms { ttl_secs: lease.increment.max(10), max_ttl_secs: 0, renewable: true })
+    }
+    async fn revoke(&self, _ctx: &CallContext, lease: &LeaseInfo) -> Result<(), EngineError> {
+        if self.state.fail_revokes.load(Ordering::SeqCst) > 0 {
+            self.state.fail_revokes.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::Unavailable("the service is down".into()));
+        }
+        self.state.revoked.lock().unwrap().push(lease.internal.get("id").unwrap_or_default().to_string());
+        Ok(())
+    }
+    async fn rotate(&self, _ctx: &CallContext, _path: &str, _params: &Params) -> Result<EngineResponse, EngineError> {
+        Err(EngineError::Unsupported("no".into()))
+    }
+}
+
+struct NativeRuntime(Arc<Issuer>);
+
+#[async_trait::async_trait]
+impl PluginRuntime for NativeRuntime {
+    async fn inspect(&self, _digest: &str, component: &[u8]) -> Result<EngineInfo, EngineError> {
+        if component.starts_with(b"bad") {
+            return Err(EngineError::BadComponent("not a WebAssembly component".into()));
+        }
+        Ok(issuer_info())
+    }
+    fn host_keys(&self) -> &'static [(&'static str, &'static str)] {
+        &[("timeout", "t")]
+    }
+    fn validate_host_config(&self, config: &BTreeMap<String, String>) -> Result<(), String> {
+        match config.get("timeout") {
+            Some(t) if t != "2s" => Err(format!("mount config timeout={t:?}: expected 2s")),
+            _ => Ok(()),
+        }
+    }
+    async fn open(&self, _spec: PluginSpec<'_>) -> Result<Arc<dyn Backend>, EngineError> {
+        Ok(Arc::new(IssuerEngine { info: issuer_info(), state: self.0.clone() }))
+    }
+}
+
+const COMPONENT: &[u8] = b"component bytes";
+
+fn digest(b: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b))
+}
+
+async fn core_with_issuer() -> (Core, Caller, Arc<Issuer>) {
+    let (core, t, issuer, _) = core_with_key().await;
+    (core, t, issuer)
+}
+
+async fn core_with_key() -> (Core, Caller, Arc<Issuer>, String) {
+    let issuer = Arc::new(Issuer::default());
+    let config = CoreConfig { plugins: Some(Arc::new(NativeRuntime(issuer.clone()))), ..Default::default() };
+    let core = Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), config);
+    let init = core.init(1, 1, Some("root-t"), true).await.unwrap();
+    let key = init.keys[0].to_string();
+    let t = Caller::token(Some("root-t"));
+    core.register_plugin(&t, "issuer", &digest(COMPONENT), COMPONENT).await.unwrap();
+    let cfg = [("plugin".to_string(), "issuer".to_string())].into();
+    core.enable_mount(&t, "creds/", "plugin", "", cfg).await.unwrap();
+    (core, t, issuer, key)
+}
+
+fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test]
+async fn the_catalog_checks_digests_and_components() {
+    let (core, t, _) = core_with_issuer().await;
+    let e = core.register_plugin(&t, "x", &digest(b"other"), COMPONENT).await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("refusing it")), "{e}");
+    let e = core.register_plugin(&t, "x", &digest(b"bad one"), b"bad one").await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("not a WebAssembly component")), "{e}");
+    let e = core.register_plugin(&t, "Bad Name", &digest(COMPONENT), COMPONENT).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)));
+    assert!(core.list_plugins(&t, Some("x")).await.unwrap().is_empty(), "a refused upload left something behind");
+    // The same bytes again: no new version.
+    core.register_plugin(&t, "issuer", &digest(COMPONENT), COMPONENT).await.unwrap();
+    let versions = core.list_plugins(&t, None).await.unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].engine, "issuer");
+    // In use: not deletable.
+    let e = core.delete_plugin(&t, "issuer", None).await.unwrap_err();
+    assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains("creds/")), "{e}");
+    // The mount pinned the digest.
+    let mounts = core.list_mounts(&t).await.unwrap();
+    let m = mounts.iter().find(|m| m.path == "creds/").unwrap();
+    assert_eq!(m.config.get("sha256"), Some(&digest(COMPONENT)));
+}
+
+#[tokio::test]
+async fn plugin_mount_configs_are_checked() {
+    let (core, t, _) = core_with_issuer().await;
+    let enable = |cfg: &[(&str, &str)]| {
+        let cfg: BTreeMap<String, String> = cfg.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        core.enable_mount(&t, "other/", "plugin", "", cfg)
+    };
+    let e = enable(&[]).await.unwrap_err();
+    assert!(e.to_string().contains("needs plugin=NAME"), "{e}");
+    let e = enable(&[("plugin", "nope")]).await.unwrap_err();
+    assert!(matches!(&e, Error::NotFound(m) if m.contains("register it first")), "{e}");
+    let e = enable(&[("plugin", "issuer"), ("timeout", "9s")]).await.unwrap_err();
+    assert!(e.to_string().contains("expected 2s"), "{e}");
+    let e = enable(&[("plugin", "issuer"), ("colour", "red")]).await.unwrap_err();
+    assert!(e.to_string().contains("unknown config key(s) colour") && e.to_string().contains("flavour"), "{e}");
+    let e = enable(&[("plugin", "issuer"), ("sha256", &"0".repeat(64))]).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
+    assert!(!core.list_mounts(&t).await.unwrap().iter().any(|m| m.path == "other/"), "a refused mount was added");
+    enable(&[("plugin", "issuer"), ("flavour", "mint"), ("timeout", "2s")]).await.unwrap();
+}
+
+#[tokio::test]
+async fn logical_checks_paths_parameters_and_operations() {
+    let (core, t, issuer) = core_with_issuer().await;
+    let e = core.logical(&t, LogicalOp::Read, "creds/nothing/here/x", BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, Error::NotFound(m) if m.contains("creds/creds/{name}")), "{e}");
+    let e = core.logical(&t, LogicalOp::Write, "creds/creds/a", BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, Error::Unimplemented(m) if m.contains("supports: read")), "{e}");
+    let e = core.logical(&t, LogicalOp::Read, "creds/creds/a", data(&[("ttl", "soon")])).await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("ttl")), "{e}");
+    let e = core.logical(&t, LogicalOp::Read, "creds/creds/a", data(&[("colour", "x")])).await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("unknown parameter")), "{e}");
+    assert_eq!(issuer.issued.load(Ordering::SeqCst), 0, "a refused request reached the engine");
+    let e = core.logical(&t, LogicalOp::Read, "secret/x", BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("local mount")), "{e}");
+    let e = core.get(&t, "creds/creds/a", None).await.err().unwrap();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("plugin mount")), "{e}");
+    // The existence check picks create or update.
+    let r = core.logical(&t, LogicalOp::Write, "creds/roles/new", data(&[("level", "1")])).await.unwrap();
+    assert_eq!(r.data.get("op"), Some("create"));
+    let r = core.logical(&t, LogicalOp::Write, "creds/roles/existing", data(&[("level", "1")])).await.unwrap();
+    assert_eq!(r.data.get("op"), Some("update"));
+}
+
+#[tokio::test]
+async fn policies_apply_to_engine_paths_with_parameter_constraints() {
+    let (core, root, _) = core_with_issuer().await;
+    let policy = r#"
+path "creds/creds/app" {
+  capabilities = ["read"]
+  allowed_parameters = { "ttl" = ["30", "60"] }
+}
+path "creds/roles/*" {
+  capabilities = ["update"]
+}
+"#;
+    core.put_policy(&root, "issue-app", policy).await.unwrap();
+    let tok = core
+        .create_token(&root, TokenRequest { policies: vec!["issue-app".into()], ..Default::default() })
+        .await
+        .unwrap();
+    let t = Caller::token(Some(tok.0.as_str()));
+    core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "30")])).await.unwrap();
+    let e = core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "3600")])).await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("ttl")), "{e}");
+    let e = core.logical(&t, LogicalOp::Read, "creds/creds/admin", BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)));
+    // Update is granted, create is not: the existence check decides.
+    core.logical(&t, LogicalOp::Write, "creds/roles/existing", BTreeMap::new()).await.unwrap();
+    let e = core.logical(&t, LogicalOp::Write, "creds/roles/new", BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("create")), "{e}");
+}
+
+#[tokio::test]
+async fn leases_are_recorded_renewed_and_revoked() {
+    let (core, t, issuer) = core_with_issuer().await;
+    let r =
+        core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "60"), ("max_ttl", "120")])).await.unwrap();
+    assert_eq!(r.data.get("secret"), Some("cred-1"));
+    let lease = r.lease.unwrap();
+    assert!(lease.lease_id.starts_with("creds/creds/app/"), "{}", lease.lease_id);
+    assert_eq!(lease.ttl_secs, 60);
+    assert_eq!(lease.max_expires.secs - lease.issued.secs, 120);
+    let listed = core.list_leases(&t, "creds/").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let renewed = core.renew_lease(&t, &lease.lease_id, 100).await.unwrap();
+    assert!(renewed.expires <= lease.max_expires, "renewed past the max TTL");
+    assert!(renewed.expires.secs > lease.expires.secs);
+    core.revoke_lease(&t, &lease.lease_id).await.unwrap();
+    assert_eq!(*issuer.revoked.lock().unwrap(), vec!["cred-1".to_string()]);
+    assert!(core.list_leases(&t, "").await.unwrap().is_empty());
+    let e = core.renew_lease(&t, &lease.lease_id, 10).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound(_)));
+    let e = core.revoke_lease(&t, "../x").await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)));
+    // By prefix.
+    for _ in 0..3 {
+        core.logical(&t, LogicalOp::Read, "creds/creds/batch", BTreeMap::new()).await.unwrap();
+    }
+    core.logical(&t, LogicalOp::Read, "creds/creds/other", BTreeMap::new()).await.unwrap();
+    assert_eq!(core.revoke_lease_prefix(&t, "creds/creds/batch").await.unwrap(), 3);
+    assert_eq!(core.list_leases(&t, "").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn expired_leases_are_revoked_with_retries_and_survive_a_reseal() {
+    let (core, t, issuer, key) = core_with_key().await;
+    issuer.fail_revokes.store(1, Ordering::SeqCst);
+    let r = core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "1")])).await.unwrap();
+    let id = r.lease.unwrap().lease_id;
+    // Sealed and unsealed: the lease is read back from the store.
+    core.seal(&t).await.unwrap();
+    assert!(matches!(core.lease_pass().await, Err(Error::Sealed)));
+    core.unseal(&key, false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    core.lease_pass().await.unwrap();
+    // The engine failed: the lease stays, with the error, for a retry.
+    let l = core.lookup_lease(&t, &id).await.unwrap();
+    assert_eq!(l.attempts, 1);
+    assert!(l.last_error.as_deref().unwrap_or_default().contains("the service is down"), "{l:?}");
+    assert!(issuer.revoked.lock().unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    core.lease_pass().await.unwrap();
+    assert_eq!(*issuer.revoked.lock().unwrap(), vec!["cred-1".to_string()]);
+    assert!(matches!(core.lookup_lease(&t, &id).await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_lease_that_cannot_be_recorded_revokes_its_credential() {
+    let (core, t, issuer) = core_with_issuer().await;
+    core.fail_lease_record.store(true, Ordering::SeqCst);
+    let e = core.logical(&t, LogicalOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, Error::Internal(m) if m.contains("the credential was revoked")), "{e}");
+    assert_eq!(*issuer.revoked.lock().unwrap(), vec!["cred-1".to_string()]);
+    core.fail_lease_record.store(false, Ordering::SeqCst);
+    assert!(core.list_leases(&t, "").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn disabling_a_mount_revokes_its_leases_first() {
+    let (core, t, issuer) = core_with_issuer().await;
+    core.logical(&t, LogicalOp::Read, "creds/creds/a", BTreeMap::new()).await.unwrap();
+    core.logical(&t, LogicalOp::Read, "creds/creds/b", BTreeMap::new()).await.unwrap();
+    issuer.fail_revokes.store(1, Ordering::SeqCst);
+    let e = core.disable_mount(&t, "creds/").await.unwrap_err();
+    assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains("leases must be revoked")), "{e}");
+    assert!(core.list_mounts(&t).await.unwrap().iter().any(|m| m.path == "creds/"));
+    core.disable_mount(&t, "creds/").await.unwrap();
+    assert_eq!(issuer.revoked.lock().unwrap().len(), 2);
+    assert!(core.list_leases(&t, "").await.unwrap().is_empty());
+}
