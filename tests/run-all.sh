@@ -5,13 +5,15 @@
 # The gateway tests start the real `keybridge` binary on loopback sockets
 # and use temporary directories. The cloud adapters' tests need moto's
 # server (PyPI `moto[server]`, AWS) and drongo (PyPI `drongo`, GCP),
-# installed here into a virtualenv under target/.
+# installed here into a virtualenv under target/. The WASM engine tests
+# need the wasm32-wasip2 target (added here) and the plugins built with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "==> toolchain: $(cargo --version)"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$' || rustup target add wasm32-wasip2
 
 VENV="target/test-venv"
 MOTO_VERSION="5.2.5"
@@ -24,6 +26,13 @@ if [ ! -x "$VENV/bin/python" ] || ! installed moto "$MOTO_VERSION" || ! installe
 fi
 export KEYBRIDGE_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
 export KEYBRIDGE_DRONGO="$PWD/$VENV/bin/drongo"
+
+# The WASM engines' tests run real components: the example plugins and the
+# hostile one, built here for wasm32-wasip2.
+echo "==> building the WASM plugins (wasm32-wasip2)"
+cargo build --release --target wasm32-wasip2 \
+  -p keybridge-plugin-apikeys -p keybridge-plugin-passwords -p keybridge-plugin-saas -p keybridge-plugin-hostile
+export KEYBRIDGE_PLUGINS_DIR="$PWD/target/wasm32-wasip2/release"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

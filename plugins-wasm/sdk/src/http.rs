@@ -36,7 +36,7 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> R
     };
     let fields = Fields::new();
     for (k, v) in headers {
-        fields.append(&k.to_string(), &v.as_bytes().to_vec()).map_err(|e| format!("header {k:?}: {e:?}"))?;
+        fields.append(k, v.as_bytes()).map_err(|e| format!("header {k:?}: {e:?}"))?;
     }
     let req = OutgoingRequest::new(fields);
     let m = match method {

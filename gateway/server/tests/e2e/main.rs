@@ -8,5 +8,6 @@ mod grpc;
 mod harness;
 mod lifecycle;
 mod login;
+mod plugins;
 mod rotation;
 mod sync;

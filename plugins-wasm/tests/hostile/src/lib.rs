@@ -1,5 +1,6 @@
 //! Misbehaves on purpose, one way per path (all reads):
-//! `ok` answers, `loop` spins forever, `memory` allocates without end,
+//! `ok` answers, `sleep/{ms}` spins that long then answers, `loop` spins
+//! forever, `memory` allocates without end,
 //! `recurse` recurses without end, `trap` panics, `huge` answers 8 MiB,
 //! `call/{host}` fetches `http://{host}/` (say `evil.example` or an
 //! allow-listed `127.0.0.1:PORT` that never answers), `file` reads
@@ -10,7 +11,7 @@ use keybridge_plugin_sdk::*;
 
 struct Hostile;
 
-const PATHS: &[&str] = &["ok", "loop", "memory", "recurse", "trap", "huge", "call/{host}", "file", "env", "storage"];
+const PATHS: &[&str] = &["ok", "sleep/{ms}", "loop", "memory", "recurse", "trap", "huge", "call/{host}", "file", "env", "storage"];
 
 impl Engine for Hostile {
     fn describe() -> EngineInfo {
@@ -25,6 +26,14 @@ impl Engine for Hostile {
     fn handle(_ctx: Context, req: Request) -> Result<Response, Error> {
         match req.pattern.as_str() {
             "ok" => Ok(respond([("answer", "42")])),
+            "sleep/{ms}" => {
+                let ms: u64 = param(&req, "ms")?.parse().map_err(|_| Error::InvalidInput("ms: a number".into()))?;
+                let until = now_millis() + ms;
+                while now_millis() < until {
+                    std::hint::spin_loop();
+                }
+                Ok(respond([("slept", ms.to_string())]))
+            }
             "loop" => {
                 let mut n: u64 = 0;
                 loop {

@@ -1,0 +1,325 @@
+//! WASM engines end to end: the example plugins (compiled to wasm32-wasip2
+//! by the test setup) registered over the streamed RPC, mounted, reached
+//! through the CLI and gRPC, under policies and audit, with leases that
+//! expire, survive a restart and revoke credentials at a third-party
+//! service; and the hostile plugin stopped while the gateway serves on.
+
+use std::time::{Duration, Instant};
+
+use keybridge_proto::v1 as pb;
+use keybridge_testservers::saas::Saas;
+use serde_json::Value;
+use sha2::Digest;
+
+use crate::harness::{Server, authed, blocking, init_unseal, json, stderr, stdout};
+
+/// A plugin built by the test setup; its path and SHA-256.
+pub fn plugin(name: &str) -> (String, String) {
+    let dir = std::env::var("KEYBRIDGE_PLUGINS_DIR")
+        .unwrap_or_else(|_| format!("{}/../../target/wasm32-wasip2/release", env!("CARGO_MANIFEST_DIR")));
+    let file = format!("{dir}/keybridge_plugin_{name}.wasm");
+    let bytes = std::fs::read(&file).unwrap_or_else(|e| {
+        panic!("{file}: {e}; build the plugins first (tests/run-all.sh does: cargo build --release --target wasm32-wasip2 ...)")
+    });
+    (file, hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
+    stdout(o)
+}
+
+fn register(s: &Server, t: &str, name: &str, plugin_name: &str) -> String {
+    let (file, sha) = plugin(plugin_name);
+    ok(&s.cli(Some(t), &["plugin", "register", name, "--sha256", &sha, &file]));
+    sha
+}
+
+fn mount(s: &Server, t: &str, name: &str, path: &str, settings: &[&str]) {
+    let mut args = vec!["mount", "enable", "--type", "plugin", "--plugin", name, path];
+    args.extend(settings);
+    ok(&s.cli(Some(t), &args));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apikeys_engine_over_the_cli() {
+    let s = Server::dev();
+    let t = "root-e2e";
+    let sha = register(&s, t, "apikeys", "apikeys");
+    // A changed digest is refused by the CLI before upload, and by the
+    // server for a direct upload.
+    let (file, _) = plugin("apikeys");
+    let o = s.cli(Some(t), &["plugin", "register", "apikeys", "--sha256", &"0".repeat(64), &file]);
+    assert!(!o.status.success() && stderr(&o).contains("refusing to upload a changed file"), "{}", stderr(&o));
+    let mut pc = pb::plugins_client::PluginsClient::new(s.channel().await);
+    let msgs = vec![pb::RegisterPluginChunk { name: "x".into(), sha256: "a".repeat(64), data: b"\0asm".to_vec() }];
+    let e = pc.register(authed(t, tokio_stream::iter(msgs))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("refusing it"), "{}", e.message());
+    // Not a component at all.
+    let junk = b"\0asm\x01\0\0\0".to_vec();
+    let digest = hex::encode(sha2::Sha256::digest(&junk));
+    let msgs = vec![pb::RegisterPluginChunk { name: "junk".into(), sha256: digest, data: junk }];
+    let e = pc.register(authed(t, tokio_stream::iter(msgs))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("not a WebAssembly component"), "{}", e.message());
+
+    let list = json(&s.cli(Some(t), &["plugin", "list", "-o", "json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["sha256"], sha.as_str());
+    assert_eq!(list[0]["engine"], "apikeys");
+
+    mount(&s, t, "apikeys", "apikeys/", &["issuer=e2e"]);
+    let help = ok(&s.cli(Some(t), &["path-help", "apikeys/"]));
+    assert!(help.contains("apikeys/issue/{role}") && help.contains("apikeys/verify"), "{help}");
+    let help = ok(&s.cli(Some(t), &["path-help", "apikeys/issue/ci"]));
+    assert!(help.contains("Issues a token of the role") && !help.contains("apikeys/verify"), "{help}");
+
+    ok(&s.cli(Some(t), &["write", "apikeys/roles/ci", "scopes=read,write", "ttl=1h"]));
+    let role = json(&s.cli(Some(t), &["read", "apikeys/roles/ci", "-o", "json"]));
+    assert_eq!(role["data"]["scopes"], "read,write");
+    assert_eq!(role["data"]["ttl"], "3600");
+    let keys = ok(&s.cli(Some(t), &["list", "apikeys/roles"]));
+    assert!(keys.contains("ci"), "{keys}");
+
+    // Bad input: a clear error, nothing changed.
+    let o = s.cli(Some(t), &["write", "apikeys/roles/ci", "scopes=read", "ttl=soon"]);
+    assert!(!o.status.success() && stderr(&o).contains("parameter \"ttl\""), "{}", stderr(&o));
+    let o = s.cli(Some(t), &["write", "apikeys/issue/ci", "scopes=admin"]);
+    assert!(!o.status.success() && stderr(&o).contains("not granted by role ci"), "{}", stderr(&o));
+    let o = s.cli(Some(t), &["read", "apikeys/nothing"]);
+    assert!(!o.status.success() && stderr(&o).contains("serves no path"), "{}", stderr(&o));
+    let o = s.cli(Some(t), &["kv", "get", "apikeys/roles/ci"]);
+    assert!(!o.status.success() && stderr(&o).contains("plugin mount"), "{}", stderr(&o));
+    assert_eq!(json(&s.cli(Some(t), &["lease", "list", "-o", "json"])), Value::Array(vec![]));
+
+    let issued = json(&s.cli(Some(t), &["write", "apikeys/issue/ci", "scopes=read", "-o", "json"]));
+    let token = issued["data"]["token"].as_str().unwrap().to_string();
+    let lease = issued["lease_id"].as_str().unwrap().to_string();
+    assert!(lease.starts_with("apikeys/issue/ci/"), "{lease}");
+    assert_eq!(issued["lease_duration"], 3600);
+    let verify = |tok: &str| json(&s.cli(Some(t), &["write", "apikeys/verify", &format!("token={tok}"), "-o", "json"]));
+    assert_eq!(verify(&token)["data"]["valid"], "true");
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(verify(&forged)["data"]["valid"], "false");
+
+    let leases = json(&s.cli(Some(t), &["lease", "list", "apikeys/", "-o", "json"]));
+    assert_eq!(leases[0]["lease_id"], lease.as_str());
+    let renewed = json(&s.cli(Some(t), &["lease", "renew", &lease, "--increment", "30m", "-o", "json"]));
+    assert!(renewed["lease_duration"].as_u64().unwrap() <= 1800, "{renewed}");
+    ok(&s.cli(Some(t), &["lease", "revoke", &lease]));
+    assert_eq!(verify(&token)["data"]["reason"], "revoked");
+    let o = s.cli(Some(t), &["lease", "lookup", &lease]);
+    assert!(!o.status.success() && stderr(&o).contains("no lease"), "{}", stderr(&o));
+
+    // Revoke by prefix.
+    let a = json(&s.cli(Some(t), &["write", "apikeys/issue/ci", "-o", "json"]));
+    let b = json(&s.cli(Some(t), &["write", "apikeys/issue/ci", "-o", "json"]));
+    ok(&s.cli(Some(t), &["lease", "revoke", "--prefix", "apikeys/issue/ci"]));
+    for x in [a, b] {
+        assert_eq!(verify(x["data"]["token"].as_str().unwrap())["data"]["reason"], "revoked");
+    }
+    // The plugin cannot be deleted while mounted.
+    let o = s.cli(Some(t), &["plugin", "delete", "apikeys"]);
+    assert!(!o.status.success() && stderr(&o).contains("in use by mounts apikeys/"), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_and_audit_apply_to_engine_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::dev();
+    let t = "root-e2e";
+    let log = dir.path().join("audit.log");
+    ok(&s.cli(Some(t), &["audit", "enable", "file", &format!("file_path={}", log.display())]));
+    register(&s, t, "apikeys", "apikeys");
+    mount(&s, t, "apikeys", "apikeys/", &[]);
+    ok(&s.cli(Some(t), &["write", "apikeys/roles/ci", "scopes=read,write"]));
+    let policy = dir.path().join("issuer.hcl");
+    std::fs::write(
+        &policy,
+        r#"path "apikeys/issue/ci" {
+  capabilities = ["update"]
+  allowed_parameters = { "scopes" = ["read"], "ttl" = [] }
+}
+"#,
+    )
+    .unwrap();
+    ok(&s.cli(Some(t), &["policy", "write", "issuer", policy.to_str().unwrap()]));
+    let tok = json(&s.cli(Some(t), &["token", "create", "--policy", "issuer", "-o", "json"]));
+    let tok = tok["token"].as_str().or(tok["auth"]["client_token"].as_str()).unwrap().to_string();
+    let u = Some(tok.as_str());
+    let issued = json(&s.cli(u, &["write", "apikeys/issue/ci", "scopes=read", "-o", "json"]));
+    let secret = issued["data"]["token"].as_str().unwrap().to_string();
+    let o = s.cli(u, &["write", "apikeys/issue/ci", "scopes=write"]);
+    assert!(!o.status.success() && stderr(&o).contains("permission denied") && stderr(&o).contains("scopes"), "{}", stderr(&o));
+    let o = s.cli(u, &["read", "apikeys/roles/ci"]);
+    assert!(!o.status.success() && stderr(&o).contains("permission denied"), "{}", stderr(&o));
+    let o = s.cli(u, &["lease", "list"]);
+    assert!(!o.status.success() && stderr(&o).contains("permission denied"), "{}", stderr(&o));
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&secret), "an issued token reached the audit log");
+    let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let write = records
+        .iter()
+        .find(|r| {
+            r["type"] == "response"
+                && r["operation"] == "keybridge.v1.Logical/Write"
+                && r["status"] == "OK"
+                && r["response"]["lease_id"].is_string()
+        })
+        .unwrap_or_else(|| panic!("no Logical/Write response record with a lease in {text}"));
+    assert!(write["response"]["lease_id"].as_str().unwrap().starts_with("apikeys/issue/ci/"), "{write}");
+    assert!(write["response"]["data"]["token"].as_str().unwrap().starts_with("hmac-sha256:"), "{write}");
+    assert!(write["request"]["data"]["scopes"].as_str().unwrap().starts_with("hmac-sha256:"), "{write}");
+    assert!(
+        records.iter().any(|r| r["operation"] == "keybridge.v1.Logical/Write" && r["status"] == "PERMISSION_DENIED"),
+        "the denied write was not audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_survive_a_restart_and_revoke_at_the_service() {
+    let saas = Saas::start("admin-secret").await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config(dir.path(), false, 0);
+    let (t, key) = blocking(|| init_unseal(&s));
+    let t = t.as_str();
+    register(&s, t, "saas", "saas");
+    let allowed = format!("allowed_hosts={}", saas.addr);
+    mount(&s, t, "saas", "saas/", &[&allowed]);
+    ok(&s.cli(Some(t), &["write", "saas/config", &format!("url={}", saas.url()), "admin_token=admin-secret", "ttl=3s"]));
+    let cfg = json(&s.cli(Some(t), &["read", "saas/config", "-o", "json"]));
+    assert!(!cfg.to_string().contains("admin-secret"), "the admin token was read back");
+
+    let issued = json(&s.cli(Some(t), &["read", "saas/creds/app", "-o", "json"]));
+    let key_secret = issued["data"]["api_key"].as_str().unwrap().to_string();
+    let lease = issued["lease_id"].as_str().unwrap().to_string();
+    assert!(saas.valid(&key_secret));
+    let short = json(&s.cli(Some(t), &["read", "saas/creds/short", "-o", "json"]));
+    let short_secret = short["data"]["api_key"].as_str().unwrap().to_string();
+    ok(&s.cli(Some(t), &["lease", "revoke", short["lease_id"].as_str().unwrap()]));
+    assert!(!saas.valid(&short_secret), "revoking the lease left the key at the service");
+
+    // Restart before the lease expires; the restarted gateway revokes it.
+    drop(s);
+    let s = Server::with_config(dir.path(), false, 0);
+    ok(&s.cli(None, &["operator", "unseal", &key]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while saas.valid(&key_secret) {
+        assert!(Instant::now() < deadline, "the expired lease {lease} was not revoked after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(json(&s.cli(Some(t), &["lease", "list", "-o", "json"])), Value::Array(vec![]));
+
+    // The service fails deletes: the lease stays, retried with backoff.
+    saas.fail_deletes(true);
+    let issued = json(&s.cli(Some(t), &["read", "saas/creds/flaky", "-o", "json"]));
+    let flaky = issued["data"]["api_key"].as_str().unwrap().to_string();
+    let o = s.cli(Some(t), &["lease", "revoke", issued["lease_id"].as_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("503"), "{}", stderr(&o));
+    let l = json(&s.cli(Some(t), &["lease", "list", "-o", "json"]));
+    assert!(l[0]["revoke_attempts"].as_u64().unwrap() >= 1, "{l}");
+    assert!(saas.valid(&flaky));
+    saas.fail_deletes(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while saas.valid(&flaky) {
+        assert!(Instant::now() < deadline, "the failed revocation was not retried");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Without the host on the allow-list, nothing leaves the sandbox.
+    mount(&s, t, "saas", "closed/", &[]);
+    ok(&s.cli(Some(t), &["write", "closed/config", &format!("url={}", saas.url()), "admin_token=admin-secret"]));
+    let before = saas.live_keys();
+    let o = s.cli(Some(t), &["read", "closed/creds/app"]);
+    assert!(!o.status.success() && stderr(&o).contains("allowed_hosts"), "{}", stderr(&o));
+    assert_eq!(saas.live_keys(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_fail_alone_with_clear_statuses() {
+    let s = Server::dev();
+    let t = "root-e2e";
+    register(&s, t, "hostile", "hostile");
+    mount(&s, t, "hostile", "bad/", &["timeout=500ms", "max_memory_mb=32"]);
+    let mut lc = pb::logical_client::LogicalClient::new(s.channel().await);
+    let mut sc = s.secrets().await;
+    sc.put(authed(t, pb::PutRequest { path: "secret/app".into(), value: crate::harness::fields(&[("k", "v")]), cas: None }))
+        .await
+        .unwrap();
+    for (path, code, text) in [
+        ("bad/loop", tonic::Code::DeadlineExceeded, "time limit of 500ms"),
+        ("bad/memory", tonic::Code::ResourceExhausted, "its limit is 32 MiB"),
+        ("bad/trap", tonic::Code::Internal, "plugin trapped"),
+        ("bad/recurse", tonic::Code::Internal, "call stack exhausted"),
+        ("bad/huge", tonic::Code::ResourceExhausted, "max_response_bytes"),
+        ("bad/call/evil.example", tonic::Code::PermissionDenied, "allowed_hosts"),
+        ("bad/file", tonic::Code::PermissionDenied, "could not open /etc/passwd"),
+    ] {
+        let mut c = lc.clone();
+        let p = path.to_string();
+        let bad = tokio::spawn(async move { c.read(authed("root-e2e", pb::LogicalRequest { path: p, data: Default::default() })).await });
+        let mut served = 0;
+        while !bad.is_finished() {
+            sc.get(authed(t, pb::GetRequest { path: "secret/app".into(), ..Default::default() })).await.unwrap();
+            let ok = lc.read(authed(t, pb::LogicalRequest { path: "bad/ok".into(), data: Default::default() })).await.unwrap();
+            assert_eq!(ok.get_ref().data["answer"], "42");
+            served += 1;
+        }
+        let e = bad.await.unwrap().unwrap_err();
+        assert_eq!(e.code(), code, "{path}: {e:?}");
+        assert!(e.message().contains(text), "{path}: {}", e.message());
+        assert!(served >= 1, "{path}: nothing else was served meanwhile");
+    }
+    // And the server is fine.
+    let o = s.cli(Some(t), &["read", "bad/ok"]);
+    assert!(ok(&o).contains("42"));
+}
+
+/// A component with a custom section appended: the same engine under a
+/// different digest, as a rebuilt plugin would be.
+fn variant(bytes: &[u8]) -> Vec<u8> {
+    let name = b"keybridge-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(b"v2");
+    let mut out = bytes.to_vec();
+    out.push(0);
+    out.push(payload.len() as u8);
+    out.extend(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_takes_effect_without_a_restart_and_calls_in_flight_finish() {
+    let s = Server::dev();
+    let t = "root-e2e";
+    let v1 = register(&s, t, "eng", "hostile");
+    mount(&s, t, "eng", "eng/", &["timeout=10s"]);
+    let (file, _) = plugin("hostile");
+    let v2_bytes = variant(&std::fs::read(&file).unwrap());
+    let v2 = hex::encode(sha2::Sha256::digest(&v2_bytes));
+    let v2_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(v2_file.path(), &v2_bytes).unwrap();
+    ok(&s.cli(Some(t), &["plugin", "register", "eng", "--sha256", &v2, v2_file.path().to_str().unwrap()]));
+
+    let mut lc = pb::logical_client::LogicalClient::new(s.channel().await);
+    let mut c = lc.clone();
+    let in_flight = tokio::spawn(async move {
+        c.read(authed("root-e2e", pb::LogicalRequest { path: "eng/sleep/1500".into(), data: Default::default() })).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ok(&s.cli(Some(t), &["mount", "tune", "eng/", &format!("sha256={v2}")]));
+    let r = in_flight.await.unwrap().expect("the call in flight failed across the upgrade");
+    assert_eq!(r.get_ref().data["slept"], "1500");
+    let mounts = json(&s.cli(Some(t), &["mount", "list", "-o", "json"]));
+    let m = mounts.as_array().unwrap().iter().find(|m| m["path"] == "eng/").unwrap().clone();
+    assert_eq!(m["config"]["sha256"], v2.as_str(), "{m}");
+    // v1 is no longer in use; v2 is.
+    let o = s.cli(Some(t), &["plugin", "delete", "eng", "--sha256", &v2]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    ok(&s.cli(Some(t), &["plugin", "delete", "eng", "--sha256", &v1]));
+    let r = lc.read(authed(t, pb::LogicalRequest { path: "eng/ok".into(), data: Default::default() })).await.unwrap();
+    assert_eq!(r.get_ref().data["answer"], "42");
+}
