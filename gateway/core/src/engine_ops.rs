@@ -444,7 +444,7 @@ impl Core {
 
     /// Routes `path` to its plugin mount and matches it against the engine's
     /// patterns.
-    async fn logical_route(&self, path: &str) -> Result<(MountEntry, String, Arc<dyn Backend>)> {
+    pub(crate) async fn logical_route(&self, path: &str) -> Result<(MountEntry, String, Arc<dyn Backend>)> {
         if path.is_empty()
             || path.len() > 1024
             || path.starts_with('/')
@@ -544,7 +544,7 @@ impl Core {
         let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
         let lease = match resp.lease {
             None => None,
-            Some(l) => Some(self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l).await?),
+            Some(l) => Some(self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, false).await?),
         };
         Ok(LogicalResponse { data: resp.data.clone(), lease, warnings: resp.warnings.clone() })
     }

@@ -50,6 +50,10 @@ struct LeaseRecord {
     /// When the worker tries next (set once due or revoking).
     #[serde(default)]
     retry_at: Option<Timestamp>,
+    /// Held by a rotation: the credential is a secret's current value, so
+    /// the lease does not expire; the next rotation revokes it.
+    #[serde(default)]
+    pinned: bool,
 }
 
 impl LeaseRecord {
@@ -69,7 +73,11 @@ impl LeaseRecord {
 
     /// When the worker should look at it next.
     fn due(&self) -> i64 {
-        self.retry_at.map_or(self.expires.secs, |t| t.secs)
+        match self.retry_at {
+            Some(t) => t.secs,
+            None if self.pinned => i64::MAX,
+            None => self.expires.secs,
+        }
     }
 }
 
@@ -182,6 +190,7 @@ impl Core {
         ctx: &CallContext,
         backend: &dyn Backend,
         lease: LeaseRequest,
+        pinned: bool,
     ) -> Result<LeaseView> {
         let now = Timestamp::now().secs;
         let mount_max = mount_duration(mount, "max_lease_ttl", DEFAULT_MAX_TTL);
@@ -205,6 +214,7 @@ impl Core {
             attempts: 0,
             last_error: None,
             retry_at: None,
+            pinned,
         };
         if let Err(e) = self.write_lease(&r, Some(&lease.internal)).await {
             tracing::error!(lease_id = %id, error = %e, "lease: could not record a lease; revoking the credential");
@@ -273,6 +283,11 @@ impl Core {
         let _g = self.write_lock(&format!("lease:{lease_id}")).await;
         let (mut r, data) = self.read_lease(lease_id).await?.ok_or_else(|| not_found(lease_id))?;
         let now = Timestamp::now().secs;
+        if r.pinned {
+            return Err(Error::FailedPrecondition(format!(
+                "lease {lease_id} is held by a rotation (its credential is a secret's current value) and does not expire"
+            )));
+        }
         if r.expires.secs <= now || r.retry_at.is_some() {
             return Err(Error::FailedPrecondition(format!("lease {lease_id} has expired or is being revoked")));
         }
@@ -327,6 +342,11 @@ impl Core {
         validate_lease_ref(prefix, "prefix")?;
         self.authorize(caller, &id, &format!("sys/leases/revoke-prefix/{prefix}"), Capability::Sudo).await?;
         self.revoke_under(prefix, &caller.request_id).await
+    }
+
+    /// Revokes a lease for the system (a rotation retiring a credential).
+    pub(crate) async fn revoke_lease_now(&self, lease_id: &str, request_id: &str) -> Result<()> {
+        self.revoke_now(lease_id, request_id).await
     }
 
     pub(crate) async fn revoke_under(&self, prefix: &str, request_id: &str) -> Result<usize> {

@@ -49,6 +49,10 @@ pub struct Schedule {
     pub grace_secs: u64,
     pub every_secs: u64,
     pub next: Timestamp,
+    /// An engine path whose `rotate` makes the new value (empty: a random
+    /// password).
+    #[serde(default)]
+    pub engine: String,
 }
 /// The staging secret beside a GCP or Azure replica.
 pub const STAGING_SUFFIX: &str = ".kb-pending";
@@ -112,7 +116,20 @@ pub struct Rotation {
     pub promoted: Option<Timestamp>,
     pub finished: Option<Timestamp>,
     pub error: String,
+    /// The engine path that issued the new value (empty: a random password).
+    #[serde(default)]
+    pub engine: String,
+    /// The lease of the credential this rotation put in place, and of the
+    /// one it replaces (revoked once every copy moved and the grace period
+    /// passed).
+    #[serde(default)]
+    pub new_lease: String,
+    #[serde(default)]
+    pub old_lease: String,
 }
+
+/// The lease of the engine-issued credential a secret holds now.
+const HELD_LEASES: &str = "sync/rotation-leases/";
 
 /// How the new value is made.
 #[derive(Clone, Debug)]
@@ -123,6 +140,10 @@ pub struct RotateSpec {
     /// Characters of the new password (default 32, 12 to 256).
     pub length: usize,
     pub grace_secs: u64,
+    /// An engine path (`saas/creds/app`) whose engine issues the new
+    /// credential while the current one stays valid; empty: a random
+    /// password of `length`.
+    pub engine: String,
 }
 
 /// Tries a staged value before it is promoted (the server's
@@ -168,7 +189,26 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_secret_path(&spec.path)?;
         self.authorize(caller, &id, &format!("sys/sync/rotate/{}", spec.path), Capability::Update).await?;
+        self.check_rotation_engine(caller, &id, &spec.engine).await?;
         self.start_rotation(spec).await
+    }
+
+    /// A rotation through an engine needs update on the engine path too:
+    /// the reconciler issues credentials there on the caller's behalf.
+    async fn check_rotation_engine(&self, caller: &Caller, id: &crate::token::Identity, engine: &str) -> Result<()> {
+        if engine.is_empty() {
+            return Ok(());
+        }
+        self.authorize_params(caller, id, engine.trim_end_matches('/'), Capability::Update, &[]).await?;
+        let (mount, _, backend) = self.logical_route(engine).await?;
+        if !backend.info().rotates {
+            return Err(Error::FailedPrecondition(format!(
+                "the {} engine at {} cannot rotate: its component targets world `engine`, not `rotating-engine`",
+                backend.info().name,
+                mount.path
+            )));
+        }
+        Ok(())
     }
 
     /// Sets (or with `every_secs = 0` removes) a rotation schedule: the
@@ -182,6 +222,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_secret_path(&spec.path)?;
         self.authorize(caller, &id, &format!("sys/sync/rotate/{}", spec.path), Capability::Update).await?;
+        self.check_rotation_engine(caller, &id, &spec.engine).await?;
         let key = format!("{SCHEDULES}{}", spec.path);
         let mut batch = WriteBatch::new();
         if every_secs == 0 {
@@ -203,6 +244,7 @@ impl Core {
             grace_secs: spec.grace_secs,
             every_secs,
             next: Timestamp { secs: Timestamp::now().secs + every_secs as i64, nanos: 0 },
+            engine: spec.engine.clone(),
         };
         batch.put(key, encode_json(&s));
         self.barrier.commit(batch).await?;
@@ -219,8 +261,13 @@ impl Core {
             if s.next > now {
                 continue;
             }
-            let spec =
-                RotateSpec { path: s.path.clone(), field: s.field.clone(), length: s.length, grace_secs: s.grace_secs };
+            let spec = RotateSpec {
+                path: s.path.clone(),
+                field: s.field.clone(),
+                length: s.length,
+                grace_secs: s.grace_secs,
+                engine: s.engine.clone(),
+            };
             match self.start_rotation(spec).await {
                 Ok(_) | Err(Error::FailedPrecondition(_)) => {}
                 Err(e) => tracing::warn!(path = %s.path, error = %e, "sync: a scheduled rotation could not start"),
@@ -256,21 +303,35 @@ impl Core {
         let Some((current, version)) = engine.read_current(rel).await? else {
             return Err(Error::NotFound(format!("{} has no current version to rotate", spec.path)));
         };
-        let new = match current {
-            SecretValue::Fields(mut m) => {
-                if !m.contains_key(&field) {
+        let mut new_lease = String::new();
+        let new = if !spec.engine.is_empty() {
+            let (v, lease) = self.engine_value(&spec, current).await?;
+            new_lease = lease;
+            v
+        } else {
+            match current {
+                SecretValue::Fields(mut m) => {
+                    if !m.contains_key(&field) {
+                        return Err(Error::InvalidArgument(format!(
+                            "{} has no field {field:?} to rotate; name the field with --field",
+                            spec.path
+                        )));
+                    }
+                    m.insert(field.clone(), generate(length));
+                    SecretValue::Fields(m)
+                }
+                SecretValue::Text(_) => SecretValue::Text(generate(length)),
+                SecretValue::Binary(_) => {
                     return Err(Error::InvalidArgument(format!(
-                        "{} has no field {field:?} to rotate; name the field with --field",
+                        "{} holds bytes; only fields or text rotate",
                         spec.path
                     )));
                 }
-                m.insert(field.clone(), generate(length));
-                SecretValue::Fields(m)
             }
-            SecretValue::Text(_) => SecretValue::Text(generate(length)),
-            SecretValue::Binary(_) => {
-                return Err(Error::InvalidArgument(format!("{} holds bytes; only fields or text rotate", spec.path)));
-            }
+        };
+        let old_lease = match self.barrier.get(&format!("{HELD_LEASES}{}", spec.path)).await? {
+            Some(raw) => String::from_utf8_lossy(&raw).into_owned(),
+            None => String::new(),
         };
         let mut copies = vec![CopyState {
             path: spec.path.clone(),
@@ -303,12 +364,78 @@ impl Core {
             promoted: None,
             finished: None,
             error: String::new(),
+            engine: spec.engine.clone(),
+            new_lease,
+            old_lease,
         };
         let mut batch = WriteBatch::new();
         batch.put(key, encode_json(&rot)).put(format!("{VALUES}{}", spec.path), new.encode());
-        self.barrier.commit(batch).await?;
+        if let Err(e) = self.barrier.commit(batch).await {
+            // Nothing will ever use the credential just issued.
+            self.end_rotation_lease(&rot.new_lease, &rot.id).await;
+            return Err(e.into());
+        }
         self.sync_wake();
         Ok(rot)
+    }
+
+    /// Asks the engine at `spec.engine` for a new credential and puts its
+    /// fields into the secret's value; returns the value and the id of the
+    /// credential's lease (pinned: it lasts until a later rotation retires
+    /// it).
+    async fn engine_value(&self, spec: &RotateSpec, current: SecretValue) -> Result<(SecretValue, String)> {
+        let (mount, rel, backend) = self.logical_route(&spec.engine).await?;
+        let ctx = self.call_context(&mount, &Caller::new(None, "rotation"), "reconciler");
+        let resp = backend
+            .rotate(&ctx, &rel, &crate::engine::Params::default())
+            .await
+            .map_err(super::engine_ops::engine_error)?;
+        let lease = match resp.lease {
+            Some(l) => self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, true).await?.lease_id,
+            None => String::new(),
+        };
+        let built = match current {
+            SecretValue::Fields(mut m) => {
+                if resp.data.0.is_empty() {
+                    Err(Error::FailedPrecondition(format!("the engine at {} returned no fields", spec.engine)))
+                } else {
+                    for (k, v) in &resp.data.0 {
+                        m.insert(k.clone(), Zeroizing::new(v.clone()));
+                    }
+                    Ok(SecretValue::Fields(m))
+                }
+            }
+            SecretValue::Text(_) => match resp.data.0.as_slice() {
+                [(_, v)] => Ok(SecretValue::Text(Zeroizing::new(v.clone()))),
+                _ => Err(Error::FailedPrecondition(format!(
+                    "{} is a text secret, but the engine at {} returned {} fields; a text secret takes exactly one",
+                    spec.path,
+                    spec.engine,
+                    resp.data.0.len()
+                ))),
+            },
+            SecretValue::Binary(_) => {
+                Err(Error::InvalidArgument(format!("{} holds bytes; only fields or text rotate", spec.path)))
+            }
+        };
+        match built {
+            Ok(v) => Ok((v, lease)),
+            Err(e) => {
+                self.end_rotation_lease(&lease, "refused").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Revokes a rotation's lease (retried by the lease manager if the
+    /// engine fails now).
+    async fn end_rotation_lease(&self, lease: &str, why: &str) {
+        if lease.is_empty() {
+            return;
+        }
+        if let Err(e) = self.revoke_lease_now(lease, why).await {
+            tracing::warn!(lease_id = %lease, error = %e, "rotation: revoking a credential failed; the lease manager retries");
+        }
     }
 
     pub async fn get_rotation(&self, caller: &Caller, path: &str) -> Result<Rotation> {
@@ -376,6 +503,7 @@ impl Core {
                     Err(e) => {
                         r.error = format!("staging {} failed: {e}; every copy was rolled back", r.copies[i].path);
                         self.roll_back(r).await;
+                        self.end_rotation_lease(&r.new_lease, &r.id).await;
                         r.state = RotationState::RolledBack;
                         r.finished = Some(Timestamp::now());
                         self.save_rotation(r).await?;
@@ -388,6 +516,7 @@ impl Core {
             {
                 r.error = format!("the verification refused the new value ({reason}); every copy was rolled back");
                 self.roll_back(r).await;
+                self.end_rotation_lease(&r.new_lease, &r.id).await;
                 r.state = RotationState::RolledBack;
                 r.finished = Some(Timestamp::now());
                 self.save_rotation(r).await?;
@@ -447,6 +576,17 @@ impl Core {
                     }
                 }
             }
+            // Every copy holds the new credential and the grace period is
+            // over: the old credential goes, the new one is the secret's.
+            self.end_rotation_lease(&r.old_lease, &r.id).await;
+            let mut batch = WriteBatch::new();
+            let held = format!("{HELD_LEASES}{}", r.path);
+            if r.new_lease.is_empty() {
+                batch.delete(held);
+            } else {
+                batch.put(held, Zeroizing::new(r.new_lease.clone().into_bytes()));
+            }
+            self.barrier.commit(batch).await?;
             r.state = RotationState::Done;
             r.error.clear();
             r.finished = Some(Timestamp::now());

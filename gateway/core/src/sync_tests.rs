@@ -210,6 +210,7 @@ async fn rotation_reaches_the_source_and_every_replica() {
         field: field.into(),
         length: 24,
         grace_secs: grace,
+        engine: String::new(),
     };
     let e = core.rotate_secret(&t, rotate("pin", 0)).await.unwrap_err();
     assert!(e.to_string().contains("no field \"pin\""), "{e}");
@@ -238,7 +239,13 @@ async fn scheduled_rotations_start_when_due() {
     use crate::{RotateSpec, RotationState};
     let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
     core.put(&t, "secret/app/db", &fields(&[("password", "old-password")]), None).await.unwrap();
-    let spec = RotateSpec { path: "secret/app/db".into(), field: String::new(), length: 0, grace_secs: 0 };
+    let spec = RotateSpec {
+        path: "secret/app/db".into(),
+        field: String::new(),
+        length: 0,
+        grace_secs: 0,
+        engine: String::new(),
+    };
     let e = core.schedule_rotation(&t, spec.clone(), 5).await.unwrap_err();
     assert!(e.to_string().contains("at least one minute"), "{e}");
     let s = core.schedule_rotation(&t, spec, 3600).await.unwrap().unwrap();

@@ -95,6 +95,10 @@ pub enum Command {
         /// Rotate on a schedule instead (`--every 30d`; `--every 0s` stops).
         #[arg(long, value_parser = humantime::parse_duration)]
         every: Option<std::time::Duration>,
+        /// Let an engine issue the new credential: an engine path such as
+        /// `saas/creds/app` (its plugin must target `rotating-engine`).
+        #[arg(long, default_value = "")]
+        engine: String,
     },
     /// Read an engine path: `read apikeys/issue/ci ttl=1h`.
     Read {

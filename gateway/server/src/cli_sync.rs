@@ -305,6 +305,7 @@ fn print_rotation(json: bool, r: &pb::RotationStatus) {
             "id": r.id, "path": r.path, "state": r.state, "error": r.error,
             "old_version": r.old_version, "new_version": r.new_version,
             "started_time": time(&r.started_time), "finished_time": time(&r.finished_time),
+            "engine": r.engine, "new_lease": r.new_lease, "old_lease": r.old_lease,
             "copies": r.copies.iter().map(|c| json!({
                 "path": c.path, "how": c.how, "staged": c.staged, "promoted": c.promoted, "retired": c.retired,
             })).collect::<Vec<_>>(),
@@ -338,12 +339,13 @@ pub struct RotateArgs {
     pub wait: bool,
     pub timeout: Duration,
     pub every: Option<Duration>,
+    pub engine: String,
 }
 
 /// `keybridge rotate PATH`: starts a rotation, and with --wait follows it;
 /// with --every sets a schedule instead.
 pub async fn rotate(c: &Client, a: RotateArgs) -> Result<(), Error> {
-    let RotateArgs { path, field, length, grace, wait, timeout, every } = a;
+    let RotateArgs { path, field, length, grace, wait, timeout, every, engine } = a;
     let json = c.json();
     if let Some(every) = every {
         let r = c
@@ -355,6 +357,7 @@ pub async fn rotate(c: &Client, a: RotateArgs) -> Result<(), Error> {
                 grace_secs: grace.as_secs(),
                 every_secs: every.as_secs(),
                 remove_schedule: every.is_zero(),
+                engine: engine.clone(),
             }))
             .await?
             .into_inner();
@@ -378,6 +381,7 @@ pub async fn rotate(c: &Client, a: RotateArgs) -> Result<(), Error> {
             field,
             length,
             grace_secs: grace.as_secs(),
+            engine,
             ..Default::default()
         }))
         .await?

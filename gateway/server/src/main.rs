@@ -98,8 +98,8 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 Command::Audit(cmd) => cli_audit::audit(&c, cmd).await,
                 Command::Auth(cmd) => cli_auth::auth(&c, cmd).await.map(|()| exit::OK),
                 Command::Sync(cmd) => cli_sync::sync(&c, cmd).await.map(|()| exit::OK),
-                Command::Rotate { path, field, length, grace, wait, timeout, every } => {
-                    let a = cli_sync::RotateArgs { path, field, length, grace, wait, timeout, every };
+                Command::Rotate { path, field, length, grace, wait, timeout, every, engine } => {
+                    let a = cli_sync::RotateArgs { path, field, length, grace, wait, timeout, every, engine };
                     cli_sync::rotate(&c, a).await.map(|()| exit::OK)
                 }
                 Command::Read { path, params } => cli_logical::read(&c, path, params).await.map(|()| exit::OK),

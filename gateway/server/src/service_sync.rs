@@ -77,6 +77,9 @@ fn rotation_pb(r: Rotation) -> pb::RotationStatus {
         started_time: Some(ts(r.started)),
         finished_time: r.finished.map(ts),
         next_rotation_time: None,
+        engine: r.engine,
+        new_lease: r.new_lease,
+        old_lease: r.old_lease,
     }
 }
 
@@ -89,8 +92,28 @@ impl pb::sync_server::Sync for SyncService {
             .with_path(&r.path)
             .with("field", plain(r.field.clone()))
             .with("length", plain(r.length))
-            .with("grace_secs", plain(r.grace_secs));
-        let spec = RotateSpec { path: r.path, field: r.field, length: r.length as usize, grace_secs: r.grace_secs };
+            .with("grace_secs", plain(r.grace_secs))
+            .with("engine", plain(r.engine.clone()))
+            .with("every_secs", plain(r.every_secs))
+            .with("remove_schedule", plain(r.remove_schedule));
+        let spec = RotateSpec {
+            path: r.path.clone(),
+            field: r.field,
+            length: r.length as usize,
+            grace_secs: r.grace_secs,
+            engine: r.engine,
+        };
+        if r.every_secs > 0 || r.remove_schedule {
+            let every = if r.remove_schedule { 0 } else { r.every_secs };
+            let res = self.core.schedule_rotation(&c, spec, every).await;
+            let sched = self.core.finish(&c, res, none).await.map_err(status)?;
+            return Ok(Response::new(pb::RotationStatus {
+                path: r.path,
+                state: if sched.is_some() { "scheduled".into() } else { "unscheduled".into() },
+                next_rotation_time: sched.map(|s| ts(s.next)),
+                ..Default::default()
+            }));
+        }
         let res = self.core.rotate_secret(&c, spec).await;
         let rot = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(rotation_pb(rot)))

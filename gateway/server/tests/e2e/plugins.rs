@@ -151,7 +151,11 @@ async fn policies_and_audit_apply_to_engine_paths() {
     let issued = json(&s.cli(u, &["write", "apikeys/issue/ci", "scopes=read", "-o", "json"]));
     let secret = issued["data"]["token"].as_str().unwrap().to_string();
     let o = s.cli(u, &["write", "apikeys/issue/ci", "scopes=write"]);
-    assert!(!o.status.success() && stderr(&o).contains("permission denied") && stderr(&o).contains("scopes"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("permission denied") && stderr(&o).contains("scopes"),
+        "{}",
+        stderr(&o)
+    );
     let o = s.cli(u, &["read", "apikeys/roles/ci"]);
     assert!(!o.status.success() && stderr(&o).contains("permission denied"), "{}", stderr(&o));
     let o = s.cli(u, &["lease", "list"]);
@@ -188,7 +192,8 @@ async fn leases_expire_survive_a_restart_and_revoke_at_the_service() {
     register(&s, t, "saas", "saas");
     let allowed = format!("allowed_hosts={}", saas.addr);
     mount(&s, t, "saas", "saas/", &[&allowed]);
-    ok(&s.cli(Some(t), &["write", "saas/config", &format!("url={}", saas.url()), "admin_token=admin-secret", "ttl=3s"]));
+    ok(&s
+        .cli(Some(t), &["write", "saas/config", &format!("url={}", saas.url()), "admin_token=admin-secret", "ttl=3s"]));
     let cfg = json(&s.cli(Some(t), &["read", "saas/config", "-o", "json"]));
     assert!(!cfg.to_string().contains("admin-secret"), "the admin token was read back");
 
@@ -245,9 +250,12 @@ async fn hostile_plugins_fail_alone_with_clear_statuses() {
     mount(&s, t, "hostile", "bad/", &["timeout=500ms", "max_memory_mb=32"]);
     let mut lc = pb::logical_client::LogicalClient::new(s.channel().await);
     let mut sc = s.secrets().await;
-    sc.put(authed(t, pb::PutRequest { path: "secret/app".into(), value: crate::harness::fields(&[("k", "v")]), cas: None }))
-        .await
-        .unwrap();
+    sc.put(authed(
+        t,
+        pb::PutRequest { path: "secret/app".into(), value: crate::harness::fields(&[("k", "v")]), cas: None },
+    ))
+    .await
+    .unwrap();
     for (path, code, text) in [
         ("bad/loop", tonic::Code::DeadlineExceeded, "time limit of 500ms"),
         ("bad/memory", tonic::Code::ResourceExhausted, "its limit is 32 MiB"),
@@ -259,11 +267,16 @@ async fn hostile_plugins_fail_alone_with_clear_statuses() {
     ] {
         let mut c = lc.clone();
         let p = path.to_string();
-        let bad = tokio::spawn(async move { c.read(authed("root-e2e", pb::LogicalRequest { path: p, data: Default::default() })).await });
+        let bad = tokio::spawn(async move {
+            c.read(authed("root-e2e", pb::LogicalRequest { path: p, data: Default::default() })).await
+        });
         let mut served = 0;
         while !bad.is_finished() {
             sc.get(authed(t, pb::GetRequest { path: "secret/app".into(), ..Default::default() })).await.unwrap();
-            let ok = lc.read(authed(t, pb::LogicalRequest { path: "bad/ok".into(), data: Default::default() })).await.unwrap();
+            let ok = lc
+                .read(authed(t, pb::LogicalRequest { path: "bad/ok".into(), data: Default::default() }))
+                .await
+                .unwrap();
             assert_eq!(ok.get_ref().data["answer"], "42");
             served += 1;
         }
@@ -322,4 +335,123 @@ async fn an_upgrade_takes_effect_without_a_restart_and_calls_in_flight_finish() 
     ok(&s.cli(Some(t), &["plugin", "delete", "eng", "--sha256", &v1]));
     let r = lc.read(authed(t, pb::LogicalRequest { path: "eng/ok".into(), data: Default::default() })).await.unwrap();
     assert_eq!(r.get_ref().data["answer"], "42");
+}
+
+async fn kv_field(s: &Server, t: &str, path: &str, name: &str) -> String {
+    let mut c = s.secrets().await;
+    let r = c.get(authed(t, pb::GetRequest { path: path.into(), ..Default::default() })).await.unwrap();
+    crate::harness::field(r.get_ref(), name)
+}
+
+async fn rotation_state(s: &Server, t: &str, path: &str) -> pb::RotationStatus {
+    let mut c = pb::sync_client::SyncClient::new(s.channel().await);
+    c.get_rotation(authed(t, pb::GetRotationRequest { path: path.into() })).await.unwrap().into_inner()
+}
+
+/// The reconciler's dual-credential rotation with an engine issuing the
+/// credential: the new key is created while the old one works, goes to
+/// every copy (a local mirror and GCP), and the old key is deleted at the
+/// service only after every copy moved and the grace period passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_issued_credentials_rotate_across_every_copy() {
+    let saas = Saas::start("admin-secret").await;
+    let sm = keybridge_testservers::secretmanager::SecretManager::start("keybridge-test", false).await;
+    let s = Server::dev();
+    let t = "root-e2e";
+    register(&s, t, "saas", "saas");
+    register(&s, t, "passwords", "passwords");
+    register(&s, t, "hostile", "hostile");
+    mount(&s, t, "saas", "saas/", &[&format!("allowed_hosts={}", saas.addr)]);
+    mount(&s, t, "passwords", "pw/", &[]);
+    mount(&s, t, "hostile", "plain/", &[]);
+    ok(&s.cli(Some(t), &["write", "saas/config", &format!("url={}", saas.url()), "admin_token=admin-secret"]));
+    ok(&s.cli(Some(t), &["mount", "enable", "--type", "local", "mirror/"]));
+    crate::harness::enable(&s, t, "gcp", "gcp/", &crate::harness::gcp_settings(&sm.url()));
+    ok(&s.cli(
+        Some(t),
+        &[
+            "sync",
+            "rule",
+            "create",
+            "app",
+            "--source",
+            "secret/app/",
+            "--target",
+            "mirror/app/",
+            "--target",
+            "gcp/app/",
+        ],
+    ));
+    ok(&s.cli(Some(t), &["kv", "put", "secret/app/saas", "key_id=none", "api_key=initial"]));
+    json(&s.cli(Some(t), &["sync", "run", "--wait", "-o", "json"]));
+
+    // A plain engine cannot rotate; nothing starts.
+    let o = s.cli(Some(t), &["rotate", "secret/app/saas", "--engine", "plain/ok"]);
+    assert!(!o.status.success() && stderr(&o).contains("cannot rotate"), "{}", stderr(&o));
+
+    let r = json(&s.cli(Some(t), &["rotate", "secret/app/saas", "--engine", "saas/creds/app", "--wait", "-o", "json"]));
+    assert_eq!(r["state"], "done", "{r}");
+    let first = kv_field(&s, t, "secret/app/saas", "api_key").await;
+    assert!(saas.valid(&first), "the rotated key is not live at the service");
+    for c in ["mirror/app/saas", "gcp/app/saas"] {
+        assert_eq!(kv_field(&s, t, c, "api_key").await, first, "{c}");
+    }
+    let first_lease = r["new_lease"].as_str().unwrap().to_string();
+    assert!(first_lease.starts_with("saas/creds/app/"), "{r}");
+
+    // The second rotation: the first key keeps working through the grace
+    // period, and is deleted at the service once it is over.
+    let r = json(
+        &s.cli(Some(t), &["rotate", "secret/app/saas", "--engine", "saas/creds/app", "--grace", "3s", "-o", "json"]),
+    );
+    assert_eq!(r["old_lease"], first_lease.as_str(), "{r}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = rotation_state(&s, t, "secret/app/saas").await;
+        assert!(Instant::now() < deadline, "the rotation did not reach retiring: {st:?}");
+        if st.state == "retiring" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = kv_field(&s, t, "secret/app/saas", "api_key").await;
+    assert_ne!(second, first);
+    for c in ["mirror/app/saas", "gcp/app/saas"] {
+        assert_eq!(kv_field(&s, t, c, "api_key").await, second, "{c}");
+    }
+    assert!(saas.valid(&first) && saas.valid(&second), "both keys must work during the grace period");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rotation_state(&s, t, "secret/app/saas").await.state != "done" {
+        assert!(Instant::now() < deadline, "the rotation did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!saas.valid(&first), "the old key outlived the rotation");
+    assert!(saas.valid(&second));
+    let leases = json(&s.cli(Some(t), &["lease", "list", "saas/", "-o", "json"]));
+    assert_eq!(leases.as_array().unwrap().len(), 1, "{leases}");
+    // The held credential's lease does not expire or renew.
+    let o = s.cli(Some(t), &["lease", "renew", leases[0]["lease_id"].as_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("held by a rotation"), "{}", stderr(&o));
+
+    // The password engine as the rotation generator.
+    ok(&s.cli(Some(t), &["write", "pw/policies/db", "length=40", "min_symbols=-1"]));
+    ok(&s.cli(Some(t), &["kv", "put", "secret/app/db", "user=app", "password=old"]));
+    json(&s.cli(Some(t), &["sync", "run", "--wait", "-o", "json"]));
+    let r = json(&s.cli(Some(t), &["rotate", "secret/app/db", "--engine", "pw/generate/db", "--wait", "-o", "json"]));
+    assert_eq!(r["state"], "done", "{r}");
+    let pw = kv_field(&s, t, "secret/app/db", "password").await;
+    assert_eq!(pw.len(), 40);
+    assert!(pw.chars().all(|c| c.is_ascii_alphanumeric()), "{pw}");
+    assert_eq!(kv_field(&s, t, "secret/app/db", "user").await, "app");
+    assert_eq!(kv_field(&s, t, "gcp/app/db", "password").await, pw);
+
+    // A schedule rotates later, not now (through the engine too).
+    let r = json(
+        &s.cli(Some(t), &["rotate", "secret/app/db", "--engine", "pw/generate/db", "--every", "1h", "-o", "json"]),
+    );
+    assert_eq!(r["state"], "scheduled", "{r}");
+    assert!(!r["next_rotation_time"].as_str().unwrap().is_empty(), "{r}");
+    assert_eq!(kv_field(&s, t, "secret/app/db", "password").await, pw, "a schedule rotated at once");
+    let r = json(&s.cli(Some(t), &["rotate", "secret/app/db", "--every", "0s", "-o", "json"]));
+    assert_eq!(r["state"], "unscheduled", "{r}");
 }

@@ -11,7 +11,8 @@ use keybridge_plugin_sdk::*;
 
 struct Hostile;
 
-const PATHS: &[&str] = &["ok", "sleep/{ms}", "loop", "memory", "recurse", "trap", "huge", "call/{host}", "file", "env", "storage"];
+const PATHS: &[&str] =
+    &["ok", "sleep/{ms}", "loop", "memory", "recurse", "trap", "huge", "call/{host}", "file", "env", "storage"];
 
 impl Engine for Hostile {
     fn describe() -> EngineInfo {
