@@ -16,6 +16,9 @@
 //!   moto server, and the cloud calls 1,000 reads of one hot secret cost
 //!   with the mount's read cache on.
 //!
+//! - `--parts wasm`: the per-call overhead of a WASM engine against a
+//!   native one, instantiation time, throughput (see `wasm.rs`).
+//!
 //! Client and server share the machine, as users' benchmarks would.
 
 use std::io::{BufRead, BufReader};
@@ -25,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod sync;
+mod wasm;
 
 use clap::Parser;
 use keybridge_proto::v1 as pb;
@@ -75,6 +79,9 @@ pub(crate) struct Args {
     /// lifted (off), or both.
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
     sync_quotas: Vec<String>,
+    /// Where the wasm32-wasip2 plugins are, for `--parts wasm`.
+    #[arg(long, default_value = "target/wasm32-wasip2/release")]
+    plugins_dir: PathBuf,
     /// moto's server, for `--parts cloud` (tests/run-all.sh installs it).
     #[arg(long, default_value = "target/test-venv/bin/moto_server")]
     moto: PathBuf,
@@ -84,7 +91,7 @@ pub(crate) struct Args {
     audit: Vec<String>,
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     addr: String,
     ca: Option<Vec<u8>>,
@@ -118,7 +125,7 @@ impl Server {
             .unwrap_or(0)
     }
 
-    async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         let mut ep = Endpoint::from_shared(self.addr.clone()).expect("address").tcp_nodelay(true);
         if let Some(ca) = &self.ca {
             ep = ep
@@ -214,7 +221,7 @@ enum Op {
     Health,
 }
 
-struct Stats {
+pub(crate) struct Stats {
     /// Throughput of the slowest and fastest of the repeated runs.
     range: (f64, f64),
     ops: usize,
@@ -330,7 +337,7 @@ async fn load(server: &Server, token: &str, from: usize, to: usize) {
     }
 }
 
-fn print_stats(label: &str, s: &Stats) {
+pub(crate) fn print_stats(label: &str, s: &Stats) {
     println!(
         "{label:<34} {:>7.0} ops/s [{:.0}..{:.0}]  p50 {:>6.3} ms  p99 {:>6.3} ms  ({} ops, {} errors)",
         s.per_sec, s.range.0, s.range.1, s.p50_ms, s.p99_ms, s.ops, s.errors
@@ -423,6 +430,9 @@ async fn main() {
     }
     if wants("sync") {
         sync::run(&args, &bin).await;
+    }
+    if wants("wasm") {
+        wasm::run(&args, &bin).await;
     }
 
     let rss_dir = tempfile::tempdir().expect("tempdir");
@@ -599,7 +609,7 @@ pub(crate) fn start_moto_env(bin: &Path, env: &[(&str, &str)]) -> Moto {
 }
 
 /// Latencies of `calls` sequential-per-task calls from `concurrency` tasks.
-async fn timed<F, Fut>(concurrency: usize, secs: u64, call: F) -> Stats
+pub(crate) async fn timed<F, Fut>(concurrency: usize, secs: u64, call: F) -> Stats
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,

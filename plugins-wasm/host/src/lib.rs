@@ -305,6 +305,14 @@ impl PluginRuntime for WasmHost {
     }
 
     async fn open(&self, spec: PluginSpec<'_>) -> Result<Arc<dyn Backend>, EngineError> {
+        Ok(Arc::new(self.open_engine(spec).await?))
+    }
+}
+
+impl WasmHost {
+    /// As [`PluginRuntime::open`], returning the engine itself (the
+    /// benchmark times its instantiation).
+    pub async fn open_engine(&self, spec: PluginSpec<'_>) -> Result<WasmEngine, EngineError> {
         let limits = MountLimits::parse(spec.config, &self.config).map_err(EngineError::InvalidInput)?;
         let prepared = self.prepare(spec.digest, spec.component)?;
         let info = describe(self, &prepared, &limits).await?;
@@ -313,7 +321,7 @@ impl PluginRuntime for WasmHost {
         let e = WasmEngine { engine: self.engine.clone(), prepared, limits, info, storage: spec.storage };
         // The engine checks its own keys.
         e.call_validate(&engine_config).await?;
-        Ok(Arc::new(e))
+        Ok(e)
     }
 }
 

@@ -245,3 +245,34 @@ async fn not_a_component_is_refused_clearly() {
     let e = h.inspect(&digest(&bytes), &bytes).await.err().unwrap();
     assert!(e.to_string().contains("not a WebAssembly component"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_pool_admits_its_size_and_refuses_more() {
+    let h = WasmHost::new(HostConfig { max_instances: 2, ..HostConfig::default() }).unwrap();
+    let (b, _) = mount(&h, &[]).await;
+    // Respected: two calls at once on a pool of two.
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { read(b.as_ref(), "sleep/400").await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap().get("slept"), Some("400"));
+    }
+    // Exceeded: a third while two run.
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { read(b.as_ref(), "sleep/600").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let e = read(b.as_ref(), "ok").await.unwrap_err();
+    assert!(matches!(e, EngineError::Exhausted(_)), "{e:?}");
+    assert!(e.to_string().contains("too many plugin calls at once"), "{e}");
+    for c in running {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(read(b.as_ref(), "ok").await.unwrap().get("answer"), Some("42"));
+}
