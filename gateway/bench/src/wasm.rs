@@ -99,7 +99,10 @@ fn digest(b: &[u8]) -> String {
 pub async fn run(args: &Args, bin: &Path) {
     let file = args.plugins_dir.join("keybridge_plugin_hostile.wasm");
     let component = std::fs::read(&file).unwrap_or_else(|e| {
-        panic!("{}: {e}; build it: cargo build --release --target wasm32-wasip2 -p keybridge-plugin-hostile", file.display())
+        panic!(
+            "{}: {e}; build it: cargo build --release --target wasm32-wasip2 -p keybridge-plugin-hostile",
+            file.display()
+        )
     });
     let host = WasmHost::new(HostConfig::default()).expect("wasm host");
     let core = Arc::new(Core::new(
@@ -161,7 +164,8 @@ pub async fn run(args: &Args, bin: &Path) {
     );
 
     // Through the real server over gRPC.
-    let (server, _) = spawn(bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", "root-bench"]);
+    let (server, _) =
+        spawn(bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", "root-bench"]);
     let ch = server.channel().await;
     let mut pc = pb::plugins_client::PluginsClient::new(ch.clone());
     let msgs = vec![
