@@ -117,6 +117,25 @@ async fn a_loop_within_fuel_is_respected_and_past_it_is_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_under_the_cap_is_granted_and_over_it_refused() {
+    let h = host();
+    let (b, _) = mount(&h, &[("max_memory_mb", "32")]).await;
+    assert_eq!(read(b.as_ref(), "alloc/16").await.unwrap().get("allocated_mb"), Some("16"));
+    let e = read(b.as_ref(), "alloc/40").await.unwrap_err();
+    assert!(matches!(e, EngineError::Exhausted(_)), "{e:?}");
+    assert!(e.to_string().contains("its limit is 32 MiB"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_within_the_deadline_finishes_and_past_it_is_stopped() {
+    let h = host();
+    let (b, _) = mount(&h, &[("timeout", "400ms")]).await;
+    assert_eq!(read(b.as_ref(), "sleep/150").await.unwrap().get("slept"), Some("150"));
+    let e = read(b.as_ref(), "sleep/1500").await.unwrap_err();
+    assert!(matches!(e, EngineError::Deadline(_)), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_hits_the_memory_cap() {
     let h = host();
     let (b, _) = mount(&h, &[("max_memory_mb", "32")]).await;

@@ -437,6 +437,17 @@ async fn engine_issued_credentials_rotate_across_every_copy() {
     ok(&s.cli(Some(t), &["write", "pw/policies/db", "length=40", "min_symbols=-1"]));
     ok(&s.cli(Some(t), &["kv", "put", "secret/app/db", "user=app", "password=old"]));
     json(&s.cli(Some(t), &["sync", "run", "--wait", "-o", "json"]));
+    // The password engine on its own: inline policies and passphrases.
+    let g =
+        json(&s.cli(Some(t), &["read", "pw/generate", "length=12", "min_digits=4", "min_symbols=-1", "-o", "json"]));
+    let p = g["data"]["password"].as_str().unwrap();
+    assert_eq!(p.len(), 12);
+    assert!(p.chars().filter(char::is_ascii_digit).count() >= 4 && p.chars().all(|c| c.is_ascii_alphanumeric()), "{p}");
+    let o = s.cli(Some(t), &["read", "pw/generate", "length=8", "min_lower=5", "min_upper=5"]);
+    assert!(!o.status.success() && stderr(&o).contains("add up to more than the length"), "{}", stderr(&o));
+    let ph = json(&s.cli(Some(t), &["read", "pw/passphrase", "words=5", "separator=.", "-o", "json"]));
+    assert_eq!(ph["data"]["passphrase"].as_str().unwrap().split('.').count(), 5);
+    assert!(ph["data"]["entropy_bits"].as_str().unwrap().parse::<u32>().unwrap() > 90, "{ph}");
     let r = json(&s.cli(Some(t), &["rotate", "secret/app/db", "--engine", "pw/generate/db", "--wait", "-o", "json"]));
     assert_eq!(r["state"], "done", "{r}");
     let pw = kv_field(&s, t, "secret/app/db", "password").await;

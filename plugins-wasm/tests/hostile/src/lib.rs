@@ -1,5 +1,6 @@
 //! Misbehaves on purpose, one way per path (all reads):
-//! `ok` answers, `sleep/{ms}` spins that long then answers, `loop` spins
+//! `ok` answers, `sleep/{ms}` spins that long then answers, `alloc/{mb}`
+//! allocates that much then answers, `loop` spins
 //! forever, `memory` allocates without end,
 //! `recurse` recurses without end, `trap` panics, `huge` answers 8 MiB,
 //! `call/{host}` fetches `http://{host}/` (say `evil.example` or an
@@ -11,8 +12,20 @@ use keybridge_plugin_sdk::*;
 
 struct Hostile;
 
-const PATHS: &[&str] =
-    &["ok", "sleep/{ms}", "loop", "memory", "recurse", "trap", "huge", "call/{host}", "file", "env", "storage"];
+const PATHS: &[&str] = &[
+    "ok",
+    "sleep/{ms}",
+    "alloc/{mb}",
+    "loop",
+    "memory",
+    "recurse",
+    "trap",
+    "huge",
+    "call/{host}",
+    "file",
+    "env",
+    "storage",
+];
 
 impl Engine for Hostile {
     fn describe() -> EngineInfo {
@@ -40,6 +53,11 @@ impl Engine for Hostile {
                 loop {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
+            }
+            "alloc/{mb}" => {
+                let mb: usize = param(&req, "mb")?.parse().map_err(|_| Error::InvalidInput("mb: a number".into()))?;
+                let block = std::hint::black_box(vec![7u8; mb << 20]);
+                Ok(respond([("allocated_mb", (block.len() >> 20).to_string())]))
             }
             "memory" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
