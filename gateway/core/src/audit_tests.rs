@@ -135,6 +135,7 @@ struct Collector {
     path: std::path::PathBuf,
     lines: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
 }
 
 impl Collector {
@@ -142,12 +143,16 @@ impl Collector {
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (l2, s2) = (lines.clone(), stop.clone());
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (l2, s2, c2) = (lines.clone(), stop.clone(), conns.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
                 if s2.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
+                }
+                if let Ok(c) = conn.try_clone() {
+                    c2.lock().unwrap().push(c);
                 }
                 let (l3, s3) = (l2.clone(), s2.clone());
                 std::thread::spawn(move || {
@@ -161,12 +166,17 @@ impl Collector {
                 });
             }
         });
-        Collector { path, lines, stop }
+        Collector { path, lines, stop, conns }
     }
 
-    /// Hangs up: the listener and every connection go away.
+    /// Hangs up: the listener and every connection go away. Connections are
+    /// shut down at once, so the gateway's next write fails (EPIPE) however
+    /// busy the machine is.
     fn hang_up(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
         std::fs::remove_file(&self.path).unwrap();
         // Wake the accept loop so it exits; the connection threads exit on
         // their next line.

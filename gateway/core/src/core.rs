@@ -144,7 +144,15 @@ pub struct Core {
     loaded: RwLock<Option<Arc<Loaded>>>,
     /// Serialises lifecycle and mount-table changes.
     admin: Mutex<()>,
+    /// Lock stripes of the local engine's writes (innermost: taken last).
     write_locks: Vec<Mutex<()>>,
+    /// Lock stripes of whole-secret operations (cloud writes, replica and
+    /// rotation steps), which may run a local write while held: a stripe set
+    /// of their own, so a hash collision can never make a task wait for a
+    /// lock it holds.
+    path_locks: Vec<Mutex<()>>,
+    /// Lock stripes of leases, taken while a path lock may be held.
+    lease_locks: Vec<Mutex<()>>,
     /// The reconciler's in-memory state.
     sync: crate::sync::Runtime,
     /// Wakes the lease worker when a lease is written.
@@ -168,6 +176,8 @@ impl Core {
             loaded: RwLock::new(None),
             admin: Mutex::new(()),
             write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            path_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            lease_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             sync: Default::default(),
             leases_changed: tokio::sync::Notify::new(),
             #[cfg(test)]
@@ -399,8 +409,22 @@ impl Core {
     /// audited, allowed or not; an allowed request that no audit device
     /// could record is refused (fail closed).
     pub async fn authorize(&self, caller: &Caller, id: &Identity, path: &str, cap: Capability) -> Result<()> {
+        let decision = self.decide(id, path, cap).await;
+        self.record_decision(caller, id, path, cap, decision).await
+    }
+
+    /// Audits an authorization decision (the request record) and passes it
+    /// on; fails closed when no device could record an allowed request.
+    pub(crate) async fn record_decision(
+        &self,
+        caller: &Caller,
+        id: &Identity,
+        path: &str,
+        cap: Capability,
+        decision: Result<()>,
+    ) -> Result<()> {
         if !self.auditing() {
-            return self.decide(id, path, cap).await;
+            return decision;
         }
         {
             let mut st = caller.state();
@@ -408,7 +432,6 @@ impl Core {
             st.acl_path = Some(path.to_string());
             st.capability = Some(cap.name());
         }
-        let decision = self.decide(id, path, cap).await;
         self.audit_request(caller, decision.as_ref().err()).await;
         decision?;
         if caller.state().audit_failed {
@@ -857,7 +880,15 @@ impl Core {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         path.hash(&mut h);
-        self.write_locks[(h.finish() as usize) % self.write_locks.len()].lock().await
+        self.path_locks[(h.finish() as usize) % self.path_locks.len()].lock().await
+    }
+
+    /// Serialises renewals and revocations of one lease.
+    pub(crate) async fn lease_lock(&self, lease_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        lease_id.hash(&mut h);
+        self.lease_locks[(h.finish() as usize) % self.lease_locks.len()].lock().await
     }
 
     pub async fn get(&self, caller: &Caller, path: &str, version: Option<u64>) -> Result<ReadSecret> {

@@ -594,22 +594,6 @@ impl Core {
                 Decision::Denied(why) => Err(Error::PermissionDenied(why)),
             }
         };
-        if !self.auditing() {
-            return decision;
-        }
-        {
-            let mut st = caller.state();
-            st.auth = Some(crate::audit::AuthInfo::from(id));
-            st.acl_path = Some(path.to_string());
-            st.capability = Some(cap.name());
-        }
-        self.audit_request(caller, decision.as_ref().err()).await;
-        decision?;
-        if caller.state().audit_failed {
-            return Err(Error::AuditFailed(
-                "no enabled audit device could record the request, so it was not carried out".into(),
-            ));
-        }
-        Ok(())
+        self.record_decision(caller, id, path, cap, decision).await
     }
 }

@@ -280,7 +280,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_lease_ref(lease_id, "lease id")?;
         self.authorize(caller, &id, "sys/leases/renew", Capability::Update).await?;
-        let _g = self.write_lock(&format!("lease:{lease_id}")).await;
+        let _g = self.lease_lock(lease_id).await;
         let (mut r, data) = self.read_lease(lease_id).await?.ok_or_else(|| not_found(lease_id))?;
         let now = Timestamp::now().secs;
         if r.pinned {
@@ -374,7 +374,7 @@ impl Core {
     /// Runs the engine's revoke for a lease and deletes the lease; on
     /// failure schedules a retry with backoff.
     async fn revoke_now(&self, lease_id: &str, request_id: &str) -> Result<()> {
-        let _g = self.write_lock(&format!("lease:{lease_id}")).await;
+        let _g = self.lease_lock(lease_id).await;
         let Some((mut r, data)) = self.read_lease(lease_id).await? else { return Ok(()) };
         let attempt = async {
             let (mount, backend) = self.lease_backend(&r).await?;
