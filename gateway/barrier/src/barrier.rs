@@ -329,6 +329,22 @@ impl Barrier {
         Ok(keys)
     }
 
+    /// Every key under `prefix` (at most `max`), read a page at a time.
+    pub async fn list_all(&self, prefix: &str, max: usize) -> Result<Vec<String>> {
+        const PAGE: usize = 512;
+        let mut out: Vec<String> = Vec::new();
+        loop {
+            // `start` is inclusive: begin just past the last key seen.
+            let start = out.last().map(|k| format!("{k}\0"));
+            let keys = self.list(prefix, start.as_deref(), PAGE.min(max - out.len())).await?;
+            let full = keys.len() == PAGE;
+            out.extend(keys);
+            if !full || out.len() >= max {
+                return Ok(out);
+            }
+        }
+    }
+
     pub async fn commit(&self, batch: WriteBatch) -> Result<()> {
         let cur = self.current()?;
         let mut ops = Vec::with_capacity(batch.puts.len() + batch.deletes.len());
@@ -466,6 +482,23 @@ mod tests {
         assert_eq!(b.get("old").await.unwrap().unwrap().as_slice(), b"1");
         assert_eq!(b.get("new").await.unwrap().unwrap().as_slice(), b"2");
         assert_eq!(b.key_info().unwrap().terms, 2);
+    }
+
+    #[tokio::test]
+    async fn list_all_pages_through_every_key_up_to_max() {
+        let b = barrier();
+        b.initialize(1, 1, vec![]).await.unwrap();
+        let mut w = WriteBatch::new();
+        for i in 0..1300 {
+            w.put(format!("p/{i:05}"), Zeroizing::new(vec![1]));
+        }
+        w.put("q/0", Zeroizing::new(vec![1]));
+        b.commit(w).await.unwrap();
+        let all = b.list_all("p/", usize::MAX).await.unwrap();
+        assert_eq!(all.len(), 1300);
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        assert_eq!(b.list_all("p/", 700).await.unwrap().len(), 700);
+        assert!(b.list_all("r/", usize::MAX).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -443,13 +443,26 @@ impl Core {
     }
 
     async fn decide(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
+        self.decide_with(id, path, cap, None).await
+    }
+
+    /// The ACL's decision; with `params`, checked against the rules'
+    /// parameter constraints too (engine paths; Vault skips them for KV).
+    pub(crate) async fn decide_with(
+        &self,
+        id: &Identity,
+        path: &str,
+        cap: Capability,
+        params: Option<&[(&str, &str)]>,
+    ) -> Result<()> {
         use keybridge_policy::{Decision, Request};
         if id.is_root() {
             return Ok(());
         }
         let loaded = self.loaded()?;
         let acl = self.acl_for(&loaded, &id.policies).await?;
-        let ask = |c| acl.decide(&Request { path, capability: c, parameters: &[], check_parameters: false });
+        let (parameters, check_parameters) = (params.unwrap_or(&[]), params.is_some());
+        let ask = |c| acl.decide(&Request { path, capability: c, parameters, check_parameters });
         let mut decision = ask(Self::policy_capability(cap));
         if cap == Capability::Sudo && decision == Decision::Allowed {
             decision = ask(keybridge_policy::Capability::Update);

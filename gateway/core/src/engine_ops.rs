@@ -164,28 +164,18 @@ impl EngineStorage for MountStorage {
 
     async fn list(&self, prefix: &str) -> std::result::Result<Vec<String>, String> {
         let full = format!("{}{prefix}", self.prefix);
+        let keys = self.barrier.list_all(&full, STORAGE_LIST_MAX).await.map_err(|e| format!("storage: {e}"))?;
         let mut out: Vec<String> = Vec::new();
-        let mut start: Option<String> = None;
-        loop {
-            let keys = self.barrier.list(&full, start.as_deref(), 512).await.map_err(|e| format!("storage: {e}"))?;
-            let n = keys.len();
-            for k in &keys {
-                let rest = &k[full.len()..];
-                let child = match rest.find('/') {
-                    Some(i) => &rest[..=i],
-                    None => rest,
-                };
-                if out.last().map(String::as_str) != Some(child) {
-                    out.push(child.to_string());
-                }
+        for k in &keys {
+            let rest = &k[full.len()..];
+            let child = match rest.find('/') {
+                Some(i) => &rest[..=i],
+                None => rest,
+            };
+            if out.last().map(String::as_str) != Some(child) {
+                out.push(child.to_string());
             }
-            if n < 512 || out.len() >= STORAGE_LIST_MAX {
-                break;
-            }
-            // Skip past the last key (keys are sorted; start is inclusive).
-            start = keys.last().map(|k| format!("{k}\0"));
         }
-        out.dedup();
         Ok(out)
     }
 }
@@ -253,7 +243,7 @@ impl Core {
             None => CATALOG.to_string(),
         };
         let mut out = Vec::new();
-        for key in self.barrier.list(&prefix, None, 100_000).await? {
+        for key in self.barrier.list_all(&prefix, 100_000).await? {
             let Some(raw) = self.barrier.get(&key).await? else { continue };
             out.push(
                 serde_json::from_slice::<PluginVersion>(&raw)
@@ -431,11 +421,11 @@ impl Core {
         Ok(loaded.engines.write().unwrap_or_else(|p| p.into_inner()).entry(mount.id.clone()).or_insert(built).clone())
     }
 
-    pub(crate) fn call_context(&self, mount: &MountEntry, caller: &Caller, who: &str) -> CallContext {
+    pub(crate) fn call_context(&self, mount: &MountEntry, request_id: &str, who: &str) -> CallContext {
         CallContext {
             mount_path: mount.path.clone(),
             config: self.engine_config(mount),
-            request_id: caller.request_id.clone(),
+            request_id: request_id.to_string(),
             caller: who.to_string(),
         }
     }
@@ -506,7 +496,7 @@ impl Core {
         let given: Vec<(String, String)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut operation = wants[0];
         let params = engine::check_params(&m, operation, &data).map_err(Error::InvalidArgument)?;
-        let ctx = self.call_context(&mount, caller, &id.display_name);
+        let ctx = self.call_context(&mount, &caller.request_id, &id.display_name);
         let mut req = EngineRequest { operation, path: rel.clone(), pattern: m.info.pattern.clone(), params };
         if op == LogicalOp::Write {
             let can = |o| m.info.operations.contains(&o);
@@ -581,19 +571,7 @@ impl Core {
         cap: Capability,
         params: &[(&str, &str)],
     ) -> Result<()> {
-        use keybridge_policy::{Decision, Request};
-        let decision = if id.is_root() {
-            Ok(())
-        } else {
-            let loaded = self.loaded()?;
-            let acl = self.acl_for(&loaded, &id.policies).await?;
-            let r =
-                Request { path, capability: Self::policy_capability(cap), parameters: params, check_parameters: true };
-            match acl.decide(&r) {
-                Decision::Allowed => Ok(()),
-                Decision::Denied(why) => Err(Error::PermissionDenied(why)),
-            }
-        };
+        let decision = self.decide_with(id, path, cap, Some(params)).await;
         self.record_decision(caller, id, path, cap, decision).await
     }
 }

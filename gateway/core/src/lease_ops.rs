@@ -124,21 +124,20 @@ impl Core {
     /// Reads every lease into the due index (at unseal).
     pub(crate) async fn load_leases(&self) -> Result<LeaseIndex> {
         let mut index = LeaseIndex::default();
-        let mut start: Option<String> = None;
-        loop {
-            let keys = self.barrier.list(LEASES, start.as_deref(), 512).await?;
-            let n = keys.len();
-            for key in &keys {
-                let Some(raw) = self.barrier.get(key).await? else { continue };
-                let r: LeaseRecord = serde_json::from_slice(&raw)
-                    .map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?;
-                index.set(&r.id, r.due());
-            }
-            if n < 512 {
-                return Ok(index);
-            }
-            start = keys.last().map(|k| format!("{k}\0"));
+        for r in self.lease_records("").await? {
+            index.set(&r.id, r.due());
         }
+        Ok(index)
+    }
+
+    /// Every lease record whose id starts with `prefix`.
+    async fn lease_records(&self, prefix: &str) -> Result<Vec<LeaseRecord>> {
+        let mut out = Vec::new();
+        for key in self.barrier.list_all(&format!("{LEASES}{prefix}"), usize::MAX).await? {
+            let Some(raw) = self.barrier.get(&key).await? else { continue };
+            out.push(serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?);
+        }
+        Ok(out)
     }
 
     async fn read_lease(&self, id: &str) -> Result<Option<(LeaseRecord, Params)>> {
@@ -254,24 +253,7 @@ impl Core {
             validate_lease_ref(prefix, "prefix")?;
         }
         self.authorize(caller, &id, &format!("sys/leases/lookup/{prefix}"), Capability::Sudo).await?;
-        let mut out = Vec::new();
-        let mut start: Option<String> = None;
-        let full = format!("{LEASES}{prefix}");
-        loop {
-            let keys = self.barrier.list(&full, start.as_deref(), 512).await?;
-            let n = keys.len();
-            for key in &keys {
-                if let Some(raw) = self.barrier.get(key).await? {
-                    let r: LeaseRecord = serde_json::from_slice(&raw)
-                        .map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?;
-                    out.push(r.view());
-                }
-            }
-            if n < 512 || out.len() >= 100_000 {
-                return Ok(out);
-            }
-            start = keys.last().map(|k| format!("{k}\0"));
-        }
+        Ok(self.lease_records(prefix).await?.iter().map(LeaseRecord::view).collect())
     }
 
     /// Extends a lease by `increment` seconds (0: the engine's default), up
@@ -298,7 +280,7 @@ impl Core {
             return Err(Error::FailedPrecondition(format!("lease {lease_id} has reached its max TTL")));
         }
         let (mount, backend) = self.lease_backend(&r).await?;
-        let ctx = self.call_context(&mount, caller, &id.display_name);
+        let ctx = self.call_context(&mount, &caller.request_id, &id.display_name);
         let info = LeaseInfo {
             lease_id: r.id.clone(),
             path: r.path.clone(),
@@ -350,7 +332,7 @@ impl Core {
     }
 
     pub(crate) async fn revoke_under(&self, prefix: &str, request_id: &str) -> Result<usize> {
-        let ids = self.barrier.list(&format!("{LEASES}{prefix}"), None, usize::MAX).await?;
+        let ids = self.barrier.list_all(&format!("{LEASES}{prefix}"), usize::MAX).await?;
         let mut done = 0;
         let mut failed = Vec::new();
         for key in ids {
@@ -378,8 +360,7 @@ impl Core {
         let Some((mut r, data)) = self.read_lease(lease_id).await? else { return Ok(()) };
         let attempt = async {
             let (mount, backend) = self.lease_backend(&r).await?;
-            let mut ctx = self.call_context(&mount, &Caller::new(None, "lease"), "lease manager");
-            ctx.request_id = request_id.to_string();
+            let ctx = self.call_context(&mount, request_id, "lease manager");
             let info = LeaseInfo {
                 lease_id: r.id.clone(),
                 path: r.path.clone(),

@@ -385,7 +385,7 @@ impl Core {
     /// it).
     async fn engine_value(&self, spec: &RotateSpec, current: SecretValue) -> Result<(SecretValue, String)> {
         let (mount, rel, backend) = self.logical_route(&spec.engine).await?;
-        let ctx = self.call_context(&mount, &Caller::new(None, "rotation"), "reconciler");
+        let ctx = self.call_context(&mount, "rotation", "reconciler");
         let resp = backend
             .rotate(&ctx, &rel, &crate::engine::Params::default())
             .await
