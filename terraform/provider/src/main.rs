@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    terraform_provider_keybridge::plugin::main()
+}

@@ -1,0 +1,124 @@
+//! Managed resources, data sources and ephemeral resources.
+//!
+//! A managed resource says what it stores ([`Schema`]), which attributes
+//! force a new object, how to read it back from the gateway and how to
+//! create, update and delete it. The plan and apply logic shared by all of
+//! them lives in [`crate::provider`].
+
+use async_trait::async_trait;
+
+use crate::diag::Diags;
+use crate::gateway::Gateway;
+use crate::schema::{Identity, Schema};
+use crate::value::Obj;
+
+pub mod auth;
+pub mod mount;
+pub mod plugin;
+pub mod policy;
+pub mod rule;
+pub mod secret;
+
+/// State the provider keeps beside a resource's attributes (Terraform's
+/// "private" bytes): bookkeeping only, never a secret value.
+pub type Private = serde_json::Map<String, serde_json::Value>;
+
+/// What Terraform told the provider it can handle.
+#[derive(Clone, Copy, Default)]
+pub struct Caps {
+    pub write_only: bool,
+}
+
+#[async_trait]
+pub trait Resource: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn schema(&self) -> Schema;
+    fn identity(&self) -> Identity;
+    /// Attributes whose change replaces the object.
+    fn replace_on(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Computed attributes that any update changes.
+    fn unknown_on_update(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Checks a configuration; unknown values are skipped.
+    fn validate(&self, _config: &Obj, _caps: Caps, _diags: &mut Diags) {}
+    /// An update is needed though the stored attributes match the
+    /// configuration: drift that state cannot show (a write-only value).
+    fn force_update(&self, _prior: &Obj, _config: &Obj, _private: &Private) -> bool {
+        false
+    }
+    /// The state that `terraform import <addr> <id>` starts from; Terraform
+    /// reads the rest with [`Resource::read`].
+    fn import(&self, id: &str) -> Result<Obj, Diags>;
+    /// The object as the gateway has it now, or `None` if it is gone.
+    /// `prior` says what the state holds (to keep its form).
+    async fn read(&self, gw: &Gateway, prior: &Obj) -> Result<Option<Obj>, Diags>;
+    async fn create(&self, gw: &Gateway, planned: &Obj, config: &Obj) -> Result<Private, Diags>;
+    async fn update(
+        &self,
+        gw: &Gateway,
+        prior: &Obj,
+        planned: &Obj,
+        config: &Obj,
+        private: &Private,
+    ) -> Result<Private, Diags>;
+    async fn delete(&self, gw: &Gateway, prior: &Obj) -> Result<(), Diags>;
+}
+
+#[async_trait]
+pub trait DataSource: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn schema(&self) -> Schema;
+    fn validate(&self, _config: &Obj, _diags: &mut Diags) {}
+    async fn read(&self, gw: &Gateway, config: &Obj) -> Result<Obj, Diags>;
+}
+
+pub fn resources() -> Vec<Box<dyn Resource>> {
+    vec![
+        Box::new(mount::Mount),
+        Box::new(policy::Policy),
+        Box::new(secret::Secret),
+        Box::new(rule::ReplicationRule),
+        Box::new(auth::AuthBackend),
+        Box::new(auth::KubernetesRole),
+        Box::new(plugin::Plugin),
+    ]
+}
+
+pub fn data_sources() -> Vec<Box<dyn DataSource>> {
+    vec![Box::new(secret::SecretData)]
+}
+
+/// Ephemeral resources share the data source form: read once when opened.
+pub fn ephemeral_resources() -> Vec<Box<dyn DataSource>> {
+    vec![Box::new(secret::SecretData)]
+}
+
+/// Checks a name-like attribute that the gateway will use in a path.
+pub fn check_segment(config: &Obj, attr: &str, what: &str, diags: &mut Diags) {
+    use crate::value::ObjExt;
+    if let Some(v) = config.get_str(attr) {
+        let bad = v.is_empty()
+            || v.len() > 256
+            || v.split('/').any(|s| s == "." || s == "..")
+            || v.chars().any(|c| c.is_control() || c.is_whitespace());
+        if bad {
+            diags.push_error(
+                format!("Invalid {what}"),
+                format!("`{attr}` must be 1-256 characters without spaces, control characters or `.`/`..` segments."),
+                Some(crate::diag::path(attr)),
+            );
+        }
+    }
+}
+
+/// A string list attribute kept as the gateway's comma-separated setting.
+pub fn join_list(v: &[String]) -> String {
+    v.join(",")
+}
+
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
