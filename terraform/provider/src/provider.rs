@@ -20,7 +20,7 @@ pub struct Provider {
     gateway: RwLock<Option<Gateway>>,
 }
 
-fn provider_schema() -> Schema {
+pub fn provider_schema() -> Schema {
     Schema {
         version: 0,
         description: "Keybridge, the multi-cloud secrets gateway. Talks to the gateway's gRPC API only.",

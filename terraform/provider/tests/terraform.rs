@@ -55,6 +55,13 @@ fn policy_lifecycle_import_and_drift() {
     tf.apply();
     assert_eq!(policy_text(&gw, "app-service").as_deref(), Some(v2));
 
+    // Deleted outside Terraform: planned for creation again.
+    rt().block_on(gw.policies().delete(gw.req(pb::DeletePolicyRequest { name: "app-service".into() }))).unwrap();
+    let (changes, plan) = tf.plan_has_changes();
+    assert!(changes && plan.stdout.contains("will be created"), "{}", plan.stdout);
+    tf.apply();
+    assert_eq!(policy_text(&gw, "app-service").as_deref(), Some(v2));
+
     // Import into a fresh state.
     tf.ok(&["state", "rm", "keybridge_policy.app"]);
     tf.ok(&["import", "-no-color", "keybridge_policy.app", "app-service"]);
@@ -116,6 +123,17 @@ fn secret_with_data_lifecycle_import_and_drift() {
     tf.ok(&["import", "-no-color", "keybridge_secret.db", "secret/database/app"]);
     assert!(!tf.state().contains("pw-two"), "import copied the value into state");
     tf.apply();
+    assert_eq!(gw.metadata("secret/database/app").current_version, 4);
+    tf.assert_no_changes();
+
+    // Import by identity (an import block, Terraform 1.12+).
+    tf.ok(&["state", "rm", "keybridge_secret.db"]);
+    tf.config(&format!(
+        "import {{\n  to       = keybridge_secret.db\n  identity = {{ path = \"secret/database/app\" }}\n}}\n\n{}",
+        config("pw-two", "security")
+    ));
+    let r = tf.apply();
+    assert!(r.stdout.contains("1 imported"), "{}", r.stdout);
     assert_eq!(gw.metadata("secret/database/app").current_version, 4);
     tf.assert_no_changes();
 

@@ -214,6 +214,10 @@ impl Resource for AuthBackend {
         }
     }
 
+    fn import_id_help(&self) -> &'static str {
+        "the auth path: `kubernetes`"
+    }
+
     fn import(&self, id: &str) -> Result<Obj, Diags> {
         Ok([("path".to_string(), Val::str(id.trim_start_matches("auth/")))].into())
     }
@@ -387,6 +391,10 @@ impl Resource for KubernetesRole {
                 );
             }
         }
+    }
+
+    fn import_id_help(&self) -> &'static str {
+        "`<backend>/role/<name>`: `kubernetes/role/app-service`"
     }
 
     fn import(&self, id: &str) -> Result<Obj, Diags> {

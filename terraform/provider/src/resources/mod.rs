@@ -49,6 +49,8 @@ pub trait Resource: Send + Sync {
     fn force_update(&self, _prior: &Obj, _config: &Obj, _private: &Private) -> bool {
         false
     }
+    /// The id `terraform import` takes, for the docs (`<path>`).
+    fn import_id_help(&self) -> &'static str;
     /// The state that `terraform import <addr> <id>` starts from; Terraform
     /// reads the rest with [`Resource::read`].
     fn import(&self, id: &str) -> Result<Obj, Diags>;

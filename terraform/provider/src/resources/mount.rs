@@ -110,6 +110,10 @@ impl Resource for Mount {
         }
     }
 
+    fn import_id_help(&self) -> &'static str {
+        "the mount path: `secret`"
+    }
+
     fn import(&self, id: &str) -> Result<Obj, Diags> {
         Ok([("path".to_string(), Val::str(id.trim_end_matches('/')))].into())
     }

@@ -94,6 +94,10 @@ impl Resource for Plugin {
         }
     }
 
+    fn import_id_help(&self) -> &'static str {
+        "`<name>@<sha256>`: `apikeys@3f2a…`"
+    }
+
     fn import(&self, id: &str) -> Result<Obj, Diags> {
         let Some((name, sha)) = id.split_once('@') else {
             return Err(Diags::error("Invalid import id", "Import a plugin as `<name>@<sha256>`."));

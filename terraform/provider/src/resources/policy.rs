@@ -52,6 +52,10 @@ impl Resource for Policy {
         }
     }
 
+    fn import_id_help(&self) -> &'static str {
+        "the policy name: `app-service`"
+    }
+
     fn import(&self, id: &str) -> Result<Obj, Diags> {
         Ok([("name".to_string(), Val::str(id))].into())
     }

@@ -116,6 +116,10 @@ impl Resource for ReplicationRule {
         }
     }
 
+    fn import_id_help(&self) -> &'static str {
+        "the rule name: `database-to-aws`"
+    }
+
     fn import(&self, id: &str) -> Result<Obj, Diags> {
         Ok([("name".to_string(), Val::str(id))].into())
     }

@@ -125,6 +125,10 @@ impl Resource for Secret {
         !config.val("data_wo").is_null() && written.is_some() && prior.get_num("version") != written
     }
 
+    fn import_id_help(&self) -> &'static str {
+        "the full path: `secret/database/app`"
+    }
+
     fn import(&self, id: &str) -> Result<Obj, Diags> {
         // The value is not imported: state gets it (through `data`) only
         // once an apply confirms the configuration wants it there.

