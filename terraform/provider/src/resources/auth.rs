@@ -288,11 +288,7 @@ impl Resource for AuthBackend {
 
     async fn delete(&self, gw: &Gateway, prior: &Obj) -> Result<(), Diags> {
         let path = prior.get_str("path").unwrap_or_default().to_string();
-        match gw.auth().disable(gw.req(pb::DisableAuthRequest { path })).await {
-            Ok(_) => Ok(()),
-            Err(s) if not_found(&s) => Ok(()),
-            Err(s) => Err(diag::gateway("disable the auth method", &s, None)),
-        }
+        super::deleted(gw.auth().disable(gw.req(pb::DisableAuthRequest { path })).await, "disable the auth method")
     }
 }
 
@@ -426,11 +422,7 @@ impl Resource for KubernetesRole {
 
     async fn create(&self, gw: &Gateway, planned: &Obj, config: &Obj) -> Result<Private, Diags> {
         if self.read(gw, planned).await?.is_some() {
-            return Err(Diags::error_at(
-                "role_name",
-                "Role already exists",
-                "A role of this name exists already; import it with `terraform import` to manage it.",
-            ));
+            return Err(super::already_exists("role_name", "Role"));
         }
         self.update(gw, planned, planned, config, &Private::new()).await
     }
@@ -450,10 +442,6 @@ impl Resource for KubernetesRole {
             path: prior.get_str("backend").unwrap_or_default().into(),
             role: prior.get_str("role_name").unwrap_or_default().into(),
         };
-        match gw.auth().delete_role(gw.req(req)).await {
-            Ok(_) => Ok(()),
-            Err(s) if not_found(&s) => Ok(()),
-            Err(s) => Err(diag::gateway("delete the role", &s, None)),
-        }
+        super::deleted(gw.auth().delete_role(gw.req(req)).await, "delete the role")
     }
 }

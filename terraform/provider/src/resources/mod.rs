@@ -124,3 +124,24 @@ pub fn join_list(v: &[String]) -> String {
 pub fn split_list(s: &str) -> Vec<String> {
     s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
+
+/// A delete's result: an object already gone counts as deleted.
+pub fn deleted<T>(r: Result<T, tonic::Status>, op: &str) -> Result<(), Diags> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(s) if crate::gateway::not_found(&s) => Ok(()),
+        Err(s) => Err(crate::diag::gateway(op, &s, None)),
+    }
+}
+
+/// Creating what exists already is refused, never an overwrite.
+pub fn already_exists(attr: &str, what: &str) -> Diags {
+    Diags::error_at(
+        attr,
+        format!("{what} already exists"),
+        format!(
+            "A {} of this name exists already; import it with `terraform import` to manage it.",
+            what.to_lowercase()
+        ),
+    )
+}

@@ -220,11 +220,7 @@ impl Resource for Mount {
 
     async fn delete(&self, gw: &Gateway, prior: &Obj) -> Result<(), Diags> {
         let path = prior.get_str("path").unwrap_or_default().to_string();
-        match gw.sys().disable_mount(gw.req(pb::DisableMountRequest { path })).await {
-            Ok(_) => Ok(()),
-            Err(s) if crate::gateway::not_found(&s) => Ok(()),
-            Err(s) => Err(diag::gateway("disable the mount", &s, None)),
-        }
+        super::deleted(gw.sys().disable_mount(gw.req(pb::DisableMountRequest { path })).await, "disable the mount")
     }
 }
 

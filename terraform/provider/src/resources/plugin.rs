@@ -149,10 +149,6 @@ impl Resource for Plugin {
             name: prior.get_str("name").unwrap_or_default().into(),
             sha256: prior.get_str("sha256").unwrap_or_default().into(),
         };
-        match gw.plugins().delete(gw.req(req)).await {
-            Ok(_) => Ok(()),
-            Err(s) if crate::gateway::not_found(&s) => Ok(()),
-            Err(s) => Err(diag::gateway("delete the plugin", &s, None)),
-        }
+        super::deleted(gw.plugins().delete(gw.req(req)).await, "delete the plugin")
     }
 }

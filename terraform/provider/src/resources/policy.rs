@@ -73,13 +73,8 @@ impl Resource for Policy {
     }
 
     async fn create(&self, gw: &Gateway, planned: &Obj, _config: &Obj) -> Result<Private, Diags> {
-        let name = planned.get_str("name").unwrap_or_default();
         if self.read(gw, planned).await?.is_some() {
-            return Err(Diags::error_at(
-                "name",
-                "Policy already exists",
-                format!("A policy named {name:?} exists already; import it with `terraform import` to manage it."),
-            ));
+            return Err(super::already_exists("name", "Policy"));
         }
         self.put(gw, planned).await?;
         Ok(Private::new())
@@ -92,11 +87,7 @@ impl Resource for Policy {
 
     async fn delete(&self, gw: &Gateway, prior: &Obj) -> Result<(), Diags> {
         let name = prior.get_str("name").unwrap_or_default().to_string();
-        match gw.policies().delete(gw.req(pb::DeletePolicyRequest { name })).await {
-            Ok(_) => Ok(()),
-            Err(s) if not_found(&s) => Ok(()),
-            Err(s) => Err(diag::gateway("delete the policy", &s, None)),
-        }
+        super::deleted(gw.policies().delete(gw.req(pb::DeletePolicyRequest { name })).await, "delete the policy")
     }
 }
 

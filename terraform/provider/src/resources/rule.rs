@@ -147,11 +147,7 @@ impl Resource for ReplicationRule {
 
     async fn create(&self, gw: &Gateway, planned: &Obj, config: &Obj) -> Result<Private, Diags> {
         if self.read(gw, planned).await?.is_some() {
-            return Err(Diags::error_at(
-                "name",
-                "Rule already exists",
-                "A rule of this name exists already; import it with `terraform import` to manage it.",
-            ));
+            return Err(super::already_exists("name", "Rule"));
         }
         self.update(gw, planned, planned, config, &Private::new()).await
     }
@@ -176,10 +172,6 @@ impl Resource for ReplicationRule {
 
     async fn delete(&self, gw: &Gateway, prior: &Obj) -> Result<(), Diags> {
         let name = prior.get_str("name").unwrap_or_default().to_string();
-        match gw.sync().delete_rule(gw.req(pb::DeleteSyncRuleRequest { name })).await {
-            Ok(_) => Ok(()),
-            Err(s) if not_found(&s) => Ok(()),
-            Err(s) => Err(diag::gateway("delete the rule", &s, None)),
-        }
+        super::deleted(gw.sync().delete_rule(gw.req(pb::DeleteSyncRuleRequest { name })).await, "delete the rule")
     }
 }

@@ -234,11 +234,7 @@ impl Resource for Secret {
     async fn delete(&self, gw: &Gateway, prior: &Obj) -> Result<(), Diags> {
         let path = prior.get_str("path").unwrap_or_default().to_string();
         let req = pb::DeleteRequest { path, versions: vec![], all_versions: true, purge: false };
-        match gw.secrets().delete(gw.req(req)).await {
-            Ok(_) => Ok(()),
-            Err(s) if not_found(&s) => Ok(()),
-            Err(s) => Err(diag::gateway("delete the secret", &s, None)),
-        }
+        super::deleted(gw.secrets().delete(gw.req(req)).await, "delete the secret")
     }
 }
 
