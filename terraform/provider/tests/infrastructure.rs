@@ -183,6 +183,7 @@ fn kubernetes_auth_backend_and_role() {
     std::fs::write(pem_file.path(), key.public_key_pem()).unwrap();
     let tf = Tf::new(&gw);
     let config = |ttl: &str| {
+        let audience = if ttl == "1h" { "keybridge" } else { "keybridge-prod" };
         format!(
             r#"
 resource "keybridge_auth_backend" "k8s" {{
@@ -190,7 +191,7 @@ resource "keybridge_auth_backend" "k8s" {{
   type     = "kubernetes"
   pem_keys = file("{pem}")
   issuer   = "https://kubernetes.default.svc.cluster.local"
-  audience = "keybridge"
+  audience = "{audience}"
 }}
 
 resource "keybridge_auth_kubernetes_role" "app" {{
@@ -236,9 +237,16 @@ resource "keybridge_auth_kubernetes_role" "app" {{
     );
     tf.assert_no_changes();
 
+    // Modify both: the backend's audience and the role's TTL.
     tf.config(&config("2h"));
     tf.apply();
     assert_eq!(role(&gw).unwrap()["ttl"], "2h");
+    let cfg = rt()
+        .block_on(gw.auth().read_config(gw.req(pb::ReadAuthConfigRequest { path: "kubernetes".into() })))
+        .unwrap()
+        .into_inner()
+        .settings;
+    assert_eq!(cfg["audience"], "keybridge-prod");
     tf.assert_no_changes();
 
     // Drift: the role bound to another namespace outside Terraform.

@@ -307,3 +307,36 @@ fn provider_settings_come_from_the_environment_or_are_asked_for() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("did not accept the token"), "{}", r.stderr);
 }
+
+/// A gateway serving TLS: trusted through `ca_cert` (from KEYBRIDGE_CACERT
+/// here), refused without it.
+#[test]
+fn tls_gateway_with_and_without_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::tls(dir.path());
+    assert!(gw.addr.starts_with("https://"), "{}", gw.addr);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, gw.ca_pem.as_ref().unwrap()).unwrap();
+    let policy = "resource \"keybridge_policy\" \"p\" {\n  name   = \"over-tls\"\n  policy = \"path \\\"a/*\\\" { capabilities = [\\\"read\\\"] }\"\n}\n";
+
+    // Without the CA, the gateway's certificate is not trusted.
+    let tf = Tf::new(&gw);
+    tf.config(policy);
+    tf.init();
+    let r = tf.run(&["apply", "-auto-approve", "-no-color"]);
+    assert_ne!(r.code, 0);
+    assert!(harness::flat(&r.stderr).contains("Keybridge is unavailable"), "{}", r.stderr);
+    assert_eq!(policy_text(&gw, "over-tls"), None);
+
+    let tf = Tf::with_env(vec![
+        ("KEYBRIDGE_ADDR".into(), gw.addr.clone()),
+        ("KEYBRIDGE_TOKEN".into(), gw.token.clone()),
+        ("KEYBRIDGE_CACERT".into(), ca_file.display().to_string()),
+    ]);
+    tf.config(policy);
+    tf.init();
+    tf.apply();
+    assert!(policy_text(&gw, "over-tls").is_some());
+    tf.assert_no_changes();
+    tf.destroy();
+}

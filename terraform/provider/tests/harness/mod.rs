@@ -39,6 +39,9 @@ fn python() -> PathBuf {
 pub struct Gateway {
     child: Child,
     pub addr: String,
+    pub token: String,
+    /// PEM of the CA that signed a TLS gateway's certificate.
+    pub ca_pem: Option<String>,
 }
 
 impl Drop for Gateway {
@@ -50,15 +53,19 @@ impl Drop for Gateway {
 
 impl Gateway {
     pub fn dev() -> Gateway {
+        Gateway::spawn(&["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", TOKEN])
+    }
+
+    fn spawn(args: &[&str]) -> Gateway {
         let child = Command::new(keybridge_bin())
-            .args(["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", TOKEN])
+            .args(args)
             .env("KEYBRIDGE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn keybridge");
         // Owned at once, so a failed start kills it too.
-        let mut gw = Gateway { child, addr: String::new() };
+        let mut gw = Gateway { child, addr: String::new(), token: TOKEN.into(), ca_pem: None };
         let mut reader = BufReader::new(gw.child.stdout.take().expect("stdout"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -73,13 +80,54 @@ impl Gateway {
         }
     }
 
+    /// A gateway from a configuration file, serving TLS with a certificate
+    /// of a generated CA, initialised (one share) and unsealed.
+    pub fn tls(dir: &Path) -> Gateway {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "provider test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        let config = format!(
+            "listener \"tcp\" {{\n address = \"127.0.0.1:0\"\n tls_cert_file = \"{d}/server.crt\"\n tls_key_file = \"{d}/server.key\"\n}}\nstorage \"file\" {{\n path = \"{d}/data\"\n}}\ndisable_mlock = true\n",
+            d = dir.display()
+        );
+        let file = dir.join("keybridge.hcl");
+        std::fs::write(&file, config).unwrap();
+        let mut gw = Gateway::spawn(&["server", "--config", file.to_str().unwrap()]);
+        gw.ca_pem = Some(ca_cert.pem());
+        let init = rt()
+            .block_on(gw.sys().init(pb::InitRequest { key_shares: 1, key_threshold: 1 }))
+            .expect("init")
+            .into_inner();
+        let unseal = pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false };
+        rt().block_on(gw.sys().unseal(unseal)).expect("unseal");
+        gw.token = init.root_token.clone();
+        gw
+    }
+
     fn channel(&self) -> Channel {
-        rt().block_on(Channel::from_shared(self.addr.clone()).unwrap().connect()).expect("connect")
+        let mut ep = Channel::from_shared(self.addr.clone()).unwrap();
+        if let Some(ca) = &self.ca_pem {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("localhost");
+            ep = ep.tls_config(tls).unwrap();
+        }
+        rt().block_on(ep.connect()).expect("connect")
     }
 
     pub fn req<T>(&self, m: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(m);
-        r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        r.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
         r
     }
 
@@ -163,7 +211,7 @@ pub struct Tf {
 
 impl Tf {
     pub fn new(gw: &Gateway) -> Tf {
-        Tf::with_env(vec![("KEYBRIDGE_ADDR".into(), gw.addr.clone()), ("KEYBRIDGE_TOKEN".into(), TOKEN.into())])
+        Tf::with_env(vec![("KEYBRIDGE_ADDR".into(), gw.addr.clone()), ("KEYBRIDGE_TOKEN".into(), gw.token.clone())])
     }
 
     pub fn with_env(env: Vec<(String, String)>) -> Tf {
