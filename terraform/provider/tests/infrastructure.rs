@@ -306,12 +306,21 @@ resource "keybridge_plugin" "apikeys" {{
   name   = "apikeys"
   file   = "{file}"
   sha256 = filesha256("{file}")
+  # A new digest registers the new version before the old one goes, and
+  # the mount (which pins the digest) moves to it in between.
+  lifecycle {{
+    create_before_destroy = true
+  }}
 }}
 
 resource "keybridge_mount" "keys" {{
   path   = "keys"
   type   = "plugin"
-  config = {{ plugin = keybridge_plugin.apikeys.name, default_lease_ttl = "1h" }}
+  config = {{
+    plugin            = keybridge_plugin.apikeys.name
+    sha256            = keybridge_plugin.apikeys.sha256
+    default_lease_ttl = "1h"
+  }}
 }}
 "#
         )
@@ -337,6 +346,21 @@ resource "keybridge_mount" "keys" {{
     tf.apply();
     assert_eq!(versions(&gw).len(), 1);
     tf.assert_no_changes();
+
+    // A new digest (another component under the same name stands in for a
+    // new version): registered, the mount tuned to it, the old one deleted.
+    let upgrade = plugin_file("passwords");
+    tf.config(&config(&upgrade));
+    let (changes, plan) = tf.plan_has_changes();
+    assert!(changes && plan.stdout.contains("create replacement and then destroy"), "{}", plan.stdout);
+    tf.apply();
+    let after = versions(&gw);
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0].sha256, v[0].sha256);
+    assert_eq!(mount(&gw, "keys/").unwrap().config["sha256"], after[0].sha256);
+    tf.assert_no_changes();
+    tf.config(&config(&apikeys));
+    tf.apply();
 
     // A digest that does not match the file is caught at plan, at `sha256`.
     let wrong = format!(
