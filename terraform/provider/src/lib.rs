@@ -26,6 +26,22 @@ pub mod tfplugin6 {
         }
     }
 
+    /// Values (secrets among them) travel in these buffers: wiped when dropped.
+    impl Drop for DynamicValue {
+        fn drop(&mut self) {
+            use zeroize::Zeroize;
+            self.msgpack.zeroize();
+            self.json.zeroize();
+        }
+    }
+
+    impl Drop for RawState {
+        fn drop(&mut self) {
+            use zeroize::Zeroize;
+            self.json.zeroize();
+        }
+    }
+
     impl std::fmt::Debug for RawState {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("RawState").finish_non_exhaustive()

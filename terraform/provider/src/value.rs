@@ -5,8 +5,15 @@
 //! (or 12, an unknown with refinements, which this provider reads as a plain
 //! unknown). Objects and maps are both MessagePack maps; lists and sets are
 //! arrays.
+//!
+//! Strings may be secret values: they are held in zeroizing buffers, never
+//! printed by `Debug`, and encoded straight into the outgoing buffer (no
+//! intermediate copy), which [`crate::tfplugin6::DynamicValue`] wipes when
+//! dropped.
 
 use std::collections::BTreeMap;
+
+use zeroize::Zeroizing;
 
 use crate::error::Error;
 
@@ -18,7 +25,7 @@ pub enum Val {
     Unknown,
     Bool(bool),
     Num(f64),
-    Str(String),
+    Str(Zeroizing<String>),
     List(Vec<Val>),
     Map(BTreeMap<String, Val>),
 }
@@ -43,7 +50,7 @@ const UNKNOWN_REFINED_EXT: i8 = 12;
 
 impl Val {
     pub fn str(s: impl Into<String>) -> Val {
-        Val::Str(s.into())
+        Val::Str(Zeroizing::new(s.into()))
     }
 
     pub fn is_null(&self) -> bool {
@@ -66,7 +73,7 @@ impl Val {
 
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            Val::Str(s) => Some(s),
+            Val::Str(s) => Some(s.as_str()),
             _ => None,
         }
     }
@@ -75,17 +82,17 @@ impl Val {
         match self {
             Val::Num(n) => Some(*n),
             // cty sends numbers it cannot hold exactly as strings.
-            Val::Str(s) => s.parse().ok(),
+            Val::Str(s) => s.as_str().parse().ok(),
             _ => None,
         }
     }
 
     pub fn from_string_map(m: &BTreeMap<String, String>) -> Val {
-        Val::Map(m.iter().map(|(k, v)| (k.clone(), Val::Str(v.clone()))).collect())
+        Val::Map(m.iter().map(|(k, v)| (k.clone(), Val::str(v.as_str()))).collect())
     }
 
     pub fn from_strings<I: IntoIterator<Item = String>>(items: I) -> Val {
-        Val::List(items.into_iter().map(Val::Str).collect())
+        Val::List(items.into_iter().map(Val::str).collect())
     }
 
     pub fn decode_msgpack(bytes: &[u8]) -> Result<Val, Error> {
@@ -102,7 +109,10 @@ impl Val {
             rmpv::Value::F32(f) => Val::Num(f64::from(f)),
             rmpv::Value::F64(f) => Val::Num(f),
             rmpv::Value::String(s) => {
-                Val::Str(s.into_str().ok_or_else(|| Error::Decode("a string is not valid UTF-8".into()))?)
+                // Moved, not copied, into the zeroizing buffer.
+                Val::Str(Zeroizing::new(
+                    s.into_str().ok_or_else(|| Error::Decode("a string is not valid UTF-8".into()))?,
+                ))
             }
             rmpv::Value::Binary(_) => return Err(Error::Decode("unexpected binary value".into())),
             rmpv::Value::Array(items) => Val::List(items.into_iter().map(Val::from_rmpv).collect::<Result<_, _>>()?),
@@ -124,25 +134,50 @@ impl Val {
         })
     }
 
-    fn to_rmpv(&self) -> rmpv::Value {
-        match self {
-            Val::Null => rmpv::Value::Nil,
-            Val::Unknown => rmpv::Value::Ext(UNKNOWN_EXT, vec![0]),
-            Val::Bool(b) => rmpv::Value::Boolean(*b),
-            Val::Num(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => rmpv::Value::from(*n as i64),
-            Val::Num(n) => rmpv::Value::F64(*n),
-            Val::Str(s) => rmpv::Value::from(s.as_str()),
-            Val::List(v) => rmpv::Value::Array(v.iter().map(Val::to_rmpv).collect()),
-            Val::Map(m) => {
-                rmpv::Value::Map(m.iter().map(|(k, v)| (rmpv::Value::from(k.as_str()), v.to_rmpv())).collect())
+    /// Writes the value as MessagePack. Writing into a Vec cannot fail.
+    fn write(&self, out: &mut Vec<u8>) {
+        use rmp::encode as enc;
+        let _ = match self {
+            Val::Null => enc::write_nil(out).map_err(|_| ()),
+            Val::Unknown => enc::write_ext_meta(out, 1, UNKNOWN_EXT).map(|_| out.push(0)).map_err(|_| ()),
+            Val::Bool(b) => enc::write_bool(out, *b).map_err(|_| ()),
+            Val::Num(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+                enc::write_sint(out, *n as i64).map(|_| ()).map_err(|_| ())
             }
+            Val::Num(n) => enc::write_f64(out, *n).map_err(|_| ()),
+            Val::Str(s) => enc::write_str(out, s).map_err(|_| ()),
+            Val::List(v) => {
+                let _ = enc::write_array_len(out, v.len() as u32);
+                v.iter().for_each(|x| x.write(out));
+                Ok(())
+            }
+            Val::Map(m) => {
+                let _ = enc::write_map_len(out, m.len() as u32);
+                for (k, v) in m {
+                    let _ = enc::write_str(out, k);
+                    v.write(out);
+                }
+                Ok(())
+            }
+        };
+    }
+
+    /// Bytes the encoding takes at most, so the buffer never reallocates
+    /// (a reallocation would leave a copy of secret bytes behind).
+    fn size_bound(&self) -> usize {
+        match self {
+            Val::Str(s) => s.len() + 5,
+            Val::List(v) => 5 + v.iter().map(Val::size_bound).sum::<usize>(),
+            Val::Map(m) => 5 + m.iter().map(|(k, v)| k.len() + 5 + v.size_bound()).sum::<usize>(),
+            _ => 9,
         }
     }
 
     pub fn encode_msgpack(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        // Writing into a Vec cannot fail.
-        let _ = rmpv::encode::write_value(&mut out, &self.to_rmpv());
+        let bound = self.size_bound();
+        let mut out = Vec::with_capacity(bound);
+        self.write(&mut out);
+        debug_assert!(out.len() <= bound, "msgpack size bound too small");
         out
     }
 
@@ -151,7 +186,7 @@ impl Val {
             serde_json::Value::Null => Val::Null,
             serde_json::Value::Bool(b) => Val::Bool(b),
             serde_json::Value::Number(n) => Val::Num(n.as_f64().unwrap_or(f64::NAN)),
-            serde_json::Value::String(s) => Val::Str(s),
+            serde_json::Value::String(s) => Val::str(s),
             serde_json::Value::Array(items) => Val::List(items.into_iter().map(Val::from_json).collect()),
             serde_json::Value::Object(m) => Val::Map(m.into_iter().map(|(k, v)| (k, Val::from_json(v))).collect()),
         }
@@ -246,6 +281,25 @@ mod tests {
         o.insert("l".into(), Val::from_strings(["a".to_string()]));
         let v = Val::Map(o);
         assert_eq!(Val::decode_msgpack(&v.encode_msgpack()).unwrap(), v);
+    }
+
+    #[test]
+    fn the_size_bound_covers_every_encoding() {
+        for len in [0, 31, 32, 255, 256, 65_535, 65_536, 200_000] {
+            let big = "x".repeat(len);
+            let v = Val::Map(
+                [
+                    ("s".to_string(), Val::str(big.as_str())),
+                    ("n".to_string(), Val::Num(-1.0e15)),
+                    ("f".to_string(), Val::Num(0.1)),
+                    ("l".to_string(), Val::List(vec![Val::Unknown, Val::Bool(true), Val::str(big.as_str())])),
+                ]
+                .into(),
+            );
+            let out = v.encode_msgpack();
+            assert!(out.len() <= v.size_bound(), "{len}");
+            assert_eq!(Val::decode_msgpack(&out).unwrap(), v);
+        }
     }
 
     #[test]

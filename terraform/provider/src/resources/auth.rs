@@ -45,7 +45,7 @@ fn to_settings(obj: &Obj, mapping: Mapping) -> BTreeMap<String, String> {
             (_, Val::Null | Val::Unknown) => continue,
             (Ty::ListStr, _) => join_list(&obj.get_strings(attr).unwrap_or_default()),
             (Ty::Bool, Val::Bool(b)) => b.to_string(),
-            (_, Val::Str(s)) => s.clone(),
+            (_, Val::Str(s)) => s.to_string(),
             _ => continue,
         };
         out.insert((*key).to_string(), v);
