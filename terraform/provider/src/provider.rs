@@ -584,3 +584,156 @@ impl provider_server::Provider for Provider {
         Ok(Response::new(tf::stop_provider::Response::default()))
     }
 }
+
+/// The protocol's logic without Terraform or a gateway: what Terraform
+/// would send, and what it must get back.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tfplugin6::provider_server::Provider as _;
+
+    fn dv(o: &Obj) -> Option<tf::DynamicValue> {
+        Some(encode_obj(Some(o)))
+    }
+
+    fn obj(pairs: &[(&str, Val)]) -> Obj {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    fn decode(v: Option<&tf::DynamicValue>) -> Obj {
+        decode_obj(v).unwrap().unwrap()
+    }
+
+    fn secret_fields(pw: &str) -> Val {
+        Val::Map([("password".to_string(), Val::str(pw))].into())
+    }
+
+    async fn plan(prior: Option<&Obj>, proposed: &Obj) -> tf::plan_resource_change::Response {
+        let p = Provider::new();
+        let req = tf::plan_resource_change::Request {
+            type_name: "keybridge_secret".into(),
+            prior_state: Some(encode_obj(prior)),
+            proposed_new_state: dv(proposed),
+            config: dv(proposed),
+            ..Default::default()
+        };
+        p.plan_resource_change(Request::new(req)).await.unwrap().into_inner()
+    }
+
+    #[tokio::test]
+    async fn a_create_plan_nulls_write_only_values_and_leaves_computed_ones_unknown() {
+        let proposed = obj(&[
+            ("path", Val::str("secret/a/b")),
+            ("data_wo", secret_fields("hunter2")),
+            ("data_wo_version", Val::Num(1.0)),
+        ]);
+        let r = plan(None, &proposed).await;
+        let planned = decode(r.planned_state.as_ref());
+        assert!(planned.val("data_wo").is_null());
+        assert!(planned.val("version").is_unknown());
+        assert!(r.requires_replace.is_empty());
+        assert!(!String::from_utf8_lossy(&r.planned_state.as_ref().unwrap().msgpack).contains("hunter2"));
+        let ident = decode(r.planned_identity.as_ref().and_then(|i| i.identity_data.as_ref()));
+        assert_eq!(ident.get_str("path"), Some("secret/a/b"));
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_object_plans_no_change_and_a_new_path_replaces() {
+        let prior =
+            obj(&[("path", Val::str("secret/a/b")), ("data", secret_fields("one")), ("version", Val::Num(3.0))]);
+        let same = plan(Some(&prior), &prior).await;
+        assert_eq!(
+            decode(same.planned_state.as_ref()),
+            crate::resources::secret::Secret.schema().normalize(prior.clone())
+        );
+
+        let mut moved = prior.clone();
+        moved.insert("path".into(), Val::str("secret/a/c"));
+        let r = plan(Some(&prior), &moved).await;
+        assert_eq!(r.requires_replace, vec![diag::path("path")]);
+        assert!(decode(r.planned_state.as_ref()).val("version").is_unknown());
+
+        let mut changed = prior.clone();
+        changed.insert("data".into(), secret_fields("two"));
+        let r = plan(Some(&prior), &changed).await;
+        assert!(r.requires_replace.is_empty());
+        assert!(decode(r.planned_state.as_ref()).val("version").is_unknown());
+    }
+
+    #[tokio::test]
+    async fn state_upgrades_keep_the_schema_and_refuse_what_they_cannot_read() {
+        let p = Provider::new();
+        let upgrade = |json: &str, version: i64| tf::upgrade_resource_state::Request {
+            type_name: "keybridge_policy".into(),
+            version,
+            raw_state: Some(tf::RawState { json: json.as_bytes().to_vec(), flatmap: Default::default() }),
+        };
+        let r =
+            p.upgrade_resource_state(Request::new(upgrade(r#"{"name":"p","retired_attribute":1}"#, 0))).await.unwrap();
+        let r = r.into_inner();
+        assert!(r.diagnostics.is_empty());
+        let state = decode(r.upgraded_state.as_ref());
+        assert_eq!(state.keys().collect::<Vec<_>>(), ["name", "policy"]);
+        assert!(state.val("policy").is_null());
+
+        let r = p.upgrade_resource_state(Request::new(upgrade(r#"{"name":"p"}"#, 7))).await.unwrap().into_inner();
+        assert!(r.diagnostics[0].summary.contains("newer provider"));
+        let r = p.upgrade_resource_state(Request::new(upgrade("", 0))).await.unwrap().into_inner();
+        assert!(r.diagnostics[0].summary.contains("Unsupported state format"));
+    }
+
+    #[tokio::test]
+    async fn import_by_identity_and_identity_upgrades() {
+        let p = Provider::new();
+        let identity = obj(&[("backend", Val::str("kubernetes")), ("role_name", Val::str("app-service"))]);
+        let req = tf::import_resource_state::Request {
+            type_name: "keybridge_auth_kubernetes_role".into(),
+            identity: Some(tf::ResourceIdentityData { identity_data: dv(&identity) }),
+            ..Default::default()
+        };
+        let r = p.import_resource_state(Request::new(req)).await.unwrap().into_inner();
+        let state = decode(r.imported_resources[0].state.as_ref());
+        assert_eq!((state.get_str("backend"), state.get_str("role_name")), (Some("kubernetes"), Some("app-service")));
+
+        let partial = obj(&[("backend", Val::str("kubernetes"))]);
+        let req = tf::import_resource_state::Request {
+            type_name: "keybridge_auth_kubernetes_role".into(),
+            identity: Some(tf::ResourceIdentityData { identity_data: dv(&partial) }),
+            ..Default::default()
+        };
+        let r = p.import_resource_state(Request::new(req)).await.unwrap().into_inner();
+        assert!(r.imported_resources.is_empty() && r.diagnostics[0].summary.contains("Incomplete identity"));
+
+        let req = tf::upgrade_resource_identity::Request {
+            type_name: "keybridge_policy".into(),
+            version: 0,
+            raw_identity: br#"{"name":"app-service"}"#.to_vec(),
+        };
+        let r = p.upgrade_resource_identity(Request::new(req)).await.unwrap().into_inner();
+        let ident = decode(r.upgraded_identity.as_ref().and_then(|i| i.identity_data.as_ref()));
+        assert_eq!(ident.get_str("name"), Some("app-service"));
+    }
+
+    #[tokio::test]
+    async fn write_only_arguments_need_a_terraform_that_can_send_them() {
+        let p = Provider::new();
+        let config = obj(&[("path", Val::str("secret/a/b")), ("data_wo", secret_fields("x"))]);
+        let validate = |write_only| tf::validate_resource_config::Request {
+            type_name: "keybridge_secret".into(),
+            config: dv(&config),
+            client_capabilities: Some(tf::ClientCapabilities {
+                write_only_attributes_allowed: write_only,
+                deferral_allowed: false,
+            }),
+        };
+        let refused = p.validate_resource_config(Request::new(validate(false))).await.unwrap().into_inner();
+        assert_eq!(refused.diagnostics.len(), 1);
+        assert_eq!(refused.diagnostics[0].attribute, Some(diag::path("data_wo")));
+        let accepted = p.validate_resource_config(Request::new(validate(true))).await.unwrap().into_inner();
+        assert!(accepted.diagnostics.is_empty());
+
+        let unknown =
+            tf::validate_resource_config::Request { type_name: "keybridge_nothing".into(), ..Default::default() };
+        assert_eq!(p.validate_resource_config(Request::new(unknown)).await.unwrap_err().code(), tonic::Code::NotFound);
+    }
+}
