@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 use harness::{Gateway, Tf, rt};
 use keybridge_proto::v1 as pb;
 
+/// The examples are in Terraform's canonical format.
+#[test]
+fn examples_are_formatted() {
+    let gw = Gateway::dev();
+    let tf = Tf::new(&gw);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    tf.ok(&["fmt", "-check", "-recursive", "-diff", dir]);
+}
+
 #[test]
 fn minimal_example() {
     let gw = Gateway::dev();

@@ -257,6 +257,12 @@ resource "keybridge_mount" "creds" {
   type   = "aws"
   config = { secret_access_key = "Never-Show-Me-4242" }
 }
+
+resource "keybridge_mount" "misplaced" {
+  path             = "aws-y"
+  type             = "aws"
+  config_sensitive = { region = "us-east-1" }
+}
 "#,
     );
     tf.init();
@@ -270,6 +276,7 @@ resource "keybridge_mount" "creds" {
     assert!(err.contains("Conflicting secret values"), "{err}");
     assert!(err.contains("Invalid policy document") && err.contains("fly"), "{err}");
     assert!(err.contains("Credential in config") && err.contains("config_sensitive"), "{err}");
+    assert!(err.contains("Not a credential") && err.contains("`region` is not a credential setting"), "{err}");
     assert!(!err.contains("Never-Show-Me-4242") && !r.stdout.contains("Never-Show-Me-4242"), "{err}");
     assert!(r.stderr.contains("config = { secret_access_key"), "not pointing at config: {}", r.stderr);
 

@@ -77,6 +77,20 @@ impl Resource for Mount {
             }
         }
         for a in ["config_sensitive", "config_wo"] {
+            if let Val::Map(m) = config.val(a) {
+                // The gateway shows other settings in clear, so state would
+                // see them in `config`: a permanent difference.
+                for k in m.keys().filter(|k| !CREDENTIAL_KEYS.contains(&k.as_str())) {
+                    diags.push_error(
+                        "Not a credential",
+                        format!(
+                            "`{k}` is not a credential setting ({}); set it in `config`.",
+                            CREDENTIAL_KEYS.join(", ")
+                        ),
+                        Some(diag::path_key(a, k)),
+                    );
+                }
+            }
             if let (Val::Map(m), Val::Map(plain)) = (config.val(a), config.val("config")) {
                 for k in m.keys().filter(|k| plain.contains_key(*k)) {
                     diags.push_error(
