@@ -243,3 +243,11 @@ impl Resource for Mount {
 fn credentials(planned: &Obj, config: &Obj) -> BTreeMap<String, String> {
     planned.get_string_map("config_sensitive").or_else(|| config.get_string_map("config_wo")).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_credential_settings_are_the_gateways() {
+        assert_eq!(super::CREDENTIAL_KEYS, keybridge_core::cloud::SENSITIVE_SETTINGS);
+    }
+}
