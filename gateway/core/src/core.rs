@@ -145,14 +145,14 @@ pub struct Core {
     /// Serialises lifecycle and mount-table changes.
     admin: Mutex<()>,
     /// Lock stripes of the local engine's writes (innermost: taken last).
-    write_locks: Vec<Mutex<()>>,
+    write_locks: Stripes,
     /// Lock stripes of whole-secret operations (cloud writes, replica and
     /// rotation steps), which may run a local write while held: a stripe set
     /// of their own, so a hash collision can never make a task wait for a
     /// lock it holds.
-    path_locks: Vec<Mutex<()>>,
+    path_locks: Stripes,
     /// Lock stripes of leases, taken while a path lock may be held.
-    lease_locks: Vec<Mutex<()>>,
+    lease_locks: Stripes,
     /// The reconciler's in-memory state.
     sync: crate::sync::Runtime,
     /// Wakes the lease worker when a lease is written.
@@ -163,6 +163,23 @@ pub struct Core {
 }
 
 const WRITE_LOCK_STRIPES: usize = 256;
+
+/// A fixed set of locks; a key takes the one its hash picks, so tasks on
+/// one key queue while most others do not meet.
+pub struct Stripes(Vec<Mutex<()>>);
+
+impl Stripes {
+    fn new(n: usize) -> Stripes {
+        Stripes((0..n).map(|_| Mutex::new(())).collect())
+    }
+
+    pub(crate) async fn lock(&self, key: impl std::hash::Hash) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        self.0[(h.finish() % self.0.len() as u64) as usize].lock().await
+    }
+}
 
 fn encode_json<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(serde_json::to_vec(v).expect("plain data serializes"))
@@ -175,9 +192,9 @@ impl Core {
             config,
             loaded: RwLock::new(None),
             admin: Mutex::new(()),
-            write_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            path_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            lease_locks: (0..WRITE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            write_locks: Stripes::new(WRITE_LOCK_STRIPES),
+            path_locks: Stripes::new(WRITE_LOCK_STRIPES),
+            lease_locks: Stripes::new(WRITE_LOCK_STRIPES),
             sync: Default::default(),
             leases_changed: tokio::sync::Notify::new(),
             #[cfg(test)]
@@ -890,18 +907,12 @@ impl Core {
     }
 
     async fn write_lock(&self, path: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        path.hash(&mut h);
-        self.path_locks[(h.finish() as usize) % self.path_locks.len()].lock().await
+        self.path_locks.lock(path).await
     }
 
     /// Serialises renewals and revocations of one lease.
     pub(crate) async fn lease_lock(&self, lease_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        lease_id.hash(&mut h);
-        self.lease_locks[(h.finish() as usize) % self.lease_locks.len()].lock().await
+        self.lease_locks.lock(lease_id).await
     }
 
     pub async fn get(&self, caller: &Caller, path: &str, version: Option<u64>) -> Result<ReadSecret> {

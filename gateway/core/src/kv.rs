@@ -253,7 +253,7 @@ pub struct Kv<'a> {
     pub max_value_bytes: usize,
     /// Lock stripes shared by all mounts: writers to one secret queue here
     /// instead of failing each other's conditional commits.
-    pub write_locks: &'a [tokio::sync::Mutex<()>],
+    pub(crate) write_locks: &'a crate::core::Stripes,
 }
 
 fn corrupt(key: &str, e: impl std::fmt::Display) -> Error {
@@ -309,13 +309,7 @@ impl Kv<'_> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&self.prefix, path).hash(&mut h);
-        let _guard = match self.write_locks.len() {
-            0 => None,
-            n => Some(self.write_locks[(h.finish() % n as u64) as usize].lock().await),
-        };
+        let _guard = self.write_locks.lock((&self.prefix, path)).await;
         for _ in 0..MAX_RETRIES {
             match attempt().await {
                 Err(Error::Storage(BarrierError::Conflict)) => continue,

@@ -29,6 +29,8 @@ const DEFAULT_TTL: u64 = 3600;
 const DEFAULT_MAX_TTL: u64 = 768 * 3600;
 /// Backoff between failed revocations: 1 s doubling to this.
 const MAX_BACKOFF: u64 = 600;
+/// The most lease records one `Leases/List` call returns.
+const LIST_MAX: usize = 100_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,16 +126,16 @@ impl Core {
     /// Reads every lease into the due index (at unseal).
     pub(crate) async fn load_leases(&self) -> Result<LeaseIndex> {
         let mut index = LeaseIndex::default();
-        for r in self.lease_records("").await? {
+        for r in self.lease_records("", usize::MAX).await? {
             index.set(&r.id, r.due());
         }
         Ok(index)
     }
 
-    /// Every lease record whose id starts with `prefix`.
-    async fn lease_records(&self, prefix: &str) -> Result<Vec<LeaseRecord>> {
+    /// The lease records whose ids start with `prefix` (at most `max`).
+    async fn lease_records(&self, prefix: &str, max: usize) -> Result<Vec<LeaseRecord>> {
         let mut out = Vec::new();
-        for key in self.barrier.list_all(&format!("{LEASES}{prefix}"), usize::MAX).await? {
+        for key in self.barrier.list_all(&format!("{LEASES}{prefix}"), max).await? {
             let Some(raw) = self.barrier.get(&key).await? else { continue };
             out.push(serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?);
         }
@@ -253,7 +255,7 @@ impl Core {
             validate_lease_ref(prefix, "prefix")?;
         }
         self.authorize(caller, &id, &format!("sys/leases/lookup/{prefix}"), Capability::Sudo).await?;
-        Ok(self.lease_records(prefix).await?.iter().map(LeaseRecord::view).collect())
+        Ok(self.lease_records(prefix, LIST_MAX).await?.iter().map(LeaseRecord::view).collect())
     }
 
     /// Extends a lease by `increment` seconds (0: the engine's default), up

@@ -69,8 +69,7 @@ fn fill_unknowns(schema: &Schema, planned: &Obj, remote: &Obj) -> Obj {
             out.insert(a.name.into(), remote.val(a.name).clone());
         }
     }
-    schema.clear_write_only(&mut out);
-    schema.normalize(out)
+    schema.stored(out)
 }
 
 impl Default for Provider {
@@ -361,9 +360,8 @@ impl provider_server::Provider for Provider {
             Err(d) => Err(d),
         };
         Ok(Response::new(match result {
-            Ok(Some(mut obj)) => {
-                schema.clear_write_only(&mut obj);
-                let obj = schema.normalize(obj);
+            Ok(Some(obj)) => {
+                let obj = schema.stored(obj);
                 tf::read_resource::Response {
                     new_identity: identity.data(&obj),
                     new_state: Some(encode_obj(Some(&obj))),
@@ -390,7 +388,7 @@ impl provider_server::Provider for Provider {
         let r = self.resource(&req.type_name)?;
         let schema = r.schema();
         let prior = decode_obj(req.prior_state.as_ref()).map_err(bad_request)?;
-        let Some(mut planned) = decode_obj(req.proposed_new_state.as_ref()).map_err(bad_request)? else {
+        let Some(proposed) = decode_obj(req.proposed_new_state.as_ref()).map_err(bad_request)? else {
             // Destroy: nothing to plan.
             return Ok(Response::new(tf::plan_resource_change::Response {
                 planned_state: req.proposed_new_state,
@@ -400,7 +398,7 @@ impl provider_server::Provider for Provider {
         };
         let config = decode_obj(req.config.as_ref()).map_err(bad_request)?.unwrap_or_default();
         let private = private_of(&req.prior_private);
-        schema.clear_write_only(&mut planned);
+        let mut planned = schema.stored(proposed);
         let mut requires_replace = Vec::new();
         match &prior {
             None => {
@@ -411,10 +409,7 @@ impl provider_server::Provider for Provider {
                 }
             }
             Some(prior) => {
-                let mut stored = prior.clone();
-                schema.clear_write_only(&mut stored);
-                let changed = schema.normalize(stored) != schema.normalize(planned.clone())
-                    || r.force_update(prior, &config, &private);
+                let changed = schema.stored(prior.clone()) != planned || r.force_update(prior, &config, &private);
                 for a in r.replace_on() {
                     if prior.val(a) != planned.val(a) {
                         requires_replace.push(diag::path(a));
@@ -432,7 +427,6 @@ impl provider_server::Provider for Provider {
                 }
             }
         }
-        let planned = schema.normalize(planned);
         Ok(Response::new(tf::plan_resource_change::Response {
             planned_identity: r.identity().data(&planned),
             planned_state: Some(encode_obj(Some(&planned))),

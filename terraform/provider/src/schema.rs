@@ -108,11 +108,16 @@ impl Schema {
         self.attrs.iter().map(|a| (a.name.to_string(), obj.remove(a.name).unwrap_or(Val::Null))).collect()
     }
 
-    /// Write-only attributes are never stored: null in plans and states.
-    pub fn clear_write_only(&self, obj: &mut Obj) {
-        for a in self.attrs.iter().filter(|a| a.write_only) {
-            obj.insert(a.name.into(), Val::Null);
-        }
+    /// As [`Schema::normalize`], with write-only attributes null: the form of
+    /// every plan and state (write-only values are never stored).
+    pub fn stored(&self, mut obj: Obj) -> Obj {
+        self.attrs
+            .iter()
+            .map(|a| {
+                let v = obj.remove(a.name).filter(|_| !a.write_only).unwrap_or(Val::Null);
+                (a.name.to_string(), v)
+            })
+            .collect()
     }
 }
 

@@ -132,15 +132,7 @@ impl KeyVault {
     /// for 127.0.0.1 and localhost. One writer client and one read-only
     /// client are registered ([`CLIENT_ID`], [`READER_ID`]).
     pub async fn start() -> KeyVault {
-        let ca_key = rcgen::KeyPair::generate().expect("key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "keybridge key vault test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().expect("key");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).expect("params");
-        let cert = params.signed_by(&key, &issuer).expect("cert");
+        let pki = crate::tls::test_certs("keybridge key vault test CA");
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -162,8 +154,9 @@ impl KeyVault {
             .with_state(shared.clone());
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs = vec![rustls::pki_types::CertificateDer::from(cert.der().to_vec())];
-        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+        use rustls::pki_types::pem::PemObject;
+        let certs = vec![rustls::pki_types::CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).expect("cert")];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).expect("key");
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("tls versions")
@@ -186,7 +179,7 @@ impl KeyVault {
                 });
             }
         });
-        KeyVault { addr, url, tenant: shared.tenant.clone(), ca_pem: ca_cert.pem(), shared }
+        KeyVault { addr, url, tenant: shared.tenant.clone(), ca_pem: pki.ca_pem, shared }
     }
 
     fn vault(&self) -> std::sync::MutexGuard<'_, Vault> {

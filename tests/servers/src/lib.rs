@@ -16,6 +16,7 @@
 //!   the example `saas` WASM engine.
 //! - [`process`]: third-party test servers (moto, drongo) as child
 //!   processes on free ports.
+//! - [`tls`]: a throwaway CA and a loopback server certificate.
 
 pub mod issuer;
 pub mod keyvault;
@@ -23,3 +24,4 @@ pub mod kubernetes;
 pub mod process;
 pub mod saas;
 pub mod secretmanager;
+pub mod tls;

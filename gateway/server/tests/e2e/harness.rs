@@ -181,20 +181,12 @@ impl Server {
 
 /// A CA and a server certificate for localhost/127.0.0.1, as PEM files.
 fn tls_files(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "keybridge test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
+    let tls = keybridge_testservers::tls::test_certs("keybridge test CA");
     let cert_path = dir.join("server.crt");
     let key_path = dir.join("server.key");
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path, ca_cert.pem().into_bytes())
+    std::fs::write(&cert_path, tls.cert_pem).unwrap();
+    std::fs::write(&key_path, tls.key_pem).unwrap();
+    (cert_path, key_path, tls.ca_pem.into_bytes())
 }
 
 /// Initialises (one share) and unseals a config server; the root token and key.

@@ -76,12 +76,6 @@ fn from_settings(settings: &BTreeMap<String, String>, prior: &Obj, mapping: Mapp
     }
 }
 
-/// `kubernetes/` and `kubernetes` name the same mount; state keeps the
-/// configuration's form.
-fn mount_path(p: &str) -> String {
-    format!("{}/", p.trim_end_matches('/'))
-}
-
 pub struct AuthBackend;
 
 #[async_trait]
@@ -229,7 +223,9 @@ impl Resource for AuthBackend {
             .list(gw.req(pb::ListAuthRequest {}))
             .await
             .map_err(|s| diag::gateway("list auth methods", &s, None))?;
-        let Some(m) = list.into_inner().methods.into_iter().find(|m| mount_path(&m.path) == mount_path(&path)) else {
+        let Some(m) =
+            list.into_inner().methods.into_iter().find(|m| super::mount_path(&m.path) == super::mount_path(&path))
+        else {
             return Ok(None);
         };
         let settings = match gw.auth().read_config(gw.req(pb::ReadAuthConfigRequest { path: m.path.clone() })).await {

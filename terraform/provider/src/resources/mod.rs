@@ -116,6 +116,12 @@ pub fn check_segment(config: &Obj, attr: &str, what: &str, diags: &mut Diags) {
     }
 }
 
+/// The gateway's form of a mount path (`secret/`); `secret` and `secret/`
+/// name the same mount, and state keeps the configuration's form.
+pub fn mount_path(p: &str) -> String {
+    format!("{}/", p.trim_end_matches('/'))
+}
+
 /// A string list attribute kept as the gateway's comma-separated setting.
 pub fn join_list(v: &[String]) -> String {
     v.join(",")

@@ -26,10 +26,6 @@ const WO_KEYS: &str = "config_wo_keys";
 
 pub struct Mount;
 
-fn mount_path(p: &str) -> String {
-    format!("{}/", p.trim_end_matches('/'))
-}
-
 #[async_trait]
 impl Resource for Mount {
     fn name(&self) -> &'static str {
@@ -139,7 +135,7 @@ impl Resource for Mount {
             .list_mounts(gw.req(pb::ListMountsRequest {}))
             .await
             .map_err(|s| diag::gateway("list mounts", &s, None))?;
-        let Some(m) = list.into_inner().mounts.into_iter().find(|m| m.path == mount_path(&path)) else {
+        let Some(m) = list.into_inner().mounts.into_iter().find(|m| m.path == super::mount_path(&path)) else {
             return Ok(None);
         };
         let mut out = Obj::new();

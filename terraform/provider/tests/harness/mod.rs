@@ -83,19 +83,9 @@ impl Gateway {
     /// A gateway from a configuration file, serving TLS with a certificate
     /// of a generated CA, initialised (one share) and unsealed.
     pub fn tls(dir: &Path) -> Gateway {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "provider test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        let tls = keybridge_testservers::tls::test_certs("provider test CA");
+        std::fs::write(dir.join("server.crt"), tls.cert_pem).unwrap();
+        std::fs::write(dir.join("server.key"), tls.key_pem).unwrap();
         let config = format!(
             "listener \"tcp\" {{\n address = \"127.0.0.1:0\"\n tls_cert_file = \"{d}/server.crt\"\n tls_key_file = \"{d}/server.key\"\n}}\nstorage \"file\" {{\n path = \"{d}/data\"\n}}\ndisable_mlock = true\n",
             d = dir.display()
@@ -103,7 +93,7 @@ impl Gateway {
         let file = dir.join("keybridge.hcl");
         std::fs::write(&file, config).unwrap();
         let mut gw = Gateway::spawn(&["server", "--config", file.to_str().unwrap()]);
-        gw.ca_pem = Some(ca_cert.pem());
+        gw.ca_pem = Some(tls.ca_pem);
         let init = rt()
             .block_on(gw.sys().init(pb::InitRequest { key_shares: 1, key_threshold: 1 }))
             .expect("init")
