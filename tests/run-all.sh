@@ -13,6 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "==> toolchain: $(cargo --version)"
+# A one-off build gains nothing from incremental compilation, whose caches
+# are the largest part of target/ (tens of GB once they pile up).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "==> disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$' || rustup target add wasm32-wasip2
