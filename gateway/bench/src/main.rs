@@ -58,6 +58,9 @@ pub(crate) struct Args {
     /// Runs of each throughput measurement; the median run is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Threads of the client's tokio runtime (1: a current-thread runtime).
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
     /// HTTP/2 connections the client spreads its requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -358,9 +361,17 @@ async fn median_of(args: &Args, server: &Server, token: &str, op: Op, c: usize, 
     median
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    let runtime = if args.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads).enable_all().build()
+    };
+    runtime.expect("tokio runtime").block_on(bench(args));
+}
+
+async fn bench(args: Args) {
     let bin = args.server_bin.clone();
     println!("keybridge-bench: server {}, {} s per measurement, {} cores", bin.display(), args.seconds, num_cpus());
     let wants = |p: &str| args.parts.iter().any(|x| x == p);

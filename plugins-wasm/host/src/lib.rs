@@ -4,8 +4,9 @@
 //! One [`WasmHost`] per server owns the wasmtime engine, with
 //! - the pooling allocator (instances, memories and fiber stacks reserved up
 //!   front, so instantiation is a few microseconds);
-//! - epoch interruption (a thread ticks every [`EPOCH_TICK`]): a call yields to
-//!   the runtime at every tick and traps once past its deadline;
+//! - epoch interruption (a thread ticks every [`EPOCH_TICK`] while calls run,
+//!   and sleeps while none does): a call yields to the runtime at every tick
+//!   and traps once past its deadline;
 //! - fuel metering, always on, so a mount can set `fuel`;
 //! - a linker holding our imports, WASI 0.2 with nothing granted (empty
 //!   environment, no preopened directories, no sockets), and `wasi:http`
@@ -18,9 +19,9 @@
 
 mod limits;
 mod state;
+mod ticker;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use limits::MountLimits;
 use state::State;
+use ticker::Ticker;
 
 /// How often the epoch advances: the granularity of deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -93,12 +95,12 @@ pub struct WasmHost {
     /// Compiled components by digest: a component is compiled once however
     /// many mounts use it.
     compiled: Mutex<HashMap<String, Component>>,
-    stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
 }
 
 impl Drop for WasmHost {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -126,21 +128,9 @@ impl WasmHost {
         let engine = Engine::new(&c).map_err(|e| Error::Config(format!("{e:#}")))?;
         let mut linker: Linker<State> = Linker::new(&engine);
         state::link(&mut linker).map_err(|e| Error::Config(format!("{e:#}")))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (weak, flag) = (engine.weak(), stop.clone());
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(e) => e.increment_epoch(),
-                        None => return,
-                    }
-                }
-            })
-            .map_err(|e| Error::Config(format!("the epoch thread did not start: {e}")))?;
-        Ok(WasmHost { engine, linker, config, compiled: Mutex::new(HashMap::new()), stop })
+        let ticker =
+            Ticker::start(&engine).map_err(|e| Error::Config(format!("the epoch thread did not start: {e}")))?;
+        Ok(WasmHost { engine, linker, config, compiled: Mutex::new(HashMap::new()), ticker })
     }
 
     fn component(&self, digest: &str, bytes: &[u8]) -> Result<Component, EngineError> {
@@ -230,11 +220,13 @@ impl Call {
 /// the answer and the outbound request the allow-list refused, if any.
 async fn run(
     engine: &Engine,
+    ticker: &Arc<Ticker>,
     prepared: &Prepared,
     limits: &MountLimits,
     info: state::CallInfo,
     call: Call,
 ) -> Result<(Answer, Option<String>), EngineError> {
+    let _busy = ticker.busy();
     let deadline = Instant::now() + limits.timeout;
     let mut store = Store::new(engine, State::new(limits, info, deadline));
     store.limiter(|s| &mut s.limiter);
@@ -318,7 +310,14 @@ impl WasmHost {
         let info = describe(self, &prepared, &limits).await?;
         let engine_config: Vec<(String, String)> =
             spec.config.iter().filter(|(k, _)| !limits::is_host_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-        let e = WasmEngine { engine: self.engine.clone(), prepared, limits, info, storage: spec.storage };
+        let e = WasmEngine {
+            engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
+            prepared,
+            limits,
+            info,
+            storage: spec.storage,
+        };
         // The engine checks its own keys.
         e.call_validate(&engine_config).await?;
         Ok(e)
@@ -327,7 +326,7 @@ impl WasmHost {
 
 async fn describe(host: &WasmHost, prepared: &Prepared, limits: &MountLimits) -> Result<EngineInfo, EngineError> {
     let info = state::CallInfo::internal("describe", None);
-    match run(&host.engine, prepared, limits, info, Call::Describe).await?.0 {
+    match run(&host.engine, &host.ticker, prepared, limits, info, Call::Describe).await?.0 {
         Answer::Info(raw) => convert::info(raw, prepared.rotating.is_some()),
         _ => Err(EngineError::Internal("describe answered the wrong type".into())),
     }
@@ -336,6 +335,7 @@ async fn describe(host: &WasmHost, prepared: &Prepared, limits: &MountLimits) ->
 /// A mounted plugin: its `InstancePre`, limits and storage.
 pub struct WasmEngine {
     engine: Engine,
+    ticker: Arc<Ticker>,
     prepared: Prepared,
     limits: MountLimits,
     info: EngineInfo,
@@ -349,7 +349,7 @@ impl WasmEngine {
             info.mount = c.mount_path.clone();
             info.request_id = c.request_id.clone();
         }
-        let (answer, denied) = run(&self.engine, &self.prepared, &self.limits, info, call).await?;
+        let (answer, denied) = run(&self.engine, &self.ticker, &self.prepared, &self.limits, info, call).await?;
         // The plugin's own error: explained by a refused request if any.
         let fail = |e: wit::Error| Err(convert::error(e, denied.clone()));
         match answer {
