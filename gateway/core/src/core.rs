@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditData, AuthInfo, Caller};
 use crate::cloud::{self, CloudMount, MountStats, Providers};
+use crate::fill_cache::FillCache;
 use crate::kv::{Kv, ReadSecret, SecretMeta, VersionChange, VersionMeta};
 use crate::mounts::{self, MountEntry, MountTable};
 use crate::path::{normalize_mount_path, validate_folder_path, validate_secret_path};
@@ -113,12 +114,12 @@ struct Loaded {
     mounts: RwLock<(Arc<MountTable>, Stamp)>,
     salt: Salt,
     /// Token entries by hash, so a request does not read and decrypt its
-    /// token's entry every time. Entries do not change once written; an
-    /// operation that revokes or changes a token must remove it here. Gone
-    /// with the rest of this state on seal.
-    tokens: RwLock<HashMap<String, Arc<TokenEntry>>>,
+    /// token's entry every time. An operation that revokes or changes a
+    /// token removes it here after its commit. Gone with the rest of this
+    /// state on seal.
+    tokens: FillCache<String, Arc<TokenEntry>>,
     /// Merged ACLs by sorted policy names; cleared when a policy changes.
-    acls: RwLock<HashMap<Vec<String>, Arc<keybridge_policy::Acl>>>,
+    acls: FillCache<Vec<String>, Arc<keybridge_policy::Acl>>,
     audit: audit::Broker,
     auth: RwLock<auth_methods::AuthState>,
     /// Cloud mounts' clients by mount id, built on first use.
@@ -131,6 +132,7 @@ struct Loaded {
 }
 
 const TOKEN_CACHE_MAX: usize = 8192;
+const ACL_CACHE_MAX: usize = 1024;
 
 impl Loaded {
     fn table(&self) -> Arc<MountTable> {
@@ -321,8 +323,8 @@ impl Core {
         self.set_loaded(Some(Loaded {
             mounts: RwLock::new((Arc::new(mounts), mounts_stamp)),
             salt: Salt::from_bytes(salt),
-            tokens: RwLock::new(HashMap::new()),
-            acls: RwLock::new(HashMap::new()),
+            tokens: FillCache::new(TOKEN_CACHE_MAX),
+            acls: FillCache::new(ACL_CACHE_MAX),
             audit,
             auth: RwLock::new(auth_methods::AuthState { table: auth_table, parsed: HashMap::new() }),
             clouds: RwLock::new(HashMap::new()),
@@ -330,7 +332,7 @@ impl Core {
             leases: std::sync::Mutex::new(leases),
         }));
         self.leases_changed.notify_one();
-        *self.sync.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.sync.rules.clear();
         self.sync.notify.notify_one();
         // Finish removing mounts a crash interrupted.
         for m in pending {
@@ -394,10 +396,11 @@ impl Core {
             return Err(Error::Unauthenticated);
         }
         let hash = loaded.salt.hash(token);
-        let cached = loaded.tokens.read().unwrap_or_else(|p| p.into_inner()).get(&hash).cloned();
+        let cached = loaded.tokens.get(hash.as_str());
         let entry = match cached {
             Some(e) => e,
             None => {
+                let ticket = loaded.tokens.ticket();
                 let key = token::entry_key_of(&hash);
                 let raw = self.barrier.get(&key).await?.ok_or(Error::Unauthenticated)?;
                 let entry: Arc<TokenEntry> = Arc::new(
@@ -409,11 +412,7 @@ impl Core {
                     token::verify(&entry, &hash, Timestamp::now())?;
                     return self.consume_use(&loaded, &key, &hash).await;
                 }
-                let mut cache = loaded.tokens.write().unwrap_or_else(|p| p.into_inner());
-                if cache.len() >= TOKEN_CACHE_MAX {
-                    cache.clear();
-                }
-                cache.insert(hash.clone(), entry.clone());
+                loaded.tokens.fill(ticket, hash.clone(), entry.clone());
                 entry
             }
         };
@@ -887,7 +886,8 @@ impl Core {
         let table = self.loaded()?.table();
         let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Update, Some(value)).await?;
         // Replication is journaled before the write it announces.
-        let announced = self.sync_announce(path).await?;
+        let rules_seen = self.sync.rules.ticket();
+        let mut announced = self.sync_announce(path).await?;
         let r = match engine {
             Engine::Local(kv) => kv.put(rel, value, cas).await,
             Engine::Cloud(c) => {
@@ -897,6 +897,11 @@ impl Core {
                 c.put(rel, value, cas).await
             }
         };
+        // A rule created while this write ran may have scanned before the
+        // write landed: announce again, so the new rule sees it.
+        if r.is_ok() && !announced && self.sync.rules.changed_since(rules_seen) {
+            announced = self.sync_announce(path).await.unwrap_or(false);
+        }
         if announced {
             self.sync_wake();
         }

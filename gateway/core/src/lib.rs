@@ -15,6 +15,7 @@ pub mod cloud;
 mod core;
 pub mod engine;
 mod error;
+mod fill_cache;
 pub mod kv;
 pub mod mounts;
 pub mod path;

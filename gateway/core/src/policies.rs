@@ -77,9 +77,10 @@ impl Core {
     pub(super) async fn acl_for(&self, loaded: &Loaded, names: &[String]) -> Result<Arc<Acl>> {
         // Looked up by the names as the token holds them (sorted at
         // creation), so the hot path allocates nothing.
-        if let Some(acl) = loaded.acls.read().unwrap_or_else(|p| p.into_inner()).get(names) {
-            return Ok(acl.clone());
+        if let Some(acl) = loaded.acls.get(names) {
+            return Ok(acl);
         }
+        let ticket = loaded.acls.ticket();
         let mut unique: Vec<&String> = names.iter().collect();
         unique.sort();
         unique.dedup();
@@ -98,11 +99,7 @@ impl Core {
             }
         }
         let acl = Arc::new(Acl::new(&policies));
-        let mut cache = loaded.acls.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= 1024 {
-            cache.clear();
-        }
-        cache.insert(names.to_vec(), acl.clone());
+        loaded.acls.fill(ticket, names.to_vec(), acl.clone());
         Ok(acl)
     }
 
@@ -120,7 +117,7 @@ impl Core {
         let mut batch = WriteBatch::new();
         batch.put(policy_key(&name), Zeroizing::new(text.as_bytes().to_vec()));
         self.barrier.commit(batch).await?;
-        self.loaded()?.acls.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.loaded()?.acls.clear();
         Ok(())
     }
 
@@ -164,7 +161,7 @@ impl Core {
         let mut batch = WriteBatch::new();
         batch.expect(policy_key(&name), &stamp).delete(policy_key(&name));
         self.barrier.commit(batch).await?;
-        self.loaded()?.acls.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.loaded()?.acls.clear();
         Ok(())
     }
 }
@@ -352,10 +349,7 @@ impl Core {
             revoked.push(h);
         }
         self.barrier.commit(batch).await?;
-        let mut cache = loaded.tokens.write().unwrap_or_else(|p| p.into_inner());
-        for h in &revoked {
-            cache.remove(h);
-        }
+        loaded.tokens.remove(&revoked);
         Ok(revoked.len())
     }
 
@@ -462,7 +456,7 @@ impl Core {
         let mut batch = WriteBatch::new();
         batch.expect(key.clone(), &stamp).put(key, Zeroizing::new(serde_json::to_vec(&entry).expect("plain data")));
         self.barrier.commit(batch).await?;
-        loaded.tokens.write().unwrap_or_else(|p| p.into_inner()).remove(hash);
+        loaded.tokens.remove([hash]);
         Ok(entry.expires)
     }
 

@@ -244,7 +244,8 @@ pub(crate) struct Runtime {
     pub last_deep_scan: Mutex<HashMap<String, Instant>>,
     /// Journal key -> (next attempt, attempts so far).
     pub retry: Mutex<HashMap<String, (Instant, u32)>>,
-    pub rules: Mutex<Option<Arc<Vec<Rule>>>>,
+    /// The rules, read from the store once and again after each change.
+    pub rules: crate::fill_cache::FillCache<(), Arc<Vec<Rule>>>,
     pub events: tokio::sync::broadcast::Sender<SecretEvent>,
     /// Scans asked for by `Run` (rule -> deep), done by the worker.
     pub forced: Mutex<HashMap<String, bool>>,
@@ -262,7 +263,7 @@ impl Default for Runtime {
             last_scan: Default::default(),
             last_deep_scan: Default::default(),
             retry: Default::default(),
-            rules: Default::default(),
+            rules: crate::fill_cache::FillCache::new(1),
             events: tokio::sync::broadcast::channel(1024).0,
             forced: Default::default(),
             scans_done: Default::default(),

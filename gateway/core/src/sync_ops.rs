@@ -200,7 +200,7 @@ impl Core {
         let mut batch = WriteBatch::new();
         batch.put(format!("{RULES}{}", rule.name), encode_json(&rule));
         self.barrier.commit(batch).await?;
-        *self.sync.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.sync.rules.clear();
         // A first scan soon: existing secrets replicate.
         self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
         self.sync.notify.notify_one();
@@ -236,16 +236,17 @@ impl Core {
         let mut batch = WriteBatch::new();
         batch.delete(format!("{RULES}{name}"));
         self.barrier.commit(batch).await?;
-        *self.sync.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.sync.rules.clear();
         self.delete_prefix(&format!("{STATE}{}/", rule.id)).await?;
         self.sync.status.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| r != name);
         Ok(())
     }
 
     pub(crate) async fn sync_rules(&self) -> Result<Arc<Vec<Rule>>> {
-        if let Some(r) = self.sync.rules.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(r) = self.sync.rules.get(&()) {
             return Ok(r);
         }
+        let ticket = self.sync.rules.ticket();
         let mut rules = Vec::new();
         for key in self.barrier.list(RULES, None, 10_000).await? {
             let raw = self
@@ -258,7 +259,7 @@ impl Core {
             rules.push(rule);
         }
         let rules = Arc::new(rules);
-        *self.sync.rules.lock().unwrap_or_else(|p| p.into_inner()) = Some(rules.clone());
+        self.sync.rules.fill(ticket, (), rules.clone());
         Ok(rules)
     }
 
