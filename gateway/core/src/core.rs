@@ -162,7 +162,14 @@ pub struct Core {
     /// Test hook: recording a lease fails, as on a full disk.
     #[cfg(test)]
     fail_lease_record: std::sync::atomic::AtomicBool,
+    /// Test hook: the next load of a cache ("token", "rules") signals once it
+    /// has read the store, then waits to be released before it fills.
+    #[cfg(test)]
+    pub(crate) load_holds: std::sync::Mutex<HashMap<&'static str, LoadHold>>,
 }
+
+#[cfg(test)]
+pub(crate) type LoadHold = (tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>);
 
 const WRITE_LOCK_STRIPES: usize = 256;
 
@@ -201,6 +208,8 @@ impl Core {
             leases_changed: tokio::sync::Notify::new(),
             #[cfg(test)]
             fail_lease_record: Default::default(),
+            #[cfg(test)]
+            load_holds: Default::default(),
         }
     }
 
@@ -376,6 +385,16 @@ impl Core {
 
     /// Who is calling. A failure is audited here (the request will not
     /// reach `authorize`) and answered with one generic error.
+    /// See `load_holds`.
+    #[cfg(test)]
+    pub(crate) async fn load_hold(&self, what: &str) {
+        let hold = self.load_holds.lock().unwrap_or_else(|p| p.into_inner()).remove(what);
+        if let Some((reached, release)) = hold {
+            let _ = reached.send(());
+            let _ = release.await;
+        }
+    }
+
     pub async fn authenticate(&self, caller: &Caller) -> Result<Identity> {
         match self.identify(caller.bearer()).await {
             Ok(id) => Ok(id),
@@ -412,6 +431,8 @@ impl Core {
                     token::verify(&entry, &hash, Timestamp::now())?;
                     return self.consume_use(&loaded, &key, &hash).await;
                 }
+                #[cfg(test)]
+                self.load_hold("token").await;
                 loaded.tokens.fill(ticket, hash.clone(), entry.clone());
                 entry
             }

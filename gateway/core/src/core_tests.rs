@@ -460,3 +460,30 @@ async fn accessors_look_up_and_revoke_without_the_token() {
     assert!(matches!(core.lookup_token(r, TokenRef::Accessor(&entry.accessor)).await, Err(Error::NotFound(_))));
     assert!(matches!(core.lookup_token(r, TokenRef::Accessor("a/b")).await, Err(Error::InvalidArgument(_))));
 }
+
+/// A request that read a token's entry just before the token was revoked
+/// must not leave it in the cache, where it would outlive the revocation.
+#[tokio::test]
+async fn a_token_revoked_while_a_request_loads_it_stays_revoked() {
+    let (core, root) = dev_core().await;
+    let core = Arc::new(core);
+    let r = &Caller::token(Some(root.as_str()));
+    let req = TokenRequest { policies: vec!["default".into()], ttl_secs: 3600, ..Default::default() };
+    let (token, _) = core.create_token(r, req).await.unwrap();
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    core.load_holds.lock().unwrap().insert("token", (reached_tx, release_rx));
+    let request = tokio::spawn({
+        let (core, token) = (core.clone(), token.to_string());
+        async move { core.lookup_self(&Caller::token(Some(token.as_str()))).await.map(|_| ()) }
+    });
+    // The request has read the entry; now the token is revoked...
+    reached.await.unwrap();
+    core.revoke_token(r, &token).await.unwrap();
+    // ...and the request goes on (it began before the revocation, so either
+    // answer is fair for it).
+    release.send(()).unwrap();
+    let _ = request.await.unwrap();
+    let after = core.lookup_self(&Caller::token(Some(token.as_str()))).await;
+    assert!(matches!(after, Err(Error::Unauthenticated)), "the revoked token still works: {:?}", after.map(|_| ()));
+}

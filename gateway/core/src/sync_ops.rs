@@ -259,6 +259,8 @@ impl Core {
             rules.push(rule);
         }
         let rules = Arc::new(rules);
+        #[cfg(test)]
+        self.load_hold("rules").await;
         self.sync.rules.fill(ticket, (), rules.clone());
         Ok(rules)
     }

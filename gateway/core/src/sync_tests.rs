@@ -264,3 +264,28 @@ async fn scheduled_rotations_start_when_due() {
     assert_eq!(r.state, RotationState::Done, "{r:?}");
     assert_ne!(field(&core.get(&t, "secret/app/db", None).await.unwrap(), "password"), "old-password");
 }
+
+/// A reconciler pass that listed the rules just before a new rule was
+/// committed must not cache the old list: the new rule's secrets would
+/// never be journaled or scanned.
+#[tokio::test]
+async fn a_rule_created_while_the_rules_load_is_not_lost() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    core.load_holds.lock().unwrap().insert("rules", (reached_tx, release_rx));
+    let pass = tokio::spawn({
+        let core = core.clone();
+        async move { core.sync_rules().await.map(|r| r.len()) }
+    });
+    reached.await.unwrap();
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    release.send(()).unwrap();
+    // The pass began before the rule: it may or may not see it.
+    pass.await.unwrap().unwrap();
+    assert_eq!(core.sync_rules().await.unwrap().len(), 1, "the new rule was cached away");
+    // And a write under it is journaled and replicated.
+    core.put(&t, "secret/app/db", &fields(&[("password", "p")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "password"), "p");
+}
