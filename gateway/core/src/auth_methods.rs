@@ -276,8 +276,12 @@ impl Core {
             Error::FailedPrecondition(format!("auth/{} is not configured yet: write its config first", mount.path))
         })?;
         let method = Arc::new(Method::parse(&mount.kind, &settings).map_err(auth_error)?);
-        loaded.auth.write().unwrap_or_else(|p| p.into_inner()).parsed.insert(mount.id.clone(), method.clone());
-        Ok(method)
+        #[cfg(test)]
+        self.load_hold("auth").await;
+        // A config written since this read put its own method here after its
+        // commit: keep that one, never the one parsed from what was read.
+        let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
+        Ok(st.parsed.entry(mount.id.clone()).or_insert(method).clone())
     }
 
     /// Logs in with `credential` (a service-account token or an OIDC JWT)

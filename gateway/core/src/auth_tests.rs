@@ -83,3 +83,41 @@ async fn kubernetes_login_issues_role_tokens_and_audits_refusals() {
     assert!(matches!(core.lookup_self(t).await, Err(Error::Unauthenticated)));
     assert!(core.list_auth(r).await.unwrap().is_empty());
 }
+
+/// A login that read the method's config just before an operator replaced
+/// it (say, to retire a signing key) must not put the old config back in
+/// the cache.
+#[tokio::test]
+async fn a_login_racing_a_config_change_does_not_bring_the_old_config_back() {
+    let core = Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default()));
+    let init = core.init(1, 1, Some("root-t"), true).await.unwrap();
+    let r = &Caller::token(Some("root-t"));
+    let (old, new) = (Issuer::new(ISS, "k1"), Issuer::new(ISS, "k2"));
+    core.enable_auth(r, "kubernetes", "kubernetes", "").await.unwrap();
+    core.write_auth_config(r, "kubernetes", s(&[("pem_keys", &old.public_pem()), ("issuer", ISS)])).await.unwrap();
+    let role = s(&[("bound_service_account_names", "app-sa"), ("bound_service_account_namespaces", "production")]);
+    core.write_auth_role(r, "kubernetes", "app", role).await.unwrap();
+    // After an unseal the parsed configs are loaded on first use.
+    core.seal(r).await.unwrap();
+    core.unseal(&init.keys[0], false).await.unwrap();
+
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    core.load_holds.lock().unwrap().insert("auth", (reached_tx, release_rx));
+    let login = tokio::spawn({
+        let core = core.clone();
+        let jwt = old.service_account_token("production", "app-sa", "uid-1", "keybridge", 600);
+        async move { core.login(&Caller::new(None, "login"), "kubernetes", "app", &jwt).await.map(|_| ()) }
+    });
+    reached.await.unwrap();
+    // The old key is retired while that login has the old config in hand.
+    core.write_auth_config(r, "kubernetes", s(&[("pem_keys", &new.public_pem()), ("issuer", ISS)])).await.unwrap();
+    release.send(()).unwrap();
+    let _ = login.await.unwrap();
+
+    let with_old = old.service_account_token("production", "app-sa", "uid-1", "keybridge", 600);
+    let e = core.login(&Caller::new(None, "login"), "kubernetes", "app", &with_old).await.map(|_| ());
+    assert!(matches!(e, Err(Error::LoginRefused(_))), "the retired key still logs in: {e:?}");
+    let with_new = new.service_account_token("production", "app-sa", "uid-1", "keybridge", 600);
+    core.login(&Caller::new(None, "login"), "kubernetes", "app", &with_new).await.unwrap();
+}

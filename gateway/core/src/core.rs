@@ -162,7 +162,7 @@ pub struct Core {
     /// Test hook: recording a lease fails, as on a full disk.
     #[cfg(test)]
     fail_lease_record: std::sync::atomic::AtomicBool,
-    /// Test hook: the next load of a cache ("token", "rules") signals once it
+    /// Test hook: the next load of a cache ("token", "rules", "auth") signals once it
     /// has read the store, then waits to be released before it fills.
     #[cfg(test)]
     pub(crate) load_holds: std::sync::Mutex<HashMap<&'static str, LoadHold>>,
