@@ -450,6 +450,7 @@ impl Core {
     pub(crate) async fn sync_pass(&self) -> Result<Duration> {
         self.loaded()?;
         let _one = self.sync.pass_lock.lock().await;
+        let rules_seen = self.sync.rules.ticket();
         let rules = self.sync_rules().await?;
         let mut next = Duration::from_secs(1);
         // The journal, oldest first, grouped by rule and path (coalescing).
@@ -534,6 +535,12 @@ impl Core {
                 };
                 if let Err(e) = self.scan(rule, deep).await {
                     tracing::warn!(rule = %rule.name, error = %e, "sync: scan failed");
+                }
+                // The rules changed during this pass: this scan may have used
+                // a rule's old settings, so the next pass scans it again.
+                if self.sync.rules.changed_since(rules_seen) {
+                    self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
+                    next = Duration::ZERO;
                 }
             } else {
                 next = next.min(due);

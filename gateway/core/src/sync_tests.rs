@@ -289,3 +289,32 @@ async fn a_rule_created_while_the_rules_load_is_not_lost() {
     core.sync_pass().await.unwrap();
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "password"), "p");
 }
+
+/// A rule replaced (here: a second target) while a pass that loaded its old
+/// settings is scanning gets its first scan with the new settings, not only
+/// after its scan interval.
+#[tokio::test]
+async fn a_rule_changed_during_a_pass_is_scanned_again() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    core.put(&t, "secret/app/db", &fields(&[("password", "p")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "password"), "p");
+
+    core.sync.rules.clear();
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    core.load_holds.lock().unwrap().insert("rules", (reached_tx, release_rx));
+    let pass = tokio::spawn({
+        let core = core.clone();
+        async move { core.sync_pass().await.map(|_| ()) }
+    });
+    // The pass holds the old rule; the rule gains a target meanwhile.
+    reached.await.unwrap();
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "")).await.unwrap();
+    release.send(()).unwrap();
+    pass.await.unwrap().unwrap();
+    core.sync_pass().await.unwrap();
+    let copy = core.get(&t, "team-c/app/db", None).await;
+    assert!(copy.is_ok(), "the new target was not scanned: {:?}", copy.map(|_| ()).unwrap_err());
+}
