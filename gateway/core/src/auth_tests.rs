@@ -7,6 +7,7 @@ use std::sync::Arc;
 use keybridge_barrier::{Barrier, RedbStore};
 use keybridge_testservers::issuer::Issuer;
 
+use super::tests::hold_load;
 use super::*;
 use crate::Caller;
 
@@ -101,9 +102,7 @@ async fn a_login_racing_a_config_change_does_not_bring_the_old_config_back() {
     core.seal(r).await.unwrap();
     core.unseal(&init.keys[0], false).await.unwrap();
 
-    let (reached_tx, reached) = tokio::sync::oneshot::channel();
-    let (release, release_rx) = tokio::sync::oneshot::channel();
-    core.load_holds.lock().unwrap().insert("auth", (reached_tx, release_rx));
+    let (reached, release) = hold_load(&core, "auth");
     let login = tokio::spawn({
         let core = core.clone();
         let jwt = old.service_account_token("production", "app-sa", "uid-1", "keybridge", 600);

@@ -16,6 +16,18 @@ pub(super) fn field(r: &ReadSecret, name: &str) -> String {
     }
 }
 
+/// Holds the next load of `what` (see `Core::load_holds`): returns the
+/// signal that it has read the store, and the sender that lets it go on.
+pub(super) fn hold_load(
+    core: &Core,
+    what: &'static str,
+) -> (tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>) {
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    core.load_holds.lock().unwrap().insert(what, (reached_tx, release_rx));
+    (reached, release)
+}
+
 async fn dev_core() -> (Core, String) {
     let core = Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default());
     let init = core.init(1, 1, Some("root-t"), true).await.unwrap();
@@ -470,9 +482,7 @@ async fn a_token_revoked_while_a_request_loads_it_stays_revoked() {
     let r = &Caller::token(Some(root.as_str()));
     let req = TokenRequest { policies: vec!["default".into()], ttl_secs: 3600, ..Default::default() };
     let (token, _) = core.create_token(r, req).await.unwrap();
-    let (reached_tx, reached) = tokio::sync::oneshot::channel();
-    let (release, release_rx) = tokio::sync::oneshot::channel();
-    core.load_holds.lock().unwrap().insert("token", (reached_tx, release_rx));
+    let (reached, release) = hold_load(&core, "token");
     let request = tokio::spawn({
         let (core, token) = (core.clone(), token.to_string());
         async move { core.lookup_self(&Caller::token(Some(token.as_str()))).await.map(|_| ()) }

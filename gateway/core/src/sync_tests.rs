@@ -7,7 +7,7 @@ use std::time::Duration;
 use keybridge_barrier::{Barrier, RedbStore};
 
 use super::sync_ops::RuleSpec;
-use super::tests::{field, fields};
+use super::tests::{field, fields, hold_load};
 use super::*;
 use crate::Caller;
 
@@ -271,9 +271,7 @@ async fn scheduled_rotations_start_when_due() {
 #[tokio::test]
 async fn a_rule_created_while_the_rules_load_is_not_lost() {
     let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
-    let (reached_tx, reached) = tokio::sync::oneshot::channel();
-    let (release, release_rx) = tokio::sync::oneshot::channel();
-    core.load_holds.lock().unwrap().insert("rules", (reached_tx, release_rx));
+    let (reached, release) = hold_load(&core, "rules");
     let pass = tokio::spawn({
         let core = core.clone();
         async move { core.sync_rules().await.map(|r| r.len()) }
@@ -302,9 +300,7 @@ async fn a_rule_changed_during_a_pass_is_scanned_again() {
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "password"), "p");
 
     core.sync.rules.clear();
-    let (reached_tx, reached) = tokio::sync::oneshot::channel();
-    let (release, release_rx) = tokio::sync::oneshot::channel();
-    core.load_holds.lock().unwrap().insert("rules", (reached_tx, release_rx));
+    let (reached, release) = hold_load(&core, "rules");
     let pass = tokio::spawn({
         let core = core.clone();
         async move { core.sync_pass().await.map(|_| ()) }
