@@ -415,11 +415,9 @@ impl Core {
             return Err(Error::Unauthenticated);
         }
         let hash = loaded.salt.hash(token);
-        let cached = loaded.tokens.get(hash.as_str());
-        let entry = match cached {
-            Some(e) => e,
-            None => {
-                let ticket = loaded.tokens.ticket();
+        let entry = match loaded.tokens.lookup(hash.as_str()) {
+            Ok(e) => e,
+            Err(ticket) => {
                 let key = token::entry_key_of(&hash);
                 let raw = self.barrier.get(&key).await?.ok_or(Error::Unauthenticated)?;
                 let entry: Arc<TokenEntry> = Arc::new(

@@ -4,7 +4,7 @@
 //! stale entry (a revoked token, an old policy, a rule list without the new
 //! rule) would outlive the change.
 //!
-//! A reader takes a [`Ticket`] before it reads the store; every
+//! A reader's miss gives it a [`Ticket`] before it reads the store; every
 //! invalidation, made after its commit, advances a generation; a fill is
 //! kept only if the generation has not moved since the ticket. Otherwise the
 //! reader still uses what it loaded (its read may have begun before the
@@ -35,15 +35,17 @@ impl<K: Hash + Eq, V: Clone> FillCache<K, V> {
         FillCache { inner: RwLock::new(Inner { map: HashMap::new(), generation: 0 }), max }
     }
 
-    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+    /// The cached value, or on a miss the ticket to load it with.
+    pub(crate) fn lookup<Q>(&self, key: &Q) -> Result<V, Ticket>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).map.get(key).cloned()
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.map.get(key).cloned().ok_or(Ticket(inner.generation))
     }
 
-    /// Take before reading the store.
+    /// The current generation, for [`FillCache::changed_since`].
     pub(crate) fn ticket(&self) -> Ticket {
         Ticket(self.inner.read().unwrap_or_else(|p| p.into_inner()).generation)
     }
@@ -95,20 +97,20 @@ mod tests {
     #[test]
     fn a_fill_that_began_before_an_invalidation_is_not_kept() {
         let cache: FillCache<String, u32> = FillCache::new(8);
-        // A reader takes its ticket and reads the old value...
-        let ticket = cache.ticket();
+        // A reader misses, takes its ticket and reads the old value...
+        let ticket = cache.lookup("token").unwrap_err();
         // ...a writer commits and invalidates...
         cache.remove(["token"]);
         // ...and the reader's stale value must not be cached.
         assert!(cache.changed_since(ticket));
         assert!(!cache.fill(ticket, "token".into(), 1));
-        assert_eq!(cache.get("token"), None);
+        assert!(cache.lookup("token").is_err());
         // A reader that began after the invalidation fills it.
-        let ticket = cache.ticket();
+        let ticket = cache.lookup("token").unwrap_err();
         assert!(cache.fill(ticket, "token".into(), 2));
-        assert_eq!(cache.get("token"), Some(2));
+        assert_eq!(cache.lookup("token").ok(), Some(2));
         cache.clear();
-        assert_eq!(cache.get("token"), None);
+        assert!(cache.lookup("token").is_err());
     }
 
     #[test]
@@ -118,6 +120,6 @@ mod tests {
             let t = cache.ticket();
             cache.fill(t, k, k);
         }
-        assert_eq!((cache.get(&0), cache.get(&1), cache.get(&2)), (None, None, Some(2)));
+        assert_eq!((cache.lookup(&0).ok(), cache.lookup(&1).ok(), cache.lookup(&2).ok()), (None, None, Some(2)));
     }
 }

@@ -77,10 +77,10 @@ impl Core {
     pub(super) async fn acl_for(&self, loaded: &Loaded, names: &[String]) -> Result<Arc<Acl>> {
         // Looked up by the names as the token holds them (sorted at
         // creation), so the hot path allocates nothing.
-        if let Some(acl) = loaded.acls.get(names) {
-            return Ok(acl);
-        }
-        let ticket = loaded.acls.ticket();
+        let ticket = match loaded.acls.lookup(names) {
+            Ok(acl) => return Ok(acl),
+            Err(ticket) => ticket,
+        };
         let mut unique: Vec<&String> = names.iter().collect();
         unique.sort();
         unique.dedup();

@@ -40,6 +40,7 @@ use hmac::Mac;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditValue, Caller};
+use crate::fill_cache::FillCache;
 use crate::value::SecretValue;
 use crate::{Error, Result, Timestamp};
 
@@ -245,7 +246,7 @@ pub(crate) struct Runtime {
     /// Journal key -> (next attempt, attempts so far).
     pub retry: Mutex<HashMap<String, (Instant, u32)>>,
     /// The rules, read from the store once and again after each change.
-    pub rules: crate::fill_cache::FillCache<(), Arc<Vec<Rule>>>,
+    pub rules: FillCache<(), Arc<Vec<Rule>>>,
     pub events: tokio::sync::broadcast::Sender<SecretEvent>,
     /// Scans asked for by `Run` (rule -> deep), done by the worker.
     pub forced: Mutex<HashMap<String, bool>>,
@@ -263,7 +264,7 @@ impl Default for Runtime {
             last_scan: Default::default(),
             last_deep_scan: Default::default(),
             retry: Default::default(),
-            rules: crate::fill_cache::FillCache::new(1),
+            rules: FillCache::new(1),
             events: tokio::sync::broadcast::channel(1024).0,
             forced: Default::default(),
             scans_done: Default::default(),

@@ -243,10 +243,10 @@ impl Core {
     }
 
     pub(crate) async fn sync_rules(&self) -> Result<Arc<Vec<Rule>>> {
-        if let Some(r) = self.sync.rules.get(&()) {
-            return Ok(r);
-        }
-        let ticket = self.sync.rules.ticket();
+        let ticket = match self.sync.rules.lookup(&()) {
+            Ok(r) => return Ok(r),
+            Err(ticket) => ticket,
+        };
         let mut rules = Vec::new();
         for key in self.barrier.list(RULES, None, 10_000).await? {
             let raw = self
