@@ -159,6 +159,11 @@ pub struct Core {
     sync: crate::sync::Runtime,
     /// Wakes the lease worker when a lease is written.
     leases_changed: tokio::sync::Notify,
+    /// The runtime the core was built on, which lives as long as the
+    /// process: threads of the core's own (audit writers) run their async
+    /// steps on it, never on the runtime of the request that started them
+    /// (a serving thread's, which stops first at shutdown).
+    runtime: Option<tokio::runtime::Handle>,
     /// Test hook: recording a lease fails, as on a full disk.
     #[cfg(test)]
     fail_lease_record: std::sync::atomic::AtomicBool,
@@ -206,6 +211,7 @@ impl Core {
             lease_locks: Stripes::new(WRITE_LOCK_STRIPES),
             sync: Default::default(),
             leases_changed: tokio::sync::Notify::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             #[cfg(test)]
             fail_lease_record: Default::default(),
             #[cfg(test)]
@@ -326,7 +332,8 @@ impl Core {
             .await?
             .ok_or_else(|| Error::Corrupt { key: token::SALT_KEY.into(), reason: "missing".into() })?;
         let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
-        let audit = audit::Broker::load(self.barrier.clone()).await?;
+        let runtime = self.runtime.clone().unwrap_or_else(tokio::runtime::Handle::current);
+        let audit = audit::Broker::load(self.barrier.clone(), runtime).await?;
         let auth_table = auth_methods::load_table(self).await?;
         let leases = self.load_leases().await?;
         self.set_loaded(Some(Loaded {

@@ -14,6 +14,7 @@
 //!   max_value_bytes = 524288
 //! }
 //! disable_mlock = false
+//! # serving_threads = 4
 //! # policy_check_rego = "/etc/keybridge/rules.rego"
 //! # rotation_verify_command = ["/usr/local/bin/try-credentials"]
 //! ```
@@ -51,6 +52,9 @@ struct RawConfig {
     /// A program (and its arguments) that tries a rotation's new value.
     #[serde(default)]
     rotation_verify_command: Option<Vec<String>>,
+    /// Threads serving connections (default: one per CPU).
+    #[serde(default)]
+    serving_threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +143,14 @@ pub struct Config {
     pub policy_check_rego: Option<PathBuf>,
     /// Tries each rotation's new value (JSON on stdin; exit 0 accepts).
     pub rotation_verify_command: Option<Vec<String>>,
+    /// Threads serving connections, each owning the connections it is
+    /// given (see serving.rs).
+    pub serving_threads: usize,
+}
+
+/// One serving thread per CPU.
+pub fn default_serving_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -219,12 +231,22 @@ impl Config {
             )));
         }
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+        let serving_threads = match raw.serving_threads {
+            None => default_serving_threads(),
+            Some(n @ 1..=1024) => n,
+            Some(n) => {
+                return Err(bad(format!(
+                    "serving_threads = {n}: give 1 to 1024 threads, or leave it out for one per CPU"
+                )));
+            }
+        };
         Ok(Config {
             address,
             tls,
             storage,
             limits,
             disable_mlock: raw.disable_mlock,
+            serving_threads,
             log_level,
             policy_check_rego: raw.policy_check_rego,
             rotation_verify_command: match raw.rotation_verify_command {
@@ -260,6 +282,7 @@ mod tests {
             }
             api_addr = "https://kb.internal:8400"
             disable_mlock = true
+            serving_threads = 3
             "#,
         )
         .unwrap();
@@ -269,6 +292,7 @@ mod tests {
         assert_eq!(c.limits.max_value_bytes, 1024);
         assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
         assert!(c.disable_mlock);
+        assert_eq!(c.serving_threads, 3);
     }
 
     #[test]
@@ -284,6 +308,7 @@ mod tests {
             ),
             (listener("address = \"127.0.0.1:1\"\ntls_disable = true\ncolour = 1") + file, "colour"),
             (file.to_string(), "listener"),
+            (listener("address = \"127.0.0.1:1\"\ntls_disable = true") + file + "serving_threads = 0\n", "1 to 1024"),
         ];
         for (text, needle) in cases {
             let err = Config::parse("t.hcl", &text).unwrap_err().to_string();

@@ -13,6 +13,7 @@ mod server;
 mod service;
 mod service_logical;
 mod service_sync;
+mod serving;
 mod verify;
 
 use std::process::ExitCode;
@@ -67,6 +68,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     log_level: "info".into(),
                     policy_check_rego: None,
                     rotation_verify_command: None,
+                    serving_threads: crate::config::default_serving_threads(),
                 };
                 (config, Some(server::DevOptions { root_token_id: args.dev_root_token_id }))
             } else {

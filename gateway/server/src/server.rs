@@ -225,7 +225,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .option_layer(rate_limit);
-    builder
+    let router = builder
         .layer(layers)
         .add_service(health_service)
         .add_service(reflection)
@@ -238,9 +238,15 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .add_service(sync)
         .add_service(logical)
         .add_service(leases)
-        .add_service(plugins)
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
-        .await?;
+        .add_service(plugins);
+    crate::serving::serve(
+        router,
+        |router, conns, stop| router.serve_with_incoming_shutdown(conns, stop),
+        incoming,
+        config.serving_threads,
+        shutdown_signal(),
+    )
+    .await?;
     // Audit devices write their last checkpoint.
     core.shutdown().await;
     tracing::info!("stopped");

@@ -133,30 +133,40 @@ impl WasmHost {
         Ok(WasmHost { engine, linker, config, compiled: Mutex::new(HashMap::new()), ticker })
     }
 
-    fn component(&self, digest: &str, bytes: &[u8]) -> Result<Component, EngineError> {
+    /// The compiled component: from the cache, or compiled on tokio's
+    /// blocking pool (compiling takes up to seconds of CPU, which must not
+    /// stall the serving thread and the other requests on it).
+    async fn component(&self, digest: &str, bytes: &[u8]) -> Result<Component, EngineError> {
         if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
             return Ok(c.clone());
         }
-        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
-        if actual != digest {
-            return Err(EngineError::BadComponent(format!(
-                "the component's SHA-256 is {actual}, not the pinned {digest}: refusing a changed file"
-            )));
-        }
-        let c = Component::new(&self.engine, bytes).map_err(|e| {
-            EngineError::BadComponent(format!("not a WebAssembly component this host can compile: {e:#}"))
-        })?;
+        let engine = self.engine.clone();
+        let (digest, bytes) = (digest.to_string(), bytes.to_vec());
+        let (digest, c) = tokio::task::spawn_blocking(move || {
+            let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            if actual != digest {
+                return Err(EngineError::BadComponent(format!(
+                    "the component's SHA-256 is {actual}, not the pinned {digest}: refusing a changed file"
+                )));
+            }
+            let c = Component::new(&engine, &bytes).map_err(|e| {
+                EngineError::BadComponent(format!("not a WebAssembly component this host can compile: {e:#}"))
+            })?;
+            Ok((digest, c))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("compiling the component stopped: {e}")))??;
         let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= 64 {
             cache.clear();
         }
-        cache.insert(digest.to_string(), c.clone());
+        cache.insert(digest, c.clone());
         Ok(c)
     }
 
     /// Links a component and checks it against the contract.
-    fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<Prepared, EngineError> {
-        let component = self.component(digest, bytes)?;
+    async fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<Prepared, EngineError> {
+        let component = self.component(digest, bytes).await?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             EngineError::BadComponent(format!(
                 "the component imports something this host does not grant (only keybridge:engine/host, keybridge:engine/storage and WASI 0.2): {e:#}"
@@ -283,7 +293,7 @@ struct Prepared {
 #[async_trait::async_trait]
 impl PluginRuntime for WasmHost {
     async fn inspect(&self, digest: &str, component: &[u8]) -> Result<EngineInfo, EngineError> {
-        let prepared = self.prepare(digest, component)?;
+        let prepared = self.prepare(digest, component).await?;
         let limits = MountLimits::default();
         describe(self, &prepared, &limits).await
     }
@@ -306,7 +316,7 @@ impl WasmHost {
     /// benchmark times its instantiation).
     pub async fn open_engine(&self, spec: PluginSpec<'_>) -> Result<WasmEngine, EngineError> {
         let limits = MountLimits::parse(spec.config, &self.config).map_err(EngineError::InvalidInput)?;
-        let prepared = self.prepare(spec.digest, spec.component)?;
+        let prepared = self.prepare(spec.digest, spec.component).await?;
         let info = describe(self, &prepared, &limits).await?;
         let engine_config: Vec<(String, String)> =
             spec.config.iter().filter(|(k, _)| !limits::is_host_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 use zeroize::Zeroizing;
 
-use super::chain::{self, ChainValue, Checkpoint};
+use super::chain::{self, ChainValue, Checkpoint, MacKey};
 use super::{AuditData, CallState, Caller, Kind, StoredCheckpoint, VerificationKey, render};
 use crate::{Error, Result, Timestamp};
 
@@ -55,8 +55,9 @@ enum Msg {
 
 struct Device {
     entry: DeviceEntry,
-    hmac_key: Zeroizing<Vec<u8>>,
+    hmac_key: MacKey,
     chain_key: Zeroizing<Vec<u8>>,
+    chain_mac: MacKey,
     /// Files without fsync and streams are written inline by the request
     /// (an append to the page cache, or a channel send, costs less than a
     /// hand-off to a thread); sockets and `fsync=true` files go through
@@ -88,12 +89,14 @@ fn checkpoint_key(id: &str) -> String {
 pub struct Broker {
     barrier: Arc<Barrier>,
     devices: RwLock<Arc<Vec<Arc<Device>>>>,
+    /// Where writer threads run their barrier commits (checkpoints).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Broker {
     /// Starts the devices in the barrier's device table.
-    pub(crate) async fn load(barrier: Arc<Barrier>) -> Result<Broker> {
-        let broker = Broker { barrier, devices: RwLock::new(Arc::new(Vec::new())) };
+    pub(crate) async fn load(barrier: Arc<Barrier>, runtime: tokio::runtime::Handle) -> Result<Broker> {
+        let broker = Broker { barrier, devices: RwLock::new(Arc::new(Vec::new())), runtime };
         let entries: Vec<DeviceEntry> = match broker.barrier.get(DEVICES_KEY).await? {
             Some(raw) => serde_json::from_slice(&raw)
                 .map_err(|e| Error::Corrupt { key: DEVICES_KEY.into(), reason: e.to_string() })?,
@@ -163,7 +166,7 @@ impl Broker {
         for d in devices.iter() {
             let body = render(kind, caller, state, outcome, response, &d.hmac_key);
             if let Some(out) = &d.direct {
-                let r = out.lock().unwrap_or_else(|p| p.into_inner()).write(&d.chain_key, false, &[&body]);
+                let r = out.lock().unwrap_or_else(|p| p.into_inner()).write(&d.chain_mac, false, &[&body]);
                 match r {
                     Ok(()) => ok |= d.entry.counts(),
                     Err(e) if d.entry.counts() => errors.push(format!("{}: {e}", d.entry.path)),
@@ -342,15 +345,16 @@ impl Broker {
             }
         };
         let state = sink.recover(&chain_key, &cp);
+        let (hmac_key, chain_mac) = (MacKey::new(&hmac_key), MacKey::new(&chain_key));
         let output = Arc::new(Mutex::new(Output { sink, state, dirty: fresh }));
         let direct = (entry.kind == "stream" || (entry.kind == "file" && !entry.fsync())).then(|| output.clone());
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             output,
-            chain_key: chain_key.clone(),
+            chain_key: chain_mac.clone(),
             fsync: entry.fsync(),
             barrier: self.barrier.clone(),
-            handle: tokio::runtime::Handle::current(),
+            handle: self.runtime.clone(),
             checkpoint_key: checkpoint_key(&entry.id),
             device: entry.path.clone(),
         };
@@ -358,7 +362,16 @@ impl Broker {
             .name(format!("audit-{}", entry.path.trim_end_matches('/')))
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("cannot start the device's writer thread: {e}"))?;
-        Ok(Arc::new(Device { entry, hmac_key, chain_key, direct, tx, stream, thread: Mutex::new(Some(thread)) }))
+        Ok(Arc::new(Device {
+            entry,
+            hmac_key,
+            chain_key,
+            chain_mac,
+            direct,
+            tx,
+            stream,
+            thread: Mutex::new(Some(thread)),
+        }))
     }
 
     /// A device whose sink could not be opened: every record fails with the reason.
@@ -384,7 +397,8 @@ impl Broker {
         });
         Arc::new(Device {
             entry,
-            hmac_key,
+            hmac_key: MacKey::new(&hmac_key),
+            chain_mac: MacKey::new(&chain_key),
             chain_key,
             direct: None,
             tx,
@@ -436,7 +450,7 @@ impl Output {
     /// Chains and writes `bodies` as one group. On failure nothing of the
     /// group stays (the sink cuts its partial write back) and the chain
     /// position is unchanged.
-    fn write(&mut self, chain_key: &[u8], fsync: bool, bodies: &[&[u8]]) -> std::io::Result<()> {
+    fn write(&mut self, chain_key: &MacKey, fsync: bool, bodies: &[&[u8]]) -> std::io::Result<()> {
         let saved = self.state;
         let result = (|| -> std::io::Result<()> {
             if self.sink.prepare()? {
@@ -472,7 +486,7 @@ impl Output {
 
 struct Writer {
     output: Arc<Mutex<Output>>,
-    chain_key: Zeroizing<Vec<u8>>,
+    chain_key: MacKey,
     fsync: bool,
     barrier: Arc<Barrier>,
     handle: tokio::runtime::Handle,

@@ -21,11 +21,10 @@ pub(crate) mod device;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
+pub use chain::MacKey;
 pub use device::{Broker, DeviceEntry};
 
 use crate::token::Identity;
@@ -33,10 +32,8 @@ use crate::token::Identity;
 pub const HMAC_PREFIX: &str = "hmac-sha256:";
 
 /// The HMAC of `value` under a device's key, as records show it.
-pub fn hmac_hex(key: &[u8], value: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(value);
-    let digest: [u8; 32] = mac.finalize().into_bytes().into();
+pub fn hmac_hex(key: &MacKey, value: &[u8]) -> String {
+    let digest = key.mac(&[value]);
     let mut out = String::with_capacity(HMAC_PREFIX.len() + 64);
     out.push_str(HMAC_PREFIX);
     out.push_str(std::str::from_utf8(&chain::hex32(&digest)).unwrap_or_default());
@@ -228,7 +225,7 @@ impl Obj {
     }
 }
 
-fn write_value(buf: &mut Vec<u8>, v: &AuditValue, key: &[u8]) {
+fn write_value(buf: &mut Vec<u8>, v: &AuditValue, key: &MacKey) {
     match v {
         AuditValue::Plain(p) => {
             let _ = serde_json::to_writer(&mut *buf, p);
@@ -240,7 +237,7 @@ fn write_value(buf: &mut Vec<u8>, v: &AuditValue, key: &[u8]) {
     }
 }
 
-fn write_data(buf: &mut Vec<u8>, data: &[(String, AuditValue)], key: &[u8]) {
+fn write_data(buf: &mut Vec<u8>, data: &[(String, AuditValue)], key: &MacKey) {
     buf.push(b'{');
     for (i, (k, v)) in data.iter().enumerate() {
         if i > 0 {
@@ -260,7 +257,7 @@ pub(crate) fn render(
     state: &CallState,
     outcome: Option<(&str, Option<&str>)>,
     response: Option<&AuditData>,
-    key: &[u8],
+    key: &MacKey,
 ) -> Vec<u8> {
     let mut o = Obj::new(512);
     o.field("type", if kind == Kind::Request { "request" } else { "response" });

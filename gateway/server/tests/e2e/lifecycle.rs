@@ -304,3 +304,57 @@ async fn sigterm_stops_the_server_cleanly() {
         .into_inner();
     assert_eq!(field(&got, "k"), "v");
 }
+
+/// The serving threads of a server process and their voluntary context
+/// switches (each wait for the next request on a connection is one).
+fn serving_threads(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
+        if !comm.starts_with("kb-serve-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((comm, switches));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn connections_are_spread_over_the_configured_serving_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_top(dir.path(), "serving_threads = 3");
+    // The threads start right after the "Listening" line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut threads = serving_threads(s.child.id());
+    while threads.len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        threads = serving_threads(s.child.id());
+    }
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["kb-serve-0", "kb-serve-1", "kb-serve-2"], "{threads:?}");
+    // Three connections: one per thread (the least loaded takes the next).
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(s.sys().await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = serving_threads(s.child.id());
+    for _ in 0..40 {
+        for c in clients.iter_mut() {
+            let st = c.seal_status(pb::SealStatusRequest {}).await.unwrap().into_inner();
+            assert!(st.sealed);
+        }
+    }
+    let after = serving_threads(s.child.id());
+    for ((name, b), (_, a)) in before.iter().zip(&after) {
+        assert!(a - b >= 20, "{name} served no connection: {b} -> {a} wake-ups; all: {before:?} -> {after:?}");
+    }
+}
