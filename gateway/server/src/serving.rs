@@ -92,6 +92,13 @@ fn pick(open: &[usize], start: usize) -> usize {
     (0..n).map(|i| (start + i) % n).min_by_key(|&i| open[i]).unwrap_or(0)
 }
 
+/// An accept error that concerns one connection only (the next accept
+/// may well succeed), as opposed to the process running out of something.
+fn per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
+}
+
 /// Serves `incoming` on `threads` serving threads until `shutdown`
 /// resolves, then lets every thread finish its requests (graceful
 /// shutdown) before returning. `serve` runs on each thread: it serves the
@@ -149,8 +156,15 @@ where
         while let Some(conn) = incoming.next().await {
             let conn = match conn {
                 Ok(c) => c,
+                Err(e) if per_connection(&e) => {
+                    tracing::debug!(error = %e, "accept failed for one connection");
+                    continue;
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "accept failed");
+                    // Out of file descriptors or memory: retrying at once would
+                    // spin; connections wait in the backlog meanwhile.
+                    tracing::warn!(error = %e, "cannot accept connections; retrying in a second");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     continue;
                 }
             };
@@ -201,6 +215,13 @@ mod tests {
         assert_eq!(pick(&[3, 1, 2], 0), 1);
         assert_eq!(pick(&[0, 5], 1), 0);
         assert_eq!(pick(&[4], 7), 0);
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_not_a_per_connection_error() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert!(!super::per_connection(&emfile));
+        assert!(super::per_connection(&std::io::Error::from(std::io::ErrorKind::ConnectionAborted)));
     }
 
     #[test]
