@@ -390,8 +390,6 @@ impl Core {
 
     // ----- authentication and authorization ---------------------------------
 
-    /// Who is calling. A failure is audited here (the request will not
-    /// reach `authorize`) and answered with one generic error.
     /// See `load_holds`.
     #[cfg(test)]
     pub(crate) async fn load_hold(&self, what: &str) {
@@ -402,6 +400,8 @@ impl Core {
         }
     }
 
+    /// Who is calling. A failure is audited here (the request will not
+    /// reach `authorize`) and answered with one generic error.
     pub async fn authenticate(&self, caller: &Caller) -> Result<Identity> {
         match self.identify(caller.bearer()).await {
             Ok(id) => Ok(id),

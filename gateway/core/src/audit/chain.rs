@@ -120,9 +120,8 @@ struct Head {
 
 /// Verifies `lines` (the files' contents, in order) against `key`; with a
 /// `checkpoint`, also that nothing was cut off the end.
-pub struct Verifier<'k> {
+pub struct Verifier {
     mac: MacKey,
-    _key: std::marker::PhantomData<&'k [u8]>,
     chain: Option<ChainValue>,
     expected: u64,
     line_no: u64,
@@ -134,11 +133,10 @@ pub struct Verifier<'k> {
     pending: Vec<u8>,
 }
 
-impl<'k> Verifier<'k> {
-    pub fn new(key: &'k [u8]) -> Self {
+impl Verifier {
+    pub fn new(key: &[u8]) -> Self {
         Verifier {
             mac: MacKey::new(key),
-            _key: std::marker::PhantomData,
             chain: None,
             expected: 0,
             line_no: 0,
@@ -151,7 +149,7 @@ impl<'k> Verifier<'k> {
 
     /// Continues after record `seq` whose chain value is `chain` (a writer
     /// recovering its position past its last checkpoint).
-    pub fn resume(key: &'k [u8], seq: u64, chain: ChainValue) -> Self {
+    pub fn resume(key: &[u8], seq: u64, chain: ChainValue) -> Self {
         let mut v = Self::new(key);
         if seq > 0 {
             v.chain = Some(chain);
@@ -361,11 +359,11 @@ mod tests {
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn log(n: u64) -> (Vec<u8>, Checkpoint) {
-        let mut out = Vec::new();
+        let (key, mut out) = (MacKey::new(KEY), Vec::new());
         let mut chain = [0u8; CHAIN_LEN];
         for seq in 1..=n {
             let body = format!("{{\"type\":\"request\",\"path\":\"secret/data/r{seq}\"}}");
-            chain = seal_line(&MacKey::new(KEY), &chain, seq, seq == 1, body.as_bytes(), &mut out);
+            chain = seal_line(&key, &chain, seq, seq == 1, body.as_bytes(), &mut out);
         }
         (out, Checkpoint { seq: n, chain: Some(chain), segment_start: 1 })
     }
@@ -441,12 +439,13 @@ mod tests {
 
     #[test]
     fn rotation_continues_the_chain() {
+        let key = MacKey::new(KEY);
         let mut first = Vec::new();
         let mut second = Vec::new();
         let mut chain = [0u8; CHAIN_LEN];
         for seq in 1..=10u64 {
             let out = if seq <= 6 { &mut first } else { &mut second };
-            chain = seal_line(&MacKey::new(KEY), &chain, seq, seq == 1 || seq == 7, b"{\"type\":\"response\"}", out);
+            chain = seal_line(&key, &chain, seq, seq == 1 || seq == 7, b"{\"type\":\"response\"}", out);
         }
         let cp = Checkpoint { seq: 10, chain: Some(chain), segment_start: 7 };
         let both = verify_files(KEY, &[("a.1".into(), first.clone()), ("a".into(), second.clone())], Some(&cp));
@@ -467,8 +466,7 @@ mod tests {
         let mut s2 = Vec::new();
         for seq in 1..=10u64 {
             let mut sink = Vec::new();
-            chain2 =
-                seal_line(&MacKey::new(KEY), &chain2, seq, seq == 1 || seq == 7, b"{\"type\":\"response\"}", &mut sink);
+            chain2 = seal_line(&key, &chain2, seq, seq == 1 || seq == 7, b"{\"type\":\"response\"}", &mut sink);
             if seq >= 7 {
                 s2.extend(sink);
             }
