@@ -3,12 +3,14 @@
 //! - [`Physical`]: the small trait every physical store implements (get, list,
 //!   an atomic batch with preconditions, consistent export and import), so a
 //!   networked backend can be added without touching the barrier or engines.
-//! - [`RedbStore`]: the embedded ACID implementation (a file or memory).
+//! - [`RedbStore`]: the embedded ACID implementation (a file or memory), with
+//!   a bounded cache of entries in front of its reads.
 //! - [`Barrier`]: the only place that encrypts. AES-256-GCM with a keyring of
 //!   key terms; the storage key is bound in as associated data; the keyring is
 //!   kept encrypted under a root key that is split into Shamir shares.
 
 mod barrier;
+mod entry_cache;
 mod error;
 mod keyring;
 mod physical;

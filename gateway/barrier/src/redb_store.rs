@@ -1,9 +1,10 @@
 //! The embedded physical store: one redb table of `&str -> &[u8]`.
 //!
-//! Reads run inline (a redb read is a few microseconds). Writes go to one
-//! writer thread that practises group commit: it takes every batch that is
-//! waiting, applies each in the same write transaction (a batch whose checks
-//! fail is skipped whole), and makes them durable with a single commit.
+//! Reads run inline (a redb read is a few microseconds), through a bounded
+//! cache of entries (`entry_cache`). Writes go to one writer thread that
+//! practises group commit: it takes every batch that is waiting, applies
+//! each in the same write transaction (a batch whose checks fail is skipped
+//! whole), and makes them durable with a single commit.
 
 use std::path::Path;
 use std::sync::{Arc, mpsc};
@@ -12,12 +13,15 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+use crate::entry_cache::EntryCache;
 use crate::physical::{Batch, Op, Physical};
 use crate::{Error, Result};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 /// Batches folded into one transaction at the most.
 const MAX_GROUP: usize = 512;
+/// The entry cache of an in-memory store, in bytes.
+const IN_MEMORY_ENTRY_CACHE: usize = 4 << 20;
 
 struct Job {
     batch: Batch,
@@ -26,6 +30,7 @@ struct Job {
 
 pub struct RedbStore {
     db: Arc<Database>,
+    cache: Arc<EntryCache>,
     kind: &'static str,
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<Job>>,
@@ -45,36 +50,42 @@ impl Drop for RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store at `path`. `cache_bytes` bounds redb's
-    /// page cache, and with it the memory the store uses.
+    /// Opens (or creates) the store at `path`. `cache_bytes` bounds the
+    /// memory the store caches in: three quarters hold whole entries (a hit
+    /// skips redb), one quarter is redb's page cache (B-tree branches, pages
+    /// being written, entries the first part has no room for).
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
-        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(Error::backend)?;
-        Self::start(db, "file")
+        let entries = cache_bytes / 4 * 3;
+        let db = Database::builder().set_cache_size(cache_bytes - entries).create(path).map_err(Error::backend)?;
+        Self::start(db, "file", entries)
     }
 
     /// A store in memory, for dev mode and tests.
     pub fn in_memory() -> Result<Self> {
         let db =
             Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(Error::backend)?;
-        Self::start(db, "inmem")
+        // The same entry cache as on disk, so that dev mode and the tests
+        // run the same read path.
+        Self::start(db, "inmem", IN_MEMORY_ENTRY_CACHE)
     }
 
-    fn start(db: Database, kind: &'static str) -> Result<Self> {
+    fn start(db: Database, kind: &'static str, entry_cache: usize) -> Result<Self> {
         let txn = db.begin_write().map_err(Error::backend)?;
         txn.open_table(TABLE).map_err(Error::backend)?;
         txn.commit().map_err(Error::backend)?;
         let db = Arc::new(db);
+        let cache = Arc::new(EntryCache::new(entry_cache));
         let (writer, jobs) = mpsc::channel();
-        let thread_db = db.clone();
+        let (thread_db, thread_cache) = (db.clone(), cache.clone());
         let writer_thread = std::thread::Builder::new()
             .name("keybridge-store-writer".into())
-            .spawn(move || writer_loop(&thread_db, &jobs))
+            .spawn(move || writer_loop(&thread_db, &thread_cache, &jobs))
             .map_err(Error::Io)?;
-        Ok(Self { db, kind, writer: Some(writer), writer_thread: Some(writer_thread) })
+        Ok(Self { db, cache, kind, writer: Some(writer), writer_thread: Some(writer_thread) })
     }
 }
 
-fn writer_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
+fn writer_loop(db: &Database, cache: &EntryCache, jobs: &mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -84,7 +95,13 @@ fn writer_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
             }
         }
         let batches: Vec<&Batch> = group.iter().map(|j| &j.batch).collect();
-        match apply_group(db, &batches) {
+        let applied = apply_group(db, &batches);
+        // Whether or not the commit went through, nothing cached for these
+        // keys may outlive it (removing is always safe).
+        cache.written(batches.iter().flat_map(|b| b.ops.iter()).map(|op| match op {
+            Op::Put { key, .. } | Op::Delete { key } => key.as_str(),
+        }));
+        match applied {
             Ok(outcomes) => {
                 for (job, ok) in group.into_iter().zip(outcomes) {
                     let _ = job.done.send(if ok { Ok(()) } else { Err(Error::Conflict) });
@@ -147,10 +164,18 @@ impl Physical for RedbStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(hit) = self.cache.get(key) {
+            return Ok(Some(hit));
+        }
+        let ticket = self.cache.ticket();
         let txn = self.db.begin_read().map_err(Error::backend)?;
         let table = txn.open_table(TABLE).map_err(Error::backend)?;
-        let value = table.get(key).map_err(Error::backend)?;
-        Ok(value.map(|v| v.value().to_vec()))
+        let Some(value) = table.get(key).map_err(Error::backend)? else {
+            return Ok(None);
+        };
+        let value = value.value();
+        self.cache.insert(ticket, key, value);
+        Ok(Some(value.to_vec()))
     }
 
     async fn list(&self, prefix: &str, start: Option<&str>, limit: usize) -> Result<Vec<String>> {
@@ -208,7 +233,9 @@ impl Physical for RedbStore {
                 count += 1;
             }
         }
-        txn.commit().map_err(Error::backend)?;
+        let committed = txn.commit().map_err(Error::backend);
+        self.cache.replaced();
+        committed?;
         Ok(count)
     }
 }
@@ -274,6 +301,27 @@ mod tests {
         assert_eq!(store.list("p/", None, 10).await.unwrap(), ["p/a", "p/b", "p/c"]);
         assert_eq!(store.list("p/", Some("p/b"), 10).await.unwrap(), ["p/b", "p/c"]);
         assert_eq!(store.list("p/", None, 2).await.unwrap(), ["p/a", "p/b"]);
+    }
+
+    #[tokio::test]
+    async fn reads_after_a_write_never_see_the_cached_old_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        store.commit(Batch { checks: vec![], ops: vec![put("k", b"1")] }).await.unwrap();
+        for round in 0..3u8 {
+            // Twice: the first read fills the cache, the second is a hit.
+            assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&[b'1' + round][..]));
+            assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&[b'1' + round][..]));
+            store.commit(Batch { checks: vec![], ops: vec![put("k", &[b'2' + round])] }).await.unwrap();
+        }
+        store.commit(Batch { checks: vec![], ops: vec![Op::Delete { key: "k".into() }] }).await.unwrap();
+        assert!(store.get("k").await.unwrap().is_none());
+        // A batch whose check fails changes nothing, cached or not.
+        store.commit(Batch { checks: vec![], ops: vec![put("k", b"x")] }).await.unwrap();
+        assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"x"[..]));
+        let stale = Check { key: "k".into(), value: Some(b"other".to_vec()) };
+        assert!(store.commit(Batch { checks: vec![stale], ops: vec![put("k", b"y")] }).await.is_err());
+        assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"x"[..]));
     }
 
     #[tokio::test]
