@@ -27,6 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod h2client;
 mod sync;
 mod wasm;
 
@@ -61,6 +62,12 @@ pub(crate) struct Args {
     /// Threads of the client's tokio runtime (1: a current-thread runtime).
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// The load generator: `tonic` (tonic's generated client on a
+    /// `Channel`, as applications call the gateway) or `h2` (unary gRPC
+    /// calls written straight onto `h2` connections, as h2load or ghz do;
+    /// the server's capacity with less of the machine spent on the client).
+    #[arg(long, default_value = "tonic", value_parser = ["tonic", "h2"])]
+    client: String,
     /// HTTP/2 connections the client spreads its requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -232,11 +239,26 @@ pub(crate) struct Stats {
     p50_ms: f64,
     p99_ms: f64,
     errors: usize,
+    /// CPU time per operation, in µs, of the server and of this client.
+    cpu_us: Option<(f64, f64)>,
+}
+
+/// CPU time (ns) a process's threads have used: the sum of the first field
+/// of `/proc/PID/task/*/schedstat`. Threads that ended are not counted, so
+/// take it while the threads of interest are alive.
+fn cpu_ns(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
 }
 
 /// Runs `op` from `concurrency` tasks for `secs` seconds over up to
 /// `max_conns` connections; keys are `bench/k{0..keys}` (keys = 1: one hot
-/// key).
+/// key). `lean`: the `h2client` load generator instead of tonic's client.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     server: &Server,
     token: &str,
@@ -245,45 +267,106 @@ async fn run(
     keys: usize,
     secs: u64,
     max_conns: usize,
+    lean: bool,
 ) -> Stats {
     let conns = concurrency.clamp(1, max_conns);
-    let mut channels = Vec::new();
-    for _ in 0..conns {
-        channels.push(server.channel().await);
-    }
+    let server_pid = server.child.id().to_string();
+    let (server_cpu, client_cpu) = (cpu_ns(&server_pid), cpu_ns("self"));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let token: Arc<str> = token.into();
     let mut tasks = Vec::new();
-    for t in 0..concurrency {
-        let mut client = pb::secrets_client::SecretsClient::new(channels[t % conns].clone());
-        let mut health = HealthClient::new(channels[t % conns].clone());
-        let token = token.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(200_000);
-            let mut errors = 0;
-            let mut i = t * 7919;
-            while Instant::now() < deadline {
-                i = i.wrapping_add(104_729);
-                let k = i % keys;
-                let path = format!("secret/bench/k{k}");
-                let start = Instant::now();
-                let ok = match op {
-                    Op::Get => client
-                        .get(authed(&token, pb::GetRequest { path, version: 0, ..Default::default() }))
-                        .await
-                        .is_ok(),
-                    Op::Put => {
-                        client.put(authed(&token, pb::PutRequest { path, value: value_1k(k), cas: None })).await.is_ok()
+    if lean {
+        let mut sends = Vec::new();
+        for _ in 0..conns {
+            sends.push(h2client::connect(server).await);
+        }
+        let authority: Arc<str> = server.addr.as_str().into();
+        let bearer: http::HeaderValue = format!("Bearer {token}").parse().expect("ascii token");
+        for t in 0..concurrency {
+            let mut send = sends[t % conns].clone();
+            let (authority, bearer) = (authority.clone(), bearer.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(200_000);
+                let mut errors = 0;
+                let mut i = t * 7919;
+                while Instant::now() < deadline {
+                    i = i.wrapping_add(104_729);
+                    let k = i % keys;
+                    let path = format!("secret/bench/k{k}");
+                    let start = Instant::now();
+                    let ok = match op {
+                        Op::Get => {
+                            let req = pb::GetRequest { path, version: 0, ..Default::default() };
+                            let path = "/keybridge.v1.Secrets/Get";
+                            h2client::unary::<_, pb::GetResponse>(&mut send, &authority, path, Some(&bearer), &req)
+                                .await
+                                .is_ok_and(|r| r.value.is_some())
+                        }
+                        Op::Put => {
+                            let req = pb::PutRequest { path, value: value_1k(k), cas: None };
+                            let path = "/keybridge.v1.Secrets/Put";
+                            h2client::unary::<_, pb::PutResponse>(&mut send, &authority, path, Some(&bearer), &req)
+                                .await
+                                .is_ok()
+                        }
+                        Op::Health => {
+                            let path = "/grpc.health.v1.Health/Check";
+                            h2client::unary::<_, tonic_health::pb::HealthCheckResponse>(
+                                &mut send,
+                                &authority,
+                                path,
+                                None,
+                                &pb_health(),
+                            )
+                            .await
+                            .is_ok()
+                        }
+                    };
+                    lat.push(start.elapsed().as_nanos() as u64);
+                    if !ok {
+                        errors += 1;
                     }
-                    Op::Health => health.check(pb_health()).await.is_ok(),
-                };
-                lat.push(start.elapsed().as_nanos() as u64);
-                if !ok {
-                    errors += 1;
                 }
-            }
-            (lat, errors)
-        }));
+                (lat, errors)
+            }));
+        }
+    } else {
+        let mut channels = Vec::new();
+        for _ in 0..conns {
+            channels.push(server.channel().await);
+        }
+        for t in 0..concurrency {
+            let mut client = pb::secrets_client::SecretsClient::new(channels[t % conns].clone());
+            let mut health = HealthClient::new(channels[t % conns].clone());
+            let token = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(200_000);
+                let mut errors = 0;
+                let mut i = t * 7919;
+                while Instant::now() < deadline {
+                    i = i.wrapping_add(104_729);
+                    let k = i % keys;
+                    let path = format!("secret/bench/k{k}");
+                    let start = Instant::now();
+                    let ok = match op {
+                        Op::Get => client
+                            .get(authed(&token, pb::GetRequest { path, version: 0, ..Default::default() }))
+                            .await
+                            .is_ok(),
+                        Op::Put => client
+                            .put(authed(&token, pb::PutRequest { path, value: value_1k(k), cas: None }))
+                            .await
+                            .is_ok(),
+                        Op::Health => health.check(pb_health()).await.is_ok(),
+                    };
+                    lat.push(start.elapsed().as_nanos() as u64);
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            }));
+        }
     }
     let started = Instant::now();
     let mut all = Vec::new();
@@ -294,12 +377,17 @@ async fn run(
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64().max(secs as f64);
+    let per_op = |ns: u64| ns as f64 / 1e3 / all.len().max(1) as f64;
+    let cpu_us = Some((
+        per_op(cpu_ns(&server_pid).saturating_sub(server_cpu)),
+        per_op(cpu_ns("self").saturating_sub(client_cpu)),
+    ));
     all.sort_unstable();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e6
     };
     let per_sec = all.len() as f64 / elapsed;
-    Stats { range: (per_sec, per_sec), ops: all.len(), per_sec, p50_ms: pct(0.50), p99_ms: pct(0.99), errors }
+    Stats { range: (per_sec, per_sec), ops: all.len(), per_sec, p50_ms: pct(0.50), p99_ms: pct(0.99), errors, cpu_us }
 }
 
 async fn init_unseal(server: &Server) -> String {
@@ -345,6 +433,9 @@ pub(crate) fn print_stats(label: &str, s: &Stats) {
         "{label:<34} {:>7.0} ops/s [{:.0}..{:.0}]  p50 {:>6.3} ms  p99 {:>6.3} ms  ({} ops, {} errors)",
         s.per_sec, s.range.0, s.range.1, s.p50_ms, s.p99_ms, s.ops, s.errors
     );
+    if let Some((server, client)) = s.cpu_us {
+        println!("{:<34} CPU per op: server {server:.1} µs, client {client:.1} µs", "");
+    }
 }
 
 /// Repeats a measurement and returns the run with the median throughput,
@@ -352,7 +443,7 @@ pub(crate) fn print_stats(label: &str, s: &Stats) {
 async fn median_of(args: &Args, server: &Server, token: &str, op: Op, c: usize, keys: usize) -> Stats {
     let mut runs = Vec::new();
     for _ in 0..args.repeat.max(1) {
-        runs.push(run(server, token, op, c, keys, args.seconds, args.connections).await);
+        runs.push(run(server, token, op, c, keys, args.seconds, args.connections, args.client == "h2").await);
     }
     runs.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
     let range = (runs[0].per_sec, runs[runs.len() - 1].per_sec);
@@ -661,6 +752,7 @@ where
         p50_ms: pct(0.50) as f64 / 1e6,
         p99_ms: pct(0.99) as f64 / 1e6,
         errors,
+        cpu_us: None,
     }
 }
 
