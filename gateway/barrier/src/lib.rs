@@ -10,8 +10,8 @@
 //!   kept encrypted under a root key that is split into Shamir shares.
 
 mod barrier;
-mod entry_cache;
 mod error;
+pub mod fill_cache;
 mod keyring;
 mod physical;
 mod redb_store;

@@ -1,7 +1,10 @@
 //! The embedded physical store: one redb table of `&str -> &[u8]`.
 //!
 //! Reads run inline (a redb read is a few microseconds), through a bounded
-//! cache of entries (`entry_cache`). Writes go to one writer thread that
+//! cache of entries (ciphertext as stored): a hit is a hash lookup instead
+//! of a read transaction and a B-tree walk. The writer thread removes what a
+//! commit wrote before it answers, an import clears everything, and a read
+//! that began before a commit finished is not cached ([`FillCache`]). Writes go to one writer thread that
 //! practises group commit: it takes every batch that is waiting, applies
 //! each in the same write transaction (a batch whose checks fail is skipped
 //! whole), and makes them durable with a single commit.
@@ -13,7 +16,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use crate::entry_cache::EntryCache;
+use crate::fill_cache::{FillCache, Weighted};
 use crate::physical::{Batch, Op, Physical};
 use crate::{Error, Result};
 
@@ -22,6 +25,9 @@ const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const MAX_GROUP: usize = 512;
 /// The entry cache of an in-memory store, in bytes.
 const IN_MEMORY_ENTRY_CACHE: usize = 4 << 20;
+
+/// Entries by storage key.
+type EntryCache = FillCache<String, Arc<[u8]>, Weighted>;
 
 struct Job {
     batch: Batch,
@@ -74,7 +80,7 @@ impl RedbStore {
         txn.open_table(TABLE).map_err(Error::backend)?;
         txn.commit().map_err(Error::backend)?;
         let db = Arc::new(db);
-        let cache = Arc::new(EntryCache::new(entry_cache));
+        let cache = Arc::new(EntryCache::weighted(entry_cache));
         let (writer, jobs) = mpsc::channel();
         let (thread_db, thread_cache) = (db.clone(), cache.clone());
         let writer_thread = std::thread::Builder::new()
@@ -98,7 +104,7 @@ fn writer_loop(db: &Database, cache: &EntryCache, jobs: &mpsc::Receiver<Job>) {
         let applied = apply_group(db, &batches);
         // Whether or not the commit went through, nothing cached for these
         // keys may outlive it (removing is always safe).
-        cache.written(batches.iter().flat_map(|b| b.ops.iter()).map(|op| match op {
+        cache.remove(batches.iter().flat_map(|b| b.ops.iter()).map(|op| match op {
             Op::Put { key, .. } | Op::Delete { key } => key.as_str(),
         }));
         match applied {
@@ -164,17 +170,17 @@ impl Physical for RedbStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        if let Some(hit) = self.cache.get(key) {
-            return Ok(Some(hit));
-        }
-        let ticket = self.cache.ticket();
+        let ticket = match self.cache.lookup(key) {
+            Ok(hit) => return Ok(Some(hit.to_vec())),
+            Err(ticket) => ticket,
+        };
         let txn = self.db.begin_read().map_err(Error::backend)?;
         let table = txn.open_table(TABLE).map_err(Error::backend)?;
         let Some(value) = table.get(key).map_err(Error::backend)? else {
             return Ok(None);
         };
         let value = value.value();
-        self.cache.insert(ticket, key, value);
+        self.cache.fill(ticket, key.to_owned(), value.into());
         Ok(Some(value.to_vec()))
     }
 
@@ -234,7 +240,7 @@ impl Physical for RedbStore {
             }
         }
         let committed = txn.commit().map_err(Error::backend);
-        self.cache.replaced();
+        self.cache.clear();
         committed?;
         Ok(count)
     }

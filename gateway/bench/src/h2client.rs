@@ -70,9 +70,10 @@ pub(crate) async fn unary<Req: Message, Resp: Message + Default>(
     bearer: Option<&http::HeaderValue>,
     msg: &Req,
 ) -> Result<Resp, CallError> {
-    let mut frame = BytesMut::with_capacity(5 + msg.encoded_len());
+    let len = msg.encoded_len();
+    let mut frame = BytesMut::with_capacity(5 + len);
     frame.put_u8(0);
-    frame.put_u32(msg.encoded_len() as u32);
+    frame.put_u32(len as u32);
     msg.encode(&mut frame).map_err(|e| e.to_string())?;
 
     let mut req = http::Request::builder()

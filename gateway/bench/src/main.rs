@@ -255,6 +255,55 @@ fn cpu_ns(pid: &str) -> u64 {
         .sum()
 }
 
+/// One benchmark task's way to the server: tonic's generated clients on a
+/// `Channel`, or the lean `h2client` on an `h2` connection.
+// One value per task, never moved in a hot loop: the size difference
+// between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Caller {
+    Tonic { secrets: pb::secrets_client::SecretsClient<Channel>, health: HealthClient, token: Arc<str> },
+    Lean { send: h2::client::SendRequest<bytes::Bytes>, base: Arc<str>, bearer: http::HeaderValue },
+}
+
+impl Caller {
+    /// One `op` on key `bench/k{k}`; whether it succeeded.
+    async fn call(&mut self, op: Op, k: usize) -> bool {
+        let path = format!("secret/bench/k{k}");
+        match self {
+            Caller::Tonic { secrets, health, token } => match op {
+                Op::Get => {
+                    secrets.get(authed(token, pb::GetRequest { path, version: 0, ..Default::default() })).await.is_ok()
+                }
+                Op::Put => {
+                    secrets.put(authed(token, pb::PutRequest { path, value: value_1k(k), cas: None })).await.is_ok()
+                }
+                Op::Health => health.check(pb_health()).await.is_ok(),
+            },
+            Caller::Lean { send, base, bearer } => match op {
+                Op::Get => {
+                    let req = pb::GetRequest { path, version: 0, ..Default::default() };
+                    let method = "/keybridge.v1.Secrets/Get";
+                    h2client::unary::<_, pb::GetResponse>(send, base, method, Some(bearer), &req)
+                        .await
+                        .is_ok_and(|r| r.value.is_some())
+                }
+                Op::Put => {
+                    let req = pb::PutRequest { path, value: value_1k(k), cas: None };
+                    let method = "/keybridge.v1.Secrets/Put";
+                    h2client::unary::<_, pb::PutResponse>(send, base, method, Some(bearer), &req).await.is_ok()
+                }
+                Op::Health => {
+                    let method = "/grpc.health.v1.Health/Check";
+                    h2client::unary::<_, tonic_health::pb::HealthCheckResponse>(send, base, method, None, &pb_health())
+                        .await
+                        .is_ok()
+                }
+            },
+        }
+    }
+}
+
 /// Runs `op` from `concurrency` tasks for `secs` seconds over up to
 /// `max_conns` connections; keys are `bench/k{0..keys}` (keys = 1: one hot
 /// key). `lean`: the `h2client` load generator instead of tonic's client.
@@ -274,99 +323,42 @@ async fn run(
     let (server_cpu, client_cpu) = (cpu_ns(&server_pid), cpu_ns("self"));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let token: Arc<str> = token.into();
+    let mut callers = Vec::new();
+    for _ in 0..conns {
+        callers.push(if lean {
+            Caller::Lean {
+                send: h2client::connect(server).await,
+                base: server.addr.as_str().into(),
+                bearer: format!("Bearer {token}").parse().expect("ascii token"),
+            }
+        } else {
+            let channel = server.channel().await;
+            Caller::Tonic {
+                secrets: pb::secrets_client::SecretsClient::new(channel.clone()),
+                health: HealthClient::new(channel),
+                token: token.clone(),
+            }
+        });
+    }
     let mut tasks = Vec::new();
-    if lean {
-        let mut sends = Vec::new();
-        for _ in 0..conns {
-            sends.push(h2client::connect(server).await);
-        }
-        let authority: Arc<str> = server.addr.as_str().into();
-        let bearer: http::HeaderValue = format!("Bearer {token}").parse().expect("ascii token");
-        for t in 0..concurrency {
-            let mut send = sends[t % conns].clone();
-            let (authority, bearer) = (authority.clone(), bearer.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(200_000);
-                let mut errors = 0;
-                let mut i = t * 7919;
-                while Instant::now() < deadline {
-                    i = i.wrapping_add(104_729);
-                    let k = i % keys;
-                    let path = format!("secret/bench/k{k}");
-                    let start = Instant::now();
-                    let ok = match op {
-                        Op::Get => {
-                            let req = pb::GetRequest { path, version: 0, ..Default::default() };
-                            let path = "/keybridge.v1.Secrets/Get";
-                            h2client::unary::<_, pb::GetResponse>(&mut send, &authority, path, Some(&bearer), &req)
-                                .await
-                                .is_ok_and(|r| r.value.is_some())
-                        }
-                        Op::Put => {
-                            let req = pb::PutRequest { path, value: value_1k(k), cas: None };
-                            let path = "/keybridge.v1.Secrets/Put";
-                            h2client::unary::<_, pb::PutResponse>(&mut send, &authority, path, Some(&bearer), &req)
-                                .await
-                                .is_ok()
-                        }
-                        Op::Health => {
-                            let path = "/grpc.health.v1.Health/Check";
-                            h2client::unary::<_, tonic_health::pb::HealthCheckResponse>(
-                                &mut send,
-                                &authority,
-                                path,
-                                None,
-                                &pb_health(),
-                            )
-                            .await
-                            .is_ok()
-                        }
-                    };
-                    lat.push(start.elapsed().as_nanos() as u64);
-                    if !ok {
-                        errors += 1;
-                    }
+    for t in 0..concurrency {
+        let mut caller = callers[t % conns].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(200_000);
+            let mut errors = 0;
+            let mut i = t * 7919;
+            while Instant::now() < deadline {
+                i = i.wrapping_add(104_729);
+                let k = i % keys;
+                let start = Instant::now();
+                let ok = caller.call(op, k).await;
+                lat.push(start.elapsed().as_nanos() as u64);
+                if !ok {
+                    errors += 1;
                 }
-                (lat, errors)
-            }));
-        }
-    } else {
-        let mut channels = Vec::new();
-        for _ in 0..conns {
-            channels.push(server.channel().await);
-        }
-        for t in 0..concurrency {
-            let mut client = pb::secrets_client::SecretsClient::new(channels[t % conns].clone());
-            let mut health = HealthClient::new(channels[t % conns].clone());
-            let token = token.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(200_000);
-                let mut errors = 0;
-                let mut i = t * 7919;
-                while Instant::now() < deadline {
-                    i = i.wrapping_add(104_729);
-                    let k = i % keys;
-                    let path = format!("secret/bench/k{k}");
-                    let start = Instant::now();
-                    let ok = match op {
-                        Op::Get => client
-                            .get(authed(&token, pb::GetRequest { path, version: 0, ..Default::default() }))
-                            .await
-                            .is_ok(),
-                        Op::Put => client
-                            .put(authed(&token, pb::PutRequest { path, value: value_1k(k), cas: None }))
-                            .await
-                            .is_ok(),
-                        Op::Health => health.check(pb_health()).await.is_ok(),
-                    };
-                    lat.push(start.elapsed().as_nanos() as u64);
-                    if !ok {
-                        errors += 1;
-                    }
-                }
-                (lat, errors)
-            }));
-        }
+            }
+            (lat, errors)
+        }));
     }
     let started = Instant::now();
     let mut all = Vec::new();

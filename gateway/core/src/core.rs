@@ -10,13 +10,13 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditData, AuthInfo, Caller};
 use crate::cloud::{self, CloudMount, MountStats, Providers};
-use crate::fill_cache::FillCache;
 use crate::kv::{Kv, ReadSecret, SecretMeta, VersionChange, VersionMeta};
 use crate::mounts::{self, MountEntry, MountTable};
 use crate::path::{normalize_mount_path, validate_folder_path, validate_secret_path};
 use crate::token::{self, Identity, Salt, TokenEntry};
 use crate::value::SecretValue;
 use crate::{Error, Result, Timestamp};
+use keybridge_barrier::fill_cache::FillCache;
 use keybridge_provider_api::Selector;
 
 const MOUNTS_KEY: &str = "core/mounts";

@@ -15,7 +15,6 @@ pub mod cloud;
 mod core;
 pub mod engine;
 mod error;
-mod fill_cache;
 pub mod kv;
 pub mod mounts;
 pub mod path;

@@ -40,9 +40,9 @@ use hmac::Mac;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditValue, Caller};
-use crate::fill_cache::FillCache;
 use crate::value::SecretValue;
 use crate::{Error, Result, Timestamp};
+use keybridge_barrier::fill_cache::FillCache;
 
 pub const MARKER_TAG: &str = "keybridge-replica";
 pub(crate) const RULES: &str = "sync/rules/";
