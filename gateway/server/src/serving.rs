@@ -24,59 +24,147 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use zeroize::Zeroize;
 
 use crate::error::Error;
 
 /// The connections a serving thread receives.
-pub type Connections = Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Counted>> + Send>>;
+pub type Connections = Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Conn>> + Send>>;
 /// Resolves when the server shuts down.
 pub type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A connection that counts itself among its thread's open ones until
-/// dropped.
-pub struct Counted {
+/// dropped, and coalesces what is written to it within one turn of its
+/// thread's scheduler into one `write` (see its `AsyncWrite` impl).
+pub struct Conn {
     stream: TcpStream,
     open: Arc<AtomicUsize>,
+    /// Bytes accepted from HTTP/2 (or TLS) and not yet written; `sent` of
+    /// them are written.
+    out: Vec<u8>,
+    sent: usize,
+    /// A flush found bytes to write and gave way once; the next one writes.
+    deferred: bool,
 }
 
-impl Drop for Counted {
+/// Written bytes held back for coalescing at most; a write that would pass
+/// it first drains what is held.
+const COALESCE_MAX: usize = 64 * 1024;
+/// Buffer capacity kept by an idle connection; more is freed after a drain.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
+impl Conn {
+    fn new(stream: TcpStream, open: Arc<AtomicUsize>) -> Self {
+        Conn { stream, open, out: Vec::new(), sent: 0, deferred: false }
+    }
+
+    /// Writes what is held until all of it is written or the socket is
+    /// full (`Pending`). Written bytes are zeroed: without TLS they are
+    /// response bodies in plaintext.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = std::task::ready!(Pin::new(&mut self.stream).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.out.as_mut_slice().zeroize();
+        self.out.clear();
+        if self.out.capacity() > KEEP_CAPACITY {
+            self.out = Vec::new();
+        }
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `len` bytes into the buffer, draining it first if they would
+    /// not fit; `Pending` while the socket is full.
+    fn poll_reserve(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<std::io::Result<()>> {
+        if self.out.len() + len > COALESCE_MAX {
+            std::task::ready!(self.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Conn {
     fn drop(&mut self) {
+        self.out.zeroize();
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl Connected for Counted {
+impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
     fn connect_info(&self) -> TcpConnectInfo {
         self.stream.connect_info()
     }
 }
 
-impl AsyncRead for Counted {
+impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Counted {
+/// Writes are taken into a buffer and written at the next flush; a flush
+/// that finds bytes to write first gives way once (it wakes its task and
+/// answers `Pending`), so that every task the same turn made ready runs
+/// before the bytes go out.
+///
+/// Why: HTTP/2 writes a unary response in two flushes. hyper sends the
+/// HEADERS and DATA frames, then waits for the stream's send capacity,
+/// which h2 returns once the frames are queued for the socket; only then
+/// does it send the trailers (`grpc-status`). Written straight through,
+/// that is two `writev`s per response, and a client woken by the first
+/// has to sleep again until the second. Giving way once lets the trailers
+/// join the same write; under load, the responses of every stream the
+/// turn completed leave in one write.
+impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let me = &mut *self;
+        std::task::ready!(me.poll_reserve(cx, buf.len()))?;
+        if buf.len() > COALESCE_MAX {
+            return Pin::new(&mut me.stream).poll_write(cx, buf);
+        }
+        me.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let me = &mut *self;
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        std::task::ready!(me.poll_reserve(cx, len))?;
+        if len > COALESCE_MAX {
+            return Pin::new(&mut me.stream).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            me.out.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
     }
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        true
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let me = &mut *self;
+        if me.sent < me.out.len() && !me.deferred {
+            me.deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        std::task::ready!(me.poll_drain(cx))?;
+        me.deferred = false;
+        Pin::new(&mut me.stream).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let me = &mut *self;
+        std::task::ready!(me.poll_drain(cx))?;
+        Pin::new(&mut me.stream).poll_shutdown(cx)
     }
 }
 
@@ -137,7 +225,7 @@ where
                 let result = runtime.block_on(async move {
                     let conns = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |s| {
                         let c = TcpStream::from_std(s)?;
-                        Ok(Counted { stream: c, open: counter.clone() })
+                        Ok(Conn::new(c, counter.clone()))
                     });
                     let stop: Stop = Box::pin(async move {
                         let _ = stop.wait_for(|v| *v).await;
@@ -208,7 +296,94 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::pick;
+    use super::{COALESCE_MAX, Conn, pick};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: the server side wrapped in `Conn`, and the peer.
+    async fn pair(open: Arc<AtomicUsize>) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        open.fetch_add(1, Ordering::Relaxed);
+        (Conn::new(server, open), peer)
+    }
+
+    /// Reads what arrives within 100 ms.
+    async fn arrived(peer: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_millis(100), peer.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    struct CountWakes(AtomicUsize);
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_a_flush_that_gives_way_once_then_leave_together() {
+        let (mut conn, mut peer) = pair(Arc::new(AtomicUsize::new(0))).await;
+        conn.write_all(b"HEADERS+DATA").await.unwrap();
+        conn.write_all(b"TRAILERS").await.unwrap();
+        assert!(arrived(&mut peer).await.is_empty(), "nothing is written before a flush");
+
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut conn).poll_flush(&mut cx).is_pending(), "the first flush gives way");
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "and wakes its task so that it is polled again");
+        assert!(arrived(&mut peer).await.is_empty());
+        assert!(matches!(std::pin::Pin::new(&mut conn).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(arrived(&mut peer).await, b"HEADERS+DATATRAILERS");
+
+        // Nothing held: a flush does not give way.
+        assert!(matches!(std::pin::Pin::new(&mut conn).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_coalescing_limit_go_out_in_order_and_whole() {
+        let (mut conn, mut peer) = pair(Arc::new(AtomicUsize::new(0))).await;
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let small = vec![1u8; 1000];
+        let large: Vec<u8> = (0..3 * COALESCE_MAX).map(|i| (i % 251) as u8).collect();
+        conn.write_all(&small).await.unwrap();
+        // Passes the limit: what is held goes first, then the large write.
+        conn.write_all(&large).await.unwrap();
+        conn.write_all(&small).await.unwrap();
+        // Shutdown writes what is still held.
+        conn.shutdown().await.unwrap();
+        let all = reader.await.unwrap();
+        assert_eq!(all.len(), 2 * small.len() + large.len());
+        assert_eq!(&all[..1000], &small[..]);
+        assert_eq!(&all[1000..1000 + large.len()], &large[..]);
+        assert_eq!(&all[1000 + large.len()..], &small[..]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_leaves_its_threads_count() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let (conn, _peer) = pair(open.clone()).await;
+        assert_eq!(open.load(Ordering::Relaxed), 1);
+        drop(conn);
+        assert_eq!(open.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn a_new_connection_goes_to_the_least_loaded_thread() {
