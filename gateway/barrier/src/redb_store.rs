@@ -4,10 +4,12 @@
 //! cache of entries (ciphertext as stored): a hit is a hash lookup instead
 //! of a read transaction and a B-tree walk. The writer thread removes what a
 //! commit wrote before it answers, an import clears everything, and a read
-//! that began before a commit finished is not cached ([`FillCache`]). Writes go to one writer thread that
-//! practises group commit: it takes every batch that is waiting, applies
-//! each in the same write transaction (a batch whose checks fail is skipped
-//! whole), and makes them durable with a single commit.
+//! that began before a commit finished is not cached ([`FillCache`]).
+//!
+//! Writes go to one writer thread that practises group commit: it takes
+//! every batch that is waiting, applies each in the same write transaction
+//! (a batch whose checks fail is skipped whole), and makes them durable
+//! with a single commit.
 
 use std::path::Path;
 use std::sync::{Arc, mpsc};

@@ -27,15 +27,8 @@ pub(crate) async fn connect(server: &Server) -> SendRequest<Bytes> {
     let hostport = server.addr.split_once("://").map(|(_, h)| h).unwrap_or(&server.addr).to_string();
     let tcp = TcpStream::connect(&hostport).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
-    let builder = h2::client::Builder::new();
     match &server.ca {
-        None => {
-            let (send, conn) = builder.handshake::<_, Bytes>(tcp).await.expect("h2 handshake");
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            send
-        }
+        None => handshake(tcp).await,
         Some(ca) => {
             use rustls::pki_types::pem::PemObject;
             let mut roots = rustls::RootCertStore::empty();
@@ -52,13 +45,21 @@ pub(crate) async fn connect(server: &Server) -> SendRequest<Bytes> {
             let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
             let tls =
                 tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
-            let (send, conn) = builder.handshake::<_, Bytes>(tls).await.expect("h2 handshake");
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            send
+            handshake(tls).await
         }
     }
+}
+
+/// The HTTP/2 handshake on `io`; the connection runs in a task of its own.
+async fn handshake<T>(io: T) -> SendRequest<Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::Builder::new().handshake::<_, Bytes>(io).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
 }
 
 /// A unary call: `base` is the server's `http(s)://host:port`, `path`

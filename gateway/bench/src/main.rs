@@ -35,6 +35,13 @@ use clap::Parser;
 use keybridge_proto::v1 as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+/// The load generator (`--client`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Client {
+    Tonic,
+    H2,
+}
+
 #[derive(Parser)]
 #[command(about = "Benchmark a keybridge server on loopback")]
 pub(crate) struct Args {
@@ -66,8 +73,8 @@ pub(crate) struct Args {
     /// `Channel`, as applications call the gateway) or `h2` (unary gRPC
     /// calls written straight onto `h2` connections, as h2load or ghz do;
     /// the server's capacity with less of the machine spent on the client).
-    #[arg(long, default_value = "tonic", value_parser = ["tonic", "h2"])]
-    client: String,
+    #[arg(long, value_enum, default_value_t = Client::Tonic)]
+    client: Client,
     /// HTTP/2 connections the client spreads its requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -304,28 +311,18 @@ impl Caller {
     }
 }
 
-/// Runs `op` from `concurrency` tasks for `secs` seconds over up to
-/// `max_conns` connections; keys are `bench/k{0..keys}` (keys = 1: one hot
-/// key). `lean`: the `h2client` load generator instead of tonic's client.
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    server: &Server,
-    token: &str,
-    op: Op,
-    concurrency: usize,
-    keys: usize,
-    secs: u64,
-    max_conns: usize,
-    lean: bool,
-) -> Stats {
-    let conns = concurrency.clamp(1, max_conns);
+/// Runs `op` from `concurrency` tasks for `--seconds` over up to
+/// `--connections` connections with the `--client` load generator; keys
+/// are `bench/k{0..keys}` (keys = 1: one hot key).
+async fn run(args: &Args, server: &Server, token: &str, op: Op, concurrency: usize, keys: usize) -> Stats {
+    let (secs, conns) = (args.seconds, concurrency.clamp(1, args.connections));
     let server_pid = server.child.id().to_string();
     let (server_cpu, client_cpu) = (cpu_ns(&server_pid), cpu_ns("self"));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let token: Arc<str> = token.into();
     let mut callers = Vec::new();
     for _ in 0..conns {
-        callers.push(if lean {
+        callers.push(if args.client == Client::H2 {
             Caller::Lean {
                 send: h2client::connect(server).await,
                 base: server.addr.as_str().into(),
@@ -435,7 +432,7 @@ pub(crate) fn print_stats(label: &str, s: &Stats) {
 async fn median_of(args: &Args, server: &Server, token: &str, op: Op, c: usize, keys: usize) -> Stats {
     let mut runs = Vec::new();
     for _ in 0..args.repeat.max(1) {
-        runs.push(run(server, token, op, c, keys, args.seconds, args.connections, args.client == "h2").await);
+        runs.push(run(args, server, token, op, c, keys).await);
     }
     runs.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
     let range = (runs[0].per_sec, runs[runs.len() - 1].per_sec);
