@@ -29,7 +29,7 @@ async fn put(core: &Core, token: &str, path: &str, password: &str) -> Result<u64
     let value = fields(&[("password", password)]);
     let caller = Caller::new(Some(token), "keybridge.v1.Secrets/Put")
         .with_request_id("req-1")
-        .with_remote(Some("127.0.0.1:5000".into()))
+        .with_remote(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 5000))))
         .with_path(path)
         .with("value", AuditValue::of_value(&value));
     let r = core.put(&caller, path, &value, None).await.map(|(v, _)| v);

@@ -374,7 +374,7 @@ impl Core {
 }
 
 /// The audit data of a login request: the role, and the credential's HMAC.
-pub fn login_audit(role: &str, credential: &str) -> Vec<(String, AuditValue)> {
+pub fn login_audit(role: &str, credential: &str) -> crate::audit::AuditData {
     vec![
         ("role".into(), AuditValue::plain(role.to_string())),
         ("jwt".into(), AuditValue::secret(credential.as_bytes())),

@@ -8,7 +8,7 @@ use keybridge_barrier::{Barrier, KeyInfo, Stamp, WriteBatch};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, AuditData, AuthInfo, Caller};
+use crate::audit::{self, AuditData, Caller};
 use crate::cloud::{self, CloudMount, MountStats, Providers};
 use crate::kv::{Kv, ReadSecret, SecretMeta, VersionChange, VersionMeta};
 use crate::mounts::{self, MountEntry, MountTable};
@@ -433,7 +433,7 @@ impl Core {
                 );
                 if entry.num_uses > 0 {
                     // Use-limited tokens are never cached: each use is a write.
-                    token::verify(&entry, &hash, Timestamp::now())?;
+                    token::verify(entry, &hash, Timestamp::now())?;
                     return self.consume_use(&loaded, &key, &hash).await;
                 }
                 #[cfg(test)]
@@ -442,7 +442,7 @@ impl Core {
                 entry
             }
         };
-        token::verify(&entry, &hash, Timestamp::now())
+        token::verify(entry, &hash, Timestamp::now())
     }
 
     /// Deny by default: the token's policies, merged into an ACL, must grant
@@ -470,7 +470,7 @@ impl Core {
         }
         {
             let mut st = caller.state();
-            st.auth = Some(AuthInfo::from(id));
+            st.auth = Some(id.clone());
             st.acl_path = Some(path.to_string());
             st.capability = Some(cap.name());
         }

@@ -385,44 +385,45 @@ impl Kv<'_> {
     pub async fn get(&self, path: &str, version: Option<u64>) -> Result<ReadSecret> {
         let Record { meta, latest } = self.read_record_only(path).await?.ok_or_else(|| self.not_found(path))?;
         let v = version.unwrap_or(meta.current_version);
-        let full = self.full(path);
+        // Names for error messages, built only when one is needed.
+        let full = || self.full(path);
         let vmeta = match meta.versions.get(&v) {
             Some(m) => m.clone(),
             None if v == 0 || meta.current_version == 0 => {
-                return Err(Error::NotFound(format!("{full} has metadata but no version yet")));
+                return Err(Error::NotFound(format!("{} has metadata but no version yet", full())));
             }
             None if v > meta.current_version => {
                 return Err(Error::NotFound(format!(
-                    "version {v} of {full} does not exist; the current version is {}",
+                    "version {v} of {} does not exist; the current version is {}",
+                    full(),
                     meta.current_version
                 )));
             }
             None => {
                 return Err(Error::NotFound(format!(
-                    "version {v} of {full} was pruned (max_versions); the oldest kept is {}",
+                    "version {v} of {} was pruned (max_versions); the oldest kept is {}",
+                    full(),
                     meta.oldest_version()
                 )));
             }
         };
         if vmeta.destroyed {
-            return Err(Error::NotFound(format!("version {v} of {full} was destroyed")));
+            return Err(Error::NotFound(format!("version {v} of {} was destroyed", full())));
         }
         if vmeta.deletion_time.is_some() {
-            return Err(Error::NotFound(format!("version {v} of {full} is deleted; undelete it to read it")));
+            return Err(Error::NotFound(format!("version {v} of {} is deleted; undelete it to read it", full())));
         }
-        let (key, raw) = if v == meta.current_version {
-            let key = self.meta_key(path);
-            let raw = latest.ok_or_else(|| corrupt(&key, "the current version's value is missing"))?;
-            (key, raw)
+        let current = v == meta.current_version;
+        let key = || if current { self.meta_key(path) } else { self.data_key(path, v) };
+        let raw = if current {
+            latest.ok_or_else(|| corrupt(&key(), "the current version's value is missing"))?
         } else {
-            let key = self.data_key(path, v);
-            let raw = self.barrier.get(&key).await?.ok_or_else(|| {
+            self.barrier.get(&key()).await?.ok_or_else(|| {
                 // Destroyed or pruned between the two reads.
-                Error::NotFound(format!("version {v} of {full} is no longer available"))
-            })?;
-            (key, raw)
+                Error::NotFound(format!("version {v} of {} is no longer available", full()))
+            })?
         };
-        let value = SecretValue::decode(&raw).map_err(|e| corrupt(&key, e))?;
+        let value = SecretValue::decode(&raw).map_err(|e| corrupt(&key(), e))?;
         Ok(ReadSecret { value, version: v, meta: vmeta, custom_metadata: meta.custom_metadata })
     }
 

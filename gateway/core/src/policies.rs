@@ -394,7 +394,7 @@ impl Core {
             let raw = raw.ok_or(Error::Unauthenticated)?;
             let mut entry: TokenEntry =
                 serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key: key.into(), reason: e.to_string() })?;
-            let id = token::verify(&entry, hash, crate::Timestamp::now())?;
+            let id = token::verify(std::sync::Arc::new(entry.clone()), hash, crate::Timestamp::now())?;
             if entry.num_uses == 0 {
                 return Ok(id);
             }
@@ -418,9 +418,9 @@ impl Core {
             match self.barrier.commit(batch).await {
                 Ok(()) if last => {
                     self.revoke_children(loaded, hash).await?;
-                    return Ok(crate::token::Identity { num_uses: 0, ..id });
+                    return Ok(id.with_uses(0));
                 }
-                Ok(()) => return Ok(crate::token::Identity { num_uses: entry.num_uses, ..id }),
+                Ok(()) => return Ok(id.with_uses(entry.num_uses)),
                 Err(keybridge_barrier::Error::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -519,7 +519,7 @@ impl Core {
         let raw = self.barrier.get(&key).await?.ok_or_else(not_found)?;
         let entry: TokenEntry =
             serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?;
-        crate::token::verify(&entry, &hash, crate::Timestamp::now()).map_err(|_| not_found())
+        crate::token::verify(std::sync::Arc::new(entry), &hash, crate::Timestamp::now()).map_err(|_| not_found())
     }
 
     /// Revokes a token (and its children) named by its accessor.

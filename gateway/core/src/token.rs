@@ -8,6 +8,7 @@ use rand::distributions::Alphanumeric;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -63,25 +64,38 @@ pub struct TokenEntry {
     pub meta: BTreeMap<String, String>,
 }
 
-/// Who is calling, once authenticated.
+/// Who is calling, once authenticated: the token's entry (its hash, never
+/// the token), shared with the token cache so that authenticating a request
+/// copies nothing, and the uses the token has left after this request. The
+/// entry's fields read through `Deref`; `num_uses` is the identity's own.
 #[derive(Clone, Debug)]
 pub struct Identity {
-    /// The token's hash (its storage name), never the token.
-    pub hash: String,
-    pub accessor: String,
-    pub policies: Vec<String>,
-    pub display_name: String,
-    pub created: Timestamp,
-    pub expires: Option<Timestamp>,
-    pub renewable: bool,
+    entry: Arc<TokenEntry>,
     /// Uses left after this request; 0: unlimited.
     pub num_uses: u32,
-    pub meta: BTreeMap<String, String>,
 }
 
 impl Identity {
+    pub fn new(entry: Arc<TokenEntry>) -> Self {
+        let num_uses = entry.num_uses;
+        Identity { entry, num_uses }
+    }
+
+    /// The same identity with `num_uses` uses left.
+    pub fn with_uses(self, num_uses: u32) -> Self {
+        Identity { num_uses, ..self }
+    }
+
     pub fn is_root(&self) -> bool {
-        self.policies.iter().any(|p| p == ROOT_POLICY)
+        self.entry.policies.iter().any(|p| p == ROOT_POLICY)
+    }
+}
+
+impl std::ops::Deref for Identity {
+    type Target = TokenEntry;
+
+    fn deref(&self) -> &TokenEntry {
+        &self.entry
     }
 }
 
@@ -138,22 +152,12 @@ pub fn validate_token_id(id: &str) -> Result<()> {
 
 /// Checks an entry read under `hash` against that hash (constant time) and
 /// its expiry. Every failure is the same `Unauthenticated`.
-pub fn verify(entry: &TokenEntry, hash: &str, now: Timestamp) -> Result<Identity> {
+pub fn verify(entry: Arc<TokenEntry>, hash: &str, now: Timestamp) -> Result<Identity> {
     let same: bool = entry.hash.as_bytes().ct_eq(hash.as_bytes()).into();
     if !same || entry.expires.is_some_and(|e| e <= now) {
         return Err(Error::Unauthenticated);
     }
-    Ok(Identity {
-        hash: entry.hash.clone(),
-        accessor: entry.accessor.clone(),
-        policies: entry.policies.clone(),
-        display_name: entry.display_name.clone(),
-        created: entry.created,
-        expires: entry.expires,
-        renewable: entry.renewable,
-        num_uses: entry.num_uses,
-        meta: entry.meta.clone(),
-    })
+    Ok(Identity::new(entry))
 }
 
 #[cfg(test)]
@@ -186,8 +190,9 @@ mod tests {
             accessor: String::new(),
             meta: BTreeMap::new(),
         };
-        assert!(verify(&e, "ab", Timestamp { secs: 5, nanos: 0 }).unwrap().is_root());
-        assert!(matches!(verify(&e, "ab", Timestamp { secs: 10, nanos: 0 }), Err(Error::Unauthenticated)));
-        assert!(matches!(verify(&e, "ac", Timestamp { secs: 5, nanos: 0 }), Err(Error::Unauthenticated)));
+        let e = Arc::new(e);
+        assert!(verify(e.clone(), "ab", Timestamp { secs: 5, nanos: 0 }).unwrap().is_root());
+        assert!(matches!(verify(e.clone(), "ab", Timestamp { secs: 10, nanos: 0 }), Err(Error::Unauthenticated)));
+        assert!(matches!(verify(e, "ac", Timestamp { secs: 5, nanos: 0 }), Err(Error::Unauthenticated)));
     }
 }

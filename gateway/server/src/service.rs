@@ -74,7 +74,7 @@ fn token<T>(req: &Request<T>) -> Result<Bearer, Status> {
 pub(crate) fn caller<T>(req: &Request<T>, op: &'static str) -> Result<Caller, Status> {
     let bearer = token(req)?;
     let id = req.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    Ok(Caller::new(bearer.get(), op).with_request_id(id).with_remote(req.remote_addr().map(|a| a.to_string())))
+    Ok(Caller::new(bearer.get(), op).with_request_id(id).with_remote(req.remote_addr()))
 }
 
 pub(crate) fn plain(v: impl Into<serde_json::Value>) -> AuditValue {
@@ -90,7 +90,7 @@ pub(crate) async fn refuse(core: &Core, c: &Caller, msg: &str) -> Status {
     }
 }
 
-pub(crate) fn none<T>(_: &T) -> Vec<(String, AuditValue)> {
+pub(crate) fn none<T>(_: &T) -> keybridge_core::audit::AuditData {
     Vec::new()
 }
 
@@ -121,7 +121,7 @@ fn config_audit(config: &std::collections::HashMap<String, String>) -> AuditValu
                 } else {
                     plain(v.clone())
                 };
-                (k.clone(), v)
+                (k.clone().into(), v)
             })
             .collect(),
     )
@@ -573,7 +573,10 @@ impl pb::sys_server::Sys for SysService {
             .with(
                 "keys",
                 AuditValue::Map(
-                    keys.iter().enumerate().map(|(i, k)| (i.to_string(), AuditValue::secret(k.as_bytes()))).collect(),
+                    keys.iter()
+                        .enumerate()
+                        .map(|(i, k)| (i.to_string().into(), AuditValue::secret(k.as_bytes())))
+                        .collect(),
                 ),
             )
             .with("key_shares", plain(r.key_shares))
@@ -589,7 +592,7 @@ impl pb::sys_server::Sys for SysService {
                         shares
                             .iter()
                             .enumerate()
-                            .map(|(i, k)| (i.to_string(), AuditValue::secret(k.as_bytes())))
+                            .map(|(i, k)| (i.to_string().into(), AuditValue::secret(k.as_bytes())))
                             .collect(),
                     ),
                 )]
@@ -722,36 +725,26 @@ pub struct TokensService {
     pub core: Arc<Core>,
 }
 
-fn token_info(e: keybridge_core::token::Identity) -> pb::TokenInfo {
+fn token_info(e: &keybridge_core::token::Identity) -> pb::TokenInfo {
+    pb::TokenInfo { num_uses: e.num_uses, ..entry_info(e) }
+}
+
+/// The info of a token just issued (created or logged in).
+fn entry_info(e: &keybridge_core::token::TokenEntry) -> pb::TokenInfo {
     pb::TokenInfo {
-        policies: e.policies,
-        display_name: e.display_name,
+        policies: e.policies.clone(),
+        display_name: e.display_name.clone(),
         created_time: Some(ts(e.created)),
         expire_time: e.expires.map(ts),
         renewable: e.renewable,
         num_uses: e.num_uses,
-        accessor: e.accessor,
-        metadata: e.meta.into_iter().collect(),
+        accessor: e.accessor.clone(),
+        metadata: e.meta.clone().into_iter().collect(),
     }
 }
 
-/// The info of a token just issued (created or logged in).
-fn entry_info(entry: keybridge_core::token::TokenEntry) -> pb::TokenInfo {
-    token_info(keybridge_core::token::Identity {
-        hash: String::new(),
-        accessor: entry.accessor,
-        policies: entry.policies,
-        display_name: entry.display_name,
-        created: entry.created,
-        expires: entry.expires,
-        renewable: entry.renewable,
-        num_uses: entry.num_uses,
-        meta: entry.meta,
-    })
-}
-
 /// The response data audited for a token just issued: the token as its HMAC.
-fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::token::TokenEntry) -> Vec<(String, AuditValue)> {
+fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::token::TokenEntry) -> keybridge_core::audit::AuditData {
     vec![
         ("token".into(), AuditValue::secret(t.as_bytes())),
         ("accessor".into(), plain(e.accessor.clone())),
@@ -761,7 +754,7 @@ fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::token::TokenEntry) ->
     ]
 }
 
-fn token_audit(id: &keybridge_core::token::Identity) -> Vec<(String, AuditValue)> {
+fn token_audit(id: &keybridge_core::token::Identity) -> keybridge_core::audit::AuditData {
     vec![
         ("accessor".into(), plain(id.accessor.clone())),
         ("policies".into(), plain(id.policies.clone())),
@@ -796,7 +789,7 @@ impl pb::tokens_server::Tokens for TokensService {
             )
             .await;
         let (new_token, entry) = self.core.finish(&c, res, |(t, e)| issued_audit(t, e)).await.map_err(status)?;
-        Ok(Response::new(pb::CreateTokenResponse { token: new_token.to_string(), info: Some(entry_info(entry)) }))
+        Ok(Response::new(pb::CreateTokenResponse { token: new_token.to_string(), info: Some(entry_info(&entry)) }))
     }
 
     async fn revoke(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
@@ -849,7 +842,7 @@ impl pb::tokens_server::Tokens for TokensService {
             }
             None => return Err(refuse(&self.core, &c, "give the token or its accessor").await),
         };
-        Ok(Response::new(token_info(id.map_err(status)?)))
+        Ok(Response::new(token_info(&id.map_err(status)?)))
     }
 
     async fn renew(&self, req: Request<pb::RenewTokenRequest>) -> Result<Response<pb::RenewTokenResponse>, Status> {
@@ -883,7 +876,7 @@ impl pb::tokens_server::Tokens for TokensService {
         let c = caller(&req, "keybridge.v1.Tokens/LookupSelf")?;
         let res = self.core.lookup_self(&c).await;
         let id = self.core.finish(&c, res, token_audit).await.map_err(status)?;
-        Ok(Response::new(token_info(id)))
+        Ok(Response::new(token_info(&id)))
     }
 }
 
@@ -1063,7 +1056,7 @@ fn settings_audit(s: &std::collections::HashMap<String, String>, secret: &[&str]
         s.iter()
             .map(|(k, v)| {
                 let v = if secret.contains(&k.as_str()) { AuditValue::secret(v.as_bytes()) } else { plain(v.clone()) };
-                (k.clone(), v)
+                (k.clone().into(), v)
             })
             .collect(),
     )
@@ -1169,10 +1162,10 @@ impl pb::auth_server::Auth for AuthService {
         let jwt = Zeroizing::new(r.jwt);
         let mut c = c.with_path(&r.path);
         for (k, v) in keybridge_core::login_audit(&r.role, &jwt) {
-            c = c.with(&k, v);
+            c = c.with(k, v);
         }
         let res = self.core.login(&c, &r.path, &r.role, &jwt).await;
         let (token, entry) = self.core.finish(&c, res, |(t, e)| issued_audit(t, e)).await.map_err(status)?;
-        Ok(Response::new(pb::LoginResponse { token: token.to_string(), info: Some(entry_info(entry)) }))
+        Ok(Response::new(pb::LoginResponse { token: token.to_string(), info: Some(entry_info(&entry)) }))
     }
 }

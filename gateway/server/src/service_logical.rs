@@ -40,7 +40,7 @@ pub(crate) fn lease_pb(l: LeaseView) -> pb::Lease {
 /// Every value is HMAC'd in audit records: parameters and answers may be
 /// credentials.
 fn secret_map<'a>(m: impl Iterator<Item = (&'a str, &'a str)>) -> AuditValue {
-    AuditValue::Map(m.map(|(k, v)| (k.to_string(), AuditValue::secret(v.as_bytes()))).collect())
+    AuditValue::Map(m.map(|(k, v)| (k.to_string().into(), AuditValue::secret(v.as_bytes()))).collect())
 }
 
 impl LogicalService {

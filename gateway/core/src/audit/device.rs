@@ -21,6 +21,15 @@ const KEYS_PREFIX: &str = "core/audit/keys/";
 const CHECKPOINT_PREFIX: &str = "core/audit/checkpoint/";
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const MAX_GROUP: usize = 1024;
+/// Buffers a record is assembled in are kept for the next record unless a
+/// large one (a big response) grew them past this.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    /// Where a request renders its record for a device written inline.
+    /// Records hold no secret (values and tokens are HMACs already).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeviceEntry {
@@ -160,19 +169,32 @@ impl Broker {
         if devices.is_empty() {
             return Ok(());
         }
-        let mut waits = Vec::with_capacity(devices.len());
+        let mut waits = Vec::new();
         let mut ok = false;
         let mut errors = Vec::new();
         for d in devices.iter() {
-            let body = render(kind, caller, state, outcome, response, &d.hmac_key);
             if let Some(out) = &d.direct {
-                let r = out.lock().unwrap_or_else(|p| p.into_inner()).write(&d.chain_mac, false, &[&body]);
+                // Rendered into this thread's scratch buffer, outside the
+                // device's lock, and written before the next device's turn.
+                let r = SCRATCH.with_borrow_mut(|body| {
+                    body.clear();
+                    render(body, kind, caller, state, outcome, response, &d.hmac_key);
+                    let r = out.lock().unwrap_or_else(|p| p.into_inner()).write(&d.chain_mac, false, &[body]);
+                    if body.capacity() > SCRATCH_KEEP {
+                        *body = Vec::new();
+                    }
+                    r
+                });
                 match r {
                     Ok(()) => ok |= d.entry.counts(),
                     Err(e) if d.entry.counts() => errors.push(format!("{}: {e}", d.entry.path)),
                     Err(_) => {}
                 }
-            } else if d.entry.counts() {
+                continue;
+            }
+            let mut body = Vec::with_capacity(512);
+            render(&mut body, kind, caller, state, outcome, response, &d.hmac_key);
+            if d.entry.counts() {
                 let (tx, rx) = oneshot::channel();
                 if d.tx.send(Msg::Record(body, Some(tx))).is_ok() {
                     waits.push((d, rx));
@@ -346,7 +368,7 @@ impl Broker {
         };
         let state = sink.recover(&chain_key, &cp);
         let (hmac_key, chain_mac) = (MacKey::new(&hmac_key), MacKey::new(&chain_key));
-        let output = Arc::new(Mutex::new(Output { sink, state, dirty: fresh }));
+        let output = Arc::new(Mutex::new(Output { sink, state, dirty: fresh, lines: Vec::new() }));
         let direct = (entry.kind == "stream" || (entry.kind == "file" && !entry.fsync())).then(|| output.clone());
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
@@ -444,6 +466,8 @@ struct Output {
     state: ChainState,
     /// The state moved since the last checkpoint.
     dirty: bool,
+    /// The lines of a group are assembled here (kept between groups).
+    lines: Vec<u8>,
 }
 
 impl Output {
@@ -456,23 +480,28 @@ impl Output {
             if self.sink.prepare()? {
                 self.state.new_segment = true;
             }
-            let mut buf = Vec::with_capacity(bodies.iter().map(|b| b.len() + 160).sum());
+            let buf = &mut self.lines;
+            buf.clear();
+            buf.reserve(bodies.iter().map(|b| b.len() + 160).sum());
             for body in bodies {
                 let s = &mut self.state;
                 s.seq += 1;
                 let first = s.new_segment;
-                s.chain = chain::seal_line(chain_key, &s.chain, s.seq, first, body, &mut buf);
+                s.chain = chain::seal_line(chain_key, &s.chain, s.seq, first, body, buf);
                 if first {
                     s.segment_start = s.seq;
                     s.new_segment = false;
                 }
             }
-            self.sink.write(&buf)?;
+            self.sink.write(buf)?;
             if fsync {
                 self.sink.sync()?;
             }
             Ok(())
         })();
+        if self.lines.capacity() > SCRATCH_KEEP {
+            self.lines = Vec::new();
+        }
         match result {
             Ok(()) => self.dirty = true,
             Err(_) => {

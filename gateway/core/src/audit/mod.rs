@@ -33,11 +33,16 @@ pub const HMAC_PREFIX: &str = "hmac-sha256:";
 
 /// The HMAC of `value` under a device's key, as records show it.
 pub fn hmac_hex(key: &MacKey, value: &[u8]) -> String {
-    let digest = key.mac(&[value]);
-    let mut out = String::with_capacity(HMAC_PREFIX.len() + 64);
-    out.push_str(HMAC_PREFIX);
-    out.push_str(std::str::from_utf8(&chain::hex32(&digest)).unwrap_or_default());
-    out
+    let mut out = Vec::with_capacity(HMAC_PREFIX.len() + 64);
+    push_hmac(&mut out, key, value);
+    // Cannot fail: the prefix and hex digits are ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `hmac-sha256:<64 hex digits>` (no quotes).
+fn push_hmac(buf: &mut Vec<u8>, key: &MacKey, value: &[u8]) {
+    buf.extend_from_slice(HMAC_PREFIX.as_bytes());
+    buf.extend_from_slice(&chain::hex32(&key.mac(&[value])));
 }
 
 /// A piece of request or response data. `Secret` never leaves the process:
@@ -45,7 +50,7 @@ pub fn hmac_hex(key: &MacKey, value: &[u8]) -> String {
 pub enum AuditValue {
     Plain(serde_json::Value),
     Secret(Zeroizing<Vec<u8>>),
-    Map(Vec<(String, AuditValue)>),
+    Map(AuditData),
 }
 
 impl std::fmt::Debug for AuditValue {
@@ -71,7 +76,7 @@ impl AuditValue {
     pub fn of_value(v: &crate::value::SecretValue) -> Self {
         match v {
             crate::value::SecretValue::Fields(m) => {
-                AuditValue::Map(m.iter().map(|(k, v)| (k.clone(), AuditValue::secret(v.as_bytes()))).collect())
+                AuditValue::Map(m.iter().map(|(k, v)| (k.clone().into(), AuditValue::secret(v.as_bytes()))).collect())
             }
             crate::value::SecretValue::Binary(b) => AuditValue::secret(b),
             crate::value::SecretValue::Text(t) => AuditValue::secret(t.as_bytes()),
@@ -79,21 +84,11 @@ impl AuditValue {
     }
 }
 
-pub type AuditData = Vec<(String, AuditValue)>;
+/// A field name of audited data: usually a literal, so naming it allocates
+/// nothing.
+pub type AuditKey = std::borrow::Cow<'static, str>;
 
-/// Who made a request, as records show it (never the token itself).
-#[derive(Clone, Debug, Serialize)]
-pub struct AuthInfo {
-    pub display_name: String,
-    pub policies: Vec<String>,
-    pub accessor: String,
-}
-
-impl From<&Identity> for AuthInfo {
-    fn from(id: &Identity) -> Self {
-        AuthInfo { display_name: id.display_name.clone(), policies: id.policies.clone(), accessor: id.accessor.clone() }
-    }
-}
+pub type AuditData = Vec<(AuditKey, AuditValue)>;
 
 /// One request as it passes through the core: who sent it and from where,
 /// what it asked, and (once authorized) what it was authorized as. Built
@@ -102,7 +97,7 @@ impl From<&Identity> for AuthInfo {
 pub struct Caller {
     token: Option<Zeroizing<String>>,
     pub request_id: String,
-    pub remote: Option<String>,
+    pub remote: Option<std::net::SocketAddr>,
     pub operation: &'static str,
     /// The path the request named, before routing.
     pub path: String,
@@ -122,7 +117,9 @@ impl std::fmt::Debug for Caller {
 
 #[derive(Default)]
 pub(crate) struct CallState {
-    pub auth: Option<AuthInfo>,
+    /// Who made the request (records show its display name, policies and
+    /// accessor, never the token).
+    pub auth: Option<Identity>,
     pub acl_path: Option<String>,
     pub capability: Option<&'static str>,
     /// The request record is written (or was attempted).
@@ -157,7 +154,7 @@ impl Caller {
         self
     }
 
-    pub fn with_remote(mut self, remote: Option<String>) -> Self {
+    pub fn with_remote(mut self, remote: Option<std::net::SocketAddr>) -> Self {
         self.remote = remote;
         self
     }
@@ -167,8 +164,8 @@ impl Caller {
         self
     }
 
-    pub fn with(mut self, key: &str, value: AuditValue) -> Self {
-        self.data.push((key.to_string(), value));
+    pub fn with(mut self, key: impl Into<AuditKey>, value: AuditValue) -> Self {
+        self.data.push((key.into(), value));
         self
     }
 
@@ -193,14 +190,13 @@ pub(crate) enum Kind {
 
 /// Writes a JSON object field by field (records are rendered once per
 /// device per request, so this avoids building a `serde_json::Map`).
-struct Obj {
-    buf: Vec<u8>,
+struct Obj<'a> {
+    buf: &'a mut Vec<u8>,
     first: bool,
 }
 
-impl Obj {
-    fn new(capacity: usize) -> Obj {
-        let mut buf = Vec::with_capacity(capacity);
+impl<'a> Obj<'a> {
+    fn open(buf: &'a mut Vec<u8>) -> Obj<'a> {
         buf.push(b'{');
         Obj { buf, first: true }
     }
@@ -210,18 +206,32 @@ impl Obj {
             self.buf.push(b',');
         }
         self.first = false;
-        let _ = serde_json::to_writer(&mut self.buf, k);
+        let _ = serde_json::to_writer(&mut *self.buf, k);
         self.buf.push(b':');
     }
 
     fn field(&mut self, k: &str, v: &(impl Serialize + ?Sized)) {
         self.key(k);
-        let _ = serde_json::to_writer(&mut self.buf, v);
+        let _ = serde_json::to_writer(&mut *self.buf, v);
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    /// A field whose value needs no JSON escaping (ASCII that `Display`
+    /// writes without quotes or backslashes: times, addresses).
+    fn display(&mut self, k: &str, v: impl std::fmt::Display) {
+        use std::io::Write;
+        self.key(k);
+        let _ = write!(self.buf, "\"{v}\"");
+    }
+
+    fn hmac(&mut self, k: &str, key: &MacKey, value: &[u8]) {
+        self.key(k);
+        self.buf.push(b'"');
+        push_hmac(self.buf, key, value);
+        self.buf.push(b'"');
+    }
+
+    fn close(self) {
         self.buf.push(b'}');
-        self.buf
     }
 }
 
@@ -231,54 +241,54 @@ fn write_value(buf: &mut Vec<u8>, v: &AuditValue, key: &MacKey) {
             let _ = serde_json::to_writer(&mut *buf, p);
         }
         AuditValue::Secret(s) => {
-            let _ = serde_json::to_writer(&mut *buf, &hmac_hex(key, s));
+            buf.push(b'"');
+            push_hmac(buf, key, s);
+            buf.push(b'"');
         }
         AuditValue::Map(m) => write_data(buf, m, key),
     }
 }
 
-fn write_data(buf: &mut Vec<u8>, data: &[(String, AuditValue)], key: &MacKey) {
-    buf.push(b'{');
-    for (i, (k, v)) in data.iter().enumerate() {
-        if i > 0 {
-            buf.push(b',');
-        }
-        let _ = serde_json::to_writer(&mut *buf, k);
-        buf.push(b':');
-        write_value(buf, v, key);
+fn write_data(buf: &mut Vec<u8>, data: &[(AuditKey, AuditValue)], key: &MacKey) {
+    let mut o = Obj::open(buf);
+    for (k, v) in data {
+        o.key(k);
+        write_value(o.buf, v, key);
     }
-    buf.push(b'}');
+    o.close();
 }
 
-/// Renders one record for one device (a JSON object without `seq`).
+/// Renders one record for one device (a JSON object without `seq`) into
+/// `buf`.
 pub(crate) fn render(
+    buf: &mut Vec<u8>,
     kind: Kind,
     caller: &Caller,
     state: &CallState,
     outcome: Option<(&str, Option<&str>)>,
     response: Option<&AuditData>,
     key: &MacKey,
-) -> Vec<u8> {
-    let mut o = Obj::new(512);
+) {
+    let mut o = Obj::open(buf);
     o.field("type", if kind == Kind::Request { "request" } else { "response" });
-    o.field("time", &humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string());
+    o.display("time", humantime::format_rfc3339_micros(std::time::SystemTime::now()));
     o.field("request_id", &caller.request_id);
     o.field("operation", caller.operation);
     if let Some(r) = &caller.remote {
-        o.field("remote_address", r);
+        o.display("remote_address", r);
     }
     if state.auth.is_some() || caller.token.is_some() {
         o.key("auth");
-        let mut a = Obj::new(256);
+        let mut a = Obj::open(o.buf);
         if let Some(auth) = &state.auth {
             a.field("display_name", &auth.display_name);
             a.field("policies", &auth.policies);
             a.field("accessor", &auth.accessor);
         }
         if let Some(t) = &caller.token {
-            a.field("client_token", &hmac_hex(key, t.as_bytes()));
+            a.hmac("client_token", key, t.as_bytes());
         }
-        o.buf.extend_from_slice(&a.finish());
+        a.close();
     }
     match &state.acl_path {
         Some(p) => o.field("path", p),
@@ -289,7 +299,7 @@ pub(crate) fn render(
     }
     if !caller.data.is_empty() {
         o.key("request");
-        write_data(&mut o.buf, &caller.data, key);
+        write_data(o.buf, &caller.data, key);
     }
     if let Some((status, error)) = outcome {
         o.field("status", status);
@@ -304,9 +314,9 @@ pub(crate) fn render(
         && !data.is_empty()
     {
         o.key("response");
-        write_data(&mut o.buf, data, key);
+        write_data(o.buf, data, key);
     }
-    o.finish()
+    o.close();
 }
 
 /// A device's position, kept in the barrier.
