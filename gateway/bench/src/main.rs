@@ -63,6 +63,9 @@ pub(crate) struct Args {
     /// Run the server with disable_mlock = true.
     #[arg(long)]
     no_mlock: bool,
+    /// The server's serving_threads (0: its default, two per CPU).
+    #[arg(long, default_value_t = 0)]
+    serving_threads: usize,
     /// Runs of each throughput measurement; the median run is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -189,7 +192,7 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
     (c, k, cert.pem().into_bytes())
 }
 
-fn start_config_server(bin: &Path, dir: &Path, tls: bool, cache_mib: usize, no_mlock: bool) -> (Server, Duration) {
+fn start_config_server(bin: &Path, dir: &Path, tls: bool, args: &Args) -> (Server, Duration) {
     let (listener, ca) = if tls {
         let (c, k, ca) = tls_files(dir);
         (
@@ -203,10 +206,14 @@ fn start_config_server(bin: &Path, dir: &Path, tls: bool, cache_mib: usize, no_m
     } else {
         ("listener \"tcp\" {\n address = \"127.0.0.1:0\"\n tls_disable = true\n}".to_string(), None)
     };
-    let cache = if cache_mib > 0 { format!("\n cache_size_bytes = {}", cache_mib << 20) } else { String::new() };
+    let cache =
+        if args.cache_mib > 0 { format!("\n cache_size_bytes = {}", args.cache_mib << 20) } else { String::new() };
+    let threads =
+        if args.serving_threads > 0 { format!("serving_threads = {}\n", args.serving_threads) } else { String::new() };
     let cfg = format!(
-        "{listener}\nstorage \"file\" {{\n path = \"{}\"{cache}\n}}\ndisable_mlock = {no_mlock}\n",
-        dir.join("data").display()
+        "{listener}\nstorage \"file\" {{\n path = \"{}\"{cache}\n}}\ndisable_mlock = {}\n{threads}",
+        dir.join("data").display(),
+        args.no_mlock
     );
     let file = dir.join("keybridge.hcl");
     std::fs::write(&file, cfg).expect("config");
@@ -461,7 +468,7 @@ async fn bench(args: Args) {
             for audit in &args.audit {
                 let tls_on = tls == "on";
                 let dir = tempfile::tempdir().expect("tempdir");
-                let (server, _) = start_config_server(&bin, dir.path(), tls_on, args.cache_mib, args.no_mlock);
+                let (server, _) = start_config_server(&bin, dir.path(), tls_on, &args);
                 let root = init_unseal(&server).await;
                 load_bench_keys(&server, &root).await;
                 let log = dir.path().join("audit.log");
@@ -528,7 +535,7 @@ async fn bench(args: Args) {
 
     let rss_dir = tempfile::tempdir().expect("tempdir");
     if wants("rss") || wants("coldstart") {
-        let (server, _) = start_config_server(&bin, rss_dir.path(), false, args.cache_mib, args.no_mlock);
+        let (server, _) = start_config_server(&bin, rss_dir.path(), false, &args);
         let token = init_unseal(&server).await;
         let before = server.rss_kib();
         let steps = [args.load / 4, args.load / 2, args.load];
