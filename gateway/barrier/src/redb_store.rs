@@ -43,6 +43,9 @@ pub struct RedbStore {
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// How long opening took when the file had not been closed cleanly
+    /// and redb had to check and repair it.
+    repaired: Option<std::time::Duration>,
 }
 
 impl Drop for RedbStore {
@@ -64,8 +67,27 @@ impl RedbStore {
     /// being written, entries the first part has no room for).
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
         let entries = cache_bytes / 4 * 3;
-        let db = Database::builder().set_cache_size(cache_bytes - entries).create(path).map_err(Error::backend)?;
-        Self::start(db, "file", entries)
+        let started = std::time::Instant::now();
+        let repairing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = repairing.clone();
+        let db = Database::builder()
+            .set_cache_size(cache_bytes - entries)
+            .set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed))
+            .create(path)
+            .map_err(Error::backend)?;
+        let mut store = Self::start(db, "file", entries)?;
+        if repairing.load(std::sync::atomic::Ordering::Relaxed) {
+            store.repaired = Some(started.elapsed());
+        }
+        Ok(store)
+    }
+
+    /// Whether opening found the file not closed cleanly (the process was
+    /// killed or crashed) and redb checked and repaired it, and how long
+    /// that took. Committed data is intact either way; the repair costs
+    /// time proportional to the file's size.
+    pub fn repaired(&self) -> Option<std::time::Duration> {
+        self.repaired
     }
 
     /// A store in memory, for dev mode and tests.
@@ -89,7 +111,7 @@ impl RedbStore {
             .name("keybridge-store-writer".into())
             .spawn(move || writer_loop(&thread_db, &thread_cache, &jobs))
             .map_err(Error::Io)?;
-        Ok(Self { db, cache, kind, writer: Some(writer), writer_thread: Some(writer_thread) })
+        Ok(Self { db, cache, kind, writer: Some(writer), writer_thread: Some(writer_thread), repaired: None })
     }
 }
 

@@ -85,6 +85,7 @@ struct RawLimits {
     max_request_bytes: Option<usize>,
     max_concurrent_requests: Option<usize>,
     request_timeout: Option<String>,
+    shutdown_grace: Option<String>,
     token_requests_per_second: Option<u32>,
     token_burst: Option<u32>,
 }
@@ -111,6 +112,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
+    /// How long a stopping server (SIGTERM, Ctrl-C) waits for open
+    /// connections to finish before closing them.
+    pub shutdown_grace: Duration,
     /// Per-token request rate; 0: no limit.
     pub token_requests_per_second: u32,
     /// Requests a token may make at once before the rate applies
@@ -125,6 +129,7 @@ impl Default for Limits {
             max_request_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 4096,
             request_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
             token_requests_per_second: 0,
             token_burst: 0,
         }
@@ -225,6 +230,10 @@ impl Config {
                 limits.request_timeout = humantime::parse_duration(&v)
                     .map_err(|e| bad(format!("limits.request_timeout {v:?}: {e} (e.g. \"30s\")")))?;
             }
+            if let Some(v) = l.shutdown_grace {
+                limits.shutdown_grace = humantime::parse_duration(&v)
+                    .map_err(|e| bad(format!("limits.shutdown_grace {v:?}: {e} (e.g. \"5s\")")))?;
+            }
         }
         if limits.max_value_bytes == 0 || limits.max_request_bytes < 1024 || limits.max_concurrent_requests == 0 {
             return Err(bad("limits must be positive (max_request_bytes at least 1024)".into()));
@@ -284,6 +293,7 @@ mod tests {
             limits {
               max_value_bytes = 1024
               request_timeout = "5s"
+              shutdown_grace = "2s"
             }
             api_addr = "https://kb.internal:8400"
             disable_mlock = true
@@ -296,6 +306,7 @@ mod tests {
         assert!(matches!(c.storage, Storage::File { .. }));
         assert_eq!(c.limits.max_value_bytes, 1024);
         assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.shutdown_grace, Duration::from_secs(2));
         assert!(c.disable_mlock);
         assert_eq!(c.serving_threads, 3);
     }
@@ -314,6 +325,12 @@ mod tests {
             (listener("address = \"127.0.0.1:1\"\ntls_disable = true\ncolour = 1") + file, "colour"),
             (file.to_string(), "listener"),
             (listener("address = \"127.0.0.1:1\"\ntls_disable = true") + file + "serving_threads = 0\n", "1 to 1024"),
+            (
+                listener("address = \"127.0.0.1:1\"\ntls_disable = true")
+                    + file
+                    + "limits {\n shutdown_grace = \"soon\"\n}\n",
+                "limits.shutdown_grace \"soon\"",
+            ),
         ];
         for (text, needle) in cases {
             let err = Config::parse("t.hcl", &text).unwrap_err().to_string();

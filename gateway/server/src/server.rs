@@ -32,7 +32,15 @@ fn open_store(storage: &Storage) -> Result<(Arc<dyn Physical>, PathBuf), Error> 
         Storage::File { dir, cache_bytes } => {
             std::fs::create_dir_all(dir).map_err(|e| Error::Read { path: dir.display().to_string(), source: e })?;
             restrict_dir(dir);
-            let store = RedbStore::open(&dir.join("keybridge.db"), *cache_bytes)?;
+            let file = dir.join("keybridge.db");
+            let store = RedbStore::open(&file, *cache_bytes)?;
+            if let Some(took) = store.repaired() {
+                tracing::warn!(
+                    file = %file.display(),
+                    took = ?took,
+                    "the store was not closed cleanly (the server was killed or crashed); redb checked and repaired it"
+                );
+            }
             Ok((Arc::new(store), dir.clone()))
         }
     }
@@ -244,6 +252,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         |router, conns, stop| router.serve_with_incoming_shutdown(conns, stop),
         incoming,
         config.serving_threads,
+        config.limits.shutdown_grace,
         shutdown_signal(),
     )
     .await?;

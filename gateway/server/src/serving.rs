@@ -190,12 +190,16 @@ fn per_connection(e: &std::io::Error) -> bool {
 /// Serves `incoming` on `threads` serving threads until `shutdown`
 /// resolves, then lets every thread finish its requests (graceful
 /// shutdown) before returning. `serve` runs on each thread: it serves the
-/// connections it is given until its stop future resolves.
+/// connections it is given until its stop future resolves. Connections
+/// still open `grace` after the stop (a request still running, or a client
+/// that does not answer HTTP/2's GOAWAY and PING) are closed, so that the
+/// process ends and closes its store cleanly before a supervisor kills it.
 pub async fn serve<R, F, Fut>(
     router: R,
     serve: F,
     mut incoming: TcpIncoming,
     threads: usize,
+    grace: std::time::Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error>
 where
@@ -216,8 +220,9 @@ where
             .map_err(|e| Error::Usage(format!("cannot start serving thread {i}: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
         let open = Arc::new(AtomicUsize::new(0));
-        let (router, serve, counter) = (router.clone(), serve.clone(), open.clone());
+        let (router, serve, counter, still_open) = (router.clone(), serve.clone(), open.clone(), open.clone());
         let mut stop = stop_tx.subscribe();
+        let mut stopped = stop_tx.subscribe();
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("kb-serve-{i}"))
@@ -230,8 +235,29 @@ where
                     let stop: Stop = Box::pin(async move {
                         let _ = stop.wait_for(|v| *v).await;
                     });
-                    serve(router, Box::pin(conns), stop).await
+                    let serving = serve(router, Box::pin(conns), stop);
+                    let overdue = async move {
+                        let _ = stopped.wait_for(|v| *v).await;
+                        tokio::time::sleep(grace).await;
+                    };
+                    tokio::select! {
+                        r = serving => r,
+                        _ = overdue => {
+                            tracing::warn!(
+                                thread = i,
+                                connections = still_open.load(Ordering::Relaxed),
+                                grace = ?grace,
+                                "connections still open after the shutdown grace period; closing them"
+                            );
+                            Ok(())
+                        }
+                    }
                 });
+                // The runtime's tasks hold the services, and through them
+                // the store: they are dropped before the main thread is
+                // told this thread is done, so that the store is closed
+                // cleanly before the process exits.
+                drop(runtime);
                 let _ = done_tx.send(result);
             })
             .map_err(|e| Error::Usage(format!("cannot start serving thread {i}: {e}")))?;

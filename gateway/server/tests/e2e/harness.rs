@@ -84,6 +84,13 @@ impl Server {
         Self::with_config_limits(dir, tls, port, "")
     }
 
+    /// As [`Server::with_config_limits`] (plain TCP), its log (warnings
+    /// and errors) written to `log`.
+    pub fn with_config_logging_to(dir: &Path, limits: &str, log: &Path) -> Server {
+        let stderr = Stdio::from(std::fs::File::create(log).unwrap());
+        Self::config_server_io(dir, false, 0, limits, "", &[], stderr)
+    }
+
     /// A plain-TCP server from a config file with `top` added at the top level.
     pub fn with_config_top(dir: &Path, top: &str) -> Server {
         Self::config_server(dir, false, 0, "", top)
@@ -104,6 +111,18 @@ impl Server {
     }
 
     fn config_server_env(dir: &Path, tls: bool, port: u16, limits: &str, top: &str, env: &[(&str, &str)]) -> Server {
+        Self::config_server_io(dir, tls, port, limits, top, env, Stdio::inherit())
+    }
+
+    fn config_server_io(
+        dir: &Path,
+        tls: bool,
+        port: u16,
+        limits: &str,
+        top: &str,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Server {
         let data = dir.join("data");
         let (listener, ca) = if tls {
             let (cert, key, ca) = tls_files(dir);
@@ -124,7 +143,7 @@ impl Server {
         );
         let file = dir.join("keybridge.hcl");
         std::fs::write(&file, config).unwrap();
-        let mut server = spawn_env(&["server", "--config", file.to_str().unwrap()], "warn", Stdio::inherit(), env);
+        let mut server = spawn_env(&["server", "--config", file.to_str().unwrap()], "warn", stderr, env);
         server.ca_pem = ca;
         server
     }

@@ -237,8 +237,12 @@ async fn sigkill_during_writes_leaves_a_consistent_store() {
     assert!(total > 0, "no write was acknowledged before the kill");
     eprintln!("{total} writes acknowledged before SIGKILL");
 
-    let s = Server::with_config(dir.path(), false, 0);
+    let log = dir.path().join("restart.log");
+    let s = Server::with_config_logging_to(dir.path(), "", &log);
     unseal_all(&s, &init.unseal_keys_b64).await;
+    // The kill left the file open: the restart says it repaired it.
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("not closed cleanly"), "{said}");
     let mut c = s.secrets().await;
     for w in 0..WRITERS {
         let acked = acked[w].load(Ordering::SeqCst);
@@ -281,20 +285,17 @@ async fn sigterm_stops_the_server_cleanly() {
         ))
         .await
         .unwrap();
-    let term = std::process::Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
-    assert!(term.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(std::time::Instant::now() < deadline, "the server did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (status, took) = terminate(&mut s).await;
     assert!(status.success(), "{status:?}");
-    // It comes back with the data.
-    let s = Server::with_config(dir.path(), false, 0);
+    // Its clients answer the GOAWAY: nothing waits for the grace period.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    // It comes back with the data, from a store it closed cleanly (no
+    // repair pass, which takes time proportional to the file's size).
+    let log = dir.path().join("restart.log");
+    let s = Server::with_config_logging_to(dir.path(), "", &log);
     unseal_all(&s, &init.unseal_keys_b64).await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!said.contains("not closed cleanly"), "{said}");
     let got = s
         .secrets()
         .await
@@ -302,6 +303,57 @@ async fn sigterm_stops_the_server_cleanly() {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(field(&got, "k"), "v");
+}
+
+/// Sends SIGTERM and waits (up to 10 s) for the process to end.
+async fn terminate(s: &mut Server) -> (std::process::ExitStatus, Duration) {
+    let started = std::time::Instant::now();
+    let term = std::process::Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            return (st, started.elapsed());
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the server did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client that stops answering (it never reads, so it acknowledges
+/// neither HTTP/2's GOAWAY nor its PING) holds a stopping server for
+/// `limits.shutdown_grace` only; the store is still closed cleanly.
+#[tokio::test]
+async fn sigterm_closes_connections_still_open_after_the_grace_period() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut s = Server::with_config_logging_to(dir.path(), "shutdown_grace = \"1s\"", &log);
+    let init = s.sys().await.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
+    unseal_all(&s, &init.unseal_keys_b64).await;
+    let put = pb::PutRequest { path: "secret/a".into(), value: fields(&[("k", "v")]), cas: None };
+    s.secrets().await.put(authed(&init.root_token, put)).await.unwrap();
+
+    // The HTTP/2 preface and an empty SETTINGS frame, then silence.
+    let mut silent = std::net::TcpStream::connect(s.addr.trim_start_matches("http://")).unwrap();
+    silent.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (status, took) = terminate(&mut s).await;
+    assert!(status.success(), "{status:?}");
+    assert!(took >= Duration::from_millis(900), "{took:?}: the connection was not given its grace");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("connections still open after the shutdown grace period"), "{said}");
+    drop(silent);
+
+    let log = dir.path().join("restart.log");
+    let s = Server::with_config_logging_to(dir.path(), "", &log);
+    unseal_all(&s, &init.unseal_keys_b64).await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!said.contains("not closed cleanly"), "{said}");
+    let get = pb::GetRequest { path: "secret/a".into(), version: 0, ..Default::default() };
+    let got = s.secrets().await.get(authed(&init.root_token, get)).await.unwrap().into_inner();
     assert_eq!(field(&got, "k"), "v");
 }
 
