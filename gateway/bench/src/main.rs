@@ -121,6 +121,9 @@ impl Drop for Server {
     /// SIGTERM first, so the store closes cleanly and the next start needs
     /// no recovery; SIGKILL after 10 s.
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // stopped already
+        }
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -135,6 +138,20 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// As dropping, but waits without blocking the runtime, so that the
+    /// client's connection tasks (on a current-thread runtime, the same
+    /// thread) can answer the server's GOAWAY and it stops at once.
+    pub(crate) async fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
@@ -519,6 +536,7 @@ async fn bench(args: Args) {
                     let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
                     println!("audit log: {} MiB", size >> 20);
                 }
+                server.stop().await;
             }
         }
     }
@@ -560,6 +578,8 @@ async fn bench(args: Args) {
             c.get(authed(&token, pb::GetRequest { path, version: 0, ..Default::default() })).await.expect("get");
         }
         println!("{:<44} {:>7} KiB", "after reading 1 in 7 of them (cache full)", server.rss_kib());
+        drop(c);
+        server.stop().await;
     }
 
     if wants("coldstart") {
@@ -573,6 +593,8 @@ async fn bench(args: Args) {
             let ok = h.check(pb_health()).await.is_ok();
             serving.push(t0.elapsed());
             assert!(ok);
+            drop(h);
+            server.stop().await;
         }
         serving.sort();
         println!(
@@ -596,6 +618,8 @@ async fn bench(args: Args) {
             unsealed.as_secs_f64() * 1e3
         );
         println!("{:<44} {:>7} KiB", "RSS after restart and unseal", server.rss_kib());
+        drop(sys);
+        server.stop().await;
     }
 }
 
