@@ -864,4 +864,5 @@ async fn cloud(args: &Args, bin: &Path) {
         after.cache_misses - before.cache_misses,
         took.as_secs_f64() * 1e3 / 1000.0
     );
+    server.stop().await;
 }

@@ -276,6 +276,7 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         lat[samples / 2].as_secs_f64() * 1e3,
         lat[samples * 99 / 100].as_secs_f64() * 1e3
     );
+    server.stop().await;
 }
 
 /// Requests the emulators answered, by kind.

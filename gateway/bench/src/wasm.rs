@@ -197,6 +197,7 @@ pub async fn run(args: &Args, bin: &Path) {
         .await;
         print_stats(&format!("gRPC Logical/Read WASM c={c}"), &s);
     }
+    server.stop().await;
 }
 
 struct NoStorage;
