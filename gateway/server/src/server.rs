@@ -115,9 +115,12 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .map_err(|e| Error::Usage(format!("reflection setup: {e}")))?;
 
     let max = config.limits.max_request_bytes;
-    let secrets = pb::secrets_server::SecretsServer::new(SecretsService { core: core.clone() })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    // Set when a stop begins: watch streams end then (see `until_stopping`).
+    let (stop_watches, stopping) = tokio::sync::watch::channel(false);
+    let secrets =
+        pb::secrets_server::SecretsServer::new(SecretsService { core: core.clone(), stopping: stopping.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
     let sys = pb::sys_server::SysServer::new(SysService {
         core: core.clone(),
         health: health.clone(),
@@ -136,7 +139,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     let auth = pb::auth_server::AuthServer::new(AuthService { core: core.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let audit = pb::audit_server::AuditServer::new(AuditService { core: core.clone() })
+    let audit = pb::audit_server::AuditServer::new(AuditService { core: core.clone(), stopping })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let sync = pb::sync_server::SyncServer::new(crate::service_sync::SyncService { core: core.clone() })
@@ -253,7 +256,10 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         incoming,
         config.serving_threads,
         config.limits.shutdown_grace,
-        shutdown_signal(),
+        async move {
+            shutdown_signal().await;
+            let _ = stop_watches.send(true);
+        },
     )
     .await?;
     // Audit devices write their last checkpoint.

@@ -196,8 +196,23 @@ fn versions_arg(v: &[u64]) -> Result<(), Status> {
     Ok(())
 }
 
+/// Turns true when the server begins to stop (SIGTERM, Ctrl-C).
+pub type Stopping = tokio::sync::watch::Receiver<bool>;
+
+/// Ends a long-lived response stream (a watch) when the server begins to
+/// stop: the watcher sees its stream end and can reconnect, instead of
+/// holding the graceful shutdown for the whole `limits.shutdown_grace`.
+fn until_stopping<T: Send + 'static>(
+    stream: impl Stream<Item = T> + Send + 'static,
+    stopping: &Stopping,
+) -> impl Stream<Item = T> + Send + 'static {
+    let stop = tokio_stream::wrappers::WatchStream::new(stopping.clone()).filter(|s| *s).map(|_| None);
+    stream.map(Some).merge(stop).map_while(|item| item)
+}
+
 pub struct SecretsService {
     pub core: Arc<Core>,
+    pub stopping: Stopping,
 }
 
 #[tonic::async_trait]
@@ -358,7 +373,7 @@ impl pb::secrets_server::Secrets for SecretsService {
                 format!("this watcher fell behind and missed {n} events; read the secret and reconnect"),
             ))),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(until_stopping(stream, &self.stopping))))
     }
 
     async fn put_metadata(
@@ -882,6 +897,7 @@ impl pb::tokens_server::Tokens for TokensService {
 
 pub struct AuditService {
     pub core: Arc<Core>,
+    pub stopping: Stopping,
 }
 
 fn device_pb(d: keybridge_core::audit::DeviceEntry) -> pb::AuditDevice {
@@ -1039,7 +1055,7 @@ impl pb::audit_server::Audit for AuditService {
                 Err(Status::data_loss(format!("this watcher fell behind and missed {n} records; reconnect")))
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(until_stopping(stream, &self.stopping))))
     }
 }
 

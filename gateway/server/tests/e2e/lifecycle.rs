@@ -357,6 +357,30 @@ async fn sigterm_closes_connections_still_open_after_the_grace_period() {
     assert_eq!(field(&got, "k"), "v");
 }
 
+/// Watch streams end when a stop begins, so a watcher neither holds the
+/// server for its shutdown grace nor keeps waiting on a server that is gone.
+#[tokio::test]
+async fn sigterm_ends_watch_streams_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::with_config(dir.path(), false, 0);
+    let init = s.sys().await.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
+    unseal_all(&s, &init.unseal_keys_b64).await;
+    let watch = pb::WatchSecretRequest { path: "secret/watched".into() };
+    let mut events = s.secrets().await.watch(authed(&init.root_token, watch)).await.unwrap().into_inner();
+    let ended = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        while let Ok(Some(_)) = events.message().await {}
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, took) = terminate(&mut s).await;
+    assert!(status.success(), "{status:?}");
+    // The default grace is 5 s: the open stream did not wait for it.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let open_for = tokio::time::timeout(Duration::from_secs(5), ended).await.expect("the stream ended").unwrap();
+    assert!(open_for < Duration::from_secs(4), "{open_for:?}");
+}
+
 /// The serving threads of a server process and their voluntary context
 /// switches (each wait for the next request on a connection is one).
 fn serving_threads(pid: u32) -> Vec<(String, u64)> {
