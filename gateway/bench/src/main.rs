@@ -117,23 +117,23 @@ pub(crate) struct Server {
     ca: Option<Vec<u8>>,
 }
 
+/// How long a stopping server gets after SIGTERM before SIGKILL.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
 impl Drop for Server {
     /// SIGTERM first, so the store closes cleanly and the next start needs
-    /// no recovery; SIGKILL after 10 s.
+    /// no recovery; SIGKILL after [`STOP_WAIT`]. Blocks the thread: prefer
+    /// [`Server::stop`] on the client's runtime.
     fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return; // stopped already
+        if self.ended() {
+            return;
         }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        self.terminate();
+        let deadline = Instant::now() + STOP_WAIT;
+        while !self.ended() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -142,13 +142,27 @@ impl Server {
     /// client's connection tasks (on a current-thread runtime, the same
     /// thread) can answer the server's GOAWAY and it stops at once.
     pub(crate) async fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        self.terminate();
+        let deadline = Instant::now() + STOP_WAIT;
+        while !self.ended() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.kill();
+    }
+
+    fn ended(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
+    /// SIGKILL unless it has ended; reaps it.
+    fn kill(&mut self) {
+        if !self.ended() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 

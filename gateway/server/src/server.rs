@@ -115,8 +115,9 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .map_err(|e| Error::Usage(format!("reflection setup: {e}")))?;
 
     let max = config.limits.max_request_bytes;
-    // Set when a stop begins: watch streams end then (see `until_stopping`).
-    let (stop_watches, stopping) = tokio::sync::watch::channel(false);
+    // Set when a stop begins (SIGTERM, Ctrl-C): the serving threads stop
+    // accepting and drain, and watch streams end (see `until_stopping`).
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let secrets =
         pb::secrets_server::SecretsServer::new(SecretsService { core: core.clone(), stopping: stopping.clone() })
             .max_decoding_message_size(max)
@@ -250,16 +251,18 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .add_service(logical)
         .add_service(leases)
         .add_service(plugins);
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.send_replace(true);
+    });
     crate::serving::serve(
         router,
         |router, conns, stop| router.serve_with_incoming_shutdown(conns, stop),
         incoming,
         config.serving_threads,
         config.limits.shutdown_grace,
-        async move {
-            shutdown_signal().await;
-            let _ = stop_watches.send(true);
-        },
+        stop,
     )
     .await?;
     // Audit devices write their last checkpoint.

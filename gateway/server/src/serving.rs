@@ -187,9 +187,9 @@ fn per_connection(e: &std::io::Error) -> bool {
     matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
 }
 
-/// Serves `incoming` on `threads` serving threads until `shutdown`
-/// resolves, then lets every thread finish its requests (graceful
-/// shutdown) before returning. `serve` runs on each thread: it serves the
+/// Serves `incoming` on `threads` serving threads until `stop` is set
+/// (by whoever holds a clone of it: the signal handler), then lets every
+/// thread finish its requests (graceful shutdown) before returning. `serve` runs on each thread: it serves the
 /// connections it is given until its stop future resolves. Connections
 /// still open `grace` after the stop (a request still running, or a client
 /// that does not answer HTTP/2's GOAWAY and PING) are closed, so that the
@@ -200,7 +200,7 @@ pub async fn serve<R, F, Fut>(
     mut incoming: TcpIncoming,
     threads: usize,
     grace: std::time::Duration,
-    shutdown: impl Future<Output = ()>,
+    stop_tx: watch::Sender<bool>,
 ) -> Result<(), Error>
 where
     R: Clone + Send + 'static,
@@ -208,7 +208,7 @@ where
     Fut: Future<Output = Result<(), tonic::transport::Error>>,
 {
     let threads = threads.max(1);
-    let (stop_tx, _) = watch::channel(false);
+    let mut stopping = stop_tx.subscribe();
     let mut workers = Vec::with_capacity(threads);
     let mut done = Vec::with_capacity(threads);
     for i in 0..threads {
@@ -301,9 +301,9 @@ where
     };
     tokio::select! {
         _ = accept => {},
-        _ = shutdown => {},
+        _ = stopping.wait_for(|v| *v) => {},
     }
-    let _ = stop_tx.send(true);
+    stop_tx.send_replace(true);
     drop(workers);
     let mut first_error = None;
     for (i, d) in done.into_iter().enumerate() {

@@ -25,6 +25,13 @@ const MAX_GROUP: usize = 1024;
 /// large one (a big response) grew them past this.
 const SCRATCH_KEEP: usize = 64 * 1024;
 
+/// Frees a reused buffer that a large record grew past [`SCRATCH_KEEP`].
+fn release_if_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > SCRATCH_KEEP {
+        *buf = Vec::new();
+    }
+}
+
 thread_local! {
     /// Where a request renders its record for a device written inline.
     /// Records hold no secret (values and tokens are HMACs already).
@@ -180,9 +187,7 @@ impl Broker {
                     body.clear();
                     render(body, kind, caller, state, outcome, response, &d.hmac_key);
                     let r = out.lock().unwrap_or_else(|p| p.into_inner()).write(&d.chain_mac, false, &[body]);
-                    if body.capacity() > SCRATCH_KEEP {
-                        *body = Vec::new();
-                    }
+                    release_if_large(body);
                     r
                 });
                 match r {
@@ -499,9 +504,7 @@ impl Output {
             }
             Ok(())
         })();
-        if self.lines.capacity() > SCRATCH_KEEP {
-            self.lines = Vec::new();
-        }
+        release_if_large(&mut self.lines);
         match result {
             Ok(()) => self.dirty = true,
             Err(_) => {

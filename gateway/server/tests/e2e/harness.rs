@@ -103,15 +103,11 @@ impl Server {
 
     /// A plain-TCP config server with extra environment variables.
     pub fn with_config_env(dir: &Path, env: &[(&str, &str)]) -> Server {
-        Self::config_server_env(dir, false, 0, "", "", env)
+        Self::config_server_io(dir, false, 0, "", "", env, Stdio::inherit())
     }
 
     fn config_server(dir: &Path, tls: bool, port: u16, limits: &str, top: &str) -> Server {
-        Self::config_server_env(dir, tls, port, limits, top, &[])
-    }
-
-    fn config_server_env(dir: &Path, tls: bool, port: u16, limits: &str, top: &str, env: &[(&str, &str)]) -> Server {
-        Self::config_server_io(dir, tls, port, limits, top, env, Stdio::inherit())
+        Self::config_server_io(dir, tls, port, limits, top, &[], Stdio::inherit())
     }
 
     fn config_server_io(

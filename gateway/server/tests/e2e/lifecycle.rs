@@ -24,6 +24,13 @@ async fn unseal_all(s: &Server, keys: &[String]) -> pb::SealStatusResponse {
     last.unwrap()
 }
 
+/// Initialises `s` with one key share and unseals it.
+async fn init_unsealed(s: &Server) -> pb::InitResponse {
+    let init = s.sys().await.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
+    unseal_all(s, &init.unseal_keys_b64).await;
+    init
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -200,9 +207,8 @@ async fn snapshot_save_and_restore_while_serving() {
 async fn sigkill_during_writes_leaves_a_consistent_store() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::with_config(dir.path(), false, 0);
-    let init = s.sys().await.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
+    let init = init_unsealed(&s).await;
     let root = init.root_token.clone();
-    unseal_all(&s, &init.unseal_keys_b64).await;
 
     const WRITERS: usize = 16;
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
@@ -275,8 +281,7 @@ async fn sigkill_during_writes_leaves_a_consistent_store() {
 async fn sigterm_stops_the_server_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::with_config(dir.path(), false, 0);
-    let init = s.sys().await.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
-    unseal_all(&s, &init.unseal_keys_b64).await;
+    let init = init_unsealed(&s).await;
     s.secrets()
         .await
         .put(authed(
@@ -329,8 +334,7 @@ async fn sigterm_closes_connections_still_open_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
     let mut s = Server::with_config_logging_to(dir.path(), "shutdown_grace = \"1s\"", &log);
-    let init = s.sys().await.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
-    unseal_all(&s, &init.unseal_keys_b64).await;
+    let init = init_unsealed(&s).await;
     let put = pb::PutRequest { path: "secret/a".into(), value: fields(&[("k", "v")]), cas: None };
     s.secrets().await.put(authed(&init.root_token, put)).await.unwrap();
 
@@ -363,8 +367,7 @@ async fn sigterm_closes_connections_still_open_after_the_grace_period() {
 async fn sigterm_ends_watch_streams_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::with_config(dir.path(), false, 0);
-    let init = s.sys().await.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
-    unseal_all(&s, &init.unseal_keys_b64).await;
+    let init = init_unsealed(&s).await;
     let watch = pb::WatchSecretRequest { path: "secret/watched".into() };
     let mut events = s.secrets().await.watch(authed(&init.root_token, watch)).await.unwrap().into_inner();
     let ended = tokio::spawn(async move {
