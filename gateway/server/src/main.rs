@@ -24,6 +24,16 @@ use crate::cli::{Cli, Client, Command};
 use crate::config::{Config, Limits, Storage};
 use crate::error::{Error, exit};
 
+/// mimalloc instead of glibc's malloc: a request allocates some seventy
+/// small blocks, and glibc spent about 11% of the server's CPU on them
+/// (`malloc_consolidate`, which every block of a KiB or more triggers, and
+/// its arena locks); audited `Get`s at c=32 gained 7-10%. Built with
+/// `no_thp`: mimalloc otherwise asks for transparent huge pages, and the
+/// 2 MiB pages it touched doubled the server's RSS at idle (24 -> 49 MB).
+/// Measured in docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
