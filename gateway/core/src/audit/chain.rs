@@ -36,8 +36,9 @@ pub fn hex32(bytes: &[u8; 32]) -> [u8; 64] {
 /// MAC starts from a copy of that state instead of hashing the key twice
 /// more. Deliberately without `Debug` (the state is derived from the key).
 /// It lives as long as its device, like the key bytes it stands for, but is
-/// not zeroized when dropped: hmac 0.12 offers no zeroize (0.13 does, with
-/// sha2 0.11; the workspace moves when its other users do).
+/// not zeroized when dropped: `Hmac<Sha256>` is not `ZeroizeOnDrop` in hmac
+/// 0.12, nor in 0.13 with sha2 0.11 and their `zeroize` features (checked
+/// with a compile-time bound).
 #[derive(Clone)]
 pub struct MacKey(Hmac<Sha256>);
 
