@@ -29,7 +29,7 @@ use crate::error::{Error, exit};
 /// (`malloc_consolidate`, which every block of a KiB or more triggers, and
 /// its arena locks); audited `Get`s at c=32 gained 7-10%. Built with
 /// `no_thp`: mimalloc otherwise asks for transparent huge pages, and the
-/// 2 MiB pages it touched doubled the server's RSS at idle (24 -> 49 MB).
+/// 2 MiB pages it touched raised the server's RSS at idle from 24 to 41 MB.
 /// Measured in docs/BENCHMARKS.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -189,8 +189,9 @@ fn per_connection(e: &std::io::Error) -> bool {
 
 /// Serves `incoming` on `threads` serving threads until `stop` is set
 /// (by whoever holds a clone of it: the signal handler), then lets every
-/// thread finish its requests (graceful shutdown) before returning. `serve` runs on each thread: it serves the
-/// connections it is given until its stop future resolves. Connections
+/// thread finish its requests (graceful shutdown) before returning.
+/// `serve` runs on each thread: it serves the connections it is given
+/// until its stop future resolves. Connections
 /// still open `grace` after the stop (a request still running, or a client
 /// that does not answer HTTP/2's GOAWAY and PING) are closed, so that the
 /// process ends and closes its store cleanly before a supervisor kills it.

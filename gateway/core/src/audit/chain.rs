@@ -52,7 +52,8 @@ impl MacKey {
         // 0.12, sha2 0.10, block-buffer 0.10) is flat data: hash states of
         // `[u32; 8]` and a `u64` block count, a `[u8; 64]` buffer and its `u8`
         // position; no pointers, no heap, no `Drop`, and all zeroes is a valid
-        // value of every field. It is not used after this but to be dropped.
+        // value of every field, so the wiped value stays sound to use (it
+        // then MACs under no key; only the test does that).
         unsafe { zeroize::zeroize_flat_type(&mut self.0) };
     }
 
