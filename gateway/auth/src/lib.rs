@@ -47,6 +47,15 @@ pub struct Grant {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// What a role grants at login, whatever the method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleTerms {
+    pub policies: Vec<String>,
+    /// 0: the default.
+    pub ttl_secs: u64,
+    pub max_ttl_secs: u64,
+}
+
 /// The method types there are.
 pub const KINDS: &[&str] = &["kubernetes", "jwt"];
 
@@ -65,13 +74,16 @@ impl Method {
         }
     }
 
-    /// Checks a role's settings for this method type.
-    pub fn validate_role(kind: &str, settings: &Settings) -> Result<()> {
+    /// Checks a role's settings for this method type; returns what a login
+    /// with it would grant, for the writer's authority to be checked.
+    pub fn validate_role(kind: &str, settings: &Settings) -> Result<RoleTerms> {
         match kind {
             "kubernetes" => kubernetes::Role::parse(settings).map(|_| ()),
             "jwt" => jwt::Role::parse(settings).map(|_| ()),
             other => Err(Error::Invalid(format!("unknown auth method type {other:?}"))),
-        }
+        }?;
+        let (ttl_secs, max_ttl_secs) = kubernetes::ttls(settings)?;
+        Ok(RoleTerms { policies: settings::policies(settings)?, ttl_secs, max_ttl_secs })
     }
 
     /// Validates `token` for the role `role_name` with `role` settings.

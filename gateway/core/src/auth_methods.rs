@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::audit_ops::normalize_device_path as normalize_path;
-use super::policies::{DEFAULT_POLICY, DEFAULT_TOKEN_TTL_SECS, normalize_name};
+use super::policies::{DEFAULT_POLICY, DEFAULT_TOKEN_TTL_SECS, ROOT_POLICY, normalize_name};
 use super::{Capability, Core, Loaded, encode_json};
 use crate::audit::{AuditValue, Caller};
 use crate::token::TokenEntry;
@@ -76,7 +76,7 @@ pub(crate) async fn load_table(core: &Core) -> Result<Vec<AuthMount>> {
 }
 
 impl Core {
-    fn auth_mount(&self, loaded: &Loaded, path: &str) -> Result<AuthMount> {
+    pub(super) fn auth_mount(&self, loaded: &Loaded, path: &str) -> Result<AuthMount> {
         let path = normalize_path(path)?;
         loaded
             .auth
@@ -221,13 +221,37 @@ impl Core {
         let key = format!("{}{role}", role_prefix(&mount.id));
         let exists = self.barrier.get(&key).await?.is_some();
         let cap = if exists { Capability::Update } else { Capability::Create };
-        self.authorize(caller, &id, &format!("auth/{norm}role/{role}"), cap).await?;
-        Method::validate_role(&mount.kind, &settings).map_err(auth_error)?;
+        let role_path = format!("auth/{norm}role/{role}");
+        self.authorize(caller, &id, &role_path, cap).await?;
+        let terms = Method::validate_role(&mount.kind, &settings).map_err(auth_error)?;
+        check_role_terms(&terms)?;
+        self.check_role_grant(&id, &role_path, &terms.policies).await?;
         self.policy_check(&[keybridge_policy::rego::role_input(&mount.kind, &role, &settings)])?;
         let mut batch = WriteBatch::new();
         batch.put(key, encode_json(&settings));
         self.barrier.commit(batch).await?;
         Ok(())
+    }
+
+    /// A role may only grant what its writer could grant a child token:
+    /// policies the writer holds, unless the writer has `sudo` on the role's
+    /// path (or is root).
+    async fn check_role_grant(&self, id: &crate::token::Identity, role_path: &str, policies: &[String]) -> Result<()> {
+        if id.is_root() {
+            return Ok(());
+        }
+        let missing: Vec<&str> = policies
+            .iter()
+            .filter(|p| p.as_str() != DEFAULT_POLICY && !id.policies.contains(p))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() || self.decide_with(id, role_path, Capability::Sudo, None).await.is_ok() {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied(format!(
+            "a role can only grant policies its writer holds (or with sudo on {role_path}); the caller does not hold {}",
+            missing.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
+        )))
     }
 
     pub async fn read_auth_role(&self, caller: &Caller, path: &str, role: &str) -> Result<Settings> {
@@ -325,10 +349,15 @@ impl Core {
             policies.push(DEFAULT_POLICY.into());
         }
         policies.sort();
-        let max_ttl = if grant.max_ttl_secs == 0 { DEFAULT_TOKEN_TTL_SECS } else { grant.max_ttl_secs };
+        // Roles written before TTLs were capped at write are capped here.
+        let max_ttl = if grant.max_ttl_secs == 0 {
+            DEFAULT_TOKEN_TTL_SECS
+        } else {
+            grant.max_ttl_secs.min(DEFAULT_TOKEN_TTL_SECS)
+        };
         let ttl = if grant.ttl_secs == 0 { DEFAULT_TOKEN_TTL_SECS } else { grant.ttl_secs }.min(max_ttl);
         let now = Timestamp::now();
-        let after = |secs: u64| Timestamp { secs: now.secs + secs as i64, nanos: now.nanos };
+        let after = |secs: u64| now.plus_secs(secs);
         let mut meta = grant.metadata.clone();
         meta.insert("auth_path".into(), format!("auth/{}", mount.path));
         let entry = TokenEntry {
@@ -344,6 +373,7 @@ impl Core {
             num_uses: 0,
             accessor: String::new(),
             meta,
+            revoking: false,
         };
         self.store_new_token(&loaded, entry, vec![tokens_prefix(&mount.id)]).await
     }
@@ -369,8 +399,34 @@ impl Core {
             .await?
             .ok_or_else(|| Error::LoginRefused(format!("role {role:?} does not exist at auth/{}", mount.path)))?;
         let grant = method.login(&role, &settings, credential).await.map_err(auth_error)?;
+        // Roles written before root was refused at write are refused here.
+        if grant.policies.iter().any(|p| p == ROOT_POLICY) {
+            return Err(Error::LoginRefused(format!(
+                "role {role:?} at auth/{} names the root policy; auth methods cannot create root tokens",
+                mount.path
+            )));
+        }
         Ok((mount, grant))
     }
+}
+
+/// What no role may grant, checked when it is written: the root policy
+/// (auth methods cannot create root tokens, as in Vault) and lifetimes past
+/// the server's maximum token TTL.
+fn check_role_terms(terms: &keybridge_auth::RoleTerms) -> Result<()> {
+    if terms.policies.iter().any(|p| p == ROOT_POLICY) {
+        return Err(Error::InvalidArgument(
+            "policies: a login role cannot grant the root policy (auth methods cannot create root tokens)".into(),
+        ));
+    }
+    for (field, secs) in [("ttl", terms.ttl_secs), ("max_ttl", terms.max_ttl_secs)] {
+        if secs > DEFAULT_TOKEN_TTL_SECS {
+            return Err(Error::InvalidArgument(format!(
+                "{field}: {secs}s is past the server's maximum token TTL of {DEFAULT_TOKEN_TTL_SECS}s (768h)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The audit data of a login request: the role, and the credential's HMAC.

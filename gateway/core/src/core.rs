@@ -287,6 +287,7 @@ impl Core {
             num_uses: 0,
             accessor: token::generate_accessor(),
             meta: BTreeMap::new(),
+            revoking: false,
         };
         let mut table = MountTable::default();
         table.add(MountEntry {
@@ -495,7 +496,7 @@ impl Core {
         id: &Identity,
         path: &str,
         cap: Capability,
-        params: Option<&[(&str, &str)]>,
+        params: Option<&[keybridge_policy::Param<'_>]>,
     ) -> Result<()> {
         use keybridge_policy::{Decision, Request};
         if id.is_root() {
@@ -1224,6 +1225,10 @@ mod sync_tests;
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod engine_tests;
+
+#[cfg(test)]
+#[path = "escalation_tests.rs"]
+mod escalation_tests;
 
 /// The backend a secret path routes to.
 enum Engine<'a> {

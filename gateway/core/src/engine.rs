@@ -338,29 +338,39 @@ pub fn check_params(m: &Matched<'_>, op: Operation, given: &BTreeMap<String, Str
     Ok(Params(out))
 }
 
+impl FieldKind {
+    /// How the policy's parameter constraints read a value of this kind.
+    pub fn value_kind(self) -> keybridge_policy::ValueKind {
+        use keybridge_policy::ValueKind;
+        match self {
+            FieldKind::String => ValueKind::Text,
+            FieldKind::Int => ValueKind::Int,
+            FieldKind::Boolean => ValueKind::Bool,
+            FieldKind::Duration => ValueKind::Duration,
+            FieldKind::CommaList => ValueKind::List,
+        }
+    }
+}
+
+/// A value as the engine gets it: the canonical form the policy's
+/// constraints were checked against.
 fn coerce(f: &Field, v: String) -> Result<String, String> {
     let bad = |what: &str| format!("parameter {:?}: {what}", f.name);
     match f.kind {
         FieldKind::String | FieldKind::CommaList => Ok(v),
-        FieldKind::Int => v.trim().parse::<i64>().map(|n| n.to_string()).map_err(|_| bad("expected a whole number")),
-        FieldKind::Boolean => match v.trim() {
-            "true" | "1" => Ok("true".into()),
-            "false" | "0" => Ok("false".into()),
-            _ => Err(bad("expected true or false")),
-        },
-        FieldKind::Duration => parse_duration(&v)
-            .map(|d| d.to_string())
-            .ok_or_else(|| bad("expected seconds or a duration such as 90s, 15m, 1h30m")),
+        kind => kind.value_kind().canonical(&v).ok_or_else(|| {
+            bad(match kind {
+                FieldKind::Int => "expected a whole number",
+                FieldKind::Boolean => "expected true or false",
+                _ => "expected seconds or a duration such as 90s, 15m, 1h30m",
+            })
+        }),
     }
 }
 
 /// Seconds, or a duration with units (s, m, h, d).
 pub fn parse_duration(v: &str) -> Option<u64> {
-    let v = v.trim();
-    if let Ok(n) = v.parse::<u64>() {
-        return Some(n);
-    }
-    humantime::parse_duration(v).ok().map(|d| d.as_secs())
+    keybridge_policy::parse_duration(v)
 }
 
 #[cfg(test)]

@@ -493,7 +493,6 @@ impl Core {
                 has.join(", ")
             )));
         }
-        let given: Vec<(String, String)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut operation = wants[0];
         let params = engine::check_params(&m, operation, &data).map_err(Error::InvalidArgument)?;
         let ctx = self.call_context(&mount, &caller.request_id, &id.display_name);
@@ -529,8 +528,19 @@ impl Core {
             Operation::Delete => Capability::Delete,
             Operation::List => Capability::List,
         };
-        let pairs: Vec<(&str, &str)> = given.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.authorize_params(caller, &id, path.trim_end_matches('/'), cap, &pairs).await?;
+        // The policy's parameter constraints see what the engine will get:
+        // the caller's parameters as coerced (a duration in seconds, a
+        // boolean as true/false), each item of a list on its own.
+        let typed: Vec<keybridge_policy::Param<'_>> = data
+            .keys()
+            .filter_map(|k| {
+                let value = req.params.get(k)?;
+                let kind =
+                    m.info.fields.iter().find(|f| &f.name == k).map_or(Default::default(), |f| f.kind.value_kind());
+                Some(keybridge_policy::Param { name: k, value, kind })
+            })
+            .collect();
+        self.authorize_params(caller, &id, path.trim_end_matches('/'), cap, &typed).await?;
         let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
         let lease = match resp.lease {
             None => None,
@@ -569,7 +579,7 @@ impl Core {
         id: &Identity,
         path: &str,
         cap: Capability,
-        params: &[(&str, &str)],
+        params: &[keybridge_policy::Param<'_>],
     ) -> Result<()> {
         let decision = self.decide_with(id, path, cap, Some(params)).await;
         self.record_decision(caller, id, path, cap, decision).await

@@ -38,7 +38,12 @@ fn issuer_info() -> EngineInfo {
                 synopsis: String::new(),
                 description: String::new(),
                 operations: vec![Operation::Read],
-                fields: vec![f("ttl", FieldKind::Duration), f("max_ttl", FieldKind::Duration)],
+                fields: vec![
+                    f("ttl", FieldKind::Duration),
+                    f("max_ttl", FieldKind::Duration),
+                    f("alt_names", FieldKind::CommaList),
+                    f("exportable", FieldKind::Boolean),
+                ],
                 existence_check: false,
             },
             PathInfo {
@@ -245,6 +250,62 @@ path "creds/roles/*" {
     core.logical(&t, LogicalOp::Write, "creds/roles/existing", BTreeMap::new()).await.unwrap();
     let e = core.logical(&t, LogicalOp::Write, "creds/roles/new", BTreeMap::new()).await.unwrap_err();
     assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("create")), "{e}");
+}
+
+/// Constraints see the values the engine gets: a denied duration in other
+/// units, a denied boolean as `1`, and every item of a comma list.
+#[tokio::test]
+async fn parameter_constraints_apply_to_converted_values_and_list_items() {
+    let (core, root, issuer) = core_with_issuer().await;
+    let policy = r#"
+path "creds/creds/app" {
+  capabilities = ["read"]
+  allowed_parameters = { "alt_names" = ["*.app.internal"], "ttl" = [], "exportable" = [] }
+  denied_parameters = { "ttl" = ["768h"], "exportable" = ["true"] }
+}
+"#;
+    core.put_policy(&root, "typed", policy).await.unwrap();
+    let (tok, _) =
+        core.create_token(&root, TokenRequest { policies: vec!["typed".into()], ..Default::default() }).await.unwrap();
+    let t = Caller::token(Some(tok.as_str()));
+    let read = |pairs: &'static [(&'static str, &'static str)]| {
+        core.logical(&t, LogicalOp::Read, "creds/creds/app", data(pairs))
+    };
+    read(&[("alt_names", "a.app.internal,b.app.internal"), ("ttl", "1h"), ("exportable", "false")]).await.unwrap();
+    let issued = issuer.issued.load(Ordering::SeqCst);
+    for bad in [
+        &[("alt_names", "evil.com,web.app.internal")][..],
+        &[("alt_names", "web.app.internal, evil.com")],
+        &[("ttl", "32d")],
+        &[("ttl", "2764800")],
+        &[("exportable", "1")],
+    ] {
+        let e = read(bad).await.unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{bad:?}: {e}");
+    }
+    assert_eq!(issuer.issued.load(Ordering::SeqCst), issued, "a refused request reached the engine");
+}
+
+/// An engine answering a renewal with `u64::MAX`, and a caller asking for
+/// an increment of `u64::MAX`: the lease lives to its max TTL, not wrapped
+/// into the past and revoked.
+#[tokio::test]
+async fn renewing_by_u64_max_saturates_at_the_lease_max() {
+    let (core, t, issuer) = core_with_issuer().await;
+    let r =
+        core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "60"), ("max_ttl", "600")])).await.unwrap();
+    let lease = r.lease.unwrap();
+    // The test engine answers with the increment as its TTL.
+    let renewed = core.renew_lease(&t, &lease.lease_id, u64::MAX).await.unwrap();
+    assert_eq!(renewed.expires, lease.max_expires);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(core.list_leases(&t, "").await.unwrap().len(), 1, "the lease was revoked");
+    assert!(issuer.revoked.lock().unwrap().is_empty());
+    // A TTL of u64::MAX at issue is capped by the mount's max.
+    let r =
+        core.logical(&t, LogicalOp::Read, "creds/creds/big", data(&[("ttl", "18446744073709551615")])).await.unwrap();
+    let big = r.lease.unwrap();
+    assert!(big.expires > big.issued && big.expires <= big.max_expires);
 }
 
 #[tokio::test]

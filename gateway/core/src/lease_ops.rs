@@ -209,8 +209,8 @@ impl Core {
             mount_path: mount.path.clone(),
             path: rel.to_string(),
             issued: at(now),
-            expires: at(now + ttl as i64),
-            max_expires: at(now + max as i64),
+            expires: at(now).plus_secs(ttl),
+            max_expires: at(now).plus_secs(max),
             renewable: lease.terms.renewable,
             attempts: 0,
             last_error: None,
@@ -292,7 +292,9 @@ impl Core {
         };
         let terms = backend.renew(&ctx, &info).await.map_err(engine_error)?;
         let ttl = if terms.ttl_secs == 0 { increment.max(1) } else { terms.ttl_secs };
-        r.expires = at((now + ttl as i64).min(r.max_expires.secs));
+        // The engine's TTL and the caller's increment are numbers from
+        // outside: saturating, then capped at the lease's max.
+        r.expires = at(now).plus_secs(ttl).min(r.max_expires);
         r.renewable = terms.renewable;
         self.write_lease(&r, None).await?;
         Ok(r.view())
@@ -385,7 +387,7 @@ impl Core {
                 r.attempts += 1;
                 r.last_error = Some(e.to_string());
                 let backoff = (1u64 << (r.attempts - 1).min(20)).min(MAX_BACKOFF);
-                r.retry_at = Some(at(Timestamp::now().secs + backoff as i64));
+                r.retry_at = Some(Timestamp::now().plus_secs(backoff));
                 tracing::warn!(lease_id = %lease_id, attempts = r.attempts, error = %e, "lease: revoke failed; will retry");
                 self.write_lease(&r, None).await?;
                 Err(e)

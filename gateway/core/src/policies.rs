@@ -8,7 +8,7 @@ use keybridge_barrier::WriteBatch;
 use keybridge_policy::{Acl, Policy, parse_policy};
 use zeroize::Zeroizing;
 
-use super::{Capability, Core, Loaded};
+use super::{Capability, Core, Loaded, encode_json};
 use crate::audit::Caller;
 use crate::token;
 use crate::{Error, Result};
@@ -208,6 +208,11 @@ impl Core {
         use crate::token::TokenEntry;
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "auth/token/create", Capability::Update).await?;
+        let entry: &crate::token::TokenEntry = &id;
+        if entry.num_uses > 0 {
+            // As Vault: a use-limited token cannot multiply its uses.
+            return Err(Error::PermissionDenied("a use-limited token cannot create child tokens".into()));
+        }
         let mut policies = req.policies.iter().map(|p| normalize_name(p)).collect::<Result<Vec<_>>>()?;
         if !req.no_default_policy && !policies.iter().any(|p| p == DEFAULT_POLICY || p == ROOT_POLICY) {
             policies.push(DEFAULT_POLICY.into());
@@ -232,7 +237,7 @@ impl Core {
             )));
         }
         let now = crate::Timestamp::now();
-        let after = |secs: u64| crate::Timestamp { secs: now.secs + secs as i64, nanos: now.nanos };
+        let after = |secs: u64| now.plus_secs(secs);
         let mut max_expires = after(max_ttl);
         if let Some(parent) = id.expires {
             max_expires = max_expires.min(parent);
@@ -258,6 +263,7 @@ impl Core {
             num_uses: req.num_uses,
             accessor: String::new(),
             meta: Default::default(),
+            revoking: false,
         };
         self.store_new_token(&loaded, entry, Vec::new()).await
     }
@@ -281,7 +287,11 @@ impl Core {
         if let Some(parent) = &entry.parent {
             let parent_key = token::entry_key_of(parent);
             let (found, parent_stamp) = self.barrier.get_stamped(&parent_key).await?;
-            if found.is_none() {
+            let parent_entry: Option<crate::token::TokenEntry> =
+                found.and_then(|raw| serde_json::from_slice(&raw).ok());
+            // Gone, or being revoked with its tree: no child may appear
+            // under it (the write below is conditioned on this read).
+            if parent_entry.is_none_or(|p| p.revoking) {
                 return Err(Error::Unauthenticated);
             }
             batch
@@ -315,42 +325,75 @@ impl Core {
 
 impl Core {
     /// Revokes the token with this hash and, recursively, every token it
-    /// created, in one atomic write; they stop working at once.
+    /// created; they stop working at once.
+    ///
+    /// Exclusive with child creation: first every token of the tree is
+    /// marked `revoking` (a parent before its children, each by a write
+    /// conditioned on the entry it read), and a node's children are listed
+    /// only after its mark is committed. A child's creation is conditioned on
+    /// its parent's entry and refused when the parent is marked, so a child
+    /// is either committed before its parent's mark (and listed here) or not
+    /// at all. Then the whole tree goes in one write.
     pub(super) async fn revoke_tree(&self, loaded: &Loaded, hash: &str) -> Result<usize> {
-        use crate::token::{PARENT_PREFIX, TokenEntry};
+        use crate::token::PARENT_PREFIX;
         let _guard = self.admin.lock().await;
-        let top_key = crate::token::entry_key_of(hash);
-        let Some(raw) = self.barrier.get(&top_key).await? else {
+        let Some(top) = self.mark_revoking(loaded, hash).await? else {
             return Ok(0);
         };
-        let top: TokenEntry =
-            serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key: top_key, reason: e.to_string() })?;
         let mut batch = WriteBatch::new();
         if let Some(parent) = &top.parent {
             batch.delete(format!("{PARENT_PREFIX}{parent}/{hash}"));
         }
-        let mut pending = vec![hash.to_string()];
+        let mut pending = vec![(hash.to_string(), top)];
         let mut revoked = Vec::new();
-        while let Some(h) = pending.pop() {
+        while let Some((h, entry)) = pending.pop() {
+            #[cfg(test)]
+            self.load_hold("revoke").await;
             let prefix = format!("{PARENT_PREFIX}{h}/");
             for marker in self.barrier.list(&prefix, None, usize::MAX).await? {
-                pending.push(marker[prefix.len()..].to_string());
+                let child = marker[prefix.len()..].to_string();
                 batch.delete(marker);
-            }
-            let key = crate::token::entry_key_of(&h);
-            if let Some(raw) = self.barrier.get(&key).await? {
-                let e: TokenEntry = serde_json::from_slice(&raw)
-                    .map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?;
-                if !e.accessor.is_empty() {
-                    batch.delete(format!("{}{}", crate::token::ACCESSOR_PREFIX, e.accessor));
+                if let Some(e) = self.mark_revoking(loaded, &child).await? {
+                    pending.push((child, e));
                 }
             }
-            batch.delete(key);
+            if !entry.accessor.is_empty() {
+                batch.delete(format!("{}{}", crate::token::ACCESSOR_PREFIX, entry.accessor));
+            }
+            batch.delete(crate::token::entry_key_of(&h));
             revoked.push(h);
         }
         self.barrier.commit(batch).await?;
         loaded.tokens.remove(&revoked);
         Ok(revoked.len())
+    }
+
+    /// Marks a token as being revoked (a write conditioned on the entry as
+    /// read, retried on a conflict); `None` if it is gone.
+    async fn mark_revoking(&self, loaded: &Loaded, hash: &str) -> Result<Option<crate::token::TokenEntry>> {
+        use crate::token::TokenEntry;
+        let key = crate::token::entry_key_of(hash);
+        for _ in 0..16 {
+            let (raw, stamp) = self.barrier.get_stamped(&key).await?;
+            let Some(raw) = raw else { return Ok(None) };
+            let mut entry: TokenEntry =
+                serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?;
+            if entry.revoking {
+                return Ok(Some(entry));
+            }
+            entry.revoking = true;
+            let mut batch = WriteBatch::new();
+            batch.expect(key.clone(), &stamp).put(key.clone(), encode_json(&entry));
+            match self.barrier.commit(batch).await {
+                Ok(()) => {
+                    loaded.tokens.remove([hash]);
+                    return Ok(Some(entry));
+                }
+                Err(keybridge_barrier::Error::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention("a token being revoked".into()))
     }
 
     /// Revokes every token `hash` created (its own entry is already gone).
@@ -451,7 +494,7 @@ impl Core {
             return Err(Error::FailedPrecondition("this token is not renewable".into()));
         }
         let inc = if increment_secs == 0 { entry.ttl_secs } else { increment_secs };
-        let wanted = crate::Timestamp { secs: now.secs + inc as i64, nanos: now.nanos };
+        let wanted = now.plus_secs(inc);
         entry.expires = Some(wanted.min(max));
         let mut batch = WriteBatch::new();
         batch.expect(key.clone(), &stamp).put(key, Zeroizing::new(serde_json::to_vec(&entry).expect("plain data")));

@@ -173,6 +173,9 @@ fn generate(length: usize) -> Zeroizing<String> {
     }
 }
 
+/// The longest rotation period: ten years.
+const MAX_ROTATION_PERIOD_SECS: u64 = 10 * 365 * 86_400;
+
 fn fault(step: &str) {
     // Fault injection for the crash tests: the process dies right after
     // the named step was recorded.
@@ -230,8 +233,10 @@ impl Core {
             self.barrier.commit(batch).await?;
             return Ok(None);
         }
-        if every_secs < 60 {
-            return Err(Error::InvalidArgument("a rotation period is at least one minute".into()));
+        if !(60..=MAX_ROTATION_PERIOD_SECS).contains(&every_secs) {
+            return Err(Error::InvalidArgument(
+                "a rotation period is at least one minute and at most ten years (87600h)".into(),
+            ));
         }
         let length = if spec.length == 0 { 32 } else { spec.length };
         if !(12..=256).contains(&length) {
@@ -243,7 +248,7 @@ impl Core {
             length,
             grace_secs: spec.grace_secs,
             every_secs,
-            next: Timestamp { secs: Timestamp::now().secs + every_secs as i64, nanos: 0 },
+            next: Timestamp { nanos: 0, ..Timestamp::now().plus_secs(every_secs) },
             engine: spec.engine.clone(),
         };
         batch.put(key, encode_json(&s));
@@ -272,7 +277,7 @@ impl Core {
                 Ok(_) | Err(Error::FailedPrecondition(_)) => {}
                 Err(e) => tracing::warn!(path = %s.path, error = %e, "sync: a scheduled rotation could not start"),
             }
-            s.next = Timestamp { secs: now.secs + s.every_secs as i64, nanos: 0 };
+            s.next = Timestamp { nanos: 0, ..now.plus_secs(s.every_secs) };
             let mut batch = WriteBatch::new();
             batch.put(key, encode_json(&s));
             self.barrier.commit(batch).await?;

@@ -10,6 +10,12 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// `secs` seconds later, saturating: a number from a request, an engine
+    /// or a cloud can never wrap a time into the past.
+    pub fn plus_secs(self, secs: u64) -> Timestamp {
+        Timestamp { secs: self.secs.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)), nanos: self.nanos }
+    }
+
     pub fn now() -> Self {
         let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }

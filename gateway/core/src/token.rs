@@ -62,6 +62,10 @@ pub struct TokenEntry {
     /// What a login method recorded (role, service account, subject).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// Being revoked with its tree: it no longer authenticates, and no
+    /// child can be created under it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoking: bool,
 }
 
 /// Who is calling, once authenticated: the token's entry (its hash, never
@@ -154,7 +158,7 @@ pub fn validate_token_id(id: &str) -> Result<()> {
 /// its expiry. Every failure is the same `Unauthenticated`.
 pub fn verify(entry: Arc<TokenEntry>, hash: &str, now: Timestamp) -> Result<Identity> {
     let same: bool = entry.hash.as_bytes().ct_eq(hash.as_bytes()).into();
-    if !same || entry.expires.is_some_and(|e| e <= now) {
+    if !same || entry.revoking || entry.expires.is_some_and(|e| e <= now) {
         return Err(Error::Unauthenticated);
     }
     Ok(Identity::new(entry))
@@ -189,6 +193,7 @@ mod tests {
             num_uses: 0,
             accessor: String::new(),
             meta: BTreeMap::new(),
+            revoking: false,
         };
         let e = Arc::new(e);
         assert!(verify(e.clone(), "ab", Timestamp { secs: 5, nanos: 0 }).unwrap().is_root());

@@ -9,39 +9,135 @@ use crate::{Capability, Pattern, Policy};
 struct Rule {
     pattern: Pattern,
     capabilities: BTreeSet<Capability>,
-    allowed: Option<BTreeMap<String, Vec<String>>>,
-    denied: Option<BTreeMap<String, Vec<String>>>,
+    allowed: Option<ParamMap>,
+    denied: Option<ParamMap>,
     required: BTreeSet<String>,
 }
 
-/// Merges parameter maps as Vault does: keys union; for a key in both, the
-/// value lists union, and an empty list (any value) absorbs the other.
-fn merge_params(
-    a: Option<BTreeMap<String, Vec<String>>>,
-    b: &Option<BTreeMap<String, Vec<String>>>,
-) -> Option<BTreeMap<String, Vec<String>>> {
+type ParamMap = BTreeMap<String, Vec<String>>;
+
+/// Merges parameter maps as Vault does (`vault/acl.go`): keys union; a key
+/// in only one of the maps keeps that map's list; for a key in both, an
+/// empty list (any value) absorbs the other, otherwise the lists union. A
+/// rule without the map at all adds no constraint and removes none.
+fn merge_params(a: Option<ParamMap>, b: &Option<ParamMap>) -> Option<ParamMap> {
     match (a, b) {
-        (None, None) => None,
-        (Some(a), None) => Some(a),
-        (None, Some(b)) => Some(lowercase_keys(b)),
-        (Some(mut a), Some(b)) => {
-            for (k, v) in lowercase_keys(b) {
-                let entry = a.entry(k).or_default();
-                if entry.is_empty() || v.is_empty() {
-                    entry.clear();
-                } else {
-                    entry.extend(v);
-                    entry.sort();
-                    entry.dedup();
-                }
-            }
-            Some(a)
+        (a, None) => a,
+        (a, Some(b)) => {
+            let mut into = a.unwrap_or_default();
+            merge_into(&mut into, b);
+            Some(into)
         }
     }
 }
 
-fn lowercase_keys(m: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
-    m.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect()
+/// Adds `from`'s lists into `into`, by lowercased key (parameter names are
+/// case-insensitive); lists are kept sorted, so the merge's result does not
+/// depend on the order of policies.
+fn merge_into(into: &mut ParamMap, from: &ParamMap) {
+    use std::collections::btree_map::Entry;
+    for (k, v) in from {
+        match into.entry(k.to_lowercase()) {
+            Entry::Vacant(slot) => {
+                let mut v = v.clone();
+                v.sort();
+                v.dedup();
+                slot.insert(v);
+            }
+            Entry::Occupied(mut slot) => {
+                let entry = slot.get_mut();
+                if entry.is_empty() || v.is_empty() {
+                    entry.clear();
+                } else {
+                    entry.extend(v.iter().cloned());
+                    entry.sort();
+                    entry.dedup();
+                }
+            }
+        }
+    }
+}
+
+/// How the engine behind a path reads a parameter. Constraints are checked
+/// on the value the engine will use, not on the string the caller sent: a
+/// denied `768h` is denied as `32d` too, a denied `true` as `1`, and every
+/// item of a comma-separated list is checked on its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ValueKind {
+    #[default]
+    Text,
+    Int,
+    Bool,
+    /// Seconds, or a duration with units (`90s`, `15m`, `1h30m`, `2d`).
+    Duration,
+    /// Comma-separated items, each checked on its own.
+    List,
+}
+
+/// Seconds, or a duration with units (s, m, h, d, ...).
+pub fn parse_duration(v: &str) -> Option<u64> {
+    let v = v.trim();
+    if let Ok(n) = v.parse::<u64>() {
+        return Some(n);
+    }
+    humantime::parse_duration(v).ok().map(|d| d.as_secs())
+}
+
+impl ValueKind {
+    /// The value as the engine reads it (durations in seconds, booleans
+    /// `true`/`false`, whole numbers without signs or padding); `None` if it
+    /// does not parse as this kind. Text and lists are kept as they are.
+    pub fn canonical(self, v: &str) -> Option<String> {
+        match self {
+            ValueKind::Text | ValueKind::List => Some(v.to_string()),
+            ValueKind::Int => v.trim().parse::<i64>().ok().map(|n| n.to_string()),
+            ValueKind::Bool => match v.trim() {
+                "true" | "1" => Some("true".into()),
+                "false" | "0" => Some("false".into()),
+                _ => None,
+            },
+            ValueKind::Duration => parse_duration(v).map(|d| d.to_string()),
+        }
+    }
+
+    /// The items a constraint is checked against.
+    fn items(self, v: &str) -> Vec<String> {
+        match self {
+            ValueKind::List => {
+                let items: Vec<String> =
+                    v.split(',').map(str::trim).filter(|i| !i.is_empty()).map(str::to_string).collect();
+                if items.is_empty() { vec![String::new()] } else { items }
+            }
+            ValueKind::Text => vec![v.to_string()],
+            k => vec![k.canonical(v).unwrap_or_else(|| v.trim().to_string())],
+        }
+    }
+
+    /// Whether a policy's list entry admits `item` (already canonical): a
+    /// typed entry compares by value, anything else as Vault's glob.
+    fn admits(self, entry: &str, item: &str) -> bool {
+        match self {
+            ValueKind::Text | ValueKind::List => value_matches(entry, item),
+            k => match k.canonical(entry) {
+                Some(c) => c == item,
+                None => value_matches(entry, item),
+            },
+        }
+    }
+}
+
+/// One request parameter, with how its engine reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct Param<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+    pub kind: ValueKind,
+}
+
+impl<'a> Param<'a> {
+    pub fn text(name: &'a str, value: &'a str) -> Self {
+        Param { name, value, kind: ValueKind::Text }
+    }
 }
 
 /// What is asked: a capability on a path, with the request's parameters
@@ -50,7 +146,7 @@ fn lowercase_keys(m: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<Str
 pub struct Request<'a> {
     pub path: &'a str,
     pub capability: Capability,
-    pub parameters: &'a [(&'a str, &'a str)],
+    pub parameters: &'a [Param<'a>],
     pub check_parameters: bool,
 }
 
@@ -81,8 +177,8 @@ fn value_matches(allowed: &str, value: &str) -> bool {
     }
 }
 
-fn value_in(list: &[String], value: &str) -> bool {
-    list.is_empty() || list.iter().any(|a| value_matches(a, value))
+fn value_in(list: &[String], kind: ValueKind, item: &str) -> bool {
+    list.is_empty() || list.iter().any(|a| kind.admits(a, item))
 }
 
 impl Acl {
@@ -154,6 +250,31 @@ impl Acl {
         }
     }
 
+    /// Whether `cap` is granted on every path that starts with `prefix` (a
+    /// folder, with its `/`): a rule ending in `*` covers the whole folder
+    /// and grants `cap`, and so does every rule that may apply to some path
+    /// below it and would outrank that one there. Parameter constraints are
+    /// not consulted (the folders of replication rules are KV paths).
+    pub fn grants_under(&self, prefix: &str, cap: Capability) -> bool {
+        if self.root {
+            return true;
+        }
+        let grants = |r: &Rule| !r.capabilities.contains(&Capability::Deny) && r.capabilities.contains(&cap);
+        let covering = self
+            .wildcard
+            .iter()
+            .filter(|r| r.pattern.is_glob() && r.pattern.matches(prefix))
+            .reduce(|best, r| if r.pattern.outranks(&best.pattern) { r } else { best });
+        let Some(covering) = covering else { return false };
+        grants(covering)
+            && self
+                .exact
+                .values()
+                .chain(self.wildcard.iter())
+                .filter(|r| r.pattern.outranks(&covering.pattern) && r.pattern.may_match_under(prefix))
+                .all(grants)
+    }
+
     pub fn decide(&self, req: &Request<'_>) -> Decision {
         if self.root {
             return Decision::Allowed;
@@ -172,9 +293,10 @@ impl Acl {
         if !req.check_parameters || !param_op {
             return Decision::Allowed;
         }
-        let params: Vec<(String, &str)> = req.parameters.iter().map(|(k, v)| (k.to_lowercase(), *v)).collect();
+        let params: Vec<(String, Vec<String>, ValueKind)> =
+            req.parameters.iter().map(|p| (p.name.to_lowercase(), p.kind.items(p.value), p.kind)).collect();
         for r in &rule.required {
-            if !params.iter().any(|(k, _)| k == r) {
+            if !params.iter().any(|(k, _, _)| k == r) {
                 return denied(&format!(" without the required parameter {r:?}"));
             }
         }
@@ -182,9 +304,9 @@ impl Acl {
             if denied_params.contains_key("*") {
                 return denied(" with any parameters");
             }
-            for (k, v) in &params {
+            for (k, items, kind) in &params {
                 if let Some(list) = denied_params.get(k)
-                    && value_in(list, v)
+                    && items.iter().any(|i| value_in(list, *kind, i))
                 {
                     return denied(&format!(" with parameter {k:?} set to that value"));
                 }
@@ -195,11 +317,11 @@ impl Acl {
             if allow_all && allowed.len() == 1 {
                 return Decision::Allowed;
             }
-            for (k, v) in &params {
+            for (k, items, kind) in &params {
                 match allowed.get(k) {
                     None if !allow_all => return denied(&format!(" with parameter {k:?}")),
                     None => {}
-                    Some(list) if !value_in(list, v) => {
+                    Some(list) if !items.iter().all(|i| value_in(list, *kind, i)) => {
                         return denied(&format!(" with parameter {k:?} set to that value"));
                     }
                     Some(_) => {}
@@ -219,7 +341,8 @@ mod tests {
     const ORIGIN: &str = include_str!("../tests/corpus/origin.hcl");
 
     fn ask(acl: &Acl, path: &str, cap: Capability, params: &[(&str, &str)]) -> bool {
-        acl.decide(&Request { path, capability: cap, parameters: params, check_parameters: true }) == Decision::Allowed
+        let params: Vec<Param<'_>> = params.iter().map(|(k, v)| Param::text(k, v)).collect();
+        acl.decide(&Request { path, capability: cap, parameters: &params, check_parameters: true }) == Decision::Allowed
     }
 
     #[test]
@@ -342,5 +465,111 @@ path "eng/none" {
         assert!(value_matches("*mid*", "a-mid-b"));
         assert!(value_matches("*", "x"));
         assert!(!value_matches("exact", "exact2"));
+    }
+    #[test]
+    fn a_key_in_only_one_policy_keeps_its_list_in_either_order() {
+        // The issue's case: A constrains ttl, B common_name, on one path.
+        let a = parse_policy(
+            "a",
+            "path \"pki/issue/app\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"ttl\" = [\"1h\"] }\n}",
+        )
+        .unwrap();
+        let b = parse_policy(
+            "b",
+            "path \"pki/issue/app\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"common_name\" = [\"*.app.internal\"] }\n}",
+        )
+        .unwrap();
+        use Capability::*;
+        for acl in [Acl::new(&[a.clone(), b.clone()]), Acl::new(&[b, a])] {
+            assert!(ask(&acl, "pki/issue/app", Update, &[("common_name", "web.app.internal"), ("ttl", "1h")]));
+            assert!(!ask(&acl, "pki/issue/app", Update, &[("common_name", "evil.com")]), "common_name stays bound");
+            assert!(!ask(&acl, "pki/issue/app", Update, &[("ttl", "48h")]), "ttl stays bound");
+        }
+    }
+
+    #[test]
+    fn denied_and_required_parameters_merge_the_same_way() {
+        let a = parse_policy(
+            "a",
+            "path \"e/x\" {\n capabilities = [\"update\"]\n denied_parameters = { \"ttl\" = [\"768h\"] }\n}",
+        )
+        .unwrap();
+        let b = parse_policy(
+            "b",
+            "path \"e/x\" {\n capabilities = [\"update\"]\n denied_parameters = { \"admin\" = [\"true\"] }\n required_parameters = [\"name\"]\n}",
+        )
+        .unwrap();
+        use Capability::*;
+        for acl in [Acl::new(&[a.clone(), b.clone()]), Acl::new(&[b, a])] {
+            assert!(ask(&acl, "e/x", Update, &[("name", "n")]));
+            assert!(!ask(&acl, "e/x", Update, &[("name", "n"), ("ttl", "768h")]));
+            assert!(!ask(&acl, "e/x", Update, &[("name", "n"), ("admin", "true")]));
+            assert!(!ask(&acl, "e/x", Update, &[("ttl", "1h")]), "name is still required");
+        }
+    }
+
+    fn ask_typed(acl: &Acl, path: &str, params: &[Param<'_>]) -> bool {
+        acl.decide(&Request { path, capability: Capability::Update, parameters: params, check_parameters: true })
+            == Decision::Allowed
+    }
+
+    #[test]
+    fn constraints_apply_to_the_values_the_engine_reads() {
+        let p = parse_policy(
+            "p",
+            r#"path "pki/issue/app" {
+  capabilities = ["update"]
+  allowed_parameters = { "alt_names" = ["*.app.internal"], "ttl" = [], "exportable" = [] }
+  denied_parameters = { "ttl" = ["768h"], "exportable" = ["true"] }
+}"#,
+        )
+        .unwrap();
+        let acl = Acl::new(&[p]);
+        let list = |v| Param { name: "alt_names", value: v, kind: ValueKind::List };
+        let ttl = |v| Param { name: "ttl", value: v, kind: ValueKind::Duration };
+        let flag = |v| Param { name: "exportable", value: v, kind: ValueKind::Bool };
+        assert!(ask_typed(&acl, "pki/issue/app", &[list("a.app.internal, b.app.internal")]));
+        assert!(!ask_typed(&acl, "pki/issue/app", &[list("evil.com,web.app.internal")]), "every item is checked");
+        assert!(!ask_typed(&acl, "pki/issue/app", &[list("web.app.internal,evil.com")]));
+        assert!(ask_typed(&acl, "pki/issue/app", &[ttl("24h")]));
+        assert!(!ask_typed(&acl, "pki/issue/app", &[ttl("768h")]));
+        assert!(!ask_typed(&acl, "pki/issue/app", &[ttl("32d")]), "the same duration in other units");
+        assert!(!ask_typed(&acl, "pki/issue/app", &[ttl("2764800")]), "the same duration in seconds");
+        assert!(ask_typed(&acl, "pki/issue/app", &[flag("false")]));
+        assert!(!ask_typed(&acl, "pki/issue/app", &[flag("true")]));
+        assert!(!ask_typed(&acl, "pki/issue/app", &[flag("1")]), "1 is true to the engine");
+        // Untyped parameters compare as text, as before.
+        assert!(ask_typed(&acl, "pki/issue/app", &[Param::text("ttl", "32d")]));
+    }
+
+    #[test]
+    fn a_folder_is_granted_only_when_everything_below_it_is() {
+        let p = parse_policy(
+            "p",
+            r#"
+path "secret/data/*" { capabilities = ["read"] }
+path "secret/data/team/*" { capabilities = ["read", "update"] }
+path "secret/data/team/locked" { capabilities = ["deny"] }
+path "secret/data/+/shared/*" { capabilities = ["read", "update"] }
+path "kv/data/app/x" { capabilities = ["read"] }
+"#,
+        )
+        .unwrap();
+        let acl = Acl::new(&[p]);
+        use Capability::*;
+        // The deny on team/locked decides a path below secret/data/.
+        assert!(!acl.grants_under("secret/data/", Read));
+        assert!(acl.grants_under("secret/data/other/", Read));
+        assert!(!acl.grants_under("secret/data/other/", Update));
+        assert!(!acl.grants_under("secret/data/team/", Read));
+        assert!(!acl.grants_under("secret/data/team/", Update));
+        assert!(acl.grants_under("secret/data/team/sub/", Update));
+        // `secret/data/*` outranks `secret/data/+/shared/*` (fewer `+`), so
+        // the folder is read-only, as each path in it is.
+        assert!(!acl.grants_under("secret/data/eng/shared/", Update));
+        assert!(!ask(&acl, "secret/data/eng/shared/x", Update, &[]));
+        // An exact rule covers no folder.
+        assert!(!acl.grants_under("kv/data/app/", Read));
+        assert!(Acl::root().grants_under("anything/", Sudo));
     }
 }

@@ -17,7 +17,7 @@ mod pattern;
 #[cfg(feature = "rego")]
 pub mod rego;
 
-pub use acl::{Acl, Decision, Request};
+pub use acl::{Acl, Decision, Param, Request, ValueKind, parse_duration};
 pub use lint::{Warning, lint};
 pub use parse::{Capability, PathRule, Policy, parse_policy};
 pub use pattern::Pattern;

@@ -93,6 +93,40 @@ impl Pattern {
         false
     }
 
+    /// Whether some path starting with `prefix` may match. Errs towards
+    /// `true`: a caller uses it to find every rule that could decide a path
+    /// below a folder.
+    pub fn may_match_under(&self, prefix: &str) -> bool {
+        let pre: Vec<&str> = prefix.split('/').collect();
+        let n = self.segments.len();
+        for (i, x) in pre.iter().enumerate() {
+            let partial = i + 1 == pre.len();
+            let Some(ps) = self.segments.get(i) else { return false };
+            let last = i + 1 == n;
+            if last && self.glob {
+                if ps == "+" {
+                    return true;
+                }
+                let rest = pre[i..].join("/");
+                return ps.starts_with(&rest) || rest.starts_with(ps.as_str());
+            }
+            if partial {
+                // The path goes on from here: the pattern's segment must be
+                // able to continue what the prefix has begun.
+                return ps == "+" || ps.starts_with(x);
+            }
+            if last {
+                // An exact pattern ends here, but the prefix goes on.
+                return false;
+            }
+            let ok = if ps == "+" { !x.is_empty() } else { ps == x };
+            if !ok {
+                return false;
+            }
+        }
+        false
+    }
+
     /// Vault's priority between two patterns that both match a path: is
     /// `self` more specific than `other`?
     ///

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = acl.decide(&Request {
                 path,
                 capability: Capability::Read,
-                parameters: &[("k", "v")],
+                parameters: &[keybridge_policy::Param::text("k", "v")],
                 check_parameters: true,
             });
         }
