@@ -219,9 +219,10 @@ impl Core {
         let loaded = self.loaded()?;
         let mount = self.auth_mount(&loaded, &norm)?;
         let key = format!("{}{role}", role_prefix(&mount.id));
-        let exists = self.barrier.get(&key).await?.is_some();
-        let cap = if exists { Capability::Update } else { Capability::Create };
         let role_path = format!("auth/{norm}role/{role}");
+        let cap = self
+            .write_capability(caller, &id, &role_path, || async { Ok(self.barrier.get(&key).await?.is_some()) })
+            .await?;
         self.authorize(caller, &id, &role_path, cap).await?;
         let terms = Method::validate_role(&mount.kind, &settings).map_err(auth_error)?;
         check_role_terms(&terms)?;

@@ -131,6 +131,15 @@ pub fn cloud_of(kind: &str) -> Option<Cloud> {
     }
 }
 
+/// A cloud mount's endpoint settings that point elsewhere than the cloud's
+/// own hosts (none for other mount types).
+pub fn custom_endpoints(
+    kind: &str,
+    config: &BTreeMap<String, String>,
+) -> Vec<keybridge_provider_api::endpoints::CustomEndpoint> {
+    cloud_of(kind).map(|c| keybridge_provider_api::endpoints::custom_endpoints(c, config)).unwrap_or_default()
+}
+
 /// Checks a cloud mount's whole config without IO.
 pub fn validate(providers: &dyn Providers, kind: &str, config: &BTreeMap<String, String>) -> Result<()> {
     let cloud = cloud_of(kind).ok_or_else(|| Error::InvalidArgument(format!("{kind:?} is not a cloud mount type")))?;
@@ -202,15 +211,30 @@ impl CloudMount {
         self.cloud.name()
     }
 
-    /// The cloud name of a path below the mount.
+    /// The cloud name of a path below the mount. A `_raw/` name must be one
+    /// the cloud would take as a name and carry the mount's prefix.
     pub fn name(&self, rel: &str) -> Result<String> {
         if let Some(raw) = rel.strip_prefix(RAW_FOLDER) {
             if raw.is_empty() {
                 return Err(Error::InvalidArgument(format!("give a name after {RAW_FOLDER}")));
             }
+            self.settings.codec.check_raw(raw).map_err(|e| Error::InvalidArgument(e.to_string()))?;
             return Ok(raw.to_string());
         }
         self.settings.codec.encode(rel).map_err(|e| Error::InvalidArgument(e.to_string()))
+    }
+
+    /// The path below the mount that a request on `rel` is authorized as: a
+    /// `_raw/` name that decodes to a Keybridge path is that path (so a
+    /// policy's rules on it hold whichever way it is named); one that does
+    /// not stays under `_raw/`, where a policy can address it.
+    pub fn acl_rel<'a>(&self, rel: &'a str) -> Result<std::borrow::Cow<'a, str>> {
+        let Some(raw) = rel.strip_prefix(RAW_FOLDER) else { return Ok(rel.into()) };
+        self.name(rel)?;
+        Ok(match self.settings.codec.decode(raw) {
+            Some(p) if !p.starts_with(RAW_FOLDER) => p.into(),
+            _ => rel.into(),
+        })
     }
 
     /// Whether the secret exists (for Vault's create/update distinction).
@@ -478,7 +502,9 @@ impl CloudMount {
         let mut token: Option<String> = None;
         loop {
             let page = self.store.list(100, token.as_deref()).await?;
-            for item in page.items {
+            // Names outside the mount's prefix are other mounts' or the
+            // account's: not this mount's to show.
+            for item in page.items.into_iter().filter(|i| self.settings.codec.owns(&i.name)) {
                 match self.settings.codec.decode(&item.name) {
                     Some(p) if !p.starts_with(RAW_FOLDER) => paths.push(p),
                     _ => paths.push(format!("{RAW_FOLDER}{}", item.name)),

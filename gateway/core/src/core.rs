@@ -33,6 +33,9 @@ pub struct CoreConfig {
     pub rotation_verify: Option<Arc<dyn rotation_ops::RotationVerifier>>,
     /// Runs plugin engines (none: plugin mounts are refused).
     pub plugins: Option<Arc<dyn crate::engine::PluginRuntime>>,
+    /// Hosts a cloud mount may be pointed at besides the cloud's own (none:
+    /// any, for holders of `sudo` on the mount's path).
+    pub allowed_endpoint_hosts: Option<Vec<String>>,
 }
 
 impl Default for CoreConfig {
@@ -43,6 +46,7 @@ impl Default for CoreConfig {
             providers: None,
             rotation_verify: None,
             plugins: None,
+            allowed_endpoint_hosts: None,
         }
     }
 }
@@ -485,6 +489,33 @@ impl Core {
         Ok(())
     }
 
+    /// The capability a write needs on `path`: `create` when `exists` says
+    /// the target is new, `update` otherwise. A caller holding neither is
+    /// refused (and audited) before `exists` runs, with one message for both.
+    pub(crate) async fn write_capability<F, Fut>(
+        &self,
+        caller: &Caller,
+        id: &Identity,
+        path: &str,
+        exists: F,
+    ) -> Result<Capability>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        if !id.is_root()
+            && self.decide(id, path, Capability::Create).await.is_err()
+            && self.decide(id, path, Capability::Update).await.is_err()
+        {
+            let refused = Err(Error::PermissionDenied(format!("create or update on {path} is not granted")));
+            return self
+                .record_decision(caller, id, path, Capability::Update, refused)
+                .await
+                .map(|_| Capability::Update);
+        }
+        Ok(if exists().await? { Capability::Update } else { Capability::Create })
+    }
+
     async fn decide(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
         self.decide_with(id, path, cap, None).await
     }
@@ -620,8 +651,12 @@ impl Core {
     ) -> Result<MountEntry> {
         let id = self.authenticate(caller).await?;
         let path = normalize_mount_path(path)?;
-        // Vault: sys paths have no existence check, so enabling is an update.
-        self.authorize(caller, &id, &format!("sys/mounts/{path}"), Capability::Update).await?;
+        // Vault: sys paths have no existence check, so enabling is an update;
+        // pointing a cloud mount at a host of one's choosing takes sudo.
+        let custom = cloud::custom_endpoints(kind, &config);
+        let cap = if custom.is_empty() { Capability::Update } else { Capability::Sudo };
+        self.authorize(caller, &id, &format!("sys/mounts/{path}"), cap).await?;
+        self.check_endpoint_hosts(&custom)?;
         if kind.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "the mount type is missing; one of: {}",
@@ -656,6 +691,19 @@ impl Core {
             self.loaded()?.engines.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), e);
         }
         Ok(entry)
+    }
+
+    /// With `allowed_endpoint_hosts` configured, a cloud mount may point
+    /// only at the cloud's own hosts and those.
+    fn check_endpoint_hosts(&self, custom: &[keybridge_provider_api::endpoints::CustomEndpoint]) -> Result<()> {
+        let Some(allowed) = &self.config.allowed_endpoint_hosts else { return Ok(()) };
+        match custom.iter().find(|c| !allowed.iter().any(|a| a.eq_ignore_ascii_case(&c.host))) {
+            Some(c) => Err(Error::PermissionDenied(format!(
+                "{} host {:?} is not in the server's allowed_endpoint_hosts",
+                c.setting, c.host
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn validate_mount(&self, kind: &str, config: &BTreeMap<String, String>) -> Result<()> {
@@ -740,11 +788,25 @@ impl Core {
         let mut table = (*self.loaded()?.table()).clone();
         let entry = table.get_mut(&path)?;
         let mut config = entry.config.clone();
-        for (k, v) in changes {
+        for (k, v) in &changes {
             if v.is_empty() {
-                config.remove(&k);
+                config.remove(k);
             } else {
-                config.insert(k, v);
+                config.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(c) = cloud::cloud_of(&entry.kind) {
+            // Credentials stored for one host are not sent to another.
+            keybridge_provider_api::endpoints::drop_stale_credentials(c, &entry.config, &changes, &mut config);
+            let custom = cloud::custom_endpoints(&entry.kind, &config);
+            if !custom.is_empty() {
+                self.decide(&id, &format!("sys/mounts/{path}"), Capability::Sudo).await.map_err(|e| match e {
+                    Error::PermissionDenied(m) => Error::PermissionDenied(format!(
+                        "{m}: a cloud mount pointed at a host other than the cloud's own needs it"
+                    )),
+                    e => e,
+                })?;
+                self.check_endpoint_hosts(&custom)?;
             }
         }
         self.validate_mount(&entry.kind, &config)?;
@@ -883,23 +945,28 @@ impl Core {
                 mount.path, mount.path
             )));
         }
-        // A cloud's name and size limits are checked before any call to it.
+        // A cloud's name and size limits are checked before any call to it;
+        // a `_raw/` name is authorized as the path it decodes to.
+        let mut acl_rel = std::borrow::Cow::Borrowed(rel);
         if let Engine::Cloud(c) = &engine {
-            c.name(rel)?;
+            acl_rel = c.acl_rel(rel)?;
             if let Some(v) = value {
                 v.validate(self.config.max_value_bytes)?;
                 c.check_value(v)?;
             }
         }
+        let acl_path = format!("{}{area}/{acl_rel}", mount.path);
         // Vault's existence check: writing a secret that does not exist yet
         // needs `create`, not `update` (checked for root too, so the audit
-        // record names the capability the write used).
-        let cap = if cap == Capability::Update && area == "data" && !engine.exists(rel).await? {
-            Capability::Create
+        // record names the capability the write used). A caller that holds
+        // neither is refused before the check, so a refusal tells nothing
+        // about whether the secret exists.
+        let cap = if cap == Capability::Update && area == "data" {
+            self.write_capability(caller, &id, &acl_path, || engine.exists(rel)).await?
         } else {
             cap
         };
-        self.authorize(caller, &id, &format!("{}{area}/{rel}", mount.path), cap).await?;
+        self.authorize(caller, &id, &acl_path, cap).await?;
         Ok((engine, rel, id))
     }
 

@@ -500,10 +500,17 @@ impl Core {
         if op == LogicalOp::Write {
             let can = |o| m.info.operations.contains(&o);
             operation = if m.info.existence_check {
-                if backend.exists(&ctx, &req).await.map_err(engine_error)? {
-                    Operation::Update
-                } else {
-                    Operation::Create
+                // Refused before the engine's `exists` runs with the
+                // caller's parameters, unless the caller may write at all.
+                let acl_path = path.trim_end_matches('/');
+                match self
+                    .write_capability(caller, &id, acl_path, || async {
+                        backend.exists(&ctx, &req).await.map_err(engine_error)
+                    })
+                    .await?
+                {
+                    Capability::Update => Operation::Update,
+                    _ => Operation::Create,
                 }
             } else if can(Operation::Update) {
                 Operation::Update

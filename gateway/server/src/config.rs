@@ -17,6 +17,7 @@
 //! # serving_threads = 4
 //! # policy_check_rego = "/etc/keybridge/rules.rego"
 //! # rotation_verify_command = ["/usr/local/bin/try-credentials"]
+//! # allowed_endpoint_hosts = ["vpce-0a1b.secretsmanager.us-east-1.vpce.amazonaws.com"]
 //! ```
 //!
 //! Parsing and validation are pure: nothing here opens a file it names.
@@ -55,6 +56,9 @@ struct RawConfig {
     /// Threads serving connections (default: two per CPU).
     #[serde(default)]
     serving_threads: Option<usize>,
+    /// Hosts cloud mounts may be pointed at besides the clouds' own.
+    #[serde(default)]
+    allowed_endpoint_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +155,9 @@ pub struct Config {
     /// Threads serving connections, each owning the connections it is
     /// given (see serving.rs).
     pub serving_threads: usize,
+    /// Hosts a cloud mount may be pointed at besides the cloud's own (none
+    /// set: any, for holders of `sudo` on the mount's path).
+    pub allowed_endpoint_hosts: Option<Vec<String>>,
 }
 
 /// Two serving threads per CPU. A serving thread's requests block it in
@@ -263,6 +270,24 @@ impl Config {
             serving_threads,
             log_level,
             policy_check_rego: raw.policy_check_rego,
+            allowed_endpoint_hosts: match raw.allowed_endpoint_hosts {
+                Some(hosts) => Some(
+                    hosts
+                        .into_iter()
+                        .map(|h| {
+                            let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+                            if h.is_empty() || h.contains(['/', ':', ' ']) {
+                                Err(bad(format!(
+                                    "allowed_endpoint_hosts: {h:?} is not a host name or address (give hosts, not URLs)"
+                                )))
+                            } else {
+                                Ok(h)
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                None => None,
+            },
             rotation_verify_command: match raw.rotation_verify_command {
                 Some(v) if v.is_empty() || v[0].is_empty() => {
                     return Err(bad("rotation_verify_command needs a program, e.g. [\"/usr/local/bin/check\"]".into()));
@@ -298,6 +323,7 @@ mod tests {
             api_addr = "https://kb.internal:8400"
             disable_mlock = true
             serving_threads = 3
+            allowed_endpoint_hosts = ["Vault.Internal.", "127.0.0.1"]
             "#,
         )
         .unwrap();
@@ -309,6 +335,7 @@ mod tests {
         assert_eq!(c.limits.shutdown_grace, Duration::from_secs(2));
         assert!(c.disable_mlock);
         assert_eq!(c.serving_threads, 3);
+        assert_eq!(c.allowed_endpoint_hosts, Some(vec!["vault.internal".to_string(), "127.0.0.1".to_string()]));
     }
 
     #[test]

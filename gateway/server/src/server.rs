@@ -98,6 +98,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
                 Arc::new(crate::verify::CommandVerifier { argv }) as Arc<dyn keybridge_core::RotationVerifier>
             }),
             plugins: plugin_runtime()?,
+            allowed_endpoint_hosts: config.allowed_endpoint_hosts.clone(),
         },
     ));
 

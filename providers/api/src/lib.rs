@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod capabilities;
+pub mod endpoints;
 pub mod limits;
 pub mod names;
 pub mod settings;

@@ -84,6 +84,12 @@ impl Cloud {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    #[error(
+        "{name:?} is not a {cloud} secret name (only the characters the cloud allows in a name, within its length)"
+    )]
+    BadRaw { cloud: &'static str, name: String },
+    #[error("{name:?} is outside this mount's prefix {prefix:?}; a mount reaches only the names that carry its prefix")]
+    OutsidePrefix { name: String, prefix: String },
     #[error("{cloud}: the prefix {prefix:?} may only hold {allowed}")]
     BadPrefix { cloud: &'static str, prefix: String, allowed: &'static str },
     #[error(
@@ -117,6 +123,31 @@ impl NameCodec {
 
     pub fn cloud(&self) -> Cloud {
         self.cloud
+    }
+
+    /// Whether `name` carries this mount's prefix (on Azure, whose names
+    /// are case-insensitive, in any case): the names a mount may address.
+    pub fn owns(&self, name: &str) -> bool {
+        let head = name.get(..self.prefix.len());
+        match head {
+            Some(h) if self.cloud == Cloud::Azure => h.eq_ignore_ascii_case(&self.prefix),
+            Some(h) => h == self.prefix,
+            None => false,
+        }
+    }
+
+    /// Checks a name given as it is in the cloud (`_raw/<name>`): only the
+    /// characters the cloud allows in a name (so no ARN, resource path or
+    /// other project), within its length, and carrying the mount's prefix.
+    pub fn check_raw(&self, name: &str) -> Result<(), NameError> {
+        let c = self.cloud;
+        if name.is_empty() || name.len() > c.max_name_len() || !name.bytes().all(|b| c.allowed(b)) {
+            return Err(NameError::BadRaw { cloud: c.name(), name: name.to_string() });
+        }
+        if !self.owns(name) {
+            return Err(NameError::OutsidePrefix { name: name.to_string(), prefix: self.prefix.clone() });
+        }
+        Ok(())
     }
 
     /// The cloud name of a gateway path (relative to the mount).

@@ -104,8 +104,21 @@ async fn unreachable_endpoints_are_unavailable() {
 fn settings_are_validated_without_io() {
     let parse =
         |pairs: &[(&str, &str)]| Settings::parse(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-    assert!(parse(&[("region", "us-east-1"), ("endpoint_url", "http://127.0.0.1:5055")]).is_ok());
+    assert!(
+        parse(&[
+            ("region", "us-east-1"),
+            ("endpoint_url", "http://127.0.0.1:5055"),
+            ("access_key_id", "a"),
+            ("secret_access_key", "b")
+        ])
+        .is_ok()
+    );
+    assert!(
+        parse(&[("region", "us-east-1"), ("endpoint_url", "https://secretsmanager.us-east-1.amazonaws.com")]).is_ok()
+    );
     for bad in [
+        // The default credential chain goes to AWS's own hosts only.
+        vec![("region", "us-east-1"), ("endpoint_url", "http://127.0.0.1:5055")],
         vec![("region", "US East")],
         vec![("endpoint_url", "127.0.0.1:5055")],
         vec![("access_key_id", "a")],

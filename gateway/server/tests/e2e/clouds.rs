@@ -6,7 +6,7 @@
 use keybridge_proto::v1 as pb;
 use serde_json::Value;
 
-use crate::harness::{Server, authed, boto3, json, moto, stderr};
+use crate::harness::{Server, authed, boto3, json, moto, stderr, stdout};
 
 const T: &str = "root-e2e";
 
@@ -115,8 +115,7 @@ async fn aws_mount_settings_health_out_of_band_cache_and_policies() {
 }
 
 fn stats(s: &Server) -> Value {
-    let mounts = json(&s.cli(Some(T), &["mount", "list", "-o", "json"]));
-    mounts.as_array().unwrap().iter().find(|m| m["path"] == "aws/").unwrap()["stats"].clone()
+    stats_of(s, "aws/")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,4 +173,173 @@ async fn azure_mount_health_check_names_the_problem() {
         c.get(authed(T, pb::GetRequest { path: "azure/team/blob".into(), ..Default::default() })).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("Azure Key Vault"), "{e:?}");
+}
+
+/// `_raw/` names: one that decodes to a Keybridge path is authorized as that
+/// path, others under `_raw/`; names outside the mount's prefix (or that the
+/// cloud would take as an ARN) are refused, and listings drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_names_follow_path_policies_and_the_mount_prefix() {
+    let m = moto();
+    let s = Server::dev();
+    let t = Some(T);
+    let mut settings = crate::harness::aws_settings(&m);
+    settings.push("prefix=kb-".into());
+    crate::harness::enable(&s, T, "aws", "aws/", &settings);
+    for (p, v) in [("aws/prod/db", "password=prod-secret"), ("aws/app/x", "v=1")] {
+        assert!(s.cli(t, &["kv", "put", p, v]).status.success());
+    }
+    // Another team's secret in the same account, and one another tool made
+    // under this mount's prefix.
+    boto3(
+        &m,
+        "c.create_secret(Name='team2-db', SecretString='theirs')\nc.create_secret(Name='kb-legacy=1', SecretString='old')\n",
+    );
+
+    let policy = std::env::temp_dir().join(format!("kb-raw-policy-{}.hcl", std::process::id()));
+    std::fs::write(
+        &policy,
+        "path \"aws/data/*\" { capabilities = [\"read\", \"create\", \"update\", \"delete\"] }\n\
+         path \"aws/data/prod/*\" { capabilities = [\"deny\"] }\n\
+         path \"aws/metadata/*\" { capabilities = [\"list\", \"read\", \"update\", \"delete\"] }\n\
+         path \"aws/metadata/prod/*\" { capabilities = [\"deny\"] }\n",
+    )
+    .unwrap();
+    assert!(s.cli(t, &["policy", "write", "no-prod", policy.to_str().unwrap()]).status.success());
+    let tok = json(&s.cli(t, &["token", "create", "--policy", "no-prod", "-o", "json"]));
+    let user = tok["token"].as_str().unwrap().to_string();
+    let u = Some(user.as_str());
+
+    // The denied secret, by its cloud name: denied as aws/data/prod/db.
+    let calls = stats_of(&s, "aws/")["upstream_calls"].as_u64().unwrap();
+    for args in [
+        &["kv", "get", "aws/_raw/kb-prod/db"][..],
+        &["kv", "put", "aws/_raw/kb-prod/db", "password=mine"],
+        &["kv", "delete", "aws/_raw/kb-prod/db"],
+        &["kv", "metadata", "get", "aws/_raw/kb-prod/db"],
+    ] {
+        let o = s.cli(u, args);
+        assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("prod/db"), "{args:?}: {}", stderr(&o));
+    }
+    assert_eq!(stats_of(&s, "aws/")["upstream_calls"].as_u64().unwrap(), calls, "a denied request reached the cloud");
+    assert_eq!(json(&s.cli(t, &["kv", "get", "-o", "json", "aws/prod/db"]))["data"]["password"], "prod-secret");
+    // An allowed one works by either name; a raw name that does not decode
+    // is authorized under _raw/.
+    assert_eq!(json(&s.cli(u, &["kv", "get", "-o", "json", "aws/_raw/kb-app/x"]))["data"]["v"], "1");
+    assert_eq!(json(&s.cli(u, &["kv", "get", "-o", "json", "aws/_raw/kb-legacy=1"]))["text"], "old");
+
+    // Outside the prefix, or not a name at all: refused, for root too.
+    for name in ["aws/_raw/team2-db", "aws/_raw/arn:aws:secretsmanager:us-east-1:123456789012:secret:kb-prod/db"] {
+        for who in [t, u] {
+            let o = s.cli(who, &["kv", "get", name]);
+            assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+            assert!(!stdout(&o).contains("theirs") && !stdout(&o).contains("prod-secret"), "{name}");
+        }
+    }
+    let o = s.cli(t, &["kv", "get", "aws/_raw/team2-db"]);
+    assert!(stderr(&o).contains("outside this mount's prefix"), "{}", stderr(&o));
+    // Listings show only this mount's names.
+    let listed = json(&s.cli(t, &["kv", "list", "-o", "json", "--recursive", "aws/"]));
+    assert_eq!(listed, serde_json::json!(["_raw/kb-legacy=1", "app/x", "prod/db"]), "{listed}");
+}
+
+fn stats_of(s: &Server, path: &str) -> Value {
+    stats_mount(s, path)["stats"].clone()
+}
+
+/// The gateway's own cloud credentials never go to a host a mount writer
+/// chose: a custom endpoint needs credentials given with it and `sudo` on
+/// the mount's path; moving an endpoint drops the stored credentials; the
+/// server may allow-list endpoint hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_endpoints_need_their_own_credentials_and_sudo() {
+    let m = moto();
+    // A host that records whether anything connects to it.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_url = format!("http://{}", trap.local_addr().unwrap());
+    let s = Server::dev();
+    let t = Some(T);
+
+    // Ambient credentials to a custom endpoint: refused before any call.
+    for (kind, settings) in [
+        ("aws", vec!["region=us-east-1".to_string(), format!("endpoint_url={trap_url}")]),
+        ("aws", vec!["region=us-east-1".into(), format!("endpoint_url={trap_url}"), "profile=default".into()]),
+        ("gcp", vec!["project=keybridge-test".into(), format!("endpoint={trap_url}")]),
+        (
+            "azure",
+            vec![format!("vault_url=https://{}", trap.local_addr().unwrap()), "credentials=managed_identity".into()],
+        ),
+        (
+            "azure",
+            vec![
+                "vault_url=https://v.vault.azure.net".into(),
+                format!("authority_host=https://{}", trap.local_addr().unwrap()),
+            ],
+        ),
+    ] {
+        let mut args = vec!["mount", "enable", "--type", kind, "x/"];
+        args.extend(settings.iter().map(String::as_str));
+        let o = s.cli(t, &args);
+        assert_eq!(o.status.code(), Some(2), "{kind} {settings:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("not one of the cloud's own hosts"), "{}", stderr(&o));
+    }
+    assert!(trap.accept().is_err(), "something connected to the custom endpoint");
+    let mounts = json(&s.cli(t, &["mount", "list", "-o", "json"]));
+    assert!(mounts.as_array().unwrap().iter().all(|m| m["path"] != "x/"), "{mounts}");
+
+    // A custom endpoint needs sudo on sys/mounts/<path>; update is not enough.
+    let policy = std::env::temp_dir().join(format!("kb-endpoint-policy-{}.hcl", std::process::id()));
+    std::fs::write(&policy, "path \"sys/mounts/*\" { capabilities = [\"update\", \"read\"] }\n").unwrap();
+    assert!(s.cli(t, &["policy", "write", "mounter", policy.to_str().unwrap()]).status.success());
+    let tok = json(&s.cli(t, &["token", "create", "--policy", "mounter", "-o", "json"]));
+    let mounter = tok["token"].as_str().unwrap().to_string();
+    let settings = crate::harness::aws_settings(&m);
+    let mut args = vec!["mount", "enable", "--type", "aws", "aws/"];
+    args.extend(settings.iter().map(String::as_str));
+    let o = s.cli(Some(&mounter), &args);
+    assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("sudo"), "{}", stderr(&o));
+    assert!(s.cli(t, &args).status.success());
+    let o = s.cli(Some(&mounter), &["mount", "tune", "aws/", "cache_ttl=1m"]);
+    assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("sudo"), "{}", stderr(&o));
+
+    // Moving the endpoint drops the stored credentials: they must be given
+    // again, and until then nothing changes.
+    let localhost = m.url().replace("127.0.0.1", "localhost");
+    let o = s.cli(t, &["mount", "tune", "aws/", &format!("endpoint_url={localhost}")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("access_key_id and secret_access_key"), "{}", stderr(&o));
+    let aws = stats_mount(&s, "aws/");
+    assert_eq!(aws["config"]["endpoint_url"], m.url(), "{aws}");
+    assert_eq!(aws["config"]["secret_access_key"], "<redacted>", "{aws}");
+    let o = s.cli(
+        t,
+        &[
+            "mount",
+            "tune",
+            "aws/",
+            &format!("endpoint_url={localhost}"),
+            "access_key_id=testing",
+            "secret_access_key=testing",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.cli(t, &["kv", "put", "aws/x", "v=1"]).status.success());
+
+    // An allow-list in the server config.
+    let dir = tempfile::tempdir().unwrap();
+    let s2 = Server::with_config_top(dir.path(), "allowed_endpoint_hosts = [\"localhost\"]");
+    let (root, _) = crate::harness::init_unseal(&s2);
+    let o = s2.cli(Some(&root), &args);
+    assert!(stderr(&o).contains("allowed_endpoint_hosts"), "{}", stderr(&o));
+    let mut allowed = vec!["mount", "enable", "--type", "aws", "aws/"];
+    let settings: Vec<String> = settings.iter().map(|x| x.replace("127.0.0.1", "localhost")).collect();
+    allowed.extend(settings.iter().map(String::as_str));
+    let o = s2.cli(Some(&root), &allowed);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+fn stats_mount(s: &Server, path: &str) -> Value {
+    let mounts = json(&s.cli(Some(T), &["mount", "list", "-o", "json"]));
+    mounts.as_array().unwrap().iter().find(|m| m["path"] == path).unwrap().clone()
 }

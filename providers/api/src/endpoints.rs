@@ -1,0 +1,163 @@
+//! Where a mount's settings point the adapter, and which of those places
+//! are the cloud's own.
+//!
+//! Ambient credentials (the AWS default chain or a profile, GCP's
+//! Application Default Credentials, Azure managed or workload identity)
+//! belong to the gateway's host, not to whoever writes a mount: they may only
+//! be sent to the cloud's own endpoints. A mount pointed anywhere else must
+//! carry credentials of its own, given with the endpoint.
+
+use std::collections::BTreeMap;
+
+use crate::names::Cloud;
+
+impl Cloud {
+    /// The settings that choose a host the adapter talks to.
+    pub fn endpoint_settings(self) -> &'static [&'static str] {
+        match self {
+            Cloud::Aws => &["endpoint_url"],
+            Cloud::Azure => &["vault_url", "authority_host"],
+            Cloud::Gcp => &["endpoint"],
+        }
+    }
+
+    /// The settings that carry credentials (or name whose they are): they
+    /// go together with the endpoint they were given for.
+    pub fn credential_settings(self) -> &'static [&'static str] {
+        match self {
+            Cloud::Aws => &["access_key_id", "secret_access_key", "session_token", "profile"],
+            Cloud::Azure => &["tenant_id", "client_id", "client_secret", "credentials"],
+            Cloud::Gcp => &["credentials"],
+        }
+    }
+
+    /// Whether `host` is one of the cloud's own for the endpoint setting
+    /// `key` (public, China and government clouds).
+    pub fn owns_host(self, key: &str, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let under = |domains: &[&str]| domains.iter().any(|d| host.ends_with(d));
+        match (self, key) {
+            (Cloud::Aws, _) => under(&[".amazonaws.com", ".amazonaws.com.cn"]),
+            (Cloud::Gcp, _) => under(&[".googleapis.com"]),
+            (Cloud::Azure, "authority_host") => {
+                ["login.microsoftonline.com", "login.chinacloudapi.cn", "login.microsoftonline.us"]
+                    .contains(&host.as_str())
+            }
+            (Cloud::Azure, _) => {
+                under(&[".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net", ".managedhsm.azure.net"])
+            }
+        }
+    }
+}
+
+/// An endpoint setting that points somewhere other than the cloud's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomEndpoint {
+    pub setting: &'static str,
+    /// The host, lowercased; a URL that does not parse reads as its text.
+    pub host: String,
+}
+
+/// The endpoint settings in `settings` that are not the cloud's own hosts.
+pub fn custom_endpoints(cloud: Cloud, settings: &BTreeMap<String, String>) -> Vec<CustomEndpoint> {
+    cloud
+        .endpoint_settings()
+        .iter()
+        .filter_map(|&setting| {
+            let v = settings.get(setting).map(|v| v.trim()).filter(|v| !v.is_empty())?;
+            let host = url::Url::parse(v)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+                .unwrap_or_else(|| v.to_ascii_lowercase());
+            (!cloud.owns_host(setting, &host)).then_some(CustomEndpoint { setting, host })
+        })
+        .collect()
+}
+
+/// The refusal for ambient credentials headed to a custom endpoint.
+pub fn ambient_refused(cloud: Cloud, custom: &CustomEndpoint, give: &str) -> crate::store::Error {
+    crate::store::Error::InvalidArgument(format!(
+        "{}: {} points at {}, which is not one of the cloud's own hosts; give {give} with it \
+         (the gateway's own credentials are only sent to {}'s endpoints)",
+        custom.setting,
+        custom.setting,
+        custom.host,
+        cloud.name()
+    ))
+}
+
+/// A tune: when an endpoint setting changes, the credentials stored for the
+/// old one are dropped unless `changes` gives them again.
+pub fn drop_stale_credentials(
+    cloud: Cloud,
+    old: &BTreeMap<String, String>,
+    changes: &BTreeMap<String, String>,
+    config: &mut BTreeMap<String, String>,
+) {
+    let moved = cloud.endpoint_settings().iter().any(|k| changes.contains_key(*k) && changes.get(*k) != old.get(*k));
+    if moved {
+        for k in cloud.credential_settings() {
+            if !changes.contains_key(*k) {
+                config.remove(*k);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_clouds_own_hosts_are_not_custom() {
+        assert!(
+            custom_endpoints(Cloud::Aws, &s(&[("endpoint_url", "https://secretsmanager.us-east-1.amazonaws.com")]))
+                .is_empty()
+        );
+        assert!(custom_endpoints(Cloud::Gcp, &s(&[("endpoint", "https://secretmanager.googleapis.com")])).is_empty());
+        assert!(
+            custom_endpoints(
+                Cloud::Azure,
+                &s(&[
+                    ("vault_url", "https://v.vault.azure.net"),
+                    ("authority_host", "https://login.microsoftonline.com/")
+                ])
+            )
+            .is_empty()
+        );
+        let c = custom_endpoints(Cloud::Aws, &s(&[("endpoint_url", "https://amazonaws.com.evil.example")]));
+        assert_eq!(c, vec![CustomEndpoint { setting: "endpoint_url", host: "amazonaws.com.evil.example".into() }]);
+        let c = custom_endpoints(
+            Cloud::Azure,
+            &s(&[("vault_url", "https://v.vault.azure.net"), ("authority_host", "https://127.0.0.1:9")]),
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].setting, "authority_host");
+    }
+
+    #[test]
+    fn moving_an_endpoint_drops_the_stored_credentials() {
+        let old = s(&[("endpoint_url", "http://a"), ("access_key_id", "k"), ("secret_access_key", "s")]);
+        let mut config = old.clone();
+        let changes = s(&[("endpoint_url", "http://b")]);
+        config.extend(changes.clone());
+        drop_stale_credentials(Cloud::Aws, &old, &changes, &mut config);
+        assert_eq!(config, s(&[("endpoint_url", "http://b")]));
+        // Given again with the move: kept.
+        let changes = s(&[("endpoint_url", "http://b"), ("access_key_id", "k2"), ("secret_access_key", "s2")]);
+        let mut config = old.clone();
+        config.extend(changes.clone());
+        drop_stale_credentials(Cloud::Aws, &old, &changes, &mut config);
+        assert_eq!(config["secret_access_key"], "s2");
+        // Another setting changed: credentials stay.
+        let changes = s(&[("region", "eu-west-1")]);
+        let mut config = old.clone();
+        config.extend(changes.clone());
+        drop_stale_credentials(Cloud::Aws, &old, &changes, &mut config);
+        assert_eq!(config["secret_access_key"], "s");
+    }
+}
