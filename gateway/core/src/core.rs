@@ -516,6 +516,29 @@ impl Core {
         Ok(if exists().await? { Capability::Update } else { Capability::Create })
     }
 
+    /// Whether the token holds `cap` on every path below the folder `prefix`
+    /// (an ACL path ending in `/`), as a rule acting there on its behalf
+    /// later would need; see [`keybridge_policy::Acl::grants_under`].
+    pub(crate) async fn decide_under(&self, id: &Identity, prefix: &str, cap: Capability) -> Result<()> {
+        if id.is_root() {
+            return Ok(());
+        }
+        let loaded = self.loaded()?;
+        let acl = self.acl_for(&loaded, &id.policies).await?;
+        let mut ok = acl.grants_under(prefix, Self::policy_capability(cap));
+        if cap == Capability::Sudo {
+            ok = ok && acl.grants_under(prefix, keybridge_policy::Capability::Update);
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "{} on {prefix}* (everything below {prefix}) is not granted",
+                cap.name()
+            )))
+        }
+    }
+
     async fn decide(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
         self.decide_with(id, path, cap, None).await
     }
@@ -923,6 +946,18 @@ impl Core {
             write_locks: &self.write_locks,
         };
         Ok((Engine::Local(kv), mount, rel))
+    }
+
+    /// The ACL path of a secret operation: `<mount><area>/<rel>`, with a
+    /// cloud's `_raw/` name as the path it decodes to.
+    pub(crate) async fn secret_acl_path(&self, path: &str, area: &str) -> Result<String> {
+        let table = self.loaded()?.table();
+        let (engine, mount, rel) = self.route(&table, path).await?;
+        let rel = match &engine {
+            Engine::Cloud(c) => c.acl_rel(rel)?.into_owned(),
+            Engine::Local(_) => rel.to_string(),
+        };
+        Ok(format!("{}{area}/{rel}", mount.path))
     }
 
     /// Authenticates, validates the path, routes it to a secret (not the

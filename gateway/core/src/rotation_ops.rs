@@ -192,18 +192,42 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_secret_path(&spec.path)?;
         self.authorize(caller, &id, &format!("sys/sync/rotate/{}", spec.path), Capability::Update).await?;
-        self.check_rotation_engine(caller, &id, &spec.engine).await?;
+        self.check_rotation_authority(caller, &id, &spec).await?;
         self.start_rotation(spec).await
     }
 
-    /// A rotation through an engine needs update on the engine path too:
-    /// the reconciler issues credentials there on the caller's behalf.
-    async fn check_rotation_engine(&self, caller: &Caller, id: &crate::token::Identity, engine: &str) -> Result<()> {
-        if engine.is_empty() {
+    /// A rotation (or a schedule, which starts them later) writes the secret
+    /// on the caller's behalf: the caller needs `update` on the secret
+    /// itself, and through an engine the capability the engine's path asks
+    /// of a caller (the reconciler has the engine issue a credential there).
+    async fn check_rotation_authority(
+        &self,
+        caller: &Caller,
+        id: &crate::token::Identity,
+        spec: &RotateSpec,
+    ) -> Result<()> {
+        let secret = self.secret_acl_path(&spec.path, "data").await?;
+        self.decide_with(id, &secret, Capability::Update, None).await.map_err(|e| match e {
+            Error::PermissionDenied(m) => Error::PermissionDenied(format!("{m}: a rotation writes the secret itself")),
+            e => e,
+        })?;
+        if spec.engine.is_empty() {
             return Ok(());
         }
-        self.authorize_params(caller, id, engine.trim_end_matches('/'), Capability::Update, &[]).await?;
-        let (mount, _, backend) = self.logical_route(engine).await?;
+        let (mount, rel, backend) = self.logical_route(&spec.engine).await?;
+        let ops =
+            crate::engine::match_path(backend.info(), &rel).map(|m| m.info.operations.clone()).unwrap_or_default();
+        use crate::engine::Operation;
+        let cap = if ops.contains(&Operation::Update) {
+            Capability::Update
+        } else if ops.contains(&Operation::Create) {
+            Capability::Create
+        } else if ops.contains(&Operation::Read) {
+            Capability::Read
+        } else {
+            Capability::Update
+        };
+        self.authorize_params(caller, id, spec.engine.trim_end_matches('/'), cap, &[]).await?;
         if !backend.info().rotates {
             return Err(Error::FailedPrecondition(format!(
                 "the {} engine at {} cannot rotate: its component targets world `engine`, not `rotating-engine`",
@@ -225,7 +249,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_secret_path(&spec.path)?;
         self.authorize(caller, &id, &format!("sys/sync/rotate/{}", spec.path), Capability::Update).await?;
-        self.check_rotation_engine(caller, &id, &spec.engine).await?;
+        self.check_rotation_authority(caller, &id, &spec).await?;
         let key = format!("{SCHEDULES}{}", spec.path);
         let mut batch = WriteBatch::new();
         if every_secs == 0 {

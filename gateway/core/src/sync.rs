@@ -119,6 +119,13 @@ pub struct Rule {
     pub deep_scan_interval_secs: u64,
     pub coalesce_ms: u64,
     pub created: Timestamp,
+    /// What the writer was checked to hold when the rule was written, one
+    /// line each (`read on secret/data/app/*`): the authority it runs with.
+    #[serde(default)]
+    pub authorizations: Vec<String>,
+    /// The writer's token: accessor and display name.
+    #[serde(default)]
+    pub written_by: String,
 }
 
 impl Rule {

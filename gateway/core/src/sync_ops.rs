@@ -179,7 +179,56 @@ impl Core {
             deep_scan_interval_secs: spec.deep_scan_interval_secs,
             coalesce_ms: spec.coalesce_ms,
             created: Timestamp::now(),
+            authorizations: Vec::new(),
+            written_by: String::new(),
         })
+    }
+
+    /// A rule acts later on its writer's behalf, so the writer must hold now
+    /// what the rule will do: read and list everything below the source,
+    /// create and update everything below each target; `adopt` also update
+    /// on the source and read on the targets; `propagate` delete on the
+    /// targets; `take_over`, `adopt` and `propagate` sudo on the rule's own
+    /// path. Returns the checks made, one line each.
+    async fn rule_authority(&self, id: &crate::token::Identity, rule: &Rule) -> Result<Vec<String>> {
+        use Capability::*;
+        let table = self.loaded()?.table();
+        let folder = |p: &str, area: &str| -> Result<String> {
+            let (mount, rel) =
+                table.route(p).ok_or_else(|| Error::InvalidArgument(format!("{p}: no mount serves it")))?;
+            Ok(format!("{}{area}/{rel}", mount.path))
+        };
+        let mut wanted: Vec<(String, Capability)> =
+            vec![(folder(&rule.source, "data")?, Read), (folder(&rule.source, "metadata")?, List)];
+        for t in &rule.targets {
+            wanted.push((folder(t, "data")?, Create));
+            wanted.push((folder(t, "data")?, Update));
+            if rule.on_conflict == sync::OnConflict::Adopt {
+                wanted.push((folder(t, "data")?, Read));
+            }
+            if rule.delete == sync::OnDelete::Propagate {
+                wanted.push((folder(t, "metadata")?, Delete));
+            }
+        }
+        if rule.on_conflict == sync::OnConflict::Adopt {
+            wanted.push((folder(&rule.source, "data")?, Update));
+        }
+        let mut made = Vec::new();
+        for (prefix, cap) in wanted {
+            self.decide_under(id, &prefix, cap).await?;
+            made.push(format!("{} on {prefix}*", cap.name()));
+        }
+        if rule.take_over || rule.on_conflict == sync::OnConflict::Adopt || rule.delete == sync::OnDelete::Propagate {
+            let path = format!("sys/sync/rules/{}", rule.name);
+            self.decide_with(id, &path, Sudo, None).await.map_err(|e| match e {
+                Error::PermissionDenied(m) => {
+                    Error::PermissionDenied(format!("{m} (take_over, on_conflict=adopt and delete=propagate need it)"))
+                }
+                e => e,
+            })?;
+            made.push(format!("sudo on {path}"));
+        }
+        Ok(made)
     }
 
     /// Creates or replaces a rule; refused if it would form a cycle or share
@@ -190,6 +239,8 @@ impl Core {
         self.authorize(caller, &id, &format!("sys/sync/rules/{}", spec.name), Capability::Update).await?;
         let _guard = self.admin.lock().await;
         let mut rule = self.rule_from(spec)?;
+        rule.authorizations = self.rule_authority(&id, &rule).await?;
+        rule.written_by = format!("{} ({})", id.accessor, id.display_name);
         let rules = self.sync_rules().await?;
         if let Some(old) = rules.iter().find(|r| r.name == rule.name) {
             // Same rule, new settings: keep its id, so its records stay valid.

@@ -314,3 +314,112 @@ async fn a_rule_changed_during_a_pass_is_scanned_again() {
     let copy = core.get(&t, "team-c/app/db", None).await;
     assert!(copy.is_ok(), "the new target was not scanned: {:?}", copy.map(|_| ()).unwrap_err());
 }
+
+async fn token_with(core: &Core, root: &Caller, name: &str, policy: &str) -> String {
+    core.put_policy(root, name, policy).await.unwrap();
+    let req = TokenRequest { policies: vec![name.into()], ..Default::default() };
+    core.create_token(root, req).await.unwrap().0.to_string()
+}
+
+/// A rule acts later with the authority its writer was checked for: a
+/// writer who cannot read a folder cannot have the reconciler copy it.
+#[tokio::test]
+async fn a_rule_carries_only_its_writers_authority() {
+    let (core, root) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put(&root, "secret/prod/db", &fields(&[("pw", "prod")]), None).await.unwrap();
+    core.put(&root, "secret/app/db", &fields(&[("pw", "app")]), None).await.unwrap();
+    let policy = r#"
+path "secret/data/app/*" { capabilities = ["read"] }
+path "secret/metadata/app/*" { capabilities = ["list"] }
+path "team-b/data/*" { capabilities = ["create", "update", "read"] }
+path "team-b/metadata/*" { capabilities = ["list"] }
+path "sys/sync/rules/*" { capabilities = ["update", "read"] }
+"#;
+    let tok = token_with(&core, &root, "rule-writer", policy).await;
+    let w = Caller::token(Some(tok.as_str()));
+
+    let denied = |s: RuleSpec, why: &'static str| {
+        let (core, tok) = (core.clone(), tok.clone());
+        async move {
+            let e = core.put_sync_rule(&Caller::token(Some(tok.as_str())), s).await.unwrap_err();
+            assert!(matches!(&e, Error::PermissionDenied(m) if m.contains(why)), "{e} should name {why:?}");
+        }
+    };
+    // The source: read and list on everything below it.
+    denied(spec("steal", "secret/prod/", &["team-b/prod/"], ""), "read on secret/data/prod/*").await;
+    denied(spec("steal", "secret/", &["team-b/all/"], ""), "read on secret/data/*").await;
+    // The targets: create and update below each.
+    denied(spec("spray", "secret/app/", &["team-c/app/"], ""), "create on team-c/data/app/*").await;
+    // adopt, take_over, propagate: more, and sudo on the rule.
+    denied(spec("adopt", "secret/app/", &["team-b/app/"], "adopt"), "update on secret/data/app/*").await;
+    let mut take = spec("take", "secret/app/", &["team-b/app/"], "");
+    take.take_over = true;
+    denied(take, "sudo on sys/sync/rules/take").await;
+    let mut prop = spec("prop", "secret/app/", &["team-b/app/"], "");
+    prop.delete = "propagate".into();
+    denied(prop, "delete on team-b/metadata/app/*").await;
+    assert!(core.list_sync_rules(&root).await.unwrap().is_empty(), "a refused rule was stored");
+    core.sync_pass().await.unwrap();
+    assert!(matches!(core.get(&root, "team-b/prod/db", None).await, Err(Error::NotFound(_))), "values were copied");
+
+    // What the writer holds: allowed, and the rule says what was checked.
+    let rule = core.put_sync_rule(&w, spec("ok", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    assert_eq!(
+        rule.authorizations,
+        vec![
+            "read on secret/data/app/*",
+            "list on secret/metadata/app/*",
+            "create on team-b/data/app/*",
+            "update on team-b/data/app/*"
+        ]
+    );
+    assert!(rule.written_by.starts_with("acc."), "{}", rule.written_by);
+    core.sync_pass().await.unwrap();
+    assert_eq!(field(&core.get(&root, "team-b/app/db", None).await.unwrap(), "pw"), "app");
+
+    // A deny on one secret below the source folder refuses the folder.
+    core.put_policy(
+        &root,
+        "rule-writer",
+        &format!("{policy}\npath \"secret/data/app/locked\" {{ capabilities = [\"deny\"] }}\n"),
+    )
+    .await
+    .unwrap();
+    denied(spec("ok", "secret/app/", &["team-b/app/"], ""), "read on secret/data/app/*").await;
+}
+
+/// A rotation writes the secret: `update` on `sys/sync/rotate/<path>` is not
+/// enough without `update` on the secret itself; the same for schedules.
+#[tokio::test]
+async fn rotations_need_update_on_the_secret_itself() {
+    use crate::RotateSpec;
+    let (core, root) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put(&root, "secret/app/db", &fields(&[("password", "old-password")]), None).await.unwrap();
+    let policy = r#"
+path "sys/sync/rotate/*" { capabilities = ["update", "read"] }
+path "secret/data/app/*" { capabilities = ["read"] }
+"#;
+    let tok = token_with(&core, &root, "rotator", policy).await;
+    let w = Caller::token(Some(tok.as_str()));
+    let rotate = || RotateSpec {
+        path: "secret/app/db".into(),
+        field: String::new(),
+        length: 24,
+        grace_secs: 0,
+        engine: String::new(),
+    };
+    let e = core.rotate_secret(&w, rotate()).await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("update on secret/data/app/db")), "{e}");
+    let e = core.schedule_rotation(&w, rotate(), 3600).await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("update on secret/data/app/db")), "{e}");
+    assert!(matches!(core.get_rotation(&root, "secret/app/db").await, Err(Error::NotFound(_))));
+    assert_eq!(field(&core.get(&root, "secret/app/db", None).await.unwrap(), "password"), "old-password");
+    core.put_policy(
+        &root,
+        "rotator",
+        &format!("{policy}\npath \"secret/data/app/db\" {{ capabilities = [\"update\"] }}\n"),
+    )
+    .await
+    .unwrap();
+    core.rotate_secret(&w, rotate()).await.unwrap();
+}

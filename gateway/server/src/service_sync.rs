@@ -27,6 +27,8 @@ fn rule_pb(r: Rule) -> pb::SyncRule {
         deep_scan_interval_secs: r.deep_scan_interval_secs,
         coalesce_ms: r.coalesce_ms,
         created_time: Some(ts(r.created)),
+        authorizations: r.authorizations,
+        written_by: r.written_by,
     }
 }
 
@@ -150,7 +152,11 @@ impl pb::sync_server::Sync for SyncService {
             coalesce_ms: r.coalesce_ms,
         };
         let res = self.core.put_sync_rule(&c, spec).await;
-        let rule = self.core.finish(&c, res, none).await.map_err(status)?;
+        let rule = self
+            .core
+            .finish(&c, res, |r| vec![("authorizations".into(), plain(r.authorizations.clone()))])
+            .await
+            .map_err(status)?;
         Ok(Response::new(rule_pb(rule)))
     }
 
