@@ -806,7 +806,10 @@ impl Core {
     ) -> Result<MountEntry> {
         let id = self.authenticate(caller).await?;
         let path = normalize_mount_path(path)?;
-        self.authorize(caller, &id, &format!("sys/mounts/{path}/tune"), Capability::Update).await?;
+        // `sys/mounts/secret/tune`, as Vault spells it (the path without its
+        // trailing `/`, which would give `secret//tune`).
+        self.authorize(caller, &id, &format!("sys/mounts/{}/tune", path.trim_end_matches('/')), Capability::Update)
+            .await?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.loaded()?.table()).clone();
         let entry = table.get_mut(&path)?;

@@ -132,10 +132,10 @@ fn model_allows(
     params: &[(String, String)],
 ) -> bool {
     let within = |list: &Vec<String>, v: &str| list.is_empty() || list.iter().any(|x| x == v);
-    if let Some(d) = denied.as_ref().filter(|d| !d.is_empty()) {
-        if params.iter().any(|(k, v)| d.get(&k.to_lowercase()).is_some_and(|l| within(l, v))) {
-            return false;
-        }
+    if let Some(d) = denied.as_ref().filter(|d| !d.is_empty())
+        && params.iter().any(|(k, v)| d.get(&k.to_lowercase()).is_some_and(|l| within(l, v)))
+    {
+        return false;
     }
     if let Some(a) = allowed.as_ref().filter(|a| !a.is_empty()) {
         return params.iter().all(|(k, v)| a.get(&k.to_lowercase()).is_some_and(|l| within(l, v)));

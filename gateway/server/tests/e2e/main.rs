@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `keybridge` binary, real sockets, real files.
 
 mod audit;
+mod authz;
 mod cli;
 mod clouds;
 mod conformance;
