@@ -311,7 +311,10 @@ impl CloudMount {
         tags.insert(crate::sync::MARKER_TAG.to_string(), rule_id.to_string());
         let v = match (existing, current_number) {
             // The current version is numbered: the next number is known.
-            (Some(_), Some(n)) => self.store.put_numbered(&name, &value, n + 1, Some(&tags)).await?,
+            (Some(_), Some(n)) => {
+                let next = keybridge_provider_api::store::next_number(&name, std::iter::once(n))?;
+                self.store.put_numbered(&name, &value, next, Some(&tags)).await?
+            }
             (None, _) => self.store.put(&name, &value, &Precondition::None, Some(&tags)).await?,
             (Some(_), None) => self.store.put(&name, &value, &Precondition::None, None).await?,
         };

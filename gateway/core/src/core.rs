@@ -921,9 +921,9 @@ impl Core {
         table: &'a MountTable,
         path: &'a str,
     ) -> Result<(Engine<'a>, &'a MountEntry, &'a str)> {
+        // Not naming the mounts: `sys/mounts` read is what lists them.
         let (mount, rel) = table.route(path).ok_or_else(|| {
-            let known: Vec<&str> = table.entries.iter().map(|m| m.path.as_str()).collect();
-            Error::NotFound(format!("no mount serves {path:?}; mounts: {}", known.join(", ")))
+            Error::NotFound(format!("no mount serves {path:?}; `keybridge mount list` shows the mounts"))
         })?;
         if cloud::cloud_of(&mount.kind).is_some() {
             return Ok((Engine::Cloud(self.cloud_mount(mount).await?), mount, rel));
@@ -1216,10 +1216,41 @@ impl Core {
         let table = self.loaded()?.table();
         let (engine, mount, rel) = self.route(&table, &folder).await?;
         self.authorize(caller, &id, &format!("{}metadata/{rel}", mount.path), Capability::List).await?;
-        match engine {
+        let (keys, next) = match engine {
             Engine::Local(kv) => kv.list(rel, page_size, page_token, recursive).await,
             Engine::Cloud(c) => c.list(rel, page_size, page_token, recursive).await,
+        }?;
+        // Raw cloud names are flat: `_raw/` has no folders below it.
+        if !recursive || id.is_root() || rel.starts_with(cloud::RAW_FOLDER) {
+            return Ok((keys, next));
         }
+        // A recursive listing shows what listing each folder would: a name
+        // stays only if `list` is granted on every folder between the one
+        // asked for and it (a page may come back shorter for it).
+        let mut granted: HashMap<String, bool> = HashMap::new();
+        let mut kept = Vec::with_capacity(keys.len());
+        'keys: for k in keys {
+            let raw = k.starts_with(cloud::RAW_FOLDER);
+            for (i, _) in k.match_indices('/') {
+                if raw && i + 1 > cloud::RAW_FOLDER.len() {
+                    break;
+                }
+                let sub = format!("{}metadata/{rel}{}", mount.path, &k[..=i]);
+                let ok = match granted.get(&sub) {
+                    Some(ok) => *ok,
+                    None => {
+                        let ok = self.decide(&id, &sub, Capability::List).await.is_ok();
+                        granted.insert(sub, ok);
+                        ok
+                    }
+                };
+                if !ok {
+                    continue 'keys;
+                }
+            }
+            kept.push(k);
+        }
+        Ok((kept, next))
     }
 
     // ----- keys and snapshots -------------------------------------------------

@@ -446,8 +446,7 @@ impl Core {
         }
         let table = self.loaded()?.table();
         let (mount, rel) = table.route(path).ok_or_else(|| {
-            let known: Vec<&str> = table.entries.iter().map(|m| m.path.as_str()).collect();
-            Error::NotFound(format!("no mount serves {path:?}; mounts: {}", known.join(", ")))
+            Error::NotFound(format!("no mount serves {path:?}; `keybridge mount list` shows the mounts"))
         })?;
         if mount.kind != MOUNT_KIND {
             return Err(Error::InvalidArgument(format!(

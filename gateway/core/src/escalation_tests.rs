@@ -219,3 +219,31 @@ fn times_saturate() {
     assert_eq!(t.plus_secs(u64::MAX).secs, i64::MAX);
     assert_eq!(t.plus_secs(10), Timestamp { secs: 110, nanos: 5 });
 }
+
+/// A recursive listing shows only what listing each folder would.
+#[tokio::test]
+async fn a_recursive_list_drops_what_a_folder_denies() {
+    let (core, root) = dev_core().await;
+    for p in
+        ["secret/team/ok/x", "secret/team/hidden/db", "secret/team/hidden/deeper/y", "secret/other/z", "secret/top"]
+    {
+        core.put(&root, p, &crate::value::SecretValue::Text(zeroize::Zeroizing::new("v".into())), None).await.unwrap();
+    }
+    let lister = token_with(
+        &core,
+        &root,
+        "lister",
+        r#"
+path "secret/metadata/" { capabilities = ["list"] }
+path "secret/metadata/team/*" { capabilities = ["list"] }
+path "secret/metadata/team/hidden/*" { capabilities = ["deny"] }
+"#,
+    )
+    .await;
+    let (keys, _) = core.list(&lister, "secret/", 100, "", true).await.unwrap();
+    assert_eq!(keys, vec!["team/ok/x", "top"], "other/ is not listable, team/hidden/ is denied");
+    let (keys, _) = core.list(&root, "secret/", 100, "", true).await.unwrap();
+    assert_eq!(keys.len(), 5);
+    let Err(e) = core.get(&lister, "nowhere/x", None).await else { panic!("no mount serves nowhere/") };
+    assert!(matches!(&e, Error::NotFound(m) if !m.contains("secret/")), "the mounts were named: {e}");
+}

@@ -132,7 +132,7 @@ pub struct Rotation {
 const HELD_LEASES: &str = "sync/rotation-leases/";
 
 /// How the new value is made.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RotateSpec {
     pub path: String,
     /// The field replaced in a secret of fields (default `password`).
@@ -374,7 +374,17 @@ impl Core {
         }];
         for rule in self.sync_rules().await?.iter().filter(|r| r.covers(&spec.path)) {
             for t in &rule.targets {
-                if let Some(tp) = rule.target_path(t, &spec.path) {
+                let Some(tp) = rule.target_path(t, &spec.path) else { continue };
+                // Only replicas the rule owns rotate with the source: one it
+                // wrote (a record, not marked foreign), or any under a rule
+                // that takes over. Someone else's secret at the target stays
+                // theirs; a target not written yet gets the new value when
+                // the rule next replicates.
+                let owned = match self.record(&sync::state_key(&rule.id, &tp)).await? {
+                    Some(r) => !r.foreign || rule.take_over,
+                    None => false,
+                };
+                if owned {
                     copies.push(CopyState { path: tp, rule_id: rule.id.clone(), ..copies[0].clone() });
                 }
             }
@@ -585,7 +595,7 @@ impl Core {
         }
         if r.state == RotationState::Retiring {
             let since = Timestamp::now().secs - r.promoted.map_or(0, |p| p.secs);
-            let left = (r.grace_secs as i64).saturating_sub(since);
+            let left = i64::try_from(r.grace_secs).unwrap_or(i64::MAX).saturating_sub(since);
             if left > 0 {
                 return Ok(Some(Duration::from_secs(left as u64)));
             }

@@ -154,8 +154,15 @@ impl Core {
         let table = self.loaded()?.table();
         let folder = |p: &str, what: &str| -> Result<String> {
             let f = validate_folder_path(p.trim())?;
-            if table.route(&f).is_none() {
+            let Some((mount, rel)) = table.route(&f) else {
                 return Err(Error::InvalidArgument(format!("{what} {f}: no mount serves it")));
+            };
+            // Raw cloud names are flat and authorized by what they decode
+            // to, which a folder does not say: rules take Keybridge paths.
+            if crate::cloud::cloud_of(&mount.kind).is_some() && rel.starts_with(crate::cloud::RAW_FOLDER) {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} {f}: a rule replicates Keybridge paths, not a cloud's raw names under _raw/"
+                )));
             }
             Ok(f)
         };

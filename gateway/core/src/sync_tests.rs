@@ -423,3 +423,29 @@ path "secret/data/app/*" { capabilities = ["read"] }
     .unwrap();
     core.rotate_secret(&w, rotate()).await.unwrap();
 }
+
+/// A rotation reaches the replicas the rule owns, never a secret at a target
+/// that the rule left alone as someone else's (that would be a take-over
+/// without `take_over`, by anyone who may rotate the source).
+#[tokio::test]
+async fn a_rotation_leaves_a_foreign_target_alone() {
+    use crate::RotateSpec;
+    let (core, root) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put(&root, "team-b/app/db", &fields(&[("password", "theirs"), ("owner", "dba")]), None).await.unwrap();
+    core.put(&root, "secret/app/db", &fields(&[("password", "app-password")]), None).await.unwrap();
+    core.put_sync_rule(&root, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "")).await.unwrap();
+    core.sync_pass().await.unwrap();
+    assert_eq!(state(&core, "team-b/app/db").0, "conflict");
+    let r = core
+        .rotate_secret(&root, RotateSpec { path: "secret/app/db".into(), length: 24, ..Default::default() })
+        .await
+        .unwrap();
+    let paths: Vec<&str> = r.copies.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, vec!["secret/app/db", "team-c/app/db"], "only the source and the owned replica");
+    core.sync_pass().await.unwrap();
+    let theirs = core.get(&root, "team-b/app/db", None).await.unwrap();
+    assert_eq!(field(&theirs, "password"), "theirs");
+    assert_eq!(field(&theirs, "owner"), "dba");
+    let new = field(&core.get(&root, "secret/app/db", None).await.unwrap(), "password");
+    assert_eq!(field(&core.get(&root, "team-c/app/db", None).await.unwrap(), "password"), new);
+}

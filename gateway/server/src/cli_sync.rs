@@ -119,6 +119,7 @@ fn rule_json(r: &pb::SyncRule) -> serde_json::Value {
         "scan_interval_secs": r.scan_interval_secs, "deep_scan_interval_secs": r.deep_scan_interval_secs,
         "coalesce_ms": r.coalesce_ms,
         "created_time": time(&r.created_time),
+        "authorizations": r.authorizations, "written_by": r.written_by,
     })
 }
 

@@ -65,13 +65,39 @@ pub fn custom_endpoints(cloud: Cloud, settings: &BTreeMap<String, String>) -> Ve
         .iter()
         .filter_map(|&setting| {
             let v = settings.get(setting).map(|v| v.trim()).filter(|v| !v.is_empty())?;
-            let host = url::Url::parse(v)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-                .unwrap_or_else(|| v.to_ascii_lowercase());
-            (!cloud.owns_host(setting, &host)).then_some(CustomEndpoint { setting, host })
+            // Fail closed: a URL this parser does not read the way an HTTP
+            // client will (`http://evil:x.amazonaws.com` connects to `evil`)
+            // is never one of the cloud's own.
+            match plain_host(v) {
+                Some(host) if cloud.owns_host(setting, &host) => None,
+                Some(host) => Some(CustomEndpoint { setting, host }),
+                None => Some(CustomEndpoint { setting, host: v.to_ascii_lowercase() }),
+            }
         })
         .collect()
+}
+
+/// The host of an endpoint URL that is plainly written: http(s), a host,
+/// no user info, and the URL as given reads back the same (no percent
+/// escapes or odd characters a client could read another way).
+fn plain_host(v: &str) -> Option<String> {
+    let u = url::Url::parse(v).ok()?;
+    let plain = matches!(u.scheme(), "http" | "https")
+        && u.username().is_empty()
+        && u.password().is_none()
+        && !v.contains(['%', '\\', '@'])
+        && v.bytes().all(|b| b.is_ascii_graphic());
+    plain.then(|| u.host_str().map(|h| h.trim_end_matches('.').to_ascii_lowercase())).flatten()
+}
+
+/// A URL setting the adapters take: http(s) with a host, written plainly.
+pub fn check_url(key: &str, v: &str) -> crate::store::Result<()> {
+    if plain_host(v).is_none() {
+        return Err(crate::store::Error::InvalidArgument(format!(
+            "{key} {v:?} is not a plain http:// or https:// URL with a host (no user info, escapes or spaces)"
+        )));
+    }
+    Ok(())
 }
 
 /// The refusal for ambient credentials headed to a custom endpoint.

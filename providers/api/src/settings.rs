@@ -22,6 +22,7 @@ pub fn url(s: &BTreeMap<String, String>, key: &str) -> Result<Option<String>> {
         Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
             Err(Error::InvalidArgument(format!("{key} {u:?} must start with http:// or https://")))
         }
-        v => Ok(v),
+        Some(u) => crate::endpoints::check_url(key, &u).map(|()| Some(u)),
+        None => Ok(None),
     }
 }

@@ -364,3 +364,27 @@ impl<T: SecretStore + ?Sized> SecretStore for std::sync::Arc<T> {
         (**self).retire(name, id).await
     }
 }
+
+/// The number after the highest of `numbers`: version numbers are read back
+/// from the cloud (tags, version ids) where anyone with write access there
+/// could have set `u64::MAX`.
+pub fn next_number(name: &str, numbers: impl Iterator<Item = u64>) -> Result<u64> {
+    numbers.max().unwrap_or(0).checked_add(1).ok_or_else(|| {
+        Error::Failed(format!(
+            "{name}: its highest version number is the largest there can be; no version can follow it"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod next_number_tests {
+    use super::*;
+
+    #[test]
+    fn the_next_number_never_wraps() {
+        assert_eq!(next_number("s", [1, 7, 3].into_iter()).unwrap(), 8);
+        assert_eq!(next_number("s", std::iter::empty()).unwrap(), 1);
+        let e = next_number("s", [u64::MAX].into_iter()).unwrap_err();
+        assert!(matches!(e, Error::Failed(m) if m.contains("largest")));
+    }
+}

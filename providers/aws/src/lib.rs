@@ -283,7 +283,7 @@ impl SecretStore for AwsStore {
             });
             return Err(Error::Conflict(format!("check-and-set failed: the current version of {name} is {now}")));
         }
-        let next = versions.iter().filter_map(|v| v.number).max().unwrap_or(0) + 1;
+        let next = keybridge_provider_api::store::next_number(name, versions.iter().filter_map(|v| v.number))?;
         self.put_value(name, &token_for(next), value, None).await
     }
 
@@ -404,7 +404,7 @@ impl SecretStore for AwsStore {
         if let Some(v) = versions.iter().find(|v| v.id.ends_with(&suffix)) {
             return Ok(v.clone());
         }
-        let next = versions.iter().filter_map(|v| v.number).max().unwrap_or(0) + 1;
+        let next = keybridge_provider_api::store::next_number(name, versions.iter().filter_map(|v| v.number))?;
         self.put_value(name, &format!("kbv{next}{suffix}"), value, Some(PENDING)).await
     }
 

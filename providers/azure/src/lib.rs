@@ -109,7 +109,11 @@ impl Settings {
                 "vault_url {vault_url:?} must be an https:// URL (Key Vault accepts tokens over HTTPS only)"
             )));
         }
+        keybridge_provider_api::endpoints::check_url("vault_url", &vault_url)?;
         let authority_host = get("authority_host");
+        if let Some(a) = &authority_host {
+            keybridge_provider_api::endpoints::check_url("authority_host", a)?;
+        }
         if let Some(a) = &authority_host
             && !a.starts_with("https://")
         {
@@ -488,7 +492,7 @@ impl SecretStore for AzureStore {
         }
         // Tags belong to a version: carry the secret's metadata forward.
         let carried = if tags.is_some() { given } else { current.map(|(_, t)| t).unwrap_or_default() };
-        let next = versions.iter().filter_map(|(v, _)| v.number).max().unwrap_or(0) + 1;
+        let next = keybridge_provider_api::store::next_number(name, versions.iter().filter_map(|(v, _)| v.number))?;
         self.set(name, value, with_number(carried, next)).await
     }
 

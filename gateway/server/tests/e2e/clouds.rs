@@ -238,9 +238,24 @@ async fn raw_names_follow_path_policies_and_the_mount_prefix() {
     }
     let o = s.cli(t, &["kv", "get", "aws/_raw/team2-db"]);
     assert!(stderr(&o).contains("outside this mount's prefix"), "{}", stderr(&o));
+    // A rule cannot name raw cloud names as a folder (it would be checked
+    // as aws/data/_raw/..., not as the paths they decode to).
+    let o = s.cli(t, &["sync", "rule", "create", "plant", "--source", "secret/mine/", "--target", "aws/_raw/kb-prod/"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("raw names"), "{}", stderr(&o));
     // Listings show only this mount's names.
     let listed = json(&s.cli(t, &["kv", "list", "-o", "json", "--recursive", "aws/"]));
     assert_eq!(listed, serde_json::json!(["_raw/kb-legacy=1", "app/x", "prod/db"]), "{listed}");
+
+    // A version number written in the cloud by someone else: the largest
+    // there is. The next write is refused, without wrapping to 0 or panicking.
+    boto3(
+        &m,
+        r#"c.put_secret_value(SecretId='kb-app/x', SecretString='{"v": "2"}', ClientRequestToken='kbv18446744073709551615-' + '0' * 32)"#,
+    );
+    let o = s.cli(t, &["kv", "put", "aws/app/x", "v=3"]);
+    assert!(!o.status.success() && stderr(&o).contains("largest"), "{}", stderr(&o));
+    assert!(s.cli(t, &["kv", "get", "aws/app/x"]).status.success(), "the server is still serving");
 }
 
 fn stats_of(s: &Server, path: &str) -> Value {
