@@ -39,6 +39,9 @@ impl Core {
         let path = normalize_device_path(path)?;
         self.authorize(caller, &id, &format!("sys/audit/{path}"), Capability::Sudo).await?;
         crate::audit::validate_options(kind, &options)?;
+        if kind == "file" {
+            self.check_audit_file_dir(&options["file_path"])?;
+        }
         let _guard = self.admin.lock().await;
         let loaded = self.loaded()?;
         let entry = DeviceEntry {
@@ -119,11 +122,34 @@ impl Core {
         Ok(self.audit_verifier(caller, path).await?.1)
     }
 
+    /// With `audit_file_dir` configured, a file device's log must be a file
+    /// directly in that directory (resolved, so no link leads out of it).
+    fn check_audit_file_dir(&self, file_path: &str) -> Result<()> {
+        let Some(dir) = &self.config.audit_file_dir else { return Ok(()) };
+        let path = std::path::Path::new(file_path);
+        let outside = || {
+            Error::PermissionDenied(format!(
+                "file_path {file_path:?} is not a file in the server's audit_file_dir {}",
+                dir.display()
+            ))
+        };
+        let (Some(parent), Some(_)) = (path.parent(), path.file_name()) else { return Err(outside()) };
+        let parent = parent.canonicalize().map_err(|_| outside())?;
+        let dir = dir.canonicalize().map_err(|e| {
+            Error::FailedPrecondition(format!("the server's audit_file_dir {} cannot be used: {e}", dir.display()))
+        })?;
+        if parent != dir {
+            return Err(outside());
+        }
+        Ok(())
+    }
+
     /// Subscribes to a stream device's records.
     pub async fn watch_audit(&self, caller: &Caller, path: &str) -> Result<broadcast::Receiver<std::sync::Arc<str>>> {
         let id = self.authenticate(caller).await?;
         let path = normalize_device_path(path)?;
-        self.authorize(caller, &id, &format!("sys/audit/{path}watch"), Capability::Read).await?;
+        // Every request's record, live: as much as reading the log itself.
+        self.authorize(caller, &id, &format!("sys/audit/{path}watch"), Capability::Sudo).await?;
         self.loaded()?.audit.subscribe(&path)
     }
 

@@ -351,3 +351,75 @@ async fn stream_device_feeds_watchers_and_never_blocks_requests() {
     assert!(!seen.concat().contains("streamed-secret"));
     assert!(matches!(core.watch_audit(r, "nope").await, Err(Error::NotFound(_))));
 }
+
+/// Accessors reach records as HMACs (Vault's `hmac_accessor = true`); no
+/// option turns an HMAC off.
+#[tokio::test]
+async fn accessors_are_hmaced_and_no_option_logs_raw_values() {
+    let (core, root) = dev_core().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let r = &Caller::token(Some(&root));
+    for bad in [("log_raw", "true"), ("hmac_accessor", "false")] {
+        let e = core
+            .enable_audit(r, "file", "file", "", opts(&[("file_path", log.to_str().unwrap()), bad]))
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("only as HMACs")), "{bad:?}: {e}");
+    }
+    assert!(core.list_audit(r).await.unwrap().is_empty());
+    let with = opts(&[("file_path", log.to_str().unwrap()), ("hmac_accessor", "true")]);
+    core.enable_audit(r, "file", "file", "", with).await.unwrap();
+    let (t, entry) = core.create_token(r, TokenRequest::default()).await.unwrap();
+    core.lookup_self(&Caller::token(Some(t.as_str()))).await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&entry.accessor), "an accessor reached the audit log");
+    let h = core.audit_hash(r, "file", entry.accessor.as_bytes()).await.unwrap();
+    assert!(text.contains(h.as_str()), "the accessor's HMAC is there to match");
+}
+
+/// A file device's mode is never executable; its file is never opened
+/// through a symbolic link; with `audit_file_dir` it stays in that directory.
+#[tokio::test]
+async fn file_devices_refuse_executable_modes_links_and_other_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let config = CoreConfig { audit_file_dir: Some(logs.clone()), ..Default::default() };
+    let core = Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), config);
+    core.init(1, 1, Some("root-t"), true).await.unwrap();
+    let r = &Caller::token(Some("root-t"));
+    let enable = |path: std::path::PathBuf, mode: &str| {
+        let mut o = opts(&[("file_path", path.to_str().unwrap())]);
+        if !mode.is_empty() {
+            o.insert("mode".into(), mode.into());
+        }
+        core.enable_audit(r, "file", "file", "", o)
+    };
+    for mode in ["0755", "0700", "4600", "1600", "0601"] {
+        // 0601: execute for others.
+        let e = enable(logs.join("a.log"), mode).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("never executable")), "{mode}: {e}");
+    }
+    // Outside the directory, or leaving it through `..` or a link.
+    let elsewhere = dir.path().join("elsewhere.log");
+    let e = enable(elsewhere.clone(), "").await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("audit_file_dir")), "{e}");
+    let e = enable(logs.join("../escaped.log"), "").await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(_)), "{e}");
+    std::os::unix::fs::symlink(dir.path(), logs.join("up")).unwrap();
+    let e = enable(logs.join("up").join("escaped.log"), "").await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(_)), "{e}");
+    // A link as the file itself: not followed.
+    let target = dir.path().join("target.log");
+    std::fs::write(&target, "").unwrap();
+    std::os::unix::fs::symlink(&target, logs.join("link.log")).unwrap();
+    let e = enable(logs.join("link.log"), "").await.unwrap_err();
+    assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains("cannot open")), "{e}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"", "the link's target was written");
+    assert!(core.list_audit(r).await.unwrap().is_empty(), "a refused device was enabled");
+    // In the directory, with a read/write mode: enabled.
+    enable(logs.join("audit.log"), "0640").await.unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(logs.join("audit.log")).unwrap().permissions().mode() & 0o777, 0o640);
+}

@@ -36,6 +36,8 @@ pub struct CoreConfig {
     /// Hosts a cloud mount may be pointed at besides the cloud's own (none:
     /// any, for holders of `sudo` on the mount's path).
     pub allowed_endpoint_hosts: Option<Vec<String>>,
+    /// The directory file audit devices must write in (none: anywhere).
+    pub audit_file_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CoreConfig {
@@ -47,6 +49,7 @@ impl Default for CoreConfig {
             rotation_verify: None,
             plugins: None,
             allowed_endpoint_hosts: None,
+            audit_file_dir: None,
         }
     }
 }

@@ -18,6 +18,7 @@
 //! # policy_check_rego = "/etc/keybridge/rules.rego"
 //! # rotation_verify_command = ["/usr/local/bin/try-credentials"]
 //! # allowed_endpoint_hosts = ["vpce-0a1b.secretsmanager.us-east-1.vpce.amazonaws.com"]
+//! # audit_file_dir = "/var/log/keybridge"
 //! ```
 //!
 //! Parsing and validation are pure: nothing here opens a file it names.
@@ -59,6 +60,9 @@ struct RawConfig {
     /// Hosts cloud mounts may be pointed at besides the clouds' own.
     #[serde(default)]
     allowed_endpoint_hosts: Option<Vec<String>>,
+    /// The directory file audit devices must write in.
+    #[serde(default)]
+    audit_file_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +96,8 @@ struct RawLimits {
     shutdown_grace: Option<String>,
     token_requests_per_second: Option<u32>,
     token_burst: Option<u32>,
+    login_requests_per_second: Option<u32>,
+    login_role_requests_per_second: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +130,12 @@ pub struct Limits {
     /// Requests a token may make at once before the rate applies
     /// (default: one second's worth).
     pub token_burst: u32,
+    /// Logins per second from one remote address (burst: twice that); 0:
+    /// no limit. Default 10.
+    pub login_requests_per_second: u32,
+    /// Logins per second to one role of one method (burst: twice that); 0:
+    /// no limit. Default 50.
+    pub login_role_requests_per_second: u32,
 }
 
 impl Default for Limits {
@@ -134,6 +146,8 @@ impl Default for Limits {
             max_concurrent_requests: 4096,
             request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            login_requests_per_second: 10,
+            login_role_requests_per_second: 50,
             token_requests_per_second: 0,
             token_burst: 0,
         }
@@ -158,6 +172,8 @@ pub struct Config {
     /// Hosts a cloud mount may be pointed at besides the cloud's own (none
     /// set: any, for holders of `sudo` on the mount's path).
     pub allowed_endpoint_hosts: Option<Vec<String>>,
+    /// File audit devices write only in this directory (none set: anywhere).
+    pub audit_file_dir: Option<PathBuf>,
 }
 
 /// Two serving threads per CPU. A serving thread's requests block it in
@@ -233,6 +249,12 @@ impl Config {
             if let Some(v) = l.token_burst {
                 limits.token_burst = v;
             }
+            if let Some(v) = l.login_requests_per_second {
+                limits.login_requests_per_second = v;
+            }
+            if let Some(v) = l.login_role_requests_per_second {
+                limits.login_role_requests_per_second = v;
+            }
             if let Some(v) = l.request_timeout {
                 limits.request_timeout = humantime::parse_duration(&v)
                     .map_err(|e| bad(format!("limits.request_timeout {v:?}: {e} (e.g. \"30s\")")))?;
@@ -270,6 +292,12 @@ impl Config {
             serving_threads,
             log_level,
             policy_check_rego: raw.policy_check_rego,
+            audit_file_dir: match raw.audit_file_dir {
+                Some(d) if !d.is_absolute() => {
+                    return Err(bad(format!("audit_file_dir {} must be an absolute path", d.display())));
+                }
+                d => d,
+            },
             allowed_endpoint_hosts: match raw.allowed_endpoint_hosts {
                 Some(hosts) => Some(
                     hosts
@@ -324,6 +352,7 @@ mod tests {
             disable_mlock = true
             serving_threads = 3
             allowed_endpoint_hosts = ["Vault.Internal.", "127.0.0.1"]
+            audit_file_dir = "/var/log/keybridge"
             "#,
         )
         .unwrap();
@@ -336,6 +365,7 @@ mod tests {
         assert!(c.disable_mlock);
         assert_eq!(c.serving_threads, 3);
         assert_eq!(c.allowed_endpoint_hosts, Some(vec!["vault.internal".to_string(), "127.0.0.1".to_string()]));
+        assert_eq!(c.audit_file_dir, Some(PathBuf::from("/var/log/keybridge")));
     }
 
     #[test]

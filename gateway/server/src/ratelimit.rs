@@ -69,7 +69,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if let Some(auth) = req.headers().get(http::header::AUTHORIZATION) {
-            let key = self.layer.hasher.hash_one(auth.as_bytes());
+            let key = self.layer.key(auth.as_bytes());
             if self.layer.limiter.check_key(&key).is_err() {
                 let status = tonic::Status::resource_exhausted(
                     "rate limit exceeded for this token; slow down and retry (limits.token_requests_per_second)",
@@ -78,5 +78,103 @@ where
             }
         }
         Box::pin(self.inner.call(req))
+    }
+}
+
+/// Logins are refused early when one remote address, or one role, asks too
+/// often: a credential guessed or replayed at speed meets the limit, not
+/// the verifier. Keys are keyed hashes, so no role name or address is held.
+#[derive(Clone, Default)]
+pub struct LoginLimits {
+    by_address: Option<Arc<DefaultKeyedRateLimiter<u64>>>,
+    by_role: Option<Arc<DefaultKeyedRateLimiter<u64>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+fn keyed(per_second: u32) -> Option<Arc<DefaultKeyedRateLimiter<u64>>> {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = rate.saturating_mul(NonZeroU32::new(2).expect("2 > 0"));
+    let limiter = Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)));
+    let weak = Arc::downgrade(&limiter);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(l) = weak.upgrade() else { return };
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    });
+    Some(limiter)
+}
+
+impl LoginLimits {
+    pub fn new(per_address: u32, per_role: u32) -> Self {
+        LoginLimits { by_address: keyed(per_address), by_role: keyed(per_role), hasher: Default::default() }
+    }
+
+    /// Takes one login from `remote`'s and the role's buckets, or says which
+    /// is spent. The role is keyed as the core reads it (path without its
+    /// slashes, name trimmed and lowercased).
+    pub fn check(&self, remote: Option<std::net::IpAddr>, path: &str, role: &str) -> Result<(), &'static str> {
+        if let (Some(l), Some(ip)) = (&self.by_address, remote)
+            && l.check_key(&self.hasher.hash_one(ip)).is_err()
+        {
+            return Err("too many logins from this address; wait and retry (limits.login_requests_per_second)");
+        }
+        if let Some(l) = &self.by_role {
+            let key = (path.trim().trim_matches('/').to_lowercase(), role.trim().to_lowercase());
+            if l.check_key(&self.hasher.hash_one(key)).is_err() {
+                return Err("too many logins to this role; wait and retry (limits.login_role_requests_per_second)");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TokenRateLimitLayer {
+    /// The bucket of a header: the keyed hash of its token as the services
+    /// read it (any case of `Bearer`, any spaces), or of the header itself
+    /// when it holds no token (the service refuses it anyway).
+    fn key(&self, header: &[u8]) -> u64 {
+        let token = std::str::from_utf8(header).ok().and_then(crate::service::bearer);
+        self.hasher.hash_one(token.map_or(header, str::as_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_token_is_one_bucket_however_it_is_written() {
+        let layer = TokenRateLimitLayer::new(NonZeroU32::new(1).unwrap(), NonZeroU32::new(1).unwrap());
+        let k = layer.key(b"Bearer kb.abc");
+        for same in ["bearer kb.abc", "BEARER kb.abc", "Bearer   kb.abc  ", "  Bearer kb.abc"] {
+            assert_eq!(layer.key(same.as_bytes()), k, "{same:?}");
+        }
+        assert_ne!(layer.key(b"Bearer kb.abd"), k);
+        assert_eq!(crate::service::bearer("Bearer "), None);
+        assert_eq!(crate::service::bearer("Basic kb.abc"), None);
+    }
+
+    #[tokio::test]
+    async fn logins_are_limited_per_address_and_per_role() {
+        let ip = |n: u8| Some(std::net::IpAddr::from([10, 0, 0, n]));
+        // Per address: 1/s, a burst of 2, whatever the role.
+        let l = LoginLimits::new(1, 0);
+        assert!(l.check(ip(1), "kubernetes", "a").is_ok());
+        assert!(l.check(ip(1), "kubernetes", "b").is_ok());
+        let e = l.check(ip(1), "kubernetes", "c").unwrap_err();
+        assert!(e.contains("address"), "{e}");
+        assert!(l.check(ip(2), "kubernetes", "a").is_ok(), "another address has its own bucket");
+        // Per role: 1/s, a burst of 2, whatever the address; spelled any way.
+        let l = LoginLimits::new(0, 1);
+        assert!(l.check(ip(1), "kubernetes/", "app").is_ok());
+        assert!(l.check(ip(2), "/kubernetes", " APP ").is_ok());
+        let e = l.check(ip(3), "kubernetes", "app").unwrap_err();
+        assert!(e.contains("role"), "{e}");
+        assert!(l.check(ip(3), "kubernetes", "other").is_ok(), "another role has its own bucket");
+        assert!(LoginLimits::new(0, 0).check(ip(1), "k", "r").is_ok());
     }
 }

@@ -99,6 +99,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
             }),
             plugins: plugin_runtime()?,
             allowed_endpoint_hosts: config.allowed_endpoint_hosts.clone(),
+            audit_file_dir: config.audit_file_dir.clone(),
         },
     ));
 
@@ -138,7 +139,11 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     let tokens = pb::tokens_server::TokensServer::new(TokensService { core: core.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let auth = pb::auth_server::AuthServer::new(AuthService { core: core.clone() })
+    let login_limits = crate::ratelimit::LoginLimits::new(
+        config.limits.login_requests_per_second,
+        config.limits.login_role_requests_per_second,
+    );
+    let auth = pb::auth_server::AuthServer::new(AuthService { core: core.clone(), login_limits })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let audit = pb::audit_server::AuditServer::new(AuditService { core: core.clone(), stopping })

@@ -62,11 +62,19 @@ fn token<T>(req: &Request<T>) -> Result<Bearer, Status> {
     let text = value
         .to_str()
         .map_err(|_| Status::unauthenticated("the authorization header is not ASCII; send 'Bearer <token>'"))?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))
-        .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?;
-    Ok(Bearer(Some(Zeroizing::new(token.trim().to_string()))))
+    let token =
+        bearer(text).ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?;
+    Ok(Bearer(Some(Zeroizing::new(token.to_string()))))
+}
+
+/// The token of an `authorization: Bearer <token>` header value: the scheme
+/// in any case, spaces around the token dropped. The one reading of the
+/// header, for the services and the per-token rate limiter alike (so the
+/// same token is the same bucket however it is written).
+pub(crate) fn bearer(header: &str) -> Option<&str> {
+    let header = header.trim_start();
+    let (scheme, rest) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
 }
 
 /// The request as the core sees it: token, request id (set by the
@@ -1061,6 +1069,7 @@ impl pb::audit_server::Audit for AuditService {
 
 pub struct AuthService {
     pub core: Arc<Core>,
+    pub login_limits: crate::ratelimit::LoginLimits,
 }
 
 fn method_pb(m: keybridge_core::AuthMount) -> pb::AuthMethod {
@@ -1174,7 +1183,9 @@ impl pb::auth_server::Auth for AuthService {
 
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let c = caller(&req, "keybridge.v1.Auth/Login")?;
+        let remote = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
+        self.login_limits.check(remote, &r.path, &r.role).map_err(Status::resource_exhausted)?;
         let jwt = Zeroizing::new(r.jwt);
         let mut c = c.with_path(&r.path);
         for (k, v) in keybridge_core::login_audit(&r.role, &jwt) {

@@ -665,9 +665,12 @@ struct FileSink {
 }
 
 impl FileSink {
+    /// Opens for appending, never through a symbolic link (`O_NOFOLLOW`):
+    /// whoever can write the log's directory cannot point the chain at
+    /// another file.
     fn open_file(path: &std::path::Path, mode: u32) -> std::io::Result<std::fs::File> {
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new().create(true).append(true).mode(mode).open(path)
+        std::fs::OpenOptions::new().create(true).append(true).mode(mode).custom_flags(libc::O_NOFOLLOW).open(path)
     }
 
     fn open(entry: &DeviceEntry) -> std::result::Result<Self, String> {

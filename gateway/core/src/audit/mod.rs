@@ -283,7 +283,9 @@ pub(crate) fn render(
         if let Some(auth) = &state.auth {
             a.field("display_name", &auth.display_name);
             a.field("policies", &auth.policies);
-            a.field("accessor", &auth.accessor);
+            // An accessor can look a token up and revoke it: HMACed, as
+            // Vault's default `hmac_accessor = true`.
+            a.hmac("accessor", key, auth.accessor.as_bytes());
         }
         if let Some(t) = &caller.token {
             a.hmac("client_token", key, t.as_bytes());
@@ -374,10 +376,23 @@ impl VerificationKey {
 /// Options of a device type, validated without IO.
 pub(crate) fn validate_options(kind: &str, options: &BTreeMap<String, String>) -> crate::Result<()> {
     use crate::Error::InvalidArgument;
+    for k in ["log_raw", "hmac_accessor"] {
+        match options.get(k).map(String::as_str) {
+            None => {}
+            Some("true") if k == "hmac_accessor" => {}
+            Some(_) => {
+                return Err(InvalidArgument(format!(
+                    "{k} is not offered: audit records carry secret values, tokens and accessors only as HMACs \
+                     under the device's key, so that reading the log never reveals them; \
+                     `keybridge audit hash` finds a known value's HMAC"
+                )));
+            }
+        }
+    }
     let allowed: &[&str] = match kind {
-        "file" => &["file_path", "fsync", "mode"],
-        "socket" => &["address", "socket_type", "write_timeout"],
-        "stream" => &["buffer"],
+        "file" => &["file_path", "fsync", "mode", "hmac_accessor"],
+        "socket" => &["address", "socket_type", "write_timeout", "hmac_accessor"],
+        "stream" => &["buffer", "hmac_accessor"],
         other => {
             return Err(InvalidArgument(format!("unknown audit device type {other:?}: use file, socket or stream")));
         }
@@ -403,10 +418,20 @@ pub(crate) fn validate_options(kind: &str, options: &BTreeMap<String, String>) -
             if !std::path::Path::new(p).is_absolute() {
                 return Err(InvalidArgument(format!("file_path must be an absolute path, not {p:?}")));
             }
-            if let Some(m) = options.get("mode")
-                && (u32::from_str_radix(m, 8).is_err() || m.is_empty())
-            {
-                return Err(InvalidArgument(format!("mode must be octal file permissions such as 0600, not {m:?}")));
+            if let Some(m) = options.get("mode") {
+                match u32::from_str_radix(m, 8) {
+                    Ok(bits) if !m.is_empty() && bits & !0o666 == 0 => {}
+                    Ok(_) if !m.is_empty() => {
+                        return Err(InvalidArgument(format!(
+                            "mode {m}: an audit log is never executable, setuid, setgid or sticky; use read/write bits such as 0600 or 0640"
+                        )));
+                    }
+                    _ => {
+                        return Err(InvalidArgument(format!(
+                            "mode must be octal file permissions such as 0600, not {m:?}"
+                        )));
+                    }
+                }
             }
         }
         "socket" => {

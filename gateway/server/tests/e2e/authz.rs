@@ -576,8 +576,8 @@ fn rows() -> Vec<Row> {
         ),
         row(
             "Audit.Watch",
-            ("`sys/audit/<path>/watch`", "`read`"),
-            &[("sys/audit/stream/watch", "read")],
+            ("`sys/audit/<path>/watch`", "`sudo`"),
+            &[("sys/audit/stream/watch", "sudo")],
             call!(audit_client::AuditClient, watch, |_fx| pb::WatchAuditRequest { path: "stream".into() }),
         ),
         // ----- Logical (the apikeys engine at apikeys/)
