@@ -140,7 +140,10 @@ impl Keys {
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
         if let Some(iss) = issuer {
+            // A bound issuer is checked on a token that names one, and a
+            // token that names none is refused.
             validation.set_issuer(&[iss]);
+            validation.set_required_spec_claims(&["exp", "iss"]);
         }
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {

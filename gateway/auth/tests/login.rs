@@ -173,6 +173,19 @@ async fn jwt_login_binds_audience_subject_and_claims() {
         ("policies", "ci"),
     ]);
     assert!(method.login("ci", &glob, &ok).await.is_ok());
+
+    // bound_issuer: a token naming no issuer is refused.
+    let mut c = claims("acme/app", "refs/heads/main", "https://github.com/acme");
+    c.as_object_mut().unwrap().remove("iss");
+    assert!(refused(method.login("deploy", &role, &ci.sign(&c)).await).contains("iss"));
+    // GHSA-h395-gr6q-cpjc: `nbf` (or `exp`) as a string is not a time to
+    // skip; jsonwebtoken 10 refuses the token.
+    for (k, v) in [("nbf", json!((now() + 3600).to_string())), ("exp", json!("9999999999"))] {
+        let mut c = claims("acme/app", "refs/heads/main", "https://github.com/acme");
+        c[k] = v;
+        let why = refused(method.login("deploy", &role, &ci.sign(&c)).await);
+        assert!(why.contains("invalid") || why.contains("not valid yet") || why.contains("no exp"), "{k}: {why}");
+    }
 }
 
 #[test]
