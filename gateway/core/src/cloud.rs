@@ -140,6 +140,16 @@ pub fn custom_endpoints(
     cloud_of(kind).map(|c| keybridge_provider_api::endpoints::custom_endpoints(c, config)).unwrap_or_default()
 }
 
+/// Whether writing this cloud mount config takes `sudo` on its mount path:
+/// it points at a host other than the cloud's own, or sets what decides as
+/// much (Azure's `ca_cert`).
+pub fn needs_sudo(kind: &str, config: &BTreeMap<String, String>) -> bool {
+    cloud_of(kind).is_some_and(|c| {
+        !keybridge_provider_api::endpoints::custom_endpoints(c, config).is_empty()
+            || keybridge_provider_api::endpoints::privileged_setting(c, config).is_some()
+    })
+}
+
 /// Checks a cloud mount's whole config without IO.
 pub fn validate(providers: &dyn Providers, kind: &str, config: &BTreeMap<String, String>) -> Result<()> {
     let cloud = cloud_of(kind).ok_or_else(|| Error::InvalidArgument(format!("{kind:?} is not a cloud mount type")))?;

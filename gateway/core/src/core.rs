@@ -680,7 +680,7 @@ impl Core {
         // Vault: sys paths have no existence check, so enabling is an update;
         // pointing a cloud mount at a host of one's choosing takes sudo.
         let custom = cloud::custom_endpoints(kind, &config);
-        let cap = if custom.is_empty() { Capability::Update } else { Capability::Sudo };
+        let cap = if cloud::needs_sudo(kind, &config) { Capability::Sudo } else { Capability::Update };
         self.authorize(caller, &id, &format!("sys/mounts/{path}"), cap).await?;
         self.check_endpoint_hosts(&custom)?;
         if kind.is_empty() {
@@ -828,10 +828,10 @@ impl Core {
             // Credentials stored for one host are not sent to another.
             keybridge_provider_api::endpoints::drop_stale_credentials(c, &entry.config, &changes, &mut config);
             let custom = cloud::custom_endpoints(&entry.kind, &config);
-            if !custom.is_empty() {
+            if cloud::needs_sudo(&entry.kind, &config) {
                 self.decide(&id, &format!("sys/mounts/{path}"), Capability::Sudo).await.map_err(|e| match e {
                     Error::PermissionDenied(m) => Error::PermissionDenied(format!(
-                        "{m}: a cloud mount pointed at a host other than the cloud's own needs it"
+                        "{m}: a cloud mount pointed at a host other than the cloud's own, or with a ca_cert, needs it"
                     )),
                     e => e,
                 })?;
@@ -1219,41 +1219,59 @@ impl Core {
         let table = self.loaded()?.table();
         let (engine, mount, rel) = self.route(&table, &folder).await?;
         self.authorize(caller, &id, &format!("{}metadata/{rel}", mount.path), Capability::List).await?;
-        let (keys, next) = match engine {
-            Engine::Local(kv) => kv.list(rel, page_size, page_token, recursive).await,
-            Engine::Cloud(c) => c.list(rel, page_size, page_token, recursive).await,
-        }?;
+        let list = |token: String| {
+            let engine = &engine;
+            async move {
+                match engine {
+                    Engine::Local(kv) => kv.list(rel, page_size, &token, recursive).await,
+                    Engine::Cloud(c) => c.list(rel, page_size, &token, recursive).await,
+                }
+            }
+        };
         // Raw cloud names are flat: `_raw/` has no folders below it.
         if !recursive || id.is_root() || rel.starts_with(cloud::RAW_FOLDER) {
-            return Ok((keys, next));
+            return list(page_token.to_string()).await;
         }
         // A recursive listing shows what listing each folder would: a name
         // stays only if `list` is granted on every folder between the one
-        // asked for and it (a page may come back shorter for it).
+        // asked for and it. Pages are filled from as many of the engine's
+        // pages as it takes, and the next page's token is the last name
+        // shown: never a name the caller may not see.
+        let page = crate::kv::page_size_of(page_size)?;
         let mut granted: HashMap<String, bool> = HashMap::new();
-        let mut kept = Vec::with_capacity(keys.len());
-        'keys: for k in keys {
-            let raw = k.starts_with(cloud::RAW_FOLDER);
-            for (i, _) in k.match_indices('/') {
-                if raw && i + 1 > cloud::RAW_FOLDER.len() {
-                    break;
-                }
-                let sub = format!("{}metadata/{rel}{}", mount.path, &k[..=i]);
-                let ok = match granted.get(&sub) {
-                    Some(ok) => *ok,
-                    None => {
-                        let ok = self.decide(&id, &sub, Capability::List).await.is_ok();
-                        granted.insert(sub, ok);
-                        ok
+        let mut kept: Vec<String> = Vec::new();
+        let mut token = page_token.to_string();
+        loop {
+            let (keys, next) = list(token).await?;
+            'keys: for k in keys {
+                let raw = k.starts_with(cloud::RAW_FOLDER);
+                for (i, _) in k.match_indices('/') {
+                    if raw && i + 1 > cloud::RAW_FOLDER.len() {
+                        break;
                     }
-                };
-                if !ok {
-                    continue 'keys;
+                    let sub = format!("{}metadata/{rel}{}", mount.path, &k[..=i]);
+                    let ok = match granted.get(&sub) {
+                        Some(ok) => *ok,
+                        None => {
+                            let ok = self.decide(&id, &sub, Capability::List).await.is_ok();
+                            granted.insert(sub, ok);
+                            ok
+                        }
+                    };
+                    if !ok {
+                        continue 'keys;
+                    }
                 }
+                kept.push(k);
             }
-            kept.push(k);
+            if kept.len() >= page || next.is_empty() {
+                let more = kept.len() > page || !next.is_empty();
+                kept.truncate(page);
+                let next = if more { kept.last().cloned().unwrap_or_default() } else { String::new() };
+                return Ok((kept, next));
+            }
+            token = next;
         }
-        Ok((kept, next))
     }
 
     // ----- keys and snapshots -------------------------------------------------

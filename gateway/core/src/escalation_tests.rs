@@ -244,6 +244,18 @@ path "secret/metadata/team/hidden/*" { capabilities = ["deny"] }
     assert_eq!(keys, vec!["team/ok/x", "top"], "other/ is not listable, team/hidden/ is denied");
     let (keys, _) = core.list(&root, "secret/", 100, "", true).await.unwrap();
     assert_eq!(keys.len(), 5);
+    // Page by page: the same names, and no page token is a hidden name.
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    loop {
+        let (keys, next) = core.list(&lister, "secret/", 1, &token, true).await.unwrap();
+        assert!(next.is_empty() || keys.last() == Some(&next), "the token {next:?} is not the last name shown");
+        seen.extend(keys);
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(seen, vec!["team/ok/x", "top"]);
     let Err(e) = core.get(&lister, "nowhere/x", None).await else { panic!("no mount serves nowhere/") };
     assert!(matches!(&e, Error::NotFound(m) if !m.contains("secret/")), "the mounts were named: {e}");
 }

@@ -31,20 +31,43 @@ impl Cloud {
         }
     }
 
-    /// Whether `host` is one of the cloud's own for the endpoint setting
-    /// `key` (public, China and government clouds).
+    /// Whether `host` is one of the cloud's own service hosts for the
+    /// endpoint setting `key` (public, China and government clouds). Not a
+    /// domain suffix: `*.amazonaws.com` also holds API Gateway and load
+    /// balancer names anyone can point at their own server.
     pub fn owns_host(self, key: &str, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let under = |domains: &[&str]| domains.iter().any(|d| host.ends_with(d));
+        let labels: Vec<&str> = host.split('.').collect();
+        let region = |r: &str| {
+            !r.is_empty()
+                && r.contains('-')
+                && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
         match (self, key) {
-            (Cloud::Aws, _) => under(&[".amazonaws.com", ".amazonaws.com.cn"]),
-            (Cloud::Gcp, _) => under(&[".googleapis.com"]),
+            // secretsmanager[-fips].<region>.amazonaws.com[.cn] or .api.aws
+            (Cloud::Aws, _) => match labels.as_slice() {
+                [svc, r, "amazonaws", "com"] | [svc, r, "amazonaws", "com", "cn"] | [svc, r, "api", "aws"] => {
+                    matches!(*svc, "secretsmanager" | "secretsmanager-fips") && region(r)
+                }
+                _ => false,
+            },
+            // secretmanager.googleapis.com, or a regional
+            // secretmanager.<location>.rep.googleapis.com
+            (Cloud::Gcp, _) => match labels.as_slice() {
+                ["secretmanager", "googleapis", "com"] => true,
+                ["secretmanager", r, "rep", "googleapis", "com"] => region(r),
+                _ => false,
+            },
             (Cloud::Azure, "authority_host") => {
                 ["login.microsoftonline.com", "login.chinacloudapi.cn", "login.microsoftonline.us"]
                     .contains(&host.as_str())
             }
+            // Key Vault's domains: every name under them is a vault run by
+            // Azure, whose tokens are scoped to Key Vault.
             (Cloud::Azure, _) => {
-                under(&[".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net", ".managedhsm.azure.net"])
+                [".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net", ".managedhsm.azure.net"]
+                    .iter()
+                    .any(|d| host.ends_with(d))
             }
         }
     }
@@ -68,8 +91,11 @@ pub fn custom_endpoints(cloud: Cloud, settings: &BTreeMap<String, String>) -> Ve
             // Fail closed: a URL this parser does not read the way an HTTP
             // client will (`http://evil:x.amazonaws.com` connects to `evil`)
             // is never one of the cloud's own.
+            // The cloud's own: https on the default port to one of its
+            // service hosts.
+            let own = url::Url::parse(v).is_ok_and(|u| u.scheme() == "https" && u.port().is_none());
             match plain_host(v) {
-                Some(host) if cloud.owns_host(setting, &host) => None,
+                Some(host) if own && cloud.owns_host(setting, &host) => None,
                 Some(host) => Some(CustomEndpoint { setting, host }),
                 None => Some(CustomEndpoint { setting, host: v.to_ascii_lowercase() }),
             }
@@ -98,6 +124,18 @@ pub fn check_url(key: &str, v: &str) -> crate::store::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A setting that is not an endpoint but decides as much: Azure's
+/// `ca_cert` names a file on the gateway's host and adds a CA trusted for
+/// the mount's HTTPS (and so for where its tokens go). The first such
+/// setting present, if any.
+pub fn privileged_setting(cloud: Cloud, settings: &BTreeMap<String, String>) -> Option<&'static str> {
+    let keys: &[&'static str] = match cloud {
+        Cloud::Azure => &["ca_cert"],
+        Cloud::Aws | Cloud::Gcp => &[],
+    };
+    keys.iter().copied().find(|k| settings.get(*k).is_some_and(|v| !v.trim().is_empty()))
 }
 
 /// The refusal for ambient credentials headed to a custom endpoint.
@@ -157,6 +195,29 @@ mod tests {
         );
         let c = custom_endpoints(Cloud::Aws, &s(&[("endpoint_url", "https://amazonaws.com.evil.example")]));
         assert_eq!(c, vec![CustomEndpoint { setting: "endpoint_url", host: "amazonaws.com.evil.example".into() }]);
+        for own in [
+            "https://secretsmanager-fips.us-gov-west-1.amazonaws.com",
+            "https://secretsmanager.cn-north-1.amazonaws.com.cn",
+            "https://secretsmanager.eu-west-1.api.aws:443",
+        ] {
+            assert!(custom_endpoints(Cloud::Aws, &s(&[("endpoint_url", own)])).is_empty(), "{own}");
+        }
+        assert!(
+            custom_endpoints(Cloud::Gcp, &s(&[("endpoint", "https://secretmanager.me-central2.rep.googleapis.com")]))
+                .is_empty()
+        );
+        // Under the cloud's domain but not its service, plain http, another port.
+        for other in [
+            "https://abc123.execute-api.us-east-1.amazonaws.com",
+            "https://my-lb-1.us-east-1.elb.amazonaws.com",
+            "http://secretsmanager.us-east-1.amazonaws.com",
+            "https://secretsmanager.us-east-1.amazonaws.com:8443",
+        ] {
+            assert_eq!(custom_endpoints(Cloud::Aws, &s(&[("endpoint_url", other)])).len(), 1, "{other}");
+        }
+        for other in ["https://storage.googleapis.com", "https://evil.rep.googleapis.com"] {
+            assert_eq!(custom_endpoints(Cloud::Gcp, &s(&[("endpoint", other)])).len(), 1, "{other}");
+        }
         let c = custom_endpoints(
             Cloud::Azure,
             &s(&[("vault_url", "https://v.vault.azure.net"), ("authority_host", "https://127.0.0.1:9")]),

@@ -192,6 +192,27 @@ impl Settings {
     }
 }
 
+/// The largest `ca_cert` file read: a CA bundle is kilobytes.
+const MAX_CA_BYTES: u64 = 1 << 20;
+
+/// Reads the `ca_cert` file: a regular file (not a device or a FIFO that
+/// would block or never end) of at most [`MAX_CA_BYTES`].
+fn read_ca(path: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| setup("CA", format!("{path}: {e}")))?;
+    if !meta.is_file() || meta.len() > MAX_CA_BYTES {
+        return Err(setup("CA", format!("{path} is not a regular file of at most {MAX_CA_BYTES} bytes")));
+    }
+    let mut out = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CA_BYTES + 1).read_to_end(&mut out))
+        .map_err(|e| setup("CA", format!("{path}: {e}")))?;
+    if out.len() as u64 > MAX_CA_BYTES {
+        return Err(setup("CA", format!("{path} is larger than {MAX_CA_BYTES} bytes")));
+    }
+    Ok(out)
+}
+
 pub struct AzureStore {
     client: SecretClient,
 }
@@ -205,7 +226,7 @@ impl AzureStore {
     /// `ca_cert` file if given; makes no call to Azure.
     pub fn new(settings: &Settings) -> Result<AzureStore> {
         let ca = match &settings.ca_cert {
-            Some(path) => Some(std::fs::read(path).map_err(|e| setup("CA", format!("{path}: {e}")))?),
+            Some(path) => Some(read_ca(path)?),
             None => None,
         };
         let http = transport::client(ca.as_deref()).map_err(|e| setup("HTTPS client", e))?;

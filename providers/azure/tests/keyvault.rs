@@ -219,3 +219,22 @@ async fn throttling_is_retried_within_the_limit_and_reported_past_it() {
     assert!(matches!(e, Error::Throttled(_)), "{e:?}");
     assert_eq!(limited.get("hot", &Selector::Current).await.unwrap().value.as_str(), Some("w"), "nothing written");
 }
+
+/// `ca_cert` names a file on the gateway's host: only a regular file of at
+/// most 1 MiB is read (not /dev/zero, a FIFO or a directory).
+#[test]
+fn ca_cert_reads_only_a_small_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'a'; (1 << 20) + 1]).unwrap();
+    for path in ["/dev/zero", dir.path().to_str().unwrap(), big.to_str().unwrap()] {
+        let s = Settings::parse(&map(&[
+            ("vault_url", "https://my-vault.vault.azure.net"),
+            ("credentials", "managed_identity"),
+            ("ca_cert", path),
+        ]))
+        .unwrap();
+        let e = AzureStore::new(&s).err().expect("refused");
+        assert!(e.to_string().contains("regular file") || e.to_string().contains("larger"), "{path}: {e}");
+    }
+}

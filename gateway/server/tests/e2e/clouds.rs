@@ -317,6 +317,22 @@ async fn custom_endpoints_need_their_own_credentials_and_sudo() {
     assert!(s.cli(t, &args).status.success());
     let o = s.cli(Some(&mounter), &["mount", "tune", "aws/", "cache_ttl=1m"]);
     assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("sudo"), "{}", stderr(&o));
+    // Azure's ca_cert (a file on the gateway's host, a CA for the mount's
+    // HTTPS) decides as much as an endpoint: sudo too.
+    let o = s.cli(
+        Some(&mounter),
+        &[
+            "mount",
+            "enable",
+            "--type",
+            "azure",
+            "az/",
+            "vault_url=https://x.vault.azure.net",
+            "credentials=managed_identity",
+            "ca_cert=/dev/zero",
+        ],
+    );
+    assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("sudo"), "{}", stderr(&o));
 
     // Moving the endpoint drops the stored credentials: they must be given
     // again, and until then nothing changes.
