@@ -372,7 +372,8 @@ impl Core {
             promoted: false,
             retired: false,
         }];
-        for rule in self.sync_rules().await?.iter().filter(|r| r.covers(&spec.path)) {
+        for rule in self.sync_rules().await?.iter().filter(|r| r.covers(&spec.path) && self.rule_routes_hold(r).is_ok())
+        {
             for t in &rule.targets {
                 let Some(tp) = rule.target_path(t, &spec.path) else { continue };
                 // Only replicas the rule owns rotate with the source: one it

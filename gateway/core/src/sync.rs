@@ -126,6 +126,11 @@ pub struct Rule {
     /// The writer's token: accessor and display name.
     #[serde(default)]
     pub written_by: String,
+    /// The id of the mount each folder (source and targets) routed to when
+    /// the rule was written: the authority was checked against those. If
+    /// the mount table changes under a folder, the rule stops there.
+    #[serde(default)]
+    pub mounts: BTreeMap<String, String>,
 }
 
 impl Rule {

@@ -168,6 +168,10 @@ impl Core {
         };
         let source = folder(&spec.source, "the source")?;
         let targets = spec.targets.iter().map(|t| folder(t, "the target")).collect::<Result<Vec<_>>>()?;
+        let mounts = std::iter::once(&source)
+            .chain(&targets)
+            .filter_map(|f| Some((f.clone(), table.route(f)?.0.id.clone())))
+            .collect();
         if spec.scan_interval_secs > 7 * 86_400 {
             return Err(Error::InvalidArgument("scan_interval may be at most 7 days".into()));
         }
@@ -188,7 +192,24 @@ impl Core {
             created: Timestamp::now(),
             authorizations: Vec::new(),
             written_by: String::new(),
+            mounts,
         })
+    }
+
+    /// Whether every folder of the rule still routes to the mount it did
+    /// when the rule was written (rules from before this record: yes).
+    pub(crate) fn rule_routes_hold(&self, rule: &Rule) -> Result<()> {
+        let table = self.loaded()?.table();
+        for (folder, id) in &rule.mounts {
+            if table.route(folder).map(|(m, _)| &m.id) != Some(id) {
+                return Err(Error::FailedPrecondition(format!(
+                    "the mount serving {folder} changed since rule {:?} was written (disabled, or another mounted there); \
+                     write the rule again to go on",
+                    rule.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A rule acts later on its writer's behalf, so the writer must hold now
@@ -654,6 +675,7 @@ impl Core {
     /// `path`. `Ok(true)`: every target handled (in sync, or a conflict
     /// reported); `Ok(false)`: some target failed and will be retried.
     async fn replicate(&self, rule: &Rule, path: &str) -> Result<bool> {
+        self.rule_routes_hold(rule)?;
         let table = self.loaded()?.table();
         let (src_engine, _, src_rel) = self.route(&table, path).await?;
         let source = src_engine.read_current(src_rel).await?;
@@ -917,6 +939,7 @@ impl Core {
     /// seconds); quick scans only list them.
     async fn scan(&self, rule: &Rule, deep: bool) -> Result<()> {
         self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).insert(rule.name.clone(), Instant::now());
+        self.rule_routes_hold(rule)?;
         if deep {
             self.sync
                 .last_deep_scan

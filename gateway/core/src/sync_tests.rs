@@ -449,3 +449,31 @@ async fn a_rotation_leaves_a_foreign_target_alone() {
     let new = field(&core.get(&root, "secret/app/db", None).await.unwrap(), "password");
     assert_eq!(field(&core.get(&root, "team-c/app/db", None).await.unwrap(), "password"), new);
 }
+
+/// A rule's authority was checked against the mounts its folders routed to
+/// then: after the mount table changes under a folder, the rule stops there
+/// instead of writing into (or reading from) whatever is mounted now.
+#[tokio::test]
+async fn a_rule_stops_when_the_mount_under_its_folder_changes() {
+    let (core, root) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&root, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    core.put(&root, "secret/app/db", &fields(&[("password", "one")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    assert_eq!(field(&core.get(&root, "team-b/app/db", None).await.unwrap(), "password"), "one");
+    // Another mount at the same path.
+    core.disable_mount(&root, "team-b/").await.unwrap();
+    core.enable_mount(&root, "team-b/", "local", "", Default::default()).await.unwrap();
+    core.put(&root, "secret/app/db", &fields(&[("password", "two")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    core.sync_run(&root, "", true, Duration::from_secs(2)).await.ok();
+    assert!(
+        matches!(core.get(&root, "team-b/app/db", None).await, Err(Error::NotFound(_))),
+        "written into the new mount"
+    );
+    let e = core.rule_routes_hold(&core.get_sync_rule(&root, "ab").await.unwrap()).unwrap_err();
+    assert!(e.to_string().contains("write the rule again"), "{e}");
+    // Written again (and checked again): it goes on.
+    core.put_sync_rule(&root, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    core.sync_run(&root, "", true, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(field(&core.get(&root, "team-b/app/db", None).await.unwrap(), "password"), "two");
+}
