@@ -26,6 +26,11 @@ pub enum Error {
     Status(#[from] tonic::Status),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "cannot lock memory (mlockall: {0}), so keys could be swapped to disk: raise RLIMIT_MEMLOCK \
+         (e.g. LimitMEMLOCK=infinity) or grant CAP_IPC_LOCK, or set disable_mlock = true where locking is not possible"
+    )]
+    Mlock(std::io::Error),
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

@@ -61,10 +61,12 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     if config.disable_mlock {
         tracing::info!("memory locking disabled by configuration (disable_mlock = true)");
     } else if let Err(e) = hygiene::lock_memory() {
-        tracing::warn!(
-            error = %e,
-            "cannot lock memory (mlock); secrets could be swapped to disk. Raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK, or set disable_mlock = true"
-        );
+        // As Vault: a server that cannot keep keys out of swap does not
+        // start, unless told to; a throwaway dev server only warns.
+        if dev.is_none() {
+            return Err(Error::Mlock(e));
+        }
+        tracing::warn!(error = %e, "dev server: cannot lock memory (mlockall); keys could be swapped to disk");
     }
 
     let (physical, staging_dir) = open_store(&config.storage)?;

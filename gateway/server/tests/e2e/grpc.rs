@@ -249,6 +249,41 @@ fn process_hygiene_core_dumps_off_and_memory_locked() {
     assert_eq!(crate::harness::locked_kib(unlocked.child.id()), 0);
 }
 
+/// Where memory cannot be locked (no CAP_IPC_LOCK, RLIMIT_MEMLOCK of 64 KiB:
+/// made with util-linux's `prlimit` and `setpriv`), a server does not start
+/// unless its config says `disable_mlock = true`.
+#[test]
+fn a_failed_mlock_stops_the_server_unless_disabled() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let start = |disable: bool| {
+        let file = dir.path().join(format!("kb-{disable}.hcl"));
+        let config = format!(
+            "listener \"tcp\" {{\n address = \"127.0.0.1:0\"\n tls_disable = true\n}}\nstorage \"inmem\" {{}}\ndisable_mlock = {disable}\n"
+        );
+        std::fs::write(&file, config).unwrap();
+        Command::new("prlimit")
+            .args(["--memlock=65536", "setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock"])
+            .arg(crate::harness::BIN)
+            .args(["server", "--config", file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("prlimit and setpriv (util-linux)")
+    };
+    let refused = start(false).wait_with_output().unwrap();
+    assert!(!refused.status.success(), "the server started without locked memory");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("cannot lock memory") && err.contains("disable_mlock = true"), "{err}");
+    let mut allowed = start(true);
+    let mut lines = std::io::BufReader::new(allowed.stdout.take().unwrap()).lines();
+    let listening = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Listening on"));
+    let _ = allowed.kill();
+    let _ = allowed.wait();
+    assert!(listening, "with disable_mlock = true the server serves");
+}
+
 async fn rate_limited_server() -> (Server, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::with_config_limits(dir.path(), false, 0, "token_requests_per_second = 5\ntoken_burst = 5");
