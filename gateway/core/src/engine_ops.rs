@@ -198,8 +198,7 @@ impl Core {
         sha256: &str,
         component: &[u8],
     ) -> Result<PluginVersion> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, &format!("sys/plugins/catalog/{name}"), Capability::Sudo).await?;
+        self.authorize_register(caller, name).await?;
         validate_plugin_name(name)?;
         let sha256 = sha256.trim().to_ascii_lowercase();
         validate_digest(&sha256)?;
@@ -235,6 +234,15 @@ impl Core {
         b.put(key, encode_json(&v)).put(format!("{BLOBS}{sha256}"), Zeroizing::new(component.to_vec()));
         self.barrier.commit(b).await?;
         Ok(v)
+    }
+
+    /// Authenticates and authorizes a registration of `name` (audited once
+    /// per call): the gateway calls it on an upload's first chunk, before it
+    /// buffers any more of it, and [`Core::register_plugin`] again.
+    pub async fn authorize_register(&self, caller: &Caller, name: &str) -> Result<crate::token::Identity> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, &format!("sys/plugins/catalog/{name}"), Capability::Sudo).await?;
+        Ok(id)
     }
 
     async fn catalog(&self, name: Option<&str>) -> Result<Vec<PluginVersion>> {

@@ -98,6 +98,8 @@ struct RawLimits {
     token_burst: Option<u32>,
     login_requests_per_second: Option<u32>,
     login_role_requests_per_second: Option<u32>,
+    max_connections: Option<usize>,
+    max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +138,10 @@ pub struct Limits {
     /// Logins per second to one role of one method (burst: twice that); 0:
     /// no limit. Default 50.
     pub login_role_requests_per_second: u32,
+    /// Open connections at most; a connection past it is closed at once.
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -148,6 +154,8 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(5),
             login_requests_per_second: 10,
             login_role_requests_per_second: 50,
+            max_connections: 4096,
+            max_concurrent_streams: 256,
             token_requests_per_second: 0,
             token_burst: 0,
         }
@@ -255,6 +263,12 @@ impl Config {
             if let Some(v) = l.login_role_requests_per_second {
                 limits.login_role_requests_per_second = v;
             }
+            if let Some(v) = l.max_connections {
+                limits.max_connections = v;
+            }
+            if let Some(v) = l.max_concurrent_streams {
+                limits.max_concurrent_streams = v;
+            }
             if let Some(v) = l.request_timeout {
                 limits.request_timeout = humantime::parse_duration(&v)
                     .map_err(|e| bad(format!("limits.request_timeout {v:?}: {e} (e.g. \"30s\")")))?;
@@ -264,7 +278,12 @@ impl Config {
                     .map_err(|e| bad(format!("limits.shutdown_grace {v:?}: {e} (e.g. \"5s\")")))?;
             }
         }
-        if limits.max_value_bytes == 0 || limits.max_request_bytes < 1024 || limits.max_concurrent_requests == 0 {
+        if limits.max_value_bytes == 0
+            || limits.max_request_bytes < 1024
+            || limits.max_concurrent_requests == 0
+            || limits.max_connections == 0
+            || limits.max_concurrent_streams == 0
+        {
             return Err(bad("limits must be positive (max_request_bytes at least 1024)".into()));
         }
         if limits.max_request_bytes <= limits.max_value_bytes {

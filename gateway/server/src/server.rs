@@ -163,7 +163,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     let leases = pb::leases_server::LeasesServer::new(crate::service_logical::LeasesService { core: core.clone() })
         .max_decoding_message_size(max);
     // Components arrive in chunks; each message stays under the usual limit.
-    let plugins = pb::plugins_server::PluginsServer::new(crate::service_logical::PluginsService { core: core.clone() })
+    let plugins = pb::plugins_server::PluginsServer::new(crate::service_logical::PluginsService::new(core.clone()))
         .max_decoding_message_size(max.max(4 << 20));
 
     // SIGHUP: audit devices reopen their files (after logrotate moved them).
@@ -181,8 +181,26 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         });
     }
 
+    // HTTP/2 limits, set here rather than left to defaults (docs: the
+    // README's configuration reference):
+    // - streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS), and
+    //   requests in flight per connection behind them;
+    // - a 16 KiB header list (a token and a request id need a few hundred
+    //   bytes);
+    // - keepalive PINGs every 60 s, a connection that does not answer in
+    //   20 s is closed;
+    // - rapid reset (CVE-2023-44487): h2 0.4 counts streams a client resets
+    //   before the server accepted them; past 20 pending, the connection is
+    //   closed with GOAWAY; and streams the server itself resets for errors
+    //   are capped too (256).
     let mut builder = Server::builder()
         .concurrency_limit_per_connection(config.limits.max_concurrent_requests)
+        .max_concurrent_streams(config.limits.max_concurrent_streams)
+        .http2_max_header_list_size(16 * 1024)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(256))
         .timeout(config.limits.request_timeout);
     if let Some(tls) = &config.tls {
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Error::Read { path: p.display().to_string(), source: e });
@@ -268,8 +286,11 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         router,
         |router, conns, stop| router.serve_with_incoming_shutdown(conns, stop),
         incoming,
-        config.serving_threads,
-        config.limits.shutdown_grace,
+        crate::serving::Settings {
+            threads: config.serving_threads,
+            grace: config.limits.shutdown_grace,
+            max_connections: config.limits.max_connections,
+        },
         stop,
     )
     .await?;

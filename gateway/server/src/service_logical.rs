@@ -22,6 +22,51 @@ pub struct LeasesService {
 
 pub struct PluginsService {
     pub core: Arc<Core>,
+    /// Uploads in flight per token (by a keyed hash of it).
+    pub uploads: Arc<std::sync::Mutex<std::collections::HashMap<u64, usize>>>,
+    pub hasher: std::collections::hash_map::RandomState,
+}
+
+/// Uploads one token may have in flight at once: each may hold up to the
+/// catalog's component limit in memory.
+pub const MAX_UPLOADS_PER_TOKEN: usize = 2;
+
+impl PluginsService {
+    pub fn new(core: Arc<Core>) -> Self {
+        PluginsService { core, uploads: Default::default(), hasher: Default::default() }
+    }
+}
+
+/// One upload counted against its token until dropped.
+struct UploadSlot {
+    uploads: Arc<std::sync::Mutex<std::collections::HashMap<u64, usize>>>,
+    key: u64,
+}
+
+impl UploadSlot {
+    fn take(service: &PluginsService, token: &str) -> Option<UploadSlot> {
+        use std::hash::BuildHasher;
+        let key = service.hasher.hash_one(token);
+        let mut map = service.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= MAX_UPLOADS_PER_TOKEN {
+            return None;
+        }
+        *n += 1;
+        Some(UploadSlot { uploads: service.uploads.clone(), key })
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 pub(crate) fn lease_pb(l: LeaseView) -> pb::Lease {
@@ -214,6 +259,21 @@ impl pb::plugins_server::Plugins for PluginsService {
             None => return Err(refuse(&self.core, &c, "the upload is empty: send the name and sha256 first").await),
         };
         let c = c.with_path(&first.name).with("sha256", plain(first.sha256.clone()));
+        // Who may upload is settled on the first chunk, before any more of
+        // the component is buffered; one token has a few uploads at a time.
+        if let Err(e) = self.core.authorize_register(&c, &first.name).await {
+            return Err(status(self.core.finish(&c, Err::<(), _>(e), none).await.unwrap_err()));
+        }
+        let _slot = match c.bearer().and_then(|t| UploadSlot::take(self, t)) {
+            Some(slot) => slot,
+            None => {
+                let msg = format!(
+                    "this token already has {MAX_UPLOADS_PER_TOKEN} plugin uploads in flight; wait for one to finish"
+                );
+                let e = keybridge_core::Error::ResourceExhausted(msg);
+                return Err(status(self.core.finish(&c, Err::<(), _>(e), none).await.unwrap_err()));
+            }
+        };
         let max = keybridge_core::MAX_COMPONENT_BYTES;
         let mut bytes = first.data;
         while let Some(chunk) = stream.next().await {

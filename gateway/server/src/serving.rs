@@ -195,12 +195,21 @@ fn per_connection(e: &std::io::Error) -> bool {
 /// still open `grace` after the stop (a request still running, or a client
 /// that does not answer HTTP/2's GOAWAY and PING) are closed, so that the
 /// process ends and closes its store cleanly before a supervisor kills it.
+/// How connections are served.
+pub struct Settings {
+    /// Serving threads.
+    pub threads: usize,
+    /// How long open connections get to finish at shutdown.
+    pub grace: std::time::Duration,
+    /// Open connections at most: one accepted past it is closed at once.
+    pub max_connections: usize,
+}
+
 pub async fn serve<R, F, Fut>(
     router: R,
     serve: F,
     mut incoming: TcpIncoming,
-    threads: usize,
-    grace: std::time::Duration,
+    settings: Settings,
     stop_tx: watch::Sender<bool>,
 ) -> Result<(), Error>
 where
@@ -208,7 +217,7 @@ where
     F: Fn(R, Connections, Stop) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<(), tonic::transport::Error>>,
 {
-    let threads = threads.max(1);
+    let (threads, grace) = (settings.threads.max(1), settings.grace);
     let mut stopping = stop_tx.subscribe();
     let mut workers = Vec::with_capacity(threads);
     let mut done = Vec::with_capacity(threads);
@@ -291,6 +300,13 @@ where
                 }
             };
             let open: Vec<usize> = workers.iter().map(|w| w.open.load(Ordering::Relaxed)).collect();
+            if open.iter().sum::<usize>() >= settings.max_connections {
+                // Closed unserved: the connections already open keep being
+                // served, and a client retries later.
+                tracing::debug!(max = settings.max_connections, "connection limit reached; closing a new connection");
+                drop(std);
+                continue;
+            }
             let i = pick(&open, turn);
             turn = turn.wrapping_add(1);
             workers[i].open.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@ mod conformance;
 mod grpc;
 mod harness;
 mod lifecycle;
+mod limits;
 mod login;
 mod plugins;
 mod rotation;
