@@ -221,7 +221,7 @@ impl Core {
         let key = format!("{}{role}", role_prefix(&mount.id));
         let role_path = format!("auth/{norm}role/{role}");
         let cap = self
-            .write_capability(caller, &id, &role_path, || async { Ok(self.barrier.get(&key).await?.is_some()) })
+            .write_capability(caller, &id, &role_path, false, || async { Ok(self.barrier.get(&key).await?.is_some()) })
             .await?;
         self.authorize(caller, &id, &role_path, cap).await?;
         let terms = Method::validate_role(&mount.kind, &settings).map_err(auth_error)?;

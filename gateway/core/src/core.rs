@@ -500,21 +500,30 @@ impl Core {
         caller: &Caller,
         id: &Identity,
         path: &str,
+        record_first: bool,
         exists: F,
     ) -> Result<Capability>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<bool>>,
     {
-        if !id.is_root()
-            && self.decide(id, path, Capability::Create).await.is_err()
-            && self.decide(id, path, Capability::Update).await.is_err()
-        {
+        let update = id.is_root() || self.decide(id, path, Capability::Update).await.is_ok();
+        let create = id.is_root() || self.decide(id, path, Capability::Create).await.is_ok();
+        if !create && !update {
             let refused = Err(Error::PermissionDenied(format!("create or update on {path} is not granted")));
             return self
                 .record_decision(caller, id, path, Capability::Update, refused)
                 .await
                 .map(|_| Capability::Update);
+        }
+        // A check that runs the caller's data (a plugin's `exists` gets the
+        // request's parameters) runs only once the request is recorded,
+        // naming a capability the caller holds; the response says the rest.
+        // Other checks (a stored entry, a cloud's describe) run first, so the
+        // record names the capability the write used.
+        if record_first {
+            let held = if update { Capability::Update } else { Capability::Create };
+            self.record_decision(caller, id, path, held, Ok(())).await?;
         }
         Ok(if exists().await? { Capability::Update } else { Capability::Create })
     }
@@ -1003,7 +1012,7 @@ impl Core {
         // neither is refused before the check, so a refusal tells nothing
         // about whether the secret exists.
         let cap = if cap == Capability::Update && area == "data" {
-            self.write_capability(caller, &id, &acl_path, || engine.exists(rel)).await?
+            self.write_capability(caller, &id, &acl_path, false, || engine.exists(rel)).await?
         } else {
             cap
         };

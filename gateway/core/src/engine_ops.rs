@@ -511,7 +511,7 @@ impl Core {
                 // caller's parameters, unless the caller may write at all.
                 let acl_path = path.trim_end_matches('/');
                 match self
-                    .write_capability(caller, &id, acl_path, || async {
+                    .write_capability(caller, &id, acl_path, true, || async {
                         backend.exists(&ctx, &req).await.map_err(engine_error)
                     })
                     .await?

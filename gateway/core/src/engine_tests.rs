@@ -17,6 +17,7 @@ use crate::{Caller, LogicalOp};
 #[derive(Default)]
 struct Issuer {
     issued: AtomicU32,
+    exists_calls: AtomicU32,
     revoked: StdMutex<Vec<String>>,
     fail_revokes: AtomicU32,
 }
@@ -66,6 +67,7 @@ impl Backend for IssuerEngine {
         &self.info
     }
     async fn exists(&self, _ctx: &CallContext, req: &EngineRequest) -> Result<bool, EngineError> {
+        self.state.exists_calls.fetch_add(1, Ordering::SeqCst);
         Ok(req.params.get("name") == Some("existing"))
     }
     async fn handle(&self, _ctx: &CallContext, req: &EngineRequest) -> Result<EngineResponse, EngineError> {
@@ -306,6 +308,20 @@ async fn renewing_by_u64_max_saturates_at_the_lease_max() {
         core.logical(&t, LogicalOp::Read, "creds/creds/big", data(&[("ttl", "18446744073709551615")])).await.unwrap();
     let big = r.lease.unwrap();
     assert!(big.expires > big.issued && big.expires <= big.max_expires);
+}
+
+/// A plugin's `exists` gets the caller's parameters: it runs only after the
+/// request is recorded, so with no device able to record, it never runs.
+#[tokio::test]
+async fn a_plugins_existence_check_runs_only_after_the_request_is_recorded() {
+    let (core, t, issuer) = core_with_issuer().await;
+    core.logical(&t, LogicalOp::Write, "creds/roles/one", data(&[("level", "1")])).await.unwrap();
+    assert_eq!(issuer.exists_calls.load(Ordering::SeqCst), 1);
+    let opts = [("file_path".to_string(), "/dev/full".to_string())].into();
+    core.enable_audit(&t, "full", "file", "", opts).await.unwrap();
+    let e = core.logical(&t, LogicalOp::Write, "creds/roles/two", data(&[("level", "2")])).await.unwrap_err();
+    assert!(matches!(e, Error::AuditFailed(_)), "{e}");
+    assert_eq!(issuer.exists_calls.load(Ordering::SeqCst), 1, "exists ran before the request was recorded");
 }
 
 #[tokio::test]
