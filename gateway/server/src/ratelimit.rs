@@ -22,19 +22,7 @@ pub struct TokenRateLimitLayer {
 
 impl TokenRateLimitLayer {
     pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
-        let limiter = Arc::new(RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)));
-        // Forget idle tokens' state now and then, so memory follows the
-        // number of active tokens, not every token ever seen.
-        let weak = Arc::downgrade(&limiter);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                let Some(l) = weak.upgrade() else { return };
-                l.retain_recent();
-                l.shrink_to_fit();
-            }
-        });
+        let limiter = keyed_limiter(Quota::per_second(per_second).allow_burst(burst));
         TokenRateLimitLayer { limiter, hasher: std::collections::hash_map::RandomState::new() }
     }
 }
@@ -91,10 +79,10 @@ pub struct LoginLimits {
     hasher: std::collections::hash_map::RandomState,
 }
 
-fn keyed(per_second: u32) -> Option<Arc<DefaultKeyedRateLimiter<u64>>> {
-    let rate = NonZeroU32::new(per_second)?;
-    let burst = rate.saturating_mul(NonZeroU32::new(2).expect("2 > 0"));
-    let limiter = Arc::new(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)));
+/// A keyed limiter whose idle keys are forgotten now and then, so memory
+/// follows the number of active keys, not every key ever seen.
+fn keyed_limiter(quota: Quota) -> Arc<DefaultKeyedRateLimiter<u64>> {
+    let limiter = Arc::new(RateLimiter::keyed(quota));
     let weak = Arc::downgrade(&limiter);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -105,7 +93,14 @@ fn keyed(per_second: u32) -> Option<Arc<DefaultKeyedRateLimiter<u64>>> {
             l.shrink_to_fit();
         }
     });
-    Some(limiter)
+    limiter
+}
+
+/// `per_second` with a burst of twice that; none for 0.
+fn keyed(per_second: u32) -> Option<Arc<DefaultKeyedRateLimiter<u64>>> {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = rate.saturating_mul(NonZeroU32::new(2).expect("2 > 0"));
+    Some(keyed_limiter(Quota::per_second(rate).allow_burst(burst)))
 }
 
 impl LoginLimits {
