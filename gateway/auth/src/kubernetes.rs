@@ -34,6 +34,7 @@ const CONFIG_KEYS: &[&str] = &[
     "jwks",
     "issuer",
     "audience",
+    "disable_audience_check",
     "token_review",
     "kubernetes_host",
     "kubernetes_ca_cert",
@@ -73,12 +74,18 @@ impl Config {
                 "give the signing keys (pem_keys or jwks), or token_review=true with kubernetes_host".into(),
             ));
         }
-        Ok(Config {
-            keys,
-            issuer: s.get("issuer").filter(|i| !i.is_empty()).cloned(),
-            audiences: settings::list(s, "audience"),
-            review,
-        })
+        // A token verified here must be meant for Keybridge: without an
+        // audience, any token the cluster signs for anything would do. (A
+        // TokenReview checks the API server's own audiences.)
+        let audiences = settings::list(s, "audience");
+        if !keys.is_empty() && audiences.is_empty() && !settings::boolean(s, "disable_audience_check")? {
+            return Err(Error::Invalid(
+                "audience is required: the audience your service-account tokens are issued for (a projected \
+                 token's `audience`, e.g. keybridge), or disable_audience_check=true to accept any"
+                    .into(),
+            ));
+        }
+        Ok(Config { keys, issuer: s.get("issuer").filter(|i| !i.is_empty()).cloned(), audiences, review })
     }
 
     pub async fn login(&self, role_name: &str, role: &Role, token: &str) -> Result<Grant> {

@@ -56,7 +56,11 @@ async fn kubernetes_login_with_pem_keys() {
     let other_aud = cluster.service_account_token("production", "app-sa", "uid-1", "someone-else", 600);
     assert!(refused(method.login("app-service", &role, &other_aud).await).contains("audience"));
     let other_iss = Issuer::new("https://evil", "k1");
-    let m2 = Method::parse("kubernetes", &settings(&[("pem_keys", &other_iss.public_pem()), ("issuer", ISS)])).unwrap();
+    let m2 = Method::parse(
+        "kubernetes",
+        &settings(&[("pem_keys", &other_iss.public_pem()), ("issuer", ISS), ("audience", "keybridge")]),
+    )
+    .unwrap();
     let t = other_iss.service_account_token("production", "app-sa", "u", "keybridge", 600);
     assert!(refused(m2.login("app-service", &role, &t).await).contains("issuer"));
     assert!(refused(method.login("app-service", &role, "not-a-jwt").await).contains("not a signed JWT"));
@@ -65,7 +69,12 @@ async fn kubernetes_login_with_pem_keys() {
 #[tokio::test]
 async fn kubernetes_login_with_jwks_and_globs() {
     let cluster = Issuer::new(ISS, "key-2024");
-    let method = Method::parse("kubernetes", &settings(&[("jwks", &cluster.jwks())])).unwrap();
+    // Any audience, said explicitly; without an audience the config is refused.
+    let e = Method::parse("kubernetes", &settings(&[("jwks", &cluster.jwks())])).err().unwrap();
+    assert!(e.to_string().contains("audience is required"), "{e}");
+    let method =
+        Method::parse("kubernetes", &settings(&[("jwks", &cluster.jwks()), ("disable_audience_check", "true")]))
+            .unwrap();
     let role = settings(&[
         ("bound_service_account_names", "ci-*"),
         ("bound_service_account_namespaces", "*"),
@@ -91,6 +100,7 @@ async fn token_review_refuses_tokens_of_deleted_service_accounts() {
         ("token_review", "true"),
         ("kubernetes_host", &api.url()),
         ("token_reviewer_jwt", "reviewer-token"),
+        ("audience", "keybridge"),
     ]);
     let method = Method::parse("kubernetes", &config).unwrap();
     let token = cluster.service_account_token("production", "app-sa", "uid-1", "keybridge", 600);

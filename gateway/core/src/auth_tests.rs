@@ -31,7 +31,13 @@ async fn kubernetes_login_issues_role_tokens_and_audits_refusals() {
     let sa = cluster.service_account_token("production", "app-sa", "uid-1", "keybridge", 600);
     let c = Caller::new(None, "login");
     assert!(matches!(core.login(&c, "kubernetes", "app-service", &sa).await, Err(Error::FailedPrecondition(_))));
-    core.write_auth_config(r, "kubernetes", s(&[("pem_keys", &cluster.public_pem()), ("issuer", ISS)])).await.unwrap();
+    core.write_auth_config(
+        r,
+        "kubernetes",
+        s(&[("pem_keys", &cluster.public_pem()), ("issuer", ISS), ("audience", "keybridge")]),
+    )
+    .await
+    .unwrap();
     core.put_policy(r, "app-service", "path \"secret/data/database/*\" { capabilities = [\"read\"] }").await.unwrap();
     core.write_auth_role(
         r,
@@ -95,7 +101,13 @@ async fn a_login_racing_a_config_change_does_not_bring_the_old_config_back() {
     let r = &Caller::token(Some("root-t"));
     let (old, new) = (Issuer::new(ISS, "k1"), Issuer::new(ISS, "k2"));
     core.enable_auth(r, "kubernetes", "kubernetes", "").await.unwrap();
-    core.write_auth_config(r, "kubernetes", s(&[("pem_keys", &old.public_pem()), ("issuer", ISS)])).await.unwrap();
+    core.write_auth_config(
+        r,
+        "kubernetes",
+        s(&[("pem_keys", &old.public_pem()), ("issuer", ISS), ("audience", "keybridge")]),
+    )
+    .await
+    .unwrap();
     let role = s(&[("bound_service_account_names", "app-sa"), ("bound_service_account_namespaces", "production")]);
     core.write_auth_role(r, "kubernetes", "app", role).await.unwrap();
     // After an unseal the parsed configs are loaded on first use.
@@ -110,7 +122,13 @@ async fn a_login_racing_a_config_change_does_not_bring_the_old_config_back() {
     });
     reached.await.unwrap();
     // The old key is retired while that login has the old config in hand.
-    core.write_auth_config(r, "kubernetes", s(&[("pem_keys", &new.public_pem()), ("issuer", ISS)])).await.unwrap();
+    core.write_auth_config(
+        r,
+        "kubernetes",
+        s(&[("pem_keys", &new.public_pem()), ("issuer", ISS), ("audience", "keybridge")]),
+    )
+    .await
+    .unwrap();
     release.send(()).unwrap();
     let _ = login.await.unwrap();
 

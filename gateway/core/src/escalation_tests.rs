@@ -89,9 +89,13 @@ async fn a_login_never_returns_a_root_token_or_a_lifetime_past_the_maximum() {
     let (core, root) = dev_core().await;
     let cluster = Issuer::new(ISS, "k1");
     core.enable_auth(&root, "kubernetes", "kubernetes", "").await.unwrap();
-    core.write_auth_config(&root, "kubernetes", s(&[("pem_keys", &cluster.public_pem()), ("issuer", ISS)]))
-        .await
-        .unwrap();
+    core.write_auth_config(
+        &root,
+        "kubernetes",
+        s(&[("pem_keys", &cluster.public_pem()), ("issuer", ISS), ("audience", "keybridge")]),
+    )
+    .await
+    .unwrap();
     // Roles written before the checks existed: stored directly.
     let mount = core.auth_mount(&core.loaded().unwrap(), "kubernetes").unwrap();
     let mut stored = role("root");

@@ -120,6 +120,7 @@ resource "keybridge_auth_backend" "kubernetes" {
   type     = "kubernetes"
   pem_keys = var.k8s_signing_keys_pem
   issuer   = var.k8s_issuer
+  audience = "keybridge"
 }
 
 resource "keybridge_auth_kubernetes_role" "app_service" {

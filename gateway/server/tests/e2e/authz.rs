@@ -847,7 +847,7 @@ fn fx_aws(fx: &Fx) -> std::collections::HashMap<String, String> {
 }
 
 fn k8s_config(fx: &Fx) -> std::collections::HashMap<String, String> {
-    kv(&[("pem_keys", &fx.k8s_pem), ("issuer", ISS)])
+    kv(&[("pem_keys", &fx.k8s_pem), ("issuer", ISS), ("audience", "keybridge")])
 }
 
 fn k8s_role(policies: &str) -> std::collections::HashMap<String, String> {
@@ -1031,6 +1031,7 @@ async fn fixtures(s: &Server, moto_url: &str, dir: &std::path::Path) -> Fx {
         "kubernetes",
         &format!("pem_keys=@{}", dir.join("k8s.pem").display()),
         &format!("issuer={ISS}"),
+        "audience=keybridge",
     ]);
     for r in ["app", "gone"] {
         ok(&[

@@ -116,6 +116,7 @@ async fn kubernetes_login_as_in_the_origin_document() {
             "token_review=true",
             &format!("kubernetes_host={}", api.url()),
             "token_reviewer_jwt=reviewer-jwt",
+            "audience=keybridge",
         ],
     ));
     let mut args = vec!["auth", "role", "write", "k8s-review", "app-service"];

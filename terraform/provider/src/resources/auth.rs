@@ -23,6 +23,7 @@ const BACKEND_SETTINGS: Mapping = &[
     ("jwks", "jwks", Ty::Str),
     ("issuer", "issuer", Ty::Str),
     ("audience", "audience", Ty::Str),
+    ("disable_audience_check", "disable_audience_check", Ty::Bool),
     ("token_review", "token_review", Ty::Bool),
     ("kubernetes_host", "kubernetes_host", Ty::Str),
     ("kubernetes_ca_cert", "kubernetes_ca_cert", Ty::Str),
@@ -110,7 +111,18 @@ impl Resource for AuthBackend {
                     "A JWKS document with the signing keys, instead of or beside `pem_keys`.",
                 ),
                 attr("issuer", Ty::Str, Mode::Optional, "kubernetes: the issuer the tokens must name."),
-                attr("audience", Ty::Str, Mode::Optional, "kubernetes: the audience the tokens must name."),
+                attr(
+                    "audience",
+                    Ty::Str,
+                    Mode::Optional,
+                    "kubernetes: the audience the tokens must name (required with `pem_keys` or `jwks`, unless `disable_audience_check`).",
+                ),
+                attr(
+                    "disable_audience_check",
+                    Ty::Bool,
+                    Mode::Optional,
+                    "kubernetes: accept tokens whatever their audience (not recommended).",
+                ),
                 attr(
                     "token_review",
                     Ty::Bool,
