@@ -119,6 +119,38 @@ impl MountLimits {
     pub fn allows(&self, host: &str, port: u16) -> bool {
         self.allowed_hosts.iter().any(|a| a.matches(host, port))
     }
+
+    /// Whether a connection for a request to `host` may go to `ip`. An
+    /// address of the gateway's own host or its cloud (loopback, unspecified,
+    /// link-local, the metadata service) only when the request names that
+    /// very address and the allow-list has it literally: a name, even an
+    /// allowed one, can be made to resolve there (DNS rebinding).
+    pub fn address_allowed(&self, host: &str, ip: std::net::IpAddr) -> bool {
+        if !internal(ip) {
+            return true;
+        }
+        let literal = |s: &str| s.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok();
+        literal(host) == Some(ip) && self.allowed_hosts.iter().any(|a| literal(&a.host) == Some(ip))
+    }
+}
+
+/// Addresses that reach the gateway's own host or its cloud's metadata:
+/// loopback, unspecified, link-local (169.254.0.0/16, fe80::/10, where the
+/// clouds' metadata services answer) and AWS's IPv6 metadata address.
+fn internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return internal(IpAddr::V4(v4));
+            }
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
 }
 
 fn parse_host(s: &str) -> Result<AllowedHost, String> {
@@ -210,5 +242,22 @@ mod tests {
         assert_eq!(l.timeout, Duration::from_millis(500));
         assert_eq!(l.max_memory_bytes, 16 << 20);
         assert_eq!(l.fuel, Some(1000));
+    }
+
+    #[test]
+    fn internal_addresses_need_a_literal_entry() {
+        let l =
+            MountLimits::parse(&cfg(&[("allowed_hosts", "api.example.com,127.0.0.1:9000")]), &HostConfig::default())
+                .unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // A name resolving to loopback, link-local or metadata: refused.
+        for bad in ["127.0.0.1", "169.254.169.254", "0.0.0.0", "::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1"] {
+            assert!(!l.address_allowed("api.example.com", ip(bad)), "{bad}");
+        }
+        assert!(l.address_allowed("api.example.com", ip("93.184.216.34")));
+        // The literal address, allowed literally: fine.
+        assert!(l.address_allowed("127.0.0.1", ip("127.0.0.1")));
+        assert!(!l.address_allowed("[::1]", ip("::1")), "not on the list literally");
+        assert!(!l.address_allowed("169.254.169.254", ip("169.254.169.254")), "not on the list literally");
     }
 }

@@ -143,8 +143,40 @@ impl WasiHttpHooks for Hooks {
         for t in [&mut o.connect_timeout, &mut o.first_byte_timeout, &mut o.between_bytes_timeout] {
             *t = Some(t.map_or(left, |d| d.min(left)));
         }
-        let inner: &mut dyn WasiHttpHooks = wasmtime_wasi_http::default_hooks();
-        inner.send_request(request, Some(o), fut)
+        let limits = self.limits.clone();
+        Box::new(async move {
+            // The name is resolved here and every address checked: a name on
+            // the allow-list can resolve to the gateway's host or the cloud's
+            // metadata service. Plain HTTP then connects to the address
+            // checked (the Host header keeps the name); HTTPS verifies the
+            // certificate against the name, which an address it was rebound
+            // to cannot present, and is refused if any address is internal.
+            let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let addrs: Vec<std::net::SocketAddr> =
+                match tokio::time::timeout(left, tokio::net::lookup_host((bare.as_str(), port))).await {
+                    Ok(Ok(a)) => a.collect(),
+                    Ok(Err(_)) => return Err(wasmtime_wasi_http::Error::DestinationNotFound),
+                    Err(_) => return Err(wasmtime_wasi_http::Error::DnsTimeout),
+                };
+            let permitted: Vec<std::net::SocketAddr> =
+                addrs.iter().copied().filter(|a| limits.address_allowed(&host, a.ip())).collect();
+            let refused = permitted.is_empty() || (tls && permitted.len() != addrs.len());
+            if refused {
+                tracing::warn!(host = %host, port, "wasm: outbound request refused: the name resolves to an internal address");
+                return Err(wasmtime_wasi_http::Error::DestinationIpProhibited);
+            }
+            let mut request = request;
+            if !tls {
+                let mut parts = request.uri().clone().into_parts();
+                let pinned = permitted[0];
+                parts.authority =
+                    Some(pinned.to_string().parse().map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?);
+                *request.uri_mut() =
+                    http::Uri::from_parts(parts).map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
+            }
+            let inner: &mut dyn WasiHttpHooks = wasmtime_wasi_http::default_hooks();
+            Box::into_pin(inner.send_request(request, Some(o), fut)).await
+        })
     }
 }
 

@@ -186,6 +186,39 @@ async fn a_host_not_on_the_allow_list_is_refused() {
     assert!(e.to_string().contains("request to evil.example:80 was refused"), "{e}");
 }
 
+/// An allowed name that resolves to the gateway's own host (DNS
+/// rebinding; here `localhost`) is refused before any connection: only an
+/// address on the list literally reaches loopback, link-local or metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_name_resolving_to_an_internal_address_is_refused() {
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut s, _) = server.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    let h = host();
+    let (b, _) = mount(&h, &[("allowed_hosts", &format!("localhost:{port}")), ("timeout", "2s")]).await;
+    let r = read(b.as_ref(), &format!("call/localhost:{port}")).await;
+    assert!(r.is_err() || r.as_ref().is_ok_and(|g| g.get("status") != Some("204")), "the request went through");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "a connection reached the loopback server");
+    // The same server by its literal address, on the list: reached.
+    let (b, _) = mount(&h, &[("allowed_hosts", &format!("127.0.0.1:{port}")), ("timeout", "2s")]).await;
+    let got = read(b.as_ref(), &format!("call/127.0.0.1:{port}")).await.unwrap();
+    assert_eq!(got.get("status"), Some("204"));
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_host_is_reached_and_one_that_never_answers_hits_the_deadline() {
     // A server that answers.
