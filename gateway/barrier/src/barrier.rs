@@ -14,6 +14,32 @@ use crate::{Error, Result, shamir, snapshot};
 /// Plaintext on purpose: it must be readable while sealed, and holds no secret.
 const SEAL_CONFIG_KEY: &str = "core/seal-config";
 const KEYRING_KEY: &str = "core/keyring";
+/// How many encryptions have been reserved under the active key term.
+const USAGE_KEY: &str = "core/keyring-usage";
+
+/// Encryptions one AES-GCM key term may make before the barrier rotates to
+/// a new one: Vault's `max_operations` default (about 2^31.85, keeping the
+/// chance of a random 96-bit nonce repeating under one key below 2^-32).
+pub const DEFAULT_MAX_OPERATIONS: u64 = 3_865_470_566;
+
+/// Encryptions reserved in the store at a time: a crash forgets at most this
+/// many (they are counted as spent), and a second node reserves its own.
+const RESERVE: u64 = 1 << 20;
+
+/// The stored reservation: encryptions under `term` stay below `reserved`.
+#[derive(Serialize, Deserialize)]
+struct UsageRecord {
+    term: u32,
+    reserved: u64,
+}
+
+/// This process's share of the active term's count: positions `pos..limit`
+/// of a range it reserved in the store.
+#[derive(Default)]
+struct Usage {
+    pos: u64,
+    limit: u64,
+}
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -93,12 +119,24 @@ struct Unsealed {
     keyring: Keyring,
     /// The stored ciphertext of the keyring: a precondition for rotate/rekey.
     keyring_ct: Vec<u8>,
+    /// Encryptions under the active term this process may still make.
+    usage: Mutex<Usage>,
+}
+
+impl Unsealed {
+    fn new(root: RootKey, keyring: Keyring, keyring_ct: Vec<u8>) -> Unsealed {
+        Unsealed { root, keyring, keyring_ct, usage: Mutex::new(Usage::default()) }
+    }
 }
 
 pub struct Barrier {
     physical: Arc<dyn Physical>,
     unsealed: RwLock<Option<Arc<Unsealed>>>,
     progress: Mutex<Vec<Zeroizing<Vec<u8>>>>,
+    /// Encryptions per key term before an automatic rotation.
+    max_operations: std::sync::atomic::AtomicU64,
+    /// Serialises reservations and rotations.
+    wear: tokio::sync::Mutex<()>,
 }
 
 fn now_unix() -> u64 {
@@ -106,12 +144,99 @@ fn now_unix() -> u64 {
 }
 
 fn reserved(key: &str) -> bool {
-    key == SEAL_CONFIG_KEY || key == KEYRING_KEY
+    key == SEAL_CONFIG_KEY || key == KEYRING_KEY || key == USAGE_KEY
 }
 
 impl Barrier {
     pub fn new(physical: Arc<dyn Physical>) -> Self {
-        Barrier { physical, unsealed: RwLock::new(None), progress: Mutex::new(Vec::new()) }
+        Barrier {
+            physical,
+            unsealed: RwLock::new(None),
+            progress: Mutex::new(Vec::new()),
+            max_operations: std::sync::atomic::AtomicU64::new(DEFAULT_MAX_OPERATIONS),
+            wear: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Sets how many encryptions a key term makes before the barrier
+    /// rotates to a new one (default [`DEFAULT_MAX_OPERATIONS`]).
+    pub fn set_max_operations(&self, n: u64) {
+        self.max_operations.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts `n` encryptions about to be made under the active term. The
+    /// count lives in the store in reserved ranges, so a restart (or another
+    /// node) never counts from zero again; past `max_operations` the term is
+    /// rotated first, and the encryptions go under the new one.
+    async fn spend(&self, n: u64) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        loop {
+            let cur = self.current()?;
+            let max = self.max_operations.load(Ordering::Relaxed);
+            let spent = {
+                let mut u = cur.usage.lock().unwrap_or_else(|p| p.into_inner());
+                if u.pos.saturating_add(n) <= u.limit && u.pos < max {
+                    u.pos += n;
+                    true
+                } else {
+                    false
+                }
+            };
+            if spent {
+                return Ok(());
+            }
+            let _one = self.wear.lock().await;
+            let cur = self.current()?;
+            {
+                let u = cur.usage.lock().unwrap_or_else(|p| p.into_inner());
+                if u.pos.saturating_add(n) <= u.limit && u.pos < max {
+                    continue;
+                }
+            }
+            let (term, _) = cur.keyring.active_term();
+            let stored = self.physical.get(USAGE_KEY).await?;
+            let record = match &stored {
+                Some(ct) => serde_json::from_slice::<UsageRecord>(&cur.keyring.decrypt(USAGE_KEY, ct)?)
+                    .ok()
+                    .filter(|r| r.term == term),
+                None => None,
+            };
+            // Never below what this process reserved already (a restored
+            // snapshot may carry an older reservation).
+            let local = cur.usage.lock().unwrap_or_else(|p| p.into_inner()).limit;
+            let start = record.map_or(0, |r| r.reserved).max(local);
+            if start >= max {
+                // This term has made its share of encryptions: a new term.
+                drop(_one);
+                self.rotate_from(term).await?;
+                continue;
+            }
+            let end = start.saturating_add(RESERVE.min(max / 4).max(n));
+            let next = serde_json::to_vec(&UsageRecord { term, reserved: end }).expect("plain struct");
+            let batch = Batch {
+                checks: vec![Check { key: USAGE_KEY.into(), value: stored }],
+                ops: vec![Op::Put { key: USAGE_KEY.into(), value: cur.keyring.encrypt(USAGE_KEY, &next)? }],
+            };
+            match self.physical.commit(batch).await {
+                Ok(()) => {}
+                // Another node reserved at the same time: read again.
+                Err(Error::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+            let mut u = cur.usage.lock().unwrap_or_else(|p| p.into_inner());
+            *u = Usage { pos: start, limit: end };
+        }
+    }
+
+    /// Rotates unless the active term is no longer `term` (another caller
+    /// rotated already).
+    async fn rotate_from(&self, term: u32) -> Result<()> {
+        let _one = self.wear.lock().await;
+        if self.current()?.keyring.active_term().0 != term {
+            return Ok(());
+        }
+        tracing::info!(term, "barrier: the key term reached max_operations; rotating to a new term");
+        self.rotate_locked().await.map(|_| ())
     }
 
     pub fn storage_kind(&self) -> &'static str {
@@ -190,7 +315,7 @@ impl Barrier {
             Error::Conflict => Error::AlreadyInitialized,
             e => e,
         })?;
-        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+        self.set_current(Some(Unsealed::new(root, keyring, keyring_ct)));
         Ok(split)
     }
 
@@ -224,7 +349,7 @@ impl Barrier {
     pub async fn unseal_with_root(&self, root: RootKey) -> Result<()> {
         let keyring_ct = self.physical.get(KEYRING_KEY).await?.ok_or(Error::NotInitialized)?;
         let keyring = root.open_keyring(&keyring_ct, KEYRING_KEY)?;
-        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+        self.set_current(Some(Unsealed::new(root, keyring, keyring_ct)));
         Ok(())
     }
 
@@ -242,6 +367,11 @@ impl Barrier {
 
     /// Adds a key term: new writes use it, old entries stay readable.
     pub async fn rotate(&self) -> Result<KeyInfo> {
+        let _one = self.wear.lock().await;
+        self.rotate_locked().await
+    }
+
+    async fn rotate_locked(&self) -> Result<KeyInfo> {
         let cur = self.current()?;
         let keyring = cur.keyring.rotated(now_unix());
         let keyring_ct = cur.root.seal_keyring(&keyring, KEYRING_KEY)?;
@@ -251,7 +381,7 @@ impl Barrier {
         };
         self.physical.commit(batch).await?;
         let root = RootKey::from_bytes(cur.root.as_bytes())?;
-        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+        self.set_current(Some(Unsealed::new(root, keyring, keyring_ct)));
         self.key_info()
     }
 
@@ -292,7 +422,7 @@ impl Barrier {
         };
         self.physical.commit(batch).await?;
         let keyring = root.open_keyring(&keyring_ct, KEYRING_KEY)?;
-        self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+        self.set_current(Some(Unsealed::new(root, keyring, keyring_ct)));
         Ok(split)
     }
 
@@ -346,6 +476,9 @@ impl Barrier {
     }
 
     pub async fn commit(&self, batch: WriteBatch) -> Result<()> {
+        if !batch.puts.is_empty() {
+            self.spend(batch.puts.len() as u64).await?;
+        }
         let cur = self.current()?;
         let mut ops = Vec::with_capacity(batch.puts.len() + batch.deletes.len());
         for (key, plain) in &batch.puts {
@@ -402,7 +535,15 @@ impl Barrier {
         match same_root {
             Ok(keyring) => {
                 let root = RootKey::from_bytes(cur.root.as_bytes())?;
-                self.set_current(Some(Unsealed { root, keyring, keyring_ct }));
+                // The snapshot's reservation may be older than what this
+                // process has used under the same term: keep counting on.
+                let same_term = keyring.active_term().0 == cur.keyring.active_term().0;
+                let next = Unsealed::new(root, keyring, keyring_ct);
+                if same_term {
+                    let u = cur.usage.lock().unwrap_or_else(|p| p.into_inner());
+                    *next.usage.lock().unwrap_or_else(|p| p.into_inner()) = Usage { pos: u.pos, limit: u.limit };
+                }
+                self.set_current(Some(next));
                 Ok((count, false))
             }
             Err(_) => {
@@ -529,7 +670,8 @@ mod tests {
         w.put("a", Zeroizing::new(b"2".to_vec())).put("b", Zeroizing::new(b"3".to_vec()));
         b.commit(w).await.unwrap();
         let (n, sealed) = b.restore(&snap, false).unwrap();
-        assert_eq!(n, 3);
+        // The seal configuration, the keyring, the key term's usage, `a`.
+        assert_eq!(n, 4);
         assert!(!sealed);
         assert_eq!(b.get("a").await.unwrap().unwrap().as_slice(), b"1");
         assert!(b.get("b").await.unwrap().is_none());
@@ -550,5 +692,48 @@ mod tests {
         let (_, sealed) = other.restore(&snap, true).unwrap();
         assert!(sealed);
         assert!(other.unseal(&other_keys[0]).await.is_err());
+    }
+
+    /// Key wear: past `max_operations` encryptions a term is rotated, and
+    /// the count survives a restart (it lives in the store, in reserved
+    /// ranges), so a restarted server does not count from zero again.
+    #[tokio::test]
+    async fn a_term_is_rotated_before_its_operations_run_out_across_restarts() {
+        let store: Arc<dyn Physical> = Arc::new(crate::RedbStore::in_memory().unwrap());
+        let b = Barrier::new(store.clone());
+        let keys = b.initialize(1, 1, vec![]).await.unwrap();
+        b.unseal(&keys[0]).await.unwrap();
+        b.set_max_operations(10);
+        let put = |i: usize| {
+            let mut w = WriteBatch::new();
+            w.put(format!("k/{i}"), Zeroizing::new(vec![i as u8]));
+            w
+        };
+        // Respected: nine encryptions stay on the first term.
+        for i in 0..9 {
+            b.commit(put(i)).await.unwrap();
+        }
+        assert_eq!(b.key_info().unwrap().term, 1);
+        // Exceeded: the tenth and later go under a new term.
+        for i in 9..12 {
+            b.commit(put(i)).await.unwrap();
+        }
+        assert_eq!(b.key_info().unwrap().term, 2);
+        for i in 0..12 {
+            assert_eq!(b.get(&format!("k/{i}")).await.unwrap().unwrap().as_slice(), &[i as u8], "old terms still read");
+        }
+        // Six more under term 2, then a restart: the count goes on from the
+        // stored reservation, so four more reach the limit.
+        for i in 12..18 {
+            b.commit(put(i)).await.unwrap();
+        }
+        b.seal();
+        let b = Barrier::new(store);
+        b.unseal(&keys[0]).await.unwrap();
+        b.set_max_operations(10);
+        for i in 18..22 {
+            b.commit(put(i)).await.unwrap();
+        }
+        assert_eq!(b.key_info().unwrap().term, 3, "the restart counted from zero again");
     }
 }
