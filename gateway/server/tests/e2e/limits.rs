@@ -131,3 +131,37 @@ async fn connections_past_the_limit_are_closed_and_open_ones_served() {
     let mut after = pb::secrets_client::SecretsClient::new(ch);
     assert_eq!(after.get(authed(&root, get)).await.unwrap_err().code(), Code::NotFound);
 }
+
+/// A connection opens at most `max_concurrent_streams` streams: past it, its
+/// calls wait (HTTP/2 flow), while other connections are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_limit_wait_and_other_connections_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_limits(dir.path(), false, 0, "max_concurrent_streams = 8");
+    let (root, _) = crate::harness::init_unseal(&s);
+    let put = pb::PutRequest { path: "secret/w".into(), value: crate::harness::fields(&[("v", "1")]), cas: None };
+    s.secrets().await.put(authed(&root, put)).await.unwrap();
+    let a = s.channel().await;
+    // Respected: eight open streams (watches that stay open) on one connection.
+    let mut watches = Vec::new();
+    for _ in 0..8 {
+        let mut c = pb::secrets_client::SecretsClient::new(a.clone());
+        watches.push(c.watch(authed(&root, pb::WatchSecretRequest { path: "secret/w".into() })).await.unwrap());
+    }
+    // Exceeded: a ninth call on that connection waits for a stream...
+    let get = pb::GetRequest { path: "secret/w".into(), ..Default::default() };
+    let mut on_a = pb::secrets_client::SecretsClient::new(a.clone());
+    let waiting = tokio::spawn({
+        let (root, get) = (root.clone(), get.clone());
+        async move { on_a.get(authed(&root, get)).await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a stream past max_concurrent_streams was served");
+    // ...while another connection is served at once.
+    let started = Instant::now();
+    s.secrets().await.get(authed(&root, get)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // One stream closes: the waiting call goes through.
+    drop(watches.pop());
+    tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the waiting call never ran").unwrap().unwrap();
+}
