@@ -263,3 +263,18 @@ path "secret/metadata/team/hidden/*" { capabilities = ["deny"] }
     let Err(e) = core.get(&lister, "nowhere/x", None).await else { panic!("no mount serves nowhere/") };
     assert!(matches!(&e, Error::NotFound(m) if !m.contains("secret/")), "the mounts were named: {e}");
 }
+
+/// A write by a token holding neither create nor update is refused before
+/// any existence check, with one message whether the secret exists or not.
+#[tokio::test]
+async fn a_refused_write_does_not_tell_whether_the_secret_exists() {
+    let (core, root) = dev_core().await;
+    let v = || crate::value::SecretValue::Text(zeroize::Zeroizing::new("v".into()));
+    core.put(&root, "secret/app/there", &v(), None).await.unwrap();
+    let reader = token_with(&core, &root, "reader", "path \"secret/data/*\" { capabilities = [\"read\"] }").await;
+    let Err(there) = core.put(&reader, "secret/app/there", &v(), None).await else { panic!("allowed") };
+    let Err(absent) = core.put(&reader, "secret/app/absent", &v(), None).await else { panic!("allowed") };
+    let msg = |e: &Error, p: &str| e.to_string().replace(p, "PATH");
+    assert_eq!(msg(&there, "there"), msg(&absent, "absent"), "the refusal tells the two apart");
+    assert!(there.to_string().contains("create or update"), "{there}");
+}

@@ -936,6 +936,21 @@ async fn store(s: &Server) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// The store once background work (a rotation an earlier row started, the
+/// reconciler) has come to rest: two reads 100 ms apart agree.
+async fn settled(s: &Server) -> BTreeMap<String, Vec<u8>> {
+    let mut last = store(s).await;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = store(s).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the store never came to rest");
+}
+
 fn upstream_calls(s: &Server) -> u64 {
     let mounts = json(&s.cli(Some(T), &["mount", "list", "-o", "json"]));
     let aws = mounts.as_array().unwrap().iter().find(|m| m["path"] == "aws/").unwrap().clone();
@@ -1144,7 +1159,7 @@ async fn every_rpc_is_refused_without_its_capability_and_allowed_with_it() {
                 held.remove("sudo");
             }
             let tok = token(&s, &format!("without-{i}-{j}"), &without).await;
-            let before = store(&s).await;
+            let before = settled(&s).await;
             let calls = upstream_calls(&s);
             let got = (r.call)(s.channel().await, tok, fx.clone()).await;
             let e = got.err().unwrap_or_else(|| panic!("{} ({path} {cap} withheld) was allowed", r.rpc));
