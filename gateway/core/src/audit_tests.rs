@@ -418,8 +418,22 @@ async fn file_devices_refuse_executable_modes_links_and_other_directories() {
     assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains("cannot open")), "{e}");
     assert_eq!(std::fs::read(&target).unwrap(), b"", "the link's target was written");
     assert!(core.list_audit(r).await.unwrap().is_empty(), "a refused device was enabled");
+    // A hard link to a file elsewhere: refused.
+    let outside = dir.path().join("outside.log");
+    std::fs::write(&outside, "").unwrap();
+    std::fs::hard_link(&outside, logs.join("linked.log")).unwrap();
+    let e = enable(logs.join("linked.log"), "").await.unwrap_err();
+    assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains("hard links")), "{e}");
+    // An empty file already there with an executable, world-writable mode:
+    // it gets the mode asked for.
+    use std::os::unix::fs::PermissionsExt;
+    let pre = logs.join("pre.log");
+    std::fs::write(&pre, "").unwrap();
+    std::fs::set_permissions(&pre, std::fs::Permissions::from_mode(0o777)).unwrap();
+    enable(pre.clone(), "0600").await.unwrap();
+    assert_eq!(std::fs::metadata(&pre).unwrap().permissions().mode() & 0o7777, 0o600);
+    core.disable_audit(r, "file").await.unwrap();
     // In the directory, with a read/write mode: enabled.
     enable(logs.join("audit.log"), "0640").await.unwrap();
-    use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(logs.join("audit.log")).unwrap().permissions().mode() & 0o777, 0o640);
 }

@@ -770,7 +770,7 @@ fn entry_info(e: &keybridge_core::token::TokenEntry) -> pb::TokenInfo {
 fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::token::TokenEntry) -> keybridge_core::audit::AuditData {
     vec![
         ("token".into(), AuditValue::secret(t.as_bytes())),
-        ("accessor".into(), plain(e.accessor.clone())),
+        ("accessor".into(), AuditValue::secret(e.accessor.as_bytes())),
         ("policies".into(), plain(e.policies.clone())),
         ("display_name".into(), plain(e.display_name.clone())),
         ("metadata".into(), plain(serde_json::to_value(&e.meta).unwrap_or_default())),
@@ -779,7 +779,7 @@ fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::token::TokenEntry) ->
 
 fn token_audit(id: &keybridge_core::token::Identity) -> keybridge_core::audit::AuditData {
     vec![
-        ("accessor".into(), plain(id.accessor.clone())),
+        ("accessor".into(), AuditValue::secret(id.accessor.as_bytes())),
         ("policies".into(), plain(id.policies.clone())),
         ("display_name".into(), plain(id.display_name.clone())),
     ]
@@ -826,7 +826,7 @@ impl pb::tokens_server::Tokens for TokensService {
                 self.core.finish(&c, res, none).await
             }
             (true, false) => {
-                let c = c.with("accessor", plain(r.accessor.clone()));
+                let c = c.with("accessor", AuditValue::secret(r.accessor.as_bytes()));
                 let res = self.core.revoke_accessor(&c, &r.accessor).await;
                 self.core.finish(&c, res, none).await
             }
@@ -859,7 +859,7 @@ impl pb::tokens_server::Tokens for TokensService {
                 self.core.finish(&c, res, token_audit).await
             }
             Some(pb::lookup_token_request::Target::Accessor(a)) => {
-                let c = c.with("accessor", plain(a.clone()));
+                let c = c.with("accessor", AuditValue::secret(a.as_bytes()));
                 let res = self.core.lookup_token(&c, keybridge_core::TokenRef::Accessor(&a)).await;
                 self.core.finish(&c, res, token_audit).await
             }

@@ -674,9 +674,20 @@ impl FileSink {
     }
 
     fn open(entry: &DeviceEntry) -> std::result::Result<Self, String> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let path = std::path::PathBuf::from(&entry.options["file_path"]);
         let mode = entry.options.get("mode").and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0o600);
         let file = Self::open_file(&path, mode).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // A file that was there already: one name only (a hard link would
+        // put the chain somewhere else too), and the mode asked for.
+        let meta = file.metadata().map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        if meta.is_file() && meta.nlink() > 1 {
+            return Err(format!("cannot open {}: it has other hard links; give a file of its own", path.display()));
+        }
+        if meta.is_file() && meta.permissions().mode() & 0o7777 != mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+        }
         let offset = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(FileSink { path, mode, file, offset })
     }

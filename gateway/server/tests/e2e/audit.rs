@@ -138,3 +138,26 @@ fn audit_watch_streams_records_over_grpc() {
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
     assert!(stderr(&o).contains("watch a stream device"), "{}", stderr(&o));
 }
+
+/// Accessors (which can look a token up and revoke it) reach the log only
+/// as HMACs: in the issuing response, in lookups and revocations by accessor.
+#[test]
+fn accessors_reach_the_audit_log_only_as_hmacs() {
+    let s = Server::dev();
+    let t = s.root_token.as_deref();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let ok = |args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&["audit", "enable", "file", &format!("file_path={}", log.display())]);
+    let created: Value = serde_json::from_str(&stdout(&ok(&["token", "create", "-o", "json"]))).unwrap();
+    let accessor = created["accessor"].as_str().unwrap().to_string();
+    ok(&["token", "lookup", "--accessor", &accessor]);
+    ok(&["token", "revoke", "--accessor", &accessor]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&accessor), "an accessor reached the audit log in the clear");
+    assert!(records(&log).len() >= 6, "create, lookup and revoke were recorded");
+}
