@@ -99,6 +99,7 @@ struct RawLimits {
     login_requests_per_second: Option<u32>,
     login_role_requests_per_second: Option<u32>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     max_concurrent_streams: Option<u32>,
 }
 
@@ -140,6 +141,8 @@ pub struct Limits {
     pub login_role_requests_per_second: u32,
     /// Open connections at most; a connection past it is closed at once.
     pub max_connections: usize,
+    /// Open connections from one remote address at most.
+    pub max_connections_per_address: usize,
     /// HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_concurrent_streams: u32,
 }
@@ -155,6 +158,7 @@ impl Default for Limits {
             login_requests_per_second: 10,
             login_role_requests_per_second: 50,
             max_connections: 4096,
+            max_connections_per_address: 256,
             max_concurrent_streams: 256,
             token_requests_per_second: 0,
             token_burst: 0,
@@ -266,6 +270,9 @@ impl Config {
             if let Some(v) = l.max_connections {
                 limits.max_connections = v;
             }
+            if let Some(v) = l.max_connections_per_address {
+                limits.max_connections_per_address = v;
+            }
             if let Some(v) = l.max_concurrent_streams {
                 limits.max_concurrent_streams = v;
             }
@@ -282,6 +289,7 @@ impl Config {
             || limits.max_request_bytes < 1024
             || limits.max_concurrent_requests == 0
             || limits.max_connections == 0
+            || limits.max_connections_per_address == 0
             || limits.max_concurrent_streams == 0
         {
             return Err(bad("limits must be positive (max_request_bytes at least 1024)".into()));

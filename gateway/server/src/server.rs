@@ -290,6 +290,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
             threads: config.serving_threads,
             grace: config.limits.shutdown_grace,
             max_connections: config.limits.max_connections,
+            max_connections_per_address: config.limits.max_connections_per_address,
         },
         stop,
     )

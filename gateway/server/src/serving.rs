@@ -39,6 +39,8 @@ pub type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct Conn {
     stream: TcpStream,
     open: Arc<AtomicUsize>,
+    /// The connection's place in its remote address's count.
+    _slot: Option<AddrSlot>,
     /// Bytes accepted from HTTP/2 (or TLS) and not yet written; `sent` of
     /// them are written.
     out: Vec<u8>,
@@ -54,8 +56,8 @@ const COALESCE_MAX: usize = 64 * 1024;
 const KEEP_CAPACITY: usize = 16 * 1024;
 
 impl Conn {
-    fn new(stream: TcpStream, open: Arc<AtomicUsize>) -> Self {
-        Conn { stream, open, out: Vec::new(), sent: 0, deferred: false }
+    fn new(stream: TcpStream, open: Arc<AtomicUsize>, slot: Option<AddrSlot>) -> Self {
+        Conn { stream, open, _slot: slot, out: Vec::new(), sent: 0, deferred: false }
     }
 
     /// Writes what is held until all of it is written or the socket is
@@ -85,6 +87,41 @@ impl Conn {
             std::task::ready!(self.poll_drain(cx))?;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Connections open per remote address, so that one client cannot take
+/// every connection the server will serve.
+type PerAddress = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One connection counted against its remote address until dropped.
+pub struct AddrSlot {
+    counts: PerAddress,
+    ip: std::net::IpAddr,
+}
+
+impl AddrSlot {
+    /// Counts one more connection from `ip`, unless it has `max` already.
+    fn take(counts: &PerAddress, ip: std::net::IpAddr, max: usize) -> Option<AddrSlot> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddrSlot { counts: counts.clone(), ip })
+    }
+}
+
+impl Drop for AddrSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -169,7 +206,7 @@ impl AsyncWrite for Conn {
 }
 
 struct Worker {
-    tx: mpsc::UnboundedSender<std::net::TcpStream>,
+    tx: mpsc::UnboundedSender<(std::net::TcpStream, Option<AddrSlot>)>,
     open: Arc<AtomicUsize>,
 }
 
@@ -203,6 +240,8 @@ pub struct Settings {
     pub grace: std::time::Duration,
     /// Open connections at most: one accepted past it is closed at once.
     pub max_connections: usize,
+    /// Open connections from one remote address at most.
+    pub max_connections_per_address: usize,
 }
 
 pub async fn serve<R, F, Fut>(
@@ -228,7 +267,7 @@ where
             .thread_name(format!("kb-serve-{i}"))
             .build()
             .map_err(|e| Error::Usage(format!("cannot start serving thread {i}: {e}")))?;
-        let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (tx, rx) = mpsc::unbounded_channel::<(std::net::TcpStream, Option<AddrSlot>)>();
         let open = Arc::new(AtomicUsize::new(0));
         let (router, serve, counter, still_open) = (router.clone(), serve.clone(), open.clone(), open.clone());
         let mut stop = stop_tx.subscribe();
@@ -238,9 +277,9 @@ where
             .name(format!("kb-serve-{i}"))
             .spawn(move || {
                 let result = runtime.block_on(async move {
-                    let conns = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |s| {
+                    let conns = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |(s, slot)| {
                         let c = TcpStream::from_std(s)?;
-                        Ok(Conn::new(c, counter.clone()))
+                        Ok(Conn::new(c, counter.clone(), slot))
                     });
                     let stop: Stop = Box::pin(async move {
                         let _ = stop.wait_for(|v| *v).await;
@@ -275,6 +314,7 @@ where
         done.push(done_rx);
     }
 
+    let per_address: PerAddress = Default::default();
     let accept = async {
         let mut turn = 0usize;
         while let Some(conn) = incoming.next().await {
@@ -307,10 +347,22 @@ where
                 drop(std);
                 continue;
             }
+            // One address has a share of the connections, not all of them.
+            let slot = match std.peer_addr() {
+                Ok(peer) => match AddrSlot::take(&per_address, peer.ip(), settings.max_connections_per_address) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        tracing::debug!(remote = %peer.ip(), "per-address connection limit reached; closing a new connection");
+                        drop(std);
+                        continue;
+                    }
+                },
+                Err(_) => None,
+            };
             let i = pick(&open, turn);
             turn = turn.wrapping_add(1);
             workers[i].open.fetch_add(1, Ordering::Relaxed);
-            if workers[i].tx.send(std).is_err() {
+            if workers[i].tx.send((std, slot)).is_err() {
                 // The thread ended (its result says why, below).
                 return;
             }
@@ -352,7 +404,7 @@ mod tests {
         let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         open.fetch_add(1, Ordering::Relaxed);
-        (Conn::new(server, open), peer)
+        (Conn::new(server, open, None), peer)
     }
 
     /// Reads what arrives within 100 ms.

@@ -165,3 +165,40 @@ async fn streams_past_the_limit_wait_and_other_connections_are_served() {
     drop(watches.pop());
     tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the waiting call never ran").unwrap().unwrap();
 }
+
+/// One remote address has a share of the connections: past
+/// `max_connections_per_address` its new connections are closed, while
+/// another address is still accepted and open connections are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_limits(dir.path(), false, 0, "max_connections = 40\nmax_connections_per_address = 10");
+    let (root, _) = crate::harness::init_unseal(&s);
+    let mut real = s.secrets().await;
+    let get = pb::GetRequest { path: "secret/x".into(), ..Default::default() };
+    let hostport: std::net::SocketAddr = s.addr.trim_start_matches("http://").parse().unwrap();
+    // The real client's connection is one of 127.0.0.1's ten.
+    let mut flood = Vec::new();
+    for _ in 0..9 {
+        flood.push(tokio::net::TcpStream::connect(hostport).await.unwrap());
+    }
+    let from = |ip: [u8; 4]| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+        sock.connect(hostport).await.unwrap()
+    };
+    // Exceeded: 127.0.0.1's eleventh connection is closed unserved.
+    let mut over = from([127, 0, 0, 1]).await;
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "a connection past the per-address limit was kept: {r:?}");
+    // Respected: another address is accepted (the server sends its HTTP/2
+    // SETTINGS, or waits, instead of closing it)...
+    let mut other = from([127, 0, 0, 2]).await;
+    let r = tokio::time::timeout(Duration::from_millis(500), other.read(&mut buf)).await;
+    assert!(matches!(r, Err(_) | Ok(Ok(1..))), "a connection from another address was closed: {r:?}");
+    // ...and the open connections are served.
+    assert_eq!(real.get(authed(&root, get)).await.unwrap_err().code(), Code::NotFound);
+    drop(flood);
+}
