@@ -423,6 +423,34 @@ impl Core {
         }
     }
 
+    /// Whether the caller's token is one the server knows and that has not
+    /// expired or been revoked, without spending a use of a use-limited one:
+    /// the gateway's check before it reads a request's body. A refusal is
+    /// audited as [`Core::authenticate`] audits it.
+    pub async fn precheck(&self, caller: &Caller) -> Result<()> {
+        let r = async {
+            let loaded = self.loaded()?;
+            let token = caller.bearer().filter(|t| !t.is_empty() && t.len() <= 1024).ok_or(Error::Unauthenticated)?;
+            let hash = loaded.salt.hash(token);
+            if let Ok(entry) = loaded.tokens.lookup(hash.as_str()) {
+                return token::verify(entry, &hash, Timestamp::now()).map(|_| ());
+            }
+            let key = token::entry_key_of(&hash);
+            let raw = self.barrier.get(&key).await?.ok_or(Error::Unauthenticated)?;
+            let entry: TokenEntry =
+                serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?;
+            token::verify(Arc::new(entry), &hash, Timestamp::now()).map(|_| ())
+        }
+        .await;
+        if let Err(e @ Error::Unauthenticated) = &r {
+            if caller.state().reason.is_none() {
+                caller.set_reason("missing, unknown, expired or revoked token");
+            }
+            self.audit_request(caller, Some(e)).await;
+        }
+        r
+    }
+
     async fn identify(&self, token: Option<&str>) -> Result<Identity> {
         let loaded = self.loaded()?;
         let token = token.filter(|t| !t.is_empty()).ok_or(Error::Unauthenticated)?;

@@ -7,6 +7,7 @@ mod cli_logical;
 mod cli_sync;
 mod config;
 mod error;
+mod gate;
 mod hygiene;
 mod ratelimit;
 mod server;

@@ -245,6 +245,8 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     //    (debug level: `KEYBRIDGE_LOG=tower_http=debug`);
     // 4. the request id is copied onto the response;
     // 5. the per-token rate limit (when configured);
+    // 6. the token checked from the headers alone, before any of the body
+    //    is read (gate.rs), for every method that needs one;
     // then tonic's per-connection concurrency limit and request timeout, and
     // the services, which authenticate, authorize and route.
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -262,7 +264,8 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
-        .option_layer(rate_limit);
+        .option_layer(rate_limit)
+        .layer(crate::gate::AuthGateLayer::new(core.clone()));
     let router = builder
         .layer(layers)
         .add_service(health_service)

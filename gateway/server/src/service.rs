@@ -59,12 +59,16 @@ fn token<T>(req: &Request<T>) -> Result<Bearer, Status> {
     let Some(value) = req.metadata().get("authorization") else {
         return Ok(Bearer(None));
     };
-    let text = value
-        .to_str()
-        .map_err(|_| Status::unauthenticated("the authorization header is not ASCII; send 'Bearer <token>'"))?;
-    let token =
-        bearer(text).ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?;
+    let token = header_token(value.to_str().ok())?;
     Ok(Bearer(Some(Zeroizing::new(token.to_string()))))
+}
+
+/// The token of an `authorization` header (`None`: not ASCII), or the
+/// status a malformed one gets.
+pub(crate) fn header_token(text: Option<&str>) -> Result<&str, Status> {
+    let text =
+        text.ok_or_else(|| Status::unauthenticated("the authorization header is not ASCII; send 'Bearer <token>'"))?;
+    bearer(text).ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))
 }
 
 /// The token of an `authorization: Bearer <token>` header value: the scheme

@@ -202,3 +202,23 @@ async fn one_address_cannot_take_every_connection() {
     assert_eq!(real.get(authed(&root, get)).await.unwrap_err().code(), Code::NotFound);
     drop(flood);
 }
+
+/// A request with an unknown token is refused from its headers: the server
+/// does not wait for (or read) a body that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_token_is_refused_before_the_body_is_read() {
+    let s = Server::dev();
+    for token in [Some("kb.not-a-token"), None] {
+        let (tx, rx) = mpsc::channel::<pb::RegisterPluginChunk>(1);
+        let mut c = pb::plugins_client::PluginsClient::new(s.channel().await);
+        let req = match token {
+            Some(t) => authed(t, ReceiverStream::new(rx)),
+            None => tonic::Request::new(ReceiverStream::new(rx)),
+        };
+        let r =
+            tokio::time::timeout(Duration::from_secs(5), c.register(req)).await.expect("the server waited for a body");
+        assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+        drop(tx);
+    }
+    get_works(&s).await;
+}

@@ -1,0 +1,113 @@
+//! The token is checked before a request's body is read.
+//!
+//! tonic reads a whole gRPC message (up to `max_request_bytes`, 4 MiB for a
+//! plugin chunk) before a handler runs, so without this layer a client with
+//! no valid token could make the server hold megabytes per stream. Here a
+//! request to a method that needs a token is authenticated from its headers
+//! alone; an unknown, expired or revoked token is refused (and audited, as
+//! the services would) before any of the body is read. Methods that need no
+//! token (seal status, init, unseal, login, health, reflection) pass.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use keybridge_core::{Caller, Core, Error as CoreError};
+use prost::Message;
+
+/// The methods served without a token.
+const OPEN: &[&str] =
+    &["keybridge.v1.Sys/SealStatus", "keybridge.v1.Sys/Init", "keybridge.v1.Sys/Unseal", "keybridge.v1.Auth/Login"];
+
+#[derive(Clone)]
+pub struct AuthGateLayer {
+    core: Arc<Core>,
+    /// `/keybridge.v1.Service/Method` -> `keybridge.v1.Service/Method`, for
+    /// every method that needs a token (the audit's operation names).
+    guarded: Arc<HashMap<String, &'static str>>,
+}
+
+impl AuthGateLayer {
+    pub fn new(core: Arc<Core>) -> Self {
+        let mut guarded = HashMap::new();
+        if let Ok(set) = prost_types::FileDescriptorSet::decode(keybridge_proto::v1::FILE_DESCRIPTOR_SET) {
+            for file in &set.file {
+                for svc in &file.service {
+                    for m in &svc.method {
+                        let op = format!("{}.{}/{}", file.package(), svc.name(), m.name());
+                        if !OPEN.contains(&op.as_str()) {
+                            // Bounded: the API's methods, leaked once at start.
+                            guarded.insert(format!("/{op}"), &*Box::leak(op.into_boxed_str()));
+                        }
+                    }
+                }
+            }
+        }
+        AuthGateLayer { core, guarded: Arc::new(guarded) }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthGateLayer {
+    type Service = AuthGate<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthGate { inner, layer: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthGate<S> {
+    inner: S,
+    layer: AuthGateLayer,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthGate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Some(op) = self.layer.guarded.get(req.uri().path()).copied() else {
+            return Box::pin(self.inner.call(req));
+        };
+        // The ready service goes with this request; a clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let core = self.layer.core.clone();
+        Box::pin(async move {
+            let header = req.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().ok());
+            let token = match header.map(crate::service::header_token) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                // Malformed: the same answer the services give it.
+                Some(Err(status)) => return Ok(status.into_http()),
+            };
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let remote =
+                req.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
+            let caller = Caller::new(token, op).with_request_id(id.to_string()).with_remote(remote);
+            match core.precheck(&caller).await {
+                // Unknown, expired or revoked: refused before the body.
+                Err(e @ CoreError::Unauthenticated) => {
+                    let e = core.finish(&caller, Err::<(), _>(e), |_| Vec::new()).await.err();
+                    let status = crate::service::status(e.unwrap_or(CoreError::Unauthenticated));
+                    Ok(status.into_http())
+                }
+                // Anything else (a sealed server, a valid token): the service
+                // answers as it always does.
+                _ => inner.call(req).await,
+            }
+        })
+    }
+}
