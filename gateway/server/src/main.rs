@@ -15,6 +15,7 @@ mod service;
 mod service_logical;
 mod service_sync;
 mod serving;
+mod slots;
 mod verify;
 
 use std::process::ExitCode;

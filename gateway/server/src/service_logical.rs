@@ -23,8 +23,8 @@ pub struct LeasesService {
 pub struct PluginsService {
     pub core: Arc<Core>,
     /// Uploads in flight per token (by a keyed hash of it).
-    pub uploads: Arc<std::sync::Mutex<std::collections::HashMap<u64, usize>>>,
-    pub hasher: std::collections::hash_map::RandomState,
+    uploads: crate::slots::Slots<u64>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 /// Uploads one token may have in flight at once: each may hold up to the
@@ -35,37 +35,11 @@ impl PluginsService {
     pub fn new(core: Arc<Core>) -> Self {
         PluginsService { core, uploads: Default::default(), hasher: Default::default() }
     }
-}
 
-/// One upload counted against its token until dropped.
-struct UploadSlot {
-    uploads: Arc<std::sync::Mutex<std::collections::HashMap<u64, usize>>>,
-    key: u64,
-}
-
-impl UploadSlot {
-    fn take(service: &PluginsService, token: &str) -> Option<UploadSlot> {
+    /// One of the token's upload slots, if it has one free.
+    fn upload_slot(&self, token: &str) -> Option<crate::slots::Slot<u64>> {
         use std::hash::BuildHasher;
-        let key = service.hasher.hash_one(token);
-        let mut map = service.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(key).or_insert(0);
-        if *n >= MAX_UPLOADS_PER_TOKEN {
-            return None;
-        }
-        *n += 1;
-        Some(UploadSlot { uploads: service.uploads.clone(), key })
-    }
-}
-
-impl Drop for UploadSlot {
-    fn drop(&mut self) {
-        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
+        self.uploads.take(self.hasher.hash_one(token), MAX_UPLOADS_PER_TOKEN)
     }
 }
 
@@ -264,7 +238,7 @@ impl pb::plugins_server::Plugins for PluginsService {
         if let Err(e) = self.core.authorize_register(&c, &first.name).await {
             return Err(status(self.core.finish(&c, Err::<(), _>(e), none).await.unwrap_err()));
         }
-        let _slot = match c.bearer().and_then(|t| UploadSlot::take(self, t)) {
+        let _slot = match c.bearer().and_then(|t| self.upload_slot(t)) {
             Some(slot) => slot,
             None => {
                 let msg = format!(

@@ -92,38 +92,7 @@ impl Conn {
 
 /// Connections open per remote address, so that one client cannot take
 /// every connection the server will serve.
-type PerAddress = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
-
-/// One connection counted against its remote address until dropped.
-pub struct AddrSlot {
-    counts: PerAddress,
-    ip: std::net::IpAddr,
-}
-
-impl AddrSlot {
-    /// Counts one more connection from `ip`, unless it has `max` already.
-    fn take(counts: &PerAddress, ip: std::net::IpAddr, max: usize) -> Option<AddrSlot> {
-        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(AddrSlot { counts: counts.clone(), ip })
-    }
-}
-
-impl Drop for AddrSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
+type AddrSlot = crate::slots::Slot<std::net::IpAddr>;
 
 impl Drop for Conn {
     fn drop(&mut self) {
@@ -314,7 +283,7 @@ where
         done.push(done_rx);
     }
 
-    let per_address: PerAddress = Default::default();
+    let per_address: crate::slots::Slots<std::net::IpAddr> = Default::default();
     let accept = async {
         let mut turn = 0usize;
         while let Some(conn) = incoming.next().await {
@@ -349,7 +318,7 @@ where
             }
             // One address has a share of the connections, not all of them.
             let slot = match std.peer_addr() {
-                Ok(peer) => match AddrSlot::take(&per_address, peer.ip(), settings.max_connections_per_address) {
+                Ok(peer) => match per_address.take(peer.ip(), settings.max_connections_per_address) {
                     Some(slot) => Some(slot),
                     None => {
                         tracing::debug!(remote = %peer.ip(), "per-address connection limit reached; closing a new connection");
