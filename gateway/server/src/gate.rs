@@ -9,11 +9,12 @@
 //! token (seal status, init, unseal, login, health, reflection) pass.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use keybridge_core::{Caller, Core, Error as CoreError};
+
+use crate::ratelimit::BoxFuture;
 use prost::Message;
 
 /// The methods served without a token.
@@ -60,8 +61,6 @@ pub struct AuthGate<S> {
     inner: S,
     layer: AuthGateLayer,
 }
-
-type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
 impl<S, B> tower::Service<http::Request<B>> for AuthGate<S>
 where

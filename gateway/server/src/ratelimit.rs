@@ -40,7 +40,7 @@ pub struct TokenRateLimit<S> {
     layer: TokenRateLimitLayer,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+pub(crate) type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
 impl<S, B> tower::Service<http::Request<B>> for TokenRateLimit<S>
 where
