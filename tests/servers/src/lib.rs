@@ -1,5 +1,7 @@
 //! Test servers and fixtures for Keybridge's tests.
 //!
+//! - [`gateway`]: a Keybridge dev gateway as a child process, for the
+//!   client crate's tests and documentation examples.
 //! - [`issuer`]: a JWT issuer with a real ES256 key pair (PEM and JWKS), as
 //!   a Kubernetes cluster's service-account issuer or a CI system's OIDC
 //!   provider signs tokens.
@@ -18,6 +20,7 @@
 //!   processes on free ports.
 //! - [`tls`]: a throwaway CA and a loopback server certificate.
 
+pub mod gateway;
 pub mod issuer;
 pub mod keyvault;
 pub mod kubernetes;
