@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use keybridge_client::Transport;
 use keybridge_proto::v1 as pb;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
@@ -400,94 +399,72 @@ pub enum SnapshotCommand {
 
 // ----- connection -----------------------------------------------------------
 
+/// The CLI's connection: the client crate's [`keybridge_client::Client`]
+/// (token on every call, reads retried while the gateway is unavailable,
+/// writes tried once) and the output format.
 pub struct Client {
-    channel: Channel,
-    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    inner: keybridge_client::Client,
     output: Output,
 }
 
 impl Client {
     pub async fn connect(g: &Global) -> Result<Client, Error> {
-        let addr = if g.address.contains("://") { g.address.clone() } else { format!("http://{}", g.address) };
-        let connect_err = |reason: String| Error::Connect { addr: addr.clone(), reason };
-        let mut endpoint =
-            Endpoint::from_shared(addr.clone()).map_err(|e| Error::Usage(format!("bad address {addr:?}: {e}")))?;
-        if addr.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new().with_native_roots();
-            if let Some(ca) = &g.ca_cert {
-                let pem = std::fs::read(ca).map_err(|e| Error::Read { path: ca.display().to_string(), source: e })?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            endpoint = endpoint.tls_config(tls).map_err(|e| connect_err(e.to_string()))?;
+        let mut config = keybridge_client::Config::new(g.address.clone());
+        if let Some(t) = &g.token {
+            config = config.with_token(t.clone());
         }
-        let channel = endpoint.connect().await.map_err(|e| connect_err(source_chain(&e)))?;
-        let token = match &g.token {
-            Some(t) => {
-                let mut v: MetadataValue<_> = format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| Error::Usage("the token has characters that cannot be sent".into()))?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-            None => None,
-        };
-        Ok(Client { channel, token, output: g.output })
+        if let Some(ca) = &g.ca_cert {
+            config = config.with_ca_cert(ca.clone());
+        }
+        let inner = keybridge_client::Client::connect(config).await.map_err(|e| match e {
+            keybridge_client::Error::Connect { addr, reason } => Error::Connect { addr, reason },
+            keybridge_client::Error::Read { path, source } => Error::Read { path, source },
+            keybridge_client::Error::Config(m) => Error::Usage(m),
+            keybridge_client::Error::Status(s) => Error::Status(s),
+        })?;
+        Ok(Client { inner, output: g.output })
     }
 
+    /// A request for `msg`; the client's transport adds the token.
     pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        if let Some(t) = &self.token {
-            r.metadata_mut().insert("authorization", t.clone());
-        }
-        r
+        tonic::Request::new(msg)
     }
 
-    fn secrets(&self) -> pb::secrets_client::SecretsClient<Channel> {
-        pb::secrets_client::SecretsClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    pub(crate) fn api(&self) -> &keybridge_client::Client {
+        &self.inner
     }
 
-    fn policies(&self) -> pb::policies_client::PoliciesClient<Channel> {
-        pb::policies_client::PoliciesClient::new(self.channel.clone())
+    fn secrets(&self) -> pb::secrets_client::SecretsClient<Transport> {
+        self.inner.secrets()
     }
 
-    fn tokens(&self) -> pb::tokens_client::TokensClient<Channel> {
-        pb::tokens_client::TokensClient::new(self.channel.clone())
+    fn policies(&self) -> pb::policies_client::PoliciesClient<Transport> {
+        self.inner.policies()
     }
 
-    pub(crate) fn auth(&self) -> pb::auth_client::AuthClient<Channel> {
-        pb::auth_client::AuthClient::new(self.channel.clone())
+    fn tokens(&self) -> pb::tokens_client::TokensClient<Transport> {
+        self.inner.tokens()
     }
 
-    pub(crate) fn sync(&self) -> pb::sync_client::SyncClient<Channel> {
-        pb::sync_client::SyncClient::new(self.channel.clone())
+    pub(crate) fn auth(&self) -> pb::auth_client::AuthClient<Transport> {
+        self.inner.auth()
     }
 
-    pub(crate) fn audit(&self) -> pb::audit_client::AuditClient<Channel> {
-        pb::audit_client::AuditClient::new(self.channel.clone())
+    pub(crate) fn sync(&self) -> pb::sync_client::SyncClient<Transport> {
+        self.inner.sync()
     }
 
-    pub(crate) fn channel(&self) -> Channel {
-        self.channel.clone()
+    pub(crate) fn audit(&self) -> pb::audit_client::AuditClient<Transport> {
+        self.inner.audit()
     }
 
     pub(crate) fn json(&self) -> bool {
         self.output == Output::Json
     }
 
-    fn sys(&self) -> pb::sys_client::SysClient<Channel> {
-        pb::sys_client::SysClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    fn sys(&self) -> pb::sys_client::SysClient<Transport> {
+        self.inner.sys()
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 // ----- output helpers ---------------------------------------------------------
@@ -1064,7 +1041,7 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
     Ok(crate::error::exit::OK)
 }
 
-fn print_key_status(json: bool, k: &pb::KeyStatus) {
+fn print_key_status(json: bool, k: &pb::KeyringStatus) {
     if json {
         print_json(&json!({ "term": k.term, "install_time": time(&k.install_time), "terms": k.terms }));
     } else {

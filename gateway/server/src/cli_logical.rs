@@ -6,10 +6,10 @@ use std::io::Read as _;
 use std::path::PathBuf;
 
 use clap::Subcommand;
+use keybridge_client::Transport;
 use keybridge_proto::v1 as pb;
 use serde_json::{Value, json};
 use sha2::Digest;
-use tonic::transport::Channel;
 
 use crate::cli::{Client, done, print_json, print_table, time};
 use crate::error::Error;
@@ -61,16 +61,16 @@ pub enum PluginCommand {
     },
 }
 
-fn logical(c: &Client) -> pb::logical_client::LogicalClient<Channel> {
-    pb::logical_client::LogicalClient::new(c.channel()).max_decoding_message_size(64 << 20)
+fn logical(c: &Client) -> pb::logical_client::LogicalClient<Transport> {
+    c.api().logical()
 }
 
-fn leases(c: &Client) -> pb::leases_client::LeasesClient<Channel> {
-    pb::leases_client::LeasesClient::new(c.channel())
+fn leases(c: &Client) -> pb::leases_client::LeasesClient<Transport> {
+    c.api().leases()
 }
 
-fn plugins(c: &Client) -> pb::plugins_client::PluginsClient<Channel> {
-    pb::plugins_client::PluginsClient::new(c.channel())
+fn plugins(c: &Client) -> pb::plugins_client::PluginsClient<Transport> {
+    c.api().plugins()
 }
 
 /// `k=v` pairs; `k=@file` reads the file, `k=-` reads stdin.

@@ -1,11 +1,10 @@
-//! The provider's connection to a Keybridge gateway: its public gRPC API,
-//! nothing else.
+//! The provider's connection to a Keybridge gateway: its public gRPC API
+//! through the client crate, nothing else.
 
 use std::time::Duration;
 
+use keybridge_client::{Client, Config, Transport};
 use keybridge_proto::v1 as pb;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::diag::Diags;
 
@@ -14,8 +13,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Gateway {
-    channel: Channel,
-    token: MetadataValue<Ascii>,
+    client: Client,
 }
 
 /// Settings from the provider block, with the environment's fallbacks.
@@ -28,7 +26,8 @@ pub struct Settings {
 impl Gateway {
     /// Checks the settings and prepares a lazy connection: nothing is dialled
     /// until the first call, so `plan` of an empty configuration works
-    /// without a gateway.
+    /// without a gateway. Reads are retried while the gateway is
+    /// unavailable; writes are tried once (the client crate decides which).
     pub fn new(s: Settings) -> Result<Gateway, Diags> {
         let mut diags = Diags::default();
         let address = s.address.filter(|a| !a.trim().is_empty());
@@ -49,63 +48,55 @@ impl Gateway {
             );
         }
         let (Some(address), Some(token)) = (address, token) else { return Err(diags) };
-        let addr = if address.contains("://") { address.clone() } else { format!("http://{address}") };
-        let mut endpoint = Endpoint::from_shared(addr.clone()).map_err(|e| {
-            Diags::error_at("address", "Invalid Keybridge address", format!("{address:?} is not a URL: {e}"))
-        })?;
-        endpoint = endpoint.connect_timeout(Duration::from_secs(10)).timeout(CALL_TIMEOUT);
-        if addr.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new().with_native_roots();
-            if let Some(ca) = &s.ca_cert {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| Diags::error_at("ca_cert", "Cannot read the CA certificate", format!("{ca}: {e}")))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| Diags::error_at("ca_cert", "Invalid TLS settings", e.to_string()))?;
-        } else if s.ca_cert.is_some() {
-            return Err(Diags::error_at(
-                "ca_cert",
-                "CA certificate given for a plaintext address",
-                "ca_cert only applies to https:// addresses; use https:// or drop ca_cert.",
-            ));
+        let mut config = Config::new(address.clone())
+            .with_token(token.as_str())
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(CALL_TIMEOUT);
+        if let Some(ca) = &s.ca_cert {
+            config = config.with_ca_cert(ca);
         }
-        let mut token: MetadataValue<Ascii> = format!("Bearer {}", token.as_str()).parse().map_err(|_| {
-            Diags::error_at("token", "Invalid Keybridge token", "The token has characters that cannot be sent.")
+        let client = Client::connect_lazy(config).map_err(|e| match e {
+            keybridge_client::Error::Read { path, source } => {
+                Diags::error_at("ca_cert", "Cannot read the CA certificate", format!("{path}: {source}"))
+            }
+            keybridge_client::Error::Config(m) if s.ca_cert.is_some() && m.contains("CA certificate") => {
+                Diags::error_at("ca_cert", "CA certificate given for a plaintext address", m)
+            }
+            keybridge_client::Error::Config(m) if m.contains("token") => {
+                Diags::error_at("token", "Invalid Keybridge token", m)
+            }
+            other => Diags::error_at("address", "Invalid Keybridge address", other.to_string()),
         })?;
-        token.set_sensitive(true);
-        Ok(Gateway { channel: endpoint.connect_lazy(), token })
+        Ok(Gateway { client })
     }
 
+    /// A request for `msg`; the client's transport adds the token.
     pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert("authorization", self.token.clone());
-        r
+        tonic::Request::new(msg)
     }
 
-    pub fn secrets(&self) -> pb::secrets_client::SecretsClient<Channel> {
-        pb::secrets_client::SecretsClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    pub fn secrets(&self) -> pb::secrets_client::SecretsClient<Transport> {
+        self.client.secrets()
     }
 
-    pub fn sys(&self) -> pb::sys_client::SysClient<Channel> {
-        pb::sys_client::SysClient::new(self.channel.clone())
+    pub fn sys(&self) -> pb::sys_client::SysClient<Transport> {
+        self.client.sys()
     }
 
-    pub fn policies(&self) -> pb::policies_client::PoliciesClient<Channel> {
-        pb::policies_client::PoliciesClient::new(self.channel.clone())
+    pub fn policies(&self) -> pb::policies_client::PoliciesClient<Transport> {
+        self.client.policies()
     }
 
-    pub fn auth(&self) -> pb::auth_client::AuthClient<Channel> {
-        pb::auth_client::AuthClient::new(self.channel.clone())
+    pub fn auth(&self) -> pb::auth_client::AuthClient<Transport> {
+        self.client.auth()
     }
 
-    pub fn sync(&self) -> pb::sync_client::SyncClient<Channel> {
-        pb::sync_client::SyncClient::new(self.channel.clone())
+    pub fn sync(&self) -> pb::sync_client::SyncClient<Transport> {
+        self.client.sync()
     }
 
-    pub fn plugins(&self) -> pb::plugins_client::PluginsClient<Channel> {
-        pb::plugins_client::PluginsClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    pub fn plugins(&self) -> pb::plugins_client::PluginsClient<Transport> {
+        self.client.plugins()
     }
 }
 
