@@ -112,11 +112,20 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     sync_health(&core, &health).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Usage(format!("reflection setup: {e}")))?;
+    // Both reflection versions: v1, and v1alpha for the clients that speak
+    // only it (grpcio's reflection client, grpcui, several IDE plugins).
+    // Each lists every service served, the other reflection version too.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| Error::Usage(format!("reflection setup: {e}")))?;
+    let reflection_v1alpha =
+        reflection().build_v1alpha().map_err(|e| Error::Usage(format!("reflection setup: {e}")))?;
 
     let max = config.limits.max_request_bytes;
     // Set when a stop begins (SIGTERM, Ctrl-C): the serving threads stop
@@ -269,7 +278,8 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     let router = builder
         .layer(layers)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(secrets)
         .add_service(sys)
         .add_service(policies)

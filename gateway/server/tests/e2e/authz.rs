@@ -11,7 +11,7 @@
 //! request writes by design: `core/audit/checkpoint/<device>`), the cloud
 //! mount's upstream call count (moto), and so no lease, rule or mount
 //! appears. Then a token holding exactly the row's capabilities is let
-//! through. The README's RPC table is rendered from the same rows.
+//! through. docs/API.md's RPC table is rendered from the same rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -50,9 +50,9 @@ type Call = Box<dyn Fn(Channel, String, Arc<Fx>) -> Reply + Send + Sync>;
 
 /// One RPC (or one form of it) and what it needs.
 struct Row {
-    /// `Service.Method`, as the README names it.
+    /// `Service.Method`, as docs/API.md names it.
     rpc: &'static str,
-    /// The README's wording of the path and capability.
+    /// docs/API.md's wording of the path and capability.
     doc: (&'static str, &'static str),
     /// Every (policy path, capability) the call needs; empty: no token.
     needs: Vec<(&'static str, &'static str)>,
@@ -826,6 +826,26 @@ fn rows() -> Vec<Row> {
                 Box::pin(async move { reflect(ch, vec![list_services()]).await.map(|_| ()) })
             }),
         ),
+        row(
+            "grpc.reflection.v1alpha.ServerReflection.ServerReflectionInfo",
+            ("none", ""),
+            &[],
+            Box::new(|ch, _tok, _fx| -> Reply {
+                Box::pin(async move {
+                    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+                    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+                    let req = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+                        host: String::new(),
+                        message_request: Some(MessageRequest::ListServices(String::new())),
+                    };
+                    let mut stream = ServerReflectionClient::new(ch)
+                        .server_reflection_info(tokio_stream::iter([req]))
+                        .await?
+                        .into_inner();
+                    stream.next().await.ok_or_else(|| Status::internal("the reflection stream ended"))?.map(|_| ())
+                })
+            }),
+        ),
         // Sys.Seal last: the token allowed to seal does seal the server.
         row(
             "Sys.Seal",
@@ -915,7 +935,7 @@ async fn served_methods(ch: Channel) -> BTreeSet<String> {
     methods
 }
 
-/// The README's spelling: `Secrets.Put` for keybridge.v1, the full name
+/// docs/API.md's spelling: `Secrets.Put` for keybridge.v1, the full name
 /// for others.
 fn readme_name(method: &str) -> String {
     method.strip_prefix("keybridge.v1.").map(str::to_string).unwrap_or_else(|| method.to_string())
@@ -1119,12 +1139,12 @@ async fn every_rpc_is_refused_without_its_capability_and_allowed_with_it() {
     let unknown: Vec<&String> = named.iter().filter(|n| !served.iter().any(|m| &readme_name(m) == *n)).collect();
     assert!(unknown.is_empty(), "rows for RPCs the server does not serve: {unknown:?}");
 
-    // The README's table is this table.
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    // docs/API.md's table is this table.
+    let api = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/API.md")).unwrap();
     let rendered = render(&rows);
     assert!(
-        readme.contains(&rendered),
-        "README.md's RPC table differs from the tested one; it should read:\n{rendered}"
+        api.contains(&rendered),
+        "docs/API.md's RPC table differs from the tested one; it should read:\n{rendered}"
     );
 
     let fx = Arc::new(fixtures(&s, &m.url(), dir.path()).await);
@@ -1192,7 +1212,7 @@ async fn every_rpc_is_refused_without_its_capability_and_allowed_with_it() {
     }
 }
 
-/// The README table: one line per row, in the rows' order, deduplicated.
+/// The docs/API.md table: one line per row, in the rows' order, deduplicated.
 fn render(rows: &[Row]) -> String {
     let mut out = String::from("| RPC | path | capability |\n|---|---|---|\n");
     let mut seen = BTreeSet::new();

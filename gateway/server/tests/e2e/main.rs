@@ -11,5 +11,6 @@ mod lifecycle;
 mod limits;
 mod login;
 mod plugins;
+mod python;
 mod rotation;
 mod sync;
