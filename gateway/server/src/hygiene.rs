@@ -46,3 +46,17 @@ mod tests {
         assert_eq!(lim.rlim_cur, 0);
     }
 }
+
+/// Restores SIGPIPE's default action for the CLI, so that writing to a
+/// closed pipe (`keybridge kv list ... | head -1`) ends the process quietly,
+/// as it ends other Unix tools (the shell reports 141), instead of a
+/// failed `println!` panicking. The server keeps Rust's default (ignored),
+/// so a peer that goes away is an error on its socket, not the end of the
+/// process.
+pub fn default_sigpipe() {
+    // SAFETY: signal() with SIG_DFL installs no handler and touches no Rust
+    // memory; it runs before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

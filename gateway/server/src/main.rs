@@ -38,6 +38,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Server(_)) {
+        hygiene::default_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -61,6 +64,10 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        // A closed stderr loses the log; it must not panic the task that
+        // logged (tracing-subscriber would report the failed write with
+        // eprintln!, which panics on that same closed stderr).
+        .log_internal_errors(false)
         .init();
 }
 

@@ -233,18 +233,25 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
     let scheme = if config.tls.is_some() { "https" } else { "http" };
 
+    // It holds the dev root token and unseal key: wiped when dropped.
+    let mut banner = zeroize::Zeroizing::new(String::new());
     if let Some(init) = &dev_init {
-        println!("WARNING: dev mode. The store lives in memory, the server starts unsealed,");
-        println!("and the root token is printed below. Do not run dev mode in production.");
-        println!();
-        println!("    export KEYBRIDGE_ADDR='{scheme}://{local}'");
-        println!("    export KEYBRIDGE_TOKEN='{}'", init.root_token.as_str());
-        println!();
-        println!("Unseal Key: {}", init.keys[0].as_str());
-        println!("Root Token: {}", init.root_token.as_str());
-        println!();
+        banner.push_str("WARNING: dev mode. The store lives in memory, the server starts unsealed,\n");
+        banner.push_str("and the root token is printed below. Do not run dev mode in production.\n\n");
+        banner.push_str(&format!("    export KEYBRIDGE_ADDR='{scheme}://{local}'\n"));
+        banner.push_str(&format!("    export KEYBRIDGE_TOKEN='{}'\n\n", init.root_token.as_str()));
+        banner.push_str(&format!("Unseal Key: {}\n", init.keys[0].as_str()));
+        banner.push_str(&format!("Root Token: {}\n\n", init.root_token.as_str()));
     }
-    println!("==> Keybridge server started! Listening on {scheme}://{local} (in {:?})", started.elapsed());
+    banner.push_str(&format!(
+        "==> Keybridge server started! Listening on {scheme}://{local} (in {:?})\n",
+        started.elapsed()
+    ));
+    // Written, not println!'d: a closed stdout loses the banner but must not
+    // stop the server.
+    let mut out = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut out, banner.as_bytes()).and_then(|()| std::io::Write::flush(&mut out));
+    drop((out, banner));
     tracing::info!(address = %local, tls = config.tls.is_some(), storage = core.seal_status().await?.storage_type, "serving");
 
     // The tower layers every request passes, outermost first:
@@ -293,7 +300,9 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     let on_signal = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        // Stop first, then say so: nothing said can keep the server up.
         on_signal.send_replace(true);
+        tracing::info!("shutting down");
     });
     crate::serving::serve(
         router,
@@ -324,5 +333,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
-    tracing::info!("shutting down");
 }

@@ -306,3 +306,44 @@ fn the_server_enforces_a_configured_rego_check() {
     with_ttl.push("ttl=1h");
     assert!(s.cli(t, &with_ttl).status.success());
 }
+
+/// `keybridge kv list --recursive secret/ | head -1`: the reader closes
+/// the pipe after one line. The CLI ends quietly, killed by SIGPIPE as
+/// other Unix tools are (the shell reports 141), with no panic and no
+/// backtrace, in table and JSON output alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_the_cli_quietly() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let s = Server::dev();
+    let mut c = s.secrets().await;
+    // Enough names (about 80 KB) to outgrow a pipe's 64 KiB buffer.
+    for i in 0..2500 {
+        let put = keybridge_proto::v1::PutRequest {
+            path: format!("secret/pipe/{i:05}-{}", "x".repeat(24)),
+            value: crate::harness::fields(&[("k", "v")]),
+            cas: None,
+        };
+        c.put(crate::harness::authed("root-e2e", put)).await.unwrap();
+    }
+    for args in [&["kv", "list", "--recursive", "secret/"][..], &["kv", "list", "--recursive", "-o", "json", "secret/"]]
+    {
+        let mut child = std::process::Command::new(crate::harness::BIN)
+            .args(args)
+            .env("KEYBRIDGE_ADDR", &s.addr)
+            .env("KEYBRIDGE_TOKEN", "root-e2e")
+            .env_remove("KEYBRIDGE_CACERT")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(!first.is_empty(), "{args:?}: no output");
+        drop(out);
+        let o = crate::harness::blocking(|| child.wait_with_output().unwrap());
+        assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{args:?}: {:?}, stderr: {}", o.status, stderr(&o));
+        assert!(o.stderr.is_empty(), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -437,3 +437,43 @@ async fn connections_are_spread_over_the_configured_serving_threads() {
         assert!(a - b >= 20, "{name} served no connection: {b} -> {a} wake-ups; all: {before:?} -> {after:?}");
     }
 }
+
+/// A server whose stdout and stderr pipes were closed by the reader (a
+/// supervisor that went away) still stops on SIGTERM and on SIGINT: the
+/// log lines it can no longer write do not stop the stop.
+#[tokio::test]
+async fn signals_stop_a_server_whose_output_pipes_are_closed() {
+    for signal in ["-TERM", "-INT"] {
+        let mut child = std::process::Command::new(crate::harness::BIN)
+            .args(["server", "--dev", "--dev-listen-address", "127.0.0.1:0"])
+            .env("KEYBRIDGE_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        loop {
+            let mut line = String::new();
+            assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "exited before listening");
+            if line.contains("Listening on") {
+                break;
+            }
+        }
+        drop(out);
+        drop(child.stderr.take());
+        let kill = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("the server ignored {signal} with its output pipes closed");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "{signal}: {status:?}");
+    }
+}
