@@ -357,15 +357,23 @@ impl Core {
         if !rule.is_empty() && !rules.iter().any(|r| r.name == rule) {
             return Err(Error::NotFound(format!("no sync rule {rule:?}")));
         }
-        let targets = self
+        let mut targets: BTreeMap<(String, String), TargetStatus> = self
             .sync
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|s| rule.is_empty() || s.rule == rule)
-            .cloned()
+            .iter()
+            .filter(|(_, s)| rule.is_empty() || s.rule == rule)
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Replicas this process has not looked at yet (since a restart):
+        // their stored records say what was last written.
+        for r in rules.iter().filter(|r| rule.is_empty() || r.name == rule) {
+            for (target, rec) in self.records_of(r).await? {
+                targets.entry((r.name.clone(), target.clone())).or_insert_with(|| recorded_status(r, target, &rec));
+            }
+        }
+        let targets = targets.into_values().collect();
         let pending = self.pending_entries(rule).await?;
         let table = self.loaded()?.table();
         let mut calls = Vec::new();
@@ -647,6 +655,25 @@ impl Core {
                 key: FP_KEY.into(),
                 reason: "missing after a conflicting write".into(),
             }),
+        }
+    }
+
+    /// The stored records of a rule's replicas, by target path.
+    async fn records_of(&self, rule: &Rule) -> Result<BTreeMap<String, Record>> {
+        let prefix = format!("{STATE}{}/", rule.id);
+        let mut records: BTreeMap<String, Record> = BTreeMap::new();
+        let mut start: Option<String> = None;
+        loop {
+            let keys = self.barrier.list(&prefix, start.as_deref(), 512).await?;
+            if keys.is_empty() {
+                return Ok(records);
+            }
+            for k in &keys {
+                if let Some(r) = self.record(k).await? {
+                    records.insert(k[prefix.len()..].to_string(), r);
+                }
+            }
+            start = keys.last().map(|k| format!("{k}\0"));
         }
     }
 
@@ -949,22 +976,7 @@ impl Core {
         }
         let table = self.loaded()?.table();
         let mut todo: BTreeMap<String, ()> = BTreeMap::new();
-        // Records of this rule, by target path.
-        let prefix = format!("{STATE}{}/", rule.id);
-        let mut records: BTreeMap<String, Record> = BTreeMap::new();
-        let mut start: Option<String> = None;
-        loop {
-            let keys = self.barrier.list(&prefix, start.as_deref(), 512).await?;
-            if keys.is_empty() {
-                break;
-            }
-            for k in &keys {
-                if let Some(r) = self.record(k).await? {
-                    records.insert(k[prefix.len()..].to_string(), r);
-                }
-            }
-            start = keys.last().map(|k| format!("{k}\0"));
-        }
+        let records = self.records_of(rule).await?;
         // Source side.
         let (src_engine, src_mount, src_rel) = self.route(&table, &rule.source).await?;
         let sources: HashSet<String> = match src_engine.list_all(src_rel).await {
@@ -1065,5 +1077,29 @@ impl Core {
         }
         *self.sync.scans_done.lock().unwrap_or_else(|p| p.into_inner()).entry(rule.name.clone()).or_insert(0) += 1;
         Ok(())
+    }
+}
+
+/// A replica's status from its stored record alone, before this process
+/// has replicated or scanned it: what was last written, said as such.
+fn recorded_status(rule: &Rule, target: String, rec: &Record) -> TargetStatus {
+    let (state, message) = if rec.stale {
+        ("stale", "the source was deleted (as last recorded)")
+    } else if rec.pending {
+        ("pending", "a write was under way when the server stopped; the next pass checks it")
+    } else if rec.foreign {
+        ("conflict", "another tool's secret, left alone (as last recorded)")
+    } else {
+        ("in_sync", "as last replicated; not checked since the server started")
+    };
+    TargetStatus {
+        rule: rule.name.clone(),
+        source: rec.source.clone(),
+        target,
+        state,
+        message: message.to_string(),
+        // Unknown: the record keeps no time (shown as unset).
+        updated: Timestamp::default(),
+        source_version: rec.source_version,
     }
 }

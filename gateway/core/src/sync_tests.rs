@@ -157,6 +157,50 @@ async fn the_journal_survives_a_restart() {
     assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
 }
 
+/// After a restart, before any write or scan, `sync status` lists every
+/// replica from its stored record, saying it is as last recorded.
+#[tokio::test]
+async fn status_after_a_restart_lists_every_target_from_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kb.db");
+    let key = {
+        let (core, t, key) = core_with_key(Arc::new(RedbStore::open(&path, 0).unwrap())).await;
+        core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "")).await.unwrap();
+        core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
+        core.put(&t, "secret/app/api", &fields(&[("k", "v")]), None).await.unwrap();
+        core.sync_pass().await.unwrap();
+        assert_eq!(core.sync_status(&t, "").await.unwrap().targets.len(), 4);
+        core.shutdown().await;
+        key
+    };
+    let core = Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::open(&path, 0).unwrap())), CoreConfig::default()));
+    let t = Caller::token(Some("root-t"));
+    core.unseal(&key, false).await.unwrap();
+    let status = core.sync_status(&t, "ab").await.unwrap();
+    let mut seen: Vec<(String, &str)> = status.targets.iter().map(|s| (s.target.clone(), s.state)).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("team-b/app/api".to_string(), "in_sync"),
+            ("team-b/app/db".to_string(), "in_sync"),
+            ("team-c/app/api".to_string(), "in_sync"),
+            ("team-c/app/db".to_string(), "in_sync"),
+        ]
+    );
+    let db = status.targets.iter().find(|s| s.target == "team-b/app/db").unwrap();
+    assert_eq!((db.source.as_str(), db.source_version), ("secret/app/db", 1));
+    assert!(db.message.contains("not checked since the server started"), "{}", db.message);
+    // Once this process replicates a target, its own status replaces the record's.
+    core.put(&t, "secret/app/db", &fields(&[("pw", "two")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    let status = core.sync_status(&t, "ab").await.unwrap();
+    let db = status.targets.iter().find(|s| s.target == "team-b/app/db").unwrap();
+    assert_eq!((db.state, db.source_version), ("in_sync", 2));
+    assert!(db.message.is_empty(), "{}", db.message);
+    assert_eq!(status.targets.len(), 4);
+}
+
 #[tokio::test]
 async fn a_write_already_landed_is_not_written_twice() {
     let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;

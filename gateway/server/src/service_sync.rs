@@ -43,7 +43,7 @@ fn status_pb(s: SyncStatus) -> pb::SyncStatusResponse {
                 target: t.target,
                 state: t.state.into(),
                 message: t.message,
-                updated_time: Some(ts(t.updated)),
+                updated_time: (t.updated != keybridge_core::Timestamp::default()).then(|| ts(t.updated)),
                 source_version: t.source_version,
             })
             .collect(),
