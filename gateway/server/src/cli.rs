@@ -86,9 +86,12 @@ pub enum Command {
         length: u32,
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
-        /// Follow the rotation until it is done or rolled back.
-        #[arg(long)]
-        wait: bool,
+        /// Follow the rotation: `--wait` until every copy is promoted,
+        /// `--wait=retired` also through the grace period until the old
+        /// version is retired (or until it is rolled back).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "promoted", value_enum)]
+        wait: Option<crate::cli_sync::WaitFor>,
+        /// Bounds the whole command; a wait cut short exits 7 (still pending).
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
         /// Rotate on a schedule instead (`--every 30d`; `--every 0s` stops).

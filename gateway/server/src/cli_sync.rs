@@ -2,8 +2,7 @@
 //! status, and runs with a progress bar.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Subcommand;
 use keybridge_proto::v1 as pb;
@@ -11,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::cli::{Client, done, print_json, time};
+use crate::cli_progress::Progress;
 use crate::error::Error;
 
 #[derive(Subcommand)]
@@ -27,6 +27,8 @@ pub enum SyncCommand {
         #[arg(long, default_value = "")]
         rule: String,
     },
+    /// Show the rotation of a secret: its state and each copy's step.
+    Rotation { path: String },
     /// Scan now; with --wait, show progress until nothing is pending.
     Run {
         #[arg(long, default_value = "")]
@@ -37,6 +39,7 @@ pub enum SyncCommand {
         /// clouds whose listing does not tell every version apart).
         #[arg(long)]
         quick: bool,
+        /// Bounds the whole command; a wait cut short exits 7 (still pending).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -260,44 +263,109 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
             let s = c.sync().status(c.req(pb::SyncStatusRequest { rule })).await?.into_inner();
             print_status(json, &s);
         }
+        SyncCommand::Rotation { path } => {
+            let r = c.sync().get_rotation(c.req(pb::GetRotationRequest { path })).await?.into_inner();
+            print_rotation(json, &r);
+        }
         SyncCommand::Run { rule, wait, quick, timeout } => {
-            // Each call asks for a scan and waits (at most 20 s, under the
-            // server's request timeout) for it and the journal to settle.
-            let deadline = Instant::now() + timeout;
-            let mut s;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now()).as_secs().clamp(1, 20);
-                s = c
-                    .sync()
-                    .run(c.req(pb::RunSyncRequest { rule: rule.clone(), wait, timeout_secs: left, quick }))
-                    .await?
-                    .into_inner();
-                if !wait || s.settled || Instant::now() >= deadline {
-                    break;
-                }
-                if !json {
-                    let done = s.targets.iter().filter(|t| t.state == "in_sync").count();
-                    let total = s.targets.len().max(1);
-                    let bar = done * 30 / total;
-                    eprint!(
-                        "\r[{}{}] {done}/{total} in sync, {} pending",
-                        "#".repeat(bar),
-                        ".".repeat(30 - bar),
-                        s.pending
-                    );
-                    let _ = std::io::stderr().flush();
-                }
+            let deadline = tokio::time::Instant::now() + timeout;
+            if !wait {
+                let req = pb::RunSyncRequest { rule, wait: false, timeout_secs: 0, quick };
+                let s = bounded(deadline, timeout, c.sync().run(c.req(req))).await?.into_inner();
+                print_status(json, &s);
+                return Ok(());
             }
-            if wait && !json {
-                eprintln!();
-            }
-            print_status(json, &s);
-            if wait && !s.settled {
-                return Err(Error::Usage(format!("not settled after {timeout:?}: {} changes pending", s.pending)));
+            // One call after another asks the server to scan and waits (at
+            // most 20 s each) for the scan and the journal to settle; beside
+            // them, the status is polled for the progress display. The
+            // deadline bounds the whole command.
+            let run = async {
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs().clamp(1, 20);
+                    let req = pb::RunSyncRequest { rule: rule.clone(), wait: true, timeout_secs: left, quick };
+                    let s = c.sync().run(c.req(req)).await?.into_inner();
+                    if s.settled {
+                        return Ok::<_, Error>(s);
+                    }
+                }
+            };
+            let mut progress = Progress::new(json, "sync");
+            let mut last: Option<pb::SyncStatusResponse> = None;
+            let poll = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if let Ok(s) = c.sync().status(c.req(pb::SyncStatusRequest { rule: rule.clone() })).await {
+                        let s = s.into_inner();
+                        let (done, total, summary) = sync_summary(&s);
+                        progress.update(done, total, &summary);
+                        last = Some(s);
+                    }
+                }
+            };
+            let outcome = tokio::select! {
+                r = tokio::time::timeout_at(deadline, run) => r,
+                never = poll => match never {},
+            };
+            progress.finish();
+            match outcome {
+                Ok(settled) => print_status(json, &settled?),
+                Err(_) => {
+                    if let Some(s) = &last {
+                        print_status(json, s);
+                    }
+                    let pending = last.as_ref().map(|s| s.pending).unwrap_or(0);
+                    return Err(Error::StillPending(format!(
+                        "stopped waiting after {}: not settled yet ({pending} changes pending); the server goes \
+                         on replicating: follow it with `keybridge sync status`",
+                        humantime::format_duration(timeout)
+                    )));
+                }
             }
         }
     }
     Ok(())
+}
+
+/// What `rotate --wait` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitFor {
+    /// Every copy serves the new value (the old one may still be in its grace period).
+    Promoted,
+    /// The grace period is over and the old version is retired everywhere.
+    Retired,
+}
+
+/// A call that must answer before `deadline` (`--timeout`).
+async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::StillPending(format!(
+            "no answer within {}; the server may still carry out the request",
+            humantime::format_duration(timeout)
+        ))),
+    }
+}
+
+/// Targets in sync of all, and counts per target mount:
+/// `aws/ 3/5, gcp/ 5/5; 2 changes pending`.
+fn sync_summary(s: &pb::SyncStatusResponse) -> (u64, u64, String) {
+    let mut per: std::collections::BTreeMap<&str, (u64, u64)> = std::collections::BTreeMap::new();
+    for t in &s.targets {
+        let mount = t.target.split_inclusive('/').next().unwrap_or(&t.target);
+        let e = per.entry(mount).or_default();
+        e.1 += 1;
+        if t.state == "in_sync" {
+            e.0 += 1;
+        }
+    }
+    let done = per.values().map(|v| v.0).sum();
+    let total = per.values().map(|v| v.1).sum();
+    let mounts: Vec<String> = per.iter().map(|(m, (d, n))| format!("{m} {d}/{n}")).collect();
+    (done, total, format!("in sync ({}); {} changes pending", mounts.join(", "), s.pending))
 }
 
 fn print_rotation(json: bool, r: &pb::RotationStatus) {
@@ -337,7 +405,7 @@ pub struct RotateArgs {
     pub field: String,
     pub length: u32,
     pub grace: Duration,
-    pub wait: bool,
+    pub wait: Option<WaitFor>,
     pub timeout: Duration,
     pub every: Option<Duration>,
     pub engine: String,
@@ -375,31 +443,54 @@ pub async fn rotate(c: &Client, a: RotateArgs) -> Result<(), Error> {
         }
         return Ok(());
     }
-    let mut r = c
-        .sync()
-        .rotate(c.req(pb::RotateSecretRequest {
-            path: path.clone(),
-            field,
-            length,
-            grace_secs: grace.as_secs(),
-            engine,
-            ..Default::default()
-        }))
-        .await?
-        .into_inner();
-    if wait {
-        let deadline = Instant::now() + timeout;
-        while !matches!(r.state.as_str(), "done" | "rolled_back") && Instant::now() < deadline {
-            if !json {
-                let moved = r.copies.iter().filter(|c| c.promoted).count();
-                eprint!("\r{}: {moved}/{} copies promoted", r.state, r.copies.len());
-                let _ = std::io::stderr().flush();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let req = pb::RotateSecretRequest {
+        path: path.clone(),
+        field,
+        length,
+        grace_secs: grace.as_secs(),
+        engine,
+        ..Default::default()
+    };
+    let mut r = bounded(deadline, timeout, c.sync().rotate(c.req(req))).await?.into_inner();
+    if let Some(goal) = wait {
+        let mut progress = Progress::new(json, &format!("rotate {path}"));
+        let reached = |r: &pb::RotationStatus| match goal {
+            WaitFor::Promoted => {
+                matches!(r.state.as_str(), "retiring" | "done" | "rolled_back")
+                    && (r.state == "rolled_back" || r.copies.iter().all(|c| c.promoted))
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            r = c.sync().get_rotation(c.req(pb::GetRotationRequest { path: path.clone() })).await?.into_inner();
-        }
-        if !json {
-            eprintln!();
+            WaitFor::Retired => matches!(r.state.as_str(), "done" | "rolled_back"),
+        };
+        let follow = async {
+            loop {
+                let promoted = r.copies.iter().filter(|c| c.promoted).count() as u64;
+                let retired = r.copies.iter().filter(|c| c.retired).count();
+                progress.update(promoted, r.copies.len() as u64, &format!("promoted, {retired} retired; {}", r.state));
+                if reached(&r) {
+                    return Ok::<_, Error>(());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                r = c.sync().get_rotation(c.req(pb::GetRotationRequest { path: path.clone() })).await?.into_inner();
+            }
+        };
+        let outcome = tokio::time::timeout_at(deadline, follow).await;
+        progress.finish();
+        match outcome {
+            Ok(done) => done?,
+            Err(_) => {
+                print_rotation(json, &r);
+                let goal = match goal {
+                    WaitFor::Promoted => "every copy promoted",
+                    WaitFor::Retired => "the old version retired everywhere",
+                };
+                return Err(Error::StillPending(format!(
+                    "stopped waiting after {} before {goal}: the rotation is {} and goes on in the server; \
+                     follow it with `keybridge sync rotation {path}`",
+                    humantime::format_duration(timeout),
+                    r.state
+                )));
+            }
         }
     }
     print_rotation(json, &r);

@@ -26,6 +26,10 @@ pub enum Error {
     Status(#[from] tonic::Status),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A wait (`--wait`) ended at its `--timeout` before its goal; the
+    /// operation goes on in the server.
+    #[error("{0}")]
+    StillPending(String),
     #[error(
         "cannot lock memory (mlockall: {0}), so keys could be swapped to disk: raise RLIMIT_MEMLOCK \
          (e.g. LimitMEMLOCK=infinity) or grant CAP_IPC_LOCK, or set disable_mlock = true where locking is not possible"
@@ -74,6 +78,7 @@ impl Error {
                 _ => exit::ERROR,
             },
             Error::Connect { .. } => exit::UNAVAILABLE,
+            Error::StillPending(_) => exit::STILL_PENDING,
             _ => exit::ERROR,
         }
     }
@@ -90,4 +95,6 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 5;
     /// Check-and-set mismatch, already exists, or another state conflict.
     pub const CONFLICT: u8 = 6;
+    /// A wait timed out with the operation still under way in the server.
+    pub const STILL_PENDING: u8 = 7;
 }

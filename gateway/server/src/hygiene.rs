@@ -35,18 +35,6 @@ pub fn lock_memory() -> std::io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn core_dumps_are_off_afterwards() {
-        super::disable_core_dumps().unwrap();
-        let mut lim = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
-        // SAFETY: getrlimit writes into the struct we own.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) }, 0);
-        assert_eq!(lim.rlim_cur, 0);
-    }
-}
-
 /// Restores SIGPIPE's default action for the CLI, so that writing to a
 /// closed pipe (`keybridge kv list ... | head -1`) ends the process quietly,
 /// as it ends other Unix tools (the shell reports 141), instead of a
@@ -58,5 +46,17 @@ pub fn default_sigpipe() {
     // memory; it runs before any other thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn core_dumps_are_off_afterwards() {
+        super::disable_core_dumps().unwrap();
+        let mut lim = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
+        // SAFETY: getrlimit writes into the struct we own.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) }, 0);
+        assert_eq!(lim.rlim_cur, 0);
     }
 }

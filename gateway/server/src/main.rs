@@ -4,6 +4,7 @@ mod cli;
 mod cli_audit;
 mod cli_auth;
 mod cli_logical;
+mod cli_progress;
 mod cli_sync;
 mod config;
 mod error;

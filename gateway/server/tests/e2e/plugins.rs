@@ -389,7 +389,9 @@ async fn engine_issued_credentials_rotate_across_every_copy() {
     let o = s.cli(Some(t), &["rotate", "secret/app/saas", "--engine", "plain/ok"]);
     assert!(!o.status.success() && stderr(&o).contains("cannot rotate"), "{}", stderr(&o));
 
-    let r = json(&s.cli(Some(t), &["rotate", "secret/app/saas", "--engine", "saas/creds/app", "--wait", "-o", "json"]));
+    let r = json(
+        &s.cli(Some(t), &["rotate", "secret/app/saas", "--engine", "saas/creds/app", "--wait=retired", "-o", "json"]),
+    );
     assert_eq!(r["state"], "done", "{r}");
     let first = kv_field(&s, t, "secret/app/saas", "api_key").await;
     assert!(saas.valid(&first), "the rotated key is not live at the service");
@@ -448,7 +450,9 @@ async fn engine_issued_credentials_rotate_across_every_copy() {
     let ph = json(&s.cli(Some(t), &["read", "pw/passphrase", "words=5", "separator=.", "-o", "json"]));
     assert_eq!(ph["data"]["passphrase"].as_str().unwrap().split('.').count(), 5);
     assert!(ph["data"]["entropy_bits"].as_str().unwrap().parse::<u32>().unwrap() > 90, "{ph}");
-    let r = json(&s.cli(Some(t), &["rotate", "secret/app/db", "--engine", "pw/generate/db", "--wait", "-o", "json"]));
+    let r = json(
+        &s.cli(Some(t), &["rotate", "secret/app/db", "--engine", "pw/generate/db", "--wait=retired", "-o", "json"]),
+    );
     assert_eq!(r["state"], "done", "{r}");
     let pw = kv_field(&s, t, "secret/app/db", "password").await;
     assert_eq!(pw.len(), 40);

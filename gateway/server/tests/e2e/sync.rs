@@ -279,3 +279,80 @@ async fn alert_and_adopt_on_an_azure_replica() {
     assert!(adopt.contains("azure/p/db") && adopt.contains("secret/p/db"), "{adopt}");
     assert!(!adopt.contains("portal"), "the value appears only as an HMAC: {adopt}");
 }
+
+/// `sync run --wait --timeout 2s` against a target that cannot be reached
+/// (moto gone): the timeout bounds the whole command, which says it
+/// stopped waiting and exits 7 (still pending); without a terminal its
+/// progress is one line per change, never a carriage return.
+#[test]
+fn a_sync_wait_that_times_out_says_so_and_exits_7() {
+    let s = Server::dev();
+    let t = Some(T);
+    let m = moto();
+    enable(&s, T, "aws", "aws/", &aws_settings(&m));
+    let ok = |args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    };
+    ok(&["mount", "enable", "--type", "local", "mirror/"]);
+    ok(&[
+        "sync",
+        "rule",
+        "create",
+        "app",
+        "--source",
+        "secret/app/",
+        "--target",
+        "aws/app/",
+        "--target",
+        "mirror/app/",
+    ]);
+    ok(&["kv", "put", "secret/app/db", "pw=one"]);
+    let o = s.cli(t, &["sync", "run", "--wait", "--timeout", "30s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(m);
+    ok(&["kv", "put", "secret/app/db", "pw=two"]);
+    let started = Instant::now();
+    let o = s.cli(t, &["sync", "run", "--wait", "--timeout", "2s"]);
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(7), "{}{}", stdout(&o), stderr(&o));
+    assert!(took < Duration::from_secs(6), "--timeout 2s took {took:?}");
+    let err = stderr(&o);
+    assert!(err.contains("stopped waiting after 2s: not settled yet"), "{err}");
+    assert!(!err.contains('\r'), "carriage returns without a terminal: {err:?}");
+    // Progress lines count per target mount.
+    assert!(err.lines().any(|l| l.starts_with("sync: ") && l.contains("aws/ 0/1") && l.contains("mirror/ ")), "{err}");
+}
+
+/// `rotate --grace 10m --wait` returns once every copy is promoted (the old
+/// version still in its grace period); `--wait=retired` waits through the
+/// grace period, so with a short timeout it stops, says so, and exits 7.
+#[test]
+fn rotate_waits_for_promotion_or_retirement() {
+    let s = Server::dev();
+    let t = Some(T);
+    let ok = |args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&["mount", "enable", "--type", "local", "mirror/"]);
+    ok(&["sync", "rule", "create", "app", "--source", "secret/app/", "--target", "mirror/app/"]);
+    ok(&["kv", "put", "secret/app/db", "password=old"]);
+    ok(&["kv", "put", "secret/app/api", "password=old"]);
+    ok(&["sync", "run", "--wait", "--timeout", "30s"]);
+
+    let o = ok(&["rotate", "secret/app/db", "--grace", "10m", "--wait", "--timeout", "60s", "-o", "json"]);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["state"], "retiring", "{r}");
+    assert!(r["copies"].as_array().unwrap().iter().all(|c| c["promoted"] == true), "{r}");
+    let shown = json(&ok(&["sync", "rotation", "secret/app/db", "-o", "json"]));
+    assert_eq!(shown["id"], r["id"]);
+
+    let o = s.cli(t, &["rotate", "secret/app/api", "--grace", "10m", "--wait=retired", "--timeout", "2s"]);
+    assert_eq!(o.status.code(), Some(7), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("before the old version retired everywhere"), "{err}");
+    assert!(err.contains("keybridge sync rotation secret/app/api"), "{err}");
+    assert!(!err.contains('\r'), "{err:?}");
+}
