@@ -74,7 +74,10 @@ impl Client {
     /// Connects now: an unreachable gateway is an [`Error::Connect`] here.
     pub async fn connect(config: Config) -> Result<Client, Error> {
         let (endpoint, url) = endpoint(&config)?;
-        let channel = endpoint.connect().await.map_err(|e| Error::Connect { addr: url, reason: error::chain(&e) })?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            let reason = error::diagnose(&url, &e).unwrap_or_else(|| error::chain(&e));
+            Error::Connect { addr: url.clone(), reason }
+        })?;
         Client::over(channel, &config)
     }
 
@@ -89,7 +92,7 @@ impl Client {
     fn over(channel: Channel, config: &Config) -> Result<Client, Error> {
         let token = config.token.as_deref().map(|t| bearer(t)).transpose()?;
         Ok(Client {
-            transport: Transport::new(channel, token, config.retry),
+            transport: Transport::new(channel, token, config.retry, config.url()),
             address: config.url(),
             retry: config.retry,
             max_message_bytes: config.max_message_bytes,

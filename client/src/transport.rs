@@ -66,11 +66,13 @@ pub struct Transport {
     channel: Channel,
     token: Option<http::HeaderValue>,
     retry: Retry,
+    /// The gateway's URL, for naming the likely cause of a failure.
+    url: std::sync::Arc<str>,
 }
 
 impl Transport {
-    pub(crate) fn new(channel: Channel, token: Option<http::HeaderValue>, retry: Retry) -> Transport {
-        Transport { channel, token, retry }
+    pub(crate) fn new(channel: Channel, token: Option<http::HeaderValue>, retry: Retry, url: String) -> Transport {
+        Transport { channel, token, retry, url: url.into() }
     }
 
     pub(crate) fn channel(&self) -> &Channel {
@@ -78,14 +80,18 @@ impl Transport {
     }
 
     pub(crate) fn with_token(&self, token: Option<http::HeaderValue>) -> Transport {
-        Transport { channel: self.channel.clone(), token, retry: self.retry }
+        Transport { channel: self.channel.clone(), token, retry: self.retry, url: self.url.clone() }
     }
 }
 
-/// The gRPC status an error from the channel stands for
-/// (`UNAVAILABLE` for a failed connection, `CANCELLED` for a timeout).
-fn status_of(e: BoxError) -> tonic::Status {
-    tonic::Status::from_error(e)
+/// The gRPC status an error from the channel stands for (`UNAVAILABLE`
+/// for a failed connection, `CANCELLED` for a timeout). A failure to talk
+/// to the gateway at all is `UNAVAILABLE`, with its likely cause named.
+fn status_of(url: &str, e: BoxError) -> tonic::Status {
+    match crate::error::diagnose(url, &*e) {
+        Some(why) => tonic::Status::unavailable(format!("cannot reach the gateway at {url}: {why}")),
+        None => tonic::Status::from_error(e),
+    }
 }
 
 /// The status of a trailers-only answer (how a server reports an error
@@ -115,10 +121,11 @@ impl Service<http::Request<Body>> for Transport {
         let clone = self.channel.clone();
         let mut ready = std::mem::replace(&mut self.channel, clone);
         let retry = self.retry;
+        let url = self.url.clone();
         if retry.attempts <= 1 || !safe_to_retry(req.uri().path()) {
-            return Box::pin(
-                async move { ready.call(req).await.map_err(|e| Box::new(status_of(e.into())) as BoxError) },
-            );
+            return Box::pin(async move {
+                ready.call(req).await.map_err(|e| Box::new(status_of(&url, e.into())) as BoxError)
+            });
         }
         Box::pin(async move {
             // A safe method's request is one small message: keep it to send again.
@@ -138,7 +145,7 @@ impl Service<http::Request<Body>> for Transport {
                 let (unavailable, result) = match ready.call(again).await {
                     Ok(resp) => (header_status(&resp) == Some(tonic::Code::Unavailable), Ok(resp)),
                     Err(e) => {
-                        let status = status_of(e.into());
+                        let status = status_of(&url, e.into());
                         (status.code() == tonic::Code::Unavailable, Err(Box::new(status) as BoxError))
                     }
                 };

@@ -558,14 +558,19 @@ impl CloudMount {
 fn health(cloud: Cloud, e: keybridge_provider_api::Error) -> Error {
     use keybridge_provider_api::Error as P;
     let hint = match &e {
+        P::Unauthenticated(m) if m.contains("; ") => "",
         P::Unauthenticated(_) => " (the cloud refused the mount's credentials)",
+        P::PermissionDenied(m) if m.contains("; ") => "",
         P::PermissionDenied(_) => " (the mount's credentials may not list secrets)",
         P::NotFound(_) => " (the cloud does not know the vault, project or account)",
         _ => "",
     };
+    let unavailable = matches!(e, P::Unavailable(_) | P::Throttled(_));
     let msg = e.to_string();
     let msg = if msg.contains(cloud.name()) { msg } else { format!("{}: {msg}", cloud.name()) };
-    Error::FailedPrecondition(format!("the mount was not enabled: {msg}{hint}"))
+    let msg = format!("the mount was not enabled: {msg}{hint}");
+    // A cloud that cannot be reached is unavailable (exit 5), not a conflict.
+    if unavailable { Error::Unavailable(msg) } else { Error::FailedPrecondition(msg) }
 }
 
 fn time(t: Option<SystemTime>) -> Timestamp {

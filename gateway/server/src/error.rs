@@ -22,7 +22,7 @@ pub enum Error {
     #[error("cannot reach the server at {addr}: {reason}")]
     Connect { addr: String, reason: String },
     /// An error status from the server, shown with its message.
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    #[error("{}", status_line(.0))]
     Status(#[from] tonic::Status),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -35,6 +35,21 @@ pub enum Error {
          (e.g. LimitMEMLOCK=infinity) or grant CAP_IPC_LOCK, or set disable_mlock = true where locking is not possible"
     )]
     Mlock(std::io::Error),
+}
+
+/// `permission denied: read on ... is not granted`: the code's name, then
+/// the server's message, without saying the name twice when the message
+/// already starts with it.
+fn status_line(s: &tonic::Status) -> String {
+    let name = code_name(s.code());
+    let msg = s.message().trim();
+    if msg.is_empty() {
+        name.to_string()
+    } else if msg.get(..name.len()).is_some_and(|p| p.eq_ignore_ascii_case(name)) {
+        msg.to_string()
+    } else {
+        format!("{name}: {msg}")
+    }
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

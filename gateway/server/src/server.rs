@@ -55,6 +55,7 @@ fn restrict_dir(dir: &std::path::Path) {
 
 pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     let started = Instant::now();
+    let signals = stop_signals()?;
     if let Err(e) = hygiene::disable_core_dumps() {
         tracing::warn!(error = %e, "cannot disable core dumps");
     }
@@ -299,7 +300,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         .add_service(plugins);
     let on_signal = stop.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.await;
         // Stop first, then say so: nothing said can keep the server up.
         on_signal.send_replace(true);
         tracing::info!("shutting down");
@@ -323,14 +324,17 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, registered at once: a signal that arrives before
+/// the server is serving still stops it (instead of killing it with the
+/// default action, store left unclosed).
+fn stop_signals() -> Result<impl std::future::Future<Output = ()>, Error> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Usage(format!("cannot handle SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Usage(format!("cannot handle SIGINT: {e}")))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod capabilities;
 pub mod endpoints;
 pub mod limits;
+pub mod messages;
 pub mod names;
 pub mod settings;
 pub mod store;

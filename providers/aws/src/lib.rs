@@ -147,38 +147,84 @@ fn time(t: Option<&DateTime>) -> Option<SystemTime> {
     t.and_then(|d| SystemTime::try_from(*d).ok())
 }
 
-/// Maps an SDK error by its AWS error code, keeping AWS's message.
+/// Maps an SDK error by its AWS error code to one line: the operation,
+/// AWS's code and message, and a hint. The SDK's whole chain is logged at
+/// debug level only.
 fn map<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     e: aws_sdk_secretsmanager::error::SdkError<E>,
     what: &str,
 ) -> Error {
     use aws_sdk_secretsmanager::error::SdkError;
-    let msg = |m: Option<&str>, fallback: &str| format!("AWS Secrets Manager: {}", m.unwrap_or(fallback));
+    use keybridge_provider_api::messages::{one_line, root_cause};
+    // The API operation, from the error's type: `GetSecretValueError` -> `GetSecretValue`.
+    let op = std::any::type_name::<E>().rsplit("::").next().unwrap_or_default().trim_end_matches("Error");
+    let what = &if op.is_empty() { what.to_string() } else { format!("{op} {what}") };
+    tracing::debug!(operation = what, error = %aws_sdk_secretsmanager::error::DisplayErrorContext(&e), "AWS call failed");
     match &e {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            let why = aws_sdk_secretsmanager::error::DisplayErrorContext(&e);
-            return Error::Unavailable(format!("AWS Secrets Manager cannot be reached ({what}): {why}"));
+            if no_credentials(&e) {
+                return Error::Unauthenticated(one_line(
+                    PROVIDER,
+                    what,
+                    "NoCredentials",
+                    "no credentials found",
+                    "set access_key_id and secret_access_key on the mount, or run where the SDK's default \
+                     chain finds them (environment, profile, web identity, ECS, EC2 metadata)",
+                ));
+            }
+            let why = if matches!(e, SdkError::TimeoutError(_)) { "timed out".to_string() } else { root_cause(&e) };
+            return Error::Unavailable(one_line(
+                &format!("{PROVIDER} cannot be reached"),
+                what,
+                "",
+                &why,
+                "check region, endpoint_url and the network",
+            ));
         }
-        SdkError::ResponseError(_) => return Error::Unavailable(format!("AWS Secrets Manager ({what}): {e}")),
+        SdkError::ResponseError(_) => {
+            return Error::Unavailable(one_line(
+                PROVIDER,
+                what,
+                "",
+                &root_cause(&e),
+                "an answer AWS's SDK could not read",
+            ));
+        }
         _ => {}
     }
     let code = e.code().unwrap_or_default().to_string();
-    let m = msg(e.message(), &e.to_string());
+    let message = e.message().map(str::to_string).unwrap_or_else(|| root_cause(&e));
+    let name = what.split_once(' ').map_or(what.as_str(), |(_, n)| n);
+    let m = |hint: &str| one_line(PROVIDER, what, &code, &message, hint);
     match code.as_str() {
-        "ResourceNotFoundException" => Error::NotFound(format!("{what}: not found in AWS Secrets Manager")),
-        "ResourceExistsException" => Error::AlreadyExists(m),
-        "InvalidParameterException" | "ValidationException" | "LimitExceededException" => Error::InvalidArgument(m),
-        "InvalidRequestException" => Error::Conflict(m),
-        "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => Error::Throttled(m),
-        "AccessDeniedException" | "AccessDenied" => Error::PermissionDenied(m),
+        "ResourceNotFoundException" => Error::NotFound(format!("{name}: not found in {PROVIDER}")),
+        "ResourceExistsException" => Error::AlreadyExists(m("")),
+        "InvalidParameterException" | "ValidationException" | "LimitExceededException" => Error::InvalidArgument(m("")),
+        "InvalidRequestException" => Error::Conflict(m("")),
+        "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => Error::Throttled(m("")),
+        "AccessDeniedException" | "AccessDenied" => {
+            Error::PermissionDenied(m("the mount's AWS identity lacks this permission in IAM"))
+        }
+        "ExpiredTokenException" => Error::Unauthenticated(m("the session token expired: renew session_token")),
         "UnrecognizedClientException"
         | "InvalidSignatureException"
-        | "ExpiredTokenException"
         | "InvalidClientTokenId"
-        | "SignatureDoesNotMatch" => Error::Unauthenticated(m),
-        "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => Error::Unavailable(m),
-        _ => Error::Failed(m),
+        | "SignatureDoesNotMatch" => Error::Unauthenticated(m("check access_key_id and secret_access_key")),
+        "InternalServiceError" | "InternalFailure" | "ServiceUnavailable" => Error::Unavailable(m("")),
+        _ => Error::Failed(m("")),
     }
+}
+
+/// Whether the call failed because no credentials could be loaded.
+fn no_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<aws_credential_types::provider::error::CredentialsError>().is_some() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 #[async_trait::async_trait]

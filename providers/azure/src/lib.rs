@@ -274,32 +274,50 @@ impl AzureStore {
     }
 }
 
-/// Maps an SDK error by HTTP status and Key Vault's error code.
+/// Maps an SDK error by HTTP status and Key Vault's error code to one line
+/// with a hint; the SDK's whole error is logged at debug level only.
 fn map(e: azure_core::Error, what: &str) -> Error {
     use azure_core::error::ErrorKind;
-    let m = format!("{PROVIDER}: {e}");
+    use keybridge_provider_api::messages::{one_line, root_cause};
+    tracing::debug!(operation = what, error = ?e, "Azure call failed");
+    let full = e.to_string();
     match e.kind() {
         ErrorKind::HttpResponse { status, error_code, .. } => {
             let code = error_code.as_deref().unwrap_or_default();
+            // The SDK's message is Key Vault's own `error.message`.
+            let message = full.clone();
+            let m = |hint: &str| one_line(PROVIDER, what, code, &message, hint);
             match u16::from(*status) {
                 404 => Error::NotFound(format!("{what}: not found in {PROVIDER}")),
-                403 if code == "Forbidden" && m.contains("SecretDisabled") => {
+                403 if code == "Forbidden" && full.contains("SecretDisabled") => {
                     Error::NotFound(format!("{what}: the version is disabled (soft-deleted) in {PROVIDER}"))
                 }
-                409 => Error::Conflict(m),
-                400 => Error::InvalidArgument(m),
-                401 => Error::Unauthenticated(m),
-                403 => Error::PermissionDenied(m),
-                429 => Error::Throttled(m),
-                s if s >= 500 => Error::Unavailable(m),
-                _ => Error::Failed(m),
+                409 => Error::Conflict(m("")),
+                400 => Error::InvalidArgument(m("")),
+                401 => Error::Unauthenticated(m("check tenant_id, client_id and client_secret")),
+                403 => Error::PermissionDenied(m(
+                    "give the mount's identity a Key Vault secrets role (or access policy) on this vault",
+                )),
+                429 => Error::Throttled(m("")),
+                s if s >= 500 => Error::Unavailable(m("")),
+                _ => Error::Failed(m("")),
             }
         }
-        ErrorKind::Credential => Error::Unauthenticated(format!("{PROVIDER}: cannot get a token: {e}")),
-        ErrorKind::Connection | ErrorKind::Io => {
-            Error::Unavailable(format!("{PROVIDER} cannot be reached ({what}): {e}"))
-        }
-        _ => Error::Failed(format!("{PROVIDER} ({what}): {e}")),
+        ErrorKind::Credential => Error::Unauthenticated(one_line(
+            PROVIDER,
+            what,
+            "CredentialUnavailable",
+            &format!("cannot get a token: {}", root_cause(&e)),
+            "check tenant_id, client_id and client_secret (or the managed identity)",
+        )),
+        ErrorKind::Connection | ErrorKind::Io => Error::Unavailable(one_line(
+            &format!("{PROVIDER} cannot be reached"),
+            what,
+            "",
+            &root_cause(&e),
+            "check vault_url and the network",
+        )),
+        _ => Error::Failed(one_line(PROVIDER, what, "", &root_cause(&e), "")),
     }
 }
 

@@ -80,33 +80,54 @@ pub struct GcpStore {
     project: String,
 }
 
+/// Maps a client error by its gRPC/HTTP status to one line with a hint; the
+/// whole error is logged at debug level only.
 fn map(e: google_cloud_gax::error::Error, what: &str) -> Error {
     use google_cloud_gax::error::rpc::Code;
+    use keybridge_provider_api::messages::{one_line, root_cause};
+    tracing::debug!(operation = what, error = ?e, "GCP call failed");
     if let Some(st) = e.status() {
-        let m = format!("{PROVIDER}: {}", st.message);
+        let code = format!("{:?}", st.code);
+        let m = |hint: &str| one_line(PROVIDER, what, &code, &st.message, hint);
         return match st.code {
             Code::NotFound => Error::NotFound(format!("{what}: not found in {PROVIDER}")),
-            Code::AlreadyExists => Error::AlreadyExists(m),
-            Code::FailedPrecondition | Code::Aborted => Error::Conflict(m),
-            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(m),
-            Code::PermissionDenied => Error::PermissionDenied(m),
-            Code::Unauthenticated => Error::Unauthenticated(m),
-            Code::ResourceExhausted => Error::Throttled(m),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Internal => Error::Unavailable(m),
-            _ => Error::Failed(m),
+            Code::AlreadyExists => Error::AlreadyExists(m("")),
+            Code::FailedPrecondition | Code::Aborted => Error::Conflict(m("")),
+            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(m("")),
+            Code::PermissionDenied => Error::PermissionDenied(m(
+                "give the mount's service account a Secret Manager role (roles/secretmanager.admin) on the project",
+            )),
+            Code::Unauthenticated => Error::Unauthenticated(m("check credentials_json (or the workload identity)")),
+            Code::ResourceExhausted => Error::Throttled(m("")),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Internal => Error::Unavailable(m("")),
+            _ => Error::Failed(m("")),
         };
     }
     if e.is_authentication() {
-        return Error::Unauthenticated(format!("{PROVIDER}: cannot get credentials: {e}"));
+        return Error::Unauthenticated(one_line(
+            PROVIDER,
+            what,
+            "NoCredentials",
+            &format!("cannot get credentials: {}", root_cause(&e)),
+            "set credentials_json on the mount, or run where Application Default Credentials are found",
+        ));
     }
     if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() || e.is_exhausted() {
-        return Error::Unavailable(format!("{PROVIDER} cannot be reached ({what}): {e}"));
+        return Error::Unavailable(one_line(
+            &format!("{PROVIDER} cannot be reached"),
+            what,
+            "",
+            &root_cause(&e),
+            "check endpoint_url and the network",
+        ));
     }
+    let code = e.http_status_code().map(|c| format!("HTTP {c}")).unwrap_or_default();
+    let m = one_line(PROVIDER, what, &code, &root_cause(&e), "");
     match e.http_status_code() {
         Some(404) => Error::NotFound(format!("{what}: not found in {PROVIDER}")),
-        Some(429) => Error::Throttled(format!("{PROVIDER}: {e}")),
-        Some(c) if c >= 500 => Error::Unavailable(format!("{PROVIDER}: {e}")),
-        _ => Error::Failed(format!("{PROVIDER} ({what}): {e}")),
+        Some(429) => Error::Throttled(m),
+        Some(c) if c >= 500 => Error::Unavailable(m),
+        _ => Error::Failed(m),
     }
 }
 

@@ -347,3 +347,54 @@ async fn a_closed_pipe_ends_the_cli_quietly() {
         assert!(o.stderr.is_empty(), "{args:?}: {}", stderr(&o));
     }
 }
+
+/// A server the CLI cannot talk to is named by its likely cause, and every
+/// such failure exits 5: nothing listening, an HTTP/1 server, TLS against a
+/// plaintext listener. A refusal says "permission denied" once.
+#[test]
+fn transport_errors_name_the_cause_and_exit_5() {
+    let s = Server::dev();
+    let run = |addr: &str, args: &[&str]| {
+        std::process::Command::new(crate::harness::BIN)
+            .args(args)
+            .env("KEYBRIDGE_ADDR", addr)
+            .env("KEYBRIDGE_TOKEN", "root-e2e")
+            .env_remove("KEYBRIDGE_CACERT")
+            .output()
+            .unwrap()
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // An HTTP/1 server: answers anything with a 400, as web servers do to an HTTP/2 preface.
+    let http1 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http1_addr = http1.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in http1.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            // Lingers as servers do before closing.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    });
+    let tls_to_plain = s.addr.replace("http://", "https://");
+    for (addr, cause) in [
+        (format!("http://127.0.0.1:{closed}"), "connection refused: nothing listens there"),
+        (format!("http://{http1_addr}"), "an HTTP/1 server or proxy answered"),
+        (tls_to_plain, "the server answered without TLS; use http://"),
+    ] {
+        let o = run(&addr, &["kv", "get", "secret/x"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(5), "{addr}: {err}");
+        assert!(err.contains(cause), "{addr}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let tok = s.cli(Some("root-e2e"), &["token", "create", "--policy", "default", "-o", "json"]);
+    let tok: serde_json::Value = serde_json::from_slice(&tok.stdout).unwrap();
+    let o = s.cli(tok["token"].as_str(), &["kv", "get", "secret/x"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(stderr(&o).trim_end(), "Error: permission denied: read on secret/data/x is not granted");
+}

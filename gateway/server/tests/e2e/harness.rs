@@ -37,6 +37,15 @@ fn spawn_with(args: &[&str], log: &str, stderr: Stdio) -> Server {
 fn spawn_env(args: &[&str], log: &str, stderr: Stdio, env: &[(&str, &str)]) -> Server {
     let child = Command::new(BIN)
         .args(args)
+        // Tests give cloud mounts their credentials explicitly; none come
+        // from the machine running them.
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .envs(env.iter().copied())
         .env("KEYBRIDGE_LOG", log)
         .stdout(Stdio::piped())
