@@ -45,6 +45,9 @@ struct RawConfig {
     disable_mlock: bool,
     #[serde(default)]
     log_level: Option<String>,
+    /// `text` (default) or `json` (one JSON object per line).
+    #[serde(default)]
+    log_format: Option<String>,
     /// Accepted for familiarity with Vault configs; informational only.
     #[serde(default)]
     api_addr: Option<String>,
@@ -174,6 +177,7 @@ pub struct Config {
     pub limits: Limits,
     pub disable_mlock: bool,
     pub log_level: String,
+    pub log_format: LogFormat,
     /// A Rego module (file) that judges every policy and role written.
     pub policy_check_rego: Option<PathBuf>,
     /// Tries each rotation's new value (JSON on stdin; exit 0 accepts).
@@ -186,6 +190,15 @@ pub struct Config {
     pub allowed_endpoint_hosts: Option<Vec<String>>,
     /// File audit devices write only in this directory (none set: anywhere).
     pub audit_file_dir: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, the
+    /// message as `message`, and the event's fields.
+    Json,
 }
 
 /// Two serving threads per CPU. A serving thread's requests block it in
@@ -201,6 +214,59 @@ pub fn default_serving_threads() -> usize {
 pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 impl Config {
+    /// Reads and parses the config file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Config, Error> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Read { path: path.display().to_string(), source: e })?;
+        Config::parse(&path.display().to_string(), &text)
+    }
+
+    /// The settings that differ between two configs, by their names in the
+    /// file, split into those SIGHUP applies (log level, rate limits) and
+    /// those that need a restart.
+    pub fn changes(&self, new: &Config) -> (Vec<&'static str>, Vec<&'static str>) {
+        let mut live = Vec::new();
+        let mut restart = Vec::new();
+        let (a, b) = (&self.limits, &new.limits);
+        let mut check = |changed: bool, name: &'static str, applies: bool| {
+            if changed {
+                if applies { live.push(name) } else { restart.push(name) }
+            }
+        };
+        check(self.log_level != new.log_level, "log_level", true);
+        check(a.token_requests_per_second != b.token_requests_per_second, "limits.token_requests_per_second", true);
+        check(a.token_burst != b.token_burst, "limits.token_burst", true);
+        check(a.login_requests_per_second != b.login_requests_per_second, "limits.login_requests_per_second", true);
+        check(
+            a.login_role_requests_per_second != b.login_role_requests_per_second,
+            "limits.login_role_requests_per_second",
+            true,
+        );
+        check(self.log_format != new.log_format, "log_format", false);
+        check(self.address != new.address, "listener address", false);
+        check(format!("{:?}", self.tls) != format!("{:?}", new.tls), "listener TLS files", false);
+        check(format!("{:?}", self.storage) != format!("{:?}", new.storage), "storage", false);
+        check(a.max_value_bytes != b.max_value_bytes, "limits.max_value_bytes", false);
+        check(a.max_request_bytes != b.max_request_bytes, "limits.max_request_bytes", false);
+        check(a.max_concurrent_requests != b.max_concurrent_requests, "limits.max_concurrent_requests", false);
+        check(a.request_timeout != b.request_timeout, "limits.request_timeout", false);
+        check(a.shutdown_grace != b.shutdown_grace, "limits.shutdown_grace", false);
+        check(a.max_connections != b.max_connections, "limits.max_connections", false);
+        check(
+            a.max_connections_per_address != b.max_connections_per_address,
+            "limits.max_connections_per_address",
+            false,
+        );
+        check(a.max_concurrent_streams != b.max_concurrent_streams, "limits.max_concurrent_streams", false);
+        check(self.disable_mlock != new.disable_mlock, "disable_mlock", false);
+        check(self.policy_check_rego != new.policy_check_rego, "policy_check_rego", false);
+        check(self.rotation_verify_command != new.rotation_verify_command, "rotation_verify_command", false);
+        check(self.serving_threads != new.serving_threads, "serving_threads", false);
+        check(self.allowed_endpoint_hosts != new.allowed_endpoint_hosts, "allowed_endpoint_hosts", false);
+        check(self.audit_file_dir != new.audit_file_dir, "audit_file_dir", false);
+        (live, restart)
+    }
+
     pub fn parse(path: &str, text: &str) -> Result<Config, Error> {
         let bad = |reason: String| Error::Config { path: path.to_string(), reason };
         let raw: RawConfig = hcl::from_str(text).map_err(|e| bad(e.to_string()))?;
@@ -301,6 +367,14 @@ impl Config {
             )));
         }
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(bad(format!("log_level {log_level:?} is not a level (trace, debug, info, warn, error)")));
+        }
+        let log_format = match raw.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(bad(format!("log_format {other:?} is not \"text\" or \"json\""))),
+        };
         let serving_threads = match raw.serving_threads {
             None => default_serving_threads(),
             Some(n @ 1..=1024) => n,
@@ -318,6 +392,7 @@ impl Config {
             disable_mlock: raw.disable_mlock,
             serving_threads,
             log_level,
+            log_format,
             policy_check_rego: raw.policy_check_rego,
             audit_file_dir: match raw.audit_file_dir {
                 Some(d) if !d.is_absolute() => {

@@ -58,18 +58,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        // A closed stderr loses the log; it must not panic the task that
-        // logged (tracing-subscriber would report the failed write with
-        // eprintln!, which panics on that same closed stderr).
-        .log_internal_errors(false)
-        .init();
+/// The log: to stderr, as text or JSON lines (`log_format`), at
+/// `log_level` unless `KEYBRIDGE_LOG` says otherwise. The level can be
+/// changed later (SIGHUP) through the returned handle.
+fn init_logging(level: &str, format: config::LogFormat) -> server::LogControl {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG").ok();
+    let env_set = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| server::log_filter(level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && format == config::LogFormat::Text;
+    // A closed stderr loses the log; it must not panic the task that
+    // logged (tracing-subscriber would report the failed write with
+    // eprintln!, which panics on that same closed stderr).
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).log_internal_errors(false);
+    let fmt: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> = match format {
+        config::LogFormat::Text => Box::new(fmt),
+        config::LogFormat::Json => Box::new(fmt.json().flatten_event(true).with_current_span(false)),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    server::LogControl::new(handle, env_set)
 }
 
 async fn run(cli: Cli) -> Result<u8, Error> {
@@ -86,6 +95,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     limits: Limits::default(),
                     disable_mlock: false,
                     log_level: "info".into(),
+                    log_format: crate::config::LogFormat::Text,
                     policy_check_rego: None,
                     rotation_verify_command: None,
                     serving_threads: crate::config::default_serving_threads(),
@@ -96,13 +106,13 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             } else {
                 let path = args
                     .config
+                    .clone()
                     .ok_or_else(|| Error::Usage("give --config FILE, or --dev for a throwaway dev server".into()))?;
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| Error::Read { path: path.display().to_string(), source: e })?;
-                (Config::parse(&path.display().to_string(), &text)?, None)
+                (Config::load(&path)?, None)
             };
-            init_logging(&config.log_level);
-            server::run(config, dev).await?;
+            let config_path = if args.dev { None } else { args.config };
+            let log = init_logging(&config.log_level, config.log_format);
+            server::run(config, dev, config_path, log).await?;
             Ok(exit::OK)
         }
         Command::Policy(cli::PolicyCommand::Lint { files, rego }) => {

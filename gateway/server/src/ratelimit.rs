@@ -14,16 +14,38 @@ use std::task::{Context, Poll};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+type Limiter = Option<Arc<DefaultKeyedRateLimiter<u64>>>;
+
+/// The per-token limit in force (none: unlimited); SIGHUP replaces it.
 #[derive(Clone)]
 pub struct TokenRateLimitLayer {
-    limiter: Arc<DefaultKeyedRateLimiter<u64>>,
+    limiter: Arc<std::sync::RwLock<Limiter>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl TokenRateLimitLayer {
-    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
-        let limiter = keyed_limiter(Quota::per_second(per_second).allow_burst(burst));
-        TokenRateLimitLayer { limiter, hasher: std::collections::hash_map::RandomState::new() }
+    /// `per_second` requests per token (0: no limit), `burst` at once (0:
+    /// one second's worth).
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let layer = TokenRateLimitLayer {
+            limiter: Arc::new(std::sync::RwLock::new(None)),
+            hasher: std::collections::hash_map::RandomState::new(),
+        };
+        layer.set(per_second, burst);
+        layer
+    }
+
+    /// Puts a new limit in force; every token starts with a full bucket.
+    pub fn set(&self, per_second: u32, burst: u32) {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            keyed_limiter(Quota::per_second(rate).allow_burst(burst))
+        });
+        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limiter;
+    }
+
+    fn current(&self) -> Limiter {
+        self.limiter.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -56,9 +78,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(auth) = req.headers().get(http::header::AUTHORIZATION) {
+        if let (Some(auth), Some(limiter)) = (req.headers().get(http::header::AUTHORIZATION), self.layer.current()) {
             let key = self.layer.key(auth.as_bytes());
-            if self.layer.limiter.check_key(&key).is_err() {
+            if limiter.check_key(&key).is_err() {
                 let status = tonic::Status::resource_exhausted(
                     "rate limit exceeded for this token; slow down and retry (limits.token_requests_per_second)",
                 );
@@ -74,8 +96,7 @@ where
 /// the verifier. Keys are keyed hashes, so no role name or address is held.
 #[derive(Clone, Default)]
 pub struct LoginLimits {
-    by_address: Option<Arc<DefaultKeyedRateLimiter<u64>>>,
-    by_role: Option<Arc<DefaultKeyedRateLimiter<u64>>>,
+    limiters: Arc<std::sync::RwLock<(Limiter, Limiter)>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -105,19 +126,27 @@ fn keyed(per_second: u32) -> Option<Arc<DefaultKeyedRateLimiter<u64>>> {
 
 impl LoginLimits {
     pub fn new(per_address: u32, per_role: u32) -> Self {
-        LoginLimits { by_address: keyed(per_address), by_role: keyed(per_role), hasher: Default::default() }
+        let l = LoginLimits::default();
+        l.set(per_address, per_role);
+        l
+    }
+
+    /// Puts new limits in force (SIGHUP); every bucket starts full.
+    pub fn set(&self, per_address: u32, per_role: u32) {
+        *self.limiters.write().unwrap_or_else(|p| p.into_inner()) = (keyed(per_address), keyed(per_role));
     }
 
     /// Takes one login from `remote`'s and the role's buckets, or says which
     /// is spent. The role is keyed as the core reads it (path without its
     /// slashes, name trimmed and lowercased).
     pub fn check(&self, remote: Option<std::net::IpAddr>, path: &str, role: &str) -> Result<(), &'static str> {
-        if let (Some(l), Some(ip)) = (&self.by_address, remote)
+        let (by_address, by_role) = self.limiters.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let (Some(l), Some(ip)) = (&by_address, remote)
             && l.check_key(&self.hasher.hash_one(ip)).is_err()
         {
             return Err("too many logins from this address; wait and retry (limits.login_requests_per_second)");
         }
-        if let Some(l) = &self.by_role {
+        if let Some(l) = &by_role {
             let key = (path.trim().trim_matches('/').to_lowercase(), role.trim().to_lowercase());
             if l.check_key(&self.hasher.hash_one(key)).is_err() {
                 return Err("too many logins to this role; wait and retry (limits.login_role_requests_per_second)");
@@ -143,7 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_token_is_one_bucket_however_it_is_written() {
-        let layer = TokenRateLimitLayer::new(NonZeroU32::new(1).unwrap(), NonZeroU32::new(1).unwrap());
+        let layer = TokenRateLimitLayer::new(1, 1);
         let k = layer.key(b"Bearer kb.abc");
         for same in ["bearer kb.abc", "BEARER kb.abc", "Bearer   kb.abc  ", "  Bearer kb.abc"] {
             assert_eq!(layer.key(same.as_bytes()), k, "{same:?}");
@@ -171,5 +200,12 @@ mod tests {
         assert!(e.contains("role"), "{e}");
         assert!(l.check(ip(3), "kubernetes", "other").is_ok(), "another role has its own bucket");
         assert!(LoginLimits::new(0, 0).check(ip(1), "k", "r").is_ok());
+        // A reload puts new limits in force.
+        let l = LoginLimits::new(0, 0);
+        l.set(1, 0);
+        assert!(l.check(ip(1), "k", "a").is_ok() && l.check(ip(1), "k", "b").is_ok());
+        assert!(l.check(ip(1), "k", "c").is_err());
+        l.set(0, 0);
+        assert!(l.check(ip(1), "k", "d").is_ok());
     }
 }

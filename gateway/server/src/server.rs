@@ -53,7 +53,12 @@ fn restrict_dir(dir: &std::path::Path) {
     }
 }
 
-pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    dev: Option<DevOptions>,
+    config_path: Option<PathBuf>,
+    log: LogControl,
+) -> Result<(), Error> {
     let started = Instant::now();
     let signals = stop_signals()?;
     if let Err(e) = hygiene::disable_core_dumps() {
@@ -155,7 +160,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         config.limits.login_requests_per_second,
         config.limits.login_role_requests_per_second,
     );
-    let auth = pb::auth_server::AuthServer::new(AuthService { core: core.clone(), login_limits })
+    let auth = pb::auth_server::AuthServer::new(AuthService { core: core.clone(), login_limits: login_limits.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let audit = pb::audit_server::AuditServer::new(AuditService { core: core.clone(), stopping })
@@ -175,21 +180,6 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
     // Components arrive in chunks; each message stays under the usual limit.
     let plugins = pb::plugins_server::PluginsServer::new(crate::service_logical::PluginsService::new(core.clone()))
         .max_decoding_message_size(max.max(4 << 20));
-
-    // SIGHUP: audit devices reopen their files (after logrotate moved them).
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        let core = core.clone();
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                let failed = core.reopen_audit().await;
-                if failed.is_empty() {
-                    tracing::info!("audit devices reopened");
-                } else {
-                    tracing::error!(failed = %failed.join("; "), "audit devices failed to reopen");
-                }
-            }
-        });
-    }
 
     // HTTP/2 limits, set here rather than left to defaults (docs: the
     // README's configuration reference):
@@ -226,10 +216,29 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
         listener.local_addr().map_err(|e| Error::Listen { addr: config.address.to_string(), source: e })?;
     // Accepted connections get TCP_NODELAY: small gRPC frames must not wait
     // for delayed ACKs (Nagle), which costs ~40 ms per request.
-    let rate_limit = std::num::NonZeroU32::new(config.limits.token_requests_per_second).map(|rate| {
-        let burst = std::num::NonZeroU32::new(config.limits.token_burst).unwrap_or(rate);
-        crate::ratelimit::TokenRateLimitLayer::new(rate, burst)
-    });
+    let rate_limit =
+        crate::ratelimit::TokenRateLimitLayer::new(config.limits.token_requests_per_second, config.limits.token_burst);
+
+    // SIGHUP: audit devices reopen their files (after logrotate moved them),
+    // and the config file is read again: the log level and rate limits
+    // apply at once, every other change is named as needing a restart.
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let core = core.clone();
+        let reload =
+            Reload { path: config_path, current: config.clone(), log, rate_limit: rate_limit.clone(), login_limits };
+        tokio::spawn(async move {
+            let mut reload = reload;
+            while hup.recv().await.is_some() {
+                let failed = core.reopen_audit().await;
+                if failed.is_empty() {
+                    tracing::info!("audit devices reopened");
+                } else {
+                    tracing::error!(failed = %failed.join("; "), "audit devices failed to reopen");
+                }
+                reload.apply();
+            }
+        });
+    }
     let incoming =
         TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(std::time::Duration::from_secs(60)));
     let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -281,7 +290,7 @@ pub async fn run(config: Config, dev: Option<DevOptions>) -> Result<(), Error> {
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
-        .option_layer(rate_limit)
+        .layer(rate_limit.clone())
         .layer(crate::gate::AuthGateLayer::new(core.clone()));
     let router = builder
         .layer(layers)
@@ -337,4 +346,114 @@ fn stop_signals() -> Result<impl std::future::Future<Output = ()>, Error> {
             _ = int.recv() => {},
         }
     })
+}
+
+/// The log filter for a level from the config: that level for Keybridge,
+/// warnings and up for the HTTP/2 stack.
+pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
+}
+
+/// Changes the log level of the running process.
+pub struct LogControl {
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+    /// `KEYBRIDGE_LOG` was set: it wins over `log_level`.
+    from_env: bool,
+}
+
+impl LogControl {
+    pub fn new(
+        handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+        from_env: bool,
+    ) -> LogControl {
+        LogControl { handle, from_env }
+    }
+}
+
+/// What SIGHUP reloads.
+struct Reload {
+    path: Option<PathBuf>,
+    current: Config,
+    log: LogControl,
+    rate_limit: crate::ratelimit::TokenRateLimitLayer,
+    login_limits: crate::ratelimit::LoginLimits,
+}
+
+impl Reload {
+    /// Reads the config file again and applies what can change while
+    /// running; says what changed, what was applied and what needs a
+    /// restart. A file that does not parse changes nothing.
+    fn apply(&mut self) {
+        let Some(path) = &self.path else {
+            tracing::info!("dev mode: no config file to reload");
+            return;
+        };
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "config not reloaded; the running settings stay");
+                return;
+            }
+        };
+        let (live, restart) = self.current.changes(&new);
+        let mut applied = Vec::new();
+        for name in &live {
+            match *name {
+                "log_level" if self.log.from_env => {
+                    tracing::warn!("log_level changed, but KEYBRIDGE_LOG is set and wins; the log level stays");
+                    continue;
+                }
+                "log_level" => {
+                    if let Err(e) = self.log.handle.reload(log_filter(&new.log_level)) {
+                        tracing::error!(error = %e, "log level not changed");
+                        continue;
+                    }
+                }
+                "limits.token_requests_per_second" | "limits.token_burst" => {
+                    self.rate_limit.set(new.limits.token_requests_per_second, new.limits.token_burst);
+                }
+                _ => self
+                    .login_limits
+                    .set(new.limits.login_requests_per_second, new.limits.login_role_requests_per_second),
+            }
+            applied.push(*name);
+        }
+        if self.current.tls.is_some() {
+            tracing::warn!(
+                "the TLS certificate and key are not reloaded by SIGHUP (not yet supported); restart to serve a new pair"
+            );
+        }
+        if applied.is_empty() && restart.is_empty() {
+            tracing::info!(file = %path.display(), "config reloaded: no change");
+        }
+        if !applied.is_empty() {
+            tracing::info!(file = %path.display(), applied = %applied.join(", "), "config reloaded");
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                file = %path.display(),
+                not_applied = %restart.join(", "),
+                "changed settings need a restart to apply; the running values stay"
+            );
+        }
+        // What runs now: the applied settings from the new file, the rest as before.
+        let mut now = self.current.clone();
+        if applied.contains(&"log_level") {
+            now.log_level = new.log_level.clone();
+        }
+        now.limits.token_requests_per_second =
+            self.current_if(&applied, "limits.token_requests_per_second", &new, |c| c.limits.token_requests_per_second);
+        now.limits.token_burst = self.current_if(&applied, "limits.token_burst", &new, |c| c.limits.token_burst);
+        now.limits.login_requests_per_second =
+            self.current_if(&applied, "limits.login_requests_per_second", &new, |c| c.limits.login_requests_per_second);
+        now.limits.login_role_requests_per_second =
+            self.current_if(&applied, "limits.login_role_requests_per_second", &new, |c| {
+                c.limits.login_role_requests_per_second
+            });
+        self.current = now;
+    }
+
+    fn current_if(&self, applied: &[&str], name: &str, new: &Config, get: impl Fn(&Config) -> u32) -> u32 {
+        if applied.contains(&name) { get(new) } else { get(&self.current) }
+    }
 }
