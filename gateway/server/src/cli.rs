@@ -78,12 +78,15 @@ pub enum Command {
     /// staged everywhere, then promoted everywhere, the old one retired
     /// after the grace period.
     Rotate {
+        /// The secret's full path, mount included: `secret/app/db`.
         path: String,
         /// The field to replace (a text secret is replaced whole).
         #[arg(long, default_value = "password")]
         field: String,
+        /// Length of the new random password, 12 to 256 characters.
         #[arg(long, default_value_t = 32)]
         length: u32,
+        /// How long the old value stays valid after every copy is promoted, e.g. `10m`.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
         /// Follow the rotation: `--wait` until every copy is promoted,
@@ -104,18 +107,33 @@ pub enum Command {
     },
     /// Read an engine path: `read apikeys/issue/ci ttl=1h`.
     Read {
+        /// The engine path, mount included: `apikeys/issue/ci`.
         path: String,
         /// key=value parameters (`@file` reads a file, `-` stdin).
         params: Vec<String>,
     },
     /// Write to an engine path: `write apikeys/roles/ci scopes=read,write`.
-    Write { path: String, params: Vec<String> },
+    Write {
+        /// The engine path, mount included: `apikeys/roles/ci`.
+        path: String,
+        /// Parameters as key=value (`@file` reads a file, `-` stdin): `scopes=read,write`.
+        params: Vec<String>,
+    },
     /// Delete at an engine path.
-    Delete { path: String },
+    Delete {
+        /// The engine path, mount included: `apikeys/roles/ci`.
+        path: String,
+    },
     /// List below an engine path.
-    List { path: String },
+    List {
+        /// The engine path to list below, mount included: `apikeys/roles/`.
+        path: String,
+    },
     /// What the engine says about a path (or about itself, for its mount).
-    PathHelp { path: String },
+    PathHelp {
+        /// An engine path (`apikeys/issue/ci`), or a mount (`apikeys/`) for the engine's own help.
+        path: String,
+    },
     /// Leases of engine-issued credentials: list, lookup, renew, revoke.
     #[command(subcommand)]
     Lease(crate::cli_logical::LeaseCommand),
@@ -127,6 +145,7 @@ pub enum Command {
     Login {
         /// The method's path, e.g. kubernetes.
         path: String,
+        /// The role to log in as, e.g. `app-service`.
         #[arg(long)]
         role: String,
         /// The credential: the JWT, @file, or - for stdin.
@@ -139,14 +158,21 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Create or replace a policy from an HCL file (`-`: stdin).
     Write {
+        /// The policy's name, e.g. `team-read`.
         name: String,
+        /// The HCL policy file, or `-` to read it from stdin.
         file: PathBuf,
     },
+    /// Print a policy's HCL text.
     Read {
+        /// The policy's name, e.g. `team-read`.
         name: String,
     },
+    /// List the names of every policy.
     List,
+    /// Delete a policy (`default` can be edited, not deleted).
     Delete {
+        /// The policy's name, e.g. `team-read`.
         name: String,
     },
     /// Check policy files offline: syntax (with line and column) and
@@ -157,6 +183,7 @@ pub enum PolicyCommand {
     /// `deny` message is printed with its file and rule. Exits 2 if a file
     /// does not parse, 1 if the module denies anything.
     Lint {
+        /// Policy files (`.hcl`) and role files (`.json`) to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// A Rego module whose `deny` set lists what is wrong.
@@ -184,36 +211,50 @@ pub enum TokenCommand {
         /// Requests the token may make before it is revoked (0: unlimited).
         #[arg(long, default_value_t = 0)]
         use_limit: u32,
+        /// A name for the token, shown by `token lookup` (default: `token`).
         #[arg(long, default_value = "")]
         display_name: String,
+        /// Leave out the `default` policy (which lets a token look up, renew and revoke itself).
         #[arg(long)]
         no_default_policy: bool,
     },
     /// The capabilities the token in use has on a path.
-    Capabilities { path: String },
+    Capabilities {
+        /// The path as policies name it, e.g. `secret/data/team/app`.
+        path: String,
+    },
     /// Renew a token (`--self`: the token in use) by its TTL or --increment.
     Renew {
+        // Named `target`, not `token`: see `Revoke`.
+        /// The token to renew (read from stdin if omitted).
         #[arg(value_name = "TOKEN")]
         target: Option<String>,
+        /// Renew the token in use.
         #[arg(long = "self", conflicts_with = "target")]
         renew_self: bool,
+        /// New lifetime from now, e.g. 1h (default: the token's TTL); never past its max TTL.
         #[arg(long)]
         increment: Option<humantime::Duration>,
     },
     /// Describe the token in use, or another by its token or --accessor.
     Lookup {
+        // Named `target`, not `token`: see `Revoke`.
+        /// The token to describe (default: the token in use).
         #[arg(value_name = "TOKEN")]
         target: Option<String>,
+        /// Describe the token with this accessor instead.
         #[arg(long, conflicts_with = "target")]
         accessor: Option<String>,
     },
     /// Revoke a token (read from stdin if omitted) and every token it
     /// created; `--self` revokes the token in use.
     Revoke {
-        /// Named `target`, not `token`: that id belongs to the global
-        /// --token flag (and KEYBRIDGE_TOKEN), which clap would fill it from.
+        // Named `target`, not `token`: that id belongs to the global
+        // --token flag (and KEYBRIDGE_TOKEN), which clap would fill it from.
+        /// The token to revoke (read from stdin if omitted).
         #[arg(value_name = "TOKEN")]
         target: Option<String>,
+        /// Revoke the token in use (and every token it created).
         #[arg(long = "self", conflicts_with_all = ["target", "accessor"])]
         revoke_self: bool,
         /// Revoke the token with this accessor.
@@ -230,6 +271,7 @@ pub struct ServerArgs {
     /// Dev mode: in-memory store, unsealed, plaintext, root token printed.
     #[arg(long)]
     pub dev: bool,
+    /// Address the dev server listens on, as host:port.
     #[arg(long, default_value = "127.0.0.1:8400", requires = "dev")]
     pub dev_listen_address: String,
     /// Use this root token instead of a random one.
@@ -241,6 +283,7 @@ pub struct ServerArgs {
 pub enum KvCommand {
     /// Write a new version: `kv put secret/app username=alice password=@file`.
     Put {
+        /// The secret's full path, mount included: `secret/team/app`.
         path: String,
         /// key=value, key=@file (the file's contents), key=- (stdin), or a
         /// single `-` for a JSON object on stdin.
@@ -255,11 +298,15 @@ pub enum KvCommand {
     /// Read the latest version, or `--version N`; on cloud mounts also
     /// `--version-id ID` or `--stage AWSPREVIOUS` (a GCP alias).
     Get {
+        /// The secret's full path, mount included: `secret/team/app`.
         path: String,
+        /// The version number to read (default: the latest).
         #[arg(long, conflicts_with_all = ["version_id", "stage"])]
         version: Option<u64>,
+        /// Cloud mounts: the cloud's version id to read, e.g. `kbv1-0f5e...`.
         #[arg(long, conflicts_with = "stage")]
         version_id: Option<String>,
+        /// Cloud mounts: an AWS staging label or a GCP alias to read, e.g. `AWSPREVIOUS`.
         #[arg(long)]
         stage: Option<String>,
         /// Print only this field's value.
@@ -268,6 +315,7 @@ pub enum KvCommand {
     },
     /// List keys under a folder (every page).
     List {
+        /// The folder to list, mount included: `secret/team/` (or a whole mount: `secret/`).
         path: String,
         /// Every key below the folder, not only the direct children.
         #[arg(long)]
@@ -275,22 +323,29 @@ pub enum KvCommand {
     },
     /// Soft-delete the latest version, or `--versions 1,2`.
     Delete {
+        /// The secret's full path, mount included: `secret/team/app`.
         path: String,
+        /// Versions to soft-delete, comma-separated (default: the latest).
         #[arg(long, value_delimiter = ',')]
         versions: Vec<u64>,
     },
     /// Restore soft-deleted versions, or (cloud mounts) `--secret`: a whole
     /// secret deleted while its cloud keeps it recoverable.
     Undelete {
+        /// The secret's full path, mount included: `secret/team/app`.
         path: String,
+        /// Soft-deleted versions to restore, comma-separated: `1,2`.
         #[arg(long, value_delimiter = ',', required_unless_present = "secret", conflicts_with = "secret")]
         versions: Vec<u64>,
+        /// Cloud mounts: restore the whole secret, deleted while the cloud keeps it recoverable (AWS, Azure).
         #[arg(long)]
         secret: bool,
     },
     /// Permanently remove the data of versions.
     Destroy {
+        /// The secret's full path, mount included: `secret/team/app`.
         path: String,
+        /// Versions whose data to remove for good, comma-separated: `1,2`.
         #[arg(long, value_delimiter = ',', required = true)]
         versions: Vec<u64>,
     },
@@ -302,22 +357,31 @@ pub enum KvCommand {
 #[derive(Subcommand)]
 pub enum MetadataCommand {
     /// Show metadata and versions (never the value).
-    Get { path: String },
+    Get {
+        /// The secret's full path, mount included: `secret/team/app`.
+        path: String,
+    },
     /// Set custom metadata (`--custom-metadata k=v`, repeatable; replaces
     /// the map), max versions, or cas_required.
     Put {
+        /// The secret's full path, mount included: `secret/team/app`.
         path: String,
+        /// A custom metadata entry as key=value (repeat the flag); together they replace the whole map.
         #[arg(long = "custom-metadata")]
         custom_metadata: Vec<String>,
+        /// Versions to keep, the oldest pruned first (0: the mount's setting; local mounts only).
         #[arg(long)]
         max_versions: Option<u32>,
+        /// Whether every write to the secret must give --cas: `true` or `false` (local mounts only).
         #[arg(long)]
         cas_required: Option<bool>,
     },
     /// Delete every version and the metadata. On cloud mounts the cloud keeps
     /// the secret recoverable unless `--purge`.
     Delete {
+        /// The secret's full path, mount included: `secret/team/app`.
         path: String,
+        /// Cloud mounts: delete for good at once, not recoverably (GCP deletes only this way).
         #[arg(long)]
         purge: bool,
     },
@@ -325,28 +389,37 @@ pub enum MetadataCommand {
 
 #[derive(Subcommand)]
 pub enum MountCommand {
+    /// List the mounts: path, type, id and description.
     List,
     /// `mount enable --type local team/ max_versions=5`, or a cloud:
     /// `mount enable --type aws aws/ region=us-east-1`
     Enable {
+        /// The path to mount at, e.g. `team-b/`.
         path: String,
         /// key=value mount settings.
         config: Vec<String>,
+        /// The mount type: local, aws, gcp, azure or plugin.
         #[arg(long = "type")]
         kind: String,
+        /// A free-text description of the mount.
         #[arg(long, default_value = "")]
         description: String,
         /// For --type plugin: the registered plugin to run (same as plugin=NAME).
         #[arg(long)]
         plugin: Option<String>,
     },
+    /// Disable a mount and delete its data in Keybridge (a cloud mount's secrets stay in the cloud).
     Disable {
+        /// The mount's path, e.g. `team-b/`.
         path: String,
     },
     /// Change settings: key=value (empty value removes the key).
     Tune {
+        /// The mount's path, e.g. `team-b/`.
         path: String,
+        /// Settings to change as key=value, e.g. `max_versions=10` (`key=` removes the key).
         config: Vec<String>,
+        /// A new description for the mount (default: unchanged).
         #[arg(long)]
         description: Option<String>,
     },
@@ -356,17 +429,22 @@ pub enum MountCommand {
 pub enum OperatorCommand {
     /// Initialise a new server: prints the unseal keys and the root token.
     Init {
+        /// How many unseal key shares to split the root key into.
         #[arg(long, default_value_t = 5)]
         key_shares: u32,
+        /// How many of the shares it takes to unseal (at most --key-shares).
         #[arg(long, default_value_t = 3)]
         key_threshold: u32,
     },
     /// Enter one unseal key (from the argument, or stdin if omitted).
     Unseal {
+        /// One unseal key (base64), as `operator init` printed it.
         key: Option<String>,
+        /// Discard the keys entered so far and start over.
         #[arg(long)]
         reset: bool,
     },
+    /// Seal the server: until it is unsealed again it serves only status and unseal.
     Seal,
     /// Seal status; exits 0 when unsealed, 5 when sealed.
     Status,
@@ -377,12 +455,16 @@ pub enum OperatorCommand {
     /// Replace the root key with new shares; current keys from arguments or
     /// stdin (one per line).
     Rekey {
+        /// Current unseal keys, at least the threshold of them (read from stdin, one per line, if none).
         keys: Vec<String>,
+        /// How many new unseal key shares to split the new root key into.
         #[arg(long, default_value_t = 5)]
         key_shares: u32,
+        /// How many of the new shares it takes to unseal (at most --key-shares).
         #[arg(long, default_value_t = 3)]
         key_threshold: u32,
     },
+    /// Save or restore a snapshot of the encrypted store.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
 }
@@ -390,9 +472,13 @@ pub enum OperatorCommand {
 #[derive(Subcommand)]
 pub enum SnapshotCommand {
     /// Save a consistent snapshot of the encrypted store.
-    Save { file: PathBuf },
+    Save {
+        /// The file to write the snapshot to (owner-only), e.g. `backup.snap`.
+        file: PathBuf,
+    },
     /// Replace the whole store with a snapshot.
     Restore {
+        /// A snapshot file written by `operator snapshot save`.
         file: PathBuf,
         /// Accept a snapshot from another root key (the server seals).
         #[arg(long)]
@@ -1317,4 +1403,31 @@ pub fn policy_lint(files: &[PathBuf], rego: Option<&PathBuf>, output: Output) ->
     } else {
         crate::error::exit::OK
     })
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand, flag and argument says in one line what it is for.
+    #[test]
+    fn every_command_and_argument_has_a_description() {
+        let mut missing = Vec::new();
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sc in cmd.get_subcommands() {
+                let p = format!("{path} {}", sc.get_name());
+                if sc.get_name() != "help" && sc.get_about().is_none() {
+                    missing.push(format!("{p}: no description"));
+                }
+                for a in sc.get_arguments() {
+                    if a.get_help().is_none() && !matches!(a.get_id().as_str(), "help" | "version") {
+                        missing.push(format!("{p}: {} has no description", a.get_id()));
+                    }
+                }
+                walk(sc, &p, missing);
+            }
+        }
+        walk(&super::Cli::command(), "keybridge", &mut missing);
+        assert!(missing.is_empty(), "{} missing:\n{}", missing.len(), missing.join("\n"));
+    }
 }

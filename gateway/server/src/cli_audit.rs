@@ -27,27 +27,35 @@ pub enum AuditCommand {
         /// The device's name (default: the type, e.g. `file/`).
         #[arg(long)]
         path: Option<String>,
+        /// A free-text description of the device.
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// List the enabled audit devices with their options.
     List,
+    /// Disable an audit device; its chain key is deleted, so export it first to verify its files later.
     Disable {
+        /// The device's name, e.g. `file/`.
         path: String,
     },
     /// The HMAC a device writes for INPUT (`-`: read it from stdin).
     Hash {
+        /// The device's name, e.g. `file/`.
         path: String,
+        /// The value to hash, as it was sent, or `-` to read it from stdin.
         input: String,
     },
     /// Print a device's verification key and checkpoint (JSON), to verify
     /// its files offline. It can also forge records: keep it like a root token.
     ExportKey {
+        /// The device's name, e.g. `file/`.
         path: String,
     },
     /// Verify log files, given in order (a rotated file before its
     /// successor). Through the server by default; offline with --key.
     /// Exits 0 if intact, 1 with the first problem otherwise.
     Verify {
+        /// The device's log files, oldest first: `audit.log.1 audit.log`.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// The device the files belong to (default: the only file device).
@@ -59,6 +67,7 @@ pub enum AuditCommand {
     },
     /// Print a stream device's records as they are written (JSON lines).
     Watch {
+        /// The stream device's name, e.g. `stream/`.
         path: String,
     },
 }

@@ -20,12 +20,15 @@ pub enum AuthCommand {
         /// Where it answers (default: the type): `auth/<path>/...`.
         #[arg(long)]
         path: Option<String>,
+        /// A free-text description of the method.
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// List the enabled login methods and their types.
     List,
     /// Disable a method and revoke every token it issued.
     Disable {
+        /// The method's path, e.g. `kubernetes` or `github`.
         path: String,
     },
     /// Configure a method: key=value, key=@file, key=- (stdin), e.g.
@@ -39,16 +42,50 @@ pub enum AuthCommand {
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {
-    Write { path: String, settings: Vec<String> },
-    Read { path: String },
+    /// Write a method's config, replacing the one it had.
+    Write {
+        /// The method's path, e.g. `kubernetes`.
+        path: String,
+        /// Settings as key=value, key=@file or key=- (stdin): `pem_keys=@sa.pub`.
+        settings: Vec<String>,
+    },
+    /// Show a method's config (secrets redacted).
+    Read {
+        /// The method's path, e.g. `kubernetes`.
+        path: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum RoleCommand {
-    Write { path: String, role: String, settings: Vec<String> },
-    Read { path: String, role: String },
-    List { path: String },
-    Delete { path: String, role: String },
+    /// Create a role, or replace its settings.
+    Write {
+        /// The method's path, e.g. `kubernetes`.
+        path: String,
+        /// The role's name, e.g. `app-service`.
+        role: String,
+        /// Settings as key=value, key=@file or key=- (stdin): `policies=app-service`.
+        settings: Vec<String>,
+    },
+    /// Show a role's settings.
+    Read {
+        /// The method's path, e.g. `kubernetes`.
+        path: String,
+        /// The role's name, e.g. `app-service`.
+        role: String,
+    },
+    /// List the names of a method's roles.
+    List {
+        /// The method's path, e.g. `kubernetes`.
+        path: String,
+    },
+    /// Delete a role.
+    Delete {
+        /// The method's path, e.g. `kubernetes`.
+        path: String,
+        /// The role's name, e.g. `app-service`.
+        role: String,
+    },
 }
 
 /// `key=value` pairs where a value of `@file` is read from the file and

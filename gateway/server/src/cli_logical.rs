@@ -18,21 +18,28 @@ use crate::error::Error;
 pub enum LeaseCommand {
     /// Leases whose ids start with PREFIX (e.g. `apikeys/issue/`).
     List {
+        /// The start of the lease ids to list, e.g. `apikeys/issue/` (default: every lease).
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// Show a lease: its TTL, whether it is renewable, and when it was issued and expires.
     Lookup {
+        /// The lease id, e.g. `apikeys/issue/ci/<id>`.
         lease_id: String,
     },
     /// Extend a lease (`--increment 1h`; default: the engine's).
     Renew {
+        /// The lease id, e.g. `apikeys/issue/ci/<id>`.
         lease_id: String,
+        /// How much longer the lease should live, e.g. `1h`; never past its max TTL.
         #[arg(long, value_parser = humantime::parse_duration)]
         increment: Option<std::time::Duration>,
     },
     /// Revoke a lease now, or with --prefix every lease under a path.
     Revoke {
+        /// The lease id (`apikeys/issue/ci/<id>`), or with --prefix a path: `apikeys/issue/`.
         lease_id: String,
+        /// Revoke every lease whose id starts with LEASE_ID.
         #[arg(long)]
         prefix: bool,
     },
@@ -43,19 +50,25 @@ pub enum PluginCommand {
     /// Upload a WebAssembly component to the catalog:
     /// `plugin register apikeys --sha256 $(sha256sum f.wasm | cut -d' ' -f1) f.wasm`.
     Register {
+        /// The plugin's name in the catalog, e.g. `apikeys`.
         name: String,
+        /// The file's SHA-256 in hex; a file that does not match is not uploaded.
         #[arg(long)]
         sha256: String,
+        /// The WebAssembly component file, e.g. `apikeys.wasm`.
         file: PathBuf,
     },
     /// Registered plugins (one name, or all).
     List {
+        /// Only this plugin's versions (default: every plugin).
         #[arg(default_value = "")]
         name: String,
     },
     /// Remove a plugin's versions (one with --sha256) that no mount runs.
     Delete {
+        /// The plugin's name, e.g. `apikeys`.
         name: String,
+        /// Only the version with this SHA-256, in hex (default: every version).
         #[arg(long, default_value = "")]
         sha256: String,
     },

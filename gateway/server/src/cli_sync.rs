@@ -20,19 +20,28 @@ pub enum SyncCommand {
     Rule(RuleCommand),
     /// Create or update every rule of an HCL file (`rule "NAME" { source =
     /// ..., targets = [...], on_conflict = ..., scan_interval = "30s" }`).
-    Apply { file: std::path::PathBuf },
+    Apply {
+        /// The HCL rule file, e.g. `rules.hcl`.
+        file: std::path::PathBuf,
+    },
     /// Per rule and target secret: in_sync, pending, drifted, conflict,
     /// error, stale; and the cloud calls made per mount and kind.
     Status {
+        /// Only this rule (default: every rule).
         #[arg(long, default_value = "")]
         rule: String,
     },
     /// Show the rotation of a secret: its state and each copy's step.
-    Rotation { path: String },
+    Rotation {
+        /// The rotated secret's full path, mount included: `secret/app/db`.
+        path: String,
+    },
     /// Scan now; with --wait, show progress until nothing is pending.
     Run {
+        /// Scan only this rule (default: every rule).
         #[arg(long, default_value = "")]
         rule: String,
+        /// Wait, showing progress, until nothing is pending or --timeout passes.
         #[arg(long)]
         wait: bool,
         /// A quick scan, as the periodic ones (no describe per replica on
@@ -49,9 +58,12 @@ pub enum SyncCommand {
 pub enum RuleCommand {
     /// `sync rule create app --source secret/app/ --target aws/app/ --target gcp/app/`
     Create {
+        /// The rule's name: 1 to 64 of a-z, 0-9, `-` and `_`.
         name: String,
+        /// The folder to copy from, mount included: `secret/app/` (or a whole mount: `secret/`).
         #[arg(long)]
         source: String,
+        /// A folder to copy to, mount included: `aws/app/` (repeat the flag for several).
         #[arg(long = "target", required = true)]
         targets: Vec<String>,
         /// overwrite, adopt or alert.
@@ -60,22 +72,30 @@ pub enum RuleCommand {
         /// retain or propagate.
         #[arg(long, default_value = "retain")]
         delete: String,
+        /// Overwrite target secrets Keybridge did not create (needs sudo on the rule).
         #[arg(long)]
         take_over: bool,
+        /// Time between drift scans, e.g. `30s` (at least 1s).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         scan_interval: Duration,
         /// GCP targets: between scans that describe every replica (default:
         /// ten scan intervals).
         #[arg(long, value_parser = humantime::parse_duration)]
         deep_scan_interval: Option<Duration>,
+        /// Writes to one secret within this window go out as one replication, e.g. `10m` (0s: each write).
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         coalesce: Duration,
     },
+    /// Show a rule (`-o json` adds the authorizations it carries and its writer).
     Get {
+        /// The rule's name.
         name: String,
     },
+    /// List every rule with its source and targets.
     List,
+    /// Delete a rule; the replicas it made stay.
     Delete {
+        /// The rule's name.
         name: String,
     },
 }
