@@ -27,17 +27,73 @@ pub struct Cli {
 #[derive(Args, Clone)]
 pub struct Global {
     /// Server address, e.g. https://kb.internal:8400.
-    #[arg(long, global = true, env = "KEYBRIDGE_ADDR", default_value = "http://127.0.0.1:8400")]
+    #[arg(
+        long,
+        global = true,
+        env = "KEYBRIDGE_ADDR",
+        default_value = "http://127.0.0.1:8400",
+        hide_env_values = true,
+        help_heading = "Global options"
+    )]
     pub address: String,
     /// Token to authenticate with.
-    #[arg(long, global = true, env = "KEYBRIDGE_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "KEYBRIDGE_TOKEN", hide_env_values = true, help_heading = "Global options")]
     pub token: Option<String>,
     /// PEM file of the CA that signed the server's certificate (https only).
-    #[arg(long = "ca-cert", global = true, env = "KEYBRIDGE_CACERT")]
+    #[arg(
+        long = "ca-cert",
+        global = true,
+        env = "KEYBRIDGE_CACERT",
+        hide_env_values = true,
+        help_heading = "Global options"
+    )]
     pub ca_cert: Option<PathBuf>,
-    /// Output format.
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    /// Output format (`-format=json` is accepted too).
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value_t = Output::Table,
+        help_heading = "Global options"
+    )]
     pub output: Output,
+}
+
+impl Global {
+    /// The client flags' values when `keybridge server` was parsed alone
+    /// (the server reads none of them).
+    pub fn default_for_server() -> Global {
+        Global { address: String::new(), token: None, ca_cert: None, output: Output::Table }
+    }
+}
+
+/// `keybridge server`, parsed on its own so its help and usage show the
+/// server's flags only (the client flags above belong to the other commands).
+#[derive(Parser)]
+#[command(name = "keybridge server", bin_name = "keybridge server", version, about = "Run the Keybridge server")]
+pub struct ServerCli {
+    #[command(flatten)]
+    pub args: ServerArgs,
+}
+
+/// Vault habits, rewritten before parsing (exact spellings only, so no
+/// existing flag changes meaning): `-format=json` -> `--output=json`,
+/// `-field=NAME` -> `--field=NAME`, and `keybridge status` ->
+/// `keybridge operator status`.
+pub fn vault_habits(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    for a in args.iter_mut().skip(1) {
+        let Some(text) = a.to_str() else { continue };
+        if let Some(v) = text.strip_prefix("-format=") {
+            *a = format!("--output={v}").into();
+        } else if let Some(v) = text.strip_prefix("-field=") {
+            *a = format!("--field={v}").into();
+        }
+    }
+    if args.get(1).is_some_and(|a| a == "status") {
+        args.splice(1..2, ["operator".into(), "status".into()]);
+    }
+    args
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,8 +104,19 @@ pub enum Output {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run the server.
+    /// Run the server (`keybridge server --help` for its flags).
     Server(ServerArgs),
+    /// Print a shell completion script: `source <(keybridge completion bash)`.
+    Completion {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write them in (docs/man in the repository).
+        dir: PathBuf,
+    },
     /// Read and write versioned secrets.
     #[command(subcommand)]
     Kv(KvCommand),
@@ -310,8 +377,11 @@ pub enum KvCommand {
         #[arg(long)]
         stage: Option<String>,
         /// Print only this field's value.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "binary_file")]
         field: Option<String>,
+        /// Write a binary secret's bytes to this file (created 0600; `-`: stdout).
+        #[arg(long)]
+        binary_file: Option<PathBuf>,
     },
     /// List keys under a folder (every page).
     List {
@@ -366,9 +436,13 @@ pub enum MetadataCommand {
     Put {
         /// The secret's full path, mount included: `secret/team/app`.
         path: String,
-        /// A custom metadata entry as key=value (repeat the flag); together they replace the whole map.
-        #[arg(long = "custom-metadata")]
+        /// A custom metadata entry as key=value (repeat the flag); together they replace the whole
+        /// map. Without it the custom metadata stays as it is.
+        #[arg(long = "custom-metadata", conflicts_with = "clear_custom_metadata")]
         custom_metadata: Vec<String>,
+        /// Remove every custom metadata entry.
+        #[arg(long)]
+        clear_custom_metadata: bool,
         /// Versions to keep, the oldest pruned first (0: the mount's setting; local mounts only).
         #[arg(long)]
         max_versions: Option<u32>,
@@ -632,6 +706,23 @@ fn utf8(bytes: Zeroizing<Vec<u8>>, what: &str) -> Result<String, Error> {
 }
 
 /// Builds the value for `kv put` from its arguments.
+/// Writes a secret's bytes to `file` (`-`: stdout), a new or truncated file
+/// readable by its owner only.
+fn write_secret_file(file: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    if file == std::path::Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        return out.write_all(bytes).and_then(|()| out.flush()).map_err(Error::Io);
+    }
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    write().map_err(|e| Error::Usage(format!("cannot write {}: {e}", file.display())))
+}
+
 fn value_from_args(pairs: &[String], binary_file: &Option<PathBuf>) -> Result<pb::SecretValue, Error> {
     if let Some(f) = binary_file {
         let bytes = if f.as_os_str() == "-" { read_stdin()? } else { read_file(f)? };
@@ -693,7 +784,7 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                 ]);
             }
         }
-        KvCommand::Get { path, version, version_id, stage, field } => {
+        KvCommand::Get { path, version, version_id, stage, field, binary_file } => {
             let r = c
                 .secrets()
                 .get(c.req(pb::GetRequest {
@@ -706,6 +797,15 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                 .into_inner();
             let v = r.version.unwrap_or_default();
             let value = r.value.and_then(|v| v.kind);
+            if let Some(file) = binary_file {
+                let Some(pb::secret_value::Kind::Binary(bytes)) = &value else {
+                    return Err(Error::Usage(
+                        "--binary-file needs a binary secret; this one has fields or text (read it with -o json)"
+                            .into(),
+                    ));
+                };
+                return write_secret_file(&file, bytes);
+            }
             if let Some(name) = field {
                 match &value {
                     Some(pb::secret_value::Kind::Fields(f)) => match f.fields.get(&name) {
@@ -808,7 +908,14 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
             let r = c.secrets().describe(c.req(pb::DescribeRequest { path })).await?.into_inner();
             print_metadata(json, &r.metadata.unwrap_or_default());
         }
-        KvCommand::Metadata(MetadataCommand::Put { path, custom_metadata, max_versions, cas_required }) => {
+        KvCommand::Metadata(MetadataCommand::Put {
+            path,
+            custom_metadata,
+            clear_custom_metadata,
+            max_versions,
+            cas_required,
+        }) => {
+            let keep_custom_metadata = custom_metadata.is_empty() && !clear_custom_metadata;
             let custom = parse_pairs(&custom_metadata, "--custom-metadata")?;
             let r = c
                 .secrets()
@@ -817,6 +924,7 @@ pub async fn kv(c: &Client, cmd: KvCommand) -> Result<(), Error> {
                     custom_metadata: custom.into_iter().collect(),
                     max_versions,
                     cas_required,
+                    keep_custom_metadata,
                 }))
                 .await?
                 .into_inner();
@@ -1405,6 +1513,26 @@ pub fn policy_lint(files: &[PathBuf], rego: Option<&PathBuf>, output: Output) ->
     })
 }
 
+/// Writes one man page per command (`keybridge.1`, `keybridge-kv-get.1`,
+/// ...) into `dir`, replacing what was there.
+pub fn write_man_pages(dir: &std::path::Path) -> Result<(), Error> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).map_err(Error::Io)?;
+    for e in std::fs::read_dir(dir).map_err(Error::Io)? {
+        let p = e.map_err(Error::Io)?.path();
+        if p.extension().is_some_and(|x| x == "1") {
+            std::fs::remove_file(&p).map_err(Error::Io)?;
+        }
+    }
+    // The server's page is rendered from its own parser, so it shows its
+    // own flags only, as its help does.
+    let cmd = Cli::command().mut_subcommand("server", |c| c.hide(true));
+    clap_mangen::generate_to(cmd, dir).map_err(Error::Io)?;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(ServerCli::command().name("keybridge-server")).render(&mut page).map_err(Error::Io)?;
+    std::fs::write(dir.join("keybridge-server.1"), page).map_err(Error::Io)
+}
+
 #[cfg(test)]
 mod help_tests {
     use clap::CommandFactory;
@@ -1429,5 +1557,73 @@ mod help_tests {
         }
         walk(&super::Cli::command(), "keybridge", &mut missing);
         assert!(missing.is_empty(), "{} missing:\n{}", missing.len(), missing.join("\n"));
+    }
+
+    /// The server's help names its own flags only; no usage line shows a
+    /// connection flag as if it were required.
+    #[test]
+    fn server_and_client_flags_are_apart_and_usage_lines_are_honest() {
+        let server = super::ServerCli::command().render_long_help().to_string();
+        for client in ["--token", "--address", "--ca-cert", "--output"] {
+            assert!(!server.contains(client), "server --help lists {client}:\n{server}");
+        }
+        assert!(server.contains("--dev") && server.contains("--config"), "{server}");
+        fn walk(cmd: &mut clap::Command, bad: &mut Vec<String>) {
+            let usage = cmd.render_usage().to_string();
+            for g in ["--token", "--address", "--ca-cert", "--output"] {
+                if usage.contains(g) {
+                    bad.push(usage.clone());
+                }
+            }
+            for sc in cmd.get_subcommands_mut() {
+                walk(sc, bad);
+            }
+        }
+        let mut bad = Vec::new();
+        let mut cli = super::Cli::command();
+        cli.build();
+        walk(&mut cli, &mut bad);
+        assert!(bad.is_empty(), "{bad:#?}");
+    }
+
+    #[test]
+    fn vault_spellings_are_rewritten_and_nothing_else() {
+        let args = |v: &[&str]| -> Vec<std::ffi::OsString> { v.iter().map(|s| s.into()).collect() };
+        assert_eq!(
+            super::vault_habits(args(&["keybridge", "kv", "get", "-format=json", "-field=password", "secret/a"])),
+            args(&["keybridge", "kv", "get", "--output=json", "--field=password", "secret/a"])
+        );
+        assert_eq!(super::vault_habits(args(&["keybridge", "status"])), args(&["keybridge", "operator", "status"]));
+        let same = args(&["keybridge", "kv", "put", "secret/a", "format=json", "-o", "json", "x=-field=y"]);
+        assert_eq!(super::vault_habits(same.clone()), same);
+    }
+
+    /// docs/man holds the pages this CLI renders; regenerate them with
+    /// `cargo run -p keybridge-server -- man docs/man` when this fails.
+    #[test]
+    fn the_man_pages_in_docs_are_current() {
+        let dir = tempfile::tempdir().unwrap();
+        super::write_man_pages(dir.path()).unwrap();
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/man");
+        let mut stale = Vec::new();
+        let names = |d: &std::path::Path| -> std::collections::BTreeSet<String> {
+            std::fs::read_dir(d)
+                .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default()
+        };
+        let (want, have) = (names(dir.path()), names(&docs));
+        for n in want.symmetric_difference(&have) {
+            stale.push(format!("{n}: only in {}", if want.contains(n) { "the CLI" } else { "docs/man" }));
+        }
+        for n in want.intersection(&have) {
+            if std::fs::read(dir.path().join(n)).unwrap() != std::fs::read(docs.join(n)).unwrap() {
+                stale.push(format!("{n}: differs"));
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "docs/man is stale; run `cargo run -p keybridge-server -- man docs/man`:\n{}",
+            stale.join("\n")
+        );
     }
 }

@@ -38,7 +38,14 @@ use crate::error::{Error, exit};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = cli::vault_habits(std::env::args_os().collect());
+    // `keybridge server` has a parser of its own: its help shows no client flags.
+    let cli = if args.get(1).is_some_and(|a| a == "server") {
+        let server = cli::ServerCli::parse_from(&args[1..]);
+        Cli { global: cli::Global::default_for_server(), command: Command::Server(server.args) }
+    } else {
+        Cli::parse_from(args)
+    };
     if !matches!(cli.command, Command::Server(_)) {
         hygiene::default_sigpipe();
     }
@@ -115,6 +122,12 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             server::run(config, dev, config_path, log).await?;
             Ok(exit::OK)
         }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "keybridge", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man { dir } => cli::write_man_pages(&dir).map(|()| exit::OK),
         Command::Policy(cli::PolicyCommand::Lint { files, rego }) => {
             cli::policy_lint(&files, rego.as_ref(), cli.global.output)
         }
@@ -144,7 +157,9 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 Command::Lease(cmd) => cli_logical::lease(&c, cmd).await.map(|()| exit::OK),
                 Command::Plugin(cmd) => cli_logical::plugin(&c, cmd).await.map(|()| exit::OK),
                 Command::Login { path, role, jwt } => cli_auth::login(&c, path, role, jwt).await.map(|()| exit::OK),
-                Command::Server(_) => Err(Error::Usage("the server command takes no client connection".into())),
+                Command::Server(_) | Command::Completion { .. } | Command::Man { .. } => {
+                    Err(Error::Usage("this command takes no client connection".into()))
+                }
             }
         }
     }

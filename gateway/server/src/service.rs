@@ -399,8 +399,15 @@ impl pb::secrets_server::Secrets for SecretsService {
             .with_path(&r.path)
             .with("custom_metadata", plain(serde_json::to_value(&custom).unwrap_or_default()))
             .with("max_versions", plain(r.max_versions))
-            .with("cas_required", plain(r.cas_required));
-        let res = self.core.put_metadata(&c, &r.path, Some(custom), r.max_versions, r.cas_required).await;
+            .with("cas_required", plain(r.cas_required))
+            .with("keep_custom_metadata", plain(r.keep_custom_metadata));
+        let res = match (r.keep_custom_metadata, custom.is_empty()) {
+            (true, false) => Err(CoreError::InvalidArgument(
+                "custom_metadata: give entries or keep_custom_metadata, not both".into(),
+            )),
+            (true, true) => self.core.put_metadata(&c, &r.path, None, r.max_versions, r.cas_required).await,
+            (false, _) => self.core.put_metadata(&c, &r.path, Some(custom), r.max_versions, r.cas_required).await,
+        };
         let meta = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::PutMetadataResponse { metadata: Some(meta_pb(&r.path, &meta)) }))
     }

@@ -398,3 +398,70 @@ fn transport_errors_name_the_cause_and_exit_5() {
     assert_eq!(o.status.code(), Some(4));
     assert_eq!(stderr(&o).trim_end(), "Error: permission denied: read on secret/data/x is not granted");
 }
+
+/// Vault habits work (`keybridge status`, `-format=json`, `-field=NAME`); a
+/// binary secret is written back to a file (0600) or stdout byte for byte;
+/// the completion script is valid bash.
+#[test]
+fn vault_habits_binary_files_and_completion() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::dev();
+    let t = Some("root-e2e");
+    let o = s.cli(t, &["status"]);
+    assert!(o.status.success() && stdout(&o).contains("Sealed             false"), "{}{}", stdout(&o), stderr(&o));
+    assert!(s.cli(t, &["kv", "put", "secret/app", "password=s3cr3t"]).status.success());
+    let o = s.cli(t, &["kv", "get", "-field=password", "secret/app"]);
+    assert_eq!(stdout(&o).trim(), "s3cr3t", "{}", stderr(&o));
+    let o = s.cli(t, &["kv", "get", "-format=json", "secret/app"]);
+    assert_eq!(json(&o)["data"]["password"], "s3cr3t");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..=255u8).chain([0, 0xff, 0x0a]).collect();
+    let src = dir.path().join("in.p12");
+    std::fs::write(&src, &bytes).unwrap();
+    assert!(s.cli(t, &["kv", "put", "--binary-file", src.to_str().unwrap(), "secret/ks"]).status.success());
+    let out = dir.path().join("out.p12");
+    let o = s.cli(t, &["kv", "get", "--binary-file", out.to_str().unwrap(), "secret/ks"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    let o = s.cli(t, &["kv", "get", "--binary-file", "-", "secret/ks"]);
+    assert_eq!(o.stdout, bytes);
+    // The JSON shape of a binary value (documented in docs/CLI.md).
+    let j = json(&s.cli(t, &["kv", "get", "-o", "json", "secret/ks"]));
+    assert!(j["data"].is_null() && j["binary_b64"].is_string() && j["metadata"]["version"] == 1, "{j}");
+    let o = s.cli(t, &["kv", "get", "--binary-file", out.to_str().unwrap(), "secret/app"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs a binary secret"), "{}", stderr(&o));
+
+    let o = s.cli(None, &["completion", "bash"]);
+    assert!(o.status.success());
+    let script = dir.path().join("kb.bash");
+    std::fs::write(&script, &o.stdout).unwrap();
+    let check = std::process::Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(stdout(&o).contains("keybridge__subcmd__kv__subcmd__get"), "completes subcommands");
+}
+
+/// `kv metadata put` without `--custom-metadata` leaves the custom
+/// metadata as it is; `--clear-custom-metadata` removes it.
+#[test]
+fn metadata_put_keeps_custom_metadata_unless_told() {
+    let s = Server::dev();
+    let t = Some("root-e2e");
+    assert!(s.cli(t, &["kv", "put", "secret/app", "k=v"]).status.success());
+    let put = |args: &[&str]| {
+        let mut a = vec!["kv", "metadata", "put", "-o", "json"];
+        a.extend_from_slice(args);
+        a.push("secret/app");
+        let o = s.cli(t, &a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        json(&o)
+    };
+    let m = put(&["--custom-metadata", "owner=team-a"]);
+    assert_eq!(m["custom_metadata"]["owner"], "team-a", "{m}");
+    let m = put(&["--max-versions", "5"]);
+    assert_eq!((m["custom_metadata"]["owner"].as_str(), m["max_versions"].as_u64()), (Some("team-a"), Some(5)), "{m}");
+    let m = put(&["--clear-custom-metadata"]);
+    assert_eq!(m["custom_metadata"], serde_json::json!({}), "{m}");
+}

@@ -299,6 +299,7 @@ async fn conformance(b: Backend) {
                 custom_metadata: [("owner".to_string(), "payments".to_string())].into(),
                 max_versions: None,
                 cas_required: None,
+                keep_custom_metadata: false,
             },
         ))
         .await
@@ -315,6 +316,7 @@ async fn conformance(b: Backend) {
                     custom_metadata: Default::default(),
                     max_versions: Some(3),
                     cas_required: None,
+                    keep_custom_metadata: false,
                 },
             ))
             .await;

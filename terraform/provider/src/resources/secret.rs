@@ -301,6 +301,7 @@ async fn put_metadata(gw: &Gateway, path: &str, custom: BTreeMap<String, String>
         custom_metadata: custom.into_iter().collect(),
         max_versions: None,
         cas_required: None,
+        keep_custom_metadata: false,
     };
     gw.secrets()
         .put_metadata(gw.req(req))
