@@ -70,7 +70,7 @@ fn code_name(code: tonic::Code) -> &'static str {
 }
 
 impl Error {
-    /// The CLI's exit code for this failure (see the README's table).
+    /// The CLI's exit code for this failure (see the table in docs/CLI.md).
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::Config { .. } => exit::USAGE,

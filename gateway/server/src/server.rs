@@ -181,8 +181,8 @@ pub async fn run(
     let plugins = pb::plugins_server::PluginsServer::new(crate::service_logical::PluginsService::new(core.clone()))
         .max_decoding_message_size(max.max(4 << 20));
 
-    // HTTP/2 limits, set here rather than left to defaults (docs: the
-    // README's configuration reference):
+    // HTTP/2 limits, set here rather than left to defaults (docs:
+    // docs/CONFIGURATION.md):
     // - streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS), and
     //   requests in flight per connection behind them;
     // - a 16 KiB header list (a token and a request id need a few hundred
