@@ -17,6 +17,7 @@ mod service_logical;
 mod service_sync;
 mod serving;
 mod slots;
+mod tls;
 mod verify;
 
 use std::process::ExitCode;

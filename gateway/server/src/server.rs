@@ -10,8 +10,8 @@ use keybridge_barrier::{Barrier, Physical, RedbStore};
 use keybridge_core::{Core, CoreConfig};
 use keybridge_proto::v1 as pb;
 use tokio::net::TcpListener;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::{Config, Storage};
 use crate::error::Error;
@@ -193,7 +193,7 @@ pub async fn run(
     //   before the server accepted them; past 20 pending, the connection is
     //   closed with GOAWAY; and streams the server itself resets for errors
     //   are capped too (256).
-    let mut builder = Server::builder()
+    let builder = Server::builder()
         .concurrency_limit_per_connection(config.limits.max_concurrent_requests)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .http2_max_header_list_size(16 * 1024)
@@ -202,12 +202,6 @@ pub async fn run(
         .http2_max_pending_accept_reset_streams(Some(20))
         .http2_max_local_error_reset_streams(Some(256))
         .timeout(config.limits.request_timeout);
-    if let Some(tls) = &config.tls {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Error::Read { path: p.display().to_string(), source: e });
-        let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
-        builder =
-            builder.tls_config(ServerTlsConfig::new().identity(identity)).map_err(|e| Error::Tls(e.to_string()))?;
-    }
 
     let listener = TcpListener::bind(config.address)
         .await
@@ -218,14 +212,26 @@ pub async fn run(
     // for delayed ACKs (Nagle), which costs ~40 ms per request.
     let rate_limit =
         crate::ratelimit::TokenRateLimitLayer::new(config.limits.token_requests_per_second, config.limits.token_burst);
+    // TLS is terminated by the serving threads with a certificate SIGHUP can replace.
+    let certs = match &config.tls {
+        Some(tls) => Some(crate::tls::Reloadable::open(&tls.cert_file, &tls.key_file)?),
+        None => None,
+    };
+    let acceptor = certs.as_ref().map(|c| c.acceptor()).transpose()?;
 
     // SIGHUP: audit devices reopen their files (after logrotate moved them),
     // and the config file is read again: the log level and rate limits
     // apply at once, every other change is named as needing a restart.
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         let core = core.clone();
-        let reload =
-            Reload { path: config_path, current: config.clone(), log, rate_limit: rate_limit.clone(), login_limits };
+        let reload = Reload {
+            path: config_path,
+            current: config.clone(),
+            log,
+            rate_limit: rate_limit.clone(),
+            login_limits,
+            certs: certs.clone(),
+        };
         tokio::spawn(async move {
             let mut reload = reload;
             while hup.recv().await.is_some() {
@@ -323,6 +329,7 @@ pub async fn run(
             grace: config.limits.shutdown_grace,
             max_connections: config.limits.max_connections,
             max_connections_per_address: config.limits.max_connections_per_address,
+            tls: acceptor,
         },
         stop,
     )
@@ -377,6 +384,7 @@ struct Reload {
     log: LogControl,
     rate_limit: crate::ratelimit::TokenRateLimitLayer,
     login_limits: crate::ratelimit::LoginLimits,
+    certs: Option<Arc<crate::tls::Reloadable>>,
 }
 
 impl Reload {
@@ -418,10 +426,11 @@ impl Reload {
             }
             applied.push(*name);
         }
-        if self.current.tls.is_some() {
-            tracing::warn!(
-                "the TLS certificate and key are not reloaded by SIGHUP (not yet supported); restart to serve a new pair"
-            );
+        if let Some(certs) = &self.certs {
+            match certs.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key reloaded; new connections use them"),
+                Err(e) => tracing::error!(error = %e, "TLS certificate and key not reloaded; the running pair stays"),
+            }
         }
         if applied.is_empty() && restart.is_empty() {
             tracing::info!(file = %path.display(), "config reloaded: no change");

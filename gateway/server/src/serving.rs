@@ -29,7 +29,103 @@ use zeroize::Zeroize;
 use crate::error::Error;
 
 /// The connections a serving thread receives.
-pub type Connections = Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Conn>> + Send>>;
+pub type Connections = Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<Io>> + Send>>;
+
+/// A served connection: plaintext, or TLS terminated on the serving thread
+/// (over the same coalescing `Conn`, so ciphertext leaves in few writes).
+pub enum Io {
+    Plain(Conn),
+    Tls(Box<tokio_rustls::server::TlsStream<Conn>>),
+}
+
+impl Connected for Io {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        match self {
+            Io::Plain(c) => c.connect_info(),
+            Io::Tls(t) => t.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(c) => Pin::new(c).poll_write_vectored(cx, bufs),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(c) => c.is_write_vectored(),
+            Io::Tls(t) => t.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(c) => Pin::new(c).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The connections for tonic: as accepted, or once their TLS handshake is
+/// done. Each handshake runs in a task of its own on this thread, so a
+/// slow client delays no other; a failed one is dropped (logged at debug).
+fn with_tls(
+    conns: impl tokio_stream::Stream<Item = std::io::Result<Conn>> + Send + 'static,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Connections {
+    let Some(acceptor) = tls else {
+        return Box::pin(conns.map(|c| c.map(Io::Plain)));
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut conns = std::pin::pin!(conns);
+        while let Some(conn) = conns.next().await {
+            let Ok(conn) = conn else { continue };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(Io::Tls(Box::new(tls))));
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+}
 /// Resolves when the server shuts down.
 pub type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -211,6 +307,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Open connections from one remote address at most.
     pub max_connections_per_address: usize,
+    /// TLS, terminated on the serving threads (none: plaintext).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 pub async fn serve<R, F, Fut>(
@@ -239,6 +337,7 @@ where
         let (tx, rx) = mpsc::unbounded_channel::<(std::net::TcpStream, Option<AddrSlot>)>();
         let open = Arc::new(AtomicUsize::new(0));
         let (router, serve, counter, still_open) = (router.clone(), serve.clone(), open.clone(), open.clone());
+        let tls = settings.tls.clone();
         let mut stop = stop_tx.subscribe();
         let mut stopped = stop_tx.subscribe();
         let (done_tx, done_rx) = oneshot::channel();
@@ -250,10 +349,11 @@ where
                         let c = TcpStream::from_std(s)?;
                         Ok(Conn::new(c, counter.clone(), slot))
                     });
+                    let conns = with_tls(conns, tls);
                     let stop: Stop = Box::pin(async move {
                         let _ = stop.wait_for(|v| *v).await;
                     });
-                    let serving = serve(router, Box::pin(conns), stop);
+                    let serving = serve(router, conns, stop);
                     let overdue = async move {
                         let _ = stopped.wait_for(|v| *v).await;
                         tokio::time::sleep(grace).await;

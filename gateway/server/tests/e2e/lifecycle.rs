@@ -573,3 +573,67 @@ async fn sighup_reloads_log_level_and_rate_limits_and_names_what_needs_a_restart
     assert_eq!(codes[0], Some(Code::NotFound), "{codes:?}");
     assert!(codes.contains(&Some(Code::ResourceExhausted)), "still limited: {codes:?}");
 }
+
+/// SIGHUP replaces the TLS certificate and key: a connection made after
+/// the reload is served the new pair (trusted only through the new CA), a
+/// connection already open keeps working, and a broken pair on disk leaves
+/// the running one in place.
+#[tokio::test]
+async fn sighup_reloads_the_tls_certificate_for_new_connections() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config(dir.path(), true, 0);
+    let connect = |ca: Vec<u8>| {
+        let addr = s.addr.clone();
+        async move {
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+            Endpoint::from_shared(addr).unwrap().tls_config(tls).unwrap().connect().await
+        }
+    };
+    let status = |ch: tonic::transport::Channel| async move {
+        pb::sys_client::SysClient::new(ch).seal_status(pb::SealStatusRequest {}).await.map(|_| ())
+    };
+    let old_ca = s.ca_pem.clone().unwrap();
+    let old = connect(old_ca.clone()).await.expect("the first pair is served");
+
+    let new = keybridge_testservers::tls::test_certs("second test CA");
+    std::fs::write(dir.path().join("server.crt"), &new.cert_pem).unwrap();
+    std::fs::write(dir.path().join("server.key"), &new.key_pem).unwrap();
+    assert!(std::process::Command::new("kill").args(["-HUP", &s.child.id().to_string()]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let fresh = loop {
+        if let Ok(ch) = connect(new.ca_pem.clone().into_bytes()).await {
+            break ch;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new pair was never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    status(fresh).await.unwrap();
+    assert!(connect(old_ca).await.is_err(), "a new connection still got the old certificate");
+    status(old).await.expect("the connection made before the reload goes on");
+
+    // A key that does not match: the running pair stays.
+    let other = keybridge_testservers::tls::test_certs("third test CA");
+    std::fs::write(dir.path().join("server.key"), &other.key_pem).unwrap();
+    assert!(std::process::Command::new("kill").args(["-HUP", &s.child.id().to_string()]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    status(connect(new.ca_pem.clone().into_bytes()).await.expect("still the second pair")).await.unwrap();
+}
+
+/// A client that opens a TLS connection and never finishes the handshake
+/// is dropped after the handshake timeout (10 s), and holds no connection
+/// slot after that; one that finishes it in time is served (the test above).
+#[tokio::test]
+async fn a_tls_handshake_that_never_finishes_is_dropped() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config(dir.path(), true, 0);
+    let addr = s.addr.trim_start_matches("https://").to_string();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(30), idle.read(&mut buf)).await.expect("dropped in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9), "dropped before the timeout: {took:?}");
+}
