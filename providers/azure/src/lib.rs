@@ -276,8 +276,10 @@ impl AzureStore {
 
 /// Maps an SDK error by HTTP status and Key Vault's error code to one line
 /// with a hint; the SDK's whole error is logged at debug level only.
-fn map(e: azure_core::Error, what: &str) -> Error {
+fn map(e: azure_core::Error, op: &str, name: &str) -> Error {
     use azure_core::error::ErrorKind;
+    // The API operation and the name: `GetSecret app-db`.
+    let what = &format!("{op} {name}");
     use keybridge_provider_api::messages::{one_line, root_cause};
     tracing::debug!(operation = what, error = ?e, "Azure call failed");
     let full = e.to_string();
@@ -288,9 +290,9 @@ fn map(e: azure_core::Error, what: &str) -> Error {
             let message = full.clone();
             let m = |hint: &str| one_line(PROVIDER, what, code, &message, hint);
             match u16::from(*status) {
-                404 => Error::NotFound(format!("{what}: not found in {PROVIDER}")),
+                404 => Error::NotFound(format!("{name}: not found in {PROVIDER}")),
                 403 if code == "Forbidden" && full.contains("SecretDisabled") => {
-                    Error::NotFound(format!("{what}: the version is disabled (soft-deleted) in {PROVIDER}"))
+                    Error::NotFound(format!("{name}: the version is disabled (soft-deleted) in {PROVIDER}"))
                 }
                 409 => Error::Conflict(m("")),
                 400 => Error::InvalidArgument(m("")),
@@ -373,11 +375,11 @@ impl AzureStore {
                 name,
                 Some(SecretClientListSecretPropertiesVersionsOptions { maxresults: Some(25), ..Default::default() }),
             )
-            .map_err(|e| map(e, name))?
+            .map_err(|e| map(e, "ListSecretPropertiesVersions", name))?
             .into_pages();
         let mut out = Vec::new();
-        while let Some(page) = pages.try_next().await.map_err(|e| map(e, name))? {
-            let page = page.into_model().map_err(|e| map(e, name))?;
+        while let Some(page) = pages.try_next().await.map_err(|e| map(e, "ListSecretPropertiesVersions", name))? {
+            let page = page.into_model().map_err(|e| map(e, "ListSecretPropertiesVersions", name))?;
             out.extend(page.value.iter().map(|p| (from_props(p), custom_tags(p.tags.as_ref()))));
         }
         if out.is_empty() {
@@ -402,19 +404,19 @@ impl AzureStore {
             tags: Some(tags),
             ..Default::default()
         };
-        let body = params.try_into().map_err(|e| map(e, name))?;
+        let body = params.try_into().map_err(|e| map(e, "SetSecret", name))?;
         let secret = self
             .client
             .set_secret(name, body, None)
             .await
-            .map_err(|e| map(e, name))?
+            .map_err(|e| map(e, "SetSecret", name))?
             .into_model()
-            .map_err(|e| map(e, name))?;
+            .map_err(|e| map(e, "SetSecret", name))?;
         Ok(info(secret.id.as_deref(), secret.attributes.as_ref(), secret.tags.as_ref()))
     }
 
     async fn update(&self, name: &str, version: &str, params: UpdateSecretPropertiesParameters) -> Result<()> {
-        let body = params.try_into().map_err(|e| map(e, name))?;
+        let body = params.try_into().map_err(|e| map(e, "UpdateSecretProperties", name))?;
         self.client
             .update_secret_properties(
                 name,
@@ -426,7 +428,7 @@ impl AzureStore {
             )
             .await
             .map(|_| ())
-            .map_err(|e| map(e, name))
+            .map_err(|e| map(e, "UpdateSecretProperties", name))
     }
 }
 
@@ -448,9 +450,9 @@ impl SecretStore for AzureStore {
                 maxresults: Some(1),
                 ..Default::default()
             }))
-            .map_err(|e| map(e, "health check"))?
+            .map_err(|e| map(e, "ListSecretProperties", "health check"))?
             .into_pages();
-        pages.try_next().await.map(|_| ()).map_err(|e| map(e, "health check"))
+        pages.try_next().await.map(|_| ()).map_err(|e| map(e, "ListSecretProperties", "health check"))
     }
 
     async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead> {
@@ -475,9 +477,9 @@ impl SecretStore for AzureStore {
             .client
             .get_secret(name, Some(SecretClientGetSecretOptions { secret_version: version, ..Default::default() }))
             .await
-            .map_err(|e| map(e, name))?
+            .map_err(|e| map(e, "GetSecret", name))?
             .into_model()
-            .map_err(|e| map(e, name))?;
+            .map_err(|e| map(e, "GetSecret", name))?;
         let raw = Zeroizing::new(secret.value.clone().unwrap_or_default());
         let value = if secret.content_type.as_deref() == Some(BINARY_TYPE) {
             let bytes = base64::engine::general_purpose::STANDARD.decode(raw.as_bytes()).map_err(|_| {
@@ -561,11 +563,15 @@ impl SecretStore for AzureStore {
             maxresults: Some(page_size.clamp(1, 25) as i32),
             method_options: PagerOptions { continuation, context: Default::default() },
         };
-        let mut pages = self.client.list_secret_properties(Some(options)).map_err(|e| map(e, "list"))?.into_pages();
-        let Some(page) = pages.try_next().await.map_err(|e| map(e, "list"))? else {
+        let mut pages = self
+            .client
+            .list_secret_properties(Some(options))
+            .map_err(|e| map(e, "ListSecretProperties", "list"))?
+            .into_pages();
+        let Some(page) = pages.try_next().await.map_err(|e| map(e, "ListSecretProperties", "list"))? else {
             return Ok(Page::default());
         };
-        let page = page.into_model().map_err(|e| map(e, "list"))?;
+        let page = page.into_model().map_err(|e| map(e, "ListSecretProperties", "list"))?;
         Ok(Page {
             items: page
                 .value
@@ -582,13 +588,14 @@ impl SecretStore for AzureStore {
     }
 
     async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
-        self.client.delete_secret(name, None).await.map_err(|e| map(e, name))?;
+        self.client.delete_secret(name, None).await.map_err(|e| map(e, "DeleteSecret", name))?;
         if how == Deletion::Purge {
             // Deletion completes in the background on Azure; purge can
             // answer 409 until it has.
             let mut attempt = 0;
             loop {
-                match self.client.purge_deleted_secret(name, None).await.map_err(|e| map(e, name)) {
+                match self.client.purge_deleted_secret(name, None).await.map_err(|e| map(e, "PurgeDeletedSecret", name))
+                {
                     Err(Error::Conflict(_) | Error::NotFound(_)) if attempt < 20 => {
                         attempt += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -601,7 +608,11 @@ impl SecretStore for AzureStore {
     }
 
     async fn restore(&self, name: &str) -> Result<()> {
-        self.client.recover_deleted_secret(name, None).await.map(|_| ()).map_err(|e| map(e, name))
+        self.client
+            .recover_deleted_secret(name, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map(e, "RecoverDeletedSecret", name))
     }
 
     async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {

@@ -82,15 +82,17 @@ pub struct GcpStore {
 
 /// Maps a client error by its gRPC/HTTP status to one line with a hint; the
 /// whole error is logged at debug level only.
-fn map(e: google_cloud_gax::error::Error, what: &str) -> Error {
+fn map(e: google_cloud_gax::error::Error, op: &str, name: &str) -> Error {
     use google_cloud_gax::error::rpc::Code;
+    // The API operation and the name: `GetSecret app-db`.
+    let what = &format!("{op} {name}");
     use keybridge_provider_api::messages::{one_line, root_cause};
     tracing::debug!(operation = what, error = ?e, "GCP call failed");
     if let Some(st) = e.status() {
         let code = format!("{:?}", st.code);
         let m = |hint: &str| one_line(PROVIDER, what, &code, &st.message, hint);
         return match st.code {
-            Code::NotFound => Error::NotFound(format!("{what}: not found in {PROVIDER}")),
+            Code::NotFound => Error::NotFound(format!("{name}: not found in {PROVIDER}")),
             Code::AlreadyExists => Error::AlreadyExists(m("")),
             Code::FailedPrecondition | Code::Aborted => Error::Conflict(m("")),
             Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(m("")),
@@ -124,7 +126,7 @@ fn map(e: google_cloud_gax::error::Error, what: &str) -> Error {
     let code = e.http_status_code().map(|c| format!("HTTP {c}")).unwrap_or_default();
     let m = one_line(PROVIDER, what, &code, &root_cause(&e), "");
     match e.http_status_code() {
-        Some(404) => Error::NotFound(format!("{what}: not found in {PROVIDER}")),
+        Some(404) => Error::NotFound(format!("{name}: not found in {PROVIDER}")),
         Some(429) => Error::Throttled(m),
         Some(c) if c >= 500 => Error::Unavailable(m),
         _ => Error::Failed(m),
@@ -184,7 +186,7 @@ impl GcpStore {
             )
             .send()
             .await
-            .map_err(|e| map(e, name))?;
+            .map_err(|e| map(e, "AddSecretVersion", name))?;
         Ok(version_info(&v, &[]))
     }
 
@@ -202,7 +204,7 @@ impl GcpStore {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| map(e, name))
+            .map_err(|e| map(e, "CreateSecret", name))
     }
 
     /// Creates the secret and its first version; if the version cannot be
@@ -238,7 +240,7 @@ impl SecretStore for GcpStore {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| map(e, "health check"))
+            .map_err(|e| map(e, "ListSecrets", "health check"))
     }
 
     async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead> {
@@ -253,7 +255,7 @@ impl SecretStore for GcpStore {
             .set_name(format!("{}/versions/{version}", self.secret(name)))
             .send()
             .await
-            .map_err(|e| map(e, name))?;
+            .map_err(|e| map(e, "AccessSecretVersion", name))?;
         let payload = r.payload.unwrap_or_default();
         if let Some(sum) = payload.data_crc32c
             && sum != i64::from(crc32c::crc32c(&payload.data))
@@ -296,7 +298,7 @@ impl SecretStore for GcpStore {
                     .set_name(format!("{}/versions/latest", self.secret(name)))
                     .send()
                     .await
-                    .map_err(|e| match map(e, name) {
+                    .map_err(|e| match map(e, "GetSecretVersion", name) {
                         Error::NotFound(_) => Error::Conflict(format!("check-and-set failed: {name} does not exist")),
                         e => e,
                     })?;
@@ -316,7 +318,8 @@ impl SecretStore for GcpStore {
     }
 
     async fn describe(&self, name: &str) -> Result<SecretInfo> {
-        let s = self.client.get_secret().set_name(self.secret(name)).send().await.map_err(|e| map(e, name))?;
+        let s =
+            self.client.get_secret().set_name(self.secret(name)).send().await.map_err(|e| map(e, "GetSecret", name))?;
         let mut versions = Vec::new();
         let mut token = String::new();
         loop {
@@ -328,7 +331,7 @@ impl SecretStore for GcpStore {
                 .set_page_token(token)
                 .send()
                 .await
-                .map_err(|e| map(e, name))?;
+                .map_err(|e| map(e, "ListSecretVersions", name))?;
             let aliases: Vec<(String, String)> =
                 s.version_aliases.iter().map(|(a, n)| (a.clone(), n.to_string())).collect();
             versions.extend(page.versions.iter().map(|v| version_info(v, &aliases)));
@@ -357,7 +360,7 @@ impl SecretStore for GcpStore {
             .set_page_token(page_token.unwrap_or_default())
             .send()
             .await
-            .map_err(|e| map(e, "list"))?;
+            .map_err(|e| map(e, "ListSecrets", "list"))?;
         Ok(Page {
             items: r
                 .secrets
@@ -386,7 +389,7 @@ impl SecretStore for GcpStore {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| map(e, name)),
+                .map_err(|e| map(e, "DeleteSecret", name)),
         }
     }
 
@@ -415,7 +418,7 @@ impl SecretStore for GcpStore {
             VersionChange::Enable => self.client.enable_secret_version().set_name(v).send().await,
             VersionChange::Destroy => self.client.destroy_secret_version().set_name(v).send().await,
         };
-        r.map(|_| ()).map_err(|e| map(e, name))
+        r.map(|_| ()).map_err(|e| map(e, "DestroySecretVersion", name))
     }
 
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
@@ -426,7 +429,7 @@ impl SecretStore for GcpStore {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| map(e, name))
+            .map_err(|e| map(e, "UpdateSecret", name))
     }
 }
 

@@ -144,6 +144,7 @@ async fn azure_mount_health_check_names_the_problem() {
     let o = enable(settings("wrong", &kv.tenant));
     assert!(stderr(&o).contains("AADSTS7000215"), "{}", stderr(&o));
     assert!(stderr(&o).contains("; check tenant_id, client_id and client_secret"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Azure Key Vault (ListSecretProperties health check)"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("wrong"), "the secret is not echoed: {}", stderr(&o));
     let o = enable(settings(keyvault::CLIENT_SECRET, "00000000-0000-0000-0000-000000000000"));
     assert!(stderr(&o).contains("AADSTS90002"), "{}", stderr(&o));
