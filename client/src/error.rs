@@ -116,10 +116,15 @@ pub(crate) fn diagnose(url: &str, e: &(dyn std::error::Error + 'static)) -> Opti
                 .into(),
         );
     }
-    if !tls && (has("ConnectionReset") || has("connection reset") || has("connection closed before message completed"))
+    if !tls
+        && (has("ConnectionReset")
+            || has("connection reset")
+            || has("BrokenPipe")
+            || has("connection closed before message completed"))
     {
         return Some(
-            "the connection was reset (at the HTTP/2 handshake that means a TLS-only server: use https://)".into(),
+            "the connection was reset or closed (at the HTTP/2 handshake that means a TLS-only server: use https://)"
+                .into(),
         );
     }
     if !tls && has("operation was canceled") {
@@ -149,6 +154,8 @@ mod tests {
         assert!(diagnose("http://x:1", &refused).unwrap().starts_with("connection refused"));
         let reset = io(std::io::ErrorKind::ConnectionReset, "connection reset");
         assert!(diagnose("http://x:1", &reset).unwrap().contains("use https://"));
+        let pipe = io(std::io::ErrorKind::BrokenPipe, "stream closed because of a broken pipe");
+        assert!(diagnose("http://x:1", &pipe).unwrap().contains("use https://"), "plaintext to a TLS listener");
         assert_eq!(diagnose("https://x:1", &reset), None, "a reset under TLS says nothing about the scheme");
         let plain = io(std::io::ErrorKind::InvalidData, "received corrupt message of type InvalidContentType");
         assert!(diagnose("https://x:1", &plain).unwrap().contains("use http://"));

@@ -83,6 +83,10 @@ pub struct ServerCli {
 /// `keybridge operator status`.
 pub fn vault_habits(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     for a in args.iter_mut().skip(1) {
+        // After `--` every argument is a value, never a flag.
+        if a == "--" {
+            break;
+        }
         let Some(text) = a.to_str() else { continue };
         if let Some(v) = text.strip_prefix("-format=") {
             *a = format!("--output={v}").into();
@@ -706,19 +710,26 @@ fn utf8(bytes: Zeroizing<Vec<u8>>, what: &str) -> Result<String, Error> {
 }
 
 /// Builds the value for `kv put` from its arguments.
-/// Writes a secret's bytes to `file` (`-`: stdout), a new or truncated file
-/// readable by its owner only.
+/// Writes a secret's bytes to `file` (`-`: stdout) as a new file readable
+/// by its owner only: written under a fresh name in the same directory
+/// (created exclusively, mode 0600) and renamed over `file`, so an existing
+/// file's owner and mode, or a symlink planted there, never receive it.
 fn write_secret_file(file: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     if file == std::path::Path::new("-") {
         let mut out = std::io::stdout().lock();
         return out.write_all(bytes).and_then(|()| out.flush()).map_err(Error::Io);
     }
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
     let write = || -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file)?;
-        f.write_all(bytes)?;
-        f.sync_all()
+        let mut tmp = tempfile::Builder::new().prefix(".keybridge-").tempfile_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(file).map_err(|e| e.error)?;
+        Ok(())
     };
     write().map_err(|e| Error::Usage(format!("cannot write {}: {e}", file.display())))
 }
@@ -1518,10 +1529,12 @@ pub fn policy_lint(files: &[PathBuf], rego: Option<&PathBuf>, output: Output) ->
 pub fn write_man_pages(dir: &std::path::Path) -> Result<(), Error> {
     use clap::CommandFactory;
     std::fs::create_dir_all(dir).map_err(Error::Io)?;
+    // Only pages of ours go: `keybridge.1` and `keybridge-*.1`.
     for e in std::fs::read_dir(dir).map_err(Error::Io)? {
-        let p = e.map_err(Error::Io)?.path();
-        if p.extension().is_some_and(|x| x == "1") {
-            std::fs::remove_file(&p).map_err(Error::Io)?;
+        let e = e.map_err(Error::Io)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "keybridge.1" || (name.starts_with("keybridge-") && name.ends_with(".1")) {
+            std::fs::remove_file(e.path()).map_err(Error::Io)?;
         }
     }
     // The server's page is rendered from its own parser, so it shows its
@@ -1596,6 +1609,8 @@ mod help_tests {
         assert_eq!(super::vault_habits(args(&["keybridge", "status"])), args(&["keybridge", "operator", "status"]));
         let same = args(&["keybridge", "kv", "put", "secret/a", "format=json", "-o", "json", "x=-field=y"]);
         assert_eq!(super::vault_habits(same.clone()), same);
+        let values = args(&["keybridge", "kv", "put", "secret/a", "--", "-format=hunter2", "-field=pw"]);
+        assert_eq!(super::vault_habits(values.clone()), values, "nothing after -- is rewritten");
     }
 
     /// docs/man holds the pages this CLI renders; regenerate them with

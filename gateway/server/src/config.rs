@@ -213,11 +213,45 @@ pub fn default_serving_threads() -> usize {
 
 pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The largest config, certificate or key file the server reads.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a file that must be a regular file (symlinks to one are fine) of
+/// at most `limit` bytes. Opened without blocking, so a FIFO or device put
+/// in its place is refused instead of hanging the reader (a SIGHUP reload
+/// runs this), and never read past the limit (`/dev/zero` included).
+pub fn read_small_file(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes; the limit is {limit}", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("more than {limit} bytes")));
+    }
+    Ok(bytes)
+}
+
 impl Config {
-    /// Reads and parses the config file at `path`.
+    /// Reads and parses the config file at `path` (a regular file of at
+    /// most 1 MiB: see [`read_small_file`]).
     pub fn load(path: &std::path::Path) -> Result<Config, Error> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::Read { path: path.display().to_string(), source: e })?;
+        let bytes = read_small_file(path, MAX_FILE_BYTES)
+            .map_err(|e| Error::Read { path: path.display().to_string(), source: e })?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::Config {
+            path: path.display().to_string(),
+            reason: "the file is not UTF-8 text".into(),
+        })?;
         Config::parse(&path.display().to_string(), &text)
     }
 

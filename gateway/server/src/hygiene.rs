@@ -49,8 +49,37 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Raises the open-file limit to its hard maximum (each connection is a
+/// descriptor; the default soft limit of 1024 is below the default
+/// `max_connections`) and returns the limit in force.
+pub fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit fill and read a plain struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_open_file_limit_is_raised_to_its_maximum() {
+        let got = super::raise_open_files();
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills a plain struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!((got, lim.rlim_cur), (lim.rlim_max, lim.rlim_max));
+    }
+
     #[test]
     fn core_dumps_are_off_afterwards() {
         super::disable_core_dumps().unwrap();

@@ -61,8 +61,23 @@ pub async fn run(
 ) -> Result<(), Error> {
     let started = Instant::now();
     let signals = stop_signals()?;
+    // SIGHUP too, at once: one that arrives while the store opens waits for
+    // the reload task instead of killing the process (its default action).
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Error::Usage(format!("cannot handle SIGHUP: {e}")))?;
     if let Err(e) = hygiene::disable_core_dumps() {
         tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    // Connections, store and audit files are descriptors: room for
+    // max_connections of them plus the server's own (a margin of 256).
+    let open_files = hygiene::raise_open_files();
+    let needed = (config.limits.max_connections as u64).saturating_add(256);
+    if open_files > 0 && open_files < needed {
+        tracing::warn!(
+            open_files,
+            max_connections = config.limits.max_connections,
+            "the open-file limit is below max_connections + 256: raise it (LimitNOFILE) or lower max_connections, or accepts will fail with EMFILE"
+        );
     }
     if config.disable_mlock {
         tracing::info!("memory locking disabled by configuration (disable_mlock = true)");
@@ -222,7 +237,8 @@ pub async fn run(
     // SIGHUP: audit devices reopen their files (after logrotate moved them),
     // and the config file is read again: the log level and rate limits
     // apply at once, every other change is named as needing a restart.
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    {
+        let mut hup = hangup;
         let core = core.clone();
         let reload = Reload {
             path: config_path,
@@ -428,7 +444,11 @@ impl Reload {
         }
         if let Some(certs) = &self.certs {
             match certs.reload() {
-                Ok(()) => tracing::info!("TLS certificate and key reloaded; new connections use them"),
+                Ok(()) => tracing::info!(
+                    cert_file = %certs.cert_file().display(),
+                    key_file = %certs.key_file().display(),
+                    "TLS certificate and key reloaded from their files; new connections use them"
+                ),
                 Err(e) => tracing::error!(error = %e, "TLS certificate and key not reloaded; the running pair stays"),
             }
         }

@@ -33,35 +33,73 @@ pub type Connections = Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<I
 
 /// A served connection: plaintext, or TLS terminated on the serving thread
 /// (over the same coalescing `Conn`, so ciphertext leaves in few writes).
-pub enum Io {
+/// Until its first bytes arrive (the HTTP/2 preface), it has a deadline: a
+/// client that connects and says nothing loses its connection slot after
+/// [`PREFACE_TIMEOUT`] instead of holding it for good.
+pub struct Io {
+    kind: IoKind,
+    preface: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+enum IoKind {
     Plain(Conn),
     Tls(Box<tokio_rustls::server::TlsStream<Conn>>),
+}
+
+/// How long a connection has to send its first bytes (the HTTP/2 preface)
+/// once accepted (after its TLS handshake, with TLS).
+pub const PREFACE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Io {
+    fn new(kind: IoKind) -> Io {
+        Io { kind, preface: Some(Box::pin(tokio::time::sleep(PREFACE_TIMEOUT))) }
+    }
 }
 
 impl Connected for Io {
     type ConnectInfo = TcpConnectInfo;
     fn connect_info(&self) -> TcpConnectInfo {
-        match self {
-            Io::Plain(c) => c.connect_info(),
-            Io::Tls(t) => t.get_ref().0.connect_info(),
+        match &self.kind {
+            IoKind::Plain(c) => c.connect_info(),
+            IoKind::Tls(t) => t.get_ref().0.connect_info(),
         }
     }
 }
 
 impl AsyncRead for Io {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(c) => Pin::new(c).poll_read(cx, buf),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let read = match &mut me.kind {
+            IoKind::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            IoKind::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        };
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                me.preface = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = me.preface.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface within the preface timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+            other => other,
         }
     }
 }
 
 impl AsyncWrite for Io {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(c) => Pin::new(c).poll_write(cx, buf),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().kind {
+            IoKind::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            IoKind::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_write_vectored(
@@ -69,27 +107,27 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(c) => Pin::new(c).poll_write_vectored(cx, bufs),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().kind {
+            IoKind::Plain(c) => Pin::new(c).poll_write_vectored(cx, bufs),
+            IoKind::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(c) => c.is_write_vectored(),
-            Io::Tls(t) => t.is_write_vectored(),
+        match &self.kind {
+            IoKind::Plain(c) => c.is_write_vectored(),
+            IoKind::Tls(t) => t.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(c) => Pin::new(c).poll_flush(cx),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().kind {
+            IoKind::Plain(c) => Pin::new(c).poll_flush(cx),
+            IoKind::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(c) => Pin::new(c).poll_shutdown(cx),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().kind {
+            IoKind::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            IoKind::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -105,7 +143,7 @@ fn with_tls(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Connections {
     let Some(acceptor) = tls else {
-        return Box::pin(conns.map(|c| c.map(Io::Plain)));
+        return Box::pin(conns.map(|c| c.map(|c| Io::new(IoKind::Plain(c)))));
     };
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -116,7 +154,7 @@ fn with_tls(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(Io::Tls(Box::new(tls))));
+                        let _ = tx.send(Ok(Io::new(IoKind::Tls(Box::new(tls)))));
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -282,6 +320,19 @@ fn pick(open: &[usize], start: usize) -> usize {
     (0..n).map(|i| (start + i) % n).min_by_key(|&i| open[i]).unwrap_or(0)
 }
 
+/// The key of a remote address's connection count: the address itself
+/// for IPv4, its /64 for IPv6 (one host is commonly given a whole /64, so
+/// counting single IPv6 addresses would not bound one client).
+fn address_group(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
 /// An accept error that concerns one connection only (the next accept
 /// may well succeed), as opposed to the process running out of something.
 fn per_connection(e: &std::io::Error) -> bool {
@@ -418,7 +469,7 @@ where
             }
             // One address has a share of the connections, not all of them.
             let slot = match std.peer_addr() {
-                Ok(peer) => match per_address.take(peer.ip(), settings.max_connections_per_address) {
+                Ok(peer) => match per_address.take(address_group(peer.ip()), settings.max_connections_per_address) {
                     Some(slot) => Some(slot),
                     None => {
                         tracing::debug!(remote = %peer.ip(), "per-address connection limit reached; closing a new connection");
@@ -547,6 +598,20 @@ mod tests {
         assert_eq!(open.load(Ordering::Relaxed), 1);
         drop(conn);
         assert_eq!(open.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        use super::address_group;
+        assert_eq!(address_group(a), address_group(b));
+        assert_ne!(address_group(a), address_group(c));
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(address_group(mapped), "10.0.0.7".parse::<std::net::IpAddr>().unwrap());
+        let v4: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(address_group(v4), v4);
     }
 
     #[test]

@@ -30,14 +30,17 @@ impl ResolvesServerCert for Reloadable {
 /// Reads a PEM certificate chain and private key into a signing pair.
 fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, Error> {
     let bad = |p: &Path, why: String| Error::Tls(format!("{}: {why}", p.display()));
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| bad(cert_file, e.to_string()))?
+    let read =
+        |p: &Path| crate::config::read_small_file(p, crate::config::MAX_FILE_BYTES).map_err(|e| bad(p, e.to_string()));
+    let cert_pem = read(cert_file)?;
+    let key_pem = zeroize::Zeroizing::new(read(key_file)?);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| bad(cert_file, e.to_string()))?;
     if chain.is_empty() {
         return Err(bad(cert_file, "no certificate in the file".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| bad(key_file, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(key_file, e.to_string()))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| bad(key_file, e.to_string()))?;
     let pair = CertifiedKey::new(chain, signer);
     pair.keys_match().map_err(|e| bad(key_file, format!("the key does not match the certificate ({e})")))?;
@@ -53,6 +56,14 @@ impl Reloadable {
             key_file: key_file.to_path_buf(),
             current: RwLock::new(Arc::new(pair)),
         }))
+    }
+
+    pub fn cert_file(&self) -> &Path {
+        &self.cert_file
+    }
+
+    pub fn key_file(&self) -> &Path {
+        &self.key_file
     }
 
     /// Reads the files again; on any error the running pair stays.

@@ -381,10 +381,14 @@ fn transport_errors_name_the_cause_and_exit_5() {
         }
     });
     let tls_to_plain = s.addr.replace("http://", "https://");
+    let tls_dir = tempfile::tempdir().unwrap();
+    let tls = Server::with_config(tls_dir.path(), true, 0);
+    let plain_to_tls = tls.addr.replace("https://", "http://");
     for (addr, cause) in [
         (format!("http://127.0.0.1:{closed}"), "connection refused: nothing listens there"),
         (format!("http://{http1_addr}"), "an HTTP/1 server or proxy answered"),
         (tls_to_plain, "the server answered without TLS; use http://"),
+        (plain_to_tls, "TLS-only server: use https://"),
     ] {
         let o = run(&addr, &["kv", "get", "secret/x"]);
         let err = stderr(&o);
@@ -427,6 +431,21 @@ fn vault_habits_binary_files_and_completion() {
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
     let o = s.cli(t, &["kv", "get", "--binary-file", "-", "secret/ks"]);
     assert_eq!(o.stdout, bytes);
+    // An existing file readable by all, and a symlink planted at the name:
+    // the secret goes to a new 0600 file in their place, never through them.
+    let shared = dir.path().join("shared.p12");
+    std::fs::write(&shared, b"old").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(s.cli(t, &["kv", "get", "--binary-file", shared.to_str().unwrap(), "secret/ks"]).status.success());
+    assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777, 0o600);
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, b"untouched").unwrap();
+    let link = dir.path().join("link.p12");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(s.cli(t, &["kv", "get", "--binary-file", link.to_str().unwrap(), "secret/ks"]).status.success());
+    assert_eq!(std::fs::read(&target).unwrap(), b"untouched");
+    assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&link).unwrap(), bytes);
     // The JSON shape of a binary value (documented in docs/CLI.md).
     let j = json(&s.cli(t, &["kv", "get", "-o", "json", "secret/ks"]));
     assert!(j["data"].is_null() && j["binary_b64"].is_string() && j["metadata"]["version"] == 1, "{j}");

@@ -612,12 +612,41 @@ async fn sighup_reloads_the_tls_certificate_for_new_connections() {
     assert!(connect(old_ca).await.is_err(), "a new connection still got the old certificate");
     status(old).await.expect("the connection made before the reload goes on");
 
-    // A key that does not match: the running pair stays.
+    // A key that does not match, a FIFO and an endless device in the key's
+    // place: each reload is refused at once, the running pair stays, and
+    // the reload task is not stuck (the next good pair still loads).
+    let key = dir.path().join("server.key");
+    let hup = || {
+        assert!(
+            std::process::Command::new("kill").args(["-HUP", &s.child.id().to_string()]).status().unwrap().success()
+        )
+    };
     let other = keybridge_testservers::tls::test_certs("third test CA");
-    std::fs::write(dir.path().join("server.key"), &other.key_pem).unwrap();
-    assert!(std::process::Command::new("kill").args(["-HUP", &s.child.id().to_string()]).status().unwrap().success());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&key, &other.key_pem).unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::remove_file(&key).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&key).status().unwrap().success());
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::remove_file(&key).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &key).unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     status(connect(new.ca_pem.clone().into_bytes()).await.expect("still the second pair")).await.unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let third = keybridge_testservers::tls::test_certs("fourth test CA");
+    std::fs::write(dir.path().join("server.crt"), &third.cert_pem).unwrap();
+    std::fs::write(&key, &third.key_pem).unwrap();
+    hup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while connect(third.ca_pem.clone().into_bytes()).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the reload task is stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut s = s;
+    let (st, _) = terminate(&mut s).await;
+    assert!(st.success(), "{st:?}");
 }
 
 /// A client that opens a TLS connection and never finishes the handshake
@@ -636,4 +665,36 @@ async fn a_tls_handshake_that_never_finishes_is_dropped() {
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(9), "dropped before the timeout: {took:?}");
+}
+
+/// A client that connects (or finishes its TLS handshake) and then sends
+/// nothing is dropped after the preface timeout (10 s), so idle sockets
+/// cannot hold connection slots for good.
+#[tokio::test]
+async fn a_connection_that_never_sends_its_preface_is_dropped() {
+    use tokio::io::AsyncReadExt;
+    let s = Server::dev();
+    let addr = s.addr.trim_start_matches("http://").to_string();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    // The server speaks first in HTTP/2 (its SETTINGS), then closes.
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "not dropped within 30 s");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9), "dropped before the timeout: {took:?}");
+    // A client that speaks in time is served as usual.
+    s.secrets()
+        .await
+        .get(authed("root-e2e", pb::GetRequest { path: "secret/x".into(), ..Default::default() }))
+        .await
+        .unwrap_err();
 }
