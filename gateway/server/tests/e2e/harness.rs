@@ -73,6 +73,21 @@ fn spawn_env(args: &[&str], log: &str, stderr: Stdio, env: &[(&str, &str)]) -> S
     }
 }
 
+/// Reads a starting server's stdout until its "Listening on" line, then
+/// keeps draining it (so the child never blocks on a full pipe). Panics if
+/// the process ends first.
+pub fn until_listening(stdout: std::process::ChildStdout) {
+    let mut out = BufReader::new(stdout);
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).expect("read stdout") > 0, "exited before listening");
+        if line.contains("Listening on") {
+            std::thread::spawn(move || for _ in out.lines() {});
+            return;
+        }
+    }
+}
+
 impl Server {
     pub fn dev() -> Server {
         spawn(&["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", "root-e2e"])

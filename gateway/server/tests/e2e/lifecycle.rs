@@ -452,12 +452,11 @@ async fn signals_stop_a_server_whose_output_pipes_are_closed() {
             .spawn()
             .unwrap();
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        loop {
-            let mut line = String::new();
+        // Read up to "Listening on", then close the pipe (no drain thread).
+        let mut line = String::new();
+        while !line.contains("Listening on") {
+            line.clear();
             assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "exited before listening");
-            if line.contains("Listening on") {
-                break;
-            }
         }
         drop(out);
         drop(child.stderr.take());
@@ -504,15 +503,7 @@ async fn sighup_reloads_log_level_and_rate_limits_and_names_what_needs_a_restart
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "exited before listening");
-        if line.contains("Listening on") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in std::io::BufRead::lines(out) {});
+    crate::harness::until_listening(child.stdout.take().unwrap());
     let s = Server { child, addr: format!("http://127.0.0.1:{port}"), root_token: None, ca_pem: None };
     let init = init_unsealed(&s).await;
     let hup = |s: &Server| {
