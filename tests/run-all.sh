@@ -84,5 +84,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 # Every crate but the plugins, which are cdylibs for wasm32-wasip2 (built
 # above; clippy checks them natively; their exports do not link natively).
-cargo test --workspace --exclude keybridge-plugin-apikeys --exclude keybridge-plugin-passwords \
-  --exclude keybridge-plugin-saas --exclude keybridge-plugin-hostile
+# The rotation crash tests need the fault-injection hook, which only this
+# build of the gateway has (never a release build).
+cargo test --workspace --features keybridge-server/fault-injection --exclude keybridge-plugin-apikeys \
+  --exclude keybridge-plugin-passwords --exclude keybridge-plugin-saas --exclude keybridge-plugin-hostile

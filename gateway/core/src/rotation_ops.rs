@@ -176,14 +176,19 @@ fn generate(length: usize) -> Zeroizing<String> {
 /// The longest rotation period: ten years.
 const MAX_ROTATION_PERIOD_SECS: u64 = 10 * 365 * 86_400;
 
+/// Fault injection for the crash tests, compiled only with the
+/// `fault-injection` feature: the process dies right after the named step
+/// (`KEYBRIDGE_FAULT_ROTATION`) was recorded. Release builds have no hook.
+#[cfg(feature = "fault-injection")]
 fn fault(step: &str) {
-    // Fault injection for the crash tests: the process dies right after
-    // the named step was recorded.
     if std::env::var("KEYBRIDGE_FAULT_ROTATION").is_ok_and(|v| v == step) {
         eprintln!("keybridge: KEYBRIDGE_FAULT_ROTATION={step}: aborting");
         std::process::abort();
     }
 }
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault(_step: &str) {}
 
 impl Core {
     /// Starts a rotation of `spec.path` and every replica of it; the worker

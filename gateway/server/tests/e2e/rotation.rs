@@ -47,6 +47,10 @@ async fn read(s: &Server, t: &str, path: &str, stage: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the binary built with --features fault-injection (tests/run-all.sh builds it so)"
+)]
 async fn rotation_resumes_after_a_crash_at_every_step() {
     let kv = KeyVault::start().await;
     let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test", false).await, kv };
