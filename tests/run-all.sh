@@ -81,6 +81,21 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "==> each of the server's features alone (no cloud, aws, azure, gcp, wasm)"
+# The cloud adapters and the WASM host are features; each must build alone,
+# without warnings, so a deployment can leave out what it does not use.
+# (Warnings are caught from the output: -D warnings in RUSTFLAGS would
+# rebuild every dependency.)
+for features in "" aws azure gcp wasm; do
+  out="$(cargo check --quiet -p keybridge-server --no-default-features ${features:+--features "$features"} 2>&1)" \
+    || { echo "$out"; exit 1; }
+  if grep -q '^warning' <<<"$out"; then
+    echo "$out"
+    echo "warnings in keybridge-server with features '$features' alone"
+    exit 1
+  fi
+done
+
 echo "==> cargo test"
 # Every crate but the plugins, which are cdylibs for wasm32-wasip2 (built
 # above; clippy checks them natively; their exports do not link natively).

@@ -28,6 +28,8 @@ impl Providers for Built {
     }
 
     fn validate(&self, kind: &str, settings: &BTreeMap<String, String>) -> Result<()> {
+        // Built without any cloud, no arm reads the settings.
+        let _ = settings;
         match kind {
             #[cfg(feature = "aws")]
             "aws" => keybridge_provider_aws::Settings::parse(settings).map(|_| ()),
@@ -40,6 +42,7 @@ impl Providers for Built {
     }
 
     async fn open(&self, kind: &str, settings: &BTreeMap<String, String>) -> Result<Arc<dyn SecretStore>> {
+        let _ = settings;
         match kind {
             #[cfg(feature = "aws")]
             "aws" => {
