@@ -1034,12 +1034,12 @@ impl Core {
             }
         }
         let acl_path = format!("{}{area}/{acl_rel}", mount.path);
-        // Vault's existence check: writing a secret that does not exist yet
-        // needs `create`, not `update` (checked for root too, so the audit
-        // record names the capability the write used). A caller that holds
-        // neither is refused before the check, so a refusal tells nothing
-        // about whether the secret exists.
-        let cap = if cap == Capability::Update && area == "data" {
+        // Vault's existence check: writing a secret (or the metadata of one)
+        // that does not exist yet needs `create`, not `update` (checked for
+        // root too, so the audit record names the capability the write
+        // used). A caller that holds neither is refused before the check, so
+        // a refusal tells nothing about whether the secret exists.
+        let cap = if cap == Capability::Update && (area == "data" || area == "metadata") {
             self.write_capability(caller, &id, &acl_path, false, || engine.exists(rel)).await?
         } else {
             cap

@@ -278,3 +278,20 @@ async fn a_refused_write_does_not_tell_whether_the_secret_exists() {
     assert_eq!(msg(&there, "there"), msg(&absent, "absent"), "the refusal tells the two apart");
     assert!(there.to_string().contains("create or update"), "{there}");
 }
+
+/// Writing the metadata of a secret that does not exist yet needs `create`
+/// on its metadata path, as writing its data does: `update` alone changes
+/// only existing metadata (Vault's existence check).
+#[tokio::test]
+async fn metadata_of_a_new_secret_needs_create() {
+    let (core, root) = dev_core().await;
+    let t = token_with(&core, &root, "meta-update", r#"path "secret/metadata/*" { capabilities = ["update"] }"#).await;
+    let e = core.put_metadata(&t, "secret/new", None, Some(3), Some(true)).await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("create")), "{e:?}");
+    assert!(core.describe(&root, "secret/new").await.is_err(), "nothing was created");
+    core.put(&root, "secret/old", &super::tests::fields(&[("k", "v")]), None).await.unwrap();
+    let meta = core.put_metadata(&t, "secret/old", None, Some(3), None).await.unwrap();
+    assert_eq!(meta.max_versions, 3);
+    let c = token_with(&core, &root, "meta-create", r#"path "secret/metadata/*" { capabilities = ["create"] }"#).await;
+    core.put_metadata(&c, "secret/new", None, Some(3), None).await.unwrap();
+}

@@ -195,7 +195,7 @@ fn rows() -> Vec<Row> {
         ),
         row(
             "Secrets.PutMetadata",
-            ("`<mount>/metadata/<path>`", "`update`"),
+            ("`<mount>/metadata/<path>`", "`create` (new secret) or `update` (existing)"),
             &[("secret/metadata/app/db", "update")],
             call!(secrets_client::SecretsClient, put_metadata, |_fx| pb::PutMetadataRequest {
                 path: "secret/app/db".into(),
