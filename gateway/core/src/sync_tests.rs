@@ -133,20 +133,33 @@ async fn deletes_are_retained_or_propagated() {
     assert!(matches!(core.get(&t, "team-b/app/b", None).await, Err(Error::NotFound(_))));
 }
 
+/// A core on a store file at `path` with the rule `ab` (secret/app/ to
+/// team-b/app/ and team-c/app/), and its unseal key: the first life of a
+/// server that the test restarts.
+async fn first_life(path: &std::path::Path) -> (Arc<Core>, Caller, String) {
+    let (core, t, key) = core_with_key(Arc::new(RedbStore::open(path, 0).unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "")).await.unwrap();
+    (core, t, key)
+}
+
+/// The same store file opened again, sealed.
+fn restarted(path: &std::path::Path) -> Arc<Core> {
+    Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::open(path, 0).unwrap())), CoreConfig::default()))
+}
+
 #[tokio::test]
 async fn the_journal_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kb.db");
     let key = {
-        let (core, t, key) = core_with_key(Arc::new(RedbStore::open(&path, 0).unwrap())).await;
-        core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "")).await.unwrap();
+        let (core, t, key) = first_life(&path).await;
         // Written and journaled, never replicated: the process stops here.
         core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
         assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 1);
         core.shutdown().await;
         key
     };
-    let core = Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::open(&path, 0).unwrap())), CoreConfig::default()));
+    let core = restarted(&path);
     let t = Caller::token(Some("root-t"));
     assert!(matches!(core.sync_pass().await, Err(Error::Sealed)), "nothing runs while sealed");
     core.unseal(&key, false).await.unwrap();
@@ -164,8 +177,7 @@ async fn status_after_a_restart_lists_every_target_from_the_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kb.db");
     let key = {
-        let (core, t, key) = core_with_key(Arc::new(RedbStore::open(&path, 0).unwrap())).await;
-        core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "")).await.unwrap();
+        let (core, t, key) = first_life(&path).await;
         core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
         core.put(&t, "secret/app/api", &fields(&[("k", "v")]), None).await.unwrap();
         core.sync_pass().await.unwrap();
@@ -173,7 +185,7 @@ async fn status_after_a_restart_lists_every_target_from_the_records() {
         core.shutdown().await;
         key
     };
-    let core = Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::open(&path, 0).unwrap())), CoreConfig::default()));
+    let core = restarted(&path);
     let t = Caller::token(Some("root-t"));
     core.unseal(&key, false).await.unwrap();
     let status = core.sync_status(&t, "ab").await.unwrap();
