@@ -440,17 +440,24 @@ impl SysService {
     }
 }
 
+/// Every service of the API by its full name (`keybridge.v1.Secrets`, ...),
+/// read from the API's own descriptors, so a service added later is listed.
+fn api_services() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let fds =
+            <prost_types::FileDescriptorSet as prost::Message>::decode(pb::FILE_DESCRIPTOR_SET).unwrap_or_default();
+        fds.file.iter().flat_map(|f| f.service.iter().map(move |s| format!("{}.{}", f.package(), s.name()))).collect()
+    })
+}
+
+/// The health of the server ("") and of every API service: serving while
+/// unsealed, not serving while sealed.
 pub async fn sync_health(core: &Core, health: &HealthReporter) {
     let serving = matches!(core.seal_status().await, Ok(s) if !s.sealed);
-    for name in [
-        "",
-        "keybridge.v1.Secrets",
-        "keybridge.v1.Sys",
-        "keybridge.v1.Policies",
-        "keybridge.v1.Tokens",
-        "keybridge.v1.Audit",
-    ] {
-        let st = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+    let st = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+    health.set_service_status("", st).await;
+    for name in api_services() {
         health.set_service_status(name, st).await;
     }
 }

@@ -187,6 +187,22 @@ async fn health_and_reflection_are_served() {
     for want in ["keybridge.v1.Secrets", "keybridge.v1.Sys", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
+    // Health knows every API service the server lists, serving while
+    // unsealed and not serving once sealed.
+    let api: Vec<&String> = names.iter().filter(|n| n.starts_with("keybridge.v1.")).collect();
+    assert_eq!(api.len(), 10, "{api:?}");
+    let check = |service: String| {
+        let mut health = health.clone();
+        async move { health.check(tonic_health::pb::HealthCheckRequest { service }).await.unwrap().into_inner().status }
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    for n in &api {
+        assert_eq!(check(n.to_string()).await, ServingStatus::Serving as i32, "{n}");
+    }
+    s.sys().await.seal(crate::harness::authed("root-e2e", keybridge_proto::v1::SealRequest {})).await.unwrap();
+    for n in &api {
+        assert_eq!(check(n.to_string()).await, ServingStatus::NotServing as i32, "{n}");
+    }
     let second = stream.next().await.unwrap().unwrap();
     let Some(MessageResponse::FileDescriptorResponse(fd)) = second.message_response else {
         panic!("descriptor expected")
