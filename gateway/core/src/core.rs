@@ -1127,14 +1127,19 @@ impl Core {
         self.delete_opts(caller, path, versions, all, false).await
     }
 
-    /// After a change other than a put (delete, undelete, destroy,
-    /// restore), the rules covering `path` look again.
-    async fn sync_after<T>(&self, path: &str, r: Result<T>) -> Result<T> {
+    /// Runs a change other than a put (delete, undelete, destroy,
+    /// restore) with the rules covering `path` journaled before it, as a put
+    /// is: a journal that cannot be written stops the change (a crash after
+    /// the change then never leaves a replica unaware of it). A change that
+    /// fails leaves an entry the reconciler finds nothing to do for.
+    async fn journaled<T>(&self, path: &str, change: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let announced = self.sync_announce(path).await?;
+        let r = change.await;
         if r.is_ok() {
             self.sync.publish(path, "changed", 0, "");
-            if self.sync_announce(path).await.unwrap_or(false) {
-                self.sync_wake();
-            }
+        }
+        if announced {
+            self.sync_wake();
         }
         r
     }
@@ -1169,35 +1174,44 @@ impl Core {
                 return Err(Error::InvalidArgument("give either versions or all_versions, not both".into()));
             }
             let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Delete, None).await?;
-            let r = match engine {
-                Engine::Local(kv) => kv.delete_all(rel).await,
-                Engine::Cloud(c) => c.delete_all(rel, purge).await,
-            };
-            return self.sync_after(path, r).await;
+            return self
+                .journaled(path, async {
+                    match engine {
+                        Engine::Local(kv) => kv.delete_all(rel).await,
+                        Engine::Cloud(c) => c.delete_all(rel, purge).await,
+                    }
+                })
+                .await;
         }
         let (area, cap) =
             if versions.is_empty() { ("data", Capability::Delete) } else { ("delete", Capability::Update) };
         let (engine, rel, _) = self.secret_op(&table, caller, path, area, cap, None).await?;
-        let r = match engine {
-            Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::SoftDelete).await,
-            Engine::Cloud(c) => c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Disable).await,
-        };
-        self.sync_after(path, r).await
+        self.journaled(path, async {
+            match engine {
+                Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::SoftDelete).await,
+                Engine::Cloud(c) => {
+                    c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Disable).await
+                }
+            }
+        })
+        .await
     }
 
     pub async fn undelete(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
         let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update, None).await?;
-        let r = match engine {
-            Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Undelete).await,
-            Engine::Cloud(c) => {
-                if versions.is_empty() {
-                    return Err(Error::InvalidArgument("give the versions to undelete".into()));
+        if matches!(engine, Engine::Cloud(_)) && versions.is_empty() {
+            return Err(Error::InvalidArgument("give the versions to undelete".into()));
+        }
+        self.journaled(path, async {
+            match engine {
+                Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Undelete).await,
+                Engine::Cloud(c) => {
+                    c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Enable).await
                 }
-                c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Enable).await
             }
-        };
-        self.sync_after(path, r).await
+        })
+        .await
     }
 
     /// Restores a whole secret deleted recoverably on a cloud mount.
@@ -1208,23 +1222,25 @@ impl Core {
             Engine::Local(_) => Err(Error::Unimplemented(
                 "the local store deletes all versions of a secret for good; there is nothing to restore".into(),
             )),
-            Engine::Cloud(c) => self.sync_after(path, c.restore(rel).await).await,
+            Engine::Cloud(c) => self.journaled(path, c.restore(rel)).await,
         }
     }
 
     pub async fn destroy(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
         let table = self.loaded()?.table();
         let (engine, rel, _) = self.secret_op(&table, caller, path, "destroy", Capability::Update, None).await?;
-        let r = match engine {
-            Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Destroy).await,
-            Engine::Cloud(c) => {
-                if versions.is_empty() {
-                    return Err(Error::InvalidArgument("give the versions to destroy".into()));
+        if matches!(engine, Engine::Cloud(_)) && versions.is_empty() {
+            return Err(Error::InvalidArgument("give the versions to destroy".into()));
+        }
+        self.journaled(path, async {
+            match engine {
+                Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Destroy).await,
+                Engine::Cloud(c) => {
+                    c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Destroy).await
                 }
-                c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Destroy).await
             }
-        };
-        self.sync_after(path, r).await
+        })
+        .await
     }
 
     pub async fn put_metadata(

@@ -533,3 +533,26 @@ async fn a_rule_stops_when_the_mount_under_its_folder_changes() {
     core.sync_run(&root, "", true, Duration::from_secs(5)).await.unwrap();
     assert_eq!(field(&core.get(&root, "team-b/app/db", None).await.unwrap(), "password"), "two");
 }
+
+/// Deletes, undeletes and destroys are journaled before they run, as puts
+/// are: a change that then fails leaves an entry (which the reconciler
+/// finds nothing to do for), so a crash between a change and its journal
+/// entry cannot happen.
+#[tokio::test]
+async fn changes_other_than_puts_are_journaled_first() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+    // Version 9 does not exist: the destroy fails, after its journal entry.
+    assert!(core.destroy(&t, "secret/app/db", &[9]).await.is_err());
+    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 1, "journaled before the change");
+    core.sync_pass().await.unwrap();
+    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+    assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "pw"), "one", "the replica is unchanged");
+    // A change that works is replicated as before.
+    core.delete(&t, "secret/app/db", &[], false).await.unwrap();
+    core.sync_pass().await.unwrap();
+    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+}
