@@ -40,7 +40,9 @@ pub fn lock_memory() -> std::io::Result<()> {
 /// as it ends other Unix tools (the shell reports 141), instead of a
 /// failed `println!` panicking. The server keeps Rust's default (ignored),
 /// so a peer that goes away is an error on its socket, not the end of the
-/// process.
+/// process. The CLI's runtime threads, which do its network IO, block the
+/// signal ([`block_sigpipe`]): a server that hangs up is an error there,
+/// and only the main thread's writes to stdout end the process.
 pub fn default_sigpipe() {
     // SAFETY: signal() with SIG_DFL installs no handler and touches no Rust
     // memory; it runs before any other thread exists.
@@ -67,6 +69,20 @@ pub fn raise_open_files() -> u64 {
         }
     }
     lim.rlim_cur
+}
+
+/// Blocks SIGPIPE in the calling thread: a write to a socket the peer
+/// closed returns EPIPE instead of raising it (run on every runtime thread
+/// of the CLI; sockets written with `writev` get no MSG_NOSIGNAL).
+pub fn block_sigpipe() {
+    // SAFETY: the set is a local value initialised by sigemptyset; the
+    // calls change only this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 #[cfg(test)]

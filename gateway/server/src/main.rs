@@ -50,7 +50,13 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Server(_)) {
         hygiene::default_sigpipe();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Network IO runs on the runtime's threads, where SIGPIPE is blocked;
+    // output to stdout is written from this thread.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(hygiene::block_sigpipe)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");
