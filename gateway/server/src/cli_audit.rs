@@ -20,9 +20,9 @@ pub enum AuditCommand {
     /// `audit enable socket address=127.0.0.1:9090 [socket_type=tcp|unix]`,
     /// `audit enable stream` (for `audit watch`).
     Enable {
-        /// file, socket or stream.
+        /// The device type: `file`, `socket` or `stream`.
         kind: String,
-        /// key=value options.
+        /// The device's options as key=value (`file_path=/var/log/keybridge/audit.log`).
         options: Vec<String>,
         /// The device's name (default: the type, e.g. `file/`).
         #[arg(long)]

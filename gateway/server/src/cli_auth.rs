@@ -15,7 +15,7 @@ use crate::error::Error;
 pub enum AuthCommand {
     /// `auth enable kubernetes`, `auth enable jwt --path github`.
     Enable {
-        /// kubernetes or jwt.
+        /// The method type: `kubernetes` or `jwt`.
         kind: String,
         /// Where it answers (default: the type): `auth/<path>/...`.
         #[arg(long)]

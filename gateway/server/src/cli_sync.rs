@@ -66,10 +66,10 @@ pub enum RuleCommand {
         /// A folder to copy to, mount included: `aws/app/` (repeat the flag for several).
         #[arg(long = "target", required = true)]
         targets: Vec<String>,
-        /// overwrite, adopt or alert.
+        /// What to do with a replica edited outside Keybridge: `overwrite`, `adopt` or `alert`.
         #[arg(long, default_value = "overwrite")]
         on_conflict: String,
-        /// retain or propagate.
+        /// What a deleted source does to its replicas: `retain` them or `propagate` the delete.
         #[arg(long, default_value = "retain")]
         delete: String,
         /// Overwrite target secrets Keybridge did not create (needs sudo on the rule).
