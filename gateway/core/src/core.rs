@@ -1198,17 +1198,30 @@ impl Core {
     }
 
     pub async fn undelete(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
+        use keybridge_provider_api::VersionChange as Cloud;
+        self.versions_change(caller, path, versions, "undelete", VersionChange::Undelete, Cloud::Enable).await
+    }
+
+    /// Undeletes or destroys versions (`area` names the operation and its
+    /// policy path); a cloud mount needs the versions named. Journaled first.
+    async fn versions_change(
+        &self,
+        caller: &Caller,
+        path: &str,
+        versions: &[u64],
+        area: &str,
+        local: VersionChange,
+        cloud: keybridge_provider_api::VersionChange,
+    ) -> Result<()> {
         let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update, None).await?;
+        let (engine, rel, _) = self.secret_op(&table, caller, path, area, Capability::Update, None).await?;
         if matches!(engine, Engine::Cloud(_)) && versions.is_empty() {
-            return Err(Error::InvalidArgument("give the versions to undelete".into()));
+            return Err(Error::InvalidArgument(format!("give the versions to {area}")));
         }
         self.journaled(path, async {
             match engine {
-                Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Undelete).await,
-                Engine::Cloud(c) => {
-                    c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Enable).await
-                }
+                Engine::Local(kv) => kv.change_versions(rel, versions, local).await,
+                Engine::Cloud(c) => c.change_versions(rel, versions, cloud).await,
             }
         })
         .await
@@ -1227,20 +1240,8 @@ impl Core {
     }
 
     pub async fn destroy(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
-        let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "destroy", Capability::Update, None).await?;
-        if matches!(engine, Engine::Cloud(_)) && versions.is_empty() {
-            return Err(Error::InvalidArgument("give the versions to destroy".into()));
-        }
-        self.journaled(path, async {
-            match engine {
-                Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::Destroy).await,
-                Engine::Cloud(c) => {
-                    c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Destroy).await
-                }
-            }
-        })
-        .await
+        use keybridge_provider_api::VersionChange as Cloud;
+        self.versions_change(caller, path, versions, "destroy", VersionChange::Destroy, Cloud::Destroy).await
     }
 
     pub async fn put_metadata(

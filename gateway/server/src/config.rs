@@ -106,13 +106,13 @@ struct RawLimits {
     max_concurrent_streams: Option<u32>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Storage {
     /// A redb file `keybridge.db` in this directory.
     File {
@@ -278,8 +278,8 @@ impl Config {
         );
         check(self.log_format != new.log_format, "log_format", false);
         check(self.address != new.address, "listener address", false);
-        check(format!("{:?}", self.tls) != format!("{:?}", new.tls), "listener TLS files", false);
-        check(format!("{:?}", self.storage) != format!("{:?}", new.storage), "storage", false);
+        check(self.tls != new.tls, "listener TLS files", false);
+        check(self.storage != new.storage, "storage", false);
         check(a.max_value_bytes != b.max_value_bytes, "limits.max_value_bytes", false);
         check(a.max_request_bytes != b.max_request_bytes, "limits.max_request_bytes", false);
         check(a.max_concurrent_requests != b.max_concurrent_requests, "limits.max_concurrent_requests", false);

@@ -465,24 +465,16 @@ impl Reload {
                 "changed settings need a restart to apply; the running values stay"
             );
         }
-        // What runs now: the applied settings from the new file, the rest as before.
-        let mut now = self.current.clone();
+        // What runs now: the live settings from the new file (the four rate
+        // limits are always in force as read; unchanged ones are equal), the
+        // log level if it applied, the rest as before.
         if applied.contains(&"log_level") {
-            now.log_level = new.log_level.clone();
+            self.current.log_level = new.log_level.clone();
         }
-        now.limits.token_requests_per_second =
-            self.current_if(&applied, "limits.token_requests_per_second", &new, |c| c.limits.token_requests_per_second);
-        now.limits.token_burst = self.current_if(&applied, "limits.token_burst", &new, |c| c.limits.token_burst);
-        now.limits.login_requests_per_second =
-            self.current_if(&applied, "limits.login_requests_per_second", &new, |c| c.limits.login_requests_per_second);
-        now.limits.login_role_requests_per_second =
-            self.current_if(&applied, "limits.login_role_requests_per_second", &new, |c| {
-                c.limits.login_role_requests_per_second
-            });
-        self.current = now;
-    }
-
-    fn current_if(&self, applied: &[&str], name: &str, new: &Config, get: impl Fn(&Config) -> u32) -> u32 {
-        if applied.contains(&name) { get(new) } else { get(&self.current) }
+        let (now, read) = (&mut self.current.limits, &new.limits);
+        now.token_requests_per_second = read.token_requests_per_second;
+        now.token_burst = read.token_burst;
+        now.login_requests_per_second = read.login_requests_per_second;
+        now.login_role_requests_per_second = read.login_role_requests_per_second;
     }
 }
