@@ -40,6 +40,22 @@ pub struct Capabilities {
     /// Custom metadata kept by the cloud.
     pub metadata: &'static str,
     pub binary: BinaryValues,
+    /// The listing shows a marker of each secret's current version
+    /// ([`Listed::marker`](crate::Listed::marker), equal to
+    /// [`SecretStore::marker`](crate::SecretStore::marker) of that version),
+    /// so a scan needs no call per secret: AWS's current version id, Azure's
+    /// update time. GCP's listing says nothing of versions.
+    pub lists_markers: bool,
+    /// The listed marker tells every version apart (AWS's version ids).
+    /// Azure's update time has one-second resolution: an edit in the same
+    /// second as Keybridge's write shows the same marker, so a deep scan
+    /// describes each secret instead.
+    pub exact_markers: bool,
+    /// The cloud stages versions itself (AWS's AWSPENDING label):
+    /// [`SecretStore::stage`](crate::SecretStore::stage), `promote` and
+    /// `unstage` work; elsewhere a rotation stages its value beside the
+    /// secret, and `retire` disables the old version.
+    pub stages_natively: bool,
 }
 
 impl Cloud {
@@ -55,6 +71,9 @@ impl Cloud {
                 purge: true,
                 metadata: "secret tags",
                 binary: BinaryValues::Native,
+                lists_markers: true,
+                exact_markers: true,
+                stages_natively: true,
             },
             Cloud::Azure => Capabilities {
                 native_numbers: false,
@@ -66,6 +85,9 @@ impl Cloud {
                 purge: true,
                 metadata: "tags of the current version (carried to each new version)",
                 binary: BinaryValues::Base64Marked,
+                lists_markers: true,
+                exact_markers: false,
+                stages_natively: false,
             },
             Cloud::Gcp => Capabilities {
                 native_numbers: true,
@@ -77,6 +99,9 @@ impl Cloud {
                 purge: true,
                 metadata: "secret annotations",
                 binary: BinaryValues::Native,
+                lists_markers: false,
+                exact_markers: false,
+                stages_natively: false,
             },
         }
     }

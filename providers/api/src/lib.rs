@@ -12,6 +12,9 @@ pub mod messages;
 pub mod names;
 pub mod settings;
 pub mod store;
+// The provider contract suite every adapter's tests run.
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use names::{Cloud, NameCodec, NameError};
 pub use store::{

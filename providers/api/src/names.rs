@@ -29,6 +29,24 @@ pub enum Cloud {
 }
 
 impl Cloud {
+    /// Every cloud an adapter exists for.
+    pub const ALL: [Cloud; 3] = [Cloud::Aws, Cloud::Azure, Cloud::Gcp];
+
+    /// The cloud of a mount type (`aws`, `azure`, `gcp`); `None` for the
+    /// gateway's own kinds.
+    pub fn from_kind(kind: &str) -> Option<Cloud> {
+        Cloud::ALL.into_iter().find(|c| c.kind() == kind)
+    }
+
+    /// The mount type of the cloud's mounts.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Cloud::Aws => "aws",
+            Cloud::Azure => "azure",
+            Cloud::Gcp => "gcp",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Cloud::Aws => "AWS Secrets Manager",

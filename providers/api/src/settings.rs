@@ -4,6 +4,15 @@ use std::collections::BTreeMap;
 
 use crate::store::{Error, Result};
 
+/// Adapter settings that hold credentials: the gateway keeps them in the
+/// barrier like every mount setting, but shows them as `<redacted>` and
+/// audits them as HMACs.
+pub const SENSITIVE: &[&str] = &["secret_access_key", "session_token", "client_secret"];
+
+pub fn is_sensitive(key: &str) -> bool {
+    SENSITIVE.contains(&key)
+}
+
 /// Refuses keys the adapter does not take (`kb_*` keys belong to the
 /// gateway's own mount settings).
 pub fn only(s: &BTreeMap<String, String>, provider: &str, keys: &[&str]) -> Result<()> {

@@ -130,6 +130,46 @@ pub enum Precondition {
     CurrentNumber(u64),
 }
 
+impl Precondition {
+    /// Whether a write may go ahead, given the secret's current version
+    /// (`None`: the secret does not exist, or has no current version). Every
+    /// adapter decides and words a check-and-set conflict here.
+    pub fn check(&self, name: &str, current: Option<&VersionInfo>) -> Result<()> {
+        let held = match (self, current) {
+            (Precondition::None, _) => true,
+            (Precondition::Absent, c) => c.is_none(),
+            (Precondition::CurrentIs(id), Some(c)) => &c.id == id,
+            (Precondition::CurrentNumber(n), Some(c)) => c.number == Some(*n),
+            (Precondition::CurrentIs(_) | Precondition::CurrentNumber(_), None) => false,
+        };
+        match (held, current) {
+            (true, _) => Ok(()),
+            (false, None) => Err(Error::cas_missing(name)),
+            (false, Some(c)) if *self == Precondition::Absent => Err(Error::cas_exists(name, Some(c))),
+            (false, Some(c)) => {
+                let expected = match self {
+                    Precondition::CurrentNumber(n) => format!("version {n}"),
+                    Precondition::CurrentIs(id) => id.clone(),
+                    Precondition::None | Precondition::Absent => String::new(),
+                };
+                Err(Error::Conflict(format!(
+                    "check-and-set failed: the current version of {name} is {}, not {expected}",
+                    shown(c)
+                )))
+            }
+        }
+    }
+}
+
+/// A version as a conflict names it: its number and id, or its id.
+fn shown(v: &VersionInfo) -> String {
+    match v.number {
+        Some(n) if v.id == n.to_string() => format!("version {n}"),
+        Some(n) => format!("version {n} ({})", v.id),
+        None => v.id.clone(),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     pub name: String,
@@ -185,6 +225,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// A create-only write found the secret: from [`Precondition::check`],
+    /// or when the cloud itself answers that the name is taken (AWS's
+    /// `ResourceExistsException`, GCP's `ALREADY_EXISTS`; `current` unknown).
+    pub fn cas_exists(name: &str, current: Option<&VersionInfo>) -> Error {
+        Error::Conflict(match current {
+            Some(c) => format!("check-and-set failed: {name} already exists; its current version is {}", shown(c)),
+            None => format!("check-and-set failed: {name} already exists"),
+        })
+    }
+
+    /// A write that expected a current version found no secret.
+    pub fn cas_missing(name: &str) -> Error {
+        Error::Conflict(format!("check-and-set failed: {name} does not exist"))
+    }
+
     /// Whether trying the same call again can succeed.
     pub fn retryable(&self) -> bool {
         matches!(self, Error::Throttled(_) | Error::Unavailable(_))
@@ -374,6 +429,45 @@ pub fn next_number(name: &str, numbers: impl Iterator<Item = u64>) -> Result<u64
             "{name}: its highest version number is the largest there can be; no version can follow it"
         ))
     })
+}
+
+#[cfg(test)]
+mod check_and_set_tests {
+    use super::*;
+
+    fn v(id: &str, number: Option<u64>) -> VersionInfo {
+        VersionInfo { id: id.into(), number, ..Default::default() }
+    }
+
+    fn conflict(r: Result<()>) -> String {
+        match r {
+            Err(Error::Conflict(m)) if m.starts_with("check-and-set failed: ") => m,
+            other => panic!("a check-and-set conflict expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_precondition_holds_or_names_what_is_there() {
+        let cur = v("kbv2-abc", Some(2));
+        for pre in [Precondition::None, Precondition::CurrentIs("kbv2-abc".into()), Precondition::CurrentNumber(2)] {
+            pre.check("s", Some(&cur)).unwrap();
+        }
+        Precondition::None.check("s", None).unwrap();
+        Precondition::Absent.check("s", None).unwrap();
+
+        let m = conflict(Precondition::Absent.check("s", Some(&cur)));
+        assert!(m.contains("s already exists") && m.contains("version 2 (kbv2-abc)"), "{m}");
+        let m = conflict(Precondition::CurrentIs("kbv1-abc".into()).check("s", Some(&cur)));
+        assert!(m.ends_with("the current version of s is version 2 (kbv2-abc), not kbv1-abc"), "{m}");
+        let m = conflict(Precondition::CurrentNumber(1).check("s", Some(&v("7", Some(7)))));
+        assert!(m.ends_with("the current version of s is version 7, not version 1"), "{m}");
+        let m = conflict(Precondition::CurrentNumber(1).check("s", Some(&v("other-tool", None))));
+        assert!(m.ends_with("is other-tool, not version 1"), "{m}");
+        for pre in [Precondition::CurrentIs("x".into()), Precondition::CurrentNumber(1)] {
+            assert_eq!(conflict(pre.check("s", None)), "check-and-set failed: s does not exist");
+        }
+        assert_eq!(conflict(Err(Error::cas_exists("s", None))), "check-and-set failed: s already exists");
+    }
 }
 
 #[cfg(test)]

@@ -289,7 +289,7 @@ impl SecretStore for AwsStore {
                 }
             }
             let out = req.send().await.map_err(|e| match map(e, name) {
-                Error::AlreadyExists(_) => Error::Conflict(format!("check-and-set failed: {name} already exists")),
+                Error::AlreadyExists(_) => Error::cas_exists(name, None),
                 e => e,
             })?;
             let id = out.version_id().unwrap_or(&token).to_string();
@@ -302,33 +302,21 @@ impl SecretStore for AwsStore {
             })
         };
         if *pre == Precondition::Absent {
+            // CreateSecret refuses a name that is taken: exact, not read-then-write.
             return create().await;
         }
         // DescribeSecret tells a missing secret apart reliably (moto answers
         // ListSecretVersionIds on a missing secret with a 500).
         match self.client.describe_secret().secret_id(name).send().await.map_err(|e| map(e, name)) {
             Ok(_) => {}
-            Err(Error::NotFound(_)) if *pre == Precondition::None => return create().await,
             Err(Error::NotFound(_)) => {
-                return Err(Error::Conflict(format!("check-and-set failed: {name} does not exist")));
+                pre.check(name, None)?;
+                return create().await;
             }
             Err(e) => return Err(e),
         }
         let versions = self.versions(name).await?;
-        let current = versions.iter().find(|v| v.stages.iter().any(|s| s == CURRENT));
-        let held = match (pre, current) {
-            (Precondition::CurrentIs(id), Some(c)) => &c.id == id,
-            (Precondition::CurrentNumber(n), Some(c)) => c.number == Some(*n),
-            (Precondition::CurrentIs(_) | Precondition::CurrentNumber(_), None) => false,
-            _ => true,
-        };
-        if !held {
-            let now = current.map_or("none".to_string(), |c| match c.number {
-                Some(n) => format!("version {n} ({})", c.id),
-                None => c.id.clone(),
-            });
-            return Err(Error::Conflict(format!("check-and-set failed: the current version of {name} is {now}")));
-        }
+        pre.check(name, versions.iter().find(|v| v.stages.iter().any(|s| s == CURRENT)))?;
         let next = keybridge_provider_api::store::next_number(name, versions.iter().filter_map(|v| v.number))?;
         self.put_value(name, &token_for(next), value, None).await
     }

@@ -74,18 +74,7 @@ async fn write_rate_limit_respected_and_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_reads_are_retried_then_reported() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let settings: std::collections::BTreeMap<String, String> = [
-        ("region", "us-east-1".to_string()),
-        ("endpoint_url", format!("http://127.0.0.1:{port}")),
-        ("access_key_id", "testing".to_string()),
-        ("secret_access_key", "testing".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let inner =
-        keybridge_provider_aws::AwsStore::new(&keybridge_provider_aws::Settings::parse(&settings).unwrap()).await;
+    let inner = common::unreachable().await;
     let mut limits = Limits::published(Cloud::Aws);
     limits.read_attempts = 3;
     let s = Limited::new(inner, limits);

@@ -511,26 +511,11 @@ impl SecretStore for AzureStore {
             Err(e) => return Err(e),
         };
         let Some(versions) = versions else {
-            return match pre {
-                Precondition::None | Precondition::Absent => self.set(name, value, with_number(given, 1)).await,
-                _ => Err(Error::Conflict(format!("check-and-set failed: {name} does not exist"))),
-            };
+            pre.check(name, None)?;
+            return self.set(name, value, with_number(given, 1)).await;
         };
         let current = versions.last().map(|(v, t)| (v, t.clone()));
-        let held = match (pre, &current) {
-            (Precondition::Absent, _) => false,
-            (Precondition::CurrentIs(id), Some((c, _))) => &c.id == id,
-            (Precondition::CurrentNumber(n), Some((c, _))) => c.number == Some(*n),
-            (Precondition::None, _) => true,
-            _ => false,
-        };
-        if !held {
-            let now = current.map_or("none".to_string(), |(c, _)| match c.number {
-                Some(n) => format!("version {n} ({})", c.id),
-                None => c.id.clone(),
-            });
-            return Err(Error::Conflict(format!("check-and-set failed: {name} exists; its current version is {now}")));
-        }
+        pre.check(name, current.as_ref().map(|(v, _)| *v))?;
         // Tags belong to a version: carry the secret's metadata forward.
         let carried = if tags.is_some() { given } else { current.map(|(_, t)| t).unwrap_or_default() };
         let next = keybridge_provider_api::store::next_number(name, versions.iter().filter_map(|(v, _)| v.number))?;

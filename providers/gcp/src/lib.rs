@@ -283,31 +283,23 @@ impl SecretStore for GcpStore {
     ) -> Result<VersionInfo> {
         match pre {
             Precondition::Absent => self.create_with(name, value, tags).await.map_err(|e| match e {
-                Error::AlreadyExists(_) => Error::Conflict(format!("{name} already exists")),
+                Error::AlreadyExists(_) => Error::cas_exists(name, None),
                 e => e,
             }),
             Precondition::CurrentIs(_) | Precondition::CurrentNumber(_) => {
-                let expected = match pre {
-                    Precondition::CurrentNumber(n) => n.to_string(),
-                    Precondition::CurrentIs(id) => id.clone(),
-                    _ => String::new(),
-                };
                 let latest = self
                     .client
                     .get_secret_version()
                     .set_name(format!("{}/versions/latest", self.secret(name)))
                     .send()
                     .await
-                    .map_err(|e| match map(e, "GetSecretVersion", name) {
-                        Error::NotFound(_) => Error::Conflict(format!("check-and-set failed: {name} does not exist")),
-                        e => e,
-                    })?;
-                let current = last_segment(&latest.name);
-                if current != expected {
-                    return Err(Error::Conflict(format!(
-                        "check-and-set failed: the current version of {name} is {current}, not {expected}"
-                    )));
-                }
+                    .map(|v| version_info(&v, &[]));
+                let current = match latest.map_err(|e| map(e, "GetSecretVersion", name)) {
+                    Ok(v) => Some(v),
+                    Err(Error::NotFound(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                pre.check(name, current.as_ref())?;
                 self.add_version(name, value).await
             }
             Precondition::None => match self.add_version(name, value).await {

@@ -1,10 +1,12 @@
 //! The GCP adapter through the official SDK against our Secret Manager test
 //! server (`tests/servers/src/secretmanager.rs`), for what drongo does not
-//! do: `pageSize` paging, annotations, aliases and CRC32C checksums.
+//! do: the provider contract suite with `pageSize` paging and annotations,
+//! aliases set outside Keybridge, and CRC32C checksums.
 
 use std::collections::BTreeMap;
 
-use keybridge_provider_api::{CloudValue, Error, Precondition, SecretStore, Selector};
+use keybridge_provider_api::testing::{Gaps, exercise};
+use keybridge_provider_api::{Cloud, CloudValue, Deletion, Error, Precondition, SecretStore, Selector};
 use keybridge_provider_gcp::{GcpStore, Settings};
 use keybridge_testservers::secretmanager::SecretManager;
 
@@ -22,35 +24,23 @@ fn text(s: &str) -> CloudValue {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paging_annotations_and_aliases() {
+async fn the_provider_contract_holds() {
+    let sm = SecretManager::start("keybridge-test", false).await;
+    exercise(&store(&sm, "keybridge-test").await, Cloud::Gcp.capabilities(), Gaps::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_aliases_and_final_deletion() {
     let sm = SecretManager::start("keybridge-test", false).await;
     let s = store(&sm, "keybridge-test").await;
-    s.check().await.unwrap();
-    for i in 0..5 {
-        s.put(&format!("k{i}"), &text("v"), &Precondition::None, Some(&map(&[("owner", "team-a")]))).await.unwrap();
-    }
-    let mut names = Vec::new();
-    let mut token: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        let p = s.list(2, token.as_deref()).await.unwrap();
-        assert!(p.items.len() <= 2, "pageSize is honoured");
-        names.extend(p.items.into_iter().map(|i| i.name));
-        pages += 1;
-        token = p.next;
-        if token.is_none() {
-            break;
-        }
-    }
-    assert_eq!((names.len(), pages), (5, 3));
-
+    s.put("k0", &text("v"), &Precondition::None, Some(&map(&[("owner", "team-a")]))).await.unwrap();
+    // Custom metadata is the secret's annotations.
     assert_eq!(sm.annotations("k0").unwrap(), map(&[("owner", "team-a")]));
-    s.set_tags("k0", &map(&[("owner", "team-b"), ("tier", "gold")])).await.unwrap();
-    assert_eq!(s.describe("k0").await.unwrap().tags, map(&[("owner", "team-b"), ("tier", "gold")]));
     // GCP's annotation keys have rules; a bad key is refused with the reason.
     let e = s.set_tags("k0", &map(&[("-bad", "x")])).await.unwrap_err();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("Annotation key")), "{e:?}");
 
+    // An alias set outside Keybridge selects its version as a stage.
     s.put("k0", &text("v2"), &Precondition::CurrentNumber(1), None).await.unwrap();
     sm.set_alias("k0", "stable", 1);
     let read = s.get("k0", &Selector::Stage("stable".into())).await.unwrap();
@@ -58,6 +48,10 @@ async fn paging_annotations_and_aliases() {
     let info = s.describe("k0").await.unwrap();
     assert_eq!(info.versions[0].stages, vec!["stable".to_string()]);
     assert_eq!(s.get("k0", &Selector::Current).await.unwrap().value.as_str(), Some("v2"));
+
+    // Deletion is final, and the refusal says so.
+    let e = s.delete("k0", Deletion::Recoverable { days: 7 }).await;
+    assert!(matches!(&e, Err(Error::Unsupported { capability, .. }) if capability.contains("recoverably")), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

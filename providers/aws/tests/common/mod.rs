@@ -1,4 +1,5 @@
-//! Starts moto's server for a test, and builds the adapter against it.
+//! Starts moto's server for a test, and builds the adapter against it (or
+//! against a port where nothing listens).
 
 use std::collections::BTreeMap;
 
@@ -10,10 +11,10 @@ pub fn moto() -> Spawned {
     Spawned::start("KEYBRIDGE_MOTO_SERVER", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])
 }
 
-pub async fn store(m: &Spawned) -> AwsStore {
+async fn at(endpoint_url: String) -> AwsStore {
     let s: BTreeMap<String, String> = [
         ("region", "us-east-1".to_string()),
-        ("endpoint_url", m.url()),
+        ("endpoint_url", endpoint_url),
         ("access_key_id", "testing".to_string()),
         ("secret_access_key", "testing".to_string()),
     ]
@@ -21,6 +22,16 @@ pub async fn store(m: &Spawned) -> AwsStore {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     AwsStore::new(&Settings::parse(&s).unwrap()).await
+}
+
+pub async fn store(m: &Spawned) -> AwsStore {
+    at(m.url()).await
+}
+
+/// The adapter against a loopback port where nothing listens.
+pub async fn unreachable() -> AwsStore {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    at(format!("http://127.0.0.1:{port}")).await
 }
 
 pub fn text(v: &str) -> CloudValue {
