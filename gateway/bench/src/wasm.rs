@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keybridge_barrier::{Barrier, RedbStore};
-use keybridge_core::engine::{
-    Backend, CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, LeaseInfo, LeaseTerms, Operation,
-    Params, PathInfo, PluginRuntime, PluginSpec,
+use keybridge_core::plugins::{
+    CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, LeaseInfo, LeaseTerms, Operation, Params,
+    PathInfo, PluginEngine, PluginRuntime, PluginSpec,
 };
 use keybridge_core::{Caller, Core, CoreConfig, LogicalOp};
 use keybridge_proto::v1 as pb;
@@ -34,7 +34,7 @@ const NATIVE: &[u8] = b"native engine";
 struct Native(EngineInfo);
 
 #[async_trait::async_trait]
-impl Backend for Native {
+impl PluginEngine for Native {
     fn info(&self) -> &EngineInfo {
         &self.0
     }
@@ -87,7 +87,7 @@ impl PluginRuntime for Both {
     fn validate_host_config(&self, config: &BTreeMap<String, String>) -> Result<(), String> {
         self.0.validate_host_config(config)
     }
-    async fn open(&self, spec: PluginSpec<'_>) -> Result<Arc<dyn Backend>, EngineError> {
+    async fn open(&self, spec: PluginSpec<'_>) -> Result<Arc<dyn PluginEngine>, EngineError> {
         if spec.component == NATIVE { Ok(Arc::new(Native(native_info()))) } else { self.0.open(spec).await }
     }
 }
@@ -203,7 +203,7 @@ pub async fn run(args: &Args, bin: &Path) {
 struct NoStorage;
 
 #[async_trait::async_trait]
-impl keybridge_core::engine::EngineStorage for NoStorage {
+impl keybridge_core::plugins::EngineStorage for NoStorage {
     async fn get(&self, _: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, String> {
         Ok(None)
     }

@@ -7,9 +7,9 @@ use keybridge_barrier::WriteBatch;
 use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
-use super::{Capability, Core, encode_json};
-use crate::audit::device::{self, DEVICES_KEY};
+use crate::audit::device::DEVICES_KEY;
 use crate::audit::{Caller, DeviceEntry, VerificationKey, chain};
+use crate::core::{Capability, Core, encode_json};
 use crate::{Error, Result, Timestamp};
 
 /// Device names: `file/`, `siem-1/`: 1 to 64 of `a-z 0-9 - _`, then `/`.
@@ -43,7 +43,7 @@ impl Core {
             self.check_audit_file_dir(&options["file_path"])?;
         }
         let _guard = self.admin.lock().await;
-        let loaded = self.loaded()?;
+        let loaded = self.unsealed()?;
         let entry = DeviceEntry {
             path: path.clone(),
             kind: kind.to_string(),
@@ -55,7 +55,7 @@ impl Core {
         let (entries, keys) = loaded.audit.enable(entry.clone()).await?;
         let mut batch = WriteBatch::new();
         batch.put(DEVICES_KEY, encode_json(&entries));
-        device::store_keys(&mut batch, &entry.id, keys);
+        crate::audit::broker::store_keys(&mut batch, &entry.id, keys);
         if let Err(e) = self.barrier.commit(batch).await {
             loaded.audit.remove(&path).await;
             return Err(e.into());
@@ -67,7 +67,7 @@ impl Core {
     pub async fn list_audit(&self, caller: &Caller) -> Result<Vec<DeviceEntry>> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/audit", Capability::Sudo).await?;
-        Ok(self.loaded()?.audit.list())
+        Ok(self.unsealed()?.audit.list())
     }
 
     /// Disables a device. Its keys and checkpoint are deleted with it:
@@ -77,12 +77,12 @@ impl Core {
         let path = normalize_device_path(path)?;
         self.authorize(caller, &id, &format!("sys/audit/{path}"), Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
-        let loaded = self.loaded()?;
+        let loaded = self.unsealed()?;
         let entry = loaded.audit.entry(&path)?;
         let remaining: Vec<DeviceEntry> = loaded.audit.list().into_iter().filter(|d| d.path != path).collect();
         let mut batch = WriteBatch::new();
         batch.put(DEVICES_KEY, encode_json(&remaining));
-        device::forget(&mut batch, &entry.id);
+        crate::audit::broker::forget(&mut batch, &entry.id);
         // The response to this request is still recorded by this device.
         self.barrier.commit(batch).await?;
         self.finish(caller, Ok(()), |_| Vec::new()).await?;
@@ -97,7 +97,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let path = normalize_device_path(path)?;
         self.authorize(caller, &id, &format!("sys/audit-hash/{path}"), Capability::Update).await?;
-        self.loaded()?.audit.hash(&path, input)
+        self.unsealed()?.audit.hash(&path, input)
     }
 
     /// The device's chain key and checkpoint, to verify its files offline.
@@ -106,7 +106,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let path = normalize_device_path(path)?;
         self.authorize(caller, &id, &format!("sys/audit/{path}key"), Capability::Sudo).await?;
-        self.loaded()?.audit.verification_key(&path).await
+        self.unsealed()?.audit.verification_key(&path).await
     }
 
     /// What the server needs to verify a device's files it is sent.
@@ -114,7 +114,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let path = normalize_device_path(path)?;
         self.authorize(caller, &id, &format!("sys/audit/{path}verify"), Capability::Sudo).await?;
-        self.loaded()?.audit.verify_parts(&path).await
+        self.unsealed()?.audit.verify_parts(&path).await
     }
 
     /// The device's checkpoint now: its last sequence number.
@@ -150,13 +150,13 @@ impl Core {
         let path = normalize_device_path(path)?;
         // Every request's record, live: as much as reading the log itself.
         self.authorize(caller, &id, &format!("sys/audit/{path}watch"), Capability::Sudo).await?;
-        self.loaded()?.audit.subscribe(&path)
+        self.unsealed()?.audit.subscribe(&path)
     }
 
     /// Reopens the devices' files and connections (on SIGHUP, after a log
     /// rotation). Returns the devices that failed to reopen.
     pub async fn reopen_audit(&self) -> Vec<String> {
-        match self.loaded() {
+        match self.unsealed() {
             Ok(l) => l.audit.reopen().await,
             Err(_) => Vec::new(),
         }

@@ -14,11 +14,12 @@ use keybridge_barrier::WriteBatch;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::audit_ops::normalize_device_path as normalize_path;
-use super::policies::{DEFAULT_POLICY, DEFAULT_TOKEN_TTL_SECS, ROOT_POLICY, normalize_name};
-use super::{Capability, Core, Loaded, encode_json};
 use crate::audit::{AuditValue, Caller};
-use crate::token::TokenEntry;
+use crate::audit_devices::normalize_device_path as normalize_path;
+use crate::core::{Capability, Core, Unsealed, encode_json};
+use crate::policies::{DEFAULT_POLICY, ROOT_POLICY, normalize_name};
+use crate::tokens::TokenEntry;
+use crate::tokens::store::DEFAULT_TOKEN_TTL_SECS;
 use crate::{Error, Result, Timestamp};
 
 pub(crate) const AUTH_TABLE_KEY: &str = "core/auth";
@@ -63,7 +64,7 @@ fn auth_error(e: keybridge_auth::Error) -> Error {
     }
 }
 
-fn auth_table(loaded: &Loaded) -> Vec<AuthMount> {
+fn auth_table(loaded: &Unsealed) -> Vec<AuthMount> {
     loaded.auth.read().unwrap_or_else(|p| p.into_inner()).table.clone()
 }
 
@@ -76,7 +77,7 @@ pub(crate) async fn load_table(core: &Core) -> Result<Vec<AuthMount>> {
 }
 
 impl Core {
-    pub(super) fn auth_mount(&self, loaded: &Loaded, path: &str) -> Result<AuthMount> {
+    pub(crate) fn auth_mount(&self, loaded: &Unsealed, path: &str) -> Result<AuthMount> {
         let path = normalize_path(path)?;
         loaded
             .auth
@@ -89,7 +90,7 @@ impl Core {
             .ok_or_else(|| Error::NotFound(format!("no auth method is enabled at auth/{path}")))
     }
 
-    async fn store_auth_table(&self, loaded: &Loaded, table: Vec<AuthMount>, mut batch: WriteBatch) -> Result<()> {
+    async fn store_auth_table(&self, loaded: &Unsealed, table: Vec<AuthMount>, mut batch: WriteBatch) -> Result<()> {
         batch.put(AUTH_TABLE_KEY, encode_json(&table));
         self.barrier.commit(batch).await?;
         let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
@@ -112,7 +113,7 @@ impl Core {
             return Err(Error::InvalidArgument("auth/token/ is the token store; choose another path".into()));
         }
         let _guard = self.admin.lock().await;
-        let loaded = self.loaded()?;
+        let loaded = self.unsealed()?;
         let mut table = auth_table(&loaded);
         if table.iter().any(|m| m.path == path) {
             return Err(Error::AlreadyExists(format!("an auth method is already enabled at auth/{path}")));
@@ -133,7 +134,7 @@ impl Core {
     pub async fn list_auth(&self, caller: &Caller) -> Result<Vec<AuthMount>> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/auth", Capability::Read).await?;
-        Ok(auth_table(&*self.loaded()?))
+        Ok(auth_table(&*self.unsealed()?))
     }
 
     /// Disables a method: its config and roles are deleted and every token
@@ -142,7 +143,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let norm = normalize_path(path)?;
         self.authorize(caller, &id, &format!("sys/auth/{norm}"), Capability::Sudo).await?;
-        let loaded = self.loaded()?;
+        let loaded = self.unsealed()?;
         // 1. No more logins. If a later step fails, the method stays in the
         //    table marked as disabling, and disabling it again finishes.
         let mount = {
@@ -183,7 +184,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let norm = normalize_path(path)?;
         self.authorize(caller, &id, &format!("auth/{norm}config"), Capability::Update).await?;
-        let loaded = self.loaded()?;
+        let loaded = self.unsealed()?;
         let mount = self.auth_mount(&loaded, &norm)?;
         let method = Method::parse(&mount.kind, &settings).map_err(auth_error)?;
         let mut batch = WriteBatch::new();
@@ -198,7 +199,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let norm = normalize_path(path)?;
         self.authorize(caller, &id, &format!("auth/{norm}config"), Capability::Read).await?;
-        let mount = self.auth_mount(&*self.loaded()?, &norm)?;
+        let mount = self.auth_mount(&*self.unsealed()?, &norm)?;
         let settings = self.read_settings(&config_key(&mount.id)).await?.unwrap_or_default();
         Ok(Method::redact(&mount.kind, &settings))
     }
@@ -216,7 +217,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let norm = normalize_path(path)?;
         let role = normalize_name(role)?;
-        let loaded = self.loaded()?;
+        let loaded = self.unsealed()?;
         let mount = self.auth_mount(&loaded, &norm)?;
         let key = format!("{}{role}", role_prefix(&mount.id));
         let role_path = format!("auth/{norm}role/{role}");
@@ -237,7 +238,7 @@ impl Core {
     /// A role may only grant what its writer could grant a child token:
     /// policies the writer holds, unless the writer has `sudo` on the role's
     /// path (or is root).
-    async fn check_role_grant(&self, id: &crate::token::Identity, role_path: &str, policies: &[String]) -> Result<()> {
+    async fn check_role_grant(&self, id: &crate::tokens::Identity, role_path: &str, policies: &[String]) -> Result<()> {
         if id.is_root() {
             return Ok(());
         }
@@ -260,7 +261,7 @@ impl Core {
         let norm = normalize_path(path)?;
         let role = normalize_name(role)?;
         self.authorize(caller, &id, &format!("auth/{norm}role/{role}"), Capability::Read).await?;
-        let mount = self.auth_mount(&*self.loaded()?, &norm)?;
+        let mount = self.auth_mount(&*self.unsealed()?, &norm)?;
         self.read_settings(&format!("{}{role}", role_prefix(&mount.id)))
             .await?
             .ok_or_else(|| Error::NotFound(format!("no role {role:?} at auth/{norm}")))
@@ -270,7 +271,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let norm = normalize_path(path)?;
         self.authorize(caller, &id, &format!("auth/{norm}role"), Capability::List).await?;
-        let mount = self.auth_mount(&*self.loaded()?, &norm)?;
+        let mount = self.auth_mount(&*self.unsealed()?, &norm)?;
         let prefix = role_prefix(&mount.id);
         Ok(self
             .barrier
@@ -286,14 +287,14 @@ impl Core {
         let norm = normalize_path(path)?;
         let role = normalize_name(role)?;
         self.authorize(caller, &id, &format!("auth/{norm}role/{role}"), Capability::Delete).await?;
-        let mount = self.auth_mount(&*self.loaded()?, &norm)?;
+        let mount = self.auth_mount(&*self.unsealed()?, &norm)?;
         let mut batch = WriteBatch::new();
         batch.delete(format!("{}{role}", role_prefix(&mount.id)));
         self.barrier.commit(batch).await?;
         Ok(())
     }
 
-    async fn method(&self, loaded: &Loaded, mount: &AuthMount) -> Result<Arc<Method>> {
+    async fn method(&self, loaded: &Unsealed, mount: &AuthMount) -> Result<Arc<Method>> {
         if let Some(m) = loaded.auth.read().unwrap_or_else(|p| p.into_inner()).parsed.get(&mount.id) {
             return Ok(m.clone());
         }
@@ -319,7 +320,7 @@ impl Core {
         role: &str,
         credential: &str,
     ) -> Result<(Zeroizing<String>, TokenEntry)> {
-        let loaded = self.loaded()?;
+        let loaded = self.unsealed()?;
         let norm = normalize_path(path)?;
         {
             let mut st = caller.state();
@@ -381,7 +382,7 @@ impl Core {
 
     async fn check_login(
         &self,
-        loaded: &Loaded,
+        loaded: &Unsealed,
         path: &str,
         role: &str,
         credential: &str,

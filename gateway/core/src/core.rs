@@ -9,15 +9,12 @@ use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditData, Caller};
-use crate::cloud::{self, CloudMount, MountStats, Providers};
-use crate::kv::{Kv, ReadSecret, SecretMeta, VersionChange, VersionMeta};
+use crate::backend::cloud::{self, CloudMount, MountStats, Providers};
 use crate::mounts::{self, MountEntry, MountTable};
-use crate::path::{normalize_mount_path, validate_folder_path, validate_secret_path};
-use crate::token::{self, Identity, Salt, TokenEntry};
-use crate::value::SecretValue;
+use crate::path::normalize_mount_path;
+use crate::tokens::{self as token, Identity, Salt, TokenEntry};
 use crate::{Error, Result, Timestamp};
 use keybridge_barrier::fill_cache::FillCache;
-use keybridge_provider_api::Selector;
 
 const MOUNTS_KEY: &str = "core/mounts";
 const PURGE_CHUNK: usize = 512;
@@ -30,9 +27,9 @@ pub struct CoreConfig {
     /// The cloud adapters this build has (none: local mounts only).
     pub providers: Option<Arc<dyn Providers>>,
     /// Tries a rotation's new value between staging and promotion.
-    pub rotation_verify: Option<Arc<dyn rotation_ops::RotationVerifier>>,
+    pub rotation_verify: Option<Arc<dyn crate::reconciler::RotationVerifier>>,
     /// Runs plugin engines (none: plugin mounts are refused).
-    pub plugins: Option<Arc<dyn crate::engine::PluginRuntime>>,
+    pub plugins: Option<Arc<dyn crate::plugins::PluginRuntime>>,
     /// Hosts a cloud mount may be pointed at besides the cloud's own (none:
     /// any, for holders of `sudo` on the mount's path).
     pub allowed_endpoint_hosts: Option<Vec<String>>,
@@ -116,64 +113,58 @@ impl Capability {
     }
 }
 
-struct Loaded {
+pub(crate) struct Unsealed {
     /// The mount table and the stamp it was read or written with.
-    mounts: RwLock<(Arc<MountTable>, Stamp)>,
-    salt: Salt,
+    pub(crate) mounts: RwLock<(Arc<MountTable>, Stamp)>,
+    pub(crate) salt: Salt,
     /// Token entries by hash, so a request does not read and decrypt its
     /// token's entry every time. An operation that revokes or changes a
     /// token removes it here after its commit. Gone with the rest of this
     /// state on seal.
-    tokens: FillCache<String, Arc<TokenEntry>>,
+    pub(crate) tokens: FillCache<String, Arc<TokenEntry>>,
     /// Merged ACLs by sorted policy names; cleared when a policy changes.
-    acls: FillCache<Vec<String>, Arc<keybridge_policy::Acl>>,
-    audit: audit::Broker,
-    auth: RwLock<auth_methods::AuthState>,
+    pub(crate) acls: FillCache<Vec<String>, Arc<keybridge_policy::Acl>>,
+    pub(crate) audit: audit::Broker,
+    pub(crate) auth: RwLock<crate::auth_methods::AuthState>,
     /// Cloud mounts' clients by mount id, built on first use.
-    clouds: RwLock<HashMap<String, Arc<CloudMount>>>,
+    pub(crate) clouds: RwLock<HashMap<String, Arc<CloudMount>>>,
     /// Plugin mounts' engines by mount id, built on first use. Replaced on
     /// tune (an upgrade): calls in flight keep the engine they started on.
-    engines: RwLock<HashMap<String, Arc<dyn crate::engine::Backend>>>,
-    /// Leases by when they are due for revocation.
-    leases: std::sync::Mutex<lease_ops::LeaseIndex>,
+    pub(crate) engines: RwLock<HashMap<String, Arc<dyn crate::plugins::PluginEngine>>>,
 }
 
 const TOKEN_CACHE_MAX: usize = 8192;
 const ACL_CACHE_MAX: usize = 1024;
 
-impl Loaded {
-    fn table(&self) -> Arc<MountTable> {
+impl Unsealed {
+    pub(crate) fn table(&self) -> Arc<MountTable> {
         self.mounts.read().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
 }
 
 pub struct Core {
-    barrier: Arc<Barrier>,
-    config: CoreConfig,
-    loaded: RwLock<Option<Arc<Loaded>>>,
+    pub(crate) barrier: Arc<Barrier>,
+    pub(crate) config: CoreConfig,
+    pub(crate) unsealed: RwLock<Option<Arc<Unsealed>>>,
     /// Serialises lifecycle and mount-table changes.
-    admin: Mutex<()>,
+    pub(crate) admin: Mutex<()>,
     /// Lock stripes of the local engine's writes (innermost: taken last).
-    write_locks: Stripes,
+    pub(crate) write_locks: Stripes,
     /// Lock stripes of whole-secret operations (cloud writes, replica and
     /// rotation steps), which may run a local write while held: a stripe set
     /// of their own, so a hash collision can never make a task wait for a
     /// lock it holds.
-    path_locks: Stripes,
-    /// Lock stripes of leases, taken while a path lock may be held.
-    lease_locks: Stripes,
+    pub(crate) path_locks: Stripes,
+    /// Leases: their store, due index and locks (taken while a path lock
+    /// may be held).
+    pub(crate) leases: crate::leases::LeaseManager,
     /// The reconciler's in-memory state.
-    sync: crate::sync::Runtime,
-    /// Wakes the lease worker when a lease is written.
-    leases_changed: tokio::sync::Notify,
+    pub(crate) sync: crate::reconciler::Runtime,
     /// The runtime the core was built on, which lives as long as the
     /// process: threads of the core's own (audit writers) run their async
     /// steps on it, never on the runtime of the request that started them
     /// (a serving thread's, which stops first at shutdown).
-    runtime: Option<tokio::runtime::Handle>,
-    /// Test hook: recording a lease fails, as on a full disk.
-    #[cfg(test)]
-    fail_lease_record: std::sync::atomic::AtomicBool,
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// Test hook: the next load of a cache ("token", "rules", "auth") signals once it
     /// has read the store, then waits to be released before it fills.
     #[cfg(test)]
@@ -190,7 +181,7 @@ const WRITE_LOCK_STRIPES: usize = 256;
 pub struct Stripes(Vec<Mutex<()>>);
 
 impl Stripes {
-    fn new(n: usize) -> Stripes {
+    pub(crate) fn new(n: usize) -> Stripes {
         Stripes((0..n).map(|_| Mutex::new(())).collect())
     }
 
@@ -202,42 +193,41 @@ impl Stripes {
     }
 }
 
-fn encode_json<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
+pub(crate) fn encode_json<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(serde_json::to_vec(v).expect("plain data serializes"))
 }
 
 impl Core {
     pub fn new(barrier: Barrier, config: CoreConfig) -> Self {
+        let barrier = Arc::new(barrier);
         Core {
-            barrier: Arc::new(barrier),
+            leases: crate::leases::LeaseManager::new(barrier.clone(), WRITE_LOCK_STRIPES),
+            barrier,
             config,
-            loaded: RwLock::new(None),
+            unsealed: RwLock::new(None),
             admin: Mutex::new(()),
             write_locks: Stripes::new(WRITE_LOCK_STRIPES),
             path_locks: Stripes::new(WRITE_LOCK_STRIPES),
-            lease_locks: Stripes::new(WRITE_LOCK_STRIPES),
             sync: Default::default(),
-            leases_changed: tokio::sync::Notify::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
-            #[cfg(test)]
-            fail_lease_record: Default::default(),
             #[cfg(test)]
             load_holds: Default::default(),
         }
     }
 
-    fn loaded(&self) -> Result<Arc<Loaded>> {
-        self.loaded.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Sealed)
+    pub(crate) fn unsealed(&self) -> Result<Arc<Unsealed>> {
+        self.unsealed.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Sealed)
     }
 
-    fn set_loaded(&self, l: Option<Loaded>) {
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = l.map(Arc::new);
+    fn set_unsealed(&self, l: Option<Unsealed>) {
+        *self.unsealed.write().unwrap_or_else(|p| p.into_inner()) = l.map(Arc::new);
     }
 
     /// Drops the unsealed state, after the audit devices wrote their last
     /// checkpoint.
-    async fn unload(&self) {
-        let old = self.loaded.write().unwrap_or_else(|p| p.into_inner()).take();
+    pub(crate) async fn unload(&self) {
+        let old = self.unsealed.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.leases.unload();
         if let Some(l) = old {
             l.audit.shutdown().await;
         }
@@ -255,7 +245,7 @@ impl Core {
         let s = self.barrier.state().await?;
         Ok(SealStatus {
             initialized: s.initialized,
-            sealed: s.sealed || self.loaded().is_err(),
+            sealed: s.sealed || self.unsealed().is_err(),
             shares: s.shares,
             threshold: s.threshold,
             progress: s.progress,
@@ -312,8 +302,8 @@ impl Core {
             (format!("{}{}", token::ACCESSOR_PREFIX, entry.accessor), Zeroizing::new(entry.hash.clone().into_bytes())),
             (entry_key, encode_json(&entry)),
             (
-                policies::policy_key(policies::DEFAULT_POLICY),
-                Zeroizing::new(policies::DEFAULT_POLICY_TEXT.as_bytes().to_vec()),
+                crate::policies::policy_key(crate::policies::DEFAULT_POLICY),
+                Zeroizing::new(crate::policies::DEFAULT_POLICY_TEXT.as_bytes().to_vec()),
             ),
         ];
         let keys = self.barrier.initialize(shares, threshold, initial).await?;
@@ -329,7 +319,7 @@ impl Core {
     }
 
     /// Reads the state the core keeps in memory while unsealed.
-    async fn load(&self) -> Result<()> {
+    pub(crate) async fn load(&self) -> Result<()> {
         let (raw, mounts_stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
         let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
         let mounts: MountTable = serde_json::from_slice(&raw)
@@ -342,20 +332,18 @@ impl Core {
         let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
         let runtime = self.runtime.clone().unwrap_or_else(tokio::runtime::Handle::current);
         let audit = audit::Broker::load(self.barrier.clone(), runtime).await?;
-        let auth_table = auth_methods::load_table(self).await?;
-        let leases = self.load_leases().await?;
-        self.set_loaded(Some(Loaded {
+        let auth_table = crate::auth_methods::load_table(self).await?;
+        self.set_unsealed(Some(Unsealed {
             mounts: RwLock::new((Arc::new(mounts), mounts_stamp)),
             salt: Salt::from_bytes(salt),
             tokens: FillCache::new(TOKEN_CACHE_MAX),
             acls: FillCache::new(ACL_CACHE_MAX),
             audit,
-            auth: RwLock::new(auth_methods::AuthState { table: auth_table, parsed: HashMap::new() }),
+            auth: RwLock::new(crate::auth_methods::AuthState { table: auth_table, parsed: HashMap::new() }),
             clouds: RwLock::new(HashMap::new()),
             engines: RwLock::new(HashMap::new()),
-            leases: std::sync::Mutex::new(leases),
         }));
-        self.leases_changed.notify_one();
+        self.leases.load().await?;
         self.sync.rules.clear();
         self.sync.notify.notify_one();
         // Finish removing mounts a crash interrupted.
@@ -371,7 +359,7 @@ impl Core {
             self.barrier.reset_progress();
             return self.seal_status().await;
         }
-        if self.loaded().is_ok() {
+        if self.unsealed().is_ok() {
             return self.seal_status().await;
         }
         let state = self.barrier.unseal(key).await?;
@@ -379,7 +367,7 @@ impl Core {
             && let Err(e) = self.load().await
         {
             self.barrier.seal();
-            self.set_loaded(None);
+            self.set_unsealed(None);
             return Err(e);
         }
         self.seal_status().await
@@ -429,7 +417,7 @@ impl Core {
     /// audited as [`Core::authenticate`] audits it.
     pub async fn precheck(&self, caller: &Caller) -> Result<()> {
         let r = async {
-            let loaded = self.loaded()?;
+            let loaded = self.unsealed()?;
             let token = caller.bearer().filter(|t| !t.is_empty() && t.len() <= 1024).ok_or(Error::Unauthenticated)?;
             let hash = loaded.salt.hash(token);
             if let Ok(entry) = loaded.tokens.lookup(hash.as_str()) {
@@ -451,8 +439,8 @@ impl Core {
         r
     }
 
-    async fn identify(&self, token: Option<&str>) -> Result<Identity> {
-        let loaded = self.loaded()?;
+    pub(crate) async fn identify(&self, token: Option<&str>) -> Result<Identity> {
+        let loaded = self.unsealed()?;
         let token = token.filter(|t| !t.is_empty()).ok_or(Error::Unauthenticated)?;
         if token.len() > 1024 {
             return Err(Error::Unauthenticated);
@@ -563,7 +551,7 @@ impl Core {
         if id.is_root() {
             return Ok(());
         }
-        let loaded = self.loaded()?;
+        let loaded = self.unsealed()?;
         let acl = self.acl_for(&loaded, &id.policies).await?;
         let mut ok = acl.grants_under(prefix, Self::policy_capability(cap));
         if cap == Capability::Sudo {
@@ -579,7 +567,7 @@ impl Core {
         }
     }
 
-    async fn decide(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
+    pub(crate) async fn decide(&self, id: &Identity, path: &str, cap: Capability) -> Result<()> {
         self.decide_with(id, path, cap, None).await
     }
 
@@ -596,7 +584,7 @@ impl Core {
         if id.is_root() {
             return Ok(());
         }
-        let loaded = self.loaded()?;
+        let loaded = self.unsealed()?;
         let acl = self.acl_for(&loaded, &id.policies).await?;
         let (parameters, check_parameters) = (params.unwrap_or(&[]), params.is_some());
         let ask = |c| acl.decide(&Request { path, capability: c, parameters, check_parameters });
@@ -615,12 +603,12 @@ impl Core {
     /// Writes the request record once. Remembers whether it failed.
     /// Whether any audit device is enabled (otherwise requests run
     /// unaudited and skip the bookkeeping).
-    fn auditing(&self) -> bool {
-        self.loaded().is_ok_and(|l| !l.audit.is_empty())
+    pub(crate) fn auditing(&self) -> bool {
+        self.unsealed().is_ok_and(|l| !l.audit.is_empty())
     }
 
     pub(crate) async fn audit_request(&self, caller: &Caller, error: Option<&Error>) {
-        let Ok(loaded) = self.loaded() else { return };
+        let Ok(loaded) = self.unsealed() else { return };
         if loaded.audit.is_empty() {
             return;
         }
@@ -655,7 +643,7 @@ impl Core {
         result: Result<T>,
         response: impl FnOnce(&T) -> AuditData,
     ) -> Result<T> {
-        let Ok(loaded) = self.loaded() else { return result };
+        let Ok(loaded) = self.unsealed() else { return result };
         if loaded.audit.is_empty() || caller.state().responded {
             return result;
         }
@@ -688,13 +676,13 @@ impl Core {
     pub async fn list_mounts(&self, caller: &Caller) -> Result<Vec<MountEntry>> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/mounts", Capability::Read).await?;
-        Ok(self.loaded()?.table().entries.iter().filter(|m| !m.deleting).cloned().collect())
+        Ok(self.unsealed()?.table().entries.iter().filter(|m| !m.deleting).cloned().collect())
     }
 
     /// Writes a new mount table conditioned on the one in memory. Callers
     /// hold `admin`, so the table cannot change in between.
-    async fn store_mounts(&self, table: MountTable) -> Result<()> {
-        let loaded = self.loaded()?;
+    pub(crate) async fn store_mounts(&self, table: MountTable) -> Result<()> {
+        let loaded = self.unsealed()?;
         let stamp = loaded.mounts.read().unwrap_or_else(|p| p.into_inner()).1.clone();
         let mut batch = WriteBatch::new();
         batch.expect(MOUNTS_KEY, &stamp).put(MOUNTS_KEY, encode_json(&table));
@@ -729,10 +717,10 @@ impl Core {
         self.validate_mount(kind, &config)?;
         let _guard = self.admin.lock().await;
         let mut config = config;
-        if kind == engine_ops::MOUNT_KIND {
+        if kind == crate::plugins::MOUNT_KIND {
             self.resolve_plugin_config(&mut config).await?;
         }
-        let mut table = (*self.loaded()?.table()).clone();
+        let mut table = (*self.unsealed()?.table()).clone();
         let entry = MountEntry {
             id: uuid::Uuid::new_v4().to_string(),
             path: path.clone(),
@@ -745,20 +733,23 @@ impl Core {
         // Path checks first, then the cloud's health check, then the write.
         table.add(entry.clone())?;
         let opened = self.open_cloud(kind, &entry.config, true).await?;
-        let engine = if kind == engine_ops::MOUNT_KIND { Some(self.open_plugin(&entry).await?) } else { None };
+        let engine = if kind == crate::plugins::MOUNT_KIND { Some(self.open_plugin(&entry).await?) } else { None };
         self.store_mounts(table).await?;
         if let Some(c) = opened {
-            self.loaded()?.clouds.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), Arc::new(c));
+            self.unsealed()?.clouds.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), Arc::new(c));
         }
         if let Some(e) = engine {
-            self.loaded()?.engines.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), e);
+            self.unsealed()?.engines.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), e);
         }
         Ok(entry)
     }
 
     /// With `allowed_endpoint_hosts` configured, a cloud mount may point
     /// only at the cloud's own hosts and those.
-    fn check_endpoint_hosts(&self, custom: &[keybridge_provider_api::endpoints::CustomEndpoint]) -> Result<()> {
+    pub(crate) fn check_endpoint_hosts(
+        &self,
+        custom: &[keybridge_provider_api::endpoints::CustomEndpoint],
+    ) -> Result<()> {
         let Some(allowed) = &self.config.allowed_endpoint_hosts else { return Ok(()) };
         match custom.iter().find(|c| !allowed.iter().any(|a| a.eq_ignore_ascii_case(&c.host))) {
             Some(c) => Err(Error::PermissionDenied(format!(
@@ -769,8 +760,8 @@ impl Core {
         }
     }
 
-    fn validate_mount(&self, kind: &str, config: &BTreeMap<String, String>) -> Result<()> {
-        if kind == engine_ops::MOUNT_KIND {
+    pub(crate) fn validate_mount(&self, kind: &str, config: &BTreeMap<String, String>) -> Result<()> {
+        if kind == crate::plugins::MOUNT_KIND {
             return self.validate_plugin_config(config);
         }
         if cloud::cloud_of(kind).is_none() {
@@ -780,7 +771,7 @@ impl Core {
                         let mut k = vec!["local"];
                         k.extend(self.config.providers.as_ref().map(|p| p.kinds()).unwrap_or_default());
                         if self.config.plugins.is_some() {
-                            k.push(engine_ops::MOUNT_KIND);
+                            k.push(crate::plugins::MOUNT_KIND);
                         }
                         k.join(", ")
                     }))
@@ -792,7 +783,7 @@ impl Core {
         cloud::validate(providers.as_ref(), kind, config)
     }
 
-    fn providers(&self, kind: &str) -> Result<&Arc<dyn Providers>> {
+    pub(crate) fn providers(&self, kind: &str) -> Result<&Arc<dyn Providers>> {
         match &self.config.providers {
             Some(p) if p.kinds().contains(&kind) => Ok(p),
             _ => Err(Error::Unimplemented(format!(
@@ -803,7 +794,7 @@ impl Core {
 
     /// Builds a cloud mount's client (and checks it when asked); `None` for
     /// a local mount.
-    async fn open_cloud(
+    pub(crate) async fn open_cloud(
         &self,
         kind: &str,
         config: &BTreeMap<String, String>,
@@ -817,8 +808,8 @@ impl Core {
     }
 
     /// The loaded client of a cloud mount, built on first use.
-    async fn cloud_mount(&self, mount: &MountEntry) -> Result<Arc<CloudMount>> {
-        let loaded = self.loaded()?;
+    pub(crate) async fn cloud_mount(&self, mount: &MountEntry) -> Result<Arc<CloudMount>> {
+        let loaded = self.unsealed()?;
         if let Some(c) = loaded.clouds.read().unwrap_or_else(|p| p.into_inner()).get(&mount.id) {
             return Ok(c.clone());
         }
@@ -831,7 +822,7 @@ impl Core {
 
     /// Counters of the cloud mounts loaded since unseal, by mount path.
     pub fn mount_stats(&self) -> HashMap<String, MountStats> {
-        let Ok(loaded) = self.loaded() else { return HashMap::new() };
+        let Ok(loaded) = self.unsealed() else { return HashMap::new() };
         let table = loaded.table();
         let clouds = loaded.clouds.read().unwrap_or_else(|p| p.into_inner());
         table.entries.iter().filter_map(|m| Some((m.path.clone(), clouds.get(&m.id)?.stats()))).collect()
@@ -851,7 +842,7 @@ impl Core {
         self.authorize(caller, &id, &format!("sys/mounts/{}/tune", path.trim_end_matches('/')), Capability::Update)
             .await?;
         let _guard = self.admin.lock().await;
-        let mut table = (*self.loaded()?.table()).clone();
+        let mut table = (*self.unsealed()?.table()).clone();
         let entry = table.get_mut(&path)?;
         let mut config = entry.config.clone();
         for (k, v) in &changes {
@@ -876,7 +867,7 @@ impl Core {
             }
         }
         self.validate_mount(&entry.kind, &config)?;
-        if entry.kind == engine_ops::MOUNT_KIND {
+        if entry.kind == crate::plugins::MOUNT_KIND {
             if config.get("plugin") != entry.config.get("plugin") {
                 return Err(Error::InvalidArgument(
                     "a mount's plugin cannot change; tune sha256 to upgrade it, or mount the other plugin elsewhere"
@@ -886,7 +877,7 @@ impl Core {
             self.resolve_plugin_config(&mut config).await?;
         }
         let reopened = self.open_cloud(&entry.kind, &config, true).await?;
-        let engine = if entry.kind == engine_ops::MOUNT_KIND {
+        let engine = if entry.kind == crate::plugins::MOUNT_KIND {
             let probe = MountEntry { config: config.clone(), ..entry.clone() };
             Some(self.open_plugin(&probe).await?)
         } else {
@@ -899,10 +890,10 @@ impl Core {
         let updated = entry.clone();
         self.store_mounts(table).await?;
         if let Some(c) = reopened {
-            self.loaded()?.clouds.write().unwrap_or_else(|p| p.into_inner()).insert(updated.id.clone(), Arc::new(c));
+            self.unsealed()?.clouds.write().unwrap_or_else(|p| p.into_inner()).insert(updated.id.clone(), Arc::new(c));
         }
         if let Some(e) = engine {
-            self.loaded()?.engines.write().unwrap_or_else(|p| p.into_inner()).insert(updated.id.clone(), e);
+            self.unsealed()?.engines.write().unwrap_or_else(|p| p.into_inner()).insert(updated.id.clone(), e);
         }
         Ok(updated)
     }
@@ -913,8 +904,8 @@ impl Core {
         let path = normalize_mount_path(path)?;
         self.authorize(caller, &id, &format!("sys/mounts/{path}"), Capability::Delete).await?;
         let _guard = self.admin.lock().await;
-        let mut table = (*self.loaded()?.table()).clone();
-        if table.get(&path).is_some_and(|m| m.kind == engine_ops::MOUNT_KIND) {
+        let mut table = (*self.unsealed()?.table()).clone();
+        if table.get(&path).is_some_and(|m| m.kind == crate::plugins::MOUNT_KIND) {
             // As in Vault: a mount's credentials are revoked before it goes.
             self.revoke_under(&path, &caller.request_id).await.map_err(|e| {
                 Error::FailedPrecondition(format!("{path} was not disabled: its leases must be revoked first: {e}"))
@@ -925,8 +916,8 @@ impl Core {
         let entry = entry.clone();
         self.store_mounts(table).await?;
         // A cloud mount's secrets stay in the cloud; only the client goes.
-        self.loaded()?.clouds.write().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
-        self.loaded()?.engines.write().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
+        self.unsealed()?.clouds.write().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
+        self.unsealed()?.engines.write().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
         self.purge_mount(&entry).await
     }
 
@@ -945,387 +936,11 @@ impl Core {
         }
     }
 
-    async fn purge_mount(&self, entry: &MountEntry) -> Result<()> {
+    pub(crate) async fn purge_mount(&self, entry: &MountEntry) -> Result<()> {
         self.delete_prefix(&entry.storage_prefix()).await?;
-        let mut table = (*self.loaded()?.table()).clone();
+        let mut table = (*self.unsealed()?.table()).clone();
         table.entries.retain(|m| m.id != entry.id);
         self.store_mounts(table).await
-    }
-
-    // ----- secrets ----------------------------------------------------------
-
-    /// Finds the mount for a full path, checked; returns the engine and the
-    /// path relative to the mount.
-    async fn route<'a>(
-        &'a self,
-        table: &'a MountTable,
-        path: &'a str,
-    ) -> Result<(Engine<'a>, &'a MountEntry, &'a str)> {
-        // Not naming the mounts: `sys/mounts` read is what lists them.
-        let (mount, rel) = table.route(path).ok_or_else(|| {
-            Error::NotFound(format!("no mount serves {path:?}; `keybridge mount list` shows the mounts"))
-        })?;
-        if cloud::cloud_of(&mount.kind).is_some() {
-            return Ok((Engine::Cloud(self.cloud_mount(mount).await?), mount, rel));
-        }
-        if mount.kind == engine_ops::MOUNT_KIND {
-            return Err(Error::InvalidArgument(format!(
-                "{} is a plugin mount: reach it with `keybridge read|write|delete|list` (keybridge.v1.Logical), not the KV API",
-                mount.path
-            )));
-        }
-        let settings = mounts::local_settings(&mount.config)?;
-        let cap = if settings.max_value_bytes > 0 {
-            settings.max_value_bytes.min(self.config.max_value_bytes)
-        } else {
-            self.config.max_value_bytes
-        };
-        let kv = Kv {
-            barrier: &self.barrier,
-            prefix: mount.storage_prefix(),
-            mount_path: &mount.path,
-            settings,
-            max_value_bytes: cap,
-            write_locks: &self.write_locks,
-        };
-        Ok((Engine::Local(kv), mount, rel))
-    }
-
-    /// The ACL path of a secret operation: `<mount><area>/<rel>`, with a
-    /// cloud's `_raw/` name as the path it decodes to.
-    pub(crate) async fn secret_acl_path(&self, path: &str, area: &str) -> Result<String> {
-        let table = self.loaded()?.table();
-        let (engine, mount, rel) = self.route(&table, path).await?;
-        let rel = match &engine {
-            Engine::Cloud(c) => c.acl_rel(rel)?.into_owned(),
-            Engine::Local(_) => rel.to_string(),
-        };
-        Ok(format!("{}{area}/{rel}", mount.path))
-    }
-
-    /// Authenticates, validates the path, routes it to a secret (not the
-    /// mount itself) and authorizes `cap` on `<mount><area>/<rel>`.
-    async fn secret_op<'a>(
-        &'a self,
-        table: &'a MountTable,
-        caller: &Caller,
-        path: &'a str,
-        area: &str,
-        cap: Capability,
-        value: Option<&SecretValue>,
-    ) -> Result<(Engine<'a>, &'a str, Identity)> {
-        let id = self.authenticate(caller).await?;
-        validate_secret_path(path)?;
-        let (engine, mount, rel) = self.route(table, path).await?;
-        if rel.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "{path:?} is the mount {} itself; give a secret path below it, such as {}app/db",
-                mount.path, mount.path
-            )));
-        }
-        // A cloud's name and size limits are checked before any call to it;
-        // a `_raw/` name is authorized as the path it decodes to.
-        let mut acl_rel = std::borrow::Cow::Borrowed(rel);
-        if let Engine::Cloud(c) = &engine {
-            acl_rel = c.acl_rel(rel)?;
-            if let Some(v) = value {
-                v.validate(self.config.max_value_bytes)?;
-                c.check_value(v)?;
-            }
-        }
-        let acl_path = format!("{}{area}/{acl_rel}", mount.path);
-        // Vault's existence check: writing a secret (or the metadata of one)
-        // that does not exist yet needs `create`, not `update` (checked for
-        // root too, so the audit record names the capability the write
-        // used). A caller that holds neither is refused before the check, so
-        // a refusal tells nothing about whether the secret exists.
-        let cap = if cap == Capability::Update && (area == "data" || area == "metadata") {
-            self.write_capability(caller, &id, &acl_path, false, || engine.exists(rel)).await?
-        } else {
-            cap
-        };
-        self.authorize(caller, &id, &acl_path, cap).await?;
-        Ok((engine, rel, id))
-    }
-
-    pub async fn put(
-        &self,
-        caller: &Caller,
-        path: &str,
-        value: &SecretValue,
-        cas: Option<u64>,
-    ) -> Result<(u64, VersionMeta)> {
-        let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Update, Some(value)).await?;
-        // Replication is journaled before the write it announces.
-        let rules_seen = self.sync.rules.ticket();
-        let mut announced = self.sync_announce(path).await?;
-        let r = match engine {
-            Engine::Local(kv) => kv.put(rel, value, cas).await,
-            Engine::Cloud(c) => {
-                // One writer per secret at a time through this gateway, so
-                // check-and-set and version numbers hold among its callers.
-                let _guard = self.write_lock(path).await;
-                c.put(rel, value, cas).await
-            }
-        };
-        // A rule created while this write ran may have scanned before the
-        // write landed: announce again, so the new rule sees it.
-        if r.is_ok() && !announced && self.sync.rules.changed_since(rules_seen) {
-            announced = self.sync_announce(path).await.unwrap_or(false);
-        }
-        if announced {
-            self.sync_wake();
-        }
-        if let Ok((v, meta)) = &r {
-            self.sync.publish(path, "put", *v, &meta.provider_id);
-        }
-        r
-    }
-
-    async fn write_lock(&self, path: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        self.path_locks.lock(path).await
-    }
-
-    /// Serialises renewals and revocations of one lease.
-    pub(crate) async fn lease_lock(&self, lease_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        self.lease_locks.lock(lease_id).await
-    }
-
-    pub async fn get(&self, caller: &Caller, path: &str, version: Option<u64>) -> Result<ReadSecret> {
-        let at = version.map_or(Selector::Current, Selector::Number);
-        self.get_at(caller, path, &at).await
-    }
-
-    /// Reads a version by number, or on cloud mounts by provider version id
-    /// or stage/alias.
-    pub async fn get_at(&self, caller: &Caller, path: &str, at: &Selector) -> Result<ReadSecret> {
-        let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Read, None).await?;
-        match engine {
-            Engine::Local(kv) => match at {
-                Selector::Current => kv.get(rel, None).await,
-                Selector::Number(n) => kv.get(rel, Some(*n)).await,
-                Selector::Version(_) | Selector::Stage(_) => Err(Error::InvalidArgument(
-                    "the local store has no provider version ids or stages; select a version by number".into(),
-                )),
-            },
-            Engine::Cloud(c) => c.get(rel, at).await,
-        }
-    }
-
-    pub async fn describe(&self, caller: &Caller, path: &str) -> Result<SecretMeta> {
-        let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Read, None).await?;
-        match engine {
-            Engine::Local(kv) => kv.describe(rel).await,
-            Engine::Cloud(c) => c.describe(rel).await,
-        }
-    }
-
-    pub async fn delete(&self, caller: &Caller, path: &str, versions: &[u64], all: bool) -> Result<()> {
-        self.delete_opts(caller, path, versions, all, false).await
-    }
-
-    /// Runs a change other than a put (delete, undelete, destroy,
-    /// restore) with the rules covering `path` journaled before it, as a put
-    /// is: a journal that cannot be written stops the change (a crash after
-    /// the change then never leaves a replica unaware of it). A change that
-    /// fails leaves an entry the reconciler finds nothing to do for.
-    async fn journaled<T>(&self, path: &str, change: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        let announced = self.sync_announce(path).await?;
-        let r = change.await;
-        if r.is_ok() {
-            self.sync.publish(path, "changed", 0, "");
-        }
-        if announced {
-            self.sync_wake();
-        }
-        r
-    }
-
-    /// Subscribes to the events of one secret (needs `read` on it).
-    pub async fn watch_secret(
-        &self,
-        caller: &Caller,
-        path: &str,
-    ) -> Result<tokio::sync::broadcast::Receiver<crate::sync::SecretEvent>> {
-        let table = self.loaded()?.table();
-        self.secret_op(&table, caller, path, "data", Capability::Read, None).await?;
-        Ok(self.sync.events.subscribe())
-    }
-
-    /// `all`: every version and the metadata; on cloud mounts recoverable
-    /// (AWS's recovery window, Azure's soft delete) unless `purge`.
-    pub async fn delete_opts(
-        &self,
-        caller: &Caller,
-        path: &str,
-        versions: &[u64],
-        all: bool,
-        purge: bool,
-    ) -> Result<()> {
-        let table = self.loaded()?.table();
-        if purge && !all {
-            return Err(Error::InvalidArgument("purge applies to deleting all versions; set all_versions too".into()));
-        }
-        if all {
-            if !versions.is_empty() {
-                return Err(Error::InvalidArgument("give either versions or all_versions, not both".into()));
-            }
-            let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Delete, None).await?;
-            return self
-                .journaled(path, async {
-                    match engine {
-                        Engine::Local(kv) => kv.delete_all(rel).await,
-                        Engine::Cloud(c) => c.delete_all(rel, purge).await,
-                    }
-                })
-                .await;
-        }
-        let (area, cap) =
-            if versions.is_empty() { ("data", Capability::Delete) } else { ("delete", Capability::Update) };
-        let (engine, rel, _) = self.secret_op(&table, caller, path, area, cap, None).await?;
-        self.journaled(path, async {
-            match engine {
-                Engine::Local(kv) => kv.change_versions(rel, versions, VersionChange::SoftDelete).await,
-                Engine::Cloud(c) => {
-                    c.change_versions(rel, versions, keybridge_provider_api::VersionChange::Disable).await
-                }
-            }
-        })
-        .await
-    }
-
-    pub async fn undelete(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
-        use keybridge_provider_api::VersionChange as Cloud;
-        self.versions_change(caller, path, versions, "undelete", VersionChange::Undelete, Cloud::Enable).await
-    }
-
-    /// Undeletes or destroys versions (`area` names the operation and its
-    /// policy path); a cloud mount needs the versions named. Journaled first.
-    async fn versions_change(
-        &self,
-        caller: &Caller,
-        path: &str,
-        versions: &[u64],
-        area: &str,
-        local: VersionChange,
-        cloud: keybridge_provider_api::VersionChange,
-    ) -> Result<()> {
-        let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, area, Capability::Update, None).await?;
-        if matches!(engine, Engine::Cloud(_)) && versions.is_empty() {
-            return Err(Error::InvalidArgument(format!("give the versions to {area}")));
-        }
-        self.journaled(path, async {
-            match engine {
-                Engine::Local(kv) => kv.change_versions(rel, versions, local).await,
-                Engine::Cloud(c) => c.change_versions(rel, versions, cloud).await,
-            }
-        })
-        .await
-    }
-
-    /// Restores a whole secret deleted recoverably on a cloud mount.
-    pub async fn restore_secret(&self, caller: &Caller, path: &str) -> Result<()> {
-        let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "undelete", Capability::Update, None).await?;
-        match engine {
-            Engine::Local(_) => Err(Error::Unimplemented(
-                "the local store deletes all versions of a secret for good; there is nothing to restore".into(),
-            )),
-            Engine::Cloud(c) => self.journaled(path, c.restore(rel)).await,
-        }
-    }
-
-    pub async fn destroy(&self, caller: &Caller, path: &str, versions: &[u64]) -> Result<()> {
-        use keybridge_provider_api::VersionChange as Cloud;
-        self.versions_change(caller, path, versions, "destroy", VersionChange::Destroy, Cloud::Destroy).await
-    }
-
-    pub async fn put_metadata(
-        &self,
-        caller: &Caller,
-        path: &str,
-        custom: Option<BTreeMap<String, String>>,
-        max_versions: Option<u32>,
-        cas_required: Option<bool>,
-    ) -> Result<SecretMeta> {
-        let table = self.loaded()?.table();
-        let (engine, rel, _) = self.secret_op(&table, caller, path, "metadata", Capability::Update, None).await?;
-        match engine {
-            Engine::Local(kv) => kv.put_metadata(rel, custom, max_versions, cas_required).await,
-            Engine::Cloud(c) => c.put_metadata(rel, custom, max_versions, cas_required).await,
-        }
-    }
-
-    pub async fn list(
-        &self,
-        caller: &Caller,
-        path: &str,
-        page_size: usize,
-        page_token: &str,
-        recursive: bool,
-    ) -> Result<(Vec<String>, String)> {
-        let id = self.authenticate(caller).await?;
-        let folder = validate_folder_path(path)?;
-        let table = self.loaded()?.table();
-        let (engine, mount, rel) = self.route(&table, &folder).await?;
-        self.authorize(caller, &id, &format!("{}metadata/{rel}", mount.path), Capability::List).await?;
-        let list = |token: String| {
-            let engine = &engine;
-            async move {
-                match engine {
-                    Engine::Local(kv) => kv.list(rel, page_size, &token, recursive).await,
-                    Engine::Cloud(c) => c.list(rel, page_size, &token, recursive).await,
-                }
-            }
-        };
-        // Raw cloud names are flat: `_raw/` has no folders below it.
-        if !recursive || id.is_root() || rel.starts_with(cloud::RAW_FOLDER) {
-            return list(page_token.to_string()).await;
-        }
-        // A recursive listing shows what listing each folder would: a name
-        // stays only if `list` is granted on every folder between the one
-        // asked for and it. Pages are filled from as many of the engine's
-        // pages as it takes, and the next page's token is the last name
-        // shown: never a name the caller may not see.
-        let page = crate::kv::page_size_of(page_size)?;
-        let mut granted: HashMap<String, bool> = HashMap::new();
-        let mut kept: Vec<String> = Vec::new();
-        let mut token = page_token.to_string();
-        loop {
-            let (keys, next) = list(token).await?;
-            'keys: for k in keys {
-                let raw = k.starts_with(cloud::RAW_FOLDER);
-                for (i, _) in k.match_indices('/') {
-                    if raw && i + 1 > cloud::RAW_FOLDER.len() {
-                        break;
-                    }
-                    let sub = format!("{}metadata/{rel}{}", mount.path, &k[..=i]);
-                    let ok = match granted.get(&sub) {
-                        Some(ok) => *ok,
-                        None => {
-                            let ok = self.decide(&id, &sub, Capability::List).await.is_ok();
-                            granted.insert(sub, ok);
-                            ok
-                        }
-                    };
-                    if !ok {
-                        continue 'keys;
-                    }
-                }
-                kept.push(k);
-            }
-            if kept.len() >= page || next.is_empty() {
-                let more = kept.len() > page || !next.is_empty();
-                kept.truncate(page);
-                let next = if more { kept.last().cloned().unwrap_or_default() } else { String::new() };
-                return Ok((kept, next));
-            }
-            token = next;
-        }
     }
 
     // ----- keys and snapshots -------------------------------------------------
@@ -1400,58 +1015,20 @@ impl Core {
     }
 }
 
-#[path = "audit_ops.rs"]
-mod audit_ops;
-#[path = "auth_methods.rs"]
-mod auth_methods;
-pub use auth_methods::{AuthMount, login_audit};
-#[path = "engine_ops.rs"]
-pub(crate) mod engine_ops;
-#[path = "lease_ops.rs"]
-mod lease_ops;
-#[path = "policies.rs"]
-mod policies;
-#[path = "rotation_ops.rs"]
-pub(crate) mod rotation_ops;
-#[path = "sync_ops.rs"]
-pub(crate) mod sync_ops;
-pub use policies::{TokenRef, TokenRequest};
-
 #[cfg(test)]
-#[path = "core_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "audit_tests.rs"]
 mod audit_tests;
 
 #[cfg(test)]
-#[path = "auth_tests.rs"]
 mod auth_tests;
 
 #[cfg(test)]
-#[path = "sync_tests.rs"]
-mod sync_tests;
+mod reconciler_tests;
 
 #[cfg(test)]
-#[path = "engine_tests.rs"]
-mod engine_tests;
+mod plugin_tests;
 
 #[cfg(test)]
-#[path = "escalation_tests.rs"]
 mod escalation_tests;
-
-/// The backend a secret path routes to.
-enum Engine<'a> {
-    Local(Kv<'a>),
-    Cloud(Arc<CloudMount>),
-}
-
-impl Engine<'_> {
-    async fn exists(&self, rel: &str) -> Result<bool> {
-        match self {
-            Engine::Local(kv) => Ok(kv.describe(rel).await.is_ok()),
-            Engine::Cloud(c) => c.exists(rel).await,
-        }
-    }
-}

@@ -12,15 +12,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keybridge_barrier::WriteBatch;
+use keybridge_barrier::{Barrier, WriteBatch};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::engine_ops::{LeaseView, engine_error};
-use super::{Capability, Core, encode_json};
 use crate::audit::Caller;
-use crate::engine::{Backend, CallContext, LeaseInfo, LeaseRequest, Params};
+use crate::core::{Capability, Core, Stripes, encode_json};
 use crate::mounts::MountEntry;
+use crate::plugins::{CallContext, LeaseInfo, LeaseRequest, Params, PluginEngine};
+use crate::plugins::{LeaseView, engine_error};
 use crate::{Error, Result, Timestamp};
 
 const LEASES: &str = "core/leases/";
@@ -97,7 +97,7 @@ fn validate_lease_ref(s: &str, what: &str) -> Result<()> {
 }
 
 fn mount_duration(mount: &MountEntry, key: &str, default: u64) -> u64 {
-    mount.config.get(key).and_then(|v| crate::engine::parse_duration(v)).unwrap_or(default)
+    mount.config.get(key).and_then(|v| crate::plugins::parse_duration(v)).unwrap_or(default)
 }
 
 /// The in-memory due index: (due unix seconds, lease id).
@@ -122,18 +122,57 @@ impl LeaseIndex {
     }
 }
 
-impl Core {
-    /// Reads every lease into the due index (at unseal).
-    pub(crate) async fn load_leases(&self) -> Result<LeaseIndex> {
+/// The leases' store, due index, locks and wake-up: what the lease
+/// operations share, and nothing else of the core (as Vault's
+/// `ExpirationManager`). The operations that need a caller's authority or a
+/// mount's engine are the core's, below.
+pub(crate) struct LeaseManager {
+    barrier: Arc<Barrier>,
+    /// Serialises renewals and revocations of one lease.
+    locks: Stripes,
+    /// Wakes the expiry worker when a lease is written.
+    changed: tokio::sync::Notify,
+    /// Leases by when they are due; emptied on seal.
+    index: std::sync::Mutex<LeaseIndex>,
+    /// Test hook: recording a lease fails, as on a full disk.
+    #[cfg(test)]
+    pub(crate) fail_record: std::sync::atomic::AtomicBool,
+}
+
+impl LeaseManager {
+    pub(crate) fn new(barrier: Arc<Barrier>, stripes: usize) -> Self {
+        LeaseManager {
+            barrier,
+            locks: Stripes::new(stripes),
+            changed: tokio::sync::Notify::new(),
+            index: Default::default(),
+            #[cfg(test)]
+            fail_record: Default::default(),
+        }
+    }
+
+    /// Reads every lease into the due index (at unseal) and wakes the worker.
+    pub(crate) async fn load(&self) -> Result<()> {
         let mut index = LeaseIndex::default();
-        for r in self.lease_records("", usize::MAX).await? {
+        for r in self.records("", usize::MAX).await? {
             index.set(&r.id, r.due());
         }
-        Ok(index)
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = index;
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Forgets the due index (at seal).
+    pub(crate) fn unload(&self) {
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = LeaseIndex::default();
+    }
+
+    pub(crate) async fn lock(&self, lease_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        self.locks.lock(lease_id).await
     }
 
     /// The lease records whose ids start with `prefix` (at most `max`).
-    async fn lease_records(&self, prefix: &str, max: usize) -> Result<Vec<LeaseRecord>> {
+    async fn records(&self, prefix: &str, max: usize) -> Result<Vec<LeaseRecord>> {
         let mut out = Vec::new();
         for key in self.barrier.list_all(&format!("{LEASES}{prefix}"), max).await? {
             let Some(raw) = self.barrier.get(&key).await? else { continue };
@@ -142,7 +181,13 @@ impl Core {
         Ok(out)
     }
 
-    async fn read_lease(&self, id: &str) -> Result<Option<(LeaseRecord, Params)>> {
+    /// The ids of the leases under `prefix`.
+    async fn ids(&self, prefix: &str) -> Result<Vec<String>> {
+        let keys = self.barrier.list_all(&format!("{LEASES}{prefix}"), usize::MAX).await?;
+        Ok(keys.into_iter().map(|k| k[LEASES.len()..].to_string()).collect())
+    }
+
+    async fn read(&self, id: &str) -> Result<Option<(LeaseRecord, Params)>> {
         let key = format!("{LEASES}{id}");
         let Some(raw) = self.barrier.get(&key).await? else { return Ok(None) };
         let r: LeaseRecord = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?;
@@ -159,9 +204,9 @@ impl Core {
         Ok(Some((r, data)))
     }
 
-    async fn write_lease(&self, r: &LeaseRecord, data: Option<&Params>) -> Result<()> {
+    async fn write(&self, r: &LeaseRecord, data: Option<&Params>) -> Result<()> {
         #[cfg(test)]
-        if self.fail_lease_record.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.fail_record.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Internal("injected: the lease store is failing".into()));
         }
         let mut b = WriteBatch::new();
@@ -170,17 +215,32 @@ impl Core {
             b.put(format!("{LEASE_DATA}{}", r.id), Zeroizing::new(serde_json::to_vec(&d.0).unwrap_or_default()));
         }
         self.barrier.commit(b).await?;
-        self.lease_index(|i| i.set(&r.id, r.due()));
-        self.leases_changed.notify_one();
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).set(&r.id, r.due());
+        self.changed.notify_one();
         Ok(())
     }
 
-    fn lease_index(&self, f: impl FnOnce(&mut LeaseIndex)) {
-        if let Ok(l) = self.loaded() {
-            f(&mut l.leases.lock().unwrap_or_else(|p| p.into_inner()));
-        }
+    async fn delete(&self, id: &str) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(format!("{LEASES}{id}")).delete(format!("{LEASE_DATA}{id}"));
+        self.barrier.commit(b).await?;
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        Ok(())
     }
 
+    /// Up to `max` leases due by `now`.
+    fn due(&self, now: i64, max: usize) -> Vec<String> {
+        let idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        idx.due.iter().take_while(|(t, _)| *t <= now).take(max).map(|(_, id)| id.clone()).collect()
+    }
+
+    /// When the next lease is due.
+    fn next_due(&self) -> Option<i64> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).due.iter().next().map(|(t, _)| *t)
+    }
+}
+
+impl Core {
     /// Records the lease of a credential just issued. If it cannot be
     /// recorded, the credential is revoked at once: nothing would revoke it
     /// later.
@@ -189,7 +249,7 @@ impl Core {
         mount: &MountEntry,
         rel: &str,
         ctx: &CallContext,
-        backend: &dyn Backend,
+        backend: &dyn PluginEngine,
         lease: LeaseRequest,
         pinned: bool,
     ) -> Result<LeaseView> {
@@ -217,7 +277,7 @@ impl Core {
             retry_at: None,
             pinned,
         };
-        if let Err(e) = self.write_lease(&r, Some(&lease.internal)).await {
+        if let Err(e) = self.leases.write(&r, Some(&lease.internal)).await {
             tracing::error!(lease_id = %id, error = %e, "lease: could not record a lease; revoking the credential");
             let info = LeaseInfo {
                 lease_id: id,
@@ -243,7 +303,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_lease_ref(lease_id, "lease id")?;
         self.authorize(caller, &id, "sys/leases/lookup", Capability::Update).await?;
-        let (r, _) = self.read_lease(lease_id).await?.ok_or_else(|| not_found(lease_id))?;
+        let (r, _) = self.leases.read(lease_id).await?.ok_or_else(|| not_found(lease_id))?;
         Ok(r.view())
     }
 
@@ -255,7 +315,7 @@ impl Core {
             validate_lease_ref(prefix, "prefix")?;
         }
         self.authorize(caller, &id, &format!("sys/leases/lookup/{prefix}"), Capability::Sudo).await?;
-        Ok(self.lease_records(prefix, LIST_MAX).await?.iter().map(LeaseRecord::view).collect())
+        Ok(self.leases.records(prefix, LIST_MAX).await?.iter().map(LeaseRecord::view).collect())
     }
 
     /// Extends a lease by `increment` seconds (0: the engine's default), up
@@ -264,8 +324,8 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_lease_ref(lease_id, "lease id")?;
         self.authorize(caller, &id, "sys/leases/renew", Capability::Update).await?;
-        let _g = self.lease_lock(lease_id).await;
-        let (mut r, data) = self.read_lease(lease_id).await?.ok_or_else(|| not_found(lease_id))?;
+        let _g = self.leases.lock(lease_id).await;
+        let (mut r, data) = self.leases.read(lease_id).await?.ok_or_else(|| not_found(lease_id))?;
         let now = Timestamp::now().secs;
         if r.pinned {
             return Err(Error::FailedPrecondition(format!(
@@ -296,12 +356,12 @@ impl Core {
         // outside: saturating, then capped at the lease's max.
         r.expires = at(now).plus_secs(ttl).min(r.max_expires);
         r.renewable = terms.renewable;
-        self.write_lease(&r, None).await?;
+        self.leases.write(&r, None).await?;
         Ok(r.view())
     }
 
-    async fn lease_backend(&self, r: &LeaseRecord) -> Result<(MountEntry, Arc<dyn Backend>)> {
-        let table = self.loaded()?.table();
+    async fn lease_backend(&self, r: &LeaseRecord) -> Result<(MountEntry, Arc<dyn PluginEngine>)> {
+        let table = self.unsealed()?.table();
         let mount = table.entries.iter().find(|m| m.id == r.mount_id).cloned().ok_or_else(|| {
             Error::FailedPrecondition(format!("the mount {} of lease {} is gone", r.mount_path, r.id))
         })?;
@@ -315,7 +375,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_lease_ref(lease_id, "lease id")?;
         self.authorize(caller, &id, "sys/leases/revoke", Capability::Update).await?;
-        if self.read_lease(lease_id).await?.is_none() {
+        if self.leases.read(lease_id).await?.is_none() {
             return Err(not_found(lease_id));
         }
         self.revoke_now(lease_id, &caller.request_id).await
@@ -336,11 +396,10 @@ impl Core {
     }
 
     pub(crate) async fn revoke_under(&self, prefix: &str, request_id: &str) -> Result<usize> {
-        let ids = self.barrier.list_all(&format!("{LEASES}{prefix}"), usize::MAX).await?;
+        let ids = self.leases.ids(prefix).await?;
         let mut done = 0;
         let mut failed = Vec::new();
-        for key in ids {
-            let lease = &key[LEASES.len()..];
+        for lease in &ids {
             match self.revoke_now(lease, request_id).await {
                 Ok(()) => done += 1,
                 Err(e) => failed.push(format!("{lease}: {e}")),
@@ -360,8 +419,8 @@ impl Core {
     /// Runs the engine's revoke for a lease and deletes the lease; on
     /// failure schedules a retry with backoff.
     async fn revoke_now(&self, lease_id: &str, request_id: &str) -> Result<()> {
-        let _g = self.lease_lock(lease_id).await;
-        let Some((mut r, data)) = self.read_lease(lease_id).await? else { return Ok(()) };
+        let _g = self.leases.lock(lease_id).await;
+        let Some((mut r, data)) = self.leases.read(lease_id).await? else { return Ok(()) };
         let attempt = async {
             let (mount, backend) = self.lease_backend(&r).await?;
             let ctx = self.call_context(&mount, request_id, "lease manager");
@@ -376,10 +435,7 @@ impl Core {
         };
         match attempt.await {
             Ok(()) => {
-                let mut b = WriteBatch::new();
-                b.delete(format!("{LEASES}{lease_id}")).delete(format!("{LEASE_DATA}{lease_id}"));
-                self.barrier.commit(b).await?;
-                self.lease_index(|i| i.remove(lease_id));
+                self.leases.delete(lease_id).await?;
                 tracing::info!(lease_id = %lease_id, "lease: revoked");
                 Ok(())
             }
@@ -389,7 +445,7 @@ impl Core {
                 let backoff = (1u64 << (r.attempts - 1).min(20)).min(MAX_BACKOFF);
                 r.retry_at = Some(Timestamp::now().plus_secs(backoff));
                 tracing::warn!(lease_id = %lease_id, attempts = r.attempts, error = %e, "lease: revoke failed; will retry");
-                self.write_lease(&r, None).await?;
+                self.leases.write(&r, None).await?;
                 Err(e)
             }
         }
@@ -407,7 +463,7 @@ impl Core {
                 }
             };
             tokio::select! {
-                _ = self.leases_changed.notified() => {}
+                _ = self.leases.changed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -415,23 +471,17 @@ impl Core {
 
     /// Revokes what is due; returns how long until the next is.
     pub(crate) async fn lease_pass(&self) -> Result<Duration> {
-        let loaded = self.loaded()?;
-        let now = Timestamp::now().secs;
-        let due: Vec<String> = {
-            let idx = loaded.leases.lock().unwrap_or_else(|p| p.into_inner());
-            idx.due.iter().take_while(|(t, _)| *t <= now).take(64).map(|(_, id)| id.clone()).collect()
-        };
-        for id in &due {
+        self.unsealed()?;
+        for id in &self.leases.due(Timestamp::now().secs, 64) {
             if let Err(e) = self.revoke_now(id, "lease-expiry").await
                 && matches!(e, Error::Sealed)
             {
                 return Err(e);
             }
         }
-        let idx = loaded.leases.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(match idx.due.iter().next() {
-            Some((t, _)) if *t <= Timestamp::now().secs => Duration::from_millis(50),
-            Some((t, _)) => Duration::from_secs((*t - Timestamp::now().secs).clamp(1, 60) as u64),
+        Ok(match self.leases.next_due() {
+            Some(t) if t <= Timestamp::now().secs => Duration::from_millis(50),
+            Some(t) => Duration::from_secs((t - Timestamp::now().secs).clamp(1, 60) as u64),
             None => Duration::from_secs(60),
         })
     }

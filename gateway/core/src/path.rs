@@ -51,6 +51,17 @@ pub fn validate_secret_path(path: &str) -> Result<()> {
     check_segments("the path", path)
 }
 
+/// Checks a path of the Logical API (`mount/engine/path`, a trailing `/`
+/// for listing), whose segments are the engine's to interpret.
+pub fn validate_engine_path(path: &str) -> Result<()> {
+    if path.is_empty() || path.len() > 1024 || path.starts_with('/') || path.split('/').any(|s| s == "." || s == "..") {
+        return Err(Error::InvalidArgument(format!(
+            "invalid path {path:?}: give MOUNT/PATH, without a leading '/' or '.' segments, at most 1024 bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a folder path for listing: a mount (`secret/`), a folder
 /// (`secret/team/`, the trailing slash optional).
 pub fn validate_folder_path(path: &str) -> Result<String> {

@@ -92,13 +92,13 @@ pub async fn run(
 
     let (physical, staging_dir) = open_store(&config.storage)?;
     #[cfg(feature = "wasm")]
-    fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::engine::PluginRuntime>>, Error> {
+    fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::plugins::PluginRuntime>>, Error> {
         let host = keybridge_wasm_host::WasmHost::new(keybridge_wasm_host::HostConfig::default())
             .map_err(|e| Error::Usage(e.to_string()))?;
         Ok(Some(Arc::new(host)))
     }
     #[cfg(not(feature = "wasm"))]
-    fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::engine::PluginRuntime>>, Error> {
+    fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::plugins::PluginRuntime>>, Error> {
         Ok(None)
     }
     let policy_check = match &config.policy_check_rego {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use keybridge_core::kv::{SecretMeta, VersionMeta};
+use keybridge_core::backend::kv::{SecretMeta, VersionMeta};
 use keybridge_core::mounts::MountEntry;
 use keybridge_core::provider::Selector;
 use keybridge_core::value::SecretValue;
@@ -128,7 +128,7 @@ fn config_audit(config: &std::collections::HashMap<String, String>) -> AuditValu
         config
             .iter()
             .map(|(k, v)| {
-                let v = if keybridge_core::cloud::is_sensitive_setting(k) {
+                let v = if keybridge_core::provider::settings::is_sensitive(k) {
                     AuditValue::secret(v.as_bytes())
                 } else {
                     plain(v.clone())
@@ -154,7 +154,7 @@ fn meta_pb(path: &str, m: &SecretMeta) -> pb::SecretMetadata {
     }
 }
 
-fn mount_pb(m: &MountEntry, stats: Option<&keybridge_core::cloud::MountStats>) -> pb::Mount {
+fn mount_pb(m: &MountEntry, stats: Option<&keybridge_core::backend::cloud::MountStats>) -> pb::Mount {
     pb::Mount {
         stats: stats.map(|s| pb::MountStats {
             upstream_calls: s.upstream_calls,
@@ -169,7 +169,8 @@ fn mount_pb(m: &MountEntry, stats: Option<&keybridge_core::cloud::MountStats>) -
             .config
             .iter()
             .map(|(k, v)| {
-                let v = if keybridge_core::cloud::is_sensitive_setting(k) { "<redacted>".into() } else { v.clone() };
+                let v =
+                    if keybridge_core::provider::settings::is_sensitive(k) { "<redacted>".into() } else { v.clone() };
                 (k.clone(), v)
             })
             .collect(),
@@ -766,12 +767,12 @@ pub struct TokensService {
     pub core: Arc<Core>,
 }
 
-fn token_info(e: &keybridge_core::token::Identity) -> pb::TokenInfo {
+fn token_info(e: &keybridge_core::tokens::Identity) -> pb::TokenInfo {
     pb::TokenInfo { num_uses: e.num_uses, ..entry_info(e) }
 }
 
 /// The info of a token just issued (created or logged in).
-fn entry_info(e: &keybridge_core::token::TokenEntry) -> pb::TokenInfo {
+fn entry_info(e: &keybridge_core::tokens::TokenEntry) -> pb::TokenInfo {
     pb::TokenInfo {
         policies: e.policies.clone(),
         display_name: e.display_name.clone(),
@@ -785,7 +786,7 @@ fn entry_info(e: &keybridge_core::token::TokenEntry) -> pb::TokenInfo {
 }
 
 /// The response data audited for a token just issued: the token as its HMAC.
-fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::token::TokenEntry) -> keybridge_core::audit::AuditData {
+fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::tokens::TokenEntry) -> keybridge_core::audit::AuditData {
     vec![
         ("token".into(), AuditValue::secret(t.as_bytes())),
         ("accessor".into(), AuditValue::secret(e.accessor.as_bytes())),
@@ -795,7 +796,7 @@ fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::token::TokenEntry) ->
     ]
 }
 
-fn token_audit(id: &keybridge_core::token::Identity) -> keybridge_core::audit::AuditData {
+fn token_audit(id: &keybridge_core::tokens::Identity) -> keybridge_core::audit::AuditData {
     vec![
         ("accessor".into(), AuditValue::secret(id.accessor.as_bytes())),
         ("policies".into(), plain(id.policies.clone())),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use keybridge_core::engine::{EngineInfo, Field};
+use keybridge_core::plugins::{EngineInfo, Field};
 use keybridge_core::{AuditValue, Core, LeaseView, LogicalOp, LogicalResponse, PluginVersion};
 use keybridge_proto::v1 as pb;
 use tokio_stream::StreamExt;

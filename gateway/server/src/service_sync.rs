@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keybridge_core::sync::Rule;
+use keybridge_core::reconciler::Rule;
 use keybridge_core::{Core, RotateSpec, Rotation, RuleSpec, SyncStatus};
 use keybridge_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -67,7 +67,7 @@ fn rotation_pb(r: Rotation) -> pb::RotationStatus {
             .into_iter()
             .map(|c| pb::RotationCopy {
                 path: c.path,
-                how: c.how,
+                how: c.how.name().to_string(),
                 staged: c.staged,
                 promoted: c.promoted,
                 retired: c.retired,

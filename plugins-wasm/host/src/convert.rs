@@ -1,6 +1,6 @@
 //! Between the generated WIT types and the core's engine vocabulary.
 
-use keybridge_core::engine::{
+use keybridge_core::plugins::{
     CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, Field, FieldKind, LeaseInfo, LeaseRequest,
     LeaseTerms, Operation, Params, PathInfo,
 };

@@ -25,9 +25,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keybridge_core::engine::{
-    self as eng, Backend, CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, LeaseInfo, LeaseTerms,
-    Params, PluginRuntime, PluginSpec,
+use keybridge_core::plugins::{
+    self as eng, CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, LeaseInfo, LeaseTerms, Params,
+    PluginEngine, PluginRuntime, PluginSpec,
 };
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
@@ -306,7 +306,7 @@ impl PluginRuntime for WasmHost {
         MountLimits::parse(config, &self.config).map(|_| ())
     }
 
-    async fn open(&self, spec: PluginSpec<'_>) -> Result<Arc<dyn Backend>, EngineError> {
+    async fn open(&self, spec: PluginSpec<'_>) -> Result<Arc<dyn PluginEngine>, EngineError> {
         Ok(Arc::new(self.open_engine(spec).await?))
     }
 }
@@ -387,7 +387,7 @@ fn wrong() -> EngineError {
 }
 
 #[async_trait::async_trait]
-impl Backend for WasmEngine {
+impl PluginEngine for WasmEngine {
     fn info(&self) -> &EngineInfo {
         &self.info
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use keybridge_core::engine::{EngineError, EngineStorage};
+use keybridge_core::plugins::{EngineError, EngineStorage};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};

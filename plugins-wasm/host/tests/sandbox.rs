@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keybridge_core::engine::{
-    Backend, CallContext, EngineError, EngineRequest, EngineStorage, Operation, Params, PluginRuntime, PluginSpec,
+use keybridge_core::plugins::{
+    CallContext, EngineError, EngineRequest, EngineStorage, Operation, Params, PluginEngine, PluginRuntime, PluginSpec,
 };
 use keybridge_wasm_host::{HostConfig, WasmHost};
 use zeroize::Zeroizing;
@@ -47,7 +47,7 @@ fn digest(b: &[u8]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b))
 }
 
-async fn mount(host: &WasmHost, config: &[(&str, &str)]) -> (Arc<dyn Backend>, Arc<MemStorage>) {
+async fn mount(host: &WasmHost, config: &[(&str, &str)]) -> (Arc<dyn PluginEngine>, Arc<MemStorage>) {
     let bytes = component("keybridge_plugin_hostile");
     let storage = Arc::new(MemStorage::default());
     let config: BTreeMap<String, String> = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -63,16 +63,16 @@ fn ctx() -> CallContext {
     CallContext { mount_path: "hostile/".into(), config: vec![], request_id: "r1".into(), caller: "test".into() }
 }
 
-async fn read(b: &dyn Backend, path: &str) -> Result<Params, EngineError> {
-    let m = keybridge_core::engine::match_path(b.info(), path).expect("a served path");
-    let params = keybridge_core::engine::check_params(&m, Operation::Read, &BTreeMap::new()).unwrap();
+async fn read(b: &dyn PluginEngine, path: &str) -> Result<Params, EngineError> {
+    let m = keybridge_core::plugins::match_path(b.info(), path).expect("a served path");
+    let params = keybridge_core::plugins::check_params(&m, Operation::Read, &BTreeMap::new()).unwrap();
     let req = EngineRequest { operation: Operation::Read, path: path.into(), pattern: m.info.pattern.clone(), params };
     b.handle(&ctx(), &req).await.map(|r| r.data.clone())
 }
 
 /// Runs the hostile call while well-behaved calls go on beside it; returns
 /// its error and how many good calls completed meanwhile.
-async fn hostile(b: Arc<dyn Backend>, path: &str) -> (EngineError, usize) {
+async fn hostile(b: Arc<dyn PluginEngine>, path: &str) -> (EngineError, usize) {
     let bad = {
         let b = b.clone();
         let path = path.to_string();

@@ -118,6 +118,14 @@ pub struct SecretInfo {
     pub versions: Vec<VersionInfo>,
 }
 
+impl SecretInfo {
+    /// The version reads without a selector get: the one labelled
+    /// AWSCURRENT, else the newest (Azure's and GCP's convention).
+    pub fn current(&self) -> Option<&VersionInfo> {
+        self.versions.iter().find(|v| v.stages.iter().any(|s| s == "AWSCURRENT")).or_else(|| self.versions.last())
+    }
+}
+
 /// What must hold for a write to go ahead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Precondition {
@@ -296,13 +304,7 @@ pub trait SecretStore: Send + Sync {
     async fn head(&self, name: &str) -> Result<Option<(VersionInfo, BTreeMap<String, String>)>> {
         match self.describe(name).await {
             Ok(info) if info.deletion.is_none() => {
-                let cur = info
-                    .versions
-                    .iter()
-                    .find(|v| v.stages.iter().any(|s| s == "AWSCURRENT"))
-                    .or_else(|| info.versions.last())
-                    .cloned()
-                    .unwrap_or_default();
+                let cur = info.current().cloned().unwrap_or_default();
                 Ok(Some((cur, info.tags)))
             }
             Ok(_) | Err(Error::NotFound(_)) => Ok(None),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use keybridge_core::cloud::Providers;
+use keybridge_core::backend::cloud::Providers;
 use keybridge_provider_api::{Error, Result, SecretStore};
 
 #[derive(Clone, Copy, Debug, Default)]

@@ -3,30 +3,29 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use keybridge_barrier::{Barrier, WriteBatch};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 use zeroize::Zeroizing;
 
-use super::chain::{self, ChainValue, Checkpoint, MacKey};
-use super::{AuditData, CallState, Caller, Kind, StoredCheckpoint, VerificationKey, render};
-use crate::{Error, Result, Timestamp};
+use super::StoredCheckpoint;
+use super::chain::{self, ChainValue, MacKey};
+use crate::Timestamp;
 
 pub(crate) const DEVICES_KEY: &str = "core/audit/devices";
-const KEYS_PREFIX: &str = "core/audit/keys/";
-const CHECKPOINT_PREFIX: &str = "core/audit/checkpoint/";
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-const MAX_GROUP: usize = 1024;
+pub(super) const KEYS_PREFIX: &str = "core/audit/keys/";
+pub(super) const CHECKPOINT_PREFIX: &str = "core/audit/checkpoint/";
+pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+pub(super) const MAX_GROUP: usize = 1024;
 /// Buffers a record is assembled in are kept for the next record unless a
 /// large one (a big response) grew them past this.
-const SCRATCH_KEEP: usize = 64 * 1024;
+pub(super) const SCRATCH_KEEP: usize = 64 * 1024;
 
 /// Frees a reused buffer that a large record grew past [`SCRATCH_KEEP`].
-fn release_if_large(buf: &mut Vec<u8>) {
+pub(super) fn release_if_large(buf: &mut Vec<u8>) {
     if buf.capacity() > SCRATCH_KEEP {
         *buf = Vec::new();
     }
@@ -35,7 +34,7 @@ fn release_if_large(buf: &mut Vec<u8>) {
 thread_local! {
     /// Where a request renders its record for a device written inline.
     /// Records hold no secret (values and tokens are HMACs already).
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub(super) static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,42 +49,42 @@ pub struct DeviceEntry {
 }
 
 impl DeviceEntry {
-    fn fsync(&self) -> bool {
+    pub(super) fn fsync(&self) -> bool {
         self.options.get("fsync").is_some_and(|v| v == "true")
     }
 
     /// Stream devices never count toward fail-closed.
-    fn counts(&self) -> bool {
+    pub(super) fn counts(&self) -> bool {
         self.kind != "stream"
     }
 }
 
 type Ack = oneshot::Sender<std::result::Result<(), String>>;
 
-enum Msg {
+pub(super) enum Msg {
     Record(Vec<u8>, Option<Ack>),
     Reopen(Ack),
     Checkpoint(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
-struct Device {
-    entry: DeviceEntry,
-    hmac_key: MacKey,
-    chain_key: Zeroizing<Vec<u8>>,
-    chain_mac: MacKey,
+pub(super) struct Device {
+    pub(super) entry: DeviceEntry,
+    pub(super) hmac_key: MacKey,
+    pub(super) chain_key: Zeroizing<Vec<u8>>,
+    pub(super) chain_mac: MacKey,
     /// Files without fsync and streams are written inline by the request
     /// (an append to the page cache, or a channel send, costs less than a
     /// hand-off to a thread); sockets and `fsync=true` files go through
     /// the writer thread, which groups records.
-    direct: Option<Arc<Mutex<Output>>>,
-    tx: mpsc::Sender<Msg>,
-    stream: Option<broadcast::Sender<Arc<str>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub(super) direct: Option<Arc<Mutex<Output>>>,
+    pub(super) tx: mpsc::Sender<Msg>,
+    pub(super) stream: Option<broadcast::Sender<Arc<str>>>,
+    pub(super) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Device {
-    async fn send_and_wait(&self, make: impl FnOnce(oneshot::Sender<()>) -> Msg) {
+    pub(super) async fn send_and_wait(&self, make: impl FnOnce(oneshot::Sender<()>) -> Msg) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(make(tx)).is_ok() {
             let _ = rx.await;
@@ -93,393 +92,42 @@ impl Device {
     }
 }
 
-fn keys_key(id: &str) -> String {
+pub(super) fn keys_key(id: &str) -> String {
     format!("{KEYS_PREFIX}{id}")
 }
 
-fn checkpoint_key(id: &str) -> String {
+pub(super) fn checkpoint_key(id: &str) -> String {
     format!("{CHECKPOINT_PREFIX}{id}")
-}
-
-/// The enabled devices. Lives while the core is unsealed.
-pub struct Broker {
-    barrier: Arc<Barrier>,
-    devices: RwLock<Arc<Vec<Arc<Device>>>>,
-    /// Where writer threads run their barrier commits (checkpoints).
-    runtime: tokio::runtime::Handle,
-}
-
-impl Broker {
-    /// Starts the devices in the barrier's device table.
-    pub(crate) async fn load(barrier: Arc<Barrier>, runtime: tokio::runtime::Handle) -> Result<Broker> {
-        let broker = Broker { barrier, devices: RwLock::new(Arc::new(Vec::new())), runtime };
-        let entries: Vec<DeviceEntry> = match broker.barrier.get(DEVICES_KEY).await? {
-            Some(raw) => serde_json::from_slice(&raw)
-                .map_err(|e| Error::Corrupt { key: DEVICES_KEY.into(), reason: e.to_string() })?,
-            None => Vec::new(),
-        };
-        let mut started = Vec::new();
-        for entry in entries {
-            let keys = broker
-                .barrier
-                .get(&keys_key(&entry.id))
-                .await?
-                .ok_or_else(|| Error::Corrupt { key: keys_key(&entry.id), reason: "missing".into() })?;
-            match broker.start(entry.clone(), keys.clone(), false).await {
-                Ok(d) => started.push(d),
-                Err(e) => {
-                    // A device that cannot start (a directory gone, a collector
-                    // down) must not keep the server sealed. It is kept so the
-                    // table stays as the operator wrote it, and it fails every
-                    // record until it can write, which is what fail-closed asks.
-                    tracing::error!(device = %entry.path, error = %e, "audit device failed to start");
-                    started.push(broker.start_failed(entry, keys, e.to_string()));
-                }
-            }
-        }
-        *broker.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(started);
-        Ok(broker)
-    }
-
-    fn current(&self) -> Arc<Vec<Arc<Device>>> {
-        self.devices.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn list(&self) -> Vec<DeviceEntry> {
-        self.current().iter().map(|d| d.entry.clone()).collect()
-    }
-
-    fn find(&self, path: &str) -> Result<Arc<Device>> {
-        self.current()
-            .iter()
-            .find(|d| d.entry.path == path)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no audit device is enabled at {path:?}")))
-    }
-
-    /// Whether any device is enabled (requests are audited at all).
-    pub fn is_empty(&self) -> bool {
-        self.current().is_empty()
-    }
-
-    /// Records one event on every device. Fails when devices that count
-    /// toward fail-closed are enabled and none accepted the record.
-    pub(crate) async fn log(
-        &self,
-        kind: Kind,
-        caller: &Caller,
-        state: &CallState,
-        outcome: Option<(&str, Option<&str>)>,
-        response: Option<&AuditData>,
-    ) -> std::result::Result<(), String> {
-        let devices = self.current();
-        if devices.is_empty() {
-            return Ok(());
-        }
-        let mut waits = Vec::new();
-        let mut ok = false;
-        let mut errors = Vec::new();
-        for d in devices.iter() {
-            if let Some(out) = &d.direct {
-                // Rendered into this thread's scratch buffer, outside the
-                // device's lock, and written before the next device's turn.
-                let r = SCRATCH.with_borrow_mut(|body| {
-                    body.clear();
-                    render(body, kind, caller, state, outcome, response, &d.hmac_key);
-                    let r = out.lock().unwrap_or_else(|p| p.into_inner()).write(&d.chain_mac, false, &[body]);
-                    release_if_large(body);
-                    r
-                });
-                match r {
-                    Ok(()) => ok |= d.entry.counts(),
-                    Err(e) if d.entry.counts() => errors.push(format!("{}: {e}", d.entry.path)),
-                    Err(_) => {}
-                }
-                continue;
-            }
-            let mut body = Vec::with_capacity(512);
-            render(&mut body, kind, caller, state, outcome, response, &d.hmac_key);
-            if d.entry.counts() {
-                let (tx, rx) = oneshot::channel();
-                if d.tx.send(Msg::Record(body, Some(tx))).is_ok() {
-                    waits.push((d, rx));
-                }
-            } else {
-                let _ = d.tx.send(Msg::Record(body, None));
-            }
-        }
-        let counting = devices.iter().filter(|d| d.entry.counts()).count();
-        if counting == 0 {
-            return Ok(());
-        }
-        for (d, rx) in waits {
-            match rx.await {
-                Ok(Ok(())) => ok = true,
-                Ok(Err(e)) => errors.push(format!("{}: {e}", d.entry.path)),
-                Err(_) => errors.push(format!("{}: its writer stopped", d.entry.path)),
-            }
-        }
-        if !errors.is_empty() {
-            tracing::warn!(errors = %errors.join("; "), "audit device failed to write");
-        }
-        if ok {
-            Ok(())
-        } else if errors.is_empty() {
-            Err("no audit device could be reached".into())
-        } else {
-            Err(errors.join("; "))
-        }
-    }
-
-    /// Checks a new device's options and reaches its sink (IO), then starts
-    /// it. The caller stores the table.
-    pub(crate) async fn enable(&self, entry: DeviceEntry) -> Result<(Vec<DeviceEntry>, Zeroizing<Vec<u8>>)> {
-        if self.current().iter().any(|d| d.entry.path == entry.path) {
-            return Err(Error::AlreadyExists(format!("an audit device is already enabled at {:?}", entry.path)));
-        }
-        if entry.kind == "file" {
-            let p = &entry.options["file_path"];
-            if let Ok(m) = std::fs::metadata(p)
-                && m.is_file()
-                && m.len() > 0
-            {
-                return Err(Error::FailedPrecondition(format!(
-                    "{p} exists and is not empty: each file holds one device's chain; move it away or choose another file_path"
-                )));
-            }
-        }
-        let mut keys = Zeroizing::new(vec![0u8; 64]);
-        rand::rngs::OsRng.fill_bytes(&mut keys);
-        let device = self.start(entry, keys.clone(), true).await.map_err(Error::FailedPrecondition)?;
-        let mut list: Vec<Arc<Device>> = self.current().as_ref().clone();
-        list.push(device);
-        let entries = list.iter().map(|d| d.entry.clone()).collect();
-        *self.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(list);
-        Ok((entries, keys))
-    }
-
-    /// Undoes `enable` when storing the table failed.
-    pub(crate) async fn remove(&self, path: &str) -> Vec<DeviceEntry> {
-        let mut list: Vec<Arc<Device>> = self.current().as_ref().clone();
-        let gone: Vec<Arc<Device>> = list.iter().filter(|d| d.entry.path == path).cloned().collect();
-        list.retain(|d| d.entry.path != path);
-        let entries = list.iter().map(|d| d.entry.clone()).collect();
-        *self.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(list);
-        for d in gone {
-            stop(&d).await;
-        }
-        entries
-    }
-
-    pub(crate) fn entry(&self, path: &str) -> Result<DeviceEntry> {
-        Ok(self.find(path)?.entry.clone())
-    }
-
-    pub(crate) fn hash(&self, path: &str, input: &[u8]) -> Result<String> {
-        Ok(super::hmac_hex(&self.find(path)?.hmac_key, input))
-    }
-
-    pub fn subscribe(&self, path: &str) -> Result<broadcast::Receiver<Arc<str>>> {
-        let d = self.find(path)?;
-        d.stream.as_ref().map(|s| s.subscribe()).ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "{path} is a {} device; watch a stream device (keybridge audit enable stream)",
-                d.entry.kind
-            ))
-        })
-    }
-
-    /// The device's chain key and its checkpoint, taken now.
-    pub(crate) async fn verification_key(&self, path: &str) -> Result<VerificationKey> {
-        let d = self.find(path)?;
-        d.send_and_wait(Msg::Checkpoint).await;
-        let cp = self.read_checkpoint(&d.entry.id).await?;
-        Ok(VerificationKey {
-            device: d.entry.path.clone(),
-            key: hex::encode(&*d.chain_key),
-            checkpoint_seq: cp.seq,
-            checkpoint_chain: cp.chain.clone(),
-            segment_start: cp.segment_start,
-        })
-    }
-
-    /// The verifier for a device's files, with the checkpoint to end on.
-    pub(crate) async fn verify_parts(&self, path: &str) -> Result<(Zeroizing<Vec<u8>>, Checkpoint)> {
-        let d = self.find(path)?;
-        d.send_and_wait(Msg::Checkpoint).await;
-        let cp = self.read_checkpoint(&d.entry.id).await?;
-        Ok((
-            d.chain_key.clone(),
-            Checkpoint { seq: cp.seq, chain: Some(cp.chain_value()), segment_start: cp.segment_start.max(1) },
-        ))
-    }
-
-    /// File devices reopen their files (after `logrotate` moved them); the
-    /// chain continues in the new file.
-    pub async fn reopen(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        for d in self.current().iter() {
-            let (tx, rx) = oneshot::channel();
-            if d.tx.send(Msg::Reopen(tx)).is_ok()
-                && let Ok(Err(e)) = rx.await
-            {
-                errors.push(format!("{}: {e}", d.entry.path));
-            }
-        }
-        errors
-    }
-
-    /// Stops every device after a final checkpoint.
-    pub async fn shutdown(&self) {
-        let devices = std::mem::take(&mut *self.devices.write().unwrap_or_else(|p| p.into_inner()));
-        for d in devices.iter() {
-            stop(d).await;
-        }
-    }
-
-    async fn read_checkpoint(&self, id: &str) -> Result<StoredCheckpoint> {
-        let key = checkpoint_key(id);
-        Ok(match self.barrier.get(&key).await? {
-            Some(raw) => serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?,
-            None => StoredCheckpoint::default(),
-        })
-    }
-
-    fn split_keys(keys: &[u8]) -> (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>) {
-        let (h, c) = keys.split_at(keys.len() / 2);
-        (Zeroizing::new(h.to_vec()), Zeroizing::new(c.to_vec()))
-    }
-
-    async fn start(
-        &self,
-        entry: DeviceEntry,
-        keys: Zeroizing<Vec<u8>>,
-        fresh: bool,
-    ) -> std::result::Result<Arc<Device>, String> {
-        let (hmac_key, chain_key) = Self::split_keys(&keys);
-        let cp = if fresh {
-            StoredCheckpoint::default()
-        } else {
-            self.read_checkpoint(&entry.id).await.map_err(|e| e.to_string())?
-        };
-        let (stream, mut sink): (Option<broadcast::Sender<Arc<str>>>, Box<dyn Sink>) = match entry.kind.as_str() {
-            "file" => (None, Box::new(FileSink::open(&entry)?)),
-            "socket" => (None, Box::new(SocketSink::connect(&entry)?)),
-            _ => {
-                let cap = entry.options.get("buffer").and_then(|b| b.parse().ok()).unwrap_or(4096);
-                let (tx, _) = broadcast::channel(cap);
-                (Some(tx.clone()), Box::new(StreamSink(tx)))
-            }
-        };
-        let state = sink.recover(&chain_key, &cp);
-        let (hmac_key, chain_mac) = (MacKey::new(&hmac_key), MacKey::new(&chain_key));
-        let output = Arc::new(Mutex::new(Output { sink, state, dirty: fresh, lines: Vec::new() }));
-        let direct = (entry.kind == "stream" || (entry.kind == "file" && !entry.fsync())).then(|| output.clone());
-        let (tx, rx) = mpsc::channel();
-        let writer = Writer {
-            output,
-            chain_key: chain_mac.clone(),
-            fsync: entry.fsync(),
-            barrier: self.barrier.clone(),
-            handle: self.runtime.clone(),
-            checkpoint_key: checkpoint_key(&entry.id),
-            device: entry.path.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("audit-{}", entry.path.trim_end_matches('/')))
-            .spawn(move || writer.run(rx))
-            .map_err(|e| format!("cannot start the device's writer thread: {e}"))?;
-        Ok(Arc::new(Device {
-            entry,
-            hmac_key,
-            chain_key,
-            chain_mac,
-            direct,
-            tx,
-            stream,
-            thread: Mutex::new(Some(thread)),
-        }))
-    }
-
-    /// A device whose sink could not be opened: every record fails with the reason.
-    fn start_failed(&self, entry: DeviceEntry, keys: Zeroizing<Vec<u8>>, reason: String) -> Arc<Device> {
-        let (hmac_key, chain_key) = Self::split_keys(&keys);
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let thread = std::thread::spawn(move || {
-            while let Ok(m) = rx.recv() {
-                match m {
-                    Msg::Record(_, Some(ack)) | Msg::Reopen(ack) => {
-                        let _ = ack.send(Err(format!("the device did not start: {reason}")));
-                    }
-                    Msg::Record(_, None) => {}
-                    Msg::Checkpoint(done) => {
-                        let _ = done.send(());
-                    }
-                    Msg::Shutdown(done) => {
-                        let _ = done.send(());
-                        return;
-                    }
-                }
-            }
-        });
-        Arc::new(Device {
-            entry,
-            hmac_key: MacKey::new(&hmac_key),
-            chain_mac: MacKey::new(&chain_key),
-            chain_key,
-            direct: None,
-            tx,
-            stream: None,
-            thread: Mutex::new(Some(thread)),
-        })
-    }
-}
-
-async fn stop(d: &Device) {
-    d.send_and_wait(Msg::Shutdown).await;
-    let thread = d.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(t) = thread {
-        // The thread has acknowledged its shutdown; joining is immediate.
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
-}
-
-pub(crate) fn forget(batch: &mut WriteBatch, id: &str) {
-    batch.delete(keys_key(id)).delete(checkpoint_key(id));
-}
-
-pub(crate) fn store_keys(batch: &mut WriteBatch, id: &str, keys: Zeroizing<Vec<u8>>) {
-    batch.put(keys_key(id), keys);
 }
 
 // ----- chain state and the writer thread ----------------------------------
 
 #[derive(Clone, Copy)]
-struct ChainState {
-    seq: u64,
-    chain: ChainValue,
-    segment_start: u64,
+pub(super) struct ChainState {
+    pub(super) seq: u64,
+    pub(super) chain: ChainValue,
+    pub(super) segment_start: u64,
     /// The next record starts a new file segment (and carries `prev`).
-    new_segment: bool,
+    pub(super) new_segment: bool,
 }
 
 /// A device's sink and chain position, behind one lock: the request path
 /// (direct devices) and the writer thread (grouped devices, checkpoints,
 /// reopening) both write through it.
-struct Output {
-    sink: Box<dyn Sink>,
-    state: ChainState,
+pub(super) struct Output {
+    pub(super) sink: Box<dyn Sink>,
+    pub(super) state: ChainState,
     /// The state moved since the last checkpoint.
-    dirty: bool,
+    pub(super) dirty: bool,
     /// The lines of a group are assembled here (kept between groups).
-    lines: Vec<u8>,
+    pub(super) lines: Vec<u8>,
 }
 
 impl Output {
     /// Chains and writes `bodies` as one group. On failure nothing of the
     /// group stays (the sink cuts its partial write back) and the chain
     /// position is unchanged.
-    fn write(&mut self, chain_key: &MacKey, fsync: bool, bodies: &[&[u8]]) -> std::io::Result<()> {
+    pub(super) fn write(&mut self, chain_key: &MacKey, fsync: bool, bodies: &[&[u8]]) -> std::io::Result<()> {
         let saved = self.state;
         let result = (|| -> std::io::Result<()> {
             if self.sink.prepare()? {
@@ -516,22 +164,22 @@ impl Output {
     }
 }
 
-struct Writer {
-    output: Arc<Mutex<Output>>,
-    chain_key: MacKey,
-    fsync: bool,
-    barrier: Arc<Barrier>,
-    handle: tokio::runtime::Handle,
-    checkpoint_key: String,
-    device: String,
+pub(super) struct Writer {
+    pub(super) output: Arc<Mutex<Output>>,
+    pub(super) chain_key: MacKey,
+    pub(super) fsync: bool,
+    pub(super) barrier: Arc<Barrier>,
+    pub(super) handle: tokio::runtime::Handle,
+    pub(super) checkpoint_key: String,
+    pub(super) device: String,
 }
 
 impl Writer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
         self.output.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run(self, rx: mpsc::Receiver<Msg>) {
+    pub(super) fn run(self, rx: mpsc::Receiver<Msg>) {
         let mut last_checkpoint = Instant::now();
         loop {
             let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
@@ -591,7 +239,7 @@ impl Writer {
         }
     }
 
-    fn write(&self, batch: Vec<(Vec<u8>, Option<Ack>)>) {
+    pub(super) fn write(&self, batch: Vec<(Vec<u8>, Option<Ack>)>) {
         let bodies: Vec<&[u8]> = batch.iter().map(|(b, _)| b.as_slice()).collect();
         let result = self.lock().write(&self.chain_key, self.fsync, &bodies);
         if result.is_ok() && self.fsync {
@@ -608,7 +256,7 @@ impl Writer {
     }
 
     /// Stores the chain position in the barrier (if it moved, or `force`).
-    fn checkpoint(&self, force: bool) {
+    pub(super) fn checkpoint(&self, force: bool) {
         let cp = {
             let mut out = self.lock();
             if !out.dirty && !force {
@@ -633,7 +281,7 @@ impl Writer {
 
 // ----- sinks ----------------------------------------------------------------
 
-trait Sink: Send {
+pub(super) trait Sink: Send {
     /// Makes the sink ready to write; true if it starts a new segment (a
     /// new connection).
     fn prepare(&mut self) -> std::io::Result<bool> {
@@ -657,23 +305,23 @@ trait Sink: Send {
     }
 }
 
-struct FileSink {
-    path: std::path::PathBuf,
-    mode: u32,
-    file: std::fs::File,
-    offset: u64,
+pub(super) struct FileSink {
+    pub(super) path: std::path::PathBuf,
+    pub(super) mode: u32,
+    pub(super) file: std::fs::File,
+    pub(super) offset: u64,
 }
 
 impl FileSink {
     /// Opens for appending, never through a symbolic link (`O_NOFOLLOW`):
     /// whoever can write the log's directory cannot point the chain at
     /// another file.
-    fn open_file(path: &std::path::Path, mode: u32) -> std::io::Result<std::fs::File> {
+    pub(super) fn open_file(path: &std::path::Path, mode: u32) -> std::io::Result<std::fs::File> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new().create(true).append(true).mode(mode).custom_flags(libc::O_NOFOLLOW).open(path)
     }
 
-    fn open(entry: &DeviceEntry) -> std::result::Result<Self, String> {
+    pub(super) fn open(entry: &DeviceEntry) -> std::result::Result<Self, String> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let path = std::path::PathBuf::from(&entry.options["file_path"]);
         let mode = entry.options.get("mode").and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0o600);
@@ -774,15 +422,15 @@ impl Sink for FileSink {
     }
 }
 
-struct SocketSink {
-    address: String,
-    unix: bool,
-    timeout: Duration,
-    conn: Option<Box<dyn Write + Send>>,
+pub(super) struct SocketSink {
+    pub(super) address: String,
+    pub(super) unix: bool,
+    pub(super) timeout: Duration,
+    pub(super) conn: Option<Box<dyn Write + Send>>,
 }
 
 impl SocketSink {
-    fn connect(entry: &DeviceEntry) -> std::result::Result<Self, String> {
+    pub(super) fn connect(entry: &DeviceEntry) -> std::result::Result<Self, String> {
         let mut s = SocketSink {
             address: entry.options["address"].clone(),
             unix: entry.options.get("socket_type").is_some_and(|t| t == "unix"),
@@ -797,7 +445,7 @@ impl SocketSink {
         Ok(s)
     }
 
-    fn dial(&mut self) -> std::io::Result<()> {
+    pub(super) fn dial(&mut self) -> std::io::Result<()> {
         let conn: Box<dyn Write + Send> = if self.unix {
             let c = std::os::unix::net::UnixStream::connect(&self.address)?;
             c.set_write_timeout(Some(self.timeout))?;
@@ -843,7 +491,7 @@ impl Sink for SocketSink {
     }
 }
 
-struct StreamSink(broadcast::Sender<Arc<str>>);
+pub(super) struct StreamSink(pub(super) broadcast::Sender<Arc<str>>);
 
 impl Sink for StreamSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {

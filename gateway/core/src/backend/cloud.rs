@@ -32,7 +32,7 @@ use keybridge_provider_api::{
 };
 use zeroize::Zeroizing;
 
-use crate::kv::{ReadSecret, SecretMeta, VersionMeta};
+use crate::backend::kv::{ReadSecret, SecretMeta, VersionMeta};
 use crate::value::SecretValue;
 use crate::{Error, Result, Timestamp};
 
@@ -67,14 +67,6 @@ const GATEWAY_KEYS: &[&str] = &[
     "rate_max_wait_ms",
     "recovery_window_days",
 ];
-
-/// Mount settings that hold credentials: kept in the barrier like every
-/// mount setting, but shown as `<redacted>` and audited as HMACs.
-pub const SENSITIVE_SETTINGS: &[&str] = &["secret_access_key", "session_token", "client_secret"];
-
-pub fn is_sensitive_setting(key: &str) -> bool {
-    SENSITIVE_SETTINGS.contains(&key)
-}
 
 /// Where names another tool made are listed and addressed.
 pub const RAW_FOLDER: &str = "_raw/";
@@ -123,12 +115,7 @@ fn gateway_settings(cloud: Cloud, s: &BTreeMap<String, String>) -> Result<Gatewa
 
 /// The cloud of a mount type.
 pub fn cloud_of(kind: &str) -> Option<Cloud> {
-    match kind {
-        "aws" => Some(Cloud::Aws),
-        "azure" => Some(Cloud::Azure),
-        "gcp" => Some(Cloud::Gcp),
-        _ => None,
-    }
+    Cloud::from_kind(kind)
 }
 
 /// A cloud mount's endpoint settings that point elsewhere than the cloud's
@@ -288,15 +275,9 @@ impl CloudMount {
         Ok((v.number.unwrap_or(0), version_meta(&v)))
     }
 
-    /// Whether this cloud's listing shows a marker of each secret's current
-    /// version (AWS, Azure), so a scan needs no call per secret.
-    pub fn lists_markers(&self) -> bool {
-        self.cloud != Cloud::Gcp
-    }
-
-    /// The current version's id and listing marker, and the secret's tags.
-    pub async fn current(&self, rel: &str) -> Result<Option<(String, Option<String>, BTreeMap<String, String>)>> {
-        Ok(self.head(rel).await?.map(|(v, tags)| (v.id.clone(), self.store.marker(&v), tags)))
+    /// What the cloud can do, from the provider capability table.
+    pub fn capabilities(&self) -> keybridge_provider_api::capabilities::Capabilities {
+        self.cloud.capabilities()
     }
 
     /// The current version (with its number, if Keybridge's) and the tags.
@@ -317,8 +298,8 @@ impl CloudMount {
         let name = self.name(rel)?;
         let value = self.cloud_value(value)?;
         let mut tags = existing.cloned().unwrap_or_default();
-        let tagged = tags.get(crate::sync::MARKER_TAG).map(String::as_str) == Some(rule_id);
-        tags.insert(crate::sync::MARKER_TAG.to_string(), rule_id.to_string());
+        let tagged = tags.get(crate::reconciler::MARKER_TAG).map(String::as_str) == Some(rule_id);
+        tags.insert(crate::reconciler::MARKER_TAG.to_string(), rule_id.to_string());
         let v = match (existing, current_number) {
             // The current version is numbered: the next number is known.
             (Some(_), Some(n)) => {
@@ -337,18 +318,6 @@ impl CloudMount {
     /// The listing marker of a version.
     pub fn marker(&self, v: &VersionInfo) -> Option<String> {
         self.store.marker(v)
-    }
-
-    /// Whether the listing's marker tells every version apart (AWS's
-    /// version ids); Azure's update time has one-second resolution, so an
-    /// edit in the same second as Keybridge's write needs a describe.
-    pub fn markers_exact(&self) -> bool {
-        self.cloud == Cloud::Aws
-    }
-
-    /// Whether the cloud stages versions itself (AWS's AWSPENDING).
-    pub fn stages_natively(&self) -> bool {
-        self.cloud == Cloud::Aws
     }
 
     /// Stages `value` as a version readers of the current one do not get.
@@ -445,7 +414,8 @@ impl CloudMount {
         let name = self.name(rel)?;
         let info = self.store.describe(&name).await?;
         let ids: Vec<(u64, String)> = if versions.is_empty() {
-            let cur = current(&info)
+            let cur = info
+                .current()
                 .ok_or_else(|| Error::FailedPrecondition(format!("{rel} has no current version to delete")))?;
             vec![(cur.number.unwrap_or(0), cur.id.clone())]
         } else {
@@ -510,7 +480,7 @@ impl CloudMount {
         page_token: &str,
         recursive: bool,
     ) -> Result<(Vec<String>, String)> {
-        let page_size = crate::kv::page_size_of(page_size)?;
+        let page_size = crate::backend::kv::page_size_of(page_size)?;
         let mut paths = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -588,13 +558,8 @@ fn version_meta(v: &VersionInfo) -> VersionMeta {
     }
 }
 
-/// The version reads without a selector get.
-fn current(info: &SecretInfo) -> Option<&VersionInfo> {
-    info.versions.iter().find(|v| v.stages.iter().any(|s| s == "AWSCURRENT")).or_else(|| info.versions.last())
-}
-
 fn secret_meta(info: &SecretInfo) -> SecretMeta {
-    let cur = current(info);
+    let cur = info.current();
     // A secret the cloud keeps for recovery (AWS's recovery window): every
     // version reads as deleted, at the time it was deleted.
     let meta = |v: &VersionInfo| {

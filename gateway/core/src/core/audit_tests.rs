@@ -9,6 +9,7 @@ use keybridge_barrier::{Barrier, RedbStore};
 use super::*;
 use crate::audit::chain::verify_files;
 use crate::{AuditValue, Caller};
+use crate::{TokenRequest, value::SecretValue};
 
 fn fields(pairs: &[(&str, &str)]) -> SecretValue {
     SecretValue::Fields(pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string()))).collect())

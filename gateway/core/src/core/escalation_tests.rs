@@ -11,6 +11,7 @@ use keybridge_testservers::issuer::Issuer;
 use super::tests::hold_load;
 use super::*;
 use crate::Caller;
+use crate::TokenRequest;
 
 fn s(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -97,7 +98,7 @@ async fn a_login_never_returns_a_root_token_or_a_lifetime_past_the_maximum() {
     .await
     .unwrap();
     // Roles written before the checks existed: stored directly.
-    let mount = core.auth_mount(&core.loaded().unwrap(), "kubernetes").unwrap();
+    let mount = core.auth_mount(&core.unsealed().unwrap(), "kubernetes").unwrap();
     let mut stored = role("root");
     stored.insert("ttl".into(), "100000h".into());
     let mut batch = WriteBatch::new();
@@ -113,7 +114,7 @@ async fn a_login_never_returns_a_root_token_or_a_lifetime_past_the_maximum() {
     let e = core.login(&c, "kubernetes", "old-root", &sa).await.unwrap_err();
     assert!(matches!(e, Error::LoginRefused(_)), "{e}");
     let (_, entry) = core.login(&Caller::new(None, "login"), "kubernetes", "old-long", &sa).await.unwrap();
-    let max = policies::DEFAULT_TOKEN_TTL_SECS as i64;
+    let max = crate::tokens::store::DEFAULT_TOKEN_TTL_SECS as i64;
     assert_eq!(entry.max_expires.unwrap().secs - entry.created.secs, max);
     assert!(entry.expires.unwrap().secs - entry.created.secs <= max);
 }
@@ -128,7 +129,7 @@ async fn a_use_limited_token_cannot_create_children() {
     let e = core.create_token(&limited, TokenRequest::default()).await.unwrap_err();
     assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("use-limited")), "{e}");
     // Only the limited token's own marker under root.
-    assert_eq!(core.barrier.list(crate::token::PARENT_PREFIX, None, 100).await.unwrap().len(), 1);
+    assert_eq!(core.barrier.list(crate::tokens::PARENT_PREFIX, None, 100).await.unwrap().len(), 1);
 }
 
 /// A child created while its parent's tree is being revoked cannot survive:
@@ -164,7 +165,7 @@ async fn a_child_created_during_its_parents_revocation_does_not_survive() {
         let r = core.lookup_self(&Caller::token(Some(t.as_str()))).await;
         assert!(matches!(r, Err(Error::Unauthenticated)), "a token of the revoked tree still works");
     }
-    assert!(core.barrier.list(crate::token::PARENT_PREFIX, None, 100).await.unwrap().is_empty());
+    assert!(core.barrier.list(crate::tokens::PARENT_PREFIX, None, 100).await.unwrap().is_empty());
 }
 
 /// Many creators racing one revocation: every token they got is dead after it.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use keybridge_barrier::{Barrier, RedbStore};
 
 use super::*;
-use crate::engine::*;
+use crate::TokenRequest;
+use crate::plugins::*;
 use crate::{Caller, LogicalOp};
 
 /// Issues `cred-N` at `creds/{name}` with a lease of `ttl` seconds; counts
@@ -62,7 +63,7 @@ fn issuer_info() -> EngineInfo {
 }
 
 #[async_trait::async_trait]
-impl Backend for IssuerEngine {
+impl PluginEngine for IssuerEngine {
     fn info(&self) -> &EngineInfo {
         &self.info
     }
@@ -124,7 +125,7 @@ impl PluginRuntime for NativeRuntime {
             _ => Ok(()),
         }
     }
-    async fn open(&self, _spec: PluginSpec<'_>) -> Result<Arc<dyn Backend>, EngineError> {
+    async fn open(&self, _spec: PluginSpec<'_>) -> Result<Arc<dyn PluginEngine>, EngineError> {
         Ok(Arc::new(IssuerEngine { info: issuer_info(), state: self.0.clone() }))
     }
 }
@@ -381,11 +382,11 @@ async fn expired_leases_are_revoked_with_retries_and_survive_a_reseal() {
 #[tokio::test]
 async fn a_lease_that_cannot_be_recorded_revokes_its_credential() {
     let (core, t, issuer) = core_with_issuer().await;
-    core.fail_lease_record.store(true, Ordering::SeqCst);
+    core.leases.fail_record.store(true, Ordering::SeqCst);
     let e = core.logical(&t, LogicalOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap_err();
     assert!(matches!(&e, Error::Internal(m) if m.contains("the credential was revoked")), "{e}");
     assert_eq!(*issuer.revoked.lock().unwrap(), vec!["cred-1".to_string()]);
-    core.fail_lease_record.store(false, Ordering::SeqCst);
+    core.leases.fail_record.store(false, Ordering::SeqCst);
     assert!(core.list_leases(&t, "").await.unwrap().is_empty());
 }
 

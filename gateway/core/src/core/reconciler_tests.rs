@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use keybridge_barrier::{Barrier, RedbStore};
 
-use super::sync_ops::RuleSpec;
 use super::tests::{field, fields, hold_load};
 use super::*;
 use crate::Caller;
+use crate::TokenRequest;
+use crate::reconciler::RuleSpec;
 
 async fn core_with_mounts(store: Arc<RedbStore>) -> (Arc<Core>, Caller) {
     let (core, t, _) = core_with_key(store).await;
@@ -79,7 +80,7 @@ async fn writes_replicate_and_conflicts_follow_the_rule() {
     core.sync_pass().await.unwrap();
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "pw"), "one");
     let meta = core.describe(&t, "team-b/app/db").await.unwrap();
-    assert!(meta.custom_metadata.contains_key(crate::sync::MARKER_TAG), "replicas are tagged");
+    assert!(meta.custom_metadata.contains_key(crate::reconciler::MARKER_TAG), "replicas are tagged");
     assert_eq!(state(&core, "team-b/app/db").0, "in_sync");
     // Not ours: left alone, reported.
     assert_eq!(field(&core.get(&t, "team-b/app/theirs", None).await.unwrap(), "v"), "theirs");
@@ -223,10 +224,10 @@ async fn a_write_already_landed_is_not_written_twice() {
     // A crash after the write reached the target but before it was recorded:
     // the record still says pending, the target already has the value.
     let rule = core.sync_rules().await.unwrap()[0].clone();
-    let key = crate::sync::state_key(&rule.id, "team-b/app/db");
+    let key = crate::reconciler::state_key(&rule.id, "team-b/app/db");
     let mut rec = core.record(&key).await.unwrap().unwrap();
     rec.pending = true;
-    rec.fingerprint = crate::sync::fingerprint(&core.fingerprint_key().await.unwrap(), &fields(&[("pw", "two")]));
+    rec.fingerprint = crate::reconciler::fingerprint(&core.fingerprint_key().await.unwrap(), &fields(&[("pw", "two")]));
     core.save_record(&key, &rec).await.unwrap();
     core.put(&Caller::token(Some("root-t")), "team-b/app/db", &fields(&[("pw", "two")]), None).await.unwrap();
     core.sync_pass().await.unwrap();

@@ -4,6 +4,7 @@ use keybridge_barrier::{Barrier, RedbStore};
 
 use super::*;
 use crate::{Caller, TokenRef, TokenRequest};
+use crate::{backend::kv::ReadSecret, value::SecretValue};
 
 pub(super) fn fields(pairs: &[(&str, &str)]) -> SecretValue {
     SecretValue::Fields(pairs.iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string()))).collect())
@@ -213,7 +214,7 @@ async fn no_plaintext_reaches_the_database_file() {
 
 /// Every storage key under the `secret/` mount.
 async fn stored_keys(core: &Core) -> Vec<String> {
-    let table = core.loaded().unwrap().table();
+    let table = core.unsealed().unwrap().table();
     let prefix = table.get("secret/").unwrap().storage_prefix();
     core.barrier.list(&prefix, None, 10_000).await.unwrap()
 }

@@ -214,7 +214,7 @@ pub trait EngineStorage: Send + Sync {
 
 /// One mounted engine.
 #[async_trait::async_trait]
-pub trait Backend: Send + Sync {
+pub trait PluginEngine: Send + Sync {
     fn info(&self) -> &EngineInfo;
     async fn exists(&self, ctx: &CallContext, req: &EngineRequest) -> Result<bool, EngineError>;
     async fn handle(&self, ctx: &CallContext, req: &EngineRequest) -> Result<EngineResponse, EngineError>;
@@ -245,7 +245,7 @@ pub trait PluginRuntime: Send + Sync {
     /// Checks the host's keys in a mount config, without IO.
     fn validate_host_config(&self, config: &BTreeMap<String, String>) -> Result<(), String>;
     /// Builds a mount's engine.
-    async fn open(&self, spec: PluginSpec<'_>) -> Result<Arc<dyn Backend>, EngineError>;
+    async fn open(&self, spec: PluginSpec<'_>) -> Result<Arc<dyn PluginEngine>, EngineError>;
 }
 
 /// A request path matched against an engine's patterns.

@@ -1,5 +1,9 @@
-//! Engine mounts: the plugin catalog, mounting a registered component, and
-//! the `Logical` operations (read, write, delete, list) that reach engines.
+//! Plugins: the catalog of registered WASM components, and opening a plugin
+//! mount's engine. [`contract`] is what every engine speaks; the Logical
+//! API that reaches a mounted engine is [`crate::backend::plugin`].
+
+mod contract;
+pub use contract::*;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,14 +13,10 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use zeroize::Zeroizing;
 
-use super::{Capability, Core, encode_json};
 use crate::audit::Caller;
-use crate::engine::{
-    self, Backend, CallContext, EngineError, EngineInfo, EngineRequest, EngineStorage, Operation, Params,
-    PluginRuntime, PluginSpec,
-};
+use crate::core::{Capability, Core, encode_json};
 use crate::mounts::MountEntry;
-use crate::token::Identity;
+use crate::tokens::Identity;
 use crate::{Error, Result, Timestamp};
 
 const CATALOG: &str = "core/plugins/";
@@ -56,7 +56,7 @@ pub enum LogicalOp {
 }
 
 impl LogicalOp {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             LogicalOp::Read => "read",
             LogicalOp::Write => "write",
@@ -239,7 +239,7 @@ impl Core {
     /// Authenticates and authorizes a registration of `name` (audited once
     /// per call): the gateway calls it on an upload's first chunk, before it
     /// buffers any more of it, and [`Core::register_plugin`] again.
-    pub async fn authorize_register(&self, caller: &Caller, name: &str) -> Result<crate::token::Identity> {
+    pub async fn authorize_register(&self, caller: &Caller, name: &str) -> Result<crate::tokens::Identity> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, &format!("sys/plugins/catalog/{name}"), Capability::Sudo).await?;
         Ok(id)
@@ -288,7 +288,7 @@ impl Core {
                 sha256.map(|d| format!(" with SHA-256 {d}")).unwrap_or_default()
             )));
         }
-        let table = self.loaded()?.table();
+        let table = self.unsealed()?.table();
         let users: Vec<&str> = table
             .entries
             .iter()
@@ -329,7 +329,7 @@ impl Core {
         }
         for k in ["default_lease_ttl", "max_lease_ttl"] {
             if let Some(v) = config.get(k)
-                && engine::parse_duration(v).is_none_or(|d| d == 0)
+                && parse_duration(v).is_none_or(|d| d == 0)
             {
                 return Err(Error::InvalidArgument(format!("mount config {k}={v:?}: expected a duration such as 1h")));
             }
@@ -370,7 +370,7 @@ impl Core {
 
     /// Builds a mount's engine from the catalog, and checks the engine
     /// accepts its config keys.
-    pub(crate) async fn open_plugin(&self, mount: &MountEntry) -> Result<Arc<dyn Backend>> {
+    pub(crate) async fn open_plugin(&self, mount: &MountEntry) -> Result<Arc<dyn PluginEngine>> {
         let rt = self.plugin_runtime()?;
         let digest = mount.config.get("sha256").cloned().unwrap_or_default();
         let blob = self.barrier.get(&format!("{BLOBS}{digest}")).await?.ok_or_else(|| {
@@ -420,8 +420,8 @@ impl Core {
     }
 
     /// A mount's engine, built on first use after unseal.
-    pub(crate) async fn plugin_backend(&self, mount: &MountEntry) -> Result<Arc<dyn Backend>> {
-        let loaded = self.loaded()?;
+    pub(crate) async fn plugin_backend(&self, mount: &MountEntry) -> Result<Arc<dyn PluginEngine>> {
+        let loaded = self.unsealed()?;
         if let Some(b) = loaded.engines.read().unwrap_or_else(|p| p.into_inner()).get(&mount.id) {
             return Ok(b.clone());
         }
@@ -436,153 +436,6 @@ impl Core {
             request_id: request_id.to_string(),
             caller: who.to_string(),
         }
-    }
-
-    // ----- Logical ---------------------------------------------------------------------
-
-    /// Routes `path` to its plugin mount and matches it against the engine's
-    /// patterns.
-    pub(crate) async fn logical_route(&self, path: &str) -> Result<(MountEntry, String, Arc<dyn Backend>)> {
-        if path.is_empty()
-            || path.len() > 1024
-            || path.starts_with('/')
-            || path.split('/').any(|s| s == "." || s == "..")
-        {
-            return Err(Error::InvalidArgument(format!(
-                "invalid path {path:?}: give MOUNT/PATH, without a leading '/' or '.' segments, at most 1024 bytes"
-            )));
-        }
-        let table = self.loaded()?.table();
-        let (mount, rel) = table.route(path).ok_or_else(|| {
-            Error::NotFound(format!("no mount serves {path:?}; `keybridge mount list` shows the mounts"))
-        })?;
-        if mount.kind != MOUNT_KIND {
-            return Err(Error::InvalidArgument(format!(
-                "{} is a {} mount, which `read`/`write` do not serve; use `keybridge kv` (keybridge.v1.Secrets) for it",
-                mount.path, mount.kind
-            )));
-        }
-        let (mount, rel) = (mount.clone(), rel.to_string());
-        let backend = self.plugin_backend(&mount).await?;
-        Ok((mount, rel, backend))
-    }
-
-    /// A Logical request: authenticate, route, check the parameters against
-    /// the engine's fields, authorize (with the parameters, for policies'
-    /// parameter constraints), call the engine, record a lease.
-    pub async fn logical(
-        &self,
-        caller: &Caller,
-        op: LogicalOp,
-        path: &str,
-        data: BTreeMap<String, String>,
-    ) -> Result<LogicalResponse> {
-        let id = self.authenticate(caller).await?;
-        let (mount, rel, backend) = self.logical_route(path).await?;
-        let info = backend.info();
-        let m = engine::match_path(info, &rel).ok_or_else(|| {
-            let pats: Vec<String> = info.paths.iter().map(|p| format!("{}{}", mount.path, p.pattern)).collect();
-            Error::NotFound(format!("the {} engine serves no path {path:?}; its paths: {}", info.name, pats.join(", ")))
-        })?;
-        let wants: &[Operation] = match op {
-            LogicalOp::Read => &[Operation::Read],
-            LogicalOp::Write => &[Operation::Create, Operation::Update],
-            LogicalOp::Delete => &[Operation::Delete],
-            LogicalOp::List => &[Operation::List],
-        };
-        if !m.info.operations.iter().any(|o| wants.contains(o)) {
-            let has: Vec<&str> = m.info.operations.iter().map(|o| o.name()).collect();
-            return Err(Error::Unimplemented(format!(
-                "{}{} does not support {}; it supports: {}",
-                mount.path,
-                m.info.pattern,
-                op.name(),
-                has.join(", ")
-            )));
-        }
-        let mut operation = wants[0];
-        let params = engine::check_params(&m, operation, &data).map_err(Error::InvalidArgument)?;
-        let ctx = self.call_context(&mount, &caller.request_id, &id.display_name);
-        let mut req = EngineRequest { operation, path: rel.clone(), pattern: m.info.pattern.clone(), params };
-        if op == LogicalOp::Write {
-            let can = |o| m.info.operations.contains(&o);
-            operation = if m.info.existence_check {
-                // Refused before the engine's `exists` runs with the
-                // caller's parameters, unless the caller may write at all.
-                let acl_path = path.trim_end_matches('/');
-                match self
-                    .write_capability(caller, &id, acl_path, true, || async {
-                        backend.exists(&ctx, &req).await.map_err(engine_error)
-                    })
-                    .await?
-                {
-                    Capability::Update => Operation::Update,
-                    _ => Operation::Create,
-                }
-            } else if can(Operation::Update) {
-                Operation::Update
-            } else {
-                Operation::Create
-            };
-            if !can(operation) {
-                return Err(Error::Unimplemented(format!(
-                    "{}{} does not support {} (the path {})",
-                    mount.path,
-                    m.info.pattern,
-                    operation.name(),
-                    if operation == Operation::Create { "does not exist yet" } else { "exists already" }
-                )));
-            }
-            req.operation = operation;
-        }
-        let cap = match operation {
-            Operation::Read => Capability::Read,
-            Operation::Create => Capability::Create,
-            Operation::Update => Capability::Update,
-            Operation::Delete => Capability::Delete,
-            Operation::List => Capability::List,
-        };
-        // The policy's parameter constraints see what the engine will get:
-        // the caller's parameters as coerced (a duration in seconds, a
-        // boolean as true/false), each item of a list on its own.
-        let typed: Vec<keybridge_policy::Param<'_>> = data
-            .keys()
-            .filter_map(|k| {
-                let value = req.params.get(k)?;
-                let kind =
-                    m.info.fields.iter().find(|f| &f.name == k).map_or(Default::default(), |f| f.kind.value_kind());
-                Some(keybridge_policy::Param { name: k, value, kind })
-            })
-            .collect();
-        self.authorize_params(caller, &id, path.trim_end_matches('/'), cap, &typed).await?;
-        let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
-        let lease = match resp.lease {
-            None => None,
-            Some(l) => Some(self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, false).await?),
-        };
-        Ok(LogicalResponse { data: resp.data.clone(), lease, warnings: resp.warnings.clone() })
-    }
-
-    /// What the engine behind `path` says about it (or about itself, for the
-    /// mount's own path).
-    pub async fn path_help(&self, caller: &Caller, path: &str) -> Result<PathHelp> {
-        let id = self.authenticate(caller).await?;
-        let (mount, rel, backend) = self.logical_route(path).await?;
-        // Vault: help needs any capability on the path; read is the one here.
-        self.authorize(caller, &id, path.trim_end_matches('/'), Capability::Read).await?;
-        let info = backend.info().clone();
-        let matched = if rel.is_empty() {
-            None
-        } else {
-            Some(
-                engine::match_path(&info, &rel)
-                    .ok_or_else(|| Error::NotFound(format!("the {} engine serves no path {path:?}", info.name)))?
-                    .info
-                    .pattern
-                    .clone(),
-            )
-        };
-        Ok(PathHelp { mount: mount.path, engine: info, matched })
     }
 
     /// Authorizes with request parameters, checked against the policy's

@@ -32,6 +32,17 @@
 //! listing carries none, so its scan describes each replica (two calls per
 //! secret).
 
+mod journal;
+mod rotation;
+mod rules;
+mod scan;
+pub(crate) mod worker;
+
+pub(crate) use journal::JournalEntry;
+pub use rotation::{CopyState, RotateSpec, Rotation, RotationState, RotationVerifier, Schedule};
+pub use rules::{OnConflict, OnDelete, Rule, RuleSpec, check_name, check_rules};
+pub use worker::SyncStatus;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,9 +50,9 @@ use std::time::{Duration, Instant};
 use hmac::Mac;
 use serde::{Deserialize, Serialize};
 
+use crate::Timestamp;
 use crate::audit::{AuditValue, Caller};
 use crate::value::SecretValue;
-use crate::{Error, Result, Timestamp};
 use keybridge_barrier::fill_cache::FillCache;
 
 pub const MARKER_TAG: &str = "keybridge-replica";
@@ -49,172 +60,6 @@ pub(crate) const RULES: &str = "sync/rules/";
 pub(crate) const JOURNAL: &str = "sync/journal/";
 pub(crate) const STATE: &str = "sync/state/";
 pub(crate) const FP_KEY: &str = "sync/fingerprint-key";
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnConflict {
-    #[default]
-    Overwrite,
-    Adopt,
-    Alert,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDelete {
-    #[default]
-    Retain,
-    Propagate,
-}
-
-impl OnConflict {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "" | "overwrite" => Ok(OnConflict::Overwrite),
-            "adopt" => Ok(OnConflict::Adopt),
-            "alert" => Ok(OnConflict::Alert),
-            o => Err(Error::InvalidArgument(format!("on_conflict must be overwrite, adopt or alert, not {o:?}"))),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            OnConflict::Overwrite => "overwrite",
-            OnConflict::Adopt => "adopt",
-            OnConflict::Alert => "alert",
-        }
-    }
-}
-
-impl OnDelete {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "" | "retain" => Ok(OnDelete::Retain),
-            "propagate" => Ok(OnDelete::Propagate),
-            o => Err(Error::InvalidArgument(format!("delete must be retain or propagate, not {o:?}"))),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            OnDelete::Retain => "retain",
-            OnDelete::Propagate => "propagate",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    pub name: String,
-    pub id: String,
-    /// A full folder path with its trailing `/` (`secret/app/`).
-    pub source: String,
-    pub targets: Vec<String>,
-    pub on_conflict: OnConflict,
-    pub delete: OnDelete,
-    pub take_over: bool,
-    pub scan_interval_secs: u64,
-    /// For clouds whose listing shows no versions (GCP): seconds between
-    /// scans that describe every replica (0: ten scan intervals).
-    #[serde(default)]
-    pub deep_scan_interval_secs: u64,
-    pub coalesce_ms: u64,
-    pub created: Timestamp,
-    /// What the writer was checked to hold when the rule was written, one
-    /// line each (`read on secret/data/app/*`): the authority it runs with.
-    #[serde(default)]
-    pub authorizations: Vec<String>,
-    /// The writer's token: accessor and display name.
-    #[serde(default)]
-    pub written_by: String,
-    /// The id of the mount each folder (source and targets) routed to when
-    /// the rule was written: the authority was checked against those. If
-    /// the mount table changes under a folder, the rule stops there.
-    #[serde(default)]
-    pub mounts: BTreeMap<String, String>,
-}
-
-impl Rule {
-    /// The replica of `source_path` in `target`.
-    pub fn target_path(&self, target: &str, source_path: &str) -> Option<String> {
-        source_path.strip_prefix(&self.source).filter(|r| !r.is_empty()).map(|rest| format!("{target}{rest}"))
-    }
-
-    pub fn deep_interval(&self) -> u64 {
-        if self.deep_scan_interval_secs == 0 {
-            self.scan_interval_secs.saturating_mul(10)
-        } else {
-            self.deep_scan_interval_secs
-        }
-    }
-
-    pub fn covers(&self, path: &str) -> bool {
-        path.starts_with(&self.source) && path.len() > self.source.len()
-    }
-}
-
-fn overlaps(a: &str, b: &str) -> bool {
-    a.starts_with(b) || b.starts_with(a)
-}
-
-/// Checks a new rule against the others: no target inside its own source
-/// (or the reverse), no cycle through other rules, no target shared with
-/// another rule.
-pub fn check_rules(new: &Rule, others: &[Rule]) -> Result<()> {
-    if new.targets.is_empty() {
-        return Err(Error::InvalidArgument("give at least one target".into()));
-    }
-    for (i, t) in new.targets.iter().enumerate() {
-        if overlaps(t, &new.source) {
-            return Err(Error::InvalidArgument(format!(
-                "target {t} overlaps the source {}; a rule cannot replicate into itself",
-                new.source
-            )));
-        }
-        if let Some(u) = new.targets[i + 1..].iter().find(|u| overlaps(t, u)) {
-            return Err(Error::InvalidArgument(format!("targets {t} and {u} overlap")));
-        }
-        for o in others.iter().filter(|o| o.name != new.name) {
-            if let Some(u) = o.targets.iter().find(|u| overlaps(t, u)) {
-                return Err(Error::InvalidArgument(format!(
-                    "target {t} overlaps {u}, a target of rule {:?}; two rules may not write the same secret",
-                    o.name
-                )));
-            }
-        }
-    }
-    // Cycles: rule a feeds rule b when a target of a overlaps b's source.
-    let mut all: Vec<&Rule> = others.iter().filter(|o| o.name != new.name).collect();
-    all.push(new);
-    let feeds = |a: &Rule, b: &Rule| a.targets.iter().any(|t| overlaps(t, &b.source));
-    // Depth-first from the new rule: reaching it again is a cycle.
-    let mut stack: Vec<(&Rule, Vec<String>)> = vec![(new, vec![new.name.clone()])];
-    let mut seen = std::collections::HashSet::new();
-    while let Some((r, path)) = stack.pop() {
-        for n in all.iter().filter(|n| feeds(r, n)) {
-            if n.name == new.name {
-                let mut chain = path.clone();
-                chain.push(new.name.clone());
-                return Err(Error::InvalidArgument(format!(
-                    "the rule would form a replication cycle: {}",
-                    chain.join(" -> ")
-                )));
-            }
-            if seen.insert(n.name.clone()) {
-                let mut p = path.clone();
-                p.push(n.name.clone());
-                stack.push((n, p));
-            }
-        }
-    }
-    Ok(())
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct JournalEntry {
-    pub rule: String,
-    pub path: String,
-    pub at_ms: u64,
-}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Record {
@@ -361,17 +206,6 @@ pub(crate) fn state_key(rule_id: &str, target_path: &str) -> String {
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Validates a rule name.
-pub fn check_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!("rule name {name:?} must be 1-64 of a-z, 0-9, - and _")))
-    }
 }
 
 /// The audit record of an adopt: the target's value pushed to the source.

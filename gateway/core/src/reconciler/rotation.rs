@@ -29,10 +29,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Capability, Core, Engine, encode_json};
 use crate::audit::Caller;
+use crate::backend::{Staged, Staging};
+use crate::core::{Capability, Core, encode_json};
 use crate::path::validate_secret_path;
-use crate::sync::{self, Record};
+use crate::reconciler::{self as sync, Record};
 use crate::value::SecretValue;
 use crate::{Error, Result, Timestamp};
 
@@ -54,8 +55,6 @@ pub struct Schedule {
     #[serde(default)]
     pub engine: String,
 }
-/// The staging secret beside a GCP or Azure replica.
-pub const STAGING_SUFFIX: &str = ".kb-pending";
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -88,8 +87,8 @@ pub struct CopyState {
     pub path: String,
     /// The rule that keeps this replica (empty for the source).
     pub rule_id: String,
-    /// held (local), label (AWS), beside (a staging secret).
-    pub how: String,
+    /// How the new value was staged on this copy.
+    pub how: Staging,
     pub old_id: String,
     pub staged_id: String,
     pub staged: bool,
@@ -208,7 +207,7 @@ impl Core {
     async fn check_rotation_authority(
         &self,
         caller: &Caller,
-        id: &crate::token::Identity,
+        id: &crate::tokens::Identity,
         spec: &RotateSpec,
     ) -> Result<()> {
         let secret = self.secret_acl_path(&spec.path, "data").await?;
@@ -221,8 +220,8 @@ impl Core {
         }
         let (mount, rel, backend) = self.logical_route(&spec.engine).await?;
         let ops =
-            crate::engine::match_path(backend.info(), &rel).map(|m| m.info.operations.clone()).unwrap_or_default();
-        use crate::engine::Operation;
+            crate::plugins::match_path(backend.info(), &rel).map(|m| m.info.operations.clone()).unwrap_or_default();
+        use crate::plugins::Operation;
         let cap = if ops.contains(&Operation::Update) {
             Capability::Update
         } else if ops.contains(&Operation::Create) {
@@ -321,7 +320,7 @@ impl Core {
         }
         let field = if spec.field.is_empty() { "password".to_string() } else { spec.field.clone() };
         let key = format!("{ROTATIONS}{}", spec.path);
-        let _guard = self.write_lock(&spec.path).await;
+        let _guard = self.path_lock(&spec.path).await;
         if let Some(r) = self.rotation(&spec.path).await?
             && r.state.active()
         {
@@ -332,9 +331,10 @@ impl Core {
                 Timestamp::now().secs - r.started.secs
             )));
         }
-        let table = self.loaded()?.table();
+        let table = self.unsealed()?.table();
         let (engine, _, rel) = self.route(&table, &spec.path).await?;
-        let Some((current, version)) = engine.read_current(rel).await? else {
+        let Some(crate::backend::Current { value: current, number: version, .. }) = engine.read_current(rel).await?
+        else {
             return Err(Error::NotFound(format!("{} has no current version to rotate", spec.path)));
         };
         let mut new_lease = String::new();
@@ -370,7 +370,7 @@ impl Core {
         let mut copies = vec![CopyState {
             path: spec.path.clone(),
             rule_id: String::new(),
-            how: String::new(),
+            how: Staging::Unstaged,
             old_id: String::new(),
             staged_id: String::new(),
             staged: false,
@@ -432,9 +432,9 @@ impl Core {
         let (mount, rel, backend) = self.logical_route(&spec.engine).await?;
         let ctx = self.call_context(&mount, "rotation", "reconciler");
         let resp = backend
-            .rotate(&ctx, &rel, &crate::engine::Params::default())
+            .rotate(&ctx, &rel, &crate::plugins::Params::default())
             .await
-            .map_err(super::engine_ops::engine_error)?;
+            .map_err(crate::plugins::engine_error)?;
         let lease = match resp.lease {
             Some(l) => self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, true).await?.lease_id,
             None => String::new(),
@@ -540,9 +540,9 @@ impl Core {
                     continue;
                 }
                 match self.stage_copy(&r.id, &r.copies[i], &value).await {
-                    Ok((how, old, staged)) => {
+                    Ok(s) => {
                         let c = &mut r.copies[i];
-                        (c.how, c.old_id, c.staged_id, c.staged) = (how, old, staged, true);
+                        (c.how, c.old_id, c.staged_id, c.staged) = (s.how, s.old_id, s.staged_id, true);
                         self.save_rotation(r).await?;
                     }
                     Err(e) => {
@@ -641,66 +641,22 @@ impl Core {
         Ok(None)
     }
 
-    /// (how, old version id, staged id)
-    async fn stage_copy(&self, rot_id: &str, c: &CopyState, value: &SecretValue) -> Result<(String, String, String)> {
-        let table = self.loaded()?.table();
-        let (engine, _, rel) = self.route(&table, &c.path).await?;
-        let _guard = if c.rule_id.is_empty() { None } else { Some(self.write_lock(&c.path).await) };
-        match &engine {
-            Engine::Local(kv) => {
-                let old = kv.describe(rel).await.map(|m| m.current_version.to_string()).unwrap_or_default();
-                Ok(("held".into(), old, String::new()))
-            }
-            Engine::Cloud(cm) => {
-                let old = cm.current(rel).await?.map(|(id, _, _)| id).ok_or_else(|| {
-                    Error::FailedPrecondition(format!("{} does not exist yet; let it replicate first", c.path))
-                })?;
-                if cm.stages_natively() {
-                    let id = cm.stage(rel, value, rot_id).await?;
-                    Ok(("label".into(), old, id))
-                } else {
-                    let staging = format!("{rel}{STAGING_SUFFIX}");
-                    let (_, meta) = cm.put(&staging, value, None).await?;
-                    Ok(("beside".into(), old, meta.provider_id))
-                }
-            }
-        }
+    async fn stage_copy(&self, rot_id: &str, c: &CopyState, value: &SecretValue) -> Result<Staged> {
+        let table = self.unsealed()?.table();
+        let (backend, _, rel) = self.route(&table, &c.path).await?;
+        let _guard = if c.rule_id.is_empty() { None } else { Some(self.path_lock(&c.path).await) };
+        backend.stage(rel, value, rot_id, &c.path).await
     }
 
     async fn promote_copy(&self, r: &mut Rotation, i: usize, value: &SecretValue, fp_key: &[u8]) -> Result<()> {
         let c = r.copies[i].clone();
-        let table = self.loaded()?.table();
-        let (engine, _, rel) = self.route(&table, &c.path).await?;
-        let _guard = self.write_lock(&c.path).await;
+        let table = self.unsealed()?.table();
+        let (backend, _, rel) = self.route(&table, &c.path).await?;
+        let _guard = self.path_lock(&c.path).await;
         // Idempotent: a copy that already holds the new value has moved.
         let fp = sync::fingerprint(fp_key, value);
-        let holds =
-            |v: &Option<(SecretValue, u64)>| v.as_ref().is_some_and(|(v, _)| sync::fingerprint(fp_key, v) == fp);
-        let (id, marker) = match &engine {
-            Engine::Local(kv) => {
-                let now = engine.read_current(rel).await?;
-                let n = if holds(&now) { now.map_or(0, |(_, n)| n) } else { kv.put(rel, value, None).await?.0 };
-                (n.to_string(), Some(n.to_string()))
-            }
-            Engine::Cloud(cm) if c.how == "label" => {
-                cm.promote(rel, &c.staged_id).await?;
-                let (id, marker, _) = cm.current(rel).await?.unwrap_or_default();
-                (id, marker)
-            }
-            Engine::Cloud(cm) => {
-                let now = engine.read_current(rel).await?;
-                if !holds(&now) {
-                    cm.put(rel, value, None).await?;
-                }
-                let staging = format!("{rel}{STAGING_SUFFIX}");
-                match cm.delete_all(&staging, true).await {
-                    Ok(()) | Err(Error::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-                let (id, marker, _) = cm.current(rel).await?.unwrap_or_default();
-                (id, marker)
-            }
-        };
+        let (id, marker) =
+            backend.promote(rel, c.how, &c.staged_id, value, |now| sync::fingerprint(fp_key, now) == fp).await?;
         self.sync.publish(&c.path, "rotated", id.parse().unwrap_or(0), &id);
         if i == 0 {
             r.new_version = id.parse().unwrap_or(0);
@@ -723,37 +679,22 @@ impl Core {
     }
 
     async fn retire_copy(&self, c: &CopyState) -> Result<()> {
-        if c.how == "held" || c.old_id.is_empty() {
+        if c.how == Staging::Held || c.old_id.is_empty() {
             return Ok(());
         }
-        let table = self.loaded()?.table();
-        let (engine, _, rel) = self.route(&table, &c.path).await?;
-        match &engine {
-            Engine::Cloud(cm) => match cm.retire(rel, &c.old_id).await {
-                Ok(()) | Err(Error::NotFound(_)) => Ok(()),
-                Err(e) => Err(e),
-            },
-            Engine::Local(_) => Ok(()),
-        }
+        let table = self.unsealed()?.table();
+        let (backend, _, rel) = self.route(&table, &c.path).await?;
+        backend.retire(rel, &c.old_id).await
     }
 
     /// Undoes staging everywhere it happened (best effort: what cannot be
     /// undone is named in the rotation's error).
     async fn roll_back(&self, r: &mut Rotation) {
-        let Ok(table) = self.loaded().map(|l| l.table()) else { return };
+        let Ok(table) = self.unsealed().map(|l| l.table()) else { return };
         for c in r.copies.iter_mut().filter(|c| c.staged) {
             let undone = async {
-                let (engine, _, rel) = self.route(&table, &c.path).await?;
-                match (&engine, c.how.as_str()) {
-                    (Engine::Cloud(cm), "label") => cm.unstage(rel, &c.staged_id).await,
-                    (Engine::Cloud(cm), "beside") => {
-                        match cm.delete_all(&format!("{rel}{STAGING_SUFFIX}"), true).await {
-                            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    _ => Ok(()),
-                }
+                let (backend, _, rel) = self.route(&table, &c.path).await?;
+                backend.unstage(rel, c.how, &c.staged_id).await
             }
             .await;
             match undone {

@@ -1,37 +1,20 @@
-//! The reconciler's operations on the core: rules (authorized like every
-//! other operation), the journal, the worker that replicates and scans, and
-//! status. The model and its storage layout are described in `sync.rs`.
+//! The reconciler's worker: it drains the journal, replicates each change
+//! to every target (a pending record before each replica write), and
+//! reports status. The model and its storage layout are in `mod.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keybridge_barrier::WriteBatch;
-use keybridge_provider_api::Selector;
 
-use super::{Capability, Core, Engine, encode_json};
 use crate::audit::Caller;
-use crate::path::validate_folder_path;
-use crate::sync::{
-    self, FP_KEY, JOURNAL, JournalEntry, MARKER_TAG, OnConflict, OnDelete, RULES, Record, Rule, STATE, TargetStatus,
+use crate::core::{Capability, Core, encode_json};
+use crate::reconciler::{
+    self as sync, FP_KEY, JOURNAL, JournalEntry, MARKER_TAG, OnConflict, OnDelete, Record, Rule, STATE, TargetStatus,
 };
 use crate::value::SecretValue;
 use crate::{Error, Result, Timestamp};
-
-/// What the reconciler asks of a rule: everything but name and paths is
-/// optional.
-#[derive(Clone, Debug, Default)]
-pub struct RuleSpec {
-    pub name: String,
-    pub source: String,
-    pub targets: Vec<String>,
-    pub on_conflict: String,
-    pub delete: String,
-    pub take_over: bool,
-    pub scan_interval_secs: u64,
-    pub deep_scan_interval_secs: u64,
-    pub coalesce_ms: u64,
-}
 
 #[derive(Clone, Debug, Default)]
 pub struct SyncStatus {
@@ -43,307 +26,11 @@ pub struct SyncStatus {
     pub settled: bool,
 }
 
-/// A target's current version as the reconciler compares it.
-struct Current {
-    id: String,
-    /// Keybridge's number of the current version, when it has one.
-    number: Option<u64>,
-    marker: Option<String>,
-    tags: BTreeMap<String, String>,
-}
-
 const JOURNAL_BATCH: usize = 512;
 /// Secrets replicated at once by a scan.
-const PARALLEL: usize = 8;
-
-impl Engine<'_> {
-    /// The readable current value and its version number, if any.
-    pub(super) async fn read_current(&self, rel: &str) -> Result<Option<(SecretValue, u64)>> {
-        let r = match self {
-            Engine::Local(kv) => kv.get(rel, None).await,
-            Engine::Cloud(c) => c.get(rel, &Selector::Current).await,
-        };
-        match r {
-            Ok(r) => Ok(Some((r.value, r.version))),
-            Err(Error::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn current(&self, rel: &str) -> Result<Option<Current>> {
-        match self {
-            Engine::Local(kv) => match kv.describe(rel).await {
-                Ok(m) => {
-                    let id = m.current_version.to_string();
-                    Ok(Some(Current {
-                        marker: Some(id.clone()),
-                        id,
-                        number: Some(m.current_version),
-                        tags: m.custom_metadata,
-                    }))
-                }
-                Err(Error::NotFound(_)) => Ok(None),
-                Err(e) => Err(e),
-            },
-            Engine::Cloud(c) => Ok(c.head(rel).await?.map(|(v, tags)| Current {
-                marker: c.marker(&v),
-                number: v.number,
-                id: v.id,
-                tags,
-            })),
-        }
-    }
-
-    /// Writes a replica; tags it as the rule's when it is not yet.
-    async fn write_replica(
-        &self,
-        rel: &str,
-        value: &SecretValue,
-        rule_id: &str,
-        existing: Option<&Current>,
-    ) -> Result<(String, Option<String>)> {
-        let (existing, number) = (existing.map(|c| &c.tags), existing.and_then(|c| c.number));
-        match self {
-            Engine::Local(kv) => {
-                let (n, _) = kv.put(rel, value, None).await?;
-                if existing.and_then(|t| t.get(MARKER_TAG)).map(String::as_str) != Some(rule_id) {
-                    let mut tags = existing.cloned().unwrap_or_default();
-                    tags.insert(MARKER_TAG.to_string(), rule_id.to_string());
-                    kv.put_metadata(rel, Some(tags), None, None).await?;
-                }
-                Ok((n.to_string(), Some(n.to_string())))
-            }
-            Engine::Cloud(c) => c.write_replica(rel, value, rule_id, existing, number).await,
-        }
-    }
-
-    async fn delete_replica(&self, rel: &str) -> Result<()> {
-        match self {
-            Engine::Local(kv) => kv.delete_all(rel).await,
-            Engine::Cloud(c) => match c.delete_all(rel, false).await {
-                // GCP has no recoverable deletion.
-                Err(Error::Unimplemented(_)) => c.delete_all(rel, true).await,
-                other => other,
-            },
-        }
-    }
-
-    /// Every secret below `folder` (relative, with its `/`), recursively.
-    async fn list_all(&self, folder: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let (keys, next) = match self {
-                Engine::Local(kv) => kv.list(folder, crate::kv::MAX_PAGE_SIZE, &token, true).await?,
-                Engine::Cloud(c) => c.list(folder, crate::kv::MAX_PAGE_SIZE, &token, true).await?,
-            };
-            out.extend(keys.into_iter().map(|k| format!("{folder}{k}")));
-            if next.is_empty() {
-                return Ok(out);
-            }
-            token = next;
-        }
-    }
-}
+pub(crate) const PARALLEL: usize = 8;
 
 impl Core {
-    // ----- rules --------------------------------------------------------------
-
-    fn rule_from(&self, spec: RuleSpec) -> Result<Rule> {
-        sync::check_name(&spec.name)?;
-        let table = self.loaded()?.table();
-        let folder = |p: &str, what: &str| -> Result<String> {
-            let f = validate_folder_path(p.trim())?;
-            let Some((mount, rel)) = table.route(&f) else {
-                return Err(Error::InvalidArgument(format!("{what} {f}: no mount serves it")));
-            };
-            // Raw cloud names are flat and authorized by what they decode
-            // to, which a folder does not say: rules take Keybridge paths.
-            if crate::cloud::cloud_of(&mount.kind).is_some() && rel.starts_with(crate::cloud::RAW_FOLDER) {
-                return Err(Error::InvalidArgument(format!(
-                    "{what} {f}: a rule replicates Keybridge paths, not a cloud's raw names under _raw/"
-                )));
-            }
-            Ok(f)
-        };
-        let source = folder(&spec.source, "the source")?;
-        let targets = spec.targets.iter().map(|t| folder(t, "the target")).collect::<Result<Vec<_>>>()?;
-        let mounts = std::iter::once(&source)
-            .chain(&targets)
-            .filter_map(|f| Some((f.clone(), table.route(f)?.0.id.clone())))
-            .collect();
-        if spec.scan_interval_secs > 7 * 86_400 {
-            return Err(Error::InvalidArgument("scan_interval may be at most 7 days".into()));
-        }
-        if spec.coalesce_ms > 3_600_000 {
-            return Err(Error::InvalidArgument("the coalescing window may be at most one hour".into()));
-        }
-        Ok(Rule {
-            name: spec.name,
-            id: uuid::Uuid::new_v4().to_string(),
-            source,
-            targets,
-            on_conflict: sync::OnConflict::parse(&spec.on_conflict)?,
-            delete: sync::OnDelete::parse(&spec.delete)?,
-            take_over: spec.take_over,
-            scan_interval_secs: if spec.scan_interval_secs == 0 { 60 } else { spec.scan_interval_secs },
-            deep_scan_interval_secs: spec.deep_scan_interval_secs,
-            coalesce_ms: spec.coalesce_ms,
-            created: Timestamp::now(),
-            authorizations: Vec::new(),
-            written_by: String::new(),
-            mounts,
-        })
-    }
-
-    /// Whether every folder of the rule still routes to the mount it did
-    /// when the rule was written (rules from before this record: yes).
-    pub(crate) fn rule_routes_hold(&self, rule: &Rule) -> Result<()> {
-        let table = self.loaded()?.table();
-        for (folder, id) in &rule.mounts {
-            if table.route(folder).map(|(m, _)| &m.id) != Some(id) {
-                return Err(Error::FailedPrecondition(format!(
-                    "the mount serving {folder} changed since rule {:?} was written (disabled, or another mounted there); \
-                     write the rule again to go on",
-                    rule.name
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// A rule acts later on its writer's behalf, so the writer must hold now
-    /// what the rule will do: read and list everything below the source,
-    /// create and update everything below each target; `adopt` also update
-    /// on the source and read on the targets; `propagate` delete on the
-    /// targets; `take_over`, `adopt` and `propagate` sudo on the rule's own
-    /// path. Returns the checks made, one line each.
-    async fn rule_authority(&self, id: &crate::token::Identity, rule: &Rule) -> Result<Vec<String>> {
-        use Capability::*;
-        let table = self.loaded()?.table();
-        let folder = |p: &str, area: &str| -> Result<String> {
-            let (mount, rel) =
-                table.route(p).ok_or_else(|| Error::InvalidArgument(format!("{p}: no mount serves it")))?;
-            Ok(format!("{}{area}/{rel}", mount.path))
-        };
-        let mut wanted: Vec<(String, Capability)> =
-            vec![(folder(&rule.source, "data")?, Read), (folder(&rule.source, "metadata")?, List)];
-        for t in &rule.targets {
-            wanted.push((folder(t, "data")?, Create));
-            wanted.push((folder(t, "data")?, Update));
-            if rule.on_conflict == sync::OnConflict::Adopt {
-                wanted.push((folder(t, "data")?, Read));
-            }
-            if rule.delete == sync::OnDelete::Propagate {
-                wanted.push((folder(t, "metadata")?, Delete));
-            }
-        }
-        if rule.on_conflict == sync::OnConflict::Adopt {
-            wanted.push((folder(&rule.source, "data")?, Update));
-        }
-        let mut made = Vec::new();
-        for (prefix, cap) in wanted {
-            self.decide_under(id, &prefix, cap).await?;
-            made.push(format!("{} on {prefix}*", cap.name()));
-        }
-        if rule.take_over || rule.on_conflict == sync::OnConflict::Adopt || rule.delete == sync::OnDelete::Propagate {
-            let path = format!("sys/sync/rules/{}", rule.name);
-            self.decide_with(id, &path, Sudo, None).await.map_err(|e| match e {
-                Error::PermissionDenied(m) => {
-                    Error::PermissionDenied(format!("{m} (take_over, on_conflict=adopt and delete=propagate need it)"))
-                }
-                e => e,
-            })?;
-            made.push(format!("sudo on {path}"));
-        }
-        Ok(made)
-    }
-
-    /// Creates or replaces a rule; refused if it would form a cycle or share
-    /// a target with another rule.
-    pub async fn put_sync_rule(&self, caller: &Caller, spec: RuleSpec) -> Result<Rule> {
-        let id = self.authenticate(caller).await?;
-        sync::check_name(&spec.name)?;
-        self.authorize(caller, &id, &format!("sys/sync/rules/{}", spec.name), Capability::Update).await?;
-        let _guard = self.admin.lock().await;
-        let mut rule = self.rule_from(spec)?;
-        rule.authorizations = self.rule_authority(&id, &rule).await?;
-        rule.written_by = format!("{} ({})", id.accessor, id.display_name);
-        let rules = self.sync_rules().await?;
-        if let Some(old) = rules.iter().find(|r| r.name == rule.name) {
-            // Same rule, new settings: keep its id, so its records stay valid.
-            rule.id = old.id.clone();
-            rule.created = old.created;
-        }
-        sync::check_rules(&rule, &rules)?;
-        let mut batch = WriteBatch::new();
-        batch.put(format!("{RULES}{}", rule.name), encode_json(&rule));
-        self.barrier.commit(batch).await?;
-        self.sync.rules.clear();
-        // A first scan soon: existing secrets replicate.
-        self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
-        self.sync.notify.notify_one();
-        Ok(rule)
-    }
-
-    pub async fn get_sync_rule(&self, caller: &Caller, name: &str) -> Result<Rule> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, &format!("sys/sync/rules/{name}"), Capability::Read).await?;
-        self.sync_rules()
-            .await?
-            .iter()
-            .find(|r| r.name == name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no sync rule {name:?}")))
-    }
-
-    pub async fn list_sync_rules(&self, caller: &Caller) -> Result<Vec<Rule>> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, "sys/sync/rules", Capability::List).await?;
-        Ok(self.sync_rules().await?.as_ref().clone())
-    }
-
-    /// Deletes a rule and its records; replicas stay where they are.
-    pub async fn delete_sync_rule(&self, caller: &Caller, name: &str) -> Result<()> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, &format!("sys/sync/rules/{name}"), Capability::Delete).await?;
-        let _guard = self.admin.lock().await;
-        let rules = self.sync_rules().await?;
-        let Some(rule) = rules.iter().find(|r| r.name == name) else {
-            return Err(Error::NotFound(format!("no sync rule {name:?}")));
-        };
-        let mut batch = WriteBatch::new();
-        batch.delete(format!("{RULES}{name}"));
-        self.barrier.commit(batch).await?;
-        self.sync.rules.clear();
-        self.delete_prefix(&format!("{STATE}{}/", rule.id)).await?;
-        self.sync.status.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| r != name);
-        Ok(())
-    }
-
-    pub(crate) async fn sync_rules(&self) -> Result<Arc<Vec<Rule>>> {
-        let ticket = match self.sync.rules.lookup(&()) {
-            Ok(r) => return Ok(r),
-            Err(ticket) => ticket,
-        };
-        let mut rules = Vec::new();
-        for key in self.barrier.list(RULES, None, 10_000).await? {
-            let raw = self
-                .barrier
-                .get(&key)
-                .await?
-                .ok_or_else(|| Error::Corrupt { key: key.clone(), reason: "vanished".into() })?;
-            let rule: Rule =
-                serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key: key.clone(), reason: e.to_string() })?;
-            rules.push(rule);
-        }
-        let rules = Arc::new(rules);
-        #[cfg(test)]
-        self.load_hold("rules").await;
-        self.sync.rules.fill(ticket, (), rules.clone());
-        Ok(rules)
-    }
-
     // ----- status ---------------------------------------------------------------
 
     pub async fn sync_status(&self, caller: &Caller, rule: &str) -> Result<SyncStatus> {
@@ -375,7 +62,7 @@ impl Core {
         }
         let targets = targets.into_values().collect();
         let pending = self.pending_entries(rule).await?;
-        let table = self.loaded()?.table();
+        let table = self.unsealed()?.table();
         let mut calls = Vec::new();
         for (path, stats) in self.mount_stats() {
             let kind = table.get(&path).map(|m| m.kind.clone()).unwrap_or_default();
@@ -387,7 +74,7 @@ impl Core {
         Ok(SyncStatus { targets, pending, calls, settled: false })
     }
 
-    async fn journaled_paths(&self, rule: &str) -> Result<HashSet<String>> {
+    pub(crate) async fn journaled_paths(&self, rule: &str) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
         let mut start: Option<String> = None;
         loop {
@@ -483,35 +170,6 @@ impl Core {
         }
     }
 
-    // ----- the journal ------------------------------------------------------------
-
-    /// Records, before a write to `path`, that the rules covering it must
-    /// replicate it. Cheap when no rule covers the path.
-    pub(crate) async fn sync_announce(&self, path: &str) -> Result<bool> {
-        let rules = self.sync_rules().await?;
-        let covering: Vec<&Rule> = rules.iter().filter(|r| r.covers(path)).collect();
-        if covering.is_empty() {
-            return Ok(false);
-        }
-        let mut batch = WriteBatch::new();
-        let at = sync::now_ms();
-        for r in &covering {
-            let e = JournalEntry { rule: r.name.clone(), path: path.to_string(), at_ms: at };
-            batch.put(format!("{JOURNAL}{at:016}-{}", uuid::Uuid::new_v4().simple()), encode_json(&e));
-            for t in &r.targets {
-                if let Some(tp) = r.target_path(t, path) {
-                    self.sync.set_status(r, path, &tp, "pending", String::new(), 0);
-                }
-            }
-        }
-        self.barrier.commit(batch).await?;
-        Ok(true)
-    }
-
-    pub(crate) fn sync_wake(&self) {
-        self.sync.notify.notify_one();
-    }
-
     // ----- the worker -------------------------------------------------------------
 
     /// Runs the reconciler until the process ends: replays the journal,
@@ -535,7 +193,7 @@ impl Core {
 
     /// One pass: the journal, then due scans. Returns how long to sleep.
     pub(crate) async fn sync_pass(&self) -> Result<Duration> {
-        self.loaded()?;
+        self.unsealed()?;
         let _one = self.sync.pass_lock.lock().await;
         let rules_seen = self.sync.rules.ticket();
         let rules = self.sync_rules().await?;
@@ -659,7 +317,7 @@ impl Core {
     }
 
     /// The stored records of a rule's replicas, by target path.
-    async fn records_of(&self, rule: &Rule) -> Result<BTreeMap<String, Record>> {
+    pub(crate) async fn records_of(&self, rule: &Rule) -> Result<BTreeMap<String, Record>> {
         let prefix = format!("{STATE}{}/", rule.id);
         let mut records: BTreeMap<String, Record> = BTreeMap::new();
         let mut start: Option<String> = None;
@@ -701,15 +359,15 @@ impl Core {
     /// Brings every target of `rule` in line with the source secret at
     /// `path`. `Ok(true)`: every target handled (in sync, or a conflict
     /// reported); `Ok(false)`: some target failed and will be retried.
-    async fn replicate(&self, rule: &Rule, path: &str) -> Result<bool> {
+    pub(crate) async fn replicate(&self, rule: &Rule, path: &str) -> Result<bool> {
         self.rule_routes_hold(rule)?;
-        let table = self.loaded()?.table();
-        let (src_engine, _, src_rel) = self.route(&table, path).await?;
-        let source = src_engine.read_current(src_rel).await?;
-        let mark = match (&src_engine, &source) {
-            (_, None) => String::new(),
-            (Engine::Local(_), Some((_, v))) => v.to_string(),
-            (Engine::Cloud(c), Some(_)) => c.current(src_rel).await?.map(|(id, _, _)| id).unwrap_or_default(),
+        let table = self.unsealed()?.table();
+        let (src_backend, _, src_rel) = self.route(&table, path).await?;
+        // One read gives the value, its number and the backend's version
+        // id, which is the mark records keep of the source.
+        let (source, mark) = match src_backend.read_current(src_rel).await? {
+            Some(c) => (Some((c.value, c.number)), c.id),
+            None => (None, String::new()),
         };
         let fp_key = self.fingerprint_key().await?;
         let mut all = true;
@@ -735,18 +393,18 @@ impl Core {
         fp_key: &[u8],
         adopted: &mut bool,
     ) -> Result<()> {
-        let table = self.loaded()?.table();
+        let table = self.unsealed()?.table();
         let (engine, _, rel) = self.route(&table, tpath).await?;
-        let _guard = self.write_lock(tpath).await;
+        let _guard = self.path_lock(tpath).await;
         let key = sync::state_key(&rule.id, tpath);
         let mut rec = self.record(&key).await?;
-        let cur = engine.current(rel).await?;
+        let cur = engine.head(rel).await?;
         // A write sent before a crash: did it land?
         if let (Some(r), Some(c)) = (rec.as_mut(), cur.as_ref())
             && r.pending
         {
-            if let Some((v, _)) = engine.read_current(rel).await?
-                && sync::fingerprint(fp_key, &v) == r.fingerprint
+            if let Some(now) = engine.read_current(rel).await?
+                && sync::fingerprint(fp_key, &now.value) == r.fingerprint
             {
                 r.version_id = c.id.clone();
                 r.marker = c.marker.clone();
@@ -856,7 +514,7 @@ impl Core {
             }
             (Some(c), Some(r)) => {
                 // Changed outside Keybridge (or only its metadata changed).
-                let theirs = engine.read_current(rel).await?;
+                let theirs = engine.read_current(rel).await?.map(|c| (c.value, c.number));
                 let tfp = theirs.as_ref().map(|(v, _)| sync::fingerprint(fp_key, v));
                 if tfp.as_deref() == Some(fp.as_str()) {
                     let mut r = r.clone();
@@ -943,140 +601,16 @@ impl Core {
         if caller.state().audit_failed {
             return Err(Error::AuditFailed("no audit device could record the adopt; it was not carried out".into()));
         }
-        let table = self.loaded()?.table();
+        let table = self.unsealed()?.table();
         let res = async {
             let (engine, _, rel) = self.route(&table, path).await?;
             self.sync_announce(path).await?;
-            let v = match engine {
-                Engine::Local(kv) => kv.put(rel, value, None).await?.0,
-                Engine::Cloud(c) => c.put(rel, value, None).await?.0,
-            };
+            let v = engine.write(rel, value, None).await?.0;
             self.sync_wake();
             Ok(v)
         }
         .await;
         self.finish(&caller, res, |v| vec![("version".into(), crate::audit::AuditValue::plain(*v))]).await
-    }
-
-    /// Looks for changes the journal did not announce: source versions not
-    /// replicated yet, sources deleted, replicas changed or deleted outside
-    /// Keybridge.
-    /// `deep`: also describe each replica on clouds whose listing does not
-    /// tell every version apart (GCP shows none, Azure an update time in
-    /// seconds); quick scans only list them.
-    async fn scan(&self, rule: &Rule, deep: bool) -> Result<()> {
-        self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).insert(rule.name.clone(), Instant::now());
-        self.rule_routes_hold(rule)?;
-        if deep {
-            self.sync
-                .last_deep_scan
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(rule.name.clone(), Instant::now());
-        }
-        let table = self.loaded()?.table();
-        let mut todo: BTreeMap<String, ()> = BTreeMap::new();
-        let records = self.records_of(rule).await?;
-        // Source side.
-        let (src_engine, src_mount, src_rel) = self.route(&table, &rule.source).await?;
-        let sources: HashSet<String> = match src_engine.list_all(src_rel).await {
-            Ok(v) => v.into_iter().map(|r| format!("{}{r}", src_mount.path)).collect(),
-            Err(Error::NotFound(_)) => HashSet::new(),
-            Err(e) => return Err(e),
-        };
-        // A cloud source's listing shows AWS's current version id; other
-        // clouds' sources are described one by one.
-        let listed_marks = match &src_engine {
-            Engine::Cloud(c) if c.stages_natively() => Some(c.list_markers(src_rel).await?),
-            _ => None,
-        };
-        for s in &sources {
-            let rel = &s[src_mount.path.len()..];
-            let mark = match (&src_engine, &listed_marks) {
-                (Engine::Local(kv), _) => {
-                    kv.describe(rel).await.map(|m| m.current_version.to_string()).unwrap_or_default()
-                }
-                (Engine::Cloud(_), Some(m)) => m.get(rel).cloned().flatten().unwrap_or_default(),
-                (Engine::Cloud(c), None) => c.current(rel).await?.map(|(id, _, _)| id).unwrap_or_default(),
-            };
-            for t in &rule.targets {
-                let Some(tp) = rule.target_path(t, s) else { continue };
-                match records.get(&tp) {
-                    Some(r) if r.foreign && r.source_mark == mark && !rule.take_over => {}
-                    Some(r) if r.source_mark == mark && !r.pending && !r.stale && !r.foreign => {}
-                    _ => {
-                        todo.insert(s.clone(), ());
-                    }
-                }
-            }
-        }
-        for r in records.values() {
-            if !sources.contains(&r.source) && !r.stale && !r.foreign {
-                todo.insert(r.source.clone(), ());
-            }
-        }
-        // Target side: one listing per target where the cloud's listing
-        // carries markers, else a describe per replica.
-        for t in &rule.targets {
-            let (engine, mount, rel) = self.route(&table, t).await?;
-            let mine: Vec<(&String, &Record)> =
-                records.iter().filter(|(p, r)| p.starts_with(t.as_str()) && !r.foreign).collect();
-            if mine.is_empty() {
-                continue;
-            }
-            match &engine {
-                Engine::Cloud(c) if c.markers_exact() || !deep => {
-                    let listed = c.list_markers(rel).await?;
-                    for (tp, r) in mine {
-                        let rel_path = &tp[mount.path.len()..];
-                        let why = match listed.get(rel_path) {
-                            None => Some("deleted outside Keybridge"),
-                            Some(m) if m.is_some() && *m != r.marker => Some("changed since Keybridge wrote it"),
-                            Some(_) => None,
-                        };
-                        if let Some(why) = why {
-                            self.sync.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
-                            todo.insert(r.source.clone(), ());
-                        }
-                    }
-                }
-                _ => {
-                    for (tp, r) in mine {
-                        let now = engine.current(&tp[mount.path.len()..]).await?;
-                        if now.as_ref().map(|c| &c.id) != Some(&r.version_id) {
-                            let why = if now.is_none() {
-                                "deleted outside Keybridge"
-                            } else {
-                                "changed since Keybridge wrote it"
-                            };
-                            self.sync.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
-                            todo.insert(r.source.clone(), ());
-                        }
-                    }
-                }
-            }
-        }
-        // Changes the journal holds are the journal's (and its coalescing
-        // window's) to replicate.
-        let journaled = self.journaled_paths(&rule.name).await?;
-        let paths: Vec<&String> = todo.keys().filter(|p| !journaled.contains(*p)).collect();
-        // A few secrets at a time (each one's targets in turn).
-        for chunk in paths.chunks(PARALLEL) {
-            let runs = chunk.iter().map(|path| async move {
-                let retry_key = format!("{}\0{path}", rule.name);
-                match self.replicate(rule, path).await {
-                    Ok(true) => self.sync.succeeded(&retry_key),
-                    Ok(false) => self.sync.failed(&retry_key),
-                    Err(e) => {
-                        tracing::warn!(rule = %rule.name, path = %path, error = %e, "sync: scan replication failed");
-                        self.sync.failed(&retry_key);
-                    }
-                }
-            });
-            futures::future::join_all(runs).await;
-        }
-        *self.sync.scans_done.lock().unwrap_or_else(|p| p.into_inner()).entry(rule.name.clone()).or_insert(0) += 1;
-        Ok(())
     }
 }
 

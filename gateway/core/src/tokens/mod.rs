@@ -2,6 +2,8 @@
 //! of the token with a per-server salt (which lives inside the barrier), and
 //! the hash read back is compared in constant time.
 
+pub mod store;
+
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use rand::distributions::Alphanumeric;

@@ -244,6 +244,6 @@ fn credentials(planned: &Obj, config: &Obj) -> BTreeMap<String, String> {
 mod tests {
     #[test]
     fn the_credential_settings_are_the_gateways() {
-        assert_eq!(super::CREDENTIAL_KEYS, keybridge_core::cloud::SENSITIVE_SETTINGS);
+        assert_eq!(super::CREDENTIAL_KEYS, keybridge_core::provider::settings::SENSITIVE);
     }
 }

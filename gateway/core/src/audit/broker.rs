@@ -1,0 +1,365 @@
+//! The broker: the enabled devices, and recording each request and
+//! response on all of them, failing closed.
+
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+
+use keybridge_barrier::{Barrier, WriteBatch};
+use rand::RngCore;
+use tokio::sync::{broadcast, oneshot};
+use zeroize::Zeroizing;
+
+use super::chain::{Checkpoint, MacKey};
+use super::device::*;
+use super::{AuditData, CallState, Caller, Kind, StoredCheckpoint, VerificationKey, render};
+use crate::{Error, Result};
+
+/// The enabled devices. Lives while the core is unsealed.
+pub struct Broker {
+    barrier: Arc<Barrier>,
+    devices: RwLock<Arc<Vec<Arc<Device>>>>,
+    /// Where writer threads run their barrier commits (checkpoints).
+    runtime: tokio::runtime::Handle,
+}
+
+impl Broker {
+    /// Starts the devices in the barrier's device table.
+    pub(crate) async fn load(barrier: Arc<Barrier>, runtime: tokio::runtime::Handle) -> Result<Broker> {
+        let broker = Broker { barrier, devices: RwLock::new(Arc::new(Vec::new())), runtime };
+        let entries: Vec<DeviceEntry> = match broker.barrier.get(DEVICES_KEY).await? {
+            Some(raw) => serde_json::from_slice(&raw)
+                .map_err(|e| Error::Corrupt { key: DEVICES_KEY.into(), reason: e.to_string() })?,
+            None => Vec::new(),
+        };
+        let mut started = Vec::new();
+        for entry in entries {
+            let keys = broker
+                .barrier
+                .get(&keys_key(&entry.id))
+                .await?
+                .ok_or_else(|| Error::Corrupt { key: keys_key(&entry.id), reason: "missing".into() })?;
+            match broker.start(entry.clone(), keys.clone(), false).await {
+                Ok(d) => started.push(d),
+                Err(e) => {
+                    // A device that cannot start (a directory gone, a collector
+                    // down) must not keep the server sealed. It is kept so the
+                    // table stays as the operator wrote it, and it fails every
+                    // record until it can write, which is what fail-closed asks.
+                    tracing::error!(device = %entry.path, error = %e, "audit device failed to start");
+                    started.push(broker.start_failed(entry, keys, e.to_string()));
+                }
+            }
+        }
+        *broker.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(started);
+        Ok(broker)
+    }
+
+    fn current(&self) -> Arc<Vec<Arc<Device>>> {
+        self.devices.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn list(&self) -> Vec<DeviceEntry> {
+        self.current().iter().map(|d| d.entry.clone()).collect()
+    }
+
+    fn find(&self, path: &str) -> Result<Arc<Device>> {
+        self.current()
+            .iter()
+            .find(|d| d.entry.path == path)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no audit device is enabled at {path:?}")))
+    }
+
+    /// Whether any device is enabled (requests are audited at all).
+    pub fn is_empty(&self) -> bool {
+        self.current().is_empty()
+    }
+
+    /// Records one event on every device. Fails when devices that count
+    /// toward fail-closed are enabled and none accepted the record.
+    pub(crate) async fn log(
+        &self,
+        kind: Kind,
+        caller: &Caller,
+        state: &CallState,
+        outcome: Option<(&str, Option<&str>)>,
+        response: Option<&AuditData>,
+    ) -> std::result::Result<(), String> {
+        let devices = self.current();
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let mut waits = Vec::new();
+        let mut ok = false;
+        let mut errors = Vec::new();
+        for d in devices.iter() {
+            if let Some(out) = &d.direct {
+                // Rendered into this thread's scratch buffer, outside the
+                // device's lock, and written before the next device's turn.
+                let r = SCRATCH.with_borrow_mut(|body| {
+                    body.clear();
+                    render(body, kind, caller, state, outcome, response, &d.hmac_key);
+                    let r = out.lock().unwrap_or_else(|p| p.into_inner()).write(&d.chain_mac, false, &[body]);
+                    release_if_large(body);
+                    r
+                });
+                match r {
+                    Ok(()) => ok |= d.entry.counts(),
+                    Err(e) if d.entry.counts() => errors.push(format!("{}: {e}", d.entry.path)),
+                    Err(_) => {}
+                }
+                continue;
+            }
+            let mut body = Vec::with_capacity(512);
+            render(&mut body, kind, caller, state, outcome, response, &d.hmac_key);
+            if d.entry.counts() {
+                let (tx, rx) = oneshot::channel();
+                if d.tx.send(Msg::Record(body, Some(tx))).is_ok() {
+                    waits.push((d, rx));
+                }
+            } else {
+                let _ = d.tx.send(Msg::Record(body, None));
+            }
+        }
+        let counting = devices.iter().filter(|d| d.entry.counts()).count();
+        if counting == 0 {
+            return Ok(());
+        }
+        for (d, rx) in waits {
+            match rx.await {
+                Ok(Ok(())) => ok = true,
+                Ok(Err(e)) => errors.push(format!("{}: {e}", d.entry.path)),
+                Err(_) => errors.push(format!("{}: its writer stopped", d.entry.path)),
+            }
+        }
+        if !errors.is_empty() {
+            tracing::warn!(errors = %errors.join("; "), "audit device failed to write");
+        }
+        if ok {
+            Ok(())
+        } else if errors.is_empty() {
+            Err("no audit device could be reached".into())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Checks a new device's options and reaches its sink (IO), then starts
+    /// it. The caller stores the table.
+    pub(crate) async fn enable(&self, entry: DeviceEntry) -> Result<(Vec<DeviceEntry>, Zeroizing<Vec<u8>>)> {
+        if self.current().iter().any(|d| d.entry.path == entry.path) {
+            return Err(Error::AlreadyExists(format!("an audit device is already enabled at {:?}", entry.path)));
+        }
+        if entry.kind == "file" {
+            let p = &entry.options["file_path"];
+            if let Ok(m) = std::fs::metadata(p)
+                && m.is_file()
+                && m.len() > 0
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "{p} exists and is not empty: each file holds one device's chain; move it away or choose another file_path"
+                )));
+            }
+        }
+        let mut keys = Zeroizing::new(vec![0u8; 64]);
+        rand::rngs::OsRng.fill_bytes(&mut keys);
+        let device = self.start(entry, keys.clone(), true).await.map_err(Error::FailedPrecondition)?;
+        let mut list: Vec<Arc<Device>> = self.current().as_ref().clone();
+        list.push(device);
+        let entries = list.iter().map(|d| d.entry.clone()).collect();
+        *self.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(list);
+        Ok((entries, keys))
+    }
+
+    /// Undoes `enable` when storing the table failed.
+    pub(crate) async fn remove(&self, path: &str) -> Vec<DeviceEntry> {
+        let mut list: Vec<Arc<Device>> = self.current().as_ref().clone();
+        let gone: Vec<Arc<Device>> = list.iter().filter(|d| d.entry.path == path).cloned().collect();
+        list.retain(|d| d.entry.path != path);
+        let entries = list.iter().map(|d| d.entry.clone()).collect();
+        *self.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(list);
+        for d in gone {
+            stop(&d).await;
+        }
+        entries
+    }
+
+    pub(crate) fn entry(&self, path: &str) -> Result<DeviceEntry> {
+        Ok(self.find(path)?.entry.clone())
+    }
+
+    pub(crate) fn hash(&self, path: &str, input: &[u8]) -> Result<String> {
+        Ok(super::hmac_hex(&self.find(path)?.hmac_key, input))
+    }
+
+    pub fn subscribe(&self, path: &str) -> Result<broadcast::Receiver<Arc<str>>> {
+        let d = self.find(path)?;
+        d.stream.as_ref().map(|s| s.subscribe()).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "{path} is a {} device; watch a stream device (keybridge audit enable stream)",
+                d.entry.kind
+            ))
+        })
+    }
+
+    /// The device's chain key and its checkpoint, taken now.
+    pub(crate) async fn verification_key(&self, path: &str) -> Result<VerificationKey> {
+        let d = self.find(path)?;
+        d.send_and_wait(Msg::Checkpoint).await;
+        let cp = self.read_checkpoint(&d.entry.id).await?;
+        Ok(VerificationKey {
+            device: d.entry.path.clone(),
+            key: hex::encode(&*d.chain_key),
+            checkpoint_seq: cp.seq,
+            checkpoint_chain: cp.chain.clone(),
+            segment_start: cp.segment_start,
+        })
+    }
+
+    /// The verifier for a device's files, with the checkpoint to end on.
+    pub(crate) async fn verify_parts(&self, path: &str) -> Result<(Zeroizing<Vec<u8>>, Checkpoint)> {
+        let d = self.find(path)?;
+        d.send_and_wait(Msg::Checkpoint).await;
+        let cp = self.read_checkpoint(&d.entry.id).await?;
+        Ok((
+            d.chain_key.clone(),
+            Checkpoint { seq: cp.seq, chain: Some(cp.chain_value()), segment_start: cp.segment_start.max(1) },
+        ))
+    }
+
+    /// File devices reopen their files (after `logrotate` moved them); the
+    /// chain continues in the new file.
+    pub async fn reopen(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for d in self.current().iter() {
+            let (tx, rx) = oneshot::channel();
+            if d.tx.send(Msg::Reopen(tx)).is_ok()
+                && let Ok(Err(e)) = rx.await
+            {
+                errors.push(format!("{}: {e}", d.entry.path));
+            }
+        }
+        errors
+    }
+
+    /// Stops every device after a final checkpoint.
+    pub async fn shutdown(&self) {
+        let devices = std::mem::take(&mut *self.devices.write().unwrap_or_else(|p| p.into_inner()));
+        for d in devices.iter() {
+            stop(d).await;
+        }
+    }
+
+    async fn read_checkpoint(&self, id: &str) -> Result<StoredCheckpoint> {
+        let key = checkpoint_key(id);
+        Ok(match self.barrier.get(&key).await? {
+            Some(raw) => serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?,
+            None => StoredCheckpoint::default(),
+        })
+    }
+
+    fn split_keys(keys: &[u8]) -> (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>) {
+        let (h, c) = keys.split_at(keys.len() / 2);
+        (Zeroizing::new(h.to_vec()), Zeroizing::new(c.to_vec()))
+    }
+
+    async fn start(
+        &self,
+        entry: DeviceEntry,
+        keys: Zeroizing<Vec<u8>>,
+        fresh: bool,
+    ) -> std::result::Result<Arc<Device>, String> {
+        let (hmac_key, chain_key) = Self::split_keys(&keys);
+        let cp = if fresh {
+            StoredCheckpoint::default()
+        } else {
+            self.read_checkpoint(&entry.id).await.map_err(|e| e.to_string())?
+        };
+        let (stream, mut sink): (Option<broadcast::Sender<Arc<str>>>, Box<dyn Sink>) = match entry.kind.as_str() {
+            "file" => (None, Box::new(FileSink::open(&entry)?)),
+            "socket" => (None, Box::new(SocketSink::connect(&entry)?)),
+            _ => {
+                let cap = entry.options.get("buffer").and_then(|b| b.parse().ok()).unwrap_or(4096);
+                let (tx, _) = broadcast::channel(cap);
+                (Some(tx.clone()), Box::new(StreamSink(tx)))
+            }
+        };
+        let state = sink.recover(&chain_key, &cp);
+        let (hmac_key, chain_mac) = (MacKey::new(&hmac_key), MacKey::new(&chain_key));
+        let output = Arc::new(Mutex::new(Output { sink, state, dirty: fresh, lines: Vec::new() }));
+        let direct = (entry.kind == "stream" || (entry.kind == "file" && !entry.fsync())).then(|| output.clone());
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            output,
+            chain_key: chain_mac.clone(),
+            fsync: entry.fsync(),
+            barrier: self.barrier.clone(),
+            handle: self.runtime.clone(),
+            checkpoint_key: checkpoint_key(&entry.id),
+            device: entry.path.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("audit-{}", entry.path.trim_end_matches('/')))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| format!("cannot start the device's writer thread: {e}"))?;
+        Ok(Arc::new(Device {
+            entry,
+            hmac_key,
+            chain_key,
+            chain_mac,
+            direct,
+            tx,
+            stream,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// A device whose sink could not be opened: every record fails with the reason.
+    fn start_failed(&self, entry: DeviceEntry, keys: Zeroizing<Vec<u8>>, reason: String) -> Arc<Device> {
+        let (hmac_key, chain_key) = Self::split_keys(&keys);
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let thread = std::thread::spawn(move || {
+            while let Ok(m) = rx.recv() {
+                match m {
+                    Msg::Record(_, Some(ack)) | Msg::Reopen(ack) => {
+                        let _ = ack.send(Err(format!("the device did not start: {reason}")));
+                    }
+                    Msg::Record(_, None) => {}
+                    Msg::Checkpoint(done) => {
+                        let _ = done.send(());
+                    }
+                    Msg::Shutdown(done) => {
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+            }
+        });
+        Arc::new(Device {
+            entry,
+            hmac_key: MacKey::new(&hmac_key),
+            chain_mac: MacKey::new(&chain_key),
+            chain_key,
+            direct: None,
+            tx,
+            stream: None,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+async fn stop(d: &Device) {
+    d.send_and_wait(Msg::Shutdown).await;
+    let thread = d.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(t) = thread {
+        // The thread has acknowledged its shutdown; joining is immediate.
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+}
+
+pub(crate) fn forget(batch: &mut WriteBatch, id: &str) {
+    batch.delete(keys_key(id)).delete(checkpoint_key(id));
+}
+
+pub(crate) fn store_keys(batch: &mut WriteBatch, id: &str, keys: Zeroizing<Vec<u8>>) {
+    batch.put(keys_key(id), keys);
+}

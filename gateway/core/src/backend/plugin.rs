@@ -1,0 +1,151 @@
+//! Plugin mounts through the Logical API: a request is routed like any
+//! other, matched against the engine's path patterns, its parameters
+//! checked against the engine's fields and authorized (with the parameters,
+//! for policies' parameter constraints), then handed to the engine; a lease
+//! the engine returns is recorded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::audit::Caller;
+use crate::backend::Backend;
+use crate::core::{Capability, Core};
+use crate::mounts::MountEntry;
+use crate::plugins::{
+    self as engine, EngineRequest, LogicalOp, LogicalResponse, Operation, PathHelp, PluginEngine, engine_error,
+};
+use crate::{Error, Result};
+
+impl Core {
+    /// Routes `path` to its plugin mount.
+    pub(crate) async fn logical_route(&self, path: &str) -> Result<(MountEntry, String, Arc<dyn PluginEngine>)> {
+        crate::path::validate_engine_path(path)?;
+        let table = self.unsealed()?.table();
+        let (backend, mount, rel) = self.route(&table, path).await?;
+        match backend {
+            Backend::Plugin(engine) => Ok((mount.clone(), rel.to_string(), engine)),
+            Backend::Kv(_) | Backend::Cloud(_) => Err(Error::InvalidArgument(format!(
+                "{} is a {} mount, which `read`/`write` do not serve; use `keybridge kv` (keybridge.v1.Secrets) for it",
+                mount.path, mount.kind
+            ))),
+        }
+    }
+
+    /// A Logical request: authenticate, route, check the parameters against
+    /// the engine's fields, authorize (with the parameters, for policies'
+    /// parameter constraints), call the engine, record a lease.
+    pub async fn logical(
+        &self,
+        caller: &Caller,
+        op: LogicalOp,
+        path: &str,
+        data: BTreeMap<String, String>,
+    ) -> Result<LogicalResponse> {
+        let id = self.authenticate(caller).await?;
+        let (mount, rel, backend) = self.logical_route(path).await?;
+        let info = backend.info();
+        let m = engine::match_path(info, &rel).ok_or_else(|| {
+            let pats: Vec<String> = info.paths.iter().map(|p| format!("{}{}", mount.path, p.pattern)).collect();
+            Error::NotFound(format!("the {} engine serves no path {path:?}; its paths: {}", info.name, pats.join(", ")))
+        })?;
+        let wants: &[Operation] = match op {
+            LogicalOp::Read => &[Operation::Read],
+            LogicalOp::Write => &[Operation::Create, Operation::Update],
+            LogicalOp::Delete => &[Operation::Delete],
+            LogicalOp::List => &[Operation::List],
+        };
+        if !m.info.operations.iter().any(|o| wants.contains(o)) {
+            let has: Vec<&str> = m.info.operations.iter().map(|o| o.name()).collect();
+            return Err(Error::Unimplemented(format!(
+                "{}{} does not support {}; it supports: {}",
+                mount.path,
+                m.info.pattern,
+                op.name(),
+                has.join(", ")
+            )));
+        }
+        let mut operation = wants[0];
+        let params = engine::check_params(&m, operation, &data).map_err(Error::InvalidArgument)?;
+        let ctx = self.call_context(&mount, &caller.request_id, &id.display_name);
+        let mut req = EngineRequest { operation, path: rel.clone(), pattern: m.info.pattern.clone(), params };
+        if op == LogicalOp::Write {
+            let can = |o| m.info.operations.contains(&o);
+            operation = if m.info.existence_check {
+                // Refused before the engine's `exists` runs with the
+                // caller's parameters, unless the caller may write at all.
+                let acl_path = path.trim_end_matches('/');
+                match self
+                    .write_capability(caller, &id, acl_path, true, || async {
+                        backend.exists(&ctx, &req).await.map_err(engine_error)
+                    })
+                    .await?
+                {
+                    Capability::Update => Operation::Update,
+                    _ => Operation::Create,
+                }
+            } else if can(Operation::Update) {
+                Operation::Update
+            } else {
+                Operation::Create
+            };
+            if !can(operation) {
+                return Err(Error::Unimplemented(format!(
+                    "{}{} does not support {} (the path {})",
+                    mount.path,
+                    m.info.pattern,
+                    operation.name(),
+                    if operation == Operation::Create { "does not exist yet" } else { "exists already" }
+                )));
+            }
+            req.operation = operation;
+        }
+        let cap = match operation {
+            Operation::Read => Capability::Read,
+            Operation::Create => Capability::Create,
+            Operation::Update => Capability::Update,
+            Operation::Delete => Capability::Delete,
+            Operation::List => Capability::List,
+        };
+        // The policy's parameter constraints see what the engine will get:
+        // the caller's parameters as coerced (a duration in seconds, a
+        // boolean as true/false), each item of a list on its own.
+        let typed: Vec<keybridge_policy::Param<'_>> = data
+            .keys()
+            .filter_map(|k| {
+                let value = req.params.get(k)?;
+                let kind =
+                    m.info.fields.iter().find(|f| &f.name == k).map_or(Default::default(), |f| f.kind.value_kind());
+                Some(keybridge_policy::Param { name: k, value, kind })
+            })
+            .collect();
+        self.authorize_params(caller, &id, path.trim_end_matches('/'), cap, &typed).await?;
+        let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
+        let lease = match resp.lease {
+            None => None,
+            Some(l) => Some(self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, false).await?),
+        };
+        Ok(LogicalResponse { data: resp.data.clone(), lease, warnings: resp.warnings.clone() })
+    }
+
+    /// What the engine behind `path` says about it (or about itself, for the
+    /// mount's own path).
+    pub async fn path_help(&self, caller: &Caller, path: &str) -> Result<PathHelp> {
+        let id = self.authenticate(caller).await?;
+        let (mount, rel, backend) = self.logical_route(path).await?;
+        // Vault: help needs any capability on the path; read is the one here.
+        self.authorize(caller, &id, path.trim_end_matches('/'), Capability::Read).await?;
+        let info = backend.info().clone();
+        let matched = if rel.is_empty() {
+            None
+        } else {
+            Some(
+                engine::match_path(&info, &rel)
+                    .ok_or_else(|| Error::NotFound(format!("the {} engine serves no path {path:?}", info.name)))?
+                    .info
+                    .pattern
+                    .clone(),
+            )
+        };
+        Ok(PathHelp { mount: mount.path, engine: info, matched })
+    }
+}
