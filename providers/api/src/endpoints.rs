@@ -138,16 +138,27 @@ pub fn privileged_setting(cloud: Cloud, settings: &BTreeMap<String, String>) -> 
     keys.iter().copied().find(|k| settings.get(*k).is_some_and(|v| !v.trim().is_empty()))
 }
 
-/// The refusal for ambient credentials headed to a custom endpoint.
-pub fn ambient_refused(cloud: Cloud, custom: &CustomEndpoint, give: &str) -> crate::store::Error {
-    crate::store::Error::InvalidArgument(format!(
-        "{}: {} points at {}, which is not one of the cloud's own hosts; give {give} with it \
-         (the gateway's own credentials are only sent to {}'s endpoints)",
-        custom.setting,
-        custom.setting,
-        custom.host,
-        cloud.name()
-    ))
+/// Refuses settings that point an endpoint elsewhere than the cloud's own
+/// hosts unless they bring credentials of their own (`explicit`): the
+/// gateway's ambient credentials go only to the cloud. `give` names the
+/// settings that would.
+pub fn refuse_ambient(
+    cloud: Cloud,
+    settings: &BTreeMap<String, String>,
+    explicit: bool,
+    give: &str,
+) -> crate::store::Result<()> {
+    match custom_endpoints(cloud, settings).first() {
+        Some(custom) if !explicit => Err(crate::store::Error::InvalidArgument(format!(
+            "{}: {} points at {}, which is not one of the cloud's own hosts; give {give} with it \
+             (the gateway's own credentials are only sent to {}'s endpoints)",
+            custom.setting,
+            custom.setting,
+            custom.host,
+            cloud.name()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A tune: when an endpoint setting changes, the credentials stored for the

@@ -80,16 +80,12 @@ impl Settings {
         if credentials.is_some() && get("profile").is_some() {
             return Err(Error::InvalidArgument("give explicit credentials or a profile, not both".into()));
         }
-        if credentials.is_none()
-            && let Some(c) =
-                keybridge_provider_api::endpoints::custom_endpoints(keybridge_provider_api::Cloud::Aws, s).first()
-        {
-            return Err(keybridge_provider_api::endpoints::ambient_refused(
-                keybridge_provider_api::Cloud::Aws,
-                c,
-                "access_key_id and secret_access_key",
-            ));
-        }
+        keybridge_provider_api::endpoints::refuse_ambient(
+            keybridge_provider_api::Cloud::Aws,
+            s,
+            credentials.is_some(),
+            "access_key_id and secret_access_key",
+        )?;
         Ok(Settings { region, endpoint_url, profile: get("profile"), credentials })
     }
 }

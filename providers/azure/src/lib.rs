@@ -170,16 +170,12 @@ impl Settings {
                 return Err(Error::InvalidArgument("tenant_id was given without client_id and client_secret".into()));
             }
         };
-        if !matches!(credentials, Credentials::ClientSecret { .. })
-            && let Some(c) =
-                keybridge_provider_api::endpoints::custom_endpoints(keybridge_provider_api::Cloud::Azure, s).first()
-        {
-            return Err(keybridge_provider_api::endpoints::ambient_refused(
-                keybridge_provider_api::Cloud::Azure,
-                c,
-                "tenant_id, client_id and client_secret",
-            ));
-        }
+        keybridge_provider_api::endpoints::refuse_ambient(
+            keybridge_provider_api::Cloud::Azure,
+            s,
+            matches!(credentials, Credentials::ClientSecret { .. }),
+            "tenant_id, client_id and client_secret",
+        )?;
         Ok(Settings { vault_url, authority_host, ca_cert: get("ca_cert"), credentials })
     }
 

@@ -61,16 +61,12 @@ impl Settings {
         };
         // Only `anonymous` is a choice of credentials here: Application
         // Default Credentials are the gateway's and go only to Google.
-        if !anonymous
-            && let Some(c) =
-                keybridge_provider_api::endpoints::custom_endpoints(keybridge_provider_api::Cloud::Gcp, s).first()
-        {
-            return Err(keybridge_provider_api::endpoints::ambient_refused(
-                keybridge_provider_api::Cloud::Gcp,
-                c,
-                "credentials=anonymous",
-            ));
-        }
+        keybridge_provider_api::endpoints::refuse_ambient(
+            keybridge_provider_api::Cloud::Gcp,
+            s,
+            anonymous,
+            "credentials=anonymous",
+        )?;
         Ok(Settings { project, endpoint, anonymous })
     }
 }
