@@ -6,6 +6,8 @@
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod audit;
+
 pub mod v1 {
     tonic::include_proto!("keybridge.v1");
 

@@ -643,9 +643,17 @@ impl Core {
         result: Result<T>,
         response: impl FnOnce(&T) -> AuditData,
     ) -> Result<T> {
-        let Ok(loaded) = self.unsealed() else { return result };
-        if loaded.audit.is_empty() || caller.state().responded {
+        // Finished once, whether or not there is a device to record it on.
+        let Ok(loaded) = self.unsealed() else {
+            caller.state().responded = true;
             return result;
+        };
+        {
+            let mut st = caller.state();
+            if st.responded || loaded.audit.is_empty() {
+                st.responded = true;
+                return result;
+            }
         }
         self.audit_request(caller, result.as_ref().err()).await;
         let data = result.as_ref().map(response).ok();

@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use keybridge_core::{Caller, Core, Error as CoreError};
 
 use crate::ratelimit::BoxFuture;
-use prost::Message;
 
 /// The methods served without a token.
 const OPEN: &[&str] =
@@ -31,20 +30,11 @@ pub struct AuthGateLayer {
 
 impl AuthGateLayer {
     pub fn new(core: Arc<Core>) -> Self {
-        let mut guarded = HashMap::new();
-        if let Ok(set) = prost_types::FileDescriptorSet::decode(keybridge_proto::v1::FILE_DESCRIPTOR_SET) {
-            for file in &set.file {
-                for svc in &file.service {
-                    for m in &svc.method {
-                        let op = format!("{}.{}/{}", file.package(), svc.name(), m.name());
-                        if !OPEN.contains(&op.as_str()) {
-                            // Bounded: the API's methods, leaked once at start.
-                            guarded.insert(format!("/{op}"), &*Box::leak(op.into_boxed_str()));
-                        }
-                    }
-                }
-            }
-        }
+        let guarded = crate::audited::api_methods()
+            .iter()
+            .filter(|(_, op)| !OPEN.contains(op))
+            .map(|(path, op)| (path.clone(), *op))
+            .collect();
         AuthGateLayer { core, guarded: Arc::new(guarded) }
     }
 }
@@ -95,6 +85,8 @@ where
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
             let remote =
                 req.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
+            // Audited here: refused calls are finished below.
+            #[allow(clippy::disallowed_methods)]
             let caller = Caller::new(token, op).with_request_id(id.to_string()).with_remote(remote);
             match core.precheck(&caller).await {
                 // Unknown, expired or revoked: refused before the body.

@@ -1,5 +1,6 @@
 //! `keybridge`: the server (`keybridge server ...`) and its CLI client.
 
+mod audited;
 mod cli;
 mod cli_audit;
 mod cli_auth;

@@ -295,6 +295,8 @@ pub async fn run(
     // 5. the per-token rate limit (when configured);
     // 6. the token checked from the headers alone, before any of the body
     //    is read (gate.rs), for every method that needs one;
+    // 7. the audited layer (audited.rs): the operation named from the route,
+    //    and the response record of any call whose handler wrote none;
     // then tonic's per-connection concurrency limit and request timeout, and
     // the services, which authenticate, authorize and route.
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -313,7 +315,8 @@ pub async fn run(
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(rate_limit.clone())
-        .layer(crate::gate::AuthGateLayer::new(core.clone()));
+        .layer(crate::gate::AuthGateLayer::new(core.clone()))
+        .layer(crate::audited::AuditedLayer::new(core.clone()));
     let router = builder
         .layer(layers)
         .add_service(health_service)

@@ -17,6 +17,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_health::server::HealthReporter;
 use zeroize::Zeroizing;
 
+use crate::audited::Call;
+use keybridge_proto::audit::Audit;
+
 pub fn status(e: CoreError) -> Status {
     match e {
         CoreError::InvalidArgument(m) => Status::invalid_argument(m),
@@ -82,11 +85,60 @@ pub(crate) fn bearer(header: &str) -> Option<&str> {
 }
 
 /// The request as the core sees it: token, request id (set by the
-/// request-id layer), remote address, and the gRPC method.
-pub(crate) fn caller<T>(req: &Request<T>, op: &'static str) -> Result<Caller, Status> {
+/// request-id layer), remote address, and the operation its route names
+/// (set by [`crate::audited::AuditedLayer`]). The only way a handler makes a
+/// `Caller`: the layer writes the response record of any call whose
+/// handler did not.
+#[allow(clippy::disallowed_methods)] // the one place
+pub(crate) fn caller<T>(req: &Request<T>) -> Result<Call, Status> {
     let bearer = token(req)?;
     let id = req.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    Ok(Caller::new(bearer.get(), op).with_request_id(id).with_remote(req.remote_addr()))
+    Call::new(req, |op| Caller::new(bearer.get(), op).with_request_id(id).with_remote(req.remote_addr()))
+        .ok_or_else(|| Status::internal("the request reached a handler without its route; this is a bug"))
+}
+
+/// A field of the API as the audit log shows it: secret or plain as
+/// `keybridge_proto::audit` declares (`package.Message.field`). An
+/// undeclared field is shown as an HMAC (and is a bug: debug builds stop).
+pub(crate) fn field(name: &'static str, v: impl AsRef<[u8]>) -> AuditValue {
+    match declared(name) {
+        Audit::Plain => plain(String::from_utf8_lossy(v.as_ref()).into_owned()),
+        Audit::Secret | Audit::SecretKeys(_) => AuditValue::secret(v.as_ref()),
+    }
+}
+
+/// A repeated field, item by item (the index as the key).
+pub(crate) fn field_list(name: &'static str, items: &[impl AsRef<[u8]>]) -> AuditValue {
+    AuditValue::Map(items.iter().enumerate().map(|(i, v)| (i.to_string().into(), field(name, v))).collect())
+}
+
+/// A `map<string, string>` field, entry by entry.
+pub(crate) fn field_map<'a>(name: &'static str, m: impl IntoIterator<Item = (&'a String, &'a String)>) -> AuditValue {
+    let how = declared(name);
+    AuditValue::Map(
+        m.into_iter()
+            .map(|(k, v)| {
+                let secret = match how {
+                    Audit::Secret => true,
+                    Audit::Plain => false,
+                    Audit::SecretKeys(keys) => keys.contains(&k.as_str()),
+                };
+                (k.clone().into(), if secret { AuditValue::secret(v.as_bytes()) } else { plain(v.clone()) })
+            })
+            .collect(),
+    )
+}
+
+/// A secret value field (`PutRequest.value`, `GetResponse.value`).
+pub(crate) fn field_value(name: &'static str, v: &SecretValue) -> AuditValue {
+    debug_assert_eq!(declared(name), Audit::Secret, "{name} holds a SecretValue");
+    AuditValue::of_value(v)
+}
+
+fn declared(name: &'static str) -> Audit {
+    let how = keybridge_proto::audit::audit(name);
+    debug_assert!(how.is_some(), "{name} is not declared in keybridge_proto::audit::FIELDS");
+    how.unwrap_or(Audit::Secret)
 }
 
 pub(crate) fn plain(v: impl Into<serde_json::Value>) -> AuditValue {
@@ -120,23 +172,6 @@ fn version_pb(version: u64, m: &VersionMeta) -> pb::VersionMetadata {
         stages: m.stages.clone(),
         expires_time: m.expires.map(ts),
     }
-}
-
-/// Mount settings as records show them: credentials as HMACs.
-fn config_audit(config: &std::collections::HashMap<String, String>) -> AuditValue {
-    AuditValue::Map(
-        config
-            .iter()
-            .map(|(k, v)| {
-                let v = if keybridge_core::provider::settings::is_sensitive(k) {
-                    AuditValue::secret(v.as_bytes())
-                } else {
-                    plain(v.clone())
-                };
-                (k.clone().into(), v)
-            })
-            .collect(),
-    )
 }
 
 fn meta_pb(path: &str, m: &SecretMeta) -> pb::SecretMetadata {
@@ -231,7 +266,7 @@ pub struct SecretsService {
 #[tonic::async_trait]
 impl pb::secrets_server::Secrets for SecretsService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/Put")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let mut c = c.with_path(&r.path);
         if let Some(cas) = r.cas {
@@ -241,7 +276,7 @@ impl pb::secrets_server::Secrets for SecretsService {
             Ok(v) => v,
             Err(e) => return Err(refuse(&self.core, &c, e.message()).await),
         };
-        let c = c.with("value", AuditValue::of_value(&value));
+        let c = c.with("value", field_value("keybridge.v1.PutRequest.value", &value));
         let res = self.core.put(&c, &r.path, &value, r.cas).await;
         let (v, meta) =
             self.core.finish(&c, res, |(v, _)| vec![("version".into(), plain(*v))]).await.map_err(status)?;
@@ -249,7 +284,7 @@ impl pb::secrets_server::Secrets for SecretsService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/Get")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let mut c = c.with_path(&r.path).with("version", plain(r.version));
         if !r.version_id.is_empty() {
@@ -269,7 +304,10 @@ impl pb::secrets_server::Secrets for SecretsService {
         let read = self
             .core
             .finish(&c, res, |read| {
-                vec![("version".into(), plain(read.version)), ("value".into(), AuditValue::of_value(&read.value))]
+                vec![
+                    ("version".into(), plain(read.version)),
+                    ("value".into(), field_value("keybridge.v1.GetResponse.value", &read.value)),
+                ]
             })
             .await
             .map_err(status)?;
@@ -281,7 +319,7 @@ impl pb::secrets_server::Secrets for SecretsService {
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/Delete")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c
             .with_path(&r.path)
@@ -297,7 +335,7 @@ impl pb::secrets_server::Secrets for SecretsService {
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/List")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path).with("recursive", plain(r.recursive));
         let res = self.core.list(&c, &r.path, r.page_size as usize, &r.page_token, r.recursive).await;
@@ -307,7 +345,7 @@ impl pb::secrets_server::Secrets for SecretsService {
     }
 
     async fn describe(&self, req: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/Describe")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.describe(&c, &r.path).await;
@@ -319,7 +357,7 @@ impl pb::secrets_server::Secrets for SecretsService {
         &self,
         req: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/ListVersions")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.describe(&c, &r.path).await;
@@ -331,7 +369,7 @@ impl pb::secrets_server::Secrets for SecretsService {
     }
 
     async fn undelete(&self, req: Request<pb::UndeleteRequest>) -> Result<Response<pb::UndeleteResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/Undelete")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c
             .with_path(&r.path)
@@ -353,7 +391,7 @@ impl pb::secrets_server::Secrets for SecretsService {
     }
 
     async fn destroy(&self, req: Request<pb::DestroyRequest>) -> Result<Response<pb::DestroyResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/Destroy")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path).with("versions", plain(r.versions.clone()));
         if let Err(e) = versions_arg(&r.versions) {
@@ -367,7 +405,7 @@ impl pb::secrets_server::Secrets for SecretsService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::SecretEvent, Status>> + Send>>;
 
     async fn watch(&self, req: Request<pb::WatchSecretRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/Watch")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.watch_secret(&c, &r.path).await;
@@ -393,7 +431,7 @@ impl pb::secrets_server::Secrets for SecretsService {
         &self,
         req: Request<pb::PutMetadataRequest>,
     ) -> Result<Response<pb::PutMetadataResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Secrets/PutMetadata")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let custom: BTreeMap<String, String> = r.custom_metadata.into_iter().collect();
         let c = c
@@ -539,7 +577,7 @@ impl pb::sys_server::Sys for SysService {
     }
 
     async fn seal(&self, req: Request<pb::SealRequest>) -> Result<Response<pb::SealStatusResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/Seal")?;
+        let c = caller(&req)?;
         let res = self.core.seal(&c).await;
         let s = self.core.finish(&c, res, none).await.map_err(status)?;
         self.sync_health().await;
@@ -548,9 +586,12 @@ impl pb::sys_server::Sys for SysService {
     }
 
     async fn enable_mount(&self, req: Request<pb::EnableMountRequest>) -> Result<Response<pb::Mount>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/EnableMount")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
-        let c = c.with_path(&r.path).with("type", plain(r.r#type.clone())).with("config", config_audit(&r.config));
+        let c = c
+            .with_path(&r.path)
+            .with("type", plain(r.r#type.clone()))
+            .with("config", field_map("keybridge.v1.EnableMountRequest.config", &r.config));
         let res = self.core.enable_mount(&c, &r.path, &r.r#type, &r.description, r.config.into_iter().collect()).await;
         let m = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(mount_pb(&m, None)))
@@ -560,7 +601,7 @@ impl pb::sys_server::Sys for SysService {
         &self,
         req: Request<pb::ListMountsRequest>,
     ) -> Result<Response<pb::ListMountsResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/ListMounts")?;
+        let c = caller(&req)?;
         let res = self.core.list_mounts(&c).await;
         let mounts = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::ListMountsResponse {
@@ -575,7 +616,7 @@ impl pb::sys_server::Sys for SysService {
         &self,
         req: Request<pb::DisableMountRequest>,
     ) -> Result<Response<pb::DisableMountResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/DisableMount")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.disable_mount(&c, &r.path).await;
@@ -584,16 +625,16 @@ impl pb::sys_server::Sys for SysService {
     }
 
     async fn tune_mount(&self, req: Request<pb::TuneMountRequest>) -> Result<Response<pb::Mount>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/TuneMount")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
-        let c = c.with_path(&r.path).with("config", config_audit(&r.config));
+        let c = c.with_path(&r.path).with("config", field_map("keybridge.v1.TuneMountRequest.config", &r.config));
         let res = self.core.tune_mount(&c, &r.path, r.description.as_deref(), r.config.into_iter().collect()).await;
         let m = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(mount_pb(&m, None)))
     }
 
     async fn rotate(&self, req: Request<pb::RotateRequest>) -> Result<Response<pb::KeyringStatus>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/Rotate")?;
+        let c = caller(&req)?;
         let res = self.core.rotate(&c).await;
         let k = self.core.finish(&c, res, |k| vec![("term".into(), plain(k.term))]).await.map_err(status)?;
         tracing::info!(term = k.term, "encryption key rotated");
@@ -601,26 +642,18 @@ impl pb::sys_server::Sys for SysService {
     }
 
     async fn key_status(&self, req: Request<pb::KeyStatusRequest>) -> Result<Response<pb::KeyringStatus>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/KeyStatus")?;
+        let c = caller(&req)?;
         let res = self.core.key_status(&c).await;
         let k = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(key_status_pb(k)))
     }
 
     async fn rekey(&self, req: Request<pb::RekeyRequest>) -> Result<Response<pb::RekeyResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/Rekey")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let keys: Vec<String> = r.keys;
         let c = c
-            .with(
-                "keys",
-                AuditValue::Map(
-                    keys.iter()
-                        .enumerate()
-                        .map(|(i, k)| (i.to_string().into(), AuditValue::secret(k.as_bytes())))
-                        .collect(),
-                ),
-            )
+            .with("keys", field_list("keybridge.v1.RekeyRequest.keys", &keys))
             .with("key_shares", plain(r.key_shares))
             .with("key_threshold", plain(r.key_threshold));
         let result = self.core.rekey(&c, &keys, r.key_shares, r.key_threshold).await;
@@ -628,16 +661,7 @@ impl pb::sys_server::Sys for SysService {
         let shares = self
             .core
             .finish(&c, result, |shares| {
-                vec![(
-                    "unseal_keys".into(),
-                    AuditValue::Map(
-                        shares
-                            .iter()
-                            .enumerate()
-                            .map(|(i, k)| (i.to_string().into(), AuditValue::secret(k.as_bytes())))
-                            .collect(),
-                    ),
-                )]
+                vec![("unseal_keys".into(), field_list("keybridge.v1.RekeyResponse.unseal_keys_b64", shares))]
             })
             .await
             .map_err(status)?;
@@ -654,7 +678,7 @@ impl pb::sys_server::Sys for SysService {
         &self,
         req: Request<pb::SnapshotSaveRequest>,
     ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/SnapshotSave")?;
+        let c = caller(&req)?;
         if let Err(e) = self.core.authorize_snapshot(&c).await {
             return Err(status(self.core.finish(&c, Err::<(), _>(e), none).await.unwrap_err()));
         }
@@ -674,7 +698,7 @@ impl pb::sys_server::Sys for SysService {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotRestoreResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Sys/SnapshotRestore")?;
+        let c = caller(&req)?;
         if let Err(e) = self.core.authorize_snapshot(&c).await {
             return Err(status(self.core.finish(&c, Err::<(), _>(e), none).await.unwrap_err()));
         }
@@ -726,7 +750,7 @@ pub struct PoliciesService {
 #[tonic::async_trait]
 impl pb::policies_server::Policies for PoliciesService {
     async fn put(&self, req: Request<pb::PutPolicyRequest>) -> Result<Response<pb::PutPolicyResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Policies/Put")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.name).with("policy", plain(r.policy.clone()));
         let res = self.core.put_policy(&c, &r.name, &r.policy).await;
@@ -735,7 +759,7 @@ impl pb::policies_server::Policies for PoliciesService {
     }
 
     async fn get(&self, req: Request<pb::GetPolicyRequest>) -> Result<Response<pb::PolicyDocument>, Status> {
-        let c = caller(&req, "keybridge.v1.Policies/Get")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.name);
         let res = self.core.get_policy(&c, &r.name).await;
@@ -744,7 +768,7 @@ impl pb::policies_server::Policies for PoliciesService {
     }
 
     async fn list(&self, req: Request<pb::ListPoliciesRequest>) -> Result<Response<pb::ListPoliciesResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Policies/List")?;
+        let c = caller(&req)?;
         let res = self.core.list_policies(&c).await;
         let names = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::ListPoliciesResponse { names }))
@@ -754,7 +778,7 @@ impl pb::policies_server::Policies for PoliciesService {
         &self,
         req: Request<pb::DeletePolicyRequest>,
     ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Policies/Delete")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.name);
         let res = self.core.delete_policy(&c, &r.name).await;
@@ -788,8 +812,8 @@ fn entry_info(e: &keybridge_core::tokens::TokenEntry) -> pb::TokenInfo {
 /// The response data audited for a token just issued: the token as its HMAC.
 fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::tokens::TokenEntry) -> keybridge_core::audit::AuditData {
     vec![
-        ("token".into(), AuditValue::secret(t.as_bytes())),
-        ("accessor".into(), AuditValue::secret(e.accessor.as_bytes())),
+        ("token".into(), field("keybridge.v1.CreateTokenResponse.token", t.as_bytes())),
+        ("accessor".into(), field("keybridge.v1.TokenInfo.accessor", &e.accessor)),
         ("policies".into(), plain(e.policies.clone())),
         ("display_name".into(), plain(e.display_name.clone())),
         ("metadata".into(), plain(serde_json::to_value(&e.meta).unwrap_or_default())),
@@ -798,7 +822,7 @@ fn issued_audit(t: &Zeroizing<String>, e: &keybridge_core::tokens::TokenEntry) -
 
 fn token_audit(id: &keybridge_core::tokens::Identity) -> keybridge_core::audit::AuditData {
     vec![
-        ("accessor".into(), AuditValue::secret(id.accessor.as_bytes())),
+        ("accessor".into(), field("keybridge.v1.TokenInfo.accessor", &id.accessor)),
         ("policies".into(), plain(id.policies.clone())),
         ("display_name".into(), plain(id.display_name.clone())),
     ]
@@ -807,7 +831,7 @@ fn token_audit(id: &keybridge_core::tokens::Identity) -> keybridge_core::audit::
 #[tonic::async_trait]
 impl pb::tokens_server::Tokens for TokensService {
     async fn create(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Tokens/Create")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c
             .with("policies", plain(r.policies.clone()))
@@ -835,17 +859,17 @@ impl pb::tokens_server::Tokens for TokensService {
     }
 
     async fn revoke(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Tokens/Revoke")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let target = Zeroizing::new(r.token);
         let res = match (target.is_empty(), r.accessor.is_empty()) {
             (false, true) => {
-                let c = c.with("token", AuditValue::secret(target.as_bytes()));
+                let c = c.with("token", field("keybridge.v1.RevokeTokenRequest.token", target.as_bytes()));
                 let res = self.core.revoke_token(&c, &target).await;
                 self.core.finish(&c, res, none).await
             }
             (true, false) => {
-                let c = c.with("accessor", AuditValue::secret(r.accessor.as_bytes()));
+                let c = c.with("accessor", field("keybridge.v1.RevokeTokenRequest.accessor", &r.accessor));
                 let res = self.core.revoke_accessor(&c, &r.accessor).await;
                 self.core.finish(&c, res, none).await
             }
@@ -859,7 +883,7 @@ impl pb::tokens_server::Tokens for TokensService {
         &self,
         req: Request<pb::CapabilitiesRequest>,
     ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Tokens/CapabilitiesSelf")?;
+        let c = caller(&req)?;
         let path = req.into_inner().path;
         let c = c.with_path(&path);
         let res = self.core.capabilities_self(&c, &path).await;
@@ -869,16 +893,16 @@ impl pb::tokens_server::Tokens for TokensService {
     }
 
     async fn lookup(&self, req: Request<pb::LookupTokenRequest>) -> Result<Response<pb::TokenInfo>, Status> {
-        let c = caller(&req, "keybridge.v1.Tokens/Lookup")?;
+        let c = caller(&req)?;
         let id = match req.into_inner().target {
             Some(pb::lookup_token_request::Target::Token(t)) => {
                 let target = Zeroizing::new(t);
-                let c = c.with("token", AuditValue::secret(target.as_bytes()));
+                let c = c.with("token", field("keybridge.v1.LookupTokenRequest.token", target.as_bytes()));
                 let res = self.core.lookup_token(&c, keybridge_core::TokenRef::Token(&target)).await;
                 self.core.finish(&c, res, token_audit).await
             }
             Some(pb::lookup_token_request::Target::Accessor(a)) => {
-                let c = c.with("accessor", AuditValue::secret(a.as_bytes()));
+                let c = c.with("accessor", field("keybridge.v1.LookupTokenRequest.accessor", &a));
                 let res = self.core.lookup_token(&c, keybridge_core::TokenRef::Accessor(&a)).await;
                 self.core.finish(&c, res, token_audit).await
             }
@@ -888,7 +912,7 @@ impl pb::tokens_server::Tokens for TokensService {
     }
 
     async fn renew(&self, req: Request<pb::RenewTokenRequest>) -> Result<Response<pb::RenewTokenResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Tokens/Renew")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let target = Zeroizing::new(r.token);
         let c = c.with("increment_seconds", plain(r.increment_seconds));
@@ -896,7 +920,7 @@ impl pb::tokens_server::Tokens for TokensService {
             let res = self.core.renew_self(&c, r.increment_seconds).await;
             self.core.finish(&c, res, none).await
         } else {
-            let c = c.with("token", AuditValue::secret(target.as_bytes()));
+            let c = c.with("token", field("keybridge.v1.RenewTokenRequest.token", target.as_bytes()));
             let res = self.core.renew_token(&c, &target, r.increment_seconds).await;
             self.core.finish(&c, res, none).await
         }
@@ -908,14 +932,14 @@ impl pb::tokens_server::Tokens for TokensService {
         &self,
         req: Request<pb::RevokeSelfRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Tokens/RevokeSelf")?;
+        let c = caller(&req)?;
         let res = self.core.revoke_self(&c).await;
         self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 
     async fn lookup_self(&self, req: Request<pb::LookupSelfRequest>) -> Result<Response<pb::TokenInfo>, Status> {
-        let c = caller(&req, "keybridge.v1.Tokens/LookupSelf")?;
+        let c = caller(&req)?;
         let res = self.core.lookup_self(&c).await;
         let id = self.core.finish(&c, res, token_audit).await.map_err(status)?;
         Ok(Response::new(token_info(&id)))
@@ -942,7 +966,7 @@ type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> +
 #[tonic::async_trait]
 impl pb::audit_server::Audit for AuditService {
     async fn enable(&self, req: Request<pb::EnableAuditRequest>) -> Result<Response<pb::AuditDevice>, Status> {
-        let c = caller(&req, "keybridge.v1.Audit/Enable")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c
             .with_path(&r.path)
@@ -954,7 +978,7 @@ impl pb::audit_server::Audit for AuditService {
     }
 
     async fn list(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Audit/List")?;
+        let c = caller(&req)?;
         let res = self.core.list_audit(&c).await;
         let devices = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::ListAuditResponse { devices: devices.into_iter().map(device_pb).collect() }))
@@ -964,7 +988,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::DisableAuditRequest>,
     ) -> Result<Response<pb::DisableAuditResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Audit/Disable")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.disable_audit(&c, &r.path).await;
@@ -973,10 +997,10 @@ impl pb::audit_server::Audit for AuditService {
     }
 
     async fn hash(&self, req: Request<pb::AuditHashRequest>) -> Result<Response<pb::AuditHashResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Audit/Hash")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let input = Zeroizing::new(r.input);
-        let c = c.with_path(&r.path).with("input", AuditValue::secret(&input));
+        let c = c.with_path(&r.path).with("input", field("keybridge.v1.AuditHashRequest.input", &input));
         let res = self.core.audit_hash(&c, &r.path, &input).await;
         let hash = self.core.finish(&c, res, |h| vec![("hash".into(), plain(h.clone()))]).await.map_err(status)?;
         Ok(Response::new(pb::AuditHashResponse { hash }))
@@ -986,7 +1010,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::ExportAuditKeyRequest>,
     ) -> Result<Response<pb::AuditVerificationKey>, Status> {
-        let c = caller(&req, "keybridge.v1.Audit/ExportKey")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.audit_verification_key(&c, &r.path).await;
@@ -1008,7 +1032,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<Streaming<pb::VerifyAuditChunk>>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Audit/Verify")?;
+        let c = caller(&req)?;
         let mut stream = req.into_inner();
         let first = match stream.next().await {
             Some(chunk) => chunk?,
@@ -1059,7 +1083,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::AuditCheckpointRequest>,
     ) -> Result<Response<pb::AuditCheckpoint>, Status> {
-        let c = caller(&req, "keybridge.v1.Audit/Checkpoint")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.audit_checkpoint(&c, &r.path).await;
@@ -1070,7 +1094,7 @@ impl pb::audit_server::Audit for AuditService {
     type WatchStream = RecordStream;
 
     async fn watch(&self, req: Request<pb::WatchAuditRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let c = caller(&req, "keybridge.v1.Audit/Watch")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.watch_audit(&c, &r.path).await;
@@ -1095,21 +1119,10 @@ fn method_pb(m: keybridge_core::AuthMount) -> pb::AuthMethod {
     pb::AuthMethod { path: m.path, r#type: m.kind, description: m.description, created_time: Some(ts(m.created)) }
 }
 
-fn settings_audit(s: &std::collections::HashMap<String, String>, secret: &[&str]) -> AuditValue {
-    AuditValue::Map(
-        s.iter()
-            .map(|(k, v)| {
-                let v = if secret.contains(&k.as_str()) { AuditValue::secret(v.as_bytes()) } else { plain(v.clone()) };
-                (k.clone().into(), v)
-            })
-            .collect(),
-    )
-}
-
 #[tonic::async_trait]
 impl pb::auth_server::Auth for AuthService {
     async fn enable(&self, req: Request<pb::EnableAuthRequest>) -> Result<Response<pb::AuthMethod>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/Enable")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path).with("type", plain(r.r#type.clone()));
         let res = self.core.enable_auth(&c, &r.path, &r.r#type, &r.description).await;
@@ -1118,14 +1131,14 @@ impl pb::auth_server::Auth for AuthService {
     }
 
     async fn list(&self, req: Request<pb::ListAuthRequest>) -> Result<Response<pb::ListAuthResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/List")?;
+        let c = caller(&req)?;
         let res = self.core.list_auth(&c).await;
         let methods = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::ListAuthResponse { methods: methods.into_iter().map(method_pb).collect() }))
     }
 
     async fn disable(&self, req: Request<pb::DisableAuthRequest>) -> Result<Response<pb::DisableAuthResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/Disable")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.disable_auth(&c, &r.path).await;
@@ -1137,16 +1150,18 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         req: Request<pb::WriteAuthConfigRequest>,
     ) -> Result<Response<pb::WriteAuthConfigResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/WriteConfig")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
-        let c = c.with_path(&r.path).with("settings", settings_audit(&r.settings, &["token_reviewer_jwt"]));
+        let c = c
+            .with_path(&r.path)
+            .with("settings", field_map("keybridge.v1.WriteAuthConfigRequest.settings", &r.settings));
         let res = self.core.write_auth_config(&c, &r.path, r.settings.into_iter().collect()).await;
         self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::WriteAuthConfigResponse {}))
     }
 
     async fn read_config(&self, req: Request<pb::ReadAuthConfigRequest>) -> Result<Response<pb::AuthSettings>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/ReadConfig")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.read_auth_config(&c, &r.path).await;
@@ -1158,17 +1173,19 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         req: Request<pb::WriteAuthRoleRequest>,
     ) -> Result<Response<pb::WriteAuthRoleResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/WriteRole")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
-        let c =
-            c.with_path(&r.path).with("role", plain(r.role.clone())).with("settings", settings_audit(&r.settings, &[]));
+        let c = c
+            .with_path(&r.path)
+            .with("role", plain(r.role.clone()))
+            .with("settings", field_map("keybridge.v1.WriteAuthRoleRequest.settings", &r.settings));
         let res = self.core.write_auth_role(&c, &r.path, &r.role, r.settings.into_iter().collect()).await;
         self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::WriteAuthRoleResponse {}))
     }
 
     async fn read_role(&self, req: Request<pb::ReadAuthRoleRequest>) -> Result<Response<pb::AuthSettings>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/ReadRole")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path).with("role", plain(r.role.clone()));
         let res = self.core.read_auth_role(&c, &r.path, &r.role).await;
@@ -1180,7 +1197,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         req: Request<pb::ListAuthRolesRequest>,
     ) -> Result<Response<pb::ListAuthRolesResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/ListRoles")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.list_auth_roles(&c, &r.path).await;
@@ -1192,7 +1209,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         req: Request<pb::DeleteAuthRoleRequest>,
     ) -> Result<Response<pb::DeleteAuthRoleResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/DeleteRole")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path).with("role", plain(r.role.clone()));
         let res = self.core.delete_auth_role(&c, &r.path, &r.role).await;
@@ -1201,7 +1218,7 @@ impl pb::auth_server::Auth for AuthService {
     }
 
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Auth/Login")?;
+        let c = caller(&req)?;
         let remote = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         self.login_limits.check(remote, &r.path, &r.role).map_err(Status::resource_exhausted)?;

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use keybridge_core::plugins::{EngineInfo, Field};
-use keybridge_core::{AuditValue, Core, LeaseView, LogicalOp, LogicalResponse, PluginVersion};
+use keybridge_core::{Core, LeaseView, LogicalOp, LogicalResponse, PluginVersion};
 use keybridge_proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::service::{caller, none, plain, refuse, status, ts};
+use crate::service::{caller, field_map, none, plain, refuse, status, ts};
 
 pub struct LogicalService {
     pub core: Arc<Core>,
@@ -56,28 +56,24 @@ pub(crate) fn lease_pb(l: LeaseView) -> pb::Lease {
     }
 }
 
-/// Every value is HMAC'd in audit records: parameters and answers may be
-/// credentials.
-fn secret_map<'a>(m: impl Iterator<Item = (&'a str, &'a str)>) -> AuditValue {
-    AuditValue::Map(m.map(|(k, v)| (k.to_string().into(), AuditValue::secret(v.as_bytes()))).collect())
-}
-
 impl LogicalService {
     async fn op(
         &self,
         req: Request<pb::LogicalRequest>,
         op: LogicalOp,
-        name: &'static str,
     ) -> Result<Response<pb::LogicalResponse>, Status> {
-        let c = caller(&req, name)?;
+        let c = caller(&req)?;
         let r = req.into_inner();
-        let c = c.with_path(&r.path).with("data", secret_map(r.data.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+        let c = c.with_path(&r.path).with("data", field_map("keybridge.v1.LogicalRequest.data", &r.data));
         let data: BTreeMap<String, String> = r.data.into_iter().collect();
         let res = self.core.logical(&c, op, &r.path, data).await;
         let out: LogicalResponse = self
             .core
             .finish(&c, res, |o| {
-                let mut a = vec![("data".into(), secret_map(o.data.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))))];
+                let mut a = vec![(
+                    "data".into(),
+                    field_map("keybridge.v1.LogicalResponse.data", o.data.0.iter().map(|(k, v)| (k, v))),
+                )];
                 if let Some(l) = &o.lease {
                     a.push(("lease_id".into(), plain(l.lease_id.clone())));
                     a.push(("lease_ttl".into(), plain(l.ttl_secs)));
@@ -131,23 +127,23 @@ fn help_pb(mount: String, info: EngineInfo, matched: Option<String>) -> pb::Path
 #[tonic::async_trait]
 impl pb::logical_server::Logical for LogicalService {
     async fn read(&self, req: Request<pb::LogicalRequest>) -> Result<Response<pb::LogicalResponse>, Status> {
-        self.op(req, LogicalOp::Read, "keybridge.v1.Logical/Read").await
+        self.op(req, LogicalOp::Read).await
     }
 
     async fn write(&self, req: Request<pb::LogicalRequest>) -> Result<Response<pb::LogicalResponse>, Status> {
-        self.op(req, LogicalOp::Write, "keybridge.v1.Logical/Write").await
+        self.op(req, LogicalOp::Write).await
     }
 
     async fn delete(&self, req: Request<pb::LogicalRequest>) -> Result<Response<pb::LogicalResponse>, Status> {
-        self.op(req, LogicalOp::Delete, "keybridge.v1.Logical/Delete").await
+        self.op(req, LogicalOp::Delete).await
     }
 
     async fn list(&self, req: Request<pb::LogicalRequest>) -> Result<Response<pb::LogicalResponse>, Status> {
-        self.op(req, LogicalOp::List, "keybridge.v1.Logical/List").await
+        self.op(req, LogicalOp::List).await
     }
 
     async fn path_help(&self, req: Request<pb::PathHelpRequest>) -> Result<Response<pb::PathHelpResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Logical/PathHelp")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.path_help(&c, &r.path).await;
@@ -159,7 +155,7 @@ impl pb::logical_server::Logical for LogicalService {
 #[tonic::async_trait]
 impl pb::leases_server::Leases for LeasesService {
     async fn lookup(&self, req: Request<pb::LeaseRef>) -> Result<Response<pb::Lease>, Status> {
-        let c = caller(&req, "keybridge.v1.Leases/Lookup")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.lease_id);
         let res = self.core.lookup_lease(&c, &r.lease_id).await;
@@ -167,7 +163,7 @@ impl pb::leases_server::Leases for LeasesService {
     }
 
     async fn list(&self, req: Request<pb::ListLeasesRequest>) -> Result<Response<pb::ListLeasesResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Leases/List")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.prefix);
         let res = self.core.list_leases(&c, &r.prefix).await;
@@ -176,7 +172,7 @@ impl pb::leases_server::Leases for LeasesService {
     }
 
     async fn renew(&self, req: Request<pb::RenewLeaseRequest>) -> Result<Response<pb::Lease>, Status> {
-        let c = caller(&req, "keybridge.v1.Leases/Renew")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.lease_id).with("increment_secs", plain(r.increment_secs));
         let res = self.core.renew_lease(&c, &r.lease_id, r.increment_secs).await;
@@ -184,7 +180,7 @@ impl pb::leases_server::Leases for LeasesService {
     }
 
     async fn revoke(&self, req: Request<pb::LeaseRef>) -> Result<Response<pb::RevokeLeasesResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Leases/Revoke")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.lease_id);
         let res = self.core.revoke_lease(&c, &r.lease_id).await;
@@ -196,7 +192,7 @@ impl pb::leases_server::Leases for LeasesService {
         &self,
         req: Request<pb::RevokePrefixRequest>,
     ) -> Result<Response<pb::RevokeLeasesResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Leases/RevokePrefix")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.prefix);
         let res = self.core.revoke_lease_prefix(&c, &r.prefix).await;
@@ -225,7 +221,7 @@ impl pb::plugins_server::Plugins for PluginsService {
         &self,
         req: Request<Streaming<pb::RegisterPluginChunk>>,
     ) -> Result<Response<pb::PluginVersion>, Status> {
-        let c = caller(&req, "keybridge.v1.Plugins/Register")?;
+        let c = caller(&req)?;
         let mut stream = req.into_inner();
         let first = match stream.next().await {
             Some(Ok(m)) => m,
@@ -265,7 +261,7 @@ impl pb::plugins_server::Plugins for PluginsService {
     }
 
     async fn list(&self, req: Request<pb::ListPluginsRequest>) -> Result<Response<pb::ListPluginsResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Plugins/List")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let name = Some(r.name.trim()).filter(|n| !n.is_empty());
         let res = self.core.list_plugins(&c, name).await;
@@ -277,7 +273,7 @@ impl pb::plugins_server::Plugins for PluginsService {
         &self,
         req: Request<pb::DeletePluginRequest>,
     ) -> Result<Response<pb::DeletePluginResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Plugins/Delete")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.name).with("sha256", plain(r.sha256.clone()));
         let digest = Some(r.sha256.trim()).filter(|d| !d.is_empty());

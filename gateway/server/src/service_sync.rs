@@ -88,7 +88,7 @@ fn rotation_pb(r: Rotation) -> pb::RotationStatus {
 #[tonic::async_trait]
 impl pb::sync_server::Sync for SyncService {
     async fn rotate(&self, req: Request<pb::RotateSecretRequest>) -> Result<Response<pb::RotationStatus>, Status> {
-        let c = caller(&req, "keybridge.v1.Sync/Rotate")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c
             .with_path(&r.path)
@@ -122,7 +122,7 @@ impl pb::sync_server::Sync for SyncService {
     }
 
     async fn get_rotation(&self, req: Request<pb::GetRotationRequest>) -> Result<Response<pb::RotationStatus>, Status> {
-        let c = caller(&req, "keybridge.v1.Sync/GetRotation")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
         let res = self.core.get_rotation(&c, &r.path).await;
@@ -131,7 +131,7 @@ impl pb::sync_server::Sync for SyncService {
     }
 
     async fn create_rule(&self, req: Request<pb::SyncRule>) -> Result<Response<pb::SyncRule>, Status> {
-        let c = caller(&req, "keybridge.v1.Sync/CreateRule")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c
             .with_path(&r.name)
@@ -161,7 +161,7 @@ impl pb::sync_server::Sync for SyncService {
     }
 
     async fn get_rule(&self, req: Request<pb::GetSyncRuleRequest>) -> Result<Response<pb::SyncRule>, Status> {
-        let c = caller(&req, "keybridge.v1.Sync/GetRule")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.name);
         let res = self.core.get_sync_rule(&c, &r.name).await;
@@ -173,7 +173,7 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::ListSyncRulesRequest>,
     ) -> Result<Response<pb::ListSyncRulesResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Sync/ListRules")?;
+        let c = caller(&req)?;
         let res = self.core.list_sync_rules(&c).await;
         let rules = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::ListSyncRulesResponse { rules: rules.into_iter().map(rule_pb).collect() }))
@@ -183,7 +183,7 @@ impl pb::sync_server::Sync for SyncService {
         &self,
         req: Request<pb::DeleteSyncRuleRequest>,
     ) -> Result<Response<pb::DeleteSyncRuleResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Sync/DeleteRule")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.name);
         let res = self.core.delete_sync_rule(&c, &r.name).await;
@@ -192,7 +192,7 @@ impl pb::sync_server::Sync for SyncService {
     }
 
     async fn status(&self, req: Request<pb::SyncStatusRequest>) -> Result<Response<pb::SyncStatusResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Sync/Status")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.rule);
         let res = self.core.sync_status(&c, &r.rule).await;
@@ -201,7 +201,7 @@ impl pb::sync_server::Sync for SyncService {
     }
 
     async fn run(&self, req: Request<pb::RunSyncRequest>) -> Result<Response<pb::SyncStatusResponse>, Status> {
-        let c = caller(&req, "keybridge.v1.Sync/Run")?;
+        let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.rule).with("wait", plain(r.wait));
         let timeout = Duration::from_secs(if r.timeout_secs == 0 { 60 } else { r.timeout_secs.min(3600) });

@@ -151,6 +151,12 @@ impl Caller {
         self
     }
 
+    /// Whether the response was finished: recorded (or its recording
+    /// attempted), or finished with no device to record it on.
+    pub fn response_recorded(&self) -> bool {
+        self.state().responded
+    }
+
     pub fn bearer(&self) -> Option<&str> {
         self.token.as_deref().map(|s| s.as_str())
     }
