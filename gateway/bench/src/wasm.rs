@@ -21,7 +21,7 @@ use keybridge_core::plugins::{
     CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, LeaseInfo, LeaseTerms, Operation, Params,
     PathInfo, PluginEngine, PluginRuntime, PluginSpec,
 };
-use keybridge_core::{Caller, Core, CoreConfig, LogicalOp};
+use keybridge_core::{Caller, Core, CoreConfig, EngineOp};
 use keybridge_proto::v1 as pb;
 use keybridge_wasm_host::{HostConfig, WasmHost};
 use sha2::Digest;
@@ -125,7 +125,7 @@ pub async fn run(args: &Args, bin: &Path) {
                 let core = core.clone();
                 async move {
                     let t = Caller::token(Some("root-bench"));
-                    core.logical(&t, LogicalOp::Read, path, BTreeMap::new())
+                    core.engine_request(&t, EngineOp::Read, path, BTreeMap::new())
                         .await
                         .is_ok_and(|r| r.data.get("answer") == Some("42"))
                 }

@@ -97,7 +97,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let path = normalize_device_path(path)?;
         self.authorize(caller, &id, &format!("sys/audit-hash/{path}"), Capability::Update).await?;
-        self.unsealed()?.audit.hash(&path, input)
+        self.unsealed()?.audit.hash(&path, input).map_err(Error::from)
     }
 
     /// The device's chain key and checkpoint, to verify its files offline.
@@ -106,7 +106,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let path = normalize_device_path(path)?;
         self.authorize(caller, &id, &format!("sys/audit/{path}key"), Capability::Sudo).await?;
-        self.unsealed()?.audit.verification_key(&path).await
+        self.unsealed()?.audit.verification_key(&path).await.map_err(Error::from)
     }
 
     /// What the server needs to verify a device's files it is sent.
@@ -114,7 +114,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         let path = normalize_device_path(path)?;
         self.authorize(caller, &id, &format!("sys/audit/{path}verify"), Capability::Sudo).await?;
-        self.unsealed()?.audit.verify_parts(&path).await
+        self.unsealed()?.audit.verify_parts(&path).await.map_err(Error::from)
     }
 
     /// The device's checkpoint now: its last sequence number.
@@ -150,7 +150,7 @@ impl Core {
         let path = normalize_device_path(path)?;
         // Every request's record, live: as much as reading the log itself.
         self.authorize(caller, &id, &format!("sys/audit/{path}watch"), Capability::Sudo).await?;
-        self.unsealed()?.audit.subscribe(&path)
+        self.unsealed()?.audit.subscribe(&path).map_err(Error::from)
     }
 
     /// Reopens the devices' files and connections (on SIGHUP, after a log

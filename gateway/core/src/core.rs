@@ -494,7 +494,7 @@ impl Core {
         }
         {
             let mut st = caller.state();
-            st.auth = Some(id.clone());
+            st.auth = Some(id.entry());
             st.acl_path = Some(path.to_string());
             st.capability = Some(cap.name());
         }

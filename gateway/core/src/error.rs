@@ -123,3 +123,17 @@ impl From<keybridge_provider_api::Error> for Error {
         }
     }
 }
+
+impl From<keybridge_audit::Error> for Error {
+    fn from(e: keybridge_audit::Error) -> Self {
+        use keybridge_audit::Error as A;
+        match e {
+            A::InvalidArgument(m) => Error::InvalidArgument(m),
+            A::NotFound(m) => Error::NotFound(m),
+            A::AlreadyExists(m) => Error::AlreadyExists(m),
+            A::FailedPrecondition(m) => Error::FailedPrecondition(m),
+            A::Corrupt { key, reason } => Error::Corrupt { key, reason },
+            A::Storage(e) => e.into(),
+        }
+    }
+}

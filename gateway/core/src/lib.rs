@@ -16,12 +16,11 @@
 //!   speak.
 //! - [`reconciler`]: replication rules, the journal, the worker, scans and
 //!   coordinated rotation.
-//! - [`audit`]: audit records, devices, the broker and the record chain;
-//!   `audit_devices` is the API that enables and verifies them.
+//! - `audit_devices`: the API that enables, lists and verifies audit
+//!   devices (the devices, records and chain are crate `keybridge-audit`).
 //! - [`path`], [`value`], [`mounts`]: path checks, secret values (which
 //!   zero themselves and never print), the mount table and its router.
 
-pub mod audit;
 mod audit_devices;
 mod auth_methods;
 pub mod backend;
@@ -34,19 +33,20 @@ pub mod plugins;
 mod policies;
 pub mod reconciler;
 mod secrets;
-mod time;
 pub mod tokens;
 pub mod value;
 
 pub use crate::auth_methods::{AuthMount, login_audit};
 pub use crate::core::{Core, CoreConfig, InitResult, SealStatus};
-pub use crate::plugins::{LeaseView, LogicalOp, LogicalResponse, MAX_COMPONENT_BYTES, PathHelp, PluginVersion};
+pub use crate::plugins::{EngineOp, EngineReply, LeaseView, MAX_COMPONENT_BYTES, PathHelp, PluginVersion};
 pub use crate::reconciler::{CopyState, RotateSpec, Rotation, RotationState, RotationVerifier, Schedule};
 pub use crate::reconciler::{RuleSpec, SyncStatus};
 pub use crate::tokens::store::{TokenRef, TokenRequest};
 pub use audit::{AuditValue, Caller};
 pub use error::Error;
+/// Audit records and devices (crate `keybridge-audit`).
+pub use keybridge_audit as audit;
+pub use keybridge_audit::Timestamp;
 pub use keybridge_provider_api as provider;
-pub use time::Timestamp;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -23,6 +23,7 @@ impl Core {
     pub(crate) async fn secret_acl_path(&self, path: &str, area: &str) -> Result<String> {
         let table = self.unsealed()?.table();
         let (backend, mount, rel) = self.route(&table, path).await?;
+        backend.secrets_api(&mount.path)?;
         Ok(format!("{}{area}/{}", mount.path, backend.acl_rel(rel)?))
     }
 
@@ -185,6 +186,8 @@ impl Core {
     ) -> Result<()> {
         let table = self.unsealed()?.table();
         let (backend, rel, _) = self.secret_op(&table, caller, path, area, Capability::Update, None).await?;
+        // Refused before anything is journaled.
+        backend.check_versions_change(versions, change)?;
         self.journaled(path, backend.change_versions(rel, versions, change)).await
     }
 

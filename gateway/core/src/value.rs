@@ -58,6 +58,18 @@ impl Drop for Stored {
 }
 
 impl SecretValue {
+    /// The value as audit records carry it: each field (or the bytes) HMACed.
+    pub fn audit_value(&self) -> crate::AuditValue {
+        use crate::AuditValue;
+        match self {
+            SecretValue::Fields(m) => {
+                AuditValue::Map(m.iter().map(|(k, v)| (k.clone().into(), AuditValue::secret(v.as_bytes()))).collect())
+            }
+            SecretValue::Binary(b) => AuditValue::secret(b),
+            SecretValue::Text(t) => AuditValue::secret(t.as_bytes()),
+        }
+    }
+
     /// Bytes the value counts against the size cap: field names and values,
     /// or the opaque bytes.
     pub fn size(&self) -> usize {

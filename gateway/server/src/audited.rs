@@ -24,8 +24,48 @@ use crate::ratelimit::BoxFuture;
 pub struct Route(pub &'static str);
 
 /// Where a handler's `Call` goes when the handler ends.
-#[derive(Clone, Default)]
-struct Slot(Arc<Mutex<Option<Caller>>>);
+#[derive(Clone)]
+struct Slot(Arc<SlotInner>);
+
+struct SlotInner {
+    caller: Mutex<Option<Caller>>,
+    core: Arc<Core>,
+}
+
+impl Slot {
+    fn new(core: Arc<Core>) -> Self {
+        Slot(Arc::new(SlotInner { caller: Mutex::new(None), core }))
+    }
+
+    fn put(&self, c: Caller) {
+        *self.0.caller.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+    }
+
+    fn take(&self) -> Option<Caller> {
+        self.0.caller.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl Drop for SlotInner {
+    /// The layer never saw this call end: the client's deadline passed or
+    /// it cancelled, and tonic dropped the request (its timeout wraps this
+    /// layer), or a streaming handler's task ended after its answer began.
+    /// Its response is recorded here unless the handler recorded it.
+    fn drop(&mut self) {
+        let caller = self.caller.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(caller) = caller.filter(|c| !c.response_recorded()) else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let core = self.core.clone();
+        rt.spawn(async move {
+            let ended = CoreError::DeadlineExceeded(
+                "the call ended before its answer was sent (the client's deadline passed, or it cancelled); \
+                 the operation may have taken effect"
+                    .into(),
+            );
+            let _ = core.finish(&caller, Err::<(), _>(ended), |_| Vec::new()).await;
+        });
+    }
+}
 
 /// Every method of the API by its HTTP/2 path (`/package.Service/Method`),
 /// with its operation name: from the API's descriptors, leaked once.
@@ -85,7 +125,7 @@ impl std::ops::Deref for Call {
 impl Drop for Call {
     fn drop(&mut self) {
         if let (Some(slot), Some(c)) = (&self.slot, self.caller.take()) {
-            *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+            slot.put(c);
         }
     }
 }
@@ -157,14 +197,14 @@ where
             // Not the API's (health, reflection, an unknown path).
             return Box::pin(self.inner.call(req));
         };
-        let slot = Slot::default();
+        let slot = Slot::new(self.core.clone());
         req.extensions_mut().insert(Route(op));
         req.extensions_mut().insert(slot.clone());
         let fut = self.inner.call(req);
         let core = self.core.clone();
         Box::pin(async move {
             let resp = fut.await?;
-            let caller = slot.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let caller = slot.take();
             let Some(caller) = caller.filter(|c| !c.response_recorded()) else { return Ok(resp) };
             tracing::warn!(operation = op, "audit: the handler wrote no response record; the gateway writes it");
             match core.finish(&caller, outcome(&resp), |_| Vec::new()).await {
@@ -312,5 +352,42 @@ mod tests {
             }
         }
         assert!(seen >= 15, "{seen} audited fields found");
+    }
+
+    /// The client's deadline drops the whole request, this layer included:
+    /// the slot records the response when it goes.
+    #[tokio::test]
+    async fn a_call_cut_short_by_a_deadline_is_still_audited() {
+        let (core, root, dir) = core_with_file_device().await;
+        let c2 = core.clone();
+        let handler = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+            let core = c2.clone();
+            Box::pin(async move {
+                let req = tonic::Request::from_http(req);
+                let c = crate::service::caller(&req).unwrap();
+                let _ = core.list_mounts(&c).await;
+                // The answer never comes before the deadline.
+                std::future::pending::<()>().await;
+                drop(c);
+                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+            }) as BoxFuture<_, _>
+        });
+        let before = records(&dir).len();
+        let mut svc = AuditedLayer::new(core.clone()).layer(handler);
+        let mut req = request(&root);
+        *req.uri_mut() = "/keybridge.v1.Sys/ListMounts".parse().unwrap();
+        let call = svc.ready().await.unwrap().call(req);
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(200), call).await.is_err());
+        let mut new = Vec::new();
+        for _ in 0..100 {
+            new = records(&dir).split_off(before);
+            if new.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let kinds: Vec<&str> = new.iter().map(|r| r["type"].as_str().unwrap_or("")).collect();
+        assert_eq!(kinds, ["request", "response"], "{new:?}");
+        assert_eq!(new[1]["status"], "DEADLINE_EXCEEDED", "{:?}", new[1]);
     }
 }

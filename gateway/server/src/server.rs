@@ -297,8 +297,10 @@ pub async fn run(
     //    is read (gate.rs), for every method that needs one;
     // 7. the audited layer (audited.rs): the operation named from the route,
     //    and the response record of any call whose handler wrote none;
-    // then tonic's per-connection concurrency limit and request timeout, and
-    // the services, which authenticate, authorize and route.
+    // then tonic's per-connection concurrency limit and the services, which
+    // authenticate, authorize and route. tonic's request timeout (and the
+    // client's `grpc-timeout`) wraps all of these: a call it cuts short drops
+    // the audited layer's slot, which then records the response itself.
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
     let layers = tower::ServiceBuilder::new()
         .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION]))

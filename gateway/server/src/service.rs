@@ -132,7 +132,7 @@ pub(crate) fn field_map<'a>(name: &'static str, m: impl IntoIterator<Item = (&'a
 /// A secret value field (`PutRequest.value`, `GetResponse.value`).
 pub(crate) fn field_value(name: &'static str, v: &SecretValue) -> AuditValue {
     debug_assert_eq!(declared(name), Audit::Secret, "{name} holds a SecretValue");
-    AuditValue::of_value(v)
+    v.audit_value()
 }
 
 fn declared(name: &'static str) -> Audit {
@@ -1218,10 +1218,13 @@ impl pb::auth_server::Auth for AuthService {
     }
 
     async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        let c = caller(&req)?;
+        // Refused by the login rate limits before anything is recorded, so
+        // a flood of logins cannot fill the audit log.
         let remote = req.remote_addr().map(|a| a.ip());
+        let (path, role) = (&req.get_ref().path, &req.get_ref().role);
+        self.login_limits.check(remote, path, role).map_err(Status::resource_exhausted)?;
+        let c = caller(&req)?;
         let r = req.into_inner();
-        self.login_limits.check(remote, &r.path, &r.role).map_err(Status::resource_exhausted)?;
         let jwt = Zeroizing::new(r.jwt);
         let mut c = c.with_path(&r.path);
         for (k, v) in keybridge_core::login_audit(&r.role, &jwt) {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use keybridge_core::plugins::{EngineInfo, Field};
-use keybridge_core::{Core, LeaseView, LogicalOp, LogicalResponse, PluginVersion};
+use keybridge_core::{Core, EngineOp, EngineReply, LeaseView, PluginVersion};
 use keybridge_proto::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -60,14 +60,14 @@ impl LogicalService {
     async fn op(
         &self,
         req: Request<pb::LogicalRequest>,
-        op: LogicalOp,
+        op: EngineOp,
     ) -> Result<Response<pb::LogicalResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path).with("data", field_map("keybridge.v1.LogicalRequest.data", &r.data));
         let data: BTreeMap<String, String> = r.data.into_iter().collect();
-        let res = self.core.logical(&c, op, &r.path, data).await;
-        let out: LogicalResponse = self
+        let res = self.core.engine_request(&c, op, &r.path, data).await;
+        let out: EngineReply = self
             .core
             .finish(&c, res, |o| {
                 let mut a = vec![(
@@ -127,19 +127,19 @@ fn help_pb(mount: String, info: EngineInfo, matched: Option<String>) -> pb::Path
 #[tonic::async_trait]
 impl pb::logical_server::Logical for LogicalService {
     async fn read(&self, req: Request<pb::LogicalRequest>) -> Result<Response<pb::LogicalResponse>, Status> {
-        self.op(req, LogicalOp::Read).await
+        self.op(req, EngineOp::Read).await
     }
 
     async fn write(&self, req: Request<pb::LogicalRequest>) -> Result<Response<pb::LogicalResponse>, Status> {
-        self.op(req, LogicalOp::Write).await
+        self.op(req, EngineOp::Write).await
     }
 
     async fn delete(&self, req: Request<pb::LogicalRequest>) -> Result<Response<pb::LogicalResponse>, Status> {
-        self.op(req, LogicalOp::Delete).await
+        self.op(req, EngineOp::Delete).await
     }
 
     async fn list(&self, req: Request<pb::LogicalRequest>) -> Result<Response<pb::LogicalResponse>, Status> {
-        self.op(req, LogicalOp::List).await
+        self.op(req, EngineOp::List).await
     }
 
     async fn path_help(&self, req: Request<pb::PathHelpRequest>) -> Result<Response<pb::PathHelpResponse>, Status> {

@@ -134,7 +134,11 @@ impl Backend<'_> {
     }
 
     fn plugin_refused(&self) -> Error {
-        Error::Internal("a plugin mount reached a Secrets API operation".into())
+        Error::InvalidArgument(
+            "the path is on a plugin mount, whose paths are its engine's (the Logical API): \
+             secrets, rules and rotations take local or cloud mounts only"
+                .into(),
+        )
     }
 
     pub fn reach(&self) -> Reach {
@@ -288,6 +292,20 @@ impl Backend<'_> {
         }
     }
 
+    /// What a cloud mount needs of a version change: the versions named,
+    /// unless it is a soft delete (of the current version). Checked before
+    /// the change is journaled.
+    pub fn check_versions_change(&self, versions: &[u64], change: Change) -> Result<()> {
+        if let Backend::Cloud(_) = self
+            && versions.is_empty()
+            && change != Change::SoftDelete
+        {
+            let what = if change == Change::Undelete { "undelete" } else { "destroy" };
+            return Err(Error::InvalidArgument(format!("give the versions to {what}")));
+        }
+        Ok(())
+    }
+
     /// Soft-deletes, undeletes or destroys versions by number. A cloud
     /// mount needs the numbers given (the current version, when `versions`
     /// is empty, only for a soft delete).
@@ -303,14 +321,12 @@ impl Backend<'_> {
                 kv.change_versions(rel, versions, local).await
             }
             Backend::Cloud(c) => {
-                let (cloud, what) = match change {
-                    Change::SoftDelete => (C::Disable, "delete"),
-                    Change::Undelete => (C::Enable, "undelete"),
-                    Change::Destroy => (C::Destroy, "destroy"),
+                self.check_versions_change(versions, change)?;
+                let cloud = match change {
+                    Change::SoftDelete => C::Disable,
+                    Change::Undelete => C::Enable,
+                    Change::Destroy => C::Destroy,
                 };
-                if versions.is_empty() && change != Change::SoftDelete {
-                    return Err(Error::InvalidArgument(format!("give the versions to {what}")));
-                }
                 c.change_versions(rel, versions, cloud).await
             }
             Backend::Plugin(_) => Err(self.plugin_refused()),

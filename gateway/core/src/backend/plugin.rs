@@ -12,13 +12,13 @@ use crate::backend::Backend;
 use crate::core::{Capability, Core};
 use crate::mounts::MountEntry;
 use crate::plugins::{
-    self as engine, EngineRequest, LogicalOp, LogicalResponse, Operation, PathHelp, PluginEngine, engine_error,
+    self as engine, EngineOp, EngineReply, EngineRequest, Operation, PathHelp, PluginEngine, engine_error,
 };
 use crate::{Error, Result};
 
 impl Core {
     /// Routes `path` to its plugin mount.
-    pub(crate) async fn logical_route(&self, path: &str) -> Result<(MountEntry, String, Arc<dyn PluginEngine>)> {
+    pub(crate) async fn engine_route(&self, path: &str) -> Result<(MountEntry, String, Arc<dyn PluginEngine>)> {
         crate::path::validate_engine_path(path)?;
         let table = self.unsealed()?.table();
         let (backend, mount, rel) = self.route(&table, path).await?;
@@ -34,25 +34,25 @@ impl Core {
     /// A Logical request: authenticate, route, check the parameters against
     /// the engine's fields, authorize (with the parameters, for policies'
     /// parameter constraints), call the engine, record a lease.
-    pub async fn logical(
+    pub async fn engine_request(
         &self,
         caller: &Caller,
-        op: LogicalOp,
+        op: EngineOp,
         path: &str,
         data: BTreeMap<String, String>,
-    ) -> Result<LogicalResponse> {
+    ) -> Result<EngineReply> {
         let id = self.authenticate(caller).await?;
-        let (mount, rel, backend) = self.logical_route(path).await?;
+        let (mount, rel, backend) = self.engine_route(path).await?;
         let info = backend.info();
         let m = engine::match_path(info, &rel).ok_or_else(|| {
             let pats: Vec<String> = info.paths.iter().map(|p| format!("{}{}", mount.path, p.pattern)).collect();
             Error::NotFound(format!("the {} engine serves no path {path:?}; its paths: {}", info.name, pats.join(", ")))
         })?;
         let wants: &[Operation] = match op {
-            LogicalOp::Read => &[Operation::Read],
-            LogicalOp::Write => &[Operation::Create, Operation::Update],
-            LogicalOp::Delete => &[Operation::Delete],
-            LogicalOp::List => &[Operation::List],
+            EngineOp::Read => &[Operation::Read],
+            EngineOp::Write => &[Operation::Create, Operation::Update],
+            EngineOp::Delete => &[Operation::Delete],
+            EngineOp::List => &[Operation::List],
         };
         if !m.info.operations.iter().any(|o| wants.contains(o)) {
             let has: Vec<&str> = m.info.operations.iter().map(|o| o.name()).collect();
@@ -68,7 +68,7 @@ impl Core {
         let params = engine::check_params(&m, operation, &data).map_err(Error::InvalidArgument)?;
         let ctx = self.call_context(&mount, &caller.request_id, &id.display_name);
         let mut req = EngineRequest { operation, path: rel.clone(), pattern: m.info.pattern.clone(), params };
-        if op == LogicalOp::Write {
+        if op == EngineOp::Write {
             let can = |o| m.info.operations.contains(&o);
             operation = if m.info.existence_check {
                 // Refused before the engine's `exists` runs with the
@@ -124,14 +124,14 @@ impl Core {
             None => None,
             Some(l) => Some(self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, false).await?),
         };
-        Ok(LogicalResponse { data: resp.data.clone(), lease, warnings: resp.warnings.clone() })
+        Ok(EngineReply { data: resp.data.clone(), lease, warnings: resp.warnings.clone() })
     }
 
     /// What the engine behind `path` says about it (or about itself, for the
     /// mount's own path).
     pub async fn path_help(&self, caller: &Caller, path: &str) -> Result<PathHelp> {
         let id = self.authenticate(caller).await?;
-        let (mount, rel, backend) = self.logical_route(path).await?;
+        let (mount, rel, backend) = self.engine_route(path).await?;
         // Vault: help needs any capability on the path; read is the one here.
         self.authorize(caller, &id, path.trim_end_matches('/'), Capability::Read).await?;
         let info = backend.info().clone();

@@ -32,7 +32,7 @@ async fn put(core: &Core, token: &str, path: &str, password: &str) -> Result<u64
         .with_request_id("req-1")
         .with_remote(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 5000))))
         .with_path(path)
-        .with("value", AuditValue::of_value(&value));
+        .with("value", value.audit_value());
     let r = core.put(&caller, path, &value, None).await.map(|(v, _)| v);
     core.finish(&caller, r, |v| vec![("version".into(), AuditValue::plain(*v))]).await
 }

@@ -11,7 +11,7 @@ use keybridge_barrier::{Barrier, RedbStore};
 use super::*;
 use crate::TokenRequest;
 use crate::plugins::*;
-use crate::{Caller, LogicalOp};
+use crate::{Caller, EngineOp};
 
 /// Issues `cred-N` at `creds/{name}` with a lease of `ttl` seconds; counts
 /// revocations; fails the next `fail_revokes` of them.
@@ -206,23 +206,23 @@ async fn plugin_mount_configs_are_checked() {
 #[tokio::test]
 async fn logical_checks_paths_parameters_and_operations() {
     let (core, t, issuer) = core_with_issuer().await;
-    let e = core.logical(&t, LogicalOp::Read, "creds/nothing/here/x", BTreeMap::new()).await.unwrap_err();
+    let e = core.engine_request(&t, EngineOp::Read, "creds/nothing/here/x", BTreeMap::new()).await.unwrap_err();
     assert!(matches!(&e, Error::NotFound(m) if m.contains("creds/creds/{name}")), "{e}");
-    let e = core.logical(&t, LogicalOp::Write, "creds/creds/a", BTreeMap::new()).await.unwrap_err();
+    let e = core.engine_request(&t, EngineOp::Write, "creds/creds/a", BTreeMap::new()).await.unwrap_err();
     assert!(matches!(&e, Error::Unimplemented(m) if m.contains("supports: read")), "{e}");
-    let e = core.logical(&t, LogicalOp::Read, "creds/creds/a", data(&[("ttl", "soon")])).await.unwrap_err();
+    let e = core.engine_request(&t, EngineOp::Read, "creds/creds/a", data(&[("ttl", "soon")])).await.unwrap_err();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("ttl")), "{e}");
-    let e = core.logical(&t, LogicalOp::Read, "creds/creds/a", data(&[("colour", "x")])).await.unwrap_err();
+    let e = core.engine_request(&t, EngineOp::Read, "creds/creds/a", data(&[("colour", "x")])).await.unwrap_err();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("unknown parameter")), "{e}");
     assert_eq!(issuer.issued.load(Ordering::SeqCst), 0, "a refused request reached the engine");
-    let e = core.logical(&t, LogicalOp::Read, "secret/x", BTreeMap::new()).await.unwrap_err();
+    let e = core.engine_request(&t, EngineOp::Read, "secret/x", BTreeMap::new()).await.unwrap_err();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("local mount")), "{e}");
     let e = core.get(&t, "creds/creds/a", None).await.err().unwrap();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("plugin mount")), "{e}");
     // The existence check picks create or update.
-    let r = core.logical(&t, LogicalOp::Write, "creds/roles/new", data(&[("level", "1")])).await.unwrap();
+    let r = core.engine_request(&t, EngineOp::Write, "creds/roles/new", data(&[("level", "1")])).await.unwrap();
     assert_eq!(r.data.get("op"), Some("create"));
-    let r = core.logical(&t, LogicalOp::Write, "creds/roles/existing", data(&[("level", "1")])).await.unwrap();
+    let r = core.engine_request(&t, EngineOp::Write, "creds/roles/existing", data(&[("level", "1")])).await.unwrap();
     assert_eq!(r.data.get("op"), Some("update"));
 }
 
@@ -244,14 +244,14 @@ path "creds/roles/*" {
         .await
         .unwrap();
     let t = Caller::token(Some(tok.0.as_str()));
-    core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "30")])).await.unwrap();
-    let e = core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "3600")])).await.unwrap_err();
+    core.engine_request(&t, EngineOp::Read, "creds/creds/app", data(&[("ttl", "30")])).await.unwrap();
+    let e = core.engine_request(&t, EngineOp::Read, "creds/creds/app", data(&[("ttl", "3600")])).await.unwrap_err();
     assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("ttl")), "{e}");
-    let e = core.logical(&t, LogicalOp::Read, "creds/creds/admin", BTreeMap::new()).await.unwrap_err();
+    let e = core.engine_request(&t, EngineOp::Read, "creds/creds/admin", BTreeMap::new()).await.unwrap_err();
     assert!(matches!(e, Error::PermissionDenied(_)));
     // Update is granted, create is not: the existence check decides.
-    core.logical(&t, LogicalOp::Write, "creds/roles/existing", BTreeMap::new()).await.unwrap();
-    let e = core.logical(&t, LogicalOp::Write, "creds/roles/new", BTreeMap::new()).await.unwrap_err();
+    core.engine_request(&t, EngineOp::Write, "creds/roles/existing", BTreeMap::new()).await.unwrap();
+    let e = core.engine_request(&t, EngineOp::Write, "creds/roles/new", BTreeMap::new()).await.unwrap_err();
     assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("create")), "{e}");
 }
 
@@ -272,7 +272,7 @@ path "creds/creds/app" {
         core.create_token(&root, TokenRequest { policies: vec!["typed".into()], ..Default::default() }).await.unwrap();
     let t = Caller::token(Some(tok.as_str()));
     let read = |pairs: &'static [(&'static str, &'static str)]| {
-        core.logical(&t, LogicalOp::Read, "creds/creds/app", data(pairs))
+        core.engine_request(&t, EngineOp::Read, "creds/creds/app", data(pairs))
     };
     read(&[("alt_names", "a.app.internal,b.app.internal"), ("ttl", "1h"), ("exportable", "false")]).await.unwrap();
     let issued = issuer.issued.load(Ordering::SeqCst);
@@ -295,8 +295,10 @@ path "creds/creds/app" {
 #[tokio::test]
 async fn renewing_by_u64_max_saturates_at_the_lease_max() {
     let (core, t, issuer) = core_with_issuer().await;
-    let r =
-        core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "60"), ("max_ttl", "600")])).await.unwrap();
+    let r = core
+        .engine_request(&t, EngineOp::Read, "creds/creds/app", data(&[("ttl", "60"), ("max_ttl", "600")]))
+        .await
+        .unwrap();
     let lease = r.lease.unwrap();
     // The test engine answers with the increment as its TTL.
     let renewed = core.renew_lease(&t, &lease.lease_id, u64::MAX).await.unwrap();
@@ -305,8 +307,10 @@ async fn renewing_by_u64_max_saturates_at_the_lease_max() {
     assert_eq!(core.list_leases(&t, "").await.unwrap().len(), 1, "the lease was revoked");
     assert!(issuer.revoked.lock().unwrap().is_empty());
     // A TTL of u64::MAX at issue is capped by the mount's max.
-    let r =
-        core.logical(&t, LogicalOp::Read, "creds/creds/big", data(&[("ttl", "18446744073709551615")])).await.unwrap();
+    let r = core
+        .engine_request(&t, EngineOp::Read, "creds/creds/big", data(&[("ttl", "18446744073709551615")]))
+        .await
+        .unwrap();
     let big = r.lease.unwrap();
     assert!(big.expires > big.issued && big.expires <= big.max_expires);
 }
@@ -316,11 +320,11 @@ async fn renewing_by_u64_max_saturates_at_the_lease_max() {
 #[tokio::test]
 async fn a_plugins_existence_check_runs_only_after_the_request_is_recorded() {
     let (core, t, issuer) = core_with_issuer().await;
-    core.logical(&t, LogicalOp::Write, "creds/roles/one", data(&[("level", "1")])).await.unwrap();
+    core.engine_request(&t, EngineOp::Write, "creds/roles/one", data(&[("level", "1")])).await.unwrap();
     assert_eq!(issuer.exists_calls.load(Ordering::SeqCst), 1);
     let opts = [("file_path".to_string(), "/dev/full".to_string())].into();
     core.enable_audit(&t, "full", "file", "", opts).await.unwrap();
-    let e = core.logical(&t, LogicalOp::Write, "creds/roles/two", data(&[("level", "2")])).await.unwrap_err();
+    let e = core.engine_request(&t, EngineOp::Write, "creds/roles/two", data(&[("level", "2")])).await.unwrap_err();
     assert!(matches!(e, Error::AuditFailed(_)), "{e}");
     assert_eq!(issuer.exists_calls.load(Ordering::SeqCst), 1, "exists ran before the request was recorded");
 }
@@ -328,8 +332,10 @@ async fn a_plugins_existence_check_runs_only_after_the_request_is_recorded() {
 #[tokio::test]
 async fn leases_are_recorded_renewed_and_revoked() {
     let (core, t, issuer) = core_with_issuer().await;
-    let r =
-        core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "60"), ("max_ttl", "120")])).await.unwrap();
+    let r = core
+        .engine_request(&t, EngineOp::Read, "creds/creds/app", data(&[("ttl", "60"), ("max_ttl", "120")]))
+        .await
+        .unwrap();
     assert_eq!(r.data.get("secret"), Some("cred-1"));
     let lease = r.lease.unwrap();
     assert!(lease.lease_id.starts_with("creds/creds/app/"), "{}", lease.lease_id);
@@ -349,9 +355,9 @@ async fn leases_are_recorded_renewed_and_revoked() {
     assert!(matches!(e, Error::InvalidArgument(_)));
     // By prefix.
     for _ in 0..3 {
-        core.logical(&t, LogicalOp::Read, "creds/creds/batch", BTreeMap::new()).await.unwrap();
+        core.engine_request(&t, EngineOp::Read, "creds/creds/batch", BTreeMap::new()).await.unwrap();
     }
-    core.logical(&t, LogicalOp::Read, "creds/creds/other", BTreeMap::new()).await.unwrap();
+    core.engine_request(&t, EngineOp::Read, "creds/creds/other", BTreeMap::new()).await.unwrap();
     assert_eq!(core.revoke_lease_prefix(&t, "creds/creds/batch").await.unwrap(), 3);
     assert_eq!(core.list_leases(&t, "").await.unwrap().len(), 1);
 }
@@ -360,7 +366,7 @@ async fn leases_are_recorded_renewed_and_revoked() {
 async fn expired_leases_are_revoked_with_retries_and_survive_a_reseal() {
     let (core, t, issuer, key) = core_with_key().await;
     issuer.fail_revokes.store(1, Ordering::SeqCst);
-    let r = core.logical(&t, LogicalOp::Read, "creds/creds/app", data(&[("ttl", "1")])).await.unwrap();
+    let r = core.engine_request(&t, EngineOp::Read, "creds/creds/app", data(&[("ttl", "1")])).await.unwrap();
     let id = r.lease.unwrap().lease_id;
     // Sealed and unsealed: the lease is read back from the store.
     core.seal(&t).await.unwrap();
@@ -383,7 +389,7 @@ async fn expired_leases_are_revoked_with_retries_and_survive_a_reseal() {
 async fn a_lease_that_cannot_be_recorded_revokes_its_credential() {
     let (core, t, issuer) = core_with_issuer().await;
     core.leases.fail_record.store(true, Ordering::SeqCst);
-    let e = core.logical(&t, LogicalOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap_err();
+    let e = core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap_err();
     assert!(matches!(&e, Error::Internal(m) if m.contains("the credential was revoked")), "{e}");
     assert_eq!(*issuer.revoked.lock().unwrap(), vec!["cred-1".to_string()]);
     core.leases.fail_record.store(false, Ordering::SeqCst);
@@ -393,8 +399,8 @@ async fn a_lease_that_cannot_be_recorded_revokes_its_credential() {
 #[tokio::test]
 async fn disabling_a_mount_revokes_its_leases_first() {
     let (core, t, issuer) = core_with_issuer().await;
-    core.logical(&t, LogicalOp::Read, "creds/creds/a", BTreeMap::new()).await.unwrap();
-    core.logical(&t, LogicalOp::Read, "creds/creds/b", BTreeMap::new()).await.unwrap();
+    core.engine_request(&t, EngineOp::Read, "creds/creds/a", BTreeMap::new()).await.unwrap();
+    core.engine_request(&t, EngineOp::Read, "creds/creds/b", BTreeMap::new()).await.unwrap();
     issuer.fail_revokes.store(1, Ordering::SeqCst);
     let e = core.disable_mount(&t, "creds/").await.unwrap_err();
     assert!(matches!(&e, Error::FailedPrecondition(m) if m.contains("leases must be revoked")), "{e}");
@@ -402,4 +408,27 @@ async fn disabling_a_mount_revokes_its_leases_first() {
     core.disable_mount(&t, "creds/").await.unwrap();
     assert_eq!(issuer.revoked.lock().unwrap().len(), 2);
     assert!(core.list_leases(&t, "").await.unwrap().is_empty());
+}
+
+/// Rules, rotations and schedules take local and cloud mounts only: a
+/// plugin mount's paths are its engine's.
+#[tokio::test]
+async fn rules_rotations_and_schedules_refuse_plugin_mounts() {
+    let (core, t, _) = core_with_issuer().await;
+    core.enable_mount(&t, "kv/", "local", "", BTreeMap::new()).await.unwrap();
+    for (source, target) in [("creds/", "kv/copy/"), ("kv/", "creds/copy/")] {
+        let spec = crate::RuleSpec {
+            name: "r".into(),
+            source: source.into(),
+            targets: vec![target.into()],
+            ..Default::default()
+        };
+        let e = core.put_sync_rule(&t, spec).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("plugin mount")), "{e}");
+    }
+    let spec = || crate::RotateSpec { path: "creds/issue/app".into(), ..Default::default() };
+    let e = core.rotate_secret(&t, spec()).await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("plugin mount")), "{e}");
+    let e = core.schedule_rotation(&t, spec(), 3600).await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("plugin mount")), "{e}");
 }

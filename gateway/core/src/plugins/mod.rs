@@ -48,20 +48,20 @@ pub struct PluginVersion {
 
 /// What a Logical request asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogicalOp {
+pub enum EngineOp {
     Read,
     Write,
     Delete,
     List,
 }
 
-impl LogicalOp {
+impl EngineOp {
     pub fn name(self) -> &'static str {
         match self {
-            LogicalOp::Read => "read",
-            LogicalOp::Write => "write",
-            LogicalOp::Delete => "delete",
-            LogicalOp::List => "list",
+            EngineOp::Read => "read",
+            EngineOp::Write => "write",
+            EngineOp::Delete => "delete",
+            EngineOp::List => "list",
         }
     }
 }
@@ -80,7 +80,7 @@ pub struct LeaseView {
 }
 
 #[derive(Debug)]
-pub struct LogicalResponse {
+pub struct EngineReply {
     pub data: Params,
     pub lease: Option<LeaseView>,
     pub warnings: Vec<String>,

@@ -213,7 +213,7 @@ pub(crate) fn adopt_caller(source: &str, target: &str, value: &SecretValue) -> C
     Caller::new(None, "keybridge.v1.Sync/Adopt")
         .with_path(source)
         .with("adopted_from", AuditValue::plain(target.to_string()))
-        .with("value", AuditValue::of_value(value))
+        .with("value", value.audit_value())
 }
 
 /// A change to one secret, for watchers (no value).

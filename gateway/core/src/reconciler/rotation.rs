@@ -218,7 +218,7 @@ impl Core {
         if spec.engine.is_empty() {
             return Ok(());
         }
-        let (mount, rel, backend) = self.logical_route(&spec.engine).await?;
+        let (mount, rel, backend) = self.engine_route(&spec.engine).await?;
         let ops =
             crate::plugins::match_path(backend.info(), &rel).map(|m| m.info.operations.clone()).unwrap_or_default();
         use crate::plugins::Operation;
@@ -429,7 +429,7 @@ impl Core {
     /// credential's lease (pinned: it lasts until a later rotation retires
     /// it).
     async fn engine_value(&self, spec: &RotateSpec, current: SecretValue) -> Result<(SecretValue, String)> {
-        let (mount, rel, backend) = self.logical_route(&spec.engine).await?;
+        let (mount, rel, backend) = self.engine_route(&spec.engine).await?;
         let ctx = self.call_context(&mount, "rotation", "reconciler");
         let resp = backend
             .rotate(&ctx, &rel, &crate::plugins::Params::default())

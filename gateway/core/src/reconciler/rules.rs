@@ -211,6 +211,12 @@ impl Core {
             let Some((mount, rel)) = table.route(&f) else {
                 return Err(Error::InvalidArgument(format!("{what} {f}: no mount serves it")));
             };
+            if mount.kind == crate::plugins::MOUNT_KIND {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} {f}: {} is a plugin mount; rules replicate secrets between local and cloud mounts",
+                    mount.path
+                )));
+            }
             // Raw cloud names are flat and authorized by what they decode
             // to, which a folder does not say: rules take Keybridge paths.
             if crate::backend::cloud::cloud_of(&mount.kind).is_some()

@@ -87,6 +87,11 @@ impl Identity {
         Identity { entry, num_uses }
     }
 
+    /// The token's entry, shared.
+    pub fn entry(&self) -> Arc<TokenEntry> {
+        self.entry.clone()
+    }
+
     /// The same identity with `num_uses` uses left.
     pub fn with_uses(self, num_uses: u32) -> Self {
         Identity { num_uses, ..self }
@@ -164,6 +169,18 @@ pub fn verify(entry: Arc<TokenEntry>, hash: &str, now: Timestamp) -> Result<Iden
         return Err(Error::Unauthenticated);
     }
     Ok(Identity::new(entry))
+}
+
+impl keybridge_audit::Principal for TokenEntry {
+    fn display_name(&self) -> &str {
+        &self.display_name
+    }
+    fn policies(&self) -> &[String] {
+        &self.policies
+    }
+    fn accessor(&self) -> &str {
+        &self.accessor
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,11 @@
-//! The audit broker: every request and every response is recorded on every
-//! enabled device before the request runs and before its answer leaves.
+//! Audit: every request and every response is recorded on every enabled
+//! device before the request runs and before its answer leaves.
+//!
+//! Entry points: [`Caller`] (one request as it passes through the core),
+//! [`Broker`] (the enabled devices; `log` writes a record on all of them),
+//! [`chain`] (the record chain and its verifier, pure, shared with the CLI).
+//! The core decides when to record; this crate knows how. It never depends
+//! on the core, a transport or a config format.
 //!
 //! - A device is a writer thread with a sink (a file, a socket, or an
 //!   in-process stream for `WatchAudit`). Requests hand it a rendered record
@@ -15,10 +21,12 @@
 //!   sequence number, chain value and file offset): every second, after each
 //!   group with `fsync=true`, and when the server seals or stops.
 
-pub(crate) mod broker;
+pub mod broker;
 pub mod chain;
-pub(crate) mod device;
+pub mod device;
+mod error;
 mod record;
+mod time;
 
 use std::collections::BTreeMap;
 
@@ -28,11 +36,13 @@ use zeroize::Zeroizing;
 pub use broker::Broker;
 pub use chain::MacKey;
 pub use device::DeviceEntry;
+pub use error::{Error, Result};
 pub use record::*;
+pub use time::Timestamp;
 
 /// A device's position, kept in the barrier.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct StoredCheckpoint {
+pub struct StoredCheckpoint {
     pub seq: u64,
     pub chain: String,
     pub segment_start: u64,
@@ -83,7 +93,7 @@ impl VerificationKey {
 }
 
 /// Options of a device type, validated without IO.
-pub(crate) fn validate_options(kind: &str, options: &BTreeMap<String, String>) -> crate::Result<()> {
+pub fn validate_options(kind: &str, options: &BTreeMap<String, String>) -> crate::Result<()> {
     use crate::Error::InvalidArgument;
     for k in ["log_raw", "hmac_accessor"] {
         match options.get(k).map(String::as_str) {

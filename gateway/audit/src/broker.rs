@@ -23,7 +23,7 @@ pub struct Broker {
 
 impl Broker {
     /// Starts the devices in the barrier's device table.
-    pub(crate) async fn load(barrier: Arc<Barrier>, runtime: tokio::runtime::Handle) -> Result<Broker> {
+    pub async fn load(barrier: Arc<Barrier>, runtime: tokio::runtime::Handle) -> Result<Broker> {
         let broker = Broker { barrier, devices: RwLock::new(Arc::new(Vec::new())), runtime };
         let entries: Vec<DeviceEntry> = match broker.barrier.get(DEVICES_KEY).await? {
             Some(raw) => serde_json::from_slice(&raw)
@@ -76,7 +76,7 @@ impl Broker {
 
     /// Records one event on every device. Fails when devices that count
     /// toward fail-closed are enabled and none accepted the record.
-    pub(crate) async fn log(
+    pub async fn log(
         &self,
         kind: Kind,
         caller: &Caller,
@@ -145,7 +145,7 @@ impl Broker {
 
     /// Checks a new device's options and reaches its sink (IO), then starts
     /// it. The caller stores the table.
-    pub(crate) async fn enable(&self, entry: DeviceEntry) -> Result<(Vec<DeviceEntry>, Zeroizing<Vec<u8>>)> {
+    pub async fn enable(&self, entry: DeviceEntry) -> Result<(Vec<DeviceEntry>, Zeroizing<Vec<u8>>)> {
         if self.current().iter().any(|d| d.entry.path == entry.path) {
             return Err(Error::AlreadyExists(format!("an audit device is already enabled at {:?}", entry.path)));
         }
@@ -171,7 +171,7 @@ impl Broker {
     }
 
     /// Undoes `enable` when storing the table failed.
-    pub(crate) async fn remove(&self, path: &str) -> Vec<DeviceEntry> {
+    pub async fn remove(&self, path: &str) -> Vec<DeviceEntry> {
         let mut list: Vec<Arc<Device>> = self.current().as_ref().clone();
         let gone: Vec<Arc<Device>> = list.iter().filter(|d| d.entry.path == path).cloned().collect();
         list.retain(|d| d.entry.path != path);
@@ -183,11 +183,11 @@ impl Broker {
         entries
     }
 
-    pub(crate) fn entry(&self, path: &str) -> Result<DeviceEntry> {
+    pub fn entry(&self, path: &str) -> Result<DeviceEntry> {
         Ok(self.find(path)?.entry.clone())
     }
 
-    pub(crate) fn hash(&self, path: &str, input: &[u8]) -> Result<String> {
+    pub fn hash(&self, path: &str, input: &[u8]) -> Result<String> {
         Ok(super::hmac_hex(&self.find(path)?.hmac_key, input))
     }
 
@@ -202,7 +202,7 @@ impl Broker {
     }
 
     /// The device's chain key and its checkpoint, taken now.
-    pub(crate) async fn verification_key(&self, path: &str) -> Result<VerificationKey> {
+    pub async fn verification_key(&self, path: &str) -> Result<VerificationKey> {
         let d = self.find(path)?;
         d.send_and_wait(Msg::Checkpoint).await;
         let cp = self.read_checkpoint(&d.entry.id).await?;
@@ -216,7 +216,7 @@ impl Broker {
     }
 
     /// The verifier for a device's files, with the checkpoint to end on.
-    pub(crate) async fn verify_parts(&self, path: &str) -> Result<(Zeroizing<Vec<u8>>, Checkpoint)> {
+    pub async fn verify_parts(&self, path: &str) -> Result<(Zeroizing<Vec<u8>>, Checkpoint)> {
         let d = self.find(path)?;
         d.send_and_wait(Msg::Checkpoint).await;
         let cp = self.read_checkpoint(&d.entry.id).await?;
@@ -356,10 +356,10 @@ async fn stop(d: &Device) {
     }
 }
 
-pub(crate) fn forget(batch: &mut WriteBatch, id: &str) {
+pub fn forget(batch: &mut WriteBatch, id: &str) {
     batch.delete(keys_key(id)).delete(checkpoint_key(id));
 }
 
-pub(crate) fn store_keys(batch: &mut WriteBatch, id: &str, keys: Zeroizing<Vec<u8>>) {
+pub fn store_keys(batch: &mut WriteBatch, id: &str, keys: Zeroizing<Vec<u8>>) {
     batch.put(keys_key(id), keys);
 }

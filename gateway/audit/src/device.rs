@@ -15,7 +15,7 @@ use super::StoredCheckpoint;
 use super::chain::{self, ChainValue, MacKey};
 use crate::Timestamp;
 
-pub(crate) const DEVICES_KEY: &str = "core/audit/devices";
+pub const DEVICES_KEY: &str = "core/audit/devices";
 pub(super) const KEYS_PREFIX: &str = "core/audit/keys/";
 pub(super) const CHECKPOINT_PREFIX: &str = "core/audit/checkpoint/";
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
