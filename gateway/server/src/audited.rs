@@ -19,13 +19,14 @@ use keybridge_proto::v1 as pb;
 
 use crate::ratelimit::BoxFuture;
 
-/// The operation a request's route names: `package.Service/Method`.
-#[derive(Clone, Copy, Debug)]
-pub struct Route(pub &'static str);
-
-/// Where a handler's `Call` goes when the handler ends.
+/// What the layer hands a handler (one request extension): the operation
+/// its route names (`package.Service/Method`), and the slot its `Call`
+/// goes to when the handler ends.
 #[derive(Clone)]
-struct Slot(Arc<SlotInner>);
+struct Slot {
+    op: &'static str,
+    inner: Arc<SlotInner>,
+}
 
 struct SlotInner {
     caller: Mutex<Option<Caller>>,
@@ -33,16 +34,16 @@ struct SlotInner {
 }
 
 impl Slot {
-    fn new(core: Arc<Core>) -> Self {
-        Slot(Arc::new(SlotInner { caller: Mutex::new(None), core }))
+    fn new(op: &'static str, core: Arc<Core>) -> Self {
+        Slot { op, inner: Arc::new(SlotInner { caller: Mutex::new(None), core }) }
     }
 
     fn put(&self, c: Caller) {
-        *self.0.caller.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+        *self.inner.caller.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
     }
 
     fn take(&self) -> Option<Caller> {
-        self.0.caller.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.inner.caller.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -91,13 +92,13 @@ pub fn api_methods() -> &'static HashMap<String, &'static str> {
 /// layer's slot when the handler is done with it.
 pub struct Call {
     caller: Option<Caller>,
-    slot: Option<Slot>,
+    slot: Slot,
 }
 
 impl Call {
     pub(crate) fn new<T>(req: &tonic::Request<T>, caller: impl FnOnce(&'static str) -> Caller) -> Option<Call> {
-        let Route(op) = *req.extensions().get::<Route>()?;
-        Some(Call { caller: Some(caller(op)), slot: req.extensions().get::<Slot>().cloned() })
+        let slot = req.extensions().get::<Slot>()?.clone();
+        Some(Call { caller: Some(caller(slot.op)), slot })
     }
 
     fn map(mut self, f: impl FnOnce(Caller) -> Caller) -> Self {
@@ -124,8 +125,8 @@ impl std::ops::Deref for Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        if let (Some(slot), Some(c)) = (&self.slot, self.caller.take()) {
-            slot.put(c);
+        if let Some(c) = self.caller.take() {
+            self.slot.put(c);
         }
     }
 }
@@ -197,8 +198,7 @@ where
             // Not the API's (health, reflection, an unknown path).
             return Box::pin(self.inner.call(req));
         };
-        let slot = Slot::new(self.core.clone());
-        req.extensions_mut().insert(Route(op));
+        let slot = Slot::new(op, self.core.clone());
         req.extensions_mut().insert(slot.clone());
         let fut = self.inner.call(req);
         let core = self.core.clone();
@@ -236,39 +236,50 @@ mod tests {
         (core, root, dir)
     }
 
-    /// A handler as a careless one would be: it reads the secret (which
-    /// writes the request record) and answers without a response record.
-    fn forgetful(
+    type Body = tonic::body::Body;
+    type Resp = http::Response<Body>;
+
+    /// A handler that runs `f` with the core and its call.
+    fn handler<F, Fut>(
         core: Arc<Core>,
-        ok: bool,
+        f: F,
     ) -> impl tower::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<tonic::body::Body>,
+        http::Request<Body>,
+        Response = Resp,
         Error = std::convert::Infallible,
-        Future = BoxFuture<http::Response<tonic::body::Body>, std::convert::Infallible>,
-    > + Clone {
-        tower::service_fn(move |req: http::Request<tonic::body::Body>| {
-            let core = core.clone();
+        Future = BoxFuture<Resp, std::convert::Infallible>,
+    > + Clone
+    where
+        F: Fn(Arc<Core>, Call) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Resp> + Send + 'static,
+    {
+        tower::service_fn(move |req: http::Request<Body>| {
+            let (core, f) = (core.clone(), f.clone());
             Box::pin(async move {
-                let req = tonic::Request::from_http(req);
-                let c = crate::service::caller(&req).unwrap().with_path("secret/app");
-                let read = core.get(&c, "secret/app", None).await;
-                assert_eq!(read.is_ok(), ok);
-                drop(c);
-                let resp = match read {
-                    Ok(_) => http::Response::new(tonic::body::Body::empty()),
-                    Err(e) => crate::service::status(e).into_http(),
-                };
-                Ok::<_, std::convert::Infallible>(resp)
+                let c = crate::service::caller(&tonic::Request::from_http(req)).unwrap();
+                Ok(f(core, c).await)
             }) as BoxFuture<_, _>
         })
     }
 
-    fn request(token: &str) -> http::Request<tonic::body::Body> {
+    /// A handler as a careless one would be: it reads the secret (which
+    /// writes the request record) and answers without a response record.
+    async fn forgetful(core: Arc<Core>, c: Call, ok: bool) -> Resp {
+        let c = c.with_path("secret/app");
+        let read = core.get(&c, "secret/app", None).await;
+        assert_eq!(read.is_ok(), ok);
+        drop(c);
+        match read {
+            Ok(_) => http::Response::new(Body::empty()),
+            Err(e) => crate::service::status(e).into_http(),
+        }
+    }
+
+    fn request(token: &str) -> http::Request<Body> {
         http::Request::builder()
             .uri("/keybridge.v1.Secrets/Get")
             .header("authorization", format!("Bearer {token}"))
-            .body(tonic::body::Body::empty())
+            .body(Body::empty())
             .unwrap()
     }
 
@@ -286,7 +297,8 @@ mod tests {
         let before = records(&dir).len();
         // Allowed, and refused (an unknown token).
         for (token, ok) in [(root.as_str(), true), ("not-a-token", false)] {
-            let mut svc = AuditedLayer::new(core.clone()).layer(forgetful(core.clone(), ok));
+            let h = handler(core.clone(), move |core, c| forgetful(core, c, ok));
+            let mut svc = AuditedLayer::new(core.clone()).layer(h);
             let resp = svc.ready().await.unwrap().call(request(token)).await.unwrap();
             assert_eq!(outcome(&resp).is_ok(), ok);
         }
@@ -302,16 +314,10 @@ mod tests {
     #[tokio::test]
     async fn a_handler_that_records_its_response_gets_no_second_record() {
         let (core, root, dir) = core_with_file_device().await;
-        let c2 = core.clone();
-        let handler = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
-            let core = c2.clone();
-            Box::pin(async move {
-                let req = tonic::Request::from_http(req);
-                let c = crate::service::caller(&req).unwrap();
-                let res = core.list_mounts(&c).await;
-                core.finish(&c, res, |_| Vec::new()).await.unwrap();
-                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
-            }) as BoxFuture<_, _>
+        let handler = handler(core.clone(), |core, c| async move {
+            let res = core.list_mounts(&c).await;
+            core.finish(&c, res, |_| Vec::new()).await.unwrap();
+            http::Response::new(Body::empty())
         });
         let before = records(&dir).len();
         let mut svc = AuditedLayer::new(core.clone()).layer(handler);
@@ -359,18 +365,12 @@ mod tests {
     #[tokio::test]
     async fn a_call_cut_short_by_a_deadline_is_still_audited() {
         let (core, root, dir) = core_with_file_device().await;
-        let c2 = core.clone();
-        let handler = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
-            let core = c2.clone();
-            Box::pin(async move {
-                let req = tonic::Request::from_http(req);
-                let c = crate::service::caller(&req).unwrap();
-                let _ = core.list_mounts(&c).await;
-                // The answer never comes before the deadline.
-                std::future::pending::<()>().await;
-                drop(c);
-                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
-            }) as BoxFuture<_, _>
+        let handler = handler(core.clone(), |core, c| async move {
+            let _ = core.list_mounts(&c).await;
+            // The answer never comes before the deadline.
+            std::future::pending::<()>().await;
+            drop(c);
+            http::Response::new(Body::empty())
         });
         let before = records(&dir).len();
         let mut svc = AuditedLayer::new(core.clone()).layer(handler);

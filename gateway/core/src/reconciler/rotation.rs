@@ -546,26 +546,16 @@ impl Core {
                         self.save_rotation(r).await?;
                     }
                     Err(e) => {
-                        r.error = format!("staging {} failed: {e}; every copy was rolled back", r.copies[i].path);
-                        self.roll_back(r).await;
-                        self.end_rotation_lease(&r.new_lease, &r.id).await;
-                        r.state = RotationState::RolledBack;
-                        r.finished = Some(Timestamp::now());
-                        self.save_rotation(r).await?;
-                        return Ok(None);
+                        let why = format!("staging {} failed: {e}; every copy was rolled back", r.copies[i].path);
+                        return self.abandon(r, why).await;
                     }
                 }
             }
             if let Some(v) = &self.config.rotation_verify
                 && let Err(reason) = v.verify(&r.path, &value).await
             {
-                r.error = format!("the verification refused the new value ({reason}); every copy was rolled back");
-                self.roll_back(r).await;
-                self.end_rotation_lease(&r.new_lease, &r.id).await;
-                r.state = RotationState::RolledBack;
-                r.finished = Some(Timestamp::now());
-                self.save_rotation(r).await?;
-                return Ok(None);
+                let why = format!("the verification refused the new value ({reason}); every copy was rolled back");
+                return self.abandon(r, why).await;
             }
             r.state = RotationState::Promoting;
             self.save_rotation(r).await?;
@@ -685,6 +675,18 @@ impl Core {
         let table = self.unsealed()?.table();
         let (backend, _, rel) = self.route(&table, &c.path).await?;
         backend.retire(rel, &c.old_id).await
+    }
+
+    /// Ends a rotation before promotion: unstages every copy, ends the new
+    /// credential's lease, and records why.
+    async fn abandon(&self, r: &mut Rotation, why: String) -> Result<Option<Duration>> {
+        r.error = why;
+        self.roll_back(r).await;
+        self.end_rotation_lease(&r.new_lease, &r.id).await;
+        r.state = RotationState::RolledBack;
+        r.finished = Some(Timestamp::now());
+        self.save_rotation(r).await?;
+        Ok(None)
     }
 
     /// Undoes staging everywhere it happened (best effort: what cannot be
