@@ -74,12 +74,23 @@ async fn write_rate_limit_respected_and_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_reads_are_retried_then_reported() {
-    let inner = common::unreachable().await;
+    // Respected: a read that keeps failing is tried exactly read_attempts
+    // times, then reported; exceeded: one attempt is one call.
+    for attempts in [3, 1] {
+        let mut limits = Limits::published(Cloud::Aws);
+        limits.read_attempts = attempts;
+        let s = Limited::new(common::unreachable().await, limits);
+        let e = s.get("kb/x", &Selector::Current).await.unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+        assert_eq!(s.calls(), u64::from(attempts), "attempts made");
+        assert_eq!(s.calls_by_kind()[0], ("read_value", u64::from(attempts)));
+    }
+    // Writes are not retried on failure (only when throttled).
     let mut limits = Limits::published(Cloud::Aws);
     limits.read_attempts = 3;
-    let s = Limited::new(inner, limits);
-    let e = s.get("kb/x", &Selector::Current).await.unwrap_err();
-    assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+    let s = Limited::new(common::unreachable().await, limits);
+    assert!(s.put("kb/x", &text("v"), &Precondition::None, None).await.is_err());
+    assert_eq!(s.calls(), 1, "a failed write is not repeated");
     assert!(
         Limits::published(Cloud::Aws)
             .with_settings(&[("rate_write".to_string(), "0".to_string())].into_iter().collect())
