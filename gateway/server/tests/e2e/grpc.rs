@@ -399,8 +399,13 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
             pb::GetRequest { path: "secret/app".into(), version: 0, ..Default::default() },
         ))
         .await;
+    // Sealed first, so the unseal below reads and refuses the key (an
+    // unsealed server answers before reading it).
     let mut sys = s.sys().await;
-    let _ = sys.unseal(pb::UnsealRequest { key: "KEY-LOGCHECK-55".into(), reset: false }).await;
+    sys.seal(authed(t, pb::SealRequest {})).await.unwrap();
+    let e = sys.unseal(pb::UnsealRequest { key: "KEY-LOGCHECK-55".into(), reset: false }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("invalid unseal key"), "{}", e.message());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     drop(s);
     let text = std::fs::read_to_string(&log).unwrap();
