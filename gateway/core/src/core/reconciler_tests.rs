@@ -247,7 +247,8 @@ async fn writes_within_the_window_go_out_as_one() {
     }
     let wait = core.sync_pass().await.unwrap();
     assert!(wait <= Duration::from_millis(300), "the pass asks to come back when the window closes: {wait:?}");
-    assert!(core.get(&t, "team-b/app/db", None).await.is_err(), "nothing before the window closes");
+    // Nothing before the window closes.
+    super::tests::assert_err!(core.get(&t, "team-b/app/db", None).await, Error::NotFound(_));
     tokio::time::sleep(Duration::from_millis(350)).await;
     core.sync_pass().await.unwrap();
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "v"), "3");
@@ -308,7 +309,8 @@ async fn scheduled_rotations_start_when_due() {
     let s = core.schedule_rotation(&t, spec, 3600).await.unwrap().unwrap();
     assert!(s.next.secs > Timestamp::now().secs + 3500);
     core.sync_pass().await.unwrap();
-    assert!(core.get_rotation(&t, "secret/app/db").await.is_err(), "not due yet");
+    // Not due yet.
+    super::tests::assert_err!(core.get_rotation(&t, "secret/app/db").await, Error::NotFound(_));
     // Make it due, as an hour passing would.
     let key = format!("sync/rotation-schedules/{}", s.path);
     let due = crate::Schedule { next: Timestamp::now(), ..s };
@@ -547,7 +549,7 @@ async fn changes_other_than_puts_are_journaled_first() {
     core.sync_pass().await.unwrap();
     assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
     // Version 9 does not exist: the destroy fails, after its journal entry.
-    assert!(core.destroy(&t, "secret/app/db", &[9]).await.is_err());
+    super::tests::assert_err!(core.destroy(&t, "secret/app/db", &[9]).await, Error::InvalidArgument(_));
     assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 1, "journaled before the change");
     core.sync_pass().await.unwrap();
     assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);

@@ -4,6 +4,19 @@ use keybridge_barrier::{Barrier, RedbStore};
 
 use super::*;
 use crate::{Caller, TokenRef, TokenRequest};
+
+/// Asserts that an operation failed with the error the pattern names.
+macro_rules! assert_err {
+    ($e:expr, $p:pat $(if $g:expr)?) => {
+        match $e {
+            Err($p) $(if $g)? => {}
+            Err(e) => panic!("expected {}, got {e}", stringify!($p)),
+            Ok(_) => panic!("expected {}, but it succeeded", stringify!($p)),
+        }
+    };
+}
+pub(crate) use assert_err;
+
 use crate::{backend::kv::ReadSecret, value::SecretValue};
 
 pub(super) fn fields(pairs: &[(&str, &str)]) -> SecretValue {
@@ -67,7 +80,7 @@ async fn delete_undelete_destroy_and_delete_all() {
     core.destroy(t, "secret/x", &[1]).await.unwrap();
     assert!(matches!(core.get(t, "secret/x", Some(1)).await, Err(Error::NotFound(m)) if m.contains("destroyed")));
     core.undelete(t, "secret/x", &[1]).await.unwrap();
-    assert!(core.get(t, "secret/x", Some(1)).await.is_err());
+    assert_err!(core.get(t, "secret/x", Some(1)).await, Error::NotFound(m) if m.contains("destroyed"));
     // Unknown versions are refused and nothing changes.
     let before = core.describe(t, "secret/x").await.unwrap();
     assert!(matches!(core.delete(t, "secret/x", &[2, 7], false).await, Err(Error::InvalidArgument(_))));
@@ -126,7 +139,7 @@ async fn listing_pages_folders_and_recursion() {
     assert_eq!(rec, ["x", "y/z"]);
     let (rec2, next) = core.list(t, "secret/b/", 1, "", true).await.unwrap();
     assert_eq!((rec2, next.as_str()), (vec!["x".to_string()], "x"));
-    assert!(core.list(t, "secret/", 20_000, "", false).await.is_err());
+    assert_err!(core.list(t, "secret/", 20_000, "", false).await, Error::InvalidArgument(_));
 }
 
 #[tokio::test]
@@ -156,22 +169,25 @@ async fn mounts_enable_tune_disable_and_route() {
     let (core, t) = dev_core().await;
     let t = &Caller::token(Some(t.as_str()));
     core.enable_mount(t, "team/a", "local", "team a", Default::default()).await.unwrap();
-    assert!(core.enable_mount(t, "team/a/b", "local", "", Default::default()).await.is_err());
-    assert!(core.enable_mount(t, "x", "nope", "", Default::default()).await.is_err());
+    assert_err!(core.enable_mount(t, "team/a/b", "local", "", Default::default()).await, Error::InvalidArgument(_));
+    assert_err!(core.enable_mount(t, "x", "nope", "", Default::default()).await, Error::InvalidArgument(_));
     core.put(t, "team/a/k", &fields(&[("v", "1")]), None).await.unwrap();
     let tuned = core
         .tune_mount(t, "team/a/", Some("tuned"), [("max_versions".to_string(), "5".to_string())].into())
         .await
         .unwrap();
     assert_eq!(tuned.config["max_versions"], "5");
-    assert!(core.tune_mount(t, "team/a", None, [("max_versions".into(), "x".into())].into()).await.is_err());
+    assert_err!(
+        core.tune_mount(t, "team/a", None, [("max_versions".into(), "x".into())].into()).await,
+        Error::InvalidArgument(_)
+    );
     core.disable_mount(t, "team/a").await.unwrap();
     assert!(matches!(core.get(t, "team/a/k", None).await, Err(Error::NotFound(_))));
     let mounts = core.list_mounts(t).await.unwrap();
     assert_eq!(mounts.iter().map(|m| m.path.as_str()).collect::<Vec<_>>(), ["secret/"]);
     // Re-enabling gives a new, empty mount: the old data was purged.
     core.enable_mount(t, "team/a", "local", "", Default::default()).await.unwrap();
-    assert!(core.get(t, "team/a/k", None).await.is_err());
+    assert_err!(core.get(t, "team/a/k", None).await, Error::NotFound(_));
 }
 
 #[tokio::test]
@@ -232,10 +248,10 @@ async fn current_value_lives_in_the_record_and_moves_out_on_put() {
         assert_eq!(field(&core.get(t, "secret/m", Some(v)).await.unwrap(), "v"), v.to_string());
     }
     core.destroy(t, "secret/m", &[3]).await.unwrap();
-    assert!(core.get(t, "secret/m", None).await.is_err());
+    assert_err!(core.get(t, "secret/m", None).await, Error::NotFound(_));
     core.put(t, "secret/m", &fields(&[("v", "4")]), None).await.unwrap();
     assert_eq!(field(&core.get(t, "secret/m", None).await.unwrap(), "v"), "4");
-    assert!(core.get(t, "secret/m", Some(3)).await.is_err());
+    assert_err!(core.get(t, "secret/m", Some(3)).await, Error::NotFound(_));
     assert_eq!(field(&core.get(t, "secret/m", Some(2)).await.unwrap(), "v"), "2");
     // Metadata writes keep the current value.
     core.put_metadata(t, "secret/m", Some([("o".into(), "x".into())].into()), None, None).await.unwrap();
