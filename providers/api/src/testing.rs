@@ -368,11 +368,10 @@ impl Suite<'_> {
         if self.caps.version_soft_delete {
             ok(self.s.change_version(&n, &v1.id, VersionChange::Disable).await, "disable");
             assert_eq!(self.version(&n, &v1.id).await.state, VersionState::Disabled);
-            assert!(
-                self.s.get(&n, &Selector::Version(v1.id.clone())).await.is_err(),
-                "a disabled version is unreadable"
-            );
-            assert!(self.s.get(&n, &Selector::Number(1)).await.is_err(), "a disabled version is unreadable");
+            for at in [Selector::Version(v1.id.clone()), Selector::Number(1)] {
+                let r = self.s.get(&n, &at).await;
+                assert!(matches!(r, Err(Error::NotFound(_))), "a disabled version is unreadable (NotFound): {r:?}");
+            }
             assert_eq!(self.value(&n, &Selector::Current).await, "v2");
             ok(self.s.change_version(&n, &v1.id, VersionChange::Enable).await, "enable");
             assert_eq!(self.version(&n, &v1.id).await.state, VersionState::Enabled);
@@ -384,7 +383,8 @@ impl Suite<'_> {
         if self.caps.version_destroy {
             ok(self.s.change_version(&n, &v1.id, VersionChange::Destroy).await, "destroy");
             assert_eq!(self.version(&n, &v1.id).await.state, VersionState::Destroyed);
-            assert!(self.s.get(&n, &Selector::Version(v1.id.clone())).await.is_err(), "a destroyed version is gone");
+            let r = self.s.get(&n, &Selector::Version(v1.id.clone())).await;
+            assert!(matches!(r, Err(Error::NotFound(_))), "a destroyed version is gone (NotFound): {r:?}");
         } else {
             self.unsupported(self.s.change_version(&n, &v1.id, VersionChange::Destroy).await, "destroy");
             assert_eq!(self.value(&n, &Selector::Number(1)).await, "v1");
@@ -460,7 +460,8 @@ impl Suite<'_> {
             ok(self.s.delete(&d, Deletion::Recoverable { days: 7 }).await, "delete recoverably");
             self.live.remove(&d);
             assert!(ok(self.s.head(&d).await, "head").is_none(), "a deleted secret has no head");
-            assert!(self.s.get(&d, &Selector::Current).await.is_err(), "a deleted secret cannot be read");
+            let r = self.s.get(&d, &Selector::Current).await;
+            assert!(matches!(r, Err(Error::NotFound(_))), "a deleted secret cannot be read (NotFound): {r:?}");
             match self.s.describe(&d).await {
                 Ok(info) => assert!(info.deletion.is_some(), "scheduled for deletion: {info:?}"),
                 Err(e) => assert!(matches!(e, Error::NotFound(_)), "{e:?}"),

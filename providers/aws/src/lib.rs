@@ -247,7 +247,13 @@ impl SecretStore for AwsStore {
                 }
             }
         };
-        let out = req.send().await.map_err(|e| map(e, name))?;
+        let out = req.send().await.map_err(|e| match map(e, name) {
+            // GetSecretValue's InvalidRequestException means the secret is
+            // in its recovery window: not there to read, as on every other
+            // backend (restore it first).
+            Error::Conflict(m) => Error::NotFound(m),
+            e => e,
+        })?;
         let value = match (out.secret_string(), out.secret_binary()) {
             (Some(s), _) => CloudValue::String(Zeroizing::new(s.to_string())),
             (None, Some(b)) => CloudValue::Binary(Zeroizing::new(b.as_ref().to_vec())),

@@ -251,7 +251,13 @@ impl SecretStore for GcpStore {
             .set_name(format!("{}/versions/{version}", self.secret(name)))
             .send()
             .await
-            .map_err(|e| map(e, "AccessSecretVersion", name))?;
+            .map_err(|e| match map(e, "AccessSecretVersion", name) {
+                // AccessSecretVersion's FAILED_PRECONDITION means the version
+                // is disabled or destroyed: not there to read, as on every
+                // other backend.
+                Error::Conflict(m) => Error::NotFound(m),
+                e => e,
+            })?;
         let payload = r.payload.unwrap_or_default();
         if let Some(sum) = payload.data_crc32c
             && sum != i64::from(crc32c::crc32c(&payload.data))

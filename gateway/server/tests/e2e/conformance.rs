@@ -333,7 +333,12 @@ async fn conformance(b: Backend) {
         .await;
     if soft {
         del.unwrap();
-        assert!(get(&mut c, &p("team/app/db"), 1).await.is_err(), "{who}: deleted version unreadable");
+        expect_code(
+            get(&mut c, &p("team/app/db"), 1).await,
+            Code::NotFound,
+            "",
+            &format!("{who}: deleted version unreadable"),
+        );
         c.undelete(authed(T, pb::UndeleteRequest { path: p("team/app/db"), versions: vec![1], restore_secret: false }))
             .await
             .unwrap();
@@ -344,7 +349,7 @@ async fn conformance(b: Backend) {
     let destroy = c.destroy(authed(T, pb::DestroyRequest { path: p("team/app/db"), versions: vec![1] })).await;
     if b.caps().is_none_or(|c| c.version_destroy) {
         destroy.unwrap();
-        assert!(get(&mut c, &p("team/app/db"), 1).await.is_err(), "{who}: destroyed");
+        expect_code(get(&mut c, &p("team/app/db"), 1).await, Code::NotFound, "", &format!("{who}: destroyed"));
         assert_eq!(field(&get(&mut c, &p("team/app/db"), 2).await.unwrap(), "pw"), "two", "{who}: others stay");
     } else {
         expect_code(destroy, Code::Unimplemented, b.name(), "version destroy");
@@ -358,7 +363,7 @@ async fn conformance(b: Backend) {
     match b.caps() {
         Some(caps) if caps.recoverable_delete => {
             r.unwrap();
-            assert!(get(&mut c, &p("team/created"), 0).await.is_err(), "{who}: deleted");
+            expect_code(get(&mut c, &p("team/created"), 0).await, Code::NotFound, "", &format!("{who}: deleted"));
             if b.cloud == Some(Cloud::Aws) {
                 // AWS still describes it, every version marked deleted.
                 let meta = describe(&mut c, &p("team/created")).await;
@@ -375,7 +380,7 @@ async fn conformance(b: Backend) {
         Some(_) => expect_code(r, Code::Unimplemented, "purge", "recoverable delete"),
         None => {
             r.unwrap();
-            assert!(get(&mut c, &p("team/created"), 0).await.is_err());
+            expect_code(get(&mut c, &p("team/created"), 0).await, Code::NotFound, "", &format!("{who}: deleted"));
             put(&mut c, &p("team/created"), fields(&[("pw", "x")]), None).await.unwrap();
             let restore = c
                 .undelete(authed(
