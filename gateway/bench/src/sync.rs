@@ -191,12 +191,17 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
     };
     let took = started.elapsed();
     let in_sync = st.targets.iter().filter(|t| t.state == "in_sync").count();
-    println!(
-        "initial convergence: {:.1} s ({in_sync} of {} replicas in sync, {} pending)",
-        took.as_secs_f64(),
-        3 * n,
-        st.pending
-    );
+    if in_sync < 3 * n {
+        not_settled("initial convergence");
+        println!("initial convergence: did not converge in 2 h ({in_sync} of {} replicas in sync)", 3 * n);
+    } else {
+        println!(
+            "initial convergence: {:.1} s ({in_sync} of {} replicas in sync, {} pending)",
+            took.as_secs_f64(),
+            3 * n,
+            st.pending
+        );
+    }
     let after = calls(&mut sync).await;
     print_delta("  adapter calls for the initial replication", &before, &after);
     emulators("initial replication", &mut counted);
@@ -210,11 +215,10 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         }
         let before = calls(&mut sync).await;
         let t = Instant::now();
-        sync.run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 50, quick }))
-            .await
-            .expect("scan");
+        let took = run_settled(&mut sync, quick, label).await.map(|()| t.elapsed().as_secs_f64());
         let after = calls(&mut sync).await;
-        print_delta(&format!("  {label} ({:.2} s), adapter calls", t.elapsed().as_secs_f64()), &before, &after);
+        let time = took.map_or("did not settle in 50 s".to_string(), |s| format!("{s:.2} s"));
+        print_delta(&format!("  {label} ({time}), adapter calls"), &before, &after);
         emulators(label, &mut counted);
     }
 
@@ -228,15 +232,11 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         let req = pb::PutRequest { path: format!("secret/bench/k{k:05}"), value: value_1k(k + n), cas: None };
         c.put(authed(TOKEN, req)).await.expect("change");
     }
-    sync.run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 50, quick: true }))
-        .await
-        .expect("wait");
+    let took = run_settled(&mut sync, true, "1 % changed").await.map(|()| t.elapsed().as_secs_f64());
     let after = calls(&mut sync).await;
+    let time = took.map_or("did not settle in 50 s".to_string(), |s| format!("replicated in {s:.2} s"));
     print_delta(
-        &format!(
-            "  {changed} secrets changed (1 %), replicated in {:.2} s, with one quick scan; adapter calls",
-            t.elapsed().as_secs_f64()
-        ),
+        &format!("  {changed} secrets changed (1 %), {time}, with one quick scan; adapter calls"),
         &before,
         &after,
     );
@@ -300,4 +300,30 @@ impl Counted {
         let conv = |m: BTreeMap<&'static str, u64>| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         Counted { aws, gcp: conv(sm.requests_by_kind()), azure: conv(kv.requests_by_kind()) }
     }
+}
+
+/// A sync run that waits for the rule to settle; `None` when it did not
+/// within its timeout (reported, and the run fails at the end).
+async fn run_settled(
+    sync: &mut pb::sync_client::SyncClient<tonic::transport::Channel>,
+    quick: bool,
+    what: &str,
+) -> Option<()> {
+    let st = sync
+        .run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 50, quick }))
+        .await
+        .expect("sync run")
+        .into_inner();
+    if st.settled {
+        Some(())
+    } else {
+        not_settled(what);
+        None
+    }
+}
+
+/// A measurement that never finished is a failure of the run, not a time.
+fn not_settled(what: &str) {
+    eprintln!("keybridge-bench: {what}: the rule did not settle");
+    crate::FAILED_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
