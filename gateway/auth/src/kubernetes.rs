@@ -125,7 +125,14 @@ impl Config {
         }
         let mut uid = account.uid.clone();
         if let Some(review) = &self.review {
-            uid = review.review(token, &account, role.audience.as_deref()).await?;
+            // The audiences the token is meant for: the role's, else the
+            // config's; with none, the API server checks its own (a token
+            // projected for another audience then fails its review).
+            let audiences: Vec<&str> = match &role.audience {
+                Some(a) => vec![a.as_str()],
+                None => self.audiences.iter().map(String::as_str).collect(),
+            };
+            uid = review.review(token, &account, &audiences).await?;
         }
         let mut metadata = std::collections::BTreeMap::new();
         metadata.insert("role".into(), role_name.to_string());
@@ -178,10 +185,10 @@ impl ServiceAccount {
 impl Review {
     /// Asks the API server (POST /apis/authentication.k8s.io/v1/tokenreviews)
     /// whether `token` is valid now. Returns the account's uid.
-    async fn review(&self, token: &str, account: &ServiceAccount, audience: Option<&str>) -> Result<String> {
+    async fn review(&self, token: &str, account: &ServiceAccount, audiences: &[&str]) -> Result<String> {
         let mut spec = json!({ "token": token });
-        if let Some(a) = audience {
-            spec["audiences"] = json!([a]);
+        if !audiences.is_empty() {
+            spec["audiences"] = json!(audiences);
         }
         let body = json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec });
         // Without a reviewer token the pod's own token authorizes the

@@ -128,8 +128,14 @@ async fn token_review_refuses_tokens_of_deleted_service_accounts() {
         ]),
     )
     .unwrap();
-    only.login("app-service", &app_service(), &token).await.unwrap();
-    let forged = Issuer::new(ISS, "k1").service_account_token("production", "app-sa", "uid-1", "keybridge", 600);
+    // With no audience configured the review names none, and the API server
+    // checks its own (the issuer): a token projected for keybridge is
+    // refused there, one for the API server passes.
+    let why = refused(only.login("app-service", &app_service(), &token).await);
+    assert!(why.contains("did not authenticate") && why.contains("audiences"), "{why}");
+    let for_api = cluster.service_account_token("production", "app-sa", "uid-1", ISS, 600);
+    only.login("app-service", &app_service(), &for_api).await.unwrap();
+    let forged = Issuer::new(ISS, "k1").service_account_token("production", "app-sa", "uid-1", ISS, 600);
     assert!(refused(only.login("app-service", &app_service(), &forged).await).contains("did not authenticate"));
     // A wrong reviewer token: the API refuses the review itself.
     let bad = Method::parse(

@@ -4,7 +4,9 @@
 //!   bearer token must be the configured reviewer token (401 `Status`
 //!   otherwise). The reviewed token is checked as the API server checks a
 //!   service-account token: signed by the cluster's issuer key, not expired,
-//!   audiences (when the review names some) and, for bound tokens, that the
+//!   its audiences (those the review names, or when it names none the API
+//!   server's own, `--api-audiences`, which default to the issuer) and, for
+//!   bound tokens, that the
 //!   service account still exists with the same uid. The answer is a
 //!   `TokenReview` with `status.authenticated`, `status.user` (username
 //!   `system:serviceaccount:<ns>:<name>`, uid, groups) and `status.audiences`,
@@ -131,8 +133,12 @@ async fn review(State(c): State<Cluster>, headers: HeaderMap, Json(body): Json<V
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
-    let audiences: Vec<String> = if wanted.is_empty() { aud.clone() } else { wanted.clone() };
-    if !wanted.is_empty() && !wanted.iter().any(|w| aud.contains(w)) {
+    // As the API server: a review that names no audiences is checked
+    // against the server's own; the answer lists the audiences the token
+    // is good for, of those asked.
+    let asked: Vec<String> = if wanted.is_empty() { vec![c.issuer.clone()] } else { wanted.clone() };
+    let audiences: Vec<String> = asked.iter().filter(|a| aud.contains(a)).cloned().collect();
+    if audiences.is_empty() {
         return fail("[invalid bearer token, token audiences don't match the requested audiences]");
     }
     let k = &claims["kubernetes.io"];
