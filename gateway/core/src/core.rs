@@ -193,6 +193,31 @@ impl Stripes {
     }
 }
 
+/// Runs a background pass forever: again after the pause it asks for, at
+/// once when `wake` fires, every 500 ms while sealed, after 1 s when it
+/// failed (logged as `what`).
+pub(crate) async fn run_passes<F, Fut>(what: &str, wake: &tokio::sync::Notify, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<std::time::Duration>>,
+{
+    use std::time::Duration;
+    loop {
+        let wait = match pass().await {
+            Ok(d) => d,
+            Err(Error::Sealed) => Duration::from_millis(500),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}: a pass failed; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 pub(crate) fn encode_json<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(serde_json::to_vec(v).expect("plain data serializes"))
 }
@@ -772,7 +797,7 @@ impl Core {
         if kind == crate::plugins::MOUNT_KIND {
             return self.validate_plugin_config(config);
         }
-        if cloud::cloud_of(kind).is_none() {
+        if keybridge_provider_api::Cloud::from_kind(kind).is_none() {
             return mounts::validate_config(kind, config).map_err(|e| match e {
                 Error::InvalidArgument(m) if m.starts_with("unknown mount type") => {
                     Error::InvalidArgument(format!("unknown mount type {kind:?}; this server supports: {}", {
@@ -808,7 +833,7 @@ impl Core {
         config: &BTreeMap<String, String>,
         check: bool,
     ) -> Result<Option<CloudMount>> {
-        if cloud::cloud_of(kind).is_none() {
+        if keybridge_provider_api::Cloud::from_kind(kind).is_none() {
             return Ok(None);
         }
         let providers = self.providers(kind)?;
@@ -860,7 +885,7 @@ impl Core {
                 config.insert(k.clone(), v.clone());
             }
         }
-        if let Some(c) = cloud::cloud_of(&entry.kind) {
+        if let Some(c) = keybridge_provider_api::Cloud::from_kind(&entry.kind) {
             // Credentials stored for one host are not sent to another.
             keybridge_provider_api::endpoints::drop_stale_credentials(c, &entry.config, &changes, &mut config);
             let custom = cloud::custom_endpoints(&entry.kind, &config);

@@ -453,20 +453,7 @@ impl Core {
 
     /// Revokes leases as they expire, forever; started by the server.
     pub async fn lease_worker(self: Arc<Self>) {
-        loop {
-            let wait = match self.lease_pass().await {
-                Ok(d) => d,
-                Err(Error::Sealed) => Duration::from_millis(500),
-                Err(e) => {
-                    tracing::warn!(error = %e, "lease: a pass failed; retrying");
-                    Duration::from_secs(1)
-                }
-            };
-            tokio::select! {
-                _ = self.leases.changed.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
+        crate::core::run_passes("lease", &self.leases.changed, || self.lease_pass()).await
     }
 
     /// Revokes what is due; returns how long until the next is.

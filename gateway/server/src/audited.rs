@@ -1,6 +1,7 @@
 //! The one audited entry path of the API.
 //!
-//! Every request passes [`AuditedLayer`] (the innermost layer): it names the
+//! Every request passes [`AuditedLayer`] (inside the rate limit, outside the
+//! token gate, which reads the route it found): it names the
 //! request's operation from its route (`keybridge.v1.Secrets/Put`, never a
 //! name typed in a handler) and gives the handler a slot for its [`Call`].
 //! A handler's `Call` (from [`crate::service::caller`], the only way a
@@ -86,6 +87,12 @@ pub fn api_methods() -> &'static HashMap<String, &'static str> {
         }
         out
     })
+}
+
+/// The operation a request's route names, once the layer has seen it (for
+/// the layers inside it: the token gate).
+pub fn operation<B>(req: &http::Request<B>) -> Option<&'static str> {
+    req.extensions().get::<Slot>().map(|s| s.op)
 }
 
 /// A handler's caller: the `Caller` the core sees, which returns to the

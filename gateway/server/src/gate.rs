@@ -8,7 +8,6 @@
 //! the services would) before any of the body is read. Methods that need no
 //! token (seal status, init, unseal, login, health, reflection) pass.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,22 +19,16 @@ use crate::ratelimit::BoxFuture;
 const OPEN: &[&str] =
     &["keybridge.v1.Sys/SealStatus", "keybridge.v1.Sys/Init", "keybridge.v1.Sys/Unseal", "keybridge.v1.Auth/Login"];
 
+/// Runs inside the audited layer, which has named the request's operation
+/// from its route (`audited::operation`): the route is looked up once.
 #[derive(Clone)]
 pub struct AuthGateLayer {
     core: Arc<Core>,
-    /// `/keybridge.v1.Service/Method` -> `keybridge.v1.Service/Method`, for
-    /// every method that needs a token (the audit's operation names).
-    guarded: Arc<HashMap<String, &'static str>>,
 }
 
 impl AuthGateLayer {
     pub fn new(core: Arc<Core>) -> Self {
-        let guarded = crate::audited::api_methods()
-            .iter()
-            .filter(|(_, op)| !OPEN.contains(op))
-            .map(|(path, op)| (path.clone(), *op))
-            .collect();
-        AuthGateLayer { core, guarded: Arc::new(guarded) }
+        AuthGateLayer { core }
     }
 }
 
@@ -67,7 +60,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let Some(op) = self.layer.guarded.get(req.uri().path()).copied() else {
+        let Some(op) = crate::audited::operation(&req).filter(|op| !OPEN.contains(op)) else {
             return Box::pin(self.inner.call(req));
         };
         // The ready service goes with this request; a clone waits for the next.

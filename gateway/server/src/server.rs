@@ -293,10 +293,10 @@ pub async fn run(
     //    (debug level: `KEYBRIDGE_LOG=tower_http=debug`);
     // 4. the request id is copied onto the response;
     // 5. the per-token rate limit (when configured);
-    // 6. the token checked from the headers alone, before any of the body
-    //    is read (gate.rs), for every method that needs one;
-    // 7. the audited layer (audited.rs): the operation named from the route,
+    // 6. the audited layer (audited.rs): the operation named from the route,
     //    and the response record of any call whose handler wrote none;
+    // 7. the token checked from the headers alone, before any of the body
+    //    is read (gate.rs), for every method that needs one;
     // then tonic's per-connection concurrency limit and the services, which
     // authenticate, authorize and route. tonic's request timeout (and the
     // client's `grpc-timeout`) wraps all of these: a call it cuts short drops
@@ -317,8 +317,8 @@ pub async fn run(
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(rate_limit.clone())
-        .layer(crate::gate::AuthGateLayer::new(core.clone()))
-        .layer(crate::audited::AuditedLayer::new(core.clone()));
+        .layer(crate::audited::AuditedLayer::new(core.clone()))
+        .layer(crate::gate::AuthGateLayer::new(core.clone()));
     let router = builder
         .layer(layers)
         .add_service(health_service)

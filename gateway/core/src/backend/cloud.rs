@@ -113,25 +113,20 @@ fn gateway_settings(cloud: Cloud, s: &BTreeMap<String, String>) -> Result<Gatewa
     Ok(GatewaySettings { codec, cache, limits, recovery_days })
 }
 
-/// The cloud of a mount type.
-pub fn cloud_of(kind: &str) -> Option<Cloud> {
-    Cloud::from_kind(kind)
-}
-
 /// A cloud mount's endpoint settings that point elsewhere than the cloud's
 /// own hosts (none for other mount types).
 pub fn custom_endpoints(
     kind: &str,
     config: &BTreeMap<String, String>,
 ) -> Vec<keybridge_provider_api::endpoints::CustomEndpoint> {
-    cloud_of(kind).map(|c| keybridge_provider_api::endpoints::custom_endpoints(c, config)).unwrap_or_default()
+    Cloud::from_kind(kind).map(|c| keybridge_provider_api::endpoints::custom_endpoints(c, config)).unwrap_or_default()
 }
 
 /// Whether writing this cloud mount config takes `sudo` on its mount path:
 /// it points at a host other than the cloud's own, or sets what decides as
 /// much (Azure's `ca_cert`).
 pub fn needs_sudo(kind: &str, config: &BTreeMap<String, String>) -> bool {
-    cloud_of(kind).is_some_and(|c| {
+    Cloud::from_kind(kind).is_some_and(|c| {
         !keybridge_provider_api::endpoints::custom_endpoints(c, config).is_empty()
             || keybridge_provider_api::endpoints::privileged_setting(c, config).is_some()
     })
@@ -139,7 +134,8 @@ pub fn needs_sudo(kind: &str, config: &BTreeMap<String, String>) -> bool {
 
 /// Checks a cloud mount's whole config without IO.
 pub fn validate(providers: &dyn Providers, kind: &str, config: &BTreeMap<String, String>) -> Result<()> {
-    let cloud = cloud_of(kind).ok_or_else(|| Error::InvalidArgument(format!("{kind:?} is not a cloud mount type")))?;
+    let cloud =
+        Cloud::from_kind(kind).ok_or_else(|| Error::InvalidArgument(format!("{kind:?} is not a cloud mount type")))?;
     let (gateway, adapter) = split(config);
     gateway_settings(cloud, &gateway)?;
     providers.validate(kind, &adapter).map_err(Error::from)
@@ -174,8 +170,8 @@ impl CloudMount {
         config: &BTreeMap<String, String>,
         check: bool,
     ) -> Result<CloudMount> {
-        let cloud =
-            cloud_of(kind).ok_or_else(|| Error::InvalidArgument(format!("{kind:?} is not a cloud mount type")))?;
+        let cloud = Cloud::from_kind(kind)
+            .ok_or_else(|| Error::InvalidArgument(format!("{kind:?} is not a cloud mount type")))?;
         let (gateway, adapter) = split(config);
         let settings = gateway_settings(cloud, &gateway)?;
         let raw = providers.open(kind, &adapter).await?;

@@ -37,10 +37,6 @@ pub(crate) enum Backend<'a> {
 /// come from the provider capability table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Reach {
-    /// One listing names every secret below a folder with a marker of its
-    /// current version (or at least shows it exists), so a scan needs no
-    /// call per secret.
-    pub lists_markers: bool,
     /// The listing's marker tells every version apart.
     pub exact_markers: bool,
     /// The backend stages a version readers of the current one do not get.
@@ -49,7 +45,7 @@ pub(crate) struct Reach {
 
 impl From<Capabilities> for Reach {
     fn from(c: Capabilities) -> Self {
-        Reach { lists_markers: c.lists_markers, exact_markers: c.exact_markers, stages_natively: c.stages_natively }
+        Reach { exact_markers: c.exact_markers, stages_natively: c.stages_natively }
     }
 }
 
@@ -144,9 +140,7 @@ impl Backend<'_> {
     pub fn reach(&self) -> Reach {
         match self {
             Backend::Cloud(c) => c.capabilities().into(),
-            Backend::Kv(_) | Backend::Plugin(_) => {
-                Reach { lists_markers: false, exact_markers: false, stages_natively: false }
-            }
+            Backend::Kv(_) | Backend::Plugin(_) => Reach { exact_markers: false, stages_natively: false },
         }
     }
 
@@ -388,7 +382,7 @@ impl Backend<'_> {
     }
 
     /// Every secret below `folder` with its listing marker (none where the
-    /// listing shows no marker: [`Reach::lists_markers`]), from one listing
+    /// listing shows no marker: the capability `lists_markers`), from one listing
     /// of the cloud; `None` on the local store, whose reads are cheap.
     pub async fn list_markers(&self, folder: &str) -> Result<Option<HashMap<String, Option<String>>>> {
         match self {

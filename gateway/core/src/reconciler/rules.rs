@@ -219,7 +219,7 @@ impl Core {
             }
             // Raw cloud names are flat and authorized by what they decode
             // to, which a folder does not say: rules take Keybridge paths.
-            if crate::backend::cloud::cloud_of(&mount.kind).is_some()
+            if keybridge_provider_api::Cloud::from_kind(&mount.kind).is_some()
                 && rel.starts_with(crate::backend::cloud::RAW_FOLDER)
             {
                 return Err(Error::InvalidArgument(format!(

@@ -175,20 +175,7 @@ impl Core {
     /// Runs the reconciler until the process ends: replays the journal,
     /// replicates, scans when due. Idle while sealed.
     pub async fn sync_worker(self: Arc<Self>) {
-        loop {
-            let wait = match self.sync_pass().await {
-                Ok(d) => d,
-                Err(Error::Sealed) => Duration::from_millis(500),
-                Err(e) => {
-                    tracing::warn!(error = %e, "sync: a pass failed; retrying");
-                    Duration::from_secs(1)
-                }
-            };
-            tokio::select! {
-                _ = self.sync.notify.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
+        crate::core::run_passes("sync", &self.sync.notify, || self.sync_pass()).await
     }
 
     /// One pass: the journal, then due scans. Returns how long to sleep.
