@@ -484,9 +484,13 @@ impl SysService {
 fn api_services() -> &'static [String] {
     static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
-        let fds =
-            <prost_types::FileDescriptorSet as prost::Message>::decode(pb::FILE_DESCRIPTOR_SET).unwrap_or_default();
-        fds.file.iter().flat_map(|f| f.service.iter().map(move |s| format!("{}.{}", f.package(), s.name()))).collect()
+        let mut names: Vec<String> = crate::audited::api_methods()
+            .values()
+            .filter_map(|op| op.split_once('/').map(|(service, _)| service.to_string()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     })
 }
 
