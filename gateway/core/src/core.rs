@@ -159,7 +159,7 @@ pub struct Core {
     /// may be held).
     pub(crate) leases: crate::leases::LeaseManager,
     /// The reconciler's in-memory state.
-    pub(crate) sync: crate::reconciler::Runtime,
+    pub(crate) sync: keybridge_reconciler::Reconciler,
     /// The runtime the core was built on, which lives as long as the
     /// process: threads of the core's own (audit writers) run their async
     /// steps on it, never on the runtime of the request that started them
@@ -227,13 +227,13 @@ impl Core {
         let barrier = Arc::new(barrier);
         Core {
             leases: crate::leases::LeaseManager::new(barrier.clone(), WRITE_LOCK_STRIPES),
+            sync: keybridge_reconciler::Reconciler::new(barrier.clone(), config.rotation_verify.clone()),
             barrier,
             config,
             unsealed: RwLock::new(None),
             admin: Mutex::new(()),
             write_locks: Stripes::new(WRITE_LOCK_STRIPES),
             path_locks: Stripes::new(WRITE_LOCK_STRIPES),
-            sync: Default::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             #[cfg(test)]
             load_holds: Default::default(),
@@ -369,8 +369,7 @@ impl Core {
             engines: RwLock::new(HashMap::new()),
         }));
         self.leases.load().await?;
-        self.sync.rules.clear();
-        self.sync.notify.notify_one();
+        self.sync.reload();
         // Finish removing mounts a crash interrupted.
         for m in pending {
             self.purge_mount(&m).await?;

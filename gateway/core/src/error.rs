@@ -137,3 +137,45 @@ impl From<keybridge_audit::Error> for Error {
         }
     }
 }
+
+impl From<keybridge_value::Error> for Error {
+    fn from(e: keybridge_value::Error) -> Self {
+        match e {
+            keybridge_value::Error::Invalid(m) => Error::InvalidArgument(m),
+        }
+    }
+}
+
+/// An error on its way into the reconciler: the kinds it acts on by name,
+/// the rest kept whole so they come back out unchanged.
+impl From<Error> for keybridge_reconciler::Error {
+    fn from(e: Error) -> Self {
+        use keybridge_reconciler::Error as R;
+        match e {
+            Error::InvalidArgument(m) => R::InvalidArgument(m),
+            Error::NotFound(m) => R::NotFound(m),
+            Error::FailedPrecondition(m) => R::FailedPrecondition(m),
+            Error::Sealed => R::Sealed,
+            Error::Corrupt { key, reason } => R::Corrupt { key, reason },
+            e => R::Host(Box::new(e)),
+        }
+    }
+}
+
+impl From<keybridge_reconciler::Error> for Error {
+    fn from(e: keybridge_reconciler::Error) -> Self {
+        use keybridge_reconciler::Error as R;
+        match e {
+            R::InvalidArgument(m) => Error::InvalidArgument(m),
+            R::NotFound(m) => Error::NotFound(m),
+            R::FailedPrecondition(m) => Error::FailedPrecondition(m),
+            R::Sealed => Error::Sealed,
+            R::Storage(e) => e.into(),
+            R::Corrupt { key, reason } => Error::Corrupt { key, reason },
+            R::Host(e) => match e.downcast::<Error>() {
+                Ok(e) => *e,
+                Err(e) => Error::Internal(e.to_string()),
+            },
+        }
+    }
+}

@@ -14,12 +14,14 @@
 //!   model: the token store, ACL policies, login methods, leases.
 //! - [`plugins`]: the catalog of WASM components and the contract engines
 //!   speak.
-//! - [`reconciler`]: replication rules, the journal, the worker, scans and
-//!   coordinated rotation.
+//! - [`reconciler`]: the API of replication rules and rotations, and the
+//!   core's side of the reconciler's interface (crate `keybridge-reconciler`
+//!   holds the rules, the journal, the worker, scans and rotation).
 //! - `audit_devices`: the API that enables, lists and verifies audit
 //!   devices (the devices, records and chain are crate `keybridge-audit`).
-//! - [`path`], [`value`], [`mounts`]: path checks, secret values (which
-//!   zero themselves and never print), the mount table and its router.
+//! - [`path`], [`mounts`]: path checks, the mount table and its router.
+//!   Secret values (which zero themselves and never print) are crate
+//!   `keybridge-value`, re-exported as [`value`].
 
 mod audit_devices;
 mod auth_methods;
@@ -34,7 +36,6 @@ mod policies;
 pub mod reconciler;
 mod secrets;
 pub mod tokens;
-pub mod value;
 
 pub use crate::auth_methods::{AuthMount, login_audit};
 pub use crate::core::{Core, CoreConfig, InitResult, SealStatus};
@@ -48,5 +49,6 @@ pub use error::Error;
 pub use keybridge_audit as audit;
 pub use keybridge_audit::Timestamp;
 pub use keybridge_provider_api as provider;
+pub use keybridge_value as value;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

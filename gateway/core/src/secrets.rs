@@ -79,7 +79,7 @@ impl Core {
         let table = self.unsealed()?.table();
         let (engine, rel, _) = self.secret_op(&table, caller, path, "data", Capability::Update, Some(value)).await?;
         // Replication is journaled before the write it announces.
-        let rules_seen = self.sync.rules.ticket();
+        let rules_seen = self.sync.rules_ticket();
         let mut announced = self.sync_announce(path).await?;
         let r = match engine {
             // The local store serialises its own writes.
@@ -93,7 +93,7 @@ impl Core {
         };
         // A rule created while this write ran may have scanned before the
         // write landed: announce again, so the new rule sees it.
-        if r.is_ok() && !announced && self.sync.rules.changed_since(rules_seen) {
+        if r.is_ok() && !announced && self.sync.rules_changed_since(rules_seen) {
             announced = self.sync_announce(path).await.unwrap_or(false);
         }
         if announced {
@@ -137,10 +137,10 @@ impl Core {
         &self,
         caller: &Caller,
         path: &str,
-    ) -> Result<tokio::sync::broadcast::Receiver<crate::reconciler::SecretEvent>> {
+    ) -> Result<tokio::sync::broadcast::Receiver<keybridge_reconciler::SecretEvent>> {
         let table = self.unsealed()?.table();
         self.secret_op(&table, caller, path, "data", Capability::Read, None).await?;
-        Ok(self.sync.events.subscribe())
+        Ok(self.sync.subscribe())
     }
 
     /// `all`: every version and the metadata; on cloud mounts recoverable

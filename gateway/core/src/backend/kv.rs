@@ -247,7 +247,7 @@ pub struct Kv<'a> {
     /// `logical/<mount id>/`
     pub prefix: String,
     /// For messages: `secret/`.
-    pub mount_path: &'a str,
+    pub mount_path: String,
     pub settings: LocalSettings,
     /// The effective value cap for this mount.
     pub max_value_bytes: usize,

@@ -14,13 +14,13 @@ use std::sync::Arc;
 
 use keybridge_provider_api::Selector;
 use keybridge_provider_api::capabilities::Capabilities;
-use serde::{Deserialize, Serialize};
 
 use crate::plugins::PluginEngine;
-use crate::reconciler::MARKER_TAG;
 use crate::value::SecretValue;
 use crate::{Error, Result};
 use cloud::CloudMount;
+use keybridge_reconciler::MARKER_TAG;
+pub use keybridge_reconciler::{Current, Head, Reach, STAGING_SUFFIX, Staged, Staging};
 use kv::{Kv, ReadSecret, SecretMeta, VersionMeta};
 
 /// Where a secret path leads.
@@ -32,83 +32,6 @@ pub(crate) enum Backend<'a> {
     /// A plugin engine, reached by path through the Logical API.
     Plugin(Arc<dyn PluginEngine>),
 }
-
-/// What the reconciler branches on. The local store's are fixed; a cloud's
-/// come from the provider capability table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Reach {
-    /// The listing's marker tells every version apart.
-    pub exact_markers: bool,
-    /// The backend stages a version readers of the current one do not get.
-    pub stages_natively: bool,
-}
-
-impl From<Capabilities> for Reach {
-    fn from(c: Capabilities) -> Self {
-        Reach { exact_markers: c.exact_markers, stages_natively: c.stages_natively }
-    }
-}
-
-/// A secret's current version, read with its value: everything the API and
-/// the reconciler need from one call.
-pub(crate) struct Current {
-    pub value: SecretValue,
-    /// Keybridge's version number (0 where a cloud's version has none).
-    pub number: u64,
-    /// The backend's id of the version: the cloud's version id, or the
-    /// number on the local store.
-    pub id: String,
-}
-
-/// A secret's current version without its value.
-pub(crate) struct Head {
-    pub id: String,
-    /// Keybridge's number of the current version, when it has one.
-    pub number: Option<u64>,
-    /// The marker a listing shows for this version.
-    pub marker: Option<String>,
-    pub tags: BTreeMap<String, String>,
-}
-
-/// How a rotation staged a copy's new value (kept in the rotation's record
-/// under these names).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Staging {
-    /// Not staged yet.
-    #[default]
-    #[serde(rename = "")]
-    Unstaged,
-    /// Nothing staged: the new value is written at promotion (the local
-    /// store, whose writes are atomic).
-    Held,
-    /// A version under a staging label the cloud keeps (AWS's AWSPENDING).
-    Label,
-    /// A secret beside the copy (`<name>.kb-pending`), on clouds without
-    /// staging labels.
-    Beside,
-}
-
-impl Staging {
-    pub fn name(self) -> &'static str {
-        match self {
-            Staging::Unstaged => "",
-            Staging::Held => "held",
-            Staging::Label => "label",
-            Staging::Beside => "beside",
-        }
-    }
-}
-
-/// A staged copy: how, the version it replaces and the staged version.
-pub(crate) struct Staged {
-    pub how: Staging,
-    pub old_id: String,
-    pub staged_id: String,
-}
-
-/// The name a staged value is kept under beside its secret.
-pub const STAGING_SUFFIX: &str = ".kb-pending";
 
 fn not_found_ok(r: Result<()>) -> Result<()> {
     match r {
@@ -139,7 +62,10 @@ impl Backend<'_> {
 
     pub fn reach(&self) -> Reach {
         match self {
-            Backend::Cloud(c) => c.capabilities().into(),
+            Backend::Cloud(c) => {
+                let caps: Capabilities = c.capabilities();
+                Reach { exact_markers: caps.exact_markers, stages_natively: caps.stages_natively }
+            }
             Backend::Kv(_) | Backend::Plugin(_) => Reach { exact_markers: false, stages_natively: false },
         }
     }
@@ -482,11 +408,11 @@ impl crate::Core {
     /// Finds the mount serving a full path and opens its backend; the path
     /// relative to the mount. The one router of every API: the Secrets API,
     /// the Logical API, the reconciler and rotations.
-    pub(crate) async fn route<'a>(
+    pub(crate) async fn route<'a, 't>(
         &'a self,
-        table: &'a crate::mounts::MountTable,
-        path: &'a str,
-    ) -> Result<(Backend<'a>, &'a crate::mounts::MountEntry, &'a str)> {
+        table: &'t crate::mounts::MountTable,
+        path: &'t str,
+    ) -> Result<(Backend<'a>, &'t crate::mounts::MountEntry, &'t str)> {
         // Not naming the mounts: `sys/mounts` read is what lists them.
         let (mount, rel) = table.route(path).ok_or_else(|| {
             Error::NotFound(format!("no mount serves {path:?}; `keybridge mount list` shows the mounts"))
@@ -496,7 +422,7 @@ impl crate::Core {
 
     /// A mount's backend: cloud clients and plugin engines are built on
     /// first use after unseal and kept.
-    async fn open_backend<'a>(&'a self, mount: &'a crate::mounts::MountEntry) -> Result<Backend<'a>> {
+    async fn open_backend<'a>(&'a self, mount: &crate::mounts::MountEntry) -> Result<Backend<'a>> {
         if keybridge_provider_api::Cloud::from_kind(&mount.kind).is_some() {
             return Ok(Backend::Cloud(self.cloud_mount(mount).await?));
         }
@@ -512,7 +438,7 @@ impl crate::Core {
         Ok(Backend::Kv(Kv {
             barrier: &self.barrier,
             prefix: mount.storage_prefix(),
-            mount_path: &mount.path,
+            mount_path: mount.path.clone(),
             settings,
             max_value_bytes: cap,
             write_locks: &self.write_locks,

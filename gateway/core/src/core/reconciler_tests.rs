@@ -39,8 +39,8 @@ fn spec(name: &str, source: &str, targets: &[&str], on_conflict: &str) -> RuleSp
 }
 
 fn state(core: &Core, target: &str) -> (String, String) {
-    let st = core.sync.status.lock().unwrap();
-    let s = st.values().find(|s| s.target == target).unwrap_or_else(|| panic!("no status for {target}: {st:?}"));
+    let st = core.sync.statuses();
+    let s = st.iter().find(|s| s.target == target).unwrap_or_else(|| panic!("no status for {target}: {st:?}"));
     (s.state.to_string(), s.message.clone())
 }
 
@@ -225,10 +225,11 @@ async fn a_write_already_landed_is_not_written_twice() {
     // the record still says pending, the target already has the value.
     let rule = core.sync_rules().await.unwrap()[0].clone();
     let key = crate::reconciler::state_key(&rule.id, "team-b/app/db");
-    let mut rec = core.record(&key).await.unwrap().unwrap();
+    let mut rec = core.sync.record(&key).await.unwrap().unwrap();
     rec.pending = true;
-    rec.fingerprint = crate::reconciler::fingerprint(&core.fingerprint_key().await.unwrap(), &fields(&[("pw", "two")]));
-    core.save_record(&key, &rec).await.unwrap();
+    rec.fingerprint =
+        crate::reconciler::fingerprint(&core.sync.fingerprint_key().await.unwrap(), &fields(&[("pw", "two")]));
+    core.sync.save_record(&key, &rec).await.unwrap();
     core.put(&Caller::token(Some("root-t")), "team-b/app/db", &fields(&[("pw", "two")]), None).await.unwrap();
     core.sync_pass().await.unwrap();
     let meta = core.describe(&t, "team-b/app/db").await.unwrap();
@@ -358,7 +359,7 @@ async fn a_rule_changed_during_a_pass_is_scanned_again() {
     core.sync_pass().await.unwrap();
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "password"), "p");
 
-    core.sync.rules.clear();
+    core.sync.reload();
     let (reached, release) = hold_load(&core, "rules");
     let pass = tokio::spawn({
         let core = core.clone();
@@ -529,7 +530,7 @@ async fn a_rule_stops_when_the_mount_under_its_folder_changes() {
         matches!(core.get(&root, "team-b/app/db", None).await, Err(Error::NotFound(_))),
         "written into the new mount"
     );
-    let e = core.rule_routes_hold(&core.get_sync_rule(&root, "ab").await.unwrap()).unwrap_err();
+    let e = core.sync.rule_routes_hold(&*core, &core.get_sync_rule(&root, "ab").await.unwrap()).unwrap_err();
     assert!(e.to_string().contains("write the rule again"), "{e}");
     // Written again (and checked again): it goes on.
     core.put_sync_rule(&root, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();

@@ -3,18 +3,16 @@
 //! reports status. The model and its storage layout are in `mod.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keybridge_audit::Timestamp;
 use keybridge_barrier::WriteBatch;
+use keybridge_value::SecretValue;
 
-use crate::audit::Caller;
-use crate::core::{Capability, Core, encode_json};
-use crate::reconciler::{
-    self as sync, FP_KEY, JOURNAL, JournalEntry, MARKER_TAG, OnConflict, OnDelete, Record, Rule, STATE, TargetStatus,
+use crate::{
+    Error, FP_KEY, Host, JOURNAL, JournalEntry, MARKER_TAG, OnConflict, OnDelete, Reconciler, Record, Result, Rule,
+    STATE, TargetStatus, encode_json, fingerprint, now_ms, state_key,
 };
-use crate::value::SecretValue;
-use crate::{Error, Result, Timestamp};
 
 #[derive(Clone, Debug, Default)]
 pub struct SyncStatus {
@@ -30,22 +28,17 @@ const JOURNAL_BATCH: usize = 512;
 /// Secrets replicated at once by a scan.
 pub(crate) const PARALLEL: usize = 8;
 
-impl Core {
+impl Reconciler {
     // ----- status ---------------------------------------------------------------
 
-    pub async fn sync_status(&self, caller: &Caller, rule: &str) -> Result<SyncStatus> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, "sys/sync/status", Capability::Read).await?;
-        self.status_now(rule).await
-    }
-
-    async fn status_now(&self, rule: &str) -> Result<SyncStatus> {
-        let rules = self.sync_rules().await?;
+    /// Every target's status (of one rule, or of all with `rule` empty),
+    /// the journal entries pending and the cloud calls made.
+    pub async fn status(&self, host: &dyn Host, rule: &str) -> Result<SyncStatus> {
+        let rules = self.rules(host).await?;
         if !rule.is_empty() && !rules.iter().any(|r| r.name == rule) {
             return Err(Error::NotFound(format!("no sync rule {rule:?}")));
         }
         let mut targets: BTreeMap<(String, String), TargetStatus> = self
-            .sync
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -62,14 +55,7 @@ impl Core {
         }
         let targets = targets.into_values().collect();
         let pending = self.pending_entries(rule).await?;
-        let table = self.unsealed()?.table();
-        let mut calls = Vec::new();
-        for (path, stats) in self.mount_stats() {
-            let kind = table.get(&path).map(|m| m.kind.clone()).unwrap_or_default();
-            for (k, n) in stats.by_kind {
-                calls.push((path.clone(), kind.clone(), k, n));
-            }
-        }
+        let mut calls = host.call_counts();
         calls.sort();
         Ok(SyncStatus { targets, pending, calls, settled: false })
     }
@@ -116,23 +102,17 @@ impl Core {
     }
 
     /// Scans now and, with `wait`, answers when nothing is pending (or at
-    /// the timeout, with what is left).
-    pub async fn sync_run(&self, caller: &Caller, rule: &str, wait: bool, timeout: Duration) -> Result<SyncStatus> {
-        self.sync_run_scan(caller, rule, wait, timeout, true).await
-    }
-
-    /// As [`Core::sync_run`]; `deep: false` scans as the periodic quick scan.
-    pub async fn sync_run_scan(
+    /// the timeout, with what is left). `deep: false` scans as the periodic
+    /// quick scan.
+    pub async fn run(
         &self,
-        caller: &Caller,
+        host: &dyn Host,
         rule: &str,
         wait: bool,
         timeout: Duration,
         deep: bool,
     ) -> Result<SyncStatus> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, "sys/sync/run", Capability::Update).await?;
-        let rules = self.sync_rules().await?;
+        let rules = self.rules(host).await?;
         if !rule.is_empty() && !rules.iter().any(|r| r.name == rule) {
             return Err(Error::NotFound(format!("no sync rule {rule:?}")));
         }
@@ -141,25 +121,25 @@ impl Core {
         let names: Vec<String> =
             rules.iter().filter(|r| rule.is_empty() || r.name == rule).map(|r| r.name.clone()).collect();
         let before: HashMap<String, u64> = {
-            let done = self.sync.scans_done.lock().unwrap_or_else(|p| p.into_inner());
+            let done = self.scans_done.lock().unwrap_or_else(|p| p.into_inner());
             names.iter().map(|n| (n.clone(), done.get(n).copied().unwrap_or(0))).collect()
         };
         {
-            let mut forced = self.sync.forced.lock().unwrap_or_else(|p| p.into_inner());
+            let mut forced = self.forced.lock().unwrap_or_else(|p| p.into_inner());
             for n in &names {
                 let d = forced.entry(n.clone()).or_insert(deep);
                 *d |= deep;
             }
         }
-        self.sync.notify.notify_one();
+        self.notify.notify_one();
         let deadline = Instant::now() + timeout;
         loop {
             if wait {
-                self.sync_pass().await?;
+                self.pass(host).await?;
             }
-            let mut status = self.status_now(rule).await?;
+            let mut status = self.status(host, rule).await?;
             let scanned = {
-                let done = self.sync.scans_done.lock().unwrap_or_else(|p| p.into_inner());
+                let done = self.scans_done.lock().unwrap_or_else(|p| p.into_inner());
                 names.iter().all(|n| done.get(n).copied().unwrap_or(0) > before[n])
             };
             status.settled = scanned && status.pending == 0;
@@ -172,18 +152,14 @@ impl Core {
 
     // ----- the worker -------------------------------------------------------------
 
-    /// Runs the reconciler until the process ends: replays the journal,
-    /// replicates, scans when due. Idle while sealed.
-    pub async fn sync_worker(self: Arc<Self>) {
-        crate::core::run_passes("sync", &self.sync.notify, || self.sync_pass()).await
-    }
-
-    /// One pass: the journal, then due scans. Returns how long to sleep.
-    pub(crate) async fn sync_pass(&self) -> Result<Duration> {
-        self.unsealed()?;
-        let _one = self.sync.pass_lock.lock().await;
-        let rules_seen = self.sync.rules.ticket();
-        let rules = self.sync_rules().await?;
+    /// One pass: the journal, rotations, then due scans. Returns how long
+    /// to sleep. The worker runs passes until the process ends; idle while
+    /// sealed.
+    pub async fn pass(&self, host: &dyn Host) -> Result<Duration> {
+        host.unsealed()?;
+        let _one = self.pass_lock.lock().await;
+        let rules_seen = self.rules.ticket();
+        let rules = self.rules(host).await?;
         let mut next = Duration::from_secs(1);
         // The journal, oldest first, grouped by rule and path (coalescing).
         let keys = self.barrier.list(JOURNAL, None, JOURNAL_BATCH).await?;
@@ -214,19 +190,19 @@ impl Core {
         for ((rule_name, path), (first, keys)) in groups {
             let Some(rule) = rules.iter().find(|r| r.name == rule_name) else { continue };
             let due = first + rule.coalesce_ms;
-            let now = sync::now_ms();
+            let now = now_ms();
             if due > now {
                 next = next.min(Duration::from_millis(due - now));
                 continue;
             }
             let retry_key = format!("{rule_name}\0{path}");
-            if self.sync.backoff(&retry_key) {
+            if self.backoff(&retry_key) {
                 next = next.min(Duration::from_millis(200));
                 continue;
             }
-            match self.replicate(rule, &path).await {
+            match self.replicate(host, rule, &path).await {
                 Ok(true) => {
-                    self.sync.succeeded(&retry_key);
+                    self.succeeded(&retry_key);
                     let mut batch = WriteBatch::new();
                     for k in keys {
                         batch.delete(k);
@@ -234,11 +210,11 @@ impl Core {
                     self.barrier.commit(batch).await?;
                     progressed = true;
                 }
-                Ok(false) => self.sync.failed(&retry_key),
+                Ok(false) => self.failed(&retry_key),
                 Err(Error::Sealed) => return Err(Error::Sealed),
                 Err(e) => {
                     tracing::warn!(rule = %rule_name, path = %path, error = %e, "sync: replication failed; will retry");
-                    self.sync.failed(&retry_key);
+                    self.failed(&retry_key);
                 }
             }
         }
@@ -247,31 +223,31 @@ impl Core {
             next = Duration::ZERO;
         }
         // Rotations in progress.
-        if let Some(w) = self.rotations_pass().await? {
+        if let Some(w) = self.rotations_pass(host).await? {
             next = next.min(w);
         }
         // Scans when due.
         for rule in rules.iter() {
             let due = {
-                let last = self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner());
+                let last = self.last_scan.lock().unwrap_or_else(|p| p.into_inner());
                 match last.get(&rule.name) {
                     None => Duration::ZERO,
                     Some(t) => Duration::from_secs(rule.scan_interval_secs).saturating_sub(t.elapsed()),
                 }
             };
-            let forced = self.sync.forced.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
+            let forced = self.forced.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
             if due.is_zero() || forced.is_some() {
                 let deep = forced.unwrap_or(false) || {
-                    let last = self.sync.last_deep_scan.lock().unwrap_or_else(|p| p.into_inner());
+                    let last = self.last_deep_scan.lock().unwrap_or_else(|p| p.into_inner());
                     last.get(&rule.name).is_none_or(|t| t.elapsed() >= Duration::from_secs(rule.deep_interval()))
                 };
-                if let Err(e) = self.scan(rule, deep).await {
+                if let Err(e) = self.scan(host, rule, deep).await {
                     tracing::warn!(rule = %rule.name, error = %e, "sync: scan failed");
                 }
                 // The rules changed during this pass: this scan may have used
                 // a rule's old settings, so the next pass scans it again.
-                if self.sync.rules.changed_since(rules_seen) {
-                    self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
+                if self.rules.changed_since(rules_seen) {
+                    self.last_scan.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
                     next = Duration::ZERO;
                 }
             } else {
@@ -281,7 +257,7 @@ impl Core {
         Ok(next)
     }
 
-    pub(crate) async fn fingerprint_key(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    pub async fn fingerprint_key(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         if let Some(k) = self.barrier.get(FP_KEY).await? {
             return Ok(k);
         }
@@ -304,7 +280,7 @@ impl Core {
     }
 
     /// The stored records of a rule's replicas, by target path.
-    pub(crate) async fn records_of(&self, rule: &Rule) -> Result<BTreeMap<String, Record>> {
+    pub async fn records_of(&self, rule: &Rule) -> Result<BTreeMap<String, Record>> {
         let prefix = format!("{STATE}{}/", rule.id);
         let mut records: BTreeMap<String, Record> = BTreeMap::new();
         let mut start: Option<String> = None;
@@ -322,7 +298,7 @@ impl Core {
         }
     }
 
-    pub(crate) async fn record(&self, key: &str) -> Result<Option<Record>> {
+    pub async fn record(&self, key: &str) -> Result<Option<Record>> {
         match self.barrier.get(key).await? {
             None => Ok(None),
             Some(raw) => serde_json::from_slice(&raw)
@@ -331,7 +307,7 @@ impl Core {
         }
     }
 
-    pub(crate) async fn save_record(&self, key: &str, r: &Record) -> Result<()> {
+    pub async fn save_record(&self, key: &str, r: &Record) -> Result<()> {
         let mut batch = WriteBatch::new();
         batch.put(key.to_string(), encode_json(r));
         self.barrier.commit(batch).await.map_err(Error::from)
@@ -346,10 +322,10 @@ impl Core {
     /// Brings every target of `rule` in line with the source secret at
     /// `path`. `Ok(true)`: every target handled (in sync, or a conflict
     /// reported); `Ok(false)`: some target failed and will be retried.
-    pub(crate) async fn replicate(&self, rule: &Rule, path: &str) -> Result<bool> {
-        self.rule_routes_hold(rule)?;
-        let table = self.unsealed()?.table();
-        let (src_backend, _, src_rel) = self.route(&table, path).await?;
+    pub(crate) async fn replicate(&self, host: &dyn Host, rule: &Rule, path: &str) -> Result<bool> {
+        self.rule_routes_hold(host, rule)?;
+        let src = host.route(path).await?;
+        let (src_backend, src_rel) = (&src.store, src.rel.as_str());
         // One read gives the value, its number and the backend's version
         // id, which is the mark records keep of the source.
         let (source, mark) = match src_backend.read_current(src_rel).await? {
@@ -361,18 +337,21 @@ impl Core {
         let mut adopted = false;
         for target in &rule.targets {
             let Some(tpath) = rule.target_path(target, path) else { continue };
-            let r = self.replicate_target(rule, path, &tpath, (source.as_ref(), &mark), &fp_key, &mut adopted).await;
+            let r =
+                self.replicate_target(host, rule, path, &tpath, (source.as_ref(), &mark), &fp_key, &mut adopted).await;
             if let Err(e) = r {
                 let v = source.as_ref().map_or(0, |s| s.1);
-                self.sync.set_status(rule, path, &tpath, "error", e.to_string(), v);
+                self.set_status(rule, path, &tpath, "error", e.to_string(), v);
                 all = false;
             }
         }
         Ok(all)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn replicate_target(
         &self,
+        host: &dyn Host,
         rule: &Rule,
         path: &str,
         tpath: &str,
@@ -380,10 +359,10 @@ impl Core {
         fp_key: &[u8],
         adopted: &mut bool,
     ) -> Result<()> {
-        let table = self.unsealed()?.table();
-        let (engine, _, rel) = self.route(&table, tpath).await?;
-        let _guard = self.path_lock(tpath).await;
-        let key = sync::state_key(&rule.id, tpath);
+        let routed = host.route(tpath).await?;
+        let (engine, rel) = (&routed.store, routed.rel.as_str());
+        let _guard = host.path_lock(tpath).await;
+        let key = state_key(&rule.id, tpath);
         let mut rec = self.record(&key).await?;
         let cur = engine.head(rel).await?;
         // A write sent before a crash: did it land?
@@ -391,7 +370,7 @@ impl Core {
             && r.pending
         {
             if let Some(now) = engine.read_current(rel).await?
-                && sync::fingerprint(fp_key, &now.value) == r.fingerprint
+                && fingerprint(fp_key, &now.value) == r.fingerprint
             {
                 r.version_id = c.id.clone();
                 r.marker = c.marker.clone();
@@ -404,13 +383,13 @@ impl Core {
             return match (rule.delete, rec) {
                 (OnDelete::Propagate, Some(r)) if cur.as_ref().is_some_and(|c| c.id == r.version_id) => {
                     engine.delete_replica(rel).await?;
-                    self.sync.publish(tpath, "deleted", 0, "");
+                    self.publish(tpath, "deleted", 0, "");
                     self.drop_record(&key).await?;
-                    self.sync.set_status(rule, path, tpath, "in_sync", "deleted with the source".into(), 0);
+                    self.set_status(rule, path, tpath, "in_sync", "deleted with the source".into(), 0);
                     Ok(())
                 }
                 (OnDelete::Propagate, Some(_)) if cur.is_some() => {
-                    self.sync.set_status(
+                    self.set_status(
                         rule,
                         path,
                         tpath,
@@ -423,7 +402,7 @@ impl Core {
                 (_, Some(mut r)) => {
                     r.stale = true;
                     self.save_record(&key, &r).await?;
-                    self.sync.set_status(
+                    self.set_status(
                         rule,
                         path,
                         tpath,
@@ -436,7 +415,7 @@ impl Core {
                 (_, None) => Ok(()),
             };
         };
-        let fp = sync::fingerprint(fp_key, value);
+        let fp = fingerprint(fp_key, value);
         let ours = cur.as_ref().is_some_and(|c| c.tags.get(MARKER_TAG) == Some(&rule.id));
         if rec.as_ref().is_some_and(|r| r.foreign) {
             rec = None;
@@ -451,7 +430,7 @@ impl Core {
                 ..Default::default()
             };
             self.save_record(&key, &foreign).await?;
-            self.sync.set_status(
+            self.set_status(
                 rule,
                 path,
                 tpath,
@@ -477,10 +456,10 @@ impl Core {
             };
             self.save_record(key, &pending).await?;
             let (id, marker) = engine.write_replica(rel, value, &rule.id, cur.as_ref()).await?;
-            self.sync.publish(tpath, "replicated", id.parse().unwrap_or(0), &id);
+            self.publish(tpath, "replicated", id.parse().unwrap_or(0), &id);
             let done = Record { version_id: id, marker, pending: false, ..pending };
             self.save_record(key, &done).await?;
-            self.sync.set_status(rule, path, tpath, "in_sync", message, *sv);
+            self.set_status(rule, path, tpath, "in_sync", message, *sv);
             Ok::<_, Error>(())
         };
         match (&cur, &rec) {
@@ -493,7 +472,7 @@ impl Core {
                         r.stale = false;
                         self.save_record(&key, &r).await?;
                     }
-                    self.sync.set_status(rule, path, tpath, "in_sync", String::new(), *sv);
+                    self.set_status(rule, path, tpath, "in_sync", String::new(), *sv);
                     Ok(())
                 } else {
                     write(String::new()).await
@@ -502,7 +481,7 @@ impl Core {
             (Some(c), Some(r)) => {
                 // Changed outside Keybridge (or only its metadata changed).
                 let theirs = engine.read_current(rel).await?.map(|c| (c.value, c.number));
-                let tfp = theirs.as_ref().map(|(v, _)| sync::fingerprint(fp_key, v));
+                let tfp = theirs.as_ref().map(|(v, _)| fingerprint(fp_key, v));
                 if tfp.as_deref() == Some(fp.as_str()) {
                     let mut r = r.clone();
                     r.version_id = c.id.clone();
@@ -511,21 +490,21 @@ impl Core {
                     r.source_version = *sv;
                     r.source_mark = mark.to_string();
                     self.save_record(&key, &r).await?;
-                    self.sync.set_status(rule, path, tpath, "in_sync", String::new(), *sv);
+                    self.set_status(rule, path, tpath, "in_sync", String::new(), *sv);
                     return Ok(());
                 }
                 let what = format!("changed outside Keybridge (now version {})", c.id);
                 match rule.on_conflict {
                     OnConflict::Overwrite => write(format!("{what}; restored from the source")).await,
                     OnConflict::Alert => {
-                        self.sync.set_status(rule, path, tpath, "conflict", format!("{what}; left as it is"), *sv);
+                        self.set_status(rule, path, tpath, "conflict", format!("{what}; left as it is"), *sv);
                         Ok(())
                     }
                     OnConflict::Adopt if r.fingerprint != fp || *adopted => {
                         // The source moved too, or another target was adopted
                         // in this pass: the source wins.
                         write(format!("{what}, while the source changed too; the source won")).await?;
-                        self.sync.set_status(
+                        self.set_status(
                             rule,
                             path,
                             tpath,
@@ -543,14 +522,14 @@ impl Core {
                         };
                         let tfp = tfp.unwrap_or_default();
                         *adopted = true;
-                        let version = self.sync_adopt(path, tpath, &theirs).await?;
+                        let version = host.adopt(path, tpath, &theirs).await?;
                         let mut r = r.clone();
                         r.version_id = c.id.clone();
                         r.marker = c.marker.clone();
                         r.fingerprint = tfp;
                         r.source_version = version;
                         self.save_record(&key, &r).await?;
-                        self.sync.set_status(
+                        self.set_status(
                             rule,
                             path,
                             tpath,
@@ -564,7 +543,7 @@ impl Core {
             }
             (None, Some(_)) => match rule.on_conflict {
                 OnConflict::Alert => {
-                    self.sync.set_status(
+                    self.set_status(
                         rule,
                         path,
                         tpath,
@@ -578,26 +557,6 @@ impl Core {
             },
             (None, None) | (Some(_), None) => write(String::new()).await,
         }
-    }
-
-    /// Writes a target's value to the source (audited, fail-closed), which
-    /// announces it for replication everywhere.
-    async fn sync_adopt(&self, path: &str, from: &str, value: &SecretValue) -> Result<u64> {
-        let caller = sync::adopt_caller(path, from, value);
-        self.audit_request(&caller, None).await;
-        if caller.state().audit_failed {
-            return Err(Error::AuditFailed("no audit device could record the adopt; it was not carried out".into()));
-        }
-        let table = self.unsealed()?.table();
-        let res = async {
-            let (engine, _, rel) = self.route(&table, path).await?;
-            self.sync_announce(path).await?;
-            let v = engine.write(rel, value, None).await?.0;
-            self.sync_wake();
-            Ok(v)
-        }
-        .await;
-        self.finish(&caller, res, |v| vec![("version".into(), crate::audit::AuditValue::plain(*v))]).await
     }
 }
 

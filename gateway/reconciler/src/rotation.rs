@@ -29,13 +29,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::audit::Caller;
-use crate::backend::{Staged, Staging};
-use crate::core::{Capability, Core, encode_json};
-use crate::path::validate_secret_path;
-use crate::reconciler::{self as sync, Record};
-use crate::value::SecretValue;
-use crate::{Error, Result, Timestamp};
+use keybridge_audit::Timestamp;
+use keybridge_value::SecretValue;
+
+use crate::store::{Staged, Staging};
+use crate::{Error, Host, Reconciler, Record, Result, encode_json, fingerprint, state_key};
 
 const ROTATIONS: &str = "sync/rotations/";
 const VALUES: &str = "sync/rotation-values/";
@@ -189,71 +187,11 @@ fn fault(step: &str) {
 #[cfg(not(feature = "fault-injection"))]
 fn fault(_step: &str) {}
 
-impl Core {
-    /// Starts a rotation of `spec.path` and every replica of it; the worker
-    /// carries it out. One rotation per secret at a time.
-    pub async fn rotate_secret(&self, caller: &Caller, spec: RotateSpec) -> Result<Rotation> {
-        let id = self.authenticate(caller).await?;
-        validate_secret_path(&spec.path)?;
-        self.authorize(caller, &id, &format!("sys/sync/rotate/{}", spec.path), Capability::Update).await?;
-        self.check_rotation_authority(caller, &id, &spec).await?;
-        self.start_rotation(spec).await
-    }
-
-    /// A rotation (or a schedule, which starts them later) writes the secret
-    /// on the caller's behalf: the caller needs `update` on the secret
-    /// itself, and through an engine the capability the engine's path asks
-    /// of a caller (the reconciler has the engine issue a credential there).
-    async fn check_rotation_authority(
-        &self,
-        caller: &Caller,
-        id: &crate::tokens::Identity,
-        spec: &RotateSpec,
-    ) -> Result<()> {
-        let secret = self.secret_acl_path(&spec.path, "data").await?;
-        self.decide_with(id, &secret, Capability::Update, None).await.map_err(|e| match e {
-            Error::PermissionDenied(m) => Error::PermissionDenied(format!("{m}: a rotation writes the secret itself")),
-            e => e,
-        })?;
-        if spec.engine.is_empty() {
-            return Ok(());
-        }
-        let (mount, rel, backend) = self.engine_route(&spec.engine).await?;
-        let ops =
-            crate::plugins::match_path(backend.info(), &rel).map(|m| m.info.operations.clone()).unwrap_or_default();
-        use crate::plugins::Operation;
-        let cap = if ops.contains(&Operation::Update) {
-            Capability::Update
-        } else if ops.contains(&Operation::Create) {
-            Capability::Create
-        } else if ops.contains(&Operation::Read) {
-            Capability::Read
-        } else {
-            Capability::Update
-        };
-        self.authorize_params(caller, id, spec.engine.trim_end_matches('/'), cap, &[]).await?;
-        if !backend.info().rotates {
-            return Err(Error::FailedPrecondition(format!(
-                "the {} engine at {} cannot rotate: its component targets world `engine`, not `rotating-engine`",
-                backend.info().name,
-                mount.path
-            )));
-        }
-        Ok(())
-    }
-
+impl Reconciler {
     /// Sets (or with `every_secs = 0` removes) a rotation schedule: the
     /// secret rotates every `every_secs`, the first time one period from now.
-    pub async fn schedule_rotation(
-        &self,
-        caller: &Caller,
-        spec: RotateSpec,
-        every_secs: u64,
-    ) -> Result<Option<Schedule>> {
-        let id = self.authenticate(caller).await?;
-        validate_secret_path(&spec.path)?;
-        self.authorize(caller, &id, &format!("sys/sync/rotate/{}", spec.path), Capability::Update).await?;
-        self.check_rotation_authority(caller, &id, &spec).await?;
+    /// The caller has checked the writer holds what the rotations will do.
+    pub async fn schedule(&self, spec: RotateSpec, every_secs: u64) -> Result<Option<Schedule>> {
         let key = format!("{SCHEDULES}{}", spec.path);
         let mut batch = WriteBatch::new();
         if every_secs == 0 {
@@ -281,12 +219,12 @@ impl Core {
         };
         batch.put(key, encode_json(&s));
         self.barrier.commit(batch).await?;
-        self.sync_wake();
+        self.wake();
         Ok(Some(s))
     }
 
     /// Starts the rotations whose schedule is due.
-    async fn scheduled_pass(&self) -> Result<()> {
+    async fn scheduled_pass(&self, host: &dyn Host) -> Result<()> {
         let now = Timestamp::now();
         for key in self.barrier.list(SCHEDULES, None, 10_000).await? {
             let Some(raw) = self.barrier.get(&key).await? else { continue };
@@ -301,7 +239,7 @@ impl Core {
                 grace_secs: s.grace_secs,
                 engine: s.engine.clone(),
             };
-            match self.start_rotation(spec).await {
+            match self.start_rotation(host, spec).await {
                 Ok(_) | Err(Error::FailedPrecondition(_)) => {}
                 Err(e) => tracing::warn!(path = %s.path, error = %e, "sync: a scheduled rotation could not start"),
             }
@@ -313,14 +251,17 @@ impl Core {
         Ok(())
     }
 
-    async fn start_rotation(&self, spec: RotateSpec) -> Result<Rotation> {
+    /// Starts a rotation of `spec.path` and every replica the rules own;
+    /// the worker carries it out. One rotation per secret at a time. The
+    /// caller has checked the writer holds what the rotation will do.
+    pub async fn start_rotation(&self, host: &dyn Host, spec: RotateSpec) -> Result<Rotation> {
         let length = if spec.length == 0 { 32 } else { spec.length };
         if !(12..=256).contains(&length) {
             return Err(Error::InvalidArgument(format!("length {length} is outside 12 to 256")));
         }
         let field = if spec.field.is_empty() { "password".to_string() } else { spec.field.clone() };
         let key = format!("{ROTATIONS}{}", spec.path);
-        let _guard = self.path_lock(&spec.path).await;
+        let _guard = host.path_lock(&spec.path).await;
         if let Some(r) = self.rotation(&spec.path).await?
             && r.state.active()
         {
@@ -331,15 +272,15 @@ impl Core {
                 Timestamp::now().secs - r.started.secs
             )));
         }
-        let table = self.unsealed()?.table();
-        let (engine, _, rel) = self.route(&table, &spec.path).await?;
-        let Some(crate::backend::Current { value: current, number: version, .. }) = engine.read_current(rel).await?
+        let routed = host.route(&spec.path).await?;
+        let Some(crate::Current { value: current, number: version, .. }) =
+            routed.store.read_current(&routed.rel).await?
         else {
             return Err(Error::NotFound(format!("{} has no current version to rotate", spec.path)));
         };
         let mut new_lease = String::new();
         let new = if !spec.engine.is_empty() {
-            let (v, lease) = self.engine_value(&spec, current).await?;
+            let (v, lease) = self.engine_value(host, &spec, current).await?;
             new_lease = lease;
             v
         } else {
@@ -377,7 +318,8 @@ impl Core {
             promoted: false,
             retired: false,
         }];
-        for rule in self.sync_rules().await?.iter().filter(|r| r.covers(&spec.path) && self.rule_routes_hold(r).is_ok())
+        for rule in
+            self.rules(host).await?.iter().filter(|r| r.covers(&spec.path) && self.rule_routes_hold(host, r).is_ok())
         {
             for t in &rule.targets {
                 let Some(tp) = rule.target_path(t, &spec.path) else { continue };
@@ -386,7 +328,7 @@ impl Core {
                 // that takes over. Someone else's secret at the target stays
                 // theirs; a target not written yet gets the new value when
                 // the rule next replicates.
-                let owned = match self.record(&sync::state_key(&rule.id, &tp)).await? {
+                let owned = match self.record(&state_key(&rule.id, &tp)).await? {
                     Some(r) => !r.foreign || rule.take_over,
                     None => false,
                 };
@@ -417,10 +359,10 @@ impl Core {
         batch.put(key, encode_json(&rot)).put(format!("{VALUES}{}", spec.path), new.encode());
         if let Err(e) = self.barrier.commit(batch).await {
             // Nothing will ever use the credential just issued.
-            self.end_rotation_lease(&rot.new_lease, &rot.id).await;
+            self.end_rotation_lease(host, &rot.new_lease, &rot.id).await;
             return Err(e.into());
         }
-        self.sync_wake();
+        self.wake();
         Ok(rot)
     }
 
@@ -428,35 +370,30 @@ impl Core {
     /// fields into the secret's value; returns the value and the id of the
     /// credential's lease (pinned: it lasts until a later rotation retires
     /// it).
-    async fn engine_value(&self, spec: &RotateSpec, current: SecretValue) -> Result<(SecretValue, String)> {
-        let (mount, rel, backend) = self.engine_route(&spec.engine).await?;
-        let ctx = self.call_context(&mount, "rotation", "reconciler");
-        let resp = backend
-            .rotate(&ctx, &rel, &crate::plugins::Params::default())
-            .await
-            .map_err(crate::plugins::engine_error)?;
-        let lease = match resp.lease {
-            Some(l) => self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, true).await?.lease_id,
-            None => String::new(),
-        };
+    async fn engine_value(
+        &self,
+        host: &dyn Host,
+        spec: &RotateSpec,
+        current: SecretValue,
+    ) -> Result<(SecretValue, String)> {
+        let issued = host.issue(&spec.engine).await?;
+        let (fields, lease) = (issued.fields, issued.lease);
         let built = match current {
             SecretValue::Fields(mut m) => {
-                if resp.data.0.is_empty() {
+                if fields.is_empty() {
                     Err(Error::FailedPrecondition(format!("the engine at {} returned no fields", spec.engine)))
                 } else {
-                    for (k, v) in &resp.data.0 {
-                        m.insert(k.clone(), Zeroizing::new(v.clone()));
-                    }
+                    m.extend(fields);
                     Ok(SecretValue::Fields(m))
                 }
             }
-            SecretValue::Text(_) => match resp.data.0.as_slice() {
-                [(_, v)] => Ok(SecretValue::Text(Zeroizing::new(v.clone()))),
-                _ => Err(Error::FailedPrecondition(format!(
+            SecretValue::Text(_) => match <[_; 1]>::try_from(fields) {
+                Ok([(_, v)]) => Ok(SecretValue::Text(v)),
+                Err(fields) => Err(Error::FailedPrecondition(format!(
                     "{} is a text secret, but the engine at {} returned {} fields; a text secret takes exactly one",
                     spec.path,
                     spec.engine,
-                    resp.data.0.len()
+                    fields.len()
                 ))),
             },
             SecretValue::Binary(_) => {
@@ -466,7 +403,7 @@ impl Core {
         match built {
             Ok(v) => Ok((v, lease)),
             Err(e) => {
-                self.end_rotation_lease(&lease, "refused").await;
+                self.end_rotation_lease(host, &lease, "refused").await;
                 Err(e)
             }
         }
@@ -474,22 +411,17 @@ impl Core {
 
     /// Revokes a rotation's lease (retried by the lease manager if the
     /// engine fails now).
-    async fn end_rotation_lease(&self, lease: &str, why: &str) {
+    async fn end_rotation_lease(&self, host: &dyn Host, lease: &str, why: &str) {
         if lease.is_empty() {
             return;
         }
-        if let Err(e) = self.revoke_lease_now(lease, why).await {
+        if let Err(e) = host.revoke_lease(lease, why).await {
             tracing::warn!(lease_id = %lease, error = %e, "rotation: revoking a credential failed; the lease manager retries");
         }
     }
 
-    pub async fn get_rotation(&self, caller: &Caller, path: &str) -> Result<Rotation> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, &format!("sys/sync/rotate/{path}"), Capability::Read).await?;
-        self.rotation(path).await?.ok_or_else(|| Error::NotFound(format!("no rotation of {path}")))
-    }
-
-    async fn rotation(&self, path: &str) -> Result<Option<Rotation>> {
+    /// The rotation of `path`, running or last finished.
+    pub async fn rotation(&self, path: &str) -> Result<Option<Rotation>> {
         let key = format!("{ROTATIONS}{path}");
         match self.barrier.get(&key).await? {
             None => Ok(None),
@@ -509,8 +441,8 @@ impl Core {
     }
 
     /// Advances every active rotation as far as it can go now.
-    pub(crate) async fn rotations_pass(&self) -> Result<Option<Duration>> {
-        self.scheduled_pass().await?;
+    pub(crate) async fn rotations_pass(&self, host: &dyn Host) -> Result<Option<Duration>> {
+        self.scheduled_pass(host).await?;
         let mut next = None;
         for key in self.barrier.list(ROTATIONS, None, 10_000).await? {
             let path = key[ROTATIONS.len()..].to_string();
@@ -518,7 +450,7 @@ impl Core {
             if !r.state.active() {
                 continue;
             }
-            if let Some(wait) = self.advance(&mut r).await? {
+            if let Some(wait) = self.advance(host, &mut r).await? {
                 next = Some(next.map_or(wait, |n: Duration| n.min(wait)));
             }
         }
@@ -526,7 +458,7 @@ impl Core {
     }
 
     /// Runs the state machine; `Some(wait)` when it must come back later.
-    async fn advance(&self, r: &mut Rotation) -> Result<Option<Duration>> {
+    async fn advance(&self, host: &dyn Host, r: &mut Rotation) -> Result<Option<Duration>> {
         let raw = self
             .barrier
             .get(&format!("{VALUES}{}", r.path))
@@ -539,7 +471,7 @@ impl Core {
                 if r.copies[i].staged {
                     continue;
                 }
-                match self.stage_copy(&r.id, &r.copies[i], &value).await {
+                match self.stage_copy(host, &r.id, &r.copies[i], &value).await {
                     Ok(s) => {
                         let c = &mut r.copies[i];
                         (c.how, c.old_id, c.staged_id, c.staged) = (s.how, s.old_id, s.staged_id, true);
@@ -547,15 +479,15 @@ impl Core {
                     }
                     Err(e) => {
                         let why = format!("staging {} failed: {e}; every copy was rolled back", r.copies[i].path);
-                        return self.abandon(r, why).await;
+                        return self.abandon(host, r, why).await;
                     }
                 }
             }
-            if let Some(v) = &self.config.rotation_verify
+            if let Some(v) = &self.verifier
                 && let Err(reason) = v.verify(&r.path, &value).await
             {
                 let why = format!("the verification refused the new value ({reason}); every copy was rolled back");
-                return self.abandon(r, why).await;
+                return self.abandon(host, r, why).await;
             }
             r.state = RotationState::Promoting;
             self.save_rotation(r).await?;
@@ -567,7 +499,7 @@ impl Core {
                 if r.copies[i].promoted {
                     continue;
                 }
-                match self.promote_copy(r, i, &value, &fp_key).await {
+                match self.promote_copy(host, r, i, &value, &fp_key).await {
                     Ok(()) => {
                         r.copies[i].promoted = true;
                         r.error.clear();
@@ -599,7 +531,7 @@ impl Core {
                 if r.copies[i].retired {
                     continue;
                 }
-                match self.retire_copy(&r.copies[i]).await {
+                match self.retire_copy(host, &r.copies[i]).await {
                     Ok(()) => {
                         r.copies[i].retired = true;
                         self.save_rotation(r).await?;
@@ -613,7 +545,7 @@ impl Core {
             }
             // Every copy holds the new credential and the grace period is
             // over: the old credential goes, the new one is the secret's.
-            self.end_rotation_lease(&r.old_lease, &r.id).await;
+            self.end_rotation_lease(host, &r.old_lease, &r.id).await;
             let mut batch = WriteBatch::new();
             let held = format!("{HELD_LEASES}{}", r.path);
             if r.new_lease.is_empty() {
@@ -631,29 +563,34 @@ impl Core {
         Ok(None)
     }
 
-    async fn stage_copy(&self, rot_id: &str, c: &CopyState, value: &SecretValue) -> Result<Staged> {
-        let table = self.unsealed()?.table();
-        let (backend, _, rel) = self.route(&table, &c.path).await?;
-        let _guard = if c.rule_id.is_empty() { None } else { Some(self.path_lock(&c.path).await) };
-        backend.stage(rel, value, rot_id, &c.path).await
+    async fn stage_copy(&self, host: &dyn Host, rot_id: &str, c: &CopyState, value: &SecretValue) -> Result<Staged> {
+        let routed = host.route(&c.path).await?;
+        let _guard = if c.rule_id.is_empty() { None } else { Some(host.path_lock(&c.path).await) };
+        routed.store.stage(&routed.rel, value, rot_id, &c.path).await
     }
 
-    async fn promote_copy(&self, r: &mut Rotation, i: usize, value: &SecretValue, fp_key: &[u8]) -> Result<()> {
+    async fn promote_copy(
+        &self,
+        host: &dyn Host,
+        r: &mut Rotation,
+        i: usize,
+        value: &SecretValue,
+        fp_key: &[u8],
+    ) -> Result<()> {
         let c = r.copies[i].clone();
-        let table = self.unsealed()?.table();
-        let (backend, _, rel) = self.route(&table, &c.path).await?;
-        let _guard = self.path_lock(&c.path).await;
+        let routed = host.route(&c.path).await?;
+        let _guard = host.path_lock(&c.path).await;
         // Idempotent: a copy that already holds the new value has moved.
-        let fp = sync::fingerprint(fp_key, value);
-        let (id, marker) =
-            backend.promote(rel, c.how, &c.staged_id, value, |now| sync::fingerprint(fp_key, now) == fp).await?;
-        self.sync.publish(&c.path, "rotated", id.parse().unwrap_or(0), &id);
+        let fp = fingerprint(fp_key, value);
+        let holds = |now: &SecretValue| fingerprint(fp_key, now) == fp;
+        let (id, marker) = routed.store.promote(&routed.rel, c.how, &c.staged_id, value, &holds).await?;
+        self.publish(&c.path, "rotated", id.parse().unwrap_or(0), &id);
         if i == 0 {
             r.new_version = id.parse().unwrap_or(0);
             r.new_mark = id.clone();
         } else {
             // The reconciler's record: this replica holds what it would write.
-            let key = sync::state_key(&c.rule_id, &c.path);
+            let key = state_key(&c.rule_id, &c.path);
             let rec = Record {
                 source: r.path.clone(),
                 fingerprint: fp,
@@ -668,21 +605,20 @@ impl Core {
         Ok(())
     }
 
-    async fn retire_copy(&self, c: &CopyState) -> Result<()> {
+    async fn retire_copy(&self, host: &dyn Host, c: &CopyState) -> Result<()> {
         if c.how == Staging::Held || c.old_id.is_empty() {
             return Ok(());
         }
-        let table = self.unsealed()?.table();
-        let (backend, _, rel) = self.route(&table, &c.path).await?;
-        backend.retire(rel, &c.old_id).await
+        let routed = host.route(&c.path).await?;
+        routed.store.retire(&routed.rel, &c.old_id).await
     }
 
     /// Ends a rotation before promotion: unstages every copy, ends the new
     /// credential's lease, and records why.
-    async fn abandon(&self, r: &mut Rotation, why: String) -> Result<Option<Duration>> {
+    async fn abandon(&self, host: &dyn Host, r: &mut Rotation, why: String) -> Result<Option<Duration>> {
         r.error = why;
-        self.roll_back(r).await;
-        self.end_rotation_lease(&r.new_lease, &r.id).await;
+        self.roll_back(host, r).await;
+        self.end_rotation_lease(host, &r.new_lease, &r.id).await;
         r.state = RotationState::RolledBack;
         r.finished = Some(Timestamp::now());
         self.save_rotation(r).await?;
@@ -691,12 +627,14 @@ impl Core {
 
     /// Undoes staging everywhere it happened (best effort: what cannot be
     /// undone is named in the rotation's error).
-    async fn roll_back(&self, r: &mut Rotation) {
-        let Ok(table) = self.unsealed().map(|l| l.table()) else { return };
+    async fn roll_back(&self, host: &dyn Host, r: &mut Rotation) {
+        if host.unsealed().is_err() {
+            return;
+        }
         for c in r.copies.iter_mut().filter(|c| c.staged) {
             let undone = async {
-                let (backend, _, rel) = self.route(&table, &c.path).await?;
-                backend.unstage(rel, c.how, &c.staged_id).await
+                let routed = host.route(&c.path).await?;
+                routed.store.unstage(&routed.rel, c.how, &c.staged_id).await
             }
             .await;
             match undone {

@@ -1,17 +1,14 @@
 //! Replication rules: the model, the checks a new rule must pass (no
-//! cycles, no shared targets), and the rule operations, authorized like
-//! every other operation and checked against the writer's authority.
+//! cycles, no shared targets), and their storage. The core authorizes the
+//! rule operations and records the writer's authority in the rule.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use keybridge_audit::Timestamp;
 use keybridge_barrier::WriteBatch;
 
-use crate::audit::Caller;
-use crate::core::{Capability, Core, encode_json};
-use crate::path::validate_folder_path;
-use crate::reconciler::{self as sync, RULES, STATE};
-use crate::{Error, Result, Timestamp};
+use crate::{Error, Host, RULES, Reconciler, Result, STATE, encode_json};
 
 use serde::{Deserialize, Serialize};
 
@@ -200,70 +197,12 @@ pub struct RuleSpec {
     pub coalesce_ms: u64,
 }
 
-impl Core {
-    // ----- rules --------------------------------------------------------------
-
-    fn rule_from(&self, spec: RuleSpec) -> Result<Rule> {
-        sync::check_name(&spec.name)?;
-        let table = self.unsealed()?.table();
-        let folder = |p: &str, what: &str| -> Result<String> {
-            let f = validate_folder_path(p.trim())?;
-            let Some((mount, rel)) = table.route(&f) else {
-                return Err(Error::InvalidArgument(format!("{what} {f}: no mount serves it")));
-            };
-            if mount.kind == crate::plugins::MOUNT_KIND {
-                return Err(Error::InvalidArgument(format!(
-                    "{what} {f}: {} is a plugin mount; rules replicate secrets between local and cloud mounts",
-                    mount.path
-                )));
-            }
-            // Raw cloud names are flat and authorized by what they decode
-            // to, which a folder does not say: rules take Keybridge paths.
-            if keybridge_provider_api::Cloud::from_kind(&mount.kind).is_some()
-                && rel.starts_with(crate::backend::cloud::RAW_FOLDER)
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "{what} {f}: a rule replicates Keybridge paths, not a cloud's raw names under _raw/"
-                )));
-            }
-            Ok(f)
-        };
-        let source = folder(&spec.source, "the source")?;
-        let targets = spec.targets.iter().map(|t| folder(t, "the target")).collect::<Result<Vec<_>>>()?;
-        let mounts = std::iter::once(&source)
-            .chain(&targets)
-            .filter_map(|f| Some((f.clone(), table.route(f)?.0.id.clone())))
-            .collect();
-        if spec.scan_interval_secs > 7 * 86_400 {
-            return Err(Error::InvalidArgument("scan_interval may be at most 7 days".into()));
-        }
-        if spec.coalesce_ms > 3_600_000 {
-            return Err(Error::InvalidArgument("the coalescing window may be at most one hour".into()));
-        }
-        Ok(Rule {
-            name: spec.name,
-            id: uuid::Uuid::new_v4().to_string(),
-            source,
-            targets,
-            on_conflict: sync::OnConflict::parse(&spec.on_conflict)?,
-            delete: sync::OnDelete::parse(&spec.delete)?,
-            take_over: spec.take_over,
-            scan_interval_secs: if spec.scan_interval_secs == 0 { 60 } else { spec.scan_interval_secs },
-            deep_scan_interval_secs: spec.deep_scan_interval_secs,
-            coalesce_ms: spec.coalesce_ms,
-            created: Timestamp::now(),
-            authorizations: Vec::new(),
-            written_by: String::new(),
-            mounts,
-        })
-    }
-
+impl Reconciler {
     /// Whether every folder of the rule still routes to the mount it did
     /// when the rule was written (rules from before this record: yes).
-    pub(crate) fn rule_routes_hold(&self, rule: &Rule) -> Result<()> {
-        let table = self.unsealed()?.table();
+    pub fn rule_routes_hold(&self, host: &dyn Host, rule: &Rule) -> Result<()> {
         for (folder, id) in &rule.mounts {
-            if table.route(folder).map(|(m, _)| &m.id) != Some(id) {
+            if host.mount_id(folder)?.as_ref() != Some(id) {
                 return Err(Error::FailedPrecondition(format!(
                     "the mount serving {folder} changed since rule {:?} was written (disabled, or another mounted there); \
                      write the rule again to go on",
@@ -274,84 +213,30 @@ impl Core {
         Ok(())
     }
 
-    /// A rule acts later on its writer's behalf, so the writer must hold now
-    /// what the rule will do: read and list everything below the source,
-    /// create and update everything below each target; `adopt` also update
-    /// on the source and read on the targets; `propagate` delete on the
-    /// targets; `take_over`, `adopt` and `propagate` sudo on the rule's own
-    /// path. Returns the checks made, one line each.
-    async fn rule_authority(&self, id: &crate::tokens::Identity, rule: &Rule) -> Result<Vec<String>> {
-        use Capability::*;
-        let table = self.unsealed()?.table();
-        let folder = |p: &str, area: &str| -> Result<String> {
-            let (mount, rel) =
-                table.route(p).ok_or_else(|| Error::InvalidArgument(format!("{p}: no mount serves it")))?;
-            Ok(format!("{}{area}/{rel}", mount.path))
-        };
-        let mut wanted: Vec<(String, Capability)> =
-            vec![(folder(&rule.source, "data")?, Read), (folder(&rule.source, "metadata")?, List)];
-        for t in &rule.targets {
-            wanted.push((folder(t, "data")?, Create));
-            wanted.push((folder(t, "data")?, Update));
-            if rule.on_conflict == sync::OnConflict::Adopt {
-                wanted.push((folder(t, "data")?, Read));
-            }
-            if rule.delete == sync::OnDelete::Propagate {
-                wanted.push((folder(t, "metadata")?, Delete));
-            }
-        }
-        if rule.on_conflict == sync::OnConflict::Adopt {
-            wanted.push((folder(&rule.source, "data")?, Update));
-        }
-        let mut made = Vec::new();
-        for (prefix, cap) in wanted {
-            self.decide_under(id, &prefix, cap).await?;
-            made.push(format!("{} on {prefix}*", cap.name()));
-        }
-        if rule.take_over || rule.on_conflict == sync::OnConflict::Adopt || rule.delete == sync::OnDelete::Propagate {
-            let path = format!("sys/sync/rules/{}", rule.name);
-            self.decide_with(id, &path, Sudo, None).await.map_err(|e| match e {
-                Error::PermissionDenied(m) => {
-                    Error::PermissionDenied(format!("{m} (take_over, on_conflict=adopt and delete=propagate need it)"))
-                }
-                e => e,
-            })?;
-            made.push(format!("sudo on {path}"));
-        }
-        Ok(made)
-    }
-
-    /// Creates or replaces a rule; refused if it would form a cycle or share
-    /// a target with another rule.
-    pub async fn put_sync_rule(&self, caller: &Caller, spec: RuleSpec) -> Result<Rule> {
-        let id = self.authenticate(caller).await?;
-        sync::check_name(&spec.name)?;
-        self.authorize(caller, &id, &format!("sys/sync/rules/{}", spec.name), Capability::Update).await?;
-        let _guard = self.admin.lock().await;
-        let mut rule = self.rule_from(spec)?;
-        rule.authorizations = self.rule_authority(&id, &rule).await?;
-        rule.written_by = format!("{} ({})", id.accessor, id.display_name);
-        let rules = self.sync_rules().await?;
+    /// Stores a rule (its authority already recorded), or replaces the rule
+    /// of the same name, keeping that rule's id so its records stay valid;
+    /// refused if it would form a cycle or share a target with another
+    /// rule. The caller serializes rule changes.
+    pub async fn save_rule(&self, host: &dyn Host, mut rule: Rule) -> Result<Rule> {
+        let rules = self.rules(host).await?;
         if let Some(old) = rules.iter().find(|r| r.name == rule.name) {
-            // Same rule, new settings: keep its id, so its records stay valid.
             rule.id = old.id.clone();
             rule.created = old.created;
         }
-        sync::check_rules(&rule, &rules)?;
+        check_rules(&rule, &rules)?;
         let mut batch = WriteBatch::new();
         batch.put(format!("{RULES}{}", rule.name), encode_json(&rule));
         self.barrier.commit(batch).await?;
-        self.sync.rules.clear();
+        self.rules.clear();
         // A first scan soon: existing secrets replicate.
-        self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
-        self.sync.notify.notify_one();
+        self.last_scan.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
+        self.notify.notify_one();
         Ok(rule)
     }
 
-    pub async fn get_sync_rule(&self, caller: &Caller, name: &str) -> Result<Rule> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, &format!("sys/sync/rules/{name}"), Capability::Read).await?;
-        self.sync_rules()
+    /// The rule named `name`.
+    pub async fn rule(&self, host: &dyn Host, name: &str) -> Result<Rule> {
+        self.rules(host)
             .await?
             .iter()
             .find(|r| r.name == name)
@@ -359,32 +244,33 @@ impl Core {
             .ok_or_else(|| Error::NotFound(format!("no sync rule {name:?}")))
     }
 
-    pub async fn list_sync_rules(&self, caller: &Caller) -> Result<Vec<Rule>> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, "sys/sync/rules", Capability::List).await?;
-        Ok(self.sync_rules().await?.as_ref().clone())
-    }
-
-    /// Deletes a rule and its records; replicas stay where they are.
-    pub async fn delete_sync_rule(&self, caller: &Caller, name: &str) -> Result<()> {
-        let id = self.authenticate(caller).await?;
-        self.authorize(caller, &id, &format!("sys/sync/rules/{name}"), Capability::Delete).await?;
-        let _guard = self.admin.lock().await;
-        let rules = self.sync_rules().await?;
-        let Some(rule) = rules.iter().find(|r| r.name == name) else {
-            return Err(Error::NotFound(format!("no sync rule {name:?}")));
-        };
+    /// Deletes a rule and its records; replicas stay where they are. The
+    /// caller serializes rule changes.
+    pub async fn delete_rule(&self, host: &dyn Host, name: &str) -> Result<()> {
+        let rule = self.rule(host, name).await?;
         let mut batch = WriteBatch::new();
         batch.delete(format!("{RULES}{name}"));
         self.barrier.commit(batch).await?;
-        self.sync.rules.clear();
-        self.delete_prefix(&format!("{STATE}{}/", rule.id)).await?;
-        self.sync.status.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| r != name);
+        self.rules.clear();
+        let prefix = format!("{STATE}{}/", rule.id);
+        loop {
+            let keys = self.barrier.list(&prefix, None, 512).await?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = WriteBatch::new();
+            for k in keys {
+                batch.delete(k);
+            }
+            self.barrier.commit(batch).await?;
+        }
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| r != name);
         Ok(())
     }
 
-    pub(crate) async fn sync_rules(&self) -> Result<Arc<Vec<Rule>>> {
-        let ticket = match self.sync.rules.lookup(&()) {
+    /// Every rule, from the cache or the barrier.
+    pub async fn rules(&self, host: &dyn Host) -> Result<Arc<Vec<Rule>>> {
+        let ticket = match self.rules.lookup(&()) {
             Ok(r) => return Ok(r),
             Err(ticket) => ticket,
         };
@@ -400,9 +286,8 @@ impl Core {
             rules.push(rule);
         }
         let rules = Arc::new(rules);
-        #[cfg(test)]
-        self.load_hold("rules").await;
-        self.sync.rules.fill(ticket, (), rules.clone());
+        host.loaded("rules").await;
+        self.rules.fill(ticket, (), rules.clone());
         Ok(rules)
     }
 }

@@ -6,7 +6,14 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
-use crate::{Error, Result};
+use keybridge_audit::AuditValue;
+
+/// A value that cannot be stored; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// Named string fields (`username`, `password`), opaque bytes, or one
 /// plain string (as tools outside Keybridge often store in the clouds).
@@ -59,8 +66,7 @@ impl Drop for Stored {
 
 impl SecretValue {
     /// The value as audit records carry it: each field (or the bytes) HMACed.
-    pub fn audit_value(&self) -> crate::AuditValue {
-        use crate::AuditValue;
+    pub fn audit_value(&self) -> AuditValue {
         match self {
             SecretValue::Fields(m) => {
                 AuditValue::Map(m.iter().map(|(k, v)| (k.clone().into(), AuditValue::secret(v.as_bytes()))).collect())
@@ -80,22 +86,23 @@ impl SecretValue {
         }
     }
 
-    pub fn validate(&self, max_bytes: usize) -> Result<()> {
+    /// Checks the value can be stored under a size cap of `max_bytes`.
+    pub fn validate(&self, max_bytes: usize) -> Result<(), Error> {
         if let SecretValue::Fields(m) = self {
             if m.is_empty() {
-                return Err(Error::InvalidArgument(
+                return Err(Error::Invalid(
                     "the value has no fields; give at least one field such as password=...".into(),
                 ));
             }
             if let Some(k) = m.keys().find(|k| k.is_empty() || k.chars().any(char::is_control) || k.len() > 256) {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "invalid field name {k:?}: field names are 1 to 256 bytes without control characters"
                 )));
             }
         }
         let size = self.size();
         if size > max_bytes {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "the value is {size} bytes; this mount accepts at most {max_bytes} bytes"
             )));
         }

@@ -1,6 +1,13 @@
 //! The reconciler: replication rules from a source folder to target
 //! folders on other mounts (local or cloud), run on every write and by
-//! periodic drift scans.
+//! periodic drift scans, and coordinated rotation of a secret and its
+//! replicas.
+//!
+//! It reaches mounts only through [`Store`] and the gateway only through
+//! [`Host`], both implemented by the core; it reads and writes its own
+//! state in the barrier. It checks no token: the core authorizes each API
+//! call and records, in each rule, the authority its writer was checked to
+//! hold, before it hands the rule here.
 //!
 //! Stored in the barrier (so encrypted like everything else):
 //! - `sync/rules/<name>`: a [`Rule`].
@@ -32,15 +39,19 @@
 //! listing carries none, so its scan describes each replica (two calls per
 //! secret).
 
+mod error;
 mod journal;
 mod rotation;
 mod rules;
 mod scan;
-pub(crate) mod worker;
+pub mod store;
+mod worker;
 
-pub(crate) use journal::JournalEntry;
+pub use error::{Error, Result};
+pub use journal::JournalEntry;
 pub use rotation::{CopyState, RotateSpec, Rotation, RotationState, RotationVerifier, Schedule};
 pub use rules::{OnConflict, OnDelete, Rule, RuleSpec, check_name, check_rules};
+pub use store::{Current, Head, Host, Issued, Reach, Routed, STAGING_SUFFIX, Staged, Staging, Store};
 pub use worker::SyncStatus;
 
 use std::collections::{BTreeMap, HashMap};
@@ -50,19 +61,21 @@ use std::time::{Duration, Instant};
 use hmac::Mac;
 use serde::{Deserialize, Serialize};
 
-use crate::Timestamp;
-use crate::audit::{AuditValue, Caller};
-use crate::value::SecretValue;
-use keybridge_barrier::fill_cache::FillCache;
+use keybridge_audit::Timestamp;
+use keybridge_barrier::Barrier;
+use keybridge_barrier::fill_cache::{FillCache, Ticket};
+use keybridge_value::SecretValue;
 
+/// The tag a replica carries: the id of the rule that keeps it.
 pub const MARKER_TAG: &str = "keybridge-replica";
-pub(crate) const RULES: &str = "sync/rules/";
-pub(crate) const JOURNAL: &str = "sync/journal/";
-pub(crate) const STATE: &str = "sync/state/";
-pub(crate) const FP_KEY: &str = "sync/fingerprint-key";
+const RULES: &str = "sync/rules/";
+const JOURNAL: &str = "sync/journal/";
+const STATE: &str = "sync/state/";
+const FP_KEY: &str = "sync/fingerprint-key";
 
+/// What Keybridge last wrote to a replica.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Record {
+pub struct Record {
     pub source: String,
     pub fingerprint: String,
     pub version_id: String,
@@ -93,29 +106,34 @@ pub struct TargetStatus {
     pub source_version: u64,
 }
 
-/// The reconciler's in-memory state: status, scan times, retry backoff,
-/// and the channel secret watchers listen on.
-pub(crate) struct Runtime {
-    pub notify: tokio::sync::Notify,
-    pub status: Mutex<BTreeMap<(String, String), TargetStatus>>,
-    pub last_scan: Mutex<HashMap<String, Instant>>,
-    pub last_deep_scan: Mutex<HashMap<String, Instant>>,
+/// The reconciler: its state in the barrier and in memory (status, scan
+/// times, retry backoff, and the channel secret watchers listen on).
+pub struct Reconciler {
+    barrier: Arc<Barrier>,
+    verifier: Option<Arc<dyn RotationVerifier>>,
+    notify: tokio::sync::Notify,
+    status: Mutex<BTreeMap<(String, String), TargetStatus>>,
+    last_scan: Mutex<HashMap<String, Instant>>,
+    last_deep_scan: Mutex<HashMap<String, Instant>>,
     /// Journal key -> (next attempt, attempts so far).
-    pub retry: Mutex<HashMap<String, (Instant, u32)>>,
+    retry: Mutex<HashMap<String, (Instant, u32)>>,
     /// The rules, read from the store once and again after each change.
-    pub rules: FillCache<(), Arc<Vec<Rule>>>,
-    pub events: tokio::sync::broadcast::Sender<SecretEvent>,
+    rules: FillCache<(), Arc<Vec<Rule>>>,
+    events: tokio::sync::broadcast::Sender<SecretEvent>,
     /// Scans asked for by `Run` (rule -> deep), done by the worker.
-    pub forced: Mutex<HashMap<String, bool>>,
+    forced: Mutex<HashMap<String, bool>>,
     /// Scans finished per rule, for `Run --wait`.
-    pub scans_done: Mutex<HashMap<String, u64>>,
+    scans_done: Mutex<HashMap<String, u64>>,
     /// One pass at a time (the worker's, or a waiting `Run`'s).
-    pub pass_lock: tokio::sync::Mutex<()>,
+    pass_lock: tokio::sync::Mutex<()>,
 }
 
-impl Default for Runtime {
-    fn default() -> Self {
-        Runtime {
+impl Reconciler {
+    /// `verifier` tries each rotation's new value before it is promoted.
+    pub fn new(barrier: Arc<Barrier>, verifier: Option<Arc<dyn RotationVerifier>>) -> Self {
+        Reconciler {
+            barrier,
+            verifier,
             notify: Default::default(),
             status: Default::default(),
             last_scan: Default::default(),
@@ -128,10 +146,39 @@ impl Default for Runtime {
             pass_lock: Default::default(),
         }
     }
-}
 
-impl Runtime {
-    pub fn set_status(&self, rule: &Rule, source: &str, target: &str, state: &'static str, message: String, v: u64) {
+    /// What the worker waits on between passes.
+    pub fn wakeup(&self) -> &tokio::sync::Notify {
+        &self.notify
+    }
+
+    /// Changes to secrets, for watchers.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecretEvent> {
+        self.events.subscribe()
+    }
+
+    /// The rules as stored now, for a later [`Reconciler::rules_changed_since`].
+    pub fn rules_ticket(&self) -> Ticket {
+        self.rules.ticket()
+    }
+
+    pub fn rules_changed_since(&self, ticket: Ticket) -> bool {
+        self.rules.changed_since(ticket)
+    }
+
+    /// Forgets what it knows of the stored rules (after a restore or an
+    /// unseal) and runs a pass.
+    pub fn reload(&self) {
+        self.rules.clear();
+        self.notify.notify_one();
+    }
+
+    /// The status of every target looked at since the process started.
+    pub fn statuses(&self) -> Vec<TargetStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    fn set_status(&self, rule: &Rule, source: &str, target: &str, state: &'static str, message: String, v: u64) {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         st.insert(
             (rule.name.clone(), target.to_string()),
@@ -147,6 +194,7 @@ impl Runtime {
         );
     }
 
+    /// Tells watchers of `path` that it changed.
     pub fn publish(&self, path: &str, kind: &'static str, version: u64, provider_id: &str) {
         let _ = self.events.send(SecretEvent {
             path: path.to_string(),
@@ -157,26 +205,26 @@ impl Runtime {
         });
     }
 
-    pub fn backoff(&self, key: &str) -> bool {
+    fn backoff(&self, key: &str) -> bool {
         let r = self.retry.lock().unwrap_or_else(|p| p.into_inner());
         r.get(key).is_some_and(|(at, _)| *at > Instant::now())
     }
 
-    pub fn failed(&self, key: &str) {
+    fn failed(&self, key: &str) {
         let mut r = self.retry.lock().unwrap_or_else(|p| p.into_inner());
         let e = r.entry(key.to_string()).or_insert((Instant::now(), 0));
-        e.1 += 1;
+        e.1 = e.1.saturating_add(1);
         let delay = Duration::from_millis(200 * (1u64 << e.1.min(8))).min(Duration::from_secs(60));
         e.0 = Instant::now() + delay;
     }
 
-    pub fn succeeded(&self, key: &str) {
+    fn succeeded(&self, key: &str) {
         self.retry.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }
 
 /// HMAC-SHA256 of a value's canonical encoding, hex.
-pub(crate) fn fingerprint(key: &[u8], v: &SecretValue) -> String {
+pub fn fingerprint(key: &[u8], v: &SecretValue) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
     match v {
         SecretValue::Fields(m) => {
@@ -200,20 +248,17 @@ pub(crate) fn fingerprint(key: &[u8], v: &SecretValue) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-pub(crate) fn state_key(rule_id: &str, target_path: &str) -> String {
+/// Where the record of a rule's replica at `target_path` is kept.
+pub fn state_key(rule_id: &str, target_path: &str) -> String {
     format!("{STATE}{rule_id}/{target_path}")
 }
 
-pub(crate) fn now_ms() -> u64 {
+fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The audit record of an adopt: the target's value pushed to the source.
-pub(crate) fn adopt_caller(source: &str, target: &str, value: &SecretValue) -> Caller {
-    Caller::new(None, "keybridge.v1.Sync/Adopt")
-        .with_path(source)
-        .with("adopted_from", AuditValue::plain(target.to_string()))
-        .with("value", value.audit_value())
+fn encode_json<T: Serialize>(v: &T) -> zeroize::Zeroizing<Vec<u8>> {
+    zeroize::Zeroizing::new(serde_json::to_vec(v).expect("serializable"))
 }
 
 /// A change to one secret, for watchers (no value).

@@ -5,34 +5,28 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
-use crate::core::Core;
-use crate::reconciler::{Record, Rule};
-use crate::{Error, Result};
+use crate::{Error, Host, Reconciler, Record, Result, Rule};
 
-impl Core {
+impl Reconciler {
     /// Looks for changes the journal did not announce: source versions not
     /// replicated yet, sources deleted, replicas changed or deleted outside
     /// Keybridge.
     /// `deep`: also describe each replica on clouds whose listing does not
     /// tell every version apart (GCP shows none, Azure an update time in
     /// seconds); quick scans only list them.
-    pub(crate) async fn scan(&self, rule: &Rule, deep: bool) -> Result<()> {
-        self.sync.last_scan.lock().unwrap_or_else(|p| p.into_inner()).insert(rule.name.clone(), Instant::now());
-        self.rule_routes_hold(rule)?;
+    pub(crate) async fn scan(&self, host: &dyn Host, rule: &Rule, deep: bool) -> Result<()> {
+        self.last_scan.lock().unwrap_or_else(|p| p.into_inner()).insert(rule.name.clone(), Instant::now());
+        self.rule_routes_hold(host, rule)?;
         if deep {
-            self.sync
-                .last_deep_scan
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(rule.name.clone(), Instant::now());
+            self.last_deep_scan.lock().unwrap_or_else(|p| p.into_inner()).insert(rule.name.clone(), Instant::now());
         }
-        let table = self.unsealed()?.table();
         let mut todo: BTreeMap<String, ()> = BTreeMap::new();
         let records = self.records_of(rule).await?;
         // Source side.
-        let (src_engine, src_mount, src_rel) = self.route(&table, &rule.source).await?;
+        let src = host.route(&rule.source).await?;
+        let (src_engine, src_mount, src_rel) = (&src.store, &src.mount_path, src.rel.as_str());
         let sources: HashSet<String> = match src_engine.list_all(src_rel).await {
-            Ok(v) => v.into_iter().map(|r| format!("{}{r}", src_mount.path)).collect(),
+            Ok(v) => v.into_iter().map(|r| format!("{src_mount}{r}")).collect(),
             Err(Error::NotFound(_)) => HashSet::new(),
             Err(e) => return Err(e),
         };
@@ -41,7 +35,7 @@ impl Core {
         let listed_marks =
             if src_engine.reach().exact_markers { src_engine.list_markers(src_rel).await? } else { None };
         for s in &sources {
-            let rel = &s[src_mount.path.len()..];
+            let rel = &s[src_mount.len()..];
             let mark = match &listed_marks {
                 Some(m) => m.get(rel).cloned().flatten().unwrap_or_default(),
                 None => src_engine.head(rel).await?.map(|h| h.id).unwrap_or_default(),
@@ -65,7 +59,8 @@ impl Core {
         // Target side: one listing per target where the cloud's listing
         // carries markers, else a describe per replica.
         for t in &rule.targets {
-            let (engine, mount, rel) = self.route(&table, t).await?;
+            let routed = host.route(t).await?;
+            let (engine, mount, rel) = (&routed.store, &routed.mount_path, routed.rel.as_str());
             let mine: Vec<(&String, &Record)> =
                 records.iter().filter(|(p, r)| p.starts_with(t.as_str()) && !r.foreign).collect();
             if mine.is_empty() {
@@ -76,28 +71,28 @@ impl Core {
             match listed {
                 Some(listed) => {
                     for (tp, r) in mine {
-                        let rel_path = &tp[mount.path.len()..];
+                        let rel_path = &tp[mount.len()..];
                         let why = match listed.get(rel_path) {
                             None => Some("deleted outside Keybridge"),
                             Some(m) if m.is_some() && *m != r.marker => Some("changed since Keybridge wrote it"),
                             Some(_) => None,
                         };
                         if let Some(why) = why {
-                            self.sync.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
+                            self.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
                             todo.insert(r.source.clone(), ());
                         }
                     }
                 }
                 None => {
                     for (tp, r) in mine {
-                        let now = engine.head(&tp[mount.path.len()..]).await?;
+                        let now = engine.head(&tp[mount.len()..]).await?;
                         if now.as_ref().map(|c| &c.id) != Some(&r.version_id) {
                             let why = if now.is_none() {
                                 "deleted outside Keybridge"
                             } else {
                                 "changed since Keybridge wrote it"
                             };
-                            self.sync.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
+                            self.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
                             todo.insert(r.source.clone(), ());
                         }
                     }
@@ -109,21 +104,21 @@ impl Core {
         let journaled = self.journaled_paths(&rule.name).await?;
         let paths: Vec<&String> = todo.keys().filter(|p| !journaled.contains(*p)).collect();
         // A few secrets at a time (each one's targets in turn).
-        for chunk in paths.chunks(crate::reconciler::worker::PARALLEL) {
+        for chunk in paths.chunks(crate::worker::PARALLEL) {
             let runs = chunk.iter().map(|path| async move {
                 let retry_key = format!("{}\0{path}", rule.name);
-                match self.replicate(rule, path).await {
-                    Ok(true) => self.sync.succeeded(&retry_key),
-                    Ok(false) => self.sync.failed(&retry_key),
+                match self.replicate(host, rule, path).await {
+                    Ok(true) => self.succeeded(&retry_key),
+                    Ok(false) => self.failed(&retry_key),
                     Err(e) => {
                         tracing::warn!(rule = %rule.name, path = %path, error = %e, "sync: scan replication failed");
-                        self.sync.failed(&retry_key);
+                        self.failed(&retry_key);
                     }
                 }
             });
             futures::future::join_all(runs).await;
         }
-        *self.sync.scans_done.lock().unwrap_or_else(|p| p.into_inner()).entry(rule.name.clone()).or_insert(0) += 1;
+        *self.scans_done.lock().unwrap_or_else(|p| p.into_inner()).entry(rule.name.clone()).or_insert(0) += 1;
         Ok(())
     }
 }
