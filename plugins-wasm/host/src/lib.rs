@@ -250,10 +250,16 @@ async fn run(
         let r = call.invoke(prepared, &mut store).await;
         (r, store)
     };
-    match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err(EngineError::Deadline(format!(
+    let out_of_time = || {
+        EngineError::Deadline(format!(
             "the plugin did not finish within its time limit of {timeout:?} (mount setting `timeout`)"
-        ))),
+        ))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(out_of_time()),
+        // An outbound request ran into the deadline: the call ran out of
+        // time, whatever answer the plugin made of the error.
+        Ok((_, store)) if store.data().out_of_time() => Err(out_of_time()),
         Ok((Ok(a), store)) => Ok((a, store.data().http_denied().map(String::from))),
         Ok((Err(e), store)) => Err(classify(e, store.data(), limits)),
     }

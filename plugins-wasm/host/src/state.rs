@@ -2,7 +2,8 @@
 //! remembers of the call to explain a failure.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use keybridge_core::plugins::{EngineError, EngineStorage};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -52,6 +53,10 @@ struct Hooks {
     deadline: Instant,
     /// The first request refused by the allow-list.
     denied: Option<String>,
+    /// An outbound request ran until the call's deadline (its timeout was
+    /// the time the call had left): the call ran out of time, whatever the
+    /// plugin made of the error.
+    out_of_time: Arc<AtomicBool>,
 }
 
 impl State {
@@ -63,7 +68,7 @@ impl State {
             wasi,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: Hooks { limits: limits.clone(), deadline, denied: None },
+            hooks: Hooks { limits: limits.clone(), deadline, denied: None, out_of_time: Arc::default() },
             limiter: Limiter { max_memory: limits.max_memory_bytes, refused: None },
             info,
             logged: 0,
@@ -82,6 +87,11 @@ impl State {
             )));
         }
         None
+    }
+
+    /// Whether an outbound request was cut off by the call's deadline.
+    pub fn out_of_time(&self) -> bool {
+        self.hooks.out_of_time.load(Ordering::SeqCst)
     }
 
     /// The request the allow-list refused, if any.
@@ -140,10 +150,14 @@ impl WasiHttpHooks for Hooks {
         // the call anyway; this gives the plugin a clean error first).
         let left = self.deadline.saturating_duration_since(Instant::now());
         let mut o = options.unwrap_or_default();
+        // Which of the plugin's own timeouts the deadline overrode.
+        let capped = |t: Option<Duration>| t.is_none_or(|d| d >= left);
+        let (connect_capped, first_byte_capped) = (capped(o.connect_timeout), capped(o.first_byte_timeout));
         for t in [&mut o.connect_timeout, &mut o.first_byte_timeout, &mut o.between_bytes_timeout] {
             *t = Some(t.map_or(left, |d| d.min(left)));
         }
         let limits = self.limits.clone();
+        let out_of_time = self.out_of_time.clone();
         Box::new(async move {
             // The name is resolved here and every address checked: a name on
             // the allow-list can resolve to the gateway's host or the cloud's
@@ -156,7 +170,10 @@ impl WasiHttpHooks for Hooks {
                 match tokio::time::timeout(left, tokio::net::lookup_host((bare.as_str(), port))).await {
                     Ok(Ok(a)) => a.collect(),
                     Ok(Err(_)) => return Err(wasmtime_wasi_http::Error::DestinationNotFound),
-                    Err(_) => return Err(wasmtime_wasi_http::Error::DnsTimeout),
+                    Err(_) => {
+                        out_of_time.store(true, Ordering::SeqCst);
+                        return Err(wasmtime_wasi_http::Error::DnsTimeout);
+                    }
                 };
             let permitted: Vec<std::net::SocketAddr> =
                 addrs.iter().copied().filter(|a| limits.address_allowed(&host, a.ip())).collect();
@@ -175,7 +192,18 @@ impl WasiHttpHooks for Hooks {
                     http::Uri::from_parts(parts).map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
             }
             let inner: &mut dyn WasiHttpHooks = wasmtime_wasi_http::default_hooks();
-            Box::into_pin(inner.send_request(request, Some(o), fut)).await
+            let sent = Box::into_pin(inner.send_request(request, Some(o), fut)).await;
+            use wasmtime_wasi_http::Error as E;
+            if let Err(e) = &sent
+                && match e {
+                    E::ConnectionTimeout => connect_capped,
+                    E::ConnectionReadTimeout => first_byte_capped,
+                    _ => false,
+                }
+            {
+                out_of_time.store(true, Ordering::SeqCst);
+            }
+            sent
         })
     }
 }

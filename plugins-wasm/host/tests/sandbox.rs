@@ -252,7 +252,10 @@ async fn an_allowed_host_is_reached_and_one_that_never_answers_hits_the_deadline
     assert_eq!(got.get("status"), Some("204"));
     let t = Instant::now();
     let (e, served) = hostile(b, &format!("call/{silent_addr}")).await;
-    assert!(matches!(e, EngineError::Deadline(_)) || e.to_string().contains("Timeout"), "{e:?}");
+    // The host caps the request's timeouts at the time the call has left,
+    // and a request cut off by them fails the call as out of time: one
+    // outcome, whichever timer fires first.
+    assert!(matches!(e, EngineError::Deadline(_)), "{e:?}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(served > 3, "{served}");
 }
