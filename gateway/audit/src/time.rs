@@ -16,9 +16,12 @@ impl Timestamp {
         Timestamp { secs: self.secs.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)), nanos: self.nanos }
     }
 
+    /// The wall clock (in builds with the `fault-injection` feature,
+    /// `KEYBRIDGE_FAULT_CLOCK_AHEAD` seconds ahead of it: the tests' way to
+    /// start a gateway later than it stopped).
     pub fn now() -> Self {
         let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
+        Timestamp { secs: (d.as_secs() as i64).saturating_add(clock_ahead()), nanos: d.subsec_nanos() }
     }
 }
 
@@ -27,4 +30,15 @@ impl From<SystemTime> for Timestamp {
         let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
         Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
     }
+}
+
+#[cfg(feature = "fault-injection")]
+fn clock_ahead() -> i64 {
+    static AHEAD: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *AHEAD.get_or_init(|| std::env::var("KEYBRIDGE_FAULT_CLOCK_AHEAD").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn clock_ahead() -> i64 {
+    0
 }

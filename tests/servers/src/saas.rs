@@ -1,6 +1,7 @@
 //! A third-party service that hands out API keys, for the example `saas`
 //! engine: `POST /v1/keys {"name"}` → 201 `{"id","secret"}`,
-//! `DELETE /v1/keys/{id}` → 204 (404 if unknown), both with
+//! `GET /v1/keys/{id}` → 200 `{"id","name"}` (404 if unknown),
+//! `DELETE /v1/keys/{id}` → 204 (404 if unknown), all with
 //! `Authorization: Bearer <admin token>` (401 otherwise). `GET /v1/whoami`
 //! with `Authorization: Bearer <key secret>` answers 200 for a live key, 401
 //! otherwise: what a client of the service would see.
@@ -42,7 +43,7 @@ impl Saas {
         };
         let app = axum::Router::new()
             .route("/v1/keys", post(create))
-            .route("/v1/keys/{id}", delete(remove))
+            .route("/v1/keys/{id}", delete(remove).get(show))
             .route("/v1/whoami", get(whoami))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -90,6 +91,16 @@ async fn create(State(s): State<Shared>, h: HeaderMap, Json(body): Json<Value>) 
     let secret: String = (0..32).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
     s.keys.lock().unwrap().insert(id.clone(), (name, secret.clone()));
     (StatusCode::CREATED, Json(json!({"id": id, "secret": secret})))
+}
+
+async fn show(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> (StatusCode, Json<Value>) {
+    if !admin_ok(&s, &h) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "bad admin token"})));
+    }
+    match s.keys.lock().unwrap().get(&id) {
+        Some((name, _)) => (StatusCode::OK, Json(json!({"id": id, "name": name}))),
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such key"}))),
+    }
 }
 
 async fn remove(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> StatusCode {

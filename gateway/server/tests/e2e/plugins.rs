@@ -192,8 +192,9 @@ async fn leases_expire_survive_a_restart_and_revoke_at_the_service() {
     register(&s, t, "saas", "saas");
     let allowed = format!("allowed_hosts={}", saas.addr);
     mount(&s, t, "saas", "saas/", &[&allowed]);
+    // An hour: nothing expires before the restart, however slow the machine.
     ok(&s
-        .cli(Some(t), &["write", "saas/config", &format!("url={}", saas.url()), "admin_token=admin-secret", "ttl=3s"]));
+        .cli(Some(t), &["write", "saas/config", &format!("url={}", saas.url()), "admin_token=admin-secret", "ttl=1h"]));
     let cfg = json(&s.cli(Some(t), &["read", "saas/config", "-o", "json"]));
     assert!(!cfg.to_string().contains("admin-secret"), "the admin token was read back");
 
@@ -201,14 +202,22 @@ async fn leases_expire_survive_a_restart_and_revoke_at_the_service() {
     let key_secret = issued["data"]["api_key"].as_str().unwrap().to_string();
     let lease = issued["lease_id"].as_str().unwrap().to_string();
     assert!(saas.valid(&key_secret));
+    // Renewing looks the key up at the service and takes the increment.
+    let renewed = json(&s.cli(Some(t), &["lease", "renew", &lease, "--increment", "30m", "-o", "json"]));
+    assert!((1..=1800).contains(&renewed["lease_duration"].as_u64().unwrap()), "{renewed}");
     let short = json(&s.cli(Some(t), &["read", "saas/creds/short", "-o", "json"]));
     let short_secret = short["data"]["api_key"].as_str().unwrap().to_string();
     ok(&s.cli(Some(t), &["lease", "revoke", short["lease_id"].as_str().unwrap()]));
     assert!(!saas.valid(&short_secret), "revoking the lease left the key at the service");
 
-    // Restart before the lease expires; the restarted gateway revokes it.
+    // The gateway stops with the lease live, and starts again two hours
+    // later (a test clock: `KEYBRIDGE_FAULT_CLOCK_AHEAD`, compiled only
+    // with the fault-injection feature). The lease expired while it was
+    // down: the restarted gateway finds it among the leases it loads at
+    // unseal and revokes the key at the service.
     drop(s);
-    let s = Server::with_config(dir.path(), false, 0);
+    assert!(saas.valid(&key_secret), "the key was revoked before the restart");
+    let s = Server::with_config_env(dir.path(), &[("KEYBRIDGE_FAULT_CLOCK_AHEAD", "7200")]);
     ok(&s.cli(None, &["operator", "unseal", &key]));
     let deadline = Instant::now() + Duration::from_secs(20);
     while saas.valid(&key_secret) {
@@ -309,7 +318,23 @@ async fn an_upgrade_takes_effect_without_a_restart_and_calls_in_flight_finish() 
     let s = Server::dev();
     let t = "root-e2e";
     let v1 = register(&s, t, "eng", "hostile");
-    mount(&s, t, "eng", "eng/", &["timeout=10s"]);
+    // The call in flight waits, inside the plugin, on a request to this
+    // server: its arrival says the call has started on v1, and it is
+    // answered only after the upgrade.
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel::<()>();
+    let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let gate = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate_addr = gate.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, _) = gate.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf).await;
+        let _ = arrived_tx.send(());
+        let _ = release_rx.await;
+        let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+    });
+    mount(&s, t, "eng", "eng/", &["timeout=30s", &format!("allowed_hosts={gate_addr}")]);
     let (file, _) = plugin("hostile");
     let v2_bytes = variant(&std::fs::read(&file).unwrap());
     let v2 = hex::encode(sha2::Sha256::digest(&v2_bytes));
@@ -320,12 +345,18 @@ async fn an_upgrade_takes_effect_without_a_restart_and_calls_in_flight_finish() 
     let mut lc = pb::logical_client::LogicalClient::new(s.channel().await);
     let mut c = lc.clone();
     let in_flight = tokio::spawn(async move {
-        c.read(authed("root-e2e", pb::LogicalRequest { path: "eng/sleep/1500".into(), data: Default::default() })).await
+        let path = format!("eng/call/{gate_addr}");
+        c.read(authed("root-e2e", pb::LogicalRequest { path, data: Default::default() })).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(20), arrived).await.expect("the call never reached the plugin").unwrap();
     ok(&s.cli(Some(t), &["mount", "tune", "eng/", &format!("sha256={v2}")]));
+    // Upgraded while the call waits: new calls are served (by v2) at once.
+    let r = lc.read(authed(t, pb::LogicalRequest { path: "eng/ok".into(), data: Default::default() })).await.unwrap();
+    assert_eq!(r.get_ref().data["answer"], "42");
+    assert!(!in_flight.is_finished(), "the call in flight ended before it was released");
+    release.send(()).unwrap();
     let r = in_flight.await.unwrap().expect("the call in flight failed across the upgrade");
-    assert_eq!(r.get_ref().data["slept"], "1500");
+    assert_eq!(r.get_ref().data["status"], "204");
     let mounts = json(&s.cli(Some(t), &["mount", "list", "-o", "json"]));
     let m = mounts.as_array().unwrap().iter().find(|m| m["path"] == "eng/").unwrap().clone();
     assert_eq!(m["config"]["sha256"], v2.as_str(), "{m}");

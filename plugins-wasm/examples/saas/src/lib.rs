@@ -5,10 +5,12 @@
 //!   only). Kept in the engine's storage, not the mount config, because the
 //!   token is a secret.
 //! - `creds/{name}`: a new key named after the caller's request, under a
-//!   lease; revoking the lease deletes the key at the service.
+//!   renewable lease; renewing looks the key up at the service, revoking
+//!   the lease deletes it there.
 //!
 //! The service's API: `POST /v1/keys {"name"}` → `{"id","secret"}`,
-//! `DELETE /v1/keys/{id}` (404: already gone), bearer-token auth.
+//! `GET /v1/keys/{id}`, `DELETE /v1/keys/{id}` (404: already gone),
+//! bearer-token auth.
 //!
 //! As a rotating engine, `rotate("creds/{name}")` creates the new key while
 //! the old one keeps working; the reconciler revokes the old one's lease
@@ -55,7 +57,7 @@ fn create_key(name: &str) -> Result<Response, Error> {
         return Err(Error::Internal("the service's answer has no id or secret".into()));
     }
     let resp = respond([("key_id", id), ("api_key", secret)]);
-    Ok(with_lease(resp, c.ttl, 0, false, [("key_id", id)]))
+    Ok(with_lease(resp, c.ttl, 0, true, [("key_id", id)]))
 }
 
 impl Engine for Saas {
@@ -104,6 +106,24 @@ impl Engine for Saas {
             }
             ("creds/{name}", _) => create_key(param(&req, "name")?),
             (p, op) => Err(Error::Unsupported(format!("{p} does not support {op:?}"))),
+        }
+    }
+
+    /// Extends a key's lease by the increment asked for (the configured
+    /// `ttl` when none), if the key still exists at the service.
+    fn renew(_ctx: Context, lease: LeaseInfo) -> Result<LeaseTerms, Error> {
+        let id = lookup(&lease.internal, "key_id").ok_or_else(|| Error::Internal("the lease names no key".into()))?;
+        let c = conf()?;
+        let auth = format!("Bearer {}", c.token);
+        let r = http::send("GET", &format!("{}/v1/keys/{id}", c.url), &[("authorization", &auth)], b"")
+            .map_err(|e| Error::Unavailable(format!("the service could not be reached: {e}")))?;
+        match r.status {
+            200 => {
+                let ttl = if lease.increment == 0 { c.ttl } else { lease.increment };
+                Ok(LeaseTerms { ttl, max_ttl: 0, renewable: true })
+            }
+            404 => Err(Error::NotFound(format!("key {id} no longer exists at the service"))),
+            s => Err(Error::Unavailable(format!("the service answered {s} to looking up key {id}"))),
         }
     }
 
