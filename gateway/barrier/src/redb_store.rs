@@ -350,7 +350,10 @@ mod tests {
         store.commit(Batch { checks: vec![], ops: vec![put("k", b"x")] }).await.unwrap();
         assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"x"[..]));
         let stale = Check { key: "k".into(), value: Some(b"other".to_vec()) };
-        assert!(store.commit(Batch { checks: vec![stale], ops: vec![put("k", b"y")] }).await.is_err());
+        assert!(matches!(
+            store.commit(Batch { checks: vec![stale], ops: vec![put("k", b"y")] }).await,
+            Err(Error::Conflict)
+        ));
         assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"x"[..]));
     }
 
@@ -397,7 +400,7 @@ mod tests {
         store.commit(Batch { checks: vec![], ops: vec![put("old", b"1")] }).await.unwrap();
         let mut failing =
             vec![Ok(("new".to_string(), b"2".to_vec())), Err(Error::Snapshot("truncated".into()))].into_iter();
-        assert!(store.import(&mut failing).is_err());
+        assert!(matches!(store.import(&mut failing), Err(Error::Snapshot(m)) if m == "truncated"));
         assert!(store.get("old").await.unwrap().is_some());
         let mut good = vec![Ok(("new".to_string(), b"2".to_vec()))].into_iter();
         assert_eq!(store.import(&mut good).unwrap(), 1);

@@ -87,10 +87,15 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_refused() {
-        assert!(split(&[1; 32], 0, 0).is_err());
-        assert!(split(&[1; 32], 3, 4).is_err());
-        assert!(split(&[1; 32], 3, 1).is_err());
-        assert!(split(&[1; 32], 256, 2).is_err());
+        let refused = |shares, threshold, text: &str| match split(&[1; 32], shares, threshold) {
+            Err(Error::InvalidSealConfig(m)) => assert!(m.contains(text), "{m}"),
+            Err(e) => panic!("{shares}/{threshold}: {e}"),
+            Ok(_) => panic!("{shares}/{threshold} was accepted"),
+        };
+        refused(0, 0, "key shares must be between 1");
+        refused(3, 4, "key threshold must be between 1 and the number of shares (3)");
+        refused(3, 1, "a threshold of 1 with several shares");
+        refused(256, 2, "key shares must be between 1");
         assert_eq!(split(&[1; 32], 1, 1).unwrap().len(), 1);
     }
 }

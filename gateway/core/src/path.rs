@@ -122,8 +122,12 @@ mod tests {
         }
         let long = format!("secret/{}", "a".repeat(MAX_PATH_BYTES));
         assert!(validate_secret_path(&long).unwrap_err().to_string().contains("limit is 1024"));
-        assert!(normalize_mount_path("sys/x").is_err());
-        assert!(normalize_mount_path("auth/").is_err());
-        assert!(normalize_mount_path("/").is_err());
+        for (p, why) in [
+            ("sys/x", "reserved prefix \"sys/\""),
+            ("auth/", "reserved prefix \"auth/\""),
+            ("/", "mount path is empty"),
+        ] {
+            assert!(matches!(normalize_mount_path(p), Err(Error::InvalidArgument(m)) if m.contains(why)), "{p}");
+        }
     }
 }

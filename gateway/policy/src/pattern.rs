@@ -179,9 +179,15 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        assert!(Pattern::parse("secret/*/x").is_err());
-        assert!(Pattern::parse("secret/a+b").is_err());
-        assert!(Pattern::parse("secret/\n").is_err());
+        for (raw, why) in [
+            ("secret/*/x", "'*' is only allowed at the end"),
+            ("secret/a+b", "'+' must be a whole path segment"),
+            ("secret/\n", "control character"),
+        ] {
+            assert!(
+                matches!(Pattern::parse(raw), Err(Error::Rule { path, reason }) if path == raw && reason.contains(why))
+            );
+        }
     }
 
     #[test]

@@ -269,8 +269,14 @@ mod tests {
         // Limits, before any call is made.
         let long = "x".repeat(200);
         assert!(matches!(az.encode(&long), Err(NameError::TooLong { max: 127, .. })));
-        assert!(NameCodec::new(Cloud::Azure, "KB-").is_err());
-        assert!(NameCodec::new(Cloud::Gcp, "kb/").is_err());
+        assert!(matches!(
+            NameCodec::new(Cloud::Azure, "KB-"),
+            Err(NameError::BadPrefix { cloud: "Azure Key Vault", .. })
+        ));
+        assert!(matches!(
+            NameCodec::new(Cloud::Gcp, "kb/"),
+            Err(NameError::BadPrefix { cloud: "GCP Secret Manager", .. })
+        ));
     }
 
     proptest! {

@@ -89,7 +89,8 @@ async fn failed_reads_are_retried_then_reported() {
     let mut limits = Limits::published(Cloud::Aws);
     limits.read_attempts = 3;
     let s = Limited::new(common::unreachable().await, limits);
-    assert!(s.put("kb/x", &text("v"), &Precondition::None, None).await.is_err());
+    let e = s.put("kb/x", &text("v"), &Precondition::None, None).await.unwrap_err();
+    assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
     assert_eq!(s.calls(), 1, "a failed write is not repeated");
     assert!(
         Limits::published(Cloud::Aws)

@@ -92,7 +92,8 @@ fn origin_document_example() {
     assert_eq!(r.code, 0, "{}", r.all());
 
     tf.ok(&[&["destroy", "-auto-approve", "-no-color"][..], &vars].concat());
-    assert!(rt().block_on(gw.policies().get(gw.req(pb::GetPolicyRequest { name: "app-service".into() }))).is_err());
+    let gone = rt().block_on(gw.policies().get(gw.req(pb::GetPolicyRequest { name: "app-service".into() })));
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
 }
 
 /// terraform/install.sh lays the provider out as a filesystem mirror that

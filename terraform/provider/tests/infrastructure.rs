@@ -279,7 +279,7 @@ resource "keybridge_auth_kubernetes_role" "app" {{
     tf.ok(&["import", "-no-color", "keybridge_auth_kubernetes_role.app", "kubernetes/role/app-service"]);
 
     tf.destroy();
-    assert!(role(&gw).is_err());
+    assert_eq!(role(&gw).unwrap_err().code(), tonic::Code::NotFound);
     let methods = rt().block_on(gw.auth().list(gw.req(pb::ListAuthRequest {}))).unwrap().into_inner().methods;
     assert!(methods.iter().all(|m| !m.path.starts_with("kubernetes")), "{methods:?}");
 }
