@@ -54,14 +54,19 @@ impl Reconciler {
             }
         }
         let targets = targets.into_values().collect();
-        let pending = self.pending_entries(rule).await?;
+        let pending = self.journal_entries(rule).await?.len() as u64;
         let mut calls = host.call_counts();
         calls.sort();
         Ok(SyncStatus { targets, pending, calls, settled: false })
     }
 
     pub(crate) async fn journaled_paths(&self, rule: &str) -> Result<HashSet<String>> {
-        let mut out = HashSet::new();
+        Ok(self.journal_entries(rule).await?.into_iter().map(|e| e.path).collect())
+    }
+
+    /// The journal's entries: of one rule, or of every rule with `rule` empty.
+    async fn journal_entries(&self, rule: &str) -> Result<Vec<JournalEntry>> {
+        let mut out = Vec::new();
         let mut start: Option<String> = None;
         loop {
             let keys = self.barrier.list(JOURNAL, start.as_deref(), JOURNAL_BATCH).await?;
@@ -71,30 +76,9 @@ impl Reconciler {
             for k in &keys {
                 if let Some(raw) = self.barrier.get(k).await?
                     && let Ok(e) = serde_json::from_slice::<JournalEntry>(&raw)
-                    && e.rule == rule
+                    && (rule.is_empty() || e.rule == rule)
                 {
-                    out.insert(e.path);
-                }
-            }
-            start = keys.last().map(|k| format!("{k}\0"));
-        }
-    }
-
-    async fn pending_entries(&self, rule: &str) -> Result<u64> {
-        let mut n = 0;
-        let mut start: Option<String> = None;
-        loop {
-            let keys = self.barrier.list(JOURNAL, start.as_deref(), JOURNAL_BATCH).await?;
-            if keys.is_empty() {
-                return Ok(n);
-            }
-            for k in &keys {
-                if rule.is_empty() {
-                    n += 1;
-                } else if let Some(raw) = self.barrier.get(k).await?
-                    && serde_json::from_slice::<JournalEntry>(&raw).is_ok_and(|e| e.rule == rule)
-                {
-                    n += 1;
+                    out.push(e);
                 }
             }
             start = keys.last().map(|k| format!("{k}\0"));

@@ -112,32 +112,35 @@ impl Engine for Saas {
     /// Extends a key's lease by the increment asked for (the configured
     /// `ttl` when none), if the key still exists at the service.
     fn renew(_ctx: Context, lease: LeaseInfo) -> Result<LeaseTerms, Error> {
-        let id = lookup(&lease.internal, "key_id").ok_or_else(|| Error::Internal("the lease names no key".into()))?;
-        let c = conf()?;
-        let auth = format!("Bearer {}", c.token);
-        let r = http::send("GET", &format!("{}/v1/keys/{id}", c.url), &[("authorization", &auth)], b"")
-            .map_err(|e| Error::Unavailable(format!("the service could not be reached: {e}")))?;
-        match r.status {
-            200 => {
-                let ttl = if lease.increment == 0 { c.ttl } else { lease.increment };
-                Ok(LeaseTerms { ttl, max_ttl: 0, renewable: true })
-            }
+        let (id, status, ttl) = key_call("GET", &lease)?;
+        match status {
+            200 => Ok(LeaseTerms {
+                ttl: if lease.increment == 0 { ttl } else { lease.increment },
+                max_ttl: 0,
+                renewable: true,
+            }),
             404 => Err(Error::NotFound(format!("key {id} no longer exists at the service"))),
             s => Err(Error::Unavailable(format!("the service answered {s} to looking up key {id}"))),
         }
     }
 
     fn revoke(_ctx: Context, lease: LeaseInfo) -> Result<(), Error> {
-        let id = lookup(&lease.internal, "key_id").ok_or_else(|| Error::Internal("the lease names no key".into()))?;
-        let c = conf()?;
-        let auth = format!("Bearer {}", c.token);
-        let r = http::send("DELETE", &format!("{}/v1/keys/{id}", c.url), &[("authorization", &auth)], b"")
-            .map_err(|e| Error::Unavailable(format!("the service could not be reached: {e}")))?;
-        match r.status {
-            200 | 204 | 404 => Ok(()),
-            s => Err(Error::Unavailable(format!("the service answered {s} to deleting key {id}"))),
+        match key_call("DELETE", &lease)? {
+            (_, 200 | 204 | 404, _) => Ok(()),
+            (id, s, _) => Err(Error::Unavailable(format!("the service answered {s} to deleting key {id}"))),
         }
     }
+}
+
+/// `method` on the lease's key at the service: the key's id, the status,
+/// and the configured ttl.
+fn key_call(method: &str, lease: &LeaseInfo) -> Result<(String, u16, u64), Error> {
+    let id = lookup(&lease.internal, "key_id").ok_or_else(|| Error::Internal("the lease names no key".into()))?;
+    let c = conf()?;
+    let auth = format!("Bearer {}", c.token);
+    let r = http::send(method, &format!("{}/v1/keys/{id}", c.url), &[("authorization", &auth)], b"")
+        .map_err(|e| Error::Unavailable(format!("the service could not be reached: {e}")))?;
+    Ok((id.to_string(), r.status, c.ttl))
 }
 
 impl Rotate for Saas {
