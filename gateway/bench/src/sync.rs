@@ -58,7 +58,7 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         &args.moto,
         &[("MOTO_ENABLE_RECORDING", "True"), ("MOTO_RECORDER_FILEPATH", rec.to_str().expect("utf-8"))],
     );
-    let sm = SecretManager::start("keybridge-bench", false).await;
+    let sm = SecretManager::start("keybridge-bench").await;
     let kv = KeyVault::start().await;
     let ca = std::env::temp_dir().join(format!("kb-bench-kv-ca-{}.pem", std::process::id()));
     std::fs::write(&ca, &kv.ca_pem).expect("ca");
@@ -106,7 +106,7 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
             vec![
                 ("project".into(), "keybridge-bench".into()),
                 ("endpoint".into(), sm.url()),
-                ("credentials".into(), "anonymous".into()),
+                ("credentials".into(), sm.key_file().display().to_string()),
             ],
         ),
         (

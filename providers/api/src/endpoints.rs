@@ -126,16 +126,20 @@ pub fn check_url(key: &str, v: &str) -> crate::store::Result<()> {
     Ok(())
 }
 
-/// A setting that is not an endpoint but decides as much: Azure's
-/// `ca_cert` names a file on the gateway's host and adds a CA trusted for
-/// the mount's HTTPS (and so for where its tokens go). The first such
-/// setting present, if any.
+/// A setting that is not an endpoint but decides as much, because it names
+/// a file on the gateway's host: Azure's `ca_cert` adds a CA trusted for
+/// the mount's HTTPS (and so for where its tokens go); GCP's `credentials`
+/// as a key file's path picks whose credentials the mount uses (any key
+/// the gateway can read, its own included). The first such setting
+/// present, if any.
 pub fn privileged_setting(cloud: Cloud, settings: &BTreeMap<String, String>) -> Option<&'static str> {
-    let keys: &[&'static str] = match cloud {
-        Cloud::Azure => &["ca_cert"],
-        Cloud::Aws | Cloud::Gcp => &[],
-    };
-    keys.iter().copied().find(|k| settings.get(*k).is_some_and(|v| !v.trim().is_empty()))
+    let set = |k: &'static str| settings.get(k).is_some_and(|v| !v.trim().is_empty()).then_some(k);
+    match cloud {
+        Cloud::Azure => set("ca_cert"),
+        Cloud::Gcp => set("credentials")
+            .filter(|_| !matches!(settings.get("credentials").map(|v| v.trim()), Some("default" | "anonymous"))),
+        Cloud::Aws => None,
+    }
 }
 
 /// Refuses settings that point an endpoint elsewhere than the cloud's own
@@ -185,6 +189,17 @@ mod tests {
 
     fn s(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn settings_that_name_a_file_on_the_gateway_are_privileged() {
+        assert_eq!(privileged_setting(Cloud::Azure, &s(&[("ca_cert", "/etc/ca.pem")])), Some("ca_cert"));
+        assert_eq!(privileged_setting(Cloud::Azure, &s(&[("ca_cert", " ")])), None);
+        assert_eq!(privileged_setting(Cloud::Gcp, &s(&[("credentials", "/keys/sa.json")])), Some("credentials"));
+        for ambient in ["default", "anonymous", ""] {
+            assert_eq!(privileged_setting(Cloud::Gcp, &s(&[("credentials", ambient)])), None, "{ambient:?}");
+        }
+        assert_eq!(privileged_setting(Cloud::Aws, &s(&[("credentials", "/x")])), None);
     }
 
     #[test]

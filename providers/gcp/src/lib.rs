@@ -1,11 +1,20 @@
 //! The GCP Secret Manager adapter.
 //!
 //! - The client is built once per mount: `project` (required), an
-//!   `endpoint` override, and credentials from Application Default
-//!   Credentials unless `credentials=anonymous` (emulators) is given.
+//!   `endpoint` override, and credentials: Application Default Credentials
+//!   (`credentials=default`, or none given), a service-account JSON key file
+//!   on the gateway's host (`credentials=/path/to/key.json`, as
+//!   `gcloud iam service-accounts keys create` writes it), or none
+//!   (`credentials=anonymous`, for emulators). With a key the Google auth
+//!   library signs a JWT per hour with the key (AIP-4111, no token endpoint
+//!   call): scoped to `cloud-platform` for Google's own endpoints, and with
+//!   the endpoint itself as its audience for any other, so a token sent
+//!   there is not one Google would take.
 //! - Versions are GCP's numbered versions; stages are GCP's aliases.
 //! - Custom metadata lives in annotations (labels only take short
-//!   lower-case values).
+//!   lower-case values). Annotations GCP would refuse (keys of 1-63 of
+//!   `[a-zA-Z0-9._-]` beginning and ending with an alphanumeric; keys and
+//!   values together under 16 KiB) are refused here, before any call.
 //! - Payloads carry CRC32C checksums both ways: `AddSecretVersion` sends
 //!   `dataCrc32c` (GCP refuses a payload that does not match it), and an
 //!   accessed payload whose checksum does not match is refused as corrupt
@@ -15,6 +24,7 @@
 //!   version first: GCP has no conditional `AddSecretVersion`.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use google_cloud_secretmanager_v1::client::SecretManagerService;
@@ -27,11 +37,25 @@ use zeroize::Zeroizing;
 
 const PROVIDER: &str = "GCP Secret Manager";
 
+/// Whose credentials the mount uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Credentials {
+    /// Application Default Credentials: the gateway's own, for Google's
+    /// endpoints only.
+    #[default]
+    Default,
+    /// None (emulators).
+    Anonymous,
+    /// A service-account JSON key file on the gateway's host, read when the
+    /// mount is loaded. Only the path is kept here.
+    KeyFile(PathBuf),
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     pub project: String,
     pub endpoint: Option<String>,
-    pub anonymous: bool,
+    pub credentials: Credentials,
 }
 
 const KEYS: &[&str] = &["project", "endpoint", "credentials"];
@@ -50,25 +74,102 @@ impl Settings {
             )));
         }
         let endpoint = keybridge_provider_api::settings::url(s, "endpoint")?;
-        let anonymous = match s.get("credentials").map(String::as_str) {
-            None | Some("") | Some("default") => false,
-            Some("anonymous") => true,
+        let credentials = match s.get("credentials").map(|c| c.trim()) {
+            None | Some("") | Some("default") => Credentials::Default,
+            Some("anonymous") => Credentials::Anonymous,
+            Some(p) if p.starts_with('/') => Credentials::KeyFile(PathBuf::from(p)),
             Some(o) => {
+                // Never echo what may be a key pasted in place of its path.
+                let shown = if o.len() <= 100 && !o.contains(['{', '\n']) && !o.contains("PRIVATE") {
+                    format!("{o:?}")
+                } else {
+                    format!("a value of {} characters (a key goes in a file; give its path)", o.len())
+                };
                 return Err(Error::InvalidArgument(format!(
-                    "credentials must be default (Application Default Credentials) or anonymous, not {o:?}"
+                    "credentials must be default (Application Default Credentials), anonymous, or the absolute path \
+                     of a service-account JSON key file, not {shown}"
                 )));
             }
         };
-        // Only `anonymous` is a choice of credentials here: Application
-        // Default Credentials are the gateway's and go only to Google.
+        // Application Default Credentials are the gateway's and go only to
+        // Google; anonymous or a key file are given with the mount.
         keybridge_provider_api::endpoints::refuse_ambient(
             keybridge_provider_api::Cloud::Gcp,
             s,
-            anonymous,
-            "credentials=anonymous",
+            credentials != Credentials::Default,
+            "credentials=anonymous or credentials=<service-account key file>",
         )?;
-        Ok(Settings { project, endpoint, anonymous })
+        Ok(Settings { project, endpoint, credentials })
     }
+
+    /// The endpoint, when it is not one of Google's own hosts.
+    fn custom_endpoint(&self) -> Option<&str> {
+        let e = self.endpoint.as_deref()?;
+        let s = BTreeMap::from([("endpoint".to_string(), e.to_string())]);
+        (!keybridge_provider_api::endpoints::custom_endpoints(Cloud::Gcp, &s).is_empty()).then_some(e)
+    }
+}
+
+/// The largest key file read: a service-account key is about 2.3 KB.
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+
+fn key_error(path: &Path, what: &str) -> Error {
+    Error::InvalidArgument(format!("{PROVIDER}: the credentials key file {}: {what}", path.display()))
+}
+
+/// Reads a service-account JSON key file and checks it as far as it can
+/// without a call: a regular file of at most [`MAX_KEY_BYTES`], JSON of
+/// `type` `service_account` with `client_email`, `private_key_id`,
+/// `project_id` and a PKCS#8 RSA `private_key`. No error quotes the file.
+fn read_key(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| key_error(path, &e.kind().to_string()))?;
+    if !meta.is_file() || meta.len() > MAX_KEY_BYTES {
+        return Err(key_error(path, &format!("not a regular file of at most {MAX_KEY_BYTES} bytes")));
+    }
+    let mut text = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_BYTES + 1).read_to_end(&mut text))
+        .map_err(|e| key_error(path, &e.kind().to_string()))?;
+    // serde's messages may quote the input: give only where it failed.
+    let key: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+        key_error(path, &format!("not JSON (a {:?} error at line {} column {})", e.classify(), e.line(), e.column()))
+    })?;
+    let field = |k: &str| key.get(k).and_then(serde_json::Value::as_str).filter(|v| !v.is_empty());
+    match field("type") {
+        Some("service_account") => {}
+        Some(t) if t.len() <= 40 => {
+            return Err(key_error(path, &format!("its type is {t:?}; only service_account keys are taken")));
+        }
+        _ => return Err(key_error(path, "not a service-account key (no \"type\": \"service_account\")")),
+    }
+    for k in ["client_email", "private_key_id", "project_id", "private_key"] {
+        if field(k).is_none() {
+            return Err(key_error(path, &format!("{k} is missing")));
+        }
+    }
+    if let Some(u) = key.get("universe_domain").and_then(serde_json::Value::as_str)
+        && u != "googleapis.com"
+    {
+        return Err(key_error(path, &format!("its universe_domain is {u:?}, not googleapis.com")));
+    }
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = field("private_key").unwrap_or_default();
+    let der = match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
+        Ok(d @ PrivateKeyDer::Pkcs8(_)) => d,
+        _ => return Err(key_error(path, "private_key is not a PEM-encoded PKCS#8 private key")),
+    };
+    let rsa = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(der)
+        .ok()
+        .and_then(|k| k.choose_scheme(&[rustls::SignatureScheme::RSA_PKCS1_SHA256]))
+        .is_some();
+    if !rsa {
+        return Err(key_error(path, "private_key is not an RSA key (of at least 2048 bits) that can sign RS256"));
+    }
+    Ok(key)
 }
 
 pub struct GcpStore {
@@ -95,7 +196,9 @@ fn map(e: google_cloud_gax::error::Error, op: &str, name: &str) -> Error {
             Code::PermissionDenied => Error::PermissionDenied(m(
                 "give the mount's service account a Secret Manager role (roles/secretmanager.admin) on the project",
             )),
-            Code::Unauthenticated => Error::Unauthenticated(m("check credentials_json (or the workload identity)")),
+            Code::Unauthenticated => Error::Unauthenticated(m(
+                "check the mount's credentials (the service-account key file, or the gateway's Application Default Credentials)",
+            )),
             Code::ResourceExhausted => Error::Throttled(m("")),
             Code::Unavailable | Code::DeadlineExceeded | Code::Internal => Error::Unavailable(m("")),
             _ => Error::Failed(m("")),
@@ -107,7 +210,7 @@ fn map(e: google_cloud_gax::error::Error, op: &str, name: &str) -> Error {
             what,
             "NoCredentials",
             &format!("cannot get credentials: {}", root_cause(&e)),
-            "set credentials_json on the mount, or run where Application Default Credentials are found",
+            "set credentials=<service-account key file> on the mount, or run where Application Default Credentials are found",
         ));
     }
     if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() || e.is_exhausted() {
@@ -127,6 +230,40 @@ fn map(e: google_cloud_gax::error::Error, op: &str, name: &str) -> Error {
         Some(c) if c >= 500 => Error::Unavailable(m),
         _ => Error::Failed(m),
     }
+}
+
+/// The size GCP takes of annotation keys and values together: less than
+/// 16 KiB.
+const MAX_ANNOTATION_BYTES: usize = 16 * 1024;
+
+/// Refuses custom metadata GCP would refuse as annotations (the v1
+/// reference's `Secret.annotations`): keys of 1-63 characters that begin and
+/// end with `[a-zA-Z0-9]` and hold only those, `-`, `_` and `.`; keys and
+/// values together less than 16 KiB.
+fn check_annotations(name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+    let valid = |k: &str| {
+        let b = k.as_bytes();
+        (1..=63).contains(&b.len())
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+    };
+    if let Some(k) = tags.keys().find(|k| !valid(k)) {
+        let shown: String = k.chars().take(64).collect();
+        return Err(Error::InvalidArgument(format!(
+            "{name}: {PROVIDER} takes no annotation key {shown:?}{}: keys are 1 to 63 of a-z, A-Z, 0-9, '-', '_' \
+             and '.', beginning and ending with a letter or digit",
+            if shown.len() < k.len() { "..." } else { "" }
+        )));
+    }
+    let size: usize = tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size >= MAX_ANNOTATION_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{name}: the metadata is {size} bytes of keys and values; {PROVIDER} takes less than \
+             {MAX_ANNOTATION_BYTES} (16 KiB) of annotations"
+        )));
+    }
+    Ok(())
 }
 
 fn time(t: Option<&google_cloud_wkt::Timestamp>) -> Option<SystemTime> {
@@ -151,8 +288,27 @@ impl GcpStore {
         if let Some(e) = &settings.endpoint {
             b = b.with_endpoint(e.clone());
         }
-        if settings.anonymous {
-            b = b.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+        match &settings.credentials {
+            Credentials::Default => {}
+            Credentials::Anonymous => {
+                b = b.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+            }
+            Credentials::KeyFile(path) => {
+                use google_cloud_auth::credentials::service_account;
+                let mut k = service_account::Builder::new(read_key(path)?);
+                // A token for another host names that host: Google would
+                // not take it.
+                if let Some(e) = settings.custom_endpoint() {
+                    k = k.with_access_specifier(service_account::AccessSpecifier::from_audience(format!(
+                        "{}/",
+                        e.trim_end_matches('/')
+                    )));
+                }
+                // The builder's error may quote the key: say only which file.
+                let creds =
+                    k.build().map_err(|_| key_error(path, "the Google auth library does not take it as a key"))?;
+                b = b.with_credentials(creds);
+            }
         }
         let client = b
             .build()
@@ -283,6 +439,9 @@ impl SecretStore for GcpStore {
         pre: &Precondition,
         tags: Option<&BTreeMap<String, String>>,
     ) -> Result<VersionInfo> {
+        if let Some(t) = tags {
+            check_annotations(name, t)?;
+        }
         match pre {
             Precondition::Absent => self.create_with(name, value, tags).await.map_err(|e| match e {
                 Error::AlreadyExists(_) => Error::cas_exists(name, None),
@@ -398,6 +557,9 @@ impl SecretStore for GcpStore {
         _number: u64,
         tags: Option<&BTreeMap<String, String>>,
     ) -> Result<VersionInfo> {
+        if let Some(t) = tags {
+            check_annotations(name, t)?;
+        }
         // GCP numbers versions itself.
         match self.add_version(name, value).await {
             Err(Error::NotFound(_)) => self.create_with(name, value, tags).await,
@@ -416,6 +578,7 @@ impl SecretStore for GcpStore {
     }
 
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        check_annotations(name, tags)?;
         self.client
             .update_secret()
             .set_secret(model::Secret::new().set_name(self.secret(name)).set_annotations(tags.clone()))

@@ -46,11 +46,20 @@ fn settings_are_validated_without_io() {
     let parse =
         |pairs: &[(&str, &str)]| Settings::parse(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
     assert!(parse(&[("project", "my-project-1")]).is_ok());
+    // A key file is named by its absolute path, read only when the mount is
+    // loaded; it is credentials given with the mount, as anonymous is.
+    for creds in ["anonymous", "/etc/keybridge/absent-key.json"] {
+        assert!(
+            parse(&[("project", "my-project"), ("endpoint", "http://127.0.0.1:1"), ("credentials", creds)]).is_ok()
+        );
+    }
     for bad in [
         vec![],
         vec![("project", "X")],
         vec![("project", "my-project"), ("endpoint", "localhost:1")],
         vec![("project", "my-project"), ("credentials", "json")],
+        vec![("project", "my-project"), ("credentials", "key.json")],
+        vec![("project", "my-project"), ("endpoint", "http://127.0.0.1:1")],
         vec![("project", "my-project"), ("zone", "x")],
     ] {
         assert!(matches!(parse(&bad), Err(Error::InvalidArgument(_))), "{bad:?}");

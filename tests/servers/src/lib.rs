@@ -12,8 +12,12 @@
 //!   service-account delete call, so tests can delete an account and see
 //!   its tokens refused.
 //! - [`secretmanager`]: a GCP Secret Manager v1 REST server that honours
-//!   `pageSize`, keeps annotations and aliases and checks CRC32C, where
-//!   drongo does not.
+//!   `pageSize`, keeps annotations and aliases, checks CRC32C, labels and
+//!   annotations, and takes only credentials of its own service account,
+//!   where drongo does not.
+//! - [`oauth`]: that service account (an RSA key and its JSON key file),
+//!   Google's OAuth 2.0 token endpoint (JWT-bearer grant) and the checks
+//!   of bearer tokens (minted access tokens and self-signed JWTs).
 //! - [`saas`]: a third-party service that creates and deletes API keys, for
 //!   the example `saas` WASM engine.
 //! - [`process`]: third-party test servers (moto, drongo) as child
@@ -24,6 +28,7 @@ pub mod gateway;
 pub mod issuer;
 pub mod keyvault;
 pub mod kubernetes;
+pub mod oauth;
 pub mod process;
 pub mod saas;
 pub mod secretmanager;

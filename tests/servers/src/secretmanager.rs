@@ -1,7 +1,8 @@
 //! A GCP Secret Manager (v1, REST/JSON) test server that follows the
 //! published contract where drongo, the third-party emulator the other
 //! tests use, does not: it honours `pageSize` with `nextPageToken`, keeps
-//! annotations and aliases, and checks CRC32C checksums.
+//! annotations and aliases, checks CRC32C checksums, labels and
+//! annotations, and takes only credentials of its own service account.
 //!
 //! What it implements, as the Secret Manager v1 REST reference describes:
 //!
@@ -24,21 +25,37 @@
 //! - Resource names use the project number (`projects/{number}/...`), as GCP
 //!   answers. Errors are `{"error": {"code", "message", "status"}}`; int64
 //!   fields are JSON strings; times are RFC 3339.
-//! - With `require_token`, requests without a bearer token get 401
-//!   `UNAUTHENTICATED`. A project other than the configured one is 403
-//!   `PERMISSION_DENIED` ("or it may not exist"), as GCP answers.
+//! - Labels (CreateSecret, and PATCH with `labels` in the mask): at most 64;
+//!   keys match `[\p{Ll}\p{Lo}][\p{Ll}\p{Lo}\p{N}_-]{0,62}`, values
+//!   `[\p{Ll}\p{Lo}\p{N}_-]{0,63}`, each at most 128 bytes of UTF-8.
+//!   Annotations: keys of 1-63 characters (at most 128 bytes) that begin and
+//!   end with `[a-zA-Z0-9]` with `-`, `_`, `.` and alphanumerics between;
+//!   keys and values together less than 16 KiB. A map that is not one of
+//!   strings, or breaks a rule, is 400 `INVALID_ARGUMENT` (the rules of the
+//!   v1 reference's `Secret.labels` and `Secret.annotations`).
+//! - Every API call needs a credential of the server's own service account
+//!   ([`crate::oauth`]): an access token from the token endpoint it serves
+//!   at `/token` (the key file's `token_uri`), or a self-signed JWT signed
+//!   with the account's key, as `google-cloud-auth` sends. Without one, or
+//!   with any other, 401 `UNAUTHENTICATED`; with a token lacking the
+//!   `cloud-platform` scope, 403 `PERMISSION_DENIED`. A project other than
+//!   the configured one is 403 `PERMISSION_DENIED` ("or it may not exist"),
+//!   as GCP answers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::SystemTime;
 
-use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+
+use crate::oauth::{Auth, Refusal, ServiceAccount};
 
 const MAX_PAYLOAD: usize = 65_536;
 const MAX_PAGE: usize = 25_000;
@@ -79,13 +96,20 @@ struct Store {
 struct Shared {
     store: Arc<Mutex<Store>>,
     project: String,
-    require_token: bool,
+    auth: Arc<Auth>,
 }
 
 pub struct SecretManager {
     pub addr: SocketAddr,
     pub project: String,
     shared: Shared,
+    key_file: PathBuf,
+}
+
+impl Drop for SecretManager {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.key_file);
+    }
 }
 
 fn status_name(code: StatusCode) -> &'static str {
@@ -111,22 +135,77 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path).and_then(|mut f| f.write_all(text.as_bytes())).expect("write the key file");
+}
+
 impl SecretManager {
-    /// Starts on 127.0.0.1 (a free port), serving `project`.
-    pub async fn start(project: &str, require_token: bool) -> SecretManager {
-        let shared =
-            Shared { store: Arc::new(Mutex::new(Store::default())), project: project.to_string(), require_token };
-        let app = axum::Router::new().fallback(handle).with_state(shared.clone());
+    /// Starts on 127.0.0.1 (a free port), serving `project`, with a new
+    /// service account `keybridge-test@<project>.iam.gserviceaccount.com`
+    /// whose JSON key file is at [`SecretManager::key_file`]: every API call
+    /// needs a credential derived from that key.
+    pub async fn start(project: &str) -> SecretManager {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let p = project.to_string();
+        let account = tokio::task::spawn_blocking(move || ServiceAccount::generate(&p, "keybridge-test"))
+            .await
+            .expect("generate the service account");
+        let auth = Arc::new(Auth::new(account, &format!("http://{addr}")));
+        let key_file = std::env::temp_dir().join(format!("kb-gcp-sa-{}-{}.json", std::process::id(), addr.port()));
+        write_private(&key_file, &auth.account.key_json(&auth.token_uri).to_string());
+        let shared = Shared { store: Arc::new(Mutex::new(Store::default())), project: project.to_string(), auth };
+        let app =
+            axum::Router::new().route("/token", axum::routing::post(token)).fallback(handle).with_state(shared.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        SecretManager { addr, project: project.to_string(), shared }
+        SecretManager { addr, project: project.to_string(), shared, key_file }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The service account's JSON key file (mode 0600, removed on drop).
+    pub fn key_file(&self) -> &Path {
+        &self.key_file
+    }
+
+    /// The service account's JSON key, as in [`SecretManager::key_file`].
+    pub fn key_json(&self) -> Value {
+        self.shared.auth.account.key_json(&self.shared.auth.token_uri)
+    }
+
+    /// The service account (to sign assertions and tokens in tests).
+    pub fn account(&self) -> &ServiceAccount {
+        &self.shared.auth.account
+    }
+
+    /// The OAuth token endpoint: `<url>/token`.
+    pub fn token_uri(&self) -> &str {
+        &self.shared.auth.token_uri
+    }
+
+    /// Why the last refused credential was refused.
+    pub fn last_refusal(&self) -> Option<Refusal> {
+        self.shared.auth.last_refusal()
+    }
+
+    /// The claims of the last self-signed JWT an API call was accepted with.
+    pub fn last_jwt_claims(&self) -> Option<Map<String, Value>> {
+        self.shared.auth.last_jwt_claims()
+    }
+
+    /// Ages every access token the endpoint minted past its expiry.
+    pub fn expire_access_tokens(&self) {
+        self.shared.auth.expire_access_tokens();
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -149,6 +228,11 @@ impl SecretManager {
         if let Some(s) = self.store().secrets.get_mut(secret) {
             s.aliases.insert(alias.to_string(), version);
         }
+    }
+
+    /// The labels of a secret as stored.
+    pub fn labels(&self, secret: &str) -> Option<BTreeMap<String, String>> {
+        self.store().secrets.get(secret).map(|s| s.labels.clone())
     }
 
     /// The annotations of a secret as stored.
@@ -205,29 +289,58 @@ fn valid_id(id: &str) -> bool {
 }
 
 fn valid_annotation_key(k: &str) -> bool {
-    let b = k.as_bytes();
-    (1..=63).contains(&b.len())
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+    static KEY: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new("^[a-zA-Z0-9](?:[a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?$").expect("regex"));
+    k.len() <= 128 && KEY.is_match(k)
 }
 
 /// A refusal: the message of a 400 `INVALID_ARGUMENT`.
-type Refusal = String;
+type Refusal400 = String;
 
-fn check_annotations(a: &BTreeMap<String, String>) -> Result<(), Refusal> {
+/// A `map<string, string>` field of the request body (absent or null is
+/// empty), or the refusal for anything else.
+fn string_map(v: &Value, field: &str) -> Result<BTreeMap<String, String>, Refusal400> {
+    if v.is_null() {
+        return Ok(BTreeMap::new());
+    }
+    serde_json::from_value(v.clone())
+        .map_err(|_| format!("Invalid value at 'secret.{field}': expected a map of strings to strings."))
+}
+
+fn check_annotations(a: &BTreeMap<String, String>) -> Result<(), Refusal400> {
     if let Some(k) = a.keys().find(|k| !valid_annotation_key(k)) {
         return Err(format!(
-            "Annotation key {k:?} is invalid: keys are 1-63 characters, begin and end with an alphanumeric character, and contain only alphanumerics, '-', '_' and '.'."
+            "Annotation key {k:?} is invalid: keys are 1-63 characters, begin and end with an alphanumeric character ([a-z0-9A-Z]), and contain only alphanumerics, '-', '_' and '.'."
         ));
     }
-    if a.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > 16 * 1024 {
-        return Err("The total size of annotations must be less than 16KiB.".to_string());
+    if a.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() >= 16 * 1024 {
+        return Err("The total size of annotation keys and values must be less than 16KiB.".to_string());
     }
     Ok(())
 }
 
-fn page<T: Clone>(items: &[T], q: &HashMap<String, String>) -> Result<(Vec<T>, String), Refusal> {
+fn check_labels(l: &BTreeMap<String, String>) -> Result<(), Refusal400> {
+    static KEY: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"^[\p{Ll}\p{Lo}][\p{Ll}\p{Lo}\p{N}_-]{0,62}$").expect("regex"));
+    static VALUE: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"^[\p{Ll}\p{Lo}\p{N}_-]{0,63}$").expect("regex"));
+    if l.len() > 64 {
+        return Err(format!("No more than 64 labels can be assigned to a secret; {} were given.", l.len()));
+    }
+    if let Some(k) = l.keys().find(|k| k.len() > 128 || !KEY.is_match(k)) {
+        return Err(format!(
+            "Label key {k:?} is invalid: keys are 1-63 characters (at most 128 bytes) of lowercase letters, digits, '_' and '-', starting with a lowercase letter."
+        ));
+    }
+    if let Some((k, v)) = l.iter().find(|(_, v)| v.len() > 128 || !VALUE.is_match(v)) {
+        return Err(format!(
+            "Label value {v:?} of key {k:?} is invalid: values are 0-63 characters (at most 128 bytes) of lowercase letters, digits, '_' and '-'."
+        ));
+    }
+    Ok(())
+}
+
+fn page<T: Clone>(items: &[T], q: &HashMap<String, String>) -> Result<(Vec<T>, String), Refusal400> {
     let size = match q.get("pageSize").map(|s| s.parse::<i64>()) {
         None => MAX_PAGE,
         Some(Ok(0)) => MAX_PAGE,
@@ -264,6 +377,34 @@ fn select<'a>(s: &'a Secret, v: &str) -> Option<&'a Version> {
     s.versions.iter().find(|x| x.number == n)
 }
 
+/// The 401 (or 403, for scopes) Google's front end answers for a refused
+/// credential; the reason is not told (`SecretManager::last_refusal` has it).
+fn refused(r: Refusal) -> Response {
+    let (code, message) = match r {
+        Refusal::Scope => (StatusCode::FORBIDDEN, "Request had insufficient authentication scopes."),
+        Refusal::Missing => (
+            StatusCode::UNAUTHORIZED,
+            "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.",
+        ),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.",
+        ),
+    };
+    let mut resp = err(code, message);
+    if code == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""));
+    }
+    resp
+}
+
+/// `POST /token`: the OAuth 2.0 token endpoint (JWT-bearer grant).
+async fn token(State(sh): State<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let (code, body) = sh.auth.grant(&form);
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST), Json(body)).into_response()
+}
+
 async fn handle(
     State(sh): State<Shared>,
     method: Method,
@@ -274,13 +415,8 @@ async fn handle(
 ) -> Response {
     let mut st = sh.store.lock().unwrap_or_else(|p| p.into_inner());
     st.requests += 1;
-    if sh.require_token
-        && !headers.get("authorization").and_then(|h| h.to_str().ok()).is_some_and(|h| h.starts_with("Bearer "))
-    {
-        return err(
-            StatusCode::UNAUTHORIZED,
-            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
-        );
+    if let Err(r) = sh.auth.authenticate(headers.get("authorization").and_then(|h| h.to_str().ok())) {
+        return refused(r);
     }
     let path = uri.path().to_string();
     let Some(rest) = path.strip_prefix("/v1/projects/") else {
@@ -338,15 +474,18 @@ async fn handle(
             if b["replication"].is_null() {
                 return err(StatusCode::BAD_REQUEST, "Secret.replication is required.");
             }
-            let annotations: BTreeMap<String, String> =
-                serde_json::from_value(b["annotations"].clone()).unwrap_or_default();
-            if let Err(m) = check_annotations(&annotations) {
-                return err(StatusCode::BAD_REQUEST, &m);
-            }
+            let checked = string_map(&b["annotations"], "annotations")
+                .and_then(|a| check_annotations(&a).map(|()| a))
+                .and_then(|a| string_map(&b["labels"], "labels").map(|l| (a, l)))
+                .and_then(|(a, l)| check_labels(&l).map(|()| (a, l)));
+            let (annotations, labels) = match checked {
+                Ok(x) => x,
+                Err(m) => return err(StatusCode::BAD_REQUEST, &m),
+            };
             let s = Secret {
                 id: id.clone(),
                 created: SystemTime::now(),
-                labels: serde_json::from_value(b["labels"].clone()).unwrap_or_default(),
+                labels,
                 annotations,
                 aliases: BTreeMap::new(),
                 replication: b["replication"].clone(),
@@ -370,14 +509,17 @@ async fn handle(
             for field in mask.split(',') {
                 match field {
                     "annotations" => {
-                        let a: BTreeMap<String, String> =
-                            serde_json::from_value(b["annotations"].clone()).unwrap_or_default();
-                        if let Err(m) = check_annotations(&a) {
-                            return err(StatusCode::BAD_REQUEST, &m);
+                        match string_map(&b["annotations"], "annotations")
+                            .and_then(|a| check_annotations(&a).map(|()| a))
+                        {
+                            Ok(a) => s.annotations = a,
+                            Err(m) => return err(StatusCode::BAD_REQUEST, &m),
                         }
-                        s.annotations = a;
                     }
-                    "labels" => s.labels = serde_json::from_value(b["labels"].clone()).unwrap_or_default(),
+                    "labels" => match string_map(&b["labels"], "labels").and_then(|l| check_labels(&l).map(|()| l)) {
+                        Ok(l) => s.labels = l,
+                        Err(m) => return err(StatusCode::BAD_REQUEST, &m),
+                    },
                     "versionAliases" => {
                         let a: BTreeMap<String, String> =
                             serde_json::from_value(b["versionAliases"].clone()).unwrap_or_default();

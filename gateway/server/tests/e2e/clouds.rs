@@ -334,6 +334,13 @@ async fn custom_endpoints_need_their_own_credentials_and_sudo() {
         ],
     );
     assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("sudo"), "{}", stderr(&o));
+    // So does GCP's credentials as a key file's path (any key the gateway
+    // can read, its own included).
+    let o = s.cli(
+        Some(&mounter),
+        &["mount", "enable", "--type", "gcp", "g/", "project=p", "credentials=/etc/keybridge/gcp-key.json"],
+    );
+    assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("sudo"), "{}", stderr(&o));
 
     // Moving the endpoint drops the stored credentials: they must be given
     // again, and until then nothing changes.

@@ -89,10 +89,12 @@ async fn azure() -> (Backend, keybridge_testservers::keyvault::KeyVault) {
     (Backend { mount: "azure/", cloud: Some(Cloud::Azure), _upstream: None, config, metadata: true }, kv)
 }
 
-/// Our Secret Manager test server, which keeps annotations and pages.
+/// Our Secret Manager test server, which keeps annotations and pages and
+/// takes only its service account's key.
 async fn gcp_ours() -> (Backend, keybridge_testservers::secretmanager::SecretManager) {
-    let sm = keybridge_testservers::secretmanager::SecretManager::start("keybridge-test", false).await;
-    let config = map(&[("project", "keybridge-test"), ("endpoint", &sm.url()), ("credentials", "anonymous")]);
+    let sm = keybridge_testservers::secretmanager::SecretManager::start("keybridge-test").await;
+    let key = sm.key_file().to_str().unwrap().to_string();
+    let config = map(&[("project", "keybridge-test"), ("endpoint", &sm.url()), ("credentials", &key)]);
     (Backend { mount: "gcp/", cloud: Some(Cloud::Gcp), _upstream: None, config, metadata: true }, sm)
 }
 
@@ -413,8 +415,12 @@ async fn azure_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_on_our_secret_manager_server_conforms() {
-    let (backend, _sm) = gcp_ours().await;
+    let (backend, sm) = gcp_ours().await;
     conformance(backend).await;
+    // The gateway signed its calls with the mount's service-account key
+    // (the server takes nothing else), for this endpoint only.
+    let claims = sm.last_jwt_claims().expect("a JWT signed with the key");
+    assert_eq!(claims["aud"], format!("{}/", sm.url()), "{claims:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -330,9 +330,14 @@ pub fn aws_settings(moto: &keybridge_testservers::process::Spawned) -> Vec<Strin
     ]
 }
 
-/// Mount settings of a GCP mount on a Secret Manager server at `url`.
-pub fn gcp_settings(url: &str) -> Vec<String> {
-    vec!["project=keybridge-test".into(), format!("endpoint={url}"), "credentials=anonymous".into()]
+/// Mount settings of a GCP mount on our Secret Manager test server, with
+/// its service-account key file (the server takes no other credentials).
+pub fn gcp_settings(sm: &keybridge_testservers::secretmanager::SecretManager) -> Vec<String> {
+    vec![
+        "project=keybridge-test".into(),
+        format!("endpoint={}", sm.url()),
+        format!("credentials={}", sm.key_file().display()),
+    ]
 }
 
 /// The test Key Vault's CA, written to a file for the `ca_cert` setting.

@@ -386,7 +386,7 @@ async fn rotation_state(s: &Server, t: &str, path: &str) -> pb::RotationStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_issued_credentials_rotate_across_every_copy() {
     let saas = Saas::start("admin-secret").await;
-    let sm = keybridge_testservers::secretmanager::SecretManager::start("keybridge-test", false).await;
+    let sm = keybridge_testservers::secretmanager::SecretManager::start("keybridge-test").await;
     let s = Server::dev();
     let t = "root-e2e";
     register(&s, t, "saas", "saas");
@@ -397,7 +397,7 @@ async fn engine_issued_credentials_rotate_across_every_copy() {
     mount(&s, t, "hostile", "plain/", &[]);
     ok(&s.cli(Some(t), &["write", "saas/config", &format!("url={}", saas.url()), "admin_token=admin-secret"]));
     ok(&s.cli(Some(t), &["mount", "enable", "--type", "local", "mirror/"]));
-    crate::harness::enable(&s, t, "gcp", "gcp/", &crate::harness::gcp_settings(&sm.url()));
+    crate::harness::enable(&s, t, "gcp", "gcp/", &crate::harness::gcp_settings(&sm));
     ok(&s.cli(
         Some(t),
         &[

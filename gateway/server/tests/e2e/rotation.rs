@@ -23,7 +23,7 @@ struct Clouds {
 
 fn mount_all(s: &Server, t: &str, c: &Clouds) {
     enable(s, t, "aws", "aws/", &aws_settings(&c.moto));
-    enable(s, t, "gcp", "gcp/", &gcp_settings(&c.sm.url()));
+    enable(s, t, "gcp", "gcp/", &gcp_settings(&c.sm));
     enable(s, t, "azure", "azure/", &azure_settings(&c.kv));
 }
 
@@ -53,7 +53,7 @@ async fn read(s: &Server, t: &str, path: &str, stage: &str) -> Option<String> {
 )]
 async fn rotation_resumes_after_a_crash_at_every_step() {
     let kv = KeyVault::start().await;
-    let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test", false).await, kv };
+    let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test").await, kv };
     for step in ["staged", "promoted-source", "promoted", "retired"] {
         let dir = tempfile::tempdir().unwrap();
         let s = Server::with_config_env(dir.path(), &[("KEYBRIDGE_FAULT_ROTATION", step)]);
@@ -159,7 +159,7 @@ async fn rotation_resumes_after_a_crash_at_every_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_verification_rolls_every_copy_back() {
     let kv = KeyVault::start().await;
-    let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test", false).await, kv };
+    let clouds = Clouds { moto: moto(), sm: SecretManager::start("keybridge-test").await, kv };
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("verify.sh");
     let allow = dir.path().join("allow");

@@ -36,11 +36,11 @@ fn state_of(status: &Value, target: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_to_three_clouds_with_drift_and_an_outage() {
     let m = moto();
-    let sm = SecretManager::start("keybridge-test", false).await;
+    let sm = SecretManager::start("keybridge-test").await;
     let kv = KeyVault::start().await;
     let s = Server::dev();
     enable(&s, T, "aws", "aws/", &aws_settings(&m));
-    enable(&s, T, "gcp", "gcp/", &gcp_settings(&sm.url()));
+    enable(&s, T, "gcp", "gcp/", &gcp_settings(&sm));
     enable(&s, T, "azure", "azure/", &azure_settings(&kv));
     // A secret at a target that Keybridge did not write.
     boto3(&m, "c.create_secret(Name='app/foreign', SecretString='theirs')\n");
