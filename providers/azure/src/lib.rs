@@ -15,15 +15,29 @@
 //!   `keybridge-version` tag. Tags belong to a version in Key Vault, so the
 //!   secret's custom metadata is the current version's tags, carried to each
 //!   new version (and at most 14 of them: Key Vault allows 15 tags).
+//! - Version order: Key Vault lists a secret's versions in an order of its
+//!   own (not the order they were written in) and stamps them to the
+//!   second, so the adapter orders them itself ([`keybridge_order`]): by
+//!   number, versions written elsewhere by `created` then version id, and
+//!   asks Key Vault which is current when another tool wrote in the same
+//!   second as the latest. The last is the current version for
+//!   check-and-set and the tags.
 //! - Binary values are stored base64-encoded with the content type
 //!   `application/vnd.keybridge.binary+base64` and come back as bytes.
 //! - Deletion is Key Vault's soft delete (the vault's retention applies),
 //!   restore is recover, purge is delete then purge. Soft-deleting one
 //!   version sets its `enabled` attribute to false.
+//! - Key Vault finishes deletes, recovers and purges in the background and
+//!   refuses what would race them with 409 `ObjectIsBeingDeleted` or
+//!   `ObjectIsBeingRecovered`; a recovered secret reads 404 until it is
+//!   back. The adapter waits those out (100 ms doubling to 1 s, at most
+//!   [`PENDING_WAIT`], well inside the gateway's request timeout): purge
+//!   after delete, recover after a delete, writes to a name being deleted,
+//!   purged or recovered, and `restore` returns once the secret reads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use azure_core::credentials::TokenCredential;
 use azure_core::http::pager::{PagerContinuation, PagerOptions};
@@ -51,6 +65,12 @@ pub const NUMBER_TAG: &str = "keybridge-version";
 pub const BINARY_TYPE: &str = "application/vnd.keybridge.binary+base64";
 /// Key Vault allows 15 tags; one is Keybridge's number.
 pub const MAX_CUSTOM_TAGS: usize = 14;
+/// The longest the adapter waits for a delete, recover or purge that Key
+/// Vault is finishing in the background (half the gateway's default
+/// request timeout of 60 s).
+pub const PENDING_WAIT: Duration = Duration::from_secs(30);
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 enum Credentials {
@@ -211,6 +231,8 @@ fn read_ca(path: &str) -> Result<Vec<u8>> {
 
 pub struct AzureStore {
     client: SecretClient,
+    /// How long to wait out a delete, recover or purge under way.
+    pending_wait: Duration,
 }
 
 fn setup(what: &str, e: impl std::fmt::Display) -> Error {
@@ -266,7 +288,58 @@ impl AzureStore {
             }),
         )
         .map_err(|e| setup("Key Vault client", e))?;
-        Ok(AzureStore { client })
+        Ok(AzureStore { client, pending_wait: PENDING_WAIT })
+    }
+
+    /// Waits at most `wait` (instead of [`PENDING_WAIT`]) for a delete,
+    /// recover or purge that Key Vault is finishing.
+    pub fn with_pending_wait(mut self, wait: Duration) -> AzureStore {
+        self.pending_wait = wait;
+        self
+    }
+}
+
+/// The HTTP status of a failed call, if the vault answered.
+fn status(e: &azure_core::Error) -> Option<u16> {
+    match e.kind() {
+        azure_core::error::ErrorKind::HttpResponse { status, .. } => Some(u16::from(*status)),
+        _ => None,
+    }
+}
+
+/// Key Vault's more specific `error.innererror.code` (`ObjectIsBeingDeleted`,
+/// `SecretDisabled`, ...), when the answer has one.
+fn inner_code(e: &azure_core::Error) -> Option<String> {
+    let azure_core::error::ErrorKind::HttpResponse { raw_response: Some(raw), .. } = e.kind() else {
+        return None;
+    };
+    let body: serde_json::Value = serde_json::from_slice(raw.body()).ok()?;
+    body["error"]["innererror"]["code"].as_str().map(str::to_string)
+}
+
+/// A 409 for a delete, recover or purge of the name still under way: the
+/// call was refused (nothing was done) and can be made again once it is
+/// finished.
+fn in_progress(e: &azure_core::Error) -> bool {
+    status(e) == Some(409)
+        && matches!(inner_code(e).as_deref(), Some("ObjectIsBeingDeleted" | "ObjectIsBeingRecovered"))
+}
+
+/// What an attempt came to: done, or refused until an operation under way
+/// finishes (the error to answer if the wait runs out).
+enum Step<T> {
+    Done(T),
+    Wait(Error),
+}
+
+/// The answer when Key Vault is still finishing an operation after the
+/// adapter's wait: `Unavailable`, since trying again later can succeed.
+fn still_pending(e: azure_core::Error, op: &str, name: &str) -> Error {
+    match map(e, op, name) {
+        Error::Conflict(m) | Error::NotFound(m) => Error::Unavailable(format!(
+            "{m}; Key Vault is still finishing a delete, recover or purge of {name}: retry later"
+        )),
+        other => other,
     }
 }
 
@@ -279,6 +352,7 @@ fn map(e: azure_core::Error, op: &str, name: &str) -> Error {
     use keybridge_provider_api::messages::{one_line, root_cause};
     tracing::debug!(operation = what, error = ?e, "Azure call failed");
     let full = e.to_string();
+    let inner = inner_code(&e);
     match e.kind() {
         ErrorKind::HttpResponse { status, error_code, .. } => {
             let code = error_code.as_deref().unwrap_or_default();
@@ -287,10 +361,19 @@ fn map(e: azure_core::Error, op: &str, name: &str) -> Error {
             let m = |hint: &str| one_line(PROVIDER, what, code, &message, hint);
             match u16::from(*status) {
                 404 => Error::NotFound(format!("{name}: not found in {PROVIDER}")),
-                403 if code == "Forbidden" && full.contains("SecretDisabled") => {
+                403 if code == "Forbidden"
+                    && (inner.as_deref() == Some("SecretDisabled") || full.contains("SecretDisabled")) =>
+                {
                     Error::NotFound(format!("{name}: the version is disabled (soft-deleted) in {PROVIDER}"))
                 }
-                409 => Error::Conflict(m("")),
+                // The inner code says which conflict: ObjectIsBeingDeleted,
+                // ObjectIsDeletedButRecoverable, ...
+                409 => Error::Conflict(one_line(PROVIDER, what, inner.as_deref().unwrap_or(code), &message, "")),
+                400 if code == "BadParameter" && full.contains("version") && full.contains("not recognized") => {
+                    Error::InvalidArgument(m(
+                        "the vault does not implement the Key Vault API version Keybridge's Azure SDK sends",
+                    ))
+                }
                 400 => Error::InvalidArgument(m("")),
                 401 => Error::Unauthenticated(m("check tenant_id, client_id and client_secret")),
                 403 => Error::PermissionDenied(m(
@@ -362,9 +445,61 @@ fn from_props(p: &SecretProperties) -> VersionInfo {
     info(p.id.as_deref(), p.attributes.as_ref(), p.tags.as_ref())
 }
 
+/// A version and its custom tags.
+type Tagged = (VersionInfo, BTreeMap<String, String>);
+
+/// Whether the last second of `versions` (in [`keybridge_order`]) holds
+/// more than one version and one of them was written elsewhere: then
+/// neither the numbers nor `created` say which is current, and only Key
+/// Vault's read without a version does (one more call, only then).
+fn ambiguous(versions: &[Tagged]) -> bool {
+    let Some((last, _)) = versions.last() else { return false };
+    let tied: Vec<&VersionInfo> = versions.iter().map(|(v, _)| v).filter(|v| v.created == last.created).collect();
+    tied.len() > 1 && tied.iter().any(|v| v.number.is_none())
+}
+
+/// Puts a secret's versions in Keybridge's order, oldest first, so the
+/// last is the current one. Key Vault lists versions in an order of its
+/// own, not the order of writing, and `created` is in whole seconds, so
+/// neither the listed order nor `created` alone tells versions written in
+/// the same second apart. The rule:
+///
+/// 1. Versions Keybridge wrote (with a [`NUMBER_TAG`]) in number order
+///    (then `created`, then version id, should two carry one number).
+/// 2. Versions written elsewhere (no number) by `created`, then by version
+///    id: a stable rule, not the order of writing within a second, which
+///    the listing does not tell.
+/// 3. The two merged by `created`; within one second, the versions written
+///    elsewhere after Keybridge's (when unsure, another tool's change is
+///    noticed and check-and-set refuses, rather than the other way round).
+///
+/// When the last second holds more than one version and one of them was
+/// written elsewhere, `versions` asks Key Vault which is current (see
+/// [`ambiguous`]) and puts that one last.
+pub fn keybridge_order(versions: Vec<Tagged>) -> Vec<Tagged> {
+    let (mut ours, mut others): (Vec<Tagged>, Vec<Tagged>) =
+        versions.into_iter().partition(|(v, _)| v.number.is_some());
+    ours.sort_by(|(a, _), (b, _)| (a.number, a.created, &a.id).cmp(&(b.number, b.created, &b.id)));
+    others.sort_by(|(a, _), (b, _)| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    let mut out = Vec::with_capacity(ours.len() + others.len());
+    let (mut ours, mut others) = (ours.into_iter().peekable(), others.into_iter().peekable());
+    loop {
+        let next = match (ours.peek(), others.peek()) {
+            (Some((a, _)), Some((b, _))) if b.created < a.created => others.next(),
+            (Some(_), _) => ours.next(),
+            (None, _) => others.next(),
+        };
+        match next {
+            Some(v) => out.push(v),
+            None => return out,
+        }
+    }
+}
+
 impl AzureStore {
-    /// Every version, oldest first, with its tags.
-    async fn versions(&self, name: &str) -> Result<Vec<(VersionInfo, BTreeMap<String, String>)>> {
+    /// Every version in [`keybridge_order`] (the current one last), with
+    /// its tags.
+    async fn versions(&self, name: &str) -> Result<Vec<Tagged>> {
         let mut pages = self
             .client
             .list_secret_properties_versions(
@@ -381,13 +516,54 @@ impl AzureStore {
         if out.is_empty() {
             return Err(Error::NotFound(format!("{name}: not found in {PROVIDER}")));
         }
-        // Oldest first; versions created in the same second keep the order
-        // the vault listed them in (a stable sort).
-        out.sort_by_key(|(v, _)| v.created);
+        let mut out = keybridge_order(out);
+        if ambiguous(&out)
+            && let Some(id) = self.current_id(name).await
+            && let Some(i) = out.iter().position(|(v, _)| v.id == id)
+        {
+            let current = out.remove(i);
+            out.push(current);
+        }
         Ok(out)
     }
 
-    async fn set(&self, name: &str, value: &CloudValue, tags: HashMap<String, String>) -> Result<VersionInfo> {
+    /// The current version's id, as Key Vault's read without a version
+    /// answers it (the value is wiped at once); `None` if it cannot say (a
+    /// disabled current version, a failed call).
+    async fn current_id(&self, name: &str) -> Option<String> {
+        use zeroize::Zeroize as _;
+        let mut secret = self.client.get_secret(name, None).await.ok()?.into_model().ok()?;
+        if let Some(v) = secret.value.as_mut() {
+            v.zeroize();
+        }
+        Some(version_of(secret.id.as_deref()))
+    }
+
+    /// Runs `attempt` until it is done, waiting out a delete, recover or
+    /// purge that Key Vault is finishing (pauses of 100 ms doubling to 1 s,
+    /// at most `pending_wait` in all; then the attempt's own error).
+    async fn settled<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Step<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.pending_wait;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            match attempt().await? {
+                Step::Done(v) => return Ok(v),
+                Step::Wait(e) if tokio::time::Instant::now() + pause > deadline => return Err(e),
+                Step::Wait(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// SetSecret; a name held by a delete, recover or purge under way is
+    /// [`Step::Wait`].
+    async fn set(&self, name: &str, value: &CloudValue, tags: HashMap<String, String>) -> Result<Step<VersionInfo>> {
         let (value, content_type) = match value {
             CloudValue::String(s) => (Zeroizing::new(s.to_string()), None),
             CloudValue::Binary(b) => {
@@ -401,14 +577,40 @@ impl AzureStore {
             ..Default::default()
         };
         let body = params.try_into().map_err(|e| map(e, "SetSecret", name))?;
-        let secret = self
-            .client
-            .set_secret(name, body, None)
-            .await
-            .map_err(|e| map(e, "SetSecret", name))?
-            .into_model()
-            .map_err(|e| map(e, "SetSecret", name))?;
-        Ok(info(secret.id.as_deref(), secret.attributes.as_ref(), secret.tags.as_ref()))
+        let secret = match self.client.set_secret(name, body, None).await {
+            Ok(r) => r.into_model().map_err(|e| map(e, "SetSecret", name))?,
+            Err(e) if in_progress(&e) => return Ok(Step::Wait(still_pending(e, "SetSecret", name))),
+            Err(e) => return Err(map(e, "SetSecret", name)),
+        };
+        Ok(Step::Done(info(secret.id.as_deref(), secret.attributes.as_ref(), secret.tags.as_ref())))
+    }
+
+    /// One try of `put`: the versions, the precondition, the write. A name
+    /// held by a delete or recover under way is tried again from the top
+    /// once it is finished (a recovered secret has versions again).
+    async fn put_once(
+        &self,
+        name: &str,
+        value: &CloudValue,
+        pre: &Precondition,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<Step<VersionInfo>> {
+        let given = tags.cloned().unwrap_or_default();
+        let versions = match self.versions(name).await {
+            Ok(v) => Some(v),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let Some(versions) = versions else {
+            pre.check(name, None)?;
+            return self.set(name, value, with_number(given, 1)).await;
+        };
+        let current = versions.last().map(|(v, t)| (v, t.clone()));
+        pre.check(name, current.as_ref().map(|(v, _)| *v))?;
+        // Tags belong to a version: carry the secret's metadata forward.
+        let carried = if tags.is_some() { given } else { current.map(|(_, t)| t).unwrap_or_default() };
+        let next = keybridge_provider_api::store::next_number(name, versions.iter().filter_map(|(v, _)| v.number))?;
+        self.set(name, value, with_number(carried, next)).await
     }
 
     async fn update(&self, name: &str, version: &str, params: UpdateSecretPropertiesParameters) -> Result<()> {
@@ -495,27 +697,12 @@ impl SecretStore for AzureStore {
         pre: &Precondition,
         tags: Option<&BTreeMap<String, String>>,
     ) -> Result<VersionInfo> {
-        let given = tags.cloned().unwrap_or_default();
-        if given.len() > MAX_CUSTOM_TAGS {
+        if tags.is_some_and(|t| t.len() > MAX_CUSTOM_TAGS) {
             return Err(Error::InvalidArgument(format!(
                 "{PROVIDER} keeps at most {MAX_CUSTOM_TAGS} custom metadata entries per secret"
             )));
         }
-        let versions = match self.versions(name).await {
-            Ok(v) => Some(v),
-            Err(Error::NotFound(_)) => None,
-            Err(e) => return Err(e),
-        };
-        let Some(versions) = versions else {
-            pre.check(name, None)?;
-            return self.set(name, value, with_number(given, 1)).await;
-        };
-        let current = versions.last().map(|(v, t)| (v, t.clone()));
-        pre.check(name, current.as_ref().map(|(v, _)| *v))?;
-        // Tags belong to a version: carry the secret's metadata forward.
-        let carried = if tags.is_some() { given } else { current.map(|(_, t)| t).unwrap_or_default() };
-        let next = keybridge_provider_api::store::next_number(name, versions.iter().filter_map(|(v, _)| v.number))?;
-        self.set(name, value, with_number(carried, next)).await
+        self.settled(|| self.put_once(name, value, pre, tags)).await
     }
 
     async fn describe(&self, name: &str) -> Result<SecretInfo> {
@@ -568,32 +755,61 @@ impl SecretStore for AzureStore {
         })
     }
 
+    /// Soft delete; purge deletes, then purges once Key Vault has finished
+    /// the deletion (it answers 409 `ObjectIsBeingDeleted` until then). A
+    /// secret already deleted (but recoverable) is purged.
     async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
-        self.client.delete_secret(name, None).await.map_err(|e| map(e, "DeleteSecret", name))?;
-        if how == Deletion::Purge {
-            // Deletion completes in the background on Azure; purge can
-            // answer 409 until it has.
-            let mut attempt = 0;
-            loop {
-                match self.client.purge_deleted_secret(name, None).await.map_err(|e| map(e, "PurgeDeletedSecret", name))
-                {
-                    Err(Error::Conflict(_) | Error::NotFound(_)) if attempt < 20 => {
-                        attempt += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                    }
-                    other => return other.map(|_| ()),
-                }
+        let purge = how == Deletion::Purge;
+        self.settled(|| async move {
+            match self.client.delete_secret(name, None).await {
+                Ok(_) => Ok(Step::Done(())),
+                Err(e) if in_progress(&e) => Ok(Step::Wait(still_pending(e, "DeleteSecret", name))),
+                Err(e) if purge && status(&e) == Some(404) => Ok(Step::Done(())),
+                Err(e) => Err(map(e, "DeleteSecret", name)),
             }
+        })
+        .await?;
+        if !purge {
+            return Ok(());
         }
-        Ok(())
+        self.settled(|| async move {
+            match self.client.purge_deleted_secret(name, None).await {
+                Ok(_) => Ok(Step::Done(())),
+                Err(e) if in_progress(&e) => Ok(Step::Wait(still_pending(e, "PurgeDeletedSecret", name))),
+                Err(e) => Err(map(e, "PurgeDeletedSecret", name)),
+            }
+        })
+        .await
     }
 
+    /// Recovers the deleted secret (waiting out a deletion Key Vault is
+    /// still finishing), then waits until the secret reads again: Key Vault
+    /// recovers in the background and answers 404 until it has. A recover
+    /// already under way (a retried call) is waited for the same way.
     async fn restore(&self, name: &str) -> Result<()> {
-        self.client
-            .recover_deleted_secret(name, None)
-            .await
-            .map(|_| ())
-            .map_err(|e| map(e, "RecoverDeletedSecret", name))
+        self.settled(|| async move {
+            match self.client.recover_deleted_secret(name, None).await {
+                Ok(_) => Ok(Step::Done(())),
+                Err(e) if in_progress(&e) && inner_code(&e).as_deref() == Some("ObjectIsBeingRecovered") => {
+                    Ok(Step::Done(()))
+                }
+                Err(e) if in_progress(&e) => Ok(Step::Wait(still_pending(e, "RecoverDeletedSecret", name))),
+                Err(e) => Err(map(e, "RecoverDeletedSecret", name)),
+            }
+        })
+        .await?;
+        self.settled(|| async move {
+            match self.client.get_secret(name, None).await {
+                Ok(_) => Ok(Step::Done(())),
+                Err(e) if status(&e) == Some(404) => Ok(Step::Wait(still_pending(e, "GetSecret", name))),
+                // Back, with its current version disabled.
+                Err(e) if status(&e) == Some(403) && inner_code(&e).as_deref() == Some("SecretDisabled") => {
+                    Ok(Step::Done(()))
+                }
+                Err(e) => Err(map(e, "GetSecret", name)),
+            }
+        })
+        .await
     }
 
     async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {
@@ -625,7 +841,7 @@ impl SecretStore for AzureStore {
         // current ones forward (one more call).
         match tags {
             Some(t) if t.len() <= MAX_CUSTOM_TAGS && !t.contains_key(NUMBER_TAG) => {
-                self.set(name, value, with_number(t.clone(), number.max(1))).await
+                self.settled(|| self.set(name, value, with_number(t.clone(), number.max(1)))).await
             }
             _ => self.put(name, value, &Precondition::None, tags).await,
         }
