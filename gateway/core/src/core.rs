@@ -845,9 +845,18 @@ impl Core {
         if let Some(c) = loaded.clouds.read().unwrap_or_else(|p| p.into_inner()).get(&mount.id) {
             return Ok(c.clone());
         }
-        let built = match self.open_cloud(&mount.kind, &mount.config, false).await? {
-            Some(c) => Arc::new(c),
-            None => return Err(Error::InvalidArgument(format!("{} is not a cloud mount", mount.path))),
+        // Opened on first use, before the request is authorized: what went
+        // wrong (which may name the mount's files or settings) goes to the
+        // log, and the caller learns only that the mount cannot serve now.
+        let built = match self.open_cloud(&mount.kind, &mount.config, false).await {
+            Ok(Some(c)) => Arc::new(c),
+            Ok(None) => return Err(Error::InvalidArgument(format!("{} is not a cloud mount", mount.path))),
+            Err(e) => {
+                tracing::warn!(mount = %mount.path, error = %e, "a cloud mount could not be opened");
+                return Err(Error::Unavailable(
+                    "the cloud mount serving this path cannot be opened now; the server's log says why".into(),
+                ));
+            }
         };
         Ok(loaded.clouds.write().unwrap_or_else(|p| p.into_inner()).entry(mount.id.clone()).or_insert(built).clone())
     }
@@ -888,10 +897,14 @@ impl Core {
             // Credentials stored for one host are not sent to another.
             keybridge_provider_api::endpoints::drop_stale_credentials(c, &entry.config, &changes, &mut config);
             let custom = cloud::custom_endpoints(&entry.kind, &config);
-            if cloud::needs_sudo(&entry.kind, &config) {
+            // Before or after: a tune may not take a mount off the host's
+            // identity or a custom endpoint (dropping what made it need
+            // sudo) any more than put it there.
+            if cloud::needs_sudo(&entry.kind, &entry.config) || cloud::needs_sudo(&entry.kind, &config) {
                 self.decide(&id, &format!("sys/mounts/{path}"), Capability::Sudo).await.map_err(|e| match e {
                     Error::PermissionDenied(m) => Error::PermissionDenied(format!(
-                        "{m}: a cloud mount pointed at a host other than the cloud's own, or with a ca_cert, needs it"
+                        "{m}: a cloud mount that uses the gateway host's identity or files, or a host other than \
+                         the cloud's own, needs it"
                     )),
                     e => e,
                 })?;

@@ -126,19 +126,24 @@ pub fn check_url(key: &str, v: &str) -> crate::store::Result<()> {
     Ok(())
 }
 
-/// A setting that is not an endpoint but decides as much, because it names
-/// a file on the gateway's host: Azure's `ca_cert` adds a CA trusted for
-/// the mount's HTTPS (and so for where its tokens go); GCP's `credentials`
-/// as a key file's path picks whose credentials the mount uses (any key
-/// the gateway can read, its own included). The first such setting
-/// present, if any.
+/// A setting that is not an endpoint but decides as much, because it uses
+/// what belongs to the gateway's host: its own cloud identity (AWS's
+/// default chain or a `profile`, GCP's Application Default Credentials,
+/// Azure's managed, workload or developer identity), or a file on it
+/// (Azure's `ca_cert`, a CA trusted for the mount's HTTPS and so for where
+/// its tokens go; GCP's `credentials` as a key file's path, any key the
+/// gateway can read). Credentials given with the mount (AWS keys, an Azure
+/// client secret, GCP `anonymous` for emulators) are the writer's own. The
+/// first such setting, if any (named even when it is absent and its
+/// absence is what uses the host's identity).
 pub fn privileged_setting(cloud: Cloud, settings: &BTreeMap<String, String>) -> Option<&'static str> {
-    let set = |k: &'static str| settings.get(k).is_some_and(|v| !v.trim().is_empty()).then_some(k);
+    let given = |k: &str| settings.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     match cloud {
-        Cloud::Azure => set("ca_cert"),
-        Cloud::Gcp => set("credentials")
-            .filter(|_| !matches!(settings.get("credentials").map(|v| v.trim()), Some("default" | "anonymous"))),
-        Cloud::Aws => None,
+        Cloud::Azure if given("ca_cert").is_some() => Some("ca_cert"),
+        Cloud::Azure => given("client_secret").is_none().then_some("credentials"),
+        Cloud::Gcp => (given("credentials") != Some("anonymous")).then_some("credentials"),
+        Cloud::Aws if given("profile").is_some() => Some("profile"),
+        Cloud::Aws => given("access_key_id").is_none().then_some("access_key_id"),
     }
 }
 
@@ -192,14 +197,27 @@ mod tests {
     }
 
     #[test]
-    fn settings_that_name_a_file_on_the_gateway_are_privileged() {
-        assert_eq!(privileged_setting(Cloud::Azure, &s(&[("ca_cert", "/etc/ca.pem")])), Some("ca_cert"));
-        assert_eq!(privileged_setting(Cloud::Azure, &s(&[("ca_cert", " ")])), None);
+    fn settings_that_use_the_gateways_host_are_privileged() {
+        let secret = ("client_secret", "s");
+        assert_eq!(privileged_setting(Cloud::Azure, &s(&[secret, ("ca_cert", "/etc/ca.pem")])), Some("ca_cert"));
+        assert_eq!(privileged_setting(Cloud::Azure, &s(&[secret, ("ca_cert", " ")])), None);
+        assert_eq!(privileged_setting(Cloud::Azure, &s(&[("credentials", "managed_identity")])), Some("credentials"));
+        assert_eq!(privileged_setting(Cloud::Azure, &s(&[("client_secret", " ")])), Some("credentials"));
         assert_eq!(privileged_setting(Cloud::Gcp, &s(&[("credentials", "/keys/sa.json")])), Some("credentials"));
-        for ambient in ["default", "anonymous", ""] {
-            assert_eq!(privileged_setting(Cloud::Gcp, &s(&[("credentials", ambient)])), None, "{ambient:?}");
+        for ambient in ["default", " default", ""] {
+            assert_eq!(
+                privileged_setting(Cloud::Gcp, &s(&[("credentials", ambient)])),
+                Some("credentials"),
+                "{ambient:?}"
+            );
         }
-        assert_eq!(privileged_setting(Cloud::Aws, &s(&[("credentials", "/x")])), None);
+        assert_eq!(privileged_setting(Cloud::Gcp, &s(&[])), Some("credentials"));
+        assert_eq!(privileged_setting(Cloud::Gcp, &s(&[("credentials", " anonymous ")])), None);
+        assert_eq!(privileged_setting(Cloud::Aws, &s(&[])), Some("access_key_id"));
+        assert_eq!(privileged_setting(Cloud::Aws, &s(&[("profile", "prod")])), Some("profile"));
+        let keys = [("access_key_id", "AKIA"), ("secret_access_key", "x")];
+        assert_eq!(privileged_setting(Cloud::Aws, &s(&keys)), None);
+        assert_eq!(privileged_setting(Cloud::Aws, &s(&[keys[0], keys[1], ("profile", "prod")])), Some("profile"));
     }
 
     #[test]

@@ -138,9 +138,7 @@ fn read_key(path: &Path) -> Result<serde_json::Value> {
     let field = |k: &str| key.get(k).and_then(serde_json::Value::as_str).filter(|v| !v.is_empty());
     match field("type") {
         Some("service_account") => {}
-        Some(t) if t.len() <= 40 => {
-            return Err(key_error(path, &format!("its type is {t:?}; only service_account keys are taken")));
-        }
+        Some(_) => return Err(key_error(path, "its type is not service_account; only service-account keys are taken")),
         _ => return Err(key_error(path, "not a service-account key (no \"type\": \"service_account\")")),
     }
     for k in ["client_email", "private_key_id", "project_id", "private_key"] {
@@ -148,10 +146,8 @@ fn read_key(path: &Path) -> Result<serde_json::Value> {
             return Err(key_error(path, &format!("{k} is missing")));
         }
     }
-    if let Some(u) = key.get("universe_domain").and_then(serde_json::Value::as_str)
-        && u != "googleapis.com"
-    {
-        return Err(key_error(path, &format!("its universe_domain is {u:?}, not googleapis.com")));
+    if key.get("universe_domain").and_then(serde_json::Value::as_str).is_some_and(|u| u != "googleapis.com") {
+        return Err(key_error(path, "its universe_domain is not googleapis.com"));
     }
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject as _;

@@ -123,8 +123,8 @@ pub fn custom_endpoints(
 }
 
 /// Whether writing this cloud mount config takes `sudo` on its mount path:
-/// it points at a host other than the cloud's own, or sets what decides as
-/// much (Azure's `ca_cert`).
+/// it points at a host other than the cloud's own, or uses what belongs to
+/// the gateway's host (its cloud identity, a file on it).
 pub fn needs_sudo(kind: &str, config: &BTreeMap<String, String>) -> bool {
     Cloud::from_kind(kind).is_some_and(|c| {
         !keybridge_provider_api::endpoints::custom_endpoints(c, config).is_empty()

@@ -334,13 +334,26 @@ async fn custom_endpoints_need_their_own_credentials_and_sudo() {
         ],
     );
     assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("sudo"), "{}", stderr(&o));
-    // So does GCP's credentials as a key file's path (any key the gateway
-    // can read, its own included).
-    let o = s.cli(
-        Some(&mounter),
-        &["mount", "enable", "--type", "gcp", "g/", "project=p", "credentials=/etc/keybridge/gcp-key.json"],
-    );
+    // So does anything of the gateway's host: a GCP key file's path, or
+    // the host's own identity (GCP's default credentials, AWS's default
+    // chain or a profile, an Azure managed identity).
+    for (kind, settings) in [
+        ("gcp", &["project=p", "credentials=/etc/keybridge/gcp-key.json"][..]),
+        ("gcp", &["project=p", "credentials=default"][..]),
+        ("gcp", &["project=p"][..]),
+        ("aws", &["region=us-east-1"][..]),
+        ("aws", &["region=us-east-1", "profile=prod"][..]),
+    ] {
+        let mut args = vec!["mount", "enable", "--type", kind, "h/"];
+        args.extend(settings);
+        let o = s.cli(Some(&mounter), &args);
+        assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("sudo"), "{args:?}: {}", stderr(&o));
+    }
+    // A tune may not take a mount off a custom endpoint (which drops the
+    // credentials given for it, leaving the host's) without sudo either.
+    let o = s.cli(Some(&mounter), &["mount", "tune", "aws/", "endpoint_url="]);
     assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("sudo"), "{}", stderr(&o));
+    assert_eq!(stats_mount(&s, "aws/")["config"]["endpoint_url"], m.url());
 
     // Moving the endpoint drops the stored credentials: they must be given
     // again, and until then nothing changes.
@@ -443,4 +456,39 @@ fn cloud_errors_are_one_line_with_a_hint() {
         assert!(std::time::Instant::now() < deadline, "no error state: {st}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// A cloud mount is opened on first use, before the request is authorized:
+/// one that cannot be opened (here its key file went bad while the gateway
+/// was down) tells callers only that, whoever they are; the reason, which
+/// names the mount's file, goes to the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_that_cannot_open_names_nothing_of_its_settings() {
+    let sm = keybridge_testservers::secretmanager::SecretManager::start("keybridge-test").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sa-key.json");
+    std::fs::copy(sm.key_file(), &key).unwrap();
+    let s = Server::with_config(dir.path(), false, 0);
+    let (t, unseal) = crate::harness::blocking(|| crate::harness::init_unseal(&s));
+    let t = t.as_str();
+    let (endpoint, creds) = (format!("endpoint={}", sm.url()), format!("credentials={}", key.display()));
+    let o = s.cli(Some(t), &["mount", "enable", "--type", "gcp", "gcp/", "project=keybridge-test", &endpoint, &creds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.cli(Some(t), &["kv", "put", "gcp/x", "v=1"]).status.success());
+    drop(s);
+    std::fs::write(&key, r#"{"type":"SECRET-CONTENT","universe_domain":"SECRET-CONTENT"}"#).unwrap();
+    let s = Server::with_config(dir.path(), false, 0);
+    assert!(s.cli(None, &["operator", "unseal", &unseal]).status.success());
+    let tok = json(&s.cli(Some(t), &["token", "create", "--policy", "default", "-o", "json"]));
+    let nobody = tok["token"].as_str().unwrap().to_string();
+    for who in [nobody.as_str(), t] {
+        for args in [&["kv", "get", "gcp/x"][..], &["kv", "list", "gcp/"][..]] {
+            let o = s.cli(Some(who), args);
+            let e = stderr(&o);
+            assert!(!o.status.success(), "{args:?}");
+            assert!(!e.contains("SECRET-CONTENT") && !e.contains("sa-key"), "{args:?}: {e}");
+        }
+    }
+    let o = s.cli(Some(t), &["kv", "get", "gcp/x"]);
+    assert!(stderr(&o).contains("cannot be opened now"), "{}", stderr(&o));
 }
