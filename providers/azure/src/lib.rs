@@ -30,8 +30,10 @@
 //! - Key Vault finishes deletes, recovers and purges in the background and
 //!   refuses what would race them with 409 `ObjectIsBeingDeleted` or
 //!   `ObjectIsBeingRecovered`; a recovered secret reads 404 until it is
-//!   back. The adapter waits those out (100 ms doubling to 1 s, at most
-//!   [`PENDING_WAIT`], well inside the gateway's request timeout): purge
+//!   back. The adapter waits those out (250 ms doubling to 4 s, at most
+//!   [`PENDING_WAIT`], well inside the gateway's request timeout; about ten
+//!   looks at most, since the mount's rate limiter counts the operation
+//!   once, not each look): purge
 //!   after delete, recover after a delete, writes to a name being deleted,
 //!   purged or recovered, and `restore` returns once the secret reads.
 
@@ -66,11 +68,11 @@ pub const BINARY_TYPE: &str = "application/vnd.keybridge.binary+base64";
 /// Key Vault allows 15 tags; one is Keybridge's number.
 pub const MAX_CUSTOM_TAGS: usize = 14;
 /// The longest the adapter waits for a delete, recover or purge that Key
-/// Vault is finishing in the background (half the gateway's default
+/// Vault is finishing in the background (a third of the gateway's default
 /// request timeout of 60 s).
-pub const PENDING_WAIT: Duration = Duration::from_secs(30);
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-const MAX_PAUSE: Duration = Duration::from_secs(1);
+pub const PENDING_WAIT: Duration = Duration::from_secs(20);
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const MAX_PAUSE: Duration = Duration::from_secs(4);
 
 #[derive(Clone)]
 enum Credentials {
