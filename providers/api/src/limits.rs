@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -116,6 +117,13 @@ impl Limits {
 
 pub struct Limited<S> {
     inner: S,
+    pace: Arc<Pace>,
+}
+
+/// A mount's quotas and call counters, shared by [`Limited`] and, through a
+/// [`Meter`], by the adapter it wraps.
+struct Pace {
+    cloud: Cloud,
     limits: Limits,
     read_value: DefaultDirectRateLimiter,
     read_meta: DefaultDirectRateLimiter,
@@ -129,18 +137,65 @@ pub struct Limited<S> {
 /// The kinds of call counted, in the order of [`Limited::calls_by_kind`].
 pub const CALL_KINDS: [&str; 4] = ["read_value", "read_meta", "list", "write"];
 
+/// A class of call, for a [`Meter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallClass {
+    ReadValue,
+    ReadMeta,
+    List,
+    Write,
+}
+
+/// The mount's quotas, handed to the adapter ([`SecretStore::attach_meter`])
+/// for the calls it makes beyond the one [`Limited`] counted for an
+/// operation: the looks while a cloud finishes an earlier operation. Each
+/// takes a slot of its class, or fails `Throttled` as any call would.
+#[derive(Clone)]
+pub struct Meter(Arc<Pace>);
+
+impl Meter {
+    pub async fn slot(&self, class: CallClass) -> Result<()> {
+        self.0.slot(class).await
+    }
+}
+
+impl Pace {
+    async fn slot(&self, class: CallClass) -> Result<()> {
+        let (limiter, name, kind) = match class {
+            CallClass::ReadValue => (&self.read_value, "read", 0),
+            CallClass::ReadMeta => (&self.read_meta, "metadata", 1),
+            CallClass::List => (&self.list, "list", 2),
+            CallClass::Write => (&self.write, "write", 3),
+        };
+        match tokio::time::timeout(self.limits.max_wait, limiter.until_ready()).await {
+            Ok(()) => {
+                self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.by_kind[kind].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(_) => Err(Error::Throttled(format!(
+                "{}: the mount's {name} rate limit is reached (waited {:?}); retry later or raise it",
+                self.cloud.name(),
+                self.limits.max_wait
+            ))),
+        }
+    }
+}
+
 impl<S: SecretStore> Limited<S> {
     pub fn new(inner: S, limits: Limits) -> Limited<S> {
-        Limited {
+        let pace = Arc::new(Pace {
+            cloud: inner.cloud(),
             read_value: RateLimiter::direct(limits.read_value.quota()),
             read_meta: RateLimiter::direct(limits.read_meta.quota()),
             list: RateLimiter::direct(limits.list.quota()),
             write: RateLimiter::direct(limits.write.quota()),
-            inner,
             limits,
             calls: std::sync::atomic::AtomicU64::new(0),
             by_kind: Default::default(),
-        }
+        });
+        inner.attach_meter(Meter(pace.clone()));
+        Limited { inner, pace }
     }
 
     pub fn inner(&self) -> &S {
@@ -148,45 +203,24 @@ impl<S: SecretStore> Limited<S> {
     }
 
     /// Calls passed on to the cloud since the mount was loaded (retries
-    /// count one each).
+    /// and the adapter's metered looks count one each).
     pub fn calls(&self) -> u64 {
-        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+        self.pace.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Calls passed on to the cloud by kind ([`CALL_KINDS`]).
     pub fn calls_by_kind(&self) -> [(&'static str, u64); 4] {
-        std::array::from_fn(|i| (CALL_KINDS[i], self.by_kind[i].load(std::sync::atomic::Ordering::Relaxed)))
-    }
-
-    async fn slot(&self, limiter: &DefaultDirectRateLimiter, class: &str) -> Result<()> {
-        match tokio::time::timeout(self.limits.max_wait, limiter.until_ready()).await {
-            Ok(()) => {
-                self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let kind = match class {
-                    "read" => 0,
-                    "metadata" => 1,
-                    "list" => 2,
-                    _ => 3,
-                };
-                self.by_kind[kind].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(())
-            }
-            Err(_) => Err(Error::Throttled(format!(
-                "{}: the mount's {class} rate limit is reached (waited {:?}); retry later or raise it",
-                self.inner.cloud().name(),
-                self.limits.max_wait
-            ))),
-        }
+        std::array::from_fn(|i| (CALL_KINDS[i], self.pace.by_kind[i].load(std::sync::atomic::Ordering::Relaxed)))
     }
 
     /// Runs a read, retrying throttled or failed attempts with backoff and
     /// full jitter (100 ms doubling, at most 2 s).
-    async fn read<T, F, Fut>(&self, limiter: &DefaultDirectRateLimiter, class: &str, call: F) -> Result<T>
+    async fn read<T, F, Fut>(&self, class: CallClass, call: F) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        self.attempts(limiter, class, call, Error::retryable).await
+        self.attempts(class, call, Error::retryable).await
     }
 
     /// Runs a write, retrying only throttled attempts: a throttled request
@@ -197,26 +231,20 @@ impl<S: SecretStore> Limited<S> {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        self.attempts(&self.write, "write", call, |e| matches!(e, Error::Throttled(_))).await
+        self.attempts(CallClass::Write, call, |e| matches!(e, Error::Throttled(_))).await
     }
 
-    async fn attempts<T, F, Fut>(
-        &self,
-        limiter: &DefaultDirectRateLimiter,
-        class: &str,
-        call: F,
-        again: fn(&Error) -> bool,
-    ) -> Result<T>
+    async fn attempts<T, F, Fut>(&self, class: CallClass, call: F, again: fn(&Error) -> bool) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let mut attempt = 0;
         loop {
-            self.slot(limiter, class).await?;
+            self.pace.slot(class).await?;
             attempt += 1;
             match call().await {
-                Err(e) if again(&e) && attempt < self.limits.read_attempts.max(1) => {
+                Err(e) if again(&e) && attempt < self.pace.limits.read_attempts.max(1) => {
                     let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(5))).min(Duration::from_secs(2));
                     let jitter = cap.mul_f64(jitter_fraction());
                     tokio::time::sleep(jitter).await;
@@ -241,11 +269,11 @@ impl<S: SecretStore> SecretStore for Limited<S> {
     }
 
     async fn check(&self) -> Result<()> {
-        self.read(&self.list, "list", || self.inner.check()).await
+        self.read(CallClass::List, || self.inner.check()).await
     }
 
     async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead> {
-        self.read(&self.read_value, "read", || self.inner.get(name, at)).await
+        self.read(CallClass::ReadValue, || self.inner.get(name, at)).await
     }
 
     async fn put(
@@ -259,11 +287,11 @@ impl<S: SecretStore> SecretStore for Limited<S> {
     }
 
     async fn describe(&self, name: &str) -> Result<SecretInfo> {
-        self.read(&self.read_meta, "metadata", || self.inner.describe(name)).await
+        self.read(CallClass::ReadMeta, || self.inner.describe(name)).await
     }
 
     async fn list(&self, page_size: usize, page_token: Option<&str>) -> Result<Page> {
-        self.read(&self.list, "list", || self.inner.list(page_size, page_token)).await
+        self.read(CallClass::List, || self.inner.list(page_size, page_token)).await
     }
 
     async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
@@ -303,7 +331,7 @@ impl<S: SecretStore> SecretStore for Limited<S> {
     }
 
     async fn head(&self, name: &str) -> Result<Option<(VersionInfo, BTreeMap<String, String>)>> {
-        self.read(&self.read_meta, "metadata", || self.inner.head(name)).await
+        self.read(CallClass::ReadMeta, || self.inner.head(name)).await
     }
 
     async fn put_numbered(

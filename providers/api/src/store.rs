@@ -260,6 +260,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub trait SecretStore: Send + Sync {
     fn cloud(&self) -> Cloud;
 
+    /// Takes the mount's quotas, for calls the adapter makes beyond the one
+    /// the rate limiter counts per operation (looks while the cloud
+    /// finishes an earlier operation). [`crate::limits::Limited`] calls it
+    /// once; adapters that make no such calls ignore it.
+    fn attach_meter(&self, _meter: crate::limits::Meter) {}
+
     /// One cheap call that says whether the credentials and the target
     /// (account, vault, project) work.
     async fn check(&self) -> Result<()>;
@@ -359,6 +365,9 @@ pub trait SecretStore: Send + Sync {
 impl<T: SecretStore + ?Sized> SecretStore for std::sync::Arc<T> {
     fn cloud(&self) -> Cloud {
         (**self).cloud()
+    }
+    fn attach_meter(&self, meter: crate::limits::Meter) {
+        (**self).attach_meter(meter)
     }
     async fn check(&self) -> Result<()> {
         (**self).check().await

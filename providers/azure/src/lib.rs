@@ -31,9 +31,9 @@
 //!   refuses what would race them with 409 `ObjectIsBeingDeleted` or
 //!   `ObjectIsBeingRecovered`; a recovered secret reads 404 until it is
 //!   back. The adapter waits those out (250 ms doubling to 4 s, at most
-//!   [`PENDING_WAIT`], well inside the gateway's request timeout; about ten
-//!   looks at most, since the mount's rate limiter counts the operation
-//!   once, not each look): purge
+//!   [`PENDING_WAIT`], well inside the gateway's request timeout; each look
+//!   takes a slot of the mount's quotas through the [`Meter`] the rate
+//!   limiter attaches): purge
 //!   after delete, recover after a delete, writes to a name being deleted,
 //!   purged or recovered, and `restore` returns once the secret reads.
 
@@ -52,6 +52,7 @@ use azure_security_keyvault_secrets::models::{
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use base64::Engine as _;
 use futures::TryStreamExt as _;
+use keybridge_provider_api::limits::{CallClass, Meter};
 use keybridge_provider_api::{
     Cloud, CloudValue, Deletion, Error, Listed, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore,
     Selector, VersionChange, VersionInfo, VersionState,
@@ -235,6 +236,8 @@ pub struct AzureStore {
     client: SecretClient,
     /// How long to wait out a delete, recover or purge under way.
     pending_wait: Duration,
+    /// The mount's quotas, for the looks a wait makes.
+    meter: std::sync::OnceLock<Meter>,
 }
 
 fn setup(what: &str, e: impl std::fmt::Display) -> Error {
@@ -290,7 +293,7 @@ impl AzureStore {
             }),
         )
         .map_err(|e| setup("Key Vault client", e))?;
-        Ok(AzureStore { client, pending_wait: PENDING_WAIT })
+        Ok(AzureStore { client, pending_wait: PENDING_WAIT, meter: std::sync::OnceLock::new() })
     }
 
     /// Waits at most `wait` (instead of [`PENDING_WAIT`]) for a delete,
@@ -544,14 +547,25 @@ impl AzureStore {
     /// Runs `attempt` until it is done, waiting out a delete, recover or
     /// purge that Key Vault is finishing (pauses of 100 ms doubling to 1 s,
     /// at most `pending_wait` in all; then the attempt's own error).
-    async fn settled<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    ///
+    /// Each attempt but one the mount's rate limiter already counted
+    /// (`counted`: the first, when it is the operation's own call) takes a
+    /// slot of `class` from the mount's quotas, as any call would.
+    async fn settled<T, F, Fut>(&self, class: CallClass, counted: bool, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Step<T>>>,
     {
         let deadline = tokio::time::Instant::now() + self.pending_wait;
         let mut pause = FIRST_PAUSE;
+        let mut first = true;
         loop {
+            if !(first && counted)
+                && let Some(meter) = self.meter.get()
+            {
+                meter.slot(class).await?;
+            }
+            first = false;
             match attempt().await? {
                 Step::Done(v) => return Ok(v),
                 Step::Wait(e) if tokio::time::Instant::now() + pause > deadline => return Err(e),
@@ -643,6 +657,10 @@ impl SecretStore for AzureStore {
         Cloud::Azure
     }
 
+    fn attach_meter(&self, meter: Meter) {
+        let _ = self.meter.set(meter);
+    }
+
     async fn check(&self) -> Result<()> {
         let mut pages = self
             .client
@@ -704,7 +722,7 @@ impl SecretStore for AzureStore {
                 "{PROVIDER} keeps at most {MAX_CUSTOM_TAGS} custom metadata entries per secret"
             )));
         }
-        self.settled(|| self.put_once(name, value, pre, tags)).await
+        self.settled(CallClass::Write, true, || self.put_once(name, value, pre, tags)).await
     }
 
     async fn describe(&self, name: &str) -> Result<SecretInfo> {
@@ -762,7 +780,7 @@ impl SecretStore for AzureStore {
     /// secret already deleted (but recoverable) is purged.
     async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
         let purge = how == Deletion::Purge;
-        self.settled(|| async move {
+        self.settled(CallClass::Write, true, || async move {
             match self.client.delete_secret(name, None).await {
                 Ok(_) => Ok(Step::Done(())),
                 Err(e) if in_progress(&e) => Ok(Step::Wait(still_pending(e, "DeleteSecret", name))),
@@ -774,7 +792,7 @@ impl SecretStore for AzureStore {
         if !purge {
             return Ok(());
         }
-        self.settled(|| async move {
+        self.settled(CallClass::Write, false, || async move {
             match self.client.purge_deleted_secret(name, None).await {
                 Ok(_) => Ok(Step::Done(())),
                 Err(e) if in_progress(&e) => Ok(Step::Wait(still_pending(e, "PurgeDeletedSecret", name))),
@@ -789,7 +807,7 @@ impl SecretStore for AzureStore {
     /// recovers in the background and answers 404 until it has. A recover
     /// already under way (a retried call) is waited for the same way.
     async fn restore(&self, name: &str) -> Result<()> {
-        self.settled(|| async move {
+        self.settled(CallClass::Write, true, || async move {
             match self.client.recover_deleted_secret(name, None).await {
                 Ok(_) => Ok(Step::Done(())),
                 Err(e) if in_progress(&e) && inner_code(&e).as_deref() == Some("ObjectIsBeingRecovered") => {
@@ -800,7 +818,7 @@ impl SecretStore for AzureStore {
             }
         })
         .await?;
-        self.settled(|| async move {
+        self.settled(CallClass::ReadValue, false, || async move {
             match self.client.get_secret(name, None).await {
                 Ok(_) => Ok(Step::Done(())),
                 Err(e) if status(&e) == Some(404) => Ok(Step::Wait(still_pending(e, "GetSecret", name))),
@@ -843,7 +861,8 @@ impl SecretStore for AzureStore {
         // current ones forward (one more call).
         match tags {
             Some(t) if t.len() <= MAX_CUSTOM_TAGS && !t.contains_key(NUMBER_TAG) => {
-                self.settled(|| self.set(name, value, with_number(t.clone(), number.max(1)))).await
+                self.settled(CallClass::Write, true, || self.set(name, value, with_number(t.clone(), number.max(1))))
+                    .await
             }
             _ => self.put(name, value, &Precondition::None, tags).await,
         }

@@ -410,6 +410,40 @@ async fn purge_right_after_delete_is_retried_until_it_succeeds() {
     );
 }
 
+/// The looks a wait makes take slots of the mount's quotas, as any call
+/// does: within the write quota a purge right after a delete goes through,
+/// with each look counted; past it the purge is refused `Throttled` and the
+/// secret stays deleted, not purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waits_looks_are_charged_to_the_mounts_quota() {
+    let kv = KeyVault::start().await;
+    kv.set_operation_delay(Duration::from_millis(400));
+    store(&kv).put("a", &text("v"), &Precondition::None, None).await.unwrap();
+    store(&kv).put("b", &text("v"), &Precondition::None, None).await.unwrap();
+    // Respected: writes at 100/s.
+    let mut limits = Limits::published(Cloud::Azure);
+    limits.write = Rate::per_second(100);
+    let limited = Limited::new(store(&kv), limits);
+    let writes = || kv.requests_by_kind().get("write").copied().unwrap_or(0);
+    let before = writes();
+    limited.delete("a", Deletion::Purge).await.unwrap();
+    let sent = writes() - before;
+    assert!(sent >= 3, "a delete, a refused purge and a purge: {sent}");
+    assert_eq!(limited.calls_by_kind()[3], ("write", sent), "every write the vault saw was counted");
+    // Exceeded: one write a minute, no waiting for a slot: the delete takes
+    // it, and the purge's first look finds none.
+    let mut limits = Limits::published(Cloud::Azure);
+    limits.write = Rate { count: 1, period: Duration::from_secs(60) };
+    limits.max_wait = Duration::from_millis(50);
+    let limited = Limited::new(store(&kv), limits);
+    let before = writes();
+    let e = limited.delete("b", Deletion::Purge).await.unwrap_err();
+    assert!(matches!(&e, Error::Throttled(m) if m.contains("write rate limit")), "{e:?}");
+    assert_eq!(writes() - before, 1, "only the delete reached the vault");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(kv.state("b"), Some("deleted"), "deleted, not purged");
+}
+
 /// Tokens expire after their `expires_in`; the vault refuses an expired one
 /// with 401 and its challenge, as Key Vault does. The adapter's credential
 /// gets a new token before the old one expires and keeps working.

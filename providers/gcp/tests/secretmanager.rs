@@ -192,7 +192,7 @@ async fn bad_key_files_are_refused_without_quoting_them() {
     let full = key.to_string();
     let cases: Vec<(&str, String, &str)> = vec![
         ("truncated", full[..full.len() / 2].to_string(), "not JSON"),
-        ("user", with(&|k| k["type"] = "authorized_user".into()), "only service_account keys"),
+        ("user", with(&|k| k["type"] = "authorized_user".into()), "only service-account keys"),
         ("untyped", with(&|k| k["type"] = serde_json::Value::Null), "not a service-account key"),
         ("no-email", with(&|k| k["client_email"] = serde_json::Value::Null), "client_email is missing"),
         ("no-key", with(&|k| k["private_key"] = "".into()), "private_key is missing"),
