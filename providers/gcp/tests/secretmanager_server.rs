@@ -265,8 +265,6 @@ async fn api_calls_take_only_tokens_from_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_follow_the_published_rules() {
     let sm = SecretManager::start(PROJECT).await;
-    let c = Client::new(&sm);
-    let token = sm.account().sign(&jwt_claims(&sm));
     let k63 = format!("a{}", "b".repeat(62));
     let many = |n: usize| Value::Object((0..n).map(|i| (format!("l{i}"), json!("v"))).collect());
     let cases: Vec<(Value, bool)> = vec![
@@ -289,36 +287,12 @@ async fn labels_follow_the_published_rules() {
         (json!({"a": 1}), false),
         (json!(["a"]), false),
     ];
-    for (i, (labels, valid)) in cases.into_iter().enumerate() {
-        let body = json!({"replication": {"automatic": {}}, "labels": labels});
-        let (code, resp) = c.send(reqwest::Method::POST, &format!("secrets?secretId=l{i}"), &token, &body).await;
-        let want = if valid { 200 } else { 400 };
-        assert_eq!(code, want, "create with {labels}: {resp}");
-        if !valid {
-            assert_eq!(resp["error"]["status"], "INVALID_ARGUMENT", "{resp}");
-            // The same labels by UpdateSecret.
-            c.send(
-                reqwest::Method::POST,
-                "secrets?secretId=patched",
-                &token,
-                &json!({"replication": {"automatic": {}}}),
-            )
-            .await;
-            let (code, resp) = c
-                .send(reqwest::Method::PATCH, "secrets/patched?updateMask=labels", &token, &json!({"labels": labels}))
-                .await;
-            assert_eq!((code, resp["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{labels}: {resp}");
-        } else {
-            assert_eq!(serde_json::to_value(sm.labels(&format!("l{i}")).unwrap()).unwrap(), labels);
-        }
-    }
+    map_rules_hold(&sm, "labels", "l", cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotations_follow_the_published_rules() {
     let sm = SecretManager::start(PROJECT).await;
-    let c = Client::new(&sm);
-    let token = sm.account().sign(&jwt_claims(&sm));
     let total = |n: usize| json!({ "k": "x".repeat(n - 1) });
     let cases: Vec<(Value, bool)> = vec![
         (json!({"owner": "any value: ünïcode, {json}"}), true),
@@ -335,28 +309,41 @@ async fn annotations_follow_the_published_rules() {
         (total(16 * 1024), false),
         (json!({"a": true}), false),
     ];
-    for (i, (annotations, valid)) in cases.into_iter().enumerate() {
-        let body = json!({"replication": {"automatic": {}}, "annotations": annotations});
-        let (code, resp) = c.send(reqwest::Method::POST, &format!("secrets?secretId=a{i}"), &token, &body).await;
-        assert_eq!(code, if valid { 200 } else { 400 }, "create: {resp}");
+    map_rules_hold(&sm, "annotations", "a", cases).await;
+}
+
+/// Creates a secret with each map as its `field` (`labels` or
+/// `annotations`): valid ones are kept as given; invalid ones are refused
+/// 400 INVALID_ARGUMENT, on create and by UpdateSecret alike.
+async fn map_rules_hold(sm: &SecretManager, field: &str, prefix: &str, cases: Vec<(Value, bool)>) {
+    let c = Client::new(sm);
+    let token = sm.account().sign(&jwt_claims(sm));
+    let patched = format!("patched-{field}");
+    c.send(
+        reqwest::Method::POST,
+        &format!("secrets?secretId={patched}"),
+        &token,
+        &json!({"replication": {"automatic": {}}}),
+    )
+    .await;
+    for (i, (map, valid)) in cases.into_iter().enumerate() {
+        let id = format!("{prefix}{i}");
+        let body = json!({"replication": {"automatic": {}}, field: map});
+        let (code, resp) = c.send(reqwest::Method::POST, &format!("secrets?secretId={id}"), &token, &body).await;
+        assert_eq!(code, if valid { 200 } else { 400 }, "create with {field} {map}: {resp}");
         if !valid {
             assert_eq!(resp["error"]["status"], "INVALID_ARGUMENT", "{resp}");
-            c.send(
-                reqwest::Method::POST,
-                "secrets?secretId=patched",
-                &token,
-                &json!({"replication": {"automatic": {}}}),
-            )
-            .await;
             let (code, resp) = c
                 .send(
                     reqwest::Method::PATCH,
-                    "secrets/patched?updateMask=annotations",
+                    &format!("secrets/{patched}?updateMask={field}"),
                     &token,
-                    &json!({"annotations": annotations}),
+                    &json!({ field: map }),
                 )
                 .await;
-            assert_eq!((code, resp["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{resp}");
+            assert_eq!((code, resp["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{map}: {resp}");
+        } else if field == "labels" {
+            assert_eq!(serde_json::to_value(sm.labels(&id).unwrap()).unwrap(), map);
         }
     }
 }
