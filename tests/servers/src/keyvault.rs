@@ -751,34 +751,24 @@ async fn vault_api(
                 );
             }
             let key = name.to_ascii_lowercase();
-            match v.held.get(&key) {
-                None => {}
-                Some(Held::Deleting { .. } | Held::Purging { .. }) => {
-                    return err_inner(
-                        StatusCode::CONFLICT,
-                        "Conflict",
+            if let Some(held) = v.held.get(&key) {
+                let (inner, message) = match held {
+                    Held::Deleting { .. } | Held::Purging { .. } => (
                         "ObjectIsBeingDeleted",
-                        &format!("Secret {name} is currently being deleted and cannot be re-created; retry later."),
-                    );
-                }
-                Some(Held::Recovering { .. }) => {
-                    return err_inner(
-                        StatusCode::CONFLICT,
-                        "Conflict",
+                        format!("Secret {name} is currently being deleted and cannot be re-created; retry later."),
+                    ),
+                    Held::Recovering { .. } => (
                         "ObjectIsBeingRecovered",
-                        &format!("Secret {name} is currently being recovered and cannot be re-created; retry later."),
-                    );
-                }
-                Some(Held::Deleted { .. }) => {
-                    return err_inner(
-                        StatusCode::CONFLICT,
-                        "Conflict",
+                        format!("Secret {name} is currently being recovered and cannot be re-created; retry later."),
+                    ),
+                    Held::Deleted { .. } => (
                         "ObjectIsDeletedButRecoverable",
-                        &format!(
+                        format!(
                             "Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged."
                         ),
-                    );
-                }
+                    ),
+                };
+                return err_inner(StatusCode::CONFLICT, "Conflict", inner, &message);
             }
             let b = match json_body() {
                 Ok(b) => b,
