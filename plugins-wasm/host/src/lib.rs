@@ -36,6 +36,11 @@ pub use limits::MountLimits;
 use state::State;
 use ticker::Ticker;
 
+/// How much of a freed instance's linear memory is reset in place for the
+/// next call (a Rust component's shadow stack and data sit in its first
+/// megabyte or two); the rest is returned to the kernel.
+const KEEP_RESIDENT: usize = 4 << 20;
+
 /// How often the epoch advances: the granularity of deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -117,7 +122,16 @@ impl WasmHost {
             .max_memory_size(config.max_memory_bytes)
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
-            .max_tables_per_component(16);
+            .max_tables_per_component(16)
+            // A freed slot is reset in place rather than handed back to the
+            // kernel: `madvise(DONTNEED)` on every call cost a TLB shootdown
+            // on every core (30-40% of the CPU at c=32, docs/BENCHMARKS.md)
+            // and a page fault for every page the next call touched. With
+            // PAGEMAP_SCAN (Linux 6.7+) only the pages the call dirtied are
+            // restored from the image; without it, the lowest bytes are.
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10);
         let mut c = Config::new();
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
