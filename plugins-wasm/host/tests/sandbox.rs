@@ -166,6 +166,19 @@ async fn a_panic_is_a_trap_of_that_call_only() {
     assert_eq!(read(b.as_ref(), "ok").await.unwrap().get("answer"), Some("42"));
 }
 
+/// Every call runs in a fresh instance, although the pool resets a freed
+/// slot in place for the next: what a call left in its globals, in low
+/// memory and in memory it grew is gone for the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_sees_what_an_earlier_one_left_in_memory() {
+    let h = host();
+    let (b, _) = mount(&h, &[]).await;
+    for _ in 0..5 {
+        let r = read(b.as_ref(), "remember").await.unwrap();
+        assert_eq!((r.get("calls"), r.get("low"), r.get("high")), (Some("1"), Some("0"), Some("0,0")));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_response_is_refused_and_a_raised_limit_admits_it() {
     let h = host();

@@ -6,7 +6,8 @@
 //! `call/{host}` fetches `http://{host}/` (say `evil.example` or an
 //! allow-listed `127.0.0.1:PORT` that never answers), `file` reads
 //! /etc/passwd, `env` reads the environment, `storage` writes and reads
-//! back its storage.
+//! back its storage, `remember` reports what an earlier call left in its
+//! globals, low memory and high memory, then leaves marks there.
 
 use keybridge_plugin_sdk::*;
 
@@ -25,7 +26,13 @@ const PATHS: &[&str] = &[
     "file",
     "env",
     "storage",
+    "remember",
 ];
+
+/// Calls this instance has served (1 in a fresh instance).
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// A mark in the data segment, near the start of linear memory.
+static LOW: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 impl Engine for Hostile {
     fn describe() -> EngineInfo {
@@ -85,6 +92,23 @@ impl Engine for Hostile {
                 storage::put("probe", b"value")?;
                 let back = storage::get("probe")?.unwrap_or_default();
                 Ok(respond([("read_back", String::from_utf8_lossy(&back).into_owned())]))
+            }
+            "remember" => {
+                let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let low = LOW.swap(0xab, std::sync::atomic::Ordering::SeqCst);
+                // Zeroed memory the allocator takes from fresh pages, well
+                // past what the host keeps resident between calls.
+                let mut high = vec![0u8; 8 << 20];
+                let last = high.len() - 1;
+                let seen = (high[4096], high[last]);
+                high[4096] = 0xcd;
+                high[last] = 0xef;
+                std::hint::black_box(&high);
+                Ok(respond([
+                    ("calls", calls.to_string()),
+                    ("low", low.to_string()),
+                    ("high", format!("{},{}", seen.0, seen.1)),
+                ]))
             }
             other => Err(Error::NotFound(format!("no such path {other}"))),
         }
