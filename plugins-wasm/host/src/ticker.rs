@@ -1,6 +1,9 @@
 //! The epoch ticker: advances the engine's epoch every [`EPOCH_TICK`] while
-//! at least one call runs, and sleeps (parked, no wakeups) while none does,
-//! so an idle gateway does not wake 200 times a second for its plugins.
+//! calls run, and sleeps (parked, no wakeups) once none has run for
+//! [`IDLE_GRACE`], so an idle gateway does not wake 200 times a second for
+//! its plugins. The grace keeps a steady trickle of calls (one at a time,
+//! back to back) from waking the thread for every call: that wake-up cost
+//! more CPU than the call itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -10,9 +13,16 @@ use wasmtime::Engine;
 
 use crate::EPOCH_TICK;
 
+/// How long the ticker keeps ticking after the last call before it parks.
+pub(crate) const IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub(crate) struct Ticker {
     /// Calls in flight.
     active: AtomicUsize,
+    /// A call started since the ticker last looked.
+    touched: AtomicBool,
+    /// The thread is parked (or about to): the next call wakes it.
+    parked: AtomicBool,
     stop: AtomicBool,
     /// Epochs advanced so far (for tests).
     ticks: AtomicU64,
@@ -32,17 +42,31 @@ impl Ticker {
     pub(crate) fn start(engine: &Engine) -> std::io::Result<Arc<Ticker>> {
         let ticker = Arc::new(Ticker {
             active: AtomicUsize::new(0),
+            touched: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
             thread: OnceLock::new(),
         });
         let (weak, t) = (engine.weak(), ticker.clone());
+        let grace_ticks = (IDLE_GRACE.as_micros() / EPOCH_TICK.as_micros()).max(1) as u32;
         let handle = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+            let mut idle = grace_ticks;
             while !t.stop.load(Ordering::Acquire) {
-                if t.active.load(Ordering::Acquire) == 0 {
-                    // `busy` unparks; a token left by an unpark that came
-                    // before this park makes it return at once.
-                    std::thread::park();
+                if t.touched.swap(false, Ordering::AcqRel) || t.active.load(Ordering::Acquire) > 0 {
+                    idle = 0;
+                } else {
+                    idle = idle.saturating_add(1);
+                }
+                if idle >= grace_ticks {
+                    t.parked.store(true, Ordering::SeqCst);
+                    // A call that started before `parked` was set is seen
+                    // here; one after it unparks. A token left by an unpark
+                    // that came before this park makes it return at once.
+                    if t.active.load(Ordering::SeqCst) == 0 && !t.touched.load(Ordering::SeqCst) {
+                        std::thread::park();
+                    }
+                    t.parked.store(false, Ordering::SeqCst);
                     continue;
                 }
                 std::thread::sleep(EPOCH_TICK);
@@ -59,7 +83,9 @@ impl Ticker {
 
     /// Marks a call in flight until the guard drops.
     pub(crate) fn busy(self: &Arc<Self>) -> Busy {
-        if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.touched.store(true, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
             self.wake();
         }
         Busy(self.clone())
@@ -109,10 +135,33 @@ mod tests {
         assert!(during >= 5, "a call runs: the epoch must advance every 5 ms, advanced {during} times in 100 ms");
 
         drop(busy);
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(IDLE_GRACE * 2 + Duration::from_millis(50));
         let after = ticker.ticks();
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(ticker.ticks(), after, "the call ended: the epoch must stand still again");
+        ticker.stop();
+    }
+
+    /// Calls one after another, each short, a millisecond apart: the ticker
+    /// stays awake between them (within the grace) instead of being woken
+    /// for each; past the grace it sleeps.
+    #[test]
+    fn a_trickle_of_calls_does_not_wake_the_ticker_for_each() {
+        let engine = engine();
+        let ticker = Ticker::start(&engine).unwrap();
+        drop(ticker.busy());
+        std::thread::sleep(Duration::from_millis(20));
+        let mut found_parked = 0;
+        for _ in 0..100 {
+            if ticker.parked.load(Ordering::SeqCst) {
+                found_parked += 1;
+            }
+            drop(ticker.busy());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(found_parked, 0, "the ticker parked between calls a millisecond apart");
+        std::thread::sleep(IDLE_GRACE * 2 + Duration::from_millis(50));
+        assert!(ticker.parked.load(Ordering::SeqCst), "no call for twice the grace: the ticker must sleep");
         ticker.stop();
     }
 }
