@@ -252,7 +252,6 @@ impl Core {
     /// checkpoint.
     pub(crate) async fn unload(&self) {
         let old = self.unsealed.write().unwrap_or_else(|p| p.into_inner()).take();
-        self.leases.unload();
         if let Some(l) = old {
             l.audit.shutdown().await;
         }

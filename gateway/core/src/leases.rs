@@ -4,11 +4,14 @@
 //! retried with backoff until it succeeds.
 //!
 //! Storage: `core/leases/<lease id>` holds the record, `core/lease-data/<lease
-//! id>` the engine's internal data (which may be secret), written together.
-//! Lease ids are `<mount path><request path>/<32 hex>`, so a prefix of a path
-//! is a prefix of its leases' ids.
+//! id>` the engine's internal data (which may be secret), and
+//! `core/lease-due/<due, 16 hex digits>/<lease id>` the time-ordered index the
+//! expiry worker reads from its front; the three are written together. No
+//! lease is held in memory: a million leases cost nothing at unseal, and
+//! lists page through the store. Lease ids are `<mount path><request
+//! path>/<32 hex>`, so a prefix of a path is a prefix of its leases' ids.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +28,25 @@ use crate::{Error, Result, Timestamp};
 
 const LEASES: &str = "core/leases/";
 const LEASE_DATA: &str = "core/lease-data/";
+/// The due index: `<due as 16 hex digits>/<lease id>`, so key order is due
+/// order.
+const LEASE_DUE: &str = "core/lease-due/";
+/// Present once every lease has its due-index entry (stores written before
+/// the index existed get theirs at their first unseal).
+const DUE_INDEXED: &str = "core/lease-due-indexed";
+/// Due leases one expiry pass takes from the front of the index.
+const PASS_MAX: usize = 1024;
+/// Revocations an expiry pass runs at once against one mount's engine.
+pub(crate) const REVOKE_CONCURRENCY_PER_MOUNT: usize = 16;
+/// Lease ids one revoke-by-prefix or mount-disable reads per page.
+const ID_PAGE: usize = 512;
 const DEFAULT_TTL: u64 = 3600;
 const DEFAULT_MAX_TTL: u64 = 768 * 3600;
 /// Backoff between failed revocations: 1 s doubling to this.
 const MAX_BACKOFF: u64 = 600;
-/// The most lease records one `Leases/List` call returns.
-const LIST_MAX: usize = 100_000;
+/// `Leases/List` page sizes: the default, and the most one call returns.
+pub const LIST_PAGE_DEFAULT: usize = 1000;
+pub const LIST_PAGE_MAX: usize = 10_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,14 +89,31 @@ impl LeaseRecord {
         }
     }
 
-    /// When the worker should look at it next.
-    fn due(&self) -> i64 {
+    /// When the worker should look at it next; `None`: never (pinned by a
+    /// rotation, which revokes it itself).
+    fn due(&self) -> Option<i64> {
         match self.retry_at {
-            Some(t) => t.secs,
-            None if self.pinned => i64::MAX,
-            None => self.expires.secs,
+            Some(t) => Some(t.secs),
+            None if self.pinned => None,
+            None => Some(self.expires.secs),
         }
     }
+}
+
+/// The due-index key of a lease due at `due` (before 1970 sorts as 1970).
+fn due_key(due: i64, id: &str) -> String {
+    format!("{LEASE_DUE}{:016x}/{id}", due.max(0))
+}
+
+/// A due-index key back into (due, lease id); `None` for a key not written
+/// by [`due_key`].
+fn parse_due_key(key: &str) -> Option<(i64, &str)> {
+    let rest = key.strip_prefix(LEASE_DUE)?;
+    let (hex, id) = rest.split_once('/')?;
+    if hex.len() != 16 || id.is_empty() {
+        return None;
+    }
+    Some((i64::from_str_radix(hex, 16).ok()?, id))
 }
 
 fn at(secs: i64) -> Timestamp {
@@ -100,28 +133,6 @@ fn mount_duration(mount: &MountEntry, key: &str, default: u64) -> u64 {
     mount.config.get(key).and_then(|v| crate::plugins::parse_duration(v)).unwrap_or(default)
 }
 
-/// The in-memory due index: (due unix seconds, lease id).
-#[derive(Default)]
-pub(crate) struct LeaseIndex {
-    pub(crate) due: BTreeSet<(i64, String)>,
-    pub(crate) by_id: BTreeMap<String, i64>,
-}
-
-impl LeaseIndex {
-    fn set(&mut self, id: &str, due: i64) {
-        if let Some(old) = self.by_id.insert(id.to_string(), due) {
-            self.due.remove(&(old, id.to_string()));
-        }
-        self.due.insert((due, id.to_string()));
-    }
-
-    fn remove(&mut self, id: &str) {
-        if let Some(old) = self.by_id.remove(id) {
-            self.due.remove(&(old, id.to_string()));
-        }
-    }
-}
-
 /// The leases' store, due index, locks and wake-up: what the lease
 /// operations share, and nothing else of the core (as Vault's
 /// `ExpirationManager`). The operations that need a caller's authority or a
@@ -132,8 +143,6 @@ pub(crate) struct LeaseManager {
     locks: Stripes,
     /// Wakes the expiry worker when a lease is written.
     changed: tokio::sync::Notify,
-    /// Leases by when they are due; emptied on seal.
-    index: std::sync::Mutex<LeaseIndex>,
     /// Test hook: recording a lease fails, as on a full disk.
     #[cfg(test)]
     pub(crate) fail_record: std::sync::atomic::AtomicBool,
@@ -145,45 +154,58 @@ impl LeaseManager {
             barrier,
             locks: Stripes::new(stripes),
             changed: tokio::sync::Notify::new(),
-            index: Default::default(),
             #[cfg(test)]
             fail_record: Default::default(),
         }
     }
 
-    /// Reads every lease into the due index (at unseal) and wakes the worker.
+    /// At unseal: gives every lease of a store written before the due index
+    /// existed its index entry (once; later unseals read nothing), and wakes
+    /// the worker.
     pub(crate) async fn load(&self) -> Result<()> {
-        let mut index = LeaseIndex::default();
-        for r in self.records("", usize::MAX).await? {
-            index.set(&r.id, r.due());
+        if self.barrier.get(DUE_INDEXED).await?.is_none() {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.records_page("", after.as_deref(), ID_PAGE).await?;
+                let mut b = WriteBatch::new();
+                for r in &page {
+                    if let Some(due) = r.due() {
+                        b.put(due_key(due, &r.id), Zeroizing::new(Vec::new()));
+                    }
+                }
+                b.put(DUE_INDEXED, Zeroizing::new(b"1".to_vec()));
+                self.barrier.commit(b).await?;
+                match page.last() {
+                    Some(r) if page.len() == ID_PAGE => after = Some(r.id.clone()),
+                    _ => break,
+                }
+            }
         }
-        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = index;
         self.changed.notify_one();
         Ok(())
-    }
-
-    /// Forgets the due index (at seal).
-    pub(crate) fn unload(&self) {
-        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = LeaseIndex::default();
     }
 
     pub(crate) async fn lock(&self, lease_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
         self.locks.lock(lease_id).await
     }
 
-    /// The lease records whose ids start with `prefix` (at most `max`).
-    async fn records(&self, prefix: &str, max: usize) -> Result<Vec<LeaseRecord>> {
+    /// Up to `limit` lease records whose ids start with `prefix`, in id
+    /// order, after the id `after`.
+    async fn records_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<LeaseRecord>> {
         let mut out = Vec::new();
-        for key in self.barrier.list_all(&format!("{LEASES}{prefix}"), max).await? {
+        for id in self.ids_page(prefix, after, limit).await? {
+            let key = format!("{LEASES}{id}");
             let Some(raw) = self.barrier.get(&key).await? else { continue };
             out.push(serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?);
         }
         Ok(out)
     }
 
-    /// The ids of the leases under `prefix`.
-    async fn ids(&self, prefix: &str) -> Result<Vec<String>> {
-        let keys = self.barrier.list_all(&format!("{LEASES}{prefix}"), usize::MAX).await?;
+    /// Up to `limit` ids of the leases under `prefix`, after the id `after`.
+    async fn ids_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        // `start` is inclusive: begin just past `after`.
+        let start = after.map(|a| format!("{LEASES}{a}\0"));
+        let keys = self.barrier.list(&format!("{LEASES}{prefix}"), start.as_deref(), limit).await?;
         Ok(keys.into_iter().map(|k| k[LEASES.len()..].to_string()).collect())
     }
 
@@ -204,7 +226,10 @@ impl LeaseManager {
         Ok(Some((r, data)))
     }
 
-    async fn write(&self, r: &LeaseRecord, data: Option<&Params>) -> Result<()> {
+    /// Writes a lease's record (and its data, when given) with its due-index
+    /// entry, moving the entry from `was_due` (the record's due before this
+    /// change; `None` for a new lease), in one commit.
+    async fn write(&self, r: &LeaseRecord, was_due: Option<i64>, data: Option<&Params>) -> Result<()> {
         #[cfg(test)]
         if self.fail_record.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Internal("injected: the lease store is failing".into()));
@@ -214,29 +239,59 @@ impl LeaseManager {
         if let Some(d) = data {
             b.put(format!("{LEASE_DATA}{}", r.id), Zeroizing::new(serde_json::to_vec(&d.0).unwrap_or_default()));
         }
+        let due = r.due();
+        if was_due != due {
+            if let Some(old) = was_due {
+                b.delete(due_key(old, &r.id));
+            }
+            if let Some(new) = due {
+                b.put(due_key(new, &r.id), Zeroizing::new(Vec::new()));
+            }
+        }
         self.barrier.commit(b).await?;
-        self.index.lock().unwrap_or_else(|p| p.into_inner()).set(&r.id, r.due());
         self.changed.notify_one();
         Ok(())
     }
 
-    async fn delete(&self, id: &str) -> Result<()> {
+    /// Deletes a lease's record, data and due-index entry in one commit.
+    async fn delete(&self, r: &LeaseRecord) -> Result<()> {
         let mut b = WriteBatch::new();
-        b.delete(format!("{LEASES}{id}")).delete(format!("{LEASE_DATA}{id}"));
-        self.barrier.commit(b).await?;
-        self.index.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-        Ok(())
+        b.delete(format!("{LEASES}{}", r.id)).delete(format!("{LEASE_DATA}{}", r.id));
+        if let Some(due) = r.due() {
+            b.delete(due_key(due, &r.id));
+        }
+        Ok(self.barrier.commit(b).await?)
     }
 
-    /// Up to `max` leases due by `now`.
-    fn due(&self, now: i64, max: usize) -> Vec<String> {
-        let idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        idx.due.iter().take_while(|(t, _)| *t <= now).take(max).map(|(_, id)| id.clone()).collect()
+    /// Up to `max` entries from the front of the due index that are due by
+    /// `now`: (due, lease id), in due order.
+    async fn due(&self, now: i64, max: usize) -> Result<Vec<(i64, String)>> {
+        let keys = self.barrier.list(LEASE_DUE, None, max).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let Some((due, id)) = parse_due_key(key) else {
+                return Err(Error::Corrupt { key: key.clone(), reason: "not a lease due-index key".into() });
+            };
+            if due > now {
+                break;
+            }
+            out.push((due, id.to_string()));
+        }
+        Ok(out)
     }
 
     /// When the next lease is due.
-    fn next_due(&self) -> Option<i64> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner()).due.iter().next().map(|(t, _)| *t)
+    async fn next_due(&self) -> Result<Option<i64>> {
+        let keys = self.barrier.list(LEASE_DUE, None, 1).await?;
+        Ok(keys.first().and_then(|k| parse_due_key(k)).map(|(due, _)| due))
+    }
+
+    /// Drops a due-index entry whose lease is gone or due at another time
+    /// (left by nothing this module writes; kept from blocking the front).
+    async fn drop_stale_due(&self, due: i64, id: &str) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(due_key(due, id));
+        Ok(self.barrier.commit(b).await?)
     }
 }
 
@@ -277,7 +332,7 @@ impl Core {
             retry_at: None,
             pinned,
         };
-        if let Err(e) = self.leases.write(&r, Some(&lease.internal)).await {
+        if let Err(e) = self.leases.write(&r, None, Some(&lease.internal)).await {
             tracing::error!(lease_id = %id, error = %e, "lease: could not record a lease; revoking the credential");
             let info = LeaseInfo {
                 lease_id: id,
@@ -307,15 +362,44 @@ impl Core {
         Ok(r.view())
     }
 
-    /// Leases whose ids start with `prefix` (Vault: list on
-    /// `sys/leases/lookup/PREFIX`, which needs sudo).
-    pub async fn list_leases(&self, caller: &Caller, prefix: &str) -> Result<Vec<LeaseView>> {
+    /// A page of the leases whose ids start with `prefix`, in id order
+    /// (Vault: list on `sys/leases/lookup/PREFIX`, which needs sudo), and the
+    /// token of the next page (empty after the last). `page_size` 0 is the
+    /// default; `page_token` is a previous answer's.
+    pub async fn list_leases(
+        &self,
+        caller: &Caller,
+        prefix: &str,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<LeaseView>, String)> {
         let id = self.authenticate(caller).await?;
         if !prefix.is_empty() {
             validate_lease_ref(prefix, "prefix")?;
         }
+        if page_size > LIST_PAGE_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "page_size {page_size} is too large: at most {LIST_PAGE_MAX} leases per page"
+            )));
+        }
+        if !page_token.is_empty() && (!page_token.starts_with(prefix) || validate_lease_ref(page_token, "").is_err()) {
+            return Err(Error::InvalidArgument(
+                "invalid page_token: pass the next_page_token of the previous page of the same prefix".into(),
+            ));
+        }
         self.authorize(caller, &id, &format!("sys/leases/lookup/{prefix}"), Capability::Sudo).await?;
-        Ok(self.leases.records(prefix, LIST_MAX).await?.iter().map(LeaseRecord::view).collect())
+        let size = if page_size == 0 { LIST_PAGE_DEFAULT } else { page_size };
+        let after = (!page_token.is_empty()).then_some(page_token);
+        // One more than the page: a next page is promised only if it holds
+        // a lease.
+        let mut page = self.leases.records_page(prefix, after, size + 1).await?;
+        let next = if page.len() > size {
+            page.truncate(size);
+            page.last().map(|r| r.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((page.iter().map(LeaseRecord::view).collect(), next))
     }
 
     /// Extends a lease by `increment` seconds (0: the engine's default), up
@@ -351,12 +435,13 @@ impl Core {
             increment,
         };
         let terms = backend.renew(&ctx, &info).await.map_err(engine_error)?;
+        let was_due = r.due();
         let ttl = if terms.ttl_secs == 0 { increment.max(1) } else { terms.ttl_secs };
         // The engine's TTL and the caller's increment are numbers from
         // outside: saturating, then capped at the lease's max.
         r.expires = at(now).plus_secs(ttl).min(r.max_expires);
         r.renewable = terms.renewable;
-        self.leases.write(&r, None).await?;
+        self.leases.write(&r, was_due, None).await?;
         Ok(r.view())
     }
 
@@ -378,7 +463,7 @@ impl Core {
         if self.leases.read(lease_id).await?.is_none() {
             return Err(not_found(lease_id));
         }
-        self.revoke_now(lease_id, &caller.request_id).await
+        self.revoke_now(lease_id, &caller.request_id, None).await.map(|_| ())
     }
 
     /// Revokes every lease under `prefix` (sudo, as in Vault). Returns how
@@ -392,35 +477,59 @@ impl Core {
 
     /// Revokes a lease for the system (a rotation retiring a credential).
     pub(crate) async fn revoke_lease_now(&self, lease_id: &str, request_id: &str) -> Result<()> {
-        self.revoke_now(lease_id, request_id).await
+        self.revoke_now(lease_id, request_id, None).await.map(|_| ())
     }
 
+    /// Revokes every lease under `prefix`, a page of ids at a time.
     pub(crate) async fn revoke_under(&self, prefix: &str, request_id: &str) -> Result<usize> {
-        let ids = self.leases.ids(prefix).await?;
-        let mut done = 0;
-        let mut failed = Vec::new();
-        for lease in &ids {
-            match self.revoke_now(lease, request_id).await {
-                Ok(()) => done += 1,
-                Err(e) => failed.push(format!("{lease}: {e}")),
+        let mut done = 0usize;
+        let mut failed = 0usize;
+        let mut named = Vec::new();
+        // Failed leases stay in the store: page on past them.
+        let mut after: Option<String> = None;
+        loop {
+            let ids = self.leases.ids_page(prefix, after.as_deref(), ID_PAGE).await?;
+            for lease in &ids {
+                match self.revoke_now(lease, request_id, None).await {
+                    Ok(_) => done = done.saturating_add(1),
+                    Err(e @ Error::Sealed) => return Err(e),
+                    Err(e) => {
+                        failed = failed.saturating_add(1);
+                        if named.len() < 5 {
+                            named.push(format!("{lease}: {e}"));
+                        }
+                    }
+                }
+            }
+            match ids.last() {
+                Some(last) if ids.len() == ID_PAGE => after = Some(last.clone()),
+                _ => break,
             }
         }
-        if failed.is_empty() {
+        if failed == 0 {
             Ok(done)
         } else {
+            let more =
+                if failed > named.len() { format!("; and {} more", failed - named.len()) } else { String::new() };
             Err(Error::Unavailable(format!(
-                "revoked {done} lease(s); {} could not be revoked and will be retried: {}",
-                failed.len(),
-                failed.join("; ")
+                "revoked {done} lease(s); {failed} could not be revoked and will be retried: {}{more}",
+                named.join("; ")
             )))
         }
     }
 
     /// Runs the engine's revoke for a lease and deletes the lease; on
-    /// failure schedules a retry with backoff.
-    async fn revoke_now(&self, lease_id: &str, request_id: &str) -> Result<()> {
+    /// failure schedules a retry with backoff. With `due_by`, only a lease
+    /// due by then is revoked (the expiry worker: a renewal may have moved
+    /// it since the index was read). Returns whether it was revoked.
+    async fn revoke_now(&self, lease_id: &str, request_id: &str, due_by: Option<i64>) -> Result<bool> {
         let _g = self.leases.lock(lease_id).await;
-        let Some((mut r, data)) = self.leases.read(lease_id).await? else { return Ok(()) };
+        let Some((mut r, data)) = self.leases.read(lease_id).await? else { return Ok(false) };
+        if let Some(now) = due_by
+            && r.due().is_none_or(|d| d > now)
+        {
+            return Ok(false);
+        }
         let attempt = async {
             let (mount, backend) = self.lease_backend(&r).await?;
             let ctx = self.call_context(&mount, request_id, "lease manager");
@@ -435,17 +544,18 @@ impl Core {
         };
         match attempt.await {
             Ok(()) => {
-                self.leases.delete(lease_id).await?;
+                self.leases.delete(&r).await?;
                 tracing::info!(lease_id = %lease_id, "lease: revoked");
-                Ok(())
+                Ok(true)
             }
             Err(e) => {
-                r.attempts += 1;
+                let was_due = r.due();
+                r.attempts = r.attempts.saturating_add(1);
                 r.last_error = Some(e.to_string());
                 let backoff = (1u64 << (r.attempts - 1).min(20)).min(MAX_BACKOFF);
                 r.retry_at = Some(Timestamp::now().plus_secs(backoff));
                 tracing::warn!(lease_id = %lease_id, attempts = r.attempts, error = %e, "lease: revoke failed; will retry");
-                self.leases.write(&r, None).await?;
+                self.leases.write(&r, was_due, None).await?;
                 Err(e)
             }
         }
@@ -456,21 +566,117 @@ impl Core {
         crate::core::run_passes("lease", &self.leases.changed, || self.lease_pass()).await
     }
 
-    /// Revokes what is due; returns how long until the next is.
+    /// Revokes what is due, in bulk: up to [`PASS_MAX`] leases from the
+    /// front of the due index, each mount's revoked
+    /// [`REVOKE_CONCURRENCY_PER_MOUNT`] at a time (their deletions share
+    /// the store's group commits). Returns how long until the next is due.
     pub(crate) async fn lease_pass(&self) -> Result<Duration> {
+        use futures::StreamExt;
         self.unsealed()?;
-        for id in &self.leases.due(Timestamp::now().secs, 64) {
-            if let Err(e) = self.revoke_now(id, "lease-expiry").await
-                && matches!(e, Error::Sealed)
-            {
-                return Err(e);
-            }
+        let now = Timestamp::now().secs;
+        let due = self.leases.due(now, PASS_MAX).await?;
+        // By mount: the longest mount path each id starts with.
+        let table = self.unsealed()?.table();
+        let mut by_mount: BTreeMap<&str, Vec<(i64, String)>> = BTreeMap::new();
+        for (at, id) in due {
+            let mount = table
+                .entries
+                .iter()
+                .filter(|m| id.starts_with(m.path.as_str()))
+                .max_by_key(|m| m.path.len())
+                .map_or("", |m| m.path.as_str());
+            by_mount.entry(mount).or_default().push((at, id));
         }
-        Ok(match self.leases.next_due() {
-            Some(t) if t <= Timestamp::now().secs => Duration::from_millis(50),
-            Some(t) => Duration::from_secs((t - Timestamp::now().secs).clamp(1, 60) as u64),
+        let per_mount = by_mount.into_values().map(|leases| {
+            futures::stream::iter(leases)
+                .map(|(at, id)| self.expire(at, id, now))
+                .buffer_unordered(REVOKE_CONCURRENCY_PER_MOUNT)
+                .collect::<Vec<Result<()>>>()
+        });
+        let outcomes = futures::future::join_all(per_mount).await;
+        if outcomes.iter().flatten().any(|r| matches!(r, Err(Error::Sealed))) {
+            return Err(Error::Sealed);
+        }
+        let now = Timestamp::now().secs;
+        Ok(match self.leases.next_due().await? {
+            Some(t) if t <= now => Duration::from_millis(50),
+            Some(t) => Duration::from_secs(t.saturating_sub(now).clamp(1, 60) as u64),
             None => Duration::from_secs(60),
         })
+    }
+}
+
+#[cfg(feature = "fixtures")]
+impl Core {
+    /// Writes `count` leases on the plugin mount at `mount_path` straight to
+    /// the store, as if its engine had issued them, `batch` to a commit:
+    /// lease `i` expires `ttl(i)` seconds from now (negative: already due)
+    /// and carries the engine data `data(i)`. For benchmarks and tests of
+    /// many leases; the server never calls it.
+    pub async fn write_lease_fixture(
+        &self,
+        mount_path: &str,
+        count: usize,
+        batch: usize,
+        ttl: impl Fn(usize) -> i64,
+        data: impl Fn(usize) -> Params,
+    ) -> Result<()> {
+        let table = self.unsealed()?.table();
+        let mount = table
+            .entries
+            .iter()
+            .find(|m| m.path == mount_path)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no mount at {mount_path}")))?;
+        let now = Timestamp::now().secs;
+        let mut b = WriteBatch::new();
+        for i in 0..count {
+            let id = format!("{}fixture/{:032x}", mount.path, i);
+            let expires = now.saturating_add(ttl(i));
+            let r = LeaseRecord {
+                id: id.clone(),
+                mount_id: mount.id.clone(),
+                mount_path: mount.path.clone(),
+                path: "fixture".into(),
+                issued: at(now),
+                expires: at(expires),
+                max_expires: at(expires.max(now)),
+                renewable: true,
+                attempts: 0,
+                last_error: None,
+                retry_at: None,
+                pinned: false,
+            };
+            b.put(format!("{LEASES}{id}"), encode_json(&r));
+            b.put(format!("{LEASE_DATA}{id}"), Zeroizing::new(serde_json::to_vec(&data(i).0).unwrap_or_default()));
+            b.put(due_key(expires, &id), Zeroizing::new(Vec::new()));
+            if (i + 1) % batch.max(1) == 0 {
+                self.barrier.commit(std::mem::take(&mut b)).await?;
+            }
+        }
+        self.barrier.commit(b).await?;
+        self.leases.changed.notify_one();
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Revokes one lease the due index lists at `at`, if it is still due
+    /// by `now`; an index entry left behind (the lease gone, renewed or
+    /// pinned since the index was read) is dropped. Only sealing is an
+    /// error here: a failed revocation is retried by the lease itself.
+    async fn expire(&self, at: i64, id: String, now: i64) -> Result<()> {
+        match self.revoke_now(&id, "lease-expiry", Some(now)).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                if self.leases.read(&id).await?.is_none_or(|(r, _)| r.due() != Some(at)) {
+                    self.leases.drop_stale_due(at, &id).await?;
+                }
+                Ok(())
+            }
+            Err(Error::Sealed) => Err(Error::Sealed),
+            Err(_) => Ok(()),
+        }
     }
 }
 

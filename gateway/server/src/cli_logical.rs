@@ -21,6 +21,13 @@ pub enum LeaseCommand {
         /// The start of the lease ids to list, e.g. `apikeys/issue/` (default: every lease).
         #[arg(default_value = "")]
         prefix: String,
+        /// Show at most this many (0: every one, read a page at a time).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Continue after this lease id (what the previous list printed to
+        /// continue from).
+        #[arg(long, default_value = "")]
+        after: String,
     },
     /// Show a lease: its TTL, whether it is renewable, and when it was issued and expires.
     Lookup {
@@ -249,15 +256,37 @@ pub async fn path_help(c: &Client, path: String) -> Result<(), Error> {
 pub async fn lease(c: &Client, cmd: LeaseCommand) -> Result<(), Error> {
     let json_out = c.json();
     match cmd {
-        LeaseCommand::List { prefix } => {
-            let r = leases(c).list(c.req(pb::ListLeasesRequest { prefix })).await?.into_inner();
+        LeaseCommand::List { prefix, limit, after } => {
+            // Pages of at most 1000 until `limit`: a million leases are
+            // never one message, nor held by the server for one call.
+            let mut found: Vec<pb::Lease> = Vec::new();
+            let mut page_token = after;
+            let more = loop {
+                let want = if limit == 0 { 1000 } else { (limit - found.len()).min(1000) };
+                let r = leases(c)
+                    .list(c.req(pb::ListLeasesRequest {
+                        prefix: prefix.clone(),
+                        page_size: want as u32,
+                        page_token: page_token.clone(),
+                    }))
+                    .await?
+                    .into_inner();
+                found.extend(r.leases);
+                if r.next_page_token.is_empty() {
+                    break None;
+                }
+                page_token = r.next_page_token;
+                if limit != 0 && found.len() >= limit {
+                    break Some(page_token);
+                }
+            };
             if json_out {
-                print_json(&Value::Array(r.leases.iter().map(lease_json).collect()));
-            } else if r.leases.is_empty() {
+                print_json(&Value::Array(found.iter().map(lease_json).collect()));
+            } else if found.is_empty() {
                 println!("No leases.");
             } else {
                 println!("{:<64}  {:>10}  {:<9}  Expires", "Lease", "TTL (s)", "Renewable");
-                for l in &r.leases {
+                for l in &found {
                     let note = if l.revoke_attempts > 0 {
                         format!("  (revocation failed {}x: {})", l.revoke_attempts, l.last_error)
                     } else {
@@ -271,6 +300,9 @@ pub async fn lease(c: &Client, cmd: LeaseCommand) -> Result<(), Error> {
                         time(&l.expire_time)
                     );
                 }
+            }
+            if let Some(token) = more {
+                eprintln!("More leases follow: keybridge lease list {prefix} --after {token}");
             }
         }
         LeaseCommand::Lookup { lease_id } => {

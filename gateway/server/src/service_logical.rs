@@ -165,10 +165,13 @@ impl pb::leases_server::Leases for LeasesService {
     async fn list(&self, req: Request<pb::ListLeasesRequest>) -> Result<Response<pb::ListLeasesResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
-        let c = c.with_path(&r.prefix);
-        let res = self.core.list_leases(&c, &r.prefix).await;
-        let leases = self.core.finish(&c, res, none).await.map_err(status)?;
-        Ok(Response::new(pb::ListLeasesResponse { leases: leases.into_iter().map(lease_pb).collect() }))
+        let c = c.with_path(&r.prefix).with("page_size", plain(r.page_size));
+        let res = self.core.list_leases(&c, &r.prefix, r.page_size as usize, &r.page_token).await;
+        let (leases, next_page_token) = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::ListLeasesResponse {
+            leases: leases.into_iter().map(lease_pb).collect(),
+            next_page_token,
+        }))
     }
 
     async fn renew(&self, req: Request<pb::RenewLeaseRequest>) -> Result<Response<pb::Lease>, Status> {

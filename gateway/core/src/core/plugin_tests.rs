@@ -21,6 +21,11 @@ struct Issuer {
     exists_calls: AtomicU32,
     revoked: StdMutex<Vec<String>>,
     fail_revokes: AtomicU32,
+    /// Revocations running now, the most seen at once, and how long each
+    /// takes (ms).
+    in_flight: AtomicU32,
+    max_in_flight: AtomicU32,
+    revoke_ms: AtomicU32,
 }
 
 struct IssuerEngine {
@@ -94,6 +99,13 @@ impl PluginEngine for IssuerEngine {
         Ok(LeaseTerms { ttl_secs: lease.increment.max(10), max_ttl_secs: 0, renewable: true })
     }
     async fn revoke(&self, _ctx: &CallContext, lease: &LeaseInfo) -> Result<(), EngineError> {
+        let now = self.state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let ms = self.state.revoke_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms.into())).await;
+        }
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.state.fail_revokes.load(Ordering::SeqCst) > 0 {
             self.state.fail_revokes.fetch_sub(1, Ordering::SeqCst);
             return Err(EngineError::Unavailable("the service is down".into()));
@@ -304,7 +316,7 @@ async fn renewing_by_u64_max_saturates_at_the_lease_max() {
     let renewed = core.renew_lease(&t, &lease.lease_id, u64::MAX).await.unwrap();
     assert_eq!(renewed.expires, lease.max_expires);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(core.list_leases(&t, "").await.unwrap().len(), 1, "the lease was revoked");
+    assert_eq!(core.list_leases(&t, "", 0, "").await.unwrap().0.len(), 1, "the lease was revoked");
     assert!(issuer.revoked.lock().unwrap().is_empty());
     // A TTL of u64::MAX at issue is capped by the mount's max.
     let r = core
@@ -341,14 +353,14 @@ async fn leases_are_recorded_renewed_and_revoked() {
     assert!(lease.lease_id.starts_with("creds/creds/app/"), "{}", lease.lease_id);
     assert_eq!(lease.ttl_secs, 60);
     assert_eq!(lease.max_expires.secs - lease.issued.secs, 120);
-    let listed = core.list_leases(&t, "creds/").await.unwrap();
+    let listed = core.list_leases(&t, "creds/", 0, "").await.unwrap().0;
     assert_eq!(listed.len(), 1);
     let renewed = core.renew_lease(&t, &lease.lease_id, 100).await.unwrap();
     assert!(renewed.expires <= lease.max_expires, "renewed past the max TTL");
     assert!(renewed.expires.secs > lease.expires.secs);
     core.revoke_lease(&t, &lease.lease_id).await.unwrap();
     assert_eq!(*issuer.revoked.lock().unwrap(), vec!["cred-1".to_string()]);
-    assert!(core.list_leases(&t, "").await.unwrap().is_empty());
+    assert!(core.list_leases(&t, "", 0, "").await.unwrap().0.is_empty());
     let e = core.renew_lease(&t, &lease.lease_id, 10).await.unwrap_err();
     assert!(matches!(e, Error::NotFound(_)));
     let e = core.revoke_lease(&t, "../x").await.unwrap_err();
@@ -359,7 +371,7 @@ async fn leases_are_recorded_renewed_and_revoked() {
     }
     core.engine_request(&t, EngineOp::Read, "creds/creds/other", BTreeMap::new()).await.unwrap();
     assert_eq!(core.revoke_lease_prefix(&t, "creds/creds/batch").await.unwrap(), 3);
-    assert_eq!(core.list_leases(&t, "").await.unwrap().len(), 1);
+    assert_eq!(core.list_leases(&t, "", 0, "").await.unwrap().0.len(), 1);
 }
 
 #[tokio::test]
@@ -393,7 +405,7 @@ async fn a_lease_that_cannot_be_recorded_revokes_its_credential() {
     assert!(matches!(&e, Error::Internal(m) if m.contains("the credential was revoked")), "{e}");
     assert_eq!(*issuer.revoked.lock().unwrap(), vec!["cred-1".to_string()]);
     core.leases.fail_record.store(false, Ordering::SeqCst);
-    assert!(core.list_leases(&t, "").await.unwrap().is_empty());
+    assert!(core.list_leases(&t, "", 0, "").await.unwrap().0.is_empty());
 }
 
 #[tokio::test]
@@ -407,7 +419,96 @@ async fn disabling_a_mount_revokes_its_leases_first() {
     assert!(core.list_mounts(&t).await.unwrap().iter().any(|m| m.path == "creds/"));
     core.disable_mount(&t, "creds/").await.unwrap();
     assert_eq!(issuer.revoked.lock().unwrap().len(), 2);
-    assert!(core.list_leases(&t, "").await.unwrap().is_empty());
+    assert!(core.list_leases(&t, "", 0, "").await.unwrap().0.is_empty());
+}
+
+/// `Leases/List` pages in id order; a token from elsewhere and a page
+/// larger than the most allowed are refused.
+#[tokio::test]
+async fn lease_lists_page_in_id_order() {
+    let (core, t, _) = core_with_issuer().await;
+    for _ in 0..5 {
+        core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap();
+    }
+    core.engine_request(&t, EngineOp::Read, "creds/creds/other", BTreeMap::new()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let (page, next) = core.list_leases(&t, "creds/creds/app", 2, &token).await.unwrap();
+        pages += 1;
+        assert!(page.len() <= 2);
+        seen.extend(page.into_iter().map(|l| l.lease_id));
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(pages, 3, "5 leases in pages of 2");
+    let (full, next) = core.list_leases(&t, "creds/creds/app", 5, "").await.unwrap();
+    assert_eq!((full.len(), next.as_str()), (5, ""), "a full last page promises no next one");
+    assert_eq!(seen.len(), 5);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "not in id order: {seen:?}");
+    assert!(seen.iter().all(|id| id.starts_with("creds/creds/app/")));
+    let e = core.list_leases(&t, "creds/creds/app", 2, "creds/creds/other/x").await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("page_token")), "{e}");
+    let e = core.list_leases(&t, "", crate::leases::LIST_PAGE_MAX + 1, "").await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("at most")), "{e}");
+    let (all, next) = core.list_leases(&t, "", crate::leases::LIST_PAGE_MAX, "").await.unwrap();
+    assert_eq!((all.len(), next.as_str()), (6, ""));
+}
+
+/// Expiry takes due leases from the store's time-ordered index and revokes
+/// them in bulk, a bounded number at once per mount: with 40 due and each
+/// revocation taking 50 ms, one pass revokes all 40, never more than the
+/// bound at once, and well under 40 × 50 ms.
+#[tokio::test]
+async fn expiry_revokes_in_bulk_with_bounded_concurrency_per_mount() {
+    let (core, t, issuer) = core_with_issuer().await;
+    for _ in 0..40 {
+        core.engine_request(&t, EngineOp::Read, "creds/creds/app", data(&[("ttl", "1")])).await.unwrap();
+    }
+    // Not due: a lease renewed past the others.
+    let kept = core.engine_request(&t, EngineOp::Read, "creds/creds/kept", data(&[("ttl", "1")])).await.unwrap();
+    let kept = kept.lease.unwrap().lease_id;
+    core.renew_lease(&t, &kept, 3600).await.unwrap();
+    issuer.revoke_ms.store(50, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = std::time::Instant::now();
+    core.lease_pass().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(issuer.revoked.lock().unwrap().len(), 40);
+    let most = issuer.max_in_flight.load(Ordering::SeqCst) as usize;
+    assert_eq!(most, crate::leases::REVOKE_CONCURRENCY_PER_MOUNT, "revocations at once");
+    assert!(took < Duration::from_millis(40 * 50 / 2), "one at a time? {took:?}");
+    let (left, _) = core.list_leases(&t, "", 0, "").await.unwrap();
+    assert_eq!(left.iter().map(|l| l.lease_id.as_str()).collect::<Vec<_>>(), vec![kept.as_str()]);
+}
+
+/// A store written before the due index existed: its leases get index
+/// entries at the first unseal, and then expire.
+#[tokio::test]
+async fn leases_from_before_the_due_index_are_indexed_at_unseal() {
+    let (core, t, issuer, key) = core_with_key().await;
+    for _ in 0..3 {
+        core.engine_request(&t, EngineOp::Read, "creds/creds/app", data(&[("ttl", "1")])).await.unwrap();
+    }
+    // As an older store: no index entries, no marker.
+    let barrier = core.barrier.clone();
+    let mut b = keybridge_barrier::WriteBatch::new();
+    for k in barrier.list_all("core/lease-due/", usize::MAX).await.unwrap() {
+        b.delete(k);
+    }
+    b.delete("core/lease-due-indexed");
+    barrier.commit(b).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    core.lease_pass().await.unwrap();
+    assert!(issuer.revoked.lock().unwrap().is_empty(), "nothing indexed, nothing expires");
+    core.seal(&t).await.unwrap();
+    core.unseal(&key, false).await.unwrap();
+    assert_eq!(barrier.list_all("core/lease-due/", usize::MAX).await.unwrap().len(), 3);
+    core.lease_pass().await.unwrap();
+    assert_eq!(issuer.revoked.lock().unwrap().len(), 3);
 }
 
 /// Rules, rotations and schedules take local and cloud mounts only: a

@@ -645,7 +645,10 @@ fn rows() -> Vec<Row> {
             "Leases.List",
             ("`sys/leases/lookup/<prefix>`", "`sudo`"),
             &[("sys/leases/lookup/apikeys/", "sudo")],
-            call!(leases_client::LeasesClient, list, |_fx| pb::ListLeasesRequest { prefix: "apikeys/".into() }),
+            call!(leases_client::LeasesClient, list, |_fx| pb::ListLeasesRequest {
+                prefix: "apikeys/".into(),
+                ..Default::default()
+            }),
         ),
         row(
             "Leases.Renew",

@@ -491,3 +491,86 @@ async fn engine_issued_credentials_rotate_across_every_copy() {
     let r = json(&s.cli(Some(t), &["rotate", "secret/app/db", "--every", "0s", "-o", "json"]));
     assert_eq!(r["state"], "unscheduled", "{r}");
 }
+
+/// A graceful stop (SIGTERM), so the store closes cleanly for the fixture.
+fn stop(mut s: Server) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let _ = s.child.wait();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Writes `n` leases on `keys/` straight into a stopped server's store.
+async fn lease_fixture(dir: &std::path::Path, key: &str, n: usize) {
+    use keybridge_barrier::{Barrier, RedbStore};
+    use keybridge_core::plugins::Params;
+    let store = RedbStore::open(&dir.join("data/keybridge.db"), 8 << 20).unwrap();
+    let core = keybridge_core::Core::new(Barrier::new(std::sync::Arc::new(store)), Default::default());
+    core.unseal(key, false).await.unwrap();
+    core.write_lease_fixture("keys/", n, 1000, |_| 30 * 86_400, |i| Params(vec![("jti".into(), format!("f{i}"))]))
+        .await
+        .unwrap();
+}
+
+/// What unsealing and serving leases (pages, lookups) add to the RSS of
+/// the server just started on the store, sealed. (Opening the store costs
+/// memory with the file's size, in redb, whatever it holds.)
+async fn serving_rss(dir: &std::path::Path, key: &str, root: &str, expect: usize) -> i64 {
+    let s = Server::with_config(dir, false, 0);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let sealed = rss_kib(s.child.id());
+    ok(&blocking(|| s.cli(None, &["operator", "unseal", key])));
+    let mut leases = pb::leases_client::LeasesClient::new(s.channel().await);
+    let page = |token: String| {
+        authed(root, pb::ListLeasesRequest { prefix: "keys/".into(), page_size: 1000, page_token: token })
+    };
+    // One page (the same records either way: the store's cache holds what
+    // is read, bounded by its size), then a page from the far end.
+    let first = leases.list(page(String::new())).await.unwrap().into_inner();
+    assert_eq!(first.leases.len(), 1000);
+    assert_eq!(first.next_page_token.is_empty(), expect == 1000);
+    let near_end = format!("keys/fixture/{:032x}", expect - 3);
+    let last = leases.list(page(near_end)).await.unwrap().into_inner();
+    assert_eq!(last.leases.len(), 2);
+    for i in [0usize, 1, expect / 2, expect - 1] {
+        let id = format!("keys/fixture/{i:032x}");
+        leases.lookup(authed(root, pb::LeaseRef { lease_id: id })).await.unwrap();
+    }
+    let rss = rss_kib(s.child.id());
+    drop(leases);
+    stop(s);
+    rss as i64 - sealed as i64
+}
+
+/// No lease is held in memory: a server with 10,000 leases in its store
+/// unseals and serves them (pages, lookups) in the memory it takes with
+/// 1,000. Loading them at unseal, as an in-memory index did, costs
+/// megabytes here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_memory_does_not_grow_with_the_number_of_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config(dir.path(), false, 0);
+    let (t, key) = blocking(|| init_unseal(&s));
+    register(&s, &t, "apikeys", "apikeys");
+    mount(&s, &t, "apikeys", "keys/", &[]);
+    stop(s);
+    lease_fixture(dir.path(), &key, 1_000).await;
+    let small = serving_rss(dir.path(), &key, &t, 1_000).await;
+    lease_fixture(dir.path(), &key, 10_000).await;
+    let large = serving_rss(dir.path(), &key, &t, 10_000).await;
+    eprintln!("RSS added by unsealing and serving 1,000 leases: {small} KiB; 10,000 leases: {large} KiB");
+    assert!(
+        large < small + 2 * 1024,
+        "unsealing and serving took {small} KiB with 1,000 leases and {large} KiB with 10,000"
+    );
+}
