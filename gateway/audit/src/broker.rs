@@ -94,14 +94,20 @@ impl Broker {
         for d in devices.iter() {
             if let Some(out) = &d.direct {
                 // Rendered into this thread's scratch buffer, outside the
-                // device's lock, and written before the next device's turn.
-                let r = SCRATCH.with_borrow_mut(|body| {
+                // device's lock, sealed onto the device's pending lines, and
+                // written (by this request, or with others' by the one
+                // writing now) before the next device's turn.
+                let turn = SCRATCH.with_borrow_mut(|body| {
                     body.clear();
                     render(body, kind, caller, state, outcome, response, &d.hmac_key);
-                    let r = out.lock().unwrap_or_else(|p| p.into_inner()).write(&d.chain_mac, false, &[body]);
+                    let t = out.lock().unwrap_or_else(|p| p.into_inner()).seal(&d.chain_mac, body);
                     release_if_large(body);
-                    r
+                    t
                 });
+                let r = match turn {
+                    Turn::Write => Leading::new(out).write().await,
+                    Turn::Wait(rx) => Waiting { rx, output: out }.outcome().await,
+                };
                 match r {
                     Ok(()) => ok |= d.entry.counts(),
                     Err(e) if d.entry.counts() => errors.push(format!("{}: {e}", d.entry.path)),
@@ -285,7 +291,7 @@ impl Broker {
         };
         let state = sink.recover(&chain_key, &cp);
         let (hmac_key, chain_mac) = (MacKey::new(&hmac_key), MacKey::new(&chain_key));
-        let output = Arc::new(Mutex::new(Output { sink, state, dirty: fresh, lines: Vec::new() }));
+        let output = Arc::new(Mutex::new(Output::new(sink, state, fresh)));
         let direct = (entry.kind == "stream" || (entry.kind == "file" && !entry.fsync())).then(|| output.clone());
         let (tx, rx) = mpsc::channel();
         let writer = Writer {

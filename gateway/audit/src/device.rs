@@ -121,9 +121,95 @@ pub(super) struct Output {
     pub(super) dirty: bool,
     /// The lines of a group are assembled here (kept between groups).
     pub(super) lines: Vec<u8>,
+    /// Direct devices: lines sealed and not yet handed to the sink, the
+    /// state after the last line the sink took, whether a request is
+    /// writing now (it has lent the sink out of the lock), and the requests
+    /// waiting for their line to be written, by sequence number.
+    pub(super) pending: Vec<u8>,
+    pub(super) committed: ChainState,
+    pub(super) flushing: bool,
+    pub(super) waiters: Vec<(u64, oneshot::Sender<Written>)>,
+}
+
+/// What a waiting request hears: its line was written, or was not (why),
+/// or the writing request handed it the writing (its line is pending).
+pub(super) enum Written {
+    Yes,
+    No(String),
+    YourTurn,
+}
+
+/// What a request whose line was sealed does next: write the pending lines
+/// itself (no one else is), or wait for the request that is writing.
+pub(super) enum Turn {
+    Write,
+    Wait(oneshot::Receiver<Written>),
+}
+
+/// Rounds one request writes before it hands the writing to a waiting one
+/// (its own answer is not held back behind everyone else's lines).
+const MAX_ROUNDS: usize = 4;
+
+/// Stands in for a sink lent to a writing request.
+struct Lent;
+
+impl Sink for Lent {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("the sink is in use by another write"))
+    }
 }
 
 impl Output {
+    pub(super) fn new(sink: Box<dyn Sink>, state: ChainState, dirty: bool) -> Output {
+        Output {
+            sink,
+            state,
+            dirty,
+            lines: Vec::new(),
+            pending: Vec::new(),
+            committed: state,
+            flushing: false,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Direct devices: seals `body` onto the pending lines. The first
+    /// request in writes them (and any sealed meanwhile) with one `write`
+    /// each round, outside the lock ([`write_pending`]); the others wait
+    /// for it without holding a thread. A request's line is written before
+    /// its turn ends, in chain order, as it was when each wrote its own.
+    pub(super) fn seal(&mut self, chain_key: &MacKey, body: &[u8]) -> Turn {
+        let s = &mut self.state;
+        s.seq += 1;
+        let first = s.new_segment;
+        s.chain = chain::seal_line(chain_key, &s.chain, s.seq, first, body, &mut self.pending);
+        if first {
+            s.segment_start = s.seq;
+            s.new_segment = false;
+        }
+        if self.flushing {
+            let (tx, rx) = oneshot::channel();
+            self.waiters.push((s.seq, tx));
+            Turn::Wait(rx)
+        } else {
+            self.flushing = true;
+            Turn::Write
+        }
+    }
+
+    /// Waits (on the writer thread, off the request path) until no request
+    /// is writing, so the sink is at hand and every sealed line written.
+    pub(super) fn settled(output: &Mutex<Output>) -> std::sync::MutexGuard<'_, Output> {
+        loop {
+            let out = output.lock().unwrap_or_else(|p| p.into_inner());
+            if !out.flushing {
+                return out;
+            }
+            drop(out);
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+
     /// Chains and writes `bodies` as one group. On failure nothing of the
     /// group stays (the sink cuts its partial write back) and the chain
     /// position is unchanged.
@@ -161,6 +247,136 @@ impl Output {
             }
         }
         result
+    }
+}
+
+/// Direct devices: the request whose [`Output::seal`] said
+/// [`Turn::Write`] writes the pending lines, round after round, until none
+/// are left; each round is one `write`, made with the sink lent out of the
+/// lock so others can seal meanwhile. Returns the outcome of the first
+/// round, which holds the caller's own line. A failed round is cut back
+/// from the file, and the chain returns to the last line written: the
+/// lines sealed on top of the failed ones are dropped and their requests
+/// told, so none is reported written that is not.
+pub(super) fn write_pending(output: &Mutex<Output>) -> std::result::Result<(), String> {
+    let lock = || output.lock().unwrap_or_else(|p| p.into_inner());
+    let mut mine = None;
+    let mut spare = Vec::new();
+    for round in 0.. {
+        let (lines, upto, mut sink) = {
+            let mut out = lock();
+            if out.pending.is_empty() {
+                out.flushing = false;
+                out.pending = spare;
+                break;
+            }
+            if round >= MAX_ROUNDS && hand_over(&mut out) {
+                break;
+            }
+            let lines = std::mem::replace(&mut out.pending, spare);
+            let upto = out.state;
+            (lines, upto, std::mem::replace(&mut out.sink, Box::new(Lent)))
+        };
+        let r = sink.write(&lines);
+        let mut out = lock();
+        if r.is_err() {
+            sink.rollback();
+        }
+        out.sink = sink;
+        let r = r.map_err(|e| e.to_string());
+        match &r {
+            Ok(()) => {
+                out.committed = upto;
+                out.dirty = true;
+                let (done, wait): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut out.waiters).into_iter().partition(|(seq, _)| *seq <= upto.seq);
+                out.waiters = wait;
+                for (_, ack) in done {
+                    let _ = ack.send(Written::Yes);
+                }
+            }
+            Err(e) => {
+                out.state = out.committed;
+                out.pending.clear();
+                for (_, ack) in std::mem::take(&mut out.waiters) {
+                    let _ = ack.send(Written::No(e.clone()));
+                }
+            }
+        }
+        mine.get_or_insert(r);
+        spare = lines;
+        spare.clear();
+        release_if_large(&mut spare);
+    }
+    mine.unwrap_or(Ok(()))
+}
+
+/// Hands the writing to the longest-waiting request that still waits
+/// (every waiter's line is pending). False if none does.
+fn hand_over(out: &mut Output) -> bool {
+    while !out.waiters.is_empty() {
+        let (_, next) = out.waiters.remove(0);
+        if next.send(Written::YourTurn).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// The request that writes the pending lines. It yields once first, so
+/// requests running beside it on its thread seal their lines into the same
+/// `write`; dropped before it wrote (its request was cancelled), it writes
+/// then, so the pending lines never wait for a request that is gone.
+pub(super) struct Leading<'a> {
+    output: &'a Mutex<Output>,
+    wrote: bool,
+}
+
+impl<'a> Leading<'a> {
+    pub(super) fn new(output: &'a Mutex<Output>) -> Self {
+        Leading { output, wrote: false }
+    }
+
+    pub(super) async fn write(mut self) -> std::result::Result<(), String> {
+        tokio::task::yield_now().await;
+        self.wrote = true;
+        write_pending(self.output)
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !self.wrote {
+            let _ = write_pending(self.output);
+        }
+    }
+}
+
+/// A request waiting for its line. Dropped before it heard (its request
+/// was cancelled), it still writes if the writing was handed to it, so
+/// the pending lines never wait for a request that is gone.
+pub(super) struct Waiting<'a> {
+    pub(super) rx: oneshot::Receiver<Written>,
+    pub(super) output: &'a Mutex<Output>,
+}
+
+impl Waiting<'_> {
+    pub(super) async fn outcome(mut self) -> std::result::Result<(), String> {
+        let r = (&mut self.rx).await;
+        match r {
+            Ok(Written::Yes) => Ok(()),
+            Ok(Written::No(e)) => Err(e),
+            Ok(Written::YourTurn) => write_pending(self.output),
+            Err(_) => Err("its writer stopped".into()),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(Written::YourTurn) = self.rx.try_recv() {
+            let _ = write_pending(self.output);
+        }
     }
 }
 
@@ -217,7 +433,7 @@ impl Writer {
             match control {
                 None | Some(Msg::Record(..)) => {}
                 Some(Msg::Reopen(ack)) => {
-                    let mut out = self.lock();
+                    let mut out = Output::settled(&self.output);
                     let r = out.sink.reopen().map_err(|e| e.to_string());
                     if r.is_ok() {
                         out.state.new_segment = true;
@@ -258,7 +474,7 @@ impl Writer {
     /// Stores the chain position in the barrier (if it moved, or `force`).
     pub(super) fn checkpoint(&self, force: bool) {
         let cp = {
-            let mut out = self.lock();
+            let mut out = Output::settled(&self.output);
             if !out.dirty && !force {
                 return;
             }

@@ -130,6 +130,45 @@ async fn the_chain_continues_across_seal_unseal_and_reopen() {
     assert!(r2.problem.unwrap().contains("truncated"));
 }
 
+/// Many requests at once on a file device: each waits for its lines
+/// (written by itself or with others' by the request writing then), and
+/// the file holds every request's and response's record, in one unbroken
+/// chain up to the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_share_writes_and_keep_one_chain() {
+    let (core, root) = dev_core().await;
+    let core = Arc::new(core);
+    let r = Caller::token(Some(&root));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    core.enable_audit(&r, "file", "file", "", opts(&[("file_path", log.to_str().unwrap())])).await.unwrap();
+    let before = records(&log).len();
+    let mut tasks = Vec::new();
+    for t in 0..48 {
+        let (core, root) = (core.clone(), root.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                put(&core, &root, &format!("secret/c/{t}"), &format!("p{i}")).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let lines = records(&log);
+    let requests = lines[before..].iter().filter(|l| l["type"] == "request").count();
+    let responses = lines[before..].iter().filter(|l| l["type"] == "response").count();
+    assert_eq!((requests, responses), (48 * 25, 48 * 25));
+    let key = core.audit_verification_key(&r, "file").await.unwrap();
+    let report = verify_files(
+        &key.key_bytes().unwrap(),
+        &[("audit.log".into(), std::fs::read(&log).unwrap())],
+        Some(&key.checkpoint()),
+    );
+    assert_eq!(report.problem, None, "{:?}", report.notes);
+    assert_eq!(report.records as usize, records(&log).len());
+}
+
 /// A collector on a Unix socket that records what it is sent until told to
 /// hang up.
 struct Collector {
