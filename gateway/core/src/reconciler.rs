@@ -368,14 +368,20 @@ impl Host for Core {
         Ok(self.revoke_lease_now(lease, why).await?)
     }
 
-    fn call_counts(&self) -> Vec<(String, String, &'static str, u64)> {
+    fn call_counts(&self) -> Vec<keybridge_reconciler::CallCount> {
         let Ok(unsealed) = Core::unsealed(self) else { return Vec::new() };
         let table = unsealed.table();
         let mut calls = Vec::new();
         for (path, stats) in self.mount_stats() {
             let kind = table.get(&path).map(|m| m.kind.clone()).unwrap_or_default();
-            for (k, n) in stats.by_kind {
-                calls.push((path.clone(), kind.clone(), k, n));
+            for ((k, n), time) in stats.by_kind.into_iter().zip(stats.time_by_kind) {
+                calls.push(keybridge_reconciler::CallCount {
+                    mount: path.clone(),
+                    provider: kind.clone(),
+                    kind: k,
+                    calls: n,
+                    time,
+                });
             }
         }
         calls

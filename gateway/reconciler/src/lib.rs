@@ -52,7 +52,7 @@ pub use journal::JournalEntry;
 pub use rotation::{CopyState, RotateSpec, Rotation, RotationState, RotationVerifier, Schedule};
 pub use rules::{OnConflict, OnDelete, Rule, RuleSpec, check_name, check_rules};
 pub use store::{Current, Head, Host, Issued, Reach, Routed, STAGING_SUFFIX, Staged, Staging, Store};
-pub use worker::SyncStatus;
+pub use worker::{CallCount, SyncStatus};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -5,7 +5,71 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
-use crate::{Error, Host, Reconciler, Record, Result, Rule};
+use crate::{Error, Host, Reconciler, Record, Result, Rule, Store};
+
+/// Replicas a deep scan describes at once on one target (each mount's
+/// quota still paces them).
+const DESCRIBE_AT_ONCE: usize = 16;
+
+/// The replicas on target `t` that drifted: deleted or changed outside
+/// Keybridge, found by one listing where it carries markers (or on a
+/// quick scan), else by a describe of each, a few at a time.
+async fn target_drift<'a>(
+    host: &'a dyn Host,
+    t: &'a str,
+    records: &'a BTreeMap<String, Record>,
+    deep: bool,
+) -> Result<Vec<(&'a String, &'a Record, &'static str)>> {
+    let routed = host.route(t).await?;
+    let (engine, mount, rel) = (routed.store.as_ref(), routed.mount_path.as_str(), routed.rel.as_str());
+    let mine: Vec<(&String, &Record)> = records.iter().filter(|(p, r)| p.starts_with(t) && !r.foreign).collect();
+    let mut drifted = Vec::new();
+    if mine.is_empty() {
+        return Ok(drifted);
+    }
+    let listed = if engine.reach().exact_markers || !deep { engine.list_markers(rel).await? } else { None };
+    match listed {
+        Some(listed) => {
+            for (tp, r) in mine {
+                let why = match listed.get(&tp[mount.len()..]) {
+                    None => Some("deleted outside Keybridge"),
+                    Some(m) if m.is_some() && *m != r.marker => Some("changed since Keybridge wrote it"),
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    drifted.push((tp, r, why));
+                }
+            }
+        }
+        None => {
+            use futures::FutureExt;
+            for chunk in mine.chunks(DESCRIBE_AT_ONCE) {
+                let heads: Vec<_> = chunk.iter().map(|&(tp, r)| replica_drift(engine, mount, tp, r).boxed()).collect();
+                for d in futures::future::join_all(heads).await {
+                    if let Some(d) = d? {
+                        drifted.push(d);
+                    }
+                }
+            }
+        }
+    }
+    Ok(drifted)
+}
+
+/// Describes one replica: whether it drifted from what Keybridge wrote.
+async fn replica_drift<'r>(
+    engine: &dyn Store,
+    mount: &str,
+    tp: &'r String,
+    r: &'r Record,
+) -> Result<Option<(&'r String, &'r Record, &'static str)>> {
+    let now = engine.head(&tp[mount.len()..]).await?;
+    if now.as_ref().map(|c| &c.id) == Some(&r.version_id) {
+        return Ok(None);
+    }
+    let why = if now.is_none() { "deleted outside Keybridge" } else { "changed since Keybridge wrote it" };
+    Ok(Some((tp, r, why)))
+}
 
 impl Reconciler {
     /// Looks for changes the journal did not announce: source versions not
@@ -57,46 +121,17 @@ impl Reconciler {
             }
         }
         // Target side: one listing per target where the cloud's listing
-        // carries markers, else a describe per replica.
-        for t in &rule.targets {
-            let routed = host.route(t).await?;
-            let (engine, mount, rel) = (&routed.store, &routed.mount_path, routed.rel.as_str());
-            let mine: Vec<(&String, &Record)> =
-                records.iter().filter(|(p, r)| p.starts_with(t.as_str()) && !r.foreign).collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let reach = engine.reach();
-            let listed = if reach.exact_markers || !deep { engine.list_markers(rel).await? } else { None };
-            match listed {
-                Some(listed) => {
-                    for (tp, r) in mine {
-                        let rel_path = &tp[mount.len()..];
-                        let why = match listed.get(rel_path) {
-                            None => Some("deleted outside Keybridge"),
-                            Some(m) if m.is_some() && *m != r.marker => Some("changed since Keybridge wrote it"),
-                            Some(_) => None,
-                        };
-                        if let Some(why) = why {
-                            self.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
-                            todo.insert(r.source.clone(), ());
-                        }
-                    }
-                }
-                None => {
-                    for (tp, r) in mine {
-                        let now = engine.head(&tp[mount.len()..]).await?;
-                        if now.as_ref().map(|c| &c.id) != Some(&r.version_id) {
-                            let why = if now.is_none() {
-                                "deleted outside Keybridge"
-                            } else {
-                                "changed since Keybridge wrote it"
-                            };
-                            self.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
-                            todo.insert(r.source.clone(), ());
-                        }
-                    }
-                }
+        // carries markers, else a describe per replica (a few at a time).
+        // The targets are looked at together: a scan takes about as long as
+        // its slowest target's calls, not the sum of every target's.
+        // Boxed: the futures are Send for every lifetime only once erased
+        // (a known limit of the compiler's reasoning about closures).
+        use futures::FutureExt;
+        let per_target: Vec<_> = rule.targets.iter().map(|t| target_drift(host, t, &records, deep).boxed()).collect();
+        for drifted in futures::future::join_all(per_target).await {
+            for (tp, r, why) in drifted? {
+                self.set_status(rule, &r.source, tp, "drifted", why.into(), r.source_version);
+                todo.insert(r.source.clone(), ());
             }
         }
         // Changes the journal holds are the journal's (and its coalescing

@@ -164,8 +164,8 @@ pub trait Host: Send + Sync {
     async fn issue(&self, engine_path: &str) -> Result<Issued>;
     /// Revokes a lease now (the host retries it if the engine fails).
     async fn revoke_lease(&self, lease: &str, why: &str) -> Result<()>;
-    /// Cloud calls per mount: (mount, kind of mount, kind of call, calls).
-    fn call_counts(&self) -> Vec<(String, String, &'static str, u64)>;
+    /// Cloud calls per mount and kind, and the time they took.
+    fn call_counts(&self) -> Vec<crate::CallCount>;
     /// Called after a load from storage and before it is cached: a seam
     /// for tests that race a load against a change.
     async fn loaded(&self, _what: &'static str) {}

@@ -14,12 +14,23 @@ use crate::{
     STATE, TargetStatus, encode_json, fingerprint, now_ms, state_key,
 };
 
+/// One mount's cloud calls of one kind: how many, and the time they took.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CallCount {
+    pub mount: String,
+    /// The kind of mount (`aws`, ...).
+    pub provider: String,
+    /// read_value, read_meta, list, write.
+    pub kind: &'static str,
+    pub calls: u64,
+    pub time: std::time::Duration,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct SyncStatus {
     pub targets: Vec<TargetStatus>,
     pub pending: u64,
-    /// (mount, provider, kind, calls)
-    pub calls: Vec<(String, String, &'static str, u64)>,
+    pub calls: Vec<CallCount>,
     /// From a run: the scan it asked for has run and nothing is pending.
     pub settled: bool,
 }

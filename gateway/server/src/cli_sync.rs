@@ -167,7 +167,7 @@ fn print_status(json: bool, s: &pb::SyncStatusResponse) {
                 "message": t.message, "updated_time": time(&t.updated_time), "source_version": t.source_version,
             })).collect::<Vec<_>>(),
             "calls": s.calls.iter().map(|c| json!({
-                "mount": c.mount, "provider": c.provider, "kind": c.kind, "calls": c.calls,
+                "mount": c.mount, "provider": c.provider, "kind": c.kind, "calls": c.calls, "seconds": c.seconds,
             })).collect::<Vec<_>>(),
         }));
         return;

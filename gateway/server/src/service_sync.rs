@@ -52,7 +52,13 @@ fn status_pb(s: SyncStatus) -> pb::SyncStatusResponse {
         calls: s
             .calls
             .into_iter()
-            .map(|(mount, provider, kind, calls)| pb::SyncCallCount { mount, provider, kind: kind.into(), calls })
+            .map(|c| pb::SyncCallCount {
+                mount: c.mount,
+                provider: c.provider,
+                kind: c.kind.into(),
+                calls: c.calls,
+                seconds: c.time.as_secs_f64(),
+            })
             .collect(),
     }
 }

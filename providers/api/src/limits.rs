@@ -132,6 +132,9 @@ struct Pace {
     calls: std::sync::atomic::AtomicU64,
     /// By kind: read_value, read_meta, list, write.
     by_kind: [std::sync::atomic::AtomicU64; 4],
+    /// Time spent in those calls by kind (each attempt's wall time, from
+    /// sending to the answer; waiting for a quota slot is not counted), ns.
+    nanos_by_kind: [std::sync::atomic::AtomicU64; 4],
 }
 
 /// The kinds of call counted, in the order of [`Limited::calls_by_kind`].
@@ -140,10 +143,10 @@ pub const CALL_KINDS: [&str; 4] = ["read_value", "read_meta", "list", "write"];
 /// A class of call, for a [`Meter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallClass {
-    ReadValue,
-    ReadMeta,
-    List,
-    Write,
+    ReadValue = 0,
+    ReadMeta = 1,
+    List = 2,
+    Write = 3,
 }
 
 /// The mount's quotas, handed to the adapter ([`SecretStore::attach_meter`])
@@ -193,6 +196,7 @@ impl<S: SecretStore> Limited<S> {
             limits,
             calls: std::sync::atomic::AtomicU64::new(0),
             by_kind: Default::default(),
+            nanos_by_kind: Default::default(),
         });
         inner.attach_meter(Meter(pace.clone()));
         Limited { inner, pace }
@@ -211,6 +215,14 @@ impl<S: SecretStore> Limited<S> {
     /// Calls passed on to the cloud by kind ([`CALL_KINDS`]).
     pub fn calls_by_kind(&self) -> [(&'static str, u64); 4] {
         std::array::from_fn(|i| (CALL_KINDS[i], self.pace.by_kind[i].load(std::sync::atomic::Ordering::Relaxed)))
+    }
+
+    /// Time spent in the calls passed on to the cloud, by kind
+    /// ([`CALL_KINDS`]): how much of a scan the cloud's answers took.
+    pub fn call_time_by_kind(&self) -> [Duration; 4] {
+        std::array::from_fn(|i| {
+            Duration::from_nanos(self.pace.nanos_by_kind[i].load(std::sync::atomic::Ordering::Relaxed))
+        })
     }
 
     /// Runs a read, retrying throttled or failed attempts with backoff and
@@ -243,7 +255,11 @@ impl<S: SecretStore> Limited<S> {
         loop {
             self.pace.slot(class).await?;
             attempt += 1;
-            match call().await {
+            let sent = std::time::Instant::now();
+            let answer = call().await;
+            let nanos = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.pace.nanos_by_kind[class as usize].fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+            match answer {
                 Err(e) if again(&e) && attempt < self.pace.limits.read_attempts.max(1) => {
                     let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(5))).min(Duration::from_secs(2));
                     let jitter = cap.mul_f64(jitter_fraction());

@@ -149,6 +149,8 @@ pub struct MountStats {
     pub cache_misses: u64,
     /// Calls by kind: read_value, read_meta, list, write.
     pub by_kind: [(&'static str, u64); 4],
+    /// The time those calls took, by kind.
+    pub time_by_kind: [std::time::Duration; 4],
 }
 
 type LimitedStore = Arc<Limited<Arc<dyn SecretStore>>>;
@@ -197,6 +199,7 @@ impl CloudMount {
             cache_hits,
             cache_misses,
             by_kind: self.limited.calls_by_kind(),
+            time_by_kind: self.limited.call_time_by_kind(),
         }
     }
 
