@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod h2client;
+mod leases;
 mod sync;
 mod wasm;
 
@@ -109,6 +110,12 @@ pub(crate) struct Args {
     /// fsync=true: group commit with an fdatasync per group).
     #[arg(long, value_delimiter = ',', default_value = "off")]
     audit: Vec<String>,
+    /// Leases in the store for `--parts leases`.
+    #[arg(long, default_value_t = 1_000_000)]
+    leases: usize,
+    /// Of those, how many are already due when the server starts.
+    #[arg(long, default_value_t = 10_000)]
+    leases_due: usize,
 }
 
 pub(crate) struct Server {
@@ -166,7 +173,7 @@ impl Server {
         }
     }
 
-    fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
@@ -223,7 +230,7 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
     (c, k, cert.pem().into_bytes())
 }
 
-fn start_config_server(bin: &Path, dir: &Path, tls: bool, args: &Args) -> (Server, Duration) {
+pub(crate) fn start_config_server(bin: &Path, dir: &Path, tls: bool, args: &Args) -> (Server, Duration) {
     let (listener, ca) = if tls {
         let (c, k, ca) = tls_files(dir);
         (
@@ -269,11 +276,16 @@ pub(crate) fn value_1k(i: usize) -> Option<pb::SecretValue> {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Op {
+pub(crate) enum Op {
     Get,
     Put,
     /// The gRPC health check: no token, no storage; the transport's floor.
     Health,
+    /// `Logical/Read` of `wasm/ok` (the hostile test plugin's trivial path).
+    WasmOk,
+    /// `Logical/Write` of `keys/issue/bench` (the apikeys example issuing a
+    /// token: a storage write and a lease).
+    Issue,
 }
 
 pub(crate) struct Stats {
@@ -283,6 +295,7 @@ pub(crate) struct Stats {
     per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    mean_ms: f64,
     errors: usize,
     /// CPU time per operation, in µs, of the server and of this client.
     cpu_us: Option<(f64, f64)>,
@@ -307,8 +320,17 @@ fn cpu_ns(pid: &str) -> u64 {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Caller {
-    Tonic { secrets: pb::secrets_client::SecretsClient<Channel>, health: HealthClient, token: Arc<str> },
-    Lean { send: h2::client::SendRequest<bytes::Bytes>, base: Arc<str>, bearer: http::HeaderValue },
+    Tonic {
+        secrets: pb::secrets_client::SecretsClient<Channel>,
+        logical: pb::logical_client::LogicalClient<Channel>,
+        health: HealthClient,
+        token: Arc<str>,
+    },
+    Lean {
+        send: h2::client::SendRequest<bytes::Bytes>,
+        base: Arc<str>,
+        bearer: http::HeaderValue,
+    },
 }
 
 impl Caller {
@@ -316,7 +338,7 @@ impl Caller {
     async fn call(&mut self, op: Op, k: usize) -> bool {
         let path = format!("secret/bench/k{k}");
         match self {
-            Caller::Tonic { secrets, health, token } => match op {
+            Caller::Tonic { secrets, logical, health, token } => match op {
                 Op::Get => {
                     secrets.get(authed(token, pb::GetRequest { path, version: 0, ..Default::default() })).await.is_ok()
                 }
@@ -324,6 +346,13 @@ impl Caller {
                     secrets.put(authed(token, pb::PutRequest { path, value: value_1k(k), cas: None })).await.is_ok()
                 }
                 Op::Health => health.check(pb_health()).await.is_ok(),
+                Op::WasmOk => logical
+                    .read(authed(token, pb::LogicalRequest { path: "wasm/ok".into(), data: Default::default() }))
+                    .await
+                    .is_ok_and(|r| r.get_ref().data.get("answer").map(String::as_str) == Some("42")),
+                Op::Issue => {
+                    logical.write(authed(token, issue_request())).await.is_ok_and(|r| r.get_ref().lease.is_some())
+                }
             },
             Caller::Lean { send, base, bearer } => match op {
                 Op::Get => {
@@ -343,6 +372,19 @@ impl Caller {
                     h2client::unary::<_, tonic_health::pb::HealthCheckResponse>(send, base, method, None, &pb_health())
                         .await
                         .is_ok()
+                }
+                Op::WasmOk => {
+                    let req = pb::LogicalRequest { path: "wasm/ok".into(), data: Default::default() };
+                    let method = "/keybridge.v1.Logical/Read";
+                    h2client::unary::<_, pb::LogicalResponse>(send, base, method, Some(bearer), &req)
+                        .await
+                        .is_ok_and(|r| r.data.get("answer").map(String::as_str) == Some("42"))
+                }
+                Op::Issue => {
+                    let method = "/keybridge.v1.Logical/Write";
+                    h2client::unary::<_, pb::LogicalResponse>(send, base, method, Some(bearer), &issue_request())
+                        .await
+                        .is_ok_and(|r| r.lease.is_some())
                 }
             },
         }
@@ -370,6 +412,7 @@ async fn run(args: &Args, server: &Server, token: &str, op: Op, concurrency: usi
             let channel = server.channel().await;
             Caller::Tonic {
                 secrets: pb::secrets_client::SecretsClient::new(channel.clone()),
+                logical: pb::logical_client::LogicalClient::new(channel.clone()),
                 health: HealthClient::new(channel),
                 token: token.clone(),
             }
@@ -415,10 +458,29 @@ async fn run(args: &Args, server: &Server, token: &str, op: Op, concurrency: usi
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1e6
     };
     let per_sec = all.len() as f64 / elapsed;
-    Stats { range: (per_sec, per_sec), ops: all.len(), per_sec, p50_ms: pct(0.50), p99_ms: pct(0.99), errors, cpu_us }
+    Stats {
+        range: (per_sec, per_sec),
+        ops: all.len(),
+        per_sec,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        mean_ms: mean_ms(&all),
+        errors,
+        cpu_us,
+    }
 }
 
-async fn init_unseal(server: &Server) -> String {
+/// The mean of latencies in ns, in ms.
+fn mean_ms(lat: &[u64]) -> f64 {
+    lat.iter().map(|&n| n as f64).sum::<f64>() / lat.len().max(1) as f64 / 1e6
+}
+
+/// The apikeys example's issue call: a token of role `bench`.
+fn issue_request() -> pb::LogicalRequest {
+    pb::LogicalRequest { path: "keys/issue/bench".into(), data: Default::default() }
+}
+
+pub(crate) async fn init_unseal(server: &Server) -> String {
     let mut sys = pb::sys_client::SysClient::new(server.channel().await);
     let init = sys.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.expect("init").into_inner();
     sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false }).await.expect("unseal");
@@ -462,17 +524,105 @@ pub(crate) static FAILED_CALLS: std::sync::atomic::AtomicUsize = std::sync::atom
 pub(crate) fn print_stats(label: &str, s: &Stats) {
     FAILED_CALLS.fetch_add(s.errors, std::sync::atomic::Ordering::Relaxed);
     println!(
-        "{label:<34} {:>7.0} ops/s [{:.0}..{:.0}]  p50 {:>6.3} ms  p99 {:>6.3} ms  ({} ops, {} errors)",
-        s.per_sec, s.range.0, s.range.1, s.p50_ms, s.p99_ms, s.ops, s.errors
+        "{label:<34} {:>7.0} ops/s [{:.0}..{:.0}]  mean {:>6.3} ms  p50 {:>6.3} ms  p99 {:>6.3} ms  ({} ops, {} errors)",
+        s.per_sec, s.range.0, s.range.1, s.mean_ms, s.p50_ms, s.p99_ms, s.ops, s.errors
     );
     if let Some((server, client)) = s.cpu_us {
         println!("{:<34} CPU per op: server {server:.1} µs, client {client:.1} µs", "");
     }
 }
 
+/// `--parts audit`: audited `Get` against unaudited `Get` on one server,
+/// the same token (a policy of `--policy-rules`, at least 20 rules), client
+/// and concurrency (32, 10,000 keys), runs alternating (`--repeat`, at
+/// least 3 of each): the file device (no fsync) is enabled for each
+/// audited run, on a fresh file, and disabled after it.
+async fn audit_ratio(args: &Args, bin: &Path) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _) = start_config_server(bin, dir.path(), false, args);
+    let root = init_unseal(&server).await;
+    load_bench_keys(&server, &root).await;
+    let rules = args.policy_rules.max(20);
+    let token = policy_token(&server, &root, rules).await;
+    let mut audit = pb::audit_client::AuditClient::new(server.channel().await);
+    println!(
+        "\n== Audited Get against unaudited Get: c=32, 10k keys, a {rules}-rule policy token, runs alternating =="
+    );
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..args.repeat.max(3) {
+        let s = run(args, &server, &token, Op::Get, 32, 10_000).await;
+        print_stats(&format!("Get c=32, audit off (run {})", round + 1), &s);
+        off.push(s.per_sec);
+        let mut options = std::collections::HashMap::new();
+        options.insert("file_path".to_string(), dir.path().join(format!("audit-{round}.log")).display().to_string());
+        let enable =
+            pb::EnableAuditRequest { path: "file".into(), r#type: "file".into(), description: String::new(), options };
+        audit.enable(authed(&root, enable)).await.expect("enable the audit device");
+        let s = run(args, &server, &token, Op::Get, 32, 10_000).await;
+        print_stats(&format!("Get c=32, file audit (run {})", round + 1), &s);
+        on.push(s.per_sec);
+        audit
+            .disable(authed(&root, pb::DisableAuditRequest { path: "file".into() }))
+            .await
+            .expect("disable the audit device");
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, on) = (median(&mut off), median(&mut on));
+    let ratio = on / off;
+    println!("median: audit off {off:.0}/s, file audit {on:.0}/s: {:.1}%", ratio * 100.0);
+    target(
+        "audited Get, c=32, file device (median of alternating runs)",
+        format!("{on:.0}/s"),
+        "≥ 75% of unaudited",
+        format!("{:.1}% of unaudited ({off:.0}/s)", ratio * 100.0),
+        Some(ratio >= 0.75),
+    );
+    server.stop().await;
+}
+
+/// One line of the closing table: a figure beside its target and its ratio
+/// to the reference measured in the same run.
+struct Target {
+    figure: String,
+    value: String,
+    target: String,
+    reference: String,
+    met: Option<bool>,
+}
+
+static TARGETS: std::sync::Mutex<Vec<Target>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a figure for the closing table (`met`: `None` when the figure
+/// has no target of its own, only a reference).
+pub(crate) fn target(figure: &str, value: String, target: &str, reference: String, met: Option<bool>) {
+    let t = Target { figure: figure.into(), value, target: target.into(), reference, met };
+    TARGETS.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+}
+
+fn print_targets() {
+    let rows = TARGETS.lock().unwrap_or_else(|p| p.into_inner());
+    if rows.is_empty() {
+        return;
+    }
+    println!("\n== Figures beside their targets ==\n");
+    println!("| figure | measured | target | against the reference, same run | met |");
+    println!("|---|---|---|---|---|");
+    for t in rows.iter() {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        println!("| {} | {} | {} | {} | {met} |", t.figure, t.value, t.target, t.reference);
+    }
+}
+
 /// Repeats a measurement and returns the run with the median throughput,
 /// with the range over all runs.
-async fn median_of(args: &Args, server: &Server, token: &str, op: Op, c: usize, keys: usize) -> Stats {
+pub(crate) async fn median_of(args: &Args, server: &Server, token: &str, op: Op, c: usize, keys: usize) -> Stats {
     let mut runs = Vec::new();
     for _ in 0..args.repeat.max(1) {
         runs.push(run(args, server, token, op, c, keys).await);
@@ -492,6 +642,7 @@ fn main() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads).enable_all().build()
     };
     runtime.expect("tokio runtime").block_on(bench(args));
+    print_targets();
     let failed = FAILED_CALLS.load(std::sync::atomic::Ordering::Relaxed);
     if failed > 0 {
         eprintln!(
@@ -573,8 +724,17 @@ async fn bench(args: Args) {
     if wants("sync") {
         sync::run(&args, &bin).await;
     }
+    if wants("sync-local") {
+        sync::local(&args, &bin).await;
+    }
     if wants("wasm") {
         wasm::run(&args, &bin).await;
+    }
+    if wants("audit") {
+        audit_ratio(&args, &bin).await;
+    }
+    if wants("leases") {
+        leases::run(&args, &bin).await;
     }
 
     let rss_dir = tempfile::tempdir().expect("tempdir");
@@ -679,7 +839,7 @@ async fn policy_token(server: &Server, root: &str, rules: usize) -> String {
     created.token
 }
 
-async fn load_bench_keys(server: &Server, token: &str) {
+pub(crate) async fn load_bench_keys(server: &Server, token: &str) {
     let mut c = pb::secrets_client::SecretsClient::new(server.channel().await);
     // 10,000 keys for the spread runs (written concurrently by `run`'s Put
     // would skew Get); write them once here, 32 at a time.
@@ -798,6 +958,7 @@ where
         per_sec,
         p50_ms: pct(0.50) as f64 / 1e6,
         p99_ms: pct(0.99) as f64 / 1e6,
+        mean_ms: mean_ms(&all),
         errors,
         cpu_us: None,
     }

@@ -19,13 +19,27 @@ use crate::{Args, authed, spawn, start_moto_env, value_1k};
 
 const TOKEN: &str = "root-bench";
 
-type Calls = BTreeMap<(String, String), u64>;
+/// (mount, kind) → (calls, seconds they took).
+type Calls = BTreeMap<(String, String), (u64, f64)>;
 /// A mount to enable: path, type, settings.
 type MountSpec = (&'static str, &'static str, Vec<(String, String)>);
 
 async fn calls(c: &mut pb::sync_client::SyncClient<tonic::transport::Channel>) -> Calls {
     let s = c.status(authed(TOKEN, pb::SyncStatusRequest { rule: String::new() })).await.expect("status").into_inner();
-    s.calls.into_iter().map(|c| ((c.mount, c.kind), c.calls)).collect()
+    s.calls.into_iter().map(|c| ((c.mount, c.kind), (c.calls, c.seconds))).collect()
+}
+
+/// Seconds the calls of `kinds` took between two counts: summed over the
+/// mounts, and the largest on one mount (targets are scanned together).
+fn call_seconds(before: &Calls, after: &Calls, kinds: &[&str]) -> (f64, f64) {
+    let mut per_mount: BTreeMap<&str, f64> = BTreeMap::new();
+    for ((mount, kind), (_, secs)) in after {
+        if kinds.contains(&kind.as_str()) {
+            let was = before.get(&(mount.clone(), kind.clone())).map_or(0.0, |b| b.1);
+            *per_mount.entry(mount).or_default() += secs - was;
+        }
+    }
+    (per_mount.values().sum(), per_mount.values().copied().fold(0.0, f64::max))
 }
 
 fn print_delta(label: &str, before: &Calls, after: &Calls) {
@@ -35,7 +49,9 @@ fn print_delta(label: &str, before: &Calls, after: &Calls) {
             .iter()
             .map(|k| {
                 let key = (mount.to_string(), k.to_string());
-                format!("{k} {}", after.get(&key).unwrap_or(&0) - before.get(&key).unwrap_or(&0))
+                let (a, b) =
+                    (after.get(&key).copied().unwrap_or_default(), before.get(&key).copied().unwrap_or_default());
+                format!("{k} {} ({:.2} s)", a.0 - b.0, a.1 - b.1)
             })
             .collect();
         println!("  {mount:<7} {}", row.join(", "));
@@ -220,6 +236,23 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         let time = took.map_or("did not settle in 50 s".to_string(), |s| format!("{s:.2} s"));
         print_delta(&format!("  {label} ({time}), adapter calls"), &before, &after);
         emulators(label, &mut counted);
+        // The bound: the scan's cloud calls (lists; a deep scan's describes
+        // too) plus 1 s of the gateway's own work.
+        let kinds: &[&str] = if quick { &["list"] } else { &["list", "read_meta"] };
+        let (sum, max) = call_seconds(&before, &after, kinds);
+        if let Some(t) = took {
+            println!(
+                "  {label}: {t:.2} s; its {} took {sum:.2} s in all, {max:.2} s on the slowest target",
+                if quick { "list calls" } else { "list and describe calls" }
+            );
+            crate::target(
+                &format!("{label} ({n} secrets × 3 clouds, quotas {})", if quotas { "on" } else { "off" }),
+                format!("{t:.2} s"),
+                "≤ its cloud calls' time + 1 s",
+                format!("calls {sum:.2} s in all ({max:.2} s slowest target): {:+.2} s", t - sum),
+                Some(t <= sum + 1.0),
+            );
+        }
     }
 
     // 1 % changed through the gateway.
@@ -279,6 +312,86 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
     server.stop().await;
 }
 
+/// `--parts sync-local`: the reconciler with a local target, for N = 1k,
+/// 10k and 100k secrets: initial convergence, a quick and a deep scan with
+/// nothing changed, and the server's RSS before the rule and after the
+/// scans (a scan streams; it must not hold the N secrets).
+pub async fn local(_args: &Args, bin: &std::path::Path) {
+    println!("\n== Sync to a local target (dev server, in-memory store) ==");
+    for n in [1_000usize, 10_000, 100_000] {
+        let (server, _) =
+            spawn(bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", TOKEN]);
+        let mut sys = pb::sys_client::SysClient::new(server.channel().await);
+        let req = pb::EnableMountRequest { path: "replica/".into(), r#type: "local".into(), ..Default::default() };
+        sys.enable_mount(authed(TOKEN, req)).await.expect("mount");
+        load_source(&server, n).await;
+        let rss_loaded = server.rss_kib();
+        let mut sync = pb::sync_client::SyncClient::new(server.channel().await);
+        let started = Instant::now();
+        let rule = pb::SyncRule {
+            name: "bench".into(),
+            source: "secret/bench/".into(),
+            targets: vec!["replica/bench/".into()],
+            scan_interval_secs: 3600,
+            ..Default::default()
+        };
+        sync.create_rule(authed(TOKEN, rule)).await.expect("rule");
+        let initial = run_settled_within(&mut sync, false, "initial convergence", 600).await;
+        let initial = initial.map(|()| started.elapsed().as_secs_f64());
+        let mut times = Vec::new();
+        for quick in [true, false] {
+            let t = Instant::now();
+            let r = run_settled_within(&mut sync, quick, if quick { "quick scan" } else { "deep scan" }, 600).await;
+            times.push(r.map(|()| t.elapsed().as_secs_f64()));
+        }
+        let rss_after = server.rss_kib();
+        let show = |t: Option<f64>| t.map_or("did not settle".to_string(), |s| format!("{s:.2} s"));
+        println!(
+            "{n:>7} secrets: initial {}, quick scan {}, deep scan {}; RSS {} MiB loaded, {} MiB after the scans",
+            show(initial),
+            show(times[0]),
+            show(times[1]),
+            rss_loaded >> 10,
+            rss_after >> 10
+        );
+        crate::target(
+            &format!("sync to a local target, {n} secrets: quick / deep scan"),
+            format!("{} / {}", show(times[0]), show(times[1])),
+            "measured (the cloud bound is in `--parts sync`)",
+            format!("RSS {:+.1} MiB over the loaded server", (rss_after as f64 - rss_loaded as f64) / 1024.0),
+            None,
+        );
+        server.stop().await;
+    }
+}
+
+/// Writes `secret/bench/k{0..n}` (1 KiB each), 32 at a time.
+async fn load_source(server: &crate::Server, n: usize) {
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(server.channel().await);
+    }
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let mut c = pb::secrets_client::SecretsClient::new(channels[t % 4].clone());
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let req = pb::PutRequest { path: format!("secret/bench/k{i:06}"), value: value_1k(i), cas: None };
+                c.put(authed(TOKEN, req)).await.expect("load");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
 /// Requests the emulators answered, by kind.
 struct Counted {
     aws: BTreeMap<String, u64>,
@@ -309,8 +422,17 @@ async fn run_settled(
     quick: bool,
     what: &str,
 ) -> Option<()> {
+    run_settled_within(sync, quick, what, 50).await
+}
+
+async fn run_settled_within(
+    sync: &mut pb::sync_client::SyncClient<tonic::transport::Channel>,
+    quick: bool,
+    what: &str,
+    timeout_secs: u64,
+) -> Option<()> {
     let st = sync
-        .run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: 50, quick }))
+        .run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs, quick }))
         .await
         .expect("sync run")
         .into_inner();

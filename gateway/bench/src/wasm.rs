@@ -8,8 +8,9 @@
 //!   instance per call, arguments and results through the canonical ABI,
 //!   limits and the epoch deadline).
 //! - Instantiation from `InstancePre` (pooling allocator), alone.
-//! - Throughput at concurrency 1 and 32 of both, and of the WASM mount
-//!   through the real server over gRPC.
+//! - Throughput at concurrency 1 and 32 of both, of the apikeys example
+//!   issuing a token (a storage write and a lease), and of both through the
+//!   real server over gRPC (`--client`), beside `Get` on the same server.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,7 +27,7 @@ use keybridge_proto::v1 as pb;
 use keybridge_wasm_host::{HostConfig, WasmHost};
 use sha2::Digest;
 
-use crate::{Args, Stats, authed, print_stats, spawn, timed};
+use crate::{Args, Op, Stats, authed, print_stats, timed};
 
 const NATIVE: &[u8] = b"native engine";
 
@@ -92,18 +93,22 @@ impl PluginRuntime for Both {
     }
 }
 
-fn digest(b: &[u8]) -> String {
+pub(crate) fn digest(b: &[u8]) -> String {
     sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
 
 pub async fn run(args: &Args, bin: &Path) {
-    let file = args.plugins_dir.join("keybridge_plugin_hostile.wasm");
-    let component = std::fs::read(&file).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build it: cargo build --release --target wasm32-wasip2 -p keybridge-plugin-hostile",
-            file.display()
-        )
-    });
+    let load = |name: &str| {
+        let file = args.plugins_dir.join(format!("keybridge_plugin_{name}.wasm"));
+        std::fs::read(&file).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; build it: cargo build --release --target wasm32-wasip2 -p keybridge-plugin-{name}",
+                file.display()
+            )
+        })
+    };
+    let component = load("hostile");
+    let apikeys = load("apikeys");
     let host = WasmHost::new(HostConfig::default()).expect("wasm host");
     let core = Arc::new(Core::new(
         Barrier::new(Arc::new(RedbStore::in_memory().expect("store"))),
@@ -111,32 +116,68 @@ pub async fn run(args: &Args, bin: &Path) {
     ));
     core.init(1, 1, Some("root-bench"), true).await.expect("init");
     let t = Caller::token(Some("root-bench"));
-    for (name, bytes, path) in [("native", NATIVE, "native/"), ("hostile", component.as_slice(), "wasm/")] {
+    for (name, bytes, path) in
+        [("native", NATIVE, "native/"), ("hostile", component.as_slice(), "wasm/"), ("apikeys", &apikeys, "keys/")]
+    {
         core.register_plugin(&t, name, &digest(bytes), bytes).await.expect("register");
         let cfg = [("plugin".to_string(), name.to_string())].into();
         core.enable_mount(&t, path, "plugin", "", cfg).await.expect("mount");
     }
+    let role: BTreeMap<String, String> = [("scopes".to_string(), "read".to_string())].into();
+    core.engine_request(&t, EngineOp::Write, "keys/roles/bench", role.clone()).await.expect("role");
     println!("\n== WASM engines (in-process core: authenticate, route, check, authorize, call)");
+    let in_process =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut p50 = Vec::new();
-    for (label, path) in [("native engine", "native/ok"), ("WASM engine", "wasm/ok")] {
+    let mut in_process_c32 = 0.0;
+    for (label, path, op) in [
+        ("native engine", "native/ok", EngineOp::Read),
+        ("WASM engine", "wasm/ok", EngineOp::Read),
+        ("apikeys issue (write, lease)", "keys/issue/bench", EngineOp::Write),
+    ] {
         for c in [1, 32] {
             let core = core.clone();
-            let s: Stats = timed(c, args.seconds, move || {
-                let core = core.clone();
-                async move {
-                    let t = Caller::token(Some("root-bench"));
-                    core.engine_request(&t, EngineOp::Read, path, BTreeMap::new())
-                        .await
-                        .is_ok_and(|r| r.data.get("answer") == Some("42"))
-                }
-            })
-            .await;
-            print_stats(&format!("{label} Logical read c={c}"), &s);
-            if c == 1 {
+            let secs = args.seconds;
+            // On a runtime of two workers whatever `--client-threads` says:
+            // in process, the calls have the machine to themselves.
+            let s: Stats = in_process
+                .spawn(timed(c, secs, move || {
+                    let core = core.clone();
+                    async move {
+                        let t = Caller::token(Some("root-bench"));
+                        core.engine_request(&t, op, path, BTreeMap::new()).await.is_ok_and(|r| {
+                            if op == EngineOp::Write { r.lease.is_some() } else { r.data.get("answer") == Some("42") }
+                        })
+                    }
+                }))
+                .await
+                .expect("in-process run");
+            print_stats(&format!("{label} Logical c={c}"), &s);
+            if c == 1 && op == EngineOp::Read {
                 p50.push(s.p50_ms);
+            }
+            if c == 32 && path == "wasm/ok" {
+                in_process_c32 = s.per_sec;
+                crate::target(
+                    "WASM trivial call, in process, c=32",
+                    format!("{:.0}/s", s.per_sec),
+                    "≥ 40,000/s",
+                    "–".into(),
+                    Some(s.per_sec >= 40_000.0),
+                );
+            }
+            if c == 32 && op == EngineOp::Write {
+                crate::target(
+                    "apikeys issue (storage write, lease), in process, c=32",
+                    format!("{:.0}/s", s.per_sec),
+                    "measured, no target",
+                    format!("{:.0}% of the trivial call", 100.0 * s.per_sec / in_process_c32.max(1.0)),
+                    None,
+                );
             }
         }
     }
+    in_process.shutdown_background();
     println!("per-call overhead of WASM (median, c=1): {:.1} µs", (p50[1] - p50[0]) * 1000.0);
 
     // Instantiation alone.
@@ -163,39 +204,76 @@ pub async fn run(args: &Args, bin: &Path) {
         lat.len()
     );
 
-    // Through the real server over gRPC.
-    let (server, _) =
-        spawn(bin, &["server", "--dev", "--dev-listen-address", "127.0.0.1:0", "--dev-root-token-id", "root-bench"]);
+    // Through the real server over gRPC (the file store, as `throughput`),
+    // with `Get` on the same server and client as the reference.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _) = crate::start_config_server(bin, dir.path(), false, args);
+    let root = crate::init_unseal(&server).await;
+    crate::load_bench_keys(&server, &root).await;
     let ch = server.channel().await;
     let mut pc = pb::plugins_client::PluginsClient::new(ch.clone());
-    let msgs = vec![
-        pb::RegisterPluginChunk { name: "hostile".into(), sha256: d.clone(), data: Vec::new() },
-        pb::RegisterPluginChunk { data: component.clone(), ..Default::default() },
-    ];
-    pc.register(authed("root-bench", tokio_stream::iter(msgs))).await.expect("register over gRPC");
     let mut sys = pb::sys_client::SysClient::new(ch.clone());
-    sys.enable_mount(authed(
-        "root-bench",
-        pb::EnableMountRequest {
-            path: "wasm/".into(),
-            r#type: "plugin".into(),
-            config: [("plugin".to_string(), "hostile".to_string())].into(),
-            ..Default::default()
-        },
-    ))
-    .await
-    .expect("mount over gRPC");
-    for c in [1, 32] {
-        let ch = ch.clone();
-        let s = timed(c, args.seconds, move || {
-            let mut lc = pb::logical_client::LogicalClient::new(ch.clone());
-            async move {
-                let req = pb::LogicalRequest { path: "wasm/ok".into(), data: Default::default() };
-                lc.read(authed("root-bench", req)).await.is_ok()
+    for (name, bytes, path) in [("hostile", &component, "wasm/"), ("apikeys", &apikeys, "keys/")] {
+        let msgs = vec![
+            pb::RegisterPluginChunk { name: name.into(), sha256: digest(bytes), data: Vec::new() },
+            pb::RegisterPluginChunk { data: bytes.clone(), ..Default::default() },
+        ];
+        pc.register(authed(&root, tokio_stream::iter(msgs))).await.expect("register over gRPC");
+        sys.enable_mount(authed(
+            &root,
+            pb::EnableMountRequest {
+                path: path.into(),
+                r#type: "plugin".into(),
+                config: [("plugin".to_string(), name.to_string())].into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("mount over gRPC");
+    }
+    pb::logical_client::LogicalClient::new(ch.clone())
+        .write(authed(&root, pb::LogicalRequest { path: "keys/roles/bench".into(), data: role.into_iter().collect() }))
+        .await
+        .expect("role over gRPC");
+    let mut get = Vec::new();
+    for (op, label) in
+        [(Op::Get, "gRPC Get (reference)"), (Op::WasmOk, "gRPC Logical/Read WASM"), (Op::Issue, "gRPC apikeys issue")]
+    {
+        for c in [1, 32] {
+            let s = crate::median_of(args, &server, &root, op, c, 1).await;
+            print_stats(&format!("{label} c={c}"), &s);
+            match (op, c) {
+                (Op::Get, _) => get.push(s.mean_ms),
+                (Op::WasmOk, 1) => {
+                    let over = (s.mean_ms - get[0]) * 1000.0;
+                    crate::target(
+                        "WASM trivial call over gRPC, c=1, mean",
+                        format!("{:.0} µs", s.mean_ms * 1000.0),
+                        "within 40 µs of Get's",
+                        format!("Get {:.0} µs: {over:+.0} µs", get[0] * 1000.0),
+                        Some(over <= 40.0),
+                    );
+                }
+                (Op::WasmOk, _) => {
+                    let ratio = s.per_sec / in_process_c32.max(1.0);
+                    crate::target(
+                        "WASM trivial call over gRPC, c=32",
+                        format!("{:.0}/s", s.per_sec),
+                        "≥ 80% of in process",
+                        format!("{:.0}% of in process ({in_process_c32:.0}/s)", ratio * 100.0),
+                        Some(ratio >= 0.8),
+                    );
+                }
+                (Op::Issue, 32) => crate::target(
+                    "apikeys issue over gRPC, c=32 (fsync'd store)",
+                    format!("{:.0}/s", s.per_sec),
+                    "measured, no target",
+                    "–".into(),
+                    None,
+                ),
+                _ => {}
             }
-        })
-        .await;
-        print_stats(&format!("gRPC Logical/Read WASM c={c}"), &s);
+        }
     }
     server.stop().await;
 }
