@@ -83,6 +83,7 @@ pub async fn run(args: &Args, bin: &Path) {
     let cfg = dir.path().join("keybridge.hcl");
     let t0 = Instant::now();
     let (server, _) = crate::spawn(bin, &["server", "--config", cfg.to_str().expect("utf-8")]);
+    let sealed_rss = server.rss_kib() as f64 / 1024.0;
     let ch = server.channel().await;
     pb::sys_client::SysClient::new(ch.clone()).unseal(pb::UnsealRequest { key, reset: false }).await.expect("unseal");
     let mut leases = pb::leases_client::LeasesClient::new(ch.clone());
@@ -92,6 +93,8 @@ pub async fn run(args: &Args, bin: &Path) {
     leases.list(page(String::new(), 100)).await.expect("first page");
     let serving = t0.elapsed();
     println!("{:<44} {:>9.0} ms", "exec, unseal, first lease page served", serving.as_secs_f64() * 1e3);
+    let serving_rss = server.rss_kib() as f64 / 1024.0;
+    println!("{:<44} {:>9.1} MiB sealed, {serving_rss:.1} MiB serving", "RSS at start", sealed_rss);
     crate::target(
         &format!("start and unseal with {n} leases to serving"),
         format!("{:.2} s", serving.as_secs_f64()),

@@ -100,6 +100,13 @@ pub struct WasmHost {
     /// Compiled components by digest: a component is compiled once however
     /// many mounts use it.
     compiled: Mutex<HashMap<String, Component>>,
+    /// Held while a component compiles: calls that find it missing at once
+    /// (every lease of a mount expiring after an unseal) wait for one
+    /// compile instead of each starting its own (16 at once took 2.6 s of
+    /// CPU and left 170 MiB of heap behind).
+    compiling: tokio::sync::Mutex<()>,
+    /// Compiles done (for tests).
+    compiles: std::sync::atomic::AtomicUsize,
     ticker: Arc<Ticker>,
 }
 
@@ -144,16 +151,30 @@ impl WasmHost {
         state::link(&mut linker).map_err(|e| Error::Config(format!("{e:#}")))?;
         let ticker =
             Ticker::start(&engine).map_err(|e| Error::Config(format!("the epoch thread did not start: {e}")))?;
-        Ok(WasmHost { engine, linker, config, compiled: Mutex::new(HashMap::new()), ticker })
+        Ok(WasmHost {
+            engine,
+            linker,
+            config,
+            compiled: Mutex::new(HashMap::new()),
+            compiling: tokio::sync::Mutex::new(()),
+            compiles: Default::default(),
+            ticker,
+        })
     }
 
     /// The compiled component: from the cache, or compiled on tokio's
     /// blocking pool (compiling takes up to seconds of CPU, which must not
     /// stall the serving thread and the other requests on it).
     async fn component(&self, digest: &str, bytes: &[u8]) -> Result<Component, EngineError> {
-        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
-            return Ok(c.clone());
+        let cached = || self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned();
+        if let Some(c) = cached() {
+            return Ok(c);
         }
+        let _one_at_a_time = self.compiling.lock().await;
+        if let Some(c) = cached() {
+            return Ok(c);
+        }
+        self.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let engine = self.engine.clone();
         let (digest, bytes) = (digest.to_string(), bytes.to_vec());
         let (digest, c) = tokio::task::spawn_blocking(move || {
@@ -176,6 +197,11 @@ impl WasmHost {
         }
         cache.insert(digest, c.clone());
         Ok(c)
+    }
+
+    /// How many components this host has compiled.
+    pub fn compiles(&self) -> usize {
+        self.compiles.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Links a component and checks it against the contract.

@@ -166,6 +166,23 @@ async fn a_panic_is_a_trap_of_that_call_only() {
     assert_eq!(read(b.as_ref(), "ok").await.unwrap().get("answer"), Some("42"));
 }
 
+/// Many mounts of one component opened at once (as every expiring lease of
+/// a mount asks for its engine after an unseal) compile it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_asked_for_at_once_compiles_once() {
+    let h = Arc::new(host());
+    let opens: Vec<_> = (0..8)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { mount(&h, &[]).await })
+        })
+        .collect();
+    for o in opens {
+        o.await.unwrap();
+    }
+    assert_eq!(h.compiles(), 1);
+}
+
 /// Every call runs in a fresh instance, although the pool resets a freed
 /// slot in place for the next: what a call left in its globals, in low
 /// memory and in memory it grew is gone for the next call.
