@@ -129,6 +129,10 @@ pub(super) struct Output {
     pub(super) committed: ChainState,
     pub(super) flushing: bool,
     pub(super) waiters: Vec<(u64, oneshot::Sender<Written>)>,
+    /// The writer thread wants the sink (a checkpoint, a reopen): the
+    /// request writing stops after its round and no other takes over; new
+    /// lines wait until the thread has written them ([`Settled`]).
+    pub(super) want_sink: bool,
 }
 
 /// What a waiting request hears: its line was written, or was not (why),
@@ -170,6 +174,7 @@ impl Output {
             committed: state,
             flushing: false,
             waiters: Vec::new(),
+            want_sink: false,
         }
     }
 
@@ -187,7 +192,7 @@ impl Output {
             s.segment_start = s.seq;
             s.new_segment = false;
         }
-        if self.flushing {
+        if self.flushing || self.want_sink {
             let (tx, rx) = oneshot::channel();
             self.waiters.push((s.seq, tx));
             Turn::Wait(rx)
@@ -197,17 +202,19 @@ impl Output {
         }
     }
 
-    /// Waits (on the writer thread, off the request path) until no request
-    /// is writing, so the sink is at hand and every sealed line written.
-    pub(super) fn settled(output: &Mutex<Output>) -> std::sync::MutexGuard<'_, Output> {
-        loop {
-            let out = output.lock().unwrap_or_else(|p| p.into_inner());
-            if !out.flushing {
-                return out;
-            }
+    /// Takes the sink for the writer thread (off the request path): asks
+    /// the request writing to stop after its round and waits for it, so the
+    /// sink is at hand and the state is what the file holds. Requests
+    /// meanwhile seal and wait; dropping the guard writes their lines.
+    pub(super) fn settled(output: &Mutex<Output>) -> Settled<'_> {
+        let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+        out.want_sink = true;
+        while out.flushing {
             drop(out);
             std::thread::sleep(std::time::Duration::from_micros(100));
+            out = output.lock().unwrap_or_else(|p| p.into_inner());
         }
+        Settled { out: Some(out), output }
     }
 
     /// Chains and writes `bodies` as one group. On failure nothing of the
@@ -240,7 +247,10 @@ impl Output {
         })();
         release_if_large(&mut self.lines);
         match result {
-            Ok(()) => self.dirty = true,
+            Ok(()) => {
+                self.dirty = true;
+                self.committed = self.state;
+            }
             Err(_) => {
                 self.sink.rollback();
                 self.state = saved;
@@ -268,6 +278,11 @@ pub(super) fn write_pending(output: &Mutex<Output>) -> std::result::Result<(), S
             if out.pending.is_empty() {
                 out.flushing = false;
                 out.pending = spare;
+                break;
+            }
+            if round > 0 && out.want_sink {
+                // The writer thread writes the rest ([`Settled`]).
+                out.flushing = false;
                 break;
             }
             if round >= MAX_ROUNDS && hand_over(&mut out) {
@@ -309,6 +324,43 @@ pub(super) fn write_pending(output: &Mutex<Output>) -> std::result::Result<(), S
         release_if_large(&mut spare);
     }
     mine.unwrap_or(Ok(()))
+}
+
+/// The sink in the writer thread's hands ([`Output::settled`]).
+pub(super) struct Settled<'a> {
+    out: Option<std::sync::MutexGuard<'a, Output>>,
+    output: &'a Mutex<Output>,
+}
+
+impl std::ops::Deref for Settled<'_> {
+    type Target = Output;
+    fn deref(&self) -> &Output {
+        self.out.as_deref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Settled<'_> {
+    fn deref_mut(&mut self) -> &mut Output {
+        self.out.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Settled<'_> {
+    /// Gives the sink back: the lines sealed meanwhile are written (their
+    /// requests wait for them), then requests write their own again.
+    fn drop(&mut self) {
+        let mut out = self.out.take();
+        loop {
+            let mut o = out.take().unwrap_or_else(|| self.output.lock().unwrap_or_else(|p| p.into_inner()));
+            if o.pending.is_empty() {
+                o.want_sink = false;
+                return;
+            }
+            o.flushing = true;
+            drop(o);
+            let _ = write_pending(self.output);
+        }
+    }
 }
 
 /// Hands the writing to the longest-waiting request that still waits
@@ -374,6 +426,9 @@ impl Waiting<'_> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
+        // Closed first: a hand-over sent after this fails and goes to the
+        // next waiter; one sent before is still read here.
+        self.rx.close();
         if let Ok(Written::YourTurn) = self.rx.try_recv() {
             let _ = write_pending(self.output);
         }
@@ -436,7 +491,11 @@ impl Writer {
                     let mut out = Output::settled(&self.output);
                     let r = out.sink.reopen().map_err(|e| e.to_string());
                     if r.is_ok() {
+                        // In both: a failed write returns the state to
+                        // `committed`, and the new file's first line must
+                        // still start a segment.
                         out.state.new_segment = true;
+                        out.committed.new_segment = true;
                     }
                     drop(out);
                     let _ = ack.send(r);
@@ -479,10 +538,12 @@ impl Writer {
                 return;
             }
             out.dirty = false;
+            // What the file holds: lines sealed but not yet written (a
+            // request stopped for this checkpoint) are not in it.
             StoredCheckpoint {
-                seq: out.state.seq,
-                chain: hex::encode(out.state.chain),
-                segment_start: out.state.segment_start,
+                seq: out.committed.seq,
+                chain: hex::encode(out.committed.chain),
+                segment_start: out.committed.segment_start,
                 offset: out.sink.offset(),
             }
         };

@@ -326,7 +326,9 @@ pub async fn local(_args: &Args, bin: &std::path::Path) {
         sys.enable_mount(authed(TOKEN, req)).await.expect("mount");
         load_source(&server, n).await;
         let rss_loaded = server.rss_kib();
-        let mut sync = pb::sync_client::SyncClient::new(server.channel().await);
+        // Sync/Run and Sync/Status answer with every replica's state (7.9 MB
+        // at 100k): past tonic's default 4 MiB.
+        let mut sync = pb::sync_client::SyncClient::new(server.channel().await).max_decoding_message_size(256 << 20);
         let started = Instant::now();
         let rule = pb::SyncRule {
             name: "bench".into(),

@@ -164,22 +164,30 @@ impl LeaseManager {
     /// the worker.
     pub(crate) async fn load(&self) -> Result<()> {
         if self.barrier.get(DUE_INDEXED).await?.is_none() {
+            // Paged by the ids listed (a lease revoked meanwhile does not end
+            // it early); the marker is written only after the last page, so
+            // an interrupted run starts again (putting an entry twice is
+            // harmless).
             let mut after: Option<String> = None;
             loop {
-                let page = self.records_page("", after.as_deref(), ID_PAGE).await?;
+                let ids = self.ids_page("", after.as_deref(), ID_PAGE).await?;
                 let mut b = WriteBatch::new();
-                for r in &page {
-                    if let Some(due) = r.due() {
+                for id in &ids {
+                    if let Some((r, _)) = self.read(id).await?
+                        && let Some(due) = r.due()
+                    {
                         b.put(due_key(due, &r.id), Zeroizing::new(Vec::new()));
                     }
                 }
-                b.put(DUE_INDEXED, Zeroizing::new(b"1".to_vec()));
                 self.barrier.commit(b).await?;
-                match page.last() {
-                    Some(r) if page.len() == ID_PAGE => after = Some(r.id.clone()),
+                match ids.last() {
+                    Some(last) if ids.len() == ID_PAGE => after = Some(last.clone()),
                     _ => break,
                 }
             }
+            let mut b = WriteBatch::new();
+            b.put(DUE_INDEXED, Zeroizing::new(b"1".to_vec()));
+            self.barrier.commit(b).await?;
         }
         self.changed.notify_one();
         Ok(())
@@ -187,18 +195,6 @@ impl LeaseManager {
 
     pub(crate) async fn lock(&self, lease_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
         self.locks.lock(lease_id).await
-    }
-
-    /// Up to `limit` lease records whose ids start with `prefix`, in id
-    /// order, after the id `after`.
-    async fn records_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<LeaseRecord>> {
-        let mut out = Vec::new();
-        for id in self.ids_page(prefix, after, limit).await? {
-            let key = format!("{LEASES}{id}");
-            let Some(raw) = self.barrier.get(&key).await? else { continue };
-            out.push(serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?);
-        }
-        Ok(out)
     }
 
     /// Up to `limit` ids of the leases under `prefix`, after the id `after`.
@@ -284,6 +280,13 @@ impl LeaseManager {
     async fn next_due(&self) -> Result<Option<i64>> {
         let keys = self.barrier.list(LEASE_DUE, None, 1).await?;
         Ok(keys.first().and_then(|k| parse_due_key(k)).map(|(due, _)| due))
+    }
+
+    /// Moves a due-index entry to `to` (the lease's record is unreadable).
+    async fn postpone_due(&self, due: i64, id: &str, to: i64) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(due_key(due, id)).put(due_key(to, id), Zeroizing::new(Vec::new()));
+        Ok(self.barrier.commit(b).await?)
     }
 
     /// Drops a due-index entry whose lease is gone or due at another time
@@ -390,15 +393,22 @@ impl Core {
         self.authorize(caller, &id, &format!("sys/leases/lookup/{prefix}"), Capability::Sudo).await?;
         let size = if page_size == 0 { LIST_PAGE_DEFAULT } else { page_size };
         let after = (!page_token.is_empty()).then_some(page_token);
-        // One more than the page: a next page is promised only if it holds
-        // a lease.
-        let mut page = self.leases.records_page(prefix, after, size + 1).await?;
-        let next = if page.len() > size {
-            page.truncate(size);
-            page.last().map(|r| r.id.clone()).unwrap_or_default()
+        // One id more than the page: a next page is promised only if the
+        // store lists one (paged by ids, so a lease revoked between the
+        // listing and its read does not end the list early).
+        let mut ids = self.leases.ids_page(prefix, after, size + 1).await?;
+        let next = if ids.len() > size {
+            ids.truncate(size);
+            ids.last().cloned().unwrap_or_default()
         } else {
             String::new()
         };
+        let mut page = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some((r, _)) = self.leases.read(id).await? {
+                page.push(r);
+            }
+        }
         Ok((page.iter().map(LeaseRecord::view).collect(), next))
     }
 
@@ -675,6 +685,12 @@ impl Core {
                 Ok(())
             }
             Err(Error::Sealed) => Err(Error::Sealed),
+            // A record that cannot be read cannot be revoked: looked at
+            // again in an hour, not every pass (it would hold the front).
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::error!(lease_id = %id, error = %e, "lease: unreadable; expiry retried in an hour");
+                self.leases.postpone_due(at, &id, now.saturating_add(3600)).await
+            }
             Err(_) => Ok(()),
         }
     }

@@ -165,7 +165,10 @@ impl pb::leases_server::Leases for LeasesService {
     async fn list(&self, req: Request<pb::ListLeasesRequest>) -> Result<Response<pb::ListLeasesResponse>, Status> {
         let c = caller(&req)?;
         let r = req.into_inner();
-        let c = c.with_path(&r.prefix).with("page_size", plain(r.page_size));
+        let c = c
+            .with_path(&r.prefix)
+            .with("page_size", plain(r.page_size))
+            .with("page_token", plain(r.page_token.clone()));
         let res = self.core.list_leases(&c, &r.prefix, r.page_size as usize, &r.page_token).await;
         let (leases, next_page_token) = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(pb::ListLeasesResponse {

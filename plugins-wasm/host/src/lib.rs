@@ -85,26 +85,48 @@ pub struct HostConfig {
     pub max_memory_bytes: usize,
     /// The WASM stack a call may use (deep recursion traps past it).
     pub max_wasm_stack: usize,
+    /// Reset a freed slot's memory in place (only the pages a call dirtied,
+    /// found with Linux's PAGEMAP_SCAN) rather than hand it back to the
+    /// kernel. PAGEMAP_SCAN does not see a dirty page that was swapped
+    /// out, which the next call in the slot would then read: so only where
+    /// nothing can be swapped. `None`: decide at start ([`in_place_is_safe`]).
+    pub reset_in_place: Option<bool>,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
-        HostConfig { max_instances: 128, max_memory_bytes: 256 << 20, max_wasm_stack: 512 << 10 }
+        HostConfig { max_instances: 128, max_memory_bytes: 256 << 20, max_wasm_stack: 512 << 10, reset_in_place: None }
     }
+}
+
+/// Whether no page of this process can be swapped out: its memory is
+/// locked (`mlockall`, which the server does unless `disable_mlock`) or
+/// the machine has no swap.
+pub fn in_place_is_safe() -> bool {
+    let locked = std::fs::read_to_string("/proc/self/status").ok().is_some_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+            .is_some_and(|kib| kib > 0)
+    });
+    // /proc/swaps: a header line, then one line per swap area.
+    let no_swap = std::fs::read_to_string("/proc/swaps").ok().is_some_and(|s| s.lines().count() <= 1);
+    locked || no_swap
 }
 
 pub struct WasmHost {
     engine: Engine,
     linker: Linker<State>,
+    in_place: bool,
     config: HostConfig,
     /// Compiled components by digest: a component is compiled once however
     /// many mounts use it.
-    compiled: Mutex<HashMap<String, Component>>,
+    compiled: Arc<Mutex<HashMap<String, Component>>>,
     /// Held while a component compiles: calls that find it missing at once
     /// (every lease of a mount expiring after an unseal) wait for one
     /// compile instead of each starting its own (16 at once took 2.6 s of
     /// CPU and left 170 MiB of heap behind).
-    compiling: tokio::sync::Mutex<()>,
+    compiling: Arc<tokio::sync::Mutex<()>>,
     /// Compiles done (for tests).
     compiles: std::sync::atomic::AtomicUsize,
     ticker: Arc<Ticker>,
@@ -118,35 +140,14 @@ impl Drop for WasmHost {
 
 impl WasmHost {
     pub fn new(config: HostConfig) -> Result<WasmHost, Error> {
-        let mut pool = PoolingAllocationConfig::new();
-        // A Rust component has a handful of core instances (the module and
-        // WASI adapter shims); each needs a memory or table slot at most.
-        pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances * 8)
-            .total_memories(config.max_instances * 2)
-            .total_tables(config.max_instances * 8)
-            .total_stacks(config.max_instances)
-            .max_memory_size(config.max_memory_bytes)
-            .max_core_instances_per_component(16)
-            .max_memories_per_component(4)
-            .max_tables_per_component(16)
-            // A freed slot is reset in place rather than handed back to the
-            // kernel: `madvise(DONTNEED)` on every call cost a TLB shootdown
-            // on every core (30-40% of the CPU at c=32, docs/BENCHMARKS.md)
-            // and a page fault for every page the next call touched. With
-            // PAGEMAP_SCAN (Linux 6.7+) only the pages the call dirtied are
-            // restored from the image; without it, the lowest bytes are.
-            .pagemap_scan(wasmtime::Enabled::Auto)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(64 << 10);
-        let mut c = Config::new();
-        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .epoch_interruption(true)
-            .consume_fuel(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            .async_stack_size(config.max_wasm_stack + (1 << 20))
-            .wasm_component_model(true);
-        let engine = Engine::new(&c).map_err(|e| Error::Config(format!("{e:#}")))?;
+        let in_place = config.reset_in_place.unwrap_or_else(in_place_is_safe);
+        // Without PAGEMAP_SCAN (Linux before 6.7) the in-place engine does
+        // not configure: then slots go back to the kernel as before.
+        let (engine, in_place) = match Self::engine(&config, in_place) {
+            Ok(e) => (e, in_place),
+            Err(_) if in_place => (Self::engine(&config, false)?, false),
+            Err(e) => return Err(e),
+        };
         let mut linker: Linker<State> = Linker::new(&engine);
         state::link(&mut linker).map_err(|e| Error::Config(format!("{e:#}")))?;
         let ticker =
@@ -154,9 +155,10 @@ impl WasmHost {
         Ok(WasmHost {
             engine,
             linker,
+            in_place,
             config,
-            compiled: Mutex::new(HashMap::new()),
-            compiling: tokio::sync::Mutex::new(()),
+            compiled: Arc::new(Mutex::new(HashMap::new())),
+            compiling: Arc::new(tokio::sync::Mutex::new(())),
             compiles: Default::default(),
             ticker,
         })
@@ -170,14 +172,19 @@ impl WasmHost {
         if let Some(c) = cached() {
             return Ok(c);
         }
-        let _one_at_a_time = self.compiling.lock().await;
+        let one_at_a_time = self.compiling.clone().lock_owned().await;
         if let Some(c) = cached() {
             return Ok(c);
         }
         self.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let engine = self.engine.clone();
+        let (engine, cache) = (self.engine.clone(), self.compiled.clone());
         let (digest, bytes) = (digest.to_string(), bytes.to_vec());
-        let (digest, c) = tokio::task::spawn_blocking(move || {
+        // The compile and the cache insert run on their own, holding the
+        // lock: a caller that is cancelled meanwhile (its request timed
+        // out) neither wastes the compile nor lets the next caller start
+        // another.
+        tokio::task::spawn_blocking(move || {
+            let _held = one_at_a_time;
             let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
             if actual != digest {
                 return Err(EngineError::BadComponent(format!(
@@ -187,16 +194,53 @@ impl WasmHost {
             let c = Component::new(&engine, &bytes).map_err(|e| {
                 EngineError::BadComponent(format!("not a WebAssembly component this host can compile: {e:#}"))
             })?;
-            Ok((digest, c))
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= 64 {
+                cache.clear();
+            }
+            cache.insert(digest, c.clone());
+            Ok(c)
         })
         .await
-        .map_err(|e| EngineError::Internal(format!("compiling the component stopped: {e}")))??;
-        let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= 64 {
-            cache.clear();
+        .map_err(|e| EngineError::Internal(format!("compiling the component stopped: {e}")))?
+    }
+
+    fn engine(config: &HostConfig, in_place: bool) -> Result<Engine, Error> {
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust component has a handful of core instances (the module and
+        // WASI adapter shims); each needs a memory or table slot at most.
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 8)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_memory_bytes)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16);
+        if in_place {
+            // A freed slot is reset in place rather than handed back to the
+            // kernel: `madvise(DONTNEED)` on every call cost a TLB shootdown
+            // on every core (30-40% of the CPU at c=32, docs/BENCHMARKS.md)
+            // and a page fault for every page the next call touched. Only
+            // the pages the call dirtied are restored from the image.
+            pool.pagemap_scan(wasmtime::Enabled::Yes)
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(64 << 10);
         }
-        cache.insert(digest, c.clone());
-        Ok(c)
+        let mut c = Config::new();
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .consume_fuel(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .async_stack_size(config.max_wasm_stack + (1 << 20))
+            .wasm_component_model(true);
+        Engine::new(&c).map_err(|e| Error::Config(format!("{e:#}")))
+    }
+
+    /// Whether freed slots are reset in place ([`HostConfig::reset_in_place`]).
+    pub fn resets_in_place(&self) -> bool {
+        self.in_place
     }
 
     /// How many components this host has compiled.

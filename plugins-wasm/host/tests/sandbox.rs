@@ -186,13 +186,17 @@ async fn a_component_asked_for_at_once_compiles_once() {
 /// Every call runs in a fresh instance, although the pool resets a freed
 /// slot in place for the next: what a call left in its globals, in low
 /// memory and in memory it grew is gone for the next call.
+/// Both ways of resetting a slot: in place (where nothing can be swapped)
+/// and by handing it back to the kernel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_call_sees_what_an_earlier_one_left_in_memory() {
-    let h = host();
-    let (b, _) = mount(&h, &[]).await;
-    for _ in 0..5 {
-        let r = read(b.as_ref(), "remember").await.unwrap();
-        assert_eq!((r.get("calls"), r.get("low"), r.get("high")), (Some("1"), Some("0"), Some("0,0")));
+    for in_place in [true, false] {
+        let h = WasmHost::new(HostConfig { reset_in_place: Some(in_place), ..HostConfig::default() }).unwrap();
+        let (b, _) = mount(&h, &[]).await;
+        for _ in 0..5 {
+            let r = read(b.as_ref(), "remember").await.unwrap();
+            assert_eq!((r.get("calls"), r.get("low"), r.get("high")), (Some("1"), Some("0"), Some("0,0")));
+        }
     }
 }
 

@@ -130,10 +130,11 @@ async fn the_chain_continues_across_seal_unseal_and_reopen() {
     assert!(r2.problem.unwrap().contains("truncated"));
 }
 
-/// Many requests at once on a file device: each waits for its lines
-/// (written by itself or with others' by the request writing then), and
-/// the file holds every request's and response's record, in one unbroken
-/// chain up to the checkpoint.
+/// Many requests at once on a file device, while the device is reopened
+/// and checkpointed over and over: each request waits for its lines
+/// (written by itself, with others' by the request writing then, or by the
+/// writer thread that held the sink), and the file holds every request's
+/// and response's record, in one unbroken chain up to the checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_share_writes_and_keep_one_chain() {
     let (core, root) = dev_core().await;
@@ -143,6 +144,23 @@ async fn concurrent_requests_share_writes_and_keep_one_chain() {
     let log = dir.path().join("audit.log");
     core.enable_audit(&r, "file", "file", "", opts(&[("file_path", log.to_str().unwrap())])).await.unwrap();
     let before = records(&log).len();
+    // The writer thread takes the sink meanwhile, again and again: a reopen
+    // (a new segment in the same file) and a checkpoint.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (core, stop, root) = (core.clone(), stop.clone(), root.clone());
+        tokio::spawn(async move {
+            let r = Caller::token(Some(&root));
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(core.reopen_audit().await.is_empty());
+                core.audit_verification_key(&r, "file").await.unwrap();
+                rounds += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            rounds
+        })
+    };
     let mut tasks = Vec::new();
     for t in 0..48 {
         let (core, root) = (core.clone(), root.clone());
@@ -155,9 +173,13 @@ async fn concurrent_requests_share_writes_and_keep_one_chain() {
     for t in tasks {
         t.await.unwrap();
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(churn.await.unwrap() > 0);
     let lines = records(&log);
-    let requests = lines[before..].iter().filter(|l| l["type"] == "request").count();
-    let responses = lines[before..].iter().filter(|l| l["type"] == "response").count();
+    let puts = |kind: &str| {
+        lines[before..].iter().filter(|l| l["type"] == kind && l["operation"] == "keybridge.v1.Secrets/Put").count()
+    };
+    let (requests, responses) = (puts("request"), puts("response"));
     assert_eq!((requests, responses), (48 * 25, 48 * 25));
     let key = core.audit_verification_key(&r, "file").await.unwrap();
     let report = verify_files(

@@ -490,7 +490,8 @@ async fn expiry_revokes_in_bulk_with_bounded_concurrency_per_mount() {
 #[tokio::test]
 async fn leases_from_before_the_due_index_are_indexed_at_unseal() {
     let (core, t, issuer, key) = core_with_key().await;
-    for _ in 0..3 {
+    // More than one page of the migration (512).
+    for _ in 0..600 {
         core.engine_request(&t, EngineOp::Read, "creds/creds/app", data(&[("ttl", "1")])).await.unwrap();
     }
     // As an older store: no index entries, no marker.
@@ -506,9 +507,9 @@ async fn leases_from_before_the_due_index_are_indexed_at_unseal() {
     assert!(issuer.revoked.lock().unwrap().is_empty(), "nothing indexed, nothing expires");
     core.seal(&t).await.unwrap();
     core.unseal(&key, false).await.unwrap();
-    assert_eq!(barrier.list_all("core/lease-due/", usize::MAX).await.unwrap().len(), 3);
+    assert_eq!(barrier.list_all("core/lease-due/", usize::MAX).await.unwrap().len(), 600);
     core.lease_pass().await.unwrap();
-    assert_eq!(issuer.revoked.lock().unwrap().len(), 3);
+    assert_eq!(issuer.revoked.lock().unwrap().len(), 600);
 }
 
 /// Rules, rotations and schedules take local and cloud mounts only: a
