@@ -32,6 +32,9 @@ pub const FIELDS: &[(&str, Audit)] = &[
     ("keybridge.v1.ListRequest.page_token", Plain),
     ("keybridge.v1.ListResponse.keys", Plain),
     ("keybridge.v1.ListResponse.next_page_token", Plain),
+    // Lease ids (which the list shows anyway), not credentials.
+    ("keybridge.v1.ListLeasesRequest.page_token", Plain),
+    ("keybridge.v1.ListLeasesResponse.next_page_token", Plain),
     ("keybridge.v1.UndeleteRequest.restore_secret", Plain),
     // Sys
     ("keybridge.v1.SealStatusResponse.key_shares", Plain),

@@ -152,33 +152,7 @@ async fn one(args: &Args, bin: &std::path::Path, quotas: bool) {
         "\n== Sync: {n} secrets of 1 KiB to AWS (moto), GCP and Azure (our servers); quotas {} ==",
         if quotas { "enforced client-side (published)" } else { "lifted" }
     );
-    // Load the source.
-    let channels: Vec<_> = {
-        let mut v = Vec::new();
-        for _ in 0..4 {
-            v.push(server.channel().await);
-        }
-        v
-    };
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for t in 0..32 {
-        let mut c = pb::secrets_client::SecretsClient::new(channels[t % 4].clone());
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    return;
-                }
-                let req = pb::PutRequest { path: format!("secret/bench/k{i:05}"), value: value_1k(i), cas: None };
-                c.put(authed(TOKEN, req)).await.expect("load");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
+    load_source(&server, n).await;
     let mut sync = pb::sync_client::SyncClient::new(server.channel().await);
     let mut counted = Counted::take(&rec, &sm, &kv);
     let before = calls(&mut sync).await;
@@ -367,7 +341,7 @@ pub async fn local(_args: &Args, bin: &std::path::Path) {
     }
 }
 
-/// Writes `secret/bench/k{0..n}` (1 KiB each), 32 at a time.
+/// Writes `secret/bench/k{00000..n}` (1 KiB each), 32 at a time.
 async fn load_source(server: &crate::Server, n: usize) {
     let mut channels = Vec::new();
     for _ in 0..4 {
@@ -384,7 +358,7 @@ async fn load_source(server: &crate::Server, n: usize) {
                 if i >= n {
                     return;
                 }
-                let req = pb::PutRequest { path: format!("secret/bench/k{i:06}"), value: value_1k(i), cas: None };
+                let req = pb::PutRequest { path: format!("secret/bench/k{i:05}"), value: value_1k(i), cas: None };
                 c.put(authed(TOKEN, req)).await.expect("load");
             }
         }));
