@@ -479,7 +479,10 @@ async fn expiry_revokes_in_bulk_with_bounded_concurrency_per_mount() {
     let took = started.elapsed();
     assert_eq!(issuer.revoked.lock().unwrap().len(), 40);
     let most = issuer.max_in_flight.load(Ordering::SeqCst) as usize;
-    assert_eq!(most, crate::leases::REVOKE_CONCURRENCY_PER_MOUNT, "revocations at once");
+    // Bounded, and concurrent (two leases on one lock stripe take turns,
+    // so the bound itself is not always reached).
+    assert!(most <= crate::leases::REVOKE_CONCURRENCY_PER_MOUNT, "{most} revocations at once");
+    assert!(most >= crate::leases::REVOKE_CONCURRENCY_PER_MOUNT / 2, "only {most} revocations at once");
     assert!(took < Duration::from_millis(40 * 50 / 2), "one at a time? {took:?}");
     let (left, _) = core.list_leases(&t, "", 0, "").await.unwrap();
     assert_eq!(left.iter().map(|l| l.lease_id.as_str()).collect::<Vec<_>>(), vec![kept.as_str()]);
