@@ -209,12 +209,23 @@ impl Output {
     pub(super) fn settled(output: &Mutex<Output>) -> Settled<'_> {
         let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
         out.want_sink = true;
-        while out.flushing {
-            drop(out);
-            std::thread::sleep(std::time::Duration::from_micros(100));
+        loop {
+            if out.flushing {
+                drop(out);
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            } else if !out.pending.is_empty() {
+                // Lines the stopped request left: written now, to the sink
+                // they were sealed for (a reopen must not carry them into
+                // the next file, which starts a new segment).
+                out.flushing = true;
+                drop(out);
+                let _ = write_pending(output);
+            } else {
+                // Held until dropped: nothing is sealed meanwhile.
+                return Settled { out: Some(out), output };
+            }
             out = output.lock().unwrap_or_else(|p| p.into_inner());
         }
-        Settled { out: Some(out), output }
     }
 
     /// Chains and writes `bodies` as one group. On failure nothing of the

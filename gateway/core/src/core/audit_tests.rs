@@ -144,15 +144,18 @@ async fn concurrent_requests_share_writes_and_keep_one_chain() {
     let log = dir.path().join("audit.log");
     core.enable_audit(&r, "file", "file", "", opts(&[("file_path", log.to_str().unwrap())])).await.unwrap();
     let before = records(&log).len();
-    // The writer thread takes the sink meanwhile, again and again: a reopen
-    // (a new segment in the same file) and a checkpoint.
+    // The writer thread takes the sink meanwhile, again and again: the file
+    // rotated away and reopened (a new segment in a new file), and a
+    // checkpoint.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churn = {
-        let (core, stop, root) = (core.clone(), stop.clone(), root.clone());
+        let (core, stop, root, log, dir) =
+            (core.clone(), stop.clone(), root.clone(), log.clone(), dir.path().to_owned());
         tokio::spawn(async move {
             let r = Caller::token(Some(&root));
             let mut rounds = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::fs::rename(&log, dir.join(format!("audit.log.{rounds:04}"))).unwrap();
                 assert!(core.reopen_audit().await.is_empty());
                 core.audit_verification_key(&r, "file").await.unwrap();
                 rounds += 1;
@@ -174,21 +177,41 @@ async fn concurrent_requests_share_writes_and_keep_one_chain() {
         t.await.unwrap();
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(churn.await.unwrap() > 0);
-    let lines = records(&log);
+    let rotations = churn.await.unwrap();
+    assert!(rotations > 0);
+    // Every file in order, the current one last.
+    let mut files: Vec<(String, Vec<u8>)> = (0..rotations)
+        .map(|i| {
+            let name = format!("audit.log.{i:04}");
+            let bytes = std::fs::read(dir.path().join(&name)).unwrap();
+            (name, bytes)
+        })
+        .collect();
+    files.push(("audit.log".into(), std::fs::read(&log).unwrap()));
+    // Each file on its own verifies too: its first line starts a segment.
+    for (name, bytes) in &files {
+        let key = core.audit_verification_key(&r, "file").await.unwrap();
+        let alone = verify_files(&key.key_bytes().unwrap(), &[(name.clone(), bytes.clone())], None);
+        assert_eq!(alone.problem, None, "{name} alone");
+    }
+    let lines: Vec<serde_json::Value> = files
+        .iter()
+        .flat_map(|(_, b)| {
+            String::from_utf8_lossy(b).lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()
+        })
+        .collect();
     let puts = |kind: &str| {
         lines[before..].iter().filter(|l| l["type"] == kind && l["operation"] == "keybridge.v1.Secrets/Put").count()
     };
     let (requests, responses) = (puts("request"), puts("response"));
     assert_eq!((requests, responses), (48 * 25, 48 * 25));
     let key = core.audit_verification_key(&r, "file").await.unwrap();
-    let report = verify_files(
-        &key.key_bytes().unwrap(),
-        &[("audit.log".into(), std::fs::read(&log).unwrap())],
-        Some(&key.checkpoint()),
-    );
+    files.pop();
+    files.push(("audit.log".into(), std::fs::read(&log).unwrap()));
+    let report = verify_files(&key.key_bytes().unwrap(), &files, Some(&key.checkpoint()));
     assert_eq!(report.problem, None, "{:?}", report.notes);
-    assert_eq!(report.records as usize, records(&log).len());
+    let all: usize = files.iter().map(|(_, b)| String::from_utf8_lossy(b).lines().count()).sum();
+    assert_eq!(report.records as usize, all);
 }
 
 /// A collector on a Unix socket that records what it is sent until told to
