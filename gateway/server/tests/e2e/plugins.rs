@@ -279,8 +279,10 @@ async fn hostile_plugins_fail_alone_with_clear_statuses() {
         let bad = tokio::spawn(async move {
             c.read(authed("root-e2e", pb::LogicalRequest { path: p, data: Default::default() })).await
         });
+        // Other requests are served meanwhile (at least once after it,
+        // however fast it fails: a trap now returns in microseconds).
         let mut served = 0;
-        while !bad.is_finished() {
+        loop {
             sc.get(authed(t, pb::GetRequest { path: "secret/app".into(), ..Default::default() })).await.unwrap();
             let ok = lc
                 .read(authed(t, pb::LogicalRequest { path: "bad/ok".into(), data: Default::default() }))
@@ -288,11 +290,17 @@ async fn hostile_plugins_fail_alone_with_clear_statuses() {
                 .unwrap();
             assert_eq!(ok.get_ref().data["answer"], "42");
             served += 1;
+            if bad.is_finished() {
+                break;
+            }
         }
         let e = bad.await.unwrap().unwrap_err();
         assert_eq!(e.code(), code, "{path}: {e:?}");
         assert!(e.message().contains(text), "{path}: {}", e.message());
-        assert!(served >= 1, "{path}: nothing else was served meanwhile");
+        if path == "bad/loop" {
+            // 500 ms of a spinning plugin: many others in between.
+            assert!(served >= 2, "{path}: only {served} other call(s) were served meanwhile");
+        }
     }
     // And the server is fine.
     let o = s.cli(Some(t), &["read", "bad/ok"]);
