@@ -130,8 +130,9 @@ pub(super) struct Output {
     pub(super) flushing: bool,
     pub(super) waiters: Vec<(u64, oneshot::Sender<Written>)>,
     /// The writer thread wants the sink (a checkpoint, a reopen): the
-    /// request writing stops after its round and no other takes over; new
-    /// lines wait until the thread has written them ([`Settled`]).
+    /// request writing stops after its round and no other takes over; lines
+    /// sealed meanwhile wait for the thread to write them
+    /// ([`Output::settled`]).
     pub(super) want_sink: bool,
 }
 
@@ -203,9 +204,9 @@ impl Output {
     }
 
     /// Takes the sink for the writer thread (off the request path): asks
-    /// the request writing to stop after its round and waits for it, so the
-    /// sink is at hand and the state is what the file holds. Requests
-    /// meanwhile seal and wait; dropping the guard writes their lines.
+    /// the request writing to stop after its round, waits for it, and
+    /// writes what it left, so the sink is at hand and the state is what
+    /// the file holds.
     pub(super) fn settled(output: &Mutex<Output>) -> Settled<'_> {
         let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
         out.want_sink = true;
@@ -222,7 +223,7 @@ impl Output {
                 let _ = write_pending(output);
             } else {
                 // Held until dropped: nothing is sealed meanwhile.
-                return Settled { out: Some(out), output };
+                return Settled(out);
             }
             out = output.lock().unwrap_or_else(|p| p.into_inner());
         }
@@ -337,40 +338,28 @@ pub(super) fn write_pending(output: &Mutex<Output>) -> std::result::Result<(), S
     mine.unwrap_or(Ok(()))
 }
 
-/// The sink in the writer thread's hands ([`Output::settled`]).
-pub(super) struct Settled<'a> {
-    out: Option<std::sync::MutexGuard<'a, Output>>,
-    output: &'a Mutex<Output>,
-}
+/// The sink in the writer thread's hands ([`Output::settled`]): the lock
+/// is held throughout, so nothing is sealed meanwhile and nothing is left
+/// to write when it is given back.
+pub(super) struct Settled<'a>(std::sync::MutexGuard<'a, Output>);
 
 impl std::ops::Deref for Settled<'_> {
     type Target = Output;
     fn deref(&self) -> &Output {
-        self.out.as_deref().expect("held until dropped")
+        &self.0
     }
 }
 
 impl std::ops::DerefMut for Settled<'_> {
     fn deref_mut(&mut self) -> &mut Output {
-        self.out.as_deref_mut().expect("held until dropped")
+        &mut self.0
     }
 }
 
 impl Drop for Settled<'_> {
-    /// Gives the sink back: the lines sealed meanwhile are written (their
-    /// requests wait for them), then requests write their own again.
+    /// Gives the sink back: requests write their own lines again.
     fn drop(&mut self) {
-        let mut out = self.out.take();
-        loop {
-            let mut o = out.take().unwrap_or_else(|| self.output.lock().unwrap_or_else(|p| p.into_inner()));
-            if o.pending.is_empty() {
-                o.want_sink = false;
-                return;
-            }
-            o.flushing = true;
-            drop(o);
-            let _ = write_pending(self.output);
-        }
+        self.0.want_sink = false;
     }
 }
 

@@ -173,7 +173,7 @@ impl LeaseManager {
                 let ids = self.ids_page("", after.as_deref(), ID_PAGE).await?;
                 let mut b = WriteBatch::new();
                 for id in &ids {
-                    if let Some((r, _)) = self.read(id).await?
+                    if let Some(r) = self.record(id).await?
                         && let Some(due) = r.due()
                     {
                         b.put(due_key(due, &r.id), Zeroizing::new(Vec::new()));
@@ -205,10 +205,17 @@ impl LeaseManager {
         Ok(keys.into_iter().map(|k| k[LEASES.len()..].to_string()).collect())
     }
 
-    async fn read(&self, id: &str) -> Result<Option<(LeaseRecord, Params)>> {
+    /// A lease's record alone (lists, lookups and index upkeep need no
+    /// engine data, which may be secret).
+    async fn record(&self, id: &str) -> Result<Option<LeaseRecord>> {
         let key = format!("{LEASES}{id}");
         let Some(raw) = self.barrier.get(&key).await? else { return Ok(None) };
-        let r: LeaseRecord = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?;
+        Ok(Some(serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?))
+    }
+
+    /// A lease's record and its engine data (to renew or revoke it).
+    async fn read(&self, id: &str) -> Result<Option<(LeaseRecord, Params)>> {
+        let Some(r) = self.record(id).await? else { return Ok(None) };
         let data = match self.barrier.get(&format!("{LEASE_DATA}{id}")).await? {
             Some(raw) => {
                 let v: Zeroizing<Vec<(String, String)>> = Zeroizing::new(
@@ -361,7 +368,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_lease_ref(lease_id, "lease id")?;
         self.authorize(caller, &id, "sys/leases/lookup", Capability::Update).await?;
-        let (r, _) = self.leases.read(lease_id).await?.ok_or_else(|| not_found(lease_id))?;
+        let r = self.leases.record(lease_id).await?.ok_or_else(|| not_found(lease_id))?;
         Ok(r.view())
     }
 
@@ -405,7 +412,7 @@ impl Core {
         };
         let mut page = Vec::with_capacity(ids.len());
         for id in &ids {
-            if let Some((r, _)) = self.leases.read(id).await? {
+            if let Some(r) = self.leases.record(id).await? {
                 page.push(r);
             }
         }
@@ -470,7 +477,7 @@ impl Core {
         let id = self.authenticate(caller).await?;
         validate_lease_ref(lease_id, "lease id")?;
         self.authorize(caller, &id, "sys/leases/revoke", Capability::Update).await?;
-        if self.leases.read(lease_id).await?.is_none() {
+        if self.leases.record(lease_id).await?.is_none() {
             return Err(not_found(lease_id));
         }
         self.revoke_now(lease_id, &caller.request_id, None).await.map(|_| ())
@@ -679,7 +686,7 @@ impl Core {
         match self.revoke_now(&id, "lease-expiry", Some(now)).await {
             Ok(true) => Ok(()),
             Ok(false) => {
-                if self.leases.read(&id).await?.is_none_or(|(r, _)| r.due() != Some(at)) {
+                if self.leases.record(&id).await?.is_none_or(|r| r.due() != Some(at)) {
                     self.leases.drop_stale_due(at, &id).await?;
                 }
                 Ok(())

@@ -22,7 +22,12 @@ async fn target_drift<'a>(
 ) -> Result<Vec<(&'a String, &'a Record, &'static str)>> {
     let routed = host.route(t).await?;
     let (engine, mount, rel) = (routed.store.as_ref(), routed.mount_path.as_str(), routed.rel.as_str());
-    let mine: Vec<(&String, &Record)> = records.iter().filter(|(p, r)| p.starts_with(t) && !r.foreign).collect();
+    // The target's records are one range of the ordered map.
+    let mine: Vec<(&String, &Record)> = records
+        .range::<str, _>((std::ops::Bound::Included(t), std::ops::Bound::Unbounded))
+        .take_while(|(p, _)| p.starts_with(t))
+        .filter(|(_, r)| !r.foreign)
+        .collect();
     let mut drifted = Vec::new();
     if mine.is_empty() {
         return Ok(drifted);

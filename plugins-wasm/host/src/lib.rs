@@ -89,7 +89,7 @@ pub struct HostConfig {
     /// found with Linux's PAGEMAP_SCAN) rather than hand it back to the
     /// kernel. PAGEMAP_SCAN does not see a dirty page that was swapped
     /// out, which the next call in the slot would then read: so only where
-    /// nothing can be swapped. `None`: decide at start ([`in_place_is_safe`]).
+    /// nothing can be swapped. `None`: decide at start (memory locked, or no swap).
     pub reset_in_place: Option<bool>,
 }
 
@@ -102,7 +102,7 @@ impl Default for HostConfig {
 /// Whether no page of this process can be swapped out: its memory is
 /// locked (`mlockall`, which the server does unless `disable_mlock`) or
 /// the machine has no swap.
-pub fn in_place_is_safe() -> bool {
+fn in_place_is_safe() -> bool {
     let locked = std::fs::read_to_string("/proc/self/status").ok().is_some_and(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("VmLck:"))
@@ -117,7 +117,6 @@ pub fn in_place_is_safe() -> bool {
 pub struct WasmHost {
     engine: Engine,
     linker: Linker<State>,
-    in_place: bool,
     config: HostConfig,
     /// Compiled components by digest: a component is compiled once however
     /// many mounts use it.
@@ -143,9 +142,9 @@ impl WasmHost {
         let in_place = config.reset_in_place.unwrap_or_else(in_place_is_safe);
         // Without PAGEMAP_SCAN (Linux before 6.7) the in-place engine does
         // not configure: then slots go back to the kernel as before.
-        let (engine, in_place) = match Self::engine(&config, in_place) {
-            Ok(e) => (e, in_place),
-            Err(_) if in_place => (Self::engine(&config, false)?, false),
+        let engine = match Self::engine(&config, in_place) {
+            Ok(e) => e,
+            Err(_) if in_place => Self::engine(&config, false)?,
             Err(e) => return Err(e),
         };
         let mut linker: Linker<State> = Linker::new(&engine);
@@ -155,7 +154,6 @@ impl WasmHost {
         Ok(WasmHost {
             engine,
             linker,
-            in_place,
             config,
             compiled: Arc::new(Mutex::new(HashMap::new())),
             compiling: Arc::new(tokio::sync::Mutex::new(())),
@@ -236,11 +234,6 @@ impl WasmHost {
             .async_stack_size(config.max_wasm_stack + (1 << 20))
             .wasm_component_model(true);
         Engine::new(&c).map_err(|e| Error::Config(format!("{e:#}")))
-    }
-
-    /// Whether freed slots are reset in place ([`HostConfig::reset_in_place`]).
-    pub fn resets_in_place(&self) -> bool {
-        self.in_place
     }
 
     /// How many components this host has compiled.
