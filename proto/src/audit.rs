@@ -35,6 +35,9 @@ pub const FIELDS: &[(&str, Audit)] = &[
     // Lease ids (which the list shows anyway), not credentials.
     ("keybridge.v1.ListLeasesRequest.page_token", Plain),
     ("keybridge.v1.ListLeasesResponse.next_page_token", Plain),
+    // A rule name and a target path, which the page lists anyway.
+    ("keybridge.v1.SyncStatusRequest.page_token", Plain),
+    ("keybridge.v1.SyncStatusResponse.next_page_token", Plain),
     ("keybridge.v1.UndeleteRequest.restore_secret", Plain),
     // Sys
     ("keybridge.v1.SealStatusResponse.key_shares", Plain),

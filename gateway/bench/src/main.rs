@@ -93,9 +93,10 @@ pub(crate) struct Args {
     /// TLS modes to measure throughput in.
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
     tls: Vec<String>,
-    /// Secrets replicated by `--parts sync`.
-    #[arg(long, default_value_t = 10_000)]
-    sync_secrets: usize,
+    /// Secrets replicated by `--parts sync`: one run per number
+    /// (`1000,10000,100000`).
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    sync_secrets: Vec<usize>,
     /// `--parts sync`: with the clouds' published quotas enforced (on) or
     /// lifted (off), or both.
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
@@ -174,10 +175,25 @@ impl Server {
     }
 
     pub(crate) fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The most RSS the server held since it started or since the last
+    /// [`Server::reset_peak`].
+    pub(crate) fn peak_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Starts a new peak RSS measurement (`clear_refs` 5).
+    pub(crate) fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)

@@ -41,7 +41,7 @@ pub use crate::auth_methods::{AuthMount, login_audit};
 pub use crate::core::{Core, CoreConfig, InitResult, SealStatus};
 pub use crate::plugins::{EngineOp, EngineReply, LeaseView, MAX_COMPONENT_BYTES, PathHelp, PluginVersion};
 pub use crate::reconciler::{CopyState, RotateSpec, Rotation, RotationState, RotationVerifier, Schedule};
-pub use crate::reconciler::{RuleSpec, SyncStatus};
+pub use crate::reconciler::{RuleSpec, StateCount, StatusQuery, SyncStatus};
 pub use crate::tokens::store::{TokenRef, TokenRequest};
 pub use audit::{AuditValue, Caller};
 pub use error::Error;

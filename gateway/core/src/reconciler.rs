@@ -4,14 +4,13 @@
 //! checked against its writer's authority before it is stored, and the core
 //! implements the [`Host`] and [`Store`] the reconciler works through.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use keybridge_reconciler::{
-    CopyState, Current, Head, Host, Issued, MARKER_TAG, OnConflict, OnDelete, Reach, Reconciler, Record, RotateSpec,
-    Rotation, RotationState, RotationVerifier, Routed, Rule, RuleSpec, Schedule, SecretEvent, Staged, Staging, Store,
-    SyncStatus, TargetStatus, check_name, check_rules, fingerprint, state_key,
+    CopyState, Current, Head, Host, Issued, Listing, MARKER_TAG, OnConflict, OnDelete, Reach, Reconciler, Record,
+    RotateSpec, Rotation, RotationState, RotationVerifier, Routed, Rule, RuleSpec, Schedule, SecretEvent, Staged,
+    Staging, StateCount, StatusQuery, Store, SyncStatus, TargetStatus, check_name, check_rules, fingerprint, state_key,
 };
 
 use crate::audit::{AuditValue, Caller};
@@ -165,10 +164,10 @@ impl Core {
 
     // ----- status and runs ------------------------------------------------------
 
-    pub async fn sync_status(&self, caller: &Caller, rule: &str) -> Result<SyncStatus> {
+    pub async fn sync_status(&self, caller: &Caller, q: &StatusQuery) -> Result<SyncStatus> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/sync/status", Capability::Read).await?;
-        Ok(self.sync.status(self, rule).await?)
+        Ok(self.sync.status(self, q).await?)
     }
 
     /// Scans now and, with `wait`, answers when nothing is pending (or at
@@ -421,15 +420,8 @@ impl Store for Backend<'_> {
         Ok(Backend::delete_replica(self, rel).await?)
     }
 
-    async fn list_all(&self, folder: &str) -> keybridge_reconciler::Result<Vec<String>> {
-        Ok(Backend::list_all(self, folder).await?)
-    }
-
-    async fn list_markers(
-        &self,
-        folder: &str,
-    ) -> keybridge_reconciler::Result<Option<HashMap<String, Option<String>>>> {
-        Ok(Backend::list_markers(self, folder).await?)
+    async fn list_page(&self, folder: &str, token: &str) -> keybridge_reconciler::Result<Listing> {
+        Ok(Backend::list_page(self, folder, token).await?)
     }
 
     async fn stage(

@@ -51,8 +51,8 @@ pub use error::{Error, Result};
 pub use journal::JournalEntry;
 pub use rotation::{CopyState, RotateSpec, Rotation, RotationState, RotationVerifier, Schedule};
 pub use rules::{OnConflict, OnDelete, Rule, RuleSpec, check_name, check_rules};
-pub use store::{Current, Head, Host, Issued, Reach, Routed, STAGING_SUFFIX, Staged, Staging, Store};
-pub use worker::{CallCount, SyncStatus};
+pub use store::{Current, Head, Host, Issued, Listing, Reach, Routed, STAGING_SUFFIX, Staged, Staging, Store};
+pub use worker::{CallCount, DEFAULT_PAGE, MAX_PAGE, STATES, StateCount, StatusQuery, SyncStatus};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -93,6 +93,14 @@ pub struct Record {
     /// cloud source (where other tools' versions have no number).
     #[serde(default)]
     pub source_mark: String,
+    /// When Keybridge last wrote this record (unset in records older than
+    /// the field).
+    #[serde(default)]
+    pub at: Timestamp,
+    /// What that write did, when there is more to say than "in sync"
+    /// (`deleted outside Keybridge; recreated from the source`).
+    #[serde(default)]
+    pub note: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,12 +114,16 @@ pub struct TargetStatus {
     pub source_version: u64,
 }
 
-/// The reconciler: its state in the barrier and in memory (status, scan
-/// times, retry backoff, and the channel secret watchers listen on).
+/// The reconciler: its state in the barrier and in memory (what it found
+/// wrong, scan times, retry backoff, and the channel secret watchers listen
+/// on).
 pub struct Reconciler {
     barrier: Arc<Barrier>,
     verifier: Option<Arc<dyn RotationVerifier>>,
     notify: tokio::sync::Notify,
+    /// Replicas found not in sync since the process started, by rule and
+    /// target path (cleared when they are): memory grows with what is
+    /// wrong, not with the number of replicas, whose records say the rest.
     status: Mutex<BTreeMap<(String, String), TargetStatus>>,
     last_scan: Mutex<HashMap<String, Instant>>,
     last_deep_scan: Mutex<HashMap<String, Instant>>,
@@ -173,11 +185,6 @@ impl Reconciler {
         self.notify.notify_one();
     }
 
-    /// The status of every target looked at since the process started.
-    pub fn statuses(&self) -> Vec<TargetStatus> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
-    }
-
     fn set_status(&self, rule: &Rule, source: &str, target: &str, state: &'static str, message: String, v: u64) {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         st.insert(
@@ -192,6 +199,11 @@ impl Reconciler {
                 source_version: v,
             },
         );
+    }
+
+    /// A replica is in sync again: its record says the rest.
+    fn in_sync(&self, rule: &Rule, target: &str) {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).remove(&(rule.name.clone(), target.to_string()));
     }
 
     /// Tells watchers of `path` that it changed.

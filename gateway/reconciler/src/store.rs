@@ -2,7 +2,7 @@
 //! owns the mounts. The core implements both: [`Store`] for its backend
 //! facade, [`Host`] for routing, locks, leases and audited writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use keybridge_value::SecretValue;
 use serde::{Deserialize, Serialize};
@@ -100,11 +100,10 @@ pub trait Store: Send + Sync {
     ) -> Result<(String, Option<String>)>;
     /// Deletes a replica whose source was deleted.
     async fn delete_replica(&self, rel: &str) -> Result<()>;
-    /// Every secret below `folder`, relative to the mount.
-    async fn list_all(&self, folder: &str) -> Result<Vec<String>>;
-    /// Every secret below `folder` with the marker its listing shows, or
-    /// `None` where listings show no markers.
-    async fn list_markers(&self, folder: &str) -> Result<Option<HashMap<String, Option<String>>>>;
+    /// One page of the secrets below `folder` (relative to the mount), from
+    /// `token` (empty: the first page). A scan reads listings a page at a
+    /// time and keeps none of them whole.
+    async fn list_page(&self, folder: &str, token: &str) -> Result<Listing>;
     /// Stages `value` so readers of the current version do not get it yet.
     /// `key` names the staging (the rotation's id); `path` is for messages.
     async fn stage(&self, rel: &str, value: &SecretValue, key: &str, path: &str) -> Result<Staged>;
@@ -124,6 +123,19 @@ pub trait Store: Send + Sync {
     /// Retires the version a promoted rotation replaced, where the backend
     /// keeps one apart (a cloud's previous version).
     async fn retire(&self, rel: &str, old_id: &str) -> Result<()>;
+}
+
+/// One page of a listing.
+#[derive(Default)]
+pub struct Listing {
+    /// Secrets relative to the mount, each with the marker the listing
+    /// shows for its current version (none where it shows none).
+    pub names: Vec<(String, Option<String>)>,
+    /// The listing shows markers at all (a cloud's does; the local store's
+    /// does not, and its secrets are cheap to describe one by one).
+    pub markers: bool,
+    /// The next page's token; empty after the last page.
+    pub next: String,
 }
 
 /// A path routed to its mount.

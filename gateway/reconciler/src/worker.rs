@@ -11,7 +11,7 @@ use keybridge_value::SecretValue;
 
 use crate::{
     Error, FP_KEY, Host, JOURNAL, JournalEntry, MARKER_TAG, OnConflict, OnDelete, Reconciler, Record, Result, Rule,
-    STATE, TargetStatus, encode_json, fingerprint, now_ms, state_key,
+    TargetStatus, encode_json, fingerprint, now_ms, state_key,
 };
 
 /// One mount's cloud calls of one kind: how many, and the time they took.
@@ -26,9 +26,52 @@ pub struct CallCount {
     pub time: std::time::Duration,
 }
 
+/// What a status asks for: one rule's replicas or every rule's, of one
+/// state or all, a page at a time.
+#[derive(Clone, Debug, Default)]
+pub struct StatusQuery {
+    /// Empty: every rule.
+    pub rule: String,
+    /// Empty: every state.
+    pub state: String,
+    /// 0: [`DEFAULT_PAGE`]; at most [`MAX_PAGE`].
+    pub page_size: u32,
+    /// A `next_page` token from an earlier answer: start after it.
+    pub after: String,
+}
+
+impl StatusQuery {
+    /// The first page of a rule's replicas (every rule's with `rule` empty).
+    pub fn of(rule: &str) -> Self {
+        StatusQuery { rule: rule.to_string(), ..Default::default() }
+    }
+}
+
+/// Replicas a status lists when the query names no page size.
+pub const DEFAULT_PAGE: u32 = 1000;
+/// The most replicas one status lists.
+pub const MAX_PAGE: u32 = 10_000;
+/// The states a replica can be in.
+pub const STATES: [&str; 6] = ["in_sync", "pending", "drifted", "conflict", "error", "stale"];
+
+/// How many replicas of one rule's target folder are in one state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StateCount {
+    pub rule: String,
+    pub target: String,
+    pub state: &'static str,
+    pub count: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct SyncStatus {
+    /// One page of the replicas asked for, by rule and target path.
     pub targets: Vec<TargetStatus>,
+    /// Where the next page starts (empty after the last).
+    pub next_page: String,
+    /// Every replica of the rules asked for, counted by target and state
+    /// (whatever the page and state asked for).
+    pub counts: Vec<StateCount>,
     pub pending: u64,
     pub calls: Vec<CallCount>,
     /// From a run: the scan it asked for has run and nothing is pending.
@@ -42,54 +85,132 @@ pub(crate) const PARALLEL: usize = 8;
 impl Reconciler {
     // ----- status ---------------------------------------------------------------
 
-    /// Every target's status (of one rule, or of all with `rule` empty),
-    /// the journal entries pending and the cloud calls made.
-    pub async fn status(&self, host: &dyn Host, rule: &str) -> Result<SyncStatus> {
-        let rules = self.rules(host).await?;
-        if !rule.is_empty() && !rules.iter().any(|r| r.name == rule) {
-            return Err(Error::NotFound(format!("no sync rule {rule:?}")));
+    /// A page of replica statuses (`q`), every replica counted by state,
+    /// the journal entries pending and the cloud calls made. Replicas are
+    /// read from their records a page at a time; what this process found
+    /// wrong since it started (kept in memory, only while it lasts)
+    /// overrides what a record says.
+    pub async fn status(&self, host: &dyn Host, q: &StatusQuery) -> Result<SyncStatus> {
+        let page_size = match q.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Error::InvalidArgument(format!(
+                    "page_size {n} is over the most a page holds ({MAX_PAGE})"
+                )));
+            }
+            n => n,
+        } as usize;
+        if !q.state.is_empty() && !STATES.contains(&q.state.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "no replica state {:?}: one of {}",
+                q.state,
+                STATES.join(", ")
+            )));
         }
-        let mut targets: BTreeMap<(String, String), TargetStatus> = self
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, s)| rule.is_empty() || s.rule == rule)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        // Replicas this process has not looked at yet (since a restart):
-        // their stored records say what was last written.
-        for r in rules.iter().filter(|r| rule.is_empty() || r.name == rule) {
-            for (target, rec) in self.records_of(r).await? {
-                targets.entry((r.name.clone(), target.clone())).or_insert_with(|| recorded_status(r, target, &rec));
+        let after = match q.after.as_str() {
+            "" => None,
+            a => Some(a.split_once(':').ok_or_else(|| {
+                Error::InvalidArgument(format!("page token {a:?} is not one this server gave (rule:target)"))
+            })?),
+        };
+        let rules = self.rules(host).await?;
+        if !q.rule.is_empty() && !rules.iter().any(|r| r.name == q.rule) {
+            return Err(Error::NotFound(format!("no sync rule {:?}", q.rule)));
+        }
+        let mut rules: Vec<&Rule> = rules.iter().filter(|r| q.rule.is_empty() || r.name == q.rule).collect();
+        rules.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out = SyncStatus::default();
+        let mut counts: BTreeMap<(String, String, &'static str), u64> = BTreeMap::new();
+        let mut more = false;
+        for rule in rules {
+            // What this process found wrong, by target path (a snapshot).
+            let found: BTreeMap<String, TargetStatus> = self
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .range((rule.name.clone(), String::new())..)
+                .take_while(|((r, _), _)| *r == rule.name)
+                .map(|((_, t), s)| (t.clone(), s.clone()))
+                .collect();
+            let mut found = found.into_iter().peekable();
+            let mut emit = |s: TargetStatus| {
+                let target = rule.targets.iter().find(|t| s.target.starts_with(t.as_str())).cloned();
+                let target = target.unwrap_or_else(|| s.target.split_inclusive('/').next().unwrap_or("").to_string());
+                *counts.entry((rule.name.clone(), target, s.state)).or_insert(0) += 1;
+                let wanted = (q.state.is_empty() || q.state == s.state)
+                    && after.is_none_or(|(r, t)| (rule.name.as_str(), s.target.as_str()) > (r, t));
+                if wanted {
+                    if out.targets.len() < page_size {
+                        out.targets.push(s);
+                    } else {
+                        more = true;
+                    }
+                }
+            };
+            let mut last: Option<String> = None;
+            loop {
+                let records = self.records_page(&rule.id, "", last.as_deref()).await?;
+                let Some((l, _)) = records.last() else { break };
+                last = Some(l.clone());
+                for (target, rec) in records {
+                    while let Some((_, s)) = found.next_if(|(t, _)| *t < target) {
+                        emit(s);
+                    }
+                    match found.next_if(|(t, _)| *t == target) {
+                        Some((_, s)) => emit(s),
+                        None => emit(recorded_status(rule, target, &rec)),
+                    }
+                }
+            }
+            for (_, s) in found {
+                emit(s);
             }
         }
-        let targets = targets.into_values().collect();
-        let pending = self.journal_entries(rule).await?.len() as u64;
-        let mut calls = host.call_counts();
-        calls.sort();
-        Ok(SyncStatus { targets, pending, calls, settled: false })
+        if more && let Some(l) = out.targets.last() {
+            out.next_page = format!("{}:{}", l.rule, l.target);
+        }
+        out.counts = counts
+            .into_iter()
+            .map(|((rule, target, state), count)| StateCount { rule, target, state, count })
+            .collect();
+        out.pending = self.journal_count(&q.rule).await?;
+        out.calls = host.call_counts();
+        out.calls.sort();
+        Ok(out)
     }
 
     pub(crate) async fn journaled_paths(&self, rule: &str) -> Result<HashSet<String>> {
         Ok(self.journal_entries(rule).await?.into_iter().map(|e| e.path).collect())
     }
 
+    /// How many journal entries there are: of one rule, or of every rule
+    /// with `rule` empty.
+    async fn journal_count(&self, rule: &str) -> Result<u64> {
+        let mut n = 0u64;
+        self.each_journal_entry(rule, |_| n += 1).await?;
+        Ok(n)
+    }
+
     /// The journal's entries: of one rule, or of every rule with `rule` empty.
     async fn journal_entries(&self, rule: &str) -> Result<Vec<JournalEntry>> {
         let mut out = Vec::new();
+        self.each_journal_entry(rule, |e| out.push(e)).await?;
+        Ok(out)
+    }
+
+    async fn each_journal_entry(&self, rule: &str, mut each: impl FnMut(JournalEntry)) -> Result<()> {
         let mut start: Option<String> = None;
         loop {
             let keys = self.barrier.list(JOURNAL, start.as_deref(), JOURNAL_BATCH).await?;
             if keys.is_empty() {
-                return Ok(out);
+                return Ok(());
             }
             for k in &keys {
                 if let Some(raw) = self.barrier.get(k).await?
                     && let Ok(e) = serde_json::from_slice::<JournalEntry>(&raw)
                     && (rule.is_empty() || e.rule == rule)
                 {
-                    out.push(e);
+                    each(e);
                 }
             }
             start = keys.last().map(|k| format!("{k}\0"));
@@ -132,13 +253,14 @@ impl Reconciler {
             if wait {
                 self.pass(host).await?;
             }
-            let mut status = self.status(host, rule).await?;
             let scanned = {
                 let done = self.scans_done.lock().unwrap_or_else(|p| p.into_inner());
                 names.iter().all(|n| done.get(n).copied().unwrap_or(0) > before[n])
             };
-            status.settled = scanned && status.pending == 0;
-            if !wait || status.settled || Instant::now() >= deadline {
+            let settled = scanned && self.journal_count(rule).await? == 0;
+            if !wait || settled || Instant::now() >= deadline {
+                let mut status = self.status(host, &StatusQuery::of(rule)).await?;
+                status.settled = settled && status.pending == 0;
                 return Ok(status);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -274,25 +396,6 @@ impl Reconciler {
         }
     }
 
-    /// The stored records of a rule's replicas, by target path.
-    pub async fn records_of(&self, rule: &Rule) -> Result<BTreeMap<String, Record>> {
-        let prefix = format!("{STATE}{}/", rule.id);
-        let mut records: BTreeMap<String, Record> = BTreeMap::new();
-        let mut start: Option<String> = None;
-        loop {
-            let keys = self.barrier.list(&prefix, start.as_deref(), 512).await?;
-            if keys.is_empty() {
-                return Ok(records);
-            }
-            for k in &keys {
-                if let Some(r) = self.record(k).await? {
-                    records.insert(k[prefix.len()..].to_string(), r);
-                }
-            }
-            start = keys.last().map(|k| format!("{k}\0"));
-        }
-    }
-
     pub async fn record(&self, key: &str) -> Result<Option<Record>> {
         match self.barrier.get(key).await? {
             None => Ok(None),
@@ -302,9 +405,11 @@ impl Reconciler {
         }
     }
 
+    /// Stores a record, stamped with the time.
     pub async fn save_record(&self, key: &str, r: &Record) -> Result<()> {
         let mut batch = WriteBatch::new();
-        batch.put(key.to_string(), encode_json(r));
+        let r = Record { at: Timestamp::now(), ..r.clone() };
+        batch.put(key.to_string(), encode_json(&r));
         self.barrier.commit(batch).await.map_err(Error::from)
     }
 
@@ -380,7 +485,7 @@ impl Reconciler {
                     engine.delete_replica(rel).await?;
                     self.publish(tpath, "deleted", 0, "");
                     self.drop_record(&key).await?;
-                    self.set_status(rule, path, tpath, "in_sync", "deleted with the source".into(), 0);
+                    self.in_sync(rule, tpath);
                     Ok(())
                 }
                 (OnDelete::Propagate, Some(_)) if cur.is_some() => {
@@ -448,13 +553,14 @@ impl Reconciler {
                 stale: false,
                 foreign: false,
                 source_mark: mark.to_string(),
+                ..Default::default()
             };
             self.save_record(key, &pending).await?;
             let (id, marker) = engine.write_replica(rel, value, &rule.id, cur.as_ref()).await?;
             self.publish(tpath, "replicated", id.parse().unwrap_or(0), &id);
-            let done = Record { version_id: id, marker, pending: false, ..pending };
+            let done = Record { version_id: id, marker, pending: false, note: message, ..pending };
             self.save_record(key, &done).await?;
-            self.set_status(rule, path, tpath, "in_sync", message, *sv);
+            self.in_sync(rule, tpath);
             Ok::<_, Error>(())
         };
         match (&cur, &rec) {
@@ -467,7 +573,7 @@ impl Reconciler {
                         r.stale = false;
                         self.save_record(&key, &r).await?;
                     }
-                    self.set_status(rule, path, tpath, "in_sync", String::new(), *sv);
+                    self.in_sync(rule, tpath);
                     Ok(())
                 } else {
                     write(String::new()).await
@@ -485,7 +591,7 @@ impl Reconciler {
                     r.source_version = *sv;
                     r.source_mark = mark.to_string();
                     self.save_record(&key, &r).await?;
-                    self.set_status(rule, path, tpath, "in_sync", String::new(), *sv);
+                    self.in_sync(rule, tpath);
                     return Ok(());
                 }
                 let what = format!("changed outside Keybridge (now version {})", c.id);
@@ -523,15 +629,9 @@ impl Reconciler {
                         r.marker = c.marker.clone();
                         r.fingerprint = tfp;
                         r.source_version = version;
+                        r.note = format!("{what}; adopted as source version {version}");
                         self.save_record(&key, &r).await?;
-                        self.set_status(
-                            rule,
-                            path,
-                            tpath,
-                            "in_sync",
-                            format!("{what}; adopted as source version {version}"),
-                            version,
-                        );
+                        self.in_sync(rule, tpath);
                         Ok(())
                     }
                 }
@@ -555,8 +655,8 @@ impl Reconciler {
     }
 }
 
-/// A replica's status from its stored record alone, before this process
-/// has replicated or scanned it: what was last written, said as such.
+/// A replica's status from its stored record alone (this process found
+/// nothing wrong with it since it started): what was last written.
 fn recorded_status(rule: &Rule, target: String, rec: &Record) -> TargetStatus {
     let (state, message) = if rec.stale {
         ("stale", "the source was deleted (as last recorded)")
@@ -565,7 +665,7 @@ fn recorded_status(rule: &Rule, target: String, rec: &Record) -> TargetStatus {
     } else if rec.foreign {
         ("conflict", "another tool's secret, left alone (as last recorded)")
     } else {
-        ("in_sync", "as last replicated; not checked since the server started")
+        ("in_sync", rec.note.as_str())
     };
     TargetStatus {
         rule: rule.name.clone(),
@@ -573,8 +673,8 @@ fn recorded_status(rule: &Rule, target: String, rec: &Record) -> TargetStatus {
         target,
         state,
         message: message.to_string(),
-        // Unknown: the record keeps no time (shown as unset).
-        updated: Timestamp::default(),
+        // Unset in records written before the time was kept.
+        updated: rec.at,
         source_version: rec.source_version,
     }
 }

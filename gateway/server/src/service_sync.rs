@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keybridge_core::reconciler::Rule;
-use keybridge_core::{Core, RotateSpec, Rotation, RuleSpec, SyncStatus};
+use keybridge_core::{Core, RotateSpec, Rotation, RuleSpec, StatusQuery, SyncStatus};
 use keybridge_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -46,6 +46,12 @@ fn status_pb(s: SyncStatus) -> pb::SyncStatusResponse {
                 updated_time: (t.updated != keybridge_core::Timestamp::default()).then(|| ts(t.updated)),
                 source_version: t.source_version,
             })
+            .collect(),
+        next_page_token: s.next_page,
+        counts: s
+            .counts
+            .into_iter()
+            .map(|c| pb::SyncStateCount { rule: c.rule, target: c.target, state: c.state.into(), count: c.count })
             .collect(),
         pending: s.pending,
         settled: s.settled,
@@ -201,7 +207,8 @@ impl pb::sync_server::Sync for SyncService {
         let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.rule);
-        let res = self.core.sync_status(&c, &r.rule).await;
+        let q = StatusQuery { rule: r.rule, state: r.state, page_size: r.page_size, after: r.page_token };
+        let res = self.core.sync_status(&c, &q).await;
         let s = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(status_pb(s)))
     }

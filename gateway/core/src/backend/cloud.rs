@@ -32,6 +32,8 @@ use keybridge_provider_api::{
 };
 use zeroize::Zeroizing;
 
+use super::Listing;
+
 use crate::backend::kv::{ReadSecret, SecretMeta, VersionMeta};
 use crate::value::SecretValue;
 use crate::{Error, Result, Timestamp};
@@ -337,24 +339,20 @@ impl CloudMount {
         self.store.retire(&self.name(rel)?, id).await.map_err(Error::from)
     }
 
-    /// Every Keybridge-named secret below `folder` with its listing marker.
-    pub async fn list_markers(&self, folder: &str) -> Result<std::collections::HashMap<String, Option<String>>> {
-        let mut out = std::collections::HashMap::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.store.list(100, token.as_deref()).await?;
-            for item in page.items {
-                if let Some(p) = self.settings.codec.decode(&item.name)
-                    && p.starts_with(folder)
-                {
-                    out.insert(p, item.marker);
-                }
-            }
-            token = page.next;
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
+    /// One page of the cloud's listing: the Keybridge-named secrets on it
+    /// below `folder`, each with its listing marker. A page may hold none
+    /// of them and still have a next one.
+    pub async fn list_page(&self, folder: &str, token: &str) -> Result<Listing> {
+        let page = self.store.list(100, (!token.is_empty()).then_some(token)).await?;
+        let names = page
+            .items
+            .into_iter()
+            .filter_map(|item| {
+                let p = self.settings.codec.decode(&item.name)?;
+                p.starts_with(folder).then_some((p, item.marker))
+            })
+            .collect();
+        Ok(Listing { names, markers: true, next: page.next.unwrap_or_default() })
     }
 
     pub async fn get(&self, rel: &str, at: &Selector) -> Result<ReadSecret> {

@@ -9,7 +9,7 @@ pub mod cloud;
 pub mod kv;
 pub(crate) mod plugin;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use keybridge_provider_api::Selector;
@@ -20,7 +20,7 @@ use crate::value::SecretValue;
 use crate::{Error, Result};
 use cloud::CloudMount;
 use keybridge_reconciler::MARKER_TAG;
-pub use keybridge_reconciler::{Current, Head, Reach, STAGING_SUFFIX, Staged, Staging};
+pub use keybridge_reconciler::{Current, Head, Listing, Reach, STAGING_SUFFIX, Staged, Staging};
 use kv::{Kv, ReadSecret, SecretMeta, VersionMeta};
 
 /// Where a secret path leads.
@@ -293,27 +293,16 @@ impl Backend<'_> {
         }
     }
 
-    /// Every secret below `folder` (relative, with its `/`), recursively.
-    pub async fn list_all(&self, folder: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let (keys, next) = self.list(folder, kv::MAX_PAGE_SIZE, &token, true).await?;
-            out.extend(keys.into_iter().map(|k| format!("{folder}{k}")));
-            if next.is_empty() {
-                return Ok(out);
-            }
-            token = next;
-        }
-    }
-
-    /// Every secret below `folder` with its listing marker (none where the
-    /// listing shows no marker: the capability `lists_markers`), from one listing
-    /// of the cloud; `None` on the local store, whose reads are cheap.
-    pub async fn list_markers(&self, folder: &str) -> Result<Option<HashMap<String, Option<String>>>> {
+    /// One page of the secrets below `folder` (relative, with its `/`),
+    /// recursively, with the markers a cloud's listing shows.
+    pub async fn list_page(&self, folder: &str, token: &str) -> Result<Listing> {
         match self {
-            Backend::Cloud(c) => Ok(Some(c.list_markers(folder).await?)),
-            Backend::Kv(_) | Backend::Plugin(_) => Ok(None),
+            Backend::Cloud(c) => c.list_page(folder, token).await,
+            _ => {
+                let (keys, next) = self.list(folder, kv::MAX_PAGE_SIZE, token, true).await?;
+                let names = keys.into_iter().map(|k| (format!("{folder}{k}"), None)).collect();
+                Ok(Listing { names, markers: false, next })
+            }
         }
     }
 

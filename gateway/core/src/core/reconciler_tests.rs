@@ -10,7 +10,7 @@ use super::tests::{field, fields, hold_load};
 use super::*;
 use crate::Caller;
 use crate::TokenRequest;
-use crate::reconciler::RuleSpec;
+use crate::reconciler::{RuleSpec, StatusQuery};
 
 async fn core_with_mounts(store: Arc<RedbStore>) -> (Arc<Core>, Caller) {
     let (core, t, _) = core_with_key(store).await;
@@ -38,8 +38,8 @@ fn spec(name: &str, source: &str, targets: &[&str], on_conflict: &str) -> RuleSp
     }
 }
 
-fn state(core: &Core, target: &str) -> (String, String) {
-    let st = core.sync.statuses();
+async fn state(core: &Core, target: &str) -> (String, String) {
+    let st = core.sync.status(core, &StatusQuery::of("")).await.unwrap().targets;
     let s = st.iter().find(|s| s.target == target).unwrap_or_else(|| panic!("no status for {target}: {st:?}"));
     (s.state.to_string(), s.message.clone())
 }
@@ -81,10 +81,10 @@ async fn writes_replicate_and_conflicts_follow_the_rule() {
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "pw"), "one");
     let meta = core.describe(&t, "team-b/app/db").await.unwrap();
     assert!(meta.custom_metadata.contains_key(crate::reconciler::MARKER_TAG), "replicas are tagged");
-    assert_eq!(state(&core, "team-b/app/db").0, "in_sync");
+    assert_eq!(state(&core, "team-b/app/db").await.0, "in_sync");
     // Not ours: left alone, reported.
     assert_eq!(field(&core.get(&t, "team-b/app/theirs", None).await.unwrap(), "v"), "theirs");
-    let (st, msg) = state(&core, "team-b/app/theirs");
+    let (st, msg) = state(&core, "team-b/app/theirs").await;
     assert_eq!(st, "conflict");
     assert!(msg.contains("take_over"), "{msg}");
 
@@ -92,14 +92,14 @@ async fn writes_replicate_and_conflicts_follow_the_rule() {
     core.put(&t, "team-b/app/db", &fields(&[("pw", "edited")]), None).await.unwrap();
     core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap();
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "pw"), "one");
-    assert!(state(&core, "team-b/app/db").1.contains("restored"));
+    assert!(state(&core, "team-b/app/db").await.1.contains("restored"));
 
     // Alert: the edit stays and is reported.
     core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "alert")).await.unwrap();
     core.put(&t, "team-b/app/db", &fields(&[("pw", "edited")]), None).await.unwrap();
     core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap();
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "pw"), "edited");
-    assert_eq!(state(&core, "team-b/app/db").0, "conflict");
+    assert_eq!(state(&core, "team-b/app/db").await.0, "conflict");
 
     // Adopt: the target's value becomes a new source version.
     core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "adopt")).await.unwrap();
@@ -125,7 +125,7 @@ async fn deletes_are_retained_or_propagated() {
     core.delete(&t, "secret/app/a", &[], true).await.unwrap();
     core.sync_pass().await.unwrap();
     assert!(core.get(&t, "team-b/app/a", None).await.is_ok(), "retain keeps the replica");
-    assert_eq!(state(&core, "team-b/app/a").0, "stale");
+    assert_eq!(state(&core, "team-b/app/a").await.0, "stale");
     let mut s = spec("ab", "secret/app/", &["team-b/app/"], "");
     s.delete = "propagate".into();
     core.put_sync_rule(&t, s).await.unwrap();
@@ -156,7 +156,7 @@ async fn the_journal_survives_a_restart() {
         let (core, t, key) = first_life(&path).await;
         // Written and journaled, never replicated: the process stops here.
         core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
-        assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 1);
+        assert_eq!(core.sync_status(&t, &StatusQuery::of("")).await.unwrap().pending, 1);
         core.shutdown().await;
         key
     };
@@ -168,7 +168,7 @@ async fn the_journal_survives_a_restart() {
     for target in ["team-b/app/db", "team-c/app/db"] {
         assert_eq!(field(&core.get(&t, target, None).await.unwrap(), "pw"), "one", "{target}");
     }
-    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+    assert_eq!(core.sync_status(&t, &StatusQuery::of("")).await.unwrap().pending, 0);
 }
 
 /// After a restart, before any write or scan, `sync status` lists every
@@ -182,14 +182,14 @@ async fn status_after_a_restart_lists_every_target_from_the_records() {
         core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
         core.put(&t, "secret/app/api", &fields(&[("k", "v")]), None).await.unwrap();
         core.sync_pass().await.unwrap();
-        assert_eq!(core.sync_status(&t, "").await.unwrap().targets.len(), 4);
+        assert_eq!(core.sync_status(&t, &StatusQuery::of("")).await.unwrap().targets.len(), 4);
         core.shutdown().await;
         key
     };
     let core = restarted(&path);
     let t = Caller::token(Some("root-t"));
     core.unseal(&key, false).await.unwrap();
-    let status = core.sync_status(&t, "ab").await.unwrap();
+    let status = core.sync_status(&t, &StatusQuery::of("ab")).await.unwrap();
     let mut seen: Vec<(String, &str)> = status.targets.iter().map(|s| (s.target.clone(), s.state)).collect();
     seen.sort();
     assert_eq!(
@@ -203,14 +203,16 @@ async fn status_after_a_restart_lists_every_target_from_the_records() {
     );
     let db = status.targets.iter().find(|s| s.target == "team-b/app/db").unwrap();
     assert_eq!((db.source.as_str(), db.source_version), ("secret/app/db", 1));
-    assert!(db.message.contains("not checked since the server started"), "{}", db.message);
-    // Once this process replicates a target, its own status replaces the record's.
+    // In sync, as of the time its record was written.
+    assert!(db.updated != crate::Timestamp::default() && db.message.is_empty(), "{db:?}");
+    let written = db.updated;
+    // Once this process replicates a target again, the new record says so.
     core.put(&t, "secret/app/db", &fields(&[("pw", "two")]), None).await.unwrap();
     core.sync_pass().await.unwrap();
-    let status = core.sync_status(&t, "ab").await.unwrap();
+    let status = core.sync_status(&t, &StatusQuery::of("ab")).await.unwrap();
     let db = status.targets.iter().find(|s| s.target == "team-b/app/db").unwrap();
     assert_eq!((db.state, db.source_version), ("in_sync", 2));
-    assert!(db.message.is_empty(), "{}", db.message);
+    assert!(db.message.is_empty() && db.updated > written, "{db:?}");
     assert_eq!(status.targets.len(), 4);
 }
 
@@ -234,7 +236,7 @@ async fn a_write_already_landed_is_not_written_twice() {
     core.sync_pass().await.unwrap();
     let meta = core.describe(&t, "team-b/app/db").await.unwrap();
     assert_eq!(meta.current_version, 2, "no second copy of version two");
-    assert_eq!(state(&core, "team-b/app/db").0, "in_sync");
+    assert_eq!(state(&core, "team-b/app/db").await.0, "in_sync");
 }
 
 #[tokio::test]
@@ -254,7 +256,7 @@ async fn writes_within_the_window_go_out_as_one() {
     core.sync_pass().await.unwrap();
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "v"), "3");
     assert_eq!(core.describe(&t, "team-b/app/db").await.unwrap().current_version, 1, "one write for three");
-    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+    assert_eq!(core.sync_status(&t, &StatusQuery::of("")).await.unwrap().pending, 0);
 }
 
 #[tokio::test]
@@ -495,7 +497,7 @@ async fn a_rotation_leaves_a_foreign_target_alone() {
     core.put(&root, "secret/app/db", &fields(&[("password", "app-password")]), None).await.unwrap();
     core.put_sync_rule(&root, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "")).await.unwrap();
     core.sync_pass().await.unwrap();
-    assert_eq!(state(&core, "team-b/app/db").0, "conflict");
+    assert_eq!(state(&core, "team-b/app/db").await.0, "conflict");
     let r = core
         .rotate_secret(&root, RotateSpec { path: "secret/app/db".into(), length: 24, ..Default::default() })
         .await
@@ -548,15 +550,72 @@ async fn changes_other_than_puts_are_journaled_first() {
     core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
     core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
     core.sync_pass().await.unwrap();
-    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+    assert_eq!(core.sync_status(&t, &StatusQuery::of("")).await.unwrap().pending, 0);
     // Version 9 does not exist: the destroy fails, after its journal entry.
     super::tests::assert_err!(core.destroy(&t, "secret/app/db", &[9]).await, Error::InvalidArgument(_));
-    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 1, "journaled before the change");
+    assert_eq!(core.sync_status(&t, &StatusQuery::of("")).await.unwrap().pending, 1, "journaled before the change");
     core.sync_pass().await.unwrap();
-    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+    assert_eq!(core.sync_status(&t, &StatusQuery::of("")).await.unwrap().pending, 0);
     assert_eq!(field(&core.get(&t, "team-b/app/db", None).await.unwrap(), "pw"), "one", "the replica is unchanged");
     // A change that works is replicated as before.
     core.delete(&t, "secret/app/db", &[], false).await.unwrap();
     core.sync_pass().await.unwrap();
-    assert_eq!(core.sync_status(&t, "").await.unwrap().pending, 0);
+    assert_eq!(core.sync_status(&t, &StatusQuery::of("")).await.unwrap().pending, 0);
+}
+
+/// `sync status` pages through the replicas by rule and target path, each
+/// once, counts every one by target and state whatever the page, filters
+/// by state, and refuses a page size, state or token it cannot use.
+#[tokio::test]
+async fn status_pages_counts_and_filters_replicas() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/", "team-c/app/"], "alert")).await.unwrap();
+    for i in 0..5 {
+        core.put(&t, &format!("secret/app/s{i}"), &fields(&[("pw", "one")]), None).await.unwrap();
+    }
+    core.sync_pass().await.unwrap();
+    // One replica changed outside Keybridge: a conflict this process keeps in
+    // memory, which replaces the record's status in its place in the order.
+    core.put(&t, "team-b/app/s2", &fields(&[("pw", "theirs")]), None).await.unwrap();
+    core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap();
+    let mut seen = Vec::new();
+    let mut q = StatusQuery { page_size: 3, ..StatusQuery::of("") };
+    loop {
+        let s = core.sync_status(&t, &q).await.unwrap();
+        assert!(s.targets.len() <= 3);
+        let counted: Vec<(String, &str, u64)> = s.counts.iter().map(|c| (c.target.clone(), c.state, c.count)).collect();
+        assert_eq!(
+            counted,
+            vec![
+                ("team-b/app/".to_string(), "conflict", 1),
+                ("team-b/app/".to_string(), "in_sync", 4),
+                ("team-c/app/".to_string(), "in_sync", 5)
+            ]
+        );
+        seen.extend(s.targets.into_iter().map(|s| (s.target, s.state)));
+        if s.next_page.is_empty() {
+            break;
+        }
+        q.after = s.next_page;
+    }
+    let mut expected: Vec<(String, &str)> = Vec::new();
+    for m in ["team-b", "team-c"] {
+        for i in 0..5 {
+            let state = if m == "team-b" && i == 2 { "conflict" } else { "in_sync" };
+            expected.push((format!("{m}/app/s{i}"), state));
+        }
+    }
+    assert_eq!(seen, expected);
+    let only = core.sync_status(&t, &StatusQuery { state: "conflict".into(), ..StatusQuery::of("ab") }).await.unwrap();
+    assert_eq!(only.targets.iter().map(|s| s.target.as_str()).collect::<Vec<_>>(), ["team-b/app/s2"]);
+    assert!(only.next_page.is_empty());
+    for (q, text) in [
+        (StatusQuery { page_size: 10_001, ..StatusQuery::of("") }, "page_size"),
+        (StatusQuery { state: "lost".into(), ..StatusQuery::of("") }, "no replica state"),
+        (StatusQuery { after: "no-colon".into(), ..StatusQuery::of("") }, "page token"),
+        (StatusQuery::of("nope"), "no sync rule"),
+    ] {
+        let e = core.sync_status(&t, &q).await.unwrap_err();
+        assert!(e.to_string().contains(text), "{e}");
+    }
 }

@@ -761,7 +761,10 @@ fn rows() -> Vec<Row> {
             "Sync.Status",
             ("`sys/sync/status`", "`read`"),
             &[("sys/sync/status", "read")],
-            call!(sync_client::SyncClient, status, |_fx| pb::SyncStatusRequest { rule: String::new() }),
+            call!(sync_client::SyncClient, status, |_fx| pb::SyncStatusRequest {
+                rule: String::new(),
+                ..Default::default()
+            }),
         ),
         row(
             "Sync.Run",

@@ -270,13 +270,18 @@ pub fn stderr(o: &Output) -> String {
 
 /// VmLck of a process, in KiB.
 pub fn locked_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmLck:")
+}
+
+/// A field of a process's `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap()
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Runs blocking work (a CLI process, a sleep) without stalling the test's

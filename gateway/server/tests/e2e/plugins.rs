@@ -508,14 +508,7 @@ fn stop(mut s: Server) {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
+    crate::harness::status_kib(pid, "VmRSS:")
 }
 
 /// Writes `n` leases on `keys/` straight into a stopped server's store.

@@ -320,8 +320,11 @@ fn a_sync_wait_that_times_out_says_so_and_exits_7() {
     let err = stderr(&o);
     assert!(err.contains("stopped waiting after 2s: not settled yet"), "{err}");
     assert!(!err.contains('\r'), "carriage returns without a terminal: {err:?}");
-    // Progress lines count per target mount.
-    assert!(err.lines().any(|l| l.starts_with("sync: ") && l.contains("aws/ 0/1") && l.contains("mirror/ ")), "{err}");
+    // Progress lines count per target folder.
+    assert!(
+        err.lines().any(|l| l.starts_with("sync: ") && l.contains("aws/app/ 0/1") && l.contains("mirror/app/ ")),
+        "{err}"
+    );
 }
 
 /// `rotate --grace 10m --wait` returns once every copy is promoted (the old
@@ -355,4 +358,73 @@ fn rotate_waits_for_promotion_or_retirement() {
     assert!(err.contains("before the old version retired everywhere"), "{err}");
     assert!(err.contains("keybridge sync rotation secret/app/api"), "{err}");
     assert!(!err.contains('\r'), "{err:?}");
+}
+
+/// `sync status` pages through 10,000 replicas, each page a bounded
+/// answer, and counts every one; the CLI takes a limit, where to go on
+/// from, and a state. (What a scan holds in memory is measured in the
+/// core's `scan_memory` test, where the heap can be counted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_status_pages_through_ten_thousand_replicas() {
+    let s = Server::dev();
+    enable(&s, T, "local", "replica/", &[]);
+    let mut sync = pb::sync_client::SyncClient::new(s.channel().await);
+    let rule = pb::SyncRule {
+        name: "m".into(),
+        source: "secret/m/".into(),
+        targets: vec!["replica/m/".into()],
+        scan_interval_secs: 3600,
+        ..Default::default()
+    };
+    sync.create_rule(authed(T, rule)).await.unwrap();
+    let n = 10_000;
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let mut c = s.secrets().await;
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(16) {
+                let req = pb::PutRequest { path: format!("secret/m/k{i:05}"), value: fields(&[("v", "x")]), cas: None };
+                c.put(authed(T, req)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let run = pb::RunSyncRequest { rule: "m".into(), wait: true, timeout_secs: 300, quick: false };
+    let st = sync.run(authed(T, run)).await.unwrap().into_inner();
+    assert!(st.settled);
+    // A run answers with the first page (1,000 by default) and the counts.
+    assert_eq!((st.targets.len(), st.next_page_token.as_str()), (1000, "m:replica/m/k00999"));
+    // The replicas a page at a time, each once, with every one counted.
+    let mut seen = 0;
+    let mut token = String::new();
+    loop {
+        let req = pb::SyncStatusRequest { rule: "m".into(), page_size: 4000, page_token: token, ..Default::default() };
+        let st = sync.status(authed(T, req)).await.unwrap().into_inner();
+        assert!(st.targets.len() <= 4000);
+        assert_eq!(st.counts.iter().map(|c| (c.state.as_str(), c.count)).collect::<Vec<_>>(), [("in_sync", 10_000)]);
+        if let (Some(first), 0) = (st.targets.first(), seen) {
+            assert_eq!(first.target, "replica/m/k00000");
+        }
+        seen += st.targets.len();
+        if st.next_page_token.is_empty() {
+            break;
+        }
+        token = st.next_page_token;
+    }
+    assert_eq!(seen, 10_000);
+    // The CLI: a limit, where to go on from, a state filter, and the counts.
+    let o = s.cli(Some(T), &["sync", "status", "--rule", "m", "--limit", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().filter(|l| l.contains("replica/m/k")).count(), 5, "{}", stdout(&o));
+    assert!(stdout(&o).contains("replicas: m replica/m/ in_sync 10000"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("keybridge sync status --after m:replica/m/k00004"), "{}", stderr(&o));
+    let o = s.cli(Some(T), &["sync", "status", "--rule", "m", "--limit", "2", "--after", "m:replica/m/k00004"]);
+    assert!(stdout(&o).contains("replica/m/k00005") && stdout(&o).contains("replica/m/k00006"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("replica/m/k00004"), "{}", stdout(&o));
+    let o = s.cli(Some(T), &["sync", "status", "--rule", "m", "--state", "drifted"]);
+    assert!(o.status.success() && !stdout(&o).contains("replica/m/k"), "{}", stdout(&o));
+    let o = s.cli(Some(T), &["sync", "status", "--state", "lost"]);
+    assert!(!o.status.success() && stderr(&o).contains("no replica state \"lost\""), "{}", stderr(&o));
 }
