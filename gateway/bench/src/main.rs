@@ -175,25 +175,10 @@ impl Server {
     }
 
     pub(crate) fn rss_kib(&self) -> u64 {
-        self.status_kib("VmRSS:")
-    }
-
-    /// The most RSS the server held since it started or since the last
-    /// [`Server::reset_peak`].
-    pub(crate) fn peak_kib(&self) -> u64 {
-        self.status_kib("VmHWM:")
-    }
-
-    /// Starts a new peak RSS measurement (`clear_refs` 5).
-    pub(crate) fn reset_peak(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix(field))
+            .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
