@@ -49,6 +49,18 @@ export KEYBRIDGE_PYTHON="$PWD/$VENV/bin/python"
 # The provider's tests start this gateway binary (cargo test builds it).
 export KEYBRIDGE_BIN="$PWD/target/debug/keybridge"
 
+# The PostgreSQL store's tests start throwaway clusters from the machine's
+# server binaries (Debian's postgresql, installed if missing); initdb refuses
+# root, so as root the tests run the server as the postgres user (runuser).
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+if [ -z "$(pg_bindir)" ] || [ ! -x "$(pg_bindir)/initdb" ] || ! command -v psql >/dev/null; then
+  echo "==> installing Debian's postgresql (server binaries for the PostgreSQL store's tests)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+export KEYBRIDGE_PG_BINDIR="$(pg_bindir)"
+echo "==> PostgreSQL: $("$KEYBRIDGE_PG_BINDIR/postgres" --version)"
+
 # The WASM engines' tests run real components: the example plugins and the
 # hostile one, built here for wasm32-wasip2.
 echo "==> building the WASM plugins (wasm32-wasip2)"
@@ -81,12 +93,13 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "==> each of the server's features alone (no cloud, aws, azure, gcp, wasm)"
-# The cloud adapters and the WASM host are features; each must build alone,
+echo "==> each of the server's features alone (none, aws, azure, gcp, wasm, postgres)"
+# The cloud adapters, the WASM host and the PostgreSQL store are features;
+# each must build alone,
 # without warnings, so a deployment can leave out what it does not use.
 # (Warnings are caught from the output: -D warnings in RUSTFLAGS would
 # rebuild every dependency.)
-for features in "" aws azure gcp wasm; do
+for features in "" aws azure gcp wasm postgres; do
   out="$(cargo check --quiet -p keybridge-server --no-default-features ${features:+--features "$features"} 2>&1)" \
     || { echo "$out"; exit 1; }
   if grep -q '^warning' <<<"$out"; then

@@ -31,7 +31,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+    /// A store's own failure (stores outside this crate wrap theirs too).
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Backend(Box::new(e))
     }
 }

@@ -10,6 +10,8 @@
 //!   kept encrypted under a root key that is split into Shamir shares.
 
 mod barrier;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod error;
 pub mod fill_cache;
 mod keyring;

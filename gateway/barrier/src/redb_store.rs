@@ -273,145 +273,15 @@ impl Physical for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::physical::Check;
 
-    fn put(k: &str, v: &[u8]) -> Op {
-        Op::Put { key: k.into(), value: v.to_vec() }
-    }
-
-    #[tokio::test]
-    async fn batch_applies_whole_or_not_at_all() {
-        let store = RedbStore::in_memory().unwrap();
-        store.commit(Batch { checks: vec![], ops: vec![put("a", b"1")] }).await.unwrap();
-        // A failed check leaves every op of the batch unapplied.
-        let err = store
-            .commit(Batch {
-                checks: vec![Check { key: "a".into(), value: Some(b"2".to_vec()) }],
-                ops: vec![put("b", b"x"), put("a", b"3")],
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Conflict));
-        assert_eq!(store.get("a").await.unwrap().unwrap(), b"1");
-        assert!(store.get("b").await.unwrap().is_none());
-        // Absence as a precondition.
-        store
-            .commit(Batch { checks: vec![Check { key: "b".into(), value: None }], ops: vec![put("b", b"x")] })
-            .await
-            .unwrap();
-        assert_eq!(store.get("b").await.unwrap().unwrap(), b"x");
-    }
-
-    #[tokio::test]
-    async fn concurrent_checked_writers_see_one_winner() {
-        let store = Arc::new(RedbStore::in_memory().unwrap());
-        let mut tasks = Vec::new();
-        for i in 0..32u8 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                store
-                    .commit(Batch { checks: vec![Check { key: "k".into(), value: None }], ops: vec![put("k", &[i])] })
-                    .await
-            }));
-        }
-        let mut wins = 0;
-        for t in tasks {
-            if t.await.unwrap().is_ok() {
-                wins += 1;
-            }
-        }
-        assert_eq!(wins, 1);
-    }
-
-    #[tokio::test]
-    async fn list_respects_prefix_start_and_limit() {
-        let store = RedbStore::in_memory().unwrap();
-        let ops = ["p/a", "p/b", "p/c", "q/a", "o"].iter().map(|k| put(k, b"")).collect();
-        store.commit(Batch { checks: vec![], ops }).await.unwrap();
-        assert_eq!(store.list("p/", None, 10).await.unwrap(), ["p/a", "p/b", "p/c"]);
-        assert_eq!(store.list("p/", Some("p/b"), 10).await.unwrap(), ["p/b", "p/c"]);
-        assert_eq!(store.list("p/", None, 2).await.unwrap(), ["p/a", "p/b"]);
-    }
-
-    #[tokio::test]
-    async fn reads_after_a_write_never_see_the_cached_old_value() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("db"), 1 << 20).unwrap();
-        store.commit(Batch { checks: vec![], ops: vec![put("k", b"1")] }).await.unwrap();
-        for round in 0..3u8 {
-            // Twice: the first read fills the cache, the second is a hit.
-            assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&[b'1' + round][..]));
-            assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&[b'1' + round][..]));
-            store.commit(Batch { checks: vec![], ops: vec![put("k", &[b'2' + round])] }).await.unwrap();
-        }
-        store.commit(Batch { checks: vec![], ops: vec![Op::Delete { key: "k".into() }] }).await.unwrap();
-        assert!(store.get("k").await.unwrap().is_none());
-        // A batch whose check fails changes nothing, cached or not.
-        store.commit(Batch { checks: vec![], ops: vec![put("k", b"x")] }).await.unwrap();
-        assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"x"[..]));
-        let stale = Check { key: "k".into(), value: Some(b"other".to_vec()) };
-        assert!(matches!(
-            store.commit(Batch { checks: vec![stale], ops: vec![put("k", b"y")] }).await,
-            Err(Error::Conflict)
-        ));
-        assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"x"[..]));
-    }
-
-    /// Readers racing a writer never read a value older than the last
-    /// commit that returned before their read began (fails if the cache
-    /// keeps what a read that raced a commit found).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_readers_never_go_back_past_a_finished_commit() {
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(RedbStore::open(&dir.path().join("db"), 1 << 20).unwrap());
-        let committed = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        store.commit(Batch { checks: vec![], ops: vec![put("k", &0u64.to_be_bytes())] }).await.unwrap();
-        let mut readers = Vec::new();
-        for _ in 0..3 {
-            let (store, committed, stop) = (store.clone(), committed.clone(), stop.clone());
-            readers.push(tokio::spawn(async move {
-                let mut reads = 0u64;
-                while !stop.load(Ordering::Acquire) {
-                    let floor = committed.load(Ordering::Acquire);
-                    let v = store.get("k").await.unwrap().unwrap();
-                    let v = u64::from_be_bytes(v.as_slice().try_into().unwrap());
-                    assert!(v >= floor, "read {v} after commit {floor} had returned");
-                    reads += 1;
-                    tokio::task::yield_now().await;
-                }
-                reads
-            }));
-        }
-        for i in 1..=1500u64 {
-            store.commit(Batch { checks: vec![], ops: vec![put("k", &i.to_be_bytes())] }).await.unwrap();
-            committed.store(i, Ordering::Release);
-        }
-        stop.store(true, Ordering::Release);
-        for r in readers {
-            assert!(r.await.unwrap() > 0);
-        }
+    async fn conformance_in_memory() {
+        crate::conformance::run(Arc::new(RedbStore::in_memory().unwrap())).await;
     }
 
-    #[tokio::test]
-    async fn import_replaces_everything_or_nothing() {
-        let store = RedbStore::in_memory().unwrap();
-        store.commit(Batch { checks: vec![], ops: vec![put("old", b"1")] }).await.unwrap();
-        let mut failing =
-            vec![Ok(("new".to_string(), b"2".to_vec())), Err(Error::Snapshot("truncated".into()))].into_iter();
-        assert!(matches!(store.import(&mut failing), Err(Error::Snapshot(m)) if m == "truncated"));
-        assert!(store.get("old").await.unwrap().is_some());
-        let mut good = vec![Ok(("new".to_string(), b"2".to_vec()))].into_iter();
-        assert_eq!(store.import(&mut good).unwrap(), 1);
-        assert!(store.get("old").await.unwrap().is_none());
-        let mut seen = Vec::new();
-        store
-            .export(&mut |k, v| {
-                seen.push((k.to_string(), v.to_vec()));
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(seen, vec![("new".to_string(), b"2".to_vec())]);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::conformance::run(Arc::new(RedbStore::open(&dir.path().join("db"), 1 << 20).unwrap())).await;
     }
 }

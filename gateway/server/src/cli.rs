@@ -545,6 +545,21 @@ pub enum OperatorCommand {
     /// Save or restore a snapshot of the encrypted store.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Copy the whole store, as ciphertext, from the storage of one server
+    /// configuration to another's (redb to PostgreSQL or back), then verify
+    /// the copy by its count and checksum. Runs without a server: stop the
+    /// servers on both stores first.
+    Migrate {
+        /// The configuration file whose storage block is copied from.
+        #[arg(long)]
+        from: PathBuf,
+        /// The configuration file whose storage block is copied to.
+        #[arg(long)]
+        to: PathBuf,
+        /// Replace what the destination holds (by default it must be empty).
+        #[arg(long)]
+        overwrite: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1192,6 +1207,7 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
             let r = c.sys().rekey(c.req(pb::RekeyRequest { keys, key_shares, key_threshold })).await?.into_inner();
             print_keys(json, &r.unseal_keys_b64, r.unseal_threshold, None);
         }
+        OperatorCommand::Migrate { .. } => return Err(Error::Usage("operator migrate runs without a server".into())),
         OperatorCommand::Snapshot(SnapshotCommand::Save { file }) => {
             let mut stream = c.sys().snapshot_save(c.req(pb::SnapshotSaveRequest {})).await?.into_inner();
             let tmp = file.with_extension("partial");

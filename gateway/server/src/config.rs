@@ -87,6 +87,39 @@ struct RawStorage {
     path: Option<PathBuf>,
     #[serde(default)]
     cache_size_bytes: Option<usize>,
+    #[serde(default)]
+    connection_url: Option<SecretSetting>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    tls_ca_file: Option<PathBuf>,
+}
+
+/// A setting that is a secret (a connection URL with its password):
+/// compared, never shown, wiped when dropped.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretSetting(String);
+
+impl SecretSetting {
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for SecretSetting {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -120,6 +153,17 @@ pub enum Storage {
         cache_bytes: usize,
     },
     InMemory,
+    /// A table in PostgreSQL (or a database that speaks its protocol).
+    Postgres(PostgresStorage),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresStorage {
+    pub connection_url: SecretSetting,
+    pub table: String,
+    pub max_connections: usize,
+    pub tls_ca_file: Option<PathBuf>,
+    pub cache_bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -333,14 +377,39 @@ impl Config {
             return Err(bad(format!("expected exactly one storage block, found {}", raw.storage.len())));
         }
         let (kind, storage) = raw.storage.into_iter().next().expect("one storage");
+        let postgres_only = storage.connection_url.is_some()
+            || storage.table.is_some()
+            || storage.max_connections.is_some()
+            || storage.tls_ca_file.is_some();
         let storage = match kind.as_str() {
+            "file" if postgres_only => {
+                return Err(bad(
+                    "storage \"file\" takes path and cache_size_bytes only (connection_url, table, \
+                     max_connections and tls_ca_file are storage \"postgresql\"'s)"
+                        .into(),
+                ));
+            }
             "file" => Storage::File {
                 dir: storage.path.ok_or_else(|| bad("storage \"file\" needs path = \"/some/dir\"".into()))?,
                 cache_bytes: storage.cache_size_bytes.unwrap_or(DEFAULT_CACHE_BYTES),
             },
             "inmem" => Storage::InMemory,
+            "postgresql" if storage.path.is_some() => {
+                return Err(bad("storage \"postgresql\" takes no path: it keeps everything in its table".into()));
+            }
+            "postgresql" => Storage::Postgres(PostgresStorage {
+                connection_url: storage.connection_url.ok_or_else(|| {
+                    bad("storage \"postgresql\" needs connection_url = \"postgresql://user:password@host:5432/db?sslmode=verify-full\"".into())
+                })?,
+                table: storage.table.unwrap_or_else(|| "keybridge_store".into()),
+                max_connections: storage.max_connections.unwrap_or(16),
+                tls_ca_file: storage.tls_ca_file,
+                cache_bytes: storage.cache_size_bytes.unwrap_or(DEFAULT_CACHE_BYTES),
+            }),
             other => {
-                return Err(bad(format!("storage type {other:?} is not supported; use \"file\" or \"inmem\"")));
+                return Err(bad(format!(
+                    "storage type {other:?} is not supported; use \"file\", \"postgresql\" or \"inmem\""
+                )));
             }
         };
 
@@ -502,6 +571,19 @@ mod tests {
         assert_eq!(c.serving_threads, 3);
         assert_eq!(c.allowed_endpoint_hosts, Some(vec!["vault.internal".to_string(), "127.0.0.1".to_string()]));
         assert_eq!(c.audit_file_dir, Some(PathBuf::from("/var/log/keybridge")));
+    }
+
+    #[test]
+    fn a_postgresql_block_has_defaults_and_never_shows_its_url() {
+        let text = "listener \"tcp\" {\n address = \"127.0.0.1:1\"\n tls_disable = true\n}\n\
+                    storage \"postgresql\" {\n connection_url = \"postgresql://kb:s3cret@db:5432/kb?sslmode=verify-full\"\n\
+                    tls_ca_file = \"/etc/kb/ca.pem\"\n}\n";
+        let c = Config::parse("t.hcl", text).unwrap();
+        let Storage::Postgres(p) = &c.storage else { panic!("{:?}", c.storage) };
+        assert_eq!((p.table.as_str(), p.max_connections), ("keybridge_store", 16));
+        assert_eq!(p.tls_ca_file.as_deref(), Some(std::path::Path::new("/etc/kb/ca.pem")));
+        assert!(p.connection_url.expose().contains("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 
     #[test]

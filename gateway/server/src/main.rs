@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod gate;
 mod hygiene;
+mod migrate;
 mod ratelimit;
 mod server;
 mod service;
@@ -138,6 +139,9 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Man { dir } => cli::write_man_pages(&dir).map(|()| exit::OK),
         Command::Policy(cli::PolicyCommand::Lint { files, rego }) => {
             cli::policy_lint(&files, rego.as_ref(), cli.global.output)
+        }
+        Command::Operator(cli::OperatorCommand::Migrate { from, to, overwrite }) => {
+            migrate::run(&from, &to, overwrite, cli.global.output).await
         }
         Command::Audit(cli_audit::AuditCommand::Verify { files, key_file: Some(key), .. }) => {
             cli_audit::verify_offline(&files, &key, cli.global.output)

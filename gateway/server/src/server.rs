@@ -26,8 +26,27 @@ pub struct DevOptions {
     pub root_token_id: Option<String>,
 }
 
-fn open_store(storage: &Storage) -> Result<(Arc<dyn Physical>, PathBuf), Error> {
+/// Opens the configured store; the directory snapshots are staged in.
+pub(crate) async fn open_store(storage: &Storage) -> Result<(Arc<dyn Physical>, PathBuf), Error> {
     match storage {
+        #[cfg(feature = "postgres")]
+        Storage::Postgres(p) => {
+            let settings = keybridge_store_postgres::Settings {
+                connection_url: zeroize::Zeroizing::new(p.connection_url.expose().to_string()),
+                table: p.table.clone(),
+                max_connections: p.max_connections,
+                tls_ca_file: p.tls_ca_file.clone(),
+                cache_bytes: p.cache_bytes,
+            };
+            let store = keybridge_store_postgres::PostgresStore::connect(&settings)
+                .await
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            Ok((Arc::new(store), std::env::temp_dir()))
+        }
+        #[cfg(not(feature = "postgres"))]
+        Storage::Postgres(_) => Err(Error::Usage(
+            "storage \"postgresql\": this build has no PostgreSQL store (build with the postgres feature)".into(),
+        )),
         Storage::InMemory => Ok((Arc::new(RedbStore::in_memory()?), std::env::temp_dir())),
         Storage::File { dir, cache_bytes } => {
             std::fs::create_dir_all(dir).map_err(|e| Error::Read { path: dir.display().to_string(), source: e })?;
@@ -90,7 +109,7 @@ pub async fn run(
         tracing::warn!(error = %e, "dev server: cannot lock memory (mlockall); keys could be swapped to disk");
     }
 
-    let (physical, staging_dir) = open_store(&config.storage)?;
+    let (physical, staging_dir) = open_store(&config.storage).await?;
     #[cfg(feature = "wasm")]
     fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::plugins::PluginRuntime>>, Error> {
         let host = keybridge_wasm_host::WasmHost::new(keybridge_wasm_host::HostConfig::default())

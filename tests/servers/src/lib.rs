@@ -22,6 +22,8 @@
 //!   the example `saas` WASM engine.
 //! - [`process`]: third-party test servers (moto, drongo) as child
 //!   processes on free ports.
+//! - [`postgres`]: a throwaway PostgreSQL cluster from the machine's
+//!   binaries (password and TLS), for the PostgreSQL store's tests.
 //! - [`tls`]: a throwaway CA and a loopback server certificate.
 
 pub mod gateway;
@@ -29,6 +31,7 @@ pub mod issuer;
 pub mod keyvault;
 pub mod kubernetes;
 pub mod oauth;
+pub mod postgres;
 pub mod process;
 pub mod saas;
 pub mod secretmanager;

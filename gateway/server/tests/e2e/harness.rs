@@ -112,7 +112,13 @@ impl Server {
     /// and errors) written to `log`.
     pub fn with_config_logging_to(dir: &Path, limits: &str, log: &Path) -> Server {
         let stderr = Stdio::from(std::fs::File::create(log).unwrap());
-        Self::config_server_io(dir, false, 0, limits, "", &[], stderr)
+        Self::config_server_io(dir, false, 0, limits, "", &[], stderr, "")
+    }
+
+    /// A plain-TCP server from a config file in `dir` with this storage
+    /// block; its config file's path is `dir/keybridge.hcl`.
+    pub fn with_storage(dir: &Path, storage: &str) -> Server {
+        Self::config_server_io(dir, false, 0, "", "", &[], Stdio::inherit(), storage)
     }
 
     /// A plain-TCP server from a config file with `top` added at the top level.
@@ -127,13 +133,15 @@ impl Server {
 
     /// A plain-TCP config server with extra environment variables.
     pub fn with_config_env(dir: &Path, env: &[(&str, &str)]) -> Server {
-        Self::config_server_io(dir, false, 0, "", "", env, Stdio::inherit())
+        Self::config_server_io(dir, false, 0, "", "", env, Stdio::inherit(), "")
     }
 
     fn config_server(dir: &Path, tls: bool, port: u16, limits: &str, top: &str) -> Server {
-        Self::config_server_io(dir, tls, port, limits, top, &[], Stdio::inherit())
+        Self::config_server_io(dir, tls, port, limits, top, &[], Stdio::inherit(), "")
     }
 
+    /// `storage`: the storage block (empty: a file store in `dir/data`).
+    #[allow(clippy::too_many_arguments)]
     fn config_server_io(
         dir: &Path,
         tls: bool,
@@ -142,8 +150,13 @@ impl Server {
         top: &str,
         env: &[(&str, &str)],
         stderr: Stdio,
+        storage: &str,
     ) -> Server {
         let data = dir.join("data");
+        let storage = match storage {
+            "" => format!("storage \"file\" {{\n path = \"{}\"\n}}", data.display()),
+            s => s.to_string(),
+        };
         let (listener, ca) = if tls {
             let (cert, key, ca) = tls_files(dir);
             (
@@ -158,8 +171,7 @@ impl Server {
             (format!("listener \"tcp\" {{\n address = \"127.0.0.1:{port}\"\n tls_disable = true\n}}"), None)
         };
         let config = format!(
-            "{listener}\nstorage \"file\" {{\n path = \"{}\"\n}}\nlimits {{\n max_value_bytes = 65536\n{limits}\n}}\ndisable_mlock = true\n{top}\n",
-            data.display()
+            "{listener}\n{storage}\nlimits {{\n max_value_bytes = 65536\n{limits}\n}}\ndisable_mlock = true\n{top}\n"
         );
         let file = dir.join("keybridge.hcl");
         std::fs::write(&file, config).unwrap();

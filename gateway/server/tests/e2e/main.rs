@@ -11,6 +11,7 @@ mod lifecycle;
 mod limits;
 mod login;
 mod plugins;
+mod postgres;
 mod python;
 mod rotation;
 mod sync;

@@ -1,0 +1,140 @@
+//! The gateway on PostgreSQL (a throwaway server from the machine's
+//! binaries): serving and restarting on `storage "postgresql"` over TLS,
+//! its settings checked at start, and `operator migrate` from PostgreSQL
+//! to redb and back, verified by reading the secrets through a gateway.
+
+use std::path::Path;
+use std::process::Command;
+
+use keybridge_testservers::postgres::Postgres;
+
+use crate::harness::{BIN, Server, init_unseal, json, stderr, stdout};
+
+fn stop(mut s: Server) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let _ = s.child.wait();
+}
+
+fn pg_block(pg: &Postgres, table: &str) -> String {
+    format!(
+        "storage \"postgresql\" {{\n connection_url = \"{}\"\n table = \"{table}\"\n max_connections = 4\n tls_ca_file = \"{}\"\n}}",
+        pg.url("localhost", "verify-full"),
+        pg.ca_file().display()
+    )
+}
+
+fn file_block(dir: &Path) -> String {
+    format!("storage \"file\" {{\n path = \"{}\"\n}}", dir.join("data").display())
+}
+
+/// A config file in `dir` with this storage block (what `operator migrate`
+/// reads; a server started there later writes its own).
+fn config_with(dir: &Path, storage: &str) {
+    let config = format!("listener \"tcp\" {{\n address = \"127.0.0.1:0\"\n tls_disable = true\n}}\n{storage}\n");
+    std::fs::write(dir.join("keybridge.hcl"), config).unwrap();
+}
+
+fn unseal(s: &Server, key: &str) {
+    let o = s.cli(None, &["operator", "unseal", key]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+fn secret_value(s: &Server, token: &str, path: &str) -> String {
+    let o = s.cli(Some(token), &["kv", "get", "-o", "json", path]);
+    json(&o)["data"]["pw"].as_str().unwrap_or_default().to_string()
+}
+
+fn migrate(from: &Path, to: &Path, extra: &[&str]) -> std::process::Output {
+    let (from, to) = (from.join("keybridge.hcl"), to.join("keybridge.hcl"));
+    Command::new(BIN)
+        .args(["operator", "migrate", "--from", from.to_str().unwrap(), "--to", to.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_serves_restarts_and_migrates_on_postgresql() {
+    let pg = Postgres::start();
+    let on_pg = tempfile::tempdir().unwrap();
+    let s = Server::with_storage(on_pg.path(), &pg_block(&pg, "kb_main"));
+    let (root, key) = init_unseal(&s);
+    for i in 0..20 {
+        let o = s.cli(Some(&root), &["kv", "put", &format!("secret/app/s{i}"), &format!("pw=value-{i}")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let status = json(&s.cli(None, &["operator", "status", "-o", "json"]));
+    assert_eq!(status["storage_type"], "postgresql", "{status}");
+    // What PostgreSQL holds is ciphertext: no value appears in the table.
+    let dump = pg.psql("SELECT encode(value, 'escape') FROM kb_main");
+    assert!(!dump.contains("value-7"), "a secret in plaintext in the table");
+    stop(s);
+    // A restart: sealed, unsealed with the same key, everything there.
+    let s = Server::with_storage(on_pg.path(), &pg_block(&pg, "kb_main"));
+    unseal(&s, &key);
+    assert_eq!(secret_value(&s, &root, "secret/app/s7"), "value-7");
+    stop(s);
+
+    // PostgreSQL to redb: verified by count and checksum, then served.
+    let on_file = tempfile::tempdir().unwrap();
+    config_with(on_file.path(), &file_block(on_file.path()));
+    let o = migrate(on_pg.path(), on_file.path(), &[]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("Copied ") && stdout(&o).contains("the destination holds the same"), "{}", stdout(&o));
+    let s = Server::with_storage(on_file.path(), &file_block(on_file.path()));
+    unseal(&s, &key);
+    assert_eq!(secret_value(&s, &root, "secret/app/s19"), "value-19");
+    let o = s.cli(Some(&root), &["kv", "put", "secret/app/after", "pw=written-on-redb"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stop(s);
+
+    // And back, into a new table; a destination that holds entries is
+    // refused unless asked to replace them.
+    let back = tempfile::tempdir().unwrap();
+    config_with(back.path(), &pg_block(&pg, "kb_back"));
+    let o = migrate(on_file.path(), back.path(), &["-o", "json"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let report = json(&o);
+    assert_eq!(report["verified"], true, "{report}");
+    let entries = report["entries"].as_u64().unwrap();
+    assert_eq!(pg.psql("SELECT count(*) FROM kb_back").trim(), entries.to_string());
+    let o = migrate(on_file.path(), back.path(), &[]);
+    assert!(!o.status.success() && stderr(&o).contains("is not empty"), "{}", stderr(&o));
+    let o = migrate(on_file.path(), on_file.path(), &[]);
+    assert!(!o.status.success() && stderr(&o).contains("the same store"), "{}", stderr(&o));
+    let s = Server::with_storage(back.path(), &pg_block(&pg, "kb_back"));
+    unseal(&s, &key);
+    assert_eq!(secret_value(&s, &root, "secret/app/after"), "written-on-redb");
+    assert_eq!(secret_value(&s, &root, "secret/app/s3"), "value-3");
+    stop(s);
+}
+
+#[test]
+fn postgresql_settings_are_checked_at_start() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |storage: &str| {
+        let file = dir.path().join("bad.hcl");
+        let config = format!("listener \"tcp\" {{\n address = \"127.0.0.1:0\"\n tls_disable = true\n}}\n{storage}\n");
+        std::fs::write(&file, config).unwrap();
+        let o = Command::new(BIN).args(["server", "--config", file.to_str().unwrap()]).output().unwrap();
+        assert!(!o.status.success(), "started with {storage}");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("pg-test-password"), "the password in an error: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        err
+    };
+    let url = pg.url("localhost", "require");
+    let e = start(&format!("storage \"postgresql\" {{\n connection_url = \"{url}\"\n}}"));
+    assert!(e.contains("sslmode=require is not accepted"), "{e}");
+    let e = start("storage \"postgresql\" {\n table = \"t\"\n}");
+    assert!(e.contains("needs connection_url"), "{e}");
+    let e = start(&format!("storage \"postgresql\" {{\n connection_url = \"{url}\"\n path = \"/x\"\n}}"));
+    assert!(e.contains("takes no path"), "{e}");
+    let e = start(&format!("storage \"file\" {{\n path = \"/x\"\n connection_url = \"{url}\"\n}}"));
+    assert!(e.contains("takes path and cache_size_bytes only"), "{e}");
+    let wrong = pg.url("localhost", "disable").replace("pg-test-password", "not-it");
+    let e = start(&format!("storage \"postgresql\" {{\n connection_url = \"{wrong}\"\n}}"));
+    assert!(e.contains("28P01") && !e.contains("not-it"), "{e}");
+}

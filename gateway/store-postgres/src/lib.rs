@@ -1,0 +1,524 @@
+//! The PostgreSQL physical store: the barrier's entries (ciphertext, and
+//! the plaintext seal configuration) in one table of `key BYTEA PRIMARY
+//! KEY, value BYTEA`, ordered bytewise as the [`Physical`] trait asks.
+//!
+//! - A batch is one `SERIALIZABLE` transaction: its checks read the keys
+//!   (`FOR UPDATE`), its ops upsert or delete them; a serialization
+//!   failure is retried, a check that does not hold rolls back and answers
+//!   [`keybridge_barrier::Error::Conflict`].
+//! - Reads go through a bounded entry cache (the barrier's `FillCache`, as
+//!   the redb store's): a cached `get` issues no SQL statement. A commit
+//!   drops the keys it wrote, whether or not it went through. The cache
+//!   knows only this process's commits: one node per table, until the
+//!   change feed of issue 26 lands.
+//! - Only SQL that CockroachDB and YugabyteDB also accept: no advisory
+//!   locks, no LISTEN/NOTIFY, no collations (keys are bytes), upserts with
+//!   `ON CONFLICT`, arrays through `UNNEST`.
+//! - TLS: `sslmode=verify-full` (rustls, the server's name checked against
+//!   its certificate, the CA from `tls_ca_file` or `sslrootcert`) or
+//!   `sslmode=disable`; the modes that encrypt without verifying are
+//!   refused.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use keybridge_barrier::fill_cache::{FillCache, Weighted};
+use keybridge_barrier::{Batch, Op, Physical};
+use tokio_postgres::IsolationLevel;
+use tokio_postgres::error::SqlState;
+
+/// What goes wrong before the store serves: its settings, or reaching the
+/// database.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage \"postgresql\": {0}")]
+    Config(String),
+    #[error("storage \"postgresql\": {0}")]
+    Database(String),
+}
+
+/// The `storage "postgresql"` block.
+pub struct Settings {
+    /// `postgresql://user:password@host:port/database?sslmode=verify-full`
+    /// (a secret: it is never logged or shown, and wiped when dropped).
+    pub connection_url: zeroize::Zeroizing<String>,
+    pub table: String,
+    pub max_connections: usize,
+    /// The CA that signed the server's certificate (PEM), for
+    /// `sslmode=verify-full`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Memory for the entry cache, in bytes.
+    pub cache_bytes: usize,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("connection_url", &"<redacted>")
+            .field("table", &self.table)
+            .field("max_connections", &self.max_connections)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+pub const DEFAULT_TABLE: &str = "keybridge_store";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+/// Rows an export reads, and an import writes, per statement.
+const PAGE: usize = 1000;
+/// Attempts of a batch that keeps meeting serialization failures.
+const ATTEMPTS: u32 = 30;
+
+type EntryCache = FillCache<String, Arc<[u8]>, Weighted>;
+
+/// The statements, with the table's name in them (checked to be a plain
+/// identifier, so nothing else can be).
+struct Sql {
+    get: String,
+    list: String,
+    check: String,
+    put: String,
+    delete: String,
+    export_page: String,
+    clear: String,
+    import: String,
+}
+
+impl Sql {
+    fn new(t: &str) -> Sql {
+        Sql {
+            get: format!("SELECT value FROM {t} WHERE key = $1"),
+            list: format!(
+                "SELECT key FROM {t} WHERE key >= $1 AND ($2::BYTEA IS NULL OR key < $2::BYTEA) ORDER BY key LIMIT $3"
+            ),
+            check: format!("SELECT value FROM {t} WHERE key = $1 FOR UPDATE"),
+            put: format!(
+                "INSERT INTO {t} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            ),
+            delete: format!("DELETE FROM {t} WHERE key = $1"),
+            export_page: format!(
+                "SELECT key, value FROM {t} WHERE ($1::BYTEA IS NULL OR key > $1::BYTEA) ORDER BY key LIMIT $2"
+            ),
+            clear: format!("DELETE FROM {t}"),
+            import: format!("INSERT INTO {t} (key, value) SELECT * FROM UNNEST($1::BYTEA[], $2::BYTEA[])"),
+        }
+    }
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    sql: Sql,
+    cache: Arc<EntryCache>,
+    /// Where `export` and `import` (which block) run their queries.
+    runtime: tokio::runtime::Handle,
+}
+
+/// A plain SQL identifier: the table's name goes into statements as is.
+fn check_table(t: &str) -> Result<(), Error> {
+    let ok = (1..=63).contains(&t.len())
+        && t.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!("table {t:?} must be 1-63 of a-z, 0-9 and _, not starting with a digit")))
+    }
+}
+
+/// The connection settings without the `sslmode` and `sslrootcert`
+/// parameters (which this store handles), and their values.
+fn split_url(url: &str) -> Result<(String, Option<String>, Option<String>), Error> {
+    if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+        return Err(Error::Config(
+            "connection_url must be a URL: postgresql://user:password@host:port/database?sslmode=verify-full".into(),
+        ));
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut mode, mut root) = (None, None);
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", v)) => mode = Some(v.to_string()),
+            Some(("sslrootcert", v)) => root = Some(v.to_string()),
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() { String::new() } else { format!("?{}", kept.join("&")) };
+    Ok((format!("{base}{rest}"), mode, root))
+}
+
+fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, Error> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let shown = ca_file.display();
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| Error::Config(format!("tls_ca_file {shown}: cannot read it: {e}")))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| Error::Config(format!("tls_ca_file {shown}: not PEM certificates: {e}")))?;
+        roots.add(cert).map_err(|e| Error::Config(format!("tls_ca_file {shown}: not a CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(Error::Config(format!("tls_ca_file {shown} holds no certificate")));
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS: {e}")))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The smallest byte string above every key that starts with `prefix`
+/// (none when there is none: the prefix is empty or all 0xFF).
+fn upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xFF {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn db(e: tokio_postgres::Error) -> keybridge_barrier::Error {
+    keybridge_barrier::Error::backend(std::io::Error::other(describe(&e)))
+}
+
+/// A database error in one line: its SQLSTATE and message when the server
+/// sent one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("PostgreSQL {}: {}", d.code().code(), d.message()),
+        None => format!("PostgreSQL: {e}"),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> keybridge_barrier::Error {
+    let m = match e {
+        deadpool_postgres::PoolError::Backend(e) => describe(&e),
+        deadpool_postgres::PoolError::Timeout(_) => "PostgreSQL: no connection within the pool's timeout".into(),
+        other => format!("PostgreSQL: {other}"),
+    };
+    keybridge_barrier::Error::backend(std::io::Error::other(m))
+}
+
+fn utf8_key(raw: Vec<u8>) -> keybridge_barrier::Result<String> {
+    String::from_utf8(raw)
+        .map_err(|_| keybridge_barrier::Error::backend(std::io::Error::other("a key in the table is not UTF-8")))
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+impl PostgresStore {
+    /// Connects (at most `max_connections` at once), creates the table if
+    /// it is not there, and serves.
+    pub async fn connect(s: &Settings) -> Result<Self, Error> {
+        check_table(&s.table)?;
+        if s.max_connections == 0 {
+            return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        let (url, mode, root) = split_url(&s.connection_url)?;
+        let url = zeroize::Zeroizing::new(url);
+        let config = tokio_postgres::Config::from_str(&url)
+            .map_err(|e| Error::Config(format!("connection_url: not a PostgreSQL URL this client reads ({e})")))?;
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match mode.as_deref() {
+            Some("verify-full") => {
+                let ca = s.tls_ca_file.clone().or(root.map(PathBuf::from)).ok_or_else(|| {
+                    Error::Config(
+                        "sslmode=verify-full needs tls_ca_file (or sslrootcert): the CA that signed the server's \
+                         certificate"
+                            .into(),
+                    )
+                })?;
+                let mut config = config;
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(&ca)?);
+                Manager::from_config(config, tls, manager_config)
+            }
+            Some("disable") => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "sslmode={other} is not accepted: use verify-full (the server's certificate and name checked) \
+                     or disable"
+                )));
+            }
+            None => {
+                return Err(Error::Config(
+                    "connection_url must say sslmode=verify-full (with tls_ca_file) or sslmode=disable".into(),
+                ));
+            }
+        };
+        let pool = Pool::builder(manager)
+            .max_size(s.max_connections)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(10)))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| Error::Config(format!("the connection pool: {e}")))?;
+        let client = pool.get().await.map_err(|e| Error::Database(format!("cannot connect: {}", pool_reason(e))))?;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} (key BYTEA PRIMARY KEY, value BYTEA NOT NULL)",
+                s.table
+            ))
+            .await
+            .map_err(|e| Error::Database(format!("cannot create table {}: {}", s.table, describe(&e))))?;
+        drop(client);
+        Ok(PostgresStore {
+            pool,
+            sql: Sql::new(&s.table),
+            cache: Arc::new(EntryCache::weighted(s.cache_bytes)),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    async fn client(&self) -> keybridge_barrier::Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// One attempt at a batch: `Ok(false)` when a check did not hold.
+    async fn try_commit(&self, batch: &Batch) -> Result<bool, Failure> {
+        let mut client = self.client().await.map_err(Failure::Other)?;
+        Ok(self.try_commit_on(&mut client, batch).await?)
+    }
+
+    async fn try_commit_on(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        batch: &Batch,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let tx = client.build_transaction().isolation_level(IsolationLevel::Serializable).start().await?;
+        if !batch.checks.is_empty() {
+            let check = tx.prepare_cached(&self.sql.check).await?;
+            for c in &batch.checks {
+                let row = tx.query_opt(&check, &[&c.key.as_bytes()]).await?;
+                let current: Option<Vec<u8>> = row.map(|r| r.get(0));
+                if current.as_deref() != c.value.as_deref() {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
+        }
+        let put = tx.prepare_cached(&self.sql.put).await?;
+        let delete = tx.prepare_cached(&self.sql.delete).await?;
+        for op in &batch.ops {
+            match op {
+                Op::Put { key, value } => tx.execute(&put, &[&key.as_bytes(), &value.as_slice()]).await?,
+                Op::Delete { key } => tx.execute(&delete, &[&key.as_bytes()]).await?,
+            };
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// Why an attempt at a batch failed.
+enum Failure {
+    /// The database said so: retried when it was a serialization failure.
+    Db(tokio_postgres::Error),
+    /// No connection.
+    Other(keybridge_barrier::Error),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+fn pool_reason(e: deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => describe(&e),
+        deadpool_postgres::PoolError::Timeout(_) => "no answer within 10 s".into(),
+        other => other.to_string(),
+    }
+}
+
+#[async_trait]
+impl Physical for PostgresStore {
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
+    async fn get(&self, key: &str) -> keybridge_barrier::Result<Option<Vec<u8>>> {
+        let ticket = match self.cache.lookup(key) {
+            Ok(hit) => return Ok(Some(hit.to_vec())),
+            Err(ticket) => ticket,
+        };
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&self.sql.get).await.map_err(db)?;
+        let Some(row) = client.query_opt(&stmt, &[&key.as_bytes()]).await.map_err(db)? else {
+            return Ok(None);
+        };
+        let value: Vec<u8> = row.get(0);
+        self.cache.fill(ticket, key.to_owned(), value.as_slice().into());
+        Ok(Some(value))
+    }
+
+    async fn list(&self, prefix: &str, start: Option<&str>, limit: usize) -> keybridge_barrier::Result<Vec<String>> {
+        let from = match start {
+            Some(s) if s >= prefix => s,
+            _ => prefix,
+        };
+        let upper = upper_bound(prefix.as_bytes());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&self.sql.list).await.map_err(db)?;
+        let rows = client.query(&stmt, &[&from.as_bytes(), &upper, &limit]).await.map_err(db)?;
+        rows.into_iter().map(|r| utf8_key(r.get(0))).collect()
+    }
+
+    async fn commit(&self, batch: Batch) -> keybridge_barrier::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            match self.try_commit(&batch).await {
+                Err(Failure::Db(e)) if retryable(&e) && attempt < ATTEMPTS => {
+                    // Another transaction touched the same keys: again,
+                    // after a pause that grows and differs between writers.
+                    let jitter = u64::from(rand_u8()) % 4;
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) + jitter)).await;
+                }
+                Err(Failure::Db(e)) if retryable(&e) => break Err(keybridge_barrier::Error::Conflict),
+                Err(Failure::Db(e)) => break Err(db(e)),
+                Err(Failure::Other(e)) => break Err(e),
+                Ok(true) => break Ok(()),
+                Ok(false) => break Err(keybridge_barrier::Error::Conflict),
+            }
+        };
+        // Whether or not it went through, nothing cached for these keys may
+        // outlive the attempt (removing is always safe).
+        self.cache.remove(batch.ops.iter().map(|op| match op {
+            Op::Put { key, .. } | Op::Delete { key } => key.as_str(),
+        }));
+        outcome
+    }
+
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(&str, &[u8]) -> keybridge_barrier::Result<()>,
+    ) -> keybridge_barrier::Result<()> {
+        self.runtime.block_on(async {
+            let mut client = self.client().await?;
+            // One snapshot for the whole export, while writes go on.
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(db)?;
+            let stmt = tx.prepare_cached(&self.sql.export_page).await.map_err(db)?;
+            let mut after: Option<Vec<u8>> = None;
+            let page = PAGE as i64;
+            loop {
+                let rows = tx.query(&stmt, &[&after, &page]).await.map_err(db)?;
+                let full = rows.len() == PAGE;
+                for row in rows {
+                    let (key, value): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
+                    let key = utf8_key(key)?;
+                    sink(&key, &value)?;
+                    after = Some(key.into_bytes());
+                }
+                if !full {
+                    break;
+                }
+            }
+            tx.commit().await.map_err(db)
+        })
+    }
+
+    fn import(
+        &self,
+        entries: &mut dyn Iterator<Item = keybridge_barrier::Result<(String, Vec<u8>)>>,
+    ) -> keybridge_barrier::Result<u64> {
+        let result = self.runtime.block_on(async {
+            let mut client = self.client().await?;
+            let tx =
+                client.build_transaction().isolation_level(IsolationLevel::Serializable).start().await.map_err(db)?;
+            tx.execute(&self.sql.clear, &[]).await.map_err(db)?;
+            let stmt = tx.prepare_cached(&self.sql.import).await.map_err(db)?;
+            let (mut keys, mut values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
+            let mut count = 0u64;
+            // An error returns before the commit: the transaction is rolled
+            // back and nothing changes.
+            for entry in entries {
+                let (k, v) = entry?;
+                keys.push(k.into_bytes());
+                values.push(v);
+                count += 1;
+                if keys.len() == PAGE {
+                    tx.execute(&stmt, &[&keys, &values]).await.map_err(db)?;
+                    keys.clear();
+                    values.clear();
+                }
+            }
+            if !keys.is_empty() {
+                tx.execute(&stmt, &[&keys, &values]).await.map_err(db)?;
+            }
+            tx.commit().await.map_err(db)?;
+            Ok(count)
+        });
+        self.cache.clear();
+        result
+    }
+}
+
+/// A byte of randomness for the retry pause (the low bits of the clock are
+/// enough to keep two writers from retrying in step).
+fn rand_u8() -> u8 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u8).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upper_bounds_cover_exactly_the_prefix() {
+        assert_eq!(upper_bound(b"p/"), Some(b"p0".to_vec()));
+        assert_eq!(upper_bound(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(upper_bound(b"\xff\xff"), None);
+        assert_eq!(upper_bound(b""), None);
+    }
+
+    #[test]
+    fn urls_keep_every_parameter_but_the_tls_ones() {
+        let (url, mode, root) =
+            split_url("postgresql://u:p@h:5/db?application_name=kb&sslmode=verify-full&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(url, "postgresql://u:p@h:5/db?application_name=kb");
+        assert_eq!((mode.as_deref(), root.as_deref()), (Some("verify-full"), Some("/ca.pem")));
+        assert!(split_url("host=h user=u").is_err());
+    }
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        assert!(check_table("keybridge_store").is_ok());
+        for bad in ["", "1t", "t; drop table x", "T", "a-b", &"t".repeat(64)] {
+            assert!(check_table(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn settings_never_show_the_url() {
+        let s = Settings {
+            connection_url: zeroize::Zeroizing::new("postgresql://u:hunter2@h/db".into()),
+            table: DEFAULT_TABLE.into(),
+            max_connections: 1,
+            tls_ca_file: None,
+            cache_bytes: 0,
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
