@@ -10,6 +10,11 @@ pub enum Error {
     Conflict,
     #[error("the barrier is sealed")]
     Sealed,
+    /// The store is shared by several nodes and this one no longer leads
+    /// (another took over at a later epoch, or it never led): it must not
+    /// commit, and steps down.
+    #[error("this node does not lead the store (its epoch {epoch} is not the leader's): it stepped down")]
+    Fenced { epoch: u64 },
     #[error("the store is not initialized")]
     NotInitialized,
     #[error("the store is already initialized")]

@@ -14,6 +14,14 @@
 //! - Only SQL that CockroachDB and YugabyteDB also accept: no advisory
 //!   locks, no LISTEN/NOTIFY, no collations (keys are bytes), upserts with
 //!   `ON CONFLICT`, arrays through `UNNEST`.
+//! - Leadership (for singleton work across nodes): a row in `<table>_leader`
+//!   with the leading node, its address and an epoch, and a lease whose
+//!   expiry is judged by the database's clock. Once a node asks to lead
+//!   ([`PostgresStore::lead_as`]), every commit it makes re-reads that row
+//!   in the same transaction and is refused with
+//!   [`keybridge_barrier::Error::Fenced`] unless the node still holds the
+//!   epoch it was granted: a leader paused past its lease, whose place was
+//!   taken, cannot commit, and steps down.
 //! - TLS: `sslmode=verify-full` (rustls, the server's name checked against
 //!   its certificate, the CA from `tls_ca_file` or `sslrootcert`) or
 //!   `sslmode=disable`; the modes that encrypt without verifying are
@@ -87,6 +95,10 @@ struct Sql {
     export_page: String,
     clear: String,
     import: String,
+    leader_read: String,
+    leader_acquire: String,
+    leader_renew: String,
+    leader_release: String,
 }
 
 impl Sql {
@@ -106,13 +118,46 @@ impl Sql {
             ),
             clear: format!("DELETE FROM {t}"),
             import: format!("INSERT INTO {t} (key, value) SELECT * FROM UNNEST($1::BYTEA[], $2::BYTEA[])"),
+            leader_read: format!("SELECT node, api_addr, epoch, expires_at > now() FROM {t}_leader WHERE id = 1"),
+            leader_acquire: format!(
+                "UPDATE {t}_leader SET node = $1, api_addr = $2, epoch = epoch + 1, \
+                 expires_at = now() + ($3::BIGINT * INTERVAL '1 millisecond') \
+                 WHERE id = 1 AND expires_at <= now() RETURNING epoch"
+            ),
+            leader_renew: format!(
+                "UPDATE {t}_leader SET expires_at = now() + ($3::BIGINT * INTERVAL '1 millisecond') \
+                 WHERE id = 1 AND node = $1 AND epoch = $2 RETURNING epoch"
+            ),
+            leader_release: format!(
+                "UPDATE {t}_leader SET expires_at = now() - INTERVAL '1 second' WHERE id = 1 AND node = $1 AND epoch = $2"
+            ),
         }
     }
+}
+
+/// Who leads the store, as its leader row says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// Empty when no node ever led.
+    pub node: String,
+    pub api_addr: String,
+    pub epoch: u64,
+    /// The lease has not expired (by the database's clock).
+    pub live: bool,
+}
+
+/// This node's side of leadership, once it asked to lead.
+struct Fence {
+    node: String,
+    api_addr: String,
+    /// The epoch this node was granted; 0 while it does not lead.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 pub struct PostgresStore {
     pool: Pool,
     sql: Sql,
+    fence: std::sync::OnceLock<Fence>,
     cache: Arc<EntryCache>,
     /// Where `export` and `import` (which block) run their queries.
     runtime: tokio::runtime::Handle,
@@ -120,13 +165,13 @@ pub struct PostgresStore {
 
 /// A plain SQL identifier: the table's name goes into statements as is.
 fn check_table(t: &str) -> Result<(), Error> {
-    let ok = (1..=63).contains(&t.len())
+    let ok = (1..=56).contains(&t.len())
         && t.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
-        Err(Error::Config(format!("table {t:?} must be 1-63 of a-z, 0-9 and _, not starting with a digit")))
+        Err(Error::Config(format!("table {t:?} must be 1-56 of a-z, 0-9 and _, not starting with a digit")))
     }
 }
 
@@ -264,19 +309,120 @@ impl PostgresStore {
             .build()
             .map_err(|e| Error::Config(format!("the connection pool: {e}")))?;
         let client = pool.get().await.map_err(|e| Error::Database(format!("cannot connect: {}", pool_reason(e))))?;
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {} (key BYTEA PRIMARY KEY, value BYTEA NOT NULL)",
-                s.table
-            ))
-            .await
-            .map_err(|e| Error::Database(format!("cannot create table {}: {}", s.table, describe(&e))))?;
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {t} (key BYTEA PRIMARY KEY, value BYTEA NOT NULL); \
+             CREATE TABLE IF NOT EXISTS {t}_leader (id INT PRIMARY KEY, node TEXT NOT NULL, api_addr TEXT NOT NULL, \
+             epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL); \
+             INSERT INTO {t}_leader (id, node, api_addr, epoch, expires_at) \
+             VALUES (1, '', '', 0, TIMESTAMPTZ '1970-01-01 00:00:00+00') ON CONFLICT (id) DO NOTHING",
+            t = s.table
+        );
+        // Nodes starting together race to create the tables, and
+        // PostgreSQL's IF NOT EXISTS does not settle that race (the loser
+        // gets a duplicate error): once the winner committed, try again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match client.batch_execute(&create).await {
+                Ok(()) => break,
+                Err(e)
+                    if attempt < 5
+                        && e.code()
+                            .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(Error::Database(format!("cannot create table {}: {}", s.table, describe(&e))));
+                }
+            }
+        }
         drop(client);
         Ok(PostgresStore {
             pool,
             sql: Sql::new(&s.table),
+            fence: std::sync::OnceLock::new(),
             cache: Arc::new(EntryCache::weighted(s.cache_bytes)),
             runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// From now on this store commits only while `node` leads it: each
+    /// commit checks, in its transaction, that the leader row still names
+    /// this node at the epoch it was granted. Until [`PostgresStore::try_lead`]
+    /// grants one, every commit is refused as fenced.
+    pub fn lead_as(&self, node: &str, api_addr: &str) {
+        let _ = self.fence.set(Fence {
+            node: node.to_string(),
+            api_addr: api_addr.to_string(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+        });
+    }
+
+    /// The epoch this node leads at, if it does (as far as it knows: a
+    /// commit or a renewal finds out otherwise).
+    pub fn epoch(&self) -> Option<u64> {
+        let e = self.fence.get()?.epoch.load(std::sync::atomic::Ordering::Acquire);
+        (e != 0).then_some(e)
+    }
+
+    /// Renews this node's lease for `ttl`, or takes the lead if the lease
+    /// expired (by the database's clock); the epoch it leads at, or `None`
+    /// while another node holds a live lease.
+    pub async fn try_lead(&self, ttl: Duration) -> keybridge_barrier::Result<Option<u64>> {
+        use std::sync::atomic::Ordering;
+        let fence = self
+            .fence
+            .get()
+            .ok_or_else(|| keybridge_barrier::Error::backend(std::io::Error::other("try_lead before lead_as")))?;
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let held = fence.epoch.load(Ordering::Acquire);
+        if held != 0 {
+            let stmt = client.prepare_cached(&self.sql.leader_renew).await.map_err(db)?;
+            let renewed = client.query_opt(&stmt, &[&fence.node, &(held as i64), &ms]).await.map_err(db)?;
+            if renewed.is_some() {
+                return Ok(Some(held));
+            }
+            // Another node took over: this one steps down.
+            tracing::warn!(epoch = held, "postgresql: the lease was lost; stepping down");
+            let _ = fence.epoch.compare_exchange(held, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
+        let stmt = client.prepare_cached(&self.sql.leader_acquire).await.map_err(db)?;
+        match client.query_opt(&stmt, &[&fence.node, &fence.api_addr, &ms]).await.map_err(db)? {
+            Some(row) => {
+                let epoch = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+                fence.epoch.store(epoch, Ordering::Release);
+                Ok(Some(epoch).filter(|e| *e != 0))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Gives the lead up (the lease ends now), so another node need not
+    /// wait for it to expire.
+    pub async fn step_down(&self) -> keybridge_barrier::Result<()> {
+        let Some(fence) = self.fence.get() else { return Ok(()) };
+        let held = fence.epoch.swap(0, std::sync::atomic::Ordering::AcqRel);
+        if held == 0 {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&self.sql.leader_release).await.map_err(db)?;
+        client.execute(&stmt, &[&fence.node, &(held as i64)]).await.map_err(db)?;
+        Ok(())
+    }
+
+    /// Who leads, as the leader row says.
+    pub async fn leader(&self) -> keybridge_barrier::Result<LeaderInfo> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&self.sql.leader_read).await.map_err(db)?;
+        let row = client.query_one(&stmt, &[]).await.map_err(db)?;
+        Ok(LeaderInfo {
+            node: row.get(0),
+            api_addr: row.get(1),
+            epoch: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+            live: row.get(3),
         })
     }
 
@@ -284,8 +430,8 @@ impl PostgresStore {
         self.pool.get().await.map_err(pool_error)
     }
 
-    /// One attempt at a batch: `Ok(false)` when a check did not hold.
-    async fn try_commit(&self, batch: &Batch) -> Result<bool, Failure> {
+    /// One attempt at a batch.
+    async fn try_commit(&self, batch: &Batch) -> Result<Attempt, Failure> {
         let mut client = self.client().await.map_err(Failure::Other)?;
         Ok(self.try_commit_on(&mut client, batch).await?)
     }
@@ -294,8 +440,18 @@ impl PostgresStore {
         &self,
         client: &mut deadpool_postgres::Object,
         batch: &Batch,
-    ) -> Result<bool, tokio_postgres::Error> {
+    ) -> Result<Attempt, tokio_postgres::Error> {
         let tx = client.build_transaction().isolation_level(IsolationLevel::Serializable).start().await?;
+        if let Some(fence) = self.fence.get() {
+            let held = fence.epoch.load(std::sync::atomic::Ordering::Acquire);
+            let stmt = tx.prepare_cached(&self.sql.leader_read).await?;
+            let row = tx.query_one(&stmt, &[]).await?;
+            let (node, epoch): (String, i64) = (row.get(0), row.get(2));
+            if held == 0 || node != fence.node || u64::try_from(epoch).ok() != Some(held) {
+                tx.rollback().await?;
+                return Ok(Attempt::Fenced(held));
+            }
+        }
         if !batch.checks.is_empty() {
             let check = tx.prepare_cached(&self.sql.check).await?;
             for c in &batch.checks {
@@ -303,7 +459,7 @@ impl PostgresStore {
                 let current: Option<Vec<u8>> = row.map(|r| r.get(0));
                 if current.as_deref() != c.value.as_deref() {
                     tx.rollback().await?;
-                    return Ok(false);
+                    return Ok(Attempt::CheckFailed);
                 }
             }
         }
@@ -316,8 +472,16 @@ impl PostgresStore {
             };
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Attempt::Committed)
     }
+}
+
+/// How an attempt at a batch ended, when the database answered.
+enum Attempt {
+    Committed,
+    CheckFailed,
+    /// This node does not hold the leader's epoch (the one it held).
+    Fenced(u64),
 }
 
 /// Why an attempt at a batch failed.
@@ -393,8 +557,20 @@ impl Physical for PostgresStore {
                 Err(Failure::Db(e)) if retryable(&e) => break Err(keybridge_barrier::Error::Conflict),
                 Err(Failure::Db(e)) => break Err(db(e)),
                 Err(Failure::Other(e)) => break Err(e),
-                Ok(true) => break Ok(()),
-                Ok(false) => break Err(keybridge_barrier::Error::Conflict),
+                Ok(Attempt::Committed) => break Ok(()),
+                Ok(Attempt::CheckFailed) => break Err(keybridge_barrier::Error::Conflict),
+                Ok(Attempt::Fenced(epoch)) => {
+                    // Step down: whatever this node led is another's now.
+                    if let Some(f) = self.fence.get() {
+                        let _ = f.epoch.compare_exchange(
+                            epoch,
+                            0,
+                            std::sync::atomic::Ordering::AcqRel,
+                            std::sync::atomic::Ordering::Acquire,
+                        );
+                    }
+                    break Err(keybridge_barrier::Error::Fenced { epoch });
+                }
             }
         };
         // Whether or not it went through, nothing cached for these keys may
@@ -505,7 +681,7 @@ mod tests {
     #[test]
     fn table_names_are_plain_identifiers() {
         assert!(check_table("keybridge_store").is_ok());
-        for bad in ["", "1t", "t; drop table x", "T", "a-b", &"t".repeat(64)] {
+        for bad in ["", "1t", "t; drop table x", "T", "a-b", &"t".repeat(57)] {
             assert!(check_table(bad).is_err(), "{bad:?}");
         }
     }

@@ -57,7 +57,7 @@ async fn tls_and_settings_are_checked_before_serving() {
     assert!(e.contains("must say sslmode"), "{e}");
     let e =
         refused(Settings { table: "x; drop table y".into(), ..settings(pg.url("localhost", "disable"), None) }).await;
-    assert!(e.contains("must be 1-63 of a-z"), "{e}");
+    assert!(e.contains("must be 1-56 of a-z"), "{e}");
     let e = refused(Settings { max_connections: 0, ..settings(pg.url("localhost", "disable"), None) }).await;
     assert!(e.contains("max_connections"), "{e}");
     // A wrong password: the server's answer, and never the password.
@@ -97,4 +97,81 @@ async fn cached_reads_need_no_database_and_the_store_reconnects() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(served, "the store did not serve again after the database came back");
+}
+
+fn put(key: &str) -> Batch {
+    Batch { checks: vec![], ops: vec![Op::Put { key: key.into(), value: b"v".to_vec() }] }
+}
+
+/// One node leads at a time; a standby cannot commit; a leader that stops
+/// renewing (as one paused past its lease) loses the lead to another at a
+/// higher epoch, and its next commit is refused as fenced, after which it
+/// knows it no longer leads; a node that steps down hands over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_leads_and_a_deposed_leader_is_fenced() {
+    use std::time::Duration;
+    let pg = Postgres::start();
+    let url = pg.url("localhost", "disable");
+    let a = PostgresStore::connect(&settings(url.clone(), None)).await.unwrap();
+    let b = PostgresStore::connect(&settings(url, None)).await.unwrap();
+    a.lead_as("node-a", "https://a:8200");
+    b.lead_as("node-b", "https://b:8200");
+    let ttl = Duration::from_millis(800);
+    assert_eq!(a.try_lead(ttl).await.unwrap(), Some(1));
+    assert_eq!(b.try_lead(ttl).await.unwrap(), None);
+    let info = b.leader().await.unwrap();
+    assert_eq!(
+        (info.node.as_str(), info.api_addr.as_str(), info.epoch, info.live),
+        ("node-a", "https://a:8200", 1, true)
+    );
+    a.commit(put("by-a")).await.unwrap();
+    // A standby never commits.
+    assert!(matches!(b.commit(put("by-b")).await, Err(keybridge_barrier::Error::Fenced { epoch: 0 })));
+    assert!(b.get("by-b").await.unwrap().is_none());
+    // Renewals keep the lead past the lease time.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(a.try_lead(ttl).await.unwrap(), Some(1));
+        assert_eq!(b.try_lead(ttl).await.unwrap(), None);
+    }
+    // A stops renewing; once its lease expired, B takes over at epoch 2.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(b.try_lead(ttl).await.unwrap(), Some(2));
+    b.commit(put("by-b")).await.unwrap();
+    // A, resumed, still believes it leads; its commit is fenced and it
+    // steps down.
+    assert_eq!(a.epoch(), Some(1));
+    let e = a.commit(put("late-by-a")).await.unwrap_err();
+    assert!(matches!(e, keybridge_barrier::Error::Fenced { epoch: 1 }), "{e}");
+    assert!(e.to_string().contains("stepped down"), "{e}");
+    assert_eq!(a.epoch(), None);
+    assert!(a.get("late-by-a").await.unwrap().is_none());
+    assert_eq!(a.try_lead(ttl).await.unwrap(), None);
+    // Stepping down hands over without waiting for the lease.
+    b.step_down().await.unwrap();
+    assert_eq!(a.try_lead(ttl).await.unwrap(), Some(3));
+    assert_eq!(b.epoch(), None);
+}
+
+/// Of eight nodes racing for an expired lease, exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_nodes_elect_exactly_one() {
+    let pg = Postgres::start();
+    let url = pg.url("localhost", "disable");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = PostgresStore::connect(&Settings { max_connections: 1, ..settings(url, None) }).await.unwrap();
+            s.lead_as(&format!("node-{i}"), "");
+            s.try_lead(std::time::Duration::from_secs(30)).await.unwrap()
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        if let Some(e) = t.await.unwrap() {
+            won.push(e);
+        }
+    }
+    assert_eq!(won, [1]);
 }
