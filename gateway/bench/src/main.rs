@@ -64,6 +64,14 @@ pub(crate) struct Args {
     /// Run the server with disable_mlock = true.
     #[arg(long)]
     no_mlock: bool,
+    /// The store of servers started from a config file: file (redb), or
+    /// postgresql (a throwaway PostgreSQL from the machine's binaries, a
+    /// new table per server, over loopback TCP without TLS).
+    #[arg(long, default_value = "file")]
+    storage: String,
+    /// Set by `main` when `--storage postgresql`: the cluster's URL.
+    #[arg(skip)]
+    pg_url: Option<String>,
     /// The server's serving_threads (0: its default, two per CPU).
     #[arg(long, default_value_t = 0)]
     serving_threads: usize,
@@ -249,11 +257,16 @@ pub(crate) fn start_config_server(bin: &Path, dir: &Path, tls: bool, args: &Args
         if args.cache_mib > 0 { format!("\n cache_size_bytes = {}", args.cache_mib << 20) } else { String::new() };
     let threads =
         if args.serving_threads > 0 { format!("serving_threads = {}\n", args.serving_threads) } else { String::new() };
-    let cfg = format!(
-        "{listener}\nstorage \"file\" {{\n path = \"{}\"{cache}\n}}\ndisable_mlock = {}\n{threads}",
-        dir.join("data").display(),
-        args.no_mlock
-    );
+    let storage = match &args.pg_url {
+        // A new table for each server: each starts uninitialized.
+        Some(url) => {
+            static TABLES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = TABLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("storage \"postgresql\" {{\n connection_url = \"{url}\"\n table = \"bench_{n}\"{cache}\n}}")
+        }
+        None => format!("storage \"file\" {{\n path = \"{}\"{cache}\n}}", dir.join("data").display()),
+    };
+    let cfg = format!("{listener}\n{storage}\ndisable_mlock = {}\n{threads}", args.no_mlock);
     let file = dir.join("keybridge.hcl");
     std::fs::write(&file, cfg).expect("config");
     let (mut server, took) = spawn(bin, &["server", "--config", file.to_str().expect("utf-8 path")]);
@@ -636,7 +649,20 @@ pub(crate) async fn median_of(args: &Args, server: &Server, token: &str, op: Op,
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Stopped and removed when dropped, at the end of main.
+    let _pg = match args.storage.as_str() {
+        "file" => None,
+        "postgresql" => {
+            let pg = keybridge_testservers::postgres::Postgres::start();
+            args.pg_url = Some(pg.url("127.0.0.1", "disable"));
+            Some(pg)
+        }
+        other => {
+            eprintln!("keybridge-bench: --storage {other}: use file or postgresql");
+            std::process::exit(2);
+        }
+    };
     let runtime = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
