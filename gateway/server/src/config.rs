@@ -48,7 +48,8 @@ struct RawConfig {
     /// `text` (default) or `json` (one JSON object per line).
     #[serde(default)]
     log_format: Option<String>,
-    /// Accepted for familiarity with Vault configs; informational only.
+    /// The address clients reach this node at (shown as the leader's
+    /// address on a shared PostgreSQL store).
     #[serde(default)]
     api_addr: Option<String>,
     /// A Rego module every policy and login role must pass when written.
@@ -95,6 +96,8 @@ struct RawStorage {
     max_connections: Option<usize>,
     #[serde(default)]
     tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    leader_lease: Option<String>,
 }
 
 /// A setting that is a secret (a connection URL with its password):
@@ -164,6 +167,9 @@ pub struct PostgresStorage {
     pub max_connections: usize,
     pub tls_ca_file: Option<PathBuf>,
     pub cache_bytes: usize,
+    /// How long the lead lasts unrenewed: the longest a stopped node keeps
+    /// another from taking over.
+    pub leader_lease: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +240,8 @@ pub struct Config {
     pub allowed_endpoint_hosts: Option<Vec<String>>,
     /// File audit devices write only in this directory (none set: anywhere).
     pub audit_file_dir: Option<PathBuf>,
+    /// Where clients reach this node.
+    pub api_addr: Option<String>,
 }
 
 /// How log lines are written.
@@ -342,13 +350,13 @@ impl Config {
         check(self.serving_threads != new.serving_threads, "serving_threads", false);
         check(self.allowed_endpoint_hosts != new.allowed_endpoint_hosts, "allowed_endpoint_hosts", false);
         check(self.audit_file_dir != new.audit_file_dir, "audit_file_dir", false);
+        check(self.api_addr != new.api_addr, "api_addr", false);
         (live, restart)
     }
 
     pub fn parse(path: &str, text: &str) -> Result<Config, Error> {
         let bad = |reason: String| Error::Config { path: path.to_string(), reason };
         let raw: RawConfig = hcl::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let _ = raw.api_addr;
 
         if raw.listener.len() != 1 {
             return Err(bad(format!("expected exactly one listener \"tcp\" block, found {}", raw.listener.len())));
@@ -380,12 +388,13 @@ impl Config {
         let postgres_only = storage.connection_url.is_some()
             || storage.table.is_some()
             || storage.max_connections.is_some()
-            || storage.tls_ca_file.is_some();
+            || storage.tls_ca_file.is_some()
+            || storage.leader_lease.is_some();
         let storage = match kind.as_str() {
             "file" if postgres_only => {
                 return Err(bad(
                     "storage \"file\" takes path and cache_size_bytes only (connection_url, table, \
-                     max_connections and tls_ca_file are storage \"postgresql\"'s)"
+                     max_connections, tls_ca_file and leader_lease are storage \"postgresql\"'s)"
                         .into(),
                 ));
             }
@@ -405,6 +414,13 @@ impl Config {
                 max_connections: storage.max_connections.unwrap_or(16),
                 tls_ca_file: storage.tls_ca_file,
                 cache_bytes: storage.cache_size_bytes.unwrap_or(DEFAULT_CACHE_BYTES),
+                leader_lease: match storage.leader_lease {
+                    None => std::time::Duration::from_secs(15),
+                    Some(v) => humantime::parse_duration(&v)
+                        .ok()
+                        .filter(|d| (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600)).contains(d))
+                        .ok_or_else(|| bad(format!("storage \"postgresql\": leader_lease {v:?} must be a duration from 1s to 10m")))?,
+                },
             }),
             other => {
                 return Err(bad(format!(
@@ -497,6 +513,7 @@ impl Config {
             log_level,
             log_format,
             policy_check_rego: raw.policy_check_rego,
+            api_addr: raw.api_addr,
             audit_file_dir: match raw.audit_file_dir {
                 Some(d) if !d.is_absolute() => {
                     return Err(bad(format!("audit_file_dir {} must be an absolute path", d.display())));

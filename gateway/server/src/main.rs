@@ -117,6 +117,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     serving_threads: crate::config::default_serving_threads(),
                     allowed_endpoint_hosts: None,
                     audit_file_dir: None,
+                    api_addr: None,
                 };
                 (config, Some(server::DevOptions { root_token_id: args.dev_root_token_id }))
             } else {

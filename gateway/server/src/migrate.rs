@@ -72,8 +72,8 @@ pub async fn run(from: &Path, to: &Path, overwrite: bool, output: Output) -> Res
             describe(&source)
         )));
     }
-    let (src, _) = open_store(&source).await?;
-    let (dst, _) = open_store(&dest).await?;
+    let src = open_store(&source).await?.physical;
+    let dst = open_store(&dest).await?.physical;
     if !overwrite && !dst.list("", None, 1).await.map_err(|e| storage_error("the destination", e))?.is_empty() {
         return Err(Error::Usage(format!(
             "the destination ({}) is not empty: migrate into an empty store, or pass --overwrite to replace it",

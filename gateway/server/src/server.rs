@@ -26,23 +26,46 @@ pub struct DevOptions {
     pub root_token_id: Option<String>,
 }
 
-/// Opens the configured store; the directory snapshots are staged in.
-pub(crate) async fn open_store(storage: &Storage) -> Result<(Arc<dyn Physical>, PathBuf), Error> {
+/// An opened store: the store, the directory snapshots are staged in, and
+/// (on PostgreSQL) the store itself, for its leader lease.
+pub(crate) struct Opened {
+    pub physical: Arc<dyn Physical>,
+    pub staging_dir: PathBuf,
+    #[cfg(feature = "postgres")]
+    pub postgres: Option<Arc<keybridge_store_postgres::PostgresStore>>,
+}
+
+/// Opens the configured store.
+pub(crate) async fn open_store(storage: &Storage) -> Result<Opened, Error> {
+    #[cfg(feature = "postgres")]
+    if let Storage::Postgres(p) = storage {
+        let settings = keybridge_store_postgres::Settings {
+            connection_url: zeroize::Zeroizing::new(p.connection_url.expose().to_string()),
+            table: p.table.clone(),
+            max_connections: p.max_connections,
+            tls_ca_file: p.tls_ca_file.clone(),
+            cache_bytes: p.cache_bytes,
+        };
+        let store = Arc::new(
+            keybridge_store_postgres::PostgresStore::connect(&settings)
+                .await
+                .map_err(|e| Error::Usage(e.to_string()))?,
+        );
+        return Ok(Opened { physical: store.clone(), staging_dir: std::env::temp_dir(), postgres: Some(store) });
+    }
+    let (physical, staging_dir) = open_local(storage)?;
+    Ok(Opened {
+        physical,
+        staging_dir,
+        #[cfg(feature = "postgres")]
+        postgres: None,
+    })
+}
+
+fn open_local(storage: &Storage) -> Result<(Arc<dyn Physical>, PathBuf), Error> {
     match storage {
         #[cfg(feature = "postgres")]
-        Storage::Postgres(p) => {
-            let settings = keybridge_store_postgres::Settings {
-                connection_url: zeroize::Zeroizing::new(p.connection_url.expose().to_string()),
-                table: p.table.clone(),
-                max_connections: p.max_connections,
-                tls_ca_file: p.tls_ca_file.clone(),
-                cache_bytes: p.cache_bytes,
-            };
-            let store = keybridge_store_postgres::PostgresStore::connect(&settings)
-                .await
-                .map_err(|e| Error::Usage(e.to_string()))?;
-            Ok((Arc::new(store), std::env::temp_dir()))
-        }
+        Storage::Postgres(_) => unreachable!("opened above"),
         #[cfg(not(feature = "postgres"))]
         Storage::Postgres(_) => Err(Error::Usage(
             "storage \"postgresql\": this build has no PostgreSQL store (build with the postgres feature)".into(),
@@ -65,6 +88,72 @@ pub(crate) async fn open_store(storage: &Storage) -> Result<(Arc<dyn Physical>, 
     }
 }
 
+/// One node serves a PostgreSQL table at a time (each node's caches know
+/// only its own writes, until a change feed keeps them coherent): waits,
+/// not listening, until this node holds the table's leader lease, then
+/// renews it in the background. A node that loses the lease (it was paused
+/// past it and another took over, or a commit was fenced) exits at once,
+/// so that whatever supervises it starts it again as a waiting node.
+#[cfg(feature = "postgres")]
+async fn lead(
+    store: &Arc<keybridge_store_postgres::PostgresStore>,
+    api_addr: &str,
+    lease: std::time::Duration,
+) -> Result<(), Error> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let node = format!("{}-{}", host.trim(), std::process::id());
+    store.lead_as(&node, api_addr);
+    let mut said = false;
+    let epoch = loop {
+        match store.try_lead(lease).await {
+            Ok(Some(epoch)) => break epoch,
+            Ok(None) => {
+                if !said {
+                    let leader = store.leader().await.ok();
+                    tracing::warn!(
+                        leader = leader.as_ref().map_or("", |l| l.node.as_str()),
+                        leader_address = leader.as_ref().map_or("", |l| l.api_addr.as_str()),
+                        "another node serves this PostgreSQL table; waiting for its lease to end"
+                    );
+                    said = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reach PostgreSQL for the leader lease; trying again"),
+        }
+        tokio::time::sleep(lease / 4).await;
+    };
+    tracing::info!(node = %node, epoch, "this node leads the PostgreSQL table");
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut renewed = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(lease / 4).await;
+            // Fenced (a commit found another epoch): never take the lead
+            // again with this process's state.
+            if store.epoch() != Some(epoch) {
+                lost(epoch, "a commit was fenced: another node leads");
+            }
+            match store.try_lead(lease).await {
+                Ok(Some(e)) if e == epoch => renewed = std::time::Instant::now(),
+                Ok(_) => lost(epoch, "another node took the lease"),
+                Err(e) if renewed.elapsed() >= lease => {
+                    tracing::error!(error = %e, "cannot renew the leader lease");
+                    lost(epoch, "the lease ran out while PostgreSQL could not be reached");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot renew the leader lease; trying again"),
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(feature = "postgres")]
+fn lost(epoch: u64, why: &str) -> ! {
+    tracing::error!(epoch, "lost the lead of the PostgreSQL table ({why}); exiting, to start again as a waiting node");
+    eprintln!("keybridge: lost the lead of the PostgreSQL table at epoch {epoch} ({why}); exiting");
+    std::process::exit(crate::exit::LOST_LEAD.into())
+}
+
 fn restrict_dir(dir: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
@@ -79,7 +168,8 @@ pub async fn run(
     log: LogControl,
 ) -> Result<(), Error> {
     let started = Instant::now();
-    let signals = stop_signals()?;
+    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
+    let mut signals = Box::pin(stop_signals()?);
     // SIGHUP too, at once: one that arrives while the store opens waits for
     // the reload task instead of killing the process (its default action).
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -109,7 +199,22 @@ pub async fn run(
         tracing::warn!(error = %e, "dev server: cannot lock memory (mlockall); keys could be swapped to disk");
     }
 
-    let (physical, staging_dir) = open_store(&config.storage).await?;
+    let Opened {
+        physical,
+        staging_dir,
+        #[cfg(feature = "postgres")]
+        postgres,
+    } = open_store(&config.storage).await?;
+    #[cfg(feature = "postgres")]
+    if let (Some(store), Storage::Postgres(p)) = (&postgres, &config.storage) {
+        tokio::select! {
+            led = lead(store, config.api_addr.as_deref().unwrap_or(""), p.leader_lease) => led?,
+            () = &mut signals => {
+                tracing::info!("stopped while waiting for the lead");
+                return Ok(());
+            }
+        }
+    }
     #[cfg(feature = "wasm")]
     fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::plugins::PluginRuntime>>, Error> {
         let host = keybridge_wasm_host::WasmHost::new(keybridge_wasm_host::HostConfig::default())
@@ -376,6 +481,13 @@ pub async fn run(
     .await?;
     // Audit devices write their last checkpoint.
     core.shutdown().await;
+    // The next node need not wait for the lease to run out.
+    #[cfg(feature = "postgres")]
+    if let Some(store) = &postgres
+        && let Err(e) = store.step_down().await
+    {
+        tracing::warn!(error = %e, "could not give up the lead of the PostgreSQL table");
+    }
     tracing::info!("stopped");
     Ok(())
 }

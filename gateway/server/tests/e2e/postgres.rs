@@ -138,3 +138,66 @@ fn postgresql_settings_are_checked_at_start() {
     let e = start(&format!("storage \"postgresql\" {{\n connection_url = \"{wrong}\"\n}}"));
     assert!(e.contains("28P01") && !e.contains("not-it"), "{e}");
 }
+
+fn leased_block(pg: &Postgres) -> String {
+    pg_block(pg, "kb_ha").replace("max_connections = 4", "max_connections = 4\n leader_lease = \"2s\"")
+}
+
+/// One node serves a table at a time. A second node waits, not listening,
+/// and takes over when the first is killed (within the lease plus 5 s),
+/// with every write the first acknowledged. A leader paused past its lease
+/// (SIGSTOP), whose place another took, neither commits nor goes on
+/// serving once resumed: it exits with code 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_node_takes_over_and_a_paused_leader_stops() {
+    use std::time::{Duration, Instant};
+    let pg = Postgres::start();
+    let block = leased_block(&pg);
+    let (dir_a, dir_b, dir_c) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::with_storage(dir_a.path(), &block);
+    let (root, key) = init_unseal(&a);
+    for i in 0..10 {
+        let o = a.cli(Some(&root), &["kv", "put", &format!("secret/ha/s{i}"), &format!("pw=v{i}")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let waiting =
+        |dir: std::path::PathBuf, block: String| std::thread::spawn(move || Server::with_storage(&dir, &block));
+    let b = waiting(dir_b.path().to_path_buf(), block.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!b.is_finished(), "a second node served the table beside the leader");
+    // (a) The leader is killed: the waiting node takes over.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(a.child.id() as i32, libc::SIGKILL) };
+    let killed = Instant::now();
+    let b = crate::harness::blocking(|| b.join().unwrap());
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(2 + 5), "the next node took {took:?} to serve");
+    eprintln!("failover after SIGKILL: serving in {took:?} (lease 2 s)");
+    unseal(&b, &key);
+    for i in 0..10 {
+        assert_eq!(secret_value(&b, &root, &format!("secret/ha/s{i}")), format!("v{i}"));
+    }
+    drop(a);
+    // (b) The new leader is paused past its lease; a third node takes over.
+    let c = waiting(dir_c.path().to_path_buf(), block.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: as above.
+    unsafe { libc::kill(b.child.id() as i32, libc::SIGSTOP) };
+    let c = crate::harness::blocking(|| c.join().unwrap());
+    unseal(&c, &key);
+    let o = c.cli(Some(&root), &["kv", "put", "secret/ha/by-c", "pw=c"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Resumed, the old leader takes no write and stops.
+    // SAFETY: as above.
+    unsafe { libc::kill(b.child.id() as i32, libc::SIGCONT) };
+    let o = b.cli(Some(&root), &["kv", "put", "secret/ha/late-by-b", "pw=b"]);
+    assert!(!o.status.success(), "a deposed leader acknowledged a write: {}", stdout(&o));
+    let mut b = b;
+    let status = crate::harness::blocking(|| b.child.wait().unwrap());
+    assert_eq!(status.code(), Some(8), "{status:?}");
+    let o = c.cli(Some(&root), &["kv", "get", "secret/ha/late-by-b"]);
+    assert!(!o.status.success(), "the deposed leader's write landed");
+    assert_eq!(secret_value(&c, &root, "secret/ha/s3"), "v3");
+    assert_eq!(secret_value(&c, &root, "secret/ha/by-c"), "c");
+}
