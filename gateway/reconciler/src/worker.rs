@@ -70,7 +70,8 @@ pub struct SyncStatus {
     /// Where the next page starts (empty after the last).
     pub next_page: String,
     /// Every replica of the rules asked for, counted by target and state
-    /// (whatever the page and state asked for).
+    /// (whatever the state asked for), on the first page only: later pages
+    /// start at their token and stop when full.
     pub counts: Vec<StateCount>,
     pub pending: u64,
     pub calls: Vec<CallCount>,
@@ -121,34 +122,51 @@ impl Reconciler {
         rules.sort_by(|a, b| a.name.cmp(&b.name));
         let mut out = SyncStatus::default();
         let mut counts: BTreeMap<(String, String, &'static str), u64> = BTreeMap::new();
-        let mut more = false;
+        // Atomic only to be Send across the awaits below.
+        let more = std::sync::atomic::AtomicBool::new(false);
+        // The first page counts every replica (a read of every record);
+        // a later one starts where the token says and stops when full.
+        let counting = after.is_none();
         for rule in rules {
+            if let Some((r, _)) = after
+                && rule.name.as_str() < r
+            {
+                continue;
+            }
+            // Where this rule's listing starts: after the token's target.
+            let from = after.filter(|(r, _)| *r == rule.name).map(|(_, t)| t.to_string());
             // What this process found wrong, by target path (a snapshot).
             let found: BTreeMap<String, TargetStatus> = self
                 .status
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .range((rule.name.clone(), String::new())..)
+                .range((rule.name.clone(), from.clone().unwrap_or_default())..)
                 .take_while(|((r, _), _)| *r == rule.name)
                 .map(|((_, t), s)| (t.clone(), s.clone()))
                 .collect();
             let mut found = found.into_iter().peekable();
             let mut emit = |s: TargetStatus| {
-                let target = rule.targets.iter().find(|t| s.target.starts_with(t.as_str())).cloned();
-                let target = target.unwrap_or_else(|| s.target.split_inclusive('/').next().unwrap_or("").to_string());
-                *counts.entry((rule.name.clone(), target, s.state)).or_insert(0) += 1;
+                if counting {
+                    let target = rule.targets.iter().find(|t| s.target.starts_with(t.as_str())).cloned();
+                    let target =
+                        target.unwrap_or_else(|| s.target.split_inclusive('/').next().unwrap_or("").to_string());
+                    *counts.entry((rule.name.clone(), target, s.state)).or_insert(0) += 1;
+                }
                 let wanted = (q.state.is_empty() || q.state == s.state)
                     && after.is_none_or(|(r, t)| (rule.name.as_str(), s.target.as_str()) > (r, t));
                 if wanted {
                     if out.targets.len() < page_size {
                         out.targets.push(s);
                     } else {
-                        more = true;
+                        more.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             };
-            let mut last: Option<String> = None;
+            let mut last: Option<String> = from;
             loop {
+                if !counting && more.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let records = self.records_page(&rule.id, "", last.as_deref()).await?;
                 let Some((l, _)) = records.last() else { break };
                 last = Some(l.clone());
@@ -165,8 +183,13 @@ impl Reconciler {
             for (_, s) in found {
                 emit(s);
             }
+            if !counting && more.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
         }
-        if more && let Some(l) = out.targets.last() {
+        if more.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(l) = out.targets.last()
+        {
             out.next_page = format!("{}:{}", l.rule, l.target);
         }
         out.counts = counts

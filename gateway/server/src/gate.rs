@@ -63,6 +63,14 @@ where
         let Some(op) = crate::audited::operation(&req).filter(|op| !OPEN.contains(op)) else {
             return Box::pin(self.inner.call(req));
         };
+        // A node that shares a PostgreSQL table and could not renew its
+        // lead in time serves nothing: another node may lead by now.
+        if !crate::server::lease_holds() {
+            let status = tonic::Status::unavailable(
+                "this node could not renew its lead of the PostgreSQL table in time: another node may lead; retry there",
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         // The ready service goes with this request; a clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

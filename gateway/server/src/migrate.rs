@@ -23,6 +23,17 @@ use crate::server::open_store;
 
 /// Entries in flight between the export and the import.
 const IN_FLIGHT: usize = 1024;
+/// Where every initialized store keeps its seal configuration (plaintext).
+const SEAL_CONFIG_KEY: &str = "core/seal-config";
+
+/// What the export hands the import: an entry, or the end. The import
+/// takes a channel closed without the end (the export stopped) as an
+/// error, never as the end of the data.
+enum Msg {
+    Entry(String, Vec<u8>),
+    Failed(keybridge_barrier::Error),
+    End,
+}
 
 /// A running count and SHA-256 of entries, in key order: each key and value
 /// with its length before it, so no two stores share a checksum by
@@ -72,8 +83,27 @@ pub async fn run(from: &Path, to: &Path, overwrite: bool, output: Output) -> Res
             describe(&source)
         )));
     }
-    let src = open_store(&source).await?.physical;
-    let dst = open_store(&dest).await?.physical;
+    // A source that does not exist is not created (and then copied over
+    // the destination as an empty store).
+    if let Storage::File { dir, .. } = &source
+        && !dir.join("keybridge.db").exists()
+    {
+        return Err(Error::Usage(format!("the source ({}) holds no store: nothing to migrate", describe(&source))));
+    }
+    // The source first: nothing is opened (or created) at the destination
+    // for a copy that cannot start.
+    let src = open_store(&source).await?;
+    no_server_on(&src, "source").await?;
+    let src = src.physical;
+    if src.get(SEAL_CONFIG_KEY).await.map_err(|e| storage_error("the source", e))?.is_none() {
+        return Err(Error::Usage(format!(
+            "the source ({}) is not an initialized Keybridge store: nothing to migrate",
+            describe(&source)
+        )));
+    }
+    let dst = open_store(&dest).await?;
+    no_server_on(&dst, "destination").await?;
+    let dst = dst.physical;
     if !overwrite && !dst.list("", None, 1).await.map_err(|e| storage_error("the destination", e))?.is_empty() {
         return Err(Error::Usage(format!(
             "the destination ({}) is not empty: migrate into an empty store, or pass --overwrite to replace it",
@@ -106,24 +136,72 @@ pub async fn run(from: &Path, to: &Path, overwrite: bool, output: Output) -> Res
     Ok(crate::exit::OK)
 }
 
+/// No server may be using a store: a copy would miss its later writes, or
+/// replace what it serves.
+async fn no_server_on(opened: &crate::server::Opened, what: &str) -> Result<(), Error> {
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = &opened.postgres {
+        let leader = pg.leader().await.map_err(|e| storage_error(what, e))?;
+        if leader.live {
+            return Err(Error::Usage(format!(
+                "a server ({}, {}) leads the {what} table: stop it first",
+                leader.node,
+                if leader.api_addr.is_empty() { "no api_addr" } else { leader.api_addr.as_str() }
+            )));
+        }
+    }
+    #[cfg(not(feature = "postgres"))]
+    let _ = (opened, what);
+    Ok(())
+}
+
 /// Streams the source's export into the destination's import; the count
 /// and checksum of what was read.
 async fn copy(src: Arc<dyn Physical>, dst: Arc<dyn Physical>) -> Result<(u64, String), Error> {
-    let (tx, rx) = mpsc::sync_channel::<keybridge_barrier::Result<(String, Vec<u8>)>>(IN_FLIGHT);
+    let (tx, rx) = mpsc::sync_channel::<Msg>(IN_FLIGHT);
     let export = tokio::task::spawn_blocking(move || {
         let mut tally = Tally::default();
         let r = src.export(&mut |k, v| {
             tally.add(k, v);
-            tx.send(Ok((k.to_string(), v.to_vec())))
+            tx.send(Msg::Entry(k.to_string(), v.to_vec()))
                 .map_err(|_| keybridge_barrier::Error::Snapshot("the destination stopped taking entries".into()))
         });
-        if let Err(e) = &r {
+        match &r {
+            Ok(()) => {
+                let _ = tx.send(Msg::End);
+            }
             // The import must not commit a partial copy.
-            let _ = tx.send(Err(keybridge_barrier::Error::Snapshot(format!("the source's export failed: {e}"))));
+            Err(e) => {
+                let _ = tx
+                    .send(Msg::Failed(keybridge_barrier::Error::Snapshot(format!("the source's export failed: {e}"))));
+            }
         }
         r.map(|()| tally.finish())
     });
-    let import = tokio::task::spawn_blocking(move || dst.import(&mut rx.into_iter()));
+    let import = tokio::task::spawn_blocking(move || {
+        let mut ended = false;
+        let mut entries = std::iter::from_fn(|| {
+            if ended {
+                return None;
+            }
+            match rx.recv() {
+                Ok(Msg::Entry(k, v)) => Some(Ok((k, v))),
+                Ok(Msg::Failed(e)) => {
+                    ended = true;
+                    Some(Err(e))
+                }
+                Ok(Msg::End) => {
+                    ended = true;
+                    None
+                }
+                Err(_) => {
+                    ended = true;
+                    Some(Err(keybridge_barrier::Error::Snapshot("the source's export stopped before its end".into())))
+                }
+            }
+        });
+        dst.import(&mut entries)
+    });
     let imported = import.await.map_err(|e| Error::Usage(format!("the import stopped: {e}")))?;
     let exported = export.await.map_err(|e| Error::Usage(format!("the export stopped: {e}")))?;
     let exported = exported.map_err(|e| storage_error("reading the source", e))?;

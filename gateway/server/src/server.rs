@@ -99,14 +99,18 @@ async fn lead(
     store: &Arc<keybridge_store_postgres::PostgresStore>,
     api_addr: &str,
     lease: std::time::Duration,
-) -> Result<(), Error> {
+) -> Result<tokio::task::JoinHandle<()>, Error> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let node = format!("{}-{}", host.trim(), std::process::id());
     store.lead_as(&node, api_addr);
     let mut said = false;
     let epoch = loop {
+        let sent = Instant::now();
         match store.try_lead(lease).await {
-            Ok(Some(epoch)) => break epoch,
+            Ok(Some(epoch)) => {
+                lease_renewed(sent, lease);
+                break epoch;
+            }
             Ok(None) => {
                 if !said {
                     let leader = store.leader().await.ok();
@@ -124,8 +128,7 @@ async fn lead(
     };
     tracing::info!(node = %node, epoch, "this node leads the PostgreSQL table");
     let store = store.clone();
-    tokio::spawn(async move {
-        let mut renewed = std::time::Instant::now();
+    let renewal = tokio::spawn(async move {
         loop {
             tokio::time::sleep(lease / 4).await;
             // Fenced (a commit found another epoch): never take the lead
@@ -133,18 +136,46 @@ async fn lead(
             if store.epoch() != Some(epoch) {
                 lost(epoch, "a commit was fenced: another node leads");
             }
-            match store.try_lead(lease).await {
-                Ok(Some(e)) if e == epoch => renewed = std::time::Instant::now(),
-                Ok(_) => lost(epoch, "another node took the lease"),
-                Err(e) if renewed.elapsed() >= lease => {
-                    tracing::error!(error = %e, "cannot renew the leader lease");
-                    lost(epoch, "the lease ran out while PostgreSQL could not be reached");
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the leader lease; trying again"),
+            let sent = std::time::Instant::now();
+            match tokio::time::timeout(lease / 4, store.try_lead(lease)).await {
+                Ok(Ok(Some(e))) if e == epoch => lease_renewed(sent, lease),
+                Ok(Ok(_)) => lost(epoch, "another node took the lease"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease; trying again"),
+                Err(_) => tracing::warn!("renewing the leader lease took over a quarter of it; trying again"),
+            }
+            if !lease_holds() {
+                lost(epoch, "the lease could not be renewed in time (PostgreSQL unreachable or slow)");
             }
         }
     });
-    Ok(())
+    Ok(renewal)
+}
+
+/// Until when (milliseconds since [`since_start`]'s origin) this node may
+/// serve its PostgreSQL table without a newer renewal: four fifths of the
+/// lease after the last renewal that went through was sent (the lease
+/// runs from when the database ran it, which is later). `u64::MAX` when
+/// the node is not on a shared table.
+static LEASE_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+fn since_start(at: Instant) -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(at.saturating_duration_since(origin).as_millis()).unwrap_or(u64::MAX - 1)
+}
+
+#[cfg(feature = "postgres")]
+fn lease_renewed(sent: Instant, lease: std::time::Duration) {
+    let until = since_start(sent).saturating_add(u64::try_from((lease * 4 / 5).as_millis()).unwrap_or(0));
+    LEASE_UNTIL.store(until.min(u64::MAX - 1), std::sync::atomic::Ordering::Release);
+}
+
+/// Whether this node may serve: always, but on a shared PostgreSQL table
+/// whose lease it could not renew in time (a node resumed after a pause
+/// refuses requests at once, before its renewal finds another leader).
+pub(crate) fn lease_holds() -> bool {
+    let until = LEASE_UNTIL.load(std::sync::atomic::Ordering::Acquire);
+    until == u64::MAX || since_start(Instant::now()) < until
 }
 
 #[cfg(feature = "postgres")]
@@ -206,15 +237,16 @@ pub async fn run(
         postgres,
     } = open_store(&config.storage).await?;
     #[cfg(feature = "postgres")]
-    if let (Some(store), Storage::Postgres(p)) = (&postgres, &config.storage) {
-        tokio::select! {
-            led = lead(store, config.api_addr.as_deref().unwrap_or(""), p.leader_lease) => led?,
+    let renewal = match (&postgres, &config.storage) {
+        (Some(store), Storage::Postgres(p)) => tokio::select! {
+            led = lead(store, config.api_addr.as_deref().unwrap_or(""), p.leader_lease) => Some(led?),
             () = &mut signals => {
                 tracing::info!("stopped while waiting for the lead");
                 return Ok(());
             }
-        }
-    }
+        },
+        _ => None,
+    };
     #[cfg(feature = "wasm")]
     fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::plugins::PluginRuntime>>, Error> {
         let host = keybridge_wasm_host::WasmHost::new(keybridge_wasm_host::HostConfig::default())
@@ -481,12 +513,17 @@ pub async fn run(
     .await?;
     // Audit devices write their last checkpoint.
     core.shutdown().await;
-    // The next node need not wait for the lease to run out.
+    // The next node need not wait for the lease to run out (the renewals
+    // stop first, so none runs after the release).
     #[cfg(feature = "postgres")]
-    if let Some(store) = &postgres
-        && let Err(e) = store.step_down().await
-    {
-        tracing::warn!(error = %e, "could not give up the lead of the PostgreSQL table");
+    if let Some(store) = &postgres {
+        if let Some(r) = renewal {
+            r.abort();
+            let _ = r.await;
+        }
+        if let Err(e) = store.step_down().await {
+            tracing::warn!(error = %e, "could not give up the lead of the PostgreSQL table");
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -89,6 +89,7 @@ type EntryCache = FillCache<String, Arc<[u8]>, Weighted>;
 struct Sql {
     get: String,
     list: String,
+    list_to_end: String,
     check: String,
     put: String,
     delete: String,
@@ -96,18 +97,23 @@ struct Sql {
     clear: String,
     import: String,
     leader_read: String,
+    fence_read: String,
     leader_acquire: String,
     leader_renew: String,
     leader_release: String,
 }
 
 impl Sql {
-    fn new(t: &str) -> Sql {
+    fn new(table: &str) -> Sql {
+        // Quoted: a name that is a keyword (`user`) is a name too.
+        let t = format!("\"{table}\"");
+        let leader = format!("\"{table}_leader\"");
         Sql {
             get: format!("SELECT value FROM {t} WHERE key = $1"),
-            list: format!(
-                "SELECT key FROM {t} WHERE key >= $1 AND ($2::BYTEA IS NULL OR key < $2::BYTEA) ORDER BY key LIMIT $3"
-            ),
+            // Two statements, so that the upper bound is always an index
+            // bound (a generic plan of `$2 IS NULL OR key < $2` may filter).
+            list: format!("SELECT key FROM {t} WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3"),
+            list_to_end: format!("SELECT key FROM {t} WHERE key >= $1 ORDER BY key LIMIT $2"),
             check: format!("SELECT value FROM {t} WHERE key = $1 FOR UPDATE"),
             put: format!(
                 "INSERT INTO {t} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -118,18 +124,21 @@ impl Sql {
             ),
             clear: format!("DELETE FROM {t}"),
             import: format!("INSERT INTO {t} (key, value) SELECT * FROM UNNEST($1::BYTEA[], $2::BYTEA[])"),
-            leader_read: format!("SELECT node, api_addr, epoch, expires_at > now() FROM {t}_leader WHERE id = 1"),
+            leader_read: format!("SELECT node, api_addr, epoch, expires_at > now() FROM {leader} WHERE id = 1"),
+            // In a commit: shared, so a takeover (which updates the row)
+            // waits for commits in flight, and a commit after it sees it.
+            fence_read: format!("SELECT node, epoch FROM {leader} WHERE id = 1 FOR SHARE"),
             leader_acquire: format!(
-                "UPDATE {t}_leader SET node = $1, api_addr = $2, epoch = epoch + 1, \
+                "UPDATE {leader} SET node = $1, api_addr = $2, epoch = epoch + 1, \
                  expires_at = now() + ($3::BIGINT * INTERVAL '1 millisecond') \
                  WHERE id = 1 AND expires_at <= now() RETURNING epoch"
             ),
             leader_renew: format!(
-                "UPDATE {t}_leader SET expires_at = now() + ($3::BIGINT * INTERVAL '1 millisecond') \
+                "UPDATE {leader} SET expires_at = now() + ($3::BIGINT * INTERVAL '1 millisecond') \
                  WHERE id = 1 AND node = $1 AND epoch = $2 RETURNING epoch"
             ),
             leader_release: format!(
-                "UPDATE {t}_leader SET expires_at = now() - INTERVAL '1 second' WHERE id = 1 AND node = $1 AND epoch = $2"
+                "UPDATE {leader} SET expires_at = now() - INTERVAL '1 second' WHERE id = 1 AND node = $1 AND epoch = $2"
             ),
         }
     }
@@ -168,11 +177,15 @@ fn check_table(t: &str) -> Result<(), Error> {
     let ok = (1..=56).contains(&t.len())
         && t.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config(format!("table {t:?} must be 1-56 of a-z, 0-9 and _, not starting with a digit")))
+    if !ok {
+        return Err(Error::Config(format!("table {t:?} must be 1-56 of a-z, 0-9 and _, not starting with a digit")));
     }
+    if t.ends_with("_leader") {
+        return Err(Error::Config(format!(
+            "table {t:?} may not end in _leader: the store keeps its lease in <table>_leader"
+        )));
+    }
+    Ok(())
 }
 
 /// The connection settings without the `sslmode` and `sslrootcert`
@@ -310,10 +323,10 @@ impl PostgresStore {
             .map_err(|e| Error::Config(format!("the connection pool: {e}")))?;
         let client = pool.get().await.map_err(|e| Error::Database(format!("cannot connect: {}", pool_reason(e))))?;
         let create = format!(
-            "CREATE TABLE IF NOT EXISTS {t} (key BYTEA PRIMARY KEY, value BYTEA NOT NULL); \
-             CREATE TABLE IF NOT EXISTS {t}_leader (id INT PRIMARY KEY, node TEXT NOT NULL, api_addr TEXT NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS \"{t}\" (key BYTEA PRIMARY KEY, value BYTEA NOT NULL); \
+             CREATE TABLE IF NOT EXISTS \"{t}_leader\" (id INT PRIMARY KEY, node TEXT NOT NULL, api_addr TEXT NOT NULL, \
              epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL); \
-             INSERT INTO {t}_leader (id, node, api_addr, epoch, expires_at) \
+             INSERT INTO \"{t}_leader\" (id, node, api_addr, epoch, expires_at) \
              VALUES (1, '', '', 0, TIMESTAMPTZ '1970-01-01 00:00:00+00') ON CONFLICT (id) DO NOTHING",
             t = s.table
         );
@@ -426,6 +439,19 @@ impl PostgresStore {
         })
     }
 
+    /// In a transaction of a node that asked to lead: `Some(the epoch it
+    /// holds)` when the leader row no longer names it at that epoch (0:
+    /// it never led).
+    async fn fenced_out(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<u64>, tokio_postgres::Error> {
+        let Some(fence) = self.fence.get() else { return Ok(None) };
+        let held = fence.epoch.load(std::sync::atomic::Ordering::Acquire);
+        let stmt = tx.prepare_cached(&self.sql.fence_read).await?;
+        let row = tx.query_one(&stmt, &[]).await?;
+        let (node, epoch): (String, i64) = (row.get(0), row.get(1));
+        let ours = held != 0 && node == fence.node && u64::try_from(epoch).ok() == Some(held);
+        Ok((!ours).then_some(held))
+    }
+
     async fn client(&self) -> keybridge_barrier::Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
     }
@@ -442,15 +468,9 @@ impl PostgresStore {
         batch: &Batch,
     ) -> Result<Attempt, tokio_postgres::Error> {
         let tx = client.build_transaction().isolation_level(IsolationLevel::Serializable).start().await?;
-        if let Some(fence) = self.fence.get() {
-            let held = fence.epoch.load(std::sync::atomic::Ordering::Acquire);
-            let stmt = tx.prepare_cached(&self.sql.leader_read).await?;
-            let row = tx.query_one(&stmt, &[]).await?;
-            let (node, epoch): (String, i64) = (row.get(0), row.get(2));
-            if held == 0 || node != fence.node || u64::try_from(epoch).ok() != Some(held) {
-                tx.rollback().await?;
-                return Ok(Attempt::Fenced(held));
-            }
+        if let Some(held) = self.fenced_out(&tx).await? {
+            tx.rollback().await?;
+            return Ok(Attempt::Fenced(held));
         }
         if !batch.checks.is_empty() {
             let check = tx.prepare_cached(&self.sql.check).await?;
@@ -532,11 +552,18 @@ impl Physical for PostgresStore {
             Some(s) if s >= prefix => s,
             _ => prefix,
         };
-        let upper = upper_bound(prefix.as_bytes());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(&self.sql.list).await.map_err(db)?;
-        let rows = client.query(&stmt, &[&from.as_bytes(), &upper, &limit]).await.map_err(db)?;
+        let rows = match upper_bound(prefix.as_bytes()) {
+            Some(upper) => {
+                let stmt = client.prepare_cached(&self.sql.list).await.map_err(db)?;
+                client.query(&stmt, &[&from.as_bytes(), &upper, &limit]).await.map_err(db)?
+            }
+            None => {
+                let stmt = client.prepare_cached(&self.sql.list_to_end).await.map_err(db)?;
+                client.query(&stmt, &[&from.as_bytes(), &limit]).await.map_err(db)?
+            }
+        };
         rows.into_iter().map(|r| utf8_key(r.get(0))).collect()
     }
 
@@ -680,8 +707,8 @@ mod tests {
 
     #[test]
     fn table_names_are_plain_identifiers() {
-        assert!(check_table("keybridge_store").is_ok());
-        for bad in ["", "1t", "t; drop table x", "T", "a-b", &"t".repeat(57)] {
+        assert!(check_table("keybridge_store").is_ok() && check_table("user").is_ok());
+        for bad in ["", "1t", "t; drop table x", "T", "a-b", "kb_leader", &"t".repeat(57)] {
             assert!(check_table(bad).is_err(), "{bad:?}");
         }
     }

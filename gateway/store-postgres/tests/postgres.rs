@@ -64,6 +64,11 @@ async fn tls_and_settings_are_checked_before_serving() {
     let url = pg.url("localhost", "disable").replace(PASSWORD, "wrong-password");
     let e = refused(settings(url, None)).await;
     assert!(e.contains("28P01") && !e.contains("wrong-password"), "{e}");
+    // A table named like a keyword is a table too.
+    let s = Settings { table: "user".into(), ..settings(pg.url("127.0.0.1", "disable"), None) };
+    let store = PostgresStore::connect(&s).await.unwrap();
+    store.commit(Batch { checks: vec![], ops: vec![Op::Put { key: "k".into(), value: b"v".to_vec() }] }).await.unwrap();
+    assert_eq!(store.list("", None, 10).await.unwrap(), ["k"]);
     // Plaintext where asked for, and the table where named.
     let s = Settings { table: "other_table".into(), ..settings(pg.url("127.0.0.1", "disable"), None) };
     let store = PostgresStore::connect(&s).await.unwrap();

@@ -584,14 +584,19 @@ async fn status_pages_counts_and_filters_replicas() {
         let s = core.sync_status(&t, &q).await.unwrap();
         assert!(s.targets.len() <= 3);
         let counted: Vec<(String, &str, u64)> = s.counts.iter().map(|c| (c.target.clone(), c.state, c.count)).collect();
-        assert_eq!(
-            counted,
-            vec![
-                ("team-b/app/".to_string(), "conflict", 1),
-                ("team-b/app/".to_string(), "in_sync", 4),
-                ("team-c/app/".to_string(), "in_sync", 5)
-            ]
-        );
+        // Counted on the first page only: later ones read just what they list.
+        if q.after.is_empty() {
+            assert_eq!(
+                counted,
+                vec![
+                    ("team-b/app/".to_string(), "conflict", 1),
+                    ("team-b/app/".to_string(), "in_sync", 4),
+                    ("team-c/app/".to_string(), "in_sync", 5)
+                ]
+            );
+        } else {
+            assert!(counted.is_empty(), "{counted:?}");
+        }
         seen.extend(s.targets.into_iter().map(|s| (s.target, s.state)));
         if s.next_page.is_empty() {
             break;

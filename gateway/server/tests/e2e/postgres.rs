@@ -69,6 +69,14 @@ async fn a_gateway_serves_restarts_and_migrates_on_postgresql() {
     // What PostgreSQL holds is ciphertext: no value appears in the table.
     let dump = pg.psql("SELECT encode(value, 'escape') FROM kb_main");
     assert!(!dump.contains("value-7"), "a secret in plaintext in the table");
+    // Not while a server uses the store, and not from a store that is not there.
+    let elsewhere = tempfile::tempdir().unwrap();
+    config_with(elsewhere.path(), &file_block(elsewhere.path()));
+    let o = migrate(on_pg.path(), elsewhere.path(), &[]);
+    assert!(!o.status.success() && stderr(&o).contains("leads the source table: stop it first"), "{}", stderr(&o));
+    let o = migrate(elsewhere.path(), on_pg.path(), &["--overwrite"]);
+    assert!(!o.status.success() && stderr(&o).contains("holds no store"), "{}", stderr(&o));
+    assert!(!elsewhere.path().join("data").exists(), "migrate created the missing source");
     stop(s);
     // A restart: sealed, unsealed with the same key, everything there.
     let s = Server::with_storage(on_pg.path(), &pg_block(&pg, "kb_main"));
