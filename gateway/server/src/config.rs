@@ -100,6 +100,32 @@ struct RawStorage {
     leader_lease: Option<String>,
 }
 
+/// `scheme://user:password@host` becomes `scheme://user:<redacted>@host`,
+/// wherever a URL with a password appears in `text`.
+fn redact_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the first character a URL's authority
+        // cannot hold; its user info at its last '@'.
+        let end = tail.find(|c: char| c.is_whitespace() || c == '"' || c == '/' || c == '?').unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@').map(|at| (at, authority[..at].find(':'))) {
+            Some((at, Some(colon))) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("<redacted>");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A setting that is a secret (a connection URL with its password):
 /// compared, never shown, wiped when dropped.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -356,7 +382,8 @@ impl Config {
 
     pub fn parse(path: &str, text: &str) -> Result<Config, Error> {
         let bad = |reason: String| Error::Config { path: path.to_string(), reason };
-        let raw: RawConfig = hcl::from_str(text).map_err(|e| bad(e.to_string()))?;
+        // A parse error may quote the line it failed on: never a password.
+        let raw: RawConfig = hcl::from_str(text).map_err(|e| bad(redact_passwords(&e.to_string())))?;
 
         if raw.listener.len() != 1 {
             return Err(bad(format!("expected exactly one listener \"tcp\" block, found {}", raw.listener.len())));
@@ -588,6 +615,21 @@ mod tests {
         assert_eq!(c.serving_threads, 3);
         assert_eq!(c.allowed_endpoint_hosts, Some(vec!["vault.internal".to_string(), "127.0.0.1".to_string()]));
         assert_eq!(c.audit_file_dir, Some(PathBuf::from("/var/log/keybridge")));
+    }
+
+    #[test]
+    fn parse_errors_never_quote_a_password() {
+        assert_eq!(
+            redact_passwords("at 2:5: connection_url = \"postgresql://kb:s3:cr@t@db:5432/kb?sslmode=disable\" oops"),
+            "at 2:5: connection_url = \"postgresql://kb:<redacted>@db:5432/kb?sslmode=disable\" oops"
+        );
+        assert_eq!(
+            redact_passwords("https://kb.internal:8400/x and http://user@h/"),
+            "https://kb.internal:8400/x and http://user@h/"
+        );
+        let text = "storage \"postgresql\" {\n connection_url = \"postgresql://kb:hunter2@db/kb\" x\n}\n";
+        let err = Config::parse("t.hcl", text).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
