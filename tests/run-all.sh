@@ -55,8 +55,9 @@ export KEYBRIDGE_BIN="$PWD/target/debug/keybridge"
 pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 if [ -z "$(pg_bindir)" ] || [ ! -x "$(pg_bindir)/initdb" ] || ! command -v psql >/dev/null; then
   echo "==> installing Debian's postgresql (server binaries for the PostgreSQL store's tests)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
+  $as_root apt-get update -qq
+  $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
 export KEYBRIDGE_PG_BINDIR="$(pg_bindir)"
 echo "==> PostgreSQL: $("$KEYBRIDGE_PG_BINDIR/postgres" --version)"
