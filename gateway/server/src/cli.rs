@@ -1096,6 +1096,7 @@ fn seal_json(s: &pb::SealStatusResponse) -> Value {
     json!({
         "initialized": s.initialized, "sealed": s.sealed, "t": s.key_threshold, "n": s.key_shares,
         "progress": s.progress, "version": s.version, "storage_type": s.storage_type,
+        "node_id": s.node_id, "leader": s.leader, "leader_address": s.leader_address, "epoch": s.epoch,
     })
 }
 
@@ -1113,6 +1114,14 @@ fn print_seal(json: bool, s: &pb::SealStatusResponse) {
             ("Version".into(), s.version.clone()),
             ("Storage Type".into(), s.storage_type.clone()),
         ]);
+        if !s.node_id.is_empty() {
+            print_table(&[
+                ("Node".into(), s.node_id.clone()),
+                ("Leader".into(), s.leader.to_string()),
+                ("Leader Address".into(), s.leader_address.clone()),
+                ("Epoch".into(), s.epoch.to_string()),
+            ]);
+        }
     }
 }
 

@@ -127,6 +127,7 @@ async fn lead(
         tokio::time::sleep(lease / 4).await;
     };
     tracing::info!(node = %node, epoch, "this node leads the PostgreSQL table");
+    let _ = NODE.set(NodeInfo { id: node.clone(), api_addr: api_addr.to_string(), epoch });
     let store = store.clone();
     let renewal = tokio::spawn(async move {
         loop {
@@ -150,6 +151,16 @@ async fn lead(
     });
     Ok(renewal)
 }
+
+/// This node on a shared PostgreSQL table, once it leads (it serves only
+/// then): for `operator status`.
+pub(crate) struct NodeInfo {
+    pub id: String,
+    pub api_addr: String,
+    pub epoch: u64,
+}
+
+pub(crate) static NODE: std::sync::OnceLock<NodeInfo> = std::sync::OnceLock::new();
 
 /// Until when (milliseconds since [`since_start`]'s origin) this node may
 /// serve its PostgreSQL table without a newer renewal: four fifths of the

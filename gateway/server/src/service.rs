@@ -462,6 +462,7 @@ pub struct SysService {
 
 impl SysService {
     fn status_pb(&self, s: keybridge_core::SealStatus) -> pb::SealStatusResponse {
+        let node = crate::server::NODE.get();
         pb::SealStatusResponse {
             initialized: s.initialized,
             sealed: s.sealed,
@@ -470,6 +471,10 @@ impl SysService {
             progress: s.progress,
             version: self.version.to_string(),
             storage_type: s.storage_type.to_string(),
+            node_id: node.map(|n| n.id.clone()).unwrap_or_default(),
+            leader: node.is_some() && crate::server::lease_holds(),
+            leader_address: node.map(|n| n.api_addr.clone()).unwrap_or_default(),
+            epoch: node.map_or(0, |n| n.epoch),
         }
     }
 

@@ -66,6 +66,8 @@ async fn a_gateway_serves_restarts_and_migrates_on_postgresql() {
     }
     let status = json(&s.cli(None, &["operator", "status", "-o", "json"]));
     assert_eq!(status["storage_type"], "postgresql", "{status}");
+    assert!(status["node_id"].as_str().is_some_and(|n| !n.is_empty()), "{status}");
+    assert_eq!((status["leader"].as_bool(), status["epoch"].as_u64()), (Some(true), Some(1)), "{status}");
     // What PostgreSQL holds is ciphertext: no value appears in the table.
     let dump = pg.psql("SELECT encode(value, 'escape') FROM kb_main");
     assert!(!dump.contains("value-7"), "a secret in plaintext in the table");
