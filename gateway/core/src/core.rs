@@ -989,6 +989,13 @@ impl Core {
 
     // ----- keys and snapshots -------------------------------------------------
 
+    /// Whether the caller may list the nodes using the store (read on
+    /// `sys/members`); the server lists them, as only it knows the store.
+    pub async fn members_access(&self, caller: &Caller) -> Result<()> {
+        let id = self.authenticate(caller).await?;
+        self.authorize(caller, &id, "sys/members", Capability::Read).await
+    }
+
     pub async fn key_status(&self, caller: &Caller) -> Result<KeyInfo> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/key-status", Capability::Read).await?;

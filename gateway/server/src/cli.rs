@@ -530,6 +530,9 @@ pub enum OperatorCommand {
     Rotate,
     /// Show the active key term.
     KeyStatus,
+    /// The nodes using this server's store: on a shared PostgreSQL table, every node seen in
+    /// the last hour (leader or waiting, and whether it is alive); otherwise this node.
+    Members,
     /// Replace the root key with new shares; current keys from arguments or
     /// stdin (one per line).
     Rekey {
@@ -1210,6 +1213,23 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
         OperatorCommand::KeyStatus => {
             let k = c.sys().key_status(c.req(pb::KeyStatusRequest {})).await?.into_inner();
             print_key_status(json, &k);
+        }
+        OperatorCommand::Members => {
+            let m = c.sys().members(c.req(pb::MembersRequest {})).await?.into_inner().members;
+            if json {
+                print_json(&json!(
+                    m.iter()
+                        .map(|m| json!({
+                            "node_id": m.node_id, "api_addr": m.api_addr, "state": m.state, "alive": m.alive,
+                        }))
+                        .collect::<Vec<_>>()
+                ));
+            } else {
+                println!("{:<32}  {:<9}  {:<5}  API address", "Node", "State", "Alive");
+                for m in &m {
+                    println!("{:<32}  {:<9}  {:<5}  {}", m.node_id, m.state, m.alive, m.api_addr);
+                }
+            }
         }
         OperatorCommand::Rekey { keys, key_shares, key_threshold } => {
             let keys = if keys.is_empty() { read_key_lines()? } else { keys };

@@ -100,11 +100,14 @@ async fn lead(
     api_addr: &str,
     lease: std::time::Duration,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let node = format!("{}-{}", host.trim(), std::process::id());
+    let node = node_id().to_string();
     store.lead_as(&node, api_addr);
+    let _ = SHARED.set((store.clone(), lease));
     let mut said = false;
     let epoch = loop {
+        if let Err(e) = store.heartbeat("waiting").await {
+            tracing::warn!(error = %e, "cannot record this node in the members table");
+        }
         let sent = Instant::now();
         match store.try_lead(lease).await {
             Ok(Some(epoch)) => {
@@ -127,6 +130,9 @@ async fn lead(
         tokio::time::sleep(lease / 4).await;
     };
     tracing::info!(node = %node, epoch, "this node leads the PostgreSQL table");
+    if let Err(e) = store.heartbeat("leader").await {
+        tracing::warn!(error = %e, "cannot record this node in the members table");
+    }
     let _ = NODE.set(NodeInfo { id: node.clone(), api_addr: api_addr.to_string(), epoch });
     let store = store.clone();
     let renewal = tokio::spawn(async move {
@@ -139,7 +145,12 @@ async fn lead(
             }
             let sent = std::time::Instant::now();
             match tokio::time::timeout(lease / 4, store.try_lead(lease)).await {
-                Ok(Ok(Some(e))) if e == epoch => lease_renewed(sent, lease),
+                Ok(Ok(Some(e))) if e == epoch => {
+                    lease_renewed(sent, lease);
+                    if let Err(e) = store.heartbeat("leader").await {
+                        tracing::warn!(error = %e, "cannot record this node in the members table");
+                    }
+                }
                 Ok(Ok(_)) => lost(epoch, "another node took the lease"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease; trying again"),
                 Err(_) => tracing::warn!("renewing the leader lease took over a quarter of it; trying again"),
@@ -151,6 +162,20 @@ async fn lead(
     });
     Ok(renewal)
 }
+
+/// This node's id: its hostname and process id.
+pub(crate) fn node_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// The shared PostgreSQL store and its lease, for `Sys/Members`.
+#[cfg(feature = "postgres")]
+pub(crate) static SHARED: std::sync::OnceLock<(Arc<keybridge_store_postgres::PostgresStore>, std::time::Duration)> =
+    std::sync::OnceLock::new();
 
 /// This node on a shared PostgreSQL table, once it leads (it serves only
 /// then): for `operator status`.
@@ -535,6 +560,7 @@ pub async fn run(
         if let Err(e) = store.step_down().await {
             tracing::warn!(error = %e, "could not give up the lead of the PostgreSQL table");
         }
+        let _ = store.forget_me().await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -650,6 +650,16 @@ impl pb::sys_server::Sys for SysService {
         Ok(Response::new(key_status_pb(k)))
     }
 
+    async fn members(&self, req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        let c = caller(&req)?;
+        let res = match self.core.members_access(&c).await {
+            Ok(()) => list_members().await,
+            Err(e) => Err(e),
+        };
+        let members = self.core.finish(&c, res, none).await.map_err(status)?;
+        Ok(Response::new(pb::MembersResponse { members }))
+    }
+
     async fn key_status(&self, req: Request<pb::KeyStatusRequest>) -> Result<Response<pb::KeyringStatus>, Status> {
         let c = caller(&req)?;
         let res = self.core.key_status(&c).await;
@@ -737,6 +747,24 @@ impl pb::sys_server::Sys for SysService {
         tracing::info!(entries, sealed, "snapshot restored");
         Ok(Response::new(pb::SnapshotRestoreResponse { entries, sealed }))
     }
+}
+
+/// The nodes using the store: the shared table's members, or this node.
+async fn list_members() -> Result<Vec<pb::Member>, CoreError> {
+    #[cfg(feature = "postgres")]
+    if let Some((store, lease)) = crate::server::SHARED.get() {
+        let members = store.members(*lease).await.map_err(CoreError::from)?;
+        return Ok(members
+            .into_iter()
+            .map(|m| pb::Member { node_id: m.node, api_addr: m.api_addr, state: m.state, alive: m.alive })
+            .collect());
+    }
+    Ok(vec![pb::Member {
+        node_id: crate::server::node_id().to_string(),
+        api_addr: crate::server::NODE.get().map(|n| n.api_addr.clone()).unwrap_or_default(),
+        state: "standalone".into(),
+        alive: true,
+    }])
 }
 
 fn key_status_pb(k: keybridge_barrier::KeyInfo) -> pb::KeyringStatus {

@@ -101,6 +101,10 @@ struct Sql {
     leader_acquire: String,
     leader_renew: String,
     leader_release: String,
+    member_beat: String,
+    member_list: String,
+    member_forget: String,
+    member_prune: String,
 }
 
 impl Sql {
@@ -108,6 +112,7 @@ impl Sql {
         // Quoted: a name that is a keyword (`user`) is a name too.
         let t = format!("\"{table}\"");
         let leader = format!("\"{table}_leader\"");
+        let members = format!("\"{table}_members\"");
         Sql {
             get: format!("SELECT value FROM {t} WHERE key = $1"),
             // Two statements, so that the upper bound is always an index
@@ -140,6 +145,17 @@ impl Sql {
             leader_release: format!(
                 "UPDATE {leader} SET expires_at = now() - INTERVAL '1 second' WHERE id = 1 AND node = $1 AND epoch = $2"
             ),
+            member_beat: format!(
+                "INSERT INTO {members} (node, api_addr, state, last_seen) VALUES ($1, $2, $3, now()) \
+                 ON CONFLICT (node) DO UPDATE SET api_addr = excluded.api_addr, state = excluded.state, \
+                 last_seen = excluded.last_seen"
+            ),
+            member_list: format!(
+                "SELECT node, api_addr, state, last_seen > now() - ($1::BIGINT * INTERVAL '1 millisecond') \
+                 FROM {members} ORDER BY node"
+            ),
+            member_forget: format!("DELETE FROM {members} WHERE node = $1"),
+            member_prune: format!("DELETE FROM {members} WHERE last_seen < now() - INTERVAL '1 hour'"),
         }
     }
 }
@@ -153,6 +169,18 @@ pub struct LeaderInfo {
     pub epoch: u64,
     /// The lease has not expired (by the database's clock).
     pub live: bool,
+}
+
+/// A node that uses the table, as its last heartbeat said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub node: String,
+    pub api_addr: String,
+    /// `leader` or `waiting`.
+    pub state: String,
+    /// Its last heartbeat is more recent than the lease (by the database's
+    /// clock).
+    pub alive: bool,
 }
 
 /// This node's side of leadership, once it asked to lead.
@@ -172,17 +200,18 @@ pub struct PostgresStore {
     runtime: tokio::runtime::Handle,
 }
 
-/// A plain SQL identifier: the table's name goes into statements as is.
+/// A plain SQL identifier (quoted in statements), with room for the
+/// `_leader` and `_members` tables beside it.
 fn check_table(t: &str) -> Result<(), Error> {
-    let ok = (1..=56).contains(&t.len())
+    let ok = (1..=55).contains(&t.len())
         && t.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !ok {
-        return Err(Error::Config(format!("table {t:?} must be 1-56 of a-z, 0-9 and _, not starting with a digit")));
+        return Err(Error::Config(format!("table {t:?} must be 1-55 of a-z, 0-9 and _, not starting with a digit")));
     }
-    if t.ends_with("_leader") {
+    if t.ends_with("_leader") || t.ends_with("_members") {
         return Err(Error::Config(format!(
-            "table {t:?} may not end in _leader: the store keeps its lease in <table>_leader"
+            "table {t:?} may not end in _leader or _members: the store keeps its lease and its nodes in those"
         )));
     }
     Ok(())
@@ -327,7 +356,9 @@ impl PostgresStore {
              CREATE TABLE IF NOT EXISTS \"{t}_leader\" (id INT PRIMARY KEY, node TEXT NOT NULL, api_addr TEXT NOT NULL, \
              epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL); \
              INSERT INTO \"{t}_leader\" (id, node, api_addr, epoch, expires_at) \
-             VALUES (1, '', '', 0, TIMESTAMPTZ '1970-01-01 00:00:00+00') ON CONFLICT (id) DO NOTHING",
+             VALUES (1, '', '', 0, TIMESTAMPTZ '1970-01-01 00:00:00+00') ON CONFLICT (id) DO NOTHING; \
+             CREATE TABLE IF NOT EXISTS \"{t}_members\" (node TEXT PRIMARY KEY, api_addr TEXT NOT NULL, \
+             state TEXT NOT NULL, last_seen TIMESTAMPTZ NOT NULL)",
             t = s.table
         );
         // Nodes starting together race to create the tables, and
@@ -424,6 +455,40 @@ impl PostgresStore {
         let stmt = client.prepare_cached(&self.sql.leader_release).await.map_err(db)?;
         client.execute(&stmt, &[&fence.node, &(held as i64)]).await.map_err(db)?;
         Ok(())
+    }
+
+    /// Records that this node (as it asked to lead) uses the table, in
+    /// `state` (`leader`, `waiting`); rows unseen for an hour go.
+    pub async fn heartbeat(&self, state: &str) -> keybridge_barrier::Result<()> {
+        let Some(fence) = self.fence.get() else { return Ok(()) };
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&self.sql.member_beat).await.map_err(db)?;
+        client.execute(&stmt, &[&fence.node, &fence.api_addr, &state]).await.map_err(db)?;
+        let prune = client.prepare_cached(&self.sql.member_prune).await.map_err(db)?;
+        client.execute(&prune, &[]).await.map_err(db)?;
+        Ok(())
+    }
+
+    /// This node no longer uses the table (a clean stop).
+    pub async fn forget_me(&self) -> keybridge_barrier::Result<()> {
+        let Some(fence) = self.fence.get() else { return Ok(()) };
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&self.sql.member_forget).await.map_err(db)?;
+        client.execute(&stmt, &[&fence.node]).await.map_err(db)?;
+        Ok(())
+    }
+
+    /// The nodes that used the table in the last hour; `alive` when seen
+    /// within `lease`.
+    pub async fn members(&self, lease: Duration) -> keybridge_barrier::Result<Vec<Member>> {
+        let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&self.sql.member_list).await.map_err(db)?;
+        let rows = client.query(&stmt, &[&ms]).await.map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Member { node: r.get(0), api_addr: r.get(1), state: r.get(2), alive: r.get(3) })
+            .collect())
     }
 
     /// Who leads, as the leader row says.
@@ -708,7 +773,7 @@ mod tests {
     #[test]
     fn table_names_are_plain_identifiers() {
         assert!(check_table("keybridge_store").is_ok() && check_table("user").is_ok());
-        for bad in ["", "1t", "t; drop table x", "T", "a-b", "kb_leader", &"t".repeat(57)] {
+        for bad in ["", "1t", "t; drop table x", "T", "a-b", "kb_leader", "kb_members", &"t".repeat(56)] {
             assert!(check_table(bad).is_err(), "{bad:?}");
         }
     }

@@ -57,7 +57,7 @@ async fn tls_and_settings_are_checked_before_serving() {
     assert!(e.contains("must say sslmode"), "{e}");
     let e =
         refused(Settings { table: "x; drop table y".into(), ..settings(pg.url("localhost", "disable"), None) }).await;
-    assert!(e.contains("must be 1-56 of a-z"), "{e}");
+    assert!(e.contains("must be 1-55 of a-z"), "{e}");
     let e = refused(Settings { max_connections: 0, ..settings(pg.url("localhost", "disable"), None) }).await;
     assert!(e.contains("max_connections"), "{e}");
     // A wrong password: the server's answer, and never the password.

@@ -294,6 +294,12 @@ fn rows() -> Vec<Row> {
             call!(sys_client::SysClient, key_status, |_fx| pb::KeyStatusRequest {}),
         ),
         row(
+            "Sys.Members",
+            ("`sys/members`", "`read`"),
+            &[("sys/members", "read")],
+            call!(sys_client::SysClient, members, |_fx| pb::MembersRequest {}),
+        ),
+        row(
             "Sys.Rekey",
             ("`sys/rekey`", "`sudo`"),
             &[("sys/rekey", "sudo")],

@@ -176,6 +176,16 @@ async fn a_waiting_node_takes_over_and_a_paused_leader_stops() {
     let b = waiting(dir_b.path().to_path_buf(), block.clone());
     std::thread::sleep(Duration::from_secs(3));
     assert!(!b.is_finished(), "a second node served the table beside the leader");
+    // The leader lists both nodes: itself leading, the other waiting.
+    let members = json(&a.cli(Some(&root), &["operator", "members", "-o", "json"]));
+    let states: Vec<(&str, bool)> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["state"].as_str().unwrap(), m["alive"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(states.len(), 2, "{members}");
+    assert!(states.contains(&("leader", true)) && states.contains(&("waiting", true)), "{members}");
     // (a) The leader is killed: the waiting node takes over.
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(a.child.id() as i32, libc::SIGKILL) };
@@ -188,6 +198,15 @@ async fn a_waiting_node_takes_over_and_a_paused_leader_stops() {
     for i in 0..10 {
         assert_eq!(secret_value(&b, &root, &format!("secret/ha/s{i}")), format!("v{i}"));
     }
+    // The killed node is no longer alive; the new leader is.
+    let members = json(&b.cli(Some(&root), &["operator", "members", "-o", "json"]));
+    let alive: Vec<(&str, bool)> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["state"].as_str().unwrap(), m["alive"].as_bool().unwrap()))
+        .collect();
+    assert!(alive.contains(&("leader", true)) && alive.iter().filter(|(_, a)| *a).count() == 1, "{members}");
     drop(a);
     // (b) The new leader is paused past its lease; a third node takes over.
     let c = waiting(dir_c.path().to_path_buf(), block.clone());
