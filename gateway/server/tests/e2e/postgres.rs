@@ -149,6 +149,13 @@ fn postgresql_settings_are_checked_at_start() {
     assert!(e.contains("28P01") && !e.contains("not-it"), "{e}");
 }
 
+/// `operator members`: each node's state and whether it is alive.
+fn member_states(s: &Server, token: &str) -> Vec<(String, bool)> {
+    let members = json(&s.cli(Some(token), &["operator", "members", "-o", "json"]));
+    let list = members.as_array().unwrap_or_else(|| panic!("{members}"));
+    list.iter().map(|m| (m["state"].as_str().unwrap().to_string(), m["alive"].as_bool().unwrap())).collect()
+}
+
 fn leased_block(pg: &Postgres) -> String {
     pg_block(pg, "kb_ha").replace("max_connections = 4", "max_connections = 4\n leader_lease = \"2s\"")
 }
@@ -177,15 +184,9 @@ async fn a_waiting_node_takes_over_and_a_paused_leader_stops() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(!b.is_finished(), "a second node served the table beside the leader");
     // The leader lists both nodes: itself leading, the other waiting.
-    let members = json(&a.cli(Some(&root), &["operator", "members", "-o", "json"]));
-    let states: Vec<(&str, bool)> = members
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["state"].as_str().unwrap(), m["alive"].as_bool().unwrap()))
-        .collect();
-    assert_eq!(states.len(), 2, "{members}");
-    assert!(states.contains(&("leader", true)) && states.contains(&("waiting", true)), "{members}");
+    let states = member_states(&a, &root);
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(states.contains(&("leader".into(), true)) && states.contains(&("waiting".into(), true)), "{states:?}");
     // (a) The leader is killed: the waiting node takes over.
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(a.child.id() as i32, libc::SIGKILL) };
@@ -199,14 +200,8 @@ async fn a_waiting_node_takes_over_and_a_paused_leader_stops() {
         assert_eq!(secret_value(&b, &root, &format!("secret/ha/s{i}")), format!("v{i}"));
     }
     // The killed node is no longer alive; the new leader is.
-    let members = json(&b.cli(Some(&root), &["operator", "members", "-o", "json"]));
-    let alive: Vec<(&str, bool)> = members
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["state"].as_str().unwrap(), m["alive"].as_bool().unwrap()))
-        .collect();
-    assert!(alive.contains(&("leader", true)) && alive.iter().filter(|(_, a)| *a).count() == 1, "{members}");
+    let states = member_states(&b, &root);
+    assert!(states.contains(&("leader".into(), true)) && states.iter().filter(|(_, a)| *a).count() == 1, "{states:?}");
     drop(a);
     // (b) The new leader is paused past its lease; a third node takes over.
     let c = waiting(dir_c.path().to_path_buf(), block.clone());
