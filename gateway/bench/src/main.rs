@@ -718,7 +718,11 @@ async fn bench(args: Args) {
                 } else {
                     (root.clone(), "root token".to_string())
                 };
-                println!("\n== TLS {tls}, audit {audit} (file store, fsync on every commit, {who}) ==");
+                let store = match &args.pg_url {
+                    Some(_) => "PostgreSQL store (the test cluster: fsync off)",
+                    None => "file store, fsync on every commit",
+                };
+                println!("\n== TLS {tls}, audit {audit} ({store}, {who}) ==");
                 for (op, name, label) in [(Op::Get, "get", "Get "), (Op::Put, "put", "Put ")] {
                     if !args.ops.iter().any(|o| o == name) {
                         continue;
