@@ -67,6 +67,27 @@ struct RawConfig {
     /// The directory file audit devices must write in.
     #[serde(default)]
     audit_file_dir: Option<PathBuf>,
+    /// Vault's: accepted so a Vault config loads; no effect yet.
+    #[serde(default)]
+    cluster_addr: Option<String>,
+    /// Vault's: accepted; Keybridge has no web UI.
+    #[serde(default)]
+    ui: Option<bool>,
+    /// Vault configs may carry one; refused (devices are enabled through
+    /// the API, and never log raw).
+    #[serde(default)]
+    audit: Option<hcl::Value>,
+}
+
+/// Whether an HCL value sets `log_raw = true` anywhere inside it.
+fn sets_log_raw(v: &hcl::Value) -> bool {
+    match v {
+        hcl::Value::Object(m) => {
+            m.iter().any(|(k, v)| (k == "log_raw" && *v == hcl::Value::Bool(true)) || sets_log_raw(v))
+        }
+        hcl::Value::Array(a) => a.iter().any(sets_log_raw),
+        _ => false,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +289,9 @@ pub struct Config {
     pub audit_file_dir: Option<PathBuf>,
     /// Where clients reach this node.
     pub api_addr: Option<String>,
+    /// Settings accepted from a Vault config that have no effect here
+    /// (yet): said once in the log at start.
+    pub without_effect: Vec<&'static str>,
 }
 
 /// How log lines are written.
@@ -385,6 +409,17 @@ impl Config {
         // A parse error may quote the line it failed on: never a password.
         let raw: RawConfig = hcl::from_str(text).map_err(|e| bad(redact_passwords(&e.to_string())))?;
 
+        if let Some(audit) = &raw.audit {
+            return Err(bad(if sets_log_raw(audit) {
+                "audit: log_raw = true is refused: it would write tokens and secret values to the audit log in \
+                 plaintext, where Keybridge writes only their HMACs; enable devices with `keybridge audit enable`"
+                    .into()
+            } else {
+                "audit blocks are not read from the config: enable devices with `keybridge audit enable` (they \
+                 are kept in the store)"
+                    .into()
+            }));
+        }
         if raw.listener.len() != 1 {
             return Err(bad(format!("expected exactly one listener \"tcp\" block, found {}", raw.listener.len())));
         }
@@ -541,6 +576,16 @@ impl Config {
             log_format,
             policy_check_rego: raw.policy_check_rego,
             api_addr: raw.api_addr,
+            without_effect: {
+                let mut notes = Vec::new();
+                if raw.cluster_addr.is_some() {
+                    notes.push("cluster_addr has no effect yet: nodes coordinate through the PostgreSQL store, not a cluster port");
+                }
+                if raw.ui.is_some() {
+                    notes.push("ui has no effect: Keybridge has no web UI (use the CLI, the gRPC API or Terraform)");
+                }
+                notes
+            },
             audit_file_dir: match raw.audit_file_dir {
                 Some(d) if !d.is_absolute() => {
                     return Err(bad(format!("audit_file_dir {} must be an absolute path", d.display())));
@@ -615,6 +660,28 @@ mod tests {
         assert_eq!(c.serving_threads, 3);
         assert_eq!(c.allowed_endpoint_hosts, Some(vec!["vault.internal".to_string(), "127.0.0.1".to_string()]));
         assert_eq!(c.audit_file_dir, Some(PathBuf::from("/var/log/keybridge")));
+    }
+
+    /// A Vault server config with only its storage block replaced loads;
+    /// what has no effect here says so; a raw audit log is refused.
+    #[test]
+    fn a_vault_config_loads_and_log_raw_is_refused() {
+        let vault = "storage \"postgresql\" {\n connection_url = \"postgresql://kb:pw@db/kb?sslmode=verify-full\"\n}\n\
+                     listener \"tcp\" {\n address = \"0.0.0.0:8200\"\n tls_cert_file = \"/etc/vault/tls.crt\"\n\
+                     tls_key_file = \"/etc/vault/tls.key\"\n}\n\
+                     api_addr = \"https://vault.example.com:8200\"\ncluster_addr = \"https://node1.example.com:8201\"\n\
+                     ui = true\ndisable_mlock = true\n";
+        let c = Config::parse("vault.hcl", vault).unwrap();
+        assert!(c.disable_mlock);
+        assert_eq!(c.api_addr.as_deref(), Some("https://vault.example.com:8200"));
+        assert_eq!(c.without_effect.len(), 2);
+        assert!(c.without_effect[0].starts_with("cluster_addr") && c.without_effect[1].starts_with("ui"));
+        let raw = format!("{vault}audit {{\n file {{\n log_raw = true\n }}\n}}\n");
+        let e = Config::parse("vault.hcl", &raw).unwrap_err().to_string();
+        assert!(e.contains("log_raw = true is refused") && e.contains("plaintext"), "{e}");
+        let other = format!("{vault}audit {{\n file {{\n path = \"/x\"\n }}\n}}\n");
+        let e = Config::parse("vault.hcl", &other).unwrap_err().to_string();
+        assert!(e.contains("keybridge audit enable"), "{e}");
     }
 
     #[test]

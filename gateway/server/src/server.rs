@@ -235,6 +235,9 @@ pub async fn run(
     log: LogControl,
 ) -> Result<(), Error> {
     let started = Instant::now();
+    for note in &config.without_effect {
+        tracing::info!("{note}");
+    }
     #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
     let mut signals = Box::pin(stop_signals()?);
     // SIGHUP too, at once: one that arrives while the store opens waits for
