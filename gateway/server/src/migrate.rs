@@ -23,8 +23,6 @@ use crate::server::open_store;
 
 /// Entries in flight between the export and the import.
 const IN_FLIGHT: usize = 1024;
-/// Where every initialized store keeps its seal configuration (plaintext).
-const SEAL_CONFIG_KEY: &str = "core/seal-config";
 
 /// What the export hands the import: an entry, or the end. The import
 /// takes a channel closed without the end (the export stopped) as an
@@ -95,7 +93,9 @@ pub async fn run(from: &Path, to: &Path, overwrite: bool, output: Output) -> Res
     let src = open_store(&source).await?;
     no_server_on(&src, "source").await?;
     let src = src.physical;
-    if src.get(SEAL_CONFIG_KEY).await.map_err(|e| storage_error("the source", e))?.is_none() {
+    // Read as the barrier reads it: an initialized store has a seal configuration.
+    let sealed_with = keybridge_barrier::Barrier::new(src.clone()).seal_config().await;
+    if sealed_with.map_err(|e| storage_error("the source", e))?.is_none() {
         return Err(Error::Usage(format!(
             "the source ({}) is not an initialized Keybridge store: nothing to migrate",
             describe(&source)

@@ -37,40 +37,34 @@ pub(crate) struct Opened {
 
 /// Opens the configured store.
 pub(crate) async fn open_store(storage: &Storage) -> Result<Opened, Error> {
-    #[cfg(feature = "postgres")]
-    if let Storage::Postgres(p) = storage {
-        let settings = keybridge_store_postgres::Settings {
-            connection_url: zeroize::Zeroizing::new(p.connection_url.expose().to_string()),
-            table: p.table.clone(),
-            max_connections: p.max_connections,
-            tls_ca_file: p.tls_ca_file.clone(),
-            cache_bytes: p.cache_bytes,
-        };
-        let store = Arc::new(
-            keybridge_store_postgres::PostgresStore::connect(&settings)
-                .await
-                .map_err(|e| Error::Usage(e.to_string()))?,
-        );
-        return Ok(Opened { physical: store.clone(), staging_dir: std::env::temp_dir(), postgres: Some(store) });
-    }
-    let (physical, staging_dir) = open_local(storage)?;
-    Ok(Opened {
+    let own = |physical: Arc<dyn Physical>, staging_dir: PathBuf| Opened {
         physical,
         staging_dir,
         #[cfg(feature = "postgres")]
         postgres: None,
-    })
-}
-
-fn open_local(storage: &Storage) -> Result<(Arc<dyn Physical>, PathBuf), Error> {
+    };
     match storage {
         #[cfg(feature = "postgres")]
-        Storage::Postgres(_) => unreachable!("opened above"),
+        Storage::Postgres(p) => {
+            let settings = keybridge_store_postgres::Settings {
+                connection_url: zeroize::Zeroizing::new(p.connection_url.expose().to_string()),
+                table: p.table.clone(),
+                max_connections: p.max_connections,
+                tls_ca_file: p.tls_ca_file.clone(),
+                cache_bytes: p.cache_bytes,
+            };
+            let store = Arc::new(
+                keybridge_store_postgres::PostgresStore::connect(&settings)
+                    .await
+                    .map_err(|e| Error::Usage(e.to_string()))?,
+            );
+            Ok(Opened { physical: store.clone(), staging_dir: std::env::temp_dir(), postgres: Some(store) })
+        }
         #[cfg(not(feature = "postgres"))]
         Storage::Postgres(_) => Err(Error::Usage(
             "storage \"postgresql\": this build has no PostgreSQL store (build with the postgres feature)".into(),
         )),
-        Storage::InMemory => Ok((Arc::new(RedbStore::in_memory()?), std::env::temp_dir())),
+        Storage::InMemory => Ok(own(Arc::new(RedbStore::in_memory()?), std::env::temp_dir())),
         Storage::File { dir, cache_bytes } => {
             std::fs::create_dir_all(dir).map_err(|e| Error::Read { path: dir.display().to_string(), source: e })?;
             restrict_dir(dir);
@@ -83,7 +77,7 @@ fn open_local(storage: &Storage) -> Result<(Arc<dyn Physical>, PathBuf), Error> 
                     "the store was not closed cleanly (the server was killed or crashed); redb checked and repaired it"
                 );
             }
-            Ok((Arc::new(store), dir.clone()))
+            Ok(own(Arc::new(store), dir.clone()))
         }
     }
 }
@@ -105,9 +99,7 @@ async fn lead(
     let _ = SHARED.set((store.clone(), lease));
     let mut said = false;
     let epoch = loop {
-        if let Err(e) = store.heartbeat("waiting").await {
-            tracing::warn!(error = %e, "cannot record this node in the members table");
-        }
+        beat(store, "waiting").await;
         let sent = Instant::now();
         match store.try_lead(lease).await {
             Ok(Some(epoch)) => {
@@ -130,9 +122,7 @@ async fn lead(
         tokio::time::sleep(lease / 4).await;
     };
     tracing::info!(node = %node, epoch, "this node leads the PostgreSQL table");
-    if let Err(e) = store.heartbeat("leader").await {
-        tracing::warn!(error = %e, "cannot record this node in the members table");
-    }
+    beat(store, "leader").await;
     let _ = NODE.set(NodeInfo { id: node.clone(), api_addr: api_addr.to_string(), epoch });
     let store = store.clone();
     let renewal = tokio::spawn(async move {
@@ -147,9 +137,7 @@ async fn lead(
             match tokio::time::timeout(lease / 4, store.try_lead(lease)).await {
                 Ok(Ok(Some(e))) if e == epoch => {
                     lease_renewed(sent, lease);
-                    if let Err(e) = store.heartbeat("leader").await {
-                        tracing::warn!(error = %e, "cannot record this node in the members table");
-                    }
+                    beat(&store, "leader").await;
                 }
                 Ok(Ok(_)) => lost(epoch, "another node took the lease"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease; trying again"),
@@ -212,6 +200,15 @@ fn lease_renewed(sent: Instant, lease: std::time::Duration) {
 pub(crate) fn lease_holds() -> bool {
     let until = LEASE_UNTIL.load(std::sync::atomic::Ordering::Acquire);
     until == u64::MAX || since_start(Instant::now()) < until
+}
+
+/// Records this node in the members table (a failure is only logged: the
+/// lease, not the heartbeat, decides who leads).
+#[cfg(feature = "postgres")]
+async fn beat(store: &keybridge_store_postgres::PostgresStore, state: &str) {
+    if let Err(e) = store.heartbeat(state).await {
+        tracing::warn!(error = %e, "cannot record this node in the members table");
+    }
 }
 
 #[cfg(feature = "postgres")]

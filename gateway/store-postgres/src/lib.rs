@@ -286,12 +286,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> keybridge_barrier::Error {
-    let m = match e {
-        deadpool_postgres::PoolError::Backend(e) => describe(&e),
-        deadpool_postgres::PoolError::Timeout(_) => "PostgreSQL: no connection within the pool's timeout".into(),
-        other => format!("PostgreSQL: {other}"),
-    };
-    keybridge_barrier::Error::backend(std::io::Error::other(m))
+    keybridge_barrier::Error::backend(std::io::Error::other(pool_reason(e)))
 }
 
 fn utf8_key(raw: Vec<u8>) -> keybridge_barrier::Result<String> {
@@ -583,11 +578,12 @@ impl From<tokio_postgres::Error> for Failure {
     }
 }
 
+/// Why the pool gave no connection, in one line.
 fn pool_reason(e: deadpool_postgres::PoolError) -> String {
     match e {
         deadpool_postgres::PoolError::Backend(e) => describe(&e),
-        deadpool_postgres::PoolError::Timeout(_) => "no answer within 10 s".into(),
-        other => other.to_string(),
+        deadpool_postgres::PoolError::Timeout(_) => "PostgreSQL: no connection within the pool's timeout".into(),
+        other => format!("PostgreSQL: {other}"),
     }
 }
 
@@ -643,7 +639,7 @@ impl Physical for PostgresStore {
                 Err(Failure::Db(e)) if retryable(&e) && attempt < ATTEMPTS => {
                     // Another transaction touched the same keys: again,
                     // after a pause that grows and differs between writers.
-                    let jitter = u64::from(rand_u8()) % 4;
+                    let jitter = rand::random::<u64>() % 4;
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) + jitter)).await;
                 }
                 Err(Failure::Db(e)) if retryable(&e) => break Err(keybridge_barrier::Error::Conflict),
@@ -741,12 +737,6 @@ impl Physical for PostgresStore {
         self.cache.clear();
         result
     }
-}
-
-/// A byte of randomness for the retry pause (the low bits of the clock are
-/// enough to keep two writers from retrying in step).
-fn rand_u8() -> u8 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u8).unwrap_or(0)
 }
 
 #[cfg(test)]
