@@ -239,6 +239,37 @@ impl Barrier {
         self.rotate_locked().await.map(|_| ())
     }
 
+    /// See [`Physical::fence_check`].
+    pub async fn fence_check(&self) -> Result<()> {
+        self.physical.fence_check().await
+    }
+
+    /// Another node changed the keyring: reads it again. A keyring this
+    /// node's root key opens (a rotation) replaces the one in memory and
+    /// `true` is returned; one it cannot open (a rekey replaced the root
+    /// key) is left alone and `false` is returned: the caller seals, and
+    /// the node is unsealed again with the new keys.
+    pub async fn reload_keyring(&self) -> Result<bool> {
+        // Under the lock rotations take, so a rotation of this node's own
+        // is never replaced by an older keyring read before it.
+        let _one = self.wear.lock().await;
+        let cur = self.current()?;
+        let Some(keyring_ct) = self.physical.get(KEYRING_KEY).await? else {
+            return Ok(false);
+        };
+        if keyring_ct == cur.keyring_ct {
+            return Ok(true);
+        }
+        match cur.root.open_keyring(&keyring_ct, KEYRING_KEY) {
+            Ok(keyring) => {
+                let root = RootKey::from_bytes(cur.root.as_bytes())?;
+                self.set_current(Some(Unsealed::new(root, keyring, keyring_ct)));
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
     pub fn storage_kind(&self) -> &'static str {
         self.physical.kind()
     }

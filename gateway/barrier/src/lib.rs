@@ -15,6 +15,7 @@ pub mod conformance;
 mod error;
 pub mod fill_cache;
 mod keyring;
+pub mod leader_work;
 mod physical;
 mod redb_store;
 pub mod shamir;

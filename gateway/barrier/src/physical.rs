@@ -56,4 +56,13 @@ pub trait Physical: Send + Sync + 'static {
     /// Replaces every entry with `entries` in one transaction. If the
     /// iterator yields an error, nothing changes. Blocking.
     fn import(&self, entries: &mut dyn Iterator<Item = Result<(String, Vec<u8>)>>) -> Result<u64>;
+
+    /// Inside [`crate::leader_work::scope`], on a store several nodes
+    /// share: fails with [`crate::Error::Fenced`] unless this node still
+    /// leads (asked of the store itself). Leader work calls it before an
+    /// external call (a cloud write, a plugin revoke), so a deposed leader
+    /// starts none. Stores one node owns always pass.
+    async fn fence_check(&self) -> Result<()> {
+        Ok(())
+    }
 }

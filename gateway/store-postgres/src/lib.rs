@@ -40,6 +40,8 @@ use keybridge_barrier::{Batch, Op, Physical};
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::error::SqlState;
 
+mod feed;
+
 /// What goes wrong before the store serves: its settings, or reaching the
 /// database.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,21 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 const PAGE: usize = 1000;
 /// Attempts of a batch that keeps meeting serialization failures.
 const ATTEMPTS: u32 = 30;
+/// The longest a statement may run, and a transaction may sit idle, on the
+/// store's connections (an export or import lifts both for itself).
+const STATEMENT_TIMEOUT_MS: u64 = 10_000;
+/// How long a gap in the change feed's sequence is waited for: a commit's
+/// number is taken in its last statement, and the commit is decided within
+/// three statement timeouts of it (that statement, the idle time before the
+/// COMMIT, the COMMIT), so a number still missing after this was rolled
+/// back.
+pub const FEED_GAP_BOUND: Duration = Duration::from_millis(3 * STATEMENT_TIMEOUT_MS + 15_000);
+/// How long the change feed keeps a row.
+pub const FEED_RETENTION: Duration = Duration::from_secs(600);
+/// Rows a poll of the feed reads at most.
+const FEED_PAGE: i64 = 1000;
+/// Gaps tracked at most; past it a node drops every cache instead.
+const FEED_MAX_GAPS: usize = 100_000;
 
 type EntryCache = FillCache<String, Arc<[u8]>, Weighted>;
 
@@ -105,6 +122,10 @@ struct Sql {
     member_list: String,
     member_forget: String,
     member_prune: String,
+    change_insert: String,
+    change_poll: String,
+    change_head: String,
+    change_prune: String,
 }
 
 impl Sql {
@@ -113,6 +134,7 @@ impl Sql {
         let t = format!("\"{table}\"");
         let leader = format!("\"{table}_leader\"");
         let members = format!("\"{table}_members\"");
+        let changes = format!("\"{table}_changes\"");
         Sql {
             get: format!("SELECT value FROM {t} WHERE key = $1"),
             // Two statements, so that the upper bound is always an index
@@ -156,6 +178,15 @@ impl Sql {
             ),
             member_forget: format!("DELETE FROM {members} WHERE node = $1"),
             member_prune: format!("DELETE FROM {members} WHERE last_seen < now() - INTERVAL '1 hour'"),
+            // The last statement of a commit: its sequence number is taken
+            // as late as the transaction allows (see `follow`).
+            change_insert: format!("INSERT INTO {changes} (origin, keys) VALUES ($1, $2)"),
+            change_poll: format!(
+                "SELECT seq, origin, keys, (EXTRACT(EPOCH FROM (clock_timestamp() - at)) * 1000)::BIGINT \
+                 FROM {changes} WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3"
+            ),
+            change_head: format!("SELECT COALESCE(MAX(seq), 0) FROM {changes}"),
+            change_prune: format!("DELETE FROM {changes} WHERE at < now() - ($1::BIGINT * INTERVAL '1 millisecond')"),
         }
     }
 }
@@ -198,10 +229,35 @@ pub struct PostgresStore {
     cache: Arc<EntryCache>,
     /// Where `export` and `import` (which block) run their queries.
     runtime: tokio::runtime::Handle,
+    /// This process's mark on its change-feed rows (it skips its own).
+    origin: i64,
+    /// Following the feed (see [`PostgresStore::follow`]).
+    feed: FeedState,
+}
+
+#[derive(Default)]
+struct FeedState {
+    /// When the poll began that last read the feed to its end and applied
+    /// it: every commit acknowledged before then is reflected here.
+    caught_up: std::sync::Mutex<Option<std::time::Instant>>,
+    /// From a change's commit to its application here, for the newest
+    /// change of another node applied (milliseconds, by the database's
+    /// clock).
+    lag_ms: std::sync::atomic::AtomicU64,
+}
+
+/// What another node changed, as the change feed tells it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// These keys.
+    Keys(Vec<String>),
+    /// Anything: the table was replaced (an import), or this node could not
+    /// tell what it missed.
+    Everything,
 }
 
 /// A plain SQL identifier (quoted in statements), with room for the
-/// `_leader` and `_members` tables beside it.
+/// `_leader`, `_members` and `_changes` tables beside it.
 fn check_table(t: &str) -> Result<(), Error> {
     let ok = (1..=55).contains(&t.len())
         && t.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
@@ -209,9 +265,10 @@ fn check_table(t: &str) -> Result<(), Error> {
     if !ok {
         return Err(Error::Config(format!("table {t:?} must be 1-55 of a-z, 0-9 and _, not starting with a digit")));
     }
-    if t.ends_with("_leader") || t.ends_with("_members") {
+    if t.ends_with("_leader") || t.ends_with("_members") || t.ends_with("_changes") {
         return Err(Error::Config(format!(
-            "table {t:?} may not end in _leader or _members: the store keeps its lease and its nodes in those"
+            "table {t:?} may not end in _leader, _members or _changes: the store keeps its lease, its nodes and \
+             its change feed in those"
         )));
     }
     Ok(())
@@ -294,6 +351,12 @@ fn utf8_key(raw: Vec<u8>) -> keybridge_barrier::Result<String> {
         .map_err(|_| keybridge_barrier::Error::backend(std::io::Error::other("a key in the table is not UTF-8")))
 }
 
+fn op_key(op: &Op) -> &str {
+    match op {
+        Op::Put { key, .. } | Op::Delete { key } => key,
+    }
+}
+
 fn retryable(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
 }
@@ -308,8 +371,15 @@ impl PostgresStore {
         }
         let (url, mode, root) = split_url(&s.connection_url)?;
         let url = zeroize::Zeroizing::new(url);
-        let config = tokio_postgres::Config::from_str(&url)
+        let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| Error::Config(format!("connection_url: not a PostgreSQL URL this client reads ({e})")))?;
+        // Bounds on every statement and on a transaction left idle (a node
+        // paused mid-commit): the change feed's gap bound rests on them.
+        let options = format!(
+            "{} -c statement_timeout={STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={STATEMENT_TIMEOUT_MS}",
+            config.get_options().unwrap_or("")
+        );
+        config.options(options.trim_start());
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
         let manager = match mode.as_deref() {
             Some("verify-full") => {
@@ -320,7 +390,6 @@ impl PostgresStore {
                             .into(),
                     )
                 })?;
-                let mut config = config;
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(&ca)?);
                 Manager::from_config(config, tls, manager_config)
@@ -353,7 +422,9 @@ impl PostgresStore {
              INSERT INTO \"{t}_leader\" (id, node, api_addr, epoch, expires_at) \
              VALUES (1, '', '', 0, TIMESTAMPTZ '1970-01-01 00:00:00+00') ON CONFLICT (id) DO NOTHING; \
              CREATE TABLE IF NOT EXISTS \"{t}_members\" (node TEXT PRIMARY KEY, api_addr TEXT NOT NULL, \
-             state TEXT NOT NULL, last_seen TIMESTAMPTZ NOT NULL)",
+             state TEXT NOT NULL, last_seen TIMESTAMPTZ NOT NULL); \
+             CREATE TABLE IF NOT EXISTS \"{t}_changes\" (seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, \
+             origin BIGINT NOT NULL, keys BYTEA[], at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
             t = s.table
         );
         // Nodes starting together race to create the tables, and
@@ -383,6 +454,8 @@ impl PostgresStore {
             fence: std::sync::OnceLock::new(),
             cache: Arc::new(EntryCache::weighted(s.cache_bytes)),
             runtime: tokio::runtime::Handle::current(),
+            origin: rand::random::<i64>(),
+            feed: FeedState::default(),
         })
     }
 
@@ -499,10 +572,16 @@ impl PostgresStore {
         })
     }
 
-    /// In a transaction of a node that asked to lead: `Some(the epoch it
-    /// holds)` when the leader row no longer names it at that epoch (0:
-    /// it never led).
-    async fn fenced_out(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<u64>, tokio_postgres::Error> {
+    /// In a transaction of leader work on a node that asked to lead:
+    /// `Some(the epoch it holds)` when the leader row no longer names it at
+    /// that epoch (0: it does not lead).
+    async fn fenced_out<C: deadpool_postgres::GenericClient>(
+        &self,
+        tx: &C,
+    ) -> Result<Option<u64>, tokio_postgres::Error> {
+        if !keybridge_barrier::leader_work::active() {
+            return Ok(None);
+        }
         let Some(fence) = self.fence.get() else { return Ok(None) };
         let held = fence.epoch.load(std::sync::atomic::Ordering::Acquire);
         let stmt = tx.prepare_cached(&self.sql.fence_read).await?;
@@ -510,6 +589,15 @@ impl PostgresStore {
         let (node, epoch): (String, i64) = (row.get(0), row.get(1));
         let ours = held != 0 && node == fence.node && u64::try_from(epoch).ok() == Some(held);
         Ok((!ours).then_some(held))
+    }
+
+    /// Steps down from `epoch` (a commit or a check found another leader):
+    /// whatever this node led is another's now.
+    fn lost_epoch(&self, epoch: u64) {
+        use std::sync::atomic::Ordering;
+        if let Some(f) = self.fence.get() {
+            let _ = f.epoch.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 
     async fn client(&self) -> keybridge_barrier::Result<deadpool_postgres::Object> {
@@ -550,6 +638,11 @@ impl PostgresStore {
                 Op::Put { key, value } => tx.execute(&put, &[&key.as_bytes(), &value.as_slice()]).await?,
                 Op::Delete { key } => tx.execute(&delete, &[&key.as_bytes()]).await?,
             };
+        }
+        if !batch.ops.is_empty() {
+            let keys: Vec<&[u8]> = batch.ops.iter().map(|op| op_key(op).as_bytes()).collect();
+            let change = tx.prepare_cached(&self.sql.change_insert).await?;
+            tx.execute(&change, &[&self.origin, &keys]).await?;
         }
         tx.commit().await?;
         Ok(Attempt::Committed)
@@ -648,25 +741,29 @@ impl Physical for PostgresStore {
                 Ok(Attempt::Committed) => break Ok(()),
                 Ok(Attempt::CheckFailed) => break Err(keybridge_barrier::Error::Conflict),
                 Ok(Attempt::Fenced(epoch)) => {
-                    // Step down: whatever this node led is another's now.
-                    if let Some(f) = self.fence.get() {
-                        let _ = f.epoch.compare_exchange(
-                            epoch,
-                            0,
-                            std::sync::atomic::Ordering::AcqRel,
-                            std::sync::atomic::Ordering::Acquire,
-                        );
-                    }
+                    self.lost_epoch(epoch);
                     break Err(keybridge_barrier::Error::Fenced { epoch });
                 }
             }
         };
         // Whether or not it went through, nothing cached for these keys may
         // outlive the attempt (removing is always safe).
-        self.cache.remove(batch.ops.iter().map(|op| match op {
-            Op::Put { key, .. } | Op::Delete { key } => key.as_str(),
-        }));
+        self.cache.remove(batch.ops.iter().map(op_key));
         outcome
+    }
+
+    async fn fence_check(&self) -> keybridge_barrier::Result<()> {
+        if !keybridge_barrier::leader_work::active() || self.fence.get().is_none() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        match self.fenced_out(&client).await.map_err(db)? {
+            None => Ok(()),
+            Some(epoch) => {
+                self.lost_epoch(epoch);
+                Err(keybridge_barrier::Error::Fenced { epoch })
+            }
+        }
     }
 
     fn export(
@@ -681,6 +778,10 @@ impl Physical for PostgresStore {
                 .isolation_level(IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()
+                .await
+                .map_err(db)?;
+            // The sink may take its time between pages.
+            tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0")
                 .await
                 .map_err(db)?;
             let stmt = tx.prepare_cached(&self.sql.export_page).await.map_err(db)?;
@@ -711,7 +812,17 @@ impl Physical for PostgresStore {
             let mut client = self.client().await?;
             let tx =
                 client.build_transaction().isolation_level(IsolationLevel::Serializable).start().await.map_err(db)?;
+            tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0")
+                .await
+                .map_err(db)?;
+            // Fenced as a commit is, and told to every node as a change of
+            // everything.
+            if let Some(held) = self.fenced_out(&tx).await.map_err(db)? {
+                return Err(keybridge_barrier::Error::Fenced { epoch: held });
+            }
             tx.execute(&self.sql.clear, &[]).await.map_err(db)?;
+            let everything: Option<Vec<Vec<u8>>> = None;
+            tx.execute(&self.sql.change_insert, &[&self.origin, &everything]).await.map_err(db)?;
             let stmt = tx.prepare_cached(&self.sql.import).await.map_err(db)?;
             let (mut keys, mut values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
             let mut count = 0u64;
@@ -763,7 +874,7 @@ mod tests {
     #[test]
     fn table_names_are_plain_identifiers() {
         assert!(check_table("keybridge_store").is_ok() && check_table("user").is_ok());
-        for bad in ["", "1t", "t; drop table x", "T", "a-b", "kb_leader", "kb_members", &"t".repeat(56)] {
+        for bad in ["", "1t", "t; drop table x", "T", "a-b", "kb_leader", "kb_members", "kb_changes", &"t".repeat(56)] {
             assert!(check_table(bad).is_err(), "{bad:?}");
         }
     }

@@ -108,12 +108,15 @@ fn put(key: &str) -> Batch {
     Batch { checks: vec![], ops: vec![Op::Put { key: key.into(), value: b"v".to_vec() }] }
 }
 
-/// One node leads at a time; a standby cannot commit; a leader that stops
-/// renewing (as one paused past its lease) loses the lead to another at a
-/// higher epoch, and its next commit is refused as fenced, after which it
-/// knows it no longer leads; a node that steps down hands over at once.
+/// One node leads at a time; a standby's leader work cannot commit (its
+/// requests can); a leader that stops renewing (as one paused past its
+/// lease) loses the lead to another at a higher epoch, and its next leader
+/// commit, or check before an external call, is refused as fenced, after
+/// which it knows it no longer leads; a node that steps down hands over at
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_leads_and_a_deposed_leader_is_fenced() {
+    use keybridge_barrier::leader_work::scope;
     use std::time::Duration;
     let pg = Postgres::start();
     let url = pg.url("localhost", "disable");
@@ -129,10 +132,15 @@ async fn one_node_leads_and_a_deposed_leader_is_fenced() {
         (info.node.as_str(), info.api_addr.as_str(), info.epoch, info.live),
         ("node-a", "https://a:8200", 1, true)
     );
-    a.commit(put("by-a")).await.unwrap();
-    // A standby never commits.
-    assert!(matches!(b.commit(put("by-b")).await, Err(keybridge_barrier::Error::Fenced { epoch: 0 })));
+    scope(a.commit(put("by-a"))).await.unwrap();
+    scope(a.fence_check()).await.unwrap();
+    // A standby never commits leader work, nor starts an external call...
+    assert!(matches!(scope(b.commit(put("by-b"))).await, Err(keybridge_barrier::Error::Fenced { epoch: 0 })));
+    assert!(matches!(scope(b.fence_check()).await, Err(keybridge_barrier::Error::Fenced { epoch: 0 })));
     assert!(b.get("by-b").await.unwrap().is_none());
+    // ...but serves requests.
+    b.commit(put("request-on-b")).await.unwrap();
+    b.fence_check().await.unwrap();
     // Renewals keep the lead past the lease time.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -142,20 +150,186 @@ async fn one_node_leads_and_a_deposed_leader_is_fenced() {
     // A stops renewing; once its lease expired, B takes over at epoch 2.
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(b.try_lead(ttl).await.unwrap(), Some(2));
-    b.commit(put("by-b")).await.unwrap();
-    // A, resumed, still believes it leads; its commit is fenced and it
-    // steps down.
+    scope(b.commit(put("by-b"))).await.unwrap();
+    // A, resumed, still believes it leads; its leader commit is fenced and
+    // it steps down.
     assert_eq!(a.epoch(), Some(1));
-    let e = a.commit(put("late-by-a")).await.unwrap_err();
+    let e = scope(a.commit(put("late-by-a"))).await.unwrap_err();
     assert!(matches!(e, keybridge_barrier::Error::Fenced { epoch: 1 }), "{e}");
     assert!(e.to_string().contains("stepped down"), "{e}");
     assert_eq!(a.epoch(), None);
     assert!(a.get("late-by-a").await.unwrap().is_none());
     assert_eq!(a.try_lead(ttl).await.unwrap(), None);
+    assert!(matches!(scope(a.fence_check()).await, Err(keybridge_barrier::Error::Fenced { epoch: 0 })));
+    scope(b.fence_check()).await.unwrap();
     // Stepping down hands over without waiting for the lease.
     b.step_down().await.unwrap();
+    assert!(matches!(scope(b.fence_check()).await, Err(keybridge_barrier::Error::Fenced { .. })));
     assert_eq!(a.try_lead(ttl).await.unwrap(), Some(3));
     assert_eq!(b.epoch(), None);
+}
+
+/// Every commit of another node reaches a following node, which drops the
+/// keys from its cache before it counts the feed as followed; an import
+/// drops everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_drops_what_another_node_changed() {
+    use keybridge_store_postgres::Change;
+    use std::time::Duration;
+    let pg = Postgres::start();
+    let url = pg.url("localhost", "disable");
+    let a = Arc::new(PostgresStore::connect(&settings(url.clone(), None)).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&settings(url, None)).await.unwrap());
+    a.commit(put("k")).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v"[..])); // cached on b now
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn(b.clone().follow(Duration::from_millis(20), move |c| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(c);
+        }
+    }));
+    while b.feed_age().is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // B's own commits are not told back to it.
+    b.commit(put("own")).await.unwrap();
+    a.commit(Batch { checks: vec![], ops: vec![Op::Put { key: "k".into(), value: b"w".to_vec() }] }).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, Change::Keys(vec!["k".into()]));
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"w"[..]), "b served its stale cache");
+    assert!(b.feed_age().unwrap() < Duration::from_secs(2));
+    assert!(b.feed_lag() < Duration::from_secs(5));
+    // An import replaces the table: everything.
+    let a2 = a.clone();
+    tokio::task::spawn_blocking(move || a2.import(&mut vec![Ok(("x".to_string(), b"1".to_vec()))].into_iter()))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, Change::Everything);
+    assert!(b.get("k").await.unwrap().is_none());
+    follower.abort();
+}
+
+/// Gap safety against PostgreSQL's own ordering: a transaction takes its
+/// feed number, another takes the next and commits first; the follower
+/// sees the second, then the first once it commits. Then many writers on
+/// two nodes commit at once (with a pause before each COMMIT, so numbers
+/// commit out of order) while a third node follows: it is told every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_feed_misses_no_commit_that_lands_out_of_order() {
+    use keybridge_store_postgres::Change;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+    let pg = Postgres::start();
+    let url = pg.url("localhost", "disable");
+    let follower = Arc::new(PostgresStore::connect(&settings(url.clone(), None)).await.unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let s2 = seen.clone();
+    let task = tokio::spawn(follower.clone().follow(Duration::from_millis(5), move |c| {
+        let seen = s2.clone();
+        async move {
+            match c {
+                Change::Keys(k) => seen.lock().unwrap().extend(k),
+                Change::Everything => panic!("nothing here asks for everything"),
+            }
+        }
+    }));
+    while follower.feed_age().is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Two raw transactions writing feed rows as a commit does.
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let (mut c1, mut c2) = (connect().await, connect().await);
+    let insert = format!("INSERT INTO \"{DEFAULT_TABLE}_changes\" (origin, keys) VALUES (1, $1)");
+    let t1 = c1.transaction().await.unwrap();
+    t1.execute(&insert, &[&vec![b"first".to_vec()]]).await.unwrap();
+    let t2 = c2.transaction().await.unwrap();
+    t2.execute(&insert, &[&vec![b"second".to_vec()]]).await.unwrap();
+    t2.commit().await.unwrap();
+    let wait_for = |key: &'static str| {
+        let seen = seen.clone();
+        async move {
+            for _ in 0..500 {
+                if seen.lock().unwrap().contains(key) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for("second").await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!seen.lock().unwrap().contains("first"));
+    t1.commit().await.unwrap();
+    assert!(wait_for("first").await, "the number committed late was skipped");
+
+    // Many writers, out of order.
+    let mut writers = Vec::new();
+    for node in 0..2 {
+        let store = Arc::new(PostgresStore::connect(&settings(url.clone(), None)).await.unwrap());
+        for w in 0..6 {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..60 {
+                    let key = format!("n{node}/w{w}/{i}");
+                    store.commit(put(&key)).await.unwrap();
+                }
+            }));
+        }
+    }
+    // Raw writers that hold their number for a while before committing.
+    for w in 0..4 {
+        let url = url.clone();
+        let insert = insert.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            for i in 0..20 {
+                let t = c.transaction().await.unwrap();
+                t.execute(&insert, &[&vec![format!("slow{w}/{i}").into_bytes()]]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(7 * (w + 1))).await;
+                t.commit().await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    for node in 0..2 {
+        for w in 0..6 {
+            for i in 0..60 {
+                expected.insert(format!("n{node}/w{w}/{i}"));
+            }
+        }
+    }
+    for w in 0..4 {
+        for i in 0..20 {
+            expected.insert(format!("slow{w}/{i}"));
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let missing: Vec<String> = expected.difference(&seen.lock().unwrap()).cloned().collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never told of {} keys, e.g. {:?}",
+            missing.len(),
+            &missing[..3.min(missing.len())]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
 }
 
 /// Of eight nodes racing for an expired lease, exactly one wins.
