@@ -25,32 +25,51 @@ impl Broker {
     /// Starts the devices in the barrier's device table.
     pub async fn load(barrier: Arc<Barrier>, runtime: tokio::runtime::Handle) -> Result<Broker> {
         let broker = Broker { barrier, devices: RwLock::new(Arc::new(Vec::new())), runtime };
-        let entries: Vec<DeviceEntry> = match broker.barrier.get(DEVICES_KEY).await? {
+        broker.refresh().await?;
+        Ok(broker)
+    }
+
+    /// Brings the running devices in line with the barrier's device table
+    /// (another node sharing the store changed it): starts those not
+    /// running here, stops those no longer in it. The caller serialises it
+    /// with `enable` and `remove`.
+    pub async fn refresh(&self) -> Result<()> {
+        let entries: Vec<DeviceEntry> = match self.barrier.get(DEVICES_KEY).await? {
             Some(raw) => serde_json::from_slice(&raw)
                 .map_err(|e| Error::Corrupt { key: DEVICES_KEY.into(), reason: e.to_string() })?,
             None => Vec::new(),
         };
-        let mut started = Vec::new();
+        let running = self.current();
+        let mut next = Vec::new();
         for entry in entries {
-            let keys = broker
+            if let Some(d) = running.iter().find(|d| d.entry.id == entry.id) {
+                next.push(d.clone());
+                continue;
+            }
+            let keys = self
                 .barrier
                 .get(&keys_key(&entry.id))
                 .await?
                 .ok_or_else(|| Error::Corrupt { key: keys_key(&entry.id), reason: "missing".into() })?;
-            match broker.start(entry.clone(), keys.clone(), false).await {
-                Ok(d) => started.push(d),
+            match self.start(entry.clone(), keys.clone(), false).await {
+                Ok(d) => next.push(d),
                 Err(e) => {
                     // A device that cannot start (a directory gone, a collector
                     // down) must not keep the server sealed. It is kept so the
                     // table stays as the operator wrote it, and it fails every
                     // record until it can write, which is what fail-closed asks.
                     tracing::error!(device = %entry.path, error = %e, "audit device failed to start");
-                    started.push(broker.start_failed(entry, keys, e.to_string()));
+                    next.push(self.start_failed(entry, keys, e.to_string()));
                 }
             }
         }
-        *broker.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(started);
-        Ok(broker)
+        let gone: Vec<Arc<Device>> =
+            running.iter().filter(|d| !next.iter().any(|n| Arc::ptr_eq(n, d))).cloned().collect();
+        *self.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        for d in gone {
+            stop(&d).await;
+        }
+        Ok(())
     }
 
     fn current(&self) -> Arc<Vec<Arc<Device>>> {

@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 
 pub use broker::Broker;
 pub use chain::MacKey;
-pub use device::DeviceEntry;
+pub use device::{DEVICES_KEY, DeviceEntry};
 pub use error::{Error, Result};
 pub use record::*;
 pub use time::Timestamp;

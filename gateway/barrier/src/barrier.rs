@@ -13,7 +13,8 @@ use crate::{Error, Result, shamir, snapshot};
 
 /// Plaintext on purpose: it must be readable while sealed, and holds no secret.
 const SEAL_CONFIG_KEY: &str = "core/seal-config";
-const KEYRING_KEY: &str = "core/keyring";
+/// Where the keyring lives (encrypted under the root key).
+pub const KEYRING_KEY: &str = "core/keyring";
 /// How many encryptions have been reserved under the active key term.
 const USAGE_KEY: &str = "core/keyring-usage";
 
@@ -239,9 +240,10 @@ impl Barrier {
         self.rotate_locked().await.map(|_| ())
     }
 
-    /// See [`Physical::fence_check`].
-    pub async fn fence_check(&self) -> Result<()> {
-        self.physical.fence_check().await
+    /// Runs `work` as leader work on this barrier's store (see
+    /// [`crate::leader_work`]).
+    pub async fn leader_work<F: std::future::Future>(&self, work: F) -> F::Output {
+        crate::leader_work::scope(self.physical.clone(), work).await
     }
 
     /// Another node changed the keyring: reads it again. A keyring this

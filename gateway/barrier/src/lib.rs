@@ -21,7 +21,7 @@ mod redb_store;
 pub mod shamir;
 pub mod snapshot;
 
-pub use barrier::{Barrier, KeyInfo, SealConfig, SealState, Stamp, WriteBatch};
+pub use barrier::{Barrier, KEYRING_KEY, KeyInfo, SealConfig, SealState, Stamp, WriteBatch};
 pub use error::Error;
 pub use keyring::RootKey;
 pub use physical::{Batch, Check, Op, Physical};

@@ -59,9 +59,10 @@ pub trait Physical: Send + Sync + 'static {
 
     /// Inside [`crate::leader_work::scope`], on a store several nodes
     /// share: fails with [`crate::Error::Fenced`] unless this node still
-    /// leads (asked of the store itself). Leader work calls it before an
-    /// external call (a cloud write, a plugin revoke), so a deposed leader
-    /// starts none. Stores one node owns always pass.
+    /// leads (asked of the store itself). Leader work calls it (through
+    /// [`crate::leader_work::check`]) before an external call (a cloud
+    /// write, a plugin revoke), so a deposed leader starts none. Stores one
+    /// node owns always pass.
     async fn fence_check(&self) -> Result<()> {
         Ok(())
     }

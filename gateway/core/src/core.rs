@@ -16,7 +16,7 @@ use crate::tokens::{self as token, Identity, Salt, TokenEntry};
 use crate::{Error, Result, Timestamp};
 use keybridge_barrier::fill_cache::FillCache;
 
-const MOUNTS_KEY: &str = "core/mounts";
+pub(crate) const MOUNTS_KEY: &str = "core/mounts";
 const PURGE_CHUNK: usize = 512;
 
 pub struct CoreConfig {
@@ -160,6 +160,12 @@ pub struct Core {
     pub(crate) leases: crate::leases::LeaseManager,
     /// The reconciler's in-memory state.
     pub(crate) sync: keybridge_reconciler::Reconciler,
+    /// Whether this node runs the singleton work (the reconciler's passes,
+    /// lease expiry, purges): always on a store no other node shares; on a
+    /// shared one, while the server holds the store's leader lease.
+    pub(crate) leading: tokio::sync::watch::Sender<bool>,
+    /// Mounts seen half-removed, by id, and since when.
+    pub(crate) pending_purges: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// The runtime the core was built on, which lives as long as the
     /// process: threads of the core's own (audit writers) run their async
     /// steps on it, never on the runtime of the request that started them
@@ -196,16 +202,30 @@ impl Stripes {
 /// Runs a background pass forever: again after the pause it asks for, at
 /// once when `wake` fires, every 500 ms while sealed, after 1 s when it
 /// failed (logged as `what`).
-pub(crate) async fn run_passes<F, Fut>(what: &str, wake: &tokio::sync::Notify, mut pass: F)
+///
+/// A pass is leader work (`keybridge_barrier::leader_work`): it runs only
+/// while this node leads (always, on a store no other node shares), and
+/// its commits and external calls are fenced on the epoch it leads at.
+pub(crate) async fn run_passes<F, Fut>(core: &Core, what: &str, wake: &tokio::sync::Notify, mut pass: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<std::time::Duration>>,
 {
     use std::time::Duration;
+    let mut leading = core.leading.subscribe();
     loop {
-        let wait = match pass().await {
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+        let wait = match core.barrier.leader_work(pass()).await {
             Ok(d) => d,
             Err(Error::Sealed) => Duration::from_millis(500),
+            Err(Error::Unavailable(m)) if !*leading.borrow() => {
+                tracing::info!("{what}: stopped: this node no longer leads ({m})");
+                Duration::ZERO
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "{what}: a pass failed; retrying");
                 Duration::from_secs(1)
@@ -234,10 +254,32 @@ impl Core {
             admin: Mutex::new(()),
             write_locks: Stripes::new(WRITE_LOCK_STRIPES),
             path_locks: Stripes::new(WRITE_LOCK_STRIPES),
+            leading: tokio::sync::watch::Sender::new(true),
+            pending_purges: Default::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             #[cfg(test)]
             load_holds: Default::default(),
         }
+    }
+
+    /// Says whether this node leads the singleton work (the server, from
+    /// the shared store's leader lease).
+    pub fn set_leading(&self, on: bool) {
+        self.leading.send_if_modified(|cur| std::mem::replace(cur, on) != on);
+    }
+
+    pub fn is_leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Refuses an operation that only the leading node can answer.
+    pub(crate) fn leader_only(&self, what: &str) -> Result<()> {
+        if self.is_leading() {
+            return Ok(());
+        }
+        Err(Error::Unavailable(format!(
+            "{what} runs on the leading node only: send it there (`keybridge operator status` shows its address)"
+        )))
     }
 
     pub(crate) fn unsealed(&self) -> Result<Arc<Unsealed>> {
@@ -369,9 +411,12 @@ impl Core {
         }));
         self.leases.load().await?;
         self.sync.reload();
-        // Finish removing mounts a crash interrupted.
-        for m in pending {
-            self.purge_mount(&m).await?;
+        // Finish removing mounts a crash interrupted (the leading node's
+        // reconciler pass does it on a shared store).
+        if self.is_leading() {
+            for m in pending {
+                self.barrier.leader_work(self.purge_mount(&m)).await?;
+            }
         }
         Ok(())
     }
@@ -1081,5 +1126,7 @@ mod reconciler_tests;
 #[cfg(test)]
 mod plugin_tests;
 
+#[cfg(test)]
+mod coherence_tests;
 #[cfg(test)]
 mod escalation_tests;

@@ -142,7 +142,7 @@ pub(crate) struct LeaseManager {
     /// Serialises renewals and revocations of one lease.
     locks: Stripes,
     /// Wakes the expiry worker when a lease is written.
-    changed: tokio::sync::Notify,
+    pub(crate) changed: tokio::sync::Notify,
     /// Test hook: recording a lease fails, as on a full disk.
     #[cfg(test)]
     pub(crate) fail_record: std::sync::atomic::AtomicBool,
@@ -550,6 +550,8 @@ impl Core {
         let attempt = async {
             let (mount, backend) = self.lease_backend(&r).await?;
             let ctx = self.call_context(&mount, request_id, "lease manager");
+            // A deposed leader's expiry starts no revoke.
+            keybridge_barrier::leader_work::check().await?;
             let info = LeaseInfo {
                 lease_id: r.id.clone(),
                 path: r.path.clone(),
@@ -580,7 +582,7 @@ impl Core {
 
     /// Revokes leases as they expire, forever; started by the server.
     pub async fn lease_worker(self: Arc<Self>) {
-        crate::core::run_passes("lease", &self.leases.changed, || self.lease_pass()).await
+        crate::core::run_passes(&self, "lease", &self.leases.changed, || self.lease_pass()).await
     }
 
     /// Revokes what is due, in bulk: up to [`PASS_MAX`] leases from the

@@ -26,6 +26,7 @@
 mod audit_devices;
 mod auth_methods;
 pub mod backend;
+pub mod coherence;
 mod core;
 mod error;
 mod leases;

@@ -12,7 +12,7 @@ use crate::audit::Caller;
 use crate::core::{Capability, Core, Unsealed};
 use crate::{Error, Result};
 
-const POLICY_PREFIX: &str = "core/policies/";
+pub(crate) const POLICY_PREFIX: &str = "core/policies/";
 pub const ROOT_POLICY: &str = "root";
 pub const DEFAULT_POLICY: &str = "default";
 

@@ -167,6 +167,9 @@ impl Core {
     pub async fn sync_status(&self, caller: &Caller, q: &StatusQuery) -> Result<SyncStatus> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/sync/status", Capability::Read).await?;
+        // The status of replicas lives in the memory of the node whose
+        // reconciler made them.
+        self.leader_only("the reconciler's status")?;
         Ok(self.sync.status(self, q).await?)
     }
 
@@ -187,17 +190,44 @@ impl Core {
     ) -> Result<SyncStatus> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/sync/run", Capability::Update).await?;
-        Ok(self.sync.run(self, rule, wait, timeout, deep).await?)
+        self.leader_only("a reconciler run")?;
+        Ok(self.barrier.leader_work(self.sync.run(self, rule, wait, timeout, deep)).await?)
     }
 
     /// Runs the reconciler until the process ends: replays the journal,
     /// replicates, rotates, scans when due. Idle while sealed.
     pub async fn sync_worker(self: Arc<Self>) {
-        crate::core::run_passes("sync", self.sync.wakeup(), || self.sync_pass()).await
+        crate::core::run_passes(&self, "sync", self.sync.wakeup(), || self.sync_pass()).await
     }
 
     pub(crate) async fn sync_pass(&self) -> Result<Duration> {
+        self.finish_purges().await?;
         Ok(self.sync.pass(self).await?)
+    }
+
+    /// Finishes removing mounts whose removal stopped half-way (the node
+    /// removing it crashed): those seen being removed for a minute, so as
+    /// not to race a removal another node is still making.
+    async fn finish_purges(&self) -> Result<()> {
+        let table = self.unsealed()?.table();
+        let now = std::time::Instant::now();
+        let due: Vec<String> = {
+            let mut seen = self.pending_purges.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|id, _| table.entries.iter().any(|m| m.deleting && &m.id == id));
+            for m in table.entries.iter().filter(|m| m.deleting) {
+                seen.entry(m.id.clone()).or_insert(now);
+            }
+            seen.iter().filter(|(_, at)| now.duration_since(**at) >= PURGE_AFTER).map(|(id, _)| id.clone()).collect()
+        };
+        for id in due {
+            let _admin = self.admin.lock().await;
+            let entry = self.unsealed()?.table().entries.iter().find(|m| m.deleting && m.id == id).cloned();
+            if let Some(m) = entry {
+                tracing::info!(mount = %m.path, "finishing the removal of a mount that stopped half-way");
+                self.purge_mount(&m).await?;
+            }
+        }
+        Ok(())
     }
 
     // ----- the journal ------------------------------------------------------------
@@ -391,6 +421,9 @@ impl Host for Core {
         self.load_hold(what).await;
     }
 }
+
+/// How long a mount is seen half-removed before the leader finishes it.
+const PURGE_AFTER: Duration = Duration::from_secs(60);
 
 #[async_trait::async_trait]
 impl Store for Backend<'_> {

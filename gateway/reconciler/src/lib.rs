@@ -68,7 +68,8 @@ use keybridge_value::SecretValue;
 
 /// The tag a replica carries: the id of the rule that keeps it.
 pub const MARKER_TAG: &str = "keybridge-replica";
-const RULES: &str = "sync/rules/";
+/// Where rules are stored, one entry each.
+pub const RULES: &str = "sync/rules/";
 const JOURNAL: &str = "sync/journal/";
 const STATE: &str = "sync/state/";
 const FP_KEY: &str = "sync/fingerprint-key";

@@ -157,6 +157,12 @@ pub struct MountStats {
 
 type LimitedStore = Arc<Limited<Arc<dyn SecretStore>>>;
 
+/// In leader work (a replication, a rotation): a deposed leader starts no
+/// cloud write (see `keybridge_barrier::leader_work`). A request passes.
+async fn leader_check() -> Result<()> {
+    Ok(keybridge_barrier::leader_work::check().await?)
+}
+
 pub struct CloudMount {
     cloud: Cloud,
     settings: GatewaySettings,
@@ -265,6 +271,7 @@ impl CloudMount {
     }
 
     pub async fn put(&self, rel: &str, value: &SecretValue, cas: Option<u64>) -> Result<(u64, VersionMeta)> {
+        leader_check().await?;
         let name = self.name(rel)?;
         let value = self.cloud_value(value)?;
         let pre = match cas {
@@ -296,6 +303,7 @@ impl CloudMount {
         existing: Option<&BTreeMap<String, String>>,
         current_number: Option<u64>,
     ) -> Result<(String, Option<String>)> {
+        leader_check().await?;
         let name = self.name(rel)?;
         let value = self.cloud_value(value)?;
         let mut tags = existing.cloned().unwrap_or_default();
@@ -323,19 +331,23 @@ impl CloudMount {
 
     /// Stages `value` as a version readers of the current one do not get.
     pub async fn stage(&self, rel: &str, value: &SecretValue, key: &str) -> Result<String> {
+        leader_check().await?;
         let value = self.cloud_value(value)?;
         Ok(self.store.stage(&self.name(rel)?, &value, key).await?.id)
     }
 
     pub async fn promote(&self, rel: &str, id: &str) -> Result<()> {
+        leader_check().await?;
         self.store.promote(&self.name(rel)?, id).await.map_err(Error::from)
     }
 
     pub async fn unstage(&self, rel: &str, id: &str) -> Result<()> {
+        leader_check().await?;
         self.store.unstage(&self.name(rel)?, id).await.map_err(Error::from)
     }
 
     pub async fn retire(&self, rel: &str, id: &str) -> Result<()> {
+        leader_check().await?;
         self.store.retire(&self.name(rel)?, id).await.map_err(Error::from)
     }
 
@@ -374,6 +386,7 @@ impl CloudMount {
     /// Deletes the whole secret: recoverably (AWS's recovery window,
     /// Azure's soft delete) unless `purge`.
     pub async fn delete_all(&self, rel: &str, purge: bool) -> Result<()> {
+        leader_check().await?;
         let name = self.name(rel)?;
         let how = if purge { Deletion::Purge } else { Deletion::Recoverable { days: self.settings.recovery_days } };
         self.store.delete(&name, how).await.map_err(|e| match e {
@@ -385,6 +398,7 @@ impl CloudMount {
     }
 
     pub async fn restore(&self, rel: &str) -> Result<()> {
+        leader_check().await?;
         self.store.restore(&self.name(rel)?).await.map_err(Error::from)
     }
 
@@ -393,6 +407,7 @@ impl CloudMount {
     /// change; if a change fails, the ones already made are undone where
     /// the cloud allows.
     pub async fn change_versions(&self, rel: &str, versions: &[u64], change: VersionChange) -> Result<()> {
+        leader_check().await?;
         let caps = self.cloud.capabilities();
         let able = match change {
             VersionChange::Destroy => caps.version_destroy,
@@ -452,6 +467,7 @@ impl CloudMount {
         max_versions: Option<u32>,
         cas_required: Option<bool>,
     ) -> Result<SecretMeta> {
+        leader_check().await?;
         if max_versions.is_some() || cas_required.is_some() {
             return Err(Error::Unimplemented(format!(
                 "{} keeps its own version retention and has no per-secret check-and-set setting; \

@@ -19,7 +19,7 @@ use crate::mounts::MountEntry;
 use crate::tokens::Identity;
 use crate::{Error, Result, Timestamp};
 
-const CATALOG: &str = "core/plugins/";
+pub(crate) const CATALOG: &str = "core/plugins/";
 const BLOBS: &str = "core/plugin-blobs/";
 /// The largest component the catalog takes.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;

@@ -1,0 +1,148 @@
+//! Coherence with other nodes sharing the store: what this node keeps in
+//! memory (caches, tables, the keyring) is dropped or read again when the
+//! store says another node committed to the keys it came from. The store
+//! tells (PostgreSQL's change feed); the server hands it here.
+
+use std::sync::Arc;
+
+use keybridge_barrier::KEYRING_KEY;
+
+use crate::core::{Core, MOUNTS_KEY, Unsealed};
+use crate::mounts::MountTable;
+use crate::{Error, Result};
+
+/// What another node committed to.
+pub enum Changed<'a> {
+    /// These storage keys.
+    Keys(&'a [String]),
+    /// Anything (the store was replaced, or the node lost track).
+    Everything,
+}
+
+impl Changed<'_> {
+    fn exact(&self, key: &str) -> bool {
+        match self {
+            Changed::Everything => true,
+            Changed::Keys(keys) => keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok(),
+        }
+    }
+
+    fn under(&self, prefix: &str) -> bool {
+        match self {
+            Changed::Everything => true,
+            Changed::Keys(keys) => keys.iter().any(|k| k.starts_with(prefix)),
+        }
+    }
+
+    fn keys_under<'k>(&'k self, prefix: &'k str) -> impl Iterator<Item = &'k str> + 'k {
+        let keys: &[String] = match self {
+            Changed::Everything => &[],
+            Changed::Keys(keys) => keys,
+        };
+        keys.iter().filter_map(move |k| k.strip_prefix(prefix))
+    }
+}
+
+impl Core {
+    /// Another node committed to `changed` (keys sorted): drops or reloads
+    /// what this node holds of them. Runs before the store counts its feed
+    /// as followed, so a revoked token or a changed policy stops working
+    /// here once this returns. A keyring this node's root key no longer
+    /// opens (a rekey elsewhere) seals the node.
+    pub async fn changed_elsewhere(&self, changed: Changed<'_>) {
+        let Ok(loaded) = self.unsealed() else { return };
+        if changed.exact(KEYRING_KEY) {
+            match self.barrier.reload_keyring().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(
+                        "another node replaced the root key (a rekey): sealing; unseal this node with the new keys"
+                    );
+                    let _admin = self.admin.lock().await;
+                    self.unload().await;
+                    self.barrier.seal();
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the keyring another node changed"),
+            }
+        }
+        // Tokens, ACLs: dropped, read again on next use.
+        if matches!(changed, Changed::Everything) {
+            loaded.tokens.clear();
+        } else {
+            loaded.tokens.remove(changed.keys_under(crate::tokens::ENTRY_PREFIX));
+        }
+        if changed.under(crate::policies::POLICY_PREFIX) {
+            loaded.acls.clear();
+        }
+        if changed.exact(MOUNTS_KEY)
+            && let Err(e) = self.reload_mounts(&loaded).await
+        {
+            tracing::warn!(error = %e, "cannot read the mount table another node changed");
+        }
+        let configs = || changed.keys_under("auth/").any(|k| k.ends_with("/config"));
+        if changed.exact(crate::auth_methods::AUTH_TABLE_KEY) || matches!(changed, Changed::Everything) || configs() {
+            self.reload_auth(&loaded, &changed).await;
+        }
+        if changed.under(crate::plugins::CATALOG) {
+            // A component registered again: engines are built anew on
+            // next use (calls in flight keep theirs).
+            loaded.engines.write().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+        if changed.exact(keybridge_audit::DEVICES_KEY) {
+            let _admin = self.admin.lock().await;
+            if let Err(e) = loaded.audit.refresh().await {
+                tracing::error!(error = %e, "cannot start the audit devices another node changed");
+            }
+        }
+        if changed.under(keybridge_reconciler::RULES) {
+            self.sync.reload();
+        } else if changed.under("sync/") {
+            self.sync.wake();
+        }
+        if changed.under("core/lease") {
+            self.leases.changed.notify_one();
+        }
+    }
+
+    /// Reads the mount table again; mounts whose entry changed (a tune, an
+    /// upgrade) or went have their clients and engines dropped.
+    async fn reload_mounts(&self, loaded: &Arc<Unsealed>) -> Result<()> {
+        let _admin = self.admin.lock().await;
+        let (raw, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
+        if loaded.mounts.read().unwrap_or_else(|p| p.into_inner()).1 == stamp {
+            return Ok(());
+        }
+        let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
+        let table: MountTable = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Corrupt { key: MOUNTS_KEY.into(), reason: e.to_string() })?;
+        let old = loaded.table();
+        let stale: Vec<String> =
+            old.entries.iter().filter(|o| !table.entries.iter().any(|n| n == *o)).map(|o| o.id.clone()).collect();
+        *loaded.mounts.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(table), stamp);
+        for id in &stale {
+            loaded.clouds.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+            loaded.engines.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        }
+        Ok(())
+    }
+
+    /// Reads the auth methods' table again and drops the parsed configs
+    /// another node changed.
+    async fn reload_auth(&self, loaded: &Arc<Unsealed>, changed: &Changed<'_>) {
+        let _admin = self.admin.lock().await;
+        let table = match crate::auth_methods::load_table(self).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the auth methods another node changed");
+                return;
+            }
+        };
+        let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
+        let everything = matches!(changed, Changed::Everything);
+        st.parsed.retain(|id, _| {
+            !everything && table.iter().any(|m| &m.id == id) && !changed.exact(&format!("auth/{id}/config"))
+        });
+        st.table = table;
+    }
+}

@@ -1,0 +1,179 @@
+//! Two cores over one store, as two nodes sharing a PostgreSQL table: the
+//! store records the keys each commit writes (as PostgreSQL's change feed
+//! does) and the test tells the other core, which then drops or reloads
+//! what it held. Before it is told, the other core still holds the old
+//! state: that is what the feed is for.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use keybridge_barrier::{Barrier, Batch, Op, Physical, RedbStore};
+
+use super::tests::{assert_err, field, fields};
+use super::*;
+use crate::coherence::Changed;
+use crate::{Caller, TokenRequest};
+
+/// A redb store that records the keys of every commit.
+struct Recorded {
+    inner: RedbStore,
+    keys: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Physical for Recorded {
+    fn kind(&self) -> &'static str {
+        "recorded"
+    }
+    async fn get(&self, key: &str) -> keybridge_barrier::Result<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str, start: Option<&str>, limit: usize) -> keybridge_barrier::Result<Vec<String>> {
+        self.inner.list(prefix, start, limit).await
+    }
+    async fn commit(&self, batch: Batch) -> keybridge_barrier::Result<()> {
+        let keys: Vec<String> = batch
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, .. } | Op::Delete { key } => key.clone(),
+            })
+            .collect();
+        self.inner.commit(batch).await?;
+        self.keys.lock().unwrap().extend(keys);
+        Ok(())
+    }
+    fn export(
+        &self,
+        sink: &mut dyn FnMut(&str, &[u8]) -> keybridge_barrier::Result<()>,
+    ) -> keybridge_barrier::Result<()> {
+        self.inner.export(sink)
+    }
+    fn import(
+        &self,
+        entries: &mut dyn Iterator<Item = keybridge_barrier::Result<(String, Vec<u8>)>>,
+    ) -> keybridge_barrier::Result<u64> {
+        self.inner.import(entries)
+    }
+}
+
+struct Nodes {
+    store: Arc<Recorded>,
+    a: Core,
+    b: Core,
+    root: String,
+    key: String,
+}
+
+impl Nodes {
+    async fn new() -> Nodes {
+        let store = Arc::new(Recorded { inner: RedbStore::in_memory().unwrap(), keys: Mutex::new(Vec::new()) });
+        let a = Core::new(Barrier::new(store.clone()), CoreConfig::default());
+        let init = a.init(1, 1, Some("root-t"), true).await.unwrap();
+        let b = Core::new(Barrier::new(store.clone()), CoreConfig::default());
+        let key = init.keys[0].to_string();
+        b.unseal(&key, false).await.unwrap();
+        store.keys.lock().unwrap().clear();
+        Nodes { store, a, b, root: init.root_token.to_string(), key }
+    }
+
+    /// Tells B what was committed since the last time (as its feed would).
+    async fn tell_b(&self) {
+        let mut keys = std::mem::take(&mut *self.store.keys.lock().unwrap());
+        keys.sort();
+        keys.dedup();
+        self.b.changed_elsewhere(Changed::Keys(&keys)).await;
+    }
+
+    fn root(&self) -> Caller {
+        Caller::token(Some(self.root.as_str()))
+    }
+}
+
+async fn token(core: &Core, caller: &Caller, policy: &str) -> String {
+    let req = TokenRequest { policies: vec![policy.into()], ttl_secs: 3600, ..Default::default() };
+    core.create_token(caller, req).await.unwrap().0.to_string()
+}
+
+#[tokio::test]
+async fn a_revoked_token_and_a_narrowed_policy_stop_working_once_told() {
+    let n = Nodes::new().await;
+    let r = &n.root();
+    n.a.put(r, "secret/app", &fields(&[("pw", "1")]), None).await.unwrap();
+    n.a.put_policy(r, "reader", "path \"secret/*\" { capabilities = [\"read\"] }").await.unwrap();
+    let t = token(&n.a, r, "reader").await;
+    let t = &Caller::token(Some(t.as_str()));
+    n.tell_b().await;
+    assert_eq!(field(&n.b.get(t, "secret/app", None).await.unwrap(), "pw"), "1"); // cached on B
+    n.a.revoke_token(r, t.bearer().unwrap()).await.unwrap();
+    assert!(n.b.get(t, "secret/app", None).await.is_ok(), "B was not caching the token: the test tests nothing");
+    n.tell_b().await;
+    assert_err!(n.b.get(t, "secret/app", None).await, Error::Unauthenticated);
+
+    let t2 = token(&n.a, r, "reader").await;
+    let t2 = &Caller::token(Some(t2.as_str()));
+    n.tell_b().await;
+    assert!(n.b.get(t2, "secret/app", None).await.is_ok());
+    n.a.put_policy(r, "reader", "path \"other/*\" { capabilities = [\"read\"] }").await.unwrap();
+    assert!(n.b.get(t2, "secret/app", None).await.is_ok(), "B was not caching the ACL");
+    n.tell_b().await;
+    assert_err!(n.b.get(t2, "secret/app", None).await, Error::PermissionDenied(_));
+}
+
+#[tokio::test]
+async fn mounts_audit_devices_and_the_keyring_reach_the_other_node() {
+    let n = Nodes::new().await;
+    let r = &n.root();
+    // A mount.
+    n.a.enable_mount(r, "team/", "local", "", BTreeMap::new()).await.unwrap();
+    assert!(n.b.put(r, "team/x", &fields(&[("k", "v")]), None).await.is_err());
+    n.tell_b().await;
+    n.b.put(r, "team/x", &fields(&[("k", "v")]), None).await.unwrap();
+    // Tuned on A: B reads the new settings.
+    n.a.tune_mount(r, "team/", None, BTreeMap::from([("max_versions".to_string(), "1".to_string())])).await.unwrap();
+    n.tell_b().await;
+    let m = n.b.list_mounts(r).await.unwrap().into_iter().find(|m| m.path == "team/").unwrap();
+    assert_eq!(m.config.get("max_versions").map(String::as_str), Some("1"));
+    // Removed on A: gone on B.
+    n.a.disable_mount(r, "team/").await.unwrap();
+    n.tell_b().await;
+    assert!(n.b.list_mounts(r).await.unwrap().iter().all(|m| m.path != "team/"));
+    // An audit device enabled on A records B's requests too.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let opts = BTreeMap::from([("file_path".to_string(), log.to_str().unwrap().to_string())]);
+    n.a.enable_audit(r, "file", "file", "", opts).await.unwrap();
+    n.tell_b().await;
+    assert_eq!(n.b.list_audit(r).await.unwrap().len(), 1);
+    n.a.disable_audit(r, "file").await.unwrap();
+    n.tell_b().await;
+    assert!(n.b.list_audit(r).await.unwrap().is_empty());
+    // A rotation on A: B encrypts under the new term, A reads it.
+    n.a.rotate(r).await.unwrap();
+    n.tell_b().await;
+    assert_eq!(n.b.key_status(r).await.unwrap().term, 2);
+    n.b.put(r, "secret/after", &fields(&[("k", "b")]), None).await.unwrap();
+    assert_eq!(field(&n.a.get(r, "secret/after", None).await.unwrap(), "k"), "b");
+    // A rekey on A: B cannot open the keyring with its root key and seals.
+    let keys = n.a.rekey(r, std::slice::from_ref(&n.key), 1, 1).await.unwrap();
+    n.tell_b().await;
+    assert!(n.b.seal_status().await.unwrap().sealed);
+    n.b.unseal(&keys[0], false).await.unwrap();
+    assert_eq!(field(&n.b.get(r, "secret/after", None).await.unwrap(), "k"), "b");
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_lead_runs_no_singleton_work() {
+    let n = Nodes::new().await;
+    let r = &n.root();
+    n.b.set_leading(false);
+    assert_err!(n.b.sync_run(r, "", false, std::time::Duration::ZERO).await, Error::Unavailable(m) if m.contains("leading node"));
+    assert_err!(n.b.sync_status(r, &crate::StatusQuery::of("")).await, Error::Unavailable(_));
+    assert!(n.a.sync_status(r, &crate::StatusQuery::of("")).await.is_ok());
+    // The workers wait while the node does not lead.
+    let b = Arc::new(n.b);
+    let passes = tokio::spawn(b.clone().lease_worker());
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!passes.is_finished());
+    passes.abort();
+}
