@@ -531,7 +531,7 @@ pub enum OperatorCommand {
     /// Show the active key term.
     KeyStatus,
     /// The nodes using this server's store: on a shared PostgreSQL table, every node seen in
-    /// the last hour (leader or waiting, and whether it is alive); otherwise this node.
+    /// the last hour (leader or standby, and whether it is alive); otherwise this node.
     Members,
     /// Replace the root key with new shares; current keys from arguments or
     /// stdin (one per line).
@@ -1100,6 +1100,7 @@ fn seal_json(s: &pb::SealStatusResponse) -> Value {
         "initialized": s.initialized, "sealed": s.sealed, "t": s.key_threshold, "n": s.key_shares,
         "progress": s.progress, "version": s.version, "storage_type": s.storage_type,
         "node_id": s.node_id, "leader": s.leader, "leader_address": s.leader_address, "epoch": s.epoch,
+        "feed_lag_ms": s.feed_lag_ms, "feed_age_ms": s.feed_age_ms,
     })
 }
 
@@ -1123,6 +1124,11 @@ fn print_seal(json: bool, s: &pb::SealStatusResponse) {
                 ("Leader".into(), s.leader.to_string()),
                 ("Leader Address".into(), s.leader_address.clone()),
                 ("Epoch".into(), s.epoch.to_string()),
+                ("Feed Lag".into(), format!("{} ms", s.feed_lag_ms)),
+                (
+                    "Feed Read".into(),
+                    if s.feed_age_ms == u64::MAX { "never".into() } else { format!("{} ms ago", s.feed_age_ms) },
+                ),
             ]);
         }
     }

@@ -119,6 +119,10 @@ struct RawStorage {
     tls_ca_file: Option<PathBuf>,
     #[serde(default)]
     leader_lease: Option<String>,
+    #[serde(default)]
+    feed_poll_interval: Option<String>,
+    #[serde(default)]
+    feed_max_lag: Option<String>,
 }
 
 /// `scheme://user:password@host` becomes `scheme://user:<redacted>@host`,
@@ -217,6 +221,11 @@ pub struct PostgresStorage {
     /// How long the lead lasts unrenewed: the longest a stopped node keeps
     /// another from taking over.
     pub leader_lease: std::time::Duration,
+    /// How often the node reads the change feed.
+    pub feed_poll_interval: std::time::Duration,
+    /// How long the node may go without reading the change feed to its
+    /// end before it refuses requests (it could serve a revoked token).
+    pub feed_max_lag: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -451,14 +460,15 @@ impl Config {
             || storage.table.is_some()
             || storage.max_connections.is_some()
             || storage.tls_ca_file.is_some()
-            || storage.leader_lease.is_some();
+            || storage.leader_lease.is_some()
+            || storage.feed_poll_interval.is_some()
+            || storage.feed_max_lag.is_some();
         let storage = match kind.as_str() {
             "file" if postgres_only => {
-                return Err(bad(
-                    "storage \"file\" takes path and cache_size_bytes only (connection_url, table, \
-                     max_connections, tls_ca_file and leader_lease are storage \"postgresql\"'s)"
-                        .into(),
-                ));
+                return Err(bad("storage \"file\" takes path and cache_size_bytes only (connection_url, table, \
+                     max_connections, tls_ca_file, leader_lease, feed_poll_interval and feed_max_lag are \
+                     storage \"postgresql\"'s)"
+                    .into()));
             }
             "file" => Storage::File {
                 dir: storage.path.ok_or_else(|| bad("storage \"file\" needs path = \"/some/dir\"".into()))?,
@@ -468,7 +478,33 @@ impl Config {
             "postgresql" if storage.path.is_some() => {
                 return Err(bad("storage \"postgresql\" takes no path: it keeps everything in its table".into()));
             }
-            "postgresql" => Storage::Postgres(PostgresStorage {
+            "postgresql" => {
+                let duration = |name: &str, v: Option<String>, default: u64, min: u64, max: u64| {
+                    use std::time::Duration;
+                    match v {
+                        None => Ok(Duration::from_millis(default)),
+                        Some(v) => humantime::parse_duration(&v)
+                            .ok()
+                            .filter(|d| (Duration::from_millis(min)..=Duration::from_millis(max)).contains(d))
+                            .ok_or_else(|| {
+                                bad(format!(
+                                    "storage \"postgresql\": {name} {v:?} must be a duration from {} to {}",
+                                    humantime::format_duration(Duration::from_millis(min)),
+                                    humantime::format_duration(Duration::from_millis(max))
+                                ))
+                            }),
+                    }
+                };
+                let feed_poll_interval = duration("feed_poll_interval", storage.feed_poll_interval, 50, 10, 5_000)?;
+                let feed_max_lag = duration("feed_max_lag", storage.feed_max_lag, 5_000, 1_000, 600_000)?;
+                if feed_max_lag < feed_poll_interval * 4 {
+                    return Err(bad(format!(
+                        "storage \"postgresql\": feed_max_lag ({}) must be at least four feed_poll_intervals ({})",
+                        humantime::format_duration(feed_max_lag),
+                        humantime::format_duration(feed_poll_interval * 4)
+                    )));
+                }
+                Storage::Postgres(PostgresStorage {
                 connection_url: storage.connection_url.ok_or_else(|| {
                     bad("storage \"postgresql\" needs connection_url = \"postgresql://user:password@host:5432/db?sslmode=verify-full\"".into())
                 })?,
@@ -483,7 +519,10 @@ impl Config {
                         .filter(|d| (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600)).contains(d))
                         .ok_or_else(|| bad(format!("storage \"postgresql\": leader_lease {v:?} must be a duration from 1s to 10m")))?,
                 },
-            }),
+                feed_poll_interval,
+                feed_max_lag,
+            })
+            }
             other => {
                 return Err(bad(format!(
                     "storage type {other:?} is not supported; use \"file\", \"postgresql\" or \"inmem\""

@@ -112,7 +112,4 @@ pub mod exit {
     pub const CONFLICT: u8 = 6;
     /// A wait timed out with the operation still under way in the server.
     pub const STILL_PENDING: u8 = 7;
-    /// The server lost the lead of its PostgreSQL table and stopped.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub const LOST_LEAD: u8 = 8;
 }

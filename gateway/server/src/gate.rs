@@ -63,12 +63,10 @@ where
         let Some(op) = crate::audited::operation(&req).filter(|op| !OPEN.contains(op)) else {
             return Box::pin(self.inner.call(req));
         };
-        // A node that shares a PostgreSQL table and could not renew its
-        // lead in time serves nothing: another node may lead by now.
-        if !crate::server::lease_holds() {
-            let status = tonic::Status::unavailable(
-                "this node could not renew its lead of the PostgreSQL table in time: another node may lead; retry there",
-            );
+        // A node that shares a PostgreSQL table and has not followed its
+        // change feed lately serves nothing: its caches may be stale.
+        if let Err(why) = crate::server::serves() {
+            let status = tonic::Status::unavailable(why);
             return Box::pin(async move { Ok(status.into_http()) });
         }
         // The ready service goes with this request; a clone waits for the next.

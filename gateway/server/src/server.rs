@@ -82,73 +82,93 @@ pub(crate) async fn open_store(storage: &Storage) -> Result<Opened, Error> {
     }
 }
 
-/// One node serves a PostgreSQL table at a time (each node's caches know
-/// only its own writes, until a change feed keeps them coherent): waits,
-/// not listening, until this node holds the table's leader lease, then
-/// renews it in the background. A node that loses the lease (it was paused
-/// past it and another took over, or a commit was fenced) exits at once,
-/// so that whatever supervises it starts it again as a waiting node.
+/// This node on a PostgreSQL table that several nodes share: every node
+/// serves; the one holding the table's leader lease runs the singleton
+/// work. Two tasks run until the process ends:
+/// - the lease: taken when free and renewed every quarter of it; the core
+///   runs the singleton work while it holds (a lost or fenced lease stops
+///   it, and the node goes on serving as a standby);
+/// - the change feed: what other nodes commit is dropped from this node's
+///   caches (`Core::changed_elsewhere`); a node that has not followed the
+///   feed within `feed_max_lag` refuses requests (see [`serves`]).
 #[cfg(feature = "postgres")]
-async fn lead(
+fn join(
     store: &Arc<keybridge_store_postgres::PostgresStore>,
+    core: &Arc<Core>,
     api_addr: &str,
-    lease: std::time::Duration,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
+    p: &crate::config::PostgresStorage,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let node = node_id().to_string();
     store.lead_as(&node, api_addr);
-    let _ = SHARED.set((store.clone(), lease));
-    let mut said = false;
-    let epoch = loop {
-        beat(store, "waiting").await;
-        let sent = Instant::now();
-        match store.try_lead(lease).await {
-            Ok(Some(epoch)) => {
-                lease_renewed(sent, lease);
-                break epoch;
-            }
-            Ok(None) => {
-                if !said {
-                    let leader = store.leader().await.ok();
-                    tracing::warn!(
-                        leader = leader.as_ref().map_or("", |l| l.node.as_str()),
-                        leader_address = leader.as_ref().map_or("", |l| l.api_addr.as_str()),
-                        "another node serves this PostgreSQL table; waiting for its lease to end"
-                    );
-                    said = true;
+    core.set_leading(false);
+    let _ = SHARED.set(Shared { store: store.clone(), lease: p.leader_lease, feed_max_lag: p.feed_max_lag });
+    let lease = p.leader_lease;
+    let leadership = {
+        let (store, core) = (store.clone(), core.clone());
+        tokio::spawn(async move {
+            let mut held: Option<u64> = None;
+            let mut said_waiting = false;
+            loop {
+                // A node resumed after a pause stops its singleton work at
+                // once, before it learns whether another took over.
+                if held.is_some() && !lease_holds() {
+                    core.set_leading(false);
                 }
+                let sent = Instant::now();
+                match tokio::time::timeout(lease / 4, store.try_lead(lease)).await {
+                    Ok(Ok(Some(epoch))) => {
+                        lease_renewed(sent, lease);
+                        if held != Some(epoch) {
+                            tracing::info!(node = %node_id(), epoch, "this node leads the PostgreSQL table");
+                            held = Some(epoch);
+                        }
+                        core.set_leading(true);
+                        beat(&store, "leader").await;
+                    }
+                    Ok(Ok(None)) => {
+                        core.set_leading(false);
+                        if let Some(epoch) = held.take() {
+                            tracing::warn!(
+                                epoch,
+                                "another node leads the PostgreSQL table now; this node serves as a standby"
+                            );
+                        } else if !said_waiting {
+                            let leader = store.leader().await.ok();
+                            tracing::info!(
+                                leader = leader.as_ref().map_or("", |l| l.node.as_str()),
+                                leader_address = leader.as_ref().map_or("", |l| l.api_addr.as_str()),
+                                "another node leads this PostgreSQL table; this node serves as a standby"
+                            );
+                            said_waiting = true;
+                        }
+                        beat(&store, "standby").await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot reach PostgreSQL for the leader lease; trying again")
+                    }
+                    Err(_) => tracing::warn!("renewing the leader lease took over a quarter of it; trying again"),
+                }
+                if held.is_some() && !lease_holds() {
+                    core.set_leading(false);
+                }
+                tokio::time::sleep(lease / 4).await;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot reach PostgreSQL for the leader lease; trying again"),
-        }
-        tokio::time::sleep(lease / 4).await;
+        })
     };
-    tracing::info!(node = %node, epoch, "this node leads the PostgreSQL table");
-    beat(store, "leader").await;
-    let _ = NODE.set(NodeInfo { id: node.clone(), api_addr: api_addr.to_string(), epoch });
-    let store = store.clone();
-    let renewal = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(lease / 4).await;
-            // Fenced (a commit found another epoch): never take the lead
-            // again with this process's state.
-            if store.epoch() != Some(epoch) {
-                lost(epoch, "a commit was fenced: another node leads");
-            }
-            let sent = std::time::Instant::now();
-            match tokio::time::timeout(lease / 4, store.try_lead(lease)).await {
-                Ok(Ok(Some(e))) if e == epoch => {
-                    lease_renewed(sent, lease);
-                    beat(&store, "leader").await;
+    let feed = {
+        let core = core.clone();
+        tokio::spawn(store.clone().follow(p.feed_poll_interval, move |change| {
+            let core = core.clone();
+            async move {
+                use keybridge_core::coherence::Changed;
+                match change {
+                    keybridge_store_postgres::Change::Keys(keys) => core.changed_elsewhere(Changed::Keys(&keys)).await,
+                    keybridge_store_postgres::Change::Everything => core.changed_elsewhere(Changed::Everything).await,
                 }
-                Ok(Ok(_)) => lost(epoch, "another node took the lease"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease; trying again"),
-                Err(_) => tracing::warn!("renewing the leader lease took over a quarter of it; trying again"),
             }
-            if !lease_holds() {
-                lost(epoch, "the lease could not be renewed in time (PostgreSQL unreachable or slow)");
-            }
-        }
-    });
-    Ok(renewal)
+        }))
+    };
+    vec![leadership, feed]
 }
 
 /// This node's id: its hostname and process id.
@@ -160,28 +180,26 @@ pub(crate) fn node_id() -> &'static str {
     })
 }
 
-/// The shared PostgreSQL store and its lease, for `Sys/Members`.
+/// This node on a shared PostgreSQL table: for the gate, `operator
+/// status` and `Sys/Members`.
 #[cfg(feature = "postgres")]
-pub(crate) static SHARED: std::sync::OnceLock<(Arc<keybridge_store_postgres::PostgresStore>, std::time::Duration)> =
-    std::sync::OnceLock::new();
-
-/// This node on a shared PostgreSQL table, once it leads (it serves only
-/// then): for `operator status`.
-pub(crate) struct NodeInfo {
-    pub id: String,
-    pub api_addr: String,
-    pub epoch: u64,
+pub(crate) struct Shared {
+    pub store: Arc<keybridge_store_postgres::PostgresStore>,
+    pub lease: std::time::Duration,
+    pub feed_max_lag: std::time::Duration,
 }
 
-pub(crate) static NODE: std::sync::OnceLock<NodeInfo> = std::sync::OnceLock::new();
+#[cfg(feature = "postgres")]
+pub(crate) static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
 
 /// Until when (milliseconds since [`since_start`]'s origin) this node may
-/// serve its PostgreSQL table without a newer renewal: four fifths of the
-/// lease after the last renewal that went through was sent (the lease
-/// runs from when the database ran it, which is later). `u64::MAX` when
-/// the node is not on a shared table.
-static LEASE_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+/// run singleton work without a newer renewal: four fifths of the lease
+/// after the last renewal that went through was sent (the lease runs from
+/// when the database ran it, which is later).
+#[cfg(feature = "postgres")]
+static LEASE_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+#[cfg(feature = "postgres")]
 fn since_start(at: Instant) -> u64 {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
@@ -191,15 +209,34 @@ fn since_start(at: Instant) -> u64 {
 #[cfg(feature = "postgres")]
 fn lease_renewed(sent: Instant, lease: std::time::Duration) {
     let until = since_start(sent).saturating_add(u64::try_from((lease * 4 / 5).as_millis()).unwrap_or(0));
-    LEASE_UNTIL.store(until.min(u64::MAX - 1), std::sync::atomic::Ordering::Release);
+    LEASE_UNTIL.store(until, std::sync::atomic::Ordering::Release);
 }
 
-/// Whether this node may serve: always, but on a shared PostgreSQL table
-/// whose lease it could not renew in time (a node resumed after a pause
-/// refuses requests at once, before its renewal finds another leader).
-pub(crate) fn lease_holds() -> bool {
-    let until = LEASE_UNTIL.load(std::sync::atomic::Ordering::Acquire);
-    until == u64::MAX || since_start(Instant::now()) < until
+#[cfg(feature = "postgres")]
+fn lease_holds() -> bool {
+    since_start(Instant::now()) < LEASE_UNTIL.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Whether this node may serve requests: always, but on a shared
+/// PostgreSQL table while it has not followed the change feed within
+/// `feed_max_lag` (it could honour a token or a policy another node
+/// changed). The reason, when it may not.
+pub(crate) fn serves() -> Result<(), String> {
+    #[cfg(feature = "postgres")]
+    if let Some(shared) = SHARED.get() {
+        let age = shared.store.feed_age();
+        if age.is_none_or(|a| a > shared.feed_max_lag) {
+            return Err(format!(
+                "this node has not followed the store's change feed {} (PostgreSQL unreachable or slow), so it could \
+                 honour a revoked token: retry on another node",
+                match age {
+                    Some(a) => format!("for {}s", a.as_secs()),
+                    None => "yet".into(),
+                }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Records this node in the members table (a failure is only logged: the
@@ -209,13 +246,6 @@ async fn beat(store: &keybridge_store_postgres::PostgresStore, state: &str) {
     if let Err(e) = store.heartbeat(state).await {
         tracing::warn!(error = %e, "cannot record this node in the members table");
     }
-}
-
-#[cfg(feature = "postgres")]
-fn lost(epoch: u64, why: &str) -> ! {
-    tracing::error!(epoch, "lost the lead of the PostgreSQL table ({why}); exiting, to start again as a waiting node");
-    eprintln!("keybridge: lost the lead of the PostgreSQL table at epoch {epoch} ({why}); exiting");
-    std::process::exit(crate::exit::LOST_LEAD.into())
 }
 
 fn restrict_dir(dir: &std::path::Path) {
@@ -235,8 +265,7 @@ pub async fn run(
     for note in &config.without_effect {
         tracing::info!("{note}");
     }
-    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
-    let mut signals = Box::pin(stop_signals()?);
+    let signals = Box::pin(stop_signals()?);
     // SIGHUP too, at once: one that arrives while the store opens waits for
     // the reload task instead of killing the process (its default action).
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -272,17 +301,6 @@ pub async fn run(
         #[cfg(feature = "postgres")]
         postgres,
     } = open_store(&config.storage).await?;
-    #[cfg(feature = "postgres")]
-    let renewal = match (&postgres, &config.storage) {
-        (Some(store), Storage::Postgres(p)) => tokio::select! {
-            led = lead(store, config.api_addr.as_deref().unwrap_or(""), p.leader_lease) => Some(led?),
-            () = &mut signals => {
-                tracing::info!("stopped while waiting for the lead");
-                return Ok(());
-            }
-        },
-        _ => None,
-    };
     #[cfg(feature = "wasm")]
     fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::plugins::PluginRuntime>>, Error> {
         let host = keybridge_wasm_host::WasmHost::new(keybridge_wasm_host::HostConfig::default())
@@ -376,6 +394,12 @@ pub async fn run(
     let sync = pb::sync_server::SyncServer::new(crate::service_sync::SyncService { core: core.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    // On a shared PostgreSQL table: the lease and the change feed.
+    #[cfg(feature = "postgres")]
+    let shared_tasks = match (&postgres, &config.storage) {
+        (Some(store), Storage::Postgres(p)) => join(store, &core, config.api_addr.as_deref().unwrap_or(""), p),
+        _ => Vec::new(),
+    };
     // The reconciler: idle while sealed, replicating and scanning otherwise.
     tokio::spawn(core.clone().sync_worker());
     tokio::spawn(core.clone().lease_worker());
@@ -553,9 +577,10 @@ pub async fn run(
     // stop first, so none runs after the release).
     #[cfg(feature = "postgres")]
     if let Some(store) = &postgres {
-        if let Some(r) = renewal {
-            r.abort();
-            let _ = r.await;
+        core.set_leading(false);
+        for t in shared_tasks {
+            t.abort();
+            let _ = t.await;
         }
         if let Err(e) = store.step_down().await {
             tracing::warn!(error = %e, "could not give up the lead of the PostgreSQL table");

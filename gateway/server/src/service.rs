@@ -461,9 +461,9 @@ pub struct SysService {
 }
 
 impl SysService {
-    fn status_pb(&self, s: keybridge_core::SealStatus) -> pb::SealStatusResponse {
-        let node = crate::server::NODE.get();
-        pb::SealStatusResponse {
+    async fn status_pb(&self, s: keybridge_core::SealStatus) -> pb::SealStatusResponse {
+        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
+        let mut out = pb::SealStatusResponse {
             initialized: s.initialized,
             sealed: s.sealed,
             key_shares: s.shares,
@@ -471,11 +471,27 @@ impl SysService {
             progress: s.progress,
             version: self.version.to_string(),
             storage_type: s.storage_type.to_string(),
-            node_id: node.map(|n| n.id.clone()).unwrap_or_default(),
-            leader: node.is_some() && crate::server::lease_holds(),
-            leader_address: node.map(|n| n.api_addr.clone()).unwrap_or_default(),
-            epoch: node.map_or(0, |n| n.epoch),
+            ..Default::default()
+        };
+        #[cfg(feature = "postgres")]
+        if let Some(shared) = crate::server::SHARED.get() {
+            out.node_id = crate::server::node_id().to_string();
+            out.leader = self.core.is_leading();
+            // Who leads, as the lease row says (empty when the database
+            // cannot be reached).
+            if let Ok(l) = shared.store.leader().await
+                && l.live
+            {
+                out.leader_address = l.api_addr;
+                out.epoch = l.epoch;
+            }
+            fn ms(d: std::time::Duration) -> u64 {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            }
+            out.feed_lag_ms = ms(shared.store.feed_lag());
+            out.feed_age_ms = shared.store.feed_age().map_or(u64::MAX, ms);
         }
+        out
     }
 
     /// Health follows the seal: NOT_SERVING while sealed.
@@ -552,7 +568,7 @@ impl pb::sys_server::Sys for SysService {
         _req: Request<pb::SealStatusRequest>,
     ) -> Result<Response<pb::SealStatusResponse>, Status> {
         let s = self.core.seal_status().await.map_err(status)?;
-        Ok(Response::new(self.status_pb(s)))
+        Ok(Response::new(self.status_pb(s).await))
     }
 
     async fn init(&self, req: Request<pb::InitRequest>) -> Result<Response<pb::InitResponse>, Status> {
@@ -582,7 +598,7 @@ impl pb::sys_server::Sys for SysService {
         if !s.sealed {
             tracing::info!("unsealed");
         }
-        Ok(Response::new(self.status_pb(s)))
+        Ok(Response::new(self.status_pb(s).await))
     }
 
     async fn seal(&self, req: Request<pb::SealRequest>) -> Result<Response<pb::SealStatusResponse>, Status> {
@@ -591,7 +607,7 @@ impl pb::sys_server::Sys for SysService {
         let s = self.core.finish(&c, res, none).await.map_err(status)?;
         self.sync_health().await;
         tracing::info!("sealed by request");
-        Ok(Response::new(self.status_pb(s)))
+        Ok(Response::new(self.status_pb(s).await))
     }
 
     async fn enable_mount(&self, req: Request<pb::EnableMountRequest>) -> Result<Response<pb::Mount>, Status> {
@@ -752,8 +768,8 @@ impl pb::sys_server::Sys for SysService {
 /// The nodes using the store: the shared table's members, or this node.
 async fn list_members() -> Result<Vec<pb::Member>, CoreError> {
     #[cfg(feature = "postgres")]
-    if let Some((store, lease)) = crate::server::SHARED.get() {
-        let members = store.members(*lease).await.map_err(CoreError::from)?;
+    if let Some(shared) = crate::server::SHARED.get() {
+        let members = shared.store.members(shared.lease).await.map_err(CoreError::from)?;
         return Ok(members
             .into_iter()
             .map(|m| pb::Member { node_id: m.node, api_addr: m.api_addr, state: m.state, alive: m.alive })
@@ -761,7 +777,7 @@ async fn list_members() -> Result<Vec<pb::Member>, CoreError> {
     }
     Ok(vec![pb::Member {
         node_id: crate::server::node_id().to_string(),
-        api_addr: crate::server::NODE.get().map(|n| n.api_addr.clone()).unwrap_or_default(),
+        api_addr: String::new(),
         state: "standalone".into(),
         alive: true,
     }])

@@ -104,6 +104,11 @@ async fn cached_reads_need_no_database_and_the_store_reconnects() {
     assert!(served, "the store did not serve again after the database came back");
 }
 
+/// Runs `f` as leader work on `store`.
+async fn lw<F: std::future::Future>(store: &Arc<dyn Physical>, f: F) -> F::Output {
+    keybridge_barrier::leader_work::scope(store.clone(), f).await
+}
+
 fn put(key: &str) -> Batch {
     Batch { checks: vec![], ops: vec![Op::Put { key: key.into(), value: b"v".to_vec() }] }
 }
@@ -116,12 +121,12 @@ fn put(key: &str) -> Batch {
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_leads_and_a_deposed_leader_is_fenced() {
-    use keybridge_barrier::leader_work::scope;
     use std::time::Duration;
     let pg = Postgres::start();
     let url = pg.url("localhost", "disable");
-    let a = PostgresStore::connect(&settings(url.clone(), None)).await.unwrap();
-    let b = PostgresStore::connect(&settings(url, None)).await.unwrap();
+    let a = Arc::new(PostgresStore::connect(&settings(url.clone(), None)).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&settings(url, None)).await.unwrap());
+    let (pa, pb): (Arc<dyn Physical>, Arc<dyn Physical>) = (a.clone(), b.clone());
     a.lead_as("node-a", "https://a:8200");
     b.lead_as("node-b", "https://b:8200");
     let ttl = Duration::from_millis(800);
@@ -132,11 +137,14 @@ async fn one_node_leads_and_a_deposed_leader_is_fenced() {
         (info.node.as_str(), info.api_addr.as_str(), info.epoch, info.live),
         ("node-a", "https://a:8200", 1, true)
     );
-    scope(a.commit(put("by-a"))).await.unwrap();
-    scope(a.fence_check()).await.unwrap();
+    lw(&pa, a.commit(put("by-a"))).await.unwrap();
+    lw(&pa, keybridge_barrier::leader_work::check()).await.unwrap();
     // A standby never commits leader work, nor starts an external call...
-    assert!(matches!(scope(b.commit(put("by-b"))).await, Err(keybridge_barrier::Error::Fenced { epoch: 0 })));
-    assert!(matches!(scope(b.fence_check()).await, Err(keybridge_barrier::Error::Fenced { epoch: 0 })));
+    assert!(matches!(lw(&pb, b.commit(put("by-b"))).await, Err(keybridge_barrier::Error::Fenced { epoch: 0 })));
+    assert!(matches!(
+        lw(&pb, keybridge_barrier::leader_work::check()).await,
+        Err(keybridge_barrier::Error::Fenced { epoch: 0 })
+    ));
     assert!(b.get("by-b").await.unwrap().is_none());
     // ...but serves requests.
     b.commit(put("request-on-b")).await.unwrap();
@@ -150,21 +158,27 @@ async fn one_node_leads_and_a_deposed_leader_is_fenced() {
     // A stops renewing; once its lease expired, B takes over at epoch 2.
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(b.try_lead(ttl).await.unwrap(), Some(2));
-    scope(b.commit(put("by-b"))).await.unwrap();
+    lw(&pb, b.commit(put("by-b"))).await.unwrap();
     // A, resumed, still believes it leads; its leader commit is fenced and
     // it steps down.
     assert_eq!(a.epoch(), Some(1));
-    let e = scope(a.commit(put("late-by-a"))).await.unwrap_err();
+    let e = lw(&pa, a.commit(put("late-by-a"))).await.unwrap_err();
     assert!(matches!(e, keybridge_barrier::Error::Fenced { epoch: 1 }), "{e}");
     assert!(e.to_string().contains("stepped down"), "{e}");
     assert_eq!(a.epoch(), None);
     assert!(a.get("late-by-a").await.unwrap().is_none());
     assert_eq!(a.try_lead(ttl).await.unwrap(), None);
-    assert!(matches!(scope(a.fence_check()).await, Err(keybridge_barrier::Error::Fenced { epoch: 0 })));
-    scope(b.fence_check()).await.unwrap();
+    assert!(matches!(
+        lw(&pa, keybridge_barrier::leader_work::check()).await,
+        Err(keybridge_barrier::Error::Fenced { epoch: 0 })
+    ));
+    lw(&pb, keybridge_barrier::leader_work::check()).await.unwrap();
     // Stepping down hands over without waiting for the lease.
     b.step_down().await.unwrap();
-    assert!(matches!(scope(b.fence_check()).await, Err(keybridge_barrier::Error::Fenced { .. })));
+    assert!(matches!(
+        lw(&pb, keybridge_barrier::leader_work::check()).await,
+        Err(keybridge_barrier::Error::Fenced { .. })
+    ));
     assert_eq!(a.try_lead(ttl).await.unwrap(), Some(3));
     assert_eq!(b.epoch(), None);
 }

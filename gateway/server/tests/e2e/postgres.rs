@@ -157,73 +157,179 @@ fn member_states(s: &Server, token: &str) -> Vec<(String, bool)> {
 }
 
 fn leased_block(pg: &Postgres) -> String {
-    pg_block(pg, "kb_ha").replace("max_connections = 4", "max_connections = 4\n leader_lease = \"2s\"")
+    pg_block(pg, "kb_ha").replace(
+        "max_connections = 4",
+        "max_connections = 4\n leader_lease = \"2s\"\n feed_poll_interval = \"50ms\"\n feed_max_lag = \"1s\"",
+    )
 }
 
-/// One node serves a table at a time. A second node waits, not listening,
-/// and takes over when the first is killed (within the lease plus 5 s),
-/// with every write the first acknowledged. A leader paused past its lease
-/// (SIGSTOP), whose place another took, neither commits nor goes on
-/// serving once resumed: it exits with code 8.
+fn node_status(s: &Server) -> serde_json::Value {
+    json(&s.cli(None, &["operator", "status", "-o", "json"]))
+}
+
+/// Polls `f` every 20 ms for up to `limit`: how long it took to hold.
+fn within(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
+fn put(s: &Server, token: &str, path: &str, value: &str) {
+    let o = s.cli(Some(token), &["kv", "put", path, &format!("pw={value}")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Three nodes on one table: every node serves, exactly one leads. What one
+/// node commits reaches the others' caches through the change feed within
+/// the measured lag: a changed secret, a revoked token, a changed policy,
+/// a new mount, a rotated keyring. (a) The leader is killed: another leads
+/// within the lease plus 5 s, with every acknowledged write. (b) The new
+/// leader is paused past its lease and a third takes over; resumed, it no
+/// longer leads, never serves what changed while it slept, and serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiting_node_takes_over_and_a_paused_leader_stops() {
+async fn every_node_serves_one_leads_and_caches_follow_the_feed() {
     use std::time::{Duration, Instant};
     let pg = Postgres::start();
     let block = leased_block(&pg);
-    let (dir_a, dir_b, dir_c) =
-        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Server::with_storage(dir_a.path(), &block);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Server::with_storage(dirs[0].path(), &block);
     let (root, key) = init_unseal(&a);
-    for i in 0..10 {
-        let o = a.cli(Some(&root), &["kv", "put", &format!("secret/ha/s{i}"), &format!("pw=v{i}")]);
-        assert!(o.status.success(), "{}", stderr(&o));
+    let b = Server::with_storage(dirs[1].path(), &block);
+    let c = Server::with_storage(dirs[2].path(), &block);
+    unseal(&b, &key);
+    unseal(&c, &key);
+    let leads = |s: &Server| node_status(s)["leader"].as_bool().unwrap_or(false);
+    assert!(within(Duration::from_secs(5), || leads(&a)).is_some(), "the first node never led");
+    assert!(!leads(&b) && !leads(&c), "two nodes lead");
+    let states = member_states(&b, &root);
+    assert_eq!(states.iter().filter(|s| s.1).count(), 3, "{states:?}");
+    assert_eq!(states.iter().filter(|s| s.0 == "leader").count(), 1, "{states:?}");
+    assert_eq!(states.iter().filter(|s| s.0 == "standby").count(), 2, "{states:?}");
+    let st = node_status(&c);
+    assert_eq!(st["leader_address"], node_status(&a)["leader_address"]);
+    assert!(st["feed_age_ms"].as_u64().unwrap() < 1000, "{st}");
+
+    // A write on any node reads back on every node.
+    let nodes = [&a, &b, &c];
+    for (i, w) in nodes.iter().enumerate() {
+        put(w, &root, &format!("secret/ha/w{i}"), &format!("v{i}"));
     }
-    let waiting =
-        |dir: std::path::PathBuf, block: String| std::thread::spawn(move || Server::with_storage(&dir, &block));
-    let b = waiting(dir_b.path().to_path_buf(), block.clone());
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(!b.is_finished(), "a second node served the table beside the leader");
-    // The leader lists both nodes: itself leading, the other waiting.
-    let states = member_states(&a, &root);
-    assert_eq!(states.len(), 2, "{states:?}");
-    assert!(states.contains(&("leader".into(), true)) && states.contains(&("waiting".into(), true)), "{states:?}");
-    // (a) The leader is killed: the waiting node takes over.
+    for r in nodes {
+        for i in 0..3 {
+            assert_eq!(secret_value(r, &root, &format!("secret/ha/w{i}")), format!("v{i}"));
+        }
+    }
+    let mut lags = Vec::new();
+    // A value cached on B changes on C.
+    put(&c, &root, "secret/ha/w1", "changed");
+    let lag = within(Duration::from_secs(3), || secret_value(&b, &root, "secret/ha/w1") == "changed");
+    lags.push(("secret", lag.expect("B kept serving the old value")));
+    // A token revoked on A stops working on B and C.
+    let o = a.cli_stdin(
+        Some(&root),
+        &["policy", "write", "reader", "-"],
+        "path \"secret/*\" { capabilities = [\"read\"] }",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = |s: &Server| {
+        let o = s.cli(Some(&root), &["token", "create", "--policy", "reader", "-o", "json"]);
+        json(&o)["token"].as_str().unwrap().to_string()
+    };
+    let t = token(&a);
+    let reads = |s: &Server, t: &str| s.cli(Some(t), &["kv", "get", "secret/ha/w0"]).status.success();
+    assert!(reads(&b, &t) && reads(&c, &t), "the new token does not read on the other nodes");
+    let o = a.cli(Some(&root), &["token", "revoke", &t]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let revoked = Instant::now();
+    assert!(within(Duration::from_secs(3), || !reads(&b, &t)).is_some(), "B honours a revoked token");
+    assert!(within(Duration::from_secs(3), || !reads(&c, &t)).is_some(), "C honours a revoked token");
+    lags.push(("revoked token", revoked.elapsed()));
+    // A policy narrowed on A stops granting on B.
+    let t2 = token(&c);
+    assert!(reads(&b, &t2));
+    let o =
+        a.cli_stdin(Some(&root), &["policy", "write", "reader", "-"], "path \"other/*\" { capabilities = [\"read\"] }");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lag = within(Duration::from_secs(3), || !reads(&b, &t2));
+    lags.push(("policy", lag.expect("B kept granting a narrowed policy")));
+    // A mount enabled on A is used on B and C.
+    let o = a.cli(Some(&root), &["mount", "enable", "--type", "local", "other/"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lag =
+        within(Duration::from_secs(3), || b.cli(Some(&root), &["kv", "put", "other/x", "pw=on-b"]).status.success());
+    lags.push(("mount", lag.expect("B never saw the new mount")));
+    assert_eq!(secret_value(&c, &root, "other/x"), "on-b");
+    // A keyring rotated on A: B writes under the new term, C reads it.
+    let term = |s: &Server| json(&s.cli(Some(&root), &["operator", "key-status", "-o", "json"]))["term"].as_u64();
+    let o = a.cli(Some(&root), &["operator", "rotate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lag = within(Duration::from_secs(3), || term(&b) == Some(2) && term(&c) == Some(2));
+    lags.push(("keyring", lag.expect("the rotated keyring did not reach B and C")));
+    put(&b, &root, "secret/ha/after-rotate", "r");
+    assert_eq!(secret_value(&c, &root, "secret/ha/after-rotate"), "r");
+    eprintln!("change feed, from a commit on one node to its effect on another (poll 50 ms): {lags:?}");
+
+    // (a) The leader is killed; writes go on on B.
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(a.child.id() as i32, libc::SIGKILL) };
     let killed = Instant::now();
-    let b = crate::harness::blocking(|| b.join().unwrap());
-    let took = killed.elapsed();
-    assert!(took < Duration::from_secs(2 + 5), "the next node took {took:?} to serve");
-    eprintln!("failover after SIGKILL: serving in {took:?} (lease 2 s)");
-    unseal(&b, &key);
-    for i in 0..10 {
-        assert_eq!(secret_value(&b, &root, &format!("secret/ha/s{i}")), format!("v{i}"));
-    }
-    // The killed node is no longer alive; the new leader is.
-    let states = member_states(&b, &root);
-    assert!(states.contains(&("leader".into(), true)) && states.iter().filter(|(_, a)| *a).count() == 1, "{states:?}");
+    let took = within(Duration::from_secs(2 + 5), || leads(&b) || leads(&c));
+    let took = took.expect("no node led within the lease plus 5 s");
+    eprintln!("failover after SIGKILL: a new leader in {:?} (lease 2 s)", killed.elapsed().min(took));
     drop(a);
-    // (b) The new leader is paused past its lease; a third node takes over.
-    let c = waiting(dir_c.path().to_path_buf(), block.clone());
-    std::thread::sleep(Duration::from_millis(500));
+    for r in [&b, &c] {
+        for i in 0..3 {
+            let want = if i == 1 { "changed".to_string() } else { format!("v{i}") };
+            assert_eq!(secret_value(r, &root, &format!("secret/ha/w{i}")), want);
+        }
+    }
+    // (b) The leader is paused past its lease; the other takes over.
+    let (paused, other) = if leads(&b) { (&b, &c) } else { (&c, &b) };
+    assert_eq!(secret_value(paused, &root, "secret/ha/w2"), "v2"); // cached there
+    let epoch = node_status(other)["epoch"].as_u64().unwrap();
     // SAFETY: as above.
-    unsafe { libc::kill(b.child.id() as i32, libc::SIGSTOP) };
-    let c = crate::harness::blocking(|| c.join().unwrap());
-    unseal(&c, &key);
-    let o = c.cli(Some(&root), &["kv", "put", "secret/ha/by-c", "pw=c"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    // Resumed, the old leader takes no write and stops.
+    unsafe { libc::kill(paused.child.id() as i32, libc::SIGSTOP) };
+    assert!(within(Duration::from_secs(2 + 5), || leads(other)).is_some(), "the other node never took over");
+    assert!(node_status(other)["epoch"].as_u64().unwrap() > epoch);
+    put(other, &root, "secret/ha/w2", "while-paused");
     // SAFETY: as above.
-    unsafe { libc::kill(b.child.id() as i32, libc::SIGCONT) };
-    let o = b.cli(Some(&root), &["kv", "put", "secret/ha/late-by-b", "pw=b"]);
-    assert!(!o.status.success(), "a deposed leader acknowledged a write: {}", stdout(&o));
-    let mut b = b;
-    let status = crate::harness::blocking(|| b.child.wait().unwrap());
-    assert_eq!(status.code(), Some(8), "{status:?}");
-    let o = c.cli(Some(&root), &["kv", "get", "secret/ha/late-by-b"]);
-    assert!(!o.status.success(), "the deposed leader's write landed");
-    assert_eq!(secret_value(&c, &root, "secret/ha/s3"), "v3");
-    assert_eq!(secret_value(&c, &root, "secret/ha/by-c"), "c");
+    unsafe { libc::kill(paused.child.id() as i32, libc::SIGCONT) };
+    // Never the value from before the pause: refused until the node has
+    // read the feed, then the new one.
+    let mut served = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !served {
+        let o = paused.cli(Some(&root), &["kv", "get", "-o", "json", "secret/ha/w2"]);
+        if o.status.success() {
+            assert_eq!(json(&o)["data"]["pw"], "while-paused", "a resumed node served a stale value");
+            served = true;
+        }
+    }
+    assert!(served, "the resumed node never served again");
+    assert!(within(Duration::from_secs(3), || !leads(paused)).is_some(), "the resumed node still claims the lead");
+    assert!(leads(other));
+    put(paused, &root, "secret/ha/by-resumed", "ok");
+    assert_eq!(secret_value(other, &root, "secret/ha/by-resumed"), "ok");
+
+    // A node that cannot follow the feed past feed_max_lag (1 s) refuses
+    // even what it has cached, and serves again once it can.
+    pg.stop();
+    let refused = within(Duration::from_secs(4), || {
+        let o = other.cli(Some(&root), &["kv", "get", "secret/ha/by-resumed"]);
+        !o.status.success() && stderr(&o).contains("change feed")
+    });
+    let refused = refused.expect("a node that cannot follow the feed went on serving");
+    eprintln!("feed unreachable: requests refused after {refused:?} (feed_max_lag 1 s)");
+    pg.start_again();
+    assert!(
+        within(Duration::from_secs(10), || secret_value(other, &root, "secret/ha/by-resumed") == "ok").is_some(),
+        "the node did not serve again once PostgreSQL was back"
+    );
 }
 
 /// (c) PostgreSQL restarts in the middle of writes: writes during the
