@@ -42,6 +42,9 @@ pub struct AuthMount {
 pub(crate) struct AuthState {
     pub table: Vec<AuthMount>,
     pub parsed: HashMap<String, Arc<Method>>,
+    /// Bumped when another node's change drops parsed configs: a parse
+    /// that read the store before it is not kept.
+    pub dropped: u64,
 }
 
 fn config_key(id: &str) -> String {
@@ -295,9 +298,13 @@ impl Core {
     }
 
     async fn method(&self, loaded: &Unsealed, mount: &AuthMount) -> Result<Arc<Method>> {
-        if let Some(m) = loaded.auth.read().unwrap_or_else(|p| p.into_inner()).parsed.get(&mount.id) {
-            return Ok(m.clone());
-        }
+        let dropped = {
+            let st = loaded.auth.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = st.parsed.get(&mount.id) {
+                return Ok(m.clone());
+            }
+            st.dropped
+        };
         let settings = self.read_settings(&config_key(&mount.id)).await?.ok_or_else(|| {
             Error::FailedPrecondition(format!("auth/{} is not configured yet: write its config first", mount.path))
         })?;
@@ -307,6 +314,9 @@ impl Core {
         // A config written since this read put its own method here after its
         // commit: keep that one, never the one parsed from what was read.
         let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
+        if st.dropped != dropped {
+            return Ok(method); // used once, not kept: it may predate another node's change
+        }
         Ok(st.parsed.entry(mount.id.clone()).or_insert(method).clone())
     }
 

@@ -20,6 +20,19 @@ pub enum Changed<'a> {
 }
 
 impl Changed<'_> {
+    /// The auth methods' table or a method's config.
+    fn auth(&self) -> bool {
+        self.exact(crate::auth_methods::AUTH_TABLE_KEY)
+            || matches!(self, Changed::Everything)
+            || self.keys_under("auth/").any(|k| k.ends_with("/config"))
+    }
+
+    /// Touches what the lifecycle lock (`admin`) guards: the keyring, the
+    /// mount table, the auth methods, the audit devices.
+    fn guarded(&self) -> bool {
+        self.exact(KEYRING_KEY) || self.exact(MOUNTS_KEY) || self.auth() || self.exact(keybridge_audit::DEVICES_KEY)
+    }
+
     fn exact(&self, key: &str) -> bool {
         match self {
             Changed::Everything => true,
@@ -48,8 +61,24 @@ impl Core {
     /// what this node holds of them. Runs before the store counts its feed
     /// as followed, so a revoked token or a changed policy stops working
     /// here once this returns. A keyring this node's root key no longer
-    /// opens (a rekey elsewhere) seals the node.
+    /// opens (a rekey elsewhere) seals the node. Serialised with the
+    /// lifecycle and the mount table's changes (`admin`).
     pub async fn changed_elsewhere(&self, changed: Changed<'_>) {
+        // Counted even while sealed: an unseal that was reading the store
+        // meanwhile reads it again (see `Core::load`).
+        self.remote_changes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // Only a change to what `admin` guards waits for it (a long mount
+        // removal on this node holds it), so tokens and policies are never
+        // held up behind one.
+        let _admin = match changed.guarded() {
+            true => Some(self.admin.lock().await),
+            false => None,
+        };
+        self.apply_changes(changed).await;
+    }
+
+    /// As [`Core::changed_elsewhere`], with `admin` held by the caller.
+    pub(crate) async fn apply_changes(&self, changed: Changed<'_>) {
         let Ok(loaded) = self.unsealed() else { return };
         if changed.exact(KEYRING_KEY) {
             match self.barrier.reload_keyring().await {
@@ -58,7 +87,6 @@ impl Core {
                     tracing::error!(
                         "another node replaced the root key (a rekey): sealing; unseal this node with the new keys"
                     );
-                    let _admin = self.admin.lock().await;
                     self.unload().await;
                     self.barrier.seal();
                     return;
@@ -80,20 +108,19 @@ impl Core {
         {
             tracing::warn!(error = %e, "cannot read the mount table another node changed");
         }
-        let configs = || changed.keys_under("auth/").any(|k| k.ends_with("/config"));
-        if changed.exact(crate::auth_methods::AUTH_TABLE_KEY) || matches!(changed, Changed::Everything) || configs() {
+        if changed.auth() {
             self.reload_auth(&loaded, &changed).await;
         }
         if changed.under(crate::plugins::CATALOG) {
             // A component registered again: engines are built anew on
             // next use (calls in flight keep theirs).
+            loaded.dropped.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             loaded.engines.write().unwrap_or_else(|p| p.into_inner()).clear();
         }
-        if changed.exact(keybridge_audit::DEVICES_KEY) {
-            let _admin = self.admin.lock().await;
-            if let Err(e) = loaded.audit.refresh().await {
-                tracing::error!(error = %e, "cannot start the audit devices another node changed");
-            }
+        if changed.exact(keybridge_audit::DEVICES_KEY)
+            && let Err(e) = loaded.audit.refresh().await
+        {
+            tracing::error!(error = %e, "cannot start the audit devices another node changed");
         }
         if changed.under(keybridge_reconciler::RULES) {
             self.sync.reload();
@@ -108,7 +135,6 @@ impl Core {
     /// Reads the mount table again; mounts whose entry changed (a tune, an
     /// upgrade) or went have their clients and engines dropped.
     async fn reload_mounts(&self, loaded: &Arc<Unsealed>) -> Result<()> {
-        let _admin = self.admin.lock().await;
         let (raw, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
         if loaded.mounts.read().unwrap_or_else(|p| p.into_inner()).1 == stamp {
             return Ok(());
@@ -120,6 +146,7 @@ impl Core {
         let stale: Vec<String> =
             old.entries.iter().filter(|o| !table.entries.iter().any(|n| n == *o)).map(|o| o.id.clone()).collect();
         *loaded.mounts.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(table), stamp);
+        loaded.dropped.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         for id in &stale {
             loaded.clouds.write().unwrap_or_else(|p| p.into_inner()).remove(id);
             loaded.engines.write().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -130,7 +157,6 @@ impl Core {
     /// Reads the auth methods' table again and drops the parsed configs
     /// another node changed.
     async fn reload_auth(&self, loaded: &Arc<Unsealed>, changed: &Changed<'_>) {
-        let _admin = self.admin.lock().await;
         let table = match crate::auth_methods::load_table(self).await {
             Ok(t) => t,
             Err(e) => {
@@ -144,5 +170,6 @@ impl Core {
             !everything && table.iter().any(|m| &m.id == id) && !changed.exact(&format!("auth/{id}/config"))
         });
         st.table = table;
+        st.dropped = st.dropped.wrapping_add(1);
     }
 }

@@ -131,6 +131,9 @@ pub(crate) struct Unsealed {
     /// Plugin mounts' engines by mount id, built on first use. Replaced on
     /// tune (an upgrade): calls in flight keep the engine they started on.
     pub(crate) engines: RwLock<HashMap<String, Arc<dyn crate::plugins::PluginEngine>>>,
+    /// Bumped when another node's change drops clients or engines: one
+    /// built from what was read before is used once, not kept.
+    pub(crate) dropped: std::sync::atomic::AtomicU64,
 }
 
 const TOKEN_CACHE_MAX: usize = 8192;
@@ -139,6 +142,14 @@ const ACL_CACHE_MAX: usize = 1024;
 impl Unsealed {
     pub(crate) fn table(&self) -> Arc<MountTable> {
         self.mounts.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// Whether a client or engine built from `mount`, begun when `dropped`
+    /// read `since`, may be kept: nothing was dropped meanwhile and the
+    /// mount is still as it was.
+    pub(crate) fn keeps(&self, mount: &MountEntry, since: u64) -> bool {
+        self.dropped.load(std::sync::atomic::Ordering::Acquire) == since
+            && self.table().entries.iter().any(|m| m == mount)
     }
 }
 
@@ -164,6 +175,9 @@ pub struct Core {
     /// lease expiry, purges): always on a store no other node shares; on a
     /// shared one, while the server holds the store's leader lease.
     pub(crate) leading: tokio::sync::watch::Sender<bool>,
+    /// How many times other nodes' changes were told (see
+    /// `Core::changed_elsewhere`).
+    pub(crate) remote_changes: std::sync::atomic::AtomicU64,
     /// Mounts seen half-removed, by id, and since when.
     pub(crate) pending_purges: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// The runtime the core was built on, which lives as long as the
@@ -256,6 +270,7 @@ impl Core {
             path_locks: Stripes::new(WRITE_LOCK_STRIPES),
             leading: tokio::sync::watch::Sender::new(true),
             pending_purges: Default::default(),
+            remote_changes: Default::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             #[cfg(test)]
             load_holds: Default::default(),
@@ -386,6 +401,7 @@ impl Core {
 
     /// Reads the state the core keeps in memory while unsealed.
     pub(crate) async fn load(&self) -> Result<()> {
+        let told = self.remote_changes.load(std::sync::atomic::Ordering::Acquire);
         let (raw, mounts_stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
         let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
         let mounts: MountTable = serde_json::from_slice(&raw)
@@ -405,12 +421,18 @@ impl Core {
             tokens: FillCache::new(TOKEN_CACHE_MAX),
             acls: FillCache::new(ACL_CACHE_MAX),
             audit,
-            auth: RwLock::new(crate::auth_methods::AuthState { table: auth_table, parsed: HashMap::new() }),
+            auth: RwLock::new(crate::auth_methods::AuthState { table: auth_table, parsed: HashMap::new(), dropped: 0 }),
             clouds: RwLock::new(HashMap::new()),
             engines: RwLock::new(HashMap::new()),
+            dropped: Default::default(),
         }));
         self.leases.load().await?;
         self.sync.reload();
+        // Another node changed something while this state was being read
+        // (and this node, sealed, could not apply it): read it all again.
+        if self.remote_changes.load(std::sync::atomic::Ordering::Acquire) != told {
+            Box::pin(self.apply_changes(crate::coherence::Changed::Everything)).await;
+        }
         // Finish removing mounts a crash interrupted (the leading node's
         // reconciler pass does it on a shared store).
         if self.is_leading() {
@@ -889,6 +911,7 @@ impl Core {
         if let Some(c) = loaded.clouds.read().unwrap_or_else(|p| p.into_inner()).get(&mount.id) {
             return Ok(c.clone());
         }
+        let since = loaded.dropped.load(std::sync::atomic::Ordering::Acquire);
         // Opened on first use, before the request is authorized: what went
         // wrong (which may name the mount's files or settings) goes to the
         // log, and the caller learns only that the mount cannot serve now.
@@ -902,7 +925,11 @@ impl Core {
                 ));
             }
         };
-        Ok(loaded.clouds.write().unwrap_or_else(|p| p.into_inner()).entry(mount.id.clone()).or_insert(built).clone())
+        let mut clouds = loaded.clouds.write().unwrap_or_else(|p| p.into_inner());
+        if !loaded.keeps(mount, since) {
+            return Ok(built);
+        }
+        Ok(clouds.entry(mount.id.clone()).or_insert(built).clone())
     }
 
     /// Counters of the cloud mounts loaded since unseal, by mount path.

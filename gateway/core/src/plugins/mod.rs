@@ -425,8 +425,13 @@ impl Core {
         if let Some(b) = loaded.engines.read().unwrap_or_else(|p| p.into_inner()).get(&mount.id) {
             return Ok(b.clone());
         }
+        let since = loaded.dropped.load(std::sync::atomic::Ordering::Acquire);
         let built = self.open_plugin(mount).await?;
-        Ok(loaded.engines.write().unwrap_or_else(|p| p.into_inner()).entry(mount.id.clone()).or_insert(built).clone())
+        let mut engines = loaded.engines.write().unwrap_or_else(|p| p.into_inner());
+        if !loaded.keeps(mount, since) {
+            return Ok(built);
+        }
+        Ok(engines.entry(mount.id.clone()).or_insert(built).clone())
     }
 
     pub(crate) fn call_context(&self, mount: &MountEntry, request_id: &str, who: &str) -> CallContext {
