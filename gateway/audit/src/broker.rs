@@ -13,18 +13,36 @@ use super::device::*;
 use super::{AuditData, CallState, Caller, Kind, StoredCheckpoint, VerificationKey, render};
 use crate::{Error, Result};
 
+/// The node a broker runs on.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Replaces `{node}` in a file device's `file_path`.
+    pub id: String,
+    /// The store is shared with other nodes: each node's devices keep their
+    /// own chain, with a checkpoint of their own.
+    pub shared: bool,
+}
+
 /// The enabled devices. Lives while the core is unsealed.
 pub struct Broker {
     barrier: Arc<Barrier>,
+    node: Node,
     devices: RwLock<Arc<Vec<Arc<Device>>>>,
     /// Where writer threads run their barrier commits (checkpoints).
     runtime: tokio::runtime::Handle,
 }
 
+impl Default for Node {
+    /// A node with a store of its own.
+    fn default() -> Self {
+        Node { id: "local".into(), shared: false }
+    }
+}
+
 impl Broker {
     /// Starts the devices in the barrier's device table.
-    pub async fn load(barrier: Arc<Barrier>, runtime: tokio::runtime::Handle) -> Result<Broker> {
-        let broker = Broker { barrier, devices: RwLock::new(Arc::new(Vec::new())), runtime };
+    pub async fn load(barrier: Arc<Barrier>, runtime: tokio::runtime::Handle, node: Node) -> Result<Broker> {
+        let broker = Broker { barrier, node, devices: RwLock::new(Arc::new(Vec::new())), runtime };
         broker.refresh().await?;
         Ok(broker)
     }
@@ -175,7 +193,7 @@ impl Broker {
             return Err(Error::AlreadyExists(format!("an audit device is already enabled at {:?}", entry.path)));
         }
         if entry.kind == "file" {
-            let p = &entry.options["file_path"];
+            let p = &self.on_this_node(&entry).options["file_path"];
             if let Ok(m) = std::fs::metadata(p)
                 && m.is_file()
                 && m.len() > 0
@@ -240,11 +258,32 @@ impl Broker {
         })
     }
 
-    /// The verifier for a device's files, with the checkpoint to end on.
-    pub async fn verify_parts(&self, path: &str) -> Result<(Zeroizing<Vec<u8>>, Checkpoint)> {
+    /// The verifier for a device's files, with the checkpoint to end on:
+    /// this node's, or (on a shared store) another node's, as it last wrote
+    /// it.
+    pub async fn verify_parts(&self, path: &str, node: Option<&str>) -> Result<(Zeroizing<Vec<u8>>, Checkpoint)> {
         let d = self.find(path)?;
-        d.send_and_wait(Msg::Checkpoint).await;
-        let cp = self.read_checkpoint(&d.entry.id).await?;
+        let cp = match node.filter(|n| *n != self.node.id) {
+            Some(other) if self.node.shared => {
+                let key = node_checkpoint_key(&d.entry.id, other);
+                if self.barrier.get(&key).await?.is_none() {
+                    return Err(Error::NotFound(format!(
+                        "node {other:?} has no checkpoint of {path}'s chain: verify through that node, or after its next \
+                         checkpoint"
+                    )));
+                }
+                self.read_checkpoint_at(key).await?
+            }
+            Some(other) => {
+                return Err(Error::NotFound(format!(
+                    "this server shares its store with no other node: there is no node {other:?}"
+                )));
+            }
+            None => {
+                d.send_and_wait(Msg::Checkpoint).await;
+                self.read_checkpoint(&d.entry.id).await?
+            }
+        };
         Ok((
             d.chain_key.clone(),
             Checkpoint { seq: cp.seq, chain: Some(cp.chain_value()), segment_start: cp.segment_start.max(1) },
@@ -274,8 +313,29 @@ impl Broker {
         }
     }
 
+    /// Where this node keeps the checkpoint of device `id`.
+    fn checkpoint_key(&self, id: &str) -> String {
+        match self.node.shared {
+            true => node_checkpoint_key(id, &self.node.id),
+            false => checkpoint_key(id),
+        }
+    }
+
+    /// The entry as this node opens it: `{node}` in a file's path replaced
+    /// by the node's id.
+    fn on_this_node(&self, entry: &DeviceEntry) -> DeviceEntry {
+        let mut e = entry.clone();
+        if let Some(p) = e.options.get_mut("file_path") {
+            *p = p.replace("{node}", &self.node.id);
+        }
+        e
+    }
+
     async fn read_checkpoint(&self, id: &str) -> Result<StoredCheckpoint> {
-        let key = checkpoint_key(id);
+        self.read_checkpoint_at(self.checkpoint_key(id)).await
+    }
+
+    async fn read_checkpoint_at(&self, key: String) -> Result<StoredCheckpoint> {
         Ok(match self.barrier.get(&key).await? {
             Some(raw) => serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key, reason: e.to_string() })?,
             None => StoredCheckpoint::default(),
@@ -300,7 +360,7 @@ impl Broker {
             self.read_checkpoint(&entry.id).await.map_err(|e| e.to_string())?
         };
         let (stream, mut sink): (Option<broadcast::Sender<Arc<str>>>, Box<dyn Sink>) = match entry.kind.as_str() {
-            "file" => (None, Box::new(FileSink::open(&entry)?)),
+            "file" => (None, Box::new(FileSink::open(&self.on_this_node(&entry))?)),
             "socket" => (None, Box::new(SocketSink::connect(&entry)?)),
             _ => {
                 let cap = entry.options.get("buffer").and_then(|b| b.parse().ok()).unwrap_or(4096);
@@ -319,7 +379,7 @@ impl Broker {
             fsync: entry.fsync(),
             barrier: self.barrier.clone(),
             handle: self.runtime.clone(),
-            checkpoint_key: checkpoint_key(&entry.id),
+            checkpoint_key: self.checkpoint_key(&entry.id),
             device: entry.path.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -381,8 +441,18 @@ async fn stop(d: &Device) {
     }
 }
 
-pub fn forget(batch: &mut WriteBatch, id: &str) {
+/// Deletes a device's keys and checkpoint; `node_checkpoints`: the
+/// checkpoints of each node (listed under [`node_checkpoints`]).
+pub fn forget(batch: &mut WriteBatch, id: &str, node_checkpoints: &[String]) {
     batch.delete(keys_key(id)).delete(checkpoint_key(id));
+    for k in node_checkpoints {
+        batch.delete(k.clone());
+    }
+}
+
+/// Where the nodes sharing a store keep their checkpoints of device `id`.
+pub fn node_checkpoints(id: &str) -> String {
+    node_checkpoint_key(id, "")
 }
 
 pub fn store_keys(batch: &mut WriteBatch, id: &str, keys: Zeroizing<Vec<u8>>) {

@@ -96,6 +96,12 @@ pub(super) fn keys_key(id: &str) -> String {
     format!("{KEYS_PREFIX}{id}")
 }
 
+/// A node's checkpoint of the device's chain, on a store several nodes
+/// share (each keeps its own chain).
+pub(super) fn node_checkpoint_key(id: &str, node: &str) -> String {
+    format!("{CHECKPOINT_PREFIX}{id}/{node}")
+}
+
 pub(super) fn checkpoint_key(id: &str) -> String {
     format!("{CHECKPOINT_PREFIX}{id}")
 }

@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use broker::Broker;
+pub use broker::{Broker, Node};
 pub use chain::MacKey;
 pub use device::{DEVICES_KEY, DeviceEntry};
 pub use error::{Error, Result};
@@ -136,6 +136,11 @@ pub fn validate_options(kind: &str, options: &BTreeMap<String, String>) -> crate
                 .ok_or_else(|| InvalidArgument("a file audit device needs file_path=/absolute/path".into()))?;
             if !std::path::Path::new(p).is_absolute() {
                 return Err(InvalidArgument(format!("file_path must be an absolute path, not {p:?}")));
+            }
+            if std::path::Path::new(p).parent().is_some_and(|d| d.to_string_lossy().contains("{node}")) {
+                return Err(InvalidArgument(format!(
+                    "file_path {p:?}: {{node}} may appear in the file's name only, not in its directory"
+                )));
             }
             if let Some(m) = options.get("mode") {
                 match u32::from_str_radix(m, 8) {

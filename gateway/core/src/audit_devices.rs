@@ -82,7 +82,10 @@ impl Core {
         let remaining: Vec<DeviceEntry> = loaded.audit.list().into_iter().filter(|d| d.path != path).collect();
         let mut batch = WriteBatch::new();
         batch.put(DEVICES_KEY, encode_json(&remaining));
-        crate::audit::broker::forget(&mut batch, &entry.id);
+        // Each node's checkpoint of it, on a shared store.
+        let node_checkpoints =
+            self.barrier.list_all(&crate::audit::broker::node_checkpoints(&entry.id), 100_000).await?;
+        crate::audit::broker::forget(&mut batch, &entry.id, &node_checkpoints);
         // The response to this request is still recorded by this device.
         self.barrier.commit(batch).await?;
         self.finish(caller, Ok(()), |_| Vec::new()).await?;
@@ -109,17 +112,24 @@ impl Core {
         self.unsealed()?.audit.verification_key(&path).await.map_err(Error::from)
     }
 
-    /// What the server needs to verify a device's files it is sent.
-    pub async fn audit_verifier(&self, caller: &Caller, path: &str) -> Result<(Zeroizing<Vec<u8>>, chain::Checkpoint)> {
+    /// What the server needs to verify a device's files it is sent: those
+    /// this node wrote, or (on a shared store) those `node` wrote.
+    pub async fn audit_verifier(
+        &self,
+        caller: &Caller,
+        path: &str,
+        node: Option<&str>,
+    ) -> Result<(Zeroizing<Vec<u8>>, chain::Checkpoint)> {
         let id = self.authenticate(caller).await?;
         let path = normalize_device_path(path)?;
         self.authorize(caller, &id, &format!("sys/audit/{path}verify"), Capability::Sudo).await?;
-        self.unsealed()?.audit.verify_parts(&path).await.map_err(Error::from)
+        self.unsealed()?.audit.verify_parts(&path, node).await.map_err(Error::from)
     }
 
-    /// The device's checkpoint now: its last sequence number.
-    pub async fn audit_checkpoint(&self, caller: &Caller, path: &str) -> Result<chain::Checkpoint> {
-        Ok(self.audit_verifier(caller, path).await?.1)
+    /// The device's checkpoint now (this node's, or `node`'s as it last
+    /// wrote it): its last sequence number.
+    pub async fn audit_checkpoint(&self, caller: &Caller, path: &str, node: Option<&str>) -> Result<chain::Checkpoint> {
+        Ok(self.audit_verifier(caller, path, node).await?.1)
     }
 
     /// With `audit_file_dir` configured, a file device's log must be a file

@@ -35,6 +35,9 @@ pub struct CoreConfig {
     pub allowed_endpoint_hosts: Option<Vec<String>>,
     /// The directory file audit devices must write in (none: anywhere).
     pub audit_file_dir: Option<std::path::PathBuf>,
+    /// This node: its id (for `{node}` in audit file paths) and whether
+    /// other nodes share its store (each then keeps its own audit chains).
+    pub node: keybridge_audit::Node,
 }
 
 impl Default for CoreConfig {
@@ -47,6 +50,7 @@ impl Default for CoreConfig {
             plugins: None,
             allowed_endpoint_hosts: None,
             audit_file_dir: None,
+            node: keybridge_audit::Node::default(),
         }
     }
 }
@@ -413,7 +417,7 @@ impl Core {
             .ok_or_else(|| Error::Corrupt { key: token::SALT_KEY.into(), reason: "missing".into() })?;
         let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
         let runtime = self.runtime.clone().unwrap_or_else(tokio::runtime::Handle::current);
-        let audit = audit::Broker::load(self.barrier.clone(), runtime).await?;
+        let audit = audit::Broker::load(self.barrier.clone(), runtime, self.config.node.clone()).await?;
         let auth_table = crate::auth_methods::load_table(self).await?;
         self.set_unsealed(Some(Unsealed {
             mounts: RwLock::new((Arc::new(mounts), mounts_stamp)),

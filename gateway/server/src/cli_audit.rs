@@ -64,6 +64,11 @@ pub enum AuditCommand {
         /// A key file from `audit export-key`: verify without a server.
         #[arg(long = "key")]
         key_file: Option<PathBuf>,
+        /// On a store several nodes share: the node that wrote the files
+        /// (each keeps its own chain; `operator members` lists them).
+        /// Default: the node answering.
+        #[arg(long = "node", conflicts_with = "key_file")]
+        node: Option<String>,
     },
     /// Print a stream device's records as they are written (JSON lines).
     Watch {
@@ -143,7 +148,7 @@ pub async fn audit(c: &Client, cmd: AuditCommand) -> Result<u8, Error> {
             };
             println!("{}", serde_json::to_string_pretty(&key).unwrap_or_default());
         }
-        AuditCommand::Verify { files, device, key_file: None } => {
+        AuditCommand::Verify { files, device, key_file: None, node } => {
             let device = match device {
                 Some(d) => d,
                 None => {
@@ -158,8 +163,14 @@ pub async fn audit(c: &Client, cmd: AuditCommand) -> Result<u8, Error> {
             };
             // The position before the files are read: anything the server
             // recorded up to here must be in them.
-            let cp =
-                c.audit().checkpoint(c.req(pb::AuditCheckpointRequest { path: device.clone() })).await?.into_inner();
+            let cp = c
+                .audit()
+                .checkpoint(c.req(pb::AuditCheckpointRequest {
+                    path: device.clone(),
+                    node_id: node.clone().unwrap_or_default(),
+                }))
+                .await?
+                .into_inner();
             let mut chunks = Vec::new();
             for (i, f) in files.iter().enumerate() {
                 let data = std::fs::read(f).map_err(|e| Error::Read { path: f.display().to_string(), source: e })?;
@@ -171,6 +182,7 @@ pub async fn audit(c: &Client, cmd: AuditCommand) -> Result<u8, Error> {
                         file_name: if j == 0 { f.display().to_string() } else { String::new() },
                         data: part.to_vec(),
                         checkpoint_seq: cp.seq,
+                        node_id: if i == 0 && j == 0 { node.clone().unwrap_or_default() } else { String::new() },
                     });
                 }
             }

@@ -52,6 +52,9 @@ struct RawConfig {
     /// address on a shared PostgreSQL store).
     #[serde(default)]
     api_addr: Option<String>,
+    /// This node's name among those sharing a store.
+    #[serde(default)]
+    node_id: Option<String>,
     /// A Rego module every policy and login role must pass when written.
     #[serde(default)]
     policy_check_rego: Option<PathBuf>,
@@ -298,6 +301,9 @@ pub struct Config {
     pub audit_file_dir: Option<PathBuf>,
     /// Where clients reach this node.
     pub api_addr: Option<String>,
+    /// This node's name among the nodes sharing a store (default: the
+    /// host's name and the process id).
+    pub node_id: Option<String>,
     /// Settings accepted from a Vault config that have no effect here
     /// (yet): said once in the log at start.
     pub without_effect: Vec<&'static str>,
@@ -410,6 +416,7 @@ impl Config {
         check(self.allowed_endpoint_hosts != new.allowed_endpoint_hosts, "allowed_endpoint_hosts", false);
         check(self.audit_file_dir != new.audit_file_dir, "audit_file_dir", false);
         check(self.api_addr != new.api_addr, "api_addr", false);
+        check(self.node_id != new.node_id, "node_id", false);
         (live, restart)
     }
 
@@ -615,6 +622,20 @@ impl Config {
             log_format,
             policy_check_rego: raw.policy_check_rego,
             api_addr: raw.api_addr,
+            node_id: match raw.node_id {
+                Some(id)
+                    if (1..=64).contains(&id.len())
+                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+                {
+                    Some(id)
+                }
+                Some(id) => {
+                    return Err(bad(format!(
+                        "node_id {id:?} must be 1-64 of A-Z, a-z, 0-9, '.', '_' and '-' (it names audit files)"
+                    )));
+                }
+                None => None,
+            },
             without_effect: {
                 let mut notes = Vec::new();
                 if raw.cluster_addr.is_some() {

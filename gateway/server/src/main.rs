@@ -118,6 +118,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     allowed_endpoint_hosts: None,
                     audit_file_dir: None,
                     api_addr: None,
+                    node_id: None,
                     without_effect: Vec::new(),
                 };
                 (config, Some(server::DevOptions { root_token_id: args.dev_root_token_id }))

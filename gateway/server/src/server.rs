@@ -171,13 +171,38 @@ fn join(
     vec![leadership, feed]
 }
 
-/// This node's id: its hostname and process id.
+static NODE_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// This node's id: `node_id` from the configuration, else its hostname and
+/// process id.
 pub(crate) fn node_id() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
+    NODE_ID.get_or_init(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     })
+}
+
+/// Refuses a node id another live node uses (two nodes would share audit
+/// files and checkpoints, and one members row). A node restarted after a
+/// crash finds its own last heartbeat: it waits up to a lease for it to
+/// age.
+#[cfg(feature = "postgres")]
+async fn unique_node(store: &keybridge_store_postgres::PostgresStore, lease: std::time::Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + lease + lease / 4;
+    loop {
+        let members = store.members(lease).await.map_err(|e| Error::Usage(format!("storage \"postgresql\": {e}")))?;
+        if !members.iter().any(|m| m.alive && m.node == node_id()) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Usage(format!(
+                "node_id {:?} is in use by a live node on this PostgreSQL table: give each node its own node_id",
+                node_id()
+            )));
+        }
+        tracing::info!(node = %node_id(), "a node with this node_id was seen within the lease; waiting for it to age");
+        tokio::time::sleep(lease / 4).await;
+    }
 }
 
 /// This node on a shared PostgreSQL table: for the gate, `operator
@@ -265,6 +290,9 @@ pub async fn run(
     for note in &config.without_effect {
         tracing::info!("{note}");
     }
+    if let Some(id) = &config.node_id {
+        let _ = NODE_ID.set(id.clone());
+    }
     let signals = Box::pin(stop_signals()?);
     // SIGHUP too, at once: one that arrives while the store opens waits for
     // the reload task instead of killing the process (its default action).
@@ -333,6 +361,10 @@ pub async fn run(
             plugins: plugin_runtime()?,
             allowed_endpoint_hosts: config.allowed_endpoint_hosts.clone(),
             audit_file_dir: config.audit_file_dir.clone(),
+            node: keybridge_core::audit::Node {
+                id: node_id().to_string(),
+                shared: matches!(config.storage, Storage::Postgres(_)),
+            },
         },
     ));
 
@@ -397,7 +429,10 @@ pub async fn run(
     // On a shared PostgreSQL table: the lease and the change feed.
     #[cfg(feature = "postgres")]
     let shared_tasks = match (&postgres, &config.storage) {
-        (Some(store), Storage::Postgres(p)) => join(store, &core, config.api_addr.as_deref().unwrap_or(""), p),
+        (Some(store), Storage::Postgres(p)) => {
+            unique_node(store, p.leader_lease).await?;
+            join(store, &core, config.api_addr.as_deref().unwrap_or(""), p)
+        }
         _ => Vec::new(),
     };
     // The reconciler: idle while sealed, replicating and scanning otherwise.

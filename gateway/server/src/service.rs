@@ -1092,7 +1092,8 @@ impl pb::audit_server::Audit for AuditService {
             None => return Err(refuse(&self.core, &c, "send the device and the file's contents").await),
         };
         let c = c.with_path(&first.device);
-        let res = self.core.audit_verifier(&c, &first.device).await;
+        let node = Some(first.node_id.as_str()).filter(|n| !n.is_empty());
+        let res = self.core.audit_verifier(&c, &first.device, node).await;
         let (key, checkpoint) = match res {
             Ok(k) => k,
             Err(e) => return Err(status(self.core.finish(&c, Err::<(), _>(e), none).await.unwrap_err())),
@@ -1139,7 +1140,7 @@ impl pb::audit_server::Audit for AuditService {
         let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.path);
-        let res = self.core.audit_checkpoint(&c, &r.path).await;
+        let res = self.core.audit_checkpoint(&c, &r.path, Some(r.node_id.as_str()).filter(|n| !n.is_empty())).await;
         let cp = self.core.finish(&c, res, |cp| vec![("seq".into(), plain(cp.seq))]).await.map_err(status)?;
         Ok(Response::new(pb::AuditCheckpoint { seq: cp.seq, segment_start: cp.segment_start }))
     }

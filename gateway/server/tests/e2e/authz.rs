@@ -578,7 +578,10 @@ fn rows() -> Vec<Row> {
             "Audit.Checkpoint",
             ("`sys/audit/<path>/verify`", "`sudo`"),
             &[("sys/audit/file/verify", "sudo")],
-            call!(audit_client::AuditClient, checkpoint, |_fx| pb::AuditCheckpointRequest { path: "file".into() }),
+            call!(audit_client::AuditClient, checkpoint, |_fx| pb::AuditCheckpointRequest {
+                path: "file".into(),
+                ..Default::default()
+            }),
         ),
         row(
             "Audit.Watch",

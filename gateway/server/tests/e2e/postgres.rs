@@ -332,6 +332,84 @@ async fn every_node_serves_one_leads_and_caches_follow_the_feed() {
     );
 }
 
+/// Each node's audit devices keep their own chain: a file device enabled on
+/// one node with `{node}` in its path writes one file per node, each
+/// verifies against its own node's checkpoint (asked of any node with
+/// `--node`), and not against another's. A second node with a node_id a
+/// live node uses does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_keeps_its_own_audit_chain() {
+    let pg = Postgres::start();
+    let block = leased_block(&pg).replace("kb_ha", "kb_audit");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let logs = tempfile::tempdir().unwrap();
+    let a = Server::with_storage(dirs[0].path(), &format!("node_id = \"kb-a\"\n{block}"));
+    let (root, key) = init_unseal(&a);
+    let b = Server::with_storage(dirs[1].path(), &format!("node_id = \"kb-b\"\n{block}"));
+    unseal(&b, &key);
+    let template = logs.path().join("audit-{node}.log");
+    let o = a.cli(Some(&root), &["audit", "enable", "file", &format!("file_path={}", template.display())]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (log_a, log_b) = (logs.path().join("audit-kb-a.log"), logs.path().join("audit-kb-b.log"));
+    // B starts the device once the feed tells it, and records its own requests.
+    let started = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        log_b.exists()
+    });
+    assert!(started, "B never started the device A enabled");
+    for (i, s) in [&a, &b].iter().enumerate() {
+        put(s, &root, &format!("secret/audited/{i}"), "v");
+    }
+    let on_b = std::fs::read_to_string(&log_b).unwrap();
+    assert!(on_b.contains("secret/data/audited/1") && !on_b.contains("secret/data/audited/0"), "{on_b}");
+    let verify = |via: &Server, file: &Path, node: Option<&str>| {
+        let mut args = vec!["audit", "verify", "-o", "json", file.to_str().unwrap()];
+        if let Some(n) = node {
+            args.extend(["--node", n]);
+        }
+        via.cli(Some(&root), &args)
+    };
+    // Each file against its own node's chain, asked of either node (once
+    // that node wrote a checkpoint: a verify through it writes one).
+    for (via, file, node) in
+        [(&a, &log_a, None), (&b, &log_a, Some("kb-a")), (&b, &log_b, None), (&a, &log_b, Some("kb-b"))]
+    {
+        let o = verify(via, file, node);
+        assert!(o.status.success(), "{}: {} {}", file.display(), stdout(&o), stderr(&o));
+        assert_eq!(json(&o)["intact"], true);
+    }
+    // Not against another node's.
+    let o = verify(&b, &log_a, None);
+    assert!(!o.status.success(), "A's file verified against B's chain: {}", stdout(&o));
+    let o = verify(&b, &log_a, Some("kb-nobody"));
+    assert!(!o.status.success() && stderr(&o).contains("kb-nobody"), "{}", stderr(&o));
+    // A third node claiming B's id is refused.
+    let mut dup = std::process::Command::new(BIN)
+        .args(["server", "--config"])
+        .arg({
+            let path = dirs[2].path().join("dup.hcl");
+            std::fs::write(
+                &path,
+                format!(
+                    "node_id = \"kb-b\"\nlistener \"tcp\" {{\n address = \"127.0.0.1:0\"\n tls_disable = true\n}}\n{block}\ndisable_mlock = true\n"
+                ),
+            )
+            .unwrap();
+            path
+        })
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = crate::harness::blocking(move || {
+        let status = dup.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(dup.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (status, err)
+    });
+    assert!(!out.0.success() && out.1.contains("node_id \"kb-b\" is in use"), "{out:?}");
+}
+
 /// (c) PostgreSQL restarts in the middle of writes: writes during the
 /// outage fail with a clear error (none is acknowledged that did not
 /// land), the gateway serves again once the database is back, without a
