@@ -75,7 +75,7 @@ pub struct KeyInfo {
 
 /// What a key held when it was read: a precondition for a later write
 /// ([`WriteBatch::expect`]). It is the stored ciphertext, never plaintext.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Stamp(Option<Vec<u8>>);
 
 impl Stamp {

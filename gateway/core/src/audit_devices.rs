@@ -26,7 +26,27 @@ pub fn normalize_device_path(path: &str) -> Result<String> {
     Ok(format!("{p}/"))
 }
 
+/// A change of the device table refused because another node changed it
+/// first.
+fn devices_changed(e: keybridge_barrier::Error) -> Error {
+    match e {
+        keybridge_barrier::Error::Conflict => {
+            Error::Contention("another node changed the audit devices at the same time: try again".into())
+        }
+        e => e.into(),
+    }
+}
+
 impl Core {
+    /// Brings the running devices in line with the stored table (another
+    /// node may have changed it, and the feed not told this one yet): the
+    /// stamp a change of the table is conditioned on. Callers hold `admin`.
+    async fn devices_in_line(&self, loaded: &crate::core::Unsealed) -> Result<keybridge_barrier::Stamp> {
+        let (_, stamp) = self.barrier.get_stamped(DEVICES_KEY).await?;
+        loaded.audit.refresh().await?;
+        Ok(stamp)
+    }
+
     pub async fn enable_audit(
         &self,
         caller: &Caller,
@@ -44,6 +64,7 @@ impl Core {
         }
         let _guard = self.admin.lock().await;
         let loaded = self.unsealed()?;
+        let stamp = self.devices_in_line(&loaded).await?;
         let entry = DeviceEntry {
             path: path.clone(),
             kind: kind.to_string(),
@@ -54,11 +75,11 @@ impl Core {
         };
         let (entries, keys) = loaded.audit.enable(entry.clone()).await?;
         let mut batch = WriteBatch::new();
-        batch.put(DEVICES_KEY, encode_json(&entries));
+        batch.expect(DEVICES_KEY, &stamp).put(DEVICES_KEY, encode_json(&entries));
         crate::audit::broker::store_keys(&mut batch, &entry.id, keys);
         if let Err(e) = self.barrier.commit(batch).await {
             loaded.audit.remove(&path).await;
-            return Err(e.into());
+            return Err(devices_changed(e));
         }
         tracing::info!(device = %path, kind, "audit device enabled");
         Ok(entry)
@@ -78,16 +99,17 @@ impl Core {
         self.authorize(caller, &id, &format!("sys/audit/{path}"), Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
         let loaded = self.unsealed()?;
+        let stamp = self.devices_in_line(&loaded).await?;
         let entry = loaded.audit.entry(&path)?;
         let remaining: Vec<DeviceEntry> = loaded.audit.list().into_iter().filter(|d| d.path != path).collect();
         let mut batch = WriteBatch::new();
-        batch.put(DEVICES_KEY, encode_json(&remaining));
+        batch.expect(DEVICES_KEY, &stamp).put(DEVICES_KEY, encode_json(&remaining));
         // Each node's checkpoint of it, on a shared store.
         let node_checkpoints =
             self.barrier.list_all(&crate::audit::broker::node_checkpoints(&entry.id), 100_000).await?;
         crate::audit::broker::forget(&mut batch, &entry.id, &node_checkpoints);
         // The response to this request is still recorded by this device.
-        self.barrier.commit(batch).await?;
+        self.barrier.commit(batch).await.map_err(devices_changed)?;
         self.finish(caller, Ok(()), |_| Vec::new()).await?;
         loaded.audit.remove(&path).await;
         tracing::info!(device = %path, "audit device disabled");

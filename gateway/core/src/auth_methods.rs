@@ -41,6 +41,10 @@ pub struct AuthMount {
 #[derive(Default)]
 pub(crate) struct AuthState {
     pub table: Vec<AuthMount>,
+    /// The stamp `table` was read or written with: a change of the table
+    /// and a login's token are conditioned on it, so neither acts on a
+    /// table another node changed meanwhile.
+    pub stamp: keybridge_barrier::Stamp,
     pub parsed: HashMap<String, Arc<Method>>,
     /// Bumped when another node's change drops parsed configs: a parse
     /// that read the store before it is not kept.
@@ -71,12 +75,15 @@ fn auth_table(loaded: &Unsealed) -> Vec<AuthMount> {
     loaded.auth.read().unwrap_or_else(|p| p.into_inner()).table.clone()
 }
 
-pub(crate) async fn load_table(core: &Core) -> Result<Vec<AuthMount>> {
-    Ok(match core.barrier.get(AUTH_TABLE_KEY).await? {
+/// The auth methods' table as stored, with the stamp it was read with.
+pub(crate) async fn load_table(core: &Core) -> Result<(Vec<AuthMount>, keybridge_barrier::Stamp)> {
+    let (raw, stamp) = core.barrier.get_stamped(AUTH_TABLE_KEY).await?;
+    let table = match raw {
         Some(raw) => serde_json::from_slice(&raw)
             .map_err(|e| Error::Corrupt { key: AUTH_TABLE_KEY.into(), reason: e.to_string() })?,
         None => Vec::new(),
-    })
+    };
+    Ok((table, stamp))
 }
 
 impl Core {
@@ -93,12 +100,28 @@ impl Core {
             .ok_or_else(|| Error::NotFound(format!("no auth method is enabled at auth/{path}")))
     }
 
+    /// Writes the table, conditioned on the one in memory (callers hold
+    /// `admin`). Another node's change in between refuses it, and the
+    /// table is read again for the next try.
     async fn store_auth_table(&self, loaded: &Unsealed, table: Vec<AuthMount>, mut batch: WriteBatch) -> Result<()> {
-        batch.put(AUTH_TABLE_KEY, encode_json(&table));
-        self.barrier.commit(batch).await?;
+        let stamp = loaded.auth.read().unwrap_or_else(|p| p.into_inner()).stamp.clone();
+        batch.expect(AUTH_TABLE_KEY, &stamp).put(AUTH_TABLE_KEY, encode_json(&table));
+        if let Err(e) = self.barrier.commit(batch).await {
+            if matches!(e, keybridge_barrier::Error::Conflict) {
+                let (fresh, stamp) = load_table(self).await?;
+                let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
+                st.parsed.retain(|id, _| fresh.iter().any(|m| &m.id == id));
+                (st.table, st.stamp) = (fresh, stamp);
+                return Err(Error::Contention(
+                    "another node changed the auth methods at the same time: try again".into(),
+                ));
+            }
+            return Err(e.into());
+        }
+        let (_, stamp) = self.barrier.get_stamped(AUTH_TABLE_KEY).await?;
         let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
         st.parsed.retain(|id, _| table.iter().any(|m| &m.id == id));
-        st.table = table;
+        (st.table, st.stamp) = (table, stamp);
         Ok(())
     }
 
@@ -387,7 +410,11 @@ impl Core {
             meta,
             revoking: false,
         };
-        self.store_new_token(&loaded, entry, vec![tokens_prefix(&mount.id)]).await
+        // Conditioned on the auth methods' table as this node knows it: a
+        // method another node began disabling (or changed) meanwhile mints
+        // no token here that its sweep could miss.
+        let table_stamp = loaded.auth.read().unwrap_or_else(|p| p.into_inner()).stamp.clone();
+        self.store_new_token(&loaded, entry, vec![tokens_prefix(&mount.id)], Some((AUTH_TABLE_KEY, &table_stamp))).await
     }
 
     async fn check_login(

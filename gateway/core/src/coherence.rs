@@ -57,44 +57,36 @@ impl Changed<'_> {
 }
 
 impl Core {
-    /// Another node committed to `changed` (keys sorted): drops or reloads
-    /// what this node holds of them. Runs before the store counts its feed
-    /// as followed, so a revoked token or a changed policy stops working
-    /// here once this returns. A keyring this node's root key no longer
-    /// opens (a rekey elsewhere) seals the node. Serialised with the
-    /// lifecycle and the mount table's changes (`admin`).
-    pub async fn changed_elsewhere(&self, changed: Changed<'_>) {
+    /// A commit to `changed` (keys sorted; another node's, or this node's
+    /// own, told again): drops or reloads what this node holds of them.
+    /// Runs before the store counts its feed as followed, so a revoked
+    /// token or a changed policy stops working here once this returns.
+    /// Answers whether everything could be applied (the store tells
+    /// everything again until it could). A keyring this node's root key no
+    /// longer opens (a rekey elsewhere) seals the node.
+    pub async fn changed_elsewhere(&self, changed: Changed<'_>) -> bool {
         // Counted even while sealed: an unseal that was reading the store
         // meanwhile reads it again (see `Core::load`).
         self.remote_changes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        // Only a change to what `admin` guards waits for it (a long mount
-        // removal on this node holds it), so tokens and policies are never
-        // held up behind one.
-        let _admin = match changed.guarded() {
-            true => Some(self.admin.lock().await),
-            false => None,
-        };
-        self.apply_changes(changed).await;
+        // Tokens and policies first, with no lock: they are never held up
+        // behind a long mount removal holding the lifecycle lock.
+        self.apply_unguarded(&changed);
+        if !changed.guarded() {
+            return true;
+        }
+        let _admin = self.admin.lock().await;
+        self.apply_guarded(&changed).await
     }
 
     /// As [`Core::changed_elsewhere`], with `admin` held by the caller.
-    pub(crate) async fn apply_changes(&self, changed: Changed<'_>) {
+    pub(crate) async fn apply_changes(&self, changed: Changed<'_>) -> bool {
+        self.apply_unguarded(&changed);
+        self.apply_guarded(&changed).await
+    }
+
+    /// What needs no lock: caches dropped, workers woken.
+    fn apply_unguarded(&self, changed: &Changed<'_>) {
         let Ok(loaded) = self.unsealed() else { return };
-        if changed.exact(KEYRING_KEY) {
-            match self.barrier.reload_keyring().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::error!(
-                        "another node replaced the root key (a rekey): sealing; unseal this node with the new keys"
-                    );
-                    self.unload().await;
-                    self.barrier.seal();
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the keyring another node changed"),
-            }
-        }
-        // Tokens, ACLs: dropped, read again on next use.
         if matches!(changed, Changed::Everything) {
             loaded.tokens.clear();
         } else {
@@ -103,24 +95,11 @@ impl Core {
         if changed.under(crate::policies::POLICY_PREFIX) {
             loaded.acls.clear();
         }
-        if changed.exact(MOUNTS_KEY)
-            && let Err(e) = self.reload_mounts(&loaded).await
-        {
-            tracing::warn!(error = %e, "cannot read the mount table another node changed");
-        }
-        if changed.auth() {
-            self.reload_auth(&loaded, &changed).await;
-        }
         if changed.under(crate::plugins::CATALOG) {
             // A component registered again: engines are built anew on
             // next use (calls in flight keep theirs).
             loaded.dropped.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             loaded.engines.write().unwrap_or_else(|p| p.into_inner()).clear();
-        }
-        if changed.exact(keybridge_audit::DEVICES_KEY)
-            && let Err(e) = loaded.audit.refresh().await
-        {
-            tracing::error!(error = %e, "cannot start the audit devices another node changed");
         }
         if changed.under(keybridge_reconciler::RULES) {
             self.sync.reload();
@@ -130,6 +109,49 @@ impl Core {
         if changed.under("core/lease") {
             self.leases.changed.notify_one();
         }
+    }
+
+    /// What the lifecycle lock guards: the keyring, the mount table, the
+    /// auth methods, the audit devices, read again. Whether all of it was.
+    async fn apply_guarded(&self, changed: &Changed<'_>) -> bool {
+        let Ok(loaded) = self.unsealed() else { return true };
+        let mut ok = true;
+        if changed.exact(KEYRING_KEY) {
+            match self.barrier.reload_keyring().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(
+                        "another node replaced the root key (a rekey): sealing; unseal this node with the new keys"
+                    );
+                    self.unload().await;
+                    self.barrier.seal();
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the keyring another node changed");
+                    ok = false;
+                }
+            }
+        }
+        if changed.exact(MOUNTS_KEY)
+            && let Err(e) = self.reload_mounts(&loaded).await
+        {
+            tracing::warn!(error = %e, "cannot read the mount table another node changed");
+            ok = false;
+        }
+        if changed.auth()
+            && let Err(e) = self.reload_auth(&loaded, changed).await
+        {
+            tracing::warn!(error = %e, "cannot read the auth methods another node changed");
+            ok = false;
+        }
+        if changed.exact(keybridge_audit::DEVICES_KEY)
+            && let Err(e) = loaded.audit.refresh().await
+        {
+            tracing::error!(error = %e, "cannot start the audit devices another node changed");
+            ok = false;
+        }
+        ok
     }
 
     /// Reads the mount table again; mounts whose entry changed (a tune, an
@@ -156,20 +178,15 @@ impl Core {
 
     /// Reads the auth methods' table again and drops the parsed configs
     /// another node changed.
-    async fn reload_auth(&self, loaded: &Arc<Unsealed>, changed: &Changed<'_>) {
-        let table = match crate::auth_methods::load_table(self).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the auth methods another node changed");
-                return;
-            }
-        };
+    async fn reload_auth(&self, loaded: &Arc<Unsealed>, changed: &Changed<'_>) -> Result<()> {
+        let (table, stamp) = crate::auth_methods::load_table(self).await?;
         let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
         let everything = matches!(changed, Changed::Everything);
         st.parsed.retain(|id, _| {
             !everything && table.iter().any(|m| &m.id == id) && !changed.exact(&format!("auth/{id}/config"))
         });
-        st.table = table;
+        (st.table, st.stamp) = (table, stamp);
         st.dropped = st.dropped.wrapping_add(1);
+        Ok(())
     }
 }

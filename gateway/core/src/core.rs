@@ -418,14 +418,19 @@ impl Core {
         let pending: Vec<MountEntry> = mounts.entries.iter().filter(|m| m.deleting).cloned().collect();
         let runtime = self.runtime.clone().unwrap_or_else(tokio::runtime::Handle::current);
         let audit = audit::Broker::load(self.barrier.clone(), runtime, self.config.node.clone()).await?;
-        let auth_table = crate::auth_methods::load_table(self).await?;
+        let (auth_table, auth_stamp) = crate::auth_methods::load_table(self).await?;
         self.set_unsealed(Some(Unsealed {
             mounts: RwLock::new((Arc::new(mounts), mounts_stamp)),
             salt: Salt::from_bytes(salt),
             tokens: FillCache::new(TOKEN_CACHE_MAX),
             acls: FillCache::new(ACL_CACHE_MAX),
             audit,
-            auth: RwLock::new(crate::auth_methods::AuthState { table: auth_table, parsed: HashMap::new(), dropped: 0 }),
+            auth: RwLock::new(crate::auth_methods::AuthState {
+                table: auth_table,
+                stamp: auth_stamp,
+                parsed: HashMap::new(),
+                dropped: 0,
+            }),
             clouds: RwLock::new(HashMap::new()),
             engines: RwLock::new(HashMap::new()),
             dropped: Default::default(),
@@ -435,7 +440,12 @@ impl Core {
         // Another node changed something while this state was being read
         // (and this node, sealed, could not apply it): read it all again.
         if self.remote_changes.load(std::sync::atomic::Ordering::Acquire) != told {
-            Box::pin(self.apply_changes(crate::coherence::Changed::Everything)).await;
+            if !Box::pin(self.apply_changes(crate::coherence::Changed::Everything)).await {
+                return Err(Error::Unavailable(
+                    "another node changed the store while this one read it, and reading it again failed: unseal again"
+                        .into(),
+                ));
+            }
         }
         // Finish removing mounts a crash interrupted (the leading node's
         // reconciler pass does it on a shared store).

@@ -381,6 +381,8 @@ impl Host for Core {
     async fn issue(&self, engine_path: &str) -> keybridge_reconciler::Result<Issued> {
         let (mount, rel, backend) = self.engine_route(engine_path).await?;
         let ctx = self.call_context(&mount, "rotation", "reconciler");
+        // A deposed leader's scheduled rotation issues nothing.
+        keybridge_barrier::leader_work::check().await?;
         let resp = backend
             .rotate(&ctx, &rel, &crate::plugins::Params::default())
             .await

@@ -262,6 +262,10 @@ impl Reconciler {
         let field = if spec.field.is_empty() { "password".to_string() } else { spec.field.clone() };
         let key = format!("{ROTATIONS}{}", spec.path);
         let _guard = host.path_lock(&spec.path).await;
+        // The record is written conditioned on this read: the path lock is
+        // this node's, and another node may start a rotation of the same
+        // secret at the same time.
+        let (_, record_stamp) = self.barrier.get_stamped(&key).await?;
         if let Some(r) = self.rotation(&spec.path).await?
             && r.state.active()
         {
@@ -356,11 +360,20 @@ impl Reconciler {
             old_lease,
         };
         let mut batch = WriteBatch::new();
-        batch.put(key, encode_json(&rot)).put(format!("{VALUES}{}", spec.path), new.encode());
+        batch
+            .expect(key.clone(), &record_stamp)
+            .put(key, encode_json(&rot))
+            .put(format!("{VALUES}{}", spec.path), new.encode());
         if let Err(e) = self.barrier.commit(batch).await {
             // Nothing will ever use the credential just issued.
             self.end_rotation_lease(host, &rot.new_lease, &rot.id).await;
-            return Err(e.into());
+            return Err(match e {
+                keybridge_barrier::Error::Conflict => Error::FailedPrecondition(format!(
+                    "a rotation of {} was started elsewhere at the same time; wait for it",
+                    spec.path
+                )),
+                e => e.into(),
+            });
         }
         self.wake();
         Ok(rot)

@@ -19,6 +19,10 @@ use crate::ratelimit::BoxFuture;
 const OPEN: &[&str] =
     &["keybridge.v1.Sys/SealStatus", "keybridge.v1.Sys/Init", "keybridge.v1.Sys/Unseal", "keybridge.v1.Auth/Login"];
 
+/// The methods a node serves even when it has not followed its store's
+/// change feed: they read or change only the node's own seal state.
+const LIFECYCLE: &[&str] = &["keybridge.v1.Sys/SealStatus", "keybridge.v1.Sys/Init", "keybridge.v1.Sys/Unseal"];
+
 /// Runs inside the audited layer, which has named the request's operation
 /// from its route (`audited::operation`): the route is looked up once.
 #[derive(Clone)]
@@ -60,15 +64,20 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let Some(op) = crate::audited::operation(&req).filter(|op| !OPEN.contains(op)) else {
-            return Box::pin(self.inner.call(req));
-        };
+        let op = crate::audited::operation(&req);
         // A node that shares a PostgreSQL table and has not followed its
-        // change feed lately serves nothing: its caches may be stale.
-        if let Err(why) = crate::server::serves() {
+        // change feed lately serves nothing (its caches, its auth methods
+        // and audit devices may be stale), logins included: only what an
+        // operator needs to see and unseal it.
+        if op.is_some_and(|op| !LIFECYCLE.contains(&op))
+            && let Err(why) = crate::server::serves()
+        {
             let status = tonic::Status::unavailable(why);
             return Box::pin(async move { Ok(status.into_http()) });
         }
+        let Some(op) = op.filter(|op| !OPEN.contains(op)) else {
+            return Box::pin(self.inner.call(req));
+        };
         // The ready service goes with this request; a clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

@@ -17,9 +17,47 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
+
+/// A point on the clock that keeps counting while the machine sleeps
+/// (CLOCK_BOOTTIME): a node resumed from a suspend must not take its last
+/// read of the feed for a recent one, as a monotonic clock that stopped
+/// would have it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Instant(Duration);
+
+impl Instant {
+    pub(crate) fn now() -> Instant {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes into the timespec it is given.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        if rc != 0 {
+            return Instant(Duration::ZERO);
+        }
+        Instant(Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0)))
+    }
+
+    pub(crate) fn elapsed(self) -> Duration {
+        Instant::now().0.saturating_sub(self.0)
+    }
+
+    pub(crate) fn saturating_duration_since(self, earlier: Instant) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl std::ops::Add<Duration> for Instant {
+    type Output = Instant;
+    fn add(self, d: Duration) -> Instant {
+        Instant(self.0.saturating_add(d))
+    }
+}
+
+/// How far below the head a follower starts: commits in flight when it
+/// started took numbers there, and are read when they land.
+const START_BEHIND: i64 = 1000;
 
 /// How the reader stands on the sequence.
 #[derive(Default)]
@@ -40,9 +78,17 @@ pub(crate) struct Row {
 }
 
 impl Cursor {
-    /// Takes in a page of rows (in `seq` order): what changed, and whether
-    /// this node must drop everything (too many gaps to track).
-    pub(crate) fn take(&mut self, rows: &[Row], origin: i64, now: Instant, out: &mut Vec<String>) -> bool {
+    /// Takes in a page of rows (in `seq` order): what changed (`out`; of
+    /// it, what other processes changed: `theirs`), and whether this node
+    /// must drop everything (too many gaps to track).
+    pub(crate) fn take(
+        &mut self,
+        rows: &[Row],
+        origin: i64,
+        now: Instant,
+        out: &mut Vec<String>,
+        theirs: &mut Vec<String>,
+    ) -> bool {
         let mut everything = false;
         for row in rows {
             if row.seq > self.high {
@@ -61,12 +107,22 @@ impl Cursor {
             } else if self.gaps.remove(&row.seq).is_none() {
                 continue; // read before
             }
-            if row.origin == origin {
-                continue; // this process's own commit: dropped when it committed
-            }
             match &row.keys {
                 None => everything = true,
-                Some(keys) => out.extend(keys.iter().map(|k| String::from_utf8_lossy(k).into_owned())),
+                Some(keys) => {
+                    let keys = keys.iter().map(|k| String::from_utf8_lossy(k).into_owned());
+                    if row.origin == origin {
+                        // This process's own commit: the entry cache dropped
+                        // its keys when it committed; the caches above
+                        // hear of it too, in case the commit went through
+                        // while its caller saw an error.
+                        out.extend(keys);
+                    } else {
+                        let start = out.len();
+                        out.extend(keys);
+                        theirs.extend_from_slice(&out[start..]);
+                    }
+                }
             }
         }
         everything
@@ -84,62 +140,86 @@ impl Cursor {
 
 impl PostgresStore {
     /// Follows the change feed until the process ends: every `poll`, reads
-    /// the rows other nodes committed, drops those keys from the entry
-    /// cache, then awaits `apply` with them (the caches above the store),
-    /// and only then counts the feed as followed (see
-    /// [`PostgresStore::feed_age`]). Prunes rows older than
-    /// [`FEED_RETENTION`] now and then.
+    /// the rows committed since, drops other processes' keys from the entry
+    /// cache, then awaits `apply` with every key (the caches above the
+    /// store; `apply` answers whether it could apply them all), and only
+    /// then counts the feed as followed (see [`PostgresStore::feed_age`]).
+    /// What could not be applied is applied again, as everything, until it
+    /// is. Prunes rows older than [`FEED_RETENTION`] now and then.
     pub async fn follow<F, Fut>(self: Arc<Self>, poll: Duration, mut apply: F)
     where
         F: FnMut(Change) -> Fut,
-        Fut: Future<Output = ()>,
+        Fut: Future<Output = bool>,
     {
         let mut cursor = Cursor::default();
-        // Start at the head: whatever came before is in no cache yet.
         loop {
-            let started = Instant::now();
             match self.feed_head().await {
                 Ok(head) => {
-                    cursor.high = head;
-                    self.followed(started);
+                    cursor.high = head.saturating_sub(START_BEHIND).max(0);
                     break;
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the change feed's head; trying again"),
             }
             tokio::time::sleep(poll.max(Duration::from_millis(100))).await;
         }
-        let mut last_prune = Instant::now();
+        let mut last_check = Instant::now();
         let mut warned = false;
+        // Something could not be applied: everything is, at the next poll.
+        let mut owed = false;
         loop {
             let started = Instant::now();
+            let mut everything = owed;
+            // Now and then: prune, and look for a sequence that went back
+            // (the database restored from a backup, or failed over to a
+            // replica that had not seen the last numbers).
+            if last_check.elapsed() > Duration::from_secs(60) {
+                last_check = Instant::now();
+                if let Err(e) = self.feed_prune().await {
+                    tracing::warn!(error = %e, "cannot prune the change feed");
+                }
+                if let Ok(head) = self.feed_head().await
+                    && head < cursor.high
+                {
+                    tracing::warn!(
+                        head,
+                        read = cursor.high,
+                        "the change feed's sequence went back; dropping every cache"
+                    );
+                    cursor = Cursor { high: head, ..Cursor::default() };
+                    everything = true;
+                }
+            }
             match self.feed_page(&cursor).await {
                 Ok(rows) => {
                     warned = false;
                     let full = rows.len() as i64 == FEED_PAGE;
-                    let mut keys = Vec::new();
-                    let mut everything = cursor.take(&rows, self.origin, started, &mut keys);
+                    let (mut keys, mut theirs) = (Vec::new(), Vec::new());
+                    everything |= cursor.take(&rows, self.origin, started, &mut keys, &mut theirs);
                     cursor.expire(started, FEED_GAP_BOUND);
                     // Rows may have been pruned while this node could not
                     // read: it cannot tell what it missed.
                     if self.feed_age().is_some_and(|age| age > FEED_RETENTION / 2) {
                         everything = true;
                     }
-                    if everything {
+                    let applied = if everything {
                         self.cache.clear();
-                        apply(Change::Everything).await;
+                        apply(Change::Everything).await
                     } else if !keys.is_empty() {
                         keys.sort_unstable();
                         keys.dedup();
-                        self.cache.remove(keys.iter().map(String::as_str));
-                        apply(Change::Keys(keys)).await;
-                    }
-                    if let Some(newest) = rows.iter().filter(|r| r.origin != self.origin).map(|r| r.age_ms).min() {
-                        let applied = newest.saturating_add(i64::try_from(started.elapsed().as_millis()).unwrap_or(0));
-                        self.feed.lag_ms.store(u64::try_from(applied).unwrap_or(0), Ordering::Relaxed);
-                    }
-                    if !full {
-                        self.followed(started);
+                        self.cache.remove(theirs.iter().map(String::as_str));
+                        apply(Change::Keys(keys)).await
                     } else {
+                        true
+                    };
+                    owed = !applied;
+                    if let Some(newest) = rows.iter().filter(|r| r.origin != self.origin).map(|r| r.age_ms).min() {
+                        let lag = newest.saturating_add(i64::try_from(started.elapsed().as_millis()).unwrap_or(0));
+                        self.feed.lag_ms.store(u64::try_from(lag).unwrap_or(0), Ordering::Relaxed);
+                    }
+                    if applied && !full {
+                        self.followed(started);
+                    } else if applied {
                         continue; // more to read at once
                     }
                 }
@@ -148,12 +228,6 @@ impl PostgresStore {
                         tracing::warn!(error = %e, "cannot read the change feed; trying again");
                         warned = true;
                     }
-                }
-            }
-            if last_prune.elapsed() > Duration::from_secs(60) {
-                last_prune = Instant::now();
-                if let Err(e) = self.feed_prune().await {
-                    tracing::warn!(error = %e, "cannot prune the change feed");
                 }
             }
             tokio::time::sleep(poll).await;
@@ -215,26 +289,28 @@ mod tests {
     fn a_number_committed_late_is_read_when_it_appears() {
         let now = Instant::now();
         let mut c = Cursor { high: 4, ..Cursor::default() };
-        let mut out = Vec::new();
+        let (mut out, mut theirs) = (Vec::new(), Vec::new());
         // 5 and 6 taken, 6 committed first.
-        assert!(!c.take(&[row(6, 1, &["b"])], 0, now, &mut out));
+        assert!(!c.take(&[row(6, 1, &["b"])], 0, now, &mut out, &mut theirs));
         assert_eq!((c.high, c.gap_list()), (6, vec![5]));
-        assert!(!c.take(&[row(5, 1, &["a"])], 0, now, &mut out));
+        assert!(!c.take(&[row(5, 1, &["a"])], 0, now, &mut out, &mut theirs));
         assert!(c.gaps.is_empty());
         assert_eq!(out, ["b", "a"]);
+        assert_eq!(theirs, out);
         // Read again (a page that overlaps): not applied twice.
         out.clear();
-        c.take(&[row(5, 1, &["a"]), row(6, 1, &["b"])], 0, now, &mut out);
+        c.take(&[row(5, 1, &["a"]), row(6, 1, &["b"])], 0, now, &mut out, &mut theirs);
         assert!(out.is_empty());
     }
 
     #[test]
-    fn own_rows_are_skipped_and_old_gaps_forgotten() {
+    fn own_rows_reach_the_caches_above_only_and_old_gaps_are_forgotten() {
         let now = Instant::now();
         let mut c = Cursor::default();
-        let mut out = Vec::new();
-        c.take(&[row(1, 7, &["mine"]), row(3, 1, &["theirs"])], 7, now, &mut out);
-        assert_eq!(out, ["theirs"]);
+        let (mut out, mut theirs) = (Vec::new(), Vec::new());
+        c.take(&[row(1, 7, &["mine"]), row(3, 1, &["theirs"])], 7, now, &mut out, &mut theirs);
+        assert_eq!(out, ["mine", "theirs"]);
+        assert_eq!(theirs, ["theirs"]);
         assert_eq!(c.gap_list(), vec![2]);
         c.expire(now + Duration::from_secs(1), Duration::from_secs(5));
         assert_eq!(c.gap_list(), vec![2]);
@@ -246,10 +322,10 @@ mod tests {
     fn an_import_or_too_many_gaps_drop_everything() {
         let now = Instant::now();
         let mut c = Cursor::default();
-        let mut out = Vec::new();
-        assert!(c.take(&[Row { seq: 1, origin: 1, keys: None, age_ms: 0 }], 0, now, &mut out));
+        let (mut out, mut theirs) = (Vec::new(), Vec::new());
+        assert!(c.take(&[Row { seq: 1, origin: 1, keys: None, age_ms: 0 }], 0, now, &mut out, &mut theirs));
         let far = 1 + FEED_MAX_GAPS as i64 + 2;
-        assert!(c.take(&[row(far, 1, &["x"])], 0, now, &mut out));
+        assert!(c.take(&[row(far, 1, &["x"])], 0, now, &mut out, &mut theirs));
         assert!(c.gaps.is_empty() && c.high == far);
     }
 }

@@ -108,6 +108,7 @@ struct Sql {
     list: String,
     list_to_end: String,
     check: String,
+    check_shared: String,
     put: String,
     delete: String,
     export_page: String,
@@ -142,6 +143,10 @@ impl Sql {
             list: format!("SELECT key FROM {t} WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3"),
             list_to_end: format!("SELECT key FROM {t} WHERE key >= $1 ORDER BY key LIMIT $2"),
             check: format!("SELECT value FROM {t} WHERE key = $1 FOR UPDATE"),
+            // A key the batch only checks (it writes it not): readers of
+            // it do not queue on each other, and a writer of it still
+            // waits for them.
+            check_shared: format!("SELECT value FROM {t} WHERE key = $1 FOR SHARE"),
             put: format!(
                 "INSERT INTO {t} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             ),
@@ -239,7 +244,7 @@ pub struct PostgresStore {
 struct FeedState {
     /// When the poll began that last read the feed to its end and applied
     /// it: every commit acknowledged before then is reflected here.
-    caught_up: std::sync::Mutex<Option<std::time::Instant>>,
+    caught_up: std::sync::Mutex<Option<feed::Instant>>,
     /// From a change's commit to its application here, for the newest
     /// change of another node applied (milliseconds, by the database's
     /// clock).
@@ -622,8 +627,11 @@ impl PostgresStore {
         }
         if !batch.checks.is_empty() {
             let check = tx.prepare_cached(&self.sql.check).await?;
+            let check_shared = tx.prepare_cached(&self.sql.check_shared).await?;
             for c in &batch.checks {
-                let row = tx.query_opt(&check, &[&c.key.as_bytes()]).await?;
+                let writes = batch.ops.iter().any(|op| op_key(op) == c.key);
+                let stmt = if writes { &check } else { &check_shared };
+                let row = tx.query_opt(stmt, &[&c.key.as_bytes()]).await?;
                 let current: Option<Vec<u8>> = row.map(|r| r.get(0));
                 if current.as_deref() != c.value.as_deref() {
                     tx.rollback().await?;
@@ -821,8 +829,6 @@ impl Physical for PostgresStore {
                 return Err(keybridge_barrier::Error::Fenced { epoch: held });
             }
             tx.execute(&self.sql.clear, &[]).await.map_err(db)?;
-            let everything: Option<Vec<Vec<u8>>> = None;
-            tx.execute(&self.sql.change_insert, &[&self.origin, &everything]).await.map_err(db)?;
             let stmt = tx.prepare_cached(&self.sql.import).await.map_err(db)?;
             let (mut keys, mut values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
             let mut count = 0u64;
@@ -842,6 +848,16 @@ impl Physical for PostgresStore {
             if !keys.is_empty() {
                 tx.execute(&stmt, &[&keys, &values]).await.map_err(db)?;
             }
+            // Its number taken last, as a commit's is (the feed's gap bound
+            // counts from it), under the usual timeouts again.
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}; \
+                 SET LOCAL idle_in_transaction_session_timeout = {STATEMENT_TIMEOUT_MS}"
+            ))
+            .await
+            .map_err(db)?;
+            let everything: Option<Vec<Vec<u8>>> = None;
+            tx.execute(&self.sql.change_insert, &[&self.origin, &everything]).await.map_err(db)?;
             tx.commit().await.map_err(db)?;
             Ok(count)
         });

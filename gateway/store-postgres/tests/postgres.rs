@@ -183,12 +183,15 @@ async fn one_node_leads_and_a_deposed_leader_is_fenced() {
     assert_eq!(b.epoch(), None);
 }
 
-/// Every commit of another node reaches a following node, which drops the
-/// keys from its cache before it counts the feed as followed; an import
-/// drops everything.
+/// Every commit reaches a following node: another node's keys are dropped
+/// from its cache, and every key (its own too) is handed to the caches
+/// above before the feed counts as followed; an import drops everything;
+/// what the caches above could not apply is applied again, as everything,
+/// and until it is the feed does not count as followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_drops_what_another_node_changed() {
     use keybridge_store_postgres::Change;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
     let pg = Postgres::start();
     let url = pg.url("localhost", "disable");
@@ -197,31 +200,54 @@ async fn a_follower_drops_what_another_node_changed() {
     a.commit(put("k")).await.unwrap();
     assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v"[..])); // cached on b now
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let failing = Arc::new(AtomicBool::new(false));
+    let f2 = failing.clone();
     let follower = tokio::spawn(b.clone().follow(Duration::from_millis(20), move |c| {
-        let tx = tx.clone();
+        let (tx, failing) = (tx.clone(), f2.clone());
         async move {
-            let _ = tx.send(c);
+            let ok = !failing.load(Ordering::SeqCst);
+            let _ = tx.send((c, ok));
+            ok
         }
     }));
+    // The next change that satisfies `want`.
+    let mut next = async |want: &dyn Fn(&Change) -> bool| loop {
+        let (c, _) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        if want(&c) {
+            return c;
+        }
+    };
+    let has = |c: &Change, k: &str| matches!(c, Change::Keys(keys) if keys.iter().any(|x| x == k));
     while b.feed_age().is_none() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // B's own commits are not told back to it.
+    // B's own commits reach its caches above too.
     b.commit(put("own")).await.unwrap();
+    next(&|c| has(c, "own")).await;
     a.commit(Batch { checks: vec![], ops: vec![Op::Put { key: "k".into(), value: b"w".to_vec() }] }).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-    assert_eq!(got, Change::Keys(vec!["k".into()]));
+    next(&|c| has(c, "k")).await;
     assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"w"[..]), "b served its stale cache");
     assert!(b.feed_age().unwrap() < Duration::from_secs(2));
     assert!(b.feed_lag() < Duration::from_secs(5));
+    // The caches above fail to apply a change: the feed stops counting as
+    // followed, and everything is applied again until it goes through.
+    failing.store(true, Ordering::SeqCst);
+    a.commit(put("k2")).await.unwrap();
+    next(&|c| has(c, "k2")).await;
+    next(&|c| *c == Change::Everything).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.feed_age().unwrap() >= Duration::from_millis(250), "the feed counted as followed while failing");
+    failing.store(false, Ordering::SeqCst);
+    next(&|c| *c == Change::Everything).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(b.feed_age().unwrap() < Duration::from_millis(100));
     // An import replaces the table: everything.
     let a2 = a.clone();
     tokio::task::spawn_blocking(move || a2.import(&mut vec![Ok(("x".to_string(), b"1".to_vec()))].into_iter()))
         .await
         .unwrap()
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-    assert_eq!(got, Change::Everything);
+    next(&|c| *c == Change::Everything).await;
     assert!(b.get("k").await.unwrap().is_none());
     follower.abort();
 }
@@ -248,6 +274,7 @@ async fn the_feed_misses_no_commit_that_lands_out_of_order() {
                 Change::Keys(k) => seen.lock().unwrap().extend(k),
                 Change::Everything => panic!("nothing here asks for everything"),
             }
+            true
         }
     }));
     while follower.feed_age().is_none() {

@@ -177,3 +177,34 @@ async fn a_node_that_does_not_lead_runs_no_singleton_work() {
     assert!(!passes.is_finished());
     passes.abort();
 }
+
+/// A node that has not been told of another's change to a shared table
+/// (audit devices, auth methods) does not overwrite it from its memory:
+/// its change is conditioned on the stored table.
+#[tokio::test]
+async fn a_stale_node_does_not_overwrite_a_shared_table() {
+    let n = Nodes::new().await;
+    let r = &n.root();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |f: &str| BTreeMap::from([("file_path".to_string(), dir.path().join(f).to_str().unwrap().to_string())]);
+    n.a.enable_audit(r, "one", "file", "", opts("one.log")).await.unwrap();
+    // B, not told, enables another: it brings itself in line first.
+    n.b.enable_audit(r, "two", "file", "", opts("two.log")).await.unwrap();
+    n.tell_b().await;
+    let names = |v: Vec<keybridge_audit::DeviceEntry>| v.into_iter().map(|d| d.path).collect::<Vec<_>>();
+    assert_eq!(names(n.a.list_audit(r).await.unwrap()), ["one/"], "A not told yet");
+    let stored: Vec<keybridge_audit::DeviceEntry> =
+        serde_json::from_slice(&n.b.barrier.get(keybridge_audit::DEVICES_KEY).await.unwrap().unwrap()).unwrap();
+    assert_eq!(names(stored), ["one/", "two/"]);
+    // A, not told of B's, disables its own: B's device stays in the table.
+    n.a.disable_audit(r, "one").await.unwrap();
+    n.tell_b().await;
+    assert_eq!(names(n.b.list_audit(r).await.unwrap()), ["two/"]);
+
+    // Auth methods: B, not told of A's, is refused and reads the table again.
+    n.a.enable_auth(r, "k8s", "kubernetes", "").await.unwrap();
+    assert_err!(n.b.enable_auth(r, "jwt", "jwt", "").await, Error::Contention(_));
+    n.b.enable_auth(r, "jwt", "jwt", "").await.unwrap();
+    let paths: Vec<String> = n.b.list_auth(r).await.unwrap().into_iter().map(|m| m.path).collect();
+    assert_eq!(paths, ["k8s/", "jwt/"]);
+}

@@ -109,7 +109,7 @@ impl Core {
             meta: Default::default(),
             revoking: false,
         };
-        self.store_new_token(&loaded, entry, Vec::new()).await
+        self.store_new_token(&loaded, entry, Vec::new(), None).await
     }
 
     /// Generates a token for `entry` (its hash and accessor are filled in)
@@ -121,6 +121,7 @@ impl Core {
         loaded: &Unsealed,
         mut entry: crate::tokens::TokenEntry,
         markers: Vec<String>,
+        also_expect: Option<(&str, &keybridge_barrier::Stamp)>,
     ) -> Result<(Zeroizing<String>, crate::tokens::TokenEntry)> {
         use crate::tokens as token;
         let new_token = token::generate_token();
@@ -152,7 +153,13 @@ impl Core {
                 format!("{}{}", token::ACCESSOR_PREFIX, entry.accessor),
                 Zeroizing::new(entry.hash.clone().into_bytes()),
             );
+        if let Some((key, stamp)) = also_expect {
+            batch.expect(key, stamp);
+        }
         self.barrier.commit(batch).await.map_err(|e| match e {
+            keybridge_barrier::Error::Conflict if also_expect.is_some() => {
+                Error::Unavailable("the auth methods changed on another node while this login ran: try again".into())
+            }
             keybridge_barrier::Error::Conflict => Error::Unauthenticated,
             e => e.into(),
         })?;
