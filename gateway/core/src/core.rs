@@ -439,13 +439,13 @@ impl Core {
         self.sync.reload();
         // Another node changed something while this state was being read
         // (and this node, sealed, could not apply it): read it all again.
-        if self.remote_changes.load(std::sync::atomic::Ordering::Acquire) != told {
-            if !Box::pin(self.apply_changes(crate::coherence::Changed::Everything)).await {
-                return Err(Error::Unavailable(
-                    "another node changed the store while this one read it, and reading it again failed: unseal again"
-                        .into(),
-                ));
-            }
+        if self.remote_changes.load(std::sync::atomic::Ordering::Acquire) != told
+            && !Box::pin(self.apply_changes(crate::coherence::Changed::Everything)).await
+        {
+            return Err(Error::Unavailable(
+                "another node changed the store while this one read it, and reading it again failed: unseal again"
+                    .into(),
+            ));
         }
         // Finish removing mounts a crash interrupted (the leading node's
         // reconciler pass does it on a shared store).
