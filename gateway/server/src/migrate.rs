@@ -91,7 +91,7 @@ pub async fn run(from: &Path, to: &Path, overwrite: bool, output: Output) -> Res
     // The source first: nothing is opened (or created) at the destination
     // for a copy that cannot start.
     let src = open_store(&source).await?;
-    no_server_on(&src, "source").await?;
+    no_server_on(&src, &source, "source").await?;
     let src = src.physical;
     // Read as the barrier reads it: an initialized store has a seal configuration.
     let sealed_with = keybridge_barrier::Barrier::new(src.clone()).seal_config().await;
@@ -102,7 +102,7 @@ pub async fn run(from: &Path, to: &Path, overwrite: bool, output: Output) -> Res
         )));
     }
     let dst = open_store(&dest).await?;
-    no_server_on(&dst, "destination").await?;
+    no_server_on(&dst, &dest, "destination").await?;
     let dst = dst.physical;
     if !overwrite && !dst.list("", None, 1).await.map_err(|e| storage_error("the destination", e))?.is_empty() {
         return Err(Error::Usage(format!(
@@ -138,9 +138,9 @@ pub async fn run(from: &Path, to: &Path, overwrite: bool, output: Output) -> Res
 
 /// No server may be using a store: a copy would miss its later writes, or
 /// replace what it serves.
-async fn no_server_on(opened: &crate::server::Opened, what: &str) -> Result<(), Error> {
+async fn no_server_on(opened: &crate::server::Opened, storage: &Storage, what: &str) -> Result<(), Error> {
     #[cfg(feature = "postgres")]
-    if let Some(pg) = &opened.postgres {
+    if let (Some(pg), Storage::Postgres(p)) = (&opened.postgres, storage) {
         let leader = pg.leader().await.map_err(|e| storage_error(what, e))?;
         if leader.live {
             return Err(Error::Usage(format!(
@@ -149,9 +149,18 @@ async fn no_server_on(opened: &crate::server::Opened, what: &str) -> Result<(), 
                 if leader.api_addr.is_empty() { "no api_addr" } else { leader.api_addr.as_str() }
             )));
         }
+        // Every node serves, not only the leader.
+        let members = pg.members(p.leader_lease).await.map_err(|e| storage_error(what, e))?;
+        if let Some(m) = members.iter().find(|m| m.alive) {
+            return Err(Error::Usage(format!(
+                "a server ({}, {}) uses the {what} table: stop every node first",
+                m.node,
+                if m.api_addr.is_empty() { "no api_addr" } else { m.api_addr.as_str() }
+            )));
+        }
     }
     #[cfg(not(feature = "postgres"))]
-    let _ = (opened, what);
+    let _ = (opened, storage, what);
     Ok(())
 }
 
