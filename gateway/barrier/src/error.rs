@@ -6,6 +6,11 @@
 pub enum Error {
     #[error("storage backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store cannot be reached now (a networked store down, restarting
+    /// or too slow): the operation did not happen, or its outcome is not
+    /// known, and a retry may succeed.
+    #[error("the store cannot be reached now ({0}); retry")]
+    Unavailable(String),
     #[error("the write conflicted with a concurrent write; retry it")]
     Conflict,
     #[error("the barrier is sealed")]

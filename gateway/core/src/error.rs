@@ -101,7 +101,8 @@ impl From<BarrierError> for Error {
             BarrierError::InvalidKey(m) => Error::InvalidArgument(format!("invalid unseal key: {m}")),
             BarrierError::WrongKeys => Error::InvalidArgument(BarrierError::WrongKeys.to_string()),
             BarrierError::Snapshot(m) => Error::FailedPrecondition(format!("snapshot refused: {m}")),
-            e @ BarrierError::Fenced { .. } => Error::Unavailable(format!("{e}; send the request to the leader")),
+            e @ BarrierError::Fenced { .. } => Error::Unavailable(format!("{e}; another node leads now")),
+            e @ BarrierError::Unavailable(_) => Error::Unavailable(e.to_string()),
             e => Error::Storage(e),
         }
     }

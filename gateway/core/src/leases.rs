@@ -143,6 +143,10 @@ pub(crate) struct LeaseManager {
     locks: Stripes,
     /// Wakes the expiry worker when a lease is written.
     pub(crate) changed: tokio::sync::Notify,
+    /// Leases revoked at their engine whose record could not be deleted
+    /// (the store failed): the next attempt deletes the record only, so the
+    /// engine is not asked twice while this process lives.
+    revoked: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Test hook: recording a lease fails, as on a full disk.
     #[cfg(test)]
     pub(crate) fail_record: std::sync::atomic::AtomicBool,
@@ -154,6 +158,7 @@ impl LeaseManager {
             barrier,
             locks: Stripes::new(stripes),
             changed: tokio::sync::Notify::new(),
+            revoked: Default::default(),
             #[cfg(test)]
             fail_record: Default::default(),
         }
@@ -547,7 +552,11 @@ impl Core {
         {
             return Ok(false);
         }
+        let done_at_engine = self.leases.revoked.lock().unwrap_or_else(|p| p.into_inner()).contains(lease_id);
         let attempt = async {
+            if done_at_engine {
+                return Ok(());
+            }
             let (mount, backend) = self.lease_backend(&r).await?;
             let ctx = self.call_context(&mount, request_id, "lease manager");
             // A deposed leader's expiry starts no revoke.
@@ -563,7 +572,18 @@ impl Core {
         };
         match attempt.await {
             Ok(()) => {
-                self.leases.delete(&r).await?;
+                let mark = |revoked: bool| {
+                    let mut set = self.leases.revoked.lock().unwrap_or_else(|p| p.into_inner());
+                    match revoked {
+                        true => set.insert(lease_id.to_string()),
+                        false => set.remove(lease_id),
+                    }
+                };
+                if let Err(e) = self.leases.delete(&r).await {
+                    mark(true);
+                    return Err(e);
+                }
+                mark(false);
                 tracing::info!(lease_id = %lease_id, "lease: revoked");
                 Ok(true)
             }

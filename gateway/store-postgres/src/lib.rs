@@ -83,15 +83,20 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 const PAGE: usize = 1000;
 /// Attempts of a batch that keeps meeting serialization failures.
 const ATTEMPTS: u32 = 30;
-/// The longest a statement may run, and a transaction may sit idle, on the
-/// store's connections (an export or import lifts both for itself).
+/// The longest a statement may run on the store's connections (an export
+/// or import lifts it for itself).
 const STATEMENT_TIMEOUT_MS: u64 = 10_000;
+/// The longest a transaction may sit idle between statements (a node
+/// paused mid-commit): a commit of leader work holds the leader row `FOR
+/// SHARE`, which a takeover waits for, so this bounds how long a paused
+/// leader's open transaction delays the next.
+const IDLE_TIMEOUT_MS: u64 = 2_000;
 /// How long a gap in the change feed's sequence is waited for: a commit's
 /// number is taken in its last statement, and the commit is decided within
-/// three statement timeouts of it (that statement, the idle time before the
-/// COMMIT, the COMMIT), so a number still missing after this was rolled
-/// back.
-pub const FEED_GAP_BOUND: Duration = Duration::from_millis(3 * STATEMENT_TIMEOUT_MS + 15_000);
+/// that statement's timeout, the idle time before the COMMIT and the
+/// COMMIT's own timeout, so a number still missing after this (with a
+/// margin) was rolled back.
+pub const FEED_GAP_BOUND: Duration = Duration::from_millis(2 * STATEMENT_TIMEOUT_MS + IDLE_TIMEOUT_MS + 15_000);
 /// How long the change feed keeps a row.
 pub const FEED_RETENTION: Duration = Duration::from_secs(600);
 /// Rows a poll of the feed reads at most.
@@ -335,7 +340,22 @@ fn upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn db(e: tokio_postgres::Error) -> keybridge_barrier::Error {
+    if unreachable(&e) {
+        return keybridge_barrier::Error::Unavailable(describe(&e));
+    }
     keybridge_barrier::Error::backend(std::io::Error::other(describe(&e)))
+}
+
+/// The database could not be reached or stopped the statement (a lost
+/// connection, a shutdown or restart, a statement timeout): the outcome is
+/// the database's to tell, and a retry may succeed.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        // Class 08 (connection exception), 57 (operator intervention:
+        // query canceled, admin or crash shutdown, cannot connect now).
+        Some(d) => d.code().code().starts_with("08") || d.code().code().starts_with("57"),
+        None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
 }
 
 /// A database error in one line: its SQLSTATE and message when the server
@@ -348,7 +368,15 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> keybridge_barrier::Error {
-    keybridge_barrier::Error::backend(std::io::Error::other(pool_reason(e)))
+    let unreachable = match &e {
+        deadpool_postgres::PoolError::Backend(e) => unreachable(e),
+        deadpool_postgres::PoolError::Timeout(_) => true,
+        _ => false,
+    };
+    match unreachable {
+        true => keybridge_barrier::Error::Unavailable(pool_reason(e)),
+        false => keybridge_barrier::Error::backend(std::io::Error::other(pool_reason(e))),
+    }
 }
 
 fn utf8_key(raw: Vec<u8>) -> keybridge_barrier::Result<String> {
@@ -381,7 +409,7 @@ impl PostgresStore {
         // Bounds on every statement and on a transaction left idle (a node
         // paused mid-commit): the change feed's gap bound rests on them.
         let options = format!(
-            "{} -c statement_timeout={STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={STATEMENT_TIMEOUT_MS}",
+            "{} -c statement_timeout={STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={IDLE_TIMEOUT_MS}",
             config.get_options().unwrap_or("")
         );
         config.options(options.trim_start());
@@ -852,7 +880,7 @@ impl Physical for PostgresStore {
             // counts from it), under the usual timeouts again.
             tx.batch_execute(&format!(
                 "SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}; \
-                 SET LOCAL idle_in_transaction_session_timeout = {STATEMENT_TIMEOUT_MS}"
+                 SET LOCAL idle_in_transaction_session_timeout = {IDLE_TIMEOUT_MS}"
             ))
             .await
             .map_err(db)?;

@@ -72,6 +72,11 @@ impl Saas {
         self.shared.deletes_fail.store(fail, Ordering::SeqCst);
     }
 
+    /// Keys created (whether or not the gateway handed them out).
+    pub fn created(&self) -> u64 {
+        self.shared.next.load(Ordering::SeqCst).saturating_sub(1)
+    }
+
     /// Delete calls received (failed ones included).
     pub fn deletes(&self) -> u64 {
         self.shared.deletes.load(Ordering::SeqCst)

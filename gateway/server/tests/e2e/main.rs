@@ -6,6 +6,7 @@ mod cli;
 mod clouds;
 mod conformance;
 mod grpc;
+mod ha;
 mod harness;
 mod lifecycle;
 mod limits;
