@@ -27,6 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cluster;
 mod h2client;
 mod leases;
 mod sync;
@@ -128,7 +129,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) struct Server {
-    child: Child,
+    pub(crate) child: Child,
     addr: String,
     ca: Option<Vec<u8>>,
 }
@@ -175,7 +176,7 @@ impl Server {
     }
 
     /// SIGKILL unless it has ended; reaps it.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if !self.ended() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -767,6 +768,9 @@ async fn bench(args: Args) {
     if wants("leases") {
         leases::run(&args, &bin).await;
     }
+    if wants("cluster") {
+        cluster::run(&args, &bin).await;
+    }
 
     let rss_dir = tempfile::tempdir().expect("tempdir");
     if wants("rss") || wants("coldstart") {
@@ -843,7 +847,7 @@ async fn bench(args: Args) {
 /// A token whose one policy holds `rules` rules: the one that grants the
 /// benchmark's paths, and others of every kind (exact, glob, `+`) that do
 /// not match them, as a real policy would.
-async fn policy_token(server: &Server, root: &str, rules: usize) -> String {
+pub(crate) async fn policy_token(server: &Server, root: &str, rules: usize) -> String {
     let mut text =
         String::from("path \"secret/data/bench/*\" {\n  capabilities = [\"create\", \"read\", \"update\"]\n}\n");
     for i in 1..rules {

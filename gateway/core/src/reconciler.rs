@@ -234,8 +234,16 @@ impl Core {
 
     /// Records, before a write to `path`, that the rules covering it must
     /// replicate it.
-    pub(crate) async fn sync_announce(&self, path: &str) -> Result<bool> {
+    pub(crate) async fn sync_announce(&self, path: &str) -> Result<keybridge_reconciler::Announced> {
         Ok(self.sync.announce(self, path).await?)
+    }
+
+    /// After the change announced: see [`keybridge_reconciler::Reconciler::touch`].
+    /// A failure is logged (the next scan finds the change).
+    pub(crate) async fn sync_touch(&self, path: &str, announced: &keybridge_reconciler::Announced) {
+        if let Err(e) = self.sync.touch(announced).await {
+            tracing::warn!(path, error = %e, "sync: cannot mark the journal after a write; the next scan finds it");
+        }
     }
 
     pub(crate) fn sync_wake(&self) {
@@ -369,8 +377,9 @@ impl Host for Core {
         let res = async {
             let table = Core::unsealed(self)?.table();
             let (backend, _, rel) = Core::route(self, &table, source).await?;
-            self.sync_announce(source).await?;
+            let announced = self.sync_announce(source).await?;
             let v = backend.write(rel, value, None).await?.0;
+            self.sync_touch(source, &announced).await;
             self.sync_wake();
             Ok(v)
         }

@@ -93,10 +93,11 @@ impl Core {
         };
         // A rule created while this write ran may have scanned before the
         // write landed: announce again, so the new rule sees it.
-        if r.is_ok() && !announced && self.sync.rules_changed_since(rules_seen) {
-            announced = self.sync_announce(path).await.unwrap_or(false);
+        if r.is_ok() && !announced.any() && self.sync.rules_changed_since(rules_seen) {
+            announced.extend(self.sync_announce(path).await.unwrap_or_default());
         }
-        if announced {
+        self.sync_touch(path, &announced).await;
+        if announced.any() {
             self.sync_wake();
         }
         if let Ok((v, meta)) = &r {

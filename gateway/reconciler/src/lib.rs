@@ -48,7 +48,7 @@ pub mod store;
 mod worker;
 
 pub use error::{Error, Result};
-pub use journal::JournalEntry;
+pub use journal::{Announced, JournalEntry};
 pub use rotation::{CopyState, RotateSpec, Rotation, RotationState, RotationVerifier, Schedule};
 pub use rules::{OnConflict, OnDelete, Rule, RuleSpec, check_name, check_rules};
 pub use store::{Current, Head, Host, Issued, Listing, Reach, Routed, STAGING_SUFFIX, Staged, Staging, Store};

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use keybridge_audit::Timestamp;
-use keybridge_barrier::WriteBatch;
+use keybridge_barrier::{Stamp, WriteBatch};
 use keybridge_value::SecretValue;
 
 use crate::{
@@ -305,11 +305,12 @@ impl Reconciler {
         let keys = self.barrier.list(JOURNAL, None, JOURNAL_BATCH).await?;
         let full_batch = keys.len() == JOURNAL_BATCH;
         let mut progressed = false;
-        let mut groups: BTreeMap<(String, String), (u64, Vec<String>)> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, String), (u64, Vec<(String, Stamp)>)> = BTreeMap::new();
         let mut orphans = WriteBatch::new();
         let mut orphaned = false;
         for k in keys {
-            let Some(raw) = self.barrier.get(&k).await? else { continue };
+            let (raw, stamp) = self.barrier.get_stamped(&k).await?;
+            let Some(raw) = raw else { continue };
             let Ok(e) = serde_json::from_slice::<JournalEntry>(&raw) else {
                 orphans.delete(k);
                 orphaned = true;
@@ -322,7 +323,7 @@ impl Reconciler {
             }
             let g = groups.entry((e.rule, e.path)).or_insert((e.at_ms, Vec::new()));
             g.0 = g.0.min(e.at_ms);
-            g.1.push(k);
+            g.1.push((k, stamp));
         }
         if orphaned {
             self.barrier.commit(orphans).await?;
@@ -343,11 +344,16 @@ impl Reconciler {
             match self.replicate(host, rule, &path).await {
                 Ok(true) => {
                     self.succeeded(&retry_key);
-                    let mut batch = WriteBatch::new();
-                    for k in keys {
-                        batch.delete(k);
+                    // Each entry as read: one touched since (its change
+                    // landed after the read above) stays for the next pass.
+                    for (k, stamp) in keys {
+                        let mut batch = WriteBatch::new();
+                        batch.expect(k.clone(), &stamp).delete(k);
+                        match self.barrier.commit(batch).await {
+                            Ok(()) | Err(keybridge_barrier::Error::Conflict) => {}
+                            Err(e) => return Err(e.into()),
+                        }
                     }
-                    self.barrier.commit(batch).await?;
                     progressed = true;
                 }
                 Ok(false) => self.failed(&retry_key),

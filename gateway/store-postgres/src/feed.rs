@@ -190,9 +190,8 @@ impl PostgresStore {
                 }
             }
             match self.feed_page(&cursor).await {
-                Ok(rows) => {
+                Ok((rows, full)) => {
                     warned = false;
-                    let full = rows.len() as i64 == FEED_PAGE;
                     let (mut keys, mut theirs) = (Vec::new(), Vec::new());
                     everything |= cursor.take(&rows, self.origin, started, &mut keys, &mut theirs);
                     cursor.expire(started, FEED_GAP_BOUND);
@@ -259,14 +258,25 @@ impl PostgresStore {
         Ok(client.query_one(&stmt, &[]).await.map_err(db)?.get(0))
     }
 
-    pub(crate) async fn feed_page(&self, cursor: &Cursor) -> keybridge_barrier::Result<Vec<Row>> {
+    /// The rows of the gaps, then up to a page of those above them; and
+    /// whether the page was full.
+    pub(crate) async fn feed_page(&self, cursor: &Cursor) -> keybridge_barrier::Result<(Vec<Row>, bool)> {
         let client = self.client().await?;
+        // The gaps first (numbers below the rest), then what follows.
+        let mut rows = Vec::new();
+        if !cursor.gaps.is_empty() {
+            let stmt = client.prepare_cached(&self.sql.change_gaps).await.map_err(db)?;
+            rows = client.query(&stmt, &[&cursor.gap_list()]).await.map_err(db)?;
+        }
         let stmt = client.prepare_cached(&self.sql.change_poll).await.map_err(db)?;
-        let rows = client.query(&stmt, &[&cursor.high, &cursor.gap_list(), &FEED_PAGE]).await.map_err(db)?;
-        Ok(rows
+        let above = client.query(&stmt, &[&cursor.high, &FEED_PAGE]).await.map_err(db)?;
+        let full = above.len() as i64 == FEED_PAGE;
+        rows.extend(above);
+        let rows = rows
             .into_iter()
             .map(|r| Row { seq: r.get(0), origin: r.get(1), keys: r.get(2), age_ms: r.get(3) })
-            .collect())
+            .collect();
+        Ok((rows, full))
     }
 
     async fn feed_prune(&self) -> keybridge_barrier::Result<u64> {

@@ -130,6 +130,7 @@ struct Sql {
     member_prune: String,
     change_insert: String,
     change_poll: String,
+    change_gaps: String,
     change_head: String,
     change_prune: String,
 }
@@ -191,9 +192,15 @@ impl Sql {
             // The last statement of a commit: its sequence number is taken
             // as late as the transaction allows (see `follow`).
             change_insert: format!("INSERT INTO {changes} (origin, keys) VALUES ($1, $2)"),
+            // Two statements, each an index scan (a generic plan of `seq > $1
+            // OR seq = ANY($2)` may scan the whole table every poll).
             change_poll: format!(
                 "SELECT seq, origin, keys, (EXTRACT(EPOCH FROM (clock_timestamp() - at)) * 1000)::BIGINT \
-                 FROM {changes} WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3"
+                 FROM {changes} WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ),
+            change_gaps: format!(
+                "SELECT seq, origin, keys, (EXTRACT(EPOCH FROM (clock_timestamp() - at)) * 1000)::BIGINT \
+                 FROM {changes} WHERE seq = ANY($1) ORDER BY seq"
             ),
             change_head: format!("SELECT COALESCE(MAX(seq), 0) FROM {changes}"),
             change_prune: format!("DELETE FROM {changes} WHERE at < now() - ($1::BIGINT * INTERVAL '1 millisecond')"),
@@ -723,6 +730,16 @@ impl Physical for PostgresStore {
     }
 
     async fn get(&self, key: &str) -> keybridge_barrier::Result<Option<Vec<u8>>> {
+        // Leader work reads the database, never the cache: the cache may
+        // not yet know a commit another node made (the change feed's lag),
+        // and the reconciler, reading a journal entry straight from the
+        // table, must then read the change it announces.
+        if keybridge_barrier::leader_work::active() {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(&self.sql.get).await.map_err(db)?;
+            let row = client.query_opt(&stmt, &[&key.as_bytes()]).await.map_err(db)?;
+            return Ok(row.map(|r| r.get(0)));
+        }
         let ticket = match self.cache.lookup(key) {
             Ok(hit) => return Ok(Some(hit.to_vec())),
             Err(ticket) => ticket,

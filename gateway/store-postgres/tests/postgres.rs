@@ -199,6 +199,12 @@ async fn a_follower_drops_what_another_node_changed() {
     let b = Arc::new(PostgresStore::connect(&settings(url, None)).await.unwrap());
     a.commit(put("k")).await.unwrap();
     assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v"[..])); // cached on b now
+    // Not following yet: b's cache is stale, but its leader work reads the
+    // database.
+    a.commit(Batch { checks: vec![], ops: vec![Op::Put { key: "k".into(), value: b"u".to_vec() }] }).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v"[..]), "b was not caching: the test tests nothing");
+    let pb: Arc<dyn Physical> = b.clone();
+    assert_eq!(lw(&pb, b.get("k")).await.unwrap().as_deref(), Some(&b"u"[..]), "leader work read the cache");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let failing = Arc::new(AtomicBool::new(false));
     let f2 = failing.clone();

@@ -73,6 +73,176 @@ struct Record {
     refused_creds: usize,
 }
 
+impl Cluster {
+    /// The nodes up now.
+    fn live(&self) -> Vec<&Server> {
+        let up = self.up.lock().unwrap().clone();
+        (0..self.nodes.len()).filter(|&n| up[n]).map(|n| &self.nodes[n]).collect()
+    }
+}
+
+/// The three loops, running until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    loops: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cluster: &Arc<Cluster>, record: &Arc<Mutex<Record>>, root: &str, jwts: &Arc<Vec<String>>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut loops = Vec::new();
+        {
+            let (cluster, record, stop, root) = (cluster.clone(), record.clone(), stop.clone(), root.to_string());
+            loops.push(std::thread::spawn(move || {
+                let mut i = record.lock().unwrap().writes.values().map(|w| w.0.len()).sum::<usize>();
+                while !stop.load(Ordering::SeqCst) {
+                    let Some(s) = cluster.pick(i) else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    let (path, value) = (format!("secret/rep/k{}", i % 8), format!("v{i}"));
+                    record.lock().unwrap().writes.entry(path.clone()).or_default().0.push(value.clone());
+                    let o = s.cli(Some(&root), &["kv", "put", &path, &format!("pw={value}")]);
+                    let mut r = record.lock().unwrap();
+                    if o.status.success() {
+                        let e = r.writes.get_mut(&path).unwrap();
+                        e.1 = Some(e.0.len() - 1);
+                    } else {
+                        r.refused_writes += 1;
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        {
+            let (cluster, record, stop, jwts) = (cluster.clone(), record.clone(), stop.clone(), jwts.clone());
+            loops.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let i = {
+                        let r = record.lock().unwrap();
+                        r.logins.len() + r.refused_logins
+                    };
+                    let (Some(s), Some(jwt)) = (cluster.pick(i + 1), jwts.get(i)) else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    // Under the default per-address login limit.
+                    std::thread::sleep(Duration::from_millis(150));
+                    let o = s.cli_stdin(None, &["login", "ci", "--role", "deploy", "--jwt", "-", "-o", "json"], jwt);
+                    let mut r = record.lock().unwrap();
+                    match o.status.success() {
+                        true => r.logins.push(json(&o)["token"].as_str().unwrap_or_default().to_string()),
+                        false => {
+                            r.refused_logins += 1;
+                            if r.login_errors.len() < 5 {
+                                r.login_errors.push(stderr(&o));
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        {
+            let (cluster, record, stop, root) = (cluster.clone(), record.clone(), stop.clone(), root.to_string());
+            loops.push(std::thread::spawn(move || {
+                let mut i = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let Some(s) = cluster.pick(i + 2) else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    let o = s.cli(Some(&root), &["read", "saas/creds/app", "-o", "json"]);
+                    let mut r = record.lock().unwrap();
+                    if o.status.success() {
+                        let v = json(&o);
+                        r.creds.push((
+                            v["data"]["api_key"].as_str().unwrap_or_default().to_string(),
+                            v["lease_id"].as_str().unwrap_or_default().to_string(),
+                        ));
+                    } else {
+                        r.refused_creds += 1;
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        Load { stop, loops }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for l in self.loops {
+            l.join().unwrap();
+        }
+    }
+}
+
+/// After a scenario: every acknowledged write reads back from every node up,
+/// no version twice in the store, each replica at AWS is the source's value
+/// with no value written twice, and a login token revoked on one node is
+/// refused on the others.
+fn check(
+    cluster: &Cluster,
+    record: &Mutex<Record>,
+    moto: &keybridge_testservers::process::Spawned,
+    t: &str,
+    what: &str,
+) {
+    let live = cluster.live();
+    let leading = &cluster.nodes[cluster.leader().expect("no leader")];
+    let sync = ok(&leading.cli(Some(t), &["sync", "run", "--wait", "--timeout", "60s", "-o", "json"]));
+    let r = record.lock().unwrap();
+    for (path, (attempts, last)) in &r.writes {
+        // The last acknowledged value, or one attempted after it (a write
+        // whose answer was lost in a kill or the restart may have landed).
+        let Some(last) = *last else { continue };
+        for n in &live {
+            let v = json(&n.cli(Some(t), &["kv", "get", "-o", "json", path]));
+            let got = v["data"]["pw"].as_str().unwrap_or_default().to_string();
+            let pos = attempts.iter().position(|a| *a == got);
+            assert!(
+                pos.is_some_and(|p| p >= last),
+                "{what} {path}: read {got:?}, last acknowledged {:?}",
+                attempts[last]
+            );
+        }
+        // No version twice in the store: at most one per attempt.
+        let meta = json(&live[0].cli(Some(t), &["kv", "metadata", "get", "-o", "json", path]));
+        let current = meta["current_version"].as_u64().unwrap() as usize;
+        assert!(current <= attempts.len(), "{what} {path}: {current} versions for {} attempts", attempts.len());
+        // At the emulator: the source's value, no value written twice
+        // (distinct versions counted at moto).
+        let name = path.trim_start_matches("secret/");
+        let out = boto3(
+            moto,
+            &format!(
+                "import json\nvs=c.list_secret_version_ids(SecretId='{name}', IncludeDeprecated=True)['Versions']\n\
+                 vals=[c.get_secret_value(SecretId='{name}', VersionId=v['VersionId'])['SecretString'] for v in vs]\n\
+                 print(json.dumps(vals))\nprint(c.get_secret_value(SecretId='{name}')['SecretString'])\n"
+            ),
+        );
+        let mut lines = out.lines();
+        let values: Vec<String> = serde_json::from_str(lines.next().unwrap_or("[]")).unwrap();
+        let replica: Value = serde_json::from_str(lines.next().unwrap_or("{}")).unwrap();
+        let source = json(&live[0].cli(Some(t), &["kv", "get", "-o", "json", path]))["data"]["pw"].clone();
+        assert_eq!(replica["pw"], source, "{what} {path}: the replica is not the source ({sync})");
+        let distinct: BTreeSet<&String> = values.iter().collect();
+        assert_eq!(distinct.len(), values.len(), "{what} {path}: a value written twice at AWS: {values:?}");
+        assert!(values.len() <= current, "{what} {path}: {} versions at AWS, {current} in the store", values.len());
+    }
+    // A login token revoked on one node is refused on the others within
+    // the feed's lag.
+    let token = r.logins.last().expect("no login went through").clone();
+    drop(r);
+    ok(&live[1].cli(Some(&token), &["token", "lookup"]));
+    ok(&live[0].cli(Some(t), &["token", "revoke", &token]));
+    for n in &live[1..] {
+        let refused = within(Duration::from_secs(3), || !n.cli(Some(&token), &["token", "lookup"]).status.success());
+        assert!(refused.is_some(), "{what}: a token revoked on one node still works on another");
+    }
+    eprintln!("{what}: every acknowledged write read back from {} nodes", live.len());
+}
+
 fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -157,84 +327,15 @@ async fn three_nodes_under_load_survive_a_kill_a_pause_and_a_database_restart() 
         );
     }
 
-    // The loops.
     let record = Arc::new(Mutex::new(Record::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut loops = Vec::new();
-    {
-        let (cluster, record, stop, root) = (cluster.clone(), record.clone(), stop.clone(), root.clone());
-        loops.push(std::thread::spawn(move || {
-            let mut i = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let Some(s) = cluster.pick(i) else { continue };
-                let (path, value) = (format!("secret/rep/k{}", i % 8), format!("v{i}"));
-                {
-                    let mut r = record.lock().unwrap();
-                    r.writes.entry(path.clone()).or_default().0.push(value.clone());
-                }
-                let o = s.cli(Some(&root), &["kv", "put", &path, &format!("pw={value}")]);
-                let mut r = record.lock().unwrap();
-                if o.status.success() {
-                    let e = r.writes.get_mut(&path).unwrap();
-                    e.1 = Some(e.0.len() - 1);
-                } else {
-                    r.refused_writes += 1;
-                }
-                i += 1;
-            }
-        }));
-    }
-    {
-        let (cluster, record, stop) = (cluster.clone(), record.clone(), stop.clone());
-        let jwt = |sub: &str| {
-            ci.sign(&serde_json::json!({"iss": ISS, "aud": "kb", "sub": sub, "iat": now(), "exp": now() + 600}))
-        };
-        let jwts: Vec<String> = (0..400).map(|i| jwt(&format!("job-{i}"))).collect();
-        loops.push(std::thread::spawn(move || {
-            let mut i = 0usize;
-            while !stop.load(Ordering::SeqCst) && i < jwts.len() {
-                let Some(s) = cluster.pick(i + 1) else { continue };
-                // Under the default per-address login limit.
-                std::thread::sleep(Duration::from_millis(150));
-                let o = s.cli_stdin(None, &["login", "ci", "--role", "deploy", "--jwt", "-", "-o", "json"], &jwts[i]);
-                let mut r = record.lock().unwrap();
-                match o.status.success() {
-                    true => r.logins.push(json(&o)["token"].as_str().unwrap_or_default().to_string()),
-                    false => {
-                        r.refused_logins += 1;
-                        if r.login_errors.len() < 5 {
-                            r.login_errors.push(stderr(&o));
-                        }
-                    }
-                }
-                i += 1;
-            }
-        }));
-    }
-    {
-        let (cluster, record, stop, root) = (cluster.clone(), record.clone(), stop.clone(), root.clone());
-        loops.push(std::thread::spawn(move || {
-            let mut i = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let Some(s) = cluster.pick(i + 2) else { continue };
-                let o = s.cli(Some(&root), &["read", "saas/creds/app", "-o", "json"]);
-                let mut r = record.lock().unwrap();
-                if o.status.success() {
-                    let v = json(&o);
-                    r.creds.push((
-                        v["data"]["api_key"].as_str().unwrap_or_default().to_string(),
-                        v["lease_id"].as_str().unwrap_or_default().to_string(),
-                    ));
-                } else {
-                    r.refused_creds += 1;
-                }
-                i += 1;
-            }
-        }));
-    }
+    let jwt = |sub: &str| {
+        ci.sign(&serde_json::json!({"iss": ISS, "aud": "kb", "sub": sub, "iat": now(), "exp": now() + 900}))
+    };
+    let jwts: Arc<Vec<String>> = Arc::new((0..600).map(|i| jwt(&format!("job-{i}"))).collect());
 
     // (a) The leader is killed in the middle of a replication (the writes
     // go on) and of a rotation (just started).
+    let load = Load::start(&cluster, &record, &root, &jwts);
     std::thread::sleep(Duration::from_secs(2));
     let leader = cluster.leader().expect("no leader");
     let other = (leader + 1) % 3;
@@ -248,8 +349,23 @@ async fn three_nodes_under_load_survive_a_kill_a_pause_and_a_database_restart() 
         killed.elapsed().min(took + Duration::from_millis(50))
     );
     std::thread::sleep(Duration::from_secs(2));
+    load.stop();
+    check(&cluster, &record, &moto, t, "(a)");
+    // The rotation ended with every copy on one new value.
+    let live = cluster.live();
+    let rot = within(Duration::from_secs(30), || {
+        json(&live[0].cli(Some(t), &["sync", "rotation", "-o", "json", "secret/rot/db"]))["state"] == "done"
+    });
+    let st = json(&live[0].cli(Some(t), &["sync", "rotation", "-o", "json", "secret/rot/db"]));
+    assert!(rot.is_some(), "the rotation did not finish: {st}");
+    let src = json(&live[1].cli(Some(t), &["kv", "get", "-o", "json", "secret/rot/db"]))["data"]["password"].clone();
+    assert_ne!(src, "before-rotation");
+    let copy = json(&live[0].cli(Some(t), &["kv", "get", "-o", "json", "aws/rot/db"]))["data"]["password"].clone();
+    assert_eq!(copy, src, "the rotated copies differ");
 
     // (b) The new leader is paused past its lease, then resumed.
+    let load = Load::start(&cluster, &record, &root, &jwts);
+    std::thread::sleep(Duration::from_secs(1));
     let paused = cluster.leader().expect("no leader");
     cluster.set_up(paused, false);
     cluster.signal(paused, libc::SIGSTOP);
@@ -268,23 +384,24 @@ async fn three_nodes_under_load_survive_a_kill_a_pause_and_a_database_restart() 
         "the resumed node still leads"
     );
     std::thread::sleep(Duration::from_secs(2));
+    load.stop();
+    check(&cluster, &record, &moto, t, "(b)");
 
     // (c) PostgreSQL restarts under the load.
+    let load = Load::start(&cluster, &record, &root, &jwts);
+    std::thread::sleep(Duration::from_secs(1));
     pg.stop();
     std::thread::sleep(Duration::from_secs(1));
     pg.start_again();
-    assert!(
-        within(Duration::from_secs(2 + 5 + 5), || cluster.leader().is_some()).is_some(),
-        "no leader after the restart"
-    );
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::SeqCst);
-    for l in loops {
-        l.join().unwrap();
-    }
+    let took = within(Duration::from_secs(2 + 5 + 5), || cluster.leader().is_some());
+    eprintln!("(c) a leader {took:?} after PostgreSQL came back");
+    assert!(took.is_some(), "no leader after the restart");
+    std::thread::sleep(Duration::from_secs(2));
+    load.stop();
+    check(&cluster, &record, &moto, t, "(c)");
+
     let record = std::mem::take(&mut *record.lock().unwrap());
-    let live: Vec<&Server> = (0..3).filter(|&n| n != leader).map(|n| &cluster.nodes[n]).collect();
-    let acked: usize = record.writes.values().map(|(_, last)| usize::from(last.is_some())).sum();
+    let live = cluster.live();
     eprintln!(
         "load: {} writes ({} refused), {} logins ({} refused), {} credentials ({} refused)",
         record.writes.values().map(|w| w.0.len()).sum::<usize>(),
@@ -295,68 +412,13 @@ async fn three_nodes_under_load_survive_a_kill_a_pause_and_a_database_restart() 
         record.refused_creds
     );
     eprintln!("login refusals, the first: {:?}", record.login_errors);
-    assert!(acked == 8 && record.logins.len() > 10 && record.creds.len() > 10, "the loops did too little");
+    assert!(record.logins.len() > 10 && record.creds.len() > 10, "the loops did too little");
 
-    // Every acknowledged write reads back from every node: the value is the
-    // last acknowledged one, or one attempted after it (a write whose
-    // answer was lost in the restart may still have landed).
-    let leading = &cluster.nodes[cluster.leader().expect("no leader at the end")];
-    let sync = ok(&leading.cli(Some(t), &["sync", "run", "--wait", "--timeout", "60s", "-o", "json"]));
-    for (path, (attempts, last)) in &record.writes {
-        let last = last.expect("acknowledged");
-        for n in &live {
-            let v = json(&n.cli(Some(t), &["kv", "get", "-o", "json", path]));
-            let got = v["data"]["pw"].as_str().unwrap_or_default().to_string();
-            let pos = attempts.iter().position(|a| *a == got);
-            assert!(pos.is_some_and(|p| p >= last), "{path}: read {got:?}, last acknowledged {:?}", attempts[last]);
-        }
-        // No version twice in the store: versions 1..=n, each a distinct
-        // attempted value (n at most the attempts).
-        let meta = json(&live[0].cli(Some(t), &["kv", "metadata", "get", "-o", "json", path]));
-        let versions = meta["versions"].as_object().unwrap();
-        let current = meta["current_version"].as_u64().unwrap() as usize;
-        assert!(current <= attempts.len() && versions.len() <= current, "{path}: {meta}");
-        // At the emulator: the replica is the source's value, and no value
-        // was written there twice (count distinct versions).
-        let name = path.trim_start_matches("secret/");
-        let out = boto3(
-            &moto,
-            &format!(
-                "import json\nvs=c.list_secret_version_ids(SecretId='{name}', IncludeDeprecated=True)['Versions']\n\
-                 vals=[c.get_secret_value(SecretId='{name}', VersionId=v['VersionId'])['SecretString'] for v in vs]\n\
-                 print(json.dumps(vals))\nprint(c.get_secret_value(SecretId='{name}')['SecretString'])\n"
-            ),
-        );
-        let mut lines = out.lines();
-        let values: Vec<String> = serde_json::from_str(lines.next().unwrap_or("[]")).unwrap();
-        let current_replica: Value = serde_json::from_str(lines.next().unwrap_or("{}")).unwrap();
-        let source = json(&live[0].cli(Some(t), &["kv", "get", "-o", "json", path]))["data"]["pw"].clone();
-        assert_eq!(current_replica["pw"], source, "{path}: the replica is not the source ({sync})");
-        let distinct: BTreeSet<&String> = values.iter().collect();
-        assert_eq!(distinct.len(), values.len(), "{path}: a value written twice at AWS: {values:?}");
-        assert!(
-            values.len() <= current,
-            "{path}: more versions at AWS ({}) than in the store ({current})",
-            values.len()
-        );
-    }
-
-    // The rotation ended with every copy on one new value.
-    let rot = within(Duration::from_secs(30), || {
-        json(&live[0].cli(Some(t), &["sync", "rotation", "-o", "json", "secret/rot/db"]))["state"] == "done"
-    });
-    let st = json(&live[0].cli(Some(t), &["sync", "rotation", "-o", "json", "secret/rot/db"]));
-    assert!(rot.is_some(), "the rotation did not finish: {st}");
-    let src = json(&live[1].cli(Some(t), &["kv", "get", "-o", "json", "secret/rot/db"]))["data"]["password"].clone();
-    assert_ne!(src, "before-rotation");
-    let copy = json(&live[0].cli(Some(t), &["kv", "get", "-o", "json", "aws/rot/db"]))["data"]["password"].clone();
-    assert_eq!(copy, src, "the rotated copies differ");
-
-    // Every credential's lease expires and is revoked at the service exactly
-    // once: none is lost, none revoked twice.
+    // Every credential's lease expires and is revoked at the service: none
+    // is lost.
     let issued = record.creds.len() as u64;
     let gone = within(Duration::from_secs(60), || saas.live_keys() == 0);
-    assert!(gone.is_some(), "{} of {issued} keys were never revoked", saas.live_keys());
+    assert!(gone.is_some(), "{} of the keys were never revoked", saas.live_keys());
     // Keys the service created but the gateway never handed out (its lease
     // could not be recorded: the store was down, the node died) were
     // revoked too. A revocation in flight when its leader died or was
@@ -370,11 +432,4 @@ async fn three_nodes_under_load_survive_a_kill_a_pause_and_a_database_restart() 
     );
     assert!(repeated <= 2 * 16, "{repeated} revocations asked twice of the service");
     assert_eq!(json(&live[0].cli(Some(t), &["lease", "list", "-o", "json"])), Value::Array(vec![]));
-
-    // A login token revoked on one node is refused on the others.
-    let token = record.logins.last().unwrap().clone();
-    ok(&live[1].cli(Some(&token), &["token", "lookup"]));
-    ok(&live[0].cli(Some(t), &["token", "revoke", &token]));
-    let refused = within(Duration::from_secs(3), || !live[1].cli(Some(&token), &["token", "lookup"]).status.success());
-    assert!(refused.is_some(), "a token revoked on one node still works on another");
 }
