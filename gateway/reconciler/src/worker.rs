@@ -80,6 +80,9 @@ pub struct SyncStatus {
 }
 
 const JOURNAL_BATCH: usize = 512;
+
+/// A journal entry's key, and the stamp it was read with.
+type Entry = (String, Stamp);
 /// Secrets replicated at once by a scan.
 pub(crate) const PARALLEL: usize = 8;
 
@@ -305,7 +308,7 @@ impl Reconciler {
         let keys = self.barrier.list(JOURNAL, None, JOURNAL_BATCH).await?;
         let full_batch = keys.len() == JOURNAL_BATCH;
         let mut progressed = false;
-        let mut groups: BTreeMap<(String, String), (u64, Vec<(String, Stamp)>)> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, String), (u64, Vec<Entry>)> = BTreeMap::new();
         let mut orphans = WriteBatch::new();
         let mut orphaned = false;
         for k in keys {
