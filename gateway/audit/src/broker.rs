@@ -21,6 +21,10 @@ pub struct Node {
     /// The store is shared with other nodes: each node's devices keep their
     /// own chain, with a checkpoint of their own.
     pub shared: bool,
+    /// The directory file devices must write in on this node (its
+    /// `audit_file_dir`), checked again when a device another node enabled
+    /// starts here.
+    pub file_dir: Option<std::path::PathBuf>,
 }
 
 /// The enabled devices. Lives while the core is unsealed.
@@ -35,7 +39,7 @@ pub struct Broker {
 impl Default for Node {
     /// A node with a store of its own.
     fn default() -> Self {
-        Node { id: "local".into(), shared: false }
+        Node { id: "local".into(), shared: false, file_dir: None }
     }
 }
 
@@ -331,6 +335,18 @@ impl Broker {
         e
     }
 
+    /// A file device's path on this node is a file directly in this node's
+    /// `audit_file_dir`, when it has one.
+    fn in_file_dir(&self, file_path: &str) -> std::result::Result<(), String> {
+        let Some(dir) = &self.node.file_dir else { return Ok(()) };
+        let path = std::path::Path::new(file_path);
+        let parent = path.parent().and_then(|p| p.canonicalize().ok());
+        match (parent, dir.canonicalize()) {
+            (Some(p), Ok(d)) if p == d && path.file_name().is_some() => Ok(()),
+            _ => Err(format!("{file_path} is not a file in this node's audit_file_dir {}", dir.display())),
+        }
+    }
+
     async fn read_checkpoint(&self, id: &str) -> Result<StoredCheckpoint> {
         self.read_checkpoint_at(self.checkpoint_key(id)).await
     }
@@ -360,7 +376,11 @@ impl Broker {
             self.read_checkpoint(&entry.id).await.map_err(|e| e.to_string())?
         };
         let (stream, mut sink): (Option<broadcast::Sender<Arc<str>>>, Box<dyn Sink>) = match entry.kind.as_str() {
-            "file" => (None, Box::new(FileSink::open(&self.on_this_node(&entry))?)),
+            "file" => {
+                let here = self.on_this_node(&entry);
+                self.in_file_dir(&here.options["file_path"])?;
+                (None, Box::new(FileSink::open(&here)?))
+            }
             "socket" => (None, Box::new(SocketSink::connect(&entry)?)),
             _ => {
                 let cap = entry.options.get("buffer").and_then(|b| b.parse().ok()).unwrap_or(4096);

@@ -88,12 +88,12 @@ pub(crate) async fn load_table(core: &Core) -> Result<(Vec<AuthMount>, keybridge
 
 impl Core {
     pub(crate) fn auth_mount(&self, loaded: &Unsealed, path: &str) -> Result<AuthMount> {
+        self.auth_mount_in(&loaded.auth.read().unwrap_or_else(|p| p.into_inner()).table, path)
+    }
+
+    fn auth_mount_in(&self, table: &[AuthMount], path: &str) -> Result<AuthMount> {
         let path = normalize_path(path)?;
-        loaded
-            .auth
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .table
+        table
             .iter()
             .find(|m| m.path == path)
             .cloned()
@@ -118,7 +118,9 @@ impl Core {
             }
             return Err(e.into());
         }
-        let (_, stamp) = self.barrier.get_stamped(AUTH_TABLE_KEY).await?;
+        // What is stored now, with the stamp read with it (another node may
+        // have written after this commit: its table, not ours, is current).
+        let (table, stamp) = load_table(self).await?;
         let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
         st.parsed.retain(|id, _| table.iter().any(|m| &m.id == id));
         (st.table, st.stamp) = (table, stamp);
@@ -360,7 +362,7 @@ impl Core {
             st.acl_path = Some(format!("auth/{norm}login"));
         }
         let result = self.check_login(&loaded, &norm, role, credential).await;
-        let (mount, grant) = match result {
+        let (mount, grant, table_stamp) = match result {
             Ok(v) => v,
             Err(Error::LoginRefused(reason)) => {
                 caller.set_reason(reason);
@@ -410,10 +412,9 @@ impl Core {
             meta,
             revoking: false,
         };
-        // Conditioned on the auth methods' table as this node knows it: a
-        // method another node began disabling (or changed) meanwhile mints
-        // no token here that its sweep could miss.
-        let table_stamp = loaded.auth.read().unwrap_or_else(|p| p.into_inner()).stamp.clone();
+        // Conditioned on the auth methods' table as it was when the method
+        // was looked up: a method disabled (or changed) since, here or on
+        // another node, mints no token its sweep could miss.
         self.store_new_token(&loaded, entry, vec![tokens_prefix(&mount.id)], Some((AUTH_TABLE_KEY, &table_stamp))).await
     }
 
@@ -423,8 +424,12 @@ impl Core {
         path: &str,
         role: &str,
         credential: &str,
-    ) -> Result<(AuthMount, keybridge_auth::Grant)> {
-        let mount = self.auth_mount(loaded, path)?;
+    ) -> Result<(AuthMount, keybridge_auth::Grant, keybridge_barrier::Stamp)> {
+        // The method and the stamp of the table it came from, together.
+        let (mount, stamp) = {
+            let st = loaded.auth.read().unwrap_or_else(|p| p.into_inner());
+            (self.auth_mount_in(&st.table, path)?, st.stamp.clone())
+        };
         if mount.disabling {
             return Err(Error::FailedPrecondition(format!("auth/{} is being disabled", mount.path)));
         }
@@ -445,7 +450,7 @@ impl Core {
                 mount.path
             )));
         }
-        Ok((mount, grant))
+        Ok((mount, grant, stamp))
     }
 }
 

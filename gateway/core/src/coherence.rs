@@ -78,6 +78,16 @@ impl Core {
         self.apply_guarded(&changed).await
     }
 
+    /// This node's own commit to `keys` (sorted), told again by the feed:
+    /// the caches no lock guards drop them (a commit may have landed while
+    /// its caller saw an error, and skipped its own invalidation). The
+    /// tables the lifecycle lock guards were set by the change itself, and a
+    /// change refused because they were stale reads them again.
+    pub fn changed_here(&self, keys: &[String]) -> bool {
+        self.apply_unguarded(&Changed::Keys(keys));
+        true
+    }
+
     /// As [`Core::changed_elsewhere`], with `admin` held by the caller.
     pub(crate) async fn apply_changes(&self, changed: Changed<'_>) -> bool {
         self.apply_unguarded(&changed);

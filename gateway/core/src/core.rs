@@ -798,10 +798,22 @@ impl Core {
         let stamp = loaded.mounts.read().unwrap_or_else(|p| p.into_inner()).1.clone();
         let mut batch = WriteBatch::new();
         batch.expect(MOUNTS_KEY, &stamp).put(MOUNTS_KEY, encode_json(&table));
-        self.barrier.commit(batch).await?;
-        let (_, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
-        *loaded.mounts.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(table), stamp);
-        Ok(())
+        let committed = self.barrier.commit(batch).await;
+        // What is stored now, with the stamp read with it: after a commit
+        // (another node may have written after it), and after a refusal
+        // (another node wrote first; the next try starts from its table).
+        let (raw, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
+        let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
+        let stored: MountTable = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Corrupt { key: MOUNTS_KEY.into(), reason: e.to_string() })?;
+        *loaded.mounts.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(stored), stamp);
+        match committed {
+            Ok(()) => Ok(()),
+            Err(keybridge_barrier::Error::Conflict) => {
+                Err(Error::Contention("another node changed the mount table at the same time: try again".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn enable_mount(

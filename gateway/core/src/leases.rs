@@ -546,7 +546,11 @@ impl Core {
     /// it since the index was read). Returns whether it was revoked.
     async fn revoke_now(&self, lease_id: &str, request_id: &str, due_by: Option<i64>) -> Result<bool> {
         let _g = self.leases.lock(lease_id).await;
-        let Some((mut r, data)) = self.leases.read(lease_id).await? else { return Ok(false) };
+        let Some((mut r, data)) = self.leases.read(lease_id).await? else {
+            // Gone (another node deleted the record): nothing is pending here.
+            self.leases.revoked.lock().unwrap_or_else(|p| p.into_inner()).remove(lease_id);
+            return Ok(false);
+        };
         if let Some(now) = due_by
             && r.due().is_none_or(|d| d > now)
         {

@@ -365,8 +365,25 @@ impl Reconciler {
             .put(key, encode_json(&rot))
             .put(format!("{VALUES}{}", spec.path), new.encode());
         if let Err(e) = self.barrier.commit(batch).await {
-            // Nothing will ever use the credential just issued.
-            self.end_rotation_lease(host, &rot.new_lease, &rot.id).await;
+            // Revoked only once the record is known not to be there: a
+            // commit whose answer was lost (the database restarting) may
+            // have landed, and the worker would promote a revoked value.
+            let landed = match e {
+                keybridge_barrier::Error::Conflict => Some(false),
+                _ => self.landed(&spec.path, &rot.id).await,
+            };
+            match landed {
+                Some(true) => {
+                    self.wake();
+                    return Ok(rot);
+                }
+                // Nothing will ever use the credential just issued.
+                Some(false) => self.end_rotation_lease(host, &rot.new_lease, &rot.id).await,
+                None => tracing::warn!(
+                    path = %spec.path,
+                    "rotation: cannot tell whether the rotation was recorded; its credential's lease is kept"
+                ),
+            }
             return Err(match e {
                 keybridge_barrier::Error::Conflict => Error::FailedPrecondition(format!(
                     "a rotation of {} was started elsewhere at the same time; wait for it",
@@ -434,6 +451,18 @@ impl Reconciler {
     }
 
     /// The rotation of `path`, running or last finished.
+    /// Whether the rotation `id` of `path` is recorded, asked a few times
+    /// over a few seconds; `None` if the store does not answer.
+    async fn landed(&self, path: &str, id: &str) -> Option<bool> {
+        for attempt in 0..5u64 {
+            match self.rotation(path).await {
+                Ok(r) => return Some(r.is_some_and(|r| r.id == id)),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await,
+            }
+        }
+        None
+    }
+
     pub async fn rotation(&self, path: &str) -> Result<Option<Rotation>> {
         let key = format!("{ROTATIONS}{path}");
         match self.barrier.get(&key).await? {

@@ -315,12 +315,12 @@ impl Reconciler {
             let (raw, stamp) = self.barrier.get_stamped(&k).await?;
             let Some(raw) = raw else { continue };
             let Ok(e) = serde_json::from_slice::<JournalEntry>(&raw) else {
-                orphans.delete(k);
+                orphans.expect(k.clone(), &stamp).delete(k);
                 orphaned = true;
                 continue;
             };
             if !rules.iter().any(|r| r.name == e.rule) {
-                orphans.delete(k);
+                orphans.expect(k.clone(), &stamp).delete(k);
                 orphaned = true;
                 continue;
             }
@@ -328,8 +328,13 @@ impl Reconciler {
             g.0 = g.0.min(e.at_ms);
             g.1.push((k, stamp));
         }
+        // As read: an entry touched since stays for the next pass (its
+        // rule may be one this node does not know yet).
         if orphaned {
-            self.barrier.commit(orphans).await?;
+            match self.barrier.commit(orphans).await {
+                Ok(()) | Err(keybridge_barrier::Error::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         for ((rule_name, path), (first, keys)) in groups {
             let Some(rule) = rules.iter().find(|r| r.name == rule_name) else { continue };

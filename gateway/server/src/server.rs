@@ -164,6 +164,7 @@ fn join(
                 match change {
                     keybridge_store_postgres::Change::Keys(keys) => core.changed_elsewhere(Changed::Keys(&keys)).await,
                     keybridge_store_postgres::Change::Everything => core.changed_elsewhere(Changed::Everything).await,
+                    keybridge_store_postgres::Change::Own(keys) => core.changed_here(&keys),
                 }
             }
         }))
@@ -364,6 +365,7 @@ pub async fn run(
             node: keybridge_core::audit::Node {
                 id: node_id().to_string(),
                 shared: matches!(config.storage, Storage::Postgres(_)),
+                file_dir: config.audit_file_dir.clone(),
             },
         },
     ));

@@ -192,7 +192,7 @@ impl PostgresStore {
             match self.feed_page(&cursor).await {
                 Ok((rows, full)) => {
                     warned = false;
-                    let (mut keys, mut theirs) = (Vec::new(), Vec::new());
+                    let (mut keys, mut theirs): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
                     everything |= cursor.take(&rows, self.origin, started, &mut keys, &mut theirs);
                     cursor.expire(started, FEED_GAP_BOUND);
                     // Rows may have been pruned while this node could not
@@ -203,13 +203,21 @@ impl PostgresStore {
                     let applied = if everything {
                         self.cache.clear();
                         apply(Change::Everything).await
-                    } else if !keys.is_empty() {
+                    } else {
+                        theirs.sort_unstable();
+                        theirs.dedup();
                         keys.sort_unstable();
                         keys.dedup();
-                        self.cache.remove(theirs.iter().map(String::as_str));
-                        apply(Change::Keys(keys)).await
-                    } else {
-                        true
+                        let own: Vec<String> = keys.into_iter().filter(|k| theirs.binary_search(k).is_err()).collect();
+                        let mut ok = true;
+                        if !theirs.is_empty() {
+                            self.cache.remove(theirs.iter().map(String::as_str));
+                            ok &= apply(Change::Keys(theirs)).await;
+                        }
+                        if !own.is_empty() {
+                            ok &= apply(Change::Own(own)).await;
+                        }
+                        ok
                     };
                     owed = !applied;
                     if let Some(newest) = rows.iter().filter(|r| r.origin != self.origin).map(|r| r.age_ms).min() {

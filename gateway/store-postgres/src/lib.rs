@@ -263,11 +263,14 @@ struct FeedState {
     lag_ms: std::sync::atomic::AtomicU64,
 }
 
-/// What another node changed, as the change feed tells it.
+/// What changed, as the change feed tells it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
-    /// These keys.
+    /// These keys, by another process.
     Keys(Vec<String>),
+    /// These keys, by this process only (told again in case a commit
+    /// landed while its caller saw an error).
+    Own(Vec<String>),
     /// Anything: the table was replaced (an import), or this node could not
     /// tell what it missed.
     Everything,

@@ -223,13 +223,13 @@ async fn a_follower_drops_what_another_node_changed() {
             return c;
         }
     };
-    let has = |c: &Change, k: &str| matches!(c, Change::Keys(keys) if keys.iter().any(|x| x == k));
+    let has = |c: &Change, k: &str| matches!(c, Change::Keys(keys) | Change::Own(keys) if keys.iter().any(|x| x == k));
     while b.feed_age().is_none() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // B's own commits reach its caches above too.
     b.commit(put("own")).await.unwrap();
-    next(&|c| has(c, "own")).await;
+    next(&|c| matches!(c, Change::Own(k) if k.iter().any(|x| x == "own"))).await;
     a.commit(Batch { checks: vec![], ops: vec![Op::Put { key: "k".into(), value: b"w".to_vec() }] }).await.unwrap();
     next(&|c| has(c, "k")).await;
     assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"w"[..]), "b served its stale cache");
@@ -277,7 +277,7 @@ async fn the_feed_misses_no_commit_that_lands_out_of_order() {
         let seen = s2.clone();
         async move {
             match c {
-                Change::Keys(k) => seen.lock().unwrap().extend(k),
+                Change::Keys(k) | Change::Own(k) => seen.lock().unwrap().extend(k),
                 Change::Everything => panic!("nothing here asks for everything"),
             }
             true

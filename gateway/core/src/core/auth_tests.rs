@@ -138,3 +138,49 @@ async fn a_login_racing_a_config_change_does_not_bring_the_old_config_back() {
     let with_new = new.service_account_token("production", "app-sa", "uid-1", "keybridge", 600);
     core.login(&Caller::new(None, "login"), "kubernetes", "app", &with_new).await.unwrap();
 }
+
+/// A login that found its method before the method was disabled (here, or
+/// on another node sharing the store) mints no token: its token is
+/// conditioned on the auth table as it was when the method was looked up,
+/// so the disable's sweep cannot miss it.
+#[tokio::test]
+async fn a_login_racing_a_disable_mints_no_token() {
+    let core = Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default()));
+    let init = core.init(1, 1, Some("root-t"), true).await.unwrap();
+    let r = &Caller::token(Some("root-t"));
+    let issuer = Issuer::new(ISS, "k1");
+    core.enable_auth(r, "kubernetes", "kubernetes", "").await.unwrap();
+    core.write_auth_config(
+        r,
+        "kubernetes",
+        s(&[("pem_keys", &issuer.public_pem()), ("issuer", ISS), ("audience", "keybridge")]),
+    )
+    .await
+    .unwrap();
+    let role = s(&[("bound_service_account_names", "app-sa"), ("bound_service_account_namespaces", "production")]);
+    core.write_auth_role(r, "kubernetes", "app", role).await.unwrap();
+    core.seal(r).await.unwrap();
+    core.unseal(&init.keys[0], false).await.unwrap();
+
+    let (reached, release) = hold_load(&core, "auth");
+    let login = tokio::spawn({
+        let core = core.clone();
+        let jwt = issuer.service_account_token("production", "app-sa", "uid-1", "keybridge", 600);
+        async move { core.login(&Caller::new(None, "login"), "kubernetes", "app", &jwt).await.map(|_| ()) }
+    });
+    reached.await.unwrap();
+    // Another node begins disabling the method while the login has it in
+    // hand, and the feed tells this node.
+    let (table, _) = crate::auth_methods::load_table(&core).await.unwrap();
+    let table: Vec<crate::AuthMount> = table.into_iter().map(|m| crate::AuthMount { disabling: true, ..m }).collect();
+    let mut batch = keybridge_barrier::WriteBatch::new();
+    batch.put(crate::auth_methods::AUTH_TABLE_KEY, crate::core::encode_json(&table));
+    core.barrier.commit(batch).await.unwrap();
+    let told = [crate::auth_methods::AUTH_TABLE_KEY.to_string()];
+    assert!(core.changed_elsewhere(crate::coherence::Changed::Keys(&told)).await);
+    release.send(()).unwrap();
+    let e = login.await.unwrap();
+    assert!(matches!(e, Err(Error::Unavailable(_))), "a login under a method being disabled went through: {e:?}");
+    let tokens = core.barrier.list("auth/", None, 1000).await.unwrap();
+    assert!(tokens.iter().all(|k| !k.contains("/tokens/")), "{tokens:?}");
+}

@@ -67,10 +67,15 @@ struct Nodes {
 
 impl Nodes {
     async fn new() -> Nodes {
+        Nodes::with_b(CoreConfig::default()).await
+    }
+
+    /// B built with `config`.
+    async fn with_b(config: CoreConfig) -> Nodes {
         let store = Arc::new(Recorded { inner: RedbStore::in_memory().unwrap(), keys: Mutex::new(Vec::new()) });
         let a = Core::new(Barrier::new(store.clone()), CoreConfig::default());
         let init = a.init(1, 1, Some("root-t"), true).await.unwrap();
-        let b = Core::new(Barrier::new(store.clone()), CoreConfig::default());
+        let b = Core::new(Barrier::new(store.clone()), config);
         let key = init.keys[0].to_string();
         b.unseal(&key, false).await.unwrap();
         store.keys.lock().unwrap().clear();
@@ -207,4 +212,23 @@ async fn a_stale_node_does_not_overwrite_a_shared_table() {
     n.b.enable_auth(r, "jwt", "jwt", "").await.unwrap();
     let paths: Vec<String> = n.b.list_auth(r).await.unwrap().into_iter().map(|m| m.path).collect();
     assert_eq!(paths, ["k8s/", "jwt/"]);
+}
+
+/// A file device another node enabled starts here only inside this node's
+/// own `audit_file_dir`; outside it, the device fails every record (fail
+/// closed), so this node's requests are refused rather than unaudited.
+#[tokio::test]
+async fn a_device_enabled_elsewhere_keeps_to_this_nodes_audit_file_dir() {
+    let (here, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = keybridge_audit::Node { file_dir: Some(here.path().to_path_buf()), ..Default::default() };
+    let n = Nodes::with_b(CoreConfig { node, ..CoreConfig::default() }).await;
+    let r = &n.root();
+    let path = elsewhere.path().join("audit.log").to_str().unwrap().to_string();
+    n.a.enable_audit(r, "file", "file", "", BTreeMap::from([("file_path".to_string(), path)])).await.unwrap();
+    let before = std::fs::read_to_string(elsewhere.path().join("audit.log")).unwrap();
+    n.tell_b().await;
+    assert_err!(n.b.get(r, "secret/x", None).await, Error::AuditFailed(_));
+    assert_err!(n.b.list_audit(r).await, Error::AuditFailed(_));
+    // A's file got nothing from B.
+    assert_eq!(std::fs::read_to_string(elsewhere.path().join("audit.log")).unwrap(), before);
 }

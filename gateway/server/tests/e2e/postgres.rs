@@ -263,6 +263,8 @@ async fn every_node_serves_one_leads_and_caches_follow_the_feed() {
     let lag =
         within(Duration::from_secs(3), || b.cli(Some(&root), &["kv", "put", "other/x", "pw=on-b"]).status.success());
     lags.push(("mount", lag.expect("B never saw the new mount")));
+    let on_c = within(Duration::from_secs(3), || c.cli(Some(&root), &["kv", "get", "other/x"]).status.success());
+    assert!(on_c.is_some(), "C never saw the new mount");
     assert_eq!(secret_value(&c, &root, "other/x"), "on-b");
     // A keyring rotated on A: B writes under the new term, C reads it.
     let term = |s: &Server| json(&s.cli(Some(&root), &["operator", "key-status", "-o", "json"]))["term"].as_u64();
