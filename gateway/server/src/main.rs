@@ -9,6 +9,7 @@ mod cli_progress;
 mod cli_sync;
 mod config;
 mod error;
+mod forward;
 mod gate;
 mod hygiene;
 mod migrate;

@@ -204,6 +204,10 @@ impl pb::sync_server::Sync for SyncService {
     }
 
     async fn status(&self, req: Request<pb::SyncStatusRequest>) -> Result<Response<pb::SyncStatusResponse>, Status> {
+        if let Some((channel, md)) = crate::forward::to_leader(&self.core, &req).await? {
+            let msg = req.into_inner();
+            return pb::sync_client::SyncClient::new(channel).status(crate::forward::request(msg, md)).await;
+        }
         let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.rule);
@@ -214,6 +218,10 @@ impl pb::sync_server::Sync for SyncService {
     }
 
     async fn run(&self, req: Request<pb::RunSyncRequest>) -> Result<Response<pb::SyncStatusResponse>, Status> {
+        if let Some((channel, md)) = crate::forward::to_leader(&self.core, &req).await? {
+            let msg = req.into_inner();
+            return pb::sync_client::SyncClient::new(channel).run(crate::forward::request(msg, md)).await;
+        }
         let c = caller(&req)?;
         let r = req.into_inner();
         let c = c.with_path(&r.rule).with("wait", plain(r.wait));

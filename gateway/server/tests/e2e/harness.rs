@@ -121,6 +121,18 @@ impl Server {
         Self::config_server_io(dir, false, 0, "", "", &[], Stdio::inherit(), storage)
     }
 
+    /// As [`Server::with_storage`], listening on `port`, with `api_addr` its
+    /// own address (so other nodes sharing the store can reach it).
+    pub fn with_storage_on(dir: &Path, port: u16, storage: &str) -> Server {
+        let top = format!("api_addr = \"http://127.0.0.1:{port}\"");
+        Self::config_server_io(dir, false, port, "", &top, &[], Stdio::inherit(), storage)
+    }
+
+    /// A loopback port free now.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
     /// A plain-TCP server from a config file with `top` added at the top level.
     pub fn with_config_top(dir: &Path, top: &str) -> Server {
         Self::config_server(dir, false, 0, "", top)

@@ -197,10 +197,10 @@ async fn every_node_serves_one_leads_and_caches_follow_the_feed() {
     let pg = Postgres::start();
     let block = leased_block(&pg);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = Server::with_storage(dirs[0].path(), &block);
+    let on = |i: usize| Server::with_storage_on(dirs[i].path(), Server::free_port(), &block);
+    let a = on(0);
     let (root, key) = init_unseal(&a);
-    let b = Server::with_storage(dirs[1].path(), &block);
-    let c = Server::with_storage(dirs[2].path(), &block);
+    let (b, c) = (on(1), on(2));
     unseal(&b, &key);
     unseal(&c, &key);
     let leads = |s: &Server| node_status(s)["leader"].as_bool().unwrap_or(false);
@@ -212,6 +212,14 @@ async fn every_node_serves_one_leads_and_caches_follow_the_feed() {
     assert_eq!(states.iter().filter(|s| s.0 == "standby").count(), 2, "{states:?}");
     let st = node_status(&c);
     assert_eq!(st["leader_address"], node_status(&a)["leader_address"]);
+    // The reconciler's status and runs, asked of a standby, are answered by
+    // the leader (forwarded with the caller's token, which it checks).
+    let o = c.cli(Some(&root), &["sync", "status", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = b.cli(Some(&root), &["sync", "run", "--wait", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = b.cli(Some("not-a-token"), &["sync", "status"]);
+    assert!(!o.status.success(), "a bad token's status was answered");
     assert!(st["feed_age_ms"].as_u64().unwrap() < 1000, "{st}");
 
     // A write on any node reads back on every node.
