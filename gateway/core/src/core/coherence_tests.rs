@@ -232,3 +232,58 @@ async fn a_device_enabled_elsewhere_keeps_to_this_nodes_audit_file_dir() {
     // A's file got nothing from B.
     assert_eq!(std::fs::read_to_string(elsewhere.path().join("audit.log")).unwrap(), before);
 }
+
+/// Sync rules and a login method's config changed on one node reach the
+/// other's caches (the rule list; the parsed config a login uses).
+#[tokio::test]
+async fn sync_rules_and_auth_configs_reach_the_other_node() {
+    use keybridge_testservers::issuer::Issuer;
+    const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+    let n = Nodes::new().await;
+    let r = &n.root();
+    // A rule created on A: B's cached list learns of it.
+    n.a.enable_mount(r, "copy/", "local", "", BTreeMap::new()).await.unwrap();
+    n.tell_b().await;
+    assert!(n.b.list_sync_rules(r).await.unwrap().is_empty()); // cached on B now
+    let spec = crate::RuleSpec {
+        name: "c".into(),
+        source: "secret/app/".into(),
+        targets: vec!["copy/app/".into()],
+        on_conflict: "overwrite".into(),
+        scan_interval_secs: 3600,
+        ..Default::default()
+    };
+    n.a.put_sync_rule(r, spec).await.unwrap();
+    assert!(n.b.list_sync_rules(r).await.unwrap().is_empty(), "B was not caching the rules");
+    n.tell_b().await;
+    assert_eq!(n.b.list_sync_rules(r).await.unwrap().len(), 1);
+
+    // A login method's signing key retired on A: B's parsed config follows.
+    let (old, new) = (Issuer::new(ISS, "k1"), Issuer::new(ISS, "k2"));
+    let config = |i: &Issuer| {
+        BTreeMap::from([
+            ("pem_keys".to_string(), i.public_pem()),
+            ("issuer".to_string(), ISS.to_string()),
+            ("audience".to_string(), "keybridge".to_string()),
+        ])
+    };
+    n.a.enable_auth(r, "kubernetes", "kubernetes", "").await.unwrap();
+    n.a.write_auth_config(r, "kubernetes", config(&old)).await.unwrap();
+    let role = BTreeMap::from([
+        ("bound_service_account_names".to_string(), "app-sa".to_string()),
+        ("bound_service_account_namespaces".to_string(), "production".to_string()),
+    ]);
+    n.a.write_auth_role(r, "kubernetes", "app", role).await.unwrap();
+    n.tell_b().await;
+    let jwt = |i: &Issuer| i.service_account_token("production", "app-sa", "uid-1", "keybridge", 600);
+    let login = |jwt: String| {
+        let b = &n.b;
+        async move { b.login(&Caller::new(None, "login"), "kubernetes", "app", &jwt).await.map(|_| ()) }
+    };
+    login(jwt(&old)).await.unwrap(); // B parsed and kept the old config
+    n.a.write_auth_config(r, "kubernetes", config(&new)).await.unwrap();
+    login(jwt(&old)).await.unwrap(); // not told yet: the old key still works here
+    n.tell_b().await;
+    assert_err!(login(jwt(&old)).await, Error::LoginRefused(_));
+    login(jwt(&new)).await.unwrap();
+}
