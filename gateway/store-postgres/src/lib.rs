@@ -479,9 +479,14 @@ impl PostgresStore {
             match client.batch_execute(&create).await {
                 Ok(()) => break,
                 Err(e)
-                    if attempt < 5
-                        && e.code()
-                            .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE) =>
+                    if attempt < 10
+                        && e.code().is_some_and(|c| {
+                            // The loser of the race may also meet the
+                            // table's row type or the feed's sequence.
+                            *c == SqlState::UNIQUE_VIOLATION
+                                || *c == SqlState::DUPLICATE_TABLE
+                                || *c == SqlState::DUPLICATE_OBJECT
+                        }) =>
                 {
                     tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
                 }

@@ -91,28 +91,31 @@ async fn kubernetes_login_issues_role_tokens_and_audits_refusals() {
     assert!(core.list_auth(r).await.unwrap().is_empty());
 }
 
+/// A core (root token `root-t`) with a kubernetes method trusting
+/// `issuer` and a role `app`, sealed and unsealed again, so that the next
+/// login parses the config (and passes the `auth` load hold).
+async fn kubernetes_login_core(issuer: &Issuer) -> Arc<Core> {
+    let core = Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default()));
+    let init = core.init(1, 1, Some("root-t"), true).await.unwrap();
+    let r = &Caller::token(Some("root-t"));
+    core.enable_auth(r, "kubernetes", "kubernetes", "").await.unwrap();
+    let config = s(&[("pem_keys", &issuer.public_pem()), ("issuer", ISS), ("audience", "keybridge")]);
+    core.write_auth_config(r, "kubernetes", config).await.unwrap();
+    let role = s(&[("bound_service_account_names", "app-sa"), ("bound_service_account_namespaces", "production")]);
+    core.write_auth_role(r, "kubernetes", "app", role).await.unwrap();
+    core.seal(r).await.unwrap();
+    core.unseal(&init.keys[0], false).await.unwrap();
+    core
+}
+
 /// A login that read the method's config just before an operator replaced
 /// it (say, to retire a signing key) must not put the old config back in
 /// the cache.
 #[tokio::test]
 async fn a_login_racing_a_config_change_does_not_bring_the_old_config_back() {
-    let core = Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default()));
-    let init = core.init(1, 1, Some("root-t"), true).await.unwrap();
-    let r = &Caller::token(Some("root-t"));
     let (old, new) = (Issuer::new(ISS, "k1"), Issuer::new(ISS, "k2"));
-    core.enable_auth(r, "kubernetes", "kubernetes", "").await.unwrap();
-    core.write_auth_config(
-        r,
-        "kubernetes",
-        s(&[("pem_keys", &old.public_pem()), ("issuer", ISS), ("audience", "keybridge")]),
-    )
-    .await
-    .unwrap();
-    let role = s(&[("bound_service_account_names", "app-sa"), ("bound_service_account_namespaces", "production")]);
-    core.write_auth_role(r, "kubernetes", "app", role).await.unwrap();
-    // After an unseal the parsed configs are loaded on first use.
-    core.seal(r).await.unwrap();
-    core.unseal(&init.keys[0], false).await.unwrap();
+    let core = kubernetes_login_core(&old).await;
+    let r = &Caller::token(Some("root-t"));
 
     let (reached, release) = hold_load(&core, "auth");
     let login = tokio::spawn({
@@ -145,22 +148,8 @@ async fn a_login_racing_a_config_change_does_not_bring_the_old_config_back() {
 /// so the disable's sweep cannot miss it.
 #[tokio::test]
 async fn a_login_racing_a_disable_mints_no_token() {
-    let core = Arc::new(Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default()));
-    let init = core.init(1, 1, Some("root-t"), true).await.unwrap();
-    let r = &Caller::token(Some("root-t"));
     let issuer = Issuer::new(ISS, "k1");
-    core.enable_auth(r, "kubernetes", "kubernetes", "").await.unwrap();
-    core.write_auth_config(
-        r,
-        "kubernetes",
-        s(&[("pem_keys", &issuer.public_pem()), ("issuer", ISS), ("audience", "keybridge")]),
-    )
-    .await
-    .unwrap();
-    let role = s(&[("bound_service_account_names", "app-sa"), ("bound_service_account_namespaces", "production")]);
-    core.write_auth_role(r, "kubernetes", "app", role).await.unwrap();
-    core.seal(r).await.unwrap();
-    core.unseal(&init.keys[0], false).await.unwrap();
+    let core = kubernetes_login_core(&issuer).await;
 
     let (reached, release) = hold_load(&core, "auth");
     let login = tokio::spawn({
