@@ -220,6 +220,12 @@ async fn every_node_serves_one_leads_and_caches_follow_the_feed() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = b.cli(Some("not-a-token"), &["sync", "status"]);
     assert!(!o.status.success(), "a bad token's status was answered");
+    // A token without `read` on sys/sync/status is refused by the leader,
+    // not served with the forwarding node's authority.
+    let o = a.cli(Some(&root), &["token", "create", "-o", "json"]);
+    let plain = json(&o)["token"].as_str().unwrap().to_string();
+    let o = c.cli(Some(&plain), &["sync", "status"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(st["feed_age_ms"].as_u64().unwrap() < 1000, "{st}");
 
     // A write on any node reads back on every node.
