@@ -54,9 +54,11 @@ impl Broker {
     /// Brings the running devices in line with the barrier's device table
     /// (another node sharing the store changed it): starts those not
     /// running here, stops those no longer in it. The caller serialises it
-    /// with `enable` and `remove`.
-    pub async fn refresh(&self) -> Result<()> {
-        let entries: Vec<DeviceEntry> = match self.barrier.get(DEVICES_KEY).await? {
+    /// with `enable` and `remove`. Returns the stamp of the table it read,
+    /// which a change of the table is conditioned on.
+    pub async fn refresh(&self) -> Result<keybridge_barrier::Stamp> {
+        let (raw, stamp) = self.barrier.get_stamped(DEVICES_KEY).await?;
+        let entries: Vec<DeviceEntry> = match raw {
             Some(raw) => serde_json::from_slice(&raw)
                 .map_err(|e| Error::Corrupt { key: DEVICES_KEY.into(), reason: e.to_string() })?,
             None => Vec::new(),
@@ -91,7 +93,7 @@ impl Broker {
         for d in gone {
             stop(&d).await;
         }
-        Ok(())
+        Ok(stamp)
     }
 
     fn current(&self) -> Arc<Vec<Arc<Device>>> {

@@ -38,15 +38,6 @@ fn devices_changed(e: keybridge_barrier::Error) -> Error {
 }
 
 impl Core {
-    /// Brings the running devices in line with the stored table (another
-    /// node may have changed it, and the feed not told this one yet): the
-    /// stamp a change of the table is conditioned on. Callers hold `admin`.
-    async fn devices_in_line(&self, loaded: &crate::core::Unsealed) -> Result<keybridge_barrier::Stamp> {
-        let (_, stamp) = self.barrier.get_stamped(DEVICES_KEY).await?;
-        loaded.audit.refresh().await?;
-        Ok(stamp)
-    }
-
     pub async fn enable_audit(
         &self,
         caller: &Caller,
@@ -64,7 +55,10 @@ impl Core {
         }
         let _guard = self.admin.lock().await;
         let loaded = self.unsealed()?;
-        let stamp = self.devices_in_line(&loaded).await?;
+        // In line with the stored table first (another node may have changed
+        // it, and the feed not told this one yet); the change below is
+        // conditioned on what was read.
+        let stamp = loaded.audit.refresh().await?;
         let entry = DeviceEntry {
             path: path.clone(),
             kind: kind.to_string(),
@@ -99,7 +93,10 @@ impl Core {
         self.authorize(caller, &id, &format!("sys/audit/{path}"), Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
         let loaded = self.unsealed()?;
-        let stamp = self.devices_in_line(&loaded).await?;
+        // In line with the stored table first (another node may have changed
+        // it, and the feed not told this one yet); the change below is
+        // conditioned on what was read.
+        let stamp = loaded.audit.refresh().await?;
         let entry = loaded.audit.entry(&path)?;
         let remaining: Vec<DeviceEntry> = loaded.audit.list().into_iter().filter(|d| d.path != path).collect();
         let mut batch = WriteBatch::new();

@@ -51,6 +51,15 @@ pub(crate) struct AuthState {
     pub dropped: u64,
 }
 
+impl AuthState {
+    /// A table read from the store, with its stamp; parsed configs of
+    /// methods no longer in it are dropped.
+    pub(crate) fn install(&mut self, table: Vec<AuthMount>, stamp: keybridge_barrier::Stamp) {
+        self.parsed.retain(|id, _| table.iter().any(|m| &m.id == id));
+        (self.table, self.stamp) = (table, stamp);
+    }
+}
+
 fn config_key(id: &str) -> String {
     format!("auth/{id}/config")
 }
@@ -106,24 +115,19 @@ impl Core {
     async fn store_auth_table(&self, loaded: &Unsealed, table: Vec<AuthMount>, mut batch: WriteBatch) -> Result<()> {
         let stamp = loaded.auth.read().unwrap_or_else(|p| p.into_inner()).stamp.clone();
         batch.expect(AUTH_TABLE_KEY, &stamp).put(AUTH_TABLE_KEY, encode_json(&table));
-        if let Err(e) = self.barrier.commit(batch).await {
-            if matches!(e, keybridge_barrier::Error::Conflict) {
-                let (fresh, stamp) = load_table(self).await?;
-                let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
-                st.parsed.retain(|id, _| fresh.iter().any(|m| &m.id == id));
-                (st.table, st.stamp) = (fresh, stamp);
-                return Err(Error::Contention(
-                    "another node changed the auth methods at the same time: try again".into(),
-                ));
-            }
-            return Err(e.into());
+        let refused = match self.barrier.commit(batch).await {
+            Ok(()) => false,
+            Err(keybridge_barrier::Error::Conflict) => true,
+            Err(e) => return Err(e.into()),
+        };
+        // What is stored now, with the stamp read with it: after a commit
+        // (another node may have written after it), and after a refusal
+        // (another node wrote first; the next try starts from its table).
+        let (stored, stamp) = load_table(self).await?;
+        loaded.auth.write().unwrap_or_else(|p| p.into_inner()).install(stored, stamp);
+        if refused {
+            return Err(Error::Contention("another node changed the auth methods at the same time: try again".into()));
         }
-        // What is stored now, with the stamp read with it (another node may
-        // have written after this commit: its table, not ours, is current).
-        let (table, stamp) = load_table(self).await?;
-        let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
-        st.parsed.retain(|id, _| table.iter().any(|m| &m.id == id));
-        (st.table, st.stamp) = (table, stamp);
         Ok(())
     }
 

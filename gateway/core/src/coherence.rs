@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use keybridge_barrier::KEYRING_KEY;
 
+use crate::Result;
 use crate::core::{Core, MOUNTS_KEY, Unsealed};
 use crate::mounts::MountTable;
-use crate::{Error, Result};
 
 /// What another node committed to.
 pub enum Changed<'a> {
@@ -164,16 +164,19 @@ impl Core {
         ok
     }
 
-    /// Reads the mount table again; mounts whose entry changed (a tune, an
-    /// upgrade) or went have their clients and engines dropped.
+    /// Reads the mount table again.
     async fn reload_mounts(&self, loaded: &Arc<Unsealed>) -> Result<()> {
-        let (raw, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
-        if loaded.mounts.read().unwrap_or_else(|p| p.into_inner()).1 == stamp {
-            return Ok(());
+        let (table, stamp) = self.read_mounts().await?;
+        if loaded.mounts.read().unwrap_or_else(|p| p.into_inner()).1 != stamp {
+            self.install_mounts(loaded, table, stamp);
         }
-        let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
-        let table: MountTable = serde_json::from_slice(&raw)
-            .map_err(|e| Error::Corrupt { key: MOUNTS_KEY.into(), reason: e.to_string() })?;
+        Ok(())
+    }
+
+    /// Puts a mount table read from the store in memory; mounts whose entry
+    /// changed (a tune, an upgrade) or went have their clients and engines
+    /// dropped.
+    pub(crate) fn install_mounts(&self, loaded: &Unsealed, table: MountTable, stamp: keybridge_barrier::Stamp) {
         let old = loaded.table();
         let stale: Vec<String> =
             old.entries.iter().filter(|o| !table.entries.iter().any(|n| n == *o)).map(|o| o.id.clone()).collect();
@@ -183,7 +186,6 @@ impl Core {
             loaded.clouds.write().unwrap_or_else(|p| p.into_inner()).remove(id);
             loaded.engines.write().unwrap_or_else(|p| p.into_inner()).remove(id);
         }
-        Ok(())
     }
 
     /// Reads the auth methods' table again and drops the parsed configs
@@ -192,10 +194,8 @@ impl Core {
         let (table, stamp) = crate::auth_methods::load_table(self).await?;
         let mut st = loaded.auth.write().unwrap_or_else(|p| p.into_inner());
         let everything = matches!(changed, Changed::Everything);
-        st.parsed.retain(|id, _| {
-            !everything && table.iter().any(|m| &m.id == id) && !changed.exact(&format!("auth/{id}/config"))
-        });
-        (st.table, st.stamp) = (table, stamp);
+        st.parsed.retain(|id, _| !everything && !changed.exact(&format!("auth/{id}/config")));
+        st.install(table, stamp);
         st.dropped = st.dropped.wrapping_add(1);
         Ok(())
     }

@@ -406,10 +406,7 @@ impl Core {
     /// Reads the state the core keeps in memory while unsealed.
     pub(crate) async fn load(&self) -> Result<()> {
         let told = self.remote_changes.load(std::sync::atomic::Ordering::Acquire);
-        let (raw, mounts_stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
-        let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
-        let mounts: MountTable = serde_json::from_slice(&raw)
-            .map_err(|e| Error::Corrupt { key: MOUNTS_KEY.into(), reason: e.to_string() })?;
+        let (mounts, mounts_stamp) = self.read_mounts().await?;
         let salt = self
             .barrier
             .get(token::SALT_KEY)
@@ -791,6 +788,15 @@ impl Core {
         Ok(self.unsealed()?.table().entries.iter().filter(|m| !m.deleting).cloned().collect())
     }
 
+    /// The mount table as stored, with the stamp it was read with.
+    pub(crate) async fn read_mounts(&self) -> Result<(MountTable, keybridge_barrier::Stamp)> {
+        let (raw, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
+        let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
+        let table = serde_json::from_slice(&raw)
+            .map_err(|e| Error::Corrupt { key: MOUNTS_KEY.into(), reason: e.to_string() })?;
+        Ok((table, stamp))
+    }
+
     /// Writes a new mount table conditioned on the one in memory. Callers
     /// hold `admin`, so the table cannot change in between.
     pub(crate) async fn store_mounts(&self, table: MountTable) -> Result<()> {
@@ -802,11 +808,8 @@ impl Core {
         // What is stored now, with the stamp read with it: after a commit
         // (another node may have written after it), and after a refusal
         // (another node wrote first; the next try starts from its table).
-        let (raw, stamp) = self.barrier.get_stamped(MOUNTS_KEY).await?;
-        let raw = raw.ok_or_else(|| Error::Corrupt { key: MOUNTS_KEY.into(), reason: "missing".into() })?;
-        let stored: MountTable = serde_json::from_slice(&raw)
-            .map_err(|e| Error::Corrupt { key: MOUNTS_KEY.into(), reason: e.to_string() })?;
-        *loaded.mounts.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(stored), stamp);
+        let (stored, stamp) = self.read_mounts().await?;
+        self.install_mounts(&loaded, stored, stamp);
         match committed {
             Ok(()) => Ok(()),
             Err(keybridge_barrier::Error::Conflict) => {

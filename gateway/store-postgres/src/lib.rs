@@ -648,6 +648,14 @@ impl PostgresStore {
         }
     }
 
+    /// A key's value as the table holds it now (no cache).
+    async fn read(&self, key: &str) -> keybridge_barrier::Result<Option<Vec<u8>>> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&self.sql.get).await.map_err(db)?;
+        let row = client.query_opt(&stmt, &[&key.as_bytes()]).await.map_err(db)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     async fn client(&self) -> keybridge_barrier::Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
     }
@@ -743,23 +751,17 @@ impl Physical for PostgresStore {
         // and the reconciler, reading a journal entry straight from the
         // table, must then read the change it announces.
         if keybridge_barrier::leader_work::active() {
-            let client = self.client().await?;
-            let stmt = client.prepare_cached(&self.sql.get).await.map_err(db)?;
-            let row = client.query_opt(&stmt, &[&key.as_bytes()]).await.map_err(db)?;
-            return Ok(row.map(|r| r.get(0)));
+            return self.read(key).await;
         }
         let ticket = match self.cache.lookup(key) {
             Ok(hit) => return Ok(Some(hit.to_vec())),
             Err(ticket) => ticket,
         };
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(&self.sql.get).await.map_err(db)?;
-        let Some(row) = client.query_opt(&stmt, &[&key.as_bytes()]).await.map_err(db)? else {
-            return Ok(None);
-        };
-        let value: Vec<u8> = row.get(0);
-        self.cache.fill(ticket, key.to_owned(), value.as_slice().into());
-        Ok(Some(value))
+        let value = self.read(key).await?;
+        if let Some(v) = &value {
+            self.cache.fill(ticket, key.to_owned(), v.as_slice().into());
+        }
+        Ok(value)
     }
 
     async fn list(&self, prefix: &str, start: Option<&str>, limit: usize) -> keybridge_barrier::Result<Vec<String>> {
