@@ -9,7 +9,8 @@ use zeroize::Zeroizing;
 
 use crate::keyring::{Keyring, RootKey};
 use crate::physical::{Batch, Check, Op, Physical};
-use crate::{Error, Result, shamir, snapshot};
+use crate::seal::{AutoSeal, AutoSealRecord, SealError};
+use crate::{Error, Result, seal, shamir, snapshot};
 
 /// Plaintext on purpose: it must be readable while sealed, and holds no secret.
 const SEAL_CONFIG_KEY: &str = "core/seal-config";
@@ -42,28 +43,110 @@ struct Usage {
     limit: u64,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// The seal configuration, stored in plaintext at `core/seal-config`: the
+/// seal's type, and for an auto seal the root key as its key service
+/// encrypted it with the recovery key's check.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SealConfig {
+    /// `shamir`, or an auto seal's type (`awskms`, ...).
     #[serde(rename = "type")]
-    kind: SealKind,
+    pub kind: String,
+    /// Shamir: the unseal key shares. Auto seals: 1 and 1 (unused).
     pub secret_shares: u32,
     pub secret_threshold: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoSealRecord>,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum SealKind {
-    Shamir,
+const SHAMIR: &str = "shamir";
+
+impl SealConfig {
+    fn shamir(shares: u32, threshold: u32) -> SealConfig {
+        SealConfig { kind: SHAMIR.into(), secret_shares: shares, secret_threshold: threshold, auto: None }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("plain struct")
+    }
+
+    /// The key shares operators hold: unseal keys, or an auto seal's
+    /// recovery keys.
+    fn held_shares(&self) -> (u32, u32) {
+        match &self.auto {
+            Some(a) => (a.recovery_shares, a.recovery_threshold),
+            None => (self.secret_shares, self.secret_threshold),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.auto {
+            Some(a) => format!("{} key {}", self.kind, a.key_id),
+            None => "Shamir unseal keys".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealState {
     pub initialized: bool,
     pub sealed: bool,
+    /// The key shares operators hold: unseal keys or, with `recovery`,
+    /// an auto seal's recovery keys.
     pub shares: u32,
     pub threshold: u32,
     pub progress: u32,
+    /// The stored seal's type (`shamir`, `awskms`, ...); before init, the
+    /// one this node would initialize with.
+    pub kind: String,
+    pub recovery: bool,
+    /// A seal migration is pending: the keys operators hold are entered
+    /// with `migrate`.
+    pub migration: bool,
+    /// Why a sealed node is still sealed, when it is not waiting for keys:
+    /// an auto-unseal's last failure, or a seal configuration that does not
+    /// match the store's. Empty otherwise.
+    pub message: String,
+}
+
+/// The seals this node's configuration names: the one it uses, and a
+/// disabled one it only unwraps with, to migrate away from it.
+#[derive(Clone, Default)]
+pub struct Seals {
+    pub current: Option<Arc<dyn AutoSeal>>,
+    pub previous: Option<Arc<dyn AutoSeal>>,
+}
+
+/// What unseals the store, given its seal configuration and this node's.
+enum Plan {
+    /// Shamir unseal keys.
+    Shamir,
+    /// This node's auto seal.
+    Auto(Arc<dyn AutoSeal>),
+    /// The held keys of the stored seal, entered with `migrate`, move the
+    /// store from its seal (`from`, or Shamir) to this node's (`to`, or
+    /// Shamir).
+    Migrate { from: Option<Arc<dyn AutoSeal>>, to: Option<Arc<dyn AutoSeal>> },
+    /// The store's seal is not one this node is configured for.
+    Mismatch(String),
+}
+
+fn seal_failed(e: SealError) -> Error {
+    Error::KeyService { retryable: e.retryable, message: e.message }
+}
+
+fn parse_config(raw: &[u8]) -> Result<SealConfig> {
+    let unreadable =
+        |why: String| Error::backend(std::io::Error::other(format!("seal configuration unreadable: {why}")));
+    let c: SealConfig = serde_json::from_slice(raw).map_err(|e| unreadable(e.to_string()))?;
+    if (c.kind == SHAMIR) != c.auto.is_none() {
+        return Err(unreadable(format!("type {} does not match its fields", c.kind)));
+    }
+    Ok(c)
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +221,9 @@ pub struct Barrier {
     max_operations: std::sync::atomic::AtomicU64,
     /// Serialises reservations and rotations.
     wear: tokio::sync::Mutex<()>,
+    seals: RwLock<Seals>,
+    /// The last auto-unseal's failure, for the seal status.
+    auto_error: Mutex<Option<String>>,
 }
 
 fn now_unix() -> u64 {
@@ -156,7 +242,65 @@ impl Barrier {
             progress: Mutex::new(Vec::new()),
             max_operations: std::sync::atomic::AtomicU64::new(DEFAULT_MAX_OPERATIONS),
             wear: tokio::sync::Mutex::new(()),
+            seals: RwLock::new(Seals::default()),
+            auto_error: Mutex::new(None),
         }
+    }
+
+    /// Sets the seals this node's configuration names (before init or
+    /// unseal).
+    pub fn set_seals(&self, seals: Seals) {
+        *self.seals.write().unwrap_or_else(|p| p.into_inner()) = seals;
+    }
+
+    fn seals(&self) -> Seals {
+        self.seals.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether this node has an auto seal to unseal with.
+    pub fn has_auto_seal(&self) -> bool {
+        self.seals().current.is_some()
+    }
+
+    fn plan(&self, config: &SealConfig) -> Plan {
+        let Seals { current, previous } = self.seals();
+        let Some(rec) = &config.auto else {
+            return match current {
+                None => Plan::Shamir,
+                Some(to) => Plan::Migrate { from: None, to: Some(to) },
+            };
+        };
+        let same = |s: &Option<Arc<dyn AutoSeal>>| s.clone().filter(|s| s.kind() == config.kind);
+        match (same(&current), same(&previous)) {
+            (Some(c), None) => Plan::Auto(c),
+            // Both of the store's type: the key ids tell a migration that is
+            // still to be made from one already made.
+            (Some(c), Some(p)) => {
+                if c.key_id() == rec.key_id || p.key_id() != rec.key_id {
+                    Plan::Auto(c)
+                } else {
+                    Plan::Migrate { from: Some(p), to: Some(c) }
+                }
+            }
+            (None, Some(p)) => Plan::Migrate { from: Some(p), to: current },
+            (None, None) => Plan::Mismatch(match current {
+                None => format!(
+                    "the store is sealed by {}, and this node's configuration has no seal block for it: add seal \"{}\" (with disabled = \"true\" to migrate to Shamir keys)",
+                    config.describe(),
+                    config.kind
+                ),
+                Some(c) => format!(
+                    "the store is sealed by {}, and this node's seal is {} key {}: to migrate to it, add the store's seal block with disabled = \"true\" and enter the recovery keys with migrate",
+                    config.describe(),
+                    c.kind(),
+                    c.key_id()
+                ),
+            }),
+        }
+    }
+
+    fn set_auto_error(&self, e: Option<String>) {
+        *self.auto_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
     /// Sets how many encryptions a key term makes before the barrier
@@ -295,20 +439,50 @@ impl Barrier {
     pub async fn seal_config(&self) -> Result<Option<SealConfig>> {
         match self.physical.get(SEAL_CONFIG_KEY).await? {
             None => Ok(None),
-            Some(raw) => serde_json::from_slice(&raw)
-                .map(Some)
-                .map_err(|e| Error::backend(std::io::Error::other(format!("seal configuration unreadable: {e}")))),
+            Some(raw) => parse_config(&raw).map(Some),
         }
+    }
+
+    /// The seal configuration and its stored bytes (a write's precondition).
+    async fn seal_config_raw(&self) -> Result<(SealConfig, Vec<u8>)> {
+        let raw = self.physical.get(SEAL_CONFIG_KEY).await?.ok_or(Error::NotInitialized)?;
+        Ok((parse_config(&raw)?, raw))
     }
 
     pub async fn state(&self) -> Result<SealState> {
         let config = self.seal_config().await?;
+        let sealed = self.is_sealed();
+        let (shares, threshold) = config.as_ref().map_or((0, 0), |c| c.held_shares());
+        let (migration, mut message) = match config.as_ref().map(|c| self.plan(c)) {
+            Some(Plan::Migrate { from, to }) => (
+                true,
+                format!(
+                    "a seal migration from {} to {} is pending: enter the {} keys with migrate",
+                    from.as_ref().map_or("Shamir keys".into(), |f| format!("{} key {}", f.kind(), f.key_id())),
+                    to.as_ref().map_or("Shamir keys".into(), |t| format!("{} key {}", t.kind(), t.key_id())),
+                    if from.is_some() { "recovery" } else { "unseal" }
+                ),
+            ),
+            Some(Plan::Mismatch(m)) => (false, m),
+            _ => (false, String::new()),
+        };
+        if let Some(e) = self.auto_error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            message = e;
+        }
+        let kind = match &config {
+            Some(c) => c.kind.clone(),
+            None => self.seals().current.map_or(SHAMIR.to_string(), |c| c.kind().to_string()),
+        };
         Ok(SealState {
             initialized: config.is_some(),
-            sealed: self.is_sealed(),
-            shares: config.map_or(0, |c| c.secret_shares),
-            threshold: config.map_or(0, |c| c.secret_threshold),
+            sealed,
+            shares,
+            threshold,
             progress: self.progress().len() as u32,
+            recovery: config.as_ref().is_some_and(|c| c.auto.is_some()),
+            kind,
+            migration,
+            message: if sealed { message } else { String::new() },
         })
     }
 
@@ -328,13 +502,28 @@ impl Barrier {
         if self.seal_config().await?.is_some() {
             return Err(Error::AlreadyInitialized);
         }
+        let seals = self.seals();
+        if seals.previous.is_some() {
+            return Err(Error::InvalidSealConfig(
+                "a disabled seal block is for migrating an initialized store away from it; remove it to initialize"
+                    .into(),
+            ));
+        }
         let root = RootKey::generate();
         let keyring = Keyring::new(now_unix());
         let keyring_ct = root.seal_keyring(&keyring, KEYRING_KEY)?;
-        let split = shamir::split(root.as_bytes(), shares, threshold)?;
-        let config = SealConfig { kind: SealKind::Shamir, secret_shares: shares, secret_threshold: threshold };
+        let (config, split) = match &seals.current {
+            None => (SealConfig::shamir(shares, threshold), shamir::split(root.as_bytes(), shares, threshold)?),
+            Some(auto) => {
+                // The shares handed out are of a recovery key: the key
+                // service holds the root key.
+                let recovery = RootKey::generate();
+                let split = shamir::split(recovery.as_bytes(), shares, threshold)?;
+                (self.auto_config(auto.as_ref(), &root, recovery.as_bytes(), shares, threshold).await?, split)
+            }
+        };
         let mut ops = vec![
-            Op::Put { key: SEAL_CONFIG_KEY.into(), value: serde_json::to_vec(&config).expect("plain struct") },
+            Op::Put { key: SEAL_CONFIG_KEY.into(), value: config.encode() },
             Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() },
         ];
         for (key, plain) in &initial {
@@ -354,10 +543,44 @@ impl Barrier {
 
     /// Adds one share towards the threshold; unseals when it is reached.
     pub async fn unseal(&self, share: &str) -> Result<SealState> {
+        self.enter_share(share, false).await
+    }
+
+    /// Adds one share of the keys operators hold; with `migrate`, towards a
+    /// pending seal migration, made when the threshold is reached.
+    pub async fn enter_share(&self, share: &str, migrate: bool) -> Result<SealState> {
         let config = self.seal_config().await?.ok_or(Error::NotInitialized)?;
         if !self.is_sealed() {
+            if migrate {
+                return Err(Error::InvalidSealConfig(
+                    "the node is unsealed; a seal migration is made while it is sealed, after a restart with the new seal configuration".into(),
+                ));
+            }
             return self.state().await;
         }
+        let plan = self.plan(&config);
+        match (&plan, migrate) {
+            (Plan::Shamir, false) | (Plan::Migrate { .. }, true) => {}
+            (Plan::Mismatch(m), _) => return Err(Error::InvalidSealConfig(m.clone())),
+            (Plan::Auto(s), false) => {
+                return Err(Error::InvalidSealConfig(format!(
+                    "this node unseals with its {} seal, not with keys: recovery keys authorise a rekey or a seal migration; ask for an unseal attempt with no key",
+                    s.kind()
+                )));
+            }
+            (Plan::Migrate { .. }, false) => {
+                return Err(Error::InvalidSealConfig(
+                    "a seal migration is pending: enter the keys with migrate (`keybridge operator unseal --migrate`)"
+                        .into(),
+                ));
+            }
+            (_, true) => {
+                return Err(Error::InvalidSealConfig(
+                    "no seal migration is pending: this node's seal configuration matches the store's".into(),
+                ));
+            }
+        }
+        let (total, needed) = config.held_shares();
         let decoded = shamir::decode_share(share)?;
         let complete = {
             let mut progress = self.progress();
@@ -365,14 +588,155 @@ impl Barrier {
                 return Err(Error::InvalidKey("this unseal key was already entered"));
             }
             progress.push(decoded);
-            if progress.len() < config.secret_threshold as usize { None } else { Some(std::mem::take(&mut *progress)) }
+            if progress.len() < needed as usize { None } else { Some(std::mem::take(&mut *progress)) }
         };
         if let Some(shares) = complete {
-            let root = shamir::combine(&shares, config.secret_shares, config.secret_threshold)
-                .and_then(|bytes| RootKey::from_bytes(&bytes).map_err(|_| Error::WrongKeys))?;
-            self.unseal_with_root(root).await?;
+            let secret = shamir::combine(&shares, total, needed)?;
+            match plan {
+                Plan::Migrate { from, to } => self.migrate(&secret, from, to).await?,
+                _ => {
+                    let root = RootKey::from_bytes(&secret).map_err(|_| Error::WrongKeys)?;
+                    self.unseal_with_root(root).await?;
+                }
+            }
         }
         self.state().await
+    }
+
+    /// The seal configuration of an auto seal: `root` encrypted by the key
+    /// service, and the check of `recovery`.
+    async fn auto_config(
+        &self,
+        seal: &dyn AutoSeal,
+        root: &RootKey,
+        recovery: &[u8],
+        shares: u32,
+        threshold: u32,
+    ) -> Result<SealConfig> {
+        let blob = seal.wrap(root.as_bytes()).await.map_err(seal_failed)?;
+        use base64::Engine as _;
+        Ok(SealConfig {
+            kind: seal.kind().into(),
+            secret_shares: 1,
+            secret_threshold: 1,
+            auto: Some(AutoSealRecord {
+                key_id: seal.key_id(),
+                wrapped_root: b64().encode(blob),
+                recovery_shares: shares,
+                recovery_threshold: threshold,
+                recovery_check: seal::recovery_check(recovery),
+            }),
+        })
+    }
+
+    /// The root key an auto seal's record holds, opened by `seal`.
+    async fn unwrap_root(&self, seal: &dyn AutoSeal, rec: &AutoSealRecord) -> Result<RootKey> {
+        use base64::Engine as _;
+        let blob = b64()
+            .decode(&rec.wrapped_root)
+            .map_err(|_| Error::backend(std::io::Error::other("seal configuration unreadable: wrapped root key")))?;
+        let plain = seal.unwrap(&blob).await.map_err(seal_failed)?;
+        RootKey::from_bytes(&plain).map_err(|_| Error::KeyService {
+            retryable: false,
+            message: format!("{} key {} did not give back a root key", seal.kind(), seal.key_id()),
+        })
+    }
+
+    /// Unseals with this node's auto seal. `Ok(false)`: nothing to do (not
+    /// initialized, unsealed already, or the store's seal is not this
+    /// node's auto seal: the state says why). A failure is kept for the
+    /// seal status until the next attempt.
+    pub async fn auto_unseal(&self) -> Result<bool> {
+        let Some(config) = self.seal_config().await? else { return Ok(false) };
+        if !self.is_sealed() {
+            return Ok(false);
+        }
+        let (Plan::Auto(seal), Some(rec)) = (self.plan(&config), &config.auto) else {
+            self.set_auto_error(None);
+            return Ok(false);
+        };
+        let r = async {
+            let root = self.unwrap_root(seal.as_ref(), rec).await?;
+            self.unseal_with_root(root).await.map_err(|e| match e {
+                Error::WrongKeys => Error::KeyService {
+                    retryable: false,
+                    message: format!(
+                        "{} key {} opened a root key that does not open this store's keyring",
+                        seal.kind(),
+                        seal.key_id()
+                    ),
+                },
+                e => e,
+            })
+        }
+        .await;
+        self.set_auto_error(r.as_ref().err().map(|e| format!("auto-unseal failed: {e}")));
+        r.map(|()| true)
+    }
+
+    /// Moves the store to this node's seal. `secret` is what the held keys
+    /// combined to: the root key (from Shamir) or the recovery key.
+    ///
+    /// - Shamir to an auto seal: a new root key, encrypted by the key
+    ///   service, replaces the old one (the old unseal keys no longer open
+    ///   the store), and the old unseal keys become the recovery keys.
+    /// - An auto seal to Shamir: the recovery key becomes the root key, so
+    ///   the recovery keys become the unseal keys.
+    /// - One auto seal to another: the root key is encrypted by the new
+    ///   key; the recovery keys stay.
+    ///
+    /// One atomic write of the seal configuration and the keyring, checked
+    /// against both as read; the node is unsealed afterwards.
+    async fn migrate(
+        &self,
+        secret: &[u8],
+        from: Option<Arc<dyn AutoSeal>>,
+        to: Option<Arc<dyn AutoSeal>>,
+    ) -> Result<()> {
+        let _one = self.wear.lock().await;
+        let (config, config_raw) = self.seal_config_raw().await?;
+        let keyring_ct = self.physical.get(KEYRING_KEY).await?.ok_or(Error::NotInitialized)?;
+        let (old_root, recovery) = match (&from, &config.auto) {
+            (None, None) => (RootKey::from_bytes(secret).map_err(|_| Error::WrongKeys)?, None),
+            (Some(f), Some(rec)) => {
+                if !seal::recovery_matches(rec, secret) {
+                    return Err(Error::WrongKeys);
+                }
+                (self.unwrap_root(f.as_ref(), rec).await?, Some(rec.clone()))
+            }
+            _ => return Err(Error::InvalidSealConfig("the store's seal changed; enter the keys again".into())),
+        };
+        let keyring = old_root.open_keyring(&keyring_ct, KEYRING_KEY)?;
+        let (shares, threshold) = config.held_shares();
+        let (root, new_config) = match (&to, recovery) {
+            (Some(t), None) => {
+                let root = RootKey::generate();
+                let c = self.auto_config(t.as_ref(), &root, secret, shares, threshold).await?;
+                (root, c)
+            }
+            (Some(t), Some(_)) => {
+                let c = self.auto_config(t.as_ref(), &old_root, secret, shares, threshold).await?;
+                (RootKey::from_bytes(old_root.as_bytes())?, c)
+            }
+            (None, Some(_)) => (RootKey::from_bytes(secret)?, SealConfig::shamir(shares, threshold)),
+            (None, None) => return Err(Error::InvalidSealConfig("no seal migration is pending".into())),
+        };
+        let new_ct = root.seal_keyring(&keyring, KEYRING_KEY)?;
+        let batch = Batch {
+            checks: vec![
+                Check { key: SEAL_CONFIG_KEY.into(), value: Some(config_raw) },
+                Check { key: KEYRING_KEY.into(), value: Some(keyring_ct) },
+            ],
+            ops: vec![
+                Op::Put { key: SEAL_CONFIG_KEY.into(), value: new_config.encode() },
+                Op::Put { key: KEYRING_KEY.into(), value: new_ct.clone() },
+            ],
+        };
+        self.physical.commit(batch).await?;
+        tracing::info!(from = %config.describe(), to = %new_config.describe(), "seal migrated");
+        self.set_auto_error(None);
+        self.set_current(Some(Unsealed::new(root, keyring, new_ct)));
+        Ok(())
     }
 
     pub fn reset_progress(&self) {
@@ -428,28 +792,51 @@ impl Barrier {
     ) -> Result<Vec<Zeroizing<String>>> {
         shamir::validate(shares, threshold)?;
         let cur = self.current()?;
-        let config = self.seal_config().await?.ok_or(Error::NotInitialized)?;
-        if (current_shares.len() as u32) < config.secret_threshold {
+        let (config, config_raw) = self.seal_config_raw().await?;
+        let (held, needed) = config.held_shares();
+        let which = if config.auto.is_some() { "recovery" } else { "unseal" };
+        if (current_shares.len() as u32) < needed {
             return Err(Error::InvalidSealConfig(format!(
-                "rekey needs at least {} of the current unseal keys, got {}",
-                config.secret_threshold,
+                "rekey needs at least {needed} of the current {which} keys, got {}",
                 current_shares.len()
             )));
         }
         let decoded = current_shares.iter().map(|s| shamir::decode_share(s)).collect::<Result<Vec<_>>>()?;
-        let given = shamir::combine(&decoded, config.secret_shares, config.secret_threshold)?;
-        // The shares prove knowledge of the root key: it must open the keyring.
-        let given = RootKey::from_bytes(&given).map_err(|_| Error::WrongKeys)?;
-        given.open_keyring(&cur.keyring_ct, KEYRING_KEY)?;
-
+        let given = shamir::combine(&decoded, held, needed)?;
         let root = RootKey::generate();
+        let (new_config, split) = match &config.auto {
+            None => {
+                // The shares prove knowledge of the root key: it must open
+                // the keyring.
+                let given = RootKey::from_bytes(&given).map_err(|_| Error::WrongKeys)?;
+                given.open_keyring(&cur.keyring_ct, KEYRING_KEY)?;
+                (SealConfig::shamir(shares, threshold), shamir::split(root.as_bytes(), shares, threshold)?)
+            }
+            Some(rec) => {
+                // Recovery keys: a new recovery key, and a new root key
+                // encrypted by this node's seal.
+                if !seal::recovery_matches(rec, &given) {
+                    return Err(Error::WrongKeys);
+                }
+                let Plan::Auto(seal) = self.plan(&config) else {
+                    return Err(Error::InvalidSealConfig(
+                        "this node's seal configuration does not match the store's; finish the seal migration first"
+                            .into(),
+                    ));
+                };
+                let recovery = RootKey::generate();
+                let split = shamir::split(recovery.as_bytes(), shares, threshold)?;
+                (self.auto_config(seal.as_ref(), &root, recovery.as_bytes(), shares, threshold).await?, split)
+            }
+        };
         let keyring_ct = root.seal_keyring(&cur.keyring, KEYRING_KEY)?;
-        let split = shamir::split(root.as_bytes(), shares, threshold)?;
-        let new_config = SealConfig { kind: SealKind::Shamir, secret_shares: shares, secret_threshold: threshold };
         let batch = Batch {
-            checks: vec![Check { key: KEYRING_KEY.into(), value: Some(cur.keyring_ct.clone()) }],
+            checks: vec![
+                Check { key: KEYRING_KEY.into(), value: Some(cur.keyring_ct.clone()) },
+                Check { key: SEAL_CONFIG_KEY.into(), value: Some(config_raw) },
+            ],
             ops: vec![
-                Op::Put { key: SEAL_CONFIG_KEY.into(), value: serde_json::to_vec(&new_config).expect("plain struct") },
+                Op::Put { key: SEAL_CONFIG_KEY.into(), value: new_config.encode() },
                 Op::Put { key: KEYRING_KEY.into(), value: keyring_ct.clone() },
             ],
         };
@@ -614,6 +1001,184 @@ mod tests {
         assert_eq!(st.progress, 0);
         assert_eq!(b.get("x").await.unwrap().unwrap().as_slice(), b"plain");
         assert!(matches!(b.initialize(1, 1, vec![]).await, Err(Error::AlreadyInitialized)));
+    }
+
+    /// A key service in memory for the barrier's own tests: AES-256-GCM
+    /// under a key it holds, with a switch to make it unreachable. (The
+    /// server's tests use the clouds' services: moto's KMS and the test
+    /// servers.)
+    struct LocalSeal {
+        id: &'static str,
+        key: [u8; 32],
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl LocalSeal {
+        fn new(id: &'static str, k: u8) -> Arc<LocalSeal> {
+            Arc::new(LocalSeal { id, key: [k; 32], down: false.into() })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl AutoSeal for LocalSeal {
+        fn kind(&self) -> &'static str {
+            "testkms"
+        }
+        fn key_id(&self) -> String {
+            self.id.into()
+        }
+        async fn wrap(&self, plain: &[u8]) -> std::result::Result<Vec<u8>, SealError> {
+            use aes_gcm::aead::{Aead, KeyInit};
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(SealError { retryable: true, message: "testkms is down".into() });
+            }
+            let c = aes_gcm::Aes256Gcm::new_from_slice(&self.key).unwrap();
+            Ok(c.encrypt(&[0u8; 12].into(), plain).unwrap())
+        }
+        async fn unwrap(&self, blob: &[u8]) -> std::result::Result<Zeroizing<Vec<u8>>, SealError> {
+            use aes_gcm::aead::{Aead, KeyInit};
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(SealError { retryable: true, message: "testkms is down".into() });
+            }
+            let c = aes_gcm::Aes256Gcm::new_from_slice(&self.key).unwrap();
+            c.decrypt(&[0u8; 12].into(), blob)
+                .map(Zeroizing::new)
+                .map_err(|_| SealError { retryable: false, message: format!("{} cannot decrypt it", self.id) })
+        }
+    }
+
+    fn seals(current: Option<&Arc<LocalSeal>>, previous: Option<&Arc<LocalSeal>>) -> Seals {
+        let dynamic = |s: Option<&Arc<LocalSeal>>| s.map(|s| s.clone() as Arc<dyn AutoSeal>);
+        Seals { current: dynamic(current), previous: dynamic(previous) }
+    }
+
+    async fn put_and_check(b: &Barrier, key: &str, value: &[u8]) {
+        let mut w = WriteBatch::new();
+        w.put(key, Zeroizing::new(value.to_vec()));
+        b.commit(w).await.unwrap();
+        assert_eq!(b.get(key).await.unwrap().unwrap().as_slice(), value);
+    }
+
+    #[tokio::test]
+    async fn an_auto_seal_unseals_without_keys_and_hands_out_recovery_keys() {
+        let b = barrier();
+        let kms = LocalSeal::new("a", 1);
+        b.set_seals(seals(Some(&kms), None));
+        let recovery = b.initialize(5, 3, vec![]).await.unwrap();
+        put_and_check(&b, "x", b"1").await;
+        b.seal();
+        let st = b.state().await.unwrap();
+        assert!(st.recovery && st.sealed && !st.migration);
+        assert_eq!((st.kind.as_str(), st.shares, st.threshold), ("testkms", 5, 3));
+        // Recovery keys do not unseal.
+        assert!(matches!(b.unseal(&recovery[0]).await, Err(Error::InvalidSealConfig(_))));
+
+        // The key service down: sealed, with the reason in the status.
+        kms.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        match b.auto_unseal().await {
+            Err(Error::KeyService { retryable: true, .. }) => {}
+            other => panic!("{:?}", other.map_err(|e| e.to_string())),
+        }
+        let st = b.state().await.unwrap();
+        assert!(st.sealed);
+        assert!(st.message.contains("testkms is down"), "{}", st.message);
+        kms.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(b.auto_unseal().await.unwrap());
+        assert_eq!(b.get("x").await.unwrap().unwrap().as_slice(), b"1");
+        assert!(b.state().await.unwrap().message.is_empty());
+        assert!(!b.auto_unseal().await.unwrap(), "nothing to do once unsealed");
+
+        // Another key cannot open it.
+        b.seal();
+        b.set_seals(seals(Some(&LocalSeal::new("a", 2)), None));
+        assert!(matches!(b.auto_unseal().await, Err(Error::KeyService { retryable: false, .. })));
+        assert!(b.is_sealed());
+    }
+
+    #[tokio::test]
+    async fn rekey_under_an_auto_seal_takes_and_replaces_the_recovery_keys() {
+        let b = barrier();
+        let kms = LocalSeal::new("a", 1);
+        b.set_seals(seals(Some(&kms), None));
+        let recovery = b.initialize(3, 2, vec![]).await.unwrap();
+        put_and_check(&b, "x", b"1").await;
+        let wrong = barrier().initialize(3, 2, vec![]).await.unwrap();
+        let given = |k: &[Zeroizing<String>]| k[..2].iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(matches!(b.rekey(&given(&wrong), 3, 2).await, Err(Error::WrongKeys)));
+        assert!(matches!(b.rekey(&given(&recovery)[..1], 3, 2).await, Err(Error::InvalidSealConfig(_))));
+        let fresh = b.rekey(&given(&recovery), 4, 2).await.unwrap();
+        assert_eq!(fresh.len(), 4);
+        assert!(matches!(b.rekey(&given(&recovery), 3, 2).await, Err(Error::WrongKeys)), "old keys are spent");
+        b.seal();
+        assert!(b.auto_unseal().await.unwrap());
+        assert_eq!(b.get("x").await.unwrap().unwrap().as_slice(), b"1");
+        assert_eq!(b.state().await.unwrap().shares, 4);
+    }
+
+    /// Shamir to an auto seal, to another, and back to Shamir, keeping the
+    /// data; the keys operators hold change role, never get lost.
+    #[tokio::test]
+    async fn seals_migrate_both_ways_and_between_keys_without_losing_data() {
+        let b = barrier();
+        let unseal = b.initialize(3, 2, vec![]).await.unwrap();
+        put_and_check(&b, "x", b"1").await;
+        b.seal();
+
+        // Shamir to KMS a.
+        let a = LocalSeal::new("a", 1);
+        b.set_seals(seals(Some(&a), None));
+        let st = b.state().await.unwrap();
+        assert!(st.migration && st.message.contains("migration"), "{}", st.message);
+        assert!(matches!(b.unseal(&unseal[0]).await, Err(Error::InvalidSealConfig(_))), "needs migrate");
+        assert!(matches!(b.auto_unseal().await, Ok(false)));
+        // Wrong keys change nothing.
+        let foreign = barrier().initialize(3, 2, vec![]).await.unwrap();
+        b.enter_share(&foreign[0], true).await.unwrap();
+        assert!(matches!(b.enter_share(&foreign[1], true).await, Err(Error::WrongKeys)));
+        assert_eq!(b.seal_config().await.unwrap().unwrap().kind, "shamir");
+        b.enter_share(&unseal[0], true).await.unwrap();
+        let st = b.enter_share(&unseal[1], true).await.unwrap();
+        assert!(!st.sealed && st.recovery && !st.migration);
+        assert_eq!(b.get("x").await.unwrap().unwrap().as_slice(), b"1");
+        b.seal();
+        assert!(b.auto_unseal().await.unwrap());
+        b.seal();
+        // The old unseal keys are now recovery keys, and open nothing.
+        b.set_seals(Seals::default());
+        assert!(b.state().await.unwrap().message.contains("no seal block"));
+        assert!(matches!(b.unseal(&unseal[0]).await, Err(Error::InvalidSealConfig(_))));
+
+        // KMS a to KMS b: a still decrypts, b encrypts from now on.
+        let bk = LocalSeal::new("b", 2);
+        b.set_seals(seals(Some(&bk), Some(&a)));
+        assert!(b.state().await.unwrap().migration);
+        b.enter_share(&unseal[2], true).await.unwrap();
+        assert!(!b.enter_share(&unseal[0], true).await.unwrap().sealed);
+        b.seal();
+        b.set_seals(seals(Some(&bk), None));
+        assert!(b.auto_unseal().await.unwrap());
+        assert_eq!(b.get("x").await.unwrap().unwrap().as_slice(), b"1");
+        b.seal();
+        b.set_seals(seals(Some(&a), None));
+        assert!(b.auto_unseal().await.is_err(), "a no longer opens it");
+        // A node still naming both after the migration unseals with b.
+        b.set_seals(seals(Some(&bk), Some(&a)));
+        assert!(!b.state().await.unwrap().migration);
+        assert!(b.auto_unseal().await.unwrap());
+        b.seal();
+
+        // KMS b back to Shamir: the recovery keys become unseal keys.
+        b.set_seals(seals(None, Some(&bk)));
+        b.enter_share(&unseal[1], true).await.unwrap();
+        assert!(!b.enter_share(&unseal[2], true).await.unwrap().sealed);
+        b.seal();
+        b.set_seals(Seals::default());
+        let st = b.state().await.unwrap();
+        assert!(!st.recovery && !st.migration && st.kind == "shamir");
+        b.unseal(&unseal[0]).await.unwrap();
+        assert!(!b.unseal(&unseal[1]).await.unwrap().sealed);
+        assert_eq!(b.get("x").await.unwrap().unwrap().as_slice(), b"1");
+        assert!(matches!(b.enter_share(&unseal[0], true).await, Err(Error::InvalidSealConfig(_))));
     }
 
     #[tokio::test]

@@ -34,6 +34,10 @@ pub enum Error {
     Decrypt { key: String },
     #[error("the entry at {key} names key term {term}, which the keyring does not hold")]
     UnknownTerm { key: String, term: u32 },
+    /// An auto seal's key service failed or refused (its message names
+    /// the service and key, never key material).
+    #[error("{message}")]
+    KeyService { retryable: bool, message: String },
     #[error("invalid snapshot: {0}")]
     Snapshot(String),
     #[error("snapshot I/O failed: {0}")]

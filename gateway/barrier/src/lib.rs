@@ -18,13 +18,15 @@ mod keyring;
 pub mod leader_work;
 mod physical;
 mod redb_store;
+pub mod seal;
 pub mod shamir;
 pub mod snapshot;
 
-pub use barrier::{Barrier, KEYRING_KEY, KeyInfo, SealConfig, SealState, Stamp, WriteBatch};
+pub use barrier::{Barrier, KEYRING_KEY, KeyInfo, SealConfig, SealState, Seals, Stamp, WriteBatch};
 pub use error::Error;
 pub use keyring::RootKey;
 pub use physical::{Batch, Check, Op, Physical};
 pub use redb_store::RedbStore;
+pub use seal::{AutoSeal, SealError};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod capabilities;
 pub mod endpoints;
+pub mod keys;
 pub mod limits;
 pub mod messages;
 pub mod names;
@@ -16,6 +17,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use keys::{KeyService, SealSettings};
 pub use names::{Cloud, NameCodec, NameError};
 pub use store::{
     CloudValue, Deletion, Error, Listed, Page, Precondition, Result, SecretInfo, SecretRead, SecretStore, Selector,
