@@ -39,7 +39,7 @@ async fn a_read_outlasts_a_sealed_gateway_and_a_write_is_tried_once() {
     let unseal = tokio::spawn(async move {
         let _ = unsealed.await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        unsealer.sys().unseal(pb::UnsealRequest { key, reset: false }).await.unwrap();
+        unsealer.sys().unseal(pb::UnsealRequest { key, reset: false, migrate: false }).await.unwrap();
     });
 
     let put = c.kv_put("secret/app/other", fields([("k", "v")]), None).await;

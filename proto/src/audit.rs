@@ -46,6 +46,7 @@ pub const FIELDS: &[(&str, Audit)] = &[
     ("keybridge.v1.InitRequest.key_threshold", Plain),
     ("keybridge.v1.InitResponse.unseal_keys_b64", Secret),
     ("keybridge.v1.InitResponse.root_token", Secret),
+    ("keybridge.v1.InitResponse.recovery_keys_b64", Secret),
     ("keybridge.v1.UnsealRequest.key", Secret),
     ("keybridge.v1.RekeyRequest.keys", Secret),
     ("keybridge.v1.RekeyRequest.key_shares", Plain),

@@ -52,7 +52,7 @@ async fn status(s: &Server) -> Option<pb::SealStatusResponse> {
 
 async fn unseal(s: &Server, key: &str) {
     pb::sys_client::SysClient::new(s.channel().await)
-        .unseal(pb::UnsealRequest { key: key.into(), reset: false })
+        .unseal(pb::UnsealRequest { key: key.into(), reset: false, migrate: false })
         .await
         .expect("unseal");
 }

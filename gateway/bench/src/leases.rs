@@ -64,7 +64,7 @@ pub async fn run(args: &Args, bin: &Path) {
     {
         let store = RedbStore::open(&dir.path().join("data/keybridge.db"), 64 << 20).expect("open the store");
         let core = Core::new(Barrier::new(Arc::new(store)), CoreConfig::default());
-        core.unseal(&key, false).await.expect("unseal the fixture's core");
+        core.unseal(&key, false, false).await.expect("unseal the fixture's core");
         core.write_lease_fixture(
             "keys/",
             n,
@@ -85,7 +85,10 @@ pub async fn run(args: &Args, bin: &Path) {
     let (server, _) = crate::spawn(bin, &["server", "--config", cfg.to_str().expect("utf-8")]);
     let sealed_rss = server.rss_kib() as f64 / 1024.0;
     let ch = server.channel().await;
-    pb::sys_client::SysClient::new(ch.clone()).unseal(pb::UnsealRequest { key, reset: false }).await.expect("unseal");
+    pb::sys_client::SysClient::new(ch.clone())
+        .unseal(pb::UnsealRequest { key, reset: false, migrate: false })
+        .await
+        .expect("unseal");
     let mut leases = pb::leases_client::LeasesClient::new(ch.clone());
     let page = |token: String, size: u32| {
         authed(&root, pb::ListLeasesRequest { prefix: "keys/".into(), page_size: size, page_token: token })

@@ -498,7 +498,9 @@ fn issue_request() -> pb::LogicalRequest {
 pub(crate) async fn init_unseal(server: &Server) -> String {
     let mut sys = pb::sys_client::SysClient::new(server.channel().await);
     let init = sys.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.expect("init").into_inner();
-    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false }).await.expect("unseal");
+    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false, migrate: false })
+        .await
+        .expect("unseal");
     std::fs::write(std::env::temp_dir().join("kb-bench-unseal"), &init.unseal_keys_b64[0]).ok();
     init.root_token
 }
@@ -830,7 +832,7 @@ async fn bench(args: Args) {
         let t0 = Instant::now();
         let (server, listening) = spawn(&bin, &["server", "--config", cfg.to_str().expect("utf-8")]);
         let mut sys = pb::sys_client::SysClient::new(server.channel().await);
-        sys.unseal(pb::UnsealRequest { key, reset: false }).await.expect("unseal");
+        sys.unseal(pb::UnsealRequest { key, reset: false, migrate: false }).await.expect("unseal");
         let unsealed = t0.elapsed();
         println!(
             "{:<44} {:>9.1} ms to listening (sealed), {:.1} ms to unsealed",

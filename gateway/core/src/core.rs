@@ -78,19 +78,30 @@ impl Core {
 }
 
 pub struct InitResult {
+    /// Unseal keys, or with an auto seal (`recovery`) recovery keys.
     pub keys: Vec<Zeroizing<String>>,
     pub threshold: u32,
     pub root_token: Zeroizing<String>,
+    pub recovery: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct SealStatus {
     pub initialized: bool,
     pub sealed: bool,
+    /// The keys operators hold: unseal keys, or recovery keys (`recovery`).
     pub shares: u32,
     pub threshold: u32,
     pub progress: u32,
     pub storage_type: &'static str,
+    /// `shamir`, `awskms`, `azurekeyvault` or `gcpckms`.
+    pub seal_type: String,
+    pub recovery: bool,
+    /// A seal migration waits for the held keys, entered with `migrate`.
+    pub migration: bool,
+    /// Why a sealed node stays sealed (an auto-unseal's failure, a seal
+    /// configuration that does not match the store's); empty otherwise.
+    pub message: String,
 }
 
 /// What an operation needs on its path, as in Vault's ACL vocabulary.
@@ -182,6 +193,8 @@ pub struct Core {
     /// How many times other nodes' changes were told (see
     /// `Core::changed_elsewhere`).
     pub(crate) remote_changes: std::sync::atomic::AtomicU64,
+    /// Sealed by request: the auto seal does not unseal until asked.
+    auto_unseal_held: std::sync::atomic::AtomicBool,
     /// Mounts seen half-removed, by id, and since when.
     pub(crate) pending_purges: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// The runtime the core was built on, which lives as long as the
@@ -275,6 +288,7 @@ impl Core {
             leading: tokio::sync::watch::Sender::new(true),
             pending_purges: Default::default(),
             remote_changes: Default::default(),
+            auto_unseal_held: Default::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             #[cfg(test)]
             load_holds: Default::default(),
@@ -328,13 +342,22 @@ impl Core {
 
     pub async fn seal_status(&self) -> Result<SealStatus> {
         let s = self.barrier.state().await?;
+        let sealed = s.sealed || self.unsealed().is_err();
+        let mut message = s.message;
+        if sealed && message.is_empty() && self.auto_unseal_held.load(std::sync::atomic::Ordering::Acquire) {
+            message = "sealed by request: auto-unseal waits for an unseal request or a restart".into();
+        }
         Ok(SealStatus {
             initialized: s.initialized,
-            sealed: s.sealed || self.unsealed().is_err(),
+            sealed,
             shares: s.shares,
             threshold: s.threshold,
             progress: s.progress,
             storage_type: self.barrier.storage_kind(),
+            seal_type: s.kind,
+            recovery: s.recovery,
+            migration: s.migration,
+            message,
         })
     }
 
@@ -391,8 +414,10 @@ impl Core {
                 Zeroizing::new(crate::policies::DEFAULT_POLICY_TEXT.as_bytes().to_vec()),
             ),
         ];
+        let recovery = self.barrier.has_auto_seal();
         let keys = self.barrier.initialize(shares, threshold, initial).await?;
-        if stay_unsealed {
+        // With an auto seal the node unseals by itself: it stays unsealed.
+        if stay_unsealed || recovery {
             if let Err(e) = self.load().await {
                 self.barrier.seal();
                 return Err(e);
@@ -400,7 +425,7 @@ impl Core {
         } else {
             self.barrier.seal();
         }
-        Ok(InitResult { keys, threshold, root_token })
+        Ok(InitResult { keys, threshold, root_token, recovery })
     }
 
     /// Reads the state the core keeps in memory while unsealed.
@@ -454,16 +479,28 @@ impl Core {
         Ok(())
     }
 
-    pub async fn unseal(&self, key: &str, reset: bool) -> Result<SealStatus> {
+    /// Enters one share of the keys operators hold: an unseal key or, with
+    /// `migrate`, a share towards a pending seal migration. With an auto
+    /// seal and no key, an unseal attempt now (and a node sealed by request
+    /// auto-unseals again).
+    pub async fn unseal(&self, key: &str, reset: bool, migrate: bool) -> Result<SealStatus> {
         let _guard = self.admin.lock().await;
         if reset {
             self.barrier.reset_progress();
             return self.seal_status().await;
         }
-        if self.unsealed().is_ok() {
+        if self.unsealed().is_ok() && !migrate {
             return self.seal_status().await;
         }
-        let state = self.barrier.unseal(key).await?;
+        if key.trim().is_empty() {
+            if !self.barrier.has_auto_seal() {
+                return Err(Error::InvalidArgument("give an unseal key, or reset = true".into()));
+            }
+            self.auto_unseal_held.store(false, std::sync::atomic::Ordering::Release);
+            self.auto_unseal_locked().await?;
+            return self.seal_status().await;
+        }
+        let state = self.barrier.enter_share(key, migrate).await?;
         if !state.sealed
             && let Err(e) = self.load().await
         {
@@ -474,10 +511,34 @@ impl Core {
         self.seal_status().await
     }
 
+    /// Unseals with the node's auto seal, unless it was sealed by request.
+    /// `Ok(true)`: it unsealed now.
+    pub async fn auto_unseal(&self) -> Result<bool> {
+        if self.auto_unseal_held.load(std::sync::atomic::Ordering::Acquire) || self.unsealed().is_ok() {
+            return Ok(false);
+        }
+        let _guard = self.admin.lock().await;
+        self.auto_unseal_locked().await
+    }
+
+    async fn auto_unseal_locked(&self) -> Result<bool> {
+        if self.unsealed().is_ok() || !self.barrier.auto_unseal().await? {
+            return Ok(false);
+        }
+        if let Err(e) = self.load().await {
+            self.barrier.seal();
+            self.set_unsealed(None);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     pub async fn seal(&self, caller: &Caller) -> Result<SealStatus> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/seal", Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
+        // A node sealed by request stays sealed: its auto seal waits.
+        self.auto_unseal_held.store(true, std::sync::atomic::Ordering::Release);
         // The response is recorded while the devices still run.
         self.finish(caller, Ok(()), |_| Vec::new()).await?;
         self.unload().await;

@@ -103,6 +103,8 @@ impl From<BarrierError> for Error {
             BarrierError::Snapshot(m) => Error::FailedPrecondition(format!("snapshot refused: {m}")),
             e @ BarrierError::Fenced { .. } => Error::Unavailable(format!("{e}; another node leads now")),
             e @ BarrierError::Unavailable(_) => Error::Unavailable(e.to_string()),
+            BarrierError::KeyService { retryable: true, message } => Error::Unavailable(message),
+            BarrierError::KeyService { retryable: false, message } => Error::FailedPrecondition(message),
             e => Error::Storage(e),
         }
     }

@@ -505,22 +505,30 @@ pub enum MountCommand {
 
 #[derive(Subcommand)]
 pub enum OperatorCommand {
-    /// Initialise a new server: prints the unseal keys and the root token.
+    /// Initialise a new server: prints the unseal keys (with an auto seal, the recovery keys)
+    /// and the root token.
     Init {
-        /// How many unseal key shares to split the root key into.
-        #[arg(long, default_value_t = 5)]
+        /// How many unseal key shares to split the root key into (with an auto seal: recovery
+        /// key shares).
+        #[arg(long, default_value_t = 5, alias = "recovery-shares")]
         key_shares: u32,
         /// How many of the shares it takes to unseal (at most --key-shares).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, alias = "recovery-threshold")]
         key_threshold: u32,
     },
-    /// Enter one unseal key (from the argument, or stdin if omitted).
+    /// Enter one unseal key (from the argument, or stdin if omitted). With an auto seal and no
+    /// key: ask the server to unseal with it now.
     Unseal {
         /// One unseal key (base64), as `operator init` printed it.
         key: Option<String>,
         /// Discard the keys entered so far and start over.
         #[arg(long)]
         reset: bool,
+        /// The key goes towards the pending seal migration (`operator status` shows it): an
+        /// unseal key when the store moves from Shamir keys, a recovery key when it moves from
+        /// an auto seal.
+        #[arg(long)]
+        migrate: bool,
     },
     /// Seal the server: until it is unsealed again it serves only status and unseal.
     Seal,
@@ -536,7 +544,8 @@ pub enum OperatorCommand {
     /// Replace the root key with new shares; current keys from arguments or
     /// stdin (one per line).
     Rekey {
-        /// Current unseal keys, at least the threshold of them (read from stdin, one per line, if none).
+        /// Current unseal keys (with an auto seal, recovery keys), at least the threshold of them
+        /// (read from stdin, one per line, if none).
         keys: Vec<String>,
         /// How many new unseal key shares to split the new root key into.
         #[arg(long, default_value_t = 5)]
@@ -1101,6 +1110,8 @@ fn seal_json(s: &pb::SealStatusResponse) -> Value {
         "progress": s.progress, "version": s.version, "storage_type": s.storage_type,
         "node_id": s.node_id, "leader": s.leader, "leader_address": s.leader_address, "epoch": s.epoch,
         "feed_lag_ms": s.feed_lag_ms, "feed_age_ms": s.feed_age_ms,
+        "type": s.seal_type, "recovery_seal": s.recovery_seal, "migration": s.migration,
+        "seal_message": s.seal_message,
     })
 }
 
@@ -1108,16 +1119,29 @@ fn print_seal(json: bool, s: &pb::SealStatusResponse) {
     if json {
         print_json(&seal_json(s));
     } else {
-        print_table(&[
-            ("Seal Type".into(), "shamir".into()),
+        let (total, threshold) = if s.recovery_seal {
+            ("Total Recovery Shares", "Recovery Threshold")
+        } else {
+            ("Total Shares", "Threshold")
+        };
+        let mut rows = vec![
+            ("Seal Type".into(), if s.seal_type.is_empty() { "shamir".into() } else { s.seal_type.clone() }),
+            ("Recovery Seal".into(), s.recovery_seal.to_string()),
             ("Initialized".into(), s.initialized.to_string()),
             ("Sealed".into(), s.sealed.to_string()),
-            ("Total Shares".into(), s.key_shares.to_string()),
-            ("Threshold".into(), s.key_threshold.to_string()),
+            (total.into(), s.key_shares.to_string()),
+            (threshold.into(), s.key_threshold.to_string()),
             ("Unseal Progress".into(), format!("{}/{}", s.progress, s.key_threshold)),
             ("Version".into(), s.version.clone()),
             ("Storage Type".into(), s.storage_type.clone()),
-        ]);
+        ];
+        if s.migration {
+            rows.push(("Seal Migration in Progress".into(), "true".into()));
+        }
+        if !s.seal_message.is_empty() {
+            rows.push(("Sealed Because".into(), s.seal_message.clone()));
+        }
+        print_table(&rows);
         if !s.node_id.is_empty() {
             print_table(&[
                 ("Node".into(), s.node_id.clone()),
@@ -1134,28 +1158,42 @@ fn print_seal(json: bool, s: &pb::SealStatusResponse) {
     }
 }
 
-fn print_keys(json: bool, keys: &[String], threshold: u32, root_token: Option<&str>) {
+fn print_keys(json: bool, keys: &[String], threshold: u32, root_token: Option<&str>, recovery: bool) {
     if json {
-        let mut v = json!({ "unseal_keys_b64": keys, "unseal_shares": keys.len(), "unseal_threshold": threshold });
+        let mut v = if recovery {
+            json!({ "recovery_keys_b64": keys, "recovery_keys_shares": keys.len(), "recovery_keys_threshold": threshold })
+        } else {
+            json!({ "unseal_keys_b64": keys, "unseal_shares": keys.len(), "unseal_threshold": threshold })
+        };
         if let Some(t) = root_token {
             v["root_token"] = json!(t);
         }
         print_json(&v);
         return;
     }
+    let name = if recovery { "Recovery Key" } else { "Unseal Key" };
     for (i, k) in keys.iter().enumerate() {
-        println!("Unseal Key {}: {k}", i + 1);
+        println!("{name} {}: {k}", i + 1);
     }
     println!();
     if let Some(t) = root_token {
         println!("Initial Root Token: {t}");
         println!();
     }
-    println!(
-        "The root key is split into {} key shares; any {threshold} of them unseal the server.\n\
-         Keep them apart and safe: Keybridge does not store them.",
-        keys.len()
-    );
+    if recovery {
+        println!(
+            "The server unseals with its auto seal. The recovery key is split into {} key shares; any\n\
+             {threshold} of them authorise a rekey or a seal migration. They cannot unseal the server.\n\
+             Keep them apart and safe: Keybridge does not store them.",
+            keys.len()
+        );
+    } else {
+        println!(
+            "The root key is split into {} key shares; any {threshold} of them unseal the server.\n\
+             Keep them apart and safe: Keybridge does not store them.",
+            keys.len()
+        );
+    }
 }
 
 fn read_key_lines() -> Result<Vec<String>, Error> {
@@ -1177,11 +1215,21 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
     match cmd {
         OperatorCommand::Init { key_shares, key_threshold } => {
             let r = c.sys().init(c.req(pb::InitRequest { key_shares, key_threshold })).await?.into_inner();
-            print_keys(json, &r.unseal_keys_b64, r.unseal_threshold, Some(&r.root_token));
+            if r.recovery_keys_b64.is_empty() {
+                print_keys(json, &r.unseal_keys_b64, r.unseal_threshold, Some(&r.root_token), false);
+            } else {
+                print_keys(json, &r.recovery_keys_b64, r.recovery_threshold, Some(&r.root_token), true);
+            }
         }
-        OperatorCommand::Unseal { key, reset } => {
+        OperatorCommand::Unseal { key, reset, migrate } => {
+            // An auto seal needs no key: an empty one asks for an attempt now.
+            let auto = key.is_none() && !reset && !migrate && {
+                let s = c.sys().seal_status(c.req(pb::SealStatusRequest {})).await?.into_inner();
+                s.recovery_seal && !s.migration
+            };
             let key = match (key, reset) {
                 (_, true) => String::new(),
+                _ if auto => String::new(),
                 (Some(k), false) => k,
                 (None, false) => {
                     if !json {
@@ -1194,7 +1242,8 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
                 }
             };
             let key = Zeroizing::new(key);
-            let s = c.sys().unseal(c.req(pb::UnsealRequest { key: key.to_string(), reset })).await?.into_inner();
+            let s =
+                c.sys().unseal(c.req(pb::UnsealRequest { key: key.to_string(), reset, migrate })).await?.into_inner();
             print_seal(json, &s);
         }
         OperatorCommand::Seal => {
@@ -1240,7 +1289,7 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
         OperatorCommand::Rekey { keys, key_shares, key_threshold } => {
             let keys = if keys.is_empty() { read_key_lines()? } else { keys };
             let r = c.sys().rekey(c.req(pb::RekeyRequest { keys, key_shares, key_threshold })).await?.into_inner();
-            print_keys(json, &r.unseal_keys_b64, r.unseal_threshold, None);
+            print_keys(json, &r.unseal_keys_b64, r.unseal_threshold, None, r.recovery);
         }
         OperatorCommand::Migrate { .. } => return Err(Error::Usage("operator migrate runs without a server".into())),
         OperatorCommand::Snapshot(SnapshotCommand::Save { file }) => {

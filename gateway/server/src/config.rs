@@ -19,6 +19,13 @@
 //! # rotation_verify_command = ["/usr/local/bin/try-credentials"]
 //! # allowed_endpoint_hosts = ["vpce-0a1b.secretsmanager.us-east-1.vpce.amazonaws.com"]
 //! # audit_file_dir = "/var/log/keybridge"
+//! # seal "awskms" {
+//! #   region     = "us-east-1"
+//! #   kms_key_id = "alias/vault-unseal-key"
+//! # }
+//! # telemetry {
+//! #   address = "0.0.0.0:8402"
+//! # }
 //! ```
 //!
 //! Parsing and validation are pure: nothing here opens a file it names.
@@ -80,6 +87,113 @@ struct RawConfig {
     /// the API, and never log raw).
     #[serde(default)]
     audit: Option<hcl::Value>,
+    /// `seal "<type>" { ... }` blocks: at most one in use and one with
+    /// `disabled = "true"` (the seal a migration moves away from).
+    #[serde(default)]
+    seal: BTreeMap<String, hcl::Value>,
+    #[serde(default)]
+    telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    address: String,
+    #[serde(default)]
+    unauthenticated_metrics_access: Option<bool>,
+    /// Vault's: accepted; metrics are kept since start.
+    #[serde(default)]
+    prometheus_retention_time: Option<String>,
+    /// Vault's: accepted; series carry no host name.
+    #[serde(default)]
+    disable_hostname: Option<bool>,
+}
+
+/// A `seal` block: the key service that encrypts the root key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealBlock {
+    /// `awskms`, `azurekeyvault` or `gcpckms`.
+    pub kind: String,
+    /// The block's settings (`disabled` taken out), as text.
+    pub settings: BTreeMap<String, String>,
+    /// Only unwraps: the seal a migration moves the store away from.
+    pub disabled: bool,
+}
+
+impl std::fmt::Debug for SealBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Settings may hold credentials (secret_key, client_secret).
+        f.debug_struct("SealBlock")
+            .field("kind", &self.kind)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .field("disabled", &self.disabled)
+            .finish()
+    }
+}
+
+/// The HTTP listener for load balancers' health checks and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Telemetry {
+    pub address: SocketAddr,
+    /// `GET /metrics` without a token (default true); false: a token with
+    /// `read` on `sys/metrics`.
+    pub unauthenticated_metrics_access: bool,
+}
+
+/// The seal types this build knows.
+pub const SEAL_TYPES: &[&str] = &["awskms", "azurekeyvault", "gcpckms"];
+
+fn seal_blocks(raw: BTreeMap<String, hcl::Value>) -> Result<Vec<SealBlock>, String> {
+    let mut out = Vec::new();
+    for (kind, value) in raw {
+        if !SEAL_TYPES.contains(&kind.as_str()) {
+            return Err(format!(
+                "seal type {kind:?} is not supported; use {} (or no seal block for Shamir keys)",
+                SEAL_TYPES.join(", ")
+            ));
+        }
+        // Two blocks of one type (a migration between two keys) come as an array.
+        let blocks = match value {
+            hcl::Value::Array(a) => a,
+            v => vec![v],
+        };
+        for block in blocks {
+            let hcl::Value::Object(fields) = block else {
+                return Err(format!("seal \"{kind}\" must be a block of settings"));
+            };
+            let mut settings = BTreeMap::new();
+            let mut disabled = false;
+            for (k, v) in fields {
+                let text = match v {
+                    hcl::Value::String(s) => s,
+                    hcl::Value::Bool(b) => b.to_string(),
+                    hcl::Value::Number(n) => n.to_string(),
+                    _ => return Err(format!("seal \"{kind}\": {k} must be a string")),
+                };
+                if k == "disabled" {
+                    disabled = match text.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        other => {
+                            return Err(format!(
+                                "seal \"{kind}\": disabled must be \"true\" or \"false\", not {other:?}"
+                            ));
+                        }
+                    };
+                } else {
+                    settings.insert(k, text);
+                }
+            }
+            out.push(SealBlock { kind: kind.clone(), settings, disabled });
+        }
+    }
+    if out.iter().filter(|b| !b.disabled).count() > 1 {
+        return Err("more than one seal block is in use: keep one, and mark the one a migration moves away from with disabled = \"true\"".into());
+    }
+    if out.iter().filter(|b| b.disabled).count() > 1 {
+        return Err("more than one seal block is disabled: a migration moves away from one seal".into());
+    }
+    Ok(out)
 }
 
 /// Whether an HCL value sets `log_raw = true` anywhere inside it.
@@ -307,6 +421,10 @@ pub struct Config {
     /// Settings accepted from a Vault config that have no effect here
     /// (yet): said once in the log at start.
     pub without_effect: Vec<&'static str>,
+    /// The seal in use (none: Shamir keys) and the one a migration moves
+    /// away from.
+    pub seals: Vec<SealBlock>,
+    pub telemetry: Option<Telemetry>,
 }
 
 /// How log lines are written.
@@ -417,6 +535,8 @@ impl Config {
         check(self.audit_file_dir != new.audit_file_dir, "audit_file_dir", false);
         check(self.api_addr != new.api_addr, "api_addr", false);
         check(self.node_id != new.node_id, "node_id", false);
+        check(self.seals != new.seals, "seal", false);
+        check(self.telemetry != new.telemetry, "telemetry", false);
         (live, restart)
     }
 
@@ -644,7 +764,25 @@ impl Config {
                 if raw.ui.is_some() {
                     notes.push("ui has no effect: Keybridge has no web UI (use the CLI, the gRPC API or Terraform)");
                 }
+                if raw.telemetry.as_ref().is_some_and(|t| t.prometheus_retention_time.is_some()) {
+                    notes.push("telemetry.prometheus_retention_time has no effect: metrics count from the start");
+                }
+                if raw.telemetry.as_ref().is_some_and(|t| t.disable_hostname.is_some()) {
+                    notes.push(
+                        "telemetry.disable_hostname has no effect: series carry no host name (node_id labels the node)",
+                    );
+                }
                 notes
+            },
+            seals: seal_blocks(raw.seal).map_err(bad)?,
+            telemetry: match raw.telemetry {
+                None => None,
+                Some(t) => Some(Telemetry {
+                    address: t.address.parse().map_err(|_| {
+                        bad(format!("telemetry address {:?} is not host:port (e.g. 0.0.0.0:8402)", t.address))
+                    })?,
+                    unauthenticated_metrics_access: t.unauthenticated_metrics_access.unwrap_or(true),
+                }),
             },
             audit_file_dir: match raw.audit_file_dir {
                 Some(d) if !d.is_absolute() => {
@@ -683,6 +821,58 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BASE: &str =
+        "listener \"tcp\" {\n address = \"127.0.0.1:8400\"\n tls_disable = true\n}\nstorage \"inmem\" {}\n";
+
+    #[test]
+    fn the_origin_documents_seal_block_and_a_migrations_two_blocks_parse() {
+        let c = Config::parse(
+            "t.hcl",
+            &format!(
+                "{BASE}seal \"awskms\" {{\n  region = \"us-east-1\"\n  kms_key_id = \"alias/vault-unseal-key\"\n}}\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.seals.len(), 1);
+        assert_eq!(c.seals[0].kind, "awskms");
+        assert!(!c.seals[0].disabled);
+        assert_eq!(c.seals[0].settings.get("kms_key_id").map(String::as_str), Some("alias/vault-unseal-key"));
+        // One key to another of the same type: two blocks, one disabled.
+        let c = Config::parse(
+            "t.hcl",
+            &format!(
+                "{BASE}seal \"awskms\" {{\n kms_key_id = \"a\"\n disabled = \"true\"\n}}\nseal \"awskms\" {{\n kms_key_id = \"b\"\n}}\ntelemetry {{\n address = \"127.0.0.1:8402\"\n unauthenticated_metrics_access = false\n}}\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.seals.iter().filter(|b| b.disabled).count(), 1);
+        assert_eq!(c.seals.iter().find(|b| !b.disabled).unwrap().settings["kms_key_id"], "b");
+        let t = c.telemetry.unwrap();
+        assert_eq!(t.address.port(), 8402);
+        assert!(!t.unauthenticated_metrics_access);
+        assert!(!format!("{:?}", c.seals).contains("kms_key_id\": \"b"), "Debug shows setting names only");
+    }
+
+    #[test]
+    fn seal_blocks_that_cannot_work_are_refused_with_a_reason() {
+        for (text, why) in [
+            ("seal \"vaultkms\" { }", "not supported"),
+            (
+                "seal \"awskms\" { kms_key_id = \"a\" }\nseal \"gcpckms\" { project = \"p\" }",
+                "more than one seal block is in use",
+            ),
+            (
+                "seal \"awskms\" {\n disabled = \"true\"\n}\nseal \"gcpckms\" {\n disabled = true\n}",
+                "more than one seal block is disabled",
+            ),
+            ("seal \"awskms\" { disabled = \"maybe\" }", "disabled must be"),
+            ("telemetry { address = \"nowhere\" }", "telemetry address"),
+        ] {
+            let e = Config::parse("t.hcl", &format!("{BASE}{text}\n")).unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn vault_shaped_config_parses() {

@@ -14,6 +14,7 @@ mod gate;
 mod hygiene;
 mod migrate;
 mod ratelimit;
+mod seal;
 mod server;
 mod service;
 mod service_logical;
@@ -121,6 +122,8 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     api_addr: None,
                     node_id: None,
                     without_effect: Vec::new(),
+                    seals: Vec::new(),
+                    telemetry: None,
                 };
                 (config, Some(server::DevOptions { root_token_id: args.dev_root_token_id }))
             } else {

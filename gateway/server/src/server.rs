@@ -350,8 +350,15 @@ pub async fn run(
         }
         None => None,
     };
+    let barrier = Barrier::new(physical);
+    let seals = crate::seal::build(&config.seals).await?;
+    let auto_seal = seals.current.is_some() || seals.previous.is_some();
+    if dev.is_some() && auto_seal {
+        return Err(Error::Usage("dev mode has no seal blocks".into()));
+    }
+    barrier.set_seals(seals);
     let core = Arc::new(Core::new(
-        Barrier::new(physical),
+        barrier,
         CoreConfig {
             max_value_bytes: config.limits.max_value_bytes,
             policy_check,
@@ -437,6 +444,19 @@ pub async fn run(
         }
         _ => Vec::new(),
     };
+    // The auto seal unseals the node now and whenever it finds itself
+    // sealed; the health service follows the seal state.
+    if auto_seal {
+        let (core, health) = (core.clone(), health.clone());
+        tokio::spawn(async move {
+            let c = core.clone();
+            crate::seal::keep_unsealed(core, move || {
+                let (c, health) = (c.clone(), health.clone());
+                async move { sync_health(&c, &health).await }
+            })
+            .await
+        });
+    }
     // The reconciler: idle while sealed, replicating and scanning otherwise.
     tokio::spawn(core.clone().sync_worker());
     tokio::spawn(core.clone().lease_worker());

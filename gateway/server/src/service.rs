@@ -471,6 +471,10 @@ impl SysService {
             progress: s.progress,
             version: self.version.to_string(),
             storage_type: s.storage_type.to_string(),
+            seal_type: s.seal_type,
+            recovery_seal: s.recovery,
+            migration: s.migration,
+            seal_message: s.message,
             ..Default::default()
         };
         #[cfg(feature = "postgres")]
@@ -578,25 +582,38 @@ impl pb::sys_server::Sys for SysService {
             (s, t) => (s, t),
         };
         let init = self.core.init(shares, threshold, None, false).await.map_err(status)?;
-        tracing::info!(shares, threshold, "initialized; the server is sealed");
-        Ok(Response::new(pb::InitResponse {
-            unseal_keys_b64: init.keys.iter().map(|k| k.to_string()).collect(),
-            unseal_threshold: init.threshold,
-            root_token: init.root_token.to_string(),
-        }))
+        let keys: Vec<String> = init.keys.iter().map(|k| k.to_string()).collect();
+        if init.recovery {
+            self.sync_health().await;
+            tracing::info!(shares, threshold, "initialized with an auto seal; the server is unsealed");
+            Ok(Response::new(pb::InitResponse {
+                recovery_keys_b64: keys,
+                recovery_threshold: init.threshold,
+                root_token: init.root_token.to_string(),
+                ..Default::default()
+            }))
+        } else {
+            tracing::info!(shares, threshold, "initialized; the server is sealed");
+            Ok(Response::new(pb::InitResponse {
+                unseal_keys_b64: keys,
+                unseal_threshold: init.threshold,
+                root_token: init.root_token.to_string(),
+                ..Default::default()
+            }))
+        }
     }
 
     async fn unseal(&self, req: Request<pb::UnsealRequest>) -> Result<Response<pb::SealStatusResponse>, Status> {
         let r = req.into_inner();
         let key = Zeroizing::new(r.key);
-        if key.trim().is_empty() && !r.reset {
-            return Err(Status::invalid_argument("give an unseal key, or reset = true"));
+        if key.trim().is_empty() && r.migrate {
+            return Err(Status::invalid_argument("give a key to enter towards the seal migration"));
         }
-        let result = self.core.unseal(&key, r.reset).await;
+        let result = self.core.unseal(&key, r.reset, r.migrate).await;
         self.sync_health().await;
         let s = result.map_err(status)?;
         if !s.sealed {
-            tracing::info!("unsealed");
+            tracing::info!(migrate = r.migrate, "unsealed");
         }
         Ok(Response::new(self.status_pb(s).await))
     }
@@ -700,10 +717,12 @@ impl pb::sys_server::Sys for SysService {
             })
             .await
             .map_err(status)?;
-        tracing::info!(shares = r.key_shares, threshold = r.key_threshold, "root key replaced (rekey)");
+        let recovery = self.core.seal_status().await.is_ok_and(|s| s.recovery);
+        tracing::info!(shares = r.key_shares, threshold = r.key_threshold, recovery, "root key replaced (rekey)");
         Ok(Response::new(pb::RekeyResponse {
             unseal_keys_b64: shares.iter().map(|k| k.to_string()).collect(),
             unseal_threshold: r.key_threshold,
+            recovery,
         }))
     }
 

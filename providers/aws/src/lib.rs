@@ -29,6 +29,8 @@ use keybridge_provider_api::{
 };
 use zeroize::Zeroizing;
 
+pub mod kms;
+
 pub const CURRENT: &str = "AWSCURRENT";
 pub const PENDING: &str = "AWSPENDING";
 pub const PREVIOUS: &str = "AWSPREVIOUS";
@@ -98,31 +100,22 @@ impl AwsStore {
     /// Builds the SDK client (once per mount). Loading the credential chain
     /// may read files and environment, but makes no call to AWS.
     pub async fn new(settings: &Settings) -> AwsStore {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
-        if let Some(r) = &settings.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        if let Some(u) = &settings.endpoint_url {
-            loader = loader.endpoint_url(u.clone());
-        }
-        if let Some(p) = &settings.profile {
-            loader = loader.profile_name(p);
-        }
-        if let Some((id, secret, token)) = &settings.credentials {
-            loader = loader.credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+        let creds = settings.credentials.as_ref().map(|(id, secret, token)| {
+            aws_credential_types::Credentials::new(
                 id.clone(),
                 secret.to_string(),
                 token.as_ref().map(|t| t.to_string()),
                 None,
                 "keybridge-mount",
-            ));
-        }
-        let config = loader.load().await;
+            )
+        });
+        let config = sdk_config(
+            settings.region.as_deref(),
+            settings.endpoint_url.as_deref(),
+            settings.profile.as_deref(),
+            creds,
+        )
+        .await;
         AwsStore { client: Client::new(&config) }
     }
 }
@@ -132,6 +125,36 @@ impl AwsStore {
     pub fn client(&self) -> &Client {
         &self.client
     }
+}
+
+/// The SDK's configuration: rustls on ring, and the region, endpoint,
+/// profile and credentials given (the standard chain for those not given).
+/// Reads files and environment; makes no call to AWS.
+pub(crate) async fn sdk_config(
+    region: Option<&str>,
+    endpoint: Option<&str>,
+    profile: Option<&str>,
+    credentials: Option<aws_credential_types::Credentials>,
+) -> aws_config::SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    if let Some(u) = endpoint {
+        loader = loader.endpoint_url(u);
+    }
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(c) = credentials {
+        loader = loader.credentials_provider(c);
+    }
+    loader.load().await
 }
 
 /// AWS tags as a map.
@@ -212,7 +235,7 @@ fn map<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
 }
 
 /// Whether the call failed because no credentials could be loaded.
-fn no_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn no_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(c) = cur {
         if c.downcast_ref::<aws_credential_types::provider::error::CredentialsError>().is_some() {

@@ -67,3 +67,36 @@ impl Providers for Built {
 fn unbuilt(kind: &str) -> Error {
     Error::InvalidArgument(format!("this build has no {kind} provider"))
 }
+
+/// Auto-unseal: the key service a `seal "<type>"` block names.
+pub mod seals {
+    use super::*;
+    use keybridge_provider_api::KeyService;
+
+    /// Validates a seal block's settings without IO.
+    pub fn validate(kind: &str, settings: &BTreeMap<String, String>) -> Result<()> {
+        let _ = settings;
+        match kind {
+            #[cfg(feature = "aws")]
+            "awskms" => keybridge_provider_aws::kms::KmsSettings::parse(settings).map(|_| ()),
+            other => Err(unbuilt_seal(other)),
+        }
+    }
+
+    /// Builds the seal's client; makes no call to the key service.
+    pub async fn open(kind: &str, settings: &BTreeMap<String, String>) -> Result<Arc<dyn KeyService>> {
+        let _ = settings;
+        match kind {
+            #[cfg(feature = "aws")]
+            "awskms" => {
+                let s = keybridge_provider_aws::kms::KmsSettings::parse(settings)?;
+                Ok(Arc::new(keybridge_provider_aws::kms::AwsKms::new(&s).await))
+            }
+            other => Err(unbuilt_seal(other)),
+        }
+    }
+
+    fn unbuilt_seal(kind: &str) -> Error {
+        Error::InvalidArgument(format!("this build has no {kind} seal (its cloud's cargo feature is off)"))
+    }
+}

@@ -36,6 +36,22 @@ impl Spawned {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Stops the process (SIGSTOP): connections are accepted by the kernel
+    /// but never answered, as a hung service does; [`Spawned::resume`]
+    /// continues it with its state.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(sig).arg(self.child.id().to_string()).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {} failed", self.child.id());
+    }
 }
 
 impl Drop for Spawned {

@@ -97,7 +97,7 @@ async fn file_device_records_every_request_and_response_without_secrets() {
 async fn the_chain_continues_across_seal_unseal_and_reopen() {
     let core = Core::new(Barrier::new(Arc::new(RedbStore::in_memory().unwrap())), CoreConfig::default());
     let init = core.init(1, 1, None, false).await.unwrap();
-    core.unseal(&init.keys[0], false).await.unwrap();
+    core.unseal(&init.keys[0], false, false).await.unwrap();
     let root = init.root_token.to_string();
     let r = &Caller::token(Some(&root));
     let dir = tempfile::tempdir().unwrap();
@@ -105,7 +105,7 @@ async fn the_chain_continues_across_seal_unseal_and_reopen() {
     core.enable_audit(r, "file", "file", "", opts(&[("file_path", log.to_str().unwrap())])).await.unwrap();
     put(&core, &root, "secret/a", "1").await.unwrap();
     core.seal(r).await.unwrap();
-    core.unseal(&init.keys[0], false).await.unwrap();
+    core.unseal(&init.keys[0], false, false).await.unwrap();
     put(&core, &root, "secret/a", "2").await.unwrap();
     // logrotate: move the file away, reopen; the chain goes on in a new file.
     let rotated = dir.path().join("audit.log.1");

@@ -104,7 +104,7 @@ async fn kubernetes_login_core(issuer: &Issuer) -> Arc<Core> {
     let role = s(&[("bound_service_account_names", "app-sa"), ("bound_service_account_namespaces", "production")]);
     core.write_auth_role(r, "kubernetes", "app", role).await.unwrap();
     core.seal(r).await.unwrap();
-    core.unseal(&init.keys[0], false).await.unwrap();
+    core.unseal(&init.keys[0], false, false).await.unwrap();
     core
 }
 

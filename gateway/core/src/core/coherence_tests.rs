@@ -77,7 +77,7 @@ impl Nodes {
         let init = a.init(1, 1, Some("root-t"), true).await.unwrap();
         let b = Core::new(Barrier::new(store.clone()), config);
         let key = init.keys[0].to_string();
-        b.unseal(&key, false).await.unwrap();
+        b.unseal(&key, false, false).await.unwrap();
         store.keys.lock().unwrap().clear();
         Nodes { store, a, b, root: init.root_token.to_string(), key }
     }
@@ -163,7 +163,7 @@ async fn mounts_audit_devices_and_the_keyring_reach_the_other_node() {
     let keys = n.a.rekey(r, std::slice::from_ref(&n.key), 1, 1).await.unwrap();
     n.tell_b().await;
     assert!(n.b.seal_status().await.unwrap().sealed);
-    n.b.unseal(&keys[0], false).await.unwrap();
+    n.b.unseal(&keys[0], false, false).await.unwrap();
     assert_eq!(field(&n.b.get(r, "secret/after", None).await.unwrap(), "k"), "b");
 }
 

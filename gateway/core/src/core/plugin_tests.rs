@@ -383,7 +383,7 @@ async fn expired_leases_are_revoked_with_retries_and_survive_a_reseal() {
     // Sealed and unsealed: the lease is read back from the store.
     core.seal(&t).await.unwrap();
     assert!(matches!(core.lease_pass().await, Err(Error::Sealed)));
-    core.unseal(&key, false).await.unwrap();
+    core.unseal(&key, false, false).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     core.lease_pass().await.unwrap();
     // The engine failed: the lease stays, with the error, for a retry.
@@ -509,7 +509,7 @@ async fn leases_from_before_the_due_index_are_indexed_at_unseal() {
     core.lease_pass().await.unwrap();
     assert!(issuer.revoked.lock().unwrap().is_empty(), "nothing indexed, nothing expires");
     core.seal(&t).await.unwrap();
-    core.unseal(&key, false).await.unwrap();
+    core.unseal(&key, false, false).await.unwrap();
     assert_eq!(barrier.list_all("core/lease-due/", usize::MAX).await.unwrap().len(), 600);
     core.lease_pass().await.unwrap();
     assert_eq!(issuer.revoked.lock().unwrap().len(), 600);

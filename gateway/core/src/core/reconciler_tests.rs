@@ -163,7 +163,7 @@ async fn the_journal_survives_a_restart() {
     let core = restarted(&path);
     let t = Caller::token(Some("root-t"));
     assert!(matches!(core.sync_pass().await, Err(Error::Sealed)), "nothing runs while sealed");
-    core.unseal(&key, false).await.unwrap();
+    core.unseal(&key, false, false).await.unwrap();
     core.sync_pass().await.unwrap();
     for target in ["team-b/app/db", "team-c/app/db"] {
         assert_eq!(field(&core.get(&t, target, None).await.unwrap(), "pw"), "one", "{target}");
@@ -188,7 +188,7 @@ async fn status_after_a_restart_lists_every_target_from_the_records() {
     };
     let core = restarted(&path);
     let t = Caller::token(Some("root-t"));
-    core.unseal(&key, false).await.unwrap();
+    core.unseal(&key, false, false).await.unwrap();
     let status = core.sync_status(&t, &StatusQuery::of("ab")).await.unwrap();
     let mut seen: Vec<(String, &str)> = status.targets.iter().map(|s| (s.target.clone(), s.state)).collect();
     seen.sort();

@@ -197,8 +197,8 @@ async fn seal_unseal_cycle_with_shares() {
     let t = init.root_token.to_string();
     assert!(matches!(core.get(&Caller::token(Some(&t)), "secret/a", None).await, Err(Error::Sealed)));
     assert!(core.seal_status().await.unwrap().sealed);
-    assert_eq!(core.unseal(&init.keys[2], false).await.unwrap().progress, 1);
-    let st = core.unseal(&init.keys[0], false).await.unwrap();
+    assert_eq!(core.unseal(&init.keys[2], false, false).await.unwrap().progress, 1);
+    let st = core.unseal(&init.keys[0], false, false).await.unwrap();
     assert!(!st.sealed);
     core.put(&Caller::token(Some(&t)), "secret/a", &fields(&[("k", "v")]), None).await.unwrap();
     core.seal(&Caller::token(Some(&t))).await.unwrap();

@@ -226,7 +226,11 @@ fn rows() -> Vec<Row> {
             "Sys.Unseal",
             ("none: served without a token, also while sealed", ""),
             &[],
-            call!(sys_client::SysClient, unseal, |_fx| pb::UnsealRequest { key: String::new(), reset: true }),
+            call!(sys_client::SysClient, unseal, |_fx| pb::UnsealRequest {
+                key: String::new(),
+                reset: true,
+                migrate: false
+            }),
         ),
         row(
             "Sys.EnableMount",

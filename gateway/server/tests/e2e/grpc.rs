@@ -301,7 +301,7 @@ async fn rate_limited_server() -> (Server, tempfile::TempDir, String) {
     let s = Server::with_config_limits(dir.path(), false, 0, "token_requests_per_second = 5\ntoken_burst = 5");
     let mut sys = s.sys().await;
     let init = sys.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
-    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false }).await.unwrap();
+    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false, migrate: false }).await.unwrap();
     (s, dir, init.root_token)
 }
 
@@ -399,7 +399,10 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     // unsealed server answers before reading it).
     let mut sys = s.sys().await;
     sys.seal(authed(t, pb::SealRequest {})).await.unwrap();
-    let e = sys.unseal(pb::UnsealRequest { key: "KEY-LOGCHECK-55".into(), reset: false }).await.unwrap_err();
+    let e = sys
+        .unseal(pb::UnsealRequest { key: "KEY-LOGCHECK-55".into(), reset: false, migrate: false })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("invalid unseal key"), "{}", e.message());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -143,6 +143,17 @@ impl Server {
         Self::config_server(dir, tls, port, limits, "")
     }
 
+    /// A plain-TCP server from a config file with `top` added at the top
+    /// level, and extra environment variables.
+    pub fn with_config_top_env(dir: &Path, top: &str, env: &[(&str, &str)]) -> Server {
+        Self::config_server_io(dir, false, 0, "", top, env, Stdio::inherit(), "")
+    }
+
+    /// As [`Server::with_config_top_env`] with this storage block.
+    pub fn with_storage_top_env(dir: &Path, storage: &str, top: &str, env: &[(&str, &str)]) -> Server {
+        Self::config_server_io(dir, false, 0, "", top, env, Stdio::inherit(), storage)
+    }
+
     /// A plain-TCP config server with extra environment variables.
     pub fn with_config_env(dir: &Path, env: &[(&str, &str)]) -> Server {
         Self::config_server_io(dir, false, 0, "", "", env, Stdio::inherit(), "")

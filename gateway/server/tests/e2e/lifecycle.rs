@@ -19,7 +19,9 @@ async fn unseal_all(s: &Server, keys: &[String]) -> pb::SealStatusResponse {
     let mut sys = s.sys().await;
     let mut last = None;
     for k in keys {
-        last = Some(sys.unseal(pb::UnsealRequest { key: k.clone(), reset: false }).await.unwrap().into_inner());
+        last = Some(
+            sys.unseal(pb::UnsealRequest { key: k.clone(), reset: false, migrate: false }).await.unwrap().into_inner(),
+        );
     }
     last.unwrap()
 }
@@ -115,8 +117,8 @@ async fn init_unseal_restart_over_tls_with_file_storage() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     let mut sys = s.sys().await;
-    sys.unseal(pb::UnsealRequest { key: keys[0].clone(), reset: false }).await.unwrap();
-    let err = sys.unseal(pb::UnsealRequest { key: keys[1].clone(), reset: false }).await.unwrap_err();
+    sys.unseal(pb::UnsealRequest { key: keys[0].clone(), reset: false, migrate: false }).await.unwrap();
+    let err = sys.unseal(pb::UnsealRequest { key: keys[1].clone(), reset: false, migrate: false }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "old keys no longer unseal: {err:?}");
     assert!(!unseal_all(&s, &new_keys).await.sealed);
     let got = s

@@ -15,4 +15,5 @@ mod plugins;
 mod postgres;
 mod python;
 mod rotation;
+mod seal;
 mod sync;

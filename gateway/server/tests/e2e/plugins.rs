@@ -517,7 +517,7 @@ async fn lease_fixture(dir: &std::path::Path, key: &str, n: usize) {
     use keybridge_core::plugins::Params;
     let store = RedbStore::open(&dir.join("data/keybridge.db"), 8 << 20).unwrap();
     let core = keybridge_core::Core::new(Barrier::new(std::sync::Arc::new(store)), Default::default());
-    core.unseal(key, false).await.unwrap();
+    core.unseal(key, false, false).await.unwrap();
     core.write_lease_fixture("keys/", n, 1000, |_| 30 * 86_400, |i| Params(vec![("jti".into(), format!("f{i}"))]))
         .await
         .unwrap();

@@ -98,7 +98,7 @@ impl Gateway {
             .block_on(gw.sys().init(pb::InitRequest { key_shares: 1, key_threshold: 1 }))
             .expect("init")
             .into_inner();
-        let unseal = pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false };
+        let unseal = pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false, migrate: false };
         rt().block_on(gw.sys().unseal(unseal)).expect("unseal");
         gw.token = init.root_token.clone();
         gw

@@ -1,0 +1,99 @@
+//! Auto-unseal: the configuration's `seal` blocks as the barrier's seals,
+//! and the task that unseals the node with its key service at start, and
+//! again whenever it finds itself sealed (another node's rekey or seal
+//! migration), retrying with backoff while the service does not answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keybridge_barrier::{AutoSeal, SealError, Seals};
+use keybridge_core::Core;
+use keybridge_provider_api::{Error as ProviderError, KeyService};
+use zeroize::Zeroizing;
+
+use crate::config::SealBlock;
+use crate::error::Error;
+
+/// A cloud key service as the barrier's seal.
+struct Adapter(Arc<dyn KeyService>);
+
+fn failed(e: ProviderError) -> SealError {
+    SealError {
+        retryable: matches!(e, ProviderError::Unavailable(_) | ProviderError::Throttled(_)),
+        message: e.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl AutoSeal for Adapter {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn key_id(&self) -> String {
+        self.0.key_id()
+    }
+    async fn wrap(&self, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.0.encrypt(plaintext).await.map_err(failed)
+    }
+    async fn unwrap(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.0.decrypt(blob).await.map_err(failed)
+    }
+}
+
+/// The seals the configuration names, validated and built (no call to any
+/// key service yet).
+pub async fn build(blocks: &[SealBlock]) -> Result<Seals, Error> {
+    let mut seals = Seals::default();
+    for b in blocks {
+        let bad = |e: ProviderError| Error::Usage(format!("seal \"{}\": {e}", b.kind));
+        keybridge_providers::seals::validate(&b.kind, &b.settings).map_err(bad)?;
+        let service = keybridge_providers::seals::open(&b.kind, &b.settings).await.map_err(bad)?;
+        let seal: Arc<dyn AutoSeal> = Arc::new(Adapter(service));
+        if b.disabled {
+            seals.previous = Some(seal);
+        } else {
+            seals.current = Some(seal);
+        }
+    }
+    Ok(seals)
+}
+
+/// The first retry's delay; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a sealed node that has nothing to try looks again (a pending
+/// migration made by another node, a store initialized elsewhere), and how
+/// often an unsealed one checks it still is.
+const LOOK_AGAIN: Duration = Duration::from_secs(2);
+
+/// Keeps the node unsealed with its auto seal; `changed` runs after every
+/// change of the seal state this task sees (the health service follows).
+pub async fn keep_unsealed<F, Fut>(core: Arc<Core>, changed: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    let mut was_sealed: Option<bool> = None;
+    loop {
+        let mut wait = LOOK_AGAIN;
+        match core.auto_unseal().await {
+            Ok(true) => {
+                tracing::info!("unsealed with the auto seal");
+                backoff = FIRST_BACKOFF;
+            }
+            Ok(false) => backoff = FIRST_BACKOFF,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "auto-unseal failed; the node stays sealed");
+                wait = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        let sealed = core.seal_status().await.map(|s| s.sealed).unwrap_or(true);
+        if was_sealed != Some(sealed) {
+            was_sealed = Some(sealed);
+            changed().await;
+        }
+        tokio::time::sleep(wait).await;
+    }
+}

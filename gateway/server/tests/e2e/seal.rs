@@ -1,0 +1,250 @@
+//! Auto-unseal and seal migration against real key services: moto's KMS
+//! (and the project's Cloud KMS and Key Vault test servers, see
+//! tests/servers). The node unseals by itself at start, hands out recovery
+//! keys, stays sealed with a clear status while its key service does not
+//! answer and unseals when it does, and moves between Shamir keys and key
+//! services without losing data, on one node and on several.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keybridge_testservers::process::Spawned;
+use serde_json::Value;
+
+use crate::harness::{Server, blocking, json, moto, stderr, stdout};
+
+/// Runs a boto3 script against moto with a KMS client `k`; its stdout.
+fn kms(m: &Spawned, script: &str) -> String {
+    let server = std::env::var("KEYBRIDGE_MOTO_SERVER").unwrap();
+    let python = Path::new(&server).with_file_name("python");
+    let prelude = format!(
+        "import boto3\nk = boto3.client('kms', endpoint_url='{}', region_name='us-east-1', \
+         aws_access_key_id='testing', aws_secret_access_key='testing')\n",
+        m.url()
+    );
+    let o = blocking(|| Command::new(python).arg("-c").arg(prelude + script).output().unwrap());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A new symmetric key in moto's KMS under `alias`; its key id.
+fn kms_key(m: &Spawned, alias: &str) -> String {
+    kms(
+        m,
+        &format!(
+            "i = k.create_key(Description='keybridge unseal')['KeyMetadata']['KeyId']\n\
+             k.create_alias(AliasName='{alias}', TargetKeyId=i)\nprint(i)"
+        ),
+    )
+}
+
+/// The environment that points the AWS SDK at moto (so the seal block can
+/// be the origin document's, as written).
+fn moto_env(m: &Spawned) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", m.url()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+    ]
+}
+
+fn awskms(alias: &str, disabled: bool) -> String {
+    let d = if disabled { "\n  disabled = \"true\"" } else { "" };
+    format!("seal \"awskms\" {{\n  region = \"us-east-1\"\n  kms_key_id = \"{alias}\"{d}\n}}\n")
+}
+
+fn start(dir: &Path, m: &Spawned, top: &str) -> Server {
+    let env = moto_env(m);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::with_config_top_env(dir, top, &env)
+}
+
+fn status(s: &Server) -> Value {
+    let o = s.cli(None, &["operator", "status", "-o", "json"]);
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)))
+}
+
+/// Polls the status until `ok` holds (panics after `secs`).
+fn wait_for(s: &Server, secs: u64, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let st = status(s);
+        if ok(&st) {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s; status {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn unsealed(st: &Value) -> bool {
+    st["sealed"] == false
+}
+
+fn put(s: &Server, token: &str, path: &str, value: &str) {
+    let o = s.cli(Some(token), &["kv", "put", path, &format!("pw={value}")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+fn get(s: &Server, token: &str, path: &str) -> String {
+    let o = s.cli(Some(token), &["kv", "get", "-o", "json", path]);
+    json(&o)["data"]["pw"].as_str().unwrap_or_default().to_string()
+}
+
+fn keys(v: &Value, field: &str) -> Vec<String> {
+    v[field].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect()
+}
+
+fn stop(mut s: Server) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let _ = s.child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awskms_unseals_at_start_hands_out_recovery_keys_and_outlasts_an_outage() {
+    let m = moto();
+    kms_key(&m, "alias/vault-unseal-key");
+    let dir = tempfile::tempdir().unwrap();
+    // The origin document's block, as written.
+    let block = "seal \"awskms\" {\n  region = \"us-east-1\"\n  kms_key_id = \"alias/vault-unseal-key\"\n}\n";
+    let s = start(dir.path(), &m, block);
+    let st = status(&s);
+    assert_eq!((st["initialized"].as_bool(), st["type"].as_str()), (Some(false), Some("awskms")), "{st}");
+
+    let init =
+        json(&s.cli(None, &["operator", "init", "--recovery-shares", "3", "--recovery-threshold", "2", "-o", "json"]));
+    let recovery = keys(&init, "recovery_keys_b64");
+    assert!(stdout(&s.cli(None, &["operator", "status"])).contains("awskms"));
+    assert_eq!(recovery.len(), 3, "{init}");
+    assert!(init.get("unseal_keys_b64").is_none(), "{init}");
+    let root = init["root_token"].as_str().unwrap().to_string();
+    // Unsealed at once: the key service holds the root key.
+    let st = status(&s);
+    assert!(unsealed(&st) && st["recovery_seal"] == true && st["n"] == 3 && st["t"] == 2, "{st}");
+    put(&s, &root, "secret/app", "before-restart");
+    let text = stdout(&s.cli(None, &["operator", "status"]));
+    assert!(text.contains("awskms") && text.contains("Recovery Threshold"), "{text}");
+
+    // A restart unseals by itself.
+    stop(s);
+    let s = start(dir.path(), &m, block);
+    wait_for(&s, 20, "auto-unseal after a restart", unsealed);
+    assert_eq!(get(&s, &root, "secret/app"), "before-restart");
+
+    // Rekey takes recovery keys and hands out new ones; the old are spent.
+    let o = s.cli_stdin(
+        Some(&root),
+        &["operator", "rekey", "--key-shares", "4", "--key-threshold", "2", "-o", "json"],
+        &recovery[..2].join("\n"),
+    );
+    let fresh = keys(&json(&o), "recovery_keys_b64");
+    assert_eq!(fresh.len(), 4);
+    let o = s.cli_stdin(Some(&root), &["operator", "rekey", "-o", "json"], &recovery[1..].join("\n"));
+    assert!(!o.status.success() && stderr(&o).contains("do not reconstruct"), "{}", stderr(&o));
+
+    // Sealed by request, it stays sealed until asked.
+    assert!(s.cli(Some(&root), &["operator", "seal"]).status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    let st = status(&s);
+    assert!(st["sealed"] == true && st["seal_message"].as_str().unwrap().contains("sealed by request"), "{st}");
+    // Recovery keys unseal nothing.
+    let o = s.cli(None, &["operator", "unseal", &fresh[0]]);
+    assert!(!o.status.success() && stderr(&o).contains("recovery keys"), "{}", stderr(&o));
+    let o = s.cli(None, &["operator", "unseal", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for(&s, 20, "unseal on request", unsealed);
+
+    // The key service stops answering: a restarted node starts sealed,
+    // says why, and unseals once the service is back.
+    stop(s);
+    m.pause();
+    let s = start(dir.path(), &m, block);
+    let st = wait_for(&s, 40, "a status naming the failure", |st| {
+        st["sealed"] == true && st["seal_message"].as_str().is_some_and(|m| m.contains("auto-unseal failed"))
+    });
+    assert!(st["seal_message"].as_str().unwrap().contains("AWS KMS"), "{st}");
+    let o = s.cli(Some(&root), &["kv", "get", "secret/app"]);
+    assert!(!o.status.success(), "a sealed node serves nothing");
+    m.resume();
+    let st = wait_for(&s, 60, "auto-unseal after the outage", unsealed);
+    assert_eq!(st["seal_message"], "", "{st}");
+    assert_eq!(get(&s, &root, "secret/app"), "before-restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seals_migrate_from_shamir_to_awskms_to_another_key_and_back_without_losing_data() {
+    let m = moto();
+    kms_key(&m, "alias/first");
+    kms_key(&m, "alias/second");
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &m, "");
+    let init = json(&s.cli(None, &["operator", "init", "--key-shares", "3", "--key-threshold", "2", "-o", "json"]));
+    let shares = keys(&init, "unseal_keys_b64");
+    let root = init["root_token"].as_str().unwrap().to_string();
+    for k in &shares[..2] {
+        assert!(s.cli(None, &["operator", "unseal", k]).status.success());
+    }
+    put(&s, &root, "secret/app", "kept");
+    stop(s);
+
+    // Shamir to KMS: the node waits for the unseal keys, given with --migrate.
+    let s = start(dir.path(), &m, &awskms("alias/first", false));
+    let st = status(&s);
+    assert!(st["sealed"] == true && st["migration"] == true, "{st}");
+    let o = s.cli(None, &["operator", "unseal", &shares[0]]);
+    assert!(!o.status.success() && stderr(&o).contains("--migrate"), "{}", stderr(&o));
+    for k in &shares[..2] {
+        let o = s.cli(None, &["operator", "unseal", "--migrate", k]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let st = status(&s);
+    assert!(unsealed(&st) && st["type"] == "awskms" && st["recovery_seal"] == true && st["migration"] == false, "{st}");
+    assert_eq!(get(&s, &root, "secret/app"), "kept");
+    stop(s);
+    let s = start(dir.path(), &m, &awskms("alias/first", false));
+    wait_for(&s, 20, "auto-unseal after migrating", unsealed);
+    stop(s);
+
+    // One KMS key to another: the old block stays, disabled; the unseal
+    // keys are now the recovery keys.
+    let both = format!("{}{}", awskms("alias/first", true), awskms("alias/second", false));
+    let s = start(dir.path(), &m, &both);
+    assert_eq!(status(&s)["migration"], true);
+    for k in &shares[1..] {
+        let o = s.cli(None, &["operator", "unseal", "--migrate", k]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    wait_for(&s, 5, "unsealed by the migration", unsealed);
+    put(&s, &root, "secret/app2", "added");
+    stop(s);
+    // The first key no longer opens it; the second does.
+    kms(&m, "i = k.describe_key(KeyId='alias/first')['KeyMetadata']['KeyId']\nk.disable_key(KeyId=i)");
+    let s = start(dir.path(), &m, &awskms("alias/second", false));
+    wait_for(&s, 20, "auto-unseal with the second key", unsealed);
+    assert_eq!(get(&s, &root, "secret/app"), "kept");
+    stop(s);
+
+    // KMS back to Shamir: the recovery keys become the unseal keys.
+    let s = start(dir.path(), &m, &awskms("alias/second", true));
+    let st = status(&s);
+    assert!(st["migration"] == true && st["seal_message"].as_str().unwrap().contains("recovery"), "{st}");
+    for k in [&shares[0], &shares[2]] {
+        let o = s.cli(None, &["operator", "unseal", "--migrate", k]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    wait_for(&s, 5, "unsealed by the migration", unsealed);
+    stop(s);
+    let s = start(dir.path(), &m, "");
+    let st = status(&s);
+    assert!(st["sealed"] == true && st["type"] == "shamir" && st["recovery_seal"] == false, "{st}");
+    for k in &shares[..2] {
+        assert!(s.cli(None, &["operator", "unseal", k]).status.success());
+    }
+    assert_eq!(get(&s, &root, "secret/app"), "kept");
+    assert_eq!(get(&s, &root, "secret/app2"), "added");
+    // A node whose configuration names no seal for an auto-sealed store
+    // says so rather than waiting silently.
+    stop(s);
+}
