@@ -36,6 +36,10 @@
 //!   limiter attaches): purge
 //!   after delete, recover after a delete, writes to a name being deleted,
 //!   purged or recovered, and `restore` returns once the secret reads.
+//! - [`kms`]: the `azurekeyvault` seal (auto-unseal): the root key wrapped
+//!   by a Key Vault RSA key (wrapKey/unwrapKey, RSA-OAEP-256) through
+//!   `azure_security_keyvault_keys`, over the same transport and credentials
+//!   (`connect`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -59,6 +63,7 @@ use keybridge_provider_api::{
 };
 use zeroize::Zeroizing;
 
+pub mod kms;
 mod transport;
 
 const PROVIDER: &str = "Azure Key Vault";
@@ -121,6 +126,21 @@ impl Settings {
     /// Validates `key=value` settings without IO.
     pub fn parse(s: &BTreeMap<String, String>) -> Result<Settings> {
         keybridge_provider_api::settings::only(s, "azure", KEYS)?;
+        let settings = Settings::parse_connection(s)?;
+        keybridge_provider_api::endpoints::refuse_ambient(
+            keybridge_provider_api::Cloud::Azure,
+            s,
+            !settings.ambient(),
+            "tenant_id, client_id and client_secret",
+        )?;
+        Ok(settings)
+    }
+
+    /// What a mount and a seal ([`kms`]) share: `vault_url`, the
+    /// credentials, `authority_host` and `ca_cert`, checked without IO.
+    /// Neither refuses unknown keys nor ambient credentials on a custom
+    /// endpoint: each caller decides.
+    pub(crate) fn parse_connection(s: &BTreeMap<String, String>) -> Result<Settings> {
         let get = |k: &str| s.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let vault_url = get("vault_url").ok_or_else(|| {
             Error::InvalidArgument("vault_url is required, such as https://my-vault.vault.azure.net".into())
@@ -193,17 +213,17 @@ impl Settings {
                 return Err(Error::InvalidArgument("tenant_id was given without client_id and client_secret".into()));
             }
         };
-        keybridge_provider_api::endpoints::refuse_ambient(
-            keybridge_provider_api::Cloud::Azure,
-            s,
-            matches!(credentials, Credentials::ClientSecret { .. }),
-            "tenant_id, client_id and client_secret",
-        )?;
         Ok(Settings { vault_url, authority_host, ca_cert: get("ca_cert"), credentials })
     }
 
+    /// Whether the credentials are the gateway host's own (managed,
+    /// workload or developer identity) rather than given with the settings.
+    pub(crate) fn ambient(&self) -> bool {
+        !matches!(self.credentials, Credentials::ClientSecret { .. })
+    }
+
     /// Whether the vault is one of Azure's, whose challenges must name it.
-    fn azure_host(&self) -> bool {
+    pub(crate) fn azure_host(&self) -> bool {
         let host = Url::parse(&self.vault_url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
         [".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net", ".managedhsm.azure.net"]
             .iter()
@@ -240,49 +260,66 @@ pub struct AzureStore {
     meter: std::sync::OnceLock<Meter>,
 }
 
-fn setup(what: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn setup(what: &str, e: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("{PROVIDER}: cannot set up the {what}: {e}"))
+}
+
+/// What an SDK client of the vault needs: the client options (our
+/// transport, which trusts `ca_cert`; no SDK retries; the Entra ID cloud of
+/// `authority_host`) and the credential.
+pub(crate) struct Connection {
+    pub options: ClientOptions,
+    pub credential: Arc<dyn TokenCredential>,
+}
+
+/// Builds the transport and the credential of `settings`, for the secrets
+/// client of a mount and the keys client of a seal. Reads the `ca_cert`
+/// file if given; makes no call to Azure.
+pub(crate) fn connect(settings: &Settings) -> Result<Connection> {
+    let ca = match &settings.ca_cert {
+        Some(path) => Some(read_ca(path)?),
+        None => None,
+    };
+    let http = transport::client(ca.as_deref()).map_err(|e| setup("HTTPS client", e))?;
+    let mut options = ClientOptions {
+        transport: Some(Transport::new(Arc::new(transport::ReqwestTransport(http)))),
+        retry: RetryOptions::none(),
+        ..Default::default()
+    };
+    if let Some(a) = &settings.authority_host {
+        let mut custom = azure_core::cloud::CustomConfiguration::default();
+        custom.authority_host = a.clone();
+        options.cloud = Some(Arc::new(custom.into()));
+    }
+    let credential: Arc<dyn TokenCredential> = match &settings.credentials {
+        Credentials::ClientSecret { tenant_id, client_id, secret } => azure_identity::ClientSecretCredential::new(
+            tenant_id,
+            client_id.clone(),
+            azure_core::credentials::Secret::new(secret.to_string()),
+            Some(azure_identity::ClientSecretCredentialOptions { client_options: options.clone() }),
+        )
+        .map_err(|e| setup("client secret credential", e))?,
+        Credentials::ManagedIdentity { client_id } => {
+            azure_identity::ManagedIdentityCredential::new(Some(azure_identity::ManagedIdentityCredentialOptions {
+                user_assigned_id: client_id.clone().map(azure_identity::UserAssignedId::ClientId),
+                client_options: options.clone(),
+            }))
+            .map_err(|e| setup("managed identity credential", e))?
+        }
+        Credentials::WorkloadIdentity => azure_identity::WorkloadIdentityCredential::new(None)
+            .map_err(|e| setup("workload identity credential", e))?,
+        Credentials::DeveloperTools => {
+            azure_identity::DeveloperToolsCredential::new(None).map_err(|e| setup("developer tools credential", e))?
+        }
+    };
+    Ok(Connection { options, credential })
 }
 
 impl AzureStore {
     /// Builds the credential and the SDK client (once per mount). Reads the
     /// `ca_cert` file if given; makes no call to Azure.
     pub fn new(settings: &Settings) -> Result<AzureStore> {
-        let ca = match &settings.ca_cert {
-            Some(path) => Some(read_ca(path)?),
-            None => None,
-        };
-        let http = transport::client(ca.as_deref()).map_err(|e| setup("HTTPS client", e))?;
-        let mut options = ClientOptions {
-            transport: Some(Transport::new(Arc::new(transport::ReqwestTransport(http)))),
-            retry: RetryOptions::none(),
-            ..Default::default()
-        };
-        if let Some(a) = &settings.authority_host {
-            let mut custom = azure_core::cloud::CustomConfiguration::default();
-            custom.authority_host = a.clone();
-            options.cloud = Some(Arc::new(custom.into()));
-        }
-        let credential: Arc<dyn TokenCredential> = match &settings.credentials {
-            Credentials::ClientSecret { tenant_id, client_id, secret } => azure_identity::ClientSecretCredential::new(
-                tenant_id,
-                client_id.clone(),
-                azure_core::credentials::Secret::new(secret.to_string()),
-                Some(azure_identity::ClientSecretCredentialOptions { client_options: options.clone() }),
-            )
-            .map_err(|e| setup("client secret credential", e))?,
-            Credentials::ManagedIdentity { client_id } => {
-                azure_identity::ManagedIdentityCredential::new(Some(azure_identity::ManagedIdentityCredentialOptions {
-                    user_assigned_id: client_id.clone().map(azure_identity::UserAssignedId::ClientId),
-                    client_options: options.clone(),
-                }))
-                .map_err(|e| setup("managed identity credential", e))?
-            }
-            Credentials::WorkloadIdentity => azure_identity::WorkloadIdentityCredential::new(None)
-                .map_err(|e| setup("workload identity credential", e))?,
-            Credentials::DeveloperTools => azure_identity::DeveloperToolsCredential::new(None)
-                .map_err(|e| setup("developer tools credential", e))?,
-        };
+        let Connection { options, credential } = connect(settings)?;
         let client = SecretClient::new(
             &settings.vault_url,
             credential,
@@ -314,7 +351,7 @@ fn status(e: &azure_core::Error) -> Option<u16> {
 
 /// Key Vault's more specific `error.innererror.code` (`ObjectIsBeingDeleted`,
 /// `SecretDisabled`, ...), when the answer has one.
-fn inner_code(e: &azure_core::Error) -> Option<String> {
+pub(crate) fn inner_code(e: &azure_core::Error) -> Option<String> {
     let azure_core::error::ErrorKind::HttpResponse { raw_response: Some(raw), .. } = e.kind() else {
         return None;
     };

@@ -22,6 +22,11 @@
 //! - GCP deletes a secret for good: there is no recoverable deletion and no
 //!   restore; those answer `Unsupported`. Check-and-set reads the latest
 //!   version first: GCP has no conditional `AddSecretVersion`.
+//!
+//! [`kms`] is the `gcpckms` seal (auto-unseal with Cloud KMS); it builds its
+//! client and maps errors with the same code.
+
+pub mod kms;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -64,33 +69,9 @@ impl Settings {
     /// Validates `key=value` settings without IO.
     pub fn parse(s: &BTreeMap<String, String>) -> Result<Settings> {
         keybridge_provider_api::settings::only(s, "gcp", KEYS)?;
-        let project = s.get("project").map(|p| p.trim().to_string()).unwrap_or_default();
-        let valid = (6..=30).contains(&project.len())
-            && project.starts_with(|c: char| c.is_ascii_lowercase())
-            && project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !valid {
-            return Err(Error::InvalidArgument(format!(
-                "project must be a GCP project id (6 to 30 of a-z, 0-9 and -, starting with a letter), not {project:?}"
-            )));
-        }
+        let project = project(s)?;
         let endpoint = keybridge_provider_api::settings::url(s, "endpoint")?;
-        let credentials = match s.get("credentials").map(|c| c.trim()) {
-            None | Some("") | Some("default") => Credentials::Default,
-            Some("anonymous") => Credentials::Anonymous,
-            Some(p) if p.starts_with('/') => Credentials::KeyFile(PathBuf::from(p)),
-            Some(o) => {
-                // Never echo what may be a key pasted in place of its path.
-                let shown = if o.len() <= 100 && !o.contains(['{', '\n']) && !o.contains("PRIVATE") {
-                    format!("{o:?}")
-                } else {
-                    format!("a value of {} characters (a key goes in a file; give its path)", o.len())
-                };
-                return Err(Error::InvalidArgument(format!(
-                    "credentials must be default (Application Default Credentials), anonymous, or the absolute path \
-                     of a service-account JSON key file, not {shown}"
-                )));
-            }
-        };
+        let credentials = credentials(s)?;
         // Application Default Credentials are the gateway's and go only to
         // Google; anonymous or a key file are given with the mount.
         keybridge_provider_api::endpoints::refuse_ambient(
@@ -110,19 +91,56 @@ impl Settings {
     }
 }
 
+/// The `project` setting: a GCP project id.
+pub(crate) fn project(s: &BTreeMap<String, String>) -> Result<String> {
+    let project = s.get("project").map(|p| p.trim().to_string()).unwrap_or_default();
+    let valid = (6..=30).contains(&project.len())
+        && project.starts_with(|c: char| c.is_ascii_lowercase())
+        && project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        return Err(Error::InvalidArgument(format!(
+            "project must be a GCP project id (6 to 30 of a-z, 0-9 and -, starting with a letter), not {project:?}"
+        )));
+    }
+    Ok(project)
+}
+
+/// The `credentials` setting: `default` (or none), `anonymous`, or the
+/// absolute path of a service-account JSON key file.
+pub(crate) fn credentials(s: &BTreeMap<String, String>) -> Result<Credentials> {
+    Ok(match s.get("credentials").map(|c| c.trim()) {
+        None | Some("") | Some("default") => Credentials::Default,
+        Some("anonymous") => Credentials::Anonymous,
+        Some(p) if p.starts_with('/') => Credentials::KeyFile(PathBuf::from(p)),
+        Some(o) => {
+            // Never echo what may be a key pasted in place of its path.
+            let shown = if o.len() <= 100 && !o.contains(['{', '\n']) && !o.contains("PRIVATE") {
+                format!("{o:?}")
+            } else {
+                format!("a value of {} characters (a key goes in a file; give its path)", o.len())
+            };
+            return Err(Error::InvalidArgument(format!(
+                "credentials must be default (Application Default Credentials), anonymous, or the absolute path \
+                 of a service-account JSON key file, not {shown}"
+            )));
+        }
+    })
+}
+
 /// The largest key file read: a service-account key is about 2.3 KB.
 const MAX_KEY_BYTES: u64 = 64 * 1024;
 
-fn key_error(path: &Path, what: &str) -> Error {
-    Error::InvalidArgument(format!("{PROVIDER}: the credentials key file {}: {what}", path.display()))
+fn key_error(service: &str, path: &Path, what: &str) -> Error {
+    Error::InvalidArgument(format!("{service}: the credentials key file {}: {what}", path.display()))
 }
 
 /// Reads a service-account JSON key file and checks it as far as it can
 /// without a call: a regular file of at most [`MAX_KEY_BYTES`], JSON of
 /// `type` `service_account` with `client_email`, `private_key_id`,
 /// `project_id` and a PKCS#8 RSA `private_key`. No error quotes the file.
-fn read_key(path: &Path) -> Result<serde_json::Value> {
+fn read_key(service: &str, path: &Path) -> Result<serde_json::Value> {
     use std::io::Read;
+    let key_error = |path: &Path, what: &str| key_error(service, path, what);
     let meta = std::fs::metadata(path).map_err(|e| key_error(path, &e.kind().to_string()))?;
     if !meta.is_file() || meta.len() > MAX_KEY_BYTES {
         return Err(key_error(path, &format!("not a regular file of at most {MAX_KEY_BYTES} bytes")));
@@ -173,28 +191,50 @@ pub struct GcpStore {
     project: String,
 }
 
+/// A Google API the adapters call, as error messages name it.
+pub(crate) struct Service {
+    /// `GCP Secret Manager`, `GCP Cloud KMS`.
+    pub name: &'static str,
+    /// What to do about `PERMISSION_DENIED`.
+    pub permission_hint: &'static str,
+    /// What the settings belong to: `mount`, `seal`.
+    pub holder: &'static str,
+}
+
+const SECRET_MANAGER: Service = Service {
+    name: PROVIDER,
+    holder: "mount",
+    permission_hint: "give the mount's service account a Secret Manager role (roles/secretmanager.admin) on the project",
+};
+
+/// Maps a Secret Manager client error; see [`map_error`].
+fn map(e: google_cloud_gax::error::Error, op: &str, name: &str) -> Error {
+    map_error(&SECRET_MANAGER, e, op, name)
+}
+
 /// Maps a client error by its gRPC/HTTP status to one line with a hint; the
 /// whole error is logged at debug level only.
-fn map(e: google_cloud_gax::error::Error, op: &str, name: &str) -> Error {
+pub(crate) fn map_error(service: &Service, e: google_cloud_gax::error::Error, op: &str, name: &str) -> Error {
     use google_cloud_gax::error::rpc::Code;
+    let provider = service.name;
     // The API operation and the name: `GetSecret app-db`.
     let what = &format!("{op} {name}");
     use keybridge_provider_api::messages::{one_line, root_cause};
     tracing::debug!(operation = what, error = ?e, "GCP call failed");
     if let Some(st) = e.status() {
         let code = format!("{:?}", st.code);
-        let m = |hint: &str| one_line(PROVIDER, what, &code, &st.message, hint);
+        let m = |hint: &str| one_line(provider, what, &code, &st.message, hint);
         return match st.code {
-            Code::NotFound => Error::NotFound(format!("{name}: not found in {PROVIDER}")),
+            Code::NotFound => Error::NotFound(format!("{name}: not found in {provider}")),
             Code::AlreadyExists => Error::AlreadyExists(m("")),
             Code::FailedPrecondition | Code::Aborted => Error::Conflict(m("")),
             Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(m("")),
-            Code::PermissionDenied => Error::PermissionDenied(m(
-                "give the mount's service account a Secret Manager role (roles/secretmanager.admin) on the project",
-            )),
-            Code::Unauthenticated => Error::Unauthenticated(m(
-                "check the mount's credentials (the service-account key file, or the gateway's Application Default Credentials)",
-            )),
+            Code::PermissionDenied => Error::PermissionDenied(m(service.permission_hint)),
+            Code::Unauthenticated => Error::Unauthenticated(m(&format!(
+                "check the {}'s credentials (the service-account key file, or the gateway's Application Default \
+                 Credentials)",
+                service.holder
+            ))),
             Code::ResourceExhausted => Error::Throttled(m("")),
             Code::Unavailable | Code::DeadlineExceeded | Code::Internal => Error::Unavailable(m("")),
             _ => Error::Failed(m("")),
@@ -202,26 +242,30 @@ fn map(e: google_cloud_gax::error::Error, op: &str, name: &str) -> Error {
     }
     if e.is_authentication() {
         return Error::Unauthenticated(one_line(
-            PROVIDER,
+            provider,
             what,
             "NoCredentials",
             &format!("cannot get credentials: {}", root_cause(&e)),
-            "set credentials=<service-account key file> on the mount, or run where Application Default Credentials are found",
+            &format!(
+                "set credentials=<service-account key file> on the {}, or run where Application Default Credentials \
+                 are found",
+                service.holder
+            ),
         ));
     }
     if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() || e.is_exhausted() {
         return Error::Unavailable(one_line(
-            &format!("{PROVIDER} cannot be reached"),
+            &format!("{provider} cannot be reached"),
             what,
             "",
             &root_cause(&e),
-            "check endpoint_url and the network",
+            "check the endpoint setting and the network",
         ));
     }
     let code = e.http_status_code().map(|c| format!("HTTP {c}")).unwrap_or_default();
-    let m = one_line(PROVIDER, what, &code, &root_cause(&e), "");
+    let m = one_line(provider, what, &code, &root_cause(&e), "");
     match e.http_status_code() {
-        Some(404) => Error::NotFound(format!("{name}: not found in {PROVIDER}")),
+        Some(404) => Error::NotFound(format!("{name}: not found in {provider}")),
         Some(429) => Error::Throttled(m),
         Some(c) if c >= 500 => Error::Unavailable(m),
         _ => Error::Failed(m),
@@ -272,40 +316,70 @@ fn last_segment(name: &str) -> String {
     name.rsplit('/').next().unwrap_or_default().to_string()
 }
 
+/// A client builder of the google-cloud-rust family (every service's
+/// `ClientBuilder` is this type with its own factory).
+pub(crate) type Builder<F> =
+    google_cloud_gax::client_builder::ClientBuilder<F, google_cloud_auth::credentials::Credentials>;
+
+/// Sets up a client builder the way every GCP client here is built: the
+/// ring rustls provider, a few quick retries of what AIP-194 says is safe
+/// to retry, the `endpoint` override, and the credentials. `custom_endpoint`
+/// is the endpoint when it is not one of Google's own hosts for the service:
+/// a key file then signs tokens with that endpoint as their audience. No
+/// call is made; a key file is read and checked.
+pub(crate) fn configure<F>(
+    service: &Service,
+    mut b: Builder<F>,
+    endpoint: Option<&str>,
+    custom_endpoint: Option<&str>,
+    credentials: &Credentials,
+) -> Result<Builder<F>> {
+    // The SDK's HTTPS client takes the process's rustls provider; make
+    // it ring (as the rest of the gateway) unless one is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt};
+    // A few quick retries of what AIP-194 says is safe to retry; longer
+    // waits are the caller's (the mount's rate limiter, the seal's unseal
+    // loop) to decide.
+    b = b.with_retry_policy(Aip194Strict.with_attempt_limit(3));
+    if let Some(e) = endpoint {
+        b = b.with_endpoint(e);
+    }
+    match credentials {
+        Credentials::Default => {}
+        Credentials::Anonymous => {
+            b = b.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+        }
+        Credentials::KeyFile(path) => {
+            use google_cloud_auth::credentials::service_account;
+            let mut k = service_account::Builder::new(read_key(service.name, path)?);
+            // A token for another host names that host: Google would
+            // not take it.
+            if let Some(e) = custom_endpoint {
+                k = k.with_access_specifier(service_account::AccessSpecifier::from_audience(format!(
+                    "{}/",
+                    e.trim_end_matches('/')
+                )));
+            }
+            // The builder's error may quote the key: say only which file.
+            let creds = k
+                .build()
+                .map_err(|_| key_error(service.name, path, "the Google auth library does not take it as a key"))?;
+            b = b.with_credentials(creds);
+        }
+    }
+    Ok(b)
+}
+
 impl GcpStore {
     pub async fn new(settings: &Settings) -> Result<GcpStore> {
-        // The SDK's HTTPS client takes the process's rustls provider; make
-        // it ring (as the rest of the gateway) unless one is installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt};
-        // A few quick retries of what AIP-194 says is safe to retry; longer
-        // waits are the caller's (the mount's rate limiter) to decide.
-        let mut b = SecretManagerService::builder().with_retry_policy(Aip194Strict.with_attempt_limit(3));
-        if let Some(e) = &settings.endpoint {
-            b = b.with_endpoint(e.clone());
-        }
-        match &settings.credentials {
-            Credentials::Default => {}
-            Credentials::Anonymous => {
-                b = b.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
-            }
-            Credentials::KeyFile(path) => {
-                use google_cloud_auth::credentials::service_account;
-                let mut k = service_account::Builder::new(read_key(path)?);
-                // A token for another host names that host: Google would
-                // not take it.
-                if let Some(e) = settings.custom_endpoint() {
-                    k = k.with_access_specifier(service_account::AccessSpecifier::from_audience(format!(
-                        "{}/",
-                        e.trim_end_matches('/')
-                    )));
-                }
-                // The builder's error may quote the key: say only which file.
-                let creds =
-                    k.build().map_err(|_| key_error(path, "the Google auth library does not take it as a key"))?;
-                b = b.with_credentials(creds);
-            }
-        }
+        let b = configure(
+            &SECRET_MANAGER,
+            SecretManagerService::builder(),
+            settings.endpoint.as_deref(),
+            settings.custom_endpoint(),
+            &settings.credentials,
+        )?;
         let client = b
             .build()
             .await

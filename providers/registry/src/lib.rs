@@ -79,6 +79,10 @@ pub mod seals {
         match kind {
             #[cfg(feature = "aws")]
             "awskms" => keybridge_provider_aws::kms::KmsSettings::parse(settings).map(|_| ()),
+            #[cfg(feature = "gcp")]
+            "gcpckms" => keybridge_provider_gcp::kms::GcpKms::parse(settings).map(|_| ()),
+            #[cfg(feature = "azure")]
+            "azurekeyvault" => keybridge_provider_azure::kms::SealConfig::parse(settings).map(|_| ()),
             other => Err(unbuilt_seal(other)),
         }
     }
@@ -91,6 +95,13 @@ pub mod seals {
             "awskms" => {
                 let s = keybridge_provider_aws::kms::KmsSettings::parse(settings)?;
                 Ok(Arc::new(keybridge_provider_aws::kms::AwsKms::new(&s).await))
+            }
+            #[cfg(feature = "azure")]
+            "azurekeyvault" => Ok(Arc::new(keybridge_provider_azure::kms::AzureKeyVaultSeal::from_settings(settings)?)),
+            #[cfg(feature = "gcp")]
+            "gcpckms" => {
+                let s = keybridge_provider_gcp::kms::GcpKms::parse(settings)?;
+                Ok(Arc::new(keybridge_provider_gcp::kms::GcpKms::new(&s).await?))
             }
             other => Err(unbuilt_seal(other)),
         }

@@ -1,11 +1,15 @@
 //! Test servers and fixtures for Keybridge's tests.
 //!
+//! - [`cloudkms`]: a GCP Cloud KMS v1 REST server (key rings, symmetric
+//!   keys and their versions, encrypt and decrypt with CRC32C checks), for
+//!   the `gcpckms` seal.
 //! - [`gateway`]: a Keybridge dev gateway as a child process, for the
 //!   client crate's tests and documentation examples.
 //! - [`issuer`]: a JWT issuer with a real ES256 key pair (PEM and JWKS), as
 //!   a Kubernetes cluster's service-account issuer or a CI system's OIDC
 //!   provider signs tokens.
-//! - [`keyvault`]: an Azure Key Vault (secrets API) and Entra ID token
+//! - [`keyvault`]: an Azure Key Vault (secrets and keys APIs: RSA keys,
+//!   wrapKey and unwrapKey) and Entra ID token
 //!   endpoint over HTTPS with a test CA, following the REST contracts.
 //! - [`kubernetes`]: a server that follows the Kubernetes TokenReview
 //!   contract (`POST /apis/authentication.k8s.io/v1/tokenreviews`) and the
@@ -26,6 +30,7 @@
 //!   binaries (password and TLS), for the PostgreSQL store's tests.
 //! - [`tls`]: a throwaway CA and a loopback server certificate.
 
+pub mod cloudkms;
 pub mod gateway;
 pub mod issuer;
 pub mod keyvault;
