@@ -62,6 +62,18 @@ fi
 export KEYBRIDGE_PG_BINDIR="$(pg_bindir)"
 echo "==> PostgreSQL: $("$KEYBRIDGE_PG_BINDIR/postgres" --version)"
 
+# The metrics tests run a real Prometheus that scrapes a node, and check
+# the exposition with promtool (Debian's prometheus, installed if missing;
+# the tests start their own, so the package's service is not needed).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo "==> installing Debian's prometheus (a real scraper and promtool for the metrics tests)"
+  as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
+  $as_root apt-get update -qq
+  $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+export KEYBRIDGE_PROMETHEUS="$(command -v prometheus)" KEYBRIDGE_PROMTOOL="$(command -v promtool)"
+echo "==> $("$KEYBRIDGE_PROMETHEUS" --version 2>&1 | head -1)"
+
 # The WASM engines' tests run real components: the example plugins and the
 # hostile one, built here for wasm32-wasip2.
 echo "==> building the WASM plugins (wasm32-wasip2)"

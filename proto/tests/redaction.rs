@@ -18,12 +18,17 @@ fn debug_output_holds_no_secret_material() {
             pb::InitResponse {
                 unseal_keys_b64: vec!["hunter2-xyz".into()],
                 unseal_threshold: 1,
-                root_token: "hunter2-xyz".into()
+                root_token: "hunter2-xyz".into(),
+                recovery_keys_b64: vec!["hunter2-xyz".into()],
+                recovery_threshold: 1,
             }
         ),
         format!("{:?}", pb::UnsealRequest { key: "hunter2-xyz".into(), reset: false, migrate: false }),
         format!("{:?}", pb::RekeyRequest { keys: vec!["hunter2-xyz".into()], key_shares: 1, key_threshold: 1 }),
-        format!("{:?}", pb::RekeyResponse { unseal_keys_b64: vec!["hunter2-xyz".into()], unseal_threshold: 1 }),
+        format!(
+            "{:?}",
+            pb::RekeyResponse { unseal_keys_b64: vec!["hunter2-xyz".into()], unseal_threshold: 1, recovery: true }
+        ),
         format!("{:?}", pb::SnapshotChunk { data: b"hunter2-xyz".to_vec(), force: false }),
         format!(
             "{:?}",

@@ -117,6 +117,13 @@ impl Broker {
         self.current().is_empty()
     }
 
+    /// Each device's path with the records it wrote and failed to write
+    /// since it started on this node.
+    pub fn tallies(&self) -> Vec<(String, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.current().iter().map(|d| (d.entry.path.clone(), d.written.load(Relaxed), d.failed.load(Relaxed))).collect()
+    }
+
     /// Records one event on every device. Fails when devices that count
     /// toward fail-closed are enabled and none accepted the record.
     pub async fn log(
@@ -151,6 +158,7 @@ impl Broker {
                     Turn::Write => Leading::new(out).write().await,
                     Turn::Wait(rx) => Waiting { rx, output: out }.outcome().await,
                 };
+                d.tally(r.is_ok());
                 match r {
                     Ok(()) => ok |= d.entry.counts(),
                     Err(e) if d.entry.counts() => errors.push(format!("{}: {e}", d.entry.path)),
@@ -166,7 +174,7 @@ impl Broker {
                     waits.push((d, rx));
                 }
             } else {
-                let _ = d.tx.send(Msg::Record(body, None));
+                d.tally(d.tx.send(Msg::Record(body, None)).is_ok());
             }
         }
         let counting = devices.iter().filter(|d| d.entry.counts()).count();
@@ -174,7 +182,9 @@ impl Broker {
             return Ok(());
         }
         for (d, rx) in waits {
-            match rx.await {
+            let r = rx.await;
+            d.tally(matches!(r, Ok(Ok(()))));
+            match r {
                 Ok(Ok(())) => ok = true,
                 Ok(Err(e)) => errors.push(format!("{}: {e}", d.entry.path)),
                 Err(_) => errors.push(format!("{}: its writer stopped", d.entry.path)),
@@ -417,6 +427,8 @@ impl Broker {
             tx,
             stream,
             thread: Mutex::new(Some(thread)),
+            written: Default::default(),
+            failed: Default::default(),
         }))
     }
 
@@ -450,6 +462,8 @@ impl Broker {
             tx,
             stream: None,
             thread: Mutex::new(Some(thread)),
+            written: Default::default(),
+            failed: Default::default(),
         })
     }
 }

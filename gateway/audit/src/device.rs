@@ -81,9 +81,18 @@ pub(super) struct Device {
     pub(super) tx: mpsc::Sender<Msg>,
     pub(super) stream: Option<broadcast::Sender<Arc<str>>>,
     pub(super) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Records written and records that failed, since the device started
+    /// on this node (metrics).
+    pub(super) written: std::sync::atomic::AtomicU64,
+    pub(super) failed: std::sync::atomic::AtomicU64,
 }
 
 impl Device {
+    pub(super) fn tally(&self, ok: bool) {
+        let c = if ok { &self.written } else { &self.failed };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(super) async fn send_and_wait(&self, make: impl FnOnce(oneshot::Sender<()>) -> Msg) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(make(tx)).is_ok() {

@@ -366,15 +366,31 @@ impl Core {
             st.acl_path = Some(format!("auth/{norm}login"));
         }
         let result = self.check_login(&loaded, &norm, role, credential).await;
+        // The label names an enabled method's mount, never a path a caller
+        // made up (each would be a new series).
+        let method = {
+            let st = loaded.auth.read().unwrap_or_else(|p| p.into_inner());
+            match self.auth_mount_in(&st.table, &norm) {
+                Ok(m) => format!("auth/{}", m.path),
+                Err(_) => "unknown_mount".to_string(),
+            }
+        };
         let (mount, grant, table_stamp) = match result {
             Ok(v) => v,
             Err(Error::LoginRefused(reason)) => {
+                let class = if reason.starts_with("role ") && reason.contains(" does not exist at auth/") {
+                    "unknown_role"
+                } else {
+                    "refused"
+                };
+                self.metrics.auth_failure(&method, class);
                 caller.set_reason(reason);
                 let e = Error::LoginRefused(String::new());
                 self.audit_request(caller, Some(&e)).await;
                 return Err(e);
             }
             Err(e) => {
+                self.metrics.auth_failure(&method, &e.code().to_ascii_lowercase());
                 self.audit_request(caller, Some(&e)).await;
                 return Err(e);
             }

@@ -77,6 +77,11 @@ impl Core {
     }
 }
 
+/// An auth failure's reason for the metrics: no token, or one not honoured.
+fn token_failure(caller: &Caller) -> &'static str {
+    if caller.bearer().is_none_or(|t| t.is_empty()) { "missing_token" } else { "invalid_token" }
+}
+
 pub struct InitResult {
     /// Unseal keys, or with an auto seal (`recovery`) recovery keys.
     pub keys: Vec<Zeroizing<String>>,
@@ -195,6 +200,8 @@ pub struct Core {
     pub(crate) remote_changes: std::sync::atomic::AtomicU64,
     /// Sealed by request: the auto seal does not unseal until asked.
     auto_unseal_held: std::sync::atomic::AtomicBool,
+    /// The node's Prometheus series.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Mounts seen half-removed, by id, and since when.
     pub(crate) pending_purges: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// The runtime the core was built on, which lives as long as the
@@ -277,7 +284,7 @@ impl Core {
     pub fn new(barrier: Barrier, config: CoreConfig) -> Self {
         let barrier = Arc::new(barrier);
         Core {
-            leases: crate::leases::LeaseManager::new(barrier.clone(), WRITE_LOCK_STRIPES),
+            leases: crate::leases::LeaseManager::new(barrier.clone(), WRITE_LOCK_STRIPES, config.node.id.clone()),
             sync: keybridge_reconciler::Reconciler::new(barrier.clone(), config.rotation_verify.clone()),
             barrier,
             config,
@@ -289,6 +296,7 @@ impl Core {
             pending_purges: Default::default(),
             remote_changes: Default::default(),
             auto_unseal_held: Default::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             runtime: tokio::runtime::Handle::try_current().ok(),
             #[cfg(test)]
             load_holds: Default::default(),
@@ -564,8 +572,11 @@ impl Core {
         match self.identify(caller.bearer()).await {
             Ok(id) => Ok(id),
             Err(e) => {
-                if matches!(e, Error::Unauthenticated) && caller.state().reason.is_none() {
-                    caller.set_reason("missing, unknown, expired or revoked token");
+                if matches!(e, Error::Unauthenticated) {
+                    self.metrics.auth_failure("token", token_failure(caller));
+                    if caller.state().reason.is_none() {
+                        caller.set_reason("missing, unknown, expired or revoked token");
+                    }
                 }
                 self.audit_request(caller, Some(&e)).await;
                 Err(e)
@@ -593,6 +604,7 @@ impl Core {
         }
         .await;
         if let Err(e @ Error::Unauthenticated) = &r {
+            self.metrics.auth_failure("token", token_failure(caller));
             if caller.state().reason.is_none() {
                 caller.set_reason("missing, unknown, expired or revoked token");
             }
@@ -992,7 +1004,7 @@ impl Core {
             return Ok(None);
         }
         let providers = self.providers(kind)?;
-        Ok(Some(CloudMount::open(providers.as_ref(), kind, config, check).await?))
+        Ok(Some(CloudMount::open(providers.as_ref(), kind, config, check, self.metrics.clone()).await?))
     }
 
     /// The loaded client of a cloud mount, built on first use.

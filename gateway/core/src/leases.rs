@@ -10,6 +10,12 @@
 //! lease is held in memory: a million leases cost nothing at unseal, and
 //! lists page through the store. Lease ids are `<mount path><request
 //! path>/<32 hex>`, so a prefix of a path is a prefix of its leases' ids.
+//!
+//! Counts by mount (for the metrics) live in rows of each node's own,
+//! `core/lease-counts/<node>/<stripe>` (a map from mount id to a signed
+//! count), changed in the same commit as the lease: a node counts the
+//! leases it creates and deletes, so no row is shared by nodes, and the
+//! sum over every row is the count.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +40,12 @@ const LEASE_DUE: &str = "core/lease-due/";
 /// Present once every lease has its due-index entry (stores written before
 /// the index existed get theirs at their first unseal).
 const DUE_INDEXED: &str = "core/lease-due-indexed";
+/// Per-node count rows: `<node>/<stripe>`.
+const LEASE_COUNTS: &str = "core/lease-counts/";
+/// Present once the leases written before the counts existed are counted.
+const COUNTS_INITIALIZED: &str = "core/lease-counts-initialized";
+/// Rows per node: lease writes on one node serialise per row.
+const COUNT_STRIPES: usize = 8;
 /// Due leases one expiry pass takes from the front of the index.
 const PASS_MAX: usize = 1024;
 /// Revocations an expiry pass runs at once against one mount's engine.
@@ -48,9 +60,28 @@ const MAX_BACKOFF: u64 = 600;
 pub const LIST_PAGE_DEFAULT: usize = 1000;
 pub const LIST_PAGE_MAX: usize = 10_000;
 
+/// A record of lease `id` on no mount, for tests.
+#[cfg(test)]
+pub(crate) fn tests_record(id: &str) -> LeaseRecord {
+    LeaseRecord {
+        id: id.into(),
+        mount_id: "m".into(),
+        mount_path: "creds/".into(),
+        path: "creds/app".into(),
+        issued: at(0),
+        expires: at(0),
+        max_expires: at(0),
+        renewable: false,
+        attempts: 0,
+        last_error: None,
+        retry_at: None,
+        pinned: false,
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LeaseRecord {
+pub(crate) struct LeaseRecord {
     id: String,
     mount_id: String,
     mount_path: String,
@@ -150,10 +181,18 @@ pub(crate) struct LeaseManager {
     /// Test hook: recording a lease fails, as on a full disk.
     #[cfg(test)]
     pub(crate) fail_record: std::sync::atomic::AtomicBool,
+    /// This node's count rows as last written (read at first use): only
+    /// this node writes them, under the stripe's lock.
+    counts: Vec<tokio::sync::Mutex<Option<BTreeMap<String, i64>>>>,
+    node: String,
+}
+
+fn count_key(node: &str, stripe: usize) -> String {
+    format!("{LEASE_COUNTS}{node}/{stripe}")
 }
 
 impl LeaseManager {
-    pub(crate) fn new(barrier: Arc<Barrier>, stripes: usize) -> Self {
+    pub(crate) fn new(barrier: Arc<Barrier>, stripes: usize, node: String) -> Self {
         LeaseManager {
             barrier,
             locks: Stripes::new(stripes),
@@ -161,7 +200,90 @@ impl LeaseManager {
             revoked: Default::default(),
             #[cfg(test)]
             fail_record: Default::default(),
+            counts: (0..COUNT_STRIPES).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            node,
         }
+    }
+
+    /// Commits `b` with `delta` added to `mount_id`'s count in one of this
+    /// node's rows (chosen by the lease id), in the same commit.
+    async fn commit_counted(&self, mut b: WriteBatch, lease_id: &str, mount_id: &str, delta: i64) -> Result<()> {
+        let stripe = lease_id.bytes().fold(0usize, |h, c| h.wrapping_mul(31).wrapping_add(c as usize)) % COUNT_STRIPES;
+        let key = count_key(&self.node, stripe);
+        let mut row = self.counts[stripe].lock().await;
+        let mut next = match row.as_ref() {
+            Some(m) => m.clone(),
+            None => self.read_counts(&key).await?,
+        };
+        let c = next.entry(mount_id.to_string()).or_insert(0);
+        *c = c.saturating_add(delta);
+        if *c == 0 {
+            next.remove(mount_id);
+        }
+        b.put(key, encode_json(&next));
+        self.barrier.commit(b).await?;
+        *row = Some(next);
+        Ok(())
+    }
+
+    async fn read_counts(&self, key: &str) -> Result<BTreeMap<String, i64>> {
+        match self.barrier.get(key).await? {
+            None => Ok(BTreeMap::new()),
+            Some(raw) => {
+                serde_json::from_slice(&raw).map_err(|e| Error::Corrupt { key: key.into(), reason: e.to_string() })
+            }
+        }
+    }
+
+    /// [`LeaseManager::delete`], for tests.
+    #[cfg(test)]
+    pub(crate) async fn delete_for_test(&self, r: &LeaseRecord) -> Result<()> {
+        self.delete(r).await
+    }
+
+    /// Leases by mount id: the sum of every node's rows.
+    pub(crate) async fn counts(&self) -> Result<BTreeMap<String, i64>> {
+        let mut total: BTreeMap<String, i64> = BTreeMap::new();
+        for key in self.barrier.list_all(LEASE_COUNTS, 100_000).await? {
+            for (mount, n) in self.read_counts(&key).await? {
+                let t = total.entry(mount).or_insert(0);
+                *t = t.saturating_add(n);
+            }
+        }
+        total.retain(|_, n| *n != 0);
+        Ok(total)
+    }
+
+    /// Counts the leases a store held before counts were kept (once).
+    async fn initialize_counts(&self) -> Result<()> {
+        if self.barrier.get(COUNTS_INITIALIZED).await?.is_some() {
+            return Ok(());
+        }
+        let mut by_mount: BTreeMap<String, i64> = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let ids = self.ids_page("", after.as_deref(), ID_PAGE).await?;
+            for id in &ids {
+                if let Some(r) = self.record(id).await? {
+                    *by_mount.entry(r.mount_id).or_insert(0) += 1;
+                }
+            }
+            match ids.last() {
+                Some(last) if ids.len() == ID_PAGE => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        let mut row = self.counts[0].lock().await;
+        let key = count_key(&self.node, 0);
+        let mut next = self.read_counts(&key).await?;
+        for (m, n) in by_mount {
+            *next.entry(m).or_insert(0) += n;
+        }
+        let mut b = WriteBatch::new();
+        b.put(key, encode_json(&next)).put(COUNTS_INITIALIZED, Zeroizing::new(b"1".to_vec()));
+        self.barrier.commit(b).await?;
+        *row = Some(next);
+        Ok(())
     }
 
     /// At unseal: gives every lease of a store written before the due index
@@ -193,6 +315,12 @@ impl LeaseManager {
             let mut b = WriteBatch::new();
             b.put(DUE_INDEXED, Zeroizing::new(b"1".to_vec()));
             self.barrier.commit(b).await?;
+        }
+        self.initialize_counts().await?;
+        // Another node may have written this node's rows under the same
+        // node id before: read them again at first use.
+        for row in &self.counts {
+            *row.lock().await = None;
         }
         self.changed.notify_one();
         Ok(())
@@ -256,19 +384,36 @@ impl LeaseManager {
                 b.put(due_key(new, &r.id), Zeroizing::new(Vec::new()));
             }
         }
-        self.barrier.commit(b).await?;
+        if data.is_some() {
+            // A new lease: counted.
+            self.commit_counted(b, &r.id, &r.mount_id, 1).await?;
+        } else {
+            self.barrier.commit(b).await?;
+        }
         self.changed.notify_one();
         Ok(())
     }
 
-    /// Deletes a lease's record, data and due-index entry in one commit.
+    /// Deletes a lease's record, data and due-index entry in one commit,
+    /// if the record is still there (another node may have deleted it: it
+    /// is counted off once).
     async fn delete(&self, r: &LeaseRecord) -> Result<()> {
-        let mut b = WriteBatch::new();
-        b.delete(format!("{LEASES}{}", r.id)).delete(format!("{LEASE_DATA}{}", r.id));
-        if let Some(due) = r.due() {
-            b.delete(due_key(due, &r.id));
+        let key = format!("{LEASES}{}", r.id);
+        for _ in 0..3 {
+            let (current, stamp) = self.barrier.get_stamped(&key).await?;
+            let Some(raw) = current else { return Ok(()) };
+            let due = serde_json::from_slice::<LeaseRecord>(&raw).ok().and_then(|c| c.due()).or(r.due());
+            let mut b = WriteBatch::new();
+            b.expect(key.clone(), &stamp).delete(key.clone()).delete(format!("{LEASE_DATA}{}", r.id));
+            if let Some(due) = due {
+                b.delete(due_key(due, &r.id));
+            }
+            match self.commit_counted(b, &r.id, &r.mount_id, -1).await {
+                Err(Error::Storage(keybridge_barrier::Error::Conflict)) => continue,
+                other => return other,
+            }
         }
-        Ok(self.barrier.commit(b).await?)
+        Err(Error::Unavailable(format!("lease {} kept changing while it was deleted; it is retried", r.id)))
     }
 
     /// Up to `max` entries from the front of the due index that are due by
@@ -588,10 +733,12 @@ impl Core {
                     return Err(e);
                 }
                 mark(false);
+                crate::metrics::Metrics::result(&self.metrics.lease_revocations, "success");
                 tracing::info!(lease_id = %lease_id, "lease: revoked");
                 Ok(true)
             }
             Err(e) => {
+                crate::metrics::Metrics::result(&self.metrics.lease_revocations, "failure");
                 let was_due = r.due();
                 r.attempts = r.attempts.saturating_add(1);
                 r.last_error = Some(e.to_string());

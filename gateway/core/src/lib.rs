@@ -30,6 +30,7 @@ pub mod coherence;
 mod core;
 mod error;
 mod leases;
+pub mod metrics;
 pub mod mounts;
 pub mod path;
 pub mod plugins;

@@ -139,7 +139,24 @@ pub struct Reconciler {
     scans_done: Mutex<HashMap<String, u64>>,
     /// One pass at a time (the worker's, or a waiting `Run`'s).
     pass_lock: tokio::sync::Mutex<()>,
+    /// Rotations this process started, finished and rolled back (metrics).
+    rotation_counts: [std::sync::atomic::AtomicU64; 3],
 }
+
+/// The journal as the metrics show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalGauge {
+    /// Entries waiting (counted up to [`JOURNAL_GAUGE_MAX`]).
+    pub depth: u64,
+    /// When the oldest waiting entry was written, ms since the epoch.
+    pub oldest_ms: Option<u64>,
+    /// The oldest waiting entry of each rule (of the first
+    /// [`JOURNAL_GAUGE_MAX`] entries).
+    pub oldest_by_rule: BTreeMap<String, u64>,
+}
+
+/// The most journal entries a metrics scrape counts.
+pub const JOURNAL_GAUGE_MAX: usize = 100_000;
 
 impl Reconciler {
     /// `verifier` tries each rotation's new value before it is promoted.
@@ -157,7 +174,17 @@ impl Reconciler {
             forced: Default::default(),
             scans_done: Default::default(),
             pass_lock: Default::default(),
+            rotation_counts: Default::default(),
         }
+    }
+
+    /// Rotations this process started, finished and rolled back.
+    pub fn rotation_counts(&self) -> [u64; 3] {
+        std::array::from_fn(|i| self.rotation_counts[i].load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn count_rotation(&self, which: usize) {
+        self.rotation_counts[which].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// What the worker waits on between passes.

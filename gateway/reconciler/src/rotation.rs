@@ -374,6 +374,7 @@ impl Reconciler {
             };
             match landed {
                 Some(true) => {
+                    self.count_rotation(0);
                     self.wake();
                     return Ok(rot);
                 }
@@ -392,6 +393,7 @@ impl Reconciler {
                 e => e.into(),
             });
         }
+        self.count_rotation(0);
         self.wake();
         Ok(rot)
     }
@@ -600,6 +602,7 @@ impl Reconciler {
             r.error.clear();
             r.finished = Some(Timestamp::now());
             self.save_rotation(r).await?;
+            self.count_rotation(1);
             fault("retired");
         }
         Ok(None)
@@ -664,6 +667,7 @@ impl Reconciler {
         r.state = RotationState::RolledBack;
         r.finished = Some(Timestamp::now());
         self.save_rotation(r).await?;
+        self.count_rotation(2);
         Ok(None)
     }
 

@@ -211,6 +211,36 @@ impl Reconciler {
 
     /// How many journal entries there are: of one rule, or of every rule
     /// with `rule` empty.
+    /// The journal's depth and ages, for the metrics: keys are listed (they
+    /// sort by when they were written), and entries read only until every
+    /// rule's oldest is known.
+    pub async fn journal_gauge(&self) -> Result<crate::JournalGauge> {
+        let mut g = crate::JournalGauge::default();
+        let rules = self.barrier.list(crate::RULES, None, 10_000).await?.len();
+        let mut start: Option<String> = None;
+        while (g.depth as usize) < crate::JOURNAL_GAUGE_MAX {
+            let keys = self.barrier.list(JOURNAL, start.as_deref(), JOURNAL_BATCH).await?;
+            if keys.is_empty() {
+                break;
+            }
+            for k in &keys {
+                g.depth += 1;
+                let at = k[JOURNAL.len()..].split('-').next().and_then(|t| t.parse::<u64>().ok());
+                if g.oldest_ms.is_none() {
+                    g.oldest_ms = at;
+                }
+                if g.oldest_by_rule.len() < rules
+                    && let Some(raw) = self.barrier.get(k).await?
+                    && let Ok(e) = serde_json::from_slice::<JournalEntry>(&raw)
+                {
+                    g.oldest_by_rule.entry(e.rule).or_insert(e.at_ms);
+                }
+            }
+            start = keys.last().map(|k| format!("{k}\0"));
+        }
+        Ok(g)
+    }
+
     async fn journal_count(&self, rule: &str) -> Result<u64> {
         let mut n = 0u64;
         self.each_journal_entry(rule, |_| n += 1).await?;

@@ -62,6 +62,9 @@ struct RawConfig {
     /// This node's name among those sharing a store.
     #[serde(default)]
     node_id: Option<String>,
+    /// The name the health endpoint reports (Vault's `cluster_name`).
+    #[serde(default)]
+    cluster_name: Option<String>,
     /// A Rego module every policy and login role must pass when written.
     #[serde(default)]
     policy_check_rego: Option<PathBuf>,
@@ -425,6 +428,8 @@ pub struct Config {
     /// away from.
     pub seals: Vec<SealBlock>,
     pub telemetry: Option<Telemetry>,
+    /// Reported by the health endpoint (default `keybridge`).
+    pub cluster_name: String,
 }
 
 /// How log lines are written.
@@ -537,6 +542,7 @@ impl Config {
         check(self.node_id != new.node_id, "node_id", false);
         check(self.seals != new.seals, "seal", false);
         check(self.telemetry != new.telemetry, "telemetry", false);
+        check(self.cluster_name != new.cluster_name, "cluster_name", false);
         (live, restart)
     }
 
@@ -775,6 +781,11 @@ impl Config {
                 notes
             },
             seals: seal_blocks(raw.seal).map_err(bad)?,
+            cluster_name: match raw.cluster_name {
+                None => "keybridge".into(),
+                Some(n) if (1..=128).contains(&n.len()) && !n.chars().any(char::is_control) => n,
+                Some(n) => return Err(bad(format!("cluster_name {n:?} must be 1 to 128 printable characters"))),
+            },
             telemetry: match raw.telemetry {
                 None => None,
                 Some(t) => Some(Telemetry {

@@ -21,6 +21,7 @@ mod service_logical;
 mod service_sync;
 mod serving;
 mod slots;
+mod telemetry;
 mod tls;
 mod verify;
 
@@ -124,6 +125,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                     without_effect: Vec::new(),
                     seals: Vec::new(),
                     telemetry: None,
+                    cluster_name: "keybridge".into(),
                 };
                 (config, Some(server::DevOptions { root_token_id: args.dev_root_token_id }))
             } else {

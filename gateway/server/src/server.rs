@@ -457,6 +457,21 @@ pub async fn run(
             .await
         });
     }
+    // Health checks and metrics over plain HTTP, when configured.
+    if let Some(t) = &config.telemetry {
+        let local = crate::telemetry::start(
+            t.address,
+            crate::telemetry::Telemetry {
+                core: core.clone(),
+                version: VERSION,
+                cluster_name: config.cluster_name.clone(),
+                api_addr: config.api_addr.clone().unwrap_or_default(),
+                unauthenticated_metrics_access: t.unauthenticated_metrics_access,
+            },
+        )
+        .await?;
+        println!("Telemetry on http://{local} (/v1/sys/health, /metrics)");
+    }
     // The reconciler: idle while sealed, replicating and scanning otherwise.
     tokio::spawn(core.clone().sync_worker());
     tokio::spawn(core.clone().lease_worker());
@@ -589,6 +604,7 @@ pub async fn run(
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(crate::telemetry::MeasuredLayer { core: core.clone() })
         .layer(rate_limit.clone())
         .layer(crate::audited::AuditedLayer::new(core.clone()))
         .layer(crate::gate::AuthGateLayer::new(core.clone()));

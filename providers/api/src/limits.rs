@@ -118,6 +118,14 @@ impl Limits {
 pub struct Limited<S> {
     inner: S,
     pace: Arc<Pace>,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+/// Told of every attempt a [`Limited`] store sends to the cloud: the cloud
+/// (`aws`, `azure`, `gcp`), the operation (`get`, `put`, ...) and its
+/// outcome (`ok`, or the error's kind: `not_found`, `throttled`, ...).
+pub trait CallObserver: Send + Sync {
+    fn call(&self, provider: &'static str, operation: &'static str, status: &'static str);
 }
 
 /// A mount's quotas and call counters, shared by [`Limited`] and, through a
@@ -199,7 +207,13 @@ impl<S: SecretStore> Limited<S> {
             nanos_by_kind: Default::default(),
         });
         inner.attach_meter(Meter(pace.clone()));
-        Limited { inner, pace }
+        Limited { inner, pace, observer: None }
+    }
+
+    /// Tells `observer` of every attempt sent to the cloud.
+    pub fn observed(mut self, observer: Arc<dyn CallObserver>) -> Limited<S> {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn inner(&self) -> &S {
@@ -227,26 +241,32 @@ impl<S: SecretStore> Limited<S> {
 
     /// Runs a read, retrying throttled or failed attempts with backoff and
     /// full jitter (100 ms doubling, at most 2 s).
-    async fn read<T, F, Fut>(&self, class: CallClass, call: F) -> Result<T>
+    async fn read<T, F, Fut>(&self, class: CallClass, op: &'static str, call: F) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        self.attempts(class, call, Error::retryable).await
+        self.attempts(class, op, call, Error::retryable).await
     }
 
     /// Runs a write, retrying only throttled attempts: a throttled request
     /// was refused before the cloud acted on it, so sending it again cannot
     /// write twice; a write that failed otherwise may have happened.
-    async fn write<T, F, Fut>(&self, call: F) -> Result<T>
+    async fn write<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        self.attempts(CallClass::Write, call, |e| matches!(e, Error::Throttled(_))).await
+        self.attempts(CallClass::Write, op, call, |e| matches!(e, Error::Throttled(_))).await
     }
 
-    async fn attempts<T, F, Fut>(&self, class: CallClass, call: F, again: fn(&Error) -> bool) -> Result<T>
+    async fn attempts<T, F, Fut>(
+        &self,
+        class: CallClass,
+        op: &'static str,
+        call: F,
+        again: fn(&Error) -> bool,
+    ) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -259,6 +279,9 @@ impl<S: SecretStore> Limited<S> {
             let answer = call().await;
             let nanos = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.pace.nanos_by_kind[class as usize].fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+            if let Some(o) = &self.observer {
+                o.call(self.pace.cloud.kind(), op, answer.as_ref().map_or_else(Error::kind, |_| "ok"));
+            }
             match answer {
                 Err(e) if again(&e) && attempt < self.pace.limits.read_attempts.max(1) => {
                     let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(5))).min(Duration::from_secs(2));
@@ -285,11 +308,11 @@ impl<S: SecretStore> SecretStore for Limited<S> {
     }
 
     async fn check(&self) -> Result<()> {
-        self.read(CallClass::List, || self.inner.check()).await
+        self.read(CallClass::List, "check", || self.inner.check()).await
     }
 
     async fn get(&self, name: &str, at: &Selector) -> Result<SecretRead> {
-        self.read(CallClass::ReadValue, || self.inner.get(name, at)).await
+        self.read(CallClass::ReadValue, "get", || self.inner.get(name, at)).await
     }
 
     async fn put(
@@ -299,31 +322,31 @@ impl<S: SecretStore> SecretStore for Limited<S> {
         pre: &Precondition,
         tags: Option<&BTreeMap<String, String>>,
     ) -> Result<VersionInfo> {
-        self.write(|| self.inner.put(name, value, pre, tags)).await
+        self.write("put", || self.inner.put(name, value, pre, tags)).await
     }
 
     async fn describe(&self, name: &str) -> Result<SecretInfo> {
-        self.read(CallClass::ReadMeta, || self.inner.describe(name)).await
+        self.read(CallClass::ReadMeta, "describe", || self.inner.describe(name)).await
     }
 
     async fn list(&self, page_size: usize, page_token: Option<&str>) -> Result<Page> {
-        self.read(CallClass::List, || self.inner.list(page_size, page_token)).await
+        self.read(CallClass::List, "list", || self.inner.list(page_size, page_token)).await
     }
 
     async fn delete(&self, name: &str, how: Deletion) -> Result<()> {
-        self.write(|| self.inner.delete(name, how)).await
+        self.write("delete", || self.inner.delete(name, how)).await
     }
 
     async fn restore(&self, name: &str) -> Result<()> {
-        self.write(|| self.inner.restore(name)).await
+        self.write("restore", || self.inner.restore(name)).await
     }
 
     async fn change_version(&self, name: &str, id: &str, change: VersionChange) -> Result<()> {
-        self.write(|| self.inner.change_version(name, id, change)).await
+        self.write("change_version", || self.inner.change_version(name, id, change)).await
     }
 
     async fn set_tags(&self, name: &str, tags: &BTreeMap<String, String>) -> Result<()> {
-        self.write(|| self.inner.set_tags(name, tags)).await
+        self.write("set_tags", || self.inner.set_tags(name, tags)).await
     }
 
     fn marker(&self, v: &VersionInfo) -> Option<String> {
@@ -331,23 +354,23 @@ impl<S: SecretStore> SecretStore for Limited<S> {
     }
 
     async fn stage(&self, name: &str, value: &CloudValue, key: &str) -> Result<VersionInfo> {
-        self.write(|| self.inner.stage(name, value, key)).await
+        self.write("stage", || self.inner.stage(name, value, key)).await
     }
 
     async fn promote(&self, name: &str, id: &str) -> Result<()> {
-        self.write(|| self.inner.promote(name, id)).await
+        self.write("promote", || self.inner.promote(name, id)).await
     }
 
     async fn unstage(&self, name: &str, id: &str) -> Result<()> {
-        self.write(|| self.inner.unstage(name, id)).await
+        self.write("unstage", || self.inner.unstage(name, id)).await
     }
 
     async fn retire(&self, name: &str, id: &str) -> Result<()> {
-        self.write(|| self.inner.retire(name, id)).await
+        self.write("retire", || self.inner.retire(name, id)).await
     }
 
     async fn head(&self, name: &str) -> Result<Option<(VersionInfo, BTreeMap<String, String>)>> {
-        self.read(CallClass::ReadMeta, || self.inner.head(name)).await
+        self.read(CallClass::ReadMeta, "head", || self.inner.head(name)).await
     }
 
     async fn put_numbered(
@@ -357,6 +380,6 @@ impl<S: SecretStore> SecretStore for Limited<S> {
         number: u64,
         tags: Option<&BTreeMap<String, String>>,
     ) -> Result<VersionInfo> {
-        self.write(|| self.inner.put_numbered(name, value, number, tags)).await
+        self.write("put_numbered", || self.inner.put_numbered(name, value, number, tags)).await
     }
 }

@@ -233,6 +233,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The kind of failure as one word (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::Conflict(_) => "conflict",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::Unsupported { .. } => "unsupported",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::Throttled(_) => "throttled",
+            Error::Unavailable(_) => "unavailable",
+            Error::Failed(_) => "failed",
+        }
+    }
+
     /// A create-only write found the secret: from [`Precondition::check`],
     /// or when the cloud itself answers that the name is taken (AWS's
     /// `ResourceExistsException`, GCP's `ALREADY_EXISTS`; `current` unknown).

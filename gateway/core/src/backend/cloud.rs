@@ -179,13 +179,14 @@ impl CloudMount {
         kind: &str,
         config: &BTreeMap<String, String>,
         check: bool,
+        observer: Arc<dyn keybridge_provider_api::limits::CallObserver>,
     ) -> Result<CloudMount> {
         let cloud = Cloud::from_kind(kind)
             .ok_or_else(|| Error::InvalidArgument(format!("{kind:?} is not a cloud mount type")))?;
         let (gateway, adapter) = split(config);
         let settings = gateway_settings(cloud, &gateway)?;
         let raw = providers.open(kind, &adapter).await?;
-        let limited: LimitedStore = Arc::new(Limited::new(raw, settings.limits));
+        let limited: LimitedStore = Arc::new(Limited::new(raw, settings.limits).observed(observer));
         let (cached, store): (_, Arc<dyn SecretStore>) = match settings.cache {
             Some(c) => {
                 let cached = Arc::new(Cached::new(limited.clone(), c));

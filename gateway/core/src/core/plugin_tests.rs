@@ -515,6 +515,54 @@ async fn leases_from_before_the_due_index_are_indexed_at_unseal() {
     assert_eq!(issuer.revoked.lock().unwrap().len(), 600);
 }
 
+/// Leases are counted by mount in rows of this node's own, in the commit
+/// that writes or deletes the lease; a second delete of the same lease
+/// counts nothing; leases written before the counts existed are counted
+/// once at unseal; and the metrics show the count by mount path.
+#[tokio::test]
+async fn leases_are_counted_by_mount_in_the_commits_that_change_them() {
+    let (core, t, _, key) = core_with_key().await;
+    let mount_id = core.list_mounts(&t).await.unwrap().into_iter().find(|m| m.path == "creds/").unwrap().id;
+    async fn counted(core: &Core, id: &str) -> i64 {
+        core.leases.counts().await.unwrap().get(id).copied().unwrap_or(0)
+    }
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let r = core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap();
+        ids.push(r.lease.unwrap().lease_id);
+    }
+    assert_eq!(counted(&core, &mount_id).await, 20);
+    // Several rows of this node's, none of any other.
+    let rows = core.barrier.list_all("core/lease-counts/", usize::MAX).await.unwrap();
+    assert!(rows.len() > 1 && rows.iter().all(|r| r.starts_with("core/lease-counts/local/")), "{rows:?}");
+    core.revoke_lease(&t, &ids[0]).await.unwrap();
+    assert_eq!(counted(&core, &mount_id).await, 19);
+    // The record is gone: deleting it again (another node's revoke racing
+    // this one) counts nothing.
+    let gone = crate::leases::tests_record(&ids[0]);
+    core.leases.delete_for_test(&gone).await.unwrap();
+    assert_eq!(counted(&core, &mount_id).await, 19);
+    assert_eq!(core.revoke_lease_prefix(&t, "creds/creds/app").await.unwrap(), 19);
+    assert_eq!(counted(&core, &mount_id).await, 0);
+
+    // A store from before the counts: rows and marker gone, five leases.
+    for _ in 0..5 {
+        core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap();
+    }
+    let mut b = keybridge_barrier::WriteBatch::new();
+    for k in core.barrier.list_all("core/lease-counts/", usize::MAX).await.unwrap() {
+        b.delete(k);
+    }
+    b.delete("core/lease-counts-initialized");
+    core.barrier.commit(b).await.unwrap();
+    core.seal(&t).await.unwrap();
+    core.unseal(&key, false, false).await.unwrap();
+    assert_eq!(counted(&core, &mount_id).await, 5);
+    let text = core.metrics_text(true).await;
+    assert!(text.contains("keybridge_leases{mount=\"creds/\"} 5\n"), "{text}");
+    assert!(text.contains("keybridge_leases{mount=\"secret/\"} 0\n"), "{text}");
+}
+
 /// Rules, rotations and schedules take local and cloud mounts only: a
 /// plugin mount's paths are its engine's.
 #[tokio::test]

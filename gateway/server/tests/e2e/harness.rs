@@ -13,6 +13,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_keybridge");
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The telemetry listener's base URL, when the config has one.
+    pub telemetry: Option<String>,
     pub root_token: Option<String>,
     pub ca_pem: Option<Vec<u8>>,
 }
@@ -52,7 +54,7 @@ fn spawn_env(args: &[&str], log: &str, stderr: Stdio, env: &[(&str, &str)]) -> S
         .stderr(stderr)
         .spawn()
         .expect("spawn keybridge");
-    let mut server = Server { child, addr: String::new(), root_token: None, ca_pem: None };
+    let mut server = Server { child, addr: String::new(), telemetry: None, root_token: None, ca_pem: None };
     let stdout = server.child.stdout.take().expect("stdout");
     let mut reader = BufReader::new(stdout);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -61,6 +63,9 @@ fn spawn_env(args: &[&str], log: &str, stderr: Stdio, env: &[(&str, &str)]) -> S
         let mut line = String::new();
         let n = reader.read_line(&mut line).expect("read stdout");
         assert!(n > 0, "server exited before listening: {:?}", server.child.try_wait());
+        if let Some(rest) = line.strip_prefix("Telemetry on ") {
+            server.telemetry = rest.split_whitespace().next().map(str::to_string);
+        }
         if let Some(t) = line.strip_prefix("Root Token: ") {
             server.root_token = Some(t.trim().to_string());
         }

@@ -506,7 +506,7 @@ async fn sighup_reloads_log_level_and_rate_limits_and_names_what_needs_a_restart
         .spawn()
         .unwrap();
     crate::harness::until_listening(child.stdout.take().unwrap());
-    let s = Server { child, addr: format!("http://127.0.0.1:{port}"), root_token: None, ca_pem: None };
+    let s = Server { child, addr: format!("http://127.0.0.1:{port}"), telemetry: None, root_token: None, ca_pem: None };
     let init = init_unsealed(&s).await;
     let hup = |s: &Server| {
         assert!(

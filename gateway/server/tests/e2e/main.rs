@@ -17,3 +17,4 @@ mod python;
 mod rotation;
 mod seal;
 mod sync;
+mod telemetry;

@@ -248,3 +248,97 @@ async fn seals_migrate_from_shamir_to_awskms_to_another_key_and_back_without_los
     // says so rather than waiting silently.
     stop(s);
 }
+
+/// Two nodes on one PostgreSQL table: the health endpoint tells the leader
+/// from the standby, and a seal migration made on one node is followed by
+/// the other (to KMS: it unseals by itself; back to Shamir: with the keys,
+/// which are the same ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_follows_a_seal_migration_on_postgresql() {
+    let pg = keybridge_testservers::postgres::Postgres::start();
+    let m = moto();
+    kms_key(&m, "alias/kb-cluster");
+    let storage = format!(
+        "storage \"postgresql\" {{\n connection_url = \"{}\"\n table = \"kb_seal\"\n max_connections = 4\n tls_ca_file = \"{}\"\n}}",
+        pg.url("localhost", "verify-full"),
+        pg.ca_file().display()
+    );
+    let env = moto_env(&m);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = |dir: &Path, id: &str, seal: &str| {
+        let top = format!("node_id = \"{id}\"\ntelemetry {{\n address = \"127.0.0.1:0\"\n}}\n{seal}");
+        Server::with_storage_top_env(dir, &storage, &top, &env)
+    };
+    let a = node(da.path(), "node-a", "");
+    let init = json(&a.cli(None, &["operator", "init", "--key-shares", "3", "--key-threshold", "2", "-o", "json"]));
+    let shares = keys(&init, "unseal_keys_b64");
+    let root = init["root_token"].as_str().unwrap().to_string();
+    for k in &shares[..2] {
+        assert!(a.cli(None, &["operator", "unseal", k]).status.success());
+    }
+    let b = node(db.path(), "node-b", "");
+    for k in &shares[..2] {
+        assert!(b.cli(None, &["operator", "unseal", k]).status.success());
+    }
+    put(&a, &root, "secret/app", "shared");
+    wait_for(&b, 20, "b serves", unsealed);
+
+    // Health: 200 on the leader, 429 on the standby unless standbyok.
+    let health = |s: &Server, q: &str| {
+        let url = format!("{}/v1/sys/health{q}", s.telemetry.as_ref().unwrap());
+        blocking(move || {
+            let out =
+                Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (leader, standby) = loop {
+        let (ha, hb) = (health(&a, ""), health(&b, ""));
+        match (ha.as_str(), hb.as_str()) {
+            ("200", "429") => break (&a, &b),
+            ("429", "200") => break (&b, &a),
+            _ => assert!(Instant::now() < deadline, "no leader and standby: {ha} {hb}"),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(health(standby, "?standbyok=true"), "200");
+    assert_eq!(health(standby, "?standbycode=503"), "503");
+    assert_eq!(health(leader, "?standbyok=true"), "200");
+
+    // Shamir to KMS: both restart with the seal block; the migration is
+    // made on one, and the other unseals by itself.
+    let block = awskms("alias/kb-cluster", false);
+    stop(a);
+    stop(b);
+    let b = node(db.path(), "node-b", &block);
+    let a = node(da.path(), "node-a", &block);
+    assert_eq!(status(&b)["migration"], true);
+    for k in &shares[..2] {
+        let o = a.cli(None, &["operator", "unseal", "--migrate", k]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let st = wait_for(&b, 30, "the other node follows the migration", unsealed);
+    assert_eq!((st["type"].as_str(), st["recovery_seal"].as_bool()), (Some("awskms"), Some(true)), "{st}");
+    assert_eq!(get(&b, &root, "secret/app"), "shared");
+
+    // Back to Shamir: the recovery keys (the old unseal keys) migrate it on
+    // one node and unseal the other.
+    stop(a);
+    stop(b);
+    let back = awskms("alias/kb-cluster", true);
+    let b = node(db.path(), "node-b", &back);
+    let a = node(da.path(), "node-a", &back);
+    for k in &shares[1..] {
+        let o = a.cli(None, &["operator", "unseal", "--migrate", k]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    wait_for(&a, 10, "migrated back", unsealed);
+    let st = wait_for(&b, 10, "the other node sees Shamir keys", |st| st["type"] == "shamir");
+    assert!(st["sealed"] == true && st["migration"] == false, "{st}");
+    for k in &shares[..2] {
+        assert!(b.cli(None, &["operator", "unseal", k]).status.success());
+    }
+    assert_eq!(get(&b, &root, "secret/app"), "shared");
+}

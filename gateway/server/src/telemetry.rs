@@ -1,0 +1,287 @@
+//! The telemetry listener (`telemetry { address = ... }`): plain HTTP for
+//! load balancers and Prometheus, beside the gRPC API.
+//!
+//! - `GET`/`HEAD /v1/sys/health`, with Vault's codes and query options:
+//!   200 on the leader, 429 on another serving node (`standbyok` makes it
+//!   200), 501 before init, 503 sealed; `activecode`, `standbycode`,
+//!   `sealedcode` and `uninitcode` replace them. The JSON body says
+//!   `initialized`, `sealed`, `standby`, `version`, `cluster_name`,
+//!   `node_id` and `leader_address`.
+//! - `GET /metrics` (and Vault's `/v1/sys/metrics`): the Prometheus
+//!   exposition. Without a token unless `unauthenticated_metrics_access =
+//!   false`, which takes a token (`X-Vault-Token` or `Authorization:
+//!   Bearer`) with `read` on `sys/metrics`.
+//! - [`Measured`]: the gRPC layer that counts requests and times them by
+//!   RPC and status code.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keybridge_core::{Caller, Core};
+use serde_json::json;
+
+use crate::error::Error;
+
+/// What the handlers share.
+pub struct Telemetry {
+    pub core: Arc<Core>,
+    pub version: &'static str,
+    pub cluster_name: String,
+    pub api_addr: String,
+    pub unauthenticated_metrics_access: bool,
+}
+
+/// Binds the listener and serves it until the process ends.
+pub async fn start(address: SocketAddr, t: Telemetry) -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| Error::Listen { addr: address.to_string(), source: e })?;
+    let local = listener.local_addr().map_err(|e| Error::Listen { addr: address.to_string(), source: e })?;
+    let app = axum::Router::new()
+        .route("/v1/sys/health", axum::routing::get(health))
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/v1/sys/metrics", axum::routing::get(metrics))
+        .with_state(Arc::new(t));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the telemetry listener stopped");
+        }
+    });
+    Ok(local)
+}
+
+/// Who leads, as this node sees it: (standby, the leader's address).
+async fn leadership(t: &Telemetry) -> (bool, String) {
+    #[cfg(feature = "postgres")]
+    if let Some(shared) = crate::server::SHARED.get() {
+        let standby = !t.core.is_leading();
+        let leader = tokio::time::timeout(std::time::Duration::from_secs(2), shared.store.leader()).await;
+        let address = match leader {
+            Ok(Ok(l)) if l.live => l.api_addr,
+            _ => String::new(),
+        };
+        return (standby, address);
+    }
+    (false, t.api_addr.clone())
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, axum::Json(json!({ "errors": [message] }))).into_response()
+}
+
+/// A query option that is a flag: present with no value, `true` or `1`.
+fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, String> {
+    match q.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("") | Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(format!("{name}={other:?} is not true or false")),
+    }
+}
+
+/// A status code option: an integer from 200 to 599.
+fn code(q: &HashMap<String, String>, name: &str, default: u16) -> Result<StatusCode, String> {
+    let n = match q.get(name) {
+        None => default,
+        Some(v) => v.parse::<u16>().map_err(|_| format!("{name}={v:?} is not an HTTP status code"))?,
+    };
+    StatusCode::from_u16(n)
+        .ok()
+        .filter(|c| (200..=599).contains(&c.as_u16()))
+        .ok_or_else(|| format!("{name}={n} is not an HTTP status code from 200 to 599"))
+}
+
+async fn health(State(t): State<Arc<Telemetry>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let options = (|| {
+        Ok::<_, String>((
+            flag(&q, "standbyok")?,
+            code(&q, "activecode", 200)?,
+            code(&q, "standbycode", 429)?,
+            code(&q, "sealedcode", 503)?,
+            code(&q, "uninitcode", 501)?,
+        ))
+    })();
+    let (standby_ok, active, standby_code, sealed_code, uninit) = match options {
+        Ok(o) => o,
+        Err(m) => return bad_request(m),
+    };
+    let status = match t.core.seal_status().await {
+        Ok(s) => s,
+        Err(e) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({ "errors": [e.to_string()] })))
+                .into_response();
+        }
+    };
+    let (standby, leader) = leadership(&t).await;
+    let code = if !status.initialized {
+        uninit
+    } else if status.sealed {
+        sealed_code
+    } else if standby && !standby_ok {
+        standby_code
+    } else {
+        active
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let body = json!({
+        "initialized": status.initialized,
+        "sealed": status.sealed,
+        "standby": standby,
+        "performance_standby": false,
+        "server_time_utc": now,
+        "version": t.version,
+        "cluster_name": t.cluster_name,
+        "node_id": crate::server::node_id(),
+        "leader_address": leader,
+        "seal_type": status.seal_type,
+    });
+    let mut resp = (code, axum::Json(body)).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The token of a request: `X-Vault-Token`, or `Authorization: Bearer`.
+fn token(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
+    crate::service::bearer(auth).map(str::to_string)
+}
+
+async fn metrics(State(t): State<Arc<Telemetry>>, headers: HeaderMap) -> Response {
+    set_leadership_gauges(&t.core).await;
+    // OpenMetrics for scrapers that ask for it (Prometheus does), the
+    // classic text format for everything else.
+    let open = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let text = if t.unauthenticated_metrics_access {
+        t.core.metrics_text(!open).await
+    } else {
+        let token = zeroize::Zeroizing::new(token(&headers).unwrap_or_default());
+        // The HTTP listener's one call that needs a token; audited as the
+        // gRPC API's calls are.
+        #[allow(clippy::disallowed_methods)]
+        let caller =
+            Caller::new(Some(token.as_str()).filter(|t| !t.is_empty()), "http/v1/sys/metrics").with_path("sys/metrics");
+        match t.core.metrics_for(&caller, !open).await {
+            Ok(text) => text,
+            Err(e) => {
+                let s = crate::service::status(e);
+                let code = match s.code() {
+                    tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                    tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                    tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                return (code, axum::Json(json!({ "errors": [s.message()] }))).into_response();
+            }
+        }
+    };
+    let content_type = if open {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+/// Leadership, the lease's epoch and the feed's lag, on a shared store.
+async fn set_leadership_gauges(core: &Core) {
+    let m = core.metrics();
+    m.leader.set(i64::from(core.is_leading()));
+    #[cfg(feature = "postgres")]
+    if let Some(shared) = crate::server::SHARED.get() {
+        if let Ok(Ok(l)) = tokio::time::timeout(std::time::Duration::from_secs(2), shared.store.leader()).await {
+            m.epoch.set(i64::try_from(l.epoch).unwrap_or(i64::MAX));
+        }
+        m.feed_lag_seconds.set(shared.store.feed_lag().as_secs_f64());
+    }
+}
+
+/// Counts and times every API call by RPC and status code. Outside the
+/// rate limiter, so refusals for rate are counted too; a path that is not
+/// one of the API's methods counts as `other` (no label a client makes up).
+#[derive(Clone)]
+pub struct MeasuredLayer {
+    pub core: Arc<Core>,
+}
+
+impl<S> tower::Layer<S> for MeasuredLayer {
+    type Service = Measured<S>;
+    fn layer(&self, inner: S) -> Measured<S> {
+        Measured { inner, core: self.core.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Measured<S> {
+    inner: S,
+    core: Arc<Core>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Measured<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let rpc = crate::audited::api_methods().get(req.uri().path()).copied().unwrap_or("other");
+        let started = std::time::Instant::now();
+        let core = self.core.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await;
+            // A trailers-only answer (an error) carries its status in the
+            // headers; one with a body succeeded as far as its start goes.
+            let code = match &resp {
+                Ok(r) => tonic::Status::from_header_map(r.headers()).map_or(tonic::Code::Ok, |s| s.code()),
+                Err(_) => tonic::Code::Unknown,
+            };
+            core.metrics().request(rpc, code_name(code), started.elapsed().as_secs_f64());
+            resp
+        })
+    }
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
