@@ -342,3 +342,86 @@ async fn every_node_follows_a_seal_migration_on_postgresql() {
     }
     assert_eq!(get(&b, &root, "secret/app"), "shared");
 }
+
+fn gcpckms(kms: &keybridge_testservers::cloudkms::CloudKms, disabled: bool) -> String {
+    let d = if disabled { "\n  disabled = \"true\"" } else { "" };
+    format!(
+        "seal \"gcpckms\" {{\n  project = \"kb-seal-test\"\n  region = \"global\"\n  key_ring = \"keybridge\"\n  crypto_key = \"root\"\n  endpoint = \"{}\"\n  credentials = \"{}\"{d}\n}}\n",
+        kms.url(),
+        kms.key_file().display()
+    )
+}
+
+fn azurekeyvault(kv: &keybridge_testservers::keyvault::KeyVault, ca: &Path) -> String {
+    use keybridge_testservers::keyvault::{CLIENT_ID, CLIENT_SECRET};
+    format!(
+        "seal \"azurekeyvault\" {{\n  vault_url = \"{url}\"\n  key_name = \"unseal\"\n  tenant_id = \"{}\"\n  client_id = \"{CLIENT_ID}\"\n  client_secret = \"{CLIENT_SECRET}\"\n  authority_host = \"{url}\"\n  ca_cert = \"{}\"\n}}\n",
+        kv.tenant,
+        ca.display(),
+        url = kv.url
+    )
+}
+
+/// GCP Cloud KMS and Azure Key Vault seals against the project's test
+/// servers (tests/servers): Shamir to gcpckms, gcpckms to azurekeyvault,
+/// and a Key Vault outage at start that the node outlasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcpckms_and_azurekeyvault_seal_unseal_and_migrate_between_clouds() {
+    let gcp = keybridge_testservers::cloudkms::CloudKms::start("kb-seal-test").await;
+    gcp.create_key("global", "keybridge", "root");
+    let kv = keybridge_testservers::keyvault::KeyVault::start().await;
+    kv.create_key("unseal", 2048);
+    let ca = crate::harness::kv_ca_file(&kv);
+    let m = moto();
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &m, "");
+    let init = json(&s.cli(None, &["operator", "init", "--key-shares", "3", "--key-threshold", "2", "-o", "json"]));
+    let shares = keys(&init, "unseal_keys_b64");
+    let root = init["root_token"].as_str().unwrap().to_string();
+    for k in &shares[..2] {
+        assert!(s.cli(None, &["operator", "unseal", k]).status.success());
+    }
+    put(&s, &root, "secret/app", "crossing-clouds");
+    stop(s);
+
+    // Shamir to GCP Cloud KMS.
+    let s = start(dir.path(), &m, &gcpckms(&gcp, false));
+    for k in &shares[..2] {
+        let o = s.cli(None, &["operator", "unseal", "--migrate", k]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(status(&s)["type"], "gcpckms");
+    stop(s);
+    let s = start(dir.path(), &m, &gcpckms(&gcp, false));
+    wait_for(&s, 20, "auto-unseal with Cloud KMS", unsealed);
+    assert!(gcp.calls_of("Decrypt") >= 1);
+    stop(s);
+
+    // GCP Cloud KMS to Azure Key Vault: the GCP block stays, disabled.
+    let both = format!("{}{}", gcpckms(&gcp, true), azurekeyvault(&kv, &ca));
+    let s = start(dir.path(), &m, &both);
+    assert_eq!(status(&s)["migration"], true);
+    for k in &shares[1..] {
+        let o = s.cli(None, &["operator", "unseal", "--migrate", k]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(status(&s)["type"], "azurekeyvault");
+    stop(s);
+
+    // Key Vault down at start: sealed, with the reason, until it is back.
+    kv.set_down(true);
+    let s = start(dir.path(), &m, &azurekeyvault(&kv, &ca));
+    let st = wait_for(&s, 40, "a status naming Key Vault", |st| {
+        st["sealed"] == true && st["seal_message"].as_str().is_some_and(|m| m.contains("auto-unseal failed"))
+    });
+    assert!(!st["seal_message"].as_str().unwrap().contains(keybridge_testservers::keyvault::CLIENT_SECRET), "{st}");
+    kv.set_down(false);
+    wait_for(&s, 60, "auto-unseal once Key Vault answers", unsealed);
+    assert_eq!(get(&s, &root, "secret/app"), "crossing-clouds");
+    // Cloud KMS no longer opens it.
+    stop(s);
+    let s = start(dir.path(), &m, &gcpckms(&gcp, false));
+    let st =
+        wait_for(&s, 20, "a refusal from the old key", |st| st["seal_message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(st["sealed"], true, "{st}");
+}
