@@ -560,14 +560,10 @@ impl Barrier {
         }
         let plan = self.plan(&config);
         match (&plan, migrate) {
-            (Plan::Shamir, false) | (Plan::Migrate { .. }, true) => {}
+            // With an auto seal, the recovery keys authorise an unseal by
+            // the key service (the one way to lift a seal by request).
+            (Plan::Shamir, false) | (Plan::Migrate { .. }, true) | (Plan::Auto(_), false) => {}
             (Plan::Mismatch(m), _) => return Err(Error::InvalidSealConfig(m.clone())),
-            (Plan::Auto(s), false) => {
-                return Err(Error::InvalidSealConfig(format!(
-                    "this node unseals with its {} seal, not with keys: recovery keys authorise a rekey or a seal migration; ask for an unseal attempt with no key",
-                    s.kind()
-                )));
-            }
             (Plan::Migrate { .. }, false) => {
                 return Err(Error::InvalidSealConfig(
                     "a seal migration is pending: enter the keys with migrate (`keybridge operator unseal --migrate`)"
@@ -594,6 +590,13 @@ impl Barrier {
             let secret = shamir::combine(&shares, total, needed)?;
             match plan {
                 Plan::Migrate { from, to } => self.migrate(&secret, from, to).await?,
+                Plan::Auto(_) => {
+                    let rec = config.auto.as_ref().ok_or(Error::NotInitialized)?;
+                    if !seal::recovery_matches(rec, &secret) {
+                        return Err(Error::WrongKeys);
+                    }
+                    self.auto_unseal().await?;
+                }
                 _ => {
                     let root = RootKey::from_bytes(&secret).map_err(|_| Error::WrongKeys)?;
                     self.unseal_with_root(root).await?;
@@ -1070,8 +1073,18 @@ mod tests {
         let st = b.state().await.unwrap();
         assert!(st.recovery && st.sealed && !st.migration);
         assert_eq!((st.kind.as_str(), st.shares, st.threshold), ("testkms", 5, 3));
-        // Recovery keys do not unseal.
-        assert!(matches!(b.unseal(&recovery[0]).await, Err(Error::InvalidSealConfig(_))));
+        // Recovery keys authorise an unseal by the key service; others do not.
+        let foreign = barrier().initialize(5, 3, vec![]).await.unwrap();
+        for k in &foreign[..2] {
+            b.unseal(k).await.unwrap();
+        }
+        assert!(matches!(b.unseal(&foreign[2]).await, Err(Error::WrongKeys)));
+        assert!(b.is_sealed());
+        for k in &recovery[..2] {
+            assert!(b.unseal(k).await.unwrap().sealed);
+        }
+        assert!(!b.unseal(&recovery[2]).await.unwrap().sealed);
+        b.seal();
 
         // The key service down: sealed, with the reason in the status.
         kms.down.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -353,7 +353,7 @@ impl Core {
         let sealed = s.sealed || self.unsealed().is_err();
         let mut message = s.message;
         if sealed && message.is_empty() && self.auto_unseal_held.load(std::sync::atomic::Ordering::Acquire) {
-            message = "sealed by request: auto-unseal waits for an unseal request or a restart".into();
+            message = "sealed by request: the auto seal waits for the recovery keys or a restart".into();
         }
         Ok(SealStatus {
             initialized: s.initialized,
@@ -487,10 +487,11 @@ impl Core {
         Ok(())
     }
 
-    /// Enters one share of the keys operators hold: an unseal key or, with
-    /// `migrate`, a share towards a pending seal migration. With an auto
-    /// seal and no key, an unseal attempt now (and a node sealed by request
-    /// auto-unseals again).
+    /// Enters one share of the keys operators hold: an unseal key, with an
+    /// auto seal a recovery key (the threshold of them has the key service
+    /// unseal the node, even one sealed by request), or with `migrate` a
+    /// share towards a pending seal migration. With an auto seal and no key:
+    /// an unseal attempt now, unless the node was sealed by request.
     pub async fn unseal(&self, key: &str, reset: bool, migrate: bool) -> Result<SealStatus> {
         let _guard = self.admin.lock().await;
         if reset {
@@ -504,11 +505,20 @@ impl Core {
             if !self.barrier.has_auto_seal() {
                 return Err(Error::InvalidArgument("give an unseal key, or reset = true".into()));
             }
-            self.auto_unseal_held.store(false, std::sync::atomic::Ordering::Release);
+            // Anyone may ask for an attempt now (after an outage); only the
+            // recovery keys, or a restart, lift a seal by request.
+            if self.auto_unseal_held.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(Error::FailedPrecondition(
+                    "this node was sealed by request: enter the recovery keys to unseal it, or restart it".into(),
+                ));
+            }
             self.auto_unseal_locked().await?;
             return self.seal_status().await;
         }
         let state = self.barrier.enter_share(key, migrate).await?;
+        if !state.sealed {
+            self.auto_unseal_held.store(false, std::sync::atomic::Ordering::Release);
+        }
         if !state.sealed
             && let Err(e) = self.load().await
         {

@@ -1222,10 +1222,15 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
             }
         }
         OperatorCommand::Unseal { key, reset, migrate } => {
-            // An auto seal needs no key: an empty one asks for an attempt now.
-            let auto = key.is_none() && !reset && !migrate && {
-                let s = c.sys().seal_status(c.req(pb::SealStatusRequest {})).await?.into_inner();
-                s.recovery_seal && !s.migration
+            // An auto seal needs no key: an empty one asks for an attempt now
+            // (a node sealed by request needs its recovery keys).
+            let (auto, recovery) = match (&key, reset) {
+                (None, false) => {
+                    let s = c.sys().seal_status(c.req(pb::SealStatusRequest {})).await?.into_inner();
+                    let held = s.seal_message.starts_with("sealed by request");
+                    (s.recovery_seal && !s.migration && !migrate && !held, s.recovery_seal)
+                }
+                _ => (false, false),
             };
             let key = match (key, reset) {
                 (_, true) => String::new(),
@@ -1233,7 +1238,8 @@ pub async fn operator(c: &Client, cmd: OperatorCommand) -> Result<u8, Error> {
                 (Some(k), false) => k,
                 (None, false) => {
                     if !json {
-                        eprint!("Unseal Key (will be hidden from the process list): ");
+                        let name = if recovery { "Recovery Key" } else { "Unseal Key" };
+                        eprint!("{name} (will be hidden from the process list): ");
                         std::io::stderr().flush()?;
                     }
                     let mut line = String::new();
