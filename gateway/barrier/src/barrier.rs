@@ -590,12 +590,14 @@ impl Barrier {
             let secret = shamir::combine(&shares, total, needed)?;
             match plan {
                 Plan::Migrate { from, to } => self.migrate(&secret, from, to).await?,
-                Plan::Auto(_) => {
+                Plan::Auto(seal) => {
                     let rec = config.auto.as_ref().ok_or(Error::NotInitialized)?;
-                    if !seal::recovery_matches(rec, &secret) {
+                    let root = self.unwrap_root(seal.as_ref(), rec).await?;
+                    if !seal::recovery_matches(rec, root.as_bytes(), &secret) {
                         return Err(Error::WrongKeys);
                     }
-                    self.auto_unseal().await?;
+                    self.unseal_with_root(root).await?;
+                    self.set_auto_error(None);
                 }
                 _ => {
                     let root = RootKey::from_bytes(&secret).map_err(|_| Error::WrongKeys)?;
@@ -617,6 +619,22 @@ impl Barrier {
         threshold: u32,
     ) -> Result<SealConfig> {
         let blob = seal.wrap(root.as_bytes()).await.map_err(seal_failed)?;
+        // What the service gave back must give the root key back, before it
+        // is the only copy: a key that encrypts but may not decrypt (an
+        // access policy), or a service answering wrongly, fails here.
+        let back = seal.unwrap(&blob).await.map_err(seal_failed)?;
+        if back.len() != root.as_bytes().len()
+            || !bool::from(subtle::ConstantTimeEq::ct_eq(back.as_slice(), root.as_bytes()))
+        {
+            return Err(Error::KeyService {
+                retryable: false,
+                message: format!(
+                    "{} key {} did not give back what it encrypted; nothing was changed",
+                    seal.kind(),
+                    seal.key_id()
+                ),
+            });
+        }
         use base64::Engine as _;
         Ok(SealConfig {
             kind: seal.kind().into(),
@@ -627,7 +645,7 @@ impl Barrier {
                 wrapped_root: b64().encode(blob),
                 recovery_shares: shares,
                 recovery_threshold: threshold,
-                recovery_check: seal::recovery_check(recovery),
+                recovery_check: seal::recovery_check(root.as_bytes(), recovery),
             }),
         })
     }
@@ -685,8 +703,11 @@ impl Barrier {
     ///   the store), and the old unseal keys become the recovery keys.
     /// - An auto seal to Shamir: the recovery key becomes the root key, so
     ///   the recovery keys become the unseal keys.
-    /// - One auto seal to another: the root key is encrypted by the new
-    ///   key; the recovery keys stay.
+    /// - One auto seal to another: a new root key, encrypted by the new
+    ///   key (the old key no longer opens the store); the recovery keys stay.
+    ///
+    /// Every migration adds a key term, so data written afterwards is out of
+    /// reach of the old seal's material.
     ///
     /// One atomic write of the seal configuration and the keyring, checked
     /// against both as read; the node is unsealed afterwards.
@@ -702,24 +723,24 @@ impl Barrier {
         let (old_root, recovery) = match (&from, &config.auto) {
             (None, None) => (RootKey::from_bytes(secret).map_err(|_| Error::WrongKeys)?, None),
             (Some(f), Some(rec)) => {
-                if !seal::recovery_matches(rec, secret) {
+                let root = self.unwrap_root(f.as_ref(), rec).await?;
+                if !seal::recovery_matches(rec, root.as_bytes(), secret) {
                     return Err(Error::WrongKeys);
                 }
-                (self.unwrap_root(f.as_ref(), rec).await?, Some(rec.clone()))
+                (root, Some(rec.clone()))
             }
             _ => return Err(Error::InvalidSealConfig("the store's seal changed; enter the keys again".into())),
         };
-        let keyring = old_root.open_keyring(&keyring_ct, KEYRING_KEY)?;
+        // A new key term too: what is written from now on is out of reach of
+        // the old seal's material and of any copy of the old keyring.
+        let keyring = old_root.open_keyring(&keyring_ct, KEYRING_KEY)?.rotated(now_unix());
         let (shares, threshold) = config.held_shares();
         let (root, new_config) = match (&to, recovery) {
-            (Some(t), None) => {
+            // To a key service: a new root key, which only it holds.
+            (Some(t), _) => {
                 let root = RootKey::generate();
                 let c = self.auto_config(t.as_ref(), &root, secret, shares, threshold).await?;
                 (root, c)
-            }
-            (Some(t), Some(_)) => {
-                let c = self.auto_config(t.as_ref(), &old_root, secret, shares, threshold).await?;
-                (RootKey::from_bytes(old_root.as_bytes())?, c)
             }
             (None, Some(_)) => (RootKey::from_bytes(secret)?, SealConfig::shamir(shares, threshold)),
             (None, None) => return Err(Error::InvalidSealConfig("no seal migration is pending".into())),
@@ -818,7 +839,7 @@ impl Barrier {
             Some(rec) => {
                 // Recovery keys: a new recovery key, and a new root key
                 // encrypted by this node's seal.
-                if !seal::recovery_matches(rec, &given) {
+                if !seal::recovery_matches(rec, cur.root.as_bytes(), &given) {
                     return Err(Error::WrongKeys);
                 }
                 let Plan::Auto(seal) = self.plan(&config) else {
@@ -827,6 +848,17 @@ impl Barrier {
                             .into(),
                     ));
                 };
+                // Only with the store's own key: a node still configured
+                // for a key the store migrated away from must not put the
+                // root key back under it.
+                if seal.key_id() != rec.key_id {
+                    return Err(Error::InvalidSealConfig(format!(
+                        "this node's seal names {} key {}, the store's is {}: configure the store's key to rekey",
+                        seal.kind(),
+                        seal.key_id(),
+                        rec.key_id
+                    )));
+                }
                 let recovery = RootKey::generate();
                 let split = shamir::split(recovery.as_bytes(), shares, threshold)?;
                 (self.auto_config(seal.as_ref(), &root, recovery.as_bytes(), shares, threshold).await?, split)
@@ -1014,11 +1046,13 @@ mod tests {
         id: &'static str,
         key: [u8; 32],
         down: std::sync::atomic::AtomicBool,
+        /// Encrypts but may not decrypt (an access policy).
+        no_decrypt: std::sync::atomic::AtomicBool,
     }
 
     impl LocalSeal {
         fn new(id: &'static str, k: u8) -> Arc<LocalSeal> {
-            Arc::new(LocalSeal { id, key: [k; 32], down: false.into() })
+            Arc::new(LocalSeal { id, key: [k; 32], down: false.into(), no_decrypt: false.into() })
         }
     }
 
@@ -1042,6 +1076,9 @@ mod tests {
             use aes_gcm::aead::{Aead, KeyInit};
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(SealError { retryable: true, message: "testkms is down".into() });
+            }
+            if self.no_decrypt.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(SealError { retryable: false, message: "testkms: decrypt is not allowed".into() });
             }
             let c = aes_gcm::Aes256Gcm::new_from_slice(&self.key).unwrap();
             c.decrypt(&[0u8; 12].into(), blob)
@@ -1106,6 +1143,48 @@ mod tests {
         b.set_seals(seals(Some(&LocalSeal::new("a", 2)), None));
         assert!(matches!(b.auto_unseal().await, Err(Error::KeyService { retryable: false, .. })));
         assert!(b.is_sealed());
+    }
+
+    /// A key that encrypts but may not decrypt never becomes the only copy
+    /// of the root key: init and migration fail, and nothing changes.
+    #[tokio::test]
+    async fn a_wrapped_root_key_is_unwrapped_before_it_is_stored() {
+        let b = barrier();
+        let kms = LocalSeal::new("a", 1);
+        kms.no_decrypt.store(true, std::sync::atomic::Ordering::SeqCst);
+        b.set_seals(seals(Some(&kms), None));
+        assert!(matches!(b.initialize(3, 2, vec![]).await, Err(Error::KeyService { retryable: false, .. })));
+        assert!(b.seal_config().await.unwrap().is_none(), "nothing stored");
+        // Shamir to that key: refused, the store keeps its Shamir seal.
+        b.set_seals(Seals::default());
+        let shares = b.initialize(3, 2, vec![]).await.unwrap();
+        b.seal();
+        b.set_seals(seals(Some(&kms), None));
+        b.enter_share(&shares[0], true).await.unwrap();
+        assert!(b.enter_share(&shares[1], true).await.is_err());
+        assert_eq!(b.seal_config().await.unwrap().unwrap().kind, "shamir");
+        b.set_seals(Seals::default());
+        b.unseal(&shares[0]).await.unwrap();
+        assert!(!b.unseal(&shares[1]).await.unwrap().sealed, "the old keys still open it");
+    }
+
+    /// A node still configured for a key the store moved away from cannot
+    /// rekey (it would put the root key back under the old key).
+    #[tokio::test]
+    async fn rekey_takes_the_stores_own_key_only() {
+        let b = barrier();
+        let a = LocalSeal::new("a", 1);
+        b.set_seals(seals(Some(&a), None));
+        let recovery = b.initialize(3, 2, vec![]).await.unwrap();
+        let given: Vec<String> = recovery[..2].iter().map(|s| s.to_string()).collect();
+        // The same key service under another name (an alias of it).
+        b.set_seals(seals(Some(&LocalSeal::new("alias-of-a", 1)), None));
+        match b.rekey(&given, 3, 2).await {
+            Err(Error::InvalidSealConfig(m)) => assert!(m.contains("the store's is a"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ()).map_err(|e| e.to_string())),
+        }
+        b.set_seals(seals(Some(&a), None));
+        assert_eq!(b.rekey(&given, 3, 2).await.unwrap().len(), 3);
     }
 
     #[tokio::test]

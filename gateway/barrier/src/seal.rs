@@ -3,7 +3,8 @@
 //! and operators hold shares of a separate recovery key, which authorises
 //! rekeys and seal migrations but never decrypts anything.
 
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -37,25 +38,27 @@ pub struct AutoSealRecord {
     pub wrapped_root: String,
     pub recovery_shares: u32,
     pub recovery_threshold: u32,
-    /// SHA-256 of a domain tag and the recovery key, hex: checks recovery
-    /// shares without decrypting anything (the recovery key is 32 random
-    /// bytes, so its hash gives nothing away).
+    /// HMAC-SHA256 of a domain tag and the recovery key under the root
+    /// key, hex: checks recovery shares once the key service has given the
+    /// root key back. Keyed by the root, so whoever can write the store but
+    /// not decrypt the root cannot plant a recovery key of their own.
     pub recovery_check: String,
 }
 
 const RECOVERY_TAG: &[u8] = b"keybridge recovery key check v1\0";
 
-pub(crate) fn recovery_check(key: &[u8]) -> String {
-    let mut h = Sha256::new();
+pub(crate) fn recovery_check(root: &[u8], key: &[u8]) -> String {
+    let mut h = <Hmac<Sha256> as Mac>::new_from_slice(root).expect("HMAC takes any key length");
     h.update(RECOVERY_TAG);
     h.update(key);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether `key` is the recovery key `record` was made with (constant time).
-pub(crate) fn recovery_matches(record: &AutoSealRecord, key: &[u8]) -> bool {
+/// Whether `key` is the recovery key `record` was made with under `root`
+/// (constant time).
+pub(crate) fn recovery_matches(record: &AutoSealRecord, root: &[u8], key: &[u8]) -> bool {
     let want = record.recovery_check.as_bytes();
-    let got = recovery_check(key);
+    let got = recovery_check(root, key);
     want.len() == got.len() && bool::from(want.ct_eq(got.as_bytes()))
 }
 
@@ -70,10 +73,13 @@ mod tests {
             wrapped_root: String::new(),
             recovery_shares: 1,
             recovery_threshold: 1,
-            recovery_check: recovery_check(&[7u8; 32]),
+            recovery_check: recovery_check(&[1u8; 32], &[7u8; 32]),
         };
-        assert!(recovery_matches(&rec, &[7u8; 32]));
-        assert!(!recovery_matches(&rec, &[8u8; 32]));
-        assert!(!recovery_matches(&rec, &[7u8; 31]));
+        assert!(recovery_matches(&rec, &[1u8; 32], &[7u8; 32]));
+        assert!(!recovery_matches(&rec, &[1u8; 32], &[8u8; 32]));
+        assert!(!recovery_matches(&rec, &[1u8; 32], &[7u8; 31]));
+        // A check made under another root (planted by whoever can write the
+        // store but not decrypt its root) matches nothing.
+        assert!(!recovery_matches(&rec, &[2u8; 32], &[7u8; 32]));
     }
 }

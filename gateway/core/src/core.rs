@@ -202,6 +202,8 @@ pub struct Core {
     auto_unseal_held: std::sync::atomic::AtomicBool,
     /// The node's Prometheus series.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// When an unseal attempt was last asked for without a key.
+    last_asked_unseal: std::sync::Mutex<Option<std::time::Instant>>,
     /// Mounts seen half-removed, by id, and since when.
     pub(crate) pending_purges: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// The runtime the core was built on, which lives as long as the
@@ -297,6 +299,7 @@ impl Core {
             remote_changes: Default::default(),
             auto_unseal_held: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            last_asked_unseal: Default::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             #[cfg(test)]
             load_holds: Default::default(),
@@ -512,7 +515,20 @@ impl Core {
                     "this node was sealed by request: enter the recovery keys to unseal it, or restart it".into(),
                 ));
             }
-            self.auto_unseal_locked().await?;
+            // Asking needs no token: at most one attempt a second reaches
+            // the key service (the retry task makes its own).
+            let now = std::time::Instant::now();
+            let recent = {
+                let mut last = self.last_asked_unseal.lock().unwrap_or_else(|p| p.into_inner());
+                let recent = last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1));
+                if !recent {
+                    *last = Some(now);
+                }
+                recent
+            };
+            if !recent {
+                self.auto_unseal_locked().await?;
+            }
             return self.seal_status().await;
         }
         let state = self.barrier.enter_share(key, migrate).await?;
@@ -536,6 +552,10 @@ impl Core {
             return Ok(false);
         }
         let _guard = self.admin.lock().await;
+        // Again under the lock: a Seal may have finished meanwhile.
+        if self.auto_unseal_held.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(false);
+        }
         self.auto_unseal_locked().await
     }
 
@@ -555,10 +575,10 @@ impl Core {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/seal", Capability::Sudo).await?;
         let _guard = self.admin.lock().await;
-        // A node sealed by request stays sealed: its auto seal waits.
-        self.auto_unseal_held.store(true, std::sync::atomic::Ordering::Release);
         // The response is recorded while the devices still run.
         self.finish(caller, Ok(()), |_| Vec::new()).await?;
+        // A node sealed by request stays sealed: its auto seal waits.
+        self.auto_unseal_held.store(true, std::sync::atomic::Ordering::Release);
         self.unload().await;
         self.barrier.seal();
         self.seal_status().await

@@ -1183,7 +1183,8 @@ fn print_keys(json: bool, keys: &[String], threshold: u32, root_token: Option<&s
     if recovery {
         println!(
             "The server unseals with its auto seal. The recovery key is split into {} key shares; any\n\
-             {threshold} of them authorise a rekey or a seal migration. They cannot unseal the server.\n\
+             {threshold} of them authorise a rekey, a seal migration, or unsealing a node sealed by\n\
+             request (through the key service). They decrypt nothing.\n\
              Keep them apart and safe: Keybridge does not store them.",
             keys.len()
         );

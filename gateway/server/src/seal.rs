@@ -46,6 +46,16 @@ pub async fn build(blocks: &[SealBlock]) -> Result<Seals, Error> {
     let mut seals = Seals::default();
     for b in blocks {
         let bad = |e: ProviderError| Error::Usage(format!("seal \"{}\": {e}", b.kind));
+        for key in ["endpoint", "vault_url"] {
+            if let Some(url) = b.settings.get(key)
+                && !plaintext_allowed(url)
+            {
+                return Err(Error::Usage(format!(
+                    "seal \"{}\": {key} {url:?} is plain http to a host other than this one's loopback: the root key would cross the network in the clear; use https",
+                    b.kind
+                )));
+            }
+        }
         keybridge_providers::seals::validate(&b.kind, &b.settings).map_err(bad)?;
         let service = keybridge_providers::seals::open(&b.kind, &b.settings).await.map_err(bad)?;
         let seal: Arc<dyn AutoSeal> = Arc::new(Adapter(service));
@@ -56,6 +66,18 @@ pub async fn build(blocks: &[SealBlock]) -> Result<Seals, Error> {
         }
     }
     Ok(seals)
+}
+
+/// Whether a key service URL may carry the root key: https, or plain
+/// http to a loopback address (a local emulator or proxy).
+fn plaintext_allowed(url: &str) -> bool {
+    let Some(rest) = url.trim().strip_prefix("http://") else { return true };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The first retry's delay; it doubles up to [`MAX_BACKOFF`].
@@ -95,5 +117,18 @@ where
             changed().await;
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_root_key_crosses_the_network_only_over_https() {
+        for ok in ["https://kms.example", "http://127.0.0.1:5000", "http://localhost:9/x", "http://[::1]:80"] {
+            assert!(super::plaintext_allowed(ok), "{ok}");
+        }
+        for bad in ["http://kms.internal", "http://10.0.0.1:80", "http://127.0.0.1.example.com/", "http://[fe80::1]/"] {
+            assert!(!super::plaintext_allowed(bad), "{bad}");
+        }
     }
 }
