@@ -280,9 +280,15 @@ impl LeaseManager {
             *next.entry(m).or_insert(0) += n;
         }
         let mut b = WriteBatch::new();
-        b.put(key, encode_json(&next)).put(COUNTS_INITIALIZED, Zeroizing::new(b"1".to_vec()));
-        self.barrier.commit(b).await?;
-        *row = Some(next);
+        // Once: another node counting at the same time makes this a conflict.
+        b.expect(COUNTS_INITIALIZED, &keybridge_barrier::Stamp::absent())
+            .put(key, encode_json(&next))
+            .put(COUNTS_INITIALIZED, Zeroizing::new(b"1".to_vec()));
+        match self.barrier.commit(b).await {
+            Ok(()) => *row = Some(next),
+            Err(keybridge_barrier::Error::Conflict) => *row = None,
+            Err(e) => return Err(e.into()),
+        }
         Ok(())
     }
 

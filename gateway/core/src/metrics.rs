@@ -80,7 +80,14 @@ pub struct Metrics {
     /// Counts kept elsewhere (mount caches, audit devices, rotations) as
     /// last seen, to add what is new.
     seen: Mutex<HashMap<(&'static str, String), u64>>,
+    /// When the gauges were last read from the node's state: scrapes within
+    /// [`REFRESH_EVERY`] of it share that reading, and one refresh runs at a
+    /// time (a scrape needs no token, so it must stay cheap).
+    refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long one reading of the node's state serves scrapes.
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -178,6 +185,7 @@ impl Metrics {
             sealed,
             initialized,
             seen: Mutex::new(HashMap::new()),
+            refreshed: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -213,6 +221,38 @@ impl Metrics {
 
     /// Adds to `counter` what a count kept elsewhere gained since last
     /// seen (a count that went back, after a reload, counts from zero).
+    /// Drops the series of `family` (kept as `what` in `seen`) whose label
+    /// is no longer in `current` (a mount or device removed).
+    fn forget<M>(
+        &self,
+        family: &Family<MountLabels, M>,
+        what: &'static str,
+        current: &std::collections::HashSet<String>,
+    ) where
+        M: prometheus_client::metrics::TypedMetric + Default,
+    {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|(w, key), _| {
+            let keep = *w != what || current.contains(key);
+            if !keep {
+                family.remove(&MountLabels { mount: key.clone() });
+            }
+            keep
+        });
+    }
+
+    fn forget_devices(&self, current: &std::collections::HashSet<String>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|(w, key), _| {
+            let keep = !matches!(*w, "audit" | "audit_failed") || current.contains(key);
+            if !keep {
+                self.audit_records.remove(&DeviceLabels { device: key.clone() });
+                self.audit_failures.remove(&DeviceLabels { device: key.clone() });
+            }
+            keep
+        });
+    }
+
     fn advance(&self, counter: &Counter, what: &'static str, key: &str, now: u64) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let was = seen.insert((what, key.to_string()), now).unwrap_or(0);
@@ -248,7 +288,12 @@ impl crate::Core {
     /// The node's metrics, with the gauges read from its state now: in
     /// OpenMetrics' text format, or with `classic` Prometheus' 0.0.4.
     pub async fn metrics_text(&self, classic: bool) -> String {
-        self.refresh_metrics().await;
+        // Encoded under the lock too: a refresh clears and refills families.
+        let mut last = self.metrics.refreshed.lock().await;
+        if last.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
+            self.refresh_metrics().await;
+            *last = Some(std::time::Instant::now());
+        }
         if classic { self.metrics.encode_classic() } else { self.metrics.encode() }
     }
 
@@ -277,7 +322,11 @@ impl crate::Core {
         m.sealed.set(i64::from(sealed));
         let Ok(loaded) = self.unsealed() else { return };
         let table = loaded.table();
-        for (path, stats) in self.mount_stats() {
+        let stats = self.mount_stats();
+        let clouds: std::collections::HashSet<String> = stats.keys().cloned().collect();
+        m.forget(&m.cache_hits, "hits", &clouds);
+        m.forget(&m.cache_misses, "misses", &clouds);
+        for (path, stats) in stats {
             m.advance(
                 &m.cache_hits.get_or_create(&MountLabels { mount: path.clone() }),
                 "hits",
@@ -291,7 +340,9 @@ impl crate::Core {
                 stats.cache_misses,
             );
         }
-        for (device, written, failed) in loaded.audit.tallies() {
+        let tallies = loaded.audit.tallies();
+        m.forget_devices(&tallies.iter().map(|(d, _, _)| d.clone()).collect());
+        for (device, written, failed) in tallies {
             let l = DeviceLabels { device: device.clone() };
             m.advance(&m.audit_records.get_or_create(&l), "audit", &device, written);
             m.advance(&m.audit_failures.get_or_create(&l), "audit_failed", &device, failed);

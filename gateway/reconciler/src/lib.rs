@@ -150,8 +150,7 @@ pub struct JournalGauge {
     pub depth: u64,
     /// When the oldest waiting entry was written, ms since the epoch.
     pub oldest_ms: Option<u64>,
-    /// The oldest waiting entry of each rule (of the first
-    /// [`JOURNAL_GAUGE_MAX`] entries).
+    /// The oldest waiting entry of each rule (of the first 1024 entries).
     pub oldest_by_rule: BTreeMap<String, u64>,
 }
 

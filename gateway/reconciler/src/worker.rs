@@ -80,6 +80,8 @@ pub struct SyncStatus {
 }
 
 const JOURNAL_BATCH: usize = 512;
+/// Journal entries a metrics reading decrypts to find each rule's oldest.
+const JOURNAL_GAUGE_READS: u64 = 1024;
 
 /// A journal entry's key, and the stamp it was read with.
 type Entry = (String, Stamp);
@@ -229,7 +231,11 @@ impl Reconciler {
                 if g.oldest_ms.is_none() {
                     g.oldest_ms = at;
                 }
+                // Entries are read (decrypted) only at the front: a rule with
+                // nothing waiting would otherwise make every scrape read
+                // the whole journal.
                 if g.oldest_by_rule.len() < rules
+                    && g.depth <= JOURNAL_GAUGE_READS
                     && let Some(raw) = self.barrier.get(k).await?
                     && let Ok(e) = serde_json::from_slice::<JournalEntry>(&raw)
                 {

@@ -37,7 +37,15 @@ pub struct Telemetry {
     pub unauthenticated_metrics_access: bool,
 }
 
-/// Binds the listener and serves it until the process ends.
+/// Connections the listener serves at once; one more is closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// A client has this long to send a request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds the listener and serves it until the process ends: HTTP/1.1,
+/// at most [`MAX_CONNECTIONS`] connections, each given [`HEADER_TIMEOUT`]
+/// for a request's headers (a slow client cannot hold descriptors the
+/// gRPC listener, the store and the audit devices need).
 pub async fn start(address: SocketAddr, t: Telemetry) -> Result<SocketAddr, Error> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -48,9 +56,34 @@ pub async fn start(address: SocketAddr, t: Telemetry) -> Result<SocketAddr, Erro
         .route("/metrics", axum::routing::get(metrics))
         .route("/v1/sys/metrics", axum::routing::get(metrics))
         .with_state(Arc::new(t));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the telemetry listener stopped");
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "telemetry listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            let app = app.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                drop(slot);
+            });
         }
     });
     Ok(local)
@@ -154,7 +187,11 @@ fn token(headers: &HeaderMap) -> Option<String> {
     crate::service::bearer(auth).map(str::to_string)
 }
 
-async fn metrics(State(t): State<Arc<Telemetry>>, headers: HeaderMap) -> Response {
+async fn metrics(
+    State(t): State<Arc<Telemetry>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     set_leadership_gauges(&t.core).await;
     // OpenMetrics for scrapers that ask for it (Prometheus does), the
     // classic text format for everything else.
@@ -170,8 +207,9 @@ async fn metrics(State(t): State<Arc<Telemetry>>, headers: HeaderMap) -> Respons
         // The HTTP listener's one call that needs a token; audited as the
         // gRPC API's calls are.
         #[allow(clippy::disallowed_methods)]
-        let caller =
-            Caller::new(Some(token.as_str()).filter(|t| !t.is_empty()), "http/v1/sys/metrics").with_path("sys/metrics");
+        let caller = Caller::new(Some(token.as_str()).filter(|t| !t.is_empty()), "http/v1/sys/metrics")
+            .with_path("sys/metrics")
+            .with_remote(Some(peer));
         match t.core.metrics_for(&caller, !open).await {
             Ok(text) => text,
             Err(e) => {
