@@ -431,4 +431,14 @@ mod tests {
         assert!(!text.contains("# EOF"), "{text}");
         assert!(m.encode().trim_end().ends_with("# EOF"));
     }
+
+    /// A mount path may hold quotes and backslashes: escaped, a label value
+    /// cannot end early and add a label or a line of its own.
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        m.leases.get_or_create(&MountLabels { mount: "team-x\",evil=\"1\\/".into() }).set(1);
+        let text = m.encode_classic();
+        assert!(text.contains("keybridge_leases{mount=\"team-x\\\",evil=\\\"1\\\\/\"} 1\n"), "{text}");
+    }
 }
