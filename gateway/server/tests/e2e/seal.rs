@@ -316,6 +316,20 @@ async fn every_node_follows_a_seal_migration_on_postgresql() {
     assert_eq!(health(standby, "?standbyok=true"), "200");
     assert_eq!(health(standby, "?standbycode=503"), "503");
     assert_eq!(health(leader, "?standbyok=true"), "200");
+    // The metrics say the same: leadership, the lease's epoch, the feed.
+    let metrics = |s: &Server| {
+        let url = format!("{}/metrics", s.telemetry.as_ref().unwrap());
+        blocking(move || {
+            String::from_utf8_lossy(&Command::new("curl").args(["-s", &url]).output().unwrap().stdout).to_string()
+        })
+    };
+    let (lm, sm) = (metrics(leader), metrics(standby));
+    assert!(lm.contains("keybridge_leader 1\n") && sm.contains("keybridge_leader 0\n"), "{lm}\n{sm}");
+    for m in [&lm, &sm] {
+        let epoch = m.lines().find_map(|l| l.strip_prefix("keybridge_leader_epoch ")).unwrap_or("0");
+        assert!(epoch.parse::<i64>().unwrap() >= 1, "{m}");
+        assert!(m.contains("keybridge_feed_lag_seconds "), "{m}");
+    }
 
     // Shamir to KMS: both restart with the seal block; the migration is
     // made on one, and the other unseals by itself.
