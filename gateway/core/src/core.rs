@@ -30,6 +30,8 @@ pub struct CoreConfig {
     pub rotation_verify: Option<Arc<dyn crate::reconciler::RotationVerifier>>,
     /// Runs plugin engines (none: plugin mounts are refused).
     pub plugins: Option<Arc<dyn crate::plugins::PluginRuntime>>,
+    /// Engines built into the binary, by mount type (`database`).
+    pub builtin_engines: Option<Arc<dyn crate::plugins::BuiltinEngines>>,
     /// Hosts a cloud mount may be pointed at besides the cloud's own (none:
     /// any, for holders of `sudo` on the mount's path).
     pub allowed_endpoint_hosts: Option<Vec<String>>,
@@ -48,6 +50,7 @@ impl Default for CoreConfig {
             providers: None,
             rotation_verify: None,
             plugins: None,
+            builtin_engines: None,
             allowed_endpoint_hosts: None,
             audit_file_dir: None,
             node: keybridge_audit::Node::default(),
@@ -963,7 +966,7 @@ impl Core {
         // Path checks first, then the cloud's health check, then the write.
         table.add(entry.clone())?;
         let opened = self.open_cloud(kind, &entry.config, true).await?;
-        let engine = if kind == crate::plugins::MOUNT_KIND { Some(self.open_plugin(&entry).await?) } else { None };
+        let engine = if self.is_engine_kind(kind) { Some(self.open_engine(&entry).await?) } else { None };
         self.store_mounts(table).await?;
         if let Some(c) = opened {
             self.unsealed()?.clouds.write().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), Arc::new(c));
@@ -994,6 +997,9 @@ impl Core {
         if kind == crate::plugins::MOUNT_KIND {
             return self.validate_plugin_config(config);
         }
+        if let Some(b) = self.builtin(kind) {
+            return crate::plugins::validate_builtin_config(b.as_ref(), kind, config);
+        }
         if keybridge_provider_api::Cloud::from_kind(kind).is_none() {
             return mounts::validate_config(kind, config).map_err(|e| match e {
                 Error::InvalidArgument(m) if m.starts_with("unknown mount type") => {
@@ -1003,6 +1009,7 @@ impl Core {
                         if self.config.plugins.is_some() {
                             k.push(crate::plugins::MOUNT_KIND);
                         }
+                        k.extend(self.config.builtin_engines.as_ref().map(|b| b.kinds()).unwrap_or_default());
                         k.join(", ")
                     }))
                 }
@@ -1125,9 +1132,9 @@ impl Core {
             self.resolve_plugin_config(&mut config).await?;
         }
         let reopened = self.open_cloud(&entry.kind, &config, true).await?;
-        let engine = if entry.kind == crate::plugins::MOUNT_KIND {
+        let engine = if self.is_engine_kind(&entry.kind) {
             let probe = MountEntry { config: config.clone(), ..entry.clone() };
-            Some(self.open_plugin(&probe).await?)
+            Some(self.open_engine(&probe).await?)
         } else {
             None
         };
@@ -1153,7 +1160,7 @@ impl Core {
         self.authorize(caller, &id, &format!("sys/mounts/{path}"), Capability::Delete).await?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.unsealed()?.table()).clone();
-        if table.get(&path).is_some_and(|m| m.kind == crate::plugins::MOUNT_KIND) {
+        if table.get(&path).is_some_and(|m| self.is_engine_kind(&m.kind)) {
             // As in Vault: a mount's credentials are revoked before it goes.
             self.revoke_under(&path, &caller.request_id).await.map_err(|e| {
                 Error::FailedPrecondition(format!("{path} was not disabled: its leases must be revoked first: {e}"))

@@ -31,7 +31,7 @@ impl Core {
             let Some((mount, rel)) = table.route(&f) else {
                 return Err(Error::InvalidArgument(format!("{what} {f}: no mount serves it")));
             };
-            if mount.kind == crate::plugins::MOUNT_KIND {
+            if self.is_engine_kind(&mount.kind) {
                 return Err(Error::InvalidArgument(format!(
                     "{what} {f}: {} is a plugin mount; rules replicate secrets between local and cloud mounts",
                     mount.path

@@ -340,6 +340,14 @@ pub async fn run(
     fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::plugins::PluginRuntime>>, Error> {
         Ok(None)
     }
+    #[cfg(feature = "database")]
+    fn builtin_engines() -> Option<Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
+        Some(Arc::new(keybridge_engine_database::Builtins))
+    }
+    #[cfg(not(feature = "database"))]
+    fn builtin_engines() -> Option<Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
+        None
+    }
     let policy_check = match &config.policy_check_rego {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -367,6 +375,7 @@ pub async fn run(
                 Arc::new(crate::verify::CommandVerifier { argv }) as Arc<dyn keybridge_core::RotationVerifier>
             }),
             plugins: plugin_runtime()?,
+            builtin_engines: builtin_engines(),
             allowed_endpoint_hosts: config.allowed_endpoint_hosts.clone(),
             audit_file_dir: config.audit_file_dir.clone(),
             node: keybridge_core::audit::Node {

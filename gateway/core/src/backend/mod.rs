@@ -415,7 +415,7 @@ impl crate::Core {
         if keybridge_provider_api::Cloud::from_kind(&mount.kind).is_some() {
             return Ok(Backend::Cloud(self.cloud_mount(mount).await?));
         }
-        if mount.kind == crate::plugins::MOUNT_KIND {
+        if self.is_engine_kind(&mount.kind) {
             return Ok(Backend::Plugin(self.plugin_backend(mount).await?));
         }
         let settings = crate::mounts::local_settings(&mount.config)?;

@@ -248,6 +248,24 @@ pub trait PluginRuntime: Send + Sync {
     async fn open(&self, spec: PluginSpec<'_>) -> Result<Arc<dyn PluginEngine>, EngineError>;
 }
 
+/// Engines built into the binary (mount types of their own, such as
+/// `database`), reached through the same [`PluginEngine`] interface as
+/// WASM plugins: the binary hands them in; the core names none.
+#[async_trait::async_trait]
+pub trait BuiltinEngines: Send + Sync {
+    /// The mount types served.
+    fn kinds(&self) -> Vec<&'static str>;
+    /// Checks a mount config's engine keys, without IO.
+    fn validate(&self, kind: &str, config: &BTreeMap<String, String>) -> Result<(), String>;
+    /// Builds a mount's engine over its storage.
+    async fn open(
+        &self,
+        kind: &str,
+        config: &BTreeMap<String, String>,
+        storage: Arc<dyn EngineStorage>,
+    ) -> Result<Arc<dyn PluginEngine>, EngineError>;
+}
+
 /// A request path matched against an engine's patterns.
 pub struct Matched<'a> {
     pub info: &'a PathInfo,

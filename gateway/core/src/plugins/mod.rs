@@ -46,6 +46,28 @@ pub struct PluginVersion {
     pub paths: Vec<String>,
 }
 
+/// Checks a built-in engine mount's config: the core's lease keys, and the
+/// engine's own.
+pub(crate) fn validate_builtin_config(
+    b: &dyn BuiltinEngines,
+    kind: &str,
+    config: &BTreeMap<String, String>,
+) -> Result<()> {
+    for k in ["default_lease_ttl", "max_lease_ttl"] {
+        if let Some(v) = config.get(k)
+            && parse_duration(v).is_none_or(|d| d == 0)
+        {
+            return Err(Error::InvalidArgument(format!("mount config {k}={v:?}: expected a duration such as 1h")));
+        }
+    }
+    let own: BTreeMap<String, String> = config
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "default_lease_ttl" | "max_lease_ttl"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    b.validate(kind, &own).map_err(Error::InvalidArgument)
+}
+
 /// What a Logical request asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineOp {
@@ -419,6 +441,29 @@ impl Core {
         Ok(backend)
     }
 
+    /// The built-in engines serving `kind`, if any.
+    pub(crate) fn builtin(&self, kind: &str) -> Option<&Arc<dyn BuiltinEngines>> {
+        self.config.builtin_engines.as_ref().filter(|b| b.kinds().contains(&kind))
+    }
+
+    /// Whether a mount of `kind` is served by an engine (a WASM plugin or a
+    /// built-in one): Logical paths, leases revoked before it goes.
+    pub(crate) fn is_engine_kind(&self, kind: &str) -> bool {
+        kind == MOUNT_KIND || self.builtin(kind).is_some()
+    }
+
+    /// Builds a mount's engine: a plugin from the catalog, or a built-in one.
+    pub(crate) async fn open_engine(&self, mount: &MountEntry) -> Result<Arc<dyn PluginEngine>> {
+        match self.builtin(&mount.kind) {
+            Some(b) => {
+                let storage = Arc::new(MountStorage { barrier: self.barrier.clone(), prefix: mount.storage_prefix() });
+                let config: BTreeMap<String, String> = self.engine_config(mount).into_iter().collect();
+                b.open(&mount.kind, &config, storage).await.map_err(engine_error)
+            }
+            None => self.open_plugin(mount).await,
+        }
+    }
+
     /// A mount's engine, built on first use after unseal.
     pub(crate) async fn plugin_backend(&self, mount: &MountEntry) -> Result<Arc<dyn PluginEngine>> {
         let loaded = self.unsealed()?;
@@ -426,7 +471,7 @@ impl Core {
             return Ok(b.clone());
         }
         let since = loaded.dropped.load(std::sync::atomic::Ordering::Acquire);
-        let built = self.open_plugin(mount).await?;
+        let built = self.open_engine(mount).await?;
         let mut engines = loaded.engines.write().unwrap_or_else(|p| p.into_inner());
         if !loaded.keeps(mount, since) {
             return Ok(built);

@@ -5,6 +5,7 @@ mod authz;
 mod cli;
 mod clouds;
 mod conformance;
+mod database;
 mod grpc;
 mod ha;
 mod harness;

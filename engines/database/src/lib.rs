@@ -1,0 +1,435 @@
+//! The built-in `database` secrets engine: dynamic PostgreSQL credentials
+//! under leases, with Vault's paths.
+//!
+//! - `config/<name>`: a connection (`plugin_name = "postgresql"`, a
+//!   `connection_url` with `{{username}}` and `{{password}}`, the admin's
+//!   `username` and write-only `password`, `allowed_roles`). Verified by
+//!   connecting before it is saved, unless `verify_connection = false`.
+//! - `roles/<name>`: `db_name`, `creation_statements` (run in one
+//!   transaction with `{{name}}`, `{{password}}` and `{{expiration}}`),
+//!   `revocation_statements`, `renew_statements`, `rollback_statements`,
+//!   `default_ttl`, `max_ttl`.
+//! - `creds/<role>` (read): a new user and password, under a lease whose
+//!   renewal moves `VALID UNTIL` (never past `max_ttl`) and whose
+//!   revocation terminates the user's sessions, reassigns and drops what it
+//!   owns or was granted in every database, drops it, and checks it is gone.
+//!
+//! The engine reaches the database only with the connection's own
+//! credentials; who may use which role is the core's policy check on the
+//! request's path, and `allowed_roles` on the connection.
+
+mod conn;
+mod pg;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use keybridge_core::plugins::{
+    BuiltinEngines, CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, EngineStorage, Field,
+    FieldKind, LeaseInfo, LeaseRequest, LeaseTerms, Operation, Params, PathInfo, PluginEngine,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::conn::{Connection, Pools};
+
+/// The mount type.
+pub const KIND: &str = "database";
+
+/// The database engines this build has, as the core's [`BuiltinEngines`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Builtins;
+
+#[async_trait::async_trait]
+impl BuiltinEngines for Builtins {
+    fn kinds(&self) -> Vec<&'static str> {
+        vec![KIND]
+    }
+
+    fn validate(&self, _kind: &str, config: &BTreeMap<String, String>) -> Result<(), String> {
+        match config.keys().next() {
+            Some(k) => Err(format!(
+                "a database mount takes no config key {k:?} (only default_lease_ttl and max_lease_ttl); connections are written to <mount>/config/<name>"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    async fn open(
+        &self,
+        _kind: &str,
+        _config: &BTreeMap<String, String>,
+        storage: Arc<dyn EngineStorage>,
+    ) -> Result<Arc<dyn PluginEngine>, EngineError> {
+        Ok(Arc::new(DatabaseEngine { storage, info: info(), pools: Pools::default() }))
+    }
+}
+
+/// A role: how its users are created, renewed and revoked.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Role {
+    db_name: String,
+    creation_statements: String,
+    revocation_statements: String,
+    renew_statements: String,
+    rollback_statements: String,
+    default_ttl: u64,
+    max_ttl: u64,
+}
+
+pub struct DatabaseEngine {
+    storage: Arc<dyn EngineStorage>,
+    info: EngineInfo,
+    pools: Pools,
+}
+
+fn field(name: &str, kind: FieldKind, description: &str) -> Field {
+    Field { name: name.into(), kind, description: description.into(), required: false, default: None }
+}
+
+fn default(mut f: Field, v: &str) -> Field {
+    f.default = Some(v.into());
+    f
+}
+
+fn path(pattern: &str, synopsis: &str, operations: &[Operation], fields: Vec<Field>, existence: bool) -> PathInfo {
+    PathInfo {
+        pattern: pattern.into(),
+        synopsis: synopsis.into(),
+        description: synopsis.into(),
+        operations: operations.to_vec(),
+        fields,
+        existence_check: existence,
+    }
+}
+
+fn info() -> EngineInfo {
+    use Operation::*;
+    let statements = |name: &str, what: &str| field(name, FieldKind::String, what);
+    EngineInfo {
+        name: KIND.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        description: "Dynamic PostgreSQL credentials under leases".into(),
+        paths: vec![
+            path(
+                "config/{name}",
+                "A database connection: where it is, and the admin user roles create users with",
+                &[Read, Create, Update, Delete],
+                vec![
+                    field("plugin_name", FieldKind::String, "postgresql (postgresql-database-plugin is read the same)"),
+                    field(
+                        "connection_url",
+                        FieldKind::String,
+                        "postgresql://{{username}}:{{password}}@host:5432/db?sslmode=verify-full&sslrootcert=/ca.pem",
+                    ),
+                    field("username", FieldKind::String, "the admin user (CREATEROLE, or a superuser)"),
+                    field("password", FieldKind::String, "the admin user's password (write-only)"),
+                    field("allowed_roles", FieldKind::CommaList, "roles that may use this connection (* for any)"),
+                    default(
+                        field("verify_connection", FieldKind::Boolean, "connect with the settings before saving them"),
+                        "true",
+                    ),
+                    statements("root_rotation_statements", "statements rotate-root runs (not yet served)"),
+                    statements("rotation_statements", "the origin document's name for root_rotation_statements"),
+                    field("username_template", FieldKind::String, "not supported yet"),
+                    field("password_policy", FieldKind::String, "not supported yet"),
+                    field(
+                        "max_open_connections",
+                        FieldKind::Int,
+                        "connections the engine keeps open to it (default 4)",
+                    ),
+                ],
+                true,
+            ),
+            path("config", "Lists connections", &[List], vec![], false),
+            path(
+                "roles/{name}",
+                "A dynamic role: the statements that create, renew and revoke its users",
+                &[Read, Create, Update, Delete],
+                vec![
+                    field("db_name", FieldKind::String, "the connection (config/<db_name>)"),
+                    statements(
+                        "creation_statements",
+                        "SQL run in one transaction; {{name}}, {{password}} and {{expiration}} are filled in",
+                    ),
+                    statements(
+                        "revocation_statements",
+                        "SQL run before the engine's own cleanup (sessions, owned objects, grants, the role)",
+                    ),
+                    statements("renew_statements", "SQL run on renewal (default: ALTER ROLE ... VALID UNTIL)"),
+                    statements("rollback_statements", "SQL run when creation fails"),
+                    default(field("default_ttl", FieldKind::Duration, "a credential's lease"), "1h"),
+                    default(field("max_ttl", FieldKind::Duration, "the longest renewals may extend it"), "24h"),
+                ],
+                true,
+            ),
+            path("roles", "Lists roles", &[List], vec![], false),
+            path("creds/{name}", "A new user and password of the role, under a lease", &[Read], vec![], false),
+        ],
+        config_keys: Vec::new(),
+        rotates: false,
+    }
+}
+
+fn bad(m: impl Into<String>) -> EngineError {
+    EngineError::InvalidInput(m.into())
+}
+
+fn store_err(e: String) -> EngineError {
+    EngineError::Unavailable(format!("engine storage: {e}"))
+}
+
+impl DatabaseEngine {
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, EngineError> {
+        match self.storage.get(key).await.map_err(store_err)? {
+            None => Ok(None),
+            Some(raw) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| EngineError::Internal(format!("{key} is unreadable: {e}"))),
+        }
+    }
+
+    async fn put_json<T: Serialize>(&self, key: &str, v: &T) -> Result<(), EngineError> {
+        let raw = zeroize::Zeroizing::new(serde_json::to_vec(v).map_err(|e| EngineError::Internal(e.to_string()))?);
+        self.storage.put(key, &raw).await.map_err(store_err)
+    }
+
+    async fn connection(&self, name: &str) -> Result<Connection, EngineError> {
+        self.get_json(&format!("config/{name}"))
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no connection {name:?}: write config/{name} first")))
+    }
+
+    async fn role(&self, name: &str) -> Result<Role, EngineError> {
+        self.get_json(&format!("roles/{name}")).await?.ok_or_else(|| EngineError::NotFound(format!("no role {name:?}")))
+    }
+
+    async fn write_config(&self, name: &str, p: &Params) -> Result<EngineResponse, EngineError> {
+        for unsupported in ["username_template", "password_policy"] {
+            if p.get(unsupported).is_some_and(|v| !v.is_empty()) {
+                return Err(bad(format!(
+                    "{unsupported} is not supported yet: users are named v-<role>-<random>-<time> and get 28 random letters and digits"
+                )));
+            }
+        }
+        let old: Option<Connection> = self.get_json(&format!("config/{name}")).await?;
+        let pick = |k: &str, old: Option<&str>| p.get(k).map(str::to_string).or(old.map(str::to_string));
+        let plugin_name = pick("plugin_name", old.as_ref().map(|o| o.plugin_name.as_str()))
+            .ok_or_else(|| bad("give plugin_name = \"postgresql\""))?;
+        if !matches!(plugin_name.as_str(), "postgresql" | "postgresql-database-plugin") {
+            return Err(bad(format!("plugin_name {plugin_name:?}: this engine serves postgresql")));
+        }
+        let connection_url = pick("connection_url", old.as_ref().map(|o| o.connection_url.as_str()))
+            .ok_or_else(|| bad("give connection_url"))?;
+        let username =
+            pick("username", old.as_ref().map(|o| o.username.as_str())).ok_or_else(|| bad("give username"))?;
+        let password = pick("password", old.as_ref().map(|o| o.password.as_str())).unwrap_or_default();
+        let allowed_roles = match p.get("allowed_roles") {
+            Some(v) => v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            None => old.as_ref().map(|o| o.allowed_roles.clone()).unwrap_or_default(),
+        };
+        let root_rotation_statements = p
+            .get("root_rotation_statements")
+            .or(p.get("rotation_statements"))
+            .map(str::to_string)
+            .or(old.as_ref().map(|o| o.root_rotation_statements.clone()))
+            .unwrap_or_default();
+        let max_open_connections = match p.get("max_open_connections") {
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| bad("max_open_connections must be 1 to 64"))?,
+            None => old.as_ref().map_or(4, |o| o.max_open_connections),
+        };
+        let c = Connection {
+            plugin_name,
+            connection_url,
+            username,
+            password,
+            allowed_roles,
+            root_rotation_statements,
+            max_open_connections,
+        };
+        // Settings that cannot work are refused here, with or without the
+        // check below.
+        let probe = conn::pool(&c, None)?;
+        if p.get("verify_connection") != Some("false") {
+            let client = probe.get().await.map_err(|e| conn::pool_error("verifying the connection", e))?;
+            client.simple_query("SELECT 1").await.map_err(|e| conn::db_error("verifying the connection", &e))?;
+        }
+        self.put_json(&format!("config/{name}"), &c).await?;
+        Ok(EngineResponse::default())
+    }
+
+    fn read_config(name: &str, c: &Connection) -> EngineResponse {
+        let _ = name;
+        EngineResponse {
+            data: Params(vec![
+                ("plugin_name".into(), c.plugin_name.clone()),
+                ("connection_url".into(), c.connection_url.clone()),
+                ("username".into(), c.username.clone()),
+                ("password".into(), if c.password.is_empty() { String::new() } else { "<redacted>".into() }),
+                ("allowed_roles".into(), c.allowed_roles.join(",")),
+                ("root_rotation_statements".into(), c.root_rotation_statements.clone()),
+                ("max_open_connections".into(), c.max_open_connections.to_string()),
+            ]),
+            ..Default::default()
+        }
+    }
+
+    async fn write_role(&self, name: &str, p: &Params) -> Result<EngineResponse, EngineError> {
+        let old: Option<Role> = self.get_json(&format!("roles/{name}")).await?;
+        let text = |k: &str, old: Option<&String>| p.get(k).map(str::to_string).or(old.cloned()).unwrap_or_default();
+        let secs = |k: &str, old: Option<u64>| -> Result<u64, EngineError> {
+            match p.get(k) {
+                Some(v) => v.parse::<u64>().map_err(|_| bad(format!("{k} must be a duration"))),
+                None => Ok(old.unwrap_or(0)),
+            }
+        };
+        let r = Role {
+            db_name: text("db_name", old.as_ref().map(|o| &o.db_name)),
+            creation_statements: text("creation_statements", old.as_ref().map(|o| &o.creation_statements)),
+            revocation_statements: text("revocation_statements", old.as_ref().map(|o| &o.revocation_statements)),
+            renew_statements: text("renew_statements", old.as_ref().map(|o| &o.renew_statements)),
+            rollback_statements: text("rollback_statements", old.as_ref().map(|o| &o.rollback_statements)),
+            default_ttl: secs("default_ttl", old.as_ref().map(|o| o.default_ttl))?,
+            max_ttl: secs("max_ttl", old.as_ref().map(|o| o.max_ttl))?,
+        };
+        if r.db_name.is_empty() {
+            return Err(bad("give db_name: the connection (config/<db_name>) the role's users are created on"));
+        }
+        if r.creation_statements.trim().is_empty() {
+            return Err(bad(
+                "give creation_statements, e.g. CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+            ));
+        }
+        if !r.creation_statements.contains("{{name}}") && !r.creation_statements.contains("{{username}}") {
+            return Err(bad("creation_statements must create the user {{name}}"));
+        }
+        if r.default_ttl == 0 || r.max_ttl == 0 || r.default_ttl > r.max_ttl {
+            return Err(bad("default_ttl and max_ttl must be more than 0, with default_ttl at most max_ttl"));
+        }
+        self.put_json(&format!("roles/{name}"), &r).await?;
+        Ok(EngineResponse::default())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<EngineResponse, EngineError> {
+        let keys = self.storage.list(prefix).await.map_err(store_err)?;
+        let keys = serde_json::to_string(&keys).map_err(|e| EngineError::Internal(e.to_string()))?;
+        Ok(EngineResponse { data: Params(vec![("keys".into(), keys)]), ..Default::default() })
+    }
+
+    async fn issue(&self, ctx: &CallContext, role_name: &str) -> Result<EngineResponse, EngineError> {
+        let role = self.role(role_name).await?;
+        let c = self.connection(&role.db_name).await?;
+        if !c.allows(role_name) {
+            return Err(EngineError::Denied(format!(
+                "connection {:?} does not list role {role_name:?} in allowed_roles",
+                role.db_name
+            )));
+        }
+        let pool = self.pools.get(&role.db_name, &c, None)?;
+        let (username, password) = pg::new_user(role_name, &ctx.caller);
+        let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(role.default_ttl);
+        pg::create(&pool, &role.creation_statements, &role.rollback_statements, &username, &password, expires).await?;
+        Ok(EngineResponse {
+            data: Params(vec![("username".into(), username.clone()), ("password".into(), password.to_string())]),
+            lease: Some(LeaseRequest {
+                terms: LeaseTerms { ttl_secs: role.default_ttl, max_ttl_secs: role.max_ttl, renewable: true },
+                internal: Params(vec![
+                    ("db_name".into(), role.db_name.clone()),
+                    ("role".into(), role_name.into()),
+                    ("username".into(), username),
+                ]),
+            }),
+            warnings: Vec::new(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl PluginEngine for DatabaseEngine {
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    async fn exists(&self, _ctx: &CallContext, req: &EngineRequest) -> Result<bool, EngineError> {
+        let name = req.params.get("name").unwrap_or_default();
+        let key = match req.pattern.as_str() {
+            "config/{name}" => format!("config/{name}"),
+            "roles/{name}" => format!("roles/{name}"),
+            _ => return Ok(true),
+        };
+        Ok(self.storage.get(&key).await.map_err(store_err)?.is_some())
+    }
+
+    async fn handle(&self, ctx: &CallContext, req: &EngineRequest) -> Result<EngineResponse, EngineError> {
+        let name = req.params.get("name").unwrap_or_default().to_string();
+        match (req.pattern.as_str(), req.operation) {
+            ("config/{name}", Operation::Create | Operation::Update) => self.write_config(&name, &req.params).await,
+            ("config/{name}", Operation::Read) => Ok(Self::read_config(&name, &self.connection(&name).await?)),
+            ("config/{name}", Operation::Delete) => {
+                self.storage.delete(&format!("config/{name}")).await.map_err(store_err)?;
+                self.pools.forget(&name);
+                Ok(EngineResponse::default())
+            }
+            ("config", Operation::List) => self.list("config/").await,
+            ("roles/{name}", Operation::Create | Operation::Update) => self.write_role(&name, &req.params).await,
+            ("roles/{name}", Operation::Read) => {
+                let r = self.role(&name).await?;
+                Ok(EngineResponse {
+                    data: Params(vec![
+                        ("db_name".into(), r.db_name.clone()),
+                        ("creation_statements".into(), r.creation_statements.clone()),
+                        ("revocation_statements".into(), r.revocation_statements.clone()),
+                        ("renew_statements".into(), r.renew_statements.clone()),
+                        ("rollback_statements".into(), r.rollback_statements.clone()),
+                        ("default_ttl".into(), r.default_ttl.to_string()),
+                        ("max_ttl".into(), r.max_ttl.to_string()),
+                    ]),
+                    ..Default::default()
+                })
+            }
+            ("roles/{name}", Operation::Delete) => {
+                self.storage.delete(&format!("roles/{name}")).await.map_err(store_err)?;
+                Ok(EngineResponse::default())
+            }
+            ("roles", Operation::List) => self.list("roles/").await,
+            ("creds/{name}", Operation::Read) => self.issue(ctx, &name).await,
+            (p, op) => Err(EngineError::Unsupported(format!("{} on {p}", op.name()))),
+        }
+    }
+
+    async fn renew(&self, _ctx: &CallContext, lease: &LeaseInfo) -> Result<LeaseTerms, EngineError> {
+        let get = |k: &str| lease.internal.get(k).unwrap_or_default().to_string();
+        let (db_name, role_name, username) = (get("db_name"), get("role"), get("username"));
+        let role = self.role(&role_name).await?;
+        let c = self.connection(&db_name).await?;
+        let pool = self.pools.get(&db_name, &c, None)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let increment = if lease.increment == 0 { role.default_ttl } else { lease.increment };
+        let end = lease.issue_time.saturating_add(role.max_ttl).min(now.saturating_add(increment));
+        let ttl = end.saturating_sub(now);
+        let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(end);
+        pg::renew(&pool, &role.renew_statements, &username, expires).await?;
+        Ok(LeaseTerms { ttl_secs: ttl, max_ttl_secs: role.max_ttl, renewable: true })
+    }
+
+    async fn revoke(&self, _ctx: &CallContext, lease: &LeaseInfo) -> Result<(), EngineError> {
+        let get = |k: &str| lease.internal.get(k).unwrap_or_default().to_string();
+        let (db_name, role_name, username) = (get("db_name"), get("role"), get("username"));
+        let c = self.connection(&db_name).await?;
+        // A role deleted since: its own revocation statements are gone, the
+        // engine's cleanup still runs.
+        let statements = match self.get_json::<Role>(&format!("roles/{role_name}")).await? {
+            Some(r) => r.revocation_statements,
+            None => String::new(),
+        };
+        pg::revoke(&self.pools, &db_name, &c, &statements, &username).await
+    }
+
+    async fn rotate(&self, _ctx: &CallContext, path: &str, _params: &Params) -> Result<EngineResponse, EngineError> {
+        Err(EngineError::Unsupported(format!("{path}: the database engine does not rotate secrets yet")))
+    }
+}

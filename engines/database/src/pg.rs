@@ -1,0 +1,184 @@
+//! The SQL: creating a user in one transaction, renewing it, and a
+//! revocation that leaves nothing behind.
+
+use std::time::SystemTime;
+
+use deadpool_postgres::Pool;
+use rand::Rng;
+use zeroize::Zeroizing;
+
+use crate::EngineError;
+use crate::conn::{Connection, Pools, db_error, pool_error};
+
+/// A new user name (`v-<caller>-<role>-<random>-<unix time>`, at most 63
+/// bytes of `[a-z0-9_-]`) and password (28 letters and digits).
+pub fn new_user(role: &str, caller: &str) -> (String, Zeroizing<String>) {
+    let clean = |s: &str, n: usize| -> String {
+        s.chars()
+            .map(|c| c.to_ascii_lowercase())
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+            .take(n)
+            .collect()
+    };
+    let mut rng = rand::rngs::OsRng;
+    let random: String =
+        (0..20).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..36)])).collect();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut name = format!("v-{}-{}-{random}-{now}", clean(caller, 8), clean(role, 8));
+    name.truncate(63);
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let password = Zeroizing::new((0..28).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect());
+    (name, password)
+}
+
+/// `expires` as PostgreSQL reads a timestamp with time zone.
+fn timestamp(expires: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(expires).to_string()
+}
+
+/// The statements with `{{name}}` (or `{{username}}`), `{{password}}` and
+/// `{{expiration}}` filled in. The values are the engine's own (a name of
+/// `[a-z0-9_-]`, a password of letters and digits, a timestamp), so none
+/// can end a quoted literal or identifier early.
+fn fill(statements: &str, name: &str, password: &str, expires: SystemTime) -> Zeroizing<String> {
+    Zeroizing::new(
+        statements
+            .replace("{{name}}", name)
+            .replace("{{username}}", name)
+            .replace("{{password}}", password)
+            .replace("{{expiration}}", &timestamp(expires)),
+    )
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Runs the creation statements in one transaction; on failure rolls back
+/// and runs the rollback statements (best effort).
+pub async fn create(
+    pool: &Pool,
+    creation: &str,
+    rollback: &str,
+    name: &str,
+    password: &str,
+    expires: SystemTime,
+) -> Result<(), EngineError> {
+    let mut client = pool.get().await.map_err(|e| pool_error("connecting to create the user", e))?;
+    let sql = fill(creation, name, password, expires);
+    let r = async {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&sql).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = r {
+        if !rollback.trim().is_empty()
+            && let Err(re) = client.batch_execute(&fill(rollback, name, password, expires)).await
+        {
+            tracing::warn!(user = name, error = %db_error("rollback statements", &re), "database: the rollback statements failed too");
+        }
+        return Err(db_error("creating the user", &e));
+    }
+    Ok(())
+}
+
+/// Moves the user's `VALID UNTIL` to `expires` (or runs the role's renew
+/// statements).
+pub async fn renew(pool: &Pool, statements: &str, name: &str, expires: SystemTime) -> Result<(), EngineError> {
+    let client = pool.get().await.map_err(|e| pool_error("connecting to renew the user", e))?;
+    let sql = if statements.trim().is_empty() {
+        Zeroizing::new(format!("ALTER ROLE {} VALID UNTIL '{}'", ident(name), timestamp(expires)))
+    } else {
+        fill(statements, name, "", expires)
+    };
+    client.batch_execute(&sql).await.map_err(|e| db_error("renewing the user", &e))
+}
+
+async fn exists(client: &tokio_postgres::Client, name: &str) -> Result<bool, EngineError> {
+    client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .map(|r| r.is_some())
+        .map_err(|e| db_error("looking the user up", &e))
+}
+
+/// Revokes a user for good. Idempotent: a user already gone is revoked.
+///
+/// 1. The role's revocation statements, if any.
+/// 2. While the user exists: no new logins (`NOLOGIN`); the admin takes
+///    membership in it (what `REASSIGN OWNED`, `DROP OWNED` and ending its
+///    sessions need from an admin with CREATEROLE); its sessions are
+///    terminated; in every database where it owns objects or holds grants
+///    (`pg_shdepend`), what it owns goes to the admin and its grants go;
+///    then the user is dropped.
+/// 3. It succeeds only once the user is gone.
+pub async fn revoke(
+    pools: &Pools,
+    db_name: &str,
+    c: &Connection,
+    statements: &str,
+    name: &str,
+) -> Result<(), EngineError> {
+    let pool = pools.get(db_name, c, None)?;
+    let client = pool.get().await.map_err(|e| pool_error("connecting to revoke the user", e))?;
+    if !exists(&client, name).await? {
+        return Ok(());
+    }
+    if !statements.trim().is_empty() {
+        client
+            .batch_execute(&fill(statements, name, "", SystemTime::now()))
+            .await
+            .map_err(|e| db_error("the role's revocation statements", &e))?;
+        if !exists(&client, name).await? {
+            return Ok(());
+        }
+    }
+    let q = ident(name);
+    client
+        .batch_execute(&format!("ALTER ROLE {q} NOLOGIN; GRANT {q} TO CURRENT_USER"))
+        .await
+        .map_err(|e| db_error("closing the user to new logins", &e))?;
+    client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
+            &[&name],
+        )
+        .await
+        .map_err(|e| db_error("ending the user's sessions", &e))?;
+    let rows = client
+        .query(
+            "SELECT DISTINCT d.datname FROM pg_shdepend s \
+             JOIN pg_database d ON d.oid = s.dbid \
+             JOIN pg_roles r ON r.oid = s.refobjid \
+             WHERE r.rolname = $1 AND d.datallowconn",
+            &[&name],
+        )
+        .await
+        .map_err(|e| db_error("finding where the user owns objects or holds grants", &e))?;
+    let here: String = client
+        .query_one("SELECT current_database()", &[])
+        .await
+        .map_err(|e| db_error("reading the current database", &e))?
+        .get(0);
+    let cleanup = format!("REASSIGN OWNED BY {q} TO CURRENT_USER; DROP OWNED BY {q}");
+    for row in rows {
+        let db: String = row.get(0);
+        if db == here {
+            client.batch_execute(&cleanup).await
+        } else {
+            let other = pools.get(db_name, c, Some(&db))?;
+            let oc = other.get().await.map_err(|e| pool_error(&format!("connecting to database {db}"), e))?;
+            oc.batch_execute(&cleanup).await
+        }
+        .map_err(|e| db_error(&format!("reassigning and dropping what the user owns in database {db}"), &e))?;
+    }
+    // Grants in this database that pg_shdepend does not list (none are
+    // expected; cheap to be sure), then the user.
+    client.batch_execute(&cleanup).await.map_err(|e| db_error("dropping what the user owns", &e))?;
+    client.batch_execute(&format!("DROP ROLE IF EXISTS {q}")).await.map_err(|e| db_error("dropping the user", &e))?;
+    if exists(&client, name).await? {
+        return Err(EngineError::Unavailable(format!("user {name} still exists after DROP ROLE; retried")));
+    }
+    Ok(())
+}

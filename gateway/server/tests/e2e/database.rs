@@ -1,0 +1,176 @@
+//! The built-in database engine against a real PostgreSQL (a throwaway
+//! cluster from the machine's binaries, TLS with a test CA): the origin
+//! document's role as written, an admin that is not a superuser (CREATEROLE,
+//! as the document's `vault_admin`), and a revocation that leaves nothing
+//! behind: the user's session ended, a grant made out of band and a table
+//! it owns in a second database handled, the user gone.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keybridge_testservers::postgres::{PASSWORD, Postgres, USER};
+use serde_json::Value;
+
+use crate::harness::{Server, blocking, json, stderr};
+
+/// Runs `sql` in `db` as `user` over TCP; the output, or the error text.
+fn sql(pg: &Postgres, db: &str, user: &str, password: &str, sql: &str) -> Result<String, String> {
+    let port = pg_port(pg);
+    let o = Command::new("psql")
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "require")
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", user, "-d", db, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+fn pg_port(pg: &Postgres) -> String {
+    pg.url("h", "disable").split(':').nth(3).unwrap().split('/').next().unwrap().to_string()
+}
+
+fn admin(pg: &Postgres, db: &str, statement: &str) -> String {
+    sql(pg, db, USER, PASSWORD, statement).unwrap_or_else(|e| panic!("{statement}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anything() {
+    let pg = Postgres::start();
+    admin(&pg, "postgres", "CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
+    admin(&pg, "postgres", "CREATE DATABASE app");
+    admin(&pg, "postgres", "CREATE DATABASE other");
+    admin(
+        &pg,
+        "app",
+        "CREATE TABLE items (id int); INSERT INTO items VALUES (1), (2); ALTER TABLE items OWNER TO vault_admin",
+    );
+
+    let s = Server::dev();
+    let t = Some("root-e2e");
+    let ok = |args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&["mount", "enable", "--type", "database", "database/"]);
+    let url = format!(
+        "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/app?sslmode=verify-full&sslrootcert={}",
+        pg_port(&pg),
+        pg.ca_file().display()
+    );
+    // A wrong password is refused before anything is saved.
+    let o = s.cli(
+        t,
+        &[
+            "write",
+            "database/config/app",
+            "plugin_name=postgresql",
+            &url,
+            "username=vault_admin",
+            "password=wrong",
+            "allowed_roles=app-readonly",
+        ],
+    );
+    assert!(!o.status.success() && stderr(&o).contains("password authentication failed"), "{}", stderr(&o));
+    assert!(!s.cli(t, &["read", "database/config/app"]).status.success(), "nothing saved");
+    ok(&[
+        "write",
+        "database/config/app",
+        "plugin_name=postgresql",
+        &url,
+        "username=vault_admin",
+        "password=admin-pw-1",
+        "allowed_roles=app-readonly",
+    ]);
+    let config = json(&ok(&["read", "database/config/app", "-o", "json"]));
+    assert_eq!(config["data"]["password"], "<redacted>", "{config}");
+    assert!(!config.to_string().contains("admin-pw-1"));
+
+    // The origin document's role, as written.
+    ok(&[
+        "write",
+        "database/roles/app-readonly",
+        "db_name=app",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\";",
+        "default_ttl=24h",
+        "max_ttl=72h",
+    ]);
+    let creds = json(&ok(&["read", "database/creds/app-readonly", "-o", "json"]));
+    let user = creds["data"]["username"].as_str().unwrap().to_string();
+    let password = creds["data"]["password"].as_str().unwrap().to_string();
+    let lease = creds["lease_id"].as_str().unwrap().to_string();
+    assert_eq!(creds["lease_duration"], 86400, "{creds}");
+    assert_eq!(sql(&pg, "app", &user, &password, "SELECT count(*) FROM items").unwrap(), "2");
+    let e = sql(&pg, "app", &user, &password, "INSERT INTO items VALUES (3)").unwrap_err();
+    assert!(e.contains("permission denied"), "{e}");
+    let valid = admin(
+        &pg,
+        "postgres",
+        &format!("SELECT rolvaliduntil > now() + interval '23 hours' FROM pg_roles WHERE rolname = '{user}'"),
+    );
+    assert_eq!(valid, "t");
+    // Renewal moves VALID UNTIL, never past max_ttl.
+    let renewed = json(&ok(&["lease", "renew", &lease, "--increment", "100h", "-o", "json"]));
+    assert!(renewed["lease_duration"].as_u64().unwrap() <= 72 * 3600, "{renewed}");
+    let valid = admin(
+        &pg,
+        "postgres",
+        &format!(
+            "SELECT rolvaliduntil > now() + interval '71 hours' AND rolvaliduntil <= now() + interval '72 hours' FROM pg_roles WHERE rolname = '{user}'"
+        ),
+    );
+    assert_eq!(valid, "t");
+
+    // Out of band: an extra grant, and a table the user owns in another
+    // database.
+    admin(&pg, "app", &format!("GRANT INSERT ON items TO \"{user}\""));
+    admin(&pg, "other", &format!("CREATE TABLE owned (x int); ALTER TABLE owned OWNER TO \"{user}\""));
+    // A session that is open when the lease is revoked.
+    let port = pg_port(&pg);
+    let mut session = Command::new("psql")
+        .env("PGPASSWORD", &password)
+        .env("PGSSLMODE", "require")
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", &user, "-d", "app", "-c", "SELECT pg_sleep(60)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin(&pg, "postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}'")) != "1" {
+        assert!(Instant::now() < deadline, "the session did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    ok(&["lease", "revoke", &lease]);
+    let ended = blocking(|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = session.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = session.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert!(ended.is_some_and(|s| !s.success()), "the open session survived the revocation");
+    assert_eq!(admin(&pg, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{user}'")), "0");
+    assert_eq!(admin(&pg, "other", "SELECT tableowner FROM pg_tables WHERE tablename = 'owned'"), "vault_admin");
+    let e = sql(&pg, "app", &user, &password, "SELECT 1").unwrap_err();
+    assert!(e.contains("password authentication failed") || e.contains("does not exist"), "{e}");
+    // Revoked once: nothing is left to revoke, and the lease is gone.
+    assert!(!s.cli(t, &["lease", "lookup", &lease]).status.success());
+
+    // A role the connection does not allow is refused.
+    ok(&["write", "database/roles/other-role", "db_name=app", "creation_statements=CREATE ROLE \"{{name}}\" LOGIN;"]);
+    let o = s.cli(t, &["read", "database/creds/other-role"]);
+    assert!(!o.status.success() && stderr(&o).contains("allowed_roles"), "{}", stderr(&o));
+    let listed: Value = json(&ok(&["list", "database/roles", "-o", "json"]));
+    assert!(listed.to_string().contains("app-readonly"), "{listed}");
+}
