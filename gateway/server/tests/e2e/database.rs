@@ -173,4 +173,34 @@ async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anythin
     assert!(!o.status.success() && stderr(&o).contains("allowed_roles"), "{}", stderr(&o));
     let listed: Value = json(&ok(&["list", "database/roles", "-o", "json"]));
     assert!(listed.to_string().contains("app-readonly"), "{listed}");
+
+    // Expiry revokes as revoke does: a credential of a short role is gone
+    // once its lease runs out, without anyone asking.
+    ok(&["write", "database/config/app", "allowed_roles=app-readonly,short"]);
+    ok(&[
+        "write",
+        "database/roles/short",
+        "db_name=app",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        "default_ttl=2s",
+        "max_ttl=4s",
+    ]);
+    let creds = json(&ok(&["read", "database/creds/short", "-o", "json"]));
+    let user = creds["data"]["username"].as_str().unwrap().to_string();
+    assert_eq!(admin(&pg, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{user}'")), "1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin(&pg, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{user}'")) != "0" {
+        assert!(Instant::now() < deadline, "the expired credential's user is still there");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A prefix revoke takes every credential of a role.
+    let mut users = Vec::new();
+    for _ in 0..3 {
+        let c = json(&ok(&["read", "database/creds/app-readonly", "-o", "json"]));
+        users.push(c["data"]["username"].as_str().unwrap().to_string());
+    }
+    ok(&["lease", "revoke", "--prefix", "database/creds/app-readonly"]);
+    for u in &users {
+        assert_eq!(admin(&pg, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{u}'")), "0", "{u}");
+    }
 }
