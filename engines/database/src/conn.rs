@@ -30,6 +30,9 @@ pub struct Connection {
     pub allowed_roles: Vec<String>,
     pub root_rotation_statements: String,
     pub max_open_connections: u32,
+    /// rotate-root may rotate a superuser's password.
+    #[serde(default)]
+    pub allow_superuser_rotation: bool,
 }
 
 impl Drop for Connection {
@@ -183,6 +186,27 @@ impl Pools {
     /// Drops a connection's pools (the connection was deleted).
     pub fn forget(&self, name: &str) {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, _), _| n != name);
+    }
+}
+
+/// Whether `c`'s credentials log in now: `Ok(false)` when the database
+/// refuses the password, an error when it cannot be reached.
+pub async fn logs_in(c: &Connection) -> Result<bool, EngineError> {
+    let p = pool(c, None)?;
+    match p.get().await {
+        Ok(client) => {
+            client.simple_query("SELECT 1").await.map_err(|e| db_error("checking the connection", &e))?;
+            Ok(true)
+        }
+        Err(deadpool_postgres::PoolError::Backend(e))
+            if e.as_db_error().is_some_and(|d| {
+                *d.code() == tokio_postgres::error::SqlState::INVALID_PASSWORD
+                    || *d.code() == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            }) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(pool_error("checking the connection", e)),
     }
 }
 

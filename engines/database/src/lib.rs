@@ -14,6 +14,13 @@
 //!   revocation terminates the user's sessions, reassigns and drops what it
 //!   owns or was granted in every database, drops it, and checks it is gone.
 //!
+//! - `rotate-root/<name>`: a new password for the connection's admin user.
+//!   A write-ahead record with the new password is stored before
+//!   `ALTER ROLE` runs; after a crash at any step, the next use of the
+//!   connection finds which password logs in and finishes (or drops the
+//!   record), so the stored password always works. A superuser is rotated
+//!   only with `allow_superuser_rotation = true`.
+//!
 //! The engine reaches the database only with the connection's own
 //! credentials; who may use which role is the core's policy check on the
 //! request's path, and `allowed_roles` on the connection.
@@ -60,7 +67,12 @@ impl BuiltinEngines for Builtins {
         _config: &BTreeMap<String, String>,
         storage: Arc<dyn EngineStorage>,
     ) -> Result<Arc<dyn PluginEngine>, EngineError> {
-        Ok(Arc::new(DatabaseEngine { storage, info: info(), pools: Pools::default() }))
+        Ok(Arc::new(DatabaseEngine {
+            storage,
+            info: info(),
+            pools: Pools::default(),
+            rotating: tokio::sync::Mutex::new(()),
+        }))
     }
 }
 
@@ -81,7 +93,46 @@ pub struct DatabaseEngine {
     storage: Arc<dyn EngineStorage>,
     info: EngineInfo,
     pools: Pools,
+    /// One root rotation at a time on this node.
+    rotating: tokio::sync::Mutex<()>,
 }
+
+/// A root rotation's write-ahead record: the new password, stored before
+/// the database is told.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotationWal {
+    new_password: String,
+    /// Seconds since the epoch: a record younger than [`WAL_FRESH_SECS`]
+    /// may belong to a rotation still running on another node.
+    started: u64,
+}
+
+impl Drop for RotationWal {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.new_password);
+    }
+}
+
+/// How long a rotation may take before its record counts as abandoned.
+const WAL_FRESH_SECS: u64 = 60;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Fault injection for the crash tests (feature `fault-injection`): the
+/// process dies right after the named step of a root rotation.
+#[cfg(feature = "fault-injection")]
+fn fault(step: &str) {
+    if std::env::var("KEYBRIDGE_FAULT_ROOT_ROTATION").is_ok_and(|v| v == step) {
+        eprintln!("keybridge: KEYBRIDGE_FAULT_ROOT_ROTATION={step}: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault(_step: &str) {}
 
 fn field(name: &str, kind: FieldKind, description: &str) -> Field {
     Field { name: name.into(), kind, description: description.into(), required: false, default: None }
@@ -129,7 +180,10 @@ fn info() -> EngineInfo {
                         field("verify_connection", FieldKind::Boolean, "connect with the settings before saving them"),
                         "true",
                     ),
-                    statements("root_rotation_statements", "statements rotate-root runs (not yet served)"),
+                    statements(
+                        "root_rotation_statements",
+                        "SQL rotate-root runs ({{username}}, {{password}}); default ALTER ROLE ... WITH PASSWORD",
+                    ),
                     statements("rotation_statements", "the origin document's name for root_rotation_statements"),
                     field("username_template", FieldKind::String, "not supported yet"),
                     field("password_policy", FieldKind::String, "not supported yet"),
@@ -138,10 +192,22 @@ fn info() -> EngineInfo {
                         FieldKind::Int,
                         "connections the engine keeps open to it (default 4)",
                     ),
+                    field(
+                        "allow_superuser_rotation",
+                        FieldKind::Boolean,
+                        "let rotate-root rotate a superuser's password (default false)",
+                    ),
                 ],
                 true,
             ),
             path("config", "Lists connections", &[List], vec![], false),
+            path(
+                "rotate-root/{name}",
+                "Rotates the connection's admin password; the new one is known only to Keybridge",
+                &[Update],
+                vec![],
+                false,
+            ),
             path(
                 "roles/{name}",
                 "A dynamic role: the statements that create, renew and revoke its users",
@@ -194,10 +260,76 @@ impl DatabaseEngine {
         self.storage.put(key, &raw).await.map_err(store_err)
     }
 
+    /// A connection's record, after finishing a root rotation a crash
+    /// interrupted.
     async fn connection(&self, name: &str) -> Result<Connection, EngineError> {
-        self.get_json(&format!("config/{name}"))
+        let c: Connection = self
+            .get_json(&format!("config/{name}"))
             .await?
-            .ok_or_else(|| EngineError::NotFound(format!("no connection {name:?}: write config/{name} first")))
+            .ok_or_else(|| EngineError::NotFound(format!("no connection {name:?}: write config/{name} first")))?;
+        self.recover(name, c).await
+    }
+
+    /// With a root rotation's record left: the new password logs in (the
+    /// database took it), so it is stored; or the old one does (it never
+    /// reached the database), so the record goes once it is abandoned.
+    async fn recover(&self, name: &str, c: Connection) -> Result<Connection, EngineError> {
+        let wal_key = format!("wal/rotate-root/{name}");
+        let Some(wal) = self.get_json::<RotationWal>(&wal_key).await? else { return Ok(c) };
+        let mut rotated = c.clone();
+        rotated.password = wal.new_password.clone();
+        if conn::logs_in(&rotated).await? {
+            self.put_json(&format!("config/{name}"), &rotated).await?;
+            self.storage.delete(&wal_key).await.map_err(store_err)?;
+            tracing::info!(connection = name, "database: finished an interrupted root rotation");
+            return Ok(rotated);
+        }
+        if conn::logs_in(&c).await? {
+            if now_secs().saturating_sub(wal.started) >= WAL_FRESH_SECS {
+                self.storage.delete(&wal_key).await.map_err(store_err)?;
+                tracing::info!(connection = name, "database: dropped an abandoned root rotation");
+            }
+            return Ok(c);
+        }
+        Err(EngineError::Unavailable(format!(
+            "connection {name}: a root rotation was interrupted, and neither the old nor the new password logs in now"
+        )))
+    }
+
+    async fn rotate_root(&self, name: &str) -> Result<EngineResponse, EngineError> {
+        let _one = self.rotating.lock().await;
+        let c = self.connection(name).await?;
+        let pool = self.pools.get(name, &c, None)?;
+        let client = pool.get().await.map_err(|e| conn::pool_error("connecting to rotate the root password", e))?;
+        let superuser: bool = client
+            .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+            .await
+            .map_err(|e| conn::db_error("checking the admin user", &e))?
+            .get(0);
+        if superuser && !c.allow_superuser_rotation {
+            return Err(EngineError::Denied(format!(
+                "{} is a superuser: rotating its password would lock out everyone else who uses it; use an admin with CREATEROLE, or set allow_superuser_rotation=true on config/{name}",
+                c.username
+            )));
+        }
+        let wal_key = format!("wal/rotate-root/{name}");
+        let new = pg::new_password();
+        self.put_json(&wal_key, &RotationWal { new_password: new.to_string(), started: now_secs() }).await?;
+        fault("wal-written");
+        let sql = pg::root_rotation_sql(&c.root_rotation_statements, &c.username, &new);
+        if let Err(e) = client.batch_execute(&sql).await {
+            // Whether the database took it is for the record to tell.
+            drop(client);
+            let _ = self.recover(name, c).await;
+            return Err(conn::db_error("rotating the root password", &e));
+        }
+        fault("altered");
+        let mut rotated = c.clone();
+        rotated.password = new.to_string();
+        self.put_json(&format!("config/{name}"), &rotated).await?;
+        fault("config-written");
+        self.storage.delete(&wal_key).await.map_err(store_err)?;
+        Ok(EngineResponse::default())
     }
 
     async fn role(&self, name: &str) -> Result<Role, EngineError> {
@@ -234,6 +366,10 @@ impl DatabaseEngine {
             .map(str::to_string)
             .or(old.as_ref().map(|o| o.root_rotation_statements.clone()))
             .unwrap_or_default();
+        let allow_superuser_rotation = match p.get("allow_superuser_rotation") {
+            Some(v) => v == "true",
+            None => old.as_ref().is_some_and(|o| o.allow_superuser_rotation),
+        };
         let max_open_connections = match p.get("max_open_connections") {
             Some(v) => v
                 .parse::<u32>()
@@ -250,6 +386,7 @@ impl DatabaseEngine {
             allowed_roles,
             root_rotation_statements,
             max_open_connections,
+            allow_superuser_rotation,
         };
         // Settings that cannot work are refused here, with or without the
         // check below.
@@ -273,6 +410,7 @@ impl DatabaseEngine {
                 ("allowed_roles".into(), c.allowed_roles.join(",")),
                 ("root_rotation_statements".into(), c.root_rotation_statements.clone()),
                 ("max_open_connections".into(), c.max_open_connections.to_string()),
+                ("allow_superuser_rotation".into(), c.allow_superuser_rotation.to_string()),
             ]),
             ..Default::default()
         }
@@ -375,6 +513,7 @@ impl PluginEngine for DatabaseEngine {
                 Ok(EngineResponse::default())
             }
             ("config", Operation::List) => self.list("config/").await,
+            ("rotate-root/{name}", Operation::Update | Operation::Create) => self.rotate_root(&name).await,
             ("roles/{name}", Operation::Create | Operation::Update) => self.write_role(&name, &req.params).await,
             ("roles/{name}", Operation::Read) => {
                 let r = self.role(&name).await?;

@@ -10,6 +10,25 @@ use zeroize::Zeroizing;
 use crate::EngineError;
 use crate::conn::{Connection, Pools, db_error, pool_error};
 
+/// A new password: 28 letters and digits.
+pub fn new_password() -> Zeroizing<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rngs::OsRng;
+    Zeroizing::new((0..28).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect())
+}
+
+/// The root rotation's statements (default: `ALTER ROLE ... PASSWORD`)
+/// with `{{username}}`/`{{name}}` and `{{password}}` filled in.
+pub fn root_rotation_sql(statements: &str, user: &str, password: &str) -> Zeroizing<String> {
+    if statements.trim().is_empty() {
+        Zeroizing::new(format!("ALTER ROLE {} WITH PASSWORD '{}'", ident(user), password.replace('\'', "''")))
+    } else {
+        Zeroizing::new(
+            statements.replace("{{username}}", user).replace("{{name}}", user).replace("{{password}}", password),
+        )
+    }
+}
+
 /// A new user name (`v-<caller>-<role>-<random>-<unix time>`, at most 63
 /// bytes of `[a-z0-9_-]`) and password (28 letters and digits).
 pub fn new_user(role: &str, caller: &str) -> (String, Zeroizing<String>) {
@@ -26,9 +45,7 @@ pub fn new_user(role: &str, caller: &str) -> (String, Zeroizing<String>) {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut name = format!("v-{}-{}-{random}-{now}", clean(caller, 8), clean(role, 8));
     name.truncate(63);
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let password = Zeroizing::new((0..28).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect());
-    (name, password)
+    (name, new_password())
 }
 
 /// `expires` as PostgreSQL reads a timestamp with time zone.
@@ -50,7 +67,7 @@ fn fill(statements: &str, name: &str, password: &str, expires: SystemTime) -> Ze
     )
 }
 
-fn ident(name: &str) -> String {
+pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

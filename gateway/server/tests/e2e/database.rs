@@ -204,3 +204,95 @@ async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anythin
         assert_eq!(admin(&pg, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{u}'")), "0", "{u}");
     }
 }
+
+/// rotate-root with the process killed after each step: after a restart
+/// the stored password works (the rotation is finished, or it never reached
+/// the database), and a superuser is rotated only when allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_rotation_survives_a_crash_at_every_step() {
+    let pg = Postgres::start();
+    admin(&pg, "postgres", "CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_env(dir.path(), &[]);
+    let (root, key) = crate::harness::init_unseal(&s);
+    let t = Some(root.as_str());
+    let ok = |s: &Server, args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&s, &["mount", "enable", "--type", "database", "database/"]);
+    let url = |user_part: &str| {
+        format!(
+            "connection_url=postgresql://{user_part}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg_port(&pg),
+            pg.ca_file().display()
+        )
+    };
+    let templated = url("{{username}}:{{password}}");
+    ok(
+        &s,
+        &[
+            "write",
+            "database/config/app",
+            "plugin_name=postgresql",
+            &templated,
+            "username=vault_admin",
+            "password=admin-pw-1",
+            "allowed_roles=*",
+        ],
+    );
+    ok(
+        &s,
+        &[
+            "write",
+            "database/roles/r",
+            "db_name=app",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';",
+        ],
+    );
+    drop(s);
+
+    for (step, reaches_db) in [("wal-written", false), ("altered", true), ("config-written", true)] {
+        let s = Server::with_config_env(dir.path(), &[("KEYBRIDGE_FAULT_ROOT_ROTATION", step)]);
+        assert!(s.cli(None, &["operator", "unseal", &key]).status.success());
+        // A password known here before the step.
+        let known = format!("known-before-{step}");
+        admin(&pg, "postgres", &format!("ALTER ROLE vault_admin PASSWORD '{known}'"));
+        ok(&s, &["write", "database/config/app", &format!("password={known}")]);
+        let o = s.cli(t, &["write", "database/rotate-root/app"]);
+        assert!(!o.status.success(), "{step}: the fault did not stop the server");
+        drop(s);
+        let s = Server::with_config_env(dir.path(), &[]);
+        assert!(s.cli(None, &["operator", "unseal", &key]).status.success());
+        // The stored password works: a credential can be issued.
+        let creds = json(&ok(&s, &["read", "database/creds/r", "-o", "json"]));
+        assert!(creds["data"]["username"].as_str().is_some(), "{step}: {creds}");
+        let known_works = sql(&pg, "postgres", "vault_admin", &known, "SELECT 1").is_ok();
+        assert_eq!(known_works, !reaches_db, "{step}: the password from before works: {known_works}");
+        // The next rotation runs from wherever this one stopped.
+        ok(&s, &["write", "database/rotate-root/app"]);
+        assert!(sql(&pg, "postgres", "vault_admin", &known, "SELECT 1").is_err(), "{step}: rotated, the old one works");
+        ok(&s, &["read", "database/creds/r"]);
+        drop(s);
+    }
+
+    // A superuser is not rotated unless allowed.
+    let s = Server::with_config_env(dir.path(), &[]);
+    assert!(s.cli(None, &["operator", "unseal", &key]).status.success());
+    ok(
+        &s,
+        &[
+            "write",
+            "database/config/su",
+            "plugin_name=postgresql",
+            &templated,
+            &format!("username={USER}"),
+            &format!("password={PASSWORD}"),
+            "allowed_roles=*",
+        ],
+    );
+    let o = s.cli(t, &["write", "database/rotate-root/su"]);
+    assert!(!o.status.success() && stderr(&o).contains("allow_superuser_rotation"), "{}", stderr(&o));
+    assert!(sql(&pg, "postgres", USER, PASSWORD, "SELECT 1").is_ok(), "the superuser's password was not changed");
+}
