@@ -43,6 +43,8 @@ struct Fx {
     k8s_pem: String,
     moto_url: String,
     audit_dir: String,
+    /// The database engine's PostgreSQL, kept running for the calls.
+    _pg: keybridge_testservers::postgres::Postgres,
 }
 
 type Reply = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
@@ -647,6 +649,52 @@ fn rows() -> Vec<Row> {
                 path: "apikeys/roles/ci".into()
             }),
         ),
+        // ----- Logical (the built-in database engine at database/)
+        row(
+            "Logical.Read",
+            ("`<mount>/<path>`", "`read`"),
+            &[("database/creds/r", "read")],
+            call!(logical_client::LogicalClient, read, |_fx| pb::LogicalRequest {
+                path: "database/creds/r".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.Write",
+            ("`<mount>/<path>`", "`create` (new, on paths with an existence check) or `update`"),
+            &[("database/roles/new", "create")],
+            call!(logical_client::LogicalClient, write, |_fx| pb::LogicalRequest {
+                path: "database/roles/new".into(),
+                data: kv(&[("db_name", "app"), ("creation_statements", "CREATE ROLE \"{{name}}\" LOGIN;")])
+            }),
+        ),
+        row(
+            "Logical.Write",
+            ("`<mount>/<path>`", "`create` (new, on paths with an existence check) or `update`"),
+            &[("database/rotate-root/app", "update")],
+            call!(logical_client::LogicalClient, write, |_fx| pb::LogicalRequest {
+                path: "database/rotate-root/app".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.Delete",
+            ("`<mount>/<path>`", "`delete`"),
+            &[("database/roles/gone", "delete")],
+            call!(logical_client::LogicalClient, delete, |_fx| pb::LogicalRequest {
+                path: "database/roles/gone".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.List",
+            ("`<mount>/<path>`", "`list`"),
+            &[("database/roles", "list")],
+            call!(logical_client::LogicalClient, list, |_fx| pb::LogicalRequest {
+                path: "database/roles".into(),
+                ..Default::default()
+            }),
+        ),
         // ----- Leases
         row(
             "Leases.Lookup",
@@ -1112,6 +1160,32 @@ async fn fixtures(s: &Server, moto_url: &str, dir: &std::path::Path) -> Fx {
     let lease = json(&ok(&["write", "apikeys/issue/ci", "-o", "json"]))["lease_id"].as_str().unwrap().to_string();
     let lease2 = json(&ok(&["write", "apikeys/issue/ci", "-o", "json"]))["lease_id"].as_str().unwrap().to_string();
     ok(&["write", "apikeys/issue/other"]);
+    // The database engine at database/: connection app (an admin with
+    // CREATEROLE), roles r and gone.
+    let pg = keybridge_testservers::postgres::Postgres::start();
+    pg.psql("CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
+    ok(&["mount", "enable", "--type", "database", "database/"]);
+    let url = pg.url("localhost", "verify-full").replace(
+        &format!("{}:{}@", keybridge_testservers::postgres::USER, keybridge_testservers::postgres::PASSWORD),
+        "{{username}}:{{password}}@",
+    );
+    ok(&[
+        "write",
+        "database/config/app",
+        "plugin_name=postgresql",
+        &format!("connection_url={url}&sslrootcert={}", pg.ca_file().display()),
+        "username=vault_admin",
+        "password=admin-pw-1",
+        "allowed_roles=*",
+    ]);
+    for r in ["r", "gone"] {
+        ok(&[
+            "write",
+            &format!("database/roles/{r}"),
+            "db_name=app",
+            "creation_statements=CREATE ROLE \"{{name}}\" LOGIN;",
+        ]);
+    }
     // Sync: r1 (secret/app/ -> team/app/) and r3, settled.
     ok(&["sync", "rule", "create", "r1", "--source", "secret/app/", "--target", "team/app/", "--scan-interval", "1h"]);
     ok(&[
@@ -1140,6 +1214,7 @@ async fn fixtures(s: &Server, moto_url: &str, dir: &std::path::Path) -> Fx {
         k8s_pem: cluster.public_pem(),
         moto_url: moto_url.to_string(),
         audit_dir,
+        _pg: pg,
     }
 }
 
