@@ -21,6 +21,15 @@
 //!   record), so the stored password always works. A superuser is rotated
 //!   only with `allow_superuser_rotation = true`.
 //!
+//! - `static-roles/<name>`: an existing user (`username`) whose password
+//!   Keybridge sets at once and again every `rotation_period` (the leading
+//!   node's periodic pass), each rotation with a write-ahead record as
+//!   above; `static-creds/<name>` reads it, `rotate-role/<name>` rotates it
+//!   now. As a rotating engine, `creds/<role>` and `static-creds/<name>`
+//!   also feed the reconciler: `keybridge rotate secret/app/db --engine
+//!   database/creds/app-readonly` puts a new credential in a secret that
+//!   sync rules carry to the clouds.
+//!
 //! The engine reaches the database only with the connection's own
 //! credentials; who may use which role is the core's policy check on the
 //! request's path, and `allowed_roles` on the connection.
@@ -111,6 +120,25 @@ struct RotationWal {
 impl Drop for RotationWal {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.new_password);
+    }
+}
+
+/// A static role: an existing user and its current password.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticRole {
+    db_name: String,
+    username: String,
+    rotation_period: u64,
+    rotation_statements: String,
+    password: String,
+    /// Seconds since the epoch.
+    last_rotation: u64,
+}
+
+impl Drop for StaticRole {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
     }
 }
 
@@ -231,9 +259,28 @@ fn info() -> EngineInfo {
             ),
             path("roles", "Lists roles", &[List], vec![], false),
             path("creds/{name}", "A new user and password of the role, under a lease", &[Read], vec![], false),
+            path(
+                "static-roles/{name}",
+                "A static role: an existing user whose password Keybridge rotates",
+                &[Read, Create, Update, Delete],
+                vec![
+                    field("db_name", FieldKind::String, "the connection (config/<db_name>)"),
+                    field("username", FieldKind::String, "the existing database user"),
+                    field("rotation_period", FieldKind::Duration, "how often the password is rotated"),
+                    field("rotation_schedule", FieldKind::String, "not supported yet: use rotation_period"),
+                    statements(
+                        "rotation_statements",
+                        "SQL setting the password ({{name}}, {{password}}); default ALTER ROLE ... WITH PASSWORD",
+                    ),
+                ],
+                true,
+            ),
+            path("static-roles", "Lists static roles", &[List], vec![], false),
+            path("static-creds/{name}", "The static role's current password", &[Read], vec![], false),
+            path("rotate-role/{name}", "Rotates the static role's password now", &[Update], vec![], false),
         ],
         config_keys: Vec::new(),
-        rotates: false,
+        rotates: true,
     }
 }
 
@@ -294,6 +341,130 @@ impl DatabaseEngine {
         Err(EngineError::Unavailable(format!(
             "connection {name}: a root rotation was interrupted, and neither the old nor the new password logs in now"
         )))
+    }
+
+    /// A static role's record, after finishing a rotation a crash
+    /// interrupted (as [`DatabaseEngine::recover`] for root rotations).
+    async fn static_role(&self, name: &str) -> Result<StaticRole, EngineError> {
+        let r: StaticRole = self
+            .get_json(&format!("static-roles/{name}"))
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no static role {name:?}")))?;
+        let wal_key = format!("wal/static/{name}");
+        let Some(wal) = self.get_json::<RotationWal>(&wal_key).await? else { return Ok(r) };
+        let c = self.connection(&r.db_name).await?;
+        let as_user = |password: &str| {
+            let mut u = c.clone();
+            u.username = r.username.clone();
+            u.password = password.to_string();
+            u
+        };
+        if conn::logs_in(&as_user(&wal.new_password)).await? {
+            let mut done = r.clone();
+            done.password = wal.new_password.clone();
+            done.last_rotation = now_secs();
+            self.put_json(&format!("static-roles/{name}"), &done).await?;
+            self.storage.delete(&wal_key).await.map_err(store_err)?;
+            return Ok(done);
+        }
+        if conn::logs_in(&as_user(&r.password)).await? {
+            if now_secs().saturating_sub(wal.started) >= WAL_FRESH_SECS {
+                self.storage.delete(&wal_key).await.map_err(store_err)?;
+            }
+            return Ok(r);
+        }
+        Err(EngineError::Unavailable(format!(
+            "static role {name}: a rotation was interrupted, and neither the old nor the new password logs in now"
+        )))
+    }
+
+    /// Sets a new password for a static role's user: the write-ahead
+    /// record first, then the database, then the role's record.
+    async fn rotate_static(&self, name: &str) -> Result<StaticRole, EngineError> {
+        let _one = self.rotating.lock().await;
+        let r = self.static_role(name).await?;
+        let c = self.connection(&r.db_name).await?;
+        let pool = self.pools.get(&r.db_name, &c, None)?;
+        let client = pool.get().await.map_err(|e| conn::pool_error("connecting to rotate the password", e))?;
+        let new = pg::new_password();
+        let wal_key = format!("wal/static/{name}");
+        self.put_json(&wal_key, &RotationWal { new_password: new.to_string(), started: now_secs() }).await?;
+        let sql = pg::root_rotation_sql(&r.rotation_statements, &r.username, &new);
+        if let Err(e) = client.batch_execute(&sql).await {
+            drop(client);
+            let _ = self.static_role(name).await;
+            return Err(conn::db_error(&format!("rotating the password of {}", r.username), &e));
+        }
+        let mut rotated = r.clone();
+        rotated.password = new.to_string();
+        rotated.last_rotation = now_secs();
+        self.put_json(&format!("static-roles/{name}"), &rotated).await?;
+        self.storage.delete(&wal_key).await.map_err(store_err)?;
+        Ok(rotated)
+    }
+
+    async fn write_static_role(&self, name: &str, p: &Params) -> Result<EngineResponse, EngineError> {
+        if p.get("rotation_schedule").is_some_and(|v| !v.is_empty()) {
+            return Err(bad("rotation_schedule is not supported yet: give rotation_period"));
+        }
+        let old: Option<StaticRole> = self.get_json(&format!("static-roles/{name}")).await?;
+        let text = |k: &str, old: Option<&String>| p.get(k).map(str::to_string).or(old.cloned()).unwrap_or_default();
+        let db_name = text("db_name", old.as_ref().map(|o| &o.db_name));
+        let username = text("username", old.as_ref().map(|o| &o.username));
+        if let Some(o) = &old
+            && o.username != username
+        {
+            return Err(bad("a static role's username cannot change; delete the role and write it again"));
+        }
+        let rotation_period = match p.get("rotation_period") {
+            Some(v) => v.parse::<u64>().map_err(|_| bad("rotation_period must be a duration"))?,
+            None => old.as_ref().map_or(0, |o| o.rotation_period),
+        };
+        if db_name.is_empty() || username.is_empty() || rotation_period < 5 {
+            return Err(bad("give db_name, username (an existing user) and rotation_period (at least 5s)"));
+        }
+        let c = self.connection(&db_name).await?;
+        if !c.allows(name) {
+            return Err(EngineError::Denied(format!(
+                "connection {db_name:?} does not list static role {name:?} in allowed_roles"
+            )));
+        }
+        let fresh = old.is_none();
+        let role = StaticRole {
+            db_name,
+            username,
+            rotation_period,
+            rotation_statements: text("rotation_statements", old.as_ref().map(|o| &o.rotation_statements)),
+            password: old.as_ref().map(|o| o.password.clone()).unwrap_or_default(),
+            last_rotation: old.as_ref().map_or(0, |o| o.last_rotation),
+        };
+        self.put_json(&format!("static-roles/{name}"), &role).await?;
+        // A new static role's password is Keybridge's from the start.
+        if fresh && let Err(e) = self.rotate_static(name).await {
+            self.storage.delete(&format!("static-roles/{name}")).await.map_err(store_err)?;
+            return Err(e);
+        }
+        Ok(EngineResponse::default())
+    }
+
+    fn static_creds(r: &StaticRole) -> EngineResponse {
+        let next = r.last_rotation.saturating_add(r.rotation_period);
+        EngineResponse {
+            data: Params(vec![
+                ("username".into(), r.username.clone()),
+                ("password".into(), r.password.clone()),
+                (
+                    "last_vault_rotation".into(),
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.last_rotation),
+                    )
+                    .to_string(),
+                ),
+                ("rotation_period".into(), r.rotation_period.to_string()),
+                ("ttl".into(), next.saturating_sub(now_secs()).to_string()),
+            ]),
+            ..Default::default()
+        }
     }
 
     async fn rotate_root(&self, name: &str) -> Result<EngineResponse, EngineError> {
@@ -536,6 +707,31 @@ impl PluginEngine for DatabaseEngine {
             }
             ("roles", Operation::List) => self.list("roles/").await,
             ("creds/{name}", Operation::Read) => self.issue(ctx, &name).await,
+            ("static-roles/{name}", Operation::Create | Operation::Update) => {
+                self.write_static_role(&name, &req.params).await
+            }
+            ("static-roles/{name}", Operation::Read) => {
+                let r = self.static_role(&name).await?;
+                Ok(EngineResponse {
+                    data: Params(vec![
+                        ("db_name".into(), r.db_name.clone()),
+                        ("username".into(), r.username.clone()),
+                        ("rotation_period".into(), r.rotation_period.to_string()),
+                        ("rotation_statements".into(), r.rotation_statements.clone()),
+                    ]),
+                    ..Default::default()
+                })
+            }
+            ("static-roles/{name}", Operation::Delete) => {
+                self.storage.delete(&format!("static-roles/{name}")).await.map_err(store_err)?;
+                Ok(EngineResponse::default())
+            }
+            ("static-roles", Operation::List) => self.list("static-roles/").await,
+            ("static-creds/{name}", Operation::Read) => Ok(Self::static_creds(&self.static_role(&name).await?)),
+            ("rotate-role/{name}", Operation::Update | Operation::Create) => {
+                self.rotate_static(&name).await?;
+                Ok(EngineResponse::default())
+            }
             (p, op) => Err(EngineError::Unsupported(format!("{} on {p}", op.name()))),
         }
     }
@@ -568,7 +764,36 @@ impl PluginEngine for DatabaseEngine {
         pg::revoke(&self.pools, &db_name, &c, &statements, &username).await
     }
 
-    async fn rotate(&self, _ctx: &CallContext, path: &str, _params: &Params) -> Result<EngineResponse, EngineError> {
-        Err(EngineError::Unsupported(format!("{path}: the database engine does not rotate secrets yet")))
+    /// A coordinated rotation's new credential (`keybridge rotate ...
+    /// --engine database/...`): a new dynamic credential under a lease, or
+    /// a static role's password rotated now.
+    async fn rotate(&self, ctx: &CallContext, path: &str, _params: &Params) -> Result<EngineResponse, EngineError> {
+        let path = path.trim_matches('/');
+        if let Some(role) = path.strip_prefix("creds/").filter(|r| !r.is_empty() && !r.contains('/')) {
+            return self.issue(ctx, role).await;
+        }
+        if let Some(name) = path.strip_prefix("static-creds/").filter(|r| !r.is_empty() && !r.contains('/')) {
+            let r = self.rotate_static(name).await?;
+            return Ok(Self::static_creds(&r));
+        }
+        Err(EngineError::Unsupported(format!(
+            "{path}: the database engine issues rotated credentials at creds/<role> and static-creds/<name>"
+        )))
+    }
+
+    /// Rotates the static roles whose period has run out.
+    async fn periodic(&self, _ctx: &CallContext) -> Result<(), EngineError> {
+        let names = self.storage.list("static-roles/").await.map_err(store_err)?;
+        let now = now_secs();
+        for name in names {
+            let due = match self.get_json::<StaticRole>(&format!("static-roles/{name}")).await {
+                Ok(Some(r)) => r.last_rotation.saturating_add(r.rotation_period) <= now,
+                _ => false,
+            };
+            if due && let Err(e) = self.rotate_static(&name).await {
+                tracing::warn!(static_role = %name, error = %e, "database: a scheduled rotation failed; retried");
+            }
+        }
+        Ok(())
     }
 }

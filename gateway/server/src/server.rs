@@ -484,6 +484,7 @@ pub async fn run(
     // The reconciler: idle while sealed, replicating and scanning otherwise.
     tokio::spawn(core.clone().sync_worker());
     tokio::spawn(core.clone().lease_worker());
+    tokio::spawn(core.clone().engine_worker());
     let logical = pb::logical_server::LogicalServer::new(crate::service_logical::LogicalService { core: core.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max.max(16 << 20));

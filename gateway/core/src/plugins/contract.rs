@@ -221,7 +221,16 @@ pub trait PluginEngine: Send + Sync {
     async fn renew(&self, ctx: &CallContext, lease: &LeaseInfo) -> Result<LeaseTerms, EngineError>;
     async fn revoke(&self, ctx: &CallContext, lease: &LeaseInfo) -> Result<(), EngineError>;
     async fn rotate(&self, ctx: &CallContext, path: &str, params: &Params) -> Result<EngineResponse, EngineError>;
+    /// Work of the engine's own that falls due (a built-in engine's
+    /// scheduled rotations), run by the leading node about every
+    /// [`PERIODIC_EVERY`]. WASM engines have none.
+    async fn periodic(&self, _ctx: &CallContext) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
+
+/// How often the leading node runs engines' periodic work.
+pub const PERIODIC_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a plugin mount is built from.
 pub struct PluginSpec<'a> {

@@ -464,6 +464,31 @@ impl Core {
         }
     }
 
+    /// Runs built-in engines' periodic work (scheduled rotations), on the
+    /// leading node, forever; started by the server.
+    pub async fn engine_worker(self: Arc<Self>) {
+        let never = tokio::sync::Notify::new();
+        crate::core::run_passes(&self, "engines", &never, || self.engine_pass()).await
+    }
+
+    pub(crate) async fn engine_pass(&self) -> Result<std::time::Duration> {
+        let table = self.unsealed()?.table();
+        for mount in table.entries.iter().filter(|m| !m.deleting && self.builtin(&m.kind).is_some()) {
+            let engine = match self.plugin_backend(mount).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(mount = %mount.path, error = %e, "engines: cannot open the mount's engine");
+                    continue;
+                }
+            };
+            let ctx = self.call_context(mount, "periodic", "engine worker");
+            if let Err(e) = engine.periodic(&ctx).await {
+                tracing::warn!(mount = %mount.path, error = %engine_error(e), "engines: periodic work failed; retried");
+            }
+        }
+        Ok(PERIODIC_EVERY)
+    }
+
     /// A mount's engine, built on first use after unseal.
     pub(crate) async fn plugin_backend(&self, mount: &MountEntry) -> Result<Arc<dyn PluginEngine>> {
         let loaded = self.unsealed()?;

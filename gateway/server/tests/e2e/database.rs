@@ -296,3 +296,82 @@ async fn root_rotation_survives_a_crash_at_every_step() {
     assert!(!o.status.success() && stderr(&o).contains("allow_superuser_rotation"), "{}", stderr(&o));
     assert!(sql(&pg, "postgres", USER, PASSWORD, "SELECT 1").is_ok(), "the superuser's password was not changed");
 }
+
+/// Static roles: the existing user's password is Keybridge's from the
+/// start, rotates on request and on its period; and both kinds of
+/// credential feed a coordinated rotation of a secret (`rotate --engine`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_roles_rotate_on_request_and_on_their_period_and_feed_the_reconciler() {
+    let pg = Postgres::start();
+    admin(&pg, "postgres", "CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
+    admin(&pg, "postgres", "CREATE ROLE app_static WITH LOGIN PASSWORD 'initial-pw'");
+    let s = Server::dev();
+    let t = Some("root-e2e");
+    let ok = |args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&["mount", "enable", "--type", "database", "database/"]);
+    let url = format!(
+        "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        pg_port(&pg),
+        pg.ca_file().display()
+    );
+    ok(&[
+        "write",
+        "database/config/app",
+        "plugin_name=postgresql",
+        &url,
+        "username=vault_admin",
+        "password=admin-pw-1",
+        "allowed_roles=static1,dyn",
+    ]);
+    ok(&["write", "database/static-roles/static1", "db_name=app", "username=app_static", "rotation_period=6s"]);
+    let o = s.cli(
+        t,
+        &["write", "database/static-roles/nope", "db_name=app", "username=app_static", "rotation_schedule=0 * * * *"],
+    );
+    assert!(!o.status.success() && stderr(&o).contains("rotation_schedule"), "{}", stderr(&o));
+    assert!(sql(&pg, "postgres", "app_static", "initial-pw", "SELECT 1").is_err(), "the initial password still works");
+    let read = || json(&ok(&["read", "database/static-creds/static1", "-o", "json"]));
+    let p1 = read()["data"]["password"].as_str().unwrap().to_string();
+    assert!(sql(&pg, "postgres", "app_static", &p1, "SELECT 1").is_ok());
+    ok(&["write", "database/rotate-role/static1"]);
+    let p2 = read()["data"]["password"].as_str().unwrap().to_string();
+    assert_ne!(p1, p2);
+    assert!(sql(&pg, "postgres", "app_static", &p2, "SELECT 1").is_ok());
+    assert!(sql(&pg, "postgres", "app_static", &p1, "SELECT 1").is_err());
+    // On its period, with nobody asking.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let p3 = loop {
+        let p = read()["data"]["password"].as_str().unwrap().to_string();
+        if p != p2 {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the period passed and the password did not rotate");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(sql(&pg, "postgres", "app_static", &p3, "SELECT 1").is_ok());
+
+    // A coordinated rotation of a secret whose new value the engine issues:
+    // a static role's password, and a dynamic credential.
+    ok(&["kv", "put", "secret/app/db", "username=x", "password=y"]);
+    ok(&["rotate", "secret/app/db", "--engine", "database/static-creds/static1", "--grace", "0s", "--wait"]);
+    let v = json(&ok(&["kv", "get", "-o", "json", "secret/app/db"]));
+    let p4 = v["data"]["password"].as_str().unwrap().to_string();
+    assert_eq!(v["data"]["username"], "app_static", "{v}");
+    assert!(sql(&pg, "postgres", "app_static", &p4, "SELECT 1").is_ok());
+    ok(&[
+        "write",
+        "database/roles/dyn",
+        "db_name=app",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';",
+    ]);
+    ok(&["rotate", "secret/app/db", "--engine", "database/creds/dyn", "--grace", "0s", "--wait"]);
+    let v = json(&ok(&["kv", "get", "-o", "json", "secret/app/db"]));
+    let (u, p) =
+        (v["data"]["username"].as_str().unwrap().to_string(), v["data"]["password"].as_str().unwrap().to_string());
+    assert!(u.starts_with("v-"), "{v}");
+    assert!(sql(&pg, "postgres", &u, &p, "SELECT 1").is_ok(), "the rotated-in credential logs in");
+}
