@@ -16,6 +16,8 @@
 //!   moto server, and the cloud calls 1,000 reads of one hot secret cost
 //!   with the mount's read cache on.
 //!
+//! - `--parts database`: database credentials issued and revoked per
+//!   second on a local PostgreSQL (src/database.rs).
 //! - `--parts wasm`: the per-call overhead of a WASM engine against a
 //!   native one, instantiation time, throughput (see `wasm.rs`).
 //!
@@ -28,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod database;
 mod h2client;
 mod leases;
 mod sync;
@@ -772,6 +775,9 @@ async fn bench(args: Args) {
     }
     if wants("cluster") {
         cluster::run(&args, &bin).await;
+    }
+    if wants("database") {
+        database::run(&args, &bin).await;
     }
 
     let rss_dir = tempfile::tempdir().expect("tempdir");
