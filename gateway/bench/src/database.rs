@@ -65,7 +65,7 @@ pub async fn run(args: &Args, bin: &std::path::Path) {
         ],
     )
     .await;
-    println!("\n== Database credentials: PostgreSQL {} on loopback TLS, gateway on its file store ==", "15");
+    println!("\n== Database credentials: PostgreSQL on loopback TLS, gateway on its file store ==");
     for c in [1usize, 8] {
         let leases = Arc::new(Mutex::new(Vec::new()));
         let (ch, token, l) = (ch.clone(), root.clone(), leases.clone());
