@@ -97,14 +97,30 @@ fn url(c: &Connection) -> Result<Url, EngineError> {
     Ok(Url { text: Zeroizing::new(format!("{base}{rest}")), sslmode, sslrootcert })
 }
 
+/// The most a CA file may hold: a connection's writer names the file, so
+/// it must not make the gateway read a device or a huge file.
+const MAX_CA_FILE: u64 = 1 << 20;
+
 fn tls(ca_file: &str) -> Result<rustls::ClientConfig, EngineError> {
+    use std::io::Read;
+
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let bad = |m: String| EngineError::InvalidInput(format!("sslrootcert {ca_file}: {m}"));
+    if !ca_file.starts_with('/') {
+        return Err(bad("must be an absolute path".into()));
+    }
+    let file = std::fs::File::open(ca_file).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let meta = file.metadata().map_err(|e| bad(format!("cannot read it: {e}")))?;
+    if !meta.is_file() || meta.len() > MAX_CA_FILE {
+        return Err(bad(format!("must be a regular file of at most {MAX_CA_FILE} bytes")));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE).read_to_end(&mut pem).map_err(|e| bad(format!("cannot read it: {e}")))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(format!("cannot read it: {e}")))? {
-        let cert = cert.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
-        roots.add(cert).map_err(|e| bad(format!("not a CA certificate: {e}")))?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|_| bad("not PEM certificates".into()))?;
+        roots.add(cert).map_err(|_| bad("not a CA certificate".into()))?;
     }
     if roots.is_empty() {
         return Err(bad("holds no certificate".into()));

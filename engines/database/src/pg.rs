@@ -67,6 +67,20 @@ fn fill(statements: &str, name: &str, password: &str, expires: SystemTime) -> Ze
     )
 }
 
+/// The advisory lock (per database) the engine's catalog changes take:
+/// PostgreSQL refuses concurrent changes of one catalog row ("tuple
+/// concurrently updated", e.g. two GRANTs on one table's ACL), so user
+/// creation and cleanup run one at a time in each database, across nodes.
+const CATALOG_LOCK: i64 = 0x6b62_6462_6c6f_636b; // "kbdblock"
+
+/// Runs `sql` in a transaction holding [`CATALOG_LOCK`].
+async fn locked(client: &mut tokio_postgres::Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CATALOG_LOCK]).await?;
+    tx.batch_execute(sql).await?;
+    tx.commit().await
+}
+
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -83,19 +97,19 @@ pub async fn create(
 ) -> Result<(), EngineError> {
     let mut client = pool.get().await.map_err(|e| pool_error("connecting to create the user", e))?;
     let sql = fill(creation, name, password, expires);
-    let r = async {
-        let tx = client.transaction().await?;
-        tx.batch_execute(&sql).await?;
-        tx.commit().await
-    }
-    .await;
+    let r = locked(&mut client, &sql).await;
     if let Err(e) = r {
         if !rollback.trim().is_empty()
             && let Err(re) = client.batch_execute(&fill(rollback, name, password, expires)).await
         {
             tracing::warn!(user = name, error = %db_error("rollback statements", &re), "database: the rollback statements failed too");
         }
-        return Err(db_error("creating the user", &e));
+        // A statement that quotes the password wrongly makes PostgreSQL
+        // quote it back ("syntax error at or near ..."): never in an error.
+        return Err(match db_error("creating the user", &e) {
+            EngineError::Unavailable(m) => EngineError::Unavailable(m.replace(password, "<redacted>")),
+            other => other,
+        });
     }
     Ok(())
 }
@@ -138,7 +152,7 @@ pub async fn revoke(
     name: &str,
 ) -> Result<(), EngineError> {
     let pool = pools.get(db_name, c, None)?;
-    let client = pool.get().await.map_err(|e| pool_error("connecting to revoke the user", e))?;
+    let mut client = pool.get().await.map_err(|e| pool_error("connecting to revoke the user", e))?;
     if !exists(&client, name).await? {
         return Ok(());
     }
@@ -182,18 +196,19 @@ pub async fn revoke(
     for row in rows {
         let db: String = row.get(0);
         if db == here {
-            client.batch_execute(&cleanup).await
+            locked(&mut client, &cleanup).await
         } else {
             let other = pools.get(db_name, c, Some(&db))?;
-            let oc = other.get().await.map_err(|e| pool_error(&format!("connecting to database {db}"), e))?;
-            oc.batch_execute(&cleanup).await
+            let mut oc = other.get().await.map_err(|e| pool_error(&format!("connecting to database {db}"), e))?;
+            locked(&mut oc, &cleanup).await
         }
         .map_err(|e| db_error(&format!("reassigning and dropping what the user owns in database {db}"), &e))?;
     }
     // Grants in this database that pg_shdepend does not list (none are
     // expected; cheap to be sure), then the user.
-    client.batch_execute(&cleanup).await.map_err(|e| db_error("dropping what the user owns", &e))?;
-    client.batch_execute(&format!("DROP ROLE IF EXISTS {q}")).await.map_err(|e| db_error("dropping the user", &e))?;
+    locked(&mut client, &format!("{cleanup}; DROP ROLE IF EXISTS {q}"))
+        .await
+        .map_err(|e| db_error("dropping what the user owns, and the user", &e))?;
     if exists(&client, name).await? {
         return Err(EngineError::Unavailable(format!("user {name} still exists after DROP ROLE; retried")));
     }

@@ -77,6 +77,14 @@ async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anythin
     );
     assert!(!o.status.success() && stderr(&o).contains("password authentication failed"), "{}", stderr(&o));
     assert!(!s.cli(t, &["read", "database/config/app"]).status.success(), "nothing saved");
+    // The CA file is read with a bound: a device or a huge file is refused.
+    let zero = format!(
+        "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/app?sslmode=verify-full&sslrootcert=/dev/zero",
+        pg_port(&pg)
+    );
+    let o = s
+        .cli(t, &["write", "database/config/z", "plugin_name=postgresql", &zero, "username=vault_admin", "password=x"]);
+    assert!(!o.status.success() && stderr(&o).contains("regular file"), "{}", stderr(&o));
     ok(&[
         "write",
         "database/config/app",
@@ -167,6 +175,20 @@ async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anythin
     // Revoked once: nothing is left to revoke, and the lease is gone.
     assert!(!s.cli(t, &["lease", "lookup", &lease]).status.success());
 
+    // A role whose statement quotes the password wrongly fails without
+    // showing it: PostgreSQL's error quotes the token, the gateway does not.
+    ok(&["write", "database/config/app", "allowed_roles=app-readonly,broken"]);
+    ok(&[
+        "write",
+        "database/roles/broken",
+        "db_name=app",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD {{password}};",
+    ]);
+    let o = s.cli(t, &["read", "database/creds/broken"]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("syntax error") && e.contains("<redacted>"), "{e}");
+    assert_eq!(admin(&pg, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%broken%'"), "0");
+
     // A role the connection does not allow is refused.
     ok(&["write", "database/roles/other-role", "db_name=app", "creation_statements=CREATE ROLE \"{{name}}\" LOGIN;"]);
     let o = s.cli(t, &["read", "database/creds/other-role"]);
@@ -176,7 +198,7 @@ async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anythin
 
     // Expiry revokes as revoke does: a credential of a short role is gone
     // once its lease runs out, without anyone asking.
-    ok(&["write", "database/config/app", "allowed_roles=app-readonly,short"]);
+    ok(&["write", "database/config/app", "allowed_roles=app-readonly,short,broken"]);
     ok(&[
         "write",
         "database/roles/short",
