@@ -22,8 +22,8 @@
 //!   only with `allow_superuser_rotation = true`.
 //!
 //! - `static-roles/<name>`: an existing user (`username`) whose password
-//!   Keybridge sets at once and again every `rotation_period` (the leading
-//!   node's periodic pass), each rotation with a write-ahead record as
+//!   Keybridge sets at once and again every `rotation_period` or on a
+//!   `rotation_schedule` (five-field cron; the leading node's periodic pass), each rotation with a write-ahead record as
 //!   above; `static-creds/<name>` reads it, `rotate-role/<name>` rotates it
 //!   now. As a rotating engine, `creds/<role>` and `static-creds/<name>`
 //!   also feed the reconciler: `keybridge rotate secret/app/db --engine
@@ -129,7 +129,11 @@ impl Drop for RotationWal {
 struct StaticRole {
     db_name: String,
     username: String,
+    /// Seconds between rotations; 0 with a `rotation_schedule`.
     rotation_period: u64,
+    /// Five-field cron (UTC), instead of a period.
+    #[serde(default)]
+    rotation_schedule: String,
     rotation_statements: String,
     password: String,
     /// Seconds since the epoch.
@@ -139,6 +143,19 @@ struct StaticRole {
 impl Drop for StaticRole {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+impl StaticRole {
+    /// When the next rotation is due (seconds since the epoch).
+    fn next_rotation(&self) -> u64 {
+        if self.rotation_schedule.is_empty() {
+            return self.last_rotation.saturating_add(self.rotation_period);
+        }
+        let Ok(cron) = self.rotation_schedule.parse::<croner::Cron>() else { return u64::MAX };
+        let last = chrono::DateTime::from_timestamp(i64::try_from(self.last_rotation).unwrap_or(i64::MAX), 0)
+            .unwrap_or_default();
+        cron.find_next_occurrence(&last, false).ok().and_then(|t| u64::try_from(t.timestamp()).ok()).unwrap_or(u64::MAX)
     }
 }
 
@@ -267,7 +284,11 @@ fn info() -> EngineInfo {
                     field("db_name", FieldKind::String, "the connection (config/<db_name>)"),
                     field("username", FieldKind::String, "the existing database user"),
                     field("rotation_period", FieldKind::Duration, "how often the password is rotated"),
-                    field("rotation_schedule", FieldKind::String, "not supported yet: use rotation_period"),
+                    field(
+                        "rotation_schedule",
+                        FieldKind::String,
+                        "when to rotate instead of a period: five-field cron, UTC (\"0 3 * * SUN\")",
+                    ),
                     statements(
                         "rotation_statements",
                         "SQL setting the password ({{name}}, {{password}}); default ALTER ROLE ... WITH PASSWORD",
@@ -404,9 +425,6 @@ impl DatabaseEngine {
     }
 
     async fn write_static_role(&self, name: &str, p: &Params) -> Result<EngineResponse, EngineError> {
-        if p.get("rotation_schedule").is_some_and(|v| !v.is_empty()) {
-            return Err(bad("rotation_schedule is not supported yet: give rotation_period"));
-        }
         let old: Option<StaticRole> = self.get_json(&format!("static-roles/{name}")).await?;
         let text = |k: &str, old: Option<&String>| p.get(k).map(str::to_string).or(old.cloned()).unwrap_or_default();
         let db_name = text("db_name", old.as_ref().map(|o| &o.db_name));
@@ -416,12 +434,29 @@ impl DatabaseEngine {
         {
             return Err(bad("a static role's username cannot change; delete the role and write it again"));
         }
-        let rotation_period = match p.get("rotation_period") {
-            Some(v) => v.parse::<u64>().map_err(|_| bad("rotation_period must be a duration"))?,
-            None => old.as_ref().map_or(0, |o| o.rotation_period),
+        let (rotation_period, rotation_schedule) = match (p.get("rotation_period"), p.get("rotation_schedule")) {
+            (Some(_), Some(_)) => return Err(bad("give rotation_period or rotation_schedule, not both")),
+            (Some(v), None) => {
+                (v.parse::<u64>().map_err(|_| bad("rotation_period must be a duration"))?, String::new())
+            }
+            (None, Some(c)) => {
+                let c = c.trim().to_string();
+                if c.split_whitespace().count() != 5 {
+                    return Err(bad(format!(
+                        "rotation_schedule {c:?}: give five cron fields (minute hour day-of-month month day-of-week), e.g. \"0 3 * * SUN\""
+                    )));
+                }
+                c.parse::<croner::Cron>().map_err(|e| bad(format!("rotation_schedule {c:?}: {e}")))?;
+                (0, c)
+            }
+            (None, None) => {
+                old.as_ref().map_or((0, String::new()), |o| (o.rotation_period, o.rotation_schedule.clone()))
+            }
         };
-        if db_name.is_empty() || username.is_empty() || rotation_period < 5 {
-            return Err(bad("give db_name, username (an existing user) and rotation_period (at least 5s)"));
+        if db_name.is_empty() || username.is_empty() || (rotation_schedule.is_empty() && rotation_period < 5) {
+            return Err(bad(
+                "give db_name, username (an existing user) and rotation_period (at least 5s) or rotation_schedule",
+            ));
         }
         let c = self.connection(&db_name).await?;
         if !c.allows(name) {
@@ -434,6 +469,7 @@ impl DatabaseEngine {
             db_name,
             username,
             rotation_period,
+            rotation_schedule,
             rotation_statements: text("rotation_statements", old.as_ref().map(|o| &o.rotation_statements)),
             password: old.as_ref().map(|o| o.password.clone()).unwrap_or_default(),
             last_rotation: old.as_ref().map_or(0, |o| o.last_rotation),
@@ -448,7 +484,7 @@ impl DatabaseEngine {
     }
 
     fn static_creds(r: &StaticRole) -> EngineResponse {
-        let next = r.last_rotation.saturating_add(r.rotation_period);
+        let next = r.next_rotation();
         EngineResponse {
             data: Params(vec![
                 ("username".into(), r.username.clone()),
@@ -461,6 +497,7 @@ impl DatabaseEngine {
                     .to_string(),
                 ),
                 ("rotation_period".into(), r.rotation_period.to_string()),
+                ("rotation_schedule".into(), r.rotation_schedule.clone()),
                 ("ttl".into(), next.saturating_sub(now_secs()).to_string()),
             ]),
             ..Default::default()
@@ -717,6 +754,7 @@ impl PluginEngine for DatabaseEngine {
                         ("db_name".into(), r.db_name.clone()),
                         ("username".into(), r.username.clone()),
                         ("rotation_period".into(), r.rotation_period.to_string()),
+                        ("rotation_schedule".into(), r.rotation_schedule.clone()),
                         ("rotation_statements".into(), r.rotation_statements.clone()),
                     ]),
                     ..Default::default()
@@ -787,7 +825,7 @@ impl PluginEngine for DatabaseEngine {
         let now = now_secs();
         for name in names {
             let due = match self.get_json::<StaticRole>(&format!("static-roles/{name}")).await {
-                Ok(Some(r)) => r.last_rotation.saturating_add(r.rotation_period) <= now,
+                Ok(Some(r)) => r.next_rotation() <= now,
                 _ => false,
             };
             if due && let Err(e) = self.rotate_static(&name).await {
@@ -795,5 +833,33 @@ impl PluginEngine for DatabaseEngine {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(period: u64, schedule: &str, last: u64) -> StaticRole {
+        StaticRole {
+            db_name: "app".into(),
+            username: "u".into(),
+            rotation_period: period,
+            rotation_schedule: schedule.into(),
+            rotation_statements: String::new(),
+            password: String::new(),
+            last_rotation: last,
+        }
+    }
+
+    #[test]
+    fn the_next_rotation_follows_the_period_or_the_schedule() {
+        // 2026-12-05 (a Saturday) 12:00:00 UTC.
+        let last = 1_796_472_000;
+        assert_eq!(role(3600, "", last).next_rotation(), last + 3600);
+        // Sundays at 03:00 UTC: the next day, 15 hours on.
+        assert_eq!(role(0, "0 3 * * SUN", last).next_rotation(), last + 15 * 3600);
+        assert_eq!(role(0, "*/5 * * * *", last).next_rotation(), last + 300);
+        assert_eq!(role(0, "not cron", last).next_rotation(), u64::MAX, "never, rather than always");
     }
 }

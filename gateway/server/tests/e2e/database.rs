@@ -327,6 +327,7 @@ async fn static_roles_rotate_on_request_and_on_their_period_and_feed_the_reconci
     let pg = Postgres::start();
     admin(&pg, "postgres", "CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
     admin(&pg, "postgres", "CREATE ROLE app_static WITH LOGIN PASSWORD 'initial-pw'");
+    admin(&pg, "postgres", "CREATE ROLE app_sched WITH LOGIN PASSWORD 'initial-pw'");
     let s = Server::dev();
     let t = Some("root-e2e");
     let ok = |args: &[&str]| {
@@ -347,14 +348,36 @@ async fn static_roles_rotate_on_request_and_on_their_period_and_feed_the_reconci
         &url,
         "username=vault_admin",
         "password=admin-pw-1",
-        "allowed_roles=static1,dyn",
+        "allowed_roles=static1,static2,dyn",
     ]);
     ok(&["write", "database/static-roles/static1", "db_name=app", "username=app_static", "rotation_period=6s"]);
+    for bad in ["rotation_schedule=every day", "rotation_schedule=61 * * * *"] {
+        let o = s.cli(t, &["write", "database/static-roles/static2", "db_name=app", "username=app_sched", bad]);
+        assert!(!o.status.success() && stderr(&o).contains("rotation_schedule"), "{bad}: {}", stderr(&o));
+    }
     let o = s.cli(
         t,
-        &["write", "database/static-roles/nope", "db_name=app", "username=app_static", "rotation_schedule=0 * * * *"],
+        &[
+            "write",
+            "database/static-roles/static2",
+            "db_name=app",
+            "username=app_sched",
+            "rotation_period=1h",
+            "rotation_schedule=0 3 * * SUN",
+        ],
     );
-    assert!(!o.status.success() && stderr(&o).contains("rotation_schedule"), "{}", stderr(&o));
+    assert!(!o.status.success() && stderr(&o).contains("not both"), "{}", stderr(&o));
+    ok(&[
+        "write",
+        "database/static-roles/static2",
+        "db_name=app",
+        "username=app_sched",
+        "rotation_schedule=*/5 * * * *",
+    ]);
+    let sched = json(&ok(&["read", "database/static-creds/static2", "-o", "json"]));
+    assert_eq!(sched["data"]["rotation_schedule"], "*/5 * * * *", "{sched}");
+    assert!(sched["data"]["ttl"].as_str().unwrap().parse::<u64>().unwrap() <= 300, "{sched}");
+    assert!(sql(&pg, "postgres", "app_sched", sched["data"]["password"].as_str().unwrap(), "SELECT 1").is_ok());
     assert!(sql(&pg, "postgres", "app_static", "initial-pw", "SELECT 1").is_err(), "the initial password still works");
     let read = || json(&ok(&["read", "database/static-creds/static1", "-o", "json"]));
     let p1 = read()["data"]["password"].as_str().unwrap().to_string();
