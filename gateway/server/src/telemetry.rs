@@ -295,31 +295,8 @@ where
                 Ok(r) => tonic::Status::from_header_map(r.headers()).map_or(tonic::Code::Ok, |s| s.code()),
                 Err(_) => tonic::Code::Unknown,
             };
-            core.metrics().request(rpc, code_name(code), started.elapsed().as_secs_f64());
+            core.metrics().request(rpc, keybridge_client::code_name(code), started.elapsed().as_secs_f64());
             resp
         })
-    }
-}
-
-fn code_name(c: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match c {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }

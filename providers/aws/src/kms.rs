@@ -26,7 +26,7 @@ pub struct KmsSettings {
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub profile: Option<String>,
-    credentials: Option<(String, Zeroizing<String>, Option<Zeroizing<String>>)>,
+    credentials: Option<crate::ExplicitCredentials>,
 }
 
 impl std::fmt::Debug for KmsSettings {
@@ -53,25 +53,9 @@ impl KmsSettings {
         if kms_key_id.len() > 2048 || kms_key_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::InvalidArgument(format!("kms_key_id {kms_key_id:?} is not a KMS key id, ARN or alias")));
         }
-        let region = get("region");
-        if let Some(r) = &region
-            && !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err(Error::InvalidArgument(format!("region {r:?} is not an AWS region name such as us-east-1")));
-        }
+        let region = crate::region(get("region"))?;
         let endpoint = keybridge_provider_api::settings::url(s, "endpoint")?;
-        let credentials = match (get("access_key"), get("secret_key")) {
-            (Some(id), Some(secret)) => Some((id, Zeroizing::new(secret), get("session_token").map(Zeroizing::new))),
-            (None, None) => None,
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "give both access_key and secret_key, or neither (the standard credential chain)".into(),
-                ));
-            }
-        };
-        if credentials.is_some() && get("profile").is_some() {
-            return Err(Error::InvalidArgument("give explicit credentials or a profile, not both".into()));
-        }
+        let credentials = crate::credentials(&get, ("access_key", "secret_key"))?;
         Ok(KmsSettings { kms_key_id, region, endpoint, profile: get("profile"), credentials })
     }
 }

@@ -42,7 +42,7 @@ pub struct Settings {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub profile: Option<String>,
-    credentials: Option<(String, Zeroizing<String>, Option<Zeroizing<String>>)>,
+    credentials: Option<ExplicitCredentials>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -63,25 +63,9 @@ impl Settings {
     pub fn parse(s: &BTreeMap<String, String>) -> Result<Settings> {
         keybridge_provider_api::settings::only(s, "aws", KEYS)?;
         let get = |k: &str| s.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let region = get("region");
-        if let Some(r) = &region
-            && !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err(Error::InvalidArgument(format!("region {r:?} is not an AWS region name such as us-east-1")));
-        }
+        let region = region(get("region"))?;
         let endpoint_url = keybridge_provider_api::settings::url(s, "endpoint_url")?;
-        let credentials = match (get("access_key_id"), get("secret_access_key")) {
-            (Some(id), Some(secret)) => Some((id, Zeroizing::new(secret), get("session_token").map(Zeroizing::new))),
-            (None, None) => None,
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "give both access_key_id and secret_access_key, or neither (the standard credential chain)".into(),
-                ));
-            }
-        };
-        if credentials.is_some() && get("profile").is_some() {
-            return Err(Error::InvalidArgument("give explicit credentials or a profile, not both".into()));
-        }
+        let credentials = credentials(&get, ("access_key_id", "secret_access_key"))?;
         keybridge_provider_api::endpoints::refuse_ambient(
             keybridge_provider_api::Cloud::Aws,
             s,
@@ -90,6 +74,40 @@ impl Settings {
         )?;
         Ok(Settings { region, endpoint_url, profile: get("profile"), credentials })
     }
+}
+
+/// A region setting, checked to be a region's name.
+pub(crate) fn region(r: Option<String>) -> Result<Option<String>> {
+    if let Some(r) = &r
+        && !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(Error::InvalidArgument(format!("region {r:?} is not an AWS region name such as us-east-1")));
+    }
+    Ok(r)
+}
+
+/// Explicit credentials (`keys`: the id's and the secret's setting names,
+/// with `session_token`), or none for the standard chain; never with a
+/// `profile` too.
+pub(crate) type ExplicitCredentials = (String, Zeroizing<String>, Option<Zeroizing<String>>);
+
+pub(crate) fn credentials(
+    get: &dyn Fn(&str) -> Option<String>,
+    (id_key, secret_key): (&str, &str),
+) -> Result<Option<ExplicitCredentials>> {
+    let credentials = match (get(id_key), get(secret_key)) {
+        (Some(id), Some(secret)) => Some((id, Zeroizing::new(secret), get("session_token").map(Zeroizing::new))),
+        (None, None) => None,
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "give both {id_key} and {secret_key}, or neither (the standard credential chain)"
+            )));
+        }
+    };
+    if credentials.is_some() && get("profile").is_some() {
+        return Err(Error::InvalidArgument("give explicit credentials or a profile, not both".into()));
+    }
+    Ok(credentials)
 }
 
 pub struct AwsStore {

@@ -250,6 +250,34 @@ fn scopes(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_str).map(|s| s.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
 }
 
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path).and_then(|mut f| f.write_all(text.as_bytes())).expect("write the key file");
+}
+
+/// A new service account `keybridge-test@<project>.iam.gserviceaccount.com`
+/// for a test server at `addr`, its checks, and its JSON key file (mode
+/// 0600) in the temporary directory, named after `file_prefix` and the port.
+pub async fn service_account_for(
+    project: &str,
+    addr: std::net::SocketAddr,
+    file_prefix: &str,
+) -> (std::sync::Arc<Auth>, std::path::PathBuf) {
+    let p = project.to_string();
+    let account = tokio::task::spawn_blocking(move || ServiceAccount::generate(&p, "keybridge-test"))
+        .await
+        .expect("generate the service account");
+    let auth = std::sync::Arc::new(Auth::new(account, &format!("http://{addr}")));
+    let key_file = std::env::temp_dir().join(format!("{file_prefix}-{}-{}.json", std::process::id(), addr.port()));
+    write_private(&key_file, &auth.account.key_json(&auth.token_uri).to_string());
+    (auth, key_file)
+}
+
 impl Auth {
     /// `base_url` is the server's own URL (`http://127.0.0.1:port`).
     pub fn new(account: ServiceAccount, base_url: &str) -> Auth {

@@ -135,16 +135,6 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
-/// Writes `text` to a new file only its owner can read.
-fn write_private(path: &Path, text: &str) {
-    use std::io::Write as _;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    o.open(path).and_then(|mut f| f.write_all(text.as_bytes())).expect("write the key file");
-}
-
 impl SecretManager {
     /// Starts on 127.0.0.1 (a free port), serving `project`, with a new
     /// service account `keybridge-test@<project>.iam.gserviceaccount.com`
@@ -153,13 +143,7 @@ impl SecretManager {
     pub async fn start(project: &str) -> SecretManager {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let p = project.to_string();
-        let account = tokio::task::spawn_blocking(move || ServiceAccount::generate(&p, "keybridge-test"))
-            .await
-            .expect("generate the service account");
-        let auth = Arc::new(Auth::new(account, &format!("http://{addr}")));
-        let key_file = std::env::temp_dir().join(format!("kb-gcp-sa-{}-{}.json", std::process::id(), addr.port()));
-        write_private(&key_file, &auth.account.key_json(&auth.token_uri).to_string());
+        let (auth, key_file) = crate::oauth::service_account_for(project, addr, "kb-gcp-sa").await;
         let shared = Shared { store: Arc::new(Mutex::new(Store::default())), project: project.to_string(), auth };
         let app =
             axum::Router::new().route("/token", axum::routing::post(token)).fallback(handle).with_state(shared.clone());
