@@ -70,15 +70,38 @@ fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// A connection URL the engine takes: the admin's credentials only
+/// through the placeholders (never written into it, so a read of the
+/// config shows none, and rotate-root changes the password in use), and
+/// no query parameter that would send them elsewhere (`host`, a socket).
+pub fn check_url(raw: &str) -> Result<(), EngineError> {
+    let shape = "connection_url must be postgresql://{{username}}:{{password}}@host:5432/db?sslmode=verify-full&sslrootcert=/path/ca.pem";
+    let rest = raw
+        .strip_prefix("postgresql://")
+        .or_else(|| raw.strip_prefix("postgres://"))
+        .ok_or_else(|| EngineError::InvalidInput(shape.into()))?;
+    let (userinfo, after) = rest.split_once('@').ok_or_else(|| EngineError::InvalidInput(shape.into()))?;
+    if userinfo != "{{username}}:{{password}}" || after.contains("{{") {
+        return Err(EngineError::InvalidInput(format!(
+            "{shape}: the credentials go in as {{{{username}}}}:{{{{password}}}}, and only there"
+        )));
+    }
+    let query = after.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if !matches!(key, "sslmode" | "sslrootcert" | "application_name" | "connect_timeout" | "options") {
+            return Err(EngineError::InvalidInput(format!(
+                "connection_url: the query parameter {key:?} is not taken (sslmode, sslrootcert, application_name, connect_timeout, options)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The connection URL with the admin's credentials in it.
 fn url(c: &Connection) -> Result<Url, EngineError> {
     let raw = &c.connection_url;
-    if !(raw.starts_with("postgresql://") || raw.starts_with("postgres://")) {
-        return Err(EngineError::InvalidInput(
-            "connection_url must be postgresql://{{username}}:{{password}}@host:5432/db?sslmode=verify-full&sslrootcert=/path/ca.pem"
-                .into(),
-        ));
-    }
+    check_url(raw)?;
     let filled =
         Zeroizing::new(raw.replace("{{username}}", &encode(&c.username)).replace("{{password}}", &encode(&c.password)));
     let (base, query) = filled.split_once('?').unwrap_or((filled.as_str(), ""));
@@ -110,13 +133,19 @@ fn tls(ca_file: &str) -> Result<rustls::ClientConfig, EngineError> {
     if !ca_file.starts_with('/') {
         return Err(bad("must be an absolute path".into()));
     }
-    let file = std::fs::File::open(ca_file).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let meta = file.metadata().map_err(|e| bad(format!("cannot read it: {e}")))?;
+    // Looked at before it is opened: opening a FIFO would block.
+    let unreadable = || bad("must be a readable regular file of at most 1 MiB".into());
+    let kind = std::fs::symlink_metadata(ca_file).map_err(|_| unreadable())?;
+    if !kind.is_file() {
+        return Err(unreadable());
+    }
+    let file = std::fs::File::open(ca_file).map_err(|_| unreadable())?;
+    let meta = file.metadata().map_err(|_| unreadable())?;
     if !meta.is_file() || meta.len() > MAX_CA_FILE {
-        return Err(bad(format!("must be a regular file of at most {MAX_CA_FILE} bytes")));
+        return Err(unreadable());
     }
     let mut pem = Vec::new();
-    file.take(MAX_CA_FILE).read_to_end(&mut pem).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    file.take(MAX_CA_FILE).read_to_end(&mut pem).map_err(|_| unreadable())?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|_| bad("not PEM certificates".into()))?;
@@ -131,6 +160,10 @@ fn tls(ca_file: &str) -> Result<rustls::ClientConfig, EngineError> {
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
+/// How long the engine's statements wait for a lock, and run at most.
+const LOCK_TIMEOUT_MS: u64 = 5_000;
+const STATEMENT_TIMEOUT_MS: u64 = 30_000;
+
 /// A pool for `c`, optionally on another database than the URL's.
 pub fn pool(c: &Connection, database: Option<&str>) -> Result<Pool, EngineError> {
     let u = url(c)?;
@@ -141,6 +174,14 @@ pub fn pool(c: &Connection, database: Option<&str>) -> Result<Pool, EngineError>
         config.dbname(db);
     }
     config.connect_timeout(Duration::from_secs(10));
+    // Bounded waits: a database user holding a lock (its own role's row, the
+    // engine's advisory lock) must not hold an issue, a revocation or the
+    // lease pass forever.
+    let options = format!(
+        "{} -c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        config.get_options().unwrap_or("")
+    );
+    config.options(options.trim_start());
     let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
     let manager = match u.sslmode.as_deref() {
         Some("verify-full") => {

@@ -11,7 +11,7 @@
 //!   `default_ttl`, `max_ttl`.
 //! - `creds/<role>` (read): a new user and password, under a lease whose
 //!   renewal moves `VALID UNTIL` (never past `max_ttl`) and whose
-//!   revocation terminates the user's sessions, reassigns and drops what it
+//!   revocation terminates the user's sessions, drops what it
 //!   owns or was granted in every database, drops it, and checks it is gone.
 //!
 //! - `rotate-root/<name>`: a new password for the connection's admin user.
@@ -25,7 +25,7 @@
 //!   Keybridge sets at once and again every `rotation_period` or on a
 //!   `rotation_schedule` (five-field cron; the leading node's periodic pass), each rotation with a write-ahead record as
 //!   above; `static-creds/<name>` reads it, `rotate-role/<name>` rotates it
-//!   now. As a rotating engine, `creds/<role>` and `static-creds/<name>`
+//!   now. As a rotating engine, `creds/<role>` and `rotate-role/<name>`
 //!   also feed the reconciler: `keybridge rotate secret/app/db --engine
 //!   database/creds/app-readonly` puts a new credential in a secret that
 //!   sync rules carry to the clouds.
@@ -305,6 +305,16 @@ fn info() -> EngineInfo {
     }
 }
 
+/// `e` with `secret` taken out of its message (a statement that quotes a
+/// password wrongly makes PostgreSQL quote it back).
+fn redacted(e: EngineError, secret: &str) -> EngineError {
+    match e {
+        EngineError::Unavailable(m) => EngineError::Unavailable(m.replace(secret, "<redacted>")),
+        EngineError::InvalidInput(m) => EngineError::InvalidInput(m.replace(secret, "<redacted>")),
+        other => other,
+    }
+}
+
 fn bad(m: impl Into<String>) -> EngineError {
     EngineError::InvalidInput(m.into())
 }
@@ -365,63 +375,74 @@ impl DatabaseEngine {
     }
 
     /// A static role's record, after finishing a rotation a crash
-    /// interrupted (as [`DatabaseEngine::recover`] for root rotations).
+    /// interrupted: the record's password is set again as the admin (who
+    /// can always set it) and stored, under the connection's rotation lock.
     async fn static_role(&self, name: &str) -> Result<StaticRole, EngineError> {
         let r: StaticRole = self
             .get_json(&format!("static-roles/{name}"))
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("no static role {name:?}")))?;
         let wal_key = format!("wal/static/{name}");
-        let Some(wal) = self.get_json::<RotationWal>(&wal_key).await? else { return Ok(r) };
-        let c = self.connection(&r.db_name).await?;
-        let as_user = |password: &str| {
-            let mut u = c.clone();
-            u.username = r.username.clone();
-            u.password = password.to_string();
-            u
-        };
-        if conn::logs_in(&as_user(&wal.new_password)).await? {
-            let mut done = r.clone();
-            done.password = wal.new_password.clone();
-            done.last_rotation = now_secs();
-            self.put_json(&format!("static-roles/{name}"), &done).await?;
-            self.storage.delete(&wal_key).await.map_err(store_err)?;
-            return Ok(done);
-        }
-        if conn::logs_in(&as_user(&r.password)).await? {
-            if now_secs().saturating_sub(wal.started) >= WAL_FRESH_SECS {
-                self.storage.delete(&wal_key).await.map_err(store_err)?;
-            }
+        if self.storage.get(&wal_key).await.map_err(store_err)?.is_none() {
             return Ok(r);
         }
-        Err(EngineError::Unavailable(format!(
-            "static role {name}: a rotation was interrupted, and neither the old nor the new password logs in now"
-        )))
+        let c = self.connection(&r.db_name).await?;
+        let pool = self.pools.get(&r.db_name, &c, None)?;
+        let client = pool.get().await.map_err(|e| conn::pool_error("connecting to finish a rotation", e))?;
+        let key = pg::lock(&client, &r.db_name).await?;
+        let done = self.roll_forward(&client, name).await;
+        pg::unlock(&client, key).await;
+        done
+    }
+
+    /// Under the rotation lock: applies a static role's write-ahead
+    /// password, if one is left, and stores it.
+    async fn roll_forward(&self, client: &tokio_postgres::Client, name: &str) -> Result<StaticRole, EngineError> {
+        let r: StaticRole = self
+            .get_json(&format!("static-roles/{name}"))
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no static role {name:?}")))?;
+        let wal_key = format!("wal/static/{name}");
+        let Some(wal) = self.get_json::<RotationWal>(&wal_key).await? else { return Ok(r) };
+        let sql = pg::root_rotation_sql(&r.rotation_statements, &r.username, &wal.new_password);
+        client.batch_execute(&sql).await.map_err(|e| {
+            redacted(conn::db_error(&format!("setting the password of {}", r.username), &e), &wal.new_password)
+        })?;
+        let mut done = r.clone();
+        done.password = wal.new_password.clone();
+        done.last_rotation = now_secs();
+        self.put_json(&format!("static-roles/{name}"), &done).await?;
+        self.storage.delete(&wal_key).await.map_err(store_err)?;
+        Ok(done)
     }
 
     /// Sets a new password for a static role's user: the write-ahead
-    /// record first, then the database, then the role's record.
+    /// record first, then the database, then the role's record; under the
+    /// connection's rotation lock (every node).
     async fn rotate_static(&self, name: &str) -> Result<StaticRole, EngineError> {
         let _one = self.rotating.lock().await;
-        let r = self.static_role(name).await?;
+        let r: StaticRole = self
+            .get_json(&format!("static-roles/{name}"))
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no static role {name:?}")))?;
         let c = self.connection(&r.db_name).await?;
         let pool = self.pools.get(&r.db_name, &c, None)?;
         let client = pool.get().await.map_err(|e| conn::pool_error("connecting to rotate the password", e))?;
-        let new = pg::new_password();
-        let wal_key = format!("wal/static/{name}");
-        self.put_json(&wal_key, &RotationWal { new_password: new.to_string(), started: now_secs() }).await?;
-        let sql = pg::root_rotation_sql(&r.rotation_statements, &r.username, &new);
-        if let Err(e) = client.batch_execute(&sql).await {
-            drop(client);
-            let _ = self.static_role(name).await;
-            return Err(conn::db_error(&format!("rotating the password of {}", r.username), &e));
+        let key = pg::lock(&client, &r.db_name).await?;
+        let done = async {
+            // A rotation a crash left is finished first.
+            self.roll_forward(&client, name).await?;
+            let new = pg::new_password();
+            self.put_json(
+                &format!("wal/static/{name}"),
+                &RotationWal { new_password: new.to_string(), started: now_secs() },
+            )
+            .await?;
+            self.roll_forward(&client, name).await
         }
-        let mut rotated = r.clone();
-        rotated.password = new.to_string();
-        rotated.last_rotation = now_secs();
-        self.put_json(&format!("static-roles/{name}"), &rotated).await?;
-        self.storage.delete(&wal_key).await.map_err(store_err)?;
-        Ok(rotated)
+        .await;
+        pg::unlock(&client, key).await;
+        done
     }
 
     async fn write_static_role(&self, name: &str, p: &Params) -> Result<EngineResponse, EngineError> {
@@ -430,9 +451,14 @@ impl DatabaseEngine {
         let db_name = text("db_name", old.as_ref().map(|o| &o.db_name));
         let username = text("username", old.as_ref().map(|o| &o.username));
         if let Some(o) = &old
-            && o.username != username
+            && (o.username != username || o.db_name != db_name)
         {
-            return Err(bad("a static role's username cannot change; delete the role and write it again"));
+            return Err(bad("a static role's username and db_name cannot change; delete the role and write it again"));
+        }
+        if username.len() > 63
+            || !username.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'))
+        {
+            return Err(bad("username must be an existing user's name: at most 63 of a-z, A-Z, 0-9, _, - and ."));
         }
         let (rotation_period, rotation_schedule) = match (p.get("rotation_period"), p.get("rotation_schedule")) {
             (Some(_), Some(_)) => return Err(bad("give rotation_period or rotation_schedule, not both")),
@@ -464,6 +490,32 @@ impl DatabaseEngine {
                 "connection {db_name:?} does not list static role {name:?} in allowed_roles"
             )));
         }
+        if old.is_none() {
+            // Not the connection's own admin, and no superuser unless the
+            // connection allows rotating one: a static role's writer would
+            // otherwise take over (or lock out) those accounts.
+            let pool = self.pools.get(&db_name, &c, None)?;
+            let client = pool.get().await.map_err(|e| conn::pool_error("looking the user up", e))?;
+            let row = client
+                .query_opt(
+                    "SELECT rolsuper, oid = (SELECT oid FROM pg_roles WHERE rolname = current_user) FROM pg_roles WHERE rolname = $1",
+                    &[&username],
+                )
+                .await
+                .map_err(|e| conn::db_error("looking the user up", &e))?
+                .ok_or_else(|| bad(format!("no user {username:?} in the database: a static role takes an existing user")))?;
+            let (superuser, is_admin): (bool, bool) = (row.get(0), row.get(1));
+            if is_admin {
+                return Err(EngineError::Denied(format!(
+                    "{username} is connection {db_name}'s own admin: rotate it with rotate-root/{db_name}"
+                )));
+            }
+            if superuser && !c.allow_superuser_rotation {
+                return Err(EngineError::Denied(format!(
+                    "{username} is a superuser: a static role takes it only with allow_superuser_rotation=true on config/{db_name}"
+                )));
+            }
+        }
         let fresh = old.is_none();
         let role = StaticRole {
             db_name,
@@ -478,6 +530,7 @@ impl DatabaseEngine {
         // A new static role's password is Keybridge's from the start.
         if fresh && let Err(e) = self.rotate_static(name).await {
             self.storage.delete(&format!("static-roles/{name}")).await.map_err(store_err)?;
+            self.storage.delete(&format!("wal/static/{name}")).await.map_err(store_err)?;
             return Err(e);
         }
         Ok(EngineResponse::default())
@@ -509,35 +562,52 @@ impl DatabaseEngine {
         let c = self.connection(name).await?;
         let pool = self.pools.get(name, &c, None)?;
         let client = pool.get().await.map_err(|e| conn::pool_error("connecting to rotate the root password", e))?;
-        let superuser: bool = client
-            .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
-            .await
-            .map_err(|e| conn::db_error("checking the admin user", &e))?
-            .get(0);
-        if superuser && !c.allow_superuser_rotation {
-            return Err(EngineError::Denied(format!(
-                "{} is a superuser: rotating its password would lock out everyone else who uses it; use an admin with CREATEROLE, or set allow_superuser_rotation=true on config/{name}",
-                c.username
-            )));
+        // One rotation of this connection at a time on every node.
+        let key = pg::lock(&client, name).await?;
+        let r = async {
+            // Read again under the lock: another node may have just rotated.
+            let c = self.connection(name).await?;
+            let superuser: bool = client
+                .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+                .await
+                .map_err(|e| conn::db_error("checking the admin user", &e))?
+                .get(0);
+            if superuser && !c.allow_superuser_rotation {
+                return Err(EngineError::Denied(format!(
+                    "{} is a superuser: rotating its password would lock out everyone else who uses it; use an admin with CREATEROLE, or set allow_superuser_rotation=true on config/{name}",
+                    c.username
+                )));
+            }
+            let wal_key = format!("wal/rotate-root/{name}");
+            let new = pg::new_password();
+            self.put_json(&wal_key, &RotationWal { new_password: new.to_string(), started: now_secs() }).await?;
+            fault("wal-written");
+            let sql = pg::root_rotation_sql(&c.root_rotation_statements, &c.username, &new);
+            if let Err(e) = client.batch_execute(&sql).await {
+                // Whether the database took it is for the record to tell.
+                let _ = self.recover(name, c).await;
+                return Err(redacted(conn::db_error("rotating the root password", &e), &new));
+            }
+            fault("altered");
+            let mut rotated = c.clone();
+            rotated.password = new.to_string();
+            // Statements that did not change this user's password must not
+            // make the stored one wrong.
+            if !conn::logs_in(&rotated).await? {
+                self.storage.delete(&wal_key).await.map_err(store_err)?;
+                return Err(EngineError::InvalidInput(format!(
+                    "root_rotation_statements of {name} ran, but the new password does not log in as {}: the old one is kept",
+                    c.username
+                )));
+            }
+            self.put_json(&format!("config/{name}"), &rotated).await?;
+            fault("config-written");
+            self.storage.delete(&wal_key).await.map_err(store_err)?;
+            Ok(EngineResponse::default())
         }
-        let wal_key = format!("wal/rotate-root/{name}");
-        let new = pg::new_password();
-        self.put_json(&wal_key, &RotationWal { new_password: new.to_string(), started: now_secs() }).await?;
-        fault("wal-written");
-        let sql = pg::root_rotation_sql(&c.root_rotation_statements, &c.username, &new);
-        if let Err(e) = client.batch_execute(&sql).await {
-            // Whether the database took it is for the record to tell.
-            drop(client);
-            let _ = self.recover(name, c).await;
-            return Err(conn::db_error("rotating the root password", &e));
-        }
-        fault("altered");
-        let mut rotated = c.clone();
-        rotated.password = new.to_string();
-        self.put_json(&format!("config/{name}"), &rotated).await?;
-        fault("config-written");
-        self.storage.delete(&wal_key).await.map_err(store_err)?;
-        Ok(EngineResponse::default())
+        .await;
+        pg::unlock(&client, key).await;
+        r
     }
 
     async fn role(&self, name: &str) -> Result<Role, EngineError> {
@@ -563,6 +633,13 @@ impl DatabaseEngine {
             .ok_or_else(|| bad("give connection_url"))?;
         let username =
             pick("username", old.as_ref().map(|o| o.username.as_str())).ok_or_else(|| bad("give username"))?;
+        conn::check_url(&connection_url)?;
+        // The stored password goes only where it went before: a new host or
+        // user takes the password again.
+        let moved = old.as_ref().is_some_and(|o| o.connection_url != connection_url || o.username != username);
+        if moved && p.get("password").is_none_or(str::is_empty) {
+            return Err(bad("connection_url or username changed: give the password again"));
+        }
         let password = pick("password", old.as_ref().map(|o| o.password.as_str())).unwrap_or_default();
         let allowed_roles = match p.get("allowed_roles") {
             Some(v) => v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
@@ -705,6 +782,7 @@ impl PluginEngine for DatabaseEngine {
         let key = match req.pattern.as_str() {
             "config/{name}" => format!("config/{name}"),
             "roles/{name}" => format!("roles/{name}"),
+            "static-roles/{name}" => format!("static-roles/{name}"),
             _ => return Ok(true),
         };
         Ok(self.storage.get(&key).await.map_err(store_err)?.is_some())
@@ -762,6 +840,7 @@ impl PluginEngine for DatabaseEngine {
             }
             ("static-roles/{name}", Operation::Delete) => {
                 self.storage.delete(&format!("static-roles/{name}")).await.map_err(store_err)?;
+                self.storage.delete(&format!("wal/static/{name}")).await.map_err(store_err)?;
                 Ok(EngineResponse::default())
             }
             ("static-roles", Operation::List) => self.list("static-roles/").await,
@@ -810,12 +889,14 @@ impl PluginEngine for DatabaseEngine {
         if let Some(role) = path.strip_prefix("creds/").filter(|r| !r.is_empty() && !r.contains('/')) {
             return self.issue(ctx, role).await;
         }
-        if let Some(name) = path.strip_prefix("static-creds/").filter(|r| !r.is_empty() && !r.contains('/')) {
+        // At rotate-role/ (an update), never static-creds/: reading a static
+        // role's password must not be enough to rotate it.
+        if let Some(name) = path.strip_prefix("rotate-role/").filter(|r| !r.is_empty() && !r.contains('/')) {
             let r = self.rotate_static(name).await?;
             return Ok(Self::static_creds(&r));
         }
         Err(EngineError::Unsupported(format!(
-            "{path}: the database engine issues rotated credentials at creds/<role> and static-creds/<name>"
+            "{path}: the database engine issues rotated credentials at creds/<role> and rotate-role/<name>"
         )))
     }
 

@@ -81,6 +81,26 @@ async fn locked(client: &mut tokio_postgres::Client, sql: &str) -> Result<(), to
     tx.commit().await
 }
 
+/// Takes a rotation's hold on a connection, for every node: a
+/// session-level advisory lock named after the connection (waits at most
+/// `lock_timeout`). Give the key back to [`unlock`] on every path.
+pub async fn lock(client: &tokio_postgres::Client, connection: &str) -> Result<i64, EngineError> {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("keybridge-rotation:{connection}"));
+    let key = i64::from_be_bytes(h[..8].try_into().unwrap_or([0; 8]));
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .map_err(|e| db_error(&format!("waiting for another rotation of connection {connection} (on any node)"), &e))?;
+    Ok(key)
+}
+
+pub async fn unlock(client: &tokio_postgres::Client, key: i64) {
+    if let Err(e) = client.execute("SELECT pg_advisory_unlock($1)", &[&key]).await {
+        tracing::warn!(error = %db_error("releasing the rotation lock", &e), "database: the session's lock goes when it closes");
+    }
+}
+
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -102,7 +122,8 @@ pub async fn create(
         if !rollback.trim().is_empty()
             && let Err(re) = client.batch_execute(&fill(rollback, name, password, expires)).await
         {
-            tracing::warn!(user = name, error = %db_error("rollback statements", &re), "database: the rollback statements failed too");
+            let e = db_error("rollback statements", &re).to_string().replace(password, "<redacted>");
+            tracing::warn!(user = name, error = %e, "database: the rollback statements failed too");
         }
         // A statement that quotes the password wrongly makes PostgreSQL
         // quote it back ("syntax error at or near ..."): never in an error.
@@ -126,6 +147,17 @@ pub async fn renew(pool: &Pool, statements: &str, name: &str, expires: SystemTim
     client.batch_execute(&sql).await.map_err(|e| db_error("renewing the user", &e))
 }
 
+async fn terminate(client: &tokio_postgres::Client, name: &str) -> Result<(), EngineError> {
+    client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
+            &[&name],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| db_error("ending the user's sessions", &e))
+}
+
 async fn exists(client: &tokio_postgres::Client, name: &str) -> Result<bool, EngineError> {
     client
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
@@ -137,12 +169,13 @@ async fn exists(client: &tokio_postgres::Client, name: &str) -> Result<bool, Eng
 /// Revokes a user for good. Idempotent: a user already gone is revoked.
 ///
 /// 1. The role's revocation statements, if any.
-/// 2. While the user exists: no new logins (`NOLOGIN`); the admin takes
-///    membership in it (what `REASSIGN OWNED`, `DROP OWNED` and ending its
-///    sessions need from an admin with CREATEROLE); its sessions are
-///    terminated; in every database where it owns objects or holds grants
-///    (`pg_shdepend`), what it owns goes to the admin and its grants go;
-///    then the user is dropped.
+/// 2. While the user exists: the admin takes membership in it (what
+///    `DROP OWNED` and ending its sessions need from an admin with
+///    CREATEROLE); its sessions are terminated, it is closed to new logins
+///    (`NOLOGIN`), and its sessions terminated again; in every database
+///    where it owns objects or holds grants (`pg_shdepend`), what it owns
+///    is dropped and its grants revoked (`DROP OWNED`); then the user is
+///    dropped. Every statement waits at most `lock_timeout`.
 /// 3. It succeeds only once the user is gone.
 pub async fn revoke(
     pools: &Pools,
@@ -166,17 +199,19 @@ pub async fn revoke(
         }
     }
     let q = ident(name);
+    // Membership first (to end its sessions), sessions ended (one holding
+    // a lock on its own role would block what follows), no new logins,
+    // sessions ended again (any that started meanwhile).
     client
-        .batch_execute(&format!("ALTER ROLE {q} NOLOGIN; GRANT {q} TO CURRENT_USER"))
+        .batch_execute(&format!("GRANT {q} TO CURRENT_USER"))
+        .await
+        .map_err(|e| db_error("taking membership in the user", &e))?;
+    terminate(&client, name).await?;
+    client
+        .batch_execute(&format!("ALTER ROLE {q} NOLOGIN"))
         .await
         .map_err(|e| db_error("closing the user to new logins", &e))?;
-    client
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
-            &[&name],
-        )
-        .await
-        .map_err(|e| db_error("ending the user's sessions", &e))?;
+    terminate(&client, name).await?;
     let rows = client
         .query(
             "SELECT DISTINCT d.datname FROM pg_shdepend s \
@@ -192,17 +227,22 @@ pub async fn revoke(
         .await
         .map_err(|e| db_error("reading the current database", &e))?
         .get(0);
-    let cleanup = format!("REASSIGN OWNED BY {q} TO CURRENT_USER; DROP OWNED BY {q}");
+    // What the user owns goes with it: handing it to the admin would let a
+    // short-lived credential leave behind a SECURITY DEFINER function or a
+    // view that then runs with the admin's rights.
+    let cleanup = format!("DROP OWNED BY {q}");
     for row in rows {
         let db: String = row.get(0);
         if db == here {
             locked(&mut client, &cleanup).await
         } else {
-            let other = pools.get(db_name, c, Some(&db))?;
+            // A pool of its own, dropped after: the databases a user owns
+            // something in are the user's choice.
+            let other = crate::conn::pool(c, Some(&db))?;
             let mut oc = other.get().await.map_err(|e| pool_error(&format!("connecting to database {db}"), e))?;
             locked(&mut oc, &cleanup).await
         }
-        .map_err(|e| db_error(&format!("reassigning and dropping what the user owns in database {db}"), &e))?;
+        .map_err(|e| db_error(&format!("dropping what the user owns in database {db}"), &e))?;
     }
     // Grants in this database that pg_shdepend does not list (none are
     // expected; cheap to be sure), then the user.

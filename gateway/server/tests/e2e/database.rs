@@ -3,7 +3,7 @@
 //! document's role as written, an admin that is not a superuser (CREATEROLE,
 //! as the document's `vault_admin`), and a revocation that leaves nothing
 //! behind: the user's session ended, a grant made out of band and a table
-//! it owns in a second database handled, the user gone.
+//! it owns in a second database dropped, the user gone.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,6 +85,20 @@ async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anythin
     let o = s
         .cli(t, &["write", "database/config/z", "plugin_name=postgresql", &zero, "username=vault_admin", "password=x"]);
     assert!(!o.status.success() && stderr(&o).contains("regular file"), "{}", stderr(&o));
+    // Credentials only through the placeholders, and no host parameters.
+    let literal =
+        format!("connection_url=postgresql://vault_admin:admin-pw-1@localhost:{}/app?sslmode=disable", pg_port(&pg));
+    let hosted = format!(
+        "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/app?sslmode=disable&host=/tmp",
+        pg_port(&pg)
+    );
+    for (u, why) in [(&literal, "only there"), (&hosted, "\"host\" is not taken")] {
+        let o = s.cli(
+            t,
+            &["write", "database/config/x", "plugin_name=postgresql", u, "username=vault_admin", "password=admin-pw-1"],
+        );
+        assert!(!o.status.success() && stderr(&o).contains(why), "{}", stderr(&o));
+    }
     ok(&[
         "write",
         "database/config/app",
@@ -94,6 +108,13 @@ async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anythin
         "password=admin-pw-1",
         "allowed_roles=app-readonly",
     ]);
+    // The stored password goes only where it went: a new URL takes it again.
+    let elsewhere = format!(
+        "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/app?sslmode=disable",
+        pg_port(&pg)
+    );
+    let o = s.cli(t, &["write", "database/config/app", &elsewhere]);
+    assert!(!o.status.success() && stderr(&o).contains("give the password again"), "{}", stderr(&o));
     let config = json(&ok(&["read", "database/config/app", "-o", "json"]));
     assert_eq!(config["data"]["password"], "<redacted>", "{config}");
     assert!(!config.to_string().contains("admin-pw-1"));
@@ -169,7 +190,9 @@ async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anythin
     });
     assert!(ended.is_some_and(|s| !s.success()), "the open session survived the revocation");
     assert_eq!(admin(&pg, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{user}'")), "0");
-    assert_eq!(admin(&pg, "other", "SELECT tableowner FROM pg_tables WHERE tablename = 'owned'"), "vault_admin");
+    // What it owned went with it (handed to the admin, a function it left
+    // could run with the admin's rights).
+    assert_eq!(admin(&pg, "other", "SELECT count(*) FROM pg_tables WHERE tablename = 'owned'"), "0");
     let e = sql(&pg, "app", &user, &password, "SELECT 1").unwrap_err();
     assert!(e.contains("password authentication failed") || e.contains("does not exist"), "{e}");
     // Revoked once: nothing is left to revoke, and the lease is gone.
@@ -350,6 +373,22 @@ async fn static_roles_rotate_on_request_and_on_their_period_and_feed_the_reconci
         "password=admin-pw-1",
         "allowed_roles=static1,static2,dyn",
     ]);
+    // Not the connection's own admin, nor a superuser: a static role's
+    // writer would take those accounts over.
+    for (user, why) in [("vault_admin", "own admin"), ("keybridge", "superuser"), ("nobody", "no user")] {
+        let o = s.cli(
+            t,
+            &[
+                "write",
+                "database/static-roles/static1",
+                "db_name=app",
+                &format!("username={user}"),
+                "rotation_period=1h",
+            ],
+        );
+        assert!(!o.status.success() && stderr(&o).contains(why), "{user}: {}", stderr(&o));
+    }
+    assert!(sql(&pg, "postgres", "vault_admin", "admin-pw-1", "SELECT 1").is_ok());
     ok(&["write", "database/static-roles/static1", "db_name=app", "username=app_static", "rotation_period=6s"]);
     for bad in ["rotation_schedule=every day", "rotation_schedule=61 * * * *"] {
         let o = s.cli(t, &["write", "database/static-roles/static2", "db_name=app", "username=app_sched", bad]);
@@ -402,7 +441,10 @@ async fn static_roles_rotate_on_request_and_on_their_period_and_feed_the_reconci
     // A coordinated rotation of a secret whose new value the engine issues:
     // a static role's password, and a dynamic credential.
     ok(&["kv", "put", "secret/app/db", "username=x", "password=y"]);
-    ok(&["rotate", "secret/app/db", "--engine", "database/static-creds/static1", "--grace", "0s", "--wait"]);
+    let o =
+        s.cli(t, &["rotate", "secret/app/db", "--engine", "database/static-creds/static1", "--grace", "0s", "--wait"]);
+    assert!(!o.status.success(), "reading a static role's password must not be enough to rotate it");
+    ok(&["rotate", "secret/app/db", "--engine", "database/rotate-role/static1", "--grace", "0s", "--wait"]);
     let v = json(&ok(&["kv", "get", "-o", "json", "secret/app/db"]));
     let p4 = v["data"]["password"].as_str().unwrap().to_string();
     assert_eq!(v["data"]["username"], "app_static", "{v}");
