@@ -474,6 +474,8 @@ impl Core {
         lease: LeaseRequest,
         pinned: bool,
     ) -> Result<LeaseView> {
+        #[cfg(test)]
+        self.load_hold("record-lease").await;
         let now = Timestamp::now().secs;
         let mount_max = mount_duration(mount, "max_lease_ttl", DEFAULT_MAX_TTL);
         let max = if lease.terms.max_ttl_secs == 0 { mount_max } else { lease.terms.max_ttl_secs.min(mount_max) };

@@ -122,7 +122,16 @@ impl Core {
         let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
         let lease = match resp.lease {
             None => None,
-            Some(l) => Some(self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, false).await?),
+            Some(l) => {
+                // A caller that goes away between the issue and the lease's
+                // record (a cancelled request drops this future) must not
+                // leave a credential nothing will revoke.
+                let mut unrecorded = Unrecorded::new(backend.clone(), ctx.clone(), &rel, &l);
+                let recorded = self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, false).await;
+                // Recorded, or revoked by record_lease itself on failure.
+                unrecorded.disarm();
+                Some(recorded?)
+            }
         };
         Ok(EngineReply { data: resp.data.clone(), lease, warnings: resp.warnings.clone() })
     }
@@ -147,5 +156,49 @@ impl Core {
             )
         };
         Ok(PathHelp { mount: mount.path, engine: info, matched })
+    }
+}
+
+/// A credential issued and not yet under a recorded lease: dropped while
+/// armed (the request's future cancelled), it is revoked in a task of its
+/// own.
+struct Unrecorded {
+    armed: Option<(Arc<dyn crate::plugins::PluginEngine>, crate::plugins::CallContext, crate::plugins::LeaseInfo)>,
+}
+
+impl Unrecorded {
+    fn new(
+        backend: Arc<dyn crate::plugins::PluginEngine>,
+        ctx: crate::plugins::CallContext,
+        rel: &str,
+        lease: &crate::plugins::LeaseRequest,
+    ) -> Unrecorded {
+        let issue_time =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let info = crate::plugins::LeaseInfo {
+            lease_id: String::new(),
+            path: rel.to_string(),
+            internal: lease.internal.clone(),
+            issue_time,
+            increment: 0,
+        };
+        Unrecorded { armed: Some((backend, ctx, info)) }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for Unrecorded {
+    fn drop(&mut self) {
+        let Some((backend, ctx, info)) = self.armed.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            match backend.revoke(&ctx, &info).await {
+                Ok(()) => tracing::warn!(path = %info.path, "lease: the request went away before its lease was recorded; the credential was revoked"),
+                Err(e) => tracing::error!(path = %info.path, error = %engine_error(e), "lease: the request went away before its lease was recorded, and revoking the credential failed"),
+            }
+        });
     }
 }

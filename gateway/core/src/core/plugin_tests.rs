@@ -515,6 +515,30 @@ async fn leases_from_before_the_due_index_are_indexed_at_unseal() {
     assert_eq!(issuer.revoked.lock().unwrap().len(), 600);
 }
 
+/// A request cancelled after the engine issued a credential and before its
+/// lease was recorded: the credential is revoked, not left to nothing.
+#[tokio::test]
+async fn a_credential_whose_request_goes_away_before_its_lease_is_recorded_is_revoked() {
+    let (core, t, issuer) = core_with_issuer().await;
+    let core = Arc::new(core);
+    let (reached, release) = super::tests::hold_load(&core, "record-lease");
+    let c = core.clone();
+    let request = tokio::spawn(async move {
+        let _ = c.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await;
+    });
+    reached.await.unwrap();
+    request.abort();
+    let _ = request.await;
+    drop(release);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while issuer.revoked.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the unrecorded credential was not revoked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*issuer.revoked.lock().unwrap(), vec!["cred-1".to_string()]);
+    assert!(core.leases.counts().await.unwrap().is_empty(), "no lease was recorded");
+}
+
 /// Leases are counted by mount in rows of this node's own, in the commit
 /// that writes or deletes the lease; a second delete of the same lease
 /// counts nothing; leases written before the counts existed are counted
