@@ -671,6 +671,15 @@ fn rows() -> Vec<Row> {
         row(
             "Logical.Write",
             ("`<mount>/<path>`", "`create` (new, on paths with an existence check) or `update`"),
+            &[("database/static-roles/new", "create")],
+            call!(logical_client::LogicalClient, write, |_fx| pb::LogicalRequest {
+                path: "database/static-roles/new".into(),
+                data: kv(&[("db_name", "app"), ("username", "static_user"), ("rotation_period", "1h")])
+            }),
+        ),
+        row(
+            "Logical.Write",
+            ("`<mount>/<path>`", "`create` (new, on paths with an existence check) or `update`"),
             &[("database/rotate-root/app", "update")],
             call!(logical_client::LogicalClient, write, |_fx| pb::LogicalRequest {
                 path: "database/rotate-root/app".into(),
@@ -1164,6 +1173,7 @@ async fn fixtures(s: &Server, moto_url: &str, dir: &std::path::Path) -> Fx {
     // CREATEROLE), roles r and gone.
     let pg = keybridge_testservers::postgres::Postgres::start();
     pg.psql("CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
+    pg.psql("CREATE ROLE static_user WITH LOGIN PASSWORD 'static-pw-1'");
     ok(&["mount", "enable", "--type", "database", "database/"]);
     let url = pg.url("localhost", "verify-full").replace(
         &format!("{}:{}@", keybridge_testservers::postgres::USER, keybridge_testservers::postgres::PASSWORD),

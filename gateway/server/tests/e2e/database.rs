@@ -389,7 +389,22 @@ async fn static_roles_rotate_on_request_and_on_their_period_and_feed_the_reconci
         assert!(!o.status.success() && stderr(&o).contains(why), "{user}: {}", stderr(&o));
     }
     assert!(sql(&pg, "postgres", "vault_admin", "admin-pw-1", "SELECT 1").is_ok());
+    // `update` alone tunes an existing static role; making one takes
+    // `create` (the existence check covers static roles).
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("tune.hcl");
+    std::fs::write(&policy, "path \"database/static-roles/*\" { capabilities = [\"update\"] }\n").unwrap();
+    ok(&["policy", "write", "tune", policy.to_str().unwrap()]);
+    let tuner =
+        json(&ok(&["token", "create", "--policy", "tune", "-o", "json"]))["token"].as_str().unwrap().to_string();
+    let o = s.cli(
+        Some(&tuner),
+        &["write", "database/static-roles/static1", "db_name=app", "username=app_static", "rotation_period=6s"],
+    );
+    assert!(!o.status.success() && stderr(&o).contains("permission denied"), "{}", stderr(&o));
     ok(&["write", "database/static-roles/static1", "db_name=app", "username=app_static", "rotation_period=6s"]);
+    let o = s.cli(Some(&tuner), &["write", "database/static-roles/static1", "rotation_period=6s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     for bad in ["rotation_schedule=every day", "rotation_schedule=61 * * * *"] {
         let o = s.cli(t, &["write", "database/static-roles/static2", "db_name=app", "username=app_sched", bad]);
         assert!(!o.status.success() && stderr(&o).contains("rotation_schedule"), "{bad}: {}", stderr(&o));
