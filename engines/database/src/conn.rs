@@ -98,6 +98,18 @@ pub fn check_url(raw: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The host a connection URL names (lower-case, without port or
+/// brackets).
+pub fn url_host(raw: &str) -> String {
+    let after = raw.split_once('@').map_or("", |(_, a)| a);
+    let authority = after.split(['/', '?']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// The connection URL with the admin's credentials in it.
 fn url(c: &Connection) -> Result<Url, EngineError> {
     let raw = &c.connection_url;

@@ -52,8 +52,12 @@ use crate::conn::{Connection, Pools};
 pub const KIND: &str = "database";
 
 /// The database engines this build has, as the core's [`BuiltinEngines`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Builtins;
+#[derive(Clone, Debug, Default)]
+pub struct Builtins {
+    /// The server's `allowed_endpoint_hosts`: when set, the only hosts a
+    /// connection may point at.
+    pub allowed_hosts: Option<Vec<String>>,
+}
 
 #[async_trait::async_trait]
 impl BuiltinEngines for Builtins {
@@ -81,6 +85,7 @@ impl BuiltinEngines for Builtins {
             info: info(),
             pools: Pools::default(),
             rotating: tokio::sync::Mutex::new(()),
+            allowed_hosts: self.allowed_hosts.clone(),
         }))
     }
 }
@@ -104,6 +109,7 @@ pub struct DatabaseEngine {
     pools: Pools,
     /// One root rotation at a time on this node.
     rotating: tokio::sync::Mutex<()>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 /// A root rotation's write-ahead record: the new password, stored before
@@ -634,6 +640,14 @@ impl DatabaseEngine {
         let username =
             pick("username", old.as_ref().map(|o| o.username.as_str())).ok_or_else(|| bad("give username"))?;
         conn::check_url(&connection_url)?;
+        if let Some(allowed) = &self.allowed_hosts {
+            let host = conn::url_host(&connection_url);
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&host)) {
+                return Err(EngineError::Denied(format!(
+                    "connection_url host {host:?} is not in the server's allowed_endpoint_hosts"
+                )));
+            }
+        }
         // The stored password goes only where it went before: a new host or
         // user takes the password again.
         let moved = old.as_ref().is_some_and(|o| o.connection_url != connection_url || o.username != username);

@@ -341,11 +341,11 @@ pub async fn run(
         Ok(None)
     }
     #[cfg(feature = "database")]
-    fn builtin_engines() -> Option<Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
-        Some(Arc::new(keybridge_engine_database::Builtins))
+    fn builtin_engines(config: &Config) -> Option<Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
+        Some(Arc::new(keybridge_engine_database::Builtins { allowed_hosts: config.allowed_endpoint_hosts.clone() }))
     }
     #[cfg(not(feature = "database"))]
-    fn builtin_engines() -> Option<Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
+    fn builtin_engines(_config: &Config) -> Option<Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
         None
     }
     let policy_check = match &config.policy_check_rego {
@@ -375,7 +375,7 @@ pub async fn run(
                 Arc::new(crate::verify::CommandVerifier { argv }) as Arc<dyn keybridge_core::RotationVerifier>
             }),
             plugins: plugin_runtime()?,
-            builtin_engines: builtin_engines(),
+            builtin_engines: builtin_engines(&config),
             allowed_endpoint_hosts: config.allowed_endpoint_hosts.clone(),
             audit_file_dir: config.audit_file_dir.clone(),
             node: keybridge_core::audit::Node {

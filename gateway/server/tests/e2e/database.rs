@@ -477,3 +477,47 @@ async fn static_roles_rotate_on_request_and_on_their_period_and_feed_the_reconci
     assert!(u.starts_with("v-"), "{v}");
     assert!(sql(&pg, "postgres", &u, &p, "SELECT 1").is_ok(), "the rotated-in credential logs in");
 }
+
+/// With `allowed_endpoint_hosts`, a connection points only at those hosts
+/// (the gateway would otherwise connect wherever a config writer says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_point_only_at_allowed_endpoint_hosts() {
+    let pg = Postgres::start();
+    admin(&pg, "postgres", "CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_top(dir.path(), "allowed_endpoint_hosts = [\"localhost\"]");
+    let (root, _) = crate::harness::init_unseal(&s);
+    let t = Some(root.as_str());
+    assert!(s.cli(t, &["mount", "enable", "--type", "database", "database/"]).status.success());
+    let url = |host: &str| {
+        format!(
+            "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@{host}:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg_port(&pg),
+            pg.ca_file().display()
+        )
+    };
+    let o = s.cli(
+        t,
+        &[
+            "write",
+            "database/config/app",
+            "plugin_name=postgresql",
+            &url("127.0.0.1"),
+            "username=vault_admin",
+            "password=admin-pw-1",
+        ],
+    );
+    assert!(!o.status.success() && stderr(&o).contains("allowed_endpoint_hosts"), "{}", stderr(&o));
+    let o = s.cli(
+        t,
+        &[
+            "write",
+            "database/config/app",
+            "plugin_name=postgresql",
+            &url("LocalHost"),
+            "username=vault_admin",
+            "password=admin-pw-1",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
