@@ -315,6 +315,12 @@ impl Core {
         self.leading.send_if_modified(|cur| std::mem::replace(cur, on) != on);
     }
 
+    /// Whether the node is unsealed now (memory only; `seal_status` reads
+    /// the store).
+    pub fn is_unsealed(&self) -> bool {
+        self.unsealed().is_ok()
+    }
+
     pub fn is_leading(&self) -> bool {
         *self.leading.borrow()
     }

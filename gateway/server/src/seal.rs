@@ -111,7 +111,7 @@ where
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        let sealed = core.seal_status().await.map(|s| s.sealed).unwrap_or(true);
+        let sealed = !core.is_unsealed();
         if was_sealed != Some(sealed) {
             was_sealed = Some(sealed);
             changed().await;

@@ -69,15 +69,7 @@ pub struct AwsKms {
 impl AwsKms {
     /// Builds the client; makes no call to AWS.
     pub async fn new(settings: &KmsSettings) -> AwsKms {
-        let creds = settings.credentials.as_ref().map(|(id, secret, token)| {
-            aws_credential_types::Credentials::new(
-                id.clone(),
-                secret.to_string(),
-                token.as_ref().map(|t| t.to_string()),
-                None,
-                "keybridge-seal",
-            )
-        });
+        let creds = crate::sdk_credentials(settings.credentials.as_ref(), "keybridge-seal");
         let config = crate::sdk_config(
             settings.region.as_deref(),
             settings.endpoint.as_deref(),

@@ -91,6 +91,23 @@ pub(crate) fn region(r: Option<String>) -> Result<Option<String>> {
 /// `profile` too.
 pub(crate) type ExplicitCredentials = (String, Zeroizing<String>, Option<Zeroizing<String>>);
 
+/// Explicit credentials as the SDK takes them (`source` names them in its
+/// logs).
+pub(crate) fn sdk_credentials(
+    c: Option<&ExplicitCredentials>,
+    source: &'static str,
+) -> Option<aws_credential_types::Credentials> {
+    c.map(|(id, secret, token)| {
+        aws_credential_types::Credentials::new(
+            id.clone(),
+            secret.to_string(),
+            token.as_ref().map(|t| t.to_string()),
+            None,
+            source,
+        )
+    })
+}
+
 pub(crate) fn credentials(
     get: &dyn Fn(&str) -> Option<String>,
     (id_key, secret_key): (&str, &str),
@@ -118,15 +135,7 @@ impl AwsStore {
     /// Builds the SDK client (once per mount). Loading the credential chain
     /// may read files and environment, but makes no call to AWS.
     pub async fn new(settings: &Settings) -> AwsStore {
-        let creds = settings.credentials.as_ref().map(|(id, secret, token)| {
-            aws_credential_types::Credentials::new(
-                id.clone(),
-                secret.to_string(),
-                token.as_ref().map(|t| t.to_string()),
-                None,
-                "keybridge-mount",
-            )
-        });
+        let creds = sdk_credentials(settings.credentials.as_ref(), "keybridge-mount");
         let config = sdk_config(
             settings.region.as_deref(),
             settings.endpoint_url.as_deref(),
