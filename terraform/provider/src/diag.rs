@@ -86,7 +86,7 @@ pub fn gateway(op: &str, status: &tonic::Status, at: Option<&str>) -> Diags {
     let summary = match status.code() {
         tonic::Code::PermissionDenied => format!("Keybridge denied {op}"),
         tonic::Code::Unauthenticated => format!("Keybridge did not accept the token for {op}"),
-        tonic::Code::Unavailable => format!("Keybridge is unavailable for {op}"),
+        tonic::Code::Unavailable => format!("Keybridge is unavailable: could not {op}"),
         _ => format!("Keybridge could not {op}"),
     };
     let detail = format!("{} ({:?})", status.message(), status.code());

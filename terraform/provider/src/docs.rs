@@ -38,8 +38,16 @@ fn flags(a: &Attr, replaces: bool) -> String {
 }
 
 fn table(out: &mut String, schema: &Schema, replace_on: &[&str]) {
+    rows(out, &schema.attrs, replace_on);
+    for b in &schema.blocks {
+        let _ = writeln!(out, "Block `{}` (at most one): {}\n", b.name, b.description);
+        rows(out, &b.attrs, &[]);
+    }
+}
+
+fn rows(out: &mut String, attrs: &[Attr], replace_on: &[&str]) {
     out.push_str("| Argument | Type | | Description |\n|---|---|---|---|\n");
-    for a in &schema.attrs {
+    for a in attrs {
         let _ = writeln!(
             out,
             "| `{}` | {} | {} | {} |",
@@ -85,8 +93,10 @@ pub fn reference() -> String {
         let schema = e.schema();
         let _ = writeln!(
             out,
-            "## Ephemeral resource `{}` (Terraform 1.10+)\n\nThe same arguments as the data source; its values live only during the run and never reach state or plan files. Use them in write-only arguments (`data_wo`, `config_wo`) or provider blocks.\n",
-            e.name()
+            "## Ephemeral resource `{}` (Terraform 1.10+)\n\n{}\n\n{}\n",
+            e.name(),
+            schema.description,
+            e.about()
         );
         table(&mut out, &schema, &[]);
     }

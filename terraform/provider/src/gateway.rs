@@ -98,6 +98,14 @@ impl Gateway {
     pub fn plugins(&self) -> pb::plugins_client::PluginsClient<Transport> {
         self.client.plugins()
     }
+
+    pub fn logical(&self) -> pb::logical_client::LogicalClient<Transport> {
+        self.client.logical()
+    }
+
+    pub fn leases(&self) -> pb::leases_client::LeasesClient<Transport> {
+        self.client.leases()
+    }
 }
 
 pub fn not_found(s: &tonic::Status) -> bool {

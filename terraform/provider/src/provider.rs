@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::diag::{self, Diags};
 use crate::gateway::{Gateway, Settings};
-use crate::resources::{self, Caps, DataSource, Private, Resource};
+use crate::resources::{self, Caps, DataSource, Ephemeral, Private, Resource};
 use crate::schema::{Mode, Schema, Ty, attr};
 use crate::tfplugin6::{self as tf, provider_server};
 use crate::value::{Obj, ObjExt, Val, decode_obj, encode_obj};
@@ -16,7 +16,7 @@ use crate::value::{Obj, ObjExt, Val, decode_obj, encode_obj};
 pub struct Provider {
     resources: BTreeMap<&'static str, Box<dyn Resource>>,
     data_sources: BTreeMap<&'static str, Box<dyn DataSource>>,
-    ephemeral: BTreeMap<&'static str, Box<dyn DataSource>>,
+    ephemeral: BTreeMap<&'static str, Box<dyn Ephemeral>>,
     gateway: RwLock<Option<Gateway>>,
 }
 
@@ -39,6 +39,7 @@ pub fn provider_schema() -> Schema {
                 "Path of a PEM CA certificate for the gateway's TLS. Default: KEYBRIDGE_CACERT.",
             ),
         ],
+        blocks: vec![],
     }
 }
 
@@ -95,9 +96,18 @@ impl Provider {
             .ok_or_else(|| Status::not_found(format!("no resource type {name}")))
     }
 
-    fn data_source(&self, name: &str, eph: bool) -> Result<&dyn DataSource, Status> {
-        let map = if eph { &self.ephemeral } else { &self.data_sources };
-        map.get(name).map(|r| r.as_ref()).ok_or_else(|| Status::not_found(format!("no data source type {name}")))
+    fn data_source(&self, name: &str) -> Result<&dyn DataSource, Status> {
+        self.data_sources
+            .get(name)
+            .map(|r| r.as_ref())
+            .ok_or_else(|| Status::not_found(format!("no data source type {name}")))
+    }
+
+    fn ephemeral(&self, name: &str) -> Result<&dyn Ephemeral, Status> {
+        self.ephemeral
+            .get(name)
+            .map(|r| r.as_ref())
+            .ok_or_else(|| Status::not_found(format!("no ephemeral resource type {name}")))
     }
 
     fn gateway(&self) -> Result<Gateway, Diags> {
@@ -262,7 +272,7 @@ impl provider_server::Provider for Provider {
         req: Request<tf::validate_data_resource_config::Request>,
     ) -> Rpc<tf::validate_data_resource_config::Response> {
         let req = req.into_inner();
-        let r = self.data_source(&req.type_name, false)?;
+        let r = self.data_source(&req.type_name)?;
         let config = decode_obj(req.config.as_ref()).map_err(bad_request)?.unwrap_or_default();
         let mut diags = Diags::default();
         r.validate(&config, &mut diags);
@@ -507,7 +517,7 @@ impl provider_server::Provider for Provider {
         req: Request<tf::read_data_source::Request>,
     ) -> Rpc<tf::read_data_source::Response> {
         let req = req.into_inner();
-        let r = self.data_source(&req.type_name, false)?;
+        let r = self.data_source(&req.type_name)?;
         let config = decode_obj(req.config.as_ref()).map_err(bad_request)?.unwrap_or_default();
         let result = match self.gateway() {
             Ok(gw) => r.read(&gw, &config).await,
@@ -527,7 +537,7 @@ impl provider_server::Provider for Provider {
         req: Request<tf::validate_ephemeral_resource_config::Request>,
     ) -> Rpc<tf::validate_ephemeral_resource_config::Response> {
         let req = req.into_inner();
-        let r = self.data_source(&req.type_name, true)?;
+        let r = self.ephemeral(&req.type_name)?;
         let config = decode_obj(req.config.as_ref()).map_err(bad_request)?.unwrap_or_default();
         let mut diags = Diags::default();
         r.validate(&config, &mut diags);
@@ -539,15 +549,17 @@ impl provider_server::Provider for Provider {
         req: Request<tf::open_ephemeral_resource::Request>,
     ) -> Rpc<tf::open_ephemeral_resource::Response> {
         let req = req.into_inner();
-        let r = self.data_source(&req.type_name, true)?;
+        let r = self.ephemeral(&req.type_name)?;
         let config = decode_obj(req.config.as_ref()).map_err(bad_request)?.unwrap_or_default();
         let result = match self.gateway() {
-            Ok(gw) => r.read(&gw, &config).await,
+            Ok(gw) => r.open(&gw, &config).await,
             Err(d) => Err(d),
         };
         Ok(Response::new(match result {
-            Ok(obj) => tf::open_ephemeral_resource::Response {
-                result: Some(encode_obj(Some(&r.schema().normalize(obj)))),
+            Ok(o) => tf::open_ephemeral_resource::Response {
+                result: Some(encode_obj(Some(&r.schema().normalize(o.result)))),
+                private: (!o.private.is_empty()).then(|| private_bytes(&o.private)),
+                renew_at: o.renew_at.map(prost_types::Timestamp::from),
                 ..Default::default()
             },
             Err(d) => tf::open_ephemeral_resource::Response { diagnostics: d.0, ..Default::default() },
@@ -556,17 +568,39 @@ impl provider_server::Provider for Provider {
 
     async fn renew_ephemeral_resource(
         &self,
-        _: Request<tf::renew_ephemeral_resource::Request>,
+        req: Request<tf::renew_ephemeral_resource::Request>,
     ) -> Rpc<tf::renew_ephemeral_resource::Response> {
-        // Secrets read from a KV path hold no lease: nothing to renew.
-        Ok(Response::new(tf::renew_ephemeral_resource::Response::default()))
+        let req = req.into_inner();
+        let r = self.ephemeral(&req.type_name)?;
+        let private = private_of(req.private.as_deref().unwrap_or_default());
+        let result = match self.gateway() {
+            Ok(gw) => r.renew(&gw, &private).await,
+            Err(d) => Err(d),
+        };
+        Ok(Response::new(match result {
+            Ok(at) => tf::renew_ephemeral_resource::Response {
+                renew_at: at.map(prost_types::Timestamp::from),
+                private: req.private,
+                ..Default::default()
+            },
+            Err(d) => {
+                tf::renew_ephemeral_resource::Response { diagnostics: d.0, private: req.private, ..Default::default() }
+            }
+        }))
     }
 
     async fn close_ephemeral_resource(
         &self,
-        _: Request<tf::close_ephemeral_resource::Request>,
+        req: Request<tf::close_ephemeral_resource::Request>,
     ) -> Rpc<tf::close_ephemeral_resource::Response> {
-        Ok(Response::new(tf::close_ephemeral_resource::Response::default()))
+        let req = req.into_inner();
+        let r = self.ephemeral(&req.type_name)?;
+        let private = private_of(req.private.as_deref().unwrap_or_default());
+        let result = match self.gateway() {
+            Ok(gw) => r.close(&gw, &private).await,
+            Err(d) => Err(d),
+        };
+        Ok(Response::new(tf::close_ephemeral_resource::Response { diagnostics: result.err().unwrap_or_default().0 }))
     }
 
     async fn get_functions(&self, _: Request<tf::get_functions::Request>) -> Rpc<tf::get_functions::Response> {

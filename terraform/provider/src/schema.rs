@@ -61,12 +61,84 @@ impl Attr {
     pub fn computed(&self) -> bool {
         matches!(self.mode, Mode::Computed | Mode::OptionalComputed)
     }
+
+    fn to_proto(&self) -> tf::schema::Attribute {
+        tf::schema::Attribute {
+            name: self.name.into(),
+            r#type: self.ty.json().to_vec(),
+            description: self.description.into(),
+            description_kind: tf::StringKind::Markdown as i32,
+            required: self.mode == Mode::Required,
+            optional: matches!(self.mode, Mode::Optional | Mode::OptionalComputed),
+            computed: self.computed(),
+            sensitive: self.sensitive,
+            write_only: self.write_only,
+            deprecated: false,
+        }
+    }
 }
 
 pub struct Schema {
     pub version: i64,
     pub description: &'static str,
     pub attrs: Vec<Attr>,
+    /// Nested blocks (`postgresql { ... }`), each at most once.
+    pub blocks: Vec<Block>,
+}
+
+/// A nested block written at most once (`postgresql { ... }`), as SDKv2
+/// providers declare it (a list of at most one object), so references such
+/// as `x.postgresql[0].username` port unchanged. Its attributes are plain
+/// arguments: none is computed.
+pub struct Block {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub attrs: Vec<Attr>,
+}
+
+impl Block {
+    fn to_proto(&self) -> tf::schema::NestedBlock {
+        tf::schema::NestedBlock {
+            type_name: self.name.into(),
+            block: Some(tf::schema::Block {
+                version: 0,
+                description: self.description.into(),
+                description_kind: tf::StringKind::Markdown as i32,
+                attributes: self.attrs.iter().map(Attr::to_proto).collect(),
+                ..Default::default()
+            }),
+            nesting: tf::schema::nested_block::NestingMode::List as i32,
+            min_items: 0,
+            max_items: 1,
+        }
+    }
+
+    /// The block's value in the shape Terraform decodes: a list of at most
+    /// one object with every attribute present; write-only ones null when
+    /// `stored`.
+    fn shape(&self, v: Option<Val>, stored: bool) -> Val {
+        let items = match v {
+            Some(Val::List(items)) => items,
+            _ => Vec::new(),
+        };
+        Val::List(
+            items
+                .into_iter()
+                .map(|item| match item {
+                    Val::Map(mut m) => Val::Map(
+                        self.attrs
+                            .iter()
+                            .map(|a| {
+                                let v = m.remove(a.name).filter(|_| !(stored && a.write_only)).unwrap_or(Val::Null);
+                                (a.name.to_string(), v)
+                            })
+                            .collect(),
+                    ),
+                    other => other,
+                })
+                .collect(),
+        )
+    }
 }
 
 impl Schema {
@@ -77,22 +149,8 @@ impl Schema {
                 version: self.version,
                 description: self.description.into(),
                 description_kind: tf::StringKind::Markdown as i32,
-                attributes: self
-                    .attrs
-                    .iter()
-                    .map(|a| tf::schema::Attribute {
-                        name: a.name.into(),
-                        r#type: a.ty.json().to_vec(),
-                        description: a.description.into(),
-                        description_kind: tf::StringKind::Markdown as i32,
-                        required: a.mode == Mode::Required,
-                        optional: matches!(a.mode, Mode::Optional | Mode::OptionalComputed),
-                        computed: a.computed(),
-                        sensitive: a.sensitive,
-                        write_only: a.write_only,
-                        deprecated: false,
-                    })
-                    .collect(),
+                attributes: self.attrs.iter().map(Attr::to_proto).collect(),
+                block_types: self.blocks.iter().map(Block::to_proto).collect(),
                 ..Default::default()
             }),
         }
@@ -105,19 +163,29 @@ impl Schema {
     /// Every attribute of the schema present (null when missing), nothing
     /// else: the shape Terraform decodes.
     pub fn normalize(&self, mut obj: Obj) -> Obj {
-        self.attrs.iter().map(|a| (a.name.to_string(), obj.remove(a.name).unwrap_or(Val::Null))).collect()
+        let mut out: Obj =
+            self.attrs.iter().map(|a| (a.name.to_string(), obj.remove(a.name).unwrap_or(Val::Null))).collect();
+        for b in &self.blocks {
+            out.insert(b.name.into(), b.shape(obj.remove(b.name), false));
+        }
+        out
     }
 
     /// As [`Schema::normalize`], with write-only attributes null: the form of
     /// every plan and state (write-only values are never stored).
     pub fn stored(&self, mut obj: Obj) -> Obj {
-        self.attrs
+        let mut out: Obj = self
+            .attrs
             .iter()
             .map(|a| {
                 let v = obj.remove(a.name).filter(|_| !a.write_only).unwrap_or(Val::Null);
                 (a.name.to_string(), v)
             })
-            .collect()
+            .collect();
+        for b in &self.blocks {
+            out.insert(b.name.into(), b.shape(obj.remove(b.name), true));
+        }
+        out
     }
 }
 

@@ -154,6 +154,7 @@ impl Resource for AuthBackend {
                 ),
                 attr("bound_issuer", Ty::Str, Mode::Optional, "jwt: the issuer the tokens must name."),
             ],
+            blocks: vec![],
         }
     }
 
@@ -358,6 +359,7 @@ impl Resource for KubernetesRole {
                 attr("ttl", Ty::Str, Mode::Optional, "Token TTL, such as `1h`."),
                 attr("max_ttl", Ty::Str, Mode::Optional, "Longest TTL after renewals, such as `24h`."),
             ],
+            blocks: vec![],
         }
     }
 

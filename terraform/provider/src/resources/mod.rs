@@ -13,6 +13,7 @@ use crate::schema::{Identity, Schema};
 use crate::value::Obj;
 
 pub mod auth;
+pub mod database;
 pub mod mount;
 pub mod plugin;
 pub mod policy;
@@ -77,8 +78,63 @@ pub trait DataSource: Send + Sync {
     async fn read(&self, gw: &Gateway, config: &Obj) -> Result<Obj, Diags>;
 }
 
+/// An ephemeral resource (Terraform 1.10+): opened once per run, its result
+/// never stored; what it holds open (a lease) is renewed while the run
+/// lasts and closed at its end.
+#[async_trait]
+pub trait Ephemeral: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn schema(&self) -> Schema;
+    /// What the reference says of it beyond the schema's description.
+    fn about(&self) -> &'static str;
+    fn validate(&self, _config: &Obj, _diags: &mut Diags) {}
+    async fn open(&self, gw: &Gateway, config: &Obj) -> Result<Opened, Diags>;
+    /// Extends what `open` holds; the next renewal time, if any.
+    async fn renew(&self, _gw: &Gateway, _private: &Private) -> Result<Option<std::time::SystemTime>, Diags> {
+        Ok(None)
+    }
+    async fn close(&self, _gw: &Gateway, _private: &Private) -> Result<(), Diags> {
+        Ok(())
+    }
+}
+
+/// An opened ephemeral resource: its values, the provider's bookkeeping for
+/// renew and close (never a secret value), and when to renew.
+pub struct Opened {
+    pub result: Obj,
+    pub private: Private,
+    pub renew_at: Option<std::time::SystemTime>,
+}
+
+/// A data source read once as an ephemeral resource: nothing to renew or
+/// close.
+pub struct ReadOnce<D>(pub D);
+
+#[async_trait]
+impl<D: DataSource> Ephemeral for ReadOnce<D> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn schema(&self) -> Schema {
+        self.0.schema()
+    }
+    fn about(&self) -> &'static str {
+        "The same arguments as the data source; its values live only during the run and never reach state or \
+         plan files. Use them in write-only arguments (`data_wo`, `config_wo`) or provider blocks."
+    }
+    fn validate(&self, config: &Obj, diags: &mut Diags) {
+        self.0.validate(config, diags)
+    }
+    async fn open(&self, gw: &Gateway, config: &Obj) -> Result<Opened, Diags> {
+        Ok(Opened { result: self.0.read(gw, config).await?, private: Private::new(), renew_at: None })
+    }
+}
+
 pub fn resources() -> Vec<Box<dyn Resource>> {
     vec![
+        Box::new(database::Connection),
+        Box::new(database::Role),
+        Box::new(database::StaticRole),
         Box::new(mount::Mount),
         Box::new(policy::Policy),
         Box::new(secret::Secret),
@@ -93,9 +149,8 @@ pub fn data_sources() -> Vec<Box<dyn DataSource>> {
     vec![Box::new(secret::SecretData)]
 }
 
-/// Ephemeral resources share the data source form: read once when opened.
-pub fn ephemeral_resources() -> Vec<Box<dyn DataSource>> {
-    vec![Box::new(secret::SecretData)]
+pub fn ephemeral_resources() -> Vec<Box<dyn Ephemeral>> {
+    vec![Box::new(ReadOnce(secret::SecretData)), Box::new(database::Credentials)]
 }
 
 /// Checks a name-like attribute that the gateway will use in a path.

@@ -50,6 +50,7 @@ impl Resource for Mount {
                 attr("config_wo_version", Ty::Num, Mode::Optional, "Change it to send `config_wo` again."),
                 attr("mount_id", Ty::Str, Mode::Computed, "The mount's identity at the gateway."),
             ],
+            blocks: vec![],
         }
     }
 

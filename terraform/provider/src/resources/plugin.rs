@@ -54,6 +54,7 @@ impl Resource for Plugin {
                 attr("engine_version", Ty::Str, Mode::Computed, "The engine's version."),
                 attr("rotates", Ty::Bool, Mode::Computed, "Whether the engine can rotate credentials it issued."),
             ],
+            blocks: vec![],
         }
     }
 

@@ -25,6 +25,7 @@ impl Resource for Policy {
                 attr("name", Ty::Str, Mode::Required, "The policy's name. Changing it replaces the policy."),
                 attr("policy", Ty::Str, Mode::Required, "The policy document (HCL)."),
             ],
+            blocks: vec![],
         }
     }
 

@@ -64,6 +64,7 @@ impl Resource for ReplicationRule {
                 ),
                 attr("rule_id", Ty::Str, Mode::Computed, "The rule's identity at the gateway."),
             ],
+            blocks: vec![],
         }
     }
 

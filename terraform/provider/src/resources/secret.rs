@@ -58,6 +58,7 @@ impl Resource for Secret {
                 attr("custom_metadata", Ty::MapStr, Mode::Optional, "Custom metadata: string keys and values."),
                 attr("version", Ty::Num, Mode::Computed, "The secret's current version."),
             ],
+            blocks: vec![],
         }
     }
 
@@ -332,6 +333,7 @@ impl DataSource for SecretData {
                 attr("data", Ty::MapStr, Mode::Computed, "The secret's fields.").sensitive(),
                 attr("custom_metadata", Ty::MapStr, Mode::Computed, "Custom metadata."),
             ],
+            blocks: vec![],
         }
     }
 

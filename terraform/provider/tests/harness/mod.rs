@@ -104,7 +104,7 @@ impl Gateway {
         gw
     }
 
-    fn channel(&self) -> Channel {
+    pub fn channel(&self) -> Channel {
         let mut ep = Channel::from_shared(self.addr.clone()).unwrap();
         if let Some(ca) = &self.ca_pem {
             let tls = tonic::transport::ClientTlsConfig::new()
@@ -270,6 +270,18 @@ impl Tf {
     /// `plan -detailed-exitcode`: false for no changes, true for changes.
     pub fn plan_has_changes(&self) -> (bool, Run) {
         let r = self.run(&["plan", "-detailed-exitcode", "-no-color"]);
+        match r.code {
+            0 => (false, r),
+            2 => (true, r),
+            _ => panic!("plan failed:\n{}", r.all()),
+        }
+    }
+
+    /// As [`Tf::plan_has_changes`], with more arguments (`-var`s).
+    pub fn plan_has_changes_with(&self, extra: &[String]) -> (bool, Run) {
+        let mut args = vec!["plan", "-detailed-exitcode", "-no-color"];
+        args.extend(extra.iter().map(String::as_str));
+        let r = self.run(&args);
         match r.code {
             0 => (false, r),
             2 => (true, r),
