@@ -1302,3 +1302,5 @@ mod plugin_tests;
 mod coherence_tests;
 #[cfg(test)]
 mod escalation_tests;
+#[cfg(test)]
+mod password_policy_tests;

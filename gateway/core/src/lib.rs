@@ -14,6 +14,9 @@
 //!   model: the token store, ACL policies, login methods, leases.
 //! - [`plugins`]: the catalog of WASM components and the contract engines
 //!   speak.
+//! - [`password_policies`]: Vault's password policies at
+//!   `sys/policies/password/`, served by the core through the Logical API,
+//!   and what built-in engines generate passwords from.
 //! - [`reconciler`]: the API of replication rules and rotations, and the
 //!   core's side of the reconciler's interface (crate `keybridge-reconciler`
 //!   holds the rules, the journal, the worker, scans and rotation).
@@ -32,6 +35,7 @@ mod error;
 mod leases;
 pub mod metrics;
 pub mod mounts;
+pub mod password_policies;
 pub mod path;
 pub mod plugins;
 mod policies;

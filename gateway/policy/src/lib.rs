@@ -9,10 +9,14 @@
 //! - Rules for the same path from several policies merge: capabilities
 //!   union, `deny` wins; parameter lists union.
 //! - No matching rule: denied.
+//!
+//! And Vault's password policies ([`password`]): how engines generate
+//! passwords, parsed here and drawn with the caller's CSPRNG.
 
 mod acl;
 mod lint;
 mod parse;
+pub mod password;
 mod pattern;
 #[cfg(feature = "rego")]
 pub mod rego;
@@ -20,6 +24,7 @@ pub mod rego;
 pub use acl::{Acl, Decision, Param, Request, ValueKind, parse_duration};
 pub use lint::{Warning, lint};
 pub use parse::{Capability, PathRule, Policy, parse_policy};
+pub use password::{PasswordPolicy, parse_password_policy};
 pub use pattern::Pattern;
 
 /// Every failure of this crate: a policy that does not parse or mean
@@ -35,4 +40,8 @@ pub enum Error {
     /// A Rego module that does not parse or evaluate (with file:line:col).
     #[error("rego: {0}")]
     Rego(String),
+    /// A password policy that does not parse, cannot be met, or produced
+    /// no password in its attempts.
+    #[error("password policy: {0}")]
+    Password(String),
 }

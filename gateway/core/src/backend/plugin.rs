@@ -17,9 +17,13 @@ use crate::plugins::{
 use crate::{Error, Result};
 
 impl Core {
-    /// Routes `path` to its plugin mount.
+    /// Routes `path` to its plugin mount, or to the core's own password
+    /// policies (`sys/policies/password/`, never a mount's).
     pub(crate) async fn engine_route(&self, path: &str) -> Result<(MountEntry, String, Arc<dyn PluginEngine>)> {
         crate::path::validate_engine_path(path)?;
+        if let Some(rel) = crate::password_policies::served(path) {
+            return Ok(self.password_policy_route(rel));
+        }
         let table = self.unsealed()?.table();
         let (backend, mount, rel) = self.route(&table, path).await?;
         match backend {

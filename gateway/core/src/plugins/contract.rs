@@ -266,13 +266,44 @@ pub trait BuiltinEngines: Send + Sync {
     fn kinds(&self) -> Vec<&'static str>;
     /// Checks a mount config's engine keys, without IO.
     fn validate(&self, kind: &str, config: &BTreeMap<String, String>) -> Result<(), String>;
-    /// Builds a mount's engine over its storage.
+    /// Builds a mount's engine over its storage, with the password
+    /// policies it may generate passwords from.
     async fn open(
         &self,
         kind: &str,
         config: &BTreeMap<String, String>,
         storage: Arc<dyn EngineStorage>,
+        passwords: Arc<dyn PasswordPolicies>,
     ) -> Result<Arc<dyn PluginEngine>, EngineError>;
+}
+
+/// What a built-in engine may ask of the password policies stored at
+/// `sys/policies/password/<name>`, besides its own storage: the characters
+/// a named policy draws from, and a new password from it. Nothing else of
+/// the core is reachable through it (a name is one policy name, checked;
+/// never a key), and the policies' text never comes back.
+#[async_trait::async_trait]
+pub trait PasswordPolicies: Send + Sync {
+    /// The characters policy `name` draws passwords from (its rules'
+    /// charsets, each character once). `NotFound` when there is no such
+    /// policy, `InvalidInput` for a name no policy could have.
+    async fn alphabet(&self, name: &str) -> Result<Vec<char>, EngineError>;
+    /// A new password from policy `name` (the OS's CSPRNG), with the
+    /// alphabet it was drawn from, read at the same time.
+    async fn generate(&self, name: &str) -> Result<GeneratedPassword, EngineError>;
+}
+
+/// A password a policy produced, and the characters the policy allowed
+/// when it did. The password is zeroed on drop and never printed.
+pub struct GeneratedPassword {
+    pub password: zeroize::Zeroizing<String>,
+    pub alphabet: Vec<char>,
+}
+
+impl std::fmt::Debug for GeneratedPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedPassword").field("password", &"<redacted>").field("alphabet", &self.alphabet).finish()
+    }
 }
 
 /// A request path matched against an engine's patterns.

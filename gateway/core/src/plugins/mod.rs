@@ -458,7 +458,7 @@ impl Core {
             Some(b) => {
                 let storage = Arc::new(MountStorage { barrier: self.barrier.clone(), prefix: mount.storage_prefix() });
                 let config: BTreeMap<String, String> = self.engine_config(mount).into_iter().collect();
-                b.open(&mount.kind, &config, storage).await.map_err(engine_error)
+                b.open(&mount.kind, &config, storage, self.password_policies()).await.map_err(engine_error)
             }
             None => self.open_plugin(mount).await,
         }

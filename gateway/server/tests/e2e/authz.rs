@@ -27,6 +27,9 @@ use tonic::{Code, Status};
 use crate::harness::{Server, authed, json, moto, stderr};
 
 const T: &str = "root-e2e";
+/// A password policy the fixtures and the rows write.
+const PASSWORD_POLICY: &str =
+    "length = 16\nrule \"charset\" {\n  charset = \"abcdefghij0123456789\"\n  min-chars = 2\n}\n";
 const ISS: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// What the calls need that only exists once the fixtures are made.
@@ -704,6 +707,69 @@ fn rows() -> Vec<Row> {
                 ..Default::default()
             }),
         ),
+        // ----- Logical (password policies, served by the core)
+        row(
+            "Logical.Write",
+            ("`sys/policies/password/<name>`", "`create` (new) or `update`"),
+            &[("sys/policies/password/pw-new", "create")],
+            call!(logical_client::LogicalClient, write, |_fx| pb::LogicalRequest {
+                path: "sys/policies/password/pw-new".into(),
+                data: kv(&[("policy", PASSWORD_POLICY)])
+            }),
+        ),
+        row(
+            "Logical.Write",
+            ("`sys/policies/password/<name>`", "`create` (new) or `update`"),
+            &[("sys/policies/password/pw1", "update")],
+            call!(logical_client::LogicalClient, write, |_fx| pb::LogicalRequest {
+                path: "sys/policies/password/pw1".into(),
+                data: kv(&[("policy", PASSWORD_POLICY)])
+            }),
+        ),
+        row(
+            "Logical.Read",
+            ("`sys/policies/password/<name>`", "`read`"),
+            &[("sys/policies/password/pw1", "read")],
+            call!(logical_client::LogicalClient, read, |_fx| pb::LogicalRequest {
+                path: "sys/policies/password/pw1".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.Read",
+            ("`sys/policies/password/<name>/generate`", "`read`"),
+            &[("sys/policies/password/pw1/generate", "read")],
+            call!(logical_client::LogicalClient, read, |_fx| pb::LogicalRequest {
+                path: "sys/policies/password/pw1/generate".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.List",
+            ("`sys/policies/password`", "`list`"),
+            &[("sys/policies/password", "list")],
+            call!(logical_client::LogicalClient, list, |_fx| pb::LogicalRequest {
+                path: "sys/policies/password".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.Delete",
+            ("`sys/policies/password/<name>`", "`delete`"),
+            &[("sys/policies/password/pw-gone", "delete")],
+            call!(logical_client::LogicalClient, delete, |_fx| pb::LogicalRequest {
+                path: "sys/policies/password/pw-gone".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.PathHelp",
+            ("`<mount>/<path>`", "`read`"),
+            &[("sys/policies/password/pw1/generate", "read")],
+            call!(logical_client::LogicalClient, path_help, |_fx| pb::PathHelpRequest {
+                path: "sys/policies/password/pw1/generate".into()
+            }),
+        ),
         // ----- Leases
         row(
             "Leases.Lookup",
@@ -1195,6 +1261,12 @@ async fn fixtures(s: &Server, moto_url: &str, dir: &std::path::Path) -> Fx {
             "db_name=app",
             "creation_statements=CREATE ROLE \"{{name}}\" LOGIN;",
         ]);
+    }
+    // Password policies pw1 and pw-gone.
+    let pw = dir.join("pw.hcl");
+    std::fs::write(&pw, PASSWORD_POLICY).unwrap();
+    for name in ["pw1", "pw-gone"] {
+        ok(&["write", &format!("sys/policies/password/{name}"), &format!("policy=@{}", pw.display())]);
     }
     // Sync: r1 (secret/app/ -> team/app/) and r3, settled.
     ok(&["sync", "rule", "create", "r1", "--source", "secret/app/", "--target", "team/app/", "--scan-interval", "1h"]);
