@@ -33,6 +33,16 @@ pub struct Connection {
     /// rotate-root may rotate a superuser's password.
     #[serde(default)]
     pub allow_superuser_rotation: bool,
+    /// Vault's `username_template` (Go template, see `username.rs`);
+    /// empty: the engine's own `v-<caller>-<role>-<random>-<time>`. Left
+    /// out of the record when empty, so an older binary still reads it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username_template: String,
+    /// A password policy's name (`sys/policies/password/<name>`) new
+    /// passwords come from; empty: 28 letters and digits. Left out of
+    /// the record when empty, so an older binary still reads it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub password_policy: String,
 }
 
 impl Drop for Connection {

@@ -3,7 +3,10 @@
 //!
 //! - `config/<name>`: a connection (`plugin_name = "postgresql"`, a
 //!   `connection_url` with `{{username}}` and `{{password}}`, the admin's
-//!   `username` and write-only `password`, `allowed_roles`). Verified by
+//!   `username` and write-only `password`, `allowed_roles`,
+//!   `username_template` (Vault's, see [`username`]), `password_policy`
+//!   (a policy at `sys/policies/password/<name>` new passwords come from,
+//!   see [`password`])). Verified by
 //!   connecting before it is saved, unless `verify_connection = false`.
 //! - `roles/<name>`: `db_name`, `creation_statements` (run in one
 //!   transaction with `{{name}}`, `{{password}}` and `{{expiration}}`),
@@ -35,14 +38,16 @@
 //! request's path, and `allowed_roles` on the connection.
 
 mod conn;
+mod password;
 mod pg;
+mod username;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use keybridge_core::plugins::{
     BuiltinEngines, CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, EngineStorage, Field,
-    FieldKind, LeaseInfo, LeaseRequest, LeaseTerms, Operation, Params, PathInfo, PluginEngine,
+    FieldKind, LeaseInfo, LeaseRequest, LeaseTerms, Operation, Params, PasswordPolicies, PathInfo, PluginEngine,
 };
 use serde::{Deserialize, Serialize};
 
@@ -79,9 +84,11 @@ impl BuiltinEngines for Builtins {
         _kind: &str,
         _config: &BTreeMap<String, String>,
         storage: Arc<dyn EngineStorage>,
+        passwords: Arc<dyn PasswordPolicies>,
     ) -> Result<Arc<dyn PluginEngine>, EngineError> {
         Ok(Arc::new(DatabaseEngine {
             storage,
+            passwords,
             info: info(),
             pools: Pools::default(),
             rotating: tokio::sync::Mutex::new(()),
@@ -105,6 +112,8 @@ struct Role {
 
 pub struct DatabaseEngine {
     storage: Arc<dyn EngineStorage>,
+    /// The password policies a connection's `password_policy` names.
+    passwords: Arc<dyn PasswordPolicies>,
     info: EngineInfo,
     pools: Pools,
     /// One root rotation at a time on this node.
@@ -236,8 +245,16 @@ fn info() -> EngineInfo {
                         "SQL rotate-root runs ({{username}}, {{password}}); default ALTER ROLE ... WITH PASSWORD",
                     ),
                     statements("rotation_statements", "the origin document's name for root_rotation_statements"),
-                    field("username_template", FieldKind::String, "not supported yet"),
-                    field("password_policy", FieldKind::String, "not supported yet"),
+                    field(
+                        "username_template",
+                        FieldKind::String,
+                        "Vault's Go template for new users' names (.DisplayName, .RoleName; random, truncate, printf, ...); default v-<caller>-<role>-<random>-<unix time>",
+                    ),
+                    field(
+                        "password_policy",
+                        FieldKind::String,
+                        "a password policy (sys/policies/password/<name>) new passwords come from; empty: 28 letters and digits",
+                    ),
                     field(
                         "max_open_connections",
                         FieldKind::Int,
@@ -438,7 +455,7 @@ impl DatabaseEngine {
         let done = async {
             // A rotation a crash left is finished first.
             self.roll_forward(&client, name).await?;
-            let new = pg::new_password();
+            let new = password::new_password(self.passwords.as_ref(), &r.db_name, &c).await?;
             self.put_json(
                 &format!("wal/static/{name}"),
                 &RotationWal { new_password: new.to_string(), started: now_secs() },
@@ -585,7 +602,7 @@ impl DatabaseEngine {
                 )));
             }
             let wal_key = format!("wal/rotate-root/{name}");
-            let new = pg::new_password();
+            let new = password::new_password(self.passwords.as_ref(), name, &c).await?;
             self.put_json(&wal_key, &RotationWal { new_password: new.to_string(), started: now_secs() }).await?;
             fault("wal-written");
             let sql = pg::root_rotation_sql(&c.root_rotation_statements, &c.username, &new);
@@ -621,13 +638,6 @@ impl DatabaseEngine {
     }
 
     async fn write_config(&self, name: &str, p: &Params) -> Result<EngineResponse, EngineError> {
-        for unsupported in ["username_template", "password_policy"] {
-            if p.get(unsupported).is_some_and(|v| !v.is_empty()) {
-                return Err(bad(format!(
-                    "{unsupported} is not supported yet: users are named v-<role>-<random>-<time> and get 28 random letters and digits"
-                )));
-            }
-        }
         let old: Option<Connection> = self.get_json(&format!("config/{name}")).await?;
         let pick = |k: &str, old: Option<&str>| p.get(k).map(str::to_string).or(old.map(str::to_string));
         let plugin_name = pick("plugin_name", old.as_ref().map(|o| o.plugin_name.as_str()))
@@ -669,6 +679,26 @@ impl DatabaseEngine {
             Some(v) => v == "true",
             None => old.as_ref().is_some_and(|o| o.allow_superuser_rotation),
         };
+        let username_template = match p.get("username_template") {
+            Some(t) => {
+                if !t.is_empty() {
+                    username::validate(t)?;
+                }
+                t.to_string()
+            }
+            None => old.as_ref().map(|o| o.username_template.clone()).unwrap_or_default(),
+        };
+        // Named here, checked here: it exists, and none of its characters
+        // could end the quoted literal a password is filled into.
+        let password_policy = match p.get("password_policy") {
+            Some(policy) => {
+                if !policy.is_empty() {
+                    password::check_policy(self.passwords.as_ref(), policy).await?;
+                }
+                policy.to_string()
+            }
+            None => old.as_ref().map(|o| o.password_policy.clone()).unwrap_or_default(),
+        };
         let max_open_connections = match p.get("max_open_connections") {
             Some(v) => v
                 .parse::<u32>()
@@ -686,6 +716,8 @@ impl DatabaseEngine {
             root_rotation_statements,
             max_open_connections,
             allow_superuser_rotation,
+            username_template,
+            password_policy,
         };
         // Settings that cannot work are refused here, with or without the
         // check below.
@@ -710,6 +742,8 @@ impl DatabaseEngine {
                 ("root_rotation_statements".into(), c.root_rotation_statements.clone()),
                 ("max_open_connections".into(), c.max_open_connections.to_string()),
                 ("allow_superuser_rotation".into(), c.allow_superuser_rotation.to_string()),
+                ("username_template".into(), c.username_template.clone()),
+                ("password_policy".into(), c.password_policy.clone()),
             ]),
             ..Default::default()
         }
@@ -767,7 +801,15 @@ impl DatabaseEngine {
             )));
         }
         let pool = self.pools.get(&role.db_name, &c, None)?;
-        let (username, password) = pg::new_user(role_name, &ctx.caller);
+        let (username, default_password) = pg::new_user(role_name, &ctx.caller);
+        let password = match c.password_policy.as_str() {
+            "" => default_password,
+            _ => password::new_password(self.passwords.as_ref(), &role.db_name, &c).await?,
+        };
+        let username = match c.username_template.as_str() {
+            "" => username,
+            t => username::generate(&role.db_name, t, &ctx.caller, role_name)?,
+        };
         let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(role.default_ttl);
         pg::create(&pool, &role.creation_statements, &role.rollback_statements, &username, &password, expires).await?;
         Ok(EngineResponse {

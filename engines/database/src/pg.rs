@@ -10,7 +10,8 @@ use zeroize::Zeroizing;
 use crate::EngineError;
 use crate::conn::{Connection, Pools, db_error, pool_error};
 
-/// A new password: 28 letters and digits.
+/// A new password: 28 letters and digits (the engine's own, when the
+/// connection names no password policy).
 pub fn new_password() -> Zeroizing<String> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rngs::OsRng;
@@ -55,16 +56,36 @@ fn timestamp(expires: SystemTime) -> String {
 
 /// The statements with `{{name}}` (or `{{username}}`), `{{password}}` and
 /// `{{expiration}}` filled in. The values are the engine's own (a name of
-/// `[a-z0-9_-]`, a password of letters and digits, a timestamp), so none
-/// can end a quoted literal or identifier early.
+/// `[a-z0-9_-]`, or from the connection's `username_template` with no
+/// `"`, `'`, `\`, `$` or control character; a password of letters and
+/// digits, or from a password policy with no `'`, `"`, `\` or control
+/// character (`password.rs`); a timestamp), so none can end a quoted
+/// literal or identifier early. One pass over the statements: a value is
+/// never searched for placeholders again (a generated password holding
+/// `{{expiration}}` stays as it is), and the only copy is the zeroized
+/// result, allocated once.
 fn fill(statements: &str, name: &str, password: &str, expires: SystemTime) -> Zeroizing<String> {
-    Zeroizing::new(
-        statements
-            .replace("{{name}}", name)
-            .replace("{{username}}", name)
-            .replace("{{password}}", password)
-            .replace("{{expiration}}", &timestamp(expires)),
-    )
+    let expiration = timestamp(expires);
+    let values =
+        [("{{name}}", name), ("{{username}}", name), ("{{password}}", password), ("{{expiration}}", &expiration)];
+    let mut out = Zeroizing::new(String::with_capacity(statements.len().saturating_mul(2).saturating_add(256)));
+    let mut rest = statements;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        match values.iter().find(|(k, _)| rest.starts_with(k)) {
+            Some((k, v)) => {
+                out.push_str(v);
+                rest = &rest[k.len()..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = &rest[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The advisory lock (per database) the engine's catalog changes take:
@@ -253,4 +274,25 @@ pub async fn revoke(
         return Err(EngineError::Unavailable(format!("user {name} still exists after DROP ROLE; retried")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled_once_and_values_are_never_read_as_placeholders() {
+        let at = SystemTime::UNIX_EPOCH;
+        let sql = fill(
+            "CREATE ROLE \"{{name}}\" PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; {{x}} {{",
+            "u",
+            "p{{expiration}}",
+            at,
+        );
+        assert_eq!(
+            sql.as_str(),
+            "CREATE ROLE \"u\" PASSWORD 'p{{expiration}}' VALID UNTIL '1970-01-01T00:00:00Z'; {{x}} {{"
+        );
+        assert_eq!(fill("{{username}}/{{name}}", "n", "", at).as_str(), "n/n");
+    }
 }

@@ -521,3 +521,209 @@ async fn connections_point_only_at_allowed_endpoint_hosts() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `username_template` (Vault's Go template): a template that does not
+/// parse is refused when written; the issued user has the template's
+/// shape and logs in; clearing it brings back the engine's own names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_template_names_the_issued_users() {
+    let pg = Postgres::start();
+    admin(&pg, "postgres", "CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
+    let s = Server::dev();
+    let t = Some("root-e2e");
+    let ok = |args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&["mount", "enable", "--type", "database", "database/"]);
+    let url = format!(
+        "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        pg_port(&pg),
+        pg.ca_file().display()
+    );
+    let config = |template: &str| {
+        s.cli(
+            t,
+            &[
+                "write",
+                "database/config/app",
+                "plugin_name=postgresql",
+                &url,
+                "username=vault_admin",
+                "password=admin-pw-1",
+                "allowed_roles=*",
+                &format!("username_template={template}"),
+            ],
+        )
+    };
+    let o = config("{{ nope }}");
+    assert!(
+        !o.status.success() && stderr(&o).contains("username_template: ") && stderr(&o).contains("nope"),
+        "{}",
+        stderr(&o)
+    );
+    let template = r#"{{ printf "kb_%s_%s_%s" (.DisplayName | truncate 4) (.RoleName | replace "-" "_") (random 12 | lowercase) }}"#;
+    let o = config(template);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = json(&ok(&["read", "database/config/app", "-o", "json"]));
+    assert_eq!(read["data"]["username_template"], template, "{read}");
+    ok(&[
+        "write",
+        "database/roles/app-ro",
+        "db_name=app",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+    ]);
+    let creds = json(&ok(&["read", "database/creds/app-ro", "-o", "json"]));
+    let user = creds["data"]["username"].as_str().unwrap().to_string();
+    let password = creds["data"]["password"].as_str().unwrap().to_string();
+    // The dev root token's display name is "root".
+    let random = user.strip_prefix("kb_root_app_ro_").unwrap_or_else(|| panic!("{user}"));
+    assert!(random.len() == 12 && random.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{user}");
+    assert_eq!(sql(&pg, "postgres", &user, &password, "SELECT current_user").unwrap(), user);
+    ok(&["lease", "revoke", creds["lease_id"].as_str().unwrap()]);
+    assert_eq!(admin(&pg, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{user}'")), "0");
+
+    ok(&["write", "database/config/app", "username_template="]);
+    let creds = json(&ok(&["read", "database/creds/app-ro", "-o", "json"]));
+    let user = creds["data"]["username"].as_str().unwrap();
+    assert!(user.starts_with("v-root-app_ro-"), "{creds}");
+}
+
+/// `password_policy`: a policy at `sys/policies/password/<name>` that the
+/// passwords of dynamic credentials and static roles come from; one that
+/// does not exist or allows a quote is refused when named, and refused at
+/// issue if it changed since. Generated passwords reach the audit log only
+/// as HMACs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_policy_makes_the_passwords_and_never_breaks_the_sql() {
+    let pg = Postgres::start();
+    admin(&pg, "postgres", "CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
+    admin(&pg, "postgres", "CREATE ROLE static_user WITH LOGIN PASSWORD 'static-pw-1'");
+    let s = Server::dev();
+    let t = Some("root-e2e");
+    let dir = tempfile::tempdir().unwrap();
+    let ok = |args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    let log = dir.path().join("audit.log");
+    ok(&["audit", "enable", "file", &format!("file_path={}", log.display())]);
+
+    // Upper, lower, digits, and symbols that are harmless in a quoted
+    // literal; at least two of each.
+    const SYMBOLS: &str = "!#%*+-.:=?@^_~";
+    let policy = format!(
+        "length = 24\n{}",
+        ["ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz", "0123456789", SYMBOLS]
+            .iter()
+            .map(|c| format!("rule \"charset\" {{\n  charset = \"{c}\"\n  min-chars = 2\n}}\n"))
+            .collect::<String>()
+    );
+    let file = dir.path().join("db.hcl");
+    std::fs::write(&file, &policy).unwrap();
+    let policy_arg = format!("policy=@{}", file.display());
+    ok(&["write", "sys/policies/password/db", &policy_arg]);
+    let read = json(&ok(&["read", "sys/policies/password/db", "-o", "json"]));
+    assert_eq!(read["data"]["policy"], policy.as_str());
+    let fits = |pw: &str| {
+        pw.chars().count() == 24
+            && pw.chars().all(|c| c.is_ascii_alphanumeric() || SYMBOLS.contains(c))
+            && [
+                |c: char| c.is_ascii_uppercase(),
+                |c: char| c.is_ascii_lowercase(),
+                |c: char| c.is_ascii_digit(),
+                |c: char| SYMBOLS.contains(c),
+            ]
+            .iter()
+            .all(|class| pw.chars().filter(|c| class(*c)).count() >= 2)
+    };
+    let generated = json(&ok(&["read", "sys/policies/password/db/generate", "-o", "json"]));
+    let sample = generated["data"]["password"].as_str().unwrap().to_string();
+    assert!(fits(&sample), "{sample}");
+    // Valid as a policy (Vault takes it), but not for SQL literals.
+    ok(&["write", "sys/policies/password/quoted", "policy=length = 8\nrule \"charset\" { charset = \"ab'\" }"]);
+    let o =
+        s.cli(t, &["write", "sys/policies/password/bad", "policy=length = 3\nrule \"charset\" { charset = \"ab\" }"]);
+    assert!(o.status.code() == Some(2) && stderr(&o).contains("must be 4 to 100"), "{}", stderr(&o));
+
+    ok(&["mount", "enable", "--type", "database", "database/"]);
+    let url = format!(
+        "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        pg_port(&pg),
+        pg.ca_file().display()
+    );
+    let config = |policy: &str| {
+        s.cli(
+            t,
+            &[
+                "write",
+                "database/config/app",
+                "plugin_name=postgresql",
+                &url,
+                "username=vault_admin",
+                "password=admin-pw-1",
+                "allowed_roles=*",
+                &format!("password_policy={policy}"),
+            ],
+        )
+    };
+    for (policy, why) in [("missing", "no such password policy"), ("quoted", "quoted SQL literal")] {
+        let o = config(policy);
+        assert!(o.status.code() == Some(2) && stderr(&o).contains(why), "{policy}: {}", stderr(&o));
+    }
+    assert!(!s.cli(t, &["read", "database/config/app"]).status.success(), "a refused connection was saved");
+    let o = config("db");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = json(&ok(&["read", "database/config/app", "-o", "json"]));
+    assert_eq!(read["data"]["password_policy"], "db", "{read}");
+    ok(&[
+        "write",
+        "database/roles/app-ro",
+        "db_name=app",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+    ]);
+    let creds = json(&ok(&["read", "database/creds/app-ro", "-o", "json"]));
+    let user = creds["data"]["username"].as_str().unwrap().to_string();
+    let password = creds["data"]["password"].as_str().unwrap().to_string();
+    assert!(fits(&password), "{password}");
+    assert_eq!(sql(&pg, "postgres", &user, &password, "SELECT current_user").unwrap(), user);
+
+    // A static role's password comes from the policy too.
+    ok(&["write", "database/static-roles/st", "db_name=app", "username=static_user", "rotation_period=1h"]);
+    let st = json(&ok(&["read", "database/static-creds/st", "-o", "json"]));
+    let st_password = st["data"]["password"].as_str().unwrap().to_string();
+    assert!(fits(&st_password), "{st_password}");
+    assert_eq!(sql(&pg, "postgres", "static_user", &st_password, "SELECT 1").unwrap(), "1");
+
+    // The policy changed since the connection named it: refused at issue,
+    // before the database is asked.
+    let users = || admin(&pg, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'");
+    let before = users();
+    let quoted = policy.replace("0123456789", "0123456789'");
+    std::fs::write(&file, &quoted).unwrap();
+    ok(&["write", "sys/policies/password/db", &policy_arg]);
+    let o = s.cli(t, &["read", "database/creds/app-ro"]);
+    assert!(
+        o.status.code() == Some(2) && stderr(&o).contains("changed since") && stderr(&o).contains("'\\''"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!s.cli(t, &["write", "database/rotate-role/st"]).status.success());
+    // Deleted: refused too.
+    ok(&["delete", "sys/policies/password/db"]);
+    let o = s.cli(t, &["read", "database/creds/app-ro"]);
+    assert!(o.status.code() == Some(3) && stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert_eq!(users(), before, "a refused issue created a user");
+    // The static role still logs in with what it had.
+    assert_eq!(sql(&pg, "postgres", "static_user", &st_password, "SELECT 1").unwrap(), "1");
+    ok(&["lease", "revoke", creds["lease_id"].as_str().unwrap()]);
+
+    // Every generated password reached the audit log only as an HMAC.
+    let audit = std::fs::read_to_string(&log).unwrap();
+    assert!(audit.contains("sys/policies/password/db/generate") && audit.contains("hmac-sha256:"));
+    for secret in [&sample, &password, &st_password] {
+        assert!(!audit.contains(secret.as_str()), "a generated password is in the audit log");
+    }
+}
