@@ -170,14 +170,16 @@ fn write_only_password_static_role_ephemeral_credentials_and_import() {
 }}
 
 resource "keybridge_database_secret_backend_connection" "app" {{
-  backend       = "database"
-  name          = "app"
-  allowed_roles = ["readonly", "static"]
+  backend         = "database"
+  name            = "app"
+  allowed_roles   = ["readonly", "static"]
+  password_policy = "db"
   postgresql {{
     connection_url      = "{url}"
     username            = "vault_admin"
     password_wo         = var.admin_password
     password_wo_version = {version}
+    username_template   = "tf-{{{{.RoleName}}}}-{{{{random 8 | lowercase}}}}"
   }}
 }}
 
@@ -199,6 +201,8 @@ resource "keybridge_database_secret_backend_static_role" "static" {{
         )
     };
     let pw = |p: &str| vec!["-var".to_string(), format!("admin_password={p}")];
+    let policy = "length = 24\nrule \"charset\" {\n  charset = \"abcdef0123456789\"\n}\n";
+    write(&gw, "sys/policies/password/db", &[("policy", policy)]);
     tf.config(&config(1, ""));
     tf.init();
     tf.ok(&with(&["apply", "-auto-approve", "-no-color"], &pw(ADMIN_PW)));
@@ -217,6 +221,10 @@ resource "keybridge_database_secret_backend_static_role" "static" {{
     tf.config(&config(2, ""));
     tf.ok(&with(&["apply", "-auto-approve", "-no-color"], &pw("Admin-Pw-8282")));
     let creds = read(&gw, "database/creds/readonly").expect("issued with the new admin password");
+    let (user, password) = (&creds.data["username"], &creds.data["password"]);
+    assert!(user.starts_with("tf-readonly-") && user.len() == "tf-readonly-".len() + 8, "{user}");
+    assert!(password.len() == 24 && password.chars().all(|c| "abcdef0123456789".contains(c)), "the policy's");
+    assert!(stat["password"].len() == 24, "the static role's password comes from the policy too");
     assert!(sql(&pg, "app", &creds.data["username"], &creds.data["password"], "SELECT count(*) FROM items").is_ok());
 
     // A static role's schedule changes in place; its user cannot.
@@ -245,7 +253,7 @@ resource "keybridge_secret" "seen" {
     tf.config(&format!("{sched}{eph}"));
     tf.ok(&with(&["apply", "-auto-approve", "-no-color"], &pw("Admin-Pw-8282")));
     let issued = gw.fields("secret/seen").expect("written")["username"].clone();
-    assert!(issued.starts_with("v-"), "{issued}");
+    assert!(issued.starts_with("tf-readonly-"), "{issued}");
     assert!(!role_exists(&pg, &issued), "closing the ephemeral resource revoked the lease and dropped {issued}");
     let leases = rt()
         .block_on(
