@@ -120,6 +120,20 @@ pub fn url_host(raw: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// The server a connection URL points at, `host:port` (port 5432 when the
+/// URL has none): where the users it creates live (roles are
+/// cluster-wide, so the database does not matter).
+pub fn url_server(raw: &str) -> String {
+    let after = raw.split_once('@').map_or("", |(_, a)| a);
+    let authority = after.split(['/', '?']).next().unwrap_or_default();
+    let port = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').and_then(|(_, p)| p.strip_prefix(':')),
+        None => authority.rsplit_once(':').map(|(_, p)| p),
+    };
+    let port = port.filter(|p| !p.is_empty()).unwrap_or("5432");
+    format!("{}:{port}", url_host(raw))
+}
+
 /// The connection URL with the admin's credentials in it.
 fn url(c: &Connection) -> Result<Url, EngineError> {
     let raw = &c.connection_url;
@@ -302,5 +316,17 @@ pub fn pool_error(what: &str, e: deadpool_postgres::PoolError) -> EngineError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => db_error(what, &e),
         e => EngineError::Unavailable(format!("{what}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod server_tests {
+    #[test]
+    fn servers_are_host_and_port() {
+        let u = |rest: &str| format!("postgresql://{{{{username}}}}:{{{{password}}}}@{rest}");
+        assert_eq!(super::url_server(&u("DB.internal:6432/app?sslmode=disable")), "db.internal:6432");
+        assert_eq!(super::url_server(&u("db.internal/app")), "db.internal:5432");
+        assert_eq!(super::url_server(&u("[::1]:7000/app")), "::1:7000");
+        assert_eq!(super::url_server(&u("[::1]/app")), "::1:5432");
     }
 }

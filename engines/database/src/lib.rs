@@ -820,6 +820,10 @@ impl DatabaseEngine {
                     ("db_name".into(), role.db_name.clone()),
                     ("role".into(), role_name.into()),
                     ("username".into(), username),
+                    // Where the user lives: a revocation that finds the
+                    // connection moved elsewhere must not count a user it
+                    // cannot see there as gone.
+                    ("server".into(), conn::url_server(&c.connection_url)),
                 ]),
             }),
             warnings: Vec::new(),
@@ -928,6 +932,15 @@ impl PluginEngine for DatabaseEngine {
         let get = |k: &str| lease.internal.get(k).unwrap_or_default().to_string();
         let (db_name, role_name, username) = (get("db_name"), get("role"), get("username"));
         let c = self.connection(&db_name).await?;
+        let (created_at, now_at) = (get("server"), conn::url_server(&c.connection_url));
+        if !created_at.is_empty()
+            && created_at != now_at
+            && !pg::user_exists(&self.pools, &db_name, &c, &username).await?
+        {
+            return Err(EngineError::Unavailable(format!(
+                "user {username} was created at {created_at}, but connection {db_name} now points at {now_at}, where it does not exist: point the connection back to revoke it (retried)"
+            )));
+        }
         // A role deleted since: its own revocation statements are gone, the
         // engine's cleanup still runs.
         let statements = match self.get_json::<Role>(&format!("roles/{role_name}")).await? {

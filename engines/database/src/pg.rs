@@ -187,6 +187,13 @@ async fn exists(client: &tokio_postgres::Client, name: &str) -> Result<bool, Eng
         .map_err(|e| db_error("looking the user up", &e))
 }
 
+/// Whether user `name` exists where the connection points.
+pub async fn user_exists(pools: &Pools, db_name: &str, c: &Connection, name: &str) -> Result<bool, EngineError> {
+    let pool = pools.get(db_name, c, None)?;
+    let client = pool.get().await.map_err(|e| pool_error("connecting to look the user up", e))?;
+    exists(&client, name).await
+}
+
 /// Revokes a user for good. Idempotent: a user already gone is revoked.
 ///
 /// 1. The role's revocation statements, if any.

@@ -727,3 +727,64 @@ async fn password_policy_makes_the_passwords_and_never_breaks_the_sql() {
         assert!(!audit.contains(secret.as_str()), "a generated password is in the audit log");
     }
 }
+
+/// A connection pointed at another server while a credential is out: the
+/// credential's revocation does not count a user it cannot see there as
+/// gone. It fails, saying where the user lives, and keeps the lease; with
+/// the connection pointed back, it drops the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_connection_never_revokes_a_user_it_cannot_see() {
+    let (a, b) = (Postgres::start(), Postgres::start());
+    for pg in [&a, &b] {
+        admin(pg, "postgres", "CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'admin-pw-1'");
+    }
+    let s = Server::dev();
+    let t = Some("root-e2e");
+    let ok = |args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&["mount", "enable", "--type", "database", "database/"]);
+    let point = |pg: &Postgres| {
+        let url = format!(
+            "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg_port(pg),
+            pg.ca_file().display()
+        );
+        ok(&[
+            "write",
+            "database/config/app",
+            "plugin_name=postgresql",
+            &url,
+            "username=vault_admin",
+            "password=admin-pw-1",
+            "allowed_roles=*",
+        ]);
+    };
+    point(&a);
+    ok(&[
+        "write",
+        "database/roles/ro",
+        "db_name=app",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+    ]);
+    let creds = json(&ok(&["read", "database/creds/ro", "-o", "json"]));
+    let (user, lease) = (creds["data"]["username"].as_str().unwrap(), creds["lease_id"].as_str().unwrap());
+    let count =
+        |pg: &Postgres| admin(pg, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{user}'"));
+    assert_eq!(count(&a), "1");
+
+    point(&b);
+    let o = s.cli(t, &["lease", "revoke", lease]);
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("point the connection back"), "{err}");
+    assert!(err.contains(&format!("localhost:{}", pg_port(&a))), "{err}");
+    assert_eq!(count(&a), "1", "the user is still there");
+    let looked = json(&ok(&["lease", "lookup", lease, "-o", "json"]));
+    assert!(looked.to_string().contains("point the connection back"), "{looked}");
+
+    point(&a);
+    ok(&["lease", "revoke", lease]);
+    assert_eq!(count(&a), "0");
+}
