@@ -93,6 +93,7 @@ impl BuiltinEngines for Builtins {
             pools: Pools::default(),
             rotating: tokio::sync::Mutex::new(()),
             allowed_hosts: self.allowed_hosts.clone(),
+            failing: std::sync::Mutex::new(BTreeMap::new()),
         }))
     }
 }
@@ -119,6 +120,27 @@ pub struct DatabaseEngine {
     /// One root rotation at a time on this node.
     rotating: tokio::sync::Mutex<()>,
     allowed_hosts: Option<Vec<String>>,
+    /// Static roles whose scheduled rotation failed on this node: how many
+    /// times in a row, and when the periodic pass tries again.
+    failing: std::sync::Mutex<BTreeMap<String, Backoff>>,
+}
+
+/// A failing scheduled rotation's retry: 5 s, doubling, at most 5 minutes.
+#[derive(Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    retry_at: u64,
+}
+
+impl Backoff {
+    const FIRST_SECS: u64 = 5;
+    const MAX_SECS: u64 = 300;
+
+    fn after(prev: Option<Backoff>, now: u64) -> Backoff {
+        let failures = prev.map_or(0, |b| b.failures).saturating_add(1);
+        let delay = Self::FIRST_SECS.saturating_mul(1u64 << (failures - 1).min(16)).min(Self::MAX_SECS);
+        Backoff { failures, retry_at: now.saturating_add(delay) }
+    }
 }
 
 /// A root rotation's write-ahead record: the new password, stored before
@@ -970,18 +992,40 @@ impl PluginEngine for DatabaseEngine {
     }
 
     /// Rotates the static roles whose period has run out.
+    /// Rotates the static roles that are due. One that fails is retried
+    /// with backoff (5 s doubling to 5 minutes), so a role whose database
+    /// is down is not tried on every pass, and never holds up the others
+    /// for more than its statements' bounds.
     async fn periodic(&self, _ctx: &CallContext) -> Result<(), EngineError> {
         let names = self.storage.list("static-roles/").await.map_err(store_err)?;
         let now = now_secs();
-        for name in names {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for name in &names {
+            if failing.get(name).is_some_and(|b| b.retry_at > now) {
+                continue;
+            }
             let due = match self.get_json::<StaticRole>(&format!("static-roles/{name}")).await {
                 Ok(Some(r)) => r.next_rotation() <= now,
                 _ => false,
             };
-            if due && let Err(e) = self.rotate_static(&name).await {
-                tracing::warn!(static_role = %name, error = %e, "database: a scheduled rotation failed; retried");
+            if !due {
+                continue;
+            }
+            let result = self.rotate_static(name).await;
+            let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(_) => {
+                    failing.remove(name);
+                }
+                Err(e) => {
+                    let b = Backoff::after(failing.get(name).copied(), now);
+                    failing.insert(name.clone(), b);
+                    tracing::warn!(static_role = %name, error = %e, failures = b.failures, retry_in_secs = b.retry_at.saturating_sub(now), "database: a scheduled rotation failed; retried with backoff");
+                }
             }
         }
+        // Roles deleted since are forgotten.
+        self.failing.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| names.contains(k));
         Ok(())
     }
 }
@@ -1000,6 +1044,20 @@ mod tests {
             password: String::new(),
             last_rotation: last,
         }
+    }
+
+    #[test]
+    fn failing_rotations_back_off_from_5_seconds_to_5_minutes() {
+        let mut b = None;
+        let mut delays = Vec::new();
+        for _ in 0..9 {
+            let next = Backoff::after(b, 1000);
+            delays.push(next.retry_at - 1000);
+            b = Some(next);
+        }
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        let far = Backoff { failures: u32::MAX, retry_at: 0 };
+        assert_eq!(Backoff::after(Some(far), u64::MAX).retry_at, u64::MAX, "saturates");
     }
 
     #[test]
