@@ -419,6 +419,14 @@ impl provider_server::Provider for Provider {
                 }
             }
             Some(prior) => {
+                let mut diags = Diags::default();
+                r.check_update(prior, &config, &mut diags);
+                if diags.has_errors() {
+                    return Ok(Response::new(tf::plan_resource_change::Response {
+                        diagnostics: diags.0,
+                        ..Default::default()
+                    }));
+                }
                 let changed = schema.stored(prior.clone()) != planned || r.force_update(prior, &config, &private);
                 for a in r.replace_on() {
                     if prior.val(a) != planned.val(a) {

@@ -144,6 +144,13 @@ fn origin_document_resources_issue_read_only_users_and_survive_a_root_rotation()
     assert!(sql(&pg, "app", &creds.data["username"], &creds.data["password"], "SELECT 1").is_ok());
     assert!(!tf.state().contains(&creds.data["password"]));
 
+    // Moving the connection takes the password again: with only the
+    // stale one in state, the plan stops and says so.
+    let v_moved: Vec<String> =
+        v.iter().map(|a| a.replace(&format!("localhost:{}", port(&pg)), &format!("127.0.0.1:{}", port(&pg)))).collect();
+    let r = tf.run(&with(&["plan", "-no-color"], &v_moved));
+    assert!(r.code != 0 && harness::flat(&r.stderr).contains("give its password again"), "{}", r.all());
+
     // Destroy: both gone from the gateway.
     tf.ok(&with(&["destroy", "-auto-approve", "-no-color"], &v));
     assert_eq!(read(&gw, "database/roles/app-readonly").unwrap_err().code(), tonic::Code::NotFound);

@@ -389,6 +389,25 @@ impl Resource for Connection {
         }
     }
 
+    fn check_update(&self, prior: &Obj, config: &Obj, diags: &mut Diags) {
+        let (old, new) = (pg_block(prior), pg_block(config));
+        let moved = ["connection_url", "username"].iter().any(|a| {
+            let v = new.val(a);
+            !v.is_unknown() && old.val(a) != v
+        });
+        let new_password = old.val("password") != new.val("password")
+            || old.val("password_wo_version") != new.val("password_wo_version");
+        if moved && !new_password {
+            diags.push_error(
+                "The connection moves: give its password again",
+                "`connection_url` or `username` changed, and the gateway takes the password again for a new \
+                 server or user. The password in state may be stale (after rotate-root only Keybridge knows the \
+                 current one): change `password`, or bump `password_wo_version` with the new `password_wo`.",
+                Some(diag::path("postgresql")),
+            );
+        }
+    }
+
     fn import_id_help(&self) -> &'static str {
         "`<backend>/config/<name>`: `database/config/app`"
     }

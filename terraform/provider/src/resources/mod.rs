@@ -50,6 +50,9 @@ pub trait Resource: Send + Sync {
     fn force_update(&self, _prior: &Obj, _config: &Obj, _private: &Private) -> bool {
         false
     }
+    /// Checks an update against the prior state at plan time (a change the
+    /// gateway would take only with another argument changed too).
+    fn check_update(&self, _prior: &Obj, _config: &Obj, _diags: &mut Diags) {}
     /// The id `terraform import` takes, for the docs (`<path>`).
     fn import_id_help(&self) -> &'static str;
     /// The state that `terraform import <addr> <id>` starts from; Terraform
