@@ -18,15 +18,15 @@ pub fn new_password() -> Zeroizing<String> {
     Zeroizing::new((0..28).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect())
 }
 
-/// The root rotation's statements (default: `ALTER ROLE ... PASSWORD`)
-/// with `{{username}}`/`{{name}}` and `{{password}}` filled in.
+/// The root rotation's (or a static role's) statements (default: `ALTER
+/// ROLE ... PASSWORD`) with `{{username}}`/`{{name}}` and `{{password}}`
+/// filled in, in one pass as [`fill`] does: a user name or password that
+/// holds a placeholder is never read as one.
 pub fn root_rotation_sql(statements: &str, user: &str, password: &str) -> Zeroizing<String> {
     if statements.trim().is_empty() {
         Zeroizing::new(format!("ALTER ROLE {} WITH PASSWORD '{}'", ident(user), password.replace('\'', "''")))
     } else {
-        Zeroizing::new(
-            statements.replace("{{username}}", user).replace("{{name}}", user).replace("{{password}}", password),
-        )
+        substitute(statements, &[("{{name}}", user), ("{{username}}", user), ("{{password}}", password)])
     }
 }
 
@@ -56,18 +56,25 @@ fn timestamp(expires: SystemTime) -> String {
 
 /// The statements with `{{name}}` (or `{{username}}`), `{{password}}` and
 /// `{{expiration}}` filled in. The values are the engine's own (a name of
-/// `[a-z0-9_-]`, or from the connection's `username_template` with no
-/// `"`, `'`, `\`, `$` or control character; a password of letters and
-/// digits, or from a password policy with no `'`, `"`, `\` or control
+/// `[a-z0-9_-]`, or from the connection's `username_template`: printable
+/// ASCII with no `"`, `'`, `\` or `$`; a password of letters and digits,
+/// or from a password policy with no `'`, `"`, `\`, `$` or control
 /// character (`password.rs`); a timestamp), so none can end a quoted
-/// literal or identifier early. One pass over the statements: a value is
+/// literal, identifier or `$$` body early. One pass over the statements: a value is
 /// never searched for placeholders again (a generated password holding
 /// `{{expiration}}` stays as it is), and the only copy is the zeroized
 /// result, allocated once.
 fn fill(statements: &str, name: &str, password: &str, expires: SystemTime) -> Zeroizing<String> {
     let expiration = timestamp(expires);
-    let values =
-        [("{{name}}", name), ("{{username}}", name), ("{{password}}", password), ("{{expiration}}", &expiration)];
+    substitute(
+        statements,
+        &[("{{name}}", name), ("{{username}}", name), ("{{password}}", password), ("{{expiration}}", &expiration)],
+    )
+}
+
+/// `statements` with each placeholder of `values` replaced by its value,
+/// in one pass (what [`fill`] says).
+fn substitute(statements: &str, values: &[(&str, &str)]) -> Zeroizing<String> {
     let mut out = Zeroizing::new(String::with_capacity(statements.len().saturating_mul(2).saturating_add(256)));
     let mut rest = statements;
     while let Some(i) = rest.find("{{") {
@@ -102,6 +109,30 @@ async fn locked(client: &mut tokio_postgres::Client, sql: &str) -> Result<(), to
     tx.commit().await
 }
 
+/// How a creation failed.
+enum Creation {
+    /// A user of that name exists already: nothing ran, and nothing may be
+    /// rolled back (the user is someone else's).
+    Exists,
+    /// The statements (or the transaction) failed.
+    Failed(tokio_postgres::Error),
+}
+
+/// Runs the creation statements `sql` in a transaction holding
+/// [`CATALOG_LOCK`], after checking, under the lock, that no user `name`
+/// exists yet.
+async fn create_locked(client: &mut tokio_postgres::Client, sql: &str, name: &str) -> Result<(), Creation> {
+    let tx = client.transaction().await.map_err(Creation::Failed)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CATALOG_LOCK]).await.map_err(Creation::Failed)?;
+    let taken = tx.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name]).await.map_err(Creation::Failed)?;
+    if taken.is_some() {
+        // Dropping the transaction rolls it back.
+        return Err(Creation::Exists);
+    }
+    tx.batch_execute(sql).await.map_err(Creation::Failed)?;
+    tx.commit().await.map_err(Creation::Failed)
+}
+
 /// Takes a rotation's hold on a connection, for every node: a
 /// session-level advisory lock named after the connection (waits at most
 /// `lock_timeout`). Give the key back to [`unlock`] on every path.
@@ -127,7 +158,10 @@ pub fn ident(name: &str) -> String {
 }
 
 /// Runs the creation statements in one transaction; on failure rolls back
-/// and runs the rollback statements (best effort).
+/// and runs the rollback statements (best effort). A user of that name
+/// that exists already is refused before any statement runs, and the
+/// rollback statements do not run: they would act on someone else's user,
+/// as the admin.
 pub async fn create(
     pool: &Pool,
     creation: &str,
@@ -138,22 +172,28 @@ pub async fn create(
 ) -> Result<(), EngineError> {
     let mut client = pool.get().await.map_err(|e| pool_error("connecting to create the user", e))?;
     let sql = fill(creation, name, password, expires);
-    let r = locked(&mut client, &sql).await;
-    if let Err(e) = r {
-        if !rollback.trim().is_empty()
-            && let Err(re) = client.batch_execute(&fill(rollback, name, password, expires)).await
-        {
-            let e = db_error("rollback statements", &re).to_string().replace(password, "<redacted>");
-            tracing::warn!(user = name, error = %e, "database: the rollback statements failed too");
+    let r = create_locked(&mut client, &sql, name).await;
+    let e = match r {
+        Ok(()) => return Ok(()),
+        Err(Creation::Exists) => {
+            return Err(EngineError::InvalidInput(format!(
+                "user {name} exists already: the username_template must make unique names (add random, e.g. {{{{ random 20 }}}}); nothing was run"
+            )));
         }
-        // A statement that quotes the password wrongly makes PostgreSQL
-        // quote it back ("syntax error at or near ..."): never in an error.
-        return Err(match db_error("creating the user", &e) {
-            EngineError::Unavailable(m) => EngineError::Unavailable(m.replace(password, "<redacted>")),
-            other => other,
-        });
+        Err(Creation::Failed(e)) => e,
+    };
+    if !rollback.trim().is_empty()
+        && let Err(re) = client.batch_execute(&fill(rollback, name, password, expires)).await
+    {
+        let e = db_error("rollback statements", &re).to_string().replace(password, "<redacted>");
+        tracing::warn!(user = name, error = %e, "database: the rollback statements failed too");
     }
-    Ok(())
+    // A statement that quotes the password wrongly makes PostgreSQL quote
+    // it back ("syntax error at or near ..."): never in an error.
+    Err(match db_error("creating the user", &e) {
+        EngineError::Unavailable(m) => EngineError::Unavailable(m.replace(password, "<redacted>")),
+        other => other,
+    })
 }
 
 /// Moves the user's `VALID UNTIL` to `expires` (or runs the role's renew
@@ -301,5 +341,21 @@ mod tests {
             "CREATE ROLE \"u\" PASSWORD 'p{{expiration}}' VALID UNTIL '1970-01-01T00:00:00Z'; {{x}} {{"
         );
         assert_eq!(fill("{{username}}/{{name}}", "n", "", at).as_str(), "n/n");
+    }
+
+    #[test]
+    fn root_rotation_fills_in_one_pass() {
+        // A password holding a placeholder stays as it is; so does a name.
+        let sql = root_rotation_sql(
+            "ALTER ROLE \"{{username}}\" PASSWORD '{{password}}'; -- {{name}} {{expiration}} {{",
+            "u{{password}}",
+            "p{{username}}{{name}}",
+        );
+        assert_eq!(
+            sql.as_str(),
+            "ALTER ROLE \"u{{password}}\" PASSWORD 'p{{username}}{{name}}'; -- u{{password}} {{expiration}} {{"
+        );
+        // The default quotes both.
+        assert_eq!(root_rotation_sql(" ", "a\"b", "it's").as_str(), "ALTER ROLE \"a\"\"b\" WITH PASSWORD 'it''s'");
     }
 }

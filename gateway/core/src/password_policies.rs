@@ -14,8 +14,11 @@
 //!
 //! - `sys/policies/password` (list): the policies' names.
 //! - `sys/policies/password/<name>` (read, create, update, delete):
-//!   `policy`, the HCL text; a write is parsed, checked, and must produce
-//!   a password once before it is stored.
+//!   `policy`, the HCL text; a write is parsed, checked (its passwords must
+//!   have at least 64 bits of entropy, `length * log2(distinct
+//!   characters)`: Keybridge's floor, see
+//!   [`keybridge_policy::password::check_entropy`]), and must produce a
+//!   password once before it is stored.
 //! - `sys/policies/password/<name>/generate` (read): `password`, a new one.
 
 use std::sync::{Arc, LazyLock};
@@ -72,15 +75,30 @@ fn invalid(e: keybridge_policy::Error) -> EngineError {
     EngineError::InvalidInput(e.to_string())
 }
 
+/// Runs `f` on tokio's blocking pool, off the async executor: parsing up
+/// to 64 KiB of HCL, and drawing a password (up to 1,000 candidates of up
+/// to 100 characters, each from the OS's CSPRNG) take milliseconds.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Internal(format!("a password policy's work did not finish: {e}")))?
+}
+
 /// The stored policy `name`, parsed; `None` when there is none.
 async fn load(barrier: &Barrier, name: &str) -> Result<Option<PasswordPolicy>, EngineError> {
     check_name(name)?;
     let Some(raw) = barrier.get(&key(name)).await.map_err(storage)? else { return Ok(None) };
-    let text = std::str::from_utf8(&raw)
+    let text = String::from_utf8(raw.to_vec())
         .map_err(|_| EngineError::Internal(format!("the stored password policy {name} is not UTF-8")))?;
-    parse_password_policy(text)
-        .map(Some)
-        .map_err(|e| EngineError::Internal(format!("the stored password policy {name} does not parse: {e}")))
+    let name = name.to_string();
+    blocking(move || {
+        parse_password_policy(&text)
+            .map(Some)
+            .map_err(|e| EngineError::Internal(format!("the stored password policy {name} does not parse: {e}")))
+    })
+    .await
 }
 
 async fn must_load(barrier: &Barrier, name: &str) -> Result<PasswordPolicy, EngineError> {
@@ -89,8 +107,14 @@ async fn must_load(barrier: &Barrier, name: &str) -> Result<PasswordPolicy, Engi
     })
 }
 
-fn generate(policy: &PasswordPolicy, name: &str) -> Result<Zeroizing<String>, EngineError> {
+fn draw(policy: &PasswordPolicy, name: &str) -> Result<Zeroizing<String>, EngineError> {
     policy.generate(&mut rand::rngs::OsRng).map_err(|e| EngineError::InvalidInput(format!("{MOUNT_PATH}{name}: {e}")))
+}
+
+/// A new password from `policy`, drawn off the async executor.
+async fn generate(policy: PasswordPolicy, name: &str) -> Result<Zeroizing<String>, EngineError> {
+    let name = name.to_string();
+    blocking(move || draw(&policy, &name)).await
 }
 
 static INFO: LazyLock<EngineInfo> = LazyLock::new(|| {
@@ -160,10 +184,18 @@ impl PluginEngine for PasswordPolicyPaths {
             ("{name}", Operation::Create | Operation::Update) => {
                 check_name(name)?;
                 let text = req.params.get("policy").unwrap_or_default();
-                let policy = parse_password_policy(text).map_err(invalid)?;
-                // A policy that is possible on paper but draws no password
-                // in practice is refused now, not at its first use.
-                drop(generate(&policy, name)?);
+                let (owned, owned_name) = (text.to_string(), name.to_string());
+                blocking(move || {
+                    let policy = parse_password_policy(&owned).map_err(invalid)?;
+                    // Keybridge's floor: 64 bits (length * log2(characters)).
+                    policy.check_strength().map_err(invalid)?;
+                    // A policy that is possible on paper but draws no
+                    // password in practice is refused now, not at its
+                    // first use.
+                    drop(draw(&policy, &owned_name)?);
+                    Ok(())
+                })
+                .await?;
                 let mut b = WriteBatch::new();
                 b.put(key(name), Zeroizing::new(text.as_bytes().to_vec()));
                 self.barrier.commit(b).await.map_err(storage)?;
@@ -188,7 +220,7 @@ impl PluginEngine for PasswordPolicyPaths {
             }
             ("{name}/generate", Operation::Read) => {
                 let policy = must_load(&self.barrier, name).await?;
-                let password = generate(&policy, name)?;
+                let password = generate(policy, name).await?;
                 Ok(data(vec![("password", password.to_string())]))
             }
             (p, op) => Err(EngineError::Unsupported(format!("{} on {MOUNT_PATH}{p}", op.name()))),
@@ -221,8 +253,9 @@ impl PasswordPolicies for PolicyPasswords {
 
     async fn generate(&self, name: &str) -> Result<GeneratedPassword, EngineError> {
         let policy = must_load(&self.barrier, name).await?;
-        let password = generate(&policy, name)?;
-        Ok(GeneratedPassword { password, alphabet: policy.alphabet().to_vec() })
+        let alphabet = policy.alphabet().to_vec();
+        let password = generate(policy, name).await?;
+        Ok(GeneratedPassword { password, alphabet })
     }
 }
 

@@ -19,6 +19,14 @@
 //! the union of every rule's charset by the caller's CSPRNG, drawn again
 //! until every rule is met (at most [`MAX_ATTEMPTS`] times). A policy whose
 //! `min-chars` add up to more than `length` is refused when parsed.
+//!
+//! Keybridge's additions: the charsets hold at most [`MAX_DISTINCT`]
+//! distinct characters between them (parsing and drawing stay cheap), and
+//! a policy is only *strong enough* ([`PasswordPolicy::check_strength`],
+//! enforced when a policy is written and when an engine uses one) when
+//! `length * log2(distinct characters)` is at least [`MIN_ENTROPY_BITS`].
+
+use std::collections::{HashMap, HashSet};
 
 use hcl::{Block, BlockLabel, Body, Expression};
 use rand::{CryptoRng, Rng, RngCore};
@@ -36,6 +44,12 @@ pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 pub const MAX_RULES: usize = 64;
 /// Candidates drawn before a policy is declared unable to produce a password.
 pub const MAX_ATTEMPTS: usize = 1000;
+/// The most distinct characters the charsets may hold between them.
+pub const MAX_DISTINCT: usize = 1024;
+/// The least entropy a policy's passwords may have, in bits, counted as
+/// `length * log2(distinct characters)` (a Keybridge addition: Vault has
+/// no floor). 11 characters of a 62-character alphabet have 65.5.
+pub const MIN_ENTROPY_BITS: f64 = 64.0;
 
 /// One `rule "charset" { ... }` block.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +71,8 @@ pub struct PasswordPolicy {
     /// For each character of `alphabet`, the rules whose charset holds it
     /// (bit `i`: rule `i`).
     membership: Vec<u64>,
+    /// Each character of `alphabet`, to its place there.
+    index: HashMap<char, usize>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -117,9 +133,13 @@ fn charset_rule(index: usize, block: &Block) -> Result<CharsetRule, Error> {
                         c as u32
                     )));
                 }
+                let mut seen = HashSet::new();
                 let mut chars: Vec<char> = Vec::new();
                 for c in s.chars() {
-                    if !chars.contains(&c) {
+                    if seen.insert(c) {
+                        if chars.len() == MAX_DISTINCT {
+                            return Err(too_many_distinct());
+                        }
                         chars.push(c);
                     }
                 }
@@ -138,6 +158,44 @@ fn charset_rule(index: usize, block: &Block) -> Result<CharsetRule, Error> {
         return Err(invalid(format!("{at}: the charset is empty")));
     }
     Ok(CharsetRule { charset, min_chars })
+}
+
+fn too_many_distinct() -> Error {
+    invalid(format!(
+        "the charsets hold more than {MAX_DISTINCT} distinct characters between them; at most {MAX_DISTINCT}"
+    ))
+}
+
+/// The entropy, in bits, of `length` characters each drawn from
+/// `distinct` characters: `length * log2(distinct)` (0 for no characters).
+pub fn entropy_bits(length: usize, distinct: usize) -> f64 {
+    if length == 0 || distinct == 0 {
+        return 0.0;
+    }
+    // Both are small (at most 100 and 1024 here); as floats, exact.
+    length as f64 * (distinct as f64).log2()
+}
+
+/// Whether passwords of `length` characters from `distinct` characters
+/// reach [`MIN_ENTROPY_BITS`]; if not, a one-line message saying by how
+/// much and what to change.
+pub fn check_entropy(length: usize, distinct: usize) -> Result<(), Error> {
+    let bits = entropy_bits(length, distinct);
+    if bits >= MIN_ENTROPY_BITS {
+        return Ok(());
+    }
+    let fix = if distinct < 2 {
+        "add characters to the charsets (one character gives no entropy)".to_string()
+    } else {
+        match (length..=MAX_LENGTH).find(|n| entropy_bits(*n, distinct) >= MIN_ENTROPY_BITS) {
+            Some(n) => format!("raise length to at least {n}, or add characters to the charsets"),
+            None => "add characters to the charsets".to_string(),
+        }
+    };
+    Err(invalid(format!(
+        "passwords of {length} characters from {distinct} distinct characters have {:.1} bits of entropy, under the floor of {MIN_ENTROPY_BITS} (length * log2(characters)): {fix}",
+        (bits * 10.0).floor() / 10.0
+    )))
 }
 
 /// Parses a password policy's HCL text and checks it can be met.
@@ -194,20 +252,25 @@ pub fn parse_password_policy(text: &str) -> Result<PasswordPolicy, Error> {
     }
     let mut alphabet: Vec<char> = Vec::new();
     let mut membership: Vec<u64> = Vec::new();
+    let mut index: HashMap<char, usize> = HashMap::new();
     for (i, rule) in rules.iter().enumerate() {
         for &c in &rule.charset {
-            let at = match alphabet.iter().position(|a| *a == c) {
-                Some(at) => at,
+            let at = match index.get(&c) {
+                Some(&at) => at,
                 None => {
+                    if alphabet.len() == MAX_DISTINCT {
+                        return Err(too_many_distinct());
+                    }
                     alphabet.push(c);
                     membership.push(0);
+                    index.insert(c, alphabet.len() - 1);
                     alphabet.len() - 1
                 }
             };
             membership[at] |= 1u64 << i;
         }
     }
-    Ok(PasswordPolicy { length, rules, alphabet, membership })
+    Ok(PasswordPolicy { length, rules, alphabet, membership, index })
 }
 
 impl PasswordPolicy {
@@ -217,18 +280,34 @@ impl PasswordPolicy {
         &self.alphabet
     }
 
+    /// The entropy of its passwords, in bits: `length *
+    /// log2(distinct characters)`.
+    pub fn entropy_bits(&self) -> f64 {
+        entropy_bits(self.length, self.alphabet.len())
+    }
+
+    /// Whether its passwords reach [`MIN_ENTROPY_BITS`] (see
+    /// [`check_entropy`]).
+    pub fn check_strength(&self) -> Result<(), Error> {
+        check_entropy(self.length, self.alphabet.len())
+    }
+
     /// Whether `password` is as the policy makes them: `length`
     /// characters of the alphabet, every rule's `min-chars` met.
     pub fn allows(&self, password: &str) -> bool {
-        let mut n = 0;
+        let mut n = 0usize;
+        let mut counts = [0usize; MAX_RULES];
         for c in password.chars() {
-            if !self.alphabet.contains(&c) {
-                return false;
+            let Some(&at) = self.index.get(&c) else { return false };
+            n = n.saturating_add(1);
+            let mut rules = self.membership[at];
+            while rules != 0 {
+                let r = rules.trailing_zeros() as usize;
+                counts[r] = counts[r].saturating_add(1);
+                rules &= rules - 1;
             }
-            n += 1;
         }
-        n == self.length
-            && self.rules.iter().all(|r| password.chars().filter(|c| r.charset.contains(c)).count() >= r.min_chars)
+        n == self.length && self.rules.iter().zip(counts.iter()).all(|(rule, got)| *got >= rule.min_chars)
     }
 
     /// A new password, from `rng` (give it a CSPRNG such as `OsRng`):
@@ -444,6 +523,84 @@ rule "charset" {
         }
         // The space is printable, as in Vault.
         parse_password_policy("length = 8\nrule \"charset\" { charset = \"a b\" }\n").unwrap();
+    }
+
+    #[test]
+    fn the_entropy_floor_is_64_bits() {
+        let alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        // Respected: 11 of 62 (65.5 bits), 64 of 2 and 16 of 16 (64 exactly).
+        for (length, charset) in [(11, alnum), (64, "ab"), (16, "0123456789abcdef"), (20, alnum)] {
+            let p = parse_password_policy(&format!("length = {length}\n{}", rule(charset, 0))).unwrap();
+            assert!(p.entropy_bits() >= MIN_ENTROPY_BITS, "{length} of {charset}");
+            p.check_strength().unwrap_or_else(|e| panic!("{length} of {charset}: {e}"));
+        }
+        // Exceeded: every password "aaaa"; 10 of 62 (59.5 bits); 63 of 2.
+        for (length, charset, bits, fix) in [
+            (4, "a", "0.0 bits", "add characters to the charsets (one character gives no entropy)"),
+            (10, alnum, "59.5 bits", "raise length to at least 11"),
+            (63, "ab", "63.0 bits", "raise length to at least 64"),
+            (8, "abcdefghijklmnopqrstuvwxyz'", "38.0 bits", "raise length to at least 14"),
+            (4, "ab", "4.0 bits", "raise length to at least 64"),
+        ] {
+            let p = parse_password_policy(&format!("length = {length}\n{}", rule(charset, 0))).unwrap();
+            let e = p.check_strength().unwrap_err().to_string();
+            assert!(e.contains(bits) && e.contains("under the floor of 64") && e.contains(fix), "{e}");
+            assert!(!e.contains('\n'));
+        }
+        // Repeated characters count once; the union of the rules counts.
+        let p = parse_password_policy(&format!("length = 11\n{}{}", rule("abcabc", 0), rule(&alnum[3..], 0))).unwrap();
+        assert_eq!(p.alphabet().len(), 62);
+        p.check_strength().unwrap();
+        assert_eq!(entropy_bits(0, 62), 0.0);
+        assert_eq!(entropy_bits(10, 0), 0.0);
+    }
+
+    /// A charset of `n` distinct printable characters, CJK (3 bytes each).
+    fn distinct(n: u32) -> String {
+        (0..n).map(|i| char::from_u32(0x4E00 + i).unwrap()).collect()
+    }
+
+    #[test]
+    fn at_most_1024_distinct_characters() {
+        let p = parse_password_policy(&format!("length = 8\n{}", rule(&distinct(1024), 0))).unwrap();
+        assert_eq!(p.alphabet().len(), MAX_DISTINCT);
+        assert!(p.allows(&p.generate(&mut rng()).unwrap()));
+        let e = err(&format!("length = 8\n{}", rule(&distinct(1025), 0)));
+        assert!(e.contains("more than 1024 distinct characters"), "{e}");
+        // Across rules: 600 + 600 distinct, each under the cap alone.
+        let all = distinct(1200);
+        let (a, b) = all.split_at(all.char_indices().nth(600).unwrap().0);
+        let e = err(&format!("length = 8\n{}{}", rule(a, 0), rule(b, 0)));
+        assert!(e.contains("more than 1024 distinct characters"), "{e}");
+        // Overlapping rules count each character once.
+        let p = parse_password_policy(&format!(
+            "length = 8\n{}{}",
+            rule(&all[..3 * 1000], 0),
+            rule(&all[3 * 24..3 * 1024], 0)
+        ))
+        .unwrap();
+        assert_eq!(p.alphabet().len(), 1024);
+    }
+
+    #[test]
+    fn a_64_kib_charset_of_distinct_characters_parses_fast() {
+        // About 21,800 distinct 3-byte characters: quadratic de-duplication
+        // would take seconds; the cap stops it at the 1025th.
+        let body = distinct(21_000);
+        let text = format!("length = 8\nrule \"charset\" {{ charset = \"{body}\" }}\n");
+        assert!(text.len() <= MAX_POLICY_BYTES, "{}", text.len());
+        let started = std::time::Instant::now();
+        let e = err(&text);
+        assert!(e.contains("more than 1024 distinct characters"), "{e}");
+        // And about the worst that is taken: 21 rules of the same 1000
+        // characters (63 KB).
+        let rules = (0..21).map(|_| rule(&distinct(1000), 0)).collect::<String>();
+        let text = format!("length = 100\n{rules}");
+        assert!(text.len() <= MAX_POLICY_BYTES, "{}", text.len());
+        let p = parse_password_policy(&text).unwrap();
+        assert_eq!(p.alphabet().len(), 1000);
+        assert!(p.allows(&p.generate(&mut rng()).unwrap()));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
     }
 
     #[test]

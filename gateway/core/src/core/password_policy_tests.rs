@@ -171,11 +171,28 @@ async fn bad_policies_and_names_are_refused_and_nothing_is_stored() {
             "{name} {text:?}: {e}"
         );
     }
+    // Keybridge's entropy floor: 64 bits, length * log2(characters).
+    let weak = [
+        ("length = 4\nrule \"charset\" { charset = \"a\" }", "0.0 bits of entropy", "add characters"),
+        ("length = 63\nrule \"charset\" { charset = \"xy\" }", "63.0 bits of entropy", "raise length to at least 64"),
+        (
+            "length = 10\nrule \"charset\" { charset = \"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\" }",
+            "59.5 bits of entropy",
+            "raise length to at least 11",
+        ),
+    ];
+    for (text, bits, fix) in weak {
+        let e = write(&core, &root, "weak", text).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains(bits) && m.contains("under the floor of 64") && m.contains(fix) && !m.contains('\n')),
+            "{text:?}: {e}"
+        );
+    }
     // Possible on paper, never in practice: refused when written, since it
     // cannot draw a password.
     let all: String = (b'!'..=b'~').map(char::from).filter(|c| !"a\"\\".contains(*c)).collect();
     let hopeless = format!(
-        "length = 4\nrule \"charset\" {{\n charset = \"a\"\n min-chars = 4\n}}\nrule \"charset\" {{ charset = \"{all}\" }}\n"
+        "length = 12\nrule \"charset\" {{\n charset = \"a\"\n min-chars = 12\n}}\nrule \"charset\" {{ charset = \"{all}\" }}\n"
     );
     let e = write(&core, &root, "db", &hopeless).await.unwrap_err();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("in 1000 tries")), "{e}");
@@ -252,7 +269,7 @@ async fn each_path_needs_its_own_capability() {
     )
     .await;
     assert!(denied(write(&core, &pinned, "db", POLICY).await));
-    write(&core, &pinned, "db", "length = 8\nrule \"charset\" { charset = \"ab\" }\n").await.unwrap();
+    write(&core, &pinned, "db", "length = 80\nrule \"charset\" { charset = \"ab\" }\n").await.unwrap();
 }
 
 #[tokio::test]
@@ -272,12 +289,16 @@ async fn a_builtin_engine_generates_from_named_policies_and_reaches_nothing_else
     // An ACL policy of the same name is not a password policy; names are
     // names, never keys.
     assert!(matches!(passwords.generate("default").await, Err(EngineError::NotFound(_))));
+    // At the floor, taken: 11 of 62 characters (65.5 bits).
+    let eleven = "length = 11\nrule \"charset\" { charset = \"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\" }";
+    write(&core, &root, "eleven", eleven).await.unwrap();
+    assert_eq!(passwords.generate("eleven").await.unwrap().password.chars().count(), 11);
     for name in ["../policies/default", "db/../../policies/default", "", "a/b", "db\0"] {
         let e = passwords.alphabet(name).await.unwrap_err();
         assert!(matches!(&e, EngineError::InvalidInput(m) if m.contains("invalid password policy name")), "{name:?}");
     }
     // A change is seen at the next use.
-    write(&core, &root, "db", "length = 8\nrule \"charset\" { charset = \"xy\" }\n").await.unwrap();
+    write(&core, &root, "db", "length = 64\nrule \"charset\" { charset = \"xy\" }\n").await.unwrap();
     assert_eq!(passwords.alphabet("db").await.unwrap(), ['x', 'y']);
     core.engine_request(&root, EngineOp::Delete, "sys/policies/password/db", BTreeMap::new()).await.unwrap();
     assert!(matches!(passwords.generate("db").await, Err(EngineError::NotFound(_))));

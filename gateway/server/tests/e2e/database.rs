@@ -209,7 +209,12 @@ async fn dynamic_credentials_log_in_read_only_and_revoke_without_leaving_anythin
     ]);
     let o = s.cli(t, &["read", "database/creds/broken"]);
     let e = stderr(&o);
-    assert!(!o.status.success() && e.contains("syntax error") && e.contains("<redacted>"), "{e}");
+    // (A password that starts with a digit is "trailing junk after numeric
+    // literal" to PostgreSQL 15, not a syntax error.)
+    assert!(
+        !o.status.success() && (e.contains("syntax error") || e.contains("trailing junk")) && e.contains("<redacted>"),
+        "{e}"
+    );
     assert_eq!(admin(&pg, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%broken%'"), "0");
 
     // A role the connection does not allow is refused.
@@ -584,6 +589,26 @@ async fn username_template_names_the_issued_users() {
     ok(&["lease", "revoke", creds["lease_id"].as_str().unwrap()]);
     assert_eq!(admin(&pg, "postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{user}'")), "0");
 
+    // A template that gives one name every time is refused when written.
+    let o = config("{{ .RoleName }}");
+    assert!(!o.status.success() && stderr(&o).contains("gives the same name"), "{}", stderr(&o));
+    // One that gets past that check (random for the sample caller only)
+    // and names a user that exists: refused before any statement runs, and
+    // the rollback statements never touch the existing user.
+    admin(&pg, "postgres", "CREATE ROLE kb_victim WITH LOGIN PASSWORD 'victim-pw-1'");
+    let o = config(r#"{{ if eq .DisplayName "token" }}{{ random 8 }}{{ else }}kb_victim{{ end }}"#);
+    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&["write", "database/roles/app-ro", "rollback_statements=DROP ROLE IF EXISTS \"{{name}}\";"]);
+    let o = s.cli(t, &["read", "database/creds/app-ro"]);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("user kb_victim exists already")
+            && stderr(&o).contains("must make unique names"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(sql(&pg, "postgres", "kb_victim", "victim-pw-1", "SELECT current_user").unwrap(), "kb_victim");
+
     ok(&["write", "database/config/app", "username_template="]);
     let creds = json(&ok(&["read", "database/creds/app-ro", "-o", "json"]));
     let user = creds["data"]["username"].as_str().unwrap();
@@ -642,11 +667,26 @@ async fn password_policy_makes_the_passwords_and_never_breaks_the_sql() {
     let generated = json(&ok(&["read", "sys/policies/password/db/generate", "-o", "json"]));
     let sample = generated["data"]["password"].as_str().unwrap().to_string();
     assert!(fits(&sample), "{sample}");
-    // Valid as a policy (Vault takes it), but not for SQL literals.
-    ok(&["write", "sys/policies/password/quoted", "policy=length = 8\nrule \"charset\" { charset = \"ab'\" }"]);
+    // Valid as policies (Vault takes them), but not for SQL literals: a
+    // quote ends one, and $ ends a DO $$ ... $$ body.
+    let lower = "abcdefghijklmnopqrstuvwxyz";
+    ok(&[
+        "write",
+        "sys/policies/password/quoted",
+        &format!("policy=length = 20\nrule \"charset\" {{ charset = \"{lower}'\" }}"),
+    ]);
+    ok(&[
+        "write",
+        "sys/policies/password/dollar",
+        &format!("policy=length = 20\nrule \"charset\" {{ charset = \"{lower}$\" }}"),
+    ]);
     let o =
         s.cli(t, &["write", "sys/policies/password/bad", "policy=length = 3\nrule \"charset\" { charset = \"ab\" }"]);
     assert!(o.status.code() == Some(2) && stderr(&o).contains("must be 4 to 100"), "{}", stderr(&o));
+    // Keybridge's entropy floor: every password "aaaa" is refused.
+    let o =
+        s.cli(t, &["write", "sys/policies/password/bad", "policy=length = 4\nrule \"charset\" { charset = \"a\" }"]);
+    assert!(o.status.code() == Some(2) && stderr(&o).contains("under the floor of 64"), "{}", stderr(&o));
 
     ok(&["mount", "enable", "--type", "database", "database/"]);
     let url = format!(
@@ -669,7 +709,9 @@ async fn password_policy_makes_the_passwords_and_never_breaks_the_sql() {
             ],
         )
     };
-    for (policy, why) in [("missing", "no such password policy"), ("quoted", "quoted SQL literal")] {
+    for (policy, why) in
+        [("missing", "no such password policy"), ("quoted", "quoted SQL literal"), ("dollar", "allows '$'")]
+    {
         let o = config(policy);
         assert!(o.status.code() == Some(2) && stderr(&o).contains(why), "{policy}: {}", stderr(&o));
     }
