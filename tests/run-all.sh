@@ -106,13 +106,13 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "==> each of the server's features alone (none, aws, azure, gcp, wasm, postgres, database)"
+echo "==> each of the server's features alone (none, aws, azure, gcp, wasm, postgres, database, pki)"
 # The cloud adapters, the WASM host and the PostgreSQL store are features;
 # each must build alone,
 # without warnings, so a deployment can leave out what it does not use.
 # (Warnings are caught from the output: -D warnings in RUSTFLAGS would
 # rebuild every dependency.)
-for features in "" aws azure gcp wasm postgres database; do
+for features in "" aws azure gcp wasm postgres database pki; do
   out="$(cargo check --quiet -p keybridge-server --no-default-features ${features:+--features "$features"} 2>&1)" \
     || { echo "$out"; exit 1; }
   if grep -q '^warning' <<<"$out"; then

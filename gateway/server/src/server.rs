@@ -340,13 +340,19 @@ pub async fn run(
     fn plugin_runtime() -> Result<Option<Arc<dyn keybridge_core::plugins::PluginRuntime>>, Error> {
         Ok(None)
     }
-    #[cfg(feature = "database")]
+    /// The built-in engines this build has (features `database`, `pki`),
+    /// handed to the core as one `BuiltinEngines`.
+    #[allow(unused_mut, clippy::vec_init_then_push)]
     fn builtin_engines(config: &Config) -> Option<Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
-        Some(Arc::new(keybridge_engine_database::Builtins { allowed_hosts: config.allowed_endpoint_hosts.clone() }))
-    }
-    #[cfg(not(feature = "database"))]
-    fn builtin_engines(_config: &Config) -> Option<Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
-        None
+        let mut all: Vec<Arc<dyn keybridge_core::plugins::BuiltinEngines>> = Vec::new();
+        #[cfg(feature = "database")]
+        all.push(Arc::new(keybridge_engine_database::Builtins {
+            allowed_hosts: config.allowed_endpoint_hosts.clone(),
+        }));
+        #[cfg(feature = "pki")]
+        all.push(Arc::new(keybridge_engine_pki::Builtins));
+        let _ = config;
+        Builtins::of(all)
     }
     let policy_check = match &config.policy_check_rego {
         Some(path) => {
@@ -672,6 +678,52 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Several built-in engines as the core's one `BuiltinEngines`: each mount
+/// type goes to the engine that serves it.
+struct Builtins(Vec<Arc<dyn keybridge_core::plugins::BuiltinEngines>>);
+
+impl Builtins {
+    /// `None` when the build has no built-in engine.
+    fn of(
+        all: Vec<Arc<dyn keybridge_core::plugins::BuiltinEngines>>,
+    ) -> Option<Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
+        if all.is_empty() { None } else { Some(Arc::new(Builtins(all))) }
+    }
+
+    fn serving(&self, kind: &str) -> Option<&Arc<dyn keybridge_core::plugins::BuiltinEngines>> {
+        self.0.iter().find(|b| b.kinds().contains(&kind))
+    }
+}
+
+#[async_trait::async_trait]
+impl keybridge_core::plugins::BuiltinEngines for Builtins {
+    fn kinds(&self) -> Vec<&'static str> {
+        self.0.iter().flat_map(|b| b.kinds()).collect()
+    }
+
+    fn validate(&self, kind: &str, config: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+        match self.serving(kind) {
+            Some(b) => b.validate(kind, config),
+            None => Err(format!("no built-in engine serves mount type {kind:?}")),
+        }
+    }
+
+    async fn open(
+        &self,
+        kind: &str,
+        config: &std::collections::BTreeMap<String, String>,
+        storage: Arc<dyn keybridge_core::plugins::EngineStorage>,
+        passwords: Arc<dyn keybridge_core::plugins::PasswordPolicies>,
+    ) -> Result<Arc<dyn keybridge_core::plugins::PluginEngine>, keybridge_core::plugins::EngineError> {
+        match self.serving(kind) {
+            Some(b) => b.open(kind, config, storage, passwords).await,
+            None => Err(keybridge_core::plugins::EngineError::Unsupported(format!(
+                "no built-in engine serves mount type {kind:?}"
+            ))),
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, registered at once: a signal that arrives before

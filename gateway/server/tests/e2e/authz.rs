@@ -48,6 +48,8 @@ struct Fx {
     audit_dir: String,
     /// The database engine's PostgreSQL, kept running for the calls.
     _pg: keybridge_testservers::postgres::Postgres,
+    /// A certificate the PKI engine at pki/ issued.
+    pki_serial: String,
 }
 
 type Reply = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
@@ -707,6 +709,70 @@ fn rows() -> Vec<Row> {
                 ..Default::default()
             }),
         ),
+        // ----- Logical (the built-in pki engine at pki/)
+        row(
+            "Logical.Write",
+            ("`<mount>/<path>`", "`create` (new, on paths with an existence check) or `update`"),
+            &[("pki/issue/r", "update")],
+            call!(logical_client::LogicalClient, write, |_fx| pb::LogicalRequest {
+                path: "pki/issue/r".into(),
+                data: kv(&[("common_name", "b.app.internal")])
+            }),
+        ),
+        row(
+            "Logical.Write",
+            ("`<mount>/<path>`", "`create` (new, on paths with an existence check) or `update`"),
+            &[("pki/roles/new", "create")],
+            call!(logical_client::LogicalClient, write, |_fx| pb::LogicalRequest {
+                path: "pki/roles/new".into(),
+                data: kv(&[("allowed_domains", "app.internal"), ("allow_subdomains", "true")])
+            }),
+        ),
+        row(
+            "Logical.Write",
+            ("`<mount>/<path>`", "`create` (new, on paths with an existence check) or `update`"),
+            &[("pki/revoke", "update")],
+            call!(logical_client::LogicalClient, write, |fx| pb::LogicalRequest {
+                path: "pki/revoke".into(),
+                data: kv(&[("serial_number", fx.pki_serial.as_str())])
+            }),
+        ),
+        row(
+            "Logical.Read",
+            ("`<mount>/<path>`", "`read`"),
+            &[("pki/ca/pem", "read")],
+            call!(logical_client::LogicalClient, read, |_fx| pb::LogicalRequest {
+                path: "pki/ca/pem".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.Read",
+            ("`<mount>/<path>`", "`read`"),
+            &[("pki/crl", "read")],
+            call!(logical_client::LogicalClient, read, |_fx| pb::LogicalRequest {
+                path: "pki/crl".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.List",
+            ("`<mount>/<path>`", "`list`"),
+            &[("pki/certs", "list")],
+            call!(logical_client::LogicalClient, list, |_fx| pb::LogicalRequest {
+                path: "pki/certs".into(),
+                ..Default::default()
+            }),
+        ),
+        row(
+            "Logical.Delete",
+            ("`<mount>/<path>`", "`delete`"),
+            &[("pki/roles/gone", "delete")],
+            call!(logical_client::LogicalClient, delete, |_fx| pb::LogicalRequest {
+                path: "pki/roles/gone".into(),
+                ..Default::default()
+            }),
+        ),
         // ----- Logical (password policies, served by the core)
         row(
             "Logical.Write",
@@ -1262,6 +1328,13 @@ async fn fixtures(s: &Server, moto_url: &str, dir: &std::path::Path) -> Fx {
             "creation_statements=CREATE ROLE \"{{name}}\" LOGIN;",
         ]);
     }
+    // The PKI engine at pki/: a root, roles r and gone, one certificate.
+    ok(&["mount", "enable", "--type", "pki", "pki/"]);
+    ok(&["write", "pki/root/generate/internal", "common_name=Authz Root"]);
+    for r in ["r", "gone"] {
+        ok(&["write", &format!("pki/roles/{r}"), "allowed_domains=app.internal", "allow_subdomains=true"]);
+    }
+    let pki_cert = json(&ok(&["write", "pki/issue/r", "common_name=a.app.internal", "-o", "json"]));
     // Password policies pw1 and pw-gone.
     let pw = dir.join("pw.hcl");
     std::fs::write(&pw, PASSWORD_POLICY).unwrap();
@@ -1297,6 +1370,7 @@ async fn fixtures(s: &Server, moto_url: &str, dir: &std::path::Path) -> Fx {
         moto_url: moto_url.to_string(),
         audit_dir,
         _pg: pg,
+        pki_serial: pki_cert["data"]["serial_number"].as_str().unwrap().to_string(),
     }
 }
 

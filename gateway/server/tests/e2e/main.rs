@@ -12,6 +12,7 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod login;
+mod pki;
 mod plugins;
 mod postgres;
 mod python;

@@ -1,0 +1,300 @@
+//! The built-in PKI engine end to end, through the CLI: a root at pki/, an
+//! intermediate at pki_int/ that the root signs, a role, a certificate
+//! for api.app.internal checked by OpenSSL and by rustls-webpki, used in a
+//! real TLS handshake, revoked (and found in the CRL by OpenSSL and
+//! webpki); a CSR made by `openssl req` signed; a name outside the role
+//! refused.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+
+use crate::harness::{Server, blocking, json, stderr};
+
+/// The DER of each PEM block in `pem`.
+fn ders(pem: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut b64 = String::new();
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN") {
+            b64.clear();
+        } else if line.starts_with("-----END") {
+            out.push(base64::engine::general_purpose::STANDARD.decode(&b64).unwrap());
+        } else {
+            b64.push_str(line.trim());
+        }
+    }
+    out
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    ders(pem).remove(0)
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let o = blocking(|| Command::new("openssl").current_dir(dir).args(args).output().unwrap());
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// rustls-webpki's verdict on `leaf` (with `intermediates`) for `name`,
+/// trusting `root`, with `crls` checked.
+fn webpki_verdict(root: &str, intermediates: &[&str], leaf: &str, name: &str, crls: &[Vec<u8>]) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(der(root))).unwrap();
+    let mut builder = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider());
+    if !crls.is_empty() {
+        // The intermediate's CRL: the leaf's status is checked (the
+        // intermediate's would need the root's CRL).
+        builder = builder
+            .with_crls(crls.iter().map(|c| CertificateRevocationListDer::from(c.clone())))
+            .only_check_end_entity_revocation();
+    }
+    let verifier = builder.build().unwrap();
+    let inter: Vec<CertificateDer<'static>> = intermediates.iter().map(|p| CertificateDer::from(der(p))).collect();
+    rustls::client::danger::ServerCertVerifier::verify_server_cert(
+        verifier.as_ref(),
+        &CertificateDer::from(der(leaf)),
+        &inter,
+        &ServerName::try_from(name.to_string()).unwrap(),
+        &[],
+        UnixTime::now(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// A TLS handshake between a tokio-rustls server presenting `chain` with
+/// `key` and a client trusting only `root`, asking for `name`; the bytes
+/// exchanged, or the client's error.
+async fn handshake(root: &str, chain: &[&str], key: &str, name: &str) -> Result<Vec<u8>, String> {
+    let certs: Vec<CertificateDer<'static>> = chain.iter().map(|p| CertificateDer::from(der(p))).collect();
+    let key = PrivateKeyDer::Pkcs8(der(key).into());
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let served = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+        let mut buf = [0u8; 5];
+        if tls.read_exact(&mut buf).await.is_ok() && &buf == b"ping!" {
+            let _ = tls.write_all(b"pong!").await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(der(root))).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let got = async {
+        let mut tls =
+            connector.connect(ServerName::try_from(name.to_string()).unwrap(), tcp).await.map_err(|e| e.to_string())?;
+        tls.write_all(b"ping!").await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 5];
+        tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        Ok(buf)
+    }
+    .await;
+    let _ = served.await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_level_chain_issues_verifies_serves_tls_revokes_and_signs_csrs() {
+    let s = Server::dev();
+    let t = Some("root-e2e");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    let file = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        format!("@{}", p.display())
+    };
+
+    // The root at pki/, the intermediate at pki_int/.
+    ok(&["mount", "enable", "--type", "pki", "pki/"]);
+    ok(&["mount", "enable", "--type", "pki", "pki_int/"]);
+    let root = json(&ok(&[
+        "write",
+        "pki/root/generate/internal",
+        "common_name=Keybridge Root CA",
+        "ttl=87600h",
+        "-o",
+        "json",
+    ]));
+    let root_pem = root["data"]["certificate"].as_str().unwrap().to_string();
+    assert!(root["data"].get("private_key").is_none(), "internal: the key stays");
+    ok(&[
+        "write",
+        "pki/config/urls",
+        "issuing_certificates=http://127.0.0.1:8200/v1/pki/ca",
+        "crl_distribution_points=http://127.0.0.1:8200/v1/pki/crl",
+    ]);
+    let csr = json(&ok(&[
+        "write",
+        "pki_int/intermediate/generate/internal",
+        "common_name=Keybridge Intermediate CA",
+        "-o",
+        "json",
+    ]));
+    let csr_arg = file("int.csr", csr["data"]["csr"].as_str().unwrap());
+    let signed =
+        json(&ok(&["write", "pki/root/sign-intermediate", &format!("csr={csr_arg}"), "ttl=43800h", "-o", "json"]));
+    let int_pem = signed["data"]["certificate"].as_str().unwrap().to_string();
+    let bundle = format!("{int_pem}{}", signed["data"]["ca_chain"].as_str().unwrap());
+    let bundle_arg = file("int-bundle.pem", &bundle);
+    ok(&["write", "pki_int/intermediate/set-signed", &format!("certificate={bundle_arg}")]);
+    ok(&["write", "pki_int/roles/app", "allowed_domains=app.internal", "allow_subdomains=true", "max_ttl=72h"]);
+
+    // A certificate for api.app.internal.
+    let leaf = json(&ok(&["write", "pki_int/issue/app", "common_name=api.app.internal", "ttl=24h", "-o", "json"]));
+    let data = &leaf["data"];
+    let leaf_pem = data["certificate"].as_str().unwrap().to_string();
+    let key_pem = data["private_key"].as_str().unwrap().to_string();
+    let serial = data["serial_number"].as_str().unwrap().to_string();
+    assert_eq!(data["private_key_type"], "ec", "{leaf}");
+    assert_eq!(data["issuing_ca"].as_str().unwrap(), int_pem);
+    assert_eq!(data["ca_chain"].as_str().unwrap(), format!("{int_pem}{root_pem}"));
+    assert_eq!(serial.len(), 59, "20 bytes, colon-separated: {serial}");
+    assert!(serial.bytes().all(|b| b == b':' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{serial}");
+    let expiration: i64 = data["expiration"].as_str().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((expiration - now - 24 * 3600).abs() < 60, "{expiration}");
+    file("root.pem", &root_pem);
+    file("int.pem", &int_pem);
+    file("leaf.pem", &leaf_pem);
+
+    // OpenSSL builds and checks the chain.
+    let (good, out) = openssl(d, &["verify", "-CAfile", "root.pem", "-untrusted", "int.pem", "leaf.pem"]);
+    assert!(good && out.contains("leaf.pem: OK"), "{out}");
+    let (good, out) = openssl(d, &["verify", "-CAfile", "root.pem", "leaf.pem"]);
+    assert!(!good, "not without the intermediate: {out}");
+    let (_, text) = openssl(d, &["x509", "-in", "leaf.pem", "-noout", "-text"]);
+    assert!(text.contains("DNS:api.app.internal"), "{text}");
+    let (_, text) = openssl(d, &["x509", "-in", "int.pem", "-noout", "-text"]);
+    assert!(text.contains("CA Issuers - URI:http://127.0.0.1:8200/v1/pki/ca"), "{text}");
+    assert!(text.contains("URI:http://127.0.0.1:8200/v1/pki/crl"), "{text}");
+    // So does rustls-webpki, for the name and no other.
+    webpki_verdict(&root_pem, &[&int_pem], &leaf_pem, "api.app.internal", &[]).unwrap();
+    let e = webpki_verdict(&root_pem, &[&int_pem], &leaf_pem, "evil.com", &[]).unwrap_err();
+    assert!(e.contains("NotValidForName") || e.contains("not valid for"), "{e}");
+    // A real handshake, the server presenting leaf and intermediate.
+    let got = handshake(&root_pem, &[&leaf_pem, &int_pem], &key_pem, "api.app.internal").await.unwrap();
+    assert_eq!(got, b"pong!");
+    let e = handshake(&root_pem, &[&leaf_pem, &int_pem], &key_pem, "other.app.internal").await.unwrap_err();
+    assert!(e.contains("not valid for") || e.contains("NotValidForName"), "{e}");
+
+    // Names outside the role are refused, and nothing is issued.
+    let o = s.cli(t, &["write", "pki_int/issue/app", "common_name=evil.com"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("common name evil.com is not allowed by this role"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.cli(t, &["write", "pki_int/issue/app", "common_name=api.app.internal", "alt_names=evil.com"]);
+    assert!(!o.status.success() && stderr(&o).contains("evil.com is not allowed"), "{}", stderr(&o));
+
+    // A CSR from `openssl req`, signed under the role.
+    let (good, out) = openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "svc.key",
+            "-out",
+            "svc.csr",
+            "-subj",
+            "/CN=svc.app.internal",
+            "-addext",
+            "subjectAltName=DNS:svc.app.internal,DNS:svc2.app.internal",
+        ],
+    );
+    assert!(good, "{out}");
+    let svc = json(&ok(&["write", "pki_int/sign/app", &format!("csr=@{}", d.join("svc.csr").display()), "-o", "json"]));
+    assert!(svc["data"].get("private_key").is_none());
+    file("svc.pem", svc["data"]["certificate"].as_str().unwrap());
+    let (good, out) = openssl(d, &["verify", "-CAfile", "root.pem", "-untrusted", "int.pem", "svc.pem"]);
+    assert!(good && out.contains("svc.pem: OK"), "{out}");
+    let (_, text) = openssl(d, &["x509", "-in", "svc.pem", "-noout", "-text"]);
+    assert!(text.contains("DNS:svc2.app.internal"), "{text}");
+    // The key in the certificate is the CSR's.
+    let (_, from_cert) = openssl(d, &["x509", "-in", "svc.pem", "-noout", "-pubkey"]);
+    let (_, from_key) = openssl(d, &["pkey", "-in", "svc.key", "-pubout"]);
+    assert_eq!(from_cert, from_key);
+    // A CSR for a name outside the role is refused.
+    let (good, out) = openssl(d, &["req", "-new", "-key", "svc.key", "-out", "evil.csr", "-subj", "/CN=evil.com"]);
+    assert!(good, "{out}");
+    let o = s.cli(t, &["write", "pki_int/sign/app", &format!("csr=@{}", d.join("evil.csr").display())]);
+    assert!(!o.status.success() && stderr(&o).contains("evil.com is not allowed"), "{}", stderr(&o));
+
+    // Revoked: the CRL (rebuilt, its number up) lists it for OpenSSL and
+    // for webpki.
+    let before = json(&ok(&["read", "pki_int/crl", "-o", "json"]));
+    let revoked = json(&ok(&["write", "pki_int/revoke", &format!("serial_number={serial}"), "-o", "json"]));
+    assert_eq!(revoked["data"]["state"], "revoked", "{revoked}");
+    let crl = json(&ok(&["read", "pki_int/crl", "-o", "json"]));
+    let number = |v: &serde_json::Value| v["data"]["crl_number"].as_str().unwrap().parse::<u64>().unwrap();
+    assert!(number(&crl) > number(&before), "{crl}");
+    let crl_der = base64::engine::general_purpose::STANDARD.decode(crl["data"]["crl"].as_str().unwrap()).unwrap();
+    std::fs::write(d.join("crl.der"), &crl_der).unwrap();
+    let (good, text) = openssl(d, &["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text"]);
+    assert!(good, "{text}");
+    let hex = serial.replace(':', "").to_uppercase();
+    assert!(text.contains(&format!("Serial Number: {hex}")), "{hex} not in:\n{text}");
+    assert!(text.contains("Keybridge Intermediate CA"), "{text}");
+    let crl_pem = json(&ok(&["read", "pki_int/crl/pem", "-o", "json"]));
+    assert_eq!(der(crl_pem["data"]["crl"].as_str().unwrap()), crl_der);
+    let e = webpki_verdict(&root_pem, &[&int_pem], &leaf_pem, "api.app.internal", std::slice::from_ref(&crl_der))
+        .unwrap_err();
+    assert!(e.to_lowercase().contains("revoked"), "{e}");
+    let svc_pem = svc["data"]["certificate"].as_str().unwrap();
+    webpki_verdict(&root_pem, &[&int_pem], svc_pem, "svc.app.internal", std::slice::from_ref(&crl_der)).unwrap();
+    file("crl.pem", crl_pem["data"]["crl"].as_str().unwrap());
+    let (good, out) = openssl(
+        d,
+        &["verify", "-crl_check", "-CAfile", "root.pem", "-untrusted", "int.pem", "-CRLfile", "crl.pem", "leaf.pem"],
+    );
+    assert!(!good && out.contains("certificate revoked"), "{out}");
+    let (good, out) = openssl(
+        d,
+        &["verify", "-crl_check", "-CAfile", "root.pem", "-untrusted", "int.pem", "-CRLfile", "crl.pem", "svc.pem"],
+    );
+    assert!(good, "another certificate of the CA is not revoked: {out}");
+    // The stored certificate says when.
+    let read = json(&ok(&["read", &format!("pki_int/cert/{serial}"), "-o", "json"]));
+    assert_ne!(read["data"]["revocation_time"], "0", "{read}");
+    let listed = json(&ok(&["list", "pki_int/certs", "-o", "json"]));
+    assert!(listed["data"]["keys"].as_str().unwrap().contains(&serial), "{listed}");
+}
