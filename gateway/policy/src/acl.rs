@@ -58,10 +58,12 @@ fn merge_into(into: &mut ParamMap, from: &ParamMap) {
     }
 }
 
-/// How the engine behind a path reads a parameter. Constraints are checked
-/// on the value the engine will use, not on the string the caller sent: a
-/// denied `768h` is denied as `32d` too, a denied `true` as `1`, and every
-/// item of a comma-separated list is checked on its own.
+/// How the engine behind a path reads a parameter. Denied values are
+/// checked on the value the engine will use, not only on the string the
+/// caller sent: a denied `768h` is denied as `32d` too, a denied `true` as
+/// `1`. Allowed values are matched as the strings sent, as Vault matches
+/// them (an allowed `24h` admits no `1440m`). Every item of a
+/// comma-separated list is checked on its own, both ways.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ValueKind {
     #[default]
@@ -110,6 +112,15 @@ impl ValueKind {
             }
             ValueKind::Text => vec![v.to_string()],
             k => vec![k.canonical(v).unwrap_or_else(|| v.trim().to_string())],
+        }
+    }
+
+    /// The items as sent, for allowed values: a list's items, anything
+    /// else the whole string.
+    fn sent_items(self, v: &str) -> Vec<String> {
+        match self {
+            ValueKind::List => ValueKind::List.items(v),
+            _ => vec![v.to_string()],
         }
     }
 
@@ -295,6 +306,12 @@ impl Acl {
         }
         let params: Vec<(String, Vec<String>, ValueKind)> =
             req.parameters.iter().map(|p| (p.name.to_lowercase(), p.kind.items(p.value), p.kind)).collect();
+        // Allowed values are matched as the strings sent, as Vault matches
+        // them (`1440m` is not an allowed `24h`); denied ones by the value
+        // the engine reads too (a denied `768h` is denied as `32d`). Both
+        // are at least as strict as Vault, and comma lists item by item.
+        let sent: Vec<(String, Vec<String>)> =
+            req.parameters.iter().map(|p| (p.name.to_lowercase(), p.kind.sent_items(p.value))).collect();
         for r in &rule.required {
             if !params.iter().any(|(k, _, _)| k == r) {
                 return denied(&format!(" without the required parameter {r:?}"));
@@ -317,11 +334,11 @@ impl Acl {
             if allow_all && allowed.len() == 1 {
                 return Decision::Allowed;
             }
-            for (k, items, kind) in &params {
+            for (k, items) in &sent {
                 match allowed.get(k) {
                     None if !allow_all => return denied(&format!(" with parameter {k:?}")),
                     None => {}
-                    Some(list) if !items.iter().all(|i| value_in(list, *kind, i)) => {
+                    Some(list) if !items.iter().all(|i| list.is_empty() || list.iter().any(|a| value_matches(a, i))) => {
                         return denied(&format!(" with parameter {k:?} set to that value"));
                     }
                     Some(_) => {}
@@ -540,6 +557,26 @@ path "eng/none" {
         assert!(!ask_typed(&acl, "pki/issue/app", &[flag("1")]), "1 is true to the engine");
         // Untyped parameters compare as text, as before.
         assert!(ask_typed(&acl, "pki/issue/app", &[Param::text("ttl", "32d")]));
+    }
+
+    #[test]
+    fn allowed_values_match_as_sent_as_in_vault() {
+        let p = parse_policy(
+            "origin",
+            r#"path "pki/issue/app-tls" {
+  capabilities = ["update"]
+  allowed_parameters = { "common_name" = ["*.app.internal"], "ttl" = ["24h"], "alt_names" = ["*.app.internal"] }
+}"#,
+        )
+        .unwrap();
+        let acl = Acl::new(&[p]);
+        let ttl = |v| Param { name: "ttl", value: v, kind: ValueKind::Duration };
+        let list = |v| Param { name: "alt_names", value: v, kind: ValueKind::List };
+        assert!(ask_typed(&acl, "pki/issue/app-tls", &[ttl("24h")]));
+        assert!(!ask_typed(&acl, "pki/issue/app-tls", &[ttl("1440m")]), "the same duration, another string");
+        assert!(!ask_typed(&acl, "pki/issue/app-tls", &[ttl("86400")]));
+        assert!(ask_typed(&acl, "pki/issue/app-tls", &[list("a.app.internal,b.app.internal")]));
+        assert!(!ask_typed(&acl, "pki/issue/app-tls", &[list("evil.com,web.app.internal")]), "item by item");
     }
 
     #[test]

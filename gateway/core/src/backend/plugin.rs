@@ -110,13 +110,18 @@ impl Core {
             Operation::Delete => Capability::Delete,
             Operation::List => Capability::List,
         };
-        // The policy's parameter constraints see what the engine will get:
-        // the caller's parameters as coerced (a duration in seconds, a
-        // boolean as true/false), each item of a list on its own.
+        // The policy's parameter constraints get the values as sent, with
+        // the kind the engine reads them as: allowed values match the
+        // strings sent (as Vault), denied ones also what the engine will
+        // get (a duration in seconds, a boolean as true/false); each item
+        // of a list on its own.
         let typed: Vec<keybridge_policy::Param<'_>> = data
-            .keys()
-            .filter_map(|k| {
-                let value = req.params.get(k)?;
+            .iter()
+            .filter_map(|(k, sent)| {
+                let got = req.params.get(k)?;
+                // A path capture wins over a parameter of its name: the
+                // value checked is the one the engine gets.
+                let value = if m.captures.iter().any(|(c, _)| c == k) { got } else { sent.as_str() };
                 let kind =
                     m.info.fields.iter().find(|f| &f.name == k).map_or(Default::default(), |f| f.kind.value_kind());
                 Some(keybridge_policy::Param { name: k, value, kind })

@@ -298,3 +298,71 @@ async fn a_two_level_chain_issues_verifies_serves_tls_revokes_and_signs_csrs() {
     let listed = json(&ok(&["list", "pki_int/certs", "-o", "json"]));
     assert!(listed["data"]["keys"].as_str().unwrap().contains(&serial), "{listed}");
 }
+
+/// The origin document's PKI rule: `pki/issue/app-tls` with
+/// `allowed_parameters` (`common_name = ["*.app.internal"]`, `ttl =
+/// ["24h"]`). Issuing is a write to a path without an existence check, so
+/// it takes `update` (the document's `["create", "read"]` grants none, as
+/// in Vault; `policy lint` says so). Values are matched as strings, as
+/// Vault does: `1440m` is not `24h`. A comma list is checked item by item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_documents_policy_constrains_issuing() {
+    let s = Server::dev();
+    let root = Some("root-e2e");
+    let ok = |t: Option<&str>, args: &[&str]| {
+        let o = s.cli(t, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(root, &["mount", "enable", "--type", "pki", "pki/"]);
+    ok(root, &["write", "pki/root/generate/internal", "common_name=Origin Root", "ttl=8760h"]);
+    ok(root, &["write", "pki/roles/app-tls", "allowed_domains=app.internal", "allow_subdomains=true", "max_ttl=72h"]);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |name: &str, caps: &str, extra: &str| {
+        let text = format!(
+            "path \"pki/issue/app-tls\" {{\n  capabilities = {caps}\n  allowed_parameters = {{\n    \"common_name\" = [\"*.app.internal\"]\n    \"ttl\" = [\"24h\"]\n{extra}  }}\n}}\n"
+        );
+        let file = dir.path().join(format!("{name}.hcl"));
+        std::fs::write(&file, text).unwrap();
+        ok(root, &["policy", "write", name, file.to_str().unwrap()]);
+        let t = json(&ok(root, &["token", "create", "--policy", name, "-o", "json"]));
+        t["token"].as_str().or(t["client_token"].as_str()).unwrap().to_string()
+    };
+    let as_written = policy("origin", "[\"create\", \"read\"]", "");
+    let fixed = policy("origin-update", "[\"update\"]", "");
+    let with_alt = policy("origin-alt", "[\"update\"]", "    \"alt_names\" = [\"*.app.internal\"]\n");
+
+    let issue = |t: &str, params: &[&str]| {
+        let mut args = vec!["write", "pki/issue/app-tls"];
+        args.extend_from_slice(params);
+        s.cli(Some(t), &args)
+    };
+    let denied = |o: &std::process::Output| !o.status.success() && stderr(o).to_lowercase().contains("denied");
+
+    // As written: no write is granted.
+    let o = issue(&as_written, &["common_name=api.app.internal", "ttl=24h"]);
+    assert!(denied(&o), "{}", stderr(&o));
+
+    // With update: the allowed values issue, anything else is refused.
+    let o = issue(&fixed, &["common_name=api.app.internal", "ttl=24h", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cert = json(&o);
+    assert!(cert["data"]["certificate"].as_str().unwrap().contains("BEGIN CERTIFICATE"), "{cert}");
+    for params in [
+        &["common_name=evil.com", "ttl=24h"][..],
+        &["common_name=api.app.internal", "ttl=48h"],
+        &["common_name=api.app.internal", "ttl=1440m"],
+        &["common_name=api.app.internal", "ttl=24h", "alt_names=web.app.internal"],
+    ] {
+        let o = issue(&fixed, params);
+        assert!(denied(&o), "{params:?}: {}", stderr(&o));
+    }
+
+    // alt_names allowed too: each item must match, not the whole string
+    // (`evil.com,web.app.internal` ends in `.app.internal`).
+    let o = issue(&with_alt, &["common_name=api.app.internal", "ttl=24h", "alt_names=evil.com,web.app.internal"]);
+    assert!(denied(&o), "{}", stderr(&o));
+    let o =
+        issue(&with_alt, &["common_name=api.app.internal", "ttl=24h", "alt_names=web.app.internal,db.app.internal"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
