@@ -15,6 +15,7 @@ use crate::value::Obj;
 pub mod auth;
 pub mod database;
 pub mod mount;
+pub mod pki;
 pub mod plugin;
 pub mod policy;
 pub mod rule;
@@ -138,6 +139,8 @@ pub fn resources() -> Vec<Box<dyn Resource>> {
         Box::new(database::Connection),
         Box::new(database::Role),
         Box::new(database::StaticRole),
+        Box::new(pki::RootCert),
+        Box::new(pki::Role),
         Box::new(mount::Mount),
         Box::new(policy::Policy),
         Box::new(secret::Secret),

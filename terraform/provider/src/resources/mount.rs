@@ -39,7 +39,7 @@ impl Resource for Mount {
                           WASM engine (plugin), at a path such as `secret`.",
             attrs: vec![
                 attr("path", Ty::Str, Mode::Required, "Where the mount is (`secret`, `aws-prod`). Changing it replaces the mount (and its local data)."),
-                attr("type", Ty::Str, Mode::Required, "`local`, `aws`, `azure`, `gcp` or `plugin`. Changing it replaces the mount."),
+                attr("type", Ty::Str, Mode::Required, "`local`, `aws`, `azure`, `gcp`, `plugin`, or a built-in engine (`database`, `pki`). Changing it replaces the mount."),
                 attr("description", Ty::Str, Mode::Optional, "A description."),
                 attr("config", Ty::MapStr, Mode::Optional, "Settings that are not credentials (region, endpoint, prefix, plugin, ...)."),
                 attr("config_sensitive", Ty::MapStr, Mode::Optional, "Credential settings (secret_access_key, session_token, client_secret). Stored in state (sensitive).")
