@@ -8,7 +8,10 @@
 //! The value grows with the revoked certificates not yet tidied (about 170
 //! bytes each: the entry, and its part of the CRL in base64); a revocation
 //! that would take it past [`MAX_REVOKED`] entries is refused with a
-//! message that says to run `tidy` (which drops the expired ones). At the
+//! message that says to run `tidy` (which drops the expired ones); the
+//! periodic pass may put back accepted revocations past it, and drops
+//! entries once a CRL signed after their certificate's expiry listed
+//! them. At the
 //! bound the value is about 870 KB (under [`MAX_VALUE_BYTES`], which is
 //! checked before every write) and the CRL itself about 200 KB.
 
@@ -72,6 +75,30 @@ impl CrlState {
         }
         self.revoked.push(entry);
         Ok(())
+    }
+
+    /// Puts back an entry accepted already (stored on its own under
+    /// `revoked/`), past [`MAX_REVOKED`] if need be: refusing it would
+    /// leave the CRL without a revocation that was confirmed. The byte
+    /// bound ([`MAX_VALUE_BYTES`]) still applies when the value is written.
+    pub fn restore(&mut self, entry: Revoked) {
+        self.revoked.push(entry);
+    }
+
+    /// Drops the entries whose certificate expired before this CRL was
+    /// signed (each was listed at least once after its expiry, as RFC 5280
+    /// asks) and returns their serials.
+    pub fn drop_expired(&mut self) -> Vec<String> {
+        let listed_at = self.this_update;
+        let mut gone = Vec::new();
+        self.revoked.retain(|r| {
+            let keep = r.not_after >= listed_at;
+            if !keep {
+                gone.push(r.serial.clone());
+            }
+            keep
+        });
+        gone
     }
 
     /// Signs a new CRL (the next number) of the entries, valid `expiry`

@@ -6,11 +6,13 @@
 //! only, encoded to PKCS#8), on a blocking thread, at most
 //! [`RSA_AT_ONCE`] at a time; every signature, RSA included, is ring's.
 
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use keybridge_core::plugins::EngineError;
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 /// Key types, as Vault names them (`any`: a role's `sign` takes any
@@ -45,7 +47,11 @@ pub const DEFAULT_KEY_TYPE: KeyType = KeyType::Ec;
 /// [`RSA_WAIT`]) rather than take every core.
 pub const RSA_AT_ONCE: usize = 2;
 const RSA_WAIT: Duration = Duration::from_secs(60);
-static RSA_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(RSA_AT_ONCE);
+/// The slots: a permit is moved into the blocking generation and released
+/// when the generation ends, not when the request's future is dropped (a
+/// client giving up would otherwise leave its generation running outside
+/// the bound).
+static RSA_SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(RSA_AT_ONCE)));
 
 /// Reads `key_type` and `key_bits` (0: the type's default) into a checked
 /// pair: rsa 2048, 3072 or 4096 (default 2048); ec 256 or 384 (default
@@ -104,8 +110,14 @@ pub async fn generate(kt: KeyType, bits: u32) -> Result<(Key, Zeroizing<String>)
 
 /// An RSA key in PKCS#8 DER, generated on a blocking thread.
 async fn generate_rsa(bits: u32) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+    generate_rsa_in(&RSA_SLOTS, bits).await
+}
+
+/// [`generate_rsa`] with its slots given: waits up to [`RSA_WAIT`] for a
+/// permit, which the blocking generation holds until it ends.
+async fn generate_rsa_in(slots: &Arc<Semaphore>, bits: u32) -> Result<Zeroizing<Vec<u8>>, EngineError> {
     let bits = usize::try_from(bits).map_err(|_| EngineError::InvalidInput("key_bits is too large".into()))?;
-    let _slot = tokio::time::timeout(RSA_WAIT, RSA_SLOTS.acquire())
+    let slot = tokio::time::timeout(RSA_WAIT, slots.clone().acquire_owned())
         .await
         .map_err(|_| {
             EngineError::Unavailable(format!(
@@ -115,6 +127,8 @@ async fn generate_rsa(bits: u32) -> Result<Zeroizing<Vec<u8>>, EngineError> {
         .map_err(|_| EngineError::Unavailable("RSA key generation is shutting down".into()))?;
     tokio::task::spawn_blocking(move || {
         use rsa::pkcs8::EncodePrivateKey;
+        // Held until the generation ends, even if the request is dropped.
+        let _slot = slot;
         let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)
             .map_err(|e| EngineError::Internal(format!("generating an RSA key: {e}")))?;
         let doc = key.to_pkcs8_der().map_err(|e| EngineError::Internal(format!("encoding an RSA key: {e}")))?;
@@ -252,6 +266,22 @@ mod tests {
         assert!(check_against_role((KeyType::Rsa, 2048), (KeyType::Ec, 256)).unwrap_err().contains("type ec"));
         assert!(check_against_role((KeyType::Rsa, 1024), (KeyType::Any, 0)).unwrap_err().contains("under 2048"));
         assert!(check_against_role((KeyType::Ed25519, 0), (KeyType::Any, 0)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_rsa_generation_keeps_its_slot_until_it_ends() {
+        let slots = Arc::new(Semaphore::new(1));
+        // The request gives up (its future is dropped) while the key is
+        // being generated: the slot stays taken.
+        let abandoned = tokio::time::timeout(Duration::from_millis(1), generate_rsa_in(&slots, 2048)).await;
+        assert!(abandoned.is_err(), "an RSA-2048 key takes longer than a millisecond");
+        assert_eq!(slots.available_permits(), 0, "the running generation still holds its slot");
+        // A second request waits for it rather than starting alongside.
+        let start = std::time::Instant::now();
+        let key = generate_rsa_in(&slots, 2048).await.unwrap();
+        assert!(!key.is_empty());
+        assert_eq!(slots.available_permits(), 1, "released when the generation ends");
+        assert!(start.elapsed() < RSA_WAIT);
     }
 
     #[tokio::test]

@@ -54,6 +54,14 @@ pub const DEFAULT_TTL: u64 = 768 * 3600;
 pub const ROOT_TTL: u64 = 87_600 * 3600;
 /// An intermediate's TTL when `root/sign-intermediate` gives none: five years.
 pub const INTERMEDIATE_TTL: u64 = 43_800 * 3600;
+/// A certificate whose notAfter is at most this many seconds from now is
+/// treated as expired when revoked: it gets no CRL entry. A leased
+/// certificate's lease ends at its notAfter, and the revocation the lease
+/// worker makes then must not fill the CRL.
+const EXPIRY_SKEW: i64 = 60;
+/// `crl/rotate` re-signs the CRL at most this often (seconds); within it
+/// the call returns the current CRL unchanged.
+const ROTATE_MIN_INTERVAL: i64 = 60;
 /// The longest TTL anything takes (a hundred years).
 const MAX_ANY_TTL: u64 = 876_000 * 3600;
 /// The largest PEM input (a CSR, a bundle, a certificate).
@@ -144,6 +152,10 @@ impl Role {
 struct StoredCert {
     certificate: String,
     not_after: i64,
+    /// The serial (colon hex) of the CA certificate that issued it; absent
+    /// in certificates stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_serial: Option<String>,
 }
 
 pub struct PkiEngine {
@@ -520,7 +532,7 @@ fn info() -> EngineInfo {
             ),
             path("crl", "The CRL, DER in base64 (field crl)", &[Read], vec![], false),
             path("crl/pem", "The CRL, PEM (field crl)", &[Read], vec![], false),
-            path("crl/rotate", "Rebuilds the CRL now", &[Read], vec![], false),
+            path("crl/rotate", "Rebuilds the CRL now (at most once a minute)", &[Read], vec![], false),
             path(
                 "tidy",
                 "Removes expired certificates and expired revocation entries",
@@ -659,12 +671,18 @@ impl PkiEngine {
         self.put_json("ca", &stored).await?;
         self.delete("ca-pending").await?;
         self.put_crl(&state).await?;
-        self.store_cert(&ca.facts.serial, &ca.certificate, ca.facts.not_after).await?;
+        self.store_cert(&ca.facts.serial, &ca.certificate, ca.facts.not_after, &ca).await?;
         Ok(ca)
     }
 
-    async fn store_cert(&self, serial: &[u8], pem: &str, not_after: i64) -> Result<(), EngineError> {
-        self.put_json(&ca::cert_key(serial), &StoredCert { certificate: pem.to_string(), not_after }).await
+    /// Stores a certificate `ca` issued (or `ca`'s own), with `ca`'s serial.
+    async fn store_cert(&self, serial: &[u8], pem: &str, not_after: i64, ca: &Ca) -> Result<(), EngineError> {
+        let stored = StoredCert {
+            certificate: pem.to_string(),
+            not_after,
+            ca_serial: Some(ca::serial_string(&ca.facts.serial)),
+        };
+        self.put_json(&ca::cert_key(serial), &stored).await
     }
 
     // ----- CA ---------------------------------------------------------------------
@@ -740,25 +758,36 @@ impl PkiEngine {
 
     /// Puts every revocation stored on its own (`revoked/<serial>`) into
     /// the CRL; a revocation lost to another node's simultaneous rewrite
-    /// of `crl` comes back here. Returns whether the CRL was rebuilt.
+    /// of `crl` comes back here. These revocations were accepted already,
+    /// so they go back even past [`crl::MAX_REVOKED`] (two nodes revoking
+    /// at the limit at once); only the byte bound of `put_crl` applies. An
+    /// entry whose certificate has expired needs no CRL entry: its
+    /// `revoked/` key is dropped instead. Returns whether the CRL was
+    /// rebuilt.
     async fn reconcile_crl(&self, ctx: &CallContext, expiry: u64) -> Result<bool, EngineError> {
         let Some(mut state) = self.get_json::<CrlState>("crl").await? else { return Ok(false) };
+        let at = now();
         let mut missing = Vec::new();
         for k in self.storage.list("revoked/").await.map_err(store_err)? {
+            let key = format!("revoked/{k}");
             if state.find(&k.replace('-', ":")).is_none()
-                && let Some(r) = self.get_json::<Revoked>(&format!("revoked/{k}")).await?
+                && let Some(r) = self.get_json::<Revoked>(&key).await?
             {
-                missing.push(r);
+                if r.not_after <= at {
+                    self.delete(&key).await?;
+                } else {
+                    missing.push(r);
+                }
             }
         }
         if missing.is_empty() {
             return Ok(false);
         }
         for r in missing {
-            state.add(r)?;
+            state.restore(r);
         }
         let ca = self.ca(ctx).await?;
-        state.rebuild(&ca, now(), expiry)?;
+        state.rebuild(&ca, at, expiry)?;
         self.put_crl(&state).await?;
         Ok(true)
     }
@@ -907,6 +936,9 @@ impl PkiEngine {
     async fn sign_intermediate(&self, ctx: &CallContext, p: &Params) -> Result<EngineResponse, EngineError> {
         check_formats(p)?;
         let csr = ca::parse_csr(pem_param(p, "csr")?).map_err(bad)?;
+        // The same key check as sign/<role>: RSA under 2048 bits and
+        // unsupported curves are refused.
+        keys::check_against_role(csr.key, (KeyType::Any, 0)).map_err(bad)?;
         let use_csr = flag(p, "use_csr_values");
         let cn = match text(p, "common_name") {
             "" => csr.common_name.clone(),
@@ -960,7 +992,7 @@ impl PkiEngine {
         };
         let der = ca::sign(&spec, &csr.public_key, &ca)?;
         let certificate = ca::pem_encode("CERTIFICATE", &der);
-        self.store_cert(&serial, &certificate, end).await?;
+        self.store_cert(&serial, &certificate, end, &ca).await?;
         Ok(EngineResponse {
             data: Params(vec![
                 ("certificate".into(), certificate),
@@ -1092,7 +1124,7 @@ impl PkiEngine {
         let der = ca::sign(&spec, public_key, ca)?;
         let certificate = ca::pem_encode("CERTIFICATE", &der);
         if !role.no_store {
-            self.store_cert(&serial, &certificate, end).await?;
+            self.store_cert(&serial, &certificate, end, ca).await?;
         }
         let serial_text = ca::serial_string(&serial);
         let lease = role.generate_lease.then(|| {
@@ -1102,6 +1134,7 @@ impl PkiEngine {
                 internal: Params(vec![
                     ("serial_number".into(), serial_text.clone()),
                     ("not_after".into(), end.to_string()),
+                    ("ca_serial".into(), ca::serial_string(&ca.facts.serial)),
                 ]),
             }
         });
@@ -1197,8 +1230,8 @@ impl PkiEngine {
         let stored: StoredCert = self.get_json(&ca::cert_key(&bytes)).await?.ok_or_else(|| {
             EngineError::NotFound(format!("no stored certificate with serial {serial} (its role may say no_store)"))
         })?;
-        let state: CrlState = self.get_json("crl").await?.unwrap_or_default();
-        let revoked = state.find(&ca::serial_string(&bytes)).map(|r| r.revoked_at).unwrap_or(0);
+        // The revocation's own key: one small read, not the whole CRL value.
+        let revoked = self.get_json::<Revoked>(&revoked_key(&bytes)).await?.map(|r| r.revoked_at).unwrap_or(0);
         Ok(EngineResponse {
             data: Params(vec![
                 ("certificate".into(), stored.certificate.clone()),
@@ -1234,13 +1267,28 @@ impl PkiEngine {
         }
     }
 
+    /// Re-signs the CRL, unless the current one is under
+    /// [`ROTATE_MIN_INTERVAL`] old: this is a Read (as Vault's), and a
+    /// read-only token looping it must not rewrite storage each call.
     async fn rotate_crl(&self, ctx: &CallContext) -> Result<EngineResponse, EngineError> {
         let _w = self.writes.lock().await;
         let ca = self.ca(ctx).await?;
         let mut state: CrlState = self.get_json("crl").await?.unwrap_or_default();
-        state.rebuild(&ca, now(), self.crl_config().await?.expiry)?;
-        self.put_crl(&state).await?;
-        Ok(EngineResponse { data: Params(vec![("success".into(), "true".into())]), ..Default::default() })
+        let at = now();
+        let fresh = state.number > 0 && at.saturating_sub(state.this_update) < ROTATE_MIN_INTERVAL;
+        if !fresh {
+            state.rebuild(&ca, at, self.crl_config().await?.expiry)?;
+            self.put_crl(&state).await?;
+        }
+        Ok(EngineResponse {
+            data: Params(vec![
+                ("success".into(), "true".into()),
+                ("rebuilt".into(), (!fresh).to_string()),
+                ("crl_number".into(), state.number.to_string()),
+                ("this_update".into(), state.this_update.to_string()),
+            ]),
+            ..Default::default()
+        })
     }
 
     // ----- revocation -------------------------------------------------------------------
@@ -1267,7 +1315,7 @@ impl PkiEngine {
             }
             (Some(s), None) => (s, None),
         };
-        self.revoke_serial(ctx, &serial, known_not_after).await
+        self.revoke_serial(ctx, &serial, known_not_after, None).await
     }
 
     async fn revoke_serial(
@@ -1275,6 +1323,7 @@ impl PkiEngine {
         ctx: &CallContext,
         serial: &[u8],
         known_not_after: Option<i64>,
+        known_ca_serial: Option<String>,
     ) -> Result<EngineResponse, EngineError> {
         let serial_text = ca::serial_string(serial);
         let _w = self.writes.lock().await;
@@ -1284,21 +1333,35 @@ impl PkiEngine {
                 "that is this mount's own CA certificate; delete the CA (root) instead of revoking it here",
             ));
         }
-        let not_after = match self.get_json::<StoredCert>(&ca::cert_key(serial)).await? {
-            Some(c) => c.not_after,
-            None => known_not_after.ok_or_else(|| {
-                EngineError::NotFound(format!(
-                    "no stored certificate with serial {serial_text} (its role may say no_store): give certificate=@cert.pem to revoke it"
-                ))
-            })?,
+        let (not_after, issuer) = match self.get_json::<StoredCert>(&ca::cert_key(serial)).await? {
+            Some(c) => (c.not_after, c.ca_serial),
+            None => (
+                known_not_after.ok_or_else(|| {
+                    EngineError::NotFound(format!(
+                        "no stored certificate with serial {serial_text} (its role may say no_store): give certificate=@cert.pem to revoke it"
+                    ))
+                })?,
+                known_ca_serial,
+            ),
         };
+        // Only this CA's CRL is served: a certificate of a CA this mount had
+        // before cannot be listed on it (NotFound: a lease of one ends quietly).
+        let current = ca::serial_string(&ca.facts.serial);
+        if let Some(issuer) = issuer.filter(|i| *i != current) {
+            return Err(EngineError::NotFound(format!(
+                "certificate {serial_text} was issued by a previous CA of this mount (CA serial {issuer}), not the current one ({current}); the current CA's CRL cannot revoke it"
+            )));
+        }
         let mut state: CrlState = self.get_json("crl").await?.unwrap_or_default();
         let mut warnings = Vec::new();
         let at = now();
         let revoked_at = if let Some(r) = state.find(&serial_text) {
             r.revoked_at
-        } else if not_after < at {
-            warnings.push("the certificate has expired already; it is not added to the CRL".into());
+        } else if not_after <= at.saturating_add(EXPIRY_SKEW) {
+            // Expired (or about to, as when its lease ends at its notAfter):
+            // a CRL entry would protect nothing and only take a CRL slot.
+            warnings
+                .push("the certificate has expired (or expires within a minute); it is not added to the CRL".into());
             0
         } else {
             let entry = Revoked { serial: serial_text.clone(), revoked_at: at, not_after };
@@ -1559,9 +1622,11 @@ impl PluginEngine for PkiEngine {
         let serial = ca::parse_serial(lease.internal.get("serial_number").unwrap_or_default())
             .map_err(|e| EngineError::Internal(format!("the lease's serial number: {e}")))?;
         let not_after = lease.internal.get("not_after").and_then(|v| v.parse().ok());
-        match self.revoke_serial(ctx, &serial, not_after).await {
+        let ca_serial = lease.internal.get("ca_serial").map(str::to_string);
+        match self.revoke_serial(ctx, &serial, not_after, ca_serial).await {
             Ok(_) => Ok(()),
-            // The CA is gone (deleted): nothing is left to revoke against.
+            // The CA is gone (deleted), or the certificate is a previous
+            // CA's: nothing is left to revoke it against.
             Err(EngineError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -1571,23 +1636,37 @@ impl PluginEngine for PkiEngine {
         Err(EngineError::Unsupported(format!("{path}: the pki engine does not feed coordinated rotations")))
     }
 
-    /// Rebuilds the CRL before it runs out (within half its window, at most
-    /// 12 hours ahead), so a CRL is always current without a revocation.
+    /// Puts lost revocations back into the CRL, drops the entries of
+    /// certificates that expired (once a CRL signed after their expiry
+    /// listed them), and rebuilds the CRL before it runs out (within half
+    /// its window, at most 12 hours ahead), so a CRL is always current
+    /// without a revocation. A failed repair is logged and the refresh
+    /// still runs: the CRL must not run out.
     async fn periodic(&self, ctx: &CallContext) -> Result<(), EngineError> {
-        let Some(state) = self.get_json::<CrlState>("crl").await? else { return Ok(()) };
+        if self.storage.get("crl").await.map_err(store_err)?.is_none() {
+            return Ok(());
+        }
         let expiry = self.crl_config().await?.expiry;
         let grace = i64::try_from((expiry / 2).min(12 * 3600)).unwrap_or(0);
         let _w = self.writes.lock().await;
-        if self.reconcile_crl(ctx, expiry).await? || now().saturating_add(grace) < state.next_update {
-            return Ok(());
+        if let Err(e) = self.reconcile_crl(ctx, expiry).await {
+            tracing::warn!(mount = %ctx.mount_path, error = %e, "pki: putting lost revocations back into the CRL failed; refreshing the CRL without them");
         }
         let Some(mut state) = self.get_json::<CrlState>("crl").await? else { return Ok(()) };
-        if now().saturating_add(grace) < state.next_update {
+        let gone = state.drop_expired();
+        if gone.is_empty() && now().saturating_add(grace) < state.next_update {
             return Ok(());
         }
         let ca = self.ca(ctx).await?;
         state.rebuild(&ca, now(), expiry)?;
-        self.put_crl(&state).await
+        self.put_crl(&state).await?;
+        for serial in &gone {
+            self.delete(&format!("revoked/{}", serial.replace(':', "-"))).await?;
+        }
+        if !gone.is_empty() {
+            tracing::info!(mount = %ctx.mount_path, dropped = gone.len(), "pki: expired certificates dropped from the CRL");
+        }
+        Ok(())
     }
 }
 
