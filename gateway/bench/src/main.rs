@@ -18,6 +18,9 @@
 //!
 //! - `--parts database`: database credentials issued and revoked per
 //!   second on a local PostgreSQL (src/database.rs).
+//! - `--parts pki`: certificates issued per second per key type, and the
+//!   store's growth over `--pki-issues` issues with and without `no_store`
+//!   (src/pki.rs).
 //! - `--parts wasm`: the per-call overhead of a WASM engine against a
 //!   native one, instantiation time, throughput (see `wasm.rs`).
 //!
@@ -33,6 +36,7 @@ mod cluster;
 mod database;
 mod h2client;
 mod leases;
+mod pki;
 mod sync;
 mod wasm;
 
@@ -79,6 +83,9 @@ pub(crate) struct Args {
     /// The server's serving_threads (0: its default, two per CPU).
     #[arg(long, default_value_t = 0)]
     serving_threads: usize,
+    /// Certificates issued for `--parts pki`'s storage growth, per arm.
+    #[arg(long, default_value_t = 100_000)]
+    pki_issues: usize,
     /// Runs of each throughput measurement; the median run is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -778,6 +785,9 @@ async fn bench(args: Args) {
     }
     if wants("database") {
         database::run(&args, &bin).await;
+    }
+    if wants("pki") {
+        pki::run(&args, &bin).await;
     }
 
     let rss_dir = tempfile::tempdir().expect("tempdir");

@@ -338,7 +338,9 @@ impl Acl {
                 match allowed.get(k) {
                     None if !allow_all => return denied(&format!(" with parameter {k:?}")),
                     None => {}
-                    Some(list) if !items.iter().all(|i| list.is_empty() || list.iter().any(|a| value_matches(a, i))) => {
+                    Some(list)
+                        if !items.iter().all(|i| list.is_empty() || list.iter().any(|a| value_matches(a, i))) =>
+                    {
                         return denied(&format!(" with parameter {k:?} set to that value"));
                     }
                     Some(_) => {}
