@@ -1102,11 +1102,21 @@ impl PkiEngine {
         names: &Requested,
         key_type: KeyType,
         public_key: &impl rcgen::PublicKeyData,
-        requested_ttl: u64,
+        // The TTL asked for, and the mount's longest lease.
+        (requested_ttl, lease_max): (u64, u64),
     ) -> Result<(Vec<(String, String)>, Option<LeaseRequest>, Vec<String>), EngineError> {
         let start = now();
-        let (end, warnings) =
-            not_after(start, requested_ttl, role.ttl, role.max_ttl, ca.facts.not_after).map_err(bad)?;
+        // A certificate under a lease ends with it: never after the
+        // longest lease the mount records, which would revoke it early.
+        let role_max = if role.max_ttl > 0 { role.max_ttl } else { DEFAULT_TTL };
+        let capped = role.generate_lease && lease_max > 0 && lease_max < role_max;
+        let max = if capped { lease_max } else { role.max_ttl };
+        let (end, mut warnings) = not_after(start, requested_ttl, role.ttl, max, ca.facts.not_after).map_err(bad)?;
+        if capped && u64::try_from(end.saturating_sub(start)).unwrap_or(0) >= lease_max {
+            warnings.push(format!(
+                "the certificate is under a lease, and the mount's max_lease_ttl ({lease_max}s) is shorter than the role's max_ttl ({role_max}s): it ends with the lease"
+            ));
+        }
         let serial = ca::new_serial();
         let urls = self.urls().await?;
         let spec = Spec {
@@ -1166,7 +1176,8 @@ impl PkiEngine {
         let ttl = secs(p, "ttl")?;
         let ca = self.ca(ctx).await?;
         let (key, key_pem) = keys::generate(role.key_type, role.key_bits).await?;
-        let (mut data, lease, warnings) = self.certify(&ca, &role, &names, role.key_type, &*key, ttl).await?;
+        let (mut data, lease, warnings) =
+            self.certify(&ca, &role, &names, role.key_type, &*key, (ttl, ctx.lease_max_ttl_secs)).await?;
         data.push(("private_key".into(), key_pem.to_string()));
         data.push(("private_key_type".into(), role.key_type.name().into()));
         Ok(EngineResponse { data: Params(data), lease, warnings })
@@ -1207,8 +1218,9 @@ impl PkiEngine {
         }
         .map_err(bad)?;
         let ca = self.ca(ctx).await?;
-        let (data, lease, mut warnings) =
-            self.certify(&ca, &role, &names, csr.key.0, &csr.public_key, secs(p, "ttl")?).await?;
+        let (data, lease, mut warnings) = self
+            .certify(&ca, &role, &names, csr.key.0, &csr.public_key, (secs(p, "ttl")?, ctx.lease_max_ttl_secs))
+            .await?;
         if csr.has_basic_constraints {
             warnings.push("the CSR's basic constraints extension was ignored".into());
         }

@@ -54,7 +54,13 @@ struct Mount {
 fn mount(path: &str) -> Mount {
     let storage = Arc::new(Memory::default());
     let engine = PkiEngine { storage: storage.clone(), info: info(), writes: tokio::sync::Mutex::new(()) };
-    let ctx = CallContext { mount_path: path.into(), config: vec![], request_id: "t".into(), caller: "test".into() };
+    let ctx = CallContext {
+        mount_path: path.into(),
+        config: vec![],
+        request_id: "t".into(),
+        caller: "test".into(),
+        lease_max_ttl_secs: 0,
+    };
     Mount { engine, storage, ctx }
 }
 
@@ -498,6 +504,30 @@ async fn leases_revoke_their_certificate() {
     m.engine.revoke(&m.ctx, &info).await.unwrap();
     let state: CrlState = m.engine.get_json("crl").await.unwrap().unwrap();
     assert_eq!(state.revoked[0].serial, serial);
+}
+
+/// A leased certificate ends with its lease: never past the mount's
+/// max_lease_ttl, which would revoke it while still valid. Without a
+/// lease, or under the limit, the role's max_ttl applies.
+#[tokio::test]
+async fn a_leased_certificate_never_outlives_the_mounts_longest_lease() {
+    let mut m = mount("pki/");
+    m.ctx.lease_max_ttl_secs = 3600;
+    root(&m, "ec").await;
+    web_role(&m, &[("generate_lease", "true"), ("no_store", "true"), ("max_ttl", "72h")]).await;
+    let r = m.call(Operation::Update, "issue/web", &[("common_name", "a.app.internal"), ("ttl", "48h")]).await.unwrap();
+    let lease = r.lease.expect("a lease");
+    assert!(lease.terms.ttl_secs <= 3600, "{}", lease.terms.ttl_secs);
+    assert!(r.warnings.iter().any(|w| w.contains("max_lease_ttl")), "{:?}", r.warnings);
+    // Within the limit: as asked.
+    let r = m.call(Operation::Update, "issue/web", &[("common_name", "a.app.internal"), ("ttl", "30m")]).await.unwrap();
+    assert_eq!(r.lease.expect("a lease").terms.ttl_secs, 1800);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    // No lease: the role's max_ttl.
+    web_role(&m, &[("generate_lease", "false"), ("no_store", "true"), ("max_ttl", "72h")]).await;
+    let r = m.call(Operation::Update, "issue/web", &[("common_name", "a.app.internal"), ("ttl", "48h")]).await.unwrap();
+    let end: i64 = r.data.get("expiration").unwrap().parse().unwrap();
+    assert!(end - now() > 47 * 3600, "{end}");
 }
 
 #[test]

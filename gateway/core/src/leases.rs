@@ -53,7 +53,7 @@ pub(crate) const REVOKE_CONCURRENCY_PER_MOUNT: usize = 16;
 /// Lease ids one revoke-by-prefix or mount-disable reads per page.
 const ID_PAGE: usize = 512;
 const DEFAULT_TTL: u64 = 3600;
-const DEFAULT_MAX_TTL: u64 = 768 * 3600;
+pub(crate) const DEFAULT_MAX_TTL: u64 = 768 * 3600;
 /// Backoff between failed revocations: 1 s doubling to this.
 const MAX_BACKOFF: u64 = 600;
 /// `Leases/List` page sizes: the default, and the most one call returns.
@@ -160,7 +160,7 @@ fn validate_lease_ref(s: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn mount_duration(mount: &MountEntry, key: &str, default: u64) -> u64 {
+pub(crate) fn mount_duration(mount: &MountEntry, key: &str, default: u64) -> u64 {
     mount.config.get(key).and_then(|v| crate::plugins::parse_duration(v)).unwrap_or(default)
 }
 

@@ -60,7 +60,13 @@ async fn mount(host: &WasmHost, config: &[(&str, &str)]) -> (Arc<dyn PluginEngin
 }
 
 fn ctx() -> CallContext {
-    CallContext { mount_path: "hostile/".into(), config: vec![], request_id: "r1".into(), caller: "test".into() }
+    CallContext {
+        mount_path: "hostile/".into(),
+        config: vec![],
+        request_id: "r1".into(),
+        caller: "test".into(),
+        lease_max_ttl_secs: 0,
+    }
 }
 
 async fn read(b: &dyn PluginEngine, path: &str) -> Result<Params, EngineError> {

@@ -134,6 +134,10 @@ pub struct CallContext {
     pub config: Vec<(String, String)>,
     pub request_id: String,
     pub caller: String,
+    /// The longest lease the mount records (its `max_lease_ttl`): a lease
+    /// asked for longer is cut to it, so an engine whose credential ends
+    /// with its lease (a certificate) keeps the credential within it.
+    pub lease_max_ttl_secs: u64,
 }
 
 #[derive(Clone, Debug)]

@@ -510,6 +510,7 @@ impl Core {
             config: self.engine_config(mount),
             request_id: request_id.to_string(),
             caller: who.to_string(),
+            lease_max_ttl_secs: crate::leases::mount_duration(mount, "max_lease_ttl", crate::leases::DEFAULT_MAX_TTL),
         }
     }
 
