@@ -21,6 +21,17 @@ pub fn path_key(attr: &str, key: &str) -> tf::AttributePath {
     }
 }
 
+/// An attribute of a nested block written once: `postgresql[0].username`.
+pub fn path_in_block(block: &str, attr: &str) -> tf::AttributePath {
+    tf::AttributePath {
+        steps: vec![
+            step_attr(block),
+            tf::attribute_path::Step { selector: Some(Selector::ElementKeyInt(0)) },
+            step_attr(attr),
+        ],
+    }
+}
+
 fn step_attr(attr: &str) -> tf::attribute_path::Step {
     tf::attribute_path::Step { selector: Some(Selector::AttributeName(attr.into())) }
 }

@@ -17,16 +17,16 @@
 //! `rotate-root`, an update of another argument never sends the stale one
 //! back.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use keybridge_proto::v1 as pb;
 use zeroize::Zeroizing;
 
+use super::logical::{Data, delete_path, import_path, object_path, read_path, refuse_existing, write_path};
 use super::{Caps, Ephemeral, Opened, Private, Resource};
 use crate::diag::{self, Diags};
-use crate::gateway::{Gateway, not_found};
+use crate::gateway::Gateway;
 use crate::schema::{Attr, Block, Identity, Mode, Schema, Ty, attr};
 use crate::value::{Obj, ObjExt, Val};
 
@@ -35,64 +35,8 @@ const DEFAULT_TTL: u64 = 3600;
 const MAX_TTL: u64 = 86_400;
 const MAX_OPEN_CONNECTIONS: u64 = 4;
 
-type Data = BTreeMap<String, Zeroizing<String>>;
-
 fn data(pairs: Vec<(&str, String)>) -> Data {
     pairs.into_iter().map(|(k, v)| (k.to_string(), Zeroizing::new(v))).collect()
-}
-
-fn request(path: &str, data: Data) -> pb::LogicalRequest {
-    pb::LogicalRequest { path: path.into(), data: data.iter().map(|(k, v)| (k.clone(), v.to_string())).collect() }
-}
-
-/// An engine path's fields; `None` when it does not exist.
-async fn read_path(gw: &Gateway, path: &str, what: &str) -> Result<Option<BTreeMap<String, String>>, Diags> {
-    let req = pb::LogicalRequest { path: path.into(), data: Default::default() };
-    match gw.logical().read(gw.req(req)).await {
-        Ok(r) => Ok(Some(r.into_inner().data.into_iter().collect())),
-        Err(s) if not_found(&s) => Ok(None),
-        Err(s) => Err(diag::gateway(&format!("read the {what}"), &s, None)),
-    }
-}
-
-async fn write_path(gw: &Gateway, path: &str, d: Data, what: &str) -> Result<(), Diags> {
-    gw.logical()
-        .write(gw.req(request(path, d)))
-        .await
-        .map(|_| ())
-        .map_err(|s| diag::gateway(&format!("write the {what}"), &s, None))
-}
-
-async fn delete_path(gw: &Gateway, path: &str, what: &str) -> Result<(), Diags> {
-    let req = pb::LogicalRequest { path: path.into(), data: Default::default() };
-    super::deleted(gw.logical().delete(gw.req(req)).await, &format!("delete the {what}"))
-}
-
-/// Creating over an existing object is refused, never an overwrite.
-async fn refuse_existing(gw: &Gateway, path: &str, what: &str) -> Result<(), Diags> {
-    match read_path(gw, path, what).await? {
-        Some(_) => Err(super::already_exists("name", what)),
-        None => Ok(()),
-    }
-}
-
-fn backend(o: &Obj) -> String {
-    o.get_str("backend").unwrap_or_default().trim_matches('/').to_string()
-}
-
-fn object_path(o: &Obj, kind: &str) -> String {
-    format!("{}/{kind}/{}", backend(o), o.get_str("name").unwrap_or_default())
-}
-
-/// `<backend>/<kind>/<name>` as `terraform import` takes it.
-fn import_path(id: &str, kind: &str, help: &str) -> Result<Obj, Diags> {
-    let sep = format!("/{kind}/");
-    match id.trim_matches('/').rsplit_once(&sep) {
-        Some((b, n)) if !b.is_empty() && !n.is_empty() && !n.contains('/') => {
-            Ok([("backend".to_string(), Val::str(b)), ("name".to_string(), Val::str(n))].into())
-        }
-        _ => Err(Diags::error("Invalid import ID", format!("Give {help}."))),
-    }
 }
 
 fn check_names(config: &Obj, diags: &mut Diags) {
@@ -325,23 +269,7 @@ impl Resource for Connection {
             return;
         }
         let pg = pg_block(config);
-        let at = |a: &str| {
-            Some(crate::tfplugin6::AttributePath {
-                steps: vec![
-                    crate::tfplugin6::attribute_path::Step {
-                        selector: Some(crate::tfplugin6::attribute_path::step::Selector::AttributeName(
-                            "postgresql".into(),
-                        )),
-                    },
-                    crate::tfplugin6::attribute_path::Step {
-                        selector: Some(crate::tfplugin6::attribute_path::step::Selector::ElementKeyInt(0)),
-                    },
-                    crate::tfplugin6::attribute_path::Step {
-                        selector: Some(crate::tfplugin6::attribute_path::step::Selector::AttributeName(a.into())),
-                    },
-                ],
-            })
-        };
+        let at = |a: &str| Some(diag::path_in_block("postgresql", a));
         if !pg.val("password").is_null() && !pg.val("password_wo").is_null() {
             diags.push_error(
                 "Conflicting passwords",

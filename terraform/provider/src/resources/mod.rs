@@ -14,6 +14,7 @@ use crate::value::Obj;
 
 pub mod auth;
 pub mod database;
+mod logical;
 pub mod mount;
 pub mod pki;
 pub mod plugin;

@@ -9,38 +9,14 @@
 //! take the key with `keybridge write pki/root/generate/exported` instead.
 
 use async_trait::async_trait;
-use keybridge_proto::v1 as pb;
 use zeroize::Zeroizing;
 
+use super::logical::{Data, backend, delete_path, import_path, object_path, read_path, refuse_existing, write_path};
 use super::{Caps, Private, Resource};
 use crate::diag::{self, Diags};
-use crate::gateway::{Gateway, not_found};
+use crate::gateway::Gateway;
 use crate::schema::{Identity, Mode, Schema, Ty, attr};
 use crate::value::{Obj, ObjExt, Val};
-
-type Data = std::collections::BTreeMap<String, Zeroizing<String>>;
-
-fn backend(o: &Obj) -> String {
-    o.get_str("backend").unwrap_or_default().trim_matches('/').to_string()
-}
-
-async fn logical_read(gw: &Gateway, path: String, what: &str) -> Result<Option<pb::LogicalResponse>, Diags> {
-    let req = pb::LogicalRequest { path, data: Default::default() };
-    match gw.logical().read(gw.req(req)).await {
-        Ok(r) => Ok(Some(r.into_inner())),
-        Err(s) if not_found(&s) => Ok(None),
-        Err(s) => Err(diag::gateway(&format!("read the {what}"), &s, None)),
-    }
-}
-
-async fn logical_write(gw: &Gateway, path: String, data: Data, what: &str) -> Result<pb::LogicalResponse, Diags> {
-    let req = pb::LogicalRequest { path, data: data.iter().map(|(k, v)| (k.clone(), v.to_string())).collect() };
-    gw.logical()
-        .write(gw.req(req))
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| diag::gateway(&format!("write the {what}"), &s, None))
-}
 
 /// A certificate's serial number as the engine writes it (colon-separated
 /// lower-case hex), from its PEM.
@@ -191,10 +167,10 @@ impl Resource for RootCert {
     }
 
     async fn read(&self, gw: &Gateway, prior: &Obj) -> Result<Option<Obj>, Diags> {
-        let Some(r) = logical_read(gw, format!("{}/ca/pem", backend(prior)), "CA certificate").await? else {
+        let Some(r) = read_path(gw, &format!("{}/ca/pem", backend(prior)), "CA certificate").await? else {
             return Ok(None);
         };
-        let pem = r.data.get("certificate").cloned().unwrap_or_default();
+        let pem = r.get("certificate").cloned().unwrap_or_default();
         if pem.trim().is_empty() {
             return Ok(None);
         }
@@ -214,8 +190,8 @@ impl Resource for RootCert {
 
     async fn create(&self, gw: &Gateway, planned: &Obj, _config: &Obj) -> Result<Private, Diags> {
         let b = backend(planned);
-        if let Some(r) = logical_read(gw, format!("{b}/ca/pem"), "CA certificate").await?
-            && r.data.get("certificate").is_some_and(|c| !c.trim().is_empty())
+        if let Some(r) = read_path(gw, &format!("{b}/ca/pem"), "CA certificate").await?
+            && r.get("certificate").is_some_and(|c| !c.trim().is_empty())
         {
             return Err(Diags::error_at(
                 "backend",
@@ -241,7 +217,7 @@ impl Resource for RootCert {
         let ty = planned.get_str("type").unwrap_or("internal");
         // The response of `exported` holds the private key: it is dropped
         // here, with the response.
-        logical_write(gw, format!("{b}/root/generate/{ty}"), d, "root CA").await?;
+        write_path(gw, &format!("{b}/root/generate/{ty}"), d, "root CA").await?;
         Ok(Private::new())
     }
 
@@ -251,8 +227,7 @@ impl Resource for RootCert {
     }
 
     async fn delete(&self, gw: &Gateway, prior: &Obj) -> Result<(), Diags> {
-        let req = pb::LogicalRequest { path: format!("{}/root", backend(prior)), data: Default::default() };
-        super::deleted(gw.logical().delete(gw.req(req)).await, "delete the root CA")
+        delete_path(gw, &format!("{}/root", backend(prior)), "root CA").await
     }
 }
 
@@ -334,18 +309,12 @@ impl Resource for Role {
     }
 
     fn import(&self, id: &str) -> Result<Obj, Diags> {
-        match id.trim_matches('/').rsplit_once("/roles/") {
-            Some((b, n)) if !b.is_empty() && !n.is_empty() && !n.contains('/') => {
-                Ok([("backend".to_string(), Val::str(b)), ("name".to_string(), Val::str(n))].into())
-            }
-            _ => Err(Diags::error("Invalid import ID", format!("Give {}.", self.import_id_help()))),
-        }
+        import_path(id, "roles", self.import_id_help())
     }
 
     async fn read(&self, gw: &Gateway, prior: &Obj) -> Result<Option<Obj>, Diags> {
-        let path = format!("{}/roles/{}", backend(prior), prior.get_str("name").unwrap_or_default());
-        let Some(r) = logical_read(gw, path, "PKI role").await? else { return Ok(None) };
-        let get = |k: &str| r.data.get(k).cloned().unwrap_or_default();
+        let Some(r) = read_path(gw, &object_path(prior, "roles"), "PKI role").await? else { return Ok(None) };
+        let get = |k: &str| r.get(k).cloned().unwrap_or_default();
         let list = |k: &str| {
             let items = super::split_list(&get(k));
             if items.is_empty() && prior.val(k).is_null() { Val::Null } else { Val::from_strings(items) }
@@ -375,24 +344,19 @@ impl Resource for Role {
     }
 
     async fn create(&self, gw: &Gateway, planned: &Obj, _config: &Obj) -> Result<Private, Diags> {
-        let path = format!("{}/roles/{}", backend(planned), planned.get_str("name").unwrap_or_default());
-        if logical_read(gw, path.clone(), "PKI role").await?.is_some() {
-            return Err(super::already_exists("name", "PKI role"));
-        }
-        logical_write(gw, path, role_body(planned), "PKI role").await?;
+        let path = object_path(planned, "roles");
+        refuse_existing(gw, &path, "PKI role").await?;
+        write_path(gw, &path, role_body(planned), "PKI role").await?;
         Ok(Private::new())
     }
 
     async fn update(&self, gw: &Gateway, _: &Obj, planned: &Obj, _: &Obj, _: &Private) -> Result<Private, Diags> {
-        let path = format!("{}/roles/{}", backend(planned), planned.get_str("name").unwrap_or_default());
-        logical_write(gw, path, role_body(planned), "PKI role").await?;
+        write_path(gw, &object_path(planned, "roles"), role_body(planned), "PKI role").await?;
         Ok(Private::new())
     }
 
     async fn delete(&self, gw: &Gateway, prior: &Obj) -> Result<(), Diags> {
-        let path = format!("{}/roles/{}", backend(prior), prior.get_str("name").unwrap_or_default());
-        let req = pb::LogicalRequest { path, data: Default::default() };
-        super::deleted(gw.logical().delete(gw.req(req)).await, "delete the PKI role")
+        delete_path(gw, &object_path(prior, "roles"), "PKI role").await
     }
 }
 
