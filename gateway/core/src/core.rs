@@ -191,7 +191,7 @@ pub struct Core {
     pub(crate) path_locks: Stripes,
     /// Leases: their store, due index and locks (taken while a path lock
     /// may be held).
-    pub(crate) leases: crate::leases::LeaseManager,
+    pub(crate) leases: Arc<crate::leases::LeaseManager>,
     /// The reconciler's in-memory state.
     pub(crate) sync: keybridge_reconciler::Reconciler,
     /// Whether this node runs the singleton work (the reconciler's passes,
@@ -217,7 +217,17 @@ pub struct Core {
     /// Test hook: the next load of a cache ("token", "rules", "auth") signals once it
     /// has read the store, then waits to be released before it fills.
     #[cfg(test)]
-    pub(crate) load_holds: std::sync::Mutex<HashMap<&'static str, LoadHold>>,
+    pub(crate) load_holds: Arc<std::sync::Mutex<HashMap<&'static str, LoadHold>>>,
+}
+
+/// See `Core::load_holds`; for a task that holds the map, not the core.
+#[cfg(test)]
+pub(crate) async fn load_hold(holds: &std::sync::Mutex<HashMap<&'static str, LoadHold>>, what: &str) {
+    let hold = holds.lock().unwrap_or_else(|p| p.into_inner()).remove(what);
+    if let Some((reached, release)) = hold {
+        let _ = reached.send(());
+        let _ = release.await;
+    }
 }
 
 #[cfg(test)]
@@ -289,7 +299,11 @@ impl Core {
     pub fn new(barrier: Barrier, config: CoreConfig) -> Self {
         let barrier = Arc::new(barrier);
         Core {
-            leases: crate::leases::LeaseManager::new(barrier.clone(), WRITE_LOCK_STRIPES, config.node.id.clone()),
+            leases: Arc::new(crate::leases::LeaseManager::new(
+                barrier.clone(),
+                WRITE_LOCK_STRIPES,
+                config.node.id.clone(),
+            )),
             sync: keybridge_reconciler::Reconciler::new(barrier.clone(), config.rotation_verify.clone()),
             barrier,
             config,
@@ -598,11 +612,7 @@ impl Core {
     /// See `load_holds`.
     #[cfg(test)]
     pub(crate) async fn load_hold(&self, what: &str) {
-        let hold = self.load_holds.lock().unwrap_or_else(|p| p.into_inner()).remove(what);
-        if let Some((reached, release)) = hold {
-            let _ = reached.send(());
-            let _ = release.await;
-        }
+        load_hold(&self.load_holds, what).await
     }
 
     /// Who is calling. A failure is audited here (the request will not

@@ -461,11 +461,11 @@ impl LeaseManager {
     }
 }
 
-impl Core {
+impl LeaseManager {
     /// Records the lease of a credential just issued. If it cannot be
     /// recorded, the credential is revoked at once: nothing would revoke it
     /// later.
-    pub(crate) async fn record_lease(
+    pub(crate) async fn record_issued(
         &self,
         mount: &MountEntry,
         rel: &str,
@@ -474,8 +474,6 @@ impl Core {
         lease: LeaseRequest,
         pinned: bool,
     ) -> Result<LeaseView> {
-        #[cfg(test)]
-        self.load_hold("record-lease").await;
         let now = Timestamp::now().secs;
         let mount_max = mount_duration(mount, "max_lease_ttl", DEFAULT_MAX_TTL);
         let max = if lease.terms.max_ttl_secs == 0 { mount_max } else { lease.terms.max_ttl_secs.min(mount_max) };
@@ -500,7 +498,7 @@ impl Core {
             retry_at: None,
             pinned,
         };
-        if let Err(e) = self.leases.write(&r, None, Some(&lease.internal)).await {
+        if let Err(e) = self.write(&r, None, Some(&lease.internal)).await {
             tracing::error!(lease_id = %id, error = %e, "lease: could not record a lease; revoking the credential");
             let info = LeaseInfo {
                 lease_id: id,
@@ -520,6 +518,23 @@ impl Core {
             }));
         }
         Ok(r.view())
+    }
+}
+
+impl Core {
+    /// See `LeaseManager::record_issued`.
+    pub(crate) async fn record_lease(
+        &self,
+        mount: &MountEntry,
+        rel: &str,
+        ctx: &CallContext,
+        backend: &dyn PluginEngine,
+        lease: LeaseRequest,
+        pinned: bool,
+    ) -> Result<LeaseView> {
+        #[cfg(test)]
+        self.load_hold("record-lease").await;
+        self.leases.record_issued(mount, rel, ctx, backend, lease, pinned).await
     }
 
     pub async fn lookup_lease(&self, caller: &Caller, lease_id: &str) -> Result<LeaseView> {

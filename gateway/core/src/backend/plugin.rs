@@ -128,21 +128,37 @@ impl Core {
             })
             .collect();
         self.authorize_params(caller, &id, path.trim_end_matches('/'), cap, &typed).await?;
-        let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
-        let lease = match resp.lease {
-            None => None,
-            Some(l) => {
-                // A caller that goes away between the issue and the lease's
-                // record (a cancelled request drops this future) must not
-                // leave a credential nothing will revoke.
-                let mut unrecorded = Unrecorded::new(backend.clone(), ctx.clone(), &rel, &l);
-                let recorded = self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, false).await;
-                // Recorded, or revoked by record_lease itself on failure.
-                unrecorded.disarm();
-                Some(recorded?)
-            }
+        // The engine call and the record of its lease run in a task of
+        // their own: a caller that goes away (a cancelled request drops
+        // this future) stops neither half-way. A credential issued is
+        // recorded under its lease like any other, and an engine's
+        // multi-step work (a database user and its grants) is not cut
+        // short. Revoking it instead would let any caller that can issue
+        // grow a PKI mount's revocation list by hanging up.
+        let leases = self.leases.clone();
+        #[cfg(test)]
+        let holds = self.load_holds.clone();
+        let call = async move {
+            let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
+            let lease = match resp.lease {
+                None => None,
+                Some(l) => {
+                    #[cfg(test)]
+                    crate::core::load_hold(&holds, "record-lease").await;
+                    Some(leases.record_issued(&mount, &rel, &ctx, backend.as_ref(), l, false).await?)
+                }
+            };
+            Ok(EngineReply { data: resp.data, lease, warnings: resp.warnings })
         };
-        Ok(EngineReply { data: resp.data.clone(), lease, warnings: resp.warnings.clone() })
+        match tokio::spawn(tracing::Instrument::in_current_span(call)).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::error!(path = %path, error = %e, "engine: the call stopped before it finished");
+                Err(Error::Internal(format!(
+                    "the engine call for {path} stopped before it finished; see the server log"
+                )))
+            }
+        }
     }
 
     /// What the engine behind `path` says about it (or about itself, for the
@@ -165,49 +181,5 @@ impl Core {
             )
         };
         Ok(PathHelp { mount: mount.path, engine: info, matched })
-    }
-}
-
-/// A credential issued and not yet under a recorded lease: dropped while
-/// armed (the request's future cancelled), it is revoked in a task of its
-/// own.
-struct Unrecorded {
-    armed: Option<(Arc<dyn crate::plugins::PluginEngine>, crate::plugins::CallContext, crate::plugins::LeaseInfo)>,
-}
-
-impl Unrecorded {
-    fn new(
-        backend: Arc<dyn crate::plugins::PluginEngine>,
-        ctx: crate::plugins::CallContext,
-        rel: &str,
-        lease: &crate::plugins::LeaseRequest,
-    ) -> Unrecorded {
-        let issue_time =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let info = crate::plugins::LeaseInfo {
-            lease_id: String::new(),
-            path: rel.to_string(),
-            internal: lease.internal.clone(),
-            issue_time,
-            increment: 0,
-        };
-        Unrecorded { armed: Some((backend, ctx, info)) }
-    }
-
-    fn disarm(&mut self) {
-        self.armed = None;
-    }
-}
-
-impl Drop for Unrecorded {
-    fn drop(&mut self) {
-        let Some((backend, ctx, info)) = self.armed.take() else { return };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        rt.spawn(async move {
-            match backend.revoke(&ctx, &info).await {
-                Ok(()) => tracing::warn!(path = %info.path, "lease: the request went away before its lease was recorded; the credential was revoked"),
-                Err(e) => tracing::error!(path = %info.path, error = %engine_error(e), "lease: the request went away before its lease was recorded, and revoking the credential failed"),
-            }
-        });
     }
 }
