@@ -214,6 +214,16 @@ pub trait EngineStorage: Send + Sync {
     async fn put(&self, key: &str, value: &[u8]) -> Result<(), String>;
     async fn delete(&self, key: &str) -> Result<(), String>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>, String>;
+    /// Up to `limit` keys under `prefix` (relative to it, whole keys, not
+    /// children), in byte order, after `after` when given: a walk over more
+    /// keys than `list` returns. The default filters `list`, for stores
+    /// with a flat prefix and few keys (tests).
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, String> {
+        let mut keys = self.list(prefix).await?;
+        keys.retain(|k| after.is_none_or(|a| k.as_str() > a));
+        keys.truncate(limit);
+        Ok(keys)
+    }
 }
 
 /// One mounted engine.
