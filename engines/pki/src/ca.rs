@@ -144,6 +144,12 @@ pub fn ca_facts(der: &[u8]) -> Result<CaFacts, String> {
         return Err("its subject is empty".into());
     }
     keys::describe_spki(cert.public_key())?;
+    // RFC 5280 4.1.2.2: a positive integer. A negative one would be
+    // written as the positive number of the same bytes everywhere here.
+    let raw = cert.raw_serial();
+    if raw.first().is_none_or(|b| b & 0x80 != 0) || raw.iter().all(|b| *b == 0) {
+        return Err("its serial number is zero or negative, which RFC 5280 does not allow".into());
+    }
     let v = cert.validity();
     Ok(CaFacts {
         not_before: v.not_before.timestamp(),

@@ -137,6 +137,16 @@ impl CrlState {
         };
         let crl =
             params.signed_by(&ca.issuer()?).map_err(|e| EngineError::Internal(format!("signing the CRL: {e}")))?;
+        // A CRL is matched to its CA by the issuer name's bytes (webpki
+        // compares them as they are): it must be the CA's subject exactly.
+        use x509_parser::prelude::FromDer as _;
+        let issuer_ok = x509_parser::revocation_list::CertificateRevocationList::from_der(crl.der())
+            .is_ok_and(|(_, parsed)| parsed.issuer().as_raw() == ca.facts.subject_raw.as_slice());
+        if !issuer_ok {
+            return Err(EngineError::Internal(
+                "the CRL's issuer name does not match the CA certificate's subject byte for byte (its subject is encoded in a way this engine does not reproduce)".into(),
+            ));
+        }
         self.der = base64::engine::general_purpose::STANDARD.encode(crl.der());
         self.number = number;
         self.this_update = now;

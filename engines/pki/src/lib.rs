@@ -575,15 +575,24 @@ fn one_value(p: &Params, k: &str) -> Result<Vec<String>, EngineError> {
     if v.iter().any(|s| s.len() > 64) {
         return Err(bad(format!("{k} is longer than 64 characters")));
     }
+    if let Some(c) = v.iter().find_map(|s| names::unseen(s)) {
+        return Err(bad(format!("{k} holds U+{:04X}, an invisible or control character", c as u32)));
+    }
     Ok(v)
 }
+
+/// Stored entries `tidy` reads per page (and holds the write lock for).
+const TIDY_PAGE: usize = 512;
 
 fn check_common_name(cn: &str) -> Result<(), EngineError> {
     if cn.trim().is_empty() {
         return Err(bad("give common_name"));
     }
-    if cn.len() > 1024 || cn.chars().any(char::is_control) {
-        return Err(bad("common_name must be at most 1024 bytes without control characters"));
+    if cn.len() > 1024 {
+        return Err(bad("common_name is longer than 1024 bytes"));
+    }
+    if let Some(c) = names::unseen(cn) {
+        return Err(bad(format!("common_name holds U+{:04X}, an invisible or control character", c as u32)));
     }
     Ok(())
 }
@@ -667,7 +676,12 @@ impl PkiEngine {
     async fn install_ca(&self, stored: StoredCa) -> Result<Ca, EngineError> {
         let ca = Ca::load(&stored)?;
         let mut state = CrlState::default();
-        state.rebuild(&ca, now(), self.crl_config().await?.expiry)?;
+        // The first CRL is signed before anything is stored: a CA this
+        // engine cannot sign a matching CRL for is refused, not installed.
+        state.rebuild(&ca, now(), self.crl_config().await?.expiry).map_err(|e| match e {
+            EngineError::Internal(m) => bad(format!("this CA cannot serve the mount: {m}")),
+            other => other,
+        })?;
         self.put_json("ca", &stored).await?;
         self.delete("ca-pending").await?;
         self.put_crl(&state).await?;
@@ -1405,32 +1419,52 @@ impl PkiEngine {
         }
         let buffer = i64::try_from(secs(p, "safety_buffer")?).unwrap_or(i64::MAX);
         let cutoff = now().saturating_sub(buffer);
-        let _w = self.writes.lock().await;
+        // Every stored entry, a page at a time: the write lock is held for
+        // one page, so issues and revocations go on between pages.
         let mut certs_deleted = 0u64;
         if certs {
-            for k in self.storage.list("certs/").await.map_err(store_err)? {
-                let key = format!("certs/{k}");
-                let expired = match self.get_json::<StoredCert>(&key).await {
-                    Ok(Some(c)) => c.not_after < cutoff,
-                    // An entry that does not read is no certificate.
-                    Ok(None) => false,
-                    Err(_) => true,
-                };
-                if expired {
-                    self.delete(&key).await?;
-                    certs_deleted += 1;
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.storage.list_page("certs/", after.as_deref(), TIDY_PAGE).await.map_err(store_err)?;
+                let _w = self.writes.lock().await;
+                for k in &page {
+                    let key = format!("certs/{k}");
+                    let expired = match self.get_json::<StoredCert>(&key).await {
+                        Ok(Some(c)) => c.not_after < cutoff,
+                        // An entry that does not read is no certificate.
+                        Ok(None) => false,
+                        Err(_) => true,
+                    };
+                    if expired {
+                        self.delete(&key).await?;
+                        certs_deleted += 1;
+                    }
                 }
+                if page.len() < TIDY_PAGE {
+                    break;
+                }
+                after = page.last().cloned();
             }
         }
-        let mut revoked_deleted = 0u64;
         if revoked {
-            for k in self.storage.list("revoked/").await.map_err(store_err)? {
-                let key = format!("revoked/{k}");
-                if self.get_json::<Revoked>(&key).await.ok().flatten().is_none_or(|r| r.not_after < cutoff) {
-                    self.delete(&key).await?;
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.storage.list_page("revoked/", after.as_deref(), TIDY_PAGE).await.map_err(store_err)?;
+                let _w = self.writes.lock().await;
+                for k in &page {
+                    let key = format!("revoked/{k}");
+                    if self.get_json::<Revoked>(&key).await.ok().flatten().is_none_or(|r| r.not_after < cutoff) {
+                        self.delete(&key).await?;
+                    }
                 }
+                if page.len() < TIDY_PAGE {
+                    break;
+                }
+                after = page.last().cloned();
             }
         }
+        let _w = self.writes.lock().await;
+        let mut revoked_deleted = 0u64;
         if revoked && let Some(mut state) = self.get_json::<CrlState>("crl").await? {
             let before = state.revoked.len();
             state.revoked.retain(|r| r.not_after >= cutoff);

@@ -37,6 +37,21 @@ pub struct NameRules {
     pub enforce_hostnames: bool,
 }
 
+/// The first character of `s` a person reading a certificate would not see
+/// as written: controls, format characters (bidi overrides, zero-width
+/// joiners, soft hyphens), surrogates, private-use characters and line or
+/// paragraph separators. Refused in every name and subject field (Vault
+/// lets them through).
+pub fn unseen(s: &str) -> Option<char> {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    s.chars().find(|c| {
+        matches!(
+            c.general_category(),
+            G::Control | G::Format | G::Surrogate | G::PrivateUse | G::LineSeparator | G::ParagraphSeparator
+        )
+    })
+}
+
 /// Vault's IDNA step (`ToASCII` with DNS length checks and no mapping):
 /// non-ASCII labels become punycode (`xn--`), `xn--` labels must decode,
 /// no empty label but a final root dot, labels at most 63 bytes, the name
@@ -53,13 +68,22 @@ pub fn to_ascii(name: &str) -> Result<String, String> {
             return Err(format!("{name:?} has an empty label"));
         }
         let ascii = if label.is_ascii() {
-            if let Some(encoded) = label.get(4..).filter(|_| label[..4].eq_ignore_ascii_case("xn--"))
-                && idna::punycode::decode_to_string(encoded).is_none()
-            {
-                return Err(format!("{name:?}: the label {label:?} is not valid punycode"));
+            if let Some(encoded) = label.get(4..).filter(|_| label[..4].eq_ignore_ascii_case("xn--")) {
+                let Some(decoded) = idna::punycode::decode_to_string(encoded) else {
+                    return Err(format!("{name:?}: the label {label:?} is not valid punycode"));
+                };
+                if let Some(c) = unseen(&decoded) {
+                    return Err(format!(
+                        "{name:?}: the label {label:?} decodes to U+{:04X}, an invisible character",
+                        c as u32
+                    ));
+                }
             }
             label.to_string()
         } else {
+            if let Some(c) = unseen(label) {
+                return Err(format!("{name:?} holds U+{:04X}, an invisible or control character", c as u32));
+            }
             match idna::punycode::encode_str(label) {
                 Some(p) => format!("xn--{p}"),
                 None => return Err(format!("{name:?}: the label {label:?} cannot be converted to ASCII")),
@@ -286,6 +310,15 @@ pub fn requested(
                 r.dns.push(converted);
             }
         }
+    }
+    // Whatever the role's flags, no name a reader would not see as written
+    // (a CSR's names are ASCII, but punycode may decode to a bidi override).
+    for n in r.dns.iter().chain(r.emails.iter()) {
+        if let Some(c) = unseen(n) {
+            return Err(format!("the name {n:?} holds U+{:04X}, an invisible or control character", c as u32));
+        }
+        let domain = n.rsplit_once('@').map_or(n.as_str(), |(_, d)| d);
+        to_ascii(domain).map_err(|e| format!("subject alternative name: {e}"))?;
     }
     if !common_name.is_empty() && !allowed(rules, common_name) {
         return Err(format!("common name {common_name} is not allowed by this role"));

@@ -191,10 +191,35 @@ async fn names_outside_the_role_are_refused_with_one_line() {
         (vec![("key_bits", "99999999999999999999999")], "parameter \"key_bits\""),
         (vec![("ttl", "10h"), ("max_ttl", "1h")], "must not be longer than max_ttl"),
         (vec![("organization", "a,b")], "give one value"),
+        (vec![("organization", "Acme\u{202e}gnp.exe")], "organization holds U+202E"),
+        (vec![("ou", "Ops\u{200b}")], "ou holds U+200B"),
     ] {
         let e = m.refused("roles/bad", &given).await;
         assert!(e.contains(want), "{given:?}: {e}");
     }
+    // A common name a reader would not see as written is refused (any-name
+    // role, so the name rules do not refuse it first); letters of any script
+    // are not.
+    m.ok("roles/any", &[("allow_any_name", "true"), ("enforce_hostnames", "false")]).await;
+    for (cn, c) in [
+        ("admin\u{202e}moc.live", "U+202E"),
+        ("pay\u{200d}pal", "U+200D"),
+        ("soft\u{ad}hyphen", "U+00AD"),
+        ("line\u{2028}break", "U+2028"),
+        ("private\u{e000}use", "U+E000"),
+        ("tab\there", "U+0009"),
+    ] {
+        let e = m.refused("issue/any", &[("common_name", cn)]).await;
+        assert!(e.contains(&format!("common_name holds {c}")), "{cn:?}: {e}");
+        let e = m.refused("root/generate/internal", &[("common_name", cn)]).await;
+        assert!(e.contains(&format!("common_name holds {c}")), "{cn:?}: {e}");
+    }
+    for alt in ["a\u{202e}b.example", "pay\u{200d}pal.example", "soft\u{ad}hyphen.example", "xn--ab-g4t.example"] {
+        let e = m.refused("issue/any", &[("common_name", "ok.example"), ("alt_names", alt)]).await;
+        assert!(e.contains("alt_names") && e.contains("U+"), "{alt:?}: {e}");
+    }
+    let c = m.ok("issue/any", &[("common_name", "Zürich Ops Ωμέγα")]).await;
+    assert!(c["certificate"].contains("BEGIN CERTIFICATE"));
 }
 
 #[tokio::test]
@@ -271,6 +296,12 @@ async fn csrs_are_verified_and_their_names_and_keys_checked() {
     m.ok("sign/anykey", &[("csr", &csr_for("x.y", &[], &rcgen::PKCS_ED25519))]).await;
     let e = m.refused("issue/anykey", &[("common_name", "x.y")]).await;
     assert!(e.contains("only sign/<role> takes"), "{e}");
+    // A CSR's punycode name that decodes to a bidi override, under a role
+    // that checks neither host names nor domains.
+    m.ok("roles/loose", &[("allow_any_name", "true"), ("enforce_hostnames", "false")]).await;
+    let bidi = csr_for("ok.example", &["xn--ab-g4t.example"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let e = m.refused("sign/loose", &[("csr", &bidi)]).await;
+    assert!(e.contains("decodes to U+202E"), "{e}");
     // Its signature: one byte changed in the signed part is refused.
     let mut der = der_of(&csr);
     let at = der.len() / 2;
@@ -359,6 +390,22 @@ async fn tidy_removes_what_expired_before_the_safety_buffer() {
     let state: CrlState = m.engine.get_json("crl").await.unwrap().unwrap();
     assert!(state.revoked.is_empty() && state.number > number, "rebuilt without it");
     assert!(m.storage.keys().iter().all(|k| !k.starts_with("revoked/")), "{:?}", m.storage.keys());
+
+    // More certificates than a page: every expired one goes, in one run.
+    for i in 0..1_100u32 {
+        let serial = i.to_be_bytes();
+        let aged = StoredCert { certificate: String::new(), not_after: now() - 10 * 3600, ca_serial: None };
+        m.engine.put_json(&ca::cert_key(&serial), &aged).await.unwrap();
+    }
+    for i in 0..50u32 {
+        let serial = (10_000 + i).to_be_bytes();
+        let live = StoredCert { certificate: String::new(), not_after: now() + 10 * 3600, ca_serial: None };
+        m.engine.put_json(&ca::cert_key(&serial), &live).await.unwrap();
+    }
+    let t = m.ok("tidy", &[("tidy_cert_store", "true"), ("safety_buffer", "1h")]).await;
+    assert_eq!(t["cert_store_deleted_count"], "1100");
+    let left = m.storage.keys().iter().filter(|k| k.starts_with("certs/")).count();
+    assert_eq!(left, 51, "the 50 live ones and the CA's own");
 }
 
 #[tokio::test]
@@ -821,4 +868,43 @@ async fn a_previous_cas_certificate_is_not_revoked_against_the_current_one() {
     stored.ca_serial = None;
     m.engine.put_json(&key, &stored).await.unwrap();
     assert_eq!(m.ok("revoke", &[("serial_number", &legacy["serial_number"])]).await["state"], "revoked");
+}
+
+/// An imported CA must have a positive serial (a negative one would read as
+/// the positive number of the same bytes), and a CRL is signed only when
+/// its issuer name is the CA's subject byte for byte.
+#[tokio::test]
+async fn imported_cas_need_a_positive_serial_and_a_subject_the_crl_reproduces() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "Old Root");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x7f, 0x11, 0x22, 0x33]));
+    let good = p.self_signed(&key).unwrap().der().to_vec();
+    assert!(ca::ca_facts(&good).is_ok());
+    // The same certificate with the serial's first byte 0x80: negative.
+    let at = good.windows(6).position(|w| w == [0x02, 0x04, 0x7f, 0x11, 0x22, 0x33]).unwrap() + 2;
+    let mut negative = good.clone();
+    negative[at] = 0x80;
+    let e = ca::ca_facts(&negative).err().unwrap();
+    assert!(e.contains("zero or negative"), "{e}");
+    let m = mount("neg/");
+    let bundle = format!("{}{}", ca::pem_encode("CERTIFICATE", &negative), key.serialize_pem());
+    let e = m.refused("config/ca", &[("pem_bundle", &bundle)]).await;
+    assert!(e.contains("zero or negative"), "{e}");
+    assert!(m.storage.keys().is_empty(), "{:?}", m.storage.keys());
+
+    // A CRL whose issuer would not be the CA's subject is not signed.
+    let m = mount("pki/");
+    root(&m, "ec").await;
+    let raw = m.storage.0.lock().unwrap().get("ca").cloned().unwrap();
+    let stored: StoredCa = serde_json::from_slice(&raw).unwrap();
+    let mut ca = Ca::load(&stored).unwrap();
+    CrlState::default().rebuild(&ca, 1_800_000_000, 3600).unwrap();
+    let last = ca.facts.subject_raw.len() - 1;
+    ca.facts.subject_raw[last] ^= 0x01;
+    let e = CrlState::default().rebuild(&ca, 1_800_000_000, 3600).err().unwrap();
+    assert!(format!("{e}").contains("does not match the CA certificate's subject"), "{e}");
 }

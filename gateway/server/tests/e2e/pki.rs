@@ -365,4 +365,61 @@ async fn the_origin_documents_policy_constrains_issuing() {
     let o =
         issue(&with_alt, &["common_name=api.app.internal", "ttl=24h", "alt_names=web.app.internal,db.app.internal"]);
     assert!(o.status.success(), "{}", stderr(&o));
+
+    // Signing under the same constraints: a role that takes the name from
+    // the request, not from the CSR, puts the policy's common_name rule on
+    // the certificate whatever the CSR says.
+    ok(
+        root,
+        &[
+            "write",
+            "pki/roles/app-sign",
+            "allow_any_name=true",
+            "use_csr_common_name=false",
+            "use_csr_sans=false",
+            "max_ttl=72h",
+        ],
+    );
+    let text = "path \"pki/sign/app-sign\" {\n  capabilities = [\"update\"]\n  allowed_parameters = {\n    \"common_name\" = [\"*.app.internal\"]\n    \"ttl\" = [\"24h\"]\n    \"csr\" = []\n  }\n}\n";
+    let file = dir.path().join("sign.hcl");
+    std::fs::write(&file, text).unwrap();
+    ok(root, &["policy", "write", "origin-sign", file.to_str().unwrap()]);
+    let t = json(&ok(root, &["token", "create", "--policy", "origin-sign", "-o", "json"]));
+    let signer = t["token"].as_str().or(t["client_token"].as_str()).unwrap().to_string();
+    let d = dir.path();
+    let (good, out) = openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "evil.key",
+            "-out",
+            "evil.csr",
+            "-subj",
+            "/CN=evil.com",
+            "-addext",
+            "subjectAltName=DNS:evil.com",
+        ],
+    );
+    assert!(good, "{out}");
+    let csr = format!("csr=@{}", d.join("evil.csr").display());
+    let sign = |params: &[&str]| {
+        let mut args = vec!["write", "pki/sign/app-sign", csr.as_str()];
+        args.extend_from_slice(params);
+        s.cli(Some(&signer), &args)
+    };
+    let o = sign(&["common_name=evil.com", "ttl=24h"]);
+    assert!(denied(&o), "{}", stderr(&o));
+    let o = sign(&["common_name=api.app.internal", "ttl=24h", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(d.join("signed.pem"), json(&o)["data"]["certificate"].as_str().unwrap()).unwrap();
+    let (_, text) = openssl(d, &["x509", "-in", "signed.pem", "-noout", "-subject", "-ext", "subjectAltName"]);
+    assert!(text.contains("CN=api.app.internal") || text.contains("CN = api.app.internal"), "{text}");
+    assert!(text.contains("DNS:api.app.internal") && !text.contains("evil.com"), "{text}");
 }
