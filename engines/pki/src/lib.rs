@@ -33,6 +33,7 @@ use base64::Engine as _;
 use keybridge_core::plugins::{
     BuiltinEngines, CallContext, EngineError, EngineInfo, EngineRequest, EngineResponse, EngineStorage, Field,
     FieldKind, LeaseInfo, LeaseRequest, LeaseTerms, Operation, Params, PasswordPolicies, PathInfo, PluginEngine,
+    PublicRead,
 };
 use rcgen::ExtendedKeyUsagePurpose;
 use serde::{Deserialize, Serialize};
@@ -581,6 +582,13 @@ fn one_value(p: &Params, k: &str) -> Result<Vec<String>, EngineError> {
     Ok(v)
 }
 
+fn no_ca(ctx: &CallContext) -> EngineError {
+    EngineError::NotFound(format!(
+        "{m} has no CA yet: generate one (keybridge write {m}root/generate/internal common_name=...), import one ({m}config/ca) or set a signed intermediate ({m}intermediate/set-signed)",
+        m = ctx.mount_path
+    ))
+}
+
 /// Stored entries `tidy` reads per page (and holds the write lock for).
 const TIDY_PAGE: usize = 512;
 
@@ -627,10 +635,15 @@ impl PkiEngine {
     async fn ca(&self, ctx: &CallContext) -> Result<Ca, EngineError> {
         match self.get_json::<StoredCa>("ca").await? {
             Some(s) => Ca::load(&s),
-            None => Err(EngineError::NotFound(format!(
-                "{m} has no CA yet: generate one (keybridge write {m}root/generate/internal common_name=...), import one ({m}config/ca) or set a signed intermediate ({m}intermediate/set-signed)",
-                m = ctx.mount_path
-            ))),
+            None => Err(no_ca(ctx)),
+        }
+    }
+
+    /// The CA's certificate and its parents (PEM), without loading its key.
+    async fn ca_certificates(&self, ctx: &CallContext) -> Result<(String, Vec<String>), EngineError> {
+        match self.get_json::<StoredCa>("ca").await? {
+            Some(s) => Ok((s.certificate.clone(), s.chain.clone())),
+            None => Err(no_ca(ctx)),
         }
     }
 
@@ -1580,6 +1593,29 @@ impl PluginEngine for PkiEngine {
         &self.info
     }
 
+    /// As Vault: the CA certificates and the CRL are public (TLS clients
+    /// fetch them from the URLs in `config/urls`, with no token).
+    fn public_reads(&self) -> &'static [PublicRead] {
+        const PUBLIC: &[PublicRead] = &[
+            PublicRead { path: "ca", field: "certificate", base64: true, content_type: "application/pkix-cert" },
+            PublicRead {
+                path: "ca/pem",
+                field: "certificate",
+                base64: false,
+                content_type: "application/pem-certificate-chain",
+            },
+            PublicRead {
+                path: "ca_chain",
+                field: "ca_chain",
+                base64: false,
+                content_type: "application/pem-certificate-chain",
+            },
+            PublicRead { path: "crl", field: "crl", base64: true, content_type: "application/pkix-crl" },
+            PublicRead { path: "crl/pem", field: "crl", base64: false, content_type: "application/x-pem-file" },
+        ];
+        PUBLIC
+    }
+
     async fn exists(&self, _ctx: &CallContext, req: &EngineRequest) -> Result<bool, EngineError> {
         match req.pattern.as_str() {
             "roles/{name}" => {
@@ -1601,19 +1637,22 @@ impl PluginEngine for PkiEngine {
             ("intermediate/generate/{type}", _) => self.generate_intermediate(ctx, p).await,
             ("intermediate/set-signed", _) => self.set_signed(ctx, p).await,
             ("config/ca", _) => self.config_ca(ctx, p).await,
+            // Public paths: the certificates only, the key never loaded.
             ("ca", Operation::Read) => {
-                let der = self.ca(ctx).await?.der;
+                let (certificate, _) = self.ca_certificates(ctx).await?;
+                let der = ca::pem_der(&certificate, "CERTIFICATE").map_err(EngineError::Internal)?;
                 let b64 = base64::engine::general_purpose::STANDARD.encode(der);
                 Ok(EngineResponse { data: Params(vec![("certificate".into(), b64)]), ..Default::default() })
             }
             ("ca/pem", Operation::Read) => Ok(EngineResponse {
-                data: Params(vec![("certificate".into(), self.ca(ctx).await?.certificate)]),
+                data: Params(vec![("certificate".into(), self.ca_certificates(ctx).await?.0)]),
                 ..Default::default()
             }),
-            ("ca_chain", Operation::Read) => Ok(EngineResponse {
-                data: Params(vec![("ca_chain".into(), self.ca(ctx).await?.chain_pem())]),
-                ..Default::default()
-            }),
+            ("ca_chain", Operation::Read) => {
+                let (certificate, chain) = self.ca_certificates(ctx).await?;
+                let pem = std::iter::once(certificate).chain(chain).collect::<String>();
+                Ok(EngineResponse { data: Params(vec![("ca_chain".into(), pem)]), ..Default::default() })
+            }
             ("config/urls", Operation::Read) => {
                 let u = self.urls().await?;
                 Ok(EngineResponse {

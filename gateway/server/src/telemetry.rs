@@ -11,6 +11,10 @@
 //!   exposition. Without a token unless `unauthenticated_metrics_access =
 //!   false`, which takes a token (`X-Vault-Token` or `Authorization:
 //!   Bearer`) with `read` on `sys/metrics`.
+//! - `GET /v1/<mount>/<path>` for an engine's public paths, without a token
+//!   (as Vault): a PKI mount's `ca` and `crl` (DER), `ca/pem`, `ca_chain`
+//!   and `crl/pem`, the URLs `config/urls` writes into certificates.
+//!   Audited; every other path is refused alike.
 //! - [`Measured`]: the gRPC layer that counts requests and times them by
 //!   RPC and status code.
 
@@ -55,6 +59,7 @@ pub async fn start(address: SocketAddr, t: Telemetry) -> Result<SocketAddr, Erro
         .route("/v1/sys/health", axum::routing::get(health))
         .route("/metrics", axum::routing::get(metrics))
         .route("/v1/sys/metrics", axum::routing::get(metrics))
+        .route("/v1/{*path}", axum::routing::get(public_read))
         .with_state(Arc::new(t));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
@@ -230,6 +235,31 @@ async fn metrics(
         "text/plain; version=0.0.4; charset=utf-8"
     };
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+/// An engine's public path (a CA certificate, a CRL), with no token.
+async fn public_read(
+    State(t): State<Arc<Telemetry>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+) -> Response {
+    // No token is read or needed: these paths are public.
+    #[allow(clippy::disallowed_methods)]
+    let caller = Caller::new(None, "http/v1/read").with_path(&path).with_remote(Some(peer));
+    match t.core.public_read(&caller, &path).await {
+        Ok((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Err(e) => {
+            let s = crate::service::status(e);
+            let code = match s.code() {
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, axum::Json(json!({ "errors": [s.message()] }))).into_response()
+        }
+    }
 }
 
 /// Leadership, the lease's epoch and the feed's lag, on a shared store.

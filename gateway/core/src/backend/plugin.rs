@@ -161,6 +161,55 @@ impl Core {
         }
     }
 
+    /// A read of one of an engine's public paths (a PKI mount's CA
+    /// certificate and CRL), made without a token: the body's media type
+    /// and bytes. Audited like any request. Every other path, and a path
+    /// under no such mount, gets one answer, which names no mount.
+    pub async fn public_read(&self, caller: &Caller, path: &str) -> Result<(&'static str, Vec<u8>)> {
+        let result = async {
+            self.unsealed()?;
+            let refused = || {
+                Error::PermissionDenied(format!(
+                    "{path} is not served without a token; only public paths are (a PKI mount's ca, ca/pem, ca_chain, crl and crl/pem): use the API with a token"
+                ))
+            };
+            let (mount, rel, backend) = self.engine_route(path).await.map_err(|_| refused())?;
+            let public = *backend.public_reads().iter().find(|p| p.path == rel).ok_or_else(refused)?;
+            {
+                let mut st = caller.state();
+                st.acl_path = Some(path.to_string());
+                st.capability = Some(Capability::Read.name());
+            }
+            self.audit_request(caller, None).await;
+            if caller.state().audit_failed {
+                return Err(Error::AuditFailed(
+                    "no enabled audit device could record the request, so it was not carried out".into(),
+                ));
+            }
+            let info = backend.info();
+            let m = engine::match_path(info, &rel).ok_or_else(refused)?;
+            let params =
+                engine::check_params(&m, Operation::Read, &BTreeMap::new()).map_err(Error::InvalidArgument)?;
+            let req = EngineRequest { operation: Operation::Read, path: rel.clone(), pattern: m.info.pattern.clone(), params };
+            let ctx = self.call_context(&mount, &caller.request_id, "unauthenticated");
+            let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
+            let text = resp.data.get(public.field).ok_or_else(|| {
+                Error::Internal(format!("the {} engine answered {path} without its {} field", info.name, public.field))
+            })?;
+            let body = if public.base64 {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|_| Error::Internal(format!("the {} engine's {} field is not base64", info.name, public.field)))?
+            } else {
+                text.as_bytes().to_vec()
+            };
+            Ok((public.content_type, body))
+        }
+        .await;
+        self.finish(caller, result, |_| Vec::new()).await
+    }
+
     /// What the engine behind `path` says about it (or about itself, for the
     /// mount's own path).
     pub async fn path_help(&self, caller: &Caller, path: &str) -> Result<PathHelp> {

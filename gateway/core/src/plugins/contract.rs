@@ -226,10 +226,30 @@ pub trait EngineStorage: Send + Sync {
     }
 }
 
+/// A path an engine serves to anyone, without a token (Vault's
+/// unauthenticated paths): public material only, such as a CA's
+/// certificate and its CRL, which TLS clients fetch from the URLs written
+/// into certificates.
+#[derive(Clone, Copy, Debug)]
+pub struct PublicRead {
+    /// The path under the mount, exactly.
+    pub path: &'static str,
+    /// The response field that is the body.
+    pub field: &'static str,
+    /// The field holds the body's bytes in base64.
+    pub base64: bool,
+    pub content_type: &'static str,
+}
+
 /// One mounted engine.
 #[async_trait::async_trait]
 pub trait PluginEngine: Send + Sync {
     fn info(&self) -> &EngineInfo;
+    /// Paths anyone may read without a token (none unless the engine
+    /// says so; WASM engines never do).
+    fn public_reads(&self) -> &'static [PublicRead] {
+        &[]
+    }
     async fn exists(&self, ctx: &CallContext, req: &EngineRequest) -> Result<bool, EngineError>;
     async fn handle(&self, ctx: &CallContext, req: &EngineRequest) -> Result<EngineResponse, EngineError>;
     async fn renew(&self, ctx: &CallContext, lease: &LeaseInfo) -> Result<LeaseTerms, EngineError>;

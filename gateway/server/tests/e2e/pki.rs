@@ -423,3 +423,92 @@ async fn the_origin_documents_policy_constrains_issuing() {
     assert!(text.contains("CN=api.app.internal") || text.contains("CN = api.app.internal"), "{text}");
     assert!(text.contains("DNS:api.app.internal") && !text.contains("evil.com"), "{text}");
 }
+
+/// The CA certificates and the CRL are served without a token on the HTTP
+/// listener, at the URLs `config/urls` writes into certificates: OpenSSL
+/// downloads the CRL from a certificate's distribution point and finds it
+/// revoked. Those reads are audited; every other path is refused alike,
+/// naming no mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_and_crl_are_public_at_the_urls_in_the_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = Server::with_config_top(d, "telemetry {\n address = \"127.0.0.1:0\"\n}\n");
+    let base = s.telemetry.clone().expect("a telemetry listener");
+    let (root, _) = crate::harness::init_unseal(&s);
+    let ok = |args: &[&str]| {
+        let o = s.cli(Some(&root), args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    let log = d.join("audit.log");
+    ok(&["audit", "enable", "file", &format!("file_path={}", log.display())]);
+    ok(&["mount", "enable", "--type", "pki", "pki/"]);
+    let ca = json(&ok(&["write", "pki/root/generate/internal", "common_name=Public Root", "ttl=8760h", "-o", "json"]));
+    let ca_pem = ca["data"]["certificate"].as_str().unwrap().to_string();
+    ok(&[
+        "write",
+        "pki/config/urls",
+        &format!("issuing_certificates={base}/v1/pki/ca"),
+        &format!("crl_distribution_points={base}/v1/pki/crl"),
+    ]);
+    ok(&["write", "pki/roles/web", "allowed_domains=app.internal", "allow_subdomains=true"]);
+    let leaf = json(&ok(&["write", "pki/issue/web", "common_name=api.app.internal", "-o", "json"]));
+    let serial = leaf["data"]["serial_number"].as_str().unwrap().to_string();
+    std::fs::write(d.join("root.pem"), &ca_pem).unwrap();
+    std::fs::write(d.join("leaf.pem"), leaf["data"]["certificate"].as_str().unwrap()).unwrap();
+
+    let get = |path: &str| {
+        let url = format!("{base}/v1/{path}");
+        async move {
+            let r = reqwest::Client::new().get(url).send().await.unwrap();
+            let code = r.status().as_u16();
+            let kind = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            (code, kind, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (code, kind, body) = get("pki/ca").await;
+    assert_eq!((code, kind.as_str()), (200, "application/pkix-cert"));
+    assert_eq!(body, der(&ca_pem));
+    let (code, _, body) = get("pki/ca/pem").await;
+    assert_eq!((code, String::from_utf8(body).unwrap()), (200, ca_pem.clone()));
+    let (code, _, body) = get("pki/ca_chain").await;
+    assert_eq!(code, 200);
+    assert!(String::from_utf8(body).unwrap().starts_with(&ca_pem));
+
+    // Not yet revoked: OpenSSL fetches the CRL from the certificate's URL.
+    let verify = || openssl(d, &["verify", "-crl_check", "-crl_download", "-CAfile", "root.pem", "leaf.pem"]);
+    let (good, out) = blocking(verify);
+    assert!(good && out.contains("leaf.pem: OK"), "{out}");
+    ok(&["write", "pki/revoke", &format!("serial_number={serial}")]);
+    let (good, out) = blocking(verify);
+    assert!(!good && out.contains("certificate revoked"), "{out}");
+    let (code, kind, body) = get("pki/crl").await;
+    assert_eq!((code, kind.as_str()), (200, "application/pkix-crl"));
+    std::fs::write(d.join("crl.der"), &body).unwrap();
+    let (good, text) = openssl(d, &["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text"]);
+    assert!(good && text.to_lowercase().contains(&serial.replace(':', "").to_lowercase()), "{text}");
+    let (code, _, body) = get("pki/crl/pem").await;
+    assert!(code == 200 && String::from_utf8(body).unwrap().contains("BEGIN X509 CRL"));
+
+    // Nothing else is public, and a refusal names no mount.
+    ok(&["kv", "put", "secret/app", "password=hunter2"]);
+    let mut messages = Vec::new();
+    for path in
+        ["pki/roles/web", "pki/crl/rotate", "pki/cert/", "pki/issue/web", "secret/app", "nope/crl", "sys/mounts"]
+    {
+        let (code, _, body) = get(path).await;
+        assert_eq!(code, 403, "{path}");
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let msg = body["errors"][0].as_str().unwrap().to_string();
+        assert!(!msg.contains("hunter2") && !msg.contains(" kv ") && !msg.contains("local"), "{msg}");
+        messages.push(msg.replace(path, "PATH"));
+    }
+    messages.dedup();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    // Audited, with no token.
+    let audit = std::fs::read_to_string(&log).unwrap();
+    let public: Vec<&str> = audit.lines().filter(|l| l.contains("http/v1/read")).collect();
+    assert!(public.iter().any(|l| l.contains("\"pki/crl\"")), "{audit}");
+    assert!(public.iter().any(|l| l.contains("\"secret/app\"")), "refusals are audited too: {audit}");
+}
