@@ -192,6 +192,8 @@ pub struct Core {
     /// Leases: their store, due index and locks (taken while a path lock
     /// may be held).
     pub(crate) leases: Arc<crate::leases::LeaseManager>,
+    /// Slots of engine calls in progress (see `engine_request`).
+    pub(crate) engine_calls: Arc<tokio::sync::Semaphore>,
     /// The reconciler's in-memory state.
     pub(crate) sync: keybridge_reconciler::Reconciler,
     /// Whether this node runs the singleton work (the reconciler's passes,
@@ -299,6 +301,7 @@ impl Core {
     pub fn new(barrier: Barrier, config: CoreConfig) -> Self {
         let barrier = Arc::new(barrier);
         Core {
+            engine_calls: Arc::new(tokio::sync::Semaphore::new(crate::backend::plugin::ENGINE_CALLS_MAX)),
             leases: Arc::new(crate::leases::LeaseManager::new(
                 barrier.clone(),
                 WRITE_LOCK_STRIPES,

@@ -16,6 +16,15 @@ use crate::plugins::{
 };
 use crate::{Error, Result};
 
+/// The one answer to a read without a token of a path that is not public.
+const PUBLIC_REFUSAL: &str = "this path is not served without a token; only public paths are (a PKI mount's ca, ca/pem, ca_chain, crl and crl/pem): use the API with a token";
+
+/// The longest path a read without a token may name.
+const PUBLIC_PATH_MAX: usize = 256;
+
+/// Engine calls (and lease records) in progress on a node at once.
+pub(crate) const ENGINE_CALLS_MAX: usize = 1024;
+
 impl Core {
     /// Routes `path` to its plugin mount, or to the core's own password
     /// policies (`sys/policies/password/`, never a mount's).
@@ -135,46 +144,69 @@ impl Core {
         // multi-step work (a database user and its grants) is not cut
         // short. Revoking it instead would let any caller that can issue
         // grow a PKI mount's revocation list by hanging up.
+        // Bounded per node: a caller that hangs up at once frees its
+        // connection's slot while its call goes on, so the calls in
+        // progress need a bound of their own.
+        let permit = self.engine_calls.clone().try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "this node has {ENGINE_CALLS_MAX} engine calls in progress; try again shortly"
+            ))
+        })?;
         let leases = self.leases.clone();
         #[cfg(test)]
         let holds = self.load_holds.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request_id = caller.request_id.clone();
         let call = async move {
-            let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
-            let lease = match resp.lease {
-                None => None,
-                Some(l) => {
-                    #[cfg(test)]
-                    crate::core::load_hold(&holds, "record-lease").await;
-                    Some(leases.record_issued(&mount, &rel, &ctx, backend.as_ref(), l, false).await?)
-                }
-            };
-            Ok(EngineReply { data: resp.data, lease, warnings: resp.warnings })
-        };
-        match tokio::spawn(tracing::Instrument::in_current_span(call)).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                tracing::error!(path = %path, error = %e, "engine: the call stopped before it finished");
-                Err(Error::Internal(format!(
-                    "the engine call for {path} stopped before it finished; see the server log"
-                )))
+            let _permit = permit;
+            let result = async {
+                let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
+                let lease = match resp.lease {
+                    None => None,
+                    Some(l) => {
+                        #[cfg(test)]
+                        crate::core::load_hold(&holds, "record-lease").await;
+                        Some(leases.record_issued(&mount, &rel, &ctx, backend.as_ref(), l, false).await?)
+                    }
+                };
+                Ok(EngineReply { data: resp.data, lease, warnings: resp.warnings })
             }
-        }
+            .await;
+            if let Err(Ok(EngineReply { lease: Some(l), .. })) = tx.send(result) {
+                // No audit record will name this lease: the log does.
+                tracing::warn!(request_id = %request_id, lease_id = %l.lease_id, "engine: the caller went away; what was issued is under this lease");
+            }
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(call));
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Internal(format!("the engine call for {path} stopped before it finished; see the server log")))
+        })
     }
 
     /// A read of one of an engine's public paths (a PKI mount's CA
     /// certificate and CRL), made without a token: the body's media type
-    /// and bytes. Audited like any request. Every other path, and a path
-    /// under no such mount, gets one answer, which names no mount.
+    /// and bytes. A path that is not one is refused before anything else,
+    /// with one answer that names no mount; it opens nothing and writes no
+    /// audit record (it reaches nothing, and a caller with no token must
+    /// not be able to fill the audit log). A public read is audited like
+    /// any request; the engine's failures are not passed on word for word.
     pub async fn public_read(&self, caller: &Caller, path: &str) -> Result<(&'static str, Vec<u8>)> {
+        let refused = || Error::PermissionDenied(PUBLIC_REFUSAL.into());
+        if path.len() > PUBLIC_PATH_MAX || crate::path::validate_engine_path(path).is_err() {
+            return Err(refused());
+        }
+        let table = self.unsealed()?.table();
+        let (mount, rel) = table.route(path).ok_or_else(refused)?;
+        // Only built-in engines declare public paths: no cloud client,
+        // plugin or local store is opened for a caller with no token.
+        if self.builtin(&mount.kind).is_none() {
+            return Err(refused());
+        }
+        let backend = self.plugin_backend(mount).await.map_err(|_| refused())?;
+        let Some(public) = backend.public_reads().iter().find(|p| p.path == rel).copied() else {
+            return Err(refused());
+        };
         let result = async {
-            self.unsealed()?;
-            let refused = || {
-                Error::PermissionDenied(format!(
-                    "{path} is not served without a token; only public paths are (a PKI mount's ca, ca/pem, ca_chain, crl and crl/pem): use the API with a token"
-                ))
-            };
-            let (mount, rel, backend) = self.engine_route(path).await.map_err(|_| refused())?;
-            let public = *backend.public_reads().iter().find(|p| p.path == rel).ok_or_else(refused)?;
             {
                 let mut st = caller.state();
                 st.acl_path = Some(path.to_string());
@@ -187,20 +219,34 @@ impl Core {
                 ));
             }
             let info = backend.info();
-            let m = engine::match_path(info, &rel).ok_or_else(refused)?;
-            let params =
-                engine::check_params(&m, Operation::Read, &BTreeMap::new()).map_err(Error::InvalidArgument)?;
-            let req = EngineRequest { operation: Operation::Read, path: rel.clone(), pattern: m.info.pattern.clone(), params };
-            let ctx = self.call_context(&mount, &caller.request_id, "unauthenticated");
-            let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
-            let text = resp.data.get(public.field).ok_or_else(|| {
-                Error::Internal(format!("the {} engine answered {path} without its {} field", info.name, public.field))
-            })?;
+            let m = engine::match_path(info, rel).ok_or_else(refused)?;
+            let params = engine::check_params(&m, Operation::Read, &BTreeMap::new()).map_err(Error::InvalidArgument)?;
+            let req = EngineRequest {
+                operation: Operation::Read,
+                path: rel.to_string(),
+                pattern: m.info.pattern.clone(),
+                params,
+            };
+            let ctx = self.call_context(mount, &caller.request_id, "unauthenticated");
+            let failed = |e: String| {
+                tracing::warn!(mount = %mount.path, path = %rel, error = %e, "public read failed");
+                Error::Internal("the public read failed; see the server log".into())
+            };
+            let resp = match backend.handle(&ctx, &req).await {
+                Ok(r) => r,
+                // A mount with no CA yet: said without naming the mount or
+                // what to do about it.
+                Err(crate::plugins::EngineError::NotFound(_)) => {
+                    return Err(Error::NotFound("nothing is published at this path yet".into()));
+                }
+                Err(e) => return Err(failed(e.to_string())),
+            };
+            let text = resp.data.get(public.field).ok_or_else(|| failed(format!("no {} field", public.field)))?;
             let body = if public.base64 {
                 use base64::Engine as _;
                 base64::engine::general_purpose::STANDARD
                     .decode(text)
-                    .map_err(|_| Error::Internal(format!("the {} engine's {} field is not base64", info.name, public.field)))?
+                    .map_err(|_| failed(format!("the {} field is not base64", public.field)))?
             } else {
                 text.as_bytes().to_vec()
             };

@@ -10,6 +10,7 @@ use keybridge_barrier::{Barrier, RedbStore};
 
 use super::*;
 use crate::TokenRequest;
+use crate::backend::plugin::ENGINE_CALLS_MAX;
 use crate::plugins::*;
 use crate::{Caller, EngineOp};
 
@@ -541,6 +542,35 @@ async fn a_credential_whose_request_goes_away_before_its_lease_is_recorded_is_st
     assert_eq!(core.leases.counts().await.unwrap().values().sum::<i64>(), 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(issuer.revoked.lock().unwrap().is_empty(), "the credential was revoked");
+}
+
+/// Engine calls in progress are bounded per node: with every slot but one
+/// taken, a call goes through; with all taken (one held by a call whose
+/// caller went away), the next is refused, and goes through once it ends.
+#[tokio::test]
+async fn engine_calls_in_progress_are_bounded() {
+    let (core, t, _) = core_with_issuer().await;
+    let core = Arc::new(core);
+    let others = core.engine_calls.clone().acquire_many_owned((ENGINE_CALLS_MAX - 1) as u32).await.unwrap();
+    core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap();
+    let (reached, release) = super::tests::hold_load(&core, "record-lease");
+    let c = core.clone();
+    let t2 = Caller::token(Some("root-t"));
+    let request = tokio::spawn(async move {
+        let _ = c.engine_request(&t2, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await;
+    });
+    reached.await.unwrap();
+    request.abort();
+    let e = core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, Error::ResourceExhausted(m) if m.contains("engine calls in progress")), "{e}");
+    release.send(()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while core.engine_calls.available_permits() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the detached call kept its slot");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap();
+    drop(others);
 }
 
 /// Leases are counted by mount in rows of this node's own, in the commit
