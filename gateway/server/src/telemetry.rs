@@ -243,9 +243,14 @@ async fn public_read(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     axum::extract::Path(path): axum::extract::Path<String>,
 ) -> Response {
-    // No token is read or needed: these paths are public.
+    // No token is read or needed: these paths are public. The request id
+    // is always the server's own (a caller with no token names nothing in
+    // the audit log).
     #[allow(clippy::disallowed_methods)]
-    let caller = Caller::new(None, "http/v1/read").with_path(&path).with_remote(Some(peer));
+    let caller = Caller::new(None, "http/v1/read")
+        .with_request_id(uuid::Uuid::new_v4().to_string())
+        .with_path(&path)
+        .with_remote(Some(peer));
     match t.core.public_read(&caller, &path).await {
         Ok((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(e) => {

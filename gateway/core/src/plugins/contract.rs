@@ -216,13 +216,9 @@ pub trait EngineStorage: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, String>;
     /// Up to `limit` keys under `prefix` (relative to it, whole keys, not
     /// children), in byte order, after `after` when given: a walk over more
-    /// keys than `list` returns. The default filters `list`, for stores
-    /// with a flat prefix and few keys (tests).
-    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, String> {
-        let mut keys = self.list(prefix).await?;
-        keys.retain(|k| after.is_none_or(|a| k.as_str() > a));
-        keys.truncate(limit);
-        Ok(keys)
+    /// keys than `list` returns. A store that cannot page says so.
+    async fn list_page(&self, _prefix: &str, _after: Option<&str>, _limit: usize) -> Result<Vec<String>, String> {
+        Err("this storage cannot list keys a page at a time".into())
     }
 }
 

@@ -564,7 +564,8 @@ mod storage_tests {
         let storage = MountStorage { barrier: barrier.clone(), prefix: "logical/m1/".into() };
         let mut b = WriteBatch::new();
         let mut want = Vec::new();
-        for i in 0..1_300 {
+        // More than `list` returns (STORAGE_LIST_MAX).
+        for i in 0..12_000 {
             let k = format!("{i:05x}");
             b.put(format!("logical/m1/certs/{k}"), Zeroizing::new(b"x".to_vec()));
             want.push(k);
@@ -585,7 +586,8 @@ mod storage_tests {
             }
             after = page.last().cloned();
         }
-        assert_eq!(pages, 3);
+        assert_eq!(pages, 24);
         assert_eq!(got, want);
+        assert_eq!(storage.list("certs/").await.unwrap().len(), STORAGE_LIST_MAX);
     }
 }
