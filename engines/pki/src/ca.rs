@@ -102,6 +102,19 @@ impl Ca {
     }
 }
 
+/// Checked when a CA is installed (not when a stored one is loaded, so a
+/// CA installed before these checks keeps working): RFC 5280 4.1.2.2 asks
+/// for a positive serial; a negative one would be written as the positive
+/// number of the same bytes everywhere here.
+pub fn check_serial(der: &[u8]) -> Result<(), String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| "not a valid X.509 certificate".to_string())?;
+    let raw = cert.raw_serial();
+    if raw.first().is_none_or(|b| b & 0x80 != 0) || raw.iter().all(|b| *b == 0) {
+        return Err("its serial number is zero or negative, which RFC 5280 does not allow".into());
+    }
+    Ok(())
+}
+
 /// Reads a CA certificate (an import, a signed intermediate) and checks it
 /// can serve as this mount's CA: `cA` set, key usage (when present) with
 /// keyCertSign and cRLSign, a subject this engine reproduces exactly as
@@ -144,12 +157,6 @@ pub fn ca_facts(der: &[u8]) -> Result<CaFacts, String> {
         return Err("its subject is empty".into());
     }
     keys::describe_spki(cert.public_key())?;
-    // RFC 5280 4.1.2.2: a positive integer. A negative one would be
-    // written as the positive number of the same bytes everywhere here.
-    let raw = cert.raw_serial();
-    if raw.first().is_none_or(|b| b & 0x80 != 0) || raw.iter().all(|b| *b == 0) {
-        return Err("its serial number is zero or negative, which RFC 5280 does not allow".into());
-    }
     let v = cert.validity();
     Ok(CaFacts {
         not_before: v.not_before.timestamp(),

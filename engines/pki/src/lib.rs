@@ -599,7 +599,7 @@ fn check_common_name(cn: &str) -> Result<(), EngineError> {
     if cn.len() > 1024 {
         return Err(bad("common_name is longer than 1024 bytes"));
     }
-    if let Some(c) = names::unseen(cn) {
+    if let Some(c) = names::unseen_in_name(cn) {
         return Err(bad(format!("common_name holds U+{:04X}, an invisible or control character", c as u32)));
     }
     Ok(())
@@ -689,12 +689,15 @@ impl PkiEngine {
     async fn install_ca(&self, stored: StoredCa) -> Result<Ca, EngineError> {
         let ca = Ca::load(&stored)?;
         let mut state = CrlState::default();
+        ca::check_serial(&ca.der).map_err(|e| bad(format!("this CA cannot serve the mount: {e}")))?;
         // The first CRL is signed before anything is stored: a CA this
         // engine cannot sign a matching CRL for is refused, not installed.
-        state.rebuild(&ca, now(), self.crl_config().await?.expiry).map_err(|e| match e {
-            EngineError::Internal(m) => bad(format!("this CA cannot serve the mount: {m}")),
-            other => other,
-        })?;
+        state.rebuild(&ca, now(), self.crl_config().await?.expiry)?;
+        if !state.issuer_matches(&ca) {
+            return Err(bad(
+                "this CA cannot serve the mount: its subject is encoded in a way this engine does not reproduce byte for byte as the issuer of its CRL and certificates",
+            ));
+        }
         self.put_json("ca", &stored).await?;
         self.delete("ca-pending").await?;
         self.put_crl(&state).await?;

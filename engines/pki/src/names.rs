@@ -39,16 +39,60 @@ pub struct NameRules {
 
 /// The first character of `s` a person reading a certificate would not see
 /// as written: controls, format characters (bidi overrides, zero-width
-/// joiners, soft hyphens), surrogates, private-use characters and line or
-/// paragraph separators. Refused in every name and subject field (Vault
+/// joiners, soft hyphens), surrogates, private-use and unassigned code
+/// points, every space but U+0020, line and paragraph separators, and the
+/// rest of Unicode's default-ignorable code points (Hangul fillers,
+/// variation selectors) and the blank Braille pattern, which render as
+/// nothing or as a blank. Refused in every name and subject field (Vault
 /// lets them through).
 pub fn unseen(s: &str) -> Option<char> {
     use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
-    s.chars().find(|c| {
+    s.chars().find(|&c| {
         matches!(
             c.general_category(),
-            G::Control | G::Format | G::Surrogate | G::PrivateUse | G::LineSeparator | G::ParagraphSeparator
-        )
+            G::Control
+                | G::Format
+                | G::Surrogate
+                | G::PrivateUse
+                | G::Unassigned
+                | G::LineSeparator
+                | G::ParagraphSeparator
+        ) || (c.general_category() == G::SpaceSeparator && c != ' ')
+            || DEFAULT_IGNORABLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+            || c == '\u{2800}'
+    })
+}
+
+/// Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt,
+/// Unicode 15.1), most of which the categories above already cover.
+const DEFAULT_IGNORABLE: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFF8}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
+/// As [`unseen`], also in what each `xn--` label of a dotted name decodes
+/// to; a label that does not decode is left to the name rules.
+pub fn unseen_in_name(s: &str) -> Option<char> {
+    unseen(s).or_else(|| {
+        s.split(['.', '@'])
+            .filter_map(|label| label.get(4..).filter(|_| label[..4].eq_ignore_ascii_case("xn--")))
+            .filter_map(idna::punycode::decode_to_string)
+            .find_map(|decoded| unseen(&decoded))
     })
 }
 
@@ -314,7 +358,7 @@ pub fn requested(
     // Whatever the role's flags, no name a reader would not see as written
     // (a CSR's names are ASCII, but punycode may decode to a bidi override).
     for n in r.dns.iter().chain(r.emails.iter()) {
-        if let Some(c) = unseen(n) {
+        if let Some(c) = unseen_in_name(n) {
             return Err(format!("the name {n:?} holds U+{:04X}, an invisible or control character", c as u32));
         }
         let domain = n.rsplit_once('@').map_or(n.as_str(), |(_, d)| d);
