@@ -104,6 +104,8 @@ struct RawTelemetry {
     address: String,
     #[serde(default)]
     unauthenticated_metrics_access: Option<bool>,
+    #[serde(default)]
+    public_reads_per_second: Option<u32>,
     /// Vault's: accepted; metrics are kept since start.
     #[serde(default)]
     prometheus_retention_time: Option<String>,
@@ -141,6 +143,9 @@ pub struct Telemetry {
     /// `GET /metrics` without a token (default true); false: a token with
     /// `read` on `sys/metrics`.
     pub unauthenticated_metrics_access: bool,
+    /// Reads without a token (a PKI mount's CA and CRL) per client address
+    /// and second, a burst of twice that (default 20; 0: no limit).
+    pub public_reads_per_second: u32,
 }
 
 /// The seal types this build knows.
@@ -793,6 +798,7 @@ impl Config {
                         bad(format!("telemetry address {:?} is not host:port (e.g. 0.0.0.0:8402)", t.address))
                     })?,
                     unauthenticated_metrics_access: t.unauthenticated_metrics_access.unwrap_or(true),
+                    public_reads_per_second: t.public_reads_per_second.unwrap_or(20),
                 }),
             },
             audit_file_dir: match raw.audit_file_dir {

@@ -156,6 +156,34 @@ impl LoginLimits {
     }
 }
 
+/// Reads without a token on the HTTP listener (a PKI mount's CA and CRL):
+/// a bucket per client address (an IPv6 address by its /64, which one
+/// host can hold whole), `per_second` with a burst of twice that.
+pub struct AddressLimit {
+    limiter: Option<Arc<DefaultKeyedRateLimiter<u64>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl AddressLimit {
+    /// `per_second` reads per address (0: no limit).
+    pub fn new(per_second: u32) -> Self {
+        AddressLimit { limiter: keyed(per_second), hasher: std::collections::hash_map::RandomState::new() }
+    }
+
+    /// Takes one read from `ip`'s bucket; false when it is spent.
+    pub fn check(&self, ip: std::net::IpAddr) -> bool {
+        let Some(l) = &self.limiter else { return true };
+        let key = match ip {
+            std::net::IpAddr::V4(v4) => self.hasher.hash_one(v4),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => self.hasher.hash_one(v4),
+                None => self.hasher.hash_one(&v6.octets()[..8]),
+            },
+        };
+        l.check_key(&key).is_ok()
+    }
+}
+
 impl TokenRateLimitLayer {
     /// The bucket of a header: the keyed hash of its token as the services
     /// read it (any case of `Bearer`, any spaces), or of the header itself
@@ -207,5 +235,27 @@ mod tests {
         assert!(l.check(ip(1), "k", "c").unwrap_err().contains("address"));
         l.set(0, 0);
         assert!(l.check(ip(1), "k", "d").is_ok());
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    /// A burst of twice the rate per address (an IPv6 address by its /64),
+    /// then refused; addresses do not share a bucket.
+    #[tokio::test]
+    async fn reads_without_a_token_are_limited_per_address() {
+        let l = AddressLimit::new(1);
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let got: Vec<bool> = (0..4).map(|_| l.check(a)).collect();
+        assert_eq!(got, [true, true, false, false]);
+        assert!(l.check(b));
+        let v6a: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: std::net::IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        assert!(l.check(v6a) && l.check(v6b));
+        assert!(!l.check(v6a), "one /64, one bucket");
+        assert!((0..100).all(|_| AddressLimit::new(0).check(a)), "0: no limit");
     }
 }

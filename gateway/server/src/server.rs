@@ -482,10 +482,11 @@ pub async fn run(
                 cluster_name: config.cluster_name.clone(),
                 api_addr: config.api_addr.clone().unwrap_or_default(),
                 unauthenticated_metrics_access: t.unauthenticated_metrics_access,
+                public_reads: crate::ratelimit::AddressLimit::new(t.public_reads_per_second),
             },
         )
         .await?;
-        println!("Telemetry on http://{local} (/v1/sys/health, /metrics)");
+        println!("Telemetry on http://{local} (/v1/sys/health, /metrics, public reads under /v1/)");
     }
     // The reconciler: idle while sealed, replicating and scanning otherwise.
     tokio::spawn(core.clone().sync_worker());

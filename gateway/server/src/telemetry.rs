@@ -14,7 +14,8 @@
 //! - `GET /v1/<mount>/<path>` for an engine's public paths, without a token
 //!   (as Vault): a PKI mount's `ca` and `crl` (DER), `ca/pem`, `ca_chain`
 //!   and `crl/pem`, the URLs `config/urls` writes into certificates.
-//!   Audited; every other path is refused alike.
+//!   Audited; every other path is refused alike, with no record; at most
+//!   `public_reads_per_second` per client address (429 beyond).
 //! - [`Measured`]: the gRPC layer that counts requests and times them by
 //!   RPC and status code.
 
@@ -39,6 +40,8 @@ pub struct Telemetry {
     pub cluster_name: String,
     pub api_addr: String,
     pub unauthenticated_metrics_access: bool,
+    /// Reads without a token, per client address.
+    pub public_reads: crate::ratelimit::AddressLimit,
 }
 
 /// Connections the listener serves at once; one more is closed at once.
@@ -243,6 +246,14 @@ async fn public_read(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     axum::extract::Path(path): axum::extract::Path<String>,
 ) -> Response {
+    if !t.public_reads.check(peer.ip()) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(json!({ "errors": ["too many reads from this address; retry in a second (telemetry.public_reads_per_second)"] })),
+        )
+            .into_response();
+    }
     // No token is read or needed: these paths are public. The request id
     // is always the server's own (a caller with no token names nothing in
     // the audit log).

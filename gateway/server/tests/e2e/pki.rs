@@ -523,3 +523,40 @@ async fn the_ca_and_crl_are_public_at_the_urls_in_the_certificates() {
     assert!(public.iter().all(|r| r["request_id"].as_str().is_some_and(|id| id.len() == 36)), "{audit}");
     assert!(public.iter().all(|r| r.get("auth").is_none()), "{audit}");
 }
+
+/// Reads without a token are limited per client address: within the
+/// limit (a burst of twice the rate) they are answered, beyond it 429 with
+/// Retry-After, and the bucket fills again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_reads_are_limited_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_top(
+        dir.path(),
+        "telemetry {\n address = \"127.0.0.1:0\"\n public_reads_per_second = 1\n}\n",
+    );
+    let base = s.telemetry.clone().expect("a telemetry listener");
+    let (root, _) = crate::harness::init_unseal(&s);
+    for args in
+        [&["mount", "enable", "--type", "pki", "pki/"][..], &["write", "pki/root/generate/internal", "common_name=R"]]
+    {
+        let o = s.cli(Some(&root), args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let client = reqwest::Client::new();
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let r = client.get(format!("{base}/v1/pki/ca/pem")).send().await.unwrap();
+        let code = r.status().as_u16();
+        if code == 429 {
+            assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+            assert!(r.text().await.unwrap().contains("public_reads_per_second"));
+        }
+        codes.push(code);
+    }
+    // A burst of two; one more a second (allowing one refill on a slow machine).
+    assert_eq!(&codes[..2], &[200; 2], "{codes:?}");
+    assert!(codes[2..].iter().filter(|c| **c == 429).count() >= 5, "{codes:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = client.get(format!("{base}/v1/pki/ca/pem")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
