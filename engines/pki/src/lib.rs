@@ -1409,6 +1409,11 @@ impl PkiEngine {
             let entry = Revoked { serial: serial_text.clone(), revoked_at: at, not_after };
             state.add(entry.clone())?;
             state.rebuild(&ca, at, self.crl_config().await?.expiry)?;
+            if !state.issuer_matches(&ca) {
+                // A CA installed before the check at install: said, not refused.
+                tracing::warn!(mount = %ctx.mount_path, "pki: the CRL's issuer name does not match the CA's subject byte for byte");
+                warnings.push("this CA's subject is not reproduced byte for byte as the CRL's issuer: clients that match CRLs by those bytes (webpki) will not apply this CRL; replace the CA".into());
+            }
             // The entry on its own first: a revocation another node writes
             // to `crl` at the same moment cannot lose it (the periodic pass
             // puts every entry back into the CRL).

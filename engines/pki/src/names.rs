@@ -63,6 +63,10 @@ pub fn unseen(s: &str) -> Option<char> {
     })
 }
 
+/// The longest name (host name or e-mail address) any check looks into:
+/// an e-mail address's 320 (RFC 3696; a host name is at most 253).
+pub const NAME_MAX_BYTES: usize = 320;
+
 /// Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt,
 /// Unicode 15.1), most of which the categories above already cover.
 const DEFAULT_IGNORABLE: &[(char, char)] = &[
@@ -90,6 +94,10 @@ const DEFAULT_IGNORABLE: &[(char, char)] = &[
 pub fn unseen_in_name(s: &str) -> Option<char> {
     unseen(s).or_else(|| {
         s.split(['.', '@'])
+            // A label longer than DNS allows is not decoded (punycode's
+            // coding takes time in the square of its length); the name
+            // rules refuse it as a host name.
+            .filter(|label| label.len() <= 63)
             .filter_map(|label| label.get(4..).filter(|_| label[..4].eq_ignore_ascii_case("xn--")))
             .filter_map(idna::punycode::decode_to_string)
             .find_map(|decoded| unseen(&decoded))
@@ -105,11 +113,19 @@ pub fn to_ascii(name: &str) -> Result<String, String> {
     if name.is_empty() {
         return Err("an empty name".into());
     }
+    // Bounds first: punycode's coding takes time in the square of a
+    // label's length.
+    if name.len() > NAME_MAX_BYTES {
+        return Err(format!("a name is longer than {NAME_MAX_BYTES} bytes"));
+    }
     let body = name.strip_suffix('.').unwrap_or(name);
     let mut labels = Vec::new();
     for label in body.split('.') {
         if label.is_empty() {
             return Err(format!("{name:?} has an empty label"));
+        }
+        if label.chars().count() > 63 {
+            return Err(format!("{name:?}: a label is longer than 63 characters"));
         }
         let ascii = if label.is_ascii() {
             if let Some(encoded) = label.get(4..).filter(|_| label[..4].eq_ignore_ascii_case("xn--")) {
@@ -341,6 +357,9 @@ pub fn requested(
             alts.sort_unstable();
             alts.dedup();
             for alt in alts {
+                if alt.len() > NAME_MAX_BYTES {
+                    return Err(format!("alt_names: a name is longer than {NAME_MAX_BYTES} bytes"));
+                }
                 if alt.contains('@') {
                     r.emails.push(alt.to_string());
                     continue;
@@ -358,6 +377,9 @@ pub fn requested(
     // Whatever the role's flags, no name a reader would not see as written
     // (a CSR's names are ASCII, but punycode may decode to a bidi override).
     for n in r.dns.iter().chain(r.emails.iter()) {
+        if n.len() > NAME_MAX_BYTES {
+            return Err(format!("a name is longer than {NAME_MAX_BYTES} bytes"));
+        }
         if let Some(c) = unseen_in_name(n) {
             return Err(format!("the name {n:?} holds U+{:04X}, an invisible or control character", c as u32));
         }

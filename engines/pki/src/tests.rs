@@ -234,6 +234,16 @@ async fn names_outside_the_role_are_refused_with_one_line() {
         let e = m.refused("issue/any", &[("common_name", "ok.example"), ("alt_names", alt)]).await;
         assert!(e.contains("alt_names") && e.contains("U+"), "{alt:?}: {e}");
     }
+    // Punycode's decoding is quadratic: long names and labels are refused
+    // by length before anything decodes them (this took minutes before).
+    let started = std::time::Instant::now();
+    let huge = format!("xn--{}@x.example", "a".repeat(200_000));
+    let e = m.refused("issue/any", &[("common_name", "ok.example"), ("alt_names", &huge)]).await;
+    assert!(e.contains("longer than 320 bytes"), "{e}");
+    let long_label = format!("xn--{}.example", "a".repeat(1_000));
+    let e = m.refused("issue/any", &[("common_name", &long_label)]).await;
+    assert!(e.contains("longer than"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     let c = m.ok("issue/any", &[("common_name", "Zürich Ops Ωμέγα")]).await;
     assert!(c["certificate"].contains("BEGIN CERTIFICATE"));
 }
