@@ -194,6 +194,9 @@ pub struct Core {
     pub(crate) leases: Arc<crate::leases::LeaseManager>,
     /// Slots of engine calls in progress (see `engine_request`).
     pub(crate) engine_calls: Arc<tokio::sync::Semaphore>,
+    /// Each mount's share of them, by mount id (an entry per mount ever
+    /// called since start: a few bytes each).
+    pub(crate) engine_calls_by_mount: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// The reconciler's in-memory state.
     pub(crate) sync: keybridge_reconciler::Reconciler,
     /// Whether this node runs the singleton work (the reconciler's passes,
@@ -302,6 +305,7 @@ impl Core {
         let barrier = Arc::new(barrier);
         Core {
             engine_calls: Arc::new(tokio::sync::Semaphore::new(crate::backend::plugin::ENGINE_CALLS_MAX)),
+            engine_calls_by_mount: Default::default(),
             leases: Arc::new(crate::leases::LeaseManager::new(
                 barrier.clone(),
                 WRITE_LOCK_STRIPES,

@@ -25,6 +25,9 @@ const PUBLIC_PATH_MAX: usize = 256;
 /// Engine calls (and lease records) in progress on a node at once.
 pub(crate) const ENGINE_CALLS_MAX: usize = 1024;
 
+/// Of those, calls of one mount.
+pub(crate) const ENGINE_CALLS_PER_MOUNT: usize = 256;
+
 impl Core {
     /// Routes `path` to its plugin mount, or to the core's own password
     /// policies (`sys/policies/password/`, never a mount's).
@@ -144,21 +147,18 @@ impl Core {
         // multi-step work (a database user and its grants) is not cut
         // short. Revoking it instead would let any caller that can issue
         // grow a PKI mount's revocation list by hanging up.
-        // Bounded per node: a caller that hangs up at once frees its
-        // connection's slot while its call goes on, so the calls in
-        // progress need a bound of their own.
-        let permit = self.engine_calls.clone().try_acquire_owned().map_err(|_| {
-            Error::ResourceExhausted(format!(
-                "this node has {ENGINE_CALLS_MAX} engine calls in progress; try again shortly"
-            ))
-        })?;
+        // Bounded per mount and per node: a caller that hangs up at once
+        // frees its connection's slot while its call goes on, so the calls
+        // in progress need a bound of their own; a mount whose calls are
+        // slow (RSA keys, a database that stalls) fills its own share only.
+        let permits = self.engine_call_permits(&mount.id)?;
         let leases = self.leases.clone();
         #[cfg(test)]
         let holds = self.load_holds.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let request_id = caller.request_id.clone();
         let call = async move {
-            let _permit = permit;
+            let _permits = permits;
             let result = async {
                 let resp = backend.handle(&ctx, &req).await.map_err(engine_error)?;
                 let lease = match resp.lease {
@@ -181,6 +181,31 @@ impl Core {
         rx.await.unwrap_or_else(|_| {
             Err(Error::Internal(format!("the engine call for {path} stopped before it finished; see the server log")))
         })
+    }
+
+    /// A slot of the mount's share and one of the node's, or why not.
+    fn engine_call_permits(
+        &self,
+        mount_id: &str,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit)> {
+        let share = {
+            let mut by_mount = self.engine_calls_by_mount.lock().unwrap_or_else(|p| p.into_inner());
+            by_mount
+                .entry(mount_id.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ENGINE_CALLS_PER_MOUNT)))
+                .clone()
+        };
+        let mine = share.try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "this mount has {ENGINE_CALLS_PER_MOUNT} calls in progress on this node; try again shortly"
+            ))
+        })?;
+        let node = self.engine_calls.clone().try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "this node has {ENGINE_CALLS_MAX} engine calls in progress; try again shortly"
+            ))
+        })?;
+        Ok((mine, node))
     }
 
     /// A read of one of an engine's public paths (a PKI mount's CA

@@ -10,7 +10,7 @@ use keybridge_barrier::{Barrier, RedbStore};
 
 use super::*;
 use crate::TokenRequest;
-use crate::backend::plugin::ENGINE_CALLS_MAX;
+use crate::backend::plugin::{ENGINE_CALLS_MAX, ENGINE_CALLS_PER_MOUNT};
 use crate::plugins::*;
 use crate::{Caller, EngineOp};
 
@@ -544,14 +544,29 @@ async fn a_credential_whose_request_goes_away_before_its_lease_is_recorded_is_st
     assert!(issuer.revoked.lock().unwrap().is_empty(), "the credential was revoked");
 }
 
-/// Engine calls in progress are bounded per node: with every slot but one
-/// taken, a call goes through; with all taken (one held by a call whose
-/// caller went away), the next is refused, and goes through once it ends.
+/// Engine calls in progress are bounded per node and per mount: with every
+/// slot but one taken, a call goes through; with all taken (one held by a
+/// call whose caller went away), the next is refused, and goes through once
+/// it ends.
 #[tokio::test]
 async fn engine_calls_in_progress_are_bounded() {
+    for per_mount in [false, true] {
+        engine_calls_are_bounded(per_mount).await;
+    }
+}
+
+async fn engine_calls_are_bounded(per_mount: bool) {
     let (core, t, _) = core_with_issuer().await;
     let core = Arc::new(core);
-    let others = core.engine_calls.clone().acquire_many_owned((ENGINE_CALLS_MAX - 1) as u32).await.unwrap();
+    let (pool, max, what) = if per_mount {
+        let mount_id = core.list_mounts(&t).await.unwrap().into_iter().find(|m| m.path == "creds/").unwrap().id;
+        let share = Arc::new(tokio::sync::Semaphore::new(ENGINE_CALLS_PER_MOUNT));
+        core.engine_calls_by_mount.lock().unwrap().insert(mount_id, share.clone());
+        (share, ENGINE_CALLS_PER_MOUNT, "this mount has")
+    } else {
+        (core.engine_calls.clone(), ENGINE_CALLS_MAX, "this node has")
+    };
+    let others = pool.clone().acquire_many_owned((max - 1) as u32).await.unwrap();
     core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap();
     let (reached, release) = super::tests::hold_load(&core, "record-lease");
     let c = core.clone();
@@ -561,11 +576,12 @@ async fn engine_calls_in_progress_are_bounded() {
     });
     reached.await.unwrap();
     request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
     let e = core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap_err();
-    assert!(matches!(&e, Error::ResourceExhausted(m) if m.contains("engine calls in progress")), "{e}");
+    assert!(matches!(&e, Error::ResourceExhausted(m) if m.contains(what)), "{e}");
     release.send(()).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while core.engine_calls.available_permits() == 0 {
+    while pool.available_permits() == 0 {
         assert!(std::time::Instant::now() < deadline, "the detached call kept its slot");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
