@@ -17,6 +17,17 @@ pub fn disable_core_dumps() -> std::io::Result<()> {
     Ok(())
 }
 
+/// A panic is logged with where it happened, never with its message: a
+/// message can be built from whatever the panicking code held, and the
+/// server's log must not carry secret material.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        tracing::error!(at = %at, thread = %thread, "panic (its message is not logged)");
+    }));
+}
+
 /// Locks all current and future pages in RAM so keys never reach swap.
 ///
 /// `MCL_ONFAULT` locks each page when it is first touched instead of
@@ -94,6 +105,33 @@ mod tests {
         // SAFETY: getrlimit fills a plain struct.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
         assert_eq!((got, lim.rlim_cur), (lim.rlim_max, lim.rlim_max));
+    }
+
+    /// A panic's message never reaches the log; where it happened does.
+    #[test]
+    fn a_panic_is_logged_without_its_message() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish();
+        super::quiet_panics();
+        tracing::subscriber::with_default(subscriber, || {
+            let _ = std::panic::catch_unwind(|| panic!("the password is hunter2"));
+        });
+        let _ = std::panic::take_hook();
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("panic (its message is not logged)") && log.contains("hygiene.rs:"), "{log}");
+        assert!(!log.contains("hunter2"), "{log}");
     }
 
     #[test]

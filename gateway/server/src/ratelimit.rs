@@ -157,30 +157,47 @@ impl LoginLimits {
 }
 
 /// Reads without a token on the HTTP listener (a PKI mount's CA and CRL):
-/// a bucket per client address (an IPv6 address by its /64, which one
-/// host can hold whole), `per_second` with a burst of twice that.
+/// a bucket per client address (an IPv6 address by its /48, which one
+/// party can hold whole), `per_second` with a burst of twice that, and one
+/// for the node, ten times that.
 pub struct AddressLimit {
     limiter: Option<Arc<DefaultKeyedRateLimiter<u64>>>,
+    node: Option<governor::DefaultDirectRateLimiter>,
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// Which bucket of [`AddressLimit`] is spent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Spent {
+    Address,
+    Node,
 }
 
 impl AddressLimit {
     /// `per_second` reads per address (0: no limit).
     pub fn new(per_second: u32) -> Self {
-        AddressLimit { limiter: keyed(per_second), hasher: std::collections::hash_map::RandomState::new() }
+        let two = NonZeroU32::new(2).expect("2 > 0");
+        let node = NonZeroU32::new(per_second.saturating_mul(10))
+            .map(|rate| RateLimiter::direct(Quota::per_second(rate).allow_burst(rate.saturating_mul(two))));
+        AddressLimit { limiter: keyed(per_second), node, hasher: std::collections::hash_map::RandomState::new() }
     }
 
-    /// Takes one read from `ip`'s bucket; false when it is spent.
-    pub fn check(&self, ip: std::net::IpAddr) -> bool {
-        let Some(l) = &self.limiter else { return true };
+    /// Takes one read from `ip`'s bucket and the node's, or says which is
+    /// spent.
+    pub fn check(&self, ip: std::net::IpAddr) -> Result<(), Spent> {
+        let Some(l) = &self.limiter else { return Ok(()) };
         let key = match ip {
             std::net::IpAddr::V4(v4) => self.hasher.hash_one(v4),
             std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => self.hasher.hash_one(v4),
-                None => self.hasher.hash_one(&v6.octets()[..8]),
+                None => self.hasher.hash_one(&v6.octets()[..6]),
             },
         };
-        l.check_key(&key).is_ok()
+        l.check_key(&key).map_err(|_| Spent::Address)?;
+        match &self.node {
+            Some(n) => n.check().map_err(|_| Spent::Node),
+            None => Ok(()),
+        }
     }
 }
 
@@ -242,20 +259,27 @@ mod tests {
 mod address_tests {
     use super::*;
 
-    /// A burst of twice the rate per address (an IPv6 address by its /64),
-    /// then refused; addresses do not share a bucket.
+    /// A burst of twice the rate per address (an IPv6 address by its /48),
+    /// then refused; addresses do not share a bucket, but all share the
+    /// node's.
     #[tokio::test]
     async fn reads_without_a_token_are_limited_per_address() {
         let l = AddressLimit::new(1);
         let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
         let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
-        let got: Vec<bool> = (0..4).map(|_| l.check(a)).collect();
+        let got: Vec<bool> = (0..4).map(|_| l.check(a).is_ok()).collect();
         assert_eq!(got, [true, true, false, false]);
-        assert!(l.check(b));
+        assert_eq!(l.check(a), Err(Spent::Address));
+        assert!(l.check(b).is_ok());
         let v6a: std::net::IpAddr = "2001:db8::1".parse().unwrap();
-        let v6b: std::net::IpAddr = "2001:db8::ffff:2".parse().unwrap();
-        assert!(l.check(v6a) && l.check(v6b));
-        assert!(!l.check(v6a), "one /64, one bucket");
-        assert!((0..100).all(|_| AddressLimit::new(0).check(a)), "0: no limit");
+        let v6b: std::net::IpAddr = "2001:db8:0:ffff::2".parse().unwrap();
+        assert!(l.check(v6a).is_ok() && l.check(v6b).is_ok());
+        assert!(l.check(v6a).is_err(), "one /48, one bucket");
+        assert!((0..100).all(|_| AddressLimit::new(0).check(a).is_ok()), "0: no limit");
+        // The node's bucket: ten times the rate, a burst of twice that (20
+        // at 1/s); 5 spent above. Many addresses cannot pass it.
+        let passed = (0..100u8).filter(|i| l.check(std::net::IpAddr::from([198, 51, 100, *i])).is_ok()).count();
+        assert_eq!(passed, 15);
+        assert_eq!(l.check(std::net::IpAddr::from([203, 0, 113, 1])), Err(Spent::Node));
     }
 }

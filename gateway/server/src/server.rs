@@ -302,6 +302,7 @@ pub async fn run(
     if let Err(e) = hygiene::disable_core_dumps() {
         tracing::warn!(error = %e, "cannot disable core dumps");
     }
+    hygiene::quiet_panics();
     // Connections, store and audit files are descriptors: room for
     // max_connections of them plus the server's own (a margin of 256).
     let open_files = hygiene::raise_open_files();

@@ -246,12 +246,16 @@ async fn public_read(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     axum::extract::Path(path): axum::extract::Path<String>,
 ) -> Response {
-    if !t.public_reads.check(peer.ip()) {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "1")],
-            axum::Json(json!({ "errors": ["too many reads from this address; retry in a second (telemetry.public_reads_per_second)"] })),
-        )
+    if let Err(spent) = t.public_reads.check(peer.ip()) {
+        let why = match spent {
+            crate::ratelimit::Spent::Address => {
+                "too many reads from this address; retry in a second (telemetry.public_reads_per_second)"
+            }
+            crate::ratelimit::Spent::Node => {
+                "too many reads on this node; retry in a second (telemetry.public_reads_per_second, ten times it for the node)"
+            }
+        };
+        return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], axum::Json(json!({ "errors": [why] })))
             .into_response();
     }
     // No token is read or needed: these paths are public. The request id
