@@ -231,8 +231,9 @@ struct Token {
 }
 
 struct Vault {
-    /// Live secrets by lower-case name; a name is here or in `held`, not both.
-    secrets: HashMap<String, Secret>,
+    /// Live secrets by lower-case name (in the order lists give them); a
+    /// name is here or in `held`, not both.
+    secrets: BTreeMap<String, Secret>,
     /// Keys by lower-case name (a namespace of their own).
     keys: HashMap<String, Key>,
     held: HashMap<String, Held>,
@@ -306,7 +307,7 @@ impl Shared {
         ]
         .into();
         let vault = Vault {
-            secrets: HashMap::new(),
+            secrets: BTreeMap::new(),
             keys: HashMap::new(),
             held: HashMap::new(),
             tokens: HashMap::new(),
@@ -740,6 +741,18 @@ fn valid_name(name: &str) -> bool {
 
 /// One page of `items` from `skip`, with a nextLink when more remain.
 fn page(base: &str, path: &str, api: &str, items: Vec<Value>, q: &HashMap<String, String>) -> Response {
+    page_of(base, path, api, &items, Value::clone, q)
+}
+
+/// As [`page`], rendering only the items of the page.
+fn page_of<T>(
+    base: &str,
+    path: &str,
+    api: &str,
+    items: &[T],
+    render: impl Fn(&T) -> Value,
+    q: &HashMap<String, String>,
+) -> Response {
     let max = match q.get("maxresults") {
         None => PAGE_MAX,
         Some(m) => match m.parse::<usize>() {
@@ -755,7 +768,7 @@ fn page(base: &str, path: &str, api: &str, items: Vec<Value>, q: &HashMap<String
     };
     let skip: usize = q.get("$skiptoken").and_then(|t| t.parse().ok()).unwrap_or(0);
     let total = items.len();
-    let value: Vec<Value> = items.into_iter().skip(skip).take(max).collect();
+    let value: Vec<Value> = items.iter().skip(skip).take(max).map(render).collect();
     let next = (skip + max < total)
         .then(|| format!("{base}{path}?api-version={api}&$skiptoken={}&maxresults={max}", skip + max));
     Json(json!({ "value": value, "nextLink": next })).into_response()
@@ -889,10 +902,17 @@ fn dispatch(
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match (method, segs.as_slice()) {
         (&Method::GET, ["secrets"]) | (&Method::GET, ["secrets", ""]) => {
-            let mut names: Vec<&Secret> = v.secrets.values().collect();
-            names.sort_by_key(|s| s.name.to_ascii_lowercase());
-            let items = names.iter().filter_map(|sec| Some(item(&base, sec, sec.versions.last()?, false))).collect();
-            page(&base, "/secrets", &api, items, q)
+            // In name order already; only the page asked for is rendered
+            // (a list over 100,000 secrets costs one page, as in Azure).
+            let live: Vec<&Secret> = v.secrets.values().filter(|sec| !sec.versions.is_empty()).collect();
+            page_of(
+                &base,
+                "/secrets",
+                &api,
+                &live,
+                |sec| item(&base, sec, sec.versions.last().expect("live"), false),
+                q,
+            )
         }
         (&Method::GET, ["secrets", name, "versions"]) => match v.secrets.get(&name.to_ascii_lowercase()) {
             Some(sec) => {
