@@ -1433,6 +1433,33 @@ impl PkiEngine {
         })
     }
 
+    /// Deletes the entries under `prefix` whose stored value `expired`
+    /// says so, a page at a time (the write lock held for one page), and
+    /// counts them.
+    async fn tidy_entries(&self, prefix: &str, expired: impl Fn(&[u8]) -> bool) -> Result<u64, EngineError> {
+        let mut deleted = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.storage.list_page(prefix, after.as_deref(), TIDY_PAGE).await.map_err(store_err)?;
+            let _w = self.writes.lock().await;
+            for k in &page {
+                let key = format!("{prefix}{k}");
+                let gone = match self.storage.get(&key).await.map_err(store_err)? {
+                    Some(raw) => expired(&raw),
+                    None => false,
+                };
+                if gone {
+                    self.delete(&key).await?;
+                    deleted += 1;
+                }
+            }
+            if page.len() < TIDY_PAGE {
+                return Ok(deleted);
+            }
+            after = page.last().cloned();
+        }
+    }
+
     async fn tidy(&self, ctx: &CallContext, p: &Params) -> Result<EngineResponse, EngineError> {
         let (certs, revoked) = (flag(p, "tidy_cert_store"), flag(p, "tidy_revoked_certs"));
         if !certs && !revoked {
@@ -1444,45 +1471,21 @@ impl PkiEngine {
         // one page, so issues and revocations go on between pages.
         let mut certs_deleted = 0u64;
         if certs {
-            let mut after: Option<String> = None;
-            loop {
-                let page = self.storage.list_page("certs/", after.as_deref(), TIDY_PAGE).await.map_err(store_err)?;
-                let _w = self.writes.lock().await;
-                for k in &page {
-                    let key = format!("certs/{k}");
-                    let expired = match self.get_json::<StoredCert>(&key).await {
-                        Ok(Some(c)) => c.not_after < cutoff,
+            certs_deleted = self
+                .tidy_entries("certs/", |raw| {
+                    match serde_json::from_slice::<StoredCert>(raw) {
+                        Ok(c) => c.not_after < cutoff,
                         // An entry that does not read is no certificate.
-                        Ok(None) => false,
                         Err(_) => true,
-                    };
-                    if expired {
-                        self.delete(&key).await?;
-                        certs_deleted += 1;
                     }
-                }
-                if page.len() < TIDY_PAGE {
-                    break;
-                }
-                after = page.last().cloned();
-            }
+                })
+                .await?;
         }
         if revoked {
-            let mut after: Option<String> = None;
-            loop {
-                let page = self.storage.list_page("revoked/", after.as_deref(), TIDY_PAGE).await.map_err(store_err)?;
-                let _w = self.writes.lock().await;
-                for k in &page {
-                    let key = format!("revoked/{k}");
-                    if self.get_json::<Revoked>(&key).await.ok().flatten().is_none_or(|r| r.not_after < cutoff) {
-                        self.delete(&key).await?;
-                    }
-                }
-                if page.len() < TIDY_PAGE {
-                    break;
-                }
-                after = page.last().cloned();
-            }
+            self.tidy_entries("revoked/", |raw| {
+                serde_json::from_slice::<Revoked>(raw).map_or(true, |r| r.not_after < cutoff)
+            })
+            .await?;
         }
         let _w = self.writes.lock().await;
         let mut revoked_deleted = 0u64;

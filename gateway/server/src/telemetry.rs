@@ -220,16 +220,7 @@ async fn metrics(
             .with_remote(Some(peer));
         match t.core.metrics_for(&caller, !open).await {
             Ok(text) => text,
-            Err(e) => {
-                let s = crate::service::status(e);
-                let code = match s.code() {
-                    tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-                    tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-                    tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                return (code, axum::Json(json!({ "errors": [s.message()] }))).into_response();
-            }
+            Err(e) => return http_error(e),
         }
     };
     let content_type = if open {
@@ -238,6 +229,21 @@ async fn metrics(
         "text/plain; version=0.0.4; charset=utf-8"
     };
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+/// A core error as the HTTP listener answers it: the gRPC status's code
+/// as the nearest HTTP one, its message in Vault's `errors` list.
+fn http_error(e: keybridge_core::Error) -> Response {
+    let s = crate::service::status(e);
+    let code = match s.code() {
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, axum::Json(json!({ "errors": [s.message()] }))).into_response()
 }
 
 /// An engine's public path (a CA certificate, a CRL), with no token.
@@ -268,17 +274,7 @@ async fn public_read(
         .with_remote(Some(peer));
     match t.core.public_read(&caller, &path).await {
         Ok((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
-        Err(e) => {
-            let s = crate::service::status(e);
-            let code = match s.code() {
-                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-                tonic::Code::NotFound => StatusCode::NOT_FOUND,
-                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            (code, axum::Json(json!({ "errors": [s.message()] }))).into_response()
-        }
+        Err(e) => http_error(e),
     }
 }
 

@@ -43,6 +43,15 @@ fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
+/// A new P-256 key (`NAME.key`) and a CSR for it (`NAME.csr`) from
+/// `openssl req`, with this subject and subjectAltName.
+fn new_csr(dir: &Path, name: &str, subject: &str, sans: &str) {
+    let (key, csr, san) = (format!("{name}.key"), format!("{name}.csr"), format!("subjectAltName={sans}"));
+    let args = ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key];
+    let (good, out) = openssl(dir, &[&args[..], &["-out", &csr, "-subj", subject, "-addext", &san]].concat());
+    assert!(good, "{out}");
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -221,27 +230,7 @@ async fn a_two_level_chain_issues_verifies_serves_tls_revokes_and_signs_csrs() {
     assert!(!o.status.success() && stderr(&o).contains("evil.com is not allowed"), "{}", stderr(&o));
 
     // A CSR from `openssl req`, signed under the role.
-    let (good, out) = openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "svc.key",
-            "-out",
-            "svc.csr",
-            "-subj",
-            "/CN=svc.app.internal",
-            "-addext",
-            "subjectAltName=DNS:svc.app.internal,DNS:svc2.app.internal",
-        ],
-    );
-    assert!(good, "{out}");
+    new_csr(d, "svc", "/CN=svc.app.internal", "DNS:svc.app.internal,DNS:svc2.app.internal");
     let svc = json(&ok(&["write", "pki_int/sign/app", &format!("csr=@{}", d.join("svc.csr").display()), "-o", "json"]));
     assert!(svc["data"].get("private_key").is_none());
     file("svc.pem", svc["data"]["certificate"].as_str().unwrap());
@@ -387,27 +376,7 @@ async fn the_origin_documents_policy_constrains_issuing() {
     let t = json(&ok(root, &["token", "create", "--policy", "origin-sign", "-o", "json"]));
     let signer = t["token"].as_str().or(t["client_token"].as_str()).unwrap().to_string();
     let d = dir.path();
-    let (good, out) = openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "evil.key",
-            "-out",
-            "evil.csr",
-            "-subj",
-            "/CN=evil.com",
-            "-addext",
-            "subjectAltName=DNS:evil.com",
-        ],
-    );
-    assert!(good, "{out}");
+    new_csr(d, "evil", "/CN=evil.com", "DNS:evil.com");
     let csr = format!("csr=@{}", d.join("evil.csr").display());
     let sign = |params: &[&str]| {
         let mut args = vec!["write", "pki/sign/app-sign", csr.as_str()];
