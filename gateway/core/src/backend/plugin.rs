@@ -190,10 +190,13 @@ impl Core {
     ) -> Result<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit)> {
         let share = {
             let mut by_mount = self.engine_calls_by_mount.lock().unwrap_or_else(|p| p.into_inner());
-            by_mount
-                .entry(mount_id.to_string())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ENGINE_CALLS_PER_MOUNT)))
-                .clone()
+            match by_mount.get(mount_id) {
+                Some(s) => s.clone(),
+                None => by_mount
+                    .entry(mount_id.to_string())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ENGINE_CALLS_PER_MOUNT)))
+                    .clone(),
+            }
         };
         let mine = share.try_acquire_owned().map_err(|_| {
             Error::ResourceExhausted(format!(
