@@ -176,6 +176,9 @@ impl Unsealed {
     }
 }
 
+/// How long disabling an engine mount waits for its calls in progress.
+const MOUNT_DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct Core {
     pub(crate) barrier: Arc<Barrier>,
     pub(crate) config: CoreConfig,
@@ -1183,7 +1186,24 @@ impl Core {
         self.authorize(caller, &id, &format!("sys/mounts/{path}"), Capability::Delete).await?;
         let _guard = self.admin.lock().await;
         let mut table = (*self.unsealed()?.table()).clone();
-        if table.get(&path).is_some_and(|m| self.is_engine_kind(&m.kind)) {
+        // An engine mount's calls in progress on this node end first (one
+        // whose caller went away may still record a lease), and no new one
+        // starts: every slot of its share is held until it is gone.
+        let mut drained = None;
+        if let Some(m) = table.get(&path).filter(|m| self.is_engine_kind(&m.kind)) {
+            let share = self.mount_call_share(&m.id);
+            let all = u32::try_from(crate::backend::plugin::ENGINE_CALLS_PER_MOUNT).unwrap_or(u32::MAX);
+            match tokio::time::timeout(MOUNT_DRAIN_WAIT, share.acquire_many_owned(all)).await {
+                Ok(Ok(permits)) => drained = Some((m.id.clone(), permits)),
+                _ => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{path} was not disabled: calls to it are still in progress after {}s; try again",
+                        MOUNT_DRAIN_WAIT.as_secs()
+                    )));
+                }
+            }
+        }
+        if drained.is_some() {
             // As in Vault: a mount's credentials are revoked before it goes.
             self.revoke_under(&path, &caller.request_id).await.map_err(|e| {
                 Error::FailedPrecondition(format!("{path} was not disabled: its leases must be revoked first: {e}"))
@@ -1196,7 +1216,11 @@ impl Core {
         // A cloud mount's secrets stay in the cloud; only the client goes.
         self.unsealed()?.clouds.write().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
         self.unsealed()?.engines.write().unwrap_or_else(|p| p.into_inner()).remove(&entry.id);
-        self.purge_mount(&entry).await
+        self.purge_mount(&entry).await?;
+        if let Some((id, _permits)) = drained {
+            self.engine_calls_by_mount.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        }
+        Ok(())
     }
 
     /// Deletes every key under `prefix`, a chunk per batch.

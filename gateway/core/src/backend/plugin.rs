@@ -183,22 +183,24 @@ impl Core {
         })
     }
 
+    /// The slots of a mount's calls on this node.
+    pub(crate) fn mount_call_share(&self, mount_id: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut by_mount = self.engine_calls_by_mount.lock().unwrap_or_else(|p| p.into_inner());
+        match by_mount.get(mount_id) {
+            Some(s) => s.clone(),
+            None => by_mount
+                .entry(mount_id.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ENGINE_CALLS_PER_MOUNT)))
+                .clone(),
+        }
+    }
+
     /// A slot of the mount's share and one of the node's, or why not.
     fn engine_call_permits(
         &self,
         mount_id: &str,
     ) -> Result<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit)> {
-        let share = {
-            let mut by_mount = self.engine_calls_by_mount.lock().unwrap_or_else(|p| p.into_inner());
-            match by_mount.get(mount_id) {
-                Some(s) => s.clone(),
-                None => by_mount
-                    .entry(mount_id.to_string())
-                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ENGINE_CALLS_PER_MOUNT)))
-                    .clone(),
-            }
-        };
-        let mine = share.try_acquire_owned().map_err(|_| {
+        let mine = self.mount_call_share(mount_id).try_acquire_owned().map_err(|_| {
             Error::ResourceExhausted(format!(
                 "this mount has {ENGINE_CALLS_PER_MOUNT} calls in progress on this node; try again shortly"
             ))

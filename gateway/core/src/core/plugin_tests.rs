@@ -589,6 +589,36 @@ async fn engine_calls_are_bounded(per_mount: bool) {
     drop(others);
 }
 
+/// Disabling an engine mount waits for its calls in progress (one whose
+/// caller went away records its lease late), then revokes every lease:
+/// none is left on a mount that is gone.
+#[tokio::test]
+async fn disabling_a_mount_waits_for_its_calls_in_progress() {
+    let (core, t, issuer) = core_with_issuer().await;
+    let core = Arc::new(core);
+    let (reached, release) = super::tests::hold_load(&core, "record-lease");
+    let c = core.clone();
+    let request = tokio::spawn(async move {
+        let _ =
+            c.engine_request(&Caller::token(Some("root-t")), EngineOp::Read, "creds/creds/app", BTreeMap::new()).await;
+    });
+    reached.await.unwrap();
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+    let c = core.clone();
+    let disable = tokio::spawn(async move { c.disable_mount(&Caller::token(Some("root-t")), "creds/").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!disable.is_finished(), "the disable did not wait for the call in progress");
+    // A new call meanwhile is refused: the mount's slots are held.
+    let e = core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(e, Error::ResourceExhausted(_)), "{e}");
+    release.send(()).unwrap();
+    disable.await.unwrap().unwrap();
+    assert_eq!(*issuer.revoked.lock().unwrap(), vec!["cred-1".to_string()], "the late lease was revoked");
+    assert!(core.leases.counts().await.unwrap().values().all(|n| *n == 0), "a lease outlived its mount");
+    assert!(core.engine_calls_by_mount.lock().unwrap().is_empty());
+}
+
 /// Leases are counted by mount in rows of this node's own, in the commit
 /// that writes or deletes the lease; a second delete of the same lease
 /// counts nothing; leases written before the counts existed are counted
