@@ -48,18 +48,18 @@ pub struct NameRules {
 pub fn unseen(s: &str) -> Option<char> {
     use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
     s.chars().find(|&c| {
-        matches!(
-            c.general_category(),
+        let hidden_category = match c.general_category() {
             G::Control
-                | G::Format
-                | G::Surrogate
-                | G::PrivateUse
-                | G::Unassigned
-                | G::LineSeparator
-                | G::ParagraphSeparator
-        ) || (c.general_category() == G::SpaceSeparator && c != ' ')
-            || DEFAULT_IGNORABLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
-            || c == '\u{2800}'
+            | G::Format
+            | G::Surrogate
+            | G::PrivateUse
+            | G::Unassigned
+            | G::LineSeparator
+            | G::ParagraphSeparator => true,
+            G::SpaceSeparator => c != ' ',
+            _ => false,
+        };
+        hidden_category || c == '\u{2800}' || DEFAULT_IGNORABLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
     })
 }
 
@@ -98,10 +98,15 @@ pub fn unseen_in_name(s: &str) -> Option<char> {
             // coding takes time in the square of its length); the name
             // rules refuse it as a host name.
             .filter(|label| label.len() <= 63)
-            .filter_map(|label| label.get(4..).filter(|_| label[..4].eq_ignore_ascii_case("xn--")))
+            .filter_map(punycode_body)
             .filter_map(idna::punycode::decode_to_string)
             .find_map(|decoded| unseen(&decoded))
     })
+}
+
+/// What follows `xn--` (any case) in a punycode label.
+fn punycode_body(label: &str) -> Option<&str> {
+    label.get(4..).filter(|_| label[..4].eq_ignore_ascii_case("xn--"))
 }
 
 /// Vault's IDNA step (`ToASCII` with DNS length checks and no mapping):
@@ -128,7 +133,7 @@ pub fn to_ascii(name: &str) -> Result<String, String> {
             return Err(format!("{name:?}: a label is longer than 63 characters"));
         }
         let ascii = if label.is_ascii() {
-            if let Some(encoded) = label.get(4..).filter(|_| label[..4].eq_ignore_ascii_case("xn--")) {
+            if let Some(encoded) = punycode_body(label) {
                 let Some(decoded) = idna::punycode::decode_to_string(encoded) else {
                     return Err(format!("{name:?}: the label {label:?} is not valid punycode"));
                 };

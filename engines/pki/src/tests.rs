@@ -53,6 +53,11 @@ impl EngineStorage for Memory {
 
 const LIST_BOUND: usize = 10_000;
 
+/// The lease the core records for a certificate `path` returned.
+fn lease_info(path: &str, lease: &LeaseRequest) -> LeaseInfo {
+    LeaseInfo { lease_id: "l".into(), path: path.into(), internal: lease.internal.clone(), issue_time: 0, increment: 0 }
+}
+
 struct Mount {
     engine: PkiEngine,
     storage: Arc<Memory>,
@@ -567,13 +572,7 @@ async fn leases_revoke_their_certificate() {
     let lease = r.lease.expect("a lease");
     assert!(!lease.terms.renewable);
     let serial = r.data.get("serial_number").unwrap().to_string();
-    let info = LeaseInfo {
-        lease_id: "l".into(),
-        path: "issue/web".into(),
-        internal: lease.internal.clone(),
-        issue_time: 0,
-        increment: 0,
-    };
+    let info = lease_info("issue/web", &lease);
     m.engine.revoke(&m.ctx, &info).await.unwrap();
     let state: CrlState = m.engine.get_json("crl").await.unwrap().unwrap();
     assert_eq!(state.revoked[0].serial, serial);
@@ -661,13 +660,7 @@ async fn a_lease_ending_at_its_certificates_expiry_adds_no_crl_entry() {
         let mut stored: StoredCert = m.engine.get_json(&key).await.unwrap().unwrap();
         stored.not_after = not_after;
         m.engine.put_json(&key, &stored).await.unwrap();
-        let info = LeaseInfo {
-            lease_id: "l".into(),
-            path: "issue/web".into(),
-            internal: lease.internal.clone(),
-            issue_time: 0,
-            increment: 0,
-        };
+        let info = lease_info("issue/web", &lease);
         m.engine.revoke(&m.ctx, &info).await.unwrap();
         let state: CrlState = m.engine.get_json("crl").await.unwrap().unwrap();
         assert!(state.revoked.is_empty(), "notAfter {not_after}: {:?}", state.revoked);
@@ -871,13 +864,7 @@ async fn a_previous_cas_certificate_is_not_revoked_against_the_current_one() {
     let e = m.refused("revoke", &[("serial_number", &old["serial_number"])]).await;
     assert!(e.contains("previous CA") && e.contains(&first["serial_number"]), "{e}");
     // Its lease ends quietly, adding nothing to the new CA's CRL.
-    let info = LeaseInfo {
-        lease_id: "l".into(),
-        path: "issue/leased".into(),
-        internal: lease.internal.clone(),
-        issue_time: 0,
-        increment: 0,
-    };
+    let info = lease_info("issue/leased", &lease);
     m.engine.revoke(&m.ctx, &info).await.unwrap();
     let state: CrlState = m.engine.get_json("crl").await.unwrap().unwrap();
     assert!(state.revoked.is_empty());

@@ -10,37 +10,21 @@ use std::time::Instant;
 
 use keybridge_proto::v1 as pb;
 
-use crate::{Args, authed, init_unseal, print_stats, start_config_server, target, timed};
+use crate::{Args, authed, engine_server, logical_write, print_stats, target, timed};
 
 pub async fn run(args: &Args, bin: &std::path::Path) {
     let pg = keybridge_testservers::postgres::Postgres::start();
     pg.psql("CREATE ROLE vault_admin WITH LOGIN CREATEROLE PASSWORD 'bench-admin-pw'");
     pg.psql("CREATE TABLE items (id int); ALTER TABLE items OWNER TO vault_admin");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, _) = start_config_server(bin, dir.path(), false, args);
-    let root = init_unseal(&server).await;
-    let ch = server.channel().await;
-    pb::sys_client::SysClient::new(ch.clone())
-        .enable_mount(authed(
-            &root,
-            pb::EnableMountRequest { path: "database/".into(), r#type: "database".into(), ..Default::default() },
-        ))
-        .await
-        .expect("mount database/");
+    let (server, root, ch) = engine_server(bin, dir.path(), args, "database/", "database").await;
     let url = pg.url("localhost", "verify-full").replace(
         &format!("{}:{}@", keybridge_testservers::postgres::USER, keybridge_testservers::postgres::PASSWORD),
         "{{username}}:{{password}}@",
     );
-    let write = |path: &str, data: &[(&str, String)]| {
-        let mut c = pb::logical_client::LogicalClient::new(ch.clone());
-        let req = pb::LogicalRequest {
-            path: path.into(),
-            data: data.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        };
-        let root = root.clone();
-        async move { c.write(authed(&root, req)).await.expect("write") }
-    };
-    write(
+    logical_write(
+        &ch,
+        &root,
         "database/config/app",
         &[
             ("plugin_name", "postgresql".into()),
@@ -52,7 +36,9 @@ pub async fn run(args: &Args, bin: &std::path::Path) {
         ],
     )
     .await;
-    write(
+    logical_write(
+        &ch,
+        &root,
         "database/roles/r",
         &[
             ("db_name", "app".into()),

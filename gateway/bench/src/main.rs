@@ -515,6 +515,39 @@ pub(crate) async fn init_unseal(server: &Server) -> String {
     init.root_token
 }
 
+/// A config server on its file store in `dir`, initialized and unsealed,
+/// with a built-in engine of `kind` mounted at `mount`: the server, its
+/// root token and a channel to it.
+pub(crate) async fn engine_server(
+    bin: &Path,
+    dir: &Path,
+    args: &Args,
+    mount: &str,
+    kind: &str,
+) -> (Server, String, tonic::transport::Channel) {
+    let (server, _) = start_config_server(bin, dir, false, args);
+    let root = init_unseal(&server).await;
+    let ch = server.channel().await;
+    pb::sys_client::SysClient::new(ch.clone())
+        .enable_mount(authed(
+            &root,
+            pb::EnableMountRequest { path: mount.into(), r#type: kind.into(), ..Default::default() },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("mount {mount}: {e}"));
+    (server, root, ch)
+}
+
+/// A `Logical.Write` that must succeed.
+pub(crate) async fn logical_write(ch: &tonic::transport::Channel, token: &str, path: &str, data: &[(&str, String)]) {
+    let req =
+        pb::LogicalRequest { path: path.into(), data: data.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() };
+    pb::logical_client::LogicalClient::new(ch.clone())
+        .write(authed(token, req))
+        .await
+        .unwrap_or_else(|e| panic!("write {path}: {e}"));
+}
+
 async fn load(server: &Server, token: &str, from: usize, to: usize) {
     let conns = 4;
     let mut channels = Vec::new();

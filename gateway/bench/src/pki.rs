@@ -9,37 +9,26 @@ use std::time::Instant;
 
 use keybridge_proto::v1 as pb;
 
-use crate::{Args, authed, init_unseal, print_stats, start_config_server, target, timed};
+use crate::{Args, authed, engine_server, logical_write, print_stats, target, timed};
 
 pub async fn run(args: &Args, bin: &std::path::Path) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, _) = start_config_server(bin, dir.path(), false, args);
-    let root = init_unseal(&server).await;
-    let ch = server.channel().await;
-    pb::sys_client::SysClient::new(ch.clone())
-        .enable_mount(authed(
-            &root,
-            pb::EnableMountRequest { path: "pki/".into(), r#type: "pki".into(), ..Default::default() },
-        ))
-        .await
-        .expect("mount pki/");
-    let write = |path: String, data: Vec<(&str, String)>| {
-        let mut c = pb::logical_client::LogicalClient::new(ch.clone());
-        let req = pb::LogicalRequest { path, data: data.into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
-        let root = root.clone();
-        async move { c.write(authed(&root, req)).await.expect("write") }
-    };
-    write(
-        "pki/root/generate/internal".into(),
-        vec![("common_name", "Bench Root".into()), ("ttl", "87600h".into()), ("key_type", "ec".into())],
+    let (server, root, ch) = engine_server(bin, dir.path(), args, "pki/", "pki").await;
+    logical_write(
+        &ch,
+        &root,
+        "pki/root/generate/internal",
+        &[("common_name", "Bench Root".into()), ("ttl", "87600h".into()), ("key_type", "ec".into())],
     )
     .await;
     let kinds = [("ec", 256u32), ("ec", 384), ("ed25519", 0), ("rsa", 2048)];
     for (kt, bits) in kinds {
         for no_store in [true, false] {
-            write(
-                format!("pki/roles/{kt}-{bits}-{no_store}"),
-                vec![
+            logical_write(
+                &ch,
+                &root,
+                &format!("pki/roles/{kt}-{bits}-{no_store}"),
+                &[
                     ("allowed_domains", "bench.internal".into()),
                     ("allow_subdomains", "true".into()),
                     ("key_type", kt.into()),

@@ -522,21 +522,6 @@ impl LeaseManager {
 }
 
 impl Core {
-    /// See `LeaseManager::record_issued`.
-    pub(crate) async fn record_lease(
-        &self,
-        mount: &MountEntry,
-        rel: &str,
-        ctx: &CallContext,
-        backend: &dyn PluginEngine,
-        lease: LeaseRequest,
-        pinned: bool,
-    ) -> Result<LeaseView> {
-        #[cfg(test)]
-        self.load_hold("record-lease").await;
-        self.leases.record_issued(mount, rel, ctx, backend, lease, pinned).await
-    }
-
     pub async fn lookup_lease(&self, caller: &Caller, lease_id: &str) -> Result<LeaseView> {
         let id = self.authenticate(caller).await?;
         validate_lease_ref(lease_id, "lease id")?;

@@ -397,7 +397,7 @@ impl Host for Core {
             .await
             .map_err(crate::plugins::engine_error)?;
         let lease = match resp.lease {
-            Some(l) => self.record_lease(&mount, &rel, &ctx, backend.as_ref(), l, true).await?.lease_id,
+            Some(l) => self.leases.record_issued(&mount, &rel, &ctx, backend.as_ref(), l, true).await?.lease_id,
             None => String::new(),
         };
         let fields = resp.data.0.iter().map(|(k, v)| (k.clone(), zeroize::Zeroizing::new(v.clone()))).collect();

@@ -186,13 +186,12 @@ impl Core {
     /// The slots of a mount's calls on this node.
     pub(crate) fn mount_call_share(&self, mount_id: &str) -> Arc<tokio::sync::Semaphore> {
         let mut by_mount = self.engine_calls_by_mount.lock().unwrap_or_else(|p| p.into_inner());
-        match by_mount.get(mount_id) {
-            Some(s) => s.clone(),
-            None => by_mount
-                .entry(mount_id.to_string())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(ENGINE_CALLS_PER_MOUNT)))
-                .clone(),
+        if let Some(share) = by_mount.get(mount_id) {
+            return share.clone();
         }
+        let share = Arc::new(tokio::sync::Semaphore::new(ENGINE_CALLS_PER_MOUNT));
+        by_mount.insert(mount_id.to_string(), share.clone());
+        share
     }
 
     /// A slot of the mount's share and one of the node's, or why not.

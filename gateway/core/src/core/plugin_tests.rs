@@ -516,6 +516,21 @@ async fn leases_from_before_the_due_index_are_indexed_at_unseal() {
     assert_eq!(issuer.revoked.lock().unwrap().len(), 600);
 }
 
+/// An engine request (by the root token) held just before its lease is
+/// recorded, whose caller then went away: what lets the call go on.
+async fn abandoned_at_lease_record(core: &Arc<Core>) -> tokio::sync::oneshot::Sender<()> {
+    let (reached, release) = super::tests::hold_load(core, "record-lease");
+    let c = core.clone();
+    let request = tokio::spawn(async move {
+        let _ =
+            c.engine_request(&Caller::token(Some("root-t")), EngineOp::Read, "creds/creds/app", BTreeMap::new()).await;
+    });
+    reached.await.unwrap();
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+    release
+}
+
 /// A request cancelled after the engine issued a credential and before its
 /// lease was recorded: the engine call and the record go on in their own
 /// task, so the credential is under a lease like any other, and nothing is
@@ -523,16 +538,9 @@ async fn leases_from_before_the_due_index_are_indexed_at_unseal() {
 /// hanging up).
 #[tokio::test]
 async fn a_credential_whose_request_goes_away_before_its_lease_is_recorded_is_still_leased() {
-    let (core, t, issuer) = core_with_issuer().await;
+    let (core, _, issuer) = core_with_issuer().await;
     let core = Arc::new(core);
-    let (reached, release) = super::tests::hold_load(&core, "record-lease");
-    let c = core.clone();
-    let request = tokio::spawn(async move {
-        let _ = c.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await;
-    });
-    reached.await.unwrap();
-    request.abort();
-    assert!(request.await.unwrap_err().is_cancelled());
+    let release = abandoned_at_lease_record(&core).await;
     release.send(()).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while core.leases.counts().await.unwrap().values().sum::<i64>() == 0 {
@@ -568,15 +576,7 @@ async fn engine_calls_are_bounded(per_mount: bool) {
     };
     let others = pool.clone().acquire_many_owned((max - 1) as u32).await.unwrap();
     core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap();
-    let (reached, release) = super::tests::hold_load(&core, "record-lease");
-    let c = core.clone();
-    let t2 = Caller::token(Some("root-t"));
-    let request = tokio::spawn(async move {
-        let _ = c.engine_request(&t2, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await;
-    });
-    reached.await.unwrap();
-    request.abort();
-    assert!(request.await.unwrap_err().is_cancelled());
+    let release = abandoned_at_lease_record(&core).await;
     let e = core.engine_request(&t, EngineOp::Read, "creds/creds/app", BTreeMap::new()).await.unwrap_err();
     assert!(matches!(&e, Error::ResourceExhausted(m) if m.contains(what)), "{e}");
     release.send(()).unwrap();
@@ -596,15 +596,7 @@ async fn engine_calls_are_bounded(per_mount: bool) {
 async fn disabling_a_mount_waits_for_its_calls_in_progress() {
     let (core, t, issuer) = core_with_issuer().await;
     let core = Arc::new(core);
-    let (reached, release) = super::tests::hold_load(&core, "record-lease");
-    let c = core.clone();
-    let request = tokio::spawn(async move {
-        let _ =
-            c.engine_request(&Caller::token(Some("root-t")), EngineOp::Read, "creds/creds/app", BTreeMap::new()).await;
-    });
-    reached.await.unwrap();
-    request.abort();
-    assert!(request.await.unwrap_err().is_cancelled());
+    let release = abandoned_at_lease_record(&core).await;
     let c = core.clone();
     let disable = tokio::spawn(async move { c.disable_mount(&Caller::token(Some("root-t")), "creds/").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
