@@ -176,10 +176,12 @@ impl Core {
     /// Scans now and, with `wait`, answers when nothing is pending (or at
     /// the timeout, with what is left).
     pub async fn sync_run(&self, caller: &Caller, rule: &str, wait: bool, timeout: Duration) -> Result<SyncStatus> {
-        self.sync_run_scan(caller, rule, wait, timeout, true).await
+        self.sync_run_scan(caller, rule, wait, timeout, true, "").await
     }
 
-    /// As [`Core::sync_run`]; `deep: false` scans as the periodic quick scan.
+    /// As [`Core::sync_run`]; `deep: false` scans as the periodic quick
+    /// scan; `resume` (from an earlier answer) waits for the scan that run
+    /// asked for instead of asking for another.
     pub async fn sync_run_scan(
         &self,
         caller: &Caller,
@@ -187,11 +189,12 @@ impl Core {
         wait: bool,
         timeout: Duration,
         deep: bool,
+        resume: &str,
     ) -> Result<SyncStatus> {
         let id = self.authenticate(caller).await?;
         self.authorize(caller, &id, "sys/sync/run", Capability::Update).await?;
         self.leader_only("a reconciler run")?;
-        Ok(self.barrier.leader_work(self.sync.run(self, rule, wait, timeout, deep)).await?)
+        Ok(self.barrier.leader_work(self.sync.run(self, rule, wait, timeout, deep, resume)).await?)
     }
 
     /// Runs the reconciler until the process ends: replays the journal,

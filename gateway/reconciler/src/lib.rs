@@ -135,8 +135,14 @@ pub struct Reconciler {
     events: tokio::sync::broadcast::Sender<SecretEvent>,
     /// Scans asked for by `Run` (rule -> deep), done by the worker.
     forced: Mutex<HashMap<String, bool>>,
-    /// Scans finished per rule, for `Run --wait`.
+    /// Per rule: scans started, and the start number of the last scan that
+    /// finished; a `Run` waits for a scan that started after it was asked.
+    scans_started: Mutex<HashMap<String, u64>>,
     scans_done: Mutex<HashMap<String, u64>>,
+    /// This reconciler's, in the resume tokens of its `Run` answers: a
+    /// token from another node's (or an earlier process's) counts nothing
+    /// here.
+    instance: u64,
     /// One pass at a time (the worker's, or a waiting `Run`'s).
     pass_lock: tokio::sync::Mutex<()>,
     /// Rotations this process started, finished and rolled back (metrics).
@@ -171,10 +177,17 @@ impl Reconciler {
             rules: FillCache::new(1),
             events: tokio::sync::broadcast::channel(1024).0,
             forced: Default::default(),
+            scans_started: Default::default(),
             scans_done: Default::default(),
+            instance: rand::random(),
             pass_lock: Default::default(),
             rotation_counts: Default::default(),
         }
+    }
+
+    /// Scans of `rule` this reconciler has started.
+    pub fn scans_started(&self, rule: &str) -> u64 {
+        self.scans_started.lock().unwrap_or_else(|p| p.into_inner()).get(rule).copied().unwrap_or(0)
     }
 
     /// Rotations this process started, finished and rolled back.

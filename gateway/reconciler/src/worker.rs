@@ -2,7 +2,7 @@
 //! to every target (a pending record before each replica write), and
 //! reports status. The model and its storage layout are in `mod.rs`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use keybridge_audit::Timestamp;
@@ -77,6 +77,17 @@ pub struct SyncStatus {
     pub calls: Vec<CallCount>,
     /// From a run: the scan it asked for has run and nothing is pending.
     pub settled: bool,
+    /// From a run: given back to `run` as its `resume`, it waits for the
+    /// same scan instead of asking for another.
+    pub resume: String,
+}
+
+/// What a `Run` answer's resume token holds: the reconciler that made it,
+/// and the scans each rule had started when the run was asked for.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Resume {
+    i: u64,
+    s: BTreeMap<String, u64>,
 }
 
 const JOURNAL_BATCH: usize = 512;
@@ -282,6 +293,11 @@ impl Reconciler {
     /// Scans now and, with `wait`, answers when nothing is pending (or at
     /// the timeout, with what is left). `deep: false` scans as the periodic
     /// quick scan.
+    /// Asks for a scan of `rule` (every rule when empty) and, with `wait`,
+    /// waits up to `timeout` for it to finish and the journal to empty.
+    /// `resume` (a token an earlier answer gave) waits for the scan that
+    /// run asked for, without asking for another; a token of another
+    /// reconciler (the leader changed) asks again.
     pub async fn run(
         &self,
         host: &dyn Host,
@@ -289,6 +305,7 @@ impl Reconciler {
         wait: bool,
         timeout: Duration,
         deep: bool,
+        resume: &str,
     ) -> Result<SyncStatus> {
         let rules = self.rules(host).await?;
         if !rule.is_empty() && !rules.iter().any(|r| r.name == rule) {
@@ -298,31 +315,50 @@ impl Reconciler {
         // long scan); a wait follows its progress.
         let names: Vec<String> =
             rules.iter().filter(|r| rule.is_empty() || r.name == rule).map(|r| r.name.clone()).collect();
-        let before: HashMap<String, u64> = {
-            let done = self.scans_done.lock().unwrap_or_else(|p| p.into_inner());
-            names.iter().map(|n| (n.clone(), done.get(n).copied().unwrap_or(0))).collect()
-        };
-        {
-            let mut forced = self.forced.lock().unwrap_or_else(|p| p.into_inner());
-            for n in &names {
-                let d = forced.entry(n.clone()).or_insert(deep);
-                *d |= deep;
+        let resumed = if resume.is_empty() { None } else { Some(parse_resume(resume)?) };
+        let before: BTreeMap<String, u64> = match resumed {
+            // The same reconciler, the same rules: the scans it asked for.
+            Some(r)
+                if r.i == self.instance && r.s.len() == names.len() && names.iter().all(|n| r.s.contains_key(n)) =>
+            {
+                r.s
             }
-        }
+            _ => {
+                // Read with the scans asked for: the scan the worker starts
+                // next has a number above these.
+                let mut forced = self.forced.lock().unwrap_or_else(|p| p.into_inner());
+                let started = self.scans_started.lock().unwrap_or_else(|p| p.into_inner());
+                for n in &names {
+                    let d = forced.entry(n.clone()).or_insert(deep);
+                    *d |= deep;
+                }
+                names.iter().map(|n| (n.clone(), started.get(n).copied().unwrap_or(0))).collect()
+            }
+        };
         self.notify.notify_one();
+        let token =
+            hex::encode(serde_json::to_vec(&Resume { i: self.instance, s: before.clone() }).unwrap_or_default());
         let deadline = Instant::now() + timeout;
         loop {
             if wait {
-                self.pass(host).await?;
+                // Bounded by the wait: a pass slowed by a target that does
+                // not answer must not keep the answer past its time (a pass
+                // stopped half-way is one whose caller went away: what it
+                // did not finish, the next pass does).
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Ok(done) = tokio::time::timeout(left, self.pass(host)).await {
+                    done?;
+                }
             }
             let scanned = {
                 let done = self.scans_done.lock().unwrap_or_else(|p| p.into_inner());
-                names.iter().all(|n| done.get(n).copied().unwrap_or(0) > before[n])
+                names.iter().all(|n| done.get(n).copied().unwrap_or(0) > before.get(n).copied().unwrap_or(0))
             };
             let settled = scanned && self.journal_count(rule).await? == 0;
             if !wait || settled || Instant::now() >= deadline {
                 let mut status = self.status(host, &StatusQuery::of(rule)).await?;
                 status.settled = settled && status.pending == 0;
+                status.resume = token;
                 return Ok(status);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -750,4 +786,18 @@ fn recorded_status(rule: &Rule, target: String, rec: &Record) -> TargetStatus {
         updated: rec.at,
         source_version: rec.source_version,
     }
+}
+
+/// A resume token, read (whose it is, and for which rules, `run` checks).
+fn parse_resume(token: &str) -> Result<Resume> {
+    let bad = || {
+        Error::InvalidArgument(
+            "resume is not a token a Run answer gave for this rule: leave it empty to start a scan".into(),
+        )
+    };
+    if token.len() > 64 * 1024 {
+        return Err(bad());
+    }
+    let bytes = hex::decode(token).map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map_err(|_| bad())
 }

@@ -341,23 +341,26 @@ pub async fn sync(c: &Client, cmd: SyncCommand) -> Result<(), Error> {
         SyncCommand::Run { rule, wait, quick, timeout } => {
             let deadline = tokio::time::Instant::now() + timeout;
             if !wait {
-                let req = pb::RunSyncRequest { rule, wait: false, timeout_secs: 0, quick };
+                let req = pb::RunSyncRequest { rule, wait: false, timeout_secs: 0, quick, resume: String::new() };
                 let s = bounded(deadline, timeout, c.sync().run(c.req(req))).await?.into_inner();
                 print_status(json, &s);
                 return Ok(());
             }
-            // One call after another asks the server to scan and waits (at
-            // most 20 s each) for the scan and the journal to settle; beside
-            // them, the status is polled for the progress display. The
-            // deadline bounds the whole command.
+            // The first call asks the server to scan; it and the calls after
+            // it wait (at most 20 s each) for that scan and the journal to
+            // settle, each resuming the wait of the one before, so a long
+            // scan is asked for once. Beside them, the status is polled for
+            // the progress display. The deadline bounds the whole command.
             let run = async {
+                let mut resume = String::new();
                 loop {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs().clamp(1, 20);
-                    let req = pb::RunSyncRequest { rule: rule.clone(), wait: true, timeout_secs: left, quick };
+                    let req = pb::RunSyncRequest { rule: rule.clone(), wait: true, timeout_secs: left, quick, resume };
                     let s = c.sync().run(c.req(req)).await?.into_inner();
                     if s.settled {
                         return Ok::<_, Error>(s);
                     }
+                    resume = s.resume;
                 }
             };
             let mut progress = Progress::new(json, "sync");

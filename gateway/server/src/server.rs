@@ -448,9 +448,12 @@ pub async fn run(
     let audit = pb::audit_server::AuditServer::new(AuditService { core: core.clone(), stopping })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let sync = pb::sync_server::SyncServer::new(crate::service_sync::SyncService { core: core.clone() })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let sync = pb::sync_server::SyncServer::new(crate::service_sync::SyncService {
+        core: core.clone(),
+        request_timeout: config.limits.request_timeout,
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     // On a shared PostgreSQL table: the lease and the change feed.
     #[cfg(feature = "postgres")]
     let shared_tasks = match (&postgres, &config.storage) {

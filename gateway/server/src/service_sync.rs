@@ -12,6 +12,19 @@ use crate::service::{caller, none, plain, status, ts};
 
 pub struct SyncService {
     pub core: Arc<Core>,
+    /// The server's `limits.request_timeout`: a `Run` that waits gives up
+    /// before it (answering `settled: false`), instead of being cut off
+    /// with no answer.
+    pub request_timeout: Duration,
+}
+
+/// How long a `Run` with `wait` waits: what the caller asked (60 s when
+/// not, at most an hour), and never past nine tenths of the server's
+/// request timeout, so the answer (`settled: false` when it gave up) gets
+/// back before the server would cut the call off.
+fn run_wait(asked_secs: u64, request_timeout: Duration) -> Duration {
+    let asked = Duration::from_secs(if asked_secs == 0 { 60 } else { asked_secs.min(3600) });
+    asked.min(request_timeout / 10 * 9)
 }
 
 fn rule_pb(r: Rule) -> pb::SyncRule {
@@ -55,6 +68,7 @@ fn status_pb(s: SyncStatus) -> pb::SyncStatusResponse {
             .collect(),
         pending: s.pending,
         settled: s.settled,
+        resume: s.resume,
         calls: s
             .calls
             .into_iter()
@@ -224,10 +238,27 @@ impl pb::sync_server::Sync for SyncService {
         }
         let c = caller(&req)?;
         let r = req.into_inner();
-        let c = c.with_path(&r.rule).with("wait", plain(r.wait));
-        let timeout = Duration::from_secs(if r.timeout_secs == 0 { 60 } else { r.timeout_secs.min(3600) });
-        let res = self.core.sync_run_scan(&c, &r.rule, r.wait, timeout, !r.quick).await;
+        let c = c.with_path(&r.rule).with("wait", plain(r.wait)).with("resume", plain(r.resume.clone()));
+        let timeout = run_wait(r.timeout_secs, self.request_timeout);
+        let res = self.core.sync_run_scan(&c, &r.rule, r.wait, timeout, !r.quick, &r.resume).await;
         let s = self.core.finish(&c, res, none).await.map_err(status)?;
         Ok(Response::new(status_pb(s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_waits_what_was_asked_within_the_request_timeout() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(run_wait(0, Duration::from_secs(3600)), minute);
+        assert_eq!(run_wait(20, minute), Duration::from_secs(20));
+        assert_eq!(run_wait(u64::MAX, Duration::from_secs(7200)), Duration::from_secs(3600));
+        // Past the request timeout: nine tenths of it, so the answer gets back.
+        assert_eq!(run_wait(1000, minute), Duration::from_secs(54));
+        assert_eq!(run_wait(0, minute), Duration::from_secs(54));
+        assert_eq!(run_wait(30, Duration::from_secs(3)), Duration::from_millis(2700));
     }
 }

@@ -624,3 +624,46 @@ async fn status_pages_counts_and_filters_replicas() {
         assert!(e.to_string().contains(text), "{e}");
     }
 }
+
+/// A run that resumes an earlier one's wait asks for no other scan; a
+/// token of another reconciler asks again; a token that is not one is
+/// refused, and a run without one asks for a scan of its own.
+#[tokio::test]
+async fn a_resumed_run_waits_for_the_scan_it_asked_for() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
+    core.sync_pass().await.unwrap();
+    let started = core.sync.scans_started("ab");
+    let asked = core.sync_run_scan(&t, "ab", false, Duration::ZERO, true, "").await.unwrap();
+    assert!(!asked.settled && !asked.resume.is_empty());
+    let done = core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), true, &asked.resume).await.unwrap();
+    assert!(done.settled);
+    assert_eq!(core.sync.scans_started("ab"), started + 1, "the scan asked for, once");
+    let again = core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), true, &asked.resume).await.unwrap();
+    assert!(again.settled);
+    assert_eq!(core.sync.scans_started("ab"), started + 1, "resuming asks for no other scan");
+    // Another reconciler's token (another leader's): a scan of its own.
+    let other = hex::encode(br#"{"i":0,"s":{"ab":0}}"#);
+    assert!(core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), true, &other).await.unwrap().settled);
+    assert_eq!(core.sync.scans_started("ab"), started + 2);
+    assert!(core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap().settled);
+    assert_eq!(core.sync.scans_started("ab"), started + 3);
+    for bad in ["zz", "00", &hex::encode(b"{}"), &"0".repeat(200_000)] {
+        let e = core.sync_run_scan(&t, "ab", true, Duration::from_secs(1), true, bad).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("resume")), "{e:?}");
+    }
+    assert_eq!(core.sync.scans_started("ab"), started + 3, "a refused token asks for nothing");
+
+    // A wait that runs out while its pass is scanning stops the scan; it
+    // is asked for again, and the resumed wait sees it made.
+    let (reached, _release) = hold_load(&core, "scan");
+    let asked = core.sync_run_scan(&t, "ab", false, Duration::ZERO, true, "").await.unwrap();
+    let cut = core.sync_run_scan(&t, "ab", true, Duration::from_millis(300), true, &asked.resume).await.unwrap();
+    reached.await.unwrap();
+    assert!(!cut.settled, "the scan was held");
+    assert_eq!(core.sync.scans_started("ab"), started + 4);
+    let done = core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), true, &asked.resume).await.unwrap();
+    assert!(done.settled, "the stopped scan is made again");
+    assert_eq!(core.sync.scans_started("ab"), started + 5);
+}

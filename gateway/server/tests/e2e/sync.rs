@@ -327,6 +327,42 @@ fn a_sync_wait_that_times_out_says_so_and_exits_7() {
     );
 }
 
+/// A `Run` that asks to wait longer than the server's request timeout
+/// gives up in time and says so (`settled: false`), instead of being cut
+/// off by the server with CANCELLED and no status.
+#[tokio::test]
+async fn a_sync_wait_longer_than_the_request_timeout_answers_not_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_limits(dir.path(), false, 0, "request_timeout = \"3s\"");
+    let mut sys = s.sys().await;
+    let init = sys.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
+    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false, migrate: false }).await.unwrap();
+    let root = init.root_token;
+    let m = moto();
+    enable(&s, &root, "aws", "aws/", &aws_settings(&m));
+    let mut sync = pb::sync_client::SyncClient::new(s.channel().await);
+    let rule = pb::SyncRule {
+        name: "app".into(),
+        source: "secret/app/".into(),
+        targets: vec!["aws/app/".into()],
+        ..Default::default()
+    };
+    sync.create_rule(authed(&root, rule)).await.unwrap();
+    let mut c = s.secrets().await;
+    let put = |v: &str| pb::PutRequest { path: "secret/app/db".into(), value: fields(&[("pw", v)]), cas: None };
+    c.put(authed(&root, put("one"))).await.unwrap();
+    let run = |timeout_secs| pb::RunSyncRequest { rule: "app".into(), wait: true, timeout_secs, ..Default::default() };
+    assert!(sync.run(authed(&root, run(2))).await.unwrap().into_inner().settled);
+    drop(m);
+    c.put(authed(&root, put("two"))).await.unwrap();
+    let started = Instant::now();
+    let st = sync.run(authed(&root, run(30))).await.expect("an answer, not the request timeout").into_inner();
+    let took = started.elapsed();
+    assert!(!st.settled, "moto is gone: {st:?}");
+    // It waited nine tenths of the request timeout (2.7 s), then answered.
+    assert!(took >= Duration::from_millis(2500), "waited {took:?}");
+}
+
 /// `rotate --grace 10m --wait` returns once every copy is promoted (the old
 /// version still in its grace period); `--wait=retired` waits through the
 /// grace period, so with a short timeout it stops, says so, and exits 7.
@@ -391,7 +427,7 @@ async fn sync_status_pages_through_ten_thousand_replicas() {
     for t in tasks {
         t.await.unwrap();
     }
-    let run = pb::RunSyncRequest { rule: "m".into(), wait: true, timeout_secs: 300, quick: false };
+    let run = pb::RunSyncRequest { rule: "m".into(), wait: true, timeout_secs: 300, ..Default::default() };
     let st = sync.run(authed(T, run)).await.unwrap().into_inner();
     assert!(st.settled);
     // A run answers with the first page (1,000 by default) and the counts.
