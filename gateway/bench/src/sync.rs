@@ -15,7 +15,7 @@ use keybridge_testservers::keyvault::{self, KeyVault};
 use keybridge_testservers::secretmanager::SecretManager;
 use tokio_stream::StreamExt;
 
-use crate::{Args, authed, spawn, start_moto_env, value_1k};
+use crate::{Args, authed, spawn, start_moto_indexed, value_1k};
 
 const TOKEN: &str = "root-bench";
 
@@ -82,7 +82,7 @@ async fn one(args: &Args, bin: &std::path::Path, n: usize, quotas: bool) {
         println!("(moto's request recorder is off above 20,000 secrets: AWS calls are the gateway's counts)");
         &[]
     };
-    let moto = start_moto_env(&args.moto, env);
+    let moto = start_moto_indexed(&args.moto, env);
     let sm = SecretManager::start("keybridge-bench").await;
     let kv = KeyVault::start().await;
     let ca = std::env::temp_dir().join(format!("kb-bench-kv-ca-{}.pem", std::process::id()));
@@ -419,16 +419,23 @@ async fn run_settled_within(
     what: &str,
     timeout_secs: u64,
 ) -> Option<()> {
-    let st = sync
-        .run(authed(TOKEN, pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs, quick }))
-        .await
-        .expect("sync run")
-        .into_inner();
-    if st.settled {
-        Some(())
-    } else {
-        not_settled(what);
-        None
+    // The first call asks for the scan; each call waits at most 50 s (the
+    // server gives up before its request timeout), and the next resumes
+    // the wait for the same scan.
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let mut resume = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now()).as_secs().clamp(1, 50);
+        let req = pb::RunSyncRequest { rule: "bench".into(), wait: true, timeout_secs: left, quick, resume };
+        let st = sync.run(authed(TOKEN, req)).await.expect("sync run").into_inner();
+        resume = st.resume;
+        if st.settled {
+            return Some(());
+        }
+        if Instant::now() >= deadline {
+            not_settled(what);
+            return None;
+        }
     }
 }
 
