@@ -200,6 +200,7 @@ impl Core {
     /// Runs the reconciler until the process ends: replays the journal,
     /// replicates, rotates, scans when due. Idle while sealed.
     pub async fn sync_worker(self: Arc<Self>) {
+        let _running = self.sync.worker_running();
         crate::core::run_passes(&self, "sync", self.sync.wakeup(), || self.sync_pass()).await
     }
 

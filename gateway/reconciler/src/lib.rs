@@ -135,18 +135,42 @@ pub struct Reconciler {
     events: tokio::sync::broadcast::Sender<SecretEvent>,
     /// Scans asked for by `Run` (rule -> deep), done by the worker.
     forced: Mutex<HashMap<String, bool>>,
-    /// Per rule: scans started, and the start number of the last scan that
-    /// finished; a `Run` waits for a scan that started after it was asked.
-    scans_started: Mutex<HashMap<String, u64>>,
-    scans_done: Mutex<HashMap<String, u64>>,
+    /// Scan numbers: a `Run` waits for a scan numbered after it asked.
+    /// Taken after `forced` when both are held.
+    scans: Mutex<Scans>,
     /// This reconciler's, in the resume tokens of its `Run` answers: a
     /// token from another node's (or an earlier process's) counts nothing
     /// here.
     instance: u64,
+    /// Workers running passes (`worker_running`): while one is, a waiting
+    /// `Run` follows their scans instead of making passes itself.
+    workers: std::sync::atomic::AtomicUsize,
     /// One pass at a time (the worker's, or a waiting `Run`'s).
     pass_lock: tokio::sync::Mutex<()>,
     /// Rotations this process started, finished and rolled back (metrics).
     rotation_counts: [std::sync::atomic::AtomicU64; 3],
+}
+
+/// Scans by number, one sequence for every rule: a scan numbered above
+/// the number at the time a `Run` asked started after it.
+#[derive(Default)]
+pub(crate) struct Scans {
+    /// The last number given.
+    pub(crate) last: u64,
+    /// Per rule: scans started, the number of the last that finished, and
+    /// whether one runs now.
+    pub(crate) started: HashMap<String, u64>,
+    pub(crate) done: HashMap<String, u64>,
+    pub(crate) running: std::collections::HashSet<String>,
+}
+
+/// See [`Reconciler::worker_running`].
+pub struct WorkerRunning<'a>(&'a Reconciler);
+
+impl Drop for WorkerRunning<'_> {
+    fn drop(&mut self) {
+        self.0.workers.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// The journal as the metrics show it.
@@ -177,9 +201,9 @@ impl Reconciler {
             rules: FillCache::new(1),
             events: tokio::sync::broadcast::channel(1024).0,
             forced: Default::default(),
-            scans_started: Default::default(),
-            scans_done: Default::default(),
+            scans: Default::default(),
             instance: rand::random(),
+            workers: Default::default(),
             pass_lock: Default::default(),
             rotation_counts: Default::default(),
         }
@@ -187,7 +211,15 @@ impl Reconciler {
 
     /// Scans of `rule` this reconciler has started.
     pub fn scans_started(&self, rule: &str) -> u64 {
-        self.scans_started.lock().unwrap_or_else(|p| p.into_inner()).get(rule).copied().unwrap_or(0)
+        self.scans.lock().unwrap_or_else(|p| p.into_inner()).started.get(rule).copied().unwrap_or(0)
+    }
+
+    /// Held by the worker while it runs passes: a waiting `Run` then
+    /// leaves the passes to it, so no request holds (or cuts short) a long
+    /// scan.
+    pub fn worker_running(&self) -> WorkerRunning<'_> {
+        self.workers.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        WorkerRunning(self)
     }
 
     /// Rotations this process started, finished and rolled back.

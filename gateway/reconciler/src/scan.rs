@@ -172,34 +172,37 @@ impl Reconciler {
     /// `deep`: also describe each replica on clouds whose listing does not
     /// tell every version apart (GCP shows none, Azure an update time in
     /// seconds); quick scans only list them.
-    pub(crate) async fn scan(&self, host: &dyn Host, rule: &Rule, deep: bool) -> Result<()> {
-        // A scan stopped half-way (the waiting `Run` running it gave up, or
-        // its caller went away) is asked for again, so the next pass makes
-        // it: a `Run` resuming its wait would otherwise wait for a scan no
-        // one makes. A scan that failed is not (the next is due as usual).
-        struct Unfinished<'a>(&'a Reconciler, &'a str, bool, bool);
-        impl Drop for Unfinished<'_> {
+    /// `number`: the scan's, from [`Reconciler::number_scan`]; the rule is
+    /// marked running until this ends (or is dropped half-way, its caller
+    /// gone), and done with this number when it succeeds.
+    pub(crate) async fn scan(&self, host: &dyn Host, rule: &Rule, deep: bool, number: u64) -> Result<()> {
+        struct Running<'a>(&'a Reconciler, &'a str);
+        impl Drop for Running<'_> {
             fn drop(&mut self) {
-                if !self.3 {
-                    let mut forced = self.0.forced.lock().unwrap_or_else(|p| p.into_inner());
-                    *forced.entry(self.1.to_string()).or_insert(self.2) |= self.2;
-                }
+                self.0.scans.lock().unwrap_or_else(|p| p.into_inner()).running.remove(self.1);
             }
         }
-        let mut unfinished = Unfinished(self, &rule.name, deep, false);
-        let r = self.scan_once(host, rule, deep).await;
-        unfinished.3 = true;
-        r
+        let _running = Running(self, &rule.name);
+        host.loaded("scan").await;
+        self.scan_once(host, rule, deep).await?;
+        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+        let done = scans.done.entry(rule.name.clone()).or_insert(0);
+        *done = (*done).max(number);
+        Ok(())
+    }
+
+    /// Takes the next scan number for `rule`, marked running. Called under
+    /// the `forced` lock, with the ask it answers taken out.
+    pub(crate) fn number_scan(&self, rule: &str) -> u64 {
+        let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+        scans.last += 1;
+        let n = scans.last;
+        *scans.started.entry(rule.to_string()).or_insert(0) += 1;
+        scans.running.insert(rule.to_string());
+        n
     }
 
     async fn scan_once(&self, host: &dyn Host, rule: &Rule, deep: bool) -> Result<()> {
-        let number = {
-            let mut started = self.scans_started.lock().unwrap_or_else(|p| p.into_inner());
-            let n = started.entry(rule.name.clone()).or_insert(0);
-            *n += 1;
-            *n
-        };
-        host.loaded("scan").await;
         self.last_scan.lock().unwrap_or_else(|p| p.into_inner()).insert(rule.name.clone(), Instant::now());
         self.rule_routes_hold(host, rule)?;
         if deep {
@@ -287,9 +290,6 @@ impl Reconciler {
             });
             futures::future::join_all(runs).await;
         }
-        let mut done = self.scans_done.lock().unwrap_or_else(|p| p.into_inner());
-        let last = done.entry(rule.name.clone()).or_insert(0);
-        *last = (*last).max(number);
         Ok(())
     }
 }

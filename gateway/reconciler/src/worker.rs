@@ -2,7 +2,7 @@
 //! to every target (a pending record before each replica write), and
 //! reports status. The model and its storage layout are in `mod.rs`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use keybridge_audit::Timestamp;
@@ -83,11 +83,13 @@ pub struct SyncStatus {
 }
 
 /// What a `Run` answer's resume token holds: the reconciler that made it,
-/// and the scans each rule had started when the run was asked for.
+/// the last scan number when the run asked, and whether it asked for deep
+/// scans.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Resume {
     i: u64,
-    s: BTreeMap<String, u64>,
+    n: u64,
+    d: bool,
 }
 
 const JOURNAL_BATCH: usize = 512;
@@ -290,14 +292,12 @@ impl Reconciler {
         }
     }
 
-    /// Scans now and, with `wait`, answers when nothing is pending (or at
-    /// the timeout, with what is left). `deep: false` scans as the periodic
-    /// quick scan.
     /// Asks for a scan of `rule` (every rule when empty) and, with `wait`,
-    /// waits up to `timeout` for it to finish and the journal to empty.
-    /// `resume` (a token an earlier answer gave) waits for the scan that
-    /// run asked for, without asking for another; a token of another
-    /// reconciler (the leader changed) asks again.
+    /// answers when it has run and nothing is pending (or at the timeout,
+    /// with what is left). `deep: false` scans as the periodic quick scan.
+    /// `resume` (the token of an earlier answer) waits for the scans that
+    /// run asked for, deep as it asked, without asking for others; a token
+    /// of another reconciler (the leader changed) asks again.
     pub async fn run(
         &self,
         host: &dyn Host,
@@ -316,43 +316,48 @@ impl Reconciler {
         let names: Vec<String> =
             rules.iter().filter(|r| rule.is_empty() || r.name == rule).map(|r| r.name.clone()).collect();
         let resumed = if resume.is_empty() { None } else { Some(parse_resume(resume)?) };
-        let before: BTreeMap<String, u64> = match resumed {
-            // The same reconciler, the same rules: the scans it asked for.
-            Some(r)
-                if r.i == self.instance && r.s.len() == names.len() && names.iter().all(|n| r.s.contains_key(n)) =>
-            {
-                r.s
-            }
-            _ => {
-                // Read with the scans asked for: the scan the worker starts
-                // next has a number above these.
-                let mut forced = self.forced.lock().unwrap_or_else(|p| p.into_inner());
-                let started = self.scans_started.lock().unwrap_or_else(|p| p.into_inner());
-                for n in &names {
-                    let d = forced.entry(n.clone()).or_insert(deep);
-                    *d |= deep;
+        let before = {
+            let mut asks = self.forced.lock().unwrap_or_else(|p| p.into_inner());
+            let ask = |asks: &mut HashMap<String, bool>, name: &String, deep: bool| {
+                *asks.entry(name.clone()).or_insert(deep) |= deep;
+            };
+            match resumed {
+                // This reconciler's: wait for the scans that run asked for.
+                // One that is neither asked for, running nor done was taken
+                // by a scan that failed or stopped half-way: asked again.
+                Some(r) if r.i == self.instance => {
+                    let scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+                    for n in &names {
+                        let done = scans.done.get(n).is_some_and(|d| *d > r.n);
+                        if !done && !scans.running.contains(n) && !asks.contains_key(n) {
+                            ask(&mut asks, n, r.d);
+                        }
+                    }
+                    Resume { i: r.i, n: r.n, d: r.d }
                 }
-                names.iter().map(|n| (n.clone(), started.get(n).copied().unwrap_or(0))).collect()
+                // A new run (or another leader's token): ask for a scan of
+                // each rule; the next numbers are above this one.
+                _ => {
+                    for n in &names {
+                        ask(&mut asks, n, deep);
+                    }
+                    Resume { i: self.instance, n: self.scans.lock().unwrap_or_else(|p| p.into_inner()).last, d: deep }
+                }
             }
         };
         self.notify.notify_one();
-        let token =
-            hex::encode(serde_json::to_vec(&Resume { i: self.instance, s: before.clone() }).unwrap_or_default());
+        let token = hex::encode(serde_json::to_vec(&before).unwrap_or_default());
         let deadline = Instant::now() + timeout;
         loop {
-            if wait {
-                // Bounded by the wait: a pass slowed by a target that does
-                // not answer must not keep the answer past its time (a pass
-                // stopped half-way is one whose caller went away: what it
-                // did not finish, the next pass does).
-                let left = deadline.saturating_duration_since(Instant::now());
-                if let Ok(done) = tokio::time::timeout(left, self.pass(host)).await {
-                    done?;
-                }
+            // The worker makes the passes when it runs (no request holds a
+            // long scan, or cuts one short); with none (an embedded core),
+            // the waiting run does.
+            if wait && self.workers.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                self.pass(host).await?;
             }
             let scanned = {
-                let done = self.scans_done.lock().unwrap_or_else(|p| p.into_inner());
-                names.iter().all(|n| done.get(n).copied().unwrap_or(0) > before.get(n).copied().unwrap_or(0))
+                let scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+                names.iter().all(|n| scans.done.get(n).is_some_and(|d| *d > before.n))
             };
             let settled = scanned && self.journal_count(rule).await? == 0;
             if !wait || settled || Instant::now() >= deadline {
@@ -461,13 +466,21 @@ impl Reconciler {
                     Some(t) => Duration::from_secs(rule.scan_interval_secs).saturating_sub(t.elapsed()),
                 }
             };
-            let forced = self.forced.lock().unwrap_or_else(|p| p.into_inner()).remove(&rule.name);
-            if due.is_zero() || forced.is_some() {
+            // The ask is taken and the scan numbered together: a `Run` that
+            // asks meanwhile either was taken by this scan or waits for the
+            // next (its number is above the one it saw).
+            let (forced, number) = {
+                let mut asks = self.forced.lock().unwrap_or_else(|p| p.into_inner());
+                let forced = asks.remove(&rule.name);
+                let number = (due.is_zero() || forced.is_some()).then(|| self.number_scan(&rule.name));
+                (forced, number)
+            };
+            if let Some(number) = number {
                 let deep = forced.unwrap_or(false) || {
                     let last = self.last_deep_scan.lock().unwrap_or_else(|p| p.into_inner());
                     last.get(&rule.name).is_none_or(|t| t.elapsed() >= Duration::from_secs(rule.deep_interval()))
                 };
-                if let Err(e) = self.scan(host, rule, deep).await {
+                if let Err(e) = self.scan(host, rule, deep, number).await {
                     tracing::warn!(rule = %rule.name, error = %e, "sync: scan failed");
                 }
                 // The rules changed during this pass: this scan may have used
@@ -795,7 +808,7 @@ fn parse_resume(token: &str) -> Result<Resume> {
             "resume is not a token a Run answer gave for this rule: leave it empty to start a scan".into(),
         )
     };
-    if token.len() > 64 * 1024 {
+    if token.len() > 1024 {
         return Err(bad());
     }
     let bytes = hex::decode(token).map_err(|_| bad())?;

@@ -233,12 +233,18 @@ impl pb::sync_server::Sync for SyncService {
 
     async fn run(&self, req: Request<pb::RunSyncRequest>) -> Result<Response<pb::SyncStatusResponse>, Status> {
         if let Some((channel, md)) = crate::forward::to_leader(&self.core, &req).await? {
-            let msg = req.into_inner();
+            let mut msg = req.into_inner();
+            // Within this node's request timeout too: the leader's answer
+            // must get back through it (a second off for the hop).
+            let here = run_wait(msg.timeout_secs, self.request_timeout).as_secs().saturating_sub(1).max(1);
+            msg.timeout_secs = here;
             return pb::sync_client::SyncClient::new(channel).run(crate::forward::request(msg, md)).await;
         }
         let c = caller(&req)?;
         let r = req.into_inner();
-        let c = c.with_path(&r.rule).with("wait", plain(r.wait)).with("resume", plain(r.resume.clone()));
+        // The token is not secret, but a caller can make it long: the record
+        // says whether the run resumed one.
+        let c = c.with_path(&r.rule).with("wait", plain(r.wait)).with("resume", plain(!r.resume.is_empty()));
         let timeout = run_wait(r.timeout_secs, self.request_timeout);
         let res = self.core.sync_run_scan(&c, &r.rule, r.wait, timeout, !r.quick, &r.resume).await;
         let s = self.core.finish(&c, res, none).await.map_err(status)?;

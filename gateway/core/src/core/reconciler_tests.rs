@@ -2,7 +2,7 @@
 //! the server's end-to-end tests against moto, drongo and our servers).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keybridge_barrier::{Barrier, RedbStore};
 
@@ -644,7 +644,7 @@ async fn a_resumed_run_waits_for_the_scan_it_asked_for() {
     assert!(again.settled);
     assert_eq!(core.sync.scans_started("ab"), started + 1, "resuming asks for no other scan");
     // Another reconciler's token (another leader's): a scan of its own.
-    let other = hex::encode(br#"{"i":0,"s":{"ab":0}}"#);
+    let other = hex::encode(br#"{"i":0,"n":0,"d":true}"#);
     assert!(core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), true, &other).await.unwrap().settled);
     assert_eq!(core.sync.scans_started("ab"), started + 2);
     assert!(core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap().settled);
@@ -655,15 +655,40 @@ async fn a_resumed_run_waits_for_the_scan_it_asked_for() {
     }
     assert_eq!(core.sync.scans_started("ab"), started + 3, "a refused token asks for nothing");
 
-    // A wait that runs out while its pass is scanning stops the scan; it
-    // is asked for again, and the resumed wait sees it made.
+    // The scan asked for stops half-way (the waiting call making it went
+    // away): the resumed wait asks for it again and sees it made.
     let (reached, _release) = hold_load(&core, "scan");
     let asked = core.sync_run_scan(&t, "ab", false, Duration::ZERO, true, "").await.unwrap();
-    let cut = core.sync_run_scan(&t, "ab", true, Duration::from_millis(300), true, &asked.resume).await.unwrap();
+    let waiting = {
+        let (core, t, token) = (core.clone(), Caller::token(Some("root-t")), asked.resume.clone());
+        tokio::spawn(async move { core.sync_run_scan(&t, "ab", true, Duration::from_secs(30), true, &token).await })
+    };
     reached.await.unwrap();
-    assert!(!cut.settled, "the scan was held");
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
     assert_eq!(core.sync.scans_started("ab"), started + 4);
     let done = core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), true, &asked.resume).await.unwrap();
     assert!(done.settled, "the stopped scan is made again");
     assert_eq!(core.sync.scans_started("ab"), started + 5);
+}
+
+/// While the worker runs, a waiting run follows its scans and makes no
+/// pass itself: its answer comes at its time, however long the scan.
+#[tokio::test]
+async fn a_waiting_run_leaves_the_scans_to_the_worker() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    core.put(&t, "secret/app/db", &fields(&[("pw", "one")]), None).await.unwrap();
+    // The worker's first scan is held.
+    let (reached, release) = hold_load(&core, "scan");
+    let worker = tokio::spawn(core.clone().sync_worker());
+    reached.await.unwrap();
+    let started = Instant::now();
+    let st = core.sync_run_scan(&t, "ab", true, Duration::from_millis(500), true, "").await.unwrap();
+    assert!(!st.settled, "the worker's scan is held");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at its time: {:?}", started.elapsed());
+    release.send(()).unwrap();
+    let done = core.sync_run_scan(&t, "ab", true, Duration::from_secs(10), true, &st.resume).await.unwrap();
+    assert!(done.settled, "the held scan finished, and the wait saw it");
+    worker.abort();
 }
