@@ -49,9 +49,10 @@ impl Slot {
 }
 
 impl Drop for SlotInner {
-    /// The layer never saw this call end: the client's deadline passed or
-    /// it cancelled, and tonic dropped the request (its timeout wraps this
-    /// layer), or a streaming handler's task ended after its answer began.
+    /// The layer never saw this call end: a deadline passed (the request
+    /// deadline, deadline.rs, wraps this layer) or the client cancelled, and
+    /// the request was dropped, or a streaming handler's task ended after
+    /// its answer began.
     /// Its response is recorded here unless the handler recorded it.
     fn drop(&mut self) {
         let caller = self.caller.get_mut().unwrap_or_else(|p| p.into_inner()).take();

@@ -8,6 +8,7 @@ mod cli_logical;
 mod cli_progress;
 mod cli_sync;
 mod config;
+mod deadline;
 mod error;
 mod forward;
 mod gate;

@@ -524,8 +524,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .http2_max_pending_accept_reset_streams(Some(20))
-        .http2_max_local_error_reset_streams(Some(256))
-        .timeout(config.limits.request_timeout);
+        .http2_max_local_error_reset_streams(Some(256));
 
     let listener = TcpListener::bind(config.address)
         .await
@@ -607,9 +606,11 @@ pub async fn run(
     // 7. the token checked from the headers alone, before any of the body
     //    is read (gate.rs), for every method that needs one;
     // then tonic's per-connection concurrency limit and the services, which
-    // authenticate, authorize and route. tonic's request timeout (and the
-    // client's `grpc-timeout`) wraps all of these: a call it cuts short drops
-    // the audited layer's slot, which then records the response itself.
+    // authenticate, authorize and route. Between the metrics and the rate
+    // limit, the request deadline (deadline.rs: `limits.request_timeout`, or
+    // the client's sooner `grpc-timeout`): a call it cuts short drops the
+    // audited layer's slot, which then records the response itself, and is
+    // answered DEADLINE_EXCEEDED, counted in the metrics as such.
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
     let layers = tower::ServiceBuilder::new()
         .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION]))
@@ -626,6 +627,7 @@ pub async fn run(
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(crate::telemetry::MeasuredLayer { core: core.clone() })
+        .layer(crate::deadline::DeadlineLayer { limit: config.limits.request_timeout })
         .layer(rate_limit.clone())
         .layer(crate::audited::AuditedLayer::new(core.clone()))
         .layer(crate::gate::AuthGateLayer::new(core.clone()));

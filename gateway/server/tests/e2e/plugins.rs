@@ -578,3 +578,27 @@ async fn lease_memory_does_not_grow_with_the_number_of_leases() {
         "unsealing and serving took {small} KiB with 1,000 leases and {large} KiB with 10,000"
     );
 }
+
+/// A call that runs past the server's `limits.request_timeout` (a plugin
+/// allowed longer than that) is stopped and answered DEADLINE_EXCEEDED
+/// with a sentence naming the setting; the server serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_request_timeout_is_deadline_exceeded_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::with_config_limits(dir.path(), false, 0, "request_timeout = \"1s\"");
+    let mut sys = s.sys().await;
+    let init = sys.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
+    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false, migrate: false }).await.unwrap();
+    let t = init.root_token.as_str();
+    register(&s, t, "hostile", "hostile");
+    mount(&s, t, "hostile", "bad/", &["timeout=20s"]);
+    let mut lc = pb::logical_client::LogicalClient::new(s.channel().await);
+    let started = std::time::Instant::now();
+    let e =
+        lc.read(authed(t, pb::LogicalRequest { path: "bad/loop".into(), data: Default::default() })).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("limits.request_timeout"), "{}", e.message());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "stopped at the limit: {:?}", started.elapsed());
+    let ok = lc.read(authed(t, pb::LogicalRequest { path: "bad/ok".into(), data: Default::default() })).await.unwrap();
+    assert_eq!(ok.get_ref().data["answer"], "42");
+}
