@@ -157,10 +157,12 @@ pub struct Reconciler {
 pub(crate) struct Scans {
     /// The last number given.
     pub(crate) last: u64,
-    /// Per rule: scans started, the number of the last that finished, and
-    /// whether one runs now.
+    /// Per rule: scans started, the number of the last that finished (and
+    /// of the last deep one, in `done_deep`), and whether one runs now.
     pub(crate) started: HashMap<String, u64>,
     pub(crate) done: HashMap<String, u64>,
+    /// The number of the last deep scan that finished, per rule.
+    pub(crate) done_deep: HashMap<String, u64>,
     pub(crate) running: std::collections::HashSet<String>,
 }
 

@@ -188,6 +188,10 @@ impl Reconciler {
         let mut scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
         let done = scans.done.entry(rule.name.clone()).or_insert(0);
         *done = (*done).max(number);
+        if deep {
+            let done = scans.done_deep.entry(rule.name.clone()).or_insert(0);
+            *done = (*done).max(number);
+        }
         Ok(())
     }
 

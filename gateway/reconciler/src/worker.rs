@@ -90,6 +90,27 @@ struct Resume {
     i: u64,
     n: u64,
     d: bool,
+    /// The rules it waits for (a digest of their names).
+    r: String,
+}
+
+/// A digest of the rules a run waits for, for its resume token.
+fn rules_digest(names: &[String]) -> String {
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    for n in names {
+        sha2::Digest::update(&mut h, n.as_bytes());
+        sha2::Digest::update(&mut h, [0u8]);
+    }
+    hex::encode(&sha2::Digest::finalize(h)[..8])
+}
+
+impl super::Scans {
+    /// Whether a scan of `rule` numbered above `n` (a deep one, with
+    /// `deep`) has finished.
+    fn done_since(&self, rule: &str, n: u64, deep: bool) -> bool {
+        let done = if deep { &self.done_deep } else { &self.done };
+        done.get(rule).is_some_and(|d| *d > n)
+    }
 }
 
 const JOURNAL_BATCH: usize = 512;
@@ -321,19 +342,21 @@ impl Reconciler {
             let ask = |asks: &mut HashMap<String, bool>, name: &String, deep: bool| {
                 *asks.entry(name.clone()).or_insert(deep) |= deep;
             };
+            let digest = rules_digest(&names);
             match resumed {
-                // This reconciler's: wait for the scans that run asked for.
-                // One that is neither asked for, running nor done was taken
-                // by a scan that failed or stopped half-way: asked again.
-                Some(r) if r.i == self.instance => {
+                // This reconciler's, for these rules: wait for the scans that
+                // run asked for. One neither running nor done (deep, if it
+                // asked for deep) was taken by a scan that failed, stopped
+                // half-way or was quick: asked again (merged into an ask
+                // waiting, which it makes deep if it asked for deep).
+                Some(r) if r.i == self.instance && r.r == digest => {
                     let scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
                     for n in &names {
-                        let done = scans.done.get(n).is_some_and(|d| *d > r.n);
-                        if !done && !scans.running.contains(n) && !asks.contains_key(n) {
+                        if !scans.done_since(n, r.n, r.d) && !scans.running.contains(n) {
                             ask(&mut asks, n, r.d);
                         }
                     }
-                    Resume { i: r.i, n: r.n, d: r.d }
+                    r
                 }
                 // A new run (or another leader's token): ask for a scan of
                 // each rule; the next numbers are above this one.
@@ -341,7 +364,8 @@ impl Reconciler {
                     for n in &names {
                         ask(&mut asks, n, deep);
                     }
-                    Resume { i: self.instance, n: self.scans.lock().unwrap_or_else(|p| p.into_inner()).last, d: deep }
+                    let n = self.scans.lock().unwrap_or_else(|p| p.into_inner()).last;
+                    Resume { i: self.instance, n, d: deep, r: digest }
                 }
             }
         };
@@ -357,7 +381,7 @@ impl Reconciler {
             }
             let scanned = {
                 let scans = self.scans.lock().unwrap_or_else(|p| p.into_inner());
-                names.iter().all(|n| scans.done.get(n).is_some_and(|d| *d > before.n))
+                names.iter().all(|n| scans.done_since(n, before.n, before.d))
             };
             let settled = scanned && self.journal_count(rule).await? == 0;
             if !wait || settled || Instant::now() >= deadline {

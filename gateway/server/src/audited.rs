@@ -61,8 +61,8 @@ impl Drop for SlotInner {
         let core = self.core.clone();
         rt.spawn(async move {
             let ended = CoreError::DeadlineExceeded(
-                "the call ended before its answer was sent (the client's deadline passed, or it cancelled); \
-                 the operation may have taken effect"
+                "the call ended before its answer was sent (a deadline passed: the client's, or the server's \
+                 limits.request_timeout; or the client cancelled); the operation may have taken effect"
                     .into(),
             );
             let _ = core.finish(&caller, Err::<(), _>(ended), |_| Vec::new()).await;

@@ -703,6 +703,11 @@ impl Config {
             if let Some(v) = l.request_timeout {
                 limits.request_timeout = humantime::parse_duration(&v)
                     .map_err(|e| bad(format!("limits.request_timeout {v:?}: {e} (e.g. \"30s\")")))?;
+                if limits.request_timeout < std::time::Duration::from_secs(1) {
+                    return Err(bad(format!(
+                        "limits.request_timeout {v:?}: give at least 1s (every call would be stopped at once)"
+                    )));
+                }
             }
             if let Some(v) = l.shutdown_grace {
                 limits.shutdown_grace = humantime::parse_duration(&v)
@@ -993,6 +998,12 @@ mod tests {
             (listener("address = \"127.0.0.1:1\"\ntls_disable = true\ncolour = 1") + file, "colour"),
             (file.to_string(), "listener"),
             (listener("address = \"127.0.0.1:1\"\ntls_disable = true") + file + "serving_threads = 0\n", "1 to 1024"),
+            (
+                listener("address = \"127.0.0.1:1\"\ntls_disable = true")
+                    + file
+                    + "limits {\n request_timeout = \"0s\"\n}\n",
+                "at least 1s",
+            ),
             (
                 listener("address = \"127.0.0.1:1\"\ntls_disable = true")
                     + file

@@ -605,8 +605,9 @@ pub async fn run(
     //    and the response record of any call whose handler wrote none;
     // 7. the token checked from the headers alone, before any of the body
     //    is read (gate.rs), for every method that needs one;
-    // then tonic's per-connection concurrency limit and the services, which
-    // authenticate, authorize and route. Between the metrics and the rate
+    // then the services, which authenticate, authorize and route (tonic's
+    // per-connection concurrency limit is outside all of these, its wait
+    // for a slot not bounded by the deadline). Between the metrics and the rate
     // limit, the request deadline (deadline.rs: `limits.request_timeout`, or
     // the client's sooner `grpc-timeout`): a call it cuts short drops the
     // audited layer's slot, which then records the response itself, and is

@@ -644,7 +644,7 @@ async fn a_resumed_run_waits_for_the_scan_it_asked_for() {
     assert!(again.settled);
     assert_eq!(core.sync.scans_started("ab"), started + 1, "resuming asks for no other scan");
     // Another reconciler's token (another leader's): a scan of its own.
-    let other = hex::encode(br#"{"i":0,"n":0,"d":true}"#);
+    let other = hex::encode(br#"{"i":0,"n":0,"d":true,"r":"00"}"#);
     assert!(core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), true, &other).await.unwrap().settled);
     assert_eq!(core.sync.scans_started("ab"), started + 2);
     assert!(core.sync_run(&t, "ab", true, Duration::from_secs(5)).await.unwrap().settled);
@@ -670,6 +670,33 @@ async fn a_resumed_run_waits_for_the_scan_it_asked_for() {
     let done = core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), true, &asked.resume).await.unwrap();
     assert!(done.settled, "the stopped scan is made again");
     assert_eq!(core.sync.scans_started("ab"), started + 5);
+}
+
+/// A resumed wait for a deep scan is not satisfied by a quick one: the
+/// deep scan is asked for again.
+#[tokio::test]
+async fn a_resumed_deep_wait_needs_a_deep_scan() {
+    let (core, t) = core_with_mounts(Arc::new(RedbStore::in_memory().unwrap())).await;
+    core.put_sync_rule(&t, spec("ab", "secret/app/", &["team-b/app/"], "")).await.unwrap();
+    core.sync_pass().await.unwrap();
+    // A quick scan asked for and made.
+    let quick = core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), false, "").await.unwrap();
+    assert!(quick.settled);
+    let started = core.sync.scans_started("ab");
+    // The same token, as if its run had asked for a deep scan (whose ask a
+    // failed scan took): the quick scan does not count.
+    let mut token: serde_json::Value = serde_json::from_slice(&hex::decode(&quick.resume).unwrap()).unwrap();
+    token["d"] = true.into();
+    let deep = hex::encode(serde_json::to_vec(&token).unwrap());
+    assert!(core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), false, &deep).await.unwrap().settled);
+    assert_eq!(core.sync.scans_started("ab"), started + 1, "a deep scan was asked for and made");
+    // The quick token itself is satisfied: nothing more.
+    assert!(core.sync_run_scan(&t, "ab", true, Duration::from_secs(5), false, &quick.resume).await.unwrap().settled);
+    assert_eq!(core.sync.scans_started("ab"), started + 1);
+    // A token for other rules waits for nothing of theirs: a new run.
+    core.put_sync_rule(&t, spec("cd", "secret/other/", &["team-c/other/"], "")).await.unwrap();
+    assert!(core.sync_run_scan(&t, "", true, Duration::from_secs(5), false, &quick.resume).await.unwrap().settled);
+    assert_eq!(core.sync.scans_started("ab"), started + 2, "asked again, for every rule");
 }
 
 /// While the worker runs, a waiting run follows its scans and makes no
