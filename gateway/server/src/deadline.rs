@@ -6,7 +6,6 @@
 //! neither.) Only the wait for the answer's start is bounded: a stream, once
 //! started, runs as long as it has something to send.
 
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ pub struct Deadline<S> {
     limit: Duration,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+use crate::ratelimit::BoxFuture;
 
 impl<S, B, RB> tower::Service<http::Request<B>> for Deadline<S>
 where

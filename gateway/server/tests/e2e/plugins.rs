@@ -586,10 +586,8 @@ async fn lease_memory_does_not_grow_with_the_number_of_leases() {
 async fn a_call_past_the_request_timeout_is_deadline_exceeded_naming_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::with_config_limits(dir.path(), false, 0, "request_timeout = \"1s\"");
-    let mut sys = s.sys().await;
-    let init = sys.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
-    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false, migrate: false }).await.unwrap();
-    let t = init.root_token.as_str();
+    let (root, _) = crate::harness::blocking(|| crate::harness::init_unseal(&s));
+    let t = root.as_str();
     register(&s, t, "hostile", "hostile");
     mount(&s, t, "hostile", "bad/", &["timeout=20s"]);
     let mut lc = pb::logical_client::LogicalClient::new(s.channel().await);

@@ -334,10 +334,7 @@ fn a_sync_wait_that_times_out_says_so_and_exits_7() {
 async fn a_sync_wait_longer_than_the_request_timeout_answers_not_settled() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::with_config_limits(dir.path(), false, 0, "request_timeout = \"3s\"");
-    let mut sys = s.sys().await;
-    let init = sys.init(pb::InitRequest { key_shares: 1, key_threshold: 1 }).await.unwrap().into_inner();
-    sys.unseal(pb::UnsealRequest { key: init.unseal_keys_b64[0].clone(), reset: false, migrate: false }).await.unwrap();
-    let root = init.root_token;
+    let (root, _) = crate::harness::blocking(|| crate::harness::init_unseal(&s));
     let m = moto();
     enable(&s, &root, "aws", "aws/", &aws_settings(&m));
     let mut sync = pb::sync_client::SyncClient::new(s.channel().await);
