@@ -149,7 +149,7 @@ impl Broker {
                 // writing now) before the next device's turn.
                 let turn = SCRATCH.with_borrow_mut(|body| {
                     body.clear();
-                    render(body, kind, caller, state, outcome, response, &d.hmac_key);
+                    render(body, kind, caller, state, outcome, response, d.serial, &d.hmac_key);
                     let t = out.lock().unwrap_or_else(|p| p.into_inner()).seal(&d.chain_mac, body);
                     release_if_large(body);
                     t
@@ -167,7 +167,7 @@ impl Broker {
                 continue;
             }
             let mut body = Vec::with_capacity(512);
-            render(&mut body, kind, caller, state, outcome, response, &d.hmac_key);
+            render(&mut body, kind, caller, state, outcome, response, d.serial, &d.hmac_key);
             if d.entry.counts() {
                 let (tx, rx) = oneshot::channel();
                 if d.tx.send(Msg::Record(body, Some(tx))).is_ok() {
@@ -420,6 +420,7 @@ impl Broker {
             .map_err(|e| format!("cannot start the device's writer thread: {e}"))?;
         Ok(Arc::new(Device {
             entry,
+            serial: next_serial(),
             hmac_key,
             chain_key,
             chain_mac,
@@ -455,6 +456,7 @@ impl Broker {
         });
         Arc::new(Device {
             entry,
+            serial: next_serial(),
             hmac_key: MacKey::new(&hmac_key),
             chain_mac: MacKey::new(&chain_key),
             chain_key,

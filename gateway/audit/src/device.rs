@@ -70,6 +70,9 @@ pub(super) enum Msg {
 
 pub(super) struct Device {
     pub(super) entry: DeviceEntry,
+    /// Unique among the devices this process started (a caller's records
+    /// keep each device's rendering of its constant part under it).
+    pub(super) serial: u64,
     pub(super) hmac_key: MacKey,
     pub(super) chain_key: Zeroizing<Vec<u8>>,
     pub(super) chain_mac: MacKey,
@@ -85,6 +88,12 @@ pub(super) struct Device {
     /// on this node (metrics).
     pub(super) written: std::sync::atomic::AtomicU64,
     pub(super) failed: std::sync::atomic::AtomicU64,
+}
+
+/// The next [`Device::serial`].
+pub(super) fn next_serial() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Device {
@@ -169,6 +178,13 @@ pub(super) enum Turn {
 /// Rounds one request writes before it hands the writing to a waiting one
 /// (its own answer is not held back behind everyone else's lines).
 const MAX_ROUNDS: usize = 4;
+
+/// Times the writing request yields before its first round, so requests
+/// beside it on its thread (and those on other threads meanwhile) seal
+/// their lines into the same `write`. At c=32, two made groups of about
+/// 8 lines instead of 7 and served a few percent more audited `Get`s than
+/// one; three or five gained nothing more (docs/BENCHMARKS.md).
+const LEADER_YIELDS: usize = 2;
 
 /// Stands in for a sink lent to a writing request.
 struct Lent;
@@ -390,10 +406,11 @@ fn hand_over(out: &mut Output) -> bool {
     false
 }
 
-/// The request that writes the pending lines. It yields once first, so
-/// requests running beside it on its thread seal their lines into the same
-/// `write`; dropped before it wrote (its request was cancelled), it writes
-/// then, so the pending lines never wait for a request that is gone.
+/// The request that writes the pending lines. It yields first
+/// ([`LEADER_YIELDS`]), so requests running beside it seal their lines
+/// into the same `write`; dropped before it wrote (its request was
+/// cancelled), it writes then, so the pending lines never wait for a
+/// request that is gone.
 pub(super) struct Leading<'a> {
     output: &'a Mutex<Output>,
     wrote: bool,
@@ -405,7 +422,9 @@ impl<'a> Leading<'a> {
     }
 
     pub(super) async fn write(mut self) -> std::result::Result<(), String> {
-        tokio::task::yield_now().await;
+        for _ in 0..LEADER_YIELDS {
+            tokio::task::yield_now().await;
+        }
         self.wrote = true;
         write_pending(self.output)
     }

@@ -82,6 +82,31 @@ pub struct Caller {
     pub path: String,
     data: AuditData,
     state: Mutex<CallState>,
+    /// The part of a record that is the same in the request and the
+    /// response record (request id, operation, address, and who: the
+    /// token's HMACs), as rendered for each device, so the response record
+    /// does not hash the token again. See [`render`].
+    memo: Mutex<Vec<Memo>>,
+}
+
+/// One device's rendering of a caller's constant part, valid for the
+/// principal it was rendered with.
+struct Memo {
+    device: u64,
+    /// Held, so no other principal can take its address meanwhile.
+    principal: Option<std::sync::Arc<dyn Principal>>,
+    bytes: Vec<u8>,
+}
+
+impl Memo {
+    fn is_for(&self, device: u64, principal: Option<&std::sync::Arc<dyn Principal>>) -> bool {
+        self.device == device
+            && match (&self.principal, principal) {
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
 }
 
 impl std::fmt::Debug for Caller {
@@ -111,6 +136,47 @@ pub struct CallState {
 }
 
 impl Caller {
+    /// Appends `,"request_id":...` through the `auth` object: the part of
+    /// the caller's records that only the principal can change (the token
+    /// it presented, its request id, operation and address are fixed when
+    /// it is made). Copied from this device's earlier rendering when the
+    /// principal is the same one.
+    fn render_constant(&self, buf: &mut Vec<u8>, state: &CallState, device: u64, key: &MacKey) {
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = memo.iter().find(|m| m.is_for(device, state.auth.as_ref())) {
+            buf.extend_from_slice(&m.bytes);
+            return;
+        }
+        let start = buf.len();
+        // Never the first member: `type` and `time` come before it.
+        let mut o = Obj { buf, first: false };
+        o.field("request_id", &self.request_id);
+        o.field("operation", self.operation);
+        if let Some(r) = &self.remote {
+            o.display("remote_address", r);
+        }
+        if state.auth.is_some() || self.token.is_some() {
+            o.lit("auth");
+            let mut a = Obj::open(o.buf);
+            if let Some(auth) = &state.auth {
+                a.field("display_name", auth.display_name());
+                a.field("policies", auth.policies());
+                // An accessor can look a token up and revoke it: HMACed, as
+                // Vault's default `hmac_accessor = true`.
+                a.hmac("accessor", key, auth.accessor().as_bytes());
+            }
+            if let Some(t) = &self.token {
+                a.hmac("client_token", key, t.as_bytes());
+            }
+            a.close();
+        }
+        let (bytes, principal) = (buf[start..].to_vec(), state.auth.clone());
+        match memo.iter_mut().find(|m| m.device == device) {
+            Some(m) => *m = Memo { device, principal, bytes },
+            None => memo.push(Memo { device, principal, bytes }),
+        }
+    }
+
     pub fn new(token: Option<&str>, operation: &'static str) -> Self {
         Caller {
             token: token.map(|t| Zeroizing::new(t.to_string())),
@@ -120,6 +186,7 @@ impl Caller {
             path: String::new(),
             data: Vec::new(),
             state: Mutex::new(CallState::default()),
+            memo: Mutex::new(Vec::new()),
         }
     }
 
@@ -195,21 +262,33 @@ impl<'a> Obj<'a> {
         self.buf.push(b':');
     }
 
-    fn field(&mut self, k: &str, v: &(impl Serialize + ?Sized)) {
-        self.key(k);
+    /// A key the renderer names itself: a literal that needs no escaping.
+    fn lit(&mut self, k: &'static str) {
+        debug_assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{k}");
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(k.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    fn field(&mut self, k: &'static str, v: &(impl Serialize + ?Sized)) {
+        self.lit(k);
         let _ = serde_json::to_writer(&mut *self.buf, v);
     }
 
     /// A field whose value needs no JSON escaping (ASCII that `Display`
     /// writes without quotes or backslashes: times, addresses).
-    fn display(&mut self, k: &str, v: impl std::fmt::Display) {
+    fn display(&mut self, k: &'static str, v: impl std::fmt::Display) {
         use std::io::Write;
-        self.key(k);
+        self.lit(k);
         let _ = write!(self.buf, "\"{v}\"");
     }
 
-    fn hmac(&mut self, k: &str, key: &MacKey, value: &[u8]) {
-        self.key(k);
+    fn hmac(&mut self, k: &'static str, key: &MacKey, value: &[u8]) {
+        self.lit(k);
         self.buf.push(b'"');
         push_hmac(self.buf, key, value);
         self.buf.push(b'"');
@@ -244,7 +323,10 @@ fn write_data(buf: &mut Vec<u8>, data: &[(AuditKey, AuditValue)], key: &MacKey) 
 }
 
 /// Renders one record for one device (a JSON object without `seq`) into
-/// `buf`.
+/// `buf`. `device` names the device `key` belongs to (unique while the
+/// process runs): the caller's constant part is rendered once per device
+/// and principal, and the response record copies it from the request's.
+#[allow(clippy::too_many_arguments)]
 pub fn render(
     buf: &mut Vec<u8>,
     kind: Kind,
@@ -252,31 +334,13 @@ pub fn render(
     state: &CallState,
     outcome: Option<(&str, Option<&str>)>,
     response: Option<&AuditData>,
+    device: u64,
     key: &MacKey,
 ) {
     let mut o = Obj::open(buf);
     o.field("type", if kind == Kind::Request { "request" } else { "response" });
     o.display("time", humantime::format_rfc3339_micros(std::time::SystemTime::now()));
-    o.field("request_id", &caller.request_id);
-    o.field("operation", caller.operation);
-    if let Some(r) = &caller.remote {
-        o.display("remote_address", r);
-    }
-    if state.auth.is_some() || caller.token.is_some() {
-        o.key("auth");
-        let mut a = Obj::open(o.buf);
-        if let Some(auth) = &state.auth {
-            a.field("display_name", auth.display_name());
-            a.field("policies", auth.policies());
-            // An accessor can look a token up and revoke it: HMACed, as
-            // Vault's default `hmac_accessor = true`.
-            a.hmac("accessor", key, auth.accessor().as_bytes());
-        }
-        if let Some(t) = &caller.token {
-            a.hmac("client_token", key, t.as_bytes());
-        }
-        a.close();
-    }
+    caller.render_constant(o.buf, state, device, key);
     match &state.acl_path {
         Some(p) => o.field("path", p),
         None => o.field("path", &caller.path),
@@ -285,7 +349,7 @@ pub fn render(
         o.field("capability", c);
     }
     if !caller.data.is_empty() {
-        o.key("request");
+        o.lit("request");
         write_data(o.buf, &caller.data, key);
     }
     if let Some((status, error)) = outcome {
@@ -300,8 +364,88 @@ pub fn render(
     if let Some(data) = response
         && !data.is_empty()
     {
-        o.key("response");
+        o.lit("response");
         write_data(o.buf, data, key);
     }
     o.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    struct Who(&'static str, Vec<String>, &'static str);
+
+    impl Principal for Who {
+        fn display_name(&self) -> &str {
+            self.0
+        }
+        fn policies(&self) -> &[String] {
+            &self.1
+        }
+        fn accessor(&self) -> &str {
+            self.2
+        }
+    }
+
+    fn record(kind: Kind, caller: &Caller, state: &CallState, device: u64, key: &MacKey) -> serde_json::Value {
+        let mut buf = Vec::new();
+        render(&mut buf, kind, caller, state, Some(("OK", None)), None, device, key);
+        serde_json::from_slice(&buf).expect("a record is one JSON object")
+    }
+
+    /// The response record copies the caller's part from the request
+    /// record's rendering: only while it is the same principal, and only
+    /// for the device (and so the key) it was rendered for.
+    #[test]
+    fn the_remembered_caller_part_follows_the_principal_and_the_device() {
+        let caller = Caller::new(Some("kb.token"), "keybridge.v1.Secrets/Get")
+            .with_request_id("r-1")
+            .with_remote(Some("127.0.0.1:4000".parse().expect("an address")));
+        let (k1, k2) = (MacKey::new(b"device one"), MacKey::new(b"device two"));
+        let alice: Arc<dyn Principal> = Arc::new(Who("alice", vec!["reader".into()], "acc-a"));
+        let bob: Arc<dyn Principal> = Arc::new(Who("bob", vec!["writer".into()], "acc-b"));
+        let mut state = CallState { auth: Some(alice.clone()), ..Default::default() };
+
+        let req = record(Kind::Request, &caller, &state, 1, &k1);
+        let resp = record(Kind::Response, &caller, &state, 1, &k1);
+        assert_eq!(req["auth"], resp["auth"]);
+        assert_eq!(resp["auth"]["display_name"], "alice");
+        assert_eq!(resp["auth"]["client_token"], hmac_hex(&k1, b"kb.token"));
+        assert_eq!(resp["auth"]["accessor"], hmac_hex(&k1, b"acc-a"));
+        for field in ["request_id", "operation", "remote_address"] {
+            assert_eq!(req[field], resp[field], "{field}");
+        }
+        assert_eq!(resp["remote_address"], "127.0.0.1:4000");
+
+        // Another device: its own key.
+        let other = record(Kind::Response, &caller, &state, 2, &k2);
+        assert_eq!(other["auth"]["client_token"], hmac_hex(&k2, b"kb.token"));
+        assert_eq!(other["auth"]["accessor"], hmac_hex(&k2, b"acc-a"));
+
+        // Another principal, and none.
+        state.auth = Some(bob);
+        let resp = record(Kind::Response, &caller, &state, 1, &k1);
+        assert_eq!(resp["auth"]["display_name"], "bob");
+        assert_eq!(resp["auth"]["policies"], serde_json::json!(["writer"]));
+        assert_eq!(resp["auth"]["accessor"], hmac_hex(&k1, b"acc-b"));
+        state.auth = None;
+        let resp = record(Kind::Response, &caller, &state, 1, &k1);
+        assert_eq!(resp["auth"], serde_json::json!({ "client_token": hmac_hex(&k1, b"kb.token") }));
+        state.auth = Some(alice);
+        assert_eq!(record(Kind::Response, &caller, &state, 1, &k1)["auth"]["display_name"], "alice");
+    }
+
+    /// Keys the renderer names are written as they are; data keys from
+    /// elsewhere are escaped.
+    #[test]
+    fn field_names_from_request_data_are_escaped() {
+        let caller = Caller::new(None, "op").with("a\"b\\c", AuditValue::plain("v"));
+        let v = record(Kind::Request, &caller, &CallState::default(), 1, &MacKey::new(b"k"));
+        assert_eq!(v["request"]["a\"b\\c"], "v");
+        assert_eq!(v["type"], "request");
+        assert!(v.get("auth").is_none());
+    }
 }
