@@ -179,13 +179,6 @@ pub(super) enum Turn {
 /// (its own answer is not held back behind everyone else's lines).
 const MAX_ROUNDS: usize = 4;
 
-/// Times the writing request yields before its first round, so requests
-/// beside it on its thread (and those on other threads meanwhile) seal
-/// their lines into the same `write`. At c=32, two made groups of about
-/// 8 lines instead of 7 and served a few percent more audited `Get`s than
-/// one; three or five gained nothing more (docs/BENCHMARKS.md).
-const LEADER_YIELDS: usize = 2;
-
 /// Stands in for a sink lent to a writing request.
 struct Lent;
 
@@ -406,11 +399,13 @@ fn hand_over(out: &mut Output) -> bool {
     false
 }
 
-/// The request that writes the pending lines. It yields first
-/// ([`LEADER_YIELDS`]), so requests running beside it seal their lines
-/// into the same `write`; dropped before it wrote (its request was
-/// cancelled), it writes then, so the pending lines never wait for a
-/// request that is gone.
+/// The request that writes the pending lines. It yields once first, so
+/// requests running beside it seal their lines into the same `write`
+/// (yielding twice made groups a line larger, but each yield is another
+/// poll of the thread's IO driver, and no gain showed over the noise of
+/// alternating runs); dropped before it wrote (its request was cancelled),
+/// it writes then, so the pending lines never wait for a request that is
+/// gone.
 pub(super) struct Leading<'a> {
     output: &'a Mutex<Output>,
     wrote: bool,
@@ -422,9 +417,7 @@ impl<'a> Leading<'a> {
     }
 
     pub(super) async fn write(mut self) -> std::result::Result<(), String> {
-        for _ in 0..LEADER_YIELDS {
-            tokio::task::yield_now().await;
-        }
+        tokio::task::yield_now().await;
         self.wrote = true;
         write_pending(self.output)
     }
