@@ -253,11 +253,16 @@ impl<'a> Obj<'a> {
         Obj { buf, first: true }
     }
 
-    fn key(&mut self, k: &str) {
+    /// The comma before every member but the first.
+    fn next(&mut self) {
         if !self.first {
             self.buf.push(b',');
         }
         self.first = false;
+    }
+
+    fn key(&mut self, k: &str) {
+        self.next();
         let _ = serde_json::to_writer(&mut *self.buf, k);
         self.buf.push(b':');
     }
@@ -265,10 +270,7 @@ impl<'a> Obj<'a> {
     /// A key the renderer names itself: a literal that needs no escaping.
     fn lit(&mut self, k: &'static str) {
         debug_assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{k}");
-        if !self.first {
-            self.buf.push(b',');
-        }
-        self.first = false;
+        self.next();
         self.buf.push(b'"');
         self.buf.extend_from_slice(k.as_bytes());
         self.buf.extend_from_slice(b"\":");

@@ -9,6 +9,8 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::ratelimit::BoxFuture;
+
 #[derive(Clone)]
 pub struct DeadlineLayer {
     pub limit: Duration,
@@ -26,8 +28,6 @@ pub struct Deadline<S> {
     inner: S,
     limit: Duration,
 }
-
-use crate::ratelimit::BoxFuture;
 
 impl<S, B, RB> tower::Service<http::Request<B>> for Deadline<S>
 where
