@@ -144,19 +144,19 @@ impl Broker {
         for d in devices.iter() {
             if let Some(out) = &d.direct {
                 // Rendered into this thread's scratch buffer, outside the
-                // device's lock, sealed onto the device's pending lines, and
-                // written (by this request, or with others' by the one
-                // writing now) before the next device's turn.
+                // device's lock, added to this thread's open group for the
+                // device, and written (by this request, or with the group
+                // by the one that opened it) before the next device's turn.
                 let turn = SCRATCH.with_borrow_mut(|body| {
                     body.clear();
                     render(body, kind, caller, state, outcome, response, d.serial, &d.hmac_key);
-                    let t = out.lock().unwrap_or_else(|p| p.into_inner()).seal(&d.chain_mac, body);
+                    let t = join(d.serial, out, &d.chain_mac, body);
                     release_if_large(body);
                     t
                 });
                 let r = match turn {
-                    Turn::Write => Leading::new(out).write().await,
-                    Turn::Wait(rx) => Waiting { rx, output: out }.outcome().await,
+                    Turn::Lead(leading) => leading.write().await,
+                    Turn::Wait(rx) => wait(rx).await,
                 };
                 d.tally(r.is_ok());
                 match r {

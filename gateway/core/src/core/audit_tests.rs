@@ -131,10 +131,10 @@ async fn the_chain_continues_across_seal_unseal_and_reopen() {
 }
 
 /// Many requests at once on a file device, while the device is reopened
-/// and checkpointed over and over: each request waits for its lines
-/// (written by itself, with others' by the request writing then, or by the
-/// writer thread that held the sink), and the file holds every request's
-/// and response's record, in one unbroken chain up to the checkpoint.
+/// and checkpointed over and over, on four threads: each request waits for
+/// its lines (written with its thread's group by itself or by the request
+/// that opened the group), and the file holds every request's and
+/// response's record, in one unbroken chain up to the checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_share_writes_and_keep_one_chain() {
     let (core, root) = dev_core().await;
