@@ -271,8 +271,12 @@ pub(super) fn join<'a>(serial: u64, output: &'a Mutex<Output>, chain_key: &'a Ma
 /// a write holds it for a few microseconds, and an async lock, whose
 /// holder wakes the next leader's task from another thread, served about
 /// 5% fewer audited `Get`s in alternating runs (with or without spinning
-/// for it first). A sink that blocks (a full pipe) blocks the serving
-/// threads whose requests it records, as it blocked the one writing before.
+/// for it first). The price: a sink that blocks (a FIFO whose reader
+/// stopped, a hung network mount) blocks every serving thread whose group
+/// reaches the lock, so the node stops answering even its health checks
+/// and leaves a load balancer's rotation; with the device-wide list before,
+/// only the writing thread blocked and the other threads' audited requests
+/// waited without holding theirs.
 pub(super) struct Leading<'a> {
     group: Arc<Group>,
     output: &'a Mutex<Output>,
