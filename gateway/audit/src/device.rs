@@ -19,6 +19,9 @@ pub const DEVICES_KEY: &str = "core/audit/devices";
 pub(super) const KEYS_PREFIX: &str = "core/audit/keys/";
 pub(super) const CHECKPOINT_PREFIX: &str = "core/audit/checkpoint/";
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Records written with one `write`, at most (the writer thread's batches
+/// and a serving thread's groups): bounds the buffer and how long a write
+/// holds the device's lock.
 pub(super) const MAX_GROUP: usize = 1024;
 /// Buffers a record is assembled in are kept for the next record unless a
 /// large one (a big response) grew them past this.
@@ -239,7 +242,8 @@ pub(super) fn join<'a>(serial: u64, output: &'a Mutex<Output>, chain_key: &'a Ma
     OPEN.with_borrow_mut(|open| {
         if let Some((_, group)) = open.iter().find(|(s, _)| *s == serial) {
             let mut g = group.inner.lock().unwrap_or_else(|p| p.into_inner());
-            if !g.closed {
+            // A full group is left to its leader; this record opens the next.
+            if !g.closed && g.ends.len() < MAX_GROUP {
                 g.bodies.extend_from_slice(body);
                 let end = g.bodies.len();
                 g.ends.push(end);
@@ -248,7 +252,8 @@ pub(super) fn join<'a>(serial: u64, output: &'a Mutex<Output>, chain_key: &'a Ma
                 return Turn::Wait(rx);
             }
         }
-        // Groups closed since (of this device, or of devices gone) go.
+        // This device's previous group (closed, or full and written by
+        // its leader still), and groups closed since, go.
         open.retain(|(s, g)| *s != serial && !g.inner.lock().unwrap_or_else(|p| p.into_inner()).closed);
         let group = Arc::new(Group::default());
         {
@@ -273,10 +278,10 @@ pub(super) fn join<'a>(serial: u64, output: &'a Mutex<Output>, chain_key: &'a Ma
 /// 5% fewer audited `Get`s in alternating runs (with or without spinning
 /// for it first). The price: a sink that blocks (a FIFO whose reader
 /// stopped, a hung network mount) blocks every serving thread whose group
-/// reaches the lock, so the node stops answering even its health checks
-/// and leaves a load balancer's rotation; with the device-wide list before,
-/// only the writing thread blocked and the other threads' audited requests
-/// waited without holding theirs.
+/// reaches the lock, and with them the gRPC health service (the telemetry
+/// port's health answers from another runtime); with the device-wide list
+/// before, only the writing thread blocked and the other threads' audited
+/// requests waited without holding theirs.
 pub(super) struct Leading<'a> {
     group: Arc<Group>,
     output: &'a Mutex<Output>,
@@ -767,6 +772,32 @@ mod tests {
         assert_eq!(lead(join(serial, &out, &key, br#"{"n":4}"#)).write().await, Ok(()));
         assert_eq!(lines(&sink), [1, 4]);
         assert_eq!(out.lock().unwrap().state.seq, 2);
+    }
+
+    /// A group takes up to `MAX_GROUP` records; the next opens a group of
+    /// its own, which may be written first: each group is chained when it
+    /// is written, so the file stays one chain either way.
+    #[tokio::test]
+    async fn a_full_group_leaves_the_next_record_to_a_new_one() {
+        let (sink, key, serial) = (Memory::default(), MacKey::new(KEY), next_serial());
+        let out = output(&sink);
+        let first = lead(join(serial, &out, &key, br#"{"n":0}"#));
+        let mut full = Vec::new();
+        for n in 1..MAX_GROUP {
+            full.push(waiting(join(serial, &out, &key, format!(r#"{{"n":{n}}}"#).as_bytes())));
+        }
+        let next = lead(join(serial, &out, &key, br#"{"n":9999}"#));
+        let after = waiting(join(serial, &out, &key, br#"{"n":10000}"#));
+        assert_eq!(next.write().await, Ok(()));
+        assert_eq!(wait(after).await, Ok(()));
+        assert_eq!(first.write().await, Ok(()));
+        for w in full {
+            assert_eq!(wait(w).await, Ok(()));
+        }
+        let mut expected = vec![9999, 10000];
+        expected.extend(0..MAX_GROUP as u64);
+        assert_eq!(lines(&sink), expected);
+        assert_eq!(sink.writes.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     /// Each device has its own group on a thread, and a group that is
