@@ -402,6 +402,14 @@ impl Writer {
                 }
                 Some(Msg::Shutdown(done)) => {
                     self.checkpoint(true);
+                    // Requests still in flight (their records rendered for
+                    // this device before it was disabled or the core sealed)
+                    // fail from now on, closed, instead of appending to a
+                    // file that a device started again may already continue
+                    // (two chains in one file). A group written before this
+                    // and after the checkpoint chains on, and a restart
+                    // recovers it.
+                    self.lock().sink = Box::new(Stopped);
                     let _ = done.send(());
                     return;
                 }
@@ -452,6 +460,15 @@ impl Writer {
 }
 
 // ----- sinks ----------------------------------------------------------------
+
+/// A stopped device's sink: every write fails.
+struct Stopped;
+
+impl Sink for Stopped {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("the audit device was stopped"))
+    }
+}
 
 pub(super) trait Sink: Send {
     /// Makes the sink ready to write; true if it starts a new segment (a
@@ -798,6 +815,37 @@ mod tests {
         expected.extend(0..MAX_GROUP as u64);
         assert_eq!(lines(&sink), expected);
         assert_eq!(sink.writes.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A record still in flight when its device stops (disabled, or the
+    /// core sealed) is refused, not appended after the final checkpoint.
+    #[test]
+    fn a_stopped_device_refuses_records_still_in_flight() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (sink, key, serial) = (Memory::default(), MacKey::new(KEY), next_serial());
+        let out = Arc::new(output(&sink));
+        let store = keybridge_barrier::RedbStore::in_memory().unwrap();
+        let writer = Writer {
+            output: out.clone(),
+            chain_key: key.clone(),
+            fsync: false,
+            barrier: Arc::new(Barrier::new(Arc::new(store))),
+            handle: runtime.handle().clone(),
+            checkpoint_key: checkpoint_key("test"),
+            device: "test/".into(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || writer.run(rx));
+        runtime.block_on(async {
+            assert_eq!(lead(join(serial, &out, &key, br#"{"n":1}"#)).write().await, Ok(()));
+            let late = lead(join(serial, &out, &key, br#"{"n":2}"#));
+            let (done, stopped) = oneshot::channel();
+            tx.send(Msg::Shutdown(done)).unwrap();
+            stopped.await.unwrap();
+            assert_eq!(late.write().await, Err("the audit device was stopped".into()));
+        });
+        thread.join().unwrap();
+        assert_eq!(lines(&sink), [1]);
     }
 
     /// Each device has its own group on a thread, and a group that is
