@@ -739,6 +739,14 @@ mod tests {
         }
     }
 
+    /// What a waiting request hears, or a failure after 5 s (a request
+    /// left waiting fails the test instead of hanging it).
+    async fn heard(rx: oneshot::Receiver<Outcome>) -> Outcome {
+        tokio::time::timeout(Duration::from_secs(5), wait(rx))
+            .await
+            .unwrap_or_else(|_| Err("not told within 5 s".into()))
+    }
+
     fn waiting(t: Turn<'_>) -> oneshot::Receiver<Outcome> {
         match t {
             Turn::Wait(rx) => rx,
@@ -759,15 +767,15 @@ mod tests {
         let third = waiting(join(serial, &out, &key, br#"{"n":3}"#));
         assert!(lines(&sink).is_empty(), "nothing is written before the leader's turn");
         drop(first);
-        assert_eq!(wait(second).await, Ok(()));
-        assert_eq!(wait(third).await, Ok(()));
+        assert_eq!(heard(second).await, Ok(()));
+        assert_eq!(heard(third).await, Ok(()));
         assert_eq!(lines(&sink), [1, 2, 3]);
         assert_eq!(sink.writes.load(std::sync::atomic::Ordering::SeqCst), 1);
 
         let fourth = lead(join(serial, &out, &key, br#"{"n":4}"#));
         let fifth = waiting(join(serial, &out, &key, br#"{"n":5}"#));
         assert_eq!(fourth.write().await, Ok(()));
-        assert_eq!(wait(fifth).await, Ok(()));
+        assert_eq!(heard(fifth).await, Ok(()));
         assert_eq!(lines(&sink), [1, 2, 3, 4, 5]);
         assert_eq!(sink.writes.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
@@ -784,7 +792,7 @@ mod tests {
         let leader = lead(join(serial, &out, &key, br#"{"n":2}"#));
         let other = waiting(join(serial, &out, &key, br#"{"n":3}"#));
         assert_eq!(leader.write().await, Err("no space left on device".into()));
-        assert_eq!(wait(other).await, Err("no space left on device".into()));
+        assert_eq!(heard(other).await, Err("no space left on device".into()));
         sink.fail.store(false, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(lead(join(serial, &out, &key, br#"{"n":4}"#)).write().await, Ok(()));
         assert_eq!(lines(&sink), [1, 4]);
@@ -806,10 +814,10 @@ mod tests {
         let next = lead(join(serial, &out, &key, br#"{"n":9999}"#));
         let after = waiting(join(serial, &out, &key, br#"{"n":10000}"#));
         assert_eq!(next.write().await, Ok(()));
-        assert_eq!(wait(after).await, Ok(()));
+        assert_eq!(heard(after).await, Ok(()));
         assert_eq!(first.write().await, Ok(()));
         for w in full {
-            assert_eq!(wait(w).await, Ok(()));
+            assert_eq!(heard(w).await, Ok(()));
         }
         let mut expected = vec![9999, 10000];
         expected.extend(0..MAX_GROUP as u64);
@@ -860,7 +868,7 @@ mod tests {
         let wa = waiting(join(sa, &out_a, &key, br#"{"n":3}"#));
         assert_eq!(lb.write().await, Ok(()));
         assert_eq!(la.write().await, Ok(()));
-        assert_eq!(wait(wa).await, Ok(()));
+        assert_eq!(heard(wa).await, Ok(()));
         assert_eq!((lines(&a), lines(&b)), (vec![1, 3], vec![2]));
         OPEN.with_borrow(|open| assert!(open.iter().all(|(_, g)| g.inner.lock().unwrap().closed)));
         lead(join(sa, &out_a, &key, br#"{"n":4}"#)).write().await.unwrap();
