@@ -211,11 +211,6 @@ type Outcome = std::result::Result<(), String>;
 /// preempted thread held everyone's lines.
 #[derive(Default)]
 pub(super) struct Group {
-    inner: Mutex<GroupInner>,
-}
-
-#[derive(Default)]
-struct GroupInner {
     /// The leader took the lines: whoever comes next opens a new group.
     closed: bool,
     /// The bodies, one after another, and where each ends.
@@ -224,9 +219,22 @@ struct GroupInner {
     waiters: Vec<oneshot::Sender<Outcome>>,
 }
 
+impl Group {
+    fn add(&mut self, body: &[u8]) {
+        self.bodies.extend_from_slice(body);
+        self.ends.push(self.bodies.len());
+    }
+}
+
+type SharedGroup = Arc<Mutex<Group>>;
+
+fn lock_group(g: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
+    g.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 thread_local! {
     /// The group open on this thread, per device (by [`Device::serial`]).
-    static OPEN: std::cell::RefCell<Vec<(u64, Arc<Group>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static OPEN: std::cell::RefCell<Vec<(u64, SharedGroup)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// What a request whose record was rendered does next.
@@ -241,12 +249,10 @@ pub(super) enum Turn<'a> {
 pub(super) fn join<'a>(serial: u64, output: &'a Mutex<Output>, chain_key: &'a MacKey, body: &[u8]) -> Turn<'a> {
     OPEN.with_borrow_mut(|open| {
         if let Some((_, group)) = open.iter().find(|(s, _)| *s == serial) {
-            let mut g = group.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = lock_group(group);
             // A full group is left to its leader; this record opens the next.
             if !g.closed && g.ends.len() < MAX_GROUP {
-                g.bodies.extend_from_slice(body);
-                let end = g.bodies.len();
-                g.ends.push(end);
+                g.add(body);
                 let (tx, rx) = oneshot::channel();
                 g.waiters.push(tx);
                 return Turn::Wait(rx);
@@ -254,13 +260,10 @@ pub(super) fn join<'a>(serial: u64, output: &'a Mutex<Output>, chain_key: &'a Ma
         }
         // This device's previous group (closed, or full and written by
         // its leader still), and groups closed since, go.
-        open.retain(|(s, g)| *s != serial && !g.inner.lock().unwrap_or_else(|p| p.into_inner()).closed);
-        let group = Arc::new(Group::default());
-        {
-            let mut g = group.inner.lock().unwrap_or_else(|p| p.into_inner());
-            g.bodies.extend_from_slice(body);
-            g.ends.push(body.len());
-        }
+        open.retain(|(s, g)| *s != serial && !lock_group(g).closed);
+        let mut first = Group::default();
+        first.add(body);
+        let group = Arc::new(Mutex::new(first));
         open.push((serial, group.clone()));
         Turn::Lead(Leading { group, output, chain_key, wrote: false })
     })
@@ -283,7 +286,7 @@ pub(super) fn join<'a>(serial: u64, output: &'a Mutex<Output>, chain_key: &'a Ma
 /// before, only the writing thread blocked and the other threads' audited
 /// requests waited without holding theirs.
 pub(super) struct Leading<'a> {
-    group: Arc<Group>,
+    group: SharedGroup,
     output: &'a Mutex<Output>,
     chain_key: &'a MacKey,
     wrote: bool,
@@ -298,7 +301,7 @@ impl Leading<'_> {
     fn write_now(&mut self) -> Outcome {
         self.wrote = true;
         let (bodies, ends, waiters) = {
-            let mut g = self.group.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = lock_group(&self.group);
             g.closed = true;
             (std::mem::take(&mut g.bodies), std::mem::take(&mut g.ends), std::mem::take(&mut g.waiters))
         };
@@ -870,7 +873,7 @@ mod tests {
         assert_eq!(la.write().await, Ok(()));
         assert_eq!(heard(wa).await, Ok(()));
         assert_eq!((lines(&a), lines(&b)), (vec![1, 3], vec![2]));
-        OPEN.with_borrow(|open| assert!(open.iter().all(|(_, g)| g.inner.lock().unwrap().closed)));
+        OPEN.with_borrow(|open| assert!(open.iter().all(|(_, g)| g.lock().unwrap().closed)));
         lead(join(sa, &out_a, &key, br#"{"n":4}"#)).write().await.unwrap();
         OPEN.with_borrow(|open| assert_eq!(open.len(), 1, "closed groups are dropped when one opens"));
         assert_eq!(lines(&a), [1, 3, 4]);
