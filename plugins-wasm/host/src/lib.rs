@@ -18,6 +18,7 @@
 //! blocked in host calls too. A trap or a limit fails only that call.
 
 mod limits;
+mod slots;
 mod state;
 mod ticker;
 
@@ -33,6 +34,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 pub use limits::MountLimits;
+use slots::Slots;
 use state::State;
 use ticker::Ticker;
 
@@ -114,8 +116,16 @@ fn in_place_is_safe() -> bool {
     locked || no_swap
 }
 
-pub struct WasmHost {
+/// What every call needs of the host; each mounted engine holds a copy.
+#[derive(Clone)]
+struct Shared {
     engine: Engine,
+    ticker: Arc<Ticker>,
+    slots: Arc<Slots>,
+}
+
+pub struct WasmHost {
+    shared: Shared,
     linker: Linker<State>,
     config: HostConfig,
     /// Compiled components by digest: a component is compiled once however
@@ -128,12 +138,11 @@ pub struct WasmHost {
     compiling: Arc<tokio::sync::Mutex<()>>,
     /// Compiles done (for tests).
     compiles: std::sync::atomic::AtomicUsize,
-    ticker: Arc<Ticker>,
 }
 
 impl Drop for WasmHost {
     fn drop(&mut self) {
-        self.ticker.stop();
+        self.shared.ticker.stop();
     }
 }
 
@@ -151,14 +160,14 @@ impl WasmHost {
         state::link(&mut linker).map_err(|e| Error::Config(format!("{e:#}")))?;
         let ticker =
             Ticker::start(&engine).map_err(|e| Error::Config(format!("the epoch thread did not start: {e}")))?;
+        let slots = Slots::new(config.max_instances);
         Ok(WasmHost {
-            engine,
+            shared: Shared { engine, ticker, slots },
             linker,
             config,
             compiled: Arc::new(Mutex::new(HashMap::new())),
             compiling: Arc::new(tokio::sync::Mutex::new(())),
             compiles: Default::default(),
-            ticker,
         })
     }
 
@@ -175,7 +184,7 @@ impl WasmHost {
             return Ok(c);
         }
         self.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (engine, cache) = (self.engine.clone(), self.compiled.clone());
+        let (engine, cache) = (self.shared.engine.clone(), self.compiled.clone());
         let (digest, bytes) = (digest.to_string(), bytes.to_vec());
         // The compile and the cache insert run on their own, holding the
         // lock: a caller that is cancelled meanwhile (its request timed
@@ -306,16 +315,16 @@ impl Call {
 /// Instantiates a fresh store and makes one call under `limits`. Returns
 /// the answer and the outbound request the allow-list refused, if any.
 async fn run(
-    engine: &Engine,
-    ticker: &Arc<Ticker>,
+    host: &Shared,
     prepared: &Prepared,
     limits: &MountLimits,
     info: state::CallInfo,
     call: Call,
 ) -> Result<(Answer, Option<String>), EngineError> {
-    let _busy = ticker.busy();
+    let _busy = host.ticker.busy();
+    let slot = host.slots.admit().ok_or_else(|| EngineError::Exhausted(slots::POOL_FULL.into()))?;
     let deadline = Instant::now() + limits.timeout;
-    let mut store = Store::new(engine, State::new(limits, info, deadline));
+    let mut store = Store::new(&host.engine, State::new(limits, info, deadline));
     store.limiter(|s| &mut s.limiter);
     store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).map_err(|e| EngineError::Internal(e.to_string()))?;
     store.set_epoch_deadline(1);
@@ -332,14 +341,19 @@ async fn run(
             "the plugin did not finish within its time limit of {timeout:?} (mount setting `timeout`)"
         ))
     };
-    match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err(out_of_time()),
+    // Cut off: the store went with the call's future, its slot goes now.
+    let Ok((r, store)) = tokio::time::timeout(timeout, fut).await else {
+        return Err(out_of_time());
+    };
+    let out = match r {
         // An outbound request ran into the deadline: the call ran out of
         // time, whatever answer the plugin made of the error.
-        Ok((_, store)) if store.data().out_of_time() => Err(out_of_time()),
-        Ok((Ok(a), store)) => Ok((a, store.data().http_denied().map(String::from))),
-        Ok((Err(e), store)) => Err(classify(e, store.data(), limits)),
-    }
+        _ if store.data().out_of_time() => Err(out_of_time()),
+        Ok(a) => Ok((a, store.data().http_denied().map(String::from))),
+        Err(e) => Err(classify(e, store.data(), limits)),
+    };
+    host.slots.dispose(store, slot);
+    out
 }
 
 /// Maps a failed call to what the caller is told: which limit, or the trap.
@@ -403,14 +417,7 @@ impl WasmHost {
         let info = describe(self, &prepared, &limits).await?;
         let engine_config: Vec<(String, String)> =
             spec.config.iter().filter(|(k, _)| !limits::is_host_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-        let e = WasmEngine {
-            engine: self.engine.clone(),
-            ticker: self.ticker.clone(),
-            prepared,
-            limits,
-            info,
-            storage: spec.storage,
-        };
+        let e = WasmEngine { shared: self.shared.clone(), prepared, limits, info, storage: spec.storage };
         // The engine checks its own keys.
         e.call_validate(&engine_config).await?;
         Ok(e)
@@ -419,7 +426,7 @@ impl WasmHost {
 
 async fn describe(host: &WasmHost, prepared: &Prepared, limits: &MountLimits) -> Result<EngineInfo, EngineError> {
     let info = state::CallInfo::internal("describe", None);
-    match run(&host.engine, &host.ticker, prepared, limits, info, Call::Describe).await?.0 {
+    match run(&host.shared, prepared, limits, info, Call::Describe).await?.0 {
         Answer::Info(raw) => convert::info(raw, prepared.rotating.is_some()),
         _ => Err(EngineError::Internal("describe answered the wrong type".into())),
     }
@@ -427,8 +434,7 @@ async fn describe(host: &WasmHost, prepared: &Prepared, limits: &MountLimits) ->
 
 /// A mounted plugin: its `InstancePre`, limits and storage.
 pub struct WasmEngine {
-    engine: Engine,
-    ticker: Arc<Ticker>,
+    shared: Shared,
     prepared: Prepared,
     limits: MountLimits,
     info: EngineInfo,
@@ -442,7 +448,7 @@ impl WasmEngine {
             info.mount = c.mount_path.clone();
             info.request_id = c.request_id.clone();
         }
-        let (answer, denied) = run(&self.engine, &self.ticker, &self.prepared, &self.limits, info, call).await?;
+        let (answer, denied) = run(&self.shared, &self.prepared, &self.limits, info, call).await?;
         // The plugin's own error: explained by a refused request if any.
         let fail = |e: wit::Error| Err(convert::error(e, denied.clone()));
         match answer {

@@ -101,9 +101,7 @@ impl State {
 
     pub fn pool_full(&self, e: &wasmtime::Error) -> Option<String> {
         let msg = format!("{e:#}");
-        msg.contains("concurrent").then(|| {
-            "too many plugin calls at once: every instance slot of the server's pool is in use; retry".to_string()
-        })
+        msg.contains("concurrent").then(|| crate::slots::POOL_FULL.to_string())
     }
 
     pub fn last_panic(&self) -> Option<&str> {
