@@ -419,7 +419,7 @@ impl Caller {
 /// Runs `op` from `concurrency` tasks for `--seconds` over up to
 /// `--connections` connections with the `--client` load generator; keys
 /// are `bench/k{0..keys}` (keys = 1: one hot key).
-async fn run(args: &Args, server: &Server, token: &str, op: Op, concurrency: usize, keys: usize) -> Stats {
+pub(crate) async fn run(args: &Args, server: &Server, token: &str, op: Op, concurrency: usize, keys: usize) -> Stats {
     let (secs, conns) = (args.seconds, concurrency.clamp(1, args.connections));
     let server_pid = server.child.id().to_string();
     let (server_cpu, client_cpu) = (cpu_ns(&server_pid), cpu_ns("self"));
@@ -699,6 +699,11 @@ pub(crate) async fn median_of(args: &Args, server: &Server, token: &str, op: Op,
     for _ in 0..args.repeat.max(1) {
         runs.push(run(args, server, token, op, c, keys).await);
     }
+    median(runs)
+}
+
+/// The median run by throughput, with the range of all of them.
+pub(crate) fn median(mut runs: Vec<Stats>) -> Stats {
     runs.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
     let range = (runs[0].per_sec, runs[runs.len() - 1].per_sec);
     let mut median = runs.swap_remove(runs.len() / 2);
