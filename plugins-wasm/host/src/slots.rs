@@ -88,7 +88,7 @@ struct Queued {
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        drop(self.slots.take(|q| q.iter().position(|(i, _)| *i == self.id)));
+        self.slots.drop_queued(self.id);
     }
 }
 
@@ -116,16 +116,25 @@ impl Slots {
         Some(Taken { slots: self, finished: Some(finished) })
     }
 
+    /// Drops the queued store `id`, unless something dropped it first.
+    fn drop_queued(&self, id: u64) {
+        drop(self.take(|q| q.iter().position(|(i, _)| *i == id)));
+    }
+
+    fn try_slot(&self) -> Option<Slot> {
+        self.free.clone().try_acquire_owned().ok().map(|p| Slot { _permit: p })
+    }
+
     /// A free slot; `None` when every slot is held by a call still running.
-    pub(crate) fn admit(self: &Arc<Self>) -> Option<Slot> {
+    pub(crate) fn admit(&self) -> Option<Slot> {
         if let Some((slots, id)) = LAST.with(|l| l.borrow_mut().take())
             && let Some(slots) = slots.upgrade()
         {
-            drop(slots.take(|q| q.iter().position(|(i, _)| *i == id)));
+            slots.drop_queued(id);
         }
         loop {
-            if let Ok(p) = self.free.clone().try_acquire_owned() {
-                return Some(Slot { _permit: p });
+            if let Some(slot) = self.try_slot() {
+                return Some(slot);
             }
             // Full: drop the oldest finished call's store and try for its
             // slot (a call admitted meanwhile may take it: then the next).
@@ -136,7 +145,7 @@ impl Slots {
             if self.dropping.load(Ordering::Acquire) == 0 {
                 // A drop that ended since the first try gave its slot back
                 // before it stopped counting: look once more.
-                return self.free.clone().try_acquire_owned().ok().map(|p| Slot { _permit: p });
+                return self.try_slot();
             }
             // A store is being dropped on another thread, synchronously.
             std::thread::yield_now();
